@@ -1,0 +1,1 @@
+"""Empirical attacks: imprint-layer gradient inversion under DP-SGD and membership inference."""

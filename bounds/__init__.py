@@ -1,0 +1,1 @@
+"""Reconstruction-robustness and membership-inference bounds for DP-SGD (pure numpy/scipy, no torch)."""

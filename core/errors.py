@@ -1,0 +1,84 @@
+"""The exception hierarchy.
+
+Every error a user can cause derives from :class:`DpAuditError` (a ``ValueError``), names the field, the value
+found, what is allowed, and the fix. The CLI turns these into one line on stderr and exit code 2, never a
+traceback (tracebacks with locals may hold patient data).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DpAuditError(ValueError):
+    """Base class of every error caused by the user's input."""
+
+
+class ConfigError(DpAuditError):
+    """A parameter is outside its allowed range or inconsistent with another one."""
+
+
+class DataError(DpAuditError):
+    """A dataset is missing, in the wrong layout, or holds a file that does not decode."""
+
+
+class CheckpointError(DpAuditError):
+    """A checkpoint cannot be loaded safely or does not match what is asked of it."""
+
+
+class MissingDependencyError(DpAuditError):
+    """An optional dependency is not installed."""
+
+
+class NumericalError(DpAuditError):
+    """A computation cannot deliver a sound result for these inputs (the message says what to change)."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def invalid(field: str, value: Any, allowed: str, fix: str | None = None, *, cls: type[DpAuditError] = ConfigError) -> DpAuditError:
+    """Build an error that names the field, the value found, the allowed range and the fix.
+
+    >>> str(invalid("sampling_probability", 1.5, "in (0, 1]", "pass the batch size divided by the dataset size"))
+    'sampling_probability must be in (0, 1], got 1.5. Fix: pass the batch size divided by the dataset size.'
+    """
+    message = f"{field} must be {allowed}, got {_short(value)}."
+    if fix:
+        message += f" Fix: {fix.rstrip('.')}."
+    return cls(message)
+
+
+def check_probability(field: str, value: float, *, open_low: bool = True, open_high: bool = True, fix: str | None = None) -> float:
+    """Validate a probability-like number and return it as float."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise invalid(field, value, "a number", fix) from None
+    lo_ok = v > 0 if open_low else v >= 0
+    hi_ok = v < 1 if open_high else v <= 1
+    if not (lo_ok and hi_ok) or v != v:
+        allowed = f"in {'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+        raise invalid(field, value, allowed, fix)
+    return v
+
+
+def check_positive(field: str, value: float, *, allow_zero: bool = False, fix: str | None = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise invalid(field, value, "a number", fix) from None
+    if v != v or v == float("inf") or (v < 0 if allow_zero else v <= 0):
+        raise invalid(field, value, "a finite number >= 0" if allow_zero else "a finite number > 0", fix)
+    return v
+
+
+def check_int(field: str, value: int, *, minimum: int = 1, fix: str | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise invalid(field, value, f"an integer >= {minimum}", fix)
+    v = int(value)
+    if v < minimum:
+        raise invalid(field, value, f"an integer >= {minimum}", fix)
+    return v
