@@ -1,0 +1,744 @@
+"""Image datasets for training and auditing: the built-in demo, HAM10000, MedMNIST ``.npz`` files, image folders.
+
+``load_splits(name, image_size=..., data_dir=..., seed=...)`` returns :class:`DatasetSplits` (train, val, test),
+each an :class:`ImageDataset` with float32 images in [0, 1] of shape N x C x H x W, int64 labels, label names,
+subgroup metadata and patient (lesion) identifiers. Nothing is downloaded: every loader reads files the user
+already has, and the demo data are generated.
+
+Normalisation
+-------------
+Models see ``(x - mean) / std`` with a FIXED mean and std per channel (0.5 / 0.5 by default), not statistics of
+the training images: a mean computed from private images would itself be an un-noised release of private data
+outside the DP-SGD guarantee. The seed paper normalised with the training set's mean and std (section 4.2); this
+is the one deliberate difference. The values used are stored in every checkpoint.
+
+Names
+-----
+``demo``
+    Synthetic dermoscopy-like images generated from the seed (no download; see :func:`make_demo`).
+``ham10000``
+    The official HAM10000 layout: ``HAM10000_metadata.csv`` and ``ISIC_*.jpg`` images in ``data_dir`` or in
+    ``HAM10000_images_part_1/`` and ``HAM10000_images_part_2/`` below it. The seed paper's binary task (section
+    4.1): akiec, bcc, mel = "immediate treatment" (1) against nv, bkl, df, vasc (0), about 20:80; every lesion_id
+    stays on one side of the split.
+MedMNIST flags (``dermamnist``, ``pathmnist``, ...)
+    ``NAME_SIZE.npz`` or ``NAME.npz`` in ``data_dir`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``),
+    grey or colour; their own splits and labels are kept.
+``folder:PATH``
+    A folder of images, with class sub-folders (one class per sub-folder, sorted names) or without (one class,
+    label 0); a seeded split stratified by class.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dpaudit.errors import DataError, check_int, check_probability, invalid
+
+__all__ = [
+    "DEFAULT_MEAN",
+    "DEFAULT_STD",
+    "HAM10000_IMMEDIATE",
+    "MEDMNIST_FLAGS",
+    "DatasetSplits",
+    "ImageDataset",
+    "age_band",
+    "dataset_choices",
+    "load_splits",
+    "make_demo",
+    "normalization",
+]
+
+#: Fixed per-channel normalisation (not computed from private data; see the module docstring).
+DEFAULT_MEAN = 0.5
+DEFAULT_STD = 0.5
+
+#: HAM10000 diagnoses merged into "immediate treatment" by the seed paper (section 4.1, table in the appendix).
+HAM10000_IMMEDIATE = frozenset({"akiec", "bcc", "mel"})
+HAM10000_NOT_IMMEDIATE = frozenset({"nv", "bkl", "df", "vasc"})
+HAM10000_REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
+HAM10000_LABEL_NAMES = ("not immediate", "immediate treatment")
+
+#: The 2D MedMNIST v2 flags (Yang et al., Scientific Data 2023). Label names are given where MedMNIST's INFO lists
+#: them and they are short; otherwise classes are named by their index.
+MEDMNIST_FLAGS = (
+    "pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist", "breastmnist",
+    "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist",
+)
+_MEDMNIST_LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "dermamnist": ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"),
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "breastmnist": ("malignant", "normal, benign"),
+}
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+#: Default total number of demo images (about 70% of them train): a CPU demo in seconds.
+DEMO_DEFAULT_SIZE = 2000
+
+
+def normalization(in_channels: int, mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The fixed per-channel (mean, std) used to normalise inputs (independent of the data, see module docs)."""
+    return (float(mean),) * in_channels, (float(std),) * in_channels
+
+
+def age_band(age: float | None) -> str:
+    """Coarse age band used for subgroup metrics ("<40", "40-59", "60+", or "unknown" for a missing age).
+
+    Three bands keep each subgroup large enough for a meaningful MCC on HAM10000-sized test sets.
+    """
+    if age is None or not math.isfinite(age):
+        return "unknown"
+    if age < 40:
+        return "<40"
+    if age < 60:
+        return "40-59"
+    return "60+"
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """One split of an image classification dataset, held in memory.
+
+    Attributes
+    ----------
+    images:
+        float32 tensor N x C x H x W with values in [0, 1] (not normalised).
+    labels:
+        int64 tensor of N class indices.
+    label_names:
+        Name of each class index.
+    groups:
+        Subgroup metadata: a name (e.g. ``"sex"``, ``"age_band"``) to an array of N strings.
+    patient_ids:
+        N identifiers of the patient or lesion each image belongs to (HAM10000: lesion_id). Images sharing one
+        never straddle splits.
+    name:
+        Dataset name (``demo``, ``ham10000``, a MedMNIST flag, ``folder:PATH``) and the split, e.g.
+        ``"demo/train"``.
+
+    Indexing (``ds[i]``) gives ``(image, label)`` as a torch ``Dataset`` does.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    label_names: tuple[str, ...]
+    groups: Mapping[str, np.ndarray] = field(default_factory=dict)
+    patient_ids: np.ndarray | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.dtype != torch.float32:
+            raise DataError(f"{self.name or 'dataset'}: images must be a float32 tensor N x C x H x W, "
+                            f"got {getattr(images, 'dtype', type(images).__name__)} of shape "
+                            f"{tuple(getattr(images, 'shape', ()))}.")
+        n = images.shape[0]
+        if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
+            raise DataError(f"{self.name or 'dataset'}: labels must be a tensor of {n} class indices, got shape "
+                            f"{tuple(getattr(labels, 'shape', ()))}.")
+        object.__setattr__(self, "labels", labels.to(torch.int64))
+        object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names))
+        if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.label_names)):
+            raise DataError(f"{self.name or 'dataset'}: labels must lie in [0, {len(self.label_names) - 1}] "
+                            f"(one per label name), got values up to {int(self.labels.max())}.")
+        ids = np.array([f"{self.name or 'image'}-{i}" for i in range(n)]) if self.patient_ids is None \
+            else np.asarray(self.patient_ids).astype(str)
+        if ids.shape != (n,):
+            raise DataError(f"{self.name or 'dataset'}: patient_ids must hold {n} entries, got {ids.shape}.")
+        object.__setattr__(self, "patient_ids", ids)
+        groups = {}
+        for key, values in dict(self.groups).items():
+            arr = np.asarray(values).astype(str)
+            if arr.shape != (n,):
+                raise DataError(f"{self.name or 'dataset'}: group {key!r} must hold {n} entries, got {arr.shape}.")
+            groups[str(key)] = arr
+        object.__setattr__(self, "groups", groups)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __repr__(self) -> str:  # never print pixel data
+        return (f"ImageDataset(name={self.name!r}, n={len(self)}, shape={self.image_shape}, "
+                f"classes={self.label_names}, groups={sorted(self.groups)})")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def class_counts(self) -> np.ndarray:
+        """Number of images per class index."""
+        return np.bincount(self.labels.numpy(), minlength=self.num_classes)
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> ImageDataset:
+        """The images at ``indices`` (in that order), with their labels and metadata."""
+        idx = np.asarray(indices, dtype=np.int64)
+        t = torch.from_numpy(idx)
+        return ImageDataset(self.images[t], self.labels[t], self.label_names,
+                            {k: v[idx] for k, v in self.groups.items()}, self.patient_ids[idx],
+                            self.name if name is None else name)
+
+    def concat(self, other: ImageDataset, name: str | None = None) -> ImageDataset:
+        """This split followed by ``other`` (e.g. canary images appended to a training set).
+
+        Both must have the same image shape and label names; groups present in only one side are filled with
+        ``"unknown"``.
+        """
+        if other.image_shape != self.image_shape or other.label_names != self.label_names:
+            raise DataError(f"cannot join {other.name!r} {other.image_shape} {other.label_names} to "
+                            f"{self.name!r} {self.image_shape} {self.label_names}: shapes and label names must "
+                            "match.")
+        keys = sorted(set(self.groups) | set(other.groups))
+
+        def col(ds: ImageDataset, k: str) -> np.ndarray:
+            return ds.groups.get(k, np.full(len(ds), "unknown"))
+
+        return ImageDataset(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
+                            self.label_names, {k: np.concatenate([col(self, k), col(other, k)]) for k in keys},
+                            np.concatenate([self.patient_ids, other.patient_ids]),
+                            self.name if name is None else name)
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetSplits:
+    """Train, validation and test splits of one dataset, with the fixed normalisation models use.
+
+    ``mean`` and ``std`` default to :data:`DEFAULT_MEAN` / :data:`DEFAULT_STD` per channel.
+    """
+
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
+    name: str = ""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        shapes = {self.train.image_shape, self.val.image_shape, self.test.image_shape}
+        names = {self.train.label_names, self.val.label_names, self.test.label_names}
+        if len(shapes) != 1 or len(names) != 1:
+            raise DataError(f"{self.name}: splits disagree on image shape {sorted(shapes)} or label names.")
+        c = self.train.image_shape[0]
+        m, s = normalization(c)
+        object.__setattr__(self, "mean", tuple(float(v) for v in (self.mean or m)))
+        object.__setattr__(self, "std", tuple(float(v) for v in (self.std or s)))
+        if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
+            raise invalid("std", self.std, f"{c} positive values (one per channel) with {c} means")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.train.image_shape
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.image_shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.train.label_names
+
+    def __repr__(self) -> str:
+        return (f"DatasetSplits(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "
+                f"test={len(self.test)}, shape={self.image_shape}, classes={self.label_names})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def dataset_choices() -> list[str]:
+    """Names :func:`load_splits` accepts."""
+    return ["demo", "ham10000", *MEDMNIST_FLAGS, "folder:PATH"]
+
+
+def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: int, seed: int = 0,
+                max_images: int | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15
+                ) -> DatasetSplits:
+    """Load a dataset by name and split it into train, validation and test.
+
+    Parameters
+    ----------
+    name:
+        ``demo``, ``ham10000``, a MedMNIST flag (``dermamnist``, ...), or ``folder:PATH``.
+    data_dir:
+        Folder holding the files (HAM10000, MedMNIST). Not needed for ``demo`` and ``folder:PATH``.
+    image_size:
+        Images are resized to ``image_size`` x ``image_size`` (bilinear with antialiasing).
+    seed:
+        Seeds the demo generator and the split (HAM10000, folders). MedMNIST keeps its own splits.
+    max_images:
+        The demo's total size (default 2000). For the other datasets, at most this many images in total: a seeded
+        random selection (of whole lesions for HAM10000) made before decoding, so that quick runs stay quick.
+    val_fraction, test_fraction:
+        Shares of the images in the validation and test splits, where dpaudit makes the split.
+    """
+    image_size = check_int("image_size", image_size, minimum=8, fix="pass --image-size 28, 64 or 224")
+    if max_images is not None:
+        max_images = check_int("max_images", max_images, minimum=3, fix="pass at least 3 images (one per split)")
+    val_fraction = check_probability("val_fraction", val_fraction, open_low=False)
+    test_fraction = check_probability("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1:
+        raise invalid("val_fraction + test_fraction", val_fraction + test_fraction, "below 1",
+                      "leave some images for training")
+    fracs = (val_fraction, test_fraction)
+    if not isinstance(name, str) or not name:
+        raise invalid("dataset", name, f"one of {dataset_choices()}", cls=DataError)
+    if name == "demo":
+        return make_demo(max_images or DEMO_DEFAULT_SIZE, image_size=image_size, seed=seed, fractions=fracs)
+    if name == "ham10000":
+        return _load_ham10000(_need_dir(data_dir, name), image_size, seed, max_images, fracs)
+    if name.lower() in MEDMNIST_FLAGS:
+        return _load_medmnist(name.lower(), _need_dir(data_dir, name), image_size, seed, max_images)
+    if name.startswith("folder:"):
+        path = Path(name[len("folder:"):]).expanduser()
+        if not path.is_absolute() and data_dir is not None:
+            path = Path(data_dir) / path
+        return _load_folder(path, image_size, seed, max_images, fracs)
+    raise invalid("dataset", name, f"one of {dataset_choices()}",
+                  "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, or folder:PATH",
+                  cls=DataError)
+
+
+def _need_dir(data_dir: str | Path | None, name: str) -> Path:
+    if data_dir is None:
+        raise invalid("data_dir", None, f"the folder holding the {name} files", "pass --data-dir", cls=DataError)
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data_dir {str(path)!r} is not an existing folder. Fix: pass the folder holding the "
+                        f"{name} files with --data-dir.")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Splitting
+
+
+def _grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions: tuple[float, float],
+                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split image indices into (train, val, test) keeping each group on one side, stratified by label.
+
+    A group's label is the largest label among its images (in HAM10000 all images of a lesion share dx). Within
+    each label, groups are shuffled and assigned to test, then validation, until each holds its share of that
+    label's IMAGES; the rest go to training. Each label with at least 3 groups contributes at least one group to
+    every split.
+    """
+    uniq, inv = np.unique(groups, return_inverse=True)
+    glabel = np.zeros(len(uniq), dtype=np.int64)
+    np.maximum.at(glabel, inv, labels)
+    gsize = np.bincount(inv, minlength=len(uniq))
+    side = np.zeros(len(uniq), dtype=np.int64)  # 0 train, 1 val, 2 test
+    val_frac, test_frac = fractions
+    for c in np.unique(glabel):
+        members = rng.permutation(np.flatnonzero(glabel == c))
+        total = gsize[members].sum()
+        cum = np.cumsum(gsize[members])
+        before = cum - gsize[members]  # images assigned before this group
+        n_test = max(1, int(np.searchsorted(before, test_frac * total, side="left"))) if len(members) >= 3 else 0
+        n_val_end = int(np.searchsorted(before, (test_frac + val_frac) * total, side="left"))
+        n_val_end = max(n_val_end, n_test + (1 if len(members) >= 3 and val_frac > 0 else 0))
+        n_val_end = min(n_val_end, len(members) - 1) if len(members) >= 2 else n_val_end
+        n_test = min(n_test, n_val_end)
+        side[members[:n_test]] = 2
+        side[members[n_test:n_val_end]] = 1
+    img_side = side[inv]
+    return tuple(np.flatnonzero(img_side == s) for s in (0, 1, 2))  # type: ignore[return-value]
+
+
+def _select_groups(groups: np.ndarray, max_images: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a seeded random selection of whole groups holding at most ``max_images`` images (all if None)."""
+    n = len(groups)
+    if max_images is None or max_images >= n:
+        return np.arange(n)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(inv)
+    keep = np.zeros(len(uniq), dtype=bool)
+    used = 0
+    for g in rng.permutation(len(uniq)):
+        if used + sizes[g] <= max_images:
+            keep[g] = True
+            used += sizes[g]
+    return np.flatnonzero(keep[inv])
+
+
+def _splits_from(images: torch.Tensor, labels: np.ndarray, label_names: Sequence[str],
+                 groups: Mapping[str, np.ndarray], patient_ids: np.ndarray, name: str,
+                 parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> DatasetSplits:
+    full = ImageDataset(images, torch.as_tensor(labels, dtype=torch.int64), tuple(label_names), groups,
+                        patient_ids, name)
+    train, val, test = (full.subset(p, f"{name}/{s}") for p, s in zip(parts, ("train", "val", "test"), strict=True))
+    if len(train) == 0:
+        raise DataError(f"{name}: the training split is empty ({len(full)} images in total). Fix: provide more "
+                        "images or lower the validation and test fractions.")
+    return DatasetSplits(train, val, test, name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Demo data
+
+
+def make_demo(n_images: int = DEMO_DEFAULT_SIZE, *, image_size: int = 64, seed: int = 0,
+              fractions: tuple[float, float] = (0.15, 0.15)) -> DatasetSplits:
+    """Synthetic dermoscopy-like images: SYNTHETIC data for demos and tests, not a medical dataset.
+
+    Each synthetic lesion is a pigmented blob on a textured skin-toned background, photographed 1 to 4 times
+    (rotated, shifted, re-lit, fresh sensor noise); all views of one lesion share a ``patient_id`` and stay in one
+    split. About 20% of lesions are class 1 ("immediate treatment", as the seed paper's HAM10000 task) and are
+    drawn with, on average, a more irregular border, more asymmetry and more colour variegation (the ABCD cues of
+    dermoscopy); the class distributions overlap, so the task is learnable but not trivial. Metadata ``sex`` and
+    ``age_band`` are synthetic too (class 1 is older on average). Deterministic given ``seed``; about 0.5 s for
+    2000 images at 64 x 64 on one core.
+    """
+    n_images = check_int("n_images", n_images, minimum=3)
+    size = check_int("image_size", image_size, minimum=8)
+    rng = np.random.default_rng([seed, 0xDE30])
+    # Lesions and their number of views (HAM10000 has 1.34 images per lesion on average).
+    views = []
+    while sum(views) < n_images:
+        views.append(1 + int(rng.binomial(3, 0.15)))
+    views[-1] -= sum(views) - n_images
+    n_les = len(views)
+    lesion_of = np.repeat(np.arange(n_les), views)
+    y_les = (rng.random(n_les) < 0.2).astype(np.int64)
+    mal = y_les.astype(np.float64)
+    # Per-lesion appearance (ABCD cues): class means differ, spreads overlap.
+    les = {
+        "r0": rng.uniform(0.32, 0.52, n_les) + 0.05 * mal,
+        "irreg": np.abs(rng.normal(0.05 + 0.07 * mal, 0.035)),       # border irregularity (harmonics 3..8)
+        "asym": np.abs(rng.normal(0.04 + 0.10 * mal, 0.05)),          # first harmonic: egg-shaped asymmetry
+        "varieg": np.clip(rng.normal(0.12 + 0.33 * mal, 0.15), 0, 1),  # share of a second colour
+        "phase": rng.uniform(0, 2 * np.pi, (n_les, 9)),
+        "harm": rng.normal(0, 1, (n_les, 6)) / np.arange(3, 9) ** 0.7,
+        "brown": rng.uniform(0.55, 1.15, n_les),
+        "second": rng.integers(0, 3, n_les),
+        "skin": rng.uniform(0.72, 1.02, n_les),
+        "mix_freq": rng.uniform(1.0, 3.0, (n_les, 2, 2)),
+        "mix_phase": rng.uniform(0, 2 * np.pi, (n_les, 2)),
+    }
+    les["harm"] /= np.linalg.norm(les["harm"], axis=1, keepdims=True)
+    sex_les = np.where(rng.random(n_les) < 0.54, "male", "female")
+    age_les = np.clip(np.round(rng.normal(46 + 16 * mal, 15) / 5) * 5, 5, 85)
+
+    images = np.empty((n_images, 3, size, size), dtype=np.float32)
+    grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    v, u = np.meshgrid(grid, grid, indexing="ij")
+    skin_rgb = np.array([0.86, 0.66, 0.55], dtype=np.float32)
+    brown_rgb = np.array([0.45, 0.28, 0.17], dtype=np.float32)
+    second_rgb = np.array([[0.14, 0.09, 0.08], [0.36, 0.40, 0.50], [0.62, 0.26, 0.25]], dtype=np.float32)
+    chunk = max(1, 2 ** 20 // (size * size))
+    for start in range(0, n_images, chunk):
+        sl = slice(start, min(n_images, start + chunk))
+        li = lesion_of[sl]
+        m = len(li)
+        f32 = np.float32
+        rot = rng.uniform(0, 2 * np.pi, m).astype(f32)[:, None, None]
+        cx, cy = (rng.normal(0, 0.06, (2, m)).astype(f32)[..., None, None])
+        light = rng.uniform(0.9, 1.1, m).astype(f32)[:, None, None, None]
+        dx, dy = u[None] - cx, v[None] - cy
+        rho = np.sqrt(dx * dx + dy * dy)
+        phi = np.arctan2(dy, dx) + rot
+        ph = les["phase"][li].astype(f32)
+        border = 1 + les["asym"][li, None, None].astype(f32) * np.cos(phi + ph[:, 0, None, None])
+        for k in range(6):  # harmonics 3..8
+            border += (les["irreg"][li] * les["harm"][li, k]).astype(f32)[:, None, None] * np.cos(
+                (k + 3) * phi + ph[:, k + 1, None, None])
+        radius = les["r0"][li].astype(f32)[:, None, None] * border
+        soft = 0.04 * les["r0"][li].astype(f32)[:, None, None]
+        mask = 0.5 - 0.5 * np.tanh(np.clip((rho - radius) / (2 * soft), -15, 15))
+        # Colour variegation: a smooth field decides where the second colour shows.
+        fr, mp = les["mix_freq"][li].astype(f32), les["mix_phase"][li].astype(f32)
+        field_ = (np.sin(np.pi * (fr[:, 0, 0, None, None] * u + fr[:, 0, 1, None, None] * v) + mp[:, 0, None, None])
+                  + np.sin(np.pi * (fr[:, 1, 0, None, None] * v - fr[:, 1, 1, None, None] * u) + mp[:, 1, None, None]))
+        varieg = les["varieg"][li].astype(f32)[:, None, None]
+        mix = varieg * (0.5 + 0.5 * np.tanh(2 * (field_ + 2 * varieg - 1)))
+        centre = 1 - 0.25 * np.exp(-(rho / (0.5 * radius)) ** 2)  # darker centre (both classes)
+        lesion_col = (brown_rgb[None, :, None, None] * les["brown"][li].astype(f32)[:, None, None, None]
+                      * (1 - mix[:, None]) + second_rgb[les["second"][li]][:, :, None, None] * mix[:, None])
+        lesion_col = lesion_col * centre[:, None]
+        tex_f = rng.uniform(0.5, 2.5, (m, 3, 2)).astype(f32)
+        tex_p = rng.uniform(0, 2 * np.pi, (m, 3)).astype(f32)
+        texture = sum(np.sin(np.pi * (tex_f[:, j, 0, None, None] * u + tex_f[:, j, 1, None, None] * v)
+                             + tex_p[:, j, None, None]) for j in range(3)) * f32(0.02)
+        skin = skin_rgb[None, :, None, None] * les["skin"][li].astype(f32)[:, None, None, None]
+        img = skin * (1 - mask[:, None]) + lesion_col * mask[:, None]
+        img = img * light + texture[:, None] + f32(0.02) * rng.standard_normal(img.shape, dtype=f32)
+        images[sl] = np.clip(img, 0, 1)
+
+    labels = y_les[lesion_of]
+    pids = np.array([f"demo-lesion-{i:05d}" for i in lesion_of])
+    groups = {"sex": sex_les[lesion_of], "age_band": np.array([age_band(a) for a in age_les[lesion_of]])}
+    parts = _grouped_stratified_split(labels, pids, fractions, np.random.default_rng([seed, 0x5B17]))
+    return _splits_from(torch.from_numpy(images), labels, HAM10000_LABEL_NAMES, groups, pids, "demo", parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding files
+
+
+def _decode_image(path: Path, image_size: int, mode: str) -> np.ndarray:
+    """Decode one image file to uint8 H x W x C (``mode`` "RGB" or "L"), resized to image_size x image_size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            # JPEG: let libjpeg decode at a reduced scale (>= 2x the target) -- much faster, same result after
+            # the antialiased resize below.
+            im.draft(mode, (2 * image_size, 2 * image_size))
+            im = im.convert(mode)
+            if im.size != (image_size, image_size):
+                # Non-square images (HAM10000: 600 x 450) are resized to a square, as MedMNIST did.
+                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"image {str(path)!r} does not decode ({type(exc).__name__}: {exc}). Fix: replace or "
+                        "remove the file.") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _decode_all(paths: Sequence[Path], image_size: int, mode: str) -> torch.Tensor:
+    """Decode files in parallel threads (PIL releases the GIL while decoding) to float32 N x C x H x W in [0, 1]."""
+    c = 3 if mode == "RGB" else 1
+    out = np.empty((len(paths), image_size, image_size, c), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = _decode_image(paths[i], image_size, mode)
+
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
+        list(pool.map(work, range(len(paths))))
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
+
+
+def _resize_array(arr: np.ndarray, image_size: int, what: str) -> torch.Tensor:
+    """uint8 or float array N x H x W (grey) or N x H x W x C to float32 N x C x image_size x image_size in [0, 1]."""
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise DataError(f"{what}: images must be N x H x W (grey) or N x H x W x 3 (colour), got shape "
+                        f"{arr.shape}. Fix: use a 2D MedMNIST file.")
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        scale = 255.0 if arr.size and float(arr.max()) > 1.0 else 1.0
+    else:
+        raise DataError(f"{what}: images must be uint8 or float, got {arr.dtype}.")
+    out = []
+    for s in range(0, len(arr), 1024):
+        t = torch.from_numpy(np.ascontiguousarray(arr[s:s + 1024])).permute(0, 3, 1, 2).to(torch.float32) / scale
+        if t.shape[-2:] != (image_size, image_size):
+            t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out.append(t.clamp_(0.0, 1.0))
+    if not out:
+        return torch.zeros((0, arr.shape[-1], image_size, image_size), dtype=torch.float32)
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HAM10000
+
+
+def _ham_image_index(root: Path) -> dict[str, Path]:
+    folders = [root, root / "HAM10000_images_part_1", root / "HAM10000_images_part_2"]
+    index: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.suffix.lower() == ".jpg" and p.name.startswith("ISIC_"):
+                    index.setdefault(p.stem, p)
+    return index
+
+
+def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | None,
+                   fractions: tuple[float, float]) -> DatasetSplits:
+    csv_path = root / "HAM10000_metadata.csv"
+    if not csv_path.is_file():
+        found = sorted(p.name for p in root.glob("*.csv"))
+        raise DataError(f"ham10000: {str(csv_path)!r} not found (CSV files in that folder: {found or 'none'}). "
+                        "Fix: pass --data-dir the folder holding HAM10000_metadata.csv and the ISIC_*.jpg images "
+                        "(directly or in HAM10000_images_part_1/ and HAM10000_images_part_2/).")
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in HAM10000_REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DataError(f"ham10000: {csv_path.name} lacks the column(s) {missing} (found {columns}). Fix: use "
+                            "the official metadata file (lesion_id, image_id, dx, dx_type, age, sex, localization).")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    if not rows:
+        raise DataError(f"ham10000: {csv_path.name} has no rows.")
+    known = HAM10000_IMMEDIATE | HAM10000_NOT_IMMEDIATE
+    bad = sorted({r["dx"] for r in rows} - known)
+    if bad:
+        raise DataError(f"ham10000: {csv_path.name} has unknown dx value(s) {bad}; allowed: {sorted(known)}.")
+    index = _ham_image_index(root)
+    absent = [r["image_id"] for r in rows if r["image_id"] not in index]
+    if absent:
+        raise DataError(f"ham10000: {len(absent)} image(s) listed in {csv_path.name} are missing, e.g. "
+                        f"{absent[0]}.jpg (looked in {root}, HAM10000_images_part_1/ and HAM10000_images_part_2/).")
+    labels = np.array([1 if r["dx"] in HAM10000_IMMEDIATE else 0 for r in rows], dtype=np.int64)
+    lesions = np.array([r["lesion_id"] for r in rows])
+    rng = np.random.default_rng([seed, zlib.crc32(b"ham10000")])
+    keep = _select_groups(lesions, max_images, rng)
+
+    def age_of(text: str) -> float | None:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+    sex = np.array([r.get("sex") or "unknown" for r in rows])
+    ages = np.array([age_band(age_of(r.get("age", ""))) for r in rows])
+    groups = {}
+    if "sex" in columns:
+        groups["sex"] = sex[keep]
+    if "age" in columns:
+        groups["age_band"] = ages[keep]
+    images = _decode_all([index[rows[i]["image_id"]] for i in keep], image_size, "RGB")
+    parts = _grouped_stratified_split(labels[keep], lesions[keep], fractions, rng)
+    return _splits_from(images, labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000", parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MedMNIST
+
+
+def _medmnist_file(root: Path, flag: str, image_size: int) -> Path:
+    exact = root / f"{flag}_{image_size}.npz"
+    if exact.is_file():
+        return exact
+    sized = {}
+    for p in root.glob(f"{flag}_*.npz"):
+        tail = p.stem[len(flag) + 1:]
+        if tail.isdigit():
+            sized[int(tail)] = p
+    plain = root / f"{flag}.npz"
+    # Prefer the smallest file at least as large as asked (downscaling loses less), then the plain 28 px file.
+    larger = sorted(s for s in sized if s >= image_size)
+    if larger:
+        return sized[larger[0]]
+    if plain.is_file():
+        return plain
+    if sized:
+        return sized[max(sized)]
+    raise DataError(f"{flag}: no {flag}.npz or {flag}_SIZE.npz in {str(root)!r}. Fix: pass --data-dir the folder "
+                    "holding the MedMNIST file (dpaudit never downloads data).")
+
+
+def _load_medmnist(flag: str, root: Path, image_size: int, seed: int, max_images: int | None) -> DatasetSplits:
+    path = _medmnist_file(root, flag, image_size)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{flag}: {path.name} does not load as an .npz file ({exc}).") from None
+    with npz:
+        keys = set(npz.files)
+        needed = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")]
+        missing = [k for k in needed if k not in keys]
+        if missing:
+            raise DataError(f"{flag}: {path.name} lacks the array(s) {missing} (found {sorted(keys)}).")
+        raw = {k: npz[k] for k in needed}
+    labels = {}
+    for s in ("train", "val", "test"):
+        lab = raw[f"{s}_labels"]
+        if lab.ndim == 2 and lab.shape[1] == 1:
+            lab = lab[:, 0]
+        if lab.ndim != 1:
+            raise DataError(f"{flag}: {s}_labels has shape {lab.shape}; dpaudit trains single-label classifiers. "
+                            "Fix: use a single-label MedMNIST dataset (ChestMNIST is multi-label).")
+        if len(lab) != len(raw[f"{s}_images"]):
+            raise DataError(f"{flag}: {s}_images and {s}_labels differ in length.")
+        labels[s] = lab.astype(np.int64)
+    n_cls = int(max(int(v.max()) for v in labels.values() if len(v)) + 1)
+    names = _MEDMNIST_LABEL_NAMES.get(flag, ())
+    if len(names) != n_cls:
+        names = tuple(str(i) for i in range(n_cls))
+    total = sum(len(v) for v in labels.values())
+    rng = np.random.default_rng([seed, zlib.crc32(flag.encode())])
+    splits = []
+    for s in ("train", "val", "test"):
+        n = len(labels[s])
+        idx = np.arange(n)
+        if max_images is not None and max_images < total:
+            k = max(1, round(max_images * n / total))
+            idx = np.sort(rng.choice(n, size=min(n, k), replace=False))
+        imgs = _resize_array(raw[f"{s}_images"][idx], image_size, f"{flag}/{path.name}")
+        splits.append(ImageDataset(imgs, torch.from_numpy(labels[s][idx]), names, {},
+                                   np.array([f"{flag}-{s}-{i}" for i in idx]), f"{flag}/{s}"))
+    return DatasetSplits(*splits, name=flag)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image folders
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
+                 fractions: tuple[float, float]) -> DatasetSplits:
+    name = f"folder:{root}"
+    if not root.is_dir():
+        raise DataError(f"{name}: {str(root)!r} is not an existing folder. Fix: pass --dataset folder:PATH with "
+                        "the folder of images (class sub-folders optional).")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [(d.name, _list_images(d)) for d in subdirs]
+    classes = [(n, files) for n, files in classes if files]
+    top = _list_images(root)
+    if classes and top:
+        raise DataError(f"{name}: images both at the top level ({top[0].name}, ...) and in class sub-folders. "
+                        "Fix: move the top-level images into a class sub-folder.")
+    if not classes:
+        if not top:
+            raise DataError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found in the folder or its "
+                            "sub-folders.")
+        classes = [(root.name or "images", top)]
+    label_names = tuple(n for n, _ in classes)
+    paths = [p for _, files in classes for p in files]
+    labels = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, (_, files) in enumerate(classes)])
+    pids = np.array([str(p.relative_to(root)) for p in paths])
+    rng = np.random.default_rng([seed, zlib.crc32(b"folder")])
+    keep = _select_groups(pids, max_images, rng)
+    paths = [paths[i] for i in keep]
+    mode = _folder_mode(paths)
+    images = _decode_all(paths, image_size, mode)
+    parts = _grouped_stratified_split(labels[keep], pids[keep], fractions, rng)
+    return _splits_from(images, labels[keep], label_names, {}, pids[keep], name, parts)
+
+
+def _folder_mode(paths: Sequence[Path]) -> str:
+    """"L" when every image is greyscale, else "RGB" (reads headers only, decodes nothing)."""
+    from PIL import Image, UnidentifiedImageError
+
+    grey = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.mode not in grey:
+                    return "RGB"
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"image {str(p)!r} does not decode ({type(exc).__name__}: {exc}). Fix: replace or "
+                            "remove the file.") from None
+    return "L"
+

@@ -1,0 +1,93 @@
+"""dpaudit checkpoints: round trip through weights_only loading, plain state dicts, refusal of unsafe pickles."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import torch
+from dpaudit.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, load_model, save_checkpoint
+from dpaudit.config import DpSgdConfig
+from dpaudit.errors import CheckpointError
+from dpaudit.models import build_model
+
+
+def _meta(**kw: object) -> CheckpointMeta:
+    base = dict(arch="smallcnn", num_classes=2, in_channels=3, arch_args={"width": 4}, input_shape=(3, 16, 16),
+                dataset="demo", n_train=100, label_names=("not immediate", "immediate treatment"),
+                dp=DpSgdConfig(0.9, 0.05, 40, max_grad_norm=1.5, target_delta=8e-7), epochs=2, batch_size=5,
+                extra={"epsilon_achieved": 7.9, "seed": 0})
+    base.update(kw)
+    return CheckpointMeta(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_through_weights_only_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("smallcnn", num_classes=2, in_channels=3, width=4)
+    path = save_checkpoint(tmp_path / "run" / "model.pt", model, _meta())
+    raw = torch.load(path, weights_only=True)  # the contract: plain torch can read it safely
+    assert raw["format"] == "dpaudit-checkpoint" and raw["dp"]["noise_multiplier"] == 0.9
+    ckpt = load_checkpoint(path)
+    assert isinstance(ckpt, Checkpoint) and ckpt.source == "dpaudit"
+    assert ckpt.dp == DpSgdConfig(0.9, 0.05, 40, max_grad_norm=1.5, target_delta=8e-7)
+    assert (ckpt.noise_multiplier, ckpt.sampling_probability, ckpt.steps) == (0.9, 0.05, 40)
+    assert ckpt.epochs == 2 and ckpt.batch_size == 5 and ckpt.n_train == 100
+    assert ckpt.input_shape == (3, 16, 16) and ckpt.mean == (0.5,) * 3 and ckpt.std == (0.5,) * 3
+    assert ckpt.extra["epsilon_achieved"] == 7.9 and ckpt.meta == _meta()
+    rebuilt = ckpt.build_model()
+    x = torch.rand(3, 3, 16, 16)
+    model.eval()
+    assert torch.equal(rebuilt(x), model(x))
+
+
+def test_non_private_checkpoint_has_no_dp(tmp_path: Path) -> None:
+    model = build_model("resnet9", num_classes=3, in_channels=1, width=4)
+    path = save_checkpoint(tmp_path / "m.pt", model, _meta(arch="resnet9", num_classes=3, in_channels=1,
+                                                             input_shape=(1, 8, 8), dp=None, label_names=()))
+    ckpt = load_checkpoint(path)
+    assert ckpt.dp is None and ckpt.noise_multiplier is None
+    assert ckpt.label_names == ("0", "1", "2") and ckpt.mean == (0.5,)
+
+
+def test_unsafe_pickle_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "whole_model.pt"
+    torch.save(build_model("smallcnn", num_classes=2, width=4), path)  # pickles the nn.Module class
+    with pytest.raises(CheckpointError, match="cannot be loaded safely") as info:
+        load_checkpoint(path, arch="smallcnn")
+    assert "state_dict()" in str(info.value) and "--arch" in str(info.value)
+
+
+def test_plain_state_dict_with_arch_and_opacus_prefix(tmp_path: Path) -> None:
+    model = build_model("smallcnn", num_classes=5, in_channels=1, width=4)
+    wrapped = collections.OrderedDict((f"_module.{k}", v) for k, v in model.state_dict().items())
+    torch.save(wrapped, tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="--arch"):
+        load_checkpoint(tmp_path / "sd.pt")
+    ckpt = load_model(tmp_path / "sd.pt", arch="smallcnn", arch_args={"width": 4}, image_size=12)
+    assert ckpt.source == "state_dict" and ckpt.num_classes == 5 and ckpt.in_channels == 1
+    assert ckpt.input_shape == (1, 12, 12) and ckpt.dp is None
+    x = torch.rand(2, 1, 12, 12)
+    assert torch.equal(ckpt.build_model()(x), model.eval()(x))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_model(tmp_path / "sd.pt", arch="smallcnn", arch_args={"width": 8})
+
+
+def test_random_init_and_errors(tmp_path: Path) -> None:
+    a = load_model(None, arch="resnet9", num_classes=2, image_size=32, seed=1)
+    assert a.source == "random" and a.input_shape == (3, 32, 32)
+    state = torch.get_rng_state()
+    m1, m2 = a.build_model(), a.build_model()
+    assert torch.equal(torch.get_rng_state(), state)  # no side effect on the global generator
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
+    with pytest.raises(CheckpointError, match="--arch"):
+        load_model(None)
+    with pytest.raises(CheckpointError, match="arch must be one of"):
+        load_model(None, arch="vgg")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="do not match"):
+        save_checkpoint(tmp_path / "x.pt", build_model("smallcnn", num_classes=2, width=8), _meta())
