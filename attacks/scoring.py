@@ -1,0 +1,148 @@
+"""Scoring reconstructions: SSIM, nearest-match and paired assignment, exclusion, intervals for success fractions.
+
+SSIM follows scikit-image 0.26 ``structural_similarity(rec, gt, data_range=1.0, channel_axis=-1)`` with its
+defaults (7 x 7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03, mean over the window-valid region and over
+channels). :func:`ssim_batch` computes exactly that for many images at once (the uniform filter's values on the
+region skimage keeps need no padding, so a stride-1 average pool gives them); the tests compare it with skimage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from dpaudit.errors import check_probability, invalid
+
+SSIM_VARIANT = ("skimage structural_similarity, data_range=1.0, 7x7 uniform window, sample covariance, "
+                "K1=0.01, K2=0.03, mean over channels")
+
+#: The seed paper's success criterion (Table 3 caption): SSIM higher than 80%.
+SUCCESS_SSIM = 0.8
+
+#: The seed paper (section 4.3) only considers images with more than 10% non-zero pixels.
+MIN_NONZERO_FRACTION = 0.10
+
+_WIN = 7  # skimage's default win_size for uniform windows
+_K1, _K2 = 0.01, 0.03
+
+
+def ssim_batch(rec: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> np.ndarray:
+    """SSIM of each pair (N x H x W x C arrays in [0, 1], data_range 1.0); scikit-image's definition.
+
+    Raises :class:`~dpaudit.errors.ConfigError` when an image is smaller than the 7 x 7 window.
+    """
+    x = torch.as_tensor(np.asarray(rec), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(gt), dtype=torch.float64)
+    if x.shape != y.shape or x.ndim != 4:
+        raise invalid("images", tuple(x.shape), f"N x H x W x C arrays of the same shape as {tuple(y.shape)}")
+    if min(x.shape[1], x.shape[2]) < _WIN:
+        raise invalid("image_size", tuple(x.shape[1:3]), "at least 7 x 7 pixels (SSIM's window)",
+                      "pass a larger --image-size")
+    n, h, w, c = x.shape
+    x = x.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
+    y = y.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
+    pool = torch.nn.functional.avg_pool2d
+    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    f = pool(stacked, _WIN, stride=1)
+    ux, uy, uxx, uyy, uxy = f.unbind(dim=1)
+    np_ = _WIN * _WIN
+    cov_norm = np_ / (np_ - 1.0)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1, c2 = (_K1 * 1.0) ** 2, (_K2 * 1.0) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    per_channel = s.mean(dim=(1, 2)).reshape(n, c)
+    return per_channel.mean(dim=1).numpy()
+
+
+def nonzero_fraction(images: np.ndarray) -> np.ndarray:
+    """Fraction of pixels with any non-zero channel, per image (N x H x W x C)."""
+    return (np.asarray(images) > 0).any(axis=-1).mean(axis=(1, 2))
+
+
+def keep_mask(images: np.ndarray) -> np.ndarray:
+    """Images the seed paper scores: more than 10% non-zero pixels (section 4.3)."""
+    return nonzero_fraction(images) > MIN_NONZERO_FRACTION
+
+
+def _block_pool(x: np.ndarray, b: int) -> np.ndarray:
+    """b x b average pooling of N x H x W x C images (remainder rows/columns dropped), flattened."""
+    n, h, w, c = x.shape
+    hb, wb = h // b, w // b
+    x = x[:, : hb * b, : wb * b].reshape(n, hb, b, wb, b, c).mean(axis=(2, 4))
+    return x.reshape(n, -1)
+
+
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between rows (float64)."""
+    a = a.astype(np.float64, copy=False)
+    b = b.astype(np.float64, copy=False)
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d, 0.0)
+
+
+def nearest_match(inputs: np.ndarray, candidates: np.ndarray, *, block: int = 4) -> np.ndarray:
+    """For each input, the index of the candidate reconstruction with the smallest Euclidean distance (exact).
+
+    As the seed paper (section 4.3): "calculating the pairwise distance between all data samples and
+    reconstructions and assigning each input the reconstruction with the lowest distance".
+
+    The search is exact but pruned: ``b^2 * |pool(a) - pool(c)|^2 <= |a - c|^2`` for b x b average pooling
+    (Cauchy-Schwarz on each block), so only candidates whose pooled lower bound does not exceed the distance to
+    the best pooled candidate are compared in full (in float64). Ties go to the lower index.
+    """
+    n = inputs.shape[0]
+    if candidates.shape[0] == 0:
+        raise invalid("candidates", 0, "at least one reconstruction")
+    b = block if min(inputs.shape[1], inputs.shape[2]) >= 2 * block else 1
+    flat_in = inputs.reshape(n, -1).astype(np.float64)
+    flat_c = candidates.reshape(candidates.shape[0], -1)
+    lower = (b * b) * _sqdist(_block_pool(inputs, b), _block_pool(candidates, b))
+    first = np.argmin(lower, axis=1)
+    upper = ((flat_in - flat_c[first]) ** 2).sum(1)
+    # Relative slack covers the round-off of the GEMM form of the lower bound.
+    slack = 1e-9 * ((flat_in**2).sum(1) + 1.0)
+    survive = lower <= (upper + slack)[:, None]
+    best = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        idx = np.nonzero(survive[i])[0]
+        if len(idx) == 1:
+            best[i] = idx[0]
+            continue
+        d = np.empty(len(idx))
+        for start in range(0, len(idx), 256):  # bounded memory: 256 candidates at a time
+            chunk = idx[start : start + 256]
+            d[start : start + 256] = ((flat_c[chunk] - flat_in[i]) ** 2).sum(1)
+        best[i] = idx[int(np.argmin(d))]  # argmin returns the first (lowest index) of ties
+    return best
+
+
+def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper and Pearson, Biometrika 1934) two-sided interval for a binomial proportion.
+
+    Its coverage is at least ``confidence`` for every true proportion (conservative).
+    """
+    from scipy.stats import beta
+
+    confidence = check_probability("confidence", confidence)
+    if n <= 0:
+        return (0.0, 1.0)
+    a = 1.0 - confidence
+    lo = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - a / 2, successes + 1, n - successes))
+    return lo, hi
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (Wilson, JASA 1927) for a binomial proportion (approximate coverage)."""
+    from scipy.stats import norm
+
+    confidence = check_probability("confidence", confidence)
+    if n <= 0:
+        return (0.0, 1.0)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
