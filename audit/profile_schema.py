@@ -1,0 +1,720 @@
+"""JSON round-trips for frozen result dataclasses (the profile's schema).
+
+Results are frozen dataclasses, never dicts. This module turns them into plain JSON and back, driven by the
+type hints, so that every class of the profile's schema gets a validated ``from_json`` for free: a field of the
+wrong type, a missing field or an unknown key raises :class:`dpaudit.errors.ConfigError` naming the path.
+
+JSON has no infinity or NaN; such floats are written as the strings ``"inf"``, ``"-inf"`` and ``"nan"`` and read
+back exactly, so ``from_json(to_json(x)) == x`` also for non-private runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dpaudit.errors import ConfigError, invalid
+
+T = TypeVar("T")
+
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def encode(obj: Any) -> Any:
+    """A plain-JSON view of ``obj`` (dataclasses become objects, tuples lists, non-finite floats strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, tuple | list):
+        return [encode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): encode(v) for k, v in obj.items()}
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return encode(obj.item())
+    raise invalid("profile value", type(obj).__name__, "a dataclass, number, string, list or dict",
+                  "convert the value before storing it in a result")
+
+
+def dumps(obj: Any) -> str:
+    """Deterministic JSON text (sorted keys are not used: field order is the schema's order)."""
+    return json.dumps(encode(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _fail(path: str, value: Any, expected: str) -> ConfigError:
+    return invalid(path, value, expected, "re-create the file with this dpaudit version or fix the field")  # type: ignore[return-value]
+
+
+def decode(tp: Any, value: Any, path: str = "$") -> Any:
+    """Build a value of type ``tp`` from its plain-JSON form, validating as it goes."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return decode(arg, value, path)
+            except ConfigError:
+                continue
+        raise _fail(path, value, " or ".join(getattr(a, "__name__", str(a)) for a in args))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _fail(path, value, "a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise _fail(path, value, f"a list of {len(args)} items")
+        return tuple(decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise _fail(path, value, "an object")
+        return {decode(key_tp, k, path): decode(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise _fail(path, value, f"one of {list(typing.get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_plain(tp, value, path)
+    if tp is float:
+        if isinstance(value, str) and value in _NONFINITE:
+            return _NONFINITE[value]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(path, value, "a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, value, "an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(path, value, "true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(path, value, "a string")
+        return value
+    if tp is Any:
+        return value
+    raise _fail(path, value, f"a value of type {tp!r}")
+
+
+def from_plain(cls: type[T], data: Any, path: str = "$") -> T:
+    """Build dataclass ``cls`` from a plain-JSON object; unknown and missing keys are errors."""
+    if not isinstance(data, dict):
+        raise _fail(path, data, f"an object for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise _fail(f"{path}.{unknown[0]}", data[unknown[0]], f"absent (no such field in {cls.__name__})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        if f.name in data:
+            kwargs[f.name] = decode(hints[f.name], data[f.name], f"{path}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _fail(f"{path}.{f.name}", None, "present")
+    return cls(**kwargs)
+
+
+def loads(cls: type[T], text: str) -> T:
+    """Parse JSON text into dataclass ``cls``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid("JSON", f"line {exc.lineno} column {exc.colno}", "valid JSON",
+                      "the file is damaged; re-create it") from None
+    return from_plain(cls, data)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The schema of profile.json
+# --------------------------------------------------------------------------------------------------------------
+
+#: Bumped whenever a field changes meaning; ``dpaudit report`` refuses files of another major version.
+SCHEMA_VERSION = 1
+
+DECODERS = ("strong", "paper")
+CONNECTIONS = ("linear", "addition")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Normalise numbers and sequences to the declared type (1 -> 1.0, list -> tuple, numpy scalar -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if tp is float and not isinstance(value, bool) and hasattr(value, "__float__") and not isinstance(value, str):
+        return float(value)
+    if tp is int and not isinstance(value, bool) and hasattr(value, "__index__"):
+        return int(value)
+    if origin is tuple and isinstance(value, list | tuple):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        return tuple(value)
+    return value
+
+
+class _Json:
+    """Mixin: ``to_json`` / ``from_json`` through the type-driven codec above, and type normalisation at
+    construction (so that equal results compare equal and serialise to the same text)."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            fixed = _coerce(hints[f.name], value)
+            if fixed is not value:
+                object.__setattr__(self, f.name, fixed)
+
+    def to_json(self) -> str:
+        return dumps(self)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:  # type: ignore[misc]
+        return loads(cls, text)
+
+
+def _rate(field: str, value: float | None) -> float | None:
+    """Validate a probability-like result (fractions, bounds, TPRs), allowing None."""
+    if value is None:
+        return None
+    v = float(value)
+    if not (0.0 <= v <= 1.0):
+        raise invalid(field, value, "in [0, 1]", "this is a bug in the producer of the result; report it")
+    return v
+
+
+def _epsilons(value: Any) -> tuple[float, ...]:
+    try:
+        eps = tuple(float(e) for e in value)
+    except (TypeError, ValueError):
+        raise invalid("epsilons", value, "a list of numbers, e.g. 1,8,20,1e9") from None
+    if not eps:
+        raise invalid("epsilons", value, "a non-empty list", "pass e.g. --epsilons 1,8,20,1e9")
+    for e in eps:
+        if not math.isfinite(e) or e <= 0:
+            raise invalid("epsilons", e, "finite numbers > 0",
+                          "pass positive privacy budgets such as 1,8,20,1e9 and --non-private for the baseline")
+    if len(set(eps)) != len(eps):
+        raise invalid("epsilons", list(eps), "distinct values", "remove the duplicate epsilon")
+    return tuple(sorted(eps))
+
+
+@dataclass(frozen=True)
+class ProfileConfig(_Json):
+    """Everything that defines a profile: the data, the model, the training, the attack and the bounds.
+
+    Frozen and validated at construction. The same object is stored in ``profile.json`` so that the report can
+    print every parameter and the exact command that reproduces it (:meth:`command`).
+
+    Attributes
+    ----------
+    dataset, data_dir, image_size:
+        The dataset name as ``dpaudit.data.load_splits`` takes it (``demo``, ``ham10000``, a MedMNIST flag,
+        ``folder:PATH``), its folder, and the side length images are resized to.
+    max_train_images:
+        Keep only the first N training images (quick looks and tests); None keeps all.
+    arch:
+        Architecture name from :data:`dpaudit.models.ARCHITECTURES`.
+    epsilons:
+        Target privacy budgets (tight PLD epsilon at ``target_delta``), sorted ascending.
+    non_private:
+        Also train the non-private baseline (noise multiplier 0, no clipping guarantee).
+    seeds, seed:
+        Number of training runs per privacy level (utility mean and spread) and the first seed.
+    epochs, batch_size, physical_batch_size, max_grad_norm, lr, augment_multiplicity:
+        DP-SGD training (Poisson sampling at q = batch_size / N_train, NAdam).
+    target_delta:
+        delta; None lets training choose its default (and the choice is recorded in the results).
+    kappas:
+        The user's priors kappa in addition to 1/N_train (always reported, as in the seed paper).
+    records_per_patient:
+        k images per patient; k > 1 makes the guarantee patient-level (the privacy unit is then the patient).
+    attack_images, decoders, connection, bins, observations:
+        The realistic imprint-layer attack (spec attack.md): images attacked per privacy level, decoders
+        (the strongest is reported and named), imprint connection, bins K, observations of each image.
+    attack_epochs:
+        Epochs of the attack scenario (batch size 1, q = 1/N, T = epochs * N); None uses ``epochs``.
+    mia_audit, canaries:
+        Also run the empirical canary membership audit (one extra training run per privacy level).
+    include_images:
+        Put reconstructions next to originals in the report (patient images: off by default).
+    """
+
+    dataset: str = "demo"
+    data_dir: str | None = None
+    image_size: int = 32
+    max_train_images: int | None = None
+    arch: str = "resnet9"
+    epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
+    non_private: bool = True
+    seeds: int = 2
+    seed: int = 0
+    epochs: int = 5
+    batch_size: int = 64
+    physical_batch_size: int | None = None
+    max_grad_norm: float = 1.0
+    lr: float = 2e-3
+    augment_multiplicity: int = 1
+    target_delta: float | None = None
+    kappas: tuple[float, ...] = ()
+    records_per_patient: int = 1
+    attack_images: int = 64
+    decoders: tuple[str, ...] = DECODERS
+    connection: str = "linear"
+    bins: int = 10
+    observations: int = 1
+    attack_epochs: int | None = None
+    mia_audit: bool = False
+    canaries: int = 256
+    include_images: bool = False
+
+    def __post_init__(self) -> None:
+        from dpaudit.errors import check_int, check_positive, check_probability
+
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise invalid("dataset", self.dataset, "a dataset name", "pass e.g. --dataset demo")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            put("data_dir", str(self.data_dir))
+        put("image_size", check_int("image_size", self.image_size, minimum=8,
+                                    fix="pass --image-size 32 (or 64 for the paper's attack setting)"))
+        if self.max_train_images is not None:
+            put("max_train_images", check_int("max_train_images", self.max_train_images, minimum=2))
+        if not isinstance(self.arch, str) or not self.arch:
+            raise invalid("arch", self.arch, "an architecture name", "pass e.g. --arch resnet9")
+        put("epsilons", _epsilons(self.epsilons))
+        if not isinstance(self.non_private, bool):
+            raise invalid("non_private", self.non_private, "true or false")
+        put("seeds", check_int("seeds", self.seeds, minimum=1, fix="pass --seeds 3 for a mean and a spread"))
+        put("seed", check_int("seed", self.seed, minimum=0))
+        put("epochs", check_int("epochs", self.epochs, minimum=1))
+        put("batch_size", check_int("batch_size", self.batch_size, minimum=1))
+        if self.physical_batch_size is not None:
+            put("physical_batch_size", check_int("physical_batch_size", self.physical_batch_size, minimum=1))
+        put("max_grad_norm", check_positive("max_grad_norm", self.max_grad_norm, fix="pass e.g. 1.0"))
+        put("lr", check_positive("lr", self.lr, fix="pass e.g. 2e-3"))
+        put("augment_multiplicity", check_int("augment_multiplicity", self.augment_multiplicity, minimum=1))
+        if self.target_delta is not None:
+            put("target_delta", check_probability("target_delta", self.target_delta,
+                                                  fix="pass a delta well below 1/N, e.g. 1e-5"))
+        put("kappas", tuple(sorted({check_probability(
+            "kappa", k, fix="pass the blind-guess success probability, e.g. --kappa 1e-3") for k in self.kappas})))
+        put("records_per_patient", check_int("records_per_patient", self.records_per_patient, minimum=1))
+        put("attack_images", check_int("attack_images", self.attack_images, minimum=1,
+                                       fix="pass --attack-images 64"))
+        decoders = tuple(self.decoders)
+        bad = [d for d in decoders if d not in DECODERS]
+        if bad or not decoders or len(set(decoders)) != len(decoders):
+            raise invalid("decoders", list(decoders), f"distinct names from {list(DECODERS)}",
+                          "pass --decoder all, or strong, or paper")
+        put("decoders", decoders)
+        if self.connection not in CONNECTIONS:
+            raise invalid("connection", self.connection, f"one of {list(CONNECTIONS)}")
+        put("bins", check_int("bins", self.bins, minimum=2, fix="pass --bins 10 (the paper's value)"))
+        put("observations", check_int("observations", self.observations, minimum=1))
+        if self.attack_epochs is not None:
+            put("attack_epochs", check_int("attack_epochs", self.attack_epochs, minimum=1))
+        put("canaries", check_int("canaries", self.canaries, minimum=2))
+        for name in ("mia_audit", "include_images"):
+            if not isinstance(getattr(self, name), bool):
+                raise invalid(name, getattr(self, name), "true or false")
+
+    @property
+    def privacy_unit(self) -> str:
+        """``"image"`` for record-level guarantees, ``"patient"`` when a patient contributes k > 1 images."""
+        return "patient" if self.records_per_patient > 1 else "image"
+
+    @property
+    def levels(self) -> tuple[float | None, ...]:
+        """The privacy levels in report order: each epsilon ascending, then None for the non-private baseline."""
+        return (*self.epsilons, *((None,) if self.non_private else ()))
+
+    def command(self, out: str = "DIR") -> str:
+        """The ``dpaudit profile`` command line that reproduces this configuration."""
+        import shlex
+
+        d = ProfileConfig()
+        parts = ["dpaudit", "profile", "--dataset", self.dataset]
+        if self.data_dir is not None:
+            parts += ["--data-dir", self.data_dir]
+
+        def opt(flag: str, value: Any, default: Any) -> None:
+            if value != default:
+                parts.extend([flag, _fmt_cli(value)])
+
+        opt("--image-size", self.image_size, None)
+        opt("--max-train-images", self.max_train_images, d.max_train_images)
+        opt("--arch", self.arch, None)
+        parts += ["--epsilons", ",".join(_fmt_cli(e) for e in self.epsilons)]
+        parts.append("--non-private" if self.non_private else "--no-non-private")
+        opt("--seeds", self.seeds, None)
+        opt("--seed", self.seed, d.seed)
+        opt("--epochs", self.epochs, None)
+        opt("--batch-size", self.batch_size, None)
+        opt("--physical-batch-size", self.physical_batch_size, d.physical_batch_size)
+        opt("--max-grad-norm", self.max_grad_norm, d.max_grad_norm)
+        opt("--lr", self.lr, d.lr)
+        opt("--augment-multiplicity", self.augment_multiplicity, d.augment_multiplicity)
+        opt("--delta", self.target_delta, d.target_delta)
+        for k in self.kappas:
+            parts += ["--kappa", _fmt_cli(k)]
+        opt("--records-per-patient", self.records_per_patient, d.records_per_patient)
+        opt("--attack-images", self.attack_images, None)
+        if self.decoders != d.decoders:
+            parts += ["--decoder", self.decoders[0] if len(self.decoders) == 1 else "all"]
+        opt("--connection", self.connection, d.connection)
+        opt("--bins", self.bins, d.bins)
+        opt("--observations", self.observations, d.observations)
+        opt("--attack-epochs", self.attack_epochs, d.attack_epochs)
+        if self.mia_audit:
+            parts += ["--mia-audit", "--canaries", str(self.canaries)]
+        if self.include_images:
+            parts.append("--include-images")
+        parts += ["--out", out]
+        return shlex.join(parts)
+
+
+def _fmt_cli(value: Any) -> str:
+    """Shortest exact-enough CLI form: 8.0 -> '8', 1e9 -> '1e9', 2e-3 -> '0.002'."""
+    if isinstance(value, float):
+        text = f"{value:.12g}"
+        mantissa, _, exponent = text.partition("e")
+        return f"{mantissa}e{int(exponent)}" if exponent else text
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Utility(_Json):
+    """Test-split utility of one trained model (empirical, on held-out data)."""
+
+    mcc: float
+    balanced_accuracy: float | None = None
+    auroc: float | None = None
+    accuracy: float | None = None
+
+    METRICS: typing.ClassVar[tuple[str, ...]] = ("mcc", "balanced_accuracy", "auroc", "accuracy")
+
+
+@dataclass(frozen=True)
+class SubgroupUtility(_Json):
+    """Utility on one subgroup of the test split (e.g. attribute ``sex``, value ``female``)."""
+
+    attribute: str
+    value: str
+    n: int
+    mcc: float | None
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class TrainOutcome(_Json):
+    """One training run (one privacy level, one seed): its DP configuration, achieved epsilon and utility."""
+
+    epsilon_target: float | None
+    seed: int
+    noise_multiplier: float
+    sampling_probability: float
+    steps: int
+    epochs: int
+    batch_size: int
+    max_grad_norm: float
+    target_delta: float
+    epsilon: float | None
+    epsilon_rdp: float | None
+    n_train: int
+    utility: Utility
+    subgroups: tuple[SubgroupUtility, ...]
+    checkpoint: str
+    reused_checkpoint: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ReroPoint(_Json):
+    """ReRo upper bounds at one prior kappa: worst-case and relaxed threat models (sound upper bounds)."""
+
+    kappa: float
+    worst_case: float
+    relaxed: float | None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _rate("kappa", self.kappa)
+        _rate("worst_case", self.worst_case)
+        _rate("relaxed", self.relaxed)
+
+
+@dataclass(frozen=True)
+class FprTpr(_Json):
+    fpr: float
+    tpr: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _rate("fpr", self.fpr)
+        _rate("tpr", self.tpr)
+
+
+@dataclass(frozen=True)
+class BoundsOutcome(_Json):
+    """Formal guarantees of one DP-SGD configuration (tight accountant; sound upper bounds).
+
+    ``rero`` holds the bounds at kappa = 1/N_train first, then at the user's kappas; ``rero_curve`` the same
+    bounds over a grid of kappa (Figure 2 style); ``mia_*`` the worst-case membership-inference curve.
+    """
+
+    epsilon_target: float | None
+    noise_multiplier: float
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    records_per_patient: int
+    epsilon: float
+    epsilon_rdp: float | None
+    kappa_train: float
+    rero: tuple[ReroPoint, ...]
+    rero_curve: tuple[ReroPoint, ...]
+    method: str
+    mia_advantage: float | None
+    mia_tpr_at_fpr: tuple[FprTpr, ...]
+    mia_roc: tuple[FprTpr, ...]
+    seconds: float
+
+    def at_kappa_train(self) -> ReroPoint:
+        return next(p for p in self.rero if p.kappa == self.kappa_train)
+
+    def tpr_at(self, fpr: float) -> float | None:
+        for p in self.mia_tpr_at_fpr:
+            if math.isclose(p.fpr, fpr, rel_tol=1e-9):
+                return p.tpr
+        return None
+
+
+@dataclass(frozen=True)
+class AttackRow(_Json):
+    """One decoder's empirical reconstruction success at one noise multiplier (SSIM > 0.8 counts)."""
+
+    decoder: str
+    n_images: int
+    success_rate: float
+    ci_low: float
+    ci_high: float
+    mean_ssim: float
+    mean_rho: float | None
+    ssim: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("success_rate", "ci_low", "ci_high"):
+            _rate(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class AttackOutcome(_Json):
+    """The realistic imprint-layer attack against one checkpoint (empirical; a lower bound on the risk).
+
+    ``noise_multiplier`` is the attack scenario's sigma (batch size 1, q = 1/N, T = epochs * N at the same
+    epsilon and delta), as in the seed paper's Table 3 sigma column.
+    """
+
+    epsilon_target: float | None
+    noise_multiplier: float
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    checkpoint: str
+    n_excluded: int
+    image_shape: tuple[int, ...]
+    ssim_variant: str
+    connection: str
+    bins: int
+    observations: int
+    rows: tuple[AttackRow, ...]
+    images: tuple[str, ...]
+    seconds: float
+
+    @property
+    def strongest(self) -> AttackRow:
+        """The decoder with the highest success (ties: higher mean SSIM): the number the report uses."""
+        return max(self.rows, key=lambda r: (r.success_rate, r.mean_ssim))
+
+    def row(self, decoder: str) -> AttackRow | None:
+        return next((r for r in self.rows if r.decoder == decoder), None)
+
+
+@dataclass(frozen=True)
+class MiaAuditOutcome(_Json):
+    """Empirical canary membership audit of one training configuration (sound lower bound on epsilon)."""
+
+    epsilon_target: float | None
+    epsilon_lower_bound: float
+    confidence: float
+    canaries: int
+    epsilon_ceiling: float | None
+    accountant_epsilon: float | None
+    tpr_at_fpr: tuple[FprTpr, ...]
+    method: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DatasetInfo(_Json):
+    """What the report says about the data (no images, no identifiers)."""
+
+    name: str
+    n_train: int
+    n_val: int
+    n_test: int
+    image_shape: tuple[int, ...]
+    label_names: tuple[str, ...]
+    subgroup_attributes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StageTime(_Json):
+    """Wall time of one stage of the profile in this invocation, and how many of its tasks ran or were reused."""
+
+    stage: str
+    seconds: float
+    tasks_run: int
+    tasks_reused: int
+
+
+@dataclass(frozen=True)
+class PackageVersion(_Json):
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Profile(_Json):
+    """The complete result of ``dpaudit profile``: everything the report needs, stored as ``profile.json``."""
+
+    schema_version: int
+    dpaudit_version: str
+    created: str
+    command: str
+    config: ProfileConfig
+    dataset: DatasetInfo
+    train: tuple[TrainOutcome, ...]
+    bounds: tuple[BoundsOutcome, ...]
+    bounds_curve: tuple[BoundsOutcome, ...]
+    attacks: tuple[AttackOutcome, ...]
+    mia_audits: tuple[MiaAuditOutcome, ...]
+    stages: tuple[StageTime, ...]
+    environment: tuple[PackageVersion, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schema_version != SCHEMA_VERSION:
+            raise invalid("schema_version", self.schema_version, f"{SCHEMA_VERSION}",
+                          "re-create profile.json with this dpaudit version (dpaudit profile ... --out DIR resumes)")
+
+    def levels(self) -> tuple[LevelSummary, ...]:
+        """Per privacy level (epsilons ascending, then non-private), everything one table row needs."""
+        return tuple(_summarise(self, eps) for eps in self.config.levels)
+
+
+def _same_level(a: float | None, b: float | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-12))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation over seeds (std is None with one seed)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> Spread:
+        vals = [v for v in values if v is not None and math.isfinite(v)]
+        if not vals:
+            return cls(None, None, 0)
+        mean = sum(vals) / len(vals)
+        std = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None)
+        return cls(mean, std, len(vals))
+
+
+@dataclass(frozen=True)
+class LevelSummary:
+    """One privacy level, aggregated over seeds (a view computed from a :class:`Profile`, not stored)."""
+
+    epsilon_target: float | None
+    train: tuple[TrainOutcome, ...]
+    utility: dict[str, Spread]
+    bounds: BoundsOutcome | None
+    attack: AttackOutcome | None
+    mia_audit: MiaAuditOutcome | None
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon_target is not None
+
+    @property
+    def label(self) -> str:
+        return "non-private" if self.epsilon_target is None else f"ε = {fmt_eps(self.epsilon_target)}"
+
+    @property
+    def worst_case(self) -> float | None:
+        """Worst-case ReRo upper bound at kappa = 1/N_train; 1.0 without DP (no guarantee at all)."""
+        if not self.private:
+            return 1.0
+        return self.bounds.at_kappa_train().worst_case if self.bounds else None
+
+    @property
+    def relaxed(self) -> float | None:
+        if not self.private:
+            return 1.0
+        return self.bounds.at_kappa_train().relaxed if self.bounds else None
+
+
+def _summarise(profile: Profile, eps: float | None) -> LevelSummary:
+    train = tuple(t for t in profile.train if _same_level(t.epsilon_target, eps))
+    utility = {m: Spread.of([getattr(t.utility, m) for t in train]) for m in Utility.METRICS}
+    bounds = next((b for b in profile.bounds if _same_level(b.epsilon_target, eps)), None)
+    attack = next((a for a in profile.attacks if _same_level(a.epsilon_target, eps)), None)
+    mia = next((m for m in profile.mia_audits if _same_level(m.epsilon_target, eps)), None)
+    return LevelSummary(eps, train, utility, bounds, attack, mia)
+
+
+def fmt_eps(eps: float) -> str:
+    """1 -> '1', 8 -> '8', 1e9 -> '10⁹', 0.5 -> '0.5'."""
+    if eps >= 1e4:
+        exponent = math.log10(eps)
+        if abs(exponent - round(exponent)) < 1e-9:
+            return "10" + str(round(exponent)).translate(_SUPERSCRIPT)
+        return f"{eps:.2g}"
+    return f"{eps:g}"
+
+
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")

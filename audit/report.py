@@ -1,0 +1,646 @@
+"""The PDF risk report for ethics boards, rendered from a ``profile.json`` (reportlab + matplotlib figures).
+
+Layout (A4): title page; plain-language summary; the Table-3-style table (seed paper, Ziller et al.) with utility
+mean and spread; reconstruction bounds against epsilon and kappa (Figure 2 style); SSIM-error CDFs of the
+realistic attack (Figure 3 style); membership inference; utility against epsilon with the non-private baseline and
+per subgroup; the privacy statement; assumptions and limitations; glossary; reproducibility appendix; and, only
+with ``include_images``, reconstructions next to originals behind a warning.
+
+Determinism: the same ``profile.json`` gives the same bytes. The PDF's creation date is the profile's ``created``
+time, its document ID is derived from the content (reportlab's invariant mode), and the figures are PNGs without
+timestamps. Fonts are matplotlib's bundled DejaVu TrueType files, registered with reportlab and embedded (subset),
+so the PDF shows Greek letters (ε, σ, κ) on any viewer.
+
+This module and ``report_*.py`` are the only ones that import reportlab.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+from pathlib import Path
+
+from dpaudit.audit import report_figures as figs
+from dpaudit.audit import report_text as txt
+from dpaudit.audit.profile_schema import LevelSummary, Profile
+from dpaudit.errors import DataError, invalid
+from reportlab.lib import colors
+from reportlab.lib.enums import TA_CENTER
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import cm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.platypus import (
+    BaseDocTemplate,
+    Frame,
+    Image,
+    KeepTogether,
+    PageBreak,
+    PageTemplate,
+    Paragraph,
+    Spacer,
+    Table,
+    TableStyle,
+)
+
+FONT = "DejaVuSans"
+FONT_BOLD = "DejaVuSans-Bold"
+FONT_ITALIC = "DejaVuSans-Oblique"
+FONT_MONO = "DejaVuSansMono"
+PAGE_W, PAGE_H = A4
+MARGIN = 1.8 * cm
+TEXT_W = PAGE_W - 2 * MARGIN
+
+#: Every table sets its font, else reportlab falls back to (un-embedded) Helvetica.
+_FONT_CMD = ("FONTNAME", (0, 0), (-1, -1), FONT)
+INK = colors.HexColor("#1a1a1a")
+MUTED = colors.HexColor("#555555")
+RULE = colors.HexColor("#bbbbbb")
+HEAD_BG = colors.HexColor("#ece7f3")
+WARN_BG = colors.HexColor("#fde0dd")
+NOTE_BG = colors.HexColor("#f2f2f2")
+
+
+def _register_fonts() -> None:
+    """Register matplotlib's DejaVu TTFs with reportlab once (TrueType fonts are always embedded as subsets)."""
+    if FONT in pdfmetrics.getRegisteredFontNames():
+        return
+    import matplotlib
+    from reportlab.lib.fonts import addMapping
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    for name, file in ((FONT, "DejaVuSans.ttf"), (FONT_BOLD, "DejaVuSans-Bold.ttf"),
+                       (FONT_ITALIC, "DejaVuSans-Oblique.ttf"), ("DejaVuSans-BoldOblique", "DejaVuSans-BoldOblique.ttf"),
+                       (FONT_MONO, "DejaVuSansMono.ttf")):
+        pdfmetrics.registerFont(TTFont(name, str(ttf / file)))
+    addMapping(FONT, 0, 0, FONT)
+    addMapping(FONT, 1, 0, FONT_BOLD)
+    addMapping(FONT, 0, 1, FONT_ITALIC)
+    addMapping(FONT, 1, 1, "DejaVuSans-BoldOblique")
+
+
+def _styles() -> dict[str, ParagraphStyle]:
+    base = ParagraphStyle("body", fontName=FONT, fontSize=9.2, leading=12.6, textColor=INK, spaceAfter=5)
+    return {
+        "body": base,
+        "small": ParagraphStyle("small", parent=base, fontSize=7.6, leading=10, textColor=MUTED, spaceAfter=3),
+        "cell": ParagraphStyle("cell", parent=base, fontSize=7.8, leading=9.6, spaceAfter=0),
+        "cellc": ParagraphStyle("cellc", parent=base, fontSize=7.8, leading=9.6, spaceAfter=0, alignment=TA_CENTER),
+        "head": ParagraphStyle("head", parent=base, fontName=FONT_BOLD, fontSize=7.6, leading=9.4, spaceAfter=0,
+                               alignment=TA_CENTER),
+        "h1": ParagraphStyle("h1", parent=base, fontName=FONT_BOLD, fontSize=15, leading=19, spaceBefore=2,
+                             spaceAfter=8),
+        "h2": ParagraphStyle("h2", parent=base, fontName=FONT_BOLD, fontSize=11, leading=14, spaceBefore=8,
+                             spaceAfter=4),
+        "title": ParagraphStyle("title", parent=base, fontName=FONT_BOLD, fontSize=26, leading=32, spaceAfter=10),
+        "subtitle": ParagraphStyle("subtitle", parent=base, fontSize=13, leading=17, textColor=MUTED,
+                                   spaceAfter=24),
+        "mono": ParagraphStyle("mono", parent=base, fontName=FONT_MONO, fontSize=7.4, leading=9.4),
+        "bullet": ParagraphStyle("bullet", parent=base, leftIndent=12, bulletIndent=2),
+        "level": ParagraphStyle("level", parent=base, leftIndent=0, spaceAfter=7),
+    }
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _boxed(flowables: list, background: colors.Color, border: colors.Color = RULE) -> Table:
+    t = Table([[flowables]], colWidths=[TEXT_W])
+    t.setStyle(TableStyle([_FONT_CMD,
+        ("BACKGROUND", (0, 0), (-1, -1), background),
+        ("BOX", (0, 0), (-1, -1), 0.6, border),
+        ("LEFTPADDING", (0, 0), (-1, -1), 8), ("RIGHTPADDING", (0, 0), (-1, -1), 8),
+        ("TOPPADDING", (0, 0), (-1, -1), 6), ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+    ]))
+    return t
+
+
+def _grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: bool = True) -> Table:
+    t = Table(rows, colWidths=widths, repeatRows=header_rows)
+    style = [
+        ("FONTNAME", (0, 0), (-1, -1), FONT),
+        ("FONTSIZE", (0, 0), (-1, -1), 7.8),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("BACKGROUND", (0, 0), (-1, header_rows - 1), HEAD_BG),
+        ("LINEABOVE", (0, 0), (-1, 0), 0.8, INK),
+        ("LINEBELOW", (0, header_rows - 1), (-1, header_rows - 1), 0.6, INK),
+        ("LINEBELOW", (0, -1), (-1, -1), 0.8, INK),
+        ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
+        ("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3),
+    ]
+    if zebra:
+        for r in range(header_rows, len(rows)):
+            if (r - header_rows) % 2 == 1:
+                style.append(("BACKGROUND", (0, r), (-1, r), colors.HexColor("#f7f7f7")))
+    t.setStyle(TableStyle(style))
+    return t
+
+
+def _figure(png: bytes, max_h: float) -> Image:
+    w, h = figs.fits(*figs.figure_size(png), TEXT_W, max_h)
+    return Image(io.BytesIO(png), width=w, height=h)
+
+
+class _Report:
+    """Builds the flowables of the report from a profile."""
+
+    def __init__(self, profile: Profile, base_dir: Path | None, include_images: bool) -> None:
+        self.p = profile
+        self.s = _styles()
+        self.levels = profile.levels()
+        self.base_dir = base_dir
+        self.include_images = include_images
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def para(self, text: str, style: str = "body") -> Paragraph:
+        return Paragraph(text, self.s[style])
+
+    def cell(self, text: str, style: str = "cellc") -> Paragraph:
+        return Paragraph(text, self.s[style])
+
+    # -- pages ----------------------------------------------------------------------------------------------
+    def title_page(self) -> list:
+        p, c, d = self.p, self.p.config, self.p.dataset
+        created = _created(p)
+        unit = ("image (record-level guarantee)" if c.privacy_unit == "image"
+                else f"patient (up to {c.records_per_patient} images per patient)")
+        rows = [
+            ("Model", f"{c.arch} ({c.image_size}×{c.image_size} pixels, {d.image_shape[0] if d.image_shape else '?'} "
+                      "channel(s))"),
+            ("Dataset", f"{d.name}: {d.n_train} training, {d.n_val} validation, {d.n_test} test images; "
+                        f"classes {', '.join(d.label_names) or 'n/a'}"),
+            ("Privacy unit", unit),
+            ("Privacy budgets", ", ".join(lv.label for lv in self.levels)),
+            ("Seeds per budget", str(c.seeds)),
+            ("Date", created.strftime("%Y-%m-%d %H:%M UTC")),
+            ("dpaudit version", p.dpaudit_version),
+        ]
+        table = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(_esc(v), "cell")] for k, v in rows],
+                      colWidths=[4.2 * cm, TEXT_W - 4.2 * cm])
+        table.setStyle(TableStyle([_FONT_CMD,
+            ("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
+        ]))
+        guide = [self.para("<b>How to read the numbers.</b> Every number in this report carries one of four labels:",
+                           "body")]
+        guide += [self.para(f"• <b>{k}</b>: {v}", "body") for k, v in txt.reading_guide()]
+        return [
+            Spacer(1, 3.2 * cm),
+            self.para("Privacy risk report", "title"),
+            self.para(f"Reconstruction and membership-inference risk of DP-SGD training on {_esc(d.name)}",
+                      "subtitle"),
+            table,
+            Spacer(1, 1.0 * cm),
+            _boxed(guide, NOTE_BG),
+            Spacer(1, 0.6 * cm),
+            self.para("Prepared with dpaudit for an ethics board or data-protection review. The method follows "
+                      "Ziller et al., “Reconciling AI Performance and Data Reconstruction Resilience for Medical "
+                      "Imaging”, and the bounds of Hayes, Mahloujifar and Balle (2023) and Kaissis et al. (2023).",
+                      "small"),
+            PageBreak(),
+        ]
+
+    def summary_page(self) -> list:
+        out = [self.para("Summary", "h1"), self.para(txt.headline(self.p))]
+        for lv in self.levels:
+            out.append(self.para(f"<b>{lv.label}</b>"
+                                 f"{'' if not lv.private else f' (δ = {txt.num(_delta(lv))})'}: "
+                                 f"{txt.summary_sentence(self.p, lv)}", "level"))
+        mia = [lv for lv in self.levels if lv.bounds is not None and lv.bounds.tpr_at(txt.REPORT_FPR) is not None]
+        if mia:
+            items = "; ".join(f"{lv.label}: at most {txt.pct(lv.bounds.tpr_at(txt.REPORT_FPR), direction='up')}"
+                              for lv in mia)
+            out.append(self.para(
+                f"<b>Membership inference.</b> At a false-positive rate of {txt.pct(txt.REPORT_FPR)}, the highest "
+                f"true-positive rate of any membership test ({txt.LABEL_UPPER}): {items}."))
+        out.append(self.para(
+            "κ = 1/N_train is the prior of the seed paper; the bounds hold for any attack, the realistic number only "
+            "for the attack that was run. Details, the full table and the assumptions follow.", "small"))
+        out.append(PageBreak())
+        return out
+
+    def table_page(self) -> list:
+        n = self.p.dataset.n_train
+        head = ["Privacy budget ε<br/>(target, δ)", "Noise σ<br/>training", "ε achieved<br/>(PLD; RDP)",
+                "Test MCC<br/>mean ± std", f"Worst case<br/>κ = 1/{n}", f"Relaxed<br/>κ = 1/{n}",
+                "Realistic<br/>attack", "Noise σ<br/>attack scenario"]
+        sub = ["", "", txt.LABEL_UPPER, txt.LABEL_EMPIRICAL, txt.LABEL_UPPER, txt.LABEL_UPPER,
+               txt.LABEL_EMPIRICAL + "<br/>(decoder)", ""]
+        rows: list[list] = [[self.cell(h, "head") for h in head],
+                            [self.cell(f"<i>{s}</i>", "cellc") for s in sub]]
+        for lv in self.levels:
+            rows.append([self.cell(x) for x in self._table_row(lv)])
+        widths = [2.3, 1.8, 2.3, 2.6, 2.0, 2.0, 2.5, 1.9]
+        scale = TEXT_W / (sum(widths) * cm)
+        table = _grid(rows, [w * cm * scale for w in widths], header_rows=2)
+        out = [self.para("Risk and utility per privacy budget", "h1"),
+               self.para("The layout follows Table 3 of the seed paper: per privacy budget the model's diagnostic "
+                         "performance next to three tiers of reconstruction risk."),
+               table, Spacer(1, 4),
+               self.para(
+                   "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). Worst case / relaxed: "
+                   "highest probability that any attack reconstructs a training image, for the two formal threat "
+                   f"models, at the prior κ = 1/{n}. Realistic: fraction of attacked training images whose best "
+                   "reconstruction has SSIM > 0.8 under the imprint-layer attack with its strongest decoder "
+                   "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "
+                   "as in the seed paper. Without DP no guarantee holds (100%).", "small")]
+        out += self._utility_detail_table()
+        out += self._user_kappa_table()
+        out.append(PageBreak())
+        return out
+
+    def _table_row(self, lv: LevelSummary) -> list[str]:
+        t0 = lv.train[0] if lv.train else None
+        if lv.private:
+            eps = f"{lv.label.split('= ')[1]}<br/>δ = {txt.num(_delta(lv))}"
+            sigma = f"{t0.noise_multiplier:.4g}" if t0 else "n/a"
+            b = lv.bounds
+            achieved = (f"{txt.eps_up(b.epsilon)}<br/>({txt.eps_up(b.epsilon_rdp)})" if b is not None
+                        else "n/a")
+            worst = txt.pct(lv.worst_case, direction="up")
+            relaxed = txt.pct(lv.relaxed, direction="up")
+        else:
+            eps, sigma, achieved = "non-private", "0", "∞"
+            worst = relaxed = "100%<br/>(no guarantee)"
+        mcc = txt.spread(lv.utility["mcc"])
+        if lv.attack is not None:
+            r = lv.attack.strongest
+            realistic = f"{txt.pct(r.success_rate)}<br/>({r.decoder}, n = {r.n_images})"
+            att_sigma = f"{lv.attack.noise_multiplier:.3g}"
+        else:
+            realistic, att_sigma = "not run", "n/a"
+        return [eps, sigma, achieved, mcc, worst, relaxed, realistic, att_sigma]
+
+    def _utility_detail_table(self) -> list:
+        metrics = [("mcc", "MCC"), ("balanced_accuracy", "Balanced accuracy"), ("auroc", "AUROC"),
+                   ("accuracy", "Accuracy")]
+        present = [(k, name) for k, name in metrics if any(lv.utility[k].mean is not None for lv in self.levels)]
+        head = ["Privacy budget", *[n for _, n in present], "Seeds", "MIA TPR at FPR 0.1%", "MIA advantage"]
+        rows = [[self.cell(h, "head") for h in head]]
+        for lv in self.levels:
+            tpr = lv.bounds.tpr_at(txt.REPORT_FPR) if lv.bounds else None
+            adv = lv.bounds.mia_advantage if lv.bounds else None
+            rows.append([self.cell(lv.label)] + [self.cell(txt.spread(lv.utility[k])) for k, _ in present] + [
+                self.cell(str(len(lv.train))),
+                self.cell(txt.pct(tpr, direction="up") if lv.private else "100%"),
+                self.cell(txt.pct(adv, direction="up") if lv.private else "100%")])
+        n_cols = len(head)
+        return [Spacer(1, 8), self.para("Utility in detail and membership inference", "h2"),
+                _grid(rows, [TEXT_W / n_cols] * n_cols),
+                Spacer(1, 3),
+                self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean ± sample standard deviation over "
+                          f"seeds. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker "
+                          "(advantage = TPR − FPR at the best threshold).", "small")]
+
+    def _user_kappa_table(self) -> list:
+        kappas = self.p.config.kappas
+        if not kappas:
+            return []
+        head = ["Privacy budget"] + [f"κ = {txt.num(k)}<br/>worst / relaxed" for k in kappas]
+        rows = [[self.cell(h, "head") for h in head]]
+        for lv in self.levels:
+            if not lv.private or lv.bounds is None:
+                continue
+            cells = [self.cell(lv.label)]
+            for k in kappas:
+                p = next((x for x in lv.bounds.rero if abs(x.kappa - k) <= 1e-12 * k), None)
+                cells.append(self.cell("n/a" if p is None else
+                                       f"{txt.pct(p.worst_case, direction='up')} / {txt.pct(p.relaxed, direction='up')}"))
+            rows.append(cells)
+        return [Spacer(1, 8), self.para("Reconstruction bounds at the user's priors κ", "h2"),
+                _grid(rows, [TEXT_W / len(head)] * len(head)),
+                self.para(f"{txt.LABEL_UPPER}s (worst case / relaxed).", "small")]
+
+    def bounds_page(self) -> list:
+        out = [self.para("Reconstruction risk: formal bounds and the realistic attack", "h1"),
+               self.para(
+                   "Left: the worst-case (purple) and relaxed (orange) upper bounds against the privacy budget at "
+                   "κ = 1/N_train, with the realistic attack's measured success (green squares). Right: the bounds "
+                   "against the prior κ for each budget; the dotted diagonal is the blind guess. The gap between "
+                   "the curves shows how much of the worst-case risk rests on assumptions a real attacker does not "
+                   "meet (seed paper, Figure 2)."),
+               _figure(figs.rero_figure(self.p), 8.0 * cm),
+               self.para(f"All bound curves: {txt.LABEL_UPPER}s (tight accountant). Squares: {txt.LABEL_EMPIRICAL}.",
+                         "small")]
+        cdf = figs.ssim_cdf_figure(self.p)
+        if cdf is not None:
+            out += [Spacer(1, 6),
+                    self.para("Realistic attack: reconstruction errors", "h2"),
+                    self.para(
+                        "For each privacy budget and decoder, the share of attacked images whose best reconstruction "
+                        "has an SSIM error (1 − SSIM) below the value on the x-axis (seed paper, Figure 3, left). "
+                        "Curves that rise to the left of the threshold line mean successful reconstructions; "
+                        "the “paper” decoder reproduces the seed paper's attack, the “strong” decoder is "
+                        "dpaudit's stronger one, used for the headline numbers."),
+                    _figure(cdf, 7.5 * cm)]
+            out += self._attack_table()
+        out.append(PageBreak())
+        return out
+
+    def _attack_table(self) -> list:
+        head = ["Privacy budget", "σ attack", "Decoder", "Success (SSIM > 0.8)", "95% interval", "Mean SSIM",
+                "Images", "Excluded"]
+        rows = [[self.cell(h, "head") for h in head]]
+        for lv in self.levels:
+            a = lv.attack
+            if a is None:
+                continue
+            for r in a.rows:
+                rows.append([self.cell(x) for x in (
+                    lv.label, f"{a.noise_multiplier:.3g}", r.decoder, txt.pct(r.success_rate),
+                    f"{txt.pct(r.ci_low)} – {txt.pct(r.ci_high)}", f"{r.mean_ssim:.3f}", str(r.n_images),
+                    str(a.n_excluded))])
+        a0 = next(lv.attack for lv in self.levels if lv.attack is not None)
+        return [Spacer(1, 4), _grid(rows, [TEXT_W / len(head)] * len(head)),
+                self.para(f"All {txt.LABEL_EMPIRICAL}. SSIM: {_esc(a0.ssim_variant)}; images with fewer than 10% "
+                          f"non-zero pixels excluded; {a0.connection} imprint connection with {a0.bins} bins; "
+                          f"images of shape {'×'.join(str(x) for x in a0.image_shape)}.", "small")]
+
+    def mia_page(self) -> list:
+        out = [self.para("Membership inference", "h1"), self.para(txt.mia_sentence(self.p))]
+        png = figs.mia_figure(self.p)
+        if png is not None:
+            out.append(_figure(png, 7.5 * cm))
+        fprs = sorted({p.fpr for b in self.p.bounds for p in b.mia_tpr_at_fpr})
+        if fprs:
+            head = ["Privacy budget", *[f"TPR at FPR {txt.pct(f, digits=3 if f < 1e-4 else 2)}" for f in fprs],
+                    "Advantage"]
+            rows = [[self.cell(h, "head") for h in head]]
+            for lv in self.levels:
+                if lv.bounds is None:
+                    continue
+                rows.append([self.cell(lv.label)] + [self.cell(txt.pct(lv.bounds.tpr_at(f), direction="up"))
+                                                     for f in fprs]
+                            + [self.cell(txt.pct(lv.bounds.mia_advantage, direction="up"))])
+            out += [_grid(rows, [TEXT_W / len(head)] * len(head)),
+                    self.para(f"{txt.LABEL_UPPER}s for any membership-inference attacker (same assumptions as the "
+                              "worst-case reconstruction bound).", "small")]
+        audits = self.p.mia_audits
+        if audits:
+            head = ["Privacy budget", "Accountant ε (upper bound)", "Empirical ε (lower bound)", "Confidence",
+                    "Canaries", "Largest certifiable ε", "Method"]
+            rows = [[self.cell(h, "head") for h in head]]
+            for m in audits:
+                rows.append([self.cell(x) for x in (
+                    txt.level_label(m.epsilon_target), txt.eps_up(m.accountant_epsilon),
+                    txt.eps_down(m.epsilon_lower_bound), txt.pct(m.confidence), str(m.canaries),
+                    txt.eps_down(m.epsilon_ceiling), _esc(m.method))])
+            ceil = max((m.epsilon_ceiling for m in audits if m.epsilon_ceiling is not None), default=None)
+            out += [Spacer(1, 6), self.para("Empirical canary audit", "h2"),
+                    _grid(rows, [TEXT_W / len(head)] * len(head)), Spacer(1, 4),
+                    _boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)]
+        else:
+            out.append(self.para(
+                "No empirical membership audit was run for this profile (add <font face='DejaVuSansMono'>"
+                "--mia-audit</font>). " + txt.empirical_mia_caveat(None, None), "small"))
+        out.append(PageBreak())
+        return out
+
+    def utility_page(self) -> list:
+        out = [self.para("Utility", "h1"),
+               self.para("Diagnostic performance (Matthews correlation coefficient on the held-out test split) "
+                         "against the privacy budget; the green line and band are the non-private baseline "
+                         "(mean ± standard deviation over seeds).")]
+        png = figs.utility_figure(self.p)
+        if png is not None:
+            out.append(_figure(png, 7.0 * cm))
+        subgroups = sorted({(s.attribute, s.value) for t in self.p.train for s in t.subgroups})
+        out.append(self.para("Subgroup utility", "h2"))
+        if not subgroups:
+            out.append(self.para("The dataset provides no subgroup metadata (for example sex or age), so subgroup "
+                                 "utility cannot be shown. DP-SGD is known to reduce utility most for small "
+                                 "subgroups; check this on data with group labels before deployment."))
+        else:
+            head = ["Group", "n (test)"] + [lv.label for lv in self.levels]
+            rows = [[self.cell(h, "head") for h in head]]
+            for attr, value in subgroups:
+                ns = [s.n for t in self.p.train for s in t.subgroups if (s.attribute, s.value) == (attr, value)]
+                cells = [self.cell(_esc(f"{attr} = {value}"), "cell"), self.cell(str(max(ns) if ns else 0))]
+                for lv in self.levels:
+                    vals = [s.mcc for t in lv.train for s in t.subgroups
+                            if (s.attribute, s.value) == (attr, value) and s.mcc is not None]
+                    cells.append(self.cell(f"{sum(vals) / len(vals):.3f}" if vals else "n/a"))
+                rows.append(cells)
+            w0 = 4.0 * cm
+            rest = (TEXT_W - w0 - 1.6 * cm) / len(self.levels)
+            out += [_grid(rows, [w0, 1.6 * cm] + [rest] * len(self.levels)),
+                    self.para(f"MCC per subgroup, mean over seeds ({txt.LABEL_EMPIRICAL}). Small groups give noisy "
+                              "values.", "small")]
+        out.append(PageBreak())
+        return out
+
+    def statement_pages(self) -> list:
+        out = [self.para("Privacy statement", "h1")]
+        out += [self.para(x) for x in txt.privacy_statement(self.p)]
+        out.append(self.para("Assumptions", "h2"))
+        out += [self.para(x, "bullet", ) for x in txt.assumptions(self.p)]
+        out.append(self.para("Limitations", "h2"))
+        out += [self.para(x, "bullet") for x in txt.limitations(self.p)]
+        out.append(PageBreak())
+        out.append(self.para("Glossary", "h1"))
+        rows = [[self.cell(f"<b>{_esc(k)}</b>", "cell"), self.cell(_esc(v), "cell")] for k, v in txt.glossary()]
+        t = Table(rows, colWidths=[4.4 * cm, TEXT_W - 4.4 * cm])
+        t.setStyle(TableStyle([_FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        out += [t, PageBreak()]
+        return out
+
+    def appendix(self) -> list:
+        p, c = self.p, self.p.config
+        out = [self.para("Reproducibility", "h1"),
+               self.para("The exact command that produced this report (run it again to reproduce every number; a "
+                         "finished profile resumes without re-running its tasks):"),
+               _boxed([self.para(_esc(p.command), "mono")], NOTE_BG), Spacer(1, 4),
+               self.para("Re-render this document from the stored results:"),
+               _boxed([self.para("dpaudit report DIR/profile.json -o report.pdf", "mono")], NOTE_BG),
+               self.para("Configuration", "h2")]
+        cfg_rows = [[self.cell(_esc(k), "cell"), self.cell(_esc(str(v)), "cell")]
+                    for k, v in _config_items(c)]
+        half = (len(cfg_rows) + 1) // 2
+        left, right = cfg_rows[:half], cfg_rows[half:]
+        right += [[self.cell(""), self.cell("")]] * (len(left) - len(right))
+        grid = [a + b for a, b in zip(left, right, strict=True)]
+        w = TEXT_W / 2
+        t = Table(grid, colWidths=[w * 0.45, w * 0.55, w * 0.45, w * 0.55])
+        t.setStyle(TableStyle([_FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                               ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
+        out.append(t)
+        out.append(self.para("Training runs", "h2"))
+        head = ["Budget", "Seed", "σ", "q", "T", "δ", "ε (PLD)", "ε (RDP)", "MCC", "Checkpoint"]
+        rows = [[self.cell(h, "head") for h in head]]
+        for t0 in p.train:
+            rows.append([self.cell(x) for x in (
+                txt.level_label(t0.epsilon_target), str(t0.seed), f"{t0.noise_multiplier:.4g}",
+                f"{t0.sampling_probability:.4g}", str(t0.steps), txt.num(t0.target_delta),
+                txt.eps_up(t0.epsilon), txt.eps_up(t0.epsilon_rdp), f"{t0.utility.mcc:.3f}",
+                _esc(t0.checkpoint) + (" (reused)" if t0.reused_checkpoint else ""))])
+        widths = [1.7, 0.9, 1.3, 1.4, 1.1, 1.3, 1.5, 1.5, 1.2, 5.0]
+        scale = TEXT_W / (sum(widths) * cm)
+        out.append(_grid(rows, [x * cm * scale for x in widths]))
+        out.append(self.para("Software and run time", "h2"))
+        env = ", ".join(f"{v.name} {v.version}" for v in p.environment)
+        stages = "; ".join(f"{s.stage} {s.seconds:.0f} s ({s.tasks_run} run, {s.tasks_reused} reused)"
+                           for s in p.stages)
+        out.append(self.para(f"dpaudit {_esc(p.dpaudit_version)}; {_esc(env)}. Profile schema version "
+                             f"{p.schema_version}. Created {_esc(p.created)}.", "small"))
+        if stages:
+            out.append(self.para(f"Stage wall times of the last invocation: {_esc(stages)}.", "small"))
+        return out
+
+    def images_page(self) -> list:
+        paths = [(lv, path) for lv in self.levels if lv.attack is not None for path in lv.attack.images]
+        warning = _boxed([self.para(
+            "<b>Warning: this page shows training images (possibly patient data) and their reconstructions.</b> "
+            "Do not distribute this report beyond the people authorised to see the data. Re-render without "
+            "<font face='DejaVuSansMono'>--include-images</font> for a shareable version.")], WARN_BG,
+            colors.HexColor("#cb181d"))
+        out: list = [PageBreak(), self.para("Best reconstructions", "h1"), warning, Spacer(1, 6)]
+        if not paths:
+            out.append(self.para("No reconstruction images were stored with this profile (run the profile with "
+                                 "--include-images to store them)."))
+            return out
+        for lv, rel in paths:
+            path = (self.base_dir / rel) if self.base_dir is not None else Path(rel)
+            if not path.is_file():
+                raise DataError(f"reconstruction image {path} listed in profile.json is missing. Fix: re-run the "
+                                "profile with --include-images, or render without --include-images.")
+            png = path.read_bytes()
+            out += [self.para(f"{lv.label}: originals (top) and best reconstructions (bottom)", "small"),
+                    KeepTogether([_figure(png, 5.5 * cm)])]
+        return out
+
+    def story(self) -> list:
+        out = self.title_page() + self.summary_page() + self.table_page() + self.bounds_page()
+        out += self.mia_page() + self.utility_page() + self.statement_pages() + self.appendix()
+        if self.include_images:
+            out += self.images_page()
+        return out
+
+
+def _delta(lv: LevelSummary) -> float | None:
+    if lv.bounds is not None:
+        return lv.bounds.target_delta
+    return lv.train[0].target_delta if lv.train else None
+
+
+def _created(profile: Profile) -> _dt.datetime:
+    try:
+        created = _dt.datetime.fromisoformat(profile.created)
+    except ValueError:
+        raise invalid("created", profile.created, "an ISO 8601 date and time, e.g. 2025-01-31T12:00:00+00:00",
+                      "fix the field in profile.json") from None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=_dt.UTC)
+    return created.astimezone(_dt.UTC)
+
+
+def _config_items(c) -> list[tuple[str, object]]:
+    import dataclasses
+
+    out = []
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        if isinstance(v, tuple):
+            v = ", ".join(txt.num(x) if isinstance(x, float) else str(x) for x in v) or "-"
+        elif isinstance(v, float):
+            v = txt.num(v, 4)
+        out.append((f.name, v))
+    return out
+
+
+def _fixed_timestamp(created: _dt.datetime):
+    """A reportlab TimeStamp carrying the profile's creation time (so the PDF's dates are reproducible)."""
+    from reportlab.pdfbase.pdfdoc import TimeStamp
+
+    ts = TimeStamp(invariant=1)
+    ts.t = created.timestamp()
+    ts.lt = created.timetuple()
+    ts.YMDhms = tuple(ts.lt)[:6]
+    ts.dhh = ts.dmm = 0
+    ts.tzname = "UTC"
+    return ts
+
+
+def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathLike, *,
+                  include_images: bool | None = None, base_dir: str | os.PathLike | None = None) -> Path:
+    """Render the PDF risk report.
+
+    Parameters
+    ----------
+    profile:
+        A :class:`Profile` or the path of a ``profile.json``.
+    pdf_path:
+        Where to write the PDF (parent folders are created).
+    include_images:
+        Show stored reconstructions next to originals (patient images, behind a warning). None follows the
+        profile's own ``include_images`` setting.
+    base_dir:
+        Folder that relative paths in the profile refer to; defaults to the folder of ``profile.json``.
+
+    Returns
+    -------
+    pathlib.Path
+        The written PDF. Rendering the same profile twice gives the same bytes.
+    """
+    if not isinstance(profile, Profile):
+        path = Path(profile)
+        profile = load_profile(path)
+        base = Path(base_dir) if base_dir is not None else path.parent
+    else:
+        base = Path(base_dir) if base_dir is not None else None
+    if include_images is None:
+        include_images = profile.config.include_images
+    _register_fonts()
+    out = Path(pdf_path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    story = _Report(profile, base, include_images).story()
+    created = _created(profile)
+    title = f"Privacy risk report: {profile.dataset.name}"
+
+    def footer(canvas, doc) -> None:
+        canvas.saveState()
+        canvas.setFont(FONT, 7)
+        canvas.setFillColor(MUTED)
+        canvas.drawString(MARGIN, 1.0 * cm, f"dpaudit {profile.dpaudit_version} · {title} · "
+                                             f"{created.strftime('%Y-%m-%d')}")
+        canvas.drawRightString(PAGE_W - MARGIN, 1.0 * cm, f"page {doc.page}")
+        if include_images:
+            canvas.setFillColor(colors.HexColor("#cb181d"))
+            canvas.drawCentredString(PAGE_W / 2, PAGE_H - 1.0 * cm, "CONTAINS TRAINING IMAGES - RESTRICTED")
+        canvas.restoreState()
+
+    buf = io.BytesIO()
+    doc = BaseDocTemplate(buf, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=MARGIN,
+                          bottomMargin=MARGIN, title=title, author="dpaudit", subject="privacy risk report",
+                          creator=f"dpaudit {profile.dpaudit_version}", invariant=1, pageCompression=1,
+                          initialFontName=FONT)  # no un-embedded Helvetica anywhere
+    frame = Frame(MARGIN, MARGIN, TEXT_W, PAGE_H - 2 * MARGIN, id="body", leftPadding=0, rightPadding=0,
+                  topPadding=0, bottomPadding=0)
+    doc.addPageTemplates([PageTemplate(id="page", frames=[frame], onPage=footer)])
+
+    from reportlab.pdfgen.canvas import Canvas
+
+    class _Canvas(Canvas):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            # invariant=1 fixes the ID seed; the visible dates are the profile's creation time.
+            self._doc._timeStamp = _fixed_timestamp(created)
+            self._doc.signature.update(profile.created.encode())
+
+    doc.build(story, canvasmaker=_Canvas)
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    """Read and validate a ``profile.json``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "profile.json"
+    if not p.is_file():
+        raise invalid("profile", str(p), "an existing profile.json",
+                      "pass the file written by `dpaudit profile --out DIR` (DIR/profile.json)", cls=DataError)
+    return Profile.from_json(p.read_text(encoding="utf-8"))

@@ -1,0 +1,239 @@
+"""The report's figures, drawn with matplotlib into PNG bytes (deterministic: no timestamps, fixed DPI).
+
+Uses :class:`matplotlib.figure.Figure` with the Agg canvas directly, so the global pyplot state and backend of a
+notebook or a caller are never touched. Colours follow the seed paper's Figure 2: worst case purple, relaxed
+orange; realistic (empirical) green.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from dpaudit.audit.profile_schema import Profile, fmt_eps
+from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+WORST = "#6a3d9a"
+RELAXED = "#ff7f00"
+REALISTIC = "#1b9e77"
+NONPRIVATE = "#d62728"
+DPI = 200
+_STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
+          "xtick.labelsize": 7, "ytick.labelsize": 7, "font.family": "DejaVu Sans"}
+
+
+def _new(width_in: float, height_in: float, ncols: int = 1) -> tuple[Figure, list]:
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(width_in, height_in), dpi=DPI)
+        FigureCanvasAgg(fig)
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _level_colours(n: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(0.1 + 0.75 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def _eps_ticks(ax, eps: list[float]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(eps)
+    ax.set_xticklabels([fmt_eps(e) for e in eps])
+    ax.minorticks_off()
+
+
+def rero_figure(profile: Profile) -> bytes:
+    """Figure 2 style: ReRo upper bounds against epsilon (left) and against kappa (right)."""
+    import matplotlib
+
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax1, ax2) = _new(7.0, 3.0, ncols=2)
+        n = profile.dataset.n_train
+        curve = sorted((b for b in profile.bounds_curve + profile.bounds if b.epsilon_target is not None),
+                       key=lambda b: b.epsilon_target)
+        seen: dict[float, tuple[float, float | None]] = {}
+        for b in curve:
+            p = b.at_kappa_train()
+            seen[b.epsilon_target] = (p.worst_case, p.relaxed)
+        xs = sorted(seen)
+        if xs:
+            ax1.plot(xs, [100 * seen[x][0] for x in xs], "-", color=WORST, label="worst case (upper bound)")
+            rel = [(x, seen[x][1]) for x in xs if seen[x][1] is not None]
+            if rel:
+                ax1.plot([x for x, _ in rel], [100 * r for _, r in rel], "-", color=RELAXED,
+                         label="relaxed (upper bound)")
+        table_eps = [lv for lv in profile.levels() if lv.private]
+        for lv in table_eps:
+            if lv.bounds is not None:
+                ax1.plot([lv.epsilon_target], [100 * lv.worst_case], "o", color=WORST, ms=4)
+                if lv.relaxed is not None:
+                    ax1.plot([lv.epsilon_target], [100 * lv.relaxed], "o", color=RELAXED, ms=4)
+        emp = [(lv.epsilon_target, lv.attack.strongest.success_rate) for lv in table_eps if lv.attack]
+        if emp:
+            ax1.plot([e for e, _ in emp], [100 * s for _, s in emp], "s", color=REALISTIC, ms=4,
+                     label="realistic attack (empirical)")
+        if table_eps:
+            _eps_ticks(ax1, sorted({*xs, *(lv.epsilon_target for lv in table_eps)}))
+        ax1.set_xlabel("privacy budget ε")
+        ax1.set_ylabel("reconstruction success (%)")
+        ax1.set_ylim(-3, 103)
+        ax1.set_title(f"Risk against ε at κ = 1/{n}")
+        ax1.grid(alpha=0.3)
+        ax1.legend(loc="upper left", frameon=False)
+
+        colours = _level_colours(len(profile.bounds))
+        for colour, b in zip(colours, sorted(profile.bounds, key=lambda b: b.epsilon_target or 0), strict=True):
+            pts = sorted(b.rero_curve, key=lambda p: p.kappa)
+            if not pts:
+                continue
+            k = [p.kappa for p in pts]
+            ax2.plot(k, [100 * p.worst_case for p in pts], "-", color=colour,
+                     label=f"ε = {fmt_eps(b.epsilon_target)}")
+            rel = [(p.kappa, p.relaxed) for p in pts if p.relaxed is not None]
+            if rel:
+                ax2.plot([x for x, _ in rel], [100 * r for _, r in rel], "--", color=colour)
+        if profile.bounds:
+            kmin = min((p.kappa for b in profile.bounds for p in b.rero_curve), default=1.0 / n)
+            kk = np.geomspace(kmin, 1.0, 50)
+            ax2.plot(kk, 100 * kk, ":", color="grey", lw=0.8, label="blind guess (κ)")
+        ax2.axvline(1.0 / n, color="black", lw=0.6, alpha=0.6)
+        ax2.text(1.0 / n, 50, " κ = 1/N", fontsize=6, rotation=90, va="center")
+        ax2.set_xscale("log")
+        ax2.set_xlabel("prior κ (blind-guess success)")
+        ax2.set_ylabel("reconstruction success (%)")
+        ax2.set_ylim(-3, 103)
+        ax2.set_title("Worst case (solid) and relaxed (dashed) against κ")
+        ax2.grid(alpha=0.3)
+        ax2.legend(loc="upper left", frameon=False)
+        return _png(fig)
+
+
+def ssim_cdf_figure(profile: Profile) -> bytes | None:
+    """Figure 3 (left) style: the empirical CDF of the SSIM error 1 - SSIM, per privacy level and decoder."""
+    import matplotlib
+
+    levels = [lv for lv in profile.levels() if lv.attack is not None]
+    if not levels:
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax,) = _new(7.0, 3.0)
+        colours = _level_colours(len(levels))
+        styles = {"strong": "-", "paper": "--"}
+        for colour, lv in zip(colours, levels, strict=True):
+            if not lv.private:
+                colour = NONPRIVATE
+            for row in lv.attack.rows:
+                err = np.sort(1.0 - np.asarray(row.ssim, dtype=float))
+                if err.size == 0:
+                    continue
+                frac = np.arange(1, err.size + 1) / err.size
+                ax.step(np.concatenate([[0.0], err, [1.0]]), 100 * np.concatenate([[0.0], frac, [1.0]]),
+                        where="post", ls=styles.get(row.decoder, "-."), color=colour,
+                        label=f"{lv.label}, {row.decoder} (σ = {lv.attack.noise_multiplier:.3g})")
+        ax.axvline(1 - SSIM_THRESHOLD, color="black", lw=0.7)
+        ax.text(1 - SSIM_THRESHOLD, 50, " success threshold\n (SSIM > 0.8)", fontsize=6)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("SSIM error 1 − SSIM (0 = perfect reconstruction)")
+        ax.set_ylabel("images with error ≤ x (%)")
+        ax.set_title("Realistic attack: cumulative distribution of reconstruction errors (empirical)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return _png(fig)
+
+
+def mia_figure(profile: Profile) -> bytes | None:
+    """Worst-case membership-inference ROC per epsilon (log-log), with empirical audit points when present."""
+    import matplotlib
+
+    bounds = sorted((b for b in profile.bounds if b.mia_roc), key=lambda b: b.epsilon_target or 0)
+    if not bounds:
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax,) = _new(7.0, 3.0)
+        colours = _level_colours(len(bounds))
+        lo = 1e-5
+        for colour, b in zip(colours, bounds, strict=True):
+            pts = sorted((p for p in b.mia_roc if p.fpr > 0), key=lambda p: p.fpr)
+            lo = min(lo, pts[0].fpr if pts else lo)
+            ax.plot([p.fpr for p in pts], [max(p.tpr, 1e-12) for p in pts], color=colour,
+                    label=f"ε = {fmt_eps(b.epsilon_target)} (upper bound)")
+        for colour, b in zip(colours, bounds, strict=True):
+            audit = next((m for m in profile.mia_audits if m.epsilon_target == b.epsilon_target), None)
+            if audit is not None:
+                ax.plot([p.fpr for p in audit.tpr_at_fpr], [max(p.tpr, 1e-12) for p in audit.tpr_at_fpr], "s",
+                        color=colour, ms=4, mfc="none")
+        xx = np.geomspace(lo, 1, 20)
+        ax.plot(xx, xx, ":", color="grey", lw=0.8, label="no leakage (TPR = FPR)")
+        ax.axvline(REPORT_FPR, color="black", lw=0.6, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, 1)
+        ax.set_ylim(lo, 1.5)
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+        ax.set_title("Membership inference: highest possible TPR at each FPR")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        return _png(fig)
+
+
+def utility_figure(profile: Profile) -> bytes | None:
+    """Utility (MCC mean and std over seeds) against epsilon, with the non-private baseline as a band."""
+    import matplotlib
+
+    levels = profile.levels()
+    priv = [lv for lv in levels if lv.private and lv.utility["mcc"].mean is not None]
+    base = next((lv for lv in levels if not lv.private and lv.utility["mcc"].mean is not None), None)
+    if not priv and base is None:
+        return None
+    with matplotlib.rc_context(_STYLE):
+        fig, (ax,) = _new(7.0, 2.8)
+        if priv:
+            xs = [lv.epsilon_target for lv in priv]
+            ys = [lv.utility["mcc"].mean for lv in priv]
+            es = [lv.utility["mcc"].std or 0.0 for lv in priv]
+            ax.errorbar(xs, ys, yerr=es, fmt="o-", color=WORST, capsize=3, label="DP-SGD (mean ± std over seeds)")
+            _eps_ticks(ax, xs)
+        if base is not None:
+            m, s = base.utility["mcc"].mean, base.utility["mcc"].std or 0.0
+            ax.axhline(m, color=REALISTIC, lw=1.2, label="non-private baseline")
+            if s > 0:
+                ax.axhspan(m - s, m + s, color=REALISTIC, alpha=0.15)
+        vals = [v for lv in levels for v in ([lv.utility["mcc"].mean] if lv.utility["mcc"].mean is not None else [])]
+        lo = min([0.0, *vals]) - 0.05
+        hi = max([1.0 if not vals else max(vals), 0.1]) + 0.05
+        ax.set_ylim(lo, min(hi, 1.05))
+        ax.set_xlabel("privacy budget ε")
+        ax.set_ylabel("test MCC")
+        ax.set_title("Utility against ε (empirical)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", frameon=False)
+        return _png(fig)
+
+
+def figure_size(png: bytes) -> tuple[int, int]:
+    """Pixel width and height of a PNG (read from its header)."""
+    width = int.from_bytes(png[16:20], "big")
+    height = int.from_bytes(png[20:24], "big")
+    return width, height
+
+
+def fits(width_px: int, height_px: int, max_w: float, max_h: float) -> tuple[float, float]:
+    """Scale (width, height) in pixels to fit a (max_w, max_h) box in points, keeping the aspect ratio."""
+    scale = min(max_w / width_px, max_h / height_px)
+    return width_px * scale, height_px * scale
+

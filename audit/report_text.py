@@ -1,0 +1,305 @@
+"""The words of the risk report: number formatting with the right rounding direction, plain-language sentences,
+the privacy statement, assumptions, limitations and the glossary.
+
+Pure functions of a :class:`~dpaudit.audit.profile_schema.Profile`; no reportlab here (the layout lives in
+:mod:`dpaudit.audit.report`), so the wording can be tested and reused on its own.
+
+Rounding never under-states a risk: upper bounds are rounded up, lower bounds (empirical epsilon) down.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dpaudit.audit.profile_schema import LevelSummary, Profile, Spread, fmt_eps
+
+#: The success threshold of the realistic attack (seed paper, section 4.3: SSIM above 80% counts).
+SSIM_THRESHOLD = 0.8
+#: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
+REPORT_FPR = 1e-3
+
+LABEL_UPPER = "sound upper bound"
+LABEL_EMPIRICAL = "empirical"
+LABEL_ESTIMATE = "estimate"
+LABEL_APPROX = "approximation"
+
+
+def pct(value: float | None, *, direction: str = "nearest", digits: int | None = None) -> str:
+    """Format a fraction in [0, 1] as a percentage.
+
+    ``direction="up"`` rounds up at the shown precision (upper bounds: 0.012341 -> '1.24%'), ``"down"`` rounds
+    down (lower bounds), ``"nearest"`` rounds normally (empirical rates). Tiny positive upper bounds print as
+    '< 0.01%', which is a true statement; 0 prints as '0%'.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    v = 100.0 * float(value)
+    if v == 0:
+        return "0%"
+    if digits is None:
+        digits = 2 if v < 10 else 1
+    scale = 10 ** digits
+    if direction == "up":
+        shown = math.ceil(v * scale - 1e-9) / scale
+        if shown > 100:
+            shown = 100.0
+    elif direction == "down":
+        shown = math.floor(v * scale + 1e-9) / scale
+    else:
+        shown = round(v * scale) / scale
+    floor = 1 / scale
+    if 0 < v < floor:
+        return f"< {floor:.{digits}f}%" if direction != "down" else f"{0:.{digits}f}%"
+    if shown >= 100:
+        return "100%"
+    return f"{shown:.{digits}f}%"
+
+
+_SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    """Format a general number with ``digits`` significant digits ('n/a' for missing)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a" if value is None or math.isnan(value) else ("∞" if value > 0 else "-∞")
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-3:
+        mantissa, _, exponent = f"{value:.{digits - 1}e}".partition("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        power = str(int(exponent)).translate(_SUPERSCRIPT)
+        return f"10{power}" if mantissa == "1" else f"{mantissa}×10{power}"
+    return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+
+
+def eps_up(value: float | None) -> str:
+    """An accountant's epsilon (an upper bound), rounded up to 3 significant digits."""
+    if value is None:
+        return "n/a"
+    if not math.isfinite(value):
+        return "∞"
+    if value >= 1e5:
+        return num(value, 3)
+    digits = max(0, 2 - math.floor(math.log10(abs(value)))) if value > 0 else 2
+    scale = 10 ** digits
+    return f"{math.ceil(value * scale - 1e-9) / scale:.{digits}f}"
+
+
+def eps_down(value: float | None) -> str:
+    """An empirical epsilon lower bound, rounded down to 2 decimals."""
+    if value is None:
+        return "n/a"
+    return f"{math.floor(max(value, 0.0) * 100 + 1e-9) / 100:.2f}"
+
+
+def spread(s: Spread, *, as_pct: bool = True) -> str:
+    """'37.5% ± 3.5%' (mean ± sample std over seeds), or just the mean with one seed."""
+    if s.mean is None:
+        return "n/a"
+    f = (lambda v: pct(v, digits=1)) if as_pct else (lambda v: f"{v:.3f}")
+    if s.std is None:
+        return f(s.mean)
+    return f"{f(s.mean)} ± {f(s.std)}"
+
+
+def level_label(eps: float | None) -> str:
+    return "non-private" if eps is None else f"ε = {fmt_eps(eps)}"
+
+
+def kappa_text(kappa: float, n_train: int) -> str:
+    if math.isclose(kappa, 1.0 / n_train, rel_tol=1e-9):
+        return f"κ = 1/{n_train}"
+    return f"κ = {num(kappa)}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sentences
+# ------------------------------------------------------------------------------------------------------------
+
+
+def summary_sentence(profile: Profile, level: LevelSummary) -> str:
+    """One plain-language sentence (with labels) for one privacy level."""
+    unit = profile.config.privacy_unit
+    units = "images" if unit == "image" else "patients' images"
+    parts: list[str] = []
+    if level.private:
+        b = level.bounds
+        if b is None:
+            parts.append("The formal bounds were not computed.")
+        else:
+            p = b.at_kappa_train()
+            parts.append(
+                f"At most <b>{pct(p.worst_case, direction='up')}</b> of the training {units} could be reconstructed "
+                f"by the strongest possible attacker (worst case, {LABEL_UPPER})")
+            if p.relaxed is not None:
+                parts[-1] += (f"; at most <b>{pct(p.relaxed, direction='up')}</b> by an attacker who does not "
+                              f"already know the image (relaxed, {LABEL_UPPER}).")
+            else:
+                parts[-1] += "."
+    else:
+        parts.append("Without differential privacy there is <b>no formal guarantee</b>: the strongest possible "
+                     "attacker can reconstruct every training image (worst case and relaxed: 100%).")
+    a = level.attack
+    if a is not None:
+        r = a.strongest
+        parts.append(
+            f"A realistic attacker (malicious server with an imprint layer, {r.decoder} decoder) recovered "
+            f"<b>{pct(r.success_rate)}</b> of {r.n_images} images ({LABEL_EMPIRICAL}; 95% interval "
+            f"{pct(r.ci_low)} to {pct(r.ci_high)}).")
+    mcc = level.utility["mcc"]
+    if mcc.mean is not None:
+        seeds = f"{mcc.n} seed{'s' if mcc.n != 1 else ''}"
+        parts.append(f"Diagnostic MCC <b>{spread(mcc)}</b> ({LABEL_EMPIRICAL}, test split, {seeds}).")
+    return " ".join(parts)
+
+
+def headline(profile: Profile) -> str:
+    """The opening paragraph of the summary page."""
+    d = profile.dataset
+    return (
+        f"This report summarises the privacy risk of training <b>{profile.config.arch}</b> on "
+        f"<b>{d.name}</b> ({d.n_train} training images) with differentially private stochastic gradient descent "
+        f"(DP-SGD) at {len(profile.config.epsilons)} privacy budgets"
+        f"{' and without privacy' if profile.config.non_private else ''}. For each budget it gives three tiers of "
+        "reconstruction risk, as in Ziller et al. (2024): a <b>worst-case</b> bound (an attacker who knows "
+        "everything except whether the image was used), a <b>relaxed</b> bound (the attacker does not know the "
+        "image beforehand), and the success of a <b>realistic</b> attack that we actually ran. The bounds are "
+        "mathematical guarantees that hold for every attack; the realistic number shows what one of the "
+        "strongest known attacks achieves in practice. Lower is better for all three."
+    )
+
+
+def reading_guide() -> list[tuple[str, str]]:
+    """The labels used next to every number in the report, and what they mean."""
+    return [
+        (LABEL_UPPER, "a proven maximum: the true risk is at most this value (rounded up)."),
+        (LABEL_APPROX, "a computed value that is not a bound; it may lie on either side of the truth."),
+        (LABEL_ESTIMATE, "a Monte Carlo or statistical estimate, given with an interval."),
+        (LABEL_EMPIRICAL, "what an attack or a test set measured; a lower bound on the risk (a stronger "
+                          "attack may do better)."),
+    ]
+
+
+def mia_sentence(profile: Profile) -> str:
+    return (
+        f"The curves show the highest true-positive rate (TPR) any membership-inference attacker can reach at each "
+        f"false-positive rate (FPR), for each privacy budget ({LABEL_UPPER}, from the same trade-off function as "
+        "the reconstruction bounds). A TPR equal to the FPR (the diagonal) means the attacker learns nothing."
+    )
+
+
+def empirical_mia_caveat(canaries: int | None, ceiling: float | None) -> str:
+    """Why a low empirical epsilon proves nothing (issue 6, item 4)."""
+    cap = ""
+    if canaries is not None and ceiling is not None:
+        cap = (f" With {canaries} canaries and 95% confidence, no audit can certify an epsilon above "
+               f"{eps_down(ceiling)}, whatever the model leaks.")
+    return (
+        "An empirical epsilon is a <b>lower bound</b>: it shows that at least this much privacy was lost, for this "
+        "attack, this model and these canaries. A low empirical value does <b>not</b> prove that the model is "
+        "private: a stronger attack, other records or more canaries can reveal more, and only the accountant's "
+        f"epsilon ({LABEL_UPPER}) is a guarantee.{cap}"
+    )
+
+
+def privacy_statement(profile: Profile) -> list[str]:
+    """Paragraphs of the formal privacy statement."""
+    c = profile.config
+    private = [t for t in profile.train if t.epsilon_target is not None]
+    deltas = sorted({t.target_delta for t in private})
+    qs = sorted({t.sampling_probability for t in private})
+    steps = sorted({t.steps for t in private})
+    clips = sorted({t.max_grad_norm for t in private})
+    delta_txt = ", ".join(num(d) for d in deltas) if deltas else "n/a"
+    q_txt = ", ".join(num(q) for q in qs) if qs else "n/a"
+    t_txt = ", ".join(str(s) for s in steps) if steps else "n/a"
+    method = next((b.method for b in profile.bounds), "tight")
+    unit = ("one image (add/remove adjacency: the datasets differ by the presence of one training image)"
+            if c.privacy_unit == "image" else
+            f"one patient contributing up to {c.records_per_patient} images (add/remove adjacency at the "
+            "patient level; all of a patient's images are assumed aligned, the worst case)")
+    paras = [
+        f"<b>Mechanism.</b> DP-SGD (Opacus): per-sample gradients clipped to norm C = {', '.join(num(x) for x in clips) or 'n/a'}, "
+        f"Gaussian noise of standard deviation σ·C added to their sum, with Poisson sampling at rate q = {q_txt} "
+        f"for T = {t_txt} steps. The noise multiplier σ of each run is in the table on page 3.",
+        f"<b>Accountant.</b> ε is the tight privacy-loss-distribution (PLD) value at δ = {delta_txt} "
+        f"({LABEL_UPPER}, pessimistic discretisation); the Rényi-DP value that Opacus reports is shown beside it "
+        f"and is larger. Reconstruction bounds use the {method} method on the same mechanism and do not depend "
+        "on δ.",
+        f"<b>Privacy unit.</b> {unit}. The adversary is assumed to see every one of the T noisy updates.",
+        "<b>Not covered by these guarantees.</b> (1) Hyperparameter tuning: runs used to choose the learning rate, "
+        "epochs or architecture on the same data spend privacy that is not accounted here. (2) Preprocessing "
+        "statistics computed from the data (normalisation mean and standard deviation, class lists, image sizes). "
+        "(3) Pre-training data of any initial weights. (4) The validation and test data used to measure utility. "
+        "(5) Releasing several of the models in this report: each privacy level is a separate training run on "
+        "the same data, and releasing k of them costs (at least) the composition of their budgets.",
+    ]
+    return paras
+
+
+def assumptions(profile: Profile) -> list[str]:
+    c = profile.config
+    n = profile.dataset.n_train
+    return [
+        f"Reconstruction bounds (Hayes, Mahloujifar, Balle 2023; Kaissis et al. 2023) are reported at a prior "
+        f"κ = 1/N_train = 1/{n}, as in the seed paper: the attacker's blind guess succeeds with probability κ. "
+        "A smaller κ (a more diverse data distribution) gives a smaller bound; the figure on page 4 shows the "
+        "dependence." + (" The user's κ values are in the table." if c.kappas else ""),
+        "Worst case: the attacker knows every other training image, the model's architecture and initialisation, "
+        "all T noisy updates, and a finite candidate set containing the target. Relaxed: the same, except that "
+        "the attacker does not know the direction of the target's gradient (Kaissis et al., NeurIPS 2023). Both "
+        "are far stronger than any realistic attacker.",
+        "The realistic attack is a malicious federated-learning server that inserts an imprint layer and sets the "
+        f"batch size to 1 (q = 1/N, T = epochs·N), observing each image {c.observations} time(s); its noise "
+        "multiplier is calibrated to the same ε and δ, as in the seed paper's Table 3. An image counts as "
+        f"reconstructed when the SSIM between it and its nearest reconstruction exceeds {SSIM_THRESHOLD}. The "
+        "report uses the strongest decoder's success and names it.",
+        "Attack success depends on the image size and the imprint layer's share of the gradient (σ·√D/ρ); results "
+        f"at {c.image_size}×{c.image_size} pixels do not transfer to other resolutions.",
+    ]
+
+
+def limitations(profile: Profile) -> list[str]:
+    c = profile.config
+    out = [
+        "Empirical attack results are lower bounds on the risk: only one attack family (imprint-layer gradient "
+        "inversion) was run, on a subset of the training images "
+        f"({c.attack_images} per privacy level). Other attacks (model inversion from the final weights, "
+        "membership inference, attribute inference) are covered only by the formal bounds.",
+        f"Utility is measured on the held-out test split with {c.seeds} seed(s) per privacy level; the spread "
+        "is the sample standard deviation over seeds, not a confidence interval.",
+        "Subgroup utility is shown only where the dataset provides group metadata; small subgroups give noisy "
+        "numbers.",
+        "A risk of 100% in the worst-case or relaxed column does not mean that images will be reconstructed, only "
+        "that the mathematics gives no protection against the assumed attacker.",
+    ]
+    if c.dataset == "demo":
+        out.append("The demo dataset is synthetic and built into dpaudit; it demonstrates the workflow, and its "
+                   "numbers say nothing about real patient data.")
+    return out
+
+
+def glossary() -> list[tuple[str, str]]:
+    return [
+        ("ε (epsilon)", "privacy budget of differential privacy; smaller is more private. Reported as the tight "
+                        "PLD value at δ."),
+        ("δ (delta)", "the probability with which the ε guarantee may fail; chosen well below 1/N."),
+        ("σ (noise multiplier)", "standard deviation of the DP-SGD noise divided by the clip norm C."),
+        ("q (sampling probability)", "chance that an image is used in a given training step (Poisson sampling)."),
+        ("T (steps)", "number of noisy model updates released during training."),
+        ("C (clip norm)", "maximum influence (gradient norm) one image may have on one update."),
+        ("κ (kappa)", "success probability of the attacker's best blind guess before seeing the model."),
+        ("ReRo", "reconstruction robustness: the highest probability that any attack reconstructs a training image."),
+        ("worst-case / relaxed", "the two formal threat models of the report (see Assumptions)."),
+        ("realistic attack", "the imprint-layer reconstruction attack that dpaudit actually runs."),
+        ("SSIM", "structural similarity between an image and a reconstruction (1 = identical)."),
+        ("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance."),
+        ("TPR / FPR", "true- and false-positive rates of a membership-inference attacker."),
+        ("membership inference", "deciding whether a given image was in the training set."),
+        ("canary", "a record inserted at random into training to measure membership leakage empirically."),
+        ("privacy unit", "what the guarantee protects: one image, or all images of one patient."),
+        ("sound upper bound", "a proven maximum of the risk (rounded up in this report)."),
+        ("approximation", "a value that is not a bound."),
+        ("estimate", "a statistical estimate with an interval."),
+        ("empirical", "a measured value; a lower bound on the risk."),
+    ]

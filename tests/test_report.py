@@ -1,0 +1,259 @@
+"""The PDF risk report, rendered from a synthetic profile (no training): sections, numbers, determinism, CLI.
+
+The synthetic profile's numbers are illustrative (HAM10000 rows of the seed paper's Table 3 for the bounds and
+utility, made-up attack results); the tests check that what is in ``profile.json`` is what the PDF says, with the
+rounding direction the report promises (upper bounds rounded up).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+from dpaudit.audit.profile_schema import (
+    SCHEMA_VERSION,
+    AttackOutcome,
+    AttackRow,
+    BoundsOutcome,
+    DatasetInfo,
+    FprTpr,
+    MiaAuditOutcome,
+    PackageVersion,
+    Profile,
+    ProfileConfig,
+    ReroPoint,
+    StageTime,
+    SubgroupUtility,
+    TrainOutcome,
+    Utility,
+)
+from dpaudit.cli.main import app
+from pypdf import PdfReader
+from typer.testing import CliRunner
+
+# Seed paper Table 3, HAM10000 rows (epsilon: sigma, MCC mean, MCC std, worst case, relaxed). Illustrative only.
+HAM = {1.0: (0.92, 0.1560, 0.0413, 0.0003, 0.0001), 8.0: (0.47, 0.3748, 0.0345, 0.0122, 0.0004),
+       20.0: (0.40, 0.4283, 0.0237, 0.2230, 0.0078), 1e9: (0.02, 0.5198, 0.0252, 1.0, 1.0)}
+N_TRAIN = 8000
+
+
+def _roc(scale: float) -> tuple[FprTpr, ...]:
+    fpr = np.geomspace(1e-6, 1, 25)
+    return tuple(FprTpr(float(f), float(min(1.0, f ** (1 / (1 + scale))))) for f in fpr)
+
+
+def synthetic_profile(*, with_mia_audit: bool = True, subgroups: bool = True, seeds: int = 2) -> Profile:
+    rng = np.random.default_rng(7)
+    config = ProfileConfig(dataset="ham10000", image_size=64, epsilons=tuple(HAM), seeds=seeds, kappas=(1e-3,),
+                           mia_audit=with_mia_audit)
+    train, bounds, attacks, audits = [], [], [], []
+    for eps in (*HAM, None):
+        sigma, mcc, std, worst, relaxed = HAM[eps] if eps is not None else (0.0, 0.5166, 0.0138, 1.0, 1.0)
+        for s in range(seeds):
+            groups = (SubgroupUtility("sex", "female", 700, mcc - 0.02 + 0.01 * s, 0.8),
+                      SubgroupUtility("sex", "male", 800, mcc + 0.01, 0.81)) if subgroups else ()
+            train.append(TrainOutcome(
+                epsilon_target=eps, seed=s, noise_multiplier=sigma, sampling_probability=0.04, steps=500, epochs=20,
+                batch_size=320, max_grad_norm=1.0, target_delta=8e-7, epsilon=eps, epsilon_rdp=None if eps is None
+                else eps * 1.1, n_train=N_TRAIN, utility=Utility(mcc=mcc + (std if s else -std) / np.sqrt(2),
+                                                                 balanced_accuracy=0.7, auroc=0.8, accuracy=0.85),
+                subgroups=groups, checkpoint=f"checkpoints/{eps}-{s}/model.pt", reused_checkpoint=False,
+                seconds=10.0))
+        if eps is not None:
+            kappas = np.geomspace(1 / N_TRAIN, 1, 12)
+            curve = tuple(ReroPoint(float(k), float(min(1, worst * (k * N_TRAIN) ** 0.5)),
+                                    float(min(1, relaxed * (k * N_TRAIN) ** 0.5))) for k in kappas)
+            bounds.append(BoundsOutcome(
+                epsilon_target=eps, noise_multiplier=sigma, sampling_probability=0.04, steps=500, target_delta=8e-7,
+                records_per_patient=1, epsilon=eps * 0.999, epsilon_rdp=eps * 1.1, kappa_train=1 / N_TRAIN,
+                rero=(ReroPoint(1 / N_TRAIN, worst, relaxed), ReroPoint(1e-3, min(1, worst * 3), min(1, relaxed * 3))),
+                rero_curve=curve, method="tight", mia_advantage=min(1.0, 0.05 * np.log1p(eps)),
+                mia_tpr_at_fpr=tuple(FprTpr(f, min(1.0, f * np.exp(min(eps, 50)))) for f in
+                                     (1e-5, 1e-4, 1e-3, 1e-2, 0.1)),
+                mia_roc=_roc(np.log1p(eps)), seconds=1.0))
+        ssim = rng.uniform(0.0, 0.5, 40) if eps is not None else rng.uniform(0.85, 1.0, 40)
+        rows = (AttackRow("strong", 40, float(np.mean(ssim > 0.8)), 0.0, 0.09, float(ssim.mean()), 0.3,
+                          tuple(float(x) for x in ssim)),
+                AttackRow("paper", 40, 0.0, 0.0, 0.09, float(ssim.mean()) / 2, 0.3,
+                          tuple(float(x) / 2 for x in ssim)))
+        attacks.append(AttackOutcome(
+            epsilon_target=eps, noise_multiplier=sigma / 10, sampling_probability=1 / N_TRAIN, steps=20 * N_TRAIN,
+            target_delta=8e-7, checkpoint="x", n_excluded=1, image_shape=(3, 64, 64), ssim_variant="7x7 uniform",
+            connection="linear", bins=10, observations=1, rows=rows, images=(), seconds=5.0))
+        if with_mia_audit and eps is not None:
+            audits.append(MiaAuditOutcome(epsilon_target=eps, epsilon_lower_bound=0.1234, confidence=0.95,
+                                          canaries=256, epsilon_ceiling=3.456, accountant_epsilon=eps,
+                                          tpr_at_fpr=(FprTpr(0.01, 0.02),), method="one-run (Steinke et al.)",
+                                          seconds=3.0))
+    return Profile(
+        schema_version=SCHEMA_VERSION, dpaudit_version="0.1.0", created="2025-03-04T05:06:07+00:00",
+        command=config.command("runs/ham"), config=config,
+        dataset=DatasetInfo("ham10000", N_TRAIN, 1000, 1015, (3, 64, 64), ("no treatment", "treatment"),
+                            ("sex",) if subgroups else ()),
+        train=tuple(train), bounds=tuple(bounds), bounds_curve=(), attacks=tuple(attacks), mia_audits=tuple(audits),
+        stages=(StageTime("train", 100.0, 10, 0),), environment=(PackageVersion("torch", "2.13.0"),))
+
+
+def _text(pdf: bytes) -> list[str]:
+    return [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Profile, bytes, list[str]]:
+    from dpaudit.audit.report import render_report
+
+    prof = synthetic_profile()
+    path = render_report(prof, tmp_path_factory.mktemp("r") / "report.pdf")
+    pdf = path.read_bytes()
+    return prof, pdf, _text(pdf)
+
+
+def test_profile_json_round_trip_is_exact() -> None:
+    prof = synthetic_profile()
+    again = Profile.from_json(prof.to_json())
+    assert again == prof
+    assert again.to_json() == prof.to_json()
+
+
+def test_pdf_has_every_section(rendered) -> None:
+    _, pdf, pages = rendered
+    assert pdf.startswith(b"%PDF")
+    text = "\n".join(pages)
+    for section in ("Privacy risk report", "Summary", "Risk and utility per privacy budget",
+                    "Reconstruction risk: formal bounds", "Realistic attack: reconstruction errors",
+                    "Membership inference", "Empirical canary audit", "Utility", "Subgroup utility",
+                    "Privacy statement", "Not covered by these guarantees", "Hyperparameter tuning",
+                    "Preprocessing", "Pre-training data", "Assumptions", "Limitations", "Glossary",
+                    "Reproducibility", "dpaudit profile --dataset ham10000"):
+        assert section in text, section
+    # Title page: model, dataset, date, version, privacy unit.
+    assert "resnet9" in pages[0] and "ham10000" in pages[0] and "2025-03-04" in pages[0]
+    assert "0.1.0" in pages[0] and "Privacy unit" in pages[0] and "image" in pages[0]
+    assert "Best reconstructions" not in text  # no images unless asked
+
+
+def test_pdf_numbers_match_profile(rendered) -> None:
+    prof, _, pages = rendered
+    table = next(p for p in pages if "Risk and utility per privacy budget" in p)
+    summary = next(p for p in pages if p.lstrip().startswith("Summary") or "\nSummary" in p[:200])
+    # Seed paper HAM10000 epsilon 8: worst case 1.22%, relaxed 0.04%; epsilon 20: 22.30% -> '22.3%'.
+    assert "1.22%" in table and "0.04%" in table and "22.3%" in table
+    assert "1.22%" in summary and "22.3%" in summary
+    # Utility mean ± std over the two synthetic seeds (sample std of mcc ± std/sqrt(2) is std = 3.45% exactly,
+    # printed to one decimal).
+    assert "37.5% ± 3.4%" in table or "37.5% ± 3.5%" in table
+    for label in ("sound upper bound", "empirical"):
+        assert label in table
+    # Labels next to every tier in the summary.
+    assert summary.count("sound upper bound") >= 2 * len(prof.config.epsilons) - 1
+    assert "empirical" in summary
+    # Empirical epsilon lower bound rounded down (0.1234 -> 0.12) and the caveat sentence.
+    mia = "\n".join(p for p in pages if "Empirical canary audit" in p)
+    assert "0.12" in mia and "does not prove" in mia.replace("\n", " ")
+
+
+def test_upper_bounds_are_rounded_up() -> None:
+    from dpaudit.audit.report_text import eps_down, eps_up, pct
+
+    assert pct(0.012341, direction="up") == "1.24%"
+    assert pct(0.012341) == "1.23%"
+    assert pct(0.99996, direction="up") == "100%"
+    assert pct(3e-7, direction="up") == "< 0.01%"
+    assert pct(0.0, direction="up") == "0%"
+    assert pct(0.2230, direction="up") == "22.3%"
+    assert pct(0.22301, direction="up") == "22.4%"
+    assert eps_up(68.5181) == "68.6" and eps_up(7.9991) == "8.00"
+    assert eps_down(0.129) == "0.12"
+
+
+def test_rendering_is_deterministic(tmp_path) -> None:
+    from dpaudit.audit.report import render_report
+
+    prof = synthetic_profile(with_mia_audit=False, subgroups=False, seeds=1)
+    a = render_report(prof, tmp_path / "a.pdf").read_bytes()
+    b = render_report(Profile.from_json(prof.to_json()), tmp_path / "b.pdf").read_bytes()
+    assert a == b
+    meta = PdfReader(io.BytesIO(a)).metadata
+    assert meta["/CreationDate"].startswith("D:20250304050607")
+    text = "\n".join(_text(a))
+    assert "no subgroup metadata" in text and "No empirical membership audit" in text
+
+
+def test_fonts_are_embedded(rendered) -> None:
+    _, pdf, _ = rendered
+    reader = PdfReader(io.BytesIO(pdf))
+    fonts = set()
+    for page in reader.pages:
+        for f in page["/Resources"]["/Font"].values():
+            font = f.get_object()
+            desc = font.get("/FontDescriptor")
+            if desc is None and "/DescendantFonts" in font:
+                desc = font["/DescendantFonts"][0].get_object().get("/FontDescriptor")
+            assert desc is not None and "/FontFile2" in desc.get_object(), font.get("/BaseFont")
+            fonts.add(str(font["/BaseFont"]))
+    assert any("DejaVuSans" in f for f in fonts)
+
+
+def test_report_cli_renders_and_is_deterministic(tmp_path) -> None:
+    prof = synthetic_profile(with_mia_audit=False, seeds=1)
+    (tmp_path / "profile.json").write_text(prof.to_json())
+    runner = CliRunner()
+    r1 = runner.invoke(app, ["report", str(tmp_path / "profile.json"), "-o", str(tmp_path / "a.pdf")])
+    assert r1.exit_code == 0, r1.output
+    r2 = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "b.pdf"), "--json"])
+    assert r2.exit_code == 0, r2.output
+    assert json.loads(r2.stdout)["pdf"].endswith("b.pdf")
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+
+
+def test_include_images_adds_a_warning_page(tmp_path) -> None:
+    from matplotlib.figure import Figure
+
+    prof = synthetic_profile(with_mia_audit=False, seeds=1)
+    fig = Figure(figsize=(4, 2))
+    fig.add_subplot(1, 1, 1).imshow(np.zeros((8, 16)))
+    fig.savefig(tmp_path / "recon.png")
+    attacks = tuple(dataclasses.replace(a, images=("recon.png",)) if a.epsilon_target is None else a
+                    for a in prof.attacks)
+    prof = dataclasses.replace(prof, attacks=attacks)
+    (tmp_path / "profile.json").write_text(prof.to_json())
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "profile.json"), "-o", str(tmp_path / "r.pdf"),
+                                   "--include-images"])
+    assert res.exit_code == 0, res.output
+    text = "\n".join(_text((tmp_path / "r.pdf").read_bytes()))
+    assert "Best reconstructions" in text and "Warning: this page shows training images" in text
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "an existing profile.json"),
+    ("{not json", "valid JSON"),
+    ('{"schema_version": 1}', "must be present"),
+])
+def test_report_cli_bad_inputs(tmp_path, content, message) -> None:
+    path = tmp_path / "profile.json"
+    if content is not None:
+        path.write_text(content)
+    res = CliRunner().invoke(app, ["report", str(path), "-o", str(tmp_path / "r.pdf")])
+    assert res.exit_code == 2
+    assert message in res.output.replace("\n", " ")
+    assert "Traceback" not in res.output
+
+
+def test_profile_json_rejects_wrong_types_and_unknown_fields() -> None:
+    from dpaudit.errors import ConfigError
+
+    data = json.loads(synthetic_profile(seeds=1).to_json())
+    data["train"][0]["steps"] = "many"
+    with pytest.raises(ConfigError, match=r"train\[0\]\.steps"):
+        Profile.from_json(json.dumps(data))
+    data = json.loads(synthetic_profile(seeds=1).to_json())
+    data["config"]["surprise"] = 1
+    with pytest.raises(ConfigError, match="surprise"):
+        Profile.from_json(json.dumps(data))
+    data = json.loads(synthetic_profile(seeds=1).to_json())
+    data["schema_version"] = 99
+    with pytest.raises(ConfigError, match="schema_version"):
+        Profile.from_json(json.dumps(data))
