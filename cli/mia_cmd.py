@@ -1,9 +1,96 @@
-"""`dpaudit mia` (being built)."""
+"""`dpaudit mia`: empirical membership-inference audits with sound epsilon lower bounds.
+
+Commands only parse, call :mod:`dpaudit.attacks.mia` / ``selfaudit`` / ``canary``, and render. Every number
+printed is labelled: an *empirical lower bound* (holds with the stated confidence) or the accountant's *sound
+upper bound*.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from dpaudit.cli._common import emit_json, handle_errors, out
+
+mia_app = typer.Typer(
+    name="mia",
+    help="Membership inference: sound empirical lower bounds on epsilon (counts, one-run canary audits, a "
+         "self-audit of the DP-SGD step).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+DeltaOpt = Annotated[float, typer.Option("--delta", help="delta of the (epsilon, delta) guarantee being audited.")]
+ConfidenceOpt = Annotated[float, typer.Option(
+    "--confidence", help="Probability that the lower bound holds, in (0, 1).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4e}"
+
+
+@mia_app.command("bound")
+@handle_errors
+def bound_cmd(
+    true_positives: Annotated[int, typer.Option("--true-positives", help="Members flagged as members.")],
+    positives: Annotated[int, typer.Option("--positives", help="Member trials (independent runs).")],
+    false_positives: Annotated[int, typer.Option("--false-positives", help="Non-members flagged as members.")],
+    negatives: Annotated[int, typer.Option("--negatives", help="Non-member trials (independent runs).")],
+    delta: DeltaOpt = 1e-5,
+    confidence: ConfidenceOpt = 0.95,
+    json: JsonOpt = False,
+) -> None:
+    """Lower bound on epsilon from a membership test's counts (Clopper-Pearson, both error pairs).
+
+    The test's threshold must have been fixed before these counts were taken (on held-out trials).
+    """
+    from dpaudit.attacks.mia import epsilon_lower_bound, two_error_ceiling
+
+    res = epsilon_lower_bound(true_positives, positives, false_positives, negatives, delta=delta,
+                              confidence=confidence)
+    ceiling = two_error_ceiling(positives, negatives, delta=delta, confidence=confidence)
+    if json:
+        emit_json({**res.to_dict(), "ceiling": ceiling})
+        return
+    level = 1 - (1 - confidence) / 2
+    out.print(f"epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
+              f"delta {delta:g})")
+    out.print(f"  TPR >= {_fmt(res.tpr_low)}, FPR <= {_fmt(res.fpr_high)}  (one-sided Clopper-Pearson, "
+              f"each at {level:g})")
+    out.print(f"  from TPR/FPR: {_fmt(max(res.epsilon_from_tpr_fpr, 0.0))}; from TNR/FNR: "
+              f"{_fmt(max(res.epsilon_from_tnr_fnr, 0.0))}")
+    out.print(f"  ceiling: {positives} + {negatives} trials can certify at most epsilon {_fmt(ceiling)} "
+              f"(a perfect test)")
+
+
+@mia_app.command("one-run")
+@handle_errors
+def one_run_cmd(
+    canaries: Annotated[int, typer.Option("--canaries", help="m: canaries, each included by a fair coin flip.")],
+    guesses: Annotated[int, typer.Option("--guesses", help="r: canaries the attacker guessed on.")],
+    correct: Annotated[int, typer.Option("--correct", help="v: correct guesses.")],
+    delta: DeltaOpt = 1e-5,
+    confidence: ConfidenceOpt = 0.95,
+    json: JsonOpt = False,
+) -> None:
+    """Lower bound on epsilon from one training run (Steinke, Nasr, Jagielski, NeurIPS 2023, Theorem 3).
+
+    The number of guesses must have been fixed without looking at the coin flips.
+    """
+    from dpaudit.attacks.mia import one_run_epsilon_lower_bound
+
+    res = one_run_epsilon_lower_bound(canaries, guesses, correct, delta=delta, confidence=confidence)
+    if json:
+        emit_json(res.to_dict())
+        return
+    out.print(f"epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
+              f"delta {delta:g}; p-value {res.p_value:.3g})")
+    out.print(f"  {correct} of {guesses} guesses correct on {canaries} canaries")
+    out.print(f"  ceiling: {canaries} canaries can certify at most epsilon {_fmt(res.ceiling)} "
+              f"(every canary guessed right)")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add ``dpaudit mia ...`` to the app."""
+    app.add_typer(mia_app, name="mia")
