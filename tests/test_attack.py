@@ -1,0 +1,274 @@
+"""The imprint-layer attack: exactness of the replay against autograd, decoders, scoring, and the result contract.
+
+Independent references: autograd through :class:`ImprintBlock` with an explicit Opacus-style clip and noise
+(replay, eta), scikit-image's ``structural_similarity`` (batched SSIM), brute-force argmin (nearest match), scipy's
+exact binomial interval (Clopper-Pearson). Test images are scikit-image's bundled pictures (no download).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from dpaudit.attacks.decoders import Layout, choose_prefix
+from dpaudit.attacks.imprint import (
+    OPACUS_CLIP_EPS,
+    ImprintBlock,
+    ImprintedModel,
+    clean_block_gradient,
+    image_statistics,
+    replay,
+)
+from dpaudit.attacks.reconstruction import AttackResult, run_attack
+from dpaudit.attacks.scoring import clopper_pearson, keep_mask, nearest_match, ssim_batch, wilson
+from dpaudit.errors import ConfigError, DataError, DpAuditError
+from dpaudit.models import build_model
+from skimage.metrics import structural_similarity
+from skimage.transform import resize
+
+PICTURES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "colorwheel")
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@functools.cache
+def _pictures(size: int) -> np.ndarray:
+    out = []
+    for name in PICTURES:
+        im = getattr(skimage.data, name)()[..., :3]
+        h, w = im.shape[:2]
+        out.append(resize(im, (size, size), anti_aliasing=True))
+        out.append(resize(im[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4], (size, size), anti_aliasing=True))
+    return np.stack(out).astype(np.float32)
+
+
+def pictures(size: int, n: int = 8) -> torch.Tensor:
+    """n colour test images size x size from scikit-image's bundled pictures (full frame and a centre crop)."""
+    return torch.from_numpy(_pictures(size)[:n].copy()).permute(0, 3, 1, 2).contiguous()
+
+
+def small_model(seed: int = 0, arch: str = "smallcnn") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(arch, num_classes=4)
+
+
+def test_pictures_are_bundled_offline() -> None:
+    assert pictures(16, 12).shape == (12, 3, 16, 16)
+
+
+@pytest.mark.parametrize("connection", ["linear", "addition"])
+def test_sigma_zero_reconstructs_every_image_for_every_decoder(connection: str) -> None:
+    x = pictures(24, 6)
+    res = run_attack(small_model(), x, torch.arange(6) % 4, mean=MEAN, std=STD, noise_multipliers=[0.0],
+                     decoders=("strong", "paper", "paper-all"), connection=connection, scoring="paired")
+    for row in res.rows:
+        assert row.n_images == 6
+        assert np.all(row.ssim > 0.999), (row.decoder, row.ssim)
+        assert row.success_rate == 1.0
+
+
+def test_strong_beats_paper_at_sigma_1e4_on_64px_colour() -> None:
+    # Spec section 3: ~100% for the strong decoder at 1e-4 on 64x64 RGB, 0% for the paper's decoder.
+    x = pictures(64, 6)
+    res = run_attack(small_model(1, "resnet9"), x, torch.arange(6) % 4, mean=MEAN, std=STD,
+                     noise_multipliers=[1e-4], decoders=("strong", "paper"))
+    strong, paper = res.rows
+    assert strong.success_rate >= 5 / 6 and strong.mean_ssim > 0.9
+    assert paper.success_rate == 0.0
+    assert res.headline()[0].decoder == "strong"
+
+
+def _direct_noisy_gradient(model, block, x, y, sigma, clip, xi):
+    """Independent reference: autograd through the real block, Opacus clip, noise on the block's parameters."""
+    net = ImprintedModel(block, model)
+    z = ((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])[None]
+    loss = torch.nn.functional.cross_entropy(net(z), y[None])
+    params = [p for p in net.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    f = min(1.0, clip / (float(norm) + OPACUS_CLIP_EPS))
+    gw = grads[0].double() * f
+    gb = grads[1].double() * f
+    rows = torch.cat([gw, gb[:, None]], dim=1).numpy() + sigma * clip * xi.astype(np.float64)
+    return rows, float(norm), z.flatten().double().numpy()
+
+
+@pytest.mark.parametrize("connection", ["linear", "addition"])
+def test_replay_equals_direct_noisy_per_sample_gradient(connection: str, rng: np.random.Generator) -> None:
+    x = pictures(16, 2)
+    model = small_model(2)
+    block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD), connection=connection)
+    names = [n for n, _ in ImprintedModel(block, model).named_parameters()]
+    assert names[:2] == ["block.weight", "block.bias"]
+    stats = image_statistics(model, block, x, torch.tensor([1, 3]), mean=np.array(MEAN), std=np.array(STD))
+    for i in range(2):
+        xi = rng.standard_normal((block.bins, 16 * 16 * 3 + 1)).astype(np.float32)
+        direct, g_direct, z = _direct_noisy_gradient(model, block, x[i], torch.tensor([1, 3][i]), 0.05, 0.5, xi)
+        clean = clean_block_gradient(z, stats.delta[i], int(stats.active_rows[i]), block.bins,
+                                     stats.clip_factor(0.5)[i])
+        view = replay(clean, xi, 0.05, 0.5)
+        assert stats.grad_norm[i] == pytest.approx(g_direct, rel=1e-5)
+        assert stats.clip_factor(0.5)[i] < 1  # clipping is active
+        np.testing.assert_allclose(view, direct, rtol=0, atol=1e-6 * np.abs(direct).max())
+
+
+def test_success_is_invariant_to_the_clip_norm_while_clipping_is_active() -> None:
+    # With f = C / G the view is C * (delta [x, 1] / G + sigma xi): proportional to C, so decoding is unchanged.
+    x = pictures(32, 4)
+    model = small_model(3)
+    kw = dict(mean=MEAN, std=STD, noise_multipliers=[0.0, 3e-4, 3e-3], decoders=("strong", "paper"), seed=5)
+    a = run_attack(model, x, torch.arange(4), max_grad_norm=1e-3, **kw)
+    b = run_attack(model, x, torch.arange(4), max_grad_norm=1e-2, **kw)
+    for ra, rb in zip(a.rows, b.rows, strict=True):
+        np.testing.assert_allclose(ra.ssim, rb.ssim, atol=1e-5)
+        np.testing.assert_allclose(ra.eta, rb.eta, rtol=1e-9)
+
+
+@pytest.mark.parametrize("connection", ["linear", "addition"])
+def test_measured_eta_agrees_with_the_formula(connection: str, rng: np.random.Generator) -> None:
+    x = pictures(32, 1)
+    model = small_model(4)
+    block = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD), connection=connection)
+    stats = image_statistics(model, block, x, torch.tensor([2]), mean=np.array(MEAN), std=np.array(STD))
+    sigma, clip = 2e-3, 0.7
+    xi = rng.standard_normal((block.bins, 32 * 32 * 3 + 1)).astype(np.float32)
+    direct, g, z = _direct_noisy_gradient(model, block, x[0], torch.tensor(2), sigma, clip, xi)
+    m = int(stats.active_rows[0])
+    f = min(1.0, clip / (g + OPACUS_CLIP_EPS))
+    pooled = direct[: m + 1].mean(axis=0)
+    residual = pooled[:-1] / (f * stats.delta[0]) - z
+    eta = stats.eta(sigma, clip)[0]
+    # Spec section 2 form while clipping is active: sigma |[x, 1]| / rho.
+    assert eta == pytest.approx(sigma * stats.x_norm1[0] / stats.rho[0], rel=1e-6)
+    # The std of D = 3072 Gaussian residuals is within 5% of eta with probability > 0.99 (relative s.e. 1.3%).
+    assert np.std(residual) == pytest.approx(eta, rel=0.05)
+
+
+def test_constant_pattern_pitfall_is_caught() -> None:
+    # Breaching's readout (all ones, constant bias) feeds a constant image; ResNet-9 starts with a bias-free conv
+    # followed by GroupNorm, which is invariant to its scale: the block's gradient vanishes.
+    x = pictures(32, 1)
+    model = small_model(0, "resnet9")
+    block = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD), pattern="constant")
+    with pytest.raises(ConfigError, match="constant pattern"):
+        image_statistics(model, block, x, torch.tensor([0]), mean=np.array(MEAN), std=np.array(STD))
+    ok = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD))
+    stats = image_statistics(model, ok, x, torch.tensor([0]), mean=np.array(MEAN), std=np.array(STD))
+    assert stats.rho[0] > 0.5 and stats.delta[0] != 0
+
+
+def test_row_zero_always_fires_and_rows_form_a_prefix() -> None:
+    black = torch.zeros(1, 3, 16, 16)
+    block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
+    h = torch.nn.functional.linear(((black - 0.5) / 0.25).flatten(1), block.weight, block.bias)
+    assert h[0, 0] > 0
+    assert torch.all(torch.diff(block.thresholds) > 0)
+
+
+def test_prefix_choice_recovers_the_active_rows(rng: np.random.Generator) -> None:
+    u = rng.standard_normal(500)
+    for m in range(10):
+        rows = np.zeros((10, 500))
+        rows[: m + 1] = u
+        assert choose_prefix(rows) == m
+        assert choose_prefix(rows + 0.05 * rng.standard_normal(rows.shape)) == m
+
+
+def test_ssim_batch_matches_skimage(rng: np.random.Generator) -> None:
+    gt = pictures(40, 4).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    for noise in (0.0, 0.02, 0.2):
+        rec = np.clip(gt + noise * rng.standard_normal(gt.shape), 0, 1)
+        ours = ssim_batch(rec, gt)
+        ref = [structural_similarity(r, g, data_range=1.0, channel_axis=-1) for r, g in zip(rec, gt, strict=True)]
+        np.testing.assert_allclose(ours, ref, atol=1e-10)
+    grey = gt[..., :1]
+    ref = structural_similarity(grey[0, ..., 0], np.clip(grey[0, ..., 0] + 0.1, 0, 1), data_range=1.0)
+    assert ssim_batch(np.clip(grey[:1] + 0.1, 0, 1), grey[:1])[0] == pytest.approx(ref, abs=1e-10)
+
+
+def test_nearest_match_equals_brute_force(rng: np.random.Generator) -> None:
+    inputs = rng.random((12, 16, 16, 3))
+    cands = np.concatenate([np.clip(inputs + 0.1 * rng.standard_normal(inputs.shape), 0, 1),
+                            rng.random((30, 16, 16, 3))])[rng.permutation(42)]
+    brute = np.argmin(((inputs.reshape(12, 1, -1) - cands.reshape(1, 42, -1)) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(nearest_match(inputs, cands), brute)
+
+
+def test_intervals_match_scipy_and_cover(rng: np.random.Generator) -> None:
+    from scipy.stats import binomtest
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (57, 100)]:
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert clopper_pearson(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
+        ref_w = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson(k, n) == pytest.approx((ref_w.low, ref_w.high), abs=1e-12)
+    # Coverage by simulation at p = 0.9, n = 40: exact intervals cover at least 95% (MC s.e. ~0.7%).
+    draws = rng.binomial(40, 0.9, size=2000)
+    cover = np.mean([lo <= 0.9 <= hi for lo, hi in (clopper_pearson(int(k), 40) for k in draws)])
+    assert cover >= 0.95 - 0.02
+
+
+def test_almost_black_images_are_excluded_and_counted() -> None:
+    x = pictures(24, 4)
+    x[1] = 0.0
+    x[1, :, :2, :2] = 1.0  # 4 of 576 pixels non-zero
+    assert keep_mask(x.permute(0, 2, 3, 1).numpy()).tolist() == [True, False, True, True]
+    res = run_attack(small_model(), x, torch.arange(4), mean=MEAN, std=STD, noise_multipliers=[0.0],
+                     decoders=("strong",))
+    assert res.n_excluded == 1 and res.rows[0].n_images == 3
+
+
+def test_result_contract_json_keys_and_frozen_arrays() -> None:
+    res = run_attack(small_model(), pictures(16, 3), torch.arange(3), mean=MEAN, std=STD,
+                     noise_multipliers=[0.0, 1e-3], epsilons=[float("inf"), 8.0], observations=4)
+    assert isinstance(res, AttackResult)
+    js = res.to_json()
+    assert set(js) == {"rows", "n_excluded", "image_shape", "ssim_variant"}
+    assert set(js["rows"][0]) == {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low",
+                                  "ci_high", "mean_ssim", "mean_rho"}
+    assert [r["decoder"] for r in js["rows"]] == ["strong", "paper", "strong", "paper"]
+    assert js["rows"][2]["epsilon"] == 8.0 and js["image_shape"] == [3, 16, 16]
+    assert "7x7" in res.ssim_variant
+    with pytest.raises(ValueError):
+        res.rows[0].ssim[0] = 0.0
+    # Observations: eta scales as 1 / sqrt(T).
+    one = run_attack(small_model(), pictures(16, 3), torch.arange(3), mean=MEAN, std=STD, noise_multipliers=[1e-3])
+    np.testing.assert_allclose(res.rows[2].eta, one.rows[0].eta / 2, rtol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(noise_multipliers=[-1.0]), ConfigError),
+    (dict(noise_multipliers=[]), ConfigError),
+    (dict(noise_multipliers=[0.0], decoders=("magic",)), ConfigError),
+    (dict(noise_multipliers=[0.0], connection="cat"), ConfigError),
+    (dict(noise_multipliers=[0.0], scoring="oracle"), ConfigError),
+    (dict(noise_multipliers=[0.0], observations=0), ConfigError),
+    (dict(noise_multipliers=[0.0], bins=1), ConfigError),
+    (dict(noise_multipliers=[0.0], std=(0.0, 1.0, 1.0)), ConfigError),
+    (dict(noise_multipliers=[0.0, 1.0], epsilons=[1.0]), ConfigError),
+])
+def test_bad_inputs_raise_clear_errors(kwargs: dict, exc: type[DpAuditError]) -> None:
+    base = dict(mean=MEAN, std=STD)
+    base.update(kwargs)
+    with pytest.raises(exc):
+        run_attack(small_model(), pictures(16, 2), torch.arange(2), **base)
+
+
+def test_bad_images_raise_data_errors() -> None:
+    x = pictures(16, 2)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        run_attack(small_model(), x * 255, torch.arange(2), mean=MEAN, std=STD, noise_multipliers=[0.0])
+    with pytest.raises(DataError, match="one label per image"):
+        run_attack(small_model(), x, torch.arange(3), mean=MEAN, std=STD, noise_multipliers=[0.0])
+    with pytest.raises(DataError, match="non-zero"):
+        run_attack(small_model(), torch.zeros(2, 3, 16, 16), torch.arange(2), mean=MEAN, std=STD,
+                   noise_multipliers=[0.0])
+
+
+def test_layout_round_trip() -> None:
+    lay = Layout((3, 4, 5), np.array(MEAN), np.array(STD))
+    img = np.random.default_rng(0).random((4, 5, 3))
+    flat = ((np.moveaxis(img, -1, 0) - 0.5) / 0.25).ravel()
+    np.testing.assert_allclose(lay.to_image(flat), img, atol=1e-12)
