@@ -1,0 +1,112 @@
+"""`dpaudit attack` end to end with CliRunner: demo, a HAM10000-layout fixture built here, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
+from dpaudit.cli.main import app
+from dpaudit.models import build_model
+from PIL import Image
+from typer.testing import CliRunner
+
+runner = CliRunner()
+ROW_KEYS = {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low", "ci_high", "mean_ssim",
+            "mean_rho"}
+
+
+def make_ham10000(root: Path, rng: np.random.Generator, n_lesions: int = 12) -> None:
+    """A tiny HAM10000 in the official layout: metadata CSV, ISIC_*.jpg images in the two part folders."""
+    dxs = ["nv", "bkl", "df", "vasc", "akiec", "bcc", "mel"]
+    rows = []
+    for les in range(n_lesions):
+        for k in range(1 + les % 2):
+            rows.append({"lesion_id": f"HAM_{les:07d}", "image_id": f"ISIC_{24306 + 2 * les + k:07d}",
+                         "dx": dxs[les % 7], "dx_type": "histo", "age": "45", "sex": "female",
+                         "localization": "back"})
+    yy, xx = np.mgrid[0:45, 0:60]
+    for i, row in enumerate(rows):
+        part = root / ("HAM10000_images_part_1" if i % 2 == 0 else "HAM10000_images_part_2")
+        part.mkdir(parents=True, exist_ok=True)
+        # A smooth lesion-like blob (JPEG keeps smooth images faithful).
+        cy, cx = rng.uniform(15, 30), rng.uniform(20, 40)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / rng.uniform(60, 200))
+        img = np.stack([200 - 120 * blob, 160 - 100 * blob, 140 - 90 * blob], axis=-1)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(part / f"{row['image_id']}.jpg", quality=95)
+    with (root / "HAM10000_metadata.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(*args: str):
+    return runner.invoke(app, ["attack", *args])
+
+
+def test_demo_json_has_exactly_the_issue_keys() -> None:
+    res = run("--arch", "smallcnn", "--dataset", "demo", "--image-size", "24", "--n-images", "4",
+              "--sigmas", "0,1e-4", "--decoder", "all", "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert set(obj) == {"rows", "n_excluded", "image_shape", "ssim_variant"}
+    assert len(obj["rows"]) == 6 and all(set(r) == ROW_KEYS for r in obj["rows"])
+    at_zero = [r for r in obj["rows"] if r["noise_multiplier"] == 0]
+    assert all(r["success_rate"] == 1.0 for r in at_zero)
+    assert obj["image_shape"] == [3, 24, 24]
+
+
+def test_ham10000_fixture_end_to_end_with_out(tmp_path: Path, rng: np.random.Generator) -> None:
+    make_ham10000(tmp_path / "ham", rng)
+    out = tmp_path / "out"
+    res = run("--arch", "smallcnn", "--dataset", "ham10000", "--data-dir", str(tmp_path / "ham"), "--image-size",
+              "32", "--n-images", "5", "--sigmas", "0,1e-3", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "strongest decoder" in res.stdout and "Clopper-Pearson" in res.stdout
+    record = json.loads((out / "attack.json").read_text())
+    assert record["rows"][0]["success_rate"] == 1.0 and record["rows"][0]["decoder"] == "strong"
+    assert (out / "ssim_error_cdf.png").stat().st_size > 1000
+    assert not (out / "best_reconstructions.png").exists()  # patient images only with --save-images
+
+
+def test_checkpoint_and_save_images(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = build_model("smallcnn", num_classes=2)
+    path = save_checkpoint(tmp_path / "m.pt", net, CheckpointMeta(arch="smallcnn", num_classes=2,
+                                                                  input_shape=(3, 24, 24), dataset="demo"))
+    out = tmp_path / "o"
+    res = run("--model", str(path), "--dataset", "demo", "--n-images", "3", "--sigmas", "0", "--out", str(out),
+              "--save-images", "--decoder", "paper")
+    assert res.exit_code == 0, res.output
+    assert (out / "best_reconstructions.png").exists()
+
+
+def test_epsilons_need_the_scenario() -> None:
+    res = run("--arch", "smallcnn", "--n-images", "2", "--image-size", "16", "--epsilons", "8")
+    assert res.exit_code == 2 and "--n-train" in res.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--sigmas", "0", "--epsilons", "1"], "exactly one"),
+    ([], "exactly one"),
+    (["--sigmas", "0,x"], "comma-separated"),
+    (["--sigmas", "-1"], "noise_multiplier"),
+    (["--sigmas", "0", "--save-images"], "--out"),
+    (["--sigmas", "0", "--dataset", "nosuch"], "dataset"),
+    (["--sigmas", "0", "--dataset", "ham10000"], "data"),
+    (["--sigmas", "0", "--observations", "0"], "observations"),
+    (["--sigmas", "0", "--n-images", "0"], "n_images"),
+])
+def test_bad_inputs_exit_2_without_traceback(args: list[str], needle: str) -> None:
+    res = run("--arch", "smallcnn", "--image-size", "16", "--n-images", "2", *args)
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_no_model_and_no_arch_is_refused() -> None:
+    res = run("--sigmas", "0", "--n-images", "2", "--image-size", "16")
+    assert res.exit_code == 2 and "--arch" in res.output
