@@ -1,0 +1,148 @@
+"""Utility metrics on a test split: MCC (the seed paper's metric), balanced accuracy, AUROC, accuracy, subgroups.
+
+Pure numpy. Every value is an empirical measurement on the given split (no interval is attached here; the spread
+over ``--seeds`` is reported by the training run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from dpaudit.errors import DataError
+
+__all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "classify",
+           "confusion_matrix", "mcc", "subgroup_metrics"]
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts C[i, j] of true class i predicted as j."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def mcc(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Matthews correlation coefficient; for K > 2 classes Gorodkin's R_K generalisation.
+
+    Matthews, BBA 1975; Gorodkin, Comput. Biol. Chem. 2004, eq. (8):
+    R_K = (c s - sum_k p_k t_k) / sqrt((s^2 - sum_k p_k^2) (s^2 - sum_k t_k^2)) with c correct predictions, s
+    samples, t_k true and p_k predicted counts of class k. When every prediction is one class the formula is 0/0;
+    it is then 0 (no correlation), the convention of Chicco & Jurman, BMC Genomics 2020 (the seed paper's [33])
+    and scikit-learn. NaN when ``y_true`` holds fewer than two classes (no correlation can be measured).
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    s = cm.sum()
+    c = np.trace(cm)
+    t = cm.sum(axis=1)
+    p = cm.sum(axis=0)
+    denom = math.sqrt(max(s * s - float(p @ p), 0.0)) * math.sqrt(max(s * s - float(t @ t), 0.0))
+    if np.count_nonzero(t) < 2:
+        return float("nan")
+    return float((c * s - float(p @ t)) / denom) if denom > 0 else 0.0
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true = np.asarray(y_true)
+    return float(np.mean(np.asarray(y_pred) == y_true)) if len(y_true) else float("nan")
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Mean recall over the classes present in ``y_true``."""
+    cm = confusion_matrix(y_true, y_pred, num_classes).astype(np.float64)
+    t = cm.sum(axis=1)
+    present = t > 0
+    return float(np.mean(np.diag(cm)[present] / t[present])) if present.any() else float("nan")
+
+
+def _binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney U / (n_pos n_neg) with mid-ranks for ties (Hanley & McNeil, Radiology 1982)."""
+    pos = y.astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    # mid-ranks: equal scores share the mean of their ranks
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    mid = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(mid, counts)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Area under the ROC curve: binary from the class-1 probability; K > 2 the macro one-vs-rest mean over
+    classes present (NaN if fewer than two classes are present)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or len(probs) != len(y_true):
+        raise DataError(f"probs must be N x K for N = {len(y_true)} labels, got shape {probs.shape}.")
+    if probs.shape[1] == 2:
+        return _binary_auroc(y_true == 1, probs[:, 1])
+    vals = [_binary_auroc(y_true == k, probs[:, k]) for k in range(probs.shape[1])]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if len(vals) >= 2 else float("nan")
+
+
+@dataclass(frozen=True)
+class GroupMetrics:
+    """MCC and accuracy of one subgroup (e.g. sex = female); ``mcc`` is NaN when undefined in the subgroup."""
+
+    group: str
+    value: str
+    n: int
+    mcc: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Utility of a classifier on one split (empirical).
+
+    ``mcc`` is the seed paper's metric (section 4.2); predictions are the arg-max class.
+    """
+
+    n: int
+    mcc: float
+    balanced_accuracy: float
+    auroc: float
+    accuracy: float
+    loss: float
+    subgroups: tuple[GroupMetrics, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"n": self.n, "mcc": self.mcc, "balanced_accuracy": self.balanced_accuracy, "auroc": self.auroc,
+                "accuracy": self.accuracy, "loss": self.loss,
+                "subgroups": [{"group": g.group, "value": g.value, "n": g.n, "mcc": g.mcc,
+                               "accuracy": g.accuracy} for g in self.subgroups]}
+
+
+def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, np.ndarray],
+                     num_classes: int) -> tuple[GroupMetrics, ...]:
+    """MCC and accuracy per value of every subgroup variable (sorted by group, then value)."""
+    out = []
+    for name in sorted(groups):
+        col = np.asarray(groups[name])
+        for value in sorted(set(col.tolist())):
+            sel = col == value
+            out.append(GroupMetrics(name, str(value), int(sel.sum()), mcc(y_true[sel], y_pred[sel], num_classes),
+                                    accuracy(y_true[sel], y_pred[sel])))
+    return tuple(out)
+
+
+def classify(y_true: np.ndarray, probs: np.ndarray, *, loss: float = float("nan"),
+             groups: Mapping[str, np.ndarray] | None = None) -> ClassificationMetrics:
+    """All metrics from true labels and predicted class probabilities (N x K)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    y_pred = probs.argmax(axis=1)
+    return ClassificationMetrics(
+        n=len(y_true), mcc=mcc(y_true, y_pred, k), balanced_accuracy=balanced_accuracy(y_true, y_pred, k),
+        auroc=auroc(y_true, probs), accuracy=accuracy(y_true, y_pred), loss=float(loss),
+        subgroups=subgroup_metrics(y_true, y_pred, groups or {}, k))

@@ -1,0 +1,630 @@
+"""DP-SGD training with Opacus, and the non-private baseline through the same code path.
+
+``train(TrainConfig(...))`` loads (or takes) a dataset, builds a registry model, checks that every layer is
+DP-SGD compatible, calibrates the noise multiplier with dpaudit's own tight (PLD) accountant so that the achieved
+epsilon never exceeds the target, trains with Poisson sampling (Opacus 1.6 ``GradSampleModule`` + ``DPOptimizer``,
+``BatchMemoryManager`` for the physical batch size), recomputes the achieved epsilon (PLD, a sound upper bound,
+and RDP, what Opacus would report), evaluates utility on the test split (MCC, balanced accuracy, AUROC, accuracy,
+per subgroup) and writes the dpaudit checkpoint, ``metrics.json`` and a training-curve PNG.
+
+What differs between private and non-private runs is only what the accountant demands: Poisson-sampled logical
+batches with per-sample clipping and Gaussian noise (``DPOptimizer``) versus shuffled batches and the plain
+optimizer. The model, data, augmentation, loss, loop, evaluation and outputs are the same functions.
+
+Sampling is exactly what is accounted for: each record joins each step's batch independently with probability
+q = batch_size / N, for T = epochs * ceil(N / batch_size) steps (``dpaudit.config.steps_for``). (Opacus'
+``make_private`` would instead use q = 1 / ceil(N / batch_size) and 1/q steps per epoch.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dpaudit.audit.metrics import ClassificationMetrics, classify
+from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
+from dpaudit.config import DpSgdConfig, steps_for
+from dpaudit.data import DatasetSplits, ImageDataset, load_splits
+from dpaudit.errors import (
+    ConfigError,
+    NumericalError,
+    check_int,
+    check_positive,
+    check_probability,
+    invalid,
+)
+from dpaudit.models import ARCHITECTURES, build_model
+from torch import nn
+
+__all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
+           "train"]
+
+#: delta used for every experiment of the seed paper (section 4.4: "For all experiments, we used a delta = 8e-7").
+PAPER_DELTA = 8e-7
+
+#: (done_steps, total_steps, description) -> None; called after every optimiser step.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def default_delta(n_train: int) -> float:
+    """min(8e-7, 1 / (10 N)): the seed paper's delta, tightened to stay well below 1/N for datasets above 125 000."""
+    return min(PAPER_DELTA, 1.0 / (10 * n_train))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (or ``seeds`` runs). Exactly one of ``epsilon``, ``noise_multiplier``, ``non_private``.
+
+    Attributes
+    ----------
+    dataset, data_dir, image_size, max_images:
+        Passed to :func:`dpaudit.data.load_splits` (ignored when ``train`` is given pre-built splits).
+    arch, arch_args:
+        Registry architecture (:data:`dpaudit.models.ARCHITECTURES`) and its keyword arguments.
+    epsilon:
+        Target epsilon at ``delta``; sigma is calibrated with the tight PLD accountant so that the achieved
+        epsilon is at most this value.
+    noise_multiplier:
+        Use this sigma directly (the achieved epsilon is reported).
+    non_private:
+        Train without clipping and noise (the baseline).
+    delta:
+        target_delta; None means :func:`default_delta` of the training set size.
+    epochs, batch_size, physical_batch_size:
+        Epochs, logical (expected) batch size, and the largest batch that is put through the network at once
+        (memory only; default min(batch_size, 128)).
+    max_grad_norm:
+        Per-sample clip norm C (DP only).
+    lr:
+        NAdam learning rate (the seed paper: 2e-3 for every run, section 4.2).
+    augment_multiplicity:
+        0: no augmentation. K >= 1: K randomly flipped views per image (horizontal and vertical, p = 0.5 each);
+        under DP their gradients are averaged per image BEFORE clipping (De et al. 2022, arXiv 2204.13650,
+        section 3.1), so the privacy cost is unchanged.
+    seed, seeds:
+        First seed and number of seeds (runs with seed, seed + 1, ...; mean and standard deviation reported).
+    out:
+        Output folder for model.pt, metrics.json and training_curve.png; None writes nothing.
+    threads:
+        torch intra-op threads; None uses the cores this process may run on.
+    """
+
+    dataset: str = "demo"
+    data_dir: str | None = None
+    image_size: int = 64
+    max_images: int | None = None
+    arch: str = "resnet9"
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    non_private: bool = False
+    delta: float | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    physical_batch_size: int | None = None
+    max_grad_norm: float = 1.0
+    lr: float = 2e-3
+    augment_multiplicity: int = 0
+    seed: int = 0
+    seeds: int = 1
+    out: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
+        if sum(modes) != 1:
+            raise ConfigError("exactly one of --epsilon, --sigma and --non-private must be given, got "
+                              f"{sum(modes)}. Fix: pass --epsilon 8 (target), --sigma 1.0, or --non-private.")
+        if self.epsilon is not None:
+            object.__setattr__(self, "epsilon", check_positive(
+                "epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8"))
+        if self.noise_multiplier is not None:
+            object.__setattr__(self, "noise_multiplier", check_positive(
+                "noise_multiplier", self.noise_multiplier,
+                fix="pass --sigma > 0, or --non-private for training without noise"))
+        if self.delta is not None:
+            object.__setattr__(self, "delta", check_probability(
+                "delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7"))
+        if self.arch not in ARCHITECTURES:
+            raise invalid("arch", self.arch, f"one of {sorted(ARCHITECTURES)}", "pass --arch with one of these")
+        object.__setattr__(self, "arch_args", dict(self.arch_args))
+        object.__setattr__(self, "image_size", check_int("image_size", self.image_size, minimum=8))
+        if self.max_images is not None:
+            check_int("max_images", self.max_images, minimum=3)
+        object.__setattr__(self, "epochs", check_int("epochs", self.epochs))
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        if self.physical_batch_size is not None:
+            check_int("physical_batch_size", self.physical_batch_size)
+        object.__setattr__(self, "max_grad_norm", check_positive(
+            "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. --max-grad-norm 1.0"))
+        object.__setattr__(self, "lr", check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3"))
+        object.__setattr__(self, "augment_multiplicity", check_int(
+            "augment_multiplicity", self.augment_multiplicity, minimum=0))
+        check_int("seed", self.seed, minimum=0)
+        object.__setattr__(self, "seeds", check_int("seeds", self.seeds))
+        if self.threads is not None:
+            check_int("threads", self.threads)
+
+    @property
+    def private(self) -> bool:
+        return not self.non_private
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch of one run: mean training loss, validation utility, and the privacy spent so far."""
+
+    epoch: int
+    steps: int
+    train_loss: float
+    val_loss: float
+    val_mcc: float
+    val_accuracy: float
+    epsilon_rdp: float | None  # RDP upper bound on epsilon after this epoch; None for non-private
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Privacy numbers: ``epsilon_achieved`` is the tight PLD epsilon (a sound upper bound) of the mechanism that
+    actually ran; ``epsilon_rdp`` is the RDP upper bound Opacus would report (looser). Utility numbers are
+    empirical, on the test split, of the first seed's model (the one in the checkpoint); ``seed_summary`` holds
+    mean and standard deviation over seeds.
+    """
+
+    config: TrainConfig
+    dp: DpSgdConfig | None
+    epsilon_target: float | None
+    epsilon_achieved: float | None
+    epsilon_rdp: float | None
+    noise_multiplier: float
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    delta_rule: str
+    max_grad_norm: float | None
+    n_train: int
+    metrics: ClassificationMetrics
+    val_metrics: ClassificationMetrics
+    history: tuple[EpochRecord, ...]
+    per_seed: tuple[ClassificationMetrics, ...]
+    seed_summary: Mapping[str, tuple[float, float]]
+    dataset: str
+    label_names: tuple[str, ...]
+    wall_seconds: float
+    train_samples_per_second: float
+    checkpoint: str | None = None
+    metrics_path: str | None = None
+    curve_path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` object of ``dpaudit train`` (the keys issue 4 lists)."""
+        m = self.metrics.to_dict()
+        if len(self.per_seed) > 1:
+            m["seeds"] = {"n": len(self.per_seed),
+                          **{f"{k}_mean": v[0] for k, v in self.seed_summary.items()},
+                          **{f"{k}_std": v[1] for k, v in self.seed_summary.items()}}
+        return {"epsilon_target": self.epsilon_target, "epsilon_achieved": self.epsilon_achieved,
+                "epsilon_rdp": self.epsilon_rdp, "noise_multiplier": self.noise_multiplier,
+                "sampling_probability": self.sampling_probability, "steps": self.steps,
+                "target_delta": self.target_delta, "max_grad_norm": self.max_grad_norm, "n_train": self.n_train,
+                "metrics": m, "checkpoint": self.checkpoint}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model check
+
+
+def check_dp_compatible(model: nn.Module) -> None:
+    """Raise :class:`ConfigError` listing EVERY layer Opacus cannot train with DP-SGD, why, and the fix.
+
+    Uses Opacus' ``ModuleValidator`` on each layer, so that the message names the layers (Opacus' own message
+    does not). Registry models always pass; this guards architectures added later.
+    """
+    from opacus.validators import ModuleValidator
+
+    problems = []
+    for name, module in model.named_modules():
+        if any(True for _ in module.children()):
+            continue  # containers: their leaves are checked
+        for exc in ModuleValidator.validate(module, strict=False):
+            why = str(exc).split(". ")[0].strip().rstrip(".")
+            fix = ("replace it with GroupNorm (opacus.validators.ModuleValidator.fix does this)"
+                   if "BatchNorm" in type(module).__name__ else
+                   "set track_running_stats=False" if "running stats" in str(exc) else
+                   "use the replacement Opacus names (ModuleValidator.fix)")
+            problems.append(f"{name or '<model>'} ({type(module).__name__}): {why}; fix: {fix}")
+    if problems:
+        raise ConfigError(f"{len(problems)} layer(s) cannot be trained with DP-SGD: " + " | ".join(problems)
+                          + ". Fix: use a registry architecture (--arch resnet9 uses GroupNorm) or change these "
+                          "layers.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+
+
+class _PoissonBatches(torch.utils.data.Sampler[list[int]]):
+    """Each step, every record joins independently with probability q; ``steps`` batches per epoch."""
+
+    def __init__(self, n: int, q: float, steps: int, generator: torch.Generator) -> None:
+        self.n, self.q, self.steps, self.generator = n, q, steps, generator
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            mask = torch.rand(self.n, generator=self.generator) < self.q
+            yield mask.nonzero(as_tuple=False).reshape(-1).tolist()
+
+
+class _ShuffledPhysical(torch.utils.data.Sampler[list[int]]):
+    """Non-private: shuffled logical batches of ``batch`` records, each split into physical chunks.
+
+    ``self.last`` tells the loop whether the chunk just produced ends its logical batch (then the optimiser
+    steps); ``self.logical`` is the logical batch's size (losses are scaled by chunk / logical).
+    """
+
+    def __init__(self, n: int, batch: int, physical: int, generator: torch.Generator) -> None:
+        self.n, self.batch, self.physical, self.generator = n, batch, physical, generator
+        self.last, self.logical = True, batch
+
+    def __len__(self) -> int:
+        return sum(math.ceil(min(self.batch, self.n - s) / self.physical) for s in range(0, self.n, self.batch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        for s in range(0, self.n, self.batch):
+            logical = perm[s:s + self.batch]
+            chunks = [logical[i:i + self.physical] for i in range(0, len(logical), self.physical)]
+            for j, chunk in enumerate(chunks):
+                self.last, self.logical = j == len(chunks) - 1, len(logical)
+                yield chunk
+
+
+def _augment(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """K views per image, each flipped horizontally and vertically with probability 1/2: (B*K, C, H, W)."""
+    views = x.repeat_interleave(k, dim=0)
+    n = views.shape[0]
+    hflip = torch.rand(n, generator=generator) < 0.5
+    vflip = torch.rand(n, generator=generator) < 0.5
+    views = torch.where(hflip[:, None, None, None], views.flip(-1), views)
+    return torch.where(vflip[:, None, None, None], views.flip(-2), views)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+    return (images - m) / s
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...],
+              batch: int = 256) -> ClassificationMetrics:
+    was_training = model.training
+    model.eval()
+    probs, losses = [], []
+    for s in range(0, len(ds), batch):
+        x = _normalise(ds.images[s:s + batch], mean, std)
+        logits = model(x)
+        losses.append(nn.functional.cross_entropy(logits, ds.labels[s:s + batch], reduction="sum").item())
+        probs.append(torch.softmax(logits, dim=1).double().numpy())
+    model.train(was_training)
+    if not probs:
+        return classify(np.zeros(0, dtype=np.int64), np.zeros((0, ds.num_classes)), groups={})
+    return classify(ds.labels.numpy(), np.concatenate(probs), loss=sum(losses) / len(ds), groups=ds.groups)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _threads(config: TrainConfig) -> int:
+    if config.threads is not None:
+        return config.threads
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        cores = max(1, os.cpu_count() or 1)
+    # Oversubscribed cores make torch's OpenMP threads wait on each other: measured here, a 2-thread step was 6x
+    # slower than a 1-thread step while other processes kept both cores busy. Use the cores that are idle now.
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy + 0.5)))
+
+
+def _calibrate(config: TrainConfig, q: float, steps: int, delta: float) -> tuple[float, float | None, float | None]:
+    """(sigma, epsilon_pld, epsilon_rdp) for this run; epsilons None when non-private."""
+    from dpaudit.bounds import epsilon_pld, epsilon_rdp, noise_for_epsilon
+
+    if config.non_private:
+        return 0.0, None, None
+    if config.epsilon is not None:
+        # dpaudit.bounds.noise_for_epsilon returns the smallest sigma whose tight PLD epsilon is <= target, taking
+        # the safe end of its bracket.
+        sigma = float(noise_for_epsilon(config.epsilon, q, steps, delta, accountant="pld"))
+    else:
+        sigma = float(config.noise_multiplier)  # type: ignore[arg-type]
+    eps = float(epsilon_pld(sigma, q, steps, delta))
+    eps_rdp = float(epsilon_rdp(sigma, q, steps, delta))
+    if config.epsilon is not None and eps > config.epsilon:
+        raise NumericalError(f"the calibrated noise multiplier {sigma} gives epsilon {eps} > target "
+                             f"{config.epsilon}; refusing to train with an overshooting budget. Fix: report this "
+                             "as a bug; meanwhile pass --sigma slightly larger.")
+    return sigma, eps, eps_rdp
+
+
+def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float, q: float, steps: int,
+             delta: float, progress: ProgressCallback | None, done0: int, total: int
+             ) -> tuple[nn.Module, list[EpochRecord], float]:
+    """Train one model; returns (model, history, training samples per second)."""
+    from dpaudit.bounds import epsilon_rdp
+    from opacus.data_loader import wrap_collate_with_empty
+    from opacus.grad_sample import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds any legacy numpy use in dependencies)
+    train_ds = splits.train
+    n = len(train_ds)
+    images = _normalise(train_ds.images, splits.mean, splits.std)
+    dataset = torch.utils.data.TensorDataset(images, train_ds.labels)
+    model = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                        **config.arch_args)
+    if config.private:
+        check_dp_compatible(model)
+    k = config.augment_multiplicity
+    physical = config.physical_batch_size or min(config.batch_size, 128)
+    g_sample = torch.Generator().manual_seed(seed * 4 + 1)
+    g_aug = torch.Generator().manual_seed(seed * 4 + 2)
+    g_noise = torch.Generator().manual_seed(seed * 4 + 3)
+    steps_per_epoch = steps // config.epochs
+    criterion = nn.CrossEntropyLoss()
+
+    base_optimizer = torch.optim.NAdam(model.parameters(), lr=config.lr)
+    if config.private:
+        net: nn.Module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        optimizer: torch.optim.Optimizer = DPOptimizer(
+            base_optimizer, noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
+            expected_batch_size=config.batch_size, loss_reduction="mean", generator=g_noise)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=_PoissonBatches(n, q, steps_per_epoch, g_sample),
+            collate_fn=wrap_collate_with_empty(collate_fn=torch.utils.data.default_collate,
+                                               sample_empty_shapes=[(0, *images.shape[1:]), (0,)],
+                                               dtypes=[torch.float32, torch.int64]))
+        physical_batches = BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
+                                              optimizer=optimizer)  # type: ignore[arg-type]
+        splitter = None
+    else:
+        net, optimizer = model, base_optimizer
+        splitter = _ShuffledPhysical(n, config.batch_size, physical, g_sample)
+        physical_batches = None
+
+    history: list[EpochRecord] = []
+    done = done0
+    seen = 0
+    train_time = 0.0
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        loss_sum, loss_n = 0.0, 0
+        if physical_batches is not None:
+            with physical_batches as batches:
+                loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True)
+        else:
+            batches = torch.utils.data.DataLoader(dataset, batch_sampler=splitter)
+            loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False)
+        seen += seen_e
+        train_time += time.perf_counter() - t0
+        done += steps_per_epoch
+        val = _evaluate(model, splits.val, splits.mean, splits.std)
+        eps_so_far = (float(epsilon_rdp(sigma, q, epoch * steps_per_epoch, delta)) if config.private else None)
+        history.append(EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), val.loss, val.mcc,
+                                   val.accuracy, eps_so_far, time.perf_counter() - t0))
+        if progress is not None:
+            progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} val MCC {val.mcc:.3f}")
+    return model, history, seen / train_time if train_time > 0 else float("nan")
+
+
+def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, splitter: _ShuffledPhysical | None,
+           criterion: nn.Module, k: int, g_aug: torch.Generator, private: bool) -> tuple[float, int, int]:
+    """One pass over the physical batches: the loop both paths share. Returns (loss sum, loss count, images)."""
+    loss_sum, loss_n, seen = 0.0, 0, 0
+    for x, y in batches:
+        b = len(y)
+        if k >= 1:
+            x, y = _augment(x, k, g_aug), y.repeat_interleave(k)
+        out = net(x)
+        loss = criterion(out, y) if b else out.sum() * 0.0
+        # Non-private: accumulate the mean gradient over the logical batch. Private: Opacus rescales per-sample
+        # gradients itself (loss_reduction="mean"), clips, sums, noises and divides by the expected batch size.
+        scale = b / splitter.logical if splitter is not None else 1.0
+        with warnings.catch_warnings():
+            # Opacus' hooks see inputs that need no gradient (the images): harmless, said once per step otherwise.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            (loss * scale).backward()
+        if private and k > 1 and b:
+            # Augmentation multiplicity: average each image's K per-view gradients before clipping.
+            for p in net.parameters():
+                gs = getattr(p, "grad_sample", None)
+                if isinstance(gs, torch.Tensor):
+                    p.grad_sample = gs.view(b, k, *gs.shape[1:]).mean(dim=1)
+        # Private: step after every physical batch; BatchMemoryManager tells the DPOptimizer which ones only clip
+        # and accumulate. Non-private: step at the end of each logical batch.
+        if splitter is None or splitter.last:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += float(loss.detach()) * b
+        loss_n += b
+        seen += b
+    return loss_sum, loss_n, seen
+
+
+def _summary(per_seed: list[ClassificationMetrics]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for key in ("mcc", "balanced_accuracy", "auroc", "accuracy"):
+        vals = [getattr(m, key) for m in per_seed]
+        out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return out
+
+
+def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
+          progress: ProgressCallback | None = None) -> TrainResult:
+    """Train (DP-SGD or non-private), evaluate, and write the outputs.
+
+    Parameters
+    ----------
+    config:
+        The run.
+    splits:
+        Pre-built data (e.g. a training set with canary images appended); ``config.dataset`` and the other data
+        fields are then ignored except for the record.
+    progress:
+        Called after every epoch with (steps done, total steps, description).
+    """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    t_start = time.perf_counter()
+    if splits is None:
+        splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                             seed=config.seed, max_images=config.max_images)
+    n = len(splits.train)
+    if config.batch_size > n:
+        raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n})",
+                      "pass a smaller --batch-size")
+    if len(splits.test) == 0 or len(splits.val) == 0:
+        raise ConfigError(f"{splits.name}: the validation and test splits must not be empty (val {len(splits.val)}, "
+                          f"test {len(splits.test)}). Fix: provide more images.")
+    delta = config.delta if config.delta is not None else default_delta(n)
+    delta_rule = ("given (--delta)" if config.delta is not None else
+                  "default min(8e-7 (seed paper, section 4.4), 1/(10 N))")
+    q = config.batch_size / n
+    steps = steps_for(config.epochs, n, config.batch_size)
+    sigma, eps, eps_rdp = _calibrate(config, q, steps, delta)
+    dp = DpSgdConfig(sigma, q, steps, config.max_grad_norm, delta) if config.private else None
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(_threads(config))
+    try:
+        models, histories, per_seed, speeds = [], [], [], []
+        total = steps * config.seeds
+        for i in range(config.seeds):
+            model, history, speed = _run_one(config, splits, config.seed + i, sigma, q, steps, delta, progress,
+                                             i * steps, total)
+            per_seed.append(_evaluate(model, splits.test, splits.mean, splits.std))
+            models.append(model)
+            histories.append(history)
+            speeds.append(speed)
+        val_metrics = _evaluate(models[0], splits.val, splits.mean, splits.std)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    result = TrainResult(
+        config=config, dp=dp, epsilon_target=config.epsilon, epsilon_achieved=eps, epsilon_rdp=eps_rdp,
+        noise_multiplier=sigma, sampling_probability=q, steps=steps, target_delta=delta, delta_rule=delta_rule,
+        max_grad_norm=config.max_grad_norm if config.private else None, n_train=n, metrics=per_seed[0],
+        val_metrics=val_metrics, history=tuple(histories[0]), per_seed=tuple(per_seed),
+        seed_summary=_summary(per_seed), dataset=splits.name, label_names=splits.label_names,
+        wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds))
+    if config.out is not None:
+        result = _write_outputs(result, models[0], splits)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits) -> TrainResult:
+    config = result.config
+    out = Path(config.out)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"seed": config.seed, "epsilon_target": result.epsilon_target,
+             "epsilon_achieved": result.epsilon_achieved, "epsilon_rdp": result.epsilon_rdp,
+             "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,
+             "test_mcc": result.metrics.mcc}
+    meta = CheckpointMeta(
+        arch=config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
+        arch_args=config.arch_args, input_shape=splits.image_shape, mean=splits.mean, std=splits.std,
+        dataset=splits.name, n_train=result.n_train, label_names=splits.label_names, dp=result.dp,
+        epochs=config.epochs, batch_size=config.batch_size,
+        extra={k: (float(v) if isinstance(v, float) else v) for k, v in extra.items()})
+    ckpt = save_checkpoint(out / "model.pt", model, meta)
+    curve = _plot_curve(result.history, out / "training_curve.png", result)
+    result = replace(result, checkpoint=str(ckpt), curve_path=str(curve))
+    metrics_path = out / "metrics.json"
+    payload = {**result.to_json(),
+               "labels": {"epsilon_achieved": "sound upper bound (tight PLD accountant)",
+                          "epsilon_rdp": "sound upper bound (RDP, Opacus' default orders; looser)",
+                          "metrics": "empirical, test split, first seed's model"},
+               "delta_rule": result.delta_rule, "dataset": result.dataset, "label_names": list(result.label_names),
+               "val_metrics": result.val_metrics.to_dict(),
+               "per_seed": [m.to_dict() for m in result.per_seed],
+               "history": [asdict(h) for h in result.history],
+               "config": {k: v for k, v in asdict(config).items()},
+               "wall_seconds": result.wall_seconds, "train_samples_per_second": result.train_samples_per_second,
+               "normalisation": {"mean": list(splits.mean), "std": list(splits.std),
+                                 "note": "fixed values, not computed from the (private) training images"}}
+    metrics_path.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+    return replace(result, metrics_path=str(metrics_path))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResult) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h.epoch for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax1.plot(epochs, [h.train_loss for h in history], "o-", label="train loss")
+    ax1.plot(epochs, [h.val_loss for h in history], "s-", label="validation loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy")
+    ax1.legend()
+    ax2.plot(epochs, [h.val_mcc for h in history], "o-", label="validation MCC (empirical)")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("MCC")
+    ax2.set_ylim(-0.1, 1.0)
+    ax2.legend()
+    if result.dp is not None:
+        title = (f"DP-SGD: epsilon <= {result.epsilon_achieved:.3g} (PLD, sound upper bound) at delta "
+                 f"{result.target_delta:.2g}; sigma {result.noise_multiplier:.3g}, q {result.sampling_probability:.3g}"
+                 f", T {result.steps}")
+    else:
+        title = "non-private baseline"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
