@@ -91,6 +91,48 @@ def one_run_cmd(
               f"(every canary guessed right)")
 
 
+@mia_app.command("self-audit")
+@handle_errors
+def self_audit_cmd(
+    sigma: Annotated[float, typer.Option("--sigma", help="noise_multiplier the accountant is told.")] = 1.0,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="C, the per-sample clip norm.")] = 1.0,
+    trials: Annotated[int, typer.Option("--trials", help="DP-SGD steps per arm (with / without the canary).")] = 2000,
+    delta: DeltaOpt = 1e-5,
+    confidence: ConfidenceOpt = 0.95,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds data, noise and the held-out split.")] = 0,
+    json: JsonOpt = False,
+) -> None:
+    """Audit the DP-SGD step itself: a Dirac gradient canary through the Opacus step training uses.
+
+    Exit code 1 when the empirical lower bound exceeds the accountant's epsilon (the step leaks more than
+    accounted).
+    """
+    from dpaudit.attacks.selfaudit import SelfAuditConfig, run_self_audit
+    from dpaudit.cli._common import err
+
+    cfg = SelfAuditConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm, trials=trials,
+                          target_delta=delta, confidence=confidence, seed=seed)
+    if not json:
+        err.print(f"running {2 * trials} Opacus DP-SGD steps ...")
+    res = run_self_audit(cfg)
+    if json:
+        emit_json(res.to_dict())
+    else:
+        b = res.bound.bound
+        out.print(f"empirical epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
+                  f"{confidence:g}; threshold chosen on a held-out half)")
+        out.print(f"accountant epsilon  = {_fmt(res.accountant_epsilon)}  (sound upper bound, one Gaussian step, "
+                  f"sigma {sigma:g}, delta {delta:g})")
+        out.print(f"  counts: {b.true_positives}/{b.positives} with canary and {b.false_positives}/{b.negatives} "
+                  f"without above the threshold; the audit could certify at most {_fmt(res.ceiling)}")
+        out.print(f"  canary signal-to-noise mu = {res.mu_estimate:.3f} +- {res.mu_standard_error:.3f} (estimate; "
+                  f"expected {res.mu_expected:.3f})")
+        out.print("[bold red]FLAGGED: the step leaks more than its accounting says[/]" if res.flagged else
+                  "consistent: the lower bound is below the accountant's epsilon (this does not prove privacy)")
+    if res.flagged:
+        raise typer.Exit(code=1)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``dpaudit mia ...`` to the app."""
     app.add_typer(mia_app, name="mia")
