@@ -204,3 +204,35 @@ def test_cli_json_object_and_error_exit(tmp_path: Path) -> None:
     assert Path(obj["checkpoint"]).is_file()
     bad = runner.invoke(app, ["train", "--epsilon", "-1"])
     assert bad.exit_code == 2 and "epsilon must be" in bad.output and "Traceback" not in bad.output
+
+
+def test_augmentation_multiplicity_averages_per_image_gradients_before_clipping() -> None:
+    # Reference: autograd on each image's K views separately (De et al. 2022, section 3.1: the per-image
+    # gradient is the mean over its views, and that mean is what gets clipped).
+    from opacus.grad_sample import GradSampleModule
+
+    torch.manual_seed(0)
+    model = train_mod.build_model("smallcnn", num_classes=2, width=4)
+    x, y, k = torch.randn(3, 3, 8, 8), torch.tensor([0, 1, 1]), 2
+    captured: dict[str, torch.Tensor] = {}
+
+    class Capture:
+        def step(self) -> None:
+            for name, p in model.named_parameters():
+                captured[name] = p.grad_sample.clone()
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            model.zero_grad(set_to_none=True)
+
+    net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    train_mod._epoch(net, Capture(), [(x, y)], None, nn.CrossEntropyLoss(), k,  # type: ignore[arg-type]
+                     torch.Generator().manual_seed(5), True)
+    views = train_mod._augment(x, k, torch.Generator().manual_seed(5))
+    net.disable_hooks()
+    for i in range(3):
+        model.zero_grad()
+        loss = sum(nn.functional.cross_entropy(model(views[i * k + j:i * k + j + 1]), y[i:i + 1])
+                   for j in range(k)) / k
+        loss.backward()  # type: ignore[union-attr]
+        for name, p in model.named_parameters():
+            assert torch.allclose(captured[name][i], p.grad, atol=1e-5, rtol=1e-4), name
