@@ -1,0 +1,256 @@
+"""The per-step pair of output distributions of one DP-SGD step, and the validation of its parameters.
+
+One step releases the sum of the clipped gradients plus N(0, sigma^2) noise (clip norm normalised to 1). Seen in
+the direction of the target's gradient, the adversary observes a scalar X with
+
+* null hypothesis (target absent): P = N(0, sigma^2);
+* alternative (target present): Q = sum_j Binom(k, q)(j) N(j, sigma^2), with k the number of records a patient
+  contributes (k = 1: Q = (1 - q) N(0, sigma^2) + q N(1, sigma^2), the Poisson-subsampled Gaussian).
+
+The *worst-case* threat model (Balle, Cherubin, Hayes 2022; Hayes, Mahloujifar, Balle 2023) uses this pair. The
+*relaxed* threat model (Kaissis, Ziller, Kolek, Riess, Rueckert, NeurIPS 2023) observes only |X| (the adversary
+knows the norm of the target's contribution, not its direction): P = law of |X| under N(0, sigma^2), Q = law of |X|
+under the mixture. In both, the log-likelihood ratio L(x) = log dQ/dP(x) is increasing in x on the support, which
+lets every computation here work with tails in x.
+
+Nothing here does I/O; numbers are numpy float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from dpaudit.errors import check_int, check_positive, check_probability, invalid
+from scipy import special
+
+THREAT_MODELS = ("worst_case", "relaxed")
+
+
+def _mass_normal(a: np.ndarray, b: np.ndarray, mean: float, sigma: float) -> np.ndarray:
+    """N(mean, sigma^2)-mass of (a, b], from the tail that keeps full relative precision: upper-tail
+    differences when the interval lies above the mean, CDF differences otherwise."""
+    za = (a - mean) / sigma
+    zb = (b - mean) / sigma
+    s = np.where(za >= 0, -1.0, 1.0)
+    return s * (special.ndtr(s * zb) - special.ndtr(s * za))
+
+
+@dataclass(frozen=True)
+class StepPair:
+    """The per-step (P, Q) pair of a DP-SGD step for one threat model.
+
+    Attributes
+    ----------
+    noise_multiplier, sampling_probability:
+        sigma and q of the step.
+    records_per_patient:
+        k: the target (a patient) contributes k aligned gradients, each sampled independently with probability q.
+    threat_model:
+        ``"worst_case"`` (the adversary sees X) or ``"relaxed"`` (the adversary sees |X|).
+    """
+
+    noise_multiplier: float
+    sampling_probability: float
+    records_per_patient: int = 1
+    threat_model: str = "worst_case"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_multiplier", check_noise_multiplier(self.noise_multiplier))
+        object.__setattr__(self, "sampling_probability", check_q(self.sampling_probability))
+        object.__setattr__(self, "records_per_patient", check_records_per_patient(self.records_per_patient))
+        object.__setattr__(self, "threat_model", check_threat_model(self.threat_model))
+
+    # -- the mixture ---------------------------------------------------------------------------------------------
+
+    @property
+    def means(self) -> np.ndarray:
+        return np.arange(self.records_per_patient + 1, dtype=float)
+
+    @property
+    def log_weights(self) -> np.ndarray:
+        """log Binom(k, q)(j), j = 0..k (with q = 1 the only non-zero weight is j = k)."""
+        k, q = self.records_per_patient, self.sampling_probability
+        j = np.arange(k + 1)
+        log_binom = special.gammaln(k + 1) - special.gammaln(j + 1) - special.gammaln(k - j + 1)
+        with np.errstate(divide="ignore"):
+            return log_binom + special.xlogy(j, q) + special.xlog1py(k - j, -q)
+
+    @property
+    def relaxed(self) -> bool:
+        return self.threat_model == "relaxed"
+
+    @property
+    def lower(self) -> float:
+        """Left end of the observation's support (-inf for X, 0 for |X|)."""
+        return 0.0 if self.relaxed else -math.inf
+
+    # -- the log-likelihood ratio ---------------------------------------------------------------------------------
+
+    def _log_terms(self, x: np.ndarray) -> np.ndarray:
+        s2 = self.noise_multiplier ** 2
+        j = self.means[:, None]
+        lw = self.log_weights[:, None]
+        x = np.asarray(x, dtype=float)[None, :]
+        if self.relaxed:
+            # log cosh(z) = |z| + log1p(exp(-2|z|)) - log 2, stable for any z.
+            z = np.abs(j * x / s2)
+            return lw - j * j / (2 * s2) + z + np.log1p(np.exp(-2 * z)) - math.log(2.0)
+        return lw + (2 * j * x - j * j) / (2 * s2)
+
+    def loss(self, x: np.ndarray) -> np.ndarray:
+        """L(x) = log dQ/dP (x), increasing in x on the support."""
+        return special.logsumexp(self._log_terms(np.atleast_1d(x)), axis=0)
+
+    @property
+    def min_loss(self) -> float:
+        """inf_x L(x): log(1 - q)^k in the worst case, L(0) in the relaxed model."""
+        if self.relaxed:
+            return float(self.loss(np.array([0.0]))[0])
+        if self.sampling_probability == 1.0:
+            return -math.inf
+        return float(self.log_weights[0])
+
+    def x_of_loss(self, eps: np.ndarray) -> np.ndarray:
+        """The inverse of L: the x with L(x) = eps (``lower`` where eps <= min_loss)."""
+        eps = np.asarray(eps, dtype=float)
+        s2 = self.noise_multiplier ** 2
+        q = self.sampling_probability
+        if self.records_per_patient == 1:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # expm1(eps) + q = e^eps - (1 - q), computed without cancellation near eps = log(1 - q).
+                log_excess = np.log(np.expm1(eps) + q) - math.log(q)
+            if not self.relaxed:
+                # L(x) = log(1 - q + q exp((2x - 1) / (2 sigma^2)))  =>  x = sigma^2 log((e^eps - 1 + q)/q) + 1/2.
+                x = s2 * log_excess + 0.5
+                return np.where(np.isnan(x), -math.inf, x)
+            # l(y) = log(1 - q + q e^{-1/(2 sigma^2)} cosh(y / sigma^2))  (Kaissis et al. 2023, the |Y| pair):
+            # y = sigma^2 arccosh(c), log c = log_excess + 1/(2 sigma^2); arccosh(c) = log c + log(1 + sqrt(1 - c^-2)).
+            log_c = log_excess + 1 / (2 * s2)
+            with np.errstate(invalid="ignore", over="ignore"):
+                inv_c2 = np.exp(-2 * np.maximum(log_c, 0.0))
+                y = s2 * (log_c + np.log1p(np.sqrt(np.maximum(1 - inv_c2, 0.0))))
+            return np.where(np.isnan(log_c) | (log_c <= 0), 0.0, y)
+        return self._x_of_loss_newton(eps)
+
+    def _x_of_loss_newton(self, eps: np.ndarray) -> np.ndarray:
+        """Invert L for k > 1. L is convex and increasing, so Newton's method started to the right of the root
+        decreases monotonically to it."""
+        k, s2 = self.records_per_patient, self.noise_multiplier ** 2
+        lw_k = self.log_weights[-1]
+        flat = eps.ravel()
+        below = flat <= self.min_loss
+        if self.relaxed:
+            # l(y) >= log w_k - k^2/(2 s2) + k y / s2 - log 2  gives a starting point with l(y0) >= eps.
+            x = np.maximum(s2 * (flat - lw_k + k * k / (2 * s2) + math.log(2.0)) / k, 0.0)
+        else:
+            # L(x) >= log w_k + (2 k x - k^2) / (2 s2).
+            x = (s2 * (flat - lw_k) + k * k / 2) / k
+        for _ in range(200):
+            terms = self._log_terms(x)
+            value = special.logsumexp(terms, axis=0)
+            post = np.exp(terms - value[None, :])
+            j = self.means[:, None]
+            if self.relaxed:
+                slope = np.sum(post * j / s2 * np.tanh(j * x[None, :] / s2), axis=0)
+            else:
+                slope = np.sum(post * j / s2, axis=0)
+            step = np.where(below, 0.0, (value - flat) / np.maximum(slope, 1e-300))
+            x_new = np.maximum(x - step, self.lower) if self.relaxed else x - step
+            if np.all(np.abs(x_new - x) <= 1e-15 * np.maximum(1.0, np.abs(x))):
+                x = x_new
+                break
+            x = x_new
+        return np.where(below, self.lower, x).reshape(eps.shape)
+
+    def log_moment(self, s: float, resolution: float = 10.0) -> float:
+        """log E_P[e^{s L}] = log int p^{1-s} q^s (the Renyi moment; s = 1 + lam gives log E_Q[e^{lam L}]).
+
+        Trapezoidal rule at step sigma/resolution on the range that holds the integrand's mass (Gaussian-like bumps
+        around 0 and around s k); the rule converges geometrically for these analytic integrands.
+        """
+        sigma, k = self.noise_multiplier, self.records_per_patient
+        step = sigma / resolution
+        right = max(s, 1.0) * k + 45 * sigma
+        x = np.arange(0.0 if self.relaxed else -45 * sigma, right + step, step)
+        log_p = -0.5 * (x / sigma) ** 2 - 0.5 * math.log(2 * math.pi * sigma ** 2)
+        if self.relaxed:
+            log_p = log_p + math.log(2.0)
+        with np.errstate(invalid="ignore"):
+            terms = log_p + np.where(s == 0, 0.0, s * self.loss(x))
+        weights = np.full(x.size, math.log(step))
+        if self.relaxed:
+            weights[0] -= math.log(2.0)  # trapezoid end point at y = 0
+        return float(special.logsumexp(terms + weights))
+
+    def x_tail(self, budget: float) -> float:
+        """An x beyond which the Q-mass (hence also the P-mass) of {X > x} ({|X| > x} relaxed) is <= budget."""
+        k, sigma = self.records_per_patient, self.noise_multiplier
+        # Every component N(j, sigma^2), j <= k, has tail <= Phibar((x - k) / sigma); |X| doubles it.
+        share = budget / 2 if self.relaxed else budget
+        return float(k + sigma * -special.ndtri(share))
+
+    # -- masses -----------------------------------------------------------------------------------------------------
+
+    def masses(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P-mass, Q-mass) of the observation set {a < X <= b} (of {a < |X| <= b} in the relaxed model)."""
+        sigma = self.noise_multiplier
+        w = np.exp(self.log_weights)
+        if self.relaxed:
+            def mass(m: float) -> np.ndarray:
+                return _mass_normal(a, b, m, sigma) + _mass_normal(-b, -a, m, sigma)
+        else:
+            def mass(m: float) -> np.ndarray:
+                return _mass_normal(a, b, m, sigma)
+        p = mass(0.0)
+        qm = np.zeros_like(p)
+        for j, wj in enumerate(w):
+            if wj > 0:
+                qm = qm + wj * (p if j == 0 else mass(float(j)))
+        return p, qm
+
+
+# -- validation shared by every public function ------------------------------------------------------------------
+
+def check_noise_multiplier(value: float) -> float:
+    return check_positive("noise_multiplier", value,
+                          fix="pass the noise standard deviation divided by the clip norm, e.g. --sigma 1.0")
+
+
+def check_q(value: float) -> float:
+    return check_probability("sampling_probability", value, open_high=False,
+                             fix="pass the expected batch size divided by the number of training records, e.g. --q 0.01")
+
+
+def check_steps(value: int) -> int:
+    return check_int("steps", value, fix="pass the number of DP-SGD steps, epochs * ceil(N / batch size)")
+
+
+def check_delta(value: float) -> float:
+    return check_probability("target_delta", value, fix="pass a delta well below 1/N, e.g. 1e-5")
+
+
+def check_records_per_patient(value: int) -> int:
+    return check_int("records_per_patient", value,
+                     fix="pass the number of images one patient contributes (1 for record-level guarantees)")
+
+
+def check_threat_model(value: str) -> str:
+    name = str(value).replace("-", "_")
+    if name not in THREAT_MODELS:
+        raise invalid("threat_model", value, "one of worst_case, relaxed", "pass --threat-model worst-case or relaxed")
+    return name
+
+
+def check_kappa(kappa: float | np.ndarray | list[float]) -> np.ndarray:
+    """Validate kappa (a float or a sequence) and return a 1-d float array."""
+    try:
+        arr = np.atleast_1d(np.asarray(kappa, dtype=float))
+    except (TypeError, ValueError):
+        raise invalid("kappa", kappa, "a number in (0, 1) or a sequence of them") from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise invalid("kappa", kappa, "a number in (0, 1) or a non-empty sequence of them")
+    for v in arr:
+        check_probability("kappa", float(v), fix="pass the blind-guess success probability, e.g. 1/N_train")
+    return arr

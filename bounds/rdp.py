@@ -1,0 +1,86 @@
+"""Renyi-DP accounting of DP-SGD, as Opacus reports it (labelled RDP, a looser sound upper bound than PLD).
+
+Orders and conversion follow Opacus 1.x (``opacus.accountants.RDPAccountant``): the orders 1.1, 1.2, ..., 10.9 and
+12, 13, ..., 63, and the conversion of Balle, Barthe, Gaboardi, Hsu, Sato, "Hypothesis Testing Interpretations and
+Renyi Differential Privacy", AISTATS 2020 (arXiv 1905.09982v2, Theorem 21). The per-order RDP of the sampled
+Gaussian mechanism is Mironov, Talwar, Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism"
+(arXiv 1908.10530v1, Section 3.3): RDP_alpha = log(A_alpha) / (alpha - 1) per step. Own implementation; the tests
+compare it with Opacus.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from dpaudit.bounds._mechanism import check_delta, check_noise_multiplier, check_q, check_steps
+from scipy import special
+
+#: Opacus' ``RDPAccountant.DEFAULT_ALPHAS``.
+DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])
+
+
+def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
+    """log A_alpha for integer alpha (Mironov et al. 2019, Section 3.3, the binomial expansion):
+    A_alpha = sum_i C(alpha, i) (1 - q)^(alpha - i) q^i exp((i^2 - i) / (2 sigma^2))."""
+    i = np.arange(alpha + 1, dtype=float)
+    log_terms = (special.gammaln(alpha + 1) - special.gammaln(i + 1) - special.gammaln(alpha - i + 1)
+                 + i * math.log(q) + (alpha - i) * math.log1p(-q) + (i * i - i) / (2 * sigma ** 2))
+    return float(special.logsumexp(log_terms))
+
+
+def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
+    """log A_alpha for fractional alpha, A_alpha = E_{z ~ N(0, sigma^2)} [(1 - q + q e^{(2z - 1)/(2 sigma^2)})^alpha]
+    (Mironov et al. 2019, Section 3.3, the integral their series expands).
+
+    We integrate directly with the trapezoidal rule at step sigma/10 on [-45 sigma, alpha + 45 sigma] (the
+    integrand is Gaussian-like around 0 and around alpha, and analytic, so the rule converges geometrically; the
+    truncated tails are below e^{-1000}). Summed in log space. Agrees with Opacus' series to ~1e-9 relative (tests)
+    and is ~100x faster than the slowly converging alternating series for small q.
+    """
+    step = sigma / 10
+    z = np.arange(-45 * sigma, alpha + 45 * sigma + step, step)
+    log_mix = np.logaddexp(math.log1p(-q), math.log(q) + (2 * z - 1) / (2 * sigma ** 2))
+    log_f = -z * z / (2 * sigma ** 2) + alpha * log_mix
+    return float(special.logsumexp(log_f) + math.log(step) - 0.5 * math.log(2 * math.pi * sigma ** 2))
+
+
+def rdp_per_step(noise_multiplier: float, sampling_probability: float, orders: tuple[float, ...] = DEFAULT_ORDERS
+                 ) -> np.ndarray:
+    """RDP of one step of the sampled Gaussian mechanism at each order."""
+    sigma, q = noise_multiplier, sampling_probability
+    out = np.empty(len(orders))
+    for n, alpha in enumerate(orders):
+        if q == 1.0:
+            out[n] = alpha / (2 * sigma ** 2)  # the Gaussian mechanism
+        elif float(alpha).is_integer():
+            out[n] = _log_a_integer(q, sigma, int(alpha)) / (alpha - 1)
+        else:
+            out[n] = _log_a_fractional(q, sigma, float(alpha)) / (alpha - 1)
+    return out
+
+
+def epsilon_rdp(noise_multiplier: float, sampling_probability: float, steps: int, target_delta: float) -> float:
+    """epsilon at ``target_delta`` by Renyi-DP accounting with Opacus' default orders and conversion.
+
+    This is what Opacus' ``RDPAccountant`` reports: a sound but looser upper bound than :func:`epsilon_pld`.
+
+    Parameters
+    ----------
+    noise_multiplier, sampling_probability, steps, target_delta:
+        sigma > 0, q in (0, 1], T >= 1, delta in (0, 1).
+
+    Returns
+    -------
+    float
+        min over orders of RDP_alpha T - (log delta + log alpha) / (alpha - 1) + log((alpha - 1) / alpha)
+        (Balle et al. 2020, arXiv 1905.09982v2, Theorem 21).
+    """
+    sigma = check_noise_multiplier(noise_multiplier)
+    q = check_q(sampling_probability)
+    steps = check_steps(steps)
+    delta = check_delta(target_delta)
+    orders = np.asarray(DEFAULT_ORDERS)
+    rdp = rdp_per_step(sigma, q) * steps
+    eps = rdp - (math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    return float(np.nanmin(eps))

@@ -1,0 +1,118 @@
+"""epsilon by PLD and RDP, and the noise calibration for a target epsilon.
+
+References: the spec's section 4 (numbers computed with dp_accounting 0.6.0 and Opacus 1.6), Opacus'
+``RDPAccountant`` itself, dp_accounting 0.6.0's PLD, and the closed-form hockey-stick curve of the Gaussian
+mechanism (Balle and Wang, ICML 2018, Theorem 8).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+from dpaudit.bounds import epsilon_pld, epsilon_rdp, noise_for_epsilon
+from dpaudit.errors import ConfigError
+from scipy import optimize, special
+
+
+def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(sigma, q, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "optimal order is the largest alpha" at extreme settings
+        return acc.get_epsilon(delta)
+
+
+def _gaussian_epsilon(mu: float, delta: float) -> float:
+    """Exact epsilon of the mu-GDP Gaussian mechanism: delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2)."""
+
+    def gap(eps: float) -> float:
+        return special.ndtr(-eps / mu + mu / 2) - math.exp(eps) * special.ndtr(-eps / mu - mu / 2) - delta
+
+    return optimize.brentq(gap, 0.0, 200.0, xtol=1e-12)
+
+
+# -- the spec's numbers (section 4) -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("delta", "pld_value", "rdp_value"), [(8e-7, 68.518, 75.264), (1e-5, 61.365, 68.876)])
+def test_spec_epsilons_sigma_034(delta: float, pld_value: float, rdp_value: float) -> None:
+    # spec section 4: sigma 0.34, q 0.002, T 20000 (dp_accounting 0.6.0 PLD; Opacus RDP default orders)
+    assert epsilon_pld(0.34, 0.002, 20000, delta) == pytest.approx(pld_value, rel=1e-4)
+    assert epsilon_rdp(0.34, 0.002, 20000, delta) == pytest.approx(rdp_value, rel=1e-5)
+
+
+# -- RDP equals what Opacus reports -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("sigma", "q", "steps", "delta"), [
+    (0.34, 0.002, 20000, 8e-7), (1.0, 0.01, 1000, 1e-5), (9.97397, 1 / 106, 53000, 8e-7),
+    (0.95816, 1 / 106, 53000, 8e-7), (0.6, 1.0, 10, 1e-5), (5.0, 0.5, 3, 1e-5), (0.5, 1e-5, 10**6, 1e-6),
+])
+def test_epsilon_rdp_matches_opacus(sigma: float, q: float, steps: int, delta: float) -> None:
+    assert epsilon_rdp(sigma, q, steps, delta) == pytest.approx(_opacus_epsilon(sigma, q, steps, delta), rel=1e-7)
+
+
+# -- PLD: sandwich against exact values and the reference library ------------------------------------------------
+
+@pytest.mark.parametrize(("sigma", "steps", "delta"), [(0.8, 10, 1e-5), (2.0, 100, 1e-6), (5.0, 1, 1e-5)])
+def test_epsilon_pld_gaussian_sandwich(sigma: float, steps: int, delta: float) -> None:
+    # q = 1: the Gaussian mechanism with mu = sqrt(T)/sigma has a closed-form epsilon; ours is an upper bound.
+    exact = _gaussian_epsilon(math.sqrt(steps) / sigma, delta)
+    ours = epsilon_pld(sigma, 1.0, steps, delta)
+    assert exact - 1e-9 <= ours <= exact * (1 + 1e-3)
+
+
+def test_epsilon_pld_matches_dp_accounting() -> None:
+    # dp_accounting 0.6.0, from_gaussian_mechanism(1.0, sampling_prob=0.01, value_discretization_interval=1e-4,
+    # use_connect_dots=True, pessimistic_estimate=True).self_compose(1000).get_epsilon_for_delta(1e-5)
+    reference = 1.8282436461219649
+    assert epsilon_pld(1.0, 0.01, 1000, 1e-5) == pytest.approx(reference, rel=5e-4)
+
+
+def test_pld_below_rdp_and_monotone() -> None:
+    base = epsilon_pld(1.0, 0.01, 1000, 1e-5)
+    assert base < epsilon_rdp(1.0, 0.01, 1000, 1e-5)
+    assert epsilon_pld(1.2, 0.01, 1000, 1e-5) < base  # more noise
+    assert epsilon_pld(1.0, 0.01, 2000, 1e-5) > base  # more steps
+    assert epsilon_pld(1.0, 0.02, 1000, 1e-5) > base  # higher sampling rate
+    assert epsilon_pld(1.0, 0.01, 1000, 1e-6) > base  # smaller delta
+
+
+# -- noise calibration --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+@pytest.mark.parametrize(("target", "q", "steps"), [(8.0, 1 / 106, 53000), (1.0, 1e-3, 10000), (50.0, 0.002, 10000)])
+def test_noise_for_epsilon_is_safe_and_tight(accountant: str, target: float, q: float, steps: int) -> None:
+    delta = 1e-5
+    sigma = noise_for_epsilon(target, q, steps, delta, accountant=accountant)
+    eps = epsilon_pld if accountant == "pld" else epsilon_rdp
+    assert eps(sigma, q, steps, delta) <= target  # never overshoots
+    # Tight: 1% less noise breaks the target (the PLD search uses a grid about 2e-3 pessimistic).
+    assert eps(sigma * 0.99, q, steps, delta) > target
+
+
+def test_noise_for_epsilon_matches_opacus_calibration() -> None:
+    # The seed paper's MSD Liver calibration: Opacus (RDP) gives sigma 1.66405 for epsilon 8 at delta 8e-7.
+    sigma = noise_for_epsilon(8.0, 1 / 106, 53000, 8e-7, accountant="rdp")
+    assert sigma == pytest.approx(1.66405, rel=2e-3)
+    assert sigma >= 1.66405 * (1 - 1e-5) or epsilon_rdp(sigma, 1 / 106, 53000, 8e-7) <= 8.0
+
+
+# -- bad inputs ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "field"), [
+    ((-1.0, 0.01, 100, 1e-5), "noise_multiplier"), ((1.0, 0.0, 100, 1e-5), "sampling_probability"),
+    ((1.0, 1.5, 100, 1e-5), "sampling_probability"), ((1.0, 0.01, 0, 1e-5), "steps"),
+    ((1.0, 0.01, 100, 0.0), "target_delta"), ((1.0, 0.01, 100, 1.0), "target_delta"),
+])
+def test_bad_inputs_name_the_field(args: tuple, field: str) -> None:
+    for func in (epsilon_pld, epsilon_rdp):
+        with pytest.raises(ConfigError, match=field):
+            func(*args)
+
+
+def test_noise_for_epsilon_rejects_unknown_accountant() -> None:
+    with pytest.raises(ConfigError, match="accountant"):
+        noise_for_epsilon(1.0, 0.01, 100, 1e-5, accountant="prv")
