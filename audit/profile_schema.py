@@ -237,8 +237,9 @@ class ProfileConfig(_Json):
     dataset, data_dir, image_size:
         The dataset name as ``dpaudit.data.load_splits`` takes it (``demo``, ``ham10000``, a MedMNIST flag,
         ``folder:PATH``), its folder, and the side length images are resized to.
-    max_train_images:
-        Keep only the first N training images (quick looks and tests); None keeps all.
+    max_images:
+        At most this many images in total (``load_splits``' ``max_images``: the demo's size, or a seeded subset
+        of a real dataset for quick looks and tests); None keeps all (the demo: 2000).
     arch:
         Architecture name from :data:`dpaudit.models.ARCHITECTURES`.
     epsilons:
@@ -269,7 +270,7 @@ class ProfileConfig(_Json):
     dataset: str = "demo"
     data_dir: str | None = None
     image_size: int = 32
-    max_train_images: int | None = None
+    max_images: int | None = None
     arch: str = "resnet9"
     epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
     non_private: bool = True
@@ -280,7 +281,7 @@ class ProfileConfig(_Json):
     physical_batch_size: int | None = None
     max_grad_norm: float = 1.0
     lr: float = 2e-3
-    augment_multiplicity: int = 1
+    augment_multiplicity: int = 0
     target_delta: float | None = None
     kappas: tuple[float, ...] = ()
     records_per_patient: int = 1
@@ -306,8 +307,8 @@ class ProfileConfig(_Json):
             put("data_dir", str(self.data_dir))
         put("image_size", check_int("image_size", self.image_size, minimum=8,
                                     fix="pass --image-size 32 (or 64 for the paper's attack setting)"))
-        if self.max_train_images is not None:
-            put("max_train_images", check_int("max_train_images", self.max_train_images, minimum=2))
+        if self.max_images is not None:
+            put("max_images", check_int("max_images", self.max_images, minimum=3))
         if not isinstance(self.arch, str) or not self.arch:
             raise invalid("arch", self.arch, "an architecture name", "pass e.g. --arch resnet9")
         put("epsilons", _epsilons(self.epsilons))
@@ -321,7 +322,7 @@ class ProfileConfig(_Json):
             put("physical_batch_size", check_int("physical_batch_size", self.physical_batch_size, minimum=1))
         put("max_grad_norm", check_positive("max_grad_norm", self.max_grad_norm, fix="pass e.g. 1.0"))
         put("lr", check_positive("lr", self.lr, fix="pass e.g. 2e-3"))
-        put("augment_multiplicity", check_int("augment_multiplicity", self.augment_multiplicity, minimum=1))
+        put("augment_multiplicity", check_int("augment_multiplicity", self.augment_multiplicity, minimum=0))
         if self.target_delta is not None:
             put("target_delta", check_probability("target_delta", self.target_delta,
                                                   fix="pass a delta well below 1/N, e.g. 1e-5"))
@@ -371,7 +372,7 @@ class ProfileConfig(_Json):
                 parts.extend([flag, _fmt_cli(value)])
 
         opt("--image-size", self.image_size, None)
-        opt("--max-train-images", self.max_train_images, d.max_train_images)
+        opt("--max-images", self.max_images, d.max_images)
         opt("--arch", self.arch, None)
         parts += ["--epsilons", ",".join(_fmt_cli(e) for e in self.epsilons)]
         parts.append("--non-private" if self.non_private else "--no-non-private")

@@ -6,7 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from dpaudit.audit.profile_schema import ProfileConfig
 from dpaudit.cli._common import emit_json, err, handle_errors, out
+
+#: The profile's defaults (one source of truth: ProfileConfig).
+D = ProfileConfig()
 
 
 @handle_errors
@@ -35,6 +39,129 @@ def report(
         out.print(f"wrote {pdf}")
 
 
+@handle_errors
+def profile(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints, profile.json and report.pdf; "
+                                                         "an existing folder resumes.")],
+    dataset: Annotated[str, typer.Option(help="demo (built in, synthetic), ham10000, a MedMNIST flag "
+                                              "(dermamnist, ...) or folder:PATH.")] = "demo",
+    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset files.")] = None,
+    image_size: Annotated[int, typer.Option(help="Images are resized to this many pixels square.")] = D.image_size,
+    max_images: Annotated[int | None, typer.Option(help="Use at most this many images in total.")] = None,
+    arch: Annotated[str, typer.Option(help="Architecture: resnet9 (GroupNorm) or smallcnn.")] = D.arch,
+    epsilons: Annotated[str, typer.Option(help="Target privacy budgets (tight PLD epsilon at delta).")] = "1,8,20,1e9",
+    non_private: Annotated[bool, typer.Option("--non-private/--no-non-private",
+                                              help="Also train the non-private baseline.")] = True,
+    seeds: Annotated[int, typer.Option(help="Training runs per privacy budget (utility mean and spread).")] = D.seeds,
+    seed: Annotated[int, typer.Option(help="First seed (also the data split's and the attack's seed).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
+    batch_size: Annotated[int, typer.Option(help="Logical (expected) batch size; q = batch / N.")] = D.batch_size,
+    physical_batch_size: Annotated[int | None, typer.Option(help="Largest batch through the network at once.")] = None,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="NAdam learning rate (paper: 2e-3).")] = 2e-3,
+    augment_multiplicity: Annotated[int, typer.Option(help="0: none; K: K flipped views per image.")] = 0,
+    delta: Annotated[float | None, typer.Option(help="target_delta; default min(8e-7 (paper), 1/(10 N)).")] = None,
+    kappa: Annotated[list[float] | None, typer.Option(help="Extra prior(s) kappa for the ReRo bounds "
+                                                           "(1/N_train is always reported). Repeatable.")] = None,
+    records_per_patient: Annotated[int, typer.Option(help="k images per patient: k > 1 gives patient-level "
+                                                          "guarantees.")] = 1,
+    attack_images: Annotated[int, typer.Option(help="Training images attacked per privacy budget.")] = D.attack_images,
+    decoder: Annotated[str, typer.Option(help="strong, paper or all (the strongest is reported, named).")] = "all",
+    connection: Annotated[str, typer.Option(help="Imprint connection: linear or addition.")] = "linear",
+    bins: Annotated[int, typer.Option(help="Imprint bins K (paper: 10).")] = 10,
+    observations: Annotated[int, typer.Option(help="Times the attacker observes each image.")] = 1,
+    attack_epochs: Annotated[int | None, typer.Option(help="Epochs of the attack scenario (batch size 1); "
+                                                           "default: --epochs.")] = None,
+    include_images: Annotated[bool, typer.Option(help="Store reconstructions and show them in the report "
+                                                      "(patient images!).")] = False,
+    render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
+) -> None:
+    """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
+    import time
+
+    from dpaudit.audit.profile import run_profile
+    from dpaudit.audit.profile_schema import ProfileConfig
+    from dpaudit.cli._common import parse_float_list
+    from dpaudit.errors import invalid
+
+    decoders = {"all": ("strong", "paper"), "strong": ("strong",), "paper": ("paper",)}
+    if decoder not in decoders:
+        raise invalid("decoder", decoder, "strong, paper or all", "pass --decoder all")
+    config = ProfileConfig(
+        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
+        epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds, seed=seed,
+        epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
+        lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta, kappas=tuple(kappa or ()),
+        records_per_patient=records_per_patient, attack_images=attack_images, decoders=decoders[decoder],
+        connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
+        include_images=include_images)
+    started = time.perf_counter()
+    stage_start: dict[str, float] = {}
+
+    def progress(stage: str, done: int, total: int, message: str) -> None:
+        now = time.perf_counter()
+        stage_start.setdefault(stage, now)
+        err.print(f"[bold]{stage:>6}[/] {done}/{total}  {message}  [dim](stage {now - stage_start[stage]:.0f} s, "
+                  f"total {now - started:.0f} s)[/]", markup=True, highlight=False)
+
+    if include_images:
+        err.print("[yellow]warning:[/] --include-images stores training images (possibly patient data) in the "
+                  "output folder and the report.", markup=True)
+    prof = run_profile(config, out_dir, progress=progress, render=render)
+    wall = time.perf_counter() - started
+    stages = "; ".join(f"{s.stage} {s.seconds:.0f} s" for s in prof.stages)
+    err.print(f"done in {wall:.0f} s ({stages})", highlight=False)
+    if as_json:
+        emit_json(_summary_json(prof, out_dir, render, wall))
+        return
+    _print_summary(prof)
+    out.print(f"wrote {out_dir / 'profile.json'}" + (f" and {out_dir / 'report.pdf'}" if render else ""))
+
+
+def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
+    levels = []
+    for lv in prof.levels():
+        a = lv.attack.strongest if lv.attack else None
+        levels.append({
+            "epsilon_target": lv.epsilon_target,
+            "noise_multiplier": lv.train[0].noise_multiplier if lv.train else None,
+            "epsilon": lv.bounds.epsilon if lv.bounds else None,
+            "worst_case": lv.worst_case, "relaxed": lv.relaxed,
+            "realistic": None if a is None else {"decoder": a.decoder, "success_rate": a.success_rate,
+                                                 "ci_low": a.ci_low, "ci_high": a.ci_high,
+                                                 "noise_multiplier": lv.attack.noise_multiplier},
+            "mcc_mean": lv.utility["mcc"].mean, "mcc_std": lv.utility["mcc"].std,
+            "mia_tpr_at_fpr_1e-3": lv.bounds.tpr_at(1e-3) if lv.bounds else None,
+        })
+    return {"profile": str(out_dir / "profile.json"), "report": str(out_dir / "report.pdf") if render else None,
+            "kappa": 1.0 / prof.dataset.n_train, "levels": levels, "wall_seconds": wall,
+            "stages": [{"stage": s.stage, "seconds": s.seconds, "tasks_run": s.tasks_run,
+                        "tasks_reused": s.tasks_reused} for s in prof.stages]}
+
+
+def _print_summary(prof) -> None:
+    from dpaudit.audit import report_text as txt
+    from rich.table import Table
+
+    n = prof.dataset.n_train
+    table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({n} training images)")
+    for col in ("budget", "σ train", "ε (PLD)\nupper bound", "MCC\nempirical", f"worst case κ=1/{n}\nupper bound",
+                f"relaxed κ=1/{n}\nupper bound", "realistic\nempirical", "σ attack"):
+        table.add_column(col, justify="right")
+    for lv in prof.levels():
+        a = lv.attack
+        table.add_row(
+            lv.label, f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
+            txt.eps_up(lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
+            txt.spread(lv.utility["mcc"]),
+            txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
+            "not run" if a is None else f"{txt.pct(a.strongest.success_rate)} ({a.strongest.decoder})",
+            "n/a" if a is None else f"{a.noise_multiplier:.3g}")
+    out.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("profile")(profile)
     app.command("report")(report)

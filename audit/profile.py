@@ -1,0 +1,688 @@
+"""``run_profile``: the per-epsilon risk profile (train, bound, attack) as pure tasks behind a small executor.
+
+The profile is split into independent **tasks**, each a frozen, picklable dataclass (configuration in) whose
+``run()`` returns a frozen result dataclass that serialises to JSON (result out):
+
+* :class:`TrainTask`: train one model at one privacy level and seed (``dpaudit.audit.train``), utility included;
+* :class:`BoundsTask`: the formal guarantees of one DP-SGD configuration (``dpaudit.bounds``): epsilon, the
+  worst-case and relaxed ReRo bounds at kappa = 1/N_train and the user's kappas, the bound against kappa, and the
+  worst-case membership-inference curve;
+* :class:`AttackTask`: the realistic imprint-layer attack against one checkpoint (``dpaudit.attacks``).
+
+An :class:`Executor` runs a batch of tasks and hands each result back, in the driver process, as it completes;
+:class:`InProcessExecutor` runs them one after the other. A distributed executor (issue 7: Dask) implements the
+same two methods. A :class:`TaskStore` in ``DIR/tasks/`` keeps every finished result, keyed by a hash of the
+task's configuration, so an interrupted profile resumes where it stopped and a finished task never runs again.
+Training also reuses a checkpoint already in ``DIR/checkpoints/`` when its recorded configuration matches.
+
+Nothing here imports torch at module level: tasks import what they need when they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from dpaudit.audit.profile_schema import (
+    SCHEMA_VERSION,
+    AttackOutcome,
+    AttackRow,
+    BoundsOutcome,
+    DatasetInfo,
+    FprTpr,
+    PackageVersion,
+    Profile,
+    ProfileConfig,
+    ReroPoint,
+    StageTime,
+    SubgroupUtility,
+    TrainOutcome,
+    Utility,
+    dumps,
+    encode,
+    fmt_eps,
+    from_plain,
+)
+from dpaudit.errors import ConfigError, DataError, DpAuditError, invalid
+
+__all__ = ["AttackTask", "BoundsTask", "DataSpec", "Executor", "InProcessExecutor", "Profile", "ProfileConfig",
+           "TaskStore", "TrainTask", "plan_training", "run_profile"]
+
+#: FPR grid of the worst-case membership-inference table (issue 2: 1e-5 ... 0.1).
+MIA_FPRS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
+#: Points of the ReRo-against-kappa curve (Figure 2 right), log-spaced from 1/N_train to 1.
+KAPPA_CURVE_POINTS = 13
+#: Extra epsilons for the ReRo-against-epsilon curve (Figure 2 left), beside the profiled ones.
+CURVE_EPSILONS = (0.5, 2.0, 4.0, 12.0, 32.0, 64.0, 128.0)
+#: Best reconstructions kept per privacy level with ``include_images``.
+KEPT_IMAGES = 6
+
+ProgressFn = Callable[[str, int, int, str], None]  # (stage, done, total, message)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(encode(obj), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _eps_tag(eps: float | None) -> str:
+    return "nonprivate" if eps is None else f"eps{eps:.6g}".replace("+", "")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to load the dataset: the same splits for every task (split seed = the profile's first seed)."""
+
+    dataset: str
+    data_dir: str | None
+    image_size: int
+    max_images: int | None
+    split_seed: int
+
+    def load(self):
+        """The :class:`dpaudit.data.DatasetSplits` (cached per process: tasks on one worker share it)."""
+        key = dataclasses.astuple(self)
+        if key not in _SPLITS_CACHE:
+            from dpaudit.data import load_splits
+
+            _SPLITS_CACHE.clear()  # one dataset at a time: bounded memory
+            _SPLITS_CACHE[key] = load_splits(self.dataset, data_dir=self.data_dir, image_size=self.image_size,
+                                             seed=self.split_seed, max_images=self.max_images)
+        return _SPLITS_CACHE[key]
+
+
+_SPLITS_CACHE: dict[tuple, Any] = {}
+
+
+class Task(Protocol):
+    """A unit of profile work: frozen configuration in, frozen JSON-serialisable result out."""
+
+    stage: ClassVar[str]
+    result_type: ClassVar[type]
+
+    def key(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+    def run(self) -> Any: ...
+
+
+class _TaskBase:
+    #: Fields that locate files but do not change the result (excluded from the key).
+    _location_fields: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict[str, Any]:
+        return {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if f.name not in self._location_fields}
+
+    def key(self) -> str:
+        return f"{self.stage}-{self.tag()}-{_hash(self.identity())}"  # type: ignore[attr-defined]
+
+    def tag(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class TrainTask(_TaskBase):
+    """Train one model (one privacy level, one seed) and measure its utility on the test split."""
+
+    stage: ClassVar[str] = "train"
+    result_type: ClassVar[type] = TrainOutcome
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir",)
+
+    data: DataSpec
+    arch: str
+    epsilon_target: float | None
+    seed: int
+    epochs: int
+    batch_size: int
+    physical_batch_size: int | None
+    max_grad_norm: float
+    lr: float
+    augment_multiplicity: int
+    target_delta: float | None
+    checkpoint: str
+    out_dir: str
+
+    def tag(self) -> str:
+        return f"{_eps_tag(self.epsilon_target)}-seed{self.seed}"
+
+    def describe(self) -> str:
+        level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
+        return f"train {level} seed {self.seed}"
+
+    def train_config(self):
+        from dpaudit.audit.train import TrainConfig
+
+        folder = Path(self.out_dir) / Path(self.checkpoint).parent
+        return TrainConfig(
+            dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
+            max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target,
+            non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
+            batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
+            max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
+            seed=self.seed, seeds=1, out=str(folder))
+
+    def run(self) -> TrainOutcome:
+        t0 = time.perf_counter()
+        config = self.train_config()
+        reused = _reusable_training(config, Path(self.out_dir) / self.checkpoint)
+        if reused is not None:
+            return dataclasses.replace(reused, checkpoint=self.checkpoint, seconds=time.perf_counter() - t0)
+        from dpaudit.audit.train import train
+
+        result = train(config, splits=self.data.load())
+        return _train_outcome(self, result.to_json(), result.metrics, time.perf_counter() - t0, reused=False)
+
+
+def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, seconds: float, *,
+                   reused: bool) -> TrainOutcome:
+    """Build the frozen outcome from ``TrainResult.to_json()`` (the keys of issue 4) and the test metrics."""
+
+    def get(obj: Any, name: str) -> Any:
+        return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+    def opt(v: Any) -> float | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    subgroups = tuple(SubgroupUtility(str(get(g, "group")), str(get(g, "value")), int(get(g, "n")),
+                                      opt(get(g, "mcc")), opt(get(g, "accuracy")))
+                      for g in (get(metrics, "subgroups") or ()))
+    private = task.epsilon_target is not None
+    return TrainOutcome(
+        epsilon_target=task.epsilon_target, seed=task.seed, noise_multiplier=float(summary["noise_multiplier"]),
+        sampling_probability=float(summary["sampling_probability"]), steps=int(summary["steps"]),
+        epochs=task.epochs, batch_size=task.batch_size,
+        max_grad_norm=float(summary["max_grad_norm"]) if private else task.max_grad_norm,
+        target_delta=float(summary["target_delta"]),
+        epsilon=opt(summary["epsilon_achieved"]) if private else None,
+        epsilon_rdp=opt(summary["epsilon_rdp"]) if private else None, n_train=int(summary["n_train"]),
+        utility=Utility(mcc=float(get(metrics, "mcc")), balanced_accuracy=opt(get(metrics, "balanced_accuracy")),
+                        auroc=opt(get(metrics, "auroc")), accuracy=opt(get(metrics, "accuracy"))),
+        subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds)
+
+
+def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
+    """A finished run in the checkpoint's folder whose recorded configuration equals ``config``, else None.
+
+    ``dpaudit train --out`` writes ``model.pt`` and ``metrics.json`` (with the full configuration); both must be
+    present, the configuration must match field by field, and the checkpoint must load safely and carry the same
+    DP configuration. Anything else trains again (a stale checkpoint is never silently reused).
+    """
+    metrics_path = checkpoint.parent / "metrics.json"
+    if not (checkpoint.is_file() and metrics_path.is_file()):
+        return None
+    try:
+        recorded = json.loads(metrics_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    want = {k: encode(v) for k, v in dataclasses.asdict(config).items() if k not in ("out", "threads")}
+    have = {k: v for k, v in (recorded.get("config") or {}).items() if k not in ("out", "threads")}
+    if json.dumps(want, sort_keys=True) != json.dumps(have, sort_keys=True):
+        return None
+    from dpaudit.checkpoint import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except DpAuditError:
+        return None
+    dp = ckpt.dp
+    sigma = float(recorded.get("noise_multiplier") or 0.0)
+    if (dp is None) != (config.epsilon is None) or (dp is not None and (
+            not math.isclose(dp.noise_multiplier, sigma, rel_tol=1e-12)
+            or dp.steps != recorded.get("steps"))):
+        return None
+    task_like = TrainTask(DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, 0),
+                          config.arch, config.epsilon, config.seed, config.epochs, config.batch_size,
+                          config.physical_batch_size, config.max_grad_norm, config.lr, config.augment_multiplicity,
+                          config.delta, str(checkpoint), str(checkpoint.parent))
+    return _train_outcome(task_like, recorded, recorded.get("metrics") or {}, 0.0, reused=True)
+
+
+@dataclass(frozen=True)
+class BoundsTask(_TaskBase):
+    """Formal guarantees of one DP-SGD configuration (all sound upper bounds, tight accountant).
+
+    ``noise_multiplier`` None calibrates sigma to ``epsilon_target`` with ``dpaudit.bounds.noise_for_epsilon``
+    (the curve points of Figure 2 left); the table rows pass the sigma the training actually used.
+    """
+
+    stage: ClassVar[str] = "bounds"
+    result_type: ClassVar[type] = BoundsOutcome
+
+    epsilon_target: float
+    noise_multiplier: float | None
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    records_per_patient: int
+    kappa_train: float
+    kappas: tuple[float, ...]
+    curves: bool
+
+    def tag(self) -> str:
+        return f"{_eps_tag(self.epsilon_target)}{'' if self.curves else '-curve'}"
+
+    def describe(self) -> str:
+        return f"bounds ε={fmt_eps(self.epsilon_target)}" + ("" if self.curves else " (curve point)")
+
+    def run(self) -> BoundsOutcome:
+        import numpy as np
+        from dpaudit import bounds
+
+        t0 = time.perf_counter()
+        q, steps, delta = self.sampling_probability, self.steps, self.target_delta
+        sigma = self.noise_multiplier
+        if sigma is None:
+            # Smallest sigma whose tight PLD epsilon is <= the target (safe end of the bracket): the same
+            # calibration training uses, so curve points and table rows agree.
+            sigma = float(bounds.noise_for_epsilon(self.epsilon_target, q, steps, delta, accountant="pld"))
+        eps = float(bounds.epsilon_pld(sigma, q, steps, delta))
+        eps_rdp = float(bounds.epsilon_rdp(sigma, q, steps, delta))
+        kappas = sorted({self.kappa_train, *self.kappas})
+        if self.curves:
+            grid = np.geomspace(self.kappa_train, 1.0, KAPPA_CURVE_POINTS)[:-1]  # kappa = 1 is trivial
+            kappas_all = sorted({*kappas, *(float(k) for k in grid)})
+        else:
+            kappas_all = kappas
+        worst = _gammas(bounds.rero_bound(sigma, q, steps, kappas_all, threat_model="worst_case",
+                                          records_per_patient=self.records_per_patient))
+        relaxed = _gammas(bounds.rero_bound(sigma, q, steps, kappas_all, threat_model="relaxed",
+                                            records_per_patient=self.records_per_patient))
+        points = {k: ReroPoint(k, _clip01(w), _clip01(r)) for k, w, r in zip(kappas_all, worst, relaxed, strict=True)}
+        advantage, at_fpr, roc = None, (), ()
+        if self.curves:
+            mia = bounds.mia_curve(sigma, q, steps, records_per_patient=self.records_per_patient)
+            advantage, at_fpr, roc = _mia_parts(mia)
+        return BoundsOutcome(
+            epsilon_target=self.epsilon_target, noise_multiplier=sigma, sampling_probability=q, steps=steps,
+            target_delta=delta, records_per_patient=self.records_per_patient, epsilon=eps, epsilon_rdp=eps_rdp,
+            kappa_train=self.kappa_train, rero=tuple(points[k] for k in kappas),
+            rero_curve=tuple(points[k] for k in kappas_all) if self.curves else (), method="tight",
+            mia_advantage=advantage, mia_tpr_at_fpr=at_fpr, mia_roc=roc, seconds=time.perf_counter() - t0)
+
+
+def _clip01(v: float | None) -> float | None:
+    # Bounds come with a numerical error bracket; the reported value is its upper end, which may exceed 1 by
+    # rounding. A probability bound above 1 says no more than 1.
+    return None if v is None else min(1.0, max(0.0, float(v)))
+
+
+def _gammas(result: Any) -> list[float]:
+    """The per-kappa bound values of a ``ReRoBound`` (the upper end of its numerical bracket when it has one)."""
+    for name in ("upper", "gamma_upper", "gamma"):
+        if hasattr(result, name):
+            values = getattr(result, name)
+            return [float(v) for v in (values if hasattr(values, "__len__") else [values])]
+    raise ConfigError(f"unexpected ReRo result {type(result).__name__}: no gamma values")
+
+
+def _mia_parts(mia: Any) -> tuple[float | None, tuple[FprTpr, ...], tuple[FprTpr, ...]]:
+    import numpy as np
+
+    fpr = np.asarray(getattr(mia, "roc_fpr", getattr(mia, "fpr", ())), dtype=float)
+    tpr = np.asarray(getattr(mia, "roc_tpr", getattr(mia, "tpr", ())), dtype=float)
+    roc = tuple(FprTpr(float(a), float(min(1.0, max(b, a)))) for a, b in zip(fpr, tpr, strict=True))
+    at = []
+    table = getattr(mia, "tpr_at_fpr", None)
+    for f in MIA_FPRS:
+        value = None
+        if isinstance(table, dict):
+            value = table.get(f)
+        elif table is not None:
+            for item in table:
+                a, b = (item.fpr, item.tpr) if hasattr(item, "fpr") else item
+                if math.isclose(a, f, rel_tol=1e-9):
+                    value = b
+        if value is None and fpr.size:
+            value = float(np.interp(np.log(f), np.log(np.maximum(fpr, 1e-300)), tpr))
+        if value is not None:
+            at.append(FprTpr(f, float(min(1.0, max(value, f)))))
+    adv = getattr(mia, "advantage", None)
+    return (None if adv is None else float(adv)), tuple(at), roc
+
+
+@dataclass(frozen=True)
+class AttackTask(_TaskBase):
+    """The realistic imprint-layer attack against one checkpoint at its epsilon's attack-scenario sigma."""
+
+    stage: ClassVar[str] = "attack"
+    result_type: ClassVar[type] = AttackOutcome
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir",)
+
+    data: DataSpec
+    epsilon_target: float | None
+    checkpoint: str
+    train_key: str
+    attack_epochs: int
+    target_delta: float
+    n_images: int
+    decoders: tuple[str, ...]
+    connection: str
+    bins: int
+    observations: int
+    seed: int
+    include_images: bool
+    out_dir: str
+
+    def tag(self) -> str:
+        return _eps_tag(self.epsilon_target)
+
+    def describe(self) -> str:
+        level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
+        return f"attack {level} ({self.n_images} images)"
+
+    def run(self) -> AttackOutcome:
+        import numpy as np
+        import torch
+        from dpaudit.attacks.reconstruction import noise_for_epsilons, run_attack
+        from dpaudit.checkpoint import load_checkpoint
+
+        t0 = time.perf_counter()
+        ckpt = load_checkpoint(Path(self.out_dir) / self.checkpoint)
+        model = ckpt.build_model().eval()
+        splits = self.data.load()
+        n_train = len(splits.train)
+        # The malicious server's scenario (seed paper, Table 3 caption): batch size 1, q = 1/N, T = epochs * N, at
+        # the same epsilon and delta; the tight accountant gives the smaller sigma (the stronger attack).
+        eps = math.inf if self.epsilon_target is None else self.epsilon_target
+        sigma = noise_for_epsilons([eps], n_train=n_train, epochs=self.attack_epochs,
+                                   target_delta=self.target_delta)[0]
+        # The attacked images: a seeded random subset of the TRAINING split (the attacker targets members).
+        rng = np.random.default_rng([self.seed, 0xA77AC])
+        n = min(self.n_images, n_train)
+        idx = torch.as_tensor(np.sort(rng.choice(n_train, size=n, replace=False)))
+        images, labels = splits.train.images[idx], splits.train.labels[idx]
+        clip = ckpt.dp.max_grad_norm if ckpt.dp is not None else 1.0
+        result = run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=[sigma],
+                            decoders=self.decoders, connection=self.connection, bins=self.bins,
+                            max_grad_norm=clip, observations=self.observations, seed=self.seed,
+                            epsilons=[self.epsilon_target], keep_images=KEPT_IMAGES if self.include_images else 0)
+        saved: tuple[str, ...] = ()
+        if self.include_images:
+            from dpaudit.attacks.plots import save_best_reconstructions
+            from dpaudit.attacks.scoring import keep_mask
+
+            originals = images.permute(0, 2, 3, 1).numpy()
+            originals = originals[keep_mask(originals)]
+            rel = Path("images") / f"reconstructions-{self.tag()}.png"
+            (Path(self.out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
+            save_best_reconstructions(result, originals, Path(self.out_dir) / rel)
+            saved = (str(rel),)
+        rows = tuple(AttackRow(decoder=r.decoder, n_images=int(r.n_images), success_rate=float(r.success_rate),
+                               ci_low=float(r.ci_low), ci_high=float(r.ci_high), mean_ssim=float(r.mean_ssim),
+                               mean_rho=float(r.mean_rho), ssim=tuple(float(s) for s in np.asarray(r.ssim)))
+                     for r in result.rows)
+        return AttackOutcome(
+            epsilon_target=self.epsilon_target, noise_multiplier=float(sigma), sampling_probability=1.0 / n_train,
+            steps=self.attack_epochs * n_train, target_delta=self.target_delta, checkpoint=self.checkpoint,
+            n_excluded=int(result.n_excluded), image_shape=tuple(int(x) for x in result.image_shape),
+            ssim_variant=str(result.ssim_variant), connection=self.connection, bins=int(result.bins),
+            observations=self.observations, rows=rows, images=saved, seconds=time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Executors and the resumable store
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs tasks; reports each result in the calling process as soon as it is available.
+
+    ``map`` calls ``on_done(task, result)`` once per successful task, in completion order, from the thread that
+    called ``map`` (so the caller can write the store without locks). A failing task raises from ``map``; an
+    implementation that runs tasks in parallel lets the others finish (and reports them) before raising, so no
+    finished result is lost. Tasks and results are picklable.
+    """
+
+    def map(self, tasks: Sequence[Task], on_done: Callable[[Task, Any], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExecutor:
+    """Runs every task in this process, one after the other (the default; what CI uses)."""
+
+    def map(self, tasks: Sequence[Task], on_done: Callable[[Task, Any], None]) -> None:
+        for task in tasks:
+            on_done(task, task.run())
+
+    def close(self) -> None:
+        return None
+
+
+class TaskStore:
+    """Finished task results in ``DIR/tasks/<key>.json`` (task configuration and result), written atomically.
+
+    A result is reused only when the stored task configuration equals the task's (the key is a hash of it; the
+    comparison guards against collisions and hand edits).
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root) / "tasks"
+
+    def _path(self, task: Task) -> Path:
+        return self.root / f"{task.key()}.json"
+
+    def get(self, task: Task) -> Any | None:
+        path = self._path(task)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged entry is recomputed
+        if data.get("task") != task.identity():  # type: ignore[attr-defined]
+            return None
+        try:
+            return from_plain(task.result_type, data.get("result"))
+        except ConfigError:
+            return None
+
+    def put(self, task: Task, result: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(task)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        payload = {"kind": task.stage, "task": task.identity(), "result": encode(result)}  # type: ignore[attr-defined]
+        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _run_stage(name: str, tasks: Sequence[Task], store: TaskStore, executor: Executor,
+               progress: ProgressFn | None) -> tuple[dict[str, Any], StageTime]:
+    """Run the tasks not yet in the store; return every result by key and the stage's timing."""
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    pending = []
+    for task in tasks:
+        cached = store.get(task)
+        if cached is not None:
+            results[task.key()] = cached
+        else:
+            pending.append(task)
+    reused = len(results)
+    total = len(tasks)
+    if progress is not None:
+        progress(name, reused, total, f"{reused} reused from a previous run" if reused else "starting")
+
+    def on_done(task: Task, result: Any) -> None:
+        store.put(task, result)
+        results[task.key()] = result
+        if progress is not None:
+            secs = getattr(result, "seconds", float("nan"))
+            progress(name, len(results), total, f"{task.describe()} done in {secs:.1f} s")
+
+    if pending:
+        executor.map(pending, on_done)
+    missing = [t.describe() for t in tasks if t.key() not in results]
+    if missing:
+        raise ConfigError(f"the executor returned without results for {len(missing)} task(s): {missing[:3]}. "
+                          "Fix: re-run the same command; finished tasks are kept and not run again.")
+    return results, StageTime(name, time.perf_counter() - t0, len(pending), reused)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The profile
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _data_spec(config: ProfileConfig) -> DataSpec:
+    return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed)
+
+
+def plan_training(config: ProfileConfig, out_dir: str | os.PathLike) -> list[TrainTask]:
+    """The training tasks of a profile: every privacy level times every seed (non-private last)."""
+    data = _data_spec(config)
+    tasks = []
+    for eps in config.levels:
+        for i in range(config.seeds):
+            seed = config.seed + i
+            ckpt = Path("checkpoints") / f"{_eps_tag(eps)}-seed{seed}" / "model.pt"
+            tasks.append(TrainTask(
+                data=data, arch=config.arch, epsilon_target=eps, seed=seed, epochs=config.epochs,
+                batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
+                max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
+                target_delta=config.target_delta, checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve())))
+    return tasks
+
+
+def _environment() -> tuple[PackageVersion, ...]:
+    from importlib import metadata
+
+    out = []
+    for name in ("torch", "opacus", "numpy", "scipy", "scikit-image", "matplotlib", "reportlab"):
+        try:
+            out.append(PackageVersion(name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    return tuple(out)
+
+
+def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
+                progress: ProgressFn | None = None, render: bool = True) -> Profile:
+    """Run (or resume) a full profile and write ``DIR/profile.json`` and, with ``render``, ``DIR/report.pdf``.
+
+    Parameters
+    ----------
+    config:
+        The profile.
+    out_dir:
+        Folder for checkpoints, the task store, ``profile.json`` and ``report.pdf``. A folder holding a previous
+        (partial) run of the same configuration resumes it: finished tasks are not run again.
+    executor:
+        Where tasks run; :class:`InProcessExecutor` by default.
+    progress:
+        ``progress(stage, done, total, message)`` after each task (and at each stage's start).
+    render:
+        Also render the PDF.
+
+    Returns
+    -------
+    Profile
+        The frozen result, identical to what ``profile.json`` holds.
+    """
+    if not isinstance(config, ProfileConfig):
+        raise invalid("config", type(config).__name__, "a ProfileConfig")
+    from dpaudit import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = TaskStore(out)
+    executor = executor or InProcessExecutor()
+    stages: list[StageTime] = []
+
+    # Data once in the driver: sizes and metadata for the plan and the report (tasks load it themselves).
+    t0 = time.perf_counter()
+    splits = _data_spec(config).load()
+    n_train = len(splits.train)
+    if config.batch_size > n_train:
+        raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n_train})",
+                      "pass a smaller --batch-size", cls=DataError)
+    groups = getattr(splits.test, "groups", None) or {}
+    info = DatasetInfo(name=splits.name, n_train=n_train, n_val=len(splits.val), n_test=len(splits.test),
+                       image_shape=tuple(int(x) for x in splits.image_shape),
+                       label_names=tuple(str(x) for x in splits.label_names),
+                       subgroup_attributes=tuple(sorted(str(k) for k in groups)))
+    stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
+
+    # Stage 1: training (every level x seed).
+    train_tasks = plan_training(config, out)
+    train_res, st = _run_stage("train", train_tasks, store, executor, progress)
+    stages.append(st)
+    trains = tuple(train_res[t.key()] for t in train_tasks)
+    first = {t.epsilon_target: (t, train_res[t.key()]) for t in train_tasks if t.seed == config.seed}
+
+    # Stage 2: formal bounds of each trained configuration, and the curve against epsilon.
+    kappa_train = 1.0 / n_train
+    bound_tasks = []
+    for eps in config.epsilons:
+        r = first[eps][1]
+        bound_tasks.append(BoundsTask(eps, r.noise_multiplier, r.sampling_probability, r.steps, r.target_delta,
+                                      config.records_per_patient, kappa_train, config.kappas, True))
+    ref = first[config.epsilons[0]][1]
+    moderate = [e for e in config.epsilons if e < 1e4] or [20.0]
+    curve_eps = [e for e in CURVE_EPSILONS
+                 if min(moderate) / 4 <= e <= 4 * max(moderate) and e not in config.epsilons]
+    curve_tasks = [BoundsTask(e, None, ref.sampling_probability, ref.steps, ref.target_delta,
+                              config.records_per_patient, kappa_train, (), False) for e in curve_eps]
+    bounds_res, st = _run_stage("bounds", bound_tasks + curve_tasks, store, executor, progress)
+    stages.append(st)
+
+    # Stage 3: the realistic attack against each level's first-seed checkpoint.
+    attack_epochs = config.attack_epochs or config.epochs
+    attack_tasks = []
+    for eps in config.levels:
+        t, r = first[eps]
+        attack_tasks.append(AttackTask(
+            data=_data_spec(config), epsilon_target=eps, checkpoint=r.checkpoint, train_key=t.key(),
+            attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
+            decoders=config.decoders, connection=config.connection, bins=config.bins,
+            observations=config.observations, seed=config.seed, include_images=config.include_images,
+            out_dir=str(out.resolve())))
+    attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
+    stages.append(st)
+
+    if config.mia_audit:
+        raise ConfigError("mia_audit is not available yet in this version. Fix: leave out --mia-audit; the "
+                          "worst-case membership curve is always in the report.")
+
+    profile = Profile(
+        schema_version=SCHEMA_VERSION, dpaudit_version=__version__,
+        created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        command=config.command(str(out)), config=config, dataset=info, train=trains,
+        bounds=tuple(bounds_res[t.key()] for t in bound_tasks),
+        bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
+        attacks=tuple(attack_res[t.key()] for t in attack_tasks), mia_audits=(), stages=tuple(stages),
+        environment=_environment())
+    # profile.json is final before rendering, so `dpaudit report DIR/profile.json` reproduces DIR/report.pdf.
+    _write_atomic(out / "profile.json", dumps(profile))
+    if render:
+        from dpaudit.audit.report import render_report
+
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress("report", 0, 1, "rendering report.pdf")
+        render_report(profile, out / "report.pdf", base_dir=out)
+        if progress is not None:
+            progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
+    return profile
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+

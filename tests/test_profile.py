@@ -1,0 +1,191 @@
+"""The profile: configuration checks, the task store, resuming an interrupted profile, checkpoint reuse, the CLI.
+
+A tiny profile (smallcnn, 16x16 demo images, a few dozen images, one epoch) runs end to end in seconds; the
+numbers it produces are not checked for quality here (that is the job of the train, attack and bounds tests),
+only that they flow unchanged from the tasks into profile.json and the PDF, and that nothing is run twice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+from dpaudit.audit.profile import (
+    InProcessExecutor,
+    TaskStore,
+    plan_training,
+    run_profile,
+)
+from dpaudit.audit.profile_schema import Profile, ProfileConfig
+from dpaudit.cli.main import app
+from dpaudit.errors import ConfigError
+from pypdf import PdfReader
+from typer.testing import CliRunner
+
+TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
+            seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+class CountingExecutor(InProcessExecutor):
+    """Runs tasks in process, counts them by stage, and can simulate Ctrl-C after ``stop_after`` tasks."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.ran: list[str] = []
+        self.stop_after = stop_after
+
+    def map(self, tasks, on_done) -> None:
+        for task in tasks:
+            if self.stop_after is not None and len(self.ran) >= self.stop_after:
+                raise _Interrupt
+            self.ran.append(task.key())
+            on_done(task, task.run())
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(epsilons=(0.0, 8.0)), "epsilons"),
+    (dict(epsilons=(-1.0,)), "epsilons"),
+    (dict(epsilons=(float("inf"),)), "epsilons"),
+    (dict(epsilons=(8.0, 8.0)), "epsilons"),
+    (dict(epsilons=()), "epsilons"),
+    (dict(seeds=0), "seeds"),
+    (dict(kappas=(1.5,)), "kappa"),
+    (dict(decoders=("strongest",)), "decoders"),
+    (dict(connection="diagonal"), "connection"),
+    (dict(image_size=4), "image_size"),
+    (dict(records_per_patient=0), "records_per_patient"),
+])
+def test_config_rejects_bad_values(kwargs, field) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ProfileConfig(**kwargs)
+
+
+def test_config_sorts_epsilons_and_reproduces_its_command() -> None:
+    c = ProfileConfig(epsilons=(20, 1, 8, 1e9), kappas=(1e-3,))
+    assert c.epsilons == (1.0, 8.0, 20.0, 1e9)
+    assert c.levels == (1.0, 8.0, 20.0, 1e9, None)
+    cmd = c.command("runs/x")
+    assert "--epsilons 1,8,20,1e9" in cmd and "--kappa 0.001" in cmd and cmd.endswith("--out runs/x")
+    assert ProfileConfig.from_json(c.to_json()) == c
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epsilons", "0,8"], "epsilons must be finite numbers > 0"),
+    (["--epsilons", "8,abc"], "epsilons must be a comma-separated list"),
+    (["--seeds", "0"], "seeds must be an integer >= 1"),
+    (["--decoder", "best"], "decoder must be strong, paper or all"),
+    (["--kappa", "2"], "kappa must be in (0, 1)"),
+])
+def test_cli_profile_bad_inputs(tmp_path, args, message) -> None:
+    res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output.replace("\n", " ")
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "p" / "profile.json").exists()
+
+
+def test_tasks_are_picklable_and_keys_ignore_the_folder(tmp_path) -> None:
+    config = ProfileConfig(**TINY)
+    a = plan_training(config, tmp_path / "a")
+    b = plan_training(config, tmp_path / "b")
+    assert [t.key() for t in a] == [t.key() for t in b]  # a moved folder still resumes
+    assert len({t.key() for t in a}) == len(a) == 2
+    for t in a:
+        assert pickle.loads(pickle.dumps(t)) == t
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+    """Run the tiny profile, interrupt it after the first training task, then resume it."""
+    out = tmp_path_factory.mktemp("profile")
+    config = ProfileConfig(**TINY)
+    first = CountingExecutor(stop_after=1)
+    with pytest.raises(_Interrupt):
+        run_profile(config, out, executor=first, render=False)
+    assert len(first.ran) == 1 and not (out / "profile.json").exists()
+    second = CountingExecutor()
+    prof = run_profile(config, out, executor=second)
+    return out, config, first, second, prof
+
+
+def test_interrupted_profile_resumes_without_rerunning(interrupted_then_resumed) -> None:
+    out, _, first, second, prof = interrupted_then_resumed
+    assert first.ran[0] not in second.ran  # the finished epsilon-8 training was not run again
+    stages = {s.stage: s for s in prof.stages}
+    assert stages["train"].tasks_reused == 1 and stages["train"].tasks_run == 1
+    assert stages["attack"].tasks_run == 2
+    assert Profile.from_json((out / "profile.json").read_text()) == prof
+    # Every level has its training, bounds (private only) and attack.
+    levels = prof.levels()
+    assert [lv.epsilon_target for lv in levels] == [8.0, None]
+    assert levels[0].bounds is not None and levels[0].attack is not None and levels[1].attack is not None
+    t = levels[0].train[0]
+    assert t.epsilon is not None and t.epsilon <= 8.0  # achieved epsilon never above the target
+    assert levels[0].bounds.noise_multiplier == t.noise_multiplier  # bounds of the mechanism that ran
+    assert levels[0].bounds.kappa_train == pytest.approx(1 / prof.dataset.n_train)
+    assert (out / t.checkpoint).is_file()
+
+
+def test_finished_profile_reruns_nothing(interrupted_then_resumed) -> None:
+    out, config, _, _, prof = interrupted_then_resumed
+    third = CountingExecutor()
+    again = run_profile(config, out, executor=third, render=False)
+    assert third.ran == []
+    assert again.train == prof.train and again.bounds == prof.bounds and again.attacks == prof.attacks
+
+
+def test_report_of_a_real_profile_has_its_numbers(interrupted_then_resumed) -> None:
+    from dpaudit.audit import report_text as txt
+
+    out, _, _, _, prof = interrupted_then_resumed
+    text = "\n".join(p.extract_text() for p in PdfReader(out / "report.pdf").pages)
+    lv = prof.levels()[0]
+    assert txt.pct(lv.worst_case, direction="up") in text
+    assert txt.pct(lv.relaxed, direction="up") in text
+    assert txt.pct(lv.attack.strongest.success_rate) in text
+    assert f"{lv.train[0].noise_multiplier:.4g}" in text
+    # `dpaudit report` on the written profile.json reproduces the profile's own PDF byte for byte.
+    res = CliRunner().invoke(app, ["report", str(out / "profile.json"), "-o", str(out / "again.pdf")])
+    assert res.exit_code == 0, res.output
+    assert (out / "again.pdf").read_bytes() == (out / "report.pdf").read_bytes()
+
+
+def test_checkpoint_is_reused_when_the_store_entry_is_lost(interrupted_then_resumed, tmp_path) -> None:
+    import shutil
+
+    out, config, _, _, prof = interrupted_then_resumed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    task = plan_training(config, copy)[0]
+    (TaskStore(copy).root / f"{task.key()}.json").unlink()
+    outcome = task.run()
+    assert outcome.reused_checkpoint
+    assert outcome.utility == prof.train[0].utility and outcome.noise_multiplier == prof.train[0].noise_multiplier
+
+
+def test_cli_profile_json(tmp_path) -> None:
+    args = ["profile", "--out", str(tmp_path / "p"), "--dataset", "demo", "--image-size", "16", "--max-images",
+            "60", "--arch", "smallcnn", "--epsilons", "8", "--no-non-private", "--seeds", "1", "--epochs", "1",
+            "--batch-size", "8", "--attack-images", "4", "--attack-epochs", "1", "--decoder", "strong",
+            "--no-render", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [lv["epsilon_target"] for lv in data["levels"]] == [8.0]
+    lv = data["levels"][0]
+    assert 0 <= lv["relaxed"] <= lv["worst_case"] <= 1
+    assert lv["realistic"]["decoder"] == "strong"
+    assert Path(data["profile"]).is_file() and data["report"] is None
+    assert "train" in res.stderr and "attack" in res.stderr  # progress per stage on stderr
+
+
+def test_pdf_is_a_pdf(interrupted_then_resumed) -> None:
+    out = interrupted_then_resumed[0]
+    reader = PdfReader(io.BytesIO((out / "report.pdf").read_bytes()))
+    assert len(reader.pages) >= 8
