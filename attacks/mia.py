@@ -38,6 +38,7 @@ __all__ = [
     "bound_from_scores",
     "clopper_pearson",
     "epsilon_lower_bound",
+    "low_epsilon_caveat",
     "one_run_ceiling",
     "one_run_epsilon_lower_bound",
     "one_run_from_scores",
@@ -580,3 +581,38 @@ def one_run_from_scores(scores: Any, is_member: Any, *, delta: float = 0.0, conf
     bound = one_run_epsilon_lower_bound(b_idx.size, r, v, delta=delta, confidence=confidence)
     return OneRunScoreAudit(bound=bound, guesses_positive=kp, guesses_negative=kn, selection=selection,
                             tries=len(pairs_a), confidence=confidence)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# words for the report
+# ----------------------------------------------------------------------------------------------------------
+
+def low_epsilon_caveat(epsilon_lower_bound: float | None, accountant_epsilon: float | None, canaries: int | None,
+                       ceiling: float | None, confidence: float = 0.95) -> str:
+    """Plain-text paragraph: why a low empirical epsilon does not prove privacy, with the canaries' ceiling.
+
+    Any argument may be None (no audit was run, or the run was not private); the sentence adapts.
+    """
+    conf = f"{100 * confidence:g}%"
+    parts = []
+    if epsilon_lower_bound is not None:
+        parts.append(f"The canary audit shows, with {conf} confidence, that epsilon is at least "
+                     f"{epsilon_lower_bound:.2f} (an empirical lower bound).")
+    parts.append("An empirical epsilon is a lower bound for this attack, these canaries and this model; a low "
+                 "value does not prove that the model is private: a stronger attack, more vulnerable records or "
+                 "more canaries can reveal more.")
+    if canaries is not None and ceiling is not None:
+        parts.append(f"With {canaries} canaries this audit cannot certify an epsilon above {ceiling:.2f} at "
+                     f"{conf} confidence, whatever the model leaks.")
+        if epsilon_lower_bound is not None and epsilon_lower_bound >= 0.9 * ceiling:
+            parts.append("The lower bound is at that ceiling: more canaries are needed to see how much leaks.")
+    if accountant_epsilon is not None and math.isfinite(accountant_epsilon):
+        if epsilon_lower_bound is not None and epsilon_lower_bound > accountant_epsilon:
+            parts.append(f"The lower bound exceeds the accountant's epsilon ({accountant_epsilon:.2f}): the "
+                         "training does not meet its stated guarantee, or its accounting is wrong.")
+        else:
+            parts.append(f"Only the accountant's epsilon ({accountant_epsilon:.2f}, a sound upper bound) is a "
+                         "guarantee.")
+    else:
+        parts.append("Without DP accounting there is no upper bound on the leakage.")
+    return " ".join(parts)

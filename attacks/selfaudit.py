@@ -191,7 +191,7 @@ def gradient_canary_projections(config: SelfAuditConfig) -> tuple[np.ndarray, np
 
 def run_self_audit(config: SelfAuditConfig | None = None) -> SelfAuditResult:
     """Audit the DP-SGD step with a Dirac gradient canary; see the module docstring."""
-    from dpaudit.bounds.pld import epsilon_pld
+    from dpaudit.bounds import epsilon_pld
 
     config = config or SelfAuditConfig()
     t0 = time.perf_counter()

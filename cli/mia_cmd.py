@@ -133,6 +133,78 @@ def self_audit_cmd(
         raise typer.Exit(code=1)
 
 
+@mia_app.command("audit")
+@handle_errors
+def audit_cmd(
+    dataset: Annotated[str, typer.Option(help="demo (built in, synthetic), ham10000, a MedMNIST flag or "
+                                              "folder:PATH.")] = "demo",
+    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset files.")] = None,
+    image_size: Annotated[int, typer.Option(help="Images are resized to this many pixels square.")] = 32,
+    max_images: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
+    arch: Annotated[str, typer.Option(help="Architecture: resnet9 (GroupNorm) or smallcnn.")] = "smallcnn",
+    width: Annotated[int | None, typer.Option(help="Channel width of the architecture.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sigma calibrated, tight PLD).")] = None,
+    sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
+    non_private: Annotated[bool, typer.Option(help="Audit a model trained without DP.")] = False,
+    delta: Annotated[float | None, typer.Option(help="target_delta; default as dpaudit train.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Logical (expected) batch size; q = batch / N.")] = 64,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="NAdam learning rate.")] = 2e-3,
+    canaries: Annotated[int, typer.Option(help="m: mislabelled canaries, each trained on with probability "
+                                               "1/2.")] = 200,
+    score: Annotated[str, typer.Option(help="loss, or reference (minus a canary-free reference model's loss; "
+                                            "a second training run).")] = "loss",
+    selection: Annotated[str, typer.Option(help="bonferroni (correct for the tried guess counts) or split "
+                                                "(choose on half the canaries).")] = "bonferroni",
+    confidence: ConfidenceOpt = 0.95,
+    seed: Annotated[int, typer.Option(help="Seeds training, canaries and coin flips.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: idle cores).")] = None,
+    out_file: Annotated[str | None, typer.Option("--out", help="Also write the JSON object to this file.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Canary membership audit of one DP-SGD training run: empirical lower bound next to the accountant's epsilon."""
+    import json as json_mod
+    from pathlib import Path
+
+    from dpaudit.attacks.canary import CanaryAuditConfig, run_canary_audit
+    from dpaudit.audit.train import TrainConfig
+    from dpaudit.cli._common import _jsonable, err
+
+    tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
+                     arch_args={} if width is None else {"width": width}, epsilon=epsilon, noise_multiplier=sigma,
+                     non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
+                     max_grad_norm=max_grad_norm, lr=lr, seed=seed, threads=threads)
+    cfg = CanaryAuditConfig(train=tc, canaries=canaries, score=score, confidence=confidence,  # type: ignore[arg-type]
+                            selection=selection, seed=seed)  # type: ignore[arg-type]
+
+    def progress(done: int, total: int, text: str) -> None:
+        err.print(f"  {done}/{total} steps: {text}")
+
+    res = run_canary_audit(cfg, progress=progress)
+    payload = res.to_dict()
+    if out_file is not None:
+        Path(out_file).write_text(json_mod.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+    if json:
+        emit_json(payload)
+        return
+    if res.accountant_epsilon is not None:
+        out.print(f"accountant epsilon  = {_fmt(res.accountant_epsilon)}  (sound upper bound, tight PLD; RDP "
+                  f"{_fmt(res.epsilon_rdp or float('nan'))}) at delta {res.target_delta:.3g}")
+    else:
+        out.print("accountant epsilon  = none (trained without DP: no upper bound)")
+    b = res.one_run.bound
+    out.print(f"empirical epsilon  >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
+              f"{confidence:g}; {b.correct} of {b.guesses} guesses right on {res.canaries} canaries, "
+              f"{res.members} trained on)")
+    out.print(f"ceiling: this audit could certify at most epsilon {_fmt(res.ceiling)}")
+    for t in res.tpr_at_fpr:
+        out.print(f"  TPR at FPR <= {t.fpr_target:g}: {t.tpr:.3f} [{t.tpr_low:.3f}, {t.tpr_high:.3f}] "
+                  f"({t.true_positives}/{t.positives}; FPR {t.false_positives}/{t.negatives}) (empirical)")
+    out.print(f"  AUC {res.auc:.3f} (empirical); test MCC {res.train.metrics.mcc:.3f} (empirical)")
+    out.print(res.caveat())
+
+
 def register(app: typer.Typer) -> None:
     """Add ``dpaudit mia ...`` to the app."""
     app.add_typer(mia_app, name="mia")

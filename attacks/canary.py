@@ -1,0 +1,352 @@
+"""Canary membership audit of one DP-SGD training run (``dpaudit mia audit``).
+
+m canaries (training images given a wrong label, so that only memorisation explains a low loss on them) are
+each put into the training set by an independent fair coin flip; the model is trained once with the DP
+configuration under audit (:func:`dpaudit.audit.train.train`, the same code as ``dpaudit train``); each canary is
+scored by the trained model's loss (optionally minus a reference model's loss, in the spirit of RMIA: Zarifzadeh,
+Liu, Chang, Shokri, "Low-Cost High-Power Membership Inference Attacks", ICML 2024, arXiv 2312.03262); and the
+one-run theorem of Steinke, Nasr, Jagielski (NeurIPS 2023, arXiv 2305.08846v1, Theorem 3) turns the guesses into an
+**empirical lower bound** on epsilon, reported next to the accountant's **sound upper bound**.
+
+Soundness notes
+---------------
+* The guess counts are chosen with a Bonferroni correction over the tried counts (default) or on a held-out half
+  of the canaries; never by looking at the same coin flips that are counted.
+* The reference model is trained on the non-canary images only, so it is independent of the coin flips.
+* The training set size varies with the coin flips (about m/2 +- sqrt(m)/2 canaries join); the accountant's
+  epsilon is the one of the run that actually happened (its q = batch / N).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from dpaudit.attacks.mia import (
+    OneRunScoreAudit,
+    Selection,
+    _cp_limits,
+    low_epsilon_caveat,
+    one_run_ceiling,
+    one_run_from_scores,
+)
+from dpaudit.errors import ConfigError, check_int, check_probability, invalid
+
+__all__ = ["CanaryAuditConfig", "CanaryAuditResult", "TprAtFpr", "canary_scores", "run_canary_audit"]
+
+Score = Literal["loss", "reference"]
+#: FPRs at which the empirical TPR is reported.
+DEFAULT_FPRS = (0.001, 0.01, 0.1)
+
+
+@dataclass(frozen=True)
+class CanaryAuditConfig:
+    """One canary audit.
+
+    Attributes
+    ----------
+    train:
+        The DP training configuration under audit (a :class:`dpaudit.audit.train.TrainConfig`); its ``out`` is
+        ignored (the audit's models go to a temporary folder).
+    canaries:
+        m, canaries drawn from the training split; each joins training with probability 1/2.
+    score:
+        ``"loss"``: minus the canary's cross-entropy under the trained model. ``"reference"``: minus the
+        difference to a reference model trained without any canary (costs a second training run).
+    confidence:
+        Probability that the lower bound holds.
+    selection:
+        How the number of guesses is chosen: ``"bonferroni"`` or ``"split"`` (see
+        :func:`dpaudit.attacks.mia.one_run_from_scores`).
+    fprs:
+        FPRs at which the empirical TPR (with Clopper-Pearson intervals) is reported.
+    seed:
+        Seeds the canary choice, their labels and the coin flips.
+    """
+
+    train: Any
+    canaries: int = 200
+    score: Score = "loss"
+    confidence: float = 0.95
+    selection: Selection = "bonferroni"
+    fprs: tuple[float, ...] = DEFAULT_FPRS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from dpaudit.audit.train import TrainConfig
+
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, got {type(self.train).__name__}.")
+        object.__setattr__(self, "canaries", check_int(
+            "canaries", self.canaries, minimum=4, fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
+        if self.score not in ("loss", "reference"):
+            raise invalid("score", self.score, "'loss' or 'reference'")
+        object.__setattr__(self, "confidence", check_probability(
+            "confidence", self.confidence, fix="pass a confidence in (0, 1), e.g. 0.95"))
+        if self.selection not in ("bonferroni", "split"):
+            raise invalid("selection", self.selection, "'bonferroni' or 'split'")
+        object.__setattr__(self, "fprs", tuple(check_probability("fprs", f) for f in self.fprs))
+        check_int("seed", self.seed, minimum=0)
+
+
+@dataclass(frozen=True)
+class TprAtFpr:
+    """Empirical TPR of the canary test at a threshold set on the non-member canaries' scores.
+
+    ``tpr_low`` / ``tpr_high``: two-sided Clopper-Pearson interval at the audit's confidence; ``fpr_high``:
+    one-sided upper limit of the FPR. The threshold is read off the non-members, so the intervals are nominal.
+    """
+
+    fpr_target: float
+    threshold: float
+    true_positives: int
+    positives: int
+    false_positives: int
+    negatives: int
+    tpr: float
+    tpr_low: float
+    tpr_high: float
+    fpr: float
+    fpr_high: float
+    label: str = "empirical"
+
+
+@dataclass(frozen=True)
+class CanaryAuditResult:
+    """Outcome of a canary audit.
+
+    Attributes
+    ----------
+    one_run:
+        The empirical lower bound (one-run theorem) with the guesses that produced it.
+    accountant_epsilon:
+        Sound upper bound: tight PLD epsilon of the training run at ``target_delta`` (None: not private).
+    epsilon_rdp:
+        The looser RDP upper bound Opacus would report.
+    ceiling:
+        The largest lower bound this design (m canaries, this confidence and selection) could ever report.
+    tpr_at_fpr, roc, auc:
+        Empirical ROC of the canary scores (members vs non-members), for information; not bounds.
+    members:
+        How many canaries the coin flips put into training.
+    train:
+        The training run's result (a :class:`dpaudit.audit.train.TrainResult`).
+    """
+
+    config: CanaryAuditConfig
+    one_run: OneRunScoreAudit
+    accountant_epsilon: float | None
+    epsilon_rdp: float | None
+    epsilon_target: float | None
+    target_delta: float
+    ceiling: float
+    members: int
+    tpr_at_fpr: tuple[TprAtFpr, ...]
+    roc: tuple[tuple[float, float], ...]
+    auc: float
+    train: Any
+    seconds: float
+    reference_seconds: float | None = None
+    labels: dict[str, str] = field(default_factory=lambda: {
+        "epsilon_lower_bound": "empirical lower bound (one-run canary audit)",
+        "accountant_epsilon": "sound upper bound (tight PLD accountant)",
+        "epsilon_rdp": "sound upper bound (RDP, looser)",
+        "tpr_at_fpr": "empirical", "auc": "empirical"})
+
+    @property
+    def epsilon_lower_bound(self) -> float:
+        return self.one_run.epsilon_lower_bound
+
+    @property
+    def canaries(self) -> int:
+        return self.config.canaries
+
+    @property
+    def confidence(self) -> float:
+        return self.config.confidence
+
+    @property
+    def method(self) -> str:
+        score = "loss" if self.config.score == "loss" else "loss minus reference-model loss"
+        sel = (f"Bonferroni over {self.one_run.tries} guess counts" if self.one_run.selection == "bonferroni"
+               else "guess count chosen on a held-out half")
+        return f"one-run audit (Steinke et al. 2023), mislabelled canaries, {score} score, {sel}"
+
+    def caveat(self) -> str:
+        """Why a low empirical epsilon does not prove privacy (plain text)."""
+        return low_epsilon_caveat(self.epsilon_lower_bound, self.accountant_epsilon, self.canaries, self.ceiling,
+                                  self.confidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epsilon_lower_bound": self.epsilon_lower_bound,
+            "accountant_epsilon": self.accountant_epsilon,
+            "epsilon_rdp": self.epsilon_rdp,
+            "epsilon_target": self.epsilon_target,
+            "target_delta": self.target_delta,
+            "confidence": self.confidence,
+            "canaries": self.canaries,
+            "members": self.members,
+            "ceiling": self.ceiling,
+            "guesses": self.one_run.bound.guesses,
+            "correct": self.one_run.bound.correct,
+            "guesses_positive": self.one_run.guesses_positive,
+            "guesses_negative": self.one_run.guesses_negative,
+            "selection": self.one_run.selection,
+            "tries": self.one_run.tries,
+            "p_value": self.one_run.bound.p_value,
+            "method": self.method,
+            "score": self.config.score,
+            "tpr_at_fpr": [vars(t) for t in self.tpr_at_fpr],
+            "auc": self.auc,
+            "roc": [list(p) for p in self.roc],
+            "noise_multiplier": self.train.noise_multiplier,
+            "sampling_probability": self.train.sampling_probability,
+            "steps": self.train.steps,
+            "test_mcc": self.train.metrics.mcc,
+            "seconds": self.seconds,
+            "caveat": self.caveat(),
+            "labels": dict(self.labels),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pieces
+# ----------------------------------------------------------------------------------------------------------
+
+def _wrong_labels(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random label different from the true one (mislabelled canaries)."""
+    if num_classes < 2:
+        raise invalid("num_classes", num_classes, "at least 2 for mislabelled canaries")
+    shift = rng.integers(1, num_classes, size=labels.size)
+    return (labels + shift) % num_classes
+
+
+@torch.no_grad()
+def canary_scores(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                  mean: tuple[float, ...], std: tuple[float, ...], batch_size: int = 256) -> np.ndarray:
+    """Per-image cross-entropy loss of ``model`` (eval mode) on normalised ``images`` with ``labels``."""
+    model.eval()
+    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size] - m) / s
+        logits = model(x)
+        out.append(torch.nn.functional.cross_entropy(logits, labels[i:i + batch_size], reduction="none"))
+    return torch.cat(out).double().numpy()
+
+
+def _roc(scores: np.ndarray, member: np.ndarray, points: int = 201) -> tuple[tuple[tuple[float, float], ...], float]:
+    """Empirical ROC (flag 'member' when score >= t) at up to ``points`` thresholds, and the AUC (Mann-Whitney)."""
+    pos, neg = scores[member], scores[~member]
+    thr = np.unique(scores)[::-1]
+    tpr = np.concatenate([[0.0], [np.mean(pos >= t) for t in thr]])
+    fpr = np.concatenate([[0.0], [np.mean(neg >= t) for t in thr]])
+    idx = np.unique(np.linspace(0, tpr.size - 1, min(points, tpr.size)).round().astype(int))
+    # AUC = P[score of a member > score of a non-member] + ties / 2
+    diff = pos[:, None] - neg[None, :]
+    auc = float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+    return tuple((float(fpr[i]), float(tpr[i])) for i in idx), auc
+
+
+def _tpr_at_fpr(scores: np.ndarray, member: np.ndarray, fprs: tuple[float, ...], confidence: float
+                ) -> tuple[TprAtFpr, ...]:
+    pos, neg = scores[member], scores[~member]
+    neg_desc = np.sort(neg)[::-1]
+    level = 1.0 - (1.0 - confidence) / 2.0
+    rows = []
+    for f in fprs:
+        k = math.floor(f * neg.size)  # at most k false positives
+        thr = float(neg_desc[k]) if k < neg.size else -math.inf
+        tp, fp = int(np.sum(pos > thr)), int(np.sum(neg > thr))
+        lo, hi = _cp_limits(np.array([tp]), pos.size, level)
+        _, fhi = _cp_limits(np.array([fp]), neg.size, confidence)
+        rows.append(TprAtFpr(fpr_target=f, threshold=thr, true_positives=tp, positives=int(pos.size),
+                             false_positives=fp, negatives=int(neg.size), tpr=tp / pos.size,
+                             tpr_low=float(lo[0]), tpr_high=float(hi[0]), fpr=fp / neg.size,
+                             fpr_high=float(fhi[0])))
+    return tuple(rows)
+
+
+def _train_and_load(cfg: Any, splits: Any, workdir: str, progress: Callable[[int, int, str], None] | None
+                    ) -> tuple[Any, torch.nn.Module]:
+    from dpaudit.audit.train import train
+    from dpaudit.checkpoint import load_checkpoint
+
+    result = train(replace(cfg, out=workdir, seeds=1), splits=splits, progress=progress)
+    return result, load_checkpoint(result.checkpoint).build_model()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the audit
+# ----------------------------------------------------------------------------------------------------------
+
+def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
+                     progress: Callable[[int, int, str], None] | None = None) -> CanaryAuditResult:
+    """Coin-flip canaries into training, train once, score, and bound epsilon from below.
+
+    Parameters
+    ----------
+    config:
+        The audit; ``config.train`` is the DP configuration.
+    splits:
+        Pre-built :class:`dpaudit.data.DatasetSplits`; loaded from ``config.train`` when None.
+    progress:
+        Passed to the training run(s).
+    """
+    from dpaudit.data import DatasetSplits, load_splits
+
+    t0 = time.perf_counter()
+    tc = config.train
+    if splits is None:
+        splits = load_splits(tc.dataset, data_dir=tc.data_dir, image_size=tc.image_size, seed=tc.seed,
+                             max_images=tc.max_images)
+    n = len(splits.train)
+    m = config.canaries
+    if m >= n:
+        raise invalid("canaries", m, f"fewer than the training images ({n})", "pass a smaller --canaries")
+    rng = np.random.default_rng([config.seed, 0x6D6961])
+    perm = rng.permutation(n)
+    pool, base_idx = np.sort(perm[:m]), np.sort(perm[m:])
+    canary_ds = splits.train.subset(pool, name="canaries")
+    labels = _wrong_labels(canary_ds.labels.numpy(), splits.num_classes, rng)
+    canary_ds = type(canary_ds)(canary_ds.images, torch.from_numpy(labels).long(), canary_ds.label_names,
+                                canary_ds.groups, canary_ds.patient_ids, "canaries")
+    member = rng.random(m) < 0.5  # the coin flips (Steinke et al. 2023, section 2: S uniform on {-1, +1}^m)
+    base = splits.train.subset(base_idx)
+    train_ds = base.concat(canary_ds.subset(np.flatnonzero(member)), name=splits.train.name)
+    audit_splits = DatasetSplits(train_ds, splits.val, splits.test, splits.name, splits.mean, splits.std)
+
+    with tempfile.TemporaryDirectory(prefix="dpaudit-mia-") as tmp:
+        result, model = _train_and_load(tc, audit_splits, tmp + "/target", progress)
+        loss = canary_scores(model, canary_ds.images, canary_ds.labels, mean=splits.mean, std=splits.std)
+        scores = -loss
+        ref_seconds = None
+        if config.score == "reference":
+            t_ref = time.perf_counter()
+            ref_splits = DatasetSplits(base, splits.val, splits.test, splits.name, splits.mean, splits.std)
+            _, ref_model = _train_and_load(tc, ref_splits, tmp + "/reference", progress)
+            ref_loss = canary_scores(ref_model, canary_ds.images, canary_ds.labels, mean=splits.mean,
+                                     std=splits.std)
+            scores = ref_loss - loss  # log p_target(y|x) - log p_reference(y|x)
+            ref_seconds = time.perf_counter() - t_ref
+
+    delta = float(result.target_delta)
+    audit = one_run_from_scores(scores, member, delta=delta, confidence=config.confidence,
+                                selection=config.selection, seed=config.seed)
+    # The most this design can certify: all evaluated canaries guessed right, at the level actually used.
+    level = 1.0 - (1.0 - config.confidence) / audit.tries if audit.selection == "bonferroni" else config.confidence
+    ceiling = one_run_ceiling(audit.bound.canaries, delta=delta, confidence=level)
+    roc, auc = _roc(scores, member)
+    return CanaryAuditResult(
+        config=config, one_run=audit, accountant_epsilon=result.epsilon_achieved, epsilon_rdp=result.epsilon_rdp,
+        epsilon_target=result.epsilon_target, target_delta=delta, ceiling=ceiling, members=int(member.sum()),
+        tpr_at_fpr=_tpr_at_fpr(scores, member, config.fprs, config.confidence), roc=roc, auc=auc, train=result,
+        seconds=time.perf_counter() - t0, reference_seconds=ref_seconds)
