@@ -5,8 +5,31 @@ calibration for a target epsilon, ReRo bounds for the worst-case and relaxed thr
 curves, and the noise calibration for a target ReRo bound.
 """
 
-from dpaudit.bounds.calibrate import noise_for_epsilon
+from dpaudit.bounds.calibrate import Calibration, calibrate_noise, max_steps, noise_for_epsilon
+from dpaudit.bounds.mia import FPR_GRID, MiaCurve, mia_curve
 from dpaudit.bounds.pld import epsilon_pld
 from dpaudit.bounds.rdp import epsilon_rdp
+from dpaudit.bounds.rero import (
+    ReRoBound,
+    clt_mu,
+    gaussian_gamma,
+    relaxed_gaussian_gamma,
+    rero_bound,
+)
 
-__all__ = ["epsilon_pld", "epsilon_rdp", "noise_for_epsilon"]
+__all__ = [
+    "FPR_GRID",
+    "Calibration",
+    "MiaCurve",
+    "ReRoBound",
+    "calibrate_noise",
+    "clt_mu",
+    "epsilon_pld",
+    "epsilon_rdp",
+    "gaussian_gamma",
+    "max_steps",
+    "mia_curve",
+    "noise_for_epsilon",
+    "relaxed_gaussian_gamma",
+    "rero_bound",
+]

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from dpaudit.bounds._mechanism import StepPair, check_delta, check_q, check_steps
-from dpaudit.bounds.pld import composed_pld, initial_h
+import numpy as np
+from dpaudit.bounds._mechanism import (
+    StepPair,
+    check_delta,
+    check_kappa,
+    check_q,
+    check_records_per_patient,
+    check_steps,
+    check_threat_model,
+)
+from dpaudit.bounds.pld import composed_pld, epsilon_pld, epsilon_pld_refined, initial_h
 from dpaudit.bounds.rdp import epsilon_rdp
-from dpaudit.errors import NumericalError, check_positive, invalid
+from dpaudit.bounds.rero import tight_gamma
+from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
 from scipy import optimize, special
 
 ACCOUNTANTS = ("pld", "rdp")
@@ -162,3 +173,122 @@ def _epsilon_pld_fixed_grid(pair: StepPair, steps: int, delta: float,
     relative above the converged value), without refinement."""
     h = 2 * initial_h(pair, steps)
     return max(composed_pld(pair, steps, h, d).epsilon(delta) for d in directions)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The smallest noise multiplier whose ReRo bound stays at or below ``max_rero``.
+
+    Attributes
+    ----------
+    noise_multiplier:
+        sigma at the safe end of the bracket (its bound ``achieved_rero`` <= ``max_rero``).
+    achieved_rero:
+        The tight (sound upper bound) gamma at that sigma.
+    epsilon:
+        Tight PLD epsilon of that sigma at ``target_delta``.
+    """
+
+    noise_multiplier: float
+    max_rero: float
+    achieved_rero: float
+    epsilon: float
+    threat_model: str
+    sampling_probability: float
+    steps: int
+    kappa: float
+    target_delta: float
+    records_per_patient: int = 1
+    label: str = "sound upper bound"
+
+    def __post_init__(self) -> None:
+        if self.achieved_rero > self.max_rero:
+            raise NumericalError(f"calibration overshoots: {self.achieved_rero} > {self.max_rero}")
+
+
+def _gamma_at(sigma: float, q: float, steps: int, kappa: float, threat_model: str, k: int) -> float:
+    pair = StepPair(sigma, q, k, threat_model)
+    return float(tight_gamma(pair, steps, np.array([kappa])).value[0])
+
+
+def calibrate_noise(max_rero: float, sampling_probability: float, steps: int, kappa: float, *,
+                    threat_model: str = "worst_case", target_delta: float = 1e-5, records_per_patient: int = 1,
+                    rtol: float = 1e-3) -> Calibration:
+    """The smallest sigma whose tight ReRo bound at ``kappa`` is at most ``max_rero``.
+
+    Bisection-like search in log sigma (regula falsi on log gamma) with a bracket of relative width ``rtol``;
+    returns the safe end. Each trial uses the tight route (a sound upper bound), so the returned sigma meets the
+    target by the same computation that is reported.
+
+    Parameters
+    ----------
+    max_rero:
+        Target bound in (kappa, 1): the reconstruction success probability you accept.
+    sampling_probability, steps, kappa:
+        q, T and the prior.
+    threat_model:
+        ``"worst_case"`` or ``"relaxed"``.
+    target_delta:
+        delta for the epsilon reported alongside (the bound itself does not depend on it).
+    records_per_patient:
+        k images per patient.
+    """
+    q = check_q(sampling_probability)
+    steps = check_steps(steps)
+    kappa_v = float(check_kappa(kappa)[0])
+    threat_model = check_threat_model(threat_model)
+    delta = check_delta(target_delta)
+    k = check_records_per_patient(records_per_patient)
+    max_rero = check_probability("max_rero", max_rero, fix="pass the largest acceptable success probability, "
+                                                           "e.g. --max-rero 0.05")
+    if max_rero <= kappa_v:
+        raise invalid("max_rero", max_rero, f"above kappa = {kappa_v:g} (no mechanism beats a blind guess)",
+                      "pass a larger --max-rero or a smaller --kappa")
+
+    def score(sigma: float) -> float:
+        return math.log(_gamma_at(sigma, q, steps, kappa_v, threat_model, k) / max_rero)
+
+    guess = _clt_guess(max_rero, q, steps, kappa_v)
+    sigma = safe_smallest(lambda s: score(s) <= 0, guess, rtol=rtol, score=score)
+    achieved = _gamma_at(sigma, q, steps, kappa_v, threat_model, k)
+    eps = epsilon_pld(sigma, q, steps, delta) if k == 1 else float(
+        epsilon_pld_refined(StepPair(sigma, q, k), steps, delta).value[0])
+    return Calibration(noise_multiplier=sigma, max_rero=max_rero, achieved_rero=achieved, epsilon=eps,
+                       threat_model=threat_model, sampling_probability=q, steps=steps, kappa=kappa_v,
+                       target_delta=delta, records_per_patient=k)
+
+
+def _clt_guess(max_rero: float, q: float, steps: int, kappa: float) -> float:
+    """Starting sigma from the CLT: mu = Phi^{-1}(gamma) - Phi^{-1}(kappa), sigma from mu = q sqrt(T(e^{1/s^2}-1))."""
+    mu = float(special.ndtri(max_rero) - special.ndtri(kappa))
+    ratio = mu * mu / (q * q * steps)
+    return 1.0 / math.sqrt(math.log1p(ratio)) if ratio > 0 else 1.0
+
+
+def max_steps(max_rero: float, noise_multiplier: float, sampling_probability: float, kappa: float, *,
+              threat_model: str = "worst_case", upper: int = 10**7) -> int:
+    """The largest T whose tight ReRo bound at ``kappa`` stays at or below ``max_rero`` (0 if even T = 1 fails).
+
+    Bisection on integers; the bound is non-decreasing in T (composition), so the answer is exact for the
+    computed bound.
+    """
+    kappa_v = float(check_kappa(kappa)[0])
+    threat_model = check_threat_model(threat_model)
+
+    def ok(t: int) -> bool:
+        return _gamma_at(noise_multiplier, sampling_probability, t, kappa_v, threat_model, 1) <= max_rero
+
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= upper and ok(hi):
+        lo, hi = hi, hi * 2
+    if hi > upper:
+        return upper
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -111,6 +111,35 @@ class DiscretePld:
 
     # -- Neyman-Pearson --------------------------------------------------------------------------------------------
 
+    def read_depth(self, alpha: np.ndarray) -> np.ndarray:
+        """The loss of the atom at which the Neyman-Pearson step for each alpha stops (how deep it reads)."""
+        alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
+        m = self.masses[::-1]
+        losses = self.losses[::-1]
+        pos = m > 0
+        p_mass = np.zeros_like(m)
+        with np.errstate(over="ignore"):
+            p_mass[pos] = np.exp(np.log(m[pos]) - losses[pos])
+        j = np.searchsorted(np.cumsum(p_mass), alpha, side="left")
+        return losses[np.minimum(j, m.size - 1)]
+
+    def dual_power(self, alpha: np.ndarray) -> np.ndarray:
+        """Power of the *swapped* pair from this PLD's hockey-stick curve (the dual route).
+
+        If this is the add-direction PLD of (P, Q), i.e. of the pair (Q, P), then for the original pair
+        f(alpha) >= sup_eps e^{-eps} (1 - delta_add(eps) - alpha) (the trade-off / hockey-stick duality, e.g.
+        Dong, Roth, Su 2022, arXiv 1905.02383v3, Proposition 2.12), and power = 1 - f. The sup over this PLD's
+        grid points is exact for it (the expression is monotone between atoms). Reads this PLD from the top only.
+        """
+        alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
+        eps, d = self.deltas_on_grid()
+        keep = eps < 700
+        eps, d = eps[keep], d[keep]
+        w = np.exp(-eps)
+        base = w * (1.0 - d)
+        best = np.array([np.max(base - w * a) for a in alpha])
+        return np.clip(1.0 - np.maximum(best, 0.0), 0.0, 1.0)
+
     def power(self, alpha: np.ndarray) -> np.ndarray:
         """max { Q(E) : P(E) <= alpha } for each alpha: the exact Neyman-Pearson step (randomised on the boundary
         atom) over atoms sorted by decreasing loss. Reads the atoms from the top only as far as alpha needs."""
@@ -159,7 +188,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, steps: int) -> DiscreteP
         a, b = xb[:-1], xb[1:]
         p_int, q_int = pair.masses(a, b)
         p_top, q_top = pair.masses(xb[-1:], np.array([math.inf]))
-        p_bot, q_bot = pair.masses(np.array([pair.lower]), xb[:1])
+        _, q_bot = pair.masses(np.array([pair.lower]), xb[:1])
         # Below i_lo the loss is < lo only when lo came from a cut; that mass moves up to the first grid point.
         q_below = float(q_bot[0])
     else:

@@ -1,0 +1,86 @@
+"""Membership inference from the same trade-off curve: advantage, TPR at fixed FPR, and the full ROC.
+
+A membership test with null "target absent" and false-positive rate alpha has true-positive rate at most
+1 - f(alpha) = gamma(alpha) (the ReRo curve at kappa = alpha); its advantage TPR - FPR is at most
+max_alpha (1 - f(alpha) - alpha) = delta(0), the total-variation distance. All numbers are sound upper bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from dpaudit.bounds._mechanism import StepPair, check_records_per_patient, check_steps, check_threat_model
+from dpaudit.bounds.pld import composed_pld
+from dpaudit.bounds.rero import tight_gamma
+
+#: FPRs at which TPR is reported (the CLI's and the report's table).
+FPR_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
+
+
+@dataclass(frozen=True, eq=False)
+class MiaCurve:
+    """Upper bounds on any membership-inference test's performance against this DP-SGD run.
+
+    Attributes
+    ----------
+    advantage:
+        max (TPR - FPR) = delta(0) of the composed mechanism.
+    fpr, tpr:
+        TPR bound at each FPR of ``FPR_GRID``.
+    roc_fpr, roc_tpr:
+        The full ROC bound on a log grid of FPR from 1e-8 to 1.
+    label:
+        ``"sound upper bound"``.
+    """
+
+    advantage: float
+    fpr: np.ndarray
+    tpr: np.ndarray
+    roc_fpr: np.ndarray
+    roc_tpr: np.ndarray
+    threat_model: str = "worst_case"
+    records_per_patient: int = 1
+    label: str = "sound upper bound"
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name in ("fpr", "tpr", "roc_fpr", "roc_tpr"):
+            arr = np.array(getattr(self, name), dtype=float)
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    @property
+    def tpr_at_fpr(self) -> list[tuple[float, float]]:
+        return list(zip(self.fpr.tolist(), self.tpr.tolist(), strict=True))
+
+
+def mia_curve(noise_multiplier: float, sampling_probability: float, steps: int, *, records_per_patient: int = 1,
+              threat_model: str = "worst_case", roc_points: int = 161) -> MiaCurve:
+    """Membership-inference bounds for DP-SGD from the tight (pessimistic PLD) trade-off curve.
+
+    Parameters
+    ----------
+    noise_multiplier, sampling_probability, steps:
+        The DP-SGD run (sigma > 0, q in (0, 1], T >= 1).
+    records_per_patient:
+        k images per patient (patient-level membership).
+    threat_model:
+        ``"worst_case"`` (default) or ``"relaxed"``.
+    roc_points:
+        Points of the ROC's log-spaced FPR grid in [1e-8, 1].
+    """
+    pair = StepPair(noise_multiplier, sampling_probability, check_records_per_patient(records_per_patient),
+                    check_threat_model(threat_model))
+    steps = check_steps(steps)
+    fpr = np.array(FPR_GRID)
+    roc_fpr = np.concatenate([np.geomspace(1e-8, 0.999, roc_points - 1)])
+    grid = np.concatenate([fpr, roc_fpr])
+    refined = tight_gamma(pair, steps, grid)
+    tpr = refined.value[: fpr.size]
+    roc_tpr = np.maximum.accumulate(refined.value[fpr.size:])
+    advantage = composed_pld(pair, steps, refined.h, "remove").delta(0.0)
+    roc_fpr = np.append(roc_fpr, 1.0)
+    roc_tpr = np.append(roc_tpr, 1.0)
+    return MiaCurve(advantage=float(min(advantage, 1.0)), fpr=fpr, tpr=tpr, roc_fpr=roc_fpr, roc_tpr=roc_tpr,
+                    threat_model=pair.threat_model, records_per_patient=pair.records_per_patient)
