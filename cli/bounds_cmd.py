@@ -1,9 +1,216 @@
-"""`dpaudit bounds` (being built)."""
+"""`dpaudit bounds` and `dpaudit calibrate`: ReRo bounds, epsilon and membership-inference bounds of a DP-SGD run.
+
+The command only parses, calls :mod:`dpaudit.bounds`, and renders; matplotlib is imported only for ``--plot``.
+"""
 
 from __future__ import annotations
 
+import csv
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.errors import check_int, invalid
+
+
+class MethodChoice(StrEnum):
+    tight = "tight"
+    edgeworth = "edgeworth"
+    clt = "clt"
+    mc = "mc"
+
+
+class ThreatModelChoice(StrEnum):
+    worst_case = "worst-case"
+    relaxed = "relaxed"
+
+
+def _fmt_pct(g: float) -> str:
+    if g != g:
+        return "n/a"
+    return f"{100 * g:.1f}%" if g >= 0.01 else f"{100 * g:.3g}%"
+
+
+def _fmt_eps(e: float) -> str:
+    if not math.isfinite(e):
+        return "inf"
+    return f"{e:.2f}" if e >= 1 else f"{e:.4g}"
+
+
+def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | None) -> list[float]:
+    values = list(kappa or [])
+    if n_candidates is not None:
+        values.append(1.0 / check_int("n_candidates", n_candidates, minimum=2,
+                                      fix="pass the number of equally likely candidates, e.g. --n-candidates 1000"))
+    if n_train is not None:
+        values.append(1.0 / check_int("n_train", n_train, minimum=2,
+                                      fix="pass the number of training images, e.g. --n-train 10000"))
+    if not values:
+        raise invalid("kappa", None, "given", "pass --kappa K (repeatable), --n-candidates N or --n-train N")
+    return values
+
+
+@handle_errors
+def bounds(
+    sigma: Annotated[float, typer.Option("--sigma", help="Noise multiplier (noise std / clip norm).")],
+    q: Annotated[float, typer.Option("--q", help="Poisson sampling probability per step.")],
+    steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps T.")],
+    delta: Annotated[float, typer.Option("--delta", help="delta for epsilon (the ReRo bound does not use it).")
+                     ] = 1e-5,
+    kappa: Annotated[list[float] | None, typer.Option("--kappa", help="Prior: blind-guess success probability "
+                                                      "(repeatable).")] = None,
+    n_candidates: Annotated[int | None, typer.Option("--n-candidates", help="kappa = 1 / N candidates.")] = None,
+    n_train: Annotated[int | None, typer.Option("--n-train", help="kappa = 1 / N_train (the seed paper's prior)."
+                                                )] = None,
+    method: Annotated[MethodChoice, typer.Option("--method", help="tight (sound upper bound), edgeworth (paper "
+                                                 "mode), clt, or mc.")] = MethodChoice.tight,
+    records_per_patient: Annotated[int, typer.Option("--records-per-patient", help="Images per patient k "
+                                                     "(patient-level guarantee).")] = 1,
+    roc: Annotated[Path | None, typer.Option("--roc", help="Write the membership-inference ROC bound to this CSV."
+                                             )] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Plot worst-case and relaxed gamma against kappa "
+                                              "(PNG).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
+    from dpaudit.bounds import epsilon_pld, epsilon_rdp, mia_curve, rero_bound
+    from dpaudit.bounds._mechanism import StepPair
+    from dpaudit.bounds.pld import epsilon_pld_refined
+
+    kappas = _kappas(kappa, n_candidates, n_train)
+    k = records_per_patient
+    worst = rero_bound(sigma, q, steps, kappas, threat_model="worst_case", method=method.value,
+                       records_per_patient=k)
+    relaxed = rero_bound(sigma, q, steps, kappas, threat_model="relaxed", method=method.value,
+                         records_per_patient=k)
+    if k == 1:
+        eps = epsilon_pld(sigma, q, steps, delta)
+    else:
+        eps = float(epsilon_pld_refined(StepPair(sigma, q, k), steps, delta).value[0])
+    eps_rdp = epsilon_rdp(sigma, q, steps, delta) if k == 1 else math.nan
+    mia = mia_curve(sigma, q, steps, records_per_patient=k)
+    for note in dict.fromkeys(worst.notes + relaxed.notes):
+        err.print(f"[yellow]warning:[/] {note}")
+    if roc is not None:
+        mia_relaxed = mia_curve(sigma, q, steps, records_per_patient=k, threat_model="relaxed")
+        with roc.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed"])
+            for f, t, tr in zip(mia.roc_fpr, mia.roc_tpr, mia_relaxed.roc_tpr, strict=True):
+                w.writerow([f"{f:.6e}", f"{t:.9g}", f"{tr:.9g}"])
+    if plot is not None:
+        _plot(plot, sigma, q, steps, k, kappas)
+    if json_out:
+        emit_json(_bounds_json(sigma, q, steps, delta, k, method.value, eps, eps_rdp, worst, relaxed, mia))
+        return
+    _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia)
+
+
+def _bounds_json(sigma, q, steps, delta, k, method, eps, eps_rdp, worst, relaxed, mia) -> dict[str, Any]:
+    return {
+        "noise_multiplier": sigma, "sampling_probability": q, "steps": steps, "target_delta": delta,
+        "records_per_patient": k, "method": method, "epsilon": eps,
+        "epsilon_rdp": eps_rdp if math.isfinite(eps_rdp) else None,
+        "rero": [{"kappa": float(kv), "worst_case": float(w), "relaxed": float(r)}
+                 for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True)],
+        "mia": {"advantage": mia.advantage,
+                "tpr_at_fpr": [{"fpr": f, "tpr": t} for f, t in mia.tpr_at_fpr]},
+        "labels": {"epsilon": "sound upper bound (PLD)", "epsilon_rdp": "sound upper bound (RDP, as Opacus)",
+                   "rero": worst.label, "mia": mia.label},
+        "numerical_error": {"worst_case": worst.numerical_error.tolist(),
+                            "relaxed": relaxed.numerical_error.tolist()},
+        "assumptions": list(dict.fromkeys(worst.assumptions + relaxed.assumptions)),
+        "notes": list(dict.fromkeys(worst.notes + relaxed.notes)),
+    }
+
+
+def _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"DP-SGD: sigma {sigma:g}, q {q:g}, T {steps}, k {k}", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("kind")
+    table.add_row(f"epsilon at delta {delta:g} (PLD)", _fmt_eps(eps), "sound upper bound")
+    if math.isfinite(eps_rdp):
+        table.add_row(f"epsilon at delta {delta:g} (RDP, as Opacus)", _fmt_eps(eps_rdp), "sound upper bound")
+    for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True):
+        table.add_row(f"ReRo worst-case, kappa {kv:.4g}", _fmt_pct(w), worst.label)
+        table.add_row(f"ReRo relaxed, kappa {kv:.4g}", _fmt_pct(r), relaxed.label)
+    table.add_row("membership advantage (TPR - FPR)", f"{mia.advantage:.4g}", mia.label)
+    for f, t in mia.tpr_at_fpr:
+        table.add_row(f"membership TPR at FPR {f:g}", f"{t:.4g}", mia.label)
+    out.print(table)
+    out.print("Assumptions:")
+    for a in dict.fromkeys(worst.assumptions + relaxed.assumptions):
+        out.print(f"  - {a}")
+
+
+def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from dpaudit.bounds import rero_bound
+
+    grid = np.geomspace(min(1e-8, min(kappas)), 0.999, 121)
+    w = rero_bound(sigma, q, steps, grid, threat_model="worst_case", records_per_patient=k).gamma
+    r = rero_bound(sigma, q, steps, grid, threat_model="relaxed", records_per_patient=k).gamma
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(grid, w, color="purple", label="worst case (sound upper bound)")
+    ax.plot(grid, r, color="orange", label="relaxed (sound upper bound)")
+    ax.plot(grid, grid, color="grey", ls=":", label="blind guess (gamma = kappa)")
+    for kv in kappas:
+        ax.axvline(kv, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("kappa (prior success probability)")
+    ax.set_ylabel("reconstruction success bound gamma")
+    ax.set_title(f"sigma {sigma:g}, q {q:g}, T {steps}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+@handle_errors
+def calibrate(
+    max_rero: Annotated[float, typer.Option("--max-rero", help="Largest acceptable reconstruction success bound.")],
+    q: Annotated[float, typer.Option("--q", help="Poisson sampling probability per step.")],
+    steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps T.")],
+    kappa: Annotated[float, typer.Option("--kappa", help="Prior: blind-guess success probability (e.g. 1/N).")],
+    threat_model: Annotated[ThreatModelChoice, typer.Option("--threat-model")] = ThreatModelChoice.worst_case,
+    delta: Annotated[float, typer.Option("--delta", help="delta for the reported epsilon.")] = 1e-5,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket)."""
+    from dpaudit.bounds import calibrate_noise
+
+    cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model.value.replace("-", "_"),
+                          target_delta=delta)
+    if json_out:
+        emit_json({"noise_multiplier": cal.noise_multiplier, "epsilon": cal.epsilon,
+                   "threat_model": threat_model.value, "max_rero": cal.max_rero,
+                   "achieved_rero": cal.achieved_rero})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Calibration: q {q:g}, T {steps}, kappa {kappa:.4g}, {threat_model.value}",
+                  title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_column("kind")
+    table.add_row("noise multiplier sigma", f"{cal.noise_multiplier:.5g}", "smallest meeting the target (safe end)")
+    table.add_row("ReRo bound achieved", _fmt_pct(cal.achieved_rero), cal.label)
+    table.add_row("target", _fmt_pct(cal.max_rero), "")
+    table.add_row(f"epsilon at delta {delta:g} (PLD)", _fmt_eps(cal.epsilon), "sound upper bound")
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("bounds")(bounds)
+    app.command("calibrate")(calibrate)
