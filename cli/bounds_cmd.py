@@ -77,9 +77,10 @@ def bounds(
 ) -> None:
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
     from dpaudit.bounds import epsilon_pld, epsilon_rdp, mia_curve, rero_bound
-    from dpaudit.bounds._mechanism import StepPair
+    from dpaudit.bounds._mechanism import StepPair, check_delta
     from dpaudit.bounds.pld import epsilon_pld_refined
 
+    check_delta(delta)  # fail fast, before any computation
     kappas = _kappas(kappa, n_candidates, n_train)
     k = records_per_patient
     worst = rero_bound(sigma, q, steps, kappas, threat_model="worst_case", method=method.value,

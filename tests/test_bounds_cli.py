@@ -1,0 +1,91 @@
+"""`dpaudit bounds` and `dpaudit calibrate` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from dpaudit.cli.main import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def test_paper_example_human_output() -> None:
+    # The issue's acceptance example: epsilon 68.52 (PLD at delta 8e-7), worst case / relaxed 76.0% / 52.0%.
+    res = runner.invoke(app, ["bounds", "--sigma", "0.34", "--q", "0.002", "--steps", "20000", "--delta", "8e-7",
+                              "--kappa", "1e-6"])
+    assert res.exit_code == 0, res.output
+    assert "68.52" in res.output and "76.0%" in res.output and "52.0%" in res.output
+    assert "sound upper bound" in res.output and "Assumptions" in res.output
+
+
+def test_json_keys_and_values() -> None:
+    res = runner.invoke(app, ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3",
+                              "--n-train", "100", "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    for key in ("noise_multiplier", "sampling_probability", "steps", "target_delta", "records_per_patient",
+                "method", "epsilon", "epsilon_rdp", "rero", "mia"):
+        assert key in obj
+    assert [r["kappa"] for r in obj["rero"]] == [1e-3, 0.01]
+    assert obj["rero"][0]["worst_case"] == pytest.approx(0.004068, rel=1e-3)  # spec table
+    assert obj["rero"][0]["relaxed"] == pytest.approx(0.002293, rel=1e-3)
+    assert [p["fpr"] for p in obj["mia"]["tpr_at_fpr"]] == [1e-5, 1e-4, 1e-3, 1e-2, 0.1]
+    assert obj["epsilon"] < obj["epsilon_rdp"]
+
+
+def test_roc_and_plot_files(tmp_path: Path) -> None:
+    roc, png = tmp_path / "roc.csv", tmp_path / "gamma.png"
+    res = runner.invoke(app, ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--n-candidates",
+                              "1000", "--roc", str(roc), "--plot", str(png), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(roc.open()))
+    assert rows[0].keys() == {"fpr", "tpr_worst_case", "tpr_relaxed"} and float(rows[-1]["fpr"]) == 1.0
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_edgeworth_method_and_patient_warning() -> None:
+    res = runner.invoke(app, ["bounds", "--sigma", "1.66405", "--q", str(1 / 106), "--steps", "53000", "--delta",
+                              "8e-7", "--n-train", "106", "--method", "edgeworth", "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert 100 * obj["rero"][0]["worst_case"] == pytest.approx(17.96, abs=0.005)  # seed paper Table 3
+    assert 100 * obj["rero"][0]["relaxed"] == pytest.approx(3.68, abs=0.005)
+    res = runner.invoke(app, ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "100", "--kappa", "0.01",
+                              "--records-per-patient", "3"])
+    assert res.exit_code == 0 and "per patient" in res.output
+
+
+def test_calibrate_json() -> None:
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "1000", "--kappa",
+                              "1e-3", "--threat-model", "relaxed", "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert set(obj) == {"noise_multiplier", "epsilon", "threat_model", "max_rero", "achieved_rero"}
+    assert obj["achieved_rero"] <= obj["max_rero"] == 0.05 and obj["threat_model"] == "relaxed"
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--sigma", "1", "--q", "1.5", "--steps", "10", "--kappa", "0.1"], "sampling_probability"),
+    (["--sigma", "1", "--q", "0", "--steps", "10", "--kappa", "0.1"], "sampling_probability"),
+    (["--sigma", "-1", "--q", "0.1", "--steps", "10", "--kappa", "0.1"], "noise_multiplier"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "0", "--kappa", "0.1"], "steps"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "1.0"], "kappa"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0"], "kappa"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0.1", "--delta", "1"], "target_delta"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0.1", "--delta", "0"], "target_delta"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10"], "kappa"),
+])
+def test_bad_inputs_exit_2_without_traceback(args: list[str], field: str) -> None:
+    res = runner.invoke(app, ["bounds", *args])
+    assert res.exit_code == 2
+    assert field in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_calibrate_bad_input() -> None:
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "2", "--steps", "10", "--kappa", "0.01"])
+    assert res.exit_code == 2 and "sampling_probability" in res.output
