@@ -298,14 +298,16 @@ class BoundsTask(_TaskBase):
             kappas_all = sorted({*kappas, *(float(k) for k in grid)})
         else:
             kappas_all = kappas
-        worst = _gammas(bounds.rero_bound(sigma, q, steps, kappas_all, threat_model="worst_case",
-                                          records_per_patient=self.records_per_patient))
-        relaxed = _gammas(bounds.rero_bound(sigma, q, steps, kappas_all, threat_model="relaxed",
-                                            records_per_patient=self.records_per_patient))
+        rero_bound = _bounds_api("rero_bound")
+        worst = _gammas(rero_bound(sigma, q, steps, kappas_all, threat_model="worst_case",
+                                   records_per_patient=self.records_per_patient))
+        relaxed = _gammas(rero_bound(sigma, q, steps, kappas_all, threat_model="relaxed",
+                                     records_per_patient=self.records_per_patient))
         points = {k: ReroPoint(k, _clip01(w), _clip01(r)) for k, w, r in zip(kappas_all, worst, relaxed, strict=True)}
         advantage, at_fpr, roc = None, (), ()
-        if self.curves:
-            mia = bounds.mia_curve(sigma, q, steps, records_per_patient=self.records_per_patient)
+        mia_curve = _bounds_api("mia_curve", required=False)
+        if self.curves and mia_curve is not None:
+            mia = mia_curve(sigma, q, steps, records_per_patient=self.records_per_patient)
             advantage, at_fpr, roc = _mia_parts(mia)
         return BoundsOutcome(
             epsilon_target=self.epsilon_target, noise_multiplier=sigma, sampling_probability=q, steps=steps,
@@ -313,6 +315,24 @@ class BoundsTask(_TaskBase):
             kappa_train=self.kappa_train, rero=tuple(points[k] for k in kappas),
             rero_curve=tuple(points[k] for k in kappas_all) if self.curves else (), method="tight",
             mia_advantage=advantage, mia_tpr_at_fpr=at_fpr, mia_roc=roc, seconds=time.perf_counter() - t0)
+
+
+def _bounds_api(name: str, *, required: bool = True) -> Any:
+    """A function of ``dpaudit.bounds`` (its public API first, then the implementing sub-module)."""
+    import importlib
+
+    from dpaudit import bounds
+
+    fn = getattr(bounds, name, None)
+    if fn is None:
+        module = {"rero_bound": "rero", "mia_curve": "mia"}.get(name)
+        try:
+            fn = getattr(importlib.import_module(f"dpaudit.bounds.{module}"), name, None) if module else None
+        except ImportError:
+            fn = None
+    if fn is None and required:
+        raise ConfigError(f"dpaudit.bounds.{name} is not available in this installation. Fix: update dpaudit.")
+    return fn
 
 
 def _clip01(v: float | None) -> float | None:
@@ -331,28 +351,13 @@ def _gammas(result: Any) -> list[float]:
 
 
 def _mia_parts(mia: Any) -> tuple[float | None, tuple[FprTpr, ...], tuple[FprTpr, ...]]:
-    import numpy as np
+    """Advantage, TPR bound at each FPR of the grid, and the ROC bound of a ``dpaudit.bounds.MiaCurve``."""
 
-    fpr = np.asarray(getattr(mia, "roc_fpr", getattr(mia, "fpr", ())), dtype=float)
-    tpr = np.asarray(getattr(mia, "roc_tpr", getattr(mia, "tpr", ())), dtype=float)
-    roc = tuple(FprTpr(float(a), float(min(1.0, max(b, a)))) for a, b in zip(fpr, tpr, strict=True))
-    at = []
-    table = getattr(mia, "tpr_at_fpr", None)
-    for f in MIA_FPRS:
-        value = None
-        if isinstance(table, dict):
-            value = table.get(f)
-        elif table is not None:
-            for item in table:
-                a, b = (item.fpr, item.tpr) if hasattr(item, "fpr") else item
-                if math.isclose(a, f, rel_tol=1e-9):
-                    value = b
-        if value is None and fpr.size:
-            value = float(np.interp(np.log(f), np.log(np.maximum(fpr, 1e-300)), tpr))
-        if value is not None:
-            at.append(FprTpr(f, float(min(1.0, max(value, f)))))
-    adv = getattr(mia, "advantage", None)
-    return (None if adv is None else float(adv)), tuple(at), roc
+    def pairs(fpr: Any, tpr: Any) -> tuple[FprTpr, ...]:
+        # A TPR bound below the FPR says nothing more than TPR >= FPR (any test can do that by guessing).
+        return tuple(FprTpr(float(a), float(min(1.0, max(b, a)))) for a, b in zip(fpr, tpr, strict=True))
+
+    return float(mia.advantage), pairs(mia.fpr, mia.tpr), pairs(mia.roc_fpr, mia.roc_tpr)
 
 
 @dataclass(frozen=True)

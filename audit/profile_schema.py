@@ -406,8 +406,10 @@ class ProfileConfig(_Json):
 def _fmt_cli(value: Any) -> str:
     """Shortest exact-enough CLI form: 8.0 -> '8', 1e9 -> '1e9', 2e-3 -> '0.002'."""
     if isinstance(value, float):
-        text = f"{value:.12g}"
+        text = f"{value:.12g}" if abs(value) < 1e6 else f"{value:.12e}"
         mantissa, _, exponent = text.partition("e")
+        if "." in mantissa and exponent:
+            mantissa = mantissa.rstrip("0").rstrip(".")
         return f"{mantissa}e{int(exponent)}" if exponent else text
     return str(value)
 

@@ -7,7 +7,9 @@ orange; realistic (empirical) green.
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from dpaudit.audit.profile_schema import Profile, fmt_eps
@@ -24,10 +26,21 @@ _STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.font
           "xtick.labelsize": 7, "ytick.labelsize": 7, "font.family": "DejaVu Sans"}
 
 
-def _new(width_in: float, height_in: float, ncols: int = 1) -> tuple[Figure, list]:
+@contextlib.contextmanager
+def _clean_style() -> Iterator[None]:
+    """Matplotlib's defaults plus the report's style, whatever the caller changed globally (restored after):
+    the same profile must give the same figure bytes in any process."""
     import matplotlib
 
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(_STYLE)
+        yield
+
+
+def _new(width_in: float, height_in: float, ncols: int = 1) -> tuple[Figure, list]:
+
+    with _clean_style():
         fig = Figure(figsize=(width_in, height_in), dpi=DPI)
         FigureCanvasAgg(fig)
         axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
@@ -57,9 +70,8 @@ def _eps_ticks(ax, eps: list[float]) -> None:
 
 def rero_figure(profile: Profile) -> bytes:
     """Figure 2 style: ReRo upper bounds against epsilon (left) and against kappa (right)."""
-    import matplotlib
 
-    with matplotlib.rc_context(_STYLE):
+    with _clean_style():
         fig, (ax1, ax2) = _new(7.0, 3.0, ncols=2)
         n = profile.dataset.n_train
         curve = sorted((b for b in profile.bounds_curve + profile.bounds if b.epsilon_target is not None),
@@ -123,12 +135,11 @@ def rero_figure(profile: Profile) -> bytes:
 
 def ssim_cdf_figure(profile: Profile) -> bytes | None:
     """Figure 3 (left) style: the empirical CDF of the SSIM error 1 - SSIM, per privacy level and decoder."""
-    import matplotlib
 
     levels = [lv for lv in profile.levels() if lv.attack is not None]
     if not levels:
         return None
-    with matplotlib.rc_context(_STYLE):
+    with _clean_style():
         fig, (ax,) = _new(7.0, 3.0)
         colours = _level_colours(len(levels))
         styles = {"strong": "-", "paper": "--"}
@@ -157,12 +168,11 @@ def ssim_cdf_figure(profile: Profile) -> bytes | None:
 
 def mia_figure(profile: Profile) -> bytes | None:
     """Worst-case membership-inference ROC per epsilon (log-log), with empirical audit points when present."""
-    import matplotlib
 
     bounds = sorted((b for b in profile.bounds if b.mia_roc), key=lambda b: b.epsilon_target or 0)
     if not bounds:
         return None
-    with matplotlib.rc_context(_STYLE):
+    with _clean_style():
         fig, (ax,) = _new(7.0, 3.0)
         colours = _level_colours(len(bounds))
         lo = 1e-5
@@ -193,14 +203,13 @@ def mia_figure(profile: Profile) -> bytes | None:
 
 def utility_figure(profile: Profile) -> bytes | None:
     """Utility (MCC mean and std over seeds) against epsilon, with the non-private baseline as a band."""
-    import matplotlib
 
     levels = profile.levels()
     priv = [lv for lv in levels if lv.private and lv.utility["mcc"].mean is not None]
     base = next((lv for lv in levels if not lv.private and lv.utility["mcc"].mean is not None), None)
     if not priv and base is None:
         return None
-    with matplotlib.rc_context(_STYLE):
+    with _clean_style():
         fig, (ax,) = _new(7.0, 2.8)
         if priv:
             xs = [lv.epsilon_target for lv in priv]

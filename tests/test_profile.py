@@ -132,10 +132,13 @@ def test_interrupted_profile_resumes_without_rerunning(interrupted_then_resumed)
     assert (out / t.checkpoint).is_file()
 
 
-def test_finished_profile_reruns_nothing(interrupted_then_resumed) -> None:
+def test_finished_profile_reruns_nothing(interrupted_then_resumed, tmp_path) -> None:
+    import shutil
+
     out, config, _, _, prof = interrupted_then_resumed
+    shutil.copytree(out, tmp_path / "copy")  # leave the fixture's profile.json (and its date) untouched
     third = CountingExecutor()
-    again = run_profile(config, out, executor=third, render=False)
+    again = run_profile(config, tmp_path / "copy", executor=third, render=False)
     assert third.ran == []
     assert again.train == prof.train and again.bounds == prof.bounds and again.attacks == prof.attacks
 
