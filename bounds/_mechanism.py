@@ -37,6 +37,14 @@ def _mass_normal(a: np.ndarray, b: np.ndarray, mean: float, sigma: float) -> np.
     return s * (special.ndtr(s * zb) - special.ndtr(s * za))
 
 
+def _logsumexp0(a: np.ndarray) -> np.ndarray:
+    """log sum exp over axis 0 (a lean version of scipy's, which dominates the run time on small arrays)."""
+    top = np.max(a, axis=0)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(a - safe[None, ...]), axis=0)) + safe
+
+
 @dataclass(frozen=True)
 class StepPair:
     """The per-step (P, Q) pair of a DP-SGD step for one threat model.
@@ -101,7 +109,7 @@ class StepPair:
 
     def loss(self, x: np.ndarray) -> np.ndarray:
         """L(x) = log dQ/dP (x), increasing in x on the support."""
-        return special.logsumexp(self._log_terms(np.atleast_1d(x)), axis=0)
+        return _logsumexp0(self._log_terms(np.atleast_1d(x)))
 
     @property
     def min_loss(self) -> float:
@@ -182,7 +190,7 @@ class StepPair:
         weights = np.full(x.size, math.log(step))
         if self.relaxed:
             weights[0] -= math.log(2.0)  # trapezoid end point at y = 0
-        return float(special.logsumexp(terms + weights))
+        return float(_logsumexp0((terms + weights)[:, None])[0])
 
     def x_tail(self, budget: float) -> float:
         """An x beyond which the Q-mass (hence also the P-mass) of {X > x} ({|X| > x} relaxed) is <= budget."""

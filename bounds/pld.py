@@ -113,15 +113,7 @@ class DiscretePld:
 
     def read_depth(self, alpha: np.ndarray) -> np.ndarray:
         """The loss of the atom at which the Neyman-Pearson step for each alpha stops (how deep it reads)."""
-        alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        m = self.masses[::-1]
-        losses = self.losses[::-1]
-        pos = m > 0
-        p_mass = np.zeros_like(m)
-        with np.errstate(over="ignore"):
-            p_mass[pos] = np.exp(np.log(m[pos]) - losses[pos])
-        j = np.searchsorted(np.cumsum(p_mass), alpha, side="left")
-        return losses[np.minimum(j, m.size - 1)]
+        return self.power_and_depth(alpha)[1]
 
     def dual_power(self, alpha: np.ndarray) -> np.ndarray:
         """Power of the *swapped* pair from this PLD's hockey-stick curve (the dual route).
@@ -143,27 +135,31 @@ class DiscretePld:
     def power(self, alpha: np.ndarray) -> np.ndarray:
         """max { Q(E) : P(E) <= alpha } for each alpha: the exact Neyman-Pearson step (randomised on the boundary
         atom) over atoms sorted by decreasing loss. Reads the atoms from the top only as far as alpha needs."""
+        return self.power_and_depth(alpha)[0]
+
+    def power_and_depth(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`power` and, for each alpha, the loss of the atom where the step stopped."""
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
         m = self.masses[::-1]
         losses = self.losses[::-1]
-        pos = m > 0
-        p_mass = np.zeros_like(m)
-        with np.errstate(over="ignore"):
-            p_mass[pos] = np.exp(np.log(m[pos]) - losses[pos])
+        with np.errstate(over="ignore", divide="ignore"):
+            p_mass = np.where(m > 0, np.exp(np.log(m) - losses), 0.0)
         cum_p = np.cumsum(p_mass)
-        cum_q = np.cumsum(m)
         j = np.searchsorted(cum_p, alpha, side="left")  # first atom at which the P-budget is reached
         out = np.empty_like(alpha)
         full = j >= m.size
-        out[full] = self.infinity_mass + cum_q[-1]
         jj = j[~full]
+        cum_q_at = np.cumsum(m)[np.maximum(jj - 1, 0)] if jj.size else np.zeros(0)
+        if full.any():
+            out[full] = self.infinity_mass + float(np.sum(m))
         before_p = np.where(jj > 0, cum_p[np.maximum(jj - 1, 0)], 0.0)
-        before_q = np.where(jj > 0, cum_q[np.maximum(jj - 1, 0)], 0.0)
+        before_q = np.where(jj > 0, cum_q_at, 0.0)
         rest = np.maximum(alpha[~full] - before_p, 0.0)
         with np.errstate(over="ignore"):
             frac = np.where(rest > 0, np.exp(np.log(np.maximum(rest, 1e-320)) + losses[jj]), 0.0)
         out[~full] = self.infinity_mass + before_q + np.minimum(frac, m[jj])
-        return np.minimum(out, 1.0)
+        depth = losses[np.minimum(j, m.size - 1)]
+        return np.minimum(out, 1.0), depth
 
 
 # -- discretisation ---------------------------------------------------------------------------------------------------
@@ -239,12 +235,17 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 
 # -- composition ------------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
+def _log_moments_cached(pair: StepPair, direction: str, lams: tuple[float, ...]) -> np.ndarray:
+    return np.array([pair.log_moment(float(1.0 + lam if direction == "remove" else -lam), resolution=3.0)
+                     for lam in lams])
+
+
 def _log_moment_step(pair: StepPair, direction: str, lams: np.ndarray) -> np.ndarray:
     """log E[e^{lam L}] of the continuous per-step loss: a Renyi moment, E_Q[e^{lam L}] = E_P[e^{(1 + lam) L}]
     (remove direction) and E_P[e^{-lam L}] (add direction). Used only to pick where to evaluate the exact
     discrete MGF (below), so its accuracy does not affect soundness."""
-    return np.array([pair.log_moment(float(1.0 + lam if direction == "remove" else -lam), resolution=3.0)
-                     for lam in lams])
+    return _log_moments_cached(pair, direction, tuple(float(v) for v in lams))
 
 
 def _log_mgf_discrete(pld: DiscretePld, lam: float) -> float:

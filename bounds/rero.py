@@ -133,8 +133,8 @@ def tight_gamma(pair: StepPair, steps: int, kappa: np.ndarray, *, rtol: float = 
 
     def evaluate(h: float) -> np.ndarray:
         remove = composed_pld(pair, steps, h, "remove")
-        gamma = remove.power(kappa)
-        deep = remove.read_depth(kappa) < READ_DEPTH_LIMIT
+        gamma, depth = remove.power_and_depth(kappa)
+        deep = depth < READ_DEPTH_LIMIT
         if np.any(deep):
             add = composed_pld(pair, steps, h, "add")
             gamma = np.where(deep, add.dual_power(kappa), gamma)
