@@ -425,9 +425,9 @@ def make_demo(n_images: int = DEMO_DEFAULT_SIZE, *, image_size: int = 64, seed: 
     # Per-lesion appearance (ABCD cues): class means differ, spreads overlap.
     les = {
         "r0": rng.uniform(0.32, 0.52, n_les) + 0.05 * mal,
-        "irreg": np.abs(rng.normal(0.05 + 0.07 * mal, 0.035)),       # border irregularity (harmonics 3..8)
-        "asym": np.abs(rng.normal(0.04 + 0.10 * mal, 0.05)),          # first harmonic: egg-shaped asymmetry
-        "varieg": np.clip(rng.normal(0.12 + 0.33 * mal, 0.15), 0, 1),  # share of a second colour
+        "irreg": np.abs(rng.normal(0.04 + 0.10 * mal, 0.035)),       # border irregularity (harmonics 3..8)
+        "asym": np.abs(rng.normal(0.03 + 0.14 * mal, 0.05)),          # first harmonic: egg-shaped asymmetry
+        "varieg": np.clip(rng.normal(0.08 + 0.47 * mal, 0.14), 0, 1),  # share of a second colour
         "phase": rng.uniform(0, 2 * np.pi, (n_les, 9)),
         "harm": rng.normal(0, 1, (n_les, 6)) / np.arange(3, 9) ** 0.7,
         "brown": rng.uniform(0.55, 1.15, n_les),
