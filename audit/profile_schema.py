@@ -269,15 +269,15 @@ class ProfileConfig(_Json):
 
     dataset: str = "demo"
     data_dir: str | None = None
-    image_size: int = 32
+    image_size: int = 28
     max_images: int | None = None
     arch: str = "resnet9"
     epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
     non_private: bool = True
     seeds: int = 2
     seed: int = 0
-    epochs: int = 5
-    batch_size: int = 64
+    epochs: int = 4
+    batch_size: int = 128
     physical_batch_size: int | None = None
     max_grad_norm: float = 1.0
     lr: float = 2e-3
@@ -285,7 +285,7 @@ class ProfileConfig(_Json):
     target_delta: float | None = None
     kappas: tuple[float, ...] = ()
     records_per_patient: int = 1
-    attack_images: int = 64
+    attack_images: int = 32
     decoders: tuple[str, ...] = DECODERS
     connection: str = "linear"
     bins: int = 10
