@@ -18,16 +18,18 @@ from dpaudit.attacks.decoders import (
     DECODERS,
     DENOISERS,
     Layout,
-    decode_paper,
     decode_paper_all,
-    decode_strong,
+    decode_paper_rows,
+    decode_pooled,
 )
 from dpaudit.attacks.imprint import (
     CONNECTIONS,
     ImageStatistics,
     ImprintBlock,
     clean_block_gradient,
+    draw_pooled_noise,
     image_statistics,
+    pooled_views,
     replay,
 )
 from dpaudit.attacks.scoring import (
@@ -272,38 +274,40 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
             progress(done[0], total)
 
     stats = image_statistics(model, block, images, labels, mean=mean_a, std=std_a, progress=tick)
-    z = ((images.double().numpy() - mean_a[:, None, None]) / std_a[:, None, None]).reshape(n, -1)
+    z = ((images.detach().float().numpy() - mean_a[:, None, None].astype(np.float32)) / std_a[:, None, None].astype(np.float32))
+    z = z.reshape(n, -1)
     factor = stats.clip_factor(max_grad_norm)
     rho = stats.rho
+    # One draw per image serves every noise level (common random numbers); see PooledNoise for why it is exact.
+    noise = draw_pooled_noise(np.random.default_rng([seed, 1]), z, block.bins)
 
     rows: list[AttackRow] = []
     for sigma, eps in zip(sigmas, epsilons, strict=True):
-        recs: dict[str, list[np.ndarray]] = {d: [] for d in decoders}
-        owners: list[np.ndarray] = []
+        recs: dict[str, np.ndarray] = {}
+        owners: np.ndarray | None = None
         noise_std = sigma * max_grad_norm / math.sqrt(observations)
-        for i in range(n):
-            clean = clean_block_gradient(z[i], stats.delta[i], int(stats.active_rows[i]), block.bins, factor[i])
-            # One standard-normal draw per image, the same for every noise level (common random numbers).
-            xi = np.random.default_rng([seed, i]).standard_normal(clean.shape, dtype=np.float32)
-            view = replay(clean, xi, sigma, max_grad_norm, observations)
-            for d in decoders:
-                if d == "strong":
-                    recs[d].append(decode_strong(view, layout, noise_std, denoiser=denoiser))
-                elif d == "paper":
-                    recs[d].append(decode_paper(view, layout))
-                else:
-                    cands = decode_paper_all(view, layout)
-                    recs[d].append(cands)
-                    owners.append(np.full(len(cands), i))
-            tick()
+        views = pooled_views(stats, noise, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                             observations=observations, decoders=decoders)
+        if "strong" in decoders:
+            avg, prefix = views["strong"]
+            recs["strong"] = decode_pooled(avg, prefix, layout, noise_std, denoiser=denoiser)
+        if "paper" in decoders:
+            recs["paper"] = decode_paper_rows(*views["paper"], layout)
+        if "paper-all" in decoders:  # every candidate row: the full K x (D+1) view, row by row
+            cands, own = [], []
+            for i in range(n):
+                clean = clean_block_gradient(z[i], stats.delta[i], int(stats.active_rows[i]), block.bins, factor[i])
+                xi = np.random.default_rng([seed, 2, i]).standard_normal(clean.shape, dtype=np.float32)
+                found = decode_paper_all(replay(clean, xi, sigma, max_grad_norm, observations), layout)
+                cands.append(found)
+                own.append(np.full(len(found), i))
+            recs["paper-all"] = np.concatenate(cands).astype(np.float32)
+            owners = np.concatenate(own)
+        tick(n)
         eta = stats.eta(sigma, max_grad_norm, observations)
         for d in decoders:
-            if d == "paper-all":
-                cand = np.concatenate(recs[d]).astype(np.float32)
-                owner = np.concatenate(owners)
-            else:
-                cand = np.stack(recs[d]).astype(np.float32)
-                owner = np.arange(n)
+            cand = recs[d]
+            owner = owners if d == "paper-all" else np.arange(n)
             ssim, matched = _score(gt, cand, owner, scoring)
             succ = int((ssim > SUCCESS_SSIM).sum())
             lo, hi = clopper_pearson(succ, n)

@@ -3,7 +3,8 @@
 SSIM follows scikit-image 0.26 ``structural_similarity(rec, gt, data_range=1.0, channel_axis=-1)`` with its
 defaults (7 x 7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03, mean over the window-valid region and over
 channels). :func:`ssim_batch` computes exactly that for many images at once (the uniform filter's values on the
-region skimage keeps need no padding, so a stride-1 average pool gives them); the tests compare it with skimage.
+region skimage keeps need no padding, so running sums over 7 x 7 windows give them); the tests compare it with
+skimage.
 """
 
 from __future__ import annotations
@@ -40,10 +41,8 @@ def ssim_batch(rec: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
     n, h, w, c = x.shape
     x = x.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
     y = y.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
-    pool = torch.nn.functional.avg_pool2d
     stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    f = pool(stacked, _WIN, stride=1)
-    ux, uy, uxx, uyy, uxy = f.unbind(dim=1)
+    ux, uy, uxx, uyy, uxy = _box_mean(stacked).unbind(dim=1)
     np_ = _WIN * _WIN
     cov_norm = np_ / (np_ - 1.0)
     vx = cov_norm * (uxx - ux * ux)
@@ -53,6 +52,19 @@ def ssim_batch(rec: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     per_channel = s.mean(dim=(1, 2)).reshape(n, c)
     return per_channel.mean(dim=1).numpy()
+
+
+def _box_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every 7 x 7 window inside the image (``avg_pool2d(x, 7, stride=1)``), by separable running sums.
+
+    Two cumulative sums instead of 49 additions per output; in float64 the difference from the direct average is
+    below 1e-14 for values in [0, 1] (the tests compare the SSIM with scikit-image to 1e-10).
+    """
+    pad = torch.nn.functional.pad
+    cs = pad(x.cumsum(dim=-2), (0, 0, 1, 0))
+    rows = cs[..., _WIN:, :] - cs[..., :-_WIN, :]
+    cs = pad(rows.cumsum(dim=-1), (1, 0))
+    return (cs[..., _WIN:] - cs[..., :-_WIN]) / (_WIN * _WIN)
 
 
 def nonzero_fraction(images: np.ndarray) -> np.ndarray:
