@@ -31,18 +31,46 @@ def ssim_batch(rec: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
 
     Raises :class:`~dpaudit.errors.ConfigError` when an image is smaller than the 7 x 7 window.
     """
-    x = torch.as_tensor(np.asarray(rec), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(gt), dtype=torch.float64)
-    if x.shape != y.shape or x.ndim != 4:
-        raise invalid("images", tuple(x.shape), f"N x H x W x C arrays of the same shape as {tuple(y.shape)}")
-    if min(x.shape[1], x.shape[2]) < _WIN:
-        raise invalid("image_size", tuple(x.shape[1:3]), "at least 7 x 7 pixels (SSIM's window)",
-                      "pass a larger --image-size")
-    n, h, w, c = x.shape
-    x = x.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
-    y = y.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
-    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    ux, uy, uxx, uyy, uxy = _box_mean(stacked).unbind(dim=1)
+    return SsimReference(gt)(rec)
+
+
+class SsimReference:
+    """SSIM against fixed ground truths (N x H x W x C): their window statistics are computed once.
+
+    ``SsimReference(gt)(rec)`` equals :func:`ssim_batch` ``(rec, gt)``; an attack scores every noise level and
+    decoder against the same images.
+    """
+
+    def __init__(self, gt: np.ndarray | torch.Tensor) -> None:
+        y = torch.as_tensor(np.asarray(gt), dtype=torch.float64)
+        if y.ndim != 4:
+            raise invalid("images", tuple(y.shape), "N x H x W x C arrays")
+        if min(y.shape[1], y.shape[2]) < _WIN:
+            raise invalid("image_size", tuple(y.shape[1:3]), "at least 7 x 7 pixels (SSIM's window)",
+                          "pass a larger --image-size")
+        self.shape = tuple(y.shape)
+        n, h, w, c = y.shape
+        self._y = y.permute(0, 3, 1, 2).reshape(n * c, h, w).contiguous()
+        self._uy, self._uyy = _box_mean(torch.stack([self._y, self._y * self._y], dim=1)).unbind(dim=1)
+        # Chunks of about 0.5 MB of planes keep the intermediate maps in cache (measured: 4x faster than one batch).
+        self._step = max(1, (1 << 16) // (h * w))
+
+    def __call__(self, rec: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(rec), dtype=torch.float64)
+        if tuple(x.shape) != self.shape:
+            raise invalid("images", tuple(x.shape), f"N x H x W x C arrays of the same shape as {self.shape}")
+        n, h, w, c = x.shape
+        x = x.permute(0, 3, 1, 2).reshape(n * c, h, w)
+        per_plane = torch.empty(n * c, dtype=torch.float64)
+        for s in range(0, n * c, self._step):
+            sl = slice(s, s + self._step)
+            per_plane[sl] = _ssim_planes(x[sl], self._y[sl], self._uy[sl], self._uyy[sl])
+        return per_plane.reshape(n, c).mean(dim=1).numpy()
+
+
+def _ssim_planes(x: torch.Tensor, y: torch.Tensor, uy: torch.Tensor, uyy: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM map of each plane pair (P x H x W, float64), skimage's formula."""
+    ux, uxx, uxy = _box_mean(torch.stack([x, x * x, x * y], dim=1)).unbind(dim=1)
     np_ = _WIN * _WIN
     cov_norm = np_ / (np_ - 1.0)
     vx = cov_norm * (uxx - ux * ux)
@@ -50,8 +78,7 @@ def ssim_batch(rec: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
     vxy = cov_norm * (uxy - ux * uy)
     c1, c2 = (_K1 * 1.0) ** 2, (_K2 * 1.0) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    per_channel = s.mean(dim=(1, 2)).reshape(n, c)
-    return per_channel.mean(dim=1).numpy()
+    return s.mean(dim=(1, 2))
 
 
 def _box_mean(x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +87,15 @@ def _box_mean(x: torch.Tensor) -> torch.Tensor:
     Two cumulative sums instead of 49 additions per output; in float64 the difference from the direct average is
     below 1e-14 for values in [0, 1] (the tests compare the SSIM with scikit-image to 1e-10).
     """
-    pad = torch.nn.functional.pad
-    cs = pad(x.cumsum(dim=-2), (0, 0, 1, 0))
-    rows = cs[..., _WIN:, :] - cs[..., :-_WIN, :]
-    cs = pad(rows.cumsum(dim=-1), (1, 0))
-    return (cs[..., _WIN:] - cs[..., :-_WIN]) / (_WIN * _WIN)
+    cs = x.cumsum(dim=-2)
+    rows = torch.empty_like(cs[..., _WIN - 1 :, :])
+    rows[..., :1, :] = cs[..., _WIN - 1 : _WIN, :]
+    torch.sub(cs[..., _WIN:, :], cs[..., : -_WIN, :], out=rows[..., 1:, :])
+    cs = rows.cumsum(dim=-1)
+    out = torch.empty_like(cs[..., _WIN - 1 :])
+    out[..., :1] = cs[..., _WIN - 1 : _WIN]
+    torch.sub(cs[..., _WIN:], cs[..., : -_WIN], out=out[..., 1:])
+    return out.div_(_WIN * _WIN)
 
 
 def nonzero_fraction(images: np.ndarray) -> np.ndarray:
