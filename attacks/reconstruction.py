@@ -35,6 +35,7 @@ from dpaudit.attacks.imprint import (
 from dpaudit.attacks.scoring import (
     SSIM_VARIANT,
     SUCCESS_SSIM,
+    NearestMatcher,
     SsimReference,
     clopper_pearson,
     keep_mask,
@@ -282,6 +283,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     # One draw per image serves every noise level (common random numbers); see PooledNoise for why it is exact.
     noise = draw_pooled_noise(np.random.default_rng([seed, 1]), z, block.bins)
     reference = SsimReference(gt)
+    matcher = NearestMatcher(gt)
 
     rows: list[AttackRow] = []
     for sigma, eps in zip(sigmas, epsilons, strict=True):
@@ -310,7 +312,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         for d in decoders:
             cand = recs[d]
             owner = owners if d == "paper-all" else np.arange(n)
-            ssim, matched = _score(gt, cand, owner, scoring, reference)
+            ssim, matched = _score(gt, cand, owner, scoring, reference, matcher)
             succ = int((ssim > SUCCESS_SSIM).sum())
             lo, hi = clopper_pearson(succ, n)
             best_idx = np.argsort(-ssim, kind="stable")[:keep_images]
@@ -325,11 +327,11 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
 
 
 def _score(gt: np.ndarray, cand: np.ndarray, owner: np.ndarray, scoring: str,
-           reference: SsimReference) -> tuple[np.ndarray, np.ndarray]:
+           reference: SsimReference, matcher: NearestMatcher) -> tuple[np.ndarray, np.ndarray]:
     """SSIM of each input against its assigned reconstruction, and the assigned candidate's index."""
     n = gt.shape[0]
     if scoring == "nearest":
-        matched = nearest_match(gt, cand)
+        matched = matcher(cand)
     else:  # paired: among the input's own candidates (one for strong/paper), the nearest
         matched = np.empty(n, dtype=np.int64)
         for i in range(n):
