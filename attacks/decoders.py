@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from dpaudit.errors import invalid
 
 DECODERS = ("strong", "paper", "paper-all")

@@ -24,9 +24,10 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
+from torch import nn
+
 from dpaudit.attacks.decoders import paper_choice
 from dpaudit.errors import ConfigError, check_int, check_positive, invalid
-from torch import nn
 
 CONNECTIONS = ("linear", "addition")
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
+
 from dpaudit.attacks.decoders import (
     DECODERS,
     DENOISERS,
@@ -42,7 +44,6 @@ from dpaudit.attacks.scoring import (
     nearest_match,
 )
 from dpaudit.errors import ConfigError, DataError, check_int, check_positive, invalid
-from torch import nn
 
 SCORINGS = ("nearest", "paired")
 

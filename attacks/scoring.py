@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from dpaudit.errors import check_probability, invalid
 
 SSIM_VARIANT = ("skimage structural_similarity, data_range=1.0, 7x7 uniform window, sample covariance, "

@@ -54,9 +54,10 @@ def floor(model, images, labels) -> float:
 
 def naive(model, images, labels, sigmas, clip=1.0, seed=0):
     """Breaching-style flow: per noise level and image, full gradient, clip, noise everywhere, decode, SSIM."""
+    from skimage.metrics import structural_similarity
+
     from dpaudit.attacks.decoders import Layout, decode_paper, decode_strong
     from dpaudit.attacks.imprint import OPACUS_CLIP_EPS, ImprintBlock, ImprintedModel
-    from skimage.metrics import structural_similarity
 
     n, c, h, w = images.shape
     block = ImprintBlock((c, h, w), mean=np.array(MEAN), std=np.array(STD))
@@ -84,9 +85,10 @@ def naive(model, images, labels, sigmas, clip=1.0, seed=0):
 
 def calibrate_tv(size: int = 64, n: int = 24) -> None:
     """SSIM of scikit-image's ``denoise_tv_chambolle`` and of dpaudit's batched Chambolle-Pock per noise level."""
+    from skimage.restoration import denoise_tv_chambolle
+
     from dpaudit.attacks.decoders import TV_WEIGHT_PER_NOISE_STD, denoise_tv
     from dpaudit.attacks.scoring import ssim_batch
-    from skimage.restoration import denoise_tv_chambolle
 
     gt = pictures(size, n).permute(0, 2, 3, 1).numpy().astype(np.float64)
     rng = np.random.default_rng(0)

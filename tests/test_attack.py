@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from skimage.metrics import structural_similarity
+from skimage.transform import resize
+
 from dpaudit.attacks.decoders import Layout, choose_prefix
 from dpaudit.attacks.imprint import (
     OPACUS_CLIP_EPS,
@@ -26,8 +29,6 @@ from dpaudit.attacks.reconstruction import AttackResult, run_attack
 from dpaudit.attacks.scoring import clopper_pearson, keep_mask, nearest_match, ssim_batch, wilson
 from dpaudit.errors import ConfigError, DataError, DpAuditError
 from dpaudit.models import build_model
-from skimage.metrics import structural_similarity
-from skimage.transform import resize
 
 PICTURES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "colorwheel")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -278,9 +279,10 @@ def test_pooled_views_match_the_row_wise_replay_statistically(rng: np.random.Gen
     # PooledNoise's claim: each decoder's view has exactly the law it has under the full K x (D+1) replay. Reference:
     # the row-wise replay, decoded by choose_prefix and breaching's reduction, at a noise level where the chosen
     # prefix and the kept row vary. Two-sample tests on R draws each; the false-alarm rate of each is 1e-3.
+    from scipy.stats import chi2_contingency, ks_2samp
+
     from dpaudit.attacks.decoders import paper_choice
     from dpaudit.attacks.imprint import ImageStatistics, draw_pooled_noise, pooled_views
-    from scipy.stats import chi2_contingency, ks_2samp
 
     d, k, m, r, sigma, delta = 48, 10, 3, 4000, 0.45, 0.12
     z = rng.standard_normal(d).astype(np.float32)
@@ -334,8 +336,9 @@ def test_tv_denoiser_is_at_least_as_good_as_skimage(noise: float, rng: np.random
     # denoiser, on the 12 bundled pictures at 64x64x3. Our fixed-iteration Chambolle-Pock must give a mean SSIM at
     # least as high (measured margin: +0.002..+0.02, bench/bench_attack.py --calibrate-tv), at least as many
     # images above 0.8, and no image more than 0.03 below skimage's (measured worst: -0.014).
-    from dpaudit.attacks.decoders import denoise_tv
     from skimage.restoration import denoise_tv_chambolle
+
+    from dpaudit.attacks.decoders import denoise_tv
 
     gt = _pictures(64).astype(np.float64)
     noisy = np.clip(gt + noise * rng.standard_normal(gt.shape), -0.5, 1.5)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from typer.testing import CliRunner
+
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.cli.main import app
 from dpaudit.models import build_model
-from PIL import Image
-from typer.testing import CliRunner
 
 runner = CliRunner()
 ROW_KEYS = {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low", "ci_high", "mean_ssim",
