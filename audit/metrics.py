@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from dpaudit.errors import DataError
 
-__all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "classify",
+__all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "choose_threshold", "classify",
            "confusion_matrix", "mcc", "subgroup_metrics"]
 
 
@@ -104,7 +104,10 @@ class GroupMetrics:
 class ClassificationMetrics:
     """Utility of a classifier on one split (empirical).
 
-    ``mcc`` is the seed paper's metric (section 4.2); predictions are the arg-max class.
+    ``mcc`` is the seed paper's metric (section 4.2). Predictions follow ``decision_rule``: the arg-max class, or
+    for two classes the operating point (threshold on the class-1 probability) chosen on the validation split,
+    as a clinic would fix it before deployment. ``mcc_argmax`` is the arg-max value beside it: DP-SGD models on
+    imbalanced data often rank well (AUROC) yet predict only the majority class at 0.5, where MCC is 0.
     """
 
     n: int
@@ -114,10 +117,19 @@ class ClassificationMetrics:
     accuracy: float
     loss: float
     subgroups: tuple[GroupMetrics, ...] = field(default_factory=tuple)
+    threshold: float | None = None
+    mcc_argmax: float = float("nan")
+
+    @property
+    def decision_rule(self) -> str:
+        if self.threshold is None:
+            return "arg-max class"
+        return f"class-1 probability >= {self.threshold:.3g} (chosen on the validation split)"
 
     def to_dict(self) -> dict[str, object]:
         return {"n": self.n, "mcc": self.mcc, "balanced_accuracy": self.balanced_accuracy, "auroc": self.auroc,
-                "accuracy": self.accuracy, "loss": self.loss,
+                "accuracy": self.accuracy, "loss": self.loss, "threshold": self.threshold,
+                "mcc_argmax": self.mcc_argmax, "decision_rule": self.decision_rule,
                 "subgroups": [{"group": g.group, "value": g.value, "n": g.n, "mcc": g.mcc,
                                "accuracy": g.accuracy} for g in self.subgroups]}
 
@@ -135,14 +147,61 @@ def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str
     return tuple(out)
 
 
+def choose_threshold(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+    """The threshold on the class-1 probability that maximises MCC on these (validation) labels.
+
+    Returns None when it cannot be chosen (not two classes, or one class absent), in which case the arg-max rule
+    applies. Candidates are the midpoints between consecutive distinct scores (and 0.5); ties go to the
+    threshold closest to 0.5, so an uninformative model keeps the usual rule.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != 2 or len(y_true) == 0:
+        return None
+    pos = y_true == 1
+    n_pos, n = int(pos.sum()), len(y_true)
+    if n_pos == 0 or n_pos == n:
+        return None
+    score = probs[:, 1]
+    order = np.argsort(-score, kind="mergesort")
+    s_sorted, pos_sorted = score[order], pos[order]
+    # Predict positive for the top j scores, j = 1..n-1, only at boundaries between distinct scores.
+    tp = np.cumsum(pos_sorted)[:-1].astype(np.float64)
+    j = np.arange(1, n, dtype=np.float64)
+    fp = j - tp
+    fn = n_pos - tp
+    tn = (n - n_pos) - fp
+    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(denom > 0, (tp * tn - fp * fn) / denom, 0.0)
+    distinct = s_sorted[:-1] > s_sorted[1:]
+    if not distinct.any():
+        return None
+    m = np.where(distinct, m, -np.inf)
+    cut = 0.5 * (s_sorted[:-1] + s_sorted[1:])
+    best = m.max()
+    if best <= 0:
+        return None
+    candidates = cut[m >= best - 1e-12]
+    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
+
+
 def classify(y_true: np.ndarray, probs: np.ndarray, *, loss: float = float("nan"),
-             groups: Mapping[str, np.ndarray] | None = None) -> ClassificationMetrics:
-    """All metrics from true labels and predicted class probabilities (N x K)."""
+             groups: Mapping[str, np.ndarray] | None = None, threshold: float | None = None) -> ClassificationMetrics:
+    """All metrics from true labels and predicted class probabilities (N x K).
+
+    ``threshold`` (two classes only): predict class 1 when its probability is at least this value, e.g. the one
+    :func:`choose_threshold` picked on the validation split; None predicts the arg-max class.
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     k = probs.shape[1]
-    y_pred = probs.argmax(axis=1)
+    y_argmax = probs.argmax(axis=1)
+    if threshold is not None and k != 2:
+        raise DataError(f"threshold needs two classes, got {k}. Fix: pass threshold=None.")
+    y_pred = (probs[:, 1] >= threshold).astype(np.int64) if threshold is not None else y_argmax
     return ClassificationMetrics(
         n=len(y_true), mcc=mcc(y_true, y_pred, k), balanced_accuracy=balanced_accuracy(y_true, y_pred, k),
         auroc=auroc(y_true, probs), accuracy=accuracy(y_true, y_pred), loss=float(loss),
-        subgroups=subgroup_metrics(y_true, y_pred, groups or {}, k))
+        subgroups=subgroup_metrics(y_true, y_pred, groups or {}, k), threshold=threshold,
+        mcc_argmax=mcc(y_true, y_argmax, k))

@@ -230,7 +230,8 @@ def privacy_statement(profile: Profile) -> list[str]:
         "<b>Not covered by these guarantees.</b> (1) Hyperparameter tuning: runs used to choose the learning rate, "
         "epochs or architecture on the same data spend privacy that is not accounted here. (2) Preprocessing "
         "statistics computed from the data (normalisation mean and standard deviation, class lists, image sizes). "
-        "(3) Pre-training data of any initial weights. (4) The validation and test data used to measure utility. "
+        "(3) Pre-training data of any initial weights. (4) The validation and test data used to measure utility, "
+        "including the decision threshold fixed on the validation split. "
         "(5) Releasing several of the models in this report: each privacy level is a separate training run on "
         "the same data, and releasing k of them costs (at least) the composition of their budgets.",
     ]
@@ -293,7 +294,8 @@ def glossary() -> list[tuple[str, str]]:
         ("worst-case / relaxed", "the two formal threat models of the report (see Assumptions)."),
         ("realistic attack", "the imprint-layer reconstruction attack that dpaudit actually runs."),
         ("SSIM", "structural similarity between an image and a reconstruction (1 = identical)."),
-        ("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance."),
+        ("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance. "
+                "For two classes it is measured at the decision threshold fixed on the validation split."),
         ("TPR / FPR", "true- and false-positive rates of a membership-inference attacker."),
         ("membership inference", "deciding whether a given image was in the training set."),
         ("canary", "a record inserted at random into training to measure membership leakage empirically."),

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from dpaudit.audit.metrics import ClassificationMetrics, classify
+from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.config import DpSgdConfig, steps_for
 from dpaudit.data import DatasetSplits, ImageDataset, load_splits
@@ -316,8 +316,9 @@ def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, 
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...],
-              batch: int = 256) -> ClassificationMetrics:
+def _predict(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...],
+             batch: int = 256) -> tuple[np.ndarray, float]:
+    """Class probabilities (N x K) and the mean cross-entropy on one split."""
     was_training = model.training
     model.eval()
     probs, losses = [], []
@@ -328,8 +329,30 @@ def _evaluate(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: 
         probs.append(torch.softmax(logits, dim=1).double().numpy())
     model.train(was_training)
     if not probs:
-        return classify(np.zeros(0, dtype=np.int64), np.zeros((0, ds.num_classes)), groups={})
-    return classify(ds.labels.numpy(), np.concatenate(probs), loss=sum(losses) / len(ds), groups=ds.groups)
+        return np.zeros((0, ds.num_classes)), float("nan")
+    return np.concatenate(probs), sum(losses) / len(ds)
+
+
+def _evaluate(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...],
+              threshold: float | None = None) -> ClassificationMetrics:
+    probs, loss = _predict(model, ds, mean, std)
+    if len(probs) == 0:
+        return classify(np.zeros(0, dtype=np.int64), probs, groups={})
+    return classify(ds.labels.numpy(), probs, loss=loss, groups=ds.groups, threshold=threshold)
+
+
+def _evaluate_with_operating_point(model: nn.Module, splits: DatasetSplits
+                                   ) -> tuple[ClassificationMetrics, ClassificationMetrics]:
+    """(test, validation) metrics at the operating point chosen on the validation split (binary tasks).
+
+    The threshold is fixed on validation images only, never on the test split, so the test metrics stay an
+    honest estimate. The validation split is not covered by the training's DP guarantee (like any tuning).
+    """
+    val_probs, _ = _predict(model, splits.val, splits.mean, splits.std)
+    threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
+    test = _evaluate(model, splits.test, splits.mean, splits.std, threshold)
+    val = _evaluate(model, splits.val, splits.mean, splits.std, threshold)
+    return test, val
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -526,16 +549,18 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(_threads(config))
     try:
-        models, histories, per_seed, speeds = [], [], [], []
+        models, histories, per_seed, per_seed_val, speeds = [], [], [], [], []
         total = steps * config.seeds
         for i in range(config.seeds):
             model, history, speed = _run_one(config, splits, config.seed + i, sigma, q, steps, delta, progress,
                                              i * steps, total)
-            per_seed.append(_evaluate(model, splits.test, splits.mean, splits.std))
+            test_metrics, val_metrics = _evaluate_with_operating_point(model, splits)
+            per_seed.append(test_metrics)
+            per_seed_val.append(val_metrics)
             models.append(model)
             histories.append(history)
             speeds.append(speed)
-        val_metrics = _evaluate(models[0], splits.val, splits.mean, splits.std)
+        val_metrics = per_seed_val[0]
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -154,9 +154,14 @@ def test_checkpoint_round_trips_and_outputs_exist(demo_splits, tmp_path: Path) -
     model = ckpt.build_model()
     x = (demo_splits.test.images - 0.5) / 0.5
     with torch.no_grad():
-        pred = model(x).argmax(1).numpy()
-    assert mcc(demo_splits.test.labels.numpy(), pred, 2) == pytest.approx(result.metrics.mcc, abs=1e-12) or \
-        np.isnan(result.metrics.mcc)
+        probs = torch.softmax(model(x), 1).numpy()
+    y = demo_splits.test.labels.numpy()
+    assert mcc(y, probs.argmax(1), 2) == pytest.approx(result.metrics.mcc_argmax, abs=1e-12) or \
+        np.isnan(result.metrics.mcc_argmax)
+    # ... and at the operating point chosen on the validation split.
+    if result.metrics.threshold is not None:
+        pred = (probs[:, 1] >= result.metrics.threshold).astype(int)
+        assert mcc(y, pred, 2) == pytest.approx(result.metrics.mcc, abs=1e-9)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epsilon_achieved"] == pytest.approx(result.epsilon_achieved)
     assert (tmp_path / "run" / "training_curve.png").stat().st_size > 1000
@@ -236,3 +241,28 @@ def test_augmentation_multiplicity_averages_per_image_gradients_before_clipping(
         loss.backward()  # type: ignore[union-attr]
         for name, p in model.named_parameters():
             assert torch.allclose(captured[name][i], p.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_operating_point_maximises_validation_mcc_against_brute_force(rng: np.random.Generator) -> None:
+    """choose_threshold against an exhaustive search over every cut (independent reference)."""
+    from dpaudit.audit.metrics import choose_threshold
+
+    for _ in range(20):
+        n = int(rng.integers(10, 60))
+        y = (rng.random(n) < 0.25).astype(np.int64)
+        if y.sum() in (0, n):
+            continue
+        p1 = np.clip(0.2 * y + rng.normal(0.3, 0.2, n), 0, 1)
+        probs = np.stack([1 - p1, p1], 1)
+        t = choose_threshold(y, probs)
+        best = max(mcc(y, (p1 >= c).astype(int), 2) for c in np.unique(p1))
+        assert t is not None
+        assert mcc(y, (p1 >= t).astype(int), 2) == pytest.approx(best, abs=1e-12)
+
+
+def test_operating_point_keeps_argmax_for_uninformative_scores() -> None:
+    from dpaudit.audit.metrics import choose_threshold
+
+    y = np.array([0, 1, 0, 1])
+    assert choose_threshold(y, np.full((4, 2), 0.5)) is None
+    assert choose_threshold(np.zeros(4, dtype=np.int64), np.full((4, 2), 0.5)) is None
