@@ -22,8 +22,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from dpaudit.errors import check_int, check_positive, check_probability, invalid
 from scipy import special
+
+from dpaudit.errors import check_int, check_positive, check_probability, invalid
 
 THREAT_MODELS = ("worst_case", "relaxed")
 
@@ -35,6 +36,20 @@ def _mass_normal(a: np.ndarray, b: np.ndarray, mean: float, sigma: float) -> np.
     zb = (b - mean) / sigma
     s = np.where(za >= 0, -1.0, 1.0)
     return s * (special.ndtr(s * zb) - special.ndtr(s * za))
+
+
+def _log_mass_normal(a: np.ndarray, b: np.ndarray, mean: float, sigma: float) -> np.ndarray:
+    """log of the N(mean, sigma^2)-mass of (a, b], accurate far into the tails where the mass itself underflows
+    (e.g. e^{-125000} at 500 standard deviations, sigma = 1e-3): the larger of the two log tails plus
+    log(1 - e^{smaller - larger}), from the upper tail above the mean and the lower tail below it."""
+    za = (np.asarray(a, dtype=float) - mean) / sigma
+    zb = (np.asarray(b, dtype=float) - mean) / sigma
+    above = za >= 0
+    big = np.where(above, special.log_ndtr(-za), special.log_ndtr(zb))
+    small = np.where(above, special.log_ndtr(-zb), special.log_ndtr(za))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = big + np.log(-np.expm1(small - big))
+    return np.where(np.isneginf(big) | (small >= big), -math.inf, out)
 
 
 def _logsumexp0(a: np.ndarray) -> np.ndarray:
@@ -127,8 +142,11 @@ class StepPair:
         q = self.sampling_probability
         if self.records_per_patient == 1:
             with np.errstate(divide="ignore", invalid="ignore"):
-                # expm1(eps) + q = e^eps - (1 - q), computed without cancellation near eps = log(1 - q).
-                log_excess = np.log(np.expm1(eps) + q) - math.log(q)
+                # expm1(eps) + q = e^eps - (1 - q), computed without cancellation near eps = log(1 - q); above
+                # eps = 30 as eps + log1p(-(1 - q) e^-eps), which cannot overflow for any eps.
+                small = np.minimum(eps, 30.0)
+                log_excess = np.where(eps > 30.0, eps + np.log1p(-(1 - q) * np.exp(-np.maximum(eps, 30.0))),
+                                      np.log(np.expm1(small) + q)) - math.log(q)
             if not self.relaxed:
                 # L(x) = log(1 - q + q exp((2x - 1) / (2 sigma^2)))  =>  x = sigma^2 log((e^eps - 1 + q)/q) + 1/2.
                 x = s2 * log_excess + 0.5
@@ -217,6 +235,12 @@ class StepPair:
             if wj > 0:
                 qm = qm + wj * (p if j == 0 else mass(float(j)))
         return p, qm
+
+    def log_p_masses(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """log P-mass of {a < X <= b} ({a < |X| <= b}, 0 <= a, in the relaxed model), exact in log space where
+        the mass itself underflows (the remove-direction PLD needs e^eps P(.) at eps up to ``LOSS_CAP``)."""
+        log_p = _log_mass_normal(a, b, 0.0, self.noise_multiplier)
+        return log_p + math.log(2.0) if self.relaxed else log_p
 
 
 # -- validation shared by every public function ------------------------------------------------------------------

@@ -15,6 +15,14 @@ Neyman-Pearson. Everything computed here is a *sound upper bound* for the contin
 * **Composition** by FFT in a window [lo, hi] chosen by a Chernoff bound on the composed loss (tail mass
   ``TAIL_BOUND`` on each side). Mass above the window wraps around to low losses; its Chernoff bound is added to the
   infinity atom, which more than compensates. Mass below the window wraps to the top (a pessimistic move).
+* **Loss cap** (``LOSS_CAP``): at tiny noise (sigma ~ 0.02, the seed paper's epsilon = 1e9) the per-step loss
+  reaches 10^3..10^6, beyond float64's exp range and far beyond any FFT window. The per-step grid stops at the last
+  grid point at or below ``LOSS_CAP``; everything above goes to that point and to the infinity atom by the same
+  P- and Q-mass preserving split as the rest of the top region (a dilation, so still sound; the infinity atom is
+  pessimistic for epsilon at delta, where it counts fully, and for the Neyman-Pearson step, where it is Q-mass at
+  no P-cost). The products e^eps P(.) are formed as exp(eps + log P(.)), P in log space, so nothing overflows
+  or underflows into a wrong split. When the cap costs tightness, epsilon falls back to the RDP bound
+  (:func:`epsilon_pld`), and ReRo / MIA bounds are close to 1 there anyway (which is the correct answer).
 * **Nesting.** The grid with step h/2 contains the one with step h, so the chord interpolation at h lies above
   the one at h/2: the bound at h/2 is both sound and tighter, and its distance to the one at h is the reported
   numerical error.
@@ -29,10 +37,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from dpaudit.bounds._mechanism import StepPair
-from dpaudit.errors import NumericalError
 from scipy import fft as sp_fft
 from scipy import signal
+
+from dpaudit.bounds._mechanism import StepPair
+from dpaudit.errors import NumericalError
 
 #: Chernoff bound on the composed mass left outside the FFT window on each side (1e-16: far below any kappa or
 #: delta a user can sensibly ask for, so the compensation it adds to the infinity atom never shows in a printed digit).
@@ -41,6 +50,14 @@ TAIL_BOUND = 1e-16
 INF_BUDGET = 1e-14
 #: Largest FFT window we allow (2^24 points: 128 MiB of spectrum); beyond it we refuse rather than swap.
 MAX_WINDOW = 1 << 24
+#: Largest finite per-step privacy loss kept on the grid; larger losses join the infinity atom (module notes).
+#: 700 < log(max float64) = 709.8, so e^eps alone never overflows either, and at h = 0.05 the per-step grid holds at
+#: most 14000 atoms. Only sigma below about 0.04 (any q) has per-step Q-mass above it beyond 1e-20.
+LOSS_CAP = 700.0
+
+
+class WindowTooLargeError(NumericalError):
+    """The composed PLD needs a larger FFT window than ``MAX_WINDOW`` at this grid step."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,12 +74,15 @@ class DiscretePld:
         Q-masses of the finite atoms (non-negative).
     infinity_mass:
         Q-mass of the atom at loss +infinity (P-mass 0): a test that can never err.
+    capped:
+        True when ``LOSS_CAP`` cut the per-step grid (then the continuous moments no longer describe it).
     """
 
     h: float
     lo: int
     masses: np.ndarray = field(repr=False)
     infinity_mass: float
+    capped: bool = False
 
     @property
     def losses(self) -> np.ndarray:
@@ -178,12 +198,19 @@ def _step_pld(pair: StepPair, h: float, direction: str, steps: int) -> DiscreteP
         if not math.isfinite(lo_loss):
             lo_loss = _left_cut(pair, inf_budget, direction)
         i_lo = math.floor(lo_loss / h)
-        i_hi = math.ceil(hi_loss / h)
+        # Cap the grid at LOSS_CAP (module notes): the top region then holds all losses above the cap. The cap
+        # index floor(LOSS_CAP / h) keeps nested grids nested (the finer one's top is never lower).
+        i_cap = math.floor(LOSS_CAP / h)
+        capped = math.ceil(hi_loss / h) > i_cap
+        i_hi = max(min(math.ceil(hi_loss / h), i_cap), i_lo + 1)
         eps = h * np.arange(i_lo, i_hi + 1)
         xb = pair.x_of_loss(eps)  # increasing
         a, b = xb[:-1], xb[1:]
-        p_int, q_int = pair.masses(a, b)
-        p_top, q_top = pair.masses(xb[-1:], np.array([math.inf]))
+        _, q_int = pair.masses(a, b)
+        log_p_int = pair.log_p_masses(a, b)
+        top = (xb[-1:], np.array([math.inf]))
+        _, q_top = pair.masses(*top)
+        log_p_top = pair.log_p_masses(*top)
         _, q_bot = pair.masses(np.array([pair.lower]), xb[:1])
         # Below i_lo the loss is < lo only when lo came from a cut; that mass moves up to the first grid point.
         q_below = float(q_bot[0])
@@ -202,20 +229,25 @@ def _step_pld(pair: StepPair, h: float, direction: str, steps: int) -> DiscreteP
         q_top, p_top = pair.masses(np.array([pair.lower]), xb[-1:])
         q_bot, _ = pair.masses(xb[:1], np.array([math.inf]))
         q_below = float(q_bot[0])
+        capped = False  # the add-direction loss is at most -min_loss = -log(1 - q)^k
+        with np.errstate(divide="ignore"):
+            log_p_int, log_p_top = np.log(np.maximum(p_int, 0.0)), np.log(np.maximum(p_top, 0.0))
     n = eps.size
     masses = np.zeros(n)
-    t_a = np.exp(eps[:-1])
     # Split the interval (a, b] = (eps_i, eps_{i+1}] between its ends, preserving Q- and P-mass (connect the dots).
-    up = (q_int - t_a * p_int) / -math.expm1(-h)
-    down = (math.exp(h) * t_a * p_int - q_int) / math.expm1(h)
+    # e^{eps_a} P and e^{eps_b} P are formed as exp(eps + log P): both are <= the interval's Q-mass (up to
+    # round-off), so nothing overflows, and P-masses below 1e-308 keep their relative precision.
+    tp_a = np.exp(eps[:-1] + log_p_int)
+    tp_b = np.exp(eps[1:] + log_p_int)
+    up = (q_int - tp_a) / -math.expm1(-h)
+    down = (tp_b - q_int) / math.expm1(h)
     masses[1:] += np.maximum(up, 0.0)
     masses[:-1] += np.maximum(down, 0.0)
-    t_hi = math.exp(eps[-1])
-    top_finite = min(t_hi * float(p_top[0]), float(q_top[0]))
+    top_finite = min(math.exp(float(eps[-1] + log_p_top[0])), float(q_top[0]))
     masses[-1] += top_finite
     masses[0] += q_below
     infinity = max(float(q_top[0]) - top_finite, 0.0)
-    return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=infinity)
+    return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=infinity, capped=capped)
 
 
 def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
@@ -261,6 +293,10 @@ def _chernoff_end(pld: DiscretePld, steps: int, lams: np.ndarray, k_cont: np.nda
     P(S > u) <= exp(T K(lam) - lam u) for lam > 0 (and the mirror image for the left tail). The minimising lam
     is located with the continuous moments, then the bound is evaluated with the exact discrete MGF."""
     log_tau = math.log(TAIL_BOUND)
+    if pld.capped:
+        # The cap changed the per-step law (the mass above it is at +infinity, outside the finite composition), so
+        # the continuous moments would point far off; locate the optimum with the exact discrete MGF instead.
+        k_cont = np.array([_log_mgf_discrete(pld, sign * lam) for lam in lams])
     ends = (steps * k_cont - log_tau) / lams  # right: u = (T K(lam) - log tau) / lam, lam > 0
     best = float(lams[int(np.argmin(ends))])
     candidates = []
@@ -281,14 +317,15 @@ def compose(pld: DiscretePld, steps: int, moments) -> DiscretePld:
     h = pld.h
     n = pld.masses.size
     lams = np.geomspace(1e-2, 1e3, 26)
-    hi_loss = _chernoff_end(pld, steps, lams, moments(lams), 1.0)
-    lo_loss = _chernoff_end(pld, steps, lams, moments(-lams), -1.0)
+    no_moments = np.zeros_like(lams)  # a capped PLD locates its optimum itself (see _chernoff_end)
+    hi_loss = _chernoff_end(pld, steps, lams, no_moments if pld.capped else moments(lams), 1.0)
+    lo_loss = _chernoff_end(pld, steps, lams, no_moments if pld.capped else moments(-lams), -1.0)
     lo = max(math.floor(lo_loss / h) - 1, steps * pld.lo)
     hi = min(math.ceil(hi_loss / h) + 1, steps * (pld.lo + n - 1))
     width = max(hi - lo + 1, n)
     width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
-        raise NumericalError(
+        raise WindowTooLargeError(
             f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW}). "
             "Fix: a coarser discretisation, fewer steps, or more noise")
     spectrum = sp_fft.rfft(pld.masses, n=width)
@@ -320,12 +357,10 @@ def initial_h(pair: StepPair, steps: int) -> float:
     sigma = pair.noise_multiplier
     # Per-step variance of L under Q, from Gauss-Hermite-free quadrature on a fine x grid.
     x = np.linspace(pair.lower if pair.relaxed else -14 * sigma, pair.records_per_patient + 14 * sigma, 8001)
-    pdf_p = np.exp(-0.5 * (x / sigma) ** 2)
-    if pair.relaxed:
-        pdf_p = pdf_p * 2
     loss = pair.loss(x)
-    with np.errstate(over="ignore"):
-        pdf_q = pdf_p * np.exp(np.minimum(loss, 700))
+    # Q-density up to a constant, in log space (at tiny sigma p underflows where e^L overflows).
+    log_q = -0.5 * (x / sigma) ** 2 + loss
+    pdf_q = np.exp(log_q - np.max(log_q))
     wq = pdf_q / pdf_q.sum()
     mean = float(np.sum(wq * loss))
     var = float(np.sum(wq * (loss - mean) ** 2))
