@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize, special
+
 from dpaudit.bounds._mechanism import (
     StepPair,
     check_delta,
@@ -25,7 +27,6 @@ from dpaudit.bounds.pld import composed_pld, epsilon_pld, epsilon_pld_refined, i
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
-from scipy import optimize, special
 
 ACCOUNTANTS = ("pld", "rdp")
 #: Noise multipliers searched (below 0.05 a DP-SGD run has no meaningful guarantee; above 1e4 any target is met).

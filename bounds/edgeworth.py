@@ -13,8 +13,9 @@ import math
 import warnings
 
 import numpy as np
-from dpaudit.bounds._mechanism import StepPair
 from scipy import integrate, optimize, special
+
+from dpaudit.bounds._mechanism import StepPair
 
 #: Below this many steps the standardised sum is too far from normal for a five-cumulant expansion.
 MIN_STEPS = 30

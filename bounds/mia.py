@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from dpaudit.bounds._mechanism import StepPair, check_records_per_patient, check_steps, check_threat_model
 from dpaudit.bounds.pld import composed_pld
 from dpaudit.bounds.rero import tight_gamma

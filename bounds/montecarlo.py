@@ -8,6 +8,7 @@ gamma = Q(S > t_kappa) (the Neyman-Pearson test). The 95% interval is a percenti
 from __future__ import annotations
 
 import numpy as np
+
 from dpaudit.bounds._mechanism import StepPair
 
 

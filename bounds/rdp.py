@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from dpaudit.bounds._mechanism import check_delta, check_noise_multiplier, check_q, check_steps
 from scipy import special
+
+from dpaudit.bounds._mechanism import check_delta, check_noise_multiplier, check_q, check_steps
 
 #: Opacus' ``RDPAccountant.DEFAULT_ALPHAS``.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])

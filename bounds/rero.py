@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import special
+
 from dpaudit.bounds._mechanism import (
     StepPair,
     check_kappa,
@@ -30,7 +32,6 @@ from dpaudit.bounds._mechanism import (
 )
 from dpaudit.bounds.pld import composed_pld, refine
 from dpaudit.errors import invalid
-from scipy import special
 
 METHODS = ("tight", "edgeworth", "clt", "mc")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from dpaudit.cli._common import emit_json, err, handle_errors, out
 from dpaudit.errors import check_int, invalid
 
@@ -156,6 +157,7 @@ def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[f
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     from dpaudit.bounds import rero_bound
 
     grid = np.geomspace(min(1e-8, min(kappas)), 0.999, 121)

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from dpaudit.cli.main import app
 from typer.testing import CliRunner
+
+from dpaudit.cli.main import app
 
 runner = CliRunner()
 

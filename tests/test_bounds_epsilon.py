@@ -11,9 +11,10 @@ import math
 import warnings
 
 import pytest
+from scipy import optimize, special
+
 from dpaudit.bounds import epsilon_pld, epsilon_rdp, noise_for_epsilon
 from dpaudit.errors import ConfigError
-from scipy import optimize, special
 
 
 def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import special
+
 from dpaudit.bounds import (
     calibrate_noise,
     clt_mu,
@@ -23,7 +25,6 @@ from dpaudit.bounds._mechanism import StepPair
 from dpaudit.bounds.pld import composed_pld
 from dpaudit.bounds.rero import dual_gamma
 from dpaudit.errors import ConfigError
-from scipy import special
 
 # -- closed forms (spec section 4, absolute 1e-6) -------------------------------------------------------------
 
