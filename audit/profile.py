@@ -141,7 +141,9 @@ class TrainTask(_TaskBase):
 
     stage: ClassVar[str] = "train"
     result_type: ClassVar[type] = TrainOutcome
-    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir",)
+    #: ``out_dir`` locates files; ``threads`` only sets how many cores compute the same numbers (the task key, and
+    #: so the resumable store, ignore both).
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "threads")
 
     data: DataSpec
     arch: str
@@ -156,6 +158,8 @@ class TrainTask(_TaskBase):
     target_delta: float | None
     checkpoint: str
     out_dir: str
+    #: torch intra-op threads; None lets ``train`` use the idle cores (a Dask worker passes 1: one task per core).
+    threads: int | None = None
 
     def tag(self) -> str:
         return f"{_eps_tag(self.epsilon_target)}-seed{self.seed}"
@@ -174,7 +178,7 @@ class TrainTask(_TaskBase):
             non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
             batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
             max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
-            seed=self.seed, seeds=1, out=str(folder))
+            seed=self.seed, seeds=1, out=str(folder), threads=self.threads)
 
     def run(self) -> TrainOutcome:
         t0 = time.perf_counter()
@@ -281,6 +285,7 @@ class BoundsTask(_TaskBase):
 
     def run(self) -> BoundsOutcome:
         import numpy as np
+
         from dpaudit import bounds
 
         t0 = time.perf_counter()
@@ -393,6 +398,7 @@ class AttackTask(_TaskBase):
     def run(self) -> AttackOutcome:
         import numpy as np
         import torch
+
         from dpaudit.attacks.reconstruction import noise_for_epsilons, run_attack
         from dpaudit.checkpoint import load_checkpoint
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from dpaudit.audit.profile_schema import ProfileConfig
 from dpaudit.cli._common import emit_json, err, handle_errors, out
 
@@ -75,6 +76,11 @@ def profile(
     include_images: Annotated[bool, typer.Option(help="Store reconstructions and show them in the report "
                                                       "(patient images!).")] = False,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Run the tasks on an existing Dask cluster, e.g. tcp://HOST:8786 (needs dpaudit[distributed]; "
+             "--out and --data-dir on a file system every worker sees).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Run the tasks on a local Dask cluster of N worker processes (127.0.0.1 only, one thread each).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
@@ -108,7 +114,16 @@ def profile(
     if include_images:
         err.print("[yellow]warning:[/] --include-images stores training images (possibly patient data) in the "
                   "output folder and the report.", markup=True)
-    prof = run_profile(config, out_dir, progress=progress, render=render)
+    from dpaudit.audit.distributed import make_executor
+
+    # The executor changes where tasks run, never their results (tests/test_distributed.py).
+    executor = make_executor(scheduler, workers)
+    try:
+        if hasattr(executor, "describe"):
+            err.print(executor.describe(), highlight=False)
+        prof = run_profile(config, out_dir, executor=executor, progress=progress, render=render)
+    finally:
+        executor.close()
     wall = time.perf_counter() - started
     stages = "; ".join(f"{s.stage} {s.seconds:.0f} s" for s in prof.stages)
     err.print(f"done in {wall:.0f} s ({stages})", highlight=False)
@@ -141,8 +156,9 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
 
 
 def _print_summary(prof) -> None:
-    from dpaudit.audit import report_text as txt
     from rich.table import Table
+
+    from dpaudit.audit import report_text as txt
 
     n = prof.dataset.n_train
     table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({n} training images)")
