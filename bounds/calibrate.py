@@ -23,14 +23,16 @@ from dpaudit.bounds._mechanism import (
     check_steps,
     check_threat_model,
 )
-from dpaudit.bounds.pld import composed_pld, epsilon_pld, epsilon_pld_refined, initial_h
+from dpaudit.bounds.pld import WindowTooLargeError, composed_pld, epsilon_pld, epsilon_pld_refined, initial_h
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
 
 ACCOUNTANTS = ("pld", "rdp")
-#: Noise multipliers searched (below 0.05 a DP-SGD run has no meaningful guarantee; above 1e4 any target is met).
-SIGMA_RANGE = (0.02, 1e4)
+#: Noise multipliers searched. Below 1e-3 the noise is invisible next to a clipped gradient (the seed paper's
+#: epsilon = 1e9 needs sigma ~ 2e-3 at q = 1e-3, T = 1e4); a target met even there returns 1e-3 (safe, since its
+#: epsilon is <= the target). Above 1e4 any target is met.
+SIGMA_RANGE = (1e-3, 1e4)
 
 
 def safe_smallest(meets: Callable[[float], bool], guess: float, *, rtol: float = 1e-3,
@@ -136,6 +138,9 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
 
     Notes
     -----
+    With ``"pld"`` the answer is min(sigma from the PLD, sigma from RDP), the same pairing as
+    :func:`dpaudit.bounds.epsilon_pld` (RDP only wins at tiny sigma, where the PLD's loss cap makes it
+    pessimistic). Sigma is searched in ``SIGMA_RANGE``; a target met even at its lower end returns that end.
     With ``"pld"`` each trial sigma is evaluated on one fixed pessimistic grid (a sound upper bound, about
     2e-3 relative above the converged value), which keeps T up to 10^6 fast; the answer is therefore a few
     tenths of a percent above the smallest sigma the converged PLD would allow.
@@ -150,7 +155,10 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
     def epsilon_of(sigma: float, directions: tuple[str, ...]) -> float:
         if accountant == "rdp":
             return epsilon_rdp(sigma, q, steps, delta)
-        return _epsilon_pld_fixed_grid(StepPair(sigma, q), steps, delta, directions)
+        try:
+            return _epsilon_pld_fixed_grid(StepPair(sigma, q), steps, delta, directions)
+        except WindowTooLargeError:
+            return math.inf  # not computable at this sigma: treated as failing (safe); RDP is tried below
 
     # The remove direction dominates in all but extreme settings: search with it, then re-check with both
     # directions and continue from there if the add direction is the larger one.
@@ -165,6 +173,18 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
     if accountant == "pld" and q < 1.0 and epsilon_of(sigma, ("remove", "add")) > target_epsilon:
         directions = ("remove", "add")
         sigma = safe_smallest(lambda s: score(s) <= 0, sigma, rtol=rtol, score=score)
+    if accountant == "pld":
+        # min(sigma from PLD, sigma from RDP): each meets the target by a sound accountant, so the smaller one does
+        # too, and it is the auditor's choice (stronger attack, tighter training). RDP is smaller only where the
+        # PLD's loss cap makes it pessimistic (tiny sigma, e.g. epsilon = 1e9); one RDP evaluation decides. This
+        # matches epsilon_pld = min(PLD, RDP), so epsilon_pld(returned sigma) <= target_epsilon.
+        below = sigma / (1 + rtol)
+        if below >= SIGMA_RANGE[0] and epsilon_rdp(below, q, steps, delta) <= target_epsilon:
+
+            def score_rdp(s: float) -> float:
+                return math.log(epsilon_rdp(s, q, steps, delta) / target_epsilon)
+
+            sigma = min(sigma, safe_smallest(lambda s: score_rdp(s) <= 0, below, rtol=rtol, score=score_rdp))
     return sigma
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dpaudit.bounds._mechanism import StepPair, check_records_per_patient, check_steps, check_threat_model
-from dpaudit.bounds.pld import composed_pld
+from dpaudit.bounds.pld import WindowTooLargeError, composed_pld
 from dpaudit.bounds.rero import tight_gamma
 
 #: FPRs at which TPR is reported (the CLI's and the report's table).
@@ -77,11 +77,20 @@ def mia_curve(noise_multiplier: float, sampling_probability: float, steps: int, 
     fpr = np.array(FPR_GRID)
     roc_fpr = np.concatenate([np.geomspace(1e-8, 0.999, roc_points - 1)])
     grid = np.concatenate([fpr, roc_fpr])
-    refined = tight_gamma(pair, steps, grid)
-    tpr = refined.value[: fpr.size]
-    roc_tpr = np.maximum.accumulate(refined.value[fpr.size:])
-    advantage = composed_pld(pair, steps, refined.h, "remove").delta(0.0)
+    notes: tuple[str, ...] = ()
+    try:
+        refined = tight_gamma(pair, steps, grid)
+    except WindowTooLargeError as exc:
+        # TPR <= 1 and advantage <= 1 always hold: the trivial sound upper bounds, labelled in the notes.
+        values, advantage = np.ones_like(grid), 1.0
+        notes = (f"TPR = 1 and advantage = 1 are the trivial sound upper bounds: the tight PLD does not fit here "
+                 f"({exc})",)
+    else:
+        values = refined.value
+        advantage = composed_pld(pair, steps, refined.h, "remove").delta(0.0)
+    tpr = values[: fpr.size]
+    roc_tpr = np.maximum.accumulate(values[fpr.size:])
     roc_fpr = np.append(roc_fpr, 1.0)
     roc_tpr = np.append(roc_tpr, 1.0)
     return MiaCurve(advantage=float(min(advantage, 1.0)), fpr=fpr, tpr=tpr, roc_fpr=roc_fpr, roc_tpr=roc_tpr,
-                    threat_model=pair.threat_model, records_per_patient=pair.records_per_patient)
+                    threat_model=pair.threat_model, records_per_patient=pair.records_per_patient, notes=notes)

@@ -56,6 +56,10 @@ MAX_WINDOW = 1 << 24
 LOSS_CAP = 700.0
 
 
+#: How often :func:`refine` quadruples the grid step when the composed window does not fit (h up to 64x coarser).
+COARSEN_ATTEMPTS = 3
+
+
 class WindowTooLargeError(NumericalError):
     """The composed PLD needs a larger FFT window than ``MAX_WINDOW`` at this grid step."""
 
@@ -382,7 +386,8 @@ class Refined:
 
     @property
     def error(self) -> np.ndarray:
-        """|value(h) - value(h/2)|: the numerical error estimate (connect-the-dots converges as h^2)."""
+        """|value(h) - value(h/2)|: the numerical error estimate (connect-the-dots converges as h^2); the whole
+        value where the grid could not be refined (the value is still a sound upper bound)."""
         return np.abs(self.coarse - self.value)
 
 
@@ -393,9 +398,22 @@ def refine(pair: StepPair, steps: int, evaluate, *, rtol: float = 5e-4, atol: fl
     ``evaluate(h)`` returns an array of sound upper bounds computed at grid step h; it is monotone in h (nesting).
     """
     h = initial_h(pair, steps)
-    coarse = np.asarray(evaluate(h), dtype=float)
+    for attempt in range(COARSEN_ATTEMPTS + 1):
+        try:
+            coarse = np.asarray(evaluate(h), dtype=float)
+            break
+        except WindowTooLargeError:
+            # A coarser grid is still sound (only looser): widen h until the composed window fits.
+            if attempt == COARSEN_ATTEMPTS:
+                raise
+            h *= 4
     for _ in range(max_halvings):
-        fine = np.asarray(evaluate(h / 2), dtype=float)
+        try:
+            fine = np.asarray(evaluate(h / 2), dtype=float)
+        except WindowTooLargeError:
+            # The finer grid does not fit: keep the sound coarse value. No error estimate is available, so the
+            # reported error is the whole value (the bracket widens to the trivial [0 or kappa, value]).
+            return Refined(value=coarse, coarse=np.zeros_like(coarse), h=h)
         with np.errstate(invalid="ignore"):
             err = np.abs(coarse - fine)
             ok = np.all((err <= rtol * np.abs(fine)) | (err <= atol) | ~np.isfinite(fine))
@@ -429,7 +447,10 @@ def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int
     Returns
     -------
     float
-        epsilon (``math.inf`` if no finite epsilon reaches this delta).
+        epsilon, a sound upper bound: min(tight PLD, RDP). Both are sound upper bounds on the same epsilon, so
+        their minimum is too. The PLD is the smaller one except at tiny noise (sigma below about 0.04, e.g. the
+        seed paper's epsilon = 1e9), where ``LOSS_CAP`` sends per-step losses above 700 to the infinity atom and the
+        PLD becomes infinite or loose; there the value is the RDP bound (Opacus' orders, :func:`epsilon_rdp`).
 
     References
     ----------
@@ -442,7 +463,16 @@ def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int
     pair = StepPair(noise_multiplier, sampling_probability)
     steps = check_steps(steps)
     target_delta = check_delta(target_delta)
-    return float(epsilon_pld_refined(pair, steps, target_delta).value[0])
+    try:
+        tight = float(epsilon_pld_refined(pair, steps, target_delta).value[0])
+    except WindowTooLargeError:
+        tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
+    # Sound upper bound = min of two sound upper bounds on the same epsilon (PLD above; RDP: Mironov, Talwar, Zhang
+    # arXiv 1908.10530v1 with the conversion of Balle et al. arXiv 1905.09982v2, Theorem 21). RDP wins only where
+    # the loss cap made the PLD pessimistic (see Returns); the reported number stays a sound upper bound.
+    from dpaudit.bounds.rdp import epsilon_rdp
+
+    return min(tight, epsilon_rdp(noise_multiplier, sampling_probability, steps, target_delta))
 
 
 def epsilon_pld_refined(pair: StepPair, steps: int, target_delta: float, *, rtol: float = 1e-4) -> Refined:

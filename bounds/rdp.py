@@ -41,6 +41,12 @@ def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
     """
     step = sigma / 10
     z = np.arange(-45 * sigma, alpha + 45 * sigma + step, step)
+    if alpha > 90 * sigma:
+        # Small sigma: log_mix <= max(log(1 - q), log q + (2z - 1)/(2 sigma^2)) + log 2, so the integrand is below
+        # 2^alpha times two Gaussian bumps of width sigma at z = 0 and z = alpha; between the bumps (more than 45
+        # sigma from both) every grid point is below e^{-1012 + 45} of the peak, so only the points within 45 sigma
+        # of a bump are summed (a subset of the same grid: the same sum to float precision, 10-100x faster).
+        z = z[(np.abs(z) <= 45 * sigma) | (np.abs(z - alpha) <= 45 * sigma)]
     log_mix = np.logaddexp(math.log1p(-q), math.log(q) + (2 * z - 1) / (2 * sigma ** 2))
     log_f = -z * z / (2 * sigma ** 2) + alpha * log_mix
     return float(special.logsumexp(log_f) + math.log(step) - 0.5 * math.log(2 * math.pi * sigma ** 2))

@@ -30,7 +30,7 @@ from dpaudit.bounds._mechanism import (
     check_steps,
     check_threat_model,
 )
-from dpaudit.bounds.pld import composed_pld, refine
+from dpaudit.bounds.pld import WindowTooLargeError, composed_pld, refine
 from dpaudit.errors import invalid
 
 METHODS = ("tight", "edgeworth", "clt", "mc")
@@ -208,11 +208,18 @@ def rero_bound(noise_multiplier: float, sampling_probability: float, steps: int,
     notes = list(_patient_notes(pair.records_per_patient))
     h = None
     if method == "tight":
-        refined = tight_gamma(pair, steps, kappa)
-        gamma = refined.value
-        upper = gamma
-        lower = np.maximum(gamma - refined.error, kappa)
-        h = refined.h
+        try:
+            refined = tight_gamma(pair, steps, kappa)
+        except WindowTooLargeError as exc:
+            # 1 bounds every probability: still a sound upper bound, just the trivial one (labelled in the notes).
+            gamma = upper = np.ones_like(kappa)
+            lower = kappa
+            notes.append(f"gamma = 1 is the trivial sound upper bound: the tight PLD does not fit here ({exc})")
+        else:
+            gamma = refined.value
+            upper = gamma
+            lower = np.maximum(gamma - refined.error, kappa)
+            h = refined.h
     elif method == "clt":
         from dpaudit.bounds.edgeworth import clt_gamma
 
