@@ -156,9 +156,12 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
         if accountant == "rdp":
             return epsilon_rdp(sigma, q, steps, delta)
         try:
-            return _epsilon_pld_fixed_grid(StepPair(sigma, q), steps, delta, directions)
+            eps = _epsilon_pld_fixed_grid(StepPair(sigma, q), steps, delta, directions)
         except WindowTooLargeError:
-            return math.inf  # not computable at this sigma: treated as failing (safe); RDP is tried below
+            eps = math.inf
+        # Where the PLD is infinite (loss cap, tiny sigma) or not computable, the RDP value stands in: a sound upper
+        # bound as well, so a sigma accepted with it still meets the target (see the min below).
+        return eps if math.isfinite(eps) else epsilon_rdp(sigma, q, steps, delta)
 
     # The remove direction dominates in all but extreme settings: search with it, then re-check with both
     # directions and continue from there if the add direction is the larger one.

@@ -94,7 +94,12 @@ def bounds(
         eps = float(epsilon_pld_refined(StepPair(sigma, q, k), steps, delta).value[0])
     eps_rdp = epsilon_rdp(sigma, q, steps, delta) if k == 1 else math.nan
     mia = mia_curve(sigma, q, steps, records_per_patient=k)
-    for note in dict.fromkeys(worst.notes + relaxed.notes):
+    eps_source = "RDP" if k == 1 and eps == eps_rdp else "PLD"
+    extra = ()
+    if eps_source == "RDP":
+        extra = ("epsilon: the PLD is looser than RDP at this noise (per-step privacy loss above 700 counted as "
+                 "infinite); the epsilon shown is the RDP value, a sound upper bound",)
+    for note in dict.fromkeys(worst.notes + relaxed.notes + mia.notes + extra):
         err.print(f"[yellow]warning:[/] {note}")
     if roc is not None:
         mia_relaxed = mia_curve(sigma, q, steps, records_per_patient=k, threat_model="relaxed")
@@ -106,12 +111,14 @@ def bounds(
     if plot is not None:
         _plot(plot, sigma, q, steps, k, kappas)
     if json_out:
-        emit_json(_bounds_json(sigma, q, steps, delta, k, method.value, eps, eps_rdp, worst, relaxed, mia))
+        emit_json(_bounds_json(sigma, q, steps, delta, k, method.value, eps, eps_rdp, worst, relaxed, mia,
+                               eps_source))
         return
-    _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia)
+    _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia, eps_source)
 
 
-def _bounds_json(sigma, q, steps, delta, k, method, eps, eps_rdp, worst, relaxed, mia) -> dict[str, Any]:
+def _bounds_json(sigma, q, steps, delta, k, method, eps, eps_rdp, worst, relaxed, mia,
+                 eps_source="PLD") -> dict[str, Any]:
     return {
         "noise_multiplier": sigma, "sampling_probability": q, "steps": steps, "target_delta": delta,
         "records_per_patient": k, "method": method, "epsilon": eps,
@@ -120,23 +127,23 @@ def _bounds_json(sigma, q, steps, delta, k, method, eps, eps_rdp, worst, relaxed
                  for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True)],
         "mia": {"advantage": mia.advantage,
                 "tpr_at_fpr": [{"fpr": f, "tpr": t} for f, t in mia.tpr_at_fpr]},
-        "labels": {"epsilon": "sound upper bound (PLD)", "epsilon_rdp": "sound upper bound (RDP, as Opacus)",
+        "labels": {"epsilon": f"sound upper bound ({eps_source})", "epsilon_rdp": "sound upper bound (RDP, as Opacus)",
                    "rero": worst.label, "mia": mia.label},
         "numerical_error": {"worst_case": worst.numerical_error.tolist(),
                             "relaxed": relaxed.numerical_error.tolist()},
         "assumptions": list(dict.fromkeys(worst.assumptions + relaxed.assumptions)),
-        "notes": list(dict.fromkeys(worst.notes + relaxed.notes)),
+        "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes)),
     }
 
 
-def _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia) -> None:
+def _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia, eps_source="PLD") -> None:
     from rich.table import Table
 
     table = Table(title=f"DP-SGD: sigma {sigma:g}, q {q:g}, T {steps}, k {k}", title_justify="left")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("kind")
-    table.add_row(f"epsilon at delta {delta:g} (PLD)", _fmt_eps(eps), "sound upper bound")
+    table.add_row(f"epsilon at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
     if math.isfinite(eps_rdp):
         table.add_row(f"epsilon at delta {delta:g} (RDP, as Opacus)", _fmt_eps(eps_rdp), "sound upper bound")
     for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True):
