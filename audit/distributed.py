@@ -103,6 +103,11 @@ class DaskExecutor:
         Seconds to wait for the scheduler and for its first worker.
 
     Exactly one of ``scheduler`` and ``workers`` is given. Use as a context manager or call :meth:`close`.
+
+    Notes
+    -----
+    Local workers are started with the ``spawn`` method (Dask's default): a script that builds
+    ``DaskExecutor(workers=N)`` must do so under ``if __name__ == "__main__":``. The ``dpaudit`` command does.
     """
 
     def __init__(self, scheduler: str | None = None, workers: int | None = None, *, retries: int = 2,
@@ -128,9 +133,12 @@ class DaskExecutor:
         self._cluster: Any = None
         if workers is not None:
             # Loopback only, no dashboard, processes (torch and the GIL), one thread each (one task per core).
+            # Dask keeps a small HTTP server (/health) even without a dashboard: on loopback, on a free port
+            # (its default, 8787, may be another user's).
             self._cluster = distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.ERROR)
+                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR)
             self.address = self._cluster.scheduler_address
         else:
             self.address = scheduler
