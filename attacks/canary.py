@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+
 from dpaudit.attacks.mia import (
     OneRunScoreAudit,
     Selection,

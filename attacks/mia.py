@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from dpaudit.errors import check_int, check_probability, invalid
 from scipy import special, stats
+
+from dpaudit.errors import check_int, check_probability, invalid
 
 __all__ = [
     "OneRunBound",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from dpaudit.attacks.reconstruction import AttackResult
 from dpaudit.attacks.scoring import SUCCESS_SSIM
 from dpaudit.errors import ConfigError

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from dpaudit.attacks.mia import ScoreBound, bound_from_scores, two_error_ceiling
 from dpaudit.errors import check_int, check_positive, check_probability
-from torch import nn
 
 __all__ = ["SelfAuditConfig", "SelfAuditResult", "gradient_canary_projections", "run_self_audit"]
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from dpaudit.errors import DataError
 
 __all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "choose_threshold", "classify",

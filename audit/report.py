@@ -21,10 +21,6 @@ import io
 import os
 from pathlib import Path
 
-from dpaudit.audit import report_figures as figs
-from dpaudit.audit import report_text as txt
-from dpaudit.audit.profile_schema import LevelSummary, Profile
-from dpaudit.errors import DataError, invalid
 from reportlab.lib import colors
 from reportlab.lib.enums import TA_CENTER
 from reportlab.lib.pagesizes import A4
@@ -44,6 +40,11 @@ from reportlab.platypus import (
     Table,
     TableStyle,
 )
+
+from dpaudit.audit import report_figures as figs
+from dpaudit.audit import report_text as txt
+from dpaudit.audit.profile_schema import LevelSummary, Profile
+from dpaudit.errors import DataError, invalid
 
 FONT = "DejaVuSans"
 FONT_BOLD = "DejaVuSans-Bold"

@@ -12,10 +12,11 @@ import io
 from collections.abc import Iterator
 
 import numpy as np
-from dpaudit.audit.profile_schema import Profile, fmt_eps
-from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from dpaudit.audit.profile_schema import Profile, fmt_eps
+from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD
 
 WORST = "#6a3d9a"
 RELAXED = "#ff7f00"

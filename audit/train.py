@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.config import DpSgdConfig, steps_for
@@ -44,7 +46,6 @@ from dpaudit.errors import (
     invalid,
 )
 from dpaudit.models import ARCHITECTURES, build_model
-from torch import nn
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
            "train"]
@@ -400,11 +401,12 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
              delta: float, progress: ProgressCallback | None, done0: int, total: int
              ) -> tuple[nn.Module, list[EpochRecord], float]:
     """Train one model; returns (model, history, training samples per second)."""
-    from dpaudit.bounds import epsilon_rdp
     from opacus.data_loader import wrap_collate_with_empty
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
     from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    from dpaudit.bounds import epsilon_rdp
 
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds any legacy numpy use in dependencies)

@@ -20,9 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness import Comparison, report
+
 from dpaudit.bounds import noise_for_epsilon, rero_bound
 from dpaudit.bounds.pld import _log_moments_cached, composed_pld
-from harness import Comparison, report
 
 POINTS = [
     ("spec 1: s1.0 q.01 T1000 k1e-3", 1.0, 0.01, 1000, 1e-3),

@@ -55,10 +55,11 @@ def _case(kind: str, size: int, n_train: int) -> dict[str, float]:
 def _bare(kind: str, train_ds, q: float, steps: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """The reference: the loop an Opacus user writes (PrivacyEngine + BatchMemoryManager), or plain PyTorch."""
     import torch
-    from dpaudit.models import build_model
     from opacus import PrivacyEngine
     from opacus.utils.batch_memory_manager import BatchMemoryManager
     from torch import nn
+
+    from dpaudit.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet9", num_classes=2, in_channels=3, width=WIDTH)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dpaudit.errors import DpAuditError, invalid
 
@@ -29,7 +30,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DpAuditError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err.print("interrupted")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
 
 
@@ -91,6 +92,7 @@ def attack(
 ) -> None:
     """Run the imprint-layer reconstruction attack (batch size 1, malicious server) and score it by SSIM."""
     import numpy as np
+
     from dpaudit.attacks.reconstruction import noise_for_epsilons, run_attack
     from dpaudit.checkpoint import load_model
     from dpaudit.data import load_splits

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from dpaudit.cli._common import emit_json, handle_errors, out
 
 mia_app = typer.Typer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from dpaudit.cli._common import emit_json, err, handle_errors, out
 
 
@@ -44,8 +45,9 @@ def train_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Train a model with DP-SGD (Opacus, Poisson sampling) or without DP, and report utility and epsilon."""
-    from dpaudit.audit.train import TrainConfig, train
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dpaudit.audit.train import TrainConfig, train
 
     arch_args: dict[str, object] = {}
     if width is not None:

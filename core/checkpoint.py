@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from dpaudit.config import DpSgdConfig
 from dpaudit.data import normalization
 from dpaudit.errors import CheckpointError, ConfigError, check_int, invalid
 from dpaudit.models import ARCHITECTURES, build_model
-from torch import nn
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "load_checkpoint", "load_model",
            "save_checkpoint"]

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from dpaudit.errors import DataError, check_int, check_probability, invalid
 
 __all__ = [

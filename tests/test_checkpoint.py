@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dpaudit.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, load_model, save_checkpoint
 from dpaudit.config import DpSgdConfig
 from dpaudit.errors import CheckpointError

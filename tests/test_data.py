@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from dpaudit.data import (
     HAM10000_IMMEDIATE,
     DatasetSplits,
@@ -18,7 +20,6 @@ from dpaudit.data import (
     make_demo,
 )
 from dpaudit.errors import DataError
-from PIL import Image
 
 HAM_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
 DX = ["nv", "bkl", "df", "vasc", "akiec", "bcc", "mel"]

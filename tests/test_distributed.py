@@ -237,8 +237,6 @@ def test_missing_dask_names_the_extra(monkeypatch, tmp_path) -> None:
     assert not (tmp_path / "p" / "profile.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cli/_common.handle_errors prints the message as rich markup, which "
-                   "swallows '[distributed]'; fix there: rich.markup.escape(str(exc))")
 def test_cli_missing_dask_shows_the_extra_verbatim(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), "--workers", "2"])

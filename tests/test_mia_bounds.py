@@ -13,6 +13,9 @@ import math
 import mpmath as mp
 import numpy as np
 import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
 from dpaudit.attacks.mia import (
     bound_from_scores,
     clopper_pearson,
@@ -25,8 +28,6 @@ from dpaudit.attacks.mia import (
 )
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
-from scipy import stats
-from typer.testing import CliRunner
 
 runner = CliRunner()
 mp.mp.dps = 40

@@ -7,14 +7,15 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
 from dpaudit.attacks.canary import CanaryAuditConfig, _roc, _tpr_at_fpr, _wrong_labels, run_canary_audit
 from dpaudit.attacks.mia import low_epsilon_caveat, one_run_ceiling
 from dpaudit.audit.train import TrainConfig
 from dpaudit.cli.main import app
 from dpaudit.data import load_splits
 from dpaudit.errors import ConfigError
-from scipy import stats
-from typer.testing import CliRunner
 
 TINY = dict(arch="smallcnn", arch_args={"width": 4}, epochs=1, batch_size=8, image_size=8, threads=1)
 

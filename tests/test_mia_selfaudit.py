@@ -13,13 +13,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from dpaudit.attacks.selfaudit import SelfAuditConfig, gradient_canary_projections, run_self_audit
-from dpaudit.cli.main import app
-from dpaudit.errors import ConfigError
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
 from scipy import optimize, stats
 from typer.testing import CliRunner
+
+from dpaudit.attacks.selfaudit import SelfAuditConfig, gradient_canary_projections, run_self_audit
+from dpaudit.cli.main import app
+from dpaudit.errors import ConfigError
 
 #: sigma 2: the accountant's epsilon for one step is ~1.99 at delta 1e-5, well below what 250 evaluation trials
 #: per arm can certify (ceiling ~4.2), so a leaking step is caught.

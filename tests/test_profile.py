@@ -13,6 +13,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
+from typer.testing import CliRunner
+
 from dpaudit.audit.profile import (
     InProcessExecutor,
     TaskStore,
@@ -22,8 +25,6 @@ from dpaudit.audit.profile import (
 from dpaudit.audit.profile_schema import Profile, ProfileConfig
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
-from pypdf import PdfReader
-from typer.testing import CliRunner
 
 TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
             seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)

@@ -13,6 +13,9 @@ import json
 
 import numpy as np
 import pytest
+from pypdf import PdfReader
+from typer.testing import CliRunner
+
 from dpaudit.audit.profile_schema import (
     SCHEMA_VERSION,
     AttackOutcome,
@@ -31,8 +34,6 @@ from dpaudit.audit.profile_schema import (
     Utility,
 )
 from dpaudit.cli.main import app
-from pypdf import PdfReader
-from typer.testing import CliRunner
 
 # Seed paper Table 3, HAM10000 rows (epsilon: sigma, MCC mean, MCC std, worst case, relaxed). Illustrative only.
 HAM = {1.0: (0.92, 0.1560, 0.0413, 0.0003, 0.0001), 8.0: (0.47, 0.3748, 0.0345, 0.0122, 0.0004),

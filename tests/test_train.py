@@ -6,19 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dpaudit.audit.train as train_mod
 import numpy as np
 import pytest
 import torch
+from test_data import make_folder, make_ham10000, make_medmnist
+from torch import nn
+from typer.testing import CliRunner
+
+import dpaudit.audit.train as train_mod
 from dpaudit.audit.metrics import auroc, balanced_accuracy, mcc
 from dpaudit.audit.train import TrainConfig, _calibrate, check_dp_compatible, default_delta, train
 from dpaudit.checkpoint import load_checkpoint
 from dpaudit.cli.main import app
 from dpaudit.data import load_splits
 from dpaudit.errors import ConfigError
-from test_data import make_folder, make_ham10000, make_medmnist
-from torch import nn
-from typer.testing import CliRunner
 
 TINY = dict(arch="smallcnn", arch_args={"width": 4}, epochs=1, batch_size=8, image_size=16, threads=1)
 
