@@ -319,7 +319,8 @@ class _Report:
         out = [self.para("Reconstruction risk: formal bounds and the realistic attack", "h1"),
                self.para(
                    "Left: the worst-case (purple) and relaxed (orange) upper bounds against the privacy budget at "
-                   "κ = 1/N_train, with the realistic attack's measured success (green squares). Right: the bounds "
+                   "κ = 1/N_train, with the realistic attack's measured success (green squares); "
+                   "budgets of 10⁴ and above sit past the break in the axis, with no line drawn across it. Right: the bounds "
                    "against the prior κ for each budget; the dotted diagonal is the blind guess. The gap between "
                    "the curves shows how much of the worst-case risk rests on assumptions a real attacker does not "
                    "meet (seed paper, Figure 2)."),

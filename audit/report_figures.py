@@ -48,9 +48,10 @@ def _new(width_in: float, height_in: float, ncols: int = 1) -> tuple[Figure, lis
     return fig, axes
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig: Figure, tight: bool = True) -> bytes:
     buf = io.BytesIO()
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
@@ -69,43 +70,87 @@ def _eps_ticks(ax, eps: list[float]) -> None:
     ax.minorticks_off()
 
 
-def rero_figure(profile: Profile) -> bytes:
-    """Figure 2 style: ReRo upper bounds against epsilon (left) and against kappa (right)."""
+HUGE_EPSILON = 1e4  # budgets at or above this sit on a separate stub of the x-axis (a broken axis)
 
+
+def _rero_axes(huge: bool) -> tuple[Figure, list, object]:
+    """Left panel (split in two when budgets like 10^9 would squash the moderate ones) and right panel."""
     with _clean_style():
-        fig, (ax1, ax2) = _new(7.0, 3.0, ncols=2)
-        n = profile.dataset.n_train
-        curve = sorted((b for b in profile.bounds_curve + profile.bounds if b.epsilon_target is not None),
-                       key=lambda b: b.epsilon_target)
-        seen: dict[float, tuple[float, float | None]] = {}
-        for b in curve:
-            p = b.at_kappa_train()
-            seen[b.epsilon_target] = (p.worst_case, p.relaxed)
-        xs = sorted(seen)
-        if xs:
-            ax1.plot(xs, [100 * seen[x][0] for x in xs], "-", color=WORST, label="worst case (upper bound)")
-            rel = [(x, seen[x][1]) for x in xs if seen[x][1] is not None]
-            if rel:
-                ax1.plot([x for x, _ in rel], [100 * r for _, r in rel], "-", color=RELAXED,
-                         label="relaxed (upper bound)")
-        table_eps = [lv for lv in profile.levels() if lv.private]
-        for lv in table_eps:
-            if lv.bounds is not None:
-                ax1.plot([lv.epsilon_target], [100 * lv.worst_case], "o", color=WORST, ms=4)
-                if lv.relaxed is not None:
-                    ax1.plot([lv.epsilon_target], [100 * lv.relaxed], "o", color=RELAXED, ms=4)
-        emp = [(lv.epsilon_target, lv.attack.strongest.success_rate) for lv in table_eps if lv.attack]
-        if emp:
-            ax1.plot([e for e, _ in emp], [100 * s for _, s in emp], "s", color=REALISTIC, ms=4,
-                     label="realistic attack (empirical)")
-        if table_eps:
-            _eps_ticks(ax1, sorted({*xs, *(lv.epsilon_target for lv in table_eps)}))
+        fig = Figure(figsize=(7.0, 3.0), dpi=DPI)
+        FigureCanvasAgg(fig)
+        if not huge:
+            return fig, [fig.add_subplot(1, 2, 1)], fig.add_subplot(1, 2, 2)
+        outer = fig.add_gridspec(1, 2, wspace=0.3, left=0.08, right=0.98, bottom=0.15, top=0.91)
+        inner = outer[0, 0].subgridspec(1, 2, width_ratios=[5.0, 1.0], wspace=0.06)
+        left = fig.add_subplot(inner[0, 0])
+        stub = fig.add_subplot(inner[0, 1], sharey=left)
+        return fig, [left, stub], fig.add_subplot(outer[0, 1])
+
+
+def rero_figure(profile: Profile) -> bytes:
+    """Figure 2 style: ReRo upper bounds against epsilon (left) and against kappa (right).
+
+    Bounds are drawn as lines only between computed points of the moderate range; a budget of 10^4 or more
+    (such as 10^9) sits on its own stub of a broken axis, so no line is drawn across the gap, where nothing
+    was computed."""
+
+    n = profile.dataset.n_train
+    curve = sorted((b for b in profile.bounds_curve + profile.bounds if b.epsilon_target is not None),
+                   key=lambda b: b.epsilon_target)
+    seen: dict[float, tuple[float, float | None]] = {}
+    for b in curve:
+        p = b.at_kappa_train()
+        seen[b.epsilon_target] = (p.worst_case, p.relaxed)
+    table_eps = [lv for lv in profile.levels() if lv.private]
+    huge = any(e >= HUGE_EPSILON for e in seen) or any(lv.epsilon_target >= HUGE_EPSILON for lv in table_eps)
+    with _clean_style():
+        fig, left_axes, ax2 = _rero_axes(huge)
+        for part, ax in enumerate(left_axes):
+            def here(e: float, part: int = part) -> bool:
+                return (e >= HUGE_EPSILON) == (part == 1)
+
+            xs = [x for x in sorted(seen) if here(x)]
+            if xs:
+                ax.plot(xs, [100 * seen[x][0] for x in xs], "-", color=WORST, label="worst case (upper bound)")
+                rel = [(x, seen[x][1]) for x in xs if seen[x][1] is not None]
+                if rel:
+                    ax.plot([x for x, _ in rel], [100 * r for _, r in rel], "-", color=RELAXED,
+                            label="relaxed (upper bound)")
+            lv_here = [lv for lv in table_eps if here(lv.epsilon_target)]
+            for lv in lv_here:
+                if lv.bounds is not None:
+                    ax.plot([lv.epsilon_target], [100 * lv.worst_case], "o", color=WORST, ms=4)
+                    if lv.relaxed is not None:
+                        ax.plot([lv.epsilon_target], [100 * lv.relaxed], "o", color=RELAXED, ms=4)
+            emp = [(lv.epsilon_target, lv.attack.strongest.success_rate) for lv in lv_here if lv.attack]
+            if emp:
+                ax.plot([e for e, _ in emp], [100 * s for _, s in emp], "s", color=REALISTIC, ms=4,
+                        label="realistic attack (empirical)")
+            ticks = sorted({lv.epsilon_target for lv in lv_here}) or xs
+            ax.set_xscale("log")
+            if ticks:
+                ax.set_xticks(ticks)
+                ax.set_xticklabels([fmt_eps(e) for e in ticks])
+                if part == 1:
+                    ax.set_xlim(min(ticks) / 10, max(ticks) * 10)
+            ax.minorticks_off()
+            ax.set_ylim(-3, 103)
+            ax.grid(alpha=0.3)
+        ax1 = left_axes[0]
         ax1.set_xlabel("privacy budget ε")
         ax1.set_ylabel("reconstruction success (%)")
-        ax1.set_ylim(-3, 103)
         ax1.set_title(f"Risk against ε at κ = 1/{n}")
-        ax1.grid(alpha=0.3)
         ax1.legend(loc="upper left", frameon=False)
+        if huge:
+            stub = left_axes[1]
+            ax1.spines["right"].set_visible(False)
+            stub.spines["left"].set_visible(False)
+            stub.tick_params(axis="y", left=False, labelleft=False)
+            d = 0.015  # the "//" marks of the broken axis, in axes coordinates
+            for ax, x0, w in ((ax1, 1.0, 1.0), (stub, 0.0, 6.0)):
+                kw = {"transform": ax.transAxes, "color": "black", "lw": 0.8, "clip_on": False}
+                for y in (0.0, 1.0):
+                    ax.plot((x0 - d * w, x0 + d * w), (y - d, y + d), **kw)
 
         colours = _level_colours(len(profile.bounds))
         for colour, b in zip(colours, sorted(profile.bounds, key=lambda b: b.epsilon_target or 0), strict=True):
@@ -128,10 +173,10 @@ def rero_figure(profile: Profile) -> bytes:
         ax2.set_xlabel("prior κ (blind-guess success)")
         ax2.set_ylabel("reconstruction success (%)")
         ax2.set_ylim(-3, 103)
-        ax2.set_title("Worst case (solid) and relaxed (dashed) against κ")
+        ax2.set_title("Worst case (solid), relaxed (dashed)")
         ax2.grid(alpha=0.3)
         ax2.legend(loc="upper left", frameon=False)
-        return _png(fig)
+        return _png(fig, tight=not huge)
 
 
 def ssim_cdf_figure(profile: Profile) -> bytes | None:

@@ -18,7 +18,8 @@ D = ProfileConfig()
 def report(
     profile_json: Annotated[Path, typer.Argument(help="profile.json written by `dpaudit profile --out DIR` "
                                                       "(or the folder DIR).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the PDF.")] = Path("report.pdf"),
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Where to write the PDF (default: report.pdf beside the profile.json).")] = None,
     include_images: Annotated[bool | None, typer.Option(
         "--include-images/--no-images",
         help="Show stored reconstructions next to training images (patient data!). Default: as profiled.")] = None,
@@ -29,7 +30,7 @@ def report(
 
     path = profile_json / "profile.json" if profile_json.is_dir() else profile_json
     prof = load_profile(path)
-    pdf = render_report(prof, output, include_images=include_images, base_dir=path.parent)
+    pdf = render_report(prof, output if output is not None else path.parent / "report.pdf", include_images=include_images, base_dir=path.parent)
     images = prof.config.include_images if include_images is None else include_images
     if images:
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "
