@@ -1,4 +1,4 @@
-"""The walk-through notebook runs end to end (tiny settings) and reproduces the profile's report."""
+"""The walk-through notebook runs end to end (tiny settings, about 20 s) and reproduces the profile's report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "audit_walkthrough.ipynb"
 
 
-@pytest.mark.slow
 def test_walkthrough_notebook_executes(tmp_path, monkeypatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
