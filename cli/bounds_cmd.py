@@ -54,13 +54,45 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
     return values
 
 
+def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
+                n_train: int | None, kappa: list[float] | None, n_candidates: int | None
+                ) -> tuple[float, float, int, float, int | None]:
+    """The mechanism (sigma, q, steps, delta) from the flags, completed from ``--model`` when given.
+
+    With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior)."""
+    if model is not None:
+        from dpaudit.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(model)
+        if ckpt.dp is None:
+            raise invalid("model", str(model), "a checkpoint trained with DP-SGD",
+                          "this model was trained without DP (or its DP configuration is unknown): it has no formal "
+                          "guarantee to bound; pass --sigma, --q and --steps of the run instead")
+        sigma = ckpt.dp.noise_multiplier if sigma is None else sigma
+        q = ckpt.dp.sampling_probability if q is None else q
+        steps = ckpt.dp.steps if steps is None else steps
+        delta = ckpt.dp.target_delta if delta is None else delta
+        if n_train is None and not kappa and n_candidates is None:
+            n_train = ckpt.n_train
+    missing = [flag for flag, v in (("--sigma", sigma), ("--q", q), ("--steps", steps)) if v is None]
+    if missing:
+        raise invalid(missing[0].lstrip("-"), None, "given",
+                      f"pass {', '.join(missing)} (the DP-SGD run's noise multiplier, sampling probability and "
+                      "steps), or --model CHECKPOINT to read them from a dpaudit checkpoint")
+    return float(sigma), float(q), int(steps), 1e-5 if delta is None else float(delta), n_train
+
+
 @handle_errors
 def bounds(
-    sigma: Annotated[float, typer.Option("--sigma", help="Noise multiplier (noise std / clip norm).")],
-    q: Annotated[float, typer.Option("--q", help="Poisson sampling probability per step.")],
-    steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps T.")],
-    delta: Annotated[float, typer.Option("--delta", help="delta for epsilon (the ReRo bound does not use it).")
-                     ] = 1e-5,
+    sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier (noise std / clip norm).")
+                     ] = None,
+    q: Annotated[float | None, typer.Option("--q", help="Poisson sampling probability per step.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Number of DP-SGD steps T.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Read sigma, q, steps, delta and N_train (kappa = 1/N_train) from a dpaudit checkpoint "
+        "(`dpaudit train --out`); flags given as well take precedence.")] = None,
+    delta: Annotated[float | None, typer.Option("--delta", help="delta for epsilon (the ReRo bound does not use "
+                                                "it). [default: 1e-05, or the checkpoint's]")] = None,
     kappa: Annotated[list[float] | None, typer.Option("--kappa", help="Prior: blind-guess success probability "
                                                       "(repeatable).")] = None,
     n_candidates: Annotated[int | None, typer.Option("--n-candidates", help="kappa = 1 / N candidates.")] = None,
@@ -81,6 +113,7 @@ def bounds(
     from dpaudit.bounds._mechanism import StepPair, check_delta
     from dpaudit.bounds.pld import epsilon_pld_refined
 
+    sigma, q, steps, delta, n_train = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
     check_delta(delta)  # fail fast, before any computation
     kappas = _kappas(kappa, n_candidates, n_train)
     k = records_per_patient

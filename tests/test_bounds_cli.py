@@ -90,3 +90,37 @@ def test_bad_inputs_exit_2_without_traceback(args: list[str], field: str) -> Non
 def test_calibrate_bad_input() -> None:
     res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "2", "--steps", "10", "--kappa", "0.01"])
     assert res.exit_code == 2 and "sampling_probability" in res.output
+
+
+def _checkpoint(tmp_path: Path, dp: object) -> Path:
+    from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
+    from dpaudit.models import build_model
+
+    meta = CheckpointMeta(arch="smallcnn", num_classes=2, arch_args={"width": 8}, input_shape=(3, 16, 16),
+                          dataset="demo", n_train=500, dp=dp)
+    return save_checkpoint(tmp_path / "model.pt", build_model("smallcnn", num_classes=2, width=8), meta)
+
+
+def test_model_checkpoint_supplies_the_mechanism_and_kappa(tmp_path: Path) -> None:
+    # Reference: the same numbers given as flags (the checkpoint only carries them).
+    from dpaudit.config import DpSgdConfig
+
+    path = _checkpoint(tmp_path, DpSgdConfig(noise_multiplier=1.1, sampling_probability=0.02, steps=300,
+                                             target_delta=1e-6))
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    ref = runner.invoke(app, ["bounds", "--sigma", "1.1", "--q", "0.02", "--steps", "300", "--delta", "1e-6",
+                              "--n-train", "500", "--json"])
+    got, want = json.loads(res.stdout), json.loads(ref.stdout)
+    assert got == want and got["rero"][0]["kappa"] == pytest.approx(1 / 500)
+    # A flag given beside --model takes precedence.
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--steps", "30", "--kappa", "0.01", "--json"])
+    assert json.loads(res.stdout)["steps"] == 30 and json.loads(res.stdout)["rero"][0]["kappa"] == 0.01
+
+
+def test_model_without_dp_and_missing_mechanism_are_clear_errors(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["bounds", "--model", str(_checkpoint(tmp_path, None))])
+    assert res.exit_code == 2 and "without DP" in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["bounds", "--q", "0.1", "--steps", "10", "--kappa", "0.1"])
+    assert res.exit_code == 2 and "--sigma" in res.output and "--model" in res.output
