@@ -12,6 +12,8 @@ import typer
 
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
 
+DEFAULT_SIGMAS = "0,1e-4,1e-3,0.02"  # no model, no budget: the spec's demonstration grid
+
 
 class DecoderChoice(StrEnum):
     strong = "strong"
@@ -59,7 +61,9 @@ def attack(
                                                    "checkpoint's, else 64).")] = None,
     n_images: Annotated[int, typer.Option("--n-images", help="Number of training images to attack.")] = 64,
     epsilons: Annotated[str | None, typer.Option("--epsilons", help="Target epsilons, e.g. 1,8,20,1e9 (mapped to "
-                                                 "sigmas in the attack scenario q = 1/N, T = epochs * N).")] = None,
+                                                 "sigmas in the attack scenario q = 1/N, T = epochs * N). Default: "
+                                                 "the checkpoint's epsilon; --sigmas 0 for a non-private one.")
+                                      ] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Noise multipliers, e.g. 0,1e-4,1e-3,0.02."
                                                )] = None,
     decoder: Annotated[DecoderChoice, typer.Option("--decoder", help="strong (default), paper (the seed paper's "
@@ -99,8 +103,8 @@ def attack(
     from dpaudit.errors import ConfigError, check_int, invalid
 
     n_images = check_int("n_images", n_images, fix="pass --n-images 1 or more")
-    if (epsilons is None) == (sigmas is None):
-        raise invalid("--epsilons/--sigmas", "both" if epsilons else "neither", "exactly one of them",
+    if epsilons is not None and sigmas is not None:
+        raise invalid("--epsilons/--sigmas", "both", "at most one of them",
                       "pass --sigmas 0,1e-4,1e-3 or --epsilons 1,8,1e9")
     if save_images and out_dir is None:
         raise invalid("--save-images", True, "used together with --out DIR", "add --out DIR")
@@ -133,6 +137,21 @@ def attack(
     net = ckpt.build_model()
     clip = max_grad_norm if not math.isnan(max_grad_norm) else (ckpt.max_grad_norm or 1.0)
 
+    if epsilons is None and sigmas is None:
+        # Neither given: the model's own privacy budget, else no noise (a non-private model), else the spec's grid.
+        achieved = ckpt.extra.get("epsilon_achieved")
+        if ckpt.dp is not None and isinstance(achieved, float) and math.isfinite(achieved):
+            epsilons = f"{achieved:.6g}"
+            why = f"the checkpoint's epsilon {achieved:.4g} (at delta {ckpt.target_delta:g})"
+        elif ckpt.source == "dpaudit":
+            sigmas, why = "0", "sigma 0 (the checkpoint was trained without DP)"
+        elif ckpt.source == "state_dict":
+            sigmas, why = "0", ("sigma 0 (a plain state dict records no DP configuration; pass --epsilons with "
+                                "--n-train, --epochs and --delta to attack at a privacy budget)")
+        else:
+            sigmas, why = DEFAULT_SIGMAS, f"the noise grid {DEFAULT_SIGMAS} (no checkpoint given)"
+        if not as_json:
+            err.print(f"no --epsilons or --sigmas given: attacking at {why}")
     if sigmas is not None:
         sigma_list = parse_float_list("--sigmas", sigmas)
         eps_list: list[float | None] = [None] * len(sigma_list)

@@ -86,14 +86,36 @@ def test_checkpoint_and_save_images(tmp_path: Path) -> None:
     assert (out / "best_reconstructions.png").exists()
 
 
+def test_without_epsilons_or_sigmas_the_checkpoint_decides(tmp_path: Path) -> None:
+    from dpaudit.attacks.reconstruction import noise_for_epsilons
+    from dpaudit.config import DpSgdConfig
+
+    net = build_model("smallcnn", num_classes=2)
+    dp = DpSgdConfig(noise_multiplier=0.7, sampling_probability=0.05, steps=40, target_delta=1e-5)
+    private = save_checkpoint(tmp_path / "dp.pt", net, CheckpointMeta(
+        arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200, dp=dp, epochs=2,
+        extra={"epsilon_achieved": 6.5}))
+    res = run("--model", str(private), "--dataset", "demo", "--n-images", "2", "--json")
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)["rows"]
+    assert row["epsilon"] == 6.5
+    want = noise_for_epsilons([6.5], n_train=200, epochs=2, target_delta=1e-5, accountant="pld")[0]
+    assert row["noise_multiplier"] == pytest.approx(want, rel=1e-9)
+    public = save_checkpoint(tmp_path / "np.pt", net, CheckpointMeta(
+        arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200))
+    res = run("--model", str(public), "--dataset", "demo", "--n-images", "2")
+    assert res.exit_code == 0 and "trained without DP" in " ".join(res.output.split())
+    res = run("--arch", "smallcnn", "--dataset", "demo", "--image-size", "16", "--n-images", "2", "--json")
+    assert [r["noise_multiplier"] for r in json.loads(res.stdout)["rows"]] == [0.0, 1e-4, 1e-3, 0.02]
+
+
 def test_epsilons_need_the_scenario() -> None:
     res = run("--arch", "smallcnn", "--n-images", "2", "--image-size", "16", "--epsilons", "8")
     assert res.exit_code == 2 and "--n-train" in res.output
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--sigmas", "0", "--epsilons", "1"], "exactly one"),
-    ([], "exactly one"),
+    (["--sigmas", "0", "--epsilons", "1"], "at most one"),
     (["--sigmas", "0,x"], "comma-separated"),
     (["--sigmas", "-1"], "noise_multiplier"),
     (["--sigmas", "0", "--save-images"], "--out"),
