@@ -219,6 +219,10 @@ def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, secon
         subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds)
 
 
+#: TrainConfig fields that say where a run is computed or written, not what it computes.
+LOCATION_KEYS = ("out", "threads", "device")
+
+
 def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
     """A finished run in the checkpoint's folder whose recorded configuration equals ``config``, else None.
 
@@ -233,8 +237,8 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
         recorded = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    want = {k: encode(v) for k, v in dataclasses.asdict(config).items() if k not in ("out", "threads")}
-    have = {k: v for k, v in (recorded.get("config") or {}).items() if k not in ("out", "threads")}
+    want = {k: encode(v) for k, v in dataclasses.asdict(config).items() if k not in LOCATION_KEYS}
+    have = {k: v for k, v in (recorded.get("config") or {}).items() if k not in LOCATION_KEYS}
     if json.dumps(want, sort_keys=True) != json.dumps(have, sort_keys=True):
         return None
     from dpaudit.checkpoint import load_checkpoint

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import time
 import warnings
@@ -98,6 +99,11 @@ class TrainConfig:
         Output folder for model.pt, metrics.json and training_curve.png; None writes nothing.
     threads:
         torch intra-op threads; None uses the cores this process may run on.
+    device:
+        Where the model trains: ``"auto"`` (the first CUDA GPU when one is visible, else the CPU), ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``. Like ``threads`` it says where the numbers are computed, not which: the
+        sampling and augmentation generators stay on the CPU, so the batches are the same; a GPU's floating-point
+        results differ from the CPU's in the last bits.
     """
 
     dataset: str = "demo"
@@ -120,6 +126,7 @@ class TrainConfig:
     seeds: int = 1
     out: str | None = None
     threads: int | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
@@ -155,6 +162,8 @@ class TrainConfig:
         object.__setattr__(self, "seeds", check_int("seeds", self.seeds))
         if self.threads is not None:
             check_int("threads", self.threads)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
 
     @property
     def private(self) -> bool:
@@ -310,6 +319,21 @@ def _augment(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tenso
 # Evaluation
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a :attr:`TrainConfig.device` name; a CUDA device that is not there is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise invalid("device", name, "a CUDA device visible to this process (none is)",
+                          "pass --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise invalid("device", name, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+                          "pass an index of a visible GPU (see CUDA_VISIBLE_DEVICES)")
+    return device
+
+
 def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
     s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
@@ -322,12 +346,14 @@ def _predict(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: t
     """Class probabilities (N x K) and the mean cross-entropy on one split."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     probs, losses = [], []
     for s in range(0, len(ds), batch):
-        x = _normalise(ds.images[s:s + batch], mean, std)
+        x = _normalise(ds.images[s:s + batch], mean, std).to(device)
         logits = model(x)
-        losses.append(nn.functional.cross_entropy(logits, ds.labels[s:s + batch], reduction="sum").item())
-        probs.append(torch.softmax(logits, dim=1).double().numpy())
+        y = ds.labels[s:s + batch].to(device)
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+        probs.append(torch.softmax(logits, dim=1).double().cpu().numpy())
     model.train(was_training)
     if not probs:
         return np.zeros((0, ds.num_classes)), float("nan")
@@ -398,9 +424,9 @@ def _calibrate(config: TrainConfig, q: float, steps: int, delta: float) -> tuple
 
 
 def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float, q: float, steps: int,
-             delta: float, progress: ProgressCallback | None, done0: int, total: int
-             ) -> tuple[nn.Module, list[EpochRecord], float]:
-    """Train one model; returns (model, history, training samples per second)."""
+             delta: float, progress: ProgressCallback | None, done0: int, total: int,
+             device: torch.device = torch.device("cpu")) -> tuple[nn.Module, list[EpochRecord], float]:
+    """Train one model on ``device``; returns (model, still on ``device``; history; training samples per second)."""
     from opacus.data_loader import wrap_collate_with_empty
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -415,14 +441,14 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     images = _normalise(train_ds.images, splits.mean, splits.std)
     dataset = torch.utils.data.TensorDataset(images, train_ds.labels)
     model = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        **config.arch_args)
+                        **config.arch_args).to(device)  # built (and initialised) on the CPU, then moved
     if config.private:
         check_dp_compatible(model)
     k = config.augment_multiplicity
     physical = config.physical_batch_size or min(config.batch_size, 128)
     g_sample = torch.Generator().manual_seed(seed * 4 + 1)
     g_aug = torch.Generator().manual_seed(seed * 4 + 2)
-    g_noise = torch.Generator().manual_seed(seed * 4 + 3)
+    g_noise = torch.Generator(device=device).manual_seed(seed * 4 + 3)  # Opacus draws the noise on the device
     steps_per_epoch = steps // config.epochs
     criterion = nn.CrossEntropyLoss()
 
@@ -455,10 +481,12 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
         loss_sum, loss_n = 0.0, 0
         if physical_batches is not None:
             with physical_batches as batches:
-                loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True)
+                loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True,
+                                                  device)
         else:
             batches = torch.utils.data.DataLoader(dataset, batch_sampler=splitter)
-            loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False)
+            loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False,
+                                              device)
         seen += seen_e
         train_time += time.perf_counter() - t0
         done += steps_per_epoch
@@ -472,13 +500,15 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
 
 
 def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, splitter: _ShuffledPhysical | None,
-           criterion: nn.Module, k: int, g_aug: torch.Generator, private: bool) -> tuple[float, int, int]:
+           criterion: nn.Module, k: int, g_aug: torch.Generator, private: bool,
+           device: torch.device = torch.device("cpu")) -> tuple[float, int, int]:
     """One pass over the physical batches: the loop both paths share. Returns (loss sum, loss count, images)."""
     loss_sum, loss_n, seen = 0.0, 0, 0
     for x, y in batches:
         b = len(y)
         if k >= 1:
-            x, y = _augment(x, k, g_aug), y.repeat_interleave(k)
+            x, y = _augment(x, k, g_aug), y.repeat_interleave(k)  # on the CPU: the same views on any device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = net(x)
         loss = criterion(out, y) if b else out.sum() * 0.0
         # Non-private: accumulate the mean gradient over the logical batch. Private: Opacus rescales per-sample
@@ -548,6 +578,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     sigma, eps, eps_rdp = _calibrate(config, q, steps, delta)
     dp = DpSgdConfig(sigma, q, steps, config.max_grad_norm, delta) if config.private else None
 
+    device = resolve_device(config.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(_threads(config))
     try:
@@ -555,8 +586,9 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         total = steps * config.seeds
         for i in range(config.seeds):
             model, history, speed = _run_one(config, splits, config.seed + i, sigma, q, steps, delta, progress,
-                                             i * steps, total)
+                                             i * steps, total, device)
             test_metrics, val_metrics = _evaluate_with_operating_point(model, splits)
+            model = model.cpu()
             per_seed.append(test_metrics)
             per_seed_val.append(val_metrics)
             models.append(model)

@@ -40,6 +40,8 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of the first run.")] = 0,
     seeds: Annotated[int, typer.Option(help="Number of runs (seed, seed+1, ...); mean and std reported.")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: idle cores).")] = None,
+    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when visible, else the CPU), cpu, cuda or cuda:N."
+                                        )] = "auto",
     out_dir: Annotated[str | None, typer.Option("--out", help="Write model.pt, metrics.json and "
                                                               "training_curve.png here.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -58,7 +60,8 @@ def train_command(
         dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
         arch_args=arch_args, epsilon=epsilon, noise_multiplier=sigma, non_private=non_private, delta=delta,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
-        lr=lr, augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads)
+        lr=lr, augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads,
+        device=device)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)

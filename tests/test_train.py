@@ -77,6 +77,20 @@ def test_bad_inputs_give_clear_errors(demo_splits) -> None:  # type: ignore[no-u
         train(big, splits=demo_splits)
 
 
+def test_device_names_are_checked_and_auto_follows_cuda(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(epsilon=8.0, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_mod.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="pass --device cpu"):
+        train_mod.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert train_mod.resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ConfigError, match="cuda:0 to cuda:0"):
+        train_mod.resolve_device("cuda:3")
+
+
 def test_model_check_lists_every_incompatible_layer() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(4)),
                           nn.InstanceNorm2d(4, affine=True, track_running_stats=True))
@@ -126,7 +140,7 @@ def test_dp_and_non_private_share_the_training_loop(demo_splits, monkeypatch: py
     original = train_mod._epoch
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(args[-1])
+        calls.append(args[7])  # the `private` flag
         return original(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "_epoch", spy)
