@@ -299,7 +299,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
             avg, prefix = views["strong"]
             recs["strong"] = decode_pooled(avg, prefix, layout, noise_std, denoiser=denoiser)
         if "paper" in decoders:
-            recs["paper"] = paper_noise_rows(views["paper"][1], decode_paper_rows(*views["paper"], layout))
+            recs["paper"] = paper_noise_rows(*views["paper"], layout)
         if "paper-all" in decoders:  # every candidate row: the full K x (D+1) view, row by row
             cands, own = [], []
             for i in range(n):
@@ -349,13 +349,17 @@ class _NoiseRowCache:
         self._keep = np.full(len(self._signal_row), -1)
         self._images: np.ndarray | None = None
 
-    def __call__(self, keep: np.ndarray, images: np.ndarray) -> np.ndarray:
+    def __call__(self, rows: np.ndarray, keep: np.ndarray, layout: Layout) -> np.ndarray:
+        """:func:`decode_paper_rows` ``(rows, keep, layout)``, with the noise-only rows seen before not decoded again."""
         noise_only = (keep >= 1) & (keep != self._signal_row)
+        c, h, w = layout.shape
         if self._images is None:
-            self._images = np.zeros_like(images)
+            self._images = np.zeros((len(keep), h, w, c), dtype=np.float32)
         same = noise_only & (keep == self._keep)
-        images = images.copy()
+        images = np.empty_like(self._images)
         images[same] = self._images[same]
+        if not same.all():
+            images[~same] = decode_paper_rows(rows[~same], keep[~same], layout)
         new = noise_only & ~same
         self._images[new] = images[new]
         self._keep[new] = keep[new]
