@@ -151,8 +151,10 @@ def denoise_tv(images: np.ndarray, weight: np.ndarray, *, iterations: int = TV_I
     planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).reshape(n * c, h, w)
     scale = torch.from_numpy(wt.astype(np.float32)).view(-1, 1, 1)
     out = torch.empty_like(planes)
-    # Chunks of about 1.5 MB per state tensor keep the five state tensors in cache (measured on a 2-core EPYC).
-    chunk = max(1, (384 * 1024) // (h * w))
+    # Chunks of about 64K values (256 KB) per state tensor keep the six state tensors in a 2 MB L2 cache. Measured
+    # on the 2-core Xeon, 12 iterations: 64 px best at 12-16 planes (36 planes at once: 10% slower), 224 px at 1-2
+    # planes (7 planes: 20% slower); the earlier 1.5 MB chunks were tuned on a 2-core EPYC.
+    chunk = max(1, (64 * 1024) // (h * w))
     with torch.no_grad():
         for s in range(0, n * c, chunk):
             out[s : s + chunk] = _rof_unit(planes[s : s + chunk] / scale[s : s + chunk], iterations, tau0)

@@ -54,12 +54,18 @@ class SsimReference:
         self.shape = tuple(y.shape)
         n, h, w, c = y.shape
         self._y = y.permute(0, 3, 1, 2).reshape(n * c, h, w).contiguous()
-        uy, uyy = _box_mean(torch.stack([self._y, self._y * self._y], dim=1)).unbind(dim=1)
-        self._uy = uy.contiguous()
-        self._uy2c1 = uy * uy + _C1  # ux^2 + uy^2 + c1 needs uy^2 + c1
-        self._vyc2 = _COV_NORM * (uyy - uy * uy) + _C2  # vx + vy + c2 needs vy + c2
-        # Chunks of about 0.5 MB of planes keep the intermediate maps in cache (measured: 4x faster than one batch).
-        self._step = max(1, (1 << 16) // (h * w))
+        # Chunks of about 16K values (128 KB of float64 per map) keep the intermediate maps in L2. Measured on the
+        # 2-core Xeon: 64 px fastest at 4 planes (16 planes: 1.4x, one batch of 36: 2.7x slower), 224 px at 1.
+        self._step = max(1, (1 << 14) // (h * w))
+        self._uy = torch.empty((n * c, h - _WIN + 1, w - _WIN + 1), dtype=torch.float64)
+        self._uy2c1 = torch.empty_like(self._uy)  # ux^2 + uy^2 + c1 needs uy^2 + c1
+        self._vyc2 = torch.empty_like(self._uy)  # vx + vy + c2 needs vy + c2
+        for s in range(0, n * c, self._step):
+            yc = self._y[s : s + self._step]
+            uy, uyy = _box_mean(torch.stack([yc, yc * yc], dim=1)).unbind(dim=1)
+            self._uy[s : s + self._step] = uy
+            self._uy2c1[s : s + self._step] = uy * uy + _C1
+            self._vyc2[s : s + self._step] = _COV_NORM * (uyy - uy * uy) + _C2
 
     def __call__(self, rec: np.ndarray | torch.Tensor) -> np.ndarray:
         x = torch.as_tensor(np.asarray(rec), dtype=torch.float64)
