@@ -55,7 +55,7 @@ def _profile_cli(args: argparse.Namespace, out: Path, extra: list[str]) -> Profi
            "--dataset", "demo", "--image-size", str(args.image_size), "--max-images", str(args.images),
            "--arch", "smallcnn", "--epsilons", "1,4,8,20", "--no-non-private", "--seeds", "2", "--epochs",
            str(args.epochs), "--batch-size", "16", "--attack-images", "8", "--attack-epochs", "1", "--no-render",
-           "--json", *extra]
+           "--json", *extra]  # a later --epsilons/--seeds in `extra` overrides these (typer keeps the last)
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return Profile.from_json((out / "profile.json").read_text())
 
@@ -130,6 +130,14 @@ def overhead(args: argparse.Namespace, root: Path) -> list[Comparison]:
         local_map(ex)
         rows.append(Comparison.run("1 task, warm cluster (submit+gather)", ours=lambda: local_map(ex),
                                    reference=lambda: local_map(in_process), repeats=args.overhead_repeats))
+    # A whole one-budget profile (1 training run, its bounds and attack) through the CLI in a new process: the local
+    # cluster starts in the background while the driver loads the data, as a user's `dpaudit profile` does.
+    small = ["--epsilons", "8", "--seeds", "1"]
+    rows.append(Comparison.run(
+        "1-budget profile, new process (--workers 1)",
+        ours=lambda: _results(_profile_cli(args, root / f"pd{next(counter)}", ["--workers", "1", *small])),
+        reference=lambda: _results(_profile_cli(args, root / f"pl{next(counter)}", small)),
+        repeats=args.overhead_repeats))
     for r in rows:
         added = statistics.median(a - b for a, b in zip(r.ours_s, r.reference_s, strict=True))
         print(f"{r.name}: Dask adds {added:.3f} s (median of {len(r.ours_s)}; limit 2 s) -> "
