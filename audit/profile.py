@@ -39,6 +39,7 @@ from dpaudit.audit.profile_schema import (
     BoundsOutcome,
     DatasetInfo,
     FprTpr,
+    MiaAuditOutcome,
     PackageVersion,
     Profile,
     ProfileConfig,
@@ -55,7 +56,7 @@ from dpaudit.audit.profile_schema import (
 from dpaudit.errors import ConfigError, DataError, DpAuditError, invalid
 
 __all__ = ["AttackTask", "BoundsTask", "DataSpec", "Executor", "InProcessExecutor", "Profile", "ProfileConfig",
-           "TaskStore", "TrainTask", "plan_training", "run_profile"]
+           "MiaAuditTask", "TaskStore", "TrainTask", "plan_training", "run_profile"]
 
 #: FPR grid of the worst-case membership-inference table (issue 2: 1e-5 ... 0.1).
 MIA_FPRS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
@@ -558,6 +559,59 @@ def _data_spec(config: ProfileConfig) -> DataSpec:
     return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed)
 
 
+@dataclass(frozen=True)
+class MiaAuditTask(_TaskBase):
+    """The empirical canary membership audit of one privacy level: a separate training run with the same DP
+    configuration plus m coin-flipped, mislabelled canaries (Steinke, Nasr and Jagielski 2023, one run)."""
+
+    stage: ClassVar[str] = "mia"
+    result_type: ClassVar[type] = MiaAuditOutcome
+    _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
+
+    data: DataSpec
+    arch: str
+    epsilon_target: float
+    seed: int
+    epochs: int
+    batch_size: int
+    physical_batch_size: int | None
+    max_grad_norm: float
+    lr: float
+    augment_multiplicity: int
+    target_delta: float | None
+    canaries: int
+    confidence: float = 0.95
+    threads: int | None = None
+
+    def tag(self) -> str:
+        return _eps_tag(self.epsilon_target)
+
+    def describe(self) -> str:
+        return f"membership audit ε={fmt_eps(self.epsilon_target)} ({self.canaries} canaries)"
+
+    def run(self) -> MiaAuditOutcome:
+        from dpaudit.attacks.canary import CanaryAuditConfig, run_canary_audit
+        from dpaudit.audit.train import TrainConfig
+
+        t0 = time.perf_counter()
+        train_config = TrainConfig(
+            dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
+            max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target, delta=self.target_delta,
+            epochs=self.epochs, batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
+            max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
+            seed=self.seed, seeds=1, out=None, threads=self.threads)
+        audit = run_canary_audit(CanaryAuditConfig(train=train_config, canaries=self.canaries,
+                                                   confidence=self.confidence, seed=self.seed),
+                                 splits=self.data.load())
+        return MiaAuditOutcome(
+            epsilon_target=self.epsilon_target, epsilon_lower_bound=float(audit.one_run.epsilon_lower_bound),
+            confidence=self.confidence, canaries=self.canaries, epsilon_ceiling=float(audit.ceiling),
+            accountant_epsilon=None if audit.accountant_epsilon is None else float(audit.accountant_epsilon),
+            tpr_at_fpr=tuple(FprTpr(float(t.fpr_target), float(t.tpr)) for t in audit.tpr_at_fpr),
+            method=f"one run, loss score, {audit.one_run.selection} (Steinke et al. 2023)",
+            seconds=time.perf_counter() - t0)
+
+
 def plan_training(config: ProfileConfig, out_dir: str | os.PathLike) -> list[TrainTask]:
     """The training tasks of a profile: every privacy level times every seed (non-private last)."""
     data = _data_spec(config)
@@ -626,6 +680,9 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     if config.batch_size > n_train:
         raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n_train})",
                       "pass a smaller --batch-size", cls=DataError)
+    if config.mia_audit and config.canaries >= n_train:
+        raise invalid("canaries", config.canaries, f"fewer than the training images ({n_train})",
+                      "pass a smaller --canaries (they are drawn from the training split)", cls=DataError)
     groups = getattr(splits.test, "groups", None) or {}
     info = DatasetInfo(name=splits.name, n_train=n_train, n_val=len(splits.val), n_test=len(splits.test),
                        image_shape=tuple(int(x) for x in splits.image_shape),
@@ -670,9 +727,17 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
     stages.append(st)
 
-    if config.mia_audit:
-        raise ConfigError("mia_audit is not available yet in this version. Fix: leave out --mia-audit; the "
-                          "worst-case membership curve is always in the report.")
+    # Stage 4 (optional): the empirical membership audit, one extra training run per privacy level.
+    mia_tasks = [MiaAuditTask(
+        data=_data_spec(config), arch=config.arch, epsilon_target=eps, seed=config.seed, epochs=config.epochs,
+        batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
+        max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
+        target_delta=config.target_delta, canaries=config.canaries) for eps in config.epsilons
+    ] if config.mia_audit else []
+    mia_res: dict[str, Any] = {}
+    if mia_tasks:
+        mia_res, st = _run_stage("mia", mia_tasks, store, executor, progress)
+        stages.append(st)
 
     profile = Profile(
         schema_version=SCHEMA_VERSION, dpaudit_version=__version__,
@@ -680,7 +745,8 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         command=config.command(str(out)), config=config, dataset=info, train=trains,
         bounds=tuple(bounds_res[t.key()] for t in bound_tasks),
         bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
-        attacks=tuple(attack_res[t.key()] for t in attack_tasks), mia_audits=(), stages=tuple(stages),
+        attacks=tuple(attack_res[t.key()] for t in attack_tasks),
+        mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
         environment=_environment())
     # profile.json is final before rendering, so `dpaudit report DIR/profile.json` reproduces DIR/report.pdf.
     _write_atomic(out / "profile.json", dumps(profile))

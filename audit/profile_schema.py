@@ -343,7 +343,8 @@ class ProfileConfig(_Json):
         put("observations", check_int("observations", self.observations, minimum=1))
         if self.attack_epochs is not None:
             put("attack_epochs", check_int("attack_epochs", self.attack_epochs, minimum=1))
-        put("canaries", check_int("canaries", self.canaries, minimum=2))
+        put("canaries", check_int("canaries", self.canaries, minimum=4,
+                                  fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
         for name in ("mia_audit", "include_images"):
             if not isinstance(getattr(self, name), bool):
                 raise invalid(name, getattr(self, name), "true or false")

@@ -74,6 +74,11 @@ def profile(
     observations: Annotated[int, typer.Option(help="Times the attacker observes each image.")] = 1,
     attack_epochs: Annotated[int | None, typer.Option(help="Epochs of the attack scenario (batch size 1); "
                                                            "default: --epochs.")] = None,
+    mia_audit: Annotated[bool, typer.Option(
+        "--mia-audit/--no-mia-audit", help="Also run the empirical canary membership audit per budget (one extra "
+        "training run each): an empirical lower bound on epsilon next to the accountant's.")] = False,
+    canaries: Annotated[int, typer.Option(help="Canaries m of the membership audit (each joins training by a "
+                                               "coin flip).")] = D.canaries,
     include_images: Annotated[bool, typer.Option(help="Store reconstructions and show them in the report "
                                                       "(patient images!).")] = False,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
@@ -102,7 +107,7 @@ def profile(
         lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta, kappas=tuple(kappa or ()),
         records_per_patient=records_per_patient, attack_images=attack_images, decoders=decoders[decoder],
         connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
-        include_images=include_images)
+        mia_audit=mia_audit, canaries=canaries, include_images=include_images)
     started = time.perf_counter()
     stage_start: dict[str, float] = {}
 

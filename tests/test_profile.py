@@ -193,3 +193,24 @@ def test_pdf_is_a_pdf(interrupted_then_resumed) -> None:
     out = interrupted_then_resumed[0]
     reader = PdfReader(io.BytesIO((out / "report.pdf").read_bytes()))
     assert len(reader.pages) >= 8
+
+
+def test_mia_audit_runs_per_budget_and_reaches_the_report(tmp_path) -> None:
+    # A lower bound from the audit must never exceed the accountant's sound upper bound (issue 6).
+    args = ["profile", "--out", str(tmp_path / "p"), "--dataset", "demo", "--image-size", "16", "--max-images",
+            "120", "--arch", "smallcnn", "--epsilons", "8", "--no-non-private", "--seeds", "1", "--epochs", "1",
+            "--batch-size", "8", "--attack-images", "4", "--attack-epochs", "1", "--decoder", "strong",
+            "--mia-audit", "--canaries", "24"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    prof = Profile.from_json((tmp_path / "p" / "profile.json").read_text())
+    (audit,) = prof.mia_audits
+    assert audit.epsilon_target == 8.0 and audit.canaries == 24
+    assert 0.0 <= audit.epsilon_lower_bound <= audit.accountant_epsilon <= 8.0
+    assert audit.epsilon_lower_bound <= audit.epsilon_ceiling
+    assert "--mia-audit --canaries 24" in prof.command
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(tmp_path / "p" / "report.pdf").pages).split())
+    assert "Empirical canary audit" in text and "No empirical membership audit" not in text
+    # Too many canaries for the training split: a clear error before any training.
+    res = CliRunner().invoke(app, [*args[:-1], "500", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 2 and "canaries" in res.output and "Traceback" not in res.output
