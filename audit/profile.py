@@ -55,8 +55,20 @@ from dpaudit.audit.profile_schema import (
 )
 from dpaudit.errors import ConfigError, DataError, DpAuditError, invalid
 
-__all__ = ["AttackTask", "BoundsTask", "DataSpec", "Executor", "InProcessExecutor", "Profile", "ProfileConfig",
-           "MiaAuditTask", "TaskStore", "TrainTask", "plan_training", "run_profile"]
+__all__ = [
+    "AttackTask",
+    "BoundsTask",
+    "DataSpec",
+    "Executor",
+    "InProcessExecutor",
+    "MiaAuditTask",
+    "Profile",
+    "ProfileConfig",
+    "TaskStore",
+    "TrainTask",
+    "plan_training",
+    "run_profile",
+]
 
 #: FPR grid of the worst-case membership-inference table (issue 2: 1e-5 ... 0.1).
 MIA_FPRS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
