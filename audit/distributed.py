@@ -160,10 +160,8 @@ class DaskExecutor:
         distributed = _import_distributed()
         self._address = scheduler
         try:
-            self._client = distributed.Client(self._cluster if self._cluster is not None else scheduler,
-                                             timeout=connect_timeout, set_as_default=False)
+            self._client = distributed.Client(scheduler, timeout=connect_timeout, set_as_default=False)
         except OSError as exc:  # TimeoutError and connection refusals are OSErrors
-            self._close_cluster()
             raise invalid("scheduler", scheduler, "the address of a running Dask scheduler",
                           f"start one (`dask scheduler`) or check the address and firewall; the connection "
                           f"failed with {type(exc).__name__}: {exc}") from None
