@@ -9,6 +9,8 @@ skimage.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -62,7 +64,7 @@ class SsimReference:
         self._vyc2 = torch.empty_like(self._uy)  # vx + vy + c2 needs vy + c2
         for s in range(0, n * c, self._step):
             yc = self._y[s : s + self._step]
-            uy, uyy = _box_mean(torch.stack([yc, yc * yc], dim=1)).unbind(dim=1)
+            uy, uyy = _box_sum(torch.stack([yc, yc * yc], dim=1)).div_(_WIN * _WIN).unbind(dim=1)
             self._uy[s : s + self._step] = uy
             self._uy2c1[s : s + self._step] = uy * uy + _C1
             self._vyc2[s : s + self._step] = _COV_NORM * (uyy - uy * uy) + _C2
@@ -85,32 +87,39 @@ def _ssim_planes(x: torch.Tensor, y: torch.Tensor, uy: torch.Tensor, uy2c1: torc
     """Mean SSIM map of each plane pair (P x H x W, float64), skimage's formula (in-place to save memory traffic).
 
     ``S = (2 ux uy + c1)(2 vxy + c2) / ((ux^2 + uy^2 + c1)(vx + vy + c2))`` with sample (co)variances
-    ``v = N / (N - 1) (E[ab] - E[a] E[b])`` over the 7 x 7 window (skimage 0.26, ``use_sample_covariance``).
+    ``v = N / (N - 1) (E[ab] - E[a] E[b])`` over the 7 x 7 window (skimage 0.26, ``use_sample_covariance``). The
+    window sums are scaled to means inside the variance terms (``addcmul``), which saves passes over the maps.
     """
-    ux, uxx, uxy = _box_mean(torch.stack([x, x * x, x * y], dim=1)).unbind(dim=1)
-    ux2 = ux * ux
-    vx = uxx.sub_(ux2).mul_(_COV_NORM)
-    vxy = uxy.sub_(ux * uy).mul_(2.0 * _COV_NORM).add_(_C2)  # 2 vxy + c2
-    num = ux.mul_(uy).mul_(2.0).add_(_C1).mul_(vxy)
-    den = ux2.add_(uy2c1).mul_(vx.add_(vyc2))
+    stack = torch.empty((x.shape[0], 3, *x.shape[1:]), dtype=torch.float64)
+    stack[:, 0] = x
+    torch.mul(x, x, out=stack[:, 1])
+    torch.mul(x, y, out=stack[:, 2])
+    sx, sxx, sxy = _box_sum(stack).unbind(dim=1)
+    area = float(_WIN * _WIN)
+    ux = sx.mul_(1.0 / area)
+    vx = sxx.mul_(_COV_NORM / area).addcmul_(ux, ux, value=-_COV_NORM)
+    vxy2c2 = sxy.mul_(2.0 * _COV_NORM / area).addcmul_(ux, uy, value=-2.0 * _COV_NORM).add_(_C2)  # 2 vxy + c2
+    den = torch.addcmul(uy2c1, ux, ux).mul_(vx.add_(vyc2))
+    num = ux.mul_(uy).mul_(2.0).add_(_C1).mul_(vxy2c2)
     return num.div_(den).mean(dim=(1, 2))
 
 
-def _box_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every 7 x 7 window inside the image (``avg_pool2d(x, 7, stride=1)``), by separable running sums.
+def _box_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over every 7 x 7 window inside the image (49 ``avg_pool2d(x, 7, stride=1)``), by separable running sums.
 
-    Two cumulative sums instead of 49 additions per output; in float64 the difference from the direct average is
-    below 1e-14 for values in [0, 1] (the tests compare the SSIM with scikit-image to 1e-10).
+    Two cumulative sums instead of 49 additions per output, along the rows first (contiguous; measured 1.5x
+    faster than columns first). In float64 the difference from the direct sum is below 1e-12 for values in [0, 1]
+    (the tests compare the SSIM with scikit-image to 1e-10).
     """
-    cs = x.cumsum(dim=-2)
-    rows = torch.empty_like(cs[..., _WIN - 1 :, :])
-    rows[..., :1, :] = cs[..., _WIN - 1 : _WIN, :]
-    torch.sub(cs[..., _WIN:, :], cs[..., : -_WIN, :], out=rows[..., 1:, :])
-    cs = rows.cumsum(dim=-1)
-    out = torch.empty_like(cs[..., _WIN - 1 :])
-    out[..., :1] = cs[..., _WIN - 1 : _WIN]
-    torch.sub(cs[..., _WIN:], cs[..., : -_WIN], out=out[..., 1:])
-    return out.div_(_WIN * _WIN)
+    cs = x.cumsum(dim=-1)
+    cols = torch.empty_like(cs[..., _WIN - 1 :])
+    cols[..., :1] = cs[..., _WIN - 1 : _WIN]
+    torch.sub(cs[..., _WIN:], cs[..., : -_WIN], out=cols[..., 1:])
+    cs = cols.cumsum(dim=-2)
+    out = torch.empty_like(cs[..., _WIN - 1 :, :])
+    out[..., :1, :] = cs[..., _WIN - 1 : _WIN, :]
+    torch.sub(cs[..., _WIN:, :], cs[..., : -_WIN, :], out=out[..., 1:, :])
+    return out
 
 
 def nonzero_fraction(images: np.ndarray) -> np.ndarray:
@@ -185,11 +194,18 @@ def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
     Its coverage is at least ``confidence`` for every true proportion (conservative).
     """
-    from scipy.stats import beta
-
     confidence = check_probability("confidence", confidence)
     if n <= 0:
         return (0.0, 1.0)
+    return _clopper_pearson(int(successes), int(n), float(confidence))
+
+
+@functools.lru_cache(maxsize=4096)
+def _clopper_pearson(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    # Cached: an attack asks for the same (successes, n) at many noise levels (e.g. 0 successes for the paper
+    # decoder), and each scipy beta.ppf call costs about 0.2 ms.
+    from scipy.stats import beta
+
     a = 1.0 - confidence
     lo = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, n - successes + 1))
     hi = 1.0 if successes == n else float(beta.ppf(1 - a / 2, successes + 1, n - successes))
