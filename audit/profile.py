@@ -149,14 +149,8 @@ class _TaskBase:
 
 
 @dataclass(frozen=True)
-class TrainTask(_TaskBase):
-    """Train one model (one privacy level, one seed) and measure its utility on the test split."""
-
-    stage: ClassVar[str] = "train"
-    result_type: ClassVar[type] = TrainOutcome
-    #: ``out_dir`` locates files; ``threads`` only sets how many cores compute the same numbers (the task key, and
-    #: so the resumable store, ignore both).
-    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "threads")
+class _TrainingSpec(_TaskBase):
+    """The fields of one training run (shared by the training and the membership-audit tasks)."""
 
     data: DataSpec
     arch: str
@@ -169,6 +163,29 @@ class TrainTask(_TaskBase):
     lr: float
     augment_multiplicity: int
     target_delta: float | None
+
+    def _train_config(self, out: str | None, threads: int | None):
+        from dpaudit.audit.train import TrainConfig
+
+        return TrainConfig(
+            dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
+            max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target,
+            non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
+            batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
+            max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
+            seed=self.seed, seeds=1, out=out, threads=threads)
+
+
+@dataclass(frozen=True)
+class TrainTask(_TrainingSpec):
+    """Train one model (one privacy level, one seed) and measure its utility on the test split."""
+
+    stage: ClassVar[str] = "train"
+    result_type: ClassVar[type] = TrainOutcome
+    #: ``out_dir`` locates files; ``threads`` only sets how many cores compute the same numbers (the task key, and
+    #: so the resumable store, ignore both).
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "threads")
+
     checkpoint: str
     out_dir: str
     #: torch intra-op threads; None lets ``train`` use the idle cores (a Dask worker passes 1: one task per core).
@@ -182,16 +199,7 @@ class TrainTask(_TaskBase):
         return f"train {level} seed {self.seed}"
 
     def train_config(self):
-        from dpaudit.audit.train import TrainConfig
-
-        folder = Path(self.out_dir) / Path(self.checkpoint).parent
-        return TrainConfig(
-            dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
-            max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target,
-            non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
-            batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
-            max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
-            seed=self.seed, seeds=1, out=str(folder), threads=self.threads)
+        return self._train_config(str(Path(self.out_dir) / Path(self.checkpoint).parent), self.threads)
 
     def run(self) -> TrainOutcome:
         t0 = time.perf_counter()
@@ -572,7 +580,7 @@ def _data_spec(config: ProfileConfig) -> DataSpec:
 
 
 @dataclass(frozen=True)
-class MiaAuditTask(_TaskBase):
+class MiaAuditTask(_TrainingSpec):
     """The empirical canary membership audit of one privacy level: a separate training run with the same DP
     configuration plus m coin-flipped, mislabelled canaries (Steinke, Nasr and Jagielski 2023, one run)."""
 
@@ -580,17 +588,6 @@ class MiaAuditTask(_TaskBase):
     result_type: ClassVar[type] = MiaAuditOutcome
     _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
 
-    data: DataSpec
-    arch: str
-    epsilon_target: float
-    seed: int
-    epochs: int
-    batch_size: int
-    physical_batch_size: int | None
-    max_grad_norm: float
-    lr: float
-    augment_multiplicity: int
-    target_delta: float | None
     canaries: int
     confidence: float = 0.95
     threads: int | None = None
@@ -603,16 +600,9 @@ class MiaAuditTask(_TaskBase):
 
     def run(self) -> MiaAuditOutcome:
         from dpaudit.attacks.canary import CanaryAuditConfig, run_canary_audit
-        from dpaudit.audit.train import TrainConfig
 
         t0 = time.perf_counter()
-        train_config = TrainConfig(
-            dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
-            max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target, delta=self.target_delta,
-            epochs=self.epochs, batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
-            max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
-            seed=self.seed, seeds=1, out=None, threads=self.threads)
-        audit = run_canary_audit(CanaryAuditConfig(train=train_config, canaries=self.canaries,
+        audit = run_canary_audit(CanaryAuditConfig(train=self._train_config(None, self.threads), canaries=self.canaries,
                                                    confidence=self.confidence, seed=self.seed),
                                  splits=self.data.load())
         return MiaAuditOutcome(
