@@ -203,12 +203,14 @@ def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 @functools.lru_cache(maxsize=4096)
 def _clopper_pearson(successes: int, n: int, confidence: float) -> tuple[float, float]:
     # Cached: an attack asks for the same (successes, n) at many noise levels (e.g. 0 successes for the paper
-    # decoder), and each scipy beta.ppf call costs about 0.2 ms.
-    from scipy.stats import beta
+    # decoder), and each quantile costs about 0.2 ms. The Beta quantile is scipy.special's betaincinv (what
+    # scipy.stats.beta.ppf returns, bit for bit for n < 300 as we checked): importing scipy.stats would add about
+    # 1 s to every `dpaudit attack`.
+    from scipy.special import betaincinv
 
     a = 1.0 - confidence
-    lo = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, n - successes + 1))
-    hi = 1.0 if successes == n else float(beta.ppf(1 - a / 2, successes + 1, n - successes))
+    lo = 0.0 if successes == 0 else float(betaincinv(successes, n - successes + 1, a / 2))
+    hi = 1.0 if successes == n else float(betaincinv(successes + 1, n - successes, 1 - a / 2))
     return lo, hi
 
 
