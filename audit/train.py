@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 import time
@@ -47,6 +46,7 @@ from dpaudit.errors import (
     invalid,
 )
 from dpaudit.models import ARCHITECTURES, build_model
+from dpaudit.runtime import idle_cores
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
            "train"]
@@ -387,19 +387,7 @@ def _evaluate_with_operating_point(model: nn.Module, splits: DatasetSplits
 
 
 def _threads(config: TrainConfig) -> int:
-    if config.threads is not None:
-        return config.threads
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        cores = max(1, os.cpu_count() or 1)
-    # Oversubscribed cores make torch's OpenMP threads wait on each other: measured here, a 2-thread step was 6x
-    # slower than a 1-thread step while other processes kept both cores busy. Use the cores that are idle now.
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy + 0.5)))
+    return config.threads if config.threads is not None else idle_cores()
 
 
 def _calibrate(config: TrainConfig, q: float, steps: int, delta: float) -> tuple[float, float | None, float | None]:

@@ -88,6 +88,8 @@ def attack(
                                                          "epsilon, the conservative choice) or rdp (the paper's "
                                                          "Opacus RDP).")] = AccountantChoice.pld,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: the idle cores).")
+                       ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write attack.json and the SSIM-error CDF plot here."
                                                  )] = None,
     save_images: Annotated[bool, typer.Option("--save-images", help="With --out: also save the best "
@@ -96,11 +98,13 @@ def attack(
 ) -> None:
     """Run the imprint-layer reconstruction attack (batch size 1, malicious server) and score it by SSIM."""
     import numpy as np
+    import torch
 
     from dpaudit.attacks.reconstruction import noise_for_epsilons, run_attack
     from dpaudit.checkpoint import load_model
     from dpaudit.data import load_splits
     from dpaudit.errors import ConfigError, check_int, invalid
+    from dpaudit.runtime import idle_cores
 
     n_images = check_int("n_images", n_images, fix="pass --n-images 1 or more")
     if epsilons is not None and sigmas is not None:
@@ -178,6 +182,7 @@ def attack(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
+        torch.set_num_threads(idle_cores() if threads is None else check_int("threads", threads))
         result = run_attack(net, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigma_list,
                             decoders=_decoders(decoder), connection=connection.value, bins=bins,
                             max_grad_norm=clip, observations=observations, seed=seed, scoring=scoring.value,
