@@ -277,7 +277,9 @@ class ProfileConfig(_Json):
     seeds: int = 2
     seed: int = 0
     epochs: int = 4
-    batch_size: int = 128
+    # 64, not 128: at 4 epochs on the demo's 1,399 training images the non-private baseline needs the 88 steps
+    # (measured: MCC 0.835 +- 0.064 at 64 against 0.655 +- 0.101 at 128, 2 seeds; the demo profile in 7 min).
+    batch_size: int = 64
     physical_batch_size: int | None = None
     max_grad_norm: float = 1.0
     lr: float = 2e-3
