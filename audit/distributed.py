@@ -27,10 +27,8 @@ Dask is an optional dependency (``pip install "dpaudit[distributed]"``) imported
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,17 +60,6 @@ def _import_distributed() -> Any:
             f"installed ({exc}). Fix: {_INSTALL_FIX}, or leave out --scheduler/--workers to run in this process."
         ) from None
     return distributed
-
-
-def _check_installed() -> None:
-    """Fail at once, before anything starts in the background, when dask.distributed is missing."""
-    try:
-        found = importlib.util.find_spec("distributed") is not None
-    except (ImportError, ValueError):  # a parent package missing, or a module entry set to None
-        found = False
-    if not found:
-        _import_distributed()  # raises the MissingDependencyError with the fix
-        raise MissingDependencyError(f"dask.distributed is not installed. Fix: {_INSTALL_FIX}.")
 
 
 def _run_task(task: Task, torch_threads: int | None) -> Any:
@@ -140,43 +127,11 @@ class DaskExecutor:
         if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
                                           or torch_threads < 1):
             raise invalid("torch_threads", torch_threads, "an integer >= 1 or None")
+        distributed = _import_distributed()
         self.retries = retries
         self.torch_threads = torch_threads
-        self.workers = workers
         self._cluster: Any = None
-        self._checked: set[str] = set()  # folders every worker was seen to reach
-        self._version_checked = False
-        self._starter: threading.Thread | None = None
-        self._start_error: BaseException | None = None
         if workers is not None:
-            _check_installed()
-            # The local cluster starts in the background (importing dask and spawning the workers takes 1-2 s):
-            # the driver loads the data meanwhile. The first call that needs the cluster waits for it.
-            self._address = "tcp://127.0.0.1 (starting)"
-            self._starter = threading.Thread(target=self._start_local, args=(workers, connect_timeout),
-                                             name="dpaudit-dask-start", daemon=True)
-            self._starter.start()
-            return
-        distributed = _import_distributed()
-        self._address = scheduler
-        try:
-            self._client = distributed.Client(scheduler, timeout=connect_timeout, set_as_default=False)
-        except OSError as exc:  # TimeoutError and connection refusals are OSErrors
-            raise invalid("scheduler", scheduler, "the address of a running Dask scheduler",
-                          f"start one (`dask scheduler`) or check the address and firewall; the connection "
-                          f"failed with {type(exc).__name__}: {exc}") from None
-        try:
-            self._client.wait_for_workers(1, timeout=connect_timeout)
-        except (TimeoutError, OSError):
-            self.close()
-            raise invalid("scheduler", scheduler, "a scheduler with at least one worker",
-                          f"start workers with `dask worker {scheduler} --nthreads 1` (no worker joined within "
-                          f"{connect_timeout:g} s)") from None
-
-    def _start_local(self, workers: int, connect_timeout: float) -> None:
-        """In the starter thread: import dask, start the local cluster and connect; errors are kept for later."""
-        try:
-            distributed = _import_distributed()
             # Loopback only, no dashboard, processes (torch and the GIL), one thread each (one task per core).
             # Dask keeps a small HTTP server (/health) even without a dashboard: on loopback, on a free port
             # (its default, 8787, may be another user's).
@@ -184,49 +139,33 @@ class DaskExecutor:
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 silence_logs=logging.ERROR)
-            self._address = self._cluster.scheduler_address
-            self._client = distributed.Client(self._cluster, timeout=connect_timeout, set_as_default=False)
-            self._client.wait_for_workers(1, timeout=connect_timeout)
-        except BaseException as exc:  # re-raised in the caller's thread by _ready()
-            self._start_error = exc
-
-    @property
-    def client(self) -> Any:
-        """The ``distributed.Client`` (waits for a local cluster that is still starting)."""
-        self._ready()
-        return self._client
-
-    @property
-    def address(self) -> str:
-        """The scheduler's address (waits for a local cluster that is still starting)."""
-        self._ready()
-        return self._address
-
-    def _ready(self) -> None:
-        """Wait for a local cluster that is still starting; raise, in this thread, what stopped it."""
-        if self._starter is None:
-            return
-        self._starter.join()
-        self._starter = None
-        exc, self._start_error = self._start_error, None
-        if exc is not None:
+            self.address = self._cluster.scheduler_address
+        else:
+            self.address = scheduler
+        try:
+            self.client = distributed.Client(self._cluster if self._cluster is not None else scheduler,
+                                             timeout=connect_timeout, set_as_default=False)
+        except OSError as exc:  # TimeoutError and connection refusals are OSErrors
+            self._close_cluster()
+            raise invalid("scheduler", scheduler, "the address of a running Dask scheduler",
+                          f"start one (`dask scheduler`) or check the address and firewall; the connection "
+                          f"failed with {type(exc).__name__}: {exc}") from None
+        try:
+            self.client.wait_for_workers(1, timeout=connect_timeout)
+        except (TimeoutError, OSError):
             self.close()
-            if isinstance(exc, DpAuditError):
-                raise exc
-            raise DpAuditError(
-                f"the local Dask cluster (--workers {self.workers}) did not start: {type(exc).__name__}: "
-                f"{_clip(str(exc))}. Fix: check that loopback networking (127.0.0.1) is allowed and that worker "
-                "processes can start, or leave out --workers to run in this process.") from None
+            raise invalid("scheduler", scheduler, "a scheduler with at least one worker",
+                          f"start workers with `dask worker {scheduler} --nthreads 1` (no worker joined within "
+                          f"{connect_timeout:g} s)") from None
+        self._checked: set[str] = set()  # folders every worker was seen to reach
+        self._version_checked = False
 
     # ----------------------------------------------------------------------------------------------------------
 
     def describe(self) -> str:
-        """One line for the progress log: where tasks run (does not wait for a local cluster still starting)."""
-        if self._starter is not None:
-            return (f"Dask local cluster on 127.0.0.1: {self.workers} worker(s) starting in the background, "
-                    f"{self.retries} retries per task")
+        """One line for the progress log: where tasks run."""
         n = len(self.client.scheduler_info().get("workers", {}))
-        kind = "local cluster on 127.0.0.1" if self._cluster is not None else f"cluster at {self._address}"
+        kind = "local cluster on 127.0.0.1" if self._cluster is not None else f"cluster at {self.address}"
         return f"Dask {kind}: {n} worker(s), {self.retries} retries per task"
 
     def _preflight(self, tasks: Sequence[Task]) -> None:
@@ -236,7 +175,6 @@ class DaskExecutor:
             out_dir = getattr(task, "out_dir", None)
             data = getattr(task, "data", None)
             paths.update(p for p in (out_dir, getattr(data, "data_dir", None)) if p)
-        self._ready()
         paths -= self._checked
         if not paths and self._version_checked:
             return
@@ -265,11 +203,11 @@ class DaskExecutor:
             After every other task has finished (and been handed to ``on_done``), naming each task that still
             failed after its retries and why.
         """
+        distributed = _import_distributed()
         tasks = list(tasks)
         if not tasks:
             return
-        self._preflight(tasks)  # waits for a local cluster that is still starting
-        distributed = _import_distributed()
+        self._preflight(tasks)
         by_key: dict[str, Task] = {}
         futures = []
         run_id = uuid.uuid4().hex[:8]  # a fresh key per attempt: never a stale erred future of an earlier run
@@ -313,10 +251,7 @@ class DaskExecutor:
 
     def close(self) -> None:
         """Disconnect; shut the local cluster down (a remote cluster keeps running)."""
-        if self._starter is not None:  # still starting: let it finish, then shut it down
-            self._starter.join()
-            self._starter = None
-        client = getattr(self, "_client", None)
+        client = getattr(self, "client", None)
         if client is not None:
             client.close()
         self._close_cluster()

@@ -28,7 +28,7 @@ from dpaudit.audit.distributed import DaskExecutor, TaskFailedError, make_execut
 from dpaudit.audit.profile import InProcessExecutor, TaskStore, run_profile
 from dpaudit.audit.profile_schema import Profile, ProfileConfig, encode
 from dpaudit.cli.main import app
-from dpaudit.errors import ConfigError, DpAuditError, MissingDependencyError
+from dpaudit.errors import ConfigError, MissingDependencyError
 
 # The tiny profile of tests/test_profile.py: smallcnn on 60 demo images of 16 px, one epoch, 6 attacked images.
 TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
@@ -263,21 +263,3 @@ def test_unreachable_scheduler_is_a_clear_error() -> None:
 def test_no_flags_run_in_process() -> None:
     assert isinstance(make_executor(None, None), InProcessExecutor)
 
-
-def test_local_cluster_starts_in_the_background_and_a_failed_start_is_a_clear_error(monkeypatch, tmp_path) -> None:
-    import distributed
-
-    class Refused:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            time.sleep(0.5)
-            raise OSError("no loopback here")
-
-    monkeypatch.setattr(distributed, "LocalCluster", Refused)
-    t0 = time.perf_counter()
-    ex = DaskExecutor(workers=1)
-    assert time.perf_counter() - t0 < 0.4  # the constructor does not wait for the start
-    assert "starting in the background" in ex.describe()
-    with pytest.raises(DpAuditError, match=r"local Dask cluster \(--workers 1\) did not start: OSError: no "
-                                           r"loopback here\. Fix: "):
-        ex.map([ProbeTask(0, str(tmp_path))], lambda task, result: None)
-    ex.close()  # nothing left to shut down; closing twice is harmless
