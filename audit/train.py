@@ -101,9 +101,9 @@ class TrainConfig:
         torch intra-op threads; None uses the cores this process may run on.
     device:
         Where the model trains: ``"auto"`` (the first CUDA GPU when one is visible, else the CPU), ``"cpu"``,
-        ``"cuda"`` or ``"cuda:N"``. Like ``threads`` it says where the numbers are computed, not which: the
-        sampling and augmentation generators stay on the CPU, so the batches are the same; a GPU's floating-point
-        results differ from the CPU's in the last bits.
+        ``"cuda"`` or ``"cuda:N"``. The sampling and augmentation generators stay on the CPU, so the batches are
+        the same on any device; the noise is drawn on the device, from that device's random stream, so the same
+        seed gives a different (equally valid) model on a GPU than on the CPU. The DP guarantee is the same.
     """
 
     dataset: str = "demo"
