@@ -614,7 +614,7 @@ class MiaAuditTask(_TrainingSpec):
             seconds=time.perf_counter() - t0)
 
 
-def plan_training(config: ProfileConfig, out_dir: str | os.PathLike) -> list[TrainTask]:
+def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
     """The training tasks of a profile: every privacy level times every seed (non-private last)."""
     data = _data_spec(config)
     tasks = []
@@ -626,7 +626,8 @@ def plan_training(config: ProfileConfig, out_dir: str | os.PathLike) -> list[Tra
                 data=data, arch=config.arch, epsilon_target=eps, seed=seed, epochs=config.epochs,
                 batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
                 max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
-                target_delta=config.target_delta, checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve())))
+                target_delta=config.target_delta, checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()),
+                threads=threads))
     return tasks
 
 
@@ -643,7 +644,7 @@ def _environment() -> tuple[PackageVersion, ...]:
 
 
 def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
-                progress: ProgressFn | None = None, render: bool = True) -> Profile:
+                progress: ProgressFn | None = None, render: bool = True, threads: int | None = None) -> Profile:
     """Run (or resume) a full profile and write ``DIR/profile.json`` and, with ``render``, ``DIR/report.pdf``.
 
     Parameters
@@ -659,6 +660,10 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         ``progress(stage, done, total, message)`` after each task (and at each stage's start).
     render:
         Also render the PDF.
+    threads:
+        torch threads of each training run (in process); None uses the idle cores. Training results depend on the
+        thread count in the last bits (and so, through training, on utility): pin it to reproduce a run exactly.
+        Not part of the task keys: a resumed profile reuses runs made with another count.
 
     Returns
     -------
@@ -693,7 +698,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
 
     # Stage 1: training (every level x seed).
-    train_tasks = plan_training(config, out)
+    train_tasks = plan_training(config, out, threads)
     train_res, st = _run_stage("train", train_tasks, store, executor, progress)
     stages.append(st)
     trains = tuple(train_res[t.key()] for t in train_tasks)
@@ -734,7 +739,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         data=_data_spec(config), arch=config.arch, epsilon_target=eps, seed=config.seed, epochs=config.epochs,
         batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
         max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
-        target_delta=config.target_delta, canaries=config.canaries) for eps in config.epsilons
+        target_delta=config.target_delta, canaries=config.canaries, threads=threads) for eps in config.epsilons
     ] if config.mia_audit else []
     mia_res: dict[str, Any] = {}
     if mia_tasks:

@@ -87,6 +87,9 @@ def profile(
              "--out and --data-dir on a file system every worker sees).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Run the tasks on a local Dask cluster of N worker processes (127.0.0.1 only, one thread each).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="torch threads per training run and attack (default: the idle cores; results depend on the count in "
+             "the last bits: pin it to reproduce a run exactly).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
@@ -95,7 +98,7 @@ def profile(
     from dpaudit.audit.profile import run_profile
     from dpaudit.audit.profile_schema import ProfileConfig
     from dpaudit.cli._common import parse_float_list
-    from dpaudit.errors import invalid
+    from dpaudit.errors import check_int, invalid
 
     decoders = {"all": ("strong", "paper"), "strong": ("strong",), "paper": ("paper",)}
     if decoder not in decoders:
@@ -108,6 +111,8 @@ def profile(
         records_per_patient=records_per_patient, attack_images=attack_images, decoders=decoders[decoder],
         connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
         mia_audit=mia_audit, canaries=canaries, include_images=include_images)
+    if threads is not None:
+        check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
     started = time.perf_counter()
     stage_start: dict[str, float] = {}
 
@@ -127,7 +132,11 @@ def profile(
     try:
         if hasattr(executor, "describe"):
             err.print(executor.describe(), highlight=False)
-        prof = run_profile(config, out_dir, executor=executor, progress=progress, render=render)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        prof = run_profile(config, out_dir, executor=executor, progress=progress, render=render, threads=threads)
     finally:
         executor.close()
     wall = time.perf_counter() - started

@@ -214,3 +214,13 @@ def test_mia_audit_runs_per_budget_and_reaches_the_report(tmp_path) -> None:
     # Too many canaries for the training split: a clear error before any training.
     res = CliRunner().invoke(app, [*args[:-1], "500", "--out", str(tmp_path / "q")])
     assert res.exit_code == 2 and "canaries" in res.output and "Traceback" not in res.output
+
+
+def test_threads_pin_the_training_runs_without_changing_task_keys(tmp_path) -> None:
+    config = ProfileConfig(**TINY)
+    free, pinned = plan_training(config, tmp_path), plan_training(config, tmp_path, threads=1)
+    assert [t.threads for t in pinned] == [1] * len(pinned) and [t.threads for t in free] == [None] * len(free)
+    assert [t.key() for t in pinned] == [t.key() for t in free]
+    assert all(t.train_config().threads == 1 for t in pinned)
+    res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), "--threads", "0"])
+    assert res.exit_code == 2 and "threads" in res.output
