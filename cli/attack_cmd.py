@@ -107,6 +107,8 @@ def attack(
     from dpaudit.runtime import idle_cores
 
     n_images = check_int("n_images", n_images, fix="pass --n-images 1 or more")
+    if threads is not None:
+        check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
     if epsilons is not None and sigmas is not None:
         raise invalid("--epsilons/--sigmas", "both", "at most one of them",
                       "pass --sigmas 0,1e-4,1e-3 or --epsilons 1,8,1e9")
@@ -182,7 +184,7 @@ def attack(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        torch.set_num_threads(idle_cores() if threads is None else check_int("threads", threads))
+        torch.set_num_threads(idle_cores() if threads is None else threads)
         result = run_attack(net, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigma_list,
                             decoders=_decoders(decoder), connection=connection.value, bins=bins,
                             max_grad_norm=clip, observations=observations, seed=seed, scoring=scoring.value,

@@ -30,7 +30,8 @@ def report(
 
     path = profile_json / "profile.json" if profile_json.is_dir() else profile_json
     prof = load_profile(path)
-    pdf = render_report(prof, output if output is not None else path.parent / "report.pdf", include_images=include_images, base_dir=path.parent)
+    pdf = render_report(prof, output if output is not None else path.parent / "report.pdf",
+                        include_images=include_images, base_dir=path.parent)
     images = prof.config.include_images if include_images is None else include_images
     if images:
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "
