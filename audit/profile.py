@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from dpaudit.attacks.scenario import AttackScenario
 from dpaudit.audit.profile_schema import (
     SCHEMA_VERSION,
     AttackOutcome,
@@ -420,39 +421,34 @@ class AttackTask(_TaskBase):
         level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
         return f"attack {level} ({self.n_images} images)"
 
+    def scenario(self, n_train: int) -> AttackScenario:
+        """The attack of this task as an :class:`AttackScenario` (what ``dpaudit attack --selection random``
+        runs with the same settings): the level's epsilon in the attack scenario of ``attack_epochs`` epochs."""
+        return AttackScenario(
+            n_images=self.n_images, selection="random", epsilons=(self.epsilon_target,), n_train=n_train,
+            epochs=self.attack_epochs, target_delta=self.target_delta, decoders=self.decoders,
+            connection=self.connection, bins=self.bins, observations=self.observations, seed=self.seed,
+            keep_images=KEPT_IMAGES if self.include_images else 0)
+
     def run(self) -> AttackOutcome:
         import numpy as np
-        import torch
 
-        from dpaudit.attacks.reconstruction import noise_for_epsilons, run_attack
+        from dpaudit.attacks.scenario import attack_checkpoint, scenario_noise, select_images
         from dpaudit.checkpoint import load_checkpoint
 
         t0 = time.perf_counter()
         ckpt = load_checkpoint(Path(self.out_dir) / self.checkpoint)
-        model = ckpt.build_model().eval()
         splits = self.data.load()
         n_train = len(splits.train)
-        # The malicious server's scenario (seed paper, Table 3 caption): batch size 1, q = 1/N, T = epochs * N, at
-        # the same epsilon and delta; the tight accountant gives the smaller sigma (the stronger attack).
-        eps = math.inf if self.epsilon_target is None else self.epsilon_target
-        sigma = noise_for_epsilons([eps], n_train=n_train, epochs=self.attack_epochs,
-                                   target_delta=self.target_delta)[0]
-        # The attacked images: a seeded random subset of the TRAINING split (the attacker targets members).
-        rng = np.random.default_rng([self.seed, 0xA77AC])
-        n = min(self.n_images, n_train)
-        idx = torch.as_tensor(np.sort(rng.choice(n_train, size=n, replace=False)))
-        images, labels = splits.train.images[idx], splits.train.labels[idx]
-        clip = ckpt.dp.max_grad_norm if ckpt.dp is not None else 1.0
-        result = run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=[sigma],
-                            decoders=self.decoders, connection=self.connection, bins=self.bins,
-                            max_grad_norm=clip, observations=self.observations, seed=self.seed,
-                            epsilons=[self.epsilon_target], keep_images=KEPT_IMAGES if self.include_images else 0)
+        scenario = self.scenario(n_train)
+        result = attack_checkpoint(ckpt, splits, scenario)
+        sigma = scenario_noise(ckpt, scenario)[0][0]
         saved: tuple[str, ...] = ()
         if self.include_images:
             from dpaudit.attacks.plots import save_best_reconstructions
             from dpaudit.attacks.scoring import keep_mask
 
-            originals = images.permute(0, 2, 3, 1).numpy()
+            originals = select_images(splits.train, scenario)[0].permute(0, 2, 3, 1).numpy()
             originals = originals[keep_mask(originals)]
             rel = Path("images") / f"reconstructions-{self.tag()}.png"
             (Path(self.out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)

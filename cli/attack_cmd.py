@@ -12,7 +12,10 @@ import typer
 
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
 
-DEFAULT_SIGMAS = "0,1e-4,1e-3,0.02"  # no model, no budget: the spec's demonstration grid
+
+class SelectionChoice(StrEnum):
+    first = "first"
+    random = "random"
 
 
 class DecoderChoice(StrEnum):
@@ -60,6 +63,12 @@ def attack(
     image_size: Annotated[int | None, typer.Option("--image-size", help="Resize images to this size (default: the "
                                                    "checkpoint's, else 64).")] = None,
     n_images: Annotated[int, typer.Option("--n-images", help="Number of training images to attack.")] = 64,
+    selection: Annotated[SelectionChoice, typer.Option("--selection", help="first: the first --n-images training "
+                                                       "images; random: a seeded random subset (what the profile "
+                                                       "attacks).")] = SelectionChoice.first,
+    max_images: Annotated[int | None, typer.Option("--max-images", help="Load at most this many images before "
+                                                   "splitting (default: enough for --n-images; a profile's "
+                                                   "--max-images to attack its split).")] = None,
     epsilons: Annotated[str | None, typer.Option("--epsilons", help="Target epsilons, e.g. 1,8,20,1e9 (mapped to "
                                                  "sigmas in the attack scenario q = 1/N, T = epochs * N). Default: "
                                                  "the checkpoint's epsilon; --sigmas 0 for a non-private one.")
@@ -100,78 +109,45 @@ def attack(
     import numpy as np
     import torch
 
-    from dpaudit.attacks.reconstruction import noise_for_epsilons, run_attack
-    from dpaudit.checkpoint import load_model
+    from dpaudit.attacks.scenario import AttackScenario, attack_checkpoint, checkpoint_noise, select_images
+    from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits
-    from dpaudit.errors import ConfigError, check_int, invalid
+    from dpaudit.errors import check_int, invalid
     from dpaudit.runtime import idle_cores
 
-    n_images = check_int("n_images", n_images, fix="pass --n-images 1 or more")
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
-    if epsilons is not None and sigmas is not None:
-        raise invalid("--epsilons/--sigmas", "both", "at most one of them",
-                      "pass --sigmas 0,1e-4,1e-3 or --epsilons 1,8,1e9")
     if save_images and out_dir is None:
         raise invalid("--save-images", True, "used together with --out DIR", "add --out DIR")
+    scenario = AttackScenario(
+        n_images=n_images, selection=selection.value,
+        epsilons=None if epsilons is None else tuple(parse_float_list("--epsilons", epsilons)),
+        noise_multipliers=None if sigmas is None else tuple(parse_float_list("--sigmas", sigmas)),
+        n_train=n_train, epochs=epochs, target_delta=delta, accountant=accountant.value, decoders=_decoders(decoder),
+        connection=connection.value, bins=bins, observations=observations,
+        max_grad_norm=None if math.isnan(max_grad_norm) else max_grad_norm, scoring=scoring.value,
+        denoiser=denoiser.value, seed=seed, keep_images=8 if save_images else 0)
 
-    ckpt = None
-    if model is not None:
-        from dpaudit.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(model, arch=arch)
+    ckpt = load_checkpoint(model, arch=arch) if model is not None else None
     if image_size is None:
         image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else 64
-    # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
-    max_images = max(3, math.ceil(n_images / 0.7) + 3)
+    if max_images is None:
+        # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
+        max_images = max(3, math.ceil(n_images / 0.7) + 3)
     splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images)
-    data = splits.train
-    if len(data) < n_images:
-        err.print(f"warning: the training split holds {len(data)} images; attacking all of them.")
-    images = data.images[:n_images]
-    labels = data.labels[:n_images]
-    channels = images.shape[1]
+    if len(splits.train) < n_images:
+        err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
-        ckpt = load_model(None, arch=arch, num_classes=splits.num_classes, in_channels=channels,
+        ckpt = load_model(None, arch=arch, num_classes=splits.num_classes, in_channels=splits.train.images.shape[1],
                           image_size=image_size, seed=seed)
-    if ckpt.in_channels != channels:
-        raise invalid("dataset channels", channels, f"the model's input channels ({ckpt.in_channels})",
-                      "pass a dataset with as many channels as the model was trained on", cls=ConfigError)
-    if int(labels.max()) >= ckpt.num_classes:
-        raise invalid("labels", int(labels.max()), f"below the model's number of classes ({ckpt.num_classes})",
-                      "pass the dataset the model was trained on")
-    net = ckpt.build_model()
-    clip = max_grad_norm if not math.isnan(max_grad_norm) else (ckpt.max_grad_norm or 1.0)
 
-    if epsilons is None and sigmas is None:
-        # Neither given: the model's own privacy budget, else no noise (a non-private model), else the spec's grid.
-        achieved = ckpt.extra.get("epsilon_achieved")
-        if ckpt.dp is not None and isinstance(achieved, float) and math.isfinite(achieved):
-            epsilons = f"{achieved:.6g}"
-            why = f"the checkpoint's epsilon {achieved:.4g} (at delta {ckpt.target_delta:g})"
-        elif ckpt.source == "dpaudit":
-            sigmas, why = "0", "sigma 0 (the checkpoint was trained without DP)"
-        elif ckpt.source == "state_dict":
-            sigmas, why = "0", ("sigma 0 (a plain state dict records no DP configuration; pass --epsilons with "
-                                "--n-train, --epochs and --delta to attack at a privacy budget)")
-        else:
-            sigmas, why = DEFAULT_SIGMAS, f"the noise grid {DEFAULT_SIGMAS} (no checkpoint given)"
-        if not as_json:
+    if not as_json:
+        default_eps, _, why = checkpoint_noise(ckpt)
+        if scenario.epsilons is None and scenario.noise_multipliers is None:
             err.print(f"no --epsilons or --sigmas given: attacking at {why}")
-    if sigmas is not None:
-        sigma_list = parse_float_list("--sigmas", sigmas)
-        eps_list: list[float | None] = [None] * len(sigma_list)
-    else:
-        eps_list = list(parse_float_list("--epsilons", epsilons or ""))
-        n_tr = n_train or ckpt.n_train
-        ep = epochs or ckpt.epochs
-        dl = delta or ckpt.target_delta
-        if n_tr is None or ep is None or dl is None:
-            raise invalid("--epsilons", epsilons, "used with a checkpoint that records N, epochs and delta, or with "
-                          "--n-train, --epochs and --delta", "add --n-train N --epochs E --delta 1e-5")
-        sigma_list = noise_for_epsilons(eps_list, n_train=n_tr, epochs=ep, target_delta=dl,
-                                        accountant=accountant.value)
-        if not as_json:
+        n_tr, ep, dl = n_train or ckpt.n_train, epochs or ckpt.epochs, delta or ckpt.target_delta
+        by_epsilon = scenario.epsilons is not None or (scenario.noise_multipliers is None and default_eps)
+        if by_epsilon and None not in (n_tr, ep, dl):
             err.print(f"attack scenario: batch size 1, q = 1/{n_tr}, T = {ep} * {n_tr} steps, delta = {dl:g}, "
                       f"{accountant.value.upper()} accountant")
 
@@ -185,11 +161,7 @@ def attack(
             bar.update(task, completed=done, total=total)
 
         torch.set_num_threads(idle_cores() if threads is None else threads)
-        result = run_attack(net, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigma_list,
-                            decoders=_decoders(decoder), connection=connection.value, bins=bins,
-                            max_grad_norm=clip, observations=observations, seed=seed, scoring=scoring.value,
-                            epsilons=eps_list, progress=progress, denoiser=denoiser.value,
-                            keep_images=8 if save_images else 0)
+        result = attack_checkpoint(ckpt, splits, scenario, progress=progress)
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions
@@ -211,7 +183,7 @@ def attack(
         (out_dir / "attack.json").write_text(json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n")
         plot_ssim_error_cdf(result, out_dir / "ssim_error_cdf.png")
         if save_images:
-            gt = images.permute(0, 2, 3, 1).numpy()
+            gt = select_images(splits.train, scenario)[0].permute(0, 2, 3, 1).numpy()
             save_best_reconstructions(result, gt[keep_mask(gt)], out_dir / "best_reconstructions.png")
         if not as_json:
             err.print(f"wrote {out_dir / 'attack.json'} and {out_dir / 'ssim_error_cdf.png'}"

@@ -1,0 +1,154 @@
+"""``attack_checkpoint``: the imprint-layer attack against a trained checkpoint, as one use case.
+
+Both ``dpaudit attack`` and the profile's attack stage call :func:`attack_checkpoint` with a frozen
+:class:`AttackScenario`; which images are attacked, how target epsilons become noise multipliers and which clip
+norm is used are decided here and nowhere else, so the command and the report give the same rows for the same
+scenario.
+
+The malicious server's scenario (seed paper, Table 3 caption): batch size 1, q = 1/N, T = epochs * N, at the
+target epsilon and delta; the tight (PLD) accountant gives the smaller sigma, the stronger attack.
+
+Importing this module is cheap (no torch): configurations are built before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dpaudit.errors import ConfigError, check_int, invalid
+
+if TYPE_CHECKING:
+    import torch
+
+    from dpaudit.attacks.reconstruction import AttackResult, Progress
+
+#: How the attacked images are chosen from the training split (the attacker targets members).
+SELECTIONS = ("first", "random")
+#: Salt of the image-selection generator, so it never shares a stream with the imprint block's seed.
+SELECTION_SALT = 0xA77AC
+#: Noise grid when neither a checkpoint's budget nor a noise level is known (the spec's demonstration grid).
+DEMO_SIGMAS = (0.0, 1e-4, 1e-3, 0.02)
+
+
+@dataclass(frozen=True)
+class AttackScenario:
+    """What the attacker does to one checkpoint.
+
+    Noise: give ``noise_multipliers`` (sigmas replayed as they are) or ``epsilons`` (each mapped to the attack
+    scenario's sigma with ``n_train``, ``epochs`` and ``target_delta``, None taking the checkpoint's; an epsilon
+    of None is a non-private level, sigma 0). Neither: :func:`checkpoint_noise` decides from the checkpoint.
+    ``max_grad_norm`` None takes the checkpoint's clip norm (1.0 without DP). ``selection``: ``"first"`` attacks
+    the first ``n_images`` training images, ``"random"`` a seeded random subset (sorted indices).
+    """
+
+    n_images: int = 64
+    selection: str = "first"
+    epsilons: tuple[float | None, ...] | None = None
+    noise_multipliers: tuple[float, ...] | None = None
+    n_train: int | None = None
+    epochs: int | None = None
+    target_delta: float | None = None
+    accountant: str = "pld"
+    decoders: tuple[str, ...] = ("strong",)
+    connection: str = "linear"
+    bins: int = 10
+    observations: int = 1
+    max_grad_norm: float | None = None
+    scoring: str = "nearest"
+    denoiser: str = "tv"
+    seed: int = 0
+    keep_images: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("n_images", self.n_images, fix="pass --n-images 1 or more")
+        if self.selection not in SELECTIONS:
+            raise invalid("selection", self.selection, f"one of {list(SELECTIONS)}", "pass --selection first")
+        if self.epsilons is not None and self.noise_multipliers is not None:
+            raise invalid("--epsilons/--sigmas", "both", "at most one of them",
+                          "pass --sigmas 0,1e-4,1e-3 or --epsilons 1,8,1e9")
+        for name in ("epsilons", "noise_multipliers", "decoders"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+
+def checkpoint_noise(ckpt) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]:
+    """``(epsilons, noise_multipliers, why)`` for a scenario that names neither: the checkpoint's own budget,
+    else no noise (a model trained without DP), else the demonstration grid (a randomly initialised model)."""
+    achieved = ckpt.extra.get("epsilon_achieved")
+    if ckpt.dp is not None and isinstance(achieved, float) and math.isfinite(achieved):
+        # Six significant digits: what the command has always printed and mapped back to sigma.
+        eps = float(f"{achieved:.6g}")
+        return (eps,), None, f"the checkpoint's epsilon {achieved:.4g} (at delta {ckpt.target_delta:g})"
+    if ckpt.source == "dpaudit":
+        return None, (0.0,), "sigma 0 (the checkpoint was trained without DP)"
+    if ckpt.source == "state_dict":
+        return None, (0.0,), ("sigma 0 (a plain state dict records no DP configuration; pass --epsilons with "
+                              "--n-train, --epochs and --delta to attack at a privacy budget)")
+    grid = ",".join(f"{s:g}" for s in DEMO_SIGMAS)
+    return None, DEMO_SIGMAS, f"the noise grid {grid} (no checkpoint given)"
+
+
+def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[float | None]]:
+    """The noise multipliers the scenario replays against ``ckpt`` and the epsilon each one reports."""
+    from dpaudit.attacks.reconstruction import noise_for_epsilons
+
+    epsilons, sigmas = scenario.epsilons, scenario.noise_multipliers
+    if epsilons is None and sigmas is None:
+        epsilons, sigmas, _ = checkpoint_noise(ckpt)
+    if sigmas is not None:
+        return [float(s) for s in sigmas], [None] * len(sigmas)
+    n_train = scenario.n_train or ckpt.n_train
+    epochs = scenario.epochs or ckpt.epochs
+    delta = scenario.target_delta or ckpt.target_delta
+    if n_train is None or epochs is None or delta is None:
+        raise invalid("--epsilons", list(epsilons), "used with a checkpoint that records N, epochs and delta, "
+                      "or with --n-train, --epochs and --delta", "add --n-train N --epochs E --delta 1e-5")
+    sigma = noise_for_epsilons([math.inf if e is None else e for e in epsilons], n_train=n_train, epochs=epochs,
+                               target_delta=delta, accountant=scenario.accountant)
+    return sigma, list(epsilons)
+
+
+def select_images(split, scenario: AttackScenario) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacked training images and their labels (all of them when the split holds fewer)."""
+    import numpy as np
+    import torch
+
+    n = min(scenario.n_images, len(split))
+    if scenario.selection == "first":
+        return split.images[:n], split.labels[:n]
+    rng = np.random.default_rng([scenario.seed, SELECTION_SALT])
+    idx = torch.as_tensor(np.sort(rng.choice(len(split), size=n, replace=False)))
+    return split.images[idx], split.labels[idx]
+
+
+def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progress | None = None
+                      ) -> AttackResult:
+    """Run the imprint-layer attack of ``scenario`` against a :class:`dpaudit.checkpoint.Checkpoint` on the
+    training split of ``splits`` (a :class:`dpaudit.data.DatasetSplits`).
+
+    Returns
+    -------
+    AttackResult
+        Frozen; success rates are empirical (lower bounds on reconstruction risk).
+    """
+    from dpaudit.attacks.reconstruction import run_attack
+
+    images, labels = select_images(splits.train, scenario)
+    channels = images.shape[1]
+    if ckpt.in_channels != channels:
+        raise invalid("dataset channels", channels, f"the model's input channels ({ckpt.in_channels})",
+                      "pass a dataset with as many channels as the model was trained on", cls=ConfigError)
+    if len(labels) and int(labels.max()) >= ckpt.num_classes:
+        raise invalid("labels", int(labels.max()), f"below the model's number of classes ({ckpt.num_classes})",
+                      "pass the dataset the model was trained on")
+    sigmas, epsilons = scenario_noise(ckpt, scenario)
+    clip = scenario.max_grad_norm if scenario.max_grad_norm is not None else (ckpt.max_grad_norm or 1.0)
+    model = ckpt.build_model().eval()
+    return run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigmas,
+                      decoders=scenario.decoders, connection=scenario.connection, bins=scenario.bins,
+                      max_grad_norm=clip, observations=scenario.observations, seed=scenario.seed,
+                      scoring=scenario.scoring, epsilons=epsilons, progress=progress, denoiser=scenario.denoiser,
+                      keep_images=scenario.keep_images)
