@@ -321,64 +321,32 @@ class BoundsTask(_TaskBase):
             # Smallest sigma whose tight PLD epsilon is <= the target (safe end of the bracket): the same
             # calibration training uses, so curve points and table rows agree.
             sigma = float(bounds.noise_for_epsilon(self.epsilon_target, q, steps, delta, accountant="pld"))
-        eps = float(bounds.epsilon_pld(sigma, q, steps, delta))
-        eps_rdp = float(bounds.epsilon_rdp(sigma, q, steps, delta))
         kappas = sorted({self.kappa_train, *self.kappas})
         if self.curves:
             grid = np.geomspace(self.kappa_train, 1.0, KAPPA_CURVE_POINTS)[:-1]  # kappa = 1 is trivial
             kappas_all = sorted({*kappas, *(float(k) for k in grid)})
         else:
             kappas_all = kappas
-        rero_bound = _bounds_api("rero_bound")
-        worst = _gammas(rero_bound(sigma, q, steps, kappas_all, threat_model="worst_case",
-                                   records_per_patient=self.records_per_patient))
-        relaxed = _gammas(rero_bound(sigma, q, steps, kappas_all, threat_model="relaxed",
-                                     records_per_patient=self.records_per_patient))
-        points = {k: ReroPoint(k, _clip01(w), _clip01(r)) for k, w, r in zip(kappas_all, worst, relaxed, strict=True)}
+        summary = bounds.bounds_summary(sigma, q, steps, kappas_all, target_delta=delta,
+                                        records_per_patient=self.records_per_patient, membership=self.curves)
+        # The upper end of each numerical bracket (equal to gamma for the tight method).
+        points = {k: ReroPoint(k, _clip01(w), _clip01(r))
+                  for k, w, r in zip(kappas_all, summary.worst_case.upper, summary.relaxed.upper, strict=True)}
         advantage, at_fpr, roc = None, (), ()
-        mia_curve = _bounds_api("mia_curve", required=False)
-        if self.curves and mia_curve is not None:
-            mia = mia_curve(sigma, q, steps, records_per_patient=self.records_per_patient)
-            advantage, at_fpr, roc = _mia_parts(mia)
+        if summary.mia is not None:
+            advantage, at_fpr, roc = _mia_parts(summary.mia)
         return BoundsOutcome(
             epsilon_target=self.epsilon_target, noise_multiplier=sigma, sampling_probability=q, steps=steps,
-            target_delta=delta, records_per_patient=self.records_per_patient, epsilon=eps, epsilon_rdp=eps_rdp,
-            kappa_train=self.kappa_train, rero=tuple(points[k] for k in kappas),
+            target_delta=delta, records_per_patient=self.records_per_patient, epsilon=summary.epsilon.value,
+            epsilon_rdp=summary.epsilon_rdp, kappa_train=self.kappa_train, rero=tuple(points[k] for k in kappas),
             rero_curve=tuple(points[k] for k in kappas_all) if self.curves else (), method="tight",
             mia_advantage=advantage, mia_tpr_at_fpr=at_fpr, mia_roc=roc, seconds=time.perf_counter() - t0)
-
-
-def _bounds_api(name: str, *, required: bool = True) -> Any:
-    """A function of ``dpaudit.bounds`` (its public API first, then the implementing sub-module)."""
-    import importlib
-
-    from dpaudit import bounds
-
-    fn = getattr(bounds, name, None)
-    if fn is None:
-        module = {"rero_bound": "rero", "mia_curve": "mia"}.get(name)
-        try:
-            fn = getattr(importlib.import_module(f"dpaudit.bounds.{module}"), name, None) if module else None
-        except ImportError:
-            fn = None
-    if fn is None and required:
-        raise ConfigError(f"dpaudit.bounds.{name} is not available in this installation. Fix: update dpaudit.")
-    return fn
 
 
 def _clip01(v: float | None) -> float | None:
     # Bounds come with a numerical error bracket; the reported value is its upper end, which may exceed 1 by
     # rounding. A probability bound above 1 says no more than 1.
     return None if v is None else min(1.0, max(0.0, float(v)))
-
-
-def _gammas(result: Any) -> list[float]:
-    """The per-kappa bound values of a ``ReRoBound`` (the upper end of its numerical bracket when it has one)."""
-    for name in ("upper", "gamma_upper", "gamma"):
-        if hasattr(result, name):
-            values = getattr(result, name)
-            return [float(v) for v in (values if hasattr(values, "__len__") else [values])]
-    raise ConfigError(f"unexpected ReRo result {type(result).__name__}: no gamma values")
 
 
 def _mia_parts(mia: Any) -> tuple[float | None, tuple[FprTpr, ...], tuple[FprTpr, ...]]:

@@ -7,7 +7,7 @@ curves, and the noise calibration for a target ReRo bound.
 
 from dpaudit.bounds.calibrate import Calibration, calibrate_noise, max_steps, noise_for_epsilon
 from dpaudit.bounds.mia import FPR_GRID, MiaCurve, mia_curve
-from dpaudit.bounds.pld import epsilon_pld
+from dpaudit.bounds.pld import EpsilonBound, epsilon_bound, epsilon_pld
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import (
     ReRoBound,
@@ -16,14 +16,19 @@ from dpaudit.bounds.rero import (
     relaxed_gaussian_gamma,
     rero_bound,
 )
+from dpaudit.bounds.summary import BoundsSummary, bounds_summary
 
 __all__ = [
     "FPR_GRID",
+    "BoundsSummary",
     "Calibration",
+    "EpsilonBound",
     "MiaCurve",
     "ReRoBound",
+    "bounds_summary",
     "calibrate_noise",
     "clt_mu",
+    "epsilon_bound",
     "epsilon_pld",
     "epsilon_rdp",
     "gaussian_gamma",

@@ -426,6 +426,48 @@ def refine(pair: StepPair, steps: int, evaluate, *, rtol: float = 5e-4, atol: fl
 
 # -- epsilon ------------------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class EpsilonBound:
+    """epsilon at ``target_delta`` and which accountant gave it (``"pld"`` or ``"rdp"``): a sound upper bound."""
+
+    value: float
+    accountant: str
+    target_delta: float
+    records_per_patient: int = 1
+    label: str = "sound upper bound"
+
+    def __float__(self) -> float:
+        return self.value
+
+
+def epsilon_bound(noise_multiplier: float, sampling_probability: float, steps: int, target_delta: float, *,
+                  records_per_patient: int = 1) -> EpsilonBound:
+    """:func:`epsilon_pld` with its label: the value and the accountant that gave it.
+
+    With ``records_per_patient`` k > 1 the guarantee is per patient (k records move together), from the tight
+    PLD of the k-record pair alone (the RDP accountant here is per record).
+    """
+    from dpaudit.bounds._mechanism import check_delta, check_steps
+
+    pair = StepPair(noise_multiplier, sampling_probability, records_per_patient)
+    steps = check_steps(steps)
+    target_delta = check_delta(target_delta)
+    if pair.records_per_patient != 1:
+        value = float(epsilon_pld_refined(pair, steps, target_delta).value[0])
+        return EpsilonBound(value, "pld", target_delta, pair.records_per_patient)
+    try:
+        tight = float(epsilon_pld_refined(pair, steps, target_delta).value[0])
+    except WindowTooLargeError:
+        tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
+    # Sound upper bound = min of two sound upper bounds on the same epsilon (PLD above; RDP: Mironov, Talwar, Zhang
+    # arXiv 1908.10530v1 with the conversion of Balle et al. arXiv 1905.09982v2, Theorem 21). RDP wins only where
+    # the loss cap made the PLD pessimistic (see epsilon_pld); the reported number stays a sound upper bound.
+    from dpaudit.bounds.rdp import epsilon_rdp
+
+    rdp = epsilon_rdp(noise_multiplier, sampling_probability, steps, target_delta)
+    return EpsilonBound(rdp, "rdp", target_delta) if rdp <= tight else EpsilonBound(tight, "pld", target_delta)
+
+
 def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int, target_delta: float) -> float:
     """Tight epsilon at ``target_delta`` for DP-SGD (Poisson sampling, add/remove adjacency): a sound upper bound.
 
@@ -447,7 +489,7 @@ def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int
     Returns
     -------
     float
-        epsilon, a sound upper bound: min(tight PLD, RDP). Both are sound upper bounds on the same epsilon, so
+        epsilon, a sound upper bound: min(tight PLD, RDP) (:func:`epsilon_bound` says which one). Both are sound upper bounds on the same epsilon, so
         their minimum is too. The PLD is the smaller one except at tiny noise (sigma below about 0.04, e.g. the
         seed paper's epsilon = 1e9), where ``LOSS_CAP`` sends per-step losses above 700 to the infinity atom and the
         PLD becomes infinite or loose; there the value is the RDP bound (Opacus' orders, :func:`epsilon_rdp`).
@@ -458,21 +500,7 @@ def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int
     PETS 2022 (arXiv 2207.04380). Koskela, Jalko, Honkela, "Computing Tight Differential Privacy Guarantees Using
     FFT", AISTATS 2020.
     """
-    from dpaudit.bounds._mechanism import check_delta, check_steps
-
-    pair = StepPair(noise_multiplier, sampling_probability)
-    steps = check_steps(steps)
-    target_delta = check_delta(target_delta)
-    try:
-        tight = float(epsilon_pld_refined(pair, steps, target_delta).value[0])
-    except WindowTooLargeError:
-        tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
-    # Sound upper bound = min of two sound upper bounds on the same epsilon (PLD above; RDP: Mironov, Talwar, Zhang
-    # arXiv 1908.10530v1 with the conversion of Balle et al. arXiv 1905.09982v2, Theorem 21). RDP wins only where
-    # the loss cap made the PLD pessimistic (see Returns); the reported number stays a sound upper bound.
-    from dpaudit.bounds.rdp import epsilon_rdp
-
-    return min(tight, epsilon_rdp(noise_multiplier, sampling_probability, steps, target_delta))
+    return epsilon_bound(noise_multiplier, sampling_probability, steps, target_delta).value
 
 
 def epsilon_pld_refined(pair: StepPair, steps: int, target_delta: float, *, rtol: float = 1e-4) -> Refined:

@@ -109,31 +109,18 @@ def bounds(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
-    from dpaudit.bounds import epsilon_pld, epsilon_rdp, mia_curve, rero_bound
-    from dpaudit.bounds._mechanism import StepPair, check_delta
-    from dpaudit.bounds.pld import epsilon_pld_refined
+    from dpaudit.bounds import bounds_summary, mia_curve
+    from dpaudit.bounds._mechanism import check_delta
 
     sigma, q, steps, delta, n_train = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
     check_delta(delta)  # fail fast, before any computation
     kappas = _kappas(kappa, n_candidates, n_train)
     k = records_per_patient
-    worst = rero_bound(sigma, q, steps, kappas, threat_model="worst_case", method=method.value,
-                       records_per_patient=k)
-    relaxed = rero_bound(sigma, q, steps, kappas, threat_model="relaxed", method=method.value,
-                         records_per_patient=k)
-    if k == 1:
-        eps = epsilon_pld(sigma, q, steps, delta)
-    else:
-        eps = float(epsilon_pld_refined(StepPair(sigma, q, k), steps, delta).value[0])
-    eps_rdp = epsilon_rdp(sigma, q, steps, delta) if k == 1 else math.nan
-    mia = mia_curve(sigma, q, steps, records_per_patient=k)
-    eps_source = "RDP" if k == 1 and eps == eps_rdp else "PLD"
-    extra = ()
-    if eps_source == "RDP":
-        extra = ("epsilon: the PLD is looser than RDP at this noise (per-step privacy loss above 700 counted as "
-                 "infinite); the epsilon shown is the RDP value, a sound upper bound",)
-    for note in dict.fromkeys(worst.notes + relaxed.notes + mia.notes + extra):
+    summary = bounds_summary(sigma, q, steps, kappas, target_delta=delta, records_per_patient=k,
+                             method=method.value)
+    for note in summary.notes:
         err.print(f"[yellow]warning:[/] {note}")
+    mia = summary.mia
     if roc is not None:
         mia_relaxed = mia_curve(sigma, q, steps, records_per_patient=k, threat_model="relaxed")
         with roc.open("w", newline="") as fh:
@@ -144,14 +131,22 @@ def bounds(
     if plot is not None:
         _plot(plot, sigma, q, steps, k, kappas)
     if json_out:
-        emit_json(_bounds_json(sigma, q, steps, delta, k, method.value, eps, eps_rdp, worst, relaxed, mia,
-                               eps_source))
+        emit_json(_bounds_json(summary, method.value))
         return
-    _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia, eps_source)
+    _render(summary)
 
 
-def _bounds_json(sigma, q, steps, delta, k, method, eps, eps_rdp, worst, relaxed, mia,
-                 eps_source="PLD") -> dict[str, Any]:
+def _unit_epsilons(s) -> tuple[float, float, str]:
+    """epsilon of the privacy unit, the RDP epsilon (per record only: nan for k > 1) and the accountant's name."""
+    eps = s.epsilon_of_unit
+    return eps.value, s.epsilon_rdp if s.records_per_patient == 1 else math.nan, eps.accountant.upper()
+
+
+def _bounds_json(s, method: str) -> dict[str, Any]:
+    sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
+                                 s.records_per_patient)
+    eps, eps_rdp, eps_source = _unit_epsilons(s)
+    worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
     return {
         "noise_multiplier": sigma, "sampling_probability": q, "steps": steps, "target_delta": delta,
         "records_per_patient": k, "method": method, "epsilon": eps,
@@ -164,13 +159,18 @@ def _bounds_json(sigma, q, steps, delta, k, method, eps, eps_rdp, worst, relaxed
                    "rero": worst.label, "mia": mia.label},
         "numerical_error": {"worst_case": worst.numerical_error.tolist(),
                             "relaxed": relaxed.numerical_error.tolist()},
-        "assumptions": list(dict.fromkeys(worst.assumptions + relaxed.assumptions)),
+        "assumptions": list(s.assumptions),
         "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes)),
     }
 
 
-def _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia, eps_source="PLD") -> None:
+def _render(s) -> None:
     from rich.table import Table
+
+    sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
+                                 s.records_per_patient)
+    eps, eps_rdp, eps_source = _unit_epsilons(s)
+    worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
 
     table = Table(title=f"DP-SGD: sigma {sigma:g}, q {q:g}, T {steps}, k {k}", title_justify="left")
     table.add_column("quantity")
@@ -187,7 +187,7 @@ def _render(sigma, q, steps, delta, k, eps, eps_rdp, worst, relaxed, mia, eps_so
         table.add_row(f"membership TPR at FPR {f:g}", f"{t:.4g}", mia.label)
     out.print(table)
     out.print("Assumptions:")
-    for a in dict.fromkeys(worst.assumptions + relaxed.assumptions):
+    for a in s.assumptions:
         out.print(f"  - {a}")
 
 

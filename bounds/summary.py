@@ -1,0 +1,77 @@
+"""``bounds_summary``: every formal guarantee of one DP-SGD configuration, as one use case.
+
+``dpaudit bounds`` renders it and the profile's bounds stage stores it: epsilon (labelled with the accountant that
+gave it), the RDP epsilon Opacus reports, the worst-case and relaxed ReRo bounds at the given priors, and the
+worst-case membership-inference curve. All are sound upper bounds for ``method="tight"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dpaudit.bounds.mia import MiaCurve, mia_curve
+from dpaudit.bounds.pld import EpsilonBound, epsilon_bound
+from dpaudit.bounds.rdp import epsilon_rdp
+from dpaudit.bounds.rero import ReRoBound, rero_bound
+
+
+@dataclass(frozen=True)
+class BoundsSummary:
+    """The guarantees of one DP-SGD run (sigma, q, steps) at ``target_delta`` and the priors ``worst_case.kappa``.
+
+    ``epsilon``: per record (the accountant's, what training calibrates); ``epsilon_patient``: per patient when
+    ``records_per_patient`` > 1, else None. ``epsilon_rdp``: per record, Opacus' RDP accountant. ``mia``: None
+    when not asked for.
+    """
+
+    noise_multiplier: float
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    records_per_patient: int
+    epsilon: EpsilonBound
+    epsilon_patient: EpsilonBound | None
+    epsilon_rdp: float
+    worst_case: ReRoBound
+    relaxed: ReRoBound
+    mia: MiaCurve | None
+
+    @property
+    def epsilon_of_unit(self) -> EpsilonBound:
+        """epsilon of the privacy unit: per patient when a patient holds several records, else per record."""
+        return self.epsilon if self.epsilon_patient is None else self.epsilon_patient
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        mia_notes = self.mia.notes if self.mia is not None else ()
+        extra = ()
+        if self.epsilon_of_unit.accountant == "rdp":
+            extra = ("epsilon: the PLD is looser than RDP at this noise (per-step privacy loss above 700 counted as "
+                     "infinite); the epsilon shown is the RDP value, a sound upper bound",)
+        return tuple(dict.fromkeys(self.worst_case.notes + self.relaxed.notes + mia_notes + extra))
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.worst_case.assumptions + self.relaxed.assumptions))
+
+
+def bounds_summary(noise_multiplier: float, sampling_probability: float, steps: int, kappas: Sequence[float], *,
+                   target_delta: float = 1e-5, records_per_patient: int = 1, method: str = "tight",
+                   membership: bool = True) -> BoundsSummary:
+    """Bound one DP-SGD configuration: epsilon, ReRo (both threat models) at ``kappas`` and, with
+    ``membership``, the worst-case membership-inference curve. See :class:`BoundsSummary`."""
+    sigma, q, k = noise_multiplier, sampling_probability, records_per_patient
+    eps = epsilon_bound(sigma, q, steps, target_delta)
+    eps_patient = epsilon_bound(sigma, q, steps, target_delta, records_per_patient=k) if k != 1 else None
+    return BoundsSummary(
+        noise_multiplier=float(sigma), sampling_probability=float(q), steps=int(steps),
+        target_delta=float(target_delta), records_per_patient=int(k), epsilon=eps, epsilon_patient=eps_patient,
+        epsilon_rdp=float(epsilon_rdp(sigma, q, steps, target_delta)),
+        worst_case=rero_bound(sigma, q, steps, kappas, threat_model="worst_case", method=method,
+                              records_per_patient=k),
+        relaxed=rero_bound(sigma, q, steps, kappas, threat_model="relaxed", method=method, records_per_patient=k),
+        mia=mia_curve(sigma, q, steps, records_per_patient=k) if membership else None)
+
+
+__all__ = ["BoundsSummary", "bounds_summary"]
