@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dpaudit.attacks.mia import (
+from dpaudit.attacks.lower_bounds import (
     OneRunScoreAudit,
     Selection,
     _cp_limits,
@@ -37,6 +37,8 @@ from dpaudit.attacks.mia import (
     one_run_ceiling,
     one_run_from_scores,
 )
+from dpaudit.audit.train import TrainConfig, TrainResult, train
+from dpaudit.checkpoint import load_checkpoint
 from dpaudit.errors import ConfigError, check_int, check_probability, invalid
 
 __all__ = ["CanaryAuditConfig", "CanaryAuditResult", "TprAtFpr", "canary_scores", "run_canary_audit"]
@@ -64,14 +66,14 @@ class CanaryAuditConfig:
         Probability that the lower bound holds.
     selection:
         How the number of guesses is chosen: ``"bonferroni"`` or ``"split"`` (see
-        :func:`dpaudit.attacks.mia.one_run_from_scores`).
+        :func:`dpaudit.attacks.lower_bounds.one_run_from_scores`).
     fprs:
         FPRs at which the empirical TPR (with Clopper-Pearson intervals) is reported.
     seed:
         Seeds the canary choice, their labels and the coin flips.
     """
 
-    train: Any
+    train: TrainConfig
     canaries: int = 200
     score: Score = "loss"
     confidence: float = 0.95
@@ -80,8 +82,6 @@ class CanaryAuditConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from dpaudit.audit.train import TrainConfig
-
         if not isinstance(self.train, TrainConfig):
             raise ConfigError(f"train must be a TrainConfig, got {type(self.train).__name__}.")
         object.__setattr__(self, "canaries", check_int(
@@ -151,7 +151,7 @@ class CanaryAuditResult:
     tpr_at_fpr: tuple[TprAtFpr, ...]
     roc: tuple[tuple[float, float], ...]
     auc: float
-    train: Any
+    train: TrainResult
     seconds: float
     reference_seconds: float | None = None
     labels: dict[str, str] = field(default_factory=lambda: {
@@ -276,11 +276,8 @@ def _tpr_at_fpr(scores: np.ndarray, member: np.ndarray, fprs: tuple[float, ...],
     return tuple(rows)
 
 
-def _train_and_load(cfg: Any, splits: Any, workdir: str, progress: Callable[[int, int, str], None] | None
-                    ) -> tuple[Any, torch.nn.Module]:
-    from dpaudit.audit.train import train
-    from dpaudit.checkpoint import load_checkpoint
-
+def _train_and_load(cfg: TrainConfig, splits: Any, workdir: str, progress: Callable[[int, int, str], None] | None
+                    ) -> tuple[TrainResult, torch.nn.Module]:
     result = train(replace(cfg, out=workdir, seeds=1), splits=splits, progress=progress)
     return result, load_checkpoint(result.checkpoint).build_model()
 

@@ -43,7 +43,7 @@ from reportlab.platypus import (
 
 from dpaudit.audit import report_figures as figs
 from dpaudit.audit import report_text as txt
-from dpaudit.audit.profile_schema import LevelSummary, Profile
+from dpaudit.audit.profile.schema import LevelSummary, Profile
 from dpaudit.errors import DataError, invalid
 
 FONT = "DejaVuSans"

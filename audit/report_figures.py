@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dpaudit.audit.profile_schema import Profile, fmt_eps
+from dpaudit.audit.profile.schema import Profile, fmt_eps
 from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD
 
 WORST = "#6a3d9a"

@@ -1,7 +1,7 @@
 """The words of the risk report: number formatting with the right rounding direction, plain-language sentences,
 the privacy statement, assumptions, limitations and the glossary.
 
-Pure functions of a :class:`~dpaudit.audit.profile_schema.Profile`; no reportlab here (the layout lives in
+Pure functions of a :class:`~dpaudit.audit.profile.schema.Profile`; no reportlab here (the layout lives in
 :mod:`dpaudit.audit.report`), so the wording can be tested and reused on its own.
 
 Rounding never under-states a risk: upper bounds are rounded up, lower bounds (empirical epsilon) down.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from dpaudit.audit.profile_schema import LevelSummary, Profile, Spread, fmt_eps
+from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
 
 #: The success threshold of the realistic attack (seed paper, section 4.3: SSIM above 80% counts).
 SSIM_THRESHOLD = 0.8

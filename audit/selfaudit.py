@@ -6,7 +6,7 @@ norm C, so that its clipped gradient is exactly C along that coordinate. The ste
 without the canary (fresh noise each time); the released update's projection on the canary's coordinate,
 rescaled by B / (lr C), is N(1, sigma^2) with the canary and N(0, sigma^2) without it when clipping, noise and
 scaling are right. A threshold test on that projection (threshold chosen on a held-out half of the trials) gives
-an *empirical lower bound* on epsilon through :func:`dpaudit.attacks.mia.bound_from_scores`, which must sit
+an *empirical lower bound* on epsilon through :func:`dpaudit.attacks.lower_bounds.bound_from_scores`, which must sit
 below the accountant's epsilon for one un-subsampled Gaussian step (``dpaudit.bounds.epsilon_pld(sigma, 1, 1,
 delta)``, a sound upper bound). A lower bound above it means the step leaks more than its accounting says: noise
 scaled wrongly, clipping skipped, a sample counted twice.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpaudit.attacks.mia import ScoreBound, bound_from_scores, two_error_ceiling
+from dpaudit.attacks.lower_bounds import ScoreBound, bound_from_scores, two_error_ceiling
 from dpaudit.errors import check_int, check_positive, check_probability
 
 __all__ = ["SelfAuditConfig", "SelfAuditResult", "gradient_canary_projections", "run_self_audit"]

@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import Comparison, report
 
-from dpaudit.audit.distributed import DaskExecutor
 from dpaudit.audit.profile import BoundsTask, InProcessExecutor, TaskStore
-from dpaudit.audit.profile_schema import Profile, encode
+from dpaudit.audit.profile.distributed import DaskExecutor
+from dpaudit.audit.profile.schema import Profile, encode
 
 RUN_KEYS = {"created", "command", "stages", "environment", "seconds"}
 
@@ -84,7 +84,7 @@ task = BoundsTask(epsilon_target=8.0, noise_multiplier=None, sampling_probabilit
 def main():
     store = TaskStore(sys.argv[2])
     if sys.argv[1] == "dask":
-        from dpaudit.audit.distributed import DaskExecutor
+        from dpaudit.audit.profile.distributed import DaskExecutor
         with DaskExecutor(workers=1) as ex:
             ex.map([task], store.put)
     else:

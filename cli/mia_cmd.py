@@ -1,6 +1,6 @@
 """`dpaudit mia`: empirical membership-inference audits with sound epsilon lower bounds.
 
-Commands only parse, call :mod:`dpaudit.attacks.mia` / ``selfaudit`` / ``canary``, and render. Every number
+Commands only parse, call :mod:`dpaudit.attacks.lower_bounds` / ``selfaudit`` / ``canary``, and render. Every number
 printed is labelled: an *empirical lower bound* (holds with the stated confidence) or the accountant's *sound
 upper bound*.
 """
@@ -46,7 +46,7 @@ def bound_cmd(
 
     The test's threshold must have been fixed before these counts were taken (on held-out trials).
     """
-    from dpaudit.attacks.mia import epsilon_lower_bound, two_error_ceiling
+    from dpaudit.attacks.lower_bounds import epsilon_lower_bound, two_error_ceiling
 
     res = epsilon_lower_bound(true_positives, positives, false_positives, negatives, delta=delta,
                               confidence=confidence)
@@ -79,7 +79,7 @@ def one_run_cmd(
 
     The number of guesses must have been fixed without looking at the coin flips.
     """
-    from dpaudit.attacks.mia import one_run_epsilon_lower_bound
+    from dpaudit.attacks.lower_bounds import one_run_epsilon_lower_bound
 
     res = one_run_epsilon_lower_bound(canaries, guesses, correct, delta=delta, confidence=confidence)
     if json:
@@ -108,7 +108,7 @@ def self_audit_cmd(
     Exit code 1 when the empirical lower bound exceeds the accountant's epsilon (the step leaks more than
     accounted).
     """
-    from dpaudit.attacks.selfaudit import SelfAuditConfig, run_self_audit
+    from dpaudit.audit.selfaudit import SelfAuditConfig, run_self_audit
     from dpaudit.cli._common import err
 
     cfg = SelfAuditConfig(noise_multiplier=sigma, max_grad_norm=max_grad_norm, trials=trials,
@@ -168,7 +168,7 @@ def audit_cmd(
     import json as json_mod
     from pathlib import Path
 
-    from dpaudit.attacks.canary import CanaryAuditConfig, run_canary_audit
+    from dpaudit.audit.canary import CanaryAuditConfig, run_canary_audit
     from dpaudit.audit.train import TrainConfig
     from dpaudit.cli._common import _jsonable, err
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dpaudit.audit.profile_schema import ProfileConfig
+from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli._common import emit_json, err, handle_errors, out
 
 #: The profile's defaults (one source of truth: ProfileConfig).
@@ -97,7 +97,7 @@ def profile(
     import time
 
     from dpaudit.audit.profile import run_profile
-    from dpaudit.audit.profile_schema import ProfileConfig
+    from dpaudit.audit.profile.schema import ProfileConfig
     from dpaudit.cli._common import parse_float_list
     from dpaudit.errors import check_int, invalid
 
@@ -126,7 +126,7 @@ def profile(
     if include_images:
         err.print("[yellow]warning:[/] --include-images stores training images (possibly patient data) in the "
                   "output folder and the report.", markup=True)
-    from dpaudit.audit.distributed import make_executor
+    from dpaudit.audit.profile.distributed import make_executor
 
     # The executor changes where tasks run, never their results (tests/test_distributed.py).
     executor = make_executor(scheduler, workers)

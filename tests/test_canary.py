@@ -1,4 +1,4 @@
-"""Canary audit of a training run (`dpaudit.attacks.canary`, `dpaudit mia audit`) and the report's sentence."""
+"""Canary audit of a training run (`dpaudit.audit.canary`, `dpaudit mia audit`) and the report's sentence."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from dpaudit.attacks.canary import CanaryAuditConfig, _roc, _tpr_at_fpr, _wrong_labels, run_canary_audit
-from dpaudit.attacks.mia import low_epsilon_caveat, one_run_ceiling
+from dpaudit.attacks.lower_bounds import low_epsilon_caveat, one_run_ceiling
+from dpaudit.audit.canary import CanaryAuditConfig, _roc, _tpr_at_fpr, _wrong_labels, run_canary_audit
 from dpaudit.audit.train import TrainConfig
 from dpaudit.cli.main import app
 from dpaudit.data import load_splits

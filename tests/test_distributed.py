@@ -24,9 +24,9 @@ pytest.importorskip("distributed")
 
 from typer.testing import CliRunner
 
-from dpaudit.audit.distributed import DaskExecutor, TaskFailedError, make_executor
 from dpaudit.audit.profile import InProcessExecutor, TaskStore, run_profile
-from dpaudit.audit.profile_schema import Profile, ProfileConfig, encode
+from dpaudit.audit.profile.distributed import DaskExecutor, TaskFailedError, make_executor
+from dpaudit.audit.profile.schema import Profile, ProfileConfig, encode
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError, MissingDependencyError
 

@@ -1,4 +1,4 @@
-"""Sound epsilon lower bounds from counts (`dpaudit.attacks.mia`, `dpaudit mia bound|one-run`).
+"""Sound epsilon lower bounds from counts (`dpaudit.attacks.lower_bounds`, `dpaudit mia bound|one-run`).
 
 References are independent of the code under test: closed forms, mpmath binomial sums with a root finder or a
 grid search, exact coverage sums over the binomial law, Monte Carlo.
@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from dpaudit.attacks.mia import (
+from dpaudit.attacks.lower_bounds import (
     bound_from_scores,
     clopper_pearson,
     epsilon_lower_bound,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_subpackages_live_under_dpaudit() -> None:
@@ -38,3 +40,57 @@ def test_console_script_version() -> None:
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0
     assert __version__ in res.output
+
+
+#: Which dpaudit packages each package may import (its own included). Layers read top-down: the core knows no
+#: other package, the bounds only the core, the attacks the bounds, the audits everything but the command line.
+ALLOWED = {
+    "core": {"dpaudit"},
+    "bounds": {"dpaudit", "dpaudit.bounds"},
+    "attacks": {"dpaudit", "dpaudit.bounds", "dpaudit.attacks"},
+    "audit": {"dpaudit", "dpaudit.bounds", "dpaudit.attacks", "dpaudit.audit"},
+    "cli": {"dpaudit", "dpaudit.bounds", "dpaudit.attacks", "dpaudit.audit", "dpaudit.cli"},
+}
+#: ``python -m dpaudit`` runs the command line: the one arrow up, by design.
+ENTRY_POINTS = {"core/__main__.py"}
+SUBPACKAGES = ("dpaudit.bounds", "dpaudit.attacks", "dpaudit.audit", "dpaudit.cli")
+
+
+def _dpaudit_imports(path: Path) -> set[str]:
+    """Every dpaudit package a module imports, at module level or lazily inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    packages = set()
+    for name in names:
+        if name == "dpaudit" or name.startswith("dpaudit."):
+            packages.add(next((p for p in SUBPACKAGES if name == p or name.startswith(p + ".")), "dpaudit"))
+    return packages
+
+
+def test_layers_import_only_downwards() -> None:
+    root = Path(__file__).resolve().parent.parent
+    wrong = []
+    for folder, allowed in ALLOWED.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in ENTRY_POINTS:
+                continue
+            wrong += [f"{rel} imports {p}" for p in sorted(_dpaudit_imports(path) - allowed)]
+    assert not wrong, wrong
+
+
+def test_attacks_and_bounds_import_no_audit_or_cli_when_loaded() -> None:
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "for pkg in ('dpaudit.bounds', 'dpaudit.attacks'):\n"
+        "    p = importlib.import_module(pkg)\n"
+        "    for m in pkgutil.iter_modules(p.__path__): importlib.import_module(pkg + '.' + m.name)\n"
+        "print(sorted(k for k in sys.modules if k.startswith(('dpaudit.audit', 'dpaudit.cli', 'typer', 'reportlab'))))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
+    assert res.stdout.strip() == "[]"

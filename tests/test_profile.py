@@ -22,7 +22,7 @@ from dpaudit.audit.profile import (
     plan_training,
     run_profile,
 )
-from dpaudit.audit.profile_schema import Profile, ProfileConfig
+from dpaudit.audit.profile.schema import Profile, ProfileConfig
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
 

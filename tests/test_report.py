@@ -16,7 +16,7 @@ import pytest
 from pypdf import PdfReader
 from typer.testing import CliRunner
 
-from dpaudit.audit.profile_schema import (
+from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
     AttackOutcome,
     AttackRow,

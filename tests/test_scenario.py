@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dpaudit.attacks.scenario import AttackScenario, select_images
 from dpaudit.audit.profile import run_profile
-from dpaudit.audit.profile_schema import ProfileConfig
+from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
 

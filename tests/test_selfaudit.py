@@ -1,4 +1,4 @@
-"""Self-audit of the DP-SGD step (`dpaudit.attacks.selfaudit`, `dpaudit mia self-audit`).
+"""Self-audit of the DP-SGD step (`dpaudit.audit.selfaudit`, `dpaudit mia self-audit`).
 
 A correct Opacus step must give a lower bound below the accountant's epsilon; the same audit must flag steps with
 injected bugs (noise divided by the batch size, clipping skipped). References: the accountant's epsilon for one
@@ -18,7 +18,7 @@ from opacus.optimizers.optimizer import _generate_noise
 from scipy import optimize, stats
 from typer.testing import CliRunner
 
-from dpaudit.attacks.selfaudit import SelfAuditConfig, gradient_canary_projections, run_self_audit
+from dpaudit.audit.selfaudit import SelfAuditConfig, gradient_canary_projections, run_self_audit
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
 

@@ -1,19 +1,10 @@
-"""``run_profile``: the per-epsilon risk profile (train, bound, attack) as pure tasks behind a small executor.
-
-The profile is split into independent **tasks**, each a frozen, picklable dataclass (configuration in) whose
-``run()`` returns a frozen result dataclass that serialises to JSON (result out):
+"""The profile's tasks: each a frozen, picklable dataclass (configuration in) whose ``run()`` returns a frozen
+result dataclass (result out), keyed by a hash of its result-determining fields.
 
 * :class:`TrainTask`: train one model at one privacy level and seed (``dpaudit.audit.train``), utility included;
-* :class:`BoundsTask`: the formal guarantees of one DP-SGD configuration (``dpaudit.bounds``): epsilon, the
-  worst-case and relaxed ReRo bounds at kappa = 1/N_train and the user's kappas, the bound against kappa, and the
-  worst-case membership-inference curve;
-* :class:`AttackTask`: the realistic imprint-layer attack against one checkpoint (``dpaudit.attacks``).
-
-An :class:`Executor` runs a batch of tasks and hands each result back, in the driver process, as it completes;
-:class:`InProcessExecutor` runs them one after the other. A distributed executor (issue 7: Dask) implements the
-same two methods. A :class:`TaskStore` in ``DIR/tasks/`` keeps every finished result, keyed by a hash of the
-task's configuration, so an interrupted profile resumes where it stopped and a finished task never runs again.
-Training also reuses a checkpoint already in ``DIR/checkpoints/`` when its recorded configuration matches.
+* :class:`BoundsTask`: the formal guarantees of one DP-SGD configuration (``dpaudit.bounds.bounds_summary``);
+* :class:`AttackTask`: the imprint-layer attack against one checkpoint (``dpaudit.attacks.scenario``);
+* :class:`MiaAuditTask`: the one-run canary membership audit of one privacy level (``dpaudit.audit.canary``).
 
 Nothing here imports torch at module level: tasks import what they need when they run.
 """
@@ -21,62 +12,33 @@ Nothing here imports torch at module level: tasks import what they need when the
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from dpaudit.attacks.scenario import AttackScenario
-from dpaudit.audit.profile_schema import (
-    SCHEMA_VERSION,
+from dpaudit.audit.profile.schema import (
     AttackOutcome,
     AttackRow,
     BoundsOutcome,
-    DatasetInfo,
     FprTpr,
     MiaAuditOutcome,
-    PackageVersion,
-    Profile,
-    ProfileConfig,
     ReroPoint,
-    StageTime,
     SubgroupUtility,
     TrainOutcome,
     Utility,
-    dumps,
     encode,
     fmt_eps,
-    from_plain,
 )
-from dpaudit.errors import ConfigError, DataError, DpAuditError, invalid
+from dpaudit.errors import DpAuditError
 
-__all__ = [
-    "AttackTask",
-    "BoundsTask",
-    "DataSpec",
-    "Executor",
-    "InProcessExecutor",
-    "MiaAuditTask",
-    "Profile",
-    "ProfileConfig",
-    "TaskStore",
-    "TrainTask",
-    "plan_training",
-    "run_profile",
-]
-
-#: FPR grid of the worst-case membership-inference table (issue 2: 1e-5 ... 0.1).
-MIA_FPRS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
 #: Points of the ReRo-against-kappa curve (Figure 2 right), log-spaced from 1/N_train to 1.
 KAPPA_CURVE_POINTS = 13
-#: Extra epsilons for the ReRo-against-epsilon curve (Figure 2 left), beside the profiled ones.
-CURVE_EPSILONS = (0.5, 2.0, 4.0, 12.0, 32.0, 64.0, 128.0)
 #: Best reconstructions kept per privacy level with ``include_images``.
 KEPT_IMAGES = 6
 
@@ -434,114 +396,6 @@ class AttackTask(_TaskBase):
             observations=self.observations, rows=rows, images=saved, seconds=time.perf_counter() - t0)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Executors and the resumable store
-# --------------------------------------------------------------------------------------------------------------
-
-
-class Executor(Protocol):
-    """Runs tasks; reports each result in the calling process as soon as it is available.
-
-    ``map`` calls ``on_done(task, result)`` once per successful task, in completion order, from the thread that
-    called ``map`` (so the caller can write the store without locks). A failing task raises from ``map``; an
-    implementation that runs tasks in parallel lets the others finish (and reports them) before raising, so no
-    finished result is lost. Tasks and results are picklable.
-    """
-
-    def map(self, tasks: Sequence[Task], on_done: Callable[[Task, Any], None]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class InProcessExecutor:
-    """Runs every task in this process, one after the other (the default; what CI uses)."""
-
-    def map(self, tasks: Sequence[Task], on_done: Callable[[Task, Any], None]) -> None:
-        for task in tasks:
-            on_done(task, task.run())
-
-    def close(self) -> None:
-        return None
-
-
-class TaskStore:
-    """Finished task results in ``DIR/tasks/<key>.json`` (task configuration and result), written atomically.
-
-    A result is reused only when the stored task configuration equals the task's (the key is a hash of it; the
-    comparison guards against collisions and hand edits).
-    """
-
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root) / "tasks"
-
-    def _path(self, task: Task) -> Path:
-        return self.root / f"{task.key()}.json"
-
-    def get(self, task: Task) -> Any | None:
-        path = self._path(task)
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None  # a damaged entry is recomputed
-        if data.get("task") != task.identity():  # type: ignore[attr-defined]
-            return None
-        try:
-            return from_plain(task.result_type, data.get("result"))
-        except ConfigError:
-            return None
-
-    def put(self, task: Task, result: Any) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(task)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        payload = {"kind": task.stage, "task": task.identity(), "result": encode(result)}  # type: ignore[attr-defined]
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _run_stage(name: str, tasks: Sequence[Task], store: TaskStore, executor: Executor,
-               progress: ProgressFn | None) -> tuple[dict[str, Any], StageTime]:
-    """Run the tasks not yet in the store; return every result by key and the stage's timing."""
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {}
-    pending = []
-    for task in tasks:
-        cached = store.get(task)
-        if cached is not None:
-            results[task.key()] = cached
-        else:
-            pending.append(task)
-    reused = len(results)
-    total = len(tasks)
-    if progress is not None:
-        progress(name, reused, total, f"{reused} reused from a previous run" if reused else "starting")
-
-    def on_done(task: Task, result: Any) -> None:
-        store.put(task, result)
-        results[task.key()] = result
-        if progress is not None:
-            secs = getattr(result, "seconds", float("nan"))
-            progress(name, len(results), total, f"{task.describe()} done in {secs:.1f} s")
-
-    if pending:
-        executor.map(pending, on_done)
-    missing = [t.describe() for t in tasks if t.key() not in results]
-    if missing:
-        raise ConfigError(f"the executor returned without results for {len(missing)} task(s): {missing[:3]}. "
-                          "Fix: re-run the same command; finished tasks are kept and not run again.")
-    return results, StageTime(name, time.perf_counter() - t0, len(pending), reused)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The profile
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _data_spec(config: ProfileConfig) -> DataSpec:
-    return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed)
-
 
 @dataclass(frozen=True)
 class MiaAuditTask(_TrainingSpec):
@@ -563,7 +417,7 @@ class MiaAuditTask(_TrainingSpec):
         return f"membership audit ε={fmt_eps(self.epsilon_target)} ({self.canaries} canaries)"
 
     def run(self) -> MiaAuditOutcome:
-        from dpaudit.attacks.canary import CanaryAuditConfig, run_canary_audit
+        from dpaudit.audit.canary import CanaryAuditConfig, run_canary_audit
 
         t0 = time.perf_counter()
         audit = run_canary_audit(CanaryAuditConfig(train=self._train_config(None, self.threads), canaries=self.canaries,
@@ -576,165 +430,3 @@ class MiaAuditTask(_TrainingSpec):
             tpr_at_fpr=tuple(FprTpr(float(t.fpr_target), float(t.tpr)) for t in audit.tpr_at_fpr),
             method=f"one run, loss score, {audit.one_run.selection} (Steinke et al. 2023)",
             seconds=time.perf_counter() - t0)
-
-
-def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
-    """The training tasks of a profile: every privacy level times every seed (non-private last)."""
-    data = _data_spec(config)
-    tasks = []
-    for eps in config.levels:
-        for i in range(config.seeds):
-            seed = config.seed + i
-            ckpt = Path("checkpoints") / f"{_eps_tag(eps)}-seed{seed}" / "model.pt"
-            tasks.append(TrainTask(
-                data=data, arch=config.arch, epsilon_target=eps, seed=seed, epochs=config.epochs,
-                batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
-                max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
-                target_delta=config.target_delta, checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()),
-                threads=threads))
-    return tasks
-
-
-def _environment() -> tuple[PackageVersion, ...]:
-    from importlib import metadata
-
-    out = []
-    for name in ("torch", "opacus", "numpy", "scipy", "scikit-image", "matplotlib", "reportlab"):
-        try:
-            out.append(PackageVersion(name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            continue
-    return tuple(out)
-
-
-def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
-                progress: ProgressFn | None = None, render: bool = True, threads: int | None = None) -> Profile:
-    """Run (or resume) a full profile and write ``DIR/profile.json`` and, with ``render``, ``DIR/report.pdf``.
-
-    Parameters
-    ----------
-    config:
-        The profile.
-    out_dir:
-        Folder for checkpoints, the task store, ``profile.json`` and ``report.pdf``. A folder holding a previous
-        (partial) run of the same configuration resumes it: finished tasks are not run again.
-    executor:
-        Where tasks run; :class:`InProcessExecutor` by default.
-    progress:
-        ``progress(stage, done, total, message)`` after each task (and at each stage's start).
-    render:
-        Also render the PDF.
-    threads:
-        torch threads of each training run (in process); None uses the idle cores. Training results depend on the
-        thread count in the last bits (and so, through training, on utility): pin it to reproduce a run exactly.
-        Not part of the task keys: a resumed profile reuses runs made with another count.
-
-    Returns
-    -------
-    Profile
-        The frozen result, identical to what ``profile.json`` holds.
-    """
-    if not isinstance(config, ProfileConfig):
-        raise invalid("config", type(config).__name__, "a ProfileConfig")
-    from dpaudit import __version__
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    store = TaskStore(out)
-    executor = executor or InProcessExecutor()
-    stages: list[StageTime] = []
-
-    # Data once in the driver: sizes and metadata for the plan and the report (tasks load it themselves).
-    t0 = time.perf_counter()
-    splits = _data_spec(config).load()
-    n_train = len(splits.train)
-    if config.batch_size > n_train:
-        raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n_train})",
-                      "pass a smaller --batch-size", cls=DataError)
-    if config.mia_audit and config.canaries >= n_train:
-        raise invalid("canaries", config.canaries, f"fewer than the training images ({n_train})",
-                      "pass a smaller --canaries (they are drawn from the training split)", cls=DataError)
-    groups = getattr(splits.test, "groups", None) or {}
-    info = DatasetInfo(name=splits.name, n_train=n_train, n_val=len(splits.val), n_test=len(splits.test),
-                       image_shape=tuple(int(x) for x in splits.image_shape),
-                       label_names=tuple(str(x) for x in splits.label_names),
-                       subgroup_attributes=tuple(sorted(str(k) for k in groups)))
-    stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
-
-    # Stage 1: training (every level x seed).
-    train_tasks = plan_training(config, out, threads)
-    train_res, st = _run_stage("train", train_tasks, store, executor, progress)
-    stages.append(st)
-    trains = tuple(train_res[t.key()] for t in train_tasks)
-    first = {t.epsilon_target: (t, train_res[t.key()]) for t in train_tasks if t.seed == config.seed}
-
-    # Stage 2: formal bounds of each trained configuration, and the curve against epsilon.
-    kappa_train = 1.0 / n_train
-    bound_tasks = []
-    for eps in config.epsilons:
-        r = first[eps][1]
-        bound_tasks.append(BoundsTask(eps, r.noise_multiplier, r.sampling_probability, r.steps, r.target_delta,
-                                      config.records_per_patient, kappa_train, config.kappas, True))
-    ref = first[config.epsilons[0]][1]
-    moderate = [e for e in config.epsilons if e < 1e4] or [20.0]
-    curve_eps = [e for e in CURVE_EPSILONS
-                 if min(moderate) / 4 <= e <= 4 * max(moderate) and e not in config.epsilons]
-    curve_tasks = [BoundsTask(e, None, ref.sampling_probability, ref.steps, ref.target_delta,
-                              config.records_per_patient, kappa_train, (), False) for e in curve_eps]
-    bounds_res, st = _run_stage("bounds", bound_tasks + curve_tasks, store, executor, progress)
-    stages.append(st)
-
-    # Stage 3: the realistic attack against each level's first-seed checkpoint.
-    attack_epochs = config.attack_epochs or config.epochs
-    attack_tasks = []
-    for eps in config.levels:
-        t, r = first[eps]
-        attack_tasks.append(AttackTask(
-            data=_data_spec(config), epsilon_target=eps, checkpoint=r.checkpoint, train_key=t.key(),
-            attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
-            decoders=config.decoders, connection=config.connection, bins=config.bins,
-            observations=config.observations, seed=config.seed, include_images=config.include_images,
-            out_dir=str(out.resolve())))
-    attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
-    stages.append(st)
-
-    # Stage 4 (optional): the empirical membership audit, one extra training run per privacy level.
-    mia_tasks = [MiaAuditTask(
-        data=_data_spec(config), arch=config.arch, epsilon_target=eps, seed=config.seed, epochs=config.epochs,
-        batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
-        max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
-        target_delta=config.target_delta, canaries=config.canaries, threads=threads) for eps in config.epsilons
-    ] if config.mia_audit else []
-    mia_res: dict[str, Any] = {}
-    if mia_tasks:
-        mia_res, st = _run_stage("mia", mia_tasks, store, executor, progress)
-        stages.append(st)
-
-    profile = Profile(
-        schema_version=SCHEMA_VERSION, dpaudit_version=__version__,
-        created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
-        command=config.command(str(out)), config=config, dataset=info, train=trains,
-        bounds=tuple(bounds_res[t.key()] for t in bound_tasks),
-        bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
-        attacks=tuple(attack_res[t.key()] for t in attack_tasks),
-        mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
-        environment=_environment())
-    # profile.json is final before rendering, so `dpaudit report DIR/profile.json` reproduces DIR/report.pdf.
-    _write_atomic(out / "profile.json", dumps(profile))
-    if render:
-        from dpaudit.audit.report import render_report
-
-        t0 = time.perf_counter()
-        if progress is not None:
-            progress("report", 0, 1, "rendering report.pdf")
-        render_report(profile, out / "report.pdf", base_dir=out)
-        if progress is not None:
-            progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
-    return profile
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-

@@ -1,0 +1,210 @@
+"""``run_profile``: the per-epsilon risk profile (train, bound, attack, optionally the membership audit).
+
+The profile plans its tasks (:mod:`dpaudit.audit.profile.tasks`) stage by stage, runs those not yet in the
+:class:`~dpaudit.audit.profile.executor.TaskStore` on an :class:`~dpaudit.audit.profile.executor.Executor`, and
+writes ``DIR/profile.json`` (:class:`~dpaudit.audit.profile.schema.Profile`). Training also reuses a checkpoint
+already in ``DIR/checkpoints/`` when its recorded configuration matches. Rendering the PDF is the caller's step
+(``dpaudit.audit.report.render_report``), so the profile never imports the report stack.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from dpaudit.audit.profile.executor import Executor, InProcessExecutor, ProgressFn, TaskStore, _run_stage
+from dpaudit.audit.profile.schema import (
+    SCHEMA_VERSION,
+    DatasetInfo,
+    PackageVersion,
+    Profile,
+    ProfileConfig,
+    StageTime,
+    dumps,
+)
+from dpaudit.audit.profile.tasks import (
+    AttackTask,
+    BoundsTask,
+    DataSpec,
+    MiaAuditTask,
+    TrainTask,
+    _eps_tag,
+)
+from dpaudit.errors import DataError, invalid
+
+# --------------------------------------------------------------------------------------------------------------
+# The profile
+# --------------------------------------------------------------------------------------------------------------
+
+#: Extra epsilons for the ReRo-against-epsilon curve (Figure 2 left), beside the profiled ones.
+CURVE_EPSILONS = (0.5, 2.0, 4.0, 12.0, 32.0, 64.0, 128.0)
+
+
+def _data_spec(config: ProfileConfig) -> DataSpec:
+    return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed)
+
+
+def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
+    """The training tasks of a profile: every privacy level times every seed (non-private last)."""
+    data = _data_spec(config)
+    tasks = []
+    for eps in config.levels:
+        for i in range(config.seeds):
+            seed = config.seed + i
+            ckpt = Path("checkpoints") / f"{_eps_tag(eps)}-seed{seed}" / "model.pt"
+            tasks.append(TrainTask(
+                data=data, arch=config.arch, epsilon_target=eps, seed=seed, epochs=config.epochs,
+                batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
+                max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
+                target_delta=config.target_delta, checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()),
+                threads=threads))
+    return tasks
+
+
+def _environment() -> tuple[PackageVersion, ...]:
+    from importlib import metadata
+
+    out = []
+    for name in ("torch", "opacus", "numpy", "scipy", "scikit-image", "matplotlib", "reportlab"):
+        try:
+            out.append(PackageVersion(name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            continue
+    return tuple(out)
+
+
+def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
+                progress: ProgressFn | None = None, render: bool = True, threads: int | None = None) -> Profile:
+    """Run (or resume) a full profile and write ``DIR/profile.json`` and, with ``render``, ``DIR/report.pdf``.
+
+    Parameters
+    ----------
+    config:
+        The profile.
+    out_dir:
+        Folder for checkpoints, the task store, ``profile.json`` and ``report.pdf``. A folder holding a previous
+        (partial) run of the same configuration resumes it: finished tasks are not run again.
+    executor:
+        Where tasks run; :class:`InProcessExecutor` by default.
+    progress:
+        ``progress(stage, done, total, message)`` after each task (and at each stage's start).
+    render:
+        Also render the PDF.
+    threads:
+        torch threads of each training run (in process); None uses the idle cores. Training results depend on the
+        thread count in the last bits (and so, through training, on utility): pin it to reproduce a run exactly.
+        Not part of the task keys: a resumed profile reuses runs made with another count.
+
+    Returns
+    -------
+    Profile
+        The frozen result, identical to what ``profile.json`` holds.
+    """
+    if not isinstance(config, ProfileConfig):
+        raise invalid("config", type(config).__name__, "a ProfileConfig")
+    from dpaudit import __version__
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = TaskStore(out)
+    executor = executor or InProcessExecutor()
+    stages: list[StageTime] = []
+
+    # Data once in the driver: sizes and metadata for the plan and the report (tasks load it themselves).
+    t0 = time.perf_counter()
+    splits = _data_spec(config).load()
+    n_train = len(splits.train)
+    if config.batch_size > n_train:
+        raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n_train})",
+                      "pass a smaller --batch-size", cls=DataError)
+    if config.mia_audit and config.canaries >= n_train:
+        raise invalid("canaries", config.canaries, f"fewer than the training images ({n_train})",
+                      "pass a smaller --canaries (they are drawn from the training split)", cls=DataError)
+    groups = getattr(splits.test, "groups", None) or {}
+    info = DatasetInfo(name=splits.name, n_train=n_train, n_val=len(splits.val), n_test=len(splits.test),
+                       image_shape=tuple(int(x) for x in splits.image_shape),
+                       label_names=tuple(str(x) for x in splits.label_names),
+                       subgroup_attributes=tuple(sorted(str(k) for k in groups)))
+    stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
+
+    # Stage 1: training (every level x seed).
+    train_tasks = plan_training(config, out, threads)
+    train_res, st = _run_stage("train", train_tasks, store, executor, progress)
+    stages.append(st)
+    trains = tuple(train_res[t.key()] for t in train_tasks)
+    first = {t.epsilon_target: (t, train_res[t.key()]) for t in train_tasks if t.seed == config.seed}
+
+    # Stage 2: formal bounds of each trained configuration, and the curve against epsilon.
+    kappa_train = 1.0 / n_train
+    bound_tasks = []
+    for eps in config.epsilons:
+        r = first[eps][1]
+        bound_tasks.append(BoundsTask(eps, r.noise_multiplier, r.sampling_probability, r.steps, r.target_delta,
+                                      config.records_per_patient, kappa_train, config.kappas, True))
+    ref = first[config.epsilons[0]][1]
+    moderate = [e for e in config.epsilons if e < 1e4] or [20.0]
+    curve_eps = [e for e in CURVE_EPSILONS
+                 if min(moderate) / 4 <= e <= 4 * max(moderate) and e not in config.epsilons]
+    curve_tasks = [BoundsTask(e, None, ref.sampling_probability, ref.steps, ref.target_delta,
+                              config.records_per_patient, kappa_train, (), False) for e in curve_eps]
+    bounds_res, st = _run_stage("bounds", bound_tasks + curve_tasks, store, executor, progress)
+    stages.append(st)
+
+    # Stage 3: the realistic attack against each level's first-seed checkpoint.
+    attack_epochs = config.attack_epochs or config.epochs
+    attack_tasks = []
+    for eps in config.levels:
+        t, r = first[eps]
+        attack_tasks.append(AttackTask(
+            data=_data_spec(config), epsilon_target=eps, checkpoint=r.checkpoint, train_key=t.key(),
+            attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
+            decoders=config.decoders, connection=config.connection, bins=config.bins,
+            observations=config.observations, seed=config.seed, include_images=config.include_images,
+            out_dir=str(out.resolve())))
+    attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
+    stages.append(st)
+
+    # Stage 4 (optional): the empirical membership audit, one extra training run per privacy level.
+    mia_tasks = [MiaAuditTask(
+        data=_data_spec(config), arch=config.arch, epsilon_target=eps, seed=config.seed, epochs=config.epochs,
+        batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
+        max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
+        target_delta=config.target_delta, canaries=config.canaries, threads=threads) for eps in config.epsilons
+    ] if config.mia_audit else []
+    mia_res: dict[str, Any] = {}
+    if mia_tasks:
+        mia_res, st = _run_stage("mia", mia_tasks, store, executor, progress)
+        stages.append(st)
+
+    profile = Profile(
+        schema_version=SCHEMA_VERSION, dpaudit_version=__version__,
+        created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        command=config.command(str(out)), config=config, dataset=info, train=trains,
+        bounds=tuple(bounds_res[t.key()] for t in bound_tasks),
+        bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
+        attacks=tuple(attack_res[t.key()] for t in attack_tasks),
+        mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
+        environment=_environment())
+    # profile.json is final before rendering, so `dpaudit report DIR/profile.json` reproduces DIR/report.pdf.
+    _write_atomic(out / "profile.json", dumps(profile))
+    if render:
+        from dpaudit.audit.report import render_report
+
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress("report", 0, 1, "rendering report.pdf")
+        render_report(profile, out / "report.pdf", base_dir=out)
+        if progress is not None:
+            progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
+    return profile
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
