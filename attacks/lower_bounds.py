@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import special, stats
 
+from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_int, check_probability, invalid
 
 __all__ = [
@@ -91,29 +92,15 @@ def clopper_pearson(successes: int, trials: int, *, level: float) -> tuple[float
 
     ``low`` is the largest p with P[Binomial(trials, p) >= successes] <= 1 - level (0 when successes = 0);
     ``high`` the smallest p with P[Binomial(trials, p) <= successes] <= 1 - level (1 when successes = trials).
-    Each is a one-sided interval at ``level``; ``[low, high]`` together is a two-sided one at 2 level - 1.
-
-    References
-    ----------
-    Clopper, Pearson, "The use of confidence or fiducial limits illustrated in the case of the binomial",
-    Biometrika 26 (1934). The beta-quantile form: Brown, Cai, DasGupta, Statistical Science 16 (2001), eq. (5).
+    Each is a one-sided interval at ``level``; ``[low, high]`` together is a two-sided one at 2 level - 1
+    (:func:`dpaudit.attacks.binomial.clopper_pearson_limits`, with the inputs validated).
     """
     trials = _check_count("trials", trials, minimum=1)
     successes = _check_count("successes", successes)
     _check_at_most("successes", successes, "trials", trials)
     level = check_probability("level", level, fix="pass a one-sided confidence level in (0, 1)")
-    low, high = _cp_limits(np.array([successes]), trials, level)
+    low, high = clopper_pearson_limits(np.array([successes]), trials, level)
     return float(low[0]), float(high[0])
-
-
-def _cp_limits(k: np.ndarray, n: int, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised one-sided Clopper-Pearson limits (beta quantiles; Brown, Cai, DasGupta 2001, eq. 5)."""
-    a = 1.0 - level
-    k = np.asarray(k, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        low = np.where(k == 0, 0.0, stats.beta.ppf(a, np.maximum(k, 1), n - k + 1))
-        high = np.where(k == n, 1.0, stats.beta.isf(a, k + 1, np.maximum(n - k, 1)))
-    return low, high
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,8 +194,8 @@ def _two_error_arrays(tp: np.ndarray, positives: int, fp: np.ndarray, negatives:
                       confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Vectorised core of :func:`epsilon_lower_bound`: (TPR_low, FPR_high, eps from TPR/FPR, eps from TNR/FNR)."""
     level = 1.0 - (1.0 - confidence) / 2.0  # each interval gets half the error budget (union bound)
-    tpr_low, _ = _cp_limits(tp, positives, level)
-    _, fpr_high = _cp_limits(fp, negatives, level)
+    tpr_low, _ = clopper_pearson_limits(tp, positives, level)
+    _, fpr_high = clopper_pearson_limits(fp, negatives, level)
     # Kairouz et al. 2015, Thm 2.1: TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta; with
     # TNR_low = 1 - FPR_high and FNR_high = 1 - TPR_low both hold on the same event.
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -14,6 +14,7 @@ import functools
 import numpy as np
 import torch
 
+from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_probability, invalid
 
 SSIM_VARIANT = ("skimage structural_similarity, data_range=1.0, 7x7 uniform window, sample covariance, "
@@ -203,15 +204,9 @@ def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 @functools.lru_cache(maxsize=4096)
 def _clopper_pearson(successes: int, n: int, confidence: float) -> tuple[float, float]:
     # Cached: an attack asks for the same (successes, n) at many noise levels (e.g. 0 successes for the paper
-    # decoder), and each quantile costs about 0.2 ms. The Beta quantile is scipy.special's betaincinv (what
-    # scipy.stats.beta.ppf returns, bit for bit for n < 300 as we checked): importing scipy.stats would add about
-    # 1 s to every `dpaudit attack`.
-    from scipy.special import betaincinv
-
-    a = 1.0 - confidence
-    lo = 0.0 if successes == 0 else float(betaincinv(successes, n - successes + 1, a / 2))
-    hi = 1.0 if successes == n else float(betaincinv(successes + 1, n - successes, 1 - a / 2))
-    return lo, hi
+    # decoder). Two-sided at ``confidence`` = each one-sided limit at (1 + confidence) / 2.
+    low, high = clopper_pearson_limits(np.array([successes]), n, (1.0 + confidence) / 2)
+    return float(low[0]), float(high[0])
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -29,10 +29,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.attacks.lower_bounds import (
     OneRunScoreAudit,
     Selection,
-    _cp_limits,
     low_epsilon_caveat,
     one_run_ceiling,
     one_run_from_scores,
@@ -267,8 +267,8 @@ def _tpr_at_fpr(scores: np.ndarray, member: np.ndarray, fprs: tuple[float, ...],
         k = math.floor(f * neg.size)  # at most k false positives
         thr = float(neg_desc[k]) if k < neg.size else -math.inf
         tp, fp = int(np.sum(pos > thr)), int(np.sum(neg > thr))
-        lo, hi = _cp_limits(np.array([tp]), pos.size, level)
-        _, fhi = _cp_limits(np.array([fp]), neg.size, confidence)
+        lo, hi = clopper_pearson_limits(np.array([tp]), pos.size, level)
+        _, fhi = clopper_pearson_limits(np.array([fp]), neg.size, confidence)
         rows.append(TprAtFpr(fpr_target=f, threshold=thr, true_positives=tp, positives=int(pos.size),
                              false_positives=fp, negatives=int(neg.size), tpr=tp / pos.size,
                              tpr_low=float(lo[0]), tpr_high=float(hi[0]), fpr=fp / neg.size,
