@@ -35,6 +35,7 @@ from torch import nn
 
 from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
+from dpaudit.codec import encode
 from dpaudit.config import DpSgdConfig, steps_for
 from dpaudit.data import DatasetSplits, ImageDataset, load_splits
 from dpaudit.errors import (
@@ -632,18 +633,8 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
                "wall_seconds": result.wall_seconds, "train_samples_per_second": result.train_samples_per_second,
                "normalisation": {"mean": list(splits.mean), "std": list(splits.std),
                                  "note": "fixed values, not computed from the (private) training images"}}
-    metrics_path.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n")
+    metrics_path.write_text(json.dumps(encode(payload), indent=2, allow_nan=False) + "\n")
     return replace(result, metrics_path=str(metrics_path))
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResult) -> Path:

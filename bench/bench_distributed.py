@@ -33,7 +33,8 @@ from harness import Comparison, report
 
 from dpaudit.audit.profile import BoundsTask, InProcessExecutor, TaskStore
 from dpaudit.audit.profile.distributed import DaskExecutor
-from dpaudit.audit.profile.schema import Profile, encode
+from dpaudit.audit.profile.schema import Profile
+from dpaudit.codec import encode
 
 RUN_KEYS = {"created", "command", "stages", "environment", "seconds"}
 

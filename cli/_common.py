@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from dpaudit.codec import encode
 from dpaudit.errors import DpAuditError, invalid
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,21 +39,14 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _jsonable(obj.item())
-    return obj
+def json_text(obj: Any) -> str:
+    """The JSON text of ``obj`` as every command writes it (one codec, one policy for non-finite numbers)."""
+    return json.dumps(encode(obj), indent=2, allow_nan=False) + "\n"
 
 
 def emit_json(obj: Any) -> None:
-    """Print exactly one JSON object on stdout. Non-finite floats become null (JSON has no inf or NaN)."""
-    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    """Print exactly one JSON object on stdout (through :mod:`dpaudit.codec`: non-finite floats as "inf"/"nan")."""
+    sys.stdout.write(json_text(obj))
     sys.stdout.flush()
 
 

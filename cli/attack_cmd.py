@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from enum import StrEnum
 from pathlib import Path
@@ -178,9 +177,9 @@ def attack(
         record["per_image"] = {"rho": result.rho.tolist(),
                                "ssim": [[float(v) for v in r.ssim] for r in result.rows],
                                "eta": [[float(v) for v in r.eta] for r in result.rows]}
-        from dpaudit.cli._common import _jsonable
+        from dpaudit.cli._common import json_text
 
-        (out_dir / "attack.json").write_text(json.dumps(_jsonable(record), indent=2, allow_nan=False) + "\n")
+        (out_dir / "attack.json").write_text(json_text(record))
         plot_ssim_error_cdf(result, out_dir / "ssim_error_cdf.png")
         if save_images:
             gt = select_images(splits.train, scenario)[0].permute(0, 2, 3, 1).numpy()

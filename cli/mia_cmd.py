@@ -165,12 +165,11 @@ def audit_cmd(
     json: JsonOpt = False,
 ) -> None:
     """Canary membership audit of one DP-SGD training run: empirical lower bound next to the accountant's epsilon."""
-    import json as json_mod
     from pathlib import Path
 
     from dpaudit.audit.canary import CanaryAuditConfig, run_canary_audit
     from dpaudit.audit.train import TrainConfig
-    from dpaudit.cli._common import _jsonable, err
+    from dpaudit.cli._common import err, json_text
 
     tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
                      arch_args={} if width is None else {"width": width}, epsilon=epsilon, noise_multiplier=sigma,
@@ -185,7 +184,7 @@ def audit_cmd(
     res = run_canary_audit(cfg, progress=progress)
     payload = res.to_dict()
     if out_file is not None:
-        Path(out_file).write_text(json_mod.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
+        Path(out_file).write_text(json_text(payload))
     if json:
         emit_json(payload)
         return

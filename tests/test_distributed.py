@@ -26,8 +26,9 @@ from typer.testing import CliRunner
 
 from dpaudit.audit.profile import InProcessExecutor, TaskStore, run_profile
 from dpaudit.audit.profile.distributed import DaskExecutor, TaskFailedError, make_executor
-from dpaudit.audit.profile.schema import Profile, ProfileConfig, encode
+from dpaudit.audit.profile.schema import Profile, ProfileConfig
 from dpaudit.cli.main import app
+from dpaudit.codec import encode
 from dpaudit.errors import ConfigError, MissingDependencyError
 
 # The tiny profile of tests/test_profile.py: smallcnn on 60 demo images of 16 px, one epoch, 6 attacked images.

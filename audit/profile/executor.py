@@ -13,12 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from dpaudit.audit.profile.schema import (
-    StageTime,
-    encode,
-    from_plain,
-)
+from dpaudit.audit.profile.schema import StageTime
 from dpaudit.audit.profile.tasks import Task
+from dpaudit.codec import encode, from_plain
 from dpaudit.errors import ConfigError
 
 ProgressFn = Callable[[str, int, int, str], None]  # (stage, done, total, message)

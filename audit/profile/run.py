@@ -23,7 +23,6 @@ from dpaudit.audit.profile.schema import (
     Profile,
     ProfileConfig,
     StageTime,
-    dumps,
 )
 from dpaudit.audit.profile.tasks import (
     AttackTask,
@@ -33,6 +32,7 @@ from dpaudit.audit.profile.tasks import (
     TrainTask,
     _eps_tag,
 )
+from dpaudit.codec import dumps
 from dpaudit.errors import DataError, invalid
 
 # --------------------------------------------------------------------------------------------------------------

@@ -32,9 +32,9 @@ from dpaudit.audit.profile.schema import (
     SubgroupUtility,
     TrainOutcome,
     Utility,
-    encode,
     fmt_eps,
 )
+from dpaudit.codec import encode
 from dpaudit.errors import DpAuditError
 
 #: Points of the ReRo-against-kappa curve (Figure 2 right), log-spaced from 1/N_train to 1.
@@ -184,7 +184,9 @@ def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, secon
         return obj[name] if isinstance(obj, dict) else getattr(obj, name)
 
     def opt(v: Any) -> float | None:
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        # NaN (an undefined metric) is None here; metrics.json may hold it as null or, through the codec, "nan".
+        x = None if v is None else float(v)
+        return None if x is None or math.isnan(x) else x
 
     subgroups = tuple(SubgroupUtility(str(get(g, "group")), str(get(g, "value")), int(get(g, "n")),
                                       opt(get(g, "mcc")), opt(get(g, "accuracy")))

@@ -1,0 +1,191 @@
+"""One type-driven JSON codec for every frozen result dataclass (``profile.json``, the task store, ``--json``).
+
+Results are frozen dataclasses, never dicts. :func:`encode` turns them into plain JSON and :func:`decode` /
+:func:`from_plain` back, driven by the type hints, so every result class gets a validated ``from_json`` for free:
+a field of the wrong type, a missing field or an unknown key raises :class:`dpaudit.errors.ConfigError` naming the
+path. Fields declared with ``metadata={"json": False}`` (per-image arrays, kept images) stay out of the JSON.
+
+One policy for non-finite numbers: JSON has no infinity or NaN, so such floats are written as the strings
+``"inf"``, ``"-inf"`` and ``"nan"`` and read back exactly (``from_json(to_json(x)) == x`` also for non-private
+runs). numpy arrays and scalars become lists and numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import types
+import typing
+from typing import Any, TypeVar
+
+from dpaudit.errors import ConfigError, invalid
+
+T = TypeVar("T")
+
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def encode(obj: Any) -> Any:
+    """A plain-JSON view of ``obj`` (dataclasses become objects, tuples lists, non-finite floats strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return obj
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, tuple | list):
+        return [encode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): encode(v) for k, v in obj.items()}
+    if getattr(obj, "ndim", 0) and hasattr(obj, "tolist"):  # numpy / torch arrays
+        return encode(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return encode(obj.item())
+    raise invalid("JSON value", type(obj).__name__, "a dataclass, number, string, list or dict",
+                  "convert the value before storing it in a result")
+
+
+def dumps(obj: Any) -> str:
+    """Deterministic JSON text (sorted keys are not used: field order is the schema's order)."""
+    return json.dumps(encode(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _fail(path: str, value: Any, expected: str) -> ConfigError:
+    return invalid(path, value, expected, "re-create the file with this dpaudit version or fix the field")  # type: ignore[return-value]
+
+
+def decode(tp: Any, value: Any, path: str = "$") -> Any:
+    """Build a value of type ``tp`` from its plain-JSON form, validating as it goes."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return decode(arg, value, path)
+            except ConfigError:
+                continue
+        raise _fail(path, value, " or ".join(getattr(a, "__name__", str(a)) for a in args))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise _fail(path, value, "a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise _fail(path, value, f"a list of {len(args)} items")
+        return tuple(decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise _fail(path, value, "an object")
+        return {decode(key_tp, k, path): decode(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise _fail(path, value, f"one of {list(typing.get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_plain(tp, value, path)
+    if tp is float:
+        if isinstance(value, str) and value in _NONFINITE:
+            return _NONFINITE[value]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(path, value, "a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, value, "an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _fail(path, value, "true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _fail(path, value, "a string")
+        return value
+    if tp is Any:
+        return value
+    raise _fail(path, value, f"a value of type {tp!r}")
+
+
+def from_plain(cls: type[T], data: Any, path: str = "$") -> T:
+    """Build dataclass ``cls`` from a plain-JSON object; unknown and missing keys are errors."""
+    if not isinstance(data, dict):
+        raise _fail(path, data, f"an object for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise _fail(f"{path}.{unknown[0]}", data[unknown[0]], f"absent (no such field in {cls.__name__})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        if f.name in data:
+            kwargs[f.name] = decode(hints[f.name], data[f.name], f"{path}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _fail(f"{path}.{f.name}", None, "present")
+    return cls(**kwargs)
+
+
+def loads(cls: type[T], text: str) -> T:
+    """Parse JSON text into dataclass ``cls``."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid("JSON", f"line {exc.lineno} column {exc.colno}", "valid JSON",
+                      "the file is damaged; re-create it") from None
+    return from_plain(cls, data)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Normalise numbers and sequences to the declared type (1 -> 1.0, list -> tuple, numpy scalar -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if tp is float and not isinstance(value, bool) and hasattr(value, "__float__") and not isinstance(value, str):
+        return float(value)
+    if tp is int and not isinstance(value, bool) and hasattr(value, "__index__"):
+        return int(value)
+    if origin is tuple and isinstance(value, list | tuple):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v) for v in value)
+        return tuple(value)
+    return value
+
+
+class JsonResult:
+    """Mixin: ``to_json`` / ``from_json`` through the type-driven codec above, and type normalisation at
+    construction (so that equal results compare equal and serialise to the same text)."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            fixed = _coerce(hints[f.name], value)
+            if fixed is not value:
+                object.__setattr__(self, f.name, fixed)
+
+    def to_json(self) -> str:
+        return dumps(self)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:  # type: ignore[misc]
+        return loads(cls, text)
