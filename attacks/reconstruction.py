@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from dpaudit.attacks.imprint import (
     pooled_views,
     replay,
 )
+from dpaudit.attacks.results import AttackResult, AttackRow
 from dpaudit.attacks.scoring import (
     SSIM_VARIANT,
     SUCCESS_SSIM,
@@ -43,105 +43,13 @@ from dpaudit.attacks.scoring import (
     keep_mask,
     nearest_match,
 )
-from dpaudit.errors import ConfigError, DataError, check_int, check_positive, invalid
+from dpaudit.errors import DataError, check_int, check_positive, invalid
 
 SCORINGS = ("nearest", "paired")
 
 #: Progress callback: ``progress(done, total)`` after every unit of work (an image's forward and backward pass,
 #: or an image decoded at one noise level).
 Progress = Callable[[int, int], None]
-
-
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, copy=True)
-    a.setflags(write=False)
-    return a
-
-
-@dataclass(frozen=True)
-class AttackRow:
-    """Success of one decoder at one noise level (empirical, over ``n_images`` scored images).
-
-    ``ci_low``/``ci_high``: exact 95% Clopper-Pearson interval of ``success_rate`` (SSIM > 0.8).
-    ``ssim``/``eta``: per scored image (eta: per-value noise std after pooling the active rows, normalised units).
-    """
-
-    noise_multiplier: float
-    epsilon: float | None
-    decoder: str
-    n_images: int
-    success_rate: float
-    ci_low: float
-    ci_high: float
-    mean_ssim: float
-    mean_rho: float
-    ssim: np.ndarray = field(repr=False)
-    eta: np.ndarray = field(repr=False)
-    best_indices: np.ndarray = field(repr=False, default_factory=lambda: _frozen(np.zeros(0, dtype=np.int64)))
-    best_images: np.ndarray = field(repr=False, default_factory=lambda: _frozen(np.zeros((0, 1, 1, 1))))
-
-    def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise invalid("decoder", self.decoder, f"one of {list(DECODERS)}")
-        if not 0.0 <= self.ci_low <= self.success_rate <= self.ci_high <= 1.0:
-            raise ConfigError(f"AttackRow: need 0 <= ci_low <= success_rate <= ci_high <= 1, got "
-                              f"{self.ci_low}, {self.success_rate}, {self.ci_high}.")
-        if len(self.ssim) != self.n_images or len(self.eta) != self.n_images:
-            raise ConfigError(f"AttackRow: {len(self.ssim)} SSIM values for {self.n_images} images.")
-        for name in ("ssim", "eta", "best_indices", "best_images"):
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
-
-    def to_json(self) -> dict:
-        return {"noise_multiplier": self.noise_multiplier, "epsilon": self.epsilon, "decoder": self.decoder,
-                "n_images": self.n_images, "success_rate": self.success_rate, "ci_low": self.ci_low,
-                "ci_high": self.ci_high, "mean_ssim": self.mean_ssim, "mean_rho": self.mean_rho}
-
-
-@dataclass(frozen=True)
-class AttackResult:
-    """Everything ``run_attack`` measured. Rows are ordered by noise level, then decoder as requested.
-
-    ``rho``: the block's share of the per-sample gradient norm per scored image (independent of sigma).
-    ``n_excluded``: images left out for having at most 10% non-zero pixels (seed paper, section 4.3).
-    """
-
-    rows: tuple[AttackRow, ...]
-    n_excluded: int
-    image_shape: tuple[int, int, int]
-    ssim_variant: str
-    rho: np.ndarray = field(repr=False)
-    connection: str = "linear"
-    bins: int = 10
-    max_grad_norm: float = 1.0
-    observations: int = 1
-    scoring: str = "nearest"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rows", tuple(self.rows))
-        object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
-        object.__setattr__(self, "rho", _frozen(self.rho))
-
-    @property
-    def noise_multipliers(self) -> tuple[float, ...]:
-        return tuple(dict.fromkeys(r.noise_multiplier for r in self.rows))
-
-    def headline(self) -> tuple[AttackRow, ...]:
-        """Per noise level, the row of the strongest decoder (highest success, then highest mean SSIM).
-
-        An auditor must not under-state risk: this is the number to report, with the decoder's name.
-        """
-        out = []
-        for sigma in self.noise_multipliers:
-            rows = [r for r in self.rows if r.noise_multiplier == sigma]
-            # Mean SSIMs within 1e-9 are round-off (float32 views): the first requested decoder keeps the tie.
-            out.append(max(rows, key=lambda r: (r.success_rate, round(r.mean_ssim, 9))))
-        return tuple(out)
-
-    def to_json(self) -> dict:
-        """The ``--json`` object of ``dpaudit attack`` (keys fixed by issue 3)."""
-        return {"rows": [r.to_json() for r in self.rows], "n_excluded": self.n_excluded,
-                "image_shape": list(self.image_shape), "ssim_variant": self.ssim_variant}
 
 
 def noise_for_epsilons(epsilons: Sequence[float], *, n_train: int, epochs: int, target_delta: float,

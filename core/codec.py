@@ -20,6 +20,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+import numpy as np
+
 from dpaudit.errors import ConfigError, invalid
 
 T = TypeVar("T")
@@ -82,6 +84,10 @@ def decode(tp: Any, value: Any, path: str = "$") -> Any:
         if len(args) != len(value):
             raise _fail(path, value, f"a list of {len(args)} items")
         return tuple(decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is np.ndarray:
+        if not isinstance(value, list):
+            raise _fail(path, value, "a list of numbers")
+        return np.array([decode(float, v, f"{path}[{i}]") for i, v in enumerate(value)], dtype=float)
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
@@ -120,6 +126,9 @@ def from_plain(cls: type[T], data: Any, path: str = "$") -> T:
     """Build dataclass ``cls`` from a plain-JSON object; unknown and missing keys are errors."""
     if not isinstance(data, dict):
         raise _fail(path, data, f"an object for {cls.__name__}")
+    upgrade = getattr(cls, "json_upgrade", None)
+    if upgrade is not None:  # a class that reads files of an earlier layout says how
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)

@@ -16,10 +16,10 @@ import pytest
 from pypdf import PdfReader
 from typer.testing import CliRunner
 
+from dpaudit.attacks.results import AttackRow
 from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
     AttackOutcome,
-    AttackRow,
     BoundsOutcome,
     DatasetInfo,
     FprTpr,
@@ -76,10 +76,11 @@ def synthetic_profile(*, with_mia_audit: bool = True, subgroups: bool = True, se
                                      (1e-5, 1e-4, 1e-3, 1e-2, 0.1)),
                 mia_roc=_roc(np.log1p(eps)), seconds=1.0))
         ssim = rng.uniform(0.0, 0.5, 40) if eps is not None else rng.uniform(0.85, 1.0, 40)
-        rows = (AttackRow("strong", 40, float(np.mean(ssim > 0.8)), 0.0, 0.09, float(ssim.mean()), 0.3,
-                          tuple(float(x) for x in ssim)),
-                AttackRow("paper", 40, 0.0, 0.0, 0.09, float(ssim.mean()) / 2, 0.3,
-                          tuple(float(x) / 2 for x in ssim)))
+        success = float(np.mean(ssim > 0.8))
+        ci = (0.0, 0.09) if success == 0.0 else (0.91, 1.0)  # synthetic, consistent with the rate
+        eta = np.full(40, 0.1)
+        rows = (AttackRow(sigma / 10, eps, "strong", 40, success, *ci, float(ssim.mean()), 0.3, ssim, eta),
+                AttackRow(sigma / 10, eps, "paper", 40, 0.0, 0.0, 0.09, float(ssim.mean()) / 2, 0.3, ssim / 2, eta))
         attacks.append(AttackOutcome(
             epsilon_target=eps, noise_multiplier=sigma / 10, sampling_probability=1 / N_TRAIN, steps=20 * N_TRAIN,
             target_delta=8e-7, checkpoint="x", n_excluded=1, image_shape=(3, 64, 64), ssim_variant="7x7 uniform",
@@ -258,3 +259,17 @@ def test_profile_json_rejects_wrong_types_and_unknown_fields() -> None:
     data["schema_version"] = 99
     with pytest.raises(ConfigError, match="schema_version"):
         Profile.from_json(json.dumps(data))
+
+
+def test_attack_rows_of_an_earlier_profile_json_still_load() -> None:
+    """Files written when the profile kept its own copy of the attack row (no noise level, epsilon or eta per
+    row) load: the noise level and epsilon come from the outcome, eta is NaN (not recorded)."""
+    from dpaudit.codec import encode, from_plain
+
+    new = encode(synthetic_profile().attacks[0])
+    old = {**new, "rows": [{k: v for k, v in r.items() if k not in ("noise_multiplier", "epsilon", "eta")}
+                           for r in new["rows"]]}
+    back = from_plain(AttackOutcome, old)
+    assert [r.success_rate for r in back.rows] == [r["success_rate"] for r in new["rows"]]
+    assert all(r.noise_multiplier == new["noise_multiplier"] for r in back.rows)
+    assert all(np.isnan(r.eta).all() for r in back.rows)

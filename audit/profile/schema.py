@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from dpaudit.attacks.results import AttackRow
 from dpaudit.codec import JsonResult
 from dpaudit.errors import invalid
 
@@ -350,25 +351,6 @@ class BoundsOutcome(JsonResult):
 
 
 @dataclass(frozen=True)
-class AttackRow(JsonResult):
-    """One decoder's empirical reconstruction success at one noise multiplier (SSIM > 0.8 counts)."""
-
-    decoder: str
-    n_images: int
-    success_rate: float
-    ci_low: float
-    ci_high: float
-    mean_ssim: float
-    mean_rho: float | None
-    ssim: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("success_rate", "ci_low", "ci_high"):
-            _rate(name, getattr(self, name))
-
-
-@dataclass(frozen=True)
 class AttackOutcome(JsonResult):
     """The realistic imprint-layer attack against one checkpoint (empirical; a lower bound on the risk).
 
@@ -399,6 +381,19 @@ class AttackOutcome(JsonResult):
 
     def row(self, decoder: str) -> AttackRow | None:
         return next((r for r in self.rows if r.decoder == decoder), None)
+
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """Rows of files written before the attack's rows were stored whole: the noise level and epsilon come
+        from the outcome, the per-image eta was not recorded (NaN)."""
+        rows = data.get("rows")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return data
+        upgraded = [{"noise_multiplier": data.get("noise_multiplier"), "epsilon": data.get("epsilon_target"), **r,
+                     "eta": r.get("eta", ["nan"] * len(r.get("ssim") or ()))} for r in rows]
+        if any(r.get("mean_rho") is None for r in upgraded):
+            return data  # not a layout this class ever wrote
+        return {**data, "rows": upgraded}
 
 
 @dataclass(frozen=True)

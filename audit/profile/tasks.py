@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Protocol
 from dpaudit.attacks.scenario import AttackScenario
 from dpaudit.audit.profile.schema import (
     AttackOutcome,
-    AttackRow,
     BoundsOutcome,
     FprTpr,
     MiaAuditOutcome,
@@ -363,7 +362,6 @@ class AttackTask(_TaskBase):
             keep_images=KEPT_IMAGES if self.include_images else 0)
 
     def run(self) -> AttackOutcome:
-        import numpy as np
 
         from dpaudit.attacks.scenario import attack_checkpoint, scenario_noise, select_images
         from dpaudit.checkpoint import load_checkpoint
@@ -386,16 +384,12 @@ class AttackTask(_TaskBase):
             (Path(self.out_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
             save_best_reconstructions(result, originals, Path(self.out_dir) / rel)
             saved = (str(rel),)
-        rows = tuple(AttackRow(decoder=r.decoder, n_images=int(r.n_images), success_rate=float(r.success_rate),
-                               ci_low=float(r.ci_low), ci_high=float(r.ci_high), mean_ssim=float(r.mean_ssim),
-                               mean_rho=float(r.mean_rho), ssim=tuple(float(s) for s in np.asarray(r.ssim)))
-                     for r in result.rows)
         return AttackOutcome(
             epsilon_target=self.epsilon_target, noise_multiplier=float(sigma), sampling_probability=1.0 / n_train,
             steps=self.attack_epochs * n_train, target_delta=self.target_delta, checkpoint=self.checkpoint,
             n_excluded=int(result.n_excluded), image_shape=tuple(int(x) for x in result.image_shape),
             ssim_variant=str(result.ssim_variant), connection=self.connection, bins=int(result.bins),
-            observations=self.observations, rows=rows, images=saved, seconds=time.perf_counter() - t0)
+            observations=self.observations, rows=result.rows, images=saved, seconds=time.perf_counter() - t0)
 
 
 
