@@ -137,9 +137,16 @@ def profile(
             import torch
 
             torch.set_num_threads(threads)
-        prof = run_profile(config, out_dir, executor=executor, progress=progress, render=render, threads=threads)
+        prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads)
     finally:
         executor.close()
+    if render:
+        from dpaudit.audit.report import render_report
+
+        progress("report", 0, 1, "rendering report.pdf")
+        t0 = time.perf_counter()
+        render_report(prof, out_dir / "report.pdf", base_dir=out_dir)
+        progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
     wall = time.perf_counter() - started
     stages = "; ".join(f"{s.stage} {s.seconds:.0f} s" for s in prof.stages)
     err.print(f"done in {wall:.0f} s ({stages})", highlight=False)

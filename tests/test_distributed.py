@@ -61,9 +61,9 @@ def both_profiles(executor, tmp_path_factory):
     config = ProfileConfig(**TINY)
     local_dir = tmp_path_factory.mktemp("inprocess")
     dask_dir = tmp_path_factory.mktemp("dask")
-    local = run_profile(config, local_dir, executor=InProcessExecutor(), render=False)
+    local = run_profile(config, local_dir, executor=InProcessExecutor())
     seen: list[tuple[str, int, int]] = []
-    remote = run_profile(config, dask_dir, executor=executor, render=False,
+    remote = run_profile(config, dask_dir, executor=executor,
                          progress=lambda stage, done, total, msg: seen.append((stage, done, total)))
     return local, local_dir, remote, dask_dir, seen
 

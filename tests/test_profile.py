@@ -23,6 +23,7 @@ from dpaudit.audit.profile import (
     run_profile,
 )
 from dpaudit.audit.profile.schema import Profile, ProfileConfig
+from dpaudit.audit.report import render_report
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
 
@@ -108,10 +109,11 @@ def interrupted_then_resumed(tmp_path_factory):
     config = ProfileConfig(**TINY)
     first = CountingExecutor(stop_after=1)
     with pytest.raises(_Interrupt):
-        run_profile(config, out, executor=first, render=False)
+        run_profile(config, out, executor=first)
     assert len(first.ran) == 1 and not (out / "profile.json").exists()
     second = CountingExecutor()
     prof = run_profile(config, out, executor=second)
+    render_report(prof, out / "report.pdf", base_dir=out)
     return out, config, first, second, prof
 
 
@@ -139,7 +141,7 @@ def test_finished_profile_reruns_nothing(interrupted_then_resumed, tmp_path) -> 
     out, config, _, _, prof = interrupted_then_resumed
     shutil.copytree(out, tmp_path / "copy")  # leave the fixture's profile.json (and its date) untouched
     third = CountingExecutor()
-    again = run_profile(config, tmp_path / "copy", executor=third, render=False)
+    again = run_profile(config, tmp_path / "copy", executor=third)
     assert third.ran == []
     assert again.train == prof.train and again.bounds == prof.bounds and again.attacks == prof.attacks
 

@@ -22,7 +22,7 @@ def test_cli_and_profile_give_identical_attack_rows(tmp_path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # results depend on the thread count in the last bits: pin it on both sides
     try:
-        prof = run_profile(ProfileConfig(**TINY), tmp_path, render=False, threads=1)
+        prof = run_profile(ProfileConfig(**TINY), tmp_path, threads=1)
     finally:
         torch.set_num_threads(threads)
     n_train = prof.dataset.n_train

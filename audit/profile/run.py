@@ -77,22 +77,21 @@ def _environment() -> tuple[PackageVersion, ...]:
 
 
 def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
-                progress: ProgressFn | None = None, render: bool = True, threads: int | None = None) -> Profile:
-    """Run (or resume) a full profile and write ``DIR/profile.json`` and, with ``render``, ``DIR/report.pdf``.
+                progress: ProgressFn | None = None, threads: int | None = None) -> Profile:
+    """Run (or resume) a full profile and write ``DIR/profile.json`` (render the PDF from it with
+    :func:`dpaudit.audit.report.render_report`).
 
     Parameters
     ----------
     config:
         The profile.
     out_dir:
-        Folder for checkpoints, the task store, ``profile.json`` and ``report.pdf``. A folder holding a previous
+        Folder for checkpoints, the task store and ``profile.json``. A folder holding a previous
         (partial) run of the same configuration resumes it: finished tasks are not run again.
     executor:
         Where tasks run; :class:`InProcessExecutor` by default.
     progress:
         ``progress(stage, done, total, message)`` after each task (and at each stage's start).
-    render:
-        Also render the PDF.
     threads:
         torch threads of each training run (in process); None uses the idle cores. Training results depend on the
         thread count in the last bits (and so, through training, on utility): pin it to reproduce a run exactly.
@@ -188,17 +187,8 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),
         mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
         environment=_environment())
-    # profile.json is final before rendering, so `dpaudit report DIR/profile.json` reproduces DIR/report.pdf.
+    # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
     _write_atomic(out / "profile.json", dumps(profile))
-    if render:
-        from dpaudit.audit.report import render_report
-
-        t0 = time.perf_counter()
-        if progress is not None:
-            progress("report", 0, 1, "rendering report.pdf")
-        render_report(profile, out / "report.pdf", base_dir=out)
-        if progress is not None:
-            progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
     return profile
 
 
