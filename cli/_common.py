@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,19 @@ from dpaudit.codec import encode
 from dpaudit.errors import DpAuditError, invalid
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared by the commands that load data or run torch: one name, one help text, one meaning. Each
+# command states the default of its configuration dataclass (TrainConfig, ProfileConfig) at the parameter.
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="demo (built in, synthetic), ham10000, a MedMNIST flag "
+                                         "(dermamnist, ...) or folder:PATH.")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
+ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Images are resized to this many pixels square.")]
+ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm) or smallcnn.")]
+MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Use at most this many images in total "
+                                                  "(demo: its size).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch threads (default: the idle cores; results "
+                                                "depend on the count in the last bits: pin it to reproduce a run).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.
 out = Console(highlight=False, soft_wrap=True)

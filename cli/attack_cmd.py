@@ -9,7 +9,19 @@ from typing import Annotated
 
 import typer
 
-from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
+from dpaudit.cli._common import (
+    DataDirOpt,
+    DatasetOpt,
+    JsonOpt,
+    ThreadsOpt,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+    parse_float_list,
+)
+
+app = typer.Typer()
 
 
 class SelectionChoice(StrEnum):
@@ -50,15 +62,15 @@ def _decoders(choice: DecoderChoice) -> tuple[str, ...]:
     return (choice.value,)
 
 
+@app.command("attack")
 @handle_errors
 def attack(
     model: Annotated[Path | None, typer.Option("--model", help="dpaudit checkpoint (or a plain state dict with "
                                                "--arch).")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture (resnet9, smallcnn): for a plain "
                                              "state dict, or a randomly initialised model without --model.")] = None,
-    dataset: Annotated[str, typer.Option("--dataset", help="demo, ham10000, a MedMNIST flag, or folder:PATH."
-                                         )] = "demo",
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of the dataset files.")] = None,
+    dataset: DatasetOpt = "demo",
+    data_dir: DataDirOpt = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Resize images to this size (default: the "
                                                    "checkpoint's, else 64).")] = None,
     n_images: Annotated[int, typer.Option("--n-images", help="Number of training images to attack.")] = 64,
@@ -96,13 +108,12 @@ def attack(
                                                          "epsilon, the conservative choice) or rdp (the paper's "
                                                          "Opacus RDP).")] = AccountantChoice.pld,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default: the idle cores).")
-                       ] = None,
+    threads: ThreadsOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write attack.json and the SSIM-error CDF plot here."
                                                  )] = None,
     save_images: Annotated[bool, typer.Option("--save-images", help="With --out: also save the best "
                                               "reconstructions next to their originals (patient images!).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the imprint-layer reconstruction attack (batch size 1, malicious server) and score it by SSIM."""
     import numpy as np
@@ -215,8 +226,3 @@ def _render(result, np) -> None:
     out.print(f"SSIM (mean): {result.ssim_variant}. 95% CI: exact Clopper-Pearson. rho (mean): the block's share "
               "of the gradient norm; eta (median): per-value noise std after pooling (normalised units).")
     out.print("Success fractions are empirical lower bounds on reconstruction risk, not guarantees.")
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``dpaudit attack`` to the app."""
-    app.command("attack")(attack)

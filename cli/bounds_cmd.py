@@ -16,6 +16,8 @@ import typer
 from dpaudit.cli._common import emit_json, err, handle_errors, out
 from dpaudit.errors import check_int, invalid
 
+app = typer.Typer()
+
 
 class MethodChoice(StrEnum):
     tight = "tight"
@@ -82,6 +84,7 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
     return float(sigma), float(q), int(steps), 1e-5 if delta is None else float(delta), n_train
 
 
+@app.command("bounds")
 @handle_errors
 def bounds(
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier (noise std / clip norm).")
@@ -110,10 +113,8 @@ def bounds(
 ) -> None:
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
     from dpaudit.bounds import bounds_summary, mia_curve
-    from dpaudit.bounds._mechanism import check_delta
 
     sigma, q, steps, delta, n_train = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
-    check_delta(delta)  # fail fast, before any computation
     kappas = _kappas(kappa, n_candidates, n_train)
     k = records_per_patient
     summary = bounds_summary(sigma, q, steps, kappas, target_delta=delta, records_per_patient=k,
@@ -219,6 +220,7 @@ def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[f
     plt.close(fig)
 
 
+@app.command("calibrate")
 @handle_errors
 def calibrate(
     max_rero: Annotated[float, typer.Option("--max-rero", help="Largest acceptable reconstruction success bound.")],
@@ -251,9 +253,3 @@ def calibrate(
     table.add_row("target", _fmt_pct(cal.max_rero), "")
     table.add_row(f"epsilon at delta {delta:g} (PLD)", _fmt_eps(cal.epsilon), "sound upper bound")
     out.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
-    app.command("bounds")(bounds)
-    app.command("calibrate")(calibrate)

@@ -32,11 +32,12 @@ def _root(
     """Privacy-risk auditing for differentially private medical-imaging models."""
 
 
-bounds_cmd.register(app)
-attack_cmd.register(app)
-train_cmd.register(app)
-profile_cmd.register(app)
-mia_cmd.register(app)
+# One Typer app per command group; the groups without a name add their commands at the top level.
+app.add_typer(bounds_cmd.app)
+app.add_typer(attack_cmd.app)
+app.add_typer(train_cmd.app)
+app.add_typer(profile_cmd.app)
+app.add_typer(mia_cmd.app, name="mia")
 
 
 def main() -> None:

@@ -11,9 +11,20 @@ from typing import Annotated
 
 import typer
 
-from dpaudit.cli._common import emit_json, handle_errors, out
+from dpaudit.cli._common import (
+    ArchOpt,
+    DataDirOpt,
+    DatasetOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    MaxImagesOpt,
+    ThreadsOpt,
+    emit_json,
+    handle_errors,
+    out,
+)
 
-mia_app = typer.Typer(
+app = typer.Typer(
     name="mia",
     help="Membership inference: sound empirical lower bounds on epsilon (counts, one-run canary audits, a "
          "self-audit of the DP-SGD step).",
@@ -24,14 +35,13 @@ mia_app = typer.Typer(
 DeltaOpt = Annotated[float, typer.Option("--delta", help="delta of the (epsilon, delta) guarantee being audited.")]
 ConfidenceOpt = Annotated[float, typer.Option(
     "--confidence", help="Probability that the lower bound holds, in (0, 1).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4e}"
 
 
-@mia_app.command("bound")
+@app.command("bound")
 @handle_errors
 def bound_cmd(
     true_positives: Annotated[int, typer.Option("--true-positives", help="Members flagged as members.")],
@@ -65,7 +75,7 @@ def bound_cmd(
               f"(a perfect test)")
 
 
-@mia_app.command("one-run")
+@app.command("one-run")
 @handle_errors
 def one_run_cmd(
     canaries: Annotated[int, typer.Option("--canaries", help="m: canaries, each included by a fair coin flip.")],
@@ -92,7 +102,7 @@ def one_run_cmd(
               f"(every canary guessed right)")
 
 
-@mia_app.command("self-audit")
+@app.command("self-audit")
 @handle_errors
 def self_audit_cmd(
     sigma: Annotated[float, typer.Option("--sigma", help="noise_multiplier the accountant is told.")] = 1.0,
@@ -134,15 +144,14 @@ def self_audit_cmd(
         raise typer.Exit(code=1)
 
 
-@mia_app.command("audit")
+@app.command("audit")
 @handle_errors
 def audit_cmd(
-    dataset: Annotated[str, typer.Option(help="demo (built in, synthetic), ham10000, a MedMNIST flag or "
-                                              "folder:PATH.")] = "demo",
-    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset files.")] = None,
-    image_size: Annotated[int, typer.Option(help="Images are resized to this many pixels square.")] = 32,
-    max_images: Annotated[int | None, typer.Option(help="Use at most this many images.")] = None,
-    arch: Annotated[str, typer.Option(help="Architecture: resnet9 (GroupNorm) or smallcnn.")] = "smallcnn",
+    dataset: DatasetOpt = "demo",
+    data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = 32,
+    max_images: MaxImagesOpt = None,
+    arch: ArchOpt = "smallcnn",
     width: Annotated[int | None, typer.Option(help="Channel width of the architecture.")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sigma calibrated, tight PLD).")] = None,
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
@@ -160,7 +169,7 @@ def audit_cmd(
                                                 "(choose on half the canaries).")] = "bonferroni",
     confidence: ConfidenceOpt = 0.95,
     seed: Annotated[int, typer.Option(help="Seeds training, canaries and coin flips.")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: idle cores).")] = None,
+    threads: ThreadsOpt = None,
     out_file: Annotated[str | None, typer.Option("--out", help="Also write the JSON object to this file.")] = None,
     json: JsonOpt = False,
 ) -> None:
@@ -203,8 +212,3 @@ def audit_cmd(
                   f"({t.true_positives}/{t.positives}; FPR {t.false_positives}/{t.negatives}) (empirical)")
     out.print(f"  AUC {res.auc:.3f} (empirical); test MCC {res.train.metrics.mcc:.3f} (empirical)")
     out.print(res.caveat())
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``dpaudit mia ...`` to the app."""
-    app.add_typer(mia_app, name="mia")

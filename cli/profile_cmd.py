@@ -8,12 +8,25 @@ from typing import Annotated
 import typer
 
 from dpaudit.audit.profile.schema import ProfileConfig
-from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.cli._common import (
+    ArchOpt,
+    DataDirOpt,
+    DatasetOpt,
+    ImageSizeOpt,
+    MaxImagesOpt,
+    ThreadsOpt,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+)
 
 #: The profile's defaults (one source of truth: ProfileConfig).
 D = ProfileConfig()
+app = typer.Typer()
 
 
+@app.command("report")
 @handle_errors
 def report(
     profile_json: Annotated[Path, typer.Argument(help="profile.json written by `dpaudit profile --out DIR` "
@@ -42,16 +55,16 @@ def report(
         out.print(f"wrote {pdf}")
 
 
+@app.command("profile")
 @handle_errors
 def profile(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints, profile.json and report.pdf; "
                                                          "an existing folder resumes.")],
-    dataset: Annotated[str, typer.Option(help="demo (built in, synthetic), ham10000, a MedMNIST flag "
-                                              "(dermamnist, ...) or folder:PATH.")] = "demo",
-    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset files.")] = None,
-    image_size: Annotated[int, typer.Option(help="Images are resized to this many pixels square.")] = D.image_size,
-    max_images: Annotated[int | None, typer.Option(help="Use at most this many images in total.")] = None,
-    arch: Annotated[str, typer.Option(help="Architecture: resnet9 (GroupNorm) or smallcnn.")] = D.arch,
+    dataset: DatasetOpt = D.dataset,
+    data_dir: DataDirOpt = D.data_dir,
+    image_size: ImageSizeOpt = D.image_size,
+    max_images: MaxImagesOpt = D.max_images,
+    arch: ArchOpt = D.arch,
     epsilons: Annotated[str, typer.Option(help="Target privacy budgets (tight PLD epsilon at delta).")] = "1,8,20,1e9",
     non_private: Annotated[bool, typer.Option("--non-private/--no-non-private",
                                               help="Also train the non-private baseline.")] = True,
@@ -88,9 +101,7 @@ def profile(
              "--out and --data-dir on a file system every worker sees).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Run the tasks on a local Dask cluster of N worker processes (127.0.0.1 only, one thread each).")] = None,
-    threads: Annotated[int | None, typer.Option(
-        help="torch threads per training run and attack (default: the idle cores; results depend on the count in "
-             "the last bits: pin it to reproduce a run exactly).")] = None,
+    threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
@@ -203,9 +214,3 @@ def _print_summary(prof) -> None:
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
             "not run" if a is None else txt.pct(a.strongest.success_rate))
     out.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
-    app.command("profile")(profile)
-    app.command("report")(report)

@@ -6,22 +6,31 @@ from typing import Annotated
 
 import typer
 
-from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.cli._common import (
+    ArchOpt,
+    DataDirOpt,
+    DatasetOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    MaxImagesOpt,
+    ThreadsOpt,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+)
+
+app = typer.Typer()
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
-    app.command("train", no_args_is_help=False)(train_command)
-
-
+@app.command("train", no_args_is_help=False)
 @handle_errors
 def train_command(
-    dataset: Annotated[str, typer.Option(help="demo (built in, synthetic), ham10000, a MedMNIST flag "
-                                              "(dermamnist, ...) or folder:PATH.")] = "demo",
-    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset files.")] = None,
-    image_size: Annotated[int, typer.Option(help="Images are resized to this many pixels square.")] = 64,
-    max_images: Annotated[int | None, typer.Option(help="Use at most this many images (demo: its size).")] = None,
-    arch: Annotated[str, typer.Option(help="Architecture: resnet9 (GroupNorm) or smallcnn.")] = "resnet9",
+    dataset: DatasetOpt = "demo",
+    data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = 64,
+    max_images: MaxImagesOpt = None,
+    arch: ArchOpt = "resnet9",
     width: Annotated[int | None, typer.Option(help="resnet9/smallcnn channel width (paper: 64).")] = None,
     scale_norm: Annotated[bool, typer.Option(help="resnet9 with ScaleNorm (Klause et al.), as the paper.")] = False,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon; sigma is calibrated (tight PLD) so the "
@@ -39,12 +48,12 @@ def train_command(
                                                            "averaged before clipping.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the first run.")] = 0,
     seeds: Annotated[int, typer.Option(help="Number of runs (seed, seed+1, ...); mean and std reported.")] = 1,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: idle cores).")] = None,
+    threads: ThreadsOpt = None,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when visible, else the CPU), cpu, cuda or cuda:N."
                                         )] = "auto",
     out_dir: Annotated[str | None, typer.Option("--out", help="Write model.pt, metrics.json and "
                                                               "training_curve.png here.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Train a model with DP-SGD (Opacus, Poisson sampling) or without DP, and report utility and epsilon."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
