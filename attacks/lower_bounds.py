@@ -385,8 +385,23 @@ def _check_selection(selection: str) -> Selection:
     return selection  # type: ignore[return-value]
 
 
+class _FromBound:
+    """A score-based audit whose reported number is its ``bound``'s epsilon lower bound."""
+
+    bound: Any
+
+    @property
+    def epsilon_lower_bound(self) -> float:
+        return self.bound.epsilon_lower_bound
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["epsilon_lower_bound"] = self.epsilon_lower_bound
+        return d
+
+
 @dataclass(frozen=True)
-class ScoreBound:
+class ScoreBound(_FromBound):
     """Two-error-pair lower bound with a threshold chosen without optimism.
 
     ``selection`` says how: ``"split"`` (the threshold maximising the bound on a random half of the trials,
@@ -402,14 +417,6 @@ class ScoreBound:
     confidence: float
     label: str = LABEL
 
-    @property
-    def epsilon_lower_bound(self) -> float:
-        return self.bound.epsilon_lower_bound
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["epsilon_lower_bound"] = self.epsilon_lower_bound
-        return d
 
 
 def _best_threshold(members: np.ndarray, nonmembers: np.ndarray, thresholds: np.ndarray, *, delta: float,
@@ -470,7 +477,7 @@ def bound_from_scores(member_scores: Any, nonmember_scores: Any, *, delta: float
 
 
 @dataclass(frozen=True)
-class OneRunScoreAudit:
+class OneRunScoreAudit(_FromBound):
     """One-run lower bound with the guess count chosen without optimism.
 
     ``bound`` is the reported result; ``guesses_positive`` / ``guesses_negative`` the numbers of top- and
@@ -487,14 +494,6 @@ class OneRunScoreAudit:
     confidence: float
     label: str = LABEL
 
-    @property
-    def epsilon_lower_bound(self) -> float:
-        return self.bound.epsilon_lower_bound
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["epsilon_lower_bound"] = self.epsilon_lower_bound
-        return d
 
 
 #: Default guess counts tried by :func:`one_run_from_scores`, as fractions of the canaries guessed as members

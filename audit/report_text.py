@@ -189,7 +189,7 @@ def mia_sentence(profile: Profile) -> str:
 
 
 def empirical_mia_caveat(canaries: int | None, ceiling: float | None) -> str:
-    """Why a low empirical epsilon proves nothing (issue 6, item 4)."""
+    """Why a low empirical epsilon proves nothing."""
     cap = ""
     if canaries is not None and ceiling is not None:
         cap = (f" With {canaries} canaries and 95% confidence, no audit can certify an epsilon above "

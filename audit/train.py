@@ -221,7 +221,7 @@ class TrainResult:
     curve_path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``--json`` object of ``dpaudit train`` (the keys issue 4 lists)."""
+        """The ``--json`` object of ``dpaudit train`` (keys documented in the README)."""
         m = self.metrics.to_dict()
         if len(self.per_seed) > 1:
             m["seeds"] = {"n": len(self.per_seed),

@@ -1,4 +1,4 @@
-"""Benchmark of ``dpaudit attack`` (issue 3, Performance): dpaudit's pipeline against the naive flow.
+"""Benchmark of ``dpaudit attack``: dpaudit's pipeline against the naive flow.
 
 * floor: one forward and backward pass per image through the model (the network must see each image once);
 * dpaudit: ``run_attack`` over a 9-value noise grid, strong and paper decoders, nearest-match SSIM scoring;

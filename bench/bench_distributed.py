@@ -1,4 +1,4 @@
-"""Benchmark: a profile on a local Dask cluster (``--workers 2``) against the in-process executor (issue 7).
+"""Benchmark: a profile on a local Dask cluster (``--workers 2``) against the in-process executor.
 
 Two measurements, each side by side in one run (this 2-core machine is shared, so only same-run ratios count):
 

@@ -1,4 +1,4 @@
-"""Benchmark: DP-SGD against non-private training, and dpaudit's loop against a bare Opacus loop (issue 4).
+"""Benchmark: DP-SGD against non-private training, and dpaudit's loop against a bare Opacus loop.
 
 Same model (ResNet-9 with GroupNorm, width 16), same demo data, same logical batch (64, Poisson sampling for
 DP), one epoch per case, at 28x28x3 and 64x64x3. Each case runs in its own process so that its peak resident

@@ -198,7 +198,7 @@ def test_pdf_is_a_pdf(interrupted_then_resumed) -> None:
 
 
 def test_mia_audit_runs_per_budget_and_reaches_the_report(tmp_path) -> None:
-    # A lower bound from the audit must never exceed the accountant's sound upper bound (issue 6).
+    # A lower bound from the audit must never exceed the accountant's sound upper bound.
     args = ["profile", "--out", str(tmp_path / "p"), "--dataset", "demo", "--image-size", "16", "--max-images",
             "120", "--arch", "smallcnn", "--epsilons", "8", "--no-non-private", "--seeds", "1", "--epochs", "1",
             "--batch-size", "8", "--attack-images", "4", "--attack-epochs", "1", "--decoder", "strong",

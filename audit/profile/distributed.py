@@ -1,4 +1,4 @@
-"""``DaskExecutor``: run the profile's pure tasks on a Dask cluster (issue 7).
+"""``DaskExecutor``: run the profile's pure tasks on a Dask cluster.
 
 The profile (:mod:`dpaudit.audit.profile`) is a fan-out of independent, picklable tasks (every privacy level times
 every seed trains a model, then bounds and attacks). :class:`DaskExecutor` implements the same two-method

@@ -177,7 +177,7 @@ class TrainTask(_TrainingSpec):
 
 def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, seconds: float, *,
                    reused: bool) -> TrainOutcome:
-    """Build the frozen outcome from ``TrainResult.to_json()`` (the keys of issue 4) and the test metrics."""
+    """Build the frozen outcome from ``TrainResult.to_json()`` (the keys ``dpaudit train --json`` prints) and the test metrics."""
 
     def get(obj: Any, name: str) -> Any:
         return obj[name] if isinstance(obj, dict) else getattr(obj, name)
