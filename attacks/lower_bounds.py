@@ -107,8 +107,21 @@ def clopper_pearson(successes: int, trials: int, *, level: float) -> tuple[float
 # two error pairs
 # ----------------------------------------------------------------------------------------------------------
 
+class _LowerBound:
+    """A count-based result: a finite epsilon lower bound >= 0, serialised field by field."""
+
+    epsilon_lower_bound: float
+
+    def __post_init__(self) -> None:
+        if not (self.epsilon_lower_bound >= 0 and math.isfinite(self.epsilon_lower_bound)):
+            raise invalid("epsilon_lower_bound", self.epsilon_lower_bound, "a finite number >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class TwoErrorBound:
+class TwoErrorBound(_LowerBound):
     """Empirical lower bound on epsilon from a membership test's counts on independent trials.
 
     Attributes
@@ -139,13 +152,6 @@ class TwoErrorBound:
     delta: float
     confidence: float
     label: str = LABEL
-
-    def __post_init__(self) -> None:
-        if not (self.epsilon_lower_bound >= 0 and math.isfinite(self.epsilon_lower_bound)):
-            raise invalid("epsilon_lower_bound", self.epsilon_lower_bound, "a finite number >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int, *,
@@ -267,7 +273,7 @@ def one_run_p_value(canaries: int, guesses: int, correct: int, *, epsilon: float
 
 
 @dataclass(frozen=True)
-class OneRunBound:
+class OneRunBound(_LowerBound):
     """Empirical lower bound on epsilon from one training run with coin-flipped canaries.
 
     Attributes
@@ -291,13 +297,6 @@ class OneRunBound:
     p_value: float
     ceiling: float
     label: str = LABEL
-
-    def __post_init__(self) -> None:
-        if not (self.epsilon_lower_bound >= 0 and math.isfinite(self.epsilon_lower_bound)):
-            raise invalid("epsilon_lower_bound", self.epsilon_lower_bound, "a finite number >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _one_run_eps(m: int, r: int, v: int, delta: float, beta: float) -> tuple[float, float]:
