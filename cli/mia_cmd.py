@@ -149,9 +149,9 @@ def self_audit_cmd(
 def audit_cmd(
     dataset: DatasetOpt = "demo",
     data_dir: DataDirOpt = None,
-    image_size: ImageSizeOpt = 32,
+    image_size: ImageSizeOpt = 64,  # TrainConfig's defaults, as dpaudit train (a test keeps them equal)
     max_images: MaxImagesOpt = None,
-    arch: ArchOpt = "smallcnn",
+    arch: ArchOpt = "resnet9",
     width: Annotated[int | None, typer.Option(help="Channel width of the architecture.")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sigma calibrated, tight PLD).")] = None,
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,

@@ -28,7 +28,7 @@ app = typer.Typer()
 def train_command(
     dataset: DatasetOpt = "demo",
     data_dir: DataDirOpt = None,
-    image_size: ImageSizeOpt = 64,
+    image_size: ImageSizeOpt = 64,  # TrainConfig's defaults (a test keeps them equal)
     max_images: MaxImagesOpt = None,
     arch: ArchOpt = "resnet9",
     width: Annotated[int | None, typer.Option(help="resnet9/smallcnn channel width (paper: 64).")] = None,

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_subpackages_live_under_dpaudit() -> None:
     for name in ["dpaudit", "dpaudit.bounds", "dpaudit.attacks", "dpaudit.audit", "dpaudit.cli"]:
@@ -94,3 +96,29 @@ def test_attacks_and_bounds_import_no_audit_or_cli_when_loaded() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
     assert res.stdout.strip() == "[]"
+
+
+def _cli_defaults(group: str | None, command: str) -> dict[str, object]:
+    import typer
+
+    from dpaudit.cli.main import app
+
+    click_app = typer.main.get_command(app)
+    cmd = click_app.commands[group].commands[command] if group else click_app.commands[command]  # type: ignore[attr-defined]
+    return {p.name: p.default for p in cmd.params}
+
+
+@pytest.mark.parametrize(("group", "command", "config"), [
+    (None, "train", "TrainConfig"), ("mia", "audit", "TrainConfig"), (None, "profile", "ProfileConfig")])
+def test_shared_options_default_to_the_config_dataclass(group, command, config) -> None:
+    """--dataset, --data-dir, --image-size, --max-images and --arch default to the command's configuration."""
+    import dataclasses
+
+    from dpaudit.audit.profile.schema import ProfileConfig
+    from dpaudit.audit.train import TrainConfig
+
+    cls = {"TrainConfig": TrainConfig, "ProfileConfig": ProfileConfig}[config]
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults = _cli_defaults(group, command)
+    for name in ("dataset", "data_dir", "image_size", "max_images", "arch"):
+        assert defaults[name] == fields[name], (command, name)
