@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dpaudit.attacks.reconstruction import AttackResult
-from dpaudit.attacks.scoring import SUCCESS_SSIM
+from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.errors import ConfigError
 
 

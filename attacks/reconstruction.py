@@ -33,10 +33,9 @@ from dpaudit.attacks.imprint import (
     pooled_views,
     replay,
 )
-from dpaudit.attacks.results import AttackResult, AttackRow
+from dpaudit.attacks.results import SUCCESS_SSIM, AttackResult, AttackRow
 from dpaudit.attacks.scoring import (
     SSIM_VARIANT,
-    SUCCESS_SSIM,
     NearestMatcher,
     SsimReference,
     clopper_pearson,

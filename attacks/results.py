@@ -11,6 +11,10 @@ from dpaudit.attacks.decoders import DECODERS
 from dpaudit.codec import encode
 from dpaudit.errors import ConfigError, invalid
 
+#: The seed paper's success criterion (Table 3 caption): SSIM higher than 80%. The one definition: scoring counts
+#: with it, and every text that names the criterion formats it.
+SUCCESS_SSIM = 0.8
+
 
 def frozen_array(a: np.ndarray) -> np.ndarray:
     a = np.array(a, copy=True)

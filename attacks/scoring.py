@@ -20,8 +20,6 @@ from dpaudit.errors import check_probability, invalid
 SSIM_VARIANT = ("skimage structural_similarity, data_range=1.0, 7x7 uniform window, sample covariance, "
                 "K1=0.01, K2=0.03, mean over channels")
 
-#: The seed paper's success criterion (Table 3 caption): SSIM higher than 80%.
-SUCCESS_SSIM = 0.8
 
 #: The seed paper (section 4.3) only considers images with more than 10% non-zero pixels.
 MIN_NONZERO_FRACTION = 0.10

@@ -245,7 +245,8 @@ class _Report:
                    "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). Worst case / relaxed: "
                    "highest probability that any attack reconstructs a training image, for the two formal threat "
                    f"models, at the prior κ = 1/{n}. Realistic: fraction of attacked training images whose best "
-                   "reconstruction has SSIM > 0.8 under the imprint-layer attack with its strongest decoder "
+                   f"reconstruction has SSIM > {txt.SSIM_THRESHOLD:g} under the imprint-layer attack with its strongest "
+                   "decoder "
                    "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "
                    "as in the seed paper. Without DP no guarantee holds (100%).", "small")]
         out += self._utility_detail_table()
@@ -343,7 +344,7 @@ class _Report:
         return out
 
     def _attack_table(self) -> list:
-        head = ["Privacy budget", "σ attack", "Decoder", "Success (SSIM > 0.8)", "95% interval", "Mean SSIM",
+        head = ["Privacy budget", "σ attack", "Decoder", f"Success (SSIM > {txt.SSIM_THRESHOLD:g})", "95% interval", "Mean SSIM",
                 "Images", "Excluded"]
         rows = [[self.cell(h, "head") for h in head]]
         for lv in self.levels:

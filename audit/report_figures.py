@@ -201,7 +201,7 @@ def ssim_cdf_figure(profile: Profile) -> bytes | None:
                         where="post", ls=styles.get(row.decoder, "-."), color=colour,
                         label=f"{lv.label}, {row.decoder} (σ = {lv.attack.noise_multiplier:.3g})")
         ax.axvline(1 - SSIM_THRESHOLD, color="black", lw=0.7)
-        ax.text(1 - SSIM_THRESHOLD, 50, " success threshold\n (SSIM > 0.8)", fontsize=6)
+        ax.text(1 - SSIM_THRESHOLD, 50, f" success threshold\n (SSIM > {SSIM_THRESHOLD:g})", fontsize=6)
         ax.set_xlim(0, 1)
         ax.set_ylim(-2, 102)
         ax.set_xlabel("SSIM error 1 − SSIM (0 = perfect reconstruction)")

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 
+from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
 
 #: The success threshold of the realistic attack (seed paper, section 4.3: SSIM above 80% counts).
-SSIM_THRESHOLD = 0.8
+SSIM_THRESHOLD = SUCCESS_SSIM
 #: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
 REPORT_FPR = 1e-3
 

@@ -175,6 +175,7 @@ def attack(
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions
+        from dpaudit.attacks.results import SUCCESS_SSIM
         from dpaudit.attacks.scoring import keep_mask
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +184,7 @@ def attack(
                               "bins": result.bins, "max_grad_norm": result.max_grad_norm,
                               "observations": result.observations, "scoring": result.scoring, "seed": seed,
                               "denoiser": denoiser.value, "model": str(model) if model else f"random {ckpt.arch}",
-                              "success": "empirical: fraction with SSIM > 0.8 (a lower bound on risk)"}
+                              "success": f"empirical: fraction with SSIM > {SUCCESS_SSIM:g} (a lower bound on risk)"}
         record["headline"] = [r.to_json() for r in result.headline()]
         record["per_image"] = {"rho": result.rho.tolist(),
                                "ssim": [[float(v) for v in r.ssim] for r in result.rows],
@@ -208,7 +209,10 @@ def attack(
 def _render(result, np) -> None:
     from rich.table import Table
 
-    table = Table(title="Imprint-layer reconstruction attack (empirical success: SSIM > 0.8)", title_justify="left")
+    from dpaudit.attacks.results import SUCCESS_SSIM
+
+    table = Table(title=f"Imprint-layer reconstruction attack (empirical success: SSIM > {SUCCESS_SSIM:g})",
+                  title_justify="left")
     for col in ("sigma", "eps", "decoder", "n", "success", "95% CI", "SSIM", "rho", "eta"):
         table.add_column(col, justify="left" if col == "decoder" else "right")
     heads = {id(r) for r in result.headline()}

@@ -49,7 +49,7 @@ def run(*args: str):
     return runner.invoke(app, ["attack", *args])
 
 
-def test_demo_json_has_exactly_the_issue_keys() -> None:
+def test_demo_json_has_exactly_the_documented_keys() -> None:
     res = run("--arch", "smallcnn", "--dataset", "demo", "--image-size", "24", "--n-images", "4",
               "--sigmas", "0,1e-4", "--decoder", "all", "--json")
     assert res.exit_code == 0, res.output

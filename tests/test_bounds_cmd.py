@@ -15,7 +15,7 @@ runner = CliRunner()
 
 
 def test_paper_example_human_output() -> None:
-    # The acceptance example: epsilon 68.52 (PLD at delta 8e-7), worst case / relaxed 76.0% / 52.0%.
+    # The README's example: epsilon 68.52 (PLD at delta 8e-7), worst case / relaxed 76.0% / 52.0%.
     res = runner.invoke(app, ["bounds", "--sigma", "0.34", "--q", "0.002", "--steps", "20000", "--delta", "8e-7",
                               "--kappa", "1e-6"])
     assert res.exit_code == 0, res.output
