@@ -63,9 +63,14 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
 
     With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior)."""
     if model is not None:
-        from dpaudit.checkpoint import load_checkpoint
+        from dpaudit.checkpoint import PlainWeightsError, load_checkpoint
 
-        ckpt = load_checkpoint(model)
+        try:
+            ckpt = load_checkpoint(model)
+        except PlainWeightsError:
+            raise invalid("model", str(model), "a dpaudit checkpoint (it records the DP-SGD configuration)",
+                          "this file holds weights only and no DP configuration to bound; pass --sigma, --q and "
+                          "--steps of the run instead") from None
         if ckpt.dp is None:
             raise invalid("model", str(model), "a checkpoint trained with DP-SGD",
                           "this model was trained without DP (or its DP configuration is unknown): it has no formal "

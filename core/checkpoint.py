@@ -9,9 +9,22 @@ pickled classes; a file that does need them is refused (:class:`~dpaudit.errors.
 
 Three ways in, all returning a :class:`Checkpoint`:
 
-* :func:`load_checkpoint` reads a dpaudit checkpoint (or, with ``arch=``, a plain state dict);
+* :func:`load_checkpoint` reads a dpaudit checkpoint (or, with ``arch=``, a plain state dict or a
+  ``.safetensors`` file);
 * :func:`load_model` also builds a randomly initialised model when no file is given;
 * :func:`save_checkpoint` writes one.
+
+Every weights file is untrusted input. Before anything is parsed, :func:`sniff_weights_file` reads the first
+bytes and says what the file is (a PyTorch zip archive, a legacy PyTorch pickle, a safetensors file, an HTML page,
+a Git LFS pointer, a NumPy or HDF5 file, a text file, a truncated archive, an empty file), so that a wrong file is
+named as such instead of ending in a traceback or in advice that does not apply. ``.safetensors`` files are read
+with the ``safetensors`` package (a JSON header and raw tensors: no code is executed). Parameter-name prefixes
+that wrappers add are removed, also nested: ``module.`` (DataParallel, DistributedDataParallel), ``_module.``
+(Opacus' GradSampleModule) and ``_orig_mod.`` (``torch.compile``).
+
+A checkpoint of a model built from the user's own code (``--arch path/to/file.py:factory``) records the spec
+string and arguments only; rebuilding it imports that code again only when the caller names the same spec
+(``arch=`` here, ``--arch`` on the command line), never because a file said so.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import math
 import pickle
 import struct
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +43,37 @@ from torch import nn
 
 from dpaudit.config import DpSgdConfig
 from dpaudit.data import normalization
-from dpaudit.errors import CheckpointError, ConfigError, check_int, invalid
-from dpaudit.models import ARCHITECTURES, build_model
+from dpaudit.errors import CheckpointError, ConfigError, MissingDependencyError, check_int, invalid
+from dpaudit.models import ARCH_HELP, build_model, parse_arch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "load_checkpoint", "load_model",
-           "save_checkpoint"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "load_checkpoint",
+           "load_model", "load_state_dict", "save_checkpoint", "sniff_weights_file", "strip_wrappers"]
 
 FORMAT = "dpaudit-checkpoint"
 FORMAT_VERSION = 1
 
-#: Prefixes wrappers add to parameter names: Opacus' GradSampleModule (``_module.``), DataParallel (``module.``).
-_WRAPPER_PREFIXES = ("_module.", "module.")
+#: Prefixes wrappers add to parameter names: Opacus' GradSampleModule (``_module.``), DataParallel and
+#: DistributedDataParallel (``module.``), torch.compile's OptimizedModule (``_orig_mod.``). Wrappers nest
+#: (``module._module.``, ``_module._orig_mod.``), so they are removed repeatedly.
+WRAPPER_PREFIXES = ("_module.", "module.", "_orig_mod.")
 
 _Scalar = int | float | str | bool | None
+
+
+class PlainWeightsError(CheckpointError):
+    """A weights file without dpaudit's metadata (a plain state dict or safetensors) where one with it is needed."""
+
+
+def _check_json_like(key: str, value: Any) -> Any:
+    """arch_args values: numbers, strings, bools, None, and lists or string-keyed dicts of them (as JSON)."""
+    if isinstance(value, _Scalar):
+        return value
+    if isinstance(value, list | tuple):
+        return [_check_json_like(key, v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _check_json_like(key, v) for k, v in value.items()}
+    raise CheckpointError(f"checkpoint field {key!r} must hold numbers, strings, bools, None, lists or dicts, got "
+                          f"{type(value).__name__}.")
 
 
 @dataclass(frozen=True)
@@ -51,7 +83,11 @@ class CheckpointMeta:
     Attributes
     ----------
     arch, arch_args:
-        Registry name and keyword arguments for :func:`dpaudit.models.build_model`.
+        Architecture spec (registry name, ``monai:NAME``, ``file.py:factory`` or ``module:factory``) and keyword
+        arguments for :func:`dpaudit.models.build_model` (JSON-like values).
+    fix_batchnorm:
+        Whether BatchNorm layers were replaced by GroupNorm (:func:`dpaudit.models.replace_batchnorm`) when the
+        model was built; the rebuild does the same.
     num_classes, in_channels:
         Classifier outputs and input channels.
     input_shape:
@@ -75,7 +111,7 @@ class CheckpointMeta:
     arch: str
     num_classes: int
     in_channels: int = 3
-    arch_args: Mapping[str, _Scalar] = field(default_factory=dict)
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
     input_shape: tuple[int, int, int] | None = None
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
@@ -86,18 +122,21 @@ class CheckpointMeta:
     epochs: int | None = None
     batch_size: int | None = None
     extra: Mapping[str, _Scalar] = field(default_factory=dict)
+    fix_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise invalid("arch", self.arch, f"one of {sorted(ARCHITECTURES)}", "pass --arch with one of these names",
-                          cls=CheckpointError)
+        try:
+            parse_arch(self.arch)
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
         check_int("num_classes", self.num_classes)
         check_int("in_channels", self.in_channels)
-        for key, value in {**dict(self.arch_args), **dict(self.extra)}.items():
+        for key, value in dict(self.extra).items():
             if not isinstance(value, _Scalar):
                 raise CheckpointError(f"checkpoint field {key!r} must be a number, string, bool or None, got "
                                       f"{type(value).__name__}.")
-        object.__setattr__(self, "arch_args", dict(self.arch_args))
+        object.__setattr__(self, "arch_args", {k: _check_json_like(k, v) for k, v in dict(self.arch_args).items()})
+        object.__setattr__(self, "fix_batchnorm", bool(self.fix_batchnorm))
         object.__setattr__(self, "extra", dict(self.extra))
         mean, std = normalization(self.in_channels)
         object.__setattr__(self, "mean", tuple(float(v) for v in (self.mean or mean)))
@@ -145,13 +184,16 @@ class Checkpoint(CheckpointMeta):
     """A loaded checkpoint: :class:`CheckpointMeta` plus the weights.
 
     ``state_dict`` is empty for a randomly initialised model (``build_model`` then draws fresh weights from
-    ``extra["init_seed"]``). ``source`` says where it came from: ``"dpaudit"``, ``"state_dict"`` or ``"random"``.
+    ``extra["init_seed"]``). ``source`` says where it came from: ``"dpaudit"``, ``"state_dict"``,
+    ``"safetensors"`` or ``"random"``. ``code_named`` is True when the caller named the architecture spec itself
+    (needed to rebuild a model from the user's own code).
     """
 
     state_dict: Mapping[str, torch.Tensor] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     path: str | None = None
     source: str = "dpaudit"
+    code_named: bool = False
 
     @property
     def meta(self) -> CheckpointMeta:
@@ -159,10 +201,14 @@ class Checkpoint(CheckpointMeta):
 
     def build_model(self) -> nn.Module:
         """Rebuild the model and load the weights (strict); the model is returned in eval mode."""
+        if parse_arch(self.arch).user_code and not self.code_named:
+            raise CheckpointError(
+                f"{self.path or 'the checkpoint'} was built by your own code ({self.arch}); dpaudit imports code "
+                f"only when you name it. Fix: pass --arch {self.arch} (the same spec) to rebuild it.")
         with torch.random.fork_rng(devices=[]):  # a random init must not disturb the caller's generator
             torch.manual_seed(int(self.extra.get("init_seed", 0) or 0))  # type: ignore[arg-type]
             model = build_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-                                **self.arch_args)
+                                fix_batchnorm=self.fix_batchnorm, **self.arch_args)
         if self.state_dict:
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             found = {k: tuple(v.shape) for k, v in self.state_dict.items()}
@@ -173,7 +219,8 @@ class Checkpoint(CheckpointMeta):
                 raise CheckpointError(
                     f"the weights in {self.path or 'the checkpoint'} do not fit {self.arch}{dict(self.arch_args)} "
                     f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {mismatched[:3]}). Fix: "
-                    "pass the --arch and architecture arguments the model was trained with.")
+                    "pass the --arch and --arch-args the model was trained with (and --fix-batchnorm if it was "
+                    "built with it).")
             model.load_state_dict(dict(self.state_dict), strict=True)
         return model.eval()
 
@@ -183,11 +230,16 @@ class Checkpoint(CheckpointMeta):
                 f"source={self.source!r}, path={self.path!r})")
 
 
-def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def strip_wrappers(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Remove the wrapper prefixes (:data:`WRAPPER_PREFIXES`) every key shares, repeatedly (nested wrappers)."""
     out = dict(state)
-    for prefix in _WRAPPER_PREFIXES:
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
+    changed = True
+    while changed and out:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in out):
+                out = {k[len(prefix):]: v for k, v in out.items()}
+                changed = True
     bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"state dict entries {bad[:5]} are not tensors.")
@@ -208,8 +260,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     """
     if not isinstance(meta, CheckpointMeta):
         raise ConfigError(f"meta must be a CheckpointMeta, got {type(meta).__name__}.")
-    state = _strip_wrappers({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-    probe = build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels, **meta.arch_args)
+    state = strip_wrappers({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+    probe = build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels,
+                        fix_batchnorm=meta.fix_batchnorm, **meta.arch_args)
     expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:
@@ -223,6 +276,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
         "format_version": FORMAT_VERSION,
         "arch": meta.arch,
         "arch_args": dict(meta.arch_args),
+        "fix_batchnorm": meta.fix_batchnorm,
         "num_classes": meta.num_classes,
         "in_channels": meta.in_channels,
         "input_shape": list(meta.input_shape) if meta.input_shape is not None else None,
@@ -246,87 +300,239 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     return path
 
 
+#: What :func:`sniff_weights_file` can say a file is.
+FILE_KINDS = {
+    "torch-zip": "a PyTorch archive (torch.save)",
+    "torch-legacy": "a legacy PyTorch pickle file",
+    "safetensors": "a safetensors file",
+    "truncated-zip": "a truncated or damaged zip archive (the download or copy was cut short)",
+    "zip": "a zip archive that is not a PyTorch checkpoint",
+    "html": "an HTML page (a web page saved instead of the file it links to)",
+    "git-lfs": "a Git LFS pointer (a small text file standing in for the weights)",
+    "numpy": "a NumPy .npy file",
+    "hdf5": "an HDF5 file (e.g. Keras weights)",
+    "text": "a text file",
+    "empty": "an empty file",
+    "unknown": "not a PyTorch, safetensors or other recognised weights file",
+}
+
+
+def sniff_weights_file(path: str | Path) -> str:
+    """What a weights file is, from its first bytes (a key of :data:`FILE_KINDS`); reads no more than it needs.
+
+    PyTorch's own format is a zip archive holding ``*/data.pkl`` (``torch.save`` since 1.6) or, before that, a
+    pickle starting with protocol 2 and the magic number 0x1950a86a20f9469cfc6c (``torch/serialization.py``,
+    ``MAGIC_NUMBER``). safetensors is an 8-byte little-endian header length followed by a JSON header
+    (https://huggingface.co/docs/safetensors, "Format").
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "empty"
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "truncated-zip"
+        return "torch-zip" if any(n.endswith("data.pkl") for n in names) else "zip"
+    if head.startswith(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"):
+        return "torch-legacy"
+    if len(head) >= 9:
+        (n_header,) = struct.unpack("<Q", head[:8])
+        if 2 <= n_header <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    if head.startswith(b"\x93NUMPY"):
+        return "numpy"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    text_head = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text_head.startswith((b"<!doctype html", b"<html", b"<head", b"<!--", b"<?xml")):
+        return "html"
+    if text_head.startswith(b"version https://git-lfs"):
+        return "git-lfs"
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # a multi-byte character cut at the 4096th byte still counts as text
+        try:
+            decoded = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = None
+    if decoded is not None and all(c.isprintable() or c in "\t\r\n\f" for c in decoded):
+        return "text"
+    return "unknown"
+
+
+def _not_weights(path: Path, kind: str) -> CheckpointError:
+    what = FILE_KINDS[kind]
+    fixes = {
+        "html": "download the file itself (on GitHub or a model hub: the raw or download link, not the page)",
+        "git-lfs": "fetch the real file with `git lfs pull` in its repository",
+        "truncated-zip": "copy or download the file again and compare its size or checksum with the source",
+        "empty": "copy or download the file again",
+        "numpy": "convert it to a PyTorch state dict or a .safetensors file",
+        "hdf5": "convert it to a PyTorch state dict or a .safetensors file",
+        "zip": "pass the .pt/.pth file itself, not an archive that contains it",
+    }
+    fix = fixes.get(kind, "pass a dpaudit checkpoint (`dpaudit train --out DIR` writes DIR/model.pt), a PyTorch "
+                          "state dict (.pt/.pth) or a .safetensors file")
+    return CheckpointError(f"{str(path)!r} is {what}, not a weights file dpaudit can read. Fix: {fix}.")
+
+
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist. Fix: pass the file written by "
                               "`dpaudit train` (DIR/model.pt), or --arch NAME without --model for a random model.")
+    kind = sniff_weights_file(path)
+    if kind == "safetensors":
+        return _safetensors_load(path)
+    if kind not in ("torch-zip", "torch-legacy"):
+        raise _not_weights(path, kind)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[-1] if str(exc) else ""
+        lines = str(exc).splitlines()
+        found = next((ln.strip() for ln in lines if "GLOBAL" in ln), lines[-1].strip() if lines else "")
         raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be loaded safely: it needs code execution to unpickle Python objects "
-            f"({first.strip()[:160]}). dpaudit only loads with torch.load(weights_only=True). Fix: in trusted "
-            "code, load it and re-save the weights alone, torch.save(model.state_dict(), 'weights.pt'), then pass "
-            "--model weights.pt --arch NAME; or save with dpaudit.checkpoint.save_checkpoint.") from None
-    except (RuntimeError, EOFError, OSError, struct.error) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a readable PyTorch file ({type(exc).__name__}: "
-                              f"{str(exc)[:160]}).") from None
+            f"{str(path)!r} is {FILE_KINDS[kind]} but cannot be loaded safely: it holds pickled Python objects (e.g. "
+            f"a whole model saved with torch.save(model); {found[:120]}), loading them would run code from the "
+            "file, and dpaudit only loads with torch.load(weights_only=True). Fix: ask whoever made the file for its weights alone "
+            "(torch.save(model.state_dict(), 'weights.pt') or a .safetensors file) and pass that with --arch; "
+            "unpickle it yourself only if you trust its source.") from None
+    except (RuntimeError, EOFError, OSError, struct.error, ValueError, IndexError, KeyError) as exc:
+        raise CheckpointError(f"{str(path)!r} looks like {FILE_KINDS[kind]} but cannot be read "
+                              f"({type(exc).__name__}: {str(exc)[:120]}): it is probably damaged or truncated. "
+                              "Fix: copy or download it again.") from None
+
+
+def _safetensors_load(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensors (its JSON header and raw bytes; no code runs)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise MissingDependencyError(f"{str(path)!r} is a safetensors file and the safetensors package is not "
+                                     "installed. Fix: pip install safetensors.") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} is a safetensors file but cannot be read ({str(exc)[:120]}): it is "
+                              "probably damaged or truncated. Fix: copy or download it again.") from None
 
 
 def _infer_shapes(state: Mapping[str, torch.Tensor]) -> tuple[int | None, int | None]:
-    """(in_channels, num_classes) read off a registry model's first convolution and ``classifier`` layer."""
-    in_ch = next((int(v.shape[1]) for v in state.values() if v.dim() == 4), None)
+    """(in_channels, num_classes) read off the weights: the first convolution's input channels and the output
+    rows of ``classifier.weight`` (registry models), else of the last 2-D weight (the usual classification head).
+    Both are guesses for other models; the strict load in :meth:`Checkpoint.build_model` confirms them."""
+    in_ch = next((int(v.shape[1]) for v in state.values() if v.dim() >= 3), None)
     w = state.get("classifier.weight")
-    return in_ch, (int(w.shape[0]) if w is not None and w.dim() == 2 else None)
+    if w is None or w.dim() != 2:
+        w = next((v for k, v in reversed(state.items()) if k.endswith("weight") and v.dim() == 2), None)
+    return in_ch, (int(w.shape[0]) if w is not None else None)
+
+
+def _arch_matches(recorded: str, given: str) -> bool:
+    """Whether ``given`` names the same architecture spec as ``recorded`` (same file when both are paths)."""
+    if recorded == given:
+        return True
+    a, b = parse_arch(recorded), parse_arch(given)
+    if a.kind == b.kind == "file" and a.factory == b.factory:
+        return Path(a.target).expanduser().resolve() == Path(b.target).expanduser().resolve()
+    return False
+
+
+def _read(path: Path) -> tuple[str, Any]:
+    """("dpaudit" | "state_dict" | "safetensors", payload) of a weights file, or a CheckpointError."""
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return "dpaudit", obj
+    source = "safetensors" if path.suffix == ".safetensors" or sniff_weights_file(path) == "safetensors" \
+        else "state_dict"
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):  # common training-script wrappers
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)
+            and any(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise CheckpointError(f"{str(path)!r} is a PyTorch file but neither a dpaudit checkpoint nor a state dict "
+                              f"(it holds {type(obj).__name__}). Fix: save model.state_dict() or pass the file "
+                              "`dpaudit train` wrote.")
+    return source, obj
+
+
+def load_state_dict(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(source, weights) of any weights file dpaudit reads, wrapper prefixes removed; for ``--init``."""
+    path = Path(path)
+    source, obj = _read(path)
+    return source, strip_wrappers(obj["state_dict"] if source == "dpaudit" else obj)
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
                     in_channels: int | None = None, image_size: int | None = None,
-                    arch_args: Mapping[str, _Scalar] | None = None) -> Checkpoint:
-    """Load a dpaudit checkpoint, or a plain state dict when ``arch`` is given.
+                    arch_args: Mapping[str, Any] | None = None, fix_batchnorm: bool = False) -> Checkpoint:
+    """Load a dpaudit checkpoint, or a plain state dict or ``.safetensors`` file when ``arch`` is given.
 
-    Always ``torch.load(path, weights_only=True)``: a file that needs pickled classes raises
-    :class:`~dpaudit.errors.CheckpointError` saying how to re-save it. For a plain state dict (also one wrapped as
-    ``{"state_dict": ...}`` or saved from an Opacus ``GradSampleModule``), ``num_classes`` and ``in_channels``
-    are read off the weights unless given, the normalisation is the default one, and nothing about training is
-    known (``dp`` is None).
+    Never executes code from the file: ``torch.load(path, weights_only=True)`` or the safetensors reader, after
+    :func:`sniff_weights_file` has said what the file is. For a plain state dict (also one wrapped as
+    ``{"state_dict": ...}`` or saved through DataParallel, Opacus or torch.compile), ``num_classes`` and
+    ``in_channels`` are read off the weights unless given, the normalisation is the default one, and nothing about
+    training is known (``dp`` is None); without ``arch`` it raises :class:`PlainWeightsError`. For a dpaudit
+    checkpoint ``arch``, when given, must name the recorded architecture (it is how a model built from the
+    user's own code is confirmed).
     """
     path = Path(path)
-    obj = _torch_load(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+    source, obj = _read(path)
+    if source == "dpaudit":
         version = obj.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; this dpaudit reads "
                                   f"versions up to {FORMAT_VERSION}. Fix: upgrade dpaudit.")
         try:
+            recorded = obj["arch"]
+            if arch is not None and not _arch_matches(str(recorded), arch):
+                raise invalid("arch", arch, f"the checkpoint's architecture {recorded!r} (or left out)",
+                              "drop --arch: a dpaudit checkpoint records its architecture", cls=CheckpointError)
             dp = DpSgdConfig(**obj["dp"]) if obj.get("dp") is not None else None
             extra = {k: (float(v) if v in ("inf", "-inf", "nan") else v) for k, v in obj.get("extra", {}).items()}
             return Checkpoint(
-                arch=obj["arch"], num_classes=obj["num_classes"], in_channels=obj["in_channels"],
+                arch=recorded, num_classes=obj["num_classes"], in_channels=obj["in_channels"],
                 arch_args=obj.get("arch_args", {}), input_shape=obj.get("input_shape"),
                 mean=tuple(obj["mean"]), std=tuple(obj["std"]), dataset=obj.get("dataset"),
                 n_train=obj.get("n_train"), label_names=tuple(obj.get("label_names", ())), dp=dp,
                 epochs=obj.get("epochs"), batch_size=obj.get("batch_size"), extra=extra,
-                state_dict=_strip_wrappers(obj["state_dict"]), format_version=version, path=str(path),
-                source="dpaudit")
+                fix_batchnorm=bool(obj.get("fix_batchnorm", False)),
+                state_dict=strip_wrappers(obj["state_dict"]), format_version=version, path=str(path),
+                source="dpaudit", code_named=arch is not None)
         except KeyError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {exc}; it is damaged.") from None
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} holds an invalid value: {exc}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) for k in obj)):
-        raise CheckpointError(f"{str(path)!r} is neither a dpaudit checkpoint nor a state dict.")
     if arch is None:
-        raise CheckpointError(f"{str(path)!r} is a plain state dict without architecture information. Fix: pass "
-                              f"--arch with one of {sorted(ARCHITECTURES)} (and its arguments).")
-    state = _strip_wrappers(obj)
+        raise PlainWeightsError(f"{str(path)!r} is a plain state dict ({source}) without architecture information. "
+                                f"Fix: pass --arch ({ARCH_HELP}) and the --arch-args it was built with.")
+    state = strip_wrappers(obj)
     in_ch, n_cls = _infer_shapes(state)
+    args = dict(arch_args or {})
     in_channels = in_channels or in_ch or 3
     num_classes = num_classes or n_cls
     if num_classes is None:
-        raise CheckpointError(f"cannot tell the number of classes from {str(path)!r}. Fix: pass num_classes.")
+        raise CheckpointError(f"cannot tell the number of classes from {str(path)!r}: no 2-D weight (linear layer) "
+                              "in it. Fix: pass the architecture it was saved from with --arch and --arch-args.")
     shape = (in_channels, image_size, image_size) if image_size else None
-    ckpt = Checkpoint(arch=arch, num_classes=num_classes, in_channels=in_channels, arch_args=arch_args or {},
-                      input_shape=shape, state_dict=state, path=str(path), source="state_dict")
+    ckpt = Checkpoint(arch=arch, num_classes=num_classes, in_channels=in_channels, arch_args=args,
+                      input_shape=shape, state_dict=state, path=str(path), source=source, code_named=True,
+                      fix_batchnorm=fix_batchnorm)
     ckpt.build_model()  # fail now, with the fix, if the weights do not fit the architecture
     return ckpt
 
 
 def load_model(path: str | Path | None, *, arch: str | None = None, num_classes: int | None = None,
                in_channels: int | None = None, image_size: int | None = None,
-               arch_args: Mapping[str, _Scalar] | None = None, seed: int = 0) -> Checkpoint:
+               arch_args: Mapping[str, Any] | None = None, seed: int = 0, fix_batchnorm: bool = False) -> Checkpoint:
     """A checkpoint from a file (see :func:`load_checkpoint`) or, when ``path`` is None, a random initialisation.
 
     For a random model ``arch`` is required; ``num_classes`` defaults to 2 and ``in_channels`` to 3; the weights
@@ -335,13 +541,17 @@ def load_model(path: str | Path | None, *, arch: str | None = None, num_classes:
     """
     if path is not None:
         return load_checkpoint(path, arch=arch, num_classes=num_classes, in_channels=in_channels,
-                               image_size=image_size, arch_args=arch_args)
+                               image_size=image_size, arch_args=arch_args, fix_batchnorm=fix_batchnorm)
     if arch is None:
-        raise CheckpointError(f"no checkpoint and no architecture given. Fix: pass --model FILE or --arch with one "
-                              f"of {sorted(ARCHITECTURES)} for a randomly initialised model.")
+        raise CheckpointError(f"no checkpoint and no architecture given. Fix: pass --model FILE or --arch "
+                              f"({ARCH_HELP}) for a randomly initialised model.")
     in_channels = in_channels or 3
     shape = (in_channels, image_size, image_size) if image_size else None
-    ckpt = Checkpoint(arch=arch, num_classes=num_classes or 2, in_channels=in_channels,
-                      arch_args=arch_args or {}, input_shape=shape, extra={"init_seed": int(seed)}, source="random")
-    build_model(arch, num_classes=ckpt.num_classes, in_channels=in_channels, **ckpt.arch_args)  # validate args
+    try:
+        ckpt = Checkpoint(arch=arch, num_classes=num_classes or 2, in_channels=in_channels,
+                          arch_args=arch_args or {}, input_shape=shape, extra={"init_seed": int(seed)},
+                          source="random", code_named=True, fix_batchnorm=fix_batchnorm)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+    ckpt.build_model()  # validate the spec and arguments now
     return ckpt

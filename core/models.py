@@ -1,19 +1,43 @@
-"""Model registry: DP-friendly architectures (no BatchNorm; GroupNorm mixes no samples).
+"""Model registry: DP-friendly architectures (no BatchNorm; GroupNorm mixes no samples), and the user's own.
 
-``build_model(arch, num_classes=..., in_channels=..., **arch_args)`` builds a classifier by name; the name and
-the keyword arguments are what a dpaudit checkpoint stores, so a model can be rebuilt without executing code.
+``build_model(arch, num_classes=..., in_channels=..., **arch_args)`` builds a classifier from an *architecture
+spec*, one of:
+
+* a registry name (:data:`ARCHITECTURES`: ``resnet9``, ``smallcnn``);
+* ``monai:NAME``, a network from ``monai.networks.nets`` (the optional extra ``monai``), e.g.
+  ``monai:DenseNet121`` with ``spatial_dims=2``;
+* ``path/to/file.py:factory`` or ``package.module:factory``, the user's own code: a callable returning an
+  ``nn.Module``. It is imported only because the user named it on the command line; a checkpoint records the spec
+  string and the keyword arguments, never code, so loading a checkpoint stays data-only (rebuilding such a model
+  imports the named file again, as the user asked when they first named it).
+
+The class count and input channels reach the factory under the names its signature uses (``num_classes``,
+``out_channels`` or ``classes``; ``in_channels`` or ``n_input_channels``); ``spatial_dims`` defaults to 2 where a
+factory takes it. An explicit argument that disagrees with the data is an error, never silently overridden.
+
+:func:`replace_batchnorm` is the documented replacement for the one layer type DP-SGD cannot train that has a
+drop-in fix: BatchNorm becomes GroupNorm, by the same rule as Opacus' ``ModuleValidator.fix``. It is applied only
+when asked for (``fix_batchnorm=True``, ``--fix-batchnorm``) and returns what it replaced, so that it is reported.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import inspect
-from collections.abc import Callable
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dpaudit.errors import ConfigError, invalid
+from dpaudit.errors import ConfigError, MissingDependencyError, invalid
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -104,20 +128,246 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "smallcnn": SmallCNN,
 }
 
+#: Words a factory's signature may use for the number of classes and the input channels, in order of preference.
+_CLASS_NAMES = ("num_classes", "out_channels", "classes")
+_CHANNEL_NAMES = ("in_channels", "n_input_channels")
+#: Arguments that would make a factory download weights: dpaudit never downloads anything (pass --init FILE).
+_DOWNLOAD_ARGS = ("pretrained", "progress")
 
-def build_model(arch: str, *, num_classes: int, in_channels: int = 3, **arch_args: Any) -> nn.Module:
-    """Build a registered architecture by name.
+ARCH_HELP = ("a registry name (" + ", ".join(ARCHITECTURES) + "), monai:NAME (a network from monai.networks.nets), "
+             "path/to/file.py:factory or package.module:factory")
 
-    Raises :class:`~dpaudit.errors.ConfigError` for an unknown name or an argument the architecture does not take.
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A parsed architecture spec: ``kind`` is ``registry``, ``monai``, ``file`` or ``module``."""
+
+    spec: str
+    kind: str
+    target: str  # registry name, MONAI class name, file path or module name
+    factory: str | None  # attribute in the file or module (None for registry and MONAI)
+
+    @property
+    def user_code(self) -> bool:
+        return self.kind in ("file", "module")
+
+
+def parse_arch(arch: str) -> ArchSpec:
+    """Parse an architecture spec (see the module docstring); an unknown form is a :class:`ConfigError`."""
+    if not isinstance(arch, str) or not arch.strip():
+        raise invalid("arch", arch, ARCH_HELP, "pass e.g. --arch resnet9")
+    arch = arch.strip()
+    if arch in ARCHITECTURES:
+        return ArchSpec(arch, "registry", arch, None)
+    if arch.startswith("monai:"):
+        name = arch.split(":", 1)[1]
+        if not name.isidentifier():
+            raise invalid("arch", arch, "monai:NAME with NAME a class in monai.networks.nets",
+                          "pass e.g. --arch monai:DenseNet121")
+        return ArchSpec(arch, "monai", name, None)
+    if ":" in arch:
+        target, factory = arch.rsplit(":", 1)
+        if not factory.isidentifier() or not target:
+            raise invalid("arch", arch, ARCH_HELP, "name the factory function after the colon, e.g. mynet.py:build")
+        if target.endswith(".py") or "/" in target or "\\" in target:
+            return ArchSpec(arch, "file", target, factory)
+        if all(part.isidentifier() for part in target.split(".")):
+            return ArchSpec(arch, "module", target, factory)
+    raise invalid("arch", arch, ARCH_HELP, "pass e.g. --arch resnet9, --arch monai:DenseNet121 or "
+                  "--arch mynet.py:build")
+
+
+def _import_file(path_text: str) -> Any:
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise invalid("arch", path_text, "an existing Python file", "pass the path of the file that defines the "
+                      "factory, e.g. --arch models/mynet.py:build")
+    resolved = path.resolve()
+    # One module per file content and place: rebuilding the same file twice reuses it.
+    key = hashlib.sha256(str(resolved).encode() + resolved.read_bytes()).hexdigest()[:16]
+    name = f"dpaudit_user_arch_{key}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise invalid("arch", path_text, "a Python source file (.py)", "pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: any failure is reported as theirs, in one line
+        del sys.modules[name]
+        raise ConfigError(f"importing {path_text} (named by --arch) failed: {type(exc).__name__}: "
+                          f"{str(exc)[:200]}. Fix: run `python {path_text}` to see the error in your code.") from None
+    return module
+
+
+def resolve_factory(spec: ArchSpec) -> Callable[..., nn.Module]:
+    """The callable that builds ``spec``; imports MONAI or the user's module (never anything else)."""
+    if spec.kind == "registry":
+        return ARCHITECTURES[spec.target]
+    if spec.kind == "monai":
+        try:
+            nets = importlib.import_module("monai.networks.nets")
+        except ImportError:
+            raise MissingDependencyError(
+                f"--arch {spec.spec} needs MONAI, which is not installed. Fix: pip install \"dpaudit[monai]\" "
+                "(or pip install monai; it uses the installed torch).") from None
+        factory = getattr(nets, spec.target, None)
+        if not callable(factory):
+            raise invalid("arch", spec.spec, "monai:NAME with NAME a network in monai.networks.nets",
+                          "pass e.g. --arch monai:DenseNet121 (see `python -c \"import monai.networks.nets as n; "
+                          "print(dir(n))\"`)")
+        return factory
+    if spec.kind == "file":
+        module = _import_file(spec.target)
+    else:
+        try:
+            module = importlib.import_module(spec.target)
+        except ImportError as exc:
+            raise invalid("arch", spec.spec, "package.module:factory with an importable module",
+                          f"install the package or check the name ({exc})") from None
+    factory = getattr(module, spec.factory or "", None)
+    if not callable(factory):
+        raise invalid("arch", spec.spec, f"a callable named {spec.factory!r} in {spec.target}",
+                      "name the function that returns the nn.Module after the colon")
+    return factory
+
+
+def _accepts(factory: Callable[..., Any]) -> tuple[set[str], bool]:
+    """(named parameters, whether it takes **kwargs)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return set(), True
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return named, any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def factory_arguments(arch: str, *, num_classes: int, in_channels: int, arch_args: Mapping[str, Any]
+                      ) -> tuple[Callable[..., nn.Module], dict[str, Any]]:
+    """The factory for ``arch`` and the keyword arguments it is called with.
+
+    ``num_classes`` and ``in_channels`` are passed under the names the factory's signature uses; a value for them
+    in ``arch_args`` must agree with the data. Unknown arguments are refused for factories with a fixed signature.
     """
-    if arch not in ARCHITECTURES:
-        raise invalid("arch", arch, f"one of {sorted(ARCHITECTURES)}", "pass --arch with one of these names")
-    factory = ARCHITECTURES[arch]
-    accepted = set(inspect.signature(factory).parameters) - {"num_classes", "in_channels"}
-    unknown = sorted(set(arch_args) - accepted)
-    if unknown:
-        raise ConfigError(
-            f"arch_args {unknown} are not arguments of {arch!r}; it accepts {sorted(accepted)}. "
-            "Fix: drop them or use an architecture that takes them."
-        )
-    return factory(num_classes=num_classes, in_channels=in_channels, **arch_args)
+    spec = parse_arch(arch)
+    factory = resolve_factory(spec)
+    named, var_kw = _accepts(factory)
+    args = dict(arch_args)
+    for bad in _DOWNLOAD_ARGS:
+        if args.get(bad):
+            raise invalid(f"arch_args.{bad}", args[bad], "false (dpaudit never downloads weights)",
+                          "drop it from --arch-args and pass the pretrained weights file with --init FILE")
+    if spec.kind == "registry":
+        accepted = named - {"num_classes", "in_channels"}
+        unknown = sorted(set(args) - accepted)
+        if unknown:
+            raise ConfigError(f"arch_args {unknown} are not arguments of {arch!r}; it accepts {sorted(accepted)}. "
+                              "Fix: drop them from --arch-args or use an architecture that takes them.")
+        return factory, {**args, "num_classes": num_classes, "in_channels": in_channels}
+    for names, value, what in ((_CLASS_NAMES, num_classes, "number of classes"),
+                               (_CHANNEL_NAMES, in_channels, "input channels")):
+        given = [n for n in names if n in args]
+        for n in given:
+            if args[n] != value:
+                raise invalid(f"arch_args.{n}", args[n], f"the data's {what} ({value})",
+                              f"drop {n} from --arch-args (dpaudit passes the data's value) or set it to {value}")
+        if not given:
+            target = next((n for n in names if n in named), None)
+            if target is not None:
+                args[target] = value
+            elif not var_kw:
+                raise ConfigError(f"{arch!r} takes none of {list(names)}, so dpaudit cannot pass the {what} "
+                                  f"({value}). Fix: give the factory a parameter named {names[0]}.")
+    if "spatial_dims" in named and "spatial_dims" not in args:
+        args["spatial_dims"] = 2
+    if not var_kw:
+        unknown = sorted(set(args) - named)
+        if unknown:
+            raise ConfigError(f"arch_args {unknown} are not arguments of {arch!r}; it accepts {sorted(named)}. "
+                              "Fix: drop them from --arch-args.")
+    return factory, args
+
+
+def build_model(arch: str, *, num_classes: int, in_channels: int = 3, fix_batchnorm: bool = False,
+                **arch_args: Any) -> nn.Module:
+    """Build a classifier from an architecture spec (see the module docstring).
+
+    With ``fix_batchnorm`` every BatchNorm is replaced by GroupNorm (:func:`replace_batchnorm`). Raises
+    :class:`~dpaudit.errors.ConfigError` for an unknown spec, an argument the factory does not take, or a factory
+    that fails or does not return an ``nn.Module``.
+    """
+    factory, kwargs = factory_arguments(arch, num_classes=num_classes, in_channels=in_channels, arch_args=arch_args)
+    if parse_arch(arch).kind == "registry":
+        model = factory(**kwargs)
+    else:
+        try:
+            model = factory(**kwargs)
+        except Exception as exc:  # the user's or MONAI's constructor: report in one line, with the arguments
+            raise ConfigError(f"building {arch} with {_short_args(kwargs)} failed: {type(exc).__name__}: "
+                              f"{str(exc)[:200]}. Fix: check --arch-args against the factory's "
+                              "parameters.") from None
+    if not isinstance(model, nn.Module):
+        raise invalid("arch", arch, "a factory that returns a torch.nn.Module", f"it returned "
+                      f"{type(model).__name__}; return the network itself")
+    if fix_batchnorm:
+        replace_batchnorm(model)
+    return model
+
+
+def _short_args(kwargs: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(kwargs), default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def batchnorm_groups(num_features: int) -> int:
+    """gcd(32, C): Opacus' rule (``opacus/validators/batch_norm.py``, ``_batchnorm_to_groupnorm``), after Wu and
+    He, "Group Normalization" (ECCV 2018, arXiv 1803.08494), whose default is 32 groups."""
+    return math.gcd(32, num_features)
+
+
+def replace_batchnorm(model: nn.Module) -> list[str]:
+    """Replace every BatchNorm layer in place by ``GroupNorm(gcd(32, C), C, affine=...)``; return what was replaced.
+
+    BatchNorm normalises each image with statistics of the others in its batch, so one image's gradient depends
+    on its batch-mates and per-sample clipping no longer bounds its influence (Opacus refuses it). GroupNorm
+    normalises within each image. The rule is Opacus' ``ModuleValidator.fix``; here the list of replacements is
+    returned so that training and the checkpoint can report it. The replacement's weights are fresh (1 and 0):
+    a pretrained BatchNorm's running statistics have no GroupNorm counterpart.
+    """
+    replaced = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, _BATCHNORMS):
+                c = child.num_features
+                g = batchnorm_groups(c)
+                setattr(module, child_name, nn.GroupNorm(g, c, affine=child.affine))
+                full = f"{name}.{child_name}" if name else child_name
+                replaced.append(f"{full} ({type(child).__name__}({c}) -> GroupNorm({g}, {c}))")
+    return replaced
+
+
+def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int, arch: str) -> None:
+    """Raise :class:`ConfigError` unless ``model`` maps a (2, C, H, W) batch to (2, num_classes) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            out = model(torch.zeros(2, *input_shape, device=device))
+    except Exception as exc:  # the user's forward pass: one line, with the shape it was given
+        raise ConfigError(f"{arch} fails on a batch of shape (2, {', '.join(map(str, input_shape))}): "
+                          f"{type(exc).__name__}: {str(exc)[:200]}. Fix: pass --arch-args that fit this input "
+                          "(e.g. spatial_dims 2, the image size) or another --image-size.") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != (2, num_classes):
+        raise ConfigError(f"{arch} returns {type(out).__name__} of shape {shape} for 2 images; an image classifier "
+                          f"for {num_classes} classes must return logits of shape (2, {num_classes}). Fix: pass "
+                          "--arch-args that make it a classifier (e.g. out_channels, classification) or wrap it "
+                          "in a factory that returns one tensor of logits.")

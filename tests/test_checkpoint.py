@@ -10,7 +10,7 @@ import torch
 
 from dpaudit.checkpoint import Checkpoint, CheckpointMeta, load_checkpoint, load_model, save_checkpoint
 from dpaudit.config import DpSgdConfig
-from dpaudit.errors import CheckpointError
+from dpaudit.errors import CheckpointError, ConfigError
 from dpaudit.models import build_model
 
 
@@ -83,7 +83,7 @@ def test_random_init_and_errors(tmp_path: Path) -> None:
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
     with pytest.raises(CheckpointError, match="--arch"):
         load_model(None)
-    with pytest.raises(CheckpointError, match="arch must be one of"):
+    with pytest.raises(ConfigError, match="arch must be a registry name"):
         load_model(None, arch="vgg")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
