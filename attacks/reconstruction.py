@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,6 +45,9 @@ from dpaudit.attacks.scoring import (
 )
 from dpaudit.errors import DataError, check_int, check_positive, invalid
 
+if TYPE_CHECKING:
+    from dpaudit.bounds import NoiseForEpsilon
+
 SCORINGS = ("nearest", "paired")
 
 #: Progress callback: ``progress(done, total)`` after every unit of work (an image's forward and backward pass,
@@ -52,30 +56,31 @@ Progress = Callable[[int, int], None]
 
 
 def noise_for_epsilons(epsilons: Sequence[float], *, n_train: int, epochs: int, target_delta: float,
-                       accountant: str = "pld") -> list[float]:
-    """Noise multipliers of the seed paper's attack scenario for target epsilons.
+                       accountant: str = "pld") -> list[NoiseForEpsilon]:
+    """Noise multipliers of the seed paper's attack scenario for target epsilons, each with its label.
 
     The malicious server sets batch size 1: q = 1 / N, T = epochs * N (seed paper, Table 3 caption: "the noise
     multiplier sigma is given for the empirical attack scenario where an adversary manipulated hyperparameters in
     their favour"). ``accountant="pld"`` (default) is tight: for a given epsilon it yields the smaller sigma, the
     stronger attack, which is the conservative choice for an auditor; ``"rdp"`` reproduces the paper's Opacus RDP
-    accounting. ``inf`` maps to sigma 0 (no noise).
+    accounting. ``inf`` maps to sigma 0 (no noise). A target beyond the noise search range (e.g. 1e12) gets the
+    range's smallest sigma, and its ``epsilon`` (the label for the results) is what that sigma achieves, with a
+    ``note`` saying why (:class:`dpaudit.bounds.NoiseForEpsilon`).
     """
     n_train = check_int("n_train", n_train, fix="pass the number of training images, --n-train")
     epochs = check_int("epochs", epochs, fix="pass the number of training epochs, --epochs")
     if accountant not in ("pld", "rdp"):
         raise invalid("accountant", accountant, "'pld' or 'rdp'", "pass --accountant pld")
-    from dpaudit.bounds import noise_for_epsilon
+    from dpaudit.bounds import NoiseForEpsilon, calibrate_epsilon
 
-    sigmas = []
+    levels = []
     for eps in epsilons:
         eps = check_positive("epsilon", eps, allow_zero=False) if math.isfinite(float(eps)) else float(eps)
         if eps == math.inf:
-            sigmas.append(0.0)
+            levels.append(NoiseForEpsilon(math.inf, 0.0, math.inf, accountant, False))
             continue
-        sigmas.append(float(noise_for_epsilon(eps, 1.0 / n_train, epochs * n_train, target_delta,
-                                              accountant=accountant)))
-    return sigmas
+        levels.append(calibrate_epsilon(eps, 1.0 / n_train, epochs * n_train, target_delta, accountant=accountant))
+    return levels
 
 
 def _validate(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float]):

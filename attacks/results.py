@@ -75,6 +75,7 @@ class AttackResult:
 
     ``rho``: the block's share of the per-sample gradient norm per scored image (independent of sigma).
     ``n_excluded``: images left out for having at most 10% non-zero pixels (seed paper, section 4.3).
+    ``notes``: what a reader must know to read the rows (e.g. why a row's epsilon is not the one asked for).
     """
 
     rows: tuple[AttackRow, ...]
@@ -88,9 +89,11 @@ class AttackResult:
     observations: int = 1
     scoring: str = "nearest"
     seed: int = 0
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
         object.__setattr__(self, "rho", frozen_array(self.rho))
 
@@ -113,4 +116,5 @@ class AttackResult:
     def to_json(self) -> dict:
         """The ``--json`` object of ``dpaudit attack``."""
         return {"rows": [r.to_json() for r in self.rows], "n_excluded": self.n_excluded,
-                "image_shape": list(self.image_shape), "ssim_variant": self.ssim_variant}
+                "image_shape": list(self.image_shape), "ssim_variant": self.ssim_variant,
+                "notes": list(self.notes)}

@@ -13,6 +13,7 @@ Importing this module is cheap (no torch): configurations are built before anyth
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,24 +92,30 @@ def checkpoint_noise(ckpt) -> tuple[tuple[float, ...] | None, tuple[float, ...] 
     return None, DEMO_SIGMAS, f"the noise grid {grid} (no checkpoint given)"
 
 
-def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[float | None]]:
-    """The noise multipliers the scenario replays against ``ckpt`` and the epsilon each one reports."""
+def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[float | None], list[str]]:
+    """The noise multipliers the scenario replays against ``ckpt``, the epsilon each one reports, and notes.
+
+    The epsilon reported is the one the noise gives: a target beyond the noise search range (e.g. 1e12) is
+    replayed at the range's smallest sigma and reported at that sigma's epsilon, with a note saying why
+    (:class:`dpaudit.bounds.NoiseForEpsilon`); labelling it with the target would claim less noise than was used.
+    """
     from dpaudit.attacks.reconstruction import noise_for_epsilons
 
     epsilons, sigmas = scenario.epsilons, scenario.noise_multipliers
     if epsilons is None and sigmas is None:
         epsilons, sigmas, _ = checkpoint_noise(ckpt)
     if sigmas is not None:
-        return [float(s) for s in sigmas], [None] * len(sigmas)
+        return [float(s) for s in sigmas], [None] * len(sigmas), []
     n_train = scenario.n_train or ckpt.n_train
     epochs = scenario.epochs or ckpt.epochs
     delta = scenario.target_delta or ckpt.target_delta
     if n_train is None or epochs is None or delta is None:
         raise invalid("--epsilons", list(epsilons), "used with a checkpoint that records N, epochs and delta, "
                       "or with --n-train, --epochs and --delta", "add --n-train N --epochs E --delta 1e-5")
-    sigma = noise_for_epsilons([math.inf if e is None else e for e in epsilons], n_train=n_train, epochs=epochs,
-                               target_delta=delta, accountant=scenario.accountant)
-    return sigma, list(epsilons)
+    levels = noise_for_epsilons([math.inf if e is None else e for e in epsilons], n_train=n_train, epochs=epochs,
+                                target_delta=delta, accountant=scenario.accountant)
+    labels = [None if e is None else lv.epsilon for e, lv in zip(epsilons, levels, strict=True)]
+    return [lv.noise_multiplier for lv in levels], labels, [lv.note for lv in levels if lv.note]
 
 
 def select_images(split, scenario: AttackScenario) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,11 +151,12 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
     if len(labels) and int(labels.max()) >= ckpt.num_classes:
         raise invalid("labels", int(labels.max()), f"below the model's number of classes ({ckpt.num_classes})",
                       "pass the dataset the model was trained on")
-    sigmas, epsilons = scenario_noise(ckpt, scenario)
+    sigmas, epsilons, notes = scenario_noise(ckpt, scenario)
     clip = scenario.max_grad_norm if scenario.max_grad_norm is not None else (ckpt.max_grad_norm or 1.0)
     model = ckpt.build_model().eval()
-    return run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigmas,
-                      decoders=scenario.decoders, connection=scenario.connection, bins=scenario.bins,
-                      max_grad_norm=clip, observations=scenario.observations, seed=scenario.seed,
-                      scoring=scenario.scoring, epsilons=epsilons, progress=progress, denoiser=scenario.denoiser,
-                      keep_images=scenario.keep_images)
+    result = run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigmas,
+                        decoders=scenario.decoders, connection=scenario.connection, bins=scenario.bins,
+                        max_grad_norm=clip, observations=scenario.observations, seed=scenario.seed,
+                        scoring=scenario.scoring, epsilons=epsilons, progress=progress, denoiser=scenario.denoiser,
+                        keep_images=scenario.keep_images)
+    return dataclasses.replace(result, notes=tuple(notes))

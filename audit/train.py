@@ -46,7 +46,7 @@ from dpaudit.errors import (
     check_probability,
     invalid,
 )
-from dpaudit.models import ARCHITECTURES, build_model
+from dpaudit.models import build_model, check_classifier, parse_arch
 from dpaudit.runtime import idle_cores
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
@@ -73,7 +73,21 @@ class TrainConfig:
     dataset, data_dir, image_size, max_images:
         Passed to :func:`dpaudit.data.load_splits` (ignored when ``train`` is given pre-built splits).
     arch, arch_args:
-        Registry architecture (:data:`dpaudit.models.ARCHITECTURES`) and its keyword arguments.
+        Architecture spec (a registry name, ``monai:NAME``, ``file.py:factory`` or ``module:factory``; see
+        :mod:`dpaudit.models`) and its keyword arguments.
+    fix_batchnorm:
+        Replace every BatchNorm by GroupNorm (:func:`dpaudit.models.replace_batchnorm`, Opacus' rule); the
+        replacements are listed in the result. Without it a BatchNorm layer is an error listing every such layer.
+    init:
+        A weights file to start from (a dpaudit checkpoint, a plain state dict with any wrapper prefix, or a
+        ``.safetensors`` file; read locally, never downloaded). None: random initialisation ("scratch"). Parameters
+        whose shape differs (a classification head for another number of classes) keep their fresh initialisation
+        and are listed in the result. The DP guarantee covers the fine-tuning data only, not the data the init
+        was trained on.
+    trainable:
+        ``all``, ``head`` (the last layer with parameters: a linear probe) or ``last-N`` (the last N layers with
+        parameters). Frozen parameters get no per-sample gradients and no noise; the privacy accounting is the
+        same (it does not depend on the number of parameters).
     epsilon:
         Target epsilon at ``delta``; sigma is calibrated with the tight PLD accountant so that the achieved
         epsilon is at most this value.
@@ -113,6 +127,9 @@ class TrainConfig:
     max_images: int | None = None
     arch: str = "resnet9"
     arch_args: Mapping[str, Any] = field(default_factory=dict)
+    fix_batchnorm: bool = False
+    init: str | None = None
+    trainable: str = "all"
     epsilon: float | None = None
     noise_multiplier: float | None = None
     non_private: bool = False
@@ -144,9 +161,13 @@ class TrainConfig:
         if self.delta is not None:
             object.__setattr__(self, "delta", check_probability(
                 "delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7"))
-        if self.arch not in ARCHITECTURES:
-            raise invalid("arch", self.arch, f"one of {sorted(ARCHITECTURES)}", "pass --arch with one of these")
+        parse_arch(self.arch)
         object.__setattr__(self, "arch_args", dict(self.arch_args))
+        parse_trainable(self.trainable)
+        if self.init is not None:
+            if not isinstance(self.init, str) or not Path(self.init).is_file():
+                raise invalid("init", self.init, "an existing weights file (dpaudit checkpoint, state dict or "
+                              ".safetensors)", "pass the path of the pretrained weights; dpaudit downloads nothing")
         object.__setattr__(self, "image_size", check_int("image_size", self.image_size, minimum=8))
         if self.max_images is not None:
             check_int("max_images", self.max_images, minimum=3)
@@ -216,6 +237,11 @@ class TrainResult:
     label_names: tuple[str, ...]
     wall_seconds: float
     train_samples_per_second: float
+    notes: tuple[str, ...] = ()
+    replaced_layers: tuple[str, ...] = ()
+    init_report: tuple[str, ...] = ()
+    trainable_parameters: int = 0
+    frozen_parameters: int = 0
     checkpoint: str | None = None
     metrics_path: str | None = None
     curve_path: str | None = None
@@ -231,7 +257,12 @@ class TrainResult:
                 "epsilon_rdp": self.epsilon_rdp, "noise_multiplier": self.noise_multiplier,
                 "sampling_probability": self.sampling_probability, "steps": self.steps,
                 "target_delta": self.target_delta, "max_grad_norm": self.max_grad_norm, "n_train": self.n_train,
-                "metrics": m, "checkpoint": self.checkpoint}
+                "metrics": m, "checkpoint": self.checkpoint, "notes": list(self.notes),
+                "model": {"arch": self.config.arch, "arch_args": dict(self.config.arch_args),
+                          "init": self.config.init or "scratch", "trainable": self.config.trainable,
+                          "trainable_parameters": self.trainable_parameters,
+                          "frozen_parameters": self.frozen_parameters,
+                          "replaced_layers": list(self.replaced_layers), "init_report": list(self.init_report)}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,7 +273,9 @@ def check_dp_compatible(model: nn.Module) -> None:
     """Raise :class:`ConfigError` listing EVERY layer Opacus cannot train with DP-SGD, why, and the fix.
 
     Uses Opacus' ``ModuleValidator`` on each layer, so that the message names the layers (Opacus' own message
-    does not). Registry models always pass; this guards architectures added later.
+    does not). Registry models always pass; MONAI networks and the user's own (``--arch``) are checked before any
+    training or attack. BatchNorm has a documented replacement (``--fix-batchnorm``,
+    :func:`dpaudit.models.replace_batchnorm`); the message says so.
     """
     from opacus.validators import ModuleValidator
 
@@ -252,15 +285,83 @@ def check_dp_compatible(model: nn.Module) -> None:
             continue  # containers: their leaves are checked
         for exc in ModuleValidator.validate(module, strict=False):
             why = str(exc).split(". ")[0].strip().rstrip(".")
-            fix = ("replace it with GroupNorm (opacus.validators.ModuleValidator.fix does this)"
+            fix = ("replace it with GroupNorm (--fix-batchnorm does this, as Opacus' ModuleValidator.fix)"
                    if "BatchNorm" in type(module).__name__ else
                    "set track_running_stats=False" if "running stats" in str(exc) else
                    "use the replacement Opacus names (ModuleValidator.fix)")
             problems.append(f"{name or '<model>'} ({type(module).__name__}): {why}; fix: {fix}")
     if problems:
+        batchnorm = any("BatchNorm" in p.split(": ")[0] for p in problems)
         raise ConfigError(f"{len(problems)} layer(s) cannot be trained with DP-SGD: " + " | ".join(problems)
-                          + ". Fix: use a registry architecture (--arch resnet9 uses GroupNorm) or change these "
-                          "layers.")
+                          + ". Fix: " + ("pass --fix-batchnorm to replace BatchNorm by GroupNorm (reported), "
+                                         if batchnorm else "")
+                          + "use a registry architecture (--arch resnet9 uses GroupNorm) or change these layers.")
+
+
+def parse_trainable(trainable: str) -> int | None:
+    """``all`` -> None, ``head`` -> 1, ``last-N`` -> N (the number of trailing layers with parameters to train)."""
+    if trainable == "all":
+        return None
+    if trainable == "head":
+        return 1
+    m = re.fullmatch(r"last-(\d+)", trainable) if isinstance(trainable, str) else None
+    if m is None or int(m.group(1)) < 1:
+        raise invalid("trainable", trainable, "all, head or last-N with N >= 1",
+                      "pass --trainable all, --trainable head (linear probe) or --trainable last-2")
+    return int(m.group(1))
+
+
+def freeze(model: nn.Module, trainable: str) -> tuple[int, int]:
+    """Freeze all but the trailing layers ``trainable`` names; returns (trainable, frozen) parameter counts.
+
+    A layer is a module that holds parameters of its own (``recurse=False``), in registration order, which is the
+    order of the forward pass for sequential networks; ``head`` is the last one (the classifier of the registry
+    models and of MONAI's classification networks).
+    """
+    n_last = parse_trainable(trainable)
+    if n_last is not None:
+        layers = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+        if n_last > len(layers):
+            raise invalid("trainable", trainable, f"at most last-{len(layers)} (the model has {len(layers)} "
+                          "layers with parameters)", "pass --trainable all or a smaller N")
+        keep = {id(p) for m in layers[-n_last:] for p in m.parameters(recurse=False)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+    on = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    off = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return on, off
+
+
+def load_init(model: nn.Module, path: str) -> tuple[str, ...]:
+    """Copy the weights of ``path`` into ``model`` (in place); returns what was not copied, and why.
+
+    Every parameter of the model must be in the file with its shape, except those whose shape differs (a head for
+    another number of classes), which keep the fresh initialisation. Keys the model lacks are ignored only when
+    they are BatchNorm running statistics of a network whose BatchNorm was replaced (GroupNorm keeps none).
+    """
+    from dpaudit.checkpoint import load_state_dict
+    from dpaudit.errors import CheckpointError
+
+    _, state = load_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    dropped = [k for k in unexpected if k.rsplit(".", 1)[-1] in stats]
+    unexpected = [k for k in unexpected if k not in dropped]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"--init {path} does not fit the architecture: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
+            f", unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}. Fix: pass the --arch and "
+            "--arch-args the weights were trained with (and --fix-batchnorm if the init has BatchNorm).")
+    reshaped = sorted(k for k in own if tuple(state[k].shape) != tuple(own[k].shape))
+    model.load_state_dict({k: (own[k] if k in reshaped else state[k]) for k in own}, strict=True)
+    report = []
+    if reshaped:
+        report.append(f"fresh initialisation (shape differs from the init): {', '.join(reshaped)}")
+    if dropped:
+        report.append(f"ignored {len(dropped)} BatchNorm running statistics (the layers are GroupNorm now)")
+    return tuple(report)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -387,20 +488,55 @@ def _evaluate_with_operating_point(model: nn.Module, splits: DatasetSplits
 # Training
 
 
+@dataclass(frozen=True)
+class PreparedModel:
+    """What :func:`prepare_model` did to the model, for the result and the checkpoint."""
+
+    replaced_layers: tuple[str, ...]
+    init_report: tuple[str, ...]
+    trainable_parameters: int
+    frozen_parameters: int
+
+
+def prepare_model(config: TrainConfig, num_classes: int, in_channels: int, image_shape: tuple[int, int, int]
+                  ) -> tuple[nn.Module, PreparedModel]:
+    """Build the model of ``config`` (on the CPU, from torch's current random state) and make it ready to train.
+
+    In order: build from the architecture spec (BatchNorm replaced when ``fix_batchnorm``), check every layer for
+    DP-SGD (private runs; all problems at once), check that it is a classifier for this input, copy the ``init``
+    weights, freeze what ``trainable`` leaves out.
+    """
+    from dpaudit.models import replace_batchnorm
+
+    model = build_model(config.arch, num_classes=num_classes, in_channels=in_channels, **config.arch_args)
+    replaced = tuple(replace_batchnorm(model)) if config.fix_batchnorm else ()
+    model.train()
+    if config.private:
+        check_dp_compatible(model)
+    check_classifier(model, image_shape, num_classes, config.arch)
+    init_report = load_init(model, config.init) if config.init is not None else ()
+    on, off = freeze(model, config.trainable)
+    return model, PreparedModel(replaced, init_report, on, off)
+
+
 def _threads(config: TrainConfig) -> int:
     return config.threads if config.threads is not None else idle_cores()
 
 
-def _calibrate(config: TrainConfig, q: float, steps: int, delta: float) -> tuple[float, float | None, float | None]:
-    """(sigma, epsilon_pld, epsilon_rdp) for this run; epsilons None when non-private."""
-    from dpaudit.bounds import epsilon_pld, epsilon_rdp, noise_for_epsilon
+def _calibrate(config: TrainConfig, q: float, steps: int, delta: float
+               ) -> tuple[float, float | None, float | None, tuple[str, ...]]:
+    """(sigma, epsilon_pld, epsilon_rdp, notes) for this run; epsilons None when non-private."""
+    from dpaudit.bounds import calibrate_epsilon, epsilon_pld, epsilon_rdp
 
+    notes: tuple[str, ...] = ()
     if config.non_private:
-        return 0.0, None, None
+        return 0.0, None, None, notes
     if config.epsilon is not None:
         # dpaudit.bounds.noise_for_epsilon returns the smallest sigma whose tight PLD epsilon is <= target, taking
-        # the safe end of its bracket.
-        sigma = float(noise_for_epsilon(config.epsilon, q, steps, delta, accountant="pld"))
+        # the safe end of its bracket; a target beyond its range gets the range's floor and a note.
+        level = calibrate_epsilon(config.epsilon, q, steps, delta, accountant="pld")
+        sigma = level.noise_multiplier
+        notes = (level.note,) if level.note else ()
     else:
         sigma = float(config.noise_multiplier)  # type: ignore[arg-type]
     eps = float(epsilon_pld(sigma, q, steps, delta))
@@ -409,7 +545,7 @@ def _calibrate(config: TrainConfig, q: float, steps: int, delta: float) -> tuple
         raise NumericalError(f"the calibrated noise multiplier {sigma} gives epsilon {eps} > target "
                              f"{config.epsilon}; refusing to train with an overshooting budget. Fix: report this "
                              "as a bug; meanwhile pass --sigma slightly larger.")
-    return sigma, eps, eps_rdp
+    return sigma, eps, eps_rdp, notes
 
 
 def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float, q: float, steps: int,
@@ -429,10 +565,8 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     n = len(train_ds)
     images = _normalise(train_ds.images, splits.mean, splits.std)
     dataset = torch.utils.data.TensorDataset(images, train_ds.labels)
-    model = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                        **config.arch_args).to(device)  # built (and initialised) on the CPU, then moved
-    if config.private:
-        check_dp_compatible(model)
+    model = prepare_model(config, splits.num_classes, splits.in_channels, splits.image_shape)[0]
+    model = model.to(device)  # built (and initialised) on the CPU, then moved
     k = config.augment_multiplicity
     physical = config.physical_batch_size or min(config.batch_size, 128)
     g_sample = torch.Generator().manual_seed(seed * 4 + 1)
@@ -441,7 +575,7 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     steps_per_epoch = steps // config.epochs
     criterion = nn.CrossEntropyLoss()
 
-    base_optimizer = torch.optim.NAdam(model.parameters(), lr=config.lr)
+    base_optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     if config.private:
         net: nn.Module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         optimizer: torch.optim.Optimizer = DPOptimizer(
@@ -564,7 +698,9 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
                   "default min(8e-7 (seed paper, section 4.4), 1/(10 N))")
     q = config.batch_size / n
     steps = steps_for(config.epochs, n, config.batch_size)
-    sigma, eps, eps_rdp = _calibrate(config, q, steps, delta)
+    sigma, eps, eps_rdp, notes = _calibrate(config, q, steps, delta)
+    with torch.random.fork_rng(devices=[]):  # fail before training, and know what was built; no side effect
+        prepared = prepare_model(config, splits.num_classes, splits.in_channels, splits.image_shape)[1]
     dp = DpSgdConfig(sigma, q, steps, config.max_grad_norm, delta) if config.private else None
 
     device = resolve_device(config.device)
@@ -593,7 +729,9 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         max_grad_norm=config.max_grad_norm if config.private else None, n_train=n, metrics=per_seed[0],
         val_metrics=val_metrics, history=tuple(histories[0]), per_seed=tuple(per_seed),
         seed_summary=_summary(per_seed), dataset=splits.name, label_names=splits.label_names,
-        wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds))
+        wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds),
+        notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
+        trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters)
     if config.out is not None:
         result = _write_outputs(result, models[0], splits)
     return result
@@ -610,12 +748,13 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
     extra = {"seed": config.seed, "epsilon_target": result.epsilon_target,
              "epsilon_achieved": result.epsilon_achieved, "epsilon_rdp": result.epsilon_rdp,
              "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,
-             "test_mcc": result.metrics.mcc}
+             "test_mcc": result.metrics.mcc, "init": _init_record(config.init),
+             "trainable": config.trainable}
     meta = CheckpointMeta(
         arch=config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
         arch_args=config.arch_args, input_shape=splits.image_shape, mean=splits.mean, std=splits.std,
         dataset=splits.name, n_train=result.n_train, label_names=splits.label_names, dp=result.dp,
-        epochs=config.epochs, batch_size=config.batch_size,
+        epochs=config.epochs, batch_size=config.batch_size, fix_batchnorm=config.fix_batchnorm,
         extra={k: (float(v) if isinstance(v, float) else v) for k, v in extra.items()})
     ckpt = save_checkpoint(out / "model.pt", model, meta)
     curve = _plot_curve(result.history, out / "training_curve.png", result)
@@ -635,6 +774,16 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
                                  "note": "fixed values, not computed from the (private) training images"}}
     metrics_path.write_text(json.dumps(encode(payload), indent=2, allow_nan=False) + "\n")
     return replace(result, metrics_path=str(metrics_path))
+
+
+def _init_record(init: str | None) -> str:
+    """``scratch``, or the init file's name and SHA-256 (the path itself may name a patient cohort's folder)."""
+    if init is None:
+        return "scratch"
+    import hashlib
+
+    digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()
+    return f"{Path(init).name} (sha256 {digest[:16]})"
 
 
 def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResult) -> Path:

@@ -5,7 +5,14 @@ calibration for a target epsilon, ReRo bounds for the worst-case and relaxed thr
 curves, and the noise calibration for a target ReRo bound.
 """
 
-from dpaudit.bounds.calibrate import Calibration, calibrate_noise, max_steps, noise_for_epsilon
+from dpaudit.bounds.calibrate import (
+    Calibration,
+    NoiseForEpsilon,
+    calibrate_epsilon,
+    calibrate_noise,
+    max_steps,
+    noise_for_epsilon,
+)
 from dpaudit.bounds.mia import FPR_GRID, MiaCurve, mia_curve
 from dpaudit.bounds.pld import EpsilonBound, epsilon_bound, epsilon_pld
 from dpaudit.bounds.rdp import epsilon_rdp
@@ -24,8 +31,10 @@ __all__ = [
     "Calibration",
     "EpsilonBound",
     "MiaCurve",
+    "NoiseForEpsilon",
     "ReRoBound",
     "bounds_summary",
+    "calibrate_epsilon",
     "calibrate_noise",
     "clt_mu",
     "epsilon_bound",

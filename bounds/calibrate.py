@@ -191,6 +191,57 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
     return sigma
 
 
+@dataclass(frozen=True)
+class NoiseForEpsilon:
+    """The noise multiplier for a target epsilon, and the epsilon to label it with.
+
+    Attributes
+    ----------
+    target_epsilon:
+        The epsilon asked for.
+    noise_multiplier:
+        :func:`noise_for_epsilon`'s answer (the safe end of its bracket).
+    epsilon:
+        The accountant's epsilon at ``noise_multiplier`` (a sound upper bound), computed only when the target lies
+        beyond the search range (``at_floor``); otherwise ``target_epsilon`` (within ``rtol`` of the achieved value,
+        never below it).
+    at_floor:
+        True when even the smallest noise multiplier searched (``SIGMA_RANGE[0]``) has epsilon below the target:
+        the target is then not what this noise gives, and a result computed with it must be labelled with
+        ``epsilon`` instead (labelling it with the target would claim less noise than was used, which
+        under-states risk).
+    """
+
+    target_epsilon: float
+    noise_multiplier: float
+    epsilon: float
+    accountant: str
+    at_floor: bool
+
+    @property
+    def note(self) -> str | None:
+        """Why the label differs from the target (None when it does not)."""
+        if not self.at_floor:
+            return None
+        return (f"epsilon {self.target_epsilon:.4g} is beyond the noise search range: the smallest noise multiplier "
+                f"searched, {SIGMA_RANGE[0]:g} (below it the noise is invisible next to a clipped gradient), already "
+                f"gives epsilon {self.epsilon:.4g} ({self.accountant.upper()}, sound upper bound); results at this "
+                f"budget are labelled with epsilon {self.epsilon:.4g}, the budget they were computed at")
+
+
+def calibrate_epsilon(target_epsilon: float, sampling_probability: float, steps: int, target_delta: float,
+                      accountant: str = "pld", *, rtol: float = 1e-3) -> NoiseForEpsilon:
+    """:func:`noise_for_epsilon`, with the epsilon to label the result with when the target is out of range."""
+    sigma = noise_for_epsilon(target_epsilon, sampling_probability, steps, target_delta, accountant, rtol=rtol)
+    if sigma > SIGMA_RANGE[0]:
+        return NoiseForEpsilon(float(target_epsilon), sigma, float(target_epsilon), accountant, False)
+    eps = (epsilon_rdp(sigma, sampling_probability, steps, target_delta) if accountant == "rdp"
+           else epsilon_pld(sigma, sampling_probability, steps, target_delta))
+    at_floor = eps < float(target_epsilon) / (1 + rtol)
+    return NoiseForEpsilon(float(target_epsilon), sigma, float(eps) if at_floor else float(target_epsilon),
+                           accountant, at_floor)
+
+
 def _epsilon_pld_fixed_grid(pair: StepPair, steps: int, delta: float,
                             directions: tuple[str, ...] = ("remove", "add")) -> float:
     """Sound PLD epsilon on one grid, twice as coarse as the first one :func:`epsilon_pld` tries (about 2e-3
@@ -224,10 +275,20 @@ class Calibration:
     target_delta: float
     records_per_patient: int = 1
     label: str = "sound upper bound"
+    at_floor: bool = False
 
     def __post_init__(self) -> None:
         if self.achieved_rero > self.max_rero:
             raise NumericalError(f"calibration overshoots: {self.achieved_rero} > {self.max_rero}")
+
+    @property
+    def note(self) -> str | None:
+        """Why ``noise_multiplier`` is not the smallest meeting the target (None when it is)."""
+        if not self.at_floor:
+            return None
+        return (f"the target {self.max_rero:.4g} is met even at the smallest noise multiplier searched, "
+                f"{SIGMA_RANGE[0]:g} (ReRo bound {self.achieved_rero:.4g} there): any noise meets it, so "
+                f"{SIGMA_RANGE[0]:g} is the search floor, not a calibrated value")
 
 
 def _gamma_at(sigma: float, q: float, steps: int, kappa: float, threat_model: str, k: int) -> float:
@@ -279,7 +340,8 @@ def calibrate_noise(max_rero: float, sampling_probability: float, steps: int, ka
         epsilon_pld_refined(StepPair(sigma, q, k), steps, delta).value[0])
     return Calibration(noise_multiplier=sigma, max_rero=max_rero, achieved_rero=achieved, epsilon=eps,
                        threat_model=threat_model, sampling_probability=q, steps=steps, kappa=kappa_v,
-                       target_delta=delta, records_per_patient=k)
+                       target_delta=delta, records_per_patient=k,
+                       at_floor=sigma <= SIGMA_RANGE[0] and achieved < max_rero / (1 + rtol))
 
 
 def _clt_guess(max_rero: float, q: float, steps: int, kappa: float) -> float:

@@ -172,6 +172,8 @@ def attack(
 
         torch.set_num_threads(idle_cores() if threads is None else threads)
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress)
+    for note in result.notes:
+        err.print(f"[yellow]warning:[/] {note}")
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions

@@ -54,7 +54,7 @@ def test_demo_json_has_exactly_the_documented_keys() -> None:
               "--sigmas", "0,1e-4", "--decoder", "all", "--json")
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert set(obj) == {"rows", "n_excluded", "image_shape", "ssim_variant"}
+    assert set(obj) == {"rows", "n_excluded", "image_shape", "ssim_variant", "notes"} and obj["notes"] == []
     assert len(obj["rows"]) == 6 and all(set(r) == ROW_KEYS for r in obj["rows"])
     at_zero = [r for r in obj["rows"] if r["noise_multiplier"] == 0]
     assert all(r["success_rate"] == 1.0 for r in at_zero)
@@ -99,7 +99,7 @@ def test_without_epsilons_or_sigmas_the_checkpoint_decides(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)["rows"]
     assert row["epsilon"] == 6.5
-    want = noise_for_epsilons([6.5], n_train=200, epochs=2, target_delta=1e-5, accountant="pld")[0]
+    want = noise_for_epsilons([6.5], n_train=200, epochs=2, target_delta=1e-5, accountant="pld")[0].noise_multiplier
     assert row["noise_multiplier"] == pytest.approx(want, rel=1e-9)
     public = save_checkpoint(tmp_path / "np.pt", net, CheckpointMeta(
         arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200))

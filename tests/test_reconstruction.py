@@ -240,7 +240,7 @@ def test_result_contract_json_keys_and_frozen_arrays() -> None:
                      noise_multipliers=[0.0, 1e-3], epsilons=[float("inf"), 8.0], observations=4)
     assert isinstance(res, AttackResult)
     js = res.to_json()
-    assert set(js) == {"rows", "n_excluded", "image_shape", "ssim_variant"}
+    assert set(js) == {"rows", "n_excluded", "image_shape", "ssim_variant", "notes"}
     assert set(js["rows"][0]) == {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low",
                                   "ci_high", "mean_ssim", "mean_rho"}
     assert [r["decoder"] for r in js["rows"]] == ["strong", "paper", "strong", "paper"]

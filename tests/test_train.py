@@ -66,7 +66,7 @@ def test_bad_inputs_give_clear_errors(demo_splits) -> None:  # type: ignore[no-u
         TrainConfig(epsilon=0.0)
     with pytest.raises(ConfigError, match="epsilon must be"):
         TrainConfig(epsilon=-1.0)
-    with pytest.raises(ConfigError, match="arch must be one of"):
+    with pytest.raises(ConfigError, match="arch must be a registry name"):
         TrainConfig(epsilon=8.0, arch="vgg16")
     with pytest.raises(ConfigError, match="exactly one of"):
         TrainConfig()
@@ -113,7 +113,7 @@ def _check_calibration(grid: list[tuple[float, float, int]]) -> None:
 
     for eps, q, steps in grid:
         cfg = TrainConfig(epsilon=eps)
-        sigma, achieved, achieved_rdp = _calibrate(cfg, q, steps, 8e-7)
+        sigma, achieved, achieved_rdp, _ = _calibrate(cfg, q, steps, 8e-7)
         assert achieved is not None and achieved_rdp is not None
         assert achieved <= eps
         assert achieved == pytest.approx(epsilon_pld(sigma, q, steps, 8e-7))
@@ -218,7 +218,7 @@ def test_cli_json_object_and_error_exit(tmp_path: Path) -> None:
     obj = json.loads(res.stdout)
     assert list(obj) == ["epsilon_target", "epsilon_achieved", "epsilon_rdp", "noise_multiplier",
                          "sampling_probability", "steps", "target_delta", "max_grad_norm", "n_train", "metrics",
-                         "checkpoint"]
+                         "checkpoint", "notes", "model"]
     assert obj["epsilon_target"] is None and obj["noise_multiplier"] == 1.0 and obj["target_delta"] == 8e-7
     assert {"mcc", "balanced_accuracy", "auroc", "accuracy"} <= set(obj["metrics"])
     assert Path(obj["checkpoint"]).is_file()
