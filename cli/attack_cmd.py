@@ -219,7 +219,7 @@ def _render(result, np) -> None:
         table.add_column(col, justify="left" if col == "decoder" else "right")
     heads = {id(r) for r in result.headline()}
     for r in result.rows:
-        table.add_row(f"{r.noise_multiplier:g}", "-" if r.epsilon is None else f"{r.epsilon:g}",
+        table.add_row(f"{r.noise_multiplier:g}", "-" if r.epsilon is None else f"{r.epsilon:.3g}",
                       r.decoder + (" *" if id(r) in heads else ""), str(r.n_images), f"{100 * r.success_rate:.1f}%",
                       f"[{100 * r.ci_low:.1f}%, {100 * r.ci_high:.1f}%]", f"{r.mean_ssim:.3f}", f"{r.mean_rho:.3f}",
                       f"{float(np.median(r.eta)):.3g}")

@@ -241,10 +241,13 @@ def calibrate(
 
     cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model.value.replace("-", "_"),
                           target_delta=delta)
+    if cal.note:
+        err.print(f"[yellow]warning:[/] {cal.note}")
     if json_out:
         emit_json({"noise_multiplier": cal.noise_multiplier, "epsilon": cal.epsilon,
                    "threat_model": threat_model.value, "max_rero": cal.max_rero,
-                   "achieved_rero": cal.achieved_rero})
+                   "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
+                   "notes": [cal.note] if cal.note else []})
         return
     from rich.table import Table
 
@@ -253,7 +256,9 @@ def calibrate(
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("kind")
-    table.add_row("noise multiplier sigma", f"{cal.noise_multiplier:.5g}", "smallest meeting the target (safe end)")
+    table.add_row("noise multiplier sigma", f"{cal.noise_multiplier:.5g}",
+                  "search floor (any noise meets the target)" if cal.at_floor else
+                  "smallest meeting the target (safe end)")
     table.add_row("ReRo bound achieved", _fmt_pct(cal.achieved_rero), cal.label)
     table.add_row("target", _fmt_pct(cal.max_rero), "")
     table.add_row(f"epsilon at delta {delta:g} (PLD)", _fmt_eps(cal.epsilon), "sound upper bound")

@@ -79,6 +79,8 @@ def train_command(
             bar.update(task, completed=done, total=total, description=text)
 
         result = train(config, progress=progress)
+    for note in result.notes:
+        err.print(f"[yellow]warning:[/] {note}")
     if json_output:
         emit_json(result.to_json())
         return

@@ -65,7 +65,8 @@ def test_calibrate_json() -> None:
                               "1e-3", "--threat-model", "relaxed", "--json"])
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert set(obj) == {"noise_multiplier", "epsilon", "threat_model", "max_rero", "achieved_rero"}
+    assert set(obj) == {"noise_multiplier", "epsilon", "threat_model", "max_rero", "achieved_rero", "at_floor", "notes"}
+    assert obj["at_floor"] is False and obj["notes"] == []
     assert obj["achieved_rero"] <= obj["max_rero"] == 0.05 and obj["threat_model"] == "relaxed"
 
 
