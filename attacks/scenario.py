@@ -153,7 +153,14 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
                       "pass the dataset the model was trained on")
     sigmas, epsilons, notes = scenario_noise(ckpt, scenario)
     clip = scenario.max_grad_norm if scenario.max_grad_norm is not None else (ckpt.max_grad_norm or 1.0)
-    model = ckpt.build_model().eval()
+    model = ckpt.build_model()
+    # The attacked client trains with DP-SGD: the same layer check as training (every problem at once), and the
+    # model must be an image classifier for these images (the imprint block sits before it).
+    from dpaudit.models import check_classifier, check_dp_compatible
+
+    check_dp_compatible(model.train())
+    check_classifier(model, tuple(int(x) for x in images.shape[1:]), ckpt.num_classes, ckpt.arch)
+    model.eval()
     result = run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigmas,
                         decoders=scenario.decoders, connection=scenario.connection, bins=scenario.bins,
                         max_grad_norm=clip, observations=scenario.observations, seed=scenario.seed,

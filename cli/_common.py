@@ -23,7 +23,15 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", help="demo (built in, synt
                                          "(dermamnist, ...) or folder:PATH.")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Images are resized to this many pixels square.")]
-ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm) or smallcnn.")]
+ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm), smallcnn, monai:NAME (a "
+                                     "network from monai.networks.nets), file.py:factory or module:factory (your own "
+                                     "code, imported because you name it).")]
+ArchArgsOpt = Annotated[str | None, typer.Option("--arch-args", help="JSON object of the architecture's arguments, "
+                                                 "e.g. '{\"spatial_dims\": 2}'.")]
+TrainableOpt = Annotated[str, typer.Option("--trainable", help="all, head (linear probe) or last-N layers; frozen "
+                                           "parameters get no gradients and no noise.")]
+FixBatchnormOpt = Annotated[bool, typer.Option("--fix-batchnorm", help="Replace every BatchNorm by GroupNorm (Opacus' "
+                                               "rule, gcd(32, C) groups); each replacement is reported.")]
 MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Use at most this many images in total "
                                                   "(demo: its size).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch threads (default: the idle cores; results "
@@ -77,3 +85,17 @@ def parse_float_list(field: str, text: str) -> list[float]:
     if not values:
         raise invalid(field, text, "a non-empty comma-separated list of numbers, e.g. 1,8,20")
     return values
+
+
+def parse_arch_args(text: str | None) -> dict[str, Any]:
+    """``--arch-args '{"spatial_dims": 2, ...}'``: a JSON object of the architecture's keyword arguments."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid("--arch-args", text, "a JSON object", f"quote it for the shell, e.g. --arch-args "
+                      f"'{{\"spatial_dims\": 2}}' ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise invalid("--arch-args", text, "a JSON object ({...})", "pass e.g. --arch-args '{\"width\": 16}'")
+    return value

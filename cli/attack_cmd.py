@@ -10,14 +10,17 @@ from typing import Annotated
 import typer
 
 from dpaudit.cli._common import (
+    ArchArgsOpt,
     DataDirOpt,
     DatasetOpt,
+    FixBatchnormOpt,
     JsonOpt,
     ThreadsOpt,
     emit_json,
     err,
     handle_errors,
     out,
+    parse_arch_args,
     parse_float_list,
 )
 
@@ -67,8 +70,12 @@ def _decoders(choice: DecoderChoice) -> tuple[str, ...]:
 def attack(
     model: Annotated[Path | None, typer.Option("--model", help="dpaudit checkpoint (or a plain state dict with "
                                                "--arch).")] = None,
-    arch: Annotated[str | None, typer.Option("--arch", help="Architecture (resnet9, smallcnn): for a plain "
-                                             "state dict, or a randomly initialised model without --model.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Architecture: resnet9, smallcnn, monai:NAME, "
+                                             "file.py:factory or module:factory; for a plain state dict, a "
+                                             "checkpoint of your own code, or a random model without --model.")
+                    ] = None,
+    arch_args: ArchArgsOpt = None,
+    fix_batchnorm: FixBatchnormOpt = False,
     dataset: DatasetOpt = "demo",
     data_dir: DataDirOpt = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Resize images to this size (default: the "
@@ -138,7 +145,9 @@ def attack(
         max_grad_norm=None if math.isnan(max_grad_norm) else max_grad_norm, scoring=scoring.value,
         denoiser=denoiser.value, seed=seed, keep_images=8 if save_images else 0)
 
-    ckpt = load_checkpoint(model, arch=arch) if model is not None else None
+    args = parse_arch_args(arch_args)
+    ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
+            if model is not None else None)
     if image_size is None:
         image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else 64
     if max_images is None:
@@ -149,7 +158,7 @@ def attack(
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
         ckpt = load_model(None, arch=arch, num_classes=splits.num_classes, in_channels=splits.train.images.shape[1],
-                          image_size=image_size, seed=seed)
+                          image_size=image_size, seed=seed, arch_args=args, fix_batchnorm=fix_batchnorm)
 
     if not as_json:
         default_eps, _, why = checkpoint_noise(ckpt)

@@ -7,17 +7,21 @@ from typing import Annotated
 import typer
 
 from dpaudit.cli._common import (
+    ArchArgsOpt,
     ArchOpt,
     DataDirOpt,
     DatasetOpt,
+    FixBatchnormOpt,
     ImageSizeOpt,
     JsonOpt,
     MaxImagesOpt,
     ThreadsOpt,
+    TrainableOpt,
     emit_json,
     err,
     handle_errors,
     out,
+    parse_arch_args,
 )
 
 app = typer.Typer()
@@ -31,6 +35,12 @@ def train_command(
     image_size: ImageSizeOpt = 64,  # TrainConfig's defaults (a test keeps them equal)
     max_images: MaxImagesOpt = None,
     arch: ArchOpt = "resnet9",
+    arch_args: ArchArgsOpt = None,
+    fix_batchnorm: FixBatchnormOpt = False,
+    init: Annotated[str | None, typer.Option("--init", help="Start from these weights: a dpaudit checkpoint, a "
+                                             "state dict (any wrapper prefix) or .safetensors; never downloaded. "
+                                             "The DP guarantee covers the fine-tuning data only.")] = None,
+    trainable: TrainableOpt = "all",
     width: Annotated[int | None, typer.Option(help="resnet9/smallcnn channel width (paper: 64).")] = None,
     scale_norm: Annotated[bool, typer.Option(help="resnet9 with ScaleNorm (Klause et al.), as the paper.")] = False,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon; sigma is calibrated (tight PLD) so the "
@@ -60,14 +70,15 @@ def train_command(
 
     from dpaudit.audit.train import TrainConfig, train
 
-    arch_args: dict[str, object] = {}
+    arch_args_d: dict[str, object] = parse_arch_args(arch_args)
     if width is not None:
-        arch_args["width"] = width
+        arch_args_d["width"] = width
     if scale_norm:
-        arch_args["scale_norm"] = True
+        arch_args_d["scale_norm"] = True
     config = TrainConfig(
         dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
-        arch_args=arch_args, epsilon=epsilon, noise_multiplier=sigma, non_private=non_private, delta=delta,
+        arch_args=arch_args_d, fix_batchnorm=fix_batchnorm, init=init, trainable=trainable, epsilon=epsilon,
+        noise_multiplier=sigma, non_private=non_private, delta=delta,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
         lr=lr, augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads,
         device=device)
@@ -81,6 +92,11 @@ def train_command(
         result = train(config, progress=progress)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
+    if result.replaced_layers:
+        err.print(f"--fix-batchnorm replaced {len(result.replaced_layers)} layer(s): "
+                  + "; ".join(result.replaced_layers))
+    for line in result.init_report:
+        err.print(f"--init: {line}")
     if json_output:
         emit_json(result.to_json())
         return
@@ -104,6 +120,8 @@ def train_command(
                   f"{s['balanced_accuracy'][1]:.4f}, AUROC {s['auroc'][0]:.4f} +- {s['auroc'][1]:.4f}")
     for g in m.subgroups:
         out.print(f"  subgroup {g.group} = {g.value} (n = {g.n}): MCC {g.mcc:.4f}, accuracy {g.accuracy:.4f}")
+    out.print(f"model: {config.arch}, init {config.init or 'scratch'}, trainable {config.trainable} "
+              f"({result.trainable_parameters} parameters trained, {result.frozen_parameters} frozen)")
     out.print(f"wall time {result.wall_seconds:.1f} s, {result.train_samples_per_second:.0f} training images/s")
     if result.checkpoint:
         out.print(f"wrote {result.checkpoint}, {result.metrics_path}, {result.curve_path}")

@@ -311,6 +311,12 @@ def build_model(arch: str, *, num_classes: int, in_channels: int = 3, fix_batchn
     if not isinstance(model, nn.Module):
         raise invalid("arch", arch, "a factory that returns a torch.nn.Module", f"it returned "
                       f"{type(model).__name__}; return the network itself")
+    # In-place activations (ReLU(inplace=True), as MONAI's and torchvision's networks use) modify the output of
+    # Opacus' backward hooks and fail under DP-SGD ("a view ... is being modified inplace"); the out-of-place
+    # version computes the same function, so it is switched off everywhere.
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
     if fix_batchnorm:
         replace_batchnorm(model)
     return model
