@@ -384,8 +384,8 @@ def _not_weights(path: Path, kind: str) -> CheckpointError:
 
 def _torch_load(path: Path) -> Any:
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist. Fix: pass the file written by "
-                              "`dpaudit train` (DIR/model.pt), or --arch NAME without --model for a random model.")
+        raise CheckpointError(f"weights file {str(path)!r} does not exist. Fix: check the path (`dpaudit train "
+                              "--out DIR` writes DIR/model.pt).")
     kind = sniff_weights_file(path)
     if kind == "safetensors":
         return _safetensors_load(path)
@@ -400,7 +400,7 @@ def _torch_load(path: Path) -> Any:
             f"{str(path)!r} is {FILE_KINDS[kind]} but cannot be loaded safely: it holds pickled Python objects (e.g. "
             f"a whole model saved with torch.save(model); {found[:120]}), loading them would run code from the "
             "file, and dpaudit only loads with torch.load(weights_only=True). Fix: ask whoever made the file for its weights alone "
-            "(torch.save(model.state_dict(), 'weights.pt') or a .safetensors file) and pass that with --arch; "
+            "(torch.save(model.state_dict(), 'weights.pt') or a .safetensors file) and pass that instead; "
             "unpickle it yourself only if you trust its source.") from None
     except (RuntimeError, EOFError, OSError, struct.error, ValueError, IndexError, KeyError) as exc:
         raise CheckpointError(f"{str(path)!r} looks like {FILE_KINDS[kind]} but cannot be read "
