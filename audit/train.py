@@ -279,7 +279,8 @@ def check_dp_compatible(model: nn.Module) -> None:
     """
     from opacus.validators import ModuleValidator
 
-    problems = []
+    # Layers with the same type, reason and fix are reported together, each one by name.
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for name, module in model.named_modules():
         if any(True for _ in module.children()):
             continue  # containers: their leaves are checked
@@ -289,10 +290,13 @@ def check_dp_compatible(model: nn.Module) -> None:
                    if "BatchNorm" in type(module).__name__ else
                    "set track_running_stats=False" if "running stats" in str(exc) else
                    "use the replacement Opacus names (ModuleValidator.fix)")
-            problems.append(f"{name or '<model>'} ({type(module).__name__}): {why}; fix: {fix}")
-    if problems:
-        batchnorm = any("BatchNorm" in p.split(": ")[0] for p in problems)
-        raise ConfigError(f"{len(problems)} layer(s) cannot be trained with DP-SGD: " + " | ".join(problems)
+            groups.setdefault((type(module).__name__, why, fix), []).append(name or "<model>")
+    if groups:
+        n = sum(len(v) for v in groups.values())
+        parts = [f"{len(names)} {kind} ({', '.join(names)}): {why}; fix: {fix}"
+                 for (kind, why, fix), names in groups.items()]
+        batchnorm = any("BatchNorm" in kind for kind, _, _ in groups)
+        raise ConfigError(f"{n} layer(s) cannot be trained with DP-SGD: " + " | ".join(parts)
                           + ". Fix: " + ("pass --fix-batchnorm to replace BatchNorm by GroupNorm (reported), "
                                          if batchnorm else "")
                           + "use a registry architecture (--arch resnet9 uses GroupNorm) or change these layers.")
@@ -508,7 +512,7 @@ def prepare_model(config: TrainConfig, num_classes: int, in_channels: int, image
     """
     from dpaudit.models import replace_batchnorm
 
-    model = build_model(config.arch, num_classes=num_classes, in_channels=in_channels, **config.arch_args)
+    model = build_model(config.arch, num_classes=num_classes, in_channels=in_channels, arch_args=config.arch_args)
     replaced = tuple(replace_batchnorm(model)) if config.fix_batchnorm else ()
     model.train()
     if config.private:

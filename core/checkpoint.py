@@ -208,7 +208,7 @@ class Checkpoint(CheckpointMeta):
         with torch.random.fork_rng(devices=[]):  # a random init must not disturb the caller's generator
             torch.manual_seed(int(self.extra.get("init_seed", 0) or 0))  # type: ignore[arg-type]
             model = build_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-                                fix_batchnorm=self.fix_batchnorm, **self.arch_args)
+                                fix_batchnorm=self.fix_batchnorm, arch_args=self.arch_args)
         if self.state_dict:
             expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
             found = {k: tuple(v.shape) for k, v in self.state_dict.items()}
@@ -262,7 +262,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
         raise ConfigError(f"meta must be a CheckpointMeta, got {type(meta).__name__}.")
     state = strip_wrappers({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     probe = build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels,
-                        fix_batchnorm=meta.fix_batchnorm, **meta.arch_args)
+                        fix_batchnorm=meta.fix_batchnorm, arch_args=meta.arch_args)
     expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:

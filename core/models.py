@@ -291,13 +291,16 @@ def factory_arguments(arch: str, *, num_classes: int, in_channels: int, arch_arg
 
 
 def build_model(arch: str, *, num_classes: int, in_channels: int = 3, fix_batchnorm: bool = False,
-                **arch_args: Any) -> nn.Module:
+                arch_args: Mapping[str, Any] | None = None, **more_args: Any) -> nn.Module:
     """Build a classifier from an architecture spec (see the module docstring).
 
-    With ``fix_batchnorm`` every BatchNorm is replaced by GroupNorm (:func:`replace_batchnorm`). Raises
+    The architecture's arguments come as ``arch_args`` (a mapping: it may hold ``in_channels`` or
+    ``out_channels`` itself, as ``--arch-args`` JSON does) and/or as further keywords. With ``fix_batchnorm``
+    every BatchNorm is replaced by GroupNorm (:func:`replace_batchnorm`). Raises
     :class:`~dpaudit.errors.ConfigError` for an unknown spec, an argument the factory does not take, or a factory
     that fails or does not return an ``nn.Module``.
     """
+    arch_args = {**dict(arch_args or {}), **more_args}
     factory, kwargs = factory_arguments(arch, num_classes=num_classes, in_channels=in_channels, arch_args=arch_args)
     if parse_arch(arch).kind == "registry":
         model = factory(**kwargs)

@@ -98,7 +98,8 @@ def test_model_check_lists_every_incompatible_layer() -> None:
         check_dp_compatible(model)
     text = str(info.value)
     assert text.startswith("3 layer(s)")
-    for name in ("1 (BatchNorm2d)", "2.0 (BatchNorm1d)", "3 (InstanceNorm2d)", "GroupNorm", "track_running_stats"):
+    for name in ("1 BatchNorm2d (1)", "1 BatchNorm1d (2.0)", "1 InstanceNorm2d (3)", "GroupNorm",
+                 "track_running_stats"):
         assert name in text
     check_dp_compatible(train_mod.build_model("resnet9", num_classes=2, scale_norm=True))
 
