@@ -4,6 +4,7 @@ module:factory; every one checked for DP-SGD before use; pretrained initialisati
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -205,3 +206,17 @@ def test_factory_that_returns_no_module(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import not_installed_anywhere\n")
     with pytest.raises(ConfigError, match=r"importing .* failed: ModuleNotFoundError"):
         build_model(f"{tmp_path / 'broken.py'}:build", num_classes=2)
+
+
+def test_missing_monai_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpaudit.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "monai.networks.nets", None)  # as if MONAI were not installed
+    with pytest.raises(MissingDependencyError, match=r"dpaudit\[monai\]"):
+        build_model("monai:DenseNet121", num_classes=2)
+
+
+
+def test_unknown_monai_network() -> None:
+    with pytest.raises(ConfigError, match=r"a network in monai\.networks\.nets"):
+        build_model("monai:NoSuchNet", num_classes=2)
