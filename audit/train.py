@@ -46,7 +46,7 @@ from dpaudit.errors import (
     check_probability,
     invalid,
 )
-from dpaudit.models import build_model, check_classifier, parse_arch
+from dpaudit.models import build_model, check_classifier, check_dp_compatible, parse_arch
 from dpaudit.runtime import idle_cores
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
@@ -267,39 +267,6 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model check
-
-
-def check_dp_compatible(model: nn.Module) -> None:
-    """Raise :class:`ConfigError` listing EVERY layer Opacus cannot train with DP-SGD, why, and the fix.
-
-    Uses Opacus' ``ModuleValidator`` on each layer, so that the message names the layers (Opacus' own message
-    does not). Registry models always pass; MONAI networks and the user's own (``--arch``) are checked before any
-    training or attack. BatchNorm has a documented replacement (``--fix-batchnorm``,
-    :func:`dpaudit.models.replace_batchnorm`); the message says so.
-    """
-    from opacus.validators import ModuleValidator
-
-    # Layers with the same type, reason and fix are reported together, each one by name.
-    groups: dict[tuple[str, str, str], list[str]] = {}
-    for name, module in model.named_modules():
-        if any(True for _ in module.children()):
-            continue  # containers: their leaves are checked
-        for exc in ModuleValidator.validate(module, strict=False):
-            why = str(exc).split(". ")[0].strip().rstrip(".")
-            fix = ("replace it with GroupNorm (--fix-batchnorm does this, as Opacus' ModuleValidator.fix)"
-                   if "BatchNorm" in type(module).__name__ else
-                   "set track_running_stats=False" if "running stats" in str(exc) else
-                   "use the replacement Opacus names (ModuleValidator.fix)")
-            groups.setdefault((type(module).__name__, why, fix), []).append(name or "<model>")
-    if groups:
-        n = sum(len(v) for v in groups.values())
-        parts = [f"{len(names)} {kind} ({', '.join(names)}): {why}; fix: {fix}"
-                 for (kind, why, fix), names in groups.items()]
-        batchnorm = any("BatchNorm" in kind for kind, _, _ in groups)
-        raise ConfigError(f"{n} layer(s) cannot be trained with DP-SGD: " + " | ".join(parts)
-                          + ". Fix: " + ("pass --fix-batchnorm to replace BatchNorm by GroupNorm (reported), "
-                                         if batchnorm else "")
-                          + "use a registry architecture (--arch resnet9 uses GroupNorm) or change these layers.")
 
 
 def parse_trainable(trainable: str) -> int | None:
