@@ -93,8 +93,11 @@ def train_command(
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     if result.replaced_layers:
-        err.print(f"--fix-batchnorm replaced {len(result.replaced_layers)} layer(s): "
-                  + "; ".join(result.replaced_layers))
+        shown = "; ".join(result.replaced_layers[:4])
+        more = len(result.replaced_layers) - 4
+        err.print(f"--fix-batchnorm replaced {len(result.replaced_layers)} layer(s) by GroupNorm: {shown}"
+                  + (f"; and {more} more (all listed under model.replaced_layers in --json and metrics.json)"
+                     if more > 0 else ""))
     for line in result.init_report:
         err.print(f"--init: {line}")
     if json_output:
