@@ -249,6 +249,10 @@ class _Report:
                    "decoder "
                    "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "
                    "as in the seed paper. Without DP no guarantee holds (100%).", "small")]
+        notes = list(dict.fromkeys(n for lv in self.levels for n in lv.notes))
+        if notes:
+            out.append(self.para("<b>Budgets past the noise search range.</b> " + " ".join(
+                _esc(n.rstrip(".")) + "." for n in notes), "small"))
         out += self._utility_detail_table()
         out += self._user_kappa_table()
         out.append(PageBreak())
@@ -410,6 +414,7 @@ class _Report:
         png = figs.utility_figure(self.p)
         if png is not None:
             out.append(_figure(png, 7.0 * cm))
+        out += self._init_table()
         subgroups = sorted({(s.attribute, s.value) for t in self.p.train for s in t.subgroups})
         out.append(self.para("Subgroup utility", "h2"))
         if not subgroups:
@@ -434,6 +439,26 @@ class _Report:
                               "values.", "small")]
         out.append(PageBreak())
         return out
+
+    def _init_table(self) -> list:
+        """MCC per privacy budget per initialisation (only when the profile compares several)."""
+        inits = list(self.levels[0].mcc_by_init) if self.levels else []
+        if len(inits) < 2:
+            return []
+        head = ["Privacy budget"] + [f"from {i}" for i in inits]
+        rows = [[self.cell(_esc(h), "head") for h in head]]
+        for lv in self.levels:
+            rows.append([self.cell(lv.label)] + [self.cell(txt.spread(lv.mcc_by_init[i])) for i in inits])
+        w0 = 4.0 * cm
+        rest = (TEXT_W - w0) / len(inits)
+        trainable = self.p.config.trainable
+        return [self.para("Utility per initialisation", "h2"),
+                _grid(rows, [w0] + [rest] * len(inits)),
+                self.para(f"Test MCC, mean ± std over seeds ({txt.LABEL_EMPIRICAL}), of every budget trained from "
+                          f"each initialisation (runs from a file train {_esc(trainable)} layers; 'scratch' is a "
+                          "random start). The privacy guarantee covers the fine-tuning data only, not the data "
+                          "the initial weights were trained on. The bounds and the attack use the runs from "
+                          f"{_esc(inits[0])}.", "small")]
 
     def statement_pages(self) -> list:
         out = [self.para("Privacy statement", "h1")]

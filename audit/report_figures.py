@@ -248,27 +248,40 @@ def mia_figure(profile: Profile) -> bytes | None:
 
 
 def utility_figure(profile: Profile) -> bytes | None:
-    """Utility (MCC mean and std over seeds) against epsilon, with the non-private baseline as a band."""
+    """Utility (MCC mean and std over seeds) against epsilon, one line per initialisation, with the non-private
+    baseline (of the first initialisation) as a band."""
 
     levels = profile.levels()
+    inits = list(levels[0].mcc_by_init) if levels and levels[0].mcc_by_init else ["scratch"]
     priv = [lv for lv in levels if lv.private and lv.utility["mcc"].mean is not None]
     base = next((lv for lv in levels if not lv.private and lv.utility["mcc"].mean is not None), None)
     if not priv and base is None:
         return None
+    styles = [(WORST, "o-"), (RELAXED, "s--"), ("#555555", "^-."), ("#1f77b4", "d:")]
     with _clean_style():
         fig, (ax,) = _new(7.0, 2.8)
         if priv:
-            xs = [lv.epsilon_target for lv in priv]
-            ys = [lv.utility["mcc"].mean for lv in priv]
-            es = [lv.utility["mcc"].std or 0.0 for lv in priv]
-            ax.errorbar(xs, ys, yerr=es, fmt="o-", color=WORST, capsize=3, label="DP-SGD (mean ± std over seeds)")
+            xs = [lv.epsilon_used for lv in priv]
+            for k, init in enumerate(inits):
+                spreads = [lv.mcc_by_init.get(init) if lv.mcc_by_init else lv.utility["mcc"] for lv in priv]
+                pts = [(x, sp.mean, sp.std or 0.0) for x, sp in zip(xs, spreads, strict=True)
+                       if sp is not None and sp.mean is not None]
+                if not pts:
+                    continue
+                colour, fmt = styles[k % len(styles)]
+                label = ("DP-SGD (mean ± std over seeds)" if len(inits) == 1 else
+                         f"DP-SGD from {init} (mean ± std)")
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=fmt,
+                            color=colour, capsize=3, label=label)
             _eps_ticks(ax, xs)
         if base is not None:
             m, s = base.utility["mcc"].mean, base.utility["mcc"].std or 0.0
-            ax.axhline(m, color=REALISTIC, lw=1.2, label="non-private baseline")
+            ax.axhline(m, color=REALISTIC, lw=1.2,
+                       label="non-private baseline" + (f" ({inits[0]})" if len(inits) > 1 else ""))
             if s > 0:
                 ax.axhspan(m - s, m + s, color=REALISTIC, alpha=0.15)
-        vals = [v for lv in levels for v in ([lv.utility["mcc"].mean] if lv.utility["mcc"].mean is not None else [])]
+        vals = [sp.mean for lv in levels for sp in (lv.mcc_by_init.values() or [lv.utility["mcc"]])
+                if sp.mean is not None]
         lo = min([0.0, *vals]) - 0.05
         hi = max([1.0 if not vals else max(vals), 0.1]) + 0.05
         ax.set_ylim(lo, min(hi, 1.05))
@@ -276,7 +289,7 @@ def utility_figure(profile: Profile) -> bytes | None:
         ax.set_ylabel("test MCC")
         ax.set_title("Utility against ε (empirical)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", frameon=False)
+        ax.legend(loc="lower right", frameon=False, fontsize=7 if len(inits) > 1 else None)
         return _png(fig)
 
 

@@ -236,6 +236,16 @@ def privacy_statement(profile: Profile) -> list[str]:
         "(5) Releasing several of the models in this report: each privacy level is a separate training run on "
         "the same data, and releasing k of them costs (at least) the composition of their budgets.",
     ]
+    files = [i for i in c.inits if i != "scratch"]
+    if files:
+        from pathlib import Path
+
+        names = ", ".join(Path(i).name for i in files)
+        paras.append(
+            f"<b>Pretrained initialisation.</b> Runs from {names} fine-tune weights trained elsewhere: the "
+            "guarantee covers the fine-tuning data only, not the data those weights were trained on (which is "
+            "protected only as far as its own training was private). Frozen layers "
+            f"(--trainable {c.trainable}) receive no gradient and no noise; the accounting is the same.")
     return paras
 
 

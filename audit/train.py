@@ -36,7 +36,7 @@ from torch import nn
 from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
-from dpaudit.config import DpSgdConfig, steps_for
+from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
 from dpaudit.data import DatasetSplits, ImageDataset, load_splits
 from dpaudit.errors import (
     ConfigError,
@@ -267,19 +267,6 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model check
-
-
-def parse_trainable(trainable: str) -> int | None:
-    """``all`` -> None, ``head`` -> 1, ``last-N`` -> N (the number of trailing layers with parameters to train)."""
-    if trainable == "all":
-        return None
-    if trainable == "head":
-        return 1
-    m = re.fullmatch(r"last-(\d+)", trainable) if isinstance(trainable, str) else None
-    if m is None or int(m.group(1)) < 1:
-        raise invalid("trainable", trainable, "all, head or last-N with N >= 1",
-                      "pass --trainable all, --trainable head (linear probe) or --trainable last-2")
-    return int(m.group(1))
 
 
 def freeze(model: nn.Module, trainable: str) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from dpaudit.cli._common import (
     ImageSizeOpt,
     MaxImagesOpt,
     ThreadsOpt,
+    TrainableOpt,
     emit_json,
     err,
     handle_errors,
@@ -95,6 +96,11 @@ def profile(
                                                "coin flip).")] = D.canaries,
     include_images: Annotated[bool, typer.Option(help="Store reconstructions and show them in the report "
                                                       "(patient images!).")] = False,
+    inits: Annotated[str, typer.Option("--inits", help="Initialisations trained side by side at every budget: "
+                                       "scratch and/or weights files (dpaudit checkpoint, state dict, "
+                                       ".safetensors; never downloaded), e.g. scratch,pre.pt. The bounds and the "
+                                       "attack use the first.")] = "scratch",
+    trainable: TrainableOpt = D.trainable,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
     scheduler: Annotated[str | None, typer.Option(
         help="Run the tasks on an existing Dask cluster, e.g. tcp://HOST:8786 (needs dpaudit[distributed]; "
@@ -122,7 +128,8 @@ def profile(
         lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta, kappas=tuple(kappa or ()),
         records_per_patient=records_per_patient, attack_images=attack_images, decoders=decoders[decoder],
         connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
-        mia_audit=mia_audit, canaries=canaries, include_images=include_images)
+        mia_audit=mia_audit, canaries=canaries, include_images=include_images,
+        inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable)
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
     started = time.perf_counter()
@@ -181,7 +188,9 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
                                                  "ci_low": a.ci_low, "ci_high": a.ci_high,
                                                  "noise_multiplier": lv.attack.noise_multiplier},
             "mcc_mean": lv.utility["mcc"].mean, "mcc_std": lv.utility["mcc"].std,
+            "mcc_by_init": {k: {"mean": v.mean, "std": v.std, "n": v.n} for k, v in lv.mcc_by_init.items()},
             "mia_tpr_at_fpr_1e-3": lv.bounds.tpr_at(1e-3) if lv.bounds else None,
+            "epsilon_used": lv.epsilon_used, "notes": list(lv.notes),
         })
     return {"profile": str(out_dir / "profile.json"), "report": str(out_dir / "report.pdf") if render else None,
             "kappa": 1.0 / prof.dataset.n_train, "levels": levels, "wall_seconds": wall,
@@ -214,3 +223,15 @@ def _print_summary(prof) -> None:
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
             "not run" if a is None else txt.pct(a.strongest.success_rate))
     out.print(table)
+    levels = prof.levels()
+    if len(prof.config.inits) > 1:
+        by_init = Table(title="Test MCC (empirical) per initialisation", box=box.SIMPLE_HEAD, pad_edge=False)
+        by_init.add_column("budget", justify="right")
+        labels = list(levels[0].mcc_by_init) if levels else []
+        for lab in labels:
+            by_init.add_column(lab, justify="right")
+        for lv in levels:
+            by_init.add_row(lv.label, *(txt.spread(lv.mcc_by_init[lab]).replace(" ± ", "±") for lab in labels))
+        out.print(by_init)
+    for note in dict.fromkeys(n for lv in levels for n in lv.notes):
+        err.print(f"[yellow]note:[/] {note}")

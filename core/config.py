@@ -7,6 +7,7 @@ reconstruction risk (seed paper, section 2.3).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from dpaudit.errors import check_int, check_positive, check_probability, invalid
@@ -67,3 +68,16 @@ class DpSgdConfig:
     @property
     def is_private(self) -> bool:
         return self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)
+
+
+def parse_trainable(trainable: str) -> int | None:
+    """``all`` -> None, ``head`` -> 1, ``last-N`` -> N (the number of trailing layers with parameters to train)."""
+    if trainable == "all":
+        return None
+    if trainable == "head":
+        return 1
+    m = re.fullmatch(r"last-(\d+)", trainable) if isinstance(trainable, str) else None
+    if m is None or int(m.group(1)) < 1:
+        raise invalid("trainable", trainable, "all, head or last-N with N >= 1",
+                      "pass --trainable all, --trainable head (linear probe) or --trainable last-2")
+    return int(m.group(1))

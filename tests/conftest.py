@@ -17,3 +17,24 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     import zlib
 
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def stripes_splits():  # type: ignore[no-untyped-def]
+    """Synthetic data unlike the demo, to pretrain an initialisation on: vertical against horizontal stripes
+    (16 x 16, 3 channels, 96 images split 48/24/24), from a fixed generator (the task, not a statistic)."""
+    from dpaudit.data import DatasetSplits, ImageDataset
+
+    n = 96
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    ramp = (torch.arange(16) % 4 < 2).float()
+    stripes = torch.where(labels[:, None, None].bool(), ramp[None, :, None].expand(n, 16, 16),
+                          ramp[None, None, :].expand(n, 16, 16))
+    images = (0.6 * stripes + 0.4 * torch.rand(n, 16, 16, generator=g)).clamp(0, 1)
+    images = images[:, None].expand(n, 3, 16, 16).contiguous()
+
+    def part(a: int, b: int) -> ImageDataset:
+        return ImageDataset(images[a:b], labels[a:b], ("vertical", "horizontal"), name="stripes")
+
+    return DatasetSplits(part(0, n // 2), part(n // 2, 3 * n // 4), part(3 * n // 4, n), name="stripes")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from dpaudit.audit.train import TrainConfig, check_dp_compatible, freeze, train
 from dpaudit.checkpoint import load_checkpoint
 from dpaudit.cli.main import app
-from dpaudit.data import DatasetSplits, ImageDataset, load_splits
+from dpaudit.data import load_splits
 from dpaudit.errors import CheckpointError, ConfigError
 from dpaudit.models import build_model, parse_arch, replace_batchnorm
 
@@ -91,25 +91,9 @@ def test_every_batchnorm_is_listed_and_the_replacement_is_reported(user_net: str
     check_dp_compatible(model)  # gcd(32, 8) = 8 groups: Opacus' rule
 
 
-def _other_task(n: int, seed: int) -> DatasetSplits:
-    """Synthetic data unlike the demo: vertical against horizontal stripes (the test's own pretraining task)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 2, (n,), generator=g)
-    ramp = (torch.arange(16) % 4 < 2).float()
-    stripes = torch.where(labels[:, None, None].bool(), ramp[None, :, None].expand(n, 16, 16),
-                          ramp[None, None, :].expand(n, 16, 16))
-    images = (0.6 * stripes + 0.4 * torch.rand(n, 16, 16, generator=g)).clamp(0, 1)
-    images = images[:, None].expand(n, 3, 16, 16).contiguous()
-
-    def part(a: int, b: int) -> ImageDataset:
-        return ImageDataset(images[a:b], labels[a:b], ("vertical", "horizontal"), name="stripes")
-
-    return DatasetSplits(part(0, n // 2), part(n // 2, 3 * n // 4), part(3 * n // 4, n), name="stripes")
-
-
-def test_init_from_pretrained_and_trainable_head(tmp_path: Path, user_net: str) -> None:
+def test_init_from_pretrained_and_trainable_head(tmp_path: Path, user_net: str, stripes_splits) -> None:
     pre = train(TrainConfig(arch=user_net, arch_args={"width": 4}, non_private=True, out=str(tmp_path / "pre"),
-                            **TINY), splits=_other_task(96, 0))
+                            **TINY), splits=stripes_splits)
     demo = load_splits("demo", image_size=16, max_images=60, seed=0)
     # A plain state dict saved through DataParallel and Opacus: the init loads through the wrappers.
     ckpt = load_checkpoint(pre.checkpoint, arch=user_net)  # the user names their code again

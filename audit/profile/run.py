@@ -31,6 +31,8 @@ from dpaudit.audit.profile.tasks import (
     MiaAuditTask,
     TrainTask,
     _eps_tag,
+    file_sha256,
+    init_tag,
 )
 from dpaudit.codec import dumps
 from dpaudit.errors import DataError, invalid
@@ -48,19 +50,25 @@ def _data_spec(config: ProfileConfig) -> DataSpec:
 
 
 def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
-    """The training tasks of a profile: every privacy level times every seed (non-private last)."""
+    """The training tasks of a profile: every initialisation times every privacy level times every seed
+    (inits in the order given, non-private last within each). Scratch runs keep their folders and task keys."""
     data = _data_spec(config)
     tasks = []
-    for eps in config.levels:
-        for i in range(config.seeds):
-            seed = config.seed + i
-            ckpt = Path("checkpoints") / f"{_eps_tag(eps)}-seed{seed}" / "model.pt"
-            tasks.append(TrainTask(
-                data=data, arch=config.arch, epsilon_target=eps, seed=seed, epochs=config.epochs,
-                batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
-                max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
-                target_delta=config.target_delta, checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()),
-                threads=threads))
+    for init in config.inits:
+        path = None if init == "scratch" else str(Path(init).resolve())
+        digest = None if path is None else file_sha256(path)
+        folder = Path("checkpoints") if path is None else Path("checkpoints") / init_tag(path, digest)
+        for eps in config.levels:
+            for i in range(config.seeds):
+                seed = config.seed + i
+                ckpt = folder / f"{_eps_tag(eps)}-seed{seed}" / "model.pt"
+                tasks.append(TrainTask(
+                    data=data, arch=config.arch, epsilon_target=eps, seed=seed, epochs=config.epochs,
+                    batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
+                    max_grad_norm=config.max_grad_norm, lr=config.lr,
+                    augment_multiplicity=config.augment_multiplicity, target_delta=config.target_delta,
+                    checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()), threads=threads, init=path,
+                    init_sha256=digest, trainable=config.trainable if path is not None else "all"))
     return tasks
 
 
@@ -134,7 +142,10 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     train_res, st = _run_stage("train", train_tasks, store, executor, progress)
     stages.append(st)
     trains = tuple(train_res[t.key()] for t in train_tasks)
-    first = {t.epsilon_target: (t, train_res[t.key()]) for t in train_tasks if t.seed == config.seed}
+    # The bounds, the attack and the membership audit use the first initialisation's runs.
+    primary = train_tasks[0].init
+    first = {t.epsilon_target: (t, train_res[t.key()]) for t in train_tasks
+             if t.seed == config.seed and t.init == primary}
 
     # Stage 2: formal bounds of each trained configuration, and the curve against epsilon.
     kappa_train = 1.0 / n_train
@@ -162,7 +173,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
             decoders=config.decoders, connection=config.connection, bins=config.bins,
             observations=config.observations, seed=config.seed, include_images=config.include_images,
-            out_dir=str(out.resolve())))
+            out_dir=str(out.resolve()), arch=config.arch))
     attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
     stages.append(st)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dpaudit.attacks.results import AttackRow
@@ -91,6 +91,11 @@ class ProfileConfig(JsonResult):
         Also run the empirical canary membership audit (one extra training run per privacy level).
     include_images:
         Put reconstructions next to originals in the report (patient images: off by default).
+    inits, trainable:
+        Initialisations every budget is trained from, side by side: ``scratch`` (random) and/or weights files
+        (``dpaudit train --init``; never downloaded); the bounds and the attack use the first one's runs
+        (the membership audit trains from scratch). ``trainable``: ``all``, ``head`` or ``last-N`` (for runs from a file). The
+        guarantee covers the fine-tuning data only, not the data an init was trained on.
     """
 
     dataset: str = "demo"
@@ -122,6 +127,8 @@ class ProfileConfig(JsonResult):
     mia_audit: bool = False
     canaries: int = 256
     include_images: bool = False
+    inits: tuple[str, ...] = ("scratch",)
+    trainable: str = "all"
 
     def __post_init__(self) -> None:
         from dpaudit.errors import check_int, check_positive, check_probability
@@ -176,6 +183,20 @@ class ProfileConfig(JsonResult):
         for name in ("mia_audit", "include_images"):
             if not isinstance(getattr(self, name), bool):
                 raise invalid(name, getattr(self, name), "true or false")
+        inits = tuple(str(i).strip() for i in ((self.inits,) if isinstance(self.inits, str) else self.inits))
+        if not inits or any(not i for i in inits) or len(set(inits)) != len(inits):
+            raise invalid("inits", list(inits), "distinct entries: scratch and/or weights files",
+                          "pass e.g. --inits scratch,pretrained.pt")
+        from pathlib import Path
+
+        for i in inits:
+            if i != "scratch" and not Path(i).is_file():
+                raise invalid("inits", i, "scratch or an existing weights file (nothing is downloaded)",
+                              "pass the path of a local dpaudit checkpoint, state dict or .safetensors file")
+        put("inits", inits)
+        from dpaudit.config import parse_trainable
+
+        parse_trainable(self.trainable)
 
     @property
     def privacy_unit(self) -> str:
@@ -228,6 +249,9 @@ class ProfileConfig(JsonResult):
             parts += ["--mia-audit", "--canaries", str(self.canaries)]
         if self.include_images:
             parts.append("--include-images")
+        if self.inits != d.inits:
+            parts += ["--inits", ",".join(self.inits)]
+        opt("--trainable", self.trainable, d.trainable)
         parts += ["--out", out]
         return shlex.join(parts)
 
@@ -287,6 +311,9 @@ class TrainOutcome(JsonResult):
     checkpoint: str
     reused_checkpoint: bool
     seconds: float
+    init: str = "scratch"
+    trainable: str = "all"
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -373,6 +400,7 @@ class AttackOutcome(JsonResult):
     rows: tuple[AttackRow, ...]
     images: tuple[str, ...]
     seconds: float
+    notes: tuple[str, ...] = ()
 
     @property
     def strongest(self) -> AttackRow:
@@ -501,6 +529,23 @@ class LevelSummary:
     bounds: BoundsOutcome | None
     attack: AttackOutcome | None
     mia_audit: MiaAuditOutcome | None
+    #: MCC (mean and spread over seeds) per initialisation label, in the order of ``config.inits``.
+    mcc_by_init: dict[str, Spread] = field(default_factory=dict)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Why this level's numbers carry another epsilon than its target (a budget past the noise range)."""
+        found = [n for t in self.train for n in t.notes] + list(self.attack.notes if self.attack else ())
+        return tuple(dict.fromkeys(found))
+
+    @property
+    def epsilon_used(self) -> float | None:
+        """The epsilon training actually achieved when it differs from the target by more than calibration
+        slack (the target lay past the noise search range), else the target."""
+        achieved = next((t.epsilon for t in self.train if t.epsilon is not None), None)
+        if self.epsilon_target is not None and achieved is not None and achieved < self.epsilon_target / 1.01:
+            return achieved
+        return self.epsilon_target
 
     @property
     def private(self) -> bool:
@@ -508,7 +553,13 @@ class LevelSummary:
 
     @property
     def label(self) -> str:
-        return "non-private" if self.epsilon_target is None else f"ε = {fmt_eps(self.epsilon_target)}"
+        if self.epsilon_target is None:
+            return "non-private"
+        used = self.epsilon_used
+        if used is not None and used != self.epsilon_target:
+            # A budget past the noise search range: the numbers are those of the epsilon actually used.
+            return f"ε = {fmt_eps(used)} (asked {fmt_eps(self.epsilon_target)})"
+        return f"ε = {fmt_eps(self.epsilon_target)}"
 
     @property
     def worst_case(self) -> float | None:
@@ -524,13 +575,24 @@ class LevelSummary:
         return self.bounds.at_kappa_train().relaxed if self.bounds else None
 
 
+def init_labels(profile: Profile) -> tuple[str, ...]:
+    """The initialisations' labels in the order of ``config.inits`` (``scratch`` or a file name)."""
+    from pathlib import Path
+
+    return tuple("scratch" if i == "scratch" else Path(i).name for i in profile.config.inits)
+
+
 def _summarise(profile: Profile, eps: float | None) -> LevelSummary:
-    train = tuple(t for t in profile.train if _same_level(t.epsilon_target, eps))
+    level = tuple(t for t in profile.train if _same_level(t.epsilon_target, eps))
+    labels = init_labels(profile)
+    primary = labels[0]
+    train = tuple(t for t in level if t.init == primary)
+    mcc_by_init = {lab: Spread.of([t.utility.mcc for t in level if t.init == lab]) for lab in labels}
     utility = {m: Spread.of([getattr(t.utility, m) for t in train]) for m in Utility.METRICS}
     bounds = next((b for b in profile.bounds if _same_level(b.epsilon_target, eps)), None)
     attack = next((a for a in profile.attacks if _same_level(a.epsilon_target, eps)), None)
     mia = next((m for m in profile.mia_audits if _same_level(m.epsilon_target, eps)), None)
-    return LevelSummary(eps, train, utility, bounds, attack, mia)
+    return LevelSummary(eps, train, utility, bounds, attack, mia, mcc_by_init)
 
 
 def fmt_eps(eps: float) -> str:

@@ -129,7 +129,8 @@ class _TrainingSpec(_TaskBase):
     def _train_config(self, out: str | None, threads: int | None):
         from dpaudit.audit.train import TrainConfig
 
-        return TrainConfig(
+        init, trainable = getattr(self, "init", None), getattr(self, "trainable", "all")
+        return TrainConfig(init=init, trainable=trainable,
             dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
             max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target,
             non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
@@ -152,13 +153,28 @@ class TrainTask(_TrainingSpec):
     out_dir: str
     #: torch intra-op threads; None lets ``train`` use the idle cores (a Dask worker passes 1: one task per core).
     threads: int | None = None
+    #: Weights the run starts from (None: scratch), their SHA-256 (part of the key: another file with the same
+    #: name is another run), and which layers train.
+    init: str | None = None
+    init_sha256: str | None = None
+    trainable: str = "all"
+
+    def identity(self) -> dict[str, Any]:
+        # A scratch run with every layer trained keeps the key it had before inits existed (profiles resume).
+        out = super().identity()
+        for name, default in (("init", None), ("init_sha256", None), ("trainable", "all")):
+            if out.get(name) == default:
+                out.pop(name, None)
+        out.pop("init", None)  # the path is a location; the digest identifies the weights
+        return out
 
     def tag(self) -> str:
-        return f"{_eps_tag(self.epsilon_target)}-seed{self.seed}"
+        return f"{_eps_tag(self.epsilon_target)}-seed{self.seed}" + (f"-{init_tag(self.init, self.init_sha256)}"
+                                                                      if self.init else "")
 
     def describe(self) -> str:
         level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
-        return f"train {level} seed {self.seed}"
+        return f"train {level} seed {self.seed}" + (f" from {Path(self.init).name}" if self.init else "")
 
     def train_config(self):
         return self._train_config(str(Path(self.out_dir) / Path(self.checkpoint).parent), self.threads)
@@ -191,6 +207,7 @@ def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, secon
                                       opt(get(g, "mcc")), opt(get(g, "accuracy")))
                       for g in (get(metrics, "subgroups") or ()))
     private = task.epsilon_target is not None
+    model = summary.get("model") or {}
     return TrainOutcome(
         epsilon_target=task.epsilon_target, seed=task.seed, noise_multiplier=float(summary["noise_multiplier"]),
         sampling_probability=float(summary["sampling_probability"]), steps=int(summary["steps"]),
@@ -201,7 +218,31 @@ def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, secon
         epsilon_rdp=opt(summary["epsilon_rdp"]) if private else None, n_train=int(summary["n_train"]),
         utility=Utility(mcc=float(get(metrics, "mcc")), balanced_accuracy=opt(get(metrics, "balanced_accuracy")),
                         auroc=opt(get(metrics, "auroc")), accuracy=opt(get(metrics, "accuracy"))),
-        subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds)
+        subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds,
+        init=init_label(task.init), trainable=str(model.get("trainable", "all")),
+        notes=tuple(f"training: {n}" for n in summary.get("notes") or ()))
+
+
+def init_label(init: str | None) -> str:
+    """How the report names an initialisation: ``scratch`` or the file's name."""
+    return "scratch" if init is None else Path(init).name
+
+
+def init_tag(init: str | None, digest: str | None) -> str:
+    """A folder-safe tag of an initialisation: ``init-NAME-DIGEST8``."""
+    if init is None:
+        return "scratch"
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(init).stem)[:24]
+    return f"init-{stem}-{(digest or '')[:8]}"
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file (the identity of an init's weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 #: TrainConfig fields that say where a run is computed or written, not what it computes.
@@ -222,8 +263,11 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
         recorded = json.loads(metrics_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    want = {k: encode(v) for k, v in dataclasses.asdict(config).items() if k not in LOCATION_KEYS}
     have = {k: v for k, v in (recorded.get("config") or {}).items() if k not in LOCATION_KEYS}
+    # Fields added after a run was recorded count as their default there (scratch, every layer trained).
+    added = {"fix_batchnorm": False, "init": None, "trainable": "all"}
+    want = {k: encode(v) for k, v in dataclasses.asdict(config).items()
+            if k not in LOCATION_KEYS and not (k in added and k not in have and v == added[k])}
     if json.dumps(want, sort_keys=True) != json.dumps(have, sort_keys=True):
         return None
     from dpaudit.checkpoint import load_checkpoint
@@ -241,7 +285,8 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
     task_like = TrainTask(DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, 0),
                           config.arch, config.epsilon, config.seed, config.epochs, config.batch_size,
                           config.physical_batch_size, config.max_grad_norm, config.lr, config.augment_multiplicity,
-                          config.delta, str(checkpoint), str(checkpoint.parent))
+                          config.delta, str(checkpoint), str(checkpoint.parent), init=config.init,
+                          trainable=config.trainable)
     return _train_outcome(task_like, recorded, recorded.get("metrics") or {}, 0.0, reused=True)
 
 
@@ -328,7 +373,8 @@ class AttackTask(_TaskBase):
 
     stage: ClassVar[str] = "attack"
     result_type: ClassVar[type] = AttackOutcome
-    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir",)
+    #: ``arch`` only confirms the architecture the checkpoint records (needed to rebuild the user's own code).
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "arch")
 
     data: DataSpec
     epsilon_target: float | None
@@ -344,6 +390,7 @@ class AttackTask(_TaskBase):
     seed: int
     include_images: bool
     out_dir: str
+    arch: str | None = None
 
     def tag(self) -> str:
         return _eps_tag(self.epsilon_target)
@@ -367,7 +414,7 @@ class AttackTask(_TaskBase):
         from dpaudit.checkpoint import load_checkpoint
 
         t0 = time.perf_counter()
-        ckpt = load_checkpoint(Path(self.out_dir) / self.checkpoint)
+        ckpt = load_checkpoint(Path(self.out_dir) / self.checkpoint, arch=self.arch)
         splits = self.data.load()
         n_train = len(splits.train)
         scenario = self.scenario(n_train)
@@ -389,7 +436,8 @@ class AttackTask(_TaskBase):
             steps=self.attack_epochs * n_train, target_delta=self.target_delta, checkpoint=self.checkpoint,
             n_excluded=int(result.n_excluded), image_shape=tuple(int(x) for x in result.image_shape),
             ssim_variant=str(result.ssim_variant), connection=self.connection, bins=int(result.bins),
-            observations=self.observations, rows=result.rows, images=saved, seconds=time.perf_counter() - t0)
+            observations=self.observations, rows=result.rows, images=saved, seconds=time.perf_counter() - t0,
+            notes=tuple(f"attack scenario (batch size 1, q = 1/N): {n}" for n in result.notes))
 
 
 
