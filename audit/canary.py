@@ -190,6 +190,7 @@ class CanaryAuditResult:
             "accountant_epsilon": self.accountant_epsilon,
             "epsilon_rdp": self.epsilon_rdp,
             "epsilon_target": self.epsilon_target,
+            "notes": list(self.train.notes),  # e.g. a target past the noise search range: accountant_epsilon is used
             "target_delta": self.target_delta,
             "confidence": self.confidence,
             "canaries": self.canaries,

@@ -191,6 +191,8 @@ def audit_cmd(
         err.print(f"  {done}/{total} steps: {text}")
 
     res = run_canary_audit(cfg, progress=progress)
+    for note in res.train.notes:
+        err.print(f"[yellow]warning:[/] {note}")
     payload = res.to_dict()
     if out_file is not None:
         Path(out_file).write_text(json_text(payload))
