@@ -172,6 +172,12 @@ def test_monai_densenet_trains_with_dp_after_the_reported_fix(tmp_path: Path) ->
     assert ckpt.fix_batchnorm and ckpt.arch == "monai:DenseNet"
     x = torch.rand(2, 3, 16, 16)
     assert ckpt.build_model()(x).shape == (2, 2)
+    # attack and bounds take the checkpoint as it is (MONAI is library code: no --arch needed)
+    att = runner.invoke(app, ["attack", "--model", res.checkpoint, "--dataset", "demo", "--n-images", "2",
+                              "--sigmas", "0", "--json"])
+    assert att.exit_code == 0, att.output
+    assert json.loads(att.stdout)["rows"][0]["success_rate"] == 1.0
+    assert runner.invoke(app, ["bounds", "--model", res.checkpoint, "--json"]).exit_code == 0
 
 
 def test_non_classifier_is_refused(tmp_path: Path) -> None:
