@@ -12,9 +12,11 @@ from typing import Annotated
 import typer
 
 from dpaudit.cli._common import (
+    ArchArgsOpt,
     ArchOpt,
     DataDirOpt,
     DatasetOpt,
+    FixBatchnormOpt,
     ImageSizeOpt,
     JsonOpt,
     MaxImagesOpt,
@@ -22,6 +24,7 @@ from dpaudit.cli._common import (
     emit_json,
     handle_errors,
     out,
+    parse_arch_args,
 )
 
 app = typer.Typer(
@@ -152,6 +155,8 @@ def audit_cmd(
     image_size: ImageSizeOpt = 64,  # TrainConfig's defaults, as dpaudit train (a test keeps them equal)
     max_images: MaxImagesOpt = None,
     arch: ArchOpt = "resnet9",
+    arch_args: ArchArgsOpt = None,
+    fix_batchnorm: FixBatchnormOpt = False,
     width: Annotated[int | None, typer.Option(help="Channel width of the architecture.")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sigma calibrated, tight PLD).")] = None,
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
@@ -181,7 +186,8 @@ def audit_cmd(
     from dpaudit.cli._common import err, json_text
 
     tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
-                     arch_args={} if width is None else {"width": width}, epsilon=epsilon, noise_multiplier=sigma,
+                     arch_args={**parse_arch_args(arch_args), **({} if width is None else {"width": width})},
+                     fix_batchnorm=fix_batchnorm, epsilon=epsilon, noise_multiplier=sigma,
                      non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
                      max_grad_norm=max_grad_norm, lr=lr, seed=seed, threads=threads)
     cfg = CanaryAuditConfig(train=tc, canaries=canaries, score=score, confidence=confidence,  # type: ignore[arg-type]

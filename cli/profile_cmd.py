@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,9 +10,11 @@ import typer
 
 from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli._common import (
+    ArchArgsOpt,
     ArchOpt,
     DataDirOpt,
     DatasetOpt,
+    FixBatchnormOpt,
     ImageSizeOpt,
     MaxImagesOpt,
     ThreadsOpt,
@@ -66,6 +69,8 @@ def profile(
     image_size: ImageSizeOpt = D.image_size,
     max_images: MaxImagesOpt = D.max_images,
     arch: ArchOpt = D.arch,
+    arch_args: ArchArgsOpt = None,
+    fix_batchnorm: FixBatchnormOpt = D.fix_batchnorm,
     epsilons: Annotated[str, typer.Option(help="Target privacy budgets (tight PLD epsilon at delta).")] = "1,8,20,1e9",
     non_private: Annotated[bool, typer.Option("--non-private/--no-non-private",
                                               help="Also train the non-private baseline.")] = True,
@@ -115,7 +120,7 @@ def profile(
 
     from dpaudit.audit.profile import run_profile
     from dpaudit.audit.profile.schema import ProfileConfig
-    from dpaudit.cli._common import parse_float_list
+    from dpaudit.cli._common import parse_arch_args, parse_float_list
     from dpaudit.errors import check_int, invalid
 
     decoders = {"all": ("strong", "paper"), "strong": ("strong",), "paper": ("paper",)}
@@ -129,7 +134,8 @@ def profile(
         records_per_patient=records_per_patient, attack_images=attack_images, decoders=decoders[decoder],
         connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
         mia_audit=mia_audit, canaries=canaries, include_images=include_images,
-        inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable)
+        inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable,
+        arch_args=json.dumps(parse_arch_args(arch_args)), fix_batchnorm=fix_batchnorm)
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
     started = time.perf_counter()

@@ -40,6 +40,11 @@ def test_scratch_keys_unchanged_and_bad_inits(tmp_path: Path, pretrained: str) -
             ProfileConfig(epsilons=(8.0,), inits=bad, **TINY)
     with pytest.raises(ConfigError, match="trainable"):
         ProfileConfig(epsilons=(8.0,), trainable="some", **TINY)
+    wide = ProfileConfig(epsilons=(8.0,), arch_args='{"width": 4}', fix_batchnorm=True, **TINY)
+    assert "--arch-args" in wide.command() and "--fix-batchnorm" in wide.command()
+    assert not {t.key() for t in plan_training(wide, tmp_path)} & plain  # other arguments, other runs
+    with pytest.raises(ConfigError, match="arch_args"):
+        ProfileConfig(epsilons=(8.0,), arch_args="[1, 2]", **TINY)
 
 
 def test_profile_compares_inits_and_labels_budgets_past_the_range(tmp_path: Path, pretrained: str) -> None:

@@ -68,7 +68,8 @@ def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: in
                     max_grad_norm=config.max_grad_norm, lr=config.lr,
                     augment_multiplicity=config.augment_multiplicity, target_delta=config.target_delta,
                     checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()), threads=threads, init=path,
-                    init_sha256=digest, trainable=config.trainable if path is not None else "all"))
+                    init_sha256=digest, trainable=config.trainable if path is not None else "all",
+                    arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm))
     return tasks
 
 
@@ -182,7 +183,8 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         data=_data_spec(config), arch=config.arch, epsilon_target=eps, seed=config.seed, epochs=config.epochs,
         batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
         max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
-        target_delta=config.target_delta, canaries=config.canaries, threads=threads) for eps in config.epsilons
+        target_delta=config.target_delta, canaries=config.canaries, threads=threads, arch_args=config.arch_args,
+        fix_batchnorm=config.fix_batchnorm) for eps in config.epsilons
     ] if config.mia_audit else []
     mia_res: dict[str, Any] = {}
     if mia_tasks:

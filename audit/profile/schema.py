@@ -91,6 +91,9 @@ class ProfileConfig(JsonResult):
         Also run the empirical canary membership audit (one extra training run per privacy level).
     include_images:
         Put reconstructions next to originals in the report (patient images: off by default).
+    arch_args, fix_batchnorm:
+        The architecture's keyword arguments as a JSON object (stored canonically: sorted keys) and whether
+        BatchNorm is replaced by GroupNorm (``dpaudit train --arch-args``, ``--fix-batchnorm``).
     inits, trainable:
         Initialisations every budget is trained from, side by side: ``scratch`` (random) and/or weights files
         (``dpaudit train --init``; never downloaded); the bounds and the attack use the first one's runs
@@ -129,6 +132,8 @@ class ProfileConfig(JsonResult):
     include_images: bool = False
     inits: tuple[str, ...] = ("scratch",)
     trainable: str = "all"
+    arch_args: str = "{}"
+    fix_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         from dpaudit.errors import check_int, check_positive, check_probability
@@ -194,6 +199,18 @@ class ProfileConfig(JsonResult):
                 raise invalid("inits", i, "scratch or an existing weights file (nothing is downloaded)",
                               "pass the path of a local dpaudit checkpoint, state dict or .safetensors file")
         put("inits", inits)
+        import json
+
+        try:
+            args = json.loads(self.arch_args) if isinstance(self.arch_args, str) else dict(self.arch_args)
+        except (json.JSONDecodeError, TypeError, ValueError):
+            raise invalid("arch_args", self.arch_args, "a JSON object", "pass e.g. --arch-args '{\"width\": 16}'"
+                          ) from None
+        if not isinstance(args, dict):
+            raise invalid("arch_args", self.arch_args, "a JSON object", "pass e.g. --arch-args '{\"width\": 16}'")
+        put("arch_args", json.dumps(args, sort_keys=True))
+        if not isinstance(self.fix_batchnorm, bool):
+            raise invalid("fix_batchnorm", self.fix_batchnorm, "true or false")
         from dpaudit.config import parse_trainable
 
         parse_trainable(self.trainable)
@@ -224,6 +241,9 @@ class ProfileConfig(JsonResult):
         opt("--image-size", self.image_size, None)
         opt("--max-images", self.max_images, d.max_images)
         opt("--arch", self.arch, None)
+        opt("--arch-args", self.arch_args, d.arch_args)
+        if self.fix_batchnorm:
+            parts.append("--fix-batchnorm")
         parts += ["--epsilons", ",".join(_fmt_cli(e) for e in self.epsilons)]
         parts.append("--non-private" if self.non_private else "--no-non-private")
         opt("--seeds", self.seeds, None)

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -125,12 +125,24 @@ class _TrainingSpec(_TaskBase):
     lr: float
     augment_multiplicity: int
     target_delta: float | None
+    #: The architecture's arguments (canonical JSON) and the BatchNorm replacement; keyword-only, and left out of
+    #: the key at their defaults so that earlier profiles resume.
+    arch_args: str = field(default="{}", kw_only=True)
+    fix_batchnorm: bool = field(default=False, kw_only=True)
+
+    def identity(self) -> dict[str, Any]:
+        out = super().identity()
+        for name, default in (("arch_args", "{}"), ("fix_batchnorm", False)):
+            if out.get(name) == default:
+                out.pop(name, None)
+        return out
 
     def _train_config(self, out: str | None, threads: int | None):
         from dpaudit.audit.train import TrainConfig
 
         init, trainable = getattr(self, "init", None), getattr(self, "trainable", "all")
-        return TrainConfig(init=init, trainable=trainable,
+        return TrainConfig(init=init, trainable=trainable, arch_args=json.loads(self.arch_args or "{}"),
+                           fix_batchnorm=self.fix_batchnorm,
             dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
             max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target,
             non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
