@@ -244,8 +244,10 @@ def privacy_statement(profile: Profile) -> list[str]:
         paras.append(
             f"<b>Pretrained initialisation.</b> Runs from {names} fine-tune weights trained elsewhere: the "
             "guarantee covers the fine-tuning data only, not the data those weights were trained on (which is "
-            "protected only as far as its own training was private). Frozen layers "
-            f"(--trainable {c.trainable}) receive no gradient and no noise; the accounting is the same.")
+            "protected only as far as its own training was private). "
+            + ("Every layer was fine-tuned (--trainable all)." if c.trainable == "all" else
+               f"Only some layers were fine-tuned (--trainable {c.trainable}); the frozen ones receive no gradient "
+               "and no noise, and the accounting is the same."))
     return paras
 
 
