@@ -31,9 +31,10 @@ MedMNIST flags (``dermamnist``, ``pathmnist``, ...)
 
 from __future__ import annotations
 
-import csv
 import math
+import os
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,19 +45,31 @@ import torch
 import torch.nn.functional as F
 
 from dpaudit.errors import DataError, check_int, check_probability, invalid
+from dpaudit.images import (
+    IMAGE_EXTENSIONS,
+    Pixels,
+    UnreadableImageError,
+    probe_channels,
+    read_image,
+    to_unit_range,
+)
+from dpaudit.tables import read_table
 
 __all__ = [
     "DEFAULT_MEAN",
     "DEFAULT_STD",
     "HAM10000_IMMEDIATE",
     "MEDMNIST_FLAGS",
+    "PRIVACY_UNITS",
     "DatasetSplits",
     "ImageDataset",
+    "ImagesPerUnit",
     "age_band",
     "dataset_choices",
     "load_splits",
     "make_demo",
     "normalization",
+    "require_classes",
 ]
 
 #: Fixed per-channel normalisation (not computed from private data; see the module docstring).
@@ -80,8 +93,6 @@ _MEDMNIST_LABEL_NAMES: dict[str, tuple[str, ...]] = {
     "pneumoniamnist": ("normal", "pneumonia"),
     "breastmnist": ("malignant", "normal, benign"),
 }
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 #: Default total number of demo images (about 70% of them train): a CPU demo in seconds.
 DEMO_DEFAULT_SIZE = 2000
@@ -218,11 +229,62 @@ class ImageDataset:
                             self.name if name is None else name)
 
 
+#: What a dataset's ``patient_ids`` can stand for (see :class:`DatasetSplits`).
+PRIVACY_UNITS = ("patient", "lesion", "image")
+
+
+@dataclass(frozen=True)
+class ImagesPerUnit:
+    """The training split's images-per-unit distribution: ``histogram`` holds (images, number of units) pairs.
+
+    No identifier is kept: only counts (safe to print, log and write to JSON and reports).
+    """
+
+    unit: str
+    n_units: int
+    max: int
+    mean: float
+    histogram: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"unit": self.unit, "n_units": self.n_units, "max": self.max, "mean": self.mean,
+                "histogram": [list(pair) for pair in self.histogram]}
+
+
+def require_classes(splits: DatasetSplits, what: str) -> None:
+    """Training needs at least two classes, each present in the training split: a one-class task trains to
+    "accuracy 1.0, loss 0.0" and says nothing. (The attack needs no labels; see ``dpaudit attack``.)"""
+    present = np.flatnonzero(splits.train.class_counts())
+    if splits.num_classes < 2 or len(present) < 2:
+        names = [splits.label_names[i] for i in present]
+        raise DataError(f"{what} needs at least 2 classes in the training split, got {len(present)} "
+                        f"({', '.join(names) or 'none'}) in {splits.name}. Fix: pass a dataset with one sub-folder "
+                        "per class (folder:PATH/CLASS/*.png), or a CSV manifest with a label column; a folder "
+                        "without labels can still be attacked (dpaudit attack --arch resnet9 --dataset folder:PATH).")
+
+
+def _check_disjoint(name: str, parts: Sequence[ImageDataset]) -> None:
+    """No patient (lesion, image) id on two sides of a split: checked, not assumed. The message holds no id."""
+    seen: dict[str, int] = {}
+    for side, part in enumerate(parts):
+        for pid in np.unique(part.patient_ids):
+            other = seen.setdefault(str(pid), side)
+            if other != side:
+                raise DataError(f"{name}: one patient (or lesion) has images in two splits ({parts[other].name} "
+                                f"and {part.name}); splits must be patient-disjoint. Fix: report this as a bug "
+                                "(the loaders split by patient).")
+
+
 @dataclass(frozen=True, eq=False)
 class DatasetSplits:
     """Train, validation and test splits of one dataset, with the fixed normalisation models use.
 
-    ``mean`` and ``std`` default to :data:`DEFAULT_MEAN` / :data:`DEFAULT_STD` per channel.
+    ``mean`` and ``std`` default to :data:`DEFAULT_MEAN` / :data:`DEFAULT_STD` per channel. ``unit`` says what
+    the ``patient_ids`` stand for, the privacy unit the data support: ``"patient"`` (DICOM PatientID, a
+    ``patient_id`` column), ``"lesion"`` (HAM10000's lesion_id: it has no patient id) or ``"image"`` (MedMNIST,
+    plain folders, the demo's synthetic lesions are treated as lesions). ``skipped`` counts the files a loader
+    passed over, by reason (``"hidden"``, ``"not an image"``, ``"unreadable"``, ...); ``notes`` says what else
+    the loader decided (e.g. a CSV read as cp1252).
     """
 
     train: ImageDataset
@@ -231,6 +293,9 @@ class DatasetSplits:
     name: str = ""
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    unit: str = "image"
+    skipped: Mapping[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shapes = {self.train.image_shape, self.val.image_shape, self.test.image_shape}
@@ -243,6 +308,24 @@ class DatasetSplits:
         object.__setattr__(self, "std", tuple(float(v) for v in (self.std or s)))
         if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
             raise invalid("std", self.std, f"{c} positive values (one per channel) with {c} means")
+        if self.unit not in PRIVACY_UNITS:
+            raise invalid("unit", self.unit, f"one of {list(PRIVACY_UNITS)}", cls=DataError)
+        object.__setattr__(self, "skipped", {str(k): int(v) for k, v in dict(self.skipped).items() if v})
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        _check_disjoint(self.name, (self.train, self.val, self.test))
+
+    def images_per_unit(self) -> ImagesPerUnit:
+        """How many training images each privacy unit (patient, lesion or image) contributes."""
+        _, counts = np.unique(self.train.patient_ids, return_counts=True)
+        hist = np.bincount(counts) if counts.size else np.zeros(1, dtype=np.int64)
+        return ImagesPerUnit(self.unit, int(counts.size), int(counts.max()) if counts.size else 0,
+                             float(counts.mean()) if counts.size else 0.0,
+                             tuple((int(k), int(v)) for k, v in enumerate(hist) if v and k))
+
+    @property
+    def records_per_patient(self) -> int:
+        """k: the largest number of training images of one privacy unit (1 at image level)."""
+        return max(1, self.images_per_unit().max) if self.unit != "image" else 1
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -383,16 +466,80 @@ def _select_groups(groups: np.ndarray, max_images: int | None, rng: np.random.Ge
     return np.flatnonzero(keep[inv])
 
 
+def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndarray, sources: Sequence[str],
+                     name: str) -> tuple[np.ndarray, int]:
+    """Split groups in which images with identical stored content share a group (they can never straddle a split).
+
+    Returns the merged group keys and the number of images whose content repeats an earlier one. Identical content
+    under two different labels is an error naming both files.
+    """
+    first: dict[str, int] = {}
+    parent = {g: g for g in np.unique(groups).tolist()}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    repeats = 0
+    for i, d in enumerate(digests):
+        if not d:
+            continue
+        j = first.setdefault(d, i)
+        if j == i:
+            continue
+        repeats += 1
+        if labels[i] != labels[j]:
+            raise DataError(f"{name}: {sources[j]!r} and {sources[i]!r} hold identical images under different labels "
+                            f"({int(labels[j])} and {int(labels[i])}). Fix: remove one of them or correct its label.")
+        a, b = root(str(groups[i])), root(str(groups[j]))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    merged = np.array([root(str(g)) for g in groups.tolist()]) if repeats else np.asarray(groups)
+    return merged, repeats
+
+
+def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequence[str],
+                     groups: Mapping[str, np.ndarray], patient_ids: np.ndarray, name: str,
+                     fractions: tuple[float, float], rng: np.random.Generator, *, unit: str,
+                     digests: Sequence[str] | None = None, sources: Sequence[str] | None = None,
+                     skipped: Mapping[str, int] | None = None, notes: Sequence[str] = ()) -> DatasetSplits:
+    """Split by patient (merged with identical content) and check that no file or content lies on two sides."""
+    patient_ids = np.asarray(patient_ids).astype(str)
+    sources = list(sources) if sources is not None else [f"image {i}" for i in range(len(labels))]
+    split_groups, repeats = (patient_ids, 0) if digests is None else _merge_identical(
+        patient_ids, digests, labels, sources, name)
+    parts = _grouped_stratified_split(labels, split_groups, fractions, rng)
+    for key, values in (("file", sources), ("image content", digests)):
+        if values is None:
+            continue
+        side_of: dict[str, int] = {}
+        for side, idx in enumerate(parts):
+            for i in idx:
+                v = values[i]
+                if v and side_of.setdefault(v, side) != side:
+                    raise DataError(f"{name}: the same {key} ({sources[i]!r}) lies in two splits. Fix: report this "
+                                    "as a bug (the loaders split by patient and content).")
+    notes = list(notes)
+    if repeats:
+        notes.append(f"{repeats} image(s) repeat the content of another file; each set of copies was kept in one "
+                     "split")
+    return _splits_from(images, labels, label_names, groups, patient_ids, name, parts, unit=unit,
+                        skipped=skipped, notes=tuple(notes))
+
+
 def _splits_from(images: torch.Tensor, labels: np.ndarray, label_names: Sequence[str],
                  groups: Mapping[str, np.ndarray], patient_ids: np.ndarray, name: str,
-                 parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> DatasetSplits:
+                 parts: tuple[np.ndarray, np.ndarray, np.ndarray], *, unit: str = "image",
+                 skipped: Mapping[str, int] | None = None, notes: tuple[str, ...] = ()) -> DatasetSplits:
     full = ImageDataset(images, torch.as_tensor(labels, dtype=torch.int64), tuple(label_names), groups,
                         patient_ids, name)
     train, val, test = (full.subset(p, f"{name}/{s}") for p, s in zip(parts, ("train", "val", "test"), strict=True))
     if len(train) == 0:
         raise DataError(f"{name}: the training split is empty ({len(full)} images in total). Fix: provide more "
                         "images or lower the validation and test fractions.")
-    return DatasetSplits(train, val, test, name)
+    return DatasetSplits(train, val, test, name, unit=unit, skipped=dict(skipped or {}), notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -490,62 +637,103 @@ def make_demo(n_images: int = DEMO_DEFAULT_SIZE, *, image_size: int = 64, seed: 
     pids = np.array([f"demo-lesion-{i:05d}" for i in lesion_of])
     groups = {"sex": sex_les[lesion_of], "age_band": np.array([age_band(a) for a in age_les[lesion_of]])}
     parts = _grouped_stratified_split(labels, pids, fractions, np.random.default_rng([seed, 0x5B17]))
-    return _splits_from(torch.from_numpy(images), labels, HAM10000_LABEL_NAMES, groups, pids, "demo", parts)
+    return _splits_from(torch.from_numpy(images), labels, HAM10000_LABEL_NAMES, groups, pids, "demo", parts,
+                        unit="lesion")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding files
 
 
-def _decode_image(path: Path, image_size: int, mode: str) -> np.ndarray:
-    """Decode one image file to uint8 H x W x C (``mode`` "RGB" or "L"), resized to image_size x image_size."""
-    from PIL import Image, UnidentifiedImageError
+def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip_unreadable: bool
+                  ) -> tuple[list[Pixels | None], int]:
+    """Decode image files in threads (Pillow and tifffile release the GIL), resizing each as it is read.
 
-    try:
-        with Image.open(path) as im:
-            # JPEG: let libjpeg decode at a reduced scale (>= 2x the target) -- much faster, same result after
-            # the antialiased resize below.
-            im.draft(mode, (2 * image_size, 2 * image_size))
-            im = im.convert(mode)
-            if im.size != (image_size, image_size):
-                # Non-square images (HAM10000: 600 x 450) are resized to a square, as MedMNIST did.
-                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"image {str(path)!r} does not decode ({type(exc).__name__}: {exc}). Fix: replace or "
-                        "remove the file.") from None
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
-def _decode_all(paths: Sequence[Path], image_size: int, mode: str) -> torch.Tensor:
-    """Decode files in parallel threads (PIL releases the GIL while decoding) to float32 N x C x H x W in [0, 1]."""
-    c = 3 if mode == "RGB" else 1
-    out = np.empty((len(paths), image_size, image_size, c), dtype=np.uint8)
+    Returns one :class:`~dpaudit.images.Pixels` per path (None for a file that does not decode, when
+    ``skip_unreadable``) and the number of such files. Other errors (a non-finite pixel, a 16-bit colour PNG)
+    always propagate.
+    """
+    out: list[Pixels | None] = [None] * len(paths)
 
     def work(i: int) -> None:
-        out[i] = _decode_image(paths[i], image_size, mode)
+        try:
+            out[i] = read_image(paths[i], image_size, channels)
+        except UnreadableImageError:
+            if not skip_unreadable:
+                raise
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
         list(pool.map(work, range(len(paths))))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(torch.float32).div_(255.0)
+    return out, sum(p is None for p in out)
+
+
+def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, list[bool]]:
+    """1 when every readable image is greyscale, else 3 (headers only), and which files opened."""
+    channels, ok = 1, []
+    for p in paths:
+        try:
+            channels = max(channels, probe_channels(p))
+            ok.append(True)
+        except UnreadableImageError:
+            if not skip_unreadable:
+                raise
+            ok.append(False)
+    return channels, ok
+
+
+def _stack(pixels: Sequence[Pixels]) -> torch.Tensor:
+    return torch.from_numpy(to_unit_range(list(pixels)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Array files (MedMNIST .npz)
+
+
+def _array_to_unit(arr: np.ndarray, what: str) -> np.ndarray:
+    """A MedMNIST-style image array to float32 in [0, 1] (rule in the README, "Data"), checking every value.
+
+    uint8: / 255. Other unsigned integers: / (2^b - 1), b the bits of the array's largest value (at least 8).
+    Floats: kept in [0, 1]; in [0, 255] (the 8-bit scale stored as float): / 255; otherwise mapped by the array's
+    minimum and maximum. Signed integers: as floats. A non-finite value is an error naming the image index.
+    """
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / np.float32(255.0)
+    if arr.dtype.kind == "u":
+        high = int(arr.max()) if arr.size else 0
+        return arr.astype(np.float32) / np.float32(2 ** max(8, high.bit_length()) - 1)
+    if arr.dtype.kind not in "fi":
+        raise DataError(f"{what}: images must hold numbers, got dtype {arr.dtype}. Fix: store the images as uint8 "
+                        "or float arrays.")
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            pos = np.argwhere(bad)[0]
+            raise DataError(f"{what}: image {int(pos[0])} holds a non-finite pixel value ({float(arr[tuple(pos)])} at "
+                            f"row {int(pos[1])}, column {int(pos[2])}). Fix: replace the non-finite values, or "
+                            "remove that image.")
+    if not arr.size:
+        return arr.astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0 and hi <= 1:
+        return arr.astype(np.float32)
+    if lo >= 0 and hi <= 255:
+        return arr.astype(np.float32) / np.float32(255.0)
+    return ((arr.astype(np.float64) - lo) / ((hi - lo) or 1.0)).astype(np.float32)
 
 
 def _resize_array(arr: np.ndarray, image_size: int, what: str) -> torch.Tensor:
-    """uint8 or float array N x H x W (grey) or N x H x W x C to float32 N x C x image_size x image_size in [0, 1]."""
+    """Image array N x H x W (grey) or N x H x W x C to float32 N x C x image_size x image_size in [0, 1]."""
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise DataError(f"{what}: images must be N x H x W (grey) or N x H x W x 3 (colour), got shape "
                         f"{arr.shape}. Fix: use a 2D MedMNIST file.")
-    if arr.dtype == np.uint8:
-        scale = 255.0
-    elif np.issubdtype(arr.dtype, np.floating):
-        scale = 255.0 if arr.size and float(arr.max()) > 1.0 else 1.0
-    else:
-        raise DataError(f"{what}: images must be uint8 or float, got {arr.dtype}.")
+    unit = _array_to_unit(arr, what)
     out = []
-    for s in range(0, len(arr), 1024):
-        t = torch.from_numpy(np.ascontiguousarray(arr[s:s + 1024])).permute(0, 3, 1, 2).to(torch.float32) / scale
+    for s in range(0, len(unit), 1024):
+        t = torch.from_numpy(np.ascontiguousarray(unit[s:s + 1024])).permute(0, 3, 1, 2).to(torch.float32)
         if t.shape[-2:] != (image_size, image_size):
             t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", antialias=True,
                               align_corners=False)
@@ -578,25 +766,35 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
         raise DataError(f"ham10000: {str(csv_path)!r} not found (CSV files in that folder: {found or 'none'}). "
                         "Fix: pass --data-dir the folder holding HAM10000_metadata.csv and the ISIC_*.jpg images "
                         "(directly or in HAM10000_images_part_1/ and HAM10000_images_part_2/).")
-    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in HAM10000_REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DataError(f"ham10000: {csv_path.name} lacks the column(s) {missing} (found {columns}). Fix: use "
-                            "the official metadata file (lesion_id, image_id, dx, dx_type, age, sex, localization).")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    table = read_table(csv_path, "ham10000")
+    table.require(HAM10000_REQUIRED_COLUMNS, "ham10000",
+                  "use the official metadata file (lesion_id, image_id, dx, dx_type, age, sex, localization)")
+    rows, columns = table.rows, table.columns
     if not rows:
-        raise DataError(f"ham10000: {csv_path.name} has no rows.")
+        raise DataError(f"ham10000: {csv_path.name} has no rows. Fix: use the official metadata file (one row per "
+                        "image).")
+    empty = [i + 1 for i, r in enumerate(rows) if not (r["image_id"] and r["lesion_id"])]
+    if empty:
+        raise DataError(f"ham10000: {csv_path.name} data row {empty[0]} has an empty image_id or lesion_id "
+                        f"({len(empty)} such row(s)). Fix: fill in or delete those rows.")
+    ids, counts = np.unique([r["image_id"] for r in rows], return_counts=True)
+    repeated = ids[counts > 1].tolist()
+    if repeated:
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise DataError(f"ham10000: {csv_path.name} lists image_id {shown} more than once (each image must be one "
+                        "row; a repeat would put the same image in two splits and inflate N, and kappa = 1/N with "
+                        "it). Fix: delete the repeated rows.")
     known = HAM10000_IMMEDIATE | HAM10000_NOT_IMMEDIATE
     bad = sorted({r["dx"] for r in rows} - known)
     if bad:
-        raise DataError(f"ham10000: {csv_path.name} has unknown dx value(s) {bad}; allowed: {sorted(known)}.")
+        raise DataError(f"ham10000: {csv_path.name} has unknown dx value(s) {bad}; allowed: {sorted(known)}. Fix: "
+                        "use the official metadata file.")
     index = _ham_image_index(root)
     absent = [r["image_id"] for r in rows if r["image_id"] not in index]
     if absent:
         raise DataError(f"ham10000: {len(absent)} image(s) listed in {csv_path.name} are missing, e.g. "
-                        f"{absent[0]}.jpg (looked in {root}, HAM10000_images_part_1/ and HAM10000_images_part_2/).")
+                        f"{absent[0]}.jpg (looked in {root}, HAM10000_images_part_1/ and HAM10000_images_part_2/). "
+                        "Fix: put every listed image in one of those folders.")
     labels = np.array([1 if r["dx"] in HAM10000_IMMEDIATE else 0 for r in rows], dtype=np.int64)
     lesions = np.array([r["lesion_id"] for r in rows])
     rng = np.random.default_rng([seed, zlib.crc32(b"ham10000")])
@@ -615,9 +813,12 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
         groups["sex"] = sex[keep]
     if "age" in columns:
         groups["age_band"] = ages[keep]
-    images = _decode_all([index[rows[i]["image_id"]] for i in keep], image_size, "RGB")
-    parts = _grouped_stratified_split(labels[keep], lesions[keep], fractions, rng)
-    return _splits_from(images, labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000", parts)
+    paths = [index[rows[i]["image_id"]] for i in keep]
+    pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False)
+    notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
+    return _split_and_check(_stack(pixels), labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000",
+                            fractions, rng, unit="lesion", digests=[p.digest for p in pixels],
+                            sources=[str(p) for p in paths], notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -646,34 +847,53 @@ def _medmnist_file(root: Path, flag: str, image_size: int) -> Path:
                     "holding the MedMNIST file (dpaudit never downloads data).")
 
 
+def _medmnist_labels(lab: np.ndarray, what: str, n_images: int, n_names: int | None) -> np.ndarray:
+    """One split's labels as int64, each checked: integral, >= 0, and below the flag's class count when known."""
+    if lab.ndim == 2 and lab.shape[1] == 1:
+        lab = lab[:, 0]
+    if lab.ndim != 1:
+        raise DataError(f"{what} has shape {lab.shape}; dpaudit trains single-label classifiers. Fix: use a "
+                        "single-label MedMNIST dataset (ChestMNIST is multi-label).")
+    if len(lab) != n_images:
+        raise DataError(f"{what} holds {len(lab)} labels for {n_images} images. Fix: store one label per image.")
+    if lab.dtype.kind not in "biuf":
+        raise DataError(f"{what} must hold class indices, got dtype {lab.dtype}. Fix: store integer labels.")
+    as_float = lab.astype(np.float64)
+    bad = ~np.isfinite(as_float) | (as_float != np.round(as_float)) | (as_float < 0)
+    if n_names is not None:
+        bad |= as_float >= n_names
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        allowed = f"an integer in [0, {n_names - 1}]" if n_names is not None else "an integer >= 0"
+        raise DataError(f"{what}[{i}] must be {allowed}, got {lab[i]!r} ({int(bad.sum())} such label(s)). Fix: "
+                        "correct the labels in the file.")
+    return as_float.astype(np.int64)
+
+
 def _load_medmnist(flag: str, root: Path, image_size: int, seed: int, max_images: int | None) -> DatasetSplits:
     path = _medmnist_file(root, flag, image_size)
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{flag}: {path.name} does not load as an .npz file ({exc}).") from None
+        raise DataError(f"{flag}: {path.name} does not load as an .npz file ({exc}). Fix: pass the MedMNIST file "
+                        "as downloaded.") from None
     with npz:
         keys = set(npz.files)
         needed = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("images", "labels")]
         missing = [k for k in needed if k not in keys]
         if missing:
-            raise DataError(f"{flag}: {path.name} lacks the array(s) {missing} (found {sorted(keys)}).")
-        raw = {k: npz[k] for k in needed}
-    labels = {}
-    for s in ("train", "val", "test"):
-        lab = raw[f"{s}_labels"]
-        if lab.ndim == 2 and lab.shape[1] == 1:
-            lab = lab[:, 0]
-        if lab.ndim != 1:
-            raise DataError(f"{flag}: {s}_labels has shape {lab.shape}; dpaudit trains single-label classifiers. "
-                            "Fix: use a single-label MedMNIST dataset (ChestMNIST is multi-label).")
-        if len(lab) != len(raw[f"{s}_images"]):
-            raise DataError(f"{flag}: {s}_images and {s}_labels differ in length.")
-        labels[s] = lab.astype(np.int64)
+            raise DataError(f"{flag}: {path.name} lacks the array(s) {missing} (found {sorted(keys)}). Fix: pass the "
+                            "MedMNIST file as downloaded.")
+        try:
+            raw = {k: npz[k] for k in needed}
+        except ValueError as exc:  # object arrays need pickle, which is never allowed
+            raise DataError(f"{flag}: {path.name} holds an array that needs pickle to load ({exc}). Fix: store "
+                            "numeric arrays only.") from None
+    known = _MEDMNIST_LABEL_NAMES.get(flag)
+    labels = {s: _medmnist_labels(raw[f"{s}_labels"], f"{flag}: {path.name} {s}_labels", len(raw[f"{s}_images"]),
+                                  len(known) if known else None) for s in ("train", "val", "test")}
     n_cls = int(max(int(v.max()) for v in labels.values() if len(v)) + 1)
-    names = _MEDMNIST_LABEL_NAMES.get(flag, ())
-    if len(names) != n_cls:
-        names = tuple(str(i) for i in range(n_cls))
+    names = known if known else tuple(str(i) for i in range(n_cls))
     total = sum(len(v) for v in labels.values())
     rng = np.random.default_rng([seed, zlib.crc32(flag.encode())])
     splits = []
@@ -683,18 +903,40 @@ def _load_medmnist(flag: str, root: Path, image_size: int, seed: int, max_images
         if max_images is not None and max_images < total:
             k = max(1, round(max_images * n / total))
             idx = np.sort(rng.choice(n, size=min(n, k), replace=False))
-        imgs = _resize_array(raw[f"{s}_images"][idx], image_size, f"{flag}/{path.name}")
+        imgs = _resize_array(raw[f"{s}_images"][idx], image_size, f"{flag}: {path.name} {s}_images")
         splits.append(ImageDataset(imgs, torch.from_numpy(labels[s][idx]), names, {},
                                    np.array([f"{flag}-{s}-{i}" for i in idx]), f"{flag}/{s}"))
-    return DatasetSplits(*splits, name=flag)
+    return DatasetSplits(*splits, name=flag, unit="image")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Image folders
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _walk_images(folder: Path, skipped: Counter[str]) -> list[Path]:
+    """Image files at any depth below ``folder`` (sorted), counting hidden entries and non-image files skipped.
+
+    Symbolic links to folders are not followed (no cycles); hidden files and folders (a leading dot: ``.DS_Store``,
+    macOS ``._*`` resource forks, ``.git``) are skipped.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        skipped["hidden"] += sum(d.startswith(".") for d in dirnames)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if f.startswith("."):
+                skipped["hidden"] += 1
+            elif Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / f)
+            else:
+                skipped["not an image"] += 1
+    return sorted(found)
+
+
+def _describe_skipped(skipped: Mapping[str, int]) -> str:
+    total = sum(skipped.values())
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()) if v)
+    return f"{total} file(s) skipped ({parts})" if total else "no file skipped"
 
 
 def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
@@ -703,18 +945,30 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     if not root.is_dir():
         raise DataError(f"{name}: {str(root)!r} is not an existing folder. Fix: pass --dataset folder:PATH with "
                         "the folder of images (class sub-folders optional).")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = [(d.name, _list_images(d)) for d in subdirs]
+    skipped: Counter[str] = Counter()
+    top, subdirs = [], []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            skipped["hidden"] += 1
+        elif p.is_dir():
+            subdirs.append(p)
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
+            top.append(p)
+        else:
+            skipped["not an image"] += 1
+    classes = [(d.name, _walk_images(d, skipped)) for d in subdirs]
+    empty = [n for n, files in classes if not files]
     classes = [(n, files) for n, files in classes if files]
-    top = _list_images(root)
     if classes and top:
-        raise DataError(f"{name}: images both at the top level ({top[0].name}, ...) and in class sub-folders. "
-                        "Fix: move the top-level images into a class sub-folder.")
+        raise DataError(f"{name}: images both at the top level ({top[0].name}, ...) and in class sub-folders "
+                        f"({', '.join(n for n, _ in classes[:3])}). Fix: move the top-level images into a class "
+                        "sub-folder, or pass the folder of one class.")
     if not classes:
         if not top:
             raise DataError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found in the folder or its "
-                            "sub-folders.")
+                            f"sub-folders ({_describe_skipped(skipped)}). Fix: pass the folder holding the images.")
         classes = [(root.name or "images", top)]
+    notes = [f"class sub-folder(s) without images ignored: {', '.join(empty)}"] if empty else []
     label_names = tuple(n for n, _ in classes)
     paths = [p for _, files in classes for p in files]
     labels = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, (_, files) in enumerate(classes)])
@@ -722,24 +976,18 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     rng = np.random.default_rng([seed, zlib.crc32(b"folder")])
     keep = _select_groups(pids, max_images, rng)
     paths = [paths[i] for i in keep]
-    mode = _folder_mode(paths)
-    images = _decode_all(paths, image_size, mode)
-    parts = _grouped_stratified_split(labels[keep], pids[keep], fractions, rng)
-    return _splits_from(images, labels[keep], label_names, {}, pids[keep], name, parts)
-
-
-def _folder_mode(paths: Sequence[Path]) -> str:
-    """"L" when every image is greyscale, else "RGB" (reads headers only, decodes nothing)."""
-    from PIL import Image, UnidentifiedImageError
-
-    grey = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                if im.mode not in grey:
-                    return "RGB"
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"image {str(p)!r} does not decode ({type(exc).__name__}: {exc}). Fix: replace or "
-                            "remove the file.") from None
-    return "L"
-
+    channels, opened = _channels_of(paths, skip_unreadable=True)
+    pixels, _ = _decode_files([p for p, ok in zip(paths, opened, strict=True) if ok], image_size, channels,
+                              skip_unreadable=True)
+    decoded = iter(pixels)
+    got = [next(decoded) if ok else None for ok in opened]
+    good = [i for i, px in enumerate(got) if px is not None]
+    skipped["unreadable"] += len(got) - len(good)
+    if not good:
+        raise DataError(f"{name}: none of the image files decodes ({_describe_skipped(skipped)}). Fix: pass a "
+                        "folder of PNG, JPEG or TIFF images.")
+    sel = keep[good]
+    kept = [got[i] for i in good]
+    return _split_and_check(_stack(kept), labels[sel], label_names, {}, pids[sel], name, fractions, rng,
+                            unit="image", digests=[p.digest for p in kept], sources=[str(paths[i]) for i in good],
+                            skipped=skipped, notes=notes)

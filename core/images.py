@@ -1,0 +1,276 @@
+"""Decoding ordinary image files (PNG, JPEG, TIFF, BMP, GIF, WebP) at their full bit depth.
+
+Every loader that reads image files (folders, HAM10000, CSV manifests) goes through :func:`read_image` and
+:func:`to_unit_range`, so one rule maps pixel values to [0, 1] everywhere.
+
+The rule (documented in the README, "Data")
+-------------------------------------------
+* **8-bit and 1-bit images** (PIL modes ``1``, ``L``, ``P``, ``RGB``, ``RGBA``, ``LA``, ``CMYK``, ``YCbCr``, ...):
+  value / 255. Palette images are looked up in their palette; alpha channels are dropped (not composited);
+  ``CMYK`` and ``YCbCr`` are converted to RGB by Pillow.
+* **Unsigned integer images deeper than 8 bits** (16-bit PNG and TIFF, PIL modes ``I;16*``, 32-bit ``I``):
+  value / (2^b - 1), where b is the number of bits of the largest value among ALL such images of the dataset (at
+  least 8). A 12-bit image stored in 16 bits (0..4095) maps 4095 to 1.0 and keeps all 4096 levels; a 16-bit image
+  that uses the full range maps 65535 to 1.0. One divisor per dataset keeps relative brightness between images.
+* **Floating-point and signed integer images** (``F`` TIFFs, float and int16 TIFFs): kept as they are when every
+  such image of the dataset lies in [0, 1]; otherwise mapped affinely by the dataset's minimum and maximum over
+  those images. Non-finite values are an error naming the file and the pixel.
+* **TIFF** files are read with tifffile (Pillow reduces 16-bit colour TIFFs to 8 bits and cannot read float colour
+  ones): ``MinIsWhite`` is inverted, palette TIFFs are looked up in their 16-bit colour map (/ 65535).
+* **16-bit colour PNGs** are refused with an error naming the file: Pillow decodes them at 8 bits only, and a
+  silent loss of depth is what this module exists to prevent (save them as 16-bit TIFF instead).
+* **Orientation**: the EXIF orientation (JPEG, PNG, WebP) and the TIFF Orientation tag are applied, so an image
+  is seen the way a viewer shows it.
+* **Channels**: a dataset is greyscale when every image is, else RGB; grey images in an RGB dataset are repeated
+  over the three channels, colour images in a grey dataset become ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B,
+  the weights Pillow's ``convert("L")`` uses).
+
+Resizing to the model's square input happens as each file is read (bilinear with antialiasing: Pillow's
+``resize`` widens the filter support by the reduction factor), in 8 bits for 8-bit images and in float32 for the
+others, so no depth is lost; the affine maps above commute with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dpaudit.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "probe_channels", "read_image",
+           "to_unit_range"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+
+#: Pillow modes holding one channel (read as greyscale).
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: ITU-R 601-2 luma weights (Pillow's convert("L")).
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class UnreadableImageError(DataError):
+    """A file that does not decode as an image (folder loaders skip and count these; others report them)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Pixels:
+    """One decoded, resized image before the dataset-wide mapping to [0, 1].
+
+    ``data`` is float32 C x H x W. ``kind`` says which rule of the module docstring applies: ``"unit"`` (already in
+    [0, 1]: 8-bit images / 255, palette TIFFs / 65535), ``"integer"`` (raw levels of an unsigned integer image
+    deeper than 8 bits) or ``"float"`` (raw float or signed values). ``low`` and ``high`` are the extreme values of
+    the image as stored (before resizing), which fix the dataset-wide divisor. ``digest`` identifies the stored
+    content (a hash of the file's bytes, or a DICOM SOPInstanceUID plus frame), so that identical images are never
+    split apart.
+    """
+
+    data: np.ndarray
+    kind: str
+    low: float
+    high: float
+    digest: str = ""
+
+
+def _bad(path: Path, exc: BaseException | str) -> UnreadableImageError:
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return UnreadableImageError(f"image {str(path)!r} does not decode ({why}). Fix: replace or remove the file.")
+
+
+def _png_is_16bit_colour(head: bytes) -> bool:
+    # PNG signature (8 bytes), IHDR length and type (8), width and height (8), bit depth, colour type.
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def probe_channels(path: Path) -> int:
+    """1 for a greyscale image file, 3 for colour, reading the header only; :class:`DataError` if unreadable."""
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                page = tf.pages[0]
+                return 3 if page.photometric in (2, 3, 5, 6) or page.samplesperpixel >= 3 else 1
+        except Exception as exc:  # tifffile raises many types on a damaged file; all mean "not readable"
+            raise _bad(path, exc) from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return 1 if im.mode in _GREY_MODES else 3
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise _bad(path, exc) from None
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply a TIFF/EXIF orientation (1..8) to an H x W x C array (as Pillow's ``ImageOps.exif_transpose``)."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:
+        return arr.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(arr, -1)
+    if orientation == 7:
+        return arr[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(arr, 1)
+    return arr
+
+
+def _read_tiff(path: Path, raw: bytes) -> tuple[np.ndarray, str]:
+    """H x W x C array as stored (full depth) and its kind; colour maps applied, MinIsWhite inverted."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(raw)) as tf:
+            page = tf.pages[0]
+            arr = page.asarray()
+            axes = page.axes
+            photometric = int(page.photometric)
+            tag = page.tags.get(274)  # Orientation
+            orientation = int(tag.value) if tag is not None else 1
+            colormap = page.colormap
+            bits = int(page.bitspersample)
+    except Exception as exc:  # a damaged TIFF raises anything from ValueError to struct.error
+        raise _bad(path, exc) from None
+    if "S" in axes and axes.index("S") < axes.index("Y"):
+        arr = np.moveaxis(arr, axes.index("S"), -1)  # planar (separate) samples
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = arr[0]  # a multi-page stack: its first page
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise _bad(path, f"unsupported TIFF layout {axes} {arr.shape}")
+    if arr.shape[-1] in (2, 4):
+        arr = arr[..., :-1]  # extra (alpha) sample
+    kind = "unit" if arr.dtype in (np.uint8, np.bool_) else "integer" if arr.dtype.kind == "u" else "float"
+    if photometric == 3 and colormap is not None:  # palette: look indices up in the 16-bit colour map
+        arr = np.moveaxis(np.asarray(colormap)[:, arr[..., 0]], 0, -1).astype(np.float32) / 65535.0
+        kind = "palette"
+    elif photometric == 0:  # MinIsWhite: 0 is white
+        if arr.dtype == np.bool_:
+            arr = ~arr
+        elif arr.dtype.kind == "u":
+            arr = (2 ** min(bits, arr.dtype.itemsize * 8) - 1) - arr
+        else:
+            arr = -arr.astype(np.float64)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    return np.ascontiguousarray(_orient(arr, orientation)), kind
+
+
+def _read_pil(path: Path, raw: bytes, image_size: int, channels: int) -> tuple[np.ndarray, str]:
+    """H x W x C array and kind, via Pillow (EXIF orientation applied); 8-bit images come back already resized."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if _png_is_16bit_colour(raw[:26]):
+        raise DataError(f"image {str(path)!r} is a 16-bit colour PNG, which Pillow decodes at 8 bits only (the "
+                        "extra depth would be lost without a word). Fix: save it as a 16-bit TIFF (read at full "
+                        "depth) or as a 16-bit greyscale PNG.")
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.format == "JPEG":
+                # Let libjpeg decode at a reduced scale (>= 2x the target): much faster, same result after the
+                # antialiased resize below.
+                im.draft("L" if channels == 1 else "RGB", (2 * image_size, 2 * image_size))
+            im = ImageOps.exif_transpose(im)
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                arr = np.asarray(im)
+                kind = "integer" if arr.dtype.kind == "u" or (mode == "I" and arr.min() >= 0) else "float"
+                return arr[..., None], kind
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (image_size, image_size):
+                # Non-square images (HAM10000: 600 x 450) are resized to a square, as MedMNIST did.
+                im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise _bad(path, exc) from None
+    return (arr[..., None] if arr.ndim == 2 else arr), "resized8"
+
+
+def resize_float(arr: np.ndarray, image_size: int) -> np.ndarray:
+    """float32 H x W x C to C x image_size x image_size, bilinear with antialiasing (Pillow, per channel)."""
+    from PIL import Image
+
+    planes = []
+    for c in range(arr.shape[-1]):
+        plane = np.ascontiguousarray(arr[..., c], dtype=np.float32)
+        if plane.shape != (image_size, image_size):
+            plane = np.asarray(Image.fromarray(plane, mode="F").resize(
+                (image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.float32)
+        planes.append(plane)
+    return np.stack(planes)
+
+
+def match_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """H x W x C float array with C = 1 or 3 to ``channels`` (repeat grey; ITU-R 601-2 luma for colour)."""
+    if arr.shape[-1] == channels:
+        return arr
+    if channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    return (arr[..., :3].astype(np.float32) @ _LUMA)[..., None]
+
+
+def read_image(path: Path, image_size: int, channels: int) -> Pixels:
+    """Decode one image file at full depth, oriented, with ``channels`` channels, resized to a square.
+
+    The file is read once; its bytes are hashed (``Pixels.digest``) and decoded from memory.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _bad(path, exc.strerror or type(exc).__name__) from None
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        arr, kind = _read_tiff(path, raw)
+    else:
+        arr, kind = _read_pil(path, raw, image_size, channels)
+    if kind == "resized8":
+        return Pixels(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0),
+                      "unit", 0.0, 1.0, digest)
+    if kind == "unit":
+        arr = arr.astype(np.float32) / np.float32(255.0)
+    arr = arr.astype(np.float32) if kind != "float" else arr.astype(np.float64)
+    if kind == "float" and not np.isfinite(arr).all():
+        r, c = (int(v) for v in np.argwhere(~np.isfinite(arr))[0][:2])
+        raise DataError(f"image {str(path)!r} holds a non-finite pixel value ({float(arr[r, c, 0])} at row {r}, column "
+                        f"{c}). Fix: replace the non-finite values, or remove the file.")
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    data = resize_float(match_channels(arr.astype(np.float32), channels), image_size)
+    return Pixels(data, "unit" if kind == "palette" else kind, low, high, digest)
+
+
+def to_unit_range(items: list[Pixels]) -> np.ndarray:
+    """Stack decoded images to float32 N x C x H x W in [0, 1] by the dataset-wide rule of the module docstring."""
+    ints = [p for p in items if p.kind == "integer"]
+    floats = [p for p in items if p.kind == "float"]
+    divisor = 1.0
+    if ints:
+        bits = max(8, int(max(p.high for p in ints)).bit_length())
+        divisor = float(2 ** bits - 1)
+    lo, span = 0.0, 1.0
+    if floats:
+        f_lo, f_hi = min(p.low for p in floats), max(p.high for p in floats)
+        if f_lo < 0.0 or f_hi > 1.0:
+            lo, span = f_lo, (f_hi - f_lo) or 1.0
+    if not items:
+        return np.zeros((0, 1, 1, 1), dtype=np.float32)
+    out = np.empty((len(items), *items[0].data.shape), dtype=np.float32)
+    for i, p in enumerate(items):
+        if p.kind == "integer":
+            out[i] = p.data / np.float32(divisor)
+        elif p.kind == "float":
+            out[i] = (p.data - np.float32(lo)) / np.float32(span)
+        else:
+            out[i] = p.data
+    return np.clip(out, 0.0, 1.0, out=out)
