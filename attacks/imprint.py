@@ -234,7 +234,13 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
                 h0 = block.gain * (q - thresholds)
             h = h0.clone().requires_grad_(True)
             inp = block.connect(torch.relu(h)[None], x)
-            loss = torch.nn.functional.cross_entropy(model(inp), labels[i : i + 1].long())
+            logits = model(inp)
+            if i == 0 and logits.shape[-1] < 2:
+                raise ConfigError(
+                    f"the model has {logits.shape[-1]} output: with a single class the cross-entropy loss is "
+                    "constant and its gradient identically zero, so there is nothing to invert. Fix: attack a "
+                    "model with at least 2 outputs (dpaudit attack --arch builds one for unlabelled data).")
+            loss = torch.nn.functional.cross_entropy(logits, labels[i : i + 1].long())
             grads = torch.autograd.grad(loss, [h, *params], allow_unused=True)
             dh = grads[0].double()
             act = (h0 > 0).numpy()
@@ -247,6 +253,11 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
             block_norm = abs(d) * np.sqrt(m + 1) * x1
             delta[i], active[i], bnorm[i], xnorm1[i] = d, m, block_norm, x1
             gnorm[i] = np.sqrt(model_sq + block_norm**2)
+            if i == 0 and not gnorm[0] > 0:
+                raise ConfigError(
+                    "the per-sample gradient of the first image is exactly zero (the loss does not depend on the "
+                    "weights: e.g. a saturated or constant model output), so there is nothing to invert. Fix: "
+                    "attack another model (dpaudit attack --arch resnet9 initialises a fresh one).")
             if i == 0 and not block_norm > DEAD_BLOCK_RHO[block.connection] * gnorm[0]:
                 raise ConfigError(
                     f"the imprint block holds {block_norm / max(gnorm[0], 1e-300):.2e} of the per-sample gradient "

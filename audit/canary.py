@@ -300,13 +300,14 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
     progress:
         Passed to the training run(s).
     """
-    from dpaudit.data import DatasetSplits, load_splits
+    from dpaudit.data import load_splits, require_classes
 
     t0 = time.perf_counter()
     tc = config.train
     if splits is None:
         splits = load_splits(tc.dataset, data_dir=tc.data_dir, image_size=tc.image_size, seed=tc.seed,
                              max_images=tc.max_images)
+    require_classes(splits, "the canary membership audit")
     n = len(splits.train)
     m = config.canaries
     if m >= n:
@@ -321,7 +322,7 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
     member = rng.random(m) < 0.5  # the coin flips (Steinke et al. 2023, section 2: S uniform on {-1, +1}^m)
     base = splits.train.subset(base_idx)
     train_ds = base.concat(canary_ds.subset(np.flatnonzero(member)), name=splits.train.name)
-    audit_splits = DatasetSplits(train_ds, splits.val, splits.test, splits.name, splits.mean, splits.std)
+    audit_splits = replace(splits, train=train_ds)
 
     with tempfile.TemporaryDirectory(prefix="dpaudit-mia-") as tmp:
         result, model = _train_and_load(tc, audit_splits, tmp + "/target", progress)
@@ -330,7 +331,7 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
         ref_seconds = None
         if config.score == "reference":
             t_ref = time.perf_counter()
-            ref_splits = DatasetSplits(base, splits.val, splits.test, splits.name, splits.mean, splits.std)
+            ref_splits = replace(splits, train=base)
             _, ref_model = _train_and_load(tc, ref_splits, tmp + "/reference", progress)
             ref_loss = canary_scores(ref_model, canary_ds.images, canary_ds.labels, mean=splits.mean,
                                      std=splits.std)

@@ -37,7 +37,7 @@ from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, class
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
 from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
-from dpaudit.data import DatasetSplits, ImageDataset, load_splits
+from dpaudit.data import DatasetSplits, ImageDataset, load_splits, require_classes
 from dpaudit.errors import (
     ConfigError,
     NumericalError,
@@ -644,6 +644,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     if splits is None:
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                              seed=config.seed, max_images=config.max_images)
+    require_classes(splits, "training")
     n = len(splits.train)
     if config.batch_size > n:
         raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n})",

@@ -157,8 +157,11 @@ def attack(
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
-        ckpt = load_model(None, arch=arch, num_classes=splits.num_classes, in_channels=splits.train.images.shape[1],
-                          image_size=image_size, seed=seed, arch_args=args, fix_batchnorm=fix_batchnorm)
+        # At least two outputs: with one class the cross-entropy is constant (log-softmax of a single logit is 0)
+        # and its gradient identically zero. The attack needs no labels: a flat folder is one class, label 0.
+        ckpt = load_model(None, arch=arch, num_classes=max(2, splits.num_classes),
+                          in_channels=splits.train.images.shape[1], image_size=image_size, seed=seed,
+                          arch_args=args, fix_batchnorm=fix_batchnorm)
 
     if not as_json:
         default_eps, _, why = checkpoint_noise(ckpt)
