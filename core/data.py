@@ -69,6 +69,7 @@ __all__ = [
     "load_splits",
     "make_demo",
     "normalization",
+    "parse_window",
     "require_classes",
 ]
 
@@ -159,6 +160,10 @@ class ImageDataset:
         if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
             raise DataError(f"{self.name or 'dataset'}: labels must be a tensor of {n} class indices, got shape "
                             f"{tuple(getattr(labels, 'shape', ()))}.")
+        if n and not bool(torch.isfinite(images).all()):
+            i = int(torch.nonzero(~torch.isfinite(images.reshape(n, -1)).any(dim=1))[0, 0])
+            raise DataError(f"{self.name or 'dataset'}: image {i} holds a non-finite pixel value. Fix: replace the "
+                            "non-finite values in the source file, or remove it.")
         object.__setattr__(self, "labels", labels.to(torch.int64))
         object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names))
         if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.label_names)):
@@ -354,20 +359,22 @@ class DatasetSplits:
 
 def dataset_choices() -> list[str]:
     """Names :func:`load_splits` accepts."""
-    return ["demo", "ham10000", *MEDMNIST_FLAGS, "folder:PATH"]
+    return ["demo", "ham10000", *MEDMNIST_FLAGS, "folder:PATH", "dicom:PATH", "nifti:PATH", "csv:FILE"]
 
 
 def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: int, seed: int = 0,
-                max_images: int | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15
-                ) -> DatasetSplits:
+                max_images: int | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                labels: str | Path | None = None, window: str | tuple[float, float] | None = None,
+                slice_axis: str = "axial") -> DatasetSplits:
     """Load a dataset by name and split it into train, validation and test.
 
     Parameters
     ----------
     name:
-        ``demo``, ``ham10000``, a MedMNIST flag (``dermamnist``, ...), or ``folder:PATH``.
+        ``demo``, ``ham10000``, a MedMNIST flag (``dermamnist``, ...), ``folder:PATH``, ``dicom:PATH``,
+        ``nifti:PATH`` or ``csv:FILE`` (a relative PATH is taken below ``data_dir`` when given).
     data_dir:
-        Folder holding the files (HAM10000, MedMNIST). Not needed for ``demo`` and ``folder:PATH``.
+        Folder holding the files (HAM10000, MedMNIST). Not needed for the others.
     image_size:
         Images are resized to ``image_size`` x ``image_size`` (bilinear with antialiasing).
     seed:
@@ -377,6 +384,14 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
         random selection (of whole lesions for HAM10000) made before decoding, so that quick runs stay quick.
     val_fraction, test_fraction:
         Shares of the images in the validation and test splits, where dpaudit makes the split.
+    labels:
+        ``dicom:`` and ``nifti:`` only: a CSV file of labels (see :func:`_read_labels`); default: the first-level
+        sub-folder names (``nifti:`` also looks for ``labels.csv`` in the folder).
+    window:
+        ``LOW,HIGH`` in modality units (Hounsfield units for CT), mapped to 0 and 1 (``dicom:``, ``nifti:``,
+        ``csv:``); overrides the files' own VOI LUT or window.
+    slice_axis:
+        ``axial`` (default), ``coronal`` or ``sagittal``: how NIfTI volumes are cut into 2-D images.
     """
     image_size = check_int("image_size", image_size, minimum=8, fix="pass --image-size 28, 64 or 224")
     if max_images is not None:
@@ -395,14 +410,51 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
         return _load_ham10000(_need_dir(data_dir, name), image_size, seed, max_images, fracs)
     if name.lower() in MEDMNIST_FLAGS:
         return _load_medmnist(name.lower(), _need_dir(data_dir, name), image_size, seed, max_images)
-    if name.startswith("folder:"):
-        path = Path(name[len("folder:"):]).expanduser()
+    prefix, _, rest = name.partition(":")
+    if prefix in ("folder", "dicom", "nifti", "csv") and rest:
+        path = Path(rest).expanduser()
         if not path.is_absolute() and data_dir is not None:
             path = Path(data_dir) / path
-        return _load_folder(path, image_size, seed, max_images, fracs)
+        win = parse_window(window)
+        if labels is not None and prefix not in ("dicom", "nifti"):
+            raise invalid("labels", str(labels), "used with --dataset dicom:PATH or nifti:PATH",
+                          "put the labels in the manifest's label column (csv:FILE) or in class sub-folders "
+                          "(folder:PATH), and leave out --labels", cls=DataError)
+        if win is not None and prefix == "folder":
+            raise invalid("window", window, "used with --dataset dicom:, nifti: or csv:",
+                          "leave out --window for image folders (their values map by bit depth)", cls=DataError)
+        if prefix == "folder":
+            return _load_folder(path, image_size, seed, max_images, fracs)
+        from dpaudit.medical import load_csv_manifest, load_dicom_tree, load_nifti_folder
+
+        if prefix == "dicom":
+            return load_dicom_tree(path, image_size, seed, max_images, fracs, labels, win)
+        if prefix == "nifti":
+            return load_nifti_folder(path, image_size, seed, max_images, fracs, labels, win, slice_axis)
+        return load_csv_manifest(path, image_size, seed, max_images, fracs, win, slice_axis)
     raise invalid("dataset", name, f"one of {dataset_choices()}",
-                  "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, or folder:PATH",
-                  cls=DataError)
+                  "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
+                  "dicom:PATH, nifti:PATH or csv:FILE", cls=DataError)
+
+
+def parse_window(window: str | tuple[float, float] | Sequence[float] | None) -> tuple[float, float] | None:
+    """``"LOW,HIGH"`` (or a pair) to a (low, high) pair of finite numbers with low < high; None stays None.
+
+    >>> parse_window("-100,200")
+    (-100.0, 200.0)
+    """
+    if window is None:
+        return None
+    parts = window.split(",") if isinstance(window, str) else list(window)
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise invalid("window", window, "two numbers LOW,HIGH", "pass --window -100,200 (liver CT, in HU)",
+                      cls=DataError) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise invalid("window", window, "two finite numbers LOW,HIGH with LOW < HIGH",
+                      "pass --window -100,200 (liver CT, in HU)", cls=DataError)
+    return lo, hi
 
 
 def _need_dir(data_dir: str | Path | None, name: str) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -38,3 +41,7 @@ def stripes_splits():  # type: ignore[no-untyped-def]
         return ImageDataset(images[a:b], labels[a:b], ("vertical", "horizontal"), name="stripes")
 
     return DatasetSplits(part(0, n // 2), part(n // 2, 3 * n // 4), part(3 * n // 4, n), name="stripes")
+
+
+# Decoded-image cache (dpaudit.cache): never the user's ~/.cache during tests; one throw-away folder per worker.
+os.environ["DPAUDIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="dpaudit-test-cache-")

@@ -1,0 +1,249 @@
+"""DICOM files: finding them in a tree, reading their headers, and decoding their pixels to [0, 1].
+
+Used by ``--dataset dicom:PATH`` and by CSV manifests that list DICOM files (:mod:`dpaudit.data`).
+
+Discovery
+---------
+Every regular file at any depth is a candidate, with or without a ``.dcm`` extension; hidden files and folders
+are skipped, and so are ``DICOMDIR`` files (media directories), files that are not DICOM (no ``DICM`` prefix) and
+DICOM files without pixel data (structured reports, presentation states), each counted by reason. Headers are read
+first, stopping before the pixel data; the pixel data of each selected file are then read once.
+
+Pixel values (in this order; DICOM PS3.3 section C.11)
+------------------------------------------------------
+1. **Decoding** by pydicom 3 and its pixel-data plugins: uncompressed little and big endian, deflated, RLE
+   (pydicom itself), JPEG baseline, extended and lossless (pylibjpeg-libjpeg, Pillow), JPEG-LS (pyjpegls), JPEG
+   2000 and HTJ2K (pylibjpeg-openjpeg). YBR colour is converted to RGB by pydicom.
+2. **Modality LUT**: Rescale Slope and Intercept (or a Modality LUT Sequence): stored values to modality units
+   (Hounsfield units for CT).
+3. **Window** (greyscale only), the first that applies: ``--window LOW,HIGH`` (modality units mapped to 0 and 1,
+   e.g. ``-100,200`` for liver CT); the file's VOI LUT Sequence (its output divided by 2^bits - 1 of the LUT
+   descriptor); the file's first Window Center / Window Width (the linear function of C.11.2.1.2.1); else the
+   full range the stored bits can hold (Bits Stored, Pixel Representation) passed through the modality LUT, so
+   that files of one series map alike. Values outside the window clip to 0 or 1.
+4. **MONOCHROME1** (0 is white) is inverted: 1 - v.
+5. **Colour**: RGB and converted YBR: value / (2^Bits Stored - 1); PALETTE COLOR: looked up in the palette,
+   divided by 2^bits - 1 of the palette descriptor.
+6. **Frames**: each frame of a multi-frame file is one image (of the same patient), resized on its own.
+
+Identifiers
+-----------
+PatientID groups images into patients (a missing PatientID falls back to StudyInstanceUID, else to the file:
+counted in the loader's notes). The raw identifiers never leave this module's callers: :mod:`dpaudit.data`
+replaces them by pseudonymous indices (``patient-00001``) before building the dataset, and no message prints
+one. PatientSex and PatientAge become the ``sex`` and ``age_band`` subgroups.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dpaudit.errors import DataError
+from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
+
+__all__ = ["DicomHeader", "decode_dicom", "find_dicom", "is_dicom", "read_header", "window_value"]
+
+#: The pip package(s) that decode each compressed transfer syntax, for the "no decoder" message.
+_JPEG = "pylibjpeg and pylibjpeg-libjpeg"
+_J2K = "pylibjpeg and pylibjpeg-openjpeg"
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": _JPEG, "1.2.840.10008.1.2.4.51": _JPEG, "1.2.840.10008.1.2.4.57": _JPEG,
+    "1.2.840.10008.1.2.4.70": _JPEG, "1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls",
+    "1.2.840.10008.1.2.4.90": _J2K, "1.2.840.10008.1.2.4.91": _J2K, "1.2.840.10008.1.2.4.201": _J2K,
+    "1.2.840.10008.1.2.4.202": _J2K, "1.2.840.10008.1.2.4.203": _J2K, "1.2.840.10008.1.2.5": "pylibjpeg-rle",
+}
+#: SOP Class UID of a media storage directory (DICOMDIR).
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What dpaudit reads from a DICOM header before any pixel data. ``patient`` is the raw PatientID (or its
+    fallback) and must not be printed, logged or written anywhere."""
+
+    path: Path
+    frames: int
+    colour: bool
+    patient: str
+    patient_source: str  # "PatientID", "StudyInstanceUID" or "file"
+    sex: str
+    age: float | None
+    keys: dict[str, str]  # PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID (for a labels CSV)
+    sop: str
+
+
+def is_dicom(path: Path) -> bool:
+    """True when the file carries the DICOM ``DICM`` prefix after its 128-byte preamble, or (older files written
+    without the preamble) starts with a little-endian tag of group 0x0002 or 0x0008 followed by a plausible
+    explicit VR or implicit length."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    vr = head[4:6]
+    return (vr.isalpha() and vr.isupper()) or int.from_bytes(head[4:8], "little") < 2 ** 16
+
+
+def find_dicom(root: Path, skipped: Counter[str]) -> list[Path]:
+    """DICOM files at any depth below ``root`` (sorted), counting what was skipped and why."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        skipped["hidden"] += sum(d.startswith(".") for d in dirnames)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            p = Path(dirpath) / f
+            if f.startswith("."):
+                skipped["hidden"] += 1
+            elif f.upper() == "DICOMDIR":
+                skipped["DICOMDIR"] += 1
+            elif not is_dicom(p):
+                skipped["not DICOM"] += 1
+            else:
+                found.append(p)
+    return sorted(found)
+
+
+def _age_years(text: str) -> float | None:
+    """DICOM Age String (AS): nnnD, nnnW, nnnM or nnnY."""
+    text = text.strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
+        return None
+    return int(text[:3]) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[text[3]]
+
+
+def read_header(path: Path) -> DicomHeader | None:
+    """The header of one DICOM file (pixel data not read); None for a file without pixel data or a DICOMDIR."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # force: files without a preamble
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise UnreadableImageError(f"DICOM file {str(path)!r} has an unreadable header ({type(exc).__name__}). "
+                                   "Fix: replace or remove the file.") from None
+    if str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "Rows" not in ds or "Columns" not in ds:
+        return None
+    keys = {k: str(ds.get(k, "") or "").strip()
+            for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    if keys["PatientID"]:
+        patient, source = keys["PatientID"], "PatientID"
+    elif keys["StudyInstanceUID"]:
+        patient, source = "study:" + keys["StudyInstanceUID"], "StudyInstanceUID"
+    else:
+        patient, source = "file:" + str(path), "file"
+    sex = {"M": "male", "F": "female", "O": "other"}.get(str(ds.get("PatientSex", "") or "").strip().upper(),
+                                                         "unknown")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    colour = int(ds.get("SamplesPerPixel", 1) or 1) >= 3 or photometric == "PALETTE COLOR"
+    try:
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        frames = 1
+    return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
+                       keys, keys["SOPInstanceUID"])
+
+
+def window_value(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """DICOM linear VOI windowing to [0, 1] (PS3.3 section C.11.2.1.2.1, "linear" function, y_min 0, y_max 1)."""
+    w = max(float(width), 1.0)  # the standard requires width >= 1
+    c = float(centre)
+    y = (x - (c - 0.5)) / (w - 1.0) + 0.5 if w > 1 else np.where(x > c - 0.5, 1.0, 0.0)
+    return np.clip(y, 0.0, 1.0)
+
+
+def _first(value: object) -> float:
+    """First value of a possibly multi-valued DS element (Window Center / Width may hold several)."""
+    if isinstance(value, list | tuple) or (hasattr(value, "__getitem__") and not isinstance(value, str | bytes)):
+        return float(value[0])  # type: ignore[index]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _no_decoder(path: Path, syntax: object) -> DataError:
+    package = DECODER_PACKAGES.get(str(syntax))
+    fix = (f"pip install {package.replace(' and ', ' ')}" if package else
+           "export the images uncompressed (Explicit VR Little Endian), e.g. with dcmdjpeg or gdcmconv")
+    return DataError(f"DICOM file {str(path)!r} uses the transfer syntax {getattr(syntax, 'name', syntax)} "
+                     f"({syntax}), which no installed package decodes. Fix: {fix}.")
+
+
+def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float, float] | None) -> list[Pixels]:
+    """Every frame of one DICOM file, mapped to [0, 1] by the module's rule, resized; one :class:`Pixels` each."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:  # pydicom raises many types on a damaged file
+        raise UnreadableImageError(f"DICOM file {str(path)!r} does not read ({type(exc).__name__}: {exc}). Fix: "
+                                   "replace or remove the file.") from None
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and syntax.is_compressed:
+        try:
+            available = get_decoder(syntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise _no_decoder(path, syntax)
+    try:
+        arr = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        if syntax is not None and syntax.is_compressed and "decod" in str(exc).lower():
+            raise _no_decoder(path, syntax) from None
+        raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({exc}). Fix: replace "
+                                   "or remove the file.") from None
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({exc}). Fix: replace "
+                                   "or remove the file.") from None
+    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if frames == 1:
+        arr = arr[None]
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    if photometric == "PALETTE COLOR":
+        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        unit = apply_color_lut(arr, ds).astype(np.float64) / (2 ** lut_bits - 1)
+    elif samples >= 3:
+        unit = arr.astype(np.float64) / (2 ** bits - 1)
+    else:
+        values = apply_modality_lut(arr, ds).astype(np.float64)
+        if not np.isfinite(values).all():
+            f, r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
+            raise DataError(f"DICOM file {str(path)!r} holds a non-finite pixel value (frame {f}, row {r}, column "
+                            f"{c}). Fix: replace the file.")
+        if window is not None:
+            lo, hi = window
+            unit = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+        elif "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+            lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            # The LUT is indexed by integer modality values; round non-integral ones (a fractional slope).
+            unit = np.clip(apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
+                           / (2 ** lut_bits - 1), 0.0, 1.0)
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            unit = window_value(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
+        else:
+            signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+            stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
+            ends = apply_modality_lut(stored.astype(arr.dtype if arr.dtype.kind in "iu" else np.int64), ds)
+            lo, hi = float(np.min(ends)), float(np.max(ends))
+            unit = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+        if photometric == "MONOCHROME1":
+            unit = 1.0 - unit
+        unit = unit[..., None]
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    out = []
+    for f in range(unit.shape[0]):
+        frame = match_channels(unit[f].astype(np.float32), channels)
+        out.append(Pixels(resize_float(frame, image_size), "unit", 0.0, 1.0, f"{sop}/{f}" if sop else ""))
+    return out

@@ -1,0 +1,420 @@
+"""Hospital layouts: DICOM trees (``dicom:PATH``), NIfTI folders (``nifti:PATH``) and CSV manifests (``csv:FILE``).
+
+Each loader lists the images first (headers only), selects whole patients for ``max_images``, decodes every
+selected file once in worker threads (resizing each frame or slice as it is read, through the disk cache of
+:mod:`dpaudit.cache`), and splits by patient with the checks of :mod:`dpaudit.data`. The privacy unit is the
+patient: DICOM PatientID, a ``patient_id`` column, or the volume (file) when nothing else is known.
+
+Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
+in the order the sorted files first name them. The raw PatientID never reaches a dataset, a message, a log, a
+checkpoint, JSON or a report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from dpaudit.cache import cached
+from dpaudit.data import (
+    DatasetSplits,
+    _describe_skipped,
+    _select_groups,
+    _split_and_check,
+    _stack,
+    age_band,
+)
+from dpaudit.dicom import DicomHeader, decode_dicom, find_dicom, is_dicom, read_header
+from dpaudit.errors import DataError
+from dpaudit.images import IMAGE_EXTENSIONS, Pixels, UnreadableImageError, probe_channels, read_image
+from dpaudit.nifti import decode_nifti, is_nifti, slice_count
+from dpaudit.tables import Table, read_table
+
+__all__ = ["LABEL_KEYS", "load_csv_manifest", "load_dicom_tree", "load_nifti_folder"]
+
+#: Key columns a DICOM labels CSV may use (the first one present is used), besides ``label``.
+LABEL_KEYS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "path")
+
+
+def _pseudonyms(raw: Sequence[str]) -> np.ndarray:
+    """``patient-NNNNN`` in order of first appearance: the only patient identifiers a dataset ever holds."""
+    order: dict[str, int] = {}
+    for r in raw:
+        order.setdefault(r, len(order))
+    return np.array([f"patient-{order[r]:05d}" for r in raw])
+
+
+def _label_names(values: Sequence[str]) -> tuple[str, ...]:
+    """Sorted distinct labels: numerically when every label is an integer (so "10" follows "9")."""
+    uniq = sorted(set(values))
+    if all(v.lstrip("-").isdigit() for v in uniq):
+        uniq.sort(key=int)
+    return tuple(uniq)
+
+
+def _group_columns(table: Table, exclude: Sequence[str]) -> list[str]:
+    return [c for c in table.columns if c and c not in exclude]
+
+
+def _group_value(column: str, text: str) -> str:
+    if column.lower() == "age":
+        try:
+            return age_band(float(text))
+        except ValueError:
+            return "unknown"
+    return text or "unknown"
+
+
+def _group_name(column: str) -> str:
+    return "age_band" if column.lower() == "age" else column
+
+
+class _Entries:
+    """The images a loader will load, one row per image (a frame, slice or single image of a file)."""
+
+    def __init__(self) -> None:
+        self.file: list[int] = []
+        self.part: list[int] = []
+        self.label: list[str] = []
+        self.patient: list[str] = []
+        self.groups: dict[str, list[str]] = {}
+
+    def add(self, file: int, parts: Sequence[int], label: str, patient: str, groups: Mapping[str, str]) -> None:
+        for part in parts:
+            row = len(self.file)
+            self.file.append(file)
+            self.part.append(part)
+            self.label.append(label)
+            self.patient.append(patient)
+            for k, v in groups.items():
+                self.groups.setdefault(k, ["unknown"] * row).append(v)
+            for k, col in self.groups.items():
+                if k not in groups:
+                    col.append("unknown")
+
+    def __len__(self) -> int:
+        return len(self.file)
+
+
+def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]], skip_unreadable: bool
+                  ) -> list[list[Pixels] | None]:
+    out: list[list[Pixels] | None] = [None] * len(files)
+
+    def work(i: int) -> None:
+        try:
+            out[i] = decode(files[i])
+        except UnreadableImageError:
+            if not skip_unreadable:
+                raise
+
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(files)))) as pool:
+        list(pool.map(work, range(len(files))))
+    return out
+
+
+def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Callable[[Path], list[Pixels]],
+              unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
+              skipped: Counter[str], notes: list[str], *, skip_unreadable: bool) -> DatasetSplits:
+    if not len(entries):
+        raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
+                        "labels file.")
+    pseud = _pseudonyms(entries.patient)
+    keep = _select_groups(pseud, max_images, seed_rng)
+    need = sorted({entries.file[i] for i in keep})
+    decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable), strict=True))
+    skipped["unreadable"] += sum(v is None for v in decoded.values())
+    pixels, sel = [], []
+    for i in keep:
+        frames = decoded[entries.file[i]]
+        if frames is None:
+            continue
+        part = entries.part[i]
+        if part >= len(frames):
+            raise DataError(f"{name}: {str(files[entries.file[i]])!r} holds {len(frames)} frame(s) or slice(s); "
+                            f"index {part} was asked. Fix: correct the index column (0 to {len(frames) - 1}).")
+        pixels.append(frames[part])
+        sel.append(i)
+    if not sel:
+        raise DataError(f"{name}: none of the files decodes ({_describe_skipped(skipped)}). Fix: check the files.")
+    sel_a = np.asarray(sel)
+    label_names = _label_names(entries.label)
+    index = {n: i for i, n in enumerate(label_names)}
+    labels = np.array([index[entries.label[i]] for i in sel], dtype=np.int64)
+    groups = {k: np.asarray(v)[sel_a] for k, v in entries.groups.items()}
+    sources = [str(files[entries.file[i]]) for i in sel]
+    digests = [p.digest for p in pixels]
+    return _split_and_check(_stack(pixels), labels, label_names, groups, pseud[sel_a], name, fractions, seed_rng,
+                            unit=unit, digests=digests, sources=sources, skipped=skipped, notes=notes)
+
+
+def _need_folder(path: Path, name: str, what: str) -> None:
+    if not path.is_dir():
+        raise DataError(f"{name}: {str(path)!r} is not an existing folder. Fix: pass --dataset {what} with the "
+                        "folder holding the files.")
+
+
+def _folder_labels(name: str, rels: Sequence[Path], root: Path) -> list[str]:
+    """First-level sub-folder names as labels; all files at the top level: one class named after the folder."""
+    firsts = [r.parts[0] if len(r.parts) > 1 else None for r in rels]
+    if all(f is None for f in firsts):
+        return [root.name or "images"] * len(rels)
+    if any(f is None for f in firsts):
+        top = next(r for r, f in zip(rels, firsts, strict=True) if f is None)
+        raise DataError(f"{name}: files both at the top level ({top}, ...) and in class sub-folders. Fix: move the "
+                        "top-level files into a class sub-folder, or pass --labels FILE.csv.")
+    return [str(f) for f in firsts]
+
+
+def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[str, dict[str, str]], list[str]]:
+    """A labels CSV: (key column, key -> row, subgroup columns). A key listed twice with different labels is an
+    error naming the rows (not the key: it may be a PatientID)."""
+    table = read_table(path, name)
+    key = next((k for k in keys if k in table.columns), None)
+    if key is None or "label" not in table.columns:
+        raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
+                        f"{list(table.columns)}). Fix: add the columns, e.g. PatientID,label.")
+    rows: dict[str, dict[str, str]] = {}
+    first_row: dict[str, int] = {}
+    for i, row in enumerate(table.rows, start=1):
+        k = row[key].replace("\\", "/")
+        if not k or not row["label"]:
+            raise DataError(f"{name}: {path.name} data row {i} has an empty {key} or label. Fix: fill it in or "
+                            "delete the row.")
+        if k in rows and rows[k]["label"] != row["label"]:
+            raise DataError(f"{name}: {path.name} data rows {first_row[k]} and {i} give one {key} two labels. Fix: "
+                            "keep one label per key.")
+        rows.setdefault(k, row)
+        first_row.setdefault(k, i)
+    return key, rows, _group_columns(table, [key, "label", "patient_id", "file", "path", "index"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DICOM
+
+
+def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | None, fractions: tuple[float, float],
+                    labels: str | Path | None, window: tuple[float, float] | None) -> DatasetSplits:
+    """``dicom:PATH``: every DICOM file below ``root``, one image per frame, grouped by PatientID."""
+    name = f"dicom:{root}"
+    _need_folder(root, name, "dicom:PATH")
+    skipped: Counter[str] = Counter()
+    headers: list[DicomHeader] = []
+    for p in find_dicom(root, skipped):
+        try:
+            h = read_header(p)
+        except UnreadableImageError:
+            skipped["unreadable"] += 1
+            continue
+        if h is None:
+            skipped["no pixel data"] += 1
+        else:
+            headers.append(h)
+    if not headers:
+        raise DataError(f"{name}: no DICOM image files found at any depth ({_describe_skipped(skipped)}). Fix: "
+                        "pass the folder holding the DICOM files.")
+    rels = [h.path.relative_to(root) for h in headers]
+    notes: list[str] = []
+    entries = _Entries()
+    with_header_groups = any(h.sex != "unknown" or h.age is not None for h in headers)
+    if labels is not None:
+        key, rows, extra = _read_labels(Path(labels), LABEL_KEYS, name)
+    else:
+        folder_labels = _folder_labels(name, rels, root)
+    missing = Counter(h.patient_source for h in headers if h.patient_source != "PatientID")
+    for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
+        groups = {"sex": h.sex, "age_band": age_band(h.age)} if with_header_groups else {}
+        if labels is not None:
+            k = rel.as_posix() if key == "path" else h.keys[key]
+            row = rows.get(k)
+            if row is None:
+                skipped["not in the labels file"] += 1
+                continue
+            label = row["label"]
+            groups |= {_group_name(c): _group_value(c, row[c]) for c in extra}
+        else:
+            label = folder_labels[i]
+        entries.add(i, range(h.frames), label, h.patient, groups)
+    if missing:
+        notes.append("files without PatientID grouped by " + ", ".join(
+            f"{src} ({n})" for src, n in sorted(missing.items())))
+    channels = 3 if any(h.colour for h in headers) else 1
+    options = f"{image_size}|{channels}|{window}"
+
+    def decode(p: Path) -> list[Pixels]:
+        return cached(p, "dicom", options, lambda: decode_dicom(p, image_size, channels, window))
+
+    rng = np.random.default_rng([seed, 0xD1C0])
+    return _assemble(name, [h.path for h in headers], entries, decode, "patient", rng, max_images, fractions,
+                     skipped, notes, skip_unreadable=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | None,
+                      fractions: tuple[float, float], labels: str | Path | None, window: tuple[float, float] | None,
+                      slice_axis: str) -> DatasetSplits:
+    """``nifti:PATH``: every ``.nii``/``.nii.gz`` volume below ``root``, one image per slice along ``slice_axis``."""
+    name = f"nifti:{root}"
+    _need_folder(root, name, "nifti:PATH")
+    skipped: Counter[str] = Counter()
+    files = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            skipped["hidden"] += p.is_file()
+        elif p.is_file():
+            if is_nifti(p):
+                files.append(p)
+            elif p.suffix.lower() != ".csv":
+                skipped["not NIfTI"] += 1
+    if not files:
+        raise DataError(f"{name}: no .nii or .nii.gz volumes found at any depth ({_describe_skipped(skipped)}). "
+                        "Fix: pass the folder holding the volumes.")
+    rels = [p.relative_to(root) for p in files]
+    labels_path = Path(labels) if labels is not None else (root / "labels.csv" if (root / "labels.csv").is_file()
+                                                          else None)
+    entries = _Entries()
+    notes: list[str] = []
+    if labels_path is not None:
+        _, rows, extra = _read_labels(labels_path, ("file", "path"), name)
+    else:
+        folder_labels = _folder_labels(name, rels, root)
+    for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
+        patient, groups = "file:" + rel.as_posix(), {}
+        if labels_path is not None:
+            row = rows.get(rel.as_posix()) or rows.get(p.name)
+            if row is None:
+                skipped["not in the labels file"] += 1
+                continue
+            label = row["label"]
+            if row.get("patient_id"):
+                patient = "id:" + row["patient_id"]
+            groups = {_group_name(c): _group_value(c, row[c]) for c in extra}
+        else:
+            label = folder_labels[i]
+        try:
+            n = slice_count(p, slice_axis)
+        except UnreadableImageError:
+            skipped["unreadable"] += 1
+            continue
+        entries.add(i, range(n), label, patient, groups)
+    options = f"{image_size}|1|{window}|{slice_axis}"
+
+    def decode(p: Path) -> list[Pixels]:
+        return cached(p, "nifti", options, lambda: decode_nifti(p, image_size, 1, window, slice_axis))
+
+    rng = np.random.default_rng([seed, 0x1F71])
+    return _assemble(name, files, entries, decode, "patient", rng, max_images, fractions, skipped, notes,
+                     skip_unreadable=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CSV manifests
+
+
+def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: int | None,
+                      fractions: tuple[float, float], window: tuple[float, float] | None, slice_axis: str
+                      ) -> DatasetSplits:
+    """``csv:FILE``: columns ``path,label[,patient_id][,index][,subgroups...]``, paths relative to the CSV.
+
+    ``path`` may name an image file, a DICOM file (every frame, or the frame in ``index``) or a NIfTI volume
+    (every slice along ``slice_axis``, or the slice in ``index``). Without ``patient_id`` each file is its own
+    unit: the privacy unit is then the image when every file gives one image, else the file (a volume).
+    """
+    name = f"csv:{csv_path}"
+    if not csv_path.is_file():
+        raise DataError(f"{name}: {str(csv_path)!r} is not an existing file. Fix: pass --dataset csv:FILE with the "
+                        "manifest (columns path,label[,patient_id]).")
+    table = read_table(csv_path, name)
+    table.require(("path", "label"), name, "add the columns path and label (and optionally patient_id)")
+    base = csv_path.parent
+    extra = _group_columns(table, ["path", "label", "patient_id", "index"])
+    files: list[Path] = []
+    file_index: dict[Path, int] = {}
+    kinds: list[str] = []
+    rows: list[tuple[int, int | None, dict[str, str]]] = []
+    seen: dict[Path, dict[int | None, int]] = {}
+    for i, row in enumerate(table.rows, start=1):
+        if not row["path"] or not row["label"]:
+            raise DataError(f"{name}: data row {i} has an empty path or label. Fix: fill it in or delete the row.")
+        p = (base / row["path"].replace("\\", "/")).resolve()
+        if not p.is_file():
+            raise DataError(f"{name}: data row {i} names {row['path']!r}, which is not a file (looked in {base}). "
+                            "Fix: give paths relative to the CSV file.")
+        index = None
+        if row.get("index"):
+            try:
+                index = int(row["index"])
+            except ValueError:
+                raise DataError(f"{name}: data row {i} has index {row['index']!r}; allowed: a frame or slice "
+                                "number >= 0. Fix: correct the index column.") from None
+            if index < 0:
+                raise DataError(f"{name}: data row {i} has index {index}; allowed: >= 0. Fix: correct it.")
+        listed = seen.setdefault(p, {})
+        clash = listed.get(index, listed.get(None)) if index is not None else next(iter(listed.values()), None)
+        if clash is not None:
+            raise DataError(f"{name}: data rows {clash} and {i} list the same image ({row['path']}). Fix: list each "
+                            "image once (a repeat inflates N and would put one image on both sides of the split).")
+        listed[index] = i
+        if p not in file_index:
+            file_index[p] = len(files)
+            files.append(p)
+            kind = "nifti" if is_nifti(p) else "image" if p.suffix.lower() in IMAGE_EXTENSIONS else (
+                "dicom" if p.suffix.lower() == ".dcm" or is_dicom(p) else "")
+            if not kind:
+                raise DataError(f"{name}: data row {i} names {row['path']!r}, which is neither an image "
+                                f"({', '.join(IMAGE_EXTENSIONS)}), a DICOM file nor a NIfTI volume. Fix: list "
+                                "supported files only.")
+            kinds.append(kind)
+        rows.append((file_index[p], index, row))
+    # Parts per row (headers only), channels, patients.
+    channels = 1
+    counts: dict[int, int] = {}
+    for f, (p, kind) in enumerate(zip(files, kinds, strict=True)):
+        if kind == "image":
+            channels = max(channels, probe_channels(p))
+            counts[f] = 1
+        elif kind == "dicom":
+            h = read_header(p)
+            if h is None:
+                raise DataError(f"{name}: {str(p)!r} is a DICOM file without pixel data. Fix: list image files "
+                                "only.")
+            channels = max(channels, 3 if h.colour else 1)
+            counts[f] = h.frames
+        else:
+            counts[f] = slice_count(p, slice_axis)
+    has_patients = "patient_id" in table.columns
+    entries = _Entries()
+    for f, index, row in rows:
+        parts = [index] if index is not None else list(range(counts[f]))
+        patient = ("id:" + row["patient_id"]) if has_patients and row.get("patient_id") else f"file:{files[f]}"
+        entries.add(f, parts, row["label"], patient,
+                    {_group_name(c): _group_value(c, row[c]) for c in extra})
+    multi = any(counts[f] > 1 and index is None for f, index, _ in rows)
+    unit = "patient" if has_patients or multi else "image"
+    notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
+    if unit == "patient" and not has_patients:
+        notes.append("no patient_id column: each multi-image file (volume, multi-frame DICOM) taken as one patient")
+    if has_patients and any(not row.get("patient_id") for _, _, row in rows):
+        notes.append("rows without patient_id: each such file taken as its own patient")
+    options = f"{image_size}|{channels}|{window}|{slice_axis}"
+    kind_of = {p: k for p, k in zip(files, kinds, strict=True)}
+
+    def decode(p: Path) -> list[Pixels]:
+        kind = kind_of[p]
+        if kind == "image":
+            return [read_image(p, image_size, channels)]
+        if kind == "dicom":
+            return cached(p, "dicom", options, lambda: decode_dicom(p, image_size, channels, window))
+        return cached(p, "nifti", options, lambda: decode_nifti(p, image_size, channels, window, slice_axis))
+
+    rng = np.random.default_rng([seed, 0xC5F])
+    return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
+                     skip_unreadable=False)
+

@@ -1,0 +1,373 @@
+"""DICOM trees, NIfTI folders and CSV manifests (issue 12), on files built here (see ``medical_fixtures``).
+
+Expected pixel values are computed from the values written and the DICOM standard's formulas (PS3.3 C.11), in
+the test, independently of dpaudit's decoder.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from medical_fixtures import dicom_file, encapsulated, jpeg_lossless_sv1, nifti_file
+from pydicom.uid import (
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from dpaudit.data import DatasetSplits, load_splits
+from dpaudit.errors import DataError
+
+SIZE = 16
+
+
+def images_of(s: DatasetSplits) -> np.ndarray:
+    return torch.cat([s.train.images, s.val.images, s.test.images]).numpy()
+
+
+def assert_contains(loaded: np.ndarray, expected: list[np.ndarray], atol: float = 1e-6) -> None:
+    """Every expected C x H x W image is among the loaded ones (order is the split's business)."""
+    for k, e in enumerate(expected):
+        err = np.abs(loaded - e[None]).reshape(len(loaded), -1).max(axis=1)
+        assert err.min() <= atol, (k, float(err.min()))
+
+
+def ramp(rng: np.random.Generator, top: int, shape: tuple[int, ...] = (SIZE, SIZE)) -> np.ndarray:
+    return rng.integers(0, top + 1, shape)
+
+
+def load(root: Path, **kw) -> DatasetSplits:
+    return load_splits(f"dicom:{root}", image_size=SIZE, **kw)
+
+
+def fillers(root: Path, rng: np.random.Generator, n: int = 3) -> None:
+    """Extra plain files so that every split gets a patient."""
+    for i in range(n):
+        dicom_file(root / f"filler{i}.dcm", ramp(rng, 4095), patient=f"FILL-{i}")
+
+
+# ------------------------------------------------------------------------------------------------ transfer syntaxes
+
+
+@pytest.mark.parametrize("syntax", ["little", "big", RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1])
+def test_lossless_transfer_syntaxes_give_the_values_written(tmp_path: Path, rng: np.random.Generator,
+                                                            syntax: str) -> None:
+    pixels = ramp(rng, 4095, (64, 64))  # 64 px: JPEG 2000's default 6 decomposition levels need >= 32
+    path = tmp_path / "IM0001"  # no extension, as PACS exports often are
+    if syntax in ("little", "big"):
+        dicom_file(path, pixels, big_endian=syntax == "big")
+    elif syntax == JPEGLosslessSV1:
+        encapsulated(path, pixels, syntax)
+    else:
+        ds = dicom_file(path, pixels)
+        ds.compress(syntax)
+        ds.save_as(path, enforce_file_format=True)
+    fillers(tmp_path, rng)
+    # No window in the file: the 12 stored bits' full range, 0..4095 (modality LUT identity), maps to [0, 1].
+    assert_contains(images_of(load_splits(f"dicom:{tmp_path}", image_size=64)), [pixels[None] / 4095])
+
+
+def test_jpeg_baseline_matches_an_independent_decode(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    pixels = (8 * xx + 4 * yy).astype(np.uint8)  # smooth, so JPEG keeps it close
+    encapsulated(tmp_path / "a.dcm", pixels, JPEGBaseline8Bit, bits_stored=8)
+    fillers(tmp_path, rng)
+    import io
+
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+
+    ds = dcmread(tmp_path / "a.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    reference = np.asarray(Image.open(io.BytesIO(frame)), dtype=np.float64) / 255  # Pillow's libjpeg
+    # The loader may decode with another libjpeg build (pylibjpeg): equal up to one level of 255.
+    assert_contains(images_of(load(tmp_path)), [reference[None]], atol=1.01 / 255)
+
+
+def test_jpeg_lossless_fixture_encoder_is_sound() -> None:
+    # Our test encoder against pylibjpeg-libjpeg directly, 16-bit precision and byte stuffing included.
+    from libjpeg import decode
+
+    arr = np.random.default_rng(5).integers(0, 65536, (9, 13)).astype(np.uint16)
+    assert np.array_equal(decode(jpeg_lossless_sv1(arr, 16)), arr)
+
+
+def test_missing_decoder_names_the_file_and_the_package(tmp_path: Path, rng: np.random.Generator,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = dicom_file(tmp_path / "a.dcm", ramp(rng, 4095))
+    ds.compress(JPEGLSLossless)
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    fillers(tmp_path, rng)
+    import pydicom.pixels
+
+    class Absent:
+        is_available = False
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Absent())
+    with pytest.raises(DataError, match=r"a\.dcm.*JPEG-LS Lossless.*Fix: pip install pyjpegls"):
+        load(tmp_path)
+    monkeypatch.undo()
+    from pydicom.encaps import encapsulate
+
+    ds = dicom_file(tmp_path / "a.dcm", ramp(rng, 4095))
+    ds.PixelData = encapsulate([bytes(ds.PixelData)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 video: nothing decodes it
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    with pytest.raises(DataError, match=r"a\.dcm.*Fix: export the images uncompressed"):
+        load(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ pixel rules
+
+
+def linear_window(x: np.ndarray, c: float, w: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 with y in [0, 1], written out from the standard."""
+    lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    return np.where(x <= lo, 0.0, np.where(x > hi, 1.0, (x - (c - 0.5)) / (w - 1) + 0.5))
+
+
+def test_rescale_window_and_the_window_option(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = ramp(rng, 4095)
+    hu = stored * 1.0 - 1024.0
+    dicom_file(tmp_path / "ct.dcm", stored, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=40,
+               WindowWidth=400)
+    fillers(tmp_path, rng)
+    assert_contains(images_of(load(tmp_path)), [linear_window(hu, 40, 400)[None]])
+    # --window LOW,HIGH in Hounsfield units overrides the file's window.
+    assert_contains(images_of(load(tmp_path, window="-100,200")), [np.clip((hu + 100) / 300, 0, 1)[None]])
+
+
+def test_rescale_without_window_and_signed_pixels(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = rng.integers(-2048, 2048, (SIZE, SIZE))
+    dicom_file(tmp_path / "s.dcm", stored, signed=True, RescaleSlope=2, RescaleIntercept=100)
+    fillers(tmp_path, rng)
+    # Full range of 12 signed stored bits, -2048..2047, through the modality LUT: 2 * v + 100.
+    lo, hi = 2 * -2048 + 100, 2 * 2047 + 100
+    assert_contains(images_of(load(tmp_path)), [((2 * stored + 100 - lo) / (hi - lo))[None]])
+
+
+def test_voi_lut_sequence(tmp_path: Path, rng: np.random.Generator) -> None:
+    from pydicom.dataset import Dataset
+
+    stored = ramp(rng, 4095)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 10]  # 4096 entries, first input value 0, 10-bit output
+    item.LUTData = (np.arange(4096) // 4).tolist()  # 0..1023
+    item["LUTDescriptor"].VR = "US"
+    item["LUTData"].VR = "US"
+    dicom_file(tmp_path / "v.dcm", stored, VOILUTSequence=[item])
+    fillers(tmp_path, rng)
+    assert_contains(images_of(load(tmp_path)), [((stored // 4) / 1023)[None]])
+
+
+def test_monochrome1_is_inverted(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = ramp(rng, 4095)
+    dicom_file(tmp_path / "cr.dcm", stored, photometric="MONOCHROME1")
+    fillers(tmp_path, rng)
+    assert_contains(images_of(load(tmp_path)), [(1 - stored / 4095)[None]])
+
+
+def test_rgb_ybr_and_palette_colour(tmp_path: Path, rng: np.random.Generator) -> None:
+    from pydicom.pixels import convert_color_space
+
+    rgb = rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+    dicom_file(tmp_path / "rgb.dcm", rgb, photometric="RGB", bits_stored=8, patient="C1")
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    dicom_file(tmp_path / "ybr.dcm", ybr, photometric="YBR_FULL", bits_stored=8, patient="C2")
+    idx = rng.integers(0, 256, (SIZE, SIZE)).astype(np.uint8)
+    lut = rng.integers(0, 65536, (3, 256)).astype(np.uint16)
+    dicom_file(tmp_path / "pal.dcm", idx, photometric="PALETTE COLOR", bits_stored=8, patient="C3",
+               RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+               GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+               BluePaletteColorLookupTableDescriptor=[256, 0, 16],
+               RedPaletteColorLookupTableData=lut[0].astype("<u2").tobytes(),
+               GreenPaletteColorLookupTableData=lut[1].astype("<u2").tobytes(),
+               BluePaletteColorLookupTableData=lut[2].astype("<u2").tobytes())
+    grey = ramp(rng, 4095)
+    dicom_file(tmp_path / "grey.dcm", grey, patient="C4")
+    s = load(tmp_path)
+    assert s.in_channels == 3
+    got = images_of(s)
+    assert_contains(got, [rgb.transpose(2, 0, 1) / 255])
+    assert_contains(got, [rgb.transpose(2, 0, 1) / 255], atol=2.5 / 255)  # YBR -> RGB rounds
+    assert_contains(got, [lut[:, idx] / 65535])
+    assert_contains(got, [np.repeat(grey[None] / 4095, 3, axis=0)])  # grey in a colour dataset: repeated
+
+
+def test_multi_frame_gives_one_image_per_frame_of_one_patient(tmp_path: Path, rng: np.random.Generator) -> None:
+    frames = ramp(rng, 4095, (5, SIZE, SIZE))
+    dicom_file(tmp_path / "mf.dcm", frames, patient="MF")
+    fillers(tmp_path, rng)
+    s = load(tmp_path)
+    assert_contains(images_of(s), [f[None] / 4095 for f in frames])
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 8
+    # All five frames belong to one patient, on one side of the split.
+    per_split = [np.unique(p.patient_ids, return_counts=True)[1].tolist() for p in (s.train, s.val, s.test)]
+    assert sum(c.count(5) for c in per_split) == 1 and sorted(c for cs in per_split for c in cs) == [1, 1, 1, 5]
+
+
+# ------------------------------------------------------------------------------------------------ discovery, labels
+
+
+def test_tree_discovery_labels_and_skips(tmp_path: Path, rng: np.random.Generator) -> None:
+    for cls in ("normal", "nodule"):
+        for p in range(4):
+            for k in range(2):
+                dicom_file(tmp_path / cls / f"patient{p}" / "study" / f"IM{k}", ramp(rng, 4095),
+                           patient=f"{cls}-{p}", preamble=k == 0)  # some files without the 128-byte preamble
+    (tmp_path / "DICOMDIR").write_bytes(b"\0" * 200)
+    (tmp_path / "normal" / "notes.txt").write_text("not dicom")
+    (tmp_path / "normal" / ".DS_Store").write_bytes(b"\0")
+    sr = dicom_file(tmp_path / "nodule" / "report.dcm", ramp(rng, 4095), patient="nodule-0")
+    del sr.PixelData, sr.Rows, sr.Columns  # a structured report: no pixel data
+    sr.save_as(tmp_path / "nodule" / "report.dcm", enforce_file_format=True)
+    s = load(tmp_path)
+    assert s.label_names == ("nodule", "normal")
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 16
+    assert s.skipped == {"DICOMDIR": 1, "not DICOM": 1, "hidden": 1, "no pixel data": 1}
+    assert s.unit == "patient" and s.records_per_patient == 2  # every patient has 2 images
+    assert set(s.train.groups) == {"sex", "age_band"} and set(s.train.groups["age_band"]) == {"40-59"}
+    for seed in range(5):  # patient-disjoint for every seed
+        t = load(tmp_path, seed=seed)
+        ids = [set(p.patient_ids) for p in (t.train, t.val, t.test)]
+        assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+@pytest.mark.parametrize("key", ["PatientID", "path"])
+def test_labels_csv(tmp_path: Path, rng: np.random.Generator, key: str) -> None:
+    data = tmp_path / "data"
+    rows = []
+    for p in range(6):
+        for k in range(3):
+            rel = f"P{p}/IM{k}.dcm"
+            dicom_file(data / rel, ramp(rng, 4095), patient=f"SECRET-{p}")
+            if key == "path":
+                rows.append({"path": rel, "label": "yes" if p % 2 else "no", "site": f"site{p % 3}"})
+        if key == "PatientID":
+            rows.append({"PatientID": f"SECRET-{p}", "label": "yes" if p % 2 else "no", "site": f"site{p % 3}"})
+    dicom_file(data / "unlisted" / "x.dcm", ramp(rng, 4095), patient="SECRET-X")
+    if key == "path":
+        rows = [r for r in rows if not r["path"].startswith("unlisted")]
+    with (tmp_path / "labels.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    s = load(data, labels=tmp_path / "labels.csv")
+    assert s.label_names == ("no", "yes")
+    assert s.skipped == {"not in the labels file": 1}
+    assert set(s.train.groups) == {"sex", "age_band", "site"}
+    assert s.records_per_patient == 3
+    assert not any("SECRET" in str(v) for part in (s.train, s.val, s.test) for v in part.patient_ids)
+
+
+def test_missing_patient_id_falls_back_to_the_study(tmp_path: Path, rng: np.random.Generator) -> None:
+    for i in range(4):
+        dicom_file(tmp_path / f"{i}.dcm", ramp(rng, 4095), patient=None, sex=None, age=None)
+    s = load(tmp_path)
+    assert any("StudyInstanceUID (4)" in n for n in s.notes)
+    assert set(s.train.groups) == set()
+
+
+def test_second_load_is_served_from_the_cache(tmp_path: Path, rng: np.random.Generator,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DPAUDIT_CACHE_DIR", str(tmp_path / "cache"))
+    for i in range(4):
+        dicom_file(tmp_path / "d" / f"{i}.dcm", ramp(rng, 4095), patient=f"P{i}")
+    first = images_of(load(tmp_path / "d"))
+    import dpaudit.medical
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(dpaudit.medical, "decode_dicom", refuse)
+    assert np.array_equal(images_of(load(tmp_path / "d")), first)
+    with pytest.raises(AssertionError, match="decoded again"):  # other options: another key
+        load(tmp_path / "d", window="0,100")
+    monkeypatch.setenv("DPAUDIT_CACHE_DIR", "off")
+    with pytest.raises(AssertionError, match="decoded again"):
+        load(tmp_path / "d")
+
+
+# ------------------------------------------------------------------------------------------------ NIfTI
+
+
+def test_nifti_axial_slices_window_and_patients(tmp_path: Path, rng: np.random.Generator) -> None:
+    vols = {}
+    for i in range(4):
+        vol = rng.uniform(-1000, 1000, (SIZE, SIZE, 3)).astype(np.float32)  # x, y, z in RAS+ (identity affine)
+        vols[f"v{i}.nii.gz"] = vol
+        nifti_file(tmp_path / f"v{i}.nii.gz", vol)
+    # LAS storage of the same kind of volume: x reversed; the loader reorients it to RAS+.
+    las = rng.uniform(-1000, 1000, (SIZE, SIZE, 3)).astype(np.float32)
+    nifti_file(tmp_path / "las.nii", las, np.diag([-1.0, 1, 1, 1]))
+    with (tmp_path / "labels.csv").open("w", newline="") as fh:
+        fh.write("file,label,patient_id\nv0.nii.gz,0,A\nv1.nii.gz,1,A\nv2.nii.gz,0,B\nv3.nii.gz,1,C\nlas.nii,1,D\n")
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE, window="-100,200")
+    expect = [np.clip((np.rot90(v[:, :, k]) + 100) / 300, 0, 1)[None] for v in vols.values() for k in range(3)]
+    expect += [np.clip((np.rot90(las[::-1, :, k]) + 100) / 300, 0, 1)[None] for k in range(3)]
+    assert_contains(images_of(s), expect)
+    assert s.unit == "patient" and sum(len(p) for p in (s.train, s.val, s.test)) == 15
+    ids = [set(p.patient_ids) for p in (s.train, s.val, s.test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    # Patient A owns two volumes (6 slices); the others 3 slices each.
+    assert s.records_per_patient in (3, 6) and len(set().union(*ids)) == 4
+    # Without a window: one affine map from the dataset's minimum and maximum voxel values.
+    t = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    lo = min(float(v.min()) for v in [*vols.values(), las])
+    hi = max(float(v.max()) for v in [*vols.values(), las])
+    assert_contains(images_of(t), [((np.rot90(v[:, :, k]) - lo) / (hi - lo))[None] for v in vols.values()
+                                   for k in range(3)], atol=2e-6)
+    # Coronal: one slice per voxel along the posterior-anterior axis, 16 per volume.
+    c = load_splits(f"nifti:{tmp_path}", image_size=SIZE, slice_axis="coronal")
+    assert sum(len(p) for p in (c.train, c.val, c.test)) == 5 * SIZE
+
+
+def test_nifti_non_finite_voxel_names_file_and_voxel(tmp_path: Path, rng: np.random.Generator) -> None:
+    for i in range(3):
+        vol = rng.random((SIZE, SIZE, 2)).astype(np.float32)
+        if i == 1:
+            vol[3, 4, 1] = np.nan
+        nifti_file(tmp_path / f"v{i}.nii", vol)
+    with pytest.raises(DataError, match=r"v1\.nii.*non-finite voxel value \(voxel 3, 4, 1"):
+        load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+
+
+# ------------------------------------------------------------------------------------------------ CSV manifests
+
+
+def test_csv_manifest_mixes_formats_and_refuses_repeats(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    png = rng.integers(0, 256, (SIZE, SIZE)).astype(np.uint8)
+    Image.fromarray(png).save(tmp_path / "a.png")
+    dcm = ramp(rng, 4095, (2, SIZE, SIZE))
+    dicom_file(tmp_path / "scans" / "b.dcm", dcm, patient="SECRET")
+    vol = rng.random((SIZE, SIZE, 4)).astype(np.float32)
+    nifti_file(tmp_path / "c.nii.gz", vol)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE)).astype(np.uint8)).save(tmp_path / f"f{i}.png")
+    lines = ["path,label,patient_id,sex", "a.png,0,p1,female", "scans/b.dcm,1,p2,male", "c.nii.gz,0,p3,female"]
+    lines += [f"f{i}.png,{i % 2},p{4 + i},male" for i in range(3)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    got = images_of(s)
+    assert_contains(got, [png[None] / 255, *(f[None] / 4095 for f in dcm),
+                          *(np.rot90(vol[:, :, k])[None] for k in range(4))])
+    assert s.unit == "patient" and sum(len(p) for p in (s.train, s.val, s.test)) == 10
+    assert set(s.train.groups) == {"sex"}
+    (tmp_path / "dup.csv").write_text("path,label\na.png,0\nf0.png,1\n./a.png,1\n")
+    with pytest.raises(DataError, match=r"data rows 1 and 3 list the same image"):
+        load_splits(f"csv:{tmp_path / 'dup.csv'}", image_size=SIZE)
+    (tmp_path / "missing.csv").write_text("path,label\na.png,0\nnope.png,1\n")
+    with pytest.raises(DataError, match=r"data row 2 names 'nope\.png', which is not a file"):
+        load_splits(f"csv:{tmp_path / 'missing.csv'}", image_size=SIZE)
