@@ -101,15 +101,15 @@ def decode_nifti(path: Path, image_size: int, channels: int, window: tuple[float
         i, j, k = (int(v) for v in np.argwhere(bad)[0])
         raise DataError(f"NIfTI file {str(path)!r} holds a non-finite voxel value (voxel {i}, {j}, {k} in RAS+ "
                         "order). Fix: replace the non-finite values, or remove the file.")
+    low, high = float(vol.min()), float(vol.max())
+    stack = np.ascontiguousarray(np.moveaxis(vol, axis, 0))  # one copy; slices are then contiguous
     out = []
-    for s in range(vol.shape[axis]):
-        plane = np.rot90(np.take(vol, s, axis=axis))
+    for s in range(stack.shape[0]):
+        plane = np.rot90(stack[s])
         if window is not None:
             lo, hi = window
             plane = np.clip((plane - lo) / (hi - lo), 0.0, 1.0)
-            kind, low, high = "unit", 0.0, 1.0
-        else:
-            kind, low, high = "float", float(vol.min()), float(vol.max())
         data = resize_float(match_channels(plane[..., None].astype(np.float32), channels), image_size)
-        out.append(Pixels(data, kind, low, high, ""))
+        out.append(Pixels(data, "unit", 0.0, 1.0, "") if window is not None else
+                   Pixels(data, "float", low, high, ""))
     return out
