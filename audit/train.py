@@ -37,7 +37,16 @@ from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, class
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
 from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
-from dpaudit.data import DatasetSplits, ImageDataset, load_splits, require_classes
+from dpaudit.data import (
+    PRIVACY_UNIT_CHOICES,
+    DatasetSplits,
+    ImageDataset,
+    PrivacyUnit,
+    load_splits,
+    parse_window,
+    privacy_unit,
+    require_classes,
+)
 from dpaudit.errors import (
     ConfigError,
     NumericalError,
@@ -70,8 +79,12 @@ class TrainConfig:
 
     Attributes
     ----------
-    dataset, data_dir, image_size, max_images:
+    dataset, data_dir, image_size, max_images, labels, window, slice_axis:
         Passed to :func:`dpaudit.data.load_splits` (ignored when ``train`` is given pre-built splits).
+    privacy_unit:
+        ``"patient"``, ``"image"`` or None (patient when the data carry patient or lesion ids): the unit the run's
+        privacy is stated for; k (images per patient) is recorded in the checkpoint so that ``bounds --model``
+        gives patient-level bounds. DP-SGD itself clips per image; epsilon is per image (k = 1).
     arch, arch_args:
         Architecture spec (a registry name, ``monai:NAME``, ``file.py:factory`` or ``module:factory``; see
         :mod:`dpaudit.models`) and its keyword arguments.
@@ -125,6 +138,10 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int = 64
     max_images: int | None = None
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+    slice_axis: str = "axial"
+    privacy_unit: str | None = None
     arch: str = "resnet9"
     arch_args: Mapping[str, Any] = field(default_factory=dict)
     fix_batchnorm: bool = False
@@ -171,6 +188,10 @@ class TrainConfig:
         object.__setattr__(self, "image_size", check_int("image_size", self.image_size, minimum=8))
         if self.max_images is not None:
             check_int("max_images", self.max_images, minimum=3)
+        object.__setattr__(self, "window", parse_window(self.window))
+        if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
+            raise invalid("privacy_unit", self.privacy_unit, f"one of {list(PRIVACY_UNIT_CHOICES)}",
+                          "pass --privacy-unit patient or --privacy-unit image")
         object.__setattr__(self, "epochs", check_int("epochs", self.epochs))
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
         if self.physical_batch_size is not None:
@@ -245,6 +266,7 @@ class TrainResult:
     checkpoint: str | None = None
     metrics_path: str | None = None
     curve_path: str | None = None
+    privacy: PrivacyUnit | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object of ``dpaudit train`` (keys documented in the README)."""
@@ -262,7 +284,9 @@ class TrainResult:
                           "init": self.config.init or "scratch", "trainable": self.config.trainable,
                           "trainable_parameters": self.trainable_parameters,
                           "frozen_parameters": self.frozen_parameters,
-                          "replaced_layers": list(self.replaced_layers), "init_report": list(self.init_report)}}
+                          "replaced_layers": list(self.replaced_layers), "init_report": list(self.init_report)},
+                **({"privacy_unit": self.privacy.unit, "records_per_patient": self.privacy.records_per_patient}
+                   if self.privacy is not None else {})}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -643,8 +667,10 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     t_start = time.perf_counter()
     if splits is None:
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                             seed=config.seed, max_images=config.max_images)
+                             seed=config.seed, max_images=config.max_images, labels=config.labels,
+                             window=config.window, slice_axis=config.slice_axis)
     require_classes(splits, "training")
+    unit = privacy_unit(splits, config.privacy_unit)
     n = len(splits.train)
     if config.batch_size > n:
         raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n})",
@@ -690,7 +716,8 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         seed_summary=_summary(per_seed), dataset=splits.name, label_names=splits.label_names,
         wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds),
         notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
-        trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters)
+        trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters,
+        privacy=unit)
     if config.out is not None:
         result = _write_outputs(result, models[0], splits)
     return result
@@ -708,7 +735,8 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
              "epsilon_achieved": result.epsilon_achieved, "epsilon_rdp": result.epsilon_rdp,
              "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,
              "test_mcc": result.metrics.mcc, "init": _init_record(config.init),
-             "trainable": config.trainable}
+             "trainable": config.trainable,
+             **(_privacy_scalars(result.privacy) if result.privacy is not None else {})}
     meta = CheckpointMeta(
         arch=config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
         arch_args=config.arch_args, input_shape=splits.image_shape, mean=splits.mean, std=splits.std,
@@ -729,6 +757,8 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
                "history": [asdict(h) for h in result.history],
                "config": {k: v for k, v in asdict(config).items()},
                "wall_seconds": result.wall_seconds, "train_samples_per_second": result.train_samples_per_second,
+               "privacy": result.privacy.to_json() if result.privacy is not None else None,
+               "data": {"skipped": dict(splits.skipped), "notes": list(splits.notes)},
                "normalisation": {"mean": list(splits.mean), "std": list(splits.std),
                                  "note": "fixed values, not computed from the (private) training images"}}
     metrics_path.write_text(json.dumps(encode(payload), indent=2, allow_nan=False) + "\n")
@@ -743,6 +773,14 @@ def _init_record(init: str | None) -> str:
 
     digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()
     return f"{Path(init).name} (sha256 {digest[:16]})"
+
+
+def _privacy_scalars(unit: PrivacyUnit) -> dict[str, Any]:
+    """The privacy unit as checkpoint ``extra`` scalars (the histogram as a JSON string: no identifiers)."""
+    dist = unit.images_per_unit
+    return {"privacy_unit": unit.unit, "data_unit": unit.data_unit, "records_per_patient": unit.records_per_patient,
+            "images_per_unit_max": dist.max, "images_per_unit_mean": float(dist.mean), "n_units": dist.n_units,
+            "images_per_unit_histogram": json.dumps([list(p) for p in dist.histogram])}
 
 
 def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResult) -> Path:

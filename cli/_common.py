@@ -20,7 +20,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Options shared by the commands that load data or run torch: one name, one help text, one meaning. Each
 # command states the default of its configuration dataclass (TrainConfig, ProfileConfig) at the parameter.
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="demo (built in, synthetic), ham10000, a MedMNIST flag "
-                                         "(dermamnist, ...) or folder:PATH.")]
+                                         "(dermamnist, ...), folder:PATH, dicom:PATH, nifti:PATH or csv:FILE.")]
+LabelsOpt = Annotated[str | None, typer.Option("--labels", help="dicom:/nifti: a labels CSV: a label column and a "
+                                               "key column (PatientID, ..., path; nifti: file).")]
+WindowOpt = Annotated[str | None, typer.Option("--window", help="LOW,HIGH in modality units (HU for CT) mapped to "
+                                               "0 and 1, e.g. -100,200 (dicom:, nifti:, csv:).")]
+SliceAxisOpt = Annotated[str, typer.Option("--slice-axis", help="How NIfTI volumes are cut: axial, coronal or "
+                                           "sagittal.")]
+PrivacyUnitOpt = Annotated[str | None, typer.Option("--privacy-unit", help="patient or image (default: patient when "
+                                                    "the data carry patient ids; k = the most images of one "
+                                                    "patient in the training split).")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Images are resized to this many pixels square.")]
 ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm), smallcnn, monai:NAME (a "

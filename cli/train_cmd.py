@@ -14,9 +14,13 @@ from dpaudit.cli._common import (
     FixBatchnormOpt,
     ImageSizeOpt,
     JsonOpt,
+    LabelsOpt,
     MaxImagesOpt,
+    PrivacyUnitOpt,
+    SliceAxisOpt,
     ThreadsOpt,
     TrainableOpt,
+    WindowOpt,
     emit_json,
     err,
     handle_errors,
@@ -32,6 +36,10 @@ app = typer.Typer()
 def train_command(
     dataset: DatasetOpt = "demo",
     data_dir: DataDirOpt = None,
+    labels: LabelsOpt = None,
+    window: WindowOpt = None,
+    slice_axis: SliceAxisOpt = "axial",
+    privacy_unit: PrivacyUnitOpt = None,
     image_size: ImageSizeOpt = 64,  # TrainConfig's defaults (a test keeps them equal)
     max_images: MaxImagesOpt = None,
     arch: ArchOpt = "resnet9",
@@ -76,7 +84,8 @@ def train_command(
     if scale_norm:
         arch_args_d["scale_norm"] = True
     config = TrainConfig(
-        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
+        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, labels=labels,
+        window=window, slice_axis=slice_axis, privacy_unit=privacy_unit, arch=arch,
         arch_args=arch_args_d, fix_batchnorm=fix_batchnorm, init=init, trainable=trainable, epsilon=epsilon,
         noise_multiplier=sigma, non_private=non_private, delta=delta,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
@@ -104,6 +113,8 @@ def train_command(
         emit_json(result.to_json())
         return
     m = result.metrics
+    if result.privacy is not None:
+        out.print(result.privacy.describe())
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
         out.print(f"privacy: epsilon {result.epsilon_achieved:.4g} ({target}tight PLD, sound upper bound); "

@@ -61,15 +61,18 @@ __all__ = [
     "HAM10000_IMMEDIATE",
     "MEDMNIST_FLAGS",
     "PRIVACY_UNITS",
+    "PRIVACY_UNIT_CHOICES",
     "DatasetSplits",
     "ImageDataset",
     "ImagesPerUnit",
+    "PrivacyUnit",
     "age_band",
     "dataset_choices",
     "load_splits",
     "make_demo",
     "normalization",
     "parse_window",
+    "privacy_unit",
     "require_classes",
 ]
 
@@ -256,6 +259,59 @@ class ImagesPerUnit:
                 "histogram": [list(pair) for pair in self.histogram]}
 
 
+#: ``--privacy-unit`` choices: the unit every DP statement is made for.
+PRIVACY_UNIT_CHOICES = ("patient", "image")
+
+
+@dataclass(frozen=True)
+class PrivacyUnit:
+    """The unit the privacy numbers are stated for, and k = the most training images one unit contributes.
+
+    ``unit`` is ``"patient"`` (k = ``records_per_patient`` from the data: DICOM PatientID, a ``patient_id``
+    column, a NIfTI volume, HAM10000's lesion_id) or ``"image"`` (k = 1). ``data_unit`` says what the data's ids
+    are (``patient``, ``lesion``, ``image``); ``chosen_by`` whether the default or ``--privacy-unit`` chose.
+    Only counts: safe to print and to write to checkpoints, JSON and reports.
+    """
+
+    unit: str
+    data_unit: str
+    records_per_patient: int
+    images_per_unit: ImagesPerUnit
+    chosen_by: str = "default"
+
+    def describe(self) -> str:
+        """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
+        ids = {"patient": "patient ids", "lesion": "lesion ids (HAM10000 has no patient id)",
+               "image": "no patient ids"}[self.data_unit]
+        if self.unit == "patient":
+            return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "
+                    f"patient at most in the training split, {self.images_per_unit.n_units} patients)")
+        why = "--privacy-unit image" if self.chosen_by == "option" else f"the data carry {ids}"
+        return f"privacy unit: image ({why}; k = 1)"
+
+    def to_json(self) -> dict[str, object]:
+        return {"privacy_unit": self.unit, "data_unit": self.data_unit,
+                "records_per_patient": self.records_per_patient, "chosen_by": self.chosen_by,
+                "images_per_unit": self.images_per_unit.to_json()}
+
+
+def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> PrivacyUnit:
+    """Resolve ``--privacy-unit``: by default ``patient`` when the data carry patient (or lesion) ids, else
+    ``image``; ``patient`` on data without ids is an error (a manifest's ``patient_id`` column supplies them)."""
+    dist = splits.images_per_unit()
+    has_ids = splits.unit in ("patient", "lesion")
+    if requested is not None and requested not in PRIVACY_UNIT_CHOICES:
+        raise invalid("privacy_unit", requested, f"one of {list(PRIVACY_UNIT_CHOICES)}",
+                      "pass --privacy-unit patient or --privacy-unit image")
+    if requested == "patient" and not has_ids:
+        raise invalid("privacy_unit", requested, f"'image' for {splits.name} (its images carry no patient ids)",
+                      "pass --privacy-unit image, or a CSV manifest with a patient_id column (--dataset csv:FILE)",
+                      cls=DataError)
+    unit = requested or ("patient" if has_ids else "image")
+    k = max(1, dist.max) if unit == "patient" else 1
+    return PrivacyUnit(unit, splits.unit, k, dist, "option" if requested else "default")
+
+
 def require_classes(splits: DatasetSplits, what: str) -> None:
     """Training needs at least two classes, each present in the training split: a one-class task trains to
     "accuracy 1.0, loss 0.0" and says nothing. (The attack needs no labels; see ``dpaudit attack``.)"""
@@ -326,11 +382,6 @@ class DatasetSplits:
         return ImagesPerUnit(self.unit, int(counts.size), int(counts.max()) if counts.size else 0,
                              float(counts.mean()) if counts.size else 0.0,
                              tuple((int(k), int(v)) for k, v in enumerate(hist) if v and k))
-
-    @property
-    def records_per_patient(self) -> int:
-        """k: the largest number of training images of one privacy unit (1 at image level)."""
-        return max(1, self.images_per_unit().max) if self.unit != "image" else 1
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dpaudit.data import DatasetSplits, load_splits
+from dpaudit.data import DatasetSplits, load_splits, privacy_unit
 from dpaudit.errors import DataError
 
 SIZE = 16
@@ -235,7 +235,7 @@ def test_tree_discovery_labels_and_skips(tmp_path: Path, rng: np.random.Generato
     assert s.label_names == ("nodule", "normal")
     assert sum(len(p) for p in (s.train, s.val, s.test)) == 16
     assert s.skipped == {"DICOMDIR": 1, "not DICOM": 1, "hidden": 1, "no pixel data": 1}
-    assert s.unit == "patient" and s.records_per_patient == 2  # every patient has 2 images
+    assert s.unit == "patient" and privacy_unit(s).records_per_patient == 2  # every patient has 2 images
     assert set(s.train.groups) == {"sex", "age_band"} and set(s.train.groups["age_band"]) == {"40-59"}
     for seed in range(5):  # patient-disjoint for every seed
         t = load(tmp_path, seed=seed)
@@ -266,7 +266,7 @@ def test_labels_csv(tmp_path: Path, rng: np.random.Generator, key: str) -> None:
     assert s.label_names == ("no", "yes")
     assert s.skipped == {"not in the labels file": 1}
     assert set(s.train.groups) == {"sex", "age_band", "site"}
-    assert s.records_per_patient == 3
+    assert privacy_unit(s).records_per_patient == 3
     assert not any("SECRET" in str(v) for part in (s.train, s.val, s.test) for v in part.patient_ids)
 
 
@@ -320,7 +320,7 @@ def test_nifti_axial_slices_window_and_patients(tmp_path: Path, rng: np.random.G
     ids = [set(p.patient_ids) for p in (s.train, s.val, s.test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     # Patient A owns two volumes (6 slices); the others 3 slices each.
-    assert s.records_per_patient in (3, 6) and len(set().union(*ids)) == 4
+    assert privacy_unit(s).records_per_patient in (3, 6) and len(set().union(*ids)) == 4
     # Without a window: one affine map from the dataset's minimum and maximum voxel values.
     t = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     lo = min(float(v.min()) for v in [*vols.values(), las])
