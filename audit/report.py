@@ -166,8 +166,9 @@ class _Report:
     def title_page(self) -> list:
         p, c, d = self.p, self.p.config, self.p.dataset
         created = _created(p)
-        unit = ("image (record-level guarantee)" if c.privacy_unit == "image"
-                else f"patient (up to {c.records_per_patient} images per patient)")
+        pu = p.privacy()
+        unit = ("image (record-level guarantee)" if pu.unit == "image"
+                else f"patient (up to {pu.records_per_patient} images per patient in the training split)")
         rows = [
             ("Model", f"{c.arch} ({c.image_size}×{c.image_size} pixels, {d.image_shape[0] if d.image_shape else '?'} "
                       "channel(s))"),
@@ -194,7 +195,9 @@ class _Report:
             self.para(f"Reconstruction and membership-inference risk of DP-SGD training on {_esc(d.name)}",
                       "subtitle"),
             table,
-            Spacer(1, 1.0 * cm),
+            Spacer(1, 0.4 * cm),
+            self.para(_esc(pu.describe()), "body"),
+            Spacer(1, 0.6 * cm),
             _boxed(guide, NOTE_BG),
             Spacer(1, 0.6 * cm),
             self.para("Prepared with dpaudit for an ethics board or data-protection review. The method follows "

@@ -120,7 +120,7 @@ def kappa_text(kappa: float, n_train: int) -> str:
 
 def summary_sentence(profile: Profile, level: LevelSummary) -> str:
     """One plain-language sentence (with labels) for one privacy level."""
-    unit = profile.config.privacy_unit
+    unit = profile.privacy().unit
     units = "images" if unit == "image" else "patients' images"
     parts: list[str] = []
     if level.private:
@@ -205,7 +205,6 @@ def empirical_mia_caveat(canaries: int | None, ceiling: float | None) -> str:
 
 def privacy_statement(profile: Profile) -> list[str]:
     """Paragraphs of the formal privacy statement."""
-    c = profile.config
     private = [t for t in profile.train if t.epsilon_target is not None]
     deltas = sorted({t.target_delta for t in private})
     qs = sorted({t.sampling_probability for t in private})
@@ -215,9 +214,10 @@ def privacy_statement(profile: Profile) -> list[str]:
     q_txt = ", ".join(num(q) for q in qs) if qs else "n/a"
     t_txt = ", ".join(str(s) for s in steps) if steps else "n/a"
     method = next((b.method for b in profile.bounds), "tight")
+    pu = profile.privacy()
     unit = ("one image (add/remove adjacency: the datasets differ by the presence of one training image)"
-            if c.privacy_unit == "image" else
-            f"one patient contributing up to {c.records_per_patient} images (add/remove adjacency at the "
+            if pu.unit == "image" else
+            f"one patient contributing up to {pu.records_per_patient} images (add/remove adjacency at the "
             "patient level; all of a patient's images are assumed aligned, the worst case)")
     paras = [
         f"<b>Mechanism.</b> DP-SGD (Opacus): per-sample gradients clipped to norm C = {', '.join(num(x) for x in clips) or 'n/a'}, "

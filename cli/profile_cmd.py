@@ -16,9 +16,13 @@ from dpaudit.cli._common import (
     DatasetOpt,
     FixBatchnormOpt,
     ImageSizeOpt,
+    LabelsOpt,
     MaxImagesOpt,
+    PrivacyUnitOpt,
+    SliceAxisOpt,
     ThreadsOpt,
     TrainableOpt,
+    WindowOpt,
     emit_json,
     err,
     handle_errors,
@@ -68,6 +72,10 @@ def profile(
     data_dir: DataDirOpt = D.data_dir,
     image_size: ImageSizeOpt = D.image_size,
     max_images: MaxImagesOpt = D.max_images,
+    labels: LabelsOpt = D.labels,
+    window: WindowOpt = None,
+    slice_axis: SliceAxisOpt = D.slice_axis,
+    privacy_unit: PrivacyUnitOpt = D.privacy_unit,
     arch: ArchOpt = D.arch,
     arch_args: ArchArgsOpt = None,
     fix_batchnorm: FixBatchnormOpt = D.fix_batchnorm,
@@ -85,8 +93,9 @@ def profile(
     delta: Annotated[float | None, typer.Option(help="target_delta; default min(8e-7 (paper), 1/(10 N)).")] = None,
     kappa: Annotated[list[float] | None, typer.Option(help="Extra prior(s) kappa for the ReRo bounds "
                                                            "(1/N_train is always reported). Repeatable.")] = None,
-    records_per_patient: Annotated[int, typer.Option(help="k images per patient: k > 1 gives patient-level "
-                                                          "guarantees.")] = 1,
+    records_per_patient: Annotated[int | None, typer.Option(help="k images per patient (default: from the data, "
+                                                                 "see --privacy-unit); k > 1 gives patient-level "
+                                                                 "guarantees.")] = D.records_per_patient,
     attack_images: Annotated[int, typer.Option(help="Training images attacked per privacy budget.")] = D.attack_images,
     decoder: Annotated[str, typer.Option(help="strong, paper or all (the strongest is reported, named).")] = "all",
     connection: Annotated[str, typer.Option(help="Imprint connection: linear or addition.")] = "linear",
@@ -126,8 +135,11 @@ def profile(
     decoders = {"all": ("strong", "paper"), "strong": ("strong",), "paper": ("paper",)}
     if decoder not in decoders:
         raise invalid("decoder", decoder, "strong, paper or all", "pass --decoder all")
+    from dpaudit.data import parse_window
+
     config = ProfileConfig(
-        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
+        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, labels=labels,
+        window=parse_window(window), slice_axis=slice_axis, privacy_unit=privacy_unit, arch=arch,
         epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds, seed=seed,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
         lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta, kappas=tuple(kappa or ()),
@@ -199,7 +211,8 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
             "epsilon_used": lv.epsilon_used, "notes": list(lv.notes),
         })
     return {"profile": str(out_dir / "profile.json"), "report": str(out_dir / "report.pdf") if render else None,
-            "kappa": 1.0 / prof.dataset.n_train, "levels": levels, "wall_seconds": wall,
+            "kappa": 1.0 / prof.dataset.n_train, "privacy_unit": prof.privacy().unit,
+            "records_per_patient": prof.privacy().records_per_patient, "levels": levels, "wall_seconds": wall,
             "stages": [{"stage": s.stage, "seconds": s.seconds, "tasks_run": s.tasks_run,
                         "tasks_reused": s.tasks_reused} for s in prof.stages]}
 
@@ -241,3 +254,4 @@ def _print_summary(prof) -> None:
         out.print(by_init)
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
         err.print(f"[yellow]note:[/] {note}")
+    out.print(prof.privacy().describe())

@@ -20,6 +20,7 @@ from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
     DatasetInfo,
     PackageVersion,
+    PrivacyInfo,
     Profile,
     ProfileConfig,
     StageTime,
@@ -46,7 +47,23 @@ CURVE_EPSILONS = (0.5, 2.0, 4.0, 12.0, 32.0, 64.0, 128.0)
 
 
 def _data_spec(config: ProfileConfig) -> DataSpec:
-    return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed)
+    return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed,
+                    config.labels, config.window, config.slice_axis)
+
+
+def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
+    """The profile's privacy unit and k: ``--records-per-patient`` when given, else from the data
+    (:func:`dpaudit.data.privacy_unit`: the most images of one patient in the training split)."""
+    from dpaudit.data import privacy_unit
+
+    given = config.records_per_patient
+    unit = privacy_unit(splits, config.privacy_unit if given is None else "image")  # "image": k is given
+    d = unit.images_per_unit
+    if given is None:
+        return PrivacyInfo(unit.unit, unit.records_per_patient, unit.data_unit, unit.chosen_by, d.n_units, d.max,
+                           d.mean, d.histogram)
+    name = "patient" if given > 1 or config.privacy_unit == "patient" else "image"
+    return PrivacyInfo(name, given, unit.data_unit, "records_per_patient", d.n_units, d.max, d.mean, d.histogram)
 
 
 def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
@@ -132,10 +149,18 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         raise invalid("canaries", config.canaries, f"fewer than the training images ({n_train})",
                       "pass a smaller --canaries (they are drawn from the training split)", cls=DataError)
     groups = getattr(splits.test, "groups", None) or {}
+    from dpaudit.data import require_classes
+
+    require_classes(splits, "the profile's training")
+    privacy = resolve_privacy(config, splits)
+    k = privacy.records_per_patient
     info = DatasetInfo(name=splits.name, n_train=n_train, n_val=len(splits.val), n_test=len(splits.test),
                        image_shape=tuple(int(x) for x in splits.image_shape),
                        label_names=tuple(str(x) for x in splits.label_names),
-                       subgroup_attributes=tuple(sorted(str(k) for k in groups)))
+                       subgroup_attributes=tuple(sorted(str(k) for k in groups)), privacy=privacy,
+                       skipped=tuple(sorted(splits.skipped.items())), notes=tuple(splits.notes))
+    if progress is not None:
+        progress("data", 1, 1, privacy.describe())
     stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
 
     # Stage 1: training (every level x seed).
@@ -154,13 +179,13 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     for eps in config.epsilons:
         r = first[eps][1]
         bound_tasks.append(BoundsTask(eps, r.noise_multiplier, r.sampling_probability, r.steps, r.target_delta,
-                                      config.records_per_patient, kappa_train, config.kappas, True))
+                                      k, kappa_train, config.kappas, True))
     ref = first[config.epsilons[0]][1]
     moderate = [e for e in config.epsilons if e < 1e4] or [20.0]
     curve_eps = [e for e in CURVE_EPSILONS
                  if min(moderate) / 4 <= e <= 4 * max(moderate) and e not in config.epsilons]
     curve_tasks = [BoundsTask(e, None, ref.sampling_probability, ref.steps, ref.target_delta,
-                              config.records_per_patient, kappa_train, (), False) for e in curve_eps]
+                              k, kappa_train, (), False) for e in curve_eps]
     bounds_res, st = _run_stage("bounds", bound_tasks + curve_tasks, store, executor, progress)
     stages.append(st)
 

@@ -62,7 +62,11 @@ class ProfileConfig(JsonResult):
     ----------
     dataset, data_dir, image_size:
         The dataset name as ``dpaudit.data.load_splits`` takes it (``demo``, ``ham10000``, a MedMNIST flag,
-        ``folder:PATH``), its folder, and the side length images are resized to.
+        ``folder:PATH``, ``dicom:PATH``, ``nifti:PATH``, ``csv:FILE``), its folder, and the side length images are
+        resized to.
+    labels, window, slice_axis:
+        ``load_splits``' options for DICOM and NIfTI data (a labels CSV, ``(low, high)`` modality values mapped to
+        0 and 1, the NIfTI slice axis).
     max_images:
         At most this many images in total (``load_splits``' ``max_images``: the demo's size, or a seeded subset
         of a real dataset for quick looks and tests); None keeps all (the demo: 2000).
@@ -80,8 +84,11 @@ class ProfileConfig(JsonResult):
         delta; None lets training choose its default (and the choice is recorded in the results).
     kappas:
         The user's priors kappa in addition to 1/N_train (always reported, as in the seed paper).
+    privacy_unit:
+        ``"patient"``, ``"image"``, or None: patient when the data carry patient (or lesion) ids, else image.
     records_per_patient:
-        k images per patient; k > 1 makes the guarantee patient-level (the privacy unit is then the patient).
+        k images per patient; None takes k from the data (the most images of one patient in the training split,
+        with the patient unit; 1 with the image unit). Passing k makes the unit the patient.
     attack_images, decoders, connection, bins, observations:
         The realistic imprint-layer attack (spec attack.md): images attacked per privacy level, decoders
         (the strongest is reported and named), imprint connection, bins K, observations of each image.
@@ -105,6 +112,9 @@ class ProfileConfig(JsonResult):
     data_dir: str | None = None
     image_size: int = 28
     max_images: int | None = None
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+    slice_axis: str = "axial"
     arch: str = "resnet9"
     epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
     non_private: bool = True
@@ -120,7 +130,8 @@ class ProfileConfig(JsonResult):
     augment_multiplicity: int = 0
     target_delta: float | None = None
     kappas: tuple[float, ...] = ()
-    records_per_patient: int = 1
+    privacy_unit: str | None = None
+    records_per_patient: int | None = None
     attack_images: int = 32
     decoders: tuple[str, ...] = DECODERS
     connection: str = "linear"
@@ -168,7 +179,27 @@ class ProfileConfig(JsonResult):
                                                   fix="pass a delta well below 1/N, e.g. 1e-5"))
         put("kappas", tuple(sorted({check_probability(
             "kappa", k, fix="pass the blind-guess success probability, e.g. --kappa 1e-3") for k in self.kappas})))
-        put("records_per_patient", check_int("records_per_patient", self.records_per_patient, minimum=1))
+        if self.records_per_patient is not None:
+            put("records_per_patient", check_int("records_per_patient", self.records_per_patient, minimum=1))
+        if self.privacy_unit not in (None, "patient", "image"):
+            raise invalid("privacy_unit", self.privacy_unit, "patient or image",
+                          "pass --privacy-unit patient or --privacy-unit image")
+        if self.privacy_unit == "image" and (self.records_per_patient or 1) > 1:
+            raise invalid("records_per_patient", self.records_per_patient, "1 (or left out) with --privacy-unit image",
+                          "leave out --records-per-patient, or pass --privacy-unit patient")
+        if self.labels is not None and not isinstance(self.labels, str):
+            put("labels", str(self.labels))
+        if self.window is not None:
+            try:
+                lo, hi = (float(v) for v in self.window)
+            except (TypeError, ValueError):
+                raise invalid("window", self.window, "two numbers LOW,HIGH",
+                              "pass --window -100,200 (liver CT, in HU)") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise invalid("window", self.window, "two finite numbers with LOW < HIGH", "pass --window -100,200")
+            put("window", (lo, hi))
+        if self.slice_axis not in ("axial", "coronal", "sagittal"):
+            raise invalid("slice_axis", self.slice_axis, "axial, coronal or sagittal", "pass --slice-axis axial")
         put("attack_images", check_int("attack_images", self.attack_images, minimum=1,
                                        fix="pass --attack-images 64"))
         decoders = tuple(self.decoders)
@@ -216,11 +247,6 @@ class ProfileConfig(JsonResult):
         parse_trainable(self.trainable)
 
     @property
-    def privacy_unit(self) -> str:
-        """``"image"`` for record-level guarantees, ``"patient"`` when a patient contributes k > 1 images."""
-        return "patient" if self.records_per_patient > 1 else "image"
-
-    @property
     def levels(self) -> tuple[float | None, ...]:
         """The privacy levels in report order: each epsilon ascending, then None for the non-private baseline."""
         return (*self.epsilons, *((None,) if self.non_private else ()))
@@ -240,6 +266,10 @@ class ProfileConfig(JsonResult):
 
         opt("--image-size", self.image_size, None)
         opt("--max-images", self.max_images, d.max_images)
+        opt("--labels", self.labels, d.labels)
+        if self.window is not None:
+            parts.append("--window=" + ",".join(_fmt_cli(v) for v in self.window))  # "=": LOW may be negative
+        opt("--slice-axis", self.slice_axis, d.slice_axis)
         opt("--arch", self.arch, None)
         opt("--arch-args", self.arch_args, d.arch_args)
         if self.fix_batchnorm:
@@ -257,6 +287,7 @@ class ProfileConfig(JsonResult):
         opt("--delta", self.target_delta, d.target_delta)
         for k in self.kappas:
             parts += ["--kappa", _fmt_cli(k)]
+        opt("--privacy-unit", self.privacy_unit, d.privacy_unit)
         opt("--records-per-patient", self.records_per_patient, d.records_per_patient)
         opt("--attack-images", self.attack_images, None)
         if self.decoders != d.decoders:
@@ -460,6 +491,37 @@ class MiaAuditOutcome(JsonResult):
 
 
 @dataclass(frozen=True)
+class PrivacyInfo(JsonResult):
+    """The privacy unit the profile's guarantees are stated for, and the training split's images per unit.
+
+    Counts only (``histogram``: (images, number of units) pairs): no identifier. ``data_unit`` says what the
+    data's ids are (``patient``, ``lesion``, ``image``); ``chosen_by``: ``default``, ``option`` (--privacy-unit)
+    or ``records_per_patient`` (k passed by hand).
+    """
+
+    unit: str
+    records_per_patient: int
+    data_unit: str = "image"
+    chosen_by: str = "default"
+    n_units: int = 0
+    max_images_per_unit: int = 1
+    mean_images_per_unit: float = 1.0
+    histogram: tuple[tuple[int, int], ...] = ()
+
+    def describe(self) -> str:
+        """The sentence the console and the report's first page print."""
+        if self.unit == "patient":
+            source = {"patient": "the data's patient ids", "lesion": "the data's lesion ids (no patient ids)",
+                      "image": "k given by hand"}.get(self.data_unit, self.data_unit)
+            if self.chosen_by == "records_per_patient":
+                source = "k given by hand (--records-per-patient)"
+            return (f"privacy unit: patient (up to {self.records_per_patient} images per patient in the training "
+                    f"split, from {source}; every guarantee is per patient)")
+        why = "--privacy-unit image" if self.chosen_by == "option" else "the data carry no patient ids"
+        return f"privacy unit: image (record-level guarantee; {why})"
+
+
+@dataclass(frozen=True)
 class DatasetInfo(JsonResult):
     """What the report says about the data (no images, no identifiers)."""
 
@@ -470,6 +532,9 @@ class DatasetInfo(JsonResult):
     image_shape: tuple[int, ...]
     label_names: tuple[str, ...]
     subgroup_attributes: tuple[str, ...]
+    privacy: PrivacyInfo | None = None
+    skipped: tuple[tuple[str, int], ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -511,6 +576,13 @@ class Profile(JsonResult):
         if self.schema_version != SCHEMA_VERSION:
             raise invalid("schema_version", self.schema_version, f"{SCHEMA_VERSION}",
                           "re-create profile.json with this dpaudit version (dpaudit profile ... --out DIR resumes)")
+
+    def privacy(self) -> PrivacyInfo:
+        """The privacy unit (a profile.json written before it was recorded: from ``records_per_patient``)."""
+        if self.dataset.privacy is not None:
+            return self.dataset.privacy
+        k = self.config.records_per_patient or 1
+        return PrivacyInfo("patient" if k > 1 else "image", k, chosen_by="records_per_patient" if k > 1 else "default")
 
     def levels(self) -> tuple[LevelSummary, ...]:
         """Per privacy level (epsilons ascending, then non-private), everything one table row needs."""

@@ -66,6 +66,9 @@ class DataSpec:
     image_size: int
     max_images: int | None
     split_seed: int
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+    slice_axis: str = "axial"
 
     def load(self):
         """The :class:`dpaudit.data.DatasetSplits` (cached per process: tasks on one worker share it)."""
@@ -75,7 +78,8 @@ class DataSpec:
 
             _SPLITS_CACHE.clear()  # one dataset at a time: bounded memory
             _SPLITS_CACHE[key] = load_splits(self.dataset, data_dir=self.data_dir, image_size=self.image_size,
-                                             seed=self.split_seed, max_images=self.max_images)
+                                             seed=self.split_seed, max_images=self.max_images, labels=self.labels,
+                                             window=self.window, slice_axis=self.slice_axis)
         return _SPLITS_CACHE[key]
 
 
@@ -144,7 +148,8 @@ class _TrainingSpec(_TaskBase):
         return TrainConfig(init=init, trainable=trainable, arch_args=json.loads(self.arch_args or "{}"),
                            fix_batchnorm=self.fix_batchnorm,
             dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
-            max_images=self.data.max_images, arch=self.arch, epsilon=self.epsilon_target,
+            max_images=self.data.max_images, labels=self.data.labels, window=self.data.window,
+            slice_axis=self.data.slice_axis, arch=self.arch, epsilon=self.epsilon_target,
             non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
             batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
             max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
