@@ -306,7 +306,8 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
     tc = config.train
     if splits is None:
         splits = load_splits(tc.dataset, data_dir=tc.data_dir, image_size=tc.image_size, seed=tc.seed,
-                             max_images=tc.max_images)
+                             max_images=tc.max_images,
+                             labels=tc.labels, window=tc.window, slice_axis=tc.slice_axis)
     require_classes(splits, "the canary membership audit")
     n = len(splits.train)
     m = config.canaries

@@ -15,7 +15,11 @@ from dpaudit.cli._common import (
     DatasetOpt,
     FixBatchnormOpt,
     JsonOpt,
+    LabelsOpt,
+    PrivacyUnitOpt,
+    SliceAxisOpt,
     ThreadsOpt,
+    WindowOpt,
     emit_json,
     err,
     handle_errors,
@@ -78,6 +82,10 @@ def attack(
     fix_batchnorm: FixBatchnormOpt = False,
     dataset: DatasetOpt = "demo",
     data_dir: DataDirOpt = None,
+    labels: LabelsOpt = None,
+    window: WindowOpt = None,
+    slice_axis: SliceAxisOpt = "axial",
+    privacy_unit: PrivacyUnitOpt = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="Resize images to this size (default: the "
                                                    "checkpoint's, else 64).")] = None,
     n_images: Annotated[int, typer.Option("--n-images", help="Number of training images to attack.")] = 64,
@@ -153,7 +161,10 @@ def attack(
     if max_images is None:
         # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
         max_images = max(3, math.ceil(n_images / 0.7) + 3)
-    splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images)
+    splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
+                         labels=labels, window=window, slice_axis=slice_axis)
+    unit_line, unit_record = _privacy_line(ckpt, splits, privacy_unit)
+    err.print(unit_line + "; the attack itself reconstructs single images", highlight=False)
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
@@ -198,6 +209,7 @@ def attack(
                               "bins": result.bins, "max_grad_norm": result.max_grad_norm,
                               "observations": result.observations, "scoring": result.scoring, "seed": seed,
                               "denoiser": denoiser.value, "model": str(model) if model else f"random {ckpt.arch}",
+                              **unit_record,
                               "success": f"empirical: fraction with SSIM > {SUCCESS_SSIM:g} (a lower bound on risk)"}
         record["headline"] = [r.to_json() for r in result.headline()]
         record["per_image"] = {"rho": result.rho.tolist(),
@@ -218,6 +230,22 @@ def attack(
         emit_json(result.to_json())
         return
     _render(result, np)
+
+
+def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
+    """The privacy unit to print: the checkpoint's recorded one (its whole training split), else the loaded
+    data's (k counted in the images loaded here)."""
+    from dpaudit.data import privacy_unit
+
+    extra = ckpt.extra if ckpt is not None else {}
+    if requested is None and extra.get("privacy_unit") in ("patient", "image"):
+        k = int(extra.get("records_per_patient") or 1)
+        line = (f"privacy unit: patient (k = {k} images per patient, recorded in the checkpoint)"
+                if extra["privacy_unit"] == "patient" else "privacy unit: image (recorded in the checkpoint)")
+        return line, {"privacy_unit": extra["privacy_unit"], "records_per_patient": k}
+    unit = privacy_unit(splits, requested)
+    line = unit.describe().replace("in the training split", "among the images loaded")
+    return line, {"privacy_unit": unit.unit, "records_per_patient": unit.records_per_patient}
 
 
 def _render(result, np) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, out
 from dpaudit.errors import check_int, invalid
 
 app = typer.Typer()
@@ -58,10 +58,12 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None
-                ) -> tuple[float, float, int, float, int | None]:
-    """The mechanism (sigma, q, steps, delta) from the flags, completed from ``--model`` when given.
+                ) -> tuple[float, float, int, float, int | None, int | None]:
+    """The mechanism (sigma, q, steps, delta) from the flags, completed from ``--model`` when given, and the
+    checkpoint's k (records per patient) when it recorded the patient as its privacy unit.
 
     With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior)."""
+    ckpt_k = None
     if model is not None:
         from dpaudit.checkpoint import PlainWeightsError, load_checkpoint
 
@@ -81,12 +83,14 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
         delta = ckpt.dp.target_delta if delta is None else delta
         if n_train is None and not kappa and n_candidates is None:
             n_train = ckpt.n_train
+        if ckpt.extra.get("privacy_unit") == "patient":
+            ckpt_k = int(ckpt.extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
     missing = [flag for flag, v in (("--sigma", sigma), ("--q", q), ("--steps", steps)) if v is None]
     if missing:
         raise invalid(missing[0].lstrip("-"), None, "given",
                       f"pass {', '.join(missing)} (the DP-SGD run's noise multiplier, sampling probability and "
                       "steps), or --model CHECKPOINT to read them from a dpaudit checkpoint")
-    return float(sigma), float(q), int(steps), 1e-5 if delta is None else float(delta), n_train
+    return float(sigma), float(q), int(steps), 1e-5 if delta is None else float(delta), n_train, ckpt_k
 
 
 @app.command("bounds")
@@ -108,8 +112,10 @@ def bounds(
                                                 )] = None,
     method: Annotated[MethodChoice, typer.Option("--method", help="tight (sound upper bound), edgeworth (paper "
                                                  "mode), clt, or mc.")] = MethodChoice.tight,
-    records_per_patient: Annotated[int, typer.Option("--records-per-patient", help="Images per patient k "
-                                                     "(patient-level guarantee).")] = 1,
+    records_per_patient: Annotated[int | None, typer.Option("--records-per-patient", help="Images per patient k "
+                                                            "(patient-level guarantee). [default: the "
+                                                            "checkpoint's, else 1]")] = None,
+    privacy_unit: PrivacyUnitOpt = None,
     roc: Annotated[Path | None, typer.Option("--roc", help="Write the membership-inference ROC bound to this CSV."
                                              )] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Plot worst-case and relaxed gamma against kappa "
@@ -119,9 +125,12 @@ def bounds(
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
     from dpaudit.bounds import bounds_summary, mia_curve
 
-    sigma, q, steps, delta, n_train = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
+    sigma, q, steps, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa,
+                                                          n_candidates)
     kappas = _kappas(kappa, n_candidates, n_train)
-    k = records_per_patient
+    k, why = _unit(privacy_unit, records_per_patient, ckpt_k)
+    if not json_out:
+        err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})")
     summary = bounds_summary(sigma, q, steps, kappas, target_delta=delta, records_per_patient=k,
                              method=method.value)
     for note in summary.notes:
@@ -142,6 +151,28 @@ def bounds(
     _render(summary)
 
 
+def _unit(privacy_unit: str | None, records_per_patient: int | None, ckpt_k: int | None) -> tuple[int, str]:
+    """k and where it came from: --records-per-patient, else the checkpoint's recorded patient unit (unless
+    --privacy-unit image), else 1."""
+    if privacy_unit not in (None, "patient", "image"):
+        raise invalid("privacy_unit", privacy_unit, "patient or image", "pass --privacy-unit patient or image")
+    if records_per_patient is not None:
+        k = check_int("records_per_patient", records_per_patient, fix="pass --records-per-patient 1 or more")
+        if privacy_unit == "image" and k > 1:
+            raise invalid("records_per_patient", k, "1 with --privacy-unit image",
+                          "leave out --records-per-patient, or pass --privacy-unit patient")
+        return k, f"k = {k} given by --records-per-patient"
+    if privacy_unit == "image":
+        return 1, "--privacy-unit image: k = 1"
+    if ckpt_k is not None:
+        return ckpt_k, f"k = {ckpt_k}: the most images of one patient in the checkpoint's training split"
+    if privacy_unit == "patient":
+        raise invalid("privacy_unit", "patient", "used with a checkpoint that records its patients, or with "
+                      "--records-per-patient", "pass --records-per-patient K, or --model a checkpoint trained on "
+                      "data with patient ids")
+    return 1, "no patient ids known: k = 1"
+
+
 def _unit_epsilons(s) -> tuple[float, float, str]:
     """epsilon of the privacy unit, the RDP epsilon (per record only: nan for k > 1) and the accountant's name."""
     eps = s.epsilon_of_unit
@@ -155,7 +186,8 @@ def _bounds_json(s, method: str) -> dict[str, Any]:
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
     return {
         "noise_multiplier": sigma, "sampling_probability": q, "steps": steps, "target_delta": delta,
-        "records_per_patient": k, "method": method, "epsilon": eps,
+        "records_per_patient": k, "privacy_unit": "patient" if k > 1 else "image", "method": method,
+        "epsilon": eps,
         "epsilon_rdp": eps_rdp if math.isfinite(eps_rdp) else None,
         "rero": [{"kappa": float(kv), "worst_case": float(w), "relaxed": float(r)}
                  for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True)],

@@ -19,8 +19,11 @@ from dpaudit.cli._common import (
     FixBatchnormOpt,
     ImageSizeOpt,
     JsonOpt,
+    LabelsOpt,
     MaxImagesOpt,
+    SliceAxisOpt,
     ThreadsOpt,
+    WindowOpt,
     emit_json,
     handle_errors,
     out,
@@ -152,6 +155,9 @@ def self_audit_cmd(
 def audit_cmd(
     dataset: DatasetOpt = "demo",
     data_dir: DataDirOpt = None,
+    labels: LabelsOpt = None,
+    window: WindowOpt = None,
+    slice_axis: SliceAxisOpt = "axial",
     image_size: ImageSizeOpt = 64,  # TrainConfig's defaults, as dpaudit train (a test keeps them equal)
     max_images: MaxImagesOpt = None,
     arch: ArchOpt = "resnet9",
@@ -185,7 +191,8 @@ def audit_cmd(
     from dpaudit.audit.train import TrainConfig
     from dpaudit.cli._common import err, json_text
 
-    tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch,
+    tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images,
+                     labels=labels, window=window, slice_axis=slice_axis, arch=arch,
                      arch_args={**parse_arch_args(arch_args), **({} if width is None else {"width": width})},
                      fix_batchnorm=fix_batchnorm, epsilon=epsilon, noise_multiplier=sigma,
                      non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
