@@ -164,7 +164,6 @@ def attack(
     splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
                          labels=labels, window=window, slice_axis=slice_axis)
     unit_line, unit_record = _privacy_line(ckpt, splits, privacy_unit)
-    err.print(unit_line + "; the attack itself reconstructs single images", highlight=False)
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
@@ -197,6 +196,7 @@ def attack(
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
+    err.print(unit_line + "; the attack itself reconstructs single images", highlight=False)
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions

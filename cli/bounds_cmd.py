@@ -129,10 +129,11 @@ def bounds(
                                                           n_candidates)
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(privacy_unit, records_per_patient, ckpt_k)
-    if not json_out:
-        err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})")
     summary = bounds_summary(sigma, q, steps, kappas, target_delta=delta, records_per_patient=k,
                              method=method.value)
+    if not json_out:
+        err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
+                  highlight=False)
     for note in summary.notes:
         err.print(f"[yellow]warning:[/] {note}")
     mia = summary.mia
