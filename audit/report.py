@@ -674,4 +674,9 @@ def load_profile(path: str | os.PathLike) -> Profile:
     if not p.is_file():
         raise invalid("profile", str(p), "an existing profile.json",
                       "pass the file written by `dpaudit profile --out DIR` (DIR/profile.json)", cls=DataError)
-    return Profile.from_json(p.read_text(encoding="utf-8"))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # a PDF or another binary file passed by mistake
+        raise DataError(f"profile {str(p)!r} is not UTF-8 JSON text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start}). Fix: pass the profile.json written by `dpaudit profile --out DIR`.") from None
+    return Profile.from_json(text)

@@ -343,3 +343,11 @@ def test_undecodable_csv_is_one_error_naming_the_file(tmp_path: Path, rng: np.ra
     path.write_bytes(path.read_bytes().replace(b"back", b"b\x81ck"))  # 0x81: neither UTF-8 nor cp1252
     with pytest.raises(DataError, match=r"HAM10000_metadata\.csv.*neither UTF-8 nor cp1252.*0x81.*Fix: save it"):
         load_splits("ham10000", data_dir=tmp_path, image_size=8)
+
+
+def test_a_binary_file_given_as_profile_json_is_one_error(tmp_path: Path) -> None:
+    from dpaudit.cli.main import app
+
+    (tmp_path / "profile.json").write_bytes(b"%PDF-1.4\n\xe2\xe3\xcf\xd3 binary")
+    res = runner.invoke(app, ["report", str(tmp_path / "profile.json")])
+    assert res.exit_code == 2 and "not UTF-8 JSON text" in res.output and "Traceback" not in res.output

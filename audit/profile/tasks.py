@@ -277,7 +277,7 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
     if not (checkpoint.is_file() and metrics_path.is_file()):
         return None
     try:
-        recorded = json.loads(metrics_path.read_text())
+        recorded = json.loads(metrics_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     have = {k: v for k, v in (recorded.get("config") or {}).items() if k not in LOCATION_KEYS}
