@@ -16,7 +16,8 @@ The rule (documented in the README, "Data")
   such image of the dataset lies in [0, 1]; otherwise mapped affinely by the dataset's minimum and maximum over
   those images. Non-finite values are an error naming the file and the pixel.
 * **TIFF** files are read with tifffile (Pillow reduces 16-bit colour TIFFs to 8 bits and cannot read float colour
-  ones): ``MinIsWhite`` is inverted, palette TIFFs are looked up in their 16-bit colour map (/ 65535).
+  ones): ``MinIsWhite`` is inverted, palette TIFFs are looked up in their 16-bit colour map (/ 65535); CMYK, YCbCr
+  and CIELab TIFFs are converted to RGB by Pillow.
 * **16-bit colour PNGs** are refused with an error naming the file: Pillow decodes them at 8 bits only, and a
   silent loss of depth is what this module exists to prevent (save them as 16-bit TIFF instead).
 * **Orientation**: the EXIF orientation (JPEG, PNG, WebP) and the TIFF Orientation tag are applied, so an image
@@ -94,7 +95,7 @@ def probe_channels(path: Path) -> int:
         try:
             with tifffile.TiffFile(path) as tf:
                 page = tf.pages[0]
-                return 3 if page.photometric in (2, 3, 5, 6) or page.samplesperpixel >= 3 else 1
+                return 3 if page.photometric in (2, 3, 5, 6, 8) or page.samplesperpixel >= 3 else 1
         except Exception as exc:  # tifffile raises many types on a damaged file; all mean "not readable"
             raise _bad(path, exc) from None
     from PIL import Image, UnidentifiedImageError
@@ -123,6 +124,17 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return np.rot90(arr, 1)
     return arr
+
+
+def _tiff_photometric(raw: bytes) -> int | None:
+    """The first page's Photometric Interpretation (None if the header does not read)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(raw)) as tf:
+            return int(tf.pages[0].photometric)
+    except Exception:  # any failure: the full decode reports it
+        return None
 
 
 def _read_tiff(path: Path, raw: bytes) -> tuple[np.ndarray, str]:
@@ -231,7 +243,9 @@ def read_image(path: Path, image_size: int, channels: int) -> Pixels:
     except OSError as exc:
         raise _bad(path, exc.strerror or type(exc).__name__) from None
     digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
-    if path.suffix.lower() in TIFF_EXTENSIONS:
+    # TIFF through tifffile (full depth) for grey, RGB and palette; CMYK (separated), YCbCr and CIELab TIFFs are
+    # converted to RGB by Pillow (8 bits: the depth those photometric interpretations are written in).
+    if path.suffix.lower() in TIFF_EXTENSIONS and _tiff_photometric(raw) in (0, 1, 2, 3, None):
         arr, kind = _read_tiff(path, raw)
     else:
         arr, kind = _read_pil(path, raw, image_size, channels)

@@ -351,3 +351,27 @@ def test_a_binary_file_given_as_profile_json_is_one_error(tmp_path: Path) -> Non
     (tmp_path / "profile.json").write_bytes(b"%PDF-1.4\n\xe2\xe3\xcf\xd3 binary")
     res = runner.invoke(app, ["report", str(tmp_path / "profile.json")])
     assert res.exit_code == 2 and "not UTF-8 JSON text" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("CMYK", ".tif"), ("CMYK", ".jpg"), ("YCbCr", ".jpg"),
+                                              ("RGB", ".tif"), ("L", ".tif")])
+def test_other_pil_modes_and_containers_load_as_a_viewer_shows_them(tmp_path: Path, rng: np.random.Generator,
+                                                                    mode: str, suffix: str) -> None:
+    yy, xx = np.mgrid[0:12, 0:12]
+    rgb = np.stack([20 * xx, 20 * yy, 10 * (xx + yy)], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it close
+    im = Image.fromarray(rgb).convert(mode)
+    im.save(tmp_path / f"a{suffix}", **({"quality": 95} if suffix == ".jpg" else {}))
+    # What Pillow renders the stored file as (value / 255): the reference for 8-bit containers.
+    with Image.open(tmp_path / f"a{suffix}") as back:
+        colour = mode != "L"
+        expect = np.asarray(back.convert("RGB" if colour else "L"), dtype=np.float64) / 255
+    expect = expect.transpose(2, 0, 1) if colour else expect[None]
+    img = load_only(tmp_path, 12, f"a{suffix}")
+    assert np.allclose(img.numpy(), expect, atol=1e-6)
+
+
+def test_signed_32_bit_tiff_maps_affinely(tmp_path: Path) -> None:
+    a = (np.arange(100, dtype=np.int32).reshape(10, 10) - 40) * 1000  # -40000 .. 59000
+    tifffile.imwrite(tmp_path / "s.tif", a)
+    img = load_only(tmp_path, 10, "s.tif")
+    assert np.allclose(img[0].numpy(), (a + 40000) / 99000, atol=1e-6)
