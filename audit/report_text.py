@@ -203,8 +203,20 @@ def empirical_mia_caveat(canaries: int | None, ceiling: float | None) -> str:
     )
 
 
+def _patient_epsilons(profile: Profile) -> str:
+    """The per-patient epsilon of each budget (k records of one patient move together), when k > 1."""
+    rows = [(b.epsilon_target, b.epsilon_patient) for b in profile.bounds if b.epsilon_patient is not None]
+    if not rows:
+        return ""
+    k = profile.privacy().records_per_patient
+    vals = ", ".join(f"{num(e)} → ε ≤ {eps_up(p)}" for e, p in rows)
+    return (f" Training calibrates ε per image; per patient (k = {k} images moving together, tight PLD, "
+            f"{LABEL_UPPER}) the budgets give: {vals}.")
+
+
 def privacy_statement(profile: Profile) -> list[str]:
     """Paragraphs of the formal privacy statement."""
+    c = profile.config
     private = [t for t in profile.train if t.epsilon_target is not None]
     deltas = sorted({t.target_delta for t in private})
     qs = sorted({t.sampling_probability for t in private})
@@ -227,7 +239,8 @@ def privacy_statement(profile: Profile) -> list[str]:
         f"({LABEL_UPPER}, pessimistic discretisation); the Rényi-DP value that Opacus reports is shown beside it "
         f"and is larger. Reconstruction bounds use the {method} method on the same mechanism and do not depend "
         "on δ.",
-        f"<b>Privacy unit.</b> {unit}. The adversary is assumed to see every one of the T noisy updates.",
+        f"<b>Privacy unit.</b> {unit}. The adversary is assumed to see every one of the T noisy updates."
+        + _patient_epsilons(profile),
         "<b>Not covered by these guarantees.</b> (1) Hyperparameter tuning: runs used to choose the learning rate, "
         "epochs or architecture on the same data spend privacy that is not accounted here. (2) Preprocessing "
         "statistics computed from the data (normalisation mean and standard deviation, class lists, image sizes). "

@@ -267,6 +267,7 @@ class TrainResult:
     metrics_path: str | None = None
     curve_path: str | None = None
     privacy: PrivacyUnit | None = None
+    epsilon_patient: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object of ``dpaudit train`` (keys documented in the README)."""
@@ -285,8 +286,8 @@ class TrainResult:
                           "trainable_parameters": self.trainable_parameters,
                           "frozen_parameters": self.frozen_parameters,
                           "replaced_layers": list(self.replaced_layers), "init_report": list(self.init_report)},
-                **({"privacy_unit": self.privacy.unit, "records_per_patient": self.privacy.records_per_patient}
-                   if self.privacy is not None else {})}
+                **({"privacy_unit": self.privacy.unit, "records_per_patient": self.privacy.records_per_patient,
+                    "epsilon_patient": self.epsilon_patient} if self.privacy is not None else {})}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -717,7 +718,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds),
         notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
         trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters,
-        privacy=unit)
+        privacy=unit, epsilon_patient=_epsilon_patient(dp, unit))
     if config.out is not None:
         result = _write_outputs(result, models[0], splits)
     return result
@@ -735,7 +736,7 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
              "epsilon_achieved": result.epsilon_achieved, "epsilon_rdp": result.epsilon_rdp,
              "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,
              "test_mcc": result.metrics.mcc, "init": _init_record(config.init),
-             "trainable": config.trainable,
+             "trainable": config.trainable, "epsilon_patient": result.epsilon_patient,
              **(_privacy_scalars(result.privacy) if result.privacy is not None else {})}
     meta = CheckpointMeta(
         arch=config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
@@ -773,6 +774,17 @@ def _init_record(init: str | None) -> str:
 
     digest = hashlib.sha256(Path(init).read_bytes()).hexdigest()
     return f"{Path(init).name} (sha256 {digest[:16]})"
+
+
+def _epsilon_patient(dp: DpSgdConfig | None, unit: PrivacyUnit) -> float | None:
+    """epsilon per patient (the k records of one patient move together; tight PLD, a sound upper bound) when the
+    unit is the patient and k > 1; None otherwise (per image, ``epsilon_achieved`` is the guarantee)."""
+    if dp is None or unit.unit != "patient" or unit.records_per_patient == 1:
+        return None
+    from dpaudit.bounds import epsilon_bound
+
+    return float(epsilon_bound(dp.noise_multiplier, dp.sampling_probability, dp.steps, dp.target_delta,
+                               records_per_patient=unit.records_per_patient).value)
 
 
 def _privacy_scalars(unit: PrivacyUnit) -> dict[str, Any]:

@@ -115,6 +115,10 @@ def train_command(
     m = result.metrics
     if result.privacy is not None:
         out.print(result.privacy.describe())
+    if result.epsilon_patient is not None:
+        out.print(f"privacy per patient: epsilon {result.epsilon_patient:.4g} (k = "
+                  f"{result.privacy.records_per_patient} images of one patient moving together; tight PLD, sound "
+                  "upper bound); the per-image epsilon below is what training calibrated")
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
         out.print(f"privacy: epsilon {result.epsilon_achieved:.4g} ({target}tight PLD, sound upper bound); "

@@ -50,6 +50,8 @@ def test_attack_train_bounds_profile_on_a_dicom_tree(tmp_path: Path, dicom_tree:
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
     assert obj["privacy_unit"] == "patient" and obj["records_per_patient"] == IMAGES_PER_PATIENT
+    # Direction: three images moving together are protected less than one (group privacy).
+    assert obj["epsilon_patient"] > obj["epsilon_achieved"]
     assert SECRET not in res.output and SECRET not in (out / "metrics.json").read_text()
     from dpaudit.checkpoint import load_checkpoint
 
@@ -62,6 +64,7 @@ def test_attack_train_bounds_profile_on_a_dicom_tree(tmp_path: Path, dicom_tree:
     assert res.exit_code == 0, res.output
     b = json.loads(res.stdout)
     assert b["records_per_patient"] == IMAGES_PER_PATIENT and b["privacy_unit"] == "patient"
+    assert b["epsilon"] == pytest.approx(obj["epsilon_patient"], rel=1e-9)  # one epsilon of the unit
     res = runner.invoke(app, ["bounds", "--model", str(out / "model.pt"), "--privacy-unit", "image", "--json"])
     assert json.loads(res.stdout)["records_per_patient"] == 1
 
@@ -77,7 +80,8 @@ def test_attack_train_bounds_profile_on_a_dicom_tree(tmp_path: Path, dicom_tree:
     data = json.loads(text)
     assert data["dataset"]["privacy"]["records_per_patient"] == IMAGES_PER_PATIENT
     assert data["dataset"]["privacy"]["histogram"] == [[IMAGES_PER_PATIENT, data["dataset"]["privacy"]["n_units"]]]
-    assert all(b["records_per_patient"] == IMAGES_PER_PATIENT for b in data["bounds"])
+    assert all(b["records_per_patient"] == IMAGES_PER_PATIENT and b["epsilon_patient"] > b["epsilon"]
+               for b in data["bounds"])
     from pypdf import PdfReader
 
     pages = [p.extract_text() for p in PdfReader(prof / "report.pdf").pages]

@@ -417,6 +417,7 @@ class BoundsOutcome(JsonResult):
     mia_tpr_at_fpr: tuple[FprTpr, ...]
     mia_roc: tuple[FprTpr, ...]
     seconds: float
+    epsilon_patient: float | None = None  # per patient (k records move together) when records_per_patient > 1
 
     def at_kappa_train(self) -> ReroPoint:
         return next(p for p in self.rero if p.kappa == self.kappa_train)

@@ -365,7 +365,8 @@ class BoundsTask(_TaskBase):
             target_delta=delta, records_per_patient=self.records_per_patient, epsilon=summary.epsilon.value,
             epsilon_rdp=summary.epsilon_rdp, kappa_train=self.kappa_train, rero=tuple(points[k] for k in kappas),
             rero_curve=tuple(points[k] for k in kappas_all) if self.curves else (), method="tight",
-            mia_advantage=advantage, mia_tpr_at_fpr=at_fpr, mia_roc=roc, seconds=time.perf_counter() - t0)
+            mia_advantage=advantage, mia_tpr_at_fpr=at_fpr, mia_roc=roc, seconds=time.perf_counter() - t0,
+            epsilon_patient=None if summary.epsilon_patient is None else summary.epsilon_patient.value)
 
 
 def _clip01(v: float | None) -> float | None:
