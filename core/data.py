@@ -25,8 +25,16 @@ MedMNIST flags (``dermamnist``, ``pathmnist``, ...)
     ``NAME_SIZE.npz`` or ``NAME.npz`` in ``data_dir`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``),
     grey or colour; their own splits and labels are kept.
 ``folder:PATH``
-    A folder of images, with class sub-folders (one class per sub-folder, sorted names) or without (one class,
-    label 0); a seeded split stratified by class.
+    A folder of images, with class sub-folders (one class per sub-folder, sorted names; images at any depth below
+    a class folder) or without (one class, label 0); a seeded split stratified by class. Hidden files, files that
+    are not images and files that do not decode are skipped and counted (``DatasetSplits.skipped``).
+``dicom:PATH``, ``nifti:PATH``, ``csv:FILE``
+    Hospital layouts (:mod:`dpaudit.medical`): DICOM trees, NIfTI volumes cut into slices, CSV manifests; split by
+    patient, identifiers pseudonymised.
+
+Pixel values are mapped to [0, 1] by the documented rules of :mod:`dpaudit.images` (PNG, JPEG, TIFF, ...),
+:mod:`dpaudit.dicom` and :mod:`dpaudit.nifti`, and :func:`_array_to_unit` (``.npz``). Every loader checks, not
+assumes, that no patient, file or identical image content lies on two sides of the split.
 """
 
 from __future__ import annotations
