@@ -537,7 +537,7 @@ def _grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions:
     A group's label is the largest label among its images (in HAM10000 all images of a lesion share dx). Within
     each label, groups are shuffled and assigned to test, then validation, until each holds its share of that
     label's IMAGES; the rest go to training. Each label with at least 3 groups contributes at least one group to
-    every split.
+    every split, and at least one group of every label trains (a label's only group, e.g. one patient, trains).
     """
     uniq, inv = np.unique(groups, return_inverse=True)
     glabel = np.zeros(len(uniq), dtype=np.int64)
@@ -553,7 +553,7 @@ def _grouped_stratified_split(labels: np.ndarray, groups: np.ndarray, fractions:
         n_test = max(1, int(np.searchsorted(before, test_frac * total, side="left"))) if len(members) >= 3 else 0
         n_val_end = int(np.searchsorted(before, (test_frac + val_frac) * total, side="left"))
         n_val_end = max(n_val_end, n_test + (1 if len(members) >= 3 and val_frac > 0 else 0))
-        n_val_end = min(n_val_end, len(members) - 1) if len(members) >= 2 else n_val_end
+        n_val_end = min(n_val_end, len(members) - 1)  # at least one group of each label trains
         n_test = min(n_test, n_val_end)
         side[members[:n_test]] = 2
         side[members[n_test:n_val_end]] = 1
@@ -570,10 +570,15 @@ def _select_groups(groups: np.ndarray, max_images: int | None, rng: np.random.Ge
     sizes = np.bincount(inv)
     keep = np.zeros(len(uniq), dtype=bool)
     used = 0
-    for g in rng.permutation(len(uniq)):
+    order = rng.permutation(len(uniq))
+    for g in order:
         if used + sizes[g] <= max_images:
             keep[g] = True
             used += sizes[g]
+    if not used:
+        # Every group is larger than max_images (e.g. CT series of hundreds of slices): the first group of the
+        # seeded order, cut to max_images images. The split still keeps it on one side.
+        return np.flatnonzero(inv == order[0])[:max_images]
     return np.flatnonzero(keep[inv])
 
 

@@ -371,3 +371,10 @@ def test_csv_manifest_mixes_formats_and_refuses_repeats(tmp_path: Path, rng: np.
     (tmp_path / "missing.csv").write_text("path,label\na.png,0\nnope.png,1\n")
     with pytest.raises(DataError, match=r"data row 2 names 'nope\.png', which is not a file"):
         load_splits(f"csv:{tmp_path / 'missing.csv'}", image_size=SIZE)
+
+
+def test_max_images_below_one_patients_series_still_loads(tmp_path: Path, rng: np.random.Generator) -> None:
+    for p in range(2):
+        dicom_file(tmp_path / f"p{p}.dcm", ramp(rng, 4095, (40, SIZE, SIZE)), patient=f"P{p}")  # 40 frames each
+    s = load(tmp_path, max_images=10)
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 10 and len(s.train) == 10  # one patient, one side
