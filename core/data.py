@@ -289,7 +289,7 @@ class PrivacyUnit:
 
     def describe(self) -> str:
         """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
-        ids = {"patient": "patient ids", "lesion": "lesion ids (HAM10000 has no patient id)",
+        ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist",
                "image": "no patient ids"}[self.data_unit]
         if self.unit == "patient":
             return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "

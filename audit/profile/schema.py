@@ -512,7 +512,7 @@ class PrivacyInfo(JsonResult):
     def describe(self) -> str:
         """The sentence the console and the report's first page print."""
         if self.unit == "patient":
-            source = {"patient": "the data's patient ids", "lesion": "the data's lesion ids (no patient ids)",
+            source = {"patient": "the data's patient ids", "lesion": "the data's lesion ids, as no patient ids exist",
                       "image": "k given by hand"}.get(self.data_unit, self.data_unit)
             if self.chosen_by == "records_per_patient":
                 source = "k given by hand (--records-per-patient)"
