@@ -43,6 +43,7 @@ from dpaudit.data import (
     ImageDataset,
     PrivacyUnit,
     load_splits,
+    loading_notes,
     parse_window,
     privacy_unit,
     require_classes,
@@ -268,6 +269,7 @@ class TrainResult:
     curve_path: str | None = None
     privacy: PrivacyUnit | None = None
     epsilon_patient: float | None = None
+    data_notes: tuple[str, ...] = ()  # files the loader skipped and what it decided (counts only)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object of ``dpaudit train`` (keys documented in the README)."""
@@ -718,7 +720,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds),
         notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
         trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters,
-        privacy=unit, epsilon_patient=_epsilon_patient(dp, unit))
+        privacy=unit, epsilon_patient=_epsilon_patient(dp, unit), data_notes=tuple(loading_notes(splits)))
     if config.out is not None:
         result = _write_outputs(result, models[0], splits)
     return result

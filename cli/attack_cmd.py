@@ -136,7 +136,7 @@ def attack(
 
     from dpaudit.attacks.scenario import AttackScenario, attack_checkpoint, checkpoint_noise, select_images
     from dpaudit.checkpoint import load_checkpoint, load_model
-    from dpaudit.data import load_splits
+    from dpaudit.data import load_splits, loading_notes
     from dpaudit.errors import check_int, invalid
     from dpaudit.runtime import idle_cores
 
@@ -197,6 +197,8 @@ def attack(
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     err.print(unit_line + "; the attack itself reconstructs single images", highlight=False)
+    for note in loading_notes(splits):
+        err.print(f"note: {note}", highlight=False)
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions

@@ -99,6 +99,8 @@ def train_command(
             bar.update(task, completed=done, total=total, description=text)
 
         result = train(config, progress=progress)
+    for note in result.data_notes:
+        err.print(f"note: {note}", highlight=False)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     if result.replaced_layers:

@@ -39,6 +39,7 @@ assumes, that no patient, file or identical image content lies on two sides of t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zlib
@@ -77,6 +78,7 @@ __all__ = [
     "age_band",
     "dataset_choices",
     "load_splits",
+    "loading_notes",
     "make_demo",
     "normalization",
     "parse_window",
@@ -318,6 +320,14 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> Privacy
     unit = requested or ("patient" if has_ids else "image")
     k = max(1, dist.max) if unit == "patient" else 1
     return PrivacyUnit(unit, splits.unit, k, dist, "option" if requested else "default")
+
+
+def loading_notes(splits: DatasetSplits) -> list[str]:
+    """What the loader passed over or decided, one line each, for the console (counts only, no identifiers)."""
+    lines = []
+    if splits.skipped:
+        lines.append(_describe_skipped(splits.skipped))
+    return lines + list(splits.notes)
 
 
 def require_classes(splits: DatasetSplits, what: str) -> None:
@@ -1012,17 +1022,24 @@ def _load_medmnist(flag: str, root: Path, image_size: int, seed: int, max_images
     names = known if known else tuple(str(i) for i in range(n_cls))
     total = sum(len(v) for v in labels.values())
     rng = np.random.default_rng([seed, zlib.crc32(flag.encode())])
-    splits = []
+    splits, digests = [], []
     for s in ("train", "val", "test"):
         n = len(labels[s])
         idx = np.arange(n)
         if max_images is not None and max_images < total:
             k = max(1, round(max_images * n / total))
             idx = np.sort(rng.choice(n, size=min(n, k), replace=False))
-        imgs = _resize_array(raw[f"{s}_images"][idx], image_size, f"{flag}: {path.name} {s}_images")
+        arr = raw[f"{s}_images"][idx]
+        digests.append({hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+                        for a in arr})
+        imgs = _resize_array(arr, image_size, f"{flag}: {path.name} {s}_images")
         splits.append(ImageDataset(imgs, torch.from_numpy(labels[s][idx]), names, {},
                                    np.array([f"{flag}-{s}-{i}" for i in idx]), f"{flag}/{s}"))
-    return DatasetSplits(*splits, name=flag, unit="image")
+    # MedMNIST keeps its own splits (no patient ids to check): report images stored identically in training and
+    # in validation or test, which inflate the measured utility (a note, not an error: the file is the standard).
+    shared = sum(1 for d in digests[1:] for h in d if h in digests[0])
+    notes = (f"{path.name}: {shared} validation/test image(s) identical to a training image",) if shared else ()
+    return DatasetSplits(*splits, name=flag, unit="image", notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------

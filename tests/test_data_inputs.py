@@ -172,6 +172,12 @@ def test_images_in_subfolders_of_class_folders_load_and_skips_are_counted(tmp_pa
     counts = sum((p.class_counts() for p in (s.train, s.val, s.test)), np.zeros(2, dtype=np.int64))
     assert counts.tolist() == [10, 10]  # nothing of b/batch1 or b/batch2/deeper dropped
     assert s.skipped == {"hidden": 3, "not an image": 2, "unreadable": 1}
+    from dpaudit.cli.main import app
+
+    res = runner.invoke(app, ["attack", "--dataset", f"folder:{root}", "--arch", "smallcnn", "--image-size", "8",
+                              "--n-images", "1", "--max-images", "40", "--sigmas", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "note: 6 file(s) skipped (3 hidden, 2 not an image, 1 unreadable)" in res.output
 
 
 # ------------------------------------------------------------------------------------------------ 3. labels
@@ -375,3 +381,13 @@ def test_signed_32_bit_tiff_maps_affinely(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "s.tif", a)
     img = load_only(tmp_path, 10, "s.tif")
     assert np.allclose(img[0].numpy(), (a + 40000) / 99000, atol=1e-6)
+
+
+def test_medmnist_images_repeated_across_its_own_splits_are_reported(tmp_path: Path,
+                                                                     rng: np.random.Generator) -> None:
+    arrays = medmnist_arrays(rng)
+    arrays["test_images"][2] = arrays["train_images"][4]
+    arrays["val_images"][0] = arrays["train_images"][1]
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    s = load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
+    assert s.notes == ("pneumoniamnist.npz: 2 validation/test image(s) identical to a training image",)

@@ -160,6 +160,10 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
                        subgroup_attributes=tuple(sorted(str(k) for k in groups)), privacy=privacy,
                        skipped=tuple(sorted(splits.skipped.items())), notes=tuple(splits.notes))
     if progress is not None:
+        from dpaudit.data import loading_notes
+
+        for note in loading_notes(splits):
+            progress("data", 1, 1, f"note: {note}")
         progress("data", 1, 1, privacy.describe())
     stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
 
