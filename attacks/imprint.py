@@ -259,12 +259,19 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
                     "weights: e.g. a saturated or constant model output), so there is nothing to invert. Fix: "
                     "attack another model (dpaudit attack --arch resnet9 initialises a fresh one).")
             if i == 0 and not block_norm > DEAD_BLOCK_RHO[block.connection] * gnorm[0]:
+                # Suggest only what is not already in use (the issue-11 reproduction was told to switch to the
+                # setting it had).
+                fixes = ([] if block.pattern_kind == "random" else
+                         ["use the random readout pattern (ImprintBlock(pattern='random'))"])
+                if block.connection != "addition":
+                    fixes.append("pass --connection addition")
+                fixes = fixes or ["attack another model (the block cannot be read through this one)"]
                 raise ConfigError(
                     f"the imprint block holds {block_norm / max(gnorm[0], 1e-300):.2e} of the per-sample gradient "
                     f"norm (row 0's bias gradient is {d:.2e}): the downstream model is invariant to the block's "
                     f"output (a bias-free layer followed by GroupNorm cancels a constant pattern; the "
-                    f"{block.connection} connection needs at least {DEAD_BLOCK_RHO[block.connection]:g}). Fix: use "
-                    "the random readout pattern (pattern='random'), or the addition connection.")
+                    f"{block.connection} connection needs at least {DEAD_BLOCK_RHO[block.connection]:g}). Fix: "
+                    f"{', or '.join(fixes)}.")
             if progress is not None:
                 progress(1)
     finally:

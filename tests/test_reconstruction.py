@@ -153,8 +153,16 @@ def test_constant_pattern_pitfall_is_caught() -> None:
     x = pictures(32, 1)
     model = small_model(0, "resnet9")
     block = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD), pattern="constant")
-    with pytest.raises(ConfigError, match="constant pattern"):
+    with pytest.raises(ConfigError, match="constant pattern") as info:
         image_statistics(model, block, x, torch.tensor([0]), mean=np.array(MEAN), std=np.array(STD))
+    assert "pattern='random'" in str(info.value) and "--connection addition" in str(info.value)
+    # The fix never names what is already in use (issue 11: the addition connection was suggested to its user).
+    added = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD), pattern="constant",
+                         connection="addition")
+    try:
+        image_statistics(model, added, x, torch.tensor([0]), mean=np.array(MEAN), std=np.array(STD))
+    except ConfigError as exc:
+        assert "--connection addition" not in str(exc)
     ok = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD))
     stats = image_statistics(model, ok, x, torch.tensor([0]), mean=np.array(MEAN), std=np.array(STD))
     assert stats.rho[0] > 0.5 and stats.delta[0] != 0
