@@ -14,13 +14,15 @@ Pixel values (in this order; DICOM PS3.3 section C.11)
 1. **Decoding** by pydicom 3 and its pixel-data plugins: uncompressed little and big endian, deflated, RLE
    (pydicom itself), JPEG baseline, extended and lossless (pylibjpeg-libjpeg, Pillow), JPEG-LS (pyjpegls), JPEG
    2000 and HTJ2K (pylibjpeg-openjpeg). YBR colour is converted to RGB by pydicom.
-2. **Modality LUT**: Rescale Slope and Intercept (or a Modality LUT Sequence): stored values to modality units
-   (Hounsfield units for CT).
+2. **Modality LUT**: Rescale Slope and Intercept (or a Modality LUT Sequence; in enhanced multi-frame files the
+   frame's Pixel Value Transformation functional group): stored values to modality units (Hounsfield units for
+   CT).
 3. **Window** (greyscale only), the first that applies: ``--window LOW,HIGH`` (modality units mapped to 0 and 1,
    e.g. ``-100,200`` for liver CT); the file's VOI LUT Sequence (its output divided by 2^bits - 1 of the LUT
-   descriptor); the file's first Window Center / Window Width (the linear function of C.11.2.1.2.1); else the
-   full range the stored bits can hold (Bits Stored, Pixel Representation) passed through the modality LUT, so
-   that files of one series map alike. Values outside the window clip to 0 or 1.
+   descriptor); the file's first Window Center / Window Width, or the frame's Frame VOI LUT functional group (the
+   linear function of C.11.2.1.2.1); else the full range the stored bits can hold (Bits Stored, Pixel
+   Representation) passed through the modality LUT, so that files of one series map alike. Values outside the
+   window clip to 0 or 1.
 4. **MONOCHROME1** (0 is white) is inverted: 1 - v.
 5. **Colour**: RGB and converted YBR: value / (2^Bits Stored - 1); PALETTE COLOR: looked up in the palette,
    divided by 2^bits - 1 of the palette descriptor.
@@ -168,6 +170,48 @@ def _first(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _functional_groups(ds: object, frame: int) -> list:
+    """The functional-group items that describe ``frame`` of an enhanced multi-frame file: its per-frame item
+    first, then the shared one (PS3.3 C.7.6.16)."""
+    items = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")  # type: ignore[attr-defined]
+    if per_frame is not None and frame < len(per_frame):
+        items.append(per_frame[frame])
+    shared = ds.get("SharedFunctionalGroupsSequence")  # type: ignore[attr-defined]
+    if shared:
+        items.append(shared[0])
+    return items
+
+
+def _group_value(ds: object, frame: int, sequence: str, keyword: str) -> object | None:
+    for item in _functional_groups(ds, frame):
+        seq = item.get(sequence)
+        if seq and keyword in seq[0]:
+            return seq[0][keyword].value
+    return None
+
+
+def _frame_modality(ds: object, frame: int):  # -> Callable[[np.ndarray], np.ndarray]
+    """Stored values of ``frame`` to modality units: the top-level Rescale Slope/Intercept or Modality LUT, else
+    the frame's Pixel Value Transformation (enhanced multi-frame files keep it in functional groups)."""
+    from pydicom.pixels import apply_modality_lut
+
+    slope = _group_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
+    if "RescaleSlope" in ds or "ModalityLUTSequence" in ds or slope is None:  # type: ignore[operator]
+        return lambda a: apply_modality_lut(a, ds).astype(np.float64)
+    intercept = _group_value(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept") or 0.0
+    return lambda a: a.astype(np.float64) * float(slope) + float(intercept)  # type: ignore[arg-type]
+
+
+def _frame_window(ds: object, frame: int) -> tuple[float, float] | None:
+    """The window (centre, width) of ``frame``: the top-level one, else the frame's Frame VOI LUT item."""
+    if "WindowCenter" in ds and "WindowWidth" in ds:  # type: ignore[operator]
+        return _first(ds.WindowCenter), _first(ds.WindowWidth)  # type: ignore[attr-defined]
+    c = _group_value(ds, frame, "FrameVOILUTSequence", "WindowCenter")
+    w = _group_value(ds, frame, "FrameVOILUTSequence", "WindowWidth")
+    return (_first(c), _first(w)) if c is not None and w is not None else None
+
+
 def _no_decoder(path: Path, syntax: object) -> DataError:
     package = DECODER_PACKAGES.get(str(syntax))
     fix = (f"pip install {package.replace(' and ', ' ')}" if package else
@@ -179,7 +223,7 @@ def _no_decoder(path: Path, syntax: object) -> DataError:
 def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float, float] | None) -> list[Pixels]:
     """Every frame of one DICOM file, mapped to [0, 1] by the module's rule, resized; one :class:`Pixels` each."""
     import pydicom
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+    from pydicom.pixels import apply_color_lut, apply_voi, get_decoder
 
     try:
         ds = pydicom.dcmread(path, force=True)
@@ -217,30 +261,33 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
     elif samples >= 3:
         unit = arr.astype(np.float64) / (2 ** bits - 1)
     else:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
-        if not np.isfinite(values).all():
-            f, r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
-            raise DataError(f"DICOM file {str(path)!r} holds a non-finite pixel value (frame {f}, row {r}, column "
-                            f"{c}). Fix: replace the file.")
-        if window is not None:
-            lo, hi = window
-            unit = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-        elif "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-            lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-            # The LUT is indexed by integer modality values; round non-integral ones (a fractional slope).
-            unit = np.clip(apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
-                           / (2 ** lut_bits - 1), 0.0, 1.0)
-        elif "WindowCenter" in ds and "WindowWidth" in ds:
-            unit = window_value(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
-        else:
-            signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-            stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
-            ends = apply_modality_lut(stored.astype(arr.dtype if arr.dtype.kind in "iu" else np.int64), ds)
-            lo, hi = float(np.min(ends)), float(np.max(ends))
-            unit = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
-        if photometric == "MONOCHROME1":
-            unit = 1.0 - unit
-        unit = unit[..., None]
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
+        planes = []
+        for f in range(arr.shape[0]):
+            modality = _frame_modality(ds, f)
+            values = modality(arr[f])
+            if not np.isfinite(values).all():
+                r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
+                raise DataError(f"DICOM file {str(path)!r} holds a non-finite pixel value (frame {f}, row {r}, "
+                                f"column {c}). Fix: replace the file.")
+            centre_width = _frame_window(ds, f)
+            if window is not None:
+                lo, hi = window
+                plane = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+            elif "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+                lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+                # The LUT is indexed by integer modality values; round non-integral ones (a fractional slope).
+                plane = np.clip(apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
+                                / (2 ** lut_bits - 1), 0.0, 1.0)
+            elif centre_width is not None:
+                plane = window_value(values, *centre_width)
+            else:
+                ends = modality(stored.astype(arr.dtype if arr.dtype.kind in "iu" else np.int64))
+                lo, hi = float(np.min(ends)), float(np.max(ends))
+                plane = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+            planes.append(1.0 - plane if photometric == "MONOCHROME1" else plane)
+        unit = np.stack(planes)[..., None]
     sop = str(ds.get("SOPInstanceUID", "") or "")
     out = []
     for f in range(unit.shape[0]):

@@ -378,3 +378,28 @@ def test_max_images_below_one_patients_series_still_loads(tmp_path: Path, rng: n
         dicom_file(tmp_path / f"p{p}.dcm", ramp(rng, 4095, (40, SIZE, SIZE)), patient=f"P{p}")  # 40 frames each
     s = load(tmp_path, max_images=10)
     assert sum(len(p) for p in (s.train, s.val, s.test)) == 10 and len(s.train) == 10  # one patient, one side
+
+
+def test_enhanced_multi_frame_rescale_and_window_from_functional_groups(tmp_path: Path,
+                                                                       rng: np.random.Generator) -> None:
+    from pydicom.dataset import Dataset
+
+    frames = ramp(rng, 4095, (2, SIZE, SIZE))
+
+    def item(sequence: str, **values: object) -> Dataset:
+        inner = Dataset()
+        for k, v in values.items():
+            setattr(inner, k, v)
+        outer = Dataset()
+        setattr(outer, sequence, [inner])
+        return outer
+
+    shared = item("PixelValueTransformationSequence", RescaleSlope=1, RescaleIntercept=-1024, RescaleType="HU")
+    per_frame = [item("FrameVOILUTSequence", WindowCenter=40, WindowWidth=400),
+                 item("FrameVOILUTSequence", WindowCenter=500, WindowWidth=1000)]
+    dicom_file(tmp_path / "enh.dcm", frames, patient="E", SharedFunctionalGroupsSequence=[shared],
+               PerFrameFunctionalGroupsSequence=per_frame)
+    fillers(tmp_path, rng)
+    hu = frames - 1024.0
+    assert_contains(images_of(load(tmp_path)), [linear_window(hu[0], 40, 400)[None],
+                                                linear_window(hu[1], 500, 1000)[None]])
