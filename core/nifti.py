@@ -20,6 +20,7 @@ error naming the file and the voxel.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,9 @@ def decode_nifti(path: Path, image_size: int, channels: int, window: tuple[float
                         "order). Fix: replace the non-finite values, or remove the file.")
     low, high = float(vol.min()), float(vol.max())
     stack = np.ascontiguousarray(np.moveaxis(vol, axis, 0))  # one copy; slices are then contiguous
+    # The volume's content identifies its slices: a copied volume (under another name) is never split apart,
+    # while equal slices of different volumes (empty background) stay independent.
+    volume = hashlib.blake2b(stack.tobytes(), digest_size=16).hexdigest()
     out = []
     for s in range(stack.shape[0]):
         plane = np.rot90(stack[s])
@@ -110,6 +114,6 @@ def decode_nifti(path: Path, image_size: int, channels: int, window: tuple[float
             lo, hi = window
             plane = np.clip((plane - lo) / (hi - lo), 0.0, 1.0)
         data = resize_float(match_channels(plane[..., None].astype(np.float32), channels), image_size)
-        out.append(Pixels(data, "unit", 0.0, 1.0, "") if window is not None else
-                   Pixels(data, "float", low, high, ""))
+        out.append(Pixels(data, "unit", 0.0, 1.0, f"{volume}/{s}") if window is not None else
+                   Pixels(data, "float", low, high, f"{volume}/{s}"))
     return out

@@ -403,3 +403,14 @@ def test_enhanced_multi_frame_rescale_and_window_from_functional_groups(tmp_path
     hu = frames - 1024.0
     assert_contains(images_of(load(tmp_path)), [linear_window(hu[0], 40, 400)[None],
                                                 linear_window(hu[1], 500, 1000)[None]])
+
+
+def test_a_copied_nifti_volume_never_straddles_the_split(tmp_path: Path, rng: np.random.Generator) -> None:
+    vols = [rng.random((SIZE, SIZE, 2)).astype(np.float32) for _ in range(6)]
+    for i, v in enumerate(vols):
+        nifti_file(tmp_path / f"v{i}.nii", v)
+    nifti_file(tmp_path / "copy_of_v0.nii", vols[0])  # the same scan exported twice, as another "patient"
+    for seed in range(6):
+        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE, seed=seed)
+        sides = [{im.numpy().tobytes() for im in p.images} for p in (s.train, s.val, s.test)]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
