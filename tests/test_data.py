@@ -1,15 +1,24 @@
-"""Dataset loaders on fixtures built here in the official layouts (HAM10000, MedMNIST .npz, image folders)."""
+"""Dataset loaders on fixtures built here in the official layouts (HAM10000, MedMNIST .npz, image folders), and
+odd and hostile inputs to them (issue 11, kinds 1-6).
+
+Every expected value is stated from how the fixture was written (e.g. a 12-bit gradient 0..4095 must load as
+v / 4095), never snapshotted from dpaudit's own output.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from dpaudit.data import (
     HAM10000_IMMEDIATE,
@@ -256,3 +265,377 @@ def test_image_dataset_validates_and_never_prints_pixels() -> None:
     assert "0.123" not in repr(ds)
     both = ds.concat(ds.subset([1]))
     assert len(both) == 3 and both.labels.tolist() == [0, 1, 1]
+
+
+# ================================================================================================ odd inputs (issue 11)
+
+runner = CliRunner()
+
+
+def all_images(s: DatasetSplits) -> torch.Tensor:
+    return torch.cat([s.train.images, s.val.images, s.test.images])
+
+
+def load_only(root: Path, size: int, name: str) -> torch.Tensor:
+    """Load a flat folder holding the fixture ``name`` (plus 8-bit grey fillers so that every split has an image)
+    and return the fixture's image (C x H x W), found by its patient id (a folder image's relative path)."""
+    rng = np.random.default_rng(len(name))
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8)).save(root / f"zz_filler{i}.png")
+    s = load_splits(f"folder:{root}", image_size=size)
+    ids = np.concatenate([p.patient_ids for p in (s.train, s.val, s.test)])
+    return all_images(s)[int(np.flatnonzero(ids == name)[0])]
+
+
+# ------------------------------------------------------------------------------------------------ 1. bit depth
+
+
+def gradient(h: int, w: int, top: int) -> np.ndarray:
+    """A smooth horizontal ramp 0..top (inclusive) repeated over the rows."""
+    return np.tile(np.round(np.linspace(0, top, w)).astype(np.int64), (h, 1))
+
+
+def test_12_bit_png_in_16_bit_container_keeps_every_level(tmp_path: Path) -> None:
+    g = gradient(16, 64, 4095).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path / "ct.png")  # Pillow writes mode I;16 as a 16-bit greyscale PNG
+    img = load_only(tmp_path, 64, "ct.png")[0]
+    expect = np.tile(g[0].astype(np.float64) / 4095, (64, 1))  # resized 16 -> 64 rows: constant along columns
+    assert np.allclose(img.numpy(), expect, atol=1e-6)
+    assert float((img == 1.0).float().mean()) == pytest.approx(1 / 64)  # only the last column is white
+    assert len(np.unique(img.numpy().round(6))) == len(np.unique(g))
+
+
+def test_full_range_16_bit_and_dataset_wide_divisor(tmp_path: Path) -> None:
+    a = gradient(8, 8, 65535).astype(np.uint16)
+    b = gradient(8, 8, 4095).astype(np.uint16)
+    (tmp_path / "x").mkdir()
+    Image.fromarray(a).save(tmp_path / "x" / "a.png")
+    Image.fromarray(b).save(tmp_path / "x" / "b.png")
+    # One divisor for the dataset (2^16 - 1, from the largest value): relative brightness is kept.
+    assert np.allclose(load_only(tmp_path / "x", 8, "a.png")[0].numpy(), a / 65535, atol=1e-6)
+    assert np.allclose(load_only(tmp_path / "x", 8, "b.png")[0].numpy(), b / 65535, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA"])
+def test_8_bit_pil_modes_map_value_over_255(tmp_path: Path, rng: np.random.Generator, mode: str) -> None:
+    rgb = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    im = Image.fromarray(rgb).convert(mode)
+    im.save(tmp_path / "a.png")
+    # What a viewer shows: the mode's own RGB (or L) rendering, value / 255.
+    colour = mode not in ("1", "L", "LA")
+    expect = np.asarray(im.convert("RGB" if colour else "L"), dtype=np.float64) / 255
+    expect = expect.transpose(2, 0, 1) if colour else expect[None]
+    img = load_only(tmp_path, 12, "a.png")
+    assert img.shape[0] == (3 if colour else 1)
+    assert np.allclose(img.numpy(), expect, atol=1e-6)
+
+
+def test_float_tiffs_are_kept_in_unit_range_and_mapped_affinely_outside(tmp_path: Path,
+                                                                        rng: np.random.Generator) -> None:
+    unit = rng.random((10, 10)).astype(np.float32)
+    (tmp_path / "u").mkdir()
+    tifffile.imwrite(tmp_path / "u" / "f.tif", unit)
+    img = load_only(tmp_path / "u", 10, "f.tif")
+    assert np.allclose(img[0].numpy(), unit, atol=1e-6)
+    hu = np.linspace(-1000, 3000, 100, dtype=np.float32).reshape(10, 10)  # e.g. Hounsfield units
+    (tmp_path / "h").mkdir()
+    tifffile.imwrite(tmp_path / "h" / "f.tif", hu)
+    img = load_only(tmp_path / "h", 10, "f.tif")
+    assert np.allclose(img[0].numpy(), (hu + 1000) / 4000, atol=1e-6)
+
+
+def test_16_bit_colour_tiff_full_depth_and_16_bit_colour_png_refused(tmp_path: Path) -> None:
+    rgb = np.stack([gradient(8, 8, 4095), gradient(8, 8, 2000), gradient(8, 8, 100)], axis=-1).astype(np.uint16)
+    (tmp_path / "t").mkdir()
+    tifffile.imwrite(tmp_path / "t" / "c.tif", rgb, photometric="rgb")
+    img = load_only(tmp_path / "t", 8, "c.tif")
+    assert np.allclose(img.numpy(), rgb.transpose(2, 0, 1) / 4095, atol=1e-6)
+    # A 16-bit RGB PNG written byte by byte (Pillow cannot write one): refused, never reduced to 8 bits.
+    import struct
+    import zlib
+
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(8))
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "c16.png").write_bytes(png)
+    with pytest.raises(DataError, match=r"c16\.png.*16-bit colour PNG.*Fix: save it as a 16-bit TIFF"):
+        load_splits(f"folder:{tmp_path / 'p'}", image_size=8)
+
+
+def _half_white(h: int, w: int) -> np.ndarray:
+    a = np.zeros((h, w), dtype=np.uint8)
+    a[: h // 2] = 255  # stored: top half white
+    return a
+
+
+def test_exif_orientation_6_is_applied_to_jpeg_and_tiff(tmp_path: Path) -> None:
+    # Orientation 6: the viewer rotates the stored image 90 degrees clockwise, so the stored top half becomes the
+    # RIGHT half on screen.
+    im = Image.fromarray(_half_white(32, 48)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "j").mkdir()
+    im.save(tmp_path / "j" / "o6.jpg", exif=exif, quality=95)
+    (tmp_path / "t").mkdir()
+    tifffile.imwrite(tmp_path / "t" / "o6.tif", _half_white(32, 48), extratags=[(274, "H", 1, 6, False)])
+    for folder, name in (("j", "o6.jpg"), ("t", "o6.tif")):
+        img = load_only(tmp_path / folder, 32, name).mean(0)
+        left, right = float(img[:, :14].mean()), float(img[:, 18:].mean())
+        assert right > 0.95 and left < 0.05, folder
+
+
+def test_medmnist_uint16_and_float_arrays_keep_their_depth(tmp_path: Path) -> None:
+    g = gradient(28, 28, 4095).astype(np.uint16)
+    arrays = {f"{s}_images": np.stack([g] * 3) for s in ("train", "val", "test")}
+    arrays |= {f"{s}_labels": np.array([[0], [1], [0]]) for s in ("train", "val", "test")}
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    s = load_splits("breastmnist", data_dir=tmp_path, image_size=28)
+    assert np.allclose(s.train.images[0, 0].numpy(), g / 4095, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ 2. discovery
+
+
+def test_images_in_subfolders_of_class_folders_load_and_skips_are_counted(tmp_path: Path,
+                                                                          rng: np.random.Generator) -> None:
+    root = tmp_path / "data"
+    for cls, sub, n in (("a", "", 10), ("b", "batch1", 6), ("b", "batch2/deeper", 4)):
+        d = root / cls / sub
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / f"{i}.png")
+    (root / "a" / ".DS_Store").write_bytes(b"\0")
+    (root / "b" / "._0.png").write_bytes(b"\0")  # macOS resource fork: hidden
+    (root / "b" / ".thumbs").mkdir()
+    (root / "a" / "notes.txt").write_text("scanner log")
+    (root / "README.md").write_text("read me")
+    (root / "b" / "batch1" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    s = load_splits(f"folder:{root}", image_size=8)
+    assert s.label_names == ("a", "b")
+    counts = sum((p.class_counts() for p in (s.train, s.val, s.test)), np.zeros(2, dtype=np.int64))
+    assert counts.tolist() == [10, 10]  # nothing of b/batch1 or b/batch2/deeper dropped
+    assert s.skipped == {"hidden": 3, "not an image": 2, "unreadable": 1}
+    from dpaudit.cli.main import app
+
+    res = runner.invoke(app, ["attack", "--dataset", f"folder:{root}", "--arch", "smallcnn", "--image-size", "8",
+                              "--n-images", "1", "--max-images", "40", "--sigmas", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "note: 6 file(s) skipped (3 hidden, 2 not an image, 1 unreadable)" in res.output
+
+
+# ------------------------------------------------------------------------------------------------ 3. labels
+
+
+def test_one_class_refuses_training_but_a_flat_folder_is_attackable(tmp_path: Path,
+                                                                    rng: np.random.Generator) -> None:
+    from dpaudit.audit.train import TrainConfig, train
+    from dpaudit.cli.main import app
+
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    with pytest.raises(DataError, match="at least 2 classes in the training split, got 1"):
+        train(TrainConfig(dataset=f"folder:{tmp_path}", image_size=16, arch="smallcnn", non_private=True,
+                          epochs=1, batch_size=4))
+    res = runner.invoke(app, ["train", "--dataset", f"folder:{tmp_path}", "--arch", "smallcnn", "--image-size", "16",
+                              "--non-private", "--epochs", "1", "--batch-size", "4"])
+    assert res.exit_code == 2 and "at least 2 classes" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["attack", "--dataset", f"folder:{tmp_path}", "--arch", "smallcnn", "--image-size",
+                              "16", "--n-images", "2", "--sigmas", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert rows[0]["n_images"] == 2 and rows[0]["success_rate"] == 1.0  # no noise: exact reconstruction
+
+
+def test_a_one_output_model_is_refused_for_the_right_reason(tmp_path: Path) -> None:
+    from dpaudit.attacks.reconstruction import run_attack
+    from dpaudit.errors import ConfigError
+    from dpaudit.models import build_model
+
+    net = build_model("smallcnn", num_classes=1, in_channels=1)
+    with pytest.raises(ConfigError, match=r"1 output.*single class.*identically zero") as info:
+        run_attack(net, torch.rand(2, 1, 16, 16), torch.zeros(2, dtype=torch.int64), mean=[0.5], std=[0.5],
+                   noise_multipliers=[0.0])
+    assert "GroupNorm" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ 4. pixel values
+
+
+def medmnist_arrays(rng: np.random.Generator, n: int = 6) -> dict[str, np.ndarray]:
+    out = {}
+    for s in ("train", "val", "test"):
+        out[f"{s}_images"] = rng.random((n, 28, 28)).astype(np.float32)
+        out[f"{s}_labels"] = (np.arange(n) % 2).reshape(n, 1)
+    return out
+
+
+def test_non_finite_pixel_in_npz_is_an_error_naming_file_and_index(tmp_path: Path,
+                                                                   rng: np.random.Generator) -> None:
+    from dpaudit.cli.main import app
+
+    arrays = medmnist_arrays(rng)
+    arrays["train_images"][3, 5, 7] = np.nan
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    with pytest.raises(DataError, match=r"pneumoniamnist\.npz train_images: image 3 .*\(nan at row 5, column 7\)"):
+        load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
+    res = runner.invoke(app, ["train", "--dataset", "pneumoniamnist", "--data-dir", str(tmp_path), "--arch",
+                              "smallcnn", "--image-size", "28", "--non-private", "--epochs", "1"])
+    assert res.exit_code == 2 and "image 3" in res.output and len(res.output.strip().splitlines()) <= 2
+    arrays["train_images"][3, 5, 7] = np.inf
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    with pytest.raises(DataError, match="image 3"):
+        load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
+
+
+@pytest.mark.parametrize(("value", "match"), [(2, r"val_labels\[4\] must be an integer in \[0, 1\]"),
+                                              (-1, r"val_labels\[4\] must be an integer in \[0, 1\]"),
+                                              (0.5, r"val_labels\[4\]")])
+def test_labels_out_of_range_name_file_and_index(tmp_path: Path, rng: np.random.Generator, value: float,
+                                                 match: str) -> None:
+    arrays = medmnist_arrays(rng)
+    arrays["val_labels"] = arrays["val_labels"].astype(np.float64)
+    arrays["val_labels"][4, 0] = value
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    with pytest.raises(DataError, match=r"pneumoniamnist\.npz " + match):
+        load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
+
+
+def test_non_finite_float_tiff_in_a_folder_names_file_and_pixel(tmp_path: Path, rng: np.random.Generator) -> None:
+    a = rng.random((9, 9)).astype(np.float32)
+    a[2, 4] = np.inf
+    tifffile.imwrite(tmp_path / "bad.tif", a)
+    with pytest.raises(DataError, match=r"bad\.tif.*non-finite pixel value \(inf at row 2, column 4"):
+        load_splits(f"folder:{tmp_path}", image_size=9)
+
+
+# ------------------------------------------------------------------------------------------------ 5. duplicates
+
+
+def write_ham(root: Path, rng: np.random.Generator, rows: list[dict[str, str]], encoding: str = "utf-8",
+              delimiter: str = ",") -> None:
+    part = root / "HAM10000_images_part_1"
+    part.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        if not (part / f"{r['image_id']}.jpg").exists():
+            Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(part / f"{r['image_id']}.jpg")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), delimiter=delimiter, lineterminator="\r\n")
+    w.writeheader()
+    w.writerows(rows)
+    (root / "HAM10000_metadata.csv").write_bytes(buf.getvalue().encode(encoding))
+
+
+def ham_rows(n: int) -> list[dict[str, str]]:
+    dxs = ["nv", "mel", "bkl", "bcc"]
+    return [{"lesion_id": f"HAM_{i:07d}", "image_id": f"ISIC_{i:07d}", "dx": dxs[i % 4], "dx_type": "histo",
+             "age": "50", "sex": "female", "localization": "back"} for i in range(n)]
+
+
+def test_ham10000_repeated_image_id_is_an_error_naming_the_ids(tmp_path: Path, rng: np.random.Generator) -> None:
+    rows = ham_rows(30)
+    rows += [dict(rows[3], lesion_id="HAM_9000001"), dict(rows[7], lesion_id="HAM_9000002")]
+    write_ham(tmp_path, rng, rows)
+    with pytest.raises(DataError, match=r"image_id ISIC_0000003, ISIC_0000007 more than once.*Fix: delete"):
+        load_splits("ham10000", data_dir=tmp_path, image_size=8)
+
+
+def test_identical_files_never_straddle_a_split_and_conflicting_labels_are_an_error(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "d"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    # The same scan exported twice into class a (e.g. batch re-export): both copies must land in one split.
+    for k in range(4):
+        (root / "a" / f"copy{k}.png").write_bytes((root / "a" / f"{k}.png").read_bytes())
+    for seed in range(4):
+        s = load_splits(f"folder:{root}", image_size=8, seed=seed)
+        sides = [{im.numpy().tobytes() for im in part.images} for part in (s.train, s.val, s.test)]
+        assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+        assert any("repeat the content" in n for n in s.notes)
+    (root / "b" / "dup.png").write_bytes((root / "a" / "5.png").read_bytes())
+    with pytest.raises(DataError, match=r"5\.png.*dup\.png.*identical images under different labels"):
+        load_splits(f"folder:{root}", image_size=8)
+
+
+def test_splits_sharing_a_patient_are_refused_without_printing_the_id() -> None:
+    def part(ids: list[str], name: str) -> ImageDataset:
+        return ImageDataset(torch.zeros(len(ids), 1, 4, 4), torch.zeros(len(ids), dtype=torch.int64), ("x",), {},
+                            np.array(ids), name)
+
+    with pytest.raises(DataError, match="patient-disjoint") as info:
+        DatasetSplits(part(["PAT-SECRET-1", "p2"], "t/train"), part(["p3"], "t/val"),
+                      part(["PAT-SECRET-1"], "t/test"), "t")
+    assert "PAT-SECRET" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ 6. CSV encoding
+
+
+@pytest.mark.parametrize(("encoding", "delimiter", "note"), [("utf-8", ",", None), ("utf-8-sig", ",", None),
+                                                             ("cp1252", ",", "cp1252"), ("utf-16", ",", "utf-16"),
+                                                             ("utf-8", ";", None)])
+def test_ham10000_metadata_in_any_common_encoding(tmp_path: Path, rng: np.random.Generator, encoding: str,
+                                                  delimiter: str, note: str | None) -> None:
+    rows = ham_rows(24)
+    rows[5]["localization"] = "épaule, côté"  # non-ASCII text (and a delimiter inside a quoted cell)
+    write_ham(tmp_path, rng, rows, encoding, delimiter)
+    s = load_splits("ham10000", data_dir=tmp_path, image_size=8)
+    assert len(s.train) + len(s.val) + len(s.test) == 24
+    assert (note is None) == (not s.notes) and all(note in n for n in s.notes)
+
+
+def test_undecodable_csv_is_one_error_naming_the_file(tmp_path: Path, rng: np.random.Generator) -> None:
+    write_ham(tmp_path, rng, ham_rows(10))
+    path = tmp_path / "HAM10000_metadata.csv"
+    path.write_bytes(path.read_bytes().replace(b"back", b"b\x81ck"))  # 0x81: neither UTF-8 nor cp1252
+    with pytest.raises(DataError, match=r"HAM10000_metadata\.csv.*neither UTF-8 nor cp1252.*0x81.*Fix: save it"):
+        load_splits("ham10000", data_dir=tmp_path, image_size=8)
+
+
+def test_a_binary_file_given_as_profile_json_is_one_error(tmp_path: Path) -> None:
+    from dpaudit.cli.main import app
+
+    (tmp_path / "profile.json").write_bytes(b"%PDF-1.4\n\xe2\xe3\xcf\xd3 binary")
+    res = runner.invoke(app, ["report", str(tmp_path / "profile.json")])
+    assert res.exit_code == 2 and "not UTF-8 JSON text" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("CMYK", ".tif"), ("CMYK", ".jpg"), ("YCbCr", ".jpg"),
+                                              ("RGB", ".tif"), ("L", ".tif")])
+def test_other_pil_modes_and_containers_load_as_a_viewer_shows_them(tmp_path: Path, rng: np.random.Generator,
+                                                                    mode: str, suffix: str) -> None:
+    yy, xx = np.mgrid[0:12, 0:12]
+    rgb = np.stack([20 * xx, 20 * yy, 10 * (xx + yy)], axis=-1).astype(np.uint8)  # smooth: JPEG keeps it close
+    im = Image.fromarray(rgb).convert(mode)
+    im.save(tmp_path / f"a{suffix}", **({"quality": 95} if suffix == ".jpg" else {}))
+    # What Pillow renders the stored file as (value / 255): the reference for 8-bit containers.
+    with Image.open(tmp_path / f"a{suffix}") as back:
+        colour = mode != "L"
+        expect = np.asarray(back.convert("RGB" if colour else "L"), dtype=np.float64) / 255
+    expect = expect.transpose(2, 0, 1) if colour else expect[None]
+    img = load_only(tmp_path, 12, f"a{suffix}")
+    assert np.allclose(img.numpy(), expect, atol=1e-6)
+
+
+def test_signed_32_bit_tiff_maps_affinely(tmp_path: Path) -> None:
+    a = (np.arange(100, dtype=np.int32).reshape(10, 10) - 40) * 1000  # -40000 .. 59000
+    tifffile.imwrite(tmp_path / "s.tif", a)
+    img = load_only(tmp_path, 10, "s.tif")
+    assert np.allclose(img[0].numpy(), (a + 40000) / 99000, atol=1e-6)
+
+
+def test_medmnist_images_repeated_across_its_own_splits_are_reported(tmp_path: Path,
+                                                                     rng: np.random.Generator) -> None:
+    arrays = medmnist_arrays(rng)
+    arrays["test_images"][2] = arrays["train_images"][4]
+    arrays["val_images"][0] = arrays["train_images"][1]
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    s = load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
+    assert s.notes == ("pneumoniamnist.npz: 2 validation/test image(s) identical to a training image",)
