@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -25,11 +26,30 @@ LabelsOpt = Annotated[str | None, typer.Option("--labels", help="dicom:/nifti: a
                                                "key column (PatientID, ..., path; nifti: file).")]
 WindowOpt = Annotated[str | None, typer.Option("--window", help="LOW,HIGH in modality units (HU for CT) mapped to "
                                                "0 and 1, e.g. -100,200 (dicom:, nifti:, csv:).")]
-SliceAxisOpt = Annotated[str, typer.Option("--slice-axis", help="How NIfTI volumes are cut: axial, coronal or "
-                                           "sagittal.")]
-PrivacyUnitOpt = Annotated[str | None, typer.Option("--privacy-unit", help="patient or image (default: patient when "
-                                                    "the data carry patient ids; k = the most images of one "
-                                                    "patient in the training split).")]
+class SliceAxis(StrEnum):
+    """How NIfTI volumes are cut into 2-D images (RAS+ axes)."""
+
+    axial = "axial"
+    coronal = "coronal"
+    sagittal = "sagittal"
+
+
+class PrivacyUnit(StrEnum):
+    """The unit every privacy number is stated for."""
+
+    patient = "patient"
+    image = "image"
+
+
+def opt_str(choice: StrEnum | None) -> str | None:
+    """An Enum choice as the plain string the library's configs hold (None stays None)."""
+    return None if choice is None else str(choice)
+
+
+SliceAxisOpt = Annotated[SliceAxis, typer.Option("--slice-axis", help="How NIfTI volumes are cut into 2-D images.")]
+PrivacyUnitOpt = Annotated[PrivacyUnit | None, typer.Option("--privacy-unit", help="Default: patient when the data "
+                                                            "carry patient ids (k = the most images of one patient "
+                                                            "in the training split), else image.")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
 ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Images are resized to this many pixels square.")]
 ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm), smallcnn, monai:NAME (a "

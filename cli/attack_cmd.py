@@ -23,6 +23,7 @@ from dpaudit.cli._common import (
     emit_json,
     err,
     handle_errors,
+    opt_str,
     out,
     parse_arch_args,
     parse_float_list,
@@ -162,8 +163,8 @@ def attack(
         # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
         max_images = max(3, math.ceil(n_images / 0.7) + 3)
     splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
-                         labels=labels, window=window, slice_axis=slice_axis)
-    unit_line, unit_record = _privacy_line(ckpt, splits, privacy_unit)
+                         labels=labels, window=window, slice_axis=str(slice_axis))
+    unit_line, unit_record = _privacy_line(ckpt, splits, opt_str(privacy_unit))
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, out
+from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out
 from dpaudit.errors import check_int, invalid
 
 app = typer.Typer()
@@ -128,7 +128,7 @@ def bounds(
     sigma, q, steps, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa,
                                                           n_candidates)
     kappas = _kappas(kappa, n_candidates, n_train)
-    k, why = _unit(privacy_unit, records_per_patient, ckpt_k)
+    k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
     summary = bounds_summary(sigma, q, steps, kappas, target_delta=delta, records_per_patient=k,
                              method=method.value)
     if not json_out:

@@ -192,7 +192,7 @@ def audit_cmd(
     from dpaudit.cli._common import err, json_text
 
     tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images,
-                     labels=labels, window=window, slice_axis=slice_axis, arch=arch,
+                     labels=labels, window=window, slice_axis=str(slice_axis), arch=arch,
                      arch_args={**parse_arch_args(arch_args), **({} if width is None else {"width": width})},
                      fix_batchnorm=fix_batchnorm, epsilon=epsilon, noise_multiplier=sigma,
                      non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,

@@ -26,6 +26,7 @@ from dpaudit.cli._common import (
     emit_json,
     err,
     handle_errors,
+    opt_str,
     out,
 )
 
@@ -139,7 +140,8 @@ def profile(
 
     config = ProfileConfig(
         dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, labels=labels,
-        window=parse_window(window), slice_axis=slice_axis, privacy_unit=privacy_unit, arch=arch,
+        window=parse_window(window), slice_axis=str(slice_axis), privacy_unit=opt_str(privacy_unit),
+        arch=arch,
         epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds, seed=seed,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
         lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta, kappas=tuple(kappa or ()),

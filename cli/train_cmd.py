@@ -24,6 +24,7 @@ from dpaudit.cli._common import (
     emit_json,
     err,
     handle_errors,
+    opt_str,
     out,
     parse_arch_args,
 )
@@ -85,7 +86,7 @@ def train_command(
         arch_args_d["scale_norm"] = True
     config = TrainConfig(
         dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, labels=labels,
-        window=window, slice_axis=slice_axis, privacy_unit=privacy_unit, arch=arch,
+        window=window, slice_axis=str(slice_axis), privacy_unit=opt_str(privacy_unit), arch=arch,
         arch_args=arch_args_d, fix_batchnorm=fix_batchnorm, init=init, trainable=trainable, epsilon=epsilon,
         noise_multiplier=sigma, non_private=non_private, delta=delta,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
