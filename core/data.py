@@ -391,7 +391,8 @@ class DatasetSplits:
             raise invalid("unit", self.unit, f"one of {list(PRIVACY_UNITS)}", cls=DataError)
         object.__setattr__(self, "skipped", {str(k): int(v) for k, v in dict(self.skipped).items() if v})
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
-        _check_disjoint(self.name, (self.train, self.val, self.test))
+        if self.unit != "image":  # image-level ids are per-split indices or files (checked by the loaders)
+            _check_disjoint(self.name, (self.train, self.val, self.test))
 
     def images_per_unit(self) -> ImagesPerUnit:
         """How many training images each privacy unit (patient, lesion or image) contributes."""

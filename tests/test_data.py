@@ -571,7 +571,7 @@ def test_splits_sharing_a_patient_are_refused_without_printing_the_id() -> None:
 
     with pytest.raises(DataError, match="patient-disjoint") as info:
         DatasetSplits(part(["PAT-SECRET-1", "p2"], "t/train"), part(["p3"], "t/val"),
-                      part(["PAT-SECRET-1"], "t/test"), "t")
+                      part(["PAT-SECRET-1"], "t/test"), "t", unit="patient")
     assert "PAT-SECRET" not in str(info.value)
 
 

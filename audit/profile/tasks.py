@@ -104,8 +104,16 @@ class _TaskBase:
     _location_fields: ClassVar[tuple[str, ...]] = ()
 
     def identity(self) -> dict[str, Any]:
-        return {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
-                if f.name not in self._location_fields}
+        out = {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+               if f.name not in self._location_fields}
+        data = out.get("data")
+        if isinstance(data, dict):
+            # The DICOM/NIfTI options at their defaults leave the key as it was before they existed (profiles
+            # resume).
+            for name, default in (("labels", None), ("window", None), ("slice_axis", "axial")):
+                if data.get(name) == default:
+                    data.pop(name, None)
+        return out
 
     def key(self) -> str:
         return f"{self.stage}-{self.tag()}-{_hash(self.identity())}"  # type: ignore[attr-defined]
