@@ -30,7 +30,7 @@ from dpaudit.bounds._mechanism import (
     check_steps,
     check_threat_model,
 )
-from dpaudit.bounds.pld import WindowTooLargeError, composed_pld, refine
+from dpaudit.bounds.pld import WindowTooLargeError, _as_run, composed_pld, composed_run, refine
 from dpaudit.errors import invalid
 
 METHODS = ("tight", "edgeworth", "clt", "mc")
@@ -65,9 +65,10 @@ class ReRoBound:
         Arrays of equal length: gamma[i] bounds (or, per ``label``, approximates or estimates) the probability
         that a reconstruction attack succeeds against a prior of blind-guess success kappa[i].
     lower, upper:
-        The numerical bracket around gamma. ``tight``: ``upper`` = gamma (sound), ``lower`` = gamma minus the
-        nested-grid error estimate (an estimate of the exact value's lower end, not a bound). ``mc``: the 95%
-        bootstrap interval. Otherwise equal to gamma.
+        The numerical bracket around gamma. ``tight``: ``upper`` = gamma (a sound upper bound) and ``lower`` a sound
+        *lower* bound on the exact value (the garbled PLD, :func:`dpaudit.bounds.pld._garbled_masses`), so the
+        exact gamma lies in [lower, upper] and ``numerical_error`` = upper - lower is a proven bound on how far
+        gamma is above it. ``mc``: the 95% bootstrap interval. Otherwise equal to gamma.
     method, threat_model, label:
         How it was computed, for which adversary, and what kind of number it is.
     noise_multiplier, sampling_probability, steps, records_per_patient:
@@ -128,20 +129,28 @@ def _patient_notes(records_per_patient: int) -> tuple[str, ...]:
 
 # -- tight ------------------------------------------------------------------------------------------------------------
 
-def tight_gamma(pair: StepPair, steps: int, kappa: np.ndarray, *, rtol: float = 5e-4):
+def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: float = 5e-4):
     """gamma(kappa) from the pessimistic PLD (primal Neyman-Pearson step, dual route where it must read deep),
-    refined on nested grids. Returns a :class:`dpaudit.bounds.pld.Refined`."""
+    bracketed from below by the garbled PLD (:meth:`dpaudit.bounds.pld.DiscretePld.power_lower`), refined until the
+    bracket is narrower than ``rtol`` (relative). ``pair_or_run``: a :class:`StepPair` with ``steps``, or a run
+    (a tuple of (pair, steps) phases, composed exactly). Returns a :class:`dpaudit.bounds.pld.Refined` whose
+    ``lower`` is a sound lower bound on the exact gamma."""
+    run = _as_run(pair_or_run, steps)
 
-    def evaluate(h: float) -> np.ndarray:
-        remove = composed_pld(pair, steps, h, "remove")
+    def evaluate(h: float):
+        remove = composed_run(run, h, "remove")
         gamma, depth = remove.power_and_depth(kappa)
         deep = depth < READ_DEPTH_LIMIT
         if np.any(deep):
-            add = composed_pld(pair, steps, h, "add")
+            add = composed_run(run, h, "add")
             gamma = np.where(deep, add.dual_power(kappa), gamma)
-        return np.clip(np.maximum(gamma, kappa), 0.0, 1.0)  # gamma >= kappa always holds (f(a) <= 1 - a)
+        upper = np.clip(np.maximum(gamma, kappa), 0.0, 1.0)  # gamma >= kappa always holds (f(a) <= 1 - a)
+        lower = np.minimum(composed_run(run, h, "remove", True).power_lower(kappa), upper)
+        # Deep reads (FFT round-off times e^{-loss}) make the lower bound loose there: those entries converge by
+        # nested grids instead, and keep their sound, if wide, bracket.
+        return upper, lower, ~deep
 
-    return refine(pair, steps, evaluate, rtol=rtol, atol=1e-12)
+    return refine(run, None, evaluate, rtol=rtol, atol=1e-12)
 
 
 def dual_gamma(pair: StepPair, steps: int, kappa: np.ndarray, h: float) -> np.ndarray:
@@ -218,7 +227,7 @@ def rero_bound(noise_multiplier: float, sampling_probability: float, steps: int,
         else:
             gamma = refined.value
             upper = gamma
-            lower = np.maximum(gamma - refined.error, kappa)
+            lower = np.maximum(refined.lower, kappa)  # sound: the garbled PLD's power, and gamma >= kappa
             h = refined.h
     elif method == "clt":
         from dpaudit.bounds.edgeworth import clt_gamma
