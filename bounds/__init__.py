@@ -2,7 +2,8 @@
 
 Public API (see ``docs/ARCHITECTURE.md``): epsilon by PLD (tight, sound) and RDP (what Opacus reports), the noise
 calibration for a target epsilon, ReRo bounds for the worst-case and relaxed threat models, membership-inference
-curves, and the noise calibration for a target ReRo bound.
+curves, and the noise calibration for a target ReRo bound; each for one (sigma, q, T) phase or a ``Schedule`` of
+phases (Opacus' accountant history).
 """
 
 from dpaudit.bounds.calibrate import (
@@ -23,6 +24,7 @@ from dpaudit.bounds.rero import (
     relaxed_gaussian_gamma,
     rero_bound,
 )
+from dpaudit.bounds.schedule import Phase, Schedule, schedule_of_checkpoint
 from dpaudit.bounds.summary import BoundsSummary, bounds_summary
 
 __all__ = [
@@ -32,7 +34,9 @@ __all__ = [
     "EpsilonBound",
     "MiaCurve",
     "NoiseForEpsilon",
+    "Phase",
     "ReRoBound",
+    "Schedule",
     "bounds_summary",
     "calibrate_epsilon",
     "calibrate_noise",
@@ -46,4 +50,5 @@ __all__ = [
     "noise_for_epsilon",
     "relaxed_gaussian_gamma",
     "rero_bound",
+    "schedule_of_checkpoint",
 ]

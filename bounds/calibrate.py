@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from dpaudit.bounds._mechanism import (
     StepPair,
@@ -26,6 +26,7 @@ from dpaudit.bounds._mechanism import (
 from dpaudit.bounds.pld import WindowTooLargeError, composed_pld, epsilon_pld, epsilon_pld_refined, initial_h
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
+from dpaudit.bounds.schedule import Phase, Schedule
 from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
 
 ACCOUNTANTS = ("pld", "rdp")
@@ -106,10 +107,18 @@ def _gdp_guess(target_epsilon: float, q: float, steps: int, delta: float) -> flo
             -target_epsilon / mu - mu / 2)
         return math.log(max(d, 1e-300)) - math.log(delta)
 
-    try:
-        mu = math.exp(optimize.brentq(gap, math.log(1e-3), math.log(1e3)))
-    except ValueError:
+    # Bisection in log mu on [1e-3, 1e3] (gap is increasing in mu); only a starting point, 40 halvings is plenty.
+    # (scipy.optimize.brentq would do, but importing scipy.optimize costs ~0.5 s on every start.)
+    a, b = math.log(1e-3), math.log(1e3)
+    if not gap(a) < 0 < gap(b):
         return 1.0
+    for _ in range(40):
+        mid = 0.5 * (a + b)
+        if gap(mid) < 0:
+            a = mid
+        else:
+            b = mid
+    mu = math.exp(0.5 * (a + b))
     ratio = mu * mu / (q * q * steps)
     return 1.0 / math.sqrt(math.log1p(ratio)) if ratio > 0 else 1.0
 
@@ -261,7 +270,9 @@ class Calibration:
     achieved_rero:
         The tight (sound upper bound) gamma at that sigma.
     epsilon:
-        Tight PLD epsilon of that sigma at ``target_delta``.
+        Tight PLD epsilon of that sigma at ``target_delta`` (of the whole schedule).
+    schedule:
+        The calibrated run: the fixed earlier phases, then (noise_multiplier, sampling_probability, steps).
     """
 
     noise_multiplier: float
@@ -276,6 +287,7 @@ class Calibration:
     records_per_patient: int = 1
     label: str = "sound upper bound"
     at_floor: bool = False
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         if self.achieved_rero > self.max_rero:
@@ -291,14 +303,17 @@ class Calibration:
                 f"{SIGMA_RANGE[0]:g} is the search floor, not a calibrated value")
 
 
-def _gamma_at(sigma: float, q: float, steps: int, kappa: float, threat_model: str, k: int) -> float:
-    pair = StepPair(sigma, q, k, threat_model)
-    return float(tight_gamma(pair, steps, np.array([kappa])).value[0])
+def _gamma_at(sigma: float, q: float, steps: int, kappa: float, threat_model: str, k: int,
+              prior: tuple[Phase, ...] = ()) -> float:
+    """The tight gamma of the run ``prior`` phases + (sigma, q, steps)."""
+    sched = Schedule((*prior, Phase(sigma, q, steps)))
+    return float(tight_gamma(sched.run(k, threat_model), None, np.array([kappa])).value[0])
 
 
-def calibrate_noise(max_rero: float, sampling_probability: float, steps: int, kappa: float, *,
-                    threat_model: str = "worst_case", target_delta: float = 1e-5, records_per_patient: int = 1,
-                    rtol: float = 1e-3) -> Calibration:
+def calibrate_noise(max_rero: float, sampling_probability: float | None = None, steps: int | None = None,
+                    kappa: float | None = None, *, threat_model: str = "worst_case", target_delta: float = 1e-5,
+                    records_per_patient: int = 1, rtol: float = 1e-3, schedule: Schedule | None = None
+                    ) -> Calibration:
     """The smallest sigma whose tight ReRo bound at ``kappa`` is at most ``max_rero``.
 
     Bisection-like search in log sigma (regula falsi on log gamma) with a bracket of relative width ``rtol``;
@@ -317,9 +332,26 @@ def calibrate_noise(max_rero: float, sampling_probability: float, steps: int, ka
         delta for the epsilon reported alongside (the bound itself does not depend on it).
     records_per_patient:
         k images per patient.
+    schedule:
+        A :class:`dpaudit.bounds.Schedule` in place of (sampling_probability, steps): the *last* phase's sigma is
+        calibrated (its q and steps kept), the earlier phases are fixed (already trained, e.g. from Opacus'
+        accountant history). Its last noise multiplier is ignored.
     """
-    q = check_q(sampling_probability)
-    steps = check_steps(steps)
+    if schedule is not None:
+        if sampling_probability is not None or steps is not None:
+            raise invalid("schedule", "given with sampling_probability/steps", "given alone",
+                          "pass either (sampling_probability, steps) or schedule=, not both")
+        prior, last = tuple(schedule.phases[:-1]), schedule.last
+        q, steps = last.sampling_probability, last.steps
+    else:
+        prior = ()
+        if sampling_probability is None or steps is None:
+            raise invalid("sampling_probability" if sampling_probability is None else "steps", None, "given",
+                          "pass sampling_probability and steps, or schedule=")
+        q = check_q(sampling_probability)
+        steps = check_steps(steps)
+    if kappa is None:
+        raise invalid("kappa", None, "given", "pass the prior's blind-guess success probability, e.g. --kappa 1e-3")
     kappa_v = float(check_kappa(kappa)[0])
     threat_model = check_threat_model(threat_model)
     delta = check_delta(target_delta)
@@ -331,16 +363,17 @@ def calibrate_noise(max_rero: float, sampling_probability: float, steps: int, ka
                       "pass a larger --max-rero or a smaller --kappa")
 
     def score(sigma: float) -> float:
-        return math.log(_gamma_at(sigma, q, steps, kappa_v, threat_model, k) / max_rero)
+        return math.log(_gamma_at(sigma, q, steps, kappa_v, threat_model, k, prior) / max_rero)
 
     guess = _clt_guess(max_rero, q, steps, kappa_v)
     sigma = safe_smallest(lambda s: score(s) <= 0, guess, rtol=rtol, score=score)
-    achieved = _gamma_at(sigma, q, steps, kappa_v, threat_model, k)
-    eps = epsilon_pld(sigma, q, steps, delta) if k == 1 else float(
-        epsilon_pld_refined(StepPair(sigma, q, k), steps, delta).value[0])
+    achieved = _gamma_at(sigma, q, steps, kappa_v, threat_model, k, prior)
+    sched = Schedule((*prior, Phase(sigma, q, steps)))
+    eps = epsilon_pld(target_delta=delta, schedule=sched) if k == 1 else float(
+        epsilon_pld_refined(sched.run(k), None, delta).value[0])
     return Calibration(noise_multiplier=sigma, max_rero=max_rero, achieved_rero=achieved, epsilon=eps,
                        threat_model=threat_model, sampling_probability=q, steps=steps, kappa=kappa_v,
-                       target_delta=delta, records_per_patient=k,
+                       target_delta=delta, records_per_patient=k, schedule=sched,
                        at_floor=sigma <= SIGMA_RANGE[0] and achieved < max_rero / (1 + rtol))
 
 

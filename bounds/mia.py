@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpaudit.bounds._mechanism import StepPair, check_records_per_patient, check_steps, check_threat_model
-from dpaudit.bounds.pld import WindowTooLargeError, composed_pld
+from dpaudit.bounds._mechanism import check_records_per_patient, check_threat_model
+from dpaudit.bounds.pld import WindowTooLargeError, composed_run
 from dpaudit.bounds.rero import tight_gamma
+from dpaudit.bounds.schedule import Schedule, resolve
 
 #: FPRs at which TPR is reported (the CLI's and the report's table).
 FPR_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
@@ -33,6 +34,8 @@ class MiaCurve:
         The full ROC bound on a log grid of FPR from 1e-8 to 1.
     label:
         ``"sound upper bound"``.
+    schedule:
+        Every phase of the run (one phase for a plain (sigma, q, T) call).
     """
 
     advantage: float
@@ -44,6 +47,7 @@ class MiaCurve:
     records_per_patient: int = 1
     label: str = "sound upper bound"
     notes: tuple[str, ...] = field(default=())
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         for name in ("fpr", "tpr", "roc_fpr", "roc_tpr"):
@@ -56,8 +60,9 @@ class MiaCurve:
         return list(zip(self.fpr.tolist(), self.tpr.tolist(), strict=True))
 
 
-def mia_curve(noise_multiplier: float, sampling_probability: float, steps: int, *, records_per_patient: int = 1,
-              threat_model: str = "worst_case", roc_points: int = 161) -> MiaCurve:
+def mia_curve(noise_multiplier: float | None = None, sampling_probability: float | None = None,
+              steps: int | None = None, *, records_per_patient: int = 1, threat_model: str = "worst_case",
+              roc_points: int = 161, schedule: Schedule | None = None) -> MiaCurve:
     """Membership-inference bounds for DP-SGD from the tight (pessimistic PLD) trade-off curve.
 
     Parameters
@@ -70,16 +75,19 @@ def mia_curve(noise_multiplier: float, sampling_probability: float, steps: int, 
         ``"worst_case"`` (default) or ``"relaxed"``.
     roc_points:
         Points of the ROC's log-spaced FPR grid in [1e-8, 1].
+    schedule:
+        A :class:`dpaudit.bounds.Schedule` in place of (noise_multiplier, sampling_probability, steps): the
+        phases' PLDs are composed exactly.
     """
-    pair = StepPair(noise_multiplier, sampling_probability, check_records_per_patient(records_per_patient),
-                    check_threat_model(threat_model))
-    steps = check_steps(steps)
+    sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
+    run = sched.run(check_records_per_patient(records_per_patient), check_threat_model(threat_model))
+    pair = run[-1][0]
     fpr = np.array(FPR_GRID)
     roc_fpr = np.concatenate([np.geomspace(1e-8, 0.999, roc_points - 1)])
     grid = np.concatenate([fpr, roc_fpr])
     notes: tuple[str, ...] = ()
     try:
-        refined = tight_gamma(pair, steps, grid)
+        refined = tight_gamma(run, None, grid)
     except WindowTooLargeError as exc:
         # TPR <= 1 and advantage <= 1 always hold: the trivial sound upper bounds, labelled in the notes.
         values, advantage = np.ones_like(grid), 1.0
@@ -87,10 +95,11 @@ def mia_curve(noise_multiplier: float, sampling_probability: float, steps: int, 
                  f"({exc})",)
     else:
         values = refined.value
-        advantage = composed_pld(pair, steps, refined.h, "remove").delta(0.0)
+        advantage = composed_run(run, refined.h, "remove").delta(0.0)
     tpr = values[: fpr.size]
     roc_tpr = np.maximum.accumulate(values[fpr.size:])
     roc_fpr = np.append(roc_fpr, 1.0)
     roc_tpr = np.append(roc_tpr, 1.0)
     return MiaCurve(advantage=float(min(advantage, 1.0)), fpr=fpr, tpr=tpr, roc_fpr=roc_fpr, roc_tpr=roc_tpr,
-                    threat_model=pair.threat_model, records_per_patient=pair.records_per_patient, notes=notes)
+                    threat_model=pair.threat_model, records_per_patient=pair.records_per_patient, notes=notes,
+                    schedule=sched)

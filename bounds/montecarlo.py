@@ -35,11 +35,13 @@ def _gamma_from_samples(s_desc: np.ndarray, kappa: np.ndarray) -> np.ndarray:
     return np.minimum(j, n) / n
 
 
-def mc_gamma(pair: StepPair, steps: int, kappa: np.ndarray, *, samples: int = 20_000, seed: int | None = None,
+def mc_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, samples: int = 20_000, seed: int | None = None,
              bootstrap: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(estimate, lower, upper) of gamma(kappa) from ``samples`` Monte Carlo draws (95% percentile bootstrap)."""
+    """(estimate, lower, upper) of gamma(kappa) from ``samples`` Monte Carlo draws (95% percentile bootstrap).
+    ``pair_or_run``: a :class:`StepPair` with ``steps``, or a run (a tuple of (pair, steps) phases, summed)."""
     rng = np.random.default_rng(seed)
-    s = sample_losses(pair, steps, samples, rng)
+    run = ((pair_or_run, steps),) if isinstance(pair_or_run, StepPair) else tuple(pair_or_run)
+    s = sum(sample_losses(pair, t, samples, rng) for pair, t in run)
     est = _gamma_from_samples(np.sort(s)[::-1], kappa)
     boots = np.empty((bootstrap, kappa.size))
     for b in range(bootstrap):

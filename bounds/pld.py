@@ -40,7 +40,7 @@ import numpy as np
 from scipy import fft as sp_fft
 
 from dpaudit.bounds._mechanism import StepPair
-from dpaudit.errors import NumericalError
+from dpaudit.errors import NumericalError, invalid
 
 #: Chernoff bound on the composed mass left outside the FFT window on each side (1e-16: far below any kappa or
 #: delta a user can sensibly ask for, so the compensation it adds to the infinity atom never shows in a printed digit).
@@ -543,8 +543,11 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
     inf_budget = INF_BUDGET / total
     parts = []
     for pair, steps in run:
-        parts.append((_step_pld(pair, h, direction, inf_budget, optimistic), steps,
-                      lambda lams, pair=pair: _log_moment_step(pair, direction, lams)))
+        # q = 1, worst case: N(0, s^2) against N(k, s^2) is symmetric, the add direction equals the remove one
+        # (and has no finite anchor: log(1 - q) = -inf).
+        d = "remove" if (direction == "add" and pair.sampling_probability == 1.0 and not pair.relaxed) else direction
+        parts.append((_step_pld(pair, h, d, inf_budget, optimistic), steps,
+                      lambda lams, pair=pair, d=d: _log_moment_step(pair, d, lams)))
     return compose_parts(parts)
 
 
@@ -705,23 +708,29 @@ class EpsilonBound:
         return self.value
 
 
-def epsilon_bound(noise_multiplier: float, sampling_probability: float, steps: int, target_delta: float, *,
-                  records_per_patient: int = 1) -> EpsilonBound:
+def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: float | None = None,
+                  steps: int | None = None, target_delta: float | None = None, *, records_per_patient: int = 1,
+                  schedule=None) -> EpsilonBound:
     """:func:`epsilon_pld` with its label: the value and the accountant that gave it.
 
     With ``records_per_patient`` k > 1 the guarantee is per patient (k records move together), from the tight
-    PLD of the k-record pair alone (the RDP accountant here is per record).
+    PLD of the k-record pair alone (the RDP accountant here is per record). ``schedule``: a
+    :class:`dpaudit.bounds.Schedule` in place of (noise_multiplier, sampling_probability, steps).
     """
-    from dpaudit.bounds._mechanism import check_delta, check_steps
+    from dpaudit.bounds._mechanism import check_delta, check_records_per_patient
+    from dpaudit.bounds.schedule import resolve
 
-    pair = StepPair(noise_multiplier, sampling_probability, records_per_patient)
-    steps = check_steps(steps)
+    sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
+    if target_delta is None:
+        raise invalid("target_delta", None, "given", "pass the delta at which epsilon is reported, e.g. 1e-5")
     target_delta = check_delta(target_delta)
-    if pair.records_per_patient != 1:
-        value = float(epsilon_pld_refined(pair, steps, target_delta).value[0])
-        return EpsilonBound(value, "pld", target_delta, pair.records_per_patient)
+    k = check_records_per_patient(records_per_patient)
+    run = sched.run(k)
+    if k != 1:
+        value = float(epsilon_pld_refined(run, None, target_delta).value[0])
+        return EpsilonBound(value, "pld", target_delta, k)
     try:
-        tight = float(epsilon_pld_refined(pair, steps, target_delta).value[0])
+        tight = float(epsilon_pld_refined(run, None, target_delta).value[0])
     except WindowTooLargeError:
         tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
     # Sound upper bound = min of two sound upper bounds on the same epsilon (PLD above; RDP: Mironov, Talwar, Zhang
@@ -729,11 +738,12 @@ def epsilon_bound(noise_multiplier: float, sampling_probability: float, steps: i
     # the loss cap made the PLD pessimistic (see epsilon_pld); the reported number stays a sound upper bound.
     from dpaudit.bounds.rdp import epsilon_rdp
 
-    rdp = epsilon_rdp(noise_multiplier, sampling_probability, steps, target_delta)
+    rdp = epsilon_rdp(target_delta=target_delta, schedule=sched)
     return EpsilonBound(rdp, "rdp", target_delta) if rdp <= tight else EpsilonBound(tight, "pld", target_delta)
 
 
-def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int, target_delta: float) -> float:
+def epsilon_pld(noise_multiplier: float | None = None, sampling_probability: float | None = None,
+                steps: int | None = None, target_delta: float | None = None, *, schedule=None) -> float:
     """Tight epsilon at ``target_delta`` for DP-SGD (Poisson sampling, add/remove adjacency): a sound upper bound.
 
     The maximum over the add and the remove direction of the smallest eps with delta(eps) <= target_delta, each
@@ -750,6 +760,9 @@ def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int
         T >= 1.
     target_delta:
         delta in (0, 1).
+    schedule:
+        A :class:`dpaudit.bounds.Schedule` (phases with their own sigma, q and steps, e.g. Opacus' accountant
+        history) in place of (noise_multiplier, sampling_probability, steps): the phases' PLDs are composed exactly.
 
     Returns
     -------
@@ -765,17 +778,20 @@ def epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int
     PETS 2022 (arXiv 2207.04380). Koskela, Jalko, Honkela, "Computing Tight Differential Privacy Guarantees Using
     FFT", AISTATS 2020.
     """
-    return epsilon_bound(noise_multiplier, sampling_probability, steps, target_delta).value
+    return epsilon_bound(noise_multiplier, sampling_probability, steps, target_delta, schedule=schedule).value
 
 
-def epsilon_pld_refined(pair: StepPair, steps: int, target_delta: float, *, rtol: float = 1e-4) -> Refined:
-    """epsilon at ``target_delta`` with its nested-grid error (see :func:`epsilon_pld`)."""
+def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, rtol: float = 1e-4) -> Refined:
+    """epsilon at ``target_delta`` with its nested-grid error (see :func:`epsilon_pld`); ``pair_or_run`` is a
+    :class:`StepPair` with ``steps``, or a run (a tuple of (pair, steps) phases)."""
+    run = _as_run(pair_or_run, steps)
+    # q = 1 worst case everywhere: the Gaussian mechanism is symmetric, both directions coincide.
+    symmetric = all(p.sampling_probability == 1.0 and not p.relaxed for p, _ in run)
 
     def evaluate(h: float) -> np.ndarray:
-        eps = composed_pld(pair, steps, h, "remove").epsilon(target_delta)
-        if pair.sampling_probability < 1.0 or pair.records_per_patient > 1:
-            eps = max(eps, composed_pld(pair, steps, h, "add").epsilon(target_delta))
-        # q = 1, k = 1: the Gaussian mechanism is symmetric, both directions coincide.
+        eps = composed_run(run, h, "remove").epsilon(target_delta)
+        if not symmetric:
+            eps = max(eps, composed_run(run, h, "add").epsilon(target_delta))
         return np.array([eps])
 
-    return refine(pair, steps, evaluate, rtol=rtol, atol=1e-9)
+    return refine(run, None, evaluate, rtol=rtol, atol=1e-9)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from scipy import special
 
-from dpaudit.bounds._mechanism import check_delta, check_noise_multiplier, check_q, check_steps
+from dpaudit.bounds._mechanism import check_delta
 
 #: Opacus' ``RDPAccountant.DEFAULT_ALPHAS``.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])
@@ -67,7 +67,8 @@ def rdp_per_step(noise_multiplier: float, sampling_probability: float, orders: t
     return out
 
 
-def epsilon_rdp(noise_multiplier: float, sampling_probability: float, steps: int, target_delta: float) -> float:
+def epsilon_rdp(noise_multiplier: float | None = None, sampling_probability: float | None = None,
+                steps: int | None = None, target_delta: float | None = None, *, schedule=None) -> float:
     """epsilon at ``target_delta`` by Renyi-DP accounting with Opacus' default orders and conversion.
 
     This is what Opacus' ``RDPAccountant`` reports: a sound but looser upper bound than :func:`epsilon_pld`.
@@ -76,18 +77,26 @@ def epsilon_rdp(noise_multiplier: float, sampling_probability: float, steps: int
     ----------
     noise_multiplier, sampling_probability, steps, target_delta:
         sigma > 0, q in (0, 1], T >= 1, delta in (0, 1).
+    schedule:
+        A :class:`dpaudit.bounds.Schedule` in place of (sigma, q, T): RDP adds up over the phases at each order
+        (Mironov 2017, arXiv 1702.07476v3, Proposition 1), as Opacus' ``RDPAccountant`` does with its history.
 
     Returns
     -------
     float
-        min over orders of RDP_alpha T - (log delta + log alpha) / (alpha - 1) + log((alpha - 1) / alpha)
-        (Balle et al. 2020, arXiv 1905.09982v2, Theorem 21).
+        min over orders of RDP_alpha - (log delta + log alpha) / (alpha - 1) + log((alpha - 1) / alpha), with
+        RDP_alpha = sum over phases of T_i RDP_alpha(sigma_i, q_i) (Balle et al. 2020, arXiv 1905.09982v2,
+        Theorem 21).
     """
-    sigma = check_noise_multiplier(noise_multiplier)
-    q = check_q(sampling_probability)
-    steps = check_steps(steps)
+    from dpaudit.bounds.schedule import resolve
+
+    sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
+    if target_delta is None:
+        from dpaudit.errors import invalid
+
+        raise invalid("target_delta", None, "given", "pass the delta at which epsilon is reported, e.g. 1e-5")
     delta = check_delta(target_delta)
     orders = np.asarray(DEFAULT_ORDERS)
-    rdp = rdp_per_step(sigma, q) * steps
+    rdp = sum(rdp_per_step(p.noise_multiplier, p.sampling_probability) * p.steps for p in sched.merged().phases)
     eps = rdp - (math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
     return float(np.nanmin(eps))

@@ -23,14 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from dpaudit.bounds._mechanism import (
-    StepPair,
-    check_kappa,
-    check_records_per_patient,
-    check_steps,
-    check_threat_model,
-)
+from dpaudit.bounds._mechanism import StepPair, check_kappa, check_records_per_patient, check_threat_model
 from dpaudit.bounds.pld import WindowTooLargeError, _as_run, composed_pld, composed_run, refine
+from dpaudit.bounds.schedule import Schedule, resolve
 from dpaudit.errors import invalid
 
 METHODS = ("tight", "edgeworth", "clt", "mc")
@@ -72,11 +67,13 @@ class ReRoBound:
     method, threat_model, label:
         How it was computed, for which adversary, and what kind of number it is.
     noise_multiplier, sampling_probability, steps, records_per_patient:
-        The DP-SGD run.
+        The DP-SGD run (for a schedule of several phases: the last phase's sigma and q, and the total steps).
     assumptions, notes:
         What the number assumes, and anything to warn about (e.g. where Edgeworth breaks down).
     discretisation:
         The PLD grid step used (``tight`` only).
+    schedule:
+        Every phase of the run (:class:`dpaudit.bounds.Schedule`; one phase for a plain (sigma, q, T) call).
     """
 
     kappa: np.ndarray
@@ -93,6 +90,7 @@ class ReRoBound:
     assumptions: tuple[str, ...] = field(default=BASE_ASSUMPTIONS)
     notes: tuple[str, ...] = ()
     discretisation: float | None = None
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         for name in ("kappa", "gamma", "lower", "upper"):
@@ -107,8 +105,10 @@ class ReRoBound:
         return self.upper - self.lower
 
 
-def _assumptions(threat_model: str, records_per_patient: int) -> tuple[str, ...]:
+def _assumptions(threat_model: str, records_per_patient: int, phases: int = 1) -> tuple[str, ...]:
     extra = []
+    if phases > 1:
+        extra.append(f"{phases} phases with their own sigma, q and steps (the schedule), composed exactly")
     if threat_model == "relaxed":
         extra.append("relaxed adversary: knows the norm of the target's contribution, not its direction or sign "
                      "(generalised likelihood-ratio test on |Y|, dimension one = the adversary's best case)")
@@ -179,10 +179,10 @@ def clt_mu(noise_multiplier: float, sampling_probability: float, steps: int) -> 
 
 # -- the public entry point ----------------------------------------------------------------------------------------
 
-def rero_bound(noise_multiplier: float, sampling_probability: float, steps: int,
-               kappa: float | Sequence[float] | np.ndarray, *, threat_model: str = "worst_case",
-               method: str = "tight", records_per_patient: int = 1, mc_samples: int = 20_000,
-               seed: int | None = None) -> ReRoBound:
+def rero_bound(noise_multiplier: float | None = None, sampling_probability: float | None = None,
+               steps: int | None = None, kappa: float | Sequence[float] | np.ndarray | None = None, *,
+               threat_model: str = "worst_case", method: str = "tight", records_per_patient: int = 1,
+               mc_samples: int = 20_000, seed: int | None = None, schedule: Schedule | None = None) -> ReRoBound:
     """The highest probability that a reconstruction attack succeeds, for each prior kappa.
 
     Parameters
@@ -201,6 +201,10 @@ def rero_bound(noise_multiplier: float, sampling_probability: float, steps: int,
         k >= 1 images per patient: the per-step pair becomes N(0, s^2) vs sum_j Binom(k, q)(j) N(j, s^2).
     mc_samples, seed:
         Monte Carlo only.
+    schedule:
+        A :class:`dpaudit.bounds.Schedule` (phases with their own sigma, q and steps, e.g. Opacus' accountant
+        history) in place of (noise_multiplier, sampling_probability, steps). ``tight`` composes the phases' PLDs
+        exactly, then takes one Neyman-Pearson step; ``mc`` samples every phase; the approximations need one phase.
 
     Returns
     -------
@@ -210,15 +214,21 @@ def rero_bound(noise_multiplier: float, sampling_probability: float, steps: int,
     if method not in METHODS:
         raise invalid("method", method, "one of tight, edgeworth, clt, mc", "pass --method tight")
     threat_model = check_threat_model(threat_model)
-    pair = StepPair(noise_multiplier, sampling_probability, check_records_per_patient(records_per_patient),
-                    threat_model)
-    steps = check_steps(steps)
+    sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
+    k = check_records_per_patient(records_per_patient)
+    run = sched.run(k, threat_model)
+    if kappa is None:
+        raise invalid("kappa", None, "given", "pass kappa, the prior's blind-guess success probability, e.g. 1e-3")
     kappa = check_kappa(kappa)
-    notes = list(_patient_notes(pair.records_per_patient))
+    if len(run) > 1 and method in ("edgeworth", "clt"):
+        raise invalid("method", method, "tight or mc for a schedule of several phases",
+                      "pass --method tight (or mc), or a single phase")
+    pair, steps = run[-1][0], sched.steps
+    notes = list(_patient_notes(k))
     h = None
     if method == "tight":
         try:
-            refined = tight_gamma(pair, steps, kappa)
+            refined = tight_gamma(run, None, kappa)
         except WindowTooLargeError as exc:
             # 1 bounds every probability: still a sound upper bound, just the trivial one (labelled in the notes).
             gamma = upper = np.ones_like(kappa)
@@ -246,13 +256,12 @@ def rero_bound(noise_multiplier: float, sampling_probability: float, steps: int,
     else:
         from dpaudit.bounds.montecarlo import mc_gamma
 
-        gamma, lower, upper = mc_gamma(pair, steps, kappa, samples=mc_samples, seed=seed)
+        gamma, lower, upper = mc_gamma(run, None, kappa, samples=mc_samples, seed=seed)
         notes.append(f"Monte Carlo estimate from {mc_samples} samples under Q (importance-weighted by e^-L); "
                      "95% bootstrap interval")
     return ReRoBound(
         kappa=kappa, gamma=gamma, lower=lower, upper=upper, method=method, threat_model=threat_model,
         label=LABELS[method], noise_multiplier=pair.noise_multiplier,
         sampling_probability=pair.sampling_probability, steps=steps,
-        records_per_patient=pair.records_per_patient, assumptions=_assumptions(threat_model,
-                                                                               pair.records_per_patient),
-        notes=tuple(notes), discretisation=h)
+        records_per_patient=k, assumptions=_assumptions(threat_model, k, len(sched.phases)),
+        notes=tuple(notes), discretisation=h, schedule=sched)
