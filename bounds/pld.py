@@ -49,6 +49,8 @@ TAIL_BOUND = 1e-16
 INF_BUDGET = 1e-14
 #: Largest FFT window we allow (2^24 points: 128 MiB of spectrum); beyond it we refuse rather than swap.
 MAX_WINDOW = 1 << 24
+#: The first grid step keeps the composed window near this many points (2^21: ~0.3 s per FFT; see initial_h_run).
+WINDOW_TARGET = 1 << 21
 #: Largest finite per-step privacy loss kept on the grid; larger losses join the infinity atom (module notes).
 #: 700 < log(max float64) = 709.8, so e^eps alone never overflows either, and at h = 0.05 the per-step grid holds at
 #: most 14000 atoms. Only sigma below about 0.04 (any q) has per-step Q-mass above it beyond 1e-20.
@@ -222,8 +224,8 @@ class DiscretePld:
         j = np.minimum(np.searchsorted(cum_p, alpha, side="left"), m.size - 1)
         before_p = np.where(j > 0, cum_p[np.maximum(j - 1, 0)], 0.0)
         before_q = np.where(j > 0, cum_q[np.maximum(j - 1, 0)], 0.0)
-        with np.errstate(invalid="ignore", over="ignore"):
-            frac = np.where(np.isfinite(pm[j]), np.minimum(np.maximum(alpha - before_p, 0.0) / pm[j], 1.0), 0.0)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            frac = np.where(np.isfinite(pm[j]) & (pm[j] > 0), np.minimum(np.maximum(alpha - before_p, 0.0) / pm[j], 1.0), 0.0)
         out = before_q + frac * qm[j] - TAIL_BOUND
         return np.clip(np.maximum(out, alpha), 0.0, 1.0)
 
@@ -499,7 +501,8 @@ def compose_parts(parts) -> DiscretePld:
         return parts[0][0]
     h = parts[0][0].h
     optimistic = parts[0][0].optimistic
-    lams = np.geomspace(1e-2, 1e3, 26)
+    # lam from 1e-7: the optimum is about sqrt(2 log(1/TAIL_BOUND)) / (composed std), down to ~1e-5 for T = 1e6
+    lams = np.geomspace(1e-7, 1e3, 51)
     hi_loss = _chernoff_end(parts, lams, 1.0)
     lo_loss = _chernoff_end(parts, lams, -1.0)
     offset = sum(s * p.offset for p, s, _ in parts)
@@ -598,10 +601,16 @@ def initial_h_run(run: tuple[tuple[StepPair, int], ...]) -> float:
         h = min(h, 0.08 * math.sqrt(max(var, 1e-300)))
         var_total += var * steps
         drift += abs(mean) * steps
-    # Keep the composed window (about 40 standard deviations plus the drift) within a few million points.
-    span = 40 * math.sqrt(max(var_total, 1e-300)) + drift + 1.0
-    h = max(h, span / 1e6)
-    return float(min(h, 0.05))
+    # Per-step resolution: at most 0.05 nats (where the per-step loss has structure finer than its spread, e.g.
+    # the pile at log(1 - q), the bracket refinement halves further).
+    h = min(h, 0.05)
+    # Window: the composed loss spans about 20 of its standard deviations inside the Chernoff window (each side's
+    # tail bound is 1e-16); keep that within WINDOW_TARGET points. Only very long, loud runs (T q sigma^-2 large,
+    # gamma ~ 1) reach this; a coarser grid is still sound and the bracket says how far it is from the exact value.
+    span = 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
+    h = max(h, span / WINDOW_TARGET)
+    del drift  # the drift (mean) moves the window, it does not widen it
+    return float(h)
 
 
 @dataclass(frozen=True)
