@@ -30,6 +30,9 @@ class MiaCurve:
         max (TPR - FPR) = delta(0) of the composed mechanism.
     fpr, tpr:
         TPR bound at each FPR of ``FPR_GRID``.
+    tpr_lower:
+        A sound lower bound on the exact value ``tpr`` bounds (the garbled PLD): the exact trade-off curve lies in
+        [tpr_lower, tpr], so ``numerical_error`` = tpr - tpr_lower is proven.
     roc_fpr, roc_tpr:
         The full ROC bound on a log grid of FPR from 1e-8 to 1.
     label:
@@ -48,12 +51,19 @@ class MiaCurve:
     label: str = "sound upper bound"
     notes: tuple[str, ...] = field(default=())
     schedule: Schedule | None = None
+    tpr_lower: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for name in ("fpr", "tpr", "roc_fpr", "roc_tpr"):
+        if self.tpr_lower is None:
+            object.__setattr__(self, "tpr_lower", np.asarray(self.fpr, dtype=float))  # TPR >= FPR always
+        for name in ("fpr", "tpr", "roc_fpr", "roc_tpr", "tpr_lower"):
             arr = np.array(getattr(self, name), dtype=float)
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
+
+    @property
+    def numerical_error(self) -> np.ndarray:
+        return self.tpr - self.tpr_lower
 
     @property
     def tpr_at_fpr(self) -> list[tuple[float, float]]:
@@ -90,11 +100,11 @@ def mia_curve(noise_multiplier: float | None = None, sampling_probability: float
         refined = tight_gamma(run, None, grid)
     except WindowTooLargeError as exc:
         # TPR <= 1 and advantage <= 1 always hold: the trivial sound upper bounds, labelled in the notes.
-        values, advantage = np.ones_like(grid), 1.0
+        values, advantage, lower = np.ones_like(grid), 1.0, grid
         notes = (f"TPR = 1 and advantage = 1 are the trivial sound upper bounds: the tight PLD does not fit here "
                  f"({exc})",)
     else:
-        values = refined.value
+        values, lower = refined.value, np.maximum(refined.lower, grid)
         advantage = composed_run(run, refined.h, "remove").delta(0.0)
     tpr = values[: fpr.size]
     roc_tpr = np.maximum.accumulate(values[fpr.size:])
@@ -102,4 +112,4 @@ def mia_curve(noise_multiplier: float | None = None, sampling_probability: float
     roc_tpr = np.append(roc_tpr, 1.0)
     return MiaCurve(advantage=float(min(advantage, 1.0)), fpr=fpr, tpr=tpr, roc_fpr=roc_fpr, roc_tpr=roc_tpr,
                     threat_model=pair.threat_model, records_per_patient=pair.records_per_patient, notes=notes,
-                    schedule=sched)
+                    schedule=sched, tpr_lower=lower[: fpr.size])

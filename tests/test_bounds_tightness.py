@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from dpaudit.bounds import mia_curve, rero_bound
+from dpaudit.bounds import epsilon_pld, mia_curve, rero_bound
 
 
 def closed_form(q: float, steps: int, kappa: np.ndarray, k: int = 1) -> np.ndarray:
@@ -84,8 +84,9 @@ def test_tiny_sigma_mia_matches_closed_form(threat_model: str) -> None:
     curve = mia_curve(sigma, q, steps, threat_model=threat_model)
     c = closed_form(q, steps, curve.fpr)
     slack = closed_form_slack(sigma, steps) + 1e-12
-    assert np.all(curve.tpr >= c - slack)
+    assert np.all(curve.tpr >= c - slack) and np.all(curve.tpr_lower <= c)
     np.testing.assert_allclose(curve.tpr, c, rtol=1e-3)
+    assert np.all(curve.numerical_error <= 1e-3 * curve.tpr)
     # advantage = max_alpha (C(alpha) - alpha) = 1 - (1 - q)^T, exactly up to the slack
     adv = 1 - (1 - q) ** steps
     assert adv - slack <= curve.advantage <= adv * (1 + 1e-3)
@@ -152,6 +153,23 @@ def test_small_sigma_matches_dp_accounting_live(sigma: float, q: float, steps: i
     res = rero_bound(sigma, q, steps, kappas)
     np.testing.assert_allclose(res.gamma, ref, rtol=1e-3)
     assert np.all(res.lower <= ref * (1 + 1e-12))
+
+
+# -- epsilon where the same split could matter: epsilon comparable to T |log(1 - q)| -----------------------------
+
+#: dp_accounting 0.6.0, ``from_gaussian_mechanism(sigma, sampling_prob=q, value_discretization_interval=1e-5,
+#: use_connect_dots=True).self_compose(T).get_epsilon_for_delta(delta)``.
+EPSILON_DP_ACCOUNTING = [
+    (5.0, 0.002, 10, 1e-5, 0.0028041439165001156),
+    (3.0, 0.01, 5, 1e-5, 0.02559564151252347),
+    (2.0, 0.002, 100, 1e-3, 0.010436665354838342),
+    (10.0, 0.01, 1, 1e-5, 0.002181576260737415),
+]
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps", "delta", "ref"), EPSILON_DP_ACCOUNTING)
+def test_small_epsilon_matches_dp_accounting(sigma: float, q: float, steps: int, delta: float, ref: float) -> None:
+    assert epsilon_pld(sigma, q, steps, delta) == pytest.approx(ref, rel=1e-3)
 
 
 # -- the bracket everywhere -------------------------------------------------------------------------------------------
