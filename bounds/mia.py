@@ -7,6 +7,7 @@ max_alpha (1 - f(alpha) - alpha) = delta(0), the total-variation distance. All n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,7 +106,10 @@ def mia_curve(noise_multiplier: float | None = None, sampling_probability: float
                  f"({exc})",)
     else:
         values, lower = refined.value, np.maximum(refined.lower, grid)
-        advantage = composed_run(run, refined.h, "remove").delta(0.0)
+        if math.isnan(refined.h):
+            advantage = 1.0  # saturated (tight_gamma): TPR >= 1 - 1e-12 at every FPR, so the advantage is ~1 too
+        else:
+            advantage = composed_run(run, refined.h, "remove").delta(0.0)
     tpr = values[: fpr.size]
     roc_tpr = np.maximum.accumulate(values[fpr.size:])
     roc_fpr = np.append(roc_fpr, 1.0)

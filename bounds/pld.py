@@ -166,6 +166,16 @@ class DiscretePld:
         eps = l_prev + math.log((self.infinity_mass + s[j - 1] - target_delta) / r[j - 1])
         return max(0.0, eps)
 
+    def epsilon_lower(self, target_delta: float) -> float:
+        """A sound *lower* bound on the continuous pair's epsilon at ``target_delta`` from the optimistic (garbled)
+        PLD: masses lowered by the FFT round-off guard (delta only falls), and the mass the composition may have
+        wrapped from below its window to the top (<= ``TAIL_BOUND``) allowed for in the target."""
+        if not self.optimistic:
+            raise NumericalError("epsilon_lower needs the optimistic (garbled) PLD")
+        guarded = DiscretePld(h=self.h, lo=self.lo, masses=np.maximum(self.masses - self.noise_guard, 0.0),
+                              infinity_mass=0.0, offset=self.offset, optimistic=True)
+        return guarded.epsilon(target_delta + TAIL_BOUND)
+
     def deltas_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """(eps_j, delta(eps_j)) at every grid point, for the dual route."""
         s, r = self._tails()
@@ -329,14 +339,17 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         i_lo = math.floor((lo_loss - offset) / h)
         i_hi = 0
 
-        def boundaries(idx: np.ndarray) -> np.ndarray:
-            xb = pair.x_of_loss(-(offset + h * idx))  # decreasing in eps
-            if idx[-1] == i_hi:
+        def boundaries(idx: np.ndarray, off: float = offset, last: float | None = None) -> np.ndarray:
+            xb = pair.x_of_loss(-(off + h * idx))  # decreasing in eps
+            if last is not None:
+                xb[-1] = last
+                xb[:-1] = np.maximum(xb[:-1], last)
+            elif idx[-1] == i_hi:
                 xb[-1] = pair.lower if pair.relaxed else xb[-1]
             return xb
 
-        def q_of(idx: np.ndarray) -> np.ndarray:
-            xb = boundaries(idx)
+        def q_of(idx: np.ndarray, **kw) -> np.ndarray:
+            xb = boundaries(idx, **kw)
             return pair.masses(xb[1:], xb[:-1])[0]
 
         idx = _lattice(i_lo, i_hi, q_of, LATTICE_BUDGET * inf_budget)
@@ -369,8 +382,23 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
             log_p_int = pair.log_p_masses(a, b)
             _, q_top = pair.masses(xb[-1:], np.array([math.inf]))
             log_p_top = pair.log_p_masses(xb[-1:], np.array([math.inf]))
+        elif direction == "add" and idx.size > 2 and idx[-2] == i_hi - 1 and q_int[-1] > 0:
+            # Mirror image: the last interval (the pile just below -min_loss) becomes one atom at its own loss and
+            # the grid is re-anchored there, l_top - i h; the interval below it has losses in [l_top - h, l_top].
+            offset = float(np.log(q_int[-1]) - log_p_int[-1])
+            exact = float(q_int[-1])
+            x_last = float(xb[-2])
+            i_lo = math.floor((lo_loss - offset) / h)
+            i_hi = 0
+            idx = _lattice(i_lo, 0, lambda j: q_of(j, off=offset, last=x_last), LATTICE_BUDGET * inf_budget)
+            eps = offset + h * idx
+            xb = boundaries(idx, off=offset, last=x_last)
+            q_int, p_int = pair.masses(xb[1:], xb[:-1])
+            with np.errstate(divide="ignore"):
+                log_p_int = np.log(np.maximum(p_int, 0.0))
+            q_top, log_p_top = np.zeros(1), np.full(1, -math.inf)  # the pile is the exact top atom
         on_points = _garbled_masses(eps, q_int, log_p_int, float(q_top[0]), float(log_p_top[0]))
-        on_points[0] += exact
+        on_points[0 if direction == "remove" else -1] += exact
         masses = np.zeros(i_hi - i_lo + 1)
         masses[idx - i_lo] = on_points
         return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=0.0, capped=capped, offset=offset,
@@ -871,10 +899,14 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
     # q = 1 worst case everywhere: the Gaussian mechanism is symmetric, both directions coincide.
     symmetric = all(p.sampling_probability == 1.0 and not p.relaxed for p, _ in run)
 
-    def evaluate(h: float) -> np.ndarray:
-        eps = composed_run(run, h, "remove").epsilon(target_delta)
-        if not symmetric:
-            eps = max(eps, composed_run(run, h, "add").epsilon(target_delta))
-        return np.array([eps])
+    directions = ("remove",) if symmetric else ("remove", "add")
+
+    def evaluate(h: float):
+        upper = max(composed_run(run, h, d).epsilon(target_delta) for d in directions)
+        # The garbled PLDs of both directions give a sound lower bound (delta only falls under garbling), so the
+        # refinement stops on a proven bracket: |epsilon - exact| <= upper - lower <= rtol * upper.
+        lower = max(composed_run(run, h, d, True).epsilon_lower(target_delta) for d in directions)
+        finite = math.isfinite(upper)
+        return np.array([upper]), np.array([min(lower, upper)]), np.array([finite])
 
     return refine(run, None, evaluate, rtol=rtol, atol=1e-9)

@@ -201,3 +201,27 @@ def test_bracket_is_ordered_and_monotone_in_sigma(threat_model: str) -> None:
         # the exact gamma falls with sigma: each upper bound must stay above the next lower bound
         assert np.all(res.lower <= prev_upper * (1 + 1e-12))
         prev_upper = res.gamma
+
+
+# -- the threshold test: an independent sound lower bound, and the saturated shortcut ------------------------------
+
+@pytest.mark.parametrize("threat_model", ["worst_case", "relaxed"])
+@pytest.mark.parametrize(("sigma", "q", "steps", "k"), [(1.0, 0.01, 1000, 1), (0.34, 0.002, 20000, 1),
+                                                        (0.8, 0.05, 500, 3), (0.1, 0.02, 100, 1)])
+def test_threshold_test_is_below_the_bound(sigma, q, steps, k, threat_model) -> None:
+    from dpaudit.bounds._mechanism import StepPair
+    from dpaudit.bounds.rero import threshold_test_power
+
+    # a concrete test of size kappa: its power is a lower bound on the exact gamma, so on the upper bound too
+    res = rero_bound(sigma, q, steps, KAPPAS, threat_model=threat_model, records_per_patient=k)
+    floor = threshold_test_power(((StepPair(sigma, q, k, threat_model), steps),), KAPPAS)
+    assert np.all(floor <= res.gamma * (1 + 1e-12))
+    assert np.all(floor >= KAPPAS * (1 - 1e-9))
+
+
+def test_saturated_points_skip_the_pld_and_stay_bracketed() -> None:
+    # sigma 0.05, q 0.1, T 1e4: the target is sampled ~1000 times at 20 noise standard deviations; the threshold test
+    # already has power 1 - 1e-12, so gamma = 1 (sound) with a proven lower end, without an FFT window.
+    res = rero_bound(0.05, 0.1, 10_000, KAPPAS)
+    assert np.all(res.gamma == 1.0) and np.all(res.lower >= 1 - 1e-12)
+    assert res.discretisation is None
