@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import fft as sp_fft
+from scipy import special
 
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.errors import NumericalError, invalid
@@ -336,7 +337,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
             raise NumericalError("the add-direction PLD needs q < 1 or k = 1")  # q = 1 uses symmetry instead
         offset = hi_loss  # anchored at the top, where the add direction's mass piles up
         lo_loss = _left_cut(pair, inf_budget, direction)
-        i_lo = math.floor((lo_loss - offset) / h)
+        i_lo = min(math.floor((lo_loss - offset) / h), -1)  # at least one interval below the anchor
         i_hi = 0
 
         def boundaries(idx: np.ndarray, off: float = offset, last: float | None = None) -> np.ndarray:
@@ -382,13 +383,13 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
             log_p_int = pair.log_p_masses(a, b)
             _, q_top = pair.masses(xb[-1:], np.array([math.inf]))
             log_p_top = pair.log_p_masses(xb[-1:], np.array([math.inf]))
-        elif direction == "add" and idx.size > 2 and idx[-2] == i_hi - 1 and q_int[-1] > 0:
+        elif direction == "add" and idx.size >= 2 and idx[-2] == i_hi - 1 and q_int[-1] > 0:
             # Mirror image: the last interval (the pile just below -min_loss) becomes one atom at its own loss and
             # the grid is re-anchored there, l_top - i h; the interval below it has losses in [l_top - h, l_top].
             offset = float(np.log(q_int[-1]) - log_p_int[-1])
             exact = float(q_int[-1])
             x_last = float(xb[-2])
-            i_lo = math.floor((lo_loss - offset) / h)
+            i_lo = min(math.floor((lo_loss - offset) / h), -1)
             i_hi = 0
             idx = _lattice(i_lo, 0, lambda j: q_of(j, off=offset, last=x_last), LATTICE_BUDGET * inf_budget)
             eps = offset + h * idx
@@ -516,6 +517,11 @@ def _garbled_masses(eps: np.ndarray, q_int: np.ndarray, log_p_int: np.ndarray, q
 
 def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
     """A loss below which the measure of the direction has mass <= budget (cutting there is sound anyway)."""
+    if direction == "add":
+        # loss' = -L(x) < c exactly when x > x(-c): P's upper tail beyond sigma Phibar^{-1}(budget) (twice for |X|).
+        share = budget / 2 if pair.relaxed else budget
+        x_cut = pair.noise_multiplier * -float(special.ndtri(share))
+        return -float(pair.loss(np.array([x_cut]))[0])
     lo = -1.0
     while True:
         if direction == "remove":
@@ -547,6 +553,8 @@ def _log_moment_step(pair: StepPair, direction: str, lams: np.ndarray) -> np.nda
 def _log_mgf_discrete(pld: DiscretePld, lam: float) -> float:
     """log E[e^{lam L}] over the finite atoms of a discrete PLD (exact)."""
     pos = pld.masses > 0
+    if not pos.any():
+        return -math.inf  # no finite mass (everything at +infinity, or dropped by the garbled lower end)
     e = np.log(pld.masses[pos]) + lam * pld.losses[pos]
     top = float(e.max())
     return top + math.log(float(np.exp(e - top).sum()))
@@ -788,7 +796,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             with np.errstate(divide="ignore", invalid="ignore"):
                 need = np.sqrt(gap / (0.7 * rtol * np.abs(upper)))
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
-            factor = float(2.0 ** min(max(math.ceil(math.log2(max(need, 1.0))), 1), 3))
+            factor = min(max(1.15 * need, 2.0), 8.0)
         try:
             finer = call(h / factor)
         except WindowTooLargeError:
@@ -844,6 +852,8 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
         tight = float(epsilon_pld_refined(run, None, target_delta).value[0])
     except WindowTooLargeError:
         tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
+    if math.isfinite(tight) and not any(_capped(pair) for pair, _ in run):
+        return EpsilonBound(tight, "pld", target_delta)  # uncapped PLD: within 1e-4 of exact, RDP never below it
     # Sound upper bound = min of two sound upper bounds on the same epsilon (PLD above; RDP: Mironov, Talwar, Zhang
     # arXiv 1908.10530v1 with the conversion of Balle et al. arXiv 1905.09982v2, Theorem 21). RDP wins only where
     # the loss cap made the PLD pessimistic (see epsilon_pld); the reported number stays a sound upper bound.
@@ -890,6 +900,11 @@ def epsilon_pld(noise_multiplier: float | None = None, sampling_probability: flo
     FFT", AISTATS 2020.
     """
     return epsilon_bound(noise_multiplier, sampling_probability, steps, target_delta, schedule=schedule).value
+
+
+def _capped(pair: StepPair) -> bool:
+    """Whether the per-step loss exceeds LOSS_CAP with Q-mass above the tail budget (sigma below ~0.04)."""
+    return float(pair.loss(np.array([pair.x_tail(INF_BUDGET)]))[0]) > LOSS_CAP
 
 
 def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, rtol: float = 1e-4) -> Refined:
