@@ -14,6 +14,8 @@ from dpaudit.bounds.mia import MiaCurve, mia_curve
 from dpaudit.bounds.pld import EpsilonBound, epsilon_bound
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import ReRoBound, rero_bound
+from dpaudit.bounds.schedule import Schedule, resolve
+from dpaudit.errors import invalid
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,8 @@ class BoundsSummary:
 
     ``epsilon``: per record (the accountant's, what training calibrates); ``epsilon_patient``: per patient when
     ``records_per_patient`` > 1, else None. ``epsilon_rdp``: per record, Opacus' RDP accountant. ``mia``: None
-    when not asked for.
+    when not asked for. ``schedule``: every phase of the run; for a schedule of several phases
+    ``noise_multiplier`` and ``sampling_probability`` are those of the last phase and ``steps`` the total.
     """
 
     noise_multiplier: float
@@ -36,6 +39,7 @@ class BoundsSummary:
     worst_case: ReRoBound
     relaxed: ReRoBound
     mia: MiaCurve | None
+    schedule: Schedule | None = None
 
     @property
     def epsilon_of_unit(self) -> EpsilonBound:
@@ -56,22 +60,28 @@ class BoundsSummary:
         return tuple(dict.fromkeys(self.worst_case.assumptions + self.relaxed.assumptions))
 
 
-def bounds_summary(noise_multiplier: float, sampling_probability: float, steps: int, kappas: Sequence[float], *,
-                   target_delta: float = 1e-5, records_per_patient: int = 1, method: str = "tight",
-                   membership: bool = True) -> BoundsSummary:
+def bounds_summary(noise_multiplier: float | None = None, sampling_probability: float | None = None,
+                   steps: int | None = None, kappas: Sequence[float] | None = None, *, target_delta: float = 1e-5,
+                   records_per_patient: int = 1, method: str = "tight", membership: bool = True,
+                   schedule: Schedule | None = None) -> BoundsSummary:
     """Bound one DP-SGD configuration: epsilon, ReRo (both threat models) at ``kappas`` and, with
-    ``membership``, the worst-case membership-inference curve. See :class:`BoundsSummary`."""
-    sigma, q, k = noise_multiplier, sampling_probability, records_per_patient
-    eps = epsilon_bound(sigma, q, steps, target_delta)
-    eps_patient = epsilon_bound(sigma, q, steps, target_delta, records_per_patient=k) if k != 1 else None
+    ``membership``, the worst-case membership-inference curve. See :class:`BoundsSummary`. ``schedule``: a
+    :class:`dpaudit.bounds.Schedule` of phases in place of (noise_multiplier, sampling_probability, steps)."""
+    sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
+    k = records_per_patient
+    if kappas is None:
+        raise invalid("kappas", None, "given", "pass the priors, e.g. [1e-3] or [1 / n_train]")
+    run = {"schedule": sched}
+    eps = epsilon_bound(target_delta=target_delta, **run)
+    eps_patient = epsilon_bound(target_delta=target_delta, records_per_patient=k, **run) if k != 1 else None
+    last = sched.last
     return BoundsSummary(
-        noise_multiplier=float(sigma), sampling_probability=float(q), steps=int(steps),
-        target_delta=float(target_delta), records_per_patient=int(k), epsilon=eps, epsilon_patient=eps_patient,
-        epsilon_rdp=float(epsilon_rdp(sigma, q, steps, target_delta)),
-        worst_case=rero_bound(sigma, q, steps, kappas, threat_model="worst_case", method=method,
-                              records_per_patient=k),
-        relaxed=rero_bound(sigma, q, steps, kappas, threat_model="relaxed", method=method, records_per_patient=k),
-        mia=mia_curve(sigma, q, steps, records_per_patient=k) if membership else None)
+        noise_multiplier=float(last.noise_multiplier), sampling_probability=float(last.sampling_probability),
+        steps=int(sched.steps), target_delta=float(target_delta), records_per_patient=int(k), epsilon=eps,
+        epsilon_patient=eps_patient, epsilon_rdp=float(epsilon_rdp(target_delta=target_delta, **run)),
+        worst_case=rero_bound(kappa=kappas, threat_model="worst_case", method=method, records_per_patient=k, **run),
+        relaxed=rero_bound(kappa=kappas, threat_model="relaxed", method=method, records_per_patient=k, **run),
+        mia=mia_curve(records_per_patient=k, **run) if membership else None, schedule=sched)
 
 
 __all__ = ["BoundsSummary", "bounds_summary"]

@@ -93,6 +93,50 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
     return float(sigma), float(q), int(steps), 1e-5 if delta is None else float(delta), n_train, ckpt_k
 
 
+def _schedule_from_flags(history: Path | None, phase: list[str] | None):
+    """The run's phases from ``--history FILE`` (Opacus' ``accountant.history``: a JSON list of
+    [noise_multiplier, sample_rate, steps], or the accountant's ``state_dict()`` holding it) or repeated
+    ``--phase SIGMA,Q,STEPS``; None when neither is given."""
+    if history is None and not phase:
+        return None
+    from dpaudit.bounds import Schedule
+
+    if history is not None and phase:
+        raise invalid("history", str(history), "given without --phase", "pass --history FILE or --phase "
+                      "SIGMA,Q,STEPS (repeatable), not both")
+    if history is not None:
+        import json
+
+        try:
+            data = json.loads(Path(history).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise invalid("history", str(history), "an existing JSON file",
+                          "save Opacus' accountant history with json.dump(accountant.history, f)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise invalid("history", str(history), "a readable JSON file", f"fix the file ({exc})") from None
+        if isinstance(data, dict) and "history" in data:
+            data = data["history"]  # accountant.state_dict()
+        return Schedule.from_history(data)
+    rows = []
+    for text in phase or []:
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            rows.append([float(parts[0]), float(parts[1]), int(parts[2])])
+        except ValueError:
+            raise invalid("phase", text, "SIGMA,Q,STEPS (e.g. 1.0,0.01,500)",
+                          "pass one --phase per phase: noise multiplier, sampling probability, integer steps") from None
+    return Schedule.from_history(rows)
+
+
+HistoryOpt = Annotated[Path | None, typer.Option(
+    "--history", help="Opacus' accountant history (JSON list of [noise_multiplier, sample_rate, steps] phases): "
+    "bound the real schedule, composed exactly, instead of --sigma/--q/--steps.")]
+PhaseOpt = Annotated[list[str] | None, typer.Option(
+    "--phase", help="One phase SIGMA,Q,STEPS of a schedule (repeatable, in training order).")]
+
+
 @app.command("bounds")
 @handle_errors
 def bounds(
@@ -121,16 +165,27 @@ def bounds(
     plot: Annotated[Path | None, typer.Option("--plot", help="Plot worst-case and relaxed gamma against kappa "
                                               "(PNG).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    history: HistoryOpt = None,
+    phase: PhaseOpt = None,
 ) -> None:
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
-    from dpaudit.bounds import bounds_summary, mia_curve
+    from dpaudit.bounds import Schedule, bounds_summary, mia_curve
 
-    sigma, q, steps, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa,
-                                                          n_candidates)
+    sched = _schedule_from_flags(history, phase)
+    ckpt_k = None
+    if sched is None:
+        sigma, q, steps, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa,
+                                                              n_candidates)
+        sched = Schedule.single(sigma, q, steps)
+    elif any(v is not None for v in (sigma, q, steps, model)):
+        raise invalid("history" if history is not None else "phase", "given with --sigma/--q/--steps/--model",
+                      "given alone", "the schedule holds every phase's sigma, q and steps: drop --sigma, --q, "
+                      "--steps and --model")
+    delta = 1e-5 if delta is None else delta
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
-    summary = bounds_summary(sigma, q, steps, kappas, target_delta=delta, records_per_patient=k,
-                             method=method.value)
+    summary = bounds_summary(kappas=kappas, target_delta=delta, records_per_patient=k, method=method.value,
+                             schedule=sched)
     if not json_out:
         err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
                   highlight=False)
@@ -138,14 +193,14 @@ def bounds(
         err.print(f"[yellow]warning:[/] {note}")
     mia = summary.mia
     if roc is not None:
-        mia_relaxed = mia_curve(sigma, q, steps, records_per_patient=k, threat_model="relaxed")
+        mia_relaxed = mia_curve(schedule=sched, records_per_patient=k, threat_model="relaxed")
         with roc.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed"])
             for f, t, tr in zip(mia.roc_fpr, mia.roc_tpr, mia_relaxed.roc_tpr, strict=True):
                 w.writerow([f"{f:.6e}", f"{t:.9g}", f"{tr:.9g}"])
     if plot is not None:
-        _plot(plot, sigma, q, steps, k, kappas)
+        _plot(plot, sched, k, kappas)
     if json_out:
         emit_json(_bounds_json(summary, method.value))
         return
@@ -185,10 +240,13 @@ def _bounds_json(s, method: str) -> dict[str, Any]:
                                  s.records_per_patient)
     eps, eps_rdp, eps_source = _unit_epsilons(s)
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
+    single = s.schedule is None or len(s.schedule.phases) == 1
     return {
-        "noise_multiplier": sigma, "sampling_probability": q, "steps": steps, "target_delta": delta,
-        "records_per_patient": k, "privacy_unit": "patient" if k > 1 else "image", "method": method,
-        "epsilon": eps,
+        # several phases: no single sigma or q; "phases" holds them all ([sigma, q, steps] each, as Opacus does)
+        "noise_multiplier": sigma if single else None, "sampling_probability": q if single else None,
+        "steps": steps, "phases": s.schedule.to_history() if s.schedule is not None else [[sigma, q, steps]],
+        "target_delta": delta, "records_per_patient": k, "privacy_unit": "patient" if k > 1 else "image",
+        "method": method, "epsilon": eps,
         "epsilon_rdp": eps_rdp if math.isfinite(eps_rdp) else None,
         "rero": [{"kappa": float(kv), "worst_case": float(w), "relaxed": float(r)}
                  for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True)],
@@ -211,7 +269,13 @@ def _render(s) -> None:
     eps, eps_rdp, eps_source = _unit_epsilons(s)
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
 
-    table = Table(title=f"DP-SGD: sigma {sigma:g}, q {q:g}, T {steps}, k {k}", title_justify="left")
+    if s.schedule is not None and len(s.schedule.phases) > 1:
+        phases = "; ".join(f"sigma {p.noise_multiplier:g}, q {p.sampling_probability:g}, T {p.steps}"
+                           for p in s.schedule.phases)
+        title = f"DP-SGD, {len(s.schedule.phases)} phases ({phases}): T {steps}, k {k}"
+    else:
+        title = f"DP-SGD: sigma {sigma:g}, q {q:g}, T {steps}, k {k}"
+    table = Table(title=title, title_justify="left")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("kind")
@@ -230,7 +294,7 @@ def _render(s) -> None:
         out.print(f"  - {a}")
 
 
-def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[float]) -> None:
+def _plot(path: Path, sched, k: int, kappas: list[float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,8 +304,8 @@ def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[f
     from dpaudit.bounds import rero_bound
 
     grid = np.geomspace(min(1e-8, min(kappas)), 0.999, 121)
-    w = rero_bound(sigma, q, steps, grid, threat_model="worst_case", records_per_patient=k).gamma
-    r = rero_bound(sigma, q, steps, grid, threat_model="relaxed", records_per_patient=k).gamma
+    w = rero_bound(kappa=grid, threat_model="worst_case", records_per_patient=k, schedule=sched).gamma
+    r = rero_bound(kappa=grid, threat_model="relaxed", records_per_patient=k, schedule=sched).gamma
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(grid, w, color="purple", label="worst case (sound upper bound)")
     ax.plot(grid, r, color="orange", label="relaxed (sound upper bound)")
@@ -251,7 +315,9 @@ def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[f
     ax.set_xscale("log")
     ax.set_xlabel("kappa (prior success probability)")
     ax.set_ylabel("reconstruction success bound gamma")
-    ax.set_title(f"sigma {sigma:g}, q {q:g}, T {steps}")
+    last = sched.last
+    ax.set_title(f"sigma {last.noise_multiplier:g}, q {last.sampling_probability:g}, T {sched.steps}"
+                 + (f" ({len(sched.phases)} phases)" if len(sched.phases) > 1 else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -262,25 +328,37 @@ def _plot(path: Path, sigma: float, q: float, steps: int, k: int, kappas: list[f
 @handle_errors
 def calibrate(
     max_rero: Annotated[float, typer.Option("--max-rero", help="Largest acceptable reconstruction success bound.")],
-    q: Annotated[float, typer.Option("--q", help="Poisson sampling probability per step.")],
-    steps: Annotated[int, typer.Option("--steps", help="Number of DP-SGD steps T.")],
     kappa: Annotated[float, typer.Option("--kappa", help="Prior: blind-guess success probability (e.g. 1/N).")],
+    q: Annotated[float | None, typer.Option("--q", help="Poisson sampling probability per step.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Number of DP-SGD steps T.")] = None,
     threat_model: Annotated[ThreatModelChoice, typer.Option("--threat-model")] = ThreatModelChoice.worst_case,
     delta: Annotated[float, typer.Option("--delta", help="delta for the reported epsilon.")] = 1e-5,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    history: Annotated[Path | None, typer.Option(
+        "--history", help="Opacus' accountant history: calibrate the last phase's sigma (its q and steps kept), "
+        "the earlier phases fixed.")] = None,
+    phase: PhaseOpt = None,
 ) -> None:
     """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket)."""
     from dpaudit.bounds import calibrate_noise
 
+    sched = _schedule_from_flags(history, phase)
+    if sched is not None and (q is not None or steps is not None):
+        raise invalid("history" if history is not None else "phase", "given with --q/--steps", "given alone",
+                      "the last phase's q and steps are calibrated with its sigma: drop --q and --steps")
+    if sched is None and (q is None or steps is None):
+        raise invalid("q" if q is None else "steps", None, "given",
+                      "pass --q and --steps, or the schedule with --history FILE or --phase SIGMA,Q,STEPS")
     cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model.value.replace("-", "_"),
-                          target_delta=delta)
+                          target_delta=delta, schedule=sched)
+    q, steps = cal.sampling_probability, cal.steps
     if cal.note:
         err.print(f"[yellow]warning:[/] {cal.note}")
     if json_out:
         emit_json({"noise_multiplier": cal.noise_multiplier, "epsilon": cal.epsilon,
                    "threat_model": threat_model.value, "max_rero": cal.max_rero,
                    "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
-                   "notes": [cal.note] if cal.note else []})
+                   "notes": [cal.note] if cal.note else [], "phases": cal.schedule.to_history()})
         return
     from rich.table import Table
 

@@ -65,8 +65,10 @@ def test_calibrate_json() -> None:
                               "1e-3", "--threat-model", "relaxed", "--json"])
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert set(obj) == {"noise_multiplier", "epsilon", "threat_model", "max_rero", "achieved_rero", "at_floor", "notes"}
+    assert set(obj) == {"noise_multiplier", "epsilon", "threat_model", "max_rero", "achieved_rero", "at_floor", "notes",
+                        "phases"}
     assert obj["at_floor"] is False and obj["notes"] == []
+    assert obj["phases"] == [[obj["noise_multiplier"], 0.01, 1000]]
     assert obj["achieved_rero"] <= obj["max_rero"] == 0.05 and obj["threat_model"] == "relaxed"
 
 
@@ -125,3 +127,57 @@ def test_model_without_dp_and_missing_mechanism_are_clear_errors(tmp_path: Path)
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["bounds", "--q", "0.1", "--steps", "10", "--kappa", "0.1"])
     assert res.exit_code == 2 and "--sigma" in res.output and "--model" in res.output
+
+
+# -- schedules: --history (Opacus' accountant history) and --phase --------------------------------------------------
+
+def test_history_file_and_phases_agree_with_the_library(tmp_path: Path) -> None:
+    from dpaudit.bounds import Schedule, epsilon_pld, rero_bound
+
+    hist = [[1.0, 0.01, 500], [0.8, 0.02, 300]]  # what json.dump(accountant.history, f) writes
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(hist))
+    a = runner.invoke(app, ["bounds", "--history", str(path), "--kappa", "1e-3", "--json"])
+    b = runner.invoke(app, ["bounds", "--phase", "1.0,0.01,500", "--phase", "0.8,0.02,300", "--kappa", "1e-3",
+                            "--json"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    oa, ob = json.loads(a.stdout), json.loads(b.stdout)
+    assert oa == ob
+    assert oa["phases"] == hist and oa["steps"] == 800 and oa["noise_multiplier"] is None
+    sched = Schedule.from_history(hist)
+    assert oa["rero"][0]["worst_case"] == rero_bound(kappa=1e-3, schedule=sched).gamma[0]
+    assert oa["epsilon"] == epsilon_pld(target_delta=1e-5, schedule=sched)
+    # the accountant's state_dict() (a dict holding the history) reads the same
+    path.write_text(json.dumps({"history": hist, "mechanism": "rdp"}))
+    c = runner.invoke(app, ["bounds", "--history", str(path), "--kappa", "1e-3", "--json"])
+    assert json.loads(c.stdout) == oa
+
+
+def test_single_phase_equals_plain_flags() -> None:
+    a = runner.invoke(app, ["bounds", "--phase", "1.0,0.01,1000", "--kappa", "1e-3", "--json"])
+    b = runner.invoke(app, ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3", "--json"])
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+
+
+def test_calibrate_last_phase(tmp_path: Path) -> None:
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps([[1.0, 0.01, 500], [2.0, 0.02, 300]]))
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--kappa", "1e-3", "--history", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert obj["achieved_rero"] <= 0.05
+    assert obj["phases"][0] == [1.0, 0.01, 500] and obj["phases"][1][1:] == [0.02, 300]
+    assert obj["phases"][1][0] == obj["noise_multiplier"]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["bounds", "--history", "missing.json", "--kappa", "1e-3"], "history"),
+    (["bounds", "--phase", "1.0,0.01", "--kappa", "1e-3"], "SIGMA,Q,STEPS"),
+    (["bounds", "--phase", "1.0,1.5,10", "--kappa", "1e-3"], "history[0]"),
+    (["bounds", "--phase", "1.0,0.01,10", "--sigma", "1.0", "--kappa", "1e-3"], "--sigma"),
+    (["calibrate", "--max-rero", "0.05", "--kappa", "1e-3"], "--history"),
+])
+def test_schedule_errors_are_one_line(args: list[str], words: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert words in res.output and "Traceback" not in res.output
