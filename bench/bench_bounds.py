@@ -166,10 +166,16 @@ def section_epsilon(repeats: int, quick: bool) -> None:
           f"{min(r.speedup for r in rows):.1f}x (goal >= 5x)\n")
 
 
-def _process(argv: list[str]) -> float:
+def _process(argv: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one whole process; CPU = the child's user + system time (load-independent)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def section_cli(repeats: int) -> None:
@@ -187,18 +193,22 @@ def section_cli(repeats: int) -> None:
                                              "--kappa", repr(k), "--json"],
         "python dp_accounting RadImageNet": [py, "-c", ref_code],
     }
-    print(f"CLI, whole processes (interleaved, median of {repeats}):")
-    times: dict[str, list[float]] = {c: [] for c in cases}
+    print(f"CLI, whole processes (interleaved, median of {repeats}; wall and CPU = user + system):")
+    times: dict[str, list[tuple[float, float]]] = {c: [] for c in cases}
     for _ in range(repeats):
         for c, argv in cases.items():
             times[c].append(_process(argv))
-    med = {c: statistics.median(v) for c, v in times.items()}
+    wall = {c: statistics.median(w for w, _ in v) for c, v in times.items()}
+    cpu = {c: statistics.median(u for _, u in v) for c, v in times.items()}
     for c in cases:
-        print(f"  {c:<40} {med[c]:7.2f} s   (runs: {', '.join(f'{v:.2f}' for v in times[c])})")
-    ratio = med["python dp_accounting RadImageNet"] / med["dpaudit bounds RadImageNet (all)"]
-    print(f"  --help {med['dpaudit --help']:.2f} s (goal < 0.5 s); bounds spec 4 "
-          f"{med['dpaudit bounds spec 4 (--json, all)']:.2f} s (goal < 1 s); RadImageNet: dp_accounting worst case "
-          f"alone / dpaudit bounds (worst, relaxed, MIA, epsilon) = {ratio:.1f}x (goal >= 5x)\n")
+        print(f"  {c:<40} wall {wall[c]:6.2f} s  cpu {cpu[c]:6.2f} s   (wall runs: "
+              f"{', '.join(f'{w:.2f}' for w, _ in times[c])})")
+    ref, ours_c = "python dp_accounting RadImageNet", "dpaudit bounds RadImageNet (all)"
+    print(f"  --help {wall['dpaudit --help']:.2f} s wall / {cpu['dpaudit --help']:.2f} s CPU (goal < 0.5 s); bounds "
+          f"spec 4 {wall['dpaudit bounds spec 4 (--json, all)']:.2f} s wall / "
+          f"{cpu['dpaudit bounds spec 4 (--json, all)']:.2f} s CPU (goal < 1 s); RadImageNet: dp_accounting worst "
+          f"case alone / dpaudit bounds (worst, relaxed, MIA, epsilon) = {wall[ref] / wall[ours_c]:.1f}x wall, "
+          f"{cpu[ref] / cpu[ours_c]:.1f}x CPU (goal >= 5x)\n")
 
 
 def section_profile(quick: bool) -> None:
