@@ -604,7 +604,7 @@ def compose_parts(parts) -> DiscretePld:
     h = parts[0][0].h
     optimistic = parts[0][0].optimistic
     # lam from 1e-7: the optimum is about sqrt(2 log(1/TAIL_BOUND)) / (composed std), down to ~1e-5 for T = 1e6
-    lams = np.geomspace(1e-7, 1e3, 51)
+    lams = np.geomspace(1e-7, 1e3, 31)  # a factor ~2.2 apart; the optimum is then refined by x1.4 with exact MGFs
     hi_loss = _chernoff_end(parts, lams, 1.0)
     lo_loss = _chernoff_end(parts, lams, -1.0)
     offset = sum(s * p.offset for p, s, _ in parts)
