@@ -154,6 +154,7 @@ def gradient_canary_projections(config: SelfAuditConfig) -> tuple[np.ndarray, np
     """Run the Opacus DP-SGD step ``2 * trials`` times; return the canary-coordinate projections (with, without).
 
     The step is built exactly as :mod:`dpaudit.audit.train` builds it: ``GradSampleModule(loss_reduction="mean")``
+    (training uses a subclass that only replaces the ``Conv2d`` per-sample gradients; this linear model has none)
     and ``DPOptimizer(noise_multiplier, max_grad_norm, expected_batch_size, loss_reduction="mean",
     generator=...)``. Projections are rescaled by B / (lr C), so a correct step gives N(1, sigma^2) with the
     canary and N(0, sigma^2) without. The arms alternate so that drifts in the generator hit both alike.

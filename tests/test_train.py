@@ -231,7 +231,7 @@ def test_cli_json_object_and_error_exit(tmp_path: Path) -> None:
 def test_augmentation_multiplicity_averages_per_image_gradients_before_clipping() -> None:
     # Reference: autograd on each image's K views separately (De et al. 2022, section 3.1: the per-image
     # gradient is the mean over its views, and that mean is what gets clipped).
-    from opacus.grad_sample import GradSampleModule
+    from dpaudit.audit.grad_sample import FastConvGradSampleModule
 
     torch.manual_seed(0)
     model = train_mod.build_model("smallcnn", num_classes=2, width=4)
@@ -246,7 +246,7 @@ def test_augmentation_multiplicity_averages_per_image_gradients_before_clipping(
         def zero_grad(self, set_to_none: bool = True) -> None:
             model.zero_grad(set_to_none=True)
 
-    net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    net = FastConvGradSampleModule(model, batch_first=True, loss_reduction="mean")
     train_mod._epoch(net, Capture(), [(x, y)], None, nn.CrossEntropyLoss(), k,  # type: ignore[arg-type]
                      torch.Generator().manual_seed(5), True)
     views = train_mod._augment(x, k, torch.Generator().manual_seed(5))
