@@ -48,8 +48,9 @@ MIN_GROUPED_IN_CHANNELS = 8
 
 
 def _grouped_pays(layer: nn.Conv2d, activations: torch.Tensor, backprops: torch.Tensor) -> bool:
-    return (type(layer) is nn.Conv2d and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
-            and activations.shape[0] > 0 and layer.in_channels // layer.groups >= MIN_GROUPED_IN_CHANNELS
+    # CPU only: the crossovers were measured on a CPU; on a GPU Opacus' sampler is the tried path (not measured).
+    return (activations.device.type == "cpu" and type(layer) is nn.Conv2d and layer.padding_mode == "zeros"
+            and isinstance(layer.padding, tuple) and activations.shape[0] > 0 and layer.in_channels // layer.groups >= MIN_GROUPED_IN_CHANNELS
             and backprops.shape[2] * backprops.shape[3] >= MIN_GROUPED_POSITIONS)
 
 
@@ -57,8 +58,8 @@ def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
                        backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradients of a ``Conv2d`` (Opacus' grad-sampler signature: layer, [input], output gradient).
 
-    The grouped weight-gradient kernel where it is faster, else Opacus' own sampler (empty batches, string
-    padding, non-zero padding modes, small maps, few input channels).
+    The grouped weight-gradient kernel where it is faster, else Opacus' own sampler (tensors on a GPU, empty
+    batches, string padding, non-zero padding modes, small maps, few input channels).
     """
     x = activations[0]
     if not _grouped_pays(layer, x, backprops):

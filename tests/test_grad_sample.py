@@ -52,10 +52,14 @@ def test_conv_per_sample_gradients_equal_opacus_sampler_and_autograd(shape) -> N
     assert gs._grouped_pays(layer, x, g) == expected_grouped
 
 
-def test_empty_batch_and_string_padding_use_opacus_sampler() -> None:
+def test_empty_batch_string_padding_and_other_devices_use_opacus_sampler() -> None:
     layer = nn.Conv2d(16, 16, 3, padding="same")
     x = torch.randn(2, 16, 16, 16)
     assert not gs._grouped_pays(layer, x, layer(x))
+    plain = nn.Conv2d(16, 16, 3, padding=1)
+    assert gs._grouped_pays(plain, x, plain(x))
+    # Not measured on GPUs: any other device keeps Opacus' sampler ("meta" stands in for a CUDA device here).
+    assert not gs._grouped_pays(plain, x.to("meta"), plain(x).to("meta"))
     empty = torch.zeros(0, 16, 16, 16)
     ours = gs.conv2d_grad_sample(nn.Conv2d(16, 16, 3, padding=1), [empty], torch.zeros(0, 16, 16, 16))
     assert all(v.abs().sum() == 0 for v in ours.values())
