@@ -2,7 +2,8 @@
 
 ``train(TrainConfig(...))`` loads (or takes) a dataset, builds a registry model, checks that every layer is
 DP-SGD compatible, calibrates the noise multiplier with dpaudit's own tight (PLD) accountant so that the achieved
-epsilon never exceeds the target, trains with Poisson sampling (Opacus 1.6 ``GradSampleModule`` + ``DPOptimizer``,
+epsilon never exceeds the target, trains with Poisson sampling (Opacus 1.6 ``DPOptimizer`` on per-sample gradients
+from Opacus' hooks mode with dpaudit's faster ``Conv2d`` sampler, :mod:`dpaudit.audit.grad_sample`;
 ``BatchMemoryManager`` for the physical batch size), recomputes the achieved epsilon (PLD, a sound upper bound,
 and RDP, what Opacus would report), evaluates utility on the test split (MCC, balanced accuracy, AUROC, accuracy,
 per subgroup) and writes the dpaudit checkpoint, ``metrics.json`` and a training-curve PNG.

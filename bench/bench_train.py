@@ -1,5 +1,5 @@
 """Benchmark: DP-SGD against non-private training, dpaudit's loop against bare Opacus loops in each of Opacus'
-per-sample gradient modes (issues 4 and 17).
+per-sample gradient modes.
 
 Same model, same demo data, same logical batch (64, Poisson sampling for DP), one epoch per case, at each
 ``--sizes`` and ``--archs``. Cases:
