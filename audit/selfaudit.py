@@ -153,14 +153,15 @@ class SelfAuditResult:
 def gradient_canary_projections(config: SelfAuditConfig) -> tuple[np.ndarray, np.ndarray]:
     """Run the Opacus DP-SGD step ``2 * trials`` times; return the canary-coordinate projections (with, without).
 
-    The step is built exactly as :mod:`dpaudit.audit.train` builds it: ``GradSampleModule(loss_reduction="mean")``
-    (training uses a subclass that only replaces the ``Conv2d`` per-sample gradients; this linear model has none)
-    and ``DPOptimizer(noise_multiplier, max_grad_norm, expected_batch_size, loss_reduction="mean",
-    generator=...)``. Projections are rescaled by B / (lr C), so a correct step gives N(1, sigma^2) with the
-    canary and N(0, sigma^2) without. The arms alternate so that drifts in the generator hit both alike.
+    The step is built exactly as :mod:`dpaudit.audit.train` builds it:
+    ``FastConvGradSampleModule(loss_reduction="mean")`` (:mod:`dpaudit.audit.grad_sample`) and
+    ``DPOptimizer(noise_multiplier, max_grad_norm, expected_batch_size, loss_reduction="mean", generator=...)``.
+    Projections are rescaled by B / (lr C), so a correct step gives N(1, sigma^2) with the canary and N(0, sigma^2)
+    without. The arms alternate so that drifts in the generator hit both alike.
     """
-    from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
+
+    from dpaudit.audit.grad_sample import FastConvGradSampleModule
 
     c, b, d, lr = config.max_grad_norm, config.batch_size, config.dimension, 1.0
     g_data = torch.Generator().manual_seed(config.seed * 2 + 1)
@@ -172,7 +173,7 @@ def gradient_canary_projections(config: SelfAuditConfig) -> tuple[np.ndarray, np
     with_canary = torch.cat([others, canary])
 
     model = nn.Linear(d, 1, bias=False).double()
-    net = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    net = FastConvGradSampleModule(model, batch_first=True, loss_reduction="mean")
     optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=lr), noise_multiplier=config.noise_multiplier,
                             max_grad_norm=c, expected_batch_size=b, loss_reduction="mean", generator=g_noise)
     weight = model.weight
