@@ -226,3 +226,38 @@ def test_threads_pin_the_training_runs_without_changing_task_keys(tmp_path) -> N
     assert all(t.train_config().threads == 1 for t in pinned)
     res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), "--threads", "0"])
     assert res.exit_code == 2 and "threads" in res.output
+
+
+def test_attack_task_runs_on_the_idle_cores_unless_threads_are_pinned(interrupted_then_resumed, monkeypatch) -> None:
+    # Under load, torch's default (every core) made OpenMP threads wait on each other: the attack took 40x longer.
+    import dataclasses
+
+    import torch
+
+    import dpaudit.attacks.scenario as scenario
+    import dpaudit.runtime as runtime
+    from dpaudit.audit.profile.tasks import AttackTask, DataSpec
+
+    out, config, _, _, prof = interrupted_then_resumed
+
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(scenario, "attack_checkpoint", spy)
+    monkeypatch.setattr(runtime, "idle_cores", lambda: 1)
+    task = AttackTask(data=DataSpec(config.dataset, None, config.image_size, config.max_images, config.seed),
+                      epsilon_target=8.0, checkpoint=prof.train[0].checkpoint, train_key="k", attack_epochs=1,
+                      target_delta=1e-5, n_images=2, decoders=("strong",), connection="linear", bins=10,
+                      observations=1, seed=0, include_images=False, out_dir=str(out))
+    before = torch.get_num_threads()
+    for threads in (None, 3):
+        with pytest.raises(Stop):
+            dataclasses.replace(task, threads=threads).run()
+    assert seen == [min(before, 1), 3] and torch.get_num_threads() == before
+    assert dataclasses.replace(task, threads=3).key() == task.key()

@@ -65,7 +65,7 @@ def _import_distributed() -> Any:
 def _run_task(task: Task, torch_threads: int | None) -> Any:
     """Run one task on a worker (a module-level function: the worker imports it, nothing is pickled by value)."""
     if torch_threads is not None and isinstance(task, AttackTask):
-        # Training sets its own threads (TrainTask.threads); the attack uses the process setting. Bounds tasks
+        # Training sets its own threads (TrainTask.threads); the attack at most the process setting. Bounds tasks
         # never import torch (dpaudit.bounds is numpy/scipy only), so a bounds-only worker stays light.
         import torch
 

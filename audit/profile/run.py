@@ -119,9 +119,9 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     progress:
         ``progress(stage, done, total, message)`` after each task (and at each stage's start).
     threads:
-        torch threads of each training run (in process); None uses the idle cores. Training results depend on the
-        thread count in the last bits (and so, through training, on utility): pin it to reproduce a run exactly.
-        Not part of the task keys: a resumed profile reuses runs made with another count.
+        torch threads of each training run and attack (in process); None uses the idle cores. Training results
+        depend on the thread count in the last bits (and so, through training, on utility): pin it to reproduce a run
+        exactly. Not part of the task keys: a resumed profile reuses runs made with another count.
 
     Returns
     -------
@@ -203,7 +203,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
             decoders=config.decoders, connection=config.connection, bins=config.bins,
             observations=config.observations, seed=config.seed, include_images=config.include_images,
-            out_dir=str(out.resolve()), arch=config.arch))
+            out_dir=str(out.resolve()), arch=config.arch, threads=threads))
     attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
     stages.append(st)
 

@@ -399,8 +399,9 @@ class AttackTask(_TaskBase):
 
     stage: ClassVar[str] = "attack"
     result_type: ClassVar[type] = AttackOutcome
-    #: ``arch`` only confirms the architecture the checkpoint records (needed to rebuild the user's own code).
-    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "arch")
+    #: ``arch`` only confirms the architecture the checkpoint records (needed to rebuild the user's own code);
+    #: ``threads`` only sets how many cores compute the same numbers. Neither is part of the key.
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "arch", "threads")
 
     data: DataSpec
     epsilon_target: float | None
@@ -417,6 +418,10 @@ class AttackTask(_TaskBase):
     include_images: bool
     out_dir: str
     arch: str | None = None
+    #: torch intra-op threads; None: the idle cores, at most the process setting (a Dask worker's 1 stays 1).
+    #: Under load, torch's default of every core made OpenMP threads wait on each other: an attack task of the
+    #: demo profile took 37-54 s instead of about 1 s of CPU.
+    threads: int | None = None
 
     def tag(self) -> str:
         return _eps_tag(self.epsilon_target)
@@ -435,7 +440,18 @@ class AttackTask(_TaskBase):
             keep_images=KEPT_IMAGES if self.include_images else 0)
 
     def run(self) -> AttackOutcome:
+        import torch
 
+        from dpaudit.runtime import idle_cores
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads if self.threads is not None else min(previous, idle_cores()))
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(previous)
+
+    def _run(self) -> AttackOutcome:
         from dpaudit.attacks.scenario import attack_checkpoint, scenario_noise, select_images
         from dpaudit.checkpoint import load_checkpoint
 
