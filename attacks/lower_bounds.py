@@ -33,6 +33,7 @@ from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_int, check_probability, invalid
 
 __all__ = [
+    "DEFAULT_DELTA",
     "OneRunBound",
     "OneRunScoreAudit",
     "ScoreBound",
@@ -50,6 +51,13 @@ __all__ = [
 
 LABEL = "empirical lower bound"
 Selection = Literal["split", "bonferroni"]
+
+#: delta every function here (and ``dpaudit mia bound``/``one-run``) audits at unless told otherwise: 1e-5, the
+#: delta at which ``dpaudit train`` and ``dpaudit bounds`` report epsilon (``DpSgdConfig.target_delta``). A lower
+#: bound is only comparable with an upper bound at the same delta, and a larger delta gives a smaller lower bound,
+#: so defaulting to delta = 0 (pure DP, which the Gaussian mechanism never satisfies at finite epsilon) would
+#: overstate the empirical epsilon against the (epsilon, 1e-5) guarantee being audited: a false alarm.
+DEFAULT_DELTA = 1e-5
 
 #: Bisection tolerance on epsilon (absolute). The returned value is the *lower* end of the final bracket, whose
 #: p-value was checked, so the tolerance only costs tightness, never soundness.
@@ -155,7 +163,7 @@ class TwoErrorBound(_LowerBound):
 
 
 def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int, *,
-                        delta: float = 0.0, confidence: float = 0.95) -> TwoErrorBound:
+                        delta: float = DEFAULT_DELTA, confidence: float = 0.95) -> TwoErrorBound:
     """Sound lower bound on epsilon from true/false-positive counts of a fixed test on independent trials.
 
     Parameters
@@ -165,7 +173,8 @@ def epsilon_lower_bound(true_positives: int, positives: int, false_positives: in
     false_positives, negatives:
         Non-members flagged as members, out of ``negatives`` independent non-member trials.
     delta:
-        The delta of the (epsilon, delta) guarantee being tested.
+        The delta of the (epsilon, delta) guarantee being tested; default :data:`DEFAULT_DELTA` (1e-5, the delta
+        dpaudit reports epsilon at: a lower bound at delta 0 would overstate epsilon against that guarantee).
     confidence:
         Probability that the bound holds (it is above the true epsilon with probability <= 1 - confidence).
         Split equally between the TPR and the FPR interval (union bound).
@@ -211,7 +220,7 @@ def _two_error_arrays(tp: np.ndarray, positives: int, fp: np.ndarray, negatives:
     return tpr_low, fpr_high, e1, e2
 
 
-def two_error_ceiling(positives: int, negatives: int, *, delta: float = 0.0, confidence: float = 0.95) -> float:
+def two_error_ceiling(positives: int, negatives: int, *, delta: float = DEFAULT_DELTA, confidence: float = 0.95) -> float:
     """The largest lower bound ``positives`` + ``negatives`` trials can ever give (a perfect test).
 
     No audit with this many trials can certify an epsilon above this value, whatever the mechanism.
@@ -253,7 +262,7 @@ def _one_run_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     return min(1.0, tail + 2.0 * m * delta * alpha)
 
 
-def one_run_p_value(canaries: int, guesses: int, correct: int, *, epsilon: float, delta: float = 0.0) -> float:
+def one_run_p_value(canaries: int, guesses: int, correct: int, *, epsilon: float, delta: float = DEFAULT_DELTA) -> float:
     """Upper bound on P[at least ``correct`` of ``guesses`` correct] for any (epsilon, delta)-DP training run.
 
     The canaries are included by independent fair coin flips; the attacker guesses (member or non-member) on
@@ -328,13 +337,13 @@ def _ceiling(m: int, delta: float, beta: float) -> float:
     return _one_run_eps(m, m, m, delta, beta)[0]
 
 
-def one_run_ceiling(canaries: int, *, delta: float = 0.0, confidence: float = 0.95) -> float:
+def one_run_ceiling(canaries: int, *, delta: float = DEFAULT_DELTA, confidence: float = 0.95) -> float:
     """The largest lower bound ``canaries`` coin-flipped canaries can ever give (every canary guessed right)."""
     m = _check_count("canaries", canaries, minimum=1)
     return _ceiling(m, _check_delta(delta), 1.0 - _check_confidence(confidence))
 
 
-def one_run_epsilon_lower_bound(canaries: int, guesses: int, correct: int, *, delta: float = 0.0,
+def one_run_epsilon_lower_bound(canaries: int, guesses: int, correct: int, *, delta: float = DEFAULT_DELTA,
                                 confidence: float = 0.95) -> OneRunBound:
     """Empirical lower bound on epsilon from ``correct`` right guesses out of ``guesses`` on ``canaries``.
 
@@ -430,7 +439,7 @@ def _best_threshold(members: np.ndarray, nonmembers: np.ndarray, thresholds: np.
                                                      confidence=confidence)
 
 
-def bound_from_scores(member_scores: Any, nonmember_scores: Any, *, delta: float = 0.0, confidence: float = 0.95,
+def bound_from_scores(member_scores: Any, nonmember_scores: Any, *, delta: float = DEFAULT_DELTA, confidence: float = 0.95,
                       selection: Selection = "split", thresholds: Sequence[float] | None = None,
                       seed: int = 0) -> ScoreBound:
     """Two-error-pair lower bound on epsilon from scores (higher = more likely a member), choosing the threshold soundly.
@@ -519,7 +528,7 @@ def _one_run_counts(scores: np.ndarray, members: np.ndarray, kp: int, kn: int) -
     return kp + kn, correct
 
 
-def one_run_from_scores(scores: Any, is_member: Any, *, delta: float = 0.0, confidence: float = 0.95,
+def one_run_from_scores(scores: Any, is_member: Any, *, delta: float = DEFAULT_DELTA, confidence: float = 0.95,
                         selection: Selection = "bonferroni",
                         guess_fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS,
                         seed: int = 0) -> OneRunScoreAudit:

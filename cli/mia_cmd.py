@@ -39,6 +39,11 @@ app = typer.Typer(
 )
 
 DeltaOpt = Annotated[float, typer.Option("--delta", help="delta of the (epsilon, delta) guarantee being audited.")]
+#: --delta of the lower-bound commands: None takes the library's default (dpaudit.attacks.lower_bounds.DEFAULT_DELTA,
+#: 1e-5, the delta dpaudit reports epsilon at), so the command and the API cannot disagree.
+BoundDeltaOpt = Annotated[float | None, typer.Option(
+    "--delta", help="delta of the (epsilon, delta) guarantee being audited. [default: 1e-05, the delta dpaudit "
+    "reports epsilon at]", show_default=False)]
 ConfidenceOpt = Annotated[float, typer.Option(
     "--confidence", help="Probability that the lower bound holds, in (0, 1).")]
 
@@ -54,7 +59,7 @@ def bound_cmd(
     positives: Annotated[int, typer.Option("--positives", help="Member trials (independent runs).")],
     false_positives: Annotated[int, typer.Option("--false-positives", help="Non-members flagged as members.")],
     negatives: Annotated[int, typer.Option("--negatives", help="Non-member trials (independent runs).")],
-    delta: DeltaOpt = 1e-5,
+    delta: BoundDeltaOpt = None,
     confidence: ConfidenceOpt = 0.95,
     json: JsonOpt = False,
 ) -> None:
@@ -62,7 +67,9 @@ def bound_cmd(
 
     The test's threshold must have been fixed before these counts were taken (on held-out trials).
     """
-    from dpaudit.attacks.lower_bounds import epsilon_lower_bound, two_error_ceiling
+    from dpaudit.attacks.lower_bounds import DEFAULT_DELTA, epsilon_lower_bound, two_error_ceiling
+
+    delta = DEFAULT_DELTA if delta is None else delta
 
     res = epsilon_lower_bound(true_positives, positives, false_positives, negatives, delta=delta,
                               confidence=confidence)
@@ -87,7 +94,7 @@ def one_run_cmd(
     canaries: Annotated[int, typer.Option("--canaries", help="m: canaries, each included by a fair coin flip.")],
     guesses: Annotated[int, typer.Option("--guesses", help="r: canaries the attacker guessed on.")],
     correct: Annotated[int, typer.Option("--correct", help="v: correct guesses.")],
-    delta: DeltaOpt = 1e-5,
+    delta: BoundDeltaOpt = None,
     confidence: ConfidenceOpt = 0.95,
     json: JsonOpt = False,
 ) -> None:
@@ -95,7 +102,9 @@ def one_run_cmd(
 
     The number of guesses must have been fixed without looking at the coin flips.
     """
-    from dpaudit.attacks.lower_bounds import one_run_epsilon_lower_bound
+    from dpaudit.attacks.lower_bounds import DEFAULT_DELTA, one_run_epsilon_lower_bound
+
+    delta = DEFAULT_DELTA if delta is None else delta
 
     res = one_run_epsilon_lower_bound(canaries, guesses, correct, delta=delta, confidence=confidence)
     if json:

@@ -146,8 +146,8 @@ def test_two_error_exact_coverage_randomised_response() -> None:
     assert prob <= 1 - conf
     # spot-check the vectorised grid against the function under test
     for a, b in [(100, 20), (110, 10), (p, 0)]:
-        assert max(lb[a, b], 0.0) == pytest.approx(epsilon_lower_bound(a, p, b, n, confidence=conf).epsilon_lower_bound,
-                                                   rel=1e-9)
+        ours = epsilon_lower_bound(a, p, b, n, delta=0.0, confidence=conf).epsilon_lower_bound
+        assert max(lb[a, b], 0.0) == pytest.approx(ours, rel=1e-9)
 
 
 def test_two_error_coverage_by_simulation_gaussian(rng: np.random.Generator) -> None:
@@ -160,7 +160,7 @@ def test_two_error_coverage_by_simulation_gaussian(rng: np.random.Generator) -> 
     eps_test = math.log(tpr / fpr)  # the largest eps this test's counts can reveal, in expectation
     tps = rng.binomial(trials, tpr, size=reps)
     fps = rng.binomial(trials, fpr, size=reps)
-    exceed = sum(epsilon_lower_bound(int(a), trials, int(b), trials).epsilon_lower_bound > eps_test
+    exceed = sum(epsilon_lower_bound(int(a), trials, int(b), trials, delta=0.0).epsilon_lower_bound > eps_test
                  for a, b in zip(tps, fps, strict=True))
     # binomial(2000, 0.05) exceeds 0.05 * 2000 + 4 sd (~ 139) with probability < 1e-4
     assert exceed <= 139
@@ -357,6 +357,29 @@ def test_cli_one_run_json_matches_mpmath() -> None:
     eps = d["epsilon_lower_bound"]
     assert _mp_one_run_p(1000, 100, 90, eps, 1e-5) <= 0.05 < _mp_one_run_p(1000, 100, 90, eps + 1e-5, 1e-5)
     assert d["ceiling"] >= eps
+
+
+def test_cli_default_delta_is_the_api_default() -> None:
+    # One default for both: `dpaudit mia bound`/`one-run` without --delta give the library's default result.
+    import inspect
+
+    from dpaudit.attacks.lower_bounds import DEFAULT_DELTA
+    from dpaudit.config import DpSgdConfig
+
+    for fn in (epsilon_lower_bound, one_run_epsilon_lower_bound):
+        assert inspect.signature(fn).parameters["delta"].default == DEFAULT_DELTA
+    assert DEFAULT_DELTA == DpSgdConfig(1.0, 0.01, 100).target_delta  # the delta the audited epsilon is at
+    res = runner.invoke(app, ["mia", "bound", "--true-positives", "300", "--positives", "400",
+                              "--false-positives", "20", "--negatives", "500", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    ref = epsilon_lower_bound(300, 400, 20, 500)
+    assert d["delta"] == ref.delta
+    assert d["epsilon_lower_bound"] == ref.epsilon_lower_bound
+    res = runner.invoke(app, ["mia", "one-run", "--canaries", "1000", "--guesses", "100", "--correct", "90",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["epsilon_lower_bound"] == one_run_epsilon_lower_bound(1000, 100, 90).epsilon_lower_bound
 
 
 def test_cli_human_output_labels() -> None:
