@@ -745,10 +745,16 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
              "test_mcc": result.metrics.mcc, "init": _init_record(config.init),
              "trainable": config.trainable, "epsilon_patient": result.epsilon_patient,
              **(_privacy_scalars(result.privacy) if result.privacy is not None else {})}
+    # The run's schedule as phases (Opacus' accountant.history layout): one phase today, sigma and q fixed.
+    from dpaudit.bounds import Schedule
+
+    dp = result.dp
+    phases = (Schedule.single(dp.noise_multiplier, dp.sampling_probability, dp.steps).to_history()
+              if dp is not None and dp.is_private else None)
     meta = CheckpointMeta(
         arch=config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
         arch_args=config.arch_args, input_shape=splits.image_shape, mean=splits.mean, std=splits.std,
-        dataset=splits.name, n_train=result.n_train, label_names=splits.label_names, dp=result.dp,
+        dataset=splits.name, n_train=result.n_train, label_names=splits.label_names, dp=dp, phases=phases,
         epochs=config.epochs, batch_size=config.batch_size, fix_batchnorm=config.fix_batchnorm,
         extra={k: (float(v) if isinstance(v, float) else v) for k, v in extra.items()})
     ckpt = save_checkpoint(out / "model.pt", model, meta)

@@ -4,8 +4,9 @@ A checkpoint holds everything the attack, the bounds and the report need to rebu
 architecture name and arguments (rebuilt through :func:`dpaudit.models.build_model`), the state dict, the input
 shape, the fixed normalisation, the dataset name, the number of training images, the label names and, for a
 DP-SGD model, the full DP configuration (noise multiplier, sampling probability, steps, clip norm, delta) with the
-epochs and batch size. Only plain containers, numbers, strings and tensors are stored, so loading needs no
-pickled classes; a file that does need them is refused (:class:`~dpaudit.errors.CheckpointError`).
+epochs and batch size, and its schedule (``phases``, Opacus' ``accountant.history`` layout). Only plain containers,
+numbers, strings and tensors are stored, so loading needs no pickled classes; a file that does need them is
+refused (:class:`~dpaudit.errors.CheckpointError`).
 
 Three ways in, all returning a :class:`Checkpoint`:
 
@@ -101,7 +102,12 @@ class CheckpointMeta:
     label_names:
         Name of each class index.
     dp:
-        The DP-SGD configuration the model was trained with, or None for a non-private (or unknown) model.
+        The DP-SGD configuration the model was trained with, or None for a non-private (or unknown) model. With
+        several phases it holds the last phase's noise multiplier and sampling probability and the total steps.
+    phases:
+        The run's DP schedule, ``((noise_multiplier, sampling_probability, steps), ...)`` in training order (Opacus'
+        ``accountant.history`` layout; :meth:`dpaudit.bounds.Schedule.from_history` reads it). None derives the one
+        phase of ``dp`` (checkpoints written before phases were stored); None for a non-private model.
     epochs, batch_size:
         Training epochs and logical (expected) batch size, or None.
     extra:
@@ -123,12 +129,14 @@ class CheckpointMeta:
     batch_size: int | None = None
     extra: Mapping[str, _Scalar] = field(default_factory=dict)
     fix_batchnorm: bool = False
+    phases: tuple[tuple[float, float, int], ...] | None = None
 
     def __post_init__(self) -> None:
         try:
             parse_arch(self.arch)
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
+        object.__setattr__(self, "phases", _check_phases(self.phases, self.dp))
         check_int("num_classes", self.num_classes)
         check_int("in_channels", self.in_channels)
         for key, value in dict(self.extra).items():
@@ -246,6 +254,46 @@ def strip_wrappers(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _check_phases(phases: Any, dp: DpSgdConfig | None, where: str = ""
+                  ) -> tuple[tuple[float, float, int], ...] | None:
+    """``phases`` validated against ``dp`` (untrusted: read from a file), or the one phase of ``dp`` when None.
+
+    Each phase is [noise_multiplier (finite, > 0), sampling_probability (in (0, 1]), steps (integer >= 1)], as
+    :class:`dpaudit.bounds.Phase` requires; the steps add up to ``dp.steps`` and the last phase has ``dp``'s noise
+    multiplier and sampling probability. A model trained without DP has none. ``where`` prefixes the field name
+    (the file, when loading).
+    """
+    if dp is None or not dp.is_private:
+        if phases is None:
+            return None
+        raise invalid(f"{where}phases", phases, "None for a model trained without DP (dp is None or sigma 0)",
+                      "drop phases, or record the run's DP configuration in dp", cls=CheckpointError)
+    if phases is None:  # written before checkpoints stored their phases: the one phase of dp
+        return ((dp.noise_multiplier, dp.sampling_probability, dp.steps),)
+    fix = ("write phases as Opacus' accountant.history does, a list of [noise_multiplier, sampling_probability, "
+           "steps], or drop the field to use the DP configuration's one phase")
+    if not isinstance(phases, list | tuple) or not phases:
+        raise invalid(f"{where}phases", phases, "a non-empty list of [noise_multiplier, sampling_probability, steps]",
+                      fix, cls=CheckpointError)
+    out = []
+    for i, entry in enumerate(phases):
+        ok = isinstance(entry, list | tuple) and len(entry) == 3 and not any(isinstance(v, bool) for v in entry)
+        if ok:
+            sigma, q, steps = entry
+            ok = (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0
+                  and isinstance(q, int | float) and 0 < q <= 1 and isinstance(steps, int) and steps >= 1)
+        if not ok:
+            raise invalid(f"{where}phases[{i}]", entry, "[noise_multiplier (finite, > 0), sampling_probability "
+                          "(in (0, 1]), steps (integer >= 1)]", fix, cls=CheckpointError)
+        out.append((float(entry[0]), float(entry[1]), int(entry[2])))
+    if sum(p[2] for p in out) != dp.steps or out[-1][:2] != (dp.noise_multiplier, dp.sampling_probability):
+        raise invalid(f"{where}phases", phases, f"phases whose steps add up to dp.steps ({dp.steps}) and whose last "
+                      f"phase has dp's noise_multiplier ({dp.noise_multiplier:g}) and sampling_probability "
+                      f"({dp.sampling_probability:g})", "the DP configuration and the schedule disagree: write both "
+                      "from the same run", cls=CheckpointError)
+    return tuple(out)
+
+
 def _dp_to_dict(dp: DpSgdConfig | None) -> dict[str, float | int] | None:
     if dp is None:
         return None
@@ -286,6 +334,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
         "n_train": meta.n_train,
         "label_names": list(meta.label_names),
         "dp": _dp_to_dict(meta.dp),
+        "phases": None if meta.phases is None else [list(p) for p in meta.phases],
         "epochs": meta.epochs,
         "batch_size": meta.batch_size,
         "extra": {k: (v if not (isinstance(v, float) and not math.isfinite(v)) else str(v))
@@ -497,6 +546,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
                 raise invalid("arch", arch, f"the checkpoint's architecture {recorded!r} (or left out)",
                               "drop --arch: a dpaudit checkpoint records its architecture", cls=CheckpointError)
             dp = DpSgdConfig(**obj["dp"]) if obj.get("dp") is not None else None
+            phases = _check_phases(obj.get("phases"), dp, where=f"checkpoint {str(path)!r}: ")
             extra = {k: (float(v) if v in ("inf", "-inf", "nan") else v) for k, v in obj.get("extra", {}).items()}
             return Checkpoint(
                 arch=recorded, num_classes=obj["num_classes"], in_channels=obj["in_channels"],
@@ -504,7 +554,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
                 mean=tuple(obj["mean"]), std=tuple(obj["std"]), dataset=obj.get("dataset"),
                 n_train=obj.get("n_train"), label_names=tuple(obj.get("label_names", ())), dp=dp,
                 epochs=obj.get("epochs"), batch_size=obj.get("batch_size"), extra=extra,
-                fix_batchnorm=bool(obj.get("fix_batchnorm", False)),
+                fix_batchnorm=bool(obj.get("fix_batchnorm", False)), phases=phases,
                 state_dict=strip_wrappers(obj["state_dict"]), format_version=version, path=str(path),
                 source="dpaudit", code_named=arch is not None)
         except KeyError as exc:

@@ -92,3 +92,67 @@ def test_random_init_and_errors(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError, match="do not match"):
         save_checkpoint(tmp_path / "x.pt", build_model("smallcnn", num_classes=2, width=8), _meta())
+
+
+# -- the DP schedule as phases (Opacus' accountant.history layout) -------------------------------------------------
+
+_TWO_PHASES = [[1.2, 0.02, 10], [0.9, 0.05, 30]]  # the last phase is _meta()'s dp (0.9, 0.05), 40 steps in all
+
+
+def test_phases_round_trip(tmp_path: Path) -> None:
+    from dpaudit.bounds import Schedule, schedule_of_checkpoint
+
+    model = build_model("smallcnn", num_classes=2, in_channels=3, width=4)
+    path = save_checkpoint(tmp_path / "m.pt", model, _meta(phases=_TWO_PHASES))
+    assert torch.load(path, weights_only=True)["phases"] == _TWO_PHASES  # plain lists, as Opacus stores them
+    ckpt = load_checkpoint(path)
+    assert ckpt.phases == ((1.2, 0.02, 10), (0.9, 0.05, 30)) and ckpt.meta == _meta(phases=_TWO_PHASES)
+    assert schedule_of_checkpoint(ckpt) == Schedule.from_history(_TWO_PHASES)
+    # one phase by default (what training writes today), none without DP
+    one = load_checkpoint(save_checkpoint(tmp_path / "one.pt", model, _meta()))
+    assert one.phases == ((0.9, 0.05, 40),)
+    assert torch.load(tmp_path / "one.pt", weights_only=True)["phases"] == [[0.9, 0.05, 40]]
+    assert _meta(dp=None).phases is None
+
+
+def test_checkpoint_without_phases_loads_with_its_one_phase(tmp_path: Path) -> None:
+    from dpaudit.bounds import Schedule, schedule_of_checkpoint
+
+    path = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=2, width=4), _meta())
+    payload = torch.load(path, weights_only=True)
+    del payload["phases"]  # a checkpoint written before phases were stored
+    torch.save(payload, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.phases == ((0.9, 0.05, 40),)
+    assert schedule_of_checkpoint(ckpt) == Schedule.single(0.9, 0.05, 40)
+
+
+@pytest.mark.parametrize(("phases", "field"), [
+    ("1.0,0.01,40", "phases"),
+    ([], "phases"),
+    ({"noise_multiplier": 0.9}, "phases"),
+    ([[0.9, 0.05]], "phases[0]"),
+    ([[1.2, 0.02, 10], [0.0, 0.05, 30]], "phases[1]"),
+    ([[float("nan"), 0.05, 40]], "phases[0]"),
+    ([[0.9, 1.5, 40]], "phases[0]"),
+    ([[0.9, 0.05, 40.5]], "phases[0]"),
+    ([[0.9, 0.05, True]], "phases[0]"),
+    ([[0.9, 0.05, "40"]], "phases[0]"),
+    ([[1.2, 0.02, 10], [0.9, 0.05, 20]], "phases"),  # 30 steps, dp says 40
+    ([[0.9, 0.05, 10], [1.2, 0.02, 30]], "phases"),  # the last phase is not dp's
+])
+def test_malformed_phases_are_a_one_line_error_naming_file_and_field(tmp_path: Path, phases: object,
+                                                                      field: str) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=2, width=4), _meta())
+    payload = torch.load(path, weights_only=True)
+    payload["phases"] = phases
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert f"checkpoint {str(path)!r}: {field} must be" in msg and "Fix:" in msg and "\n" not in msg
+
+
+def test_phases_on_a_non_private_checkpoint_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="phases must be None for a model trained without DP"):
+        _meta(dp=None, phases=_TWO_PHASES)

@@ -163,6 +163,8 @@ def test_checkpoint_round_trips_and_outputs_exist(demo_splits, tmp_path: Path) -
     result = train(cfg, splits=demo_splits)
     raw = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert raw["dp"]["noise_multiplier"] == 0.8
+    dp = result.dp
+    assert raw["phases"] == [[0.8, dp.sampling_probability, dp.steps]]  # the run's one phase, as Opacus' history
     ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
     assert ckpt.dp == result.dp and ckpt.n_train == len(demo_splits.train) and ckpt.epochs == 1
     assert ckpt.batch_size == 8 and ckpt.input_shape == (3, 16, 16) and ckpt.mean == demo_splits.mean
