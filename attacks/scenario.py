@@ -77,12 +77,24 @@ class AttackScenario:
 
 def checkpoint_noise(ckpt) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]:
     """``(epsilons, noise_multipliers, why)`` for a scenario that names neither: the checkpoint's own budget,
-    else no noise (a model trained without DP), else the demonstration grid (a randomly initialised model)."""
+    else no noise (a model trained without DP), else the demonstration grid (a randomly initialised model).
+
+    The budget is the epsilon of the checkpoint's whole schedule (every phase composed: what training records as
+    ``epsilon_achieved``, recomputed from ``ckpt.phases`` when a file lacks it), which :func:`scenario_noise` maps
+    to the malicious server's sigma (batch size 1, q = 1/N, T = epochs * N). The recorded noise multipliers are
+    not replayed: the attacker observes one step, and with several phases that step's sigma would be the last
+    phase's (``ckpt.noise_multiplier``), while the budget bounds the whole run."""
     achieved = ckpt.extra.get("epsilon_achieved")
+    if ckpt.dp is not None and ckpt.dp.is_private and not (isinstance(achieved, float) and math.isfinite(achieved)):
+        from dpaudit.bounds import epsilon_pld, schedule_of_checkpoint
+
+        achieved = float(epsilon_pld(target_delta=ckpt.target_delta, schedule=schedule_of_checkpoint(ckpt)))
     if ckpt.dp is not None and isinstance(achieved, float) and math.isfinite(achieved):
         # Six significant digits: what the command has always printed and mapped back to sigma.
         eps = float(f"{achieved:.6g}")
-        return (eps,), None, f"the checkpoint's epsilon {achieved:.4g} (at delta {ckpt.target_delta:g})"
+        phases = len(ckpt.phases or ())
+        over = f", {phases} phases" if phases > 1 else ""
+        return (eps,), None, f"the checkpoint's epsilon {achieved:.4g} (at delta {ckpt.target_delta:g}{over})"
     if ckpt.source == "dpaudit":
         return None, (0.0,), "sigma 0 (the checkpoint was trained without DP)"
     if ckpt.source == "state_dict":

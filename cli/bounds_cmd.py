@@ -58,11 +58,15 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None
-                ) -> tuple[float, float, int, float, int | None, int | None]:
-    """The mechanism (sigma, q, steps, delta) from the flags, completed from ``--model`` when given, and the
-    checkpoint's k (records per patient) when it recorded the patient as its privacy unit.
+                ) -> tuple[Any, float, int | None, int | None]:
+    """The run's schedule and delta from the flags, completed from ``--model`` when given (its stored phases,
+    :func:`dpaudit.bounds.schedule_of_checkpoint`), N_train, and the checkpoint's k (records per patient) when it
+    recorded the patient as its privacy unit.
 
-    With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior)."""
+    With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior). Flags
+    override a one-phase checkpoint's sigma, q or steps; a checkpoint of several phases takes none of them."""
+    from dpaudit.bounds import Schedule, schedule_of_checkpoint
+
     ckpt_k = None
     if model is not None:
         from dpaudit.checkpoint import PlainWeightsError, load_checkpoint
@@ -73,24 +77,34 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
             raise invalid("model", str(model), "a dpaudit checkpoint (it records the DP-SGD configuration)",
                           "this file holds weights only and no DP configuration to bound; pass --sigma, --q and "
                           "--steps of the run instead") from None
-        if ckpt.dp is None:
+        sched = schedule_of_checkpoint(ckpt)
+        if ckpt.dp is None or sched is None:
             raise invalid("model", str(model), "a checkpoint trained with DP-SGD",
                           "this model was trained without DP (or its DP configuration is unknown): it has no formal "
                           "guarantee to bound; pass --sigma, --q and --steps of the run instead")
-        sigma = ckpt.dp.noise_multiplier if sigma is None else sigma
-        q = ckpt.dp.sampling_probability if q is None else q
-        steps = ckpt.dp.steps if steps is None else steps
         delta = ckpt.dp.target_delta if delta is None else delta
         if n_train is None and not kappa and n_candidates is None:
             n_train = ckpt.n_train
         if ckpt.extra.get("privacy_unit") == "patient":
             ckpt_k = int(ckpt.extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
+        if len(sched.phases) > 1:
+            given = [flag for flag, v in (("--sigma", sigma), ("--q", q), ("--steps", steps)) if v is not None]
+            if given:
+                raise invalid(given[0].lstrip("-"), "given with --model", f"left out: {str(model)!r} records "
+                              f"{len(sched.phases)} phases", "drop --sigma/--q/--steps to bound the checkpoint's "
+                              "schedule, or pass every phase with --phase SIGMA,Q,STEPS instead of --model")
+            return sched, delta, n_train, ckpt_k
+        phase = sched.phases[0]
+        sigma = phase.noise_multiplier if sigma is None else sigma
+        q = phase.sampling_probability if q is None else q
+        steps = phase.steps if steps is None else steps
     missing = [flag for flag, v in (("--sigma", sigma), ("--q", q), ("--steps", steps)) if v is None]
     if missing:
         raise invalid(missing[0].lstrip("-"), None, "given",
                       f"pass {', '.join(missing)} (the DP-SGD run's noise multiplier, sampling probability and "
                       "steps), or --model CHECKPOINT to read them from a dpaudit checkpoint")
-    return float(sigma), float(q), int(steps), 1e-5 if delta is None else float(delta), n_train, ckpt_k
+    return (Schedule.single(float(sigma), float(q), int(steps)), 1e-5 if delta is None else float(delta), n_train,
+            ckpt_k)
 
 
 def _schedule_from_flags(history: Path | None, phase: list[str] | None):
@@ -145,8 +159,9 @@ def bounds(
     q: Annotated[float | None, typer.Option("--q", help="Poisson sampling probability per step.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Number of DP-SGD steps T.")] = None,
     model: Annotated[Path | None, typer.Option(
-        "--model", help="Read sigma, q, steps, delta and N_train (kappa = 1/N_train) from a dpaudit checkpoint "
-        "(`dpaudit train --out`); flags given as well take precedence.")] = None,
+        "--model", help="Read the schedule (its phases: sigma, q, steps), delta and N_train (kappa = 1/N_train) "
+        "from a dpaudit checkpoint (`dpaudit train --out`); flags given as well take precedence (one phase only)."
+    )] = None,
     delta: Annotated[float | None, typer.Option("--delta", help="delta for epsilon (the ReRo bound does not use "
                                                 "it). [default: 1e-05, or the checkpoint's]")] = None,
     kappa: Annotated[list[float] | None, typer.Option("--kappa", help="Prior: blind-guess success probability "
@@ -169,14 +184,12 @@ def bounds(
     phase: PhaseOpt = None,
 ) -> None:
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
-    from dpaudit.bounds import Schedule, bounds_summary, mia_curve
+    from dpaudit.bounds import bounds_summary, mia_curve
 
     sched = _schedule_from_flags(history, phase)
     ckpt_k = None
     if sched is None:
-        sigma, q, steps, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa,
-                                                              n_candidates)
-        sched = Schedule.single(sigma, q, steps)
+        sched, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
     elif any(v is not None for v in (sigma, q, steps, model)):
         raise invalid("history" if history is not None else "phase", "given with --sigma/--q/--steps/--model",
                       "given alone", "the schedule holds every phase's sigma, q and steps: drop --sigma, --q, "

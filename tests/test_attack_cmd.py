@@ -109,6 +109,29 @@ def test_without_epsilons_or_sigmas_the_checkpoint_decides(tmp_path: Path) -> No
     assert [r["noise_multiplier"] for r in json.loads(res.stdout)["rows"]] == [0.0, 1e-4, 1e-3, 0.02]
 
 
+def test_checkpoint_with_phases_is_attacked_at_its_schedules_epsilon(tmp_path: Path) -> None:
+    # A checkpoint whose extra lacks epsilon_achieved: the budget is its whole schedule's (every phase composed),
+    # never "trained without DP". Reference: the library's epsilon of the same phases, mapped the same way.
+    from dpaudit.attacks.reconstruction import noise_for_epsilons
+    from dpaudit.bounds import Schedule, epsilon_pld
+    from dpaudit.config import DpSgdConfig
+
+    phases = [[2.0, 0.05, 20], [0.7, 0.05, 20]]
+    dp = DpSgdConfig(noise_multiplier=0.7, sampling_probability=0.05, steps=40, target_delta=1e-5)
+    path = save_checkpoint(tmp_path / "dp.pt", build_model("smallcnn", num_classes=2), CheckpointMeta(
+        arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200, dp=dp, epochs=2,
+        phases=phases))
+    eps = float(f"{epsilon_pld(target_delta=1e-5, schedule=Schedule.from_history(phases)):.6g}")
+    res = run("--model", str(path), "--dataset", "demo", "--n-images", "2", "--json")
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)["rows"]
+    assert row["epsilon"] == pytest.approx(eps, rel=1e-12)
+    want = noise_for_epsilons([eps], n_train=200, epochs=2, target_delta=1e-5, accountant="pld")[0].noise_multiplier
+    assert row["noise_multiplier"] == pytest.approx(want, rel=1e-9)
+    res = run("--model", str(path), "--dataset", "demo", "--n-images", "2")
+    assert res.exit_code == 0 and "2 phases" in res.output and "without DP" not in res.output
+
+
 def test_epsilons_need_the_scenario() -> None:
     res = run("--arch", "smallcnn", "--n-images", "2", "--image-size", "16", "--epsilons", "8")
     assert res.exit_code == 2 and "--n-train" in res.output

@@ -95,12 +95,12 @@ def test_calibrate_bad_input() -> None:
     assert res.exit_code == 2 and "sampling_probability" in res.output
 
 
-def _checkpoint(tmp_path: Path, dp: object) -> Path:
+def _checkpoint(tmp_path: Path, dp: object, phases: object = None) -> Path:
     from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
     from dpaudit.models import build_model
 
     meta = CheckpointMeta(arch="smallcnn", num_classes=2, arch_args={"width": 8}, input_shape=(3, 16, 16),
-                          dataset="demo", n_train=500, dp=dp)
+                          dataset="demo", n_train=500, dp=dp, phases=phases)
     return save_checkpoint(tmp_path / "model.pt", build_model("smallcnn", num_classes=2, width=8), meta)
 
 
@@ -119,6 +119,25 @@ def test_model_checkpoint_supplies_the_mechanism_and_kappa(tmp_path: Path) -> No
     # A flag given beside --model takes precedence.
     res = runner.invoke(app, ["bounds", "--model", str(path), "--steps", "30", "--kappa", "0.01", "--json"])
     assert json.loads(res.stdout)["steps"] == 30 and json.loads(res.stdout)["rero"][0]["kappa"] == 0.01
+
+
+def test_model_checkpoint_with_two_phases_bounds_its_schedule(tmp_path: Path) -> None:
+    # Reference: the same phases given with --phase (the checkpoint only carries them).
+    from dpaudit.config import DpSgdConfig
+
+    phases = [[1.3, 0.01, 200], [0.9, 0.02, 100]]
+    path = _checkpoint(tmp_path, DpSgdConfig(noise_multiplier=0.9, sampling_probability=0.02, steps=300,
+                                             target_delta=1e-6), phases)
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    ref = runner.invoke(app, ["bounds", "--phase", "1.3,0.01,200", "--phase", "0.9,0.02,100", "--delta", "1e-6",
+                              "--n-train", "500", "--json"])
+    assert ref.exit_code == 0, ref.output
+    got, want = json.loads(res.stdout), json.loads(ref.stdout)
+    assert got == want and got["phases"] == phases and got["noise_multiplier"] is None
+    # sigma, q or steps of one phase cannot override a schedule of several: a one-line error with the fix
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--sigma", "2.0"])
+    assert res.exit_code == 2 and "--phase" in res.output and "Traceback" not in res.output
 
 
 def test_model_without_dp_and_missing_mechanism_are_clear_errors(tmp_path: Path) -> None:
