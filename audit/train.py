@@ -66,6 +66,10 @@ __all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp
 #: delta used for every experiment of the seed paper (section 4.4: "For all experiments, we used a delta = 8e-7").
 PAPER_DELTA = 8e-7
 
+#: The optimiser of every run (torch.optim name; the seed paper trains with NAdam, section 4.2). Recorded in each
+#: result (``optimizer``) and so in the profile's reporting checklist.
+OPTIMIZER = "NAdam"
+
 #: (done_steps, total_steps, description) -> None; called after every optimiser step.
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -283,7 +287,8 @@ class TrainResult:
                 "epsilon_rdp": self.epsilon_rdp, "noise_multiplier": self.noise_multiplier,
                 "sampling_probability": self.sampling_probability, "steps": self.steps,
                 "target_delta": self.target_delta, "max_grad_norm": self.max_grad_norm, "n_train": self.n_train,
-                "metrics": m, "checkpoint": self.checkpoint, "notes": list(self.notes),
+                "optimizer": OPTIMIZER, "lr": self.config.lr, "metrics": m, "checkpoint": self.checkpoint,
+                "notes": list(self.notes),
                 "model": {"arch": self.config.arch, "arch_args": dict(self.config.arch_args),
                           "init": self.config.init or "scratch", "trainable": self.config.trainable,
                           "trainable_parameters": self.trainable_parameters,
@@ -563,7 +568,7 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     steps_per_epoch = steps // config.epochs
     criterion = nn.CrossEntropyLoss()
 
-    base_optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    base_optimizer = getattr(torch.optim, OPTIMIZER)([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     if config.private:
         # Opacus' hooks mode with a faster Conv2d per-sample gradient (dpaudit.audit.grad_sample); clipping, noise
         # and scaling are Opacus' DPOptimizer.

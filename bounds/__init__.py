@@ -15,7 +15,7 @@ from dpaudit.bounds.calibrate import (
     noise_for_epsilon,
 )
 from dpaudit.bounds.mia import FPR_GRID, MiaCurve, mia_curve
-from dpaudit.bounds.pld import EpsilonBound, epsilon_bound, epsilon_pld
+from dpaudit.bounds.pld import ADJACENCY, EpsilonBound, epsilon_bound, epsilon_pld
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import (
     ReRoBound,
@@ -28,6 +28,7 @@ from dpaudit.bounds.schedule import Phase, Schedule, schedule_of_checkpoint
 from dpaudit.bounds.summary import BoundsSummary, bounds_summary
 
 __all__ = [
+    "ADJACENCY",
     "FPR_GRID",
     "BoundsSummary",
     "Calibration",

@@ -43,6 +43,9 @@ from scipy import special
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.errors import NumericalError, invalid
 
+#: The neighbouring relation every epsilon and bound here assumes: data sets that differ by adding or removing one
+#: record (both directions are accounted, see ``epsilon_pld``). Reported in the profile's reporting checklist.
+ADJACENCY = "add/remove"
 #: Chernoff bound on the composed mass left outside the FFT window on each side (1e-16: far below any kappa or
 #: delta a user can sensibly ask for, so the compensation it adds to the infinity atom never shows in a printed digit).
 TAIL_BOUND = 1e-16

@@ -20,6 +20,7 @@ from dpaudit.attacks.results import AttackRow
 from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
     AttackOutcome,
+    AttackSubgroup,
     BoundsOutcome,
     DatasetInfo,
     FprTpr,
@@ -62,7 +63,7 @@ def synthetic_profile(*, with_mia_audit: bool = True, subgroups: bool = True, se
                 else eps * 1.1, n_train=N_TRAIN, utility=Utility(mcc=mcc + (std if s else -std) / np.sqrt(2),
                                                                  balanced_accuracy=0.7, auroc=0.8, accuracy=0.85),
                 subgroups=groups, checkpoint=f"checkpoints/{eps}-{s}/model.pt", reused_checkpoint=False,
-                seconds=10.0))
+                seconds=10.0, optimizer="NAdam"))
         if eps is not None:
             kappas = np.geomspace(1 / N_TRAIN, 1, 12)
             curve = tuple(ReroPoint(float(k), float(min(1, worst * (k * N_TRAIN) ** 0.5)),
@@ -77,6 +78,10 @@ def synthetic_profile(*, with_mia_audit: bool = True, subgroups: bool = True, se
                 mia_roc=_roc(np.log1p(eps)), seconds=1.0))
         ssim = rng.uniform(0.0, 0.5, 40) if eps is not None else rng.uniform(0.85, 1.0, 40)
         success = float(np.mean(ssim > 0.8))
+        hits = int(np.sum(ssim > 0.8))
+        # 40 attacked images: 18 female, 22 male (a made-up split; intervals are illustrative, not exact).
+        att_groups = (AttackSubgroup("strong", "sex", "female", 18, hits * 18 // 40, 0.0, 0.19),
+                      AttackSubgroup("strong", "sex", "male", 22, hits - hits * 18 // 40, 0.0, 0.16)) if subgroups else ()
         ci = (0.0, 0.09) if success == 0.0 else (0.91, 1.0)  # synthetic, consistent with the rate
         eta = np.full(40, 0.1)
         rows = (AttackRow(sigma / 10, eps, "strong", 40, success, *ci, float(ssim.mean()), 0.3, ssim, eta),
@@ -84,7 +89,7 @@ def synthetic_profile(*, with_mia_audit: bool = True, subgroups: bool = True, se
         attacks.append(AttackOutcome(
             epsilon_target=eps, noise_multiplier=sigma / 10, sampling_probability=1 / N_TRAIN, steps=20 * N_TRAIN,
             target_delta=8e-7, checkpoint="x", n_excluded=1, image_shape=(3, 64, 64), ssim_variant="7x7 uniform",
-            connection="linear", bins=10, observations=1, rows=rows, images=(), seconds=5.0))
+            connection="linear", bins=10, observations=1, rows=rows, images=(), seconds=5.0, subgroups=att_groups))
         if with_mia_audit and eps is not None:
             audits.append(MiaAuditOutcome(epsilon_target=eps, epsilon_lower_bound=0.1234, confidence=0.95,
                                           canaries=256, epsilon_ceiling=3.456, accountant_epsilon=eps,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpaudit.attacks.results import AttackRow
+from dpaudit.audit.checklist import Checklist
+from dpaudit.audit.decision import Decision
 from dpaudit.codec import JsonResult
 from dpaudit.errors import invalid
 
@@ -365,6 +367,8 @@ class TrainOutcome(JsonResult):
     init: str = "scratch"
     trainable: str = "all"
     notes: tuple[str, ...] = ()
+    #: torch.optim name of the optimiser (None in profiles written before it was recorded).
+    optimizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -430,6 +434,32 @@ class BoundsOutcome(JsonResult):
 
 
 @dataclass(frozen=True)
+class AttackSubgroup(JsonResult):
+    """One decoder's success on the attacked training images of one subgroup (empirical).
+
+    ``n_images`` attacked images of the group (after the near-black exclusion), ``successes`` of them reconstructed
+    with SSIM > 0.8, and the exact 95% Clopper-Pearson interval of the rate. Counts only: no image is identified.
+    """
+
+    decoder: str
+    attribute: str
+    value: str
+    n_images: int
+    successes: int
+    ci_low: float
+    ci_high: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _rate("ci_low", self.ci_low)
+        _rate("ci_high", self.ci_high)
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.n_images if self.n_images else None
+
+
+@dataclass(frozen=True)
 class AttackOutcome(JsonResult):
     """The realistic imprint-layer attack against one checkpoint (empirical; a lower bound on the risk).
 
@@ -453,6 +483,9 @@ class AttackOutcome(JsonResult):
     images: tuple[str, ...]
     seconds: float
     notes: tuple[str, ...] = ()
+    #: Each decoder's success split by the attacked images' subgroup metadata (empty when the data carry none, or
+    #: in profiles written before it was recorded).
+    subgroups: tuple[AttackSubgroup, ...] = ()
 
     @property
     def strongest(self) -> AttackRow:
@@ -461,6 +494,9 @@ class AttackOutcome(JsonResult):
 
     def row(self, decoder: str) -> AttackRow | None:
         return next((r for r in self.rows if r.decoder == decoder), None)
+
+    def subgroups_of(self, decoder: str) -> tuple[AttackSubgroup, ...]:
+        return tuple(g for g in self.subgroups if g.decoder == decoder)
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -571,6 +607,10 @@ class Profile(JsonResult):
     mia_audits: tuple[MiaAuditOutcome, ...]
     stages: tuple[StageTime, ...]
     environment: tuple[PackageVersion, ...]
+    #: The board's limits and the recommended budget (``dpaudit.audit.decision``); None when no limit was given.
+    decision: Decision | None = None
+    #: The reporting checklist (``dpaudit.audit.checklist``), filled from this profile.
+    checklist: Checklist | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,367 @@
+"""The board's decision: which privacy budgets meet the ethics board's limits, and which one to recommend.
+
+Pure: a function of a :class:`~dpaudit.audit.profile.schema.Profile` and the limits (no files, no training), so
+``dpaudit report DIR --max-rero 0.01`` re-decides from a stored profile. The only computation beyond reading the
+profile is ``dpaudit.bounds`` (numpy/scipy): a membership-inference limit at an FPR the profile did not tabulate,
+and the noise multiplier that would meet a failing limit.
+
+The rule
+--------
+1. Every **private** budget is checked against every limit. A limit on the worst-case or relaxed reconstruction
+   bound, or on the membership-inference TPR at an FPR, compares a **sound upper bound** (the risk is at most that
+   value). A limit on the realistic attack compares its **empirical** success rate (the fraction of attacked
+   images reconstructed with SSIM > 0.8); that is a lower bound on the risk, so meeting it is weaker evidence, and
+   the check also carries the upper end of the rate's 95% Clopper-Pearson interval. A value that is missing (the
+   attack was not run) is not within the limit.
+2. The budgets within every limit are ``within``; the **recommended** one has the best mean test MCC over seeds
+   among them. Equal means go to the smaller epsilon (the same utility at less risk). The non-private baseline
+   is never recommended: it carries no guarantee.
+3. When no budget is within, the most private budget shows which limits fail first; for each failing formal limit
+   :func:`dpaudit.bounds.calibrate_noise` gives the smallest noise multiplier that meets it at that budget's q
+   and T (safe end of the bracket). The largest of these meets every failing formal limit (each bound decreases
+   with sigma), and that limit is named as binding. A failing realistic limit has no calibration (it is
+   measured, not computed): the reason says to profile smaller budgets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dpaudit.errors import ConfigError, check_probability, invalid
+
+if TYPE_CHECKING:  # the profile schema imports this module (its ``Profile.decision`` field)
+    from dpaudit.audit.profile.schema import BoundsOutcome, LevelSummary, Profile
+
+#: ``Limit.kind`` values: a reconstruction (ReRo) limit, or a membership-inference TPR limit at one FPR.
+KINDS = ("rero", "mia_tpr")
+#: Threat models of a reconstruction limit (the report's three tiers; seed paper, Table 1 and section 4.3).
+THREAT_MODELS = ("worst_case", "relaxed", "realistic")
+#: The FPR of a membership-inference limit when the board gives none (the report's standard low-FPR point).
+DEFAULT_AT_FPR = 1e-3
+
+LABEL_UPPER = "sound upper bound"
+LABEL_EMPIRICAL = "empirical"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.4g}%"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit of the board: the largest acceptable value of one risk number (validated at construction).
+
+    Attributes
+    ----------
+    kind:
+        ``"rero"``: reconstruction success at the prior kappa = 1/N_train, for ``threat_model``;
+        ``"mia_tpr"``: membership-inference true-positive rate at false-positive rate ``at_fpr`` (worst case).
+    maximum:
+        The largest acceptable value, in (0, 1).
+    threat_model:
+        ``worst_case``, ``relaxed`` (sound upper bounds) or ``realistic`` (the attack's empirical success);
+        ``worst_case`` for a membership-inference limit.
+    at_fpr:
+        The FPR of a membership-inference limit (None for a reconstruction limit).
+    """
+
+    kind: str
+    maximum: float
+    threat_model: str = "worst_case"
+    at_fpr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise invalid("limit kind", self.kind, f"one of {list(KINDS)}")
+        flag = "--max-rero" if self.kind == "rero" else "--max-mia-tpr"
+        object.__setattr__(self, "maximum", check_probability(
+            flag.lstrip("-").replace("-", "_"), self.maximum,
+            fix=f"pass the largest acceptable probability, e.g. {flag} 0.05"))
+        tm = str(self.threat_model).replace("-", "_")
+        if tm not in THREAT_MODELS:
+            raise invalid("threat_model", self.threat_model, "worst-case, relaxed or realistic",
+                          "pass --threat-model worst-case, relaxed or realistic")
+        object.__setattr__(self, "threat_model", tm)
+        if self.kind == "rero":
+            if self.at_fpr is not None:
+                raise invalid("at_fpr", self.at_fpr, "absent for a reconstruction limit",
+                              "pass --at-fpr only with --max-mia-tpr")
+            return
+        if tm != "worst_case":
+            raise invalid("threat_model", self.threat_model, "worst_case for a membership-inference limit",
+                          "pass --threat-model only with --max-rero")
+        at = DEFAULT_AT_FPR if self.at_fpr is None else self.at_fpr
+        at = check_probability("at_fpr", at, fix="pass a false-positive rate such as --at-fpr 1e-3")
+        object.__setattr__(self, "at_fpr", at)
+        if self.maximum <= at:
+            raise invalid("max_mia_tpr", self.maximum, f"above the FPR {at:g} (any test reaches TPR = FPR by guessing)",
+                          "pass a larger --max-mia-tpr or a smaller --at-fpr")
+
+    @property
+    def label(self) -> str:
+        """What kind of number the limit is compared with."""
+        return LABEL_EMPIRICAL if self.threat_model == "realistic" and self.kind == "rero" else LABEL_UPPER
+
+    def describe(self) -> str:
+        """'worst-case reconstruction ≤ 5%' / 'membership-inference TPR ≤ 1% at FPR 0.1%'."""
+        if self.kind == "mia_tpr":
+            return f"membership-inference TPR ≤ {_pct(self.maximum)} at FPR {_pct(self.at_fpr)}"  # type: ignore[arg-type]
+        name = {"worst_case": "worst-case", "relaxed": "relaxed", "realistic": "realistic-attack"}[self.threat_model]
+        return f"{name} reconstruction ≤ {_pct(self.maximum)}"
+
+    def cli(self) -> list[str]:
+        """The command-line flags that give this limit."""
+        if self.kind == "mia_tpr":
+            return ["--max-mia-tpr", f"{self.maximum:g}", "--at-fpr", f"{self.at_fpr:g}"]
+        return ["--max-rero", f"{self.maximum:g}", "--threat-model", self.threat_model.replace("_", "-")]
+
+
+def limits_from_options(max_rero: Sequence[float] = (), threat_model: Sequence[str] = (),
+                        max_mia_tpr: Sequence[float] = (), at_fpr: Sequence[float] = ()) -> tuple[Limit, ...]:
+    """Pair repeated command-line options into limits.
+
+    The i-th ``--threat-model`` belongs to the i-th ``--max-rero`` (one threat model applies to every
+    ``--max-rero``; none means worst case); the same for ``--at-fpr`` and ``--max-mia-tpr`` (none: FPR 1e-3).
+    """
+
+    def paired(values: Sequence, extra: Sequence, name: str, owner: str, default: object) -> list:
+        if not extra:
+            return [default] * len(values)
+        if len(extra) == 1:
+            return list(extra) * len(values)
+        if len(extra) != len(values):
+            raise invalid(name, list(extra), f"one value, or one per {owner} ({len(values)})",
+                          f"give {name} once (for every {owner}) or once after each {owner}")
+        return list(extra)
+
+    if threat_model and not max_rero:
+        raise invalid("--threat-model", list(threat_model), "given with --max-rero", "add --max-rero 0.05")
+    if at_fpr and not max_mia_tpr:
+        raise invalid("--at-fpr", list(at_fpr), "given with --max-mia-tpr", "add --max-mia-tpr 0.01")
+    out = [Limit("rero", m, t) for m, t in
+           zip(max_rero, paired(max_rero, threat_model, "--threat-model", "--max-rero", "worst_case"), strict=True)]
+    out += [Limit("mia_tpr", m, "worst_case", f) for m, f in
+            zip(max_mia_tpr, paired(max_mia_tpr, at_fpr, "--at-fpr", "--max-mia-tpr", None), strict=True)]
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limit at one budget: the compared value, what kind of number it is, and whether it is within.
+
+    ``interval_high`` is the upper end of the 95% interval of an empirical value (None for bounds); ``value`` None
+    means the profile holds no such number (then ``within`` is False).
+    """
+
+    limit: int
+    value: float | None
+    label: str
+    within: bool
+    interval_high: float | None = None
+
+
+@dataclass(frozen=True)
+class BudgetChecks:
+    """Every limit at one privacy budget, and the budget's mean test MCC over its seeds (empirical)."""
+
+    budget: str
+    epsilon_target: float | None
+    checks: tuple[Check, ...]
+    within: bool
+    mcc: float | None
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """The noise that would meet the failing formal limits at the most private budget's q and T.
+
+    ``noise_multiplier`` is the largest of the calibrated sigmas (it meets every failing formal limit, each bound
+    falling with sigma); ``binding`` is the index of the limit that needs it, ``epsilon`` its tight PLD epsilon at
+    the budget's delta (sound upper bound). None when only the realistic limit fails or no noise can meet it.
+    """
+
+    budget: str
+    binding: int
+    noise_multiplier: float
+    noise_multiplier_used: float
+    epsilon: float
+    sampling_probability: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision block of ``profile.json``.
+
+    ``within``: the budgets that meet every limit (labels, most private first); ``recommended``: the one with the
+    best utility among them, or None; ``reason``: one paragraph that says why; ``budgets``: every check;
+    ``remedy``: the calibrated noise when none is within.
+    """
+
+    limits: tuple[Limit, ...]
+    within: tuple[str, ...]
+    recommended: str | None
+    reason: str
+    budgets: tuple[BudgetChecks, ...]
+    remedy: Remedy | None = None
+
+    def checks_of(self, budget: str) -> BudgetChecks | None:
+        return next((b for b in self.budgets if b.budget == budget), None)
+
+
+#: (limit, bounds of the budget) -> (sigma, epsilon) meeting the limit at that budget's q, T, kappa and delta.
+Calibrate = Callable[[Limit, "BoundsOutcome"], tuple[float, float]]
+
+
+def calibrate(limit: Limit, bounds: BoundsOutcome) -> tuple[float, float]:
+    """The smallest noise multiplier (and its epsilon) meeting a formal limit at the budget's q, T and delta.
+
+    A membership-inference TPR at FPR alpha is bounded by the worst-case ReRo bound at kappa = alpha (the same
+    trade-off function: TPR <= 1 - f(alpha); see :mod:`dpaudit.bounds.mia`), so both calibrate with
+    :func:`dpaudit.bounds.calibrate_noise`.
+    """
+    from dpaudit.bounds import calibrate_noise
+
+    kappa = bounds.kappa_train if limit.kind == "rero" else limit.at_fpr
+    cal = calibrate_noise(limit.maximum, bounds.sampling_probability, bounds.steps, kappa,
+                          threat_model=limit.threat_model, target_delta=bounds.target_delta,
+                          records_per_patient=bounds.records_per_patient)
+    return cal.noise_multiplier, cal.epsilon
+
+
+def _mia_tpr(bounds: BoundsOutcome, fpr: float) -> float:
+    """The TPR bound at ``fpr``: the stored table value, else the worst-case ReRo bound at kappa = fpr."""
+    stored = bounds.tpr_at(fpr)
+    if stored is not None:
+        return stored
+    from dpaudit.bounds import rero_bound
+
+    r = rero_bound(bounds.noise_multiplier, bounds.sampling_probability, bounds.steps, [fpr],
+                   threat_model="worst_case", records_per_patient=bounds.records_per_patient)
+    return min(1.0, float(r.upper[0]))
+
+
+def _check(i: int, limit: Limit, lv: LevelSummary) -> Check:
+    if limit.kind == "rero" and limit.threat_model == "realistic":
+        if lv.attack is None:
+            return Check(i, None, limit.label, False)
+        row = lv.attack.strongest
+        return Check(i, row.success_rate, limit.label, row.success_rate <= limit.maximum, row.ci_high)
+    if not lv.private:
+        return Check(i, 1.0, limit.label, limit.maximum >= 1.0)  # no guarantee: the bound is 100%
+    if lv.bounds is None:
+        return Check(i, None, limit.label, False)
+    if limit.kind == "rero":
+        point = lv.bounds.at_kappa_train()
+        value = point.worst_case if limit.threat_model == "worst_case" else point.relaxed
+    else:
+        value = _mia_tpr(lv.bounds, limit.at_fpr)  # type: ignore[arg-type]
+    return Check(i, value, limit.label, value is not None and value <= limit.maximum)
+
+
+def _mcc(lv: LevelSummary) -> float | None:
+    return lv.utility["mcc"].mean
+
+
+def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate = calibrate) -> Decision:
+    """Check every budget of ``profile`` against ``limits`` and recommend one (see the module docstring).
+
+    Parameters
+    ----------
+    profile:
+        A finished profile (``profile.json``).
+    limits:
+        At least one :class:`Limit`.
+    calibrate_fn:
+        How the remedy's noise is found (default :func:`calibrate`; tests pass a stand-in).
+    """
+    limits = tuple(limits)
+    if not limits:
+        raise invalid("limits", [], "at least one limit",
+                      "pass --max-rero 0.05 (and/or --max-mia-tpr 0.01 --at-fpr 1e-3)")
+    for lim in limits:
+        if not isinstance(lim, Limit):
+            raise invalid("limits", type(lim).__name__, "Limit objects")
+    levels = profile.levels()
+    budgets = tuple(
+        BudgetChecks(lv.label, lv.epsilon_target, checks, all(c.within for c in checks), _mcc(lv))
+        for lv in levels for checks in [tuple(_check(i, lim, lv) for i, lim in enumerate(limits))])
+    private = [(lv, b) for lv, b in zip(levels, budgets, strict=True) if lv.private]
+    if not private:
+        raise invalid("epsilons", "none", "at least one private budget in the profile",
+                      "profile with --epsilons 1,8,20", cls=ConfigError)
+    within = [(lv, b) for lv, b in private if b.within]
+    names = "; ".join(lim.describe() for lim in limits)
+    if within:
+        # Best mean MCC; equal means go to the smaller epsilon; a budget without utility ranks last.
+        best_lv, best = max(within, key=lambda x: (x[1].mcc is not None, x[1].mcc or 0.0, -x[0].epsilon_target))
+        ties = [b.budget for _, b in within if b is not best and b.mcc is not None and b.mcc == best.mcc]
+        if best.mcc is None:
+            best_lv, best = within[0]
+            why = f"No utility was measured, so the most private of them, {best.budget}, is recommended"
+        else:
+            why = (f"Recommended: {best.budget}, the best utility among them (mean test MCC {best.mcc:.3f}, "
+                   f"{best_lv.utility['mcc'].n} seed(s))")
+            if ties:
+                why += f"; {', '.join(ties)} ties with it, and the smaller ε is recommended (same utility, less risk)"
+        reason = (f"{len(within)} of {len(private)} privacy budgets meet every limit ({names}): "
+                  f"{', '.join(b.budget for _, b in within)}. {why}.")
+        if any(lim.label == LABEL_EMPIRICAL for lim in limits):
+            reason += (" The realistic-attack limit is checked against a measured success rate, a lower bound on "
+                       "the risk: a stronger attack may do better.")
+        return Decision(limits, tuple(b.budget for _, b in within), best.budget, reason, budgets)
+    reason, remedy = _none_within(private, limits, calibrate_fn)
+    return Decision(limits, (), None, reason, budgets, remedy)
+
+
+def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],
+                 calibrate_fn: Calibrate) -> tuple[str, Remedy | None]:
+    """The reason and the remedy when no budget meets every limit: the most private budget's failing limits."""
+    lv, b = min(private, key=lambda x: x[0].epsilon_target)
+    failing = [c for c in b.checks if not c.within]
+    parts = []
+    for c in failing:
+        lim = limits[c.limit]
+        if c.value is None:
+            parts.append(f"{lim.describe()}: not measured")
+        else:
+            parts.append(f"{lim.describe()}: {_pct(c.value)} ({c.label})")
+    reason = (f"No privacy budget meets every limit. Even the most private one, {b.budget}, fails "
+              f"{'; '.join(parts)}.")
+    remedy = None
+    calibrated = []
+    for c in failing:
+        lim = limits[c.limit]
+        if lim.label != LABEL_UPPER or lv.bounds is None:
+            continue
+        floor = lv.bounds.kappa_train if lim.kind == "rero" else lim.at_fpr
+        if lim.maximum <= floor:  # type: ignore[operator]
+            reason += (f" No noise can meet {lim.describe()}: it is at or below the blind guess "
+                       f"({_pct(floor)}).")  # type: ignore[arg-type]
+            continue
+        sigma, eps = calibrate_fn(lim, lv.bounds)
+        calibrated.append((sigma, eps, c.limit))
+    if calibrated:
+        sigma, eps, binding = max(calibrated)
+        used = lv.train[0].noise_multiplier if lv.train else lv.bounds.noise_multiplier  # type: ignore[union-attr]
+        bnd = lv.bounds
+        remedy = Remedy(b.budget, binding, sigma, used, eps, bnd.sampling_probability, bnd.steps)  # type: ignore[union-attr]
+        reason += (f" The limit that fails first is {limits[binding].describe()}: training with noise multiplier "
+                   f"σ = {sigma:.4g} instead of {used:.4g} at the same sampling rate q = {bnd.sampling_probability:.4g} "  # type: ignore[union-attr]
+                   f"and {bnd.steps} steps (ε = {_eps(eps)} at δ = {bnd.target_delta:.3g}) would meet it"  # type: ignore[union-attr]
+                   + (" and every other failing bound" if len(calibrated) > 1 else "")
+                   + " (calibrated with the tight accountant; sound upper bound). Expect lower utility.")
+    if any(limits[c.limit].threat_model == "realistic" and limits[c.limit].kind == "rero" for c in failing):
+        reason += (" The realistic attack is measured, not computed, so no noise can be calibrated for it: "
+                   "profile smaller budgets (e.g. --epsilons 0.5,1).")
+    return reason, remedy
+
+
+def _eps(eps: float) -> str:
+    """An epsilon of the accountant (a sound upper bound): rounded up to 2 decimals, 10⁹ style when huge."""
+    from dpaudit.audit.profile.schema import fmt_eps
+
+    return fmt_eps(eps) if eps >= 1e4 else f"{math.ceil(eps * 100 - 1e-9) / 100:g}"
