@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from dpaudit.errors import ConfigError, check_int, invalid
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from dpaudit.attacks.reconstruction import AttackResult, Progress
@@ -130,16 +131,22 @@ def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[fl
     return [lv.noise_multiplier for lv in levels], labels, [lv.note for lv in levels if lv.note]
 
 
+def select_indices(n_split: int, scenario: AttackScenario) -> np.ndarray:
+    """Indices (ascending) of the attacked images in a split of ``n_split`` (all of them when it holds fewer)."""
+    import numpy as np
+
+    n = min(scenario.n_images, n_split)
+    if scenario.selection == "first":
+        return np.arange(n)
+    rng = np.random.default_rng([scenario.seed, SELECTION_SALT])
+    return np.sort(rng.choice(n_split, size=n, replace=False))
+
+
 def select_images(split, scenario: AttackScenario) -> tuple[torch.Tensor, torch.Tensor]:
     """The attacked training images and their labels (all of them when the split holds fewer)."""
-    import numpy as np
     import torch
 
-    n = min(scenario.n_images, len(split))
-    if scenario.selection == "first":
-        return split.images[:n], split.labels[:n]
-    rng = np.random.default_rng([scenario.seed, SELECTION_SALT])
-    idx = torch.as_tensor(np.sort(rng.choice(len(split), size=n, replace=False)))
+    idx = torch.as_tensor(select_indices(len(split), scenario))
     return split.images[idx], split.labels[idx]
 
 

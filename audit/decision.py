@@ -25,6 +25,7 @@ The rule
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -315,6 +316,11 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
         return Decision(limits, tuple(b.budget for _, b in within), best.budget, reason, budgets)
     reason, remedy = _none_within(private, limits, calibrate_fn)
     return Decision(limits, (), None, reason, budgets, remedy)
+
+
+def with_decision(profile: Profile, limits: Sequence[Limit]) -> Profile:
+    """The profile with the board's decision for ``limits`` (none: no decision block)."""
+    return dataclasses.replace(profile, decision=decide(profile, limits) if limits else None)
 
 
 def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],

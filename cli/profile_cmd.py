@@ -34,6 +34,32 @@ from dpaudit.cli._common import (
 D = ProfileConfig()
 app = typer.Typer()
 
+# The board's limits, shared by `profile` (decide after the run) and `report` (re-decide from profile.json).
+MaxReroOpt = Annotated[list[float] | None, typer.Option(
+    "--max-rero", help="Board limit: the largest acceptable reconstruction success at κ = 1/N_train (e.g. 0.05). "
+    "Repeatable; each pairs with a --threat-model.", rich_help_panel="Decision")]
+ThreatModelOpt = Annotated[list[str] | None, typer.Option(
+    "--threat-model", help="worst-case (default), relaxed or realistic (the attack's measured success), for the "
+    "--max-rero in the same position (one value applies to all).", rich_help_panel="Decision")]
+MaxMiaTprOpt = Annotated[list[float] | None, typer.Option(
+    "--max-mia-tpr", help="Board limit: the largest acceptable membership-inference TPR (worst case) at --at-fpr. "
+    "Repeatable.", rich_help_panel="Decision")]
+AtFprOpt = Annotated[list[float] | None, typer.Option(
+    "--at-fpr", help="The FPR of the --max-mia-tpr in the same position (default 1e-3).", rich_help_panel="Decision")]
+
+
+def _limits(max_rero, threat_model, max_mia_tpr, at_fpr) -> tuple:
+    from dpaudit.audit.decision import limits_from_options
+
+    return limits_from_options(max_rero or (), threat_model or (), max_mia_tpr or (), at_fpr or ())
+
+
+def _print_decision(decision) -> None:
+    if decision is None:
+        return
+    head = f"recommended: {decision.recommended}" if decision.recommended else "no budget meets every limit"
+    out.print(f"[bold]decision[/] ({head}): {decision.reason}", markup=True)
+
 
 @app.command("report")
 @handle_errors
@@ -45,13 +71,25 @@ def report(
     include_images: Annotated[bool | None, typer.Option(
         "--include-images/--no-images",
         help="Show stored reconstructions next to training images (patient data!). Default: as profiled.")] = None,
+    max_rero: MaxReroOpt = None,
+    threat_model: ThreatModelOpt = None,
+    max_mia_tpr: MaxMiaTprOpt = None,
+    at_fpr: AtFprOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
-    """Re-render the PDF risk report from a profile.json (deterministic: the same file gives the same PDF)."""
+    """Re-render the PDF risk report from a profile.json (deterministic: the same file gives the same PDF).
+
+    With --max-rero / --max-mia-tpr the board's decision is made again from the stored results for these limits
+    (no training; profile.json is left as it is); without, the report shows the profile's own decision.
+    """
+    from dpaudit.audit.decision import with_decision
     from dpaudit.audit.report import load_profile, render_report
 
+    limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)
     path = profile_json / "profile.json" if profile_json.is_dir() else profile_json
     prof = load_profile(path)
+    if limits:
+        prof = with_decision(prof, limits)
     pdf = render_report(prof, output if output is not None else path.parent / "report.pdf",
                         include_images=include_images, base_dir=path.parent)
     images = prof.config.include_images if include_images is None else include_images
@@ -59,8 +97,9 @@ def report(
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "
                   "beyond those authorised to see the data.", markup=True)
     if as_json:
-        emit_json({"pdf": str(pdf), "profile": str(path), "include_images": images})
+        emit_json({"pdf": str(pdf), "profile": str(path), "include_images": images, "decision": prof.decision})
     else:
+        _print_decision(prof.decision)
         out.print(f"wrote {pdf}")
 
 
@@ -116,6 +155,10 @@ def profile(
                                        ".safetensors; never downloaded), e.g. scratch,pre.pt. The bounds and the "
                                        "attack use the first.")] = "scratch",
     trainable: TrainableOpt = D.trainable,
+    max_rero: MaxReroOpt = None,
+    threat_model: ThreatModelOpt = None,
+    max_mia_tpr: MaxMiaTprOpt = None,
+    at_fpr: AtFprOpt = None,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
     scheduler: Annotated[str | None, typer.Option(
         help="Run the tasks on an existing Dask cluster, e.g. tcp://HOST:8786 (needs dpaudit[distributed]; "
@@ -150,6 +193,7 @@ def profile(
         mia_audit=mia_audit, canaries=canaries, include_images=include_images,
         inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable,
         arch_args=json.dumps(parse_arch_args(arch_args)), fix_batchnorm=fix_batchnorm)
+    limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
     started = time.perf_counter()
@@ -175,7 +219,7 @@ def profile(
             import torch
 
             torch.set_num_threads(threads)
-        prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads)
+        prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads, limits=limits)
     finally:
         executor.close()
     if render:
@@ -192,6 +236,7 @@ def profile(
         emit_json(_summary_json(prof, out_dir, render, wall))
         return
     _print_summary(prof)
+    _print_decision(prof.decision)
     out.print(f"wrote {out_dir / 'profile.json'}" + (f" and {out_dir / 'report.pdf'}" if render else ""))
 
 
@@ -213,6 +258,7 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
             "epsilon_used": lv.epsilon_used, "notes": list(lv.notes),
         })
     return {"profile": str(out_dir / "profile.json"), "report": str(out_dir / "report.pdf") if render else None,
+            "decision": prof.decision,
             "kappa": 1.0 / prof.dataset.n_train, "privacy_unit": prof.privacy().unit,
             "records_per_patient": prof.privacy().records_per_patient, "levels": levels, "wall_seconds": wall,
             "stages": [{"stage": s.stage, "seconds": s.seconds, "tasks_run": s.tasks_run,

@@ -9,12 +9,16 @@ already in ``DIR/checkpoints/`` when its recorded configuration matches. Renderi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dpaudit.audit.checklist import build_checklist
+from dpaudit.audit.decision import Limit, with_decision
 from dpaudit.audit.profile.executor import Executor, InProcessExecutor, ProgressFn, TaskStore, _run_stage
 from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
@@ -103,7 +107,8 @@ def _environment() -> tuple[PackageVersion, ...]:
 
 
 def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
-                progress: ProgressFn | None = None, threads: int | None = None) -> Profile:
+                progress: ProgressFn | None = None, threads: int | None = None,
+                limits: Sequence[Limit] = ()) -> Profile:
     """Run (or resume) a full profile and write ``DIR/profile.json`` (render the PDF from it with
     :func:`dpaudit.audit.report.render_report`).
 
@@ -122,6 +127,9 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         torch threads of each training run and attack (in process); None uses the idle cores. Training results
         depend on the thread count in the last bits (and so, through training, on utility): pin it to reproduce a run
         exactly. Not part of the task keys: a resumed profile reuses runs made with another count.
+    limits:
+        The ethics board's limits; with any, ``profile.json`` holds the decision (:mod:`dpaudit.audit.decision`).
+        Checked before any task runs.
 
     Returns
     -------
@@ -130,6 +138,10 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     """
     if not isinstance(config, ProfileConfig):
         raise invalid("config", type(config).__name__, "a ProfileConfig")
+    limits = tuple(limits)
+    for lim in limits:
+        if not isinstance(lim, Limit):
+            raise invalid("limits", type(lim).__name__, "dpaudit.audit.decision.Limit objects")
     from dpaudit import __version__
 
     out = Path(out_dir)
@@ -229,6 +241,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),
         mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
         environment=_environment())
+    profile = with_decision(dataclasses.replace(profile, checklist=build_checklist(profile)), limits)
     # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
     _write_atomic(out / "profile.json", dumps(profile))
     return profile

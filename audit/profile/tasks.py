@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 from dpaudit.attacks.scenario import AttackScenario
 from dpaudit.audit.profile.schema import (
     AttackOutcome,
+    AttackSubgroup,
     BoundsOutcome,
     FprTpr,
     MiaAuditOutcome,
@@ -245,7 +246,7 @@ def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, secon
                         auroc=opt(get(metrics, "auroc")), accuracy=opt(get(metrics, "accuracy"))),
         subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds,
         init=init_label(task.init), trainable=str(model.get("trainable", "all")),
-        notes=tuple(f"training: {n}" for n in summary.get("notes") or ()))
+        notes=tuple(f"training: {n}" for n in summary.get("notes") or ()), optimizer=summary.get("optimizer"))
 
 
 def init_label(init: str | None) -> str:
@@ -452,7 +453,7 @@ class AttackTask(_TaskBase):
             torch.set_num_threads(previous)
 
     def _run(self) -> AttackOutcome:
-        from dpaudit.attacks.scenario import attack_checkpoint, scenario_noise, select_images
+        from dpaudit.attacks.scenario import attack_checkpoint, scenario_noise, select_images, select_indices
         from dpaudit.checkpoint import load_checkpoint
 
         t0 = time.perf_counter()
@@ -479,8 +480,31 @@ class AttackTask(_TaskBase):
             n_excluded=int(result.n_excluded), image_shape=tuple(int(x) for x in result.image_shape),
             ssim_variant=str(result.ssim_variant), connection=self.connection, bins=int(result.bins),
             observations=self.observations, rows=result.rows, images=saved, seconds=time.perf_counter() - t0,
-            notes=tuple(f"attack scenario (batch size 1, q = 1/N): {n}" for n in result.notes))
+            notes=tuple(f"attack scenario (batch size 1, q = 1/N): {n}" for n in result.notes),
+            subgroups=_subgroup_success(result.rows, splits.train, select_indices(n_train, scenario)))
 
+
+def _subgroup_success(rows, train, idx) -> tuple[AttackSubgroup, ...]:
+    """Each decoder's attacked and reconstructed (SSIM > 0.8) images per subgroup of the attacked training images,
+    with exact 95% intervals. ``idx``: the attacked images; the attack scores those it does not exclude as almost
+    black, in this order."""
+    import numpy as np
+
+    from dpaudit.attacks.reconstruction import SUCCESS_SSIM
+    from dpaudit.attacks.scoring import clopper_pearson, keep_mask
+
+    kept = keep_mask(train.images[idx].permute(0, 2, 3, 1).numpy())
+    groups = {str(k): np.asarray(v)[idx][kept].astype(str) for k, v in (train.groups or {}).items()}
+    out = []
+    for row in rows:
+        ssim = np.asarray(row.ssim)
+        for attr in sorted(groups):
+            for value in sorted(set(groups[attr].tolist())):
+                mask = groups[attr] == value
+                n, k = int(mask.sum()), int((ssim[mask] > SUCCESS_SSIM).sum())
+                lo, hi = clopper_pearson(k, n)
+                out.append(AttackSubgroup(row.decoder, attr, value, n, k, lo, hi))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
