@@ -22,16 +22,11 @@ import os
 from pathlib import Path
 
 from reportlab.lib import colors
-from reportlab.lib.enums import TA_CENTER
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
-from reportlab.pdfbase import pdfmetrics
-from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import (
     BaseDocTemplate,
     Frame,
-    Image,
     KeepTogether,
     PageBreak,
     PageTemplate,
@@ -44,105 +39,25 @@ from reportlab.platypus import (
 from dpaudit.audit import report_figures as figs
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import LevelSummary, Profile
+from dpaudit.audit.report_layout import (
+    FONT,
+    FONT_CMD,
+    MARGIN,
+    MUTED,
+    NOTE_BG,
+    PAGE_H,
+    PAGE_W,
+    RULE,
+    TEXT_W,
+    WARN_BG,
+    boxed,
+    esc,
+    figure,
+    grid,
+    register_fonts,
+    styles,
+)
 from dpaudit.errors import DataError, invalid
-
-FONT = "DejaVuSans"
-FONT_BOLD = "DejaVuSans-Bold"
-FONT_ITALIC = "DejaVuSans-Oblique"
-FONT_MONO = "DejaVuSansMono"
-PAGE_W, PAGE_H = A4
-MARGIN = 1.8 * cm
-TEXT_W = PAGE_W - 2 * MARGIN
-
-#: Every table sets its font, else reportlab falls back to (un-embedded) Helvetica.
-_FONT_CMD = ("FONTNAME", (0, 0), (-1, -1), FONT)
-INK = colors.HexColor("#1a1a1a")
-MUTED = colors.HexColor("#555555")
-RULE = colors.HexColor("#bbbbbb")
-HEAD_BG = colors.HexColor("#ece7f3")
-WARN_BG = colors.HexColor("#fde0dd")
-NOTE_BG = colors.HexColor("#f2f2f2")
-
-
-def _register_fonts() -> None:
-    """Register matplotlib's DejaVu TTFs with reportlab once (TrueType fonts are always embedded as subsets)."""
-    if FONT in pdfmetrics.getRegisteredFontNames():
-        return
-    import matplotlib
-    from reportlab.lib.fonts import addMapping
-
-    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    for name, file in ((FONT, "DejaVuSans.ttf"), (FONT_BOLD, "DejaVuSans-Bold.ttf"),
-                       (FONT_ITALIC, "DejaVuSans-Oblique.ttf"), ("DejaVuSans-BoldOblique", "DejaVuSans-BoldOblique.ttf"),
-                       (FONT_MONO, "DejaVuSansMono.ttf")):
-        pdfmetrics.registerFont(TTFont(name, str(ttf / file)))
-    addMapping(FONT, 0, 0, FONT)
-    addMapping(FONT, 1, 0, FONT_BOLD)
-    addMapping(FONT, 0, 1, FONT_ITALIC)
-    addMapping(FONT, 1, 1, "DejaVuSans-BoldOblique")
-
-
-def _styles() -> dict[str, ParagraphStyle]:
-    base = ParagraphStyle("body", fontName=FONT, fontSize=9.2, leading=12.6, textColor=INK, spaceAfter=5)
-    return {
-        "body": base,
-        "small": ParagraphStyle("small", parent=base, fontSize=7.6, leading=10, textColor=MUTED, spaceAfter=3),
-        "cell": ParagraphStyle("cell", parent=base, fontSize=7.8, leading=9.6, spaceAfter=0),
-        "cellc": ParagraphStyle("cellc", parent=base, fontSize=7.8, leading=9.6, spaceAfter=0, alignment=TA_CENTER),
-        "head": ParagraphStyle("head", parent=base, fontName=FONT_BOLD, fontSize=7.6, leading=9.4, spaceAfter=0,
-                               alignment=TA_CENTER),
-        "h1": ParagraphStyle("h1", parent=base, fontName=FONT_BOLD, fontSize=15, leading=19, spaceBefore=2,
-                             spaceAfter=8),
-        "h2": ParagraphStyle("h2", parent=base, fontName=FONT_BOLD, fontSize=11, leading=14, spaceBefore=8,
-                             spaceAfter=4),
-        "title": ParagraphStyle("title", parent=base, fontName=FONT_BOLD, fontSize=26, leading=32, spaceAfter=10),
-        "subtitle": ParagraphStyle("subtitle", parent=base, fontSize=13, leading=17, textColor=MUTED,
-                                   spaceAfter=24),
-        "mono": ParagraphStyle("mono", parent=base, fontName=FONT_MONO, fontSize=7.4, leading=9.4),
-        "bullet": ParagraphStyle("bullet", parent=base, leftIndent=12, bulletIndent=2),
-        "level": ParagraphStyle("level", parent=base, leftIndent=0, spaceAfter=7),
-    }
-
-
-def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _boxed(flowables: list, background: colors.Color, border: colors.Color = RULE) -> Table:
-    t = Table([[flowables]], colWidths=[TEXT_W])
-    t.setStyle(TableStyle([_FONT_CMD,
-        ("BACKGROUND", (0, 0), (-1, -1), background),
-        ("BOX", (0, 0), (-1, -1), 0.6, border),
-        ("LEFTPADDING", (0, 0), (-1, -1), 8), ("RIGHTPADDING", (0, 0), (-1, -1), 8),
-        ("TOPPADDING", (0, 0), (-1, -1), 6), ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
-    ]))
-    return t
-
-
-def _grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: bool = True) -> Table:
-    t = Table(rows, colWidths=widths, repeatRows=header_rows)
-    style = [
-        ("FONTNAME", (0, 0), (-1, -1), FONT),
-        ("FONTSIZE", (0, 0), (-1, -1), 7.8),
-        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-        ("BACKGROUND", (0, 0), (-1, header_rows - 1), HEAD_BG),
-        ("LINEABOVE", (0, 0), (-1, 0), 0.8, INK),
-        ("LINEBELOW", (0, header_rows - 1), (-1, header_rows - 1), 0.6, INK),
-        ("LINEBELOW", (0, -1), (-1, -1), 0.8, INK),
-        ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
-        ("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3),
-    ]
-    if zebra:
-        for r in range(header_rows, len(rows)):
-            if (r - header_rows) % 2 == 1:
-                style.append(("BACKGROUND", (0, r), (-1, r), colors.HexColor("#f7f7f7")))
-    t.setStyle(TableStyle(style))
-    return t
-
-
-def _figure(png: bytes, max_h: float) -> Image:
-    w, h = figs.fits(*figs.figure_size(png), TEXT_W, max_h)
-    return Image(io.BytesIO(png), width=w, height=h)
 
 
 class _Report:
@@ -150,7 +65,7 @@ class _Report:
 
     def __init__(self, profile: Profile, base_dir: Path | None, include_images: bool) -> None:
         self.p = profile
-        self.s = _styles()
+        self.s = styles()
         self.levels = profile.levels()
         self.base_dir = base_dir
         self.include_images = include_images
@@ -180,9 +95,9 @@ class _Report:
             ("Date", created.strftime("%Y-%m-%d %H:%M UTC")),
             ("dpaudit version", p.dpaudit_version),
         ]
-        table = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(_esc(v), "cell")] for k, v in rows],
+        table = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in rows],
                       colWidths=[4.2 * cm, TEXT_W - 4.2 * cm])
-        table.setStyle(TableStyle([_FONT_CMD,
+        table.setStyle(TableStyle([FONT_CMD,
             ("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
         ]))
@@ -192,13 +107,13 @@ class _Report:
         return [
             Spacer(1, 3.2 * cm),
             self.para("Privacy risk report", "title"),
-            self.para(f"Reconstruction and membership-inference risk of DP-SGD training on {_esc(d.name)}",
+            self.para(f"Reconstruction and membership-inference risk of DP-SGD training on {esc(d.name)}",
                       "subtitle"),
             table,
             Spacer(1, 0.4 * cm),
-            self.para(_esc(pu.describe()), "body"),
+            self.para(esc(pu.describe()), "body"),
             Spacer(1, 0.6 * cm),
-            _boxed(guide, NOTE_BG),
+            boxed(guide, NOTE_BG),
             Spacer(1, 0.6 * cm),
             self.para("Prepared with dpaudit for an ethics board or data-protection review. The method follows "
                       "Ziller et al., “Reconciling AI Performance and Data Reconstruction Resilience for Medical "
@@ -239,7 +154,7 @@ class _Report:
             rows.append([self.cell(x) for x in self._table_row(lv)])
         widths = [2.3, 1.8, 2.3, 2.6, 2.0, 2.0, 2.5, 1.9]
         scale = TEXT_W / (sum(widths) * cm)
-        table = _grid(rows, [w * cm * scale for w in widths], header_rows=2)
+        table = grid(rows, [w * cm * scale for w in widths], header_rows=2)
         out = [self.para("Risk and utility per privacy budget", "h1"),
                self.para("The layout follows Table 3 of the seed paper: per privacy budget the model's diagnostic "
                          "performance next to three tiers of reconstruction risk."),
@@ -255,7 +170,7 @@ class _Report:
         notes = list(dict.fromkeys(n for lv in self.levels for n in lv.notes))
         if notes:
             out.append(self.para("<b>Budgets past the noise search range.</b> " + " ".join(
-                _esc(n.rstrip(".")) + "." for n in notes), "small"))
+                esc(n.rstrip(".")) + "." for n in notes), "small"))
         out += self._utility_detail_table()
         out += self._user_kappa_table()
         out.append(PageBreak())
@@ -298,7 +213,7 @@ class _Report:
                 self.cell(txt.pct(adv, direction="up") if lv.private else "100%")])
         n_cols = len(head)
         return [Spacer(1, 8), self.para("Utility in detail and membership inference", "h2"),
-                _grid(rows, [TEXT_W / n_cols] * n_cols),
+                grid(rows, [TEXT_W / n_cols] * n_cols),
                 Spacer(1, 3),
                 self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean ± sample standard deviation over "
                           f"seeds. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker "
@@ -320,7 +235,7 @@ class _Report:
                                        f"{txt.pct(p.worst_case, direction='up')} / {txt.pct(p.relaxed, direction='up')}"))
             rows.append(cells)
         return [Spacer(1, 8), self.para("Reconstruction bounds at the user's priors κ", "h2"),
-                _grid(rows, [TEXT_W / len(head)] * len(head)),
+                grid(rows, [TEXT_W / len(head)] * len(head)),
                 self.para(f"{txt.LABEL_UPPER}s (worst case / relaxed).", "small")]
 
     def bounds_page(self) -> list:
@@ -332,7 +247,7 @@ class _Report:
                    "against the prior κ for each budget; the dotted diagonal is the blind guess. The gap between "
                    "the curves shows how much of the worst-case risk rests on assumptions a real attacker does not "
                    "meet (seed paper, Figure 2)."),
-               _figure(figs.rero_figure(self.p), 8.0 * cm),
+               figure(figs.rero_figure(self.p), 8.0 * cm),
                self.para(f"All bound curves: {txt.LABEL_UPPER}s (tight accountant). Squares: {txt.LABEL_EMPIRICAL}.",
                          "small")]
         cdf = figs.ssim_cdf_figure(self.p)
@@ -345,7 +260,7 @@ class _Report:
                         "Curves that rise to the left of the threshold line mean successful reconstructions; "
                         "the “paper” decoder reproduces the seed paper's attack, the “strong” decoder is "
                         "dpaudit's stronger one, used for the headline numbers."),
-                    _figure(cdf, 7.5 * cm)]
+                    figure(cdf, 7.5 * cm)]
             out += self._attack_table()
         out.append(PageBreak())
         return out
@@ -364,8 +279,8 @@ class _Report:
                     f"{txt.pct(r.ci_low)} – {txt.pct(r.ci_high)}", f"{r.mean_ssim:.3f}", str(r.n_images),
                     str(a.n_excluded))])
         a0 = next(lv.attack for lv in self.levels if lv.attack is not None)
-        return [Spacer(1, 4), _grid(rows, [TEXT_W / len(head)] * len(head)),
-                self.para(f"All {txt.LABEL_EMPIRICAL}. SSIM: {_esc(a0.ssim_variant)}; images with fewer than 10% "
+        return [Spacer(1, 4), grid(rows, [TEXT_W / len(head)] * len(head)),
+                self.para(f"All {txt.LABEL_EMPIRICAL}. SSIM: {esc(a0.ssim_variant)}; images with fewer than 10% "
                           f"non-zero pixels excluded; {a0.connection} imprint connection with {a0.bins} bins; "
                           f"images of shape {'×'.join(str(x) for x in a0.image_shape)}.", "small")]
 
@@ -373,7 +288,7 @@ class _Report:
         out = [self.para("Membership inference", "h1"), self.para(txt.mia_sentence(self.p))]
         png = figs.mia_figure(self.p)
         if png is not None:
-            out.append(_figure(png, 7.5 * cm))
+            out.append(figure(png, 7.5 * cm))
         fprs = sorted({p.fpr for b in self.p.bounds for p in b.mia_tpr_at_fpr})
         if fprs:
             head = ["Privacy budget", *[f"TPR at FPR {txt.pct(f, digits=3 if f < 1e-4 else 2)}" for f in fprs],
@@ -385,7 +300,7 @@ class _Report:
                 rows.append([self.cell(lv.label)] + [self.cell(txt.pct(lv.bounds.tpr_at(f), direction="up"))
                                                      for f in fprs]
                             + [self.cell(txt.pct(lv.bounds.mia_advantage, direction="up"))])
-            out += [_grid(rows, [TEXT_W / len(head)] * len(head)),
+            out += [grid(rows, [TEXT_W / len(head)] * len(head)),
                     self.para(f"{txt.LABEL_UPPER}s for any membership-inference attacker (same assumptions as the "
                               "worst-case reconstruction bound).", "small")]
         audits = self.p.mia_audits
@@ -397,11 +312,11 @@ class _Report:
                 rows.append([self.cell(x) for x in (
                     txt.level_label(m.epsilon_target), txt.eps_up(m.accountant_epsilon),
                     txt.eps_down(m.epsilon_lower_bound), txt.pct(m.confidence), str(m.canaries),
-                    txt.eps_down(m.epsilon_ceiling), _esc(m.method))])
+                    txt.eps_down(m.epsilon_ceiling), esc(m.method))])
             ceil = max((m.epsilon_ceiling for m in audits if m.epsilon_ceiling is not None), default=None)
             out += [Spacer(1, 6), self.para("Empirical canary audit", "h2"),
-                    _grid(rows, [TEXT_W / len(head)] * len(head)), Spacer(1, 4),
-                    _boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)]
+                    grid(rows, [TEXT_W / len(head)] * len(head)), Spacer(1, 4),
+                    boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)]
         else:
             out.append(self.para(
                 "No empirical membership audit was run for this profile (add <font face='DejaVuSansMono'>"
@@ -416,7 +331,7 @@ class _Report:
                          "(mean ± standard deviation over seeds).")]
         png = figs.utility_figure(self.p)
         if png is not None:
-            out.append(_figure(png, 7.0 * cm))
+            out.append(figure(png, 7.0 * cm))
         out += self._init_table()
         subgroups = sorted({(s.attribute, s.value) for t in self.p.train for s in t.subgroups})
         out.append(self.para("Subgroup utility", "h2"))
@@ -429,7 +344,7 @@ class _Report:
             rows = [[self.cell(h, "head") for h in head]]
             for attr, value in subgroups:
                 ns = [s.n for t in self.p.train for s in t.subgroups if (s.attribute, s.value) == (attr, value)]
-                cells = [self.cell(_esc(f"{attr} = {value}"), "cell"), self.cell(str(max(ns) if ns else 0))]
+                cells = [self.cell(esc(f"{attr} = {value}"), "cell"), self.cell(str(max(ns) if ns else 0))]
                 for lv in self.levels:
                     vals = [s.mcc for t in lv.train for s in t.subgroups
                             if (s.attribute, s.value) == (attr, value) and s.mcc is not None]
@@ -437,7 +352,7 @@ class _Report:
                 rows.append(cells)
             w0 = 4.0 * cm
             rest = (TEXT_W - w0 - 1.6 * cm) / len(self.levels)
-            out += [_grid(rows, [w0, 1.6 * cm] + [rest] * len(self.levels)),
+            out += [grid(rows, [w0, 1.6 * cm] + [rest] * len(self.levels)),
                     self.para(f"MCC per subgroup, mean over seeds ({txt.LABEL_EMPIRICAL}). Small groups give noisy "
                               "values.", "small")]
         out.append(PageBreak())
@@ -449,19 +364,19 @@ class _Report:
         if len(inits) < 2:
             return []
         head = ["Privacy budget"] + [f"from {i}" for i in inits]
-        rows = [[self.cell(_esc(h), "head") for h in head]]
+        rows = [[self.cell(esc(h), "head") for h in head]]
         for lv in self.levels:
             rows.append([self.cell(lv.label)] + [self.cell(txt.spread(lv.mcc_by_init[i])) for i in inits])
         w0 = 4.0 * cm
         rest = (TEXT_W - w0) / len(inits)
         trainable = self.p.config.trainable
         return [self.para("Utility per initialisation", "h2"),
-                _grid(rows, [w0] + [rest] * len(inits)),
+                grid(rows, [w0] + [rest] * len(inits)),
                 self.para(f"Test MCC, mean ± std over seeds ({txt.LABEL_EMPIRICAL}), of every budget trained from "
-                          f"each initialisation (runs from a file train {_esc(trainable)} layers; 'scratch' is a "
+                          f"each initialisation (runs from a file train {esc(trainable)} layers; 'scratch' is a "
                           "random start). The privacy guarantee covers the fine-tuning data only, not the data "
                           "the initial weights were trained on. The bounds and the attack use the runs from "
-                          f"{_esc(inits[0])}.", "small")]
+                          f"{esc(inits[0])}.", "small")]
 
     def statement_pages(self) -> list:
         out = [self.para("Privacy statement", "h1")]
@@ -472,9 +387,9 @@ class _Report:
         out += [self.para(x, "bullet") for x in txt.limitations(self.p)]
         out.append(PageBreak())
         out.append(self.para("Glossary", "h1"))
-        rows = [[self.cell(f"<b>{_esc(k)}</b>", "cell"), self.cell(_esc(v), "cell")] for k, v in txt.glossary()]
+        rows = [[self.cell(f"<b>{esc(k)}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in txt.glossary()]
         t = Table(rows, colWidths=[4.4 * cm, TEXT_W - 4.4 * cm])
-        t.setStyle(TableStyle([_FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         out += [t, PageBreak()]
         return out
 
@@ -483,19 +398,19 @@ class _Report:
         out = [self.para("Reproducibility", "h1"),
                self.para("The exact command that produced this report (run it again to reproduce every number; a "
                          "finished profile resumes without re-running its tasks):"),
-               _boxed([self.para(_esc(p.command), "mono")], NOTE_BG), Spacer(1, 4),
+               boxed([self.para(esc(p.command), "mono")], NOTE_BG), Spacer(1, 4),
                self.para("Re-render this document from the stored results:"),
-               _boxed([self.para("dpaudit report DIR/profile.json -o report.pdf", "mono")], NOTE_BG),
+               boxed([self.para("dpaudit report DIR/profile.json -o report.pdf", "mono")], NOTE_BG),
                self.para("Configuration", "h2")]
-        cfg_rows = [[self.cell(_esc(k), "cell"), self.cell(_esc(str(v)), "cell")]
+        cfg_rows = [[self.cell(esc(k), "cell"), self.cell(esc(str(v)), "cell")]
                     for k, v in _config_items(c)]
         half = (len(cfg_rows) + 1) // 2
         left, right = cfg_rows[:half], cfg_rows[half:]
         right += [[self.cell(""), self.cell("")]] * (len(left) - len(right))
-        grid = [a + b for a, b in zip(left, right, strict=True)]
+        pairs = [a + b for a, b in zip(left, right, strict=True)]
         w = TEXT_W / 2
-        t = Table(grid, colWidths=[w * 0.45, w * 0.55, w * 0.45, w * 0.55])
-        t.setStyle(TableStyle([_FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+        t = Table(pairs, colWidths=[w * 0.45, w * 0.55, w * 0.45, w * 0.55])
+        t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
                                ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
         out.append(t)
         out.append(self.para("Training runs", "h2"))
@@ -506,23 +421,23 @@ class _Report:
                 txt.level_label(t0.epsilon_target), str(t0.seed), f"{t0.noise_multiplier:.4g}",
                 f"{t0.sampling_probability:.4g}", str(t0.steps), txt.num(t0.target_delta),
                 txt.eps_up(t0.epsilon), txt.eps_up(t0.epsilon_rdp), f"{t0.utility.mcc:.3f}",
-                _esc(t0.checkpoint) + (" (reused)" if t0.reused_checkpoint else ""))])
+                esc(t0.checkpoint) + (" (reused)" if t0.reused_checkpoint else ""))])
         widths = [1.7, 0.9, 1.3, 1.4, 1.1, 1.3, 1.5, 1.5, 1.2, 5.0]
         scale = TEXT_W / (sum(widths) * cm)
-        out.append(_grid(rows, [x * cm * scale for x in widths]))
+        out.append(grid(rows, [x * cm * scale for x in widths]))
         out.append(self.para("Software and run time", "h2"))
         env = ", ".join(f"{v.name} {v.version}" for v in p.environment)
         stages = "; ".join(f"{s.stage} {s.seconds:.0f} s ({s.tasks_run} run, {s.tasks_reused} reused)"
                            for s in p.stages)
-        out.append(self.para(f"dpaudit {_esc(p.dpaudit_version)}; {_esc(env)}. Profile schema version "
-                             f"{p.schema_version}. Created {_esc(p.created)}.", "small"))
+        out.append(self.para(f"dpaudit {esc(p.dpaudit_version)}; {esc(env)}. Profile schema version "
+                             f"{p.schema_version}. Created {esc(p.created)}.", "small"))
         if stages:
-            out.append(self.para(f"Stage wall times of the last invocation: {_esc(stages)}.", "small"))
+            out.append(self.para(f"Stage wall times of the last invocation: {esc(stages)}.", "small"))
         return out
 
     def images_page(self) -> list:
         paths = [(lv, path) for lv in self.levels if lv.attack is not None for path in lv.attack.images]
-        warning = _boxed([self.para(
+        warning = boxed([self.para(
             "<b>Warning: this page shows training images (possibly patient data) and their reconstructions.</b> "
             "Do not distribute this report beyond the people authorised to see the data. Re-render without "
             "<font face='DejaVuSansMono'>--include-images</font> for a shareable version.")], WARN_BG,
@@ -539,7 +454,7 @@ class _Report:
                                 "profile with --include-images, or render without --include-images.")
             png = path.read_bytes()
             out += [self.para(f"{lv.label}: originals (top) and best reconstructions (bottom)", "small"),
-                    KeepTogether([_figure(png, 5.5 * cm)])]
+                    KeepTogether([figure(png, 5.5 * cm)])]
         return out
 
     def story(self) -> list:
@@ -623,7 +538,7 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
         base = Path(base_dir) if base_dir is not None else None
     if include_images is None:
         include_images = profile.config.include_images
-    _register_fonts()
+    register_fonts()
     out = Path(pdf_path)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
