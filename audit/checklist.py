@@ -12,6 +12,7 @@ Pure (no I/O); the dataclasses are plain so that ``profile.json`` stores the blo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,15 @@ def _g(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _up(x: float) -> str:
+    """An accountant's epsilon (a sound upper bound) to 4 significant digits, rounded up: 0.99876 -> '0.9988'."""
+    if x <= 0 or not math.isfinite(x):
+        return f"{x:g}"
+    scale = 10.0 ** (3 - math.floor(math.log10(x)))
+    text = f"{math.ceil(x * scale - 1e-9) / scale:.4g}"
+    return text.replace("e+0", "e").replace("e+", "e")
+
+
 def _distinct(values: list, fmt=_g) -> str:
     """'0.0457' for one value, '0.0457, 0.0915' for several (sorted), NOT_RECORDED for none."""
     vals = sorted(set(values))
@@ -70,7 +80,7 @@ def build_checklist(profile: Profile) -> Checklist:
                   "beside it" if profile.bounds else NOT_RECORDED)
 
     def eps_delta(t: TrainOutcome) -> str:
-        return (f"ε = {fmt_eps(t.epsilon_target)} target: ε = {t.epsilon:.4g} achieved at δ = {t.target_delta:.3g}"
+        return (f"ε = {fmt_eps(t.epsilon_target)} target: ε ≤ {_up(t.epsilon)} achieved at δ = {t.target_delta:.3g}"
                 if t.epsilon is not None else f"ε = {fmt_eps(t.epsilon_target)} target (achieved {NOT_RECORDED})")
 
     first = {}
@@ -101,7 +111,7 @@ def build_checklist(profile: Profile) -> Checklist:
                       f"physical {c.physical_batch_size or 'automatic'}", "train[*].batch_size"),
         ChecklistItem("steps_epochs", "Steps and epochs",
                       f"T = {_distinct([t.steps for t in priv], str)} steps in "
-                      f"{_distinct([t.epochs for t in priv], str)} epochs", "train[*].steps, epochs"),
+                      f"{_distinct([t.epochs for t in priv], str)} epoch(s)", "train[*].steps, epochs"),
         ChecklistItem("optimizer", "Optimiser",
                       f"{', '.join(optimisers)}, learning rate {_g(c.lr)}" if optimisers else NOT_RECORDED,
                       "train[*].optimizer, config.lr"),

@@ -1,7 +1,7 @@
 """The PDF risk report for ethics boards, rendered from a ``profile.json`` (reportlab + matplotlib figures).
 
 Layout (A4): title page; plain-language summary; the Table-3-style table (seed paper, Ziller et al.) with utility
-mean and spread; reconstruction bounds against epsilon and kappa (Figure 2 style); SSIM-error CDFs of the
+mean and 95% interval; reconstruction bounds against epsilon and kappa (Figure 2 style); SSIM-error CDFs of the
 realistic attack (Figure 3 style); membership inference; utility against epsilon with the non-private baseline and
 per subgroup; the privacy statement; assumptions and limitations; glossary; reproducibility appendix; and, only
 with ``include_images``, reconstructions next to originals behind a warning.
@@ -36,6 +36,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from dpaudit.audit import report_board as board
 from dpaudit.audit import report_figures as figs
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import LevelSummary, Profile
@@ -60,11 +61,12 @@ from dpaudit.audit.report_layout import (
 from dpaudit.errors import DataError, invalid
 
 
-class _Report:
+class _Report(board.BoardPages):
     """Builds the flowables of the report from a profile."""
 
     def __init__(self, profile: Profile, base_dir: Path | None, include_images: bool) -> None:
         self.p = profile
+        self.decision = profile.decision
         self.s = styles()
         self.levels = profile.levels()
         self.base_dir = base_dir
@@ -105,8 +107,7 @@ class _Report:
                            "body")]
         guide += [self.para(f"• <b>{k}</b>: {v}", "body") for k, v in txt.reading_guide()]
         return [
-            Spacer(1, 3.2 * cm),
-            self.para("Privacy risk report", "title"),
+            self.para("About this report", "h1"),
             self.para(f"Reconstruction and membership-inference risk of DP-SGD training on {esc(d.name)}",
                       "subtitle"),
             table,
@@ -144,7 +145,7 @@ class _Report:
     def table_page(self) -> list:
         n = self.p.dataset.n_train
         head = ["Privacy budget ε<br/>(target, δ)", "Noise σ<br/>training", "ε achieved<br/>(PLD; RDP)",
-                "Test MCC<br/>mean ± std", f"Worst case<br/>κ = 1/{n}", f"Relaxed<br/>κ = 1/{n}",
+                f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}", f"Worst case<br/>κ = 1/{n}", f"Relaxed<br/>κ = 1/{n}",
                 "Realistic<br/>attack", "Noise σ<br/>attack scenario"]
         sub = ["", "", txt.LABEL_UPPER, txt.LABEL_EMPIRICAL, txt.LABEL_UPPER, txt.LABEL_UPPER,
                txt.LABEL_EMPIRICAL + "<br/>(decoder)", ""]
@@ -189,7 +190,7 @@ class _Report:
         else:
             eps, sigma, achieved = "non-private", "0", "∞"
             worst = relaxed = "100%<br/>(no guarantee)"
-        mcc = txt.spread(lv.utility["mcc"])
+        mcc = txt.interval(txt.utility_values(lv), with_n=False)
         if lv.attack is not None:
             r = lv.attack.strongest
             realistic = f"{txt.pct(r.success_rate)}<br/>({r.decoder}, n = {r.n_images})"
@@ -202,21 +203,25 @@ class _Report:
         metrics = [("mcc", "MCC"), ("balanced_accuracy", "Balanced accuracy"), ("auroc", "AUROC"),
                    ("accuracy", "Accuracy")]
         present = [(k, name) for k, name in metrics if any(lv.utility[k].mean is not None for lv in self.levels)]
-        head = ["Privacy budget", *[n for _, n in present], "Seeds", "MIA TPR at FPR 0.1%", "MIA advantage"]
+        head = ["Privacy budget", *[n for _, n in present], "MCC vs non-private", "MIA TPR at FPR 0.1%",
+                "MIA advantage"]
         rows = [[self.cell(h, "head") for h in head]]
         for lv in self.levels:
             tpr = lv.bounds.tpr_at(txt.REPORT_FPR) if lv.bounds else None
             adv = lv.bounds.mia_advantage if lv.bounds else None
-            rows.append([self.cell(lv.label)] + [self.cell(txt.spread(lv.utility[k])) for k, _ in present] + [
-                self.cell(str(len(lv.train))),
+            rows.append([self.cell(lv.label)] + [self.cell(txt.interval(txt.utility_values(lv, k), metric=k,
+                                                                       with_n=False)) for k, _ in present] + [
+                self.cell(txt.versus_baseline(self.p, lv)),
                 self.cell(txt.pct(tpr, direction="up") if lv.private else "100%"),
                 self.cell(txt.pct(adv, direction="up") if lv.private else "100%")])
         n_cols = len(head)
         return [Spacer(1, 8), self.para("Utility in detail and membership inference", "h2"),
                 grid(rows, [TEXT_W / n_cols] * n_cols),
                 Spacer(1, 3),
-                self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean ± sample standard deviation over "
-                          f"seeds. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker "
+                self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean [95% t-interval] over "
+                          f"{txt.seeds_text(self.levels)}, cut to the metric's range; "
+                          "against the non-private baseline: the difference of mean MCC with Welch's t-test "
+                          f"p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker "
                           "(advantage = TPR − FPR at the best threshold).", "small")]
 
     def _user_kappa_table(self) -> list:
@@ -327,34 +332,13 @@ class _Report:
     def utility_page(self) -> list:
         out = [self.para("Utility", "h1"),
                self.para("Diagnostic performance (Matthews correlation coefficient on the held-out test split) "
-                         "against the privacy budget; the green line and band are the non-private baseline "
-                         "(mean ± standard deviation over seeds).")]
+                         "against the privacy budget, mean and 95% t-interval over seeds; the green line and band "
+                         "are the non-private baseline (mean and its 95% t-interval).")]
         png = figs.utility_figure(self.p)
         if png is not None:
             out.append(figure(png, 7.0 * cm))
         out += self._init_table()
-        subgroups = sorted({(s.attribute, s.value) for t in self.p.train for s in t.subgroups})
-        out.append(self.para("Subgroup utility", "h2"))
-        if not subgroups:
-            out.append(self.para("The dataset provides no subgroup metadata (for example sex or age), so subgroup "
-                                 "utility cannot be shown. DP-SGD is known to reduce utility most for small "
-                                 "subgroups; check this on data with group labels before deployment."))
-        else:
-            head = ["Group", "n (test)"] + [lv.label for lv in self.levels]
-            rows = [[self.cell(h, "head") for h in head]]
-            for attr, value in subgroups:
-                ns = [s.n for t in self.p.train for s in t.subgroups if (s.attribute, s.value) == (attr, value)]
-                cells = [self.cell(esc(f"{attr} = {value}"), "cell"), self.cell(str(max(ns) if ns else 0))]
-                for lv in self.levels:
-                    vals = [s.mcc for t in lv.train for s in t.subgroups
-                            if (s.attribute, s.value) == (attr, value) and s.mcc is not None]
-                    cells.append(self.cell(f"{sum(vals) / len(vals):.3f}" if vals else "n/a"))
-                rows.append(cells)
-            w0 = 4.0 * cm
-            rest = (TEXT_W - w0 - 1.6 * cm) / len(self.levels)
-            out += [grid(rows, [w0, 1.6 * cm] + [rest] * len(self.levels)),
-                    self.para(f"MCC per subgroup, mean over seeds ({txt.LABEL_EMPIRICAL}). Small groups give noisy "
-                              "values.", "small")]
+        out += self.subgroup_section()
         out.append(PageBreak())
         return out
 
@@ -394,25 +378,15 @@ class _Report:
         return out
 
     def appendix(self) -> list:
-        p, c = self.p, self.p.config
+        p = self.p
         out = [self.para("Reproducibility", "h1"),
                self.para("The exact command that produced this report (run it again to reproduce every number; a "
                          "finished profile resumes without re-running its tasks):"),
                boxed([self.para(esc(p.command), "mono")], NOTE_BG), Spacer(1, 4),
-               self.para("Re-render this document from the stored results:"),
-               boxed([self.para("dpaudit report DIR/profile.json -o report.pdf", "mono")], NOTE_BG),
-               self.para("Configuration", "h2")]
-        cfg_rows = [[self.cell(esc(k), "cell"), self.cell(esc(str(v)), "cell")]
-                    for k, v in _config_items(c)]
-        half = (len(cfg_rows) + 1) // 2
-        left, right = cfg_rows[:half], cfg_rows[half:]
-        right += [[self.cell(""), self.cell("")]] * (len(left) - len(right))
-        pairs = [a + b for a, b in zip(left, right, strict=True)]
-        w = TEXT_W / 2
-        t = Table(pairs, colWidths=[w * 0.45, w * 0.55, w * 0.45, w * 0.55])
-        t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                               ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
-        out.append(t)
+               self.para("Re-render this document from the stored results (with the board's limits it was decided "
+                         "on):"),
+               boxed([self.para(esc(self._render_command()), "mono")], NOTE_BG),
+               self.para("Configuration", "h2"), self._config_table()]
         out.append(self.para("Training runs", "h2"))
         head = ["Budget", "Seed", "σ", "q", "T", "δ", "ε (PLD)", "ε (RDP)", "MCC", "Checkpoint"]
         rows = [[self.cell(h, "head") for h in head]]
@@ -434,6 +408,27 @@ class _Report:
         if stages:
             out.append(self.para(f"Stage wall times of the last invocation: {esc(stages)}.", "small"))
         return out
+
+    def _render_command(self) -> str:
+        import shlex
+
+        parts = ["dpaudit", "report", "DIR/profile.json", "-o", "report.pdf"]
+        for lim in (self.decision.limits if self.decision is not None else ()):
+            parts += lim.cli()
+        return shlex.join(parts)
+
+    def _config_table(self) -> Table:
+        """Every configuration field, in two column pairs."""
+        cfg_rows = [[self.cell(esc(k), "cell"), self.cell(esc(str(v)), "cell")] for k, v in _config_items(self.p.config)]
+        half = (len(cfg_rows) + 1) // 2
+        left, right = cfg_rows[:half], cfg_rows[half:]
+        right += [[self.cell(""), self.cell("")]] * (len(left) - len(right))
+        pairs = [a + b for a, b in zip(left, right, strict=True)]
+        w = TEXT_W / 2
+        t = Table(pairs, colWidths=[w * 0.45, w * 0.55, w * 0.45, w * 0.55])
+        t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                               ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
+        return t
 
     def images_page(self) -> list:
         paths = [(lv, path) for lv in self.levels if lv.attack is not None for path in lv.attack.images]
@@ -458,7 +453,8 @@ class _Report:
         return out
 
     def story(self) -> list:
-        out = self.title_page() + self.summary_page() + self.table_page() + self.bounds_page()
+        out = self.board_page() + self.signoff_page() + self.checklist_page()
+        out += self.title_page() + self.summary_page() + self.table_page() + self.bounds_page()
         out += self.mia_page() + self.utility_page() + self.statement_pages() + self.appendix()
         if self.include_images:
             out += self.images_page()

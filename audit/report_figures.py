@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from dpaudit.audit.profile.schema import Profile, fmt_eps
 from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD
+from dpaudit.audit.stats import MeanInterval, mean_interval
 
 WORST = "#6a3d9a"
 RELAXED = "#ff7f00"
@@ -248,43 +249,53 @@ def mia_figure(profile: Profile) -> bytes | None:
 
 
 def utility_figure(profile: Profile) -> bytes | None:
-    """Utility (MCC mean and std over seeds) against epsilon, one line per initialisation, with the non-private
-    baseline (of the first initialisation) as a band."""
+    """Utility (MCC mean and 95% t-interval over seeds) against epsilon, one line per initialisation, with the
+    non-private baseline (of the first initialisation) as a band.
+
+    Intervals reach beyond [-1, 1] with few seeds (t = 12.7 for two); the axis stops at the MCC's range."""
 
     levels = profile.levels()
-    inits = list(levels[0].mcc_by_init) if levels and levels[0].mcc_by_init else ["scratch"]
-    priv = [lv for lv in levels if lv.private and lv.utility["mcc"].mean is not None]
-    base = next((lv for lv in levels if not lv.private and lv.utility["mcc"].mean is not None), None)
-    if not priv and base is None:
+    inits = list(levels[0].mcc_by_init) if levels and levels[0].mcc_by_init else [None]
+
+    def ci(lv, init) -> MeanInterval:
+        runs = lv.train if init is None else [t for t in profile.train
+                                               if t.epsilon_target == lv.epsilon_target and t.init == init]
+        return mean_interval([t.utility.mcc for t in runs])
+
+    priv = [lv for lv in levels if lv.private]
+    base = next(((lv, ci(lv, inits[0])) for lv in levels if not lv.private), None)
+    if base is not None and base[1].mean is None:
+        base = None
+    if not any(ci(lv, init).mean is not None for lv in priv for init in inits) and base is None:
         return None
     styles = [(WORST, "o-"), (RELAXED, "s--"), ("#555555", "^-."), ("#1f77b4", "d:")]
     with _clean_style():
         fig, (ax,) = _new(7.0, 2.8)
+        ends: list[float] = []
         if priv:
-            xs = [lv.epsilon_used for lv in priv]
             for k, init in enumerate(inits):
-                spreads = [lv.mcc_by_init.get(init) if lv.mcc_by_init else lv.utility["mcc"] for lv in priv]
-                pts = [(x, sp.mean, sp.std or 0.0) for x, sp in zip(xs, spreads, strict=True)
-                       if sp is not None and sp.mean is not None]
+                pts = [(lv.epsilon_used, m) for lv in priv for m in [ci(lv, init)] if m.mean is not None]
                 if not pts:
                     continue
+                ys = [m.mean for _, m in pts]
+                lo = [m.mean - (m.low if m.low is not None else m.mean) for _, m in pts]
+                hi = [(m.high if m.high is not None else m.mean) - m.mean for _, m in pts]
+                n = "/".join(str(x) for x in sorted({m.n for _, m in pts}))
                 colour, fmt = styles[k % len(styles)]
-                label = ("DP-SGD (mean ± std over seeds)" if len(inits) == 1 else
-                         f"DP-SGD from {init} (mean ± std)")
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=fmt,
-                            color=colour, capsize=3, label=label)
-            _eps_ticks(ax, xs)
+                label = (f"DP-SGD (mean, 95% t-interval, n = {n} seeds)" if len(inits) == 1 else
+                         f"DP-SGD from {init} (mean, 95% t-interval, n = {n})")
+                ax.errorbar([x for x, _ in pts], ys, yerr=[lo, hi], fmt=fmt, color=colour, capsize=3, label=label)
+                ends += [y - e for y, e in zip(ys, lo, strict=True)] + [y + e for y, e in zip(ys, hi, strict=True)]
+            _eps_ticks(ax, [lv.epsilon_used for lv in priv])
         if base is not None:
-            m, s = base.utility["mcc"].mean, base.utility["mcc"].std or 0.0
-            ax.axhline(m, color=REALISTIC, lw=1.2,
-                       label="non-private baseline" + (f" ({inits[0]})" if len(inits) > 1 else ""))
-            if s > 0:
-                ax.axhspan(m - s, m + s, color=REALISTIC, alpha=0.15)
-        vals = [sp.mean for lv in levels for sp in (lv.mcc_by_init.values() or [lv.utility["mcc"]])
-                if sp.mean is not None]
-        lo = min([0.0, *vals]) - 0.05
-        hi = max([1.0 if not vals else max(vals), 0.1]) + 0.05
-        ax.set_ylim(lo, min(hi, 1.05))
+            m = base[1]
+            ax.axhline(m.mean, color=REALISTIC, lw=1.2, label=f"non-private baseline (n = {m.n})"
+                       + (f", {inits[0]}" if len(inits) > 1 else ""))
+            if m.low is not None and m.high > m.low:
+                ax.axhspan(m.low, m.high, color=REALISTIC, alpha=0.15)
+            ends += [m.mean] + ([m.low, m.high] if m.low is not None else [])
+        ends = [min(1.0, max(-1.0, e)) for e in ends] or [0.0, 1.0]
+        ax.set_ylim(min(0.0, *ends) - 0.05, min(max(0.1, *ends) + 0.05, 1.05))
         ax.set_xlabel("privacy budget ε")
         ax.set_ylabel("test MCC")
         ax.set_title("Utility against ε (empirical)")

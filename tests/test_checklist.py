@@ -24,7 +24,7 @@ def test_every_item_is_filled_from_the_run() -> None:
     assert "q = 0.04" in v["sampler"] and "Poisson" in v["sampler"]  # synthetic runs: q = 0.04
     assert "add/remove" in v["neighbouring"] and "one image" in v["privacy_unit"]
     assert "σ = 0.92" in v["noise_multiplier"] and "σ = 0.47" in v["noise_multiplier"]  # seed paper Table 3
-    assert "T = 500" in v["steps_epochs"] and "20 epochs" in v["steps_epochs"]
+    assert "T = 500" in v["steps_epochs"] and "20 epoch(s)" in v["steps_epochs"]
     assert v["batch_size"].startswith("320") and "NAdam" in v["optimizer"] and "0.002" in v["optimizer"]
     assert "δ = 8e-07" in v["epsilon_delta"] and "0.000999" not in v["epsilon_delta"]
     assert v["seeds"].startswith("2") and v["subgroups"] == "sex"

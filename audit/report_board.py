@@ -1,0 +1,246 @@
+"""The pages of the report an ethics board decides and signs on: the decision (first page), the sign-off form, the
+reporting checklist, and subgroup risk beside subgroup utility.
+
+A mixin of :class:`dpaudit.audit.report._Report` (it uses the report's ``p``, ``levels``, ``para`` and ``cell``);
+the numbers come from :mod:`dpaudit.audit.decision`, :mod:`dpaudit.audit.checklist` and
+:mod:`dpaudit.audit.stats`, the words from :mod:`dpaudit.audit.report_text`. Marks never rely on colour alone:
+every within/over cell says so in words and with a sign (✓ / ✗), the tint only repeats it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+from reportlab.lib import colors
+from reportlab.lib.units import cm
+from reportlab.platypus import PageBreak, Spacer, Table, TableStyle
+
+from dpaudit.audit import report_text as txt
+from dpaudit.audit.checklist import Checklist, build_checklist
+from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
+from dpaudit.audit.profile.schema import LevelSummary
+from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid
+from dpaudit.codec import encode
+
+if TYPE_CHECKING:
+    from dpaudit.audit.profile.schema import Profile
+
+WITHIN_BG = colors.HexColor("#e5f5e0")
+OVER_BG = colors.HexColor("#fde0dd")
+#: Subgroups with fewer test images than this get a "small group" flag: an MCC on fewer than 30 images moves by
+#: more than 0.1 when one or two predictions change.
+SMALL_TEST_GROUP = 30
+#: Subgroups with fewer attacked images than this are flagged: with 0 successes in 10 images the exact 95% upper
+#: limit of the success rate is still 31% (Clopper-Pearson), so a lower count says almost nothing.
+SMALL_ATTACK_GROUP = 10
+
+
+def config_sha256(profile: Profile) -> str:
+    """SHA-256 of the profile's configuration as canonical JSON (sorted keys): what the board signs."""
+    return hashlib.sha256(json.dumps(encode(profile.config), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _value(limit: Limit, check) -> str:
+    if check.value is None:
+        return "not measured"
+    if limit.label == LABEL_EMPIRICAL:
+        text = txt.pct(check.value)
+        if check.interval_high is not None:
+            text += f"<br/><font size='6'>95% interval up to {txt.pct(check.interval_high)}</font>"
+        return text
+    return txt.pct(check.value, direction="up")
+
+
+class BoardPages:
+    """The decision, sign-off, checklist and subgroup pages."""
+
+    p: Profile
+    levels: tuple[LevelSummary, ...]
+    decision: Decision | None
+
+    # -- page 1 ---------------------------------------------------------------------------------------------
+    def board_page(self) -> list:
+        p, c, d = self.p, self.p.config, self.p.dataset
+        decision = self.decision
+        created = p.created[:10]
+        out = [self.para("Privacy risk report", "title"),
+               self.para(f"DP-SGD training of {esc(c.arch)} on {esc(d.name)} · {esc(created)} · dpaudit "
+                         f"{esc(p.dpaudit_version)}", "subtitle"),
+               self.para("Decision for the ethics board", "h1")]
+        box = [self.para(txt.decision_sentence(p, decision))]
+        if decision is not None and (decision.recommended is None or any(
+                lim.label == LABEL_EMPIRICAL for lim in decision.limits)):
+            box.append(self.para(esc(decision.reason), "small"))  # the failing limit and the noise that meets it
+        out += [boxed(box, NOTE_BG), Spacer(1, 6)]
+        unit = ("<b>Privacy unit: one image</b> (record-level guarantee: the data sets differ by one image)"
+                if c.privacy_unit == "image" else
+                f"<b>Privacy unit: one patient</b> (up to {c.records_per_patient} images; patient-level guarantee)")
+        out.append(self.para(f"{unit}. Reconstruction limits apply at the prior κ = 1/{d.n_train} (one training "
+                             "image guessed blindly)."))
+        out.append(self.para("Privacy budgets against the board's limits", "h2"))
+        out.append(self._board_table())
+        out.append(Spacer(1, 4))
+        out.append(self.para(
+            "✓ within: the number meets the limit; ✗ over: it exceeds it. Bounds (sound upper bounds, rounded up) "
+            "hold for any attacker; the realistic attack's success is empirical, a lower bound on the risk. "
+            f"Test MCC: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; “vs non-private” is the "
+            "difference of means with Welch's t-test p-value.", "small"))
+        if decision is not None and decision.recommended is not None:
+            out.append(self.para(txt.utility_cost(p, decision.recommended)))
+        out.append(self.para("The following pages hold the sign-off form, the reporting checklist, and the "
+                             "evidence: bounds, the realistic attack, membership inference, utility and subgroups, "
+                             "and what the guarantee does not cover.", "small"))
+        out.append(PageBreak())
+        return out
+
+    def _board_table(self) -> Table:
+        decision = self.decision
+        limits = decision.limits if decision is not None else ()
+        head = ["Privacy budget", "ε achieved<br/>(PLD, δ)"]
+        head += [esc(lim.describe()) for lim in limits]
+        head += [f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}", "vs non-private<br/>(Welch)",
+                 "Verdict"]
+        sub = ["", txt.LABEL_UPPER] + [lim.label for lim in limits] + [txt.LABEL_EMPIRICAL, "", ""]
+        rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
+        style = []
+        for r, lv in enumerate(self.levels, start=2):
+            eps = ("∞ (no DP)" if not lv.private else
+                   f"{txt.eps_up(lv.bounds.epsilon)}<br/>δ = {txt.num(lv.bounds.target_delta)}" if lv.bounds else "n/a")
+            cells = [self.cell(f"<b>{lv.label}</b>"), self.cell(eps)]
+            checks = decision.checks_of(lv.label) if decision is not None else None
+            for j, lim in enumerate(limits):
+                ch = checks.checks[j] if checks is not None else None
+                if ch is None:
+                    cells.append(self.cell("n/a"))
+                    continue
+                mark = "<b>✓ within</b>" if ch.within else "<b>✗ over</b>"
+                cells.append(self.cell(f"{_value(lim, ch)}<br/>{mark}"))
+                style.append(("BACKGROUND", (2 + j, r), (2 + j, r), WITHIN_BG if ch.within else OVER_BG))
+            cells.append(self.cell(txt.interval(txt.utility_values(lv), with_n=False)))
+            cells.append(self.cell(txt.versus_baseline(self.p, lv)))
+            if not lv.private:
+                verdict = "baseline<br/>(no guarantee)"
+            elif decision is None:
+                verdict = "–"
+            elif lv.label == decision.recommended:
+                verdict = "<b>recommended</b>"
+            elif lv.label in decision.within:
+                verdict = "within all limits"
+            else:
+                verdict = "over a limit"
+            cells.append(self.cell(verdict))
+            rows.append(cells)
+        widths = [1.9, 1.9] + [2.5] * len(limits) + [3.0, 3.2, 2.1]
+        scale = TEXT_W / (sum(widths) * cm)
+        table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False)
+        table.setStyle(TableStyle(style))
+        return table
+
+    # -- sign-off -------------------------------------------------------------------------------------------
+    def signoff_page(self) -> list:
+        p, d = self.p, self.p.dataset
+        decision = self.decision
+        limits = "; ".join(lim.describe() for lim in decision.limits) if decision is not None else "none set"
+        recommended = (decision.recommended or "none (no budget meets every limit)") if decision is not None else "–"
+        reviewed = [
+            ("Configuration hash", f"<font face='DejaVuSansMono' size='7'>SHA-256 {config_sha256(p)}</font>"),
+            ("dpaudit version", esc(p.dpaudit_version)),
+            ("Profile created", esc(p.created)),
+            ("Dataset", f"{esc(d.name)}: {d.n_train} training, {d.n_val} validation, {d.n_test} test images; "
+                        f"classes {esc(', '.join(d.label_names) or 'n/a')}; images "
+                        f"{'×'.join(str(x) for x in d.image_shape)}"),
+            ("Privacy budgets", esc(", ".join(lv.label for lv in self.levels))),
+            ("Board limits", esc(limits)),
+            ("Recommended budget", esc(recommended)),
+        ]
+        t = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(v, "cell")] for k, v in reviewed],
+                  colWidths=[4.0 * cm, TEXT_W - 4.0 * cm])
+        t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE),
+                               ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        box = "☐"
+        form_rows = [
+            ("Reviewer's role", ""), ("Name", ""), ("Date", ""),
+            ("Decision", f"{box} approve the recommended budget      {box} approve another budget: ________      "
+                         f"{box} reject"),
+            ("Conditions and notes", ""), ("Signature", ""),
+        ]
+        heights = [1.1 * cm, 1.1 * cm, 1.1 * cm, 1.1 * cm, 3.2 * cm, 1.6 * cm]
+        form = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(v, "cell")] for k, v in form_rows],
+                     colWidths=[4.0 * cm, TEXT_W - 4.0 * cm], rowHeights=heights)
+        form.setStyle(TableStyle([FONT_CMD, ("GRID", (0, 0), (-1, -1), 0.6, colors.black),
+                                  ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        return [self.para("Sign-off", "h1"),
+                self.para("What the board reviewed. The hash identifies the exact configuration (every parameter "
+                          "on the reproducibility page); a profile with any other setting has another hash. The "
+                          "report holds counts only, no patient identifiers."),
+                t, Spacer(1, 8), self.para("Configuration", "h2"), self._config_table(), Spacer(1, 10),
+                self.para("Review", "h2"), form, PageBreak()]
+
+    # -- checklist ------------------------------------------------------------------------------------------
+    def checklist_page(self) -> list:
+        checklist: Checklist = self.p.checklist or build_checklist(self.p)
+        rows = [[self.cell(h, "head") for h in ("", "Item", "This run", "From profile.json")]]
+        for i, item in enumerate(checklist.items, start=1):
+            rows.append([self.cell(str(i)), self.cell(f"<b>{esc(item.item)}</b>", "cell"),
+                         self.cell(esc(item.value), "cell"),
+                         self.cell(f"<font face='DejaVuSansMono' size='6.5'>{esc(item.source)}</font>", "cell")])
+        widths = [0.6, 3.2, 8.9, 4.7]
+        scale = TEXT_W / (sum(widths) * cm)
+        return [self.para("Reporting checklist", "h1"),
+                self.para("The items a reader needs to judge a differential-privacy claim, as the scoping review "
+                          "of DP in medical deep learning asks every study to state (accountant, neighbouring "
+                          "relation, privacy unit, sampler, clipping, subgroups). Every value is read from this "
+                          "profile's results, none is typed by hand; the last column names the field."),
+                grid(rows, [w * cm * scale for w in widths]), PageBreak()]
+
+    # -- subgroups ------------------------------------------------------------------------------------------
+    def subgroup_section(self) -> list:
+        """Subgroup utility beside the realistic attack's success on the same subgroup, per budget."""
+        groups = sorted({(s.attribute, s.value) for t in self.p.train for s in t.subgroups}
+                        | {(g.attribute, g.value) for lv in self.levels if lv.attack is not None
+                           for g in lv.attack.subgroups})
+        out = [self.para("Subgroups: utility and reconstruction risk", "h2")]
+        if not groups:
+            out.append(self.para("The dataset provides no subgroup metadata (for example sex or age), so subgroup "
+                                 "utility and risk cannot be shown. DP-SGD is known to reduce utility most for "
+                                 "small subgroups; check this on data with group labels before deployment."))
+            return out
+        head = ["Group", "Privacy budget", "Test images", "Test MCC<br/>(mean over seeds)", "Attacked images",
+                "Recovered<br/>(SSIM > 0.8)", "Attack success<br/>[95% interval]", "Note"]
+        sub = ["", "", "", txt.LABEL_EMPIRICAL, "", "", txt.LABEL_EMPIRICAL, ""]
+        rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
+        spans = []
+        for attr, value in groups:
+            first = len(rows)
+            for lv in self.levels:
+                subs = [s for t in lv.train for s in t.subgroups if (s.attribute, s.value) == (attr, value)]
+                n_test = max((s.n for s in subs), default=None)
+                mccs = [s.mcc for s in subs if s.mcc is not None]
+                att = (next((g for g in lv.attack.subgroups_of(lv.attack.strongest.decoder)
+                             if (g.attribute, g.value) == (attr, value)), None) if lv.attack is not None else None)
+                small = ((n_test is not None and n_test < SMALL_TEST_GROUP)
+                         or (att is not None and att.n_images < SMALL_ATTACK_GROUP))
+                rows.append([
+                    self.cell(esc(f"{attr} = {value}"), "cell") if len(rows) == first else self.cell(""),
+                    self.cell(lv.label), self.cell("–" if n_test is None else str(n_test)),
+                    self.cell(f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else "n/a"),
+                    self.cell("–" if att is None else str(att.n_images)),
+                    self.cell("–" if att is None else str(att.successes)),
+                    self.cell("not run" if att is None else
+                              f"{txt.pct(att.success_rate)} [{txt.pct(att.ci_low)}, {txt.pct(att.ci_high)}]"),
+                    self.cell("<b>⚠ small</b>" if small else "")])
+            spans.append(("SPAN", (0, first), (0, len(rows) - 1)))
+            spans.append(("LINEBELOW", (0, len(rows) - 1), (-1, len(rows) - 1), 0.5, RULE))
+        widths = [2.8, 1.9, 1.4, 2.1, 1.5, 1.8, 3.6, 1.4]
+        scale = TEXT_W / (sum(widths) * cm)
+        table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False)
+        table.setStyle(TableStyle([*spans, ("VALIGN", (0, 2), (0, -1), "TOP")]))
+        out += [table, Spacer(1, 3), self.para(
+            f"Test MCC: {txt.LABEL_EMPIRICAL}, mean over seeds (their number in parentheses), on the group's "
+            "test images. Reconstruction: the realistic attack's strongest decoder on the group's attacked "
+            f"training images ({txt.LABEL_EMPIRICAL}, a lower bound on the risk), with the exact Clopper-Pearson "
+            f"interval. ⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than "
+            f"{SMALL_ATTACK_GROUP} attacked images; its numbers are too noisy to compare groups.", "small")]
+        return out
