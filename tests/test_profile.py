@@ -83,6 +83,10 @@ def test_config_sorts_epsilons_and_reproduces_its_command() -> None:
     (["--seeds", "0"], "seeds must be an integer >= 1"),
     (["--decoder", "best"], "decoder must be strong, paper or all"),
     (["--kappa", "2"], "kappa must be in (0, 1)"),
+    (["--max-rero", "2"], "max_rero must be in (0, 1)"),
+    (["--threat-model", "relaxed"], "--threat-model must be given with --max-rero"),
+    (["--max-rero", "0.05", "--threat-model", "paranoid"], "threat_model must be worst-case, relaxed or realistic"),
+    (["--max-mia-tpr", "1e-4", "--at-fpr", "1e-3"], "max_mia_tpr must be above the FPR"),
 ])
 def test_cli_profile_bad_inputs(tmp_path, args, message) -> None:
     res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), *args])
@@ -179,10 +183,25 @@ def test_cli_profile_json(tmp_path) -> None:
     args = ["profile", "--out", str(tmp_path / "p"), "--dataset", "demo", "--image-size", "16", "--max-images",
             "60", "--arch", "smallcnn", "--epsilons", "8", "--no-non-private", "--seeds", "1", "--epochs", "1",
             "--batch-size", "8", "--attack-images", "4", "--attack-epochs", "1", "--decoder", "strong",
-            "--no-render", "--json"]
+            "--no-render", "--json", "--max-rero", "0.5", "--threat-model", "realistic"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
+    # The board's limit reaches profile.json's decision block; the checklist is written with it.
+    decision = data["decision"]
+    assert decision["limits"] == [{"kind": "rero", "maximum": 0.5, "threat_model": "realistic", "at_fpr": None}]
+    (check,) = decision["budgets"][0]["checks"]
+    assert check["label"] == "empirical" and (decision["recommended"] == "ε = 8") == check["within"]
+    prof = Profile.from_json((tmp_path / "p" / "profile.json").read_text())
+    assert prof.decision.recommended == decision["recommended"]
+    assert prof.checklist.get("sampler").value.startswith("Poisson sampling, q = ")
+    assert prof.train[0].optimizer == "NAdam"
+    # The attack's success per subgroup: every scored image counted once per attribute (sex, age_band on demo).
+    row = prof.attacks[0].strongest
+    for attr in ("sex", "age_band"):
+        groups = [g for g in prof.attacks[0].subgroups_of(row.decoder) if g.attribute == attr]
+        assert sum(g.n_images for g in groups) == row.n_images
+        assert sum(g.successes for g in groups) == round(row.success_rate * row.n_images)
     assert [lv["epsilon_target"] for lv in data["levels"]] == [8.0]
     lv = data["levels"][0]
     assert 0 <= lv["relaxed"] <= lv["worst_case"] <= 1

@@ -282,3 +282,84 @@ def test_attack_rows_of_an_earlier_profile_json_still_load() -> None:
     assert [r.success_rate for r in back.rows] == [r["success_rate"] for r in new["rows"]]
     assert all(r.noise_multiplier == new["noise_multiplier"] for r in back.rows)
     assert all(np.isnan(r.eta).all() for r in back.rows)
+
+
+def _decided(prof: Profile, *limits) -> Profile:
+    from dpaudit.audit.decision import decide
+
+    return dataclasses.replace(prof, decision=decide(prof, limits))
+
+
+def test_first_page_states_the_decision_and_marks_every_limit(tmp_path) -> None:
+    from dpaudit.audit.decision import Limit
+    from dpaudit.audit.report import render_report
+
+    prof = _decided(synthetic_profile(), Limit("rero", 0.05), Limit("rero", 0.05, "realistic"))
+    pages = _text(render_report(prof, tmp_path / "r.pdf").read_bytes())
+    first = " ".join(pages[0].split())
+    assert "Decision for the ethics board" in first
+    assert "Recommended: ε = 8" in first  # worst case 1.22% <= 5% and the best MCC of epsilon 1 and 8
+    # Marks in words and signs (not colour alone), plus one of each in the legend. Worst case: epsilon 1 and 8
+    # within, 20, 10^9 and non-private over; realistic (0% on every private budget): 4 within, non-private over.
+    assert first.count("✓ within") == 2 + 4 + 1 and first.count("✗ over") == 3 + 1 + 1
+    assert "Privacy unit: one image" in first
+    assert "Utility cost of ε = 8" in first and "Welch" in first
+    for label in ("sound upper bound", "empirical"):
+        assert label in first
+
+
+def test_signoff_and_checklist_pages(rendered) -> None:
+    import hashlib
+
+    prof, _, pages = rendered
+    signoff = " ".join(next(p for p in pages if "Sign-off" in p).split())
+    # The hash of the configuration's canonical JSON, computed here independently of the report code.
+    digest = hashlib.sha256(json.dumps(json.loads(prof.config.to_json()), sort_keys=True,
+                                       ensure_ascii=False).encode()).hexdigest()
+    assert f"SHA-256 {digest}" in signoff and "dpaudit version 0.1.0" in signoff
+    assert "8000 training, 1000 validation, 1015 test images" in signoff
+    for field in ("Reviewer's role", "Name", "Date", "Decision", "Signature"):
+        assert field in signoff
+    checklist = " ".join(next(p for p in pages if "Reporting checklist" in p).split())
+    for item in ("Accountant and version", "Neighbouring relation", "add/remove", "Privacy unit", "Poisson sampling",
+                 "Clip norm", "Noise multiplier", "Batch size", "Steps and epochs", "NAdam", "Initialisation",
+                 "hyperparameter tuning", "Seeds per budget", "Subgroups measured"):
+        assert item in checklist, item
+
+
+def test_subgroup_risk_stands_beside_subgroup_utility(rendered) -> None:
+    _, _, pages = rendered
+    text = " ".join(" ".join(pages).split())
+    assert "Subgroups: utility and reconstruction risk" in text
+    assert "sex = female" in text and "[0%, 19.0%]" in text  # the synthetic attack subgroup's interval
+    assert "⚠ small" not in text.split("Subgroups: utility")[1].split("Test MCC: empirical")[0]
+
+
+def test_report_without_limits_says_how_to_decide(rendered) -> None:
+    _, _, pages = rendered
+    assert "No limits were set" in " ".join(pages[0].split())
+
+
+def test_report_cli_redecides_without_training(tmp_path) -> None:
+    from dpaudit.audit.decision import Limit
+
+    prof = _decided(synthetic_profile(with_mia_audit=False, seeds=2), Limit("rero", 0.05))
+    (tmp_path / "profile.json").write_text(prof.to_json())
+    before = (tmp_path / "profile.json").read_bytes()
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(tmp_path), "--max-rero", "0.01", "-o", str(tmp_path / "a.pdf"), "--json"])
+    assert res.exit_code == 0, res.output
+    decision = json.loads(res.stdout)["decision"]
+    assert decision["within"] == ["ε = 1"] and decision["recommended"] == "ε = 1"  # 1.22% at epsilon 8 > 1%
+    assert (tmp_path / "profile.json").read_bytes() == before  # the stored record is left as it was
+    first = " ".join(_text((tmp_path / "a.pdf").read_bytes())[0].split())
+    assert "Recommended: ε = 1" in first
+    # Deterministic with the new limits too, and the reproducibility page gives the command with them.
+    res = runner.invoke(app, ["report", str(tmp_path), "--max-rero", "0.01", "-o", str(tmp_path / "b.pdf")])
+    assert res.exit_code == 0 and "recommended: ε = 1" in res.stdout
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+    text = " ".join(" ".join(_text((tmp_path / "b.pdf").read_bytes())).split())
+    assert "--max-rero 0.01 --threat-model worst-case" in text
+    # Without limits the stored decision is shown.
+    res = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "c.pdf")])
+    assert "Recommended: ε = 8" in " ".join(_text((tmp_path / "c.pdf").read_bytes())[0].split())
