@@ -308,7 +308,8 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
                    f"{best_lv.utility['mcc'].n} seed(s))")
             if ties:
                 why += f"; {', '.join(ties)} ties with it, and the smaller ε is recommended (same utility, less risk)"
-        reason = (f"{len(within)} of {len(private)} privacy budgets meet every limit ({names}): "
+        reason = (f"{len(within)} of {len(private)} privacy budgets {'meets' if len(within) == 1 else 'meet'} every "
+                  f"limit ({names}): "
                   f"{', '.join(b.budget for _, b in within)}. {why}.")
         if any(lim.label == LABEL_EMPIRICAL for lim in limits):
             reason += (" The realistic-attack limit is checked against a measured success rate, a lower bound on "

@@ -236,7 +236,7 @@ def privacy_statement(profile: Profile) -> list[str]:
     paras = [
         f"<b>Mechanism.</b> DP-SGD (Opacus): per-sample gradients clipped to norm C = {', '.join(num(x) for x in clips) or 'n/a'}, "
         f"Gaussian noise of standard deviation σ·C added to their sum, with Poisson sampling at rate q = {q_txt} "
-        f"for T = {t_txt} steps. The noise multiplier σ of each run is in the table on page 3.",
+        f"for T = {t_txt} steps. The noise multiplier σ of each run is in the table “Risk and utility per privacy budget”.",
         f"<b>Accountant.</b> ε is the tight privacy-loss-distribution (PLD) value at δ = {delta_txt} "
         f"({LABEL_UPPER}, pessimistic discretisation); the Rényi-DP value that Opacus reports is shown beside it "
         f"and is larger. Reconstruction bounds use the {method} method on the same mechanism and do not depend "
@@ -272,7 +272,7 @@ def assumptions(profile: Profile) -> list[str]:
     return [
         f"Reconstruction bounds (Hayes, Mahloujifar, Balle 2023; Kaissis et al. 2023) are reported at a prior "
         f"κ = 1/N_train = 1/{n}, as in the seed paper: the attacker's blind guess succeeds with probability κ. "
-        "A smaller κ (a more diverse data distribution) gives a smaller bound; the figure on page 4 shows the "
+        "A smaller κ (a more diverse data distribution) gives a smaller bound; the figure of the formal bounds against κ shows the "
         "dependence." + (" The user's κ values are in the table." if c.kappas else ""),
         "Worst case: the attacker knows every other training image, the model's architecture and initialisation, "
         "all T noisy updates, and a finite candidate set containing the target. Relaxed: the same, except that "
@@ -333,6 +333,12 @@ def glossary() -> list[tuple[str, str]]:
         ("approximation", "a value that is not a bound."),
         ("estimate", "a statistical estimate with an interval."),
         ("empirical", "a measured value; a lower bound on the risk."),
+        ("limit (board)", "the largest risk the ethics board accepts; a budget is within when its number is at or "
+                          "below every limit, over otherwise."),
+        ("95% t-interval", "the range that covers the mean utility of the training procedure with 95% confidence, "
+                           "from the n seeds (Student's t; wide when n is small)."),
+        ("Welch's t-test", "tests whether two mean utilities differ without assuming equal spread; p ≥ 0.05 reads "
+                           "“not distinguishable”."),
     ]
 
 

@@ -275,7 +275,8 @@ def _print_summary(prof) -> None:
 
     table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({n} training images, κ = 1/{n})",
                   caption="bound: sound upper bound for any attacker; emp.: empirical (realistic: the strongest "
-                          "decoder's success, SSIM > 0.8); σ: training noise multiplier. The report and profile.json hold the rest.",
+                          "decoder's success, SSIM > 0.8; MCC: mean over n seeds); σ: training noise multiplier. "
+                          "The report (intervals, tests) and profile.json hold the rest.",
                   caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("budget", "σ", "ε PLD\n(bound)", "MCC\n(emp.)", "worst\ncase\n(bound)", "relaxed\n(bound)",
@@ -286,7 +287,7 @@ def _print_summary(prof) -> None:
         table.add_row(
             lv.label, f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
             txt.eps_up(lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
-            txt.spread(lv.utility["mcc"]).replace(" ± ", "±"),
+            "n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f} (n={lv.utility['mcc'].n})",
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
             "not run" if a is None else txt.pct(a.strongest.success_rate))
     out.print(table)
