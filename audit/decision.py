@@ -47,8 +47,13 @@ LABEL_UPPER = "sound upper bound"
 LABEL_EMPIRICAL = "empirical"
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.4g}%"
+def _pct(v: float, *, up: bool = False) -> str:
+    """A probability as a percentage to 3 significant digits; ``up`` rounds up (sound upper bounds stay bounds)."""
+    x = 100 * v
+    if up and x > 0:
+        scale = 10.0 ** (2 - math.floor(math.log10(x)))
+        x = math.ceil(x * scale - 1e-9) / scale
+    return f"{x:.3g}%"
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,12 @@ class Limit:
             return f"membership-inference TPR ≤ {_pct(self.maximum)} at FPR {_pct(self.at_fpr)}"  # type: ignore[arg-type]
         name = {"worst_case": "worst-case", "relaxed": "relaxed", "realistic": "realistic-attack"}[self.threat_model]
         return f"{name} reconstruction ≤ {_pct(self.maximum)}"
+
+    def short(self) -> str:
+        """A table heading: 'worst case ≤ 5%', 'realistic ≤ 10%', 'MIA TPR ≤ 1% at FPR 0.1%'."""
+        if self.kind == "mia_tpr":
+            return f"MIA TPR ≤ {_pct(self.maximum)} at FPR {_pct(self.at_fpr)}"  # type: ignore[arg-type]
+        return f"{self.threat_model.replace('_', ' ')} ≤ {_pct(self.maximum)}"
 
     def cli(self) -> list[str]:
         """The command-line flags that give this limit."""
@@ -335,7 +346,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         if c.value is None:
             parts.append(f"{lim.describe()}: not measured")
         else:
-            parts.append(f"{lim.describe()}: {_pct(c.value)} ({c.label})")
+            parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} ({c.label})")
     reason = (f"No privacy budget meets every limit. Even the most private one, {b.budget}, fails "
               f"{'; '.join(parts)}.")
     remedy = None

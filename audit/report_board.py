@@ -72,7 +72,8 @@ class BoardPages:
         box = [self.para(txt.decision_sentence(p, decision))]
         if decision is not None and (decision.recommended is None or any(
                 lim.label == LABEL_EMPIRICAL for lim in decision.limits)):
-            box.append(self.para(esc(decision.reason), "small"))  # the failing limit and the noise that meets it
+            # the failing limit and the noise that would meet it: the board's next step, in body text
+            box.append(self.para(esc(decision.reason), "body" if decision.recommended is None else "small"))
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
         unit = ("<b>Privacy unit: one image</b> (record-level guarantee: the data sets differ by one image)"
                 if c.privacy_unit == "image" else
@@ -99,7 +100,7 @@ class BoardPages:
         decision = self.decision
         limits = decision.limits if decision is not None else ()
         head = ["Privacy budget", "ε achieved<br/>(PLD, δ)"]
-        head += [esc(lim.describe()) for lim in limits]
+        head += [esc(lim.short()) for lim in limits]
         head += [f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}", "vs non-private<br/>(Welch)",
                  "Verdict"]
         sub = ["", txt.LABEL_UPPER] + [lim.label for lim in limits] + [txt.LABEL_EMPIRICAL, "", ""]
@@ -132,7 +133,7 @@ class BoardPages:
                 verdict = "over a limit"
             cells.append(self.cell(verdict))
             rows.append(cells)
-        widths = [1.9, 1.9] + [2.5] * len(limits) + [3.0, 3.2, 2.1]
+        widths = [2.2, 1.9] + [2.3] * len(limits) + [3.0, 3.2, 2.1]
         scale = TEXT_W / (sum(widths) * cm)
         table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False)
         table.setStyle(TableStyle(style))
