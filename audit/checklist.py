@@ -95,7 +95,8 @@ def build_checklist(profile: Profile) -> Checklist:
     items = [
         ChecklistItem("accountant", "Accountant and version", accountant, "bounds[*].method, dpaudit_version, "
                       "environment"),
-        ChecklistItem("epsilon_delta", "ε and δ", "; ".join(eps_delta(t) for t in first.values()) or NOT_RECORDED,
+        ChecklistItem("epsilon_delta", "ε and δ", "; ".join(eps_delta(t) for t in first.values())
+                      + " (achieved ε: tight PLD accountant, sound upper bound)" if first else NOT_RECORDED,
                       "train[*].epsilon, target_delta"),
         ChecklistItem("neighbouring", "Neighbouring relation",
                       f"{ADJACENCY}: the data sets differ by the presence of {unit_text}", "dpaudit.bounds"),
