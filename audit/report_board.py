@@ -48,7 +48,7 @@ def _value(limit: Limit, check) -> str:
     if limit.label == LABEL_EMPIRICAL:
         text = txt.pct(check.value)
         if check.interval_high is not None:
-            text += f"<br/><font size='6'>95% interval up to {txt.pct(check.interval_high)}</font>"
+            text += f" <font size='6'>(95%: ≤ {txt.pct(check.interval_high)})</font>"
         return text
     return txt.pct(check.value, direction="up")
 
@@ -133,7 +133,7 @@ class BoardPages:
                 verdict = "over a limit"
             cells.append(self.cell(verdict))
             rows.append(cells)
-        widths = [2.2, 1.9] + [2.3] * len(limits) + [3.0, 3.2, 2.1]
+        widths = [2.2, 1.9] + [2.3] * len(limits) + [3.0, 3.0, 2.4]
         scale = TEXT_W / (sum(widths) * cm)
         table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False)
         table.setStyle(TableStyle(style))
