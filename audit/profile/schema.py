@@ -120,7 +120,13 @@ class ProfileConfig(JsonResult):
     arch: str = "resnet9"
     epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
     non_private: bool = True
-    seeds: int = 2
+    # 3, not 2: utility is reported as a 95% t-interval over seeds with Welch's test against the baseline, and
+    # t(0.975, 1) = 12.7 makes two seeds' intervals span the whole MCC range (t(0.975, 2) = 4.3). Measured on the
+    # demo (defaults, 3 seeds, one run on the shared 2-core machine under load): seeds 0-1 alone gave MCC 0.447
+    # [-1, 1] at epsilon 1 and 0.806 [0.436, 1] at 10^9; all three 0.522 [0.010, 1] and 0.808 [0.735, 0.880] (the
+    # non-private 0.790 [0.571, 1], p = 0.77: not distinguishable, as in the seed paper). The third seed's five runs
+    # were 33% of the training time (563 of 1702 s), so the demo takes about 1.5 times as long as with 2 seeds.
+    seeds: int = 3
     seed: int = 0
     epochs: int = 4
     # 64, not 128: at 4 epochs on the demo's 1,399 training images the non-private baseline needs the 88 steps
