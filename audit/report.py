@@ -336,7 +336,7 @@ class _Report(board.BoardPages):
                          "are the non-private baseline (mean and its 95% t-interval).")]
         png = figs.utility_figure(self.p)
         if png is not None:
-            out.append(figure(png, 7.0 * cm))
+            out.append(figure(png, 6.2 * cm))
         out += self._init_table()
         out += self.subgroup_section()
         out.append(PageBreak())

@@ -238,10 +238,12 @@ class BoardPages:
         scale = TEXT_W / (sum(widths) * cm)
         table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False)
         table.setStyle(TableStyle([*spans, ("VALIGN", (0, 2), (0, -1), "TOP")]))
-        out += [table, Spacer(1, 3), self.para(
-            f"Test MCC: {txt.LABEL_EMPIRICAL}, mean over seeds (their number in parentheses), on the group's "
-            "test images. Reconstruction: the realistic attack's strongest decoder on the group's attacked "
-            f"training images ({txt.LABEL_EMPIRICAL}, a lower bound on the risk), with the exact Clopper-Pearson "
-            f"interval. ⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than "
-            f"{SMALL_ATTACK_GROUP} attacked images; its numbers are too noisy to compare groups.", "small")]
+        # The note goes above the table: a long table then ends its page instead of leaving the note alone on the
+        # next one (seen on the demo report).
+        out += [self.para(
+            f"Test MCC: {txt.LABEL_EMPIRICAL}, mean over seeds (their number in parentheses), on the group's test "
+            "images. Reconstruction: the realistic attack's strongest decoder on the group's attacked training "
+            f"images ({txt.LABEL_EMPIRICAL}, a lower bound on the risk), with the exact Clopper-Pearson interval. "
+            f"⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than {SMALL_ATTACK_GROUP} attacked "
+            "images; its numbers are too noisy to compare groups.", "small"), table]
         return out
