@@ -214,9 +214,10 @@ class _Report(board.BoardPages):
                 self.cell(txt.versus_baseline(self.p, lv)),
                 self.cell(txt.pct(tpr, direction="up") if lv.private else "100%"),
                 self.cell(txt.pct(adv, direction="up") if lv.private else "100%")])
-        n_cols = len(head)
+        widths = [2.0] + [2.2] * len(present) + [3.1, 1.8, 1.9]  # room for "not distinguishable" unbroken
+        scale = TEXT_W / (sum(widths) * cm)
         return [Spacer(1, 8), self.para("Utility in detail and membership inference", "h2"),
-                grid(rows, [TEXT_W / n_cols] * n_cols),
+                grid(rows, [w * cm * scale for w in widths]),
                 Spacer(1, 3),
                 self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean [95% t-interval] over "
                           f"{txt.seeds_text(self.levels)}, cut to the metric's range; "
