@@ -397,7 +397,7 @@ class _Report(board.BoardPages):
                 f"{t0.sampling_probability:.4g}", str(t0.steps), txt.num(t0.target_delta),
                 txt.eps_up(t0.epsilon), txt.eps_up(t0.epsilon_rdp), f"{t0.utility.mcc:.3f}",
                 esc(t0.checkpoint) + (" (reused)" if t0.reused_checkpoint else ""))])
-        widths = [2.1, 1.0, 1.2, 1.3, 0.8, 1.2, 1.5, 1.5, 1.1, 5.6]
+        widths = [1.9, 1.0, 1.2, 1.4, 0.8, 1.3, 1.6, 1.6, 1.2, 5.4]
         scale = TEXT_W / (sum(widths) * cm)
         out.append(grid(rows, [x * cm * scale for x in widths]))
         out.append(self.para("Software and run time", "h2"))
