@@ -209,7 +209,7 @@ class BoardPages:
                                  "small subgroups; check this on data with group labels before deployment."))
             return out
         head = ["Group", "Privacy budget", "Test images", "Test MCC<br/>(mean over seeds)", "Attacked images",
-                "Recovered<br/>(SSIM > 0.8)", "Attack success<br/>[95% interval]", "Note"]
+                f"Recovered<br/>(SSIM > {txt.SSIM_THRESHOLD:g})", "Attack success<br/>[95% interval]", "Note"]
         sub = ["", "", "", txt.LABEL_EMPIRICAL, "", "", txt.LABEL_EMPIRICAL, ""]
         rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
         spans = []

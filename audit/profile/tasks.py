@@ -490,7 +490,7 @@ def _subgroup_success(rows, train, idx) -> tuple[AttackSubgroup, ...]:
     black, in this order."""
     import numpy as np
 
-    from dpaudit.attacks.reconstruction import SUCCESS_SSIM
+    from dpaudit.attacks.results import SUCCESS_SSIM
     from dpaudit.attacks.scoring import clopper_pearson, keep_mask
 
     kept = keep_mask(train.images[idx].permute(0, 2, 3, 1).numpy())
