@@ -13,7 +13,7 @@ import math
 
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.audit.decision import Decision
-from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
+from dpaudit.audit.profile.schema import LevelSummary, Profile, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
 
 #: The success threshold of the realistic attack (seed paper, section 4.3: SSIM above 80% counts).
@@ -93,16 +93,6 @@ def eps_down(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{math.floor(max(value, 0.0) * 100 + 1e-9) / 100:.2f}"
-
-
-def spread(s: Spread, *, as_pct: bool = True) -> str:
-    """'37.5% ± 3.5%' (mean ± sample std over seeds), or just the mean with one seed."""
-    if s.mean is None:
-        return "n/a"
-    f = (lambda v: pct(v, digits=1)) if as_pct else (lambda v: f"{v:.3f}")
-    if s.std is None:
-        return f(s.mean)
-    return f"{f(s.mean)} ± {f(s.std)}"
 
 
 def level_label(eps: float | None) -> str:
