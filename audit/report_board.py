@@ -127,6 +127,7 @@ class BoardPages:
                 verdict = "–"
             elif lv.label == decision.recommended:
                 verdict = "<b>recommended</b>"
+                style.append(("BOX", (0, r), (-1, r), 1.2, colors.black))  # repeats the word, never replaces it
             elif lv.label in decision.within:
                 verdict = "within all limits"
             else:
