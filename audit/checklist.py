@@ -94,7 +94,15 @@ def build_checklist(profile: Profile) -> Checklist:
     unit = c.privacy_unit
     unit_text = "one image" if unit == "image" else f"one patient (up to {c.records_per_patient} images)"
     optimisers = sorted({t.optimizer for t in profile.train if t.optimizer is not None})
-    inits = "random (PyTorch's default initialisation, seeded per run); no pretrained weights"
+    runs_by_init: dict[str, TrainOutcome] = {}
+    for t in profile.train:
+        runs_by_init.setdefault(t.init, t)
+    inits = "; ".join(
+        "scratch: random (PyTorch's default initialisation, seeded per run)" if label == "scratch" else
+        f"{label}: weights file, trainable layers {t.trainable}" for label, t in runs_by_init.items()) or NOT_RECORDED
+    pretrained = [label for label in runs_by_init if label != "scratch"]
+    pretraining = (f"the data the initial weights {', '.join(pretrained)} were trained on" if pretrained
+                   else "pretraining data: none used (every run from scratch)")
     seeds = sorted({sum(1 for t in profile.train if t.epsilon_target == e) for e in c.levels})
     subgroups = ", ".join(profile.dataset.subgroup_attributes) or "none (the data carry no subgroup metadata)"
     items = [
@@ -120,9 +128,9 @@ def build_checklist(profile: Profile) -> Checklist:
         ChecklistItem("optimizer", "Optimiser",
                       f"{', '.join(optimisers)}, learning rate {_g(c.lr)}" if optimisers else NOT_RECORDED,
                       "train[*].optimizer, config.lr"),
-        ChecklistItem("initialisation", "Initialisation", inits, "config.arch"),
-        ChecklistItem("not_covered", "Not covered by the guarantee",
-                      "; ".join(("pretraining data: none used", *NOT_COVERED)), "dpaudit.audit.checklist"),
+        ChecklistItem("initialisation", "Initialisation", inits, "train[*].init, trainable"),
+        ChecklistItem("not_covered", "Not covered by the guarantee", "; ".join((pretraining, *NOT_COVERED)),
+                      "train[*].init, dpaudit.audit.checklist"),
         ChecklistItem("seeds", "Seeds per budget", f"{_distinct(seeds, str)} (first seed {c.seed})",
                       "train[*].seed"),
         ChecklistItem("subgroups", "Subgroups measured", subgroups, "dataset.subgroup_attributes"),

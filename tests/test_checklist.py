@@ -41,6 +41,13 @@ def test_items_follow_the_profile_not_hand_typed_text() -> None:
     v = {i.key: i.value for i in build_checklist(prof).items}
     assert "q = 0.05" in v["sampler"] and "one patient (up to 3 images)" in v["privacy_unit"]
     assert v["optimizer"] == NOT_RECORDED and v["seeds"].startswith("1") and v["subgroups"].startswith("none")
+    assert v["initialisation"].startswith("scratch: random") and "none used" in v["not_covered"]
+    # Runs from a weights file: the checklist names the file, its trainable layers and its unaccounted data.
+    prof = dataclasses.replace(prof, train=tuple(dataclasses.replace(t, init="pre.pt", trainable="head")
+                                                 for t in prof.train))
+    v = {i.key: i.value for i in build_checklist(prof).items}
+    assert v["initialisation"] == "pre.pt: weights file, trainable layers head"
+    assert "initial weights pre.pt were trained on" in v["not_covered"]
 
 
 def test_checklist_round_trips_in_profile_json() -> None:
