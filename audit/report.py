@@ -351,15 +351,16 @@ class _Report(board.BoardPages):
         head = ["Privacy budget"] + [f"from {i}" for i in inits]
         rows = [[self.cell(esc(h), "head") for h in head]]
         for lv in self.levels:
-            rows.append([self.cell(lv.label)] + [self.cell(txt.spread(lv.mcc_by_init[i])) for i in inits])
+            rows.append([self.cell(lv.label)] + [self.cell(txt.interval(txt.init_utility_values(self.p, lv, i)))
+                                                 for i in inits])
         w0 = 4.0 * cm
         rest = (TEXT_W - w0) / len(inits)
         trainable = self.p.config.trainable
         return [self.para("Utility per initialisation", "h2"),
                 grid(rows, [w0] + [rest] * len(inits)),
-                self.para(f"Test MCC, mean ± std over seeds ({txt.LABEL_EMPIRICAL}), of every budget trained from "
-                          f"each initialisation (runs from a file train {esc(trainable)} layers; 'scratch' is a "
-                          "random start). The privacy guarantee covers the fine-tuning data only, not the data "
+                self.para(f"Test MCC, mean [95% t-interval] over seeds ({txt.LABEL_EMPIRICAL}), of every budget "
+                          f"trained from each initialisation (runs from a file train {esc(trainable)} layers; "
+                          "'scratch' is a random start). The privacy guarantee covers the fine-tuning data only, not the data "
                           "the initial weights were trained on. The bounds and the attack use the runs from "
                           f"{esc(inits[0])}.", "small")]
 

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dpaudit.audit.profile.schema import Profile, fmt_eps
-from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD
+from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD, init_utility_values, utility_values
 from dpaudit.audit.stats import MeanInterval, mean_interval
 
 WORST = "#6a3d9a"
@@ -258,9 +258,7 @@ def utility_figure(profile: Profile) -> bytes | None:
     inits = list(levels[0].mcc_by_init) if levels and levels[0].mcc_by_init else [None]
 
     def ci(lv, init) -> MeanInterval:
-        runs = lv.train if init is None else [t for t in profile.train
-                                               if t.epsilon_target == lv.epsilon_target and t.init == init]
-        return mean_interval([t.utility.mcc for t in runs])
+        return mean_interval(utility_values(lv) if init is None else init_utility_values(profile, lv, init))
 
     priv = [lv for lv in levels if lv.private]
     base = next(((lv, ci(lv, inits[0])) for lv in levels if not lv.private), None)

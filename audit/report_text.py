@@ -342,6 +342,13 @@ def utility_values(level: LevelSummary, metric: str = "mcc") -> list[float | Non
     return [getattr(t.utility, metric) for t in level.train]
 
 
+def init_utility_values(profile: Profile, level: LevelSummary, init: str,
+                        metric: str = "mcc") -> list[float | None]:
+    """The per-seed values of one utility metric at one privacy level, for the runs from one initialisation."""
+    return [getattr(t.utility, metric) for t in profile.train
+            if t.epsilon_target == level.epsilon_target and t.init == init]
+
+
 def baseline(profile: Profile) -> LevelSummary | None:
     """The non-private level, when the profile trained one."""
     return next((lv for lv in profile.levels() if not lv.private), None)

@@ -293,13 +293,14 @@ def _print_summary(prof) -> None:
     out.print(table)
     levels = prof.levels()
     if len(prof.config.inits) > 1:
-        by_init = Table(title="Test MCC (empirical) per initialisation", box=box.SIMPLE_HEAD, pad_edge=False)
+        by_init = Table(title="Test MCC (empirical) per initialisation: mean [95% t-interval], n seeds",
+                        box=box.SIMPLE_HEAD, pad_edge=False)
         by_init.add_column("budget", justify="right")
         labels = list(levels[0].mcc_by_init) if levels else []
         for lab in labels:
             by_init.add_column(lab, justify="right")
         for lv in levels:
-            by_init.add_row(lv.label, *(txt.spread(lv.mcc_by_init[lab]).replace(" ± ", "±") for lab in labels))
+            by_init.add_row(lv.label, *(txt.interval(txt.init_utility_values(prof, lv, lab)) for lab in labels))
         out.print(by_init)
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
         err.print(f"[yellow]note:[/] {note}")
