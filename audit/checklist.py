@@ -91,8 +91,8 @@ def build_checklist(profile: Profile) -> Checklist:
     first = {}
     for t in priv:
         first.setdefault(t.epsilon_target, t)
-    unit = c.privacy_unit
-    unit_text = "one image" if unit == "image" else f"one patient (up to {c.records_per_patient} images)"
+    pu = profile.privacy()  # the recorded unit; profiles written before it was recorded: from records_per_patient
+    unit_text = "one image" if pu.unit == "image" else f"one patient (up to {pu.records_per_patient} images)"
     optimisers = sorted({t.optimizer for t in profile.train if t.optimizer is not None})
     runs_by_init: dict[str, TrainOutcome] = {}
     for t in profile.train:
@@ -112,7 +112,7 @@ def build_checklist(profile: Profile) -> Checklist:
                       "train[*].epsilon, target_delta"),
         ChecklistItem("neighbouring", "Neighbouring relation",
                       f"{ADJACENCY}: the data sets differ by the presence of {unit_text}", "dpaudit.bounds"),
-        ChecklistItem("privacy_unit", "Privacy unit", unit_text, "config.records_per_patient"),
+        ChecklistItem("privacy_unit", "Privacy unit", unit_text, "dataset.privacy"),
         ChecklistItem("sampler", "Sampler", f"Poisson sampling, q = {_distinct([t.sampling_probability for t in priv])}"
                       if priv else NOT_RECORDED, "train[*].sampling_probability"),
         ChecklistItem("clip_norm", "Clip norm C", _distinct([t.max_grad_norm for t in priv]),

@@ -75,11 +75,9 @@ class BoardPages:
             # the failing limit and the noise that would meet it: the board's next step, in body text
             box.append(self.para(esc(decision.reason), "body" if decision.recommended is None else "small"))
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
-        unit = ("<b>Privacy unit: one image</b> (record-level guarantee: the data sets differ by one image)"
-                if c.privacy_unit == "image" else
-                f"<b>Privacy unit: one patient</b> (up to {c.records_per_patient} images; patient-level guarantee)")
-        out.append(self.para(f"{unit}. Reconstruction limits apply at the prior κ = 1/{d.n_train} (one training "
-                             "image guessed blindly)."))
+        unit = p.privacy().describe()  # the profile's recorded unit (image when a profile predates it)
+        out.append(self.para(f"<b>{esc(unit[0].upper() + unit[1:])}</b>. Reconstruction limits apply at the prior "
+                             f"κ = 1/{d.n_train} (one training image guessed blindly)."))
         out.append(self.para("Privacy budgets against the board's limits", "h2"))
         out.append(self._board_table())
         out.append(Spacer(1, 4))

@@ -302,7 +302,7 @@ def test_first_page_states_the_decision_and_marks_every_limit(tmp_path) -> None:
     # Marks in words and signs (not colour alone), plus one of each in the legend. Worst case: epsilon 1 and 8
     # within, 20, 10^9 and non-private over; realistic (0% on every private budget): 4 within, non-private over.
     assert first.count("✓ within") == 2 + 4 + 1 and first.count("✗ over") == 3 + 1 + 1
-    assert "Privacy unit: one image" in first
+    assert "Privacy unit: image" in first
     assert "Utility cost of ε = 8" in first and "Welch" in first
     for label in ("sound upper bound", "empirical"):
         assert label in first
