@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from reportlab.lib import colors
 from reportlab.lib.units import cm
-from reportlab.platypus import PageBreak, Spacer, Table, TableStyle
+from reportlab.platypus import KeepTogether, PageBreak, Spacer, Table, TableStyle
 
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.checklist import Checklist, build_checklist
@@ -76,7 +76,7 @@ class BoardPages:
             box.append(self.para(esc(decision.reason), "body" if decision.recommended is None else "small"))
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
         unit = p.privacy().describe()  # the profile's recorded unit (image when a profile predates it)
-        out.append(self.para(f"<b>{esc(unit[0].upper() + unit[1:])}</b>. Reconstruction limits apply at the prior "
+        out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction limits apply at the prior "
                              f"κ = 1/{d.n_train} (one training image guessed blindly)."))
         out.append(self.para("Privacy budgets against the board's limits", "h2"))
         out.append(self._board_table())
@@ -175,8 +175,10 @@ class BoardPages:
                 self.para("What the board reviewed. The hash identifies the exact configuration (every parameter "
                           "on the reproducibility page); a profile with any other setting has another hash. The "
                           "report holds counts only, no patient identifiers."),
-                t, Spacer(1, 8), self.para("Configuration", "h2"), self._config_table(), Spacer(1, 10),
-                self.para("Review", "h2"), form, PageBreak()]
+                t, Spacer(1, 10),
+                # The form stays on one page; the configuration the hash covers follows it.
+                KeepTogether([self.para("Review", "h2"), form]), Spacer(1, 10),
+                self.para("Configuration (the fields the hash covers)", "h2"), self._config_table(), PageBreak()]
 
     # -- checklist ------------------------------------------------------------------------------------------
     def checklist_page(self) -> list:
