@@ -192,7 +192,7 @@ class Remedy:
 
     ``noise_multiplier`` is the largest of the calibrated sigmas (it meets every failing formal limit, each bound
     falling with sigma); ``binding`` is the index of the limit that needs it, ``epsilon`` its tight PLD epsilon at
-    the budget's delta (sound upper bound). None when only the realistic limit fails or no noise can meet it.
+    the budget's delta (sound upper bound), for the privacy unit of the bounds (per patient when k > 1). None when only the realistic limit fails or no noise can meet it.
     """
 
     budget: str
@@ -366,10 +366,13 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         sigma, eps, binding = max(calibrated)
         used = lv.train[0].noise_multiplier if lv.train else lv.bounds.noise_multiplier  # type: ignore[union-attr]
         bnd = lv.bounds
+        # calibrate_noise states epsilon for the unit its bound protects: all k images of a patient when k > 1
+        k = bnd.records_per_patient  # type: ignore[union-attr]
+        unit = f" per patient of {k} images" if k > 1 else ""
         remedy = Remedy(b.budget, binding, sigma, used, eps, bnd.sampling_probability, bnd.steps)  # type: ignore[union-attr]
         reason += (f" The limit that fails first is {limits[binding].describe()}: training with noise multiplier "
                    f"σ = {sigma:.4g} instead of {used:.4g} at the same sampling rate q = {bnd.sampling_probability:.4g} "  # type: ignore[union-attr]
-                   f"and {bnd.steps} steps (ε = {_eps(eps)} at δ = {bnd.target_delta:.3g}) would meet it"  # type: ignore[union-attr]
+                   f"and {bnd.steps} steps (ε = {_eps(eps)}{unit} at δ = {bnd.target_delta:.3g}) would meet it"  # type: ignore[union-attr]
                    + (" and every other failing bound" if len(calibrated) > 1 else "")
                    + " (calibrated with the tight accountant; sound upper bound). Expect lower utility.")
     if any(limits[c.limit].threat_model == "realistic" and limits[c.limit].kind == "rero" for c in failing):
