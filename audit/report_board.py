@@ -107,6 +107,8 @@ class BoardPages:
         for r, lv in enumerate(self.levels, start=2):
             eps = ("∞ (no DP)" if not lv.private else
                    f"{txt.eps_up(lv.bounds.epsilon)}<br/>δ = {txt.num(lv.bounds.target_delta)}" if lv.bounds else "n/a")
+            if lv.bounds is not None and lv.bounds.epsilon_patient is not None:  # the unit the guarantee protects
+                eps += f"<br/>per patient: {txt.eps_up(lv.bounds.epsilon_patient)}"
             cells = [self.cell(f"<b>{lv.label}</b>"), self.cell(eps)]
             checks = decision.checks_of(lv.label) if decision is not None else None
             for j, lim in enumerate(limits):
