@@ -541,8 +541,13 @@ def _calibrate(config: TrainConfig, q: float, steps: int, delta: float
 
 def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float, q: float, steps: int,
              delta: float, progress: ProgressCallback | None, done0: int, total: int,
-             device: torch.device = torch.device("cpu")) -> tuple[nn.Module, list[EpochRecord], float]:
-    """Train one model on ``device``; returns (model, still on ``device``; history; training samples per second)."""
+             device: torch.device = torch.device("cpu"), initial_state: Mapping[str, torch.Tensor] | None = None
+             ) -> tuple[nn.Module, list[EpochRecord], float]:
+    """Train one model on ``device``; returns (model, still on ``device``; history; training samples per second).
+
+    ``initial_state`` (a state dict) replaces the seeded initialisation: a federated client starts from the
+    server's model (``dpaudit.audit.federated``); everything else, the random streams included, is unchanged.
+    """
     from opacus.data_loader import wrap_collate_with_empty
     from opacus.optimizers import DPOptimizer
     from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -557,6 +562,8 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     images = _normalise(train_ds.images, splits.mean, splits.std)
     dataset = torch.utils.data.TensorDataset(images, train_ds.labels)
     model = prepare_model(config, splits.num_classes, splits.in_channels, splits.image_shape)[0]
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     model = model.to(device)  # built (and initialised) on the CPU, then moved
     k = config.augment_multiplicity
     # 128 by default, not min(batch_size, 128): a Poisson batch of expected size 64 exceeds 64 about half the time,

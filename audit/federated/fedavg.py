@@ -1,0 +1,512 @@
+"""Federated averaging (FedAvg) with differential privacy at the sample or the client level, and secure aggregation.
+
+``run_federated(FederatedConfig(...))`` splits a dataset across ``clients`` sites (:mod:`.partition`), builds the
+global model from the seed, and runs ``rounds`` rounds. In each round the participating clients (all of them, or
+each one with probability q = clients_per_round / clients, drawn from the seed before training) start from the
+server's model and train locally for ``local_epochs`` epochs with the ordinary dpaudit training loop
+(:func:`dpaudit.audit.train._run_one`, Opacus DP-SGD with Poisson sampling under sample-level DP). Each client's
+local training is one :class:`ClientTask`, run by the profile's executors
+(:class:`dpaudit.audit.profile.executor.InProcessExecutor` by default, or a Dask executor).
+
+What the server sees (it never sees the records):
+
+* without secure aggregation: each surviving client's update (for sample-level DP: already noised by the client;
+  for client-level DP: clipped, the server adds the noise);
+* with secure aggregation (``secure_aggregation=True``): only the sum of the surviving clients' updates and the
+  sum of their weights. This module MODELS WHAT THE SERVER SEES, not the cryptography (Bonawitz et al., CCS 2017;
+  Bell et al., CCS 2020, SecAgg+): :func:`secure_sum` returns the sum and nothing else, and the server code only
+  receives that. Each participating client drops out after training with probability ``dropout``; a round with
+  fewer survivors than ``secagg_threshold`` aborts (the server model is unchanged). Under client-level DP each
+  client adds N(0, z^2 C^2 / t) with t = secagg_threshold, so every completed round carries at least the full
+  N(0, z^2 C^2) (splitting by the expected m instead would leave too little noise when clients drop out).
+
+Aggregation: sample level and non-private: the FedAvg mean weighted by N_k (the client sizes are treated as
+public); client level: DP-FedAvg's fixed-denominator estimate (sum of clipped updates + noise) / m
+(McMahan et al. 2018, arXiv 1710.06963, Algorithm 1, with uniform weights). The server then steps
+``global += server_lr * aggregate``. Aggregation runs in float64 so that one client with server_lr 1 reproduces
+its local model exactly (centralised training with the same seed; a test checks this).
+
+Client k in round r trains with seed ``seed + r * clients + k`` (round 0, client 0: the run's seed).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from dpaudit.audit.federated.accounting import (
+    ClientAccount,
+    client_level_accounting,
+    sample_level_accounting,
+)
+from dpaudit.audit.federated.partition import parse_partition, partition_indices
+from dpaudit.audit.metrics import ClassificationMetrics
+from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
+from dpaudit.models import ARCHITECTURES
+
+__all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
+           "FederatedResult", "RoundRecord", "run_federated", "secure_sum"]
+
+DP_LEVELS = ("sample", "client", "none")
+
+#: What each DP level protects, in words (the CLI and the report print these).
+UNIT_TEXT = {
+    "sample": "sample level: each record (patient image) at its own site is protected by that site's DP-SGD; the "
+              "site's participation in the federation is not hidden",
+    "client": "client level: a whole site's data set is protected (DP-FedAvg: clipped updates, noise on the sum); "
+              "individual records get at least this protection",
+    "none": "no differential privacy (non-private FedAvg)",
+}
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """One federated run.
+
+    Attributes
+    ----------
+    clients, partition:
+        Number of sites and how the data are split: ``iid``, ``dirichlet:ALPHA`` or ``column:NAME``.
+    rounds, clients_per_round:
+        Server rounds; expected clients per round m (None: all clients every round; else each client takes part
+        with probability m / clients, independently per round).
+    local_epochs, batch_size, lr, server_lr:
+        Local epochs per round, the local (expected) batch size, the local NAdam learning rate and the server's
+        step size on the aggregated update.
+    dp_level:
+        ``sample`` (DP-SGD at every site), ``client`` (DP-FedAvg) or ``none``.
+    epsilon, noise_multiplier:
+        Target epsilon (sample level: the worst client meets it; client level: the federation's) or sigma
+        directly; exactly one unless ``dp_level`` is ``none``.
+    max_grad_norm:
+        C: the per-sample clip norm (sample level) or the clip norm of a client's model update (client level).
+    secure_aggregation, dropout, secagg_threshold:
+        The server sees only the sum over surviving clients; each participant drops out with probability
+        ``dropout``; a round with fewer than ``secagg_threshold`` survivors aborts (default ceil(m / 2)).
+    baselines:
+        Also train a centralised model (DP-SGD at the same target, or the same sigma, over
+        rounds * local_epochs epochs) and a non-private FedAvg run, for comparison.
+    """
+
+    dataset: str = "demo"
+    data_dir: str | None = None
+    image_size: int = 28
+    max_images: int | None = None
+    arch: str = "resnet9"
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    clients: int = 5
+    partition: str = "iid"
+    rounds: int = 5
+    clients_per_round: int | None = None
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-3
+    server_lr: float = 1.0
+    dp_level: str = "sample"
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    secure_aggregation: bool = False
+    dropout: float = 0.0
+    secagg_threshold: int | None = None
+    baselines: bool = False
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dp_level not in DP_LEVELS:
+            raise invalid("dp_level", self.dp_level, f"one of {list(DP_LEVELS)}", "pass --dp-level sample")
+        given = (self.epsilon is not None) + (self.noise_multiplier is not None)
+        if self.dp_level == "none" and given:
+            raise invalid("dp_level", "none", "sample or client when --epsilon or --sigma is given",
+                          "drop --epsilon/--sigma for a non-private run, or pass --dp-level sample")
+        if self.dp_level != "none" and given != 1:
+            raise ConfigError(f"dp_level {self.dp_level} needs exactly one of --epsilon and --sigma, got {given}. "
+                              "Fix: pass --epsilon 8 (target) or --sigma 1.0, or --dp-level none.")
+        if self.epsilon is not None:
+            check_positive("epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8")
+        if self.noise_multiplier is not None:
+            check_positive("noise_multiplier", self.noise_multiplier, fix="pass --sigma > 0")
+        if self.delta is not None:
+            check_probability("delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7")
+        if self.arch not in ARCHITECTURES:
+            raise invalid("arch", self.arch, f"one of {sorted(ARCHITECTURES)}", "pass --arch resnet9")
+        object.__setattr__(self, "arch_args", dict(self.arch_args))
+        check_int("image_size", self.image_size, minimum=8)
+        clients = check_int("clients", self.clients, fix="pass --clients 5")
+        parse_partition(self.partition)
+        check_int("rounds", self.rounds, fix="pass --rounds 5")
+        if self.clients_per_round is not None:
+            m = check_int("clients_per_round", self.clients_per_round)
+            if m > clients:
+                raise invalid("clients_per_round", m, f"at most --clients ({clients})",
+                              f"pass --clients-per-round {clients} or fewer")
+        check_int("local_epochs", self.local_epochs)
+        check_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3")
+        check_positive("server_lr", self.server_lr, fix="pass --server-lr 1.0 (plain FedAvg)")
+        check_positive("max_grad_norm", self.max_grad_norm, fix="pass e.g. --max-grad-norm 1.0")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise invalid("dropout", self.dropout, "in [0, 1)", "pass e.g. --dropout 0.1")
+        if self.secagg_threshold is not None:
+            if not self.secure_aggregation:
+                raise invalid("secagg_threshold", self.secagg_threshold, "given only with --secure-aggregation",
+                              "add --secure-aggregation or drop --secagg-threshold")
+            t = check_int("secagg_threshold", self.secagg_threshold)
+            if t > self.expected_per_round:
+                raise invalid("secagg_threshold", t, f"at most the clients per round ({self.expected_per_round})",
+                              "pass a smaller --secagg-threshold")
+        check_int("seed", self.seed, minimum=0)
+
+    @property
+    def expected_per_round(self) -> int:
+        """m, the (expected) number of clients per round."""
+        return self.clients if self.clients_per_round is None else self.clients_per_round
+
+    @property
+    def threshold(self) -> int:
+        """The least number of survivors with which a round completes (1 without secure aggregation)."""
+        if not self.secure_aggregation:
+            return 1
+        return self.secagg_threshold if self.secagg_threshold is not None else max(1, math.ceil(
+            self.expected_per_round / 2))
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client's local training produced: the model update (local - global, float64) and its size."""
+
+    client: int
+    round: int
+    n_train: int
+    update: Mapping[str, Any] = field(metadata={"json": False})
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One client's local training in one round (frozen, picklable; the executors call :meth:`run`)."""
+
+    client: int
+    round: int
+    config: Any  # a dpaudit.audit.train.TrainConfig for this client's local run
+    splits: Any  # the client's dpaudit.data.DatasetSplits
+    seed: int
+    noise_multiplier: float
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    initial_state: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"federated-r{self.round}-c{self.client}"
+
+    def run(self) -> ClientUpdate:
+        import torch
+
+        from dpaudit.audit.train import _run_one
+
+        model, history, _ = _run_one(self.config, self.splits, self.seed, self.noise_multiplier,
+                                     self.sampling_probability, self.steps, self.target_delta, None, 0, self.steps,
+                                     torch.device("cpu"), initial_state=self.initial_state)
+        state = model.state_dict()
+        update = {k: state[k].double() - self.initial_state[k].double() for k in state}
+        return ClientUpdate(self.client, self.round, len(self.splits.train), update,
+                            float(history[-1].train_loss) if history else float("nan"))
+
+
+def secure_sum(updates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the server learns from secure aggregation: the sum of the inputs, nothing else (a model of SecAgg's
+    output, not its cryptography)."""
+    if not updates:
+        raise ConfigError("secure_sum needs at least one update.")
+    keys = list(updates[0])
+    return {k: sum(u[k] for u in updates) for k in keys}
+
+
+@dataclass(frozen=True)
+class ClientSummary:
+    """One site: size, label histogram, mechanism and epsilon (sound upper bound, sample level), utility (empirical).
+
+    ``test_mcc`` is the global model's MCC on this site's own test split (NaN when that split is empty).
+    """
+
+    client: int
+    n_train: int
+    n_test: int
+    label_histogram: tuple[int, ...]
+    rounds_participated: int
+    sampling_probability: float | None
+    steps: int | None
+    epsilon: float | None
+    test_mcc: float
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One server round: who trained, who survived, whether it completed; the global model's validation MCC."""
+
+    round: int
+    participants: tuple[int, ...]
+    survivors: tuple[int, ...]
+    aborted: bool
+    val_mcc: float
+
+
+@dataclass(frozen=True)
+class FederatedBaselines:
+    """Test MCC (empirical) of a centralised model with the same DP target (or sigma) and of non-private FedAvg."""
+
+    centralised_mcc: float
+    centralised_epsilon: float | None
+    centralised_noise_multiplier: float
+    nonprivate_fedavg_mcc: float
+    nonprivate_fedavg_per_client_mcc: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class FederatedResult:
+    """A federated run: mechanism, per-site privacy and utility, rounds, baselines.
+
+    Labels: ``epsilon`` (federation's worst client at sample level, the federation at client level) and every
+    ``clients[k].epsilon`` are sound upper bounds (tight PLD); MCCs are empirical.
+    """
+
+    config: FederatedConfig
+    dp_level: str
+    unit: str
+    noise_multiplier: float
+    client_sampling_probability: float
+    target_delta: float
+    epsilon: float | None
+    clients: tuple[ClientSummary, ...]
+    global_metrics: ClassificationMetrics
+    mcc_spread: float
+    mcc_std: float
+    rounds: tuple[RoundRecord, ...]
+    baselines: FederatedBaselines | None
+    server_view: str
+    wall_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` object of ``dpaudit federated train``."""
+        from dpaudit.codec import encode
+
+        c = self.config
+        return encode({
+            "dp_level": self.dp_level, "unit": self.unit, "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": c.max_grad_norm if self.dp_level != "none" else None,
+            "client_sampling_probability": self.client_sampling_probability, "target_delta": self.target_delta,
+            "epsilon_target": c.epsilon, "epsilon": self.epsilon, "clients": self.clients,
+            "global_metrics": self.global_metrics.to_dict(), "mcc_spread": self.mcc_spread,
+            "mcc_std": self.mcc_std, "rounds": self.rounds, "baselines": self.baselines,
+            "secure_aggregation": c.secure_aggregation, "server_view": self.server_view,
+            "partition": c.partition, "n_clients": c.clients, "rounds_total": c.rounds,
+            "local_epochs": c.local_epochs, "batch_size": c.batch_size, "seed": c.seed,
+            "labels": {"epsilon": "sound upper bound (tight PLD accountant), per the dp_level's unit",
+                       "clients.epsilon": "sound upper bound (tight PLD), sample level, per site",
+                       "test_mcc": "empirical, the global model on the site's own test split",
+                       "global_metrics": "empirical, the global model on the pooled test split"},
+            "wall_seconds": self.wall_seconds})
+
+
+def _client_splits(splits: Any, idx: list[list[np.ndarray]], k: int) -> Any:
+    from dpaudit.data import DatasetSplits
+
+    return DatasetSplits(splits.train.subset(idx[0][k]), splits.val.subset(idx[1][k]), splits.test.subset(idx[2][k]),
+                         name=f"{splits.name}/client{k}", mean=splits.mean, std=splits.std)
+
+
+def _schedule(config: FederatedConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(participates, survives): R x N boolean matrices drawn from the seed before training (data-independent)."""
+    rng = np.random.default_rng([config.seed, 0x5C4ED])
+    r, n = config.rounds, config.clients
+    if config.clients_per_round is None:
+        part = np.ones((r, n), dtype=bool)
+    else:
+        part = rng.random((r, n)) < config.clients_per_round / n  # Poisson client sampling, q = m / N
+    survive = part & (rng.random((r, n)) >= config.dropout)
+    return part, survive
+
+
+def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any = None,
+                  progress: Any = None) -> FederatedResult:
+    """Run federated training; see the module docstring. ``progress(done, total, text)`` after every round."""
+    import torch
+
+    from dpaudit.audit.metrics import choose_threshold
+    from dpaudit.audit.train import (
+        TrainConfig,
+        _evaluate,
+        _evaluate_with_operating_point,
+        _predict,
+        default_delta,
+    )
+    from dpaudit.data import load_splits
+    from dpaudit.models import build_model
+    from dpaudit.runtime import idle_cores
+
+    if not isinstance(config, FederatedConfig):
+        raise ConfigError(f"config must be a FederatedConfig, got {type(config).__name__}.")
+    t_start = time.perf_counter()
+    if splits is None:
+        splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                             seed=config.seed, max_images=config.max_images)
+    if executor is None:
+        from dpaudit.audit.profile.executor import InProcessExecutor
+
+        executor = InProcessExecutor()
+    partition = parse_partition(config.partition)
+    cols = [s.groups.get(partition.column) if partition.column else None
+            for s in (splits.train, splits.val, splits.test)]
+    idx = partition_indices([s.labels.numpy() for s in (splits.train, splits.val, splits.test)],
+                            [s.patient_ids for s in (splits.train, splits.val, splits.test)], cols, partition,
+                            config.clients, num_classes=splits.num_classes, seed=config.seed)
+    client_splits = [_client_splits(splits, idx, k) for k in range(config.clients)]
+    n_train = [len(cs.train) for cs in client_splits]
+    part, survive = _schedule(config)
+    rounds_participated = part.sum(axis=0).tolist()
+
+    m = config.expected_per_round
+    client_q = m / config.clients
+    accounts: tuple[ClientAccount, ...] | None = None
+    epsilon: float | None = None
+    sigma = 0.0
+    if config.dp_level == "sample":
+        delta = config.delta if config.delta is not None else default_delta(max(n_train))
+        sigma, accounts = sample_level_accounting(n_train, config.batch_size, config.local_epochs,
+                                                  rounds_participated, delta, target_epsilon=config.epsilon,
+                                                  noise_multiplier=config.noise_multiplier)
+        epsilon = max(a.epsilon for a in accounts)
+    elif config.dp_level == "client":
+        delta = config.delta if config.delta is not None else default_delta(config.clients)
+        sigma, client_q, epsilon = client_level_accounting(config.clients, m, config.rounds, delta,
+                                                           target_epsilon=config.epsilon,
+                                                           noise_multiplier=config.noise_multiplier)
+    else:
+        delta = config.delta if config.delta is not None else default_delta(sum(n_train))
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads if config.threads is not None else idle_cores())
+    try:
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                            **config.arch_args)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        g_noise = torch.Generator().manual_seed(config.seed * 4 + 3 + 0x5E4)  # server's / SecAgg clients' noise
+        records = []
+        for r in range(config.rounds):
+            participants = np.nonzero(part[r])[0].tolist()
+            tasks = []
+            for k in participants:
+                cs = client_splits[k]
+                b = min(config.batch_size, n_train[k])
+                private = config.dp_level == "sample"
+                local = TrainConfig(dataset=splits.name, image_size=config.image_size, arch=config.arch,
+                                    arch_args=config.arch_args, epochs=config.local_epochs, batch_size=b,
+                                    lr=config.lr, max_grad_norm=config.max_grad_norm, seed=config.seed + r *
+                                    config.clients + k, noise_multiplier=sigma if private else None,
+                                    non_private=not private, delta=delta, device="cpu")
+                acc = accounts[k] if accounts is not None else None
+                steps = acc.steps_per_round if acc is not None else config.local_epochs * math.ceil(n_train[k] / b)
+                tasks.append(ClientTask(k, r, local, cs, local.seed, sigma if private else 0.0, b / n_train[k],
+                                        steps, delta, state))
+            results: dict[int, ClientUpdate] = {}
+            executor.map(tasks, lambda task, res, into=results: into.__setitem__(task.client, res))
+            survivors = [k for k in participants if survive[r, k]]
+            aborted = len(survivors) < config.threshold
+            if not aborted:
+                state = _aggregate(config, state, [results[k] for k in survivors], sigma, g_noise)
+            model.load_state_dict(state)
+            val = _evaluate(model, splits.val, splits.mean, splits.std)
+            records.append(RoundRecord(r, tuple(participants), tuple(survivors), aborted, float(val.mcc)))
+            if progress is not None:
+                progress(r + 1, config.rounds, f"round {r + 1}/{config.rounds} val MCC {val.mcc:.3f}"
+                         + (" (aborted: too few survivors)" if aborted else ""))
+        test_metrics, _ = _evaluate_with_operating_point(model, splits)
+        val_probs, _ = _predict(model, splits.val, splits.mean, splits.std)
+        threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
+        summaries = []
+        for k, cs in enumerate(client_splits):
+            mk = _evaluate(model, cs.test, splits.mean, splits.std, threshold) if len(cs.test) else None
+            acc = accounts[k] if accounts is not None else None
+            summaries.append(ClientSummary(
+                k, n_train[k], len(cs.test), tuple(int(v) for v in cs.train.class_counts()),
+                int(rounds_participated[k]), acc.sampling_probability if acc else None, acc.steps if acc else None,
+                acc.epsilon if acc else None, float(mk.mcc) if mk is not None else float("nan")))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    finite = [s.test_mcc for s in summaries if math.isfinite(s.test_mcc)]
+    spread = max(finite) - min(finite) if finite else float("nan")
+    std = statistics.pstdev(finite) if len(finite) > 1 else 0.0
+    baselines = _baselines(config, splits, sigma) if config.baselines else None
+    view = ("only the sum of the surviving clients' updates (secure aggregation, modelled: not the cryptography)"
+            if config.secure_aggregation else "each surviving client's update")
+    return FederatedResult(config, config.dp_level, UNIT_TEXT[config.dp_level], sigma, client_q, delta, epsilon,
+                           tuple(summaries), test_metrics, spread, std, tuple(records), baselines, view,
+                           time.perf_counter() - t_start)
+
+
+def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[ClientUpdate], sigma: float,
+               g_noise: Any) -> dict[str, Any]:
+    """The server's new model from the surviving updates (float64 arithmetic, cast back to each tensor's dtype)."""
+    import torch
+
+    trainable = {k for k, v in state.items() if v.is_floating_point()}
+    if config.dp_level == "client":
+        c = config.max_grad_norm
+        clipped = []
+        for u in updates:
+            norm = math.sqrt(sum(float((u.update[k] ** 2).sum()) for k in trainable))
+            f = min(1.0, c / (norm + 1e-6))  # Opacus' clip-factor convention
+            clipped.append({k: u.update[k] * f for k in trainable})
+        if config.secure_aggregation:
+            # Each client adds N(0, z^2 C^2 / t) before masking; the server learns the noisy sum only.
+            t = config.threshold
+            noisy = [{k: v + torch.randn(v.shape, generator=g_noise, dtype=torch.float64) * (sigma * c / math.sqrt(t))
+                      for k, v in u.items()} for u in clipped]
+            total = secure_sum(noisy)
+        else:
+            total = {k: sum(u[k] for u in clipped) for k in trainable}
+            total = {k: v + torch.randn(v.shape, generator=g_noise, dtype=torch.float64) * (sigma * c)
+                     for k, v in total.items()}
+        agg = {k: v / config.expected_per_round for k, v in total.items()}
+    else:
+        weighted = [{k: u.update[k] * u.n_train for k in trainable} for u in updates]
+        weight = sum(u.n_train for u in updates)
+        total = secure_sum(weighted) if config.secure_aggregation else {
+            k: sum(w[k] for w in weighted) for k in trainable}
+        agg = {k: v / weight for k, v in total.items()}
+    new = {}
+    for k, v in state.items():
+        if k in agg:
+            new[k] = (v.double() + config.server_lr * agg[k]).to(v.dtype)
+        else:
+            new[k] = v.clone()
+    return new
+
+
+def _baselines(config: FederatedConfig, splits: Any, sigma: float) -> FederatedBaselines:
+    from dpaudit.audit.train import TrainConfig, train
+
+    private = config.dp_level != "none"
+    central = train(TrainConfig(
+        dataset=splits.name, image_size=config.image_size, arch=config.arch, arch_args=config.arch_args,
+        epsilon=config.epsilon if private else None,
+        noise_multiplier=config.noise_multiplier if private and config.epsilon is None else None,
+        non_private=not private, delta=config.delta, epochs=config.rounds * config.local_epochs,
+        batch_size=min(config.batch_size, len(splits.train)), lr=config.lr, max_grad_norm=config.max_grad_norm,
+        seed=config.seed, threads=config.threads, device="cpu"), splits=splits)
+    plain = run_federated(replace(config, dp_level="none", epsilon=None, noise_multiplier=None, baselines=False,
+                                  delta=None), splits=splits)
+    return FederatedBaselines(float(central.metrics.mcc), central.epsilon_achieved, central.noise_multiplier,
+                              float(plain.global_metrics.mcc), tuple(s.test_mcc for s in plain.clients))
