@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from dpaudit import __version__
-from dpaudit.cli import attack_cmd, bounds_cmd, mia_cmd, profile_cmd, train_cmd
+from dpaudit.cli import attack_cmd, bounds_cmd, federated_cmd, mia_cmd, profile_cmd, train_cmd
 
 app = typer.Typer(
     name="dpaudit",
@@ -38,6 +38,7 @@ app.add_typer(attack_cmd.app)
 app.add_typer(train_cmd.app)
 app.add_typer(profile_cmd.app)
 app.add_typer(mia_cmd.app, name="mia")
+app.add_typer(federated_cmd.app, name="federated")
 
 
 def main() -> None:
