@@ -306,8 +306,10 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
                 else:
                     ssims.extend([0.0] * len(gt))  # nothing decoded: no image reconstructed
                 occupied.append(float(np.mean([dd.occupied.sum() for dd in decoded])))
-                q = _query(splits.train.images[torch.as_tensor(order[r].reshape(-1))], splits.mean, splits.std)
-                bin_of = np.searchsorted(thresholds, q, side="left") - 1  # t_i < q <= t_{i+1} -> bin i
+                with torch.no_grad():  # a sample's bin is its highest active row (rows 0..m fire; row 0 always)
+                    x_round = (splits.train.images[torch.as_tensor(order[r].reshape(-1))] - m_t) / s_t
+                    active = (block.linear(x_round.flatten(1)) > 0).numpy()
+                bin_of = k - 1 - np.argmax(active[:, ::-1], axis=1)
                 groups = np.repeat(np.arange(len(views)), per_view)
                 for g in range(len(views)):
                     counts = np.bincount(bin_of[groups == g], minlength=k)

@@ -295,6 +295,8 @@ class FederatedResult:
     baselines: FederatedBaselines | None
     server_view: str
     wall_seconds: float
+    #: The final global model's state dict (not serialised).
+    state: Mapping[str, Any] = field(default_factory=dict, metadata={"json": False}, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` object of ``dpaudit federated train``."""
@@ -453,7 +455,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
             if config.secure_aggregation else "each surviving client's update")
     return FederatedResult(config, config.dp_level, UNIT_TEXT[config.dp_level], sigma, client_q, delta, epsilon,
                            tuple(summaries), test_metrics, spread, std, tuple(records), baselines, view,
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, state)
 
 
 def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[ClientUpdate], sigma: float,

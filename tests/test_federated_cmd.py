@@ -1,0 +1,55 @@
+"""`dpaudit federated train` and `dpaudit federated attack` through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dpaudit.cli.main import app
+
+
+def test_train_json_reports_per_client_epsilon_and_mcc() -> None:
+    res = CliRunner().invoke(app, ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch",
+                                   "smallcnn", "--clients", "2", "--rounds", "1", "--batch-size", "8", "--epsilon",
+                                   "8", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["dp_level"] == "sample" and len(data["clients"]) == 2
+    assert all(c["epsilon"] <= 8 for c in data["clients"])
+    assert "mcc" in data["global_metrics"] and all("test_mcc" in c for c in data["clients"])
+
+
+def test_attack_json_table() -> None:
+    res = CliRunner().invoke(app, ["federated", "attack", "--image-size", "16", "--max-images", "60", "--arch",
+                                   "smallcnn", "--clients", "2", "--batch-size", "2", "--bins", "8", "--sigmas",
+                                   "0", "--rounds", "1", "--secure-aggregation", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)["rows"][0]
+    assert row["secure_aggregation"] is True and row["n_images"] == 4 and row["clients"] == 2
+
+
+@pytest.mark.parametrize("args", [["train", "--partition", "shards", "--epsilon", "8"],
+                                  ["train", "--dp-level", "client"],
+                                  ["attack", "--sigmas", "-1"]])
+def test_errors_are_one_line_exit_two(args) -> None:
+    res = CliRunner().invoke(app, ["federated", *args])
+    assert res.exit_code == 2
+    assert "Fix:" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("command", "config"), [("train", "FederatedConfig"), ("attack", "FederatedAttackConfig")])
+def test_shared_options_default_to_the_config_dataclass(command, config) -> None:
+    import typer
+
+    from dpaudit.attacks.federated import FederatedAttackConfig
+    from dpaudit.audit.federated import FederatedConfig
+
+    cls = {"FederatedConfig": FederatedConfig, "FederatedAttackConfig": FederatedAttackConfig}[config]
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    cmd = typer.main.get_command(app).commands["federated"].commands[command]  # type: ignore[attr-defined]
+    defaults = {p.name: p.default for p in cmd.params}
+    for name in ("dataset", "data_dir", "image_size", "max_images", "arch", "clients", "batch_size", "seed"):
+        assert defaults[name] == fields[name], (command, name)
