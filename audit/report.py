@@ -457,7 +457,12 @@ class _Report(board.BoardPages):
     def story(self) -> list:
         out = self.board_page() + self.signoff_page() + self.checklist_page()
         out += self.title_page() + self.summary_page() + self.table_page() + self.bounds_page()
-        out += self.mia_page() + self.utility_page() + self.statement_pages() + self.appendix()
+        out += self.mia_page() + self.utility_page()
+        if self.p.federated is not None:
+            from dpaudit.audit.report_federated import federated_page
+
+            out += federated_page(self, self.p.federated, grid, TEXT_W)
+        out += self.statement_pages() + self.appendix()
         if self.include_images:
             out += self.images_page()
         return out

@@ -159,6 +159,15 @@ def profile(
     threat_model: ThreatModelOpt = None,
     max_mia_tpr: MaxMiaTprOpt = None,
     at_fpr: AtFprOpt = None,
+    federated: Annotated[bool, typer.Option(
+        "--federated/--no-federated", help="Also run the federated section: FedAvg across sites with sample-level "
+        "DP (per-site epsilon and kappa = 1/N_k bounds, utility per site) and the bin attack with and without "
+        "secure aggregation.")] = False,
+    federated_clients: Annotated[int, typer.Option(help="Sites of the federated section.")] = D.federated_clients,
+    federated_partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or column:NAME.")
+                                   ] = D.federated_partition,
+    federated_epsilon: Annotated[float, typer.Option(help="Target epsilon of the federated section (the worst "
+                                                          "site meets it).")] = D.federated_epsilon,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
     scheduler: Annotated[str | None, typer.Option(
         help="Run the tasks on an existing Dask cluster, e.g. tcp://HOST:8786 (needs dpaudit[distributed]; "
@@ -192,7 +201,9 @@ def profile(
         connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
         mia_audit=mia_audit, canaries=canaries, include_images=include_images,
         inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable,
-        arch_args=json.dumps(parse_arch_args(arch_args)), fix_batchnorm=fix_batchnorm)
+        arch_args=json.dumps(parse_arch_args(arch_args)), fix_batchnorm=fix_batchnorm, federated=federated,
+        federated_clients=federated_clients, federated_partition=federated_partition,
+        federated_epsilon=federated_epsilon)
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")

@@ -232,6 +232,20 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         mia_res, st = _run_stage("mia", mia_tasks, store, executor, progress)
         stages.append(st)
 
+    # Stage 5 (optional): the federated section (FedAvg across sites with sample-level DP, the bin attack).
+    federated = None
+    if config.federated:
+        from dpaudit.audit.profile.federated_task import FederatedTask
+
+        fed_task = FederatedTask(
+            data=_data_spec(config), arch=config.arch, epsilon_target=config.federated_epsilon,
+            clients=config.federated_clients, partition=config.federated_partition, rounds=config.epochs,
+            batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, lr=config.lr,
+            target_delta=config.target_delta, seed=config.seed, threads=threads)
+        fed_res, st = _run_stage("federated", [fed_task], store, executor, progress)
+        stages.append(st)
+        federated = fed_res[fed_task.key()]
+
     profile = Profile(
         schema_version=SCHEMA_VERSION, dpaudit_version=__version__,
         created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
@@ -240,7 +254,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),
         mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
-        environment=_environment())
+        environment=_environment(), federated=federated)
     profile = with_decision(dataclasses.replace(profile, checklist=build_checklist(profile)), limits)
     # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
     _write_atomic(out / "profile.json", dumps(profile))

@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpaudit.attacks.federated_results import FederatedAttackRow
 from dpaudit.attacks.results import AttackRow
 from dpaudit.audit.checklist import Checklist
 from dpaudit.audit.decision import Decision
@@ -108,6 +109,10 @@ class ProfileConfig(JsonResult):
         (``dpaudit train --init``; never downloaded); the bounds and the attack use the first one's runs
         (the membership audit trains from scratch). ``trainable``: ``all``, ``head`` or ``last-N`` (for runs from a file). The
         guarantee covers the fine-tuning data only, not the data an init was trained on.
+    federated, federated_clients, federated_partition, federated_epsilon:
+        Also run the federated section (``dpaudit.audit.federated``): FedAvg over ``federated_clients`` sites
+        with sample-level DP at ``federated_epsilon`` (the worst site meets it), ``epochs`` rounds of one local
+        epoch, and the malicious server's bin attack with and without secure aggregation.
     """
 
     dataset: str = "demo"
@@ -153,6 +158,10 @@ class ProfileConfig(JsonResult):
     trainable: str = "all"
     arch_args: str = "{}"
     fix_batchnorm: bool = False
+    federated: bool = False
+    federated_clients: int = 5
+    federated_partition: str = "iid"
+    federated_epsilon: float = 8.0
 
     def __post_init__(self) -> None:
         from dpaudit.errors import check_int, check_positive, check_probability
@@ -224,7 +233,7 @@ class ProfileConfig(JsonResult):
             put("attack_epochs", check_int("attack_epochs", self.attack_epochs, minimum=1))
         put("canaries", check_int("canaries", self.canaries, minimum=4,
                                   fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
-        for name in ("mia_audit", "include_images"):
+        for name in ("mia_audit", "include_images", "federated"):
             if not isinstance(getattr(self, name), bool):
                 raise invalid(name, getattr(self, name), "true or false")
         inits = tuple(str(i).strip() for i in ((self.inits,) if isinstance(self.inits, str) else self.inits))
@@ -253,6 +262,13 @@ class ProfileConfig(JsonResult):
         from dpaudit.config import parse_trainable
 
         parse_trainable(self.trainable)
+        put("federated_clients", check_int("federated_clients", self.federated_clients, minimum=1,
+                                           fix="pass --federated-clients 5"))
+        put("federated_epsilon", check_positive("federated_epsilon", self.federated_epsilon,
+                                                fix="pass --federated-epsilon 8"))
+        from dpaudit.audit.federated.partition import parse_partition
+
+        parse_partition(self.federated_partition)
 
     @property
     def levels(self) -> tuple[float | None, ...]:
@@ -311,6 +327,11 @@ class ProfileConfig(JsonResult):
         if self.inits != d.inits:
             parts += ["--inits", ",".join(self.inits)]
         opt("--trainable", self.trainable, d.trainable)
+        if self.federated:
+            parts.append("--federated")
+            opt("--federated-clients", self.federated_clients, d.federated_clients)
+            opt("--federated-partition", self.federated_partition, d.federated_partition)
+            opt("--federated-epsilon", self.federated_epsilon, d.federated_epsilon)
         parts += ["--out", out]
         return shlex.join(parts)
 
@@ -597,6 +618,44 @@ class PackageVersion(JsonResult):
 
 
 @dataclass(frozen=True)
+class FederatedSite(JsonResult):
+    """One site of the federated section: its DP-SGD mechanism, epsilon and worst-case ReRo bound at its own
+    kappa = 1/N_k (sound upper bounds, tight PLD), and the global model's MCC on its test split (empirical)."""
+
+    client: int
+    n_train: int
+    n_test: int
+    label_histogram: tuple[int, ...]
+    sampling_probability: float | None
+    steps: int | None
+    epsilon: float | None
+    kappa: float
+    rero_worst_case: float | None
+    test_mcc: float
+
+
+@dataclass(frozen=True)
+class FederatedOutcome(JsonResult):
+    """The federated section of a profile: FedAvg with sample-level DP across sites, and the bin attack with and
+    without secure aggregation (``attack``: one row per noise level and secure-aggregation setting)."""
+
+    epsilon_target: float
+    dp_level: str
+    unit: str
+    partition: str
+    clients: int
+    rounds: int
+    noise_multiplier: float
+    target_delta: float
+    epsilon: float | None
+    sites: tuple[FederatedSite, ...]
+    global_mcc: float
+    mcc_spread: float
+    attack: tuple[FederatedAttackRow, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Profile(JsonResult):
     """The complete result of ``dpaudit profile``: everything the report needs, stored as ``profile.json``."""
 
@@ -617,6 +676,7 @@ class Profile(JsonResult):
     decision: Decision | None = None
     #: The reporting checklist (``dpaudit.audit.checklist``), filled from this profile.
     checklist: Checklist | None = None
+    federated: FederatedOutcome | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,0 +1,40 @@
+"""`dpaudit profile --federated`: the federated section in profile.json and in the PDF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+
+def test_profile_with_federated_section(tmp_path) -> None:
+    from dpaudit.audit.profile import run_profile
+    from dpaudit.audit.profile.schema import Profile, ProfileConfig
+    from dpaudit.audit.report import render_report
+
+    config = ProfileConfig(max_images=120, image_size=16, arch="smallcnn", epsilons=(8.0,), non_private=False,
+                           seeds=1, epochs=1, batch_size=16, attack_images=4, federated=True, federated_clients=2)
+    assert "--federated --federated-clients 2" in config.command()
+    profile = run_profile(config, tmp_path, threads=1)
+    fed = profile.federated
+    assert fed is not None and len(fed.sites) == 2
+    assert all(s.epsilon <= 8.0 and s.kappa == 1.0 / s.n_train for s in fed.sites)
+    assert {r.secure_aggregation for r in fed.attack} == {False, True}
+    again = Profile.from_json((tmp_path / "profile.json").read_text())
+    assert again.federated == fed
+    data = json.loads((tmp_path / "profile.json").read_text())
+    assert data["federated"]["sites"][0]["rero_worst_case"] <= 1.0
+    pdf = tmp_path / "report.pdf"
+    render_report(profile, pdf)
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext not installed: the PDF rendered, its text is not checked")
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "Federated learning: privacy per site" in text and "bin attack" in text
+
+
+def test_profile_without_federated_reads_old_files() -> None:
+    from dpaudit.audit.profile.schema import ProfileConfig
+
+    assert ProfileConfig().federated is False and "--federated" not in ProfileConfig().command()
