@@ -48,7 +48,7 @@ from dpaudit.audit.federated.accounting import (
 from dpaudit.audit.federated.partition import parse_partition, partition_indices
 from dpaudit.audit.metrics import ClassificationMetrics
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
-from dpaudit.models import ARCHITECTURES
+from dpaudit.models import parse_arch
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
            "FederatedResult", "RoundRecord", "run_federated", "secure_sum"]
@@ -136,8 +136,7 @@ class FederatedConfig:
             check_positive("noise_multiplier", self.noise_multiplier, fix="pass --sigma > 0")
         if self.delta is not None:
             check_probability("delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7")
-        if self.arch not in ARCHITECTURES:
-            raise invalid("arch", self.arch, f"one of {sorted(ARCHITECTURES)}", "pass --arch resnet9")
+        parse_arch(self.arch)
         object.__setattr__(self, "arch_args", dict(self.arch_args))
         check_int("image_size", self.image_size, minimum=8)
         clients = check_int("clients", self.clients, fix="pass --clients 5")
@@ -346,14 +345,13 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
 
     from dpaudit.audit.metrics import choose_threshold
     from dpaudit.audit.train import (
-        TrainConfig,
         _evaluate,
         _evaluate_with_operating_point,
         _predict,
         default_delta,
+        prepare_model,
     )
     from dpaudit.data import load_splits
-    from dpaudit.models import build_model
     from dpaudit.runtime import idle_cores
 
     if not isinstance(config, FederatedConfig):
@@ -399,9 +397,9 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads if config.threads is not None else idle_cores())
     try:
-        torch.manual_seed(config.seed)
-        model = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                            **config.arch_args)
+        torch.manual_seed(config.seed)  # the initialisation centralised training with this seed would use
+        model = prepare_model(_local_config(config, splits, config.seed, 0.0, config.batch_size, None),
+                              splits.num_classes, splits.in_channels, splits.image_shape)[0]
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         g_noise = torch.Generator().manual_seed(config.seed * 4 + 3 + 0x5E4)  # server's / SecAgg clients' noise
         records = []
@@ -412,11 +410,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
                 cs = client_splits[k]
                 b = min(config.batch_size, n_train[k])
                 private = config.dp_level == "sample"
-                local = TrainConfig(dataset=splits.name, image_size=config.image_size, arch=config.arch,
-                                    arch_args=config.arch_args, epochs=config.local_epochs, batch_size=b,
-                                    lr=config.lr, max_grad_norm=config.max_grad_norm, seed=config.seed + r *
-                                    config.clients + k, noise_multiplier=sigma if private else None,
-                                    non_private=not private, delta=delta, device="cpu")
+                local = _local_config(config, splits, config.seed + r * config.clients + k, sigma, b, delta)
                 acc = accounts[k] if accounts is not None else None
                 steps = acc.steps_per_round if acc is not None else config.local_epochs * math.ceil(n_train[k] / b)
                 tasks.append(ClientTask(k, r, local, cs, local.seed, sigma if private else 0.0, b / n_train[k],
@@ -456,6 +450,18 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     return FederatedResult(config, config.dp_level, UNIT_TEXT[config.dp_level], sigma, client_q, delta, epsilon,
                            tuple(summaries), test_metrics, spread, std, tuple(records), baselines, view,
                            time.perf_counter() - t_start, state)
+
+
+def _local_config(config: FederatedConfig, splits: Any, seed: int, sigma: float, batch: int,
+                  delta: float | None) -> Any:
+    """The TrainConfig of one client's local run (DP-SGD at ``sigma`` under sample-level DP, else plain)."""
+    from dpaudit.audit.train import TrainConfig
+
+    private = config.dp_level == "sample" and sigma > 0
+    return TrainConfig(dataset=splits.name, image_size=config.image_size, arch=config.arch,
+                       arch_args=config.arch_args, epochs=config.local_epochs, batch_size=batch, lr=config.lr,
+                       max_grad_norm=config.max_grad_norm, seed=seed, noise_multiplier=sigma if private else None,
+                       non_private=not private, delta=delta, device="cpu")
 
 
 def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[ClientUpdate], sigma: float,

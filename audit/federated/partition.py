@@ -44,14 +44,14 @@ class Partition:
         return "iid"
 
 
-def parse_partition(text: str) -> Partition:
-    """Parse ``iid``, ``dirichlet:ALPHA`` (ALPHA > 0) or ``column:NAME``.
+def parse_partition(text: str, *, flag: str = "--partition") -> Partition:
+    """Parse ``iid``, ``dirichlet:ALPHA`` (ALPHA > 0) or ``column:NAME`` (``flag`` names the option in errors).
 
     >>> parse_partition("dirichlet:0.5")
     Partition(kind='dirichlet', alpha=0.5, column=None)
     """
     allowed = "iid, dirichlet:ALPHA (ALPHA > 0) or column:NAME"
-    fix = "pass e.g. --partition dirichlet:0.5"
+    fix = f"pass e.g. {flag} dirichlet:0.5"
     if not isinstance(text, str):
         raise invalid("partition", text, allowed, fix)
     if text == "iid":

@@ -268,7 +268,7 @@ class ProfileConfig(JsonResult):
                                                 fix="pass --federated-epsilon 8"))
         from dpaudit.audit.federated.partition import parse_partition
 
-        parse_partition(self.federated_partition)
+        parse_partition(self.federated_partition, flag="--federated-partition")
 
     @property
     def levels(self) -> tuple[float | None, ...]:
