@@ -172,7 +172,7 @@ def test_client_tasks_go_through_the_executor(splits) -> None:
 
     class Recording(InProcessExecutor):
         def map(self, tasks, on_done):
-            seen.extend(t.key for t in tasks)
+            seen.extend(t.key() for t in tasks)
             super().map(tasks, on_done)
 
     run_federated(FederatedConfig(image_size=16, arch="smallcnn", clients=2, rounds=2, batch_size=8,

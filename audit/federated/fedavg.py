@@ -36,7 +36,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -204,9 +204,15 @@ class ClientTask:
     target_delta: float
     initial_state: Mapping[str, Any]
 
-    @property
+    stage: ClassVar[str] = "federated-client"
+    result_type: ClassVar[type] = ClientUpdate
+
     def key(self) -> str:
+        """Unique within a run (the profile's Task protocol; results are not stored: the round needs them now)."""
         return f"federated-r{self.round}-c{self.client}"
+
+    def describe(self) -> str:
+        return f"round {self.round}, client {self.client}"
 
     def run(self) -> ClientUpdate:
         import torch
