@@ -187,3 +187,14 @@ def test_config_errors_name_the_fix() -> None:
         FederatedConfig(clients=3, clients_per_round=4, epsilon=8)
     with pytest.raises(ConfigError, match="secagg_threshold must be given only with"):
         FederatedConfig(epsilon=8, secagg_threshold=2)
+
+
+def test_baselines_and_client_level_dp_without_secure_aggregation(splits) -> None:
+    result = run_federated(FederatedConfig(image_size=16, arch="smallcnn", clients=2, rounds=1, batch_size=8,
+                                           dp_level="client", epsilon=8.0, baselines=True, threads=1),
+                           splits=splits)
+    b = result.baselines
+    assert b is not None and len(b.nonprivate_fedavg_per_client_mcc) == 2
+    assert b.centralised_epsilon is not None and b.centralised_epsilon <= 8.0  # sound upper bound, at the target
+    assert result.epsilon <= 8.0 and result.client_sampling_probability == 1.0
+    assert all(s.epsilon is None for s in result.clients)  # client level: one epsilon per site, not per record

@@ -53,3 +53,12 @@ def test_shared_options_default_to_the_config_dataclass(command, config) -> None
     defaults = {p.name: p.default for p in cmd.params}
     for name in ("dataset", "data_dir", "image_size", "max_images", "arch", "clients", "batch_size", "seed"):
         assert defaults[name] == fields[name], (command, name)
+
+
+def test_train_human_output_labels_every_number() -> None:
+    res = CliRunner().invoke(app, ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch",
+                                   "smallcnn", "--clients", "2", "--rounds", "1", "--batch-size", "8", "--sigma",
+                                   "1.0", "--secure-aggregation", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "sample level" in res.output and "sound upper bound" in res.output and "empirical" in res.output
+    assert "only the sum" in res.output
