@@ -95,10 +95,9 @@ def _synthetic_labels(rng: np.random.Generator, classes: int, per_class: int) ->
     return rng.permutation(np.repeat(np.arange(classes), per_class))
 
 
-def test_dirichlet_shares_have_the_dirichlet_mean_and_variance() -> None:
+def test_dirichlet_shares_have_the_dirichlet_mean_and_variance(rng) -> None:
     """Per-class client shares: mean 1/N and variance (1/N)(1 - 1/N)/(N alpha + 1) (Dirichlet moments), plus the
     multinomial assignment noise p(1 - p)/n_c; checked over 60 classes of 3000 records."""
-    rng = np.random.default_rng()
     clients, alpha, classes, per_class = 4, 0.7, 60, 3000
     labels = _synthetic_labels(rng, classes, per_class)
     idx = partition_indices([labels], [None], [None], parse_partition(f"dirichlet:{alpha}"), clients,
@@ -114,8 +113,7 @@ def test_dirichlet_shares_have_the_dirichlet_mean_and_variance() -> None:
     assert shares.var() == pytest.approx(var, rel=0.35)
 
 
-def test_dirichlet_alpha_controls_heterogeneity_and_patients_stay_at_one_site() -> None:
-    rng = np.random.default_rng()
+def test_dirichlet_alpha_controls_heterogeneity_and_patients_stay_at_one_site(rng) -> None:
     labels = rng.integers(0, 2, 4000)
     patients = np.arange(4000) // 2  # two images per patient, same label
     labels = labels[patients * 2]

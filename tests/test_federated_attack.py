@@ -77,8 +77,7 @@ def test_secure_aggregation_of_two_clients_equals_the_attack_on_the_summed_updat
     assert np.array_equal(a.ratio, b.ratio)
 
 
-def test_bin_test_declares_pure_noise_empty() -> None:
-    rng = np.random.default_rng()
+def test_bin_test_declares_pure_noise_empty(rng) -> None:
     layout = Layout((1, 8, 8), np.array([0.5]), np.array([0.25]))
     k, d = 16, 64
     noise = rng.standard_normal((k, d + 1)) * 0.1
