@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
+from dpaudit.audit.segmentation import SegmentationMetrics, evaluate_segmentation
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
 from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
@@ -168,6 +169,10 @@ class TrainConfig:
     out: str | None = None
     threads: int | None = None
     device: str = "auto"
+    # Segmentation (dpaudit.volumes): task None is inferred from the dataset (``window`` above is the CT window,
+    # default the liver window); the training split keeps every foreground slice and this share of the others.
+    task: str | None = None
+    background_share: float = 1.0
 
     def __post_init__(self) -> None:
         modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
@@ -213,10 +218,70 @@ class TrainConfig:
             check_int("threads", self.threads)
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
+        _check_task(self)
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segmentation"
 
     @property
     def private(self) -> bool:
         return not self.non_private
+
+
+TASKS = ("classification", "segmentation")
+
+
+def _check_task(config: TrainConfig) -> None:
+    """Resolve and check ``task`` (inferred from the dataset when None) and the options that depend on it.
+
+    A segmentation task trains ``unet`` (the classification default ``resnet9`` is replaced by it; another
+    classifier is refused); augmentation is refused (flipping would need the label maps flipped alike).
+    """
+    from dpaudit.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
+    from dpaudit.volumes import is_segmentation_dataset
+
+    inferred = "segmentation" if is_segmentation_dataset(config.dataset) else "classification"
+    task = config.task if config.task is not None else inferred
+    if task not in TASKS:
+        raise invalid("task", task, f"one of {list(TASKS)}", "pass --task classification or --task segmentation")
+    if task != inferred:
+        raise invalid("task", task, f"{inferred} for --dataset {config.dataset}",
+                      "pass --dataset demo-ct or msd:PATH for segmentation, another dataset for classification")
+    object.__setattr__(config, "task", task)
+    if task == "segmentation":
+        if config.arch == "resnet9":
+            object.__setattr__(config, "arch", "unet")
+        if config.arch in ARCHITECTURES and config.arch not in SEGMENTATION_ARCHITECTURES:
+            raise invalid("arch", config.arch, f"one of {sorted(SEGMENTATION_ARCHITECTURES)} (or a segmentation "
+                          "network spec) for segmentation", "pass --arch unet")
+        if config.augment_multiplicity:
+            raise invalid("augment_multiplicity", config.augment_multiplicity, "0 for segmentation",
+                          "leave out --augment-multiplicity")
+    else:
+        if config.arch in SEGMENTATION_ARCHITECTURES:
+            raise invalid("arch", config.arch, "a classifier for classification", "pass --arch resnet9")
+        if config.background_share != 1.0:
+            raise invalid("background_share", config.background_share,
+                          "1 (every slice) except for segmentation datasets (demo-ct, msd:PATH)",
+                          "leave out --background-share")
+    object.__setattr__(config, "background_share", check_probability(
+        "background_share", config.background_share, open_low=False, open_high=False,
+        fix="pass a share in [0, 1], e.g. --background-share 0.1"))
+
+
+def load_data(config: TrainConfig):
+    """The splits ``config`` names: :func:`dpaudit.data.load_splits`, or for segmentation
+    :func:`dpaudit.volumes.load_segmentation_splits` (``max_images`` counts volumes there)."""
+    if config.segmentation:
+        from dpaudit.volumes import load_segmentation_splits
+
+        return load_segmentation_splits(config.dataset, image_size=config.image_size, seed=config.seed,
+                                        max_volumes=config.max_images, window=config.window,
+                                        background_share=config.background_share)
+    return load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                       seed=config.seed, max_images=config.max_images, labels=config.labels,
+                       window=config.window, slice_axis=config.slice_axis)
 
 
 @dataclass(frozen=True)
@@ -231,6 +296,7 @@ class EpochRecord:
     val_accuracy: float
     epsilon_rdp: float | None  # RDP upper bound on epsilon after this epoch; None for non-private
     seconds: float
+    val_dice: float | None = None  # segmentation: mean Dice over foreground classes (val_mcc is then NaN)
 
 
 @dataclass(frozen=True)
@@ -255,10 +321,10 @@ class TrainResult:
     delta_rule: str
     max_grad_norm: float | None
     n_train: int
-    metrics: ClassificationMetrics
-    val_metrics: ClassificationMetrics
+    metrics: ClassificationMetrics | SegmentationMetrics  # the task's metrics (``config.task``)
+    val_metrics: ClassificationMetrics | SegmentationMetrics
     history: tuple[EpochRecord, ...]
-    per_seed: tuple[ClassificationMetrics, ...]
+    per_seed: tuple[ClassificationMetrics | SegmentationMetrics, ...]
     seed_summary: Mapping[str, tuple[float, float]]
     dataset: str
     label_names: tuple[str, ...]
@@ -295,7 +361,16 @@ class TrainResult:
                           "frozen_parameters": self.frozen_parameters,
                           "replaced_layers": list(self.replaced_layers), "init_report": list(self.init_report)},
                 **({"privacy_unit": self.privacy.unit, "records_per_patient": self.privacy.records_per_patient,
-                    "epsilon_patient": self.epsilon_patient} if self.privacy is not None else {})}
+                    "epsilon_patient": self.epsilon_patient} if self.privacy is not None else {}),
+                **({"task": "segmentation", **self.volume_unit} if self.config.segmentation else {})}
+
+    @property
+    def volume_unit(self) -> dict[str, int]:
+        """Segmentation: the patient unit is the volume (N_train volumes, k slices per volume at most)."""
+        if self.privacy is None:
+            return {}
+        return {"n_train_volumes": int(self.privacy.images_per_unit.n_units),
+                "records_per_patient": int(self.privacy.records_per_patient)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -586,7 +661,8 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=_PoissonBatches(n, q, steps_per_epoch, g_sample),
             collate_fn=wrap_collate_with_empty(collate_fn=torch.utils.data.default_collate,
-                                               sample_empty_shapes=[(0, *images.shape[1:]), (0,)],
+                                               sample_empty_shapes=[(0, *images.shape[1:]),
+                                                                    (0, *train_ds.labels.shape[1:])],
                                                dtypes=[torch.float32, torch.int64]))
         physical_batches = BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
                                               optimizer=optimizer)  # type: ignore[arg-type]
@@ -615,12 +691,21 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
         seen += seen_e
         train_time += time.perf_counter() - t0
         done += steps_per_epoch
-        val = _evaluate(model, splits.val, splits.mean, splits.std)
         eps_so_far = (float(epsilon_rdp(sigma, q, epoch * steps_per_epoch, delta)) if config.private else None)
-        history.append(EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), val.loss, val.mcc,
-                                   val.accuracy, eps_so_far, time.perf_counter() - t0))
+        if config.segmentation:
+            sval = evaluate_segmentation(model, splits.val, splits.mean, splits.std)
+            record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), sval.loss,
+                                 float("nan"), sval.pixel_accuracy, eps_so_far, time.perf_counter() - t0,
+                                 val_dice=sval.dice_mean)
+            what = f"val Dice {sval.dice_mean:.3f}"
+        else:
+            val = _evaluate(model, splits.val, splits.mean, splits.std)
+            record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), val.loss, val.mcc,
+                                 val.accuracy, eps_so_far, time.perf_counter() - t0)
+            what = f"val MCC {val.mcc:.3f}"
+        history.append(record)
         if progress is not None:
-            progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} val MCC {val.mcc:.3f}")
+            progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} {what}")
     return model, history, seen / train_time if train_time > 0 else float("nan")
 
 
@@ -660,8 +745,14 @@ def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, split
     return loss_sum, loss_n, seen
 
 
-def _summary(per_seed: list[ClassificationMetrics]) -> dict[str, tuple[float, float]]:
+def _summary(per_seed: list[ClassificationMetrics] | list[SegmentationMetrics]) -> dict[str, tuple[float, float]]:
     out = {}
+    if per_seed and isinstance(per_seed[0], SegmentationMetrics):
+        values = [m.summary_values() for m in per_seed]  # type: ignore[union-attr]
+        for key in values[0]:
+            vals = [v[key] for v in values]
+            out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        return out
     for key in ("mcc", "balanced_accuracy", "auroc", "accuracy"):
         vals = [getattr(m, key) for m in per_seed]
         out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
@@ -686,9 +777,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}.")
     t_start = time.perf_counter()
     if splits is None:
-        splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                             seed=config.seed, max_images=config.max_images, labels=config.labels,
-                             window=config.window, slice_axis=config.slice_axis)
+        splits = load_data(config)
     require_classes(splits, "training")
     unit = privacy_unit(splits, config.privacy_unit)
     n = len(splits.train)
@@ -717,7 +806,11 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         for i in range(config.seeds):
             model, history, speed = _run_one(config, splits, config.seed + i, sigma, q, steps, delta, progress,
                                              i * steps, total, device)
-            test_metrics, val_metrics = _evaluate_with_operating_point(model, splits)
+            if config.segmentation:
+                test_metrics = evaluate_segmentation(model, splits.test, splits.mean, splits.std)
+                val_metrics = evaluate_segmentation(model, splits.val, splits.mean, splits.std)
+            else:
+                test_metrics, val_metrics = _evaluate_with_operating_point(model, splits)
             model = model.cpu()
             per_seed.append(test_metrics)
             per_seed_val.append(val_metrics)
@@ -756,7 +849,11 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
              "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,
              "test_mcc": result.metrics.mcc, "init": _init_record(config.init),
              "trainable": config.trainable, "epsilon_patient": result.epsilon_patient,
-             **(_privacy_scalars(result.privacy) if result.privacy is not None else {})}
+             **(_privacy_scalars(result.privacy) if result.privacy is not None else {}),
+             **({"task": "segmentation", "test_dice": result.metrics.dice_mean,  # type: ignore[union-attr]
+                 "window_low": splits.window[0] if splits.window else None,
+                 "window_high": splits.window[1] if splits.window else None, **result.volume_unit}
+                if config.segmentation else {})}
     # The run's schedule as phases (Opacus' accountant.history layout): one phase today, sigma and q fixed.
     from dpaudit.bounds import Schedule
 
@@ -833,9 +930,11 @@ def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResul
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("cross-entropy")
     ax1.legend()
-    ax2.plot(epochs, [h.val_mcc for h in history], "o-", label="validation MCC (empirical)")
+    seg = bool(history) and history[0].val_dice is not None
+    ax2.plot(epochs, [h.val_dice if seg else h.val_mcc for h in history], "o-",
+             label=f"validation {'mean Dice' if seg else 'MCC'} (empirical)")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("MCC")
+    ax2.set_ylabel("Dice" if seg else "MCC")
     ax2.set_ylim(-0.1, 1.0)
     ax2.legend()
     if result.dp is not None:

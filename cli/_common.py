@@ -21,11 +21,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Options shared by the commands that load data or run torch: one name, one help text, one meaning. Each
 # command states the default of its configuration dataclass (TrainConfig, ProfileConfig) at the parameter.
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="demo (built in, synthetic), ham10000, a MedMNIST flag "
-                                         "(dermamnist, ...), folder:PATH, dicom:PATH, nifti:PATH or csv:FILE.")]
+                                         "(dermamnist, ...), folder:PATH, dicom:PATH, nifti:PATH or csv:FILE; segmentation: "
+                                         "demo-ct (built in, synthetic CT) or msd:PATH (a Decathlon task folder).")]
 LabelsOpt = Annotated[str | None, typer.Option("--labels", help="dicom:/nifti: a labels CSV: a label column and a "
                                                "key column (PatientID, ..., path; nifti: file).")]
 WindowOpt = Annotated[str | None, typer.Option("--window", help="LOW,HIGH in modality units (HU for CT) mapped to "
-                                               "0 and 1, e.g. -100,200 (dicom:, nifti:, csv:).")]
+                                               "0 and 1, e.g. -100,200 (dicom:, nifti:, csv:; demo-ct and msd: default "
+                                               "to the liver window -100,200).")]
 class SliceAxis(StrEnum):
     """How NIfTI volumes are cut into 2-D images (RAS+ axes)."""
 
@@ -65,6 +67,11 @@ MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Use at m
                                                   "(demo: its size).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch threads (default: the idle cores; results "
                                                 "depend on the count in the last bits: pin it to reproduce a run).")]
+TaskOpt = Annotated[str | None, typer.Option("--task", help="classification or segmentation (default: inferred "
+                                              "from --dataset; demo-ct and msd:PATH are segmentation).")]
+BackgroundShareOpt = Annotated[float, typer.Option("--background-share", help="Segmentation: the training split "
+                                                   "keeps every slice with foreground and this share of the other "
+                                                   "slices (1: all).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.

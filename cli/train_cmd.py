@@ -9,6 +9,7 @@ import typer
 from dpaudit.cli._common import (
     ArchArgsOpt,
     ArchOpt,
+    BackgroundShareOpt,
     DataDirOpt,
     DatasetOpt,
     FixBatchnormOpt,
@@ -18,6 +19,7 @@ from dpaudit.cli._common import (
     MaxImagesOpt,
     PrivacyUnitOpt,
     SliceAxisOpt,
+    TaskOpt,
     ThreadsOpt,
     TrainableOpt,
     WindowOpt,
@@ -72,6 +74,8 @@ def train_command(
                                         )] = "auto",
     out_dir: Annotated[str | None, typer.Option("--out", help="Write model.pt, metrics.json and "
                                                               "training_curve.png here.")] = None,
+    task: TaskOpt = None,
+    background_share: BackgroundShareOpt = 1.0,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a model with DP-SGD (Opacus, Poisson sampling) or without DP, and report utility and epsilon."""
@@ -91,7 +95,7 @@ def train_command(
         noise_multiplier=sigma, non_private=non_private, delta=delta,
         epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
         lr=lr, augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads,
-        device=device)
+        device=device, task=task, background_share=background_share)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)
@@ -132,6 +136,11 @@ def train_command(
                   f"n_train {result.n_train}")
     else:
         out.print(f"privacy: none (non-private baseline), n_train {result.n_train}, steps {result.steps}")
+    if config.segmentation:
+        from dpaudit.cli.segmentation_view import print_segmentation
+
+        print_segmentation(out, result)
+        return
     out.print(f"test utility (empirical, n = {m.n}): MCC {m.mcc:.4f}, balanced accuracy {m.balanced_accuracy:.4f}, "
               f"AUROC {m.auroc:.4f}, accuracy {m.accuracy:.4f}")
     if len(result.per_seed) > 1:

@@ -123,9 +123,40 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def unet(num_classes: int, in_channels: int = 1, width: int = 8, groups: int = 4) -> nn.Module:
+    """A 2-D U-Net for segmentation: MONAI's ``BasicUNet`` with GroupNorm, bilinear upsampling and no BatchNorm.
+
+    Channel widths are width * (1, 1, 2, 4, 8) down and width at the last up-block (MONAI's default features
+    (32, 32, 64, 128, 256, 32) are width 32; the seed paper's MSD Liver U-Net had 16 channels, section 4.2.3;
+    the default 8 trains at a useful speed on a CPU). Four poolings; any input size works (MONAI pads the
+    skip connections).
+
+    DP-SGD: ``upsample="nontrainable"`` is bilinear ``Upsample`` followed by a ``Conv2d`` (MONAI's ``pre_conv``),
+    so every trainable layer is a ``Conv2d`` or ``GroupNorm``, which Opacus' per-sample-gradient hooks handle
+    exactly (``tests/test_segmentation.py`` compares them with per-sample autograd). The default ``deconv``
+    (``ConvTranspose2d``) has no Opacus hook and would fall back to functorch. LeakyReLU (slope 0.1, MONAI's
+    default) has no parameters; PReLU (MONAI ``UNet``'s default) would need a per-sample gradient of its slope.
+    """
+    try:
+        from monai.networks.nets import BasicUNet
+    except ImportError:
+        from dpaudit.errors import MissingDependencyError
+
+        raise MissingDependencyError("the unet architecture needs MONAI, which is not installed. Fix: pip install "
+                                     "monai (dpaudit is tested with monai 1.6).") from None
+    w = int(width)
+    if w < 1 or w % groups:
+        raise invalid("width", width, f"a positive multiple of groups ({groups})", "pass e.g. width=8")
+    return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes,
+                     features=(w, w, 2 * w, 4 * w, 8 * w, w),
+                     act=("leakyrelu", {"negative_slope": 0.1, "inplace": False}),
+                     norm=("group", {"num_groups": groups}), bias=True, dropout=0.0, upsample="nontrainable")
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet9": ResNet9,
     "smallcnn": SmallCNN,
+    "unet": unet,
 }
 
 #: Words a factory's signature may use for the number of classes and the input channels, in order of preference.
@@ -133,6 +164,10 @@ _CLASS_NAMES = ("num_classes", "out_channels", "classes")
 _CHANNEL_NAMES = ("in_channels", "n_input_channels")
 #: Arguments that would make a factory download weights: dpaudit never downloads anything (pass --init FILE).
 _DOWNLOAD_ARGS = ("pretrained", "progress")
+
+#: Architectures whose output is a class map (N x K x H x W) rather than N x K scores.
+SEGMENTATION_ARCHITECTURES = frozenset({"unet"})
+
 
 ARCH_HELP = ("a registry name (" + ", ".join(ARCHITECTURES) + "), monai:NAME (a network from monai.networks.nets), "
              "path/to/file.py:factory or package.module:factory")

@@ -1,0 +1,460 @@
+"""Segmentation datasets of 3-D volumes, trained on 2-D axial slices: the MSD layout and the built-in ``demo-ct``.
+
+``load_segmentation_splits(name, image_size=..., ...)`` returns :class:`SegmentationSplits` (train, val, test),
+each a :class:`SliceDataset`: float32 slices N x 1 x H x W in [0, 1], int64 label maps N x H x W (named
+``labels`` so that code written for per-image labels, e.g. the imprint attack's cross-entropy, takes the
+per-pixel loss unchanged), the volume each slice comes from and its position in it.
+
+The volume is the patient unit (seed paper section 4.1: MSD Liver's N_train counts volumes). Splits are
+volume-disjoint; k, the number of slices one volume contributes to the training split, is what the
+patient-level bounds use (:attr:`SegmentationSplits.records_per_patient`), and kappa = 1 / (training volumes).
+
+Names
+-----
+``msd:PATH``
+    The Medical Segmentation Decathlon layout (Antonelli et al. 2022, Nature Communications 13:4128): ``dataset.json``
+    with its ``labels`` map (e.g. ``{"0": "background", "1": "liver", "2": "cancer"}``) and ``modality``,
+    ``imagesTr/*.nii.gz`` and ``labelsTr/*.nii.gz`` of the same names, read with nibabel. Axial = the third
+    voxel axis (the MSD files' orientation).
+``demo-ct``
+    Synthetic CT-like volumes in Hounsfield units (air, a body, an organ, small hypodense lesions; some volumes
+    without a lesion), generated from the seed (:func:`make_demo_ct`); no download.
+
+Intensities
+-----------
+CT volumes are windowed: values are clipped to ``window`` (default :data:`LIVER_WINDOW`, -100..200 HU) and mapped
+linearly to [0, 1]. A fixed window is not a statistic of the data, so it releases nothing about the training
+volumes. Other modalities are scaled per volume between its own 0.5 and 99.5 percentiles (a statistic of that
+volume only).
+
+Slices
+------
+``background_share`` keeps, in the TRAINING split only, every slice holding foreground plus that share of the
+slices without foreground (seeded); 1.0 keeps every slice. Validation and test volumes keep every slice, so that
+the Dice score is computed on the whole reassembled volume, as the seed paper reports it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpaudit.errors import DataError, check_int, check_probability, invalid
+
+__all__ = [
+    "DEMO_CT_VOLUMES",
+    "LIVER_WINDOW",
+    "SEGMENTATION_DATASETS",
+    "SegmentationSplits",
+    "SliceDataset",
+    "is_segmentation_dataset",
+    "load_segmentation_splits",
+    "make_demo_ct",
+]
+
+#: The liver CT window in HU (level 50, width 300), the usual abdominal soft-tissue window for liver and lesions.
+LIVER_WINDOW = (-100.0, 200.0)
+
+#: Default number of demo-ct volumes: 12 training volumes at the default 15% / 15% validation / test shares.
+DEMO_CT_VOLUMES = 16
+
+#: Slices per demo-ct volume (a short abdominal stack; the real MSD Liver volumes hold 75 to 987 slices).
+DEMO_CT_SLICES = 16
+
+#: Dataset names (or prefixes) that are segmentation tasks.
+SEGMENTATION_DATASETS = ("demo-ct", "msd:PATH")
+
+
+def is_segmentation_dataset(name: str) -> bool:
+    """True for ``demo-ct`` and ``msd:PATH``: the names :func:`load_segmentation_splits` reads."""
+    return isinstance(name, str) and (name == "demo-ct" or name.startswith("msd:"))
+
+
+@dataclass(frozen=True, eq=False)
+class SliceDataset:
+    """One split of a segmentation dataset: 2-D slices of whole volumes, held in memory.
+
+    Attributes
+    ----------
+    images:
+        float32 tensor N x 1 x H x W with values in [0, 1] (windowed, not normalised).
+    labels:
+        int64 tensor N x H x W: the class of every pixel (0 = background).
+    label_names:
+        Name of each class index, from the dataset (``dataset.json``'s ``labels``).
+    volume_ids:
+        N identifiers of the volume each slice comes from (the patient unit); also :attr:`patient_ids`.
+    slice_index:
+        N positions along the axial axis, so that a volume's slices can be reassembled in order.
+    name:
+        Dataset name and split, e.g. ``"demo-ct/train"``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    label_names: tuple[str, ...]
+    volume_ids: np.ndarray
+    slice_index: np.ndarray
+    name: str = ""
+    groups: dict = field(default_factory=dict)  # no subgroup metadata; the attribute keeps ImageDataset's shape
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.dtype != torch.float32:
+            raise DataError(f"{self.name or 'dataset'}: slices must be a float32 tensor N x C x H x W, got shape "
+                            f"{tuple(getattr(images, 'shape', ()))}.")
+        n = images.shape[0]
+        if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (n, *images.shape[2:]):
+            raise DataError(f"{self.name or 'dataset'}: label maps must be N x H x W = {(n, *images.shape[2:])}, "
+                            f"got {tuple(getattr(labels, 'shape', ()))}.")
+        object.__setattr__(self, "labels", labels.to(torch.int64))
+        object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names))
+        object.__setattr__(self, "volume_ids", np.asarray(self.volume_ids).astype(str))
+        object.__setattr__(self, "slice_index", np.asarray(self.slice_index, dtype=np.int64))
+        if self.volume_ids.shape != (n,) or self.slice_index.shape != (n,):
+            raise DataError(f"{self.name or 'dataset'}: volume_ids and slice_index must hold {n} entries.")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __repr__(self) -> str:  # never print pixel data
+        return (f"SliceDataset(name={self.name!r}, slices={len(self)}, volumes={self.n_volumes}, "
+                f"shape={self.image_shape}, classes={self.label_names})")
+
+    @property
+    def patient_ids(self) -> np.ndarray:
+        return self.volume_ids
+
+    @property
+    def n_volumes(self) -> int:
+        return len(np.unique(self.volume_ids))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def class_counts(self) -> np.ndarray:
+        """Number of pixels per class index."""
+        return np.bincount(self.labels.reshape(-1).numpy(), minlength=self.num_classes)
+
+    def subset(self, indices: Sequence[int] | np.ndarray, name: str | None = None) -> SliceDataset:
+        idx = np.asarray(indices, dtype=np.int64)
+        t = torch.from_numpy(idx)
+        return SliceDataset(self.images[t], self.labels[t], self.label_names, self.volume_ids[idx],
+                            self.slice_index[idx], self.name if name is None else name)
+
+    def volumes(self) -> list[np.ndarray]:
+        """Indices of each volume's slices in axial order, volumes in order of first appearance."""
+        order: dict[str, list[int]] = {}
+        for i, v in enumerate(self.volume_ids):
+            order.setdefault(str(v), []).append(i)
+        return [np.asarray(sorted(ix, key=lambda i: self.slice_index[i]), dtype=np.int64) for ix in order.values()]
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationSplits:
+    """Train, validation and test slices of volume-disjoint splits, with the fixed normalisation models use."""
+
+    train: SliceDataset
+    val: SliceDataset
+    test: SliceDataset
+    name: str = ""
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    window: tuple[float, float] | None = None
+    modality: str = "CT"
+    task: str = "segmentation"
+
+    def __post_init__(self) -> None:
+        parts = (self.train, self.val, self.test)
+        if len({p.image_shape for p in parts}) != 1 or len({p.label_names for p in parts}) != 1:
+            raise DataError(f"{self.name}: splits disagree on slice shape or label names.")
+        seen: dict[str, str] = {}
+        for part, what in zip(parts, ("train", "val", "test"), strict=True):
+            for v in np.unique(part.volume_ids):
+                if seen.setdefault(str(v), what) != what:
+                    raise DataError(f"{self.name}: volume {v!r} is in both {seen[str(v)]} and {what}; splits must "
+                                    "be volume-disjoint.")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.train.image_shape
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.image_shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.train.label_names
+
+    #: The data's unit for :func:`dpaudit.data.privacy_unit`: a volume is one patient's scan.
+    unit = "patient"
+    skipped: dict = field(default_factory=dict)  # nothing is skipped silently: a bad volume is an error
+    notes: tuple[str, ...] = ()
+
+    def images_per_unit(self):
+        """The training split's slices-per-volume distribution (counts only), as :mod:`dpaudit.data` reports it."""
+        from dpaudit.data import ImagesPerUnit
+
+        _, counts = np.unique(self.train.volume_ids, return_counts=True)
+        hist = np.unique(counts, return_counts=True)
+        return ImagesPerUnit("volume", len(counts), int(counts.max()) if len(counts) else 0,
+                             float(counts.mean()) if len(counts) else 0.0,
+                             tuple((int(a), int(b)) for a, b in zip(*hist, strict=True)))
+
+    @property
+    def n_train_volumes(self) -> int:
+        """N_train in volumes: the patient unit (kappa = 1 / this)."""
+        return self.train.n_volumes
+
+    @property
+    def records_per_patient(self) -> int:
+        """k: the most slices one volume contributes to the training split (the patient-level group size)."""
+        _, counts = np.unique(self.train.volume_ids, return_counts=True)
+        return int(counts.max()) if len(counts) else 1
+
+    def __repr__(self) -> str:
+        return (f"SegmentationSplits(name={self.name!r}, train={len(self.train)} slices of "
+                f"{self.train.n_volumes} volumes, val={self.val.n_volumes} volumes, test={self.test.n_volumes} "
+                f"volumes, shape={self.image_shape}, classes={self.label_names})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load_segmentation_splits(name: str, *, image_size: int, seed: int = 0, max_volumes: int | None = None,
+                             window: tuple[float, float] | None = None, background_share: float = 1.0,
+                             val_fraction: float = 0.15, test_fraction: float = 0.15) -> SegmentationSplits:
+    """Load ``demo-ct`` or ``msd:PATH`` as volume-disjoint slice splits.
+
+    Parameters
+    ----------
+    image_size:
+        Slices are resized to image_size x image_size (images bilinear with antialiasing, label maps nearest).
+    seed:
+        Seeds the demo generator, the split and the background-slice selection.
+    max_volumes:
+        At most this many volumes (a seeded selection before reading), for quick runs; demo-ct: its size
+        (default :data:`DEMO_CT_VOLUMES`).
+    window:
+        (low, high) in HU for CT; None takes :data:`LIVER_WINDOW`. Refused for non-CT MSD tasks.
+    background_share:
+        Training split: keep every foreground slice and this share of the background slices (1.0: all).
+    """
+    image_size = check_int("image_size", image_size, minimum=8, fix="pass --image-size 32 or 64")
+    if max_volumes is not None:
+        max_volumes = check_int("max_volumes", max_volumes, minimum=3,
+                                fix="pass at least 3 volumes (one per split) with --max-images")
+    background_share = check_probability("background_share", background_share, open_low=False, open_high=False,
+                                         fix="pass a share in [0, 1], e.g. --background-share 0.1")
+    if window is not None:
+        lo, hi = (float(w) for w in window)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise invalid("window", window, "two finite numbers LOW < HIGH (HU)", "pass --window -100,200",
+                          cls=DataError)
+        window = (lo, hi)
+    fracs = (check_probability("val_fraction", val_fraction, open_low=False),
+             check_probability("test_fraction", test_fraction))
+    if name == "demo-ct":
+        vols = _demo_volumes(max_volumes or DEMO_CT_VOLUMES, seed)
+        label_names, modality, source = ("background", "liver", "tumour"), "CT", "demo-ct"
+    elif isinstance(name, str) and name.startswith("msd:"):
+        root = Path(name[len("msd:"):]).expanduser()
+        label_names, modality, vols = _read_msd(root, max_volumes, seed)
+        source = name
+    else:
+        raise invalid("dataset", name, f"one of {list(SEGMENTATION_DATASETS)}",
+                      "pass --dataset demo-ct or --dataset msd:PATH (a Decathlon task folder)", cls=DataError)
+    if modality != "CT" and window is not None:
+        raise invalid("window", window, f"only for CT (this task's modality is {modality})",
+                      "leave out --window; non-CT volumes are scaled per volume", cls=DataError)
+    win = (window or LIVER_WINDOW) if modality == "CT" else None
+    rng = np.random.default_rng(seed)
+    names = [v[0] for v in vols]
+    order = rng.permutation(len(names))
+    n_val = max(1, round(fracs[0] * len(names)))
+    n_test = max(1, round(fracs[1] * len(names)))
+    if len(names) - n_val - n_test < 1:
+        raise invalid("volumes", len(names), "at least 3 (one per split)", "provide more volumes", cls=DataError)
+    part_of = {}
+    for j, i in enumerate(order):
+        part_of[i] = "test" if j < n_test else "val" if j < n_test + n_val else "train"
+    out = {}
+    for what in ("train", "val", "test"):
+        members = sorted(i for i in range(len(names)) if part_of[i] == what)
+        out[what] = _slices(vols, members, image_size, win, label_names, f"{source}/{what}",
+                            background_share if what == "train" else 1.0, rng)
+    return SegmentationSplits(out["train"], out["val"], out["test"], name=source, window=win, modality=modality)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_msd(root: Path, max_volumes: int | None, seed: int
+              ) -> tuple[tuple[str, ...], str, list[tuple[str, object, object]]]:
+    """(label names, modality, [(volume name, image loader, label loader)]) of an MSD task folder."""
+    if not root.is_dir():
+        raise invalid("dataset", f"msd:{root}", "an existing folder in the Decathlon layout",
+                      "pass --dataset msd:PATH, the folder holding dataset.json, imagesTr/ and labelsTr/",
+                      cls=DataError)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise invalid("dataset.json", str(meta_path), "a Decathlon dataset.json with a 'labels' map",
+                      "pass the task folder itself (e.g. .../Task03_Liver)", cls=DataError)
+    try:
+        meta = json.loads(meta_path.read_text())
+        labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise invalid("dataset.json labels", type(exc).__name__, "a map of integer strings to class names",
+                      'write e.g. "labels": {"0": "background", "1": "liver", "2": "cancer"}', cls=DataError) from None
+    if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
+        raise invalid("dataset.json labels", sorted(labels), "the integers 0..K-1 with K >= 2 (0 = background)",
+                      "number the classes 0, 1, 2, ...", cls=DataError)
+    modality = str(dict(meta.get("modality") or {}).get("0", "CT"))
+    images = {p.name: p for p in sorted((root / "imagesTr").glob("*.nii.gz")) if not p.name.startswith(".")}
+    label_files = {p.name: p for p in sorted((root / "labelsTr").glob("*.nii.gz")) if not p.name.startswith(".")}
+    paired = sorted(set(images) & set(label_files))
+    if not paired:
+        raise invalid("imagesTr/labelsTr", f"{len(images)} images, {len(label_files)} label maps",
+                      "NIfTI files (.nii.gz) of the same names in both folders",
+                      "put each volume in imagesTr/ and its label map of the same name in labelsTr/", cls=DataError)
+    if max_volumes is not None and len(paired) > max_volumes:
+        pick = np.sort(np.random.default_rng(seed).choice(len(paired), size=max_volumes, replace=False))
+        paired = [paired[i] for i in pick]
+    names = tuple(labels[i] for i in range(len(labels)))
+    return names, modality, [(n.removesuffix(".nii.gz"), images[n], label_files[n]) for n in paired]
+
+
+def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(volume float32 X x Y x Z, label map int64 X x Y x Z) of one volume, checked."""
+    if isinstance(image, np.ndarray):
+        vol, lab = image, label
+    else:
+        import nibabel as nib
+
+        try:
+            vol = np.asarray(nib.load(str(image)).dataobj, dtype=np.float32)
+            lab = np.asarray(nib.load(str(label)).dataobj)
+        except Exception as exc:  # nibabel raises many types for unreadable files; name the file, not the data
+            raise DataError(f"volume {name!r}: could not be read as NIfTI ({type(exc).__name__}). Fix: check the "
+                            "file or remove it from imagesTr/ and labelsTr/.") from None
+    if vol.ndim != 3:
+        raise invalid(f"volume {name!r} dimensions", vol.shape, "a 3-D volume X x Y x Z (one modality)",
+                      "use a single-modality task or extract one channel", cls=DataError)
+    if vol.shape != lab.shape:
+        raise invalid(f"volume {name!r} label map shape", lab.shape, f"the image's shape {vol.shape}",
+                      "pair each image with its own label map (same voxel grid)", cls=DataError)
+    values = np.unique(lab)
+    bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < n_classes]
+    if bad:
+        raise invalid(f"volume {name!r} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
+                      "fix the label map or add the class to dataset.json's labels", cls=DataError)
+    return vol, lab.astype(np.int64)
+
+
+def _slices(vols: list[tuple[str, object, object]], members: list[int], image_size: int,
+            window: tuple[float, float] | None, label_names: tuple[str, ...], split_name: str,
+            background_share: float, rng: np.random.Generator) -> SliceDataset:
+    xs, ys, vids, zs = [], [], [], []
+    for i in members:
+        name, image, label = vols[i]
+        vol, lab = _load_pair(name, image, label, len(label_names))
+        if window is not None:
+            unit = (np.clip(vol, *window) - window[0]) / (window[1] - window[0])
+        else:
+            lo, hi = np.percentile(vol, [0.5, 99.5])
+            unit = np.clip((vol - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+        fg = lab.reshape(-1, lab.shape[2]).max(axis=0) > 0
+        keep = fg | (rng.random(lab.shape[2]) < background_share) if background_share < 1 else np.ones_like(fg)
+        z = np.nonzero(keep)[0]
+        if len(z) == 0:
+            continue
+        # Axial slices: the third voxel axis, as (Z, 1, X, Y) for resizing.
+        x = torch.from_numpy(np.ascontiguousarray(unit[:, :, z].transpose(2, 0, 1), dtype=np.float32))[:, None]
+        y = torch.from_numpy(np.ascontiguousarray(lab[:, :, z].transpose(2, 0, 1)))[:, None].float()
+        if x.shape[-2:] != (image_size, image_size):
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True,
+                              align_corners=False).clamp_(0.0, 1.0)
+            y = F.interpolate(y, size=(image_size, image_size), mode="nearest")
+        xs.append(x)
+        ys.append(y[:, 0].long())
+        vids += [name] * len(z)
+        zs += z.tolist()
+    if not xs:
+        empty = torch.zeros((0, 1, image_size, image_size))
+        return SliceDataset(empty, torch.zeros((0, image_size, image_size), dtype=torch.int64), label_names,
+                            np.zeros(0, dtype=str), np.zeros(0, dtype=np.int64), split_name)
+    return SliceDataset(torch.cat(xs), torch.cat(ys), label_names, np.asarray(vids), np.asarray(zs), split_name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# demo-ct
+
+
+def make_demo_ct(n_volumes: int = DEMO_CT_VOLUMES, *, seed: int = 0, size: int = 64,
+                 slices: int = DEMO_CT_SLICES) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Synthetic abdominal CT volumes in HU with label maps (0 background, 1 liver, 2 tumour).
+
+    Each volume: air (-1000 HU) around an elliptical body of fat (-100) and soft tissue (40), an ellipsoidal
+    "liver" (110 HU, as in the portal venous phase) on one side whose extent varies along z, 0 to 3 spherical
+    hypodense lesions inside it (30 HU, radius 3 to 6 voxels; every fourth volume has none), and Gaussian noise
+    (sd 12 HU). Parameters vary per
+    volume with the seed. Returns [(volume name, X x Y x Z volume, label map)].
+    """
+    return _demo_volumes(n_volumes, seed, size=size, slices=slices)
+
+
+def _demo_volumes(n_volumes: int, seed: int, size: int = 64, slices: int = DEMO_CT_SLICES
+                  ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    n_volumes = check_int("n_volumes", n_volumes, minimum=3)
+    rng = np.random.default_rng([seed, 2026])
+    g = (np.arange(size) + 0.5) / size * 2 - 1  # voxel centres in [-1, 1]
+    gz = (np.arange(slices) + 0.5) / slices * 2 - 1
+    X, Y, Z = np.meshgrid(g, g, gz, indexing="ij")
+    out = []
+    for v in range(n_volumes):
+        body_a, body_b = rng.uniform(0.75, 0.92), rng.uniform(0.55, 0.7)
+        body = (X / body_a) ** 2 + (Y / body_b) ** 2 <= 1
+        inner = (X / (body_a - 0.08)) ** 2 + (Y / (body_b - 0.08)) ** 2 <= 1
+        vol = np.full(X.shape, -1000.0)
+        vol[body] = -100.0
+        vol[inner] = 40.0
+        cx, cy = rng.uniform(-0.35, -0.2), rng.uniform(-0.15, 0.1)
+        ax, ay, az = rng.uniform(0.32, 0.45), rng.uniform(0.28, 0.4), rng.uniform(0.7, 1.0)
+        liver = ((X - cx) / ax) ** 2 + ((Y - cy) / ay) ** 2 + (Z / az) ** 2 <= 1
+        vol[liver] = 110.0
+        lab = np.zeros(X.shape, dtype=np.int64)
+        lab[liver] = 1
+        n_lesions = 0 if v % 4 == 3 else int(rng.integers(1, 4))
+        pts = np.argwhere(liver)
+        for _ in range(n_lesions):
+            c = pts[rng.integers(len(pts))]
+            r = rng.uniform(3, 6)
+            ii, jj, kk = np.ogrid[:size, :size, :slices]
+            d2 = (ii - c[0]) ** 2 + (jj - c[1]) ** 2 + ((kk - c[2]) * size / slices / 4) ** 2
+            lesion = (d2 <= r * r) & liver
+            vol[lesion] = 30.0
+            lab[lesion] = 2
+        vol += rng.normal(0, 12.0, size=vol.shape)
+        out.append((f"demo-ct-{v:03d}", vol.astype(np.float32), lab))
+    return out

@@ -1,0 +1,195 @@
+"""Segmentation: MSD-layout fixtures written with nibabel, demo-ct, Dice/IoU against MONAI, the U-Net under Opacus,
+DP training end to end, and the imprint attack on the U-Net."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpaudit.audit.segmentation import dice_iou_per_volume, segmentation_metrics
+from dpaudit.errors import DataError
+from dpaudit.volumes import LIVER_WINDOW, is_segmentation_dataset, load_segmentation_splits
+
+nib = pytest.importorskip("nibabel")
+
+
+def write_msd(root: Path, rng: np.random.Generator, *, n: int = 5, shape=(20, 20, 6), labels=None,
+              bad_value: int | None = None, mismatch: bool = False) -> Path:
+    """A tiny Task03_Liver-like folder: CT in HU, liver (1) and tumour (2); volume 0 has no tumour."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    meta = {"name": "Liver", "modality": {"0": "CT"},
+            "labels": labels or {"0": "background", "1": "liver", "2": "cancer"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    for v in range(n):
+        vol = rng.normal(-500, 300, size=shape).astype(np.float32)
+        lab = np.zeros(shape, dtype=np.uint8)
+        lab[5:15, 5:15, 1:5] = 1
+        vol[lab == 1] = 100
+        if v != 0:
+            lab[8:11, 8:11, 2:4] = 2
+        if bad_value is not None and v == 1:
+            lab[0, 0, 0] = bad_value
+        lshape = shape if not (mismatch and v == 2) else (shape[0], shape[1], shape[2] + 1)
+        lab_out = np.zeros(lshape, dtype=np.uint8)
+        lab_out[..., :shape[2]] = lab
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(root / "imagesTr" / f"liver_{v}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab_out, np.eye(4)), str(root / "labelsTr" / f"liver_{v}.nii.gz"))
+    return root
+
+
+def test_msd_layout_loads_volume_disjoint_slices_with_the_liver_window(tmp_path, rng) -> None:
+    root = write_msd(tmp_path / "Task03_Liver", rng)
+    s = load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    assert s.label_names == ("background", "liver", "cancer")
+    assert s.window == LIVER_WINDOW
+    assert s.train.image_shape == (1, 16, 16) and s.train.labels.shape[1:] == (16, 16)
+    vols = [set(p.volume_ids) for p in (s.train, s.val, s.test)]
+    assert not (vols[0] & vols[1]) and not (vols[0] & vols[2]) and not (vols[1] & vols[2])
+    assert sum(len(v) for v in vols) == 5
+    assert s.records_per_patient == 6 and s.n_train_volumes == len(vols[0])
+    # Windowing: -100 HU and below map to 0, 200 HU and above to 1, 100 HU (the liver) to 2/3.
+    liver = s.train.labels == 1
+    assert float(s.train.images[:, 0][liver].mean()) == pytest.approx(200 / 300, abs=0.05)
+    assert float(s.train.images.min()) >= 0 and float(s.train.images.max()) <= 1
+    assert set(np.unique(s.train.labels.numpy())) <= {0, 1, 2}
+
+
+def test_background_share_keeps_foreground_slices_of_the_training_split(tmp_path, rng) -> None:
+    root = write_msd(tmp_path / "t", rng)
+    s = load_segmentation_splits(f"msd:{root}", image_size=16, seed=0, background_share=0.0)
+    assert all(int(y.max()) > 0 for y in s.train.labels)  # only foreground slices
+    assert len(s.train) == 4 * s.n_train_volumes
+    assert len(s.test) == 6 * s.test.n_volumes  # evaluation keeps whole volumes
+
+
+def test_msd_errors_name_the_volume_and_the_fix(tmp_path, rng) -> None:
+    root = write_msd(tmp_path / "bad", rng, bad_value=7)
+    with pytest.raises(DataError, match=r"volume 'liver_1' label values.*0\.\.2.*got \[7\]"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, max_volumes=None)
+    root = write_msd(tmp_path / "mismatch", rng, mismatch=True)
+    with pytest.raises(DataError, match=r"volume 'liver_2' label map shape.*\(20, 20, 6\).*got \(20, 20, 7\)"):
+        load_segmentation_splits(f"msd:{root}", image_size=16)
+    with pytest.raises(DataError, match=r"dataset\.json"):
+        load_segmentation_splits(f"msd:{tmp_path}", image_size=16)
+    with pytest.raises(DataError, match="window"):
+        load_segmentation_splits("demo-ct", image_size=16, window=(200, -100))
+
+
+def test_demo_ct_is_seeded_and_has_volumes_without_tumour() -> None:
+    a = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
+    b = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert is_segmentation_dataset("demo-ct") and is_segmentation_dataset("msd:/x") and not is_segmentation_dataset("demo")
+    from dpaudit.volumes import make_demo_ct
+
+    vols = make_demo_ct(8, seed=0, size=24, slices=6)
+    assert any(int(lab.max()) == 1 for _, _, lab in vols) and any(int(lab.max()) == 2 for _, _, lab in vols)
+
+
+def test_dice_and_iou_match_monai_with_its_empty_class_convention(rng) -> None:
+    monai = pytest.importorskip("monai.metrics")
+    k = 3
+    pairs = []
+    for v in range(4):
+        t = rng.integers(0, k, size=(6, 8, 8))
+        if v == 0:
+            t[t == 2] = 1  # no tumour in this volume: left out of the tumour mean
+        p = np.where(rng.random(t.shape) < 0.7, t, rng.integers(0, k, size=t.shape))
+        pairs.append((p, t))
+    ours = segmentation_metrics(pairs, ("background", "liver", "tumour"))
+
+    def onehot(a):
+        return torch.nn.functional.one_hot(torch.from_numpy(a), k).permute(3, 0, 1, 2)[None].float()
+
+    dm = monai.DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    im = monai.MeanIoU(include_background=False, reduction="none", ignore_empty=True)
+    for p, t in pairs:
+        dm(onehot(p), onehot(t))
+        im(onehot(p), onehot(t))
+    d = dm.aggregate().numpy()
+    i = im.aggregate().numpy()
+    assert np.isnan(d[0, 1])
+    np.testing.assert_allclose([ours.dice["liver"], ours.dice["tumour"]], np.nanmean(d, axis=0), rtol=1e-6)
+    np.testing.assert_allclose([ours.iou["liver"], ours.iou["tumour"]], np.nanmean(i, axis=0), rtol=1e-6)
+    assert ours.volumes_with_class == {"liver": 4, "tumour": 3}
+    dice, iou = dice_iou_per_volume(pairs[1][1], pairs[1][1], k)
+    assert np.allclose(dice, 1) and np.allclose(iou, 1)
+
+
+def test_unet_per_sample_gradients_under_opacus_match_autograd(rng) -> None:
+    pytest.importorskip("monai")
+    from opacus.grad_sample import GradSampleModule
+
+    from dpaudit.audit.train import check_dp_compatible
+    from dpaudit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=3, in_channels=1, width=4)
+    check_dp_compatible(model)
+    ref = build_model("unet", num_classes=3, in_channels=1, width=4)
+    ref.load_state_dict(model.state_dict())
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    x = torch.from_numpy(rng.normal(size=(3, 1, 16, 16)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, size=(3, 16, 16)))
+    torch.nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(torch.nn.functional.cross_entropy(ref(x[1:2]), y[1:2], reduction="sum"), params)
+    scale = max(float(g.abs().max()) for g in g1)
+    for p, g in zip((p for p in model.parameters() if p.requires_grad), g1, strict=True):
+        # float32 sums in a different order; a conv bias right before GroupNorm has a true gradient of 0
+        torch.testing.assert_close(p.grad_sample[1], g, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    pytest.importorskip("monai")
+    from dpaudit.audit.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("seg")
+    cfg = TrainConfig(dataset="demo-ct", image_size=16, max_images=6, epochs=1, batch_size=8, epsilon=8.0,
+                      arch_args={"width": 4}, threads=1, out=str(out))
+    return train(cfg)
+
+
+def test_dp_training_reports_dice_per_class_and_the_volume_unit(seg_run) -> None:
+    r = seg_run
+    assert r.config.task == "segmentation" and r.config.arch == "unet"
+    j = r.to_json()
+    assert {"dice_liver", "dice_tumour", "iou_liver", "iou_tumour"} <= set(j["metrics"])
+    assert 0 <= j["metrics"]["dice_liver"] <= 1
+    assert j["n_train_volumes"] == 4 and j["records_per_patient"] == 16
+    assert r.epsilon_achieved <= 8.0
+    from dpaudit.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(r.checkpoint)
+    assert ck.extra["task"] == "segmentation" and ck.extra["records_per_patient"] == 16
+
+
+def test_imprint_attack_reconstructs_ct_slices_through_the_unet(seg_run) -> None:
+    from dpaudit.attacks.scenario import AttackScenario, attack_checkpoint
+    from dpaudit.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(seg_run.checkpoint)
+    splits = load_segmentation_splits("demo-ct", image_size=16, max_volumes=6, seed=0)
+    res = attack_checkpoint(ck, splits, AttackScenario(n_images=4, noise_multipliers=(0.0,), seed=0))
+    row = res.rows[0]
+    assert row.success_rate == 1.0  # sigma 0: every slice comes back (SSIM > 0.8)
+    assert 0 < float(np.mean(res.rho)) < 1
+
+
+def test_task_options_are_checked() -> None:
+    from dpaudit.audit.train import TrainConfig
+    from dpaudit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task"):
+        TrainConfig(dataset="demo", task="segmentation", non_private=True)
+    with pytest.raises(ConfigError, match="arch"):
+        TrainConfig(dataset="demo-ct", arch="smallcnn", non_private=True)
+    with pytest.raises(ConfigError, match="window"):
+        TrainConfig(dataset="demo", window=(-100, 200), non_private=True)
+    assert TrainConfig(dataset="demo", non_private=True).task == "classification"
