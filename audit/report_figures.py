@@ -95,7 +95,9 @@ def rero_figure(profile: Profile) -> bytes:
     (such as 10^9) sits on its own stub of a broken axis, so no line is drawn across the gap, where nothing
     was computed."""
 
-    n = profile.dataset.n_train
+    from dpaudit.audit.report_text import kappa_n
+
+    n = kappa_n(profile)
     curve = sorted((b for b in profile.bounds_curve + profile.bounds if b.epsilon_target is not None),
                    key=lambda b: b.epsilon_target)
     seen: dict[float, tuple[float, float | None]] = {}
@@ -252,7 +254,10 @@ def utility_figure(profile: Profile) -> bytes | None:
     """Utility (MCC mean and 95% t-interval over seeds) against epsilon, one line per initialisation, with the
     non-private baseline (of the first initialisation) as a band.
 
-    Intervals reach beyond [-1, 1] with few seeds (t = 12.7 for two); the axis stops at the MCC's range."""
+    Intervals reach beyond [-1, 1] with few seeds (t = 12.7 for two); the axis stops at the MCC's range.
+    For segmentation, Dice per class (:func:`_dice_figure`)."""
+    if profile.config.segmentation:
+        return _dice_figure(profile)
 
     levels = profile.levels()
     inits = list(levels[0].mcc_by_init) if levels and levels[0].mcc_by_init else [None]
@@ -299,6 +304,50 @@ def utility_figure(profile: Profile) -> bytes | None:
         ax.set_title("Utility against ε (empirical)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", frameon=False, fontsize=7 if len(inits) > 1 else None)
+        return _png(fig)
+
+
+def _dice_figure(profile: Profile) -> bytes | None:
+    """Dice per foreground class (mean and std over seeds) against epsilon, each with its non-private baseline
+    as a dashed line and band."""
+    from dpaudit.audit.report_text import utility_columns
+
+    levels = profile.levels()
+    columns = utility_columns(profile)
+    colours = [WORST, RELAXED, REALISTIC, "0.4"]
+    if not any(lv.utility[key].mean is not None for lv in levels for key, _ in columns):
+        return None
+    with _clean_style():
+        fig, (ax,) = _new(7.0, 2.8)
+        vals: list[float] = []
+        for j, (key, label) in enumerate(columns):
+            colour = colours[j % len(colours)] if len(columns) > 1 else WORST
+            base_colour = colour if len(columns) > 1 else REALISTIC
+            priv = [lv for lv in levels if lv.private and lv.utility[key].mean is not None]
+            base = next((lv for lv in levels if not lv.private and lv.utility[key].mean is not None), None)
+            name = "" if len(columns) == 1 else f"{label}: "
+            if priv:
+                xs = [lv.epsilon_target for lv in priv]
+                ys = [lv.utility[key].mean for lv in priv]
+                es = [lv.utility[key].std or 0.0 for lv in priv]
+                ax.errorbar(xs, ys, yerr=es, fmt="o-", color=colour, capsize=3,
+                            label=f"{name}DP-SGD (mean ± std over seeds)")
+                _eps_ticks(ax, xs)
+            if base is not None:
+                m, s = base.utility[key].mean, base.utility[key].std or 0.0
+                ax.axhline(m, color=base_colour, lw=1.2, ls="--" if len(columns) > 1 else "-",
+                           label=f"{name}non-private baseline")
+                if s > 0:
+                    ax.axhspan(m - s, m + s, color=base_colour, alpha=0.15)
+            vals += [lv.utility[key].mean for lv in levels if lv.utility[key].mean is not None]
+        lo = min([0.0, *vals]) - 0.05
+        hi = max([1.0 if not vals else max(vals), 0.1]) + 0.05
+        ax.set_ylim(lo, min(hi, 1.05))
+        ax.set_xlabel("privacy budget ε")
+        ax.set_ylabel("test Dice (per volume)")
+        ax.set_title("Utility against ε (empirical)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", frameon=False, fontsize=7)
         return _png(fig)
 
 

@@ -13,7 +13,7 @@ import math
 
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.audit.decision import Decision
-from dpaudit.audit.profile.schema import LevelSummary, Profile, fmt_eps
+from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
 
 #: The success threshold of the realistic attack (seed paper, section 4.3: SSIM above 80% counts).
@@ -95,6 +95,32 @@ def eps_down(value: float | None) -> str:
     return f"{math.floor(max(value, 0.0) * 100 + 1e-9) / 100:.2f}"
 
 
+def spread(s: Spread, *, as_pct: bool = True) -> str:
+    """'37.5% ± 3.5%' (mean ± sample std over seeds), or just the mean with one seed."""
+    if s.mean is None:
+        return "n/a"
+    f = (lambda v: pct(v, digits=1)) if as_pct else (lambda v: f"{v:.3f}")
+    if s.std is None:
+        return f(s.mean)
+    return f"{f(s.mean)} ± {f(s.std)}"
+
+
+def kappa_n(profile: Profile) -> int:
+    """N of the prior κ = 1/N the bounds use: training images, or training volumes for segmentation (the
+    volume is the patient unit)."""
+    b = next((b for b in profile.bounds if b.epsilon_target is not None), None)
+    return round(1.0 / b.kappa_train) if b is not None else profile.dataset.n_train
+
+
+def utility_columns(profile: Profile) -> list[tuple[str, str]]:
+    """(key in ``LevelSummary.utility``, label) of the headline utility: MCC for a classifier; Dice per
+    foreground class for segmentation (seed paper Table 3, MSD Liver: Dice liver and Dice tumour)."""
+    classes = next((t.utility.classes for t in profile.train if t.utility.classes), ())
+    if classes:
+        return [(f"dice_{c}", f"Dice {c}") for c in classes]
+    return [("mcc", "MCC")]
+
+
 def level_label(eps: float | None) -> str:
     return "non-private" if eps is None else f"ε = {fmt_eps(eps)}"
 
@@ -143,6 +169,12 @@ def summary_sentence(profile: Profile, level: LevelSummary) -> str:
     if level.utility["mcc"].mean is not None:
         parts.append(f"Diagnostic MCC <b>{interval(values)}</b> ({LABEL_EMPIRICAL}, test split, mean and 95% "
                      "t-interval over seeds).")
+    dice = [(label, level.utility[key]) for key, label in utility_columns(profile) if key.startswith("dice_")]
+    if dice and any(s.mean is not None for _, s in dice):
+        n = max(s.n for _, s in dice)
+        seeds = f"{n} seed{'s' if n != 1 else ''}"
+        parts.append("Segmentation " + ", ".join(f"{label} <b>{spread(s)}</b>" for label, s in dice)
+                     + f" ({LABEL_EMPIRICAL}, per test volume on the reassembled 3-D prediction, {seeds}).")
     return " ".join(parts)
 
 
@@ -258,7 +290,7 @@ def privacy_statement(profile: Profile) -> list[str]:
 
 def assumptions(profile: Profile) -> list[str]:
     c = profile.config
-    n = profile.dataset.n_train
+    n = kappa_n(profile)
     return [
         f"Reconstruction bounds (Hayes, Mahloujifar, Balle 2023; Kaissis et al. 2023) are reported at a prior "
         f"κ = 1/N_train = 1/{n}, as in the seed paper: the attacker's blind guess succeeds with probability κ. "

@@ -18,6 +18,7 @@ from dpaudit.cli._common import (
     LabelsOpt,
     PrivacyUnitOpt,
     SliceAxisOpt,
+    TaskOpt,
     ThreadsOpt,
     WindowOpt,
     emit_json,
@@ -130,6 +131,7 @@ def attack(
     save_images: Annotated[bool, typer.Option("--save-images", help="With --out: also save the best "
                                               "reconstructions next to their originals (patient images!).")] = False,
     as_json: JsonOpt = False,
+    task: TaskOpt = None,
 ) -> None:
     """Run the imprint-layer reconstruction attack (batch size 1, malicious server) and score it by SSIM."""
     import numpy as np
@@ -159,11 +161,30 @@ def attack(
             if model is not None else None)
     if image_size is None:
         image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else 64
-    if max_images is None:
-        # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
-        max_images = max(3, math.ceil(n_images / 0.7) + 3)
-    splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
-                         labels=labels, window=window, slice_axis=str(slice_axis))
+    from dpaudit.volumes import is_segmentation_dataset, load_segmentation_splits
+
+    inferred = "segmentation" if is_segmentation_dataset(dataset) else "classification"
+    if task is not None and task != inferred:
+        raise invalid("task", task, f"{inferred} for --dataset {dataset}",
+                      "leave out --task, or pass demo-ct / msd:PATH for segmentation")
+    if inferred == "segmentation":
+        # The slices as the model saw them: its CT window (checkpoint; --window overrides), every volume unless
+        # --max-images says how many; the attack's per-pixel cross-entropy takes the label maps as they are.
+        extra = ckpt.extra if ckpt is not None else {}
+        low, high = extra.get("window_low"), extra.get("window_high")
+        seg_window = (float(low), float(high)) if low is not None and high is not None else None
+        if window is not None:
+            from dpaudit.data import parse_window
+
+            seg_window = parse_window(window)
+        splits = load_segmentation_splits(dataset, image_size=image_size, seed=seed, max_volumes=max_images,
+                                          window=seg_window)
+    else:
+        if max_images is None:
+            # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
+            max_images = max(3, math.ceil(n_images / 0.7) + 3)
+        splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
+                             labels=labels, window=window, slice_axis=str(slice_axis))
     unit_line, unit_record = _privacy_line(ckpt, splits, opt_str(privacy_unit))
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")

@@ -12,6 +12,7 @@ from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli._common import (
     ArchArgsOpt,
     ArchOpt,
+    BackgroundShareOpt,
     DataDirOpt,
     DatasetOpt,
     FixBatchnormOpt,
@@ -20,6 +21,7 @@ from dpaudit.cli._common import (
     MaxImagesOpt,
     PrivacyUnitOpt,
     SliceAxisOpt,
+    TaskOpt,
     ThreadsOpt,
     TrainableOpt,
     WindowOpt,
@@ -175,6 +177,8 @@ def profile(
     workers: Annotated[int | None, typer.Option(
         help="Run the tasks on a local Dask cluster of N worker processes (127.0.0.1 only, one thread each).")] = None,
     threads: ThreadsOpt = None,
+    task: TaskOpt = None,  # inferred from the dataset
+    background_share: BackgroundShareOpt = D.background_share,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
@@ -203,7 +207,7 @@ def profile(
         inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable,
         arch_args=json.dumps(parse_arch_args(arch_args)), fix_batchnorm=fix_batchnorm, federated=federated,
         federated_clients=federated_clients, federated_partition=federated_partition,
-        federated_epsilon=federated_epsilon)
+        federated_epsilon=federated_epsilon, task=task, background_share=background_share)
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
@@ -265,12 +269,15 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
                                                  "noise_multiplier": lv.attack.noise_multiplier},
             "mcc_mean": lv.utility["mcc"].mean, "mcc_std": lv.utility["mcc"].std,
             "mcc_by_init": {k: {"mean": v.mean, "std": v.std, "n": v.n} for k, v in lv.mcc_by_init.items()},
+            **{f"{k}_{stat}": getattr(v, stat) for k, v in lv.utility.items() if k.startswith("dice_")
+               for stat in ("mean", "std")},
             "mia_tpr_at_fpr_1e-3": lv.bounds.tpr_at(1e-3) if lv.bounds else None,
             "epsilon_used": lv.epsilon_used, "notes": list(lv.notes),
         })
     return {"profile": str(out_dir / "profile.json"), "report": str(out_dir / "report.pdf") if render else None,
             "decision": prof.decision,
-            "kappa": 1.0 / prof.dataset.n_train, "privacy_unit": prof.privacy().unit,
+            "kappa": (lv.bounds.kappa_train if (lv := next((x for x in prof.levels() if x.bounds), None))
+                      else 1.0 / prof.dataset.n_train), "privacy_unit": prof.privacy().unit,
             "records_per_patient": prof.privacy().records_per_patient, "levels": levels, "wall_seconds": wall,
             "stages": [{"stage": s.stage, "seconds": s.seconds, "tasks_run": s.tasks_run,
                         "tasks_reused": s.tasks_reused} for s in prof.stages]}
@@ -290,15 +297,18 @@ def _print_summary(prof) -> None:
                           "The report (intervals, tests) and profile.json hold the rest.",
                   caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("budget", "σ", "ε PLD\n(bound)", "MCC\n(emp.)", "worst\ncase\n(bound)", "relaxed\n(bound)",
-                "realistic\n(emp.)"):
+    utility = txt.utility_columns(prof)
+    for col in ("budget", "σ", "ε PLD\n(bound)", *(f"{label}\n(emp.)" for _, label in utility),
+                "worst\ncase\n(bound)", "relaxed\n(bound)", "realistic\n(emp.)"):
         table.add_column(col, justify="right", no_wrap=True)
     for lv in prof.levels():
         a = lv.attack
         table.add_row(
             lv.label, f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
             txt.eps_up(lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
-            "n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f} (n={lv.utility['mcc'].n})",
+            *(("n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f} (n={lv.utility['mcc'].n})",)
+              if not prof.config.segmentation else
+              (txt.spread(lv.utility[key]).replace(" ± ", "±") for key, _ in utility)),
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
             "not run" if a is None else txt.pct(a.strongest.success_rate))
     out.print(table)

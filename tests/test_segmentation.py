@@ -193,3 +193,67 @@ def test_task_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="window"):
         TrainConfig(dataset="demo", window=(-100, 200), non_private=True)
     assert TrainConfig(dataset="demo", non_private=True).task == "classification"
+
+
+@pytest.fixture(scope="module")
+def seg_profile(tmp_path_factory):
+    pytest.importorskip("monai")
+    from dpaudit.audit.profile import run_profile
+    from dpaudit.audit.profile.schema import ProfileConfig
+
+    out = tmp_path_factory.mktemp("segprof")
+    config = ProfileConfig(dataset="demo-ct", image_size=16, max_images=6, epsilons=(8.0,), epochs=1,
+                           batch_size=8, attack_images=2, decoders=("strong",), observations=1)
+    return run_profile(config, out, threads=1), out
+
+
+def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> None:
+    prof, out = seg_profile
+    c = prof.config
+    assert c.task == "segmentation" and c.arch == "unet" and c.seeds == 1 and prof.privacy().unit == "patient"
+    b = prof.bounds[0]
+    assert b.kappa_train == pytest.approx(1 / 4)  # 4 training volumes, not 64 training slices
+    assert b.records_per_patient == 16
+    lv = prof.levels()
+    assert {"dice_liver", "dice_tumour", "iou_liver"} <= set(lv[0].utility) and lv[-1].utility["dice_liver"].n == 1
+    from dpaudit.audit.report import render_report
+    from dpaudit.audit.report_text import utility_columns
+
+    assert utility_columns(prof) == [("dice_liver", "Dice liver"), ("dice_tumour", "Dice tumour")]
+    render_report(prof, out / "report.pdf", base_dir=out)
+    from pypdf import PdfReader
+
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(str(out / "report.pdf")).pages).split())
+    assert "Test Dice liver" in text and "Test Dice tumour" in text and "κ = 1/4" in text
+    assert "Paper mode: MSD Liver" in text and "17.96%" in text  # the seed paper's printed value beside ours
+
+
+def test_paper_mode_reproduces_the_msd_liver_rows_of_table_3() -> None:
+    from dpaudit.audit.paper_mode import msd_liver_rows
+
+    for r in msd_liver_rows():
+        # Table 3 prints two decimals in percent; sigma is calibrated by bisection (bounds.md: Paper mode).
+        assert r.worst_case == pytest.approx(r.paper_worst_case, abs=6e-4)
+        assert r.relaxed == pytest.approx(r.paper_relaxed, abs=1.5e-4)
+
+
+def test_cli_train_json_on_an_msd_folder_and_attack_on_its_checkpoint(tmp_path, rng) -> None:
+    pytest.importorskip("monai")
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    root = write_msd(tmp_path / "Task03_Liver", rng, n=6)
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--dataset", f"msd:{root}", "--epsilon", "8", "--epochs", "1", "--image-size",
+                              "16", "--batch-size", "4", "--threads", "1", "--out", str(tmp_path / "run"), "--json"])
+    assert res.exit_code == 0, res.output
+    j = json.loads(res.stdout)
+    assert j["task"] == "segmentation" and "dice_liver" in j["metrics"] and "dice_cancer" in j["metrics"]
+    res = runner.invoke(app, ["attack", "--model", str(tmp_path / "run" / "model.pt"), "--dataset", f"msd:{root}",
+                              "--sigmas", "0,1e-3", "--n-images", "2", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert max(r["success_rate"] for r in rows if r["noise_multiplier"] == 0) == 1.0
+    res = runner.invoke(app, ["train", "--dataset", f"msd:{root}", "--task", "classification", "--non-private"])
+    assert res.exit_code == 2 and "task must be segmentation" in res.output

@@ -52,7 +52,7 @@ CURVE_EPSILONS = (0.5, 2.0, 4.0, 12.0, 32.0, 64.0, 128.0)
 
 def _data_spec(config: ProfileConfig) -> DataSpec:
     return DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, config.seed,
-                    config.labels, config.window, config.slice_axis)
+                    config.labels, config.window, config.slice_axis, config.task, config.background_share)
 
 
 def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
@@ -190,7 +190,9 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
              if t.seed == config.seed and t.init == primary}
 
     # Stage 2: formal bounds of each trained configuration, and the curve against epsilon.
-    kappa_train = 1.0 / n_train
+    # Segmentation: the volume is the patient unit (seed paper: N_train = volumes), so kappa = 1 / (training
+    # volumes); k (resolve_privacy) is the most slices one volume contributes.
+    kappa_train = 1.0 / (splits.n_train_volumes if config.segmentation else n_train)
     bound_tasks = []
     for eps in config.epsilons:
         r = first[eps][1]

@@ -70,6 +70,8 @@ class DataSpec:
     labels: str | None = None
     window: tuple[float, float] | None = None
     slice_axis: str = "axial"
+    task: str = "classification"
+    background_share: float = 1.0
 
     def load(self):
         """The :class:`dpaudit.data.DatasetSplits` (cached per process: tasks on one worker share it)."""
@@ -78,9 +80,16 @@ class DataSpec:
             from dpaudit.data import load_splits
 
             _SPLITS_CACHE.clear()  # one dataset at a time: bounded memory
-            _SPLITS_CACHE[key] = load_splits(self.dataset, data_dir=self.data_dir, image_size=self.image_size,
-                                             seed=self.split_seed, max_images=self.max_images, labels=self.labels,
-                                             window=self.window, slice_axis=self.slice_axis)
+            if self.task == "segmentation":
+                from dpaudit.volumes import load_segmentation_splits
+
+                _SPLITS_CACHE[key] = load_segmentation_splits(
+                    self.dataset, image_size=self.image_size, seed=self.split_seed, max_volumes=self.max_images,
+                    window=self.window, background_share=self.background_share)
+            else:
+                _SPLITS_CACHE[key] = load_splits(self.dataset, data_dir=self.data_dir, image_size=self.image_size,
+                                                 seed=self.split_seed, max_images=self.max_images, labels=self.labels,
+                                                 window=self.window, slice_axis=self.slice_axis)
         return _SPLITS_CACHE[key]
 
 
@@ -109,9 +118,10 @@ class _TaskBase:
                if f.name not in self._location_fields}
         data = out.get("data")
         if isinstance(data, dict):
-            # The DICOM/NIfTI options at their defaults leave the key as it was before they existed (profiles
+            # The DICOM/NIfTI and segmentation options at their defaults leave the key as it was before they existed (profiles
             # resume).
-            for name, default in (("labels", None), ("window", None), ("slice_axis", "axial")):
+            for name, default in (("labels", None), ("window", None), ("slice_axis", "axial"), ("task", "classification"),
+                                  ("background_share", 1.0)):
                 if data.get(name) == default:
                     data.pop(name, None)
         return out
@@ -162,7 +172,8 @@ class _TrainingSpec(_TaskBase):
             non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
             batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
             max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
-            seed=self.seed, seeds=1, out=out, threads=threads)
+            seed=self.seed, seeds=1, out=out, threads=threads, task=self.data.task,
+            background_share=self.data.background_share)
 
 
 @dataclass(frozen=True)
@@ -242,8 +253,7 @@ def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, secon
         target_delta=float(summary["target_delta"]),
         epsilon=opt(summary["epsilon_achieved"]) if private else None,
         epsilon_rdp=opt(summary["epsilon_rdp"]) if private else None, n_train=int(summary["n_train"]),
-        utility=Utility(mcc=float(get(metrics, "mcc")), balanced_accuracy=opt(get(metrics, "balanced_accuracy")),
-                        auroc=opt(get(metrics, "auroc")), accuracy=opt(get(metrics, "accuracy"))),
+        utility=_utility(metrics, get, opt),
         subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds,
         init=init_label(task.init), trainable=str(model.get("trainable", "all")),
         notes=tuple(f"training: {n}" for n in summary.get("notes") or ()), optimizer=summary.get("optimizer"))
@@ -269,6 +279,19 @@ def file_sha256(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _utility(metrics: Any, get: Callable[[Any, str], Any], opt: Callable[[Any], float | None]) -> Utility:
+    """The stored utility: a classifier's MCC, balanced accuracy, AUROC, accuracy; or (segmentation, from
+    ``SegmentationMetrics.to_dict()``'s ``dice_<class>``/``iou_<class>`` keys) Dice and IoU per class."""
+    plain = metrics if isinstance(metrics, dict) else metrics.to_dict()
+    if plain.get("task") == "segmentation":
+        classes = tuple(k[len("dice_"):] for k in plain if k.startswith("dice_") and not k.endswith("_std")
+                        and k != "dice_mean")
+        return Utility(mcc=float("nan"), classes=classes, dice=tuple(opt(plain[f"dice_{c}"]) for c in classes),
+                       iou=tuple(opt(plain[f"iou_{c}"]) for c in classes), accuracy=opt(plain.get("pixel_accuracy")))
+    return Utility(mcc=float(get(metrics, "mcc")), balanced_accuracy=opt(get(metrics, "balanced_accuracy")),
+                   auroc=opt(get(metrics, "auroc")), accuracy=opt(get(metrics, "accuracy")))
 
 
 #: TrainConfig fields that say where a run is computed or written, not what it computes.
@@ -308,7 +331,8 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
             not math.isclose(dp.noise_multiplier, sigma, rel_tol=1e-12)
             or dp.steps != recorded.get("steps"))):
         return None
-    task_like = TrainTask(DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, 0),
+    task_like = TrainTask(DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, 0,
+                                   config.task, config.window, config.background_share),
                           config.arch, config.epsilon, config.seed, config.epochs, config.batch_size,
                           config.physical_batch_size, config.max_grad_norm, config.lr, config.augment_multiplicity,
                           config.delta, str(checkpoint), str(checkpoint.parent), init=config.init,

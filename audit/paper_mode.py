@@ -1,0 +1,52 @@
+"""Paper mode for segmentation: the MSD Liver rows of the seed paper's Table 3, recomputed.
+
+Ziller et al. (the seed paper), Table 3, MSD Liver: delta = 8e-7, N_train = 106 volumes, batch size 1 (q = 1/106),
+500 epochs (T = 53 000 steps, section 4.2.3), kappa = 1/106, sigma from Opacus' RDP calibration for each epsilon.
+The paper's ReRo numbers come from the Edgeworth approximation of Hayes et al. (an approximation, not a bound);
+``dpaudit.bounds.rero_bound(method="edgeworth")`` reproduces them (spec bounds.md, "Paper mode"). The table's own
+sigma column is a different setting and is not used.
+
+Pure: bounds only (numpy, scipy), no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MSD_LIVER_PAPER", "PaperRow", "msd_liver_rows"]
+
+#: (epsilon, worst case, relaxed) as printed in the seed paper's Table 3, MSD Liver (percent / 100).
+MSD_LIVER_PAPER = ((1.0, 0.0166, 0.0097), (8.0, 0.1796, 0.0368), (20.0, 0.7424, 0.2737))
+#: The paper's MSD Liver training configuration (section 4.2.3 and Table 3's caption).
+MSD_LIVER_N_TRAIN = 106
+MSD_LIVER_STEPS = 500 * 106
+PAPER_DELTA = 8e-7
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One budget in paper mode: sigma (Opacus RDP calibration), Edgeworth worst case and relaxed at kappa = 1/N
+    (approximations, not bounds), and the values printed in the paper (None where the paper has no row)."""
+
+    epsilon: float
+    noise_multiplier: float
+    worst_case: float
+    relaxed: float
+    paper_worst_case: float | None
+    paper_relaxed: float | None
+
+
+def msd_liver_rows(epsilons: tuple[float, ...] = (1.0, 8.0, 20.0)) -> tuple[PaperRow, ...]:
+    """The seed paper's MSD Liver configuration at each epsilon, in paper mode (Edgeworth, RDP-calibrated sigma)."""
+    from dpaudit.bounds import noise_for_epsilon, rero_bound
+
+    q, steps, kappa = 1.0 / MSD_LIVER_N_TRAIN, MSD_LIVER_STEPS, 1.0 / MSD_LIVER_N_TRAIN
+    printed = {e: (w, r) for e, w, r in MSD_LIVER_PAPER}
+    rows = []
+    for eps in epsilons:
+        sigma = float(noise_for_epsilon(eps, q, steps, PAPER_DELTA, accountant="rdp"))
+        w = rero_bound(sigma, q, steps, [kappa], threat_model="worst_case", method="edgeworth")
+        r = rero_bound(sigma, q, steps, [kappa], threat_model="relaxed", method="edgeworth")
+        pw, pr = printed.get(float(eps), (None, None))
+        rows.append(PaperRow(float(eps), sigma, float(w.gamma[0]), float(r.gamma[0]), pw, pr))
+    return tuple(rows)
