@@ -178,7 +178,8 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
     from dpaudit.models import check_classifier, check_dp_compatible
 
     check_dp_compatible(model.train())
-    check_classifier(model, tuple(int(x) for x in images.shape[1:]), ckpt.num_classes, ckpt.arch)
+    check_classifier(model, tuple(int(x) for x in images.shape[1:]), ckpt.num_classes, ckpt.arch,
+                     segmentation=labels.dim() == 3)  # label maps: a segmentation network
     model.eval()
     result = run_attack(model, images, labels, mean=ckpt.mean, std=ckpt.std, noise_multipliers=sigmas,
                         decoders=scenario.decoders, connection=scenario.connection, bins=scenario.bins,

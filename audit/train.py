@@ -579,7 +579,7 @@ def prepare_model(config: TrainConfig, num_classes: int, in_channels: int, image
     model.train()
     if config.private:
         check_dp_compatible(model)
-    check_classifier(model, image_shape, num_classes, config.arch)
+    check_classifier(model, image_shape, num_classes, config.arch, segmentation=config.segmentation)
     init_report = load_init(model, config.init) if config.init is not None else ()
     on, off = freeze(model, config.trainable)
     return model, PreparedModel(replaced, init_report, on, off)

@@ -289,9 +289,11 @@ def _print_summary(prof) -> None:
     from dpaudit.audit import report_text as txt
 
     n = prof.dataset.n_train
+    nk = txt.kappa_n(prof)  # training images, or training volumes for segmentation (the patient unit)
     from rich import box
 
-    table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({n} training images, κ = 1/{n})",
+    what = f"{n} training slices of {nk} volumes" if prof.config.segmentation else f"{n} training images"
+    table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({what}, κ = 1/{nk})",
                   caption="bound: sound upper bound for any attacker; emp.: empirical (realistic: the strongest "
                           "decoder's success, SSIM > 0.8; MCC: mean over n seeds); σ: training noise multiplier. "
                           "The report (intervals, tests) and profile.json hold the rest.",

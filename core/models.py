@@ -395,8 +395,10 @@ def replace_batchnorm(model: nn.Module) -> list[str]:
     return replaced
 
 
-def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int, arch: str) -> None:
-    """Raise :class:`ConfigError` unless ``model`` maps a (2, C, H, W) batch to (2, num_classes) logits."""
+def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int, arch: str, *,
+                     segmentation: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``model`` maps a (2, C, H, W) batch to (2, num_classes) logits, or with
+    ``segmentation`` to per-pixel logits (2, num_classes, H, W)."""
     was_training = model.training
     model.eval()
     try:
@@ -410,6 +412,13 @@ def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_cl
     finally:
         model.train(was_training)
     shape = tuple(getattr(out, "shape", ()))
+    if segmentation:
+        want = (2, num_classes, *input_shape[1:])
+        if shape != want:
+            raise ConfigError(f"{arch} returns {type(out).__name__} of shape {shape} for 2 slices; a segmentation "
+                              f"network for {num_classes} classes must return per-pixel logits of shape {want}. "
+                              "Fix: pass --arch unet.")
+        return
     if shape != (2, num_classes):
         raise ConfigError(f"{arch} returns {type(out).__name__} of shape {shape} for 2 images; an image classifier "
                           f"for {num_classes} classes must return logits of shape (2, {num_classes}). Fix: pass "
