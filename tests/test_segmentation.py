@@ -190,8 +190,8 @@ def test_task_options_are_checked() -> None:
         TrainConfig(dataset="demo", task="segmentation", non_private=True)
     with pytest.raises(ConfigError, match="arch"):
         TrainConfig(dataset="demo-ct", arch="smallcnn", non_private=True)
-    with pytest.raises(ConfigError, match="window"):
-        TrainConfig(dataset="demo", window=(-100, 200), non_private=True)
+    with pytest.raises(ConfigError, match="background_share"):
+        TrainConfig(dataset="demo", background_share=0.5, non_private=True)
     assert TrainConfig(dataset="demo", non_private=True).task == "classification"
 
 
