@@ -85,6 +85,8 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
         delta = ckpt.dp.target_delta if delta is None else delta
         if n_train is None and not kappa and n_candidates is None:
             n_train = ckpt.n_train
+            if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
+                n_train = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]  # kappa = 1/volumes
         if ckpt.extra.get("privacy_unit") == "patient":
             ckpt_k = int(ckpt.extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
         if len(sched.phases) > 1:

@@ -52,7 +52,7 @@ def train_command(
                                              "state dict (any wrapper prefix) or .safetensors; never downloaded. "
                                              "The DP guarantee covers the fine-tuning data only.")] = None,
     trainable: TrainableOpt = "all",
-    width: Annotated[int | None, typer.Option(help="resnet9/smallcnn channel width (paper: 64).")] = None,
+    width: Annotated[int | None, typer.Option(help="resnet9/smallcnn/unet channel width (paper: 64 for resnet9, 16 for the MSD Liver U-Net).")] = None,
     scale_norm: Annotated[bool, typer.Option(help="resnet9 with ScaleNorm (Klause et al.), as the paper.")] = False,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon; sigma is calibrated (tight PLD) so the "
                                                        "achieved epsilon is at most this.")] = None,
