@@ -121,9 +121,13 @@ def test_dice_and_iou_match_monai_with_its_empty_class_convention(rng) -> None:
     assert np.allclose(dice, 1) and np.allclose(iou, 1)
 
 
-def test_unet_per_sample_gradients_under_opacus_match_autograd(rng) -> None:
+@pytest.mark.parametrize("sampler", ["opacus", "training"])
+def test_unet_per_sample_gradients_under_opacus_match_autograd(rng, sampler) -> None:
     pytest.importorskip("monai")
     from opacus.grad_sample import GradSampleModule
+
+    if sampler == "training":  # what DP training uses (Opacus' hooks, dpaudit's grouped Conv2d kernel)
+        from dpaudit.audit.grad_sample import FastConvGradSampleModule as GradSampleModule
 
     from dpaudit.audit.train import check_dp_compatible
     from dpaudit.models import build_model
