@@ -371,13 +371,13 @@ def glossary() -> list[tuple[str, str]]:
 
 def utility_values(level: LevelSummary, metric: str = "mcc") -> list[float | None]:
     """The per-seed values of one utility metric at one privacy level (test split)."""
-    return [getattr(t.utility, metric) for t in level.train]
+    return [t.utility.values().get(metric) for t in level.train]  # MCC, ..., or dice_<class>, iou_<class>
 
 
 def init_utility_values(profile: Profile, level: LevelSummary, init: str,
                         metric: str = "mcc") -> list[float | None]:
     """The per-seed values of one utility metric at one privacy level, for the runs from one initialisation."""
-    return [getattr(t.utility, metric) for t in profile.train
+    return [t.utility.values().get(metric) for t in profile.train
             if t.epsilon_target == level.epsilon_target and t.init == init]
 
 
@@ -420,6 +420,8 @@ def versus_baseline(profile: Profile, level: LevelSummary, metric: str = "mcc") 
     base = baseline(profile)
     if base is None or not level.private:
         return "–"
+    if metric == "mcc" and profile.config.segmentation:
+        metric = utility_columns(profile)[0][0]  # the first foreground class's Dice (liver for MSD Liver)
     w = welch_test(utility_values(level, metric), utility_values(base, metric))
     if w.difference is None:
         return "n/a"
