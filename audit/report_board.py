@@ -77,7 +77,8 @@ class BoardPages:
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
         unit = p.privacy().describe()  # the profile's recorded unit (image when a profile predates it)
         out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction limits apply at the prior "
-                             f"κ = 1/{d.n_train} (one training image guessed blindly)."))
+                             + (f"κ = 1/{txt.kappa_n(p)} (one training volume guessed blindly)." if p.config.segmentation
+                                else f"κ = 1/{d.n_train} (one training image guessed blindly).")))
         out.append(self.para("Privacy budgets against the board's limits", "h2"))
         out.append(self._board_table())
         out.append(Spacer(1, 4))
@@ -99,8 +100,10 @@ class BoardPages:
         limits = decision.limits if decision is not None else ()
         head = ["Privacy budget", "ε achieved<br/>(PLD, δ)"]
         head += [esc(lim.short()) for lim in limits]
-        head += [f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}", "vs non-private<br/>(Welch)",
-                 "Verdict"]
+        # Segmentation: the first foreground class's Dice (liver for MSD Liver) in place of MCC.
+        key, label = txt.utility_columns(self.p)[0]
+        head += [f"Test {label}<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",
+                 "vs non-private<br/>(Welch)", "Verdict"]
         sub = ["", txt.LABEL_UPPER] + [lim.label for lim in limits] + [txt.LABEL_EMPIRICAL, "", ""]
         rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
         style = []
@@ -119,7 +122,7 @@ class BoardPages:
                 mark = "<b>✓ within</b>" if ch.within else "<b>✗ over</b>"
                 cells.append(self.cell(f"{_value(lim, ch)}<br/>{mark}"))
                 style.append(("BACKGROUND", (2 + j, r), (2 + j, r), WITHIN_BG if ch.within else OVER_BG))
-            cells.append(self.cell(txt.interval(txt.utility_values(lv), with_n=False)))
+            cells.append(self.cell(txt.interval(txt.utility_values(lv, key), with_n=False)))
             cells.append(self.cell(txt.versus_baseline(self.p, lv)))
             if not lv.private:
                 verdict = "baseline<br/>(no guarantee)"
