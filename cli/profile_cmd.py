@@ -300,15 +300,24 @@ def _print_summary(prof) -> None:
                   caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     utility = txt.utility_columns(prof)
-    for col in ("budget", "σ", "ε PLD\n(bound)", *(f"{label}\n(emp.)" for _, label in utility),
+    # The table fits 80 columns: a budget past the noise search range shows the epsilon it was computed at with a
+    # '*' (the note below says what was asked), and the number of seeds goes into the MCC heading.
+    seeds = {lv.utility["mcc"].n for lv in prof.levels() if "mcc" in lv.utility and lv.utility["mcc"].mean is not None}
+    n_head = f", n={seeds.pop()}" if len(seeds) == 1 else ""
+    if any("(asked" in lv.label for lv in prof.levels()):
+        table.caption += " *: the budget asked lies past the noise search range (note below)."
+    for col in ("budget", "σ", "ε PLD\n(bound)",
+                *(f"{label}\n(emp.{n_head})" if not prof.config.segmentation else f"{label}\n(emp.)"
+                  for _, label in utility),
                 "worst\ncase\n(bound)", "relaxed\n(bound)", "realistic\n(emp.)"):
         table.add_column(col, justify="right", no_wrap=True)
     for lv in prof.levels():
         a = lv.attack
         table.add_row(
-            lv.label, f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
+            lv.label.split(" (asked")[0] + ("*" if "(asked" in lv.label else ""),
+            f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
             txt.eps_up(lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
-            *(("n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f} (n={lv.utility['mcc'].n})",)
+            *(("n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f}" + ("" if n_head else f" (n={lv.utility['mcc'].n})"),)
               if not prof.config.segmentation else
               (txt.spread(lv.utility[key]).replace(" ± ", "±") for key, _ in utility)),
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
