@@ -89,6 +89,14 @@ def handle_errors(func: F) -> F:
         except DpAuditError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
+        except OSError as exc:
+            # A path the user gave cannot be read or written (missing folder, a folder where a file is expected, a
+            # file where a folder is expected, no permission): one line naming the path, not a traceback.
+            what = f" '{exc.filename}'" if exc.filename else ""
+            err.print(f"[bold red]error:[/] cannot use the path{escape(what)}: {escape(exc.strerror or str(exc))}. "
+                      "Fix: give a path whose folder exists and is writable (a file name where a file is written, "
+                      "a folder name where a folder is written).", markup=True, highlight=False)
+            raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(code=130) from None

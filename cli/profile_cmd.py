@@ -244,6 +244,13 @@ def profile(
         t0 = time.perf_counter()
         render_report(prof, out_dir / "report.pdf", base_dir=out_dir)
         progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
+    elif (out_dir / "report.pdf").exists():
+        # profile.json was just rewritten: a report.pdf beside it may describe another configuration, and a board
+        # must not be handed a PDF that disagrees with profile.json. It is kept, under a name that says so.
+        stale = out_dir / "report.stale.pdf"
+        (out_dir / "report.pdf").replace(stale)
+        err.print(f"note: the earlier report.pdf may not match the new profile.json; kept as {stale}. "
+                  f"Render the current one with: dpaudit report {out_dir}", highlight=False)
     wall = time.perf_counter() - started
     stages = "; ".join(f"{s.stage} {s.seconds:.0f} s" for s in prof.stages)
     err.print(f"done in {wall:.0f} s ({stages})", highlight=False)
@@ -263,6 +270,8 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
             "epsilon_target": lv.epsilon_target,
             "noise_multiplier": lv.train[0].noise_multiplier if lv.train else None,
             "epsilon": lv.bounds.epsilon if lv.bounds else None,
+            # per patient (k images move together) when the unit is the patient: the unit the ReRo columns protect
+            "epsilon_patient": lv.bounds.epsilon_patient if lv.bounds else None,
             "worst_case": lv.worst_case, "relaxed": lv.relaxed,
             "realistic": None if a is None else {"decoder": a.decoder, "success_rate": a.success_rate,
                                                  "ci_low": a.ci_low, "ci_high": a.ci_high,
@@ -306,7 +315,12 @@ def _print_summary(prof) -> None:
     n_head = f", n={seeds.pop()}" if len(seeds) == 1 else ""
     if any("(asked" in lv.label for lv in prof.levels()):
         table.caption += " *: the budget asked lies past the noise search range (note below)."
-    for col in ("budget", "σ", "ε PLD\n(bound)",
+    # With the patient as the unit the risk columns are per patient, so ε is shown per patient too (training
+    # calibrated it per image; that value is in profile.json and the report).
+    per_patient = any(lv.bounds is not None and lv.bounds.epsilon_patient is not None for lv in prof.levels())
+    if per_patient:
+        table.caption += " ε per patient: k images of one patient move together (the per-image ε is in the report)."
+    for col in ("budget", "σ", "ε per\npatient\n(bound)" if per_patient else "ε PLD\n(bound)",
                 *(f"{label}\n(emp.{n_head})" if not prof.config.segmentation else f"{label}\n(emp.)"
                   for _, label in utility),
                 "worst\ncase\n(bound)", "relaxed\n(bound)", "realistic\n(emp.)"):
@@ -316,7 +330,8 @@ def _print_summary(prof) -> None:
         table.add_row(
             lv.label.split(" (asked")[0] + ("*" if "(asked" in lv.label else ""),
             f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
-            txt.eps_up(lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
+            txt.eps_up(lv.bounds.epsilon_patient if per_patient and lv.bounds.epsilon_patient is not None
+                       else lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
             *(("n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f}" + ("" if n_head else f" (n={lv.utility['mcc'].n})"),)
               if not prof.config.segmentation else
               (txt.spread(lv.utility[key]).replace(" ± ", "±") for key, _ in utility)),

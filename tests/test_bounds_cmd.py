@@ -200,3 +200,12 @@ def test_schedule_errors_are_one_line(args: list[str], words: str) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 2
     assert words in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("flag, where", [("--plot", "missing-folder/x.png"), ("--roc", "."), ("--roc", "missing/r.csv")])
+def test_unwritable_output_paths_are_one_line_errors(tmp_path: Path, flag: str, where: str) -> None:
+    path = tmp_path / where
+    res = CliRunner().invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3",
+                                   flag, str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "cannot use the path" in res.stderr and str(path).rstrip("/.") in res.stderr

@@ -208,6 +208,15 @@ def test_cli_profile_json(tmp_path) -> None:
     assert lv["realistic"]["decoder"] == "strong"
     assert Path(data["profile"]).is_file() and data["report"] is None
     assert "train" in res.stderr and "attack" in res.stderr  # progress per stage on stderr
+    # Group privacy: with the patient as the unit, epsilon per patient is at least the per-image epsilon.
+    assert lv["epsilon_patient"] is None or lv["epsilon_patient"] >= lv["epsilon"]
+    # A report.pdf left from an earlier configuration is not left beside the rewritten profile.json.
+    (tmp_path / "p" / "report.pdf").write_bytes(b"%PDF-1.4 earlier")
+    res = CliRunner().invoke(app, args)  # every task reused
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "p" / "report.pdf").exists()
+    assert (tmp_path / "p" / "report.stale.pdf").read_bytes() == b"%PDF-1.4 earlier"
+    assert "may not match" in res.stderr
 
 
 def test_pdf_is_a_pdf(interrupted_then_resumed) -> None:
