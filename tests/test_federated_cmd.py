@@ -20,6 +20,12 @@ def test_train_json_reports_per_client_epsilon_and_mcc() -> None:
     assert data["dp_level"] == "sample" and len(data["clients"]) == 2
     assert all(c["epsilon"] <= 8 for c in data["clients"])
     assert "mcc" in data["global_metrics"] and all("test_mcc" in c for c in data["clients"])
+    # The spread across sites is known only when two sites have a measured MCC; otherwise it is "nan", never 0.
+    measured = [c["test_mcc"] for c in data["clients"] if isinstance(c["test_mcc"], float)]
+    if len(measured) > 1:
+        assert data["mcc_spread"] == pytest.approx(max(measured) - min(measured))
+    else:
+        assert data["mcc_spread"] == "nan" and data["mcc_std"] == "nan"
 
 
 def test_attack_json_table() -> None:

@@ -448,8 +448,9 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         torch.set_num_threads(previous_threads)
 
     finite = [s.test_mcc for s in summaries if math.isfinite(s.test_mcc)]
-    spread = max(finite) - min(finite) if finite else float("nan")
-    std = statistics.pstdev(finite) if len(finite) > 1 else 0.0
+    # A spread needs two sites with a measured MCC; with fewer it is unknown (NaN), not a uniform 0.
+    spread = max(finite) - min(finite) if len(finite) > 1 else float("nan")
+    std = statistics.pstdev(finite) if len(finite) > 1 else float("nan")
     baselines = _baselines(config, splits, sigma) if config.baselines else None
     view = ("only the sum of the surviving clients' updates (secure aggregation, modelled: not the cryptography)"
             if config.secure_aggregation else "each surviving client's update")
