@@ -336,10 +336,17 @@ def require_classes(splits: DatasetSplits, what: str) -> None:
     present = np.flatnonzero(splits.train.class_counts())
     if splits.num_classes < 2 or len(present) < 2:
         names = [splits.label_names[i] for i in present]
+        # The loader's skipped files are often the cause (a labels file that covers only some patients): say so,
+        # with counts only, and point at the labels file first when files were left out for want of a label.
+        skipped = f" ({_describe_skipped(splits.skipped)})" if splits.skipped and sum(splits.skipped.values()) else ""
+        unlabelled = splits.skipped.get("not in the labels file", 0) if splits.skipped else 0
+        fix = (f"give every file a label in the --labels file ({unlabelled} file(s) are not in it), or "
+               if unlabelled else "")
         raise DataError(f"{what} needs at least 2 classes in the training split, got {len(present)} "
-                        f"({', '.join(names) or 'none'}) in {splits.name}. Fix: pass a dataset with one sub-folder "
-                        "per class (folder:PATH/CLASS/*.png), or a CSV manifest with a label column; a folder "
-                        "without labels can still be attacked (dpaudit attack --arch resnet9 --dataset folder:PATH).")
+                        f"({', '.join(names) or 'none'}) in {splits.name}{skipped}. Fix: {fix}pass a dataset with "
+                        "one sub-folder per class (folder:PATH/CLASS/*.png), or a CSV manifest with a label column; "
+                        "a folder without labels can still be attacked "
+                        "(dpaudit attack --arch resnet9 --dataset folder:PATH).")
 
 
 def _check_disjoint(name: str, parts: Sequence[ImageDataset]) -> None:

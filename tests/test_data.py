@@ -447,6 +447,22 @@ def test_one_class_refuses_training_but_a_flat_folder_is_attackable(tmp_path: Pa
     assert rows[0]["n_images"] == 2 and rows[0]["success_rate"] == 1.0  # no noise: exact reconstruction
 
 
+def test_too_few_classes_names_files_left_out_for_want_of_a_label(tmp_path: Path,
+                                                                  rng: np.random.Generator) -> None:
+    import dataclasses
+
+    from dpaudit.data import load_splits, require_classes
+
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    splits = dataclasses.replace(load_splits(f"folder:{tmp_path}", image_size=16),
+                                 skipped={"not in the labels file": 21})
+    with pytest.raises(DataError) as info:
+        require_classes(splits, "training")
+    assert "21 file(s) skipped (21 not in the labels file)" in str(info.value)
+    assert "Fix: give every file a label in the --labels file (21 file(s) are not in it)" in str(info.value)
+
+
 def test_a_one_output_model_is_refused_for_the_right_reason(tmp_path: Path) -> None:
     from dpaudit.attacks.reconstruction import run_attack
     from dpaudit.errors import ConfigError
