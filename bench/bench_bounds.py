@@ -5,7 +5,7 @@ Sections (``--sections``, default all):
 * ``rero``: the worst-case bound, dpaudit tight (cold caches) against dp_accounting 0.6.0 at discretisation 1e-4
   (``from_gaussian_mechanism(sigma, sampling_prob=q, value_discretization_interval=1e-4, use_connect_dots=True,
   pessimistic_estimate=True).self_compose(T)``, then the Neyman-Pearson step on the REMOVE direction's PMF) on the
-  spec's table and the seed paper's RadImageNet point. Goal (issue 17): >= 20x at every spec point, agreement 1e-3.
+  spec's table and the seed paper's RadImageNet point. Goal: >= 20x at every spec point, agreement 1e-3.
 * ``relaxed``: the relaxed bound on the same points (no reference library; the seed paper's code takes ~36 s).
 * ``grid``: no slow corners: every (threat model, records_per_patient in 1, 5, 10, sigma >= 0.05, q, T <= 1e6) point
   of a grid, three kappas at once, in process. Goal: every point under 2 s.

@@ -1,4 +1,4 @@
-"""Benchmark: loading a DICOM tree and a NIfTI folder with dpaudit, against pydicom / nibabel alone (issue 12).
+"""Benchmark: loading a DICOM tree and a NIfTI folder with dpaudit, against pydicom / nibabel alone.
 
 The fixtures are generated in a temporary folder: ``--dicom-files`` CT-like 12-bit files of 256 x 256 (a third
 uncompressed, a third RLE, a third JPEG-LS, in patient sub-folders) and ``--nifti-files`` volumes of 128 x 128 x 32

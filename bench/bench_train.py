@@ -7,7 +7,7 @@ Same model, same demo data, same logical batch (64, Poisson sampling for DP), on
 * ``dpaudit-dp``: ``dpaudit.audit.train``'s DP-SGD step as shipped (Opacus hooks mode with dpaudit's grouped
   ``Conv2d`` per-sample gradients, ``dpaudit.audit.grad_sample``; physical batches of up to 128);
 * ``dpaudit-dp-hooks``: the same loop with Opacus' plain ``GradSampleModule`` and physical batches of
-  min(batch, 128) = 64 (dpaudit before issue 17);
+  min(batch, 128) = 64 (dpaudit's previous default);
 * ``opacus-hooks``, ``opacus-ew``, ``opacus-functorch``, ``opacus-ghost``: the loop an Opacus user writes
   (``PrivacyEngine.make_private(grad_sample_mode=...)`` + ``BatchMemoryManager``; ghost clipping with the criterion
   wrapper ``make_private`` returns);
@@ -71,7 +71,7 @@ def _group(kinds: list[str], arch: str, size: int, n_train: int, repeats: int) -
             if kind.startswith("dpaudit"):
                 private = kind.startswith("dpaudit-dp")
                 physical = None
-                if kind == "dpaudit-dp-hooks":  # dpaudit before issue 17
+                if kind == "dpaudit-dp-hooks":  # dpaudit's previous step
                     G.FastConvGradSampleModule = GradSampleModule  # type: ignore[misc]
                     physical = BATCH
                 cfg = T.TrainConfig(noise_multiplier=1.0 if private else None, non_private=not private, arch=arch,

@@ -281,7 +281,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     ``optimistic=False``: connect-the-dots (pessimistic, a sound upper bound). ``optimistic=True``: a garbling of
     the pair (a sound *lower* bound on every power and delta, see :func:`_garbled_masses`).
 
-    Grid anchor (dpaudit issue 11, kind 10). The grid is {offset + i h} with offset = the end of the loss's
+    Grid anchor. The grid is {offset + i h} with offset = the end of the loss's
     support where the mass piles up: min_loss = log(1 - q)^k for the remove direction, -min_loss for the add
     direction. At small sigma almost all the mass of "target not sampled" sits at that one loss value; on the
     unanchored grid {i h} with h > |log(1 - q)| connect-the-dots splits it between 0 and -h, which invents a

@@ -171,7 +171,7 @@ def threshold_test_power(run, kappa: np.ndarray) -> np.ndarray:
     Phibar((tau - j) / sigma) (plus Phi((-tau - j) / sigma) for |X|); steps are independent, so the test's size is
     1 - prod_t (1 - P_t) and its power 1 - prod_t (1 - Q_t). tau by bisection (the size falls as tau grows). Any test
     of size <= kappa has power <= gamma(kappa) (Neyman-Pearson), so this is a lower bound; it is nearly exact when
-    noise is tiny against the clipped gradient (the closed form of dpaudit issue 11, kind 10).
+    noise is tiny against the clipped gradient (a closed form).
     """
     kappa = np.atleast_1d(np.asarray(kappa, dtype=float))
     log_keep = np.log1p(-kappa)  # log(1 - size) at the wanted size

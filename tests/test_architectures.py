@@ -1,4 +1,4 @@
-"""Any architecture (issue 13, parts 1, 2, 4): registry names, monai:NAME, the user's own file.py:factory and
+"""Any architecture: registry names, monai:NAME, the user's own file.py:factory and
 module:factory; every one checked for DP-SGD before use; pretrained initialisation and partial fine-tuning."""
 
 from __future__ import annotations

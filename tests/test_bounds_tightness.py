@@ -1,6 +1,6 @@
 """Tightness across the whole sigma range, and the bracket [lower, upper] of every tight ReRo / MIA value.
 
-dpaudit issue 11, kind 10: at sigma below ~0.15 with small q the tight bound was up to 3.4% above the exact value
+at sigma below ~0.15 with small q the tight bound was up to 3.4% above the exact value
 while ``numerical_error`` claimed 1e-14 (the connect-the-dots grid split the pile of "target never sampled" mass
 at log(1 - q) between 0 and -h, on every nested grid alike). References, each independent of the code under test:
 

@@ -22,7 +22,7 @@ from dpaudit.bounds.pld import LOSS_CAP, WindowTooLargeError
 
 #: Work bound of the regression calls: PLD compositions (FFT convolutions) per call. Measured 2-15 with the
 #: caches cleared; the bound catches a search or refinement that runs away, without timing anything (a busy
-#: machine must not fail the suite: dpaudit issue 11, kind 11). Speed itself is measured in bench/bench_bounds.py.
+#: machine must not fail the suite). Speed itself is measured in bench/bench_bounds.py.
 MAX_COMPOSITIONS = 30
 
 

@@ -1,4 +1,4 @@
-"""Every "Fix:" is followable (issue 11, kind 8): each flag an error message names exists on the command that
+"""Every "Fix:" is followable: each flag an error message names exists on the command that
 printed it.
 
 Robust to the CLI being reorganised: the commands and their options are discovered from the Typer app (any

@@ -1,5 +1,5 @@
 """Dataset loaders on fixtures built here in the official layouts (HAM10000, MedMNIST .npz, image folders), and
-odd and hostile inputs to them (issue 11, kinds 1-6).
+odd and hostile inputs to them.
 
 Every expected value is stated from how the fixture was written (e.g. a 12-bit gradient 0..4095 must load as
 v / 4095), never snapshotted from dpaudit's own output.
@@ -263,7 +263,7 @@ def test_image_dataset_validates_and_never_prints_pixels() -> None:
     assert len(both) == 3 and both.labels.tolist() == [0, 1, 1]
 
 
-# ================================================================================================ odd inputs (issue 11)
+# ================================================================================================ odd inputs
 
 runner = CliRunner()
 

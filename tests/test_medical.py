@@ -1,4 +1,4 @@
-"""DICOM trees, NIfTI folders and CSV manifests (issue 12), on files built here (see ``medical_fixtures``).
+"""DICOM trees, NIfTI folders and CSV manifests, on files built here (see ``medical_fixtures``).
 
 Expected pixel values are computed from the values written and the DICOM standard's formulas (PS3.3 C.11), in
 the test, independently of dpaudit's decoder.

@@ -1,4 +1,4 @@
-"""The patient as the privacy unit, end to end (issue 12): attack, train, bounds --model and profile on a DICOM tree
+"""The patient as the privacy unit, end to end: attack, train, bounds --model and profile on a DICOM tree
 and a NIfTI folder built here; k equals the data's maximum; no PatientID string reaches stdout, stderr, JSON, the
 checkpoint's metadata or the PDF."""
 

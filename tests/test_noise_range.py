@@ -1,4 +1,4 @@
-"""Budgets past the noise search range (issue 11, kind 9): a result is labelled with the epsilon its noise gives.
+"""Budgets past the noise search range: a result is labelled with the epsilon its noise gives.
 
 Right values: at the search floor sigma = 1e-3 (``SIGMA_RANGE[0]``) the Gaussian mechanism's epsilon is finite
 (about 3e9 for q = 1/1400, T = 5600, delta = 1e-5), so a target of 1e12 cannot be what that noise gives; any

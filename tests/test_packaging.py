@@ -34,7 +34,7 @@ def test_bounds_imports_no_torch_matplotlib_or_typer() -> None:
 
 
 def test_bounds_import_and_default_computation_stay_light() -> None:
-    # dpaudit issue 17: `dpaudit bounds` latency. scipy.stats / scipy.signal / scipy.optimize each cost ~0.5-3 s of
+    # `dpaudit bounds` latency. scipy.stats / scipy.signal / scipy.optimize each cost ~0.5-3 s of
     # imports; the package and the default (tight) computations need none of them, nor torch, matplotlib or the CLI.
     code = (
         "import sys, dpaudit.bounds as b\n"

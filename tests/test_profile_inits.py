@@ -1,6 +1,5 @@
 """`dpaudit profile --inits`: every budget trained from each initialisation, MCC per epsilon per init in the
-report; budgets past the noise search range labelled with the epsilon actually used (issue 11 kind 9, issue 13
-part 2). The init is pretrained here, on other synthetic data (stripes), never downloaded."""
+report; budgets past the noise search range labelled with the epsilon actually used. The init is pretrained here, on other synthetic data (stripes), never downloaded."""
 
 from __future__ import annotations
 

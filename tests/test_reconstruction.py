@@ -156,7 +156,7 @@ def test_constant_pattern_pitfall_is_caught() -> None:
     with pytest.raises(ConfigError, match="constant pattern") as info:
         image_statistics(model, block, x, torch.tensor([0]), mean=np.array(MEAN), std=np.array(STD))
     assert "pattern='random'" in str(info.value) and "--connection addition" in str(info.value)
-    # The fix never names what is already in use (issue 11: the addition connection was suggested to its user).
+    # The fix never names what is already in use (the addition connection was suggested to its user).
     added = ImprintBlock((3, 32, 32), mean=np.array(MEAN), std=np.array(STD), pattern="constant",
                          connection="addition")
     try:

@@ -222,7 +222,7 @@ def test_cli_json_object_and_error_exit(tmp_path: Path) -> None:
     assert list(obj) == ["epsilon_target", "epsilon_achieved", "epsilon_rdp", "noise_multiplier",
                          "sampling_probability", "steps", "target_delta", "max_grad_norm", "n_train", "optimizer",
                          "lr", "metrics", "checkpoint", "notes", "model", "privacy_unit", "records_per_patient",
-                         "epsilon_patient"]  # the last three: issue 12
+                         "epsilon_patient"]  # the last three: the privacy unit
     assert obj["epsilon_target"] is None and obj["noise_multiplier"] == 1.0 and obj["target_delta"] == 8e-7
     assert {"mcc", "balanced_accuracy", "auroc", "accuracy"} <= set(obj["metrics"])
     assert Path(obj["checkpoint"]).is_file()

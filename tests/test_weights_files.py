@@ -1,4 +1,4 @@
-"""Weights files are untrusted input (issue 11, kind 7): every odd file is named for what it is, safetensors files
+"""Weights files are untrusted input: every odd file is named for what it is, safetensors files
 load without code execution, and state dicts saved through any nesting of wrappers load."""
 
 from __future__ import annotations
