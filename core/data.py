@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -361,8 +362,31 @@ def _check_disjoint(name: str, parts: Sequence[ImageDataset]) -> None:
                                 "(the loaders split by patient).")
 
 
+class SplitsShape:
+    """What every set of splits reports of its training split (shape, channels, classes), one definition for the
+    classification and the segmentation splits."""
+
+    train: Any
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.train.image_shape
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.image_shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.train.label_names
+
+
 @dataclass(frozen=True, eq=False)
-class DatasetSplits:
+class DatasetSplits(SplitsShape):
     """Train, validation and test splits of one dataset, with the fixed normalisation models use.
 
     ``mean`` and ``std`` default to :data:`DEFAULT_MEAN` / :data:`DEFAULT_STD` per channel. ``unit`` says what
@@ -408,22 +432,6 @@ class DatasetSplits:
         return ImagesPerUnit(self.unit, int(counts.size), int(counts.max()) if counts.size else 0,
                              float(counts.mean()) if counts.size else 0.0,
                              tuple((int(k), int(v)) for k, v in enumerate(hist) if v and k))
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.train.image_shape
-
-    @property
-    def in_channels(self) -> int:
-        return self.train.image_shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return self.train.label_names
 
     def __repr__(self) -> str:
         return (f"DatasetSplits(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "

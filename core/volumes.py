@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dpaudit.data import SplitsShape
 from dpaudit.errors import DataError, check_int, check_probability, invalid
 
 __all__ = [
@@ -165,7 +166,7 @@ class SliceDataset:
 
 
 @dataclass(frozen=True, eq=False)
-class SegmentationSplits:
+class SegmentationSplits(SplitsShape):
     """Train, validation and test slices of volume-disjoint splits, with the fixed normalisation models use."""
 
     train: SliceDataset
@@ -188,22 +189,6 @@ class SegmentationSplits:
                 if seen.setdefault(str(v), what) != what:
                     raise DataError(f"{self.name}: volume {v!r} is in both {seen[str(v)]} and {what}; splits must "
                                     "be volume-disjoint.")
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.train.image_shape
-
-    @property
-    def in_channels(self) -> int:
-        return self.train.image_shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return self.train.label_names
 
     #: The data's unit for :func:`dpaudit.data.privacy_unit`: a volume is one patient's scan.
     unit = "patient"

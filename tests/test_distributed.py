@@ -164,10 +164,9 @@ class ProbeTask:
         (folder / f"attempt-{self.index}-{uuid.uuid4().hex}").touch()
         marker = folder / "killed"
         if self.kill and not marker.exists():
-            # Die only after the other tasks' results are in the driver's store (or after 20 s): the marker lists
-            # the tasks already stored, which must never run again.
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
+            # Die only after the other tasks' results are in the driver's store (at most 400 polls): the marker
+            # lists the tasks already stored, which must never run again.
+            for _ in range(400):
                 stored = sorted(p.stem for p in (folder / "tasks").glob("probe-*.json"))
                 if len(stored) >= self.wait_for:
                     break
