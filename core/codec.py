@@ -3,7 +3,9 @@
 Results are frozen dataclasses, never dicts. :func:`encode` turns them into plain JSON and :func:`decode` /
 :func:`from_plain` back, driven by the type hints, so every result class gets a validated ``from_json`` for free:
 a field of the wrong type, a missing field or an unknown key raises :class:`dpaudit.errors.ConfigError` naming the
-path. Fields declared with ``metadata={"json": False}`` (per-image arrays, kept images) stay out of the JSON.
+path. Fields declared with ``metadata={"json": False}`` (per-image arrays, kept images) stay out of the JSON. A class
+may name read-only properties in ``JSON_PROPERTIES`` (e.g. a decision rule or a caveat derived from the fields):
+they are written after the fields, so that the JSON is self-describing, and ignored when read back.
 
 One policy for non-finite numbers: JSON has no infinity or NaN, so such floats are written as the strings
 ``"inf"``, ``"-inf"`` and ``"nan"`` and read back exactly (``from_json(to_json(x)) == x`` also for non-private
@@ -12,6 +14,7 @@ runs). numpy arrays and scalars become lists and numbers.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -32,7 +35,9 @@ _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 def encode(obj: Any) -> Any:
     """A plain-JSON view of ``obj`` (dataclasses become objects, tuples lists, non-finite floats strings)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
+        out = {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
+        out.update({name: encode(getattr(obj, name)) for name in getattr(obj, "JSON_PROPERTIES", ())})
+        return out
     if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
         return obj
     if isinstance(obj, float):
@@ -41,7 +46,7 @@ def encode(obj: Any) -> Any:
         return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, tuple | list):
         return [encode(v) for v in obj]
-    if isinstance(obj, dict):
+    if isinstance(obj, collections.abc.Mapping):
         return {str(k): encode(v) for k, v in obj.items()}
     if getattr(obj, "ndim", 0) and hasattr(obj, "tolist"):  # numpy / torch arrays
         return encode(obj.tolist())
@@ -84,11 +89,15 @@ def decode(tp: Any, value: Any, path: str = "$") -> Any:
         if len(args) != len(value):
             raise _fail(path, value, f"a list of {len(args)} items")
         return tuple(decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is tuple:  # a bare ``tuple``: its items as they are in JSON
+        if not isinstance(value, list):
+            raise _fail(path, value, "a list")
+        return tuple(value)
     if tp is np.ndarray:
         if not isinstance(value, list):
             raise _fail(path, value, "a list of numbers")
         return np.array([decode(float, v, f"{path}[{i}]") for i, v in enumerate(value)], dtype=float)
-    if origin is dict:
+    if origin in (dict, collections.abc.Mapping):
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise _fail(path, value, "an object")
@@ -129,6 +138,9 @@ def from_plain(cls: type[T], data: Any, path: str = "$") -> T:
     upgrade = getattr(cls, "json_upgrade", None)
     if upgrade is not None:  # a class that reads files of an earlier layout says how
         data = upgrade(data)
+    derived = getattr(cls, "JSON_PROPERTIES", ())
+    if derived:  # written for the reader, recomputed from the fields
+        data = {k: v for k, v in data.items() if k not in derived}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
@@ -181,8 +193,10 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 
 class JsonResult:
-    """Mixin: ``to_json`` / ``from_json`` through the type-driven codec above, and type normalisation at
-    construction (so that equal results compare equal and serialise to the same text)."""
+    """Mixin: ``to_json`` / ``from_json`` through the type-driven codec above, type normalisation at construction,
+    and equality by JSON form: two results are equal when they serialise to the same JSON (NaN equals NaN, as
+    ``"nan"`` does; fields kept out of the JSON are not compared). Declare subclasses with
+    ``@dataclass(frozen=True, eq=False)`` so that the dataclass does not replace this equality."""
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -191,6 +205,12 @@ class JsonResult:
             fixed = _coerce(hints[f.name], value)
             if fixed is not value:
                 object.__setattr__(self, f.name, fixed)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and encode(self) == encode(other)
+
+    def __hash__(self) -> int:
+        return hash(dumps(self))
 
     def to_json(self) -> str:
         return dumps(self)
