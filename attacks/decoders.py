@@ -24,6 +24,25 @@ import numpy as np
 from dpaudit.errors import invalid
 
 DECODERS = ("strong", "paper", "paper-all")
+
+#: What ``--decoder`` names, in ``dpaudit attack`` and ``dpaudit profile`` alike: one decoder, or ``all``, the
+#: decoders an attacker runs (``strong`` and ``paper``; the profile's default). ``paper-all`` scores every candidate
+#: row of the paper decoder against the training images, a diagnostic of the paper decoder's reduction rule, and is
+#: run only when named.
+DECODER_CHOICES: dict[str, tuple[str, ...]] = {"strong": ("strong",), "paper": ("paper",),
+                                                "paper-all": ("paper-all",), "all": ("strong", "paper")}
+
+
+def decoders_for(choice: str) -> tuple[str, ...]:
+    """The decoders ``--decoder choice`` runs (:data:`DECODER_CHOICES`)."""
+    if choice not in DECODER_CHOICES:
+        raise invalid("decoder", choice, f"one of {list(DECODER_CHOICES)}", "pass --decoder all")
+    return DECODER_CHOICES[choice]
+
+
+def decoder_choice(decoders: tuple[str, ...]) -> str | None:
+    """The ``--decoder`` value that runs exactly ``decoders`` (None when no single value does)."""
+    return next((name for name, ds in DECODER_CHOICES.items() if ds == tuple(decoders)), None)
 DENOISERS = ("tv", "none")
 
 #: Total-variation weight per unit of pixel noise std. Chosen on scikit-image's bundled pictures at 64x64x3 over

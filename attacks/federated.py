@@ -44,10 +44,10 @@ import torch
 from torch import nn
 
 from dpaudit.attacks.decoders import Layout, decode_pooled
-from dpaudit.attacks.federated_results import FederatedAttackResult, FederatedAttackRow
+from dpaudit.attacks.federated_results import FederatedAttackConfig, FederatedAttackResult, FederatedAttackRow
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.attacks.scoring import SSIM_VARIANT, NearestMatcher, clopper_pearson, ssim_batch
-from dpaudit.errors import ConfigError, check_int, check_positive, invalid
+from dpaudit.errors import ConfigError, check_int, invalid
 
 __all__ = ["BinDecoding", "BinImprintBlock", "FederatedAttackConfig", "attack_views", "bin_thresholds",
            "client_update", "decode_bins", "run_federated_attack", "server_views"]
@@ -205,44 +205,6 @@ def attack_views(views: Sequence[Mapping[str, torch.Tensor]], contributors: int,
         g_b = (-view[f"{block_prefix}linear.bias"] * batch_size / lr).numpy()
         out.append(decode_bins(g_w, g_b, noise_std, layout, denoiser=denoiser))
     return out
-
-
-@dataclass(frozen=True)
-class FederatedAttackConfig:
-    """The bin attack experiment: ``rounds`` rounds of ``clients`` clients with ``batch_size`` images each, per
-    noise multiplier; the server's block has ``bins`` rows."""
-
-    dataset: str = "demo"
-    data_dir: str | None = None
-    image_size: int = 28
-    max_images: int | None = None
-    arch: str = "resnet9"
-    clients: int = 4
-    batch_size: int = 2
-    bins: int = 32
-    noise_multipliers: tuple[float, ...] = (0.0, 1e-3, 0.1)
-    secure_aggregation: bool = False
-    rounds: int = 8
-    max_grad_norm: float = 1.0
-    lr: float = 1.0
-    denoiser: str = "tv"
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        check_int("clients", self.clients, fix="pass --clients 4")
-        check_int("batch_size", self.batch_size, fix="pass --batch-size 2")
-        check_int("bins", self.bins, minimum=2, fix="pass --bins 32")
-        check_int("rounds", self.rounds, fix="pass --rounds 8")
-        check_int("image_size", self.image_size, minimum=8)
-        sig = tuple(float(s) for s in self.noise_multipliers)
-        if not sig or any(not (math.isfinite(s) and s >= 0) for s in sig):
-            raise invalid("noise_multipliers", self.noise_multipliers, "a non-empty list of numbers >= 0",
-                          "pass e.g. --sigmas 0,1e-3,0.1")
-        object.__setattr__(self, "noise_multipliers", sig)
-        check_positive("max_grad_norm", self.max_grad_norm, fix="pass --max-grad-norm 1.0")
-        check_positive("lr", self.lr)
-        check_int("seed", self.seed, minimum=0)
 
 
 def _query(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

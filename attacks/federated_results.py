@@ -1,18 +1,64 @@
-"""Frozen results of the federated bin attack (no torch: the profile schema and the report read them)."""
+"""The federated bin attack's configuration and frozen results (no torch: the profile schema and the report read
+the results, the command line the configuration's defaults)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-from dpaudit.codec import encode
+from dpaudit.attacks.results import SUCCESS_SSIM
+from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, default_image_size
+from dpaudit.errors import check_int, check_positive, invalid
+
+
+@dataclass(frozen=True)
+class FederatedAttackConfig:
+    """The bin attack experiment: ``rounds`` rounds of ``clients`` clients with ``batch_size`` images each, per
+    noise multiplier; the server's block has ``bins`` rows."""
+
+    dataset: str = DEFAULT_DATASET
+    data_dir: str | None = None
+    image_size: int | None = None  # None: the dataset's (dpaudit.config.default_image_size)
+    max_images: int | None = None
+    arch: str = DEFAULT_ARCH
+    clients: int = 4
+    batch_size: int = 2
+    bins: int = 32
+    noise_multipliers: tuple[float, ...] = (0.0, 1e-3, 0.1)
+    secure_aggregation: bool = False
+    rounds: int = 8
+    max_grad_norm: float = 1.0
+    lr: float = 1.0
+    denoiser: str = "tv"
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("clients", self.clients, fix="pass --clients 4")
+        check_int("batch_size", self.batch_size, fix="pass --batch-size 2")
+        check_int("bins", self.bins, minimum=2, fix="pass --bins 32")
+        check_int("rounds", self.rounds, fix="pass --rounds 8")
+        object.__setattr__(self, "image_size", check_int(
+            "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
+            minimum=8))
+        sig = tuple(float(s) for s in self.noise_multipliers)
+        if not sig or any(not (math.isfinite(s) and s >= 0) for s in sig):
+            raise invalid("noise_multipliers", self.noise_multipliers, "a non-empty list of numbers >= 0",
+                          "pass e.g. --sigmas 0,1e-3,0.1")
+        object.__setattr__(self, "noise_multipliers", sig)
+        check_positive("max_grad_norm", self.max_grad_norm, fix="pass --max-grad-norm 1.0")
+        check_positive("lr", self.lr)
+        check_int("seed", self.seed, minimum=0)
 
 
 @dataclass(frozen=True)
 class FederatedAttackRow:
     """Success of the bin attack in one setting (empirical, over ``n_images`` images of the attacked rounds).
 
-    ``success_rate``: share of the round's images whose nearest reconstruction has SSIM > 0.8 (empirical, a lower
-    bound on the risk); ``ci_low``/``ci_high``: exact two-sided 95% Clopper-Pearson interval. ``alone_share``:
+    ``success_rate``: share of the round's images whose nearest reconstruction has SSIM above the result's
+    ``success_ssim`` (empirical, a lower bound on the risk); ``ci_low``/``ci_high``: exact two-sided 95%
+    Clopper-Pearson interval. ``alone_share``:
     share of images that were alone in their bin (measured: what a noise-free attack could recover);
     ``expected_alone_share``: (1 - 1/K)^(M - 1) for M images in one view and K equal-probability bins (estimate;
     the server's bins are equal-probability only under its assumed distribution). An image of a round in which no
@@ -49,13 +95,16 @@ class FederatedAttackResult:
     thresholds_from: str
     max_grad_norm: float
 
-    def to_json(self) -> dict[str, object]:
-        """The ``--json`` object of ``dpaudit federated attack``: ``{"rows": [...], ...}``."""
-        return {"rows": encode(self.rows), "rounds": self.rounds, "decoder": self.decoder,
-                "ssim_variant": self.ssim_variant, "threat_model": self.threat_model,
-                "thresholds_from": self.thresholds_from, "max_grad_norm": self.max_grad_norm,
-                "labels": {"success_rate": "empirical (SSIM > 0.8, nearest matching over the round's images), a "
-                                           "lower bound on reconstruction risk",
-                           "ci_low, ci_high": "exact 95% Clopper-Pearson interval",
-                           "alone_share": "empirical (images alone in their bin)",
-                           "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)"}}
+    success_ssim: float = SUCCESS_SSIM
+
+    #: Written to JSON beside the fields (``dpaudit federated attack --json``, through dpaudit.codec).
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each column of the rows is."""
+        return {"success_rate": f"empirical (SSIM > {self.success_ssim:g}, nearest matching over the round's "
+                                "images), a lower bound on reconstruction risk",
+                "ci_low, ci_high": "exact 95% Clopper-Pearson interval",
+                "alone_share": "empirical (images alone in their bin)",
+                "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)"}

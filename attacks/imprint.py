@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from dpaudit.attacks.decoders import paper_choice
+from dpaudit.attacks.scenario import CONNECTIONS
 from dpaudit.errors import ConfigError, check_int, check_positive, invalid
-
-CONNECTIONS = ("linear", "addition")
 
 #: Opacus 1.6 ``clip_factor = max_grad_norm / (per_sample_norm + 1e-6)``, clamped at 1
 #: (``opacus/optimizers/optimizer.py``, ``clip_and_accumulate``).

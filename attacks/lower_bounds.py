@@ -23,11 +23,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_int, check_probability, invalid
@@ -116,16 +116,13 @@ def clopper_pearson(successes: int, trials: int, *, level: float) -> tuple[float
 # ----------------------------------------------------------------------------------------------------------
 
 class _LowerBound:
-    """A count-based result: a finite epsilon lower bound >= 0, serialised field by field."""
+    """A count-based result: a finite epsilon lower bound >= 0 (serialised field by field by dpaudit.codec)."""
 
     epsilon_lower_bound: float
 
     def __post_init__(self) -> None:
         if not (self.epsilon_lower_bound >= 0 and math.isfinite(self.epsilon_lower_bound)):
             raise invalid("epsilon_lower_bound", self.epsilon_lower_bound, "a finite number >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -246,6 +243,10 @@ def _one_run_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     """Unvalidated core of :func:`one_run_p_value`."""
     if v == 0:
         return 1.0
+    from scipy import (
+        stats,  # here, not at import: the results that hold these bounds load without scipy.stats
+    )
+
     # q = e^eps / (1 + e^eps), the accuracy of eps-DP randomised response. Counting *wrong* guesses,
     # r - W ~ Binomial(r, 1 - q) with 1 - q = expit(-eps), keeps the tails accurate when q is close to 1.
     p_wrong = float(special.expit(-eps))
@@ -394,18 +395,15 @@ def _check_selection(selection: str) -> Selection:
 
 
 class _FromBound:
-    """A score-based audit whose reported number is its ``bound``'s epsilon lower bound."""
+    """A score-based audit whose reported number is its ``bound``'s epsilon lower bound (written to JSON beside
+    the fields)."""
 
     bound: Any
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound",)
 
     @property
     def epsilon_lower_bound(self) -> float:
         return self.bound.epsilon_lower_bound
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)  # type: ignore[call-overload]
-        d["epsilon_lower_bound"] = self.epsilon_lower_bound
-        return d
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from dpaudit.attacks.reconstruction import AttackResult
-from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.errors import ConfigError
 
 
@@ -40,12 +39,12 @@ def plot_ssim_error_cdf(result: AttackResult, path: str | Path) -> Path:
         frac = np.arange(1, len(err) + 1) / len(err)
         ax.step(np.concatenate([[0.0], err, [1.0]]), np.concatenate([[0.0], frac, [1.0]]), where="post",
                 label=_label(row), linestyle="-" if row.decoder == "strong" else "--")
-    ax.axvline(1.0 - SUCCESS_SSIM, color="grey", linewidth=0.8, linestyle=":")
+    ax.axvline(1.0 - result.success_ssim, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("SSIM error (1 - SSIM)")
     ax.set_ylabel("fraction of images (empirical CDF)")
-    ax.set_title(f"Imprint attack, {result.connection} connection; success: SSIM > {SUCCESS_SSIM}", fontsize=9)
+    ax.set_title(f"Imprint attack, {result.connection} connection; success: SSIM > {result.success_ssim:g}", fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     path = Path(path)

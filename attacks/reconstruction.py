@@ -25,7 +25,6 @@ from dpaudit.attacks.decoders import (
     decode_pooled,
 )
 from dpaudit.attacks.imprint import (
-    CONNECTIONS,
     ImageStatistics,
     ImprintBlock,
     clean_block_gradient,
@@ -35,6 +34,7 @@ from dpaudit.attacks.imprint import (
     replay,
 )
 from dpaudit.attacks.results import SUCCESS_SSIM, AttackResult, AttackRow
+from dpaudit.attacks.scenario import ACCOUNTANTS, CONNECTIONS, SCORINGS
 from dpaudit.attacks.scoring import (
     SSIM_VARIANT,
     NearestMatcher,
@@ -47,8 +47,6 @@ from dpaudit.errors import DataError, check_int, check_positive, invalid
 
 if TYPE_CHECKING:
     from dpaudit.bounds import NoiseForEpsilon
-
-SCORINGS = ("nearest", "paired")
 
 #: Progress callback: ``progress(done, total)`` after every unit of work (an image's forward and backward pass,
 #: or an image decoded at one noise level).
@@ -69,8 +67,8 @@ def noise_for_epsilons(epsilons: Sequence[float], *, n_train: int, epochs: int, 
     """
     n_train = check_int("n_train", n_train, fix="pass the number of training images, --n-train")
     epochs = check_int("epochs", epochs, fix="pass the number of training epochs, --epochs")
-    if accountant not in ("pld", "rdp"):
-        raise invalid("accountant", accountant, "'pld' or 'rdp'", "pass --accountant pld")
+    if accountant not in ACCOUNTANTS:
+        raise invalid("accountant", accountant, f"one of {list(ACCOUNTANTS)}", "pass --accountant pld")
     from dpaudit.bounds import NoiseForEpsilon, calibrate_epsilon
 
     levels = []
@@ -243,6 +241,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
                 best_images=cand[matched[best_idx]] if keep_images else np.zeros((0, 1, 1, 1))))
     return AttackResult(rows=tuple(rows), n_excluded=n_excluded, image_shape=(c, h, w), ssim_variant=SSIM_VARIANT,
                         rho=rho, connection=connection, bins=block.bins, max_grad_norm=max_grad_norm,
+                        success_ssim=SUCCESS_SSIM,
                         observations=observations, scoring=scoring, seed=seed)
 
 

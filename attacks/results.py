@@ -12,7 +12,8 @@ from dpaudit.codec import encode
 from dpaudit.errors import ConfigError, invalid
 
 #: The seed paper's success criterion (Table 3 caption): SSIM higher than 80%. The one definition: scoring counts
-#: with it, and every text that names the criterion formats it.
+#: with it and stores it in every attack result (``success_ssim``), and every text that names the criterion formats
+#: the stored value.
 SUCCESS_SSIM = 0.8
 
 
@@ -26,7 +27,8 @@ def frozen_array(a: np.ndarray) -> np.ndarray:
 class AttackRow:
     """Success of one decoder at one noise level (empirical, over ``n_images`` scored images).
 
-    ``ci_low``/``ci_high``: exact 95% Clopper-Pearson interval of ``success_rate`` (SSIM > 0.8).
+    ``ci_low``/``ci_high``: exact 95% Clopper-Pearson interval of ``success_rate`` (the share of images with SSIM
+    above the result's ``success_ssim``).
     ``ssim``/``eta``: per scored image (eta: per-value noise std after pooling the active rows, normalised units).
     """
 
@@ -64,10 +66,6 @@ class AttackRow:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def to_json(self) -> dict:
-        """The summary keys of ``dpaudit attack --json`` (the per-image arrays are left to ``--out``)."""
-        return {k: v for k, v in encode(self).items() if k not in ("ssim", "eta")}
-
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -76,6 +74,7 @@ class AttackResult:
     ``rho``: the block's share of the per-sample gradient norm per scored image (independent of sigma).
     ``n_excluded``: images left out for having at most 10% non-zero pixels (seed paper, section 4.3).
     ``notes``: what a reader must know to read the rows (e.g. why a row's epsilon is not the one asked for).
+    ``success_ssim``: an image counts as reconstructed when its SSIM exceeds this (:data:`SUCCESS_SSIM`).
     """
 
     rows: tuple[AttackRow, ...]
@@ -90,6 +89,7 @@ class AttackResult:
     scoring: str = "nearest"
     seed: int = 0
     notes: tuple[str, ...] = ()
+    success_ssim: float = SUCCESS_SSIM
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))
@@ -112,9 +112,3 @@ class AttackResult:
             # Mean SSIMs within 1e-9 are round-off (float32 views): the first requested decoder keeps the tie.
             out.append(max(rows, key=lambda r: (r.success_rate, round(r.mean_ssim, 9))))
         return tuple(out)
-
-    def to_json(self) -> dict:
-        """The ``--json`` object of ``dpaudit attack``."""
-        return {"rows": [r.to_json() for r in self.rows], "n_excluded": self.n_excluded,
-                "image_shape": list(self.image_shape), "ssim_variant": self.ssim_variant,
-                "notes": list(self.notes)}

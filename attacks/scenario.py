@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from dpaudit.attacks.decoders import DECODERS, DENOISERS
 from dpaudit.errors import ConfigError, check_int, invalid
 
 if TYPE_CHECKING:
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
 
 #: How the attacked images are chosen from the training split (the attacker targets members).
 SELECTIONS = ("first", "random")
+#: How the imprint block joins the network (:mod:`dpaudit.attacks.imprint`).
+CONNECTIONS = ("linear", "addition")
+#: How reconstructions are matched to the attacked images: each image's nearest (the seed paper's) or its own.
+SCORINGS = ("nearest", "paired")
+#: Accountants that map a target epsilon to the attack scenario's sigma (tight PLD, or Opacus' RDP as the paper).
+ACCOUNTANTS = ("pld", "rdp")
 #: Salt of the image-selection generator, so it never shares a stream with the imprint block's seed.
 SELECTION_SALT = 0xA77AC
 #: Noise grid when neither a checkpoint's budget nor a noise level is known (the spec's demonstration grid).
@@ -67,6 +74,12 @@ class AttackScenario:
         check_int("n_images", self.n_images, fix="pass --n-images 1 or more")
         if self.selection not in SELECTIONS:
             raise invalid("selection", self.selection, f"one of {list(SELECTIONS)}", "pass --selection first")
+        for name, allowed in (("connection", CONNECTIONS), ("scoring", SCORINGS), ("accountant", ACCOUNTANTS),
+                              ("denoiser", DENOISERS)):
+            if getattr(self, name) not in allowed:
+                raise invalid(name, getattr(self, name), f"one of {list(allowed)}", f"pass --{name} {allowed[0]}")
+        if not self.decoders or any(d not in DECODERS for d in self.decoders):
+            raise invalid("decoders", self.decoders, f"names from {list(DECODERS)}", "pass --decoder all")
         if self.epsilons is not None and self.noise_multipliers is not None:
             raise invalid("--epsilons/--sigmas", "both", "at most one of them",
                           "pass --sigmas 0,1e-4,1e-3 or --epsilons 1,8,1e9")

@@ -23,200 +23,24 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.attacks.lower_bounds import (
-    OneRunScoreAudit,
-    Selection,
-    low_epsilon_caveat,
     one_run_ceiling,
     one_run_from_scores,
 )
-from dpaudit.audit.train import TrainConfig, TrainResult, train
+from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
+from dpaudit.audit.results import CanaryAuditResult, TprAtFpr, TrainResult
+from dpaudit.audit.train import train
 from dpaudit.checkpoint import load_checkpoint
-from dpaudit.errors import ConfigError, check_int, check_probability, invalid
+from dpaudit.errors import invalid
 
 __all__ = ["CanaryAuditConfig", "CanaryAuditResult", "TprAtFpr", "canary_scores", "run_canary_audit"]
-
-Score = Literal["loss", "reference"]
-#: FPRs at which the empirical TPR is reported.
-DEFAULT_FPRS = (0.001, 0.01, 0.1)
-
-
-@dataclass(frozen=True)
-class CanaryAuditConfig:
-    """One canary audit.
-
-    Attributes
-    ----------
-    train:
-        The DP training configuration under audit (a :class:`dpaudit.audit.train.TrainConfig`); its ``out`` is
-        ignored (the audit's models go to a temporary folder).
-    canaries:
-        m, canaries drawn from the training split; each joins training with probability 1/2.
-    score:
-        ``"loss"``: minus the canary's cross-entropy under the trained model. ``"reference"``: minus the
-        difference to a reference model trained without any canary (costs a second training run).
-    confidence:
-        Probability that the lower bound holds.
-    selection:
-        How the number of guesses is chosen: ``"bonferroni"`` or ``"split"`` (see
-        :func:`dpaudit.attacks.lower_bounds.one_run_from_scores`).
-    fprs:
-        FPRs at which the empirical TPR (with Clopper-Pearson intervals) is reported.
-    seed:
-        Seeds the canary choice, their labels and the coin flips.
-    """
-
-    train: TrainConfig
-    canaries: int = 200
-    score: Score = "loss"
-    confidence: float = 0.95
-    selection: Selection = "bonferroni"
-    fprs: tuple[float, ...] = DEFAULT_FPRS
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.train, TrainConfig):
-            raise ConfigError(f"train must be a TrainConfig, got {type(self.train).__name__}.")
-        object.__setattr__(self, "canaries", check_int(
-            "canaries", self.canaries, minimum=4, fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
-        if self.score not in ("loss", "reference"):
-            raise invalid("score", self.score, "'loss' or 'reference'")
-        object.__setattr__(self, "confidence", check_probability(
-            "confidence", self.confidence, fix="pass a confidence in (0, 1), e.g. 0.95"))
-        if self.selection not in ("bonferroni", "split"):
-            raise invalid("selection", self.selection, "'bonferroni' or 'split'")
-        object.__setattr__(self, "fprs", tuple(check_probability("fprs", f) for f in self.fprs))
-        check_int("seed", self.seed, minimum=0)
-
-
-@dataclass(frozen=True)
-class TprAtFpr:
-    """Empirical TPR of the canary test at a threshold set on the non-member canaries' scores.
-
-    ``tpr_low`` / ``tpr_high``: two-sided Clopper-Pearson interval at the audit's confidence; ``fpr_high``:
-    one-sided upper limit of the FPR. The threshold is read off the non-members, so the intervals are nominal.
-    """
-
-    fpr_target: float
-    threshold: float
-    true_positives: int
-    positives: int
-    false_positives: int
-    negatives: int
-    tpr: float
-    tpr_low: float
-    tpr_high: float
-    fpr: float
-    fpr_high: float
-    label: str = "empirical"
-
-
-@dataclass(frozen=True)
-class CanaryAuditResult:
-    """Outcome of a canary audit.
-
-    Attributes
-    ----------
-    one_run:
-        The empirical lower bound (one-run theorem) with the guesses that produced it.
-    accountant_epsilon:
-        Sound upper bound: tight PLD epsilon of the training run at ``target_delta`` (None: not private).
-    epsilon_rdp:
-        The looser RDP upper bound Opacus would report.
-    ceiling:
-        The largest lower bound this design (m canaries, this confidence and selection) could ever report.
-    tpr_at_fpr, roc, auc:
-        Empirical ROC of the canary scores (members vs non-members), for information; not bounds.
-    members:
-        How many canaries the coin flips put into training.
-    train:
-        The training run's result (a :class:`dpaudit.audit.train.TrainResult`).
-    """
-
-    config: CanaryAuditConfig
-    one_run: OneRunScoreAudit
-    accountant_epsilon: float | None
-    epsilon_rdp: float | None
-    epsilon_target: float | None
-    target_delta: float
-    ceiling: float
-    members: int
-    tpr_at_fpr: tuple[TprAtFpr, ...]
-    roc: tuple[tuple[float, float], ...]
-    auc: float
-    train: TrainResult
-    seconds: float
-    reference_seconds: float | None = None
-    labels: dict[str, str] = field(default_factory=lambda: {
-        "epsilon_lower_bound": "empirical lower bound (one-run canary audit)",
-        "accountant_epsilon": "sound upper bound (tight PLD accountant)",
-        "epsilon_rdp": "sound upper bound (RDP, looser)",
-        "tpr_at_fpr": "empirical", "auc": "empirical"})
-
-    @property
-    def epsilon_lower_bound(self) -> float:
-        return self.one_run.epsilon_lower_bound
-
-    @property
-    def canaries(self) -> int:
-        return self.config.canaries
-
-    @property
-    def confidence(self) -> float:
-        return self.config.confidence
-
-    @property
-    def method(self) -> str:
-        score = "loss" if self.config.score == "loss" else "loss minus reference-model loss"
-        sel = (f"Bonferroni over {self.one_run.tries} guess counts" if self.one_run.selection == "bonferroni"
-               else "guess count chosen on a held-out half")
-        return f"one-run audit (Steinke et al. 2023), mislabelled canaries, {score} score, {sel}"
-
-    def caveat(self) -> str:
-        """Why a low empirical epsilon does not prove privacy (plain text)."""
-        return low_epsilon_caveat(self.epsilon_lower_bound, self.accountant_epsilon, self.canaries, self.ceiling,
-                                  self.confidence)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "accountant_epsilon": self.accountant_epsilon,
-            "epsilon_rdp": self.epsilon_rdp,
-            "epsilon_target": self.epsilon_target,
-            "notes": list(self.train.notes),  # e.g. a target past the noise search range: accountant_epsilon is used
-            "target_delta": self.target_delta,
-            "confidence": self.confidence,
-            "canaries": self.canaries,
-            "members": self.members,
-            "ceiling": self.ceiling,
-            "guesses": self.one_run.bound.guesses,
-            "correct": self.one_run.bound.correct,
-            "guesses_positive": self.one_run.guesses_positive,
-            "guesses_negative": self.one_run.guesses_negative,
-            "selection": self.one_run.selection,
-            "tries": self.one_run.tries,
-            "p_value": self.one_run.bound.p_value,
-            "method": self.method,
-            "score": self.config.score,
-            "tpr_at_fpr": [vars(t) for t in self.tpr_at_fpr],
-            "auc": self.auc,
-            "roc": [list(p) for p in self.roc],
-            "noise_multiplier": self.train.noise_multiplier,
-            "sampling_probability": self.train.sampling_probability,
-            "steps": self.train.steps,
-            "test_mcc": self.train.metrics.mcc,
-            "seconds": self.seconds,
-            "caveat": self.caveat(),
-            "labels": dict(self.labels),
-        }
-
 
 # ----------------------------------------------------------------------------------------------------------
 # pieces
@@ -347,7 +171,8 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
     ceiling = one_run_ceiling(audit.bound.canaries, delta=delta, confidence=level)
     roc, auc = _roc(scores, member)
     return CanaryAuditResult(
-        config=config, one_run=audit, accountant_epsilon=result.epsilon_achieved, epsilon_rdp=result.epsilon_rdp,
+        canaries=config.canaries, score=config.score, confidence=config.confidence, selection=config.selection,
+        seed=config.seed, one_run=audit, accountant_epsilon=result.epsilon_achieved, epsilon_rdp=result.epsilon_rdp,
         epsilon_target=result.epsilon_target, target_delta=delta, ceiling=ceiling, members=int(member.sum()),
         tpr_at_fpr=_tpr_at_fpr(scores, member, config.fprs, config.confidence), roc=roc, auc=auc, train=result,
         seconds=time.perf_counter() - t0, reference_seconds=ref_seconds)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the profile schema imports this module (its ``Profile.checklist`` field)
-    from dpaudit.audit.profile.schema import Profile, TrainOutcome
+    from dpaudit.audit.profile.schema import Profile
+    from dpaudit.audit.results import TrainResult
 
 NOT_RECORDED = "not recorded in this profile"
 
@@ -63,7 +64,7 @@ def _distinct(values: list, fmt=_g) -> str:
     return ", ".join(fmt(v) for v in vals) if vals else NOT_RECORDED
 
 
-def _private(profile: Profile) -> list[TrainOutcome]:
+def _private(profile: Profile) -> list[TrainResult]:
     return [t for t in profile.train if t.epsilon_target is not None]
 
 
@@ -79,7 +80,7 @@ def build_checklist(profile: Profile) -> Checklist:
                   f"{profile.dpaudit_version}; Opacus {env.get('opacus', '(version not recorded)')} RDP shown "
                   "beside it" if profile.bounds else NOT_RECORDED)
 
-    def eps_delta(runs: list[TrainOutcome]) -> str:
+    def eps_delta(runs: list[TrainResult]) -> str:
         """'ε ≤ 0.9982 (target 1), ≤ 7.994 (target 8) at δ = 8e-07 (...)': achieved epsilon per budget."""
         if not runs:
             return NOT_RECORDED
@@ -94,7 +95,7 @@ def build_checklist(profile: Profile) -> Checklist:
     pu = profile.privacy()  # the recorded unit; profiles written before it was recorded: from records_per_patient
     unit_text = "one image" if pu.unit == "image" else f"one patient (up to {pu.records_per_patient} images)"
     optimisers = sorted({t.optimizer for t in profile.train if t.optimizer is not None})
-    runs_by_init: dict[str, TrainOutcome] = {}
+    runs_by_init: dict[str, TrainResult] = {}
     for t in profile.train:
         runs_by_init.setdefault(t.init, t)
     inits = "; ".join(

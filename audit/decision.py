@@ -10,7 +10,7 @@ The rule
 1. Every **private** budget is checked against every limit. A limit on the worst-case or relaxed reconstruction
    bound, or on the membership-inference TPR at an FPR, compares a **sound upper bound** (the risk is at most that
    value). A limit on the realistic attack compares its **empirical** success rate (the fraction of attacked
-   images reconstructed with SSIM > 0.8); that is a lower bound on the risk, so meeting it is weaker evidence, and
+   images reconstructed, SSIM above the attack's ``success_ssim``); that is a lower bound on the risk, so meeting it is weaker evidence, and
    the check also carries the upper end of the rate's 95% Clopper-Pearson interval. A value that is missing (the
    attack was not run) is not within the limit.
 2. The budgets within every limit are ``within``; the **recommended** one has the best mean test MCC over seeds

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -121,18 +122,14 @@ class ClassificationMetrics:
     threshold: float | None = None
     mcc_argmax: float = float("nan")
 
+    #: Written to JSON beside the fields (dpaudit.codec), for the reader.
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("decision_rule",)
+
     @property
     def decision_rule(self) -> str:
         if self.threshold is None:
             return "arg-max class"
         return f"class-1 probability >= {self.threshold:.3g} (chosen on the validation split)"
-
-    def to_dict(self) -> dict[str, object]:
-        return {"n": self.n, "mcc": self.mcc, "balanced_accuracy": self.balanced_accuracy, "auroc": self.auroc,
-                "accuracy": self.accuracy, "loss": self.loss, "threshold": self.threshold,
-                "mcc_argmax": self.mcc_argmax, "decision_rule": self.decision_rule,
-                "subgroups": [{"group": g.group, "value": g.value, "n": g.n, "mcc": g.mcc,
-                               "accuracy": g.accuracy} for g in self.subgroups]}
 
 
 def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, np.ndarray],

@@ -168,7 +168,7 @@ class _Report(board.BoardPages):
                    "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). Worst case / relaxed: "
                    "highest probability that any attack reconstructs a training image, for the two formal threat "
                    f"models, at the prior κ = 1/{n}. Realistic: fraction of attacked training images whose best "
-                   f"reconstruction has SSIM > {txt.SSIM_THRESHOLD:g} under the imprint-layer attack with its strongest "
+                   f"reconstruction has SSIM > {self.p.success_ssim():g} under the imprint-layer attack with its strongest "
                    "decoder "
                    "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "
                    "as in the seed paper. Without DP no guarantee holds (100%).", "small")]
@@ -282,7 +282,7 @@ class _Report(board.BoardPages):
         return out
 
     def _attack_table(self) -> list:
-        head = ["Privacy budget", "σ attack", "Decoder", f"Success (SSIM > {txt.SSIM_THRESHOLD:g})", "95% interval", "Mean SSIM",
+        head = ["Privacy budget", "σ attack", "Decoder", f"Success (SSIM > {self.p.success_ssim():g})", "95% interval", "Mean SSIM",
                 "Images", "Excluded"]
         rows = [[self.cell(h, "head") for h in head]]
         for lv in self.levels:
@@ -328,8 +328,8 @@ class _Report(board.BoardPages):
                 rows.append([self.cell(x) for x in (
                     txt.level_label(m.epsilon_target), txt.eps_up(m.accountant_epsilon),
                     txt.eps_down(m.epsilon_lower_bound), txt.pct(m.confidence), str(m.canaries),
-                    txt.eps_down(m.epsilon_ceiling), esc(m.method))])
-            ceil = max((m.epsilon_ceiling for m in audits if m.epsilon_ceiling is not None), default=None)
+                    txt.eps_down(m.ceiling), esc(m.method))])
+            ceil = max((m.ceiling for m in audits), default=None)
             out += [Spacer(1, 6), self.para("Empirical canary audit", "h2"),
                     grid(rows, [TEXT_W / len(head)] * len(head)), Spacer(1, 4),
                     boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import TYPE_CHECKING
 
 from reportlab.lib import colors
@@ -205,7 +206,7 @@ class BoardPages:
     # -- subgroups ------------------------------------------------------------------------------------------
     def subgroup_section(self) -> list:
         """Subgroup utility beside the realistic attack's success on the same subgroup, per budget."""
-        groups = sorted({(s.attribute, s.value) for t in self.p.train for s in t.subgroups}
+        groups = sorted({(s.group, s.value) for t in self.p.train for s in t.subgroups}
                         | {(g.attribute, g.value) for lv in self.levels if lv.attack is not None
                            for g in lv.attack.subgroups})
         out = [self.para("Subgroups: utility and reconstruction risk", "h2")]
@@ -215,16 +216,16 @@ class BoardPages:
                                  "small subgroups; check this on data with group labels before deployment."))
             return out
         head = ["Group", "Privacy budget", "Test images", "Test MCC<br/>(mean over seeds)", "Attacked images",
-                f"Recovered<br/>(SSIM > {txt.SSIM_THRESHOLD:g})", "Attack success<br/>[95% interval]", "Note"]
+                f"Recovered<br/>(SSIM > {self.p.success_ssim():g})", "Attack success<br/>[95% interval]", "Note"]
         sub = ["", "", "", txt.LABEL_EMPIRICAL, "", "", txt.LABEL_EMPIRICAL, ""]
         rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
         spans = []
         for attr, value in groups:
             first = len(rows)
             for lv in self.levels:
-                subs = [s for t in lv.train for s in t.subgroups if (s.attribute, s.value) == (attr, value)]
+                subs = [s for t in lv.train for s in t.subgroups if (s.group, s.value) == (attr, value)]
                 n_test = max((s.n for s in subs), default=None)
-                mccs = [s.mcc for s in subs if s.mcc is not None]
+                mccs = [s.mcc for s in subs if math.isfinite(s.mcc)]  # NaN: undefined in the group
                 att = (next((g for g in lv.attack.subgroups_of(lv.attack.strongest.decoder)
                              if (g.attribute, g.value) == (attr, value)), None) if lv.attack is not None else None)
                 small = ((n_test is not None and n_test < SMALL_TEST_GROUP)

@@ -48,8 +48,8 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
         "inverts each client's noisy update; with it, it sees only the sum over the round's clients, which holds "
         "more images (more collisions in the bins) and the noise of every client. Secure aggregation is modelled "
         "by what the server sees, not by its cryptography. A reconstruction succeeds when its SSIM with the "
-        f"nearest image of the round exceeds {txt.SSIM_THRESHOLD:g}."))
-    head = ["σ", "SecAgg", "Clients", "B", "K", f"Success (SSIM > {txt.SSIM_THRESHOLD:g})", "95% interval",
+        f"nearest image of the round exceeds {fed.success_ssim:g}."))
+    head = ["σ", "SecAgg", "Clients", "B", "K", f"Success (SSIM > {fed.success_ssim:g})", "95% interval",
             "Mean SSIM", "Alone in bin", "n"]
     rows = [[report.cell(h, "head") for h in head]]
     for r in fed.attack:

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dpaudit.audit.profile.schema import Profile, fmt_eps
-from dpaudit.audit.report_text import REPORT_FPR, SSIM_THRESHOLD, init_utility_values, utility_values
+from dpaudit.audit.report_text import REPORT_FPR, init_utility_values, utility_values
 from dpaudit.audit.stats import MeanInterval, mean_interval
 
 WORST = "#6a3d9a"
@@ -203,8 +203,9 @@ def ssim_cdf_figure(profile: Profile) -> bytes | None:
                 ax.step(np.concatenate([[0.0], err, [1.0]]), 100 * np.concatenate([[0.0], frac, [1.0]]),
                         where="post", ls=styles.get(row.decoder, "-."), color=colour,
                         label=f"{lv.label}, {row.decoder} (σ = {lv.attack.noise_multiplier:.3g})")
-        ax.axvline(1 - SSIM_THRESHOLD, color="black", lw=0.7)
-        ax.text(1 - SSIM_THRESHOLD, 50, f" success threshold\n (SSIM > {SSIM_THRESHOLD:g})", fontsize=6)
+        threshold = profile.success_ssim()
+        ax.axvline(1 - threshold, color="black", lw=0.7)
+        ax.text(1 - threshold, 50, f" success threshold\n (SSIM > {threshold:g})", fontsize=6)
         ax.set_xlim(0, 1)
         ax.set_ylim(-2, 102)
         ax.set_xlabel("SSIM error 1 − SSIM (0 = perfect reconstruction)")
@@ -233,7 +234,7 @@ def mia_figure(profile: Profile) -> bytes | None:
         for colour, b in zip(colours, bounds, strict=True):
             audit = next((m for m in profile.mia_audits if m.epsilon_target == b.epsilon_target), None)
             if audit is not None:
-                ax.plot([p.fpr for p in audit.tpr_at_fpr], [max(p.tpr, 1e-12) for p in audit.tpr_at_fpr], "s",
+                ax.plot([p.fpr_target for p in audit.tpr_at_fpr], [max(p.tpr, 1e-12) for p in audit.tpr_at_fpr], "s",
                         color=colour, ms=4, mfc="none")
         xx = np.geomspace(lo, 1, 20)
         ax.plot(xx, xx, ":", color="grey", lw=0.8, label="no leakage (TPR = FPR)")

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import math
 
-from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.audit.decision import Decision
 from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
 
-#: The success threshold of the realistic attack (seed paper, section 4.3: SSIM above 80% counts).
-SSIM_THRESHOLD = SUCCESS_SSIM
 #: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
 REPORT_FPR = 1e-3
 
@@ -303,7 +300,7 @@ def assumptions(profile: Profile) -> list[str]:
         "The realistic attack is a malicious federated-learning server that inserts an imprint layer and sets the "
         f"batch size to 1 (q = 1/N, T = epochs·N), observing each image {c.observations} time(s); its noise "
         "multiplier is calibrated to the same ε and δ, as in the seed paper's Table 3. An image counts as "
-        f"reconstructed when the SSIM between it and its nearest reconstruction exceeds {SSIM_THRESHOLD}. The "
+        f"reconstructed when the SSIM between it and its nearest reconstruction exceeds {profile.success_ssim():g}. The "
         "report uses the strongest decoder's success and names it.",
         "Attack success depends on the image size and the imprint layer's share of the gradient (σ·√D/ρ); results "
         f"at {c.image_size}×{c.image_size} pixels do not transfer to other resolutions.",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -83,6 +84,9 @@ class SegmentationMetrics:
     empty_class_convention: str = EMPTY_CLASS_CONVENTION
     subgroups: tuple = field(default_factory=tuple)  # no subgroup metadata for volumes
 
+    #: Written to JSON beside the fields (dpaudit.codec), for the reader.
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("dice_mean",)
+
     @property
     def dice_mean(self) -> float:
         vals = [v for v in self.dice.values() if math.isfinite(v)]
@@ -92,15 +96,6 @@ class SegmentationMetrics:
     def mcc(self) -> float:
         """Not defined for segmentation (NaN); kept so code that reads a classifier's headline finds a number."""
         return float("nan")
-
-    def to_dict(self) -> dict[str, object]:
-        return {"task": "segmentation", "n_volumes": self.n_volumes,
-                **{f"dice_{k}": v for k, v in self.dice.items()},
-                **{f"iou_{k}": v for k, v in self.iou.items()},
-                **{f"dice_{k}_std": v for k, v in self.dice_std.items()},
-                **{f"volumes_with_{k}": v for k, v in self.volumes_with_class.items()},
-                "dice_mean": self.dice_mean, "pixel_accuracy": self.pixel_accuracy, "loss": self.loss,
-                "empty_class_convention": self.empty_class_convention}
 
     def summary_values(self) -> dict[str, float]:
         """The numbers summarised over seeds: Dice and IoU per class."""

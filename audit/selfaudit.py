@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -122,32 +122,18 @@ class SelfAuditResult:
     seconds: float
     label: str = "empirical lower bound (self-audit of one DP-SGD step)"
 
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound", "labels")
+
     @property
     def epsilon_lower_bound(self) -> float:
         return self.bound.epsilon_lower_bound
 
-    def to_dict(self) -> dict[str, Any]:
-        b = self.bound.bound
-        return {
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "accountant_epsilon": self.accountant_epsilon,
-            "ceiling": self.ceiling,
-            "flagged": self.flagged,
-            "confidence": self.config.confidence,
-            "target_delta": self.config.target_delta,
-            "threshold": self.bound.threshold,
-            "selection": self.bound.selection,
-            "true_positives": b.true_positives, "positives": b.positives,
-            "false_positives": b.false_positives, "negatives": b.negatives,
-            "tpr_low": b.tpr_low, "fpr_high": b.fpr_high,
-            "mu_estimate": self.mu_estimate, "mu_standard_error": self.mu_standard_error,
-            "mu_expected": self.mu_expected,
-            "seconds": self.seconds,
-            "labels": {"epsilon_lower_bound": self.label,
-                       "accountant_epsilon": "sound upper bound (tight PLD, one Gaussian step, q = 1)",
-                       "mu_estimate": "estimate (not a bound)"},
-            "config": asdict(self.config),
-        }
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is (written to JSON beside them)."""
+        return {"epsilon_lower_bound": self.label,
+                "accountant_epsilon": "sound upper bound (tight PLD, one Gaussian step, q = 1)",
+                "mu_estimate": "estimate (not a bound)"}
 
 
 def gradient_canary_projections(config: SelfAuditConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,35 +33,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpaudit.audit.configs import TrainConfig
 from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
+from dpaudit.audit.results import EpochRecord, TrainResult
 from dpaudit.audit.segmentation import SegmentationMetrics, evaluate_segmentation
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
 from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
 from dpaudit.data import (
-    PRIVACY_UNIT_CHOICES,
     DatasetSplits,
     ImageDataset,
     PrivacyUnit,
     load_splits,
     loading_notes,
-    parse_window,
     privacy_unit,
     require_classes,
 )
 from dpaudit.errors import (
     ConfigError,
     NumericalError,
-    check_int,
-    check_positive,
-    check_probability,
     invalid,
 )
-from dpaudit.models import build_model, check_classifier, check_dp_compatible, parse_arch
+from dpaudit.models import build_model, check_classifier, check_dp_compatible
 from dpaudit.runtime import idle_cores
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
-           "train"]
+           "read_metrics", "train"]
 
 #: delta used for every experiment of the seed paper (section 4.4: "For all experiments, we used a delta = 8e-7").
 PAPER_DELTA = 8e-7
@@ -80,196 +76,6 @@ def default_delta(n_train: int) -> float:
     return min(PAPER_DELTA, 1.0 / (10 * n_train))
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run (or ``seeds`` runs). Exactly one of ``epsilon``, ``noise_multiplier``, ``non_private``.
-
-    Attributes
-    ----------
-    dataset, data_dir, image_size, max_images, labels, window, slice_axis:
-        Passed to :func:`dpaudit.data.load_splits` (ignored when ``train`` is given pre-built splits).
-    privacy_unit:
-        ``"patient"``, ``"image"`` or None (patient when the data carry patient or lesion ids): the unit the run's
-        privacy is stated for; k (images per patient) is recorded in the checkpoint so that ``bounds --model``
-        gives patient-level bounds. DP-SGD itself clips per image; epsilon is per image (k = 1).
-    arch, arch_args:
-        Architecture spec (a registry name, ``monai:NAME``, ``file.py:factory`` or ``module:factory``; see
-        :mod:`dpaudit.models`) and its keyword arguments.
-    fix_batchnorm:
-        Replace every BatchNorm by GroupNorm (:func:`dpaudit.models.replace_batchnorm`, Opacus' rule); the
-        replacements are listed in the result. Without it a BatchNorm layer is an error listing every such layer.
-    init:
-        A weights file to start from (a dpaudit checkpoint, a plain state dict with any wrapper prefix, or a
-        ``.safetensors`` file; read locally, never downloaded). None: random initialisation ("scratch"). Parameters
-        whose shape differs (a classification head for another number of classes) keep their fresh initialisation
-        and are listed in the result. The DP guarantee covers the fine-tuning data only, not the data the init
-        was trained on.
-    trainable:
-        ``all``, ``head`` (the last layer with parameters: a linear probe) or ``last-N`` (the last N layers with
-        parameters). Frozen parameters get no per-sample gradients and no noise; the privacy accounting is the
-        same (it does not depend on the number of parameters).
-    epsilon:
-        Target epsilon at ``delta``; sigma is calibrated with the tight PLD accountant so that the achieved
-        epsilon is at most this value.
-    noise_multiplier:
-        Use this sigma directly (the achieved epsilon is reported).
-    non_private:
-        Train without clipping and noise (the baseline).
-    delta:
-        target_delta; None means :func:`default_delta` of the training set size.
-    epochs, batch_size, physical_batch_size:
-        Epochs, logical (expected) batch size, and the largest batch that is put through the network at once
-        (memory only; default 128).
-    max_grad_norm:
-        Per-sample clip norm C (DP only).
-    lr:
-        NAdam learning rate (the seed paper: 2e-3 for every run, section 4.2).
-    augment_multiplicity:
-        0: no augmentation. K >= 1: K randomly flipped views per image (horizontal and vertical, p = 0.5 each);
-        under DP their gradients are averaged per image BEFORE clipping (De et al. 2022, arXiv 2204.13650,
-        section 3.1), so the privacy cost is unchanged.
-    seed, seeds:
-        First seed and number of seeds (runs with seed, seed + 1, ...; mean and standard deviation reported).
-    out:
-        Output folder for model.pt, metrics.json and training_curve.png; None writes nothing.
-    threads:
-        torch intra-op threads; None uses the cores this process may run on.
-    device:
-        Where the model trains: ``"auto"`` (the first CUDA GPU when one is visible, else the CPU), ``"cpu"``,
-        ``"cuda"`` or ``"cuda:N"``. The sampling and augmentation generators stay on the CPU, so the batches are
-        the same on any device; the noise is drawn on the device, from that device's random stream, so the same
-        seed gives a different (equally valid) model on a GPU than on the CPU. The DP guarantee is the same.
-    """
-
-    dataset: str = "demo"
-    data_dir: str | None = None
-    image_size: int = 64
-    max_images: int | None = None
-    labels: str | None = None
-    window: tuple[float, float] | None = None
-    slice_axis: str = "axial"
-    privacy_unit: str | None = None
-    arch: str = "resnet9"
-    arch_args: Mapping[str, Any] = field(default_factory=dict)
-    fix_batchnorm: bool = False
-    init: str | None = None
-    trainable: str = "all"
-    epsilon: float | None = None
-    noise_multiplier: float | None = None
-    non_private: bool = False
-    delta: float | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    physical_batch_size: int | None = None
-    max_grad_norm: float = 1.0
-    lr: float = 2e-3
-    augment_multiplicity: int = 0
-    seed: int = 0
-    seeds: int = 1
-    out: str | None = None
-    threads: int | None = None
-    device: str = "auto"
-    # Segmentation (dpaudit.volumes): task None is inferred from the dataset (``window`` above is the CT window,
-    # default the liver window); the training split keeps every foreground slice and this share of the others.
-    task: str | None = None
-    background_share: float = 1.0
-
-    def __post_init__(self) -> None:
-        modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
-        if sum(modes) != 1:
-            raise ConfigError("exactly one of --epsilon, --sigma and --non-private must be given, got "
-                              f"{sum(modes)}. Fix: pass --epsilon 8 (target), --sigma 1.0, or --non-private.")
-        if self.epsilon is not None:
-            object.__setattr__(self, "epsilon", check_positive(
-                "epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8"))
-        if self.noise_multiplier is not None:
-            object.__setattr__(self, "noise_multiplier", check_positive(
-                "noise_multiplier", self.noise_multiplier,
-                fix="pass --sigma > 0, or --non-private for training without noise"))
-        if self.delta is not None:
-            object.__setattr__(self, "delta", check_probability(
-                "delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7"))
-        parse_arch(self.arch)
-        object.__setattr__(self, "arch_args", dict(self.arch_args))
-        parse_trainable(self.trainable)
-        if self.init is not None:
-            if not isinstance(self.init, str) or not Path(self.init).is_file():
-                raise invalid("init", self.init, "an existing weights file (dpaudit checkpoint, state dict or "
-                              ".safetensors)", "pass the path of the pretrained weights; dpaudit downloads nothing")
-        object.__setattr__(self, "image_size", check_int("image_size", self.image_size, minimum=8))
-        if self.max_images is not None:
-            check_int("max_images", self.max_images, minimum=3)
-        object.__setattr__(self, "window", parse_window(self.window))
-        if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
-            raise invalid("privacy_unit", self.privacy_unit, f"one of {list(PRIVACY_UNIT_CHOICES)}",
-                          "pass --privacy-unit patient or --privacy-unit image")
-        object.__setattr__(self, "epochs", check_int("epochs", self.epochs))
-        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
-        if self.physical_batch_size is not None:
-            check_int("physical_batch_size", self.physical_batch_size)
-        object.__setattr__(self, "max_grad_norm", check_positive(
-            "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. --max-grad-norm 1.0"))
-        object.__setattr__(self, "lr", check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3"))
-        object.__setattr__(self, "augment_multiplicity", check_int(
-            "augment_multiplicity", self.augment_multiplicity, minimum=0))
-        check_int("seed", self.seed, minimum=0)
-        object.__setattr__(self, "seeds", check_int("seeds", self.seeds))
-        if self.threads is not None:
-            check_int("threads", self.threads)
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
-        _check_task(self)
-
-    @property
-    def segmentation(self) -> bool:
-        return self.task == "segmentation"
-
-    @property
-    def private(self) -> bool:
-        return not self.non_private
-
-
-TASKS = ("classification", "segmentation")
-
-
-def _check_task(config: TrainConfig) -> None:
-    """Resolve and check ``task`` (inferred from the dataset when None) and the options that depend on it.
-
-    A segmentation task trains ``unet`` (the classification default ``resnet9`` is replaced by it; another
-    classifier is refused); augmentation is refused (flipping would need the label maps flipped alike).
-    """
-    from dpaudit.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
-    from dpaudit.volumes import is_segmentation_dataset
-
-    inferred = "segmentation" if is_segmentation_dataset(config.dataset) else "classification"
-    task = config.task if config.task is not None else inferred
-    if task not in TASKS:
-        raise invalid("task", task, f"one of {list(TASKS)}", "pass --task classification or --task segmentation")
-    if task != inferred:
-        raise invalid("task", task, f"{inferred} for --dataset {config.dataset}",
-                      "pass --dataset demo-ct or msd:PATH for segmentation, another dataset for classification")
-    object.__setattr__(config, "task", task)
-    if task == "segmentation":
-        if config.arch == "resnet9":
-            object.__setattr__(config, "arch", "unet")
-        if config.arch in ARCHITECTURES and config.arch not in SEGMENTATION_ARCHITECTURES:
-            raise invalid("arch", config.arch, f"one of {sorted(SEGMENTATION_ARCHITECTURES)} (or a segmentation "
-                          "network spec) for segmentation", "pass --arch unet")
-        if config.augment_multiplicity:
-            raise invalid("augment_multiplicity", config.augment_multiplicity, "0 for segmentation",
-                          "leave out --augment-multiplicity")
-    else:
-        if config.arch in SEGMENTATION_ARCHITECTURES:
-            raise invalid("arch", config.arch, "a classifier for classification", "pass --arch resnet9")
-        if config.background_share != 1.0:
-            raise invalid("background_share", config.background_share,
-                          "1 (every slice) except for segmentation datasets (demo-ct, msd:PATH)",
-                          "leave out --background-share")
-    object.__setattr__(config, "background_share", check_probability(
-        "background_share", config.background_share, open_low=False, open_high=False,
-        fix="pass a share in [0, 1], e.g. --background-share 0.1"))
-
-
 def load_data(config: TrainConfig):
     """The splits ``config`` names: :func:`dpaudit.data.load_splits`, or for segmentation
     :func:`dpaudit.volumes.load_segmentation_splits` (``max_images`` counts volumes there)."""
@@ -282,95 +88,6 @@ def load_data(config: TrainConfig):
     return load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                        seed=config.seed, max_images=config.max_images, labels=config.labels,
                        window=config.window, slice_axis=config.slice_axis)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One epoch of one run: mean training loss, validation utility, and the privacy spent so far."""
-
-    epoch: int
-    steps: int
-    train_loss: float
-    val_loss: float
-    val_mcc: float
-    val_accuracy: float
-    epsilon_rdp: float | None  # RDP upper bound on epsilon after this epoch; None for non-private
-    seconds: float
-    val_dice: float | None = None  # segmentation: mean Dice over foreground classes (val_mcc is then NaN)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training run produced.
-
-    Privacy numbers: ``epsilon_achieved`` is the tight PLD epsilon (a sound upper bound) of the mechanism that
-    actually ran; ``epsilon_rdp`` is the RDP upper bound Opacus would report (looser). Utility numbers are
-    empirical, on the test split, of the first seed's model (the one in the checkpoint); ``seed_summary`` holds
-    mean and standard deviation over seeds.
-    """
-
-    config: TrainConfig
-    dp: DpSgdConfig | None
-    epsilon_target: float | None
-    epsilon_achieved: float | None
-    epsilon_rdp: float | None
-    noise_multiplier: float
-    sampling_probability: float
-    steps: int
-    target_delta: float
-    delta_rule: str
-    max_grad_norm: float | None
-    n_train: int
-    metrics: ClassificationMetrics | SegmentationMetrics  # the task's metrics (``config.task``)
-    val_metrics: ClassificationMetrics | SegmentationMetrics
-    history: tuple[EpochRecord, ...]
-    per_seed: tuple[ClassificationMetrics | SegmentationMetrics, ...]
-    seed_summary: Mapping[str, tuple[float, float]]
-    dataset: str
-    label_names: tuple[str, ...]
-    wall_seconds: float
-    train_samples_per_second: float
-    notes: tuple[str, ...] = ()
-    replaced_layers: tuple[str, ...] = ()
-    init_report: tuple[str, ...] = ()
-    trainable_parameters: int = 0
-    frozen_parameters: int = 0
-    checkpoint: str | None = None
-    metrics_path: str | None = None
-    curve_path: str | None = None
-    privacy: PrivacyUnit | None = None
-    epsilon_patient: float | None = None
-    data_notes: tuple[str, ...] = ()  # files the loader skipped and what it decided (counts only)
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``--json`` object of ``dpaudit train`` (keys documented in the README)."""
-        m = self.metrics.to_dict()
-        if len(self.per_seed) > 1:
-            m["seeds"] = {"n": len(self.per_seed),
-                          **{f"{k}_mean": v[0] for k, v in self.seed_summary.items()},
-                          **{f"{k}_std": v[1] for k, v in self.seed_summary.items()}}
-        return {"epsilon_target": self.epsilon_target, "epsilon_achieved": self.epsilon_achieved,
-                "epsilon_rdp": self.epsilon_rdp, "noise_multiplier": self.noise_multiplier,
-                "sampling_probability": self.sampling_probability, "steps": self.steps,
-                "target_delta": self.target_delta, "max_grad_norm": self.max_grad_norm, "n_train": self.n_train,
-                "optimizer": OPTIMIZER, "lr": self.config.lr, "metrics": m, "checkpoint": self.checkpoint,
-                "notes": list(self.notes),
-                "model": {"arch": self.config.arch, "arch_args": dict(self.config.arch_args),
-                          "init": self.config.init or "scratch", "trainable": self.config.trainable,
-                          "trainable_parameters": self.trainable_parameters,
-                          "frozen_parameters": self.frozen_parameters,
-                          "replaced_layers": list(self.replaced_layers), "init_report": list(self.init_report)},
-                **({"privacy_unit": self.privacy.unit, "records_per_patient": self.privacy.records_per_patient,
-                    "epsilon_patient": self.epsilon_patient} if self.privacy is not None else {}),
-                **({"task": "segmentation", **self.volume_unit} if self.config.segmentation else {})}
-
-    @property
-    def volume_unit(self) -> dict[str, int]:
-        """Segmentation: the patient unit is the volume (N_train volumes, k slices per volume at most)."""
-        if self.privacy is None:
-            return {}
-        return {"n_train_volumes": int(self.privacy.images_per_unit.n_units),
-                "records_per_patient": int(self.privacy.records_per_patient)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -822,26 +539,37 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         torch.set_num_threads(previous_threads)
 
     result = TrainResult(
-        config=config, dp=dp, epsilon_target=config.epsilon, epsilon_achieved=eps, epsilon_rdp=eps_rdp,
-        noise_multiplier=sigma, sampling_probability=q, steps=steps, target_delta=delta, delta_rule=delta_rule,
-        max_grad_norm=config.max_grad_norm if config.private else None, n_train=n, metrics=per_seed[0],
-        val_metrics=val_metrics, history=tuple(histories[0]), per_seed=tuple(per_seed),
-        seed_summary=_summary(per_seed), dataset=splits.name, label_names=splits.label_names,
+        dataset=splits.name, task=str(config.task), arch=config.arch, arch_args=dict(config.arch_args),
+        init=init_label(config.init), trainable=config.trainable, seed=config.seed, epochs=config.epochs,
+        batch_size=config.batch_size, lr=config.lr, optimizer=OPTIMIZER, epsilon_target=config.epsilon,
+        epsilon_achieved=eps, epsilon_rdp=eps_rdp, noise_multiplier=sigma, sampling_probability=q, steps=steps,
+        target_delta=delta, delta_rule=delta_rule, max_grad_norm=config.max_grad_norm if config.private else None,
+        n_train=n, label_names=splits.label_names, metrics=per_seed[0], val_metrics=val_metrics,
+        history=tuple(histories[0]), per_seed=tuple(per_seed), seed_summary=_summary(per_seed),
         wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds),
         notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
         trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters,
         privacy=unit, epsilon_patient=_epsilon_patient(dp, unit), data_notes=tuple(loading_notes(splits)))
     if config.out is not None:
-        result = _write_outputs(result, models[0], splits)
+        result = _write_outputs(result, config, models[0], splits)
     return result
+
+
+def init_label(init: str | None) -> str:
+    """How results name an initialisation: ``scratch`` or the file's name (its folder may name a cohort)."""
+    return "scratch" if init is None else Path(init).name
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs
 
 
-def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits) -> TrainResult:
-    config = result.config
+#: Keys of ``metrics.json`` beside the :class:`TrainResult`'s own: the configuration (a finished run is reused only
+#: when it matches), what the loader decided, and the normalisation.
+METRICS_EXTRAS = ("config", "data", "normalisation")
+
+
+def _write_outputs(result: TrainResult, config: TrainConfig, model: nn.Module, splits: DatasetSplits) -> TrainResult:
     out = Path(config.out)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
     extra = {"seed": config.seed, "epsilon_target": result.epsilon_target,
@@ -852,7 +580,8 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
              **(_privacy_scalars(result.privacy) if result.privacy is not None else {}),
              **({"task": "segmentation", "test_dice": result.metrics.dice_mean,  # type: ignore[union-attr]
                  "window_low": splits.window[0] if splits.window else None,
-                 "window_high": splits.window[1] if splits.window else None, **result.volume_unit}
+                 "window_high": splits.window[1] if splits.window else None,
+                 "n_train_volumes": result.n_train_volumes}
                 if config.segmentation else {})}
     # The run's schedule as phases (Opacus' accountant.history layout): one phase today, sigma and q fixed.
     from dpaudit.bounds import Schedule
@@ -870,22 +599,24 @@ def _write_outputs(result: TrainResult, model: nn.Module, splits: DatasetSplits)
     curve = _plot_curve(result.history, out / "training_curve.png", result)
     result = replace(result, checkpoint=str(ckpt), curve_path=str(curve))
     metrics_path = out / "metrics.json"
-    payload = {**result.to_json(),
-               "labels": {"epsilon_achieved": "sound upper bound (tight PLD accountant)",
-                          "epsilon_rdp": "sound upper bound (RDP, Opacus' default orders; looser)",
-                          "metrics": "empirical, test split, first seed's model"},
-               "delta_rule": result.delta_rule, "dataset": result.dataset, "label_names": list(result.label_names),
-               "val_metrics": result.val_metrics.to_dict(),
-               "per_seed": [m.to_dict() for m in result.per_seed],
-               "history": [asdict(h) for h in result.history],
-               "config": {k: v for k, v in asdict(config).items()},
-               "wall_seconds": result.wall_seconds, "train_samples_per_second": result.train_samples_per_second,
-               "privacy": result.privacy.to_json() if result.privacy is not None else None,
+    result = replace(result, metrics_path=str(metrics_path))
+    payload = {**encode(result), "config": asdict(config),
                "data": {"skipped": dict(splits.skipped), "notes": list(splits.notes)},
                "normalisation": {"mean": list(splits.mean), "std": list(splits.std),
                                  "note": "fixed values, not computed from the (private) training images"}}
     metrics_path.write_text(json.dumps(encode(payload), indent=2, allow_nan=False) + "\n")
-    return replace(result, metrics_path=str(metrics_path))
+    return result
+
+
+def read_metrics(path: Path) -> tuple[TrainResult, dict[str, Any]]:
+    """The :class:`TrainResult` a ``metrics.json`` holds, and its recorded configuration (as written)."""
+    from dpaudit.codec import from_plain
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise invalid("metrics.json", type(data).__name__, "an object", "re-run dpaudit train --out")
+    config = data.get("config") or {}
+    return from_plain(TrainResult, {k: v for k, v in data.items() if k not in METRICS_EXTRAS}), config
 
 
 def _init_record(init: str | None) -> str:

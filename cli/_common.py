@@ -1,11 +1,13 @@
-"""Shared pieces of the command line: error handling, JSON output, consoles, number parsing."""
+"""Shared pieces of the command line: the shared options, error handling, JSON output, consoles, number parsing."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -13,13 +15,34 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from dpaudit.attacks.decoders import DECODER_CHOICES, DENOISERS
+from dpaudit.attacks.scenario import CONNECTIONS
 from dpaudit.codec import encode
+from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, PRIVACY_UNIT_CHOICES
 from dpaudit.errors import DpAuditError, invalid
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Options shared by the commands that load data or run torch: one name, one help text, one meaning. Each
-# command states the default of its configuration dataclass (TrainConfig, ProfileConfig) at the parameter.
+
+def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
+    """A Typer choice type of the library's own names (``"paper-all"`` is the member ``paper_all``), so that the
+    command line offers exactly what the library accepts."""
+    return StrEnum(name, {v.replace("-", "_"): v for v in values})  # type: ignore[return-value]
+
+
+def opt_str(choice: StrEnum | None) -> str | None:
+    """An Enum choice as the plain string the library's configs hold (None stays None)."""
+    return None if choice is None else str(choice)
+
+
+SliceAxis = choices("SliceAxis", ("axial", "coronal", "sagittal"))
+PrivacyUnit = choices("PrivacyUnit", PRIVACY_UNIT_CHOICES)
+Decoder = choices("Decoder", DECODER_CHOICES)
+Connection = choices("Connection", CONNECTIONS)
+Denoiser = choices("Denoiser", DENOISERS)
+
+# Options shared by several commands: one name, one help text, one meaning. The parameter's name is the field of
+# the configuration dataclass it sets; each command's default is that dataclass's (``shared_options``).
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="demo (built in, synthetic), ham10000, a MedMNIST flag "
                                          "(dermamnist, ...), folder:PATH, dicom:PATH, nifti:PATH or csv:FILE; segmentation: "
                                          "demo-ct (built in, synthetic CT) or msd:PATH (a Decathlon task folder).")]
@@ -28,37 +51,21 @@ LabelsOpt = Annotated[str | None, typer.Option("--labels", help="dicom:/nifti: a
 WindowOpt = Annotated[str | None, typer.Option("--window", help="LOW,HIGH in modality units (HU for CT) mapped to "
                                                "0 and 1, e.g. -100,200 (dicom:, nifti:, csv:; demo-ct and msd: default "
                                                "to the liver window -100,200).")]
-class SliceAxis(StrEnum):
-    """How NIfTI volumes are cut into 2-D images (RAS+ axes)."""
-
-    axial = "axial"
-    coronal = "coronal"
-    sagittal = "sagittal"
-
-
-class PrivacyUnit(StrEnum):
-    """The unit every privacy number is stated for."""
-
-    patient = "patient"
-    image = "image"
-
-
-def opt_str(choice: StrEnum | None) -> str | None:
-    """An Enum choice as the plain string the library's configs hold (None stays None)."""
-    return None if choice is None else str(choice)
-
-
 SliceAxisOpt = Annotated[SliceAxis, typer.Option("--slice-axis", help="How NIfTI volumes are cut into 2-D images.")]
 PrivacyUnitOpt = Annotated[PrivacyUnit | None, typer.Option("--privacy-unit", help="Default: patient when the data "
                                                             "carry patient ids (k = the most images of one patient "
                                                             "in the training split), else image.")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files.")]
-ImageSizeOpt = Annotated[int, typer.Option("--image-size", help="Images are resized to this many pixels square.")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    "--image-size", show_default=False,
+    help=f"Images are resized to this many pixels square. \\[default: {IMAGE_SIZE_DEFAULT_HELP}]")]
 ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm), smallcnn, monai:NAME (a "
                                      "network from monai.networks.nets), file.py:factory or module:factory (your own "
                                      "code, imported because you name it).")]
 ArchArgsOpt = Annotated[str | None, typer.Option("--arch-args", help="JSON object of the architecture's arguments, "
                                                  "e.g. '{\"spatial_dims\": 2}'.")]
+WidthOpt = Annotated[int | None, typer.Option("--width", help="Channel width of resnet9, smallcnn or unet (paper: "
+                                              "64 for resnet9, 16 for the MSD Liver U-Net); an --arch-args width.")]
 TrainableOpt = Annotated[str, typer.Option("--trainable", help="all, head (linear probe) or last-N layers; frozen "
                                            "parameters get no gradients and no noise.")]
 FixBatchnormOpt = Annotated[bool, typer.Option("--fix-batchnorm", help="Replace every BatchNorm by GroupNorm (Opacus' "
@@ -72,7 +79,85 @@ TaskOpt = Annotated[str | None, typer.Option("--task", help="classification or s
 BackgroundShareOpt = Annotated[float, typer.Option("--background-share", help="Segmentation: the training split "
                                                    "keeps every slice with foreground and this share of the other "
                                                    "slices (1: all).")]
+DecoderOpt = Annotated[Decoder, typer.Option("--decoder", help="strong (dpaudit's), paper (the seed paper's "
+                                             "breaching decoder), all (both: the strongest is reported and named), "
+                                             "or paper-all (the paper decoder's every candidate row, a diagnostic).")]
+ConnectionOpt = Annotated[Connection, typer.Option("--connection", help="How the imprint block joins the network.")]
+BinsOpt = Annotated[int, typer.Option("--bins", help="Rows K of the imprint block (10 in the paper).")]
+ObservationsOpt = Annotated[int, typer.Option("--observations", help="Times the attacker observes each image "
+                                              "(averages the noise to sigma / sqrt(T)).")]
+DenoiserOpt = Annotated[Denoiser, typer.Option("--denoiser", help="The strong decoder's denoiser: tv (total "
+                                               "variation at the known noise level) or none.")]
+CanariesOpt = Annotated[int, typer.Option("--canaries", help="Canaries m of the membership audit: mislabelled "
+                                          "training images, each trained on by a fair coin flip.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+
+# DP-SGD training options (dpaudit train, mia audit, profile): the same words as the configurations' fields.
+EpsilonOpt = Annotated[float | None, typer.Option("--epsilon", help="Target epsilon; sigma is calibrated (tight "
+                                                  "PLD) so the achieved epsilon is at most this.")]
+SigmaOpt = Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")]
+TargetDeltaOpt = Annotated[float | None, typer.Option("--delta", help="target_delta; default min(8e-7 (paper), "
+                                                      "1/(10 N)).")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Logical (expected) batch size; q = batch / N.")]
+PhysicalBatchSizeOpt = Annotated[int | None, typer.Option("--physical-batch-size", help="Largest batch through the "
+                                                          "network at once (memory only).")]
+MaxGradNormOpt = Annotated[float, typer.Option("--max-grad-norm", help="Per-sample clip norm C.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="NAdam learning rate (paper: 2e-3).")]
+AugmentOpt = Annotated[int, typer.Option("--augment-multiplicity", help="0: none; K: K flipped views per image, "
+                                         "gradients averaged before clipping.")]
+
+#: Every shared option by the configuration field it sets.
+SHARED = {"dataset": DatasetOpt, "data_dir": DataDirOpt, "labels": LabelsOpt, "window": WindowOpt,
+          "slice_axis": SliceAxisOpt, "privacy_unit": PrivacyUnitOpt, "image_size": ImageSizeOpt,
+          "max_images": MaxImagesOpt, "arch": ArchOpt, "arch_args": ArchArgsOpt, "fix_batchnorm": FixBatchnormOpt,
+          "task": TaskOpt, "background_share": BackgroundShareOpt}
+#: The groups commands take: what data to load, how NIfTI and DICOM are read, which model, segmentation.
+DATA = ("dataset", "data_dir", "image_size", "max_images")
+MEDICAL = ("labels", "window", "slice_axis")
+MODEL = ("arch", "arch_args", "fix_batchnorm")
+SEGMENTATION = ("task", "background_share")
+
+
+def shared_options(config: type, *names: str) -> Callable[[F], F]:
+    """Add the shared options ``names`` to a command, before its own parameters, each defaulting to the field of the
+    configuration dataclass ``config`` it sets; the command receives their values, converted to what the
+    configuration takes (Enum choices as strings, ``--arch-args`` parsed), as one mapping ``shared``.
+
+    So every command that takes ``--image-size`` has the same type, help and meaning, and its default is its
+    configuration's (``tests/test_packaging.py`` checks both).
+    """
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def default(name: str) -> Any:
+        f = fields[name]
+        if name == "arch_args" or f.default is dataclasses.MISSING:
+            return None  # --arch-args: no JSON given, the configuration's empty mapping
+        return f.default
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)  # the own parameters' Annotated options, evaluated
+        own = [p for p in sig.parameters.values() if p.name != "shared"]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=SHARED[n], default=default(n))
+                 for n in names]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            shared = {n: kwargs.pop(n) for n in names}
+            for n, v in shared.items():
+                if isinstance(v, StrEnum):
+                    shared[n] = str(v)
+            if "arch_args" in shared:
+                shared["arch_args"] = parse_arch_args(shared["arch_args"])
+            return func(*args, shared=shared, **kwargs)
+
+        # Keyword-only, so that the shared options may come first (--help lists them in this order) before the
+        # command's own, required ones included; Typer passes every value by name.
+        wrapper.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in added + own])
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.
 out = Console(highlight=False, soft_wrap=True)

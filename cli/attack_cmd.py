@@ -3,97 +3,45 @@
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from dpaudit.cli._common import (
-    ArchArgsOpt,
-    DataDirOpt,
-    DatasetOpt,
-    FixBatchnormOpt,
-    JsonOpt,
-    LabelsOpt,
-    PrivacyUnitOpt,
-    SliceAxisOpt,
-    TaskOpt,
-    ThreadsOpt,
-    WindowOpt,
-    emit_json,
-    err,
-    handle_errors,
-    opt_str,
-    out,
-    parse_arch_args,
-    parse_float_list,
-)
+from dpaudit.attacks.decoders import decoder_choice
+from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackScenario
+from dpaudit.audit.configs import TrainConfig
+from dpaudit.cli import _common as cli
+from dpaudit.cli._common import MEDICAL, SEGMENTATION, emit_json, err, handle_errors, out, parse_float_list
+from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, default_image_size
 
 app = typer.Typer()
-
-
-class SelectionChoice(StrEnum):
-    first = "first"
-    random = "random"
-
-
-class DecoderChoice(StrEnum):
-    strong = "strong"
-    paper = "paper"
-    paper_all = "paper-all"
-    all = "all"
-
-
-class ConnectionChoice(StrEnum):
-    linear = "linear"
-    addition = "addition"
-
-
-class ScoringChoice(StrEnum):
-    nearest = "nearest"
-    paired = "paired"
-
-
-class AccountantChoice(StrEnum):
-    pld = "pld"
-    rdp = "rdp"
-
-
-class DenoiserChoice(StrEnum):
-    tv = "tv"
-    none = "none"
-
-
-def _decoders(choice: DecoderChoice) -> tuple[str, ...]:
-    if choice is DecoderChoice.all:
-        return ("strong", "paper", "paper-all")
-    return (choice.value,)
+#: The defaults of the attack: AttackScenario's (the Python API's); the data options: as dpaudit train.
+S = AttackScenario
+Selection = cli.choices("Selection", SELECTIONS)
+Scoring = cli.choices("Scoring", SCORINGS)
+Accountant = cli.choices("Accountant", ACCOUNTANTS)
 
 
 @app.command("attack")
 @handle_errors
+@cli.shared_options(TrainConfig, "dataset", "data_dir", *MEDICAL, "privacy_unit", "arch_args", "fix_batchnorm",
+                    *SEGMENTATION[:1])
 def attack(
+    shared: dict[str, Any],
     model: Annotated[Path | None, typer.Option("--model", help="dpaudit checkpoint (or a plain state dict with "
                                                "--arch).")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture: resnet9, smallcnn, monai:NAME, "
                                              "file.py:factory or module:factory; for a plain state dict, a "
                                              "checkpoint of your own code, or a random model without --model.")
                     ] = None,
-    arch_args: ArchArgsOpt = None,
-    fix_batchnorm: FixBatchnormOpt = False,
-    dataset: DatasetOpt = "demo",
-    data_dir: DataDirOpt = None,
-    labels: LabelsOpt = None,
-    window: WindowOpt = None,
-    slice_axis: SliceAxisOpt = "axial",
-    privacy_unit: PrivacyUnitOpt = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Resize images to this size (default: the "
-                                                   "checkpoint's, else 64).")] = None,
-    n_images: Annotated[int, typer.Option("--n-images", help="Number of training images to attack.")] = 64,
-    selection: Annotated[SelectionChoice, typer.Option("--selection", help="first: the first --n-images training "
-                                                       "images; random: a seeded random subset (what the profile "
-                                                       "attacks).")] = SelectionChoice.first,
+    image_size: Annotated[int | None, typer.Option("--image-size", show_default=False, help=(
+        "Resize images to this size. \\[default: the checkpoint's, else the dataset's: "
+        f"{IMAGE_SIZE_DEFAULT_HELP}]"))] = None,
+    n_images: Annotated[int, typer.Option("--n-images", help="Number of training images to attack.")] = S.n_images,
+    selection: Annotated[Selection, typer.Option("--selection", help="first: the first --n-images training "
+                                                 "images; random: a seeded random subset (what the profile "
+                                                 "attacks).")] = S.selection,
     max_images: Annotated[int | None, typer.Option("--max-images", help="Load at most this many images before "
                                                    "splitting (default: enough for --n-images; a profile's "
                                                    "--max-images to attack its split).")] = None,
@@ -103,41 +51,38 @@ def attack(
                                       ] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Noise multipliers, e.g. 0,1e-4,1e-3,0.02."
                                                )] = None,
-    decoder: Annotated[DecoderChoice, typer.Option("--decoder", help="strong (default), paper (the seed paper's "
-                                                   "breaching decoder), paper-all, or all.")] = DecoderChoice.strong,
-    connection: Annotated[ConnectionChoice, typer.Option("--connection")] = ConnectionChoice.linear,
-    bins: Annotated[int, typer.Option("--bins", help="Rows K of the imprint block (10 in the paper).")] = 10,
-    observations: Annotated[int, typer.Option("--observations", help="Times the same image is observed "
-                                              "(averages to sigma / sqrt(T)).")] = 1,
-    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Clip norm C (default: the "
-                                                 "checkpoint's, else 1.0).")] = math.nan,
-    scoring: Annotated[ScoringChoice, typer.Option("--scoring", help="nearest (the paper's matching) or paired."
-                                                   )] = ScoringChoice.nearest,
-    denoiser: Annotated[DenoiserChoice, typer.Option("--denoiser", help="Strong decoder's denoiser.")] =
-    DenoiserChoice.tv,
+    decoder: cli.DecoderOpt = decoder_choice(S.decoders),
+    connection: cli.ConnectionOpt = S.connection,
+    bins: cli.BinsOpt = S.bins,
+    observations: cli.ObservationsOpt = S.observations,
+    max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm", show_default=False, help=(
+        "Clip norm C. \\[default: the checkpoint's, else 1.0]"))] = S.max_grad_norm,
+    scoring: Annotated[Scoring, typer.Option("--scoring", help="nearest (the paper's matching) or paired."
+                                             )] = S.scoring,
+    denoiser: cli.DenoiserOpt = S.denoiser,
     n_train: Annotated[int | None, typer.Option("--n-train", help="N for --epsilons (default: the checkpoint's)."
-                                                )] = None,
+                                                )] = S.n_train,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs for --epsilons (default: the "
-                                               "checkpoint's).")] = None,
+                                               "checkpoint's).")] = S.epochs,
     delta: Annotated[float | None, typer.Option("--delta", help="delta for --epsilons (default: the "
-                                                "checkpoint's).")] = None,
-    accountant: Annotated[AccountantChoice, typer.Option("--accountant", help="pld (tight; smaller sigma for an "
-                                                         "epsilon, the conservative choice) or rdp (the paper's "
-                                                         "Opacus RDP).")] = AccountantChoice.pld,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    threads: ThreadsOpt = None,
+                                                "checkpoint's).")] = S.target_delta,
+    accountant: Annotated[Accountant, typer.Option("--accountant", help="pld (tight; smaller sigma for an "
+                                                   "epsilon, the conservative choice) or rdp (the paper's "
+                                                   "Opacus RDP).")] = S.accountant,
+    seed: Annotated[int, typer.Option("--seed")] = S.seed,
+    threads: cli.ThreadsOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write attack.json and the SSIM-error CDF plot here."
                                                  )] = None,
     save_images: Annotated[bool, typer.Option("--save-images", help="With --out: also save the best "
                                               "reconstructions next to their originals (patient images!).")] = False,
-    as_json: JsonOpt = False,
-    task: TaskOpt = None,
+    as_json: cli.JsonOpt = False,
 ) -> None:
     """Run the imprint-layer reconstruction attack (batch size 1, malicious server) and score it by SSIM."""
     import numpy as np
     import torch
 
-    from dpaudit.attacks.scenario import AttackScenario, attack_checkpoint, checkpoint_noise, select_images
+    from dpaudit.attacks.decoders import decoders_for
+    from dpaudit.attacks.scenario import attack_checkpoint, checkpoint_noise, select_images
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
     from dpaudit.errors import check_int, invalid
@@ -148,19 +93,20 @@ def attack(
     if save_images and out_dir is None:
         raise invalid("--save-images", True, "used together with --out DIR", "add --out DIR")
     scenario = AttackScenario(
-        n_images=n_images, selection=selection.value,
+        n_images=n_images, selection=str(selection),
         epsilons=None if epsilons is None else tuple(parse_float_list("--epsilons", epsilons)),
         noise_multipliers=None if sigmas is None else tuple(parse_float_list("--sigmas", sigmas)),
-        n_train=n_train, epochs=epochs, target_delta=delta, accountant=accountant.value, decoders=_decoders(decoder),
-        connection=connection.value, bins=bins, observations=observations,
-        max_grad_norm=None if math.isnan(max_grad_norm) else max_grad_norm, scoring=scoring.value,
-        denoiser=denoiser.value, seed=seed, keep_images=8 if save_images else 0)
+        n_train=n_train, epochs=epochs, target_delta=delta, accountant=str(accountant),
+        decoders=decoders_for(decoder), connection=str(connection), bins=bins, observations=observations,
+        max_grad_norm=max_grad_norm, scoring=str(scoring), denoiser=str(denoiser), seed=seed,
+        keep_images=8 if save_images else 0)
 
-    args = parse_arch_args(arch_args)
+    dataset, data_dir, window, task = shared["dataset"], shared["data_dir"], shared["window"], shared["task"]
+    args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
     ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
             if model is not None else None)
     if image_size is None:
-        image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else 64
+        image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else default_image_size(dataset)
     from dpaudit.volumes import is_segmentation_dataset, load_segmentation_splits
 
     inferred = "segmentation" if is_segmentation_dataset(dataset) else "classification"
@@ -184,8 +130,8 @@ def attack(
             # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
             max_images = max(3, math.ceil(n_images / 0.7) + 3)
         splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
-                             labels=labels, window=window, slice_axis=str(slice_axis))
-    unit_line, unit_record = _privacy_line(ckpt, splits, opt_str(privacy_unit))
+                             labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])
+    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"])
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
@@ -203,7 +149,7 @@ def attack(
         by_epsilon = scenario.epsilons is not None or (scenario.noise_multipliers is None and default_eps)
         if by_epsilon and None not in (n_tr, ep, dl):
             err.print(f"attack scenario: batch size 1, q = 1/{n_tr}, T = {ep} * {n_tr} steps, delta = {dl:g}, "
-                      f"{accountant.value.upper()} accountant")
+                      f"{str(accountant).upper()} accountant")
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -224,23 +170,15 @@ def attack(
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions
-        from dpaudit.attacks.results import SUCCESS_SSIM
         from dpaudit.attacks.scoring import keep_mask
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record = result.to_json()
-        record["settings"] = {"dataset": dataset, "n_images_requested": n_images, "connection": result.connection,
-                              "bins": result.bins, "max_grad_norm": result.max_grad_norm,
-                              "observations": result.observations, "scoring": result.scoring, "seed": seed,
-                              "denoiser": denoiser.value, "model": str(model) if model else f"random {ckpt.arch}",
-                              **unit_record,
-                              "success": f"empirical: fraction with SSIM > {SUCCESS_SSIM:g} (a lower bound on risk)"}
-        record["headline"] = [r.to_json() for r in result.headline()]
-        record["per_image"] = {"rho": result.rho.tolist(),
-                               "ssim": [[float(v) for v in r.ssim] for r in result.rows],
-                               "eta": [[float(v) for v in r.eta] for r in result.rows]}
         from dpaudit.cli._common import json_text
 
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # The result as --json prints it, with what was attacked and the strongest decoder per noise level.
+        record = {"result": result, "scenario": scenario, "headline": result.headline(),
+                  "settings": {"dataset": dataset, "model": str(model) if model else f"random {ckpt.arch}",
+                               **unit_record},
+                  "labels": {"success_rate": "empirical (a lower bound on reconstruction risk)"}}
         (out_dir / "attack.json").write_text(json_text(record))
         plot_ssim_error_cdf(result, out_dir / "ssim_error_cdf.png")
         if save_images:
@@ -251,7 +189,7 @@ def attack(
                       + (f" and {out_dir / 'best_reconstructions.png'}" if save_images else ""))
 
     if as_json:
-        emit_json(result.to_json())
+        emit_json(result)
         return
     _render(result, np)
 
@@ -275,9 +213,7 @@ def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
 def _render(result, np) -> None:
     from rich.table import Table
 
-    from dpaudit.attacks.results import SUCCESS_SSIM
-
-    table = Table(title=f"Imprint-layer reconstruction attack (empirical success: SSIM > {SUCCESS_SSIM:g})",
+    table = Table(title=f"Imprint-layer reconstruction attack (empirical success: SSIM > {result.success_ssim:g})",
                   title_justify="left")
     for col in ("sigma", "eps", "decoder", "n", "success", "95% CI", "SSIM", "rho", "eta"):
         table.add_column(col, justify="left" if col == "decoder" else "right")

@@ -165,7 +165,7 @@ def bounds(
         "from a dpaudit checkpoint (`dpaudit train --out`); flags given as well take precedence (one phase only)."
     )] = None,
     delta: Annotated[float | None, typer.Option("--delta", help="delta for epsilon (the ReRo bound does not use "
-                                                "it). [default: 1e-05, or the checkpoint's]")] = None,
+                                                "it). \\[default: 1e-05, or the checkpoint's]")] = None,
     kappa: Annotated[list[float] | None, typer.Option("--kappa", help="Prior: blind-guess success probability "
                                                       "(repeatable).")] = None,
     n_candidates: Annotated[int | None, typer.Option("--n-candidates", help="kappa = 1 / N candidates.")] = None,
@@ -174,7 +174,7 @@ def bounds(
     method: Annotated[MethodChoice, typer.Option("--method", help="tight (sound upper bound), edgeworth (paper "
                                                  "mode), clt, or mc.")] = MethodChoice.tight,
     records_per_patient: Annotated[int | None, typer.Option("--records-per-patient", help="Images per patient k "
-                                                            "(patient-level guarantee). [default: the "
+                                                            "(patient-level guarantee). \\[default: the "
                                                             "checkpoint's, else 1]")] = None,
     privacy_unit: PrivacyUnitOpt = None,
     roc: Annotated[Path | None, typer.Option("--roc", help="Write the membership-inference ROC bound to this CSV."

@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import math
-from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from dpaudit.cli._common import (
-    ArchOpt,
-    DataDirOpt,
-    DatasetOpt,
-    ImageSizeOpt,
-    JsonOpt,
-    MaxImagesOpt,
-    ThreadsOpt,
-    emit_json,
-    err,
-    handle_errors,
-    out,
-    parse_float_list,
-)
+from dpaudit.attacks.federated_results import FederatedAttackConfig
+from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
+from dpaudit.cli import _common as cli
+from dpaudit.cli._common import DATA, emit_json, err, handle_errors, out, parse_float_list
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
                   no_args_is_help=True)
-
-
-class DpLevelChoice(StrEnum):
-    sample = "sample"
-    client = "client"
-    none = "none"
-
-
-class DenoiserChoice(StrEnum):
-    tv = "tv"
-    none = "none"
+#: The defaults: each command's configuration's (the Python API's).
+F, A = FederatedConfig, FederatedAttackConfig
+DpLevel = cli.choices("DpLevel", DP_LEVELS)
+SecureAggregationOpt = Annotated[bool, typer.Option(help="The server sees only the sum of the round's surviving "
+                                                          "updates (modelled, not the cryptography).")]
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -44,52 +27,48 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 @app.command("train")
 @handle_errors
+@cli.shared_options(FederatedConfig, *DATA, "arch")
 def train_command(
-    dataset: DatasetOpt = "demo",
-    data_dir: DataDirOpt = None,
-    image_size: ImageSizeOpt = 28,  # FederatedConfig's defaults (a test keeps them equal)
-    max_images: MaxImagesOpt = None,
-    arch: ArchOpt = "resnet9",
-    clients: Annotated[int, typer.Option(help="Number of sites N.")] = 5,
+    shared: dict[str, Any],
+    clients: Annotated[int, typer.Option(help="Number of sites N.")] = F.clients,
     partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA (labels per site ~ Dirichlet(ALPHA)) or "
-                                                "column:NAME (one site per metadata value).")] = "iid",
-    rounds: Annotated[int, typer.Option(help="Server rounds.")] = 5,
+                                                "column:NAME (one site per metadata value).")] = F.partition,
+    rounds: Annotated[int, typer.Option(help="Server rounds.")] = F.rounds,
     clients_per_round: Annotated[int | None, typer.Option(help="Expected clients per round m (each takes part "
                                                                "with probability m/N); default all.")] = None,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Local (expected) batch size; q_k = batch / N_k.")] = 32,
-    lr: Annotated[float, typer.Option(help="Local NAdam learning rate.")] = 2e-3,
-    server_lr: Annotated[float, typer.Option(help="Server step size on the aggregated update (1: FedAvg).")] = 1.0,
-    dp_level: Annotated[DpLevelChoice, typer.Option(help="sample: DP-SGD at every site (protects each record); "
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = F.local_epochs,
+    batch_size: Annotated[int, typer.Option(help="Local (expected) batch size; q_k = batch / N_k.")] = F.batch_size,
+    lr: Annotated[float, typer.Option(help="Local NAdam learning rate.")] = F.lr,
+    server_lr: Annotated[float, typer.Option(help="Server step size on the aggregated update (1: FedAvg).")] = F.server_lr,
+    dp_level: Annotated[DpLevel, typer.Option(help="sample: DP-SGD at every site (protects each record); "
                                                          "client: DP-FedAvg (protects a whole site); none.")
-                        ] = DpLevelChoice.sample,
+                        ] = F.dp_level,
     epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sample level: the worst site meets it).")
                        ] = None,
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
     delta: Annotated[float | None, typer.Option(help="target_delta (default min(8e-7, 1/(10 N)), N the largest "
                                                      "site (sample level) or the number of sites).")] = None,
     max_grad_norm: Annotated[float, typer.Option(help="C: per-sample clip (sample level) or per-update clip "
-                                                      "(client level).")] = 1.0,
-    secure_aggregation: Annotated[bool, typer.Option(help="The server sees only the sum of the surviving updates "
-                                                          "(modelled, not the cryptography).")] = False,
-    dropout: Annotated[float, typer.Option(help="Probability that a participant drops out after training.")] = 0.0,
+                                                      "(client level).")] = F.max_grad_norm,
+    secure_aggregation: SecureAggregationOpt = F.secure_aggregation,
+    dropout: Annotated[float, typer.Option(help="Probability that a participant drops out after training.")] = F.dropout,
     secagg_threshold: Annotated[int | None, typer.Option(help="Fewest survivors for a round to complete "
                                                               "(default ceil(m/2)).")] = None,
     baselines: Annotated[bool, typer.Option(help="Also train centralised DP and non-private FedAvg baselines."
                                             )] = False,
-    seed: Annotated[int, typer.Option(help="Seed (partition, schedule, initialisation, clients).")] = 0,
-    threads: ThreadsOpt = None,
-    json_output: JsonOpt = False,
+    seed: Annotated[int, typer.Option(help="Seed (partition, schedule, initialisation, clients).")] = F.seed,
+    threads: cli.ThreadsOpt = F.threads,
+    json_output: cli.JsonOpt = False,
 ) -> None:
     """Train with FedAvg over partitioned sites; report per-site epsilon and global and per-site MCC."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dpaudit.audit.federated import FederatedConfig, run_federated
+    from dpaudit.audit.federated import run_federated
 
     config = FederatedConfig(
-        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch, clients=clients,
-        partition=partition, rounds=rounds, clients_per_round=clients_per_round, local_epochs=local_epochs,
-        batch_size=batch_size, lr=lr, server_lr=server_lr, dp_level=dp_level.value, epsilon=epsilon,
+        **shared, clients=clients, partition=partition, rounds=rounds, clients_per_round=clients_per_round,
+        local_epochs=local_epochs, batch_size=batch_size, lr=lr, server_lr=server_lr, dp_level=str(dp_level),
+        epsilon=epsilon,
         noise_multiplier=sigma, delta=delta, max_grad_norm=max_grad_norm, secure_aggregation=secure_aggregation,
         dropout=dropout, secagg_threshold=secagg_threshold, baselines=baselines, seed=seed, threads=threads)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
@@ -98,7 +77,7 @@ def train_command(
         result = run_federated(config, progress=lambda d, t, s: bar.update(task, completed=d, total=t,
                                                                             description=s))
     if json_output:
-        emit_json(result.to_json())
+        emit_json(result)
         return
     out.print(f"unit: {result.unit}")
     if result.dp_level == "sample":
@@ -133,38 +112,32 @@ def train_command(
 
 @app.command("attack")
 @handle_errors
+@cli.shared_options(FederatedAttackConfig, *DATA, "arch")
 def attack_command(
-    dataset: DatasetOpt = "demo",
-    data_dir: DataDirOpt = None,
-    image_size: ImageSizeOpt = 28,  # FederatedAttackConfig's defaults (a test keeps them equal)
-    max_images: MaxImagesOpt = None,
-    arch: ArchOpt = "resnet9",
-    clients: Annotated[int, typer.Option(help="Clients per round n.")] = 4,
-    batch_size: Annotated[int, typer.Option(help="Images per client in the attacked local step B.")] = 2,
-    bins: Annotated[int, typer.Option(help="K, rows of the server's imprint block.")] = 32,
-    sigmas: Annotated[str, typer.Option(help="Noise multipliers, comma-separated.")] = "0,1e-3,0.1",
-    secure_aggregation: Annotated[bool, typer.Option(help="The server sees only the sum over the round's "
-                                                          "clients.")] = False,
+    shared: dict[str, Any],
+    clients: Annotated[int, typer.Option(help="Clients per round n.")] = A.clients,
+    batch_size: Annotated[int, typer.Option(help="Images per client in the attacked local step B.")] = A.batch_size,
+    bins: Annotated[int, typer.Option(help="K, rows of the server's imprint block.")] = A.bins,
+    sigmas: Annotated[str, typer.Option(help="Noise multipliers, comma-separated.")] = ",".join(f"{s:g}" for s in A.noise_multipliers),
+    secure_aggregation: SecureAggregationOpt = A.secure_aggregation,
     rounds: Annotated[int, typer.Option(help="Attacked rounds (fresh images each; n_images = rounds x clients x "
-                                             "batch).")] = 8,
-    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = 1.0,
-    denoiser: Annotated[DenoiserChoice, typer.Option(help="tv (total variation at the known level) or none.")
-                        ] = DenoiserChoice.tv,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    threads: ThreadsOpt = None,
-    json_output: JsonOpt = False,
+                                             "batch).")] = A.rounds,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = A.max_grad_norm,
+    denoiser: cli.DenoiserOpt = A.denoiser,
+    seed: Annotated[int, typer.Option(help="Seed.")] = A.seed,
+    threads: cli.ThreadsOpt = A.threads,
+    json_output: cli.JsonOpt = False,
 ) -> None:
     """A malicious server's bin attack on one local DP-SGD step per client, with or without secure aggregation."""
-    from dpaudit.attacks.federated import FederatedAttackConfig, run_federated_attack
+    from dpaudit.attacks.federated import run_federated_attack
 
     config = FederatedAttackConfig(
-        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, arch=arch, clients=clients,
-        batch_size=batch_size, bins=bins, noise_multipliers=tuple(parse_float_list("sigmas", sigmas)),
-        secure_aggregation=secure_aggregation, rounds=rounds, max_grad_norm=max_grad_norm, denoiser=denoiser.value,
+        **shared, clients=clients, batch_size=batch_size, bins=bins, noise_multipliers=tuple(parse_float_list("sigmas", sigmas)),
+        secure_aggregation=secure_aggregation, rounds=rounds, max_grad_norm=max_grad_norm, denoiser=str(denoiser),
         seed=seed, threads=threads)
     result = run_federated_attack(config)
     if json_output:
-        emit_json(result.to_json())
+        emit_json(result)
         return
     out.print(f"threat model: {result.threat_model}")
     out.print(f"decoder: {result.decoder}; SSIM: {result.ssim_variant}; bins: {result.thresholds_from}")

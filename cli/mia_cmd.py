@@ -7,28 +7,16 @@ upper bound*.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from dpaudit.cli._common import (
-    ArchArgsOpt,
-    ArchOpt,
-    DataDirOpt,
-    DatasetOpt,
-    FixBatchnormOpt,
-    ImageSizeOpt,
-    JsonOpt,
-    LabelsOpt,
-    MaxImagesOpt,
-    SliceAxisOpt,
-    ThreadsOpt,
-    WindowOpt,
-    emit_json,
-    handle_errors,
-    out,
-    parse_arch_args,
-)
+from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
+from dpaudit.cli import _common as cli
+from dpaudit.cli._common import DATA, MEDICAL, MODEL, JsonOpt, emit_json, handle_errors, out
+
+#: The defaults of ``mia audit``: the training configuration's and the canary audit's (the Python API's).
+T, A = TrainConfig, CanaryAuditConfig
 
 app = typer.Typer(
     name="mia",
@@ -42,7 +30,7 @@ DeltaOpt = Annotated[float, typer.Option("--delta", help="delta of the (epsilon,
 #: --delta of the lower-bound commands: None takes the library's default (dpaudit.attacks.lower_bounds.DEFAULT_DELTA,
 #: 1e-5, the delta dpaudit reports epsilon at), so the command and the API cannot disagree.
 BoundDeltaOpt = Annotated[float | None, typer.Option(
-    "--delta", help="delta of the (epsilon, delta) guarantee being audited. [default: 1e-05, the delta dpaudit "
+    "--delta", help="delta of the (epsilon, delta) guarantee being audited. \\[default: 1e-05, the delta dpaudit "
     "reports epsilon at]", show_default=False)]
 ConfidenceOpt = Annotated[float, typer.Option(
     "--confidence", help="Probability that the lower bound holds, in (0, 1).")]
@@ -68,6 +56,7 @@ def bound_cmd(
     The test's threshold must have been fixed before these counts were taken (on held-out trials).
     """
     from dpaudit.attacks.lower_bounds import DEFAULT_DELTA, epsilon_lower_bound, two_error_ceiling
+    from dpaudit.codec import encode
 
     delta = DEFAULT_DELTA if delta is None else delta
 
@@ -75,7 +64,7 @@ def bound_cmd(
                               confidence=confidence)
     ceiling = two_error_ceiling(positives, negatives, delta=delta, confidence=confidence)
     if json:
-        emit_json({**res.to_dict(), "ceiling": ceiling})
+        emit_json({**encode(res), "ceiling": ceiling})
         return
     level = 1 - (1 - confidence) / 2
     out.print(f"epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
@@ -108,7 +97,7 @@ def one_run_cmd(
 
     res = one_run_epsilon_lower_bound(canaries, guesses, correct, delta=delta, confidence=confidence)
     if json:
-        emit_json(res.to_dict())
+        emit_json(res)
         return
     out.print(f"epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
               f"delta {delta:g}; p-value {res.p_value:.3g})")
@@ -142,7 +131,7 @@ def self_audit_cmd(
         err.print(f"running {2 * trials} Opacus DP-SGD steps ...")
     res = run_self_audit(cfg)
     if json:
-        emit_json(res.to_dict())
+        emit_json(res)
     else:
         b = res.bound.bound
         out.print(f"empirical epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
@@ -161,49 +150,37 @@ def self_audit_cmd(
 
 @app.command("audit")
 @handle_errors
+@cli.shared_options(TrainConfig, *DATA, *MEDICAL, *MODEL)
 def audit_cmd(
-    dataset: DatasetOpt = "demo",
-    data_dir: DataDirOpt = None,
-    labels: LabelsOpt = None,
-    window: WindowOpt = None,
-    slice_axis: SliceAxisOpt = "axial",
-    image_size: ImageSizeOpt = 64,  # TrainConfig's defaults, as dpaudit train (a test keeps them equal)
-    max_images: MaxImagesOpt = None,
-    arch: ArchOpt = "resnet9",
-    arch_args: ArchArgsOpt = None,
-    fix_batchnorm: FixBatchnormOpt = False,
-    width: Annotated[int | None, typer.Option(help="Channel width of the architecture.")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sigma calibrated, tight PLD).")] = None,
-    sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
-    non_private: Annotated[bool, typer.Option(help="Audit a model trained without DP.")] = False,
-    delta: Annotated[float | None, typer.Option(help="target_delta; default as dpaudit train.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Logical (expected) batch size; q = batch / N.")] = 64,
-    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = 1.0,
-    lr: Annotated[float, typer.Option(help="NAdam learning rate.")] = 2e-3,
-    canaries: Annotated[int, typer.Option(help="m: mislabelled canaries, each trained on with probability "
-                                               "1/2.")] = 200,
+    shared: dict[str, Any],
+    width: cli.WidthOpt = None,
+    epsilon: cli.EpsilonOpt = T.epsilon,
+    sigma: cli.SigmaOpt = T.noise_multiplier,
+    non_private: Annotated[bool, typer.Option(help="Audit a model trained without DP.")] = T.non_private,
+    delta: cli.TargetDeltaOpt = T.delta,
+    epochs: cli.EpochsOpt = T.epochs,
+    batch_size: cli.BatchSizeOpt = T.batch_size,
+    max_grad_norm: cli.MaxGradNormOpt = T.max_grad_norm,
+    lr: cli.LrOpt = T.lr,
+    canaries: cli.CanariesOpt = A.canaries,
     score: Annotated[str, typer.Option(help="loss, or reference (minus a canary-free reference model's loss; "
-                                            "a second training run).")] = "loss",
+                                            "a second training run).")] = A.score,
     selection: Annotated[str, typer.Option(help="bonferroni (correct for the tried guess counts) or split "
-                                                "(choose on half the canaries).")] = "bonferroni",
-    confidence: ConfidenceOpt = 0.95,
-    seed: Annotated[int, typer.Option(help="Seeds training, canaries and coin flips.")] = 0,
-    threads: ThreadsOpt = None,
+                                                "(choose on half the canaries).")] = A.selection,
+    confidence: ConfidenceOpt = A.confidence,
+    seed: Annotated[int, typer.Option(help="Seeds training, canaries and coin flips.")] = A.seed,
+    threads: cli.ThreadsOpt = T.threads,
     out_file: Annotated[str | None, typer.Option("--out", help="Also write the JSON object to this file.")] = None,
     json: JsonOpt = False,
 ) -> None:
     """Canary membership audit of one DP-SGD training run: empirical lower bound next to the accountant's epsilon."""
     from pathlib import Path
 
-    from dpaudit.audit.canary import CanaryAuditConfig, run_canary_audit
-    from dpaudit.audit.train import TrainConfig
+    from dpaudit.audit.canary import run_canary_audit
     from dpaudit.cli._common import err, json_text
 
-    tc = TrainConfig(dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images,
-                     labels=labels, window=window, slice_axis=str(slice_axis), arch=arch,
-                     arch_args={**parse_arch_args(arch_args), **({} if width is None else {"width": width})},
-                     fix_batchnorm=fix_batchnorm, epsilon=epsilon, noise_multiplier=sigma,
+    arch_args = {**shared.pop("arch_args"), **({} if width is None else {"width": width})}
+    tc = TrainConfig(**shared, arch_args=arch_args, epsilon=epsilon, noise_multiplier=sigma,
                      non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
                      max_grad_norm=max_grad_norm, lr=lr, seed=seed, threads=threads)
     cfg = CanaryAuditConfig(train=tc, canaries=canaries, score=score, confidence=confidence,  # type: ignore[arg-type]
@@ -215,11 +192,10 @@ def audit_cmd(
     res = run_canary_audit(cfg, progress=progress)
     for note in res.train.notes:
         err.print(f"[yellow]warning:[/] {note}")
-    payload = res.to_dict()
     if out_file is not None:
-        Path(out_file).write_text(json_text(payload))
+        Path(out_file).write_text(json_text(res))
     if json:
-        emit_json(payload)
+        emit_json(res)
         return
     if res.accountant_epsilon is not None:
         out.print(f"accountant epsilon  = {_fmt(res.accountant_epsilon)}  (sound upper bound, tight PLD; RDP "
@@ -235,4 +211,4 @@ def audit_cmd(
         out.print(f"  TPR at FPR <= {t.fpr_target:g}: {t.tpr:.3f} [{t.tpr_low:.3f}, {t.tpr_high:.3f}] "
                   f"({t.true_positives}/{t.positives}; FPR {t.false_positives}/{t.negatives}) (empirical)")
     out.print(f"  AUC {res.auc:.3f} (empirical); test MCC {res.train.metrics.mcc:.3f} (empirical)")
-    out.print(res.caveat())
+    out.print(res.caveat)

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from dpaudit.audit.profile.schema import ProfileConfig
-from dpaudit.cli._common import (
-    ArchArgsOpt,
-    ArchOpt,
-    BackgroundShareOpt,
-    DataDirOpt,
-    DatasetOpt,
-    FixBatchnormOpt,
-    ImageSizeOpt,
-    LabelsOpt,
-    MaxImagesOpt,
-    PrivacyUnitOpt,
-    SliceAxisOpt,
-    TaskOpt,
-    ThreadsOpt,
-    TrainableOpt,
-    WindowOpt,
-    emit_json,
-    err,
-    handle_errors,
-    opt_str,
-    out,
-)
+from dpaudit.attacks.decoders import decoder_choice
+from dpaudit.audit.profile.schema import ProfileConfig, cli_number
+from dpaudit.cli import _common as cli
+from dpaudit.cli._common import DATA, MEDICAL, MODEL, SEGMENTATION, emit_json, err, handle_errors, out
 
-#: The profile's defaults (one source of truth: ProfileConfig).
-D = ProfileConfig()
+#: The profile's defaults (one source of truth: ProfileConfig, the Python API's).
+D = ProfileConfig
 app = typer.Typer()
 
 # The board's limits, shared by `profile` (decide after the run) and `report` (re-decide from profile.json).
@@ -107,56 +87,47 @@ def report(
 
 @app.command("profile")
 @handle_errors
+@cli.shared_options(ProfileConfig, *DATA, *MEDICAL, "privacy_unit", *MODEL, *SEGMENTATION)
 def profile(
+    shared: dict[str, Any],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints, profile.json and report.pdf; "
                                                          "an existing folder resumes.")],
-    dataset: DatasetOpt = D.dataset,
-    data_dir: DataDirOpt = D.data_dir,
-    image_size: ImageSizeOpt = D.image_size,
-    max_images: MaxImagesOpt = D.max_images,
-    labels: LabelsOpt = D.labels,
-    window: WindowOpt = None,
-    slice_axis: SliceAxisOpt = D.slice_axis,
-    privacy_unit: PrivacyUnitOpt = D.privacy_unit,
-    arch: ArchOpt = D.arch,
-    arch_args: ArchArgsOpt = None,
-    fix_batchnorm: FixBatchnormOpt = D.fix_batchnorm,
-    epsilons: Annotated[str, typer.Option(help="Target privacy budgets (tight PLD epsilon at delta).")] = "1,8,20,1e9",
+    epsilons: Annotated[str, typer.Option(help="Target privacy budgets (tight PLD epsilon at delta).")
+                        ] = ",".join(cli_number(e) for e in D.epsilons),
     non_private: Annotated[bool, typer.Option("--non-private/--no-non-private",
-                                              help="Also train the non-private baseline.")] = True,
+                                              help="Also train the non-private baseline.")] = D.non_private,
     seeds: Annotated[int, typer.Option(help="Training runs per privacy budget (utility mean and spread).")] = D.seeds,
-    seed: Annotated[int, typer.Option(help="First seed (also the data split's and the attack's seed).")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
-    batch_size: Annotated[int, typer.Option(help="Logical (expected) batch size; q = batch / N.")] = D.batch_size,
-    physical_batch_size: Annotated[int | None, typer.Option(help="Largest batch through the network at once.")] = None,
-    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = 1.0,
-    lr: Annotated[float, typer.Option(help="NAdam learning rate (paper: 2e-3).")] = 2e-3,
-    augment_multiplicity: Annotated[int, typer.Option(help="0: none; K: K flipped views per image.")] = 0,
-    delta: Annotated[float | None, typer.Option(help="target_delta; default min(8e-7 (paper), 1/(10 N)).")] = None,
+    seed: Annotated[int, typer.Option(help="First seed (also the data split's and the attack's seed).")] = D.seed,
+    epochs: cli.EpochsOpt = D.epochs,
+    batch_size: cli.BatchSizeOpt = D.batch_size,
+    physical_batch_size: cli.PhysicalBatchSizeOpt = D.physical_batch_size,
+    max_grad_norm: cli.MaxGradNormOpt = D.max_grad_norm,
+    lr: cli.LrOpt = D.lr,
+    augment_multiplicity: cli.AugmentOpt = D.augment_multiplicity,
+    delta: cli.TargetDeltaOpt = D.target_delta,
     kappa: Annotated[list[float] | None, typer.Option(help="Extra prior(s) kappa for the ReRo bounds "
                                                            "(1/N_train is always reported). Repeatable.")] = None,
     records_per_patient: Annotated[int | None, typer.Option(help="k images per patient (default: from the data, "
                                                                  "see --privacy-unit); k > 1 gives patient-level "
                                                                  "guarantees.")] = D.records_per_patient,
     attack_images: Annotated[int, typer.Option(help="Training images attacked per privacy budget.")] = D.attack_images,
-    decoder: Annotated[str, typer.Option(help="strong, paper or all (the strongest is reported, named).")] = "all",
-    connection: Annotated[str, typer.Option(help="Imprint connection: linear or addition.")] = "linear",
-    bins: Annotated[int, typer.Option(help="Imprint bins K (paper: 10).")] = 10,
-    observations: Annotated[int, typer.Option(help="Times the attacker observes each image.")] = 1,
+    decoder: cli.DecoderOpt = decoder_choice(D.decoders),
+    connection: cli.ConnectionOpt = D.connection,
+    bins: cli.BinsOpt = D.bins,
+    observations: cli.ObservationsOpt = D.observations,
     attack_epochs: Annotated[int | None, typer.Option(help="Epochs of the attack scenario (batch size 1); "
-                                                           "default: --epochs.")] = None,
+                                                           "default: --epochs.")] = D.attack_epochs,
     mia_audit: Annotated[bool, typer.Option(
         "--mia-audit/--no-mia-audit", help="Also run the empirical canary membership audit per budget (one extra "
-        "training run each): an empirical lower bound on epsilon next to the accountant's.")] = False,
-    canaries: Annotated[int, typer.Option(help="Canaries m of the membership audit (each joins training by a "
-                                               "coin flip).")] = D.canaries,
+        "training run each): an empirical lower bound on epsilon next to the accountant's.")] = D.mia_audit,
+    canaries: cli.CanariesOpt = D.canaries,
     include_images: Annotated[bool, typer.Option(help="Store reconstructions and show them in the report "
-                                                      "(patient images!).")] = False,
+                                                      "(patient images!).")] = D.include_images,
     inits: Annotated[str, typer.Option("--inits", help="Initialisations trained side by side at every budget: "
                                        "scratch and/or weights files (dpaudit checkpoint, state dict, "
                                        ".safetensors; never downloaded), e.g. scratch,pre.pt. The bounds and the "
-                                       "attack use the first.")] = "scratch",
-    trainable: TrainableOpt = D.trainable,
+                                       "attack use the first.")] = ",".join(D.inits),
+    trainable: cli.TrainableOpt = D.trainable,
     max_rero: MaxReroOpt = None,
     threat_model: ThreatModelOpt = None,
     max_mia_tpr: MaxMiaTprOpt = None,
@@ -164,7 +135,7 @@ def profile(
     federated: Annotated[bool, typer.Option(
         "--federated/--no-federated", help="Also run the federated section: FedAvg across sites with sample-level "
         "DP (per-site epsilon and kappa = 1/N_k bounds, utility per site) and the bin attack with and without "
-        "secure aggregation.")] = False,
+        "secure aggregation.")] = D.federated,
     federated_clients: Annotated[int, typer.Option(help="Sites of the federated section.")] = D.federated_clients,
     federated_partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or column:NAME.")
                                    ] = D.federated_partition,
@@ -176,38 +147,27 @@ def profile(
              "--out and --data-dir on a file system every worker sees).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Run the tasks on a local Dask cluster of N worker processes (127.0.0.1 only, one thread each).")] = None,
-    threads: ThreadsOpt = None,
-    task: TaskOpt = None,  # inferred from the dataset
-    background_share: BackgroundShareOpt = D.background_share,
+    threads: cli.ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
     import time
 
+    from dpaudit.attacks.decoders import decoders_for
     from dpaudit.audit.profile import run_profile
-    from dpaudit.audit.profile.schema import ProfileConfig
-    from dpaudit.cli._common import parse_arch_args, parse_float_list
-    from dpaudit.errors import check_int, invalid
-
-    decoders = {"all": ("strong", "paper"), "strong": ("strong",), "paper": ("paper",)}
-    if decoder not in decoders:
-        raise invalid("decoder", decoder, "strong, paper or all", "pass --decoder all")
-    from dpaudit.data import parse_window
+    from dpaudit.cli._common import parse_float_list
+    from dpaudit.errors import check_int
 
     config = ProfileConfig(
-        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, labels=labels,
-        window=parse_window(window), slice_axis=str(slice_axis), privacy_unit=opt_str(privacy_unit),
-        arch=arch,
-        epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds, seed=seed,
-        epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
-        lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta, kappas=tuple(kappa or ()),
-        records_per_patient=records_per_patient, attack_images=attack_images, decoders=decoders[decoder],
-        connection=connection, bins=bins, observations=observations, attack_epochs=attack_epochs,
-        mia_audit=mia_audit, canaries=canaries, include_images=include_images,
-        inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable,
-        arch_args=json.dumps(parse_arch_args(arch_args)), fix_batchnorm=fix_batchnorm, federated=federated,
+        **shared, epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds,
+        seed=seed, epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size,
+        max_grad_norm=max_grad_norm, lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta,
+        kappas=tuple(kappa or ()), records_per_patient=records_per_patient, attack_images=attack_images,
+        decoders=decoders_for(decoder), connection=connection, bins=bins, observations=observations,
+        attack_epochs=attack_epochs, mia_audit=mia_audit, canaries=canaries, include_images=include_images,
+        inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable, federated=federated,
         federated_clients=federated_clients, federated_partition=federated_partition,
-        federated_epsilon=federated_epsilon, task=task, background_share=background_share)
+        federated_epsilon=federated_epsilon)
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
@@ -304,7 +264,7 @@ def _print_summary(prof) -> None:
     what = f"{n} training slices of {nk} volumes" if prof.config.segmentation else f"{n} training images"
     table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({what}, κ = 1/{nk})",
                   caption="bound: sound upper bound for any attacker; emp.: empirical (realistic: the strongest "
-                          "decoder's success, SSIM > 0.8; MCC: mean over n seeds); σ: training noise multiplier. "
+                          f"decoder's success, SSIM > {prof.success_ssim():g}; MCC: mean over n seeds); σ: training noise multiplier. "
                           "The report (intervals, tests) and profile.json hold the rest.",
                   caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)

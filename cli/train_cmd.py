@@ -2,100 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from dpaudit.cli._common import (
-    ArchArgsOpt,
-    ArchOpt,
-    BackgroundShareOpt,
-    DataDirOpt,
-    DatasetOpt,
-    FixBatchnormOpt,
-    ImageSizeOpt,
-    JsonOpt,
-    LabelsOpt,
-    MaxImagesOpt,
-    PrivacyUnitOpt,
-    SliceAxisOpt,
-    TaskOpt,
-    ThreadsOpt,
-    TrainableOpt,
-    WindowOpt,
-    emit_json,
-    err,
-    handle_errors,
-    opt_str,
-    out,
-    parse_arch_args,
-)
+from dpaudit.audit.configs import TrainConfig
+from dpaudit.cli import _common as cli
+from dpaudit.cli._common import DATA, MEDICAL, MODEL, SEGMENTATION, emit_json, err, handle_errors, out
 
 app = typer.Typer()
+#: The defaults of every option: TrainConfig's (the Python API's).
+D = TrainConfig
 
 
 @app.command("train", no_args_is_help=False)
 @handle_errors
+@cli.shared_options(TrainConfig, *DATA, *MEDICAL, "privacy_unit", *MODEL, *SEGMENTATION)
 def train_command(
-    dataset: DatasetOpt = "demo",
-    data_dir: DataDirOpt = None,
-    labels: LabelsOpt = None,
-    window: WindowOpt = None,
-    slice_axis: SliceAxisOpt = "axial",
-    privacy_unit: PrivacyUnitOpt = None,
-    image_size: ImageSizeOpt = 64,  # TrainConfig's defaults (a test keeps them equal)
-    max_images: MaxImagesOpt = None,
-    arch: ArchOpt = "resnet9",
-    arch_args: ArchArgsOpt = None,
-    fix_batchnorm: FixBatchnormOpt = False,
+    shared: dict[str, Any],
     init: Annotated[str | None, typer.Option("--init", help="Start from these weights: a dpaudit checkpoint, a "
                                              "state dict (any wrapper prefix) or .safetensors; never downloaded. "
-                                             "The DP guarantee covers the fine-tuning data only.")] = None,
-    trainable: TrainableOpt = "all",
-    width: Annotated[int | None, typer.Option(help="resnet9/smallcnn/unet channel width (paper: 64 for resnet9, 16 for the MSD Liver U-Net).")] = None,
+                                             "The DP guarantee covers the fine-tuning data only.")] = D.init,
+    trainable: cli.TrainableOpt = D.trainable,
+    width: cli.WidthOpt = None,
     scale_norm: Annotated[bool, typer.Option(help="resnet9 with ScaleNorm (Klause et al.), as the paper.")] = False,
-    epsilon: Annotated[float | None, typer.Option(help="Target epsilon; sigma is calibrated (tight PLD) so the "
-                                                       "achieved epsilon is at most this.")] = None,
-    sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
-    non_private: Annotated[bool, typer.Option(help="Train without clipping and noise (baseline).")] = False,
-    delta: Annotated[float | None, typer.Option(help="target_delta; default min(8e-7 (paper), 1/(10 N)).")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Logical (expected) batch size; q = batch / N.")] = 64,
-    physical_batch_size: Annotated[int | None, typer.Option(help="Largest batch through the network at once "
-                                                                 "(memory only).")] = None,
-    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = 1.0,
-    lr: Annotated[float, typer.Option(help="NAdam learning rate (paper: 2e-3).")] = 2e-3,
-    augment_multiplicity: Annotated[int, typer.Option(help="0: none; K: K flipped views per image, gradients "
-                                                           "averaged before clipping.")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the first run.")] = 0,
-    seeds: Annotated[int, typer.Option(help="Number of runs (seed, seed+1, ...); mean and std reported.")] = 1,
-    threads: ThreadsOpt = None,
+    epsilon: cli.EpsilonOpt = D.epsilon,
+    sigma: cli.SigmaOpt = D.noise_multiplier,
+    non_private: Annotated[bool, typer.Option(help="Train without clipping and noise (baseline).")] = D.non_private,
+    delta: cli.TargetDeltaOpt = D.delta,
+    epochs: cli.EpochsOpt = D.epochs,
+    batch_size: cli.BatchSizeOpt = D.batch_size,
+    physical_batch_size: cli.PhysicalBatchSizeOpt = D.physical_batch_size,
+    max_grad_norm: cli.MaxGradNormOpt = D.max_grad_norm,
+    lr: cli.LrOpt = D.lr,
+    augment_multiplicity: cli.AugmentOpt = D.augment_multiplicity,
+    seed: Annotated[int, typer.Option(help="Seed of the first run.")] = D.seed,
+    seeds: Annotated[int, typer.Option(help="Number of runs (seed, seed+1, ...); mean and std reported.")] = D.seeds,
+    threads: cli.ThreadsOpt = D.threads,
     device: Annotated[str, typer.Option(help="auto (a CUDA GPU when visible, else the CPU), cpu, cuda or cuda:N."
-                                        )] = "auto",
+                                        )] = D.device,
     out_dir: Annotated[str | None, typer.Option("--out", help="Write model.pt, metrics.json and "
-                                                              "training_curve.png here.")] = None,
-    task: TaskOpt = None,
-    background_share: BackgroundShareOpt = 1.0,
-    json_output: JsonOpt = False,
+                                                              "training_curve.png here.")] = D.out,
+    json_output: cli.JsonOpt = False,
 ) -> None:
     """Train a model with DP-SGD (Opacus, Poisson sampling) or without DP, and report utility and epsilon."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dpaudit.audit.train import TrainConfig, train
+    from dpaudit.audit.train import train
 
-    arch_args_d: dict[str, object] = parse_arch_args(arch_args)
-    if width is not None:
-        arch_args_d["width"] = width
-    if scale_norm:
-        arch_args_d["scale_norm"] = True
+    arch_args = {**shared.pop("arch_args"), **({} if width is None else {"width": width}),
+                 **({"scale_norm": True} if scale_norm else {})}
     config = TrainConfig(
-        dataset=dataset, data_dir=data_dir, image_size=image_size, max_images=max_images, labels=labels,
-        window=window, slice_axis=str(slice_axis), privacy_unit=opt_str(privacy_unit), arch=arch,
-        arch_args=arch_args_d, fix_batchnorm=fix_batchnorm, init=init, trainable=trainable, epsilon=epsilon,
-        noise_multiplier=sigma, non_private=non_private, delta=delta,
-        epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm,
-        lr=lr, augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads,
-        device=device, task=task, background_share=background_share)
+        **shared, arch_args=arch_args, init=init, trainable=trainable, epsilon=epsilon, noise_multiplier=sigma,
+        non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
+        physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm, lr=lr,
+        augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads,
+        device=device)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)
@@ -117,7 +79,7 @@ def train_command(
     for line in result.init_report:
         err.print(f"--init: {line}")
     if json_output:
-        emit_json(result.to_json())
+        emit_json(result)
         return
     m = result.metrics
     if result.privacy is not None:

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dpaudit.config import PRIVACY_UNIT_CHOICES, PRIVACY_UNITS, ImagesPerUnit, PrivacyUnit, parse_window
 from dpaudit.errors import DataError, check_int, check_probability, invalid
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
@@ -246,64 +247,6 @@ class ImageDataset:
                             self.label_names, {k: np.concatenate([col(self, k), col(other, k)]) for k in keys},
                             np.concatenate([self.patient_ids, other.patient_ids]),
                             self.name if name is None else name)
-
-
-#: What a dataset's ``patient_ids`` can stand for (see :class:`DatasetSplits`).
-PRIVACY_UNITS = ("patient", "lesion", "image")
-
-
-@dataclass(frozen=True)
-class ImagesPerUnit:
-    """The training split's images-per-unit distribution: ``histogram`` holds (images, number of units) pairs.
-
-    No identifier is kept: only counts (safe to print, log and write to JSON and reports).
-    """
-
-    unit: str
-    n_units: int
-    max: int
-    mean: float
-    histogram: tuple[tuple[int, int], ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {"unit": self.unit, "n_units": self.n_units, "max": self.max, "mean": self.mean,
-                "histogram": [list(pair) for pair in self.histogram]}
-
-
-#: ``--privacy-unit`` choices: the unit every DP statement is made for.
-PRIVACY_UNIT_CHOICES = ("patient", "image")
-
-
-@dataclass(frozen=True)
-class PrivacyUnit:
-    """The unit the privacy numbers are stated for, and k = the most training images one unit contributes.
-
-    ``unit`` is ``"patient"`` (k = ``records_per_patient`` from the data: DICOM PatientID, a ``patient_id``
-    column, a NIfTI volume, HAM10000's lesion_id) or ``"image"`` (k = 1). ``data_unit`` says what the data's ids
-    are (``patient``, ``lesion``, ``image``); ``chosen_by`` whether the default or ``--privacy-unit`` chose.
-    Only counts: safe to print and to write to checkpoints, JSON and reports.
-    """
-
-    unit: str
-    data_unit: str
-    records_per_patient: int
-    images_per_unit: ImagesPerUnit
-    chosen_by: str = "default"
-
-    def describe(self) -> str:
-        """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
-        ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist",
-               "image": "no patient ids"}[self.data_unit]
-        if self.unit == "patient":
-            return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "
-                    f"patient at most in the training split, {self.images_per_unit.n_units} patients)")
-        why = "--privacy-unit image" if self.chosen_by == "option" else f"the data carry {ids}"
-        return f"privacy unit: image ({why}; k = 1)"
-
-    def to_json(self) -> dict[str, object]:
-        return {"privacy_unit": self.unit, "data_unit": self.data_unit,
-                "records_per_patient": self.records_per_patient, "chosen_by": self.chosen_by,
-                "images_per_unit": self.images_per_unit.to_json()}
 
 
 def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> PrivacyUnit:
@@ -520,26 +463,6 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
     raise invalid("dataset", name, f"one of {dataset_choices()}",
                   "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
                   "dicom:PATH, nifti:PATH or csv:FILE", cls=DataError)
-
-
-def parse_window(window: str | tuple[float, float] | Sequence[float] | None) -> tuple[float, float] | None:
-    """``"LOW,HIGH"`` (or a pair) to a (low, high) pair of finite numbers with low < high; None stays None.
-
-    >>> parse_window("-100,200")
-    (-100.0, 200.0)
-    """
-    if window is None:
-        return None
-    parts = window.split(",") if isinstance(window, str) else list(window)
-    try:
-        lo, hi = (float(v) for v in parts)
-    except (TypeError, ValueError):
-        raise invalid("window", window, "two numbers LOW,HIGH", "pass --window -100,200 (liver CT, in HU)",
-                      cls=DataError) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise invalid("window", window, "two finite numbers LOW,HIGH with LOW < HIGH",
-                      "pass --window -100,200 (liver CT, in HU)", cls=DataError)
-    return lo, hi
 
 
 def _need_dir(data_dir: str | Path | None, name: str) -> Path:

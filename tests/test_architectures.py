@@ -107,7 +107,7 @@ def test_init_from_pretrained_and_trainable_head(tmp_path: Path, user_net: str, 
     for key in ("0.weight", "1.weight", "4.weight"):  # frozen: unchanged from the init
         assert torch.equal(tuned.state_dict[key], ckpt.state_dict[key])
     assert not torch.equal(tuned.state_dict["9.weight"], ckpt.state_dict["9.weight"])  # the head trained
-    assert res.to_json()["model"]["trainable"] == "head"
+    assert res.trainable == "head" and res.init == "pre_plain.pt"
 
 
 def test_freeze_last_n_and_bad_values(user_net: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,13 +13,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from dpaudit.attacks.results import SUCCESS_SSIM, AttackResult, AttackRow
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.cli.main import app
 from dpaudit.models import build_model
 
 runner = CliRunner()
-ROW_KEYS = {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low", "ci_high", "mean_ssim",
-            "mean_rho"}
+
+
+def _json_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("json", True)]
 
 
 def make_ham10000(root: Path, rng: np.random.Generator, n_lesions: int = 12) -> None:
@@ -54,8 +58,11 @@ def test_demo_json_has_exactly_the_documented_keys() -> None:
               "--sigmas", "0,1e-4", "--decoder", "all", "--json")
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert set(obj) == {"rows", "n_excluded", "image_shape", "ssim_variant", "notes"} and obj["notes"] == []
-    assert len(obj["rows"]) == 6 and all(set(r) == ROW_KEYS for r in obj["rows"])
+    # The AttackResult through the codec, as the profile stores its rows: per-image SSIM and eta included, the kept
+    # reconstructions (patient images) never.
+    assert list(obj) == _json_fields(AttackResult) and obj["notes"] == [] and obj["success_ssim"] == SUCCESS_SSIM
+    assert len(obj["rows"]) == 4 and all(list(r) == _json_fields(AttackRow) for r in obj["rows"])
+    assert {r["decoder"] for r in obj["rows"]} == {"strong", "paper"}  # --decoder all: as in the profile
     at_zero = [r for r in obj["rows"] if r["noise_multiplier"] == 0]
     assert all(r["success_rate"] == 1.0 for r in at_zero)
     assert obj["image_shape"] == [3, 24, 24]
@@ -69,7 +76,8 @@ def test_ham10000_fixture_end_to_end_with_out(tmp_path: Path, rng: np.random.Gen
     assert res.exit_code == 0, res.output
     assert "strongest decoder" in res.stdout and "Clopper-Pearson" in res.stdout
     record = json.loads((out / "attack.json").read_text())
-    assert record["rows"][0]["success_rate"] == 1.0 and record["rows"][0]["decoder"] == "strong"
+    assert record["result"]["rows"][0]["success_rate"] == 1.0 and record["result"]["rows"][0]["decoder"] == "strong"
+    assert record["scenario"]["n_images"] == 5 and len(record["headline"]) == 2
     assert (out / "ssim_error_cdf.png").stat().st_size > 1000
     assert not (out / "best_reconstructions.png").exists()  # patient images only with --save-images
 

@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from dpaudit.attacks.lower_bounds import low_epsilon_caveat, one_run_ceiling
 from dpaudit.audit.canary import CanaryAuditConfig, _roc, _tpr_at_fpr, _wrong_labels, run_canary_audit
+from dpaudit.audit.results import CanaryAuditResult
 from dpaudit.audit.train import TrainConfig
 from dpaudit.cli.main import app
+from dpaudit.codec import encode, from_plain
 from dpaudit.data import load_splits
 from dpaudit.errors import ConfigError
 
@@ -63,8 +65,9 @@ def test_audit_of_a_dp_run_stays_below_the_accountant(tiny_splits) -> None:  # t
     assert res.ceiling == pytest.approx(one_run_ceiling(40, delta=res.target_delta,
                                                         confidence=1 - 0.05 / res.one_run.tries))
     assert res.train.n_train == len(tiny_splits.train) - 40 + res.members
-    d = res.to_dict()
+    d = encode(res)
     json.dumps(d, allow_nan=False)
+    assert from_plain(CanaryAuditResult, d).to_json() == res.to_json()  # the profile stores this same class
     assert d["labels"]["accountant_epsilon"].startswith("sound upper bound")
     assert d["labels"]["epsilon_lower_bound"].startswith("empirical lower bound")
     assert "cannot certify an epsilon above" in d["caveat"]

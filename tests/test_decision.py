@@ -14,7 +14,8 @@ import pytest
 from test_report import synthetic_profile
 
 from dpaudit.audit.decision import Decision, Limit, decide, limits_from_options
-from dpaudit.audit.profile.schema import Profile, TrainOutcome, Utility
+from dpaudit.audit.profile.schema import Profile
+from dpaudit.audit.results import TrainResult
 from dpaudit.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def _no_calibration(limit, bounds):  # pragma: no cover - a test that reaches it
 
 def _with_mcc(profile: Profile, mcc: dict[float | None, float]) -> Profile:
     """Every seed of the listed budgets gets exactly this MCC."""
-    train = tuple(dataclasses.replace(t, utility=dataclasses.replace(t.utility, mcc=mcc[t.epsilon_target]))
+    train = tuple(dataclasses.replace(t, metrics=dataclasses.replace(t.metrics, mcc=mcc[t.epsilon_target]))
                   if t.epsilon_target in mcc else t for t in profile.train)
     return dataclasses.replace(profile, train=train)
 
@@ -114,8 +115,8 @@ def test_missing_attack_is_not_within() -> None:
 
 def test_no_utility_recommends_the_most_private_within() -> None:
     prof = synthetic_profile(seeds=1)
-    prof = dataclasses.replace(prof, train=tuple(dataclasses.replace(t, utility=Utility(mcc=math.nan))
-                                                 for t in prof.train))
+    prof = dataclasses.replace(prof, train=tuple(
+        dataclasses.replace(t, metrics=dataclasses.replace(t.metrics, mcc=math.nan)) for t in prof.train))
     d = decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
     assert d.recommended == "ε = 1" and "No utility was measured" in d.reason
 
@@ -192,14 +193,33 @@ def test_limits_from_options_pairs_repeated_flags() -> None:
         decide(synthetic_profile(seeds=1), [])
 
 
-def test_train_outcome_without_optimizer_still_loads() -> None:
-    """profile.json files written before ``optimizer`` was recorded decode (the field defaults to None)."""
+def test_profile_of_the_earlier_layout_still_loads() -> None:
+    """profile.json files that stored a summary of each run (written before the training runs were stored whole,
+    and before ``optimizer`` was recorded) decode: every stored value is kept, the rest is NaN or not recorded.
+    The file is a regression fixture: ``synthetic_profile(with_mia_audit=False, seeds=1)`` as an earlier dpaudit
+    wrote it, without ``optimizer``, ``decision`` and ``checklist``."""
     import json
+    from pathlib import Path
 
-    data = json.loads(synthetic_profile(seeds=1).to_json())
-    for t in data["train"]:
-        t.pop("optimizer", None)
-    data.pop("decision", None)
-    data.pop("checklist", None)
-    prof = Profile.from_json(json.dumps(data))
-    assert prof.train[0].optimizer is None and isinstance(prof.train[0], TrainOutcome)
+    text = (Path(__file__).parent / "data" / "profile_train_outcomes.json").read_text(encoding="utf-8")
+    prof = Profile.from_json(text)
+    old = json.loads(text)["train"]
+    assert all(isinstance(t, TrainResult) for t in prof.train) and len(prof.train) == len(old)
+    for t, o in zip(prof.train, old, strict=True):
+        assert t.optimizer is None and t.epsilon == o["epsilon"] and t.noise_multiplier == o["noise_multiplier"]
+        assert t.utility.mcc == o["utility"]["mcc"] and t.checkpoint == o["checkpoint"]
+        assert [(g.group, g.value, g.mcc) for g in t.subgroups] == [
+            (g["attribute"], g["value"], g["mcc"]) for g in o["subgroups"]]
+        assert t.val_metrics is None and t.history == () and t.delta_rule == "not recorded"
+    assert decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration).recommended is not None
+    assert Profile.from_json(prof.to_json()).to_json() == prof.to_json()  # and it is written in today's layout
+
+
+def test_profile_of_the_earlier_layout_with_membership_audits_is_refused_by_name() -> None:
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "profile_train_outcomes.json").read_text(encoding="utf-8"))
+    data["mia_audits"] = [{"epsilon_target": 1.0, "epsilon_lower_bound": 0.1, "epsilon_ceiling": 3.0}]
+    with pytest.raises(ConfigError, match=r"mia_audits.*re-create profile\.json"):
+        Profile.from_json(json.dumps(data))

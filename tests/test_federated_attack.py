@@ -18,6 +18,7 @@ from dpaudit.attacks.federated import (
     run_federated_attack,
     server_views,
 )
+from dpaudit.codec import encode
 
 
 @pytest.fixture(scope="module")
@@ -98,4 +99,4 @@ def test_run_federated_attack_table(setup) -> None:
     assert zero.expected_alone_share == pytest.approx((1 - 1 / 16) ** 1)
     keys = {"noise_multiplier", "clients", "batch_size", "bins", "secure_aggregation", "n_images", "success_rate",
             "ci_low", "ci_high", "mean_ssim"}
-    assert keys <= set(result.to_json()["rows"][0])
+    assert keys <= set(encode(result)["rows"][0]) and encode(result)["success_ssim"] == result.success_ssim

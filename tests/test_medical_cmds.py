@@ -49,7 +49,7 @@ def test_attack_train_bounds_profile_on_a_dicom_tree(tmp_path: Path, dicom_tree:
                               str(out), "--json"])
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert obj["privacy_unit"] == "patient" and obj["records_per_patient"] == IMAGES_PER_PATIENT
+    assert obj["privacy"]["unit"] == "patient" and obj["privacy"]["records_per_patient"] == IMAGES_PER_PATIENT
     # Direction: three images moving together are protected less than one (group privacy).
     assert obj["epsilon_patient"] > obj["epsilon_achieved"]
     assert SECRET not in res.output and SECRET not in (out / "metrics.json").read_text()
@@ -102,7 +102,7 @@ def test_train_on_a_nifti_folder_volume_is_the_patient(tmp_path: Path, rng: np.r
                               "--sigma", "1.0", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--json"])
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert obj["privacy_unit"] == "patient" and obj["records_per_patient"] == 4  # 4 axial slices per volume
+    assert obj["privacy"]["unit"] == "patient" and obj["privacy"]["records_per_patient"] == 4  # 4 axial slices per volume
 
 
 def test_image_level_data_say_so_and_refuse_patient_unit(tmp_path: Path, rng: np.random.Generator) -> None:

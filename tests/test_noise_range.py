@@ -87,4 +87,4 @@ def test_train_reports_why_the_achieved_epsilon_is_below_the_target() -> None:
                                threads=1, epsilon=1e12), splits=splits)
     assert result.noise_multiplier == SIGMA_RANGE[0] and result.epsilon_achieved < 1e12
     assert math.isfinite(result.epsilon_achieved)
-    assert len(result.notes) == 1 and result.to_json()["notes"] == list(result.notes)
+    assert len(result.notes) == 1 and json.loads(result.to_json())["notes"] == list(result.notes)

@@ -113,27 +113,102 @@ def test_attacks_and_bounds_import_no_audit_or_cli_when_loaded() -> None:
     assert res.stdout.strip() == "[]"
 
 
-def _cli_defaults(group: str | None, command: str) -> dict[str, object]:
+def _cli_params(group: str | None, command: str) -> dict[str, object]:
     import typer
 
     from dpaudit.cli.main import app
 
     click_app = typer.main.get_command(app)
     cmd = click_app.commands[group].commands[command] if group else click_app.commands[command]  # type: ignore[attr-defined]
-    return {p.name: p.default for p in cmd.params}
+    return {p.name: p for p in cmd.params}
 
 
-@pytest.mark.parametrize(("group", "command", "config"), [
-    (None, "train", "TrainConfig"), ("mia", "audit", "TrainConfig"), (None, "profile", "ProfileConfig")])
-def test_shared_options_default_to_the_config_dataclass(group, command, config) -> None:
-    """--dataset, --data-dir, --image-size, --max-images and --arch default to the command's configuration."""
+def _configs() -> dict[str, type]:
+    from dpaudit.attacks.federated_results import FederatedAttackConfig
+    from dpaudit.attacks.scenario import AttackScenario
+    from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
+    from dpaudit.audit.federated.fedavg import FederatedConfig
+    from dpaudit.audit.profile.schema import ProfileConfig
+
+    return {c.__name__: c for c in (TrainConfig, CanaryAuditConfig, ProfileConfig, FederatedConfig,
+                                    FederatedAttackConfig, AttackScenario)}
+
+
+#: Each command that runs a use case, and the configuration dataclasses its options set (the first wins).
+COMMANDS = [(None, "train", ("TrainConfig",)), ("mia", "audit", ("CanaryAuditConfig", "TrainConfig")),
+            (None, "profile", ("ProfileConfig",)), ("federated", "train", ("FederatedConfig",)),
+            ("federated", "attack", ("FederatedAttackConfig",)), (None, "attack", ("AttackScenario", "TrainConfig"))]
+
+
+def _plain(value: object) -> object:
+    """A CLI default as the configuration holds it (Enum choices are their strings)."""
+    import enum
+
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+@pytest.mark.parametrize(("group", "command", "configs"), COMMANDS)
+def test_options_default_to_the_configuration(group, command, configs) -> None:
+    """Every option named after a configuration field defaults to that field's default: one set of defaults for
+    the Python API and the command line (``--image-size`` None everywhere: the dataset's default)."""
     import dataclasses
 
-    from dpaudit.audit.profile.schema import ProfileConfig
-    from dpaudit.audit.train import TrainConfig
+    classes = _configs()
+    params = _cli_params(group, command)
+    checked = []
+    for name, param in params.items():
+        if name == "arch_args" or (command == "attack" and name == "arch"):
+            continue  # no --arch-args: the empty mapping; attack --arch: the checkpoint's (its help says so)
+        for config in configs:
+            field = next((f for f in dataclasses.fields(classes[config]) if f.name == name), None)
+            if field is None or field.default is dataclasses.MISSING:
+                continue
+            if isinstance(field.default, tuple):
+                continue  # a list option (--epsilons 1,8,20,1e9): checked below for the profile
+            assert _plain(param.default) == field.default, (command, name, param.default, field.default)
+            checked.append(name)
+            break
+    assert "seed" in checked and ("dataset" in checked or command == "attack"), checked
+    if "image_size" in params:
+        assert params["image_size"].default is None and "28 for the built-in demos" in params["image_size"].help
 
-    cls = {"TrainConfig": TrainConfig, "ProfileConfig": ProfileConfig}[config]
-    fields = {f.name: f.default for f in dataclasses.fields(cls)}
-    defaults = _cli_defaults(group, command)
-    for name in ("dataset", "data_dir", "image_size", "max_images", "arch"):
-        assert defaults[name] == fields[name], (command, name)
+
+def test_profile_list_options_default_to_the_configuration() -> None:
+    from dpaudit.attacks.decoders import decoders_for
+    from dpaudit.audit.profile.schema import ProfileConfig, cli_number
+
+    params, d = _cli_params(None, "profile"), ProfileConfig()
+    assert params["epsilons"].default == ",".join(cli_number(e) for e in d.epsilons)
+    assert decoders_for(_plain(params["decoder"].default)) == d.decoders == decoders_for("all")
+    assert params["inits"].default == ",".join(d.inits)
+
+
+def test_shared_options_mean_the_same_on_every_command() -> None:
+    """An option shared by several commands has one type and one help text everywhere (cli/_common.py), except
+    where a command documents its own default (``attack --image-size``: the checkpoint's)."""
+    seen: dict[str, tuple[str, object, str]] = {}
+    for group, command, _ in COMMANDS:
+        for name, param in _cli_params(group, command).items():
+            if name in ("seed", "epochs", "batch_size", "max_grad_norm", "lr", "threads", "json", "json_output",
+                        "as_json", "out_dir", "delta", "sigma", "epsilon", "non_private", "bins", "clients",
+                        "rounds", "max_images", "image_size", "arch", "selection", "seeds", "epsilons", "sigmas"):
+                continue  # command-specific wording or meaning (e.g. clients per round vs sites)
+            key = (param.help, param.metavar)
+            if name in seen:
+                assert seen[name][1:] == key, (name, seen[name][0], command)
+            else:
+                seen[name] = (command, *key)
+    assert {"dataset", "window", "decoder", "connection", "denoiser"} <= set(seen)
+
+
+def test_the_command_line_imports_no_private_names_of_other_packages() -> None:
+    root = Path(__file__).resolve().parent.parent
+    wrong = []
+    for path in sorted((root / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("dpaudit.cli"):
+                wrong += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
+                          and not a.name.startswith("__")]
+                wrong += [f"{path.name}: {node.module}" for part in node.module.split(".") if part.startswith("_")
+                          and not part.startswith("__")]
+    assert not wrong, wrong

@@ -81,7 +81,7 @@ def test_config_sorts_epsilons_and_reproduces_its_command() -> None:
     (["--epsilons", "0,8"], "epsilons must be finite numbers > 0"),
     (["--epsilons", "8,abc"], "epsilons must be a comma-separated list"),
     (["--seeds", "0"], "seeds must be an integer >= 1"),
-    (["--decoder", "best"], "decoder must be strong, paper or all"),
+    (["--decoder", "best"], "'best' is not one of 'strong'"),
     (["--kappa", "2"], "kappa must be in (0, 1)"),
     (["--max-rero", "2"], "max_rero must be in (0, 1)"),
     (["--threat-model", "relaxed"], "--threat-model must be given with --max-rero"),
@@ -237,7 +237,7 @@ def test_mia_audit_runs_per_budget_and_reaches_the_report(tmp_path) -> None:
     (audit,) = prof.mia_audits
     assert audit.epsilon_target == 8.0 and audit.canaries == 24
     assert 0.0 <= audit.epsilon_lower_bound <= audit.accountant_epsilon <= 8.0
-    assert audit.epsilon_lower_bound <= audit.epsilon_ceiling
+    assert audit.epsilon_lower_bound <= audit.ceiling
     assert "--mia-audit --canaries 24" in prof.command
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(tmp_path / "p" / "report.pdf").pages).split())
     assert "Empirical canary audit" in text and "No empirical membership audit" not in text

@@ -27,6 +27,7 @@ from dpaudit.attacks.imprint import (
 )
 from dpaudit.attacks.reconstruction import AttackResult, run_attack
 from dpaudit.attacks.scoring import clopper_pearson, keep_mask, nearest_match, ssim_batch, wilson
+from dpaudit.codec import encode
 from dpaudit.errors import ConfigError, DataError, DpAuditError
 from dpaudit.models import build_model
 
@@ -247,10 +248,11 @@ def test_result_contract_json_keys_and_frozen_arrays() -> None:
     res = run_attack(small_model(), pictures(16, 3), torch.arange(3), mean=MEAN, std=STD,
                      noise_multipliers=[0.0, 1e-3], epsilons=[float("inf"), 8.0], observations=4)
     assert isinstance(res, AttackResult)
-    js = res.to_json()
-    assert set(js) == {"rows", "n_excluded", "image_shape", "ssim_variant", "notes"}
+    js = encode(res)  # what dpaudit attack --json prints and the profile stores (rows whole)
+    assert set(js) == {"rows", "n_excluded", "image_shape", "ssim_variant", "rho", "connection", "bins",
+                       "max_grad_norm", "observations", "scoring", "seed", "notes", "success_ssim"}
     assert set(js["rows"][0]) == {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low",
-                                  "ci_high", "mean_ssim", "mean_rho"}
+                                  "ci_high", "mean_ssim", "mean_rho", "ssim", "eta"}  # never the kept images
     assert [r["decoder"] for r in js["rows"]] == ["strong", "paper", "strong", "paper"]
     assert js["rows"][2]["epsilon"] == 8.0 and js["image_shape"] == [3, 16, 16]
     assert "7x7" in res.ssim_variant

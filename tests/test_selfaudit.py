@@ -105,7 +105,9 @@ def test_cli_self_audit_json() -> None:
     assert d["epsilon_lower_bound"] <= d["accountant_epsilon"]
     assert d["flagged"] is False
     assert d["labels"]["accountant_epsilon"].startswith("sound upper bound")
-    assert d["positives"] == 100 and d["negatives"] == 100
+    counts = d["bound"]["bound"]  # the threshold's bound, then its counts on the evaluation half
+    assert counts["positives"] == 100 and counts["negatives"] == 100
+    assert d["config"]["noise_multiplier"] == 2.0
 
 
 def test_cli_self_audit_bad_input() -> None:

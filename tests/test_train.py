@@ -3,6 +3,7 @@ checkpoints, metrics against independent references, bad inputs, the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from typer.testing import CliRunner
 
 import dpaudit.audit.train as train_mod
 from dpaudit.audit.metrics import auroc, balanced_accuracy, mcc
+from dpaudit.audit.results import TrainResult
 from dpaudit.audit.train import TrainConfig, _calibrate, check_dp_compatible, default_delta, train
 from dpaudit.checkpoint import load_checkpoint
 from dpaudit.cli.main import app
+from dpaudit.codec import encode
 from dpaudit.data import load_splits
 from dpaudit.errors import ConfigError
 
@@ -205,7 +208,7 @@ def test_seeds_report_mean_and_std(demo_splits) -> None:  # type: ignore[no-unty
     assert len(r.per_seed) == 2
     accs = [m.accuracy for m in r.per_seed]
     assert r.seed_summary["accuracy"] == pytest.approx((np.mean(accs), np.std(accs, ddof=1)))
-    assert r.to_json()["metrics"]["seeds"]["n"] == 2
+    assert json.loads(r.to_json())["seed_summary"]["accuracy"] == list(r.seed_summary["accuracy"])
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -219,10 +222,10 @@ def test_cli_json_object_and_error_exit(tmp_path: Path) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert list(obj) == ["epsilon_target", "epsilon_achieved", "epsilon_rdp", "noise_multiplier",
-                         "sampling_probability", "steps", "target_delta", "max_grad_norm", "n_train", "optimizer",
-                         "lr", "metrics", "checkpoint", "notes", "model", "privacy_unit", "records_per_patient",
-                         "epsilon_patient"]  # the last three: the privacy unit
+    # The TrainResult through the codec (the same object metrics.json and profile.json store), with its labels.
+    assert list(obj) == [f.name for f in dataclasses.fields(TrainResult)] + ["labels"]
+    assert encode(TrainResult.from_json(res.stdout)) == obj
+    assert obj["privacy"]["unit"] == "patient" and obj["labels"]["epsilon_achieved"].startswith("sound upper bound")
     assert obj["epsilon_target"] is None and obj["noise_multiplier"] == 1.0 and obj["target_delta"] == 8e-7
     assert {"mcc", "balanced_accuracy", "auroc", "accuracy"} <= set(obj["metrics"])
     assert Path(obj["checkpoint"]).is_file()

@@ -47,8 +47,8 @@ from dpaudit.audit.federated.accounting import (
 )
 from dpaudit.audit.federated.partition import parse_partition, partition_indices
 from dpaudit.audit.metrics import ClassificationMetrics
+from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, default_image_size
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
-from dpaudit.models import parse_arch
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
            "FederatedResult", "RoundRecord", "run_federated", "secure_sum"]
@@ -94,11 +94,11 @@ class FederatedConfig:
         rounds * local_epochs epochs) and a non-private FedAvg run, for comparison.
     """
 
-    dataset: str = "demo"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
-    image_size: int = 28
+    image_size: int | None = None  # None: the dataset's (dpaudit.config.default_image_size)
     max_images: int | None = None
-    arch: str = "resnet9"
+    arch: str = DEFAULT_ARCH
     arch_args: Mapping[str, Any] = field(default_factory=dict)
     clients: int = 5
     partition: str = "iid"
@@ -136,9 +136,15 @@ class FederatedConfig:
             check_positive("noise_multiplier", self.noise_multiplier, fix="pass --sigma > 0")
         if self.delta is not None:
             check_probability("delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7")
+        from dpaudit.models import (
+            parse_arch,  # here: importing this module loads no torch (the CLI reads defaults)
+        )
+
         parse_arch(self.arch)
         object.__setattr__(self, "arch_args", dict(self.arch_args))
-        check_int("image_size", self.image_size, minimum=8)
+        object.__setattr__(self, "image_size", check_int(
+            "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
+            minimum=8))
         clients = check_int("clients", self.clients, fix="pass --clients 5")
         parse_partition(self.partition)
         check_int("rounds", self.rounds, fix="pass --rounds 5")
@@ -303,26 +309,16 @@ class FederatedResult:
     #: The final global model's state dict (not serialised).
     state: Mapping[str, Any] = field(default_factory=dict, metadata={"json": False}, repr=False, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``--json`` object of ``dpaudit federated train``."""
-        from dpaudit.codec import encode
+    #: Written to JSON beside the fields (``dpaudit federated train --json``, through dpaudit.codec).
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 
-        c = self.config
-        return encode({
-            "dp_level": self.dp_level, "unit": self.unit, "noise_multiplier": self.noise_multiplier,
-            "max_grad_norm": c.max_grad_norm if self.dp_level != "none" else None,
-            "client_sampling_probability": self.client_sampling_probability, "target_delta": self.target_delta,
-            "epsilon_target": c.epsilon, "epsilon": self.epsilon, "clients": self.clients,
-            "global_metrics": self.global_metrics.to_dict(), "mcc_spread": self.mcc_spread,
-            "mcc_std": self.mcc_std, "rounds": self.rounds, "baselines": self.baselines,
-            "secure_aggregation": c.secure_aggregation, "server_view": self.server_view,
-            "partition": c.partition, "n_clients": c.clients, "rounds_total": c.rounds,
-            "local_epochs": c.local_epochs, "batch_size": c.batch_size, "seed": c.seed,
-            "labels": {"epsilon": "sound upper bound (tight PLD accountant), per the dp_level's unit",
-                       "clients.epsilon": "sound upper bound (tight PLD), sample level, per site",
-                       "test_mcc": "empirical, the global model on the site's own test split",
-                       "global_metrics": "empirical, the global model on the pooled test split"},
-            "wall_seconds": self.wall_seconds})
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is."""
+        return {"epsilon": "sound upper bound (tight PLD accountant), per the dp_level's unit",
+                "clients.epsilon": "sound upper bound (tight PLD), sample level, per site",
+                "clients.test_mcc": "empirical, the global model on the site's own test split",
+                "global_metrics": "empirical, the global model on the pooled test split"}
 
 
 def _client_splits(splits: Any, idx: list[list[np.ndarray]], k: int) -> Any:

@@ -74,7 +74,7 @@ class FederatedTask(_TaskBase):
             sites.append(FederatedSite(s.client, s.n_train, s.n_test, s.label_histogram, s.sampling_probability,
                                        s.steps, s.epsilon, kappa, gamma, s.test_mcc))
         attack_clients = min(self.clients, max(1, len(splits.train) // (ATTACK_BATCH_SIZE * ATTACK_ROUNDS)))
-        rows = []
+        rows, success_ssim = [], None
         for secure in (False, True):
             att = run_federated_attack(FederatedAttackConfig(
                 dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
@@ -84,7 +84,9 @@ class FederatedTask(_TaskBase):
                 rounds=ATTACK_ROUNDS, max_grad_norm=self.max_grad_norm, seed=self.seed, threads=self.threads),
                 splits=splits)
             rows.extend(att.rows)
+            success_ssim = att.success_ssim
         return FederatedOutcome(
             self.epsilon_target, result.dp_level, result.unit, self.partition, self.clients, self.rounds,
             result.noise_multiplier, result.target_delta, result.epsilon, tuple(sites),
-            float(result.global_metrics.mcc), result.mcc_spread, tuple(rows), time.perf_counter() - t0)
+            float(result.global_metrics.mcc), result.mcc_spread, tuple(rows), time.perf_counter() - t0,
+            success_ssim=success_ssim)

@@ -5,16 +5,21 @@ Every class serialises through the one codec in :mod:`dpaudit.codec` (:class:`~d
 
 from __future__ import annotations
 
+import json
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpaudit.attacks.decoders import DECODER_CHOICES, decoder_choice
 from dpaudit.attacks.federated_results import FederatedAttackRow
-from dpaudit.attacks.results import AttackRow
+from dpaudit.attacks.results import SUCCESS_SSIM, AttackRow
+from dpaudit.attacks.scenario import CONNECTIONS
 from dpaudit.audit.checklist import Checklist
+from dpaudit.audit.configs import DEFAULT_CANARIES
 from dpaudit.audit.decision import Decision
+from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
+from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET
 from dpaudit.errors import invalid
 
 # --------------------------------------------------------------------------------------------------------------
@@ -24,8 +29,6 @@ from dpaudit.errors import invalid
 #: Bumped whenever a field changes meaning; ``dpaudit report`` refuses files of another major version.
 SCHEMA_VERSION = 1
 
-DECODERS = ("strong", "paper")
-CONNECTIONS = ("linear", "addition")
 
 
 def _rate(field: str, value: float | None) -> float | None:
@@ -54,7 +57,7 @@ def _epsilons(value: Any) -> tuple[float, ...]:
     return tuple(sorted(eps))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ProfileConfig(JsonResult):
     """Everything that defines a profile: the data, the model, the training, the attack and the bounds.
 
@@ -66,7 +69,8 @@ class ProfileConfig(JsonResult):
     dataset, data_dir, image_size:
         The dataset name as ``dpaudit.data.load_splits`` takes it (``demo``, ``ham10000``, a MedMNIST flag,
         ``folder:PATH``, ``dicom:PATH``, ``nifti:PATH``, ``csv:FILE``), its folder, and the side length images are
-        resized to.
+        resized to (None: the dataset's default, :func:`dpaudit.config.default_image_size`: 28 for the built-in
+        demos, 64 otherwise).
     labels, window, slice_axis:
         ``load_splits``' options for DICOM and NIfTI data (a labels CSV, ``(low, high)`` modality values mapped to
         0 and 1, the NIfTI slice axis).
@@ -115,14 +119,14 @@ class ProfileConfig(JsonResult):
         epoch, and the malicious server's bin attack with and without secure aggregation.
     """
 
-    dataset: str = "demo"
+    dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
-    image_size: int = 28
+    image_size: int | None = None  # None: the dataset's (dpaudit.config.default_image_size), stored resolved
     max_images: int | None = None
     labels: str | None = None
     window: tuple[float, float] | None = None
     slice_axis: str = "axial"
-    arch: str = "resnet9"
+    arch: str = DEFAULT_ARCH
     epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
     non_private: bool = True
     # 3, not 2: utility is reported as a 95% t-interval over seeds with Welch's test against the baseline, and
@@ -146,13 +150,13 @@ class ProfileConfig(JsonResult):
     privacy_unit: str | None = None
     records_per_patient: int | None = None
     attack_images: int = 32
-    decoders: tuple[str, ...] = DECODERS
+    decoders: tuple[str, ...] = DECODER_CHOICES["all"]
     connection: str = "linear"
     bins: int = 10
     observations: int = 1
     attack_epochs: int | None = None
     mia_audit: bool = False
-    canaries: int = 256
+    canaries: int = DEFAULT_CANARIES
     include_images: bool = False
     inits: tuple[str, ...] = ("scratch",)
     trainable: str = "all"
@@ -178,7 +182,10 @@ class ProfileConfig(JsonResult):
             raise invalid("dataset", self.dataset, "a dataset name", "pass e.g. --dataset demo")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             put("data_dir", str(self.data_dir))
-        put("image_size", check_int("image_size", self.image_size, minimum=8,
+        from dpaudit.config import default_image_size
+
+        size = default_image_size(self.dataset) if self.image_size is None else self.image_size
+        put("image_size", check_int("image_size", size, minimum=8,
                                     fix="pass --image-size 32 (or 64 for the paper's attack setting)"))
         if self.max_images is not None:
             put("max_images", check_int("max_images", self.max_images, minimum=3))
@@ -211,24 +218,17 @@ class ProfileConfig(JsonResult):
                           "leave out --records-per-patient, or pass --privacy-unit patient")
         if self.labels is not None and not isinstance(self.labels, str):
             put("labels", str(self.labels))
-        if self.window is not None:
-            try:
-                lo, hi = (float(v) for v in self.window)
-            except (TypeError, ValueError):
-                raise invalid("window", self.window, "two numbers LOW,HIGH",
-                              "pass --window -100,200 (liver CT, in HU)") from None
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise invalid("window", self.window, "two finite numbers with LOW < HIGH", "pass --window -100,200")
-            put("window", (lo, hi))
+        from dpaudit.config import parse_window
+
+        put("window", parse_window(self.window))
         if self.slice_axis not in ("axial", "coronal", "sagittal"):
             raise invalid("slice_axis", self.slice_axis, "axial, coronal or sagittal", "pass --slice-axis axial")
         put("attack_images", check_int("attack_images", self.attack_images, minimum=1,
                                        fix="pass --attack-images 64"))
         decoders = tuple(self.decoders)
-        bad = [d for d in decoders if d not in DECODERS]
-        if bad or not decoders or len(set(decoders)) != len(decoders):
-            raise invalid("decoders", list(decoders), f"distinct names from {list(DECODERS)}",
-                          "pass --decoder all, or strong, or paper")
+        if decoder_choice(decoders) is None:
+            raise invalid("decoders", list(decoders), "the decoders of one --decoder value: "
+                          + ", ".join(f"{k} {list(v)}" for k, v in DECODER_CHOICES.items()), "pass --decoder all")
         put("decoders", decoders)
         if self.connection not in CONNECTIONS:
             raise invalid("connection", self.connection, f"one of {list(CONNECTIONS)}")
@@ -313,19 +313,19 @@ class ProfileConfig(JsonResult):
 
         def opt(flag: str, value: Any, default: Any) -> None:
             if value != default:
-                parts.extend([flag, _fmt_cli(value)])
+                parts.extend([flag, cli_number(value)])
 
         opt("--image-size", self.image_size, None)
         opt("--max-images", self.max_images, d.max_images)
         opt("--labels", self.labels, d.labels)
         if self.window is not None:
-            parts.append("--window=" + ",".join(_fmt_cli(v) for v in self.window))  # "=": LOW may be negative
+            parts.append("--window=" + ",".join(cli_number(v) for v in self.window))  # "=": LOW may be negative
         opt("--slice-axis", self.slice_axis, d.slice_axis)
         opt("--arch", self.arch, None)
         opt("--arch-args", self.arch_args, d.arch_args)
         if self.fix_batchnorm:
             parts.append("--fix-batchnorm")
-        parts += ["--epsilons", ",".join(_fmt_cli(e) for e in self.epsilons)]
+        parts += ["--epsilons", ",".join(cli_number(e) for e in self.epsilons)]
         parts.append("--non-private" if self.non_private else "--no-non-private")
         opt("--seeds", self.seeds, None)
         opt("--seed", self.seed, d.seed)
@@ -337,12 +337,12 @@ class ProfileConfig(JsonResult):
         opt("--augment-multiplicity", self.augment_multiplicity, d.augment_multiplicity)
         opt("--delta", self.target_delta, d.target_delta)
         for k in self.kappas:
-            parts += ["--kappa", _fmt_cli(k)]
+            parts += ["--kappa", cli_number(k)]
         opt("--privacy-unit", self.privacy_unit, d.privacy_unit)
         opt("--records-per-patient", self.records_per_patient, d.records_per_patient)
         opt("--attack-images", self.attack_images, None)
         if self.decoders != d.decoders:
-            parts += ["--decoder", self.decoders[0] if len(self.decoders) == 1 else "all"]
+            parts += ["--decoder", str(decoder_choice(self.decoders))]
         opt("--connection", self.connection, d.connection)
         opt("--bins", self.bins, d.bins)
         opt("--observations", self.observations, d.observations)
@@ -363,7 +363,7 @@ class ProfileConfig(JsonResult):
         return shlex.join(parts)
 
 
-def _fmt_cli(value: Any) -> str:
+def cli_number(value: Any) -> str:
     """Shortest exact-enough CLI form: 8.0 -> '8', 1e9 -> '1e9', 2e-3 -> '0.002'."""
     if isinstance(value, float):
         text = f"{value:.12g}" if abs(value) < 1e6 else f"{value:.12e}"
@@ -382,70 +382,7 @@ SEGMENTATION_DEFAULTS: dict[str, Any] = {"arch": "unet", "seeds": 1, "epsilons":
                                          "batch_size": 16, "lr": 1e-2}
 
 
-@dataclass(frozen=True)
-class Utility(JsonResult):
-    """Test-split utility of one trained model (empirical, on held-out data)."""
-
-    mcc: float
-    balanced_accuracy: float | None = None
-    auroc: float | None = None
-    accuracy: float | None = None
-    # Segmentation (mcc is then NaN): per foreground class, in class order, Dice and IoU per volume averaged over
-    # the test volumes (dpaudit.audit.segmentation; None where no test volume holds the class).
-    classes: tuple[str, ...] = ()
-    dice: tuple[float | None, ...] = ()
-    iou: tuple[float | None, ...] = ()
-
-    METRICS: typing.ClassVar[tuple[str, ...]] = ("mcc", "balanced_accuracy", "auroc", "accuracy")
-
-    def values(self) -> dict[str, float | None]:
-        """Every metric by name: the classifier's four, then ``dice_<class>`` and ``iou_<class>``."""
-        out: dict[str, float | None] = {m: getattr(self, m) for m in self.METRICS}
-        out.update({f"dice_{c}": d for c, d in zip(self.classes, self.dice, strict=True)})
-        out.update({f"iou_{c}": v for c, v in zip(self.classes, self.iou, strict=True)})
-        return out
-
-
-@dataclass(frozen=True)
-class SubgroupUtility(JsonResult):
-    """Utility on one subgroup of the test split (e.g. attribute ``sex``, value ``female``)."""
-
-    attribute: str
-    value: str
-    n: int
-    mcc: float | None
-    accuracy: float | None
-
-
-@dataclass(frozen=True)
-class TrainOutcome(JsonResult):
-    """One training run (one privacy level, one seed): its DP configuration, achieved epsilon and utility."""
-
-    epsilon_target: float | None
-    seed: int
-    noise_multiplier: float
-    sampling_probability: float
-    steps: int
-    epochs: int
-    batch_size: int
-    max_grad_norm: float
-    target_delta: float
-    epsilon: float | None
-    epsilon_rdp: float | None
-    n_train: int
-    utility: Utility
-    subgroups: tuple[SubgroupUtility, ...]
-    checkpoint: str
-    reused_checkpoint: bool
-    seconds: float
-    init: str = "scratch"
-    trainable: str = "all"
-    notes: tuple[str, ...] = ()
-    #: torch.optim name of the optimiser (None in profiles written before it was recorded).
-    optimizer: str | None = None
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ReroPoint(JsonResult):
     """ReRo upper bounds at one prior kappa: worst-case and relaxed threat models (sound upper bounds)."""
 
@@ -460,7 +397,7 @@ class ReroPoint(JsonResult):
         _rate("relaxed", self.relaxed)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FprTpr(JsonResult):
     fpr: float
     tpr: float
@@ -471,7 +408,7 @@ class FprTpr(JsonResult):
         _rate("tpr", self.tpr)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundsOutcome(JsonResult):
     """Formal guarantees of one DP-SGD configuration (tight accountant; sound upper bounds).
 
@@ -507,12 +444,12 @@ class BoundsOutcome(JsonResult):
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttackSubgroup(JsonResult):
     """One decoder's success on the attacked training images of one subgroup (empirical).
 
     ``n_images`` attacked images of the group (after the near-black exclusion), ``successes`` of them reconstructed
-    with SSIM > 0.8, and the exact 95% Clopper-Pearson interval of the rate. Counts only: no image is identified.
+    (SSIM above the outcome's ``success_ssim``), and the exact 95% Clopper-Pearson interval of the rate. Counts only: no image is identified.
     """
 
     decoder: str
@@ -533,7 +470,7 @@ class AttackSubgroup(JsonResult):
         return self.successes / self.n_images if self.n_images else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttackOutcome(JsonResult):
     """The realistic imprint-layer attack against one checkpoint (empirical; a lower bound on the risk).
 
@@ -560,6 +497,9 @@ class AttackOutcome(JsonResult):
     #: Each decoder's success split by the attacked images' subgroup metadata (empty when the data carry none, or
     #: in profiles written before it was recorded).
     subgroups: tuple[AttackSubgroup, ...] = ()
+    #: An image counts as reconstructed when its SSIM exceeds this (the attack result's; profiles written before it
+    #: was stored used the seed paper's 0.8, the default).
+    success_ssim: float = SUCCESS_SSIM
 
     @property
     def strongest(self) -> AttackRow:
@@ -586,22 +526,7 @@ class AttackOutcome(JsonResult):
         return {**data, "rows": upgraded}
 
 
-@dataclass(frozen=True)
-class MiaAuditOutcome(JsonResult):
-    """Empirical canary membership audit of one training configuration (sound lower bound on epsilon)."""
-
-    epsilon_target: float | None
-    epsilon_lower_bound: float
-    confidence: float
-    canaries: int
-    epsilon_ceiling: float | None
-    accountant_epsilon: float | None
-    tpr_at_fpr: tuple[FprTpr, ...]
-    method: str
-    seconds: float
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PrivacyInfo(JsonResult):
     """The privacy unit the profile's guarantees are stated for, and the training split's images per unit.
 
@@ -632,7 +557,7 @@ class PrivacyInfo(JsonResult):
         return f"privacy unit: image (record-level guarantee; {why})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetInfo(JsonResult):
     """What the report says about the data (no images, no identifiers)."""
 
@@ -648,7 +573,7 @@ class DatasetInfo(JsonResult):
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StageTime(JsonResult):
     """Wall time of one stage of the profile in this invocation, and how many of its tasks ran or were reused."""
 
@@ -658,13 +583,13 @@ class StageTime(JsonResult):
     tasks_reused: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackageVersion(JsonResult):
     name: str
     version: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FederatedSite(JsonResult):
     """One site of the federated section: its DP-SGD mechanism, epsilon and worst-case ReRo bound at its own
     kappa = 1/N_k (sound upper bounds, tight PLD), and the global model's MCC on its test split (empirical)."""
@@ -681,7 +606,7 @@ class FederatedSite(JsonResult):
     test_mcc: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FederatedOutcome(JsonResult):
     """The federated section of a profile: FedAvg with sample-level DP across sites, and the bin attack with and
     without secure aggregation (``attack``: one row per noise level and secure-aggregation setting)."""
@@ -700,9 +625,10 @@ class FederatedOutcome(JsonResult):
     mcc_spread: float
     attack: tuple[FederatedAttackRow, ...]
     seconds: float
+    success_ssim: float = SUCCESS_SSIM  # the bin attack's success criterion (as AttackOutcome.success_ssim)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Profile(JsonResult):
     """The complete result of ``dpaudit profile``: everything the report needs, stored as ``profile.json``."""
 
@@ -712,11 +638,13 @@ class Profile(JsonResult):
     command: str
     config: ProfileConfig
     dataset: DatasetInfo
-    train: tuple[TrainOutcome, ...]
+    #: One :class:`~dpaudit.audit.results.TrainResult` per initialisation, budget and seed (``dpaudit train``'s).
+    train: tuple[TrainResult, ...]
     bounds: tuple[BoundsOutcome, ...]
     bounds_curve: tuple[BoundsOutcome, ...]
     attacks: tuple[AttackOutcome, ...]
-    mia_audits: tuple[MiaAuditOutcome, ...]
+    #: One :class:`~dpaudit.audit.results.CanaryAuditResult` per private budget (``dpaudit mia audit``'s).
+    mia_audits: tuple[CanaryAuditResult, ...]
     stages: tuple[StageTime, ...]
     environment: tuple[PackageVersion, ...]
     #: The board's limits and the recommended budget (``dpaudit.audit.decision``); None when no limit was given.
@@ -731,6 +659,26 @@ class Profile(JsonResult):
             raise invalid("schema_version", self.schema_version, f"{SCHEMA_VERSION}",
                           "re-create profile.json with this dpaudit version (dpaudit profile ... --out DIR resumes)")
 
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """Read the layout of an earlier dpaudit, which stored a summary of each training run in place of the
+        :class:`~dpaudit.audit.results.TrainResult` (see :func:`_upgrade_train_outcome`)."""
+        train = data.get("train")
+        if not isinstance(train, list) or not any(isinstance(t, dict) and "utility" in t for t in train):
+            return data
+        if data.get("mia_audits"):
+            raise invalid("mia_audits", f"{len(data['mia_audits'])} membership audit(s) in the layout of an earlier "
+                          "dpaudit", "the audits' full results", "re-create profile.json: run the same "
+                          "dpaudit profile command with --out DIR again")
+        return {**data, "train": [_upgrade_train_outcome(t, data) if isinstance(t, dict) and "utility" in t else t
+                                  for t in train]}
+
+    def success_ssim(self) -> float:
+        """The realistic attacks' success criterion (an image counts as reconstructed above this SSIM), as the
+        attack results store it; the criterion an attack would use when the profile holds none."""
+        stored = [a.success_ssim for a in self.attacks] + ([self.federated.success_ssim] if self.federated else [])
+        return stored[0] if stored else SUCCESS_SSIM
+
     def privacy(self) -> PrivacyInfo:
         """The privacy unit (a profile.json written before it was recorded: from ``records_per_patient``)."""
         if self.dataset.privacy is not None:
@@ -741,6 +689,49 @@ class Profile(JsonResult):
     def levels(self) -> tuple[LevelSummary, ...]:
         """Per privacy level (epsilons ascending, then non-private), everything one table row needs."""
         return tuple(_summarise(self, eps) for eps in self.config.levels)
+
+
+def _upgrade_train_outcome(t: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """One training run of the earlier layout as a :class:`~dpaudit.audit.results.TrainResult`: every value it
+    stored is kept; what it did not store is NaN (numbers), None (``val_metrics``, the decision rule's threshold),
+    ``"not recorded"`` (``delta_rule``) or empty (``history``, ``seed_summary``)."""
+    utility = t.get("utility") or {}
+    if utility.get("classes"):
+        raise invalid("train", "segmentation runs in the layout of an earlier dpaudit", "the runs' full results",
+                      "re-create profile.json: run the same dpaudit profile command with --out DIR again")
+    config, dataset = profile.get("config") or {}, profile.get("dataset") or {}
+
+    def number(v: Any) -> Any:
+        return "nan" if v is None else v
+
+    metrics = {"n": dataset.get("n_test", 0), "mcc": number(utility.get("mcc")),
+               "balanced_accuracy": number(utility.get("balanced_accuracy")),
+               "auroc": number(utility.get("auroc")), "accuracy": number(utility.get("accuracy")), "loss": "nan",
+               "subgroups": [{"group": g.get("attribute"), "value": g.get("value"), "n": g.get("n"),
+                              "mcc": number(g.get("mcc")), "accuracy": number(g.get("accuracy"))}
+                             for g in t.get("subgroups") or ()],
+               "threshold": None, "mcc_argmax": "nan"}
+    private = t.get("epsilon_target") is not None
+    try:
+        arch_args = json.loads(config.get("arch_args") or "{}")
+    except json.JSONDecodeError:
+        arch_args = {}
+    notes = [n[len("training: "):] if isinstance(n, str) and n.startswith("training: ") else n
+             for n in t.get("notes") or ()]
+    return {
+        "dataset": dataset.get("name", config.get("dataset")), "task": config.get("task") or "classification",
+        "arch": config.get("arch"), "arch_args": arch_args, "init": t.get("init", "scratch"),
+        "trainable": t.get("trainable", "all"), "seed": t.get("seed"), "epochs": t.get("epochs"),
+        "batch_size": t.get("batch_size"), "lr": config.get("lr"), "optimizer": t.get("optimizer"),
+        "epsilon_target": t.get("epsilon_target"), "epsilon_achieved": t.get("epsilon") if private else None,
+        "epsilon_rdp": t.get("epsilon_rdp") if private else None, "noise_multiplier": t.get("noise_multiplier"),
+        "sampling_probability": t.get("sampling_probability"), "steps": t.get("steps"),
+        "target_delta": t.get("target_delta"), "delta_rule": "not recorded",
+        "max_grad_norm": t.get("max_grad_norm") if private else None, "n_train": t.get("n_train"),
+        "label_names": dataset.get("label_names", []), "metrics": metrics, "val_metrics": None, "history": [],
+        "per_seed": [metrics], "seed_summary": {}, "wall_seconds": t.get("seconds", "nan"),
+        "train_samples_per_second": "nan", "notes": notes,
+        "checkpoint": t.get("checkpoint"), "reused_checkpoint": t.get("reused_checkpoint", False)}
 
 
 def _same_level(a: float | None, b: float | None) -> bool:
@@ -770,18 +761,18 @@ class LevelSummary:
     """One privacy level, aggregated over seeds (a view computed from a :class:`Profile`, not stored)."""
 
     epsilon_target: float | None
-    train: tuple[TrainOutcome, ...]
+    train: tuple[TrainResult, ...]
     utility: dict[str, Spread]
     bounds: BoundsOutcome | None
     attack: AttackOutcome | None
-    mia_audit: MiaAuditOutcome | None
+    mia_audit: CanaryAuditResult | None
     #: MCC (mean and spread over seeds) per initialisation label, in the order of ``config.inits``.
     mcc_by_init: dict[str, Spread] = field(default_factory=dict)
 
     @property
     def notes(self) -> tuple[str, ...]:
         """Why this level's numbers carry another epsilon than its target (a budget past the noise range)."""
-        found = [n for t in self.train for n in t.notes] + list(self.attack.notes if self.attack else ())
+        found = [f"training: {n}" for t in self.train for n in t.notes] + list(self.attack.notes if self.attack else ())
         return tuple(dict.fromkeys(found))
 
     @property

@@ -27,13 +27,10 @@ from dpaudit.audit.profile.schema import (
     AttackSubgroup,
     BoundsOutcome,
     FprTpr,
-    MiaAuditOutcome,
     ReroPoint,
-    SubgroupUtility,
-    TrainOutcome,
-    Utility,
     fmt_eps,
 )
+from dpaudit.audit.results import CanaryAuditResult, TrainResult
 from dpaudit.codec import encode
 from dpaudit.errors import DpAuditError
 
@@ -181,7 +178,7 @@ class TrainTask(_TrainingSpec):
     """Train one model (one privacy level, one seed) and measure its utility on the test split."""
 
     stage: ClassVar[str] = "train"
-    result_type: ClassVar[type] = TrainOutcome
+    result_type: ClassVar[type] = TrainResult
     #: ``out_dir`` locates files; ``threads`` only sets how many cores compute the same numbers (the task key, and
     #: so the resumable store, ignore both).
     _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "threads")
@@ -216,52 +213,19 @@ class TrainTask(_TrainingSpec):
     def train_config(self):
         return self._train_config(str(Path(self.out_dir) / Path(self.checkpoint).parent), self.threads)
 
-    def run(self) -> TrainOutcome:
+    def run(self) -> TrainResult:
         t0 = time.perf_counter()
         config = self.train_config()
-        reused = _reusable_training(config, Path(self.out_dir) / self.checkpoint)
-        if reused is not None:
-            return dataclasses.replace(reused, checkpoint=self.checkpoint, seconds=time.perf_counter() - t0)
-        from dpaudit.audit.train import train
+        result = _reusable_training(config, Path(self.out_dir) / self.checkpoint)
+        if result is None:
+            from dpaudit.audit.train import train
 
-        result = train(config, splits=self.data.load())
-        return _train_outcome(self, result.to_json(), result.metrics, time.perf_counter() - t0, reused=False)
-
-
-def _train_outcome(task: TrainTask, summary: dict[str, Any], metrics: Any, seconds: float, *,
-                   reused: bool) -> TrainOutcome:
-    """Build the frozen outcome from ``TrainResult.to_json()`` (the keys ``dpaudit train --json`` prints) and the test metrics."""
-
-    def get(obj: Any, name: str) -> Any:
-        return obj[name] if isinstance(obj, dict) else getattr(obj, name)
-
-    def opt(v: Any) -> float | None:
-        # NaN (an undefined metric) is None here; metrics.json may hold it as null or, through the codec, "nan".
-        x = None if v is None else float(v)
-        return None if x is None or math.isnan(x) else x
-
-    subgroups = tuple(SubgroupUtility(str(get(g, "group")), str(get(g, "value")), int(get(g, "n")),
-                                      opt(get(g, "mcc")), opt(get(g, "accuracy")))
-                      for g in (get(metrics, "subgroups") or ()))
-    private = task.epsilon_target is not None
-    model = summary.get("model") or {}
-    return TrainOutcome(
-        epsilon_target=task.epsilon_target, seed=task.seed, noise_multiplier=float(summary["noise_multiplier"]),
-        sampling_probability=float(summary["sampling_probability"]), steps=int(summary["steps"]),
-        epochs=task.epochs, batch_size=task.batch_size,
-        max_grad_norm=float(summary["max_grad_norm"]) if private else task.max_grad_norm,
-        target_delta=float(summary["target_delta"]),
-        epsilon=opt(summary["epsilon_achieved"]) if private else None,
-        epsilon_rdp=opt(summary["epsilon_rdp"]) if private else None, n_train=int(summary["n_train"]),
-        utility=_utility(metrics, get, opt),
-        subgroups=subgroups, checkpoint=task.checkpoint, reused_checkpoint=reused, seconds=seconds,
-        init=init_label(task.init), trainable=str(model.get("trainable", "all")),
-        notes=tuple(f"training: {n}" for n in summary.get("notes") or ()), optimizer=summary.get("optimizer"))
-
-
-def init_label(init: str | None) -> str:
-    """How the report names an initialisation: ``scratch`` or the file's name."""
-    return "scratch" if init is None else Path(init).name
+            result = train(config, splits=self.data.load())
+        # File paths relative to the profile's folder (the folder is moved, shared, or named after a cohort).
+        folder = Path(self.checkpoint).parent
+        return dataclasses.replace(
+            result, checkpoint=self.checkpoint, metrics_path=str(folder / "metrics.json"),
+            curve_path=str(folder / "training_curve.png"), wall_seconds=time.perf_counter() - t0)
 
 
 def init_tag(init: str | None, digest: str | None) -> str:
@@ -281,38 +245,29 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _utility(metrics: Any, get: Callable[[Any, str], Any], opt: Callable[[Any], float | None]) -> Utility:
-    """The stored utility: a classifier's MCC, balanced accuracy, AUROC, accuracy; or (segmentation, from
-    ``SegmentationMetrics.to_dict()``'s ``dice_<class>``/``iou_<class>`` keys) Dice and IoU per class."""
-    plain = metrics if isinstance(metrics, dict) else metrics.to_dict()
-    if plain.get("task") == "segmentation":
-        classes = tuple(k[len("dice_"):] for k in plain if k.startswith("dice_") and not k.endswith("_std")
-                        and k != "dice_mean")
-        return Utility(mcc=float("nan"), classes=classes, dice=tuple(opt(plain[f"dice_{c}"]) for c in classes),
-                       iou=tuple(opt(plain[f"iou_{c}"]) for c in classes), accuracy=opt(plain.get("pixel_accuracy")))
-    return Utility(mcc=float(get(metrics, "mcc")), balanced_accuracy=opt(get(metrics, "balanced_accuracy")),
-                   auroc=opt(get(metrics, "auroc")), accuracy=opt(get(metrics, "accuracy")))
-
-
 #: TrainConfig fields that say where a run is computed or written, not what it computes.
 LOCATION_KEYS = ("out", "threads", "device")
 
 
-def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
-    """A finished run in the checkpoint's folder whose recorded configuration equals ``config``, else None.
+def _reusable_training(config: Any, checkpoint: Path) -> TrainResult | None:
+    """The result of a finished run in the checkpoint's folder whose recorded configuration equals ``config``,
+    else None.
 
-    ``dpaudit train --out`` writes ``model.pt`` and ``metrics.json`` (with the full configuration); both must be
-    present, the configuration must match field by field, and the checkpoint must load safely and carry the same
-    DP configuration. Anything else trains again (a stale checkpoint is never silently reused).
+    ``dpaudit train --out`` writes ``model.pt`` and ``metrics.json`` (the :class:`TrainResult` and the full
+    configuration); both must be present and readable by this version, the configuration must match field by
+    field, and the checkpoint must load safely and carry the same DP configuration. Anything else trains again
+    (a stale checkpoint is never silently reused).
     """
+    from dpaudit.audit.train import read_metrics
+
     metrics_path = checkpoint.parent / "metrics.json"
     if not (checkpoint.is_file() and metrics_path.is_file()):
         return None
     try:
-        recorded = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    have = {k: v for k, v in (recorded.get("config") or {}).items() if k not in LOCATION_KEYS}
+        recorded, recorded_config = read_metrics(metrics_path)
+    except (OSError, json.JSONDecodeError, DpAuditError):
+        return None  # damaged, or written by an earlier dpaudit in another layout
+    have = {k: v for k, v in recorded_config.items() if k not in LOCATION_KEYS}
     # Fields added after a run was recorded count as their default there (scratch, every layer trained).
     added = {"fix_batchnorm": False, "init": None, "trainable": "all"}
     want = {k: encode(v) for k, v in dataclasses.asdict(config).items()
@@ -326,18 +281,11 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainOutcome | None:
     except DpAuditError:
         return None
     dp = ckpt.dp
-    sigma = float(recorded.get("noise_multiplier") or 0.0)
     if (dp is None) != (config.epsilon is None) or (dp is not None and (
-            not math.isclose(dp.noise_multiplier, sigma, rel_tol=1e-12)
-            or dp.steps != recorded.get("steps"))):
+            not math.isclose(dp.noise_multiplier, recorded.noise_multiplier, rel_tol=1e-12)
+            or dp.steps != recorded.steps)):
         return None
-    task_like = TrainTask(DataSpec(config.dataset, config.data_dir, config.image_size, config.max_images, 0,
-                                   config.task, config.window, config.background_share),
-                          config.arch, config.epsilon, config.seed, config.epochs, config.batch_size,
-                          config.physical_batch_size, config.max_grad_norm, config.lr, config.augment_multiplicity,
-                          config.delta, str(checkpoint), str(checkpoint.parent), init=config.init,
-                          trainable=config.trainable)
-    return _train_outcome(task_like, recorded, recorded.get("metrics") or {}, 0.0, reused=True)
+    return dataclasses.replace(recorded, reused_checkpoint=True)
 
 
 @dataclass(frozen=True)
@@ -505,27 +453,27 @@ class AttackTask(_TaskBase):
             ssim_variant=str(result.ssim_variant), connection=self.connection, bins=int(result.bins),
             observations=self.observations, rows=result.rows, images=saved, seconds=time.perf_counter() - t0,
             notes=tuple(f"attack scenario (batch size 1, q = 1/N): {n}" for n in result.notes),
-            subgroups=_subgroup_success(result.rows, splits.train, select_indices(n_train, scenario)))
+            subgroups=_subgroup_success(result, splits.train, select_indices(n_train, scenario)),
+            success_ssim=result.success_ssim)
 
 
-def _subgroup_success(rows, train, idx) -> tuple[AttackSubgroup, ...]:
-    """Each decoder's attacked and reconstructed (SSIM > 0.8) images per subgroup of the attacked training images,
-    with exact 95% intervals. ``idx``: the attacked images; the attack scores those it does not exclude as almost
-    black, in this order."""
+def _subgroup_success(result, train, idx) -> tuple[AttackSubgroup, ...]:
+    """Each decoder's attacked and reconstructed (SSIM above the result's ``success_ssim``) images per subgroup of
+    the attacked training images, with exact 95% intervals. ``idx``: the attacked images; the attack scores those
+    it does not exclude as almost black, in this order."""
     import numpy as np
 
-    from dpaudit.attacks.results import SUCCESS_SSIM
     from dpaudit.attacks.scoring import clopper_pearson, keep_mask
 
     kept = keep_mask(train.images[idx].permute(0, 2, 3, 1).numpy())
     groups = {str(k): np.asarray(v)[idx][kept].astype(str) for k, v in (train.groups or {}).items()}
     out = []
-    for row in rows:
+    for row in result.rows:
         ssim = np.asarray(row.ssim)
         for attr in sorted(groups):
             for value in sorted(set(groups[attr].tolist())):
                 mask = groups[attr] == value
-                n, k = int(mask.sum()), int((ssim[mask] > SUCCESS_SSIM).sum())
+                n, k = int(mask.sum()), int((ssim[mask] > result.success_ssim).sum())
                 lo, hi = clopper_pearson(k, n)
                 out.append(AttackSubgroup(row.decoder, attr, value, n, k, lo, hi))
     return tuple(out)
@@ -537,7 +485,7 @@ class MiaAuditTask(_TrainingSpec):
     configuration plus m coin-flipped, mislabelled canaries (Steinke, Nasr and Jagielski 2023, one run)."""
 
     stage: ClassVar[str] = "mia"
-    result_type: ClassVar[type] = MiaAuditOutcome
+    result_type: ClassVar[type] = CanaryAuditResult
     _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
 
     canaries: int
@@ -550,17 +498,9 @@ class MiaAuditTask(_TrainingSpec):
     def describe(self) -> str:
         return f"membership audit ε={fmt_eps(self.epsilon_target)} ({self.canaries} canaries)"
 
-    def run(self) -> MiaAuditOutcome:
+    def run(self) -> CanaryAuditResult:
         from dpaudit.audit.canary import CanaryAuditConfig, run_canary_audit
 
-        t0 = time.perf_counter()
-        audit = run_canary_audit(CanaryAuditConfig(train=self._train_config(None, self.threads), canaries=self.canaries,
-                                                   confidence=self.confidence, seed=self.seed),
-                                 splits=self.data.load())
-        return MiaAuditOutcome(
-            epsilon_target=self.epsilon_target, epsilon_lower_bound=float(audit.one_run.epsilon_lower_bound),
-            confidence=self.confidence, canaries=self.canaries, epsilon_ceiling=float(audit.ceiling),
-            accountant_epsilon=None if audit.accountant_epsilon is None else float(audit.accountant_epsilon),
-            tpr_at_fpr=tuple(FprTpr(float(t.fpr_target), float(t.tpr)) for t in audit.tpr_at_fpr),
-            method=f"one run, loss score, {audit.one_run.selection} (Steinke et al. 2023)",
-            seconds=time.perf_counter() - t0)
+        return run_canary_audit(CanaryAuditConfig(train=self._train_config(None, self.threads),
+                                                  canaries=self.canaries, confidence=self.confidence,
+                                                  seed=self.seed), splits=self.data.load())

@@ -1,0 +1,282 @@
+"""The configurations of training and of the canary membership audit: frozen, validated at construction.
+
+:class:`TrainConfig` (:func:`dpaudit.audit.train.train`, ``dpaudit train``) and :class:`CanaryAuditConfig`
+(:func:`dpaudit.audit.canary.run_canary_audit`, ``dpaudit mia audit``). Importing this module loads no torch: the
+command line reads the defaults of its options from these classes when it starts; validation imports the model
+registry and the data loaders when a configuration is built.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from dpaudit.config import (
+    DEFAULT_ARCH,
+    DEFAULT_DATASET,
+    PRIVACY_UNIT_CHOICES,
+    default_image_size,
+    parse_trainable,
+    parse_window,
+)
+from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
+
+if TYPE_CHECKING:
+    from dpaudit.attacks.lower_bounds import Selection
+
+__all__ = ["DEFAULT_ARCH", "DEFAULT_CANARIES", "DEFAULT_DATASET", "TASKS", "CanaryAuditConfig", "TrainConfig"]
+
+#: Canaries m of the membership audit (``dpaudit mia audit``, ``dpaudit profile --mia-audit``): hundreds make the
+#: one-run bound useful (its ceiling grows with m), and each is a training image lost to the run.
+DEFAULT_CANARIES = 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (or ``seeds`` runs). Exactly one of ``epsilon``, ``noise_multiplier``, ``non_private``.
+
+    Attributes
+    ----------
+    dataset, data_dir, image_size, max_images, labels, window, slice_axis:
+        Passed to :func:`dpaudit.data.load_splits` (ignored when ``train`` is given pre-built splits).
+        ``image_size`` None takes the dataset's default (:func:`dpaudit.config.default_image_size`).
+    privacy_unit:
+        ``"patient"``, ``"image"`` or None (patient when the data carry patient or lesion ids): the unit the run's
+        privacy is stated for; k (images per patient) is recorded in the checkpoint so that ``bounds --model``
+        gives patient-level bounds. DP-SGD itself clips per image; epsilon is per image (k = 1).
+    arch, arch_args:
+        Architecture spec (a registry name, ``monai:NAME``, ``file.py:factory`` or ``module:factory``; see
+        :mod:`dpaudit.models`) and its keyword arguments.
+    fix_batchnorm:
+        Replace every BatchNorm by GroupNorm (:func:`dpaudit.models.replace_batchnorm`, Opacus' rule); the
+        replacements are listed in the result. Without it a BatchNorm layer is an error listing every such layer.
+    init:
+        A weights file to start from (a dpaudit checkpoint, a plain state dict with any wrapper prefix, or a
+        ``.safetensors`` file; read locally, never downloaded). None: random initialisation ("scratch"). Parameters
+        whose shape differs (a classification head for another number of classes) keep their fresh initialisation
+        and are listed in the result. The DP guarantee covers the fine-tuning data only, not the data the init
+        was trained on.
+    trainable:
+        ``all``, ``head`` (the last layer with parameters: a linear probe) or ``last-N`` (the last N layers with
+        parameters). Frozen parameters get no per-sample gradients and no noise; the privacy accounting is the
+        same (it does not depend on the number of parameters).
+    epsilon:
+        Target epsilon at ``delta``; sigma is calibrated with the tight PLD accountant so that the achieved
+        epsilon is at most this value.
+    noise_multiplier:
+        Use this sigma directly (the achieved epsilon is reported).
+    non_private:
+        Train without clipping and noise (the baseline).
+    delta:
+        target_delta; None means :func:`default_delta` of the training set size.
+    epochs, batch_size, physical_batch_size:
+        Epochs, logical (expected) batch size, and the largest batch that is put through the network at once
+        (memory only; default 128).
+    max_grad_norm:
+        Per-sample clip norm C (DP only).
+    lr:
+        NAdam learning rate (the seed paper: 2e-3 for every run, section 4.2).
+    augment_multiplicity:
+        0: no augmentation. K >= 1: K randomly flipped views per image (horizontal and vertical, p = 0.5 each);
+        under DP their gradients are averaged per image BEFORE clipping (De et al. 2022, arXiv 2204.13650,
+        section 3.1), so the privacy cost is unchanged.
+    seed, seeds:
+        First seed and number of seeds (runs with seed, seed + 1, ...; mean and standard deviation reported).
+    out:
+        Output folder for model.pt, metrics.json and training_curve.png; None writes nothing.
+    threads:
+        torch intra-op threads; None uses the cores this process may run on.
+    device:
+        Where the model trains: ``"auto"`` (the first CUDA GPU when one is visible, else the CPU), ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``. The sampling and augmentation generators stay on the CPU, so the batches are
+        the same on any device; the noise is drawn on the device, from that device's random stream, so the same
+        seed gives a different (equally valid) model on a GPU than on the CPU. The DP guarantee is the same.
+    """
+
+    dataset: str = DEFAULT_DATASET
+    data_dir: str | None = None
+    image_size: int | None = None
+    max_images: int | None = None
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+    slice_axis: str = "axial"
+    privacy_unit: str | None = None
+    arch: str = DEFAULT_ARCH
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    fix_batchnorm: bool = False
+    init: str | None = None
+    trainable: str = "all"
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    non_private: bool = False
+    delta: float | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    physical_batch_size: int | None = None
+    max_grad_norm: float = 1.0
+    lr: float = 2e-3
+    augment_multiplicity: int = 0
+    seed: int = 0
+    seeds: int = 1
+    out: str | None = None
+    threads: int | None = None
+    device: str = "auto"
+    # Segmentation (dpaudit.volumes): task None is inferred from the dataset (``window`` above is the CT window,
+    # default the liver window); the training split keeps every foreground slice and this share of the others.
+    task: str | None = None
+    background_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
+        if sum(modes) != 1:
+            raise ConfigError("exactly one of --epsilon, --sigma and --non-private must be given, got "
+                              f"{sum(modes)}. Fix: pass --epsilon 8 (target), --sigma 1.0, or --non-private.")
+        if self.epsilon is not None:
+            object.__setattr__(self, "epsilon", check_positive(
+                "epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8"))
+        if self.noise_multiplier is not None:
+            object.__setattr__(self, "noise_multiplier", check_positive(
+                "noise_multiplier", self.noise_multiplier,
+                fix="pass --sigma > 0, or --non-private for training without noise"))
+        if self.delta is not None:
+            object.__setattr__(self, "delta", check_probability(
+                "delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7"))
+        from dpaudit.models import parse_arch
+
+        parse_arch(self.arch)
+        object.__setattr__(self, "arch_args", dict(self.arch_args))
+        parse_trainable(self.trainable)
+        if self.init is not None:
+            if not isinstance(self.init, str) or not Path(self.init).is_file():
+                raise invalid("init", self.init, "an existing weights file (dpaudit checkpoint, state dict or "
+                              ".safetensors)", "pass the path of the pretrained weights; dpaudit downloads nothing")
+        object.__setattr__(self, "image_size", check_int(
+            "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
+            minimum=8))
+        if self.max_images is not None:
+            check_int("max_images", self.max_images, minimum=3)
+        object.__setattr__(self, "window", parse_window(self.window))
+        if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
+            raise invalid("privacy_unit", self.privacy_unit, f"one of {list(PRIVACY_UNIT_CHOICES)}",
+                          "pass --privacy-unit patient or --privacy-unit image")
+        object.__setattr__(self, "epochs", check_int("epochs", self.epochs))
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        if self.physical_batch_size is not None:
+            check_int("physical_batch_size", self.physical_batch_size)
+        object.__setattr__(self, "max_grad_norm", check_positive(
+            "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. --max-grad-norm 1.0"))
+        object.__setattr__(self, "lr", check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3"))
+        object.__setattr__(self, "augment_multiplicity", check_int(
+            "augment_multiplicity", self.augment_multiplicity, minimum=0))
+        check_int("seed", self.seed, minimum=0)
+        object.__setattr__(self, "seeds", check_int("seeds", self.seeds))
+        if self.threads is not None:
+            check_int("threads", self.threads)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
+        _check_task(self)
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segmentation"
+
+    @property
+    def private(self) -> bool:
+        return not self.non_private
+
+
+TASKS = ("classification", "segmentation")
+
+
+def _check_task(config: TrainConfig) -> None:
+    """Resolve and check ``task`` (inferred from the dataset when None) and the options that depend on it.
+
+    A segmentation task trains ``unet`` (the classification default ``resnet9`` is replaced by it; another
+    classifier is refused); augmentation is refused (flipping would need the label maps flipped alike).
+    """
+    from dpaudit.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
+    from dpaudit.volumes import is_segmentation_dataset
+
+    inferred = "segmentation" if is_segmentation_dataset(config.dataset) else "classification"
+    task = config.task if config.task is not None else inferred
+    if task not in TASKS:
+        raise invalid("task", task, f"one of {list(TASKS)}", "pass --task classification or --task segmentation")
+    if task != inferred:
+        raise invalid("task", task, f"{inferred} for --dataset {config.dataset}",
+                      "pass --dataset demo-ct or msd:PATH for segmentation, another dataset for classification")
+    object.__setattr__(config, "task", task)
+    if task == "segmentation":
+        if config.arch == "resnet9":
+            object.__setattr__(config, "arch", "unet")
+        if config.arch in ARCHITECTURES and config.arch not in SEGMENTATION_ARCHITECTURES:
+            raise invalid("arch", config.arch, f"one of {sorted(SEGMENTATION_ARCHITECTURES)} (or a segmentation "
+                          "network spec) for segmentation", "pass --arch unet")
+        if config.augment_multiplicity:
+            raise invalid("augment_multiplicity", config.augment_multiplicity, "0 for segmentation",
+                          "leave out --augment-multiplicity")
+    else:
+        if config.arch in SEGMENTATION_ARCHITECTURES:
+            raise invalid("arch", config.arch, "a classifier for classification", "pass --arch resnet9")
+        if config.background_share != 1.0:
+            raise invalid("background_share", config.background_share,
+                          "1 (every slice) except for segmentation datasets (demo-ct, msd:PATH)",
+                          "leave out --background-share")
+    object.__setattr__(config, "background_share", check_probability(
+        "background_share", config.background_share, open_low=False, open_high=False,
+        fix="pass a share in [0, 1], e.g. --background-share 0.1"))
+
+
+Score = Literal["loss", "reference"]
+#: FPRs at which the empirical TPR is reported.
+DEFAULT_FPRS = (0.001, 0.01, 0.1)
+
+
+@dataclass(frozen=True)
+class CanaryAuditConfig:
+    """One canary audit.
+
+    Attributes
+    ----------
+    train:
+        The DP training configuration under audit (a :class:`TrainConfig`); its ``out`` is
+        ignored (the audit's models go to a temporary folder).
+    canaries:
+        m, canaries drawn from the training split; each joins training with probability 1/2.
+    score:
+        ``"loss"``: minus the canary's cross-entropy under the trained model. ``"reference"``: minus the
+        difference to a reference model trained without any canary (costs a second training run).
+    confidence:
+        Probability that the lower bound holds.
+    selection:
+        How the number of guesses is chosen: ``"bonferroni"`` or ``"split"`` (see
+        :func:`dpaudit.attacks.lower_bounds.one_run_from_scores`).
+    fprs:
+        FPRs at which the empirical TPR (with Clopper-Pearson intervals) is reported.
+    seed:
+        Seeds the canary choice, their labels and the coin flips.
+    """
+
+    train: TrainConfig
+    canaries: int = DEFAULT_CANARIES
+    score: Score = "loss"
+    confidence: float = 0.95
+    selection: Selection = "bonferroni"
+    fprs: tuple[float, ...] = DEFAULT_FPRS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, got {type(self.train).__name__}.")
+        object.__setattr__(self, "canaries", check_int(
+            "canaries", self.canaries, minimum=4, fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
+        if self.score not in ("loss", "reference"):
+            raise invalid("score", self.score, "'loss' or 'reference'")
+        object.__setattr__(self, "confidence", check_probability(
+            "confidence", self.confidence, fix="pass a confidence in (0, 1), e.g. 0.95"))
+        if self.selection not in ("bonferroni", "split"):
+            raise invalid("selection", self.selection, "'bonferroni' or 'split'")
+        object.__setattr__(self, "fprs", tuple(check_probability("fprs", f) for f in self.fprs))
+        check_int("seed", self.seed, minimum=0)
