@@ -64,14 +64,15 @@ class TrainConfig:
         parameters). Frozen parameters get no per-sample gradients and no noise; the privacy accounting is the
         same (it does not depend on the number of parameters).
     epsilon:
-        Target epsilon at ``delta``; sigma is calibrated with the tight PLD accountant so that the achieved
+        Target epsilon at ``target_delta``; sigma is calibrated with the tight PLD accountant so that the achieved
         epsilon is at most this value.
     noise_multiplier:
         Use this sigma directly (the achieved epsilon is reported).
     non_private:
         Train without clipping and noise (the baseline).
-    delta:
-        target_delta; None means :func:`default_delta` of the training set size.
+    target_delta:
+        delta of the reported epsilon; None means :func:`dpaudit.audit.train.default_delta` of the training set
+        size.
     epochs, batch_size, physical_batch_size:
         Epochs, logical (expected) batch size, and the largest batch that is put through the network at once
         (memory only; default 128).
@@ -112,7 +113,7 @@ class TrainConfig:
     epsilon: float | None = None
     noise_multiplier: float | None = None
     non_private: bool = False
-    delta: float | None = None
+    target_delta: float | None = None
     epochs: int = 10
     batch_size: int = 64
     physical_batch_size: int | None = None
@@ -141,9 +142,9 @@ class TrainConfig:
             object.__setattr__(self, "noise_multiplier", check_positive(
                 "noise_multiplier", self.noise_multiplier,
                 fix="pass --sigma > 0, or --non-private for training without noise"))
-        if self.delta is not None:
-            object.__setattr__(self, "delta", check_probability(
-                "delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7"))
+        if self.target_delta is not None:
+            object.__setattr__(self, "target_delta", check_probability(
+                "target_delta", self.target_delta, fix="pass a delta well below 1/N, e.g. --delta 8e-7"))
         from dpaudit.models import parse_arch
 
         parse_arch(self.arch)

@@ -48,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(1)
     splits = load_splits("demo", image_size=28, max_images=args.max_images, seed=0)
     config = FederatedConfig(image_size=28, clients=args.clients, rounds=1, batch_size=32, dp_level="sample",
-                             noise_multiplier=1.0, delta=1e-5, threads=1)
+                             noise_multiplier=1.0, target_delta=1e-5, threads=1)
 
     cpu: dict[str, list[float]] = {"federated": [], "back_to_back": []}
 
@@ -74,7 +74,7 @@ def main() -> None:
             cs = _client_splits(splits, idx, k)
             n = len(cs.train)
             b = min(32, n)
-            local = TrainConfig(image_size=28, epochs=1, batch_size=b, noise_multiplier=1.0, delta=1e-5, seed=k,
+            local = TrainConfig(image_size=28, epochs=1, batch_size=b, noise_multiplier=1.0, target_delta=1e-5, seed=k,
                                 device="cpu", threads=1)
             steps = math.ceil(n / b)
             model, _, _ = _run_one(local, cs, k, 1.0, b / n, steps, 1e-5, None, 0, steps, initial_state=init)

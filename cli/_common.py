@@ -92,7 +92,8 @@ CanariesOpt = Annotated[int, typer.Option("--canaries", help="Canaries m of the 
                                           "training images, each trained on by a fair coin flip.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
-# DP-SGD training options (dpaudit train, mia audit, profile): the same words as the configurations' fields.
+
+# DP-SGD training options (dpaudit train, mia audit, profile): the parameter is the configurations' field.
 EpsilonOpt = Annotated[float | None, typer.Option("--epsilon", help="Target epsilon; sigma is calibrated (tight "
                                                   "PLD) so the achieved epsilon is at most this.")]
 SigmaOpt = Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")]
@@ -111,12 +112,18 @@ AugmentOpt = Annotated[int, typer.Option("--augment-multiplicity", help="0: none
 SHARED = {"dataset": DatasetOpt, "data_dir": DataDirOpt, "labels": LabelsOpt, "window": WindowOpt,
           "slice_axis": SliceAxisOpt, "privacy_unit": PrivacyUnitOpt, "image_size": ImageSizeOpt,
           "max_images": MaxImagesOpt, "arch": ArchOpt, "arch_args": ArchArgsOpt, "fix_batchnorm": FixBatchnormOpt,
-          "task": TaskOpt, "background_share": BackgroundShareOpt}
-#: The groups commands take: what data to load, how NIfTI and DICOM are read, which model, segmentation.
+          "task": TaskOpt, "background_share": BackgroundShareOpt, "epsilon": EpsilonOpt,
+          "noise_multiplier": SigmaOpt, "target_delta": TargetDeltaOpt, "epochs": EpochsOpt,
+          "batch_size": BatchSizeOpt, "physical_batch_size": PhysicalBatchSizeOpt, "max_grad_norm": MaxGradNormOpt,
+          "lr": LrOpt, "augment_multiplicity": AugmentOpt}
+#: The groups commands take: what data to load, how NIfTI and DICOM are read, which model, segmentation, the
+#: DP-SGD mechanism of one run, and how a run trains.
 DATA = ("dataset", "data_dir", "image_size", "max_images")
 MEDICAL = ("labels", "window", "slice_axis")
 MODEL = ("arch", "arch_args", "fix_batchnorm")
 SEGMENTATION = ("task", "background_share")
+MECHANISM = ("epsilon", "noise_multiplier", "target_delta")
+TRAINING = ("epochs", "batch_size", "physical_batch_size", "max_grad_norm", "lr", "augment_multiplicity")
 
 
 def shared_options(config: type, *names: str) -> Callable[[F], F]:

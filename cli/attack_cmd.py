@@ -12,7 +12,7 @@ from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackScenario
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import MEDICAL, SEGMENTATION, emit_json, err, handle_errors, out, parse_float_list
+from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, default_image_size
 
 app = typer.Typer()
@@ -25,8 +25,8 @@ Accountant = cli.choices("Accountant", ACCOUNTANTS)
 
 @app.command("attack")
 @handle_errors
-@cli.shared_options(TrainConfig, "dataset", "data_dir", *MEDICAL, "privacy_unit", "arch_args", "fix_batchnorm",
-                    *SEGMENTATION[:1])
+@cli.shared_options(TrainConfig, "dataset", "data_dir", *cli.MEDICAL, "privacy_unit", "arch_args", "fix_batchnorm",
+                    "task")
 def attack(
     shared: dict[str, Any],
     model: Annotated[Path | None, typer.Option("--model", help="dpaudit checkpoint (or a plain state dict with "

@@ -10,7 +10,7 @@ import typer
 from dpaudit.attacks.federated_results import FederatedAttackConfig
 from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import DATA, emit_json, err, handle_errors, out, parse_float_list
+from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
                   no_args_is_help=True)
@@ -27,7 +27,7 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 @app.command("train")
 @handle_errors
-@cli.shared_options(FederatedConfig, *DATA, "arch")
+@cli.shared_options(FederatedConfig, *cli.DATA, "arch")
 def train_command(
     shared: dict[str, Any],
     clients: Annotated[int, typer.Option(help="Number of sites N.")] = F.clients,
@@ -69,7 +69,7 @@ def train_command(
         **shared, clients=clients, partition=partition, rounds=rounds, clients_per_round=clients_per_round,
         local_epochs=local_epochs, batch_size=batch_size, lr=lr, server_lr=server_lr, dp_level=str(dp_level),
         epsilon=epsilon,
-        noise_multiplier=sigma, delta=delta, max_grad_norm=max_grad_norm, secure_aggregation=secure_aggregation,
+        noise_multiplier=sigma, target_delta=delta, max_grad_norm=max_grad_norm, secure_aggregation=secure_aggregation,
         dropout=dropout, secagg_threshold=secagg_threshold, baselines=baselines, seed=seed, threads=threads)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
@@ -112,7 +112,7 @@ def train_command(
 
 @app.command("attack")
 @handle_errors
-@cli.shared_options(FederatedAttackConfig, *DATA, "arch")
+@cli.shared_options(FederatedAttackConfig, *cli.DATA, "arch")
 def attack_command(
     shared: dict[str, Any],
     clients: Annotated[int, typer.Option(help="Clients per round n.")] = A.clients,

@@ -13,7 +13,7 @@ import typer
 
 from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import DATA, MEDICAL, MODEL, JsonOpt, emit_json, handle_errors, out
+from dpaudit.cli._common import emit_json, handle_errors, out
 
 #: The defaults of ``mia audit``: the training configuration's and the canary audit's (the Python API's).
 T, A = TrainConfig, CanaryAuditConfig
@@ -49,7 +49,7 @@ def bound_cmd(
     negatives: Annotated[int, typer.Option("--negatives", help="Non-member trials (independent runs).")],
     delta: BoundDeltaOpt = None,
     confidence: ConfidenceOpt = 0.95,
-    json: JsonOpt = False,
+    json: cli.JsonOpt = False,
 ) -> None:
     """Lower bound on epsilon from a membership test's counts (Clopper-Pearson, both error pairs).
 
@@ -85,7 +85,7 @@ def one_run_cmd(
     correct: Annotated[int, typer.Option("--correct", help="v: correct guesses.")],
     delta: BoundDeltaOpt = None,
     confidence: ConfidenceOpt = 0.95,
-    json: JsonOpt = False,
+    json: cli.JsonOpt = False,
 ) -> None:
     """Lower bound on epsilon from one training run (Steinke, Nasr, Jagielski, NeurIPS 2023, Theorem 3).
 
@@ -115,7 +115,7 @@ def self_audit_cmd(
     delta: DeltaOpt = 1e-5,
     confidence: ConfidenceOpt = 0.95,
     seed: Annotated[int, typer.Option("--seed", help="Seeds data, noise and the held-out split.")] = 0,
-    json: JsonOpt = False,
+    json: cli.JsonOpt = False,
 ) -> None:
     """Audit the DP-SGD step itself: a Dirac gradient canary through the Opacus step training uses.
 
@@ -150,18 +150,11 @@ def self_audit_cmd(
 
 @app.command("audit")
 @handle_errors
-@cli.shared_options(TrainConfig, *DATA, *MEDICAL, *MODEL)
+@cli.shared_options(TrainConfig, *cli.DATA, *cli.MEDICAL, *cli.MODEL, *cli.MECHANISM, *cli.TRAINING)
 def audit_cmd(
     shared: dict[str, Any],
     width: cli.WidthOpt = None,
-    epsilon: cli.EpsilonOpt = T.epsilon,
-    sigma: cli.SigmaOpt = T.noise_multiplier,
     non_private: Annotated[bool, typer.Option(help="Audit a model trained without DP.")] = T.non_private,
-    delta: cli.TargetDeltaOpt = T.delta,
-    epochs: cli.EpochsOpt = T.epochs,
-    batch_size: cli.BatchSizeOpt = T.batch_size,
-    max_grad_norm: cli.MaxGradNormOpt = T.max_grad_norm,
-    lr: cli.LrOpt = T.lr,
     canaries: cli.CanariesOpt = A.canaries,
     score: Annotated[str, typer.Option(help="loss, or reference (minus a canary-free reference model's loss; "
                                             "a second training run).")] = A.score,
@@ -171,7 +164,7 @@ def audit_cmd(
     seed: Annotated[int, typer.Option(help="Seeds training, canaries and coin flips.")] = A.seed,
     threads: cli.ThreadsOpt = T.threads,
     out_file: Annotated[str | None, typer.Option("--out", help="Also write the JSON object to this file.")] = None,
-    json: JsonOpt = False,
+    json: cli.JsonOpt = False,
 ) -> None:
     """Canary membership audit of one DP-SGD training run: empirical lower bound next to the accountant's epsilon."""
     from pathlib import Path
@@ -180,9 +173,7 @@ def audit_cmd(
     from dpaudit.cli._common import err, json_text
 
     arch_args = {**shared.pop("arch_args"), **({} if width is None else {"width": width})}
-    tc = TrainConfig(**shared, arch_args=arch_args, epsilon=epsilon, noise_multiplier=sigma,
-                     non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
-                     max_grad_norm=max_grad_norm, lr=lr, seed=seed, threads=threads)
+    tc = TrainConfig(**shared, arch_args=arch_args, non_private=non_private, seed=seed, threads=threads)
     cfg = CanaryAuditConfig(train=tc, canaries=canaries, score=score, confidence=confidence,  # type: ignore[arg-type]
                             selection=selection, seed=seed)  # type: ignore[arg-type]
 

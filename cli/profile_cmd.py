@@ -10,7 +10,7 @@ import typer
 from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.audit.profile.schema import ProfileConfig, cli_number
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import DATA, MEDICAL, MODEL, SEGMENTATION, emit_json, err, handle_errors, out
+from dpaudit.cli._common import emit_json, err, handle_errors, out
 
 #: The profile's defaults (one source of truth: ProfileConfig, the Python API's).
 D = ProfileConfig
@@ -87,7 +87,8 @@ def report(
 
 @app.command("profile")
 @handle_errors
-@cli.shared_options(ProfileConfig, *DATA, *MEDICAL, "privacy_unit", *MODEL, *SEGMENTATION)
+@cli.shared_options(ProfileConfig, *cli.DATA, *cli.MEDICAL, "privacy_unit", *cli.MODEL, *cli.SEGMENTATION,
+                    *cli.TRAINING, "target_delta")
 def profile(
     shared: dict[str, Any],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints, profile.json and report.pdf; "
@@ -98,13 +99,6 @@ def profile(
                                               help="Also train the non-private baseline.")] = D.non_private,
     seeds: Annotated[int, typer.Option(help="Training runs per privacy budget (utility mean and spread).")] = D.seeds,
     seed: Annotated[int, typer.Option(help="First seed (also the data split's and the attack's seed).")] = D.seed,
-    epochs: cli.EpochsOpt = D.epochs,
-    batch_size: cli.BatchSizeOpt = D.batch_size,
-    physical_batch_size: cli.PhysicalBatchSizeOpt = D.physical_batch_size,
-    max_grad_norm: cli.MaxGradNormOpt = D.max_grad_norm,
-    lr: cli.LrOpt = D.lr,
-    augment_multiplicity: cli.AugmentOpt = D.augment_multiplicity,
-    delta: cli.TargetDeltaOpt = D.target_delta,
     kappa: Annotated[list[float] | None, typer.Option(help="Extra prior(s) kappa for the ReRo bounds "
                                                            "(1/N_train is always reported). Repeatable.")] = None,
     records_per_patient: Annotated[int | None, typer.Option(help="k images per patient (default: from the data, "
@@ -160,9 +154,7 @@ def profile(
 
     config = ProfileConfig(
         **shared, epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds,
-        seed=seed, epochs=epochs, batch_size=batch_size, physical_batch_size=physical_batch_size,
-        max_grad_norm=max_grad_norm, lr=lr, augment_multiplicity=augment_multiplicity, target_delta=delta,
-        kappas=tuple(kappa or ()), records_per_patient=records_per_patient, attack_images=attack_images,
+        seed=seed, kappas=tuple(kappa or ()), records_per_patient=records_per_patient, attack_images=attack_images,
         decoders=decoders_for(decoder), connection=connection, bins=bins, observations=observations,
         attack_epochs=attack_epochs, mia_audit=mia_audit, canaries=canaries, include_images=include_images,
         inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable, federated=federated,

@@ -8,7 +8,7 @@ import typer
 
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import DATA, MEDICAL, MODEL, SEGMENTATION, emit_json, err, handle_errors, out
+from dpaudit.cli._common import emit_json, err, handle_errors, out
 
 app = typer.Typer()
 #: The defaults of every option: TrainConfig's (the Python API's).
@@ -17,7 +17,8 @@ D = TrainConfig
 
 @app.command("train", no_args_is_help=False)
 @handle_errors
-@cli.shared_options(TrainConfig, *DATA, *MEDICAL, "privacy_unit", *MODEL, *SEGMENTATION)
+@cli.shared_options(TrainConfig, *cli.DATA, *cli.MEDICAL, "privacy_unit", *cli.MODEL, *cli.SEGMENTATION,
+                    *cli.MECHANISM, *cli.TRAINING)
 def train_command(
     shared: dict[str, Any],
     init: Annotated[str | None, typer.Option("--init", help="Start from these weights: a dpaudit checkpoint, a "
@@ -26,16 +27,7 @@ def train_command(
     trainable: cli.TrainableOpt = D.trainable,
     width: cli.WidthOpt = None,
     scale_norm: Annotated[bool, typer.Option(help="resnet9 with ScaleNorm (Klause et al.), as the paper.")] = False,
-    epsilon: cli.EpsilonOpt = D.epsilon,
-    sigma: cli.SigmaOpt = D.noise_multiplier,
     non_private: Annotated[bool, typer.Option(help="Train without clipping and noise (baseline).")] = D.non_private,
-    delta: cli.TargetDeltaOpt = D.delta,
-    epochs: cli.EpochsOpt = D.epochs,
-    batch_size: cli.BatchSizeOpt = D.batch_size,
-    physical_batch_size: cli.PhysicalBatchSizeOpt = D.physical_batch_size,
-    max_grad_norm: cli.MaxGradNormOpt = D.max_grad_norm,
-    lr: cli.LrOpt = D.lr,
-    augment_multiplicity: cli.AugmentOpt = D.augment_multiplicity,
     seed: Annotated[int, typer.Option(help="Seed of the first run.")] = D.seed,
     seeds: Annotated[int, typer.Option(help="Number of runs (seed, seed+1, ...); mean and std reported.")] = D.seeds,
     threads: cli.ThreadsOpt = D.threads,
@@ -52,12 +44,8 @@ def train_command(
 
     arch_args = {**shared.pop("arch_args"), **({} if width is None else {"width": width}),
                  **({"scale_norm": True} if scale_norm else {})}
-    config = TrainConfig(
-        **shared, arch_args=arch_args, init=init, trainable=trainable, epsilon=epsilon, noise_multiplier=sigma,
-        non_private=non_private, delta=delta, epochs=epochs, batch_size=batch_size,
-        physical_batch_size=physical_batch_size, max_grad_norm=max_grad_norm, lr=lr,
-        augment_multiplicity=augment_multiplicity, seed=seed, seeds=seeds, out=out_dir, threads=threads,
-        device=device)
+    config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,
+                         seed=seed, seeds=seeds, out=out_dir, threads=threads, device=device)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)

@@ -111,7 +111,7 @@ class FederatedConfig:
     dp_level: str = "sample"
     epsilon: float | None = None
     noise_multiplier: float | None = None
-    delta: float | None = None
+    target_delta: float | None = None
     max_grad_norm: float = 1.0
     secure_aggregation: bool = False
     dropout: float = 0.0
@@ -134,8 +134,8 @@ class FederatedConfig:
             check_positive("epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8")
         if self.noise_multiplier is not None:
             check_positive("noise_multiplier", self.noise_multiplier, fix="pass --sigma > 0")
-        if self.delta is not None:
-            check_probability("delta", self.delta, fix="pass a delta well below 1/N, e.g. 8e-7")
+        if self.target_delta is not None:
+            check_probability("target_delta", self.target_delta, fix="pass a delta well below 1/N, e.g. --delta 8e-7")
         from dpaudit.models import (
             parse_arch,  # here: importing this module loads no torch (the CLI reads defaults)
         )
@@ -383,18 +383,18 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     epsilon: float | None = None
     sigma = 0.0
     if config.dp_level == "sample":
-        delta = config.delta if config.delta is not None else default_delta(max(n_train))
+        delta = config.target_delta if config.target_delta is not None else default_delta(max(n_train))
         sigma, accounts = sample_level_accounting(n_train, config.batch_size, config.local_epochs,
                                                   rounds_participated, delta, target_epsilon=config.epsilon,
                                                   noise_multiplier=config.noise_multiplier)
         epsilon = max(a.epsilon for a in accounts)
     elif config.dp_level == "client":
-        delta = config.delta if config.delta is not None else default_delta(config.clients)
+        delta = config.target_delta if config.target_delta is not None else default_delta(config.clients)
         sigma, client_q, epsilon = client_level_accounting(config.clients, m, config.rounds, delta,
                                                            target_epsilon=config.epsilon,
                                                            noise_multiplier=config.noise_multiplier)
     else:
-        delta = config.delta if config.delta is not None else default_delta(sum(n_train))
+        delta = config.target_delta if config.target_delta is not None else default_delta(sum(n_train))
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads if config.threads is not None else idle_cores())
@@ -464,7 +464,7 @@ def _local_config(config: FederatedConfig, splits: Any, seed: int, sigma: float,
     return TrainConfig(dataset=splits.name, image_size=config.image_size, arch=config.arch,
                        arch_args=config.arch_args, epochs=config.local_epochs, batch_size=batch, lr=config.lr,
                        max_grad_norm=config.max_grad_norm, seed=seed, noise_multiplier=sigma if private else None,
-                       non_private=not private, delta=delta, device="cpu")
+                       non_private=not private, target_delta=delta, device="cpu")
 
 
 def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[ClientUpdate], sigma: float,
@@ -514,10 +514,10 @@ def _baselines(config: FederatedConfig, splits: Any, sigma: float) -> FederatedB
         dataset=splits.name, image_size=config.image_size, arch=config.arch, arch_args=config.arch_args,
         epsilon=config.epsilon if private else None,
         noise_multiplier=config.noise_multiplier if private and config.epsilon is None else None,
-        non_private=not private, delta=config.delta, epochs=config.rounds * config.local_epochs,
+        non_private=not private, target_delta=config.target_delta, epochs=config.rounds * config.local_epochs,
         batch_size=min(config.batch_size, len(splits.train)), lr=config.lr, max_grad_norm=config.max_grad_norm,
         seed=config.seed, threads=config.threads, device="cpu"), splits=splits)
     plain = run_federated(replace(config, dp_level="none", epsilon=None, noise_multiplier=None, baselines=False,
-                                  delta=None), splits=splits)
+                                  target_delta=None), splits=splits)
     return FederatedBaselines(float(central.metrics.mcc), central.epsilon_achieved, central.noise_multiplier,
                               float(plain.global_metrics.mcc), tuple(s.test_mcc for s in plain.clients))

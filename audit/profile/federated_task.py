@@ -63,7 +63,7 @@ class FederatedTask(_TaskBase):
             dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
             max_images=self.data.max_images, arch=self.arch, clients=self.clients, partition=self.partition,
             rounds=self.rounds, local_epochs=1, batch_size=self.batch_size, lr=self.lr, dp_level="sample",
-            epsilon=self.epsilon_target, delta=self.target_delta, max_grad_norm=self.max_grad_norm, seed=self.seed,
+            epsilon=self.epsilon_target, target_delta=self.target_delta, max_grad_norm=self.max_grad_norm, seed=self.seed,
             threads=self.threads), splits=splits)
         sites = []
         for s in result.clients:

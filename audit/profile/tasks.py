@@ -166,7 +166,7 @@ class _TrainingSpec(_TaskBase):
             dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
             max_images=self.data.max_images, labels=self.data.labels, window=self.data.window,
             slice_axis=self.data.slice_axis, arch=self.arch, epsilon=self.epsilon_target,
-            non_private=self.epsilon_target is None, delta=self.target_delta, epochs=self.epochs,
+            non_private=self.epsilon_target is None, target_delta=self.target_delta, epochs=self.epochs,
             batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
             max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
             seed=self.seed, seeds=1, out=out, threads=threads, task=self.data.task,
