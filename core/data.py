@@ -134,8 +134,32 @@ def age_band(age: float | None) -> str:
     return "60+"
 
 
+class LabelledImages:
+    """What every split of images has, one definition for :class:`ImageDataset` and the segmentation
+    :class:`dpaudit.volumes.SliceDataset`: its length, (image, label) items, the image shape and the class count."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    label_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
 @dataclass(frozen=True, eq=False)
-class ImageDataset:
+class ImageDataset(LabelledImages):
     """One split of an image classification dataset, held in memory.
 
     Attributes
@@ -197,24 +221,9 @@ class ImageDataset:
             groups[str(key)] = arr
         object.__setattr__(self, "groups", groups)
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
-
     def __repr__(self) -> str:  # never print pixel data
         return (f"ImageDataset(name={self.name!r}, n={len(self)}, shape={self.image_shape}, "
                 f"classes={self.label_names}, groups={sorted(self.groups)})")
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W)."""
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
 
     def class_counts(self) -> np.ndarray:
         """Number of images per class index."""

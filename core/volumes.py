@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpaudit.data import SplitsShape
+from dpaudit.data import LabelledImages, SplitsShape
 from dpaudit.errors import DataError, check_int, check_probability, invalid
 
 __all__ = [
@@ -78,7 +78,7 @@ def is_segmentation_dataset(name: str) -> bool:
 
 
 @dataclass(frozen=True, eq=False)
-class SliceDataset:
+class SliceDataset(LabelledImages):
     """One split of a segmentation dataset: 2-D slices of whole volumes, held in memory.
 
     Attributes
@@ -121,12 +121,6 @@ class SliceDataset:
         if self.volume_ids.shape != (n,) or self.slice_index.shape != (n,):
             raise DataError(f"{self.name or 'dataset'}: volume_ids and slice_index must hold {n} entries.")
 
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
-
     def __repr__(self) -> str:  # never print pixel data
         return (f"SliceDataset(name={self.name!r}, slices={len(self)}, volumes={self.n_volumes}, "
                 f"shape={self.image_shape}, classes={self.label_names})")
@@ -138,14 +132,6 @@ class SliceDataset:
     @property
     def n_volumes(self) -> int:
         return len(np.unique(self.volume_ids))
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
 
     def class_counts(self) -> np.ndarray:
         """Number of pixels per class index."""
