@@ -122,12 +122,6 @@ def level_label(eps: float | None) -> str:
     return "non-private" if eps is None else f"ε = {fmt_eps(eps)}"
 
 
-def kappa_text(kappa: float, n_train: int) -> str:
-    if math.isclose(kappa, 1.0 / n_train, rel_tol=1e-9):
-        return f"κ = 1/{n_train}"
-    return f"κ = {num(kappa)}"
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Sentences
 # ------------------------------------------------------------------------------------------------------------

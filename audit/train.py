@@ -584,11 +584,10 @@ def _write_outputs(result: TrainResult, config: TrainConfig, model: nn.Module, s
                  "n_train_volumes": result.n_train_volumes}
                 if config.segmentation else {})}
     # The run's schedule as phases (Opacus' accountant.history layout): one phase today, sigma and q fixed.
-    from dpaudit.bounds import Schedule
+    from dpaudit.bounds.schedule import phases_of_config
 
     dp = result.dp
-    phases = (Schedule.single(dp.noise_multiplier, dp.sampling_probability, dp.steps).to_history()
-              if dp is not None and dp.is_private else None)
+    phases = phases_of_config(dp)
     meta = CheckpointMeta(
         arch=config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
         arch_args=config.arch_args, input_shape=splits.image_shape, mean=splits.mean, std=splits.std,

@@ -187,10 +187,6 @@ class DiscretePld:
 
     # -- Neyman-Pearson --------------------------------------------------------------------------------------------
 
-    def read_depth(self, alpha: np.ndarray) -> np.ndarray:
-        """The loss of the atom at which the Neyman-Pearson step for each alpha stops (how deep it reads)."""
-        return self.power_and_depth(alpha)[1]
-
     def dual_power(self, alpha: np.ndarray) -> np.ndarray:
         """Power of the *swapped* pair from this PLD's hockey-stick curve (the dual route).
 

@@ -93,10 +93,6 @@ class Schedule:
     def last(self) -> Phase:
         return self.phases[-1]
 
-    @property
-    def is_single(self) -> bool:
-        return len(self.merged().phases) == 1
-
     def merged(self) -> Schedule:
         """Equal (noise_multiplier, sampling_probability) phases joined into one (composition is commutative), in
         order of first appearance: the same run, composed with fewer FFTs."""
