@@ -174,7 +174,15 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
         Frozen; success rates are empirical (lower bounds on reconstruction risk).
     """
     from dpaudit.attacks.reconstruction import run_attack
+    from dpaudit.checkpoint import check_task
 
+    data_task = getattr(splits, "task", "classification")
+    model_task = getattr(ckpt, "task", None)
+    which = "--dataset demo-ct or msd:PATH" if model_task == "segmentation" else "e.g. --dataset demo"
+    trained = f"; it was trained on {ckpt.dataset}" if ckpt.dataset else ""
+    check_task(model_task, data_task, model=f"the checkpoint {ckpt.path or ckpt.arch}",
+               data=f"--dataset {splits.name}", fix=f"attack it with {model_task} data ({which}{trained}), or "
+               f"pass a {data_task} checkpoint with --model")
     images, labels = select_images(splits.train, scenario)
     channels = images.shape[1]
     if ckpt.in_channels != channels:

@@ -297,6 +297,12 @@ def prepare_model(config: TrainConfig, num_classes: int, in_channels: int, image
     if config.private:
         check_dp_compatible(model)
     check_classifier(model, image_shape, num_classes, config.arch, segmentation=config.segmentation)
+    if config.init is not None:
+        from dpaudit.checkpoint import check_task, recorded_task
+
+        check_task(recorded_task(config.init), config.task, model=f"--init {config.init}",  # type: ignore[arg-type]
+                   data=f"--dataset {config.dataset}", fix=f"start from weights trained for {config.task}, or "
+                   "leave out --init (scratch)")
     init_report = load_init(model, config.init) if config.init is not None else ()
     on, off = freeze(model, config.trainable)
     return model, PreparedModel(replaced, init_report, on, off)
@@ -576,9 +582,9 @@ def _write_outputs(result: TrainResult, config: TrainConfig, model: nn.Module, s
              "epsilon_achieved": result.epsilon_achieved, "epsilon_rdp": result.epsilon_rdp,
              "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,
              "test_mcc": result.metrics.mcc, "init": _init_record(config.init),
-             "trainable": config.trainable, "epsilon_patient": result.epsilon_patient,
+             "trainable": config.trainable, "epsilon_patient": result.epsilon_patient, "task": config.task,
              **(_privacy_scalars(result.privacy) if result.privacy is not None else {}),
-             **({"task": "segmentation", "test_dice": result.metrics.dice_mean,  # type: ignore[union-attr]
+             **({"test_dice": result.metrics.dice_mean,  # type: ignore[union-attr]
                  "window_low": splits.window[0] if splits.window else None,
                  "window_high": splits.window[1] if splits.window else None,
                  "n_train_volumes": result.n_train_volumes}

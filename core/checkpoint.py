@@ -47,8 +47,9 @@ from dpaudit.data import normalization
 from dpaudit.errors import CheckpointError, ConfigError, MissingDependencyError, check_int, invalid
 from dpaudit.models import ARCH_HELP, build_model, parse_arch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "load_checkpoint",
-           "load_model", "load_state_dict", "save_checkpoint", "sniff_weights_file", "strip_wrappers"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "check_task",
+           "load_checkpoint", "load_model", "load_state_dict", "recorded_task", "save_checkpoint",
+           "sniff_weights_file", "strip_wrappers"]
 
 FORMAT = "dpaudit-checkpoint"
 FORMAT_VERSION = 1
@@ -231,6 +232,12 @@ class Checkpoint(CheckpointMeta):
                     "built with it).")
             model.load_state_dict(dict(self.state_dict), strict=True)
         return model.eval()
+
+    @property
+    def task(self) -> str | None:
+        """``classification`` or ``segmentation``: what the model was trained for (None: plain weights or a
+        random model, which record nothing)."""
+        return _task_of(self.source, self.extra)
 
     def __repr__(self) -> str:
         return (f"Checkpoint(arch={self.arch!r}, arch_args={self.arch_args}, num_classes={self.num_classes}, "
@@ -511,6 +518,30 @@ def _read(path: Path) -> tuple[str, Any]:
                               f"(it holds {type(obj).__name__}). Fix: save model.state_dict() or pass the file "
                               "`dpaudit train` wrote.")
     return source, obj
+
+
+def _task_of(source: str, extra: Any) -> str | None:
+    """A dpaudit checkpoint's task: ``extra["task"]``; one without it was written by classification training
+    (segmentation runs have always recorded theirs). Other weights record no task (None)."""
+    if source != "dpaudit":
+        return None
+    task = extra.get("task") if isinstance(extra, Mapping) else None
+    return task if task in ("classification", "segmentation") else "classification"
+
+
+def recorded_task(path: str | Path) -> str | None:
+    """The task a weights file was trained for (:attr:`Checkpoint.task`), None when it records none."""
+    source, obj = _read(Path(path))
+    return _task_of(source, obj.get("extra") if source == "dpaudit" else None)
+
+
+def check_task(model_task: str | None, data_task: str, *, model: str, data: str, fix: str) -> None:
+    """Raise "task mismatch" when a model trained for one task meets data of the other (a segmentation U-Net and
+    a classification dataset, or a classifier and CT volumes), before a shape or channel check would report a
+    symptom instead. ``model_task`` None (plain weights) passes: the shape checks speak for it."""
+    if model_task is not None and model_task != data_task:
+        raise CheckpointError(f"task mismatch: {model} is a {model_task} model, and {data} is a {data_task} "
+                              f"dataset. Fix: {fix}")
 
 
 def load_state_dict(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -348,6 +348,9 @@ class DatasetSplits(SplitsShape):
     passed over, by reason (``"hidden"``, ``"not an image"``, ``"unreadable"``, ...); ``notes`` says what else
     the loader decided (e.g. a CSV read as cp1252).
     """
+
+    #: The task these splits are for (SegmentationSplits: "segmentation"); not a field.
+    task: ClassVar[str] = "classification"
 
     train: ImageDataset
     val: ImageDataset

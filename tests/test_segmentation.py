@@ -261,3 +261,38 @@ def test_cli_train_json_on_an_msd_folder_and_attack_on_its_checkpoint(tmp_path, 
     assert max(r["success_rate"] for r in rows if r["noise_multiplier"] == 0) == 1.0
     res = runner.invoke(app, ["train", "--dataset", f"msd:{root}", "--task", "classification", "--non-private"])
     assert res.exit_code == 2 and "task must be segmentation" in res.output
+
+
+@pytest.fixture(scope="module")
+def classifier_checkpoint(tmp_path_factory) -> str:
+    from dpaudit.audit.configs import TrainConfig
+    from dpaudit.audit.train import train
+
+    out = tmp_path_factory.mktemp("cls")
+    train(TrainConfig(dataset="demo", arch="smallcnn", image_size=16, max_images=60, epochs=1, batch_size=16,
+                      non_private=True, threads=1, out=str(out)))
+    return str(out / "model.pt")
+
+
+def test_a_checkpoint_of_the_other_task_is_a_task_mismatch(seg_run, classifier_checkpoint) -> None:
+    """A U-Net attacked on classification images, a classifier on CT volumes, and an --init of the other task:
+    one line naming both tasks, not a channel or shape mismatch."""
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["attack", "--model", seg_run.checkpoint, "--dataset", "demo", "--sigmas", "0",
+                              "--n-images", "2", "--threads", "1"])
+    assert res.exit_code == 2, res.output
+    assert "task mismatch" in res.output and "is a segmentation model" in res.output
+    assert "is a classification dataset" in res.output and "--dataset demo-ct or msd:PATH" in res.output
+    assert "channels" not in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["attack", "--model", classifier_checkpoint, "--dataset", "demo-ct", "--max-images",
+                              "6", "--sigmas", "0", "--n-images", "2", "--threads", "1"])
+    assert res.exit_code == 2, res.output
+    assert "task mismatch" in res.output and "is a classification model" in res.output
+    assert "is a segmentation dataset" in res.output
+    res = runner.invoke(app, ["train", "--dataset", "demo-ct", "--init", classifier_checkpoint, "--image-size", "16",
+                              "--max-images", "6", "--epochs", "1", "--non-private", "--threads", "1"])
+    assert res.exit_code == 2 and "task mismatch" in res.output, res.output
