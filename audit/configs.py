@@ -12,12 +12,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from dpaudit.config import (
     DEFAULT_ARCH,
     DEFAULT_DATASET,
     PRIVACY_UNIT_CHOICES,
+    TRAIN_DEFAULTS,
     default_image_size,
     parse_trainable,
     parse_window,
@@ -43,6 +44,11 @@ class TrainConfig:
     dataset, data_dir, image_size, max_images, labels, window, slice_axis:
         Passed to :func:`dpaudit.data.load_splits` (ignored when ``train`` is given pre-built splits).
         ``image_size`` None takes the dataset's default (:func:`dpaudit.config.default_image_size`).
+    task:
+        ``classification`` or ``segmentation``; None infers it from the dataset (``demo-ct`` and ``msd:PATH`` are
+        segmentation). ``arch``, ``epochs``, ``batch_size``, ``lr`` and ``class_weights`` left at None take the
+        task's default from :data:`dpaudit.config.TRAIN_DEFAULTS`; ``task_defaults`` names those that did
+        (``dpaudit train`` prints them for segmentation; the result and metrics.json record them).
     privacy_unit:
         ``"patient"``, ``"image"`` or None (patient when the data carry patient or lesion ids): the unit the run's
         privacy is stated for; k (images per patient) is recorded in the checkpoint so that ``bounds --model``
@@ -79,7 +85,11 @@ class TrainConfig:
     max_grad_norm:
         Per-sample clip norm C (DP only).
     lr:
-        NAdam learning rate (the seed paper: 2e-3 for every run, section 4.2).
+        NAdam learning rate (the seed paper: 2e-3 for every classification run, section 4.2).
+    class_weights:
+        Segmentation: a weight per class for the cross-entropy (:class:`dpaudit.audit.train.SampleMeanCrossEntropy`),
+        ``()`` for none. Default: the seed paper's MSD Liver weights 0.1, 0.4, 0.5 (background, liver, tumour;
+        section 4.2.3) for segmentation, none for classification (where it is refused).
     augment_multiplicity:
         0: no augmentation. K >= 1: K randomly flipped views per image (horizontal and vertical, p = 0.5 each);
         under DP their gradients are averaged per image BEFORE clipping (De et al. 2022, arXiv 2204.13650,
@@ -105,7 +115,7 @@ class TrainConfig:
     window: tuple[float, float] | None = None
     slice_axis: str = "axial"
     privacy_unit: str | None = None
-    arch: str = DEFAULT_ARCH
+    arch: str | None = None  # None: the task's (TRAIN_DEFAULTS), as epochs, batch_size, lr and class_weights
     arch_args: Mapping[str, Any] = field(default_factory=dict)
     fix_batchnorm: bool = False
     init: str | None = None
@@ -114,11 +124,11 @@ class TrainConfig:
     noise_multiplier: float | None = None
     non_private: bool = False
     target_delta: float | None = None
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int | None = None
+    batch_size: int | None = None
     physical_batch_size: int | None = None
     max_grad_norm: float = 1.0
-    lr: float = 2e-3
+    lr: float | None = None
     augment_multiplicity: int = 0
     seed: int = 0
     seeds: int = 1
@@ -129,8 +139,14 @@ class TrainConfig:
     # default the liver window); the training split keeps every foreground slice and this share of the others.
     task: str | None = None
     background_share: float = 1.0
+    class_weights: tuple[float, ...] | None = None
+    #: The options that took their task's default (filled by the configuration; recorded in the result).
+    task_defaults: tuple[str, ...] = field(default=(), init=False)
+    #: Where the options left at None take their value (the command line's help prints it).
+    TASK_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_DEFAULTS
 
     def __post_init__(self) -> None:
+        _check_task(self)  # first: the task decides the defaults of the options left at None
         modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
         if sum(modes) != 1:
             raise ConfigError("exactly one of --epsilon, --sigma and --non-private must be given, got "
@@ -178,7 +194,6 @@ class TrainConfig:
             check_int("threads", self.threads)
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
-        _check_task(self)
 
     @property
     def segmentation(self) -> bool:
@@ -193,12 +208,17 @@ TASKS = ("classification", "segmentation")
 
 
 def _check_task(config: TrainConfig) -> None:
-    """Resolve and check ``task`` (inferred from the dataset when None) and the options that depend on it.
+    """Resolve and check ``task`` (inferred from the dataset when None), fill the options left at None with the
+    task's defaults (:data:`dpaudit.config.TRAIN_DEFAULTS`, recorded in ``task_defaults``), and check the options
+    that depend on the task.
 
-    A segmentation task trains ``unet`` (the classification default ``resnet9`` is replaced by it; another
-    classifier is refused); augmentation is refused (flipping would need the label maps flipped alike).
+    Segmentation needs a segmentation network (a registry classifier such as ``resnet9`` is refused, not
+    replaced); augmentation is refused (flipping would need the label maps flipped alike). Class weights are for
+    segmentation only: with one label per image a per-sample weighted mean is the unweighted loss, and a weighted
+    mean over the batch would make each sample's gradient depend on the others' labels (no longer DP-SGD).
     """
-    from dpaudit.models import ARCHITECTURES, SEGMENTATION_ARCHITECTURES
+    from dpaudit.config import TRAIN_DEFAULTS, apply_task_defaults, parse_class_weights
+    from dpaudit.models import check_arch_for_task
     from dpaudit.volumes import is_segmentation_dataset
 
     inferred = "segmentation" if is_segmentation_dataset(config.dataset) else "classification"
@@ -209,22 +229,22 @@ def _check_task(config: TrainConfig) -> None:
         raise invalid("task", task, f"{inferred} for --dataset {config.dataset}",
                       "pass --dataset demo-ct or msd:PATH for segmentation, another dataset for classification")
     object.__setattr__(config, "task", task)
+    object.__setattr__(config, "class_weights", parse_class_weights(config.class_weights))
+    object.__setattr__(config, "task_defaults", apply_task_defaults(config, TRAIN_DEFAULTS, task))
+    check_arch_for_task(config.arch, task)  # type: ignore[arg-type]
     if task == "segmentation":
-        if config.arch == "resnet9":
-            object.__setattr__(config, "arch", "unet")
-        if config.arch in ARCHITECTURES and config.arch not in SEGMENTATION_ARCHITECTURES:
-            raise invalid("arch", config.arch, f"one of {sorted(SEGMENTATION_ARCHITECTURES)} (or a segmentation "
-                          "network spec) for segmentation", "pass --arch unet")
         if config.augment_multiplicity:
             raise invalid("augment_multiplicity", config.augment_multiplicity, "0 for segmentation",
                           "leave out --augment-multiplicity")
     else:
-        if config.arch in SEGMENTATION_ARCHITECTURES:
-            raise invalid("arch", config.arch, "a classifier for classification", "pass --arch resnet9")
         if config.background_share != 1.0:
             raise invalid("background_share", config.background_share,
                           "1 (every slice) except for segmentation datasets (demo-ct, msd:PATH)",
                           "leave out --background-share")
+        if config.class_weights:
+            raise invalid("class_weights", list(config.class_weights),
+                          "none for classification (class weights are a segmentation loss option)",
+                          "leave out --class-weights")
     object.__setattr__(config, "background_share", check_probability(
         "background_share", config.background_share, open_low=False, open_high=False,
         fix="pass a share in [0, 1], e.g. --background-share 0.1"))

@@ -135,6 +135,8 @@ class TrainResult(JsonResult):
     epsilon_patient: float | None = None
     data_notes: tuple[str, ...] = ()  # files the loader skipped and what it decided (counts only)
     reused_checkpoint: bool = False  # a profile found this run finished in its folder and did not train again
+    class_weights: tuple[float, ...] = ()  # the loss's weight per class (segmentation); () unweighted
+    task_defaults: tuple[str, ...] = ()  # the options that took their task's default (dpaudit.config)
 
     LABELS: ClassVar[dict[str, str]] = {
         "epsilon_achieved": "sound upper bound (tight PLD accountant)",

@@ -57,8 +57,8 @@ from dpaudit.errors import (
 from dpaudit.models import build_model, check_classifier, check_dp_compatible
 from dpaudit.runtime import idle_cores
 
-__all__ = ["PAPER_DELTA", "EpochRecord", "TrainConfig", "TrainResult", "check_dp_compatible", "default_delta",
-           "read_metrics", "train"]
+__all__ = ["PAPER_DELTA", "EpochRecord", "SampleMeanCrossEntropy", "TrainConfig", "TrainResult",
+           "check_dp_compatible", "default_delta", "read_metrics", "train"]
 
 #: delta used for every experiment of the seed paper (section 4.4: "For all experiments, we used a delta = 8e-7").
 PAPER_DELTA = 8e-7
@@ -371,7 +371,7 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     g_aug = torch.Generator().manual_seed(seed * 4 + 2)
     g_noise = torch.Generator(device=device).manual_seed(seed * 4 + 3)  # Opacus draws the noise on the device
     steps_per_epoch = steps // config.epochs
-    criterion = nn.CrossEntropyLoss()
+    criterion = SampleMeanCrossEntropy(config.class_weights or ())
 
     base_optimizer = getattr(torch.optim, OPTIMIZER)([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     if config.private:
@@ -430,6 +430,35 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
         if progress is not None:
             progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} {what}")
     return model, history, seen / train_time if train_time > 0 else float("nan")
+
+
+class SampleMeanCrossEntropy(nn.Module):
+    """The training loss: the mean over the batch of each sample's own cross-entropy, optionally class-weighted.
+
+    Each sample's loss is the mean of its per-pixel (segmentation) or single (classification) cross-entropy; with
+    ``class_weights`` w it is that sample's weighted mean, sum_p w[y_p] CE_p / sum_p w[y_p], which is PyTorch's
+    ``CrossEntropyLoss(weight=w)`` on that sample alone (the seed paper trained its DP models at batch size 1,
+    section 4.2.3, where the two coincide).
+
+    Why per sample: DP-SGD clips each sample's gradient and its guarantee assumes that sample's gradient depends on
+    that sample only. PyTorch's weighted ``mean`` divides by the weights summed over the whole batch, so every
+    sample's gradient would scale with the other samples' labels, and removing one sample would change all the
+    others' clipped gradients (the sensitivity would no longer be the clip norm). Unweighted, the two are the same
+    loss (every sample has the same number of pixels), and the plain call is kept (bit for bit as before).
+    ``tests/test_segmentation.py`` checks that a sample's per-sample gradient does not change with its batch.
+    """
+
+    def __init__(self, class_weights: tuple[float, ...] = ()) -> None:
+        super().__init__()
+        self.weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return nn.functional.cross_entropy(logits, target)
+        w = self.weight.to(logits.device)
+        per_element = nn.functional.cross_entropy(logits, target, weight=w, reduction="none")  # w[y] * CE
+        dims = tuple(range(1, per_element.dim()))
+        return (per_element.sum(dim=dims) / w[target].sum(dim=dims)).mean()
 
 
 def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, splitter: _ShuffledPhysical | None,
@@ -513,6 +542,10 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     delta = config.target_delta if config.target_delta is not None else default_delta(n)
     delta_rule = ("given (--delta)" if config.target_delta is not None else
                   "default min(8e-7 (seed paper, section 4.4), 1/(10 N))")
+    if config.class_weights and len(config.class_weights) != splits.num_classes:
+        raise invalid("class_weights", ",".join(f"{w:g}" for w in config.class_weights),
+                      f"one weight per class: {splits.num_classes} for {', '.join(splits.label_names)}",
+                      f"pass --class-weights with {splits.num_classes} values, or --class-weights none")
     q = config.batch_size / n
     steps = steps_for(config.epochs, n, config.batch_size)
     sigma, eps, eps_rdp, notes = _calibrate(config, q, steps, delta)
@@ -555,7 +588,8 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         wall_seconds=time.perf_counter() - t_start, train_samples_per_second=statistics.fmean(speeds),
         notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
         trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters,
-        privacy=unit, epsilon_patient=_epsilon_patient(dp, unit), data_notes=tuple(loading_notes(splits)))
+        privacy=unit, epsilon_patient=_epsilon_patient(dp, unit), data_notes=tuple(loading_notes(splits)),
+        class_weights=tuple(config.class_weights or ()), task_defaults=config.task_defaults)
     if config.out is not None:
         result = _write_outputs(result, config, models[0], splits)
     return result

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
 import json
 import sys
+import typing
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -59,9 +61,10 @@ DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holdi
 ImageSizeOpt = Annotated[int | None, typer.Option(
     "--image-size", show_default=False,
     help=f"Images are resized to this many pixels square. \\[default: {IMAGE_SIZE_DEFAULT_HELP}]")]
-ArchOpt = Annotated[str, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm), smallcnn, monai:NAME (a "
-                                     "network from monai.networks.nets), file.py:factory or module:factory (your own "
-                                     "code, imported because you name it).")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture: resnet9 (GroupNorm), smallcnn, unet "
+                                            "(segmentation: MONAI BasicUNet with GroupNorm), monai:NAME (a network "
+                                            "from monai.networks.nets), file.py:factory or module:factory (your own "
+                                            "code, imported because you name it).")]
 ArchArgsOpt = Annotated[str | None, typer.Option("--arch-args", help="JSON object of the architecture's arguments, "
                                                  "e.g. '{\"spatial_dims\": 2}'.")]
 WidthOpt = Annotated[int | None, typer.Option("--width", help="Channel width of resnet9, smallcnn or unet (paper: "
@@ -79,6 +82,10 @@ TaskOpt = Annotated[str | None, typer.Option("--task", help="classification or s
 BackgroundShareOpt = Annotated[float, typer.Option("--background-share", help="Segmentation: the training split "
                                                    "keeps every slice with foreground and this share of the other "
                                                    "slices (1: all).")]
+ClassWeightsOpt = Annotated[str | None, typer.Option("--class-weights", help="Segmentation: cross-entropy weight per "
+                                                     "class, background first, or none (each slice's own weighted "
+                                                     "mean, so DP-SGD's per-sample gradients stay per sample); the "
+                                                     "default is the seed paper's MSD Liver weights (section 4.2.3).")]
 DecoderOpt = Annotated[Decoder, typer.Option("--decoder", help="strong (dpaudit's), paper (the seed paper's "
                                              "breaching decoder), all (both: the strongest is reported and named), "
                                              "or paper-all (the paper decoder's every candidate row, a diagnostic).")]
@@ -99,12 +106,12 @@ EpsilonOpt = Annotated[float | None, typer.Option("--epsilon", help="Target epsi
 SigmaOpt = Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")]
 TargetDeltaOpt = Annotated[float | None, typer.Option("--delta", help="target_delta; default min(8e-7 (paper), "
                                                       "1/(10 N)).")]
-EpochsOpt = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Logical (expected) batch size; q = batch / N.")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Logical (expected) batch size; q = batch / N.")]
 PhysicalBatchSizeOpt = Annotated[int | None, typer.Option("--physical-batch-size", help="Largest batch through the "
                                                           "network at once (memory only).")]
 MaxGradNormOpt = Annotated[float, typer.Option("--max-grad-norm", help="Per-sample clip norm C.")]
-LrOpt = Annotated[float, typer.Option("--lr", help="NAdam learning rate (paper: 2e-3).")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="NAdam learning rate (seed paper: 2e-3 for classification).")]
 AugmentOpt = Annotated[int, typer.Option("--augment-multiplicity", help="0: none; K: K flipped views per image, "
                                          "gradients averaged before clipping.")]
 
@@ -112,7 +119,7 @@ AugmentOpt = Annotated[int, typer.Option("--augment-multiplicity", help="0: none
 SHARED = {"dataset": DatasetOpt, "data_dir": DataDirOpt, "labels": LabelsOpt, "window": WindowOpt,
           "slice_axis": SliceAxisOpt, "privacy_unit": PrivacyUnitOpt, "image_size": ImageSizeOpt,
           "max_images": MaxImagesOpt, "arch": ArchOpt, "arch_args": ArchArgsOpt, "fix_batchnorm": FixBatchnormOpt,
-          "task": TaskOpt, "background_share": BackgroundShareOpt, "epsilon": EpsilonOpt,
+          "task": TaskOpt, "background_share": BackgroundShareOpt, "class_weights": ClassWeightsOpt, "epsilon": EpsilonOpt,
           "noise_multiplier": SigmaOpt, "target_delta": TargetDeltaOpt, "epochs": EpochsOpt,
           "batch_size": BatchSizeOpt, "physical_batch_size": PhysicalBatchSizeOpt, "max_grad_norm": MaxGradNormOpt,
           "lr": LrOpt, "augment_multiplicity": AugmentOpt}
@@ -121,20 +128,36 @@ SHARED = {"dataset": DatasetOpt, "data_dir": DataDirOpt, "labels": LabelsOpt, "w
 DATA = ("dataset", "data_dir", "image_size", "max_images")
 MEDICAL = ("labels", "window", "slice_axis")
 MODEL = ("arch", "arch_args", "fix_batchnorm")
-SEGMENTATION = ("task", "background_share")
+SEGMENTATION = ("task", "background_share", "class_weights")
 MECHANISM = ("epsilon", "noise_multiplier", "target_delta")
 TRAINING = ("epochs", "batch_size", "physical_batch_size", "max_grad_norm", "lr", "augment_multiplicity")
 
 
-def shared_options(config: type, *names: str) -> Callable[[F], F]:
+def shared_options(config: type, *names: str, tasks: tuple[str, ...] | None = None) -> Callable[[F], F]:
     """Add the shared options ``names`` to a command, before its own parameters, each defaulting to the field of the
     configuration dataclass ``config`` it sets; the command receives their values, converted to what the
     configuration takes (Enum choices as strings, ``--arch-args`` parsed), as one mapping ``shared``.
 
     So every command that takes ``--image-size`` has the same type, help and meaning, and its default is its
-    configuration's (``tests/test_packaging.py`` checks both).
+    configuration's (``tests/test_packaging.py`` checks both). An option whose default depends on the task (None
+    in the configuration, the value in its ``TASK_DEFAULTS`` table, :mod:`dpaudit.config`) says in its help what
+    the default is for each of ``tasks`` (default: every task of the table).
     """
     fields = {f.name: f for f in dataclasses.fields(config)}
+    table = getattr(config, "TASK_DEFAULTS", None) or {}
+    if tasks is not None:
+        table = {t: table[t] for t in tasks}
+
+    def annotation(name: str) -> Any:
+        ann = SHARED[name]
+        if not table or name not in next(iter(table.values())) or fields[name].default is not None:
+            return ann
+        from dpaudit.config import task_default_help
+
+        base, info = typing.get_args(ann)[0], copy.copy(ann.__metadata__[0])
+        info.help = f"{info.help} {task_default_help(table, name)}"
+        info.show_default = False
+        return Annotated[base, info]
 
     def default(name: str) -> Any:
         f = fields[name]
@@ -145,7 +168,7 @@ def shared_options(config: type, *names: str) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         sig = inspect.signature(func, eval_str=True)  # the own parameters' Annotated options, evaluated
         own = [p for p in sig.parameters.values() if p.name != "shared"]
-        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=SHARED[n], default=default(n))
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=annotation(n), default=default(n))
                  for n in names]
 
         @functools.wraps(func)
@@ -165,6 +188,18 @@ def shared_options(config: type, *names: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+def print_task_defaults(config: Any) -> None:
+    """Say on stderr which options took the segmentation defaults (nothing when every one was given).
+
+    Classification runs, at their long-standing defaults, only record theirs (``task_defaults`` in --json,
+    metrics.json and profile.json), so that their console output and one-line errors stay as they were."""
+    from dpaudit.config import describe_task_defaults
+
+    line = describe_task_defaults(config) if getattr(config, "task", None) == "segmentation" else None
+    if line:
+        err.print(f"note: {line}", highlight=False)
+
 
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.
 out = Console(highlight=False, soft_wrap=True)

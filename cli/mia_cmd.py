@@ -150,7 +150,8 @@ def self_audit_cmd(
 
 @app.command("audit")
 @handle_errors
-@cli.shared_options(TrainConfig, *cli.DATA, *cli.MEDICAL, *cli.MODEL, *cli.MECHANISM, *cli.TRAINING)
+@cli.shared_options(TrainConfig, *cli.DATA, *cli.MEDICAL, *cli.MODEL, *cli.MECHANISM, *cli.TRAINING,
+                    tasks=("classification",))  # the canary audit trains a classifier
 def audit_cmd(
     shared: dict[str, Any],
     width: cli.WidthOpt = None,

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from dpaudit.attacks.decoders import decoder_choice
-from dpaudit.audit.profile.schema import ProfileConfig, cli_number
+from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.config import task_default_help
 
 #: The profile's defaults (one source of truth: ProfileConfig, the Python API's).
 D = ProfileConfig
@@ -93,11 +94,14 @@ def profile(
     shared: dict[str, Any],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for checkpoints, profile.json and report.pdf; "
                                                          "an existing folder resumes.")],
-    epsilons: Annotated[str, typer.Option(help="Target privacy budgets (tight PLD epsilon at delta).")
-                        ] = ",".join(cli_number(e) for e in D.epsilons),
+    epsilons: Annotated[str | None, typer.Option(
+        help="Target privacy budgets (tight PLD epsilon at delta). " + task_default_help(D.TASK_DEFAULTS, "epsilons"),
+        show_default=False)] = D.epsilons,
     non_private: Annotated[bool, typer.Option("--non-private/--no-non-private",
                                               help="Also train the non-private baseline.")] = D.non_private,
-    seeds: Annotated[int, typer.Option(help="Training runs per privacy budget (utility mean and spread).")] = D.seeds,
+    seeds: Annotated[int | None, typer.Option(
+        help="Training runs per privacy budget (utility mean and spread). "
+        + task_default_help(D.TASK_DEFAULTS, "seeds"), show_default=False)] = D.seeds,
     seed: Annotated[int, typer.Option(help="First seed (also the data split's and the attack's seed).")] = D.seed,
     kappa: Annotated[list[float] | None, typer.Option(help="Extra prior(s) kappa for the ReRo bounds "
                                                            "(1/N_train is always reported). Repeatable.")] = None,
@@ -153,13 +157,15 @@ def profile(
     from dpaudit.errors import check_int
 
     config = ProfileConfig(
-        **shared, epsilons=tuple(parse_float_list("epsilons", epsilons)), non_private=non_private, seeds=seeds,
+        **shared, epsilons=None if epsilons is None else tuple(parse_float_list("epsilons", epsilons)),
+        non_private=non_private, seeds=seeds,
         seed=seed, kappas=tuple(kappa or ()), records_per_patient=records_per_patient, attack_images=attack_images,
         decoders=decoders_for(decoder), connection=connection, bins=bins, observations=observations,
         attack_epochs=attack_epochs, mia_audit=mia_audit, canaries=canaries, include_images=include_images,
         inits=tuple(i.strip() for i in inits.split(",") if i.strip()), trainable=trainable, federated=federated,
         federated_clients=federated_clients, federated_partition=federated_partition,
         federated_epsilon=federated_epsilon)
+    cli.print_task_defaults(config)
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
@@ -254,12 +260,15 @@ def _print_summary(prof) -> None:
     from rich import box
 
     what = f"{n} training slices of {nk} volumes" if prof.config.segmentation else f"{n} training images"
+    seg = prof.config.segmentation
+    utility_caption = ("Dice: per test volume on the reassembled 3-D prediction, averaged over volumes, then "
+                       "mean ± std over seeds" if seg else "MCC: mean over n seeds")
     table = Table(title=f"Privacy risk profile: {prof.dataset.name} ({what}, κ = 1/{nk})",
                   caption="bound: sound upper bound for any attacker; emp.: empirical (realistic: the strongest "
-                          f"decoder's success, SSIM > {prof.success_ssim():g}; MCC: mean over n seeds); σ: training noise multiplier. "
-                          "The report (intervals, tests) and profile.json hold the rest.",
+                          f"decoder's success, SSIM > {prof.success_ssim():g}; {utility_caption}); σ: training noise "
+                          "multiplier. The report (intervals, tests) and profile.json hold the rest.",
                   caption_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=seg)  # seg: one column more
     utility = txt.utility_columns(prof)
     # The table fits 80 columns: a budget past the noise search range shows the epsilon it was computed at with a
     # '*' (the note below says what was asked), and the number of seeds goes into the MCC heading.
@@ -271,9 +280,12 @@ def _print_summary(prof) -> None:
     # calibrated it per image; that value is in profile.json and the report).
     per_patient = any(lv.bounds is not None and lv.bounds.epsilon_patient is not None for lv in prof.levels())
     if per_patient:
-        table.caption += " ε per patient: k images of one patient move together (the per-image ε is in the report)."
+        table.caption += (" ε per patient: the k slices of one volume move together (the per-slice ε is in the "
+                          "report)." if seg else " ε per patient: k images of one patient move together (the "
+                          "per-image ε is in the report).")
+    # Segmentation: "Dice liver" over two lines ("Dice", "liver") so that two classes fit the 80 columns.
     for col in ("budget", "σ", "ε per\npatient\n(bound)" if per_patient else "ε PLD\n(bound)",
-                *(f"{label}\n(emp.{n_head})" if not prof.config.segmentation else f"{label}\n(emp.)"
+                *(f"{label}\n(emp.{n_head})" if not seg else label.replace(" ", "\n", 1) + "\n(emp.)"
                   for _, label in utility),
                 "worst\ncase\n(bound)", "relaxed\n(bound)", "realistic\n(emp.)"):
         table.add_column(col, justify="right", no_wrap=True)

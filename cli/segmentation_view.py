@@ -24,6 +24,10 @@ def print_segmentation(console: Any, result: Any) -> None:
         s = result.seed_summary
         console.print(f"over {len(result.per_seed)} seeds (mean +- std): " + ", ".join(
             f"Dice {name} {_pct(s[f'dice_{name}'][0])} +- {_pct(s[f'dice_{name}'][1])}" for name in m.dice))
+    weights = result.class_weights
+    console.print(f"model: {result.arch}; loss: per-pixel cross-entropy, " + (
+        "class weights " + ", ".join(f"{n} {w:g}" for n, w in zip(result.label_names, weights, strict=True))
+        if weights else "unweighted"))
     console.print(f"wall time {result.wall_seconds:.1f} s, {result.train_samples_per_second:.1f} training slices/s")
     if result.checkpoint:
         console.print(f"wrote {result.checkpoint}, {result.metrics_path}, {result.curve_path}")

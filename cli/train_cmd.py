@@ -46,6 +46,7 @@ def train_command(
                  **({"scale_norm": True} if scale_norm else {})}
     config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,
                          seed=seed, seeds=seeds, out=out_dir, threads=threads, device=device)
+    cli.print_task_defaults(config)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)
@@ -73,9 +74,11 @@ def train_command(
     if result.privacy is not None:
         out.print(result.privacy.describe())
     if result.epsilon_patient is not None:
+        what = "slices of one volume" if config.segmentation else "images of one patient"
         out.print(f"privacy per patient: epsilon {result.epsilon_patient:.4g} (k = "
-                  f"{result.privacy.records_per_patient} images of one patient moving together; tight PLD, sound "
-                  "upper bound); the per-image epsilon below is what training calibrated")
+                  f"{result.privacy.records_per_patient} {what} moving together; tight PLD, sound "
+                  f"upper bound); the per-{'slice' if config.segmentation else 'image'} epsilon below is what "
+                  "training calibrated")
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
         out.print(f"privacy: epsilon {result.epsilon_achieved:.4g} ({target}tight PLD, sound upper bound); "

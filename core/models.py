@@ -169,6 +169,18 @@ _DOWNLOAD_ARGS = ("pretrained", "progress")
 SEGMENTATION_ARCHITECTURES = frozenset({"unet"})
 
 
+def check_arch_for_task(arch: str, task: str) -> None:
+    """Refuse a registry network of the other task (``resnet9`` for segmentation, ``unet`` for classification)
+    when the configuration is built, before any training; other specs (MONAI, the user's code) are checked on
+    their output shape (:func:`check_classifier`)."""
+    if task == "segmentation" and arch in ARCHITECTURES and arch not in SEGMENTATION_ARCHITECTURES:
+        raise invalid("arch", arch, f"one of {sorted(SEGMENTATION_ARCHITECTURES)} (or a segmentation network spec) "
+                      "for segmentation", "pass --arch unet (the segmentation default) or leave out --arch")
+    if task == "classification" and arch in SEGMENTATION_ARCHITECTURES:
+        raise invalid("arch", arch, "a classifier for classification",
+                      "pass --arch resnet9 (the classification default) or leave out --arch")
+
+
 ARCH_HELP = ("a registry name (" + ", ".join(ARCHITECTURES) + "), monai:NAME (a network from monai.networks.nets), "
              "path/to/file.py:factory or package.module:factory")
 

@@ -18,8 +18,9 @@ nib = pytest.importorskip("nibabel")
 
 
 def write_msd(root: Path, rng: np.random.Generator, *, n: int = 5, shape=(20, 20, 6), labels=None,
-              bad_value: int | None = None, mismatch: bool = False) -> Path:
-    """A tiny Task03_Liver-like folder: CT in HU, liver (1) and tumour (2); volume 0 has no tumour."""
+              bad_value: int | None = None, mismatch: bool = False, tumour: bool = True) -> Path:
+    """A tiny Task03_Liver-like folder: CT in HU, liver (1) and tumour (2); volume 0 has no tumour (nor any
+    volume without ``tumour``: a two-class task)."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     meta = {"name": "Liver", "modality": {"0": "CT"},
@@ -30,7 +31,7 @@ def write_msd(root: Path, rng: np.random.Generator, *, n: int = 5, shape=(20, 20
         lab = np.zeros(shape, dtype=np.uint8)
         lab[5:15, 5:15, 1:5] = 1
         vol[lab == 1] = 100
-        if v != 0:
+        if v != 0 and tumour:
             lab[8:11, 8:11, 2:4] = 2
         if bad_value is not None and v == 1:
             lab[0, 0, 0] = bad_value
@@ -215,6 +216,9 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     prof, out = seg_profile
     c = prof.config
     assert c.task == "segmentation" and c.arch == "unet" and c.seeds == 1 and prof.privacy().unit == "patient"
+    # The options left out took the segmentation defaults, and the profile records which; those given did not.
+    assert set(c.task_defaults) == {"arch", "seeds", "lr", "class_weights"}
+    assert c.class_weights == (0.1, 0.4, 0.5) and c.epochs == 1
     b = prof.bounds[0]
     assert b.kappa_train == pytest.approx(1 / 4)  # 4 training volumes, not 64 training slices
     assert b.records_per_patient == 16
@@ -230,6 +234,21 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(str(out / "report.pdf")).pages).split())
     assert "Test Dice liver" in text and "Test Dice tumour" in text and "κ = 1/4" in text
     assert "Paper mode: MSD Liver" in text and "17.96%" in text  # the seed paper's printed value beside ours
+
+
+def test_the_closing_console_table_fits_80_columns_with_two_dice_columns(seg_profile, monkeypatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from dpaudit.cli import profile_cmd
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    monkeypatch.setattr(profile_cmd, "out", console)
+    profile_cmd._print_summary(seg_profile[0])
+    table = console.export_text().split("bound: sound upper bound")[0]
+    assert "Dice" in table and "tumour" in table and "realistic" in table
+    assert "…" not in table  # nothing cut
 
 
 def test_paper_mode_reproduces_the_msd_liver_rows_of_table_3() -> None:
@@ -254,6 +273,11 @@ def test_cli_train_json_on_an_msd_folder_and_attack_on_its_checkpoint(tmp_path, 
     assert res.exit_code == 0, res.output
     j = json.loads(res.stdout)
     assert j["task"] == "segmentation" and {"liver", "cancer"} <= set(j["metrics"]["dice"])
+    assert 0 <= j["metrics"]["dice"]["liver"] <= 1 and j["epsilon_achieved"] <= 8
+    # The options left out took the segmentation defaults: recorded by name, said on stderr.
+    assert j["class_weights"] == [0.1, 0.4, 0.5] and j["arch"] == "unet" and j["lr"] == 0.01
+    assert j["task_defaults"] == ["arch", "lr", "class_weights"]
+    assert "segmentation defaults: arch unet, lr 0.01, class_weights 0.1,0.4,0.5" in res.stderr
     res = runner.invoke(app, ["attack", "--model", str(tmp_path / "run" / "model.pt"), "--dataset", f"msd:{root}",
                               "--sigmas", "0,1e-3", "--n-images", "2", "--threads", "1", "--json"])
     assert res.exit_code == 0, res.output
@@ -296,3 +320,66 @@ def test_a_checkpoint_of_the_other_task_is_a_task_mismatch(seg_run, classifier_c
     res = runner.invoke(app, ["train", "--dataset", "demo-ct", "--init", classifier_checkpoint, "--image-size", "16",
                               "--max-images", "6", "--epochs", "1", "--non-private", "--threads", "1"])
     assert res.exit_code == 2 and "task mismatch" in res.output, res.output
+
+
+def test_weighted_loss_is_each_samples_own_weighted_mean(rng) -> None:
+    """The class-weighted loss is the mean over samples of PyTorch's weighted cross-entropy of each sample alone
+    (the seed paper's loss at batch size 1), and unweighted it is the plain mean cross-entropy."""
+    from dpaudit.audit.train import SampleMeanCrossEntropy
+
+    logits = torch.from_numpy(rng.normal(size=(4, 3, 6, 6)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(0, 3, size=(4, 6, 6)))
+    w = (0.1, 0.4, 0.5)
+    ref = torch.nn.CrossEntropyLoss(weight=torch.tensor(w))
+    expected = torch.stack([ref(logits[i:i + 1], target[i:i + 1]) for i in range(4)]).mean()
+    torch.testing.assert_close(SampleMeanCrossEntropy(w)(logits, target), expected)
+    assert torch.equal(SampleMeanCrossEntropy()(logits, target),
+                       torch.nn.functional.cross_entropy(logits, target))
+    # PyTorch's weighted "mean" over the batch is another number: it divides by the batch's summed weights.
+    assert not torch.allclose(ref(logits, target), expected)
+
+
+@pytest.mark.parametrize("weights", [(), (0.1, 0.4, 0.5)])
+def test_a_samples_per_sample_gradient_does_not_depend_on_the_rest_of_its_batch(rng, weights) -> None:
+    """DP-SGD's sensitivity argument: sample 0's clipped gradient must not change when the other samples (and
+    their labels) change. A batch-wide weighted mean would break this; the per-sample weighted mean keeps it."""
+    pytest.importorskip("monai")
+    from dpaudit.audit.grad_sample import FastConvGradSampleModule
+    from dpaudit.audit.train import SampleMeanCrossEntropy
+    from dpaudit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", num_classes=3, in_channels=1, width=4)
+    gsm = FastConvGradSampleModule(model, batch_first=True, loss_reduction="mean")
+    loss = SampleMeanCrossEntropy(weights)
+    x = torch.from_numpy(rng.normal(size=(4, 1, 16, 16)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, size=(4, 16, 16)))
+    grads = []
+    for others in (slice(1, 4), slice(1, 2)):  # the same sample 0 with three, then one, other samples
+        xb = torch.cat([x[:1], x[others]])
+        yb = torch.cat([y[:1], torch.from_numpy(rng.integers(0, 3, size=(len(xb) - 1, 16, 16)))])
+        model.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.grad_sample = None
+        loss(gsm(xb), yb).backward()
+        grads.append([p.grad_sample[0].clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_class_weights_are_checked_against_the_task_and_the_classes(tmp_path, rng) -> None:
+    from dpaudit.audit.configs import TrainConfig
+    from dpaudit.audit.train import train
+    from dpaudit.errors import ConfigError
+
+    assert TrainConfig(dataset="demo-ct", non_private=True, class_weights="none").class_weights == ()
+    assert TrainConfig(dataset="demo-ct", non_private=True, class_weights="1,2,3").class_weights == (1.0, 2.0, 3.0)
+    with pytest.raises(ConfigError, match=r"class_weights must be none for classification"):
+        TrainConfig(dataset="demo", non_private=True, class_weights=(0.5, 0.5))
+    with pytest.raises(ConfigError, match=r"class_weights must be positive"):
+        TrainConfig(dataset="demo-ct", non_private=True, class_weights="0.1,-1,0.5")
+    root = write_msd(tmp_path / "Task09_Spleen", rng, n=4, labels={"0": "background", "1": "spleen"}, tumour=False)
+    with pytest.raises(ConfigError, match=r"class_weights must be one weight per class: 2 for background, spleen.*"
+                                          r"--class-weights with 2 values"):
+        train(TrainConfig(dataset=f"msd:{root}", image_size=16, epochs=1, batch_size=4, non_private=True,
+                          threads=1))

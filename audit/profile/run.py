@@ -90,7 +90,8 @@ def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: in
                     augment_multiplicity=config.augment_multiplicity, target_delta=config.target_delta,
                     checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()), threads=threads, init=path,
                     init_sha256=digest, trainable=config.trainable if path is not None else "all",
-                    arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm))
+                    arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm,
+                    class_weights=config.class_weights))
     return tasks
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from dpaudit.attacks.decoders import DECODER_CHOICES, decoder_choice
 from dpaudit.attacks.federated_results import FederatedAttackRow
@@ -19,7 +19,7 @@ from dpaudit.audit.configs import DEFAULT_CANARIES
 from dpaudit.audit.decision import Decision
 from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
-from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET
+from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS
 from dpaudit.errors import invalid
 
 # --------------------------------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ class ProfileConfig(JsonResult):
         At most this many images in total (``load_splits``' ``max_images``: the demo's size, or a seeded subset
         of a real dataset for quick looks and tests); None keeps all (the demo: 2000).
     arch:
-        Architecture name from :data:`dpaudit.models.ARCHITECTURES`.
+        Architecture spec (:mod:`dpaudit.models`): ``resnet9``, ``unet``, ``monai:NAME``, the user's own code.
     epsilons:
         Target privacy budgets (tight PLD epsilon at ``target_delta``), sorted ascending.
     non_private:
@@ -113,6 +113,15 @@ class ProfileConfig(JsonResult):
         (``dpaudit train --init``; never downloaded); the bounds and the attack use the first one's runs
         (the membership audit trains from scratch). ``trainable``: ``all``, ``head`` or ``last-N`` (for runs from a file). The
         guarantee covers the fine-tuning data only, not the data an init was trained on.
+    task, background_share, class_weights:
+        ``classification`` or ``segmentation`` (None: inferred from the dataset; ``demo-ct`` and ``msd:PATH`` are
+        segmentation), the training split's share of background slices, and the segmentation loss's weight per
+        class (``()``: unweighted; :class:`dpaudit.audit.train.SampleMeanCrossEntropy`).
+    task_defaults:
+        The options that were None and took their task's value from :data:`dpaudit.config.PROFILE_DEFAULTS`
+        (``arch``, ``epsilons``, ``seeds``, ``epochs``, ``batch_size``, ``lr``, ``class_weights``); filled by the
+        configuration, stored in profile.json, printed by ``dpaudit profile`` for segmentation and listed in the
+        report's configuration table.
     federated, federated_clients, federated_partition, federated_epsilon:
         Also run the federated section (``dpaudit.audit.federated``): FedAvg over ``federated_clients`` sites
         with sample-level DP at ``federated_epsilon`` (the worst site meets it), ``epochs`` rounds of one local
@@ -126,24 +135,18 @@ class ProfileConfig(JsonResult):
     labels: str | None = None
     window: tuple[float, float] | None = None
     slice_axis: str = "axial"
-    arch: str = DEFAULT_ARCH
-    epsilons: tuple[float, ...] = (1.0, 8.0, 20.0, 1e9)
+    # None: the task's default (dpaudit.config.PROFILE_DEFAULTS, where the measurements behind them are), as
+    # epsilons, seeds, epochs, batch_size, lr and class_weights; ``task_defaults`` records which of them took it.
+    arch: str | None = None
+    epsilons: tuple[float, ...] | None = None
     non_private: bool = True
-    # 3, not 2: utility is reported as a 95% t-interval over seeds with Welch's test against the baseline, and
-    # t(0.975, 1) = 12.7 makes two seeds' intervals span the whole MCC range (t(0.975, 2) = 4.3). Measured on the
-    # demo (defaults, 3 seeds, one run on the shared 2-core machine under load): seeds 0-1 alone gave MCC 0.447
-    # [-1, 1] at epsilon 1 and 0.806 [0.436, 1] at 10^9; all three 0.522 [0.010, 1] and 0.808 [0.735, 0.880] (the
-    # non-private 0.790 [0.571, 1], p = 0.77: not distinguishable, as in the seed paper). The third seed's five runs
-    # were 33% of the training time (563 of 1702 s), so the demo takes about 1.5 times as long as with 2 seeds.
-    seeds: int = 3
+    seeds: int | None = None
     seed: int = 0
-    epochs: int = 4
-    # 64, not 128: at 4 epochs on the demo's 1,399 training images the non-private baseline needs the 88 steps
-    # (measured: MCC 0.835 +- 0.064 at 64 against 0.655 +- 0.101 at 128, 2 seeds; the demo profile in 7 min).
-    batch_size: int = 64
+    epochs: int | None = None
+    batch_size: int | None = None
     physical_batch_size: int | None = None
     max_grad_norm: float = 1.0
-    lr: float = 2e-3
+    lr: float | None = None
     augment_multiplicity: int = 0
     target_delta: float | None = None
     kappas: tuple[float, ...] = ()
@@ -166,20 +169,39 @@ class ProfileConfig(JsonResult):
     federated_clients: int = 5
     federated_partition: str = "iid"
     federated_epsilon: float = 8.0
-    # Segmentation (dpaudit.volumes; task None is inferred from the dataset): the training split's share of
-    # background slices (``window`` above is the CT window, default the liver window). The privacy unit is then
-    # the volume (kappa = 1 / training volumes, k = slices per volume).
+    # Segmentation (dpaudit.volumes): ``window`` above is the CT window (default the liver window). The privacy
+    # unit is then the patient = volume (kappa = 1 / training volumes, k = slices per volume).
     task: str | None = None
     background_share: float = 1.0
+    class_weights: tuple[float, ...] | None = None
+    task_defaults: tuple[str, ...] = ()
+    #: Where the options left at None take their value (the command line's help prints it).
+    TASK_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = PROFILE_DEFAULTS
 
     def __post_init__(self) -> None:
+        from dpaudit.config import apply_task_defaults, parse_class_weights
         from dpaudit.errors import check_int, check_positive, check_probability
+        from dpaudit.volumes import is_segmentation_dataset
 
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             raise invalid("dataset", self.dataset, "a dataset name", "pass e.g. --dataset demo")
+        # The task first: it decides the defaults of the options left at None (PROFILE_DEFAULTS, one table).
+        inferred = "segmentation" if is_segmentation_dataset(self.dataset) else "classification"
+        if self.task is not None and self.task != inferred:
+            raise invalid("task", self.task, f"{inferred} for --dataset {self.dataset}",
+                          "leave out --task, or pass demo-ct / msd:PATH for segmentation")
+        put("task", inferred)
+        put("class_weights", parse_class_weights(self.class_weights))
+        put("task_defaults", apply_task_defaults(self, PROFILE_DEFAULTS, inferred))
+        if inferred == "classification" and self.class_weights:
+            raise invalid("class_weights", list(self.class_weights), "none for classification (class weights are "
+                          "a segmentation loss option)", "leave out --class-weights")
+        if inferred == "segmentation" and self.mia_audit:
+            raise invalid("mia_audit", True, "off for segmentation (the canary audit mislabels whole images)",
+                          "leave out --mia-audit")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             put("data_dir", str(self.data_dir))
         from dpaudit.config import default_image_size
@@ -191,6 +213,9 @@ class ProfileConfig(JsonResult):
             put("max_images", check_int("max_images", self.max_images, minimum=3))
         if not isinstance(self.arch, str) or not self.arch:
             raise invalid("arch", self.arch, "an architecture name", "pass e.g. --arch resnet9")
+        from dpaudit.models import check_arch_for_task
+
+        check_arch_for_task(self.arch, inferred)
         put("epsilons", _epsilons(self.epsilons))
         if not isinstance(self.non_private, bool):
             raise invalid("non_private", self.non_private, "true or false")
@@ -274,24 +299,16 @@ class ProfileConfig(JsonResult):
         from dpaudit.audit.federated.partition import parse_partition
 
         parse_partition(self.federated_partition, flag="--federated-partition")
-        from dpaudit.volumes import is_segmentation_dataset
-
-        inferred = "segmentation" if is_segmentation_dataset(self.dataset) else "classification"
-        if self.task is not None and self.task != inferred:
-            raise invalid("task", self.task, f"{inferred} for --dataset {self.dataset}",
-                          "leave out --task, or pass demo-ct / msd:PATH for segmentation")
-        put("task", inferred)
-        if inferred == "segmentation":
-            # Fields left at the classification defaults take the segmentation defaults (SEGMENTATION_DEFAULTS).
-            d = ProfileConfig.__dataclass_fields__
-            for name, value in SEGMENTATION_DEFAULTS.items():
-                if getattr(self, name) == d[name].default:
-                    put(name, value)
-            if self.mia_audit:
-                raise invalid("mia_audit", True, "off for segmentation (the canary audit mislabels whole images)",
-                              "leave out --mia-audit")
         put("background_share", check_probability("background_share", self.background_share, open_low=False,
                                                   open_high=False, fix="pass a share in [0, 1]"))
+
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A profile.json written before class weights existed trained with the unweighted loss: its
+        ``class_weights`` is ``()``, not the task's default of today (which None would take)."""
+        if isinstance(data, dict) and "class_weights" not in data:
+            return {**data, "class_weights": []}
+        return data
 
     @property
     def segmentation(self) -> bool:
@@ -307,6 +324,7 @@ class ProfileConfig(JsonResult):
         import shlex
 
         d = ProfileConfig()
+        td = PROFILE_DEFAULTS[self.task]  # type: ignore[index]  # the task's defaults (resolved in __post_init__)
         parts = ["dpaudit", "profile", "--dataset", self.dataset]
         if self.data_dir is not None:
             parts += ["--data-dir", self.data_dir]
@@ -333,7 +351,10 @@ class ProfileConfig(JsonResult):
         opt("--batch-size", self.batch_size, None)
         opt("--physical-batch-size", self.physical_batch_size, d.physical_batch_size)
         opt("--max-grad-norm", self.max_grad_norm, d.max_grad_norm)
-        opt("--lr", self.lr, d.lr)
+        opt("--lr", self.lr, td["lr"])
+        if self.class_weights != td["class_weights"]:
+            parts += ["--class-weights", ",".join(cli_number(float(w)) for w in self.class_weights) or "none"]
+        opt("--background-share", self.background_share, d.background_share)
         opt("--augment-multiplicity", self.augment_multiplicity, d.augment_multiplicity)
         opt("--delta", self.target_delta, d.target_delta)
         for k in self.kappas:
@@ -372,14 +393,6 @@ def cli_number(value: Any) -> str:
             mantissa = mantissa.rstrip("0").rstrip(".")
         return f"{mantissa}e{int(exponent)}" if exponent else text
     return str(value)
-
-
-#: What a segmentation profile uses where a field is left at its (classification) default: the U-Net; 1 seed and
-#: three budgets (the paper's MSD Liver epsilons 1, 8, 20; a CPU profile of demo-ct in minutes); 6 epochs of
-#: batches of 16 slices at lr 1e-2 (measured on demo-ct at 28 px: the non-private U-Net reaches a liver Dice of
-#: 0.91 after 72 steps, while 4 epochs of 64 slices, 12 steps, learn background only).
-SEGMENTATION_DEFAULTS: dict[str, Any] = {"arch": "unet", "seeds": 1, "epsilons": (1.0, 8.0, 20.0), "epochs": 6,
-                                         "batch_size": 16, "lr": 1e-2}
 
 
 @dataclass(frozen=True, eq=False)

@@ -149,10 +149,12 @@ class _TrainingSpec(_TaskBase):
     #: the key at their defaults so that earlier profiles resume.
     arch_args: str = field(default="{}", kw_only=True)
     fix_batchnorm: bool = field(default=False, kw_only=True)
+    #: The segmentation loss's class weights (``()``: unweighted, as every run before the option existed).
+    class_weights: tuple[float, ...] = field(default=(), kw_only=True)
 
     def identity(self) -> dict[str, Any]:
         out = super().identity()
-        for name, default in (("arch_args", "{}"), ("fix_batchnorm", False)):
+        for name, default in (("arch_args", "{}"), ("fix_batchnorm", False), ("class_weights", [])):
             if out.get(name) == default:
                 out.pop(name, None)
         return out
@@ -170,7 +172,7 @@ class _TrainingSpec(_TaskBase):
             batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
             max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
             seed=self.seed, seeds=1, out=out, threads=threads, task=self.data.task,
-            background_share=self.data.background_share)
+            background_share=self.data.background_share, class_weights=self.class_weights)
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,9 @@ def _reusable_training(config: Any, checkpoint: Path) -> TrainResult | None:
     except (OSError, json.JSONDecodeError, DpAuditError):
         return None  # damaged, or written by an earlier dpaudit in another layout
     have = {k: v for k, v in recorded_config.items() if k not in LOCATION_KEYS}
-    # Fields added after a run was recorded count as their default there (scratch, every layer trained).
-    added = {"fix_batchnorm": False, "init": None, "trainable": "all"}
+    # Fields added after a run was recorded count as their default there (scratch, every layer trained, an
+    # unweighted loss, no option filled from a task default).
+    added = {"fix_batchnorm": False, "init": None, "trainable": "all", "class_weights": (), "task_defaults": ()}
     want = {k: encode(v) for k, v in dataclasses.asdict(config).items()
             if k not in LOCATION_KEYS and not (k in added and k not in have and v == added[k])}
     if json.dumps(want, sort_keys=True) != json.dumps(have, sort_keys=True):
