@@ -202,7 +202,8 @@ def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
     extra = ckpt.extra if ckpt is not None else {}
     if requested is None and extra.get("privacy_unit") in ("patient", "image"):
         k = int(extra.get("records_per_patient") or 1)
-        line = (f"privacy unit: patient (k = {k} images per patient, recorded in the checkpoint)"
+        per = "slices per volume" if extra.get("data_unit") == "volume" else "images per patient"
+        line = (f"privacy unit: patient (k = {k} {per}, recorded in the checkpoint)"
                 if extra["privacy_unit"] == "patient" else "privacy unit: image (recorded in the checkpoint)")
         return line, {"privacy_unit": extra["privacy_unit"], "records_per_patient": k}
     unit = privacy_unit(splits, requested)

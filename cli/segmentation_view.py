@@ -11,11 +11,9 @@ def _pct(v: float) -> str:
 
 
 def print_segmentation(console: Any, result: Any) -> None:
-    """Test Dice and IoU per class (per volume, on the reassembled 3-D prediction) and the volume unit."""
+    """Test Dice and IoU per class (per volume, on the reassembled 3-D prediction); the privacy unit (the volume)
+    is the command's own line (``PrivacyUnit.describe``)."""
     m = result.metrics
-    if result.privacy is not None:
-        console.print(f"privacy unit: the volume ({result.n_train_volumes} training volumes, k = "
-                      f"{result.privacy.records_per_patient} slices per volume at most)")
     parts = [f"{name} Dice {_pct(m.dice[name])} (IoU {_pct(m.iou[name])}, {m.volumes_with_class[name]} volumes)"
              for name in m.dice]
     console.print(f"test utility (empirical, {m.n_volumes} volumes, 3-D per volume): " + "; ".join(parts))

@@ -89,8 +89,9 @@ def parse_trainable(trainable: str) -> int | None:
 # The privacy unit (what every DP statement is made for). Here, not in dpaudit.data, so that results that record
 # it (dpaudit.audit.results) load without torch; dpaudit.data re-exports these names.
 
-#: What a dataset's ``patient_ids`` can stand for (see :class:`dpaudit.data.DatasetSplits`).
-PRIVACY_UNITS = ("patient", "lesion", "image")
+#: What a dataset's ``patient_ids`` can stand for (see :class:`dpaudit.data.DatasetSplits`; ``volume``: a segmentation
+#: dataset's scans, one per patient, :class:`dpaudit.volumes.SegmentationSplits`).
+PRIVACY_UNITS = ("patient", "lesion", "volume", "image")
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,10 @@ class PrivacyUnit:
     def describe(self) -> str:
         """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
         ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist",
-               "image": "no patient ids"}[self.data_unit]
+               "volume": "volumes, one scan per patient", "image": "no patient ids"}[self.data_unit]
+        if self.unit == "patient" and self.data_unit == "volume":
+            return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} slices per "
+                    f"volume at most in the training split, {self.images_per_unit.n_units} volumes)")
         if self.unit == "patient":
             return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "
                     f"patient at most in the training split, {self.images_per_unit.n_units} patients)")

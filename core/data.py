@@ -262,7 +262,7 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> Privacy
     """Resolve ``--privacy-unit``: by default ``patient`` when the data carry patient (or lesion) ids, else
     ``image``; ``patient`` on data without ids is an error (a manifest's ``patient_id`` column supplies them)."""
     dist = splits.images_per_unit()
-    has_ids = splits.unit in ("patient", "lesion")
+    has_ids = splits.unit in ("patient", "lesion", "volume")
     if requested is not None and requested not in PRIVACY_UNIT_CHOICES:
         raise invalid("privacy_unit", requested, f"one of {list(PRIVACY_UNIT_CHOICES)}",
                       "pass --privacy-unit patient or --privacy-unit image")
@@ -472,6 +472,13 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
         if prefix == "nifti":
             return load_nifti_folder(path, image_size, seed, max_images, fracs, labels, win, slice_axis)
         return load_csv_manifest(path, image_size, seed, max_images, fracs, win, slice_axis)
+    from dpaudit.volumes import is_segmentation_dataset
+
+    if is_segmentation_dataset(name):
+        # A segmentation dataset reached a classification-only path (mia audit, federated): say which it is.
+        raise invalid("dataset", name, f"a classification dataset here ({name} is a segmentation dataset, which "
+                      "dpaudit train, attack and profile take)", "pass --dataset demo (built in) or another "
+                      "classification dataset to this command", cls=DataError)
     raise invalid("dataset", name, f"one of {dataset_choices()}",
                   "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
                   "dicom:PATH, nifti:PATH or csv:FILE", cls=DataError)

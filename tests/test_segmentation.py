@@ -219,6 +219,7 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     # The options left out took the segmentation defaults, and the profile records which; those given did not.
     assert set(c.task_defaults) == {"arch", "seeds", "lr", "class_weights"}
     assert c.class_weights == (0.1, 0.4, 0.5) and c.epochs == 1
+    assert prof.dataset.privacy.data_unit == "volume" and "volume" in prof.privacy().describe()
     b = prof.bounds[0]
     assert b.kappa_train == pytest.approx(1 / 4)  # 4 training volumes, not 64 training slices
     assert b.records_per_patient == 16
@@ -383,3 +384,54 @@ def test_class_weights_are_checked_against_the_task_and_the_classes(tmp_path, rn
                                           r"--class-weights with 2 values"):
         train(TrainConfig(dataset=f"msd:{root}", image_size=16, epochs=1, batch_size=4, non_private=True,
                           threads=1))
+
+
+def test_train_prints_the_privacy_unit_once_in_slices_and_volumes(tmp_path, rng) -> None:
+    pytest.importorskip("monai")
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    root = write_msd(tmp_path / "Task03_Liver", rng, n=6)
+    res = CliRunner().invoke(app, ["train", "--dataset", f"msd:{root}", "--epsilon", "8", "--epochs", "1",
+                                   "--image-size", "16", "--batch-size", "4", "--threads", "1",
+                                   "--class-weights", "none"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("privacy unit") == 1, res.stdout
+    assert "k = 6 slices per volume" in res.stdout and "4 volumes" in res.stdout
+    assert "loss: per-pixel cross-entropy, unweighted" in res.stdout
+    assert "class_weights" not in res.stderr  # given: not a default
+
+
+def test_cli_attack_on_demo_ct_reconstructs_at_sigma_zero(seg_run) -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    res = CliRunner().invoke(app, ["attack", "--model", seg_run.checkpoint, "--dataset", "demo-ct", "--max-images",
+                                   "6", "--sigmas", "0,1e-3", "--n-images", "2", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert max(r["success_rate"] for r in rows if r["noise_multiplier"] == 0) == 1.0
+    assert "k = 16 slices per volume, recorded in the checkpoint" in res.stderr
+
+
+def test_a_classification_only_command_names_a_segmentation_dataset_as_such() -> None:
+    from dpaudit.data import load_splits
+
+    with pytest.raises(DataError, match=r"demo-ct is a segmentation dataset, which dpaudit train, attack and "
+                                        r"profile take.*Fix: pass --dataset demo"):
+        load_splits("demo-ct", image_size=16)
+
+
+def test_demo_ct_default_splits_hold_lesions_in_every_split() -> None:
+    """24 volumes: 16 training, 4 validation, 4 test volumes; lesions large enough to survive the default 28 px."""
+    from dpaudit.config import default_image_size
+
+    s = load_segmentation_splits("demo-ct", image_size=default_image_size("demo-ct"), seed=0)
+    assert (s.train.n_volumes, s.val.n_volumes, s.test.n_volumes) == (16, 4, 4)
+    for part in (s.train, s.val, s.test):
+        assert part.class_counts()[2] > 0
+    # every test volume that holds a lesion holds it in more than a handful of pixels after resizing
+    tumour = [int((s.test.labels[ix] == 2).sum()) for ix in s.test.volumes()]
+    assert min(t for t in tumour if t > 0) >= 40

@@ -559,6 +559,9 @@ class PrivacyInfo(JsonResult):
 
     def describe(self) -> str:
         """The sentence the console and the report's first page print."""
+        if self.unit == "patient" and self.data_unit == "volume" and self.chosen_by != "records_per_patient":
+            return (f"privacy unit: patient (one volume per patient, up to {self.records_per_patient} slices per "
+                    "volume in the training split; every guarantee is per patient)")
         if self.unit == "patient":
             source = {"patient": "the data's patient ids", "lesion": "the data's lesion ids, as no patient ids exist",
                       "image": "k given by hand"}.get(self.data_unit, self.data_unit)
