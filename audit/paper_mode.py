@@ -6,14 +6,32 @@ The paper's ReRo numbers come from the Edgeworth approximation of Hayes et al. (
 ``dpaudit.bounds.rero_bound(method="edgeworth")`` reproduces them (spec bounds.md, "Paper mode"). The table's own
 sigma column is a different setting and is not used.
 
+When it applies (:func:`is_msd_liver`): the report adds the paper-mode appendix only for an MSD task folder
+(``msd:PATH``) whose classes are MSD Liver's: background, liver and a tumour class (``cancer`` in Task03_Liver's
+``dataset.json``; ``tumour``/``tumor``/``lesion`` accepted). The folder's name is not required (copies are often
+renamed); the labels are, since the paper's rows describe the liver and tumour task, not another organ's. The
+built-in ``demo-ct`` is liver-like but synthetic and has no row in the paper, so it gets no appendix.
+
 Pure: bounds only (numpy, scipy), no torch, no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MSD_LIVER_PAPER", "PaperRow", "msd_liver_rows"]
+__all__ = ["MSD_LIVER_PAPER", "PaperRow", "is_msd_liver", "msd_liver_rows"]
+
+#: Names of MSD Liver's tumour class that count as its (Task03_Liver's dataset.json says "cancer").
+TUMOUR_NAMES = ("cancer", "tumour", "tumor", "lesion")
+
+
+def is_msd_liver(dataset: str, label_names: Sequence[str]) -> bool:
+    """True when the paper's MSD Liver rows are the comparison for this data: ``msd:PATH`` with the classes
+    background, liver and a tumour class (in this order, names compared case-insensitively)."""
+    names = tuple(str(n).strip().lower() for n in label_names)
+    return (isinstance(dataset, str) and dataset.startswith("msd:") and len(names) == 3
+            and names[0] == "background" and names[1] == "liver" and names[2] in TUMOUR_NAMES)
 
 #: (epsilon, worst case, relaxed) as printed in the seed paper's Table 3, MSD Liver (percent / 100).
 MSD_LIVER_PAPER = ((1.0, 0.0166, 0.0097), (8.0, 0.1796, 0.0368), (20.0, 0.7424, 0.2737))

@@ -471,7 +471,8 @@ class _Report(board.BoardPages):
         return out
 
     def paper_mode_page(self) -> list:
-        """Segmentation: the seed paper's MSD Liver rows of Table 3 recomputed in paper mode (Edgeworth)."""
+        """MSD Liver data (:func:`dpaudit.audit.paper_mode.is_msd_liver`): the seed paper's MSD Liver rows of
+        Table 3 recomputed in paper mode (Edgeworth), beside the printed values."""
         from dpaudit.audit.paper_mode import MSD_LIVER_N_TRAIN, MSD_LIVER_STEPS, PAPER_DELTA, msd_liver_rows
 
         rows = [[self.cell(h, "head") for h in (
@@ -482,14 +483,20 @@ class _Report(board.BoardPages):
                 f"{r.epsilon:g}", f"{r.noise_multiplier:.4g}", txt.pct(r.worst_case, digits=2),
                 txt.pct(r.paper_worst_case, digits=2), txt.pct(r.relaxed, digits=2),
                 txt.pct(r.paper_relaxed, digits=2))])
+        classes = ", ".join(self.p.dataset.label_names)
         out = [PageBreak(), self.para("Paper mode: MSD Liver (seed paper, Table 3)", "h1"),
+               self.para(
+                   f"<b>What this is.</b> This profile's data is an MSD Liver task folder ({esc(classes)}), the "
+                   "seed paper's segmentation dataset, so this appendix recomputes the paper's MSD Liver rows of "
+                   "Table 3 and sets them beside the values the paper printed: a check that dpaudit's bounds "
+                   "reproduce the paper. The rows describe the <i>paper's</i> training configuration, not this "
+                   "profile's; this profile's own risk (sound upper bounds) is in the risk table."),
                self.para(
                    f"The seed paper's MSD Liver configuration: N_train = {MSD_LIVER_N_TRAIN} volumes, batch size 1 "
                    f"(q = 1/{MSD_LIVER_N_TRAIN}), T = {MSD_LIVER_STEPS} steps (500 epochs), δ = {PAPER_DELTA:g}, "
                    f"κ = 1/{MSD_LIVER_N_TRAIN}, σ from Opacus' RDP calibration. Paper mode uses the Edgeworth "
                    "approximation of the seed paper (an approximation, not a bound; it can lie below the tight "
-                   "bound). The tight sound upper bounds of this profile's own training configuration are in the "
-                   "risk table."),
+                   "bound)."),
                grid(rows, [TEXT_W / 6] * 6), Spacer(1, 3),
                self.para("Differences in the last digit come from the calibrated σ (bisection to the budget).",
                          "small")]
@@ -504,7 +511,9 @@ class _Report(board.BoardPages):
 
             out += federated_page(self, self.p.federated, grid, TEXT_W)
         out += self.statement_pages() + self.appendix()
-        if self.p.config.segmentation:
+        from dpaudit.audit.paper_mode import is_msd_liver
+
+        if self.p.config.segmentation and is_msd_liver(self.p.config.dataset, self.p.dataset.label_names):
             out += self.paper_mode_page()
         if self.include_images:
             out += self.images_page()

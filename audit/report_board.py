@@ -86,7 +86,8 @@ class BoardPages:
         out.append(self.para(
             "✓ within: the number meets the limit; ✗ over: it exceeds it. Bounds (sound upper bounds, rounded up) "
             "hold for any attacker; the realistic attack's success is empirical, a lower bound on the risk. "
-            f"Test MCC: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; “vs non-private” is the "
+            f"Test {txt.utility_columns(p)[0][1]}: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; "
+            "“vs non-private” is the "
             "difference of means with Welch's t-test p-value.", "small"))
         if decision is not None and decision.recommended is not None:
             out.append(self.para(txt.utility_cost(p, decision.recommended)))

@@ -174,7 +174,9 @@ def headline(profile: Profile) -> str:
     d = profile.dataset
     return (
         f"This report summarises the privacy risk of training <b>{profile.config.arch}</b> on "
-        f"<b>{d.name}</b> ({d.n_train} training images) with differentially private stochastic gradient descent "
+        f"<b>{d.name}</b> ({d.n_train} training "
+        f"{f'slices of {kappa_n(profile)} volumes' if profile.config.segmentation else 'images'}) with "
+        "differentially private stochastic gradient descent "
         f"(DP-SGD) at {len(profile.config.epsilons)} privacy budgets"
         f"{' and without privacy' if profile.config.non_private else ''}. For each budget it gives three tiers of "
         "reconstruction risk, as in Ziller et al. (2024): a <b>worst-case</b> bound (an attacker who knows "

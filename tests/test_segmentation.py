@@ -234,7 +234,37 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
 
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(str(out / "report.pdf")).pages).split())
     assert "Test Dice liver" in text and "Test Dice tumour" in text and "κ = 1/4" in text
+    # demo-ct is synthetic: the seed paper has no row for it, so no paper-mode appendix (an MSD Liver folder has one)
+    assert "Paper mode" not in text and "17.96%" not in text
+    assert "task_defaults" in text  # the configuration table lists the options that took the task's default
+
+
+def test_profile_of_an_msd_liver_folder_has_the_paper_mode_appendix(tmp_path, rng) -> None:
+    pytest.importorskip("monai")
+    from pypdf import PdfReader
+
+    from dpaudit.audit.profile import run_profile
+    from dpaudit.audit.profile.schema import ProfileConfig
+    from dpaudit.audit.report import render_report
+
+    root = write_msd(tmp_path / "Task03_Liver", rng, n=6)
+    config = ProfileConfig(dataset=f"msd:{root}", image_size=16, epsilons=(8.0,), epochs=1, batch_size=4,
+                           attack_images=2, decoders=("strong",), arch_args='{"width": 4}')
+    prof = run_profile(config, tmp_path / "prof", threads=1)
+    render_report(prof, tmp_path / "report.pdf", base_dir=tmp_path / "prof")
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(str(tmp_path / "report.pdf")).pages).split())
     assert "Paper mode: MSD Liver" in text and "17.96%" in text  # the seed paper's printed value beside ours
+    assert "What this is." in text and "background, liver, cancer" in text
+
+
+def test_paper_mode_applies_to_msd_liver_folders_only() -> None:
+    from dpaudit.audit.paper_mode import is_msd_liver
+
+    assert is_msd_liver("msd:/data/Task03_Liver", ("background", "liver", "cancer"))
+    assert is_msd_liver("msd:/copy/renamed", ("background", "Liver", "tumour"))  # the labels decide, not the name
+    assert not is_msd_liver("demo-ct", ("background", "liver", "tumour"))  # synthetic: no row in the paper
+    assert not is_msd_liver("msd:/data/Task07_Pancreas", ("background", "pancreas", "cancer"))
+    assert not is_msd_liver("msd:/data/Task09_Spleen", ("background", "spleen"))
 
 
 def test_the_closing_console_table_fits_80_columns_with_two_dice_columns(seg_profile, monkeypatch) -> None:
