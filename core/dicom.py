@@ -48,7 +48,7 @@ import numpy as np
 from dpaudit.errors import DataError
 from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
 
-__all__ = ["DicomHeader", "decode_dicom", "find_dicom", "is_dicom", "read_header", "window_value"]
+__all__ = ["NO_PIXEL_DATA", "DicomHeader", "decode_dicom", "find_dicom", "is_dicom", "read_header", "window_value"]
 
 #: The pip package(s) that decode each compressed transfer syntax, for the "no decoder" message.
 _JPEG = "pylibjpeg and pylibjpeg-libjpeg"
@@ -123,17 +123,28 @@ def _age_years(text: str) -> float | None:
     return int(text[:3]) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[text[3]]
 
 
+#: The elements that hold an image (PS3.5 section 8: Pixel Data, Float Pixel Data, Double Float Pixel Data).
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: The skipped-files reason of a DICOM file that holds no image (its own reason, not "unreadable").
+NO_PIXEL_DATA = "not an image (no pixel data)"
+
+
 def read_header(path: Path) -> DicomHeader | None:
-    """The header of one DICOM file (pixel data not read); None for a file without pixel data or a DICOMDIR."""
+    """The header of one DICOM file; None for a file that is not an image: no pixel data element (a structured
+    report, an RT structure set, a presentation state, a key object selection), no image size, or a DICOMDIR.
+
+    The pixel data are not read: values above 1 KiB are deferred (pydicom records where they are and seeks past
+    them), so whether the file holds pixel data at all is known without decoding it."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)  # force: files without a preamble
+        ds = pydicom.dcmread(path, defer_size=1024, force=True)  # force: files without a preamble
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise UnreadableImageError(f"DICOM file {str(path)!r} has an unreadable header ({type(exc).__name__}). "
                                    "Fix: replace or remove the file.") from None
-    if str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "Rows" not in ds or "Columns" not in ds:
+    if (str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "Rows" not in ds or "Columns" not in ds
+            or not any(k in ds for k in PIXEL_DATA_KEYWORDS)):
         return None
     keys = {k: str(ds.get(k, "") or "").strip()
             for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}

@@ -28,7 +28,7 @@ from dpaudit.data import (
     _stack,
     age_band,
 )
-from dpaudit.dicom import DicomHeader, decode_dicom, find_dicom, is_dicom, read_header
+from dpaudit.dicom import NO_PIXEL_DATA, DicomHeader, decode_dicom, find_dicom, is_dicom, read_header
 from dpaudit.errors import DataError
 from dpaudit.images import IMAGE_EXTENSIONS, Pixels, UnreadableImageError, probe_channels, read_image
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
@@ -210,7 +210,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             skipped["unreadable"] += 1
             continue
         if h is None:
-            skipped["no pixel data"] += 1
+            skipped[NO_PIXEL_DATA] += 1
         else:
             headers.append(h)
     if not headers:

@@ -234,13 +234,50 @@ def test_tree_discovery_labels_and_skips(tmp_path: Path, rng: np.random.Generato
     s = load(tmp_path)
     assert s.label_names == ("nodule", "normal")
     assert sum(len(p) for p in (s.train, s.val, s.test)) == 16
-    assert s.skipped == {"DICOMDIR": 1, "not DICOM": 1, "hidden": 1, "no pixel data": 1}
+    assert s.skipped == {"DICOMDIR": 1, "not DICOM": 1, "hidden": 1, "not an image (no pixel data)": 1}
     assert s.unit == "patient" and privacy_unit(s).records_per_patient == 2  # every patient has 2 images
     assert set(s.train.groups) == {"sex", "age_band"} and set(s.train.groups["age_band"]) == {"40-59"}
     for seed in range(5):  # patient-disjoint for every seed
         t = load(tmp_path, seed=seed)
         ids = [set(p.patient_ids) for p in (t.train, t.val, t.test)]
         assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_dicom_objects_without_pixel_data_are_not_images_not_unreadable(tmp_path: Path,
+                                                                         rng: np.random.Generator) -> None:
+    """Structured reports, RT structure sets and presentation states sit beside the images in a PACS export. They
+    hold no pixel data (some keep the referenced image's Rows and Columns); each is counted as "not an image (no
+    pixel data)", never as "unreadable" (which would send the user looking for a damaged file)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    for cls in ("normal", "nodule"):
+        for p in range(3):
+            dicom_file(tmp_path / cls / f"patient{p}" / "IM0", ramp(rng, 4095), patient=f"{cls}-{p}")
+    kinds = {"sr.dcm": ("1.2.840.10008.5.1.4.1.1.88.22", False),  # Enhanced SR
+             "rtstruct.dcm": ("1.2.840.10008.5.1.4.1.1.481.3", False),  # RT Structure Set
+             "gsps.dcm": ("1.2.840.10008.5.1.4.1.1.11.1", True),  # Grayscale Softcopy Presentation State
+             "stripped.dcm": ("1.2.840.10008.5.1.4.1.1.2", True)}  # a CT header exported without its pixel data
+    for name, (sop_class, with_size) in kinds.items():
+        ds = dicom_file(tmp_path / "nodule" / name, ramp(rng, 4095), patient="nodule-0")
+        del ds.PixelData
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        if not with_size:
+            del ds.Rows, ds.Columns
+        if name == "rtstruct.dcm":  # nested items: a contour referencing an image, no pixel data anywhere
+            contour = Dataset()
+            contour.ContourData = [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+            roi = Dataset()
+            roi.ContourSequence = [contour]
+            roi.ReferencedSOPInstanceUID = generate_uid()
+            ds.ROIContourSequence = [roi]
+        ds.save_as(tmp_path / "nodule" / name, enforce_file_format=True)
+    s = load(tmp_path)
+    assert s.skipped == {"not an image (no pixel data)": 4}
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 6
+    from dpaudit.data import loading_notes
+
+    assert loading_notes(s)[0] == "4 file(s) skipped (4 not an image (no pixel data))"
 
 
 @pytest.mark.parametrize("key", ["PatientID", "path"])
