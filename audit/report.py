@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import json
 import os
 from pathlib import Path
 
@@ -58,7 +59,8 @@ from dpaudit.audit.report_layout import (
     register_fonts,
     styles,
 )
-from dpaudit.errors import DataError, invalid
+from dpaudit.codec import from_plain
+from dpaudit.errors import DataError, DpAuditError, invalid
 
 
 class _Report(board.BoardPages):
@@ -642,11 +644,47 @@ def load_profile(path: str | os.PathLike) -> Profile:
     if p.is_dir():
         p = p / "profile.json"
     if not p.is_file():
-        raise invalid("profile", str(p), "an existing profile.json",
-                      "pass the file written by `dpaudit profile --out DIR` (DIR/profile.json)", cls=DataError)
+        raise DataError(f"{str(p)!r} does not exist: there is no profile.json to read. Fix: pass the profile.json "
+                        "written by `dpaudit profile --out DIR` (DIR/profile.json) or the folder DIR.")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:  # a PDF or another binary file passed by mistake
         raise DataError(f"profile {str(p)!r} is not UTF-8 JSON text (byte 0x{exc.object[exc.start]:02x} at offset "
                         f"{exc.start}). Fix: pass the profile.json written by `dpaudit profile --out DIR`.") from None
-    return Profile.from_json(text)
+    fix = "Fix: pass the profile.json written by `dpaudit profile --out DIR` (or the folder DIR)."
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{str(p)!r} is not a profile.json: it is not JSON ({exc.msg} at line {exc.lineno}, column "
+                        f"{exc.colno}{'; the file is empty' if not text.strip() else ''}). {fix}") from None
+    if not isinstance(data, dict) or not PROFILE_KEYS <= data.keys():
+        kind = _json_kind(data) or f"it lacks the keys every profile.json has ({', '.join(sorted(PROFILE_KEYS))})"
+        raise DataError(f"{str(p)!r} is not a profile.json: {kind}. {fix}")
+    try:
+        return from_plain(Profile, data)
+    except DpAuditError as exc:  # a profile.json, but a field does not read: name the file
+        raise DataError(f"profile {str(p)!r}: {exc}") from None
+
+
+#: Keys every profile.json holds (:class:`Profile`); a JSON object without them is another file.
+PROFILE_KEYS = frozenset({"schema_version", "dpaudit_version", "config", "dataset"})
+
+#: Other JSON files dpaudit writes, told apart by keys only they hold (what a user may pass to `report` by mistake).
+_OTHER_JSON = (
+    ({"settings", "per_image"}, "it is an attack.json (written by `dpaudit attack --out DIR`)"),
+    ({"rows", "ssim_variant", "threat_model"}, "it is the output of `dpaudit federated attack --json`"),
+    ({"rows", "ssim_variant"}, "it is the output of `dpaudit attack --json`"),
+    ({"epsilon_achieved", "metrics"}, "it is a metrics.json (written by `dpaudit train --out DIR`)"),
+    ({"dp_level", "server_view"}, "it is the output of `dpaudit federated train --json`"),
+    ({"rero", "mia"}, "it is the output of `dpaudit bounds --json`"),
+    ({"levels", "profile"}, "it is the summary of `dpaudit profile --json`, not the profile.json it names"),
+)
+
+
+def _json_kind(data: object) -> str | None:
+    """What a JSON file that is not a profile.json holds, when it is recognisably another dpaudit file."""
+    if isinstance(data, list):
+        return "it is a JSON list (a profile.json is an object; a list of phases is `dpaudit bounds --history`)"
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    return next((kind for keys, kind in _OTHER_JSON if keys <= data.keys()), None)

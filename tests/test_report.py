@@ -259,18 +259,38 @@ def test_include_images_adds_a_warning_page(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "an existing profile.json"),
-    ("{not json", "valid JSON"),
-    ('{"schema_version": 1}', "must be present"),
+    (None, "does not exist: there is no profile.json to read"),
+    ("", "is not a profile.json: it is not JSON (Expecting value at line 1, column 1; the file is empty)"),
+    ("{not json", "is not a profile.json: it is not JSON"),
+    ('{"schema_version": 1}', "is not a profile.json: it lacks the keys every profile.json has"),
+    ("[[1.0, 0.01, 100]]", "is not a profile.json: it is a JSON list"),
+    ('{"settings": {}, "per_image": {}, "rows": []}', "is not a profile.json: it is an attack.json (written by "
+                                                      "`dpaudit attack --out DIR`)"),
+    ('{"epsilon_achieved": 8, "metrics": {}}', "is not a profile.json: it is a metrics.json"),
+    ('{"rero": [], "mia": {}, "epsilon": 1}', "is not a profile.json: it is the output of `dpaudit bounds --json`"),
+    ('{"profile": "x/profile.json", "levels": []}', "it is the summary of `dpaudit profile --json`"),
 ])
 def test_report_cli_bad_inputs(tmp_path, content, message) -> None:
-    path = tmp_path / "profile.json"
+    """A file that is not a profile.json is named as such (and as what it is, when dpaudit wrote it)."""
+    path = tmp_path / "some.json"
     if content is not None:
         path.write_text(content)
     res = CliRunner().invoke(app, ["report", str(path), "-o", str(tmp_path / "r.pdf")])
     assert res.exit_code == 2
-    assert message in res.output.replace("\n", " ")
+    text = " ".join(res.output.split())
+    assert text.startswith(f"error: {str(path)!r}") and message in text, text
+    assert "Fix: pass the profile.json written by `dpaudit profile --out DIR`" in text
     assert "Traceback" not in res.output
+
+
+def test_report_names_the_file_of_a_damaged_profile_json(tmp_path) -> None:
+    data = json.loads(synthetic_profile(seeds=1).to_json())
+    data["train"][0]["steps"] = "many"
+    (tmp_path / "profile.json").write_text(json.dumps(data))
+    res = CliRunner().invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "r.pdf")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"profile {str(tmp_path / 'profile.json')!r}: $.train[0].steps" in text, text
+    assert "Fix:" in text
 
 
 def test_profile_json_rejects_wrong_types_and_unknown_fields() -> None:
