@@ -44,10 +44,15 @@ import torch
 from torch import nn
 
 from dpaudit.attacks.decoders import Layout, decode_pooled
-from dpaudit.attacks.federated_results import FederatedAttackConfig, FederatedAttackResult, FederatedAttackRow
+from dpaudit.attacks.federated_results import (
+    FederatedAttackConfig,
+    FederatedAttackResult,
+    FederatedAttackRow,
+    too_few_images,
+)
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.attacks.scoring import SSIM_VARIANT, NearestMatcher, clopper_pearson, ssim_batch
-from dpaudit.errors import ConfigError, check_int, invalid
+from dpaudit.errors import ConfigError, DataError, check_int
 
 __all__ = ["BinDecoding", "BinImprintBlock", "FederatedAttackConfig", "attack_views", "bin_thresholds",
            "client_update", "decode_bins", "run_federated_attack", "server_views"]
@@ -223,11 +228,9 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                              seed=config.seed, max_images=config.max_images)
     n_clients, b, k = config.clients, config.batch_size, config.bins
-    need = n_clients * b * config.rounds
+    need = config.images_needed
     if need > len(splits.train):
-        raise invalid("rounds", config.rounds, f"at most {len(splits.train) // (n_clients * b)} for "
-                      f"{len(splits.train)} training images, {n_clients} clients and batch {b}",
-                      "pass fewer --rounds or more --max-images")
+        raise DataError(too_few_images(config, len(splits.train)))
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads if config.threads is not None else idle_cores())
     try:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, default_image_size
-from dpaudit.errors import check_int, check_positive, invalid
+from dpaudit.errors import ConfigError, check_int, check_positive, invalid
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,49 @@ class FederatedAttackConfig:
         check_int("rounds", self.rounds, fix="pass --rounds 8")
         object.__setattr__(self, "image_size", check_int(
             "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
-            minimum=8))
+            minimum=8, fix="pass --image-size 28 or 64"))
+        if self.max_images is not None:
+            check_int("max_images", self.max_images, minimum=3,
+                      fix="pass --max-images 3 or more (one image per split at least), or leave it out")
+            if self.images_needed > self.max_images:  # the training split is only about 70% of them
+                raise ConfigError(too_few_images(self, self.max_images, loaded=True))
+        from dpaudit.models import parse_arch
+
+        parse_arch(self.arch)
         sig = tuple(float(s) for s in self.noise_multipliers)
         if not sig or any(not (math.isfinite(s) and s >= 0) for s in sig):
             raise invalid("noise_multipliers", self.noise_multipliers, "a non-empty list of numbers >= 0",
                           "pass e.g. --sigmas 0,1e-3,0.1")
         object.__setattr__(self, "noise_multipliers", sig)
         check_positive("max_grad_norm", self.max_grad_norm, fix="pass --max-grad-norm 1.0")
-        check_positive("lr", self.lr)
-        check_int("seed", self.seed, minimum=0)
+        check_positive("lr", self.lr, fix="pass lr > 0, e.g. 1.0 (the server undoes it when decoding)")
+        check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
+        if self.threads is not None:
+            check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+        from dpaudit.data import check_data_options
+
+        check_data_options(self.dataset, data_dir=self.data_dir)
+
+    @property
+    def images_needed(self) -> int:
+        """Training images the experiment attacks: fresh ones in every round, ``batch_size`` per client."""
+        return self.rounds * self.clients * self.batch_size
+
+
+def too_few_images(config: FederatedAttackConfig, have: int, *, loaded: bool = False) -> str:
+    """The error when the training split (or, ``loaded``, the --max-images asked) cannot supply every round."""
+    per_round = config.clients * config.batch_size
+    what = f"--max-images {have} loads at most {have}" if loaded else f"the training split holds {have}"
+    fits = int(0.7 * have) // per_round if loaded else have // per_round
+    # The loaders keep about 70% of the images for training (70/15/15): ask for enough that the split holds them.
+    enough = math.ceil(config.images_needed / 0.7) + 3
+    fewer = (f"or fewer --rounds ({'about ' if loaded else 'at most '}{fits} fit)" if fits >= 1 else
+             f"or fewer --clients or a smaller --batch-size (one round needs {per_round})")
+    more = (f"pass --max-images {enough} or more (the training split is about 70% of the images)"
+            if loaded or config.max_images is not None else "pass a dataset with more images")
+    return (f"too few training images for the attack: {config.rounds} round(s) x {config.clients} client(s) x batch "
+            f"{config.batch_size} attack {config.images_needed} distinct training images, and {what}. Fix: {more} "
+            f"{fewer}.")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dpaudit.attacks.decoders import DECODERS, DENOISERS
-from dpaudit.errors import ConfigError, check_int, invalid
+from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,6 +87,31 @@ class AttackScenario:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+        # Every field is checked here, before any data are loaded: a bad value is named at once, not after the
+        # data loaded (minutes for a DICOM tree). run_attack checks them again for callers of the library.
+        for eps in self.epsilons or ():
+            if eps is not None and not (eps > 0):  # inf: no noise
+                raise invalid("epsilons", eps, "numbers > 0 (1e9 or inf: no noise)",
+                              "pass target epsilons such as --epsilons 1,8,20,1e9, or --sigmas 0 for no noise")
+        for sigma in self.noise_multipliers or ():
+            check_positive("noise_multipliers", sigma, allow_zero=True,
+                           fix="pass noise multipliers >= 0, e.g. --sigmas 0,1e-4,1e-3,0.02")
+        if self.noise_multipliers is not None and not self.noise_multipliers:
+            raise invalid("noise_multipliers", [], "at least one value", "pass e.g. --sigmas 0,1e-3")
+        if self.n_train is not None:
+            check_int("n_train", self.n_train, fix="pass the number of training images, e.g. --n-train 10000")
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, fix="pass the number of training epochs, --epochs 1 or more")
+        if self.target_delta is not None:
+            check_probability("target_delta", self.target_delta, fix="pass a delta in (0, 1), e.g. --delta 1e-5")
+        if len(set(self.decoders)) != len(self.decoders):
+            raise invalid("decoders", list(self.decoders), "distinct names", "pass --decoder all (each decoder once)")
+        check_int("bins", self.bins, minimum=2, fix="pass --bins 10 (the paper's value)")
+        check_int("observations", self.observations, fix="pass --observations 1 or more")
+        if self.max_grad_norm is not None:
+            check_positive("max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. --max-grad-norm 1.0")
+        check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
+        check_int("keep_images", self.keep_images, minimum=0, fix="pass --save-images, or leave it out")
 
 
 def checkpoint_noise(ckpt) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str]:

@@ -147,10 +147,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_task(self)  # first: the task decides the defaults of the options left at None
-        modes = [self.epsilon is not None, self.noise_multiplier is not None, bool(self.non_private)]
-        if sum(modes) != 1:
-            raise ConfigError("exactly one of --epsilon, --sigma and --non-private must be given, got "
-                              f"{sum(modes)}. Fix: pass --epsilon 8 (target), --sigma 1.0, or --non-private.")
         if self.epsilon is not None:
             object.__setattr__(self, "epsilon", check_positive(
                 "epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8"))
@@ -165,6 +161,8 @@ class TrainConfig:
 
         parse_arch(self.arch)
         object.__setattr__(self, "arch_args", dict(self.arch_args))
+        if "width" in self.arch_args:  # before the data load: the model is built only after it
+            check_int("width", self.arch_args["width"], fix="pass a channel width of 1 or more, or leave it out")
         parse_trainable(self.trainable)
         if self.init is not None:
             if not isinstance(self.init, str) or not Path(self.init).is_file():
@@ -172,28 +170,45 @@ class TrainConfig:
                               ".safetensors)", "pass the path of the pretrained weights; dpaudit downloads nothing")
         object.__setattr__(self, "image_size", check_int(
             "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
-            minimum=8))
+            minimum=8, fix="pass --image-size 28, 64 or 224"))
         if self.max_images is not None:
-            check_int("max_images", self.max_images, minimum=3)
+            check_int("max_images", self.max_images, minimum=3,
+                      fix="pass --max-images 3 or more (one image per split at least), or leave it out")
         object.__setattr__(self, "window", parse_window(self.window))
+        from dpaudit.data import check_data_options
+
+        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
         if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
             raise invalid("privacy_unit", self.privacy_unit, f"one of {list(PRIVACY_UNIT_CHOICES)}",
                           "pass --privacy-unit patient or --privacy-unit image")
-        object.__setattr__(self, "epochs", check_int("epochs", self.epochs))
-        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
+        object.__setattr__(self, "epochs", check_int("epochs", self.epochs, fix="pass --epochs 1 or more"))
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size,
+                                                         fix="pass --batch-size 1 or more, e.g. 64"))
         if self.physical_batch_size is not None:
-            check_int("physical_batch_size", self.physical_batch_size)
+            check_int("physical_batch_size", self.physical_batch_size,
+                      fix="pass --physical-batch-size 1 or more, or leave it out (128)")
         object.__setattr__(self, "max_grad_norm", check_positive(
             "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. --max-grad-norm 1.0"))
         object.__setattr__(self, "lr", check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3"))
         object.__setattr__(self, "augment_multiplicity", check_int(
-            "augment_multiplicity", self.augment_multiplicity, minimum=0))
-        check_int("seed", self.seed, minimum=0)
-        object.__setattr__(self, "seeds", check_int("seeds", self.seeds))
+            "augment_multiplicity", self.augment_multiplicity, minimum=0,
+            fix="pass --augment-multiplicity 0 (no augmentation) or K >= 1 flipped views"))
+        check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
+        object.__setattr__(self, "seeds", check_int("seeds", self.seeds, fix="pass --seeds 1 or more"))
         if self.threads is not None:
-            check_int("threads", self.threads)
+            check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
+        # The choice of mechanism last: a value out of range in a flag the user typed is named first.
+        modes = {"--epsilon": self.epsilon is not None, "--sigma": self.noise_multiplier is not None,
+                 "--non-private": bool(self.non_private)}
+        given = [flag for flag, on in modes.items() if on]
+        if not given:
+            raise ConfigError("no privacy mechanism chosen: give exactly one of --epsilon, --sigma and --non-private. "
+                              "Fix: pass --epsilon 8 (a target; sigma is calibrated), --sigma 1.0, or --non-private.")
+        if len(given) > 1:
+            raise ConfigError(f"{' and '.join(given)} given together: give exactly one of --epsilon, --sigma and "
+                              f"--non-private. Fix: keep one of them (drop {given[-1]}).")
 
     @property
     def segmentation(self) -> bool:
@@ -294,10 +309,13 @@ class CanaryAuditConfig:
         object.__setattr__(self, "canaries", check_int(
             "canaries", self.canaries, minimum=4, fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
         if self.score not in ("loss", "reference"):
-            raise invalid("score", self.score, "'loss' or 'reference'")
+            raise invalid("score", self.score, "'loss' or 'reference'",
+                          "pass --score loss, or --score reference (a second, canary-free training run)")
         object.__setattr__(self, "confidence", check_probability(
             "confidence", self.confidence, fix="pass a confidence in (0, 1), e.g. 0.95"))
         if self.selection not in ("bonferroni", "split"):
-            raise invalid("selection", self.selection, "'bonferroni' or 'split'")
-        object.__setattr__(self, "fprs", tuple(check_probability("fprs", f) for f in self.fprs))
-        check_int("seed", self.seed, minimum=0)
+            raise invalid("selection", self.selection, "'bonferroni' or 'split'",
+                          "pass --selection bonferroni or --selection split")
+        object.__setattr__(self, "fprs", tuple(check_probability(
+            "fprs", f, fix="pass false-positive rates in (0, 1), e.g. (1e-3, 1e-2)") for f in self.fprs))
+        check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")

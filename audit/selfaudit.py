@@ -78,15 +78,17 @@ class SelfAuditConfig:
             "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. 1.0"))
         object.__setattr__(self, "trials", check_int(
             "trials", self.trials, minimum=4, fix="pass at least 4 steps per arm, e.g. --trials 2000"))
-        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size))
-        object.__setattr__(self, "dimension", check_int("dimension", self.dimension, minimum=2))
+        object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size,
+                                                         fix="pass a batch size of 1 or more"))
+        object.__setattr__(self, "dimension", check_int("dimension", self.dimension, minimum=2,
+                                                        fix="pass a gradient dimension of 2 or more"))
         object.__setattr__(self, "canary_norm", check_positive(
             "canary_norm", self.canary_norm, fix="pass a canary gradient norm above 1 (in units of the clip norm)"))
         object.__setattr__(self, "target_delta", check_probability(
             "target_delta", self.target_delta, fix="pass a delta in (0, 1), e.g. 1e-5"))
         object.__setattr__(self, "confidence", check_probability(
             "confidence", self.confidence, fix="pass a confidence in (0, 1), e.g. 0.95"))
-        check_int("seed", self.seed, minimum=0)
+        check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 Public API (see ``docs/ARCHITECTURE.md``): epsilon by PLD (tight, sound) and RDP (what Opacus reports), the noise
 calibration for a target epsilon, ReRo bounds for the worst-case and relaxed threat models, membership-inference
 curves, and the noise calibration for a target ReRo bound; each for one (sigma, q, T) phase or a ``Schedule`` of
-phases (Opacus' accountant history).
+phases (Opacus' accountant history). ``check_noise_multiplier``, ``check_q``, ``check_steps`` and ``check_delta``
+are the input checks every bound applies (callers check values early with them).
 """
 
+from dpaudit.bounds._mechanism import check_delta, check_noise_multiplier, check_q, check_steps
 from dpaudit.bounds.calibrate import (
     Calibration,
     NoiseForEpsilon,
@@ -41,6 +43,10 @@ __all__ = [
     "bounds_summary",
     "calibrate_epsilon",
     "calibrate_noise",
+    "check_delta",
+    "check_noise_multiplier",
+    "check_q",
+    "check_steps",
     "clt_mu",
     "epsilon_bound",
     "epsilon_pld",

@@ -7,10 +7,12 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 import sys
 import typing
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from pathlib import PurePath
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -21,7 +23,7 @@ from dpaudit.attacks.decoders import DECODER_CHOICES, DENOISERS
 from dpaudit.attacks.scenario import CONNECTIONS
 from dpaudit.codec import encode
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, PRIVACY_UNIT_CHOICES
-from dpaudit.errors import DpAuditError, invalid
+from dpaudit.errors import DpAuditError, invalid, message_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -206,29 +208,137 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Configuration fields set by a flag of another name (the library's vocabulary -> the flags, in the order they
+#: are tried): an error about ``noise_multiplier`` names ``--sigmas`` on ``attack`` and ``--sigma`` on ``train``.
+#: Every other field is named by the flag of the same name (``image_size`` -> ``--image-size``).
+FIELD_FLAGS: dict[str, tuple[str, ...]] = {
+    "noise_multiplier": ("--sigma", "--sigmas"),
+    "noise_multipliers": ("--sigmas", "--sigma"),
+    "sampling_probability": ("--q",),
+    "target_delta": ("--delta",),
+    "kappas": ("--kappa",),
+    "decoders": ("--decoder",),
+    "epsilon": ("--epsilon", "--epsilons"),
+    "max_volumes": ("--max-images",),
+}
+
+
+def _items(value: Any) -> list[Any]:
+    """The values a flag or a field holds: a comma-separated text or a sequence is its items."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    if isinstance(value, list | tuple):
+        return [item for v in value for item in _items(v)]
+    return [value]
+
+
+def _same_value(given: Any, found: Any) -> bool:
+    """Whether the value an error reports is (one of) the value(s) of a flag: only then is the flag named."""
+    def equal(a: Any, b: Any) -> bool:
+        try:
+            x, y = float(a), float(b)
+        except (TypeError, ValueError):
+            return str(a) == str(b)
+        return x == y or (x != x and y != y)
+
+    return any(equal(a, b) for a in _items(given) for b in _items(found))
+
+
+def _default_fix(flag: str, allowed: str) -> str:
+    minimum = re.fullmatch(r"an integer >= (-?\d+)", allowed)
+    if minimum:
+        return f"pass {flag} {minimum.group(1)} or more"
+    return f"pass {flag} with a value that is {allowed}"
+
+
+def user_message(exc: DpAuditError, options: dict[str, str] | None = None, values: dict[str, Any] | None = None
+                 ) -> str:
+    """The one line an error prints: a configuration field is named by the flag that set it (``options``: flag
+    -> parameter name, ``values``: parameter name -> value of the command run), and an error without a fix gets
+    one that says what to pass to that flag.
+
+    >>> from dpaudit.errors import invalid
+    >>> user_message(invalid("image_size", 0, "an integer >= 8"), {"--image-size": "image_size"}, {"image_size": 0})
+    '--image-size must be an integer >= 8, got 0. Fix: pass --image-size 8 or more.'
+    """
+    field, allowed = exc.field, exc.allowed
+    options, values = options or {}, values or {}
+    if field is None or allowed is None:
+        return with_option(str(exc), options, values)
+    candidates = (field, "--" + field.replace("_", "-"), *FIELD_FLAGS.get(field, ()))
+    flag = next((f for f in candidates if f in options and _same_value(values.get(options[f]), exc.value)), None)
+    if flag is None and field.startswith("--"):
+        flag = field  # the library already named the flag
+    if flag is None:
+        return with_option(str(exc), options, values)
+    return message_of(flag, exc.value, allowed, exc.fix or _default_fix(flag, allowed))
+
+
+def with_option(message: str, options: dict[str, str], values: dict[str, Any]) -> str:
+    """``message`` (about a file or a text the user gave, quoted) led by the flag that gave it, unless it names that
+    flag already: "--model: 'x.pt' is an HTML page, ..." rather than "'x.pt' is an HTML page, ...".
+
+    >>> with_option("'w.pt' is an empty file. Fix: copy it again.", {"--model": "model"}, {"model": "w.pt"})
+    "--model: 'w.pt' is an empty file. Fix: copy it again."
+    """
+    for flag, name in options.items():
+        value = values.get(name)
+        texts = [str(v) for v in (value if isinstance(value, list | tuple) else [value])
+                 if isinstance(v, str | PurePath) and len(str(v)) >= 3]
+        if any(repr(t) in message or f'"{t}"' in message for t in texts):
+            named = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message)
+            return message if named else f"{flag}: {message}"
+    return message
+
+
+def _running_command() -> tuple[dict[str, str], dict[str, Any]]:
+    """The options (flag -> parameter name) and parameter values of the command being run; empty outside one."""
+    get_context = getattr(typer.main, "get_current_context", None)
+    ctx = get_context(silent=True) if get_context is not None else None
+    if ctx is None:
+        return {}, {}
+    options = {opt: p.name for p in ctx.command.params
+               for opt in (*p.opts, *getattr(p, "secondary_opts", ())) if opt.startswith("--")}
+    return options, dict(ctx.params)
+
+
 def handle_errors(func: F) -> F:
-    """Turn a :class:`DpAuditError` into one line on stderr and exit code 2 (no traceback, no locals)."""
+    """Turn a :class:`DpAuditError` into one line on stderr and exit code 2 (no traceback, no locals); the line
+    names the flag the user typed and a fix (:func:`user_message`)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except DpAuditError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            options, values = _running_command()
+            err.print(f"[bold red]error:[/] {escape(user_message(exc, options, {**values, **kwargs}))}",
+                      markup=True, highlight=False)
             raise typer.Exit(code=2) from None
         except OSError as exc:
             # A path the user gave cannot be read or written (missing folder, a folder where a file is expected, a
-            # file where a folder is expected, no permission): one line naming the path, not a traceback.
-            what = f" '{exc.filename}'" if exc.filename else ""
-            err.print(f"[bold red]error:[/] cannot use the path{escape(what)}: {escape(exc.strerror or str(exc))}. "
-                      "Fix: give a path whose folder exists and is writable (a file name where a file is written, "
-                      "a folder name where a folder is written).", markup=True, highlight=False)
+            # file where a folder is expected, no permission): one line naming the path (and the flag that gave
+            # it), not a traceback.
+            what = f" {str(exc.filename)!r}" if exc.filename else ""
+            options, values = _running_command()
+            text = with_option(f"cannot use the path{what}: {exc.strerror or str(exc)}. Fix: give a path whose "
+                               "folder exists and is writable (a file name where a file is written, a folder name "
+                               "where a folder is written).", options, {**values, **kwargs})
+            err.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def progress_bar(*columns: Any) -> Any:
+    """A transient progress bar on stderr, drawn only on a terminal: elsewhere (a pipe, a log file) rich would
+    leave an empty line where the bar was, so the output would start with a blank line."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=err, transient=True, disable=not err.is_terminal)
 
 
 def json_text(obj: Any) -> str:
@@ -242,9 +352,10 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def parse_float_list(field: str, text: str) -> list[float]:
-    """Parse ``"1,8,20,1e9"`` into floats, naming the field and the bad item on error."""
+def parse_float_list(flag: str, text: str, example: str = "1,8,20") -> list[float]:
+    """Parse ``"1,8,20,1e9"`` into floats, naming the flag and the bad item on error."""
     values = []
+    fix = f"pass {flag} as numbers separated by commas, e.g. {flag} {example}"
     for item in text.split(","):
         item = item.strip()
         if not item:
@@ -252,9 +363,9 @@ def parse_float_list(field: str, text: str) -> list[float]:
         try:
             values.append(float(item))
         except ValueError:
-            raise invalid(field, item, "a comma-separated list of numbers, e.g. 1,8,20") from None
+            raise invalid(flag, item, f"a comma-separated list of numbers, e.g. {example}", fix) from None
     if not values:
-        raise invalid(field, text, "a non-empty comma-separated list of numbers, e.g. 1,8,20")
+        raise invalid(flag, text, f"a non-empty comma-separated list of numbers, e.g. {example}", fix)
     return values
 
 

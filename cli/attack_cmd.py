@@ -12,7 +12,7 @@ from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackScenario
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
+from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, default_image_size
 
 app = typer.Typer()
@@ -85,17 +85,24 @@ def attack(
     from dpaudit.attacks.scenario import attack_checkpoint, checkpoint_noise, select_images
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
-    from dpaudit.errors import check_int, invalid
+    from dpaudit.errors import ConfigError, check_int, invalid
     from dpaudit.runtime import idle_cores
 
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+    # Checked before the data load (the loaders check them again): a bad value is named at once.
+    if image_size is not None:
+        check_int("image_size", image_size, minimum=8,
+                  fix="pass --image-size 28, 64 or 224, or leave it out (the checkpoint's)")
+    if max_images is not None:
+        check_int("max_images", max_images, minimum=3,
+                  fix="pass --max-images 3 or more (one image per split at least), or leave it out")
     if save_images and out_dir is None:
         raise invalid("--save-images", True, "used together with --out DIR", "add --out DIR")
     scenario = AttackScenario(
         n_images=n_images, selection=str(selection),
-        epsilons=None if epsilons is None else tuple(parse_float_list("--epsilons", epsilons)),
-        noise_multipliers=None if sigmas is None else tuple(parse_float_list("--sigmas", sigmas)),
+        epsilons=None if epsilons is None else tuple(parse_float_list("--epsilons", epsilons, "1,8,20,1e9")),
+        noise_multipliers=None if sigmas is None else tuple(parse_float_list("--sigmas", sigmas, "0,1e-4,1e-3,0.02")),
         n_train=n_train, epochs=epochs, target_delta=delta, accountant=str(accountant),
         decoders=decoders_for(decoder), connection=str(connection), bins=bins, observations=observations,
         max_grad_norm=max_grad_norm, scoring=str(scoring), denoiser=str(denoiser), seed=seed,
@@ -103,6 +110,16 @@ def attack(
 
     dataset, data_dir, window, task = shared["dataset"], shared["data_dir"], shared["window"], shared["task"]
     args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
+    if model is None:
+        from dpaudit.models import parse_arch
+
+        if arch is None:
+            raise ConfigError("no checkpoint and no architecture given. Fix: pass --model FILE (a checkpoint to "
+                              "attack) or --arch resnet9 (a randomly initialised model; or monai:NAME, file.py:factory).")
+        parse_arch(arch)  # before the data load: a misspelt architecture is named at once
+    from dpaudit.data import check_data_options
+
+    check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window)
     ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
             if model is not None else None)
     if image_size is None:
@@ -151,10 +168,9 @@ def attack(
             err.print(f"attack scenario: batch size 1, q = 1/{n_tr}, T = {ep} * {n_tr} steps, delta = {dl:g}, "
                       f"{str(accountant).upper()} accountant")
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                  transient=True) as bar:
+    with progress_bar(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("attack", total=None)
 
         def progress(done: int, total: int) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out
-from dpaudit.errors import check_int, invalid
+from dpaudit.errors import ConfigError, DpAuditError, check_int, check_probability, invalid
 
 app = typer.Typer()
 
@@ -43,7 +43,8 @@ def _fmt_eps(e: float) -> str:
     return f"{e:.2f}" if e >= 1 else f"{e:.4g}"
 
 
-def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | None) -> list[float]:
+def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | None, *,
+            required: bool = True) -> list[float]:
     values = list(kappa or [])
     if n_candidates is not None:
         values.append(1.0 / check_int("n_candidates", n_candidates, minimum=2,
@@ -51,8 +52,9 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
     if n_train is not None:
         values.append(1.0 / check_int("n_train", n_train, minimum=2,
                                       fix="pass the number of training images, e.g. --n-train 10000"))
-    if not values:
-        raise invalid("kappa", None, "given", "pass --kappa K (repeatable), --n-candidates N or --n-train N")
+    if not values and required:
+        raise ConfigError("no prior given: the ReRo bounds need kappa. Fix: pass --kappa K (repeatable, e.g. "
+                          "--kappa 1e-3), --n-candidates N or --n-train N (kappa = 1/N).")
     return values
 
 
@@ -102,48 +104,91 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
         steps = phase.steps if steps is None else steps
     missing = [flag for flag, v in (("--sigma", sigma), ("--q", q), ("--steps", steps)) if v is None]
     if missing:
-        raise invalid(missing[0].lstrip("-"), None, "given",
-                      f"pass {', '.join(missing)} (the DP-SGD run's noise multiplier, sampling probability and "
-                      "steps), or --model CHECKPOINT to read them from a dpaudit checkpoint")
+        raise ConfigError(f"the DP-SGD run is not fully given: {' and '.join(missing)} missing. Fix: pass --sigma, "
+                          "--q and --steps (the run's noise multiplier, sampling probability and steps), or --model "
+                          "CHECKPOINT to read them from a dpaudit checkpoint.")
     return (Schedule.single(float(sigma), float(q), int(steps)), 1e-5 if delta is None else float(delta), n_train,
             ckpt_k)
+
+
+def _check_given(sigma: float | None = None, q: float | None = None, steps: int | None = None,
+                 delta: float | None = None, kappa: list[float] | None = None, n_candidates: int | None = None,
+                 n_train: int | None = None, records_per_patient: int | None = None) -> None:
+    """The values given, checked before anything else: a bad --sigma or --kappa is named at once, not after a
+    complaint that --q is missing."""
+    from dpaudit.bounds import check_delta, check_noise_multiplier, check_q, check_steps
+
+    for value, check in ((sigma, check_noise_multiplier), (q, check_q), (steps, check_steps), (delta, check_delta)):
+        if value is not None:
+            check(value)
+    for k in kappa or ():
+        check_probability("kappa", k, fix="pass the blind-guess success probability, e.g. --kappa 1e-3")
+    _kappas(None, n_candidates, n_train, required=False)
+    if records_per_patient is not None:
+        check_int("records_per_patient", records_per_patient, fix="pass --records-per-patient 1 or more")
+
+
+def _one_schedule_source(typed: list[str], choices: str) -> None:
+    """Refuse two ways of giving the run's schedule at once (``typed``: the flags of each way the user gave)."""
+    if len(typed) > 1:
+        raise ConfigError(f"{' and '.join(typed)} given together: choose one of {choices}. Fix: drop "
+                          f"{' and '.join(typed[1:])}.")
 
 
 def _schedule_from_flags(history: Path | None, phase: list[str] | None):
     """The run's phases from ``--history FILE`` (Opacus' ``accountant.history``: a JSON list of
     [noise_multiplier, sample_rate, steps], or the accountant's ``state_dict()`` holding it) or repeated
-    ``--phase SIGMA,Q,STEPS``; None when neither is given."""
+    ``--phase SIGMA,Q,STEPS``; None when neither is given. Every error names the file or the --phase text."""
     if history is None and not phase:
         return None
     from dpaudit.bounds import Schedule
+    from dpaudit.bounds.schedule import Phase
 
-    if history is not None and phase:
-        raise invalid("history", str(history), "given without --phase", "pass --history FILE or --phase "
-                      "SIGMA,Q,STEPS (repeatable), not both")
+    _one_schedule_source([f for f, v in (("--history", history), ("--phase", phase)) if v],
+                         "--history FILE or --phase SIGMA,Q,STEPS (repeatable)")
+    save = "save Opacus' accountant history after training with json.dump(accountant.history, f)"
     if history is not None:
         import json
 
+        name = str(history)
         try:
-            data = json.loads(Path(history).read_text(encoding="utf-8"))
+            text = Path(history).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise invalid("history", str(history), "an existing JSON file",
-                          "save Opacus' accountant history with json.dump(accountant.history, f)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise invalid("history", str(history), "a readable JSON file", f"fix the file ({exc})") from None
+            raise invalid("--history", name, "an existing JSON file", save) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise invalid("--history", name, "a readable JSON text file", f"{save} ({type(exc).__name__})") from None
+        if not text.strip():
+            raise invalid("--history", name, "a JSON list of phases, not an empty file", save)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise invalid("--history", name, "a JSON file", f"{save} ({exc.msg} at line {exc.lineno})") from None
         if isinstance(data, dict) and "history" in data:
             data = data["history"]  # accountant.state_dict()
-        return Schedule.from_history(data)
-    rows = []
+        if isinstance(data, list) and not data:
+            raise invalid("--history", name, "a list of at least one phase, not []",
+                          f"{save} once training has taken a step (an empty history records no step)")
+        try:
+            return Schedule.from_history(data)
+        except DpAuditError as exc:
+            raise ConfigError(f"--history {name!r}: {exc}") from None
+    phases = []
     for text in phase or []:
         parts = [p.strip() for p in text.split(",")]
         try:
             if len(parts) != 3:
                 raise ValueError
-            rows.append([float(parts[0]), float(parts[1]), int(parts[2])])
+            row = (float(parts[0]), float(parts[1]), int(parts[2]))
         except ValueError:
-            raise invalid("phase", text, "SIGMA,Q,STEPS (e.g. 1.0,0.01,500)",
+            raise invalid("--phase", text, "SIGMA,Q,STEPS (e.g. 1.0,0.01,500)",
                           "pass one --phase per phase: noise multiplier, sampling probability, integer steps") from None
-    return Schedule.from_history(rows)
+        try:
+            phases.append(Phase(*row))
+        except DpAuditError as exc:
+            what = f"{exc.field} must be {exc.allowed}, got {exc.value!r}" if exc.field else str(exc).split(". Fix")[0]
+            raise ConfigError(f"--phase {text!r}: {what}. Fix: give SIGMA > 0, Q in (0, 1] and whole STEPS >= 1, "
+                              "e.g. --phase 1.0,0.01,500.") from None
+    return Schedule(tuple(phases))
 
 
 HistoryOpt = Annotated[Path | None, typer.Option(
@@ -188,14 +233,17 @@ def bounds(
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
     from dpaudit.bounds import bounds_summary, mia_curve
 
+    _check_given(sigma, q, steps, delta, kappa, n_candidates, n_train, records_per_patient)
+    mechanism = [f for f, v in (("--sigma", sigma), ("--q", q), ("--steps", steps), ("--model", model))
+                 if v is not None]
+    _one_schedule_source([f for f, v in (("--history", history), ("--phase", phase)) if v]
+                         + (["/".join(mechanism)] if mechanism else []),
+                         "--history FILE, --phase SIGMA,Q,STEPS (repeatable), or --sigma, --q and --steps (or "
+                         "--model CHECKPOINT)")
     sched = _schedule_from_flags(history, phase)
     ckpt_k = None
     if sched is None:
         sched, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
-    elif any(v is not None for v in (sigma, q, steps, model)):
-        raise invalid("history" if history is not None else "phase", "given with --sigma/--q/--steps/--model",
-                      "given alone", "the schedule holds every phase's sigma, q and steps: drop --sigma, --q, "
-                      "--steps and --model")
     delta = 1e-5 if delta is None else delta
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
@@ -357,13 +405,19 @@ def calibrate(
     """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket)."""
     from dpaudit.bounds import calibrate_noise
 
+    _check_given(q=q, steps=steps, delta=delta, kappa=[kappa])
+    check_probability("max_rero", max_rero, fix="pass the largest acceptable reconstruction success, e.g. "
+                      "--max-rero 0.05")
+    given = [f for f, v in (("--q", q), ("--steps", steps)) if v is not None]
+    _one_schedule_source([f for f, v in (("--history", history), ("--phase", phase)) if v]
+                         + (["/".join(given)] if given else []),
+                         "--history FILE, --phase SIGMA,Q,STEPS (repeatable; the last phase's sigma is "
+                         "calibrated), or --q and --steps")
     sched = _schedule_from_flags(history, phase)
-    if sched is not None and (q is not None or steps is not None):
-        raise invalid("history" if history is not None else "phase", "given with --q/--steps", "given alone",
-                      "the last phase's q and steps are calibrated with its sigma: drop --q and --steps")
     if sched is None and (q is None or steps is None):
-        raise invalid("q" if q is None else "steps", None, "given",
-                      "pass --q and --steps, or the schedule with --history FILE or --phase SIGMA,Q,STEPS")
+        missing = " and ".join(f for f, v in (("--q", q), ("--steps", steps)) if v is None)
+        raise ConfigError(f"the DP-SGD run is not fully given: {missing} missing. Fix: pass --q and --steps, or the "
+                          "schedule with --history FILE or --phase SIGMA,Q,STEPS.")
     cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model.value.replace("-", "_"),
                           target_delta=delta, schedule=sched)
     q, steps = cal.sampling_probability, cal.steps

@@ -10,7 +10,7 @@ import typer
 from dpaudit.attacks.federated_results import FederatedAttackConfig
 from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list
+from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
                   no_args_is_help=True)
@@ -61,7 +61,7 @@ def train_command(
     json_output: cli.JsonOpt = False,
 ) -> None:
     """Train with FedAvg over partitioned sites; report per-site epsilon and global and per-site MCC."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from dpaudit.audit.federated import run_federated
 
@@ -71,8 +71,8 @@ def train_command(
         epsilon=epsilon,
         noise_multiplier=sigma, target_delta=delta, max_grad_norm=max_grad_norm, secure_aggregation=secure_aggregation,
         dropout=dropout, secagg_threshold=secagg_threshold, baselines=baselines, seed=seed, threads=threads)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn()) as bar:
         task = bar.add_task("partitioning, calibrating noise", total=None)
         result = run_federated(config, progress=lambda d, t, s: bar.update(task, completed=d, total=t,
                                                                             description=s))
@@ -132,7 +132,7 @@ def attack_command(
     from dpaudit.attacks.federated import run_federated_attack
 
     config = FederatedAttackConfig(
-        **shared, clients=clients, batch_size=batch_size, bins=bins, noise_multipliers=tuple(parse_float_list("sigmas", sigmas)),
+        **shared, clients=clients, batch_size=batch_size, bins=bins, noise_multipliers=tuple(parse_float_list("--sigmas", sigmas, "0,1e-3,0.1")),
         secure_aggregation=secure_aggregation, rounds=rounds, max_grad_norm=max_grad_norm, denoiser=str(denoiser),
         seed=seed, threads=threads)
     result = run_federated_attack(config)

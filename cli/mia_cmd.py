@@ -36,6 +36,15 @@ ConfidenceOpt = Annotated[float, typer.Option(
     "--confidence", help="Probability that the lower bound holds, in (0, 1).")]
 
 
+def _at_most(flag: str, value: int, total_flag: str, total: int) -> None:
+    """A count cannot exceed its total; both flags are named (either may be the one mistyped)."""
+    if 0 <= total < value:  # negative counts are the library's to name
+        from dpaudit.errors import invalid
+
+        raise invalid(flag, value, f"at most {total_flag} ({total})",
+                      f"pass {flag} no larger than {total_flag}: a count cannot exceed its total")
+
+
 def _fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4e}"
 
@@ -59,7 +68,8 @@ def bound_cmd(
     from dpaudit.codec import encode
 
     delta = DEFAULT_DELTA if delta is None else delta
-
+    _at_most("--true-positives", true_positives, "--positives", positives)
+    _at_most("--false-positives", false_positives, "--negatives", negatives)
     res = epsilon_lower_bound(true_positives, positives, false_positives, negatives, delta=delta,
                               confidence=confidence)
     ceiling = two_error_ceiling(positives, negatives, delta=delta, confidence=confidence)
@@ -94,7 +104,8 @@ def one_run_cmd(
     from dpaudit.attacks.lower_bounds import DEFAULT_DELTA, one_run_epsilon_lower_bound
 
     delta = DEFAULT_DELTA if delta is None else delta
-
+    _at_most("--guesses", guesses, "--canaries", canaries)
+    _at_most("--correct", correct, "--guesses", guesses)
     res = one_run_epsilon_lower_bound(canaries, guesses, correct, delta=delta, confidence=confidence)
     if json:
         emit_json(res)

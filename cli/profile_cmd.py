@@ -154,10 +154,14 @@ def profile(
     from dpaudit.attacks.decoders import decoders_for
     from dpaudit.audit.profile import run_profile
     from dpaudit.cli._common import parse_float_list
+    from dpaudit.data import check_data_options
     from dpaudit.errors import check_int
 
+    # Here rather than in ProfileConfig, so that a profile.json written before the check still loads.
+    check_data_options(shared["dataset"], data_dir=shared["data_dir"], labels=shared["labels"],
+                       window=shared["window"])
     config = ProfileConfig(
-        **shared, epsilons=None if epsilons is None else tuple(parse_float_list("epsilons", epsilons)),
+        **shared, epsilons=None if epsilons is None else tuple(parse_float_list("--epsilons", epsilons, "1,8,20,1e9")),
         non_private=non_private, seeds=seeds,
         seed=seed, kappas=tuple(kappa or ()), records_per_patient=records_per_patient, attack_images=attack_images,
         decoders=decoders_for(decoder), connection=connection, bins=bins, observations=observations,

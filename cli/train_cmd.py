@@ -8,7 +8,7 @@ import typer
 
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
 
 app = typer.Typer()
 #: The defaults of every option: TrainConfig's (the Python API's).
@@ -38,7 +38,7 @@ def train_command(
     json_output: cli.JsonOpt = False,
 ) -> None:
     """Train a model with DP-SGD (Opacus, Poisson sampling) or without DP, and report utility and epsilon."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from dpaudit.audit.train import train
 
@@ -47,8 +47,8 @@ def train_command(
     config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,
                          seed=seed, seeds=seeds, out=out_dir, threads=threads, device=device)
     cli.print_task_defaults(config)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                      TimeElapsedColumn()) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)
 
         def progress(done: int, total: int, text: str) -> None:

@@ -226,7 +226,7 @@ class Checkpoint(CheckpointMeta):
             mismatched = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
             if missing or unexpected or mismatched:
                 raise CheckpointError(
-                    f"the weights in {self.path or 'the checkpoint'} do not fit {self.arch}{dict(self.arch_args)} "
+                    f"the weights in {repr(self.path) if self.path else 'the checkpoint'} do not fit {self.arch}{dict(self.arch_args)} "
                     f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {mismatched[:3]}). Fix: "
                     "pass the --arch and --arch-args the model was trained with (and --fix-batchnorm if it was "
                     "built with it).")

@@ -78,6 +78,7 @@ __all__ = [
     "ImagesPerUnit",
     "PrivacyUnit",
     "age_band",
+    "check_data_options",
     "dataset_choices",
     "load_splits",
     "loading_notes",
@@ -444,6 +445,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
     fracs = (val_fraction, test_fraction)
     if not isinstance(name, str) or not name:
         raise invalid("dataset", name, f"one of {dataset_choices()}", cls=DataError)
+    check_data_options(name, data_dir=data_dir, labels=labels, window=window)
     if name == "demo":
         return make_demo(max_images or DEMO_DEFAULT_SIZE, image_size=image_size, seed=seed, fractions=fracs)
     if name == "ham10000":
@@ -456,13 +458,6 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
         if not path.is_absolute() and data_dir is not None:
             path = Path(data_dir) / path
         win = parse_window(window)
-        if labels is not None and prefix not in ("dicom", "nifti"):
-            raise invalid("labels", str(labels), "used with --dataset dicom:PATH or nifti:PATH",
-                          "put the labels in the manifest's label column (csv:FILE) or in class sub-folders "
-                          "(folder:PATH), and leave out --labels", cls=DataError)
-        if win is not None and prefix == "folder":
-            raise invalid("window", window, "used with --dataset dicom:, nifti: or csv:",
-                          "leave out --window for image folders (their values map by bit depth)", cls=DataError)
         if prefix == "folder":
             return _load_folder(path, image_size, seed, max_images, fracs)
         from dpaudit.medical import load_csv_manifest, load_dicom_tree, load_nifti_folder
@@ -482,6 +477,47 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
     raise invalid("dataset", name, f"one of {dataset_choices()}",
                   "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
                   "dicom:PATH, nifti:PATH or csv:FILE", cls=DataError)
+
+
+#: The data options and the datasets they apply to (``--dataset`` names; ``PREFIX:`` for the path forms).
+_WINDOW_DATASETS = ("dicom:", "nifti:", "csv:", "demo-ct", "msd:")
+_LABELS_DATASETS = ("dicom:", "nifti:")
+_DATA_DIR_DATASETS = ("ham10000", *MEDMNIST_FLAGS, "folder:", "dicom:", "nifti:", "csv:")
+
+
+def _applies(name: str, datasets: Sequence[str]) -> bool:
+    return any(name.startswith(d) if d.endswith(":") else name.lower() == d for d in datasets)
+
+
+def check_data_options(name: str, *, data_dir: str | Path | None = None, labels: str | Path | None = None,
+                       window: object = None) -> None:
+    """Refuse a data option that does not apply to the dataset ``name``: it would be ignored silently (a
+    ``--window`` on the demo's 8-bit images, a ``--labels`` file beside a manifest's label column), and a run
+    that ignores what the user asked for is not the run they meant (``--background-share`` outside segmentation is
+    refused by the training configuration). Unknown names are left to the loaders.
+
+    >>> check_data_options("demo", window="-100,200")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpaudit.errors.DataError: --window must be left out for --dataset demo (...), got '-100,200'. Fix: leave out --window.
+    """
+    if not isinstance(name, str):
+        return
+    known = _applies(name, ("demo", "demo-ct", "msd:", *_DATA_DIR_DATASETS))
+    if not known:
+        return
+    if window is not None and not _applies(name, _WINDOW_DATASETS):
+        raise invalid("--window", window, f"left out for --dataset {name} (it maps DICOM, NIfTI and CT values: "
+                      "dicom:, nifti:, csv:, demo-ct and msd:)", "leave out --window", cls=DataError)
+    if labels is not None and not _applies(name, _LABELS_DATASETS):
+        where = {"csv": "the manifest's label column", "folder": "the class sub-folders"}.get(
+            name.partition(":")[0], "the dataset itself")
+        raise invalid("--labels", str(labels), f"left out for --dataset {name} (it is read for dicom:PATH and "
+                      f"nifti:PATH; here the labels come from {where})", "leave out --labels", cls=DataError)
+    if data_dir is not None and not _applies(name, _DATA_DIR_DATASETS):
+        raise invalid("--data-dir", str(data_dir), f"left out for --dataset {name} (it is read for ham10000, "
+                      "MedMNIST and the relative paths of folder:, dicom:, nifti: and csv:)",
+                      "leave out --data-dir" + ("; give the task folder as msd:PATH" if name.startswith("msd:")
+                                                else ""), cls=DataError)
 
 
 def _need_dir(data_dir: str | Path | None, name: str) -> Path:

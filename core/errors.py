@@ -7,11 +7,22 @@ traceback (tracebacks with locals may hold patient data).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
 class DpAuditError(ValueError):
-    """Base class of every error caused by the user's input."""
+    """Base class of every error caused by the user's input.
+
+    An error built by :func:`invalid` also carries its parts (``field``, ``value``, ``allowed``, ``fix``), so that
+    the command line can name the flag the user typed for a configuration field (``--sigmas`` for
+    ``noise_multiplier``) and supply a fix where the library gave none; other errors have ``field`` None.
+    """
+
+    field: str | None = None
+    value: Any = None
+    allowed: str | None = None
+    fix: str | None = None
 
 
 class ConfigError(DpAuditError):
@@ -35,8 +46,20 @@ class NumericalError(DpAuditError):
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """``repr(value)``, shortened: at most 240 characters for a text or a path (a user needs the whole path to find
+    the file), 80 for anything else (a list or an array); a longer one keeps its start and its end, joined by "...".
+
+    >>> _short(list(range(40)))
+    '[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1..., 31, 32, 33, 34, 35, 36, 37, 38, 39]'
+    >>> _short("/data/" + "x" * 300 + "/history.json")[-19:]
+    "xxxxx/history.json'"
+    """
+    text = repr(str(value) if isinstance(value, os.PathLike) else value)
+    limit = 240 if isinstance(value, str | os.PathLike) else 80
+    if len(text) <= limit:
+        return text
+    tail = limit // 2 - 3
+    return text[:limit - tail - 3] + "..." + text[-tail:]
 
 
 def invalid(field: str, value: Any, allowed: str, fix: str | None = None, *, cls: type[DpAuditError] = ConfigError) -> DpAuditError:
@@ -45,10 +68,17 @@ def invalid(field: str, value: Any, allowed: str, fix: str | None = None, *, cls
     >>> str(invalid("sampling_probability", 1.5, "in (0, 1]", "pass the batch size divided by the dataset size"))
     'sampling_probability must be in (0, 1], got 1.5. Fix: pass the batch size divided by the dataset size.'
     """
+    exc = cls(message_of(field, value, allowed, fix))
+    exc.field, exc.value, exc.allowed, exc.fix = field, value, allowed, fix
+    return exc
+
+
+def message_of(field: str, value: Any, allowed: str, fix: str | None) -> str:
+    """The one line of an :func:`invalid` error: field, allowed range, value found, fix."""
     message = f"{field} must be {allowed}, got {_short(value)}."
     if fix:
         message += f" Fix: {fix.rstrip('.')}."
-    return cls(message)
+    return message
 
 
 def check_probability(field: str, value: float, *, open_low: bool = True, open_high: bool = True, fix: str | None = None) -> float:

@@ -72,27 +72,27 @@ def test_calibrate_json() -> None:
     assert obj["achieved_rero"] <= obj["max_rero"] == 0.05 and obj["threat_model"] == "relaxed"
 
 
-@pytest.mark.parametrize(("args", "field"), [
-    (["--sigma", "1", "--q", "1.5", "--steps", "10", "--kappa", "0.1"], "sampling_probability"),
-    (["--sigma", "1", "--q", "0", "--steps", "10", "--kappa", "0.1"], "sampling_probability"),
-    (["--sigma", "-1", "--q", "0.1", "--steps", "10", "--kappa", "0.1"], "noise_multiplier"),
-    (["--sigma", "1", "--q", "0.1", "--steps", "0", "--kappa", "0.1"], "steps"),
-    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "1.0"], "kappa"),
-    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0"], "kappa"),
-    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0.1", "--delta", "1"], "target_delta"),
-    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0.1", "--delta", "0"], "target_delta"),
-    (["--sigma", "1", "--q", "0.1", "--steps", "10"], "kappa"),
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--sigma", "1", "--q", "1.5", "--steps", "10", "--kappa", "0.1"], "--q"),
+    (["--sigma", "1", "--q", "0", "--steps", "10", "--kappa", "0.1"], "--q"),
+    (["--sigma", "-1", "--q", "0.1", "--steps", "10", "--kappa", "0.1"], "--sigma"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "0", "--kappa", "0.1"], "--steps"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "1.0"], "--kappa"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0"], "--kappa"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0.1", "--delta", "1"], "--delta"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10", "--kappa", "0.1", "--delta", "0"], "--delta"),
+    (["--sigma", "1", "--q", "0.1", "--steps", "10"], "--kappa"),
 ])
-def test_bad_inputs_exit_2_without_traceback(args: list[str], field: str) -> None:
+def test_bad_inputs_exit_2_without_traceback(args: list[str], flag: str) -> None:
     res = runner.invoke(app, ["bounds", *args])
     assert res.exit_code == 2
-    assert field in res.output and "Traceback" not in res.output
+    assert flag in res.output and "Fix:" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
 
 
 def test_calibrate_bad_input() -> None:
     res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "2", "--steps", "10", "--kappa", "0.01"])
-    assert res.exit_code == 2 and "sampling_probability" in res.output
+    assert res.exit_code == 2 and res.output.startswith("error: --q must be in (0, 1]")
 
 
 def _checkpoint(tmp_path: Path, dp: object, phases: object = None) -> Path:
@@ -192,14 +192,50 @@ def test_calibrate_last_phase(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "words"), [
     (["bounds", "--history", "missing.json", "--kappa", "1e-3"], "history"),
     (["bounds", "--phase", "1.0,0.01", "--kappa", "1e-3"], "SIGMA,Q,STEPS"),
-    (["bounds", "--phase", "1.0,1.5,10", "--kappa", "1e-3"], "history[0]"),
+    (["bounds", "--phase", "1.0,1.5,10", "--kappa", "1e-3"], "--phase '1.0,1.5,10': sampling_probability"),
     (["bounds", "--phase", "1.0,0.01,10", "--sigma", "1.0", "--kappa", "1e-3"], "--sigma"),
     (["calibrate", "--max-rero", "0.05", "--kappa", "1e-3"], "--history"),
 ])
 def test_schedule_errors_are_one_line(args: list[str], words: str) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 2
-    assert words in res.output and "Traceback" not in res.output
+    assert words in res.output and "Fix:" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("", "not an empty file"),
+    ("   \n", "not an empty file"),
+    ("[]", "at least one phase, not []"),
+    ('{"history": []}', "at least one phase, not []"),  # accountant.state_dict() of an accountant that took no step
+    ("[[1.0, 0.01]]", "history[0] must be"),
+    ("{not json", "a JSON file"),
+])
+def test_history_file_errors_name_the_file(tmp_path: Path, content: str, words: str) -> None:
+    path = tmp_path / "h.json"
+    path.write_text(content)
+    for cmd in (["bounds", "--kappa", "1e-3"], ["calibrate", "--max-rero", "0.05", "--kappa", "1e-3"]):
+        res = runner.invoke(app, [*cmd, "--history", str(path)])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) >= 1, res.output
+        assert repr(str(path)) in text and words in text and "Fix:" in text, text
+        assert text.startswith("error: --history"), text
+
+
+@pytest.mark.parametrize(("args", "together", "dropped"), [
+    (["bounds", "--sigma", "1", "--kappa", "1e-3"], "--history and --sigma given together", "drop --sigma"),
+    (["bounds", "--q", "0.1", "--steps", "10", "--kappa", "1e-3"], "--history and --q/--steps given together",
+     "drop --q/--steps"),
+    (["bounds", "--phase", "1,0.01,10", "--kappa", "1e-3"], "--history and --phase given together", "drop --phase"),
+    (["calibrate", "--max-rero", "0.05", "--kappa", "1e-3", "--q", "0.1"], "--history and --q given together",
+     "drop --q"),
+])
+def test_two_schedule_sources_say_choose_one(tmp_path: Path, args: list[str], together: str, dropped: str) -> None:
+    """--history with --sigma (or --phase, or --q/--steps) is refused by naming both and the choices, before the
+    file is read (here it does not even exist)."""
+    res = runner.invoke(app, [*args, "--history", str(tmp_path / "missing.json")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and together in text and "choose one of --history FILE, --phase SIGMA,Q,STEPS" in text
+    assert f"Fix: {dropped}." in text
 
 
 @pytest.mark.parametrize("flag, where", [("--plot", "missing-folder/x.png"), ("--roc", "."), ("--roc", "missing/r.csv")])

@@ -1,10 +1,12 @@
-"""Every "Fix:" is followable: each flag an error message names exists on the command that
-printed it.
+"""Every error a user can cause is followable: one line with a "Fix:" that names the flag the user typed (not the
+library's field name for it), and every flag the message names exists on the command that printed it.
 
 Robust to the CLI being reorganised: the commands and their options are discovered from the Typer app (any
-nesting of sub-apps), and the bad inputs are generated from each option's type (out-of-range numbers, odd weights
-files for file options), not from a hand-kept list. Data loading is replaced by a stub that fails at once, so that
-no invocation that gets past validation starts a long training run; the stub's message names no flag.
+nesting of sub-apps), and the bad inputs are generated from each option's type (out-of-range numbers, text that is
+no valid value, malformed number lists, odd weights files for file options), not from a hand-kept list. Data
+loading is replaced by a stub that fails at once, so that no invocation that gets past validation starts a long
+training run; the stub's message names no flag, and a value that is out of range for every option (-1) must be
+refused before the data are loaded.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def _is_number(t: object) -> bool:
 
 
 def _filler(p: object) -> str:
-    """A valid-looking value for a required option, so that the bad one is what the command rejects."""
+    """A valid-looking value for a required option or argument, so that the bad one is what the command rejects."""
     t = _annotation(p)
     if isinstance(t, type) and issubclass(t, enum.Enum):
         return str(next(iter(t)).value)
@@ -74,6 +76,21 @@ def _filler(p: object) -> str:
     if t is float:
         return "0.5"
     return "demo"
+
+
+#: A comma-separated list of numbers in an option's default or help ("1,8,20,1e9", "e.g. -100,200"): the option
+#: takes such a list as text.
+NUMBER_LIST = re.compile(r"-?\d[\w.+-]*(?:,-?\d[\w.+-]*)+")
+
+
+def _is_number_list(p: object) -> bool:
+    return _annotation(p) is str and bool(NUMBER_LIST.search(f"{getattr(p, 'default', '')} {getattr(p, 'help', '')}"))
+
+
+def _is_text(p: object) -> bool:
+    t = _annotation(p)
+    return t in (str, Path) or getattr(t, "__args__", ()) == (str,) or type(t).__name__ in ("StringParamType",
+                                                                                           "Path")
 
 
 def _weights_files(root: Path) -> dict[str, Path]:
@@ -100,35 +117,67 @@ def _weights_files(root: Path) -> dict[str, Path]:
     return out
 
 
-def scenarios(cmd: object, files: dict[str, Path]) -> Iterator[list[str]]:
-    options = _options(cmd)
-    required = [p for p in options if getattr(p, "required", False)]
-    for p in options:
+def _required_args(cmd: object, skip: object = None) -> list[str]:
+    """Fillers for the required options and arguments (but ``skip``), in the order click expects them."""
+    params = [p for p in getattr(cmd, "params", []) if getattr(p, "required", False) and p is not skip]
+    args = [x for p in params if p.opts[0].startswith("-") for x in (p.opts[0], _filler(p))]
+    return args + [_filler(p) for p in params if not p.opts[0].startswith("-")]
+
+
+def scenarios(cmd: object, files: dict[str, Path]) -> Iterator[tuple[str, str, list[str]]]:
+    """(flag, bad value, arguments) for every option that takes a value."""
+    for p in _options(cmd):
         if getattr(p, "is_flag", False):
             continue
-        base = [x for r in required if r is not p for x in (r.opts[0], _filler(r))]
+        base = _required_args(cmd, skip=p)
         flag = next(o for o in p.opts if o.startswith("--"))
         t = _annotation(p)
         if WEIGHTS_OPTIONS.match(flag):
-            for f in files.values():
-                yield [*base, flag, str(f)]
+            bad = [str(f) for f in files.values()]
         elif _is_number(t):
-            for bad in ("-1", "0"):
-                yield [*base, flag, bad]
+            bad = ["-1", "0"]
         elif "arch" in flag:
-            for bad in ("vgg", "nowhere.py:build", "monai:NoSuchNet", "{not json"):
-                yield [*base, flag, bad]
+            bad = ["vgg", "nowhere.py:build", "monai:NoSuchNet", "{not json"]
+        elif _is_number_list(p):
+            bad = ["abc", "-1"]
+        elif _is_text(p):
+            bad = ["no-such-value"]
+        else:
+            bad = []
+        for value in bad:
+            yield flag, value, [*base, flag, value]
+
+
+#: "--flag VALUE" in a fix: what the user is told to type.
+SUGGESTED = re.compile(r"(--[a-z][a-z0-9-]*) ([\w.:/-]+)")
+
+
+def follow_the_fix(path: tuple[str, ...], args: list[str], baseline: str) -> list[str]:
+    """The first "--flag VALUE" of the baseline complaint's fix that gets the command past it (to the data stub or
+    to success): a command that needs a choice first (train: a privacy mechanism; attack: a model) is exercised
+    with it, so that every later option is reached. Empty when the complaint's fix names no such pair."""
+    for flag, value in SUGGESTED.findall(baseline.partition("Fix:")[2]):
+        res = runner.invoke(app, [*path, *args, flag, value])
+        if res.exit_code == 0 or "stub: data loading reached" in res.output:
+            return [flag, value]
+    return []
+
+
+#: The first words of an error that names a configuration field rather than a flag ("noise_multiplier must be").
+FIELD_SUBJECT = re.compile(r"^error: ([a-z][a-z0-9_]*(?:\[\d+\])?) must be ")
 
 
 def _stub_data(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
     import pkgutil
 
-    import dpaudit
-
-    for info in pkgutil.walk_packages(dpaudit.__path__, "dpaudit."):
-        if not info.name.endswith("__main__"):
-            importlib.import_module(info.name)
+    # Every module first, so that none imports the stub as its load_splits (and keeps it after the test): the
+    # sub-packages live in folders of their own (package-dir), so each is walked, not only dpaudit's folder.
+    for package in ("dpaudit", "dpaudit.attacks", "dpaudit.audit", "dpaudit.bounds", "dpaudit.cli"):
+        pkg = importlib.import_module(package)
+        for info in pkgutil.walk_packages(pkg.__path__, f"{package}."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
 
     def stub(*args: object, **kwargs: object) -> None:
         raise DataError("stub: data loading reached")
@@ -138,8 +187,8 @@ def _stub_data(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setattr(module, "load_splits", stub)
 
 
-def test_every_flag_an_error_names_exists_on_that_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+def test_every_error_names_the_flag_typed_and_a_fix_that_exists_on_that_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _stub_data(monkeypatch)
     files = _weights_files(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -148,28 +197,50 @@ def test_every_flag_an_error_names_exists_on_that_command(tmp_path: Path, monkey
     problems, tracebacks, checked = [], [], 0
     for path, cmd in leaf_commands(root):
         flags = option_names(cmd)
-        for args in scenarios(cmd, files):
+        # The command's own complaint with only its required values given (train: no privacy mechanism chosen)
+        # is followed as its fix says, so that the options checked after it are reached; a bad value the command
+        # checks only after a complaint that remains cannot be reached from here.
+        baseline = " ".join(runner.invoke(app, [*path, *_required_args(cmd)]).output.split())
+        prerequisite = follow_the_fix(path, _required_args(cmd), baseline) if "Fix:" in baseline else []
+        if prerequisite:
+            baseline = ""
+        for flag, value, args in scenarios(cmd, files):
+            if prerequisite and flag != prerequisite[0]:
+                args = [*prerequisite, *args]
+            line = f"`dpaudit {' '.join(path)} {' '.join(args)}`"
             res = runner.invoke(app, [*path, *args])
             if res.exception is not None and not isinstance(res.exception, SystemExit):
-                tracebacks.append(f"{' '.join(path)} {' '.join(args)}: {type(res.exception).__name__}: "
-                                  f"{res.exception}")
+                tracebacks.append(f"{line}: {type(res.exception).__name__}: {res.exception}")
                 continue
             if res.exit_code == 0:
                 continue
-            checked += 1
             text = " ".join(res.output.split())
+            if "stub: data loading reached" in text:
+                if value == "-1" and _is_number(_annotation(next(p for p in _options(cmd) if flag in p.opts))):
+                    problems.append(f"{line} is refused only after the data are loaded (or not at all)")
+                continue
+            checked += 1
             # A quoted command line (`dpaudit train --out DIR`) names another command's flags: check them there.
             for quoted in QUOTED.findall(text):
                 words = quoted.split()
                 target = next((commands[k] for n in (2, 1) if (k := tuple(words[:n])) in commands), None)
                 if target is None or not set(FLAG.findall(quoted)) <= target:
-                    problems.append(f"`dpaudit {' '.join(path)} {' '.join(args)}` quotes `dpaudit {quoted}`, "
-                                    f"which is not a command with those flags")
+                    problems.append(f"{line} quotes `dpaudit {quoted}`, which is not a command with those flags")
             for named in set(FLAG.findall(QUOTED.sub("", text))):
                 if named not in flags:
-                    problems.append(f"`dpaudit {' '.join(path)} {' '.join(args)}` names {named}: "
-                                    f"{' '.join(res.output.split())[:300]}")
-    assert checked > 50  # the generator reached many messages
+                    problems.append(f"{line} names {named}: {text[:300]}")
+            if "Usage:" in text:  # click's own parser (a wrong type): it names the option and shows the choices
+                if flag not in text:
+                    problems.append(f"{line} is refused by the parser without naming {flag}: {text[:300]}")
+                continue
+            if "Fix:" not in text:
+                problems.append(f"{line} gives no fix: {text[:300]}")
+            subject = FIELD_SUBJECT.match(text)
+            if subject:
+                problems.append(f"{line} names the field {subject.group(1)}, not the flag: {text[:300]}")
+            if flag not in text and text != baseline:
+                problems.append(f"{line} does not name {flag}: {text[:300]}")
+    assert checked > 150  # the generator reached many messages
     assert not tracebacks, "\n".join(tracebacks)
     assert not problems, "\n".join(problems)
 
@@ -185,3 +256,81 @@ def test_weights_file_errors_are_one_line_exit_2(tmp_path: Path) -> None:
             lines = [ln for ln in res.output.splitlines() if ln.strip()]
             assert lines[0].startswith("error:") and "Fix:" in res.output, (name, res.output)
             assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("args", "head", "fix"), [
+    (["train", "--image-size", "0"], "error: --image-size must be an integer >= 8, got 0.", "Fix: pass --image-size"),
+    (["train", "--epochs", "0"], "error: --epochs must be an integer >= 1, got 0.", "Fix: pass --epochs 1 or more"),
+    (["train", "--seeds", "0"], "error: --seeds must be an integer >= 1, got 0.", "Fix: pass --seeds 1 or more"),
+    (["train", "--max-images", "0"], "error: --max-images must be an integer >= 3, got 0.",
+     "Fix: pass --max-images 3 or more"),
+    (["attack", "--sigmas", "abc"], "error: --sigmas must be a comma-separated list of numbers",
+     "Fix: pass --sigmas as numbers separated by commas, e.g. --sigmas 0,1e-4,1e-3,0.02"),
+    (["attack", "--sigmas", "-1"], "error: --sigmas must be a finite number >= 0, got -1.0.",
+     "Fix: pass noise multipliers >= 0, e.g. --sigmas 0,1e-4,1e-3,0.02"),
+    (["profile", "--out", "x", "--epsilons", "abc"], "error: --epsilons must be a comma-separated list of numbers",
+     "Fix: pass --epsilons as numbers separated by commas, e.g. --epsilons 1,8,20,1e9"),
+    (["train"], "error: no privacy mechanism chosen: give exactly one of --epsilon, --sigma and --non-private.",
+     "Fix: pass --epsilon 8"),
+    (["train", "--epsilon", "8", "--sigma", "1"], "error: --epsilon and --sigma given together", "Fix: keep one"),
+    (["train", "--epsilon", "8", "--window", "-100,200"], "error: --window must be left out for --dataset demo",
+     "Fix: leave out --window"),
+    (["attack", "--arch", "smallcnn", "--window", "-100,200"], "error: --window must be left out for --dataset demo",
+     "Fix: leave out --window"),
+    (["profile", "--out", "x", "--window", "-100,200"], "error: --window must be left out for --dataset demo",
+     "Fix: leave out --window"),
+    (["profile", "--out", "x", "--background-share", "0.5"], "error: --background-share must be 1",
+     "Fix: leave out --background-share"),
+])
+def test_the_reported_inputs_name_their_flag_and_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       args: list[str], head: str, fix: str) -> None:
+    """The first line of each error starts with the flag typed (not the field, e.g. noise_multiplier) and has a
+    fix; the privacy mechanism is asked for only after the values given were checked."""
+    _stub_data(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, args)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and text.startswith(head) and fix in text, text
+    assert len(res.output.strip().splitlines()) == 1 or "Usage" not in res.output
+
+
+def test_user_message_names_the_flag_only_for_the_value_it_gave() -> None:
+    """A field is named by the command's flag when the value in the error is the one that flag holds: a damaged
+    checkpoint's n_train of 0 is not blamed on --n-train 100."""
+    from dpaudit.cli._common import user_message
+    from dpaudit.errors import invalid
+
+    options = {"--n-train": "n_train", "--sigmas": "sigmas", "--delta": "delta"}
+    values = {"n_train": 100, "sigmas": "0,-1", "delta": 1e-5}
+    assert user_message(invalid("n_train", 0, "an integer >= 1"), options, values) == \
+        "n_train must be an integer >= 1, got 0."
+    assert user_message(invalid("n_train", 100, "at most 50"), options, values) == \
+        "--n-train must be at most 50, got 100. Fix: pass --n-train with a value that is at most 50."
+    assert user_message(invalid("noise_multiplier", -1.0, "a finite number >= 0", "pass 0 or more"), options,
+                        values) == "--sigmas must be a finite number >= 0, got -1.0. Fix: pass 0 or more."
+    assert user_message(invalid("target_delta", 1e-5, "below 1/N"), options, values).startswith("--delta must")
+
+
+def test_stderr_does_not_start_with_a_blank_line(tmp_path: Path) -> None:
+    """The progress bar is drawn only on a terminal: elsewhere rich left an empty line where it was."""
+    for args in (["train", "--arch", "smallcnn", "--image-size", "16", "--max-images", "40", "--sigma", "1",
+                  "--epochs", "1", "--batch-size", "8", "--threads", "1"],
+                 ["attack", "--arch", "smallcnn", "--image-size", "16", "--max-images", "20", "--n-images", "2",
+                  "--sigmas", "0", "--threads", "1"],
+                 ["federated", "train", "--arch", "smallcnn", "--image-size", "16", "--max-images", "60",
+                  "--clients", "2", "--rounds", "1", "--batch-size", "8", "--sigma", "1", "--threads", "1"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert not res.stderr.startswith("\n"), (args, res.stderr[:200])
+
+
+def test_the_message_helpers_doctests() -> None:
+    import doctest
+
+    import dpaudit.cli._common
+    import dpaudit.data
+    import dpaudit.errors
+
+    for module in (dpaudit.errors, dpaudit.cli._common, dpaudit.data):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

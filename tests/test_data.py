@@ -651,3 +651,51 @@ def test_medmnist_images_repeated_across_its_own_splits_are_reported(tmp_path: P
     np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
     s = load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
     assert s.notes == ("pneumoniamnist.npz: 2 validation/test image(s) identical to a training image",)
+
+
+@pytest.mark.parametrize(("dataset", "options", "refused"), [
+    ("demo", {"window": "-100,200"}, "--window"),
+    ("ham10000", {"window": "-100,200"}, "--window"),
+    ("dermamnist", {"window": (0, 1)}, "--window"),
+    ("folder:x", {"window": "-100,200"}, "--window"),
+    ("demo", {"labels": "l.csv"}, "--labels"),
+    ("csv:m.csv", {"labels": "l.csv"}, "--labels"),
+    ("folder:x", {"labels": "l.csv"}, "--labels"),
+    ("demo-ct", {"labels": "l.csv"}, "--labels"),
+    ("demo", {"data_dir": "d"}, "--data-dir"),
+    ("demo-ct", {"data_dir": "d"}, "--data-dir"),
+    ("msd:/data/Task03_Liver", {"data_dir": "d"}, "--data-dir"),
+    # Where they apply, nothing is refused.
+    ("dicom:x", {"window": "-100,200", "labels": "l.csv", "data_dir": "d"}, None),
+    ("nifti:x", {"window": "-100,200", "labels": "l.csv", "data_dir": "d"}, None),
+    ("csv:m.csv", {"window": "-100,200", "data_dir": "d"}, None),
+    ("demo-ct", {"window": "-100,200"}, None),
+    ("msd:/data/Task03_Liver", {"window": "-100,200"}, None),
+    ("ham10000", {"data_dir": "d"}, None),
+    ("DermaMNIST", {"data_dir": "d"}, None),
+    ("folder:x", {"data_dir": "d"}, None),
+    ("no-such-dataset", {"window": "-100,200"}, None),  # unknown names are the loaders' to refuse
+])
+def test_options_that_do_not_apply_to_the_dataset_are_refused_not_ignored(dataset: str, options: dict,
+                                                                         refused: str | None) -> None:
+    from dpaudit.data import check_data_options
+
+    if refused is None:
+        check_data_options(dataset, **options)
+        return
+    with pytest.raises(DataError) as info:
+        check_data_options(dataset, **options)
+    text = str(info.value)
+    assert text.startswith(f"{refused} must be left out for --dataset {dataset}") and f"Fix: leave out {refused}" in text
+
+
+def test_window_on_the_demo_is_refused_by_every_command_that_loads_data(tmp_path: Path) -> None:
+    """load_splits itself refuses it too (the library's callers), before generating anything."""
+    from dpaudit.cli.main import app
+
+    with pytest.raises(DataError, match="--window must be left out for --dataset demo"):
+        load_splits("demo", image_size=16, window="-100,200")
+    for args in (["train", "--sigma", "1"], ["attack", "--arch", "smallcnn"], ["profile", "--out", str(tmp_path)],
+                 ["mia", "audit", "--sigma", "1"]):
+        res = runner.invoke(app, [*args, "--window", "-100,200"])
+        assert res.exit_code == 2 and "--window must be left out for --dataset demo" in res.output, res.output

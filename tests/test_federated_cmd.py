@@ -68,3 +68,22 @@ def test_train_human_output_labels_every_number() -> None:
     assert res.exit_code == 0, res.output
     assert "sample level" in res.output and "sound upper bound" in res.output and "empirical" in res.output
     assert "only the sum" in res.output
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    # Refused before loading: --max-images cannot hold 8 rounds x 4 clients x 2 images.
+    (["--max-images", "12"], ["8 round(s) x 4 client(s) x batch 2 attack 64 distinct training images",
+                              "--max-images 12 loads at most 12", "Fix: pass --max-images 95 or more",
+                              "or fewer --rounds (about 1 fit)"]),
+    # Not even one round fits: fewer clients or a smaller batch.
+    (["--max-images", "5", "--rounds", "1"], ["Fix: pass --max-images 15 or more",
+                                              "or fewer --clients or a smaller --batch-size (one round needs 8)"]),
+    # Refused after loading: the training split (about 70%) holds fewer than the rounds need.
+    (["--max-images", "60", "--rounds", "6"], ["attack 48 distinct training images", "the training split holds",
+                                               "or fewer --rounds (at most"]),
+])
+def test_attack_with_too_few_images_says_so_and_how_to_fix_it(args, words) -> None:
+    res = CliRunner().invoke(app, ["federated", "attack", "--image-size", "16", "--arch", "smallcnn", *args])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and text.startswith("error: too few training images for the attack"), text
+    assert "at most 0" not in text and all(w in text for w in words), text

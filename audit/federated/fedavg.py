@@ -123,13 +123,6 @@ class FederatedConfig:
     def __post_init__(self) -> None:
         if self.dp_level not in DP_LEVELS:
             raise invalid("dp_level", self.dp_level, f"one of {list(DP_LEVELS)}", "pass --dp-level sample")
-        given = (self.epsilon is not None) + (self.noise_multiplier is not None)
-        if self.dp_level == "none" and given:
-            raise invalid("dp_level", "none", "sample or client when --epsilon or --sigma is given",
-                          "drop --epsilon/--sigma for a non-private run, or pass --dp-level sample")
-        if self.dp_level != "none" and given != 1:
-            raise ConfigError(f"dp_level {self.dp_level} needs exactly one of --epsilon and --sigma, got {given}. "
-                              "Fix: pass --epsilon 8 (target) or --sigma 1.0, or --dp-level none.")
         if self.epsilon is not None:
             check_positive("epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8")
         if self.noise_multiplier is not None:
@@ -144,17 +137,21 @@ class FederatedConfig:
         object.__setattr__(self, "arch_args", dict(self.arch_args))
         object.__setattr__(self, "image_size", check_int(
             "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
-            minimum=8))
+            minimum=8, fix="pass --image-size 28 or 64"))
+        if self.max_images is not None:
+            check_int("max_images", self.max_images, minimum=3,
+                      fix="pass --max-images 3 or more (one image per split at least), or leave it out")
         clients = check_int("clients", self.clients, fix="pass --clients 5")
         parse_partition(self.partition)
         check_int("rounds", self.rounds, fix="pass --rounds 5")
         if self.clients_per_round is not None:
-            m = check_int("clients_per_round", self.clients_per_round)
+            m = check_int("clients_per_round", self.clients_per_round,
+                          fix=f"pass --clients-per-round between 1 and --clients ({clients}), or leave it out (all)")
             if m > clients:
                 raise invalid("clients_per_round", m, f"at most --clients ({clients})",
                               f"pass --clients-per-round {clients} or fewer")
-        check_int("local_epochs", self.local_epochs)
-        check_int("batch_size", self.batch_size)
+        check_int("local_epochs", self.local_epochs, fix="pass --local-epochs 1 or more")
+        check_int("batch_size", self.batch_size, fix="pass --batch-size 1 or more, e.g. 32")
         check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3")
         check_positive("server_lr", self.server_lr, fix="pass --server-lr 1.0 (plain FedAvg)")
         check_positive("max_grad_norm", self.max_grad_norm, fix="pass e.g. --max-grad-norm 1.0")
@@ -164,11 +161,27 @@ class FederatedConfig:
             if not self.secure_aggregation:
                 raise invalid("secagg_threshold", self.secagg_threshold, "given only with --secure-aggregation",
                               "add --secure-aggregation or drop --secagg-threshold")
-            t = check_int("secagg_threshold", self.secagg_threshold)
+            t = check_int("secagg_threshold", self.secagg_threshold,
+                          fix="pass --secagg-threshold 1 or more, or leave it out (half the clients per round)")
             if t > self.expected_per_round:
                 raise invalid("secagg_threshold", t, f"at most the clients per round ({self.expected_per_round})",
                               "pass a smaller --secagg-threshold")
-        check_int("seed", self.seed, minimum=0)
+        check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
+        if self.threads is not None:
+            check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+        from dpaudit.data import check_data_options
+
+        check_data_options(self.dataset, data_dir=self.data_dir)
+        # The choice of mechanism last: a value out of range in a flag the user typed is named first.
+        given = [flag for flag, v in (("--epsilon", self.epsilon), ("--sigma", self.noise_multiplier)) if v is not None]
+        if self.dp_level == "none" and given:
+            raise ConfigError(f"--dp-level none trains without DP, but {' and '.join(given)} given. Fix: drop "
+                              f"{' and '.join(given)} for a non-private run, or pass --dp-level sample.")
+        if self.dp_level != "none" and len(given) != 1:
+            what = "neither given" if not given else "both given"
+            raise ConfigError(f"--dp-level {self.dp_level} needs exactly one of --epsilon and --sigma ({what}). "
+                              "Fix: pass --epsilon 8 (a target; sigma is calibrated) or --sigma 1.0 (or keep one of "
+                              "them), or --dp-level none for a non-private run.")
 
     @property
     def expected_per_round(self) -> int:

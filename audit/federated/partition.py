@@ -53,7 +53,7 @@ def parse_partition(text: str, *, flag: str = "--partition") -> Partition:
     allowed = "iid, dirichlet:ALPHA (ALPHA > 0) or column:NAME"
     fix = f"pass e.g. {flag} dirichlet:0.5"
     if not isinstance(text, str):
-        raise invalid("partition", text, allowed, fix)
+        raise invalid(flag, text, allowed, fix)
     if text == "iid":
         return Partition("iid")
     m = re.fullmatch(r"dirichlet:([0-9.eE+-]+)", text)
@@ -61,14 +61,14 @@ def parse_partition(text: str, *, flag: str = "--partition") -> Partition:
         try:
             alpha = float(m.group(1))
         except ValueError:
-            raise invalid("partition", text, allowed, fix) from None
+            raise invalid(flag, text, allowed, fix) from None
         if not alpha > 0 or not np.isfinite(alpha):
-            raise invalid("partition", text, allowed, fix)
+            raise invalid(flag, text, allowed, fix)
         return Partition("dirichlet", alpha=alpha)
     m = re.fullmatch(r"column:(\w+)", text)
     if m:
         return Partition("column", column=m.group(1))
-    raise invalid("partition", text, allowed, fix)
+    raise invalid(flag, text, allowed, fix)
 
 
 def _patients(labels: np.ndarray, patient_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

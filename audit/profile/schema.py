@@ -45,7 +45,7 @@ def _epsilons(value: Any) -> tuple[float, ...]:
     try:
         eps = tuple(float(e) for e in value)
     except (TypeError, ValueError):
-        raise invalid("epsilons", value, "a list of numbers, e.g. 1,8,20,1e9") from None
+        raise invalid("epsilons", value, "a list of numbers, e.g. 1,8,20,1e9", "pass e.g. --epsilons 1,8,20,1e9") from None
     if not eps:
         raise invalid("epsilons", value, "a non-empty list", "pass e.g. --epsilons 1,8,20,1e9")
     for e in eps:
@@ -210,7 +210,9 @@ class ProfileConfig(JsonResult):
         put("image_size", check_int("image_size", size, minimum=8,
                                     fix="pass --image-size 32 (or 64 for the paper's attack setting)"))
         if self.max_images is not None:
-            put("max_images", check_int("max_images", self.max_images, minimum=3))
+            put("max_images", check_int("max_images", self.max_images, minimum=3,
+                                        fix="pass --max-images 3 or more (one image per split at least), or leave "
+                                            "it out"))
         if not isinstance(self.arch, str) or not self.arch:
             raise invalid("arch", self.arch, "an architecture name", "pass e.g. --arch resnet9")
         from dpaudit.models import check_arch_for_task
@@ -218,23 +220,28 @@ class ProfileConfig(JsonResult):
         check_arch_for_task(self.arch, inferred)
         put("epsilons", _epsilons(self.epsilons))
         if not isinstance(self.non_private, bool):
-            raise invalid("non_private", self.non_private, "true or false")
+            raise invalid("non_private", self.non_private, "true or false", "pass --non-private or --no-non-private")
         put("seeds", check_int("seeds", self.seeds, minimum=1, fix="pass --seeds 3 for a mean and a spread"))
-        put("seed", check_int("seed", self.seed, minimum=0))
-        put("epochs", check_int("epochs", self.epochs, minimum=1))
-        put("batch_size", check_int("batch_size", self.batch_size, minimum=1))
+        put("seed", check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0"))
+        put("epochs", check_int("epochs", self.epochs, minimum=1, fix="pass --epochs 1 or more"))
+        put("batch_size", check_int("batch_size", self.batch_size, minimum=1,
+                                    fix="pass --batch-size 1 or more, e.g. 64"))
         if self.physical_batch_size is not None:
-            put("physical_batch_size", check_int("physical_batch_size", self.physical_batch_size, minimum=1))
-        put("max_grad_norm", check_positive("max_grad_norm", self.max_grad_norm, fix="pass e.g. 1.0"))
-        put("lr", check_positive("lr", self.lr, fix="pass e.g. 2e-3"))
-        put("augment_multiplicity", check_int("augment_multiplicity", self.augment_multiplicity, minimum=0))
+            put("physical_batch_size", check_int("physical_batch_size", self.physical_batch_size, minimum=1,
+                                                 fix="pass --physical-batch-size 1 or more, or leave it out"))
+        put("max_grad_norm", check_positive("max_grad_norm", self.max_grad_norm, fix="pass e.g. --max-grad-norm 1.0"))
+        put("lr", check_positive("lr", self.lr, fix="pass e.g. --lr 2e-3"))
+        put("augment_multiplicity", check_int("augment_multiplicity", self.augment_multiplicity, minimum=0,
+                                              fix="pass --augment-multiplicity 0 (none) or K >= 1 flipped views"))
         if self.target_delta is not None:
             put("target_delta", check_probability("target_delta", self.target_delta,
                                                   fix="pass a delta well below 1/N, e.g. 1e-5"))
         put("kappas", tuple(sorted({check_probability(
             "kappa", k, fix="pass the blind-guess success probability, e.g. --kappa 1e-3") for k in self.kappas})))
         if self.records_per_patient is not None:
-            put("records_per_patient", check_int("records_per_patient", self.records_per_patient, minimum=1))
+            put("records_per_patient", check_int("records_per_patient", self.records_per_patient, minimum=1,
+                                                 fix="pass --records-per-patient 1 or more, or leave it out (k "
+                                                     "from the data)"))
         if self.privacy_unit not in (None, "patient", "image"):
             raise invalid("privacy_unit", self.privacy_unit, "patient or image",
                           "pass --privacy-unit patient or --privacy-unit image")
@@ -256,16 +263,19 @@ class ProfileConfig(JsonResult):
                           + ", ".join(f"{k} {list(v)}" for k, v in DECODER_CHOICES.items()), "pass --decoder all")
         put("decoders", decoders)
         if self.connection not in CONNECTIONS:
-            raise invalid("connection", self.connection, f"one of {list(CONNECTIONS)}")
+            raise invalid("connection", self.connection, f"one of {list(CONNECTIONS)}", "pass --connection linear")
         put("bins", check_int("bins", self.bins, minimum=2, fix="pass --bins 10 (the paper's value)"))
-        put("observations", check_int("observations", self.observations, minimum=1))
+        put("observations", check_int("observations", self.observations, minimum=1,
+                                      fix="pass --observations 1 or more"))
         if self.attack_epochs is not None:
-            put("attack_epochs", check_int("attack_epochs", self.attack_epochs, minimum=1))
+            put("attack_epochs", check_int("attack_epochs", self.attack_epochs, minimum=1,
+                                           fix="pass --attack-epochs 1 or more, or leave it out (--epochs)"))
         put("canaries", check_int("canaries", self.canaries, minimum=4,
                                   fix="pass --canaries with at least 4 (hundreds for a useful bound)"))
         for name in ("mia_audit", "include_images", "federated"):
             if not isinstance(getattr(self, name), bool):
-                raise invalid(name, getattr(self, name), "true or false")
+                raise invalid(name, getattr(self, name), "true or false", f"pass --{name.replace('_', '-')} or "
+                              f"--no-{name.replace('_', '-')}")
         inits = tuple(str(i).strip() for i in ((self.inits,) if isinstance(self.inits, str) else self.inits))
         if not inits or any(not i for i in inits) or len(set(inits)) != len(inits):
             raise invalid("inits", list(inits), "distinct entries: scratch and/or weights files",
@@ -288,7 +298,7 @@ class ProfileConfig(JsonResult):
             raise invalid("arch_args", self.arch_args, "a JSON object", "pass e.g. --arch-args '{\"width\": 16}'")
         put("arch_args", json.dumps(args, sort_keys=True))
         if not isinstance(self.fix_batchnorm, bool):
-            raise invalid("fix_batchnorm", self.fix_batchnorm, "true or false")
+            raise invalid("fix_batchnorm", self.fix_batchnorm, "true or false", "pass --fix-batchnorm or leave it out")
         from dpaudit.config import parse_trainable
 
         parse_trainable(self.trainable)
@@ -300,7 +310,11 @@ class ProfileConfig(JsonResult):
 
         parse_partition(self.federated_partition, flag="--federated-partition")
         put("background_share", check_probability("background_share", self.background_share, open_low=False,
-                                                  open_high=False, fix="pass a share in [0, 1]"))
+                                                  open_high=False, fix="pass a share in [0, 1], e.g. 0.1"))
+        if inferred == "classification" and self.background_share != 1.0:  # as TrainConfig: refused, not ignored
+            raise invalid("background_share", self.background_share,
+                          "1 (every slice) except for segmentation datasets (demo-ct, msd:PATH)",
+                          "leave out --background-share")
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
