@@ -211,20 +211,51 @@ def attack(
 
 
 def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
-    """The privacy unit to print: the checkpoint's recorded one (its whole training split), else the loaded
-    data's (k counted in the images loaded here)."""
+    """The privacy unit the attack states, and k as the patient-level bounds use it (``records_per_patient``,
+    `dpaudit bounds --model`): the most images one patient has in the model's *training* split.
+
+    A checkpoint trained by dpaudit records it (and the images-per-patient count of its training split, so that
+    ``--privacy-unit patient`` also works on a checkpoint trained at the image level). Without that record the
+    model's training data are unknown and k is counted in the training split loaded here; for a randomly
+    initialised model that split is the scenario's training data, for a plain state dict it is the model's only
+    if it was trained on the same data, so the line says so (a subset, e.g. --max-images, may hold fewer images
+    per patient than the full training split)."""
     from dpaudit.data import privacy_unit
+    from dpaudit.errors import DataError, invalid
 
     extra = ckpt.extra if ckpt is not None else {}
-    if requested is None and extra.get("privacy_unit") in ("patient", "image"):
-        k = int(extra.get("records_per_patient") or 1)
+    if extra.get("privacy_unit") in ("patient", "image"):
+        recorded = extra["privacy_unit"]
+        unit = requested or recorded
+        if unit == "image":
+            why = "--privacy-unit image" if requested == "image" else "recorded in the checkpoint"
+            return f"privacy unit: image ({why}; k = 1)", {"privacy_unit": "image", "records_per_patient": 1,
+                                                          "records_per_patient_from": why}
+        if recorded == "patient":
+            k = int(extra.get("records_per_patient") or 1)
+        elif extra.get("data_unit") in ("patient", "lesion", "volume") and extra.get("images_per_unit_max"):
+            k = int(extra["images_per_unit_max"])
+        else:
+            raise invalid("privacy_unit", "patient", "'image' for this checkpoint (its training images carried "
+                          "no patient ids)", "pass --privacy-unit image, or leave it out", cls=DataError)
         per = "slices per volume" if extra.get("data_unit") == "volume" else "images per patient"
-        line = (f"privacy unit: patient (k = {k} {per}, recorded in the checkpoint)"
-                if extra["privacy_unit"] == "patient" else "privacy unit: image (recorded in the checkpoint)")
-        return line, {"privacy_unit": extra["privacy_unit"], "records_per_patient": k}
+        line = (f"privacy unit: patient (k = {k} {per} at most in the model's training split, recorded in the "
+                "checkpoint; the k of its patient-level bounds, as `dpaudit bounds --model`)")
+        return line, {"privacy_unit": "patient", "records_per_patient": k,
+                      "records_per_patient_from": "the checkpoint's training split"}
     unit = privacy_unit(splits, requested)
-    line = unit.describe().replace("in the training split", "among the images loaded")
-    return line, {"privacy_unit": unit.unit, "records_per_patient": unit.records_per_patient}
+    n = len(splits.train)
+    if unit.unit == "image":
+        line = unit.describe()
+    else:
+        what = "slices" if unit.data_unit == "volume" else "images"
+        line = unit.describe().replace("in the training split", f"in the training split loaded here ({n} {what})")
+        if ckpt is not None and ckpt.source != "random":
+            line += ("; the checkpoint does not record its training data, so this is its k only if it was trained "
+                     "on the same data (a subset holds fewer images per patient): for its patient-level bound, "
+                     "pass the training split's k to `dpaudit bounds --records-per-patient K`")
+    return line, {"privacy_unit": unit.unit, "records_per_patient": unit.records_per_patient,
+                  "records_per_patient_from": f"the training split loaded ({n} images)"}
 
 
 def _render(result, np) -> None:

@@ -165,3 +165,52 @@ def test_no_model_and_no_arch_is_refused() -> None:
     res = run("--sigmas", "0", "--n-images", "2", "--image-size", "16")
     assert res.exit_code == 2 and "--arch" in res.output
 
+
+def test_privacy_unit_k_is_the_checkpoints_training_split_not_the_images_loaded(tmp_path: Path) -> None:
+    """k (records per patient) is what the patient-level bounds use: the most images of one patient in the model's
+    training split, as `dpaudit bounds --model` reads it from the checkpoint; attacking with a few images loaded
+    (--max-images) or naming --privacy-unit patient must not recount it among the images loaded here."""
+    from dpaudit.checkpoint import load_checkpoint
+
+    common = ["--arch", "smallcnn", "--image-size", "16", "--max-images", "300", "--sigma", "1.0", "--epochs", "1",
+              "--batch-size", "32", "--threads", "1"]
+    for unit in ("patient", "image"):
+        res = runner.invoke(app, ["train", *common, "--privacy-unit", unit, "--out", str(tmp_path / unit)])
+        assert res.exit_code == 0, res.output
+    extra = load_checkpoint(tmp_path / "patient" / "model.pt").extra
+    k = int(extra["records_per_patient"])
+    assert k > 1 and load_checkpoint(tmp_path / "image" / "model.pt").extra["images_per_unit_max"] == k
+    bounds = json.loads(runner.invoke(app, ["bounds", "--model", str(tmp_path / "patient" / "model.pt"),
+                                            "--json"]).stdout)
+    assert bounds["records_per_patient"] == k
+
+    def unit_line(model: Path, *args: str) -> str:
+        res = run("--model", str(model), "--sigmas", "0", "--n-images", "2", "--max-images", "12", *args)
+        assert res.exit_code == 0, res.output
+        return next(line for line in res.output.splitlines() if line.startswith("privacy unit"))
+
+    recorded = (f"privacy unit: patient (k = {k} images per patient at most in the model's training split, recorded "
+                "in the checkpoint")
+    assert unit_line(tmp_path / "patient" / "model.pt").startswith(recorded)
+    assert unit_line(tmp_path / "patient" / "model.pt", "--privacy-unit", "patient").startswith(recorded)
+    assert unit_line(tmp_path / "patient" / "model.pt", "--privacy-unit", "image").startswith(
+        "privacy unit: image (--privacy-unit image; k = 1)")
+    # Trained at the image level on data with lesion ids: the checkpoint's count gives the patient-level k.
+    assert unit_line(tmp_path / "image" / "model.pt").startswith("privacy unit: image (recorded in the checkpoint")
+    assert unit_line(tmp_path / "image" / "model.pt", "--privacy-unit", "patient").startswith(recorded)
+
+
+def test_privacy_unit_without_a_record_counts_the_training_split_loaded_and_says_so(tmp_path: Path) -> None:
+    """A random model's training data are the split loaded here; a plain state dict's are unknown, and the line
+    says that the k counted here is its k only if it was trained on the same data."""
+    args = ["--arch", "smallcnn", "--image-size", "16", "--sigmas", "0", "--n-images", "2", "--max-images", "40"]
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("privacy unit"))
+    assert "in the training split loaded here (" in line and "does not record" not in line
+    torch.save(build_model("smallcnn", num_classes=2).state_dict(), tmp_path / "plain.pt")
+    res = run("--model", str(tmp_path / "plain.pt"), *args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the checkpoint does not record its training data" in text
+    assert "`dpaudit bounds --records-per-patient K`" in text
