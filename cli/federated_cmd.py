@@ -27,7 +27,7 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 @app.command("train")
 @handle_errors
-@cli.shared_options(FederatedConfig, *cli.DATA, "arch")
+@cli.shared_options(FederatedConfig, *cli.DATA, "arch", "privacy_unit")
 def train_command(
     shared: dict[str, Any],
     clients: Annotated[int, typer.Option(help="Number of sites N.")] = F.clients,
@@ -80,6 +80,16 @@ def train_command(
         emit_json(result)
         return
     out.print(f"unit: {result.unit}")
+    if result.privacy is not None:
+        out.print(result.privacy.describe())
+    if result.epsilon_patient is not None and result.dp_level == "client":
+        out.print(f"privacy per patient: epsilon {result.epsilon_patient:.4g} (a patient's images are all at one "
+                  "site, and the site-level guarantee covers them; tight PLD, sound upper bound)")
+    elif result.epsilon_patient is not None:
+        k = max(s.records_per_patient for s in result.clients)
+        out.print(f"privacy per patient: worst-site epsilon {result.epsilon_patient:.4g} (k = up to {k} images of "
+                  "one patient at a site moving together; tight PLD, sound upper bound); the per-record epsilon "
+                  "below is what the sites calibrated")
     if result.dp_level == "sample":
         out.print(f"mechanism per site: DP-SGD, noise_multiplier {result.noise_multiplier:.5g}, max_grad_norm "
                   f"{max_grad_norm:g}, q_k = batch / N_k, T_k = local steps x rounds taken part in; worst-site epsilon "
@@ -90,11 +100,14 @@ def train_command(
                   f"{rounds}; epsilon {result.epsilon:.4g} per site (tight PLD, sound upper bound) at delta "
                   f"{result.target_delta:.3g}")
     out.print(f"server sees: {result.server_view}")
-    out.print("site  N_train  N_test  labels            rounds  q_k     T_k   epsilon (sound UB)  test MCC (empirical)")
+    per_patient = any(s.epsilon_patient is not None for s in result.clients)
+    out.print("site  N_train  N_test  labels            rounds  q_k     T_k   epsilon (sound UB)  "
+              + ("k   eps/patient (UB)  " if per_patient else "") + "test MCC (empirical)")
     for s in result.clients:
+        patient = f"{s.records_per_patient:<2}  {_fmt(s.epsilon_patient, '.4g'):>16}  " if per_patient else ""
         out.print(f"{s.client:>4}  {s.n_train:>7}  {s.n_test:>6}  {list(s.label_histogram)!s:<16}  "
                   f"{s.rounds_participated:>6}  {_fmt(s.sampling_probability, '.4f'):>6}  {_fmt(s.steps, 'd'):>4}  "
-                  f"{_fmt(s.epsilon, '.4g'):>18}  {_fmt(s.test_mcc):>8}")
+                  f"{_fmt(s.epsilon, '.4g'):>18}  {patient}{_fmt(s.test_mcc):>8}")
     g = result.global_metrics
     out.print(f"global model, pooled test split (empirical, n = {g.n}): MCC {g.mcc:.4f}, balanced accuracy "
               f"{g.balanced_accuracy:.4f}, AUROC {g.auroc:.4f}; per-site MCC spread (max - min) "

@@ -70,6 +70,49 @@ def test_train_human_output_labels_every_number() -> None:
     assert "only the sum" in res.output
 
 
+def test_train_on_lesion_level_data_reports_the_per_patient_epsilon_as_train_does() -> None:
+    """The demo carries lesion ids: as `dpaudit train`, the result states the privacy unit and the epsilon per
+    patient, per site (that site's q_k, T_k and k_k, the k images of one patient moving together) and for the
+    worst site; each is at least the site's per-record epsilon (group privacy) and is the tight PLD epsilon of that
+    site's mechanism with k records."""
+    from dpaudit.bounds import epsilon_bound
+
+    args = ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch", "smallcnn", "--clients", "2",
+            "--rounds", "1", "--batch-size", "8", "--sigma", "1.0", "--threads", "1"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["privacy"]["unit"] == "patient" and data["privacy"]["records_per_patient"] >= 2
+    sites = [c for c in data["clients"] if c["epsilon_patient"] is not None]
+    assert sites and all(c["records_per_patient"] >= 2 for c in sites)
+    for c in sites:
+        assert c["epsilon_patient"] > c["epsilon"]
+        assert c["epsilon_patient"] == pytest.approx(epsilon_bound(
+            1.0, c["sampling_probability"], c["steps"], data["target_delta"],
+            records_per_patient=c["records_per_patient"]).value, rel=1e-12)
+    assert data["epsilon_patient"] == max(c["epsilon_patient"] for c in sites)
+    assert "epsilon_patient" in data["labels"] and "clients.epsilon_patient" in data["labels"]
+
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "privacy unit: patient" in res.output and "privacy per patient: worst-site epsilon" in res.output
+    assert "eps/patient (UB)" in res.output
+
+    res = CliRunner().invoke(app, [*args, "--privacy-unit", "image", "--json"])
+    data = json.loads(res.stdout)
+    assert data["privacy"]["unit"] == "image" and data["epsilon_patient"] is None
+    assert all(c["epsilon_patient"] is None and c["records_per_patient"] == 1 for c in data["clients"])
+
+
+def test_client_level_dp_covers_each_patient_with_the_site_epsilon() -> None:
+    res = CliRunner().invoke(app, ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch",
+                                   "smallcnn", "--clients", "2", "--rounds", "1", "--batch-size", "8", "--dp-level",
+                                   "client", "--sigma", "1.0", "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["privacy"]["unit"] == "patient" and data["epsilon_patient"] == data["epsilon"]
+
+
 @pytest.mark.parametrize(("args", "words"), [
     # Refused before loading: --max-images cannot hold 8 rounds x 4 clients x 2 images.
     (["--max-images", "12"], ["8 round(s) x 4 client(s) x batch 2 attack 64 distinct training images",

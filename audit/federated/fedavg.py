@@ -47,7 +47,7 @@ from dpaudit.audit.federated.accounting import (
 )
 from dpaudit.audit.federated.partition import parse_partition, partition_indices
 from dpaudit.audit.metrics import ClassificationMetrics
-from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, default_image_size
+from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, PrivacyUnit, default_image_size
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
@@ -119,6 +119,9 @@ class FederatedConfig:
     baselines: bool = False
     seed: int = 0
     threads: int | None = None
+    #: The unit the per-patient figure is stated for (as :class:`dpaudit.audit.train.TrainConfig`): None is the
+    #: patient when the data carry patient or lesion ids.
+    privacy_unit: str | None = None
 
     def __post_init__(self) -> None:
         if self.dp_level not in DP_LEVELS:
@@ -169,6 +172,9 @@ class FederatedConfig:
         check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
         if self.threads is not None:
             check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+        if self.privacy_unit is not None and self.privacy_unit not in ("patient", "image"):
+            raise invalid("privacy_unit", self.privacy_unit, "patient or image",
+                          "pass --privacy-unit patient or --privacy-unit image")
         from dpaudit.data import check_data_options
 
         check_data_options(self.dataset, data_dir=self.data_dir)
@@ -261,6 +267,8 @@ class ClientSummary:
     """One site: size, label histogram, mechanism and epsilon (sound upper bound, sample level), utility (empirical).
 
     ``test_mcc`` is the global model's MCC on this site's own test split (NaN when that split is empty).
+    ``epsilon`` is per record (what the site's DP-SGD calibrates); ``epsilon_patient`` per patient, as
+    :class:`dpaudit.audit.train.TrainResult` states it.
     """
 
     client: int
@@ -272,6 +280,11 @@ class ClientSummary:
     steps: int | None
     epsilon: float | None
     test_mcc: float
+    #: k: the most training images one patient has at this site (1 with the image as the privacy unit).
+    records_per_patient: int = 1
+    #: Sample level with the patient as the unit and k > 1: the site's epsilon per patient (the k records move
+    #: together; tight PLD, a sound upper bound); None otherwise (``epsilon`` is the guarantee).
+    epsilon_patient: float | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +332,12 @@ class FederatedResult:
     baselines: FederatedBaselines | None
     server_view: str
     wall_seconds: float
+    #: The privacy unit (:class:`dpaudit.data.PrivacyUnit` of the pooled training data, as ``train`` reports it);
+    #: patients stay at one site, so a patient's k images are all in one site's data.
+    privacy: PrivacyUnit | None = None
+    #: The worst site's epsilon per patient (sample level, patient unit, k > 1: k records move together; client
+    #: level: the site-level epsilon, which covers every patient of the site); None when the unit is the image.
+    epsilon_patient: float | None = None
     #: The final global model's state dict (not serialised).
     state: Mapping[str, Any] = field(default_factory=dict, metadata={"json": False}, repr=False, compare=False)
 
@@ -330,6 +349,9 @@ class FederatedResult:
         """What kind of number each field is."""
         return {"epsilon": "sound upper bound (tight PLD accountant), per the dp_level's unit",
                 "clients.epsilon": "sound upper bound (tight PLD), sample level, per site",
+                "epsilon_patient": "sound upper bound (tight PLD), per patient: the k images of one patient moving "
+                                   "together (the worst site's at sample level; the site's at client level)",
+                "clients.epsilon_patient": "sound upper bound (tight PLD), sample level, per patient at the site",
                 "clients.test_mcc": "empirical, the global model on the site's own test split",
                 "global_metrics": "empirical, the global model on the pooled test split"}
 
@@ -338,7 +360,7 @@ def _client_splits(splits: Any, idx: list[list[np.ndarray]], k: int) -> Any:
     from dpaudit.data import DatasetSplits
 
     return DatasetSplits(splits.train.subset(idx[0][k]), splits.val.subset(idx[1][k]), splits.test.subset(idx[2][k]),
-                         name=f"{splits.name}/client{k}", mean=splits.mean, std=splits.std)
+                         name=f"{splits.name}/client{k}", mean=splits.mean, std=splits.std, unit=splits.unit)
 
 
 def _schedule(config: FederatedConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -366,7 +388,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         default_delta,
         prepare_model,
     )
-    from dpaudit.data import load_splits
+    from dpaudit.data import load_splits, privacy_unit
     from dpaudit.runtime import idle_cores
 
     if not isinstance(config, FederatedConfig):
@@ -379,6 +401,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         from dpaudit.audit.profile.executor import InProcessExecutor
 
         executor = InProcessExecutor()
+    unit = privacy_unit(splits, config.privacy_unit)
     partition = parse_partition(config.partition)
     cols = [s.groups.get(partition.column) if partition.column else None
             for s in (splits.train, splits.val, splits.test)]
@@ -449,10 +472,12 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         for k, cs in enumerate(client_splits):
             mk = _evaluate(model, cs.test, splits.mean, splits.std, threshold) if len(cs.test) else None
             acc = accounts[k] if accounts is not None else None
+            k_site = privacy_unit(cs, unit.unit).records_per_patient if unit.unit == "patient" else 1
             summaries.append(ClientSummary(
                 k, n_train[k], len(cs.test), tuple(int(v) for v in cs.train.class_counts()),
                 int(rounds_participated[k]), acc.sampling_probability if acc else None, acc.steps if acc else None,
-                acc.epsilon if acc else None, float(mk.mcc) if mk is not None else float("nan")))
+                acc.epsilon if acc else None, float(mk.mcc) if mk is not None else float("nan"),
+                k_site, _site_epsilon_patient(acc, sigma, delta, k_site)))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -461,11 +486,28 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     spread = max(finite) - min(finite) if len(finite) > 1 else float("nan")
     std = statistics.pstdev(finite) if len(finite) > 1 else float("nan")
     baselines = _baselines(config, splits, sigma) if config.baselines else None
+    epsilon_patient = None
+    if unit.unit == "patient" and config.dp_level == "client":
+        epsilon_patient = epsilon  # a whole site is protected, and each patient's images are at one site
+    elif unit.unit == "patient" and any(s.epsilon_patient is not None for s in summaries):
+        epsilon_patient = max(s.epsilon_patient if s.epsilon_patient is not None else (s.epsilon or 0.0)
+                              for s in summaries)
     view = ("only the sum of the surviving clients' updates (secure aggregation, modelled: not the cryptography)"
             if config.secure_aggregation else "each surviving client's update")
     return FederatedResult(config, config.dp_level, UNIT_TEXT[config.dp_level], sigma, client_q, delta, epsilon,
                            tuple(summaries), test_metrics, spread, std, tuple(records), baselines, view,
-                           time.perf_counter() - t_start, state)
+                           time.perf_counter() - t_start, unit, epsilon_patient, state)
+
+
+def _site_epsilon_patient(acc: ClientAccount | None, sigma: float, delta: float, k: int) -> float | None:
+    """A site's epsilon per patient under sample-level DP-SGD: its mechanism (q_k, T_k) with the k images of one
+    patient moving together (tight PLD, a sound upper bound), as training states it; None for k = 1 or a site that
+    never took part (it released nothing: epsilon 0)."""
+    if acc is None or k == 1 or acc.steps == 0:
+        return None
+    from dpaudit.bounds import epsilon_bound
+
+    return float(epsilon_bound(sigma, acc.sampling_probability, acc.steps, delta, records_per_patient=k).value)
 
 
 def _local_config(config: FederatedConfig, splits: Any, seed: int, sigma: float, batch: int,
