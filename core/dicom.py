@@ -133,18 +133,28 @@ def read_header(path: Path) -> DicomHeader | None:
     """The header of one DICOM file; None for a file that is not an image: no pixel data element (a structured
     report, an RT structure set, a presentation state, a key object selection), no image size, or a DICOMDIR.
 
-    The pixel data are not read: values above 1 KiB are deferred (pydicom records where they are and seeks past
-    them), so whether the file holds pixel data at all is known without decoding it."""
+    The pixel data are not read: pydicom stops reading *at* the pixel data element, leaving the file positioned on
+    its tag, so the next four bytes say whether there is one (its group, 7FE0, in either byte order; the end of the
+    file when there is none). A deflated file is read from an inflated copy, so there the structure is read with
+    large values deferred instead (pydicom records where they are without keeping them)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     try:
-        ds = pydicom.dcmread(path, defer_size=1024, force=True)  # force: files without a preamble
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)  # force: files without a preamble
+            next_tag = fp.read(4)
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            full = pydicom.dcmread(path, defer_size=1024, force=True)
+            has_pixels = any(k in full for k in PIXEL_DATA_KEYWORDS)
+        else:
+            has_pixels = next_tag[:2] in (b"\xe0\x7f", b"\x7f\xe0")
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise UnreadableImageError(f"DICOM file {str(path)!r} has an unreadable header ({type(exc).__name__}). "
                                    "Fix: replace or remove the file.") from None
-    if (str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "Rows" not in ds or "Columns" not in ds
-            or not any(k in ds for k in PIXEL_DATA_KEYWORDS)):
+    if str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "Rows" not in ds or "Columns" not in ds or not has_pixels:
         return None
     keys = {k: str(ds.get(k, "") or "").strip()
             for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}

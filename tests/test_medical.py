@@ -249,15 +249,18 @@ def test_dicom_objects_without_pixel_data_are_not_images_not_unreadable(tmp_path
     hold no pixel data (some keep the referenced image's Rows and Columns); each is counted as "not an image (no
     pixel data)", never as "unreadable" (which would send the user looking for a damaged file)."""
     from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
     for cls in ("normal", "nodule"):
         for p in range(3):
-            dicom_file(tmp_path / cls / f"patient{p}" / "IM0", ramp(rng, 4095), patient=f"{cls}-{p}")
+            ds = dicom_file(tmp_path / cls / f"patient{p}" / "IM0", ramp(rng, 4095), patient=f"{cls}-{p}")
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian  # one deflated image per class
+        ds.save_as(tmp_path / cls / "patient2" / "IM0", enforce_file_format=True)
     kinds = {"sr.dcm": ("1.2.840.10008.5.1.4.1.1.88.22", False),  # Enhanced SR
              "rtstruct.dcm": ("1.2.840.10008.5.1.4.1.1.481.3", False),  # RT Structure Set
              "gsps.dcm": ("1.2.840.10008.5.1.4.1.1.11.1", True),  # Grayscale Softcopy Presentation State
-             "stripped.dcm": ("1.2.840.10008.5.1.4.1.1.2", True)}  # a CT header exported without its pixel data
+             "stripped.dcm": ("1.2.840.10008.5.1.4.1.1.2", True),  # a CT header exported without its pixel data
+             "deflated.dcm": ("1.2.840.10008.5.1.4.1.1.2", True)}  # the same, deflated
     for name, (sop_class, with_size) in kinds.items():
         ds = dicom_file(tmp_path / "nodule" / name, ramp(rng, 4095), patient="nodule-0")
         del ds.PixelData
@@ -271,13 +274,15 @@ def test_dicom_objects_without_pixel_data_are_not_images_not_unreadable(tmp_path
             roi.ContourSequence = [contour]
             roi.ReferencedSOPInstanceUID = generate_uid()
             ds.ROIContourSequence = [roi]
+        if name == "deflated.dcm":
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
         ds.save_as(tmp_path / "nodule" / name, enforce_file_format=True)
     s = load(tmp_path)
-    assert s.skipped == {"not an image (no pixel data)": 4}
+    assert s.skipped == {"not an image (no pixel data)": 5}
     assert sum(len(p) for p in (s.train, s.val, s.test)) == 6
     from dpaudit.data import loading_notes
 
-    assert loading_notes(s)[0] == "4 file(s) skipped (4 not an image (no pixel data))"
+    assert loading_notes(s)[0] == "5 file(s) skipped (5 not an image (no pixel data))"
 
 
 @pytest.mark.parametrize("key", ["PatientID", "path"])
