@@ -174,10 +174,10 @@ class TrainConfig:
         if self.max_images is not None:
             check_int("max_images", self.max_images, minimum=3,
                       fix="pass --max-images 3 or more (one image per split at least), or leave it out")
-        object.__setattr__(self, "window", parse_window(self.window))
         from dpaudit.data import check_data_options
 
         check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
+        object.__setattr__(self, "window", parse_window(self.window))
         if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
             raise invalid("privacy_unit", self.privacy_unit, f"one of {list(PRIVACY_UNIT_CHOICES)}",
                           "pass --privacy-unit patient or --privacy-unit image")

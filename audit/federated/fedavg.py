@@ -183,11 +183,13 @@ class FederatedConfig:
         if self.dp_level == "none" and given:
             raise ConfigError(f"--dp-level none trains without DP, but {' and '.join(given)} given. Fix: drop "
                               f"{' and '.join(given)} for a non-private run, or pass --dp-level sample.")
-        if self.dp_level != "none" and len(given) != 1:
-            what = "neither given" if not given else "both given"
-            raise ConfigError(f"--dp-level {self.dp_level} needs exactly one of --epsilon and --sigma ({what}). "
-                              "Fix: pass --epsilon 8 (a target; sigma is calibrated) or --sigma 1.0 (or keep one of "
-                              "them), or --dp-level none for a non-private run.")
+        if self.dp_level != "none" and not given:
+            raise ConfigError(f"--dp-level {self.dp_level} needs exactly one of --epsilon and --sigma (neither given). "
+                              "Fix: pass --epsilon 8 (a target; sigma is calibrated) or --sigma 1.0, or --dp-level "
+                              "none for a non-private run.")
+        if len(given) > 1:
+            raise ConfigError(f"--dp-level {self.dp_level} needs exactly one of --epsilon and --sigma (both given). "
+                              "Fix: keep one of them (drop --sigma).")
 
     @property
     def expected_per_round(self) -> int:
