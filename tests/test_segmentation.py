@@ -443,7 +443,7 @@ def test_cli_attack_on_demo_ct_reconstructs_at_sigma_zero(seg_run) -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
     assert max(r["success_rate"] for r in rows if r["noise_multiplier"] == 0) == 1.0
-    assert "k = 16 slices per volume, recorded in the checkpoint" in res.stderr
+    assert "k = 16 slices per volume at most in the model's training split, recorded in the checkpoint" in res.stderr
 
 
 def test_a_classification_only_command_names_a_segmentation_dataset_as_such() -> None:
