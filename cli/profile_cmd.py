@@ -145,7 +145,11 @@ def profile(
              "--out and --data-dir on a file system every worker sees).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Run the tasks on a local Dask cluster of N worker processes (127.0.0.1 only, one thread each).")] = None,
-    threads: cli.ThreadsOpt = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="Run the tasks one after the other in this process with N torch threads each (default: "
+        "one worker process per idle core, one thread each, when two or more cores are idle; else this process on "
+        "the idle cores). Results depend on the thread count in the last bits: pin it to reproduce a run; the "
+        "worker processes compute what --threads 1 does.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
@@ -188,7 +192,7 @@ def profile(
     from dpaudit.audit.profile.distributed import make_executor
 
     # The executor changes where tasks run, never their results (tests/test_distributed.py).
-    executor = make_executor(scheduler, workers)
+    executor = make_executor(scheduler, workers, threads=threads)
     try:
         if hasattr(executor, "describe"):
             err.print(executor.describe(), highlight=False)

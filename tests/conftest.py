@@ -14,6 +14,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_idle_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the load, code that sizes its work by the idle cores sees one: ``dpaudit profile`` runs its tasks in
+    the test's process (worker processes only where a test asks for them) and the attack takes one thread."""
+    import dpaudit.runtime
+
+    monkeypatch.setattr(dpaudit.runtime, "idle_cores", lambda: 1)
+
+
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     """A fresh generator per test, seeded from the test's name (no hand-picked seeds)."""

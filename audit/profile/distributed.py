@@ -33,8 +33,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dpaudit.audit.profile import AttackTask, Task, TrainTask
-from dpaudit.errors import DpAuditError, MissingDependencyError, invalid
+from dpaudit.audit.profile import AttackTask, Task
+from dpaudit.audit.profile.executor import TaskFailedError, default_executor, with_threads
+from dpaudit.errors import MissingDependencyError, invalid
 
 __all__ = ["DaskExecutor", "TaskFailedError", "make_executor"]
 
@@ -46,10 +47,6 @@ _MESSAGE_CHARS = 240
 _INSTALL_FIX = 'install the optional extra: pip install "dpaudit[distributed]"'
 
 
-class TaskFailedError(DpAuditError):
-    """One or more tasks failed on the cluster after their retries; every other result was kept."""
-
-
 def _import_distributed() -> Any:
     """The ``distributed`` module, or a :class:`MissingDependencyError` that says how to install it."""
     try:
@@ -57,7 +54,7 @@ def _import_distributed() -> Any:
     except ImportError as exc:
         raise MissingDependencyError(
             f"running a profile on a Dask cluster (--scheduler / --workers) needs dask.distributed, which is not "
-            f"installed ({exc}). Fix: {_INSTALL_FIX}, or leave out --scheduler/--workers to run in this process."
+            f"installed ({exc}). Fix: {_INSTALL_FIX}, or leave out --scheduler/--workers to run on this machine."
         ) from None
     return distributed
 
@@ -213,9 +210,10 @@ class DaskExecutor:
         run_id = uuid.uuid4().hex[:8]  # a fresh key per attempt: never a stale erred future of an earlier run
         for task in tasks:
             submitted = task
-            if self.torch_threads is not None and isinstance(task, TrainTask):
-                # threads is a location field: the task key (and the store entry) stay those of `task`.
-                submitted = _with_threads(task, self.torch_threads)
+            if self.torch_threads is not None:
+                # threads is a location field: the task key (and the store entry) stay those of `task`. Every task
+                # with the field gets it (training, the membership audit's training, the federated section).
+                submitted = with_threads(task, self.torch_threads)
             fut = self.client.submit(_run_task, submitted, self.torch_threads, key=f"dpaudit-{task.key()}-{run_id}",
                                      retries=self.retries, pure=False)
             by_key[fut.key] = task
@@ -268,26 +266,21 @@ class DaskExecutor:
         self.close()
 
 
-def _with_threads(task: TrainTask, threads: int) -> TrainTask:
-    import dataclasses
-
-    return dataclasses.replace(task, threads=threads)
-
-
 def _clip(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
 
 
-def make_executor(scheduler: str | None = None, workers: int | None = None, **kwargs: Any) -> Any:
-    """The executor the CLI flags ask for: in-process without flags, else a :class:`DaskExecutor`.
+def make_executor(scheduler: str | None = None, workers: int | None = None, *, threads: int | None = None,
+                  **kwargs: Any) -> Any:
+    """The executor the CLI flags ask for: a :class:`DaskExecutor` for ``--scheduler``/``--workers``, else
+    :func:`dpaudit.audit.profile.executor.default_executor` (one worker process per idle core when at least two
+    are idle, else in process; in process with ``--threads N``).
 
     ``--scheduler`` and ``--workers`` are mutually exclusive (a :class:`~dpaudit.errors.ConfigError` says so).
     """
-    from dpaudit.audit.profile import InProcessExecutor
-
     if scheduler is None and workers is None:
-        return InProcessExecutor()
+        return default_executor(threads)
     if scheduler is not None and workers is not None:
         raise invalid("--scheduler/--workers", f"--scheduler {scheduler} --workers {workers}",
                       "used one at a time", "pass --scheduler to use an existing cluster or --workers N to start "

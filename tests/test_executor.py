@@ -1,0 +1,159 @@
+"""The local worker processes of ``dpaudit profile`` (:class:`LocalProcessExecutor`): when they are used, the same
+results as in process with one thread, and what happens when a task fails or a worker dies.
+
+The reference for "the same results" is the in-process executor with one torch thread (each worker runs one task
+with one thread): the two ``profile.json`` files must agree field for field once the fields that describe the run
+(timestamps, durations, the output folder in the command line) are removed, and the weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from typer.testing import CliRunner
+
+import dpaudit.runtime
+from dpaudit.audit.profile import InProcessExecutor, TaskStore, run_profile
+from dpaudit.audit.profile.distributed import make_executor
+from dpaudit.audit.profile.executor import LocalProcessExecutor, TaskFailedError
+from dpaudit.audit.profile.schema import Profile, ProfileConfig
+from dpaudit.cli.main import app
+from dpaudit.codec import encode
+from dpaudit.errors import ConfigError
+
+TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
+            seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)
+TINY_ARGS = ["--dataset", "demo", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn", "--epsilons",
+             "8", "--seeds", "1", "--epochs", "1", "--batch-size", "8", "--attack-images", "6", "--attack-epochs",
+             "1", "--no-render", "--json"]
+#: Keys that describe the run, not its results.
+RUN_KEYS = {"created", "command", "stages", "environment", "seconds"}
+
+
+def _results(profile: Profile) -> object:
+    def strip(obj: object) -> object:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in RUN_KEYS}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    return strip(encode(profile))
+
+
+@pytest.mark.parametrize("idle, threads, kind, workers", [
+    (1, None, InProcessExecutor, None),       # one idle core: this process
+    (2, None, LocalProcessExecutor, 2),       # one worker process per idle core
+    (2, 1, InProcessExecutor, None),          # --threads pins the run to this process
+    (2, 2, InProcessExecutor, None),
+])
+def test_default_executor_follows_the_idle_cores_unless_threads_are_pinned(monkeypatch, idle, threads, kind,
+                                                                          workers) -> None:
+    monkeypatch.setattr(dpaudit.runtime, "idle_cores", lambda: idle)
+    ex = make_executor(None, None, threads=threads)
+    assert type(ex) is kind and getattr(ex, "workers", None) == workers
+    ex.close()  # no process was started: they start at the first map
+
+
+def test_bad_worker_count_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
+        LocalProcessExecutor(0)
+
+
+def test_cli_default_runs_worker_processes_with_the_results_of_one_thread(monkeypatch, tmp_path) -> None:
+    import torch
+
+    local_dir, pool_dir = tmp_path / "local", tmp_path / "pool"
+    local = run_profile(ProfileConfig(**TINY), local_dir, executor=InProcessExecutor(), threads=1)
+    monkeypatch.setattr(dpaudit.runtime, "idle_cores", lambda: 2)
+    res = CliRunner().invoke(app, ["profile", "--out", str(pool_dir), *TINY_ARGS])
+    assert res.exit_code == 0, res.output
+    assert "2 worker processes, one torch thread each" in res.stderr
+    assert json.loads(res.stdout)["profile"] == str(pool_dir / "profile.json")
+    pooled = Profile.from_json((pool_dir / "profile.json").read_text())
+    assert _results(pooled) == _results(local)
+    for t in local.train:
+        a = torch.load(local_dir / t.checkpoint, weights_only=True)["state_dict"]
+        b = torch.load(pool_dir / t.checkpoint, weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t.checkpoint
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Failures: probe tasks (the Task protocol without the cost of training)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    index: int
+    square: int
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """``kill`` ends its own worker process once the other tasks are stored; ``fail`` raises."""
+
+    stage: ClassVar[str] = "probe"
+    result_type: ClassVar[type] = ProbeResult
+
+    index: int
+    folder: str
+    kill: bool = False
+    fail: bool = False
+    wait_for: int = 0
+
+    def identity(self) -> dict:
+        return {"index": self.index, "kill": self.kill, "fail": self.fail}
+
+    def key(self) -> str:
+        return f"probe-{self.index}"
+
+    def describe(self) -> str:
+        return f"probe {self.index}"
+
+    def run(self) -> ProbeResult:
+        if self.kill:
+            for _ in range(400):  # at most 400 polls for the other results to be stored in the driver
+                if len(list((Path(self.folder) / "tasks").glob("probe-*.json"))) >= self.wait_for:
+                    break
+                time.sleep(0.05)
+            os._exit(1)  # the worker process dies mid-task, as on an out-of-memory kill
+        if self.fail:
+            raise ConfigError(f"probe {self.index} always fails")
+        return ProbeResult(self.index, self.index ** 2)
+
+
+def _map_into_store(executor, tasks, folder: Path) -> TaskStore:
+    store = TaskStore(folder)
+    executor.map(tasks, lambda task, result: store.put(task, result))
+    return store
+
+
+def test_a_failing_task_raises_its_own_error_after_the_others_are_stored(tmp_path) -> None:
+    good = [ProbeTask(i, str(tmp_path)) for i in range(3)]
+    bad = ProbeTask(7, str(tmp_path), fail=True)
+    with LocalProcessExecutor(2) as ex, pytest.raises(ConfigError, match="probe 7 always fails"):
+        _map_into_store(ex, [bad, *good], tmp_path)
+    store = TaskStore(tmp_path)
+    assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in good)
+    assert store.get(bad) is None
+
+
+def test_a_killed_worker_loses_no_finished_result_and_names_the_fix(tmp_path) -> None:
+    others = [ProbeTask(i, str(tmp_path)) for i in range(4)]
+    killer = ProbeTask(99, str(tmp_path), kill=True, wait_for=len(others))
+    ex = LocalProcessExecutor(2)
+    with pytest.raises(TaskFailedError) as info:
+        _map_into_store(ex, [killer, *others], tmp_path)
+    message = " ".join(str(info.value).split())
+    assert "a worker process died" in message and "re-run the same command" in message
+    assert "--threads 1" in message
+    store = TaskStore(tmp_path)
+    assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in others)
+    assert ex._pool is None  # the broken pool was shut down
