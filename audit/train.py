@@ -260,10 +260,11 @@ def _evaluate_with_operating_point(model: nn.Module, splits: DatasetSplits
     The threshold is fixed on validation images only, never on the test split, so the test metrics stay an
     honest estimate. The validation split is not covered by the training's DP guarantee (like any tuning).
     """
-    val_probs, _ = _predict(model, splits.val, splits.mean, splits.std)
+    val_probs, val_loss = _predict(model, splits.val, splits.mean, splits.std)
     threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
     test = _evaluate(model, splits.test, splits.mean, splits.std, threshold)
-    val = _evaluate(model, splits.val, splits.mean, splits.std, threshold)
+    # The validation probabilities once: the threshold and the validation metrics read the same predictions.
+    val = classify(splits.val.labels.numpy(), val_probs, loss=val_loss, groups=splits.val.groups, threshold=threshold)
     return test, val
 
 
