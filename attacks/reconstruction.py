@@ -264,8 +264,8 @@ class _NoiseRowCache:
         """:func:`decode_paper_rows` ``(rows, keep, layout)``, with the noise-only rows seen before not decoded again."""
         noise_only = (keep >= 1) & (keep != self._signal_row)
         c, h, w = layout.shape
-        if self._images is None:
-            self._images = np.zeros((len(keep), h, w, c), dtype=np.float32)
+        if self._images is None:  # stored plane after plane, as the decoders write their images
+            self._images = np.moveaxis(np.zeros((len(keep), c, h, w), dtype=np.float32), 1, -1)
         same = noise_only & (keep == self._keep)
         images = np.empty_like(self._images)
         images[same] = self._images[same]
@@ -288,7 +288,10 @@ def _score(gt: np.ndarray, cand: np.ndarray, owner: np.ndarray, scoring: str,
         for i in range(n):
             idx = np.nonzero(owner == i)[0]
             matched[i] = idx[nearest_match(gt[i : i + 1], cand[idx])[0]] if len(idx) > 1 else idx[0]
-    return reference(cand[matched]), matched
+    if len(cand) == n and np.array_equal(matched, np.arange(n)):
+        return reference(cand), matched
+    # Gather in the candidates' plane-after-plane layout (a plain cand[matched] would interleave the channels).
+    return reference(np.moveaxis(np.moveaxis(cand, -1, 1)[matched], 1, -1)), matched
 
 
 __all__ = ["AttackResult", "AttackRow", "ImageStatistics", "noise_for_epsilons", "run_attack"]

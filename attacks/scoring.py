@@ -55,9 +55,7 @@ class SsimReference:
         self.shape = tuple(y.shape)
         n, h, w, c = y.shape
         self._y = y.permute(0, 3, 1, 2).reshape(n * c, h, w).contiguous()
-        # Chunks of about 16K values (128 KB of float64 per map) keep the intermediate maps in L2. Measured on the
-        # 2-core Xeon: 64 px fastest at 4 planes (16 planes: 1.4x, one batch of 36: 2.7x slower), 224 px at 1.
-        self._step = max(1, (1 << 14) // (h * w))
+        self._step = _ssim_step(h, w)
         self._uy = torch.empty((n * c, h - _WIN + 1, w - _WIN + 1), dtype=torch.float64)
         self._uy2c1 = torch.empty_like(self._uy)  # ux^2 + uy^2 + c1 needs uy^2 + c1
         self._vyc2 = torch.empty_like(self._uy)  # vx + vy + c2 needs vy + c2
@@ -69,31 +67,56 @@ class SsimReference:
             self._vyc2[s : s + self._step] = _COV_NORM * (uyy - uy * uy) + _C2
 
     def __call__(self, rec: np.ndarray | torch.Tensor) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(rec), dtype=torch.float64)
+        x = _as_tensor(rec)
         if tuple(x.shape) != self.shape:
             raise invalid("images", tuple(x.shape), f"N x H x W x C arrays of the same shape as {self.shape}")
         n, h, w, c = x.shape
+        # A view when the images are stored plane after plane (the decoders' layout), else one copy in their dtype.
         x = x.permute(0, 3, 1, 2).reshape(n * c, h, w)
         per_plane = torch.empty(n * c, dtype=torch.float64)
-        for s in range(0, n * c, self._step):
-            sl = slice(s, s + self._step)
-            per_plane[sl] = _ssim_planes(x[sl], self._y[sl], self._uy[sl], self._uy2c1[sl], self._vyc2[sl])
+        step = self._step
+        stack = torch.empty((min(step, n * c), 3, h, w), dtype=torch.float64)  # x, x^2, x y
+        scratch = _BoxScratch(stack.shape)
+        for s in range(0, n * c, step):
+            k = min(step, n * c - s)
+            st = stack[:k]
+            x64 = st[:, 0]
+            x64.copy_(x[s : s + k])  # to float64 here, in the chunk (the values are those of a float64 copy)
+            torch.mul(x64, x64, out=st[:, 1])
+            torch.mul(x64, self._y[s : s + k], out=st[:, 2])
+            per_plane[s : s + k] = _ssim_planes(_box_sum(st, scratch), self._uy[s : s + k],
+                                                self._uy2c1[s : s + k], self._vyc2[s : s + k])
         return per_plane.reshape(n, c).mean(dim=1).numpy()
 
 
-def _ssim_planes(x: torch.Tensor, y: torch.Tensor, uy: torch.Tensor, uy2c1: torch.Tensor,
-                 vyc2: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM map of each plane pair (P x H x W, float64), skimage's formula (in-place to save memory traffic).
+#: Values per map in one chunk of SSIM planes (float64: 256 KB per map). Measured on this 2-core EPYC (2 MB L2),
+#: minimum CPU time: 64 px fastest at 8 planes, 224 px at 1 (the earlier 16K values: 64 px 4 planes, 10% slower).
+_SSIM_CHUNK_VALUES = 1 << 15
+
+
+def _ssim_step(h: int, w: int) -> int:
+    return max(1, _SSIM_CHUNK_VALUES // (h * w))
+
+
+def _as_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor over the same memory where possible (float32 or float64 in native byte order), else a float64 copy."""
+    if isinstance(images, torch.Tensor):
+        return images
+    arr = np.asarray(images)
+    if arr.dtype not in (np.float32, np.float64) or not arr.dtype.isnative or not arr.flags.writeable:
+        arr = arr.astype(np.float64)
+    return torch.from_numpy(arr)
+
+
+def _ssim_planes(sums: torch.Tensor, uy: torch.Tensor, uy2c1: torch.Tensor, vyc2: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM map of each plane pair from the window sums of x, x^2 and x y (P x 3 x H' x W', float64, consumed),
+    skimage's formula (in-place to save memory traffic).
 
     ``S = (2 ux uy + c1)(2 vxy + c2) / ((ux^2 + uy^2 + c1)(vx + vy + c2))`` with sample (co)variances
     ``v = N / (N - 1) (E[ab] - E[a] E[b])`` over the 7 x 7 window (skimage 0.26, ``use_sample_covariance``). The
     window sums are scaled to means inside the variance terms (``addcmul``), which saves passes over the maps.
     """
-    stack = torch.empty((x.shape[0], 3, *x.shape[1:]), dtype=torch.float64)
-    stack[:, 0] = x
-    torch.mul(x, x, out=stack[:, 1])
-    torch.mul(x, y, out=stack[:, 2])
-    sx, sxx, sxy = _box_sum(stack).unbind(dim=1)
+    sx, sxx, sxy = sums.unbind(dim=1)
     area = float(_WIN * _WIN)
     ux = sx.mul_(1.0 / area)
     vx = sxx.mul_(_COV_NORM / area).addcmul_(ux, ux, value=-_COV_NORM)
@@ -103,22 +126,37 @@ def _ssim_planes(x: torch.Tensor, y: torch.Tensor, uy: torch.Tensor, uy2c1: torc
     return num.div_(den).mean(dim=(1, 2))
 
 
-def _box_sum(x: torch.Tensor) -> torch.Tensor:
+class _BoxScratch:
+    """The buffers of :func:`_box_sum` for maps of one shape, reused across chunks. The running sums have a leading
+    zero row (column) that stays zero, so that every window sum is one difference of two running sums (no
+    separate first window: one pass and no small strided copy less per direction)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        *lead, h, w = shape
+        self.along_w = torch.zeros((*lead, h, w + 1), dtype=torch.float64)
+        self.cols = torch.empty((*lead, h, w - _WIN + 1), dtype=torch.float64)
+        self.along_h = torch.zeros((*lead, h + 1, w - _WIN + 1), dtype=torch.float64)
+        self.out = torch.empty((*lead, h - _WIN + 1, w - _WIN + 1), dtype=torch.float64)
+
+    def take(self, k: int) -> tuple[torch.Tensor, ...]:
+        return self.along_w[:k], self.cols[:k], self.along_h[:k], self.out[:k]
+
+
+def _box_sum(x: torch.Tensor, scratch: _BoxScratch | None = None) -> torch.Tensor:
     """Sum over every 7 x 7 window inside the image (49 ``avg_pool2d(x, 7, stride=1)``), by separable running sums.
 
     Two cumulative sums instead of 49 additions per output, along the rows first (contiguous; measured 1.5x
     faster than columns first). In float64 the difference from the direct sum is below 1e-12 for values in [0, 1]
-    (the tests compare the SSIM with scikit-image to 1e-10).
+    (the tests compare the SSIM with scikit-image to 1e-10). ``scratch`` (made for x's shape, or a larger first
+    dimension) holds the buffers between calls, and the result is then a view into it.
     """
-    cs = x.cumsum(dim=-1)
-    cols = torch.empty_like(cs[..., _WIN - 1 :])
-    cols[..., :1] = cs[..., _WIN - 1 : _WIN]
-    torch.sub(cs[..., _WIN:], cs[..., : -_WIN], out=cols[..., 1:])
-    cs = cols.cumsum(dim=-2)
-    out = torch.empty_like(cs[..., _WIN - 1 :, :])
-    out[..., :1, :] = cs[..., _WIN - 1 : _WIN, :]
-    torch.sub(cs[..., _WIN:, :], cs[..., : -_WIN, :], out=out[..., 1:, :])
-    return out
+    if scratch is None:
+        scratch = _BoxScratch(tuple(x.shape))
+    along_w, cols, along_h, out = scratch.take(x.shape[0])
+    torch.cumsum(x, dim=-1, out=along_w[..., 1:])  # along_w[..., j + 1] = x[..., 0] + ... + x[..., j]
+    torch.sub(along_w[..., _WIN:], along_w[..., : -_WIN], out=cols)  # sums over 7 consecutive columns
+    torch.cumsum(cols, dim=-2, out=along_h[..., 1:, :])
+    return torch.sub(along_h[..., _WIN:, :], along_h[..., : -_WIN, :], out=out)
 
 
 def nonzero_fraction(images: np.ndarray) -> np.ndarray:
@@ -161,7 +199,7 @@ class NearestMatcher:
     def __init__(self, inputs: np.ndarray) -> None:
         inputs = np.asarray(inputs)
         self.shape = inputs.shape[1:]
-        self._flat = inputs.reshape(len(inputs), -1).astype(np.float64)
+        self._flat = _flat_planes(inputs).astype(np.float64)
         self._sq = np.einsum("nd,nd->n", self._flat, self._flat)
 
     def __call__(self, candidates: np.ndarray) -> np.ndarray:
@@ -171,7 +209,7 @@ class NearestMatcher:
         if candidates.shape[1:] != self.shape:
             raise invalid("candidates", candidates.shape[1:], f"images of shape {self.shape}")
         flat_in = self._flat
-        flat_c = candidates.reshape(candidates.shape[0], -1).astype(np.float64)
+        flat_c = _flat_planes(candidates).astype(np.float64)
         sq_c = np.einsum("nd,nd->n", flat_c, flat_c)
         dist = self._sq[:, None] + sq_c[None, :] - 2.0 * (flat_in @ flat_c.T)
         slack = _GEMM_SLACK * (self._sq[:, None] + sq_c[None, :] + 1.0)
@@ -186,6 +224,14 @@ class NearestMatcher:
                 d[start : start + 256] = ((flat_c[chunk] - flat_in[i]) ** 2).sum(1)
             best[i] = idx[int(np.argmin(d))]  # argmin returns the first (lowest index) of ties
         return best
+
+
+def _flat_planes(images: np.ndarray) -> np.ndarray:
+    """N x H x W x C images as N flat vectors, channel plane after plane (the order of every image's values does not
+    change a distance; this one is a view of the decoders' output, which is stored plane after plane)."""
+    if images.ndim < 2:
+        return images.reshape(len(images), -1)
+    return np.moveaxis(images, -1, 1).reshape(len(images), -1)
 
 
 def clopper_pearson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
