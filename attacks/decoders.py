@@ -75,6 +75,15 @@ class Layout:
         x = x * self.std[:, None, None] + self.mean[:, None, None]
         return np.moveaxis(x, -3, -1)
 
+    def denormalise_(self, flat: np.ndarray) -> np.ndarray:
+        """:meth:`to_image` of a float64 array that may be overwritten: the same values, computed in place (no
+        temporaries of the images' size); the result views ``flat``'s memory, one channel plane after another."""
+        c, h, w = self.shape
+        x = flat.reshape(*flat.shape[:-1], c, h, w)
+        x *= self.std[:, None, None]
+        x += self.mean[:, None, None]
+        return np.moveaxis(x, -3, -1)
+
     def valid_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Normalised values of black and white per flat entry (for breaching's clamp)."""
         _, h, w = self.shape
@@ -139,7 +148,7 @@ def decode_pooled(avg: np.ndarray, prefix: np.ndarray, layout: Layout, noise_std
         flat[dead] = 0.0
     # One channel plane after another in memory (``to_image`` returns a view and astype keeps its order): the
     # denoiser and the SSIM read planes, so no layout copy is made between the decoder and the score.
-    images = layout.to_image(flat).astype(np.float32)
+    images = layout.denormalise_(flat).astype(np.float32)
     if denoiser == "tv" and noise_std > 0:
         # Per-value std of avg / scale in normalised units, then per channel in pixel units.
         level = noise_std / np.sqrt(np.asarray(prefix, dtype=np.float64) + 1.0) / np.abs(safe)
@@ -284,13 +293,21 @@ def decode_paper_rows(diff_rows: np.ndarray, keep: np.ndarray, layout: Layout) -
 
     An image with no kept row (``keep == -1``) decodes to breaching's padding, the zero normalised image.
     """
-    diff_rows = np.asarray(diff_rows, dtype=np.float64)
+    diff_rows = np.asarray(diff_rows)
+    if diff_rows.dtype not in (np.float32, np.float64):
+        diff_rows = diff_rows.astype(np.float64)
     none = np.asarray(keep) < 0
-    bias = np.where(none, 1.0, diff_rows[:, -1])
-    cands = np.where(none[:, None], 0.0, diff_rows[:, :-1] / bias[:, None])
-    lo, hi = layout.valid_range()
-    cands = np.minimum(np.maximum(cands, lo), hi)  # torch.max(torch.min(inputs, (1 - dm) / ds), -dm / ds)
-    return np.clip(layout.to_image(cands), 0.0, 1.0).astype(np.float32)
+    bias = np.where(none, 1.0, diff_rows[:, -1].astype(np.float64))
+    cands = diff_rows[:, :-1] / bias[:, None]  # in float64 (float32 / float64 promotes each value exactly)
+    if none.any():
+        cands[none] = 0.0
+    # torch.max(torch.min(inputs, (1 - dm) / ds), -dm / ds), per channel (valid_range's values, not repeated)
+    c, _, _ = layout.shape
+    per_channel = cands.reshape(len(cands), c, -1)
+    np.maximum(per_channel, (-layout.mean / layout.std)[:, None], out=per_channel)
+    np.minimum(per_channel, ((1.0 - layout.mean) / layout.std)[:, None], out=per_channel)
+    images = layout.denormalise_(cands)
+    return np.clip(images, 0.0, 1.0, out=images).astype(np.float32)
 
 
 def decode_paper_all(rows: np.ndarray, layout: Layout) -> np.ndarray:
