@@ -198,6 +198,44 @@ def test_ssim_batch_matches_skimage(rng: np.random.Generator) -> None:
     assert ssim_batch(np.clip(grey[:1] + 0.1, 0, 1), grey[:1])[0] == pytest.approx(ref, abs=1e-10)
 
 
+def test_ssim_batch_reads_any_layout_and_dtype_alike(rng: np.random.Generator) -> None:
+    # The decoders hand over float32 images stored plane after plane; tests and users pass C-ordered float64.
+    # 7 images x 3 channels at 40 px also end in a short chunk of planes.
+    gt = np.concatenate([pictures(40, 7).permute(0, 2, 3, 1).numpy()]).astype(np.float64)
+    rec32 = np.clip(gt + 0.05 * rng.standard_normal(gt.shape), 0, 1).astype(np.float32)
+    planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(rec32, -1, 1)), 1, -1)
+    frozen = rec32.copy()
+    frozen.flags.writeable = False
+    ours = ssim_batch(rec32, gt)
+    for other in (planar, frozen, rec32.astype(np.float64), torch.from_numpy(planar)):
+        np.testing.assert_array_equal(ssim_batch(other, gt), ours)
+    ref = [structural_similarity(r.astype(np.float64), g, data_range=1.0, channel_axis=-1)
+           for r, g in zip(rec32, gt, strict=True)]
+    np.testing.assert_allclose(ours, ref, atol=1e-10)
+
+
+def test_strong_decoder_decodes_each_image_as_if_alone(rng: np.random.Generator) -> None:
+    # Batching, denoising only the images above the 8-bit noise floor (here: half of them) and a dead bias
+    # gradient change nothing: every image decodes to the same bits as on its own.
+    from dpaudit.attacks.decoders import MIN_DENOISE_STD, decode_pooled
+
+    lay = Layout((3, 24, 24), np.array(MEAN), np.array(STD))
+    x = ((pictures(24, 6).numpy() - 0.5) / 0.25).reshape(6, -1)
+    scale = np.array([2.0, 1e3, 3.0, 1e4, 0.0, 0.5])  # noise_std / scale: above, below, above, below, dead, above
+    avg = np.concatenate([x * scale[:, None], scale[:, None]], axis=1)
+    avg[:, :-1] += 0.02 * rng.standard_normal(x.shape)
+    avg = avg.astype(np.float32)
+    prefix = np.array([0, 3, 1, 9, 0, 2])
+    noise_std = 0.02
+    level = noise_std / np.sqrt(prefix + 1.0) / np.where(scale == 0, 1.0, scale) * np.max(STD)
+    assert 0 < (level > MIN_DENOISE_STD).sum() < 6
+    together = decode_pooled(avg, prefix, lay, noise_std)
+    for i in range(6):
+        np.testing.assert_array_equal(together[i], decode_pooled(avg[i : i + 1], prefix[i : i + 1], lay, noise_std)[0])
+    assert together.dtype == np.float32 and together.min() >= 0 and together.max() <= 1
+    np.testing.assert_array_equal(together[4], np.clip(lay.to_image(np.zeros(x.shape[1])), 0, 1))
+
+
 def test_nearest_match_equals_brute_force(rng: np.random.Generator) -> None:
     inputs = rng.random((12, 16, 16, 3))
     cands = np.concatenate([np.clip(inputs + 0.1 * rng.standard_normal(inputs.shape), 0, 1),
@@ -297,6 +335,7 @@ def test_layout_round_trip() -> None:
     img = np.random.default_rng(0).random((4, 5, 3))
     flat = ((np.moveaxis(img, -1, 0) - 0.5) / 0.25).ravel()
     np.testing.assert_allclose(lay.to_image(flat), img, atol=1e-12)
+    np.testing.assert_array_equal(lay.denormalise_(flat[None].copy())[0], lay.to_image(flat))
 
 
 def test_pooled_views_match_the_row_wise_replay_statistically(rng: np.random.Generator) -> None:
