@@ -36,7 +36,7 @@ from dpaudit.audit.profile.distributed import DaskExecutor
 from dpaudit.audit.profile.schema import Profile
 from dpaudit.codec import encode
 
-RUN_KEYS = {"created", "command", "stages", "environment", "seconds"}
+RUN_KEYS = {"created", "command", "stages", "environment", "seconds", "wall_seconds", "train_samples_per_second"}
 
 
 def _results(profile) -> object:  # type: ignore[no-untyped-def]

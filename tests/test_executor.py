@@ -33,7 +33,7 @@ TINY_ARGS = ["--dataset", "demo", "--image-size", "16", "--max-images", "60", "-
              "8", "--seeds", "1", "--epochs", "1", "--batch-size", "8", "--attack-images", "6", "--attack-epochs",
              "1", "--no-render", "--json"]
 #: Keys that describe the run, not its results.
-RUN_KEYS = {"created", "command", "stages", "environment", "seconds"}
+RUN_KEYS = {"created", "command", "stages", "environment", "seconds", "wall_seconds", "train_samples_per_second"}
 
 
 def _results(profile: Profile) -> object:
