@@ -196,7 +196,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     reference = SsimReference(gt)
     matcher = NearestMatcher(gt)
     paper_noise_rows = _NoiseRowCache(stats.active_rows)
-    last_scored: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # decoder -> (candidates, ssim, matched)
+    last_scored: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # decoder -> its last (candidates, ssim, matched)
 
     rows: list[AttackRow] = []
     for sigma, eps in zip(sigmas, epsilons, strict=True):
@@ -225,12 +225,17 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         for d in decoders:
             cand = recs[d]
             owner = owners if d == "paper-all" else np.arange(n)
-            prev = last_scored.get(d)
-            if prev is not None and d != "paper-all" and np.array_equal(prev[0], cand):
-                ssim, matched = prev[1], prev[2]  # the same candidates as the previous level: the same scores
+            # Scores depend only on the candidates (one per input for strong and paper): the same candidates as
+            # any decoder's last ones (this decoder's at the previous level; without noise the strong and the paper
+            # decoder both return the exact images) get the same scores. paper-all's come with owners: not shared.
+            same = None if d == "paper-all" else next(
+                (prev for key, prev in last_scored.items()
+                 if key != "paper-all" and prev[0].shape == cand.shape and np.array_equal(prev[0], cand)), None)
+            if same is not None:
+                ssim, matched = same[1], same[2]
             else:
                 ssim, matched = _score(gt, cand, owner, scoring, reference, matcher)
-                last_scored[d] = (cand, ssim, matched)
+            last_scored[d] = (cand, ssim, matched)
             succ = int((ssim > SUCCESS_SSIM).sum())
             lo, hi = clopper_pearson(succ, n)
             best_idx = np.argsort(-ssim, kind="stable")[:keep_images]
