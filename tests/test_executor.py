@@ -61,6 +61,18 @@ def test_default_executor_follows_the_idle_cores_unless_threads_are_pinned(monke
     ex.close()  # no process was started: they start at the first map
 
 
+def test_workers_that_do_not_fit_in_memory_run_in_this_process(monkeypatch, tmp_path) -> None:
+    import dpaudit.audit.profile.executor as executor
+
+    assert 1 <= executor.workers_that_fit(2) <= 2  # this machine: at least one fits
+    monkeypatch.setattr(executor, "workers_that_fit", lambda wanted: 1)
+    tasks = [ProbeTask(i, str(tmp_path)) for i in range(3)]
+    with LocalProcessExecutor(2) as ex:
+        store = _map_into_store(ex, tasks, tmp_path)
+        assert ex._pool is None  # no process was started
+    assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in tasks)
+
+
 def test_bad_worker_count_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="workers must be an integer >= 1"):
         LocalProcessExecutor(0)
