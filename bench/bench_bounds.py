@@ -180,7 +180,9 @@ def _process(argv: list[str]) -> tuple[float, float]:
 
 
 def section_cli(repeats: int) -> None:
-    exe = shutil.which("dpaudit") or str(Path(sys.executable).with_name("dpaudit"))
+    # The dpaudit of this interpreter's environment first (a shim on PATH may belong to another Python).
+    beside = Path(sys.executable).with_name("dpaudit")
+    exe = str(beside) if beside.exists() else shutil.which("dpaudit")
     py = sys.executable
     _, s, q, t, k = RADIMAGENET
     here = str(Path(__file__).resolve().parent)
