@@ -210,32 +210,6 @@ class StepPair:
             active = active[~done]
         return np.where(below, self.lower, x).reshape(np.shape(eps))
 
-    def log_moment(self, s: float, resolution: float = 10.0) -> float:
-        """log E_P[e^{s L}] = log int p^{1-s} q^s (the Renyi moment; s = 1 + lam gives log E_Q[e^{lam L}]).
-
-        Trapezoidal rule at step sigma/resolution on the range that holds the integrand's mass (Gaussian-like bumps
-        around 0 and around s k); the rule converges geometrically for these analytic integrands.
-        """
-        sigma, k = self.noise_multiplier, self.records_per_patient
-        step = sigma / resolution
-        right = max(s, 1.0) * k + 45 * sigma
-        x = np.arange(0.0 if self.relaxed else -45 * sigma, right + step, step)
-        if s > 1 and s * math.log(k + 1) < 500 and s > 90 * sigma:
-            # The integrand is p (sum_j w_j e^{...})^s <= (k + 1)^s max_j (Gaussian bump at x = j s, width sigma);
-            # more than 45 sigma from every bump a point is below e^{-1012 + 500} of the peak, so only the points
-            # near the bumps are summed (a subset of the same grid; the same value to float precision).
-            near = np.min(np.abs(x[None, :] - s * np.arange(k + 1)[:, None]), axis=0) <= 45 * sigma
-            x = x[near]
-        log_p = -0.5 * (x / sigma) ** 2 - 0.5 * math.log(2 * math.pi * sigma ** 2)
-        if self.relaxed:
-            log_p = log_p + math.log(2.0)
-        with np.errstate(invalid="ignore"):
-            terms = log_p + np.where(s == 0, 0.0, s * self.loss(x))
-        weights = np.full(x.size, math.log(step))
-        if self.relaxed:
-            weights[0] -= math.log(2.0)  # trapezoid end point at y = 0
-        return float(_logsumexp0((terms + weights)[:, None])[0])
-
     def x_tail(self, budget: float) -> float:
         """An x beyond which the Q-mass (hence also the P-mass) of {X > x} ({|X| > x} relaxed) is <= budget."""
         k, sigma = self.records_per_patient, self.noise_multiplier

@@ -23,6 +23,11 @@ Neyman-Pearson. Everything computed here is a *sound upper bound* for the contin
   no P-cost). The products e^eps P(.) are formed as exp(eps + log P(.)), P in log space, so nothing overflows
   or underflows into a wrong split. When the cap costs tightness, epsilon falls back to the RDP bound
   (:func:`epsilon_pld`), and ReRo / MIA bounds are close to 1 there anyway (which is the correct answer).
+* **Lower end** (:func:`_garbled_step`): a pair *less* informative than the continuous one, on a grid anchored at the
+  pile's own loss: cells centred on the grid points, each balanced to its grid point's loss exactly by small
+  fractions of its neighbours (post-processing), anything left over settled in the safe direction. Every power and
+  delta read from it and from its compositions is a sound *lower* bound, second order in h like the upper end; the
+  pair [lower, upper] is the proven bracket every tight number reports.
 * **Nesting.** The grid with step h/2 contains the one with step h, so the chord interpolation at h lies above
   the one at h/2: the bound at h/2 is both sound and tighter, and its distance to the one at h is the reported
   numerical error.
@@ -275,7 +280,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     ``direction="remove"``: the pair (P, Q) = (target absent, target present), loss log dQ/dP under Q; the one the
     ReRo bound and membership inference use. ``direction="add"``: the swapped pair, loss log dP/dQ under P.
     ``optimistic=False``: connect-the-dots (pessimistic, a sound upper bound). ``optimistic=True``: a garbling of
-    the pair (a sound *lower* bound on every power and delta, see :func:`_garbled_masses`).
+    the pair (a sound *lower* bound on every power and delta, see :func:`_garbled_step`).
 
     Grid anchor. The grid is {offset + i h} with offset = the end of the loss's
     support where the mass piles up: min_loss = log(1 - q)^k for the remove direction, -min_loss for the add
@@ -287,6 +292,8 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     sound for connect-the-dots (the chord argument does not depend on where the grid points are); anchored grids
     at h and h / 2 are still nested.
     """
+    if optimistic:
+        return _garbled_step(pair, h, direction, inf_budget)
     if direction == "remove":
         lo_loss = pair.min_loss
         # Right end: beyond x_max the Q-tail is below the budget (each mixture component's tail is).
@@ -304,17 +311,14 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         i_hi = max(min(math.ceil((hi_loss - offset) / h), i_cap), i_lo + 1)
         anchored = offset == lo_loss
 
-        def boundaries(idx: np.ndarray, off: float = offset, first: float | None = None) -> np.ndarray:
-            xb = pair.x_of_loss(off + h * idx)  # increasing
-            if first is not None:
-                xb[0] = first
-                xb[1:] = np.maximum(xb[1:], first)
-            elif anchored and idx[0] == i_lo:
+        def boundaries(idx: np.ndarray) -> np.ndarray:
+            xb = pair.x_of_loss(offset + h * idx)  # increasing
+            if anchored and idx[0] == i_lo:
                 xb[0] = pair.lower  # the anchor is the infimum of the loss: the first interval starts there
             return xb
 
-        def q_of(idx: np.ndarray, **kw) -> np.ndarray:
-            xb = boundaries(idx, **kw)
+        def q_of(idx: np.ndarray) -> np.ndarray:
+            xb = boundaries(idx)
             return pair.masses(xb[:-1], xb[1:])[1]
 
         idx = _lattice(i_lo, i_hi, q_of, LATTICE_BUDGET * inf_budget)
@@ -339,17 +343,14 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         i_lo = min(math.floor((lo_loss - offset) / h), -1)  # at least one interval below the anchor
         i_hi = 0
 
-        def boundaries(idx: np.ndarray, off: float = offset, last: float | None = None) -> np.ndarray:
-            xb = pair.x_of_loss(-(off + h * idx))  # decreasing in eps
-            if last is not None:
-                xb[-1] = last
-                xb[:-1] = np.maximum(xb[:-1], last)
-            elif idx[-1] == i_hi:
-                xb[-1] = pair.lower if pair.relaxed else xb[-1]
+        def boundaries(idx: np.ndarray) -> np.ndarray:
+            xb = pair.x_of_loss(-(offset + h * idx))  # decreasing in eps
+            if idx[-1] == i_hi and pair.relaxed:
+                xb[-1] = pair.lower
             return xb
 
-        def q_of(idx: np.ndarray, **kw) -> np.ndarray:
-            xb = boundaries(idx, **kw)
+        def q_of(idx: np.ndarray) -> np.ndarray:
+            xb = boundaries(idx)
             return pair.masses(xb[1:], xb[:-1])[0]
 
         idx = _lattice(i_lo, i_hi, q_of, LATTICE_BUDGET * inf_budget)
@@ -363,46 +364,6 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         capped = False  # the add-direction loss is at most -min_loss = -log(1 - q)^k
         with np.errstate(divide="ignore"):
             log_p_int, log_p_top = np.log(np.maximum(p_int, 0.0)), np.log(np.maximum(p_top, 0.0))
-    if optimistic:
-        exact = 0.0
-        if direction == "remove" and anchored and idx[1] == i_lo + 1 and q_int[0] > 0:
-            # The first interval (the pile of mass just above min_loss) becomes one atom at its own loss l0 (a
-            # merge: exact), and the grid is re-anchored there: l0 + i h. The next interval, from x(min_loss + h)
-            # to x(l0 + h), has losses in [l0, l0 + h] since l0 <= min_loss + h.
-            offset = float(np.log(q_int[0]) - log_p_int[0])
-            exact = float(q_int[0])
-            x_first = float(xb[1])
-            i_lo = 0
-            i_hi = max(min(math.ceil((hi_loss - offset) / h), math.floor((LOSS_CAP - offset) / h)), 1)
-            idx = _lattice(0, i_hi, lambda j: q_of(j, off=offset, first=x_first), LATTICE_BUDGET * inf_budget)
-            eps = offset + h * idx
-            xb = boundaries(idx, off=offset, first=x_first)
-            a, b = xb[:-1], xb[1:]
-            _, q_int = pair.masses(a, b)
-            log_p_int = pair.log_p_masses(a, b)
-            _, q_top = pair.masses(xb[-1:], np.array([math.inf]))
-            log_p_top = pair.log_p_masses(xb[-1:], np.array([math.inf]))
-        elif direction == "add" and idx.size >= 2 and idx[-2] == i_hi - 1 and q_int[-1] > 0:
-            # Mirror image: the last interval (the pile just below -min_loss) becomes one atom at its own loss and
-            # the grid is re-anchored there, l_top - i h; the interval below it has losses in [l_top - h, l_top].
-            offset = float(np.log(q_int[-1]) - log_p_int[-1])
-            exact = float(q_int[-1])
-            x_last = float(xb[-2])
-            i_lo = min(math.floor((lo_loss - offset) / h), -1)
-            i_hi = 0
-            idx = _lattice(i_lo, 0, lambda j: q_of(j, off=offset, last=x_last), LATTICE_BUDGET * inf_budget)
-            eps = offset + h * idx
-            xb = boundaries(idx, off=offset, last=x_last)
-            q_int, p_int = pair.masses(xb[1:], xb[:-1])
-            with np.errstate(divide="ignore"):
-                log_p_int = np.log(np.maximum(p_int, 0.0))
-            q_top, log_p_top = np.zeros(1), np.full(1, -math.inf)  # the pile is the exact top atom
-        on_points = _garbled_masses(eps, q_int, log_p_int, float(q_top[0]), float(log_p_top[0]))
-        on_points[0 if direction == "remove" else -1] += exact
-        masses = np.zeros(i_hi - i_lo + 1)
-        masses[idx - i_lo] = on_points
-        return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=0.0, capped=capped, offset=offset,
-                           optimistic=True)
     n = eps.size
     on_points = np.zeros(n)
     # Split the interval (a, b] = (eps_i, eps_{i+1}] between its ends, preserving Q- and P-mass (connect the dots;
@@ -453,65 +414,228 @@ def _lattice(i_lo: int, i_hi: int, q_of, budget: float) -> np.ndarray:
     mass = q_of(coarse)
     busy = mass > budget / mass.size
     keep = np.zeros(n, dtype=bool)
+    spread = np.repeat(busy, block)[:n]  # block j covers indices coarse[j] .. coarse[j + 1] - 1
+    keep[:spread.size] = spread
     keep[coarse - i_lo] = True
-    for j in np.nonzero(busy)[0]:
-        keep[coarse[j] - i_lo:coarse[j + 1] - i_lo] = True
     return i_lo + np.nonzero(keep)[0]
 
 
-def _garbled_masses(eps: np.ndarray, q_int: np.ndarray, log_p_int: np.ndarray, q_top: float, log_p_top: float
-                    ) -> np.ndarray:
-    """Q-masses on the grid ``eps`` of a pair that is *less* informative than the continuous one (the optimistic
-    end of the bracket).
+def _x_at(pair: StepPair, losses: np.ndarray) -> np.ndarray:
+    """x_of_loss with the infinite ends mapped to the ends of the observation's support."""
+    losses = np.asarray(losses, dtype=float)
+    out = np.empty_like(losses)
+    finite = np.isfinite(losses)
+    if finite.any():
+        out[finite] = pair.x_of_loss(losses[finite])
+    out[losses == math.inf] = math.inf
+    out[losses == -math.inf] = pair.lower
+    return out
 
-    Interval i of the observation (between grid losses eps_i and eps_{i+1}, Q-mass q_i, P-mass p_i, its own
-    loss l_i = log(q_i / p_i) in [eps_i, eps_{i+1}]) is cut into two pieces by a fraction v (the *same* fraction of
-    its P- and Q-mass: a Markov kernel on the observation, i.e. post-processing). The piece sent up joins the piece
-    of interval i+1 sent down at grid point eps_{i+1}; v is chosen so that the pair's loss is exactly eps_{i+1}
-    (the lower piece has loss <= eps_{i+1}, the upper one >= it). Where no such v exists, a piece whose loss is
-    >= a grid point is put on that grid point with P-mass Q e^{-grid} >= its true P-mass. Mass below the grid is
-    dropped from Q. The result (Q' <= a post-processing of Q, P' >= the same post-processing of P, as measures)
-    has power max{Q'(E) : P'(E) <= alpha} and delta'(eps) <= the continuous pair's, and so has every T-fold
-    composition (products of such measures keep both inequalities): a sound lower bound whose gap to the truth
-    is second order in h (only the mixing inside each grid interval is lost, as for connect-the-dots).
+
+def _cell_masses(pair: StepPair, direction: str, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Q-mass, log P-mass) of the direction's loss intervals (a, b] (a may be -inf, b +inf). ``"add"``: the
+    loss is -L and the measures swap (its Q is P)."""
+    if direction == "remove":
+        xa, xb = _x_at(pair, a), _x_at(pair, b)
+        return pair.masses(xa, xb)[1], pair.log_p_masses(xa, xb)
+    # -L in (a, b]  <=>  L in [-b, -a)  <=>  x in [x(-b), x(-a))
+    p, q = pair.masses(_x_at(pair, -np.asarray(b, dtype=float)), _x_at(pair, -np.asarray(a, dtype=float)))
+    with np.errstate(divide="ignore"):
+        return p, np.log(np.maximum(q, 0.0))
+
+
+def _contiguous_cells(pair: StepPair, direction: str, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_cell_masses` of the cells between consecutive loss boundaries ``bounds`` (ascending). Their
+    x-boundaries are made monotone first, so the cells partition the observations exactly: round-off in
+    ``x_of_loss`` (or boundaries out of order) can empty a cell but never count an observation twice."""
+    if direction == "remove":
+        xs = np.maximum.accumulate(_x_at(pair, bounds))
+        return pair.masses(xs[:-1], xs[1:])[1], pair.log_p_masses(xs[:-1], xs[1:])
+    xs = np.maximum.accumulate(_x_at(pair, -np.asarray(bounds, dtype=float)[::-1]))  # ascending x: descending -L
+    p, q = pair.masses(xs[:-1], xs[1:])
+    with np.errstate(divide="ignore"):
+        return p[::-1], np.log(np.maximum(q, 0.0))[::-1]
+
+
+def _pile_cell(pair: StepPair, direction: str, h: float, end: float) -> tuple[float, float]:
+    """The pile of mass at the end ``end`` of the loss' support where it piles up (log(1 - q)^k for the remove
+    direction, its negative for the add direction), as one cell: its boundary c and its own loss l_c, with c
+    h/2 away from l_c so that the midpoint cells above it (below it for the add direction) start centred on
+    their grid points l_c + i h (see :func:`_garbled_step`). Any c gives a sound garbling; this one a tight one."""
+    s = 1.0 if direction == "remove" else -1.0  # remove: the pile is (-inf, c], c > end; add: (c, inf), c < end
+
+    def own_loss(c: np.ndarray) -> np.ndarray:
+        ends = np.full(c.shape, s * -math.inf)
+        q, lp = _cell_masses(pair, direction, *((ends, c) if s > 0 else (c, ends)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            loss = np.log(q) - lp
+        return np.where(np.isfinite(loss), loss, np.nan)  # an empty pile (underflow) has no loss: never a hit
+
+    # The distance s (c - l_c) grows from 0 (c at the end) to infinity (the pile is everything, l_c = 0): scan for
+    # the first c where it reaches h/2, then refine inside the step that crossed it (64 x 32 = 2048 positions).
+    span = 2.0 * h
+    for _ in range(60):
+        c = end + s * np.linspace(0.0, span, 65)[1:]
+        with np.errstate(invalid="ignore"):
+            hit = np.nonzero(s * (c - own_loss(c)) >= h / 2)[0]
+        if hit.size:
+            break
+        span *= 2.0
+    else:
+        raise NumericalError(f"no pile boundary found for {pair} (direction {direction})")
+    j = int(hit[0])
+    start = end if j == 0 else float(c[j - 1])
+    c = start + (float(c[j]) - start) * np.linspace(0.0, 1.0, 33)[1:]
+    with np.errstate(invalid="ignore"):
+        hit = np.nonzero(s * (c - own_loss(c)) >= h / 2)[0]
+    boundary = float(c[hit[0]] if hit.size else c[-1])
+    return boundary, float(own_loss(np.array([boundary]))[0])
+
+
+def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float) -> DiscretePld:
+    """One step's PLD garbled onto a grid: a pair *less* informative than the continuous one (the optimistic,
+    lower end of the bracket; every power and delta read from it, and from its compositions, is a sound lower
+    bound).
+
+    Cells. The loss axis is cut into cells centred on the grid points E_j (boundaries at the midpoints
+    (E_j + E_{j+1}) / 2): cell j holds the observations whose loss lies in it, with Q-mass q_j and P-mass p_j, and
+    its own loss log(q_j / p_j) is E_j + O(h^2). Where the mass piles up (the end of the support at log(1 - q)^k;
+    :func:`_pile_cell`) one cell holds the pile and the grid is anchored at the pile's own loss, so that atom is
+    exact. Balance. Each cell then takes a small fraction (O(h)) of the same cell's P- and Q-mass from a
+    neighbour, from the one below when its loss is above E_j and from the one above when it is below, so that the
+    merged atom's loss is E_j (:func:`_balance_cells`). Cutting cells into fractions and merging pieces is a
+    Markov kernel on the observation (post-processing); what is left unbalanced is rounded in the safe direction,
+    Q-mass e^{E_j} P (never more than the merged atom's Q-mass, never less P-mass than it has). The result
+    (Q' <= a post-processing of Q, P' >= the same post-processing of P, as measures) has power max{Q'(E) : P'(E)
+    <= alpha} and delta'(eps) at most the continuous pair's, and so has every composition (products of such
+    measures keep both inequalities).
+
+    Why balance exactly: rounding each cell's loss down to its grid point instead would inflate P by
+    sum_j q_j (l_j - E_j) per step, a bias that compounds over T steps (T = 53000 at sigma 1.66, q 1/106 turned
+    it into 0.2 nats); balanced atoms keep both total masses, and the gap to the continuous pair is second order in
+    h (only the mixing inside each cell is lost, as for connect-the-dots). Cells centred on the grid points keep the
+    balancing fractions O(h): a chain of exactly balanced cells started at the pile's grid point (the construction
+    used before) pairs every other cell with nothing and loses as much as a grid twice as coarse.
     """
-    n = eps.size
-    q = [*q_int.tolist(), q_top]  # interval i between eps_i and eps_{i+1}; index n-1 is the top region
-    lp = [*log_p_int.tolist(), log_p_top]
-    g = eps.tolist()
-    rem = [1.0] * n  # the fraction of each interval not yet placed
-    out = [0.0] * n
-    # Python loop: each grid point's balance depends on what the ones below used (linear: j only moves up).
-    j = 0
-    for i in range(n):
-        atom_q, need = 0.0, 0.0
-        if i > 0 and rem[i - 1] > 0.0:
-            # The rest of interval i-1 (loss in [eps_{i-1}, eps_i]) is balanced here with pieces from above.
-            atom_q = rem[i - 1] * q[i - 1]
-            need = max(rem[i - 1] * (math.exp(g[i] + lp[i - 1]) - q[i - 1]), 0.0)
-            rem[i - 1] = 0.0
-        j = max(j, i)
-        while need > 0.0 and j < n:
-            unit = q[j] - math.exp(g[i] + lp[j]) if q[j] > 0.0 else 0.0  # excess of all of interval j at eps_i
-            if unit <= 0.0:
-                j += 1
-                continue
-            if rem[j] * unit >= need:
-                f = need / unit
-                rem[j] -= f
-                atom_q += f * q[j]
-                need = 0.0
-            else:
-                atom_q += rem[j] * q[j]
-                need -= rem[j] * unit
-                rem[j] = 0.0
-                j += 1
-        if need > 0.0:
-            out[i - 1] += atom_q  # nothing above is left to balance: the atom's loss is in [eps_{i-1}, eps_i)
-        else:
-            out[i] += atom_q  # loss exactly eps_i
-    out[n - 1] += rem[n - 1] * q[n - 1]  # the rest of the top region: loss >= eps_{n-1}, rounded down
-    return np.maximum(np.array(out), 0.0)
+    if direction == "remove":
+        end = pair.min_loss
+        hi_loss = float(pair.loss(np.array([pair.x_tail(inf_budget)]))[0])
+        anchored = math.isfinite(end)
+        if anchored:
+            pile_end, offset = _pile_cell(pair, direction, h, end)
+            i_lo = 0
+        else:  # q = 1 worst case: the loss is Gaussian, no pile
+            offset = 0.0
+            i_lo = math.floor(_left_cut(pair, inf_budget, direction) / h)
+        i_cap = math.floor((LOSS_CAP - offset) / h)
+        capped = math.ceil((hi_loss - offset) / h) > i_cap
+        i_hi = max(min(math.ceil((hi_loss - offset) / h), i_cap), i_lo + 1)
+    else:
+        end = -pair.min_loss
+        if not math.isfinite(end):
+            raise NumericalError("the add-direction PLD needs q < 1 or k = 1")  # q = 1 uses symmetry instead
+        anchored, capped = True, False  # the add-direction loss is at most -min_loss
+        pile_end, offset = _pile_cell(pair, direction, h, end)
+        i_lo = min(math.floor((_left_cut(pair, inf_budget, direction) - offset) / h), -1)
+        i_hi = 0
+
+    def q_of(idx: np.ndarray) -> np.ndarray:
+        return _contiguous_cells(pair, direction, offset + h * idx)[0]
+
+    idx = _lattice(i_lo, i_hi, q_of, LATTICE_BUDGET * inf_budget)
+    grid = offset + h * idx
+    bounds = np.empty(grid.size + 1)
+    bounds[0], bounds[-1] = -math.inf, math.inf
+    bounds[1:-1] = 0.5 * (grid[:-1] + grid[1:])
+    if anchored:
+        bounds[1 if direction == "remove" else -2] = pile_end
+    q, log_p = _contiguous_cells(pair, direction, bounds)
+    masses = np.zeros(i_hi - i_lo + 1)
+    masses[idx - i_lo] = _balance_cells(grid, q, log_p)
+    return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=0.0, capped=capped, offset=offset,
+                       optimistic=True)
+
+
+#: Most rounds of the balancing fixed point in :func:`_balance_cells` (it stops when the shares settle to 1e-15):
+#: each round multiplies the remaining error of the fractions by one more fraction, O(h) in the bulk and up to ~0.3
+#: next to the pile, so a handful of rounds suffice; where fractions near 1 keep it from settling, the leftovers are
+#: settled in the safe direction anyway.
+BALANCE_ROUNDS = 60
+#: A merged atom whose excess q - e^E p is negative by at most this fraction of its Q-mass counts as balanced: the
+#: excess itself is formed with a relative round-off of a few ulp (the bracket is exact up to floating point, as
+#: the FFT's noise_guard says); without it a pile sitting exactly on its grid point could be dropped for -1e-19.
+BALANCE_TOLERANCE = 1e-12
+
+
+def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+    """Q-masses at the grid points E_j of the balanced garbling of cells (q_j, log p_j), cell j around E_j.
+
+    With excess x_j = q_j - e^{E_j} p_j (> 0: the cell's loss is above E_j), a cell with x_j > 0 takes the fraction
+    c_j r_j of the cell below, c_j = x_j / (e^{E_j} p_{j-1} - q_{j-1}) (each unit of it lowers the excess by that
+    much), and one with x_j < 0 the fraction -x_j r_j / (q_{j+1} - e^{E_j} p_{j+1}) of the cell above, r_j being
+    the share of cell j it keeps itself. The shares depend on the gifts, so the fractions are a fixed point, found
+    by at most ``BALANCE_ROUNDS`` rounds (the fractions are O(h), so it settles in a few); a cell asked for more than
+    it holds gives it pro rata.
+
+    What is left unbalanced is settled in the safe direction. A merged atom whose loss is >= E_j keeps its Q-mass
+    and is given P-mass Q e^{-E_j} >= its own (the P-measure may only grow). One whose loss is below E_j cannot
+    sit at E_j with its Q-mass: just enough of its pieces with loss below E_j is dropped (both masses: dropping
+    observations is a sub-Markov kernel, and any test of the reduced pair is a test of the original one with the
+    same power and no more size) to bring its loss to E_j. Products e^{E} p are formed as exp(E + log p), so
+    nothing overflows.
+    """
+    n = grid.size
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        own = np.exp(grid + log_p)  # e^{E_j} p_j
+        from_below = np.zeros(n)  # e^{E_j} p_{j-1}
+        from_below[1:] = np.exp(grid[1:] + log_p[:-1])
+        from_above = np.zeros(n)  # e^{E_j} p_{j+1}
+        from_above[:-1] = np.exp(grid[:-1] + log_p[1:])
+    excess = np.where(q > 0, q - own, 0.0)
+    lowers = np.zeros(n)  # per unit of cell j-1 merged into j: how much it lowers the excess
+    lowers[1:] = from_below[1:] - q[:-1]
+    raises = np.zeros(n)  # per unit of cell j+1 merged into j: how much it raises the excess
+    raises[:-1] = q[1:] - from_above[:-1]
+    take_below = (excess > 0) & (lowers > 0)
+    take_above = (excess < 0) & (raises > 0)
+    c_below = np.where(take_below, excess / np.where(take_below, lowers, 1.0), 0.0)
+    c_above = np.where(take_above, -excess / np.where(take_above, raises, 1.0), 0.0)
+    keep = np.ones(n)
+    up = np.zeros(n)  # up[j]: fraction of cell j merged into j + 1
+    down = np.zeros(n)  # down[j]: fraction of cell j merged into j - 1
+    for _ in range(BALANCE_ROUNDS):
+        up[:-1] = keep[1:] * c_below[1:]
+        down[1:] = keep[:-1] * c_above[:-1]
+        given = up + down
+        over = given > 1.0
+        if over.any():
+            up[over] /= given[over]
+            down[over] /= given[over]
+        new_keep = np.maximum(1.0 - up - down, 0.0)
+        converged = bool(np.all(np.abs(new_keep - keep) <= 1e-15))
+        keep = new_keep
+        if converged:
+            break
+    # The merged atom j: keep_j of cell j, up_{j-1} of cell j-1, down_{j+1} of cell j+1; each piece's Q-mass and
+    # its excess at E_j (q - e^{E_j} p, negative for pieces with loss below E_j).
+    pieces_q = [keep * q, np.zeros(n), np.zeros(n)]
+    pieces_x = [keep * excess, np.zeros(n), np.zeros(n)]
+    pieces_q[1][1:] = up[:-1] * q[:-1]
+    pieces_x[1][1:] = -up[:-1] * lowers[1:]
+    pieces_q[2][:-1] = down[1:] * q[1:]
+    pieces_x[2][:-1] = down[1:] * raises[:-1]
+    pieces_x = [np.where(np.isnan(x), 0.0, x) for x in pieces_x]
+    merged_q = sum(pieces_q)
+    merged_x = sum(pieces_x)
+    # Loss below E_j (beyond round-off, BALANCE_TOLERANCE): drop the fraction f of its low-loss pieces that brings
+    # it to E_j.
+    short = merged_x < -BALANCE_TOLERANCE * merged_q
+    if short.any():
+        low_x = sum(np.where(x < 0, -x, 0.0) for x in pieces_x)
+        low_q = sum(np.where(x < 0, qq, 0.0) for x, qq in zip(pieces_x, pieces_q, strict=True))
+        f = np.minimum(-merged_x / np.where(low_x > 0, low_x, 1.0), 1.0)
+        merged_q = np.where(short, merged_q - f * low_q, merged_q)
+    return np.maximum(merged_q, 0.0)
 
 
 def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
@@ -536,68 +660,71 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 
 # -- composition ------------------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=64)
-def _log_moments_cached(pair: StepPair, direction: str, lams: tuple[float, ...]) -> np.ndarray:
-    return np.array([pair.log_moment(float(1.0 + lam if direction == "remove" else -lam), resolution=3.0)
-                     for lam in lams])
+#: The Chernoff optimum is located on a copy of each per-step PLD summed into at most this many bins; the bound
+#: itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_end`).
+MGF_BINS = 512
 
 
-def _log_moment_step(pair: StepPair, direction: str, lams: np.ndarray) -> np.ndarray:
-    """log E[e^{lam L}] of the continuous per-step loss: a Renyi moment, E_Q[e^{lam L}] = E_P[e^{(1 + lam) L}]
-    (remove direction) and E_P[e^{-lam L}] (add direction). Used only to pick where to evaluate the exact
-    discrete MGF (below), so its accuracy does not affect soundness."""
-    return _log_moments_cached(pair, direction, tuple(float(v) for v in lams))
+def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
+    """log E[e^{lam L}] at each (signed) lam of a copy of the discrete PLD whose masses are summed into at most
+    ``MGF_BINS`` bins, each placed at its end in the direction of lam: an upper bound on the exact MGF (within a
+    factor e^{|lam| w} for bins w wide), used only to locate the Chernoff optimum."""
+    m = pld.masses
+    width = -(-m.size // MGF_BINS)
+    nb = -(-m.size // width)
+    sums = np.zeros(nb * width)
+    sums[:m.size] = m
+    sums = sums.reshape(nb, width).sum(axis=1)
+    first = pld.offset + pld.h * (pld.lo + width * np.arange(nb))
+    with np.errstate(divide="ignore"):
+        log_m = np.log(sums)
+    edge = np.where(lams[:, None] > 0, first[None, :] + pld.h * (width - 1), first[None, :])
+    return _logsumexp_rows(log_m[None, :] + lams[:, None] * edge)
 
 
-def _log_mgf_discrete(pld: DiscretePld, lam: float) -> float:
-    """log E[e^{lam L}] over the finite atoms of a discrete PLD (exact)."""
+def _log_mgf(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
+    """log E[e^{lam L}] over the finite atoms of a discrete PLD at each lam (exact)."""
     pos = pld.masses > 0
     if not pos.any():
-        return -math.inf  # no finite mass (everything at +infinity, or dropped by the garbled lower end)
-    e = np.log(pld.masses[pos]) + lam * pld.losses[pos]
-    top = float(e.max())
-    return top + math.log(float(np.exp(e - top).sum()))
+        return np.full(lams.shape, -math.inf)  # no finite mass (everything at +infinity, or dropped)
+    return _logsumexp_rows(np.log(pld.masses[pos])[None, :] + lams[:, None] * pld.losses[pos][None, :])
+
+
+def _logsumexp_rows(e: np.ndarray) -> np.ndarray:
+    top = e.max(axis=1)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(e - safe[:, None]).sum(axis=1)) + safe
 
 
 def _chernoff_end(parts, lams: np.ndarray, sign: float) -> float:
     """A loss u with (composed mass beyond u on the side ``sign``) <= TAIL_BOUND, by Chernoff:
     P(S > u) <= exp(sum_i T_i K_i(lam) - lam u) for lam > 0 (and the mirror image for the left tail), over the
-    phases i of the schedule. The minimising lam is located with the continuous moments (or, for a capped PLD, the
-    exact discrete ones), then the bound is evaluated with the exact discrete MGFs."""
+    phases i of the schedule. The minimising lam is located on binned copies of the per-step PLDs
+    (:func:`_log_mgf_binned`), then the bound is evaluated with their exact discrete MGFs near it."""
     log_tau = math.log(TAIL_BOUND)
-    total = np.zeros_like(lams)
-    for pld, steps, moments in parts:
-        if pld.capped:
-            # The cap changed the per-step law (the mass above it is at +infinity, outside the finite composition),
-            # so the continuous moments would point far off; locate the optimum with the exact discrete MGF.
-            k = np.array([_log_mgf_discrete(pld, sign * lam) for lam in lams])
-        else:
-            k = moments(sign * lams)
-        total = total + steps * k
+    total = sum(steps * _log_mgf_binned(pld, sign * lams) for pld, steps in parts)
     ends = (total - log_tau) / lams  # right: u = (sum T K(lam) - log tau) / lam, lam > 0
     best = float(lams[int(np.argmin(ends))])
-    candidates = []
-    for lam in (best / 1.4, best, best * 1.4):
-        k = sum(steps * _log_mgf_discrete(pld, sign * lam) for pld, steps, _ in parts)
-        candidates.append((k - log_tau) / lam)
-    return sign * min(candidates)
+    near = np.array([best / 1.4, best, best * 1.4])
+    k = sum(steps * _log_mgf(pld, sign * near) for pld, steps in parts)
+    return sign * float(np.min((k - log_tau) / near))
 
 
-def compose(pld: DiscretePld, steps: int, moments) -> DiscretePld:
+def compose(pld: DiscretePld, steps: int) -> DiscretePld:
     """The ``steps``-fold self-composition (see :func:`compose_parts`)."""
-    return compose_parts([(pld, steps, moments)])
+    return compose_parts([(pld, steps)])
 
 
 def compose_parts(parts) -> DiscretePld:
     """The composition of ``steps_i`` copies of each per-step PLD ``pld_i`` (one per phase of a schedule), by FFT in
     one Chernoff-sized window (see the module notes). The per-step PLDs share the grid step h; their offsets add.
 
-    ``parts`` is a sequence of (pld, steps, moments); ``moments(lams)`` returns (approximately) the per-step log MGF
-    of the loss at each lam, to locate the Chernoff optimum; the bound itself uses the exact discrete MGF.
+    ``parts`` is a sequence of (pld, steps).
     Heterogeneous composition is exact here: the composed PLD of independent steps is the convolution of their PLDs
     (Koskela, Jalko, Honkela, AISTATS 2020, Section 3), whatever each step's mechanism.
     """
-    parts = [(p, s, m) for p, s, m in parts if s > 0]
+    parts = [(p, s) for p, s in parts if s > 0]
     if len(parts) == 1 and parts[0][1] == 1:
         return parts[0][0]
     h = parts[0][0].h
@@ -606,19 +733,19 @@ def compose_parts(parts) -> DiscretePld:
     lams = np.geomspace(1e-7, 1e3, 31)  # a factor ~2.2 apart; the optimum is then refined by x1.4 with exact MGFs
     hi_loss = _chernoff_end(parts, lams, 1.0)
     lo_loss = _chernoff_end(parts, lams, -1.0)
-    offset = sum(s * p.offset for p, s, _ in parts)
-    base = sum(s * p.lo for p, s, _ in parts)
-    top = sum(s * (p.lo + p.masses.size - 1) for p, s, _ in parts)
+    offset = sum(s * p.offset for p, s in parts)
+    base = sum(s * p.lo for p, s in parts)
+    top = sum(s * (p.lo + p.masses.size - 1) for p, s in parts)
     lo = max(math.floor((lo_loss - offset) / h) - 1, base)
     hi = min(math.ceil((hi_loss - offset) / h) + 1, top)
-    width = max(hi - lo + 1, max(p.masses.size for p, _, _ in parts))
+    width = max(hi - lo + 1, max(p.masses.size for p, _ in parts))
     width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
         raise WindowTooLargeError(
             f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW}). "
             "Fix: a coarser discretisation, fewer steps, or more noise")
     spectrum = None
-    for p, s, _ in parts:
+    for p, s in parts:
         term = sp_fft.rfft(p.masses, n=width) ** s
         spectrum = term if spectrum is None else spectrum * term
     composed = sp_fft.irfft(spectrum, n=width)
@@ -633,7 +760,7 @@ def compose_parts(parts) -> DiscretePld:
         # the top is subtracted by the reader (``LOWER_SLACK``).
         return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=0.0, offset=offset, optimistic=True,
                            noise=noise)
-    log_finite = sum(s * math.log1p(-p.infinity_mass) if p.infinity_mass < 1 else -math.inf for p, s, _ in parts)
+    log_finite = sum(s * math.log1p(-p.infinity_mass) if p.infinity_mass < 1 else -math.inf for p, s in parts)
     finite = math.exp(log_finite)
     infinity = 1.0 - finite + TAIL_BOUND  # + the Chernoff bound of the mass wrapped from above the window
     return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=min(infinity, 1.0), offset=offset, noise=noise)
@@ -650,8 +777,7 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
         # q = 1, worst case: N(0, s^2) against N(k, s^2) is symmetric, the add direction equals the remove one
         # (and has no finite anchor: log(1 - q) = -inf).
         d = "remove" if (direction == "add" and pair.sampling_probability == 1.0 and not pair.relaxed) else direction
-        parts.append((_step_pld(pair, h, d, inf_budget, optimistic), steps,
-                      lambda lams, pair=pair, d=d: _log_moment_step(pair, d, lams)))
+        parts.append((_step_pld(pair, h, d, inf_budget, optimistic), steps))
     return compose_parts(parts)
 
 
@@ -661,9 +787,8 @@ def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimisti
 
 
 def clear_caches() -> None:
-    """Forget every cached composed PLD and moment (benchmarks time cold computations with it)."""
+    """Forget every cached composed PLD (benchmarks time cold computations with it)."""
     composed_run.cache_clear()
-    _log_moments_cached.cache_clear()
 
 
 # -- adaptive discretisation ----------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ class ReRoBound:
         that a reconstruction attack succeeds against a prior of blind-guess success kappa[i].
     lower, upper:
         The numerical bracket around gamma. ``tight``: ``upper`` = gamma (a sound upper bound) and ``lower`` a sound
-        *lower* bound on the exact value (the garbled PLD, :func:`dpaudit.bounds.pld._garbled_masses`), so the
+        *lower* bound on the exact value (the garbled PLD, :func:`dpaudit.bounds.pld._garbled_step`), so the
         exact gamma lies in [lower, upper] and ``numerical_error`` = upper - lower is a proven bound on how far
         gamma is above it. ``mc``: the 95% bootstrap interval. Otherwise equal to gamma.
     method, threat_model, label:
