@@ -1,21 +1,30 @@
-"""Entry point: ``dpaudit <command>``. One module per command group, joined here."""
+"""Entry point: ``dpaudit <command>``. One module per command group, joined here.
+
+A run of one command imports only the module that defines it (``COMMANDS``): the other command modules bring
+their own libraries (the profile's schema, the attack's scenarios), and ``dpaudit bounds`` should start in a
+fraction of a second. ``dpaudit --help`` (or an unknown command) builds the whole app, as does ``app``.
+"""
 
 from __future__ import annotations
+
+import importlib
+import sys
 
 import typer
 
 from dpaudit import __version__
-from dpaudit.cli import attack_cmd, bounds_cmd, federated_cmd, mia_cmd, profile_cmd, train_cmd
 
-app = typer.Typer(
-    name="dpaudit",
-    help="Privacy-risk auditing for differentially private medical-imaging models.",
-    no_args_is_help=True,
-    add_completion=False,
-    # Tracebacks with local variables may print patient data: never show them.
-    pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
-)
+#: Command (or command group) name -> the module of ``dpaudit.cli`` that defines it, in the order of ``--help``.
+COMMANDS = {
+    "bounds": "bounds_cmd", "calibrate": "bounds_cmd",
+    "attack": "attack_cmd",
+    "train": "train_cmd",
+    "report": "profile_cmd", "profile": "profile_cmd",
+    "mia": "mia_cmd",
+    "federated": "federated_cmd",
+}
+#: Modules whose commands sit under a group name (``dpaudit mia bound``); the others add theirs at the top level.
+GROUPS = {"mia_cmd": "mia", "federated_cmd": "federated"}
 
 
 def _version(value: bool) -> None:
@@ -24,7 +33,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
@@ -32,17 +40,35 @@ def _root(
     """Privacy-risk auditing for differentially private medical-imaging models."""
 
 
-# One Typer app per command group; the groups without a name add their commands at the top level.
-app.add_typer(bounds_cmd.app)
-app.add_typer(attack_cmd.app)
-app.add_typer(train_cmd.app)
-app.add_typer(profile_cmd.app)
-app.add_typer(mia_cmd.app, name="mia")
-app.add_typer(federated_cmd.app, name="federated")
+def build_app(modules: list[str] | None = None) -> typer.Typer:
+    """The typer app with the commands of ``modules`` (default: every module of ``COMMANDS``)."""
+    app = typer.Typer(
+        name="dpaudit",
+        help="Privacy-risk auditing for differentially private medical-imaging models.",
+        no_args_is_help=True,
+        add_completion=False,
+        # Tracebacks with local variables may print patient data: never show them.
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode="rich",
+    )
+    app.callback()(_root)
+    for module in modules or dict.fromkeys(COMMANDS.values()):
+        app.add_typer(importlib.import_module(f"dpaudit.cli.{module}").app, name=GROUPS.get(module))
+    return app
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the whole command line (built on first use; tests drive it with typer's CliRunner)."""
+    if name == "app":
+        app = build_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    build_app([COMMANDS[command]] if command in COMMANDS else None)()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,35 @@ def test_bounds_import_and_default_computation_stay_light() -> None:
     assert res.stdout.strip() == "[]"
 
 
+def test_every_command_is_found_where_the_entry_point_looks_for_it() -> None:
+    # `dpaudit CMD` builds the app from COMMANDS[CMD] alone: every command of the whole app must be listed there,
+    # with the module that defines it.
+    import typer
+
+    from dpaudit.cli import main
+
+    click_app = typer.main.get_command(main.app)
+    assert sorted(click_app.commands) == sorted(main.COMMANDS)  # type: ignore[attr-defined]
+    for command, module in main.COMMANDS.items():
+        alone = typer.main.get_command(main.build_app([module]))
+        assert command in alone.commands, (command, module)  # type: ignore[attr-defined]
+
+
+def test_one_command_loads_only_its_own_module() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['dpaudit', 'bounds', '--sigma', '1', '--q', '0.01', '--steps', '10', '--kappa', '0.01', '--json']\n"
+        "from dpaudit.cli.main import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(k for k in sys.modules if k.startswith('dpaudit.cli.') and k.endswith('_cmd')), file=sys.stderr)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
+    assert res.stderr.strip().splitlines()[-1] == "['dpaudit.cli.bounds_cmd']"
+
+
 def test_console_script_version() -> None:
     from typer.testing import CliRunner
 
