@@ -101,6 +101,17 @@ def _decay_filter(x: np.ndarray, h: float) -> np.ndarray:
     return out.ravel()[:n]
 
 
+def _tails(m: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each atom j of masses m on a grid of step h: S_j = sum_{i > j} m_i and R_j = sum_{i > j} m_i
+    e^{l_j - l_i}, so that delta(l_j) = infinity_mass + S_j - R_j."""
+    rev = m[::-1]
+    s = np.concatenate([np.cumsum(rev)[::-1][1:], [0.0]])
+    # R_{j} = e^{-h} (m_{j+1} + R_{j+1}): a first-order linear filter run from the top.
+    r_rev = _decay_filter(rev, h)  # r_rev[n] = sum_{i<=n} rev_i e^{-h (n-i+1)}
+    r = np.concatenate([r_rev[::-1][1:], [0.0]])
+    return s, r
+
+
 @dataclass(frozen=True, eq=False)
 class DiscretePld:
     """A discrete privacy loss distribution on the grid {i h : i = lo .. lo + len(masses) - 1} plus +infinity.
@@ -136,22 +147,17 @@ class DiscretePld:
     optimistic: bool = False
     noise: float = 0.0
 
-    @property
+    @functools.cached_property
     def losses(self) -> np.ndarray:
-        return self.offset + self.h * (self.lo + np.arange(self.masses.size))
+        losses = self.offset + self.h * (self.lo + np.arange(self.masses.size))
+        losses.setflags(write=False)
+        return losses
 
     # -- hockey-stick curve -------------------------------------------------------------------------------------
 
     def _tails(self) -> tuple[np.ndarray, np.ndarray]:
-        """For each atom j: S_j = sum_{i > j} m_i and R_j = sum_{i > j} m_i e^{l_j - l_i}, so that
-        delta(l_j) = infinity_mass + S_j - R_j."""
-        m = self.masses
-        rev = m[::-1]
-        s = np.concatenate([np.cumsum(rev)[::-1][1:], [0.0]])
-        # R_{j} = e^{-h} (m_{j+1} + R_{j+1}): a first-order linear filter run from the top.
-        r_rev = _decay_filter(rev, self.h)  # r_rev[n] = sum_{i<=n} rev_i e^{-h (n-i+1)}
-        r = np.concatenate([r_rev[::-1][1:], [0.0]])
-        return s, r
+        """:func:`_tails` of every atom."""
+        return _tails(self.masses, self.h)
 
     def delta(self, epsilon: float) -> float:
         """delta(eps) = Q(L = inf) + E_Q[(1 - e^{eps - L})_+] (exact for this discrete PLD)."""
@@ -162,17 +168,33 @@ class DiscretePld:
 
     def epsilon(self, target_delta: float) -> float:
         """The smallest eps >= 0 with delta(eps) <= target_delta (+inf if the infinity atom alone exceeds it)."""
-        if self.infinity_mass >= target_delta:
+        return self._epsilon(target_delta, self.infinity_mass, 0.0)
+
+    def _epsilon(self, target_delta: float, infinity: float, guard: float) -> float:
+        """:meth:`epsilon` of this PLD with the infinity atom ``infinity`` and every mass lowered by ``guard``.
+
+        delta(l_j) = infinity + S_j - R_j only involves the atoms above l_j, and epsilon at a small delta lies in
+        the top of the PLD: the tails are computed over the top atoms only, 4096 first and four times as many until
+        they reach below the crossing."""
+        if infinity >= target_delta:
             return math.inf
-        s, r = self._tails()
-        d = self.infinity_mass + s - r  # decreasing in j
-        ok = np.nonzero(d <= target_delta)[0]
-        j = int(ok[0])
-        if j == 0:
-            return max(0.0, float(self.losses[0]))
+        n = self.masses.size
+        k = min(n, 4096)
+        while True:
+            top = self.masses[n - k:]
+            if guard:
+                top = np.maximum(top - guard, 0.0)
+            s, r = _tails(top, self.h)
+            d = infinity + s - r  # decreasing in j
+            if k == n or d[0] > target_delta:
+                break
+            k = min(4 * k, n)
+        j = int(np.nonzero(d <= target_delta)[0][0])
+        losses = self.losses[n - k:]
+        if j == 0:  # (only when k == n: otherwise d[0] > target)
+            return max(0.0, float(losses[0]))
         # On (l_{j-1}, l_j]: delta(eps) = inf + S_{j-1} - e^{eps - l_{j-1}} R_{j-1}; solve delta(eps) = target.
-        l_prev = float(self.losses[j - 1])
-        eps = l_prev + math.log((self.infinity_mass + s[j - 1] - target_delta) / r[j - 1])
+        eps = float(losses[j - 1]) + math.log((infinity + s[j - 1] - target_delta) / r[j - 1])
         return max(0.0, eps)
 
     def epsilon_lower(self, target_delta: float) -> float:
@@ -181,9 +203,7 @@ class DiscretePld:
         wrapped from below its window to the top (<= ``TAIL_BOUND``) allowed for in the target."""
         if not self.optimistic:
             raise NumericalError("epsilon_lower needs the optimistic (garbled) PLD")
-        guarded = DiscretePld(h=self.h, lo=self.lo, masses=np.maximum(self.masses - self.noise_guard, 0.0),
-                              infinity_mass=0.0, offset=self.offset, optimistic=True)
-        return guarded.epsilon(target_delta + TAIL_BOUND)
+        return self._epsilon(target_delta + TAIL_BOUND, 0.0, self.noise_guard)
 
     def deltas_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """(eps_j, delta(eps_j)) at every grid point, for the dual route."""
@@ -231,8 +251,7 @@ class DiscretePld:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
         nu = self.noise_guard
-        m = self.masses[::-1]
-        losses = self.losses[::-1]
+        m, losses = self._top(float(alpha.max()))
         qm = np.maximum(m - nu, 0.0)
         with np.errstate(over="ignore"):
             pm = np.exp(np.log(m + nu) - losses)
@@ -246,17 +265,32 @@ class DiscretePld:
         out = before_q + frac * qm[j] - TAIL_BOUND
         return np.clip(np.maximum(out, alpha), 0.0, 1.0)
 
+    def _top(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """The atoms a Neyman-Pearson step at size ``alpha`` reads, top (largest loss) first: the shortest top part
+        whose P-mass reaches alpha, or every atom. Grown fourfold from 4096 atoms, so a read near the top of a long
+        PLD (small alpha, the usual kappa) touches little of it."""
+        m, losses = self.masses[::-1], self.losses[::-1]
+        n = m.size
+        k = min(n, 4096)
+        while k < n:
+            top = m[:k]
+            with np.errstate(over="ignore", divide="ignore"):
+                p_top = float(np.sum(np.where(top > 0, np.exp(np.log(top) - losses[:k]), 0.0)))
+            if p_top >= alpha * (1 + 1e-9):
+                return m[:k], losses[:k]
+            k *= 4
+        return m, losses
+
     def power_and_depth(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`power` and, for each alpha, the loss of the atom where the step stopped."""
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        m = self.masses[::-1]
-        losses = self.losses[::-1]
+        m, losses = self._top(float(alpha.max()))
         with np.errstate(over="ignore", divide="ignore"):
             p_mass = np.where(m > 0, np.exp(np.log(m) - losses), 0.0)
         cum_p = np.cumsum(p_mass)
         j = np.searchsorted(cum_p, alpha, side="left")  # first atom at which the P-budget is reached
         out = np.empty_like(alpha)
-        full = j >= m.size
+        full = j >= m.size  # (only when m is every atom: _top)
         jj = j[~full]
         cum_q_at = np.cumsum(m)[np.maximum(jj - 1, 0)] if jj.size else np.zeros(0)
         if full.any():
@@ -711,6 +745,18 @@ def _chernoff_end(parts, lams: np.ndarray, sign: float) -> float:
     return sign * float(np.min((k - log_tau) / near))
 
 
+def _spectrum_power(z: np.ndarray, steps: int) -> np.ndarray:
+    """z ** steps, elementwise, computed only where |z|^steps > e^-700: a mass distribution's spectrum has |z| <= 1
+    with equality at frequency 0, so for long runs almost every frequency's power underflows to nothing (the
+    composed law is smooth on the grid's scale), and the complex power (a log and an exp) is the costly part."""
+    if steps == 1:
+        return z
+    live = (z.real ** 2 + z.imag ** 2) > math.exp(-1400.0 / steps)
+    out = np.zeros_like(z)
+    out[live] = z[live] ** steps
+    return out
+
+
 def compose(pld: DiscretePld, steps: int) -> DiscretePld:
     """The ``steps``-fold self-composition (see :func:`compose_parts`)."""
     return compose_parts([(pld, steps)])
@@ -746,7 +792,7 @@ def compose_parts(parts) -> DiscretePld:
             "Fix: a coarser discretisation, fewer steps, or more noise")
     spectrum = None
     for p, s in parts:
-        term = sp_fft.rfft(p.masses, n=width) ** s
+        term = _spectrum_power(sp_fft.rfft(p.masses, n=width), s)
         spectrum = term if spectrum is None else spectrum * term
     composed = sp_fft.irfft(spectrum, n=width)
     # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k.
@@ -1039,12 +1085,21 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
     symmetric = all(p.sampling_probability == 1.0 and not p.relaxed for p, _ in run)
 
     directions = ("remove",) if symmetric else ("remove", "add")
+    latest: dict[str, tuple[float, float]] = {}  # direction -> (upper, lower) at the finest grid it was refined to
 
     def evaluate(h: float):
-        upper = max(composed_run(run, h, d).epsilon(target_delta) for d in directions)
         # The garbled PLDs of both directions give a sound lower bound (delta only falls under garbling), so the
-        # refinement stops on a proven bracket: |epsilon - exact| <= upper - lower <= rtol * upper.
-        lower = max(composed_run(run, h, d, True).epsilon_lower(target_delta) for d in directions)
+        # refinement stops on a proven bracket: |epsilon - exact| <= upper - lower <= rtol * upper. A direction whose
+        # upper bound is already at or below the other's lower bound cannot be the maximum (its exact epsilon is
+        # below the other's): it keeps its coarser bracket and only the other is refined (the maximum is the same).
+        for d in directions:
+            best_lower = max((lo for _, lo in latest.values()), default=-math.inf)
+            if d in latest and latest[d][0] <= best_lower:
+                continue
+            latest[d] = (composed_run(run, h, d).epsilon(target_delta),
+                         composed_run(run, h, d, True).epsilon_lower(target_delta))
+        upper = max(up for up, _ in latest.values())
+        lower = max(lo for _, lo in latest.values())
         finite = math.isfinite(upper)
         return np.array([upper]), np.array([min(lower, upper)]), np.array([finite])
 
