@@ -136,6 +136,10 @@ class DiscretePld:
         bound; False (default) for connect-the-dots, a sound upper bound.
     noise:
         The FFT round-off level observed when composing (the most negative mass before clipping; 0 per step).
+    slack:
+        Optimistic PLDs: a bound on the Q-mass a composition may have wrapped from below its window to the top
+        (``TAIL_BOUND`` per FFT window, added up over the blocks of a two-level composition); the readers of the
+        lower end allow for it. 0 per step.
     """
 
     h: float
@@ -146,6 +150,7 @@ class DiscretePld:
     offset: float = 0.0
     optimistic: bool = False
     noise: float = 0.0
+    slack: float = 0.0
 
     @functools.cached_property
     def losses(self) -> np.ndarray:
@@ -200,10 +205,10 @@ class DiscretePld:
     def epsilon_lower(self, target_delta: float) -> float:
         """A sound *lower* bound on the continuous pair's epsilon at ``target_delta`` from the optimistic (garbled)
         PLD: masses lowered by the FFT round-off guard (delta only falls), and the mass the composition may have
-        wrapped from below its window to the top (<= ``TAIL_BOUND``) allowed for in the target."""
+        wrapped from below its window to the top (``slack``) allowed for in the target."""
         if not self.optimistic:
             raise NumericalError("epsilon_lower needs the optimistic (garbled) PLD")
-        return self._epsilon(target_delta + TAIL_BOUND, 0.0, self.noise_guard)
+        return self._epsilon(target_delta + self.slack, 0.0, self.noise_guard)
 
     def deltas_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """(eps_j, delta(eps_j)) at every grid point, for the dual route."""
@@ -245,7 +250,7 @@ class DiscretePld:
     def power_lower(self, alpha: np.ndarray) -> np.ndarray:
         """A sound *lower* bound on max { Q(E) : P(E) <= alpha } of the continuous pair, from the optimistic
         (garbled) PLD: every atom's Q-mass is lowered and its P-mass raised by the FFT round-off guard, the mass the
-        composition may have wrapped from below its window to the top (``TAIL_BOUND``) is subtracted, and gamma >=
+        composition may have wrapped from below its window to the top (``slack``) is subtracted, and gamma >=
         alpha (a blind test) holds for every pair."""
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
@@ -262,7 +267,7 @@ class DiscretePld:
         before_q = np.where(j > 0, cum_q[np.maximum(j - 1, 0)], 0.0)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             frac = np.where(np.isfinite(pm[j]) & (pm[j] > 0), np.minimum(np.maximum(alpha - before_p, 0.0) / pm[j], 1.0), 0.0)
-        out = before_q + frac * qm[j] - TAIL_BOUND
+        out = before_q + frac * qm[j] - self.slack
         return np.clip(np.maximum(out, alpha), 0.0, 1.0)
 
     def _top(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -803,12 +808,22 @@ def compose_parts(parts) -> DiscretePld:
     np.maximum(composed, 0.0, out=composed)
     if optimistic:
         # Lower end: no infinity atom; the (Chernoff-bounded, <= TAIL_BOUND) mass wrapped from below the window to
-        # the top is subtracted by the reader (``LOWER_SLACK``).
+        # the top, and what the parts carry, is subtracted by the reader (``slack``).
+        slack = sum(s * p.slack for p, s in parts) + TAIL_BOUND
+        total = float(composed.sum())
+        if total > 1.0:
+            # Round-off in the per-step masses (a few ulp), compounded over T steps, can lift the total Q-mass
+            # above 1, which no garbling has: drop the excess evenly (dropping observations is a sub-Markov kernel).
+            composed /= total
         return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=0.0, offset=offset, optimistic=True,
-                           noise=noise)
+                           noise=noise, slack=slack)
     log_finite = sum(s * math.log1p(-p.infinity_mass) if p.infinity_mass < 1 else -math.inf for p, s in parts)
     finite = math.exp(log_finite)
-    infinity = 1.0 - finite + TAIL_BOUND  # + the Chernoff bound of the mass wrapped from above the window
+    # + the Chernoff bound of the mass wrapped from above the window. (Round-off in the per-step interval masses, a
+    # few ulp of each, compounds over T steps into a relative error of about T ulp on every composed atom, e.g.
+    # 3e-10 at T = 1e5: a relative error, not mass missing from one place, so it is not moved to the infinity
+    # atom, where it would count in full against delta.)
+    infinity = 1.0 - finite + TAIL_BOUND
     return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=min(infinity, 1.0), offset=offset, noise=noise)
 
 
@@ -818,13 +833,92 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
     """Cached: discretise each phase's step at grid step h and compose them (``run``: (pair, steps) per phase)."""
     total = sum(steps for _, steps in run)
     inf_budget = INF_BUDGET / total
-    parts = []
-    for pair, steps in run:
+
+    def direction_of(pair: StepPair) -> str:
         # q = 1, worst case: N(0, s^2) against N(k, s^2) is symmetric, the add direction equals the remove one
         # (and has no finite anchor: log(1 - q) = -inf).
-        d = "remove" if (direction == "add" and pair.sampling_probability == 1.0 and not pair.relaxed) else direction
-        parts.append((_step_pld(pair, h, d, inf_budget, optimistic), steps))
-    return compose_parts(parts)
+        return "remove" if (direction == "add" and pair.sampling_probability == 1.0 and not pair.relaxed) \
+            else direction
+
+    block = _block_size(run)
+    if block is not None:
+        # Two levels (see _block_size): blocks of m steps on the finer grid h / sqrt(2), each block re-discretised
+        # onto the coarser grid h sqrt(m / 2), the blocks composed there. Blur T h^2 / 2 from each level, as much
+        # as one level at h; the last, largest window is sqrt(m / 2) times smaller.
+        (pair, steps), = run
+        step = _step_pld(pair, h / math.sqrt(2.0), direction_of(pair), inf_budget, optimistic)
+        coarse = h * math.sqrt(block / 2.0)
+        parts = [(_regrid(compose_parts([(step, block)]), coarse), steps // block)]
+        if steps % block:
+            parts.append((_regrid(compose_parts([(step, steps % block)]), coarse), 1))
+        return compose_parts(parts)
+    return compose_parts([(_step_pld(pair, h, direction_of(pair), inf_budget, optimistic), steps)
+                          for pair, steps in run])
+
+
+#: Runs of at least this many steps are composed in two levels when their blocks are smooth (:func:`_block_size`).
+TWO_LEVEL_STEPS = 1024
+#: ... smooth meaning: a block holds at least this many expected appearances of the target (q k m), so its loss is
+#: a sum of many sampled steps, a smooth bump on the coarser grid's scale (a block that mostly never sees the target
+#: keeps the sharp pile at m log(1 - q) and the per-step loss' shape, which the coarser grid would blur).
+TWO_LEVEL_APPEARANCES = 8.0
+
+
+def _block_size(run: tuple[tuple[StepPair, int], ...]) -> int | None:
+    """Steps per block of a two-level composition, or None for one level.
+
+    One level composes T steps on grid h in one FFT window of about (composed span) / h points. Two levels compose
+    blocks of m ~ sqrt(T) steps on grid h / sqrt(2) and T / m blocks on grid H = h sqrt(m / 2): the windows are
+    (block span) / (h / sqrt 2) and (composed span) / H, both about T^{1/4} / sqrt(2) times the per-step spread /
+    h instead of sqrt(T): 5-10x fewer points for T of 1e4 to 1e6. Both levels' discretisations are sound
+    (connect-the-dots and the balanced garbling of a discrete PLD, :func:`_regrid`), and each adds about half of one
+    level's blur at h, so the bracket at h is about as wide as one level's. Only for one phase whose blocks are
+    smooth (``TWO_LEVEL_APPEARANCES``); a schedule of several phases keeps one level (its phases share one grid).
+    """
+    if len(run) != 1:
+        return None
+    pair, steps = run[0]
+    if steps < TWO_LEVEL_STEPS:
+        return None
+    rate = pair.sampling_probability * pair.records_per_patient
+    block = max(round(math.sqrt(steps)), math.ceil(TWO_LEVEL_APPEARANCES / rate))
+    return block if block <= steps // 16 else None
+
+
+def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
+    """A discrete PLD moved onto the coarser grid pld.offset + step j, soundly for its end of the bracket.
+
+    Upper end (connect the dots, a dilation): an atom at loss l between grid points a <= l < b goes to a and b with
+    its Q-mass and its P-mass preserved, Q_b = Q (1 - e^{a - l}) / (1 - e^{-step}). Lower end: the atoms within
+    step / 2 of each grid point form a cell, guarded against the FFT round-off first (Q-mass lowered, P-mass
+    raised by ``noise_guard``), and the cells are balanced onto their grid points (:func:`_balance_cells`)."""
+    pos = pld.masses > 0
+    m, losses = pld.masses[pos], pld.losses[pos]
+    if pld.optimistic:
+        j = np.rint((losses - pld.offset) / step).astype(np.int64)
+        lo = int(j.min()) if j.size else 0
+        n = int(j.max()) - lo + 1 if j.size else 1
+        nu = pld.noise_guard
+        q = np.bincount(j - lo, weights=np.maximum(m - nu, 0.0), minlength=n)
+        log_p_atom = np.log(m + nu) - losses
+        top = np.full(n, -np.inf)
+        np.maximum.at(top, j - lo, log_p_atom)
+        with np.errstate(divide="ignore"):
+            log_p = np.log(np.bincount(j - lo, weights=np.exp(log_p_atom - top[j - lo]), minlength=n)) + top
+        grid = pld.offset + step * (lo + np.arange(n))
+        return DiscretePld(h=step, lo=lo, masses=_balance_cells(grid, q, log_p), infinity_mass=0.0,
+                           offset=pld.offset, optimistic=True, slack=pld.slack)
+    j = np.floor((losses - pld.offset) / step).astype(np.int64)
+    below = pld.offset + step * j
+    over = losses < below  # (round-off at a grid point)
+    j[over] -= 1
+    below[over] -= step
+    upper = m * (-np.expm1(below - losses) / -math.expm1(-step))
+    lo = int(j.min()) if j.size else 0
+    n = int(j.max()) - lo + 2 if j.size else 1
+    masses = np.bincount(j - lo, weights=m - upper, minlength=n) + np.bincount(j + 1 - lo, weights=upper, minlength=n)
+    return DiscretePld(h=step, lo=lo, masses=np.maximum(masses, 0.0), infinity_mass=pld.infinity_mass,
+                       offset=pld.offset)
 
 
 def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimistic: bool = False) -> DiscretePld:
@@ -839,6 +933,7 @@ def clear_caches() -> None:
 
 # -- adaptive discretisation ----------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
 def _loss_moments(pair: StepPair) -> tuple[float, float]:
     """Mean and variance of the per-step loss under Q (quadrature on a fine x grid; only used to size grids)."""
     sigma = pair.noise_multiplier
@@ -879,10 +974,33 @@ def initial_h_run(run: tuple[tuple[StepPair, int], ...]) -> float:
     # Window: the composed loss spans about 20 of its standard deviations inside the Chernoff window (each side's
     # tail bound is 1e-16); keep that within WINDOW_TARGET points. Only very long, loud runs (T q sigma^-2 large,
     # gamma ~ 1) reach this; a coarser grid is still sound and the bracket says how far it is from the exact value.
-    span = 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
+    span = _composed_span(var_total)
     h = max(h, span / WINDOW_TARGET)
     del drift  # the drift (mean) moves the window, it does not widen it
     return float(h)
+
+
+def _composed_span(var_total: float) -> float:
+    """About the width of the composed loss' FFT window: 20 standard deviations inside the Chernoff window."""
+    return 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
+
+
+def _window_estimate(run: tuple[tuple[StepPair, int], ...]) -> float:
+    """About the loss range the composition's FFT window covers: the composed spread, or a single step's whole range
+    (to its tail cut) where that is wider (short runs of heavy-tailed steps: small sigma)."""
+    total = sum(steps for _, steps in run)
+    widest = 0.0
+    for pair, _ in run:
+        top = float(pair.loss(np.array([pair.x_tail(INF_BUDGET / total)]))[0])
+        bottom = pair.min_loss if math.isfinite(pair.min_loss) else -top
+        widest = max(widest, min(top, LOSS_CAP) - bottom)
+    return max(_composed_span(sum(_loss_moments(pair)[1] * s for pair, s in run)), widest)
+
+
+#: Composed windows up to this many points are cheap next to the fixed cost of a round of the refinement (each
+#: round discretises every step and composes it again): there the first round is taken at the grid step a round
+#: usually ends at, not at the coarser probe (see :func:`refine`).
+SMALL_WINDOW = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -925,6 +1043,12 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     """
     run = _as_run(pair_or_run, steps)
     h = initial_h_run(run)
+    # The first round is a probe: the bracket closes as h^2, so its width at h says which h closes it (below).
+    # Where the composed window stays small even at the grid step a refinement usually ends at (about h / 2 for
+    # rtol 5e-4 and h / 4.5 for 1e-4), the probe would cost as much as the answer: start there instead.
+    first = 2.0 * math.sqrt(5e-4 / rtol)
+    if _window_estimate(run) * first / h <= SMALL_WINDOW:
+        h /= first
 
     def call(hh: float):
         got = evaluate(hh)
@@ -962,11 +1086,12 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
         factor = 2.0
         if lower is not None and np.all(ok | trust):
             # Only bracketed entries are left: the bracket closes as h^2 (both ends are second order), so jump to
-            # the h that should close it (with 30% margin) instead of halving step by step.
+            # the h that should close it (with 30% margin) instead of halving step by step; brackets need no nested
+            # grids, so a bracket just too wide takes a step smaller than a halving.
             with np.errstate(divide="ignore", invalid="ignore"):
                 need = np.sqrt(gap / (0.7 * rtol * np.abs(upper)))
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
-            factor = min(max(1.15 * need, 2.0), 8.0)
+            factor = min(max(1.15 * need, 1.25), 8.0)
         try:
             finer = call(h / factor)
         except WindowTooLargeError:

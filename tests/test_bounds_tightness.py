@@ -290,3 +290,57 @@ def test_lower_end_is_second_order_and_as_close_as_the_upper_end(sigma, q, steps
     assert (up - lo) / (up2 - lo2) > 2.8  # second order (4 in the limit)
     exact = 0.5 * (fine_lo + fine_up)
     assert exact - lo <= 1.2 * (up - exact)
+
+
+# -- two-level composition -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimistic", [False, True])
+def test_regrid_keeps_its_end_of_the_bracket(optimistic: bool) -> None:
+    # Moving a composed PLD onto a coarser grid: the upper end's hockey-stick curve may only rise (connect the dots
+    # of each atom: a dilation), the lower end's only fall (balanced cells: a post-processing). Checked on the exact
+    # hockey-stick curves of the discrete pairs before and after, at every eps of a fine grid.
+    from dpaudit.bounds._mechanism import StepPair
+    from dpaudit.bounds.pld import _regrid, _step_pld, compose_parts
+
+    step = _step_pld(StepPair(1.0, 0.1), 2e-3, "remove", 1e-18, optimistic)
+    block = compose_parts([(step, 300)])
+    coarse = _regrid(block, 0.05)
+    eps = np.linspace(-2.0, 12.0, 1401)
+
+    def curve(pld):
+        m = pld.masses
+        return _hockey_stick(pld.losses, m, m * np.exp(-pld.losses), eps) + pld.infinity_mass
+
+    before, after = curve(block), curve(coarse)
+    if optimistic:
+        assert np.all(after <= before + 1e-15)
+    else:
+        assert np.all(after >= before - 1e-15)
+    assert np.max(np.abs(after - before)) < 0.01  # and stays close: second order in the coarse step
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps", "kappa"), [(1.66405, 1 / 106, 53000, 1 / 106),
+                                                            (10.0, 0.1, 100_000, 1e-3)])
+def test_two_levels_bracket_as_tightly_as_one(monkeypatch, sigma, q, steps, kappa) -> None:
+    # Long runs with smooth blocks compose in two levels (blocks of ~sqrt(T) steps on a finer grid, then the blocks
+    # on a coarser one). Both brackets contain the exact value, so they overlap, and the two-level one is no wider
+    # than one level's at the same h (each level adds half of one level's blur).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    assert pld_module._block_size(run) is not None
+    h = 4 * pld_module.initial_h_run(run) / 10
+    k = np.array([kappa])
+
+    def bracket() -> tuple[float, float]:
+        pld_module.clear_caches()
+        return (float(pld_module.composed_run(run, h, "remove").power(k)[0]),
+                float(pld_module.composed_run(run, h, "remove", True).power_lower(k)[0]))
+
+    up2, lo2 = bracket()
+    monkeypatch.setattr(pld_module, "TWO_LEVEL_STEPS", 10 ** 12)
+    up1, lo1 = bracket()
+    pld_module.clear_caches()
+    assert lo1 <= up2 and lo2 <= up1
+    assert up2 - lo2 <= 1.2 * (up1 - lo1)
