@@ -28,9 +28,17 @@ Neyman-Pearson. Everything computed here is a *sound upper bound* for the contin
   fractions of its neighbours (post-processing), anything left over settled in the safe direction. Every power and
   delta read from it and from its compositions is a sound *lower* bound, second order in h like the upper end; the
   pair [lower, upper] is the proven bracket every tight number reports.
+* **Two levels** (:func:`_block_size`, :func:`_regrid`): a long run whose blocks of ~sqrt(T) steps are smooth is
+  composed block by block on a finer grid, each block moved onto a coarser grid (connect-the-dots of its atoms for
+  the upper end, balanced cells for the lower end: both sound), then the blocks composed: the same blur as one
+  level, in FFT windows 5-10x smaller.
 * **Nesting.** The grid with step h/2 contains the one with step h, so the chord interpolation at h lies above
-  the one at h/2: the bound at h/2 is both sound and tighter, and its distance to the one at h is the reported
-  numerical error.
+  the one at h/2: the bound at h/2 is both sound and tighter (one level). The reported numerical error is the
+  bracket's width; nested grids only estimate it where no lower end converges (the dual route's deep reads).
+* **Speed** (measured in ``bench/bench_bounds.py``): the complex power of a spectrum is taken only where it does
+  not underflow, reads of the Neyman-Pearson step and of epsilon touch only the top atoms they need, and the
+  refinement starts at the grid step it usually ends at where windows are small, else probes once and jumps to the
+  grid step the probe's bracket predicts (it closes as h^2).
 
 Nothing here imports dp_accounting; the tests and the benchmark use dp_accounting 0.6.0 as the reference.
 """
@@ -595,7 +603,8 @@ def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float) -
                        optimistic=True)
 
 
-#: Most rounds of the balancing fixed point in :func:`_balance_cells` (it stops when the shares settle to 1e-15):
+#: Most rounds of the balancing fixed point in :func:`_balance_cells` (it stops when the shares settle to 1e-12:
+#: what a share is still off by leaves an atom unbalanced by that fraction of its excess, settled safely below):
 #: each round multiplies the remaining error of the fractions by one more fraction, O(h) in the bulk and up to ~0.3
 #: next to the pile, so a handful of rounds suffice; where fractions near 1 keep it from settling, the leftovers are
 #: settled in the safe direction anyway.
@@ -651,7 +660,7 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray) -> np.nda
             up[over] /= given[over]
             down[over] /= given[over]
         new_keep = np.maximum(1.0 - up - down, 0.0)
-        converged = bool(np.all(np.abs(new_keep - keep) <= 1e-15))
+        converged = bool(np.all(np.abs(new_keep - keep) <= 1e-12))
         keep = new_keep
         if converged:
             break
@@ -882,7 +891,10 @@ def _block_size(run: tuple[tuple[StepPair, int], ...]) -> int | None:
         return None
     rate = pair.sampling_probability * pair.records_per_patient
     block = max(round(math.sqrt(steps)), math.ceil(TWO_LEVEL_APPEARANCES / rate))
-    return block if block <= steps // 16 else None
+    if block > steps // 16:
+        return None
+    # A block size up to 30% larger that divides T saves composing the remainder (one FFT window per end).
+    return next((m for m in range(block, min(int(1.3 * block), steps // 16) + 1) if steps % m == 0), block)
 
 
 def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
@@ -985,22 +997,29 @@ def _composed_span(var_total: float) -> float:
     return 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
 
 
-def _window_estimate(run: tuple[tuple[StepPair, int], ...]) -> float:
-    """About the loss range the composition's FFT window covers: the composed spread, or a single step's whole range
-    (to its tail cut) where that is wider (short runs of heavy-tailed steps: small sigma)."""
+def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float) -> float:
+    """About the number of points of the largest FFT window :func:`composed_run` uses at grid step h: the loss range
+    it covers (the composed spread, or a single step's whole range to its tail cut where that is wider: short runs
+    of heavy-tailed steps, small sigma) over the grid step, for each level of a two-level composition."""
     total = sum(steps for _, steps in run)
     widest = 0.0
     for pair, _ in run:
         top = float(pair.loss(np.array([pair.x_tail(INF_BUDGET / total)]))[0])
         bottom = pair.min_loss if math.isfinite(pair.min_loss) else -top
         widest = max(widest, min(top, LOSS_CAP) - bottom)
-    return max(_composed_span(sum(_loss_moments(pair)[1] * s for pair, s in run)), widest)
+    var = sum(_loss_moments(pair)[1] * s for pair, s in run)
+    block = _block_size(run)
+    if block is None:
+        return max(_composed_span(var), widest) / h
+    per_step = var / total
+    return max(max(_composed_span(per_step * block), widest) / (h / math.sqrt(2.0)),
+               _composed_span(var) / (h * math.sqrt(block / 2.0)))
 
 
 #: Composed windows up to this many points are cheap next to the fixed cost of a round of the refinement (each
 #: round discretises every step and composes it again): there the first round is taken at the grid step a round
 #: usually ends at, not at the coarser probe (see :func:`refine`).
-SMALL_WINDOW = 1 << 14
+SMALL_WINDOW = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -1034,12 +1053,14 @@ def _as_run(pair_or_run, steps: int | None) -> tuple[tuple[StepPair, int], ...]:
 
 def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol: float = 1e-12,
            max_halvings: int = 6) -> Refined:
-    """Halve the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).
+    """Refine the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).
 
     ``evaluate(h)`` returns an array of sound upper bounds computed at grid step h (monotone in h: nesting), or a
     pair (upper, lower, trust) with sound lower bounds and a mask ``trust`` of the entries whose lower bound is
     meant to converge. Converged: for trusted entries, upper - lower is within tolerance (a proven bracket); for
-    the others, two nested grids agree within tolerance.
+    the others, two nested grids agree within tolerance. From a bracket too wide the step jumps to where h^2
+    closes it; otherwise it halves. The first grid step is :func:`initial_h_run`'s, or a finer one where the
+    windows stay small (``SMALL_WINDOW``).
     """
     run = _as_run(pair_or_run, steps)
     h = initial_h_run(run)
@@ -1047,7 +1068,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # Where the composed window stays small even at the grid step a refinement usually ends at (about h / 2 for
     # rtol 5e-4 and h / 4.5 for 1e-4), the probe would cost as much as the answer: start there instead.
     first = 2.0 * math.sqrt(5e-4 / rtol)
-    if _window_estimate(run) * first / h <= SMALL_WINDOW:
+    if _window_estimate(run, h / first) <= SMALL_WINDOW:
         h /= first
 
     def call(hh: float):
@@ -1215,14 +1236,17 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
     def evaluate(h: float):
         # The garbled PLDs of both directions give a sound lower bound (delta only falls under garbling), so the
         # refinement stops on a proven bracket: |epsilon - exact| <= upper - lower <= rtol * upper. A direction whose
-        # upper bound is already at or below the other's lower bound cannot be the maximum (its exact epsilon is
-        # below the other's): it keeps its coarser bracket and only the other is refined (the maximum is the same).
-        for d in directions:
+        # upper bound is at or below the best lower bound cannot be the maximum (its exact epsilon is below the
+        # other's): it keeps the bracket it has (or none) and only the other is refined (the maximum is the same).
+        best_lower = max((lo for _, lo in latest.values()), default=-math.inf)
+        live = [d for d in directions if d not in latest or latest[d][0] > best_lower]
+        uppers = {d: composed_run(run, h, d).epsilon(target_delta) for d in live}
+        for d in sorted(live, key=lambda d: -uppers[d]):  # the larger upper end first: it may settle the other
             best_lower = max((lo for _, lo in latest.values()), default=-math.inf)
-            if d in latest and latest[d][0] <= best_lower:
+            if uppers[d] <= best_lower:
+                latest[d] = (uppers[d], latest[d][1] if d in latest else -math.inf)
                 continue
-            latest[d] = (composed_run(run, h, d).epsilon(target_delta),
-                         composed_run(run, h, d, True).epsilon_lower(target_delta))
+            latest[d] = (uppers[d], composed_run(run, h, d, True).epsilon_lower(target_delta))
         upper = max(up for up, _ in latest.values())
         lower = max(lo for _, lo in latest.values())
         finite = math.isfinite(upper)

@@ -197,7 +197,7 @@ def threshold_test_power(run, kappa: np.ndarray) -> np.ndarray:
     s_max = max(pair.noise_multiplier for pair, _ in run)
     lo = np.zeros_like(kappa)
     hi = np.full_like(kappa, k_max + 60.0 * s_max)
-    for _ in range(80):
+    for _ in range(56):  # (hi - lo) / 2^56: tau to float precision; any tau with size <= kappa gives a sound floor
         mid = 0.5 * (lo + hi)
         too_big = log_stay(mid, False) < log_keep  # size above kappa: raise tau
         lo = np.where(too_big, mid, lo)
