@@ -205,7 +205,12 @@ class DiscretePld:
         j = int(np.nonzero(d <= target_delta)[0][0])
         losses = self.losses[n - k:]
         if j == 0:  # (only when k == n: otherwise d[0] > target)
-            return max(0.0, float(losses[0]))
+            # Below the lowest atom l_0 every atom counts: delta(eps) = inf + S - e^{eps - l_0} (m_0 + R_0), exact
+            # (the lowest atom itself is not enough for the lower end: the curve may reach the target below it).
+            rest = infinity + s[0] + top[0] - target_delta
+            if rest <= 0.0 or top[0] + r[0] <= 0.0:
+                return 0.0
+            return max(0.0, min(float(losses[0]), float(losses[0]) + math.log(rest / (top[0] + r[0]))))
         # On (l_{j-1}, l_j]: delta(eps) = inf + S_{j-1} - e^{eps - l_{j-1}} R_{j-1}; solve delta(eps) = target.
         eps = float(losses[j - 1]) + math.log((infinity + s[j - 1] - target_delta) / r[j - 1])
         return max(0.0, eps)
@@ -615,7 +620,8 @@ BALANCE_ROUNDS = 60
 BALANCE_TOLERANCE = 1e-12
 
 
-def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray, slack: np.ndarray | float = 0.0
+                   ) -> np.ndarray:
     """Q-masses at the grid points E_j of the balanced garbling of cells (q_j, log p_j), cell j around E_j.
 
     With excess x_j = q_j - e^{E_j} p_j (> 0: the cell's loss is above E_j), a cell with x_j > 0 takes the fraction
@@ -630,7 +636,8 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray) -> np.nda
     sit at E_j with its Q-mass: just enough of its pieces with loss below E_j is dropped (both masses: dropping
     observations is a sub-Markov kernel, and any test of the reduced pair is a test of the original one with the
     same power and no more size) to bring its loss to E_j. Products e^{E} p are formed as exp(E + log p), so
-    nothing overflows.
+    nothing overflows. ``slack``: an excess this far below zero (per cell, absolute) still counts as balanced,
+    besides ``BALANCE_TOLERANCE``: the round-off guard the caller already took off its cells' masses.
     """
     n = grid.size
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -677,7 +684,7 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray) -> np.nda
     merged_x = sum(pieces_x)
     # Loss below E_j (beyond round-off, BALANCE_TOLERANCE): drop the fraction f of its low-loss pieces that brings
     # it to E_j.
-    short = merged_x < -BALANCE_TOLERANCE * merged_q
+    short = merged_x < -(BALANCE_TOLERANCE * merged_q + slack)
     if short.any():
         low_x = sum(np.where(x < 0, -x, 0.0) for x in pieces_x)
         low_q = sum(np.where(x < 0, qq, 0.0) for x, qq in zip(pieces_x, pieces_q, strict=True))
@@ -849,7 +856,7 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
         return "remove" if (direction == "add" and pair.sampling_probability == 1.0 and not pair.relaxed) \
             else direction
 
-    block = _block_size(run)
+    block = _block_size(run, h)
     if block is not None:
         # Two levels (see _block_size): blocks of m steps on the finer grid h / sqrt(2), each block re-discretised
         # onto the coarser grid h sqrt(m / 2), the blocks composed there. Blur T h^2 / 2 from each level, as much
@@ -865,36 +872,43 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
                           for pair, steps in run])
 
 
-#: Runs of at least this many steps are composed in two levels when their blocks are smooth (:func:`_block_size`).
+#: Runs of at least this many steps may be composed in two levels (:func:`_block_size`).
 TWO_LEVEL_STEPS = 1024
-#: ... smooth meaning: a block holds at least this many expected appearances of the target (q k m), so its loss is
-#: a sum of many sampled steps, a smooth bump on the coarser grid's scale (a block that mostly never sees the target
-#: keeps the sharp pile at m log(1 - q) and the per-step loss' shape, which the coarser grid would blur).
-TWO_LEVEL_APPEARANCES = 8.0
+#: ... when a block's core (its steps that did not see the target, |x| <= 2 sigma: sqrt(m) times the per-step
+#: spread) spans at least this many points of the coarser grid, so that the coarser grid sees a smooth bump. At small
+#: sigma the steps that did not see the target barely move the loss (a spike next to the pile at m log(1 - q)) and
+#: the loss is made by the few that did: a coarser grid would blur both (sigma 0.34, q 0.002, T 20000: twice the
+#: bracket; sigma 0.2, q 0.001, T 1e6: a quarter of the mass next to the pile dropped by the lower end).
+TWO_LEVEL_CORE_POINTS = 8.0
 
 
-def _block_size(run: tuple[tuple[StepPair, int], ...]) -> int | None:
-    """Steps per block of a two-level composition, or None for one level.
+def _block_size(run: tuple[tuple[StepPair, int], ...], h: float) -> int | None:
+    """Steps per block of a two-level composition at grid step h, or None for one level.
 
     One level composes T steps on grid h in one FFT window of about (composed span) / h points. Two levels compose
     blocks of m ~ sqrt(T) steps on grid h / sqrt(2) and T / m blocks on grid H = h sqrt(m / 2): the windows are
     (block span) / (h / sqrt 2) and (composed span) / H, both about T^{1/4} / sqrt(2) times the per-step spread /
     h instead of sqrt(T): 5-10x fewer points for T of 1e4 to 1e6. Both levels' discretisations are sound
     (connect-the-dots and the balanced garbling of a discrete PLD, :func:`_regrid`), and each adds about half of one
-    level's blur at h, so the bracket at h is about as wide as one level's. Only for one phase whose blocks are
-    smooth (``TWO_LEVEL_APPEARANCES``); a schedule of several phases keeps one level (its phases share one grid).
+    level's blur at h, so the bracket at h is about as wide as one level's. Used for one phase whose blocks are
+    smooth on the coarser grid (``TWO_LEVEL_CORE_POINTS``) and whose windows it shrinks; a schedule of several
+    phases keeps one level (its phases share one grid).
     """
     if len(run) != 1:
         return None
     pair, steps = run[0]
     if steps < TWO_LEVEL_STEPS:
         return None
-    rate = pair.sampling_probability * pair.records_per_patient
-    block = max(round(math.sqrt(steps)), math.ceil(TWO_LEVEL_APPEARANCES / rate))
-    if block > steps // 16:
-        return None
+    block = round(math.sqrt(steps))
     # A block size up to 30% larger that divides T saves composing the remainder (one FFT window per end).
-    return next((m for m in range(block, min(int(1.3 * block), steps // 16) + 1) if steps % m == 0), block)
+    block = next((m for m in range(block, int(1.3 * block) + 1) if steps % m == 0), block)
+    coarse = h * math.sqrt(block / 2.0)
+    core_var = _loss_moments(pair)[2]
+    if math.sqrt(block * core_var) < TWO_LEVEL_CORE_POINTS * coarse:
+        return None
+    one = _window_estimate(run, h, block=None)
+    two = _window_estimate(run, h, block=block)
+    return block if two < 0.5 * one else None
 
 
 def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
@@ -903,22 +917,35 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     Upper end (connect the dots, a dilation): an atom at loss l between grid points a <= l < b goes to a and b with
     its Q-mass and its P-mass preserved, Q_b = Q (1 - e^{a - l}) / (1 - e^{-step}). Lower end: the atoms within
     step / 2 of each grid point form a cell, guarded against the FFT round-off first (Q-mass lowered, P-mass
-    raised by ``noise_guard``), and the cells are balanced onto their grid points (:func:`_balance_cells`)."""
+    raised by ``noise_guard``), and the cells are balanced onto their grid points (:func:`_balance_cells`). The
+    atom at grid index 0, pld.offset, is where a block's "never sampled" pile sits (the per-step grids are anchored
+    there, :func:`_garbled_step`): it keeps a cell of its own, exact. Merged with its neighbours it would sit at the
+    end of the support with nothing beyond it to balance with (the add direction's pile is its top), and a cell
+    whose loss is below its grid point with nothing above is dropped whole (0.2, 0.001, 1e6: 61% of a block)."""
     pos = pld.masses > 0
     m, losses = pld.masses[pos], pld.losses[pos]
     if pld.optimistic:
-        j = np.rint((losses - pld.offset) / step).astype(np.int64)
-        lo = int(j.min()) if j.size else 0
-        n = int(j.max()) - lo + 1 if j.size else 1
+        if not m.size:
+            return DiscretePld(h=step, lo=0, masses=np.zeros(1), infinity_mass=0.0, offset=pld.offset,
+                               optimistic=True, slack=pld.slack)
         nu = pld.noise_guard
+        j = np.rint((losses - pld.offset) / step).astype(np.int64)
+        pile = (pld.lo + np.nonzero(pos)[0]) == 0
+        near = (j == 0) & ~pile
+        j[near] = np.where(losses[near] > pld.offset, 1, -1)
+        lo = int(j.min())
+        n = int(j.max()) - lo + 1
         q = np.bincount(j - lo, weights=np.maximum(m - nu, 0.0), minlength=n)
         log_p_atom = np.log(m + nu) - losses
         top = np.full(n, -np.inf)
         np.maximum.at(top, j - lo, log_p_atom)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):
             log_p = np.log(np.bincount(j - lo, weights=np.exp(log_p_atom - top[j - lo]), minlength=n)) + top
         grid = pld.offset + step * (lo + np.arange(n))
-        return DiscretePld(h=step, lo=lo, masses=_balance_cells(grid, q, log_p), infinity_mass=0.0,
+        # The guard lowered each atom's Q-mass and raised its P-mass by nu: an exact atom (the pile) then reads as
+        # 2 nu short of its grid point, which must not count as a loss below it (it would be dropped whole).
+        guard = 4.0 * nu * np.bincount(j - lo, minlength=n)
+        return DiscretePld(h=step, lo=lo, masses=_balance_cells(grid, q, log_p, guard), infinity_mass=0.0,
                            offset=pld.offset, optimistic=True, slack=pld.slack)
     j = np.floor((losses - pld.offset) / step).astype(np.int64)
     below = pld.offset + step * j
@@ -946,8 +973,11 @@ def clear_caches() -> None:
 # -- adaptive discretisation ----------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=64)
-def _loss_moments(pair: StepPair) -> tuple[float, float]:
-    """Mean and variance of the per-step loss under Q (quadrature on a fine x grid; only used to size grids)."""
+def _loss_moments(pair: StepPair) -> tuple[float, float, float]:
+    """Mean and variance of the per-step loss under Q, and its variance under P restricted to the central
+    observations |x| <= 2 sigma (the spread of the steps that did not see the target, without the tail of the ones
+    that did: how smooth a block of steps is, :func:`_block_size`). Quadrature on a fine x grid; only used to size
+    grids."""
     sigma = pair.noise_multiplier
     x = np.linspace(pair.lower if pair.relaxed else -14 * sigma, pair.records_per_patient + 14 * sigma, 8001)
     loss = pair.loss(x)
@@ -957,7 +987,11 @@ def _loss_moments(pair: StepPair) -> tuple[float, float]:
     wq = pdf_q / pdf_q.sum()
     mean = float(np.sum(wq * loss))
     var = float(np.sum(wq * (loss - mean) ** 2))
-    return mean, var
+    core = np.abs(x) <= 2 * sigma
+    wp = np.exp(-0.5 * (x[core] / sigma) ** 2)
+    wp /= wp.sum()
+    core_mean = float(np.sum(wp * loss[core]))
+    return mean, var, float(np.sum(wp * (loss[core] - core_mean) ** 2))
 
 
 def initial_h(pair: StepPair, steps: int) -> float:
@@ -976,7 +1010,7 @@ def initial_h_run(run: tuple[tuple[StepPair, int], ...]) -> float:
     h = math.inf
     var_total = drift = 0.0
     for pair, steps in run:
-        mean, var = _loss_moments(pair)
+        mean, var, _ = _loss_moments(pair)
         h = min(h, 0.08 * math.sqrt(max(var, 1e-300)))
         var_total += var * steps
         drift += abs(mean) * steps
@@ -997,10 +1031,11 @@ def _composed_span(var_total: float) -> float:
     return 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
 
 
-def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float) -> float:
-    """About the number of points of the largest FFT window :func:`composed_run` uses at grid step h: the loss range
-    it covers (the composed spread, or a single step's whole range to its tail cut where that is wider: short runs
-    of heavy-tailed steps, small sigma) over the grid step, for each level of a two-level composition."""
+def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float, block: int | str | None = "auto") -> float:
+    """About the number of points of the FFT windows :func:`composed_run` uses at grid step h: the loss range they
+    cover (the composed spread, or a single step's whole range to its tail cut where that is wider: short runs of
+    heavy-tailed steps, small sigma) over the grid step; for a two-level composition (``block`` steps per block,
+    by default :func:`_block_size`'s) the two levels' windows added."""
     total = sum(steps for _, steps in run)
     widest = 0.0
     for pair, _ in run:
@@ -1008,12 +1043,13 @@ def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float) -> float:
         bottom = pair.min_loss if math.isfinite(pair.min_loss) else -top
         widest = max(widest, min(top, LOSS_CAP) - bottom)
     var = sum(_loss_moments(pair)[1] * s for pair, s in run)
-    block = _block_size(run)
+    if block == "auto":
+        block = _block_size(run, h)
     if block is None:
-        return max(_composed_span(var), widest) / h
+        return max(20.0 * math.sqrt(var), widest) / h
     per_step = var / total
-    return max(max(_composed_span(per_step * block), widest) / (h / math.sqrt(2.0)),
-               _composed_span(var) / (h * math.sqrt(block / 2.0)))
+    return (max(20.0 * math.sqrt(per_step * block), widest) / (h / math.sqrt(2.0))
+            + 20.0 * math.sqrt(var) / (h * math.sqrt(block / 2.0)))
 
 
 #: Composed windows up to this many points are cheap next to the fixed cost of a round of the refinement (each

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 from scipy import optimize, special
 
@@ -117,3 +118,17 @@ def test_bad_inputs_name_the_field(args: tuple, field: str) -> None:
 def test_noise_for_epsilon_rejects_unknown_accountant() -> None:
     with pytest.raises(ConfigError, match="accountant"):
         noise_for_epsilon(1.0, 0.01, 100, 1e-5, accountant="prv")
+
+
+def test_epsilon_of_a_discrete_pld_below_its_lowest_atom() -> None:
+    # Two atoms at losses 1 and 2 (Q-mass 1/2 each): below the lowest atom delta(eps) = 1 - e^eps (e^-1 + e^-2) / 2
+    # (closed form), so at the target delta(0.5) the smallest eps is 0.5, not the lowest atom (what the reader
+    # returned whenever the crossing lay below it: an upper end stays sound that way, a lower end does not).
+    from dpaudit.bounds.pld import DiscretePld
+
+    pld = DiscretePld(h=1.0, lo=1, masses=np.array([0.5, 0.5]), infinity_mass=0.0)
+    target = 1 - math.exp(0.5) * (math.exp(-1) + math.exp(-2)) / 2
+    assert pld.epsilon(target) == pytest.approx(0.5, rel=1e-12)
+    assert pld.epsilon(1.0) == 0.0  # delta <= 1 everywhere
+    empty = DiscretePld(h=1.0, lo=5, masses=np.zeros(3), infinity_mass=0.0, optimistic=True)
+    assert empty.epsilon_lower(1e-5) == 0.0  # no finite mass: delta is 0, epsilon 0 (was the lowest grid point, 5)

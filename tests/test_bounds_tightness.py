@@ -329,8 +329,8 @@ def test_two_levels_bracket_as_tightly_as_one(monkeypatch, sigma, q, steps, kapp
     from dpaudit.bounds._mechanism import StepPair
 
     run = ((StepPair(sigma, q), steps),)
-    assert pld_module._block_size(run) is not None
     h = 4 * pld_module.initial_h_run(run) / 10
+    assert pld_module._block_size(run, h) is not None
     k = np.array([kappa])
 
     def bracket() -> tuple[float, float]:
@@ -344,3 +344,25 @@ def test_two_levels_bracket_as_tightly_as_one(monkeypatch, sigma, q, steps, kapp
     pld_module.clear_caches()
     assert lo1 <= up2 and lo2 <= up1
     assert up2 - lo2 <= 1.2 * (up1 - lo1)
+
+
+def test_regrid_keeps_the_pile_of_a_block_exact() -> None:
+    # The add direction's pile (every step of the block "never sampled") is the block's top atom: merged with the
+    # atoms just below it, its cell's loss fell below its grid point with nothing above to balance with, and the
+    # whole cell was dropped (0.2, 0.001: 3% of the block, compounding over 1000 blocks to nothing). It keeps a cell
+    # of its own, exact, and the hockey-stick curve still only falls.
+    from dpaudit.bounds._mechanism import StepPair
+    from dpaudit.bounds.pld import _regrid, _step_pld, compose_parts
+
+    block = compose_parts([(_step_pld(StepPair(0.2, 0.001), 0.005, "add", 1e-20, True), 1000)])
+    pile = block.masses[-block.lo]
+    coarse = _regrid(block, 0.17)
+    assert pile > 0.01 and coarse.masses[-coarse.lo] == pytest.approx(pile, rel=1e-9)
+    assert coarse.masses.sum() >= block.masses.sum() * (1 - 1e-6)
+    eps = np.linspace(-3.0, 1.0, 801)
+
+    def curve(pld):
+        m = pld.masses
+        return _hockey_stick(pld.losses, m, m * np.exp(-pld.losses), eps)
+
+    assert np.all(curve(coarse) <= curve(block) + 1e-15)
