@@ -324,7 +324,8 @@ def test_regrid_keeps_its_end_of_the_bracket(optimistic: bool) -> None:
 def test_two_levels_bracket_as_tightly_as_one(monkeypatch, sigma, q, steps, kappa) -> None:
     # Long runs with smooth blocks compose in two levels (blocks of ~sqrt(T) steps on a finer grid, then the blocks
     # on a coarser one). Both brackets contain the exact value, so they overlap, and the two-level one is no wider
-    # than one level's at the same h (each level adds half of one level's blur).
+    # than one level's at the same h (each level adds half of one level's blur): gamma, and epsilon of both
+    # directions.
     from dpaudit.bounds import pld as pld_module
     from dpaudit.bounds._mechanism import StepPair
 
@@ -333,17 +334,22 @@ def test_two_levels_bracket_as_tightly_as_one(monkeypatch, sigma, q, steps, kapp
     assert pld_module._block_size(run, h) is not None
     k = np.array([kappa])
 
-    def bracket() -> tuple[float, float]:
+    def bracket() -> tuple[float, float, float, float]:
         pld_module.clear_caches()
-        return (float(pld_module.composed_run(run, h, "remove").power(k)[0]),
-                float(pld_module.composed_run(run, h, "remove", True).power_lower(k)[0]))
+        composed = {(d, o): pld_module.composed_run(run, h, d, o) for d in ("remove", "add") for o in (False, True)}
+        return (float(composed["remove", False].power(k)[0]), float(composed["remove", True].power_lower(k)[0]),
+                max(composed[d, False].epsilon(1e-5) for d in ("remove", "add")),
+                max(composed[d, True].epsilon_lower(1e-5) for d in ("remove", "add")))
 
-    up2, lo2 = bracket()
+    up2, lo2, eps_up2, eps_lo2 = bracket()
     monkeypatch.setattr(pld_module, "TWO_LEVEL_STEPS", 10 ** 12)
-    up1, lo1 = bracket()
+    up1, lo1, eps_up1, eps_lo1 = bracket()
     pld_module.clear_caches()
     assert lo1 <= up2 and lo2 <= up1
     assert up2 - lo2 <= 1.2 * (up1 - lo1)
+    # epsilon takes both directions (the add direction's pile is the top of its blocks)
+    assert eps_lo1 <= eps_up2 and eps_lo2 <= eps_up1
+    assert eps_up2 - eps_lo2 <= 1.2 * (eps_up1 - eps_lo1)
 
 
 def test_regrid_keeps_the_pile_of_a_block_exact() -> None:
