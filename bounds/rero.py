@@ -169,7 +169,7 @@ def threshold_test_power(run, kappa: np.ndarray) -> np.ndarray:
 
     Per step, P(X > tau) = Phibar(tau / sigma) (twice that for |X|) and Q(X > tau) = sum_j Binom(k, q)(j)
     Phibar((tau - j) / sigma) (plus Phi((-tau - j) / sigma) for |X|); steps are independent, so the test's size is
-    1 - prod_t (1 - P_t) and its power 1 - prod_t (1 - Q_t). tau by bisection (the size falls as tau grows). Any test
+    1 - prod_t (1 - P_t) and its power 1 - prod_t (1 - Q_t). tau by multisection (the size falls as tau grows). Any test
     of size <= kappa has power <= gamma(kappa) (Neyman-Pearson), so this is a lower bound; it is nearly exact when
     noise is tiny against the clipped gradient (a closed form).
     """
@@ -197,11 +197,16 @@ def threshold_test_power(run, kappa: np.ndarray) -> np.ndarray:
     s_max = max(pair.noise_multiplier for pair, _ in run)
     lo = np.zeros_like(kappa)
     hi = np.full_like(kappa, k_max + 60.0 * s_max)
-    for _ in range(56):  # (hi - lo) / 2^56: tau to float precision; any tau with size <= kappa gives a sound floor
-        mid = 0.5 * (lo + hi)
-        too_big = log_stay(mid, False) < log_keep  # size above kappa: raise tau
-        lo = np.where(too_big, mid, lo)
-        hi = np.where(too_big, hi, mid)
+    # Multisection: 64 taus per bracket and round, 9 rounds (64^-9: tau to float precision; any tau with size <=
+    # kappa gives a sound floor). The last tau of each round is the bracket's upper end, whose size is <= kappa.
+    fractions = np.linspace(0.0, 1.0, 65)[1:]
+    rows = np.arange(kappa.size)
+    for _ in range(9):
+        taus = lo[:, None] + (hi - lo)[:, None] * fractions[None, :]
+        ok = log_stay(taus, False) >= log_keep[:, None]  # size <= kappa: False below the crossing, True above
+        first = np.argmax(ok, axis=1)
+        lo = np.where(first > 0, taus[rows, np.maximum(first - 1, 0)], lo)
+        hi = taus[rows, first]
     power = -np.expm1(log_stay(hi, True))  # hi: size <= kappa
     return np.clip(np.maximum(power, 0.0), 0.0, 1.0)
 
