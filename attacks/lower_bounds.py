@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from scipy import special
 
 from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_int, check_probability, invalid
@@ -243,8 +242,9 @@ def _one_run_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     """Unvalidated core of :func:`one_run_p_value`."""
     if v == 0:
         return 1.0
-    from scipy import (
-        stats,  # here, not at import: the results that hold these bounds load without scipy.stats
+    from scipy import (  # here, not at import: the results that hold these bounds load without scipy (the CLI's
+        special,  # start-up builds the profile's configuration, which holds them)
+        stats,
     )
 
     # q = e^eps / (1 + e^eps), the accuracy of eps-DP randomised response. Counting *wrong* guesses,

@@ -48,6 +48,18 @@ def test_bounds_import_and_default_computation_stay_light() -> None:
     assert res.stdout.strip() == "[]"
 
 
+def test_command_line_start_up_loads_no_torch_or_scipy() -> None:
+    # `dpaudit --help` and the start of every command: building the app (and the configurations behind its defaults)
+    # must not load torch (about 1 s) or scipy (scipy.special alone 0.2 s); commands load what they need when they run.
+    code = (
+        "import sys\n"
+        "from dpaudit.cli.main import app\n"
+        "print(sorted(k for k in ('torch', 'scipy', 'matplotlib', 'reportlab', 'opacus', 'monai') if k in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
+    assert res.stdout.strip() == "[]"
+
+
 def test_every_command_is_found_where_the_entry_point_looks_for_it() -> None:
     # `dpaudit CMD` builds the app from COMMANDS[CMD] alone: every command of the whole app must be listed there,
     # with the module that defines it.
