@@ -203,6 +203,7 @@ def threshold_test_power(run, kappa: np.ndarray) -> np.ndarray:
     rows = np.arange(kappa.size)
     for _ in range(9):
         taus = lo[:, None] + (hi - lo)[:, None] * fractions[None, :]
+        taus[:, -1] = hi  # exactly (lo + (hi - lo) may round below hi, whose size is known to be <= kappa)
         ok = log_stay(taus, False) >= log_keep[:, None]  # size <= kappa: False below the crossing, True above
         first = np.argmax(ok, axis=1)
         lo = np.where(first > 0, taus[rows, np.maximum(first - 1, 0)], lo)
