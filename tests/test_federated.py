@@ -197,3 +197,34 @@ def test_baselines_and_client_level_dp_without_secure_aggregation(splits) -> Non
     assert b.centralised_epsilon is not None and b.centralised_epsilon <= 8.0  # sound upper bound, at the target
     assert result.epsilon <= 8.0 and result.client_sampling_probability == 1.0
     assert all(s.epsilon is None for s in result.clients)  # client level: one epsilon per site, not per record
+
+
+_CLIENT_LEVEL_RUN = """
+import hashlib
+from dpaudit.audit.federated import FederatedConfig, run_federated
+from dpaudit.data import load_splits
+splits = load_splits("demo", image_size=16, max_images=60, seed=0)
+for secagg in (False, True):
+    r = run_federated(FederatedConfig(image_size=16, arch="smallcnn", clients=2, rounds=1, batch_size=8,
+                                      dp_level="client", noise_multiplier=1.0, secure_aggregation=secagg, seed=3,
+                                      threads=1), splits=splits)
+    h = hashlib.sha256()
+    for k, v in r.state.items():
+        h.update(k.encode()); h.update(v.double().numpy().tobytes())
+    print(h.hexdigest())
+"""
+
+
+def test_client_level_runs_are_deterministic_across_processes() -> None:
+    # The server's noise is drawn parameter by parameter; the order must not follow the per-process string hash.
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", _CLIENT_LEVEL_RUN], env=env, capture_output=True, text=True,
+                              check=True)
+        outs.append(done.stdout.split())
+    assert len(outs[0]) == 2 and outs[0] == outs[1]

@@ -529,7 +529,9 @@ def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[
     """The server's new model from the surviving updates (float64 arithmetic, cast back to each tensor's dtype)."""
     import torch
 
-    trainable = {k for k, v in state.items() if v.is_floating_point()}
+    # A list in the state's order, not a set: the server's noise is drawn key by key from one generator, and a set
+    # of strings iterates in the interpreter's per-process hash order (runs with one seed would differ).
+    trainable = [k for k, v in state.items() if v.is_floating_point()]
     if config.dp_level == "client":
         c = config.max_grad_norm
         clipped = []
