@@ -343,6 +343,15 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
     if vol.shape != lab.shape:
         raise invalid(f"volume {name!r} label map shape", lab.shape, f"the image's shape {vol.shape}",
                       "pair each image with its own label map (same voxel grid)", cls=DataError)
+    # A NaN or infinite voxel would pass the window's clip (or spoil the percentile scaling) and reach training.
+    for what, arr in (("image", vol), ("label map", lab)):
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                i, j, k = (int(v) for v in np.argwhere(bad)[0])
+                raise DataError(f"volume {name!r}: its {what} holds a non-finite voxel value ({float(arr[i, j, k])} "
+                                f"at voxel {i}, {j}, {k} of the file's array). Fix: replace the non-finite values, "
+                                "or remove the volume from imagesTr/ and labelsTr/.")
     values = np.unique(lab)
     bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < n_classes]
     if bad:

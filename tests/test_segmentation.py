@@ -81,6 +81,18 @@ def test_msd_errors_name_the_volume_and_the_fix(tmp_path, rng) -> None:
         load_segmentation_splits("demo-ct", image_size=16, window=(200, -100))
 
 
+@pytest.mark.parametrize(("folder", "value", "what"), [("imagesTr", np.nan, "image"), ("imagesTr", -np.inf, "image"),
+                                                    ("labelsTr", np.nan, "label map")])
+def test_msd_non_finite_voxels_are_refused_naming_the_volume_and_voxel(tmp_path, rng, folder, value, what) -> None:
+    root = write_msd(tmp_path / "Task03_Liver", rng)
+    path = root / folder / "liver_3.nii.gz"
+    arr = np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
+    arr[2, 3, 4] = value
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+    with pytest.raises(DataError, match=rf"volume 'liver_3': its {what} holds a non-finite voxel value .*voxel 2, 3, 4"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+
+
 def test_demo_ct_is_seeded_and_has_volumes_without_tumour() -> None:
     a = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
     b = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
