@@ -19,6 +19,7 @@ from dpaudit.config import (
     DEFAULT_DATASET,
     PRIVACY_UNIT_CHOICES,
     TRAIN_DEFAULTS,
+    check_noise_multiplier,
     default_image_size,
     parse_trainable,
     parse_window,
@@ -151,9 +152,8 @@ class TrainConfig:
             object.__setattr__(self, "epsilon", check_positive(
                 "epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8"))
         if self.noise_multiplier is not None:
-            object.__setattr__(self, "noise_multiplier", check_positive(
-                "noise_multiplier", self.noise_multiplier,
-                fix="pass --sigma > 0, or --non-private for training without noise"))
+            object.__setattr__(self, "noise_multiplier", check_noise_multiplier(
+                self.noise_multiplier, fix="pass --sigma 1.0, or --non-private for training without noise"))
         if self.target_delta is not None:
             object.__setattr__(self, "target_delta", check_probability(
                 "target_delta", self.target_delta, fix="pass a delta well below 1/N, e.g. --delta 8e-7"))

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from dpaudit.errors import check_int, check_positive, check_probability, invalid
+from dpaudit.config import check_noise_multiplier as check_sigma
+from dpaudit.errors import check_int, check_probability, invalid
 
 THREAT_MODELS = ("worst_case", "relaxed")
 
@@ -246,8 +247,7 @@ class StepPair:
 # -- validation shared by every public function ------------------------------------------------------------------
 
 def check_noise_multiplier(value: float) -> float:
-    return check_positive("noise_multiplier", value,
-                          fix="pass the noise standard deviation divided by the clip norm, e.g. --sigma 1.0")
+    return check_sigma(value)  # the floor every command shares (dpaudit.config.MIN_NOISE_MULTIPLIER)
 
 
 def check_q(value: float) -> float:

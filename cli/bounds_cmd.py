@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out
+from dpaudit.config import MIN_NOISE_MULTIPLIER
 from dpaudit.errors import ConfigError, DpAuditError, check_int, check_probability, invalid
 
 app = typer.Typer()
@@ -186,7 +187,7 @@ def _schedule_from_flags(history: Path | None, phase: list[str] | None):
             phases.append(Phase(*row))
         except DpAuditError as exc:
             what = f"{exc.field} must be {exc.allowed}, got {exc.value!r}" if exc.field else str(exc).split(". Fix")[0]
-            raise ConfigError(f"--phase {text!r}: {what}. Fix: give SIGMA > 0, Q in (0, 1] and whole STEPS >= 1, "
+            raise ConfigError(f"--phase {text!r}: {what}. Fix: give SIGMA >= {MIN_NOISE_MULTIPLIER:g}, Q in (0, 1] and whole STEPS >= 1, "
                               "e.g. --phase 1.0,0.01,500.") from None
     return Schedule(tuple(phases))
 
@@ -234,6 +235,8 @@ def bounds(
     from dpaudit.bounds import bounds_summary, mia_curve
 
     _check_given(sigma, q, steps, delta, kappa, n_candidates, n_train, records_per_patient)
+    if plot is not None:
+        _check_plot_format(plot)  # before any bound is computed
     mechanism = [f for f, v in (("--sigma", sigma), ("--q", q), ("--steps", steps), ("--model", model))
                  if v is not None]
     _one_schedule_source([f for f, v in (("--history", history), ("--phase", phase)) if v]
@@ -355,6 +358,17 @@ def _render(s) -> None:
     out.print("Assumptions:")
     for a in s.assumptions:
         out.print(f"  - {a}")
+
+
+def _check_plot_format(path: Path) -> None:
+    """--plot names a file matplotlib can write: its extension picks the format (none: PNG)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    ext = path.suffix[1:].lower()
+    if ext and ext not in formats:
+        raise invalid("plot", str(path), f"a file name ending in one of .{', .'.join(formats)}",
+                      f"pass --plot {path.with_suffix('.png')}")
 
 
 def _plot(path: Path, sched, k: int, kappas: list[float]) -> None:

@@ -54,9 +54,7 @@ class DpSgdConfig:
     target_delta: float = 1e-5
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "noise_multiplier", check_positive(
-            "noise_multiplier", self.noise_multiplier, allow_zero=True,
-            fix="pass the noise standard deviation divided by the clip norm, e.g. --sigma 1.0"))
+        object.__setattr__(self, "noise_multiplier", check_noise_multiplier(self.noise_multiplier, allow_zero=True))
         object.__setattr__(self, "sampling_probability", check_probability(
             "sampling_probability", self.sampling_probability, open_high=False,
             fix="pass the expected batch size divided by the number of training records, e.g. --q 0.01"))
@@ -91,6 +89,26 @@ def parse_trainable(trainable: str) -> int | None:
 
 #: What a dataset's ``patient_ids`` can stand for (see :class:`dpaudit.data.DatasetSplits`; ``volume``: a segmentation
 #: dataset's scans, one per patient, :class:`dpaudit.volumes.SegmentationSplits`).
+#: Smallest noise multiplier the accountants take. Below it the per-step privacy loss of a sampled record exceeds
+#: ``dpaudit.bounds.pld.LOSS_CAP`` (700 nats) by many orders of magnitude, so every bound is ~ its trivial value,
+#: and the PLD's grid and moment integrals (whose resolution scales with sigma) no longer fit in memory.
+#: Calibration searches from 1e-3 (``dpaudit.bounds.calibrate.SIGMA_RANGE``), well above it.
+MIN_NOISE_MULTIPLIER = 1e-4
+
+
+def check_noise_multiplier(value: float, *, allow_zero: bool = False, fix: str | None = None) -> float:
+    """A noise multiplier sigma the accountants take: finite, and 0 (no noise, when ``allow_zero``) or at least
+    :data:`MIN_NOISE_MULTIPLIER`."""
+    fix = fix or "pass the noise standard deviation divided by the clip norm, e.g. --sigma 1.0"
+    v = check_positive("noise_multiplier", value, allow_zero=allow_zero, fix=fix)
+    if v != 0 and v < MIN_NOISE_MULTIPLIER:
+        raise invalid("noise_multiplier", value,
+                      f"{'0 or ' if allow_zero else ''}at least {MIN_NOISE_MULTIPLIER:g} (below it the per-step privacy "
+                      "loss is far beyond what the accountants resolve)",
+                      f"pass --sigma {MIN_NOISE_MULTIPLIER:g} or more")
+    return v
+
+
 PRIVACY_UNITS = ("patient", "lesion", "volume", "image")
 
 

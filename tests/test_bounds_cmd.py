@@ -245,3 +245,46 @@ def test_unwritable_output_paths_are_one_line_errors(tmp_path: Path, flag: str, 
                                    flag, str(path)])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "cannot use the path" in res.stderr and str(path).rstrip("/.") in res.stderr
+
+
+def test_plot_in_a_format_matplotlib_cannot_write_is_refused_before_any_bound(tmp_path) -> None:
+    res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "1000", "--n-train", "10015",
+                              "--plot", str(tmp_path / "x.jpgx")])
+    assert res.exit_code == 2, res.output
+    assert "--plot must be a file name ending in one of" in res.output and ".png" in res.output
+    assert f"Fix: pass --plot {tmp_path / 'x.png'}" in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    ok = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3",
+                             "--plot", str(tmp_path / "x.svg"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize("args", [
+    ["bounds", "--sigma", "1e-9", "--q", "0.01", "--steps", "100", "--kappa", "1e-3"],
+    ["bounds", "--phase", "1e-9,0.01,100", "--kappa", "1e-3"],
+    ["train", "--sigma", "1e-9", "--epochs", "1"],
+    ["federated", "train", "--sigma", "1e-9"],
+])
+def test_noise_below_the_accountants_floor_is_one_line_naming_sigma(args) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    if "--phase" in args:
+        assert "--phase '1e-9,0.01,100': noise_multiplier must be at least 0.0001" in text
+        assert "Fix: give SIGMA >= 0.0001" in text
+    else:
+        assert "--sigma must be at least 0.0001" in text and "got 1e-09" in text and "Fix: pass --sigma" in text
+    assert "Traceback" not in res.output
+
+
+def test_the_accountants_take_sigma_down_to_the_floor() -> None:
+    from dpaudit.bounds import epsilon_pld, rero_bound
+    from dpaudit.config import MIN_NOISE_MULTIPLIER
+    from dpaudit.errors import ConfigError
+
+    # At the floor the target, when sampled, is exposed: gamma >= P(sampled at least once) = 1 - (1 - q)^T.
+    q, steps = 0.01, 100
+    assert rero_bound(MIN_NOISE_MULTIPLIER, q, steps, 1e-3).gamma[0] >= 1 - (1 - q) ** steps - 1e-9
+    with pytest.raises(ConfigError, match="noise_multiplier must be at least"):
+        epsilon_pld(MIN_NOISE_MULTIPLIER / 10, q, steps, 1e-5)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dpaudit.config import steps_for
+from dpaudit.config import check_noise_multiplier, steps_for
 from dpaudit.errors import NumericalError, check_int, check_positive
 
 __all__ = ["ClientAccount", "client_level_accounting", "sample_level_accounting"]
@@ -71,7 +71,7 @@ def sample_level_accounting(n_train: Sequence[int], batch_size: int, local_epoch
                   for _, _, _, q, per, r in plans if r > 0]
         sigma = max(sigmas) if sigmas else 1.0
     else:
-        sigma = check_positive("noise_multiplier", noise_multiplier, fix="pass --sigma 1.0")
+        sigma = check_noise_multiplier(noise_multiplier, fix="pass --sigma 1.0")
     accounts = tuple(
         ClientAccount(k, n, b, q, per, r, per * r,
                       float(epsilon_pld(sigma, q, per * r, target_delta)) if r > 0 else 0.0)
@@ -98,7 +98,7 @@ def client_level_accounting(clients: int, clients_per_round: int, rounds: int, t
         z = float(noise_for_epsilon(check_positive("epsilon", target_epsilon), q, rounds, target_delta,
                                     accountant="pld"))
     else:
-        z = check_positive("noise_multiplier", noise_multiplier, fix="pass --sigma 1.0")
+        z = check_noise_multiplier(noise_multiplier, fix="pass --sigma 1.0")
     eps = float(epsilon_pld(z, q, rounds, target_delta))
     if target_epsilon is not None and eps > target_epsilon:
         raise NumericalError(f"the calibrated noise multiplier {z} gives epsilon {eps} > target {target_epsilon}. "

@@ -47,7 +47,13 @@ from dpaudit.audit.federated.accounting import (
 )
 from dpaudit.audit.federated.partition import parse_partition, partition_indices
 from dpaudit.audit.metrics import ClassificationMetrics
-from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, PrivacyUnit, default_image_size
+from dpaudit.config import (
+    DEFAULT_ARCH,
+    DEFAULT_DATASET,
+    PrivacyUnit,
+    check_noise_multiplier,
+    default_image_size,
+)
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
@@ -129,7 +135,7 @@ class FederatedConfig:
         if self.epsilon is not None:
             check_positive("epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8")
         if self.noise_multiplier is not None:
-            check_positive("noise_multiplier", self.noise_multiplier, fix="pass --sigma > 0")
+            check_noise_multiplier(self.noise_multiplier, fix="pass --sigma 1.0")
         if self.target_delta is not None:
             check_probability("target_delta", self.target_delta, fix="pass a delta well below 1/N, e.g. --delta 8e-7")
         from dpaudit.models import (
