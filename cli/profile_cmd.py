@@ -164,6 +164,8 @@ def profile(
     # Here rather than in ProfileConfig, so that a profile.json written before the check still loads.
     check_data_options(shared["dataset"], data_dir=shared["data_dir"], labels=shared["labels"],
                        window=shared["window"])
+    _refuse_unused(mia_audit=mia_audit, federated=federated,
+                   weights_file=any(i.strip() not in ("", "scratch") for i in inits.split(",")), trainable=trainable)
     config = ProfileConfig(
         **shared, epsilons=None if epsilons is None else tuple(parse_float_list("--epsilons", epsilons, "1,8,20,1e9")),
         non_private=non_private, seeds=seeds,
@@ -324,3 +326,28 @@ def _print_summary(prof) -> None:
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
         err.print(f"[yellow]note:[/] {note}")
     out.print(prof.privacy().describe())
+
+
+def _refuse_unused(*, mia_audit: bool, federated: bool, weights_file: bool, trainable: str) -> None:
+    """Options typed on the command line that the run would not use are refused, not ignored (as
+    :func:`dpaudit.data.check_data_options` does for the data options). Here rather than in ProfileConfig, so that
+    a profile.json written before the check still loads."""
+    from dpaudit.errors import ConfigError
+
+    ctx = typer.main.get_current_context(silent=True)  # None when called outside a command line (nothing typed)
+
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name) if ctx is not None else None
+        return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+
+    needs = [("canaries", "--canaries", mia_audit, "--mia-audit")]
+    needs += [(n, f"--{n.replace('_', '-')}", federated, "--federated")
+              for n in ("federated_clients", "federated_partition", "federated_epsilon")]
+    for name, flag, on, switch in needs:
+        if typed(name) and not on:
+            raise ConfigError(f"{flag} applies only with {switch}, which is not given: it would be ignored. "
+                              f"Fix: add {switch}, or drop {flag}.")
+    if typed("trainable") and trainable != "all" and not weights_file:
+        raise ConfigError(f"--trainable {trainable} applies only to runs from a weights file in --inits (the scratch "
+                          "runs train every layer), and --inits names none: it would be ignored. Fix: add a weights "
+                          "file, e.g. --inits scratch,pretrained.pt, or drop --trainable.")

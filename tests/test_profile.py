@@ -293,3 +293,27 @@ def test_attack_task_runs_on_the_idle_cores_unless_threads_are_pinned(interrupte
             dataclasses.replace(task, threads=threads).run()
     assert seen == [min(before, 1), 3] and torch.get_num_threads() == before
     assert dataclasses.replace(task, threads=3).key() == task.key()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--trainable", "head"], "--trainable head applies only to runs from a weights file in --inits"),
+    (["--canaries", "16"], "--canaries applies only with --mia-audit"),
+    (["--federated-clients", "3"], "--federated-clients applies only with --federated"),
+    (["--federated-epsilon", "4"], "--federated-epsilon applies only with --federated"),
+    (["--federated-partition", "dirichlet:0.5"], "--federated-partition applies only with --federated"),
+])
+def test_options_the_profile_would_not_use_are_refused(tmp_path, args, message) -> None:
+    res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), "--max-images", "60", *args])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert message in text and "Fix:" in text and "Traceback" not in text
+    assert not (tmp_path / "p").exists()  # refused before any work
+
+
+def test_options_given_with_their_switch_pass_the_check(tmp_path) -> None:
+    from dpaudit.cli.profile_cmd import _refuse_unused
+
+    _refuse_unused(mia_audit=False, federated=False, weights_file=False, trainable="head")  # nothing typed: no CLI
+    res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), "--canaries", "16", "--mia-audit",
+                                   "--federated-clients", "3", "--federated", "--threads", "0"])
+    assert res.exit_code == 2 and "--threads" in res.output  # got past the check, to the next one
