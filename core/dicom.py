@@ -154,7 +154,16 @@ def read_header(path: Path) -> DicomHeader | None:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise UnreadableImageError(f"DICOM file {str(path)!r} has an unreadable header ({type(exc).__name__}). "
                                    "Fix: replace or remove the file.") from None
-    if str(ds.get("SOPClassUID", "")) == _MEDIA_DIRECTORY or "Rows" not in ds or "Columns" not in ds or not has_pixels:
+    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None
+                                                  else "") or "").strip()
+    if sop_class == _MEDIA_DIRECTORY:
+        return None
+    if "Rows" not in ds or "Columns" not in ds or not has_pixels:
+        # Every DICOM object (a structured report, an RT structure set, a presentation state, ...) names its SOP
+        # Class (PS3.3 C.12.1, type 1). Bytes that parse to no SOP Class are a damaged file, not a non-image object.
+        if not sop_class:
+            raise UnreadableImageError(f"DICOM file {str(path)!r} holds no recognisable DICOM object (no SOP Class "
+                                       "UID, no image): damaged or not DICOM. Fix: replace or remove the file.")
         return None
     keys = {k: str(ds.get(k, "") or "").strip()
             for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}

@@ -285,6 +285,25 @@ def test_dicom_objects_without_pixel_data_are_not_images_not_unreadable(tmp_path
     assert loading_notes(s)[0] == "5 file(s) skipped (5 not an image (no pixel data))"
 
 
+def test_corrupt_dicom_files_are_counted_unreadable_not_as_objects_without_pixels(tmp_path: Path,
+                                                                                    rng: np.random.Generator) -> None:
+    """A 128-byte preamble, "DICM" and random bytes parse (pydicom, force=True) to a data set of garbage tags: no
+    SOP Class UID, no image. That is a damaged file ("unreadable"), not a structured report ("no pixel data")."""
+    for cls in ("normal", "nodule"):
+        for p in range(3):
+            dicom_file(tmp_path / cls / f"patient{p}" / "IM0", ramp(rng, 4095), patient=f"{cls}-{p}")
+    for i in range(3):
+        (tmp_path / "nodule" / f"corrupt{i}.dcm").write_bytes(b"\0" * 128 + b"DICM" + rng.bytes(2000))
+    s = load(tmp_path)
+    assert s.skipped == {"unreadable": 3}
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 6
+    from dpaudit.dicom import read_header
+    from dpaudit.images import UnreadableImageError
+
+    with pytest.raises(UnreadableImageError, match=r"corrupt0\.dcm' holds no recognisable DICOM object"):
+        read_header(tmp_path / "nodule" / "corrupt0.dcm")
+
+
 @pytest.mark.parametrize("key", ["PatientID", "path"])
 def test_labels_csv(tmp_path: Path, rng: np.random.Generator, key: str) -> None:
     data = tmp_path / "data"
