@@ -48,8 +48,9 @@ Denoiser = choices("Denoiser", DENOISERS)
 # Options shared by several commands: one name, one help text, one meaning. The parameter's name is the field of
 # the configuration dataclass it sets; each command's default is that dataclass's (``shared_options``).
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="demo (built in, synthetic), ham10000, a MedMNIST flag "
-                                         "(dermamnist, ...), folder:PATH, dicom:PATH, nifti:PATH or csv:FILE; segmentation: "
-                                         "demo-ct (built in, synthetic CT) or msd:PATH (a Decathlon task folder).")]
+                                         "(dermamnist, ...), folder:PATH, dicom:PATH, nifti:PATH or csv:FILE; segmentation "
+                                         "(train, attack and profile only): demo-ct (built in, synthetic CT) or "
+                                         "msd:PATH (a Decathlon task folder).")]
 LabelsOpt = Annotated[str | None, typer.Option("--labels", help="dicom:/nifti: a labels CSV: a label column and a "
                                                "key column (PatientID, ..., path; nifti: file).")]
 WindowOpt = Annotated[str | None, typer.Option("--window", help="LOW,HIGH in modality units (HU for CT) mapped to "

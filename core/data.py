@@ -403,6 +403,18 @@ def dataset_choices() -> list[str]:
     return ["demo", "ham10000", *MEDMNIST_FLAGS, "folder:PATH", "dicom:PATH", "nifti:PATH", "csv:FILE"]
 
 
+def _unknown_dataset(name: object) -> DataError:
+    """The error for a --dataset that names nothing: every name, the segmentation ones with the commands that take
+    them (this loader serves the classification-only commands and train, attack and profile alike)."""
+    from dpaudit.volumes import SEGMENTATION_DATASETS
+
+    return invalid("dataset", name, f"one of {dataset_choices()} (classification), or for segmentation (dpaudit "
+                   f"train, attack and profile) one of {list(SEGMENTATION_DATASETS)}",
+                   "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
+                   "dicom:PATH, nifti:PATH or csv:FILE; segmentation: demo-ct (built in) or msd:PATH",
+                   cls=DataError)
+
+
 def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: int, seed: int = 0,
                 max_images: int | None = None, val_fraction: float = 0.15, test_fraction: float = 0.15,
                 labels: str | Path | None = None, window: str | tuple[float, float] | None = None,
@@ -444,7 +456,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
                       "leave some images for training")
     fracs = (val_fraction, test_fraction)
     if not isinstance(name, str) or not name:
-        raise invalid("dataset", name, f"one of {dataset_choices()}", cls=DataError)
+        raise _unknown_dataset(name)
     check_data_options(name, data_dir=data_dir, labels=labels, window=window)
     if name == "demo":
         return make_demo(max_images or DEMO_DEFAULT_SIZE, image_size=image_size, seed=seed, fractions=fracs)
@@ -474,9 +486,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
         raise invalid("dataset", name, f"a classification dataset here ({name} is a segmentation dataset, which "
                       "dpaudit train, attack and profile take)", "pass --dataset demo (built in) or another "
                       "classification dataset to this command", cls=DataError)
-    raise invalid("dataset", name, f"one of {dataset_choices()}",
-                  "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
-                  "dicom:PATH, nifti:PATH or csv:FILE", cls=DataError)
+    raise _unknown_dataset(name)
 
 
 #: The data options and the datasets they apply to (``--dataset`` names; ``PREFIX:`` for the path forms).

@@ -699,3 +699,22 @@ def test_window_on_the_demo_is_refused_by_every_command_that_loads_data(tmp_path
                  ["mia", "audit", "--sigma", "1"]):
         res = runner.invoke(app, [*args, "--window", "-100,200"])
         assert res.exit_code == 2 and "--window must be left out for --dataset demo" in res.output, res.output
+
+
+def test_an_unknown_dataset_lists_every_name_with_the_commands_for_segmentation() -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    for command in (["train"], ["mia", "audit"]):
+        args = [*command, "--dataset", "bogus", "--epsilon", "8"]
+        res = CliRunner().invoke(app, args)
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert "'csv:FILE'] (classification)" in text
+        assert "for segmentation (dpaudit train, attack and profile) one of ['demo-ct', 'msd:PATH']" in text
+        assert "got 'bogus'" in text and "segmentation: demo-ct (built in) or msd:PATH" in text
+    # The one --dataset help says which commands take the segmentation datasets.
+    for command in (["federated", "train"], ["federated", "attack"], ["mia", "audit"], ["train"]):
+        res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300"})
+        assert "segmentation (train, attack and profile only): demo-ct" in " ".join(res.output.split()), command
