@@ -37,6 +37,13 @@ def _limits(max_rero, threat_model, max_mia_tpr, at_fpr) -> tuple:
     return limits_from_options(max_rero or (), threat_model or (), max_mia_tpr or (), at_fpr or ())
 
 
+def _limits_tag(limits) -> str:
+    """A file-name tag for the board's limits, e.g. max-rero-0.05-worst_case_max-mia-tpr-0.5-at-fpr-0.01."""
+    parts = [f"max-rero-{lim.maximum:g}-{lim.threat_model}" if lim.kind == "rero"
+             else f"max-mia-tpr-{lim.maximum:g}-at-fpr-{lim.at_fpr:g}" for lim in limits]
+    return "_".join(parts) or "limits"
+
+
 def _print_decision(decision) -> None:
     if decision is None:
         return
@@ -50,7 +57,8 @@ def report(
     profile_json: Annotated[Path, typer.Argument(help="profile.json written by `dpaudit profile --out DIR` "
                                                       "(or the folder DIR).")],
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Where to write the PDF (default: report.pdf beside the profile.json).")] = None,
+        "-o", "--output", help="Where to write the PDF (default: report.pdf beside the profile.json; with limits that change the "
+        "decision, report-LIMITS.pdf there, so that report.pdf keeps profile.json's decision).")] = None,
     include_images: Annotated[bool | None, typer.Option(
         "--include-images/--no-images",
         help="Show stored reconstructions next to training images (patient data!). Default: as profiled.")] = None,
@@ -71,10 +79,20 @@ def report(
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)
     path = profile_json / "profile.json" if profile_json.is_dir() else profile_json
     prof = load_profile(path)
+    stored = prof.decision
     if limits:
         prof = with_decision(prof, limits)
-    pdf = render_report(prof, output if output is not None else path.parent / "report.pdf",
-                        include_images=include_images, base_dir=path.parent)
+    # report.pdf beside profile.json shows profile.json's decision: a decision for other limits goes to a file
+    # named after them (profile.json is never rewritten here), unless -o names the file.
+    redecided = prof.decision != stored
+    default = path.parent / ("report.pdf" if not redecided else f"report-{_limits_tag(prof.decision.limits)}.pdf")
+    target = output if output is not None else default
+    pdf = render_report(prof, target, include_images=include_images, base_dir=path.parent)
+    if redecided and not as_json:
+        same = target.resolve() == (path.parent / "report.pdf").resolve()
+        err.print(f"note: the decision for these limits differs from {path.name}'s; "
+                  + (f"{target} now disagrees with {path.name} (re-render it without limits to restore it)"
+                     if same else f"written to {target}; report.pdf stays as {path.name} decides"), highlight=False)
     images = prof.config.include_images if include_images is None else include_images
     if images:
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "

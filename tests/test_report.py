@@ -403,3 +403,22 @@ def test_report_cli_redecides_without_training(tmp_path) -> None:
     # Without limits the stored decision is shown.
     res = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "c.pdf")])
     assert "Recommended: ε = 8" in " ".join(_text((tmp_path / "c.pdf").read_bytes())[0].split())
+
+
+def test_report_with_new_limits_leaves_report_pdf_as_profile_json_decides(tmp_path) -> None:
+    prof = synthetic_profile(with_mia_audit=False, seeds=1)
+    (tmp_path / "profile.json").write_text(prof.to_json())
+    runner = CliRunner()
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
+    before = (tmp_path / "report.pdf").read_bytes()
+    res = runner.invoke(app, ["report", str(tmp_path), "--max-mia-tpr", "0.5"])
+    assert res.exit_code == 0, res.output
+    written = sorted(p.name for p in tmp_path.glob("report-*.pdf"))
+    assert len(written) == 1 and written[0].startswith("report-max-mia-tpr-0.5-at-fpr-"), written
+    assert (tmp_path / "report.pdf").read_bytes() == before  # still profile.json's decision
+    assert (tmp_path / "profile.json").read_text() == prof.to_json()
+    text = " ".join(res.output.split())
+    assert "differs from profile.json's" in text and "report.pdf stays as profile.json decides" in text
+    # -o naming report.pdf itself is the user's choice, said aloud.
+    res = runner.invoke(app, ["report", str(tmp_path), "--max-mia-tpr", "0.5", "-o", str(tmp_path / "report.pdf")])
+    assert res.exit_code == 0 and "now disagrees with profile.json" in " ".join(res.output.split())
