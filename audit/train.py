@@ -37,6 +37,7 @@ from dpaudit.audit.configs import TrainConfig
 from dpaudit.audit.metrics import ClassificationMetrics, choose_threshold, classify
 from dpaudit.audit.results import EpochRecord, TrainResult
 from dpaudit.audit.segmentation import SegmentationMetrics, evaluate_segmentation
+from dpaudit.bounds import PAPER_DELTA, default_delta
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
 from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
@@ -60,8 +61,6 @@ from dpaudit.runtime import idle_cores
 __all__ = ["PAPER_DELTA", "EpochRecord", "SampleMeanCrossEntropy", "TrainConfig", "TrainResult",
            "check_dp_compatible", "default_delta", "read_metrics", "train"]
 
-#: delta used for every experiment of the seed paper (section 4.4: "For all experiments, we used a delta = 8e-7").
-PAPER_DELTA = 8e-7
 
 #: The optimiser of every run (torch.optim name; the seed paper trains with NAdam, section 4.2). Recorded in each
 #: result (``optimizer``) and so in the profile's reporting checklist.
@@ -69,11 +68,6 @@ OPTIMIZER = "NAdam"
 
 #: (done_steps, total_steps, description) -> None; called after every optimiser step.
 ProgressCallback = Callable[[int, int, str], None]
-
-
-def default_delta(n_train: int) -> float:
-    """min(8e-7, 1 / (10 N)): the seed paper's delta, tightened to stay well below 1/N for datasets above 125 000."""
-    return min(PAPER_DELTA, 1.0 / (10 * n_train))
 
 
 def load_data(config: TrainConfig):

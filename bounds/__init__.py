@@ -7,7 +7,15 @@ phases (Opacus' accountant history). ``check_noise_multiplier``, ``check_q``, ``
 are the input checks every bound applies (callers check values early with them).
 """
 
-from dpaudit.bounds._mechanism import check_delta, check_noise_multiplier, check_q, check_steps
+from dpaudit.bounds._mechanism import (
+    PAPER_DELTA,
+    check_delta,
+    check_noise_multiplier,
+    check_q,
+    check_steps,
+    default_delta,
+    default_delta_rule,
+)
 from dpaudit.bounds.calibrate import (
     Calibration,
     NoiseForEpsilon,
@@ -32,6 +40,7 @@ from dpaudit.bounds.summary import BoundsSummary, bounds_summary
 __all__ = [
     "ADJACENCY",
     "FPR_GRID",
+    "PAPER_DELTA",
     "BoundsSummary",
     "Calibration",
     "EpsilonBound",
@@ -48,6 +57,8 @@ __all__ = [
     "check_q",
     "check_steps",
     "clt_mu",
+    "default_delta",
+    "default_delta_rule",
     "epsilon_bound",
     "epsilon_pld",
     "epsilon_rdp",

@@ -263,6 +263,32 @@ def check_delta(value: float) -> float:
     return check_probability("target_delta", value, fix="pass a delta well below 1/N, e.g. 1e-5")
 
 
+#: delta of every experiment of the seed paper (Ziller et al., section 4.4: "For all experiments, we used a
+#: delta = 8e-7").
+PAPER_DELTA = 8e-7
+
+
+def default_delta(n_train: int | None) -> float:
+    """The one default target_delta of every command: min(8e-7, 1 / (10 N)), the seed paper's delta tightened to stay
+    well below 1/N for datasets above 125 000 records; 8e-7 when N is not known (the rule's value for any N up to
+    125 000; callers say so).
+
+    >>> default_delta(400), default_delta(10**6), default_delta(None)
+    (8e-07, 1e-07, 8e-07)
+    """
+    if n_train is None:
+        return PAPER_DELTA
+    return min(PAPER_DELTA, 1.0 / (10 * check_int("n_train", n_train, fix="pass the number of training records")))
+
+
+def default_delta_rule(n_train: int | None) -> str:
+    """Where :func:`default_delta` came from, in words (for notes and warnings)."""
+    if n_train is None:
+        return ("target_delta = 8e-07 by default: the seed paper's delta, the default min(8e-7, 1/(10 N)) for any "
+                "N up to 125 000; N_train is not known here (pass --n-train N or --delta)")
+    return f"target_delta = {default_delta(n_train):g} by default: min(8e-7 (seed paper), 1/(10 N)) with N = {n_train}"
+
+
 def check_records_per_patient(value: int) -> int:
     return check_int("records_per_patient", value,
                      fix="pass the number of images one patient contributes (1 for record-level guarantees)")

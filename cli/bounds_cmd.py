@@ -60,8 +60,8 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 
 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
-                n_train: int | None, kappa: list[float] | None, n_candidates: int | None
-                ) -> tuple[Any, float, int | None, int | None]:
+                n_train: int | None, kappa: list[float] | None, n_candidates: int | None,
+                run_flags: str = "--sigma, --q and --steps") -> tuple[Any, float | None, int | None, int | None]:
     """The run's schedule and delta from the flags, completed from ``--model`` when given (its stored phases,
     :func:`dpaudit.bounds.schedule_of_checkpoint`), N_train, and the checkpoint's k (records per patient) when it
     recorded the patient as its privacy unit.
@@ -78,13 +78,13 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
             ckpt = load_checkpoint(model)
         except PlainWeightsError:
             raise invalid("model", str(model), "a dpaudit checkpoint (it records the DP-SGD configuration)",
-                          "this file holds weights only and no DP configuration to bound; pass --sigma, --q and "
-                          "--steps of the run instead") from None
+                          f"this file holds weights only and no DP configuration to bound; pass {run_flags} of the "
+                          "run instead") from None
         sched = schedule_of_checkpoint(ckpt)
         if ckpt.dp is None or sched is None:
             raise invalid("model", str(model), "a checkpoint trained with DP-SGD",
                           "this model was trained without DP (or its DP configuration is unknown): it has no formal "
-                          "guarantee to bound; pass --sigma, --q and --steps of the run instead")
+                          f"guarantee to bound; pass {run_flags} of the run instead")
         delta = ckpt.dp.target_delta if delta is None else delta
         if n_train is None and not kappa and n_candidates is None:
             n_train = ckpt.n_train
@@ -108,8 +108,7 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
         raise ConfigError(f"the DP-SGD run is not fully given: {' and '.join(missing)} missing. Fix: pass --sigma, "
                           "--q and --steps (the run's noise multiplier, sampling probability and steps), or --model "
                           "CHECKPOINT to read them from a dpaudit checkpoint.")
-    return (Schedule.single(float(sigma), float(q), int(steps)), 1e-5 if delta is None else float(delta), n_train,
-            ckpt_k)
+    return Schedule.single(float(sigma), float(q), int(steps)), delta, n_train, ckpt_k
 
 
 def _check_given(sigma: float | None = None, q: float | None = None, steps: int | None = None,
@@ -211,7 +210,8 @@ def bounds(
         "from a dpaudit checkpoint (`dpaudit train --out`); flags given as well take precedence (one phase only)."
     )] = None,
     delta: Annotated[float | None, typer.Option("--delta", help="delta for epsilon (the ReRo bound does not use "
-                                                "it). \\[default: 1e-05, or the checkpoint's]")] = None,
+                                                "it). \\[default: the checkpoint's, else min(8e-7, 1/(10 N)) with N "
+                                                "from --n-train, else 8e-7]")] = None,
     kappa: Annotated[list[float] | None, typer.Option("--kappa", help="Prior: blind-guess success probability "
                                                       "(repeatable).")] = None,
     n_candidates: Annotated[int | None, typer.Option("--n-candidates", help="kappa = 1 / N candidates.")] = None,
@@ -247,7 +247,7 @@ def bounds(
     ckpt_k = None
     if sched is None:
         sched, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
-    delta = 1e-5 if delta is None else delta
+    delta, delta_note = _delta(delta, n_train)
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
     summary = bounds_summary(kappas=kappas, target_delta=delta, records_per_patient=k, method=method.value,
@@ -257,6 +257,8 @@ def bounds(
                   highlight=False)
     for note in summary.notes:
         err.print(f"[yellow]warning:[/] {note}")
+    if delta_note and not json_out:
+        err.print(f"note: {delta_note}", highlight=False)
     mia = summary.mia
     if roc is not None:
         mia_relaxed = mia_curve(schedule=sched, records_per_patient=k, threat_model="relaxed")
@@ -268,7 +270,7 @@ def bounds(
     if plot is not None:
         _plot(plot, sched, k, kappas)
     if json_out:
-        emit_json(_bounds_json(summary, method.value))
+        emit_json(_bounds_json(summary, method.value, delta_note))
         return
     _render(summary)
 
@@ -301,7 +303,18 @@ def _unit_epsilons(s) -> tuple[float, float, str]:
     return eps.value, s.epsilon_rdp if s.records_per_patient == 1 else math.nan, eps.accountant.upper()
 
 
-def _bounds_json(s, method: str) -> dict[str, Any]:
+def _delta(delta: float | None, n_train: int | None) -> tuple[float, str | None]:
+    """target_delta: as given (or the checkpoint's), else the one default rule of every command,
+    :func:`dpaudit.bounds.default_delta` of N_train (8e-7 when N is not known); the second value says which rule
+    gave it (None when given)."""
+    from dpaudit.bounds import default_delta, default_delta_rule
+
+    if delta is not None:
+        return float(delta), None
+    return default_delta(n_train), default_delta_rule(n_train)
+
+
+def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any]:
     sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
                                  s.records_per_patient)
     eps, eps_rdp, eps_source = _unit_epsilons(s)
@@ -323,7 +336,7 @@ def _bounds_json(s, method: str) -> dict[str, Any]:
         "numerical_error": {"worst_case": worst.numerical_error.tolist(),
                             "relaxed": relaxed.numerical_error.tolist()},
         "assumptions": list(s.assumptions),
-        "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes)),
+        "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes + ((delta_note,) if delta_note else ()))),
     }
 
 
@@ -405,47 +418,88 @@ def _plot(path: Path, sched, k: int, kappas: list[float]) -> None:
 @handle_errors
 def calibrate(
     max_rero: Annotated[float, typer.Option("--max-rero", help="Largest acceptable reconstruction success bound.")],
-    kappa: Annotated[float, typer.Option("--kappa", help="Prior: blind-guess success probability (e.g. 1/N).")],
+    kappa: Annotated[float | None, typer.Option("--kappa", help="Prior: blind-guess success probability (e.g. 1/N). "
+                                                "\\[default: 1/N_train from --n-train or --model]")] = None,
     q: Annotated[float | None, typer.Option("--q", help="Poisson sampling probability per step.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Number of DP-SGD steps T.")] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Read q, steps (the schedule: the last phase's sigma is calibrated), delta, N_train (kappa = "
+        "1/N_train) and k (records per patient) from a dpaudit checkpoint; --q/--steps given as well take "
+        "precedence (one phase only).")] = None,
+    n_train: Annotated[int | None, typer.Option("--n-train", help="Training images N: kappa = 1/N (unless --kappa) "
+                                                "and the default delta min(8e-7, 1/(10 N)).")] = None,
+    records_per_patient: Annotated[int | None, typer.Option("--records-per-patient", help="Images per patient k "
+                                                            "(patient-level guarantee: sigma protects all k). "
+                                                            "\\[default: the checkpoint's, else 1]")] = None,
+    privacy_unit: PrivacyUnitOpt = None,
     threat_model: Annotated[ThreatModelChoice, typer.Option("--threat-model")] = ThreatModelChoice.worst_case,
-    delta: Annotated[float, typer.Option("--delta", help="delta for the reported epsilon.")] = 1e-5,
+    delta: Annotated[float | None, typer.Option("--delta", help="delta for the reported epsilon. \\[default: the "
+                                                "checkpoint's, else min(8e-7, 1/(10 N)) with N from --n-train, "
+                                                "else 8e-7]")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     history: Annotated[Path | None, typer.Option(
         "--history", help="Opacus' accountant history: calibrate the last phase's sigma (its q and steps kept), "
         "the earlier phases fixed.")] = None,
     phase: PhaseOpt = None,
 ) -> None:
-    """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket)."""
+    """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket), for
+    the privacy unit (one image, or all k images of a patient)."""
     from dpaudit.bounds import calibrate_noise
 
-    _check_given(q=q, steps=steps, delta=delta, kappa=[kappa])
+    _check_given(q=q, steps=steps, delta=delta, kappa=None if kappa is None else [kappa], n_train=n_train,
+                 records_per_patient=records_per_patient)
     check_probability("max_rero", max_rero, fix="pass the largest acceptable reconstruction success, e.g. "
                       "--max-rero 0.05")
-    given = [f for f, v in (("--q", q), ("--steps", steps)) if v is not None]
+    given = [f for f, v in (("--q", q), ("--steps", steps), ("--model", model)) if v is not None]
     _one_schedule_source([f for f, v in (("--history", history), ("--phase", phase)) if v]
                          + (["/".join(given)] if given else []),
                          "--history FILE, --phase SIGMA,Q,STEPS (repeatable; the last phase's sigma is "
-                         "calibrated), or --q and --steps")
+                         "calibrated), --q and --steps, or --model CHECKPOINT")
     sched = _schedule_from_flags(history, phase)
-    if sched is None and (q is None or steps is None):
+    ckpt_k = None
+    if model is not None:
+        # the checkpoint's own sigma only fills the schedule: the last phase's sigma is what is calibrated
+        sched, delta, n_train, ckpt_k = _from_model(model, None, q, steps, delta, n_train,
+                                                    None if kappa is None else [kappa], None, "--q and --steps")
+        q = steps = None
+    elif sched is None and (q is None or steps is None):
         missing = " and ".join(f for f, v in (("--q", q), ("--steps", steps)) if v is None)
-        raise ConfigError(f"the DP-SGD run is not fully given: {missing} missing. Fix: pass --q and --steps, or the "
-                          "schedule with --history FILE or --phase SIGMA,Q,STEPS.")
+        raise ConfigError(f"the DP-SGD run is not fully given: {missing} missing. Fix: pass --q and --steps, the "
+                          "schedule with --history FILE or --phase SIGMA,Q,STEPS, or --model CHECKPOINT.")
+    if kappa is None:
+        if n_train is None:
+            raise ConfigError("no prior given: the calibration needs kappa. Fix: pass --kappa K (e.g. --kappa 1e-3) "
+                              "or --n-train N (kappa = 1/N), or --model CHECKPOINT (kappa = 1/N_train).")
+        kappa = _kappas(None, None, n_train)[0]
+    delta, delta_note = _delta(delta, n_train)
+    k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
     cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model.value.replace("-", "_"),
-                          target_delta=delta, schedule=sched)
+                          target_delta=delta, records_per_patient=k, schedule=sched)
     q, steps = cal.sampling_probability, cal.steps
-    if cal.note:
-        err.print(f"[yellow]warning:[/] {cal.note}")
+    unit = "patient" if k > 1 else "image"
+    notes = [n for n in (cal.note, delta_note) if n]
+    if not json_out:
+        err.print(f"privacy unit: {unit} ({why})", highlight=False)
+        if cal.note:
+            err.print(f"[yellow]warning:[/] {cal.note}")
+        if delta_note:
+            err.print(f"note: {delta_note}", highlight=False)
     if json_out:
-        emit_json({"noise_multiplier": cal.noise_multiplier, "epsilon": cal.epsilon,
+        emit_json({"noise_multiplier": cal.noise_multiplier, "sampling_probability": q, "steps": steps,
+                   "kappa": cal.kappa, "records_per_patient": k, "privacy_unit": unit,
+                   "target_delta": delta, "epsilon": cal.epsilon,
                    "threat_model": threat_model.value, "max_rero": cal.max_rero,
                    "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
-                   "notes": [cal.note] if cal.note else [], "phases": cal.schedule.to_history()})
+                   "labels": {"noise_multiplier": "search floor (any noise meets the target)" if cal.at_floor else
+                              "smallest meeting the target (safe end of the bracket)",
+                              "achieved_rero": cal.label,
+                              "epsilon": f"sound upper bound (PLD), per {unit}"},
+                   "notes": notes, "phases": cal.schedule.to_history()})
         return
     from rich.table import Table
 
-    table = Table(title=f"Calibration: q {q:g}, T {steps}, kappa {kappa:.4g}, {threat_model.value}",
+    per = f"per patient of {k} images" if k > 1 else "per image"
+    table = Table(title=f"Calibration: q {q:g}, T {steps}, kappa {cal.kappa:.4g}, {threat_model.value}, {per}",
                   title_justify="left")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -455,5 +509,5 @@ def calibrate(
                   "smallest meeting the target (safe end)")
     table.add_row("ReRo bound achieved", _fmt_pct(cal.achieved_rero), cal.label)
     table.add_row("target", _fmt_pct(cal.max_rero), "")
-    table.add_row(f"epsilon at delta {delta:g} (PLD)", _fmt_eps(cal.epsilon), "sound upper bound")
+    table.add_row(f"epsilon at delta {delta:g} (PLD), {per}", _fmt_eps(cal.epsilon), "sound upper bound")
     out.print(table)

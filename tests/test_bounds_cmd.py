@@ -65,9 +65,12 @@ def test_calibrate_json() -> None:
                               "1e-3", "--threat-model", "relaxed", "--json"])
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
-    assert set(obj) == {"noise_multiplier", "epsilon", "threat_model", "max_rero", "achieved_rero", "at_floor", "notes",
-                        "phases"}
-    assert obj["at_floor"] is False and obj["notes"] == []
+    assert set(obj) == {"noise_multiplier", "sampling_probability", "steps", "kappa", "records_per_patient",
+                        "privacy_unit", "target_delta", "epsilon", "threat_model", "max_rero", "achieved_rero",
+                        "at_floor", "labels", "notes", "phases"}
+    assert obj["at_floor"] is False and obj["records_per_patient"] == 1 and obj["privacy_unit"] == "image"
+    assert obj["target_delta"] == 8e-7 and len(obj["notes"]) == 1 and "N_train is not known" in obj["notes"][0]
+    assert obj["labels"]["achieved_rero"] == "sound upper bound"
     assert obj["phases"] == [[obj["noise_multiplier"], 0.01, 1000]]
     assert obj["achieved_rero"] <= obj["max_rero"] == 0.05 and obj["threat_model"] == "relaxed"
 
@@ -165,7 +168,7 @@ def test_history_file_and_phases_agree_with_the_library(tmp_path: Path) -> None:
     assert oa["phases"] == hist and oa["steps"] == 800 and oa["noise_multiplier"] is None
     sched = Schedule.from_history(hist)
     assert oa["rero"][0]["worst_case"] == rero_bound(kappa=1e-3, schedule=sched).gamma[0]
-    assert oa["epsilon"] == epsilon_pld(target_delta=1e-5, schedule=sched)
+    assert oa["epsilon"] == epsilon_pld(target_delta=8e-7, schedule=sched)  # the default delta without N
     # the accountant's state_dict() (a dict holding the history) reads the same
     path.write_text(json.dumps({"history": hist, "mechanism": "rdp"}))
     c = runner.invoke(app, ["bounds", "--history", str(path), "--kappa", "1e-3", "--json"])
@@ -288,3 +291,72 @@ def test_the_accountants_take_sigma_down_to_the_floor() -> None:
     assert rero_bound(MIN_NOISE_MULTIPLIER, q, steps, 1e-3).gamma[0] >= 1 - (1 - q) ** steps - 1e-9
     with pytest.raises(ConfigError, match="noise_multiplier must be at least"):
         epsilon_pld(MIN_NOISE_MULTIPLIER / 10, q, steps, 1e-5)
+
+
+def test_calibrate_protects_the_privacy_unit_like_bounds() -> None:
+    # Calibrating for k images per patient gives the sigma whose per-patient ReRo bound (read back by `bounds`
+    # with the same k) meets the target; the per-image sigma does not.
+    base = ["--q", "0.2294", "--steps", "5", "--kappa", "0.00358"]
+    per_image = json.loads(runner.invoke(app, ["calibrate", "--max-rero", "0.05", *base, "--json"]).stdout)
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", *base, "--records-per-patient", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    per_patient = json.loads(res.stdout)
+    assert per_patient["privacy_unit"] == "patient" and per_patient["records_per_patient"] == 3
+    assert per_patient["noise_multiplier"] > 2 * per_image["noise_multiplier"]
+    for cal, k, ok in ((per_patient, 3, True), (per_image, 3, False)):
+        bnd = json.loads(runner.invoke(app, ["bounds", "--sigma", repr(cal["noise_multiplier"]), *base,
+                                             "--records-per-patient", str(k), "--json"]).stdout)
+        assert (bnd["rero"][0]["worst_case"] <= 0.05) is ok
+        assert bnd["target_delta"] == cal["target_delta"]
+    human = runner.invoke(app, ["calibrate", "--max-rero", "0.05", *base, "--records-per-patient", "3"])
+    assert "per patient of 3 images" in human.output and "privacy unit: patient" in human.output
+
+
+def test_calibrate_takes_n_train_for_kappa_and_delta() -> None:
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "100", "--n-train",
+                              "1000000", "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert obj["kappa"] == 1e-6 and obj["target_delta"] == pytest.approx(1e-7)
+    assert obj["notes"] == ["target_delta = 1e-07 by default: min(8e-7 (seed paper), 1/(10 N)) with N = 1000000"]
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "100"])
+    assert res.exit_code == 2 and "--n-train" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3"],
+    ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "100", "--kappa", "1e-3"],
+])
+def test_one_default_delta_rule(args: list[str]) -> None:
+    # the rule of train and profile: min(8e-7, 1/(10 N)); without N, 8e-7, and the output says so
+    from dpaudit.bounds import default_delta
+
+    obj = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert obj["target_delta"] == default_delta(None) == 8e-7
+    assert any("N_train is not known" in n for n in obj["notes"])
+    res = runner.invoke(app, args)
+    assert "target_delta = 8e-07 by default" in res.output
+    obj = json.loads(runner.invoke(app, [*args, "--n-train", "500000", "--json"]).stdout)
+    assert obj["target_delta"] == pytest.approx(2e-7) == default_delta(500000)
+
+
+def test_calibrate_reads_the_checkpoint_like_bounds(tmp_path: Path) -> None:
+    # Reference: the same run given as flags; the checkpoint records q, steps, delta, N_train and k = 3 per patient
+    # (what the profile's recommendation calibrates for).
+    from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
+    from dpaudit.config import DpSgdConfig
+    from dpaudit.models import build_model
+
+    meta = CheckpointMeta(arch="smallcnn", num_classes=2, arch_args={"width": 8}, input_shape=(3, 16, 16),
+                          dataset="demo", n_train=279, dp=DpSgdConfig(0.7766, 0.2294, 5, 1.0, 8e-7),
+                          extra={"privacy_unit": "patient", "records_per_patient": 3})
+    path = save_checkpoint(tmp_path / "model.pt", build_model("smallcnn", num_classes=2, width=8), meta)
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--model", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    ref = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "0.2294", "--steps", "5", "--n-train", "279",
+                              "--delta", "8e-7", "--records-per-patient", "3", "--json"])
+    got, want = json.loads(res.stdout), json.loads(ref.stdout)
+    assert got == want and got["records_per_patient"] == 3 and got["noise_multiplier"] > 1.5
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--model", str(path), "--privacy-unit", "image",
+                              "--json"])
+    assert json.loads(res.stdout)["records_per_patient"] == 1
