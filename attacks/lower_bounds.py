@@ -30,6 +30,7 @@ import numpy as np
 
 from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_int, check_probability, invalid
+from dpaudit.numfmt import lower, upper
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -590,7 +591,7 @@ def low_epsilon_caveat(epsilon_lower_bound: float | None, accountant_epsilon: fl
     parts = []
     if epsilon_lower_bound is not None:
         parts.append(f"The canary audit shows, with {conf} confidence, that epsilon is at least "
-                     f"{epsilon_lower_bound:.2f} (an empirical lower bound).")
+                     f"{lower(epsilon_lower_bound)} (an empirical lower bound).")
     parts.append("An empirical epsilon is a lower bound for this attack, these canaries and this model; a low "
                  "value does not prove that the model is private: a stronger attack, more vulnerable records or "
                  "more canaries can reveal more.")
@@ -601,10 +602,10 @@ def low_epsilon_caveat(epsilon_lower_bound: float | None, accountant_epsilon: fl
             parts.append("The lower bound is at that ceiling: more canaries are needed to see how much leaks.")
     if accountant_epsilon is not None and math.isfinite(accountant_epsilon):
         if epsilon_lower_bound is not None and epsilon_lower_bound > accountant_epsilon:
-            parts.append(f"The lower bound exceeds the accountant's epsilon ({accountant_epsilon:.2f}): the "
+            parts.append(f"The lower bound exceeds the accountant's epsilon ({upper(accountant_epsilon)}): the "
                          "training does not meet its stated guarantee, or its accounting is wrong.")
         else:
-            parts.append(f"Only the accountant's epsilon ({accountant_epsilon:.2f}, a sound upper bound) is a "
+            parts.append(f"Only the accountant's epsilon ({upper(accountant_epsilon)}, a sound upper bound) is a "
                          "guarantee.")
     else:
         parts.append("Without DP accounting there is no upper bound on the leakage.")

@@ -12,7 +12,6 @@ Pure (no I/O); the dataclasses are plain so that ``profile.json`` stores the blo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,12 +49,10 @@ def _g(x: float) -> str:
 
 
 def _up(x: float) -> str:
-    """An accountant's epsilon (a sound upper bound) to 4 significant digits, rounded up: 0.99876 -> '0.9988'."""
-    if x <= 0 or not math.isfinite(x):
-        return f"{x:g}"
-    scale = 10.0 ** (3 - math.floor(math.log10(x)))
-    text = f"{math.ceil(x * scale - 1e-9) / scale:.4g}"
-    return text.replace("e+0", "e").replace("e+", "e")
+    """An accountant's epsilon (a sound upper bound), rounded up: :func:`dpaudit.numfmt.upper` (0.99876 -> '0.9988')."""
+    from dpaudit.numfmt import upper
+
+    return upper(x)
 
 
 def _distinct(values: list, fmt=_g) -> str:

@@ -382,7 +382,9 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
 
 
 def _eps(eps: float) -> str:
-    """An epsilon of the accountant (a sound upper bound): rounded up to 2 decimals, 10⁹ style when huge."""
+    """An epsilon of the accountant (a sound upper bound): rounded up (:func:`dpaudit.numfmt.upper`), 10⁹ style
+    when huge."""
     from dpaudit.audit.profile.schema import fmt_eps
+    from dpaudit.numfmt import upper
 
-    return fmt_eps(eps) if eps >= 1e4 else f"{math.ceil(eps * 100 - 1e-9) / 100:g}"
+    return fmt_eps(eps) if eps >= 1e4 else upper(eps)

@@ -482,8 +482,8 @@ class _Report(board.BoardPages):
             "Relaxed<br/>seed paper")]]
         for r in msd_liver_rows():
             rows.append([self.cell(x) for x in (
-                f"{r.epsilon:g}", f"{r.noise_multiplier:.4g}", txt.pct(r.worst_case, digits=2),
-                txt.pct(r.paper_worst_case, digits=2), txt.pct(r.relaxed, digits=2),
+                f"{r.epsilon:g}", f"{r.noise_multiplier:.4g}", txt.pct(r.worst_case, digits=2, direction="up"),
+                txt.pct(r.paper_worst_case, digits=2), txt.pct(r.relaxed, digits=2, direction="up"),
                 txt.pct(r.paper_relaxed, digits=2))])
         classes = ", ".join(self.p.dataset.label_names)
         out = [PageBreak(), self.para("Paper mode: MSD Liver (seed paper, Table 3)", "h1"),

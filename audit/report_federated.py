@@ -33,8 +33,8 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
     for s in fed.sites:
         rows.append([report.cell(x) for x in (
             str(s.client), str(s.n_train), "/".join(str(v) for v in s.label_histogram),
-            _num(s.sampling_probability, ".3g"), _num(s.steps, "d"), _num(s.epsilon, ".3g"),
-            txt.pct(s.rero_worst_case) if s.rero_worst_case is not None else "–", _num(s.test_mcc, ".3f"))])
+            _num(s.sampling_probability, ".3g"), _num(s.steps, "d"), "–" if s.epsilon is None else txt.eps_up(s.epsilon),
+            txt.pct(s.rero_worst_case, direction="up") if s.rero_worst_case is not None else "–", _num(s.test_mcc, ".3f"))])
     out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head)),
             report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case). Test MCC: "
                         f"{txt.LABEL_EMPIRICAL}, the global model on the site's own test split (– when that split "

@@ -14,6 +14,7 @@ import math
 from dpaudit.audit.decision import Decision
 from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
+from dpaudit.numfmt import lower, upper
 
 #: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
 REPORT_FPR = 1e-3
@@ -73,23 +74,16 @@ def num(value: float | None, digits: int = 3) -> str:
 
 
 def eps_up(value: float | None) -> str:
-    """An accountant's epsilon (an upper bound), rounded up to 3 significant digits."""
-    if value is None:
-        return "n/a"
-    if not math.isfinite(value):
+    """An accountant's epsilon (an upper bound), rounded up: :func:`dpaudit.numfmt.upper`, the digits of the console
+    and the checklist."""
+    if value is not None and not math.isfinite(value):
         return "∞"
-    if value >= 1e5:
-        return num(value, 3)
-    digits = max(0, 2 - math.floor(math.log10(abs(value)))) if value > 0 else 2
-    scale = 10 ** digits
-    return f"{math.ceil(value * scale - 1e-9) / scale:.{digits}f}"
+    return upper(value)
 
 
 def eps_down(value: float | None) -> str:
-    """An empirical epsilon lower bound, rounded down to 2 decimals."""
-    if value is None:
-        return "n/a"
-    return f"{math.floor(max(value, 0.0) * 100 + 1e-9) / 100:.2f}"
+    """An empirical epsilon lower bound, rounded down: :func:`dpaudit.numfmt.lower` (0 when below 0)."""
+    return lower(None if value is None else max(value, 0.0))
 
 
 def spread(s: Spread, *, as_pct: bool = True) -> str:

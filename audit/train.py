@@ -56,6 +56,7 @@ from dpaudit.errors import (
     invalid,
 )
 from dpaudit.models import build_model, check_classifier, check_dp_compatible
+from dpaudit.numfmt import upper
 from dpaudit.runtime import idle_cores
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "SampleMeanCrossEntropy", "TrainConfig", "TrainResult",
@@ -703,7 +704,7 @@ def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResul
     ax2.set_ylim(-0.1, 1.0)
     ax2.legend()
     if result.dp is not None:
-        title = (f"DP-SGD: epsilon <= {result.epsilon_achieved:.3g} (PLD, sound upper bound) at delta "
+        title = (f"DP-SGD: epsilon <= {upper(result.epsilon_achieved)} (PLD, sound upper bound) at delta "
                  f"{result.target_delta:.2g}; sigma {result.noise_multiplier:.3g}, q {result.sampling_probability:.3g}"
                  f", T {result.steps}")
     else:

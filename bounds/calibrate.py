@@ -28,6 +28,7 @@ from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.bounds.schedule import Phase, Schedule
 from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
+from dpaudit.numfmt import upper
 
 ACCOUNTANTS = ("pld", "rdp")
 #: Noise multipliers searched. Below 1e-3 the noise is invisible next to a clipped gradient (the seed paper's
@@ -234,8 +235,8 @@ class NoiseForEpsilon:
             return None
         return (f"epsilon {self.target_epsilon:.4g} is beyond the noise search range: the smallest noise multiplier "
                 f"searched, {SIGMA_RANGE[0]:g} (below it the noise is invisible next to a clipped gradient), already "
-                f"gives epsilon {self.epsilon:.4g} ({self.accountant.upper()}, sound upper bound); results at this "
-                f"budget are labelled with epsilon {self.epsilon:.4g}, the budget they were computed at")
+                f"gives epsilon {upper(self.epsilon)} ({self.accountant.upper()}, sound upper bound); results at this "
+                f"budget are labelled with epsilon {upper(self.epsilon)}, the budget they were computed at")
 
 
 def calibrate_epsilon(target_epsilon: float, sampling_probability: float, steps: int, target_delta: float,

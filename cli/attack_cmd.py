@@ -14,6 +14,7 @@ from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, default_image_size
+from dpaudit.numfmt import upper
 
 app = typer.Typer()
 #: The defaults of the attack: AttackScenario's (the Python API's); the data options: as dpaudit train.
@@ -267,7 +268,7 @@ def _render(result, np) -> None:
         table.add_column(col, justify="left" if col == "decoder" else "right")
     heads = {id(r) for r in result.headline()}
     for r in result.rows:
-        table.add_row(f"{r.noise_multiplier:g}", "-" if r.epsilon is None else f"{r.epsilon:.3g}",
+        table.add_row(f"{r.noise_multiplier:g}", "-" if r.epsilon is None else upper(r.epsilon),
                       r.decoder + (" *" if id(r) in heads else ""), str(r.n_images), f"{100 * r.success_rate:.1f}%",
                       f"[{100 * r.ci_low:.1f}%, {100 * r.ci_high:.1f}%]", f"{r.mean_ssim:.3f}", f"{r.mean_rho:.3f}",
                       f"{float(np.median(r.eta)):.3g}")

@@ -33,15 +33,21 @@ class ThreatModelChoice(StrEnum):
 
 
 def _fmt_pct(g: float) -> str:
+    """A bound on a probability as a percentage, rounded up (5.0012% -> '5.1%', 0.0012345 -> '0.1235%')."""
+    from dpaudit.numfmt import upper
+
     if g != g:
         return "n/a"
-    return f"{100 * g:.1f}%" if g >= 0.01 else f"{100 * g:.3g}%"
+    if g >= 0.01:
+        return f"{math.ceil(1000 * g - 1e-9) / 10:.1f}%"
+    return f"{upper(100 * g, 3)}%"
 
 
 def _fmt_eps(e: float) -> str:
-    if not math.isfinite(e):
-        return "inf"
-    return f"{e:.2f}" if e >= 1 else f"{e:.4g}"
+    """An accountant's epsilon (a sound upper bound): rounded up, the digits of the report (:mod:`dpaudit.numfmt`)."""
+    from dpaudit.numfmt import upper
+
+    return upper(e)
 
 
 def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | None, *,
@@ -343,6 +349,8 @@ def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any
 def _render(s) -> None:
     from rich.table import Table
 
+    from dpaudit.numfmt import upper
+
     sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
                                  s.records_per_patient)
     eps, eps_rdp, eps_source = _unit_epsilons(s)
@@ -364,9 +372,9 @@ def _render(s) -> None:
     for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True):
         table.add_row(f"ReRo worst-case, kappa {kv:.4g}", _fmt_pct(w), worst.label)
         table.add_row(f"ReRo relaxed, kappa {kv:.4g}", _fmt_pct(r), relaxed.label)
-    table.add_row("membership advantage (TPR - FPR)", f"{mia.advantage:.4g}", mia.label)
+    table.add_row("membership advantage (TPR - FPR)", upper(mia.advantage), mia.label)
     for f, t in mia.tpr_at_fpr:
-        table.add_row(f"membership TPR at FPR {f:g}", f"{t:.4g}", mia.label)
+        table.add_row(f"membership TPR at FPR {f:g}", upper(t), mia.label)
     out.print(table)
     out.print("Assumptions:")
     for a in s.assumptions:

@@ -9,6 +9,7 @@ import typer
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
+from dpaudit.numfmt import upper
 
 app = typer.Typer()
 #: The defaults of every option: TrainConfig's (the Python API's).
@@ -75,14 +76,14 @@ def train_command(
         out.print(result.privacy.describe())
     if result.epsilon_patient is not None:
         what = "slices of one volume" if config.segmentation else "images of one patient"
-        out.print(f"privacy per patient: epsilon {result.epsilon_patient:.4g} (k = "
+        out.print(f"privacy per patient: epsilon {upper(result.epsilon_patient)} (k = "
                   f"{result.privacy.records_per_patient} {what} moving together; tight PLD, sound "
                   f"upper bound); the per-{'slice' if config.segmentation else 'image'} epsilon below is what "
                   "training calibrated")
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
-        out.print(f"privacy: epsilon {result.epsilon_achieved:.4g} ({target}tight PLD, sound upper bound); "
-                  f"RDP {result.epsilon_rdp:.4g} (sound upper bound, looser) at delta {result.target_delta:.3g} "
+        out.print(f"privacy: epsilon {upper(result.epsilon_achieved)} ({target}tight PLD, sound upper bound); "
+                  f"RDP {upper(result.epsilon_rdp)} (sound upper bound, looser) at delta {result.target_delta:.3g} "
                   f"[{result.delta_rule}]")
         out.print(f"mechanism: noise_multiplier {result.noise_multiplier:.5g}, sampling_probability "
                   f"{result.sampling_probability:.5g}, steps {result.steps}, max_grad_norm {result.max_grad_norm:g}, "

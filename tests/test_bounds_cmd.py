@@ -15,11 +15,12 @@ runner = CliRunner()
 
 
 def test_paper_example_human_output() -> None:
-    # The README's example: epsilon 68.52 (PLD at delta 8e-7), worst case / relaxed 76.0% / 52.0%.
+    # The README's example: epsilon 68.5204 (PLD at delta 8e-7), worst case / relaxed 76.02% / 52.03%, shown rounded
+    # up (sound upper bounds never shown below their value): 68.53, 76.1%, 52.1%.
     res = runner.invoke(app, ["bounds", "--sigma", "0.34", "--q", "0.002", "--steps", "20000", "--delta", "8e-7",
                               "--kappa", "1e-6"])
     assert res.exit_code == 0, res.output
-    assert "68.52" in res.output and "76.0%" in res.output and "52.0%" in res.output
+    assert "68.53" in res.output and "76.1%" in res.output and "52.1%" in res.output
     assert "sound upper bound" in res.output and "Assumptions" in res.output
 
 
@@ -360,3 +361,19 @@ def test_calibrate_reads_the_checkpoint_like_bounds(tmp_path: Path) -> None:
     res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--model", str(path), "--privacy-unit", "image",
                               "--json"])
     assert json.loads(res.stdout)["records_per_patient"] == 1
+
+
+def test_every_shown_upper_bound_is_rounded_up_with_the_same_digits() -> None:
+    # One formatter for the console, the report and its checklist: an achieved 7.9912 is '7.992' everywhere, never
+    # '7.99' (below the bound) or '8.00' (looks like the target).
+    from dpaudit.audit.checklist import _up
+    from dpaudit.audit.decision import _eps
+    from dpaudit.audit.report_text import eps_down, eps_up
+    from dpaudit.cli.bounds_cmd import _fmt_eps, _fmt_pct
+    from dpaudit.numfmt import lower, upper
+
+    for x in (7.99123, 0.998761, 68.52042, 3.0, 1234.5671):
+        shown = {_up(x), _eps(x), eps_up(x), _fmt_eps(x), upper(x)}
+        assert len(shown) == 1 and float(shown.pop()) >= x
+    assert upper(7.99123) == "7.992" and lower(7.99123) == "7.991" == eps_down(7.99123)
+    assert _fmt_pct(0.760225) == "76.1%" and _fmt_pct(0.05) == "5.0%" and float(_fmt_pct(0.00123456)[:-1]) >= 0.123456

@@ -196,8 +196,9 @@ def test_upper_bounds_are_rounded_up() -> None:
     assert pct(0.0, direction="up") == "0%"
     assert pct(0.2230, direction="up") == "22.3%"
     assert pct(0.22301, direction="up") == "22.4%"
-    assert eps_up(68.5181) == "68.6" and eps_up(7.9991) == "8.00"
-    assert eps_down(0.129) == "0.12"
+    # four significant digits, the console's and the checklist's (dpaudit.numfmt)
+    assert eps_up(68.5181) == "68.52" and eps_up(7.9912) == "7.992" and eps_up(7.99991) == "8"
+    assert eps_down(0.129) == "0.129" and eps_down(1.23456) == "1.234"
 
 
 def test_rendering_is_deterministic(tmp_path) -> None:
