@@ -377,3 +377,14 @@ def test_every_shown_upper_bound_is_rounded_up_with_the_same_digits() -> None:
         assert len(shown) == 1 and float(shown.pop()) >= x
     assert upper(7.99123) == "7.992" and lower(7.99123) == "7.991" == eps_down(7.99123)
     assert _fmt_pct(0.760225) == "76.1%" and _fmt_pct(0.05) == "5.0%" and float(_fmt_pct(0.00123456)[:-1]) >= 0.123456
+
+
+def test_rounding_and_default_delta_doctests() -> None:
+    import doctest
+
+    import dpaudit.bounds._mechanism
+    import dpaudit.numfmt
+
+    for module in (dpaudit.numfmt, dpaudit.bounds._mechanism):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
