@@ -90,8 +90,9 @@ class AttackScenario:
         # Every field is checked here, before any data are loaded: a bad value is named at once, not after the
         # data loaded (minutes for a DICOM tree). run_attack checks them again for callers of the library.
         for eps in self.epsilons or ():
-            if eps is not None and not (eps > 0):  # inf: no noise
-                raise invalid("epsilons", eps, "numbers > 0 (1e9 or inf: no noise)",
+            # finite, like every other --epsilon(s) (train, mia audit, profile): no noise is --sigmas 0 here
+            if eps is not None and not (eps > 0 and math.isfinite(eps)):
+                raise invalid("epsilons", eps, "finite numbers > 0",
                               "pass target epsilons such as --epsilons 1,8,20,1e9, or --sigmas 0 for no noise")
         for sigma in self.noise_multipliers or ():
             check_positive("noise_multipliers", sigma, allow_zero=True,

@@ -27,11 +27,6 @@ class MethodChoice(StrEnum):
     mc = "mc"
 
 
-class ThreatModelChoice(StrEnum):
-    worst_case = "worst-case"
-    relaxed = "relaxed"
-
-
 def _fmt_pct(g: float) -> str:
     """A bound on a probability as a percentage, rounded up (5.0012% -> '5.1%', 0.0012345 -> '0.1235%')."""
     from dpaudit.numfmt import upper
@@ -440,7 +435,8 @@ def calibrate(
                                                             "(patient-level guarantee: sigma protects all k). "
                                                             "\\[default: the checkpoint's, else 1]")] = None,
     privacy_unit: PrivacyUnitOpt = None,
-    threat_model: Annotated[ThreatModelChoice, typer.Option("--threat-model")] = ThreatModelChoice.worst_case,
+    threat_model: Annotated[str, typer.Option("--threat-model", help="worst-case or relaxed (worst_case, the "
+                                              "JSON spelling, is accepted too).")] = "worst-case",
     delta: Annotated[float | None, typer.Option("--delta", help="delta for the reported epsilon. \\[default: the "
                                                 "checkpoint's, else min(8e-7, 1/(10 N)) with N from --n-train, "
                                                 "else 8e-7]")] = None,
@@ -453,7 +449,9 @@ def calibrate(
     """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket), for
     the privacy unit (one image, or all k images of a patient)."""
     from dpaudit.bounds import calibrate_noise
+    from dpaudit.bounds._mechanism import check_threat_model
 
+    threat_model = check_threat_model(threat_model)  # one spelling from here on: worst_case, as in every JSON
     _check_given(q=q, steps=steps, delta=delta, kappa=None if kappa is None else [kappa], n_train=n_train,
                  records_per_patient=records_per_patient)
     check_probability("max_rero", max_rero, fix="pass the largest acceptable reconstruction success, e.g. "
@@ -481,7 +479,7 @@ def calibrate(
         kappa = _kappas(None, None, n_train)[0]
     delta, delta_note = _delta(delta, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
-    cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model.value.replace("-", "_"),
+    cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model,
                           target_delta=delta, records_per_patient=k, schedule=sched)
     q, steps = cal.sampling_probability, cal.steps
     unit = "patient" if k > 1 else "image"
@@ -496,7 +494,7 @@ def calibrate(
         emit_json({"noise_multiplier": cal.noise_multiplier, "sampling_probability": q, "steps": steps,
                    "kappa": cal.kappa, "records_per_patient": k, "privacy_unit": unit,
                    "target_delta": delta, "epsilon": cal.epsilon,
-                   "threat_model": threat_model.value, "max_rero": cal.max_rero,
+                   "threat_model": threat_model, "max_rero": cal.max_rero,
                    "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
                    "labels": {"noise_multiplier": "search floor (any noise meets the target)" if cal.at_floor else
                               "smallest meeting the target (safe end of the bracket)",
@@ -507,7 +505,7 @@ def calibrate(
     from rich.table import Table
 
     per = f"per patient of {k} images" if k > 1 else "per image"
-    table = Table(title=f"Calibration: q {q:g}, T {steps}, kappa {cal.kappa:.4g}, {threat_model.value}, {per}",
+    table = Table(title=f"Calibration: q {q:g}, T {steps}, kappa {cal.kappa:.4g}, {threat_model.replace('_', '-')}, {per}",
                   title_justify="left")
     table.add_column("quantity")
     table.add_column("value", justify="right")

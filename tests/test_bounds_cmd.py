@@ -388,3 +388,24 @@ def test_rounding_and_default_delta_doctests() -> None:
     for module in (dpaudit.numfmt, dpaudit.bounds._mechanism):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+@pytest.mark.parametrize("args", [
+    ["attack", "--dataset", "demo", "--arch", "resnet9", "--epsilons", "8,inf", "--n-images", "2"],
+    ["profile", "--dataset", "demo", "--epsilons", "inf", "--out", "unused"],
+    ["train", "--dataset", "demo", "--epsilon", "inf", "--out", "unused"],
+])
+def test_every_epsilon_option_refuses_infinity_alike(args: list[str]) -> None:
+    # one vocabulary: --epsilon(s) are finite budgets everywhere; no noise is --sigmas 0 / --non-private
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "finite number" in res.output and "got inf" in res.output and "Traceback" not in res.output
+
+
+def test_threat_model_is_worst_case_in_json_whatever_the_spelling_typed() -> None:
+    base = ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--json"]
+    a, b, c = (json.loads(runner.invoke(app, [*base, *extra]).stdout) for extra in
+               ([], ["--threat-model", "worst-case"], ["--threat-model", "worst_case"]))
+    assert a == b == c and a["threat_model"] == "worst_case"  # as profile.json's decision.limits and rero[].worst_case
+    res = runner.invoke(app, [*base, "--threat-model", "bogus"])
+    assert res.exit_code == 2 and res.output.startswith("error: --threat-model must be worst-case or relaxed")
