@@ -115,10 +115,24 @@ def clopper_pearson(successes: int, trials: int, *, level: float) -> tuple[float
 # two error pairs
 # ----------------------------------------------------------------------------------------------------------
 
+def _drop_label(data: dict[str, Any]) -> dict[str, Any]:
+    """Read results written before the ``labels`` block replaced the single ``label`` field."""
+    return {k: v for k, v in data.items() if k != "label"} if isinstance(data, dict) else data
+
+
 class _LowerBound:
-    """A count-based result: a finite epsilon lower bound >= 0 (serialised field by field by dpaudit.codec)."""
+    """A count-based result: a finite epsilon lower bound >= 0 (serialised field by field by dpaudit.codec), with
+    a ``labels`` block like every result's JSON."""
 
     epsilon_lower_bound: float
+    label: ClassVar[str] = LABEL
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+    json_upgrade = staticmethod(_drop_label)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is (written to JSON beside them)."""
+        return {"epsilon_lower_bound": self.label}
 
     def __post_init__(self) -> None:
         if not (self.epsilon_lower_bound >= 0 and math.isfinite(self.epsilon_lower_bound)):
@@ -156,7 +170,6 @@ class TwoErrorBound(_LowerBound):
     negatives: int
     delta: float
     confidence: float
-    label: str = LABEL
 
 
 def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int, *,
@@ -307,7 +320,6 @@ class OneRunBound(_LowerBound):
     confidence: float
     p_value: float
     ceiling: float
-    label: str = LABEL
 
 
 def _one_run_eps(m: int, r: int, v: int, delta: float, beta: float) -> tuple[float, float]:
@@ -400,7 +412,14 @@ class _FromBound:
     the fields)."""
 
     bound: Any
-    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound",)
+    label: ClassVar[str] = LABEL
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound", "labels")
+    json_upgrade = staticmethod(_drop_label)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is (written to JSON beside them)."""
+        return {"epsilon_lower_bound": self.label}
 
     @property
     def epsilon_lower_bound(self) -> float:
@@ -422,7 +441,6 @@ class ScoreBound(_FromBound):
     selection: str
     candidates: int
     confidence: float
-    label: str = LABEL
 
 
 
@@ -499,7 +517,6 @@ class OneRunScoreAudit(_FromBound):
     selection: str
     tries: int
     confidence: float
-    label: str = LABEL
 
 
 

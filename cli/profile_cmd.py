@@ -269,13 +269,18 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
             "mia_tpr_at_fpr_1e-3": lv.bounds.tpr_at(1e-3) if lv.bounds else None,
             "epsilon_used": lv.epsilon_used, "notes": list(lv.notes),
         })
+    bound = prof.labels["bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)"]
+    labels = {"levels[].epsilon, levels[].epsilon_patient": "sound upper bound (tight PLD accountant)",
+              "levels[].worst_case, levels[].relaxed, levels[].mia_tpr_at_fpr_1e-3": bound,
+              "levels[].realistic": "empirical (a lower bound on reconstruction risk)",
+              "levels[].mcc_*, levels[].dice_*": "empirical (test split, over seeds)"}
     return {"profile": str(out_dir / "profile.json"), "report": str(out_dir / "report.pdf") if render else None,
             "decision": prof.decision,
             "kappa": (lv.bounds.kappa_train if (lv := next((x for x in prof.levels() if x.bounds), None))
                       else 1.0 / prof.dataset.n_train), "privacy_unit": prof.privacy().unit,
             "records_per_patient": prof.privacy().records_per_patient, "levels": levels, "wall_seconds": wall,
             "stages": [{"stage": s.stage, "seconds": s.seconds, "tasks_run": s.tasks_run,
-                        "tasks_reused": s.tasks_reused} for s in prof.stages]}
+                        "tasks_reused": s.tasks_reused} for s in prof.stages], "labels": labels}
 
 
 def _print_summary(prof) -> None:

@@ -60,7 +60,9 @@ def test_demo_json_has_exactly_the_documented_keys() -> None:
     obj = json.loads(res.stdout)
     # The AttackResult through the codec, as the profile stores its rows: per-image SSIM and eta included, the kept
     # reconstructions (patient images) never.
-    assert list(obj) == _json_fields(AttackResult) and obj["notes"] == [] and obj["success_ssim"] == SUCCESS_SSIM
+    assert list(obj) == [*_json_fields(AttackResult), "labels"] and obj["notes"] == []
+    assert obj["success_ssim"] == SUCCESS_SSIM and obj["labels"]["rows[].success_rate"].startswith("empirical")
+    assert obj["labels"]["rows[].epsilon"].startswith("sound upper bound")
     assert len(obj["rows"]) == 4 and all(list(r) == _json_fields(AttackRow) for r in obj["rows"])
     assert {r["decoder"] for r in obj["rows"]} == {"strong", "paper"}  # --decoder all: as in the profile
     at_zero = [r for r in obj["rows"] if r["noise_multiplier"] == 0]

@@ -409,3 +409,17 @@ def test_threat_model_is_worst_case_in_json_whatever_the_spelling_typed() -> Non
     assert a == b == c and a["threat_model"] == "worst_case"  # as profile.json's decision.limits and rero[].worst_case
     res = runner.invoke(app, [*base, "--threat-model", "bogus"])
     assert res.exit_code == 2 and res.output.startswith("error: --threat-model must be worst-case or relaxed")
+
+
+@pytest.mark.parametrize("args", [
+    ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3"],
+    ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "100", "--kappa", "1e-3"],
+    ["mia", "bound", "--true-positives", "300", "--positives", "400", "--false-positives", "20", "--negatives", "500"],
+    ["mia", "one-run", "--canaries", "1000", "--guesses", "100", "--correct", "90"],
+])
+def test_every_json_has_a_labels_block(args: list[str]) -> None:
+    # README: every --json carries `labels` (never a lone `label`), each value one of the four kinds
+    obj = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert "label" not in obj and obj["labels"]
+    kinds = ("sound upper bound", "approximation", "estimate", "empirical", "smallest meeting", "search floor")
+    assert all(v.startswith(kinds) for v in obj["labels"].values()), obj["labels"]

@@ -87,7 +87,7 @@ def test_bad_config(tiny_splits) -> None:  # type: ignore[no-untyped-def]
 
 def test_caveat_sentences() -> None:
     s = low_epsilon_caveat(0.3, 8.0, 200, 3.1)
-    assert "at least 0.30" in s and "200 canaries" in s and "above 3.10" in s and "8.00" in s
+    assert "at least 0.3 (" in s and "200 canaries" in s and "above 3.10" in s and "epsilon (8, a sound" in s
     assert "does not prove" in s
     s = low_epsilon_caveat(3.0, 8.0, 200, 3.1)
     assert "at that ceiling" in s

@@ -344,9 +344,9 @@ def test_cli_bound_json_matches_library() -> None:
     d = json.loads(res.stdout)
     ref = epsilon_lower_bound(300, 400, 20, 500, delta=1e-3)
     assert d["epsilon_lower_bound"] == pytest.approx(ref.epsilon_lower_bound, rel=1e-12)
-    for key in ("tpr_low", "fpr_high", "tnr_low", "fnr_high", "ceiling", "label", "confidence", "delta"):
+    for key in ("tpr_low", "fpr_high", "tnr_low", "fnr_high", "ceiling", "labels", "confidence", "delta"):
         assert key in d
-    assert d["label"] == "empirical lower bound"
+    assert d["labels"] == {"epsilon_lower_bound": "empirical lower bound"} and "label" not in d
 
 
 def test_cli_one_run_json_matches_mpmath() -> None:

@@ -196,7 +196,12 @@ def test_cli_profile_json(tmp_path) -> None:
     assert decision["limits"] == [{"kind": "rero", "maximum": 0.5, "threat_model": "realistic", "at_fpr": None}]
     (check,) = decision["budgets"][0]["checks"]
     assert check["label"] == "empirical" and (decision["recommended"] == "ε = 8") == check["within"]
-    prof = Profile.from_json((tmp_path / "p" / "profile.json").read_text())
+    text = (tmp_path / "p" / "profile.json").read_text()
+    prof = Profile.from_json(text)
+    # Both JSONs say what kind of number each block is: the summary --json prints and the profile.json it names.
+    assert data["profile"] == str(tmp_path / "p" / "profile.json")
+    assert data["labels"]["levels[].realistic"].startswith("empirical")
+    assert json.loads(text)["labels"] == prof.labels and prof.labels["attacks[]"].startswith("empirical")
     assert prof.decision.recommended == decision["recommended"]
     assert prof.checklist.get("sampler").value.startswith("Poisson sampling, q = ")
     assert prof.train[0].optimizer == "NAdam"

@@ -683,6 +683,26 @@ class Profile(JsonResult):
     checklist: Checklist | None = None
     federated: FederatedOutcome | None = None
 
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each block holds (written to JSON beside them; entries with their own ``labels``
+        say it field by field)."""
+        from dpaudit.bounds.rero import LABELS as BOUND_LABELS
+
+        methods = sorted({b.method for b in (*self.bounds, *self.bounds_curve)}) or ["tight"]
+        bound = "; ".join(f"{BOUND_LABELS.get(m, m)} (method {m})" for m in methods)
+        return {
+            "train[]": "each run's own labels (epsilon: sound upper bound; metrics: empirical)",
+            "bounds[].epsilon, bounds[].epsilon_patient": "sound upper bound (tight PLD accountant)",
+            "bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)": bound,
+            "attacks[]": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
+            "mia_audits[]": "each audit's own labels (epsilon_lower_bound: empirical lower bound)",
+            "decision": "limits on worst_case, relaxed and MIA TPR are checked against the sound upper bounds; "
+                        "a realistic limit against the attack's empirical success (a lower bound on the risk)",
+        }
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.schema_version != SCHEMA_VERSION:
