@@ -406,3 +406,12 @@ def test_cli_bad_inputs_exit_2(argv: list[str]) -> None:
     assert res.exit_code == 2
     assert "Traceback" not in res.output
     assert "must be" in res.output
+
+
+def test_results_written_with_the_former_label_field_still_read() -> None:
+    from dpaudit.attacks.lower_bounds import OneRunBound
+    from dpaudit.codec import encode, from_plain
+
+    res = one_run_epsilon_lower_bound(1000, 100, 90)
+    old = {k: v for k, v in encode(res).items() if k != "labels"} | {"label": "empirical lower bound"}
+    assert from_plain(OneRunBound, old) == res
