@@ -13,6 +13,7 @@ from dpaudit.bounds._mechanism import (
     check_noise_multiplier,
     check_q,
     check_steps,
+    check_threat_model,
     default_delta,
     default_delta_rule,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "check_noise_multiplier",
     "check_q",
     "check_steps",
+    "check_threat_model",
     "clt_mu",
     "default_delta",
     "default_delta_rule",

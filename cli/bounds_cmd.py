@@ -448,8 +448,7 @@ def calibrate(
 ) -> None:
     """The smallest noise multiplier whose ReRo bound stays at or below --max-rero (safe end of the bracket), for
     the privacy unit (one image, or all k images of a patient)."""
-    from dpaudit.bounds import calibrate_noise
-    from dpaudit.bounds._mechanism import check_threat_model
+    from dpaudit.bounds import calibrate_noise, check_threat_model
 
     threat_model = check_threat_model(threat_model)  # one spelling from here on: worst_case, as in every JSON
     _check_given(q=q, steps=steps, delta=delta, kappa=None if kappa is None else [kappa], n_train=n_train,

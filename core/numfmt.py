@@ -20,15 +20,14 @@ def _rounded(value: float, digits: int, rounding) -> str:
     # 1e-9 of the last digit absorbs binary round-off (8.0 stored as 8.000000000000002 stays '8')
     shifted = value * scale
     r = rounding(shifted - 1e-9) if rounding is math.ceil else rounding(shifted + 1e-9)
-    text = f"{r / scale:.{digits}g}"
-    return text.replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+    return f"{r / scale:.{digits}g}"
 
 
 def upper(value: float | None, digits: int = DIGITS) -> str:
     """A sound upper bound, rounded up to ``digits`` significant digits.
 
     >>> upper(7.99123), upper(0.99876), upper(8.0), upper(68.5121), upper(1e9), upper(float("inf")), upper(None)
-    ('7.992', '0.9988', '8', '68.52', '1e9', 'inf', 'n/a')
+    ('7.992', '0.9988', '8', '68.52', '1e+09', 'inf', 'n/a')
     """
     if value is None:
         return "n/a"
