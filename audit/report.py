@@ -439,7 +439,8 @@ class _Report(board.BoardPages):
 
     def _config_table(self) -> Table:
         """Every configuration field, in two column pairs."""
-        cfg_rows = [[self.cell(esc(k), "cell"), self.cell(esc(str(v)), "cell")] for k, v in _config_items(self.p.config)]
+        cfg_rows = [[self.cell(esc(k), "cell"), self.cell(esc("not set (the default)" if v is None else str(v)), "cell")]
+                    for k, v in _config_items(self.p.config)]
         half = (len(cfg_rows) + 1) // 2
         left, right = cfg_rows[:half], cfg_rows[half:]
         right += [[self.cell(""), self.cell("")]] * (len(left) - len(right))
