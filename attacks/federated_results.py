@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from dpaudit.attacks.results import SUCCESS_SSIM
-from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, default_image_size
+from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, check_max_images, image_size_for
 from dpaudit.errors import ConfigError, check_int, check_positive, invalid
 
 
@@ -39,12 +39,8 @@ class FederatedAttackConfig:
         check_int("batch_size", self.batch_size, fix="pass --batch-size 2")
         check_int("bins", self.bins, minimum=2, fix="pass --bins 32")
         check_int("rounds", self.rounds, fix="pass --rounds 8")
-        object.__setattr__(self, "image_size", check_int(
-            "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
-            minimum=8, fix="pass --image-size 28 or 64"))
-        if self.max_images is not None:
-            check_int("max_images", self.max_images, minimum=3,
-                      fix="pass --max-images 3 or more (one image per split at least), or leave it out")
+        object.__setattr__(self, "image_size", image_size_for(self.dataset, self.image_size))
+        if check_max_images(self.max_images) is not None:
             if self.images_needed > self.max_images:  # the training split is only about 70% of them
                 raise ConfigError(too_few_images(self, self.max_images, loaded=True))
         from dpaudit.models import parse_arch

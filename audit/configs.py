@@ -19,8 +19,9 @@ from dpaudit.config import (
     DEFAULT_DATASET,
     PRIVACY_UNIT_CHOICES,
     TRAIN_DEFAULTS,
+    check_max_images,
     check_noise_multiplier,
-    default_image_size,
+    image_size_for,
     parse_trainable,
     parse_window,
 )
@@ -168,12 +169,8 @@ class TrainConfig:
             if not isinstance(self.init, str) or not Path(self.init).is_file():
                 raise invalid("init", self.init, "an existing weights file (dpaudit checkpoint, state dict or "
                               ".safetensors)", "pass the path of the pretrained weights; dpaudit downloads nothing")
-        object.__setattr__(self, "image_size", check_int(
-            "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
-            minimum=8, fix="pass --image-size 28, 64 or 224"))
-        if self.max_images is not None:
-            check_int("max_images", self.max_images, minimum=3,
-                      fix="pass --max-images 3 or more (one image per split at least), or leave it out")
+        object.__setattr__(self, "image_size", image_size_for(self.dataset, self.image_size))
+        check_max_images(self.max_images)
         from dpaudit.data import check_data_options
 
         check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)

@@ -13,7 +13,7 @@ from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackSc
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
-from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, default_image_size
+from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, check_max_images, default_image_size
 from dpaudit.numfmt import upper
 
 app = typer.Typer()
@@ -95,9 +95,7 @@ def attack(
     if image_size is not None:
         check_int("image_size", image_size, minimum=8,
                   fix="pass --image-size 28, 64 or 224, or leave it out (the checkpoint's)")
-    if max_images is not None:
-        check_int("max_images", max_images, minimum=3,
-                  fix="pass --max-images 3 or more (one image per split at least), or leave it out")
+    check_max_images(max_images)
     if save_images and out_dir is None:
         raise invalid("--save-images", True, "used together with --out DIR", "add --out DIR")
     scenario = AttackScenario(

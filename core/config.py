@@ -186,6 +186,27 @@ def default_image_size(dataset: str) -> int:
     return DEMO_IMAGE_SIZE if dataset in DEMO_DATASETS else DEFAULT_IMAGE_SIZE
 
 
+def image_size_for(dataset: str, image_size: int | None) -> int:
+    """``image_size`` checked (an integer >= 8), or :func:`default_image_size` of ``dataset`` when it is None.
+
+    Raises :class:`~dpaudit.errors.ConfigError` naming ``image_size`` with a fix for a value below 8.
+
+    >>> image_size_for("demo", None), image_size_for("demo", 64)
+    (28, 64)
+    """
+    size = default_image_size(dataset) if image_size is None else image_size
+    return check_int("image_size", size, minimum=8,
+                     fix=f"pass --image-size {DEMO_IMAGE_SIZE}, {DEFAULT_IMAGE_SIZE} or 224, or leave it out")
+
+
+def check_max_images(max_images: int | None) -> int | None:
+    """``max_images`` checked (None: every image; else an integer >= 3, one image per split at least)."""
+    if max_images is None:
+        return None
+    return check_int("max_images", max_images, minimum=3,
+                     fix="pass --max-images 3 or more (one image per split at least), or leave it out")
+
+
 #: What ``--image-size`` says about its default (the same words on every command).
 IMAGE_SIZE_DEFAULT_HELP = (f"{DEMO_IMAGE_SIZE} for the built-in demos ({', '.join(DEMO_DATASETS)}), "
                            f"{DEFAULT_IMAGE_SIZE} otherwise")

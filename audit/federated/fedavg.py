@@ -51,8 +51,9 @@ from dpaudit.config import (
     DEFAULT_ARCH,
     DEFAULT_DATASET,
     PrivacyUnit,
+    check_max_images,
     check_noise_multiplier,
-    default_image_size,
+    image_size_for,
 )
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
 
@@ -144,12 +145,8 @@ class FederatedConfig:
 
         parse_arch(self.arch)
         object.__setattr__(self, "arch_args", dict(self.arch_args))
-        object.__setattr__(self, "image_size", check_int(
-            "image_size", default_image_size(self.dataset) if self.image_size is None else self.image_size,
-            minimum=8, fix="pass --image-size 28 or 64"))
-        if self.max_images is not None:
-            check_int("max_images", self.max_images, minimum=3,
-                      fix="pass --max-images 3 or more (one image per split at least), or leave it out")
+        object.__setattr__(self, "image_size", image_size_for(self.dataset, self.image_size))
+        check_max_images(self.max_images)
         clients = check_int("clients", self.clients, fix="pass --clients 5")
         parse_partition(self.partition)
         check_int("rounds", self.rounds, fix="pass --rounds 5")

@@ -204,15 +204,11 @@ class ProfileConfig(JsonResult):
                           "leave out --mia-audit")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             put("data_dir", str(self.data_dir))
-        from dpaudit.config import default_image_size
+        from dpaudit.config import check_max_images, image_size_for
 
-        size = default_image_size(self.dataset) if self.image_size is None else self.image_size
-        put("image_size", check_int("image_size", size, minimum=8,
-                                    fix="pass --image-size 32 (or 64 for the paper's attack setting)"))
+        put("image_size", image_size_for(self.dataset, self.image_size))
         if self.max_images is not None:
-            put("max_images", check_int("max_images", self.max_images, minimum=3,
-                                        fix="pass --max-images 3 or more (one image per split at least), or leave "
-                                            "it out"))
+            put("max_images", check_max_images(self.max_images))
         if not isinstance(self.arch, str) or not self.arch:
             raise invalid("arch", self.arch, "an architecture name", "pass e.g. --arch resnet9")
         from dpaudit.models import check_arch_for_task
