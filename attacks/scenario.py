@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from dpaudit.attacks.decoders import DECODERS, DENOISERS
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
+from dpaudit.numfmt import upper
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,7 +135,7 @@ def checkpoint_noise(ckpt) -> tuple[tuple[float, ...] | None, tuple[float, ...] 
         eps = float(f"{achieved:.6g}")
         phases = len(ckpt.phases or ())
         over = f", {phases} phases" if phases > 1 else ""
-        return (eps,), None, f"the checkpoint's epsilon {achieved:.4g} (at delta {ckpt.target_delta:g}{over})"
+        return (eps,), None, f"the checkpoint's epsilon {upper(achieved)} (at delta {ckpt.target_delta:g}{over})"
     if ckpt.source == "dpaudit":
         return None, (0.0,), "sigma 0 (the checkpoint was trained without DP)"
     if ckpt.source == "state_dict":

@@ -300,7 +300,7 @@ class Calibration:
         if not self.at_floor:
             return None
         return (f"the target {self.max_rero:.4g} is met even at the smallest noise multiplier searched, "
-                f"{SIGMA_RANGE[0]:g} (ReRo bound {self.achieved_rero:.4g} there): any noise meets it, so "
+                f"{SIGMA_RANGE[0]:g} (ReRo bound {upper(self.achieved_rero)} there): any noise meets it, so "
                 f"{SIGMA_RANGE[0]:g} is the search floor, not a calibrated value")
 
 

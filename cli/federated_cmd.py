@@ -11,6 +11,7 @@ from dpaudit.attacks.federated_results import FederatedAttackConfig
 from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
+from dpaudit.numfmt import upper
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
                   no_args_is_help=True)
@@ -19,6 +20,11 @@ F, A = FederatedConfig, FederatedAttackConfig
 DpLevel = cli.choices("DpLevel", DP_LEVELS)
 SecureAggregationOpt = Annotated[bool, typer.Option(help="The server sees only the sum of the round's surviving "
                                                           "updates (modelled, not the cryptography).")]
+
+
+def _eps(v: float | None) -> str:
+    """An accountant's epsilon (a sound upper bound), rounded up (:mod:`dpaudit.numfmt`); '-' when there is none."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else upper(v)
 
 
 def _fmt(v: float | None, spec: str = ".3f") -> str:
@@ -83,31 +89,31 @@ def train_command(
     if result.privacy is not None:
         out.print(result.privacy.describe())
     if result.epsilon_patient is not None and result.dp_level == "client":
-        out.print(f"privacy per patient: epsilon {result.epsilon_patient:.4g} (a patient's images are all at one "
+        out.print(f"privacy per patient: epsilon {upper(result.epsilon_patient)} (a patient's images are all at one "
                   "site, and the site-level guarantee covers them; tight PLD, sound upper bound)")
     elif result.epsilon_patient is not None:
         k = max(s.records_per_patient for s in result.clients)
-        out.print(f"privacy per patient: worst-site epsilon {result.epsilon_patient:.4g} (k = up to {k} images of "
+        out.print(f"privacy per patient: worst-site epsilon {upper(result.epsilon_patient)} (k = up to {k} images of "
                   "one patient at a site moving together; tight PLD, sound upper bound); the per-record epsilon "
                   "below is what the sites calibrated")
     if result.dp_level == "sample":
         out.print(f"mechanism per site: DP-SGD, noise_multiplier {result.noise_multiplier:.5g}, max_grad_norm "
                   f"{max_grad_norm:g}, q_k = batch / N_k, T_k = local steps x rounds taken part in; worst-site epsilon "
-                  f"{result.epsilon:.4g} (tight PLD, sound upper bound) at delta {result.target_delta:.3g}")
+                  f"{upper(result.epsilon)} (tight PLD, sound upper bound) at delta {result.target_delta:.3g}")
     elif result.dp_level == "client":
         out.print(f"mechanism: DP-FedAvg, noise_multiplier {result.noise_multiplier:.5g}, update clip "
                   f"{max_grad_norm:g}, client sampling_probability {result.client_sampling_probability:.4g}, steps "
-                  f"{rounds}; epsilon {result.epsilon:.4g} per site (tight PLD, sound upper bound) at delta "
+                  f"{rounds}; epsilon {upper(result.epsilon)} per site (tight PLD, sound upper bound) at delta "
                   f"{result.target_delta:.3g}")
     out.print(f"server sees: {result.server_view}")
     per_patient = any(s.epsilon_patient is not None for s in result.clients)
     out.print("site  N_train  N_test  labels            rounds  q_k     T_k   epsilon (sound UB)  "
               + ("k   eps/patient (UB)  " if per_patient else "") + "test MCC (empirical)")
     for s in result.clients:
-        patient = f"{s.records_per_patient:<2}  {_fmt(s.epsilon_patient, '.4g'):>16}  " if per_patient else ""
+        patient = f"{s.records_per_patient:<2}  {_eps(s.epsilon_patient):>16}  " if per_patient else ""
         out.print(f"{s.client:>4}  {s.n_train:>7}  {s.n_test:>6}  {list(s.label_histogram)!s:<16}  "
                   f"{s.rounds_participated:>6}  {_fmt(s.sampling_probability, '.4f'):>6}  {_fmt(s.steps, 'd'):>4}  "
-                  f"{_fmt(s.epsilon, '.4g'):>18}  {patient}{_fmt(s.test_mcc):>8}")
+                  f"{_eps(s.epsilon):>18}  {patient}{_fmt(s.test_mcc):>8}")
     g = result.global_metrics
     out.print(f"global model, pooled test split (empirical, n = {g.n}): MCC {g.mcc:.4f}, balanced accuracy "
               f"{g.balanced_accuracy:.4f}, AUROC {g.auroc:.4f}; per-site MCC spread (max - min) "
@@ -118,7 +124,7 @@ def train_command(
     if result.baselines is not None:
         b = result.baselines
         out.print(f"baselines (empirical test MCC): centralised {'DP' if result.dp_level != 'none' else ''} "
-                  f"{b.centralised_mcc:.4f} (epsilon {_fmt(b.centralised_epsilon, '.4g')}, sound upper bound), "
+                  f"{b.centralised_mcc:.4f} (epsilon {_eps(b.centralised_epsilon)}, sound upper bound), "
                   f"non-private FedAvg {b.nonprivate_fedavg_mcc:.4f}")
     out.print(f"wall time {result.wall_seconds:.1f} s")
 

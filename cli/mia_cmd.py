@@ -45,8 +45,18 @@ def _at_most(flag: str, value: int, total_flag: str, total: int) -> None:
                       f"pass {flag} no larger than {total_flag}: a count cannot exceed its total")
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4e}"
+def _up(x: float) -> str:
+    """An upper bound (the accountant's epsilon, an audit's ceiling), rounded up (:mod:`dpaudit.numfmt`)."""
+    from dpaudit.numfmt import upper
+
+    return upper(x)
+
+
+def _down(x: float) -> str:
+    """An empirical lower bound (epsilon, a TPR), rounded down (:mod:`dpaudit.numfmt`)."""
+    from dpaudit.numfmt import lower
+
+    return lower(x)
 
 
 @app.command("bound")
@@ -77,13 +87,13 @@ def bound_cmd(
         emit_json({**encode(res), "ceiling": ceiling})
         return
     level = 1 - (1 - confidence) / 2
-    out.print(f"epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
+    out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
               f"delta {delta:g})")
-    out.print(f"  TPR >= {_fmt(res.tpr_low)}, FPR <= {_fmt(res.fpr_high)}  (one-sided Clopper-Pearson, "
+    out.print(f"  TPR >= {_down(res.tpr_low)}, FPR <= {_up(res.fpr_high)}  (one-sided Clopper-Pearson, "
               f"each at {level:g})")
-    out.print(f"  from TPR/FPR: {_fmt(max(res.epsilon_from_tpr_fpr, 0.0))}; from TNR/FNR: "
-              f"{_fmt(max(res.epsilon_from_tnr_fnr, 0.0))}")
-    out.print(f"  ceiling: {positives} + {negatives} trials can certify at most epsilon {_fmt(ceiling)} "
+    out.print(f"  from TPR/FPR: {_down(max(res.epsilon_from_tpr_fpr, 0.0))}; from TNR/FNR: "
+              f"{_down(max(res.epsilon_from_tnr_fnr, 0.0))}")
+    out.print(f"  ceiling: {positives} + {negatives} trials can certify at most epsilon {_up(ceiling)} "
               f"(a perfect test)")
 
 
@@ -110,10 +120,10 @@ def one_run_cmd(
     if json:
         emit_json(res)
         return
-    out.print(f"epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
+    out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
               f"delta {delta:g}; p-value {res.p_value:.3g})")
     out.print(f"  {correct} of {guesses} guesses correct on {canaries} canaries")
-    out.print(f"  ceiling: {canaries} canaries can certify at most epsilon {_fmt(res.ceiling)} "
+    out.print(f"  ceiling: {canaries} canaries can certify at most epsilon {_up(res.ceiling)} "
               f"(every canary guessed right)")
 
 
@@ -145,12 +155,12 @@ def self_audit_cmd(
         emit_json(res)
     else:
         b = res.bound.bound
-        out.print(f"empirical epsilon >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
+        out.print(f"empirical epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
                   f"{confidence:g}; threshold chosen on a held-out half)")
-        out.print(f"accountant epsilon  = {_fmt(res.accountant_epsilon)}  (sound upper bound, one Gaussian step, "
+        out.print(f"accountant epsilon  = {_up(res.accountant_epsilon)}  (sound upper bound, one Gaussian step, "
                   f"sigma {sigma:g}, delta {delta:g})")
         out.print(f"  counts: {b.true_positives}/{b.positives} with canary and {b.false_positives}/{b.negatives} "
-                  f"without above the threshold; the audit could certify at most {_fmt(res.ceiling)}")
+                  f"without above the threshold; the audit could certify at most {_up(res.ceiling)}")
         out.print(f"  canary signal-to-noise mu = {res.mu_estimate:.3f} +- {res.mu_standard_error:.3f} (estimate; "
                   f"expected {res.mu_expected:.3f})")
         out.print("[bold red]FLAGGED: the step leaks more than its accounting says[/]" if res.flagged else
@@ -201,15 +211,15 @@ def audit_cmd(
         emit_json(res)
         return
     if res.accountant_epsilon is not None:
-        out.print(f"accountant epsilon  = {_fmt(res.accountant_epsilon)}  (sound upper bound, tight PLD; RDP "
-                  f"{_fmt(res.epsilon_rdp or float('nan'))}) at delta {res.target_delta:.3g}")
+        out.print(f"accountant epsilon  = {_up(res.accountant_epsilon)}  (sound upper bound, tight PLD; RDP "
+                  f"{_up(res.epsilon_rdp or float('nan'))}) at delta {res.target_delta:.3g}")
     else:
         out.print("accountant epsilon  = none (trained without DP: no upper bound)")
     b = res.one_run.bound
-    out.print(f"empirical epsilon  >= {_fmt(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
+    out.print(f"empirical epsilon  >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
               f"{confidence:g}; {b.correct} of {b.guesses} guesses right on {res.canaries} canaries, "
               f"{res.members} trained on)")
-    out.print(f"ceiling: this audit could certify at most epsilon {_fmt(res.ceiling)}")
+    out.print(f"ceiling: this audit could certify at most epsilon {_up(res.ceiling)}")
     for t in res.tpr_at_fpr:
         out.print(f"  TPR at FPR <= {t.fpr_target:g}: {t.tpr:.3f} [{t.tpr_low:.3f}, {t.tpr_high:.3f}] "
                   f"({t.true_positives}/{t.positives}; FPR {t.false_positives}/{t.negatives}) (empirical)")

@@ -392,6 +392,22 @@ def test_cli_human_output_labels() -> None:
     assert "empirical lower bound" in res.stdout and "ceiling" in res.stdout
 
 
+def test_cli_text_rounds_each_bound_in_its_safe_direction() -> None:
+    # The text shows a lower bound rounded down and a ceiling (an upper bound) rounded up, never to the nearest:
+    # the shown epsilon >= x must still be true, and "at most" must not under-state.
+    import re
+
+    for argv in (["mia", "bound", "--true-positives", "300", "--positives", "400", "--false-positives", "20",
+                  "--negatives", "500", "--delta", "1e-3"],
+                 ["mia", "one-run", "--canaries", "1000", "--guesses", "100", "--correct", "90"]):
+        d = json.loads(runner.invoke(app, [*argv, "--json"]).stdout)
+        text = runner.invoke(app, argv).stdout
+        shown_lower = float(re.search(r"epsilon >= ([0-9.e+-]+)", text).group(1))
+        shown_ceiling = float(re.search(r"at most epsilon ([0-9.e+-]+)", text).group(1))
+        assert shown_lower <= d["epsilon_lower_bound"] < shown_lower * (1 + 1e-3)
+        assert d["ceiling"] <= shown_ceiling < d["ceiling"] * (1 + 1e-3) + 1e-12
+
+
 @pytest.mark.parametrize("argv", [
     ["mia", "bound", "--true-positives", "11", "--positives", "10", "--false-positives", "0", "--negatives", "10"],
     ["mia", "bound", "--true-positives", "1", "--positives", "10", "--false-positives", "0", "--negatives", "10",
