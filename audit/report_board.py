@@ -49,7 +49,7 @@ def _value(limit: Limit, check) -> str:
     if limit.label == LABEL_EMPIRICAL:
         text = txt.pct(check.value)
         if check.interval_high is not None:
-            text += f" <font size='6'>(95%: ≤ {txt.pct(check.interval_high)})</font>"
+            text += f" <font size='6'>(95%: ≤ {txt.pct(check.interval_high, direction='up')})</font>"
         return text
     return txt.pct(check.value, direction="up")
 
