@@ -376,15 +376,12 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         idx = _lattice(i_lo, i_hi, q_of, LATTICE_BUDGET * inf_budget)
         eps = offset + h * idx
         xb = boundaries(idx)
-        a, b = xb[:-1], xb[1:]
-        _, q_int = pair.masses(a, b)
-        log_p_int = pair.log_p_masses(a, b)
-        top = (xb[-1:], np.array([math.inf]))
-        _, q_top = pair.masses(*top)
-        log_p_top = pair.log_p_masses(*top)
-        _, q_bot = pair.masses(np.array([pair.lower]), xb[:1])
+        # The cells (lower, xb_0], the intervals (xb_i, xb_{i+1}], and (xb_last, inf) in one pass.
+        _, q_all, log_p_all = pair.cell_masses(np.concatenate([[pair.lower], xb, [math.inf]]))
+        q_int, log_p_int = q_all[1:-1], log_p_all[1:-1]
+        q_top, log_p_top = q_all[-1:], log_p_all[-1:]
         # Below i_lo the loss is < lo only when lo came from a cut; that mass moves up to the first grid point.
-        q_below = float(q_bot[0])
+        q_below = float(q_all[0])
     else:
         # Loss' = -L under P; interval (eps_a, eps_b] of loss' is L in [-eps_b, -eps_a), x in [x(-eps_b), x(-eps_a)).
         hi_loss = -pair.min_loss
@@ -408,11 +405,12 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         idx = _lattice(i_lo, i_hi, q_of, LATTICE_BUDGET * inf_budget)
         eps = offset + h * idx
         xb = boundaries(idx)
-        a, b = xb[1:], xb[:-1]
-        q_int, p_int = pair.masses(a, b)  # measure-swap: "Q" of the add direction is P
-        q_top, p_top = pair.masses(np.array([pair.lower]), xb[-1:])
-        q_bot, _ = pair.masses(xb[:1], np.array([math.inf]))
-        q_below = float(q_bot[0])
+        # Ascending x: the cells (lower, xb_last], the intervals (xb_{i+1}, xb_i], and (xb_0, inf) in one pass
+        # (measure swap: "Q" of the add direction is P).
+        q_all, p_all, _ = pair.cell_masses(np.concatenate([[pair.lower], xb[::-1], [math.inf]]), log_p=False)
+        q_int, p_int = q_all[-2:0:-1], p_all[-2:0:-1]
+        q_top, p_top = q_all[:1], p_all[:1]
+        q_below = float(q_all[-1])
         capped = False  # the add-direction loss is at most -min_loss = -log(1 - q)^k
         with np.errstate(divide="ignore"):
             log_p_int, log_p_top = np.log(np.maximum(p_int, 0.0)), np.log(np.maximum(p_top, 0.0))
@@ -502,9 +500,10 @@ def _contiguous_cells(pair: StepPair, direction: str, bounds: np.ndarray) -> tup
     ``x_of_loss`` (or boundaries out of order) can empty a cell but never count an observation twice."""
     if direction == "remove":
         xs = np.maximum.accumulate(_x_at(pair, bounds))
-        return pair.masses(xs[:-1], xs[1:])[1], pair.log_p_masses(xs[:-1], xs[1:])
+        _, q, log_p = pair.cell_masses(xs)
+        return q, log_p
     xs = np.maximum.accumulate(_x_at(pair, -np.asarray(bounds, dtype=float)[::-1]))  # ascending x: descending -L
-    p, q = pair.masses(xs[:-1], xs[1:])
+    p, q, _ = pair.cell_masses(xs, log_p=False)
     with np.errstate(divide="ignore"):
         return p[::-1], np.log(np.maximum(q, 0.0))[::-1]
 
@@ -524,24 +523,25 @@ def _pile_cell(pair: StepPair, direction: str, h: float, end: float) -> tuple[fl
         return np.where(np.isfinite(loss), loss, np.nan)  # an empty pile (underflow) has no loss: never a hit
 
     # The distance s (c - l_c) grows from 0 (c at the end) to infinity (the pile is everything, l_c = 0): scan for
-    # the first c where it reaches h/2, then refine inside the step that crossed it (64 x 32 = 2048 positions).
-    span = 2.0 * h
-    for _ in range(60):
-        c = end + s * np.linspace(0.0, span, 65)[1:]
-        with np.errstate(invalid="ignore"):
-            hit = np.nonzero(s * (c - own_loss(c)) >= h / 2)[0]
-        if hit.size:
-            break
-        span *= 2.0
-    else:
+    # the first c where it reaches h/2 on geometric steps of 2^(1/8) from h/32 to 2^60 h (one call), then refine
+    # inside the step that crossed it (64 positions); the boundary's own loss is the refinement's.
+    c = end + s * h * PILE_SCAN
+    with np.errstate(invalid="ignore"):
+        hit = np.nonzero(s * (c - own_loss(c)) >= h / 2)[0]
+    if not hit.size:
         raise NumericalError(f"no pile boundary found for {pair} (direction {direction})")
     j = int(hit[0])
     start = end if j == 0 else float(c[j - 1])
-    c = start + (float(c[j]) - start) * np.linspace(0.0, 1.0, 33)[1:]
+    c = start + (float(c[j]) - start) * np.linspace(0.0, 1.0, 65)[1:]
+    loss = own_loss(c)
     with np.errstate(invalid="ignore"):
-        hit = np.nonzero(s * (c - own_loss(c)) >= h / 2)[0]
-    boundary = float(c[hit[0]] if hit.size else c[-1])
-    return boundary, float(own_loss(np.array([boundary]))[0])
+        hit = np.nonzero(s * (c - loss) >= h / 2)[0]
+    i = int(hit[0]) if hit.size else c.size - 1
+    return float(c[i]), float(loss[i])
+
+
+#: Where :func:`_pile_cell` looks for the pile's boundary, in grid steps from the end of the support.
+PILE_SCAN = np.exp2(np.arange(-40, 481) / 8.0)
 
 
 def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float) -> DiscretePld:
@@ -716,7 +716,7 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 # -- composition ------------------------------------------------------------------------------------------------------
 
 #: The Chernoff optimum is located on a copy of each per-step PLD summed into at most this many bins; the bound
-#: itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_end`).
+#: itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_ends`).
 MGF_BINS = 512
 
 
@@ -752,18 +752,32 @@ def _logsumexp_rows(e: np.ndarray) -> np.ndarray:
         return np.log(np.exp(e - safe[:, None]).sum(axis=1)) + safe
 
 
-def _chernoff_end(parts, lams: np.ndarray, sign: float) -> float:
-    """A loss u with (composed mass beyond u on the side ``sign``) <= TAIL_BOUND, by Chernoff:
-    P(S > u) <= exp(sum_i T_i K_i(lam) - lam u) for lam > 0 (and the mirror image for the left tail), over the
-    phases i of the schedule. The minimising lam is located on binned copies of the per-step PLDs
-    (:func:`_log_mgf_binned`), then the bound is evaluated with their exact discrete MGFs near it."""
+#: The Chernoff parameters searched (:func:`_chernoff_ends`): from 1e-7 (the optimum is about sqrt(2 log(1/TAIL_BOUND))
+#: / (composed std), down to ~1e-5 for T = 1e6) to 1e3, a factor ~2.2 apart; the optimum is then refined by x1.4 with
+#: exact MGFs.
+CHERNOFF_LAMBDAS = np.geomspace(1e-7, 1e3, 31)
+
+
+def _chernoff_ends(parts) -> tuple[float, float]:
+    """Losses (lo, hi) with (composed mass below lo) <= TAIL_BOUND and (composed mass above hi) <= TAIL_BOUND, by
+    Chernoff: P(S > u) <= exp(sum_i T_i K_i(lam) - lam u) for lam > 0 (and the mirror image, lam < 0, for the left
+    tail), over the phases i of the schedule. The minimising lam of each side is located on binned copies of the
+    per-step PLDs (:func:`_log_mgf_binned`), then each bound is evaluated with their exact discrete MGFs near it.
+    Both sides are evaluated in one pass (rows of one array: each side's numbers are those of a pass of its own)."""
     log_tau = math.log(TAIL_BOUND)
-    total = sum(steps * _log_mgf_binned(pld, sign * lams) for pld, steps in parts)
-    ends = (total - log_tau) / lams  # right: u = (sum T K(lam) - log tau) / lam, lam > 0
-    best = float(lams[int(np.argmin(ends))])
-    near = np.array([best / 1.4, best, best * 1.4])
-    k = sum(steps * _log_mgf(pld, sign * near) for pld, steps in parts)
-    return sign * float(np.min((k - log_tau) / near))
+    lams = CHERNOFF_LAMBDAS
+    n = lams.size
+    signed = np.concatenate([lams, -lams])
+    total = sum(steps * _log_mgf_binned(pld, signed) for pld, steps in parts)
+    # right: u = (sum T K(lam) - log tau) / lam, lam > 0; left: the same with -lam, mirrored
+    best_hi = float(lams[int(np.argmin((total[:n] - log_tau) / lams))])
+    best_lo = float(lams[int(np.argmin((total[n:] - log_tau) / lams))])
+    near_hi = np.array([best_hi / 1.4, best_hi, best_hi * 1.4])
+    near_lo = np.array([best_lo / 1.4, best_lo, best_lo * 1.4])
+    k = sum(steps * _log_mgf(pld, np.concatenate([near_hi, -near_lo])) for pld, steps in parts)
+    hi = float(np.min((k[:3] - log_tau) / near_hi))
+    lo = -float(np.min((k[3:] - log_tau) / near_lo))
+    return lo, hi
 
 
 def _spectrum_power(z: np.ndarray, steps: int) -> np.ndarray:
@@ -796,10 +810,7 @@ def compose_parts(parts) -> DiscretePld:
         return parts[0][0]
     h = parts[0][0].h
     optimistic = parts[0][0].optimistic
-    # lam from 1e-7: the optimum is about sqrt(2 log(1/TAIL_BOUND)) / (composed std), down to ~1e-5 for T = 1e6
-    lams = np.geomspace(1e-7, 1e3, 31)  # a factor ~2.2 apart; the optimum is then refined by x1.4 with exact MGFs
-    hi_loss = _chernoff_end(parts, lams, 1.0)
-    lo_loss = _chernoff_end(parts, lams, -1.0)
+    lo_loss, hi_loss = _chernoff_ends(parts)
     offset = sum(s * p.offset for p, s in parts)
     base = sum(s * p.lo for p, s in parts)
     top = sum(s * (p.lo + p.masses.size - 1) for p, s in parts)
@@ -1058,6 +1069,13 @@ def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float, block: int
 SMALL_WINDOW = 1 << 15
 
 
+#: Where the first round is a probe (see :func:`refine`), it is taken this many times coarser than
+#: :func:`initial_h_run`'s grid step.
+PROBE_COARSENING = 4.0
+#: The largest factor one round of :func:`refine` refines the grid step by (after a coarsened probe: that much more).
+MAX_JUMP = 8.0
+
+
 @dataclass(frozen=True)
 class Refined:
     """The result of the refinement: the value at the finest grid (sound), and its numerical error.
@@ -1102,10 +1120,19 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     h = initial_h_run(run)
     # The first round is a probe: the bracket closes as h^2, so its width at h says which h closes it (below).
     # Where the composed window stays small even at the grid step a refinement usually ends at (about h / 2 for
-    # rtol 5e-4 and h / 4.5 for 1e-4), the probe would cost as much as the answer: start there instead.
+    # rtol 5e-4 and h / 4.5 for 1e-4), the probe would cost as much as the answer: start there instead. Elsewhere
+    # the probe is taken PROBE_COARSENING times coarser (its cost, windows and per-step grids, falls as 1 / h; where
+    # that bracket is already narrow enough, e.g. short runs of heavy-tailed steps, it is the answer), and the jump
+    # from it may go as much further. Only for runs composed in one level: a long run's bracket at the coarse step
+    # (one level there, two at the fine one) does not close as h^2 from it, and the jump it predicts falls short
+    # (sigma 0.5, q 1e-3, T 1e5: one round more).
     first = 2.0 * math.sqrt(5e-4 / rtol)
+    max_jump = MAX_JUMP
     if _window_estimate(run, h / first) <= SMALL_WINDOW:
         h /= first
+    elif sum(s for _, s in run) < TWO_LEVEL_STEPS:
+        h *= PROBE_COARSENING
+        max_jump *= PROBE_COARSENING
 
     def call(hh: float):
         got = evaluate(hh)
@@ -1125,7 +1152,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
                 raise
             h *= 4
     coarse = None
-    for _ in range(max_halvings):
+    for _ in range(max_halvings + (max_jump > MAX_JUMP)):  # (the coarsened probe's round comes on top)
         with np.errstate(invalid="ignore"):
             if lower is not None:
                 gap = upper - lower
@@ -1140,7 +1167,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             ok = np.where(trust, bracket_ok, nested_ok)
         if np.all(ok):
             return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
-        factor = 2.0
+        # Nested grids (entries without a trusted bracket) halve h, except right after a coarsened probe, which
+        # goes straight back to initial_h_run's step.
+        factor = 2.0 if max_jump == MAX_JUMP else PROBE_COARSENING
         if lower is not None and np.all(ok | trust):
             # Only bracketed entries are left: the bracket closes as h^2 (both ends are second order), so jump to
             # the h that should close it (with 30% margin) instead of halving step by step; brackets need no nested
@@ -1148,14 +1177,20 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             with np.errstate(divide="ignore", invalid="ignore"):
                 need = np.sqrt(gap / (0.7 * rtol * np.abs(upper)))
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
-            factor = min(max(1.15 * need, 1.25), 8.0)
-        try:
-            finer = call(h / factor)
-        except WindowTooLargeError:
-            # The finer grid does not fit: keep the sound value. Without a lower bound no error estimate is
-            # available, so the reported error is the whole value (the bracket widens to [0 or kappa, value]).
-            return Refined(value=upper, coarse=np.zeros_like(upper) if coarse is None else coarse, h=h,
-                           lower=lower)
+            factor = min(max(1.15 * need, 1.25), max_jump)
+        max_jump = MAX_JUMP
+        while True:
+            try:
+                finer = call(h / factor)
+                break
+            except WindowTooLargeError:
+                if factor > 2.0:  # a smaller step may still fit, and narrows the bracket more than stopping here
+                    factor = max(factor / 2.0, 2.0)
+                    continue
+                # The finer grid does not fit: keep the sound value. Without a lower bound no error estimate is
+                # available, so the reported error is the whole value (the bracket widens to [0 or kappa, value]).
+                return Refined(value=upper, coarse=np.zeros_like(upper) if coarse is None else coarse, h=h,
+                               lower=lower)
         coarse = upper
         upper, lower, trust = finer
         h /= factor
