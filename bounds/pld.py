@@ -658,17 +658,24 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray, slack: np
     keep = np.ones(n)
     up = np.zeros(n)  # up[j]: fraction of cell j merged into j + 1
     down = np.zeros(n)  # down[j]: fraction of cell j merged into j - 1
+    # (In place, into two alternating buffers: on the short arrays of short runs the rounds cost their calls.)
+    c_below_next, c_above_prev = c_below[1:], c_above[:-1]
+    new_keep, change = np.empty(n), np.empty(n)
     for _ in range(BALANCE_ROUNDS):
-        up[:-1] = keep[1:] * c_below[1:]
-        down[1:] = keep[:-1] * c_above[:-1]
+        np.multiply(keep[1:], c_below_next, out=up[:-1])
+        np.multiply(keep[:-1], c_above_prev, out=down[1:])
         given = up + down
         over = given > 1.0
         if over.any():
             up[over] /= given[over]
             down[over] /= given[over]
-        new_keep = np.maximum(1.0 - up - down, 0.0)
-        converged = bool(np.all(np.abs(new_keep - keep) <= 1e-12))
-        keep = new_keep
+        np.subtract(1.0, up, out=new_keep)
+        new_keep -= down
+        np.maximum(new_keep, 0.0, out=new_keep)  # = max(1 - up - down, 0)
+        np.subtract(new_keep, keep, out=change)
+        np.abs(change, out=change)
+        converged = bool(np.all(change <= 1e-12))
+        keep, new_keep = new_keep, keep
         if converged:
             break
     # The merged atom j: keep_j of cell j, up_{j-1} of cell j-1, down_{j+1} of cell j+1; each piece's Q-mass and
@@ -717,7 +724,7 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 
 #: The Chernoff optimum is located on a copy of each per-step PLD summed into at most this many bins; the bound
 #: itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_ends`).
-MGF_BINS = 512
+MGF_BINS = 128
 
 
 def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
