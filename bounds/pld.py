@@ -658,26 +658,31 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray, slack: np
     keep = np.ones(n)
     up = np.zeros(n)  # up[j]: fraction of cell j merged into j + 1
     down = np.zeros(n)  # down[j]: fraction of cell j merged into j - 1
-    # (In place, into two alternating buffers: on the short arrays of short runs the rounds cost their calls.)
-    c_below_next, c_above_prev = c_below[1:], c_above[:-1]
-    new_keep, change = np.empty(n), np.empty(n)
+    # Jacobi rounds, in place, on the window [a, b) of cells whose shares still move: cell j's share depends on its
+    # neighbours', so once a round leaves every cell outside [first - 1, last + 2) of the cells that moved by
+    # more than 1e-12, the next round recomputes only that window (the bulk, where the fractions are O(h), settles
+    # in a few rounds; the cells next to the pile, fractions up to ~0.3, take the rest). Each cell's keep, up and
+    # down are always recomputed together, so keep + up + down = 1 (or keep = 0 with up + down = 1) holds for every
+    # cell throughout: the pieces below partition each cell whatever round the iteration stops at.
+    a, b = 0, n
     for _ in range(BALANCE_ROUNDS):
-        np.multiply(keep[1:], c_below_next, out=up[:-1])
-        np.multiply(keep[:-1], c_above_prev, out=down[1:])
-        given = up + down
+        top = min(b, n - 1)  # up[j] = keep[j + 1] c_below[j + 1] for j < n - 1
+        if top > a:
+            np.multiply(keep[a + 1:top + 1], c_below[a + 1:top + 1], out=up[a:top])
+        start = max(a, 1)  # down[j] = keep[j - 1] c_above[j - 1] for j >= 1
+        if b > start:
+            np.multiply(keep[start - 1:b - 1], c_above[start - 1:b - 1], out=down[start:b])
+        given = up[a:b] + down[a:b]
         over = given > 1.0
         if over.any():
-            up[over] /= given[over]
-            down[over] /= given[over]
-        np.subtract(1.0, up, out=new_keep)
-        new_keep -= down
-        np.maximum(new_keep, 0.0, out=new_keep)  # = max(1 - up - down, 0)
-        np.subtract(new_keep, keep, out=change)
-        np.abs(change, out=change)
-        converged = bool(np.all(change <= 1e-12))
-        keep, new_keep = new_keep, keep
-        if converged:
+            up[a:b][over] /= given[over]
+            down[a:b][over] /= given[over]
+        new_keep = np.maximum(1.0 - up[a:b] - down[a:b], 0.0)
+        moving = np.nonzero(~(np.abs(new_keep - keep[a:b]) <= 1e-12))[0]  # (NaN counts as moving, as before)
+        keep[a:b] = new_keep
+        if not moving.size:
             break
+        a, b = max(a + int(moving[0]) - 1, 0), min(a + int(moving[-1]) + 2, n)
     # The merged atom j: keep_j of cell j, up_{j-1} of cell j-1, down_{j+1} of cell j+1; each piece's Q-mass and
     # its excess at E_j (q - e^{E_j} p, negative for pieces with loss below E_j).
     pieces_q = [keep * q, np.zeros(n), np.zeros(n)]
