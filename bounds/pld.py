@@ -729,7 +729,7 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 
 #: The Chernoff optimum is located on a copy of each per-step PLD summed into at most this many bins; the bound
 #: itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_ends`).
-MGF_BINS = 128
+MGF_BINS = 512
 
 
 def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
