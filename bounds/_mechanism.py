@@ -54,14 +54,24 @@ def _log_mass_normal(a: np.ndarray, b: np.ndarray, mean: float, sigma: float) ->
     return np.where(np.isneginf(big) | (small >= big), -math.inf, out)
 
 
-def _cells_normal(xs: np.ndarray, mean: float, sigma: float, log: bool = False) -> np.ndarray:
+def _cells_normal(xs: np.ndarray, mean: float, sigma: float, log: bool = False,
+                  tail_values: np.ndarray | None = None) -> np.ndarray:
     """:func:`_mass_normal` (``log``: :func:`_log_mass_normal`) of the contiguous cells (xs[i], xs[i + 1]], equal to
-    them bit for bit at half (a quarter of) the special-function calls: both take, at each boundary, the tail
-    beyond it on the far side of the mean, ndtr(-|z|) (log_ndtr(-|z|)), once per boundary instead of once per cell
-    it bounds; only the cell that contains the mean takes its upper end's CDF itself (the one cell whose two
-    ends use different tails)."""
+    them bit for bit (``log``: to the last place) at half (a quarter of) the special-function calls: both take, at
+    each boundary, the tail beyond it on the far side of the mean, ndtr(-|z|) (its log), once per boundary instead
+    of once per cell it bounds; only the cell that contains the mean takes its upper end's CDF itself (the one cell
+    whose two ends use different tails). ``tail_values``: ndtr(-|z|) at the boundaries, when already computed."""
     z = (np.asarray(xs, dtype=float) - mean) / sigma
-    tail = special.log_ndtr(-np.abs(z)) if log else special.ndtr(-np.abs(z))
+    tail = special.ndtr(-np.abs(z)) if tail_values is None else tail_values
+    if log:
+        # log_ndtr(t) is log(ndtr(t)) for -20 < t <= 0 (scipy's own switch; the tail has full relative precision
+        # there, far from underflow at -37): take the log of the tail already at hand (a last-place difference
+        # between numpy's log and libm's), and log_ndtr's asymptotic series only beyond.
+        with np.errstate(divide="ignore"):
+            tail = np.log(tail)
+        far = np.nonzero(np.abs(z) >= 20.0)[0]
+        if far.size:
+            tail[far] = special.log_ndtr(-np.abs(z[far]))
     za, zb = z[:-1], z[1:]
     ta, tb = tail[:-1], tail[1:]
     above = za >= 0
@@ -269,14 +279,16 @@ class StepPair:
         xs = np.asarray(xs, dtype=float)
         sigma = self.noise_multiplier
         w = np.exp(self.log_weights)
+        tail = special.ndtr(-np.abs(xs / sigma))  # P's tails at the boundaries: for its masses and their logs
         if self.relaxed:
             flipped = -xs[::-1]
 
             def mass(m: float) -> np.ndarray:
-                return _cells_normal(xs, m, sigma) + _cells_normal(flipped, m, sigma)[::-1]
+                return (_cells_normal(xs, m, sigma, tail_values=tail if m == 0.0 else None)
+                        + _cells_normal(flipped, m, sigma)[::-1])
         else:
             def mass(m: float) -> np.ndarray:
-                return _cells_normal(xs, m, sigma)
+                return _cells_normal(xs, m, sigma, tail_values=tail if m == 0.0 else None)
         p = mass(0.0)
         qm = np.zeros_like(p)
         for j, wj in enumerate(w):
@@ -284,7 +296,7 @@ class StepPair:
                 qm = qm + wj * (p if j == 0 else mass(float(j)))
         if not log_p:
             return p, qm, None
-        lp = _cells_normal(xs, 0.0, sigma, log=True)
+        lp = _cells_normal(xs, 0.0, sigma, log=True, tail_values=tail)
         return p, qm, lp + math.log(2.0) if self.relaxed else lp
 
     def log_p_masses(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
