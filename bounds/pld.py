@@ -620,6 +620,42 @@ BALANCE_ROUNDS = 60
 BALANCE_TOLERANCE = 1e-12
 
 
+def _balance_shares(c_below: np.ndarray, c_above: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shares (keep, up, down) of the balancing fixed point of :func:`_balance_cells`: cell j keeps keep_j,
+    gives up_j to cell j + 1 and down_j to cell j - 1, with up_j = keep_{j+1} c_below_{j+1} and down_j = keep_{j-1}
+    c_above_{j-1} (pro rata where they ask for more than the cell holds), keep_j = 1 - up_j - down_j."""
+    n = c_below.size
+    keep = np.ones(n)
+    up = np.zeros(n)  # up[j]: fraction of cell j merged into j + 1
+    down = np.zeros(n)  # down[j]: fraction of cell j merged into j - 1
+    # Jacobi rounds, in place, on the window [a, b) of cells whose shares still move: cell j's share depends on its
+    # neighbours', so once a round leaves every cell outside [first - 1, last + 2) of the cells that moved by
+    # more than 1e-12, the next round recomputes only that window (the bulk, where the fractions are O(h), settles
+    # in a few rounds; the cells next to the pile, fractions up to ~0.3, take the rest). Each cell's keep, up and
+    # down are always recomputed together, so keep + up + down = 1 (or keep = 0 with up + down = 1) holds for every
+    # cell throughout: the pieces below partition each cell whatever round the iteration stops at.
+    a, b = 0, n
+    for _ in range(BALANCE_ROUNDS):
+        top = min(b, n - 1)  # up[j] = keep[j + 1] c_below[j + 1] for j < n - 1
+        if top > a:
+            np.multiply(keep[a + 1:top + 1], c_below[a + 1:top + 1], out=up[a:top])
+        start = max(a, 1)  # down[j] = keep[j - 1] c_above[j - 1] for j >= 1
+        if b > start:
+            np.multiply(keep[start - 1:b - 1], c_above[start - 1:b - 1], out=down[start:b])
+        given = up[a:b] + down[a:b]
+        over = given > 1.0
+        if over.any():
+            up[a:b][over] /= given[over]
+            down[a:b][over] /= given[over]
+        new_keep = np.maximum(1.0 - up[a:b] - down[a:b], 0.0)
+        moving = np.nonzero(~(np.abs(new_keep - keep[a:b]) <= 1e-12))[0]  # (NaN counts as moving, as before)
+        keep[a:b] = new_keep
+        if not moving.size:
+            break
+        a, b = max(a + int(moving[0]) - 1, 0), min(a + int(moving[-1]) + 2, n)
+    return keep, up, down
+
+
 def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray, slack: np.ndarray | float = 0.0
                    ) -> np.ndarray:
     """Q-masses at the grid points E_j of the balanced garbling of cells (q_j, log p_j), cell j around E_j.
@@ -655,34 +691,7 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray, slack: np
     take_above = (excess < 0) & (raises > 0)
     c_below = np.where(take_below, excess / np.where(take_below, lowers, 1.0), 0.0)
     c_above = np.where(take_above, -excess / np.where(take_above, raises, 1.0), 0.0)
-    keep = np.ones(n)
-    up = np.zeros(n)  # up[j]: fraction of cell j merged into j + 1
-    down = np.zeros(n)  # down[j]: fraction of cell j merged into j - 1
-    # Jacobi rounds, in place, on the window [a, b) of cells whose shares still move: cell j's share depends on its
-    # neighbours', so once a round leaves every cell outside [first - 1, last + 2) of the cells that moved by
-    # more than 1e-12, the next round recomputes only that window (the bulk, where the fractions are O(h), settles
-    # in a few rounds; the cells next to the pile, fractions up to ~0.3, take the rest). Each cell's keep, up and
-    # down are always recomputed together, so keep + up + down = 1 (or keep = 0 with up + down = 1) holds for every
-    # cell throughout: the pieces below partition each cell whatever round the iteration stops at.
-    a, b = 0, n
-    for _ in range(BALANCE_ROUNDS):
-        top = min(b, n - 1)  # up[j] = keep[j + 1] c_below[j + 1] for j < n - 1
-        if top > a:
-            np.multiply(keep[a + 1:top + 1], c_below[a + 1:top + 1], out=up[a:top])
-        start = max(a, 1)  # down[j] = keep[j - 1] c_above[j - 1] for j >= 1
-        if b > start:
-            np.multiply(keep[start - 1:b - 1], c_above[start - 1:b - 1], out=down[start:b])
-        given = up[a:b] + down[a:b]
-        over = given > 1.0
-        if over.any():
-            up[a:b][over] /= given[over]
-            down[a:b][over] /= given[over]
-        new_keep = np.maximum(1.0 - up[a:b] - down[a:b], 0.0)
-        moving = np.nonzero(~(np.abs(new_keep - keep[a:b]) <= 1e-12))[0]  # (NaN counts as moving, as before)
-        keep[a:b] = new_keep
-        if not moving.size:
-            break
-        a, b = max(a + int(moving[0]) - 1, 0), min(a + int(moving[-1]) + 2, n)
+    keep, up, down = _balance_shares(c_below, c_above)
     # The merged atom j: keep_j of cell j, up_{j-1} of cell j-1, down_{j+1} of cell j+1; each piece's Q-mass and
     # its excess at E_j (q - e^{E_j} p, negative for pieces with loss below E_j).
     pieces_q = [keep * q, np.zeros(n), np.zeros(n)]

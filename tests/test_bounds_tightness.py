@@ -372,3 +372,136 @@ def test_regrid_keeps_the_pile_of_a_block_exact() -> None:
         return _hockey_stick(pld.losses, m, m * np.exp(-pld.losses), eps)
 
     assert np.all(curve(coarse) <= curve(block) + 1e-15)
+
+
+# -- shortcuts of the discretisation and of the refinement (each against the plain route) -----------------------------
+
+@pytest.mark.parametrize(("sigma", "q", "k", "threat_model"), [(1.66405, 1 / 106, 1, "worst_case"),
+                                                               (0.3, 0.1, 3, "relaxed"), (0.05, 0.5, 1, "worst_case"),
+                                                               (2.0, 1e-3, 5, "relaxed"), (1.0, 1.0, 1, "worst_case")])
+def test_cell_masses_match_the_interval_masses(rng, sigma, q, k, threat_model) -> None:
+    # StepPair.cell_masses takes each boundary's tail once; StepPair.masses / log_p_masses take both ends of every
+    # interval. The masses must agree bit for bit, the log P-masses to the precision of their own formula (a log of a
+    # difference of two close tails: ~1e-16 |log tail| / width relative), including the cells at the means (where the
+    # two ends use different tails), empty cells, and infinite ends.
+    from dpaudit.bounds._mechanism import StepPair
+
+    pair = StepPair(sigma, q, k, threat_model)
+    xs = np.sort(np.concatenate([rng.normal(0.5, 30 * sigma, 3000), np.arange(k + 1.0), [0.25, 0.25]]))
+    if pair.relaxed:
+        xs = np.sort(np.abs(xs))
+    for bounds in (xs, np.concatenate([[pair.lower], xs, [math.inf]])):
+        p, qm, log_p = pair.cell_masses(bounds)
+        p_ref, q_ref = pair.masses(bounds[:-1], bounds[1:])
+        log_ref = pair.log_p_masses(bounds[:-1], bounds[1:])
+        assert np.array_equal(p, p_ref) and np.array_equal(qm, q_ref)
+        finite = np.isfinite(log_ref)
+        assert np.array_equal(np.isfinite(log_p), finite)
+        assert np.allclose(log_p[finite], log_ref[finite], rtol=1e-10, atol=0)
+
+
+def _balance_all_rounds(c_below: np.ndarray, c_above: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The balancing fixed point by plain Jacobi rounds over every cell until no share moves by 1e-12 (the route
+    _balance_cells shortens to the cells still moving)."""
+    n = c_below.size
+    keep, up, down = np.ones(n), np.zeros(n), np.zeros(n)
+    for _ in range(10_000):
+        up[:-1] = keep[1:] * c_below[1:]
+        down[1:] = keep[:-1] * c_above[:-1]
+        given = up + down
+        over = given > 1.0
+        up[over] /= given[over]
+        down[over] /= given[over]
+        new_keep = np.maximum(1.0 - up - down, 0.0)
+        done = np.all(np.abs(new_keep - keep) <= 1e-12)
+        keep = new_keep
+        if done:
+            break
+    return keep, up, down
+
+
+@pytest.mark.parametrize("sigma", [5.0, 1.0, 0.3])
+def test_windowed_balancing_matches_every_round(monkeypatch, sigma: float) -> None:
+    # _balance_shares recomputes only the window of cells whose shares still move. Its shares must be those of
+    # Jacobi rounds over every cell to the 1e-12 the rounds stop at, and partition every cell (keep + up + down = 1).
+    # The fractions are the real ones of a garbled step; sigma 5 is where the cells next to the pile settle slowly
+    # (25 rounds) while the bulk settles in 4.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    pair = StepPair(sigma, 0.1)
+    h = pld_module.initial_h_run(((pair, 10),)) / 4
+    seen = []
+    original = pld_module._balance_shares
+
+    def spy(c_below, c_above):
+        seen.append((c_below.copy(), c_above.copy()))
+        return original(c_below, c_above)
+
+    monkeypatch.setattr(pld_module, "_balance_shares", spy)
+    for direction in ("remove", "add"):
+        pld_module._garbled_step(pair, h, direction, 1e-15)
+    assert len(seen) == 2
+    for c_below, c_above in seen:
+        keep, up, down = original(c_below, c_above)
+        ref_keep, ref_up, ref_down = _balance_all_rounds(c_below, c_above)
+        assert np.allclose(keep, ref_keep, rtol=0, atol=1e-11)
+        assert np.allclose(up, ref_up, rtol=0, atol=1e-11) and np.allclose(down, ref_down, rtol=0, atol=1e-11)
+        assert np.all(keep >= 0) and np.all(np.abs(keep + up + down - 1.0) <= 1e-15)
+
+
+@pytest.mark.parametrize(("direction", "sigma", "q"), [("remove", 5.0, 0.1), ("add", 5.0, 0.1), ("remove", 0.5, 1e-3),
+                                                       ("add", 1.66405, 1 / 106), ("remove", 0.05, 0.01)])
+def test_pile_boundary_is_half_a_step_from_its_own_loss(direction: str, sigma: float, q: float) -> None:
+    # The pile's cell (-inf, c] (remove; (c, inf) add) is found by one geometric scan and one linear refinement: its
+    # boundary is at least h/2 from the cell's own loss (the hit) and no more than the refinement's resolution
+    # beyond it, so the cells above it start centred on their grid points.
+    from dpaudit.bounds._mechanism import StepPair
+    from dpaudit.bounds.pld import _cell_masses, _pile_cell
+
+    pair = StepPair(sigma, q)
+    h = 1e-3
+    end = pair.min_loss if direction == "remove" else -pair.min_loss
+    s = 1.0 if direction == "remove" else -1.0
+    c, own = _pile_cell(pair, direction, h, end)
+    ends = np.array([-s * math.inf])
+    qm, lp = _cell_masses(pair, direction, *((ends, np.array([c])) if s > 0 else (np.array([c]), ends)))
+    assert own == pytest.approx(float(np.log(qm[0]) - lp[0]), rel=1e-12, abs=1e-15)
+    assert s * (c - own) >= h / 2
+    assert s * (c - own) - h / 2 <= 0.01 * max(abs(c - end), h)
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(0.5, 1e-3, 10), (1.0, 1e-3, 10), (5.0, 0.1, 1000),
+                                                   (0.2, 1e-3, 1000)])
+def test_coarse_probe_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # Runs composed in one level probe at 4x initial_h_run's step (its bracket decides the step it jumps to). The
+    # result and the plain route's (probe at initial_h_run's step) are both proven brackets of the same exact value,
+    # each within the 1e-4 asked for, so they overlap.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    pld_module.clear_caches()
+    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    monkeypatch.setattr(pld_module, "PROBE_COARSENING", 1.0)
+    pld_module.clear_caches()
+    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    pld_module.clear_caches()
+    for r in (fast, plain):
+        assert r.lower[0] <= r.value[0] <= r.lower[0] * (1 + 1e-4) + 1e-9
+    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+
+
+def test_coarse_probe_brackets_the_same_gamma(monkeypatch) -> None:
+    # The same for ReRo (rtol 5e-4) at the spec's second point (T = 500: one level).
+    from dpaudit.bounds import pld as pld_module
+
+    pld_module.clear_caches()
+    fast = rero_bound(0.8, 0.05, 500, [1e-4, 0.1])
+    monkeypatch.setattr(pld_module, "PROBE_COARSENING", 1.0)
+    pld_module.clear_caches()
+    plain = rero_bound(0.8, 0.05, 500, [1e-4, 0.1])
+    pld_module.clear_caches()
+    for r in (fast, plain):
+        assert np.all(r.lower <= r.gamma) and np.all(r.gamma - r.lower <= 5e-4 * r.gamma + 1e-12)
+    assert np.all(fast.lower <= plain.gamma) and np.all(plain.lower <= fast.gamma)
