@@ -1095,6 +1095,10 @@ SMALL_WINDOW = 1 << 15
 PROBE_COARSENING = 4.0
 #: The largest factor one round of :func:`refine` refines the grid step by (after a coarsened probe: that much more).
 MAX_JUMP = 8.0
+#: No coarsening in :func:`refine` goes past this grid step (nats): every finite per-step loss lies below
+#: ``LOSS_CAP``, and a step past log(max float64) = 709.8 overflows the connect-the-dots split (e^h) into NaN
+#: masses (sigma 1e-4, q 0.01, T 100 probed at 1898 nats).
+MAX_GRID_STEP = LOSS_CAP / 4
 
 
 @dataclass(frozen=True)
@@ -1148,12 +1152,13 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # (one level there, two at the fine one) does not close as h^2 from it, and the jump it predicts falls short
     # (sigma 0.5, q 1e-3, T 1e5: one round more).
     first = 2.0 * math.sqrt(5e-4 / rtol)
-    max_jump = MAX_JUMP
+    coarsened = 1.0  # how much coarser than initial_h_run's step the probe is
     if _window_estimate(run, h / first) <= SMALL_WINDOW:
         h /= first
     elif sum(s for _, s in run) < TWO_LEVEL_STEPS:
-        h *= PROBE_COARSENING
-        max_jump *= PROBE_COARSENING
+        coarsened = max(1.0, min(PROBE_COARSENING, MAX_GRID_STEP / h))
+        h *= coarsened
+    max_jump = MAX_JUMP * coarsened
 
     def call(hh: float):
         got = evaluate(hh)
@@ -1169,11 +1174,11 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             break
         except WindowTooLargeError:
             # A coarser grid is still sound (only looser): widen h until the composed window fits.
-            if attempt == COARSEN_ATTEMPTS:
+            if attempt == COARSEN_ATTEMPTS or h >= MAX_GRID_STEP:
                 raise
-            h *= 4
+            h = min(4 * h, MAX_GRID_STEP)
     coarse = None
-    for _ in range(max_halvings + (max_jump > MAX_JUMP)):  # (the coarsened probe's round comes on top)
+    for _ in range(max_halvings + (coarsened > 1.0)):  # (the coarsened probe's round comes on top)
         with np.errstate(invalid="ignore"):
             if lower is not None:
                 gap = upper - lower
@@ -1190,7 +1195,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
         # Nested grids (entries without a trusted bracket) halve h, except right after a coarsened probe, which
         # goes straight back to initial_h_run's step.
-        factor = 2.0 if max_jump == MAX_JUMP else PROBE_COARSENING
+        factor = 2.0 if max_jump == MAX_JUMP else max(2.0, coarsened)
         if lower is not None and np.all(ok | trust):
             # Only bracketed entries are left: the bracket closes as h^2 (both ends are second order), so jump to
             # the h that should close it (with 30% margin) instead of halving step by step; brackets need no nested
