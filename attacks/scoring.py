@@ -89,9 +89,10 @@ class SsimReference:
         return per_plane.reshape(n, c).mean(dim=1).numpy()
 
 
-#: Values per map in one chunk of SSIM planes (float64: 256 KB per map). Measured on this 2-core EPYC (2 MB L2),
-#: minimum CPU time: 64 px fastest at 8 planes, 224 px at 1 (the earlier 16K values: 64 px 4 planes, 10% slower).
-_SSIM_CHUNK_VALUES = 1 << 15
+#: Values per map in one chunk of SSIM planes (float64: 512 KB per map). Measured on this 2-core EPYC (2 MB L2),
+#: minimum CPU time, 16K..256K: 64 px fastest at 16 planes (64K; 32K: 5-10% slower, 128K: 20-30% slower), 224 px
+#: at 1 plane (16K..128K all give 1 plane there and equal times; 256K, 5 planes: 45% slower).
+_SSIM_CHUNK_VALUES = 1 << 16
 
 
 def _ssim_step(h: int, w: int) -> int:

@@ -200,8 +200,12 @@ def test_ssim_batch_matches_skimage(rng: np.random.Generator) -> None:
 
 def test_ssim_batch_reads_any_layout_and_dtype_alike(rng: np.random.Generator) -> None:
     # The decoders hand over float32 images stored plane after plane; tests and users pass C-ordered float64.
-    # 7 images x 3 channels at 40 px also end in a short chunk of planes.
-    gt = np.concatenate([pictures(40, 7).permute(0, 2, 3, 1).numpy()]).astype(np.float64)
+    # The images' 3 planes each end in a short chunk of planes (scoring._ssim_step planes per chunk).
+    from dpaudit.attacks.scoring import _ssim_step
+
+    n = _ssim_step(40, 40) // 3 + 1
+    assert (3 * n) % _ssim_step(40, 40) != 0
+    gt = np.concatenate([pictures(40, n).permute(0, 2, 3, 1).numpy()]).astype(np.float64)
     rec32 = np.clip(gt + 0.05 * rng.standard_normal(gt.shape), 0, 1).astype(np.float32)
     planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(rec32, -1, 1)), 1, -1)
     frozen = rec32.copy()
@@ -428,6 +432,22 @@ def test_levels_scored_together_equal_levels_scored_alone() -> None:
         for a, b in zip(alone, together[2 * j : 2 * j + 2], strict=True):
             assert (a.decoder, a.success_rate) == (b.decoder, b.success_rate)
             np.testing.assert_allclose(b.ssim, a.ssim, rtol=0, atol=0 if a.decoder == "strong" else 1e-6)
+
+
+def test_tv_denoiser_result_does_not_depend_on_the_chunking(rng: np.random.Generator, monkeypatch) -> None:
+    # Each plane is solved on its own: one image denoised alone, with others, and in chunks of any size is the
+    # same bit for bit (the attack relies on it: levels and images are batched as speed dictates).
+    import dpaudit.attacks.decoders as decoders
+
+    images = np.clip(rng.random((5, 24, 20, 3)) + 0.1 * rng.standard_normal((5, 24, 20, 3)), -0.5, 1.5)
+    images = images.astype(np.float32)
+    weight = np.array([0.01, 0.05, 0.1, 0.2, 0.03])
+    together = decoders.denoise_tv(images, weight)
+    for values in (1, 24 * 20 * 2, 24 * 20 * 7, 1 << 20):
+        monkeypatch.setattr(decoders, "_TV_CHUNK_VALUES", values)
+        np.testing.assert_array_equal(decoders.denoise_tv(images, weight), together)
+    for i in range(len(images)):
+        np.testing.assert_array_equal(decoders.denoise_tv(images[i : i + 1], weight[i : i + 1])[0], together[i])
 
 
 def test_rof_solver_equals_a_plain_chambolle_pock_reference(rng: np.random.Generator) -> None:
