@@ -46,7 +46,7 @@ class SsimReference:
     """
 
     def __init__(self, gt: np.ndarray | torch.Tensor) -> None:
-        y = torch.as_tensor(np.asarray(gt), dtype=torch.float64)
+        y = _as_tensor(gt)
         if y.ndim != 4:
             raise invalid("images", tuple(y.shape), "N x H x W x C arrays")
         if min(y.shape[1], y.shape[2]) < _WIN:
@@ -54,17 +54,26 @@ class SsimReference:
                           "pass a larger --image-size")
         self.shape = tuple(y.shape)
         n, h, w, c = y.shape
-        self._y = y.permute(0, 3, 1, 2).reshape(n * c, h, w).contiguous()
-        self._step = _ssim_step(h, w)
+        # Planes in float64, converted and laid out in one copy.
+        self._y = torch.empty((n * c, h, w), dtype=torch.float64)
+        self._y.view(n, c, h, w).copy_(y.permute(0, 3, 1, 2))
+        self._step = step = _ssim_step(h, w)
         self._uy = torch.empty((n * c, h - _WIN + 1, w - _WIN + 1), dtype=torch.float64)
         self._uy2c1 = torch.empty_like(self._uy)  # ux^2 + uy^2 + c1 needs uy^2 + c1
         self._vyc2 = torch.empty_like(self._uy)  # vx + vy + c2 needs vy + c2
-        for s in range(0, n * c, self._step):
-            yc = self._y[s : s + self._step]
-            uy, uyy = _box_sum(torch.stack([yc, yc * yc], dim=1)).div_(_WIN * _WIN).unbind(dim=1)
-            self._uy[s : s + self._step] = uy
-            self._uy2c1[s : s + self._step] = uy * uy + _C1
-            self._vyc2[s : s + self._step] = _COV_NORM * (uyy - uy * uy) + _C2
+        stack = torch.empty((min(step, n * c), 2, h, w), dtype=torch.float64)  # y, y^2
+        scratch = _BoxScratch(tuple(stack.shape))
+        uy_sq = torch.empty((len(stack), *self._uy.shape[1:]), dtype=torch.float64)
+        for s in range(0, n * c, step):
+            yc = self._y[s : s + step]
+            k = len(yc)
+            stack[:k, 0].copy_(yc)
+            torch.mul(yc, yc, out=stack[:k, 1])
+            uy, uyy = _box_sum(stack[:k], scratch).div_(_WIN * _WIN).unbind(dim=1)
+            sq = torch.mul(uy, uy, out=uy_sq[:k])
+            self._uy[s : s + k] = uy
+            torch.add(sq, _C1, out=self._uy2c1[s : s + k])
+            torch.sub(uyy, sq, out=self._vyc2[s : s + k]).mul_(_COV_NORM).add_(_C2)
 
     def __call__(self, rec: np.ndarray | torch.Tensor) -> np.ndarray:
         x = _as_tensor(rec)
@@ -212,7 +221,10 @@ class NearestMatcher:
         flat_in = self._flat
         flat_c = _flat_planes(candidates).astype(np.float64)
         sq_c = np.einsum("nd,nd->n", flat_c, flat_c)
-        dist = self._sq[:, None] + sq_c[None, :] - 2.0 * (flat_in @ flat_c.T)
+        # torch's matrix product: for these few-by-few products of long rows numpy's was 3.7x slower (224 px, 3
+        # images: 0.82 ms against 0.22 ms); any order of summation is within the slack below.
+        cross = torch.mm(torch.from_numpy(flat_in), torch.from_numpy(flat_c).T).numpy()
+        dist = self._sq[:, None] + sq_c[None, :] - 2.0 * cross
         slack = _GEMM_SLACK * (self._sq[:, None] + sq_c[None, :] + 1.0)
         best = np.argmin(dist, axis=1)
         rows = np.arange(len(best))

@@ -198,6 +198,40 @@ def test_ssim_batch_matches_skimage(rng: np.random.Generator) -> None:
     assert ssim_batch(np.clip(grey[:1] + 0.1, 0, 1), grey[:1])[0] == pytest.approx(ref, abs=1e-10)
 
 
+@pytest.mark.parametrize("size, channels", [((7, 7), 1), ((9, 13), 3), ((40, 40), 1), ((64, 64), 3)])
+def test_ssim_batch_matches_skimage_on_adversarial_images(size, channels, rng: np.random.Generator) -> None:
+    # Reference: scikit-image's structural_similarity in float64, image by image. Constant and near-constant pairs
+    # (the variances cancel, c2 is all that is left), saturated 0/1 images, noise and smooth ramps; float32 and
+    # float64 inputs; a count of planes that ends in a short chunk (scoring._ssim_step planes per chunk).
+    from dpaudit.attacks.scoring import _ssim_step
+
+    h, w = size
+    step = _ssim_step(h, w)
+    n = max(9, step // channels + 2)
+    shape = (h, w, channels)
+    ramp = np.linspace(0, 1, h * w * channels).reshape(shape)
+    kinds = [
+        lambda: (np.full(shape, 0.5), np.full(shape, 0.5)),
+        lambda: (np.full(shape, rng.random()), np.full(shape, rng.random())),
+        lambda: (np.full(shape, 0.7), np.clip(0.72 + 1e-4 * rng.random(shape), 0, 1)),
+        lambda: (np.zeros(shape), np.ones(shape)),
+        lambda: ((rng.random(shape) > 0.5).astype(float), (rng.random(shape) > 0.5).astype(float)),
+        lambda: (rng.random(shape), rng.random(shape)),
+        lambda: (ramp, np.clip(ramp + 0.05 * rng.standard_normal(shape), 0, 1)),
+        lambda: (np.full(shape, 1.0), rng.random(shape)),
+        lambda: (ramp, ramp),
+    ]
+    pairs = [kinds[i % len(kinds)]() for i in range(n)]
+    rec, gt = (np.stack(p) for p in zip(*pairs, strict=True))
+    assert (n * channels) % step != 0 or n * channels < step  # a short last chunk, or one chunk
+    ref = [structural_similarity(r, g, data_range=1.0, channel_axis=-1) for r, g in zip(rec, gt, strict=True)]
+    np.testing.assert_allclose(ssim_batch(rec, gt), ref, rtol=0, atol=1e-10)
+    rec32, gt32 = rec.astype(np.float32), gt.astype(np.float32)
+    ref32 = [structural_similarity(r.astype(np.float64), g.astype(np.float64), data_range=1.0, channel_axis=-1)
+             for r, g in zip(rec32, gt32, strict=True)]
+    np.testing.assert_allclose(ssim_batch(rec32, gt32), ref32, rtol=0, atol=1e-10)
+
+
 def test_ssim_batch_reads_any_layout_and_dtype_alike(rng: np.random.Generator) -> None:
     # The decoders hand over float32 images stored plane after plane; tests and users pass C-ordered float64.
     # The images' 3 planes each end in a short chunk of planes (scoring._ssim_step planes per chunk).
