@@ -468,6 +468,20 @@ def test_levels_scored_together_equal_levels_scored_alone() -> None:
             np.testing.assert_allclose(b.ssim, a.ssim, rtol=0, atol=0 if a.decoder == "strong" else 1e-6)
 
 
+def test_candidate_sets_compared_exactly(rng: np.random.Generator) -> None:
+    # Reference: np.array_equal. The quick first-row check may only reject, never accept, a pair.
+    from dpaudit.attacks.reconstruction import _same_images
+
+    a = rng.random((4, 9, 8, 3)).astype(np.float32)
+    planar = np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 1)), 1, -1)  # the decoders' layout
+    below_first_row = a.copy()
+    below_first_row[2, 5, 3, 1] += 1e-6
+    in_first_row = a.copy()
+    in_first_row[3, 0, 7, 2] = 0.0
+    for b in (a.copy(), planar, below_first_row, in_first_row, a[:3], a[..., :1], np.zeros_like(a)):
+        assert _same_images(a, b) == (a.shape == b.shape and np.array_equal(a, b))
+
+
 def test_tv_denoiser_result_does_not_depend_on_the_chunking(rng: np.random.Generator, monkeypatch) -> None:
     # Each plane is solved on its own: one image denoised alone, with others, and in chunks of any size is the
     # same bit for bit (the attack relies on it: levels and images are batched as speed dictates).
