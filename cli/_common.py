@@ -19,8 +19,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dpaudit.attacks.decoders import DECODER_CHOICES, DENOISERS
-from dpaudit.attacks.scenario import CONNECTIONS
 from dpaudit.codec import encode
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, PRIVACY_UNIT_CHOICES
 from dpaudit.errors import DpAuditError, invalid, message_of
@@ -41,9 +39,6 @@ def opt_str(choice: StrEnum | None) -> str | None:
 
 SliceAxis = choices("SliceAxis", ("axial", "coronal", "sagittal"))
 PrivacyUnit = choices("PrivacyUnit", PRIVACY_UNIT_CHOICES)
-Decoder = choices("Decoder", DECODER_CHOICES)
-Connection = choices("Connection", CONNECTIONS)
-Denoiser = choices("Denoiser", DENOISERS)
 
 # Options shared by several commands: one name, one help text, one meaning. The parameter's name is the field of
 # the configuration dataclass it sets; each command's default is that dataclass's (``shared_options``).
@@ -89,15 +84,6 @@ ClassWeightsOpt = Annotated[str | None, typer.Option("--class-weights", help="Se
                                                      "class, background first, or none (each slice's own weighted "
                                                      "mean, so DP-SGD's per-sample gradients stay per sample); the "
                                                      "default is the seed paper's MSD Liver weights (section 4.2.3).")]
-DecoderOpt = Annotated[Decoder, typer.Option("--decoder", help="strong (dpaudit's), paper (the seed paper's "
-                                             "breaching decoder), all (both: the strongest is reported and named), "
-                                             "or paper-all (the paper decoder's every candidate row, a diagnostic).")]
-ConnectionOpt = Annotated[Connection, typer.Option("--connection", help="How the imprint block joins the network.")]
-BinsOpt = Annotated[int, typer.Option("--bins", help="Rows K of the imprint block (10 in the paper).")]
-ObservationsOpt = Annotated[int, typer.Option("--observations", help="Times the attacker observes each image "
-                                              "(averages the noise to sigma / sqrt(T)).")]
-DenoiserOpt = Annotated[Denoiser, typer.Option("--denoiser", help="The strong decoder's denoiser: tv (total "
-                                               "variation at the known noise level) or none.")]
 CanariesOpt = Annotated[int, typer.Option("--canaries", help="Canaries m of the membership audit: mislabelled "
                                           "training images, each trained on by a fair coin flip.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]

@@ -11,6 +11,7 @@ import typer
 from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackScenario
 from dpaudit.audit.configs import TrainConfig
+from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, check_max_images, default_image_size
@@ -52,15 +53,15 @@ def attack(
                                       ] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Noise multipliers, e.g. 0,1e-4,1e-3,0.02."
                                                )] = None,
-    decoder: cli.DecoderOpt = decoder_choice(S.decoders),
-    connection: cli.ConnectionOpt = S.connection,
-    bins: cli.BinsOpt = S.bins,
-    observations: cli.ObservationsOpt = S.observations,
+    decoder: attack_options.DecoderOpt = decoder_choice(S.decoders),
+    connection: attack_options.ConnectionOpt = S.connection,
+    bins: attack_options.BinsOpt = S.bins,
+    observations: attack_options.ObservationsOpt = S.observations,
     max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm", show_default=False, help=(
         "Clip norm C. \\[default: the checkpoint's, else 1.0]"))] = S.max_grad_norm,
     scoring: Annotated[Scoring, typer.Option("--scoring", help="nearest (the paper's matching) or paired."
                                              )] = S.scoring,
-    denoiser: cli.DenoiserOpt = S.denoiser,
+    denoiser: attack_options.DenoiserOpt = S.denoiser,
     n_train: Annotated[int | None, typer.Option("--n-train", help="N for --epsilons (default: the checkpoint's)."
                                                 )] = S.n_train,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs for --epsilons (default: the "

@@ -9,6 +9,7 @@ import typer
 
 from dpaudit.attacks.federated_results import FederatedAttackConfig
 from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
+from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
 from dpaudit.numfmt import upper
@@ -142,7 +143,7 @@ def attack_command(
     rounds: Annotated[int, typer.Option(help="Attacked rounds (fresh images each; n_images = rounds x clients x "
                                              "batch).")] = A.rounds,
     max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm C.")] = A.max_grad_norm,
-    denoiser: cli.DenoiserOpt = A.denoiser,
+    denoiser: attack_options.DenoiserOpt = A.denoiser,
     seed: Annotated[int, typer.Option(help="Seed.")] = A.seed,
     threads: cli.ThreadsOpt = A.threads,
     json_output: cli.JsonOpt = False,

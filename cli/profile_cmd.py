@@ -9,6 +9,7 @@ import typer
 
 from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.audit.profile.schema import ProfileConfig
+from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out
 from dpaudit.config import task_default_help
@@ -127,10 +128,10 @@ def profile(
                                                                  "see --privacy-unit); k > 1 gives patient-level "
                                                                  "guarantees.")] = D.records_per_patient,
     attack_images: Annotated[int, typer.Option(help="Training images attacked per privacy budget.")] = D.attack_images,
-    decoder: cli.DecoderOpt = decoder_choice(D.decoders),
-    connection: cli.ConnectionOpt = D.connection,
-    bins: cli.BinsOpt = D.bins,
-    observations: cli.ObservationsOpt = D.observations,
+    decoder: attack_options.DecoderOpt = decoder_choice(D.decoders),
+    connection: attack_options.ConnectionOpt = D.connection,
+    bins: attack_options.BinsOpt = D.bins,
+    observations: attack_options.ObservationsOpt = D.observations,
     attack_epochs: Annotated[int | None, typer.Option(help="Epochs of the attack scenario (batch size 1); "
                                                            "default: --epochs.")] = D.attack_epochs,
     mia_audit: Annotated[bool, typer.Option(
