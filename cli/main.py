@@ -7,9 +7,11 @@ fraction of a second. ``dpaudit --help`` (or an unknown command) builds the whol
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 import typer
 
@@ -45,10 +47,133 @@ def _root(
     """Privacy-risk auditing for differentially private medical-imaging models."""
 
 
+#: The usage-error class of the click that Typer runs on (typer >= 0.26 carries its own copy of click, so it is not
+#: ``click.UsageError``): the base of the public ``typer.BadParameter``.
+UsageError = typer.BadParameter.__mro__[1]
+if UsageError.__name__ != "UsageError":  # a Typer that changed this layout fails at once, loudly
+    raise ImportError(f"typer.BadParameter derives from {UsageError!r}, not a UsageError: update dpaudit.cli.main")
+
+#: What to type instead, by the Python type an option was declared with.
+_TYPE_FIX = {float: "a number, e.g. 0.5 or 1e-5", int: "a whole number, e.g. 10", bool: "true or false"}
+
+
+def _wanted(param: object) -> str:
+    """What an option takes, in words: its choices, or its type (Typer keeps the declared annotation; a plain click
+    parameter keeps ``type``)."""
+    import enum
+    import typing
+
+    descriptor, click_type = getattr(param, "type_descriptor", None), getattr(param, "type", None)
+    kind = getattr(descriptor, "annotation", None)
+    if kind is None:
+        kind = {"float": float, "integer": int, "boolean": bool}.get(getattr(click_type, "name", ""))
+    choices = getattr(descriptor, "choices", None) or getattr(click_type, "choices", None)
+    while typing.get_args(kind) and not isinstance(kind, type):  # list[float], float | None
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = [m.value for m in kind]
+    if choices:
+        return "one of " + ", ".join(str(getattr(c, "value", c)) for c in choices)
+    return _TYPE_FIX.get(kind, "a valid value")  # type: ignore[arg-type]
+
+
+def _values_given(argv: list[str], flag: str) -> list[str]:
+    """The values typed after ``flag`` (``--flag VALUE`` or ``--flag=VALUE``) in the command line ``argv``."""
+    found = [a.partition("=")[2] for a in argv if a.startswith(flag + "=")]
+    found += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    return found
+
+
+def _command_path(root: typer.Context | None, argv: list[str]) -> str:
+    """``dpaudit mia bound``: the program and the (sub)command names ``argv`` starts with."""
+    if root is None:
+        return "dpaudit"
+    path, cmd = [root.command_path], root.command
+    for word in argv:
+        sub = getattr(cmd, "commands", {}).get(word)
+        if sub is None:
+            break
+        path.append(word)
+        cmd = sub
+    return " ".join(path)
+
+
+def usage_line(exc: Exception, argv: list[str] | None = None, root: typer.Context | None = None) -> str:
+    """The one line (without "error: ") a parser complaint prints: click's message, the value typed (``argv``: the
+    command line after the program's name, ``root``: the program's context), and a fix that uses the command's own
+    flags and its --help.
+
+    >>> import typer
+    >>> usage_line(typer.BadParameter("'abc' is not a valid float.", param_hint="'--sigma'"))
+    "Invalid value for '--sigma': 'abc' is not a valid float. Fix: see 'dpaudit --help'."
+    """
+    see = f"see '{_command_path(root, argv or [])} --help'"
+    message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    stop = "" if message.endswith(("?", "!")) else "."
+    param = getattr(exc, "param", None)
+    flags = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+    kind = type(exc).__name__
+    if flags and kind == "MissingParameter":
+        fix = f"pass {flags[0]} {_wanted(param)}; {see}"
+    elif flags:
+        given = [v for f in flags for v in _values_given(argv or [], f)]
+        if given and not any(f"'{v}'" in message for v in given):
+            message += " (got " + ", ".join(f"'{v}'" for v in given) + ")"
+        fix = f"pass {flags[0]} {_wanted(param)}; {see}"
+    elif kind == "NoSuchOption":
+        fix = f"use an option the command has, spelt out in full; {see}"
+    elif kind == "BadOptionUsage":
+        fix = f"give {getattr(exc, 'option_name', 'the option')} its value right after it; {see}"
+    elif message.startswith("No such command"):
+        fix = f"use one of the commands; {see}"
+    elif message.startswith("Got unexpected extra argument"):
+        fix = f"remove the extra words, or quote a value that has spaces; {see}"
+    else:
+        fix = see
+    return f"{message}{stop} Fix: {fix}."
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The command line's group: a parser complaint (an unreadable value, an unknown option, a missing one) is one
+    line on stderr naming the flag, the value and a fix, and exit code 2, like every other error of dpaudit (not
+    Typer's multi-line box). Groups nest, so the outer one catches the complaints of every command below it."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault(_ARGV, list(args))  # the whole command line, for naming the value in a complaint
+        with _one_line(ctx):
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> object:
+        with _one_line(ctx):
+            return super().invoke(ctx)
+
+
+_ARGV = "dpaudit.argv"
+
+
+@contextlib.contextmanager
+def _one_line(ctx: typer.Context) -> Iterator[None]:
+    """Print a parser complaint raised inside as one line (:func:`usage_line`) and exit with code 2; the help a
+    bare group shows (``dpaudit mia``) passes through."""
+    try:
+        yield
+    except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        from rich.markup import escape
+
+        from dpaudit.cli._common import err
+
+        line = usage_line(exc, ctx.meta.get(_ARGV), ctx.find_root())
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
+        raise typer.Exit(code=2) from None
+
+
 def build_app(modules: list[str] | None = None) -> typer.Typer:
     """The typer app with the commands of ``modules`` (default: every module of ``COMMANDS``)."""
     app = typer.Typer(
         name="dpaudit",
+        cls=_OneLineErrors,
         help="Privacy-risk auditing for differentially private medical-imaging models.",
         no_args_is_help=True,
         add_completion=False,
