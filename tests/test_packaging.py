@@ -255,3 +255,51 @@ def test_the_command_line_imports_no_private_names_of_other_packages() -> None:
                 wrong += [f"{path.name}: {node.module}" for part in node.module.split(".") if part.startswith("_")
                           and not part.startswith("__")]
     assert not wrong, wrong
+
+
+def _run_main(argv: list[str], report: str, env: dict[str, str] | None = None) -> str:
+    """Run ``dpaudit ARGV`` in a fresh interpreter through the console script's ``main`` and return what ``report``
+    (Python code run after it) prints."""
+    code = (
+        "import sys, os, io, contextlib\n"
+        f"sys.argv = ['dpaudit', *{argv!r}]\n"
+        "from dpaudit.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"{report}\n"
+    )
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | (env or {})
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True,
+                         env=full_env)
+    return res.stdout.strip()
+
+
+@pytest.mark.parametrize("argv", [
+    ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--json"],
+    ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--threat-model", "relaxed"],
+    ["calibrate", "--max-rero", "0.2", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--json"],
+])
+def test_a_bounds_command_loads_no_torch_scipy_pydantic_or_attack_code(argv: list[str]) -> None:
+    # `dpaudit bounds` latency (bench/bench_bounds.py --sections cli): the whole process, parsing included, loads
+    # numpy, typer and rich, and none of these (pydantic: typer 0.29's option coercion; scipy: any submodule
+    # costs ~0.3 s through its array-API layer).
+    heavy = ("torch", "matplotlib", "scipy", "pydantic", "dpaudit.attacks", "dpaudit.audit", "opacus", "reportlab",
+             "monai", "skimage", "dp_accounting")
+    report = (f"heavy = {heavy!r}\n"
+              "print(sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + '.')}))")
+    assert _run_main(argv, report) == "[]"
+
+
+def test_commands_without_linear_algebra_start_openblas_with_one_thread_unless_the_user_chose() -> None:
+    report = "print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    bounds = ["bounds", "--sigma", "1", "--q", "1", "--steps", "1", "--kappa", "0.5", "--json"]
+    assert _run_main(bounds, report) == "1"
+    assert _run_main(bounds, report, {"OPENBLAS_NUM_THREADS": "3"}) == "3"  # never overridden
+    assert _run_main(["mia", "bound", "--help"], report) == "1"
+    assert _run_main(["train", "--help"], report) == "None"  # training keeps OpenBLAS' default
+    assert _run_main(["mia", "audit", "--help"], report) == "None"
