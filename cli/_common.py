@@ -28,8 +28,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
     """A Typer choice type of the library's own names (``"paper-all"`` is the member ``paper_all``), so that the
-    command line offers exactly what the library accepts."""
-    return StrEnum(name, {v.replace("-", "_"): v for v in values})  # type: ignore[return-value]
+    command line offers exactly what the library accepts. The type belongs to the calling module, which binds it
+    to ``name``: its values are pickled by that reference when a command hands them to worker processes."""
+    caller = sys._getframe(1).f_globals["__name__"]
+    return StrEnum(name, {v.replace("-", "_"): v for v in values}, module=caller)  # type: ignore[return-value]
 
 
 def opt_str(choice: StrEnum | None) -> str | None:

@@ -66,7 +66,8 @@ def _wanted(param: object) -> str:
     descriptor, click_type = getattr(param, "type_descriptor", None), getattr(param, "type", None)
     kind = getattr(descriptor, "annotation", None)
     if kind is None:
-        kind = {"float": float, "integer": int, "boolean": bool}.get(getattr(click_type, "name", ""))
+        kind = {"float": float, "integer": int, "int": int, "boolean": bool, "bool": bool}.get(
+            getattr(click_type, "name", ""))
     choices = getattr(descriptor, "choices", None) or getattr(click_type, "choices", None)
     while typing.get_args(kind) and not isinstance(kind, type):  # list[float], float | None
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), None)

@@ -72,9 +72,11 @@ def _filler(p: object) -> str:
     t = _annotation(p)
     if isinstance(t, type) and issubclass(t, enum.Enum):
         return str(next(iter(t)).value)
-    if t is int:
+    if getattr(t, "choices", None):  # a Typer before 0.29 keeps click's Choice
+        return str(getattr(t.choices[0], "value", t.choices[0]))
+    if t is int or type(t).__name__ == "IntParamType":
         return "10"
-    if t is float:
+    if t is float or type(t).__name__ == "FloatParamType":
         return "0.5"
     return "demo"
 

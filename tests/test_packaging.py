@@ -303,3 +303,24 @@ def test_commands_without_linear_algebra_start_openblas_with_one_thread_unless_t
     assert _run_main(["mia", "bound", "--help"], report) == "1"
     assert _run_main(["train", "--help"], report) == "None"  # training keeps OpenBLAS' default
     assert _run_main(["mia", "audit", "--help"], report) == "None"
+
+
+def test_every_choice_type_of_the_command_line_pickles() -> None:
+    # A command hands its options to worker processes (the profile's tasks): an Enum choice is pickled by
+    # reference to the module that binds it, so it must name that module.
+    import enum
+    import importlib
+    import pickle
+    import pkgutil
+
+    import dpaudit.cli
+
+    found = 0
+    for info in pkgutil.iter_modules(dpaudit.cli.__path__):
+        module = importlib.import_module(f"dpaudit.cli.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, enum.Enum) and value.__module__.startswith("dpaudit"):
+                member = next(iter(value))
+                assert pickle.loads(pickle.dumps(member)) is member, (module.__name__, value)
+                found += 1
+    assert found >= 8
