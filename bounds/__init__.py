@@ -1,4 +1,4 @@
-"""Reconstruction-robustness and membership-inference bounds for DP-SGD (pure numpy, scipy only for the Edgeworth approximation; no torch).
+"""Reconstruction-robustness and membership-inference bounds for DP-SGD (pure numpy/scipy, no torch).
 
 Public API (see ``docs/ARCHITECTURE.md``): epsilon by PLD (tight, sound) and RDP (what Opacus reports), the noise
 calibration for a target epsilon, ReRo bounds for the worst-case and relaxed threat models, membership-inference

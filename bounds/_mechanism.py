@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
-from dpaudit.bounds import _special as special
 from dpaudit.config import check_noise_multiplier as check_sigma
 from dpaudit.errors import check_int, check_probability, invalid
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
-from dpaudit.bounds import _special as special
 from dpaudit.bounds._mechanism import (
     StepPair,
     check_delta,

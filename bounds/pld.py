@@ -50,8 +50,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import fft as sp_fft
+from scipy import special
 
-from dpaudit.bounds import _special as special
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.errors import NumericalError, invalid
 
@@ -79,23 +80,6 @@ COARSEN_ATTEMPTS = 3
 
 class WindowTooLargeError(NumericalError):
     """The composed PLD needs a larger FFT window than ``MAX_WINDOW`` at this grid step."""
-
-
-def _fast_fft_size(n: int) -> int:
-    """The smallest 2^a 3^b 5^c >= n: a size pocketfft (numpy's FFT) transforms fast (scipy's next_fast_len for
-    real transforms also returns 5-smooth sizes)."""
-    best = 1 << max(n - 1, 0).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
 
 
 def _decay_filter(x: np.ndarray, h: float) -> np.ndarray:
@@ -854,16 +838,16 @@ def compose_parts(parts) -> DiscretePld:
     lo = max(math.floor((lo_loss - offset) / h) - 1, base)
     hi = min(math.ceil((hi_loss - offset) / h) + 1, top)
     width = max(hi - lo + 1, max(p.masses.size for p, _ in parts))
-    width = _fast_fft_size(width)
+    width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
         raise WindowTooLargeError(
             f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW}). "
             "Fix: a coarser discretisation, fewer steps, or more noise")
     spectrum = None
     for p, s in parts:
-        term = _spectrum_power(np.fft.rfft(p.masses, n=width), s)
+        term = _spectrum_power(sp_fft.rfft(p.masses, n=width), s)
         spectrum = term if spectrum is None else spectrum * term
-    composed = np.fft.irfft(spectrum, n=width)
+    composed = sp_fft.irfft(spectrum, n=width)
     # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k.
     composed = np.roll(composed, (base - lo) % width)
     # FFT round-off leaves tiny negative masses: clip them, and keep the size of the most negative one as the

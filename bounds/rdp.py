@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import special
 
-from dpaudit.bounds import _special as special
 from dpaudit.bounds._mechanism import check_delta
 
 #: Opacus' ``RDPAccountant.DEFAULT_ALPHAS``.

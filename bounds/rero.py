@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import special
 
-from dpaudit.bounds import _special as special
 from dpaudit.bounds._mechanism import StepPair, check_kappa, check_records_per_patient, check_threat_model
 from dpaudit.bounds.pld import Refined, WindowTooLargeError, _as_run, composed_pld, composed_run, refine
 from dpaudit.bounds.schedule import Schedule, resolve
