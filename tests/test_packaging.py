@@ -284,11 +284,11 @@ def _run_main(argv: list[str], report: str, env: dict[str, str] | None = None) -
     ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--threat-model", "relaxed"],
     ["calibrate", "--max-rero", "0.2", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--json"],
 ])
-def test_a_bounds_command_loads_no_torch_scipy_pydantic_or_attack_code(argv: list[str]) -> None:
+def test_a_bounds_command_loads_no_torch_heavy_scipy_pydantic_or_attack_code(argv: list[str]) -> None:
     # `dpaudit bounds` latency (bench/bench_bounds.py --sections cli): the whole process, parsing included, loads
-    # numpy, typer and rich, and none of these (pydantic: typer 0.29's option coercion; scipy: any submodule
-    # costs ~0.3 s through its array-API layer).
-    heavy = ("torch", "matplotlib", "scipy", "pydantic", "dpaudit.attacks", "dpaudit.audit", "opacus", "reportlab",
+    # numpy, scipy.special, typer and rich, and none of these (pydantic: typer 0.29's option coercion; scipy.stats,
+    # .signal, .optimize: 0.5-3 s each).
+    heavy = ("torch", "matplotlib", "scipy.stats", "scipy.signal", "scipy.optimize", "scipy.integrate", "pydantic", "dpaudit.attacks", "dpaudit.audit", "opacus", "reportlab",
              "monai", "skimage", "dp_accounting")
     report = (f"heavy = {heavy!r}\n"
               "print(sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + '.')}))")
