@@ -505,3 +505,37 @@ def test_coarse_probe_brackets_the_same_gamma(monkeypatch) -> None:
     for r in (fast, plain):
         assert np.all(r.lower <= r.gamma) and np.all(r.gamma - r.lower <= 5e-4 * r.gamma + 1e-12)
     assert np.all(fast.lower <= plain.gamma) and np.all(plain.lower <= fast.gamma)
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(1.0, 0.1, 10), (5.0, 0.1, 10), (5.0, 1e-3, 10), (2.0, 0.5, 10)])
+def test_coarse_settling_of_a_direction_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # A direction not yet refined is first composed SETTLE_COARSENING times coarser; where that upper end lies below
+    # the other direction's lower end, its fine composition is skipped. Both routes give proven brackets of the same
+    # exact value, each within the 1e-4 asked for, so they overlap; the coarse route composes the add direction's
+    # upper end only on the coarse grid where it settles.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    calls = []
+    real = pld_module.composed_run
+
+    def spy(run_, h, direction, optimistic=False):
+        calls.append((h, direction, optimistic))
+        return real(run_, h, direction, optimistic)
+
+    pld_module.clear_caches()
+    monkeypatch.setattr(pld_module, "composed_run", spy)
+    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    settled = [h for h, d, opt in calls if d == "add" and not opt]
+    coarsening = pld_module.SETTLE_COARSENING
+    monkeypatch.setattr(pld_module, "composed_run", real)
+    monkeypatch.setattr(pld_module, "SETTLE_COARSENING", None)
+    pld_module.clear_caches()
+    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    pld_module.clear_caches()
+    for r in (fast, plain):
+        assert r.lower[0] <= r.value[0] <= r.lower[0] * (1 + 1e-4) + 1e-9
+    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+    if q < 0.5:  # the remove direction dominates clearly: the add direction settles on the coarse grid alone
+        assert settled == [pytest.approx(coarsening * fast.h)]
