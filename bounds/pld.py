@@ -187,24 +187,39 @@ class DiscretePld:
         """:meth:`epsilon` of this PLD with the infinity atom ``infinity`` and every mass lowered by ``guard``.
 
         delta(l_j) = infinity + S_j - R_j only involves the atoms above l_j, and epsilon at a small delta lies in
-        the top of the PLD: the tails are computed over the top atoms only, 4096 first and four times as many until
-        they reach below the crossing."""
+        the top of the PLD: the tails are computed chunk by chunk from the top (4096 atoms first, then four times as
+        many each time) until a chunk reaches below the crossing; each chunk's tails are its own plus what the atoms
+        above it carry in: S_j gains their Q-mass, R_j gains e^{l_j - l_b} (m_b + R_b), b the lowest atom above."""
         if infinity >= target_delta:
             return math.inf
         n = self.masses.size
-        k = min(n, 4096)
+        h = self.h
+        b = n  # the current chunk is [a, b); every atom from b up is done
+        carry_s = carry_r = 0.0  # sum_{i >= b} m_i, and m_b + R_b
+        size = 4096
         while True:
-            top = self.masses[n - k:]
+            a = max(b - size, 0)
+            top = self.masses[a:b]
             if guard:
                 top = np.maximum(top - guard, 0.0)
-            s, r = _tails(top, self.h)
+            s, r = _tails(top, h)
+            if carry_s or carry_r:
+                s = s + carry_s
+                r = r + carry_r * np.exp(-h * np.arange(b - a, 0, -1))
             d = infinity + s - r  # decreasing in j
-            if k == n or d[0] > target_delta:
+            if a == 0 or d[0] > target_delta:
                 break
-            k = min(4 * k, n)
-        j = int(np.nonzero(d <= target_delta)[0][0])
-        losses = self.losses[n - k:]
-        if j == 0:  # (only when k == n: otherwise d[0] > target)
+            carry_s = float(s[0] + top[0])
+            carry_r = float(top[0] + r[0])
+            b, size = a, 4 * size
+        losses = self.losses[a:b]
+        hit = np.nonzero(d <= target_delta)[0]
+        if not hit.size:
+            # The crossing is the chunk above's lowest atom l_b: solve on (l_{b-1}, l_b], this chunk's last atom.
+            j = b - a
+        else:
+            j = int(hit[0])
+        if j == 0:  # (only when a == 0: otherwise d[0] > target)
             # Below the lowest atom l_0 every atom counts: delta(eps) = inf + S - e^{eps - l_0} (m_0 + R_0), exact
             # (the lowest atom itself is not enough for the lower end: the curve may reach the target below it).
             rest = infinity + s[0] + top[0] - target_delta

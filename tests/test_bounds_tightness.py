@@ -539,3 +539,33 @@ def test_coarse_settling_of_a_direction_brackets_the_same_epsilon(monkeypatch, s
     assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
     if q < 0.5:  # the remove direction dominates clearly: the add direction settles on the coarse grid alone
         assert settled == [pytest.approx(coarsening * fast.h)]
+
+
+def test_chunked_epsilon_read_matches_one_pass(rng) -> None:
+    # epsilon is read from the top of the PLD chunk by chunk (4096 atoms, then 4x as many), each chunk's tails
+    # carrying in the atoms above it. Reference: the same formula over all atoms in one pass (S and R from _tails of
+    # the whole PLD), and the exact hockey-stick curve at the result (DiscretePld.delta), on random PLDs long enough
+    # for several chunks, with the crossing in the first chunk, deeper, and below the lowest atom.
+    from dpaudit.bounds import pld as pld_module
+
+    for _ in range(40):
+        n = int(rng.integers(10, 80_000))
+        h = float(rng.uniform(1e-4, 0.05))
+        centre, width = n * rng.uniform(0.1, 0.9), n * rng.uniform(0.02, 0.4)
+        m = rng.random(n) * np.exp(-(((np.arange(n) - centre) / width) ** 2))
+        m /= m.sum() * rng.uniform(1.0, 1.3)
+        inf = float(rng.uniform(0.0, 1e-10))
+        pld = pld_module.DiscretePld(h=h, lo=int(rng.integers(-n, 0)), masses=m, infinity_mass=inf)
+        losses = pld.losses
+        s, r = pld_module._tails(m, h)
+        d = inf + s - r
+        for delta in (0.5, 1e-2, 1e-5, 1e-9):
+            got = pld.epsilon(delta)
+            j = int(np.nonzero(d <= delta)[0][0])
+            if j == 0:  # below the lowest atom: only the curve itself says where
+                assert got == 0.0 or pld.delta(got) == pytest.approx(delta, rel=1e-9)
+                continue
+            one_pass = max(0.0, float(losses[j - 1]) + math.log((inf + s[j - 1] - delta) / r[j - 1]))
+            assert got == pytest.approx(one_pass, rel=1e-12, abs=1e-12)
+            if got > 0:
+                assert pld.delta(got) == pytest.approx(delta, rel=1e-9)
