@@ -11,16 +11,24 @@ The rule
    bound, or on the membership-inference TPR at an FPR, compares a **sound upper bound** (the risk is at most that
    value). A limit on the realistic attack compares its **empirical** success rate (the fraction of attacked
    images reconstructed, SSIM above the attack's ``success_ssim``); that is a lower bound on the risk, so meeting it is weaker evidence, and
-   the check also carries the upper end of the rate's 95% Clopper-Pearson interval. A value that is missing (the
-   attack was not run) is not within the limit.
+   the check also carries the upper end of the rate's 95% Clopper-Pearson interval. It is within only when that
+   upper end is within the limit too: a rate of 0 of 8 images (interval up to 36.9%) does not show a risk of at
+   most 5%, so such a check is **inconclusive** (not within), and the reason says how many images would decide it.
+   A value that is missing (the attack was not run) is not within the limit.
 2. The budgets within every limit are ``within``; the **recommended** one has the best mean test MCC over seeds
    among them. Equal means go to the smaller epsilon (the same utility at less risk). The non-private baseline
    is never recommended: it carries no guarantee.
 3. When no budget is within, the most private budget shows which limits fail first; for each failing formal limit
    :func:`dpaudit.bounds.calibrate_noise` gives the smallest noise multiplier that meets it at that budget's q
    and T (safe end of the bracket). The largest of these meets every failing formal limit (each bound decreases
-   with sigma), and that limit is named as binding. A failing realistic limit has no calibration (it is
-   measured, not computed): the reason says to profile smaller budgets.
+   with sigma), and that limit is named as binding; the reason gives it rounded up and the per-image budget
+   ``--epsilons`` that trains with at least that noise, rounded down (:func:`dpaudit.bounds.epsilon_target_for`).
+   A failing realistic limit has no calibration (it is measured, not computed): the reason says to profile
+   smaller budgets.
+
+Where the privacy unit is the patient (k images per patient), the budgets are named by the per-image epsilon that
+training calibrates (``--epsilons``), and every epsilon the reason states beside the per-patient risks says which
+it is: per patient (k images moving together) or per image.
 """
 
 from __future__ import annotations
@@ -165,7 +173,10 @@ class Check:
     """One limit at one budget: the compared value, what kind of number it is, and whether it is within.
 
     ``interval_high`` is the upper end of the 95% interval of an empirical value (None for bounds); ``value`` None
-    means the profile holds no such number (then ``within`` is False).
+    means the profile holds no such number (then ``within`` is False). ``inconclusive``: an empirical value within
+    the limit whose interval reaches beyond it (not within: the evidence cannot show the limit is met);
+    ``n_images`` is how many images it was measured on and ``images_needed`` how many would decide it if the
+    measured rate held (None: more than the training split holds, or not applicable).
     """
 
     limit: int
@@ -173,6 +184,9 @@ class Check:
     label: str
     within: bool
     interval_high: float | None = None
+    inconclusive: bool = False
+    n_images: int | None = None
+    images_needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -191,8 +205,11 @@ class Remedy:
     """The noise that would meet the failing formal limits at the most private budget's q and T.
 
     ``noise_multiplier`` is the largest of the calibrated sigmas (it meets every failing formal limit, each bound
-    falling with sigma); ``binding`` is the index of the limit that needs it, ``epsilon`` its tight PLD epsilon at
-    the budget's delta (sound upper bound), for the privacy unit of the bounds (per patient when k > 1). None when only the realistic limit fails or no noise can meet it.
+    falling with sigma); ``binding`` is the index of the limit that needs it. ``epsilon`` is its tight PLD epsilon
+    at the budget's delta per image (per record, what ``--epsilons`` sets), ``epsilon_patient`` the same per
+    patient when k > 1 (else None): sound upper bounds. ``epsilon_target`` is the per-image budget to profile
+    with (``--epsilons``; rounded down, checked to give at least this noise), None where none can be given. The
+    remedy is None when only the realistic limit fails or no noise can meet it.
     """
 
     budget: str
@@ -202,6 +219,8 @@ class Remedy:
     epsilon: float
     sampling_probability: float
     steps: int
+    epsilon_patient: float | None = None
+    epsilon_target: float | None = None
 
 
 @dataclass(frozen=True)
@@ -224,24 +243,26 @@ class Decision:
         return next((b for b in self.budgets if b.budget == budget), None)
 
 
-#: (limit, bounds of the budget) -> (sigma, epsilon) meeting the limit at that budget's q, T, kappa and delta.
-Calibrate = Callable[[Limit, "BoundsOutcome"], tuple[float, float]]
+#: (limit, bounds of the budget) -> (sigma, epsilon per image, epsilon per patient or None, the per-image
+#: ``--epsilons`` budget or None) meeting the limit at that budget's q, T, kappa and delta.
+Calibrate = Callable[[Limit, "BoundsOutcome"], tuple[float, float, "float | None", "float | None"]]
 
 
-def calibrate(limit: Limit, bounds: BoundsOutcome) -> tuple[float, float]:
-    """The smallest noise multiplier (and its epsilon) meeting a formal limit at the budget's q, T and delta.
+def calibrate(limit: Limit, bounds: BoundsOutcome) -> tuple[float, float, float | None, float | None]:
+    """The smallest noise multiplier meeting a formal limit at the budget's q, T and delta, its epsilon per image
+    and per patient (None when k = 1), and the per-image budget that trains with at least that noise.
 
     A membership-inference TPR at FPR alpha is bounded by the worst-case ReRo bound at kappa = alpha (the same
     trade-off function: TPR <= 1 - f(alpha); see :mod:`dpaudit.bounds.mia`), so both calibrate with
     :func:`dpaudit.bounds.calibrate_noise`.
     """
-    from dpaudit.bounds import calibrate_noise
+    from dpaudit.bounds import calibrate_noise, epsilon_target_for
 
     kappa = bounds.kappa_train if limit.kind == "rero" else limit.at_fpr
     cal = calibrate_noise(limit.maximum, bounds.sampling_probability, bounds.steps, kappa,
                           threat_model=limit.threat_model, target_delta=bounds.target_delta,
                           records_per_patient=bounds.records_per_patient)
-    return cal.noise_multiplier, cal.epsilon
+    return cal.noise_multiplier, cal.epsilon, cal.epsilon_patient, epsilon_target_for(cal)
 
 
 def _mia_tpr(bounds: BoundsOutcome, fpr: float) -> float:
@@ -261,7 +282,12 @@ def _check(i: int, limit: Limit, lv: LevelSummary) -> Check:
         if lv.attack is None:
             return Check(i, None, limit.label, False)
         row = lv.attack.strongest
-        return Check(i, row.success_rate, limit.label, row.success_rate <= limit.maximum, row.ci_high)
+        if row.success_rate > limit.maximum:
+            return Check(i, row.success_rate, limit.label, False, row.ci_high, n_images=row.n_images)
+        if row.ci_high <= limit.maximum:
+            return Check(i, row.success_rate, limit.label, True, row.ci_high, n_images=row.n_images)
+        return Check(i, row.success_rate, limit.label, False, row.ci_high, inconclusive=True,
+                     n_images=row.n_images, images_needed=images_needed(row.success_rate, limit.maximum))
     if not lv.private:
         return Check(i, 1.0, limit.label, limit.maximum >= 1.0)  # no guarantee: the bound is 100%
     if lv.bounds is None:
@@ -272,6 +298,41 @@ def _check(i: int, limit: Limit, lv: LevelSummary) -> Check:
     else:
         value = _mia_tpr(lv.bounds, limit.at_fpr)  # type: ignore[arg-type]
     return Check(i, value, limit.label, value is not None and value <= limit.maximum)
+
+
+#: The most images :func:`images_needed` considers (beyond, the attack would cost more than the profile).
+MAX_IMAGES_NEEDED = 100_000
+
+
+def images_needed(rate: float, maximum: float) -> int | None:
+    """The fewest attacked images whose exact 95% Clopper-Pearson interval (the report's: two-sided, 97.5% each
+    side) ends at or below ``maximum`` if the success rate measured so far, ``rate``, held; None when no number up
+    to :data:`MAX_IMAGES_NEEDED` does (a rate at or near the limit).
+
+    With no success it is the smallest n with 1 - 0.025^(1/n) <= maximum (72 images for 5%).
+    """
+    import numpy as np
+
+    from dpaudit.attacks.binomial import clopper_pearson_limits
+
+    if not rate < maximum:
+        return None
+
+    def ok(n: int) -> bool:
+        return float(clopper_pearson_limits(np.array([math.floor(rate * n)]), n, 0.975)[1][0]) <= maximum
+
+    if not ok(MAX_IMAGES_NEEDED):
+        return None
+    lo, hi = 1, MAX_IMAGES_NEEDED  # ok(hi); the upper limit falls with n at a fixed rate (up to the floor's steps)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    while hi < MAX_IMAGES_NEEDED and not all(ok(n) for n in range(hi, min(hi + 8, MAX_IMAGES_NEEDED))):
+        hi += 1  # the floor of rate * n makes the limit saw-toothed: take the n from which it stays met
+    return hi
 
 
 def _mcc(lv: LevelSummary) -> float | None:
@@ -307,27 +368,77 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
                       "profile with --epsilons 1,8,20", cls=ConfigError)
     within = [(lv, b) for lv, b in private if b.within]
     names = "; ".join(lim.describe() for lim in limits)
+    k = profile.privacy().records_per_patient
+    n_train = profile.dataset.n_train
     if within:
         # Best mean MCC; equal means go to the smaller epsilon; a budget without utility ranks last.
         best_lv, best = max(within, key=lambda x: (x[1].mcc is not None, x[1].mcc or 0.0, -x[0].epsilon_target))
         ties = [b.budget for _, b in within if b is not best and b.mcc is not None and b.mcc == best.mcc]
         if best.mcc is None:
             best_lv, best = within[0]
-            why = f"No utility was measured, so the most private of them, {best.budget}, is recommended"
+            why = (f"No utility was measured, so the most private of them, {_name(best_lv, k)}, is "
+                   "recommended")
         else:
-            why = (f"Recommended: {best.budget}, the best utility among them (mean test MCC {best.mcc:.3f}, "
-                   f"{best_lv.utility['mcc'].n} seed(s))")
+            why = (f"Recommended: {_name(best_lv, k)}, the best utility among them (mean test MCC "
+                   f"{best.mcc:.3f}, {best_lv.utility['mcc'].n} seed(s))")
             if ties:
                 why += f"; {', '.join(ties)} ties with it, and the smaller ε is recommended (same utility, less risk)"
         reason = (f"{len(within)} of {len(private)} privacy budgets {'meets' if len(within) == 1 else 'meet'} every "
                   f"limit ({names}): "
                   f"{', '.join(b.budget for _, b in within)}. {why}.")
+        reason += _inconclusive(private, limits, n_train)
         if any(lim.label == LABEL_EMPIRICAL for lim in limits):
             reason += (" The realistic-attack limit is checked against a measured success rate, a lower bound on "
-                       "the risk: a stronger attack may do better.")
-        return Decision(limits, tuple(b.budget for _, b in within), best.budget, reason, budgets)
-    reason, remedy = _none_within(private, limits, calibrate_fn)
-    return Decision(limits, (), None, reason, budgets, remedy)
+                       "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
+                       "is within the limit.")
+        return Decision(limits, tuple(b.budget for _, b in within), best.budget, reason + _units(private, k),
+                        budgets)
+    reason, remedy = _none_within(private, limits, calibrate_fn, k, n_train)
+    return Decision(limits, (), None, reason + _units(private, k), budgets, remedy)
+
+
+def _name(lv: LevelSummary, k: int) -> str:
+    """A budget's name for the reason: 'ε = 8', or with the patient unit 'ε = 8 per image (ε ≤ 43.48 per
+    patient)': the budget is the per-image epsilon training calibrates, the limits protect the patient."""
+    if k <= 1 or not lv.private:
+        return lv.label
+    per_patient = lv.bounds.epsilon_patient if lv.bounds is not None else None
+    return lv.label + (f" per image (ε ≤ {_eps(per_patient)} per patient)" if per_patient is not None
+                       else " per image")
+
+
+def _units(private: list[tuple[LevelSummary, BudgetChecks]], k: int) -> str:
+    """With the patient as the unit: what the budgets' names mean, and each one's epsilon per patient."""
+    if k <= 1:
+        return ""
+    per = [f"{lv.label} → ε ≤ {_eps(lv.bounds.epsilon_patient)}" for lv, _ in private
+           if lv.bounds is not None and lv.bounds.epsilon_patient is not None]
+    return (f" Privacy unit: the patient (up to {k} images). Budgets are named by their per-image ε (what "
+            "--epsilons sets, δ as in the table); per patient, the unit the limits protect"
+            + (f": {', '.join(per)} (sound upper bounds)." if per else ", ε is larger."))
+
+
+def _inconclusive(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],
+                  n_train: int) -> str:
+    """One sentence per inconclusive check: the evidence, and how many attacked images would decide it."""
+    out = ""
+    for lv, b in private:
+        for c in b.checks:
+            if not c.inconclusive:
+                continue
+            lim = limits[c.limit]
+            if c.images_needed is not None and c.images_needed <= n_train:
+                how = (f"attack more images with --attack-images {c.images_needed} (enough if the rate stays at "
+                       f"{_pct(c.value)})")  # type: ignore[arg-type]
+            elif c.images_needed is not None:
+                how = (f"that needs about {c.images_needed} attacked images, more than the {n_train} training "
+                       "images: rely on the formal bounds")
+            else:
+                how = "attack more images with --attack-images (the rate measured is too close to the limit to say how many)"
+            out += (f" {b.budget} is inconclusive on {lim.describe()}: {_pct(c.value)} of "  # type: ignore[arg-type]
+                    f"{c.n_images} images attacked ({LABEL_EMPIRICAL}), 95% interval up to "
+                    f"{_pct(c.interval_high, up=True)}, so it is not counted as within; {how}.")  # type: ignore[arg-type]
+    return out
 
 
 def with_decision(profile: Profile, limits: Sequence[Limit]) -> Profile:
@@ -336,8 +447,10 @@ def with_decision(profile: Profile, limits: Sequence[Limit]) -> Profile:
 
 
 def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],
-                 calibrate_fn: Calibrate) -> tuple[str, Remedy | None]:
+                 calibrate_fn: Calibrate, k: int = 1, n_train: int = 0) -> tuple[str, Remedy | None]:
     """The reason and the remedy when no budget meets every limit: the most private budget's failing limits."""
+    from dpaudit.numfmt import at_least, at_most
+
     lv, b = min(private, key=lambda x: x[0].epsilon_target)
     failing = [c for c in b.checks if not c.within]
     parts = []
@@ -345,10 +458,14 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         lim = limits[c.limit]
         if c.value is None:
             parts.append(f"{lim.describe()}: not measured")
+        elif c.inconclusive:
+            parts.append(f"{lim.describe()}: inconclusive")
         else:
             parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} ({c.label})")
-    reason = (f"No privacy budget meets every limit. Even the most private one, {b.budget}, fails "
-              f"{'; '.join(parts)}.")
+    which = f"The only private one, {b.budget}," if len(private) == 1 else f"Even the most private one, {b.budget},"
+    verb = "is" if all(c.inconclusive for c in failing) else "fails"
+    reason = f"No privacy budget meets every limit. {which} {verb} {'; '.join(parts)}."
+    reason += _inconclusive(private, limits, n_train)
     remedy = None
     calibrated = []
     for c in failing:
@@ -360,22 +477,32 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
             reason += (f" No noise can meet {lim.describe()}: it is at or below the blind guess "
                        f"({_pct(floor)}).")  # type: ignore[arg-type]
             continue
-        sigma, eps = calibrate_fn(lim, lv.bounds)
-        calibrated.append((sigma, eps, c.limit))
+        calibrated.append((*calibrate_fn(lim, lv.bounds), c.limit))
     if calibrated:
-        sigma, eps, binding = max(calibrated)
+        sigma, eps, eps_patient, target, binding = max(calibrated, key=lambda x: x[0])
         used = lv.train[0].noise_multiplier if lv.train else lv.bounds.noise_multiplier  # type: ignore[union-attr]
         bnd = lv.bounds
-        # calibrate_noise states epsilon for the unit its bound protects: all k images of a patient when k > 1
-        k = bnd.records_per_patient  # type: ignore[union-attr]
-        unit = f" per patient of {k} images" if k > 1 else ""
-        remedy = Remedy(b.budget, binding, sigma, used, eps, bnd.sampling_probability, bnd.steps)  # type: ignore[union-attr]
+        remedy = Remedy(b.budget, binding, sigma, used, eps, bnd.sampling_probability, bnd.steps,  # type: ignore[union-attr]
+                        epsilon_patient=eps_patient, epsilon_target=target)
+        if eps_patient is not None:
+            guarantee = f"ε ≤ {_eps(eps_patient)} per patient of {k} images, ε ≤ {_eps(eps)} per image"
+        else:
+            guarantee = f"ε ≤ {_eps(eps)}"
+        # sigma is a value to reach: rounded up; the budget that gives it is a value to stay below: rounded down
         reason += (f" The limit that fails first is {limits[binding].describe()}: training with noise multiplier "
-                   f"σ = {sigma:.4g} instead of {used:.4g} at the same sampling rate q = {bnd.sampling_probability:.4g} "  # type: ignore[union-attr]
-                   f"and {bnd.steps} steps (ε = {_eps(eps)}{unit} at δ = {bnd.target_delta:.3g}) would meet it"  # type: ignore[union-attr]
+                   f"σ ≥ {at_least(sigma)} instead of {used:.4g} at the same sampling rate q = "
+                   f"{bnd.sampling_probability:.4g} and {bnd.steps} steps would meet it"  # type: ignore[union-attr]
                    + (" and every other failing bound" if len(calibrated) > 1 else "")
-                   + " (calibrated with the tight accountant; sound upper bound). Expect lower utility.")
-    if any(limits[c.limit].threat_model == "realistic" and limits[c.limit].kind == "rero" for c in failing):
+                   + f" ({guarantee} at δ = {bnd.target_delta:.3g}; calibrated with the tight accountant, sound "  # type: ignore[union-attr]
+                   "upper bounds).")
+        if target is not None:
+            reason += (f" To train with it, profile again with --epsilons {at_most(target)}"
+                       + (" (per image: training calibrates σ per image)" if eps_patient is not None else "")
+                       + " and the rest of the configuration unchanged. Expect lower utility.")
+        else:
+            reason += " Expect lower utility."
+    if any(limits[c.limit].threat_model == "realistic" and limits[c.limit].kind == "rero" and not c.inconclusive
+           for c in failing):
         reason += (" The realistic attack is measured, not computed, so no noise can be calibrated for it: "
                    "profile smaller budgets (e.g. --epsilons 0.5,1).")
     return reason, remedy

@@ -22,6 +22,7 @@ from dpaudit.bounds.calibrate import (
     NoiseForEpsilon,
     calibrate_epsilon,
     calibrate_noise,
+    epsilon_target_for,
     max_steps,
     noise_for_epsilon,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "bounds_summary",
     "calibrate_epsilon",
     "calibrate_noise",
+    "epsilon_target_for",
     "check_delta",
     "check_noise_multiplier",
     "check_q",

@@ -28,7 +28,7 @@ from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.bounds.schedule import Phase, Schedule
 from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
-from dpaudit.numfmt import upper
+from dpaudit.numfmt import at_most, upper
 
 ACCOUNTANTS = ("pld", "rdp")
 #: Noise multipliers searched. Below 1e-3 the noise is invisible next to a clipped gradient (the seed paper's
@@ -271,7 +271,12 @@ class Calibration:
     achieved_rero:
         The tight (sound upper bound) gamma at that sigma.
     epsilon:
-        Tight PLD epsilon of that sigma at ``target_delta`` (of the whole schedule).
+        Tight PLD epsilon of that sigma at ``target_delta`` (of the whole schedule) **per record** (one image): what
+        ``dpaudit train --epsilon`` and ``profile --epsilons`` take, so training at a budget at or below it uses at
+        least this noise.
+    epsilon_patient:
+        The same per patient (the ``records_per_patient`` images of one patient moving together, tight PLD):
+        the guarantee of the unit the bound protects; None when ``records_per_patient`` is 1.
     schedule:
         The calibrated run: the fixed earlier phases, then (noise_multiplier, sampling_probability, steps).
     """
@@ -289,6 +294,12 @@ class Calibration:
     label: str = "sound upper bound"
     at_floor: bool = False
     schedule: Schedule | None = None
+    epsilon_patient: float | None = None
+
+    @property
+    def epsilon_of_unit(self) -> float:
+        """epsilon of the privacy unit: per patient when a patient holds several records, else per record."""
+        return self.epsilon if self.epsilon_patient is None else self.epsilon_patient
 
     def __post_init__(self) -> None:
         if self.achieved_rero > self.max_rero:
@@ -370,12 +381,35 @@ def calibrate_noise(max_rero: float, sampling_probability: float | None = None, 
     sigma = safe_smallest(lambda s: score(s) <= 0, guess, rtol=rtol, score=score)
     achieved = _gamma_at(sigma, q, steps, kappa_v, threat_model, k, prior)
     sched = Schedule((*prior, Phase(sigma, q, steps)))
-    eps = epsilon_pld(target_delta=delta, schedule=sched) if k == 1 else float(
-        epsilon_pld_refined(sched.run(k), None, delta).value[0])
+    eps = epsilon_pld(target_delta=delta, schedule=sched)
+    eps_patient = None if k == 1 else float(epsilon_pld_refined(sched.run(k), None, delta).value[0])
     return Calibration(noise_multiplier=sigma, max_rero=max_rero, achieved_rero=achieved, epsilon=eps,
+                       epsilon_patient=eps_patient,
                        threat_model=threat_model, sampling_probability=q, steps=steps, kappa=kappa_v,
                        target_delta=delta, records_per_patient=k, schedule=sched,
                        at_floor=sigma <= SIGMA_RANGE[0] and achieved < max_rero / (1 + rtol))
+
+
+def epsilon_target_for(cal: Calibration, digits: int = 4) -> float | None:
+    """The per-record budget to train with (``train --epsilon``, ``profile --epsilons``) so that the run meets
+    ``cal``'s limit: ``cal.epsilon`` rounded *down* to ``digits`` significant digits (a smaller budget means more
+    noise), checked the way training uses it.
+
+    Training calibrates sigma to the budget with :func:`calibrate_epsilon` (PLD); the check repeats that and
+    evaluates the tight ReRo bound, for the privacy unit, at the sigma it gives. A budget whose run would miss the
+    limit (the two accountants' discretisations differ in the last digits) is lowered by one unit of the last digit
+    until it meets it. None for a calibration of several phases (training runs one phase) or at the search floor.
+    """
+    if cal.at_floor or (cal.schedule is not None and len(cal.schedule.phases) > 1):
+        return None
+    q, steps = cal.sampling_probability, cal.steps
+    target = float(at_most(cal.epsilon, digits))
+    for _ in range(20):
+        sigma = calibrate_epsilon(target, q, steps, cal.target_delta, accountant="pld").noise_multiplier
+        if _gamma_at(sigma, q, steps, cal.kappa, cal.threat_model, cal.records_per_patient) <= cal.max_rero:
+            return target
+        target = float(at_most(target * (1 - 10.0 ** (1 - digits)), digits))
+    raise NumericalError(f"no per-record epsilon near {cal.epsilon:g} meets the limit {cal.max_rero:g}")
 
 
 def _clt_guess(max_rero: float, q: float, steps: int, kappa: float) -> float:

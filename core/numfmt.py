@@ -43,3 +43,50 @@ def lower(value: float | None, digits: int = DIGITS) -> str:
     if value is None:
         return "n/a"
     return _rounded(float(value), digits, math.floor)
+
+
+def at_least(value: float, digits: int = DIGITS) -> str:
+    """``value`` rounded up to ``digits`` significant digits, strictly: the printed number is never below it.
+
+    For a value a reader must *reach*, such as a noise multiplier that meets a limit: :func:`upper` lets binary
+    round-off of 1e-9 of the last digit round down, which this does not (2.87524 -> '2.876', 2.875 -> '2.875').
+
+    >>> at_least(2.87524048), at_least(11129.16, 5), at_least(2.875), at_least(0.1 + 0.2, 1)
+    ('2.876', '11130', '2.875', '0.4')
+    """
+    return _strict(float(value), digits, up=True)
+
+
+def at_most(value: float, digits: int = DIGITS) -> str:
+    """``value`` rounded down to ``digits`` significant digits, strictly: the printed number is never above it.
+
+    For a value a reader must *stay below*, such as the per-image epsilon target that gives enough noise.
+
+    >>> at_most(1.18149), at_most(2.0), at_most(0.30000000000000004, 1)
+    ('1.181', '2', '0.3')
+    """
+    return _strict(float(value), digits, up=False)
+
+
+def _strict(value: float, digits: int, *, up: bool) -> str:
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    exponent = math.floor(math.log10(abs(value)))
+    for _ in range(3):  # a step of one unit in the last digit fixes any binary round-off of the first try
+        scale = 10.0 ** (digits - 1 - exponent)
+        r = (math.ceil if up else math.floor)(value * scale)
+        text = f"{r / scale:.{digits}g}"
+        if (float(text) >= value) if up else (float(text) <= value):
+            return _plain(text)
+        value_fix = r + (1 if up else -1)
+        text = f"{value_fix / scale:.{digits}g}"
+        if (float(text) >= value) if up else (float(text) <= value):
+            return _plain(text)
+        exponent += 1 if up else -1
+    raise ArithmeticError(f"cannot round {value!r} {'up' if up else 'down'} to {digits} digits")
+
+
+def _plain(text: str) -> str:
+    """'1.235e+05' -> '123500' (a command-line value reads better without an exponent); small numbers kept."""
+    x = float(text)
+    return f"{x:.0f}" if "e" in text and abs(x) >= 1 else text

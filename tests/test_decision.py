@@ -30,10 +30,12 @@ def _with_mcc(profile: Profile, mcc: dict[float | None, float]) -> Profile:
     return dataclasses.replace(profile, train=train)
 
 
-def _with_realistic(profile: Profile, rate: float) -> Profile:
-    """Every private budget's realistic attack succeeds at ``rate`` (both decoders)."""
+def _with_realistic(profile: Profile, rate: float, ci_high: float | None = None) -> Profile:
+    """Every private budget's realistic attack succeeds at ``rate`` (both decoders), 95% interval up to ``ci_high``
+    (default rate + 0.1)."""
+    high = min(1.0, rate + 0.1) if ci_high is None else ci_high
     attacks = tuple(dataclasses.replace(a, rows=tuple(dataclasses.replace(r, success_rate=rate, ci_low=0.0,
-                                                                           ci_high=min(1.0, rate + 0.1))
+                                                                           ci_high=high)
                                                       for r in a.rows)) if a.epsilon_target is not None else a
                     for a in profile.attacks)
     return dataclasses.replace(profile, attacks=attacks)
@@ -51,6 +53,7 @@ def test_some_within_recommends_the_best_utility_among_them() -> None:
 
 def test_all_within_recommends_the_best_private_budget_never_the_baseline() -> None:
     prof = _with_mcc(synthetic_profile(), {None: 0.9})  # the baseline is better still, but has no guarantee
+    prof = _with_realistic(prof, 0.0, ci_high=0.04)  # a conclusive 0%: the whole interval within 5%
     d = decide(prof, [Limit("rero", 0.05, "realistic")], calibrate_fn=_no_calibration)
     assert d.within == ("ε = 1", "ε = 8", "ε = 20", "ε = 10⁹")
     assert d.recommended == "ε = 10⁹"
@@ -70,7 +73,7 @@ def test_none_within_names_the_failing_limit_and_the_noise_that_meets_it() -> No
 
     def fake(limit, bounds):
         calls.append((limit, bounds.epsilon_target))
-        return (2.5, 0.31) if limit.threat_model == "worst_case" else (1.5, 0.9)
+        return (2.5, 0.31, None, 0.3099) if limit.threat_model == "worst_case" else (1.5, 0.9, None, 0.8999)
 
     limits = [Limit("rero", 0.0002), Limit("rero", 0.00005 + 1 / 8000, "relaxed"),
               Limit("rero", 0.05, "realistic")]
@@ -80,12 +83,13 @@ def test_none_within_names_the_failing_limit_and_the_noise_that_meets_it() -> No
     assert calls == [(limits[0], 1.0)]
     assert d.remedy.budget == "ε = 1" and d.remedy.binding == 0 and d.remedy.noise_multiplier == 2.5
     assert d.remedy.noise_multiplier_used == pytest.approx(0.92)
-    assert "fails first" in d.reason and "σ = 2.5" in d.reason and "worst-case reconstruction" in d.reason
+    assert "fails first" in d.reason and "σ ≥ 2.5 " in d.reason and "worst-case reconstruction" in d.reason
+    assert "--epsilons 0.3099" in d.reason and d.remedy.epsilon_target == 0.3099
 
 
 def test_none_within_binding_limit_is_the_one_needing_most_noise() -> None:
     def fake(limit, bounds):
-        return {"rero": (2.0, 0.5), "mia_tpr": (3.0, 0.2)}[limit.kind]
+        return {"rero": (2.0, 0.5, None, 0.5), "mia_tpr": (3.0, 0.2, None, 0.2)}[limit.kind]
 
     # Epsilon 1 fails both: worst case 0.03% > 0.02%, and TPR at FPR 0.1% is 0.27% > 0.2% (see below).
     d = decide(synthetic_profile(), [Limit("rero", 0.0002), Limit("mia_tpr", 0.002, at_fpr=1e-3)],
@@ -223,3 +227,70 @@ def test_profile_of_the_earlier_layout_with_membership_audits_is_refused_by_name
     data["mia_audits"] = [{"epsilon_target": 1.0, "epsilon_lower_bound": 0.1, "epsilon_ceiling": 3.0}]
     with pytest.raises(ConfigError, match=r"mia_audits.*re-create profile\.json"):
         Profile.from_json(json.dumps(data))
+
+
+def patient_profile(k: int = 4) -> Profile:
+    """The synthetic profile with the patient as the privacy unit: k images per patient, per-patient epsilon
+    stored beside the per-image one (regression values, not a computation: 5x the per-image epsilon)."""
+    from dpaudit.audit.profile.schema import PrivacyInfo
+
+    prof = synthetic_profile(seeds=1)
+    bounds = tuple(dataclasses.replace(b, records_per_patient=k, epsilon_patient=5 * b.epsilon)
+                   for b in prof.bounds)
+    dataset = dataclasses.replace(prof.dataset, privacy=PrivacyInfo("patient", k, data_unit="patient"))
+    return dataclasses.replace(prof, bounds=bounds, dataset=dataset)
+
+
+def test_patient_unit_remedy_is_runnable_and_meets_the_limit() -> None:
+    """The remedy's printed sigma (rounded up) and --epsilons (rounded down) both meet the limit per patient, as
+    `dpaudit bounds` computes it; its epsilons say per patient and per image."""
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from dpaudit.bounds import calibrate_epsilon
+    from dpaudit.cli.main import app
+
+    d = decide(patient_profile(), [Limit("rero", 2e-4)])  # epsilon 1 (sigma 0.92, q 0.04, T 500): 0.03% stored
+    r = d.remedy
+    assert r is not None and r.epsilon_patient is not None and r.epsilon_patient > r.epsilon
+    sigma_text = re.search(r"σ ≥ ([0-9.]+) ", d.reason).group(1)
+    eps_text = re.search(r"--epsilons ([0-9.]+)", d.reason).group(1)
+    assert float(sigma_text) >= r.noise_multiplier and float(eps_text) <= r.epsilon
+    assert "per patient of 4 images" in d.reason and "per image" in d.reason
+    base = ["--q", str(r.sampling_probability), "--steps", str(r.steps), "--kappa", str(1 / 8000),
+            "--records-per-patient", "4", "--json"]
+    res = CliRunner().invoke(app, ["bounds", "--sigma", sigma_text, *base])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["rero"][0]["worst_case"] <= 2e-4
+    # --epsilons E trains with the sigma the accountant gives for E, per image: it meets the limit too
+    trained = calibrate_epsilon(float(eps_text), r.sampling_probability, r.steps, 8e-7).noise_multiplier
+    res = CliRunner().invoke(app, ["bounds", "--sigma", repr(trained), *base])
+    assert json.loads(res.stdout)["rero"][0]["worst_case"] <= 2e-4
+
+
+def test_patient_unit_reason_names_both_epsilons() -> None:
+    d = decide(patient_profile(), [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert d.recommended == "ε = 8"
+    assert "ε = 8 per image (ε ≤ 39.96 per patient)" in d.reason  # 5 x 7.992
+    assert "Budgets are named by their per-image ε" in d.reason
+
+
+def test_realistic_limit_on_too_few_images_is_inconclusive() -> None:
+    """0 of 8 images reconstructed, 95% interval up to 36.9%: not evidence of at most 5%."""
+    prof = _with_realistic(synthetic_profile(), 0.0, ci_high=0.369)
+    d = decide(prof, [Limit("rero", 0.05, "realistic")], calibrate_fn=_no_calibration)
+    assert d.within == () and d.recommended is None and d.remedy is None
+    check = d.checks_of("ε = 8").checks[0]
+    assert check.inconclusive and not check.within and check.images_needed == 72
+    assert "inconclusive" in d.reason and "--attack-images 72" in d.reason and "36.9%" in d.reason
+    assert "profile smaller budgets" not in d.reason  # more images decide it, not smaller budgets
+
+
+def test_images_needed_is_the_clopper_pearson_size() -> None:
+    """No success: the exact 97.5% one-sided upper limit is 1 - 0.025^(1/n); <= 5% from n = 72 (closed form)."""
+    from dpaudit.audit.decision import images_needed
+
+    assert images_needed(0.0, 0.05) == math.ceil(math.log(0.025) / math.log(0.95))
+    assert images_needed(0.05, 0.05) is None and images_needed(0.2, 0.1) is None
