@@ -304,6 +304,13 @@ def _unit_epsilons(s) -> tuple[float, float, str]:
     return eps.value, s.epsilon_rdp if s.records_per_patient == 1 else math.nan, eps.accountant.upper()
 
 
+#: What ``epsilon`` and ``epsilon_patient`` mean in every JSON of the bounds commands (profile.json's ``bounds[]``
+#: uses the same two keys).
+EPSILON_LABEL = "sound upper bound ({accountant}), per image (per record: what --epsilon/--epsilons set)"
+EPSILON_PATIENT_LABEL = ("sound upper bound (PLD), per patient: the records_per_patient images of one patient "
+                         "moving together")
+
+
 def _delta(delta: float | None, n_train: int | None) -> tuple[float, str | None]:
     """target_delta: as given (or the checkpoint's), else the one default rule of every command,
     :func:`dpaudit.bounds.default_delta` of N_train (8e-7 when N is not known); the second value says which rule
@@ -318,7 +325,6 @@ def _delta(delta: float | None, n_train: int | None) -> tuple[float, str | None]
 def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any]:
     sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
                                  s.records_per_patient)
-    eps, eps_rdp, eps_source = _unit_epsilons(s)
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
     single = s.schedule is None or len(s.schedule.phases) == 1
     return {
@@ -326,13 +332,16 @@ def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any
         "noise_multiplier": sigma if single else None, "sampling_probability": q if single else None,
         "steps": steps, "phases": s.schedule.to_history() if s.schedule is not None else [[sigma, q, steps]],
         "target_delta": delta, "records_per_patient": k, "privacy_unit": "patient" if k > 1 else "image",
-        "method": method, "epsilon": eps,
-        "epsilon_rdp": eps_rdp if math.isfinite(eps_rdp) else None,
+        "method": method, "epsilon": s.epsilon.value,
+        "epsilon_patient": s.epsilon_patient.value if s.epsilon_patient is not None else None,
+        "epsilon_rdp": s.epsilon_rdp,
         "rero": [{"kappa": float(kv), "worst_case": float(w), "relaxed": float(r)}
                  for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True)],
         "mia": {"advantage": mia.advantage,
                 "tpr_at_fpr": [{"fpr": f, "tpr": t} for f, t in mia.tpr_at_fpr]},
-        "labels": {"epsilon": f"sound upper bound ({eps_source})", "epsilon_rdp": "sound upper bound (RDP, as Opacus)",
+        "labels": {"epsilon": EPSILON_LABEL.format(accountant=s.epsilon.accountant.upper()),
+                   **({"epsilon_patient": EPSILON_PATIENT_LABEL} if s.epsilon_patient is not None else {}),
+                   "epsilon_rdp": "sound upper bound (RDP, as Opacus), per image",
                    "rero": worst.label, "mia": mia.label},
         "numerical_error": {"worst_case": worst.numerical_error.tolist(),
                             "relaxed": relaxed.numerical_error.tolist()},
@@ -361,9 +370,16 @@ def _render(s) -> None:
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("kind")
-    table.add_row(f"epsilon at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
-    if math.isfinite(eps_rdp):
-        table.add_row(f"epsilon at delta {delta:g} (RDP, as Opacus)", _fmt_eps(eps_rdp), "sound upper bound")
+    if k > 1:
+        table.add_row(f"epsilon per patient of {k} images at delta {delta:g} ({eps_source})", _fmt_eps(eps),
+                      "sound upper bound")
+        table.add_row(f"epsilon per image at delta {delta:g} ({s.epsilon.accountant.upper()})",
+                      _fmt_eps(s.epsilon.value), "sound upper bound")
+    else:
+        table.add_row(f"epsilon at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
+    if math.isfinite(s.epsilon_rdp):
+        table.add_row(f"epsilon{' per image' if k > 1 else ''} at delta {delta:g} (RDP, as Opacus)",
+                      _fmt_eps(s.epsilon_rdp), "sound upper bound")
     for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True):
         table.add_row(f"ReRo worst-case, kappa {kv:.4g}", _fmt_pct(w), worst.label)
         table.add_row(f"ReRo relaxed, kappa {kv:.4g}", _fmt_pct(r), relaxed.label)
@@ -489,16 +505,24 @@ def calibrate(
             err.print(f"[yellow]warning:[/] {cal.note}")
         if delta_note:
             err.print(f"note: {delta_note}", highlight=False)
+    from dpaudit.bounds import epsilon_target_for
+
+    target = epsilon_target_for(cal)
     if json_out:
         emit_json({"noise_multiplier": cal.noise_multiplier, "sampling_probability": q, "steps": steps,
                    "kappa": cal.kappa, "records_per_patient": k, "privacy_unit": unit,
-                   "target_delta": delta, "epsilon": cal.epsilon,
+                   "target_delta": delta, "epsilon": cal.epsilon, "epsilon_patient": cal.epsilon_patient,
+                   "epsilon_target": target,
                    "threat_model": threat_model, "max_rero": cal.max_rero,
                    "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
                    "labels": {"noise_multiplier": "search floor (any noise meets the target)" if cal.at_floor else
                               "smallest meeting the target (safe end of the bracket)",
                               "achieved_rero": cal.label,
-                              "epsilon": f"sound upper bound (PLD), per {unit}"},
+                              "epsilon": EPSILON_LABEL.format(accountant="PLD"),
+                              **({"epsilon_patient": EPSILON_PATIENT_LABEL} if k > 1 else {}),
+                              "epsilon_target": "budget to train with: the per-image train --epsilon / profile "
+                                                "--epsilons that gives at least noise_multiplier (rounded down, "
+                                                "checked); null for several phases or at the search floor"},
                    "notes": notes, "phases": cal.schedule.to_history()})
         return
     from rich.table import Table
@@ -509,10 +533,17 @@ def calibrate(
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_column("kind")
-    table.add_row("noise multiplier sigma", f"{cal.noise_multiplier:.5g}",
+    from dpaudit.numfmt import at_least, at_most
+
+    # sigma must be reached: rounded up, so that the printed value meets the target too
+    table.add_row("noise multiplier sigma", at_least(cal.noise_multiplier, 5),
                   "search floor (any noise meets the target)" if cal.at_floor else
                   "smallest meeting the target (safe end)")
     table.add_row("ReRo bound achieved", _fmt_pct(cal.achieved_rero), cal.label)
     table.add_row("target", _fmt_pct(cal.max_rero), "")
-    table.add_row(f"epsilon at delta {delta:g} (PLD), {per}", _fmt_eps(cal.epsilon), "sound upper bound")
+    if cal.epsilon_patient is not None:
+        table.add_row(f"epsilon at delta {delta:g} (PLD), {per}", _fmt_eps(cal.epsilon_patient), "sound upper bound")
+    table.add_row(f"epsilon at delta {delta:g} (PLD), per image", _fmt_eps(cal.epsilon), "sound upper bound")
+    if target is not None:
+        table.add_row("train with --epsilon (per image, rounded down)", at_most(target), "gives at least this sigma")
     out.print(table)

@@ -67,7 +67,8 @@ def test_calibrate_json() -> None:
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
     assert set(obj) == {"noise_multiplier", "sampling_probability", "steps", "kappa", "records_per_patient",
-                        "privacy_unit", "target_delta", "epsilon", "threat_model", "max_rero", "achieved_rero",
+                        "privacy_unit", "target_delta", "epsilon", "epsilon_patient", "epsilon_target",
+                        "threat_model", "max_rero", "achieved_rero",
                         "at_floor", "labels", "notes", "phases"}
     assert obj["at_floor"] is False and obj["records_per_patient"] == 1 and obj["privacy_unit"] == "image"
     assert obj["target_delta"] == 8e-7 and len(obj["notes"]) == 1 and "N_train is not known" in obj["notes"][0]
@@ -421,5 +422,23 @@ def test_every_json_has_a_labels_block(args: list[str]) -> None:
     # README: every --json carries `labels` (never a lone `label`), each value one of the four kinds
     obj = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     assert "label" not in obj and obj["labels"]
-    kinds = ("sound upper bound", "approximation", "estimate", "empirical", "smallest meeting", "search floor")
+    kinds = ("sound upper bound", "approximation", "estimate", "empirical", "smallest meeting", "search floor",
+             "budget to train with")
     assert all(v.startswith(kinds) for v in obj["labels"].values()), obj["labels"]
+
+
+def test_calibrate_prints_sigma_rounded_up_and_names_both_epsilons() -> None:
+    """The printed sigma (rounded up) still meets the target when `bounds` evaluates it; with k > 1 the JSON's
+    epsilon is per image and epsilon_patient per patient, as in profile.json and `bounds --json`."""
+    args = ["--max-rero", "0.05", "--q", "0.30622", "--steps", "4", "--n-train", "209", "--records-per-patient", "4"]
+    res = runner.invoke(app, ["calibrate", *args])
+    assert res.exit_code == 0, res.output
+    sigma = next(line for line in res.stdout.splitlines() if "noise multiplier" in line).split("│")[2].strip()
+    cal = json.loads(runner.invoke(app, ["calibrate", *args, "--json"]).stdout)
+    assert float(sigma) >= cal["noise_multiplier"] and cal["epsilon_patient"] > cal["epsilon"] >= cal["epsilon_target"]
+    bound = json.loads(runner.invoke(app, ["bounds", "--sigma", sigma, "--q", "0.30622", "--steps", "4", "--n-train",
+                                           "209", "--records-per-patient", "4", "--json"]).stdout)
+    assert bound["rero"][0]["worst_case"] <= 0.05
+    assert bound["epsilon"] == pytest.approx(cal["epsilon"], rel=1e-3)  # per image in both
+    assert bound["epsilon_patient"] == pytest.approx(cal["epsilon_patient"], rel=1e-3)
+    assert "per patient" in bound["labels"]["epsilon_patient"] and "per image" in bound["labels"]["epsilon"]

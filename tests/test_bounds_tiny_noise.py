@@ -105,7 +105,7 @@ def test_cli_bounds_tiny_sigma() -> None:
 
     data = json.loads(result.stdout)
     assert math.isfinite(data["epsilon"]) and data["epsilon"] == pytest.approx(data["epsilon_rdp"])
-    assert data["labels"]["epsilon"] == "sound upper bound (RDP)"
+    assert data["labels"]["epsilon"].startswith("sound upper bound (RDP), per image")
     assert data["rero"][0]["worst_case"] > 0.9999
 
 
