@@ -77,19 +77,31 @@ def build_checklist(profile: Profile) -> Checklist:
                   f"{profile.dpaudit_version}; Opacus {env.get('opacus', '(version not recorded)')} RDP shown "
                   "beside it" if profile.bounds else NOT_RECORDED)
 
+    pu = profile.privacy()  # the recorded unit; profiles written before it was recorded: from records_per_patient
+    per_patient = {b.epsilon_target: b.epsilon_patient for b in profile.bounds if b.epsilon_patient is not None}
+
     def eps_delta(runs: list[TrainResult]) -> str:
-        """'ε ≤ 0.9982 (target 1), ≤ 7.994 (target 8) at δ = 8e-07 (...)': achieved epsilon per budget."""
+        """'ε ≤ 0.9982 (target 1), ≤ 7.994 (target 8) at δ = 8e-07 (...)': achieved epsilon per budget. With the
+        patient as the unit the statement is per patient (the k images of one patient moving together), the
+        per-image value beside it, named."""
         if not runs:
             return NOT_RECORDED
+        delta = f" at δ = {_distinct([t.target_delta for t in runs], lambda d: f'{d:.3g}')}"
+        if pu.unit == "patient" and pu.records_per_patient > 1:
+            parts = [(f"ε ≤ {_up(per_patient[t.epsilon_target])} per patient" if t.epsilon_target in per_patient
+                      else f"ε per patient {NOT_RECORDED}")
+                     + (f" (budget ε = {fmt_eps(t.epsilon_target)} per image: achieved ε ≤ {_up(t.epsilon)} per "
+                        "image)" if t.epsilon is not None else f" (budget ε = {fmt_eps(t.epsilon_target)} per image)")
+                     for t in runs]
+            return ("; ".join(parts) + delta + f", per patient of up to {pu.records_per_patient} images (tight PLD "
+                    "accountant: sound upper bounds)")
         parts = [f"ε ≤ {_up(t.epsilon)} (target {fmt_eps(t.epsilon_target)})" if t.epsilon is not None else
                  f"target {fmt_eps(t.epsilon_target)}: achieved ε {NOT_RECORDED}" for t in runs]
-        return (", ".join(parts) + f" at δ = {_distinct([t.target_delta for t in runs], lambda d: f'{d:.3g}')}"
-                " (tight PLD accountant: sound upper bounds)")
+        return ", ".join(parts) + delta + " (tight PLD accountant: sound upper bounds)"
 
     first = {}
     for t in priv:
         first.setdefault(t.epsilon_target, t)
-    pu = profile.privacy()  # the recorded unit; profiles written before it was recorded: from records_per_patient
     unit_text = "one image" if pu.unit == "image" else f"one patient (up to {pu.records_per_patient} images)"
     optimisers = sorted({t.optimizer for t in profile.train if t.optimizer is not None})
     runs_by_init: dict[str, TrainResult] = {}
@@ -107,7 +119,8 @@ def build_checklist(profile: Profile) -> Checklist:
         ChecklistItem("accountant", "Accountant and version", accountant, "bounds[*].method, dpaudit_version, "
                       "environment"),
         ChecklistItem("epsilon_delta", "ε and δ", eps_delta(list(first.values())),
-                      "train[*].epsilon, target_delta"),
+                      "bounds[*].epsilon_patient, train[*].epsilon, target_delta" if per_patient and pu.unit == "patient"
+                      else "train[*].epsilon, target_delta"),
         ChecklistItem("neighbouring", "Neighbouring relation",
                       f"{ADJACENCY}: the data sets differ by the presence of {unit_text}", "dpaudit.bounds"),
         ChecklistItem("privacy_unit", "Privacy unit", unit_text, "dataset.privacy"),
@@ -116,7 +129,8 @@ def build_checklist(profile: Profile) -> Checklist:
         ChecklistItem("clip_norm", "Clip norm C", _distinct([t.max_grad_norm for t in priv]),
                       "train[*].max_grad_norm"),
         ChecklistItem("noise_multiplier", "Noise multiplier σ",
-                      "; ".join(f"ε = {fmt_eps(e)}: σ = {t.noise_multiplier:.4g}" for e, t in first.items())
+                      "; ".join(f"ε = {fmt_eps(e)}{' per image' if per_patient else ''}: σ = {t.noise_multiplier:.4g}"
+                                for e, t in first.items())
                       or NOT_RECORDED, "train[*].noise_multiplier"),
         ChecklistItem("batch_size", "Batch size", f"{_distinct([t.batch_size for t in priv], str)} expected (Poisson), "
                       f"physical {c.physical_batch_size or 'automatic'}", "train[*].batch_size"),

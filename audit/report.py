@@ -130,12 +130,13 @@ class _Report(board.BoardPages):
     def summary_page(self) -> list:
         out = [self.para("Summary", "h1"), self.para(txt.headline(self.p))]
         for lv in self.levels:
-            out.append(self.para(f"<b>{lv.label}</b>"
-                                 f"{'' if not lv.private else f' (δ = {txt.num(_delta(lv))})'}: "
+            pe = txt.patient_epsilon(lv)
+            out.append(self.para(f"<b>{txt.budget_name(self.p, lv)}</b>"
+                                 f"{'' if not lv.private else f' ({pe + chr(44) + chr(32) if pe else str()}δ = {txt.num(_delta(lv))})'}: "
                                  f"{txt.summary_sentence(self.p, lv)}", "level"))
         mia = [lv for lv in self.levels if lv.bounds is not None and lv.bounds.tpr_at(txt.REPORT_FPR) is not None]
         if mia:
-            items = "; ".join(f"{lv.label}: at most {txt.pct(lv.bounds.tpr_at(txt.REPORT_FPR), direction='up')}"
+            items = "; ".join(f"{txt.budget_name(self.p, lv)}: at most {txt.pct(lv.bounds.tpr_at(txt.REPORT_FPR), direction='up')}"
                               for lv in mia)
             out.append(self.para(
                 f"<b>Membership inference.</b> At a false-positive rate of {txt.pct(txt.REPORT_FPR)}, the highest "
@@ -149,7 +150,10 @@ class _Report(board.BoardPages):
     def table_page(self) -> list:
         n = txt.kappa_n(self.p)
         utility = txt.utility_columns(self.p)
-        head = ["Privacy budget ε<br/>(target, δ)", "Noise σ<br/>training", "ε achieved<br/>(PLD; RDP)",
+        pp = txt.per_patient(self.p)
+        head = ["Privacy budget ε<br/>(target per image, δ)" if pp else "Privacy budget ε<br/>(target, δ)",
+                "Noise σ<br/>training",
+                "ε achieved<br/>per patient<br/>(per image; RDP)" if pp else "ε achieved<br/>(PLD; RDP)",
                 *((f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",) if utility == [("mcc", "MCC")]
                   else (f"Test {label}<br/>mean ± std" for _, label in utility)),
                 f"Worst case<br/>κ = 1/{n}", f"Relaxed<br/>κ = 1/{n}", "Realistic<br/>attack", "Noise σ<br/>attack scenario"]
@@ -167,7 +171,10 @@ class _Report(board.BoardPages):
                          "performance next to three tiers of reconstruction risk."),
                table, Spacer(1, 4),
                self.para(
-                   "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). Worst case / relaxed: "
+                   ("ε achieved: tight PLD accountant per patient (the k images of one patient moving together, "
+                    "the unit the risks are stated for), with the per-image value that training calibrates and "
+                    "Opacus' RDP per image in parentheses; the budget is the per-image target. " if pp else
+                    "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). ") + "Worst case / relaxed: "
                    "highest probability that any attack reconstructs a training image, for the two formal threat "
                    f"models, at the prior κ = 1/{n}. Realistic: fraction of attacked training images whose best "
                    f"reconstruction has SSIM > {self.p.success_ssim():g} under the imprint-layer attack with its strongest "
@@ -191,6 +198,9 @@ class _Report(board.BoardPages):
             b = lv.bounds
             achieved = (f"{txt.eps_up(b.epsilon)}<br/>({txt.eps_up(b.epsilon_rdp)})" if b is not None
                         else "n/a")
+            if b is not None and b.epsilon_patient is not None and txt.per_patient(self.p):
+                achieved = (f"{txt.eps_up(b.epsilon_patient)} per patient<br/>({txt.eps_up(b.epsilon)} per image; "
+                            f"RDP {txt.eps_up(b.epsilon_rdp)})")
             worst = txt.pct(lv.worst_case, direction="up")
             relaxed = txt.pct(lv.relaxed, direction="up")
         else:
@@ -400,9 +410,9 @@ class _Report(board.BoardPages):
         out = [self.para("Reproducibility", "h1"),
                self.para("The exact command that produced this report (run it again to reproduce every number; a "
                          "finished profile resumes without re-running its tasks):"),
-               boxed([self.para(esc(p.command), "mono")], NOTE_BG), Spacer(1, 4),
+               boxed([self.para(esc(self._profile_command()), "mono")], NOTE_BG), Spacer(1, 4),
                self.para("Re-render this document from the stored results (with the board's limits it was decided "
-                         "on):"),
+                         "on; the PDF is written beside profile.json):"),
                boxed([self.para(esc(self._render_command()), "mono")], NOTE_BG),
                self.para("Configuration", "h2"), self._config_table()]
         out.append(self.para("Training runs", "h2"))
@@ -429,10 +439,22 @@ class _Report(board.BoardPages):
             out.append(self.para(f"Stage wall times of the last invocation: {esc(stages)}.", "small"))
         return out
 
+    def _profile_command(self) -> str:
+        """The stored command's configuration and --out with this report's limits: run as printed, it gives the
+        same configuration hash and decision."""
+        import shlex
+
+        words = shlex.split(self.p.command) if self.p.command else []
+        out = words[words.index("--out") + 1] if "--out" in words[:-1] else "DIR"
+        return self.p.config.command(out, self.decision.limits if self.decision is not None else ())
+
     def _render_command(self) -> str:
         import shlex
 
-        parts = ["dpaudit", "report", "DIR/profile.json", "-o", "report.pdf"]
+        words = shlex.split(self.p.command) if self.p.command else []
+        out = words[words.index("--out") + 1] if "--out" in words[:-1] else "DIR"
+        # no -o: the PDF goes beside profile.json (report.pdf for the profile's own limits), not the current folder
+        parts = ["dpaudit", "report", out]
         for lim in (self.decision.limits if self.decision is not None else ()):
             parts += lim.cli()
         return shlex.join(parts)

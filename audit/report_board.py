@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 WITHIN_BG = colors.HexColor("#e5f5e0")
 OVER_BG = colors.HexColor("#fde0dd")
+INCONCLUSIVE_BG = colors.HexColor("#fff3c4")
 #: Subgroups with fewer test images than this get a "small group" flag: an MCC on fewer than 30 images moves by
 #: more than 0.1 when one or two predictions change.
 SMALL_TEST_GROUP = 30
@@ -39,8 +40,10 @@ SMALL_ATTACK_GROUP = 10
 
 
 def config_sha256(profile: Profile) -> str:
-    """SHA-256 of the profile's configuration as canonical JSON (sorted keys): what the board signs."""
-    return hashlib.sha256(json.dumps(encode(profile.config), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    """SHA-256 of the profile's configuration as canonical JSON (sorted keys, :meth:`ProfileConfig.canonical`:
+    resolved values, whether typed or defaulted): what the board signs."""
+    return hashlib.sha256(json.dumps(profile.config.canonical(), sort_keys=True, ensure_ascii=False).encode()
+                          ).hexdigest()
 
 
 def _value(limit: Limit, check) -> str:
@@ -84,7 +87,8 @@ class BoardPages:
         out.append(self._board_table())
         out.append(Spacer(1, 4))
         out.append(self.para(
-            "✓ within: the number meets the limit; ✗ over: it exceeds it. Bounds (sound upper bounds, rounded up) "
+            "✓ within: the number meets the limit; ✗ over: it exceeds it; ? inconclusive: a measured rate within "
+            "the limit whose 95% interval reaches beyond it (too few images attacked to show the limit is met). Bounds (sound upper bounds, rounded up) "
             "hold for any attacker; the realistic attack's success is empirical, a lower bound on the risk. "
             f"Test {txt.utility_columns(p)[0][1]}: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; "
             "“vs non-private” is the "
@@ -112,18 +116,22 @@ class BoardPages:
         for r, lv in enumerate(self.levels, start=2):
             eps = ("∞ (no DP)" if not lv.private else
                    f"{txt.eps_up(lv.bounds.epsilon)}<br/>δ = {txt.num(lv.bounds.target_delta)}" if lv.bounds else "n/a")
-            if lv.bounds is not None and lv.bounds.epsilon_patient is not None:  # the unit the guarantee protects
-                eps += f"<br/>per patient: {txt.eps_up(lv.bounds.epsilon_patient)}"
-            cells = [self.cell(f"<b>{lv.label}</b>"), self.cell(eps)]
+            if lv.bounds is not None and lv.bounds.epsilon_patient is not None and txt.per_patient(self.p):
+                # the unit the guarantee and the risk columns protect first; the per-image value named
+                eps = (f"<b>{txt.eps_up(lv.bounds.epsilon_patient)} per patient</b><br/>"
+                       f"{txt.eps_up(lv.bounds.epsilon)} per image<br/>δ = {txt.num(lv.bounds.target_delta)}")
+            cells = [self.cell(f"<b>{txt.budget_name(self.p, lv)}</b>"), self.cell(eps)]
             checks = decision.checks_of(lv.label) if decision is not None else None
             for j, lim in enumerate(limits):
                 ch = checks.checks[j] if checks is not None else None
                 if ch is None:
                     cells.append(self.cell("n/a"))
                     continue
-                mark = "<b>✓ within</b>" if ch.within else "<b>✗ over</b>"
+                mark = ("<b>✓ within</b>" if ch.within else "<b>? inconclusive</b>" if ch.inconclusive
+                        else "<b>✗ over</b>")
                 cells.append(self.cell(f"{_value(lim, ch)}<br/>{mark}"))
-                style.append(("BACKGROUND", (2 + j, r), (2 + j, r), WITHIN_BG if ch.within else OVER_BG))
+                style.append(("BACKGROUND", (2 + j, r), (2 + j, r),
+                              WITHIN_BG if ch.within else INCONCLUSIVE_BG if ch.inconclusive else OVER_BG))
             cells.append(self.cell(txt.interval(txt.utility_values(lv, key), with_n=False)))
             cells.append(self.cell(txt.versus_baseline(self.p, lv)))
             if not lv.private:
@@ -135,6 +143,8 @@ class BoardPages:
                 style.append(("BOX", (0, r), (-1, r), 1.2, colors.black))  # repeats the word, never replaces it
             elif lv.label in decision.within:
                 verdict = "within all limits"
+            elif checks is not None and all(c.within or c.inconclusive for c in checks.checks):
+                verdict = "inconclusive<br/>(too few images attacked)"
             else:
                 verdict = "over a limit"
             cells.append(self.cell(verdict))
@@ -158,7 +168,7 @@ class BoardPages:
             ("Dataset", f"{esc(d.name)}: {d.n_train} training, {d.n_val} validation, {d.n_test} test images; "
                         f"classes {esc(', '.join(d.label_names) or 'n/a')}; images "
                         f"{'×'.join(str(x) for x in d.image_shape)}"),
-            ("Privacy budgets", esc(", ".join(lv.label for lv in self.levels))),
+            ("Privacy budgets", esc(", ".join(txt.budget_name(p, lv) for lv in self.levels))),
             ("Board limits", esc(limits)),
             ("Recommended budget", esc(recommended)),
         ]

@@ -116,6 +116,26 @@ def level_label(eps: float | None) -> str:
     return "non-private" if eps is None else f"ε = {fmt_eps(eps)}"
 
 
+def per_patient(profile: Profile) -> bool:
+    """Whether the guarantees are per patient of several images: then every ε shown beside the (per-patient) risks
+    is the per-patient one or says "per image" (the budgets are per image: what training calibrates)."""
+    pu = profile.privacy()
+    return pu.unit == "patient" and pu.records_per_patient > 1
+
+
+def budget_name(profile: Profile, level: LevelSummary) -> str:
+    """A budget as the report names it: 'ε = 8', or 'ε = 8 per image' when the unit is the patient."""
+    return level.label + (" per image" if level.private and per_patient(profile) else "")
+
+
+def patient_epsilon(level: LevelSummary) -> str | None:
+    """'ε ≤ 43.48 per patient' (sound upper bound, rounded up), or None when not per patient."""
+    b = level.bounds
+    if b is None or b.epsilon_patient is None:
+        return None
+    return f"ε ≤ {eps_up(b.epsilon_patient)} per patient"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Sentences
 # ------------------------------------------------------------------------------------------------------------
@@ -152,8 +172,13 @@ def summary_sentence(profile: Profile, level: LevelSummary) -> str:
             f"{pct(r.ci_low)} to {pct(r.ci_high)}).")
     values = utility_values(level)
     if level.utility["mcc"].mean is not None:
-        parts.append(f"Diagnostic MCC <b>{interval(values)}</b> ({LABEL_EMPIRICAL}, test split, mean and 95% "
-                     "t-interval over seeds).")
+        m = mean_interval(values)
+        if m.n > 1:
+            parts.append(f"Diagnostic MCC <b>{interval(values, with_n=False)}</b> ({LABEL_EMPIRICAL}, test split, "
+                         f"mean and 95% t-interval over n = {m.n} seeds).")
+        else:
+            parts.append(f"Diagnostic MCC <b>{m.mean:.3f}</b> ({LABEL_EMPIRICAL}, test split, one seed: no "
+                         "interval).")
     dice = [(label, level.utility[key]) for key, label in utility_columns(profile) if key.startswith("dice_")]
     if dice and any(s.mean is not None for _, s in dice):
         n = max(s.n for _, s in dice)
@@ -171,7 +196,7 @@ def headline(profile: Profile) -> str:
         f"<b>{d.name}</b> ({d.n_train} training "
         f"{f'slices of {kappa_n(profile)} volumes' if profile.config.segmentation else 'images'}) with "
         "differentially private stochastic gradient descent "
-        f"(DP-SGD) at {len(profile.config.epsilons)} privacy budgets"
+        f"(DP-SGD) at {len(profile.config.epsilons)} privacy budget{'s' if len(profile.config.epsilons) != 1 else ''}"
         f"{' and without privacy' if profile.config.non_private else ''}. For each budget it gives three tiers of "
         "reconstruction risk, as in Ziller et al. (2024): a <b>worst-case</b> bound (an attacker who knows "
         "everything except whether the image was used), a <b>relaxed</b> bound (the attacker does not know the "
@@ -457,4 +482,8 @@ def decision_sentence(profile: Profile, decision: Decision | None) -> str:
     k = len(decision.within)
     which = ("the only budget that meets every limit of the board" if k == 1 else
              f"the best utility of the {k} budgets that meet every limit of the board")
-    return f"<b>Recommended: {decision.recommended}</b>, {which} ({limits})."
+    name = decision.recommended
+    level = next((lv for lv in profile.levels() if lv.label == name), None)
+    if level is not None and per_patient(profile):
+        name = budget_name(profile, level) + (f" ({patient_epsilon(level)})" if patient_epsilon(level) else "")
+    return f"<b>Recommended: {name}</b>, {which} ({limits})."

@@ -335,7 +335,8 @@ def test_first_page_states_the_decision_and_marks_every_limit(tmp_path) -> None:
     from dpaudit.audit.decision import Limit
     from dpaudit.audit.report import render_report
 
-    prof = _decided(synthetic_profile(), Limit("rero", 0.05), Limit("rero", 0.05, "realistic"))
+    # realistic: 0 of 40 images, 95% interval up to 8.8%: conclusive for a 10% limit
+    prof = _decided(synthetic_profile(), Limit("rero", 0.05), Limit("rero", 0.1, "realistic"))
     pages = _text(render_report(prof, tmp_path / "r.pdf").read_bytes())
     first = " ".join(pages[0].split())
     assert "Decision for the ethics board" in first
@@ -354,9 +355,10 @@ def test_signoff_and_checklist_pages(rendered) -> None:
 
     prof, _, pages = rendered
     signoff = " ".join(next(p for p in pages if "Sign-off" in p).split())
-    # The hash of the configuration's canonical JSON, computed here independently of the report code.
-    digest = hashlib.sha256(json.dumps(json.loads(prof.config.to_json()), sort_keys=True,
-                                       ensure_ascii=False).encode()).hexdigest()
+    # The hash of the configuration's canonical JSON, computed here independently of the report code: every
+    # field but task_defaults (which options were left to their default; their values are stored resolved).
+    plain = {k: v for k, v in json.loads(prof.config.to_json()).items() if k != "task_defaults"}
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     assert f"SHA-256 {digest}" in signoff and "dpaudit version 0.1.0" in signoff
     assert "8000 training, 1000 validation, 1015 test images" in signoff
     for field in ("Reviewer's role", "Name", "Date", "Decision", "Signature"):
@@ -423,3 +425,41 @@ def test_report_with_new_limits_leaves_report_pdf_as_profile_json_decides(tmp_pa
     # -o naming report.pdf itself is the user's choice, said aloud.
     res = runner.invoke(app, ["report", str(tmp_path), "--max-mia-tpr", "0.5", "-o", str(tmp_path / "report.pdf")])
     assert res.exit_code == 0 and "now disagrees with profile.json" in " ".join(res.output.split())
+
+
+def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatch) -> None:
+    """The report's command, run as printed, builds the same configuration (the same hash, though it spells out
+    options that were left to their defaults) and the same limits; no profile is run (run_profile is stubbed)."""
+    import shlex
+
+    import dpaudit.audit.profile as profile_pkg
+    from dpaudit.audit.decision import Limit
+    from dpaudit.audit.report import _Report
+    from dpaudit.audit.report_board import config_sha256
+    from dpaudit.cli.main import app
+
+    limits = (Limit("rero", 0.05), Limit("rero", 0.2, "realistic"), Limit("mia_tpr", 0.01, at_fpr=1e-3))
+    prof = _decided(synthetic_profile(), *limits)
+    prof = dataclasses.replace(prof, config=ProfileConfig(dataset="demo", epsilons=(8.0,), seeds=1, epochs=1,
+                                                          max_images=300, attack_images=8),
+                               command="dpaudit profile --dataset demo --out /tmp/p17")
+    command = _Report(prof, None, False)._profile_command()
+    assert "--max-rero 0.05 --threat-model worst-case" in command and "--max-mia-tpr 0.01" in command
+    assert command.endswith("--out /tmp/p17") and "--arch resnet9" in command  # defaults spelled out
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_profile(config, out, **kwargs):
+        seen.update(config=config, limits=kwargs["limits"], out=out)
+        raise Stop
+
+    monkeypatch.setattr(profile_pkg, "run_profile", fake_run_profile)
+    res = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert isinstance(res.exception, Stop), res.output
+    again = dataclasses.replace(prof, config=seen["config"])
+    assert seen["config"].task_defaults != prof.config.task_defaults  # typed, not defaulted ...
+    assert config_sha256(again) == config_sha256(prof)  # ... yet the same configuration
+    assert tuple(seen["limits"]) == limits and str(seen["out"]) == "/tmp/p17"

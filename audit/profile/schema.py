@@ -329,8 +329,10 @@ class ProfileConfig(JsonResult):
         """The privacy levels in report order: each epsilon ascending, then None for the non-private baseline."""
         return (*self.epsilons, *((None,) if self.non_private else ()))
 
-    def command(self, out: str = "DIR") -> str:
-        """The ``dpaudit profile`` command line that reproduces this configuration."""
+    def command(self, out: str = "DIR", limits: tuple = ()) -> str:
+        """The ``dpaudit profile`` command line that reproduces this configuration, and the board's ``limits``
+        (:class:`dpaudit.audit.decision.Limit`) it was decided on: run as printed, it gives the same configuration
+        hash (:meth:`canonical`) and the same decision."""
         import shlex
 
         d = ProfileConfig()
@@ -390,8 +392,22 @@ class ProfileConfig(JsonResult):
             opt("--federated-clients", self.federated_clients, d.federated_clients)
             opt("--federated-partition", self.federated_partition, d.federated_partition)
             opt("--federated-epsilon", self.federated_epsilon, d.federated_epsilon)
+        for lim in limits:
+            parts += lim.cli()
         parts += ["--out", out]
         return shlex.join(parts)
+
+    def canonical(self) -> dict[str, Any]:
+        """The configuration as the board's hash covers it: every resolved value, not whether it was typed.
+
+        ``task_defaults`` only records which options were left to their task's default; the values themselves are
+        stored resolved, so a command that spells out ``--arch resnet9`` configures the same run as one that leaves
+        it out, and must hash the same."""
+        from dpaudit.codec import encode
+
+        plain = encode(self)
+        plain.pop("task_defaults", None)
+        return plain
 
 
 def cli_number(value: Any) -> str:
