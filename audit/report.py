@@ -589,6 +589,11 @@ def _fixed_timestamp(created: _dt.datetime):
     return ts
 
 
+def stored_images(profile: Profile) -> tuple[str, ...]:
+    """The reconstruction images profile.json lists (none unless the profile ran with --include-images)."""
+    return tuple(path for a in profile.attacks for path in a.images)
+
+
 def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathLike, *,
                   include_images: bool | None = None, base_dir: str | os.PathLike | None = None) -> Path:
     """Render the PDF risk report.
@@ -618,6 +623,8 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
         base = Path(base_dir) if base_dir is not None else None
     if include_images is None:
         include_images = profile.config.include_images
+    # Nothing to show: no restricted stamp on every page (the CLI says why: stored_images).
+    include_images = include_images and bool(stored_images(profile))
     register_fonts()
     out = Path(pdf_path)
     if out.parent and not out.parent.exists():

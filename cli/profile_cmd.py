@@ -75,7 +75,7 @@ def report(
     (no training; profile.json is left as it is); without, the report shows the profile's own decision.
     """
     from dpaudit.audit.decision import with_decision
-    from dpaudit.audit.report import load_profile, render_report
+    from dpaudit.audit.report import load_profile, render_report, stored_images
 
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)
     path = profile_json / "profile.json" if profile_json.is_dir() else profile_json
@@ -95,6 +95,11 @@ def report(
                   + (f"{target} now disagrees with {path.name} (re-render it without limits to restore it)"
                      if same else f"written to {target}; report.pdf stays as {path.name} decides"), highlight=False)
     images = prof.config.include_images if include_images is None else include_images
+    if images and not stored_images(prof):
+        images = False
+        err.print(f"note: {path.name} stores no reconstructions (the profile ran without --include-images), so "
+                  "the report shows none and is not marked restricted. Fix: run the same dpaudit profile command "
+                  "with --include-images to store them.", highlight=False)
     if images:
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "
                   "beyond those authorised to see the data.", markup=True)

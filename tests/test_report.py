@@ -463,3 +463,15 @@ def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatc
     assert seen["config"].task_defaults != prof.config.task_defaults  # typed, not defaulted ...
     assert config_sha256(again) == config_sha256(prof)  # ... yet the same configuration
     assert tuple(seen["limits"]) == limits and str(seen["out"]) == "/tmp/p17"
+
+
+def test_include_images_without_stored_images_says_why_and_stamps_nothing(tmp_path) -> None:
+    from dpaudit.cli.main import app
+
+    (tmp_path / "profile.json").write_text(synthetic_profile().to_json(), encoding="utf-8")
+    res = CliRunner().invoke(app, ["report", str(tmp_path), "--include-images", "-o", str(tmp_path / "r.pdf")])
+    assert res.exit_code == 0, res.output
+    assert "stores no reconstructions" in res.stderr and "--include-images" in res.stderr
+    assert "warning" not in res.stderr
+    text = " ".join(_text((tmp_path / "r.pdf").read_bytes()))
+    assert "RESTRICTED" not in text and "Best reconstructions" not in text
