@@ -422,7 +422,7 @@ def _inconclusive(private: list[tuple[LevelSummary, BudgetChecks]], limits: tupl
                   n_train: int) -> str:
     """One sentence per inconclusive check: the evidence, and how many attacked images would decide it."""
     out = ""
-    for lv, b in private:
+    for _, b in private:
         for c in b.checks:
             if not c.inconclusive:
                 continue

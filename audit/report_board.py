@@ -23,7 +23,6 @@ from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
 from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid
-from dpaudit.codec import encode
 
 if TYPE_CHECKING:
     from dpaudit.audit.profile.schema import Profile

@@ -357,7 +357,7 @@ def _render(s) -> None:
 
     sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
                                  s.records_per_patient)
-    eps, eps_rdp, eps_source = _unit_epsilons(s)
+    eps, _, eps_source = _unit_epsilons(s)
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
 
     if s.schedule is not None and len(s.schedule.phases) > 1:

@@ -64,7 +64,9 @@ def test_attack_train_bounds_profile_on_a_dicom_tree(tmp_path: Path, dicom_tree:
     assert res.exit_code == 0, res.output
     b = json.loads(res.stdout)
     assert b["records_per_patient"] == IMAGES_PER_PATIENT and b["privacy_unit"] == "patient"
-    assert b["epsilon"] == pytest.approx(obj["epsilon_patient"], rel=1e-9)  # one epsilon of the unit
+    # the same two keys as train's result: epsilon per image, epsilon_patient per patient
+    assert b["epsilon_patient"] == pytest.approx(obj["epsilon_patient"], rel=1e-9)
+    assert b["epsilon"] < b["epsilon_patient"]
     res = runner.invoke(app, ["bounds", "--model", str(out / "model.pt"), "--privacy-unit", "image", "--json"])
     assert json.loads(res.stdout)["records_per_patient"] == 1
 
