@@ -463,8 +463,10 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         else:
             parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} ({c.label})")
     which = f"The only private one, {b.budget}," if len(private) == 1 else f"Even the most private one, {b.budget},"
-    verb = "is" if all(c.inconclusive for c in failing) else "fails"
-    reason = f"No privacy budget meets every limit. {which} {verb} {'; '.join(parts)}."
+    if all(c.inconclusive for c in failing):  # the sentence below says what it measured and how to decide it
+        reason = "No privacy budget is shown to meet every limit."
+    else:
+        reason = f"No privacy budget meets every limit. {which} fails {'; '.join(parts)}."
     reason += _inconclusive(private, limits, n_train)
     remedy = None
     calibrated = []
