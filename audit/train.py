@@ -57,6 +57,7 @@ from dpaudit.errors import (
 )
 from dpaudit.models import build_model, check_classifier, check_dp_compatible
 from dpaudit.numfmt import upper
+from dpaudit.outputs import writable_dir
 from dpaudit.runtime import idle_cores
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "SampleMeanCrossEntropy", "TrainConfig", "TrainResult",
@@ -524,6 +525,8 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}.")
     t_start = time.perf_counter()
+    if config.out is not None:
+        writable_dir(config.out)  # before any work: a run that cannot write its results fails now
     if splits is None:
         splits = load_data(config)
     require_classes(splits, "training")
@@ -603,11 +606,24 @@ def init_label(init: str | None) -> str:
 #: Keys of ``metrics.json`` beside the :class:`TrainResult`'s own: the configuration (a finished run is reused only
 #: when it matches), what the loader decided, and the normalisation.
 METRICS_EXTRAS = ("config", "data", "normalisation")
+#: What ``train --out`` writes, and the configuration fields that do not change what is written (where it goes, and
+#: the threads and device it ran on: a rerun of the same configuration elsewhere writes the same run).
+OUTPUT_FILES = ("model.pt", "metrics.json", "training_curve.png")
+UNRECORDED_FIELDS = ("out", "threads", "device")
+
+
+def same_run(config: TrainConfig, metrics: Any) -> bool:
+    """Whether a ``metrics.json`` (as read) records the run ``config`` describes (every field but
+    :data:`UNRECORDED_FIELDS`), so that writing over it replaces a run by the same run."""
+    recorded = metrics.get("config") if isinstance(metrics, dict) else None
+    if not isinstance(recorded, dict):
+        return False
+    mine = json.loads(json.dumps(encode(asdict(config)), allow_nan=False))
+    return all(recorded.get(k) == v for k, v in mine.items() if k not in UNRECORDED_FIELDS)
 
 
 def _write_outputs(result: TrainResult, config: TrainConfig, model: nn.Module, splits: DatasetSplits) -> TrainResult:
-    out = Path(config.out)  # type: ignore[arg-type]
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(config.out)  # type: ignore[arg-type]
     extra = {"seed": config.seed, "epsilon_target": result.epsilon_target,
              "epsilon_achieved": result.epsilon_achieved, "epsilon_rdp": result.epsilon_rdp,
              "augment_multiplicity": config.augment_multiplicity, "lr": config.lr,

@@ -88,6 +88,9 @@ ClassWeightsOpt = Annotated[str | None, typer.Option("--class-weights", help="Se
                                                      "default is the seed paper's MSD Liver weights (section 4.2.3).")]
 CanariesOpt = Annotated[int, typer.Option("--canaries", help="Canaries m of the membership audit: mislabelled "
                                           "training images, each trained on by a fair coin flip.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds from another configuration "
+                                           "(other options; for profile, other limits too). Without it such a "
+                                           "folder is refused; the same configuration again may write there.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 

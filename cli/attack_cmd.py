@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,10 @@ S = AttackScenario
 Selection = cli.choices("Selection", SELECTIONS)
 Scoring = cli.choices("Scoring", SCORINGS)
 Accountant = cli.choices("Accountant", ACCOUNTANTS)
+
+
+#: What ``attack --out`` writes.
+ATTACK_OUTPUTS = ("attack.json", "ssim_error_cdf.png", "best_reconstructions.png")
 
 
 @app.command("attack")
@@ -77,6 +82,7 @@ def attack(
                                                  )] = None,
     save_images: Annotated[bool, typer.Option("--save-images", help="With --out: also save the best "
                                               "reconstructions next to their originals (patient images!).")] = False,
+    overwrite: cli.OverwriteOpt = False,
     as_json: cli.JsonOpt = False,
 ) -> None:
     """Run the imprint-layer reconstruction attack (batch size 1, malicious server) and score it by SSIM."""
@@ -109,6 +115,17 @@ def attack(
         keep_images=8 if save_images else 0)
 
     dataset, data_dir, window, task = shared["dataset"], shared["data_dir"], shared["window"], shared["task"]
+    model_name = str(model) if model else f"random {arch}"
+    if out_dir is not None:  # before any work: a folder that cannot be written, or holds another attack, fails now
+        from dpaudit.cli._common import json_text
+        from dpaudit.outputs import refuse_replacing, writable_dir
+
+        writable_dir(out_dir)
+        mine = json.loads(json_text({"scenario": scenario, "dataset": dataset, "model": model_name}))
+        refuse_replacing(out_dir, "attack.json", outputs=ATTACK_OUTPUTS, overwrite=overwrite,
+                         what="an attack with other options",
+                         same=lambda data: {"scenario": data["scenario"], "dataset": data["settings"]["dataset"],
+                                            "model": data["settings"]["model"]} == mine)
     args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
     if model is None:
         from dpaudit.models import parse_arch
@@ -189,10 +206,9 @@ def attack(
         from dpaudit.attacks.scoring import keep_mask
         from dpaudit.cli._common import json_text
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         # The result as --json prints it, with what was attacked and the strongest decoder per noise level.
         record = {"result": result, "scenario": scenario, "headline": result.headline(),
-                  "settings": {"dataset": dataset, "model": str(model) if model else f"random {ckpt.arch}",
+                  "settings": {"dataset": dataset, "model": model_name,
                                **unit_record},
                   "labels": {"success_rate": "empirical (a lower bound on reconstruction risk)"}}
         (out_dir / "attack.json").write_text(json_text(record))

@@ -174,6 +174,7 @@ def profile(
         "one worker process per idle core, one thread each, when two or more cores are idle; else this process on "
         "the idle cores). Results depend on the thread count in the last bits: pin it to reproduce a run; the "
         "worker processes compute what --threads 1 does.")] = None,
+    overwrite: cli.OverwriteOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
     """Run a full privacy-risk profile: train per epsilon, bound, attack, and write profile.json and report.pdf."""
@@ -203,6 +204,13 @@ def profile(
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+    from dpaudit.audit.profile.run import PROFILE_OUTPUTS, same_profile
+    from dpaudit.outputs import refuse_replacing, writable_dir
+
+    writable_dir(out_dir)
+    refuse_replacing(out_dir, "profile.json", outputs=PROFILE_OUTPUTS, overwrite=overwrite,
+                     same=lambda stored: same_profile(config, limits, stored),
+                     what="a profile of other options or limits; `dpaudit report` re-decides for other limits")
     started = time.perf_counter()
     stage_start: dict[str, float] = {}
 

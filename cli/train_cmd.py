@@ -36,6 +36,7 @@ def train_command(
                                         )] = D.device,
     out_dir: Annotated[str | None, typer.Option("--out", help="Write model.pt, metrics.json and "
                                                               "training_curve.png here.")] = D.out,
+    overwrite: cli.OverwriteOpt = False,
     json_output: cli.JsonOpt = False,
 ) -> None:
     """Train a model with DP-SGD (Opacus, Poisson sampling) or without DP, and report utility and epsilon."""
@@ -48,6 +49,13 @@ def train_command(
     config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,
                          seed=seed, seeds=seeds, out=out_dir, threads=threads, device=device)
     cli.print_task_defaults(config)
+    if out_dir is not None:
+        from dpaudit.audit.train import OUTPUT_FILES, same_run
+        from dpaudit.outputs import refuse_replacing, writable_dir
+
+        writable_dir(out_dir)
+        refuse_replacing(out_dir, "metrics.json", outputs=OUTPUT_FILES, same=lambda data: same_run(config, data),
+                         overwrite=overwrite, what="a model trained with other options")
     with progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                       TimeElapsedColumn()) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)

@@ -30,6 +30,7 @@ string and arguments only; rebuilding it imports that code again only when the c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import struct
@@ -46,6 +47,7 @@ from dpaudit.config import DpSgdConfig
 from dpaudit.data import normalization
 from dpaudit.errors import CheckpointError, ConfigError, MissingDependencyError, check_int, invalid
 from dpaudit.models import ARCH_HELP, build_model, parse_arch
+from dpaudit.outputs import write_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "check_task",
            "load_checkpoint", "load_model", "load_state_dict", "recorded_task", "save_checkpoint",
@@ -351,8 +353,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError ("enforce fail")
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     return path
 
 

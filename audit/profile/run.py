@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -105,6 +106,31 @@ def _environment() -> tuple[PackageVersion, ...]:
         except metadata.PackageNotFoundError:
             continue
     return tuple(out)
+
+
+#: What a profile writes at the top of its folder (beside ``checkpoints/`` and ``tasks/``, whose entries are keyed
+#: by their configuration and so never replaced by another's).
+PROFILE_OUTPUTS = ("profile.json", "report.pdf")
+
+
+def same_profile(config: ProfileConfig, limits: Sequence[Limit], stored: Any) -> bool:
+    """Whether a ``profile.json`` (as read) holds the profile of ``config`` decided against ``limits``: running it
+    again there resumes or repeats it, and replaces nothing the board could have been given."""
+    from dpaudit.codec import encode
+
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        return False
+
+    def plain(obj: Any) -> Any:
+        return json.loads(json.dumps(encode(obj), allow_nan=False))
+
+    mine = plain(config)
+    recorded = stored["config"]
+    decision = stored.get("decision")
+    stored_limits = decision.get("limits") if isinstance(decision, dict) else []
+    # task_defaults says which values were defaults, not what ran: spelling a default out is the same profile.
+    return (all(recorded.get(k) == v for k, v in mine.items() if k != "task_defaults")
+            and (stored_limits or []) == plain(tuple(limits)))
 
 
 def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
