@@ -63,7 +63,8 @@ class ReRoBound:
         The numerical bracket around gamma. ``tight``: ``upper`` = gamma (a sound upper bound) and ``lower`` a sound
         *lower* bound on the exact value (the garbled PLD, :func:`dpaudit.bounds.pld._garbled_step`), so the
         exact gamma lies in [lower, upper] and ``numerical_error`` = upper - lower is a proven bound on how far
-        gamma is above it. ``mc``: the 95% bootstrap interval. Otherwise equal to gamma.
+        gamma is above it. ``mc``: the 95% bootstrap interval (:attr:`interval`; ``numerical_error`` is then NaN).
+        Otherwise equal to gamma.
     method, threat_model, label:
         How it was computed, for which adversary, and what kind of number it is.
     noise_multiplier, sampling_probability, steps, records_per_patient:
@@ -102,7 +103,16 @@ class ReRoBound:
 
     @property
     def numerical_error(self) -> np.ndarray:
+        """``tight``: upper - lower, a proven bound on how far gamma lies above the exact value. Other methods have
+        no such bracket (``mc``'s is a confidence interval, :attr:`interval`): NaN."""
+        if self.method != "tight":
+            return np.full_like(self.gamma, np.nan)
         return self.upper - self.lower
+
+    @property
+    def interval(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``mc``: the 95% bootstrap interval (lower, upper) of the estimate; None for every other method."""
+        return (self.lower, self.upper) if self.method == "mc" else None
 
 
 def _assumptions(threat_model: str, records_per_patient: int, phases: int = 1) -> tuple[str, ...]:

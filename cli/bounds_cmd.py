@@ -335,19 +335,39 @@ def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any
         "method": method, "epsilon": s.epsilon.value,
         "epsilon_patient": s.epsilon_patient.value if s.epsilon_patient is not None else None,
         "epsilon_rdp": s.epsilon_rdp,
-        "rero": [{"kappa": float(kv), "worst_case": float(w), "relaxed": float(r)}
-                 for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True)],
+        # mc: each estimate's 95% interval under its own key ([lower, upper]); null for the other methods
+        "rero": [{"kappa": float(kv), "worst_case": float(worst.gamma[i]), "relaxed": float(relaxed.gamma[i]),
+                  "worst_case_interval": _interval(worst, i), "relaxed_interval": _interval(relaxed, i)}
+                 for i, kv in enumerate(worst.kappa)],
         "mia": {"advantage": mia.advantage,
                 "tpr_at_fpr": [{"fpr": f, "tpr": t} for f, t in mia.tpr_at_fpr]},
         "labels": {"epsilon": EPSILON_LABEL.format(accountant=s.epsilon.accountant.upper()),
                    **({"epsilon_patient": EPSILON_PATIENT_LABEL} if s.epsilon_patient is not None else {}),
                    "epsilon_rdp": "sound upper bound (RDP, as Opacus), per image",
                    "rero": worst.label, "mia": mia.label},
-        "numerical_error": {"worst_case": worst.numerical_error.tolist(),
-                            "relaxed": relaxed.numerical_error.tolist()},
+        # tight only: the proven gap to a sound lower bound on the exact value; no other method has one
+        "numerical_error": ({"worst_case": worst.numerical_error.tolist(), "relaxed": relaxed.numerical_error.tolist()}
+                            if method == "tight" else None),
         "assumptions": list(s.assumptions),
         "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes + ((delta_note,) if delta_note else ()))),
     }
+
+
+def _interval(bound, i: int) -> list[float] | None:
+    """The 95% interval of estimate ``i`` (Monte Carlo), or None."""
+    if bound.interval is None:
+        return None
+    return [float(bound.interval[0][i]), float(bound.interval[1][i])]
+
+
+def _fmt_estimate(bound, i: int) -> str:
+    """A ReRo value as the table shows it; a Monte Carlo estimate with its 95% interval, rounded outwards."""
+    if bound.interval is None:
+        return _fmt_pct(bound.gamma[i])
+    from dpaudit.numfmt import lower
+
+    lo, hi = bound.interval[0][i], bound.interval[1][i]
+    return f"{_fmt_pct(bound.gamma[i])} (95% interval {lower(100 * lo, 3)}% to {_fmt_pct(hi)})"
 
 
 def _render(s) -> None:
@@ -380,9 +400,9 @@ def _render(s) -> None:
     if math.isfinite(s.epsilon_rdp):
         table.add_row(f"epsilon{' per image' if k > 1 else ''} at delta {delta:g} (RDP, as Opacus)",
                       _fmt_eps(s.epsilon_rdp), "sound upper bound")
-    for kv, w, r in zip(worst.kappa, worst.gamma, relaxed.gamma, strict=True):
-        table.add_row(f"ReRo worst-case, kappa {kv:.4g}", _fmt_pct(w), worst.label)
-        table.add_row(f"ReRo relaxed, kappa {kv:.4g}", _fmt_pct(r), relaxed.label)
+    for i, kv in enumerate(worst.kappa):
+        table.add_row(f"ReRo worst-case, kappa {kv:.4g}", _fmt_estimate(worst, i), worst.label)
+        table.add_row(f"ReRo relaxed, kappa {kv:.4g}", _fmt_estimate(relaxed, i), relaxed.label)
     table.add_row("membership advantage (TPR - FPR)", upper(mia.advantage), mia.label)
     for f, t in mia.tpr_at_fpr:
         table.add_row(f"membership TPR at FPR {f:g}", upper(t), mia.label)

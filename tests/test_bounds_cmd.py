@@ -442,3 +442,20 @@ def test_calibrate_prints_sigma_rounded_up_and_names_both_epsilons() -> None:
     assert bound["epsilon"] == pytest.approx(cal["epsilon"], rel=1e-3)  # per image in both
     assert bound["epsilon_patient"] == pytest.approx(cal["epsilon_patient"], rel=1e-3)
     assert "per patient" in bound["labels"]["epsilon_patient"] and "per image" in bound["labels"]["epsilon"]
+
+
+def test_monte_carlo_shows_its_interval_under_its_own_key() -> None:
+    """--method mc is an estimate with a 95% interval: the interval is printed and stored as one; numerical_error
+    (the tight method's proven gap to a sound lower bound) is not reused for it."""
+    args = ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--method", "mc"]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert obj["numerical_error"] is None
+    for row in obj["rero"]:
+        for key in ("worst_case", "relaxed"):
+            lo, hi = row[f"{key}_interval"]
+            assert lo <= row[key] <= hi
+    assert "95% interval" in runner.invoke(app, args).stdout
+    tight = json.loads(runner.invoke(app, [*args[:-2], "--json"]).stdout)
+    assert tight["rero"][0]["worst_case_interval"] is None and tight["numerical_error"]["worst_case"][0] >= 0
