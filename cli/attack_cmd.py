@@ -103,6 +103,14 @@ def attack(
         check_int("image_size", image_size, minimum=8,
                   fix="pass --image-size 28, 64 or 224, or leave it out (the checkpoint's)")
     check_max_images(max_images)
+    if shared["dataset"] == "demo":  # before any work: the demo's 2,000 images split about 70/15/15
+        from dpaudit.data import DEMO_DEFAULT_SIZE, check_demo_size
+
+        check_demo_size(max_images)
+        most = math.floor(0.7 * (DEMO_DEFAULT_SIZE - 3))
+        if max_images is None and n_images > most:
+            raise invalid("--n-images", n_images, f"at most {most} for --dataset demo (the training split of its "
+                          f"{DEMO_DEFAULT_SIZE} images)", f"pass --n-images {most} or less")
     if save_images and out_dir is None:
         raise invalid("--save-images", True, "used together with --out DIR", "add --out DIR")
     scenario = AttackScenario(
@@ -190,8 +198,16 @@ def attack(
     with progress_bar(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("attack", total=None)
 
+        shown = [0]
+
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
+            # Without a terminal (a log, a pipe) the bar is not drawn: a line at every tenth of the work instead,
+            # so a long attack is seen to run.
+            tenth = 10 * done // max(total, 1)
+            if not err.is_terminal and not as_json and tenth > shown[0]:
+                shown[0] = tenth
+                err.print(f"attack: {done}/{total} done", highlight=False)
 
         torch.set_num_threads(idle_cores() if threads is None else threads)
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress)

@@ -79,6 +79,7 @@ __all__ = [
     "PrivacyUnit",
     "age_band",
     "check_data_options",
+    "check_demo_size",
     "dataset_choices",
     "load_splits",
     "loading_notes",
@@ -459,6 +460,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
         raise _unknown_dataset(name)
     check_data_options(name, data_dir=data_dir, labels=labels, window=window)
     if name == "demo":
+        check_demo_size(max_images)
         return make_demo(max_images or DEMO_DEFAULT_SIZE, image_size=image_size, seed=seed, fractions=fracs)
     if name == "ham10000":
         return _load_ham10000(_need_dir(data_dir, name), image_size, seed, max_images, fracs)
@@ -674,6 +676,20 @@ def _splits_from(images: torch.Tensor, labels: np.ndarray, label_names: Sequence
 
 # ----------------------------------------------------------------------------------------------------------------
 # Demo data
+
+
+def check_demo_size(max_images: int | None, flag: str = "--max-images") -> None:
+    """The demo has :data:`DEMO_DEFAULT_SIZE` images: more is refused (it would be generated, slowly, while the
+    documentation promises that size).
+
+    >>> check_demo_size(5000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpaudit.errors.DataError: --max-images must be at most 2000 for --dataset demo (its size), got 5000. Fix: ...
+    """
+    if max_images is not None and max_images > DEMO_DEFAULT_SIZE:
+        raise invalid(flag, max_images, f"at most {DEMO_DEFAULT_SIZE} for --dataset demo (its size)",
+                      f"pass {flag} {DEMO_DEFAULT_SIZE} or less, or leave it out (all {DEMO_DEFAULT_SIZE}); for "
+                      "more images use your own data (folder:PATH, dicom:PATH, ...)", cls=DataError)
 
 
 def make_demo(n_images: int = DEMO_DEFAULT_SIZE, *, image_size: int = 64, seed: int = 0,

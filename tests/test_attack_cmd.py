@@ -216,3 +216,29 @@ def test_privacy_unit_without_a_record_counts_the_training_split_loaded_and_says
     text = " ".join(res.output.split())
     assert "the checkpoint does not record its training data" in text
     assert "`dpaudit bounds --records-per-patient K`" in text
+
+
+@pytest.mark.parametrize(("args", "flag"), [(["attack", "--arch", "smallcnn", "--sigmas", "0", "--n-images", "100000"],
+                                             "--n-images"),
+                                            (["attack", "--arch", "smallcnn", "--sigmas", "0", "--max-images", "5000"],
+                                             "--max-images"),
+                                            (["train", "--epsilon", "8", "--max-images", "100000"], "--max-images"),
+                                            (["profile", "--max-images", "5000", "--out", "unused"], "--max-images")])
+def test_the_demo_is_never_grown_past_its_documented_size(args: list[str], flag: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from dpaudit.data import DEMO_DEFAULT_SIZE, make_demo
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("dpaudit.data.make_demo", lambda *a, **k: pytest.fail("the demo was generated"))
+    res = runner.invoke(app, [*args, "--dataset", "demo"])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: {flag} must be at most") and f"Fix: pass {flag}" in res.output
+    assert make_demo is not None and DEMO_DEFAULT_SIZE == 2000  # the size the README states
+
+
+def test_a_long_attack_shows_progress_without_a_terminal() -> None:
+    res = runner.invoke(app, ["attack", "--arch", "smallcnn", "--arch-args", "{\"width\": 4}", "--dataset", "demo", "--sigmas", "0",
+                              "--n-images", "10", "--image-size", "16", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("attack: ")]
+    assert 2 <= len(lines) <= 10 and lines[-1].split()[1].split("/")[0] == lines[-1].split()[1].split("/")[1]
