@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import logging
 import re
 import sys
 import typing
@@ -200,6 +201,28 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings (``dpaudit.*`` loggers, e.g. each unreadable file a loader skipped, named) as
+    "warning: ..." lines on stderr, each once per command (a profile loads the data once per task)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text not in self.seen:
+            self.seen.add(text)
+            # the console of the moment (tests swap stderr), never a path or a name into any file dpaudit writes
+            Console(stderr=True, highlight=False, soft_wrap=True).print(f"warning: {escape(text)}", markup=True)
+
+
+_library_log = logging.getLogger("dpaudit")
+if not any(isinstance(h, _WarningLines) for h in _library_log.handlers):
+    _library_log.addHandler(_WarningLines())
+    _library_log.propagate = False
+
+
 #: Configuration fields set by a flag of another name (the library's vocabulary -> the flags, in the order they
 #: are tried): an error about ``noise_multiplier`` names ``--sigmas`` on ``attack`` and ``--sigma`` on ``train``.
 #: Every other field is named by the flag of the same name (``image_size`` -> ``--image-size``).
@@ -300,6 +323,9 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for handler in _library_log.handlers:
+            if isinstance(handler, _WarningLines):
+                handler.seen.clear()  # once per command
         try:
             return func(*args, **kwargs)
         except DpAuditError as exc:

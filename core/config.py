@@ -109,7 +109,7 @@ def check_noise_multiplier(value: float, *, allow_zero: bool = False, fix: str |
     return v
 
 
-PRIVACY_UNITS = ("patient", "lesion", "volume", "image")
+PRIVACY_UNITS = ("patient", "lesion", "volume", "study", "image")
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,7 @@ class PrivacyUnit:
     def describe(self) -> str:
         """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
         ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist",
+               "study": "StudyInstanceUIDs, as the files carry no usable PatientID",
                "volume": "volumes, one scan per patient", "image": "no patient ids"}[self.data_unit]
         if self.unit == "patient" and self.data_unit == "volume":
             return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} slices per "

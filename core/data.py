@@ -62,6 +62,7 @@ from dpaudit.images import (
     UnreadableImageError,
     probe_channels,
     read_image,
+    skipped_unreadable,
     to_unit_range,
 )
 from dpaudit.tables import read_table
@@ -264,7 +265,7 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> Privacy
     """Resolve ``--privacy-unit``: by default ``patient`` when the data carry patient (or lesion) ids, else
     ``image``; ``patient`` on data without ids is an error (a manifest's ``patient_id`` column supplies them)."""
     dist = splits.images_per_unit()
-    has_ids = splits.unit in ("patient", "lesion", "volume")
+    has_ids = splits.unit in ("patient", "lesion", "volume", "study")
     if requested is not None and requested not in PRIVACY_UNIT_CHOICES:
         raise invalid("privacy_unit", requested, f"one of {list(PRIVACY_UNIT_CHOICES)}",
                       "pass --privacy-unit patient or --privacy-unit image")
@@ -804,9 +805,10 @@ def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip
     def work(i: int) -> None:
         try:
             out[i] = read_image(paths[i], image_size, channels)
-        except UnreadableImageError:
+        except UnreadableImageError as exc:
             if not skip_unreadable:
                 raise
+            skipped_unreadable(exc)
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
         list(pool.map(work, range(len(paths))))
@@ -820,9 +822,10 @@ def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, lis
         try:
             channels = max(channels, probe_channels(p))
             ok.append(True)
-        except UnreadableImageError:
+        except UnreadableImageError as exc:
             if not skip_unreadable:
                 raise
+            skipped_unreadable(exc)
             ok.append(False)
     return channels, ok
 

@@ -30,8 +30,9 @@ Pixel values (in this order; DICOM PS3.3 section C.11)
 
 Identifiers
 -----------
-PatientID groups images into patients (a missing PatientID falls back to StudyInstanceUID, else to the file:
-counted in the loader's notes). The raw identifiers never leave this module's callers: :mod:`dpaudit.data`
+PatientID groups images into patients (a missing PatientID, a de-identification placeholder such as
+``ANONYMOUS`` (:data:`PLACEHOLDER_PATIENT_IDS`), or one PatientID shared by every file falls back to
+StudyInstanceUID, else to the file: counted in the loader's notes). The raw identifiers never leave this module's callers: :mod:`dpaudit.data`
 replaces them by pseudonymous indices (``patient-00001``) before building the dataset, and no message prints
 one. PatientSex and PatientAge become the ``sex`` and ``age_band`` subgroups.
 """
@@ -61,6 +62,11 @@ DECODER_PACKAGES = {
 }
 #: SOP Class UID of a media storage directory (DICOMDIR).
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+#: PatientID values that de-identification tools write in place of the identifier: no patient, like a blank one.
+PLACEHOLDER_PATIENT_IDS = frozenset({"ANONYMOUS", "ANONYMIZED", "ANONYMISED", "ANON", "UNKNOWN", "NONE", "NULL",
+                                     "N/A", "NA", "REMOVED", "DEIDENTIFIED", "DE-IDENTIFIED", "0"})
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ def read_header(path: Path) -> DicomHeader | None:
         return None
     keys = {k: str(ds.get(k, "") or "").strip()
             for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-    if keys["PatientID"]:
+    if keys["PatientID"] and keys["PatientID"].upper() not in PLACEHOLDER_PATIENT_IDS:
         patient, source = keys["PatientID"], "PatientID"
     elif keys["StudyInstanceUID"]:
         patient, source = "study:" + keys["StudyInstanceUID"], "StudyInstanceUID"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,16 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 class UnreadableImageError(DataError):
     """A file that does not decode as an image (folder loaders skip and count these; others report them)."""
+
+
+#: Where a loader says which file it skipped as unreadable: the file is named there (stderr, so that the user can
+#: fix it) and only counted in what dpaudit writes (``skipped``), since dataset paths may carry patient names.
+SKIP_LOG = logging.getLogger("dpaudit.data.skipped")
+
+
+def skipped_unreadable(exc: UnreadableImageError) -> None:
+    """Name a file skipped as unreadable on stderr (the message names the file and the fix); never persisted."""
+    SKIP_LOG.warning("skipped an unreadable file: %s", exc)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,6 +12,7 @@ checkpoint, JSON or a report.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,15 @@ from dpaudit.data import (
 )
 from dpaudit.dicom import NO_PIXEL_DATA, DicomHeader, decode_dicom, find_dicom, is_dicom, read_header
 from dpaudit.errors import DataError
-from dpaudit.images import IMAGE_EXTENSIONS, Pixels, UnreadableImageError, probe_channels, read_image
+from dpaudit.images import (
+    IMAGE_EXTENSIONS,
+    SKIP_LOG,
+    Pixels,
+    UnreadableImageError,
+    probe_channels,
+    read_image,
+    skipped_unreadable,
+)
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
 from dpaudit.tables import Table, read_table
 
@@ -107,9 +116,10 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
     def work(i: int) -> None:
         try:
             out[i] = decode(files[i])
-        except UnreadableImageError:
+        except UnreadableImageError as exc:
             if not skip_unreadable:
                 raise
+            skipped_unreadable(exc)
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(files)))) as pool:
         list(pool.map(work, range(len(files))))
@@ -176,7 +186,7 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[
     key = next((k for k in keys if k in table.columns), None)
     if key is None or "label" not in table.columns:
         raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
-                        f"{list(table.columns)}). Fix: add the columns, e.g. PatientID,label.")
+                        f"{list(table.columns)}). Fix: add the columns, e.g. {keys[0]},label.")
     rows: dict[str, dict[str, str]] = {}
     first_row: dict[str, int] = {}
     for i, row in enumerate(table.rows, start=1):
@@ -190,6 +200,36 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[
         rows.setdefault(k, row)
         first_row.setdefault(k, i)
     return key, rows, _group_columns(table, [key, "label", "patient_id", "file", "path", "index"])
+
+
+def _without_shared_patient_id(headers: list[DicomHeader]) -> tuple[list[DicomHeader], bool]:
+    """One PatientID shared by several files with different studies is a placeholder (``ANONYMOUS``, a site
+    code): the files fall back as without one (StudyInstanceUID, else the file). True when that happened."""
+    ids = {h.patient for h in headers if h.patient_source == "PatientID"}
+    studies = {h.keys["StudyInstanceUID"] for h in headers}
+    if len(headers) < 2 or len(ids) != 1 or any(h.patient_source != "PatientID" for h in headers) or \
+            len(studies) < 2:
+        return headers, False
+    out = []
+    for h in headers:
+        study = h.keys["StudyInstanceUID"]
+        patient, source = ("study:" + study, "StudyInstanceUID") if study else ("file:" + str(h.path), "file")
+        out.append(dataclasses.replace(h, patient=patient, patient_source=source))
+    return out, True
+
+
+def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], key: str, notes: list[str]) -> None:
+    """A labels file's rows that match no image: a note (counted, persisted; the keys themselves, which may be
+    PatientIDs or file names, only on stderr when they are file paths)."""
+    unmatched = [k for k in rows if k not in matched]
+    if not unmatched:
+        return
+    notes.append(f"{len(unmatched)} row(s) of the labels file match no image (by {key}); they were not used")
+    if key in ("file", "path"):
+        shown = ", ".join(repr(k) for k in unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5
+                                                              else "")
+        SKIP_LOG.warning("labelled but not found: %s. Fix: add the file(s), or delete their rows from the labels "
+                         "file", shown)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +246,8 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     for p in find_dicom(root, skipped):
         try:
             h = read_header(p)
-        except UnreadableImageError:
+        except UnreadableImageError as exc:
+            skipped_unreadable(exc)
             skipped["unreadable"] += 1
             continue
         if h is None:
@@ -224,7 +265,9 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         key, rows, extra = _read_labels(Path(labels), LABEL_KEYS, name)
     else:
         folder_labels = _folder_labels(name, rels, root)
+    headers, shared_id = _without_shared_patient_id(headers)
     missing = Counter(h.patient_source for h in headers if h.patient_source != "PatientID")
+    matched: set[str] = set()
     for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
         groups = {"sex": h.sex, "age_band": age_band(h.age)} if with_header_groups else {}
         if labels is not None:
@@ -233,14 +276,30 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             if row is None:
                 skipped["not in the labels file"] += 1
                 continue
+            matched.add(k)
             label = row["label"]
             groups |= {_group_name(c): _group_value(c, row[c]) for c in extra}
         else:
             label = folder_labels[i]
         entries.add(i, range(h.frames), label, h.patient, groups)
+    if labels is not None:
+        _note_unmatched_labels(rows, matched, key, notes)
+    if shared_id:
+        notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
+                     "no patient grouping from it")
     if missing:
-        notes.append("files without PatientID grouped by " + ", ".join(
-            f"{src} ({n})" for src, n in sorted(missing.items())))
+        notes.append("files without a usable PatientID (blank, a placeholder or shared by all) grouped by "
+                     + ", ".join(f"{src} ({n})" for src, n in sorted(missing.items())))
+    # Where the groups came from, for every line that states the privacy unit: PatientID, or StudyInstanceUID
+    # (and the file) when no file has a usable one.
+    no_patient = sum(missing.values()) == len(headers)
+    if no_patient:
+        SKIP_LOG.warning(f"no file has a usable PatientID (blank, a placeholder such as ANONYMOUS, or one value "
+                         f"shared by every file): images are grouped by {' and '.join(sorted(missing))} instead, "
+                         "which counts a patient with several studies as several. Fix: give each file its patient "
+                         "in a manifest (--dataset csv:FILE with a patient_id column), or pass --privacy-unit image "
+                         "for a per-image guarantee")
+    unit = "study" if no_patient else "patient"
     channels = 3 if any(h.colour for h in headers) else 1
     options = f"{image_size}|{channels}|{window}"
 
@@ -248,7 +307,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         return cached(p, "dicom", options, lambda: decode_dicom(p, image_size, channels, window))
 
     rng = np.random.default_rng([seed, 0xD1C0])
-    return _assemble(name, [h.path for h in headers], entries, decode, "patient", rng, max_images, fractions,
+    return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True)
 
 
@@ -281,17 +340,20 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
                                                           else None)
     entries = _Entries()
     notes: list[str] = []
+    matched = set()
     if labels_path is not None:
-        _, rows, extra = _read_labels(labels_path, ("file", "path"), name)
+        key, rows, extra = _read_labels(labels_path, ("file", "path"), name)
     else:
         folder_labels = _folder_labels(name, rels, root)
     for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
         patient, groups = "file:" + rel.as_posix(), {}
         if labels_path is not None:
-            row = rows.get(rel.as_posix()) or rows.get(p.name)
-            if row is None:
+            hit = next((k for k in (rel.as_posix(), p.name) if k in rows), None)
+            if hit is None:
                 skipped["not in the labels file"] += 1
                 continue
+            row = rows[hit]
+            matched.add(hit)
             label = row["label"]
             if row.get("patient_id"):
                 patient = "id:" + row["patient_id"]
@@ -300,10 +362,13 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             label = folder_labels[i]
         try:
             n = slice_count(p, slice_axis)
-        except UnreadableImageError:
+        except UnreadableImageError as exc:
+            skipped_unreadable(exc)
             skipped["unreadable"] += 1
             continue
         entries.add(i, range(n), label, patient, groups)
+    if labels_path is not None:
+        _note_unmatched_labels(rows, matched, key, notes)
     options = f"{image_size}|1|{window}|{slice_axis}"
 
     def decode(p: Path) -> list[Pixels]:
@@ -398,7 +463,8 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
                     {_group_name(c): _group_value(c, row[c]) for c in extra})
     multi = any(counts[f] > 1 and index is None for f, index, _ in rows)
     unit = "patient" if has_patients or multi else "image"
-    notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
+    # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
+    notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
     if unit == "patient" and not has_patients:
         notes.append("no patient_id column: each multi-image file (volume, multi-frame DICOM) taken as one patient")
     if has_patients and any(not row.get("patient_id") for _, _, row in rows):

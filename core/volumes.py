@@ -313,6 +313,12 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
     images = {p.name: p for p in sorted((root / "imagesTr").glob("*.nii.gz")) if not p.name.startswith(".")}
     label_files = {p.name: p for p in sorted((root / "labelsTr").glob("*.nii.gz")) if not p.name.startswith(".")}
     paired = sorted(set(images) & set(label_files))
+    unpaired = [f"imagesTr/{n} has no labelsTr/{n}" for n in sorted(set(images) - set(label_files))] + [
+        f"labelsTr/{n} has no imagesTr/{n}" for n in sorted(set(label_files) - set(images))]
+    if paired and unpaired:  # a volume without its label map (or the reverse) is never dropped without a word
+        shown = "; ".join(unpaired[:3]) + (f"; and {len(unpaired) - 3} more" if len(unpaired) > 3 else "")
+        raise DataError(f"msd:{root}: {len(unpaired)} file(s) without their pair ({shown}). Fix: add the missing "
+                        "file(s) of the same name, or move the unpaired one(s) out of imagesTr/ and labelsTr/.")
     if not paired:
         raise invalid("imagesTr/labelsTr", f"{len(images)} images, {len(label_files)} label maps",
                       "NIfTI files (.nii.gz) of the same names in both folders",

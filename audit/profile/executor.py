@@ -87,9 +87,13 @@ def workers_that_fit(wanted: int) -> int:
 def _start_worker(torch_threads: int) -> None:
     """A worker process's start: torch gets ``torch_threads`` threads for everything outside the tasks too (data
     loading); each task sets its own from its ``threads`` field (:func:`with_threads`)."""
+    import logging
+
     import torch
 
     torch.set_num_threads(torch_threads)
+    # The driver loaded the data first and named every file it skipped; the workers' loads would repeat it.
+    logging.getLogger("dpaudit.data.skipped").setLevel(logging.ERROR)
 
 
 def _run(task: Task) -> Any:

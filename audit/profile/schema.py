@@ -590,6 +590,7 @@ class PrivacyInfo(JsonResult):
                     "volume in the training split; every guarantee is per patient)")
         if self.unit == "patient":
             source = {"patient": "the data's patient ids", "lesion": "the data's lesion ids, as no patient ids exist",
+                      "study": "the data's StudyInstanceUIDs, as the files carry no usable PatientID",
                       "image": "k given by hand"}.get(self.data_unit, self.data_unit)
             if self.chosen_by == "records_per_patient":
                 source = "k given by hand (--records-per-patient)"

@@ -1,0 +1,100 @@
+"""Dataset paths and patient identifiers: errors and stderr warnings name the file (the user needs it to fix it),
+but nothing dpaudit writes (JSON, metrics.json, checkpoints) holds a path or file name found inside a dataset; a
+labelled-data inconsistency is never dropped without a word; a placeholder PatientID is no patient."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from medical_fixtures import dicom_file, nifti_file
+from typer.testing import CliRunner
+
+from dpaudit.cli.main import app
+from dpaudit.errors import DataError
+
+runner = CliRunner()
+#: Fake patient names in the file and folder names, as in a usual export layout.
+NAMES = ("SMITH_JOHN", "DOE_JANE")
+TRAIN = ["train", "--epsilon", "8", "--epochs", "1", "--image-size", "16", "--arch", "smallcnn", "--arch-args",
+         '{"width": 4}', "--batch-size", "4", "--threads", "1"]
+
+
+def _written(out: Path, stdout: str) -> bytes:
+    """Every byte a run wrote (checkpoint included: a zip of pickles, searched as bytes) and its JSON output."""
+    return b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()) + stdout.encode()
+
+
+def _assert_no_identifier(data: bytes, *more: str) -> None:
+    for name in (*NAMES, *more):
+        assert name.encode() not in data, name
+
+
+def _dicom_tree(root: Path, rng: np.random.Generator, *, patient: str | None) -> Path:
+    for c, cls in enumerate(("benign", "malignant")):
+        for i in range(16):
+            pixels = (rng.random((12, 12)) * 1000 + 1000 * c).astype(np.uint16)
+            dicom_file(root / cls / f"{NAMES[i % 2]}_PID{i:04d}" / f"IM{i:04d}.dcm", pixels, patient=patient)
+    # One file that does not decode (its pixel data cut off), in a folder named after a patient.
+    bad = root / "benign" / "DOE_JANE_PID9999" / "IM9999.dcm"
+    dicom_file(bad, rng.integers(0, 4000, (12, 12)).astype(np.uint16), patient=patient)
+    bad.write_bytes(bad.read_bytes()[:-100])
+    return bad
+
+
+@pytest.mark.parametrize("patient", ["ANONYMOUS", "SITE-7", None])
+def test_a_placeholder_patient_id_is_no_patient_and_no_name_is_written(patient: str | None, tmp_path: Path,
+                                                                       rng: np.random.Generator) -> None:
+    bad = _dicom_tree(tmp_path / "data", rng, patient=patient)
+    out = tmp_path / "out"
+    res = runner.invoke(app, [*TRAIN, "--dataset", f"dicom:{tmp_path / 'data'}", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    # stderr names the unreadable file, so that the user can fix it ...
+    assert f"skipped an unreadable file: DICOM file {str(bad)!r}" in res.stderr
+    assert "no file has a usable PatientID" in res.stderr and "--privacy-unit image" in res.stderr
+    obj = json.loads(res.stdout)
+    # ... the grouping's source is said truthfully ...
+    assert obj["privacy"]["data_unit"] == "study"
+    assert "grouped by StudyInstanceUID" in " ".join(obj["data_notes"])
+    # ... and nothing written holds a name from the dataset's paths (nor the placeholder).
+    _assert_no_identifier(_written(out, res.stdout), "PID0", *(() if patient is None else (patient,)))
+    # The per-image guarantee the warning offers works (the split no longer collapses into one "patient").
+    res = runner.invoke(app, [*TRAIN, "--dataset", f"dicom:{tmp_path / 'data'}", "--privacy-unit", "image"])
+    assert res.exit_code == 0, res.output
+    assert "privacy unit: image (--privacy-unit image; k = 1)" in res.stdout
+
+
+def test_nifti_names_stay_on_stderr_and_labels_without_images_are_counted(tmp_path: Path,
+                                                                          rng: np.random.Generator) -> None:
+    root = tmp_path / "mri"
+    rows = ["file,label"]
+    for i in range(12):
+        name = f"{NAMES[i % 2]}_{i:02d}.nii.gz"
+        nifti_file(root / name, rng.random((10, 10, 3)).astype(np.float32) + (i % 2))
+        rows.append(f"{name},{'ab'[i % 2]}")
+    (root / "SMITH_JOHN_99.nii.gz").write_bytes((root / "SMITH_JOHN_00.nii.gz").read_bytes()[:40])  # truncated
+    rows += ["SMITH_JOHN_99.nii.gz,a", "DOE_JANE_77.nii.gz,b"]  # the second: labelled, but there is no such file
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    res = runner.invoke(app, [*TRAIN, "--dataset", f"nifti:{root}", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "SMITH_JOHN_99.nii.gz" in res.stderr and "skipped an unreadable file" in res.stderr
+    assert "labelled but not found: 'DOE_JANE_77.nii.gz'" in res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["skipped"] == {"unreadable": 1}
+    assert "1 row(s) of the labels file match no image (by file)" in " ".join(metrics["data"]["notes"])
+    _assert_no_identifier(_written(out, res.stdout), ".nii")
+
+
+def test_an_msd_volume_without_its_label_map_is_an_error(tmp_path: Path, rng: np.random.Generator) -> None:
+    from test_segmentation import write_msd
+
+    from dpaudit.volumes import load_segmentation_splits
+
+    root = write_msd(tmp_path / "Task03_Liver", rng)
+    (root / "labelsTr" / "liver_3.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"1 file\(s\) without their pair \(imagesTr/liver_3.nii.gz has no "
+                                        r"labelsTr/liver_3.nii.gz\)\. Fix: add the missing"):
+        load_segmentation_splits(f"msd:{root}", image_size=16)
