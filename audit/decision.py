@@ -94,7 +94,7 @@ class Limit:
         object.__setattr__(self, "maximum", check_probability(
             flag.lstrip("-").replace("-", "_"), self.maximum,
             fix=f"pass the largest acceptable probability, e.g. {flag} 0.05"))
-        tm = str(self.threat_model).replace("-", "_")
+        tm = str(self.threat_model).strip().lower().replace("-", "_")
         if tm not in THREAT_MODELS:
             raise invalid("threat_model", self.threat_model, "worst-case, relaxed or realistic",
                           "pass --threat-model worst-case, relaxed or realistic")

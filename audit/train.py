@@ -537,7 +537,8 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
                       "pass a smaller --batch-size")
     if len(splits.test) == 0 or len(splits.val) == 0:
         raise ConfigError(f"{splits.name}: the validation and test splits must not be empty (val {len(splits.val)}, "
-                          f"test {len(splits.test)}). Fix: provide more images.")
+                          f"test {len(splits.test)}). Fix: use more images (a larger --max-images, or leave it out for all) or "
+                          "a dataset with more patients.")
     delta = config.target_delta if config.target_delta is not None else default_delta(n)
     delta_rule = ("given (--delta)" if config.target_delta is not None else
                   "default min(8e-7 (seed paper, section 4.4), 1/(10 N))")

@@ -357,7 +357,7 @@ def check_records_per_patient(value: int) -> int:
 
 
 def check_threat_model(value: str) -> str:
-    name = str(value).replace("-", "_")
+    name = str(value).strip().lower().replace("-", "_")
     if name not in THREAT_MODELS:
         raise invalid("threat_model", value, "worst-case or relaxed", "pass --threat-model worst-case or relaxed")
     return name

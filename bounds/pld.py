@@ -286,7 +286,7 @@ class DiscretePld:
         nu = self.noise_guard
         m, losses = self._top(float(alpha.max()))
         qm = np.maximum(m - nu, 0.0)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", divide="ignore"):  # an atom of mass 0 (past 1e11 steps): log -inf, P-mass 0
             pm = np.exp(np.log(m + nu) - losses)
         cum_p = np.cumsum(pm)
         cum_q = np.cumsum(qm)

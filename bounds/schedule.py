@@ -67,17 +67,23 @@ class Schedule:
         Errors name the entry: a phase with zero steps (Opacus never records one) or a malformed entry is refused.
         """
         if isinstance(history, dict | str | bytes) or not isinstance(history, Iterable):
-            raise invalid("history", history, "a list of [noise_multiplier, sample_rate, steps] entries "
-                          "(Opacus' accountant.history)", "save json.dumps(accountant.history) and pass that file")
+            raise invalid("history", history, "a list of [noise_multiplier, sampling_probability, steps] "
+                          "entries (Opacus' accountant.history, whose sample_rate is the sampling_probability)", "save json.dumps(accountant.history) and pass that file")
         phases = []
         for i, entry in enumerate(history):
             if isinstance(entry, str | bytes | dict) or not isinstance(entry, Sequence) or len(entry) != 3:
-                raise invalid(f"history[{i}]", entry, "[noise_multiplier, sample_rate, steps]",
+                raise invalid(f"history[{i}]", entry, "[noise_multiplier, sampling_probability, steps]",
                               "each entry of Opacus' accountant.history is one such triple")
             try:
                 phases.append(Phase(*entry))
             except ConfigError as exc:
-                raise ConfigError(f"history[{i}]: {exc}") from None
+                if exc.field is None or exc.allowed is None:
+                    raise ConfigError(f"history[{i}]: {exc}") from None
+                # The fix of a history entry is the history's, not a flag's (--sigma, --q cannot go with a history).
+                raise invalid(f"history[{i}] {exc.field}", exc.value, exc.allowed,
+                              "the history must be that of a DP-SGD run (every phase with noise_multiplier > 0, "
+                              "sampling_probability in (0, 1], steps >= 1); without a history file, pass the run "
+                              "as --sigma, --q and --steps") from None
         return cls(tuple(phases))
 
     def to_history(self) -> list[list[float | int]]:

@@ -281,7 +281,10 @@ def user_message(exc: DpAuditError, options: dict[str, str] | None = None, value
     if field is None or allowed is None:
         return with_option(str(exc), options, values)
     candidates = (field, "--" + field.replace("_", "-"), *FIELD_FLAGS.get(field, ()))
-    flag = next((f for f in candidates if f in options and _same_value(values.get(options[f]), exc.value)), None)
+    # The flag that set the value; or, when it was not typed (None: the configuration's default applied), the flag
+    # that would set it: "--batch-size must be at most 34, got 64" names what to pass even for the default 64.
+    flag = next((f for f in candidates if f in options and _same_value(values.get(options[f]), exc.value)), None) \
+        or next((f for f in candidates if f in options and values.get(options[f]) is None), None)
     if flag is None and field.startswith("--"):
         flag = field  # the library already named the flag
     if flag is None:
@@ -376,6 +379,8 @@ def parse_float_list(flag: str, text: str, example: str = "1,8,20") -> list[floa
     fix = f"pass {flag} as numbers separated by commas, e.g. {flag} {example}"
     for item in text.split(","):
         item = item.strip()
+        if not item and text.strip():  # "8,,1": a value left out, or a typo; never skipped silently
+            raise invalid(flag, text, f"a comma-separated list of numbers without empty items, e.g. {example}", fix)
         if not item:
             continue
         try:

@@ -162,7 +162,8 @@ class CheckpointMeta:
                                       f"got {self.input_shape}.")
             object.__setattr__(self, "input_shape", shape)
         if self.n_train is not None:
-            check_int("n_train", self.n_train)
+            check_int("n_train", self.n_train, fix="the checkpoint records no training images; re-create it with "
+                      "`dpaudit train --out DIR`, which records them")
         object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names)
                            or tuple(str(i) for i in range(self.num_classes)))
         if len(self.label_names) != self.num_classes:
@@ -446,6 +447,11 @@ def _not_weights(path: Path, kind: str) -> CheckpointError:
 
 
 def _torch_load(path: Path) -> Any:
+    if path.is_dir():
+        inside = path / "model.pt"
+        hint = (f"pass {str(inside)!r}, the checkpoint in it" if inside.is_file() else
+                "pass the weights file itself (`dpaudit train --out DIR` writes DIR/model.pt)")
+        raise CheckpointError(f"{str(path)!r} is a folder, not a weights file. Fix: {hint}.")
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist. Fix: check the path (`dpaudit train "
                               "--out DIR` writes DIR/model.pt).")

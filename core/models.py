@@ -224,11 +224,11 @@ def parse_arch(arch: str) -> ArchSpec:
                   "--arch mynet.py:build")
 
 
-def _import_file(path_text: str) -> Any:
+def _import_file(path_text: str, spec: str) -> Any:
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise invalid("arch", path_text, "an existing Python file", "pass the path of the file that defines the "
-                      "factory, e.g. --arch models/mynet.py:build")
+        raise invalid("arch", spec, f"FILE.py:factory with an existing Python file ({path_text!r} is not one)",
+                      "pass the path of the file that defines the factory, e.g. --arch models/mynet.py:build")
     resolved = path.resolve()
     # One module per file content and place: rebuilding the same file twice reuses it.
     key = hashlib.sha256(str(resolved).encode() + resolved.read_bytes()).hexdigest()[:16]
@@ -267,7 +267,7 @@ def resolve_factory(spec: ArchSpec) -> Callable[..., nn.Module]:
                           "print(dir(n))\"`)")
         return factory
     if spec.kind == "file":
-        module = _import_file(spec.target)
+        module = _import_file(spec.target, spec.spec)
     else:
         try:
             module = importlib.import_module(spec.target)

@@ -1,0 +1,77 @@
+"""Fix texts that are right for the command and the data kind: each names a flag of the command that printed it
+(or none that would be wrong there), the flag the user typed, and never a library field in its place."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dpaudit.cli.main import app
+
+runner = CliRunner()
+
+
+def _error(args: list[str]) -> str:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert line.startswith("error: ") and "\n" not in line and "Traceback" not in line, line
+    return line
+
+
+def test_fix_texts_name_the_flag_of_the_command(tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "h.json").write_text(json.dumps([[0.0, 0.01, 10]]))
+    # a value the configuration defaulted (not typed) is still named by its flag
+    line = _error(["train", "--dataset", "demo", "--epsilon", "8", "--max-images", "5"])
+    assert line.startswith("error: --batch-size must be at most")
+    line = _error(["train", "--dataset", "demo", "--epsilon", "8", "--max-images", "5", "--batch-size", "2"])
+    assert "--max-images" in line
+    line = _error(["attack", "--model", str(tmp_path / "folder"), "--dataset", "demo"])
+    assert "is a folder, not a weights file" in line and "does not exist" not in line
+    line = _error(["bounds", "--history", str(tmp_path / "h.json"), "--kappa", "1e-3"])
+    assert "--sigma 1.0" not in line and "sample_rate" not in line and "noise_multiplier" in line
+    line = _error(["train", "--arch", str(tmp_path / "nosuch.py") + ":build", "--epsilon", "8"])
+    assert line.startswith("error: --arch must be") and "nosuch.py:build" in line
+    line = _error(["profile", "--epsilons", "8,,1", "--out", str(tmp_path / "p")])
+    assert line.startswith("error: --epsilons must be") and "'8,,1'" in line
+
+
+@pytest.mark.parametrize("spelling", ["Worst-Case", "WORST_CASE", " relaxed "])
+def test_threat_models_are_read_in_any_case(spelling: str) -> None:
+    res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--q", "0.01", "--steps", "100", "--kappa", "1e-3",
+                              "--threat-model", spelling, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["threat_model"] in ("worst_case", "relaxed")
+
+
+def test_a_labels_file_example_is_right_for_the_data_kind(tmp_path: Path) -> None:
+    from dpaudit.errors import DataError
+    from dpaudit.medical import _read_labels
+
+    (tmp_path / "l.csv").write_text("name,label\na,b\n")
+    with pytest.raises(DataError, match=r"e\.g\. file,label"):
+        _read_labels(tmp_path / "l.csv", ("file", "path"), "nifti:x")
+    with pytest.raises(DataError, match=r"e\.g\. PatientID,label"):
+        _read_labels(tmp_path / "l.csv", ("PatientID", "StudyInstanceUID"), "dicom:x")
+
+
+def test_huge_step_counts_print_no_numpy_warning() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100000000000", "--kappa",
+                                  "1e-3"])
+    assert res.exit_code == 0, res.output
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_checkpoint_without_training_images_has_a_fix() -> None:
+    from dpaudit.checkpoint import CheckpointMeta
+    from dpaudit.errors import DpAuditError
+
+    with pytest.raises(DpAuditError, match="Fix: the checkpoint records no training images"):
+        CheckpointMeta(arch="smallcnn", num_classes=2, in_channels=3, n_train=0)
