@@ -35,10 +35,11 @@ def _gamma_from_samples(s_desc: np.ndarray, kappa: np.ndarray) -> np.ndarray:
     return np.minimum(j, n) / n
 
 
-def mc_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, samples: int = 20_000, seed: int | None = None,
+def mc_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, samples: int = 20_000, seed: int | None = 0,
              bootstrap: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(estimate, lower, upper) of gamma(kappa) from ``samples`` Monte Carlo draws (95% percentile bootstrap).
-    ``pair_or_run``: a :class:`StepPair` with ``steps``, or a run (a tuple of (pair, steps) phases, summed)."""
+    ``pair_or_run``: a :class:`StepPair` with ``steps``, or a run (a tuple of (pair, steps) phases, summed).
+    ``seed`` 0 by default, so that one input gives one estimate (None: fresh entropy)."""
     rng = np.random.default_rng(seed)
     run = ((pair_or_run, steps),) if isinstance(pair_or_run, StepPair) else tuple(pair_or_run)
     s = sum(sample_losses(pair, t, samples, rng) for pair, t in run)

@@ -251,7 +251,7 @@ def clt_mu(noise_multiplier: float, sampling_probability: float, steps: int) -> 
 def rero_bound(noise_multiplier: float | None = None, sampling_probability: float | None = None,
                steps: int | None = None, kappa: float | Sequence[float] | np.ndarray | None = None, *,
                threat_model: str = "worst_case", method: str = "tight", records_per_patient: int = 1,
-               mc_samples: int = 20_000, seed: int | None = None, schedule: Schedule | None = None) -> ReRoBound:
+               mc_samples: int = 20_000, seed: int | None = 0, schedule: Schedule | None = None) -> ReRoBound:
     """The highest probability that a reconstruction attack succeeds, for each prior kappa.
 
     Parameters
@@ -269,7 +269,7 @@ def rero_bound(noise_multiplier: float | None = None, sampling_probability: floa
     records_per_patient:
         k >= 1 images per patient: the per-step pair becomes N(0, s^2) vs sum_j Binom(k, q)(j) N(j, s^2).
     mc_samples, seed:
-        Monte Carlo only.
+        Monte Carlo only. ``seed`` 0 by default: the same estimate and interval on every run (None: fresh entropy).
     schedule:
         A :class:`dpaudit.bounds.Schedule` (phases with their own sigma, q and steps, e.g. Opacus' accountant
         history) in place of (noise_multiplier, sampling_probability, steps). ``tight`` composes the phases' PLDs

@@ -459,3 +459,10 @@ def test_monte_carlo_shows_its_interval_under_its_own_key() -> None:
     assert "95% interval" in runner.invoke(app, args).stdout
     tight = json.loads(runner.invoke(app, [*args[:-2], "--json"]).stdout)
     assert tight["rero"][0]["worst_case_interval"] is None and tight["numerical_error"]["worst_case"][0] >= 0
+
+
+def test_monte_carlo_is_the_same_on_every_run() -> None:
+    """An estimate a user reruns must not move: --method mc uses a fixed seed."""
+    args = ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--method", "mc", "--json"]
+    first, second = (json.loads(runner.invoke(app, args).stdout)["rero"] for _ in range(2))
+    assert first == second
