@@ -427,7 +427,7 @@ def test_report_with_new_limits_leaves_report_pdf_as_profile_json_decides(tmp_pa
     assert res.exit_code == 0 and "now disagrees with profile.json" in " ".join(res.output.split())
 
 
-def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatch) -> None:
+def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatch, tmp_path) -> None:
     """The report's command, run as printed, builds the same configuration (the same hash, though it spells out
     options that were left to their defaults) and the same limits; no profile is run (run_profile is stubbed)."""
     import shlex
@@ -442,10 +442,10 @@ def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatc
     prof = _decided(synthetic_profile(), *limits)
     prof = dataclasses.replace(prof, config=ProfileConfig(dataset="demo", epsilons=(8.0,), seeds=1, epochs=1,
                                                           max_images=300, attack_images=8),
-                               command="dpaudit profile --dataset demo --out /tmp/p17")
+                               command=f"dpaudit profile --dataset demo --out {tmp_path / 'p17'}")
     command = _Report(prof, None, False)._profile_command()
     assert "--max-rero 0.05 --threat-model worst-case" in command and "--max-mia-tpr 0.01" in command
-    assert command.endswith("--out /tmp/p17") and "--arch resnet9" in command  # defaults spelled out
+    assert command.endswith(f"--out {tmp_path / 'p17'}") and "--arch resnet9" in command  # defaults spelled out
 
     seen = {}
 
@@ -462,7 +462,7 @@ def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatc
     again = dataclasses.replace(prof, config=seen["config"])
     assert seen["config"].task_defaults != prof.config.task_defaults  # typed, not defaulted ...
     assert config_sha256(again) == config_sha256(prof)  # ... yet the same configuration
-    assert tuple(seen["limits"]) == limits and str(seen["out"]) == "/tmp/p17"
+    assert tuple(seen["limits"]) == limits and str(seen["out"]) == str(tmp_path / "p17")
 
 
 def test_include_images_without_stored_images_says_why_and_stamps_nothing(tmp_path) -> None:
