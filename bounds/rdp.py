@@ -21,49 +21,74 @@ from dpaudit.bounds._mechanism import check_delta
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])
 
 
-def _log_a_integer(q: float, sigma: float, alpha: int) -> float:
-    """log A_alpha for integer alpha (Mironov et al. 2019, Section 3.3, the binomial expansion):
-    A_alpha = sum_i C(alpha, i) (1 - q)^(alpha - i) q^i exp((i^2 - i) / (2 sigma^2))."""
-    i = np.arange(alpha + 1, dtype=float)
-    log_terms = (special.gammaln(alpha + 1) - special.gammaln(i + 1) - special.gammaln(alpha - i + 1)
-                 + i * math.log(q) + (alpha - i) * math.log1p(-q) + (i * i - i) / (2 * sigma ** 2))
-    return float(special.logsumexp(log_terms))
+#: Entries of one (orders x terms) array that :func:`_log_a_fractional` evaluates at once (rows in chunks up to this
+#: size: 8 MiB; at sigma 0.45 all 81 fractional orders fit in one chunk, at sigma 0.001 one order takes a chunk).
+ROW_CHUNK = 1 << 20
 
 
-def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
-    """log A_alpha for fractional alpha, A_alpha = E_{z ~ N(0, sigma^2)} [(1 - q + q e^{(2z - 1)/(2 sigma^2)})^alpha]
-    (Mironov et al. 2019, Section 3.3, the integral their series expands).
+def _logsumexp_rows(log_terms: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """logsumexp of each row over its kept entries (the others count as e^-inf = 0, exactly)."""
+    return special.logsumexp(np.where(keep, log_terms, -np.inf), axis=1)
+
+
+def _log_a_integer(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
+    """log A_alpha for integer orders alpha, one row per order (Mironov et al. 2019, Section 3.3, the binomial
+    expansion): A_alpha = sum_{i <= alpha} C(alpha, i) (1 - q)^(alpha - i) q^i exp((i^2 - i) / (2 sigma^2))."""
+    a = alphas[:, None]
+    i = np.arange(int(alphas.max()) + 1, dtype=float)[None, :]
+    keep = i <= a
+    log_terms = (special.gammaln(a + 1) - special.gammaln(i + 1) - special.gammaln(np.where(keep, a - i, 0.0) + 1)
+                 + i * math.log(q) + (a - i) * math.log1p(-q) + (i * i - i) / (2 * sigma ** 2))
+    return _logsumexp_rows(log_terms, keep)
+
+
+def _log_a_fractional(q: float, sigma: float, alphas: np.ndarray) -> np.ndarray:
+    """log A_alpha for fractional orders alpha, one per order, A_alpha = E_{z ~ N(0, sigma^2)} [(1 - q + q
+    e^{(2z - 1)/(2 sigma^2)})^alpha] (Mironov et al. 2019, Section 3.3, the integral their series expands).
 
     We integrate directly with the trapezoidal rule at step sigma/10 on [-45 sigma, alpha + 45 sigma] (the
     integrand is Gaussian-like around 0 and around alpha, and analytic, so the rule converges geometrically; the
     truncated tails are below e^{-1000}). Summed in log space. Agrees with Opacus' series to ~1e-9 relative (tests)
-    and is ~100x faster than the slowly converging alternating series for small q.
+    and is ~100x faster than the slowly converging alternating series for small q. All orders share one grid
+    (each order's is a prefix of the largest order's: the same points np.arange gives it) and the mixture's log,
+    which does not depend on alpha; each order sums its own prefix.
     """
     step = sigma / 10
-    z = np.arange(-45 * sigma, alpha + 45 * sigma + step, step)
-    if alpha > 90 * sigma:
+    start = -45 * sigma
+    stops = alphas + 45 * sigma + step
+    counts = np.ceil((stops - start) / step)  # the length of np.arange(start, stop, step) for each order
+    z = np.arange(start, float(stops.max()), step)
+    log_mix = np.logaddexp(math.log1p(-q), math.log(q) + (2 * z - 1) / (2 * sigma ** 2))
+    base = -z * z / (2 * sigma ** 2)
+    index = np.arange(z.size)
+    near_bump = np.abs(z) <= 45 * sigma
+    out = np.empty(alphas.size)
+    rows = max(1, ROW_CHUNK // z.size)
+    for first in range(0, alphas.size, rows):
+        a = alphas[first:first + rows, None]
+        keep = index[None, :] < counts[first:first + rows, None]
         # Small sigma: log_mix <= max(log(1 - q), log q + (2z - 1)/(2 sigma^2)) + log 2, so the integrand is below
         # 2^alpha times two Gaussian bumps of width sigma at z = 0 and z = alpha; between the bumps (more than 45
         # sigma from both) every grid point is below e^{-1012 + 45} of the peak, so only the points within 45 sigma
-        # of a bump are summed (a subset of the same grid: the same sum to float precision, 10-100x faster).
-        z = z[(np.abs(z) <= 45 * sigma) | (np.abs(z - alpha) <= 45 * sigma)]
-    log_mix = np.logaddexp(math.log1p(-q), math.log(q) + (2 * z - 1) / (2 * sigma ** 2))
-    log_f = -z * z / (2 * sigma ** 2) + alpha * log_mix
-    return float(special.logsumexp(log_f) + math.log(step) - 0.5 * math.log(2 * math.pi * sigma ** 2))
+        # of a bump are summed (the same sum to float precision).
+        keep &= (a <= 90 * sigma) | near_bump[None, :] | (np.abs(z[None, :] - a) <= 45 * sigma)
+        out[first:first + rows] = _logsumexp_rows(base[None, :] + a * log_mix[None, :], keep)
+    return out + math.log(step) - 0.5 * math.log(2 * math.pi * sigma ** 2)
 
 
 def rdp_per_step(noise_multiplier: float, sampling_probability: float, orders: tuple[float, ...] = DEFAULT_ORDERS
                  ) -> np.ndarray:
-    """RDP of one step of the sampled Gaussian mechanism at each order."""
+    """RDP of one step of the sampled Gaussian mechanism at each order (all orders of a kind in one array)."""
     sigma, q = noise_multiplier, sampling_probability
-    out = np.empty(len(orders))
-    for n, alpha in enumerate(orders):
-        if q == 1.0:
-            out[n] = alpha / (2 * sigma ** 2)  # the Gaussian mechanism
-        elif float(alpha).is_integer():
-            out[n] = _log_a_integer(q, sigma, int(alpha)) / (alpha - 1)
-        else:
-            out[n] = _log_a_fractional(q, sigma, float(alpha)) / (alpha - 1)
+    alphas = np.asarray(orders, dtype=float)
+    if q == 1.0:
+        return alphas / (2 * sigma ** 2)  # the Gaussian mechanism
+    out = np.empty(alphas.size)
+    integer = alphas == np.floor(alphas)
+    if integer.any():
+        out[integer] = _log_a_integer(q, sigma, alphas[integer]) / (alphas[integer] - 1)
+    if (~integer).any():
+        out[~integer] = _log_a_fractional(q, sigma, alphas[~integer]) / (alphas[~integer] - 1)
     return out
 
 
