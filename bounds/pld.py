@@ -1146,7 +1146,7 @@ def _as_run(pair_or_run, steps: int | None) -> tuple[tuple[StepPair, int], ...]:
 
 
 def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol: float = 1e-12,
-           max_halvings: int = 6) -> Refined:
+           max_halvings: int = 6, start: float | None = None) -> Refined:
     """Refine the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).
 
     ``evaluate(h)`` returns an array of sound upper bounds computed at grid step h (monotone in h: nesting), or a
@@ -1154,10 +1154,12 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     meant to converge. Converged: for trusted entries, upper - lower is within tolerance (a proven bracket); for
     the others, two nested grids agree within tolerance. From a bracket too wide the step jumps to where h^2
     closes it; otherwise it halves. The first grid step is :func:`initial_h_run`'s, or a finer one where the
-    windows stay small (``SMALL_WINDOW``).
+    windows stay small (``SMALL_WINDOW``). ``start``: the first grid step instead (e.g. the one another bound of the
+    same run ended at, whose compositions are cached: the round there costs only its reads); the refinement goes on
+    from it as from any round, so the result is as sound and as accurate whatever the start.
     """
     run = _as_run(pair_or_run, steps)
-    h = initial_h_run(run)
+    h = initial_h_run(run) if start is None else float(start)
     # The first round is a probe: the bracket closes as h^2, so its width at h says which h closes it (below).
     # Where the composed window stays small even at the grid step a refinement usually ends at (about h / 2 for
     # rtol 5e-4 and h / 4.5 for 1e-4), the probe would cost as much as the answer: start there instead. Elsewhere
@@ -1168,9 +1170,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # (sigma 0.5, q 1e-3, T 1e5: one round more).
     first = 2.0 * math.sqrt(5e-4 / rtol)
     coarsened = 1.0  # how much coarser than initial_h_run's step the probe is
-    if _window_estimate(run, h / first) <= SMALL_WINDOW:
+    if start is None and _window_estimate(run, h / first) <= SMALL_WINDOW:
         h /= first
-    elif sum(s for _, s in run) < TWO_LEVEL_STEPS:
+    elif start is None and sum(s for _, s in run) < TWO_LEVEL_STEPS:
         coarsened = max(1.0, min(PROBE_COARSENING, MAX_GRID_STEP / h))
         h *= coarsened
     max_jump = MAX_JUMP * coarsened

@@ -139,12 +139,14 @@ def _patient_notes(records_per_patient: int) -> tuple[str, ...]:
 
 # -- tight ------------------------------------------------------------------------------------------------------------
 
-def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: float = 5e-4):
+def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: float = 5e-4,
+                start: float | None = None):
     """gamma(kappa) from the pessimistic PLD (primal Neyman-Pearson step, dual route where it must read deep),
     bracketed from below by the garbled PLD (:meth:`dpaudit.bounds.pld.DiscretePld.power_lower`), refined until the
     bracket is narrower than ``rtol`` (relative). ``pair_or_run``: a :class:`StepPair` with ``steps``, or a run
     (a tuple of (pair, steps) phases, composed exactly). Returns a :class:`dpaudit.bounds.pld.Refined` whose
-    ``lower`` is a sound lower bound on the exact gamma."""
+    ``lower`` is a sound lower bound on the exact gamma. ``start``: the first grid step (:func:`refine`; e.g. where
+    another bound of the same run ended, so that its cached compositions are read again)."""
     run = _as_run(pair_or_run, steps)
     floor = threshold_test_power(run, kappa)
     if np.all(floor >= 1.0 - SATURATED):
@@ -166,7 +168,7 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         # nested grids instead, and keep their sound, if wide, bracket.
         return upper, lower, ~deep
 
-    return refine(run, None, evaluate, rtol=rtol, atol=1e-12)
+    return refine(run, None, evaluate, rtol=rtol, atol=1e-12, start=start)
 
 
 #: gamma within this of 1 (proven by the threshold test) is reported as 1 without a PLD (see tight_gamma).

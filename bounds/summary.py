@@ -75,13 +75,19 @@ def bounds_summary(noise_multiplier: float | None = None, sampling_probability: 
     eps = epsilon_bound(target_delta=target_delta, **run)
     eps_patient = epsilon_bound(target_delta=target_delta, records_per_patient=k, **run) if k != 1 else None
     last = sched.last
+    worst = rero_bound(kappa=kappas, threat_model="worst_case", method=method, records_per_patient=k, **run)
+    # The MIA curve reads the worst-case ReRo curve of the same pair (gamma at kappa = FPR): its refinement starts at
+    # the grid step the ReRo bound ended at (for method tight), where the composed PLDs are cached, and usually
+    # ends there too (only the reads are new). Sound either way; tests/test_bounds_summary.py checks it against
+    # mia_curve refined from its own start, within the brackets.
+    mia = mia_curve(records_per_patient=k, grid_step=worst.discretisation, **run) if membership else None
     return BoundsSummary(
         noise_multiplier=float(last.noise_multiplier), sampling_probability=float(last.sampling_probability),
         steps=int(sched.steps), target_delta=float(target_delta), records_per_patient=int(k), epsilon=eps,
         epsilon_patient=eps_patient, epsilon_rdp=float(epsilon_rdp(target_delta=target_delta, **run)),
-        worst_case=rero_bound(kappa=kappas, threat_model="worst_case", method=method, records_per_patient=k, **run),
+        worst_case=worst,
         relaxed=rero_bound(kappa=kappas, threat_model="relaxed", method=method, records_per_patient=k, **run),
-        mia=mia_curve(records_per_patient=k, **run) if membership else None, schedule=sched)
+        mia=mia, schedule=sched)
 
 
 __all__ = ["BoundsSummary", "bounds_summary"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
+
 from dpaudit.bounds import bounds_summary, epsilon_bound, epsilon_pld, epsilon_rdp, rero_bound
 
 
@@ -29,3 +32,20 @@ def test_patient_level_epsilon_is_larger_than_the_record_level_one() -> None:
     assert s.mia is None
     assert s.epsilon_patient is not None and s.epsilon_patient.records_per_patient == 3
     assert math.isfinite(s.epsilon_patient.value) and s.epsilon_patient.value > s.epsilon.value
+
+
+def test_summary_mia_started_at_the_rero_grid_step_agrees_with_mia_alone_within_the_brackets() -> None:
+    # The summary refines the MIA curve from the grid step the worst-case ReRo bound ended at (its compositions are
+    # cached). Both curves are sound upper bounds with proven lower ends: each must lie above the other's lower end.
+    from dpaudit.bounds import mia_curve
+
+    point = (0.44783, 3328 / 1077000, 16150)  # the seed paper's RadImageNet run
+    s = bounds_summary(*point, [1 / 1077000], target_delta=8e-7)
+    alone = mia_curve(*point)
+    assert s.mia is not None and s.worst_case.discretisation is not None
+    assert np.all(s.mia.tpr >= alone.tpr_lower) and np.all(alone.tpr >= s.mia.tpr_lower)
+    assert np.all(s.mia.numerical_error <= 5e-4 * s.mia.tpr + 1e-12)
+    assert s.mia.advantage == pytest.approx(alone.advantage, rel=1e-3)
+    # Started at the step the ReRo bound ended at, the shared curve is computed there: the same grid step's reads.
+    started = mia_curve(*point, grid_step=s.worst_case.discretisation)
+    assert np.array_equal(started.tpr, s.mia.tpr) and np.array_equal(started.tpr_lower, s.mia.tpr_lower)
