@@ -17,15 +17,6 @@ from dpaudit.bounds._mechanism import (
     default_delta,
     default_delta_rule,
 )
-from dpaudit.bounds.calibrate import (
-    Calibration,
-    NoiseForEpsilon,
-    calibrate_epsilon,
-    calibrate_noise,
-    epsilon_target_for,
-    max_steps,
-    noise_for_epsilon,
-)
 from dpaudit.bounds.mia import FPR_GRID, MiaCurve, mia_curve
 from dpaudit.bounds.pld import ADJACENCY, EpsilonBound, epsilon_bound, epsilon_pld
 from dpaudit.bounds.rdp import epsilon_rdp
@@ -38,6 +29,23 @@ from dpaudit.bounds.rero import (
 )
 from dpaudit.bounds.schedule import Phase, Schedule, schedule_of_checkpoint
 from dpaudit.bounds.summary import BoundsSummary, bounds_summary
+
+#: Names of :mod:`dpaudit.bounds.calibrate`, loaded on first use: ``dpaudit bounds`` (and every bound) never needs the
+#: calibrations, and a process that does not ask for one does not import (or, without byte code, compile) them.
+_CALIBRATE = ("Calibration", "NoiseForEpsilon", "calibrate_epsilon", "calibrate_noise", "epsilon_target_for",
+              "max_steps", "noise_for_epsilon")
+
+
+def __getattr__(name: str):
+    if name in _CALIBRATE:
+        from dpaudit.bounds import calibrate
+
+        return getattr(calibrate, name)
+    raise AttributeError(f"module 'dpaudit.bounds' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CALIBRATE))
 
 __all__ = [
     "ADJACENCY",
