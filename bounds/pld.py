@@ -284,7 +284,7 @@ class DiscretePld:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
         nu = self.noise_guard
-        m, losses = self._top(float(alpha.max()))
+        m, losses, _ = self._top(float(alpha.max()))
         qm = np.maximum(m - nu, 0.0)
         with np.errstate(over="ignore", divide="ignore"):  # an atom of mass 0 (past 1e11 steps): log -inf, P-mass 0
             pm = np.exp(np.log(m + nu) - losses)
@@ -298,28 +298,30 @@ class DiscretePld:
         out = before_q + frac * qm[j] - self.slack
         return np.clip(np.maximum(out, alpha), 0.0, 1.0)
 
-    def _top(self, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """The atoms a Neyman-Pearson step at size ``alpha`` reads, top (largest loss) first: the shortest top part
-        whose P-mass reaches alpha, or every atom. Grown fourfold from 4096 atoms, so a read near the top of a long
-        PLD (small alpha, the usual kappa) touches little of it."""
+    def _top(self, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The atoms a Neyman-Pearson step at size ``alpha`` reads, top (largest loss) first, with their P-masses:
+        the shortest top part whose P-mass reaches alpha, or every atom. Grown fourfold from 4096 atoms, so a read
+        near the top of a long PLD (small alpha, the usual kappa) touches little of it; each atom's P-mass is formed
+        once (a read of the whole PLD, e.g. the ROC up to FPR 1, pays it once, not for every size tried)."""
         m, losses = self.masses[::-1], self.losses[::-1]
         n = m.size
         k = min(n, 4096)
+        with np.errstate(over="ignore", divide="ignore"):
+            p = np.where(m[:k] > 0, np.exp(np.log(m[:k]) - losses[:k]), 0.0)
         while k < n:
-            top = m[:k]
+            if float(np.sum(p)) >= alpha * (1 + 1e-9):
+                return m[:k], losses[:k], p
+            grown = min(4 * k, n)
             with np.errstate(over="ignore", divide="ignore"):
-                p_top = float(np.sum(np.where(top > 0, np.exp(np.log(top) - losses[:k]), 0.0)))
-            if p_top >= alpha * (1 + 1e-9):
-                return m[:k], losses[:k]
-            k *= 4
-        return m, losses
+                more = np.where(m[k:grown] > 0, np.exp(np.log(m[k:grown]) - losses[k:grown]), 0.0)
+            p = np.concatenate([p, more])
+            k = grown
+        return m, losses, p
 
     def power_and_depth(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`power` and, for each alpha, the loss of the atom where the step stopped."""
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        m, losses = self._top(float(alpha.max()))
-        with np.errstate(over="ignore", divide="ignore"):
-            p_mass = np.where(m > 0, np.exp(np.log(m) - losses), 0.0)
+        m, losses, p_mass = self._top(float(alpha.max()))
         cum_p = np.cumsum(p_mass)
         j = np.searchsorted(cum_p, alpha, side="left")  # first atom at which the P-budget is reached
         out = np.empty_like(alpha)
