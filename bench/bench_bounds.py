@@ -249,9 +249,11 @@ def section_cli(repeats: int) -> None:
     exe = [str(beside)] if beside.exists() else [shutil.which("dpaudit") or "dpaudit"]
     py = sys.executable
     _, s, q, t, k = RADIMAGENET
-    here = str(Path(__file__).resolve().parent)
-    ref_code = (f"import sys; sys.path.insert(0, {here!r}); from bench_bounds import reference_gamma; "
-                f"print(reference_gamma({s!r}, {q!r}, {t!r}, {k!r}))")
+    # The reference process runs reference_gamma's own source and imports nothing of dpaudit or of this file.
+    import inspect
+
+    ref_code = ("import math\nimport numpy as np\n" + inspect.getsource(reference_gamma)
+                + f"print(reference_gamma({s!r}, {q!r}, {t!r}, {k!r}))\n")
     help_, spec4, radim, ref = ("dpaudit --help", "dpaudit bounds spec 4 (--json, all)",
                                 "dpaudit bounds RadImageNet (all)", "python dp_accounting RadImageNet")
     floor, ref_floor = "dpaudit bounds, no PLD (start-up)", "python importing dp_accounting"
@@ -263,9 +265,16 @@ def section_cli(repeats: int) -> None:
         ref: [py, "-c", ref_code],
         # q = 1, T = 1, sigma 50: gamma is the closed form's, epsilon a single Gaussian step (window of a few points)
         floor: [*exe, "bounds", "--sigma", "50", "--q", "1", "--steps", "1", "--kappa", "0.5", "--json"],
-        ref_floor: [py, "-c", f"import sys; sys.path.insert(0, {here!r}); import bench_bounds; "
+        ref_floor: [py, "-c", "import math\nimport numpy as np\n"
                               "from dp_accounting.pld import privacy_loss_distribution"],
     }
+    # Byte-code for dpaudit's modules, as a pip install compiles them (dp_accounting's are compiled in
+    # site-packages); without it (an editable install under PYTHONDONTWRITEBYTECODE) every start recompiles them.
+    import importlib.util
+
+    roots = {str(Path(loc)) for name in ("dpaudit", "dpaudit.bounds", "dpaudit.cli", "dpaudit.audit", "dpaudit.attacks")
+             for loc in (importlib.util.find_spec(name).submodule_search_locations or [])}
+    subprocess.run([py, "-m", "compileall", "-q", *sorted(roots)], check=False, capture_output=True)
     typer_version = subprocess.run([py, "-c", "import typer; print(typer.__version__)"], capture_output=True,
                                    text=True, check=False).stdout.strip()
     print(f"CLI, whole processes (interleaved, median of {repeats}; CPU = user + system, wall beside it; typer "
