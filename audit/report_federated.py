@@ -28,15 +28,24 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
                f"own steps (local steps × rounds it took part in). Secure aggregation does not enter the "
                f"accounting (it can only help). The reconstruction bound of a site uses its own prior κ = 1/N_k: "
                f"a smaller site has a larger prior and a larger bound.")]
-    head = ["Site", "N_k", "Labels", "q_k", "T_k", "ε_k", "ReRo (κ = 1/N_k)", "Test MCC"]
+    per_patient = any(s.records_per_patient > 1 for s in fed.sites)
+    head = ["Site", "N_k", "Labels", "q_k", "T_k", "ε_k per image" if per_patient else "ε_k",
+            *(["k", "ε_k per patient", "ReRo per patient (κ = 1/N_k)"] if per_patient else ["ReRo (κ = 1/N_k)"]),
+            "Test MCC"]
     rows = [[report.cell(h, "head") for h in head]]
     for s in fed.sites:
+        patient = ([str(s.records_per_patient), "–" if s.epsilon_patient is None else txt.eps_up(s.epsilon_patient)]
+                   if per_patient else [])
         rows.append([report.cell(x) for x in (
             str(s.client), str(s.n_train), "/".join(str(v) for v in s.label_histogram),
             _num(s.sampling_probability, ".3g"), _num(s.steps, "d"), "–" if s.epsilon is None else txt.eps_up(s.epsilon),
+            *patient,
             txt.pct(s.rero_worst_case, direction="up") if s.rero_worst_case is not None else "–", _num(s.test_mcc, ".3f"))])
+    unit_note = (" With the patient as the unit, k is the most images of one patient at the site, and ε_k per "
+                 "patient and the ReRo bound are for those k images moving together (the site's DP-SGD calibrates "
+                 "ε_k per image)." if per_patient else "")
     out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head)),
-            report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case). Test MCC: "
+            report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case).{unit_note} Test MCC: "
                         f"{txt.LABEL_EMPIRICAL}, the global model on the site's own test split (– when that split "
                         f"holds one class only). Global model on the pooled test split: MCC {fed.global_mcc:.3f}; "
                         f"spread across sites (max – min) {_num(fed.mcc_spread, '.3f')} ({txt.LABEL_EMPIRICAL}).",

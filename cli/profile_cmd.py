@@ -161,7 +161,7 @@ def profile(
     federated_clients: Annotated[int, typer.Option(help="Sites of the federated section.")] = D.federated_clients,
     federated_partition: Annotated[str, typer.Option(help="iid, dirichlet:ALPHA or column:NAME.")
                                    ] = D.federated_partition,
-    federated_epsilon: Annotated[float, typer.Option(help="Target epsilon of the federated section (the worst "
+    federated_epsilon: Annotated[float, typer.Option(help="Target epsilon per image of the federated section (the worst "
                                                           "site meets it).")] = D.federated_epsilon,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Write report.pdf.")] = True,
     scheduler: Annotated[str | None, typer.Option(

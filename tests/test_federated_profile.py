@@ -28,6 +28,17 @@ def test_profile_with_federated_section(tmp_path) -> None:
 
     text = " ".join(page.extract_text() for page in PdfReader(str(pdf)).pages)
     assert "Federated learning: privacy per site" in text and "bin attack" in text
+    # The demo's unit is the patient: each site's epsilon and ReRo are per patient of its k images too.
+    from dpaudit.bounds import rero_bound
+
+    assert profile.privacy().unit == "patient" and any(s.records_per_patient > 1 for s in fed.sites)
+    for s in fed.sites:
+        if s.records_per_patient > 1:
+            assert s.epsilon_patient > s.epsilon
+            per_patient = rero_bound(fed.noise_multiplier, s.sampling_probability, s.steps, [s.kappa],
+                                     records_per_patient=s.records_per_patient).gamma[0]
+            assert s.rero_worst_case == per_patient
+    assert "per patient" in text and "moving together" in text
 
 
 def test_profile_without_federated_reads_old_files() -> None:

@@ -2,7 +2,8 @@
 
 It trains FedAvg with sample-level DP across the sites (:func:`dpaudit.audit.federated.run_federated`), bounds each
 site's reconstruction risk at its own prior kappa = 1/N_k (:func:`dpaudit.bounds.rero_bound`, worst case, tight:
-a sound upper bound), and runs the malicious server's bin attack (:func:`dpaudit.attacks.federated.
+a sound upper bound) for the profile's privacy unit (per patient of the site's k images when the unit is the
+patient, as the site's epsilon_patient), and runs the malicious server's bin attack (:func:`dpaudit.attacks.federated.
 run_federated_attack`) with and without secure aggregation. Nothing here imports torch at module level.
 """
 
@@ -42,6 +43,7 @@ class FederatedTask(_TaskBase):
     target_delta: float | None
     seed: int
     threads: int | None = None
+    privacy_unit: str | None = None
     _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
 
     def tag(self) -> str:
@@ -64,15 +66,17 @@ class FederatedTask(_TaskBase):
             max_images=self.data.max_images, arch=self.arch, clients=self.clients, partition=self.partition,
             rounds=self.rounds, local_epochs=1, batch_size=self.batch_size, lr=self.lr, dp_level="sample",
             epsilon=self.epsilon_target, target_delta=self.target_delta, max_grad_norm=self.max_grad_norm, seed=self.seed,
-            threads=self.threads), splits=splits)
+            threads=self.threads, privacy_unit=self.privacy_unit), splits=splits)
         sites = []
         for s in result.clients:
             kappa = 1.0 / s.n_train
+            k = s.records_per_patient if s.epsilon_patient is not None else 1  # the unit's records at this site
             gamma = (float(np.asarray(rero_bound(result.noise_multiplier, s.sampling_probability, s.steps,
-                                                 [kappa]).gamma)[0])
+                                                 [kappa], records_per_patient=k).gamma)[0])
                      if s.steps else kappa)  # a site that never trained released nothing: the blind guess
             sites.append(FederatedSite(s.client, s.n_train, s.n_test, s.label_histogram, s.sampling_probability,
-                                       s.steps, s.epsilon, kappa, gamma, s.test_mcc))
+                                       s.steps, s.epsilon, kappa, gamma, s.test_mcc, records_per_patient=k,
+                                       epsilon_patient=s.epsilon_patient if k > 1 else None))
         attack_clients = min(self.clients, max(1, len(splits.train) // (ATTACK_BATCH_SIZE * ATTACK_ROUNDS)))
         rows, success_ssim = [], None
         for secure in (False, True):

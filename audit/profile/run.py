@@ -270,7 +270,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             data=_data_spec(config), arch=config.arch, epsilon_target=config.federated_epsilon,
             clients=config.federated_clients, partition=config.federated_partition, rounds=config.epochs,
             batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, lr=config.lr,
-            target_delta=config.target_delta, seed=config.seed, threads=threads)
+            target_delta=config.target_delta, seed=config.seed, threads=threads, privacy_unit=config.privacy_unit)
         fed_res, st = _run_stage("federated", [fed_task], store, executor, progress)
         stages.append(st)
         federated = fed_res[fed_task.key()]

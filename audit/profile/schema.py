@@ -635,7 +635,13 @@ class PackageVersion(JsonResult):
 @dataclass(frozen=True, eq=False)
 class FederatedSite(JsonResult):
     """One site of the federated section: its DP-SGD mechanism, epsilon and worst-case ReRo bound at its own
-    kappa = 1/N_k (sound upper bounds, tight PLD), and the global model's MCC on its test split (empirical)."""
+    kappa = 1/N_k (sound upper bounds, tight PLD), and the global model's MCC on its test split (empirical).
+
+    ``epsilon`` is per image (what the site's DP-SGD calibrates). With the patient as the unit,
+    ``records_per_patient`` is k, the most images of one patient at the site, ``epsilon_patient`` the epsilon of
+    those k images moving together, and ``rero_worst_case`` is per patient too (a whole patient's image is the
+    target); else k = 1 and ``epsilon_patient`` None (profiles written before these fields: per image).
+    """
 
     client: int
     n_train: int
@@ -647,6 +653,8 @@ class FederatedSite(JsonResult):
     kappa: float
     rero_worst_case: float | None
     test_mcc: float
+    records_per_patient: int = 1
+    epsilon_patient: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
