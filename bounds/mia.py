@@ -16,6 +16,7 @@ from dpaudit.bounds._mechanism import check_records_per_patient, check_threat_mo
 from dpaudit.bounds.pld import WindowTooLargeError, composed_run
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.bounds.schedule import Schedule, resolve
+from dpaudit.errors import invalid
 
 #: FPRs at which TPR is reported (the CLI's and the report's table).
 FPR_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 0.1)
@@ -96,6 +97,10 @@ def mia_curve(noise_multiplier: float | None = None, sampling_probability: float
         curve is refined on from there like any round: a sound upper bound with its proven bracket either way,
         within that bracket of the curve refined from its own start.
     """
+    if grid_step is not None and not (isinstance(grid_step, (int, float)) and math.isfinite(grid_step)
+                                      and grid_step > 0):
+        raise invalid("grid_step", grid_step, "a finite grid step > 0 (nats)", "pass a tight ReRo bound's "
+                      "discretisation, or None")
     sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
     run = sched.run(check_records_per_patient(records_per_patient), check_threat_model(threat_model))
     pair = run[-1][0]

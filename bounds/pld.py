@@ -438,16 +438,27 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     # way). e^{eps_a} P and e^{eps_b} P are formed as exp(eps + log P): both are <= the interval's Q-mass (up to
     # round-off), so nothing overflows, and P-masses below 1e-308 keep their relative precision.
     width = np.diff(eps)
-    tp_a = np.exp(eps[:-1] + log_p_int)
-    tp_b = np.exp(eps[1:] + log_p_int)
-    up = (q_int - tp_a) / -np.expm1(-width)
-    down = (tp_b - q_int) / np.expm1(width)
+    with np.errstate(over="ignore", invalid="ignore"):  # only past e^709 (refine never goes there); see below
+        tp_a = np.exp(eps[:-1] + log_p_int)
+        tp_b = np.exp(eps[1:] + log_p_int)
+        up = (q_int - tp_a) / -np.expm1(-width)
+        down = (tp_b - q_int) / np.expm1(width)
     on_points[1:] += np.maximum(up, 0.0)
     on_points[:-1] += np.maximum(down, 0.0)
     top_finite = min(math.exp(float(eps[-1] + log_p_top[0])), float(q_top[0]))
     on_points[-1] += top_finite
     on_points[0] += q_below
     infinity = max(float(q_top[0]) - top_finite, 0.0)
+    # Conservation: the split keeps every cell's Q-mass, up to round-off. Where it cannot (a grid step past
+    # log(max float) = 709.8 overflows e^h: the mass would vanish, and every delta read from it would fall), the
+    # Q-mass not on a finite atom goes to +infinity: the pessimistic PLD stays a sound upper bound.
+    bad = ~np.isfinite(on_points)
+    if bad.any():
+        on_points[bad] = 0.0
+    kept = float(on_points.sum()) + infinity
+    cells = float(q_int.sum() + q_top[0] + q_below)
+    if not math.isfinite(kept) or cells - kept > 1e-12:
+        infinity = min(infinity + max(cells - (kept if math.isfinite(kept) else 0.0), 0.0), 1.0)
     masses = np.zeros(i_hi - i_lo + 1)
     masses[idx - i_lo] = on_points
     return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=infinity, capped=capped, offset=offset)
@@ -852,8 +863,10 @@ def compose_parts(parts) -> DiscretePld:
     offset = sum(s * p.offset for p, s in parts)
     base = sum(s * p.lo for p, s in parts)
     top = sum(s * (p.lo + p.masses.size - 1) for p, s in parts)
-    lo = max(math.floor((lo_loss - offset) / h) - 1, base)
-    hi = min(math.ceil((hi_loss - offset) / h) + 1, top)
+    # An end the Chernoff search could not place (-inf / +inf: e.g. sigma 1e-4, where the moment generating function
+    # overflows) leaves the window at the support's end there: no mass can wrap, only the window grows.
+    lo = max(math.floor((lo_loss - offset) / h) - 1, base) if math.isfinite(lo_loss) else base
+    hi = min(math.ceil((hi_loss - offset) / h) + 1, top) if math.isfinite(hi_loss) else top
     width = max(hi - lo + 1, max(p.masses.size for p, _ in parts))
     width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
@@ -1161,7 +1174,11 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     from it as from any round, so the result is as sound and as accurate whatever the start.
     """
     run = _as_run(pair_or_run, steps)
-    h = initial_h_run(run) if start is None else float(start)
+    if start is not None and not (isinstance(start, (int, float)) and math.isfinite(start) and start > 0):
+        raise invalid("start", start, "a finite grid step > 0 (nats)", "pass the grid step another bound ended at, "
+                      "or None")
+    # Never coarser than MAX_GRID_STEP, whoever chose the step: past e^709 the connect-the-dots split overflows.
+    h = min(initial_h_run(run) if start is None else float(start), MAX_GRID_STEP)
     # The first round is a probe: the bracket closes as h^2, so its width at h says which h closes it (below).
     # Where the composed window stays small even at the grid step a refinement usually ends at (about h / 2 for
     # rtol 5e-4 and h / 4.5 for 1e-4), the probe would cost as much as the answer: start there instead. Elsewhere

@@ -159,3 +159,49 @@ def test_epsilon_of_calibrated_sigma_meets_target_large_batch(target: float) -> 
     q, steps, delta = 128 / 1500, 48, 8e-7
     sigma = noise_for_epsilon(target, q, steps, delta)
     assert epsilon_pld(sigma, q, steps, delta) <= target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grid steps past e^709 and Chernoff ends at infinity (a reviewer's inputs)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_a_coarse_start_never_yields_the_blind_guess_as_a_bound() -> None:
+    # Past 709.8 nats the connect-the-dots split overflows e^h; the mass used to vanish (gamma = kappa, bracket 0,
+    # "converged"). Any start is now capped at MAX_GRID_STEP and a lost mass goes to +infinity.
+    import numpy as np
+
+    from dpaudit.bounds import mia_curve
+    from dpaudit.bounds.pld import _step_pld
+    from dpaudit.bounds.rero import tight_gamma
+    from dpaudit.bounds.schedule import resolve
+
+    kappa = np.array([1e-5, 1e-3, 0.1])
+    run = resolve(1.0, 0.01, 100, None).run(1, "worst_case")
+    ref = tight_gamma(run, None, kappa)
+    for start in (500.0, 710.0, 1e4, 1e9):
+        got = tight_gamma(run, None, kappa, start=start)
+        assert np.all(got.value >= ref.lower) and np.all(got.lower <= ref.value), (start, got.value, ref.value)
+    coarse, own = mia_curve(1.0, 0.01, 100, grid_step=1e9), mia_curve(1.0, 0.01, 100)
+    assert np.all(coarse.tpr >= own.tpr_lower - 1e-12) and np.all(coarse.tpr > coarse.fpr)  # TPR = FPR was the old answer
+    pair = run[0][0]
+    for h in (710.0, 1e4):
+        step = _step_pld(pair, h, "remove", 1e-12)
+        assert step.masses.sum() + step.infinity_mass >= 1 - 1e-9
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_grid_step_must_be_a_finite_positive_step(bad: float) -> None:
+    from dpaudit.bounds import mia_curve
+    from dpaudit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="grid_step"):
+        mia_curve(1.0, 0.01, 100, grid_step=bad)
+
+
+def test_smallest_noise_with_long_runs_is_a_bound_not_a_traceback() -> None:
+    # sigma at the allowed floor, tiny q, long T: the Chernoff search's end was -inf and compose_parts raised
+    # OverflowError (floor of -inf); the window now reaches the support's end there.
+    from dpaudit.bounds import rero_bound
+
+    res = rero_bound(1e-4, 1e-4, 40000, kappa=[1e-6, 0.1])
+    assert all(0 <= g <= 1 for g in res.gamma)
