@@ -8,6 +8,7 @@ with one thread): the two ``profile.json`` files must agree field for field once
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -169,3 +170,37 @@ def test_a_killed_worker_loses_no_finished_result_and_names_the_fix(tmp_path) ->
     store = TaskStore(tmp_path)
     assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in others)
     assert ex._pool is None  # the broken pool was shut down
+
+
+@dataclass(frozen=True)
+class FileTask(ProbeTask):
+    """A probe whose result names a file in the profile folder (as a training run names its checkpoint)."""
+
+    def files(self, result: ProbeResult) -> tuple[str, ...]:
+        return (f"out/{self.index}.bin",)
+
+
+def test_a_stored_result_is_reused_only_while_the_files_it_names_are_unchanged(tmp_path) -> None:
+    task = FileTask(3, str(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "3.bin").write_bytes(b"the weights it was computed with")
+    store = TaskStore(tmp_path)
+    store.put(task, task.run())
+    assert store.get(task) == ProbeResult(3, 9)
+    assert TaskStore(tmp_path).get(task) == ProbeResult(3, 9)  # the digest is stored with the result
+    (tmp_path / "out" / "3.bin").write_bytes(b"another configuration's weights")  # same path, other file
+    assert store.get(task) is None
+    (tmp_path / "out" / "3.bin").unlink()
+    assert store.get(task) is None
+    # An entry written before digests were stored cannot show that its files match: it runs again.
+    (tmp_path / "out" / "3.bin").write_bytes(b"the weights it was computed with")
+    entry = store.root / f"{task.key()}.json"
+    data = json.loads(entry.read_text())
+    assert data["files"] == {"out/3.bin": hashlib.sha256(b"the weights it was computed with").hexdigest()}
+    del data["files"]
+    entry.write_text(json.dumps(data))
+    assert store.get(task) is None
+    # A task that names no files needs no digests.
+    plain = ProbeTask(4, str(tmp_path))
+    store.put(plain, plain.run())
+    assert store.get(plain) == ProbeResult(4, 16)

@@ -213,14 +213,30 @@ class TaskStore:
     """Finished task results in ``DIR/tasks/<key>.json`` (task configuration and result), written atomically.
 
     A result is reused only when the stored task configuration equals the task's (the key is a hash of it; the
-    comparison guards against collisions and hand edits).
+    comparison guards against collisions and hand edits), and when every file the result names (a task's
+    ``files(result)``: the checkpoint it trained or attacked, the images it saved; paths relative to ``DIR``) is
+    the file it was: each one's SHA-256 is stored with the result, and a file replaced since (another
+    configuration's run in the same folder) or missing makes the task run again.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root) / "tasks"
+        self.folder = Path(root)
+        self.root = self.folder / "tasks"
 
     def _path(self, task: Task) -> Path:
         return self.root / f"{task.key()}.json"
+
+    def _digests(self, task: Task, result: Any) -> dict[str, str | None]:
+        names = getattr(task, "files", None)
+        if names is None:
+            return {}
+        from dpaudit.audit.profile.tasks import file_sha256
+
+        out: dict[str, str | None] = {}
+        for name in dict.fromkeys(names(result)):
+            path = self.folder / name
+            out[name] = file_sha256(str(path)) if path.is_file() else None
+        return out
 
     def get(self, task: Task) -> Any | None:
         path = self._path(task)
@@ -233,15 +249,21 @@ class TaskStore:
         if data.get("task") != task.identity():  # type: ignore[attr-defined]
             return None
         try:
-            return from_plain(task.result_type, data.get("result"))
+            result = from_plain(task.result_type, data.get("result"))
         except ConfigError:
             return None
+        # The files the result names must be those it was computed with (an entry written before digests were
+        # stored cannot show that: it runs again, and a training run reuses its checkpoint when that matches).
+        if getattr(task, "files", None) is not None and data.get("files") != self._digests(task, result):
+            return None
+        return result
 
     def put(self, task: Task, result: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(task)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        payload = {"kind": task.stage, "task": task.identity(), "result": encode(result)}  # type: ignore[attr-defined]
+        payload = {"kind": task.stage, "task": task.identity(), "result": encode(result),  # type: ignore[attr-defined]
+                   "files": self._digests(task, result)}
         tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
 

@@ -106,6 +106,11 @@ class Task(Protocol):
     def run(self) -> Any: ...
 
 
+# A task whose result names files in the profile folder also has ``files(result) -> tuple[str, ...]`` (paths
+# relative to the folder, inputs and outputs): the task store keeps their digests and reuses the result only while
+# they are unchanged (:class:`dpaudit.audit.profile.executor.TaskStore`).
+
+
 class _TaskBase:
     #: Fields that locate files but do not change the result (excluded from the key).
     _location_fields: ClassVar[tuple[str, ...]] = ()
@@ -211,6 +216,10 @@ class TrainTask(_TrainingSpec):
     def describe(self) -> str:
         level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
         return f"train {level} seed {self.seed}" + (f" from {Path(self.init).name}" if self.init else "")
+
+    def files(self, result: TrainResult) -> tuple[str, ...]:
+        """The checkpoint, metrics.json and curve the result describes (relative to the profile folder)."""
+        return tuple(p for p in (result.checkpoint, result.metrics_path, result.curve_path) if p)
 
     def train_config(self):
         return self._train_config(str(Path(self.out_dir) / Path(self.checkpoint).parent), self.threads)
@@ -405,6 +414,10 @@ class AttackTask(_TaskBase):
     def describe(self) -> str:
         level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
         return f"attack {level} ({self.n_images} images)"
+
+    def files(self, result: AttackOutcome) -> tuple[str, ...]:
+        """The checkpoint attacked and the reconstructions saved (relative to the profile folder)."""
+        return (self.checkpoint, *result.images)
 
     def scenario(self, n_train: int) -> AttackScenario:
         """The attack of this task as an :class:`AttackScenario` (what ``dpaudit attack --selection random``
