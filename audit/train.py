@@ -623,6 +623,12 @@ def same_run(config: TrainConfig, metrics: Any) -> bool:
     return all(recorded.get(k) == v for k, v in mine.items() if k not in UNRECORDED_FIELDS)
 
 
+def train_identity(config: TrainConfig) -> dict[str, Any]:
+    """The part of ``metrics.json`` that identifies the run (its ``config``), as :func:`same_run` reads it: what
+    ``train --out`` writes in its folder's marker before any work."""
+    return {"config": json.loads(json.dumps(encode(asdict(config)), allow_nan=False))}
+
+
 def _write_outputs(result: TrainResult, config: TrainConfig, model: nn.Module, splits: DatasetSplits) -> TrainResult:
     out = writable_dir(config.out)  # type: ignore[arg-type]
     extra = {"seed": config.seed, "epsilon_target": result.epsilon_target,

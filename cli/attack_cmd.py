@@ -126,14 +126,17 @@ def attack(
     model_name = str(model) if model else f"random {arch}"
     if out_dir is not None:  # before any work: a folder that cannot be written, or holds another attack, fails now
         from dpaudit.cli._common import json_text
-        from dpaudit.outputs import refuse_replacing, writable_dir
+        from dpaudit.outputs import claim_folder
 
-        writable_dir(out_dir)
         mine = json.loads(json_text({"scenario": scenario, "dataset": dataset, "model": model_name}))
-        refuse_replacing(out_dir, "attack.json", outputs=ATTACK_OUTPUTS, overwrite=overwrite,
-                         what="an attack with other options",
-                         same=lambda data: {"scenario": data["scenario"], "dataset": data["settings"]["dataset"],
-                                            "model": data["settings"]["model"]} == mine)
+        claim = claim_folder(out_dir, command="attack", record="attack.json", outputs=ATTACK_OUTPUTS,
+                             overwrite=overwrite, what="an attack with other options",
+                             identity={"scenario": mine["scenario"],
+                                       "settings": {"dataset": mine["dataset"], "model": mine["model"]}},
+                             same=lambda data: {"scenario": data["scenario"], "dataset": data["settings"]["dataset"],
+                                                "model": data["settings"]["model"]} == mine)
+        for note in claim.notes:
+            err.print(f"note: {note}", highlight=False)
     args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
     if model is None:
         from dpaudit.models import parse_arch
@@ -227,11 +230,13 @@ def attack(
                   "settings": {"dataset": dataset, "model": model_name,
                                **unit_record},
                   "labels": {"success_rate": "empirical (a lower bound on reconstruction risk)"}}
-        (out_dir / "attack.json").write_text(json_text(record))
-        plot_ssim_error_cdf(result, out_dir / "ssim_error_cdf.png")
-        if save_images:
-            gt = select_images(splits.train, scenario)[0].permute(0, 2, 3, 1).numpy()
-            save_best_reconstructions(result, gt[keep_mask(gt)], out_dir / "best_reconstructions.png")
+        # Written as a whole or not at all: a failed write puts the folder's previous attack back.
+        with claim.writing():
+            (out_dir / "attack.json").write_text(json_text(record))
+            plot_ssim_error_cdf(result, out_dir / "ssim_error_cdf.png")
+            if save_images:
+                gt = select_images(splits.train, scenario)[0].permute(0, 2, 3, 1).numpy()
+                save_best_reconstructions(result, gt[keep_mask(gt)], out_dir / "best_reconstructions.png")
         if not as_json:
             err.print(f"wrote {out_dir / 'attack.json'} and {out_dir / 'ssim_error_cdf.png'}"
                       + (f" and {out_dir / 'best_reconstructions.png'}" if save_images else ""))

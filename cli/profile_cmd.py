@@ -204,13 +204,16 @@ def profile(
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
-    from dpaudit.audit.profile.run import PROFILE_OUTPUTS, same_profile
-    from dpaudit.outputs import refuse_replacing, writable_dir
+    from dpaudit.audit.profile.run import PROFILE_OUTPUTS, PROFILE_REWRITES, profile_identity, same_profile
+    from dpaudit.outputs import claim_folder
 
-    writable_dir(out_dir)
-    refuse_replacing(out_dir, "profile.json", outputs=PROFILE_OUTPUTS, overwrite=overwrite,
-                     same=lambda stored: same_profile(config, limits, stored),
-                     what="a profile of other options or limits; `dpaudit report` re-decides for other limits")
+    claim = claim_folder(out_dir, command="profile", record="profile.json", identity=profile_identity(config, limits),
+                         outputs=PROFILE_OUTPUTS, overwrite=overwrite,
+                         rewrites=PROFILE_REWRITES if render else PROFILE_REWRITES[:1],
+                         same=lambda stored: same_profile(config, limits, stored),
+                         what="a profile of other options or limits; `dpaudit report` re-decides for other limits")
+    for note in claim.notes:
+        err.print(f"note: {note}", highlight=False)
     started = time.perf_counter()
     stage_start: dict[str, float] = {}
 
@@ -225,32 +228,34 @@ def profile(
                   "output folder and the report.", markup=True)
     from dpaudit.audit.profile.distributed import make_executor
 
-    # The executor changes where tasks run, never their results (tests/test_distributed.py).
-    executor = make_executor(scheduler, workers, threads=threads)
-    try:
-        if hasattr(executor, "describe"):
-            err.print(executor.describe(), highlight=False)
-        if threads is not None:
-            import torch
+    # Everything the run writes, as a whole: on a failure the folder's previous outputs are put back.
+    with claim.writing():
+        # The executor changes where tasks run, never their results (tests/test_distributed.py).
+        executor = make_executor(scheduler, workers, threads=threads)
+        try:
+            if hasattr(executor, "describe"):
+                err.print(executor.describe(), highlight=False)
+            if threads is not None:
+                import torch
 
-            torch.set_num_threads(threads)
-        prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads, limits=limits)
-    finally:
-        executor.close()
-    if render:
-        from dpaudit.audit.report import render_report
+                torch.set_num_threads(threads)
+            prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads, limits=limits)
+        finally:
+            executor.close()
+        if render:
+            from dpaudit.audit.report import render_report
 
-        progress("report", 0, 1, "rendering report.pdf")
-        t0 = time.perf_counter()
-        render_report(prof, out_dir / "report.pdf", base_dir=out_dir)
-        progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
-    elif (out_dir / "report.pdf").exists():
-        # profile.json was just rewritten: a report.pdf beside it may describe another configuration, and a board
-        # must not be handed a PDF that disagrees with profile.json. It is kept, under a name that says so.
-        stale = out_dir / "report.stale.pdf"
-        (out_dir / "report.pdf").replace(stale)
-        err.print(f"note: the earlier report.pdf may not match the new profile.json; kept as {stale}. "
-                  f"Render the current one with: dpaudit report {out_dir}", highlight=False)
+            progress("report", 0, 1, "rendering report.pdf")
+            t0 = time.perf_counter()
+            render_report(prof, out_dir / "report.pdf", base_dir=out_dir)
+            progress("report", 1, 1, f"report.pdf written in {time.perf_counter() - t0:.1f} s")
+        elif (out_dir / "report.pdf").exists():
+            # profile.json was just rewritten: a report.pdf beside it may describe another configuration, and a board
+            # must not be handed a PDF that disagrees with profile.json. It is kept, under a name that says so.
+            stale = out_dir / "report.stale.pdf"
+            (out_dir / "report.pdf").replace(stale)
+            err.print(f"note: the earlier report.pdf may not match the new profile.json; kept as {stale}. "
+                      f"Render the current one with: dpaudit report {out_dir}", highlight=False)
     wall = time.perf_counter() - started
     stages = "; ".join(f"{s.stage} {s.seconds:.0f} s" for s in prof.stages)
     err.print(f"done in {wall:.0f} s ({stages})", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 import typer
@@ -49,14 +50,17 @@ def train_command(
     config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,
                          seed=seed, seeds=seeds, out=out_dir, threads=threads, device=device)
     cli.print_task_defaults(config)
+    claim = None
     if out_dir is not None:
-        from dpaudit.audit.train import OUTPUT_FILES, same_run
-        from dpaudit.outputs import refuse_replacing, writable_dir
+        from dpaudit.audit.train import OUTPUT_FILES, same_run, train_identity
+        from dpaudit.outputs import claim_folder
 
-        writable_dir(out_dir)
-        refuse_replacing(out_dir, "metrics.json", outputs=OUTPUT_FILES, same=lambda data: same_run(config, data),
-                         overwrite=overwrite, what="a model trained with other options")
-    with progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        claim = claim_folder(out_dir, command="train", record="metrics.json", identity=train_identity(config),
+                             outputs=OUTPUT_FILES, same=lambda data: same_run(config, data), overwrite=overwrite,
+                             what="a model trained with other options")
+        for note in claim.notes:
+            err.print(f"note: {note}", highlight=False)
+    with claim.writing() if claim is not None else contextlib.nullcontext(), progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                       TimeElapsedColumn()) as bar:
         task = bar.add_task("loading data, calibrating noise", total=None)
 

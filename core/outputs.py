@@ -1,16 +1,25 @@
-"""Output folders: checked before any work, and never silently replaced by another configuration's results.
+"""Output folders: checked before any work, owned by one configuration, and replaced as a whole or not at all.
 
 ``writable_dir`` creates the folder and proves that a file can be written in it, so that a run that cannot write
-its results fails in its first second, not after the training. ``refuse_replacing`` stops a command from writing
-over the results of a different configuration unless the user asks for it (``--overwrite``); the same
-configuration again (a rerun, a resumed profile) may write where it wrote before.
+its results fails in its first second, not after the training. ``claim_folder`` makes the folder one
+configuration's from the moment a run starts: it writes a marker (:data:`MARKER`, the identifying part of the
+configuration) before any work, so that an interrupted run's folder refuses another configuration as a finished
+one does (``refuse_replacing``), unless the user asks for it (``--overwrite``); the same configuration again (a
+rerun, a resumed profile) may write where it wrote before. What the run will write anew is first moved aside into
+:data:`BACKUP` inside the folder (with ``--overwrite``: every output dpaudit wrote there, never the user's other
+files); :meth:`OutputClaim.writing` deletes that backup when the run succeeds and puts it back when the run fails,
+so that a failed write loses nothing and never leaves two configurations' files side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import json
 import os
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,37 +46,233 @@ def writable_dir(path: str | os.PathLike, field: str = "out") -> Path:
     return folder
 
 
-def write_error(path: str | os.PathLike, exc: BaseException, field: str = "out") -> DpAuditError:
+def write_error(path: str | os.PathLike, exc: BaseException, field: str = "out", *, verb: str = "written",
+                kept: str = "") -> DpAuditError:
     """The one-line error for a result file that could not be written (``torch.save`` raises ``RuntimeError``
-    for what is an ``OSError`` elsewhere: a full disk, a folder made read-only while the run went on)."""
+    for what is an ``OSError`` elsewhere: a full disk, a folder made read-only while the run went on, a file made
+    immutable). ``kept`` is appended to the fix (what happened to the folder's previous outputs)."""
     reason = getattr(exc, "strerror", None) or str(exc).splitlines()[-1].strip()[:160] or type(exc).__name__
-    return invalid(field, str(Path(path).parent), f"a folder where {Path(path).name} can be written ({reason})",
-                   f"free space or make the folder writable, or pass --{field.replace('_', '-')} with another "
-                   "folder, and run the command again")
+    return invalid(field, str(Path(path).parent), f"a folder where {Path(path).name} can be {verb} ({reason})",
+                   f"free space or make the folder and its files writable, or pass --{field.replace('_', '-')} "
+                   f"with another folder, and run the command again{kept}")
+
+
+#: The marker a run writes first in its --out folder: the command and the identifying part of its configuration
+#: (shaped like the record the command writes at the end, so that one comparison reads both).
+MARKER = ".dpaudit-run.json"
+#: Where a run keeps the outputs it replaces until it has succeeded (then deleted) or failed (then put back).
+BACKUP = ".dpaudit-replaced"
+_MANIFEST = "manifest.json"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _holds(same: Callable[[Any], bool], data: Any) -> bool:
+    try:
+        return bool(same(data))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+
+
+def _found(base: Path, names: Iterable[str]) -> list[Path]:
+    """The paths in ``base`` that ``names`` (file or folder names, or glob patterns such as ``report-*.pdf``) name."""
+    out: list[Path] = []
+    for name in dict.fromkeys(names):
+        hits = sorted(base.glob(name)) if any(c in name for c in "*?[") else [base / name]
+        out += [h for h in hits if (h.exists() or h.is_symlink()) and h.name not in (MARKER, BACKUP) and h not in out]
+    return out
+
+
+def _marker_says(base: Path, command: str | None, same: Callable[[Any], bool]) -> bool | None:
+    """Whether the folder's marker names this configuration (None: no readable marker)."""
+    marker = _read_json(base / MARKER)
+    if not isinstance(marker, dict) or "record" not in marker:
+        return None
+    return (command is None or marker.get("command") == command) and _holds(same, marker["record"])
 
 
 def refuse_replacing(folder: str | os.PathLike, record: str, *, outputs: Iterable[str], same: Callable[[Any], bool],
-                     overwrite: bool, what: str, field: str = "out") -> None:
-    """Refuse to write into ``folder`` when it holds the outputs of another configuration.
+                     overwrite: bool, what: str, field: str = "out", command: str | None = None) -> bool:
+    """Refuse to write into ``folder`` when it holds the outputs of another configuration; return whether it holds
+    outputs of this one (True) or none (False).
 
-    ``record`` is the JSON file that describes what the folder holds (``metrics.json``, ``attack.json``,
-    ``profile.json``); ``same(data)`` says whether its content is the configuration about to run. The folder is
-    accepted when it holds none of ``record`` and ``outputs``, when ``same`` is true, or with ``overwrite``. Outputs
-    without a readable record are another configuration's as far as anyone can tell.
+    The folder's :data:`MARKER`, written when a run starts, says whose the folder is; without one (a folder written
+    before markers existed), ``record`` does: the JSON file that describes what the folder holds (``metrics.json``,
+    ``attack.json``, ``profile.json``), and ``same(data)`` says whether its content is the configuration about to
+    run. The folder is accepted when it holds none of ``record`` and ``outputs``, when it is this configuration's, or
+    with ``overwrite``. Outputs without a readable marker or record are another configuration's as far as anyone
+    can tell.
     """
-    if overwrite:
-        return
     base = Path(folder)
-    found = [name for name in dict.fromkeys((record, *outputs)) if (base / name).exists()]
+    found = [p.name for p in _found(base, (record, *outputs))]
     if not found:
-        return
-    try:
-        data = json.loads((base / record).read_text(encoding="utf-8"))
-        matches = bool(same(data))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        matches = False
+        return False
+    matches = _marker_says(base, command, same)
+    if matches is None:
+        data = _read_json(base / record)
+        matches = data is not None and _holds(same, data)
     if matches:
-        return
+        return True
+    if overwrite:
+        return False
     flag = f"--{field.replace('_', '-')}"
-    raise ConfigError(f"{flag} {str(folder)!r} already holds {', '.join(found)} of another configuration ({what}); "
-                      f"they would be replaced. Fix: pass a new {flag} folder, or add --overwrite to replace them.")
+    shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+    unfinished = "" if (base / record).exists() else ", an unfinished run"
+    raise ConfigError(f"{flag} {str(folder)!r} already holds {shown} of another configuration{unfinished} "
+                      f"({what}); they would be replaced. Fix: pass a new {flag} folder, or add --overwrite to "
+                      "replace them.")
+
+
+@dataclass
+class OutputClaim:
+    """A run's hold on its output folder (:func:`claim_folder`); run the work that writes there inside
+    :meth:`writing`."""
+
+    folder: Path
+    field: str
+    command: str
+    identity: dict[str, Any]
+    #: The backup of what this run replaces (None: it replaces nothing, or not yet).
+    backup: Path | None = None
+    #: What :meth:`writing` moves aside first (names or glob patterns): what this run writes anew.
+    replaces: tuple[str, ...] = ()
+    #: What the claim did that the user should hear about (a leftover of an interrupted run put back).
+    notes: tuple[str, ...] = ()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Move aside what the run replaces, mark the folder as this configuration's, and run the work: on
+        success the replaced outputs are deleted; on an error they are put back (what this run wrote in their
+        place is removed) and a failed write inside the folder becomes one line naming the flag. An interruption
+        (Ctrl-C, a signal turned into SystemExit) keeps both: the same command again resumes and completes the
+        replacement; any other command in the folder first puts the old outputs back."""
+        if self.replaces:
+            self._move_aside()
+        _write_marker(self.folder, self.command, self.identity, self.field)
+        try:
+            yield self.folder
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            restored = self.backup is not None and self.backup.exists()
+            if restored:
+                restore(self.folder)
+            name = getattr(exc, "filename", None)
+            if isinstance(exc, OSError) and name and _inside(Path(name), self.folder):
+                kept = " (its previous outputs were put back)" if restored else ""
+                raise write_error(name, exc, self.field, kept=kept) from None
+            raise
+        self.commit()
+
+    def _move_aside(self) -> None:
+        moving = _found(self.folder, self.replaces)
+        if not moving:
+            return
+        if (self.folder / MARKER).exists():
+            moving.append(self.folder / MARKER)
+        backup = self.folder / BACKUP
+        backup.mkdir()
+        moved: list[Path] = []
+        try:
+            (backup / _MANIFEST).write_text(json.dumps({"names": list(self.replaces)}), encoding="utf-8")
+            for path in moving:
+                os.replace(path, backup / path.name)
+                moved.append(path)
+        except OSError as exc:
+            for done in moved:
+                os.replace(backup / done.name, done)
+            shutil.rmtree(backup, ignore_errors=True)
+            raise write_error(getattr(exc, "filename", None) or backup, exc, self.field, verb="moved aside",
+                              kept=" (nothing was changed)") from None
+        self.backup = backup
+
+    def commit(self) -> None:
+        """Delete the replaced outputs (first renamed, so that a leftover is never mistaken for a live backup)."""
+        if self.backup is not None and self.backup.exists():
+            done = self.folder / f"{BACKUP}.done"
+            shutil.rmtree(done, ignore_errors=True)
+            os.replace(self.backup, done)
+            shutil.rmtree(done, ignore_errors=True)
+        self.backup = None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def restore(folder: str | os.PathLike) -> None:
+    """Put back the outputs an unfinished run moved aside into :data:`BACKUP`; what that run wrote under the same
+    names (and the names it rewrites) is removed first."""
+    base = Path(folder)
+    backup = base / BACKUP
+    manifest = _read_json(backup / _MANIFEST)
+    names = manifest.get("names", []) if isinstance(manifest, dict) else []
+    for path in [*_found(base, names), base / MARKER]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for path in sorted(backup.iterdir()):
+        if path.name != _MANIFEST:
+            os.replace(path, base / path.name)
+    (backup / _MANIFEST).unlink(missing_ok=True)
+    backup.rmdir()
+
+
+def claim_folder(folder: str | os.PathLike, *, command: str, record: str, identity: dict[str, Any],
+                 outputs: Iterable[str], same: Callable[[Any], bool], overwrite: bool, what: str,
+                 rewrites: Iterable[str] | None = None, field: str = "out") -> OutputClaim:
+    """Check ``folder`` before any work and claim it for this run; the run then writes inside
+    :meth:`OutputClaim.writing`.
+
+    ``command`` and ``identity`` (the identifying part of ``record``, as ``same`` reads it) go into
+    :data:`MARKER`: at once when the folder holds no other configuration's outputs, else when the replacement
+    starts. ``outputs`` names everything the command writes there (files, folders, glob patterns): with
+    ``overwrite``, another configuration's are all moved aside; for the same configuration only ``rewrites``
+    (default: all ``outputs``; a profile keeps its task store and checkpoints, so that it resumes). A backup left by
+    an interrupted run is taken over by the same configuration (it resumes) and put back for any other. Errors name
+    ``--field``.
+    """
+    base = writable_dir(folder, field)
+    outputs = tuple(outputs)
+    notes: list[str] = []
+    shutil.rmtree(base / f"{BACKUP}.done", ignore_errors=True)
+    backup = base / BACKUP
+    if backup.exists():
+        if _marker_says(base, command, same):  # the interrupted run of this configuration goes on
+            return OutputClaim(base, field, command, identity, backup=backup)
+        try:
+            restore(base)
+        except OSError as exc:
+            raise write_error(getattr(exc, "filename", None) or backup, exc, field) from None
+        notes.append(f"an unfinished run in {folder} had moved the earlier outputs aside; they were put back")
+    same_config = refuse_replacing(base, record, outputs=outputs, same=same, overwrite=overwrite, what=what,
+                                   field=field, command=command)
+    names = tuple(rewrites) if same_config and rewrites is not None else (record, *outputs)
+    claim = OutputClaim(base, field, command, identity, replaces=names, notes=tuple(notes))
+    if same_config or not _found(base, names):
+        _write_marker(base, command, identity, field)  # the folder is this configuration's from now on
+    return claim
+
+
+def _write_marker(base: Path, command: str, identity: dict[str, Any], field: str) -> None:
+    from dpaudit import __version__
+
+    payload = {"command": command, "record": identity, "dpaudit_version": __version__,
+               "started": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+               "note": "written by dpaudit when a run starts: whose outputs this folder holds"}
+    path = base / MARKER
+    tmp = path.with_name(f"{MARKER}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc, field) from None

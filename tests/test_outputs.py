@@ -119,3 +119,148 @@ def test_refuse_replacing_accepts_an_empty_folder_and_overwrite(tmp_path: Path) 
     refuse_replacing(tmp_path, "r.json", outputs=("x.pt",), same=lambda d: False, overwrite=True, what="w")
     with pytest.raises(DpAuditError, match=r"--out .* already holds x.pt"):
         refuse_replacing(tmp_path, "r.json", outputs=("x.pt",), same=lambda d: True, overwrite=False, what="w")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A folder is one configuration's: reused results match their files, --overwrite replaces everything or nothing
+# ---------------------------------------------------------------------------------------------------------------
+
+PROFILE = ["profile", "--dataset", "demo", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn",
+           "--epsilons", "8", "--no-non-private", "--seeds", "1", "--batch-size", "8", "--attack-images", "4",
+           "--attack-epochs", "1", "--decoder", "strong", "--no-render", "--threads", "1", "--json"]
+
+
+def _checkpoint_mechanism(path: Path) -> tuple[float, int]:
+    from dpaudit.checkpoint import load_checkpoint
+
+    dp = load_checkpoint(path).dp
+    return dp.noise_multiplier, dp.steps
+
+
+def test_a_reused_task_result_matches_the_checkpoint_it_names(tmp_path: Path) -> None:
+    """Two configurations run into one folder through the Python API (no --out check there): the second replaces
+    checkpoints/eps8-seed0/model.pt, so the first one's stored training result no longer describes that file and
+    its rerun trains (and attacks) again instead of reusing it."""
+    from dpaudit.audit.profile import run_profile
+    from dpaudit.audit.profile.schema import ProfileConfig
+
+    tiny = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=False,
+                seeds=1, batch_size=8, attack_images=4, attack_epochs=1, decoders=("strong",))
+    first = run_profile(ProfileConfig(**tiny, epochs=1), tmp_path)
+    weights = (tmp_path / first.train[0].checkpoint).read_bytes()
+    run_profile(ProfileConfig(**tiny, epochs=2), tmp_path)  # the same checkpoint path, another model
+    again = run_profile(ProfileConfig(**tiny, epochs=1), tmp_path)
+    stages = {s.stage: s for s in again.stages}
+    assert stages["train"].tasks_run == 1
+    # The attack result is reused only against the very weights it attacked (training here is bit-reproducible).
+    same_weights = (tmp_path / again.train[0].checkpoint).read_bytes() == weights
+    assert stages["attack"].tasks_reused == int(same_weights) and again.attacks == first.attacks
+    t = again.train[0]
+    assert _checkpoint_mechanism(tmp_path / t.checkpoint) == (t.noise_multiplier, t.steps)
+    assert (t.noise_multiplier, t.steps) == (first.train[0].noise_multiplier, first.train[0].steps)
+
+
+def test_overwrite_replaces_the_whole_folder_and_reuses_nothing_of_another_configuration(tmp_path: Path) -> None:
+    """The sequence of a user's report: epochs 1, then epochs 2 --overwrite, then epochs 1 --overwrite again (all
+    tasks were reused, against the epochs-2 checkpoint); and stale images and checkpoints left by --overwrite."""
+    out = tmp_path / "p"
+    (tmp_path / "p").mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    res = runner.invoke(app, [*PROFILE, "--epochs", "1", "--include-images", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "images" / "reconstructions-eps8.png").is_file()
+    res = runner.invoke(app, [*PROFILE, "--epochs", "2", "--epsilons", "2", "--out", str(out)])
+    assert res.exit_code == 2 and "another configuration" in res.output
+    res = runner.invoke(app, [*PROFILE, "--epochs", "2", "--epsilons", "2", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "images").exists() and not (out / "checkpoints" / "eps8-seed0").exists()
+    assert not list(out.glob(".dpaudit-replaced*")) and (out / "notes.txt").read_text() == "the user's own file"
+    res = runner.invoke(app, [*PROFILE, "--epochs", "1", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    stages = {s["stage"]: s for s in json.loads(res.stdout)["stages"]}
+    assert all(s["tasks_reused"] == 0 for s in stages.values())
+    prof = json.loads((out / "profile.json").read_text())
+    (t,) = prof["train"]
+    assert _checkpoint_mechanism(out / t["checkpoint"]) == (t["noise_multiplier"], t["steps"])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["eps8-seed0"]
+    # The same configuration again resumes (every task reused), --overwrite or not.
+    res = runner.invoke(app, [*PROFILE, "--epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert all(s["tasks_run"] == 0 for s in json.loads(res.stdout)["stages"] if s["stage"] != "data")
+
+
+def test_an_interrupted_run_owns_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's folder refuses another configuration from the start, not only once profile.json is written."""
+    import dpaudit.audit.profile as profile
+
+    def interrupted(config, out_dir, **kwargs):
+        (Path(out_dir) / "tasks").mkdir(parents=True)
+        (Path(out_dir) / "tasks" / "train-eps8-seed0-0.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(profile, "run_profile", interrupted)
+    out = str(tmp_path / "p")
+    res = runner.invoke(app, [*PROFILE, "--epochs", "1", "--out", out])
+    assert res.exit_code == 130
+    res = runner.invoke(app, [*PROFILE, "--epochs", "2", "--out", out])
+    assert res.exit_code == 2 and "already holds tasks of another configuration, an unfinished run" in res.output
+    assert (tmp_path / "p" / "tasks" / "train-eps8-seed0-0.json").is_file()
+
+
+def test_a_failed_write_puts_the_previous_outputs_back_and_names_out(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import dpaudit.audit.train as train
+
+    out = tmp_path / "r"
+    assert runner.invoke(app, [*TRAIN, "--epsilon", "8", "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*args: object, **kwargs: object) -> None:  # the last file written: a full disk, an immutable file
+        raise PermissionError(13, "Permission denied", str(out / "training_curve.png"))
+
+    monkeypatch.setattr(train, "_plot_curve", fail)
+    res = runner.invoke(app, [*TRAIN, "--epsilon", "2", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert line.startswith("error: --out must be a folder where training_curve.png can be written")
+    assert "previous outputs were put back" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # model.pt and metrics.json both epsilon 8
+
+
+def test_attack_overwrite_leaves_no_stale_reconstructions(tmp_path: Path) -> None:
+    attack = ["attack", "--arch", "smallcnn", "--dataset", "demo", "--sigmas", "0", "--n-images", "2",
+              "--image-size", "16", "--threads", "1", "--out", str(tmp_path / "a")]
+    assert runner.invoke(app, [*attack, "--save-images"]).exit_code == 0
+    assert (tmp_path / "a" / "best_reconstructions.png").is_file()
+    res = runner.invoke(app, [*attack, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "a" / "best_reconstructions.png").exists() and (tmp_path / "a" / "attack.json").is_file()
+
+
+def test_claim_moves_aside_only_dpaudit_outputs_and_restores_a_leftover(tmp_path: Path) -> None:
+    from dpaudit.outputs import BACKUP, MARKER, claim_folder
+
+    def claim(config: str, overwrite: bool = False):
+        return claim_folder(tmp_path, command="test", record="r.json", identity={"c": config},
+                            outputs=("model.pt", "imgs", "report-*.pdf"), same=lambda d: d.get("c") == config,
+                            overwrite=overwrite, what="w")
+
+    with claim("a").writing():
+        (tmp_path / "r.json").write_text(json.dumps({"c": "a"}))
+        (tmp_path / "model.pt").write_text("a")
+        (tmp_path / "report-x.pdf").write_text("a")
+    (tmp_path / "mine.txt").write_text("user")
+    b = claim("b", overwrite=True)
+    with pytest.raises(KeyboardInterrupt), b.writing():  # killed mid-run: the backup stays
+        (tmp_path / "model.pt").write_text("b")
+        (tmp_path / "imgs").mkdir()
+        raise KeyboardInterrupt
+    assert (tmp_path / BACKUP / "model.pt").read_text() == "a"
+    assert json.loads((tmp_path / MARKER).read_text())["record"] == {"c": "b"}
+    # Another configuration than the interrupted one: the earlier outputs come back first (then it is refused).
+    with pytest.raises(DpAuditError, match="already holds r.json, model.pt, report-x.pdf of another"):
+        claim("c")
+    assert not (tmp_path / BACKUP).exists() and not (tmp_path / "imgs").exists()
+    assert (tmp_path / "model.pt").read_text() == "a" and (tmp_path / "mine.txt").read_text() == "user"
+    assert json.loads((tmp_path / MARKER).read_text())["record"] == {"c": "a"}

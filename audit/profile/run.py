@@ -108,9 +108,20 @@ def _environment() -> tuple[PackageVersion, ...]:
     return tuple(out)
 
 
-#: What a profile writes at the top of its folder (beside ``checkpoints/`` and ``tasks/``, whose entries are keyed
-#: by their configuration and so never replaced by another's).
-PROFILE_OUTPUTS = ("profile.json", "report.pdf")
+#: What a profile writes in its folder (``dpaudit report`` adds the report-LIMITS.pdf of other limits): all of it
+#: the configuration's, replaced as a whole by ``--overwrite``.
+PROFILE_OUTPUTS = ("profile.json", "report.pdf", "report-*.pdf", "report.stale.pdf", "tasks", "checkpoints", "images")
+#: What a run of the same configuration writes anew (the task store, its checkpoints and images are reused).
+PROFILE_REWRITES = ("profile.json", "report.pdf")
+
+
+def profile_identity(config: ProfileConfig, limits: Sequence[Limit]) -> dict[str, Any]:
+    """The part of ``profile.json`` that :func:`same_profile` compares: what ``dpaudit profile`` writes in its
+    folder's marker when the run starts."""
+    from dpaudit.codec import encode
+
+    return json.loads(json.dumps({"config": encode(config), "decision": {"limits": encode(tuple(limits))}},
+                                 allow_nan=False))
 
 
 def same_profile(config: ProfileConfig, limits: Sequence[Limit], stored: Any) -> bool:
