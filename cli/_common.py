@@ -90,8 +90,10 @@ ClassWeightsOpt = Annotated[str | None, typer.Option("--class-weights", help="Se
 CanariesOpt = Annotated[int, typer.Option("--canaries", help="Canaries m of the membership audit: mislabelled "
                                           "training images, each trained on by a fair coin flip.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds from another configuration "
-                                           "(other options; for profile, other limits too). Without it such a "
-                                           "folder is refused; the same configuration again may write there.")]
+                                           "(other options; for profile, other limits too): all of dpaudit's "
+                                           "outputs there are moved aside, deleted when the run succeeds and put "
+                                           "back when it fails. Without it such a folder is refused; the same "
+                                           "configuration again writes there (a profile resumes).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 
 

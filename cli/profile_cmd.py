@@ -97,9 +97,13 @@ def report(
     images = prof.config.include_images if include_images is None else include_images
     if images and not stored_images(prof):
         images = False
+        # `report --include-images` can only show what the profile stored; storing them is another profile
+        # configuration, which its folder refuses without --overwrite (and which trains and attacks again).
         err.print(f"note: {path.name} stores no reconstructions (the profile ran without --include-images), so "
-                  "the report shows none and is not marked restricted. Fix: run the same dpaudit profile command "
-                  "with --include-images to store them.", highlight=False)
+                  "the report shows none and is not marked restricted. Fix: run the profile again with "
+                  "--include-images --overwrite (it trains and attacks again and replaces this folder's results), "
+                  f"e.g. {prof.command} --include-images --overwrite; or with --include-images into a new --out.",
+                  highlight=False)
     if images:
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "
                   "beyond those authorised to see the data.", markup=True)

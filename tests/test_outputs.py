@@ -259,7 +259,7 @@ def test_claim_moves_aside_only_dpaudit_outputs_and_restores_a_leftover(tmp_path
     assert (tmp_path / BACKUP / "model.pt").read_text() == "a"
     assert json.loads((tmp_path / MARKER).read_text())["record"] == {"c": "b"}
     # Another configuration than the interrupted one: the earlier outputs come back first (then it is refused).
-    with pytest.raises(DpAuditError, match="already holds r.json, model.pt, report-x.pdf of another"):
+    with pytest.raises(DpAuditError, match=r"already holds r\.json, model\.pt, report-x\.pdf of another"):
         claim("c")
     assert not (tmp_path / BACKUP).exists() and not (tmp_path / "imgs").exists()
     assert (tmp_path / "model.pt").read_text() == "a" and (tmp_path / "mine.txt").read_text() == "user"
