@@ -62,14 +62,17 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None,
-                run_flags: str = "--sigma, --q and --steps") -> tuple[Any, float | None, int | None, int | None]:
+                run_flags: str = "--sigma, --q and --steps", records_per_patient: int | None = None,
+                privacy_unit: str | None = None) -> tuple[Any, float | None, int | None, int | None]:
     """The run's schedule and delta from the flags, completed from ``--model`` when given (its stored phases,
     :func:`dpaudit.bounds.schedule_of_checkpoint`), N_train, and the checkpoint's k (records per patient) when it
-    recorded the patient as its privacy unit.
+    recorded the patient as its privacy unit. A ``records_per_patient`` given by hand is refused below the most
+    images one patient has in the checkpoint's training split (where it recorded them).
 
     With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior). Flags
     override a one-phase checkpoint's sigma, q or steps; a checkpoint of several phases takes none of them."""
     from dpaudit.bounds import Schedule, schedule_of_checkpoint
+    from dpaudit.config import check_records_per_patient
 
     ckpt_k = None
     if model is not None:
@@ -93,6 +96,12 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
                 n_train = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]  # kappa = 1/volumes
         if ckpt.extra.get("privacy_unit") == "patient":
             ckpt_k = int(ckpt.extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
+        if records_per_patient is not None and ckpt.extra.get("images_per_unit_max") is not None:
+            # k given by hand against a checkpoint that records its training split's patients: not below them
+            check_records_per_patient(records_per_patient, str(ckpt.extra.get("data_unit") or "image"),
+                                      int(ckpt.extra["images_per_unit_max"]),  # type: ignore[arg-type]
+                                      unit=privacy_unit or ("patient" if records_per_patient > 1 else "image"),
+                                      where=f"the training split of {str(model)!r}")
         if len(sched.phases) > 1:
             given = [flag for flag, v in (("--sigma", sigma), ("--q", q), ("--steps", steps)) if v is not None]
             if given:
@@ -247,7 +256,9 @@ def bounds(
     sched = _schedule_from_flags(history, phase)
     ckpt_k = None
     if sched is None:
-        sched, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates)
+        sched, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates,
+                                                    records_per_patient=records_per_patient,
+                                                    privacy_unit=opt_str(privacy_unit))
     delta, delta_note = _delta(delta, n_train)
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
@@ -501,7 +512,9 @@ def calibrate(
     if model is not None:
         # the checkpoint's own sigma only fills the schedule: the last phase's sigma is what is calibrated
         sched, delta, n_train, ckpt_k = _from_model(model, None, q, steps, delta, n_train,
-                                                    None if kappa is None else [kappa], None, "--q and --steps")
+                                                    None if kappa is None else [kappa], None, "--q and --steps",
+                                                    records_per_patient=records_per_patient,
+                                                    privacy_unit=opt_str(privacy_unit))
         q = steps = None
     elif sched is None and (q is None or steps is None):
         missing = " and ".join(f for f, v in (("--q", q), ("--steps", steps)) if v is None)

@@ -161,6 +161,36 @@ class PrivacyUnit:
         return f"privacy unit: image ({why}; k = 1)"
 
 
+def check_records_per_patient(given: int, data_unit: str, data_max: int, *, unit: str = "patient",
+                              where: str = "the training split") -> int:
+    """A k given by hand (``--records-per-patient``) checked against the data: below the most images one patient
+    (lesion, volume) has in ``where`` it would state a per-patient guarantee that does not hold for that patient,
+    and is refused. On data without patient ids (``data_unit`` ``"image"``) nothing is known, and the given k stands.
+    k = 1 with ``unit`` ``"image"`` is the record-level statement, true as such (the image is the unit).
+
+    >>> check_records_per_patient(4, "patient", 4)
+    4
+    >>> check_records_per_patient(2, "image", 1)
+    2
+    >>> check_records_per_patient(1, "patient", 4, unit="image")
+    1
+    >>> check_records_per_patient(2, "patient", 4)
+    Traceback (most recent call last):
+    ...
+    dpaudit.errors.DataError: records_per_patient must be at least 4 (the most images one patient has in \
+the training split; a smaller k states a per-patient guarantee that does not hold), got 2. \
+Fix: leave out --records-per-patient (k is then read from the data), or pass --records-per-patient 4.
+    """
+    k = check_int("records_per_patient", given, fix="pass --records-per-patient 1 or more")
+    if data_unit != "image" and k < data_max and (k > 1 or unit == "patient"):
+        what = {"volume": "slices one volume", "lesion": "images one lesion"}.get(data_unit, "images one patient")
+        raise invalid("records_per_patient", k, f"at least {data_max} (the most {what} has in {where}; a smaller "
+                      "k states a per-patient guarantee that does not hold)",
+                      "leave out --records-per-patient (k is then read from the data), or pass "
+                      f"--records-per-patient {data_max}", cls=DataError)
+    return k
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Defaults shared by every command and configuration
 

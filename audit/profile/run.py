@@ -61,6 +61,8 @@ def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
     (:func:`dpaudit.data.privacy_unit`: the most images of one patient in the training split)."""
     from dpaudit.data import privacy_unit
 
+    from dpaudit.config import check_records_per_patient
+
     given = config.records_per_patient
     unit = privacy_unit(splits, config.privacy_unit if given is None else "image")  # "image": k is given
     d = unit.images_per_unit
@@ -68,6 +70,8 @@ def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
         return PrivacyInfo(unit.unit, unit.records_per_patient, unit.data_unit, unit.chosen_by, d.n_units, d.max,
                            d.mean, d.histogram)
     name = "patient" if given > 1 or config.privacy_unit == "patient" else "image"
+    # a k below the data's would state a per-patient guarantee that does not hold for the largest patient
+    check_records_per_patient(given, unit.data_unit, d.max, unit=name)
     return PrivacyInfo(name, given, unit.data_unit, "records_per_patient", d.n_units, d.max, d.mean, d.histogram)
 
 
