@@ -59,9 +59,8 @@ def _data_spec(config: ProfileConfig) -> DataSpec:
 def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
     """The profile's privacy unit and k: ``--records-per-patient`` when given, else from the data
     (:func:`dpaudit.data.privacy_unit`: the most images of one patient in the training split)."""
-    from dpaudit.data import privacy_unit
-
     from dpaudit.config import check_records_per_patient
+    from dpaudit.data import privacy_unit
 
     given = config.records_per_patient
     unit = privacy_unit(splits, config.privacy_unit if given is None else "image")  # "image": k is given
