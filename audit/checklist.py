@@ -97,12 +97,26 @@ def build_checklist(profile: Profile) -> Checklist:
                     "accountant: sound upper bounds)")
         parts = [f"ε ≤ {_up(t.epsilon)} (target {fmt_eps(t.epsilon_target)})" if t.epsilon is not None else
                  f"target {fmt_eps(t.epsilon_target)}: achieved ε {NOT_RECORDED}" for t in runs]
-        return ", ".join(parts) + delta + " (tight PLD accountant: sound upper bounds)"
+        text = ", ".join(parts) + delta + " (tight PLD accountant: sound upper bounds)"
+        if pu.image_unit_hides_patients:
+            # per image on data whose patients have several images: the per-patient values beside, named
+            k = pu.data_records_per_patient
+            per = "; ".join(f"target {fmt_eps(r.epsilon_target)}: ε ≤ {_up(r.epsilon_patient)}"
+                            for r in profile.patient_risk)
+            text = (text.replace(" (tight PLD", ", per image (tight PLD", 1)
+                    + f"; per patient of up to {k} images, not the unit chosen: "
+                    + (f"{per} (sound upper bounds)" if per else "larger"))
+        return text
 
     first = {}
     for t in priv:
         first.setdefault(t.epsilon_target, t)
     unit_text = "one image" if pu.unit == "image" else f"one patient (up to {pu.records_per_patient} images)"
+    unit_item = unit_text
+    if pu.image_unit_hides_patients:
+        unit_item = (f"one image ({pu.unit_flag or '--privacy-unit image'}); note: one patient has up to "
+                     f"{pu.data_records_per_patient} images in the training split, so per patient the guarantee is "
+                     "weaker (per-patient ε under ε and δ)")
     optimisers = sorted({t.optimizer for t in profile.train if t.optimizer is not None})
     runs_by_init: dict[str, TrainResult] = {}
     for t in profile.train:
@@ -120,10 +134,11 @@ def build_checklist(profile: Profile) -> Checklist:
                       "environment"),
         ChecklistItem("epsilon_delta", "ε and δ", eps_delta(list(first.values())),
                       "bounds[*].epsilon_patient, train[*].epsilon, target_delta" if per_patient and pu.unit == "patient"
-                      else "train[*].epsilon, target_delta"),
+                      else "train[*].epsilon, patient_risk[*].epsilon_patient, target_delta"
+                      if profile.patient_risk else "train[*].epsilon, target_delta"),
         ChecklistItem("neighbouring", "Neighbouring relation",
                       f"{ADJACENCY}: the data sets differ by the presence of {unit_text}", "dpaudit.bounds"),
-        ChecklistItem("privacy_unit", "Privacy unit", unit_text, "dataset.privacy"),
+        ChecklistItem("privacy_unit", "Privacy unit", unit_item, "dataset.privacy"),
         ChecklistItem("sampler", "Sampler", f"Poisson sampling, q = {_distinct([t.sampling_probability for t in priv])}"
                       if priv else NOT_RECORDED, "train[*].sampling_probability"),
         ChecklistItem("clip_norm", "Clip norm C", _distinct([t.max_grad_norm for t in priv]),

@@ -37,7 +37,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from dpaudit.errors import ConfigError, check_probability, invalid
 
@@ -222,6 +222,19 @@ class Remedy:
     epsilon_patient: float | None = None
     epsilon_target: float | None = None
 
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is, and per which unit (written to JSON beside them)."""
+        return {"noise_multiplier": "calibrated: the smallest sigma whose sound upper bounds meet the failing limits",
+                "epsilon": "sound upper bound (tight PLD accountant), per image, at the calibrated sigma",
+                "epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the records_per_patient "
+                                   "images of one patient moving together, at the calibrated sigma (null when the "
+                                   "unit is the image)",
+                "epsilon_target": "the per-image budget to pass to --epsilons (rounded down: it trains with at "
+                                  "least the calibrated sigma)"}
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -391,10 +404,28 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
             reason += (" The realistic-attack limit is checked against a measured success rate, a lower bound on "
                        "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
                        "is within the limit.")
-        return Decision(limits, tuple(b.budget for _, b in within), best.budget, reason + _units(private, k),
-                        budgets)
+        return Decision(limits, tuple(b.budget for _, b in within), best.budget,
+                        reason + _units(private, k) + _image_unit(profile), budgets)
     reason, remedy = _none_within(private, limits, calibrate_fn, k, n_train)
-    return Decision(limits, (), None, reason + _units(private, k), budgets, remedy)
+    return Decision(limits, (), None, reason + _units(private, k) + _image_unit(profile), budgets, remedy)
+
+
+def _image_unit(profile: Profile) -> str:
+    """With the image as the unit on data whose patients have several images: the decision was made per image;
+    the sentence says so and gives each budget's epsilon and worst-case ReRo per patient."""
+    pu = profile.privacy()
+    if not pu.image_unit_hides_patients:
+        return ""
+    k = pu.data_records_per_patient
+    from dpaudit.audit.profile.schema import fmt_eps
+
+    per = [f"ε = {fmt_eps(r.epsilon_target)} → ε ≤ {_eps(r.epsilon_patient)}, worst-case ReRo ≤ "
+           f"{_pct(r.rero_worst_case, up=True)}" for r in profile.patient_risk]
+    flag = pu.unit_flag or "--privacy-unit image"
+    return (f" Privacy unit: the image ({flag}): the limits were checked per image, but one patient has up to {k} "
+            "training images, and per patient (its images moving together) the guarantees are weaker"
+            + (f": {'; '.join(per)} (sound upper bounds, per patient)." if per else ".")
+            + f" Profile without {flag} to decide per patient.")
 
 
 def _name(lv: LevelSummary, k: int) -> str:

@@ -86,7 +86,10 @@ class _Report(board.BoardPages):
         p, c, d = self.p, self.p.config, self.p.dataset
         created = _created(p)
         pu = p.privacy()
-        unit = ("image (record-level guarantee)" if pu.unit == "image" else
+        unit = ((f"image (record-level guarantee; a patient has up to {pu.data_records_per_patient} images: "
+                 "per patient the guarantee is weaker, see the privacy statement)")
+                if pu.image_unit_hides_patients else
+                "image (record-level guarantee)" if pu.unit == "image" else
                 f"volume (N = {txt.kappa_n(p)} training volumes, up to {pu.records_per_patient} slices per volume)"
                 if c.segmentation else
                 f"patient (up to {pu.records_per_patient} images per patient in the training split)")

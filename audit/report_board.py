@@ -82,6 +82,8 @@ class BoardPages:
         out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction limits apply at the prior "
                              + (f"κ = 1/{txt.kappa_n(p)} (one training volume guessed blindly)." if p.config.segmentation
                                 else f"κ = 1/{d.n_train} (one training image guessed blindly).")))
+        if txt.image_unit_patient_risk(p):  # per image on data whose patients have several images: said first
+            out.append(boxed([self.para(f"<b>{esc(txt.image_unit_patient_risk(p))}</b>")], NOTE_BG))
         out.append(self.para("Privacy budgets against the board's limits", "h2"))
         out.append(self._board_table())
         out.append(Spacer(1, 4))

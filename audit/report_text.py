@@ -250,6 +250,29 @@ def _patient_epsilons(profile: Profile) -> str:
             f"{LABEL_UPPER}) the budgets give: {vals}.")
 
 
+def image_unit_patient_risk(profile: Profile) -> str:
+    """With the image as the unit on data whose patients have k > 1 images: one sentence that says so and gives
+    each budget's epsilon and worst-case ReRo per patient beside the per-image ones (sound upper bounds); "" else."""
+    pu = profile.privacy()
+    if not pu.image_unit_hides_patients:
+        return ""
+    k = pu.data_records_per_patient
+    per_image = {b.epsilon_target: b for b in profile.bounds}
+    parts = []
+    for r in profile.patient_risk:
+        b = per_image.get(r.epsilon_target)
+        img = (f" (per image: ε ≤ {eps_up(b.epsilon)}, worst case {pct(b.at_kappa_train().worst_case, direction='up')})"
+               if b is not None else "")
+        parts.append(f"ε = {fmt_eps(r.epsilon_target)}: ε ≤ {eps_up(r.epsilon_patient)} and worst-case "
+                     f"reconstruction ≤ {pct(r.rero_worst_case, direction='up')} per patient{img}")
+    flag = pu.unit_flag or "--privacy-unit image"
+    return (f"The privacy unit is the image ({flag}), but one patient has up to {k} images in the training "
+            "split: every guarantee in this report is per image, and per patient (its images moving together, "
+            f"tight PLD, {LABEL_UPPER}s) it is weaker"
+            + (f": {'; '.join(parts)}." if parts else ".")
+            + f" Profile without {flag} for guarantees and a decision per patient.")
+
+
 def privacy_statement(profile: Profile) -> list[str]:
     """Paragraphs of the formal privacy statement."""
     c = profile.config
@@ -276,7 +299,8 @@ def privacy_statement(profile: Profile) -> list[str]:
         f"and is larger. Reconstruction bounds use the {method} method on the same mechanism and do not depend "
         "on δ.",
         f"<b>Privacy unit.</b> {unit}. The adversary is assumed to see every one of the T noisy updates."
-        + _patient_epsilons(profile),
+        + _patient_epsilons(profile) + (f" <b>{image_unit_patient_risk(profile)}</b>"
+                                        if image_unit_patient_risk(profile) else ""),
         "<b>Not covered by these guarantees.</b> (1) Hyperparameter tuning: runs used to choose the learning rate, "
         "epochs or architecture on the same data spend privacy that is not accounted here. (2) Preprocessing "
         "statistics computed from the data (normalisation mean and standard deviation, class lists, image sizes). "

@@ -139,8 +139,9 @@ class TrainResult(JsonResult):
     task_defaults: tuple[str, ...] = ()  # the options that took their task's default (dpaudit.config)
 
     LABELS: ClassVar[dict[str, str]] = {
-        "epsilon_achieved": "sound upper bound (tight PLD accountant)",
-        "epsilon_rdp": "sound upper bound (RDP, Opacus' default orders; looser)",
+        "epsilon_achieved": "sound upper bound (tight PLD accountant), per image (per slice for segmentation): "
+                            "what --epsilon sets",
+        "epsilon_rdp": "sound upper bound (RDP, Opacus' default orders; looser), per image",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together)",
         "metrics": "empirical, test split, first seed's model",
         "seed_summary": "empirical, mean and standard deviation over seeds"}

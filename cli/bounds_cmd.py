@@ -355,7 +355,8 @@ def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any
         "labels": {"epsilon": EPSILON_LABEL.format(accountant=s.epsilon.accountant.upper()),
                    **({"epsilon_patient": EPSILON_PATIENT_LABEL} if s.epsilon_patient is not None else {}),
                    "epsilon_rdp": "sound upper bound (RDP, as Opacus), per image",
-                   "rero": worst.label, "mia": mia.label},
+                   "rero": worst.label + (f", per patient of {k} images" if k > 1 else ", per image"),
+                   "mia": mia.label + (f", per patient of {k} images" if k > 1 else ", per image")},
         # tight only: the proven gap to a sound lower bound on the exact value; no other method has one
         "numerical_error": ({"worst_case": worst.numerical_error.tolist(), "relaxed": relaxed.numerical_error.tolist()}
                             if method == "tight" else None),
@@ -407,16 +408,18 @@ def _render(s) -> None:
         table.add_row(f"epsilon per image at delta {delta:g} ({s.epsilon.accountant.upper()})",
                       _fmt_eps(s.epsilon.value), "sound upper bound")
     else:
-        table.add_row(f"epsilon at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
+        table.add_row(f"epsilon per image at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
     if math.isfinite(s.epsilon_rdp):
-        table.add_row(f"epsilon{' per image' if k > 1 else ''} at delta {delta:g} (RDP, as Opacus)",
+        table.add_row(f"epsilon per image at delta {delta:g} (RDP, as Opacus)",
                       _fmt_eps(s.epsilon_rdp), "sound upper bound")
+    # k > 1: the risks are per patient (its k images move together), as the epsilon above them
+    unit = f", per patient of {k} images" if k > 1 else ""
     for i, kv in enumerate(worst.kappa):
-        table.add_row(f"ReRo worst-case, kappa {kv:.4g}", _fmt_estimate(worst, i), worst.label)
-        table.add_row(f"ReRo relaxed, kappa {kv:.4g}", _fmt_estimate(relaxed, i), relaxed.label)
-    table.add_row("membership advantage (TPR - FPR)", upper(mia.advantage), mia.label)
+        table.add_row(f"ReRo worst-case{unit}, kappa {kv:.4g}", _fmt_estimate(worst, i), worst.label)
+        table.add_row(f"ReRo relaxed{unit}, kappa {kv:.4g}", _fmt_estimate(relaxed, i), relaxed.label)
+    table.add_row(f"membership advantage (TPR - FPR){unit}", upper(mia.advantage), mia.label)
     for f, t in mia.tpr_at_fpr:
-        table.add_row(f"membership TPR at FPR {f:g}", upper(t), mia.label)
+        table.add_row(f"membership TPR at FPR {f:g}{unit}", upper(t), mia.label)
     out.print(table)
     out.print("Assumptions:")
     for a in s.assumptions:
@@ -550,7 +553,8 @@ def calibrate(
                    "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
                    "labels": {"noise_multiplier": "search floor (any noise meets the target)" if cal.at_floor else
                               "smallest meeting the target (safe end of the bracket)",
-                              "achieved_rero": cal.label,
+                              "achieved_rero": cal.label + (f", per patient of {k} images" if k > 1 else
+                                                            ", per image"),
                               "epsilon": EPSILON_LABEL.format(accountant="PLD"),
                               **({"epsilon_patient": EPSILON_PATIENT_LABEL} if k > 1 else {}),
                               "epsilon_target": "budget to train with: the per-image train --epsilon / profile "
@@ -572,7 +576,7 @@ def calibrate(
     table.add_row("noise multiplier sigma", at_least(cal.noise_multiplier, 5),
                   "search floor (any noise meets the target)" if cal.at_floor else
                   "smallest meeting the target (safe end)")
-    table.add_row("ReRo bound achieved", _fmt_pct(cal.achieved_rero), cal.label)
+    table.add_row(f"ReRo bound achieved, {per}", _fmt_pct(cal.achieved_rero), cal.label)
     table.add_row("target", _fmt_pct(cal.max_rero), "")
     if cal.epsilon_patient is not None:
         table.add_row(f"epsilon at delta {delta:g} (PLD), {per}", _fmt_eps(cal.epsilon_patient), "sound upper bound")

@@ -293,7 +293,14 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
             "epsilon_used": lv.epsilon_used, "notes": list(lv.notes),
         })
     bound = prof.labels["bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)"]
-    labels = {"levels[].epsilon, levels[].epsilon_patient": "sound upper bound (tight PLD accountant)",
+    extra = {}
+    if prof.patient_risk:
+        extra["patient_risk[]"] = prof.labels["patient_risk[]"]
+    labels = {"levels[].epsilon": "sound upper bound (tight PLD accountant), per image (what --epsilons sets)",
+              "levels[].epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the "
+                                          "records_per_patient images of one patient moving together (null when "
+                                          "the unit is the image)",
+              **extra,
               "levels[].worst_case, levels[].relaxed, levels[].mia_tpr_at_fpr_1e-3": bound,
               "levels[].realistic": "empirical (a lower bound on reconstruction risk)",
               "levels[].mcc_*, levels[].dice_*": "empirical (test split, over seeds)"}
@@ -301,7 +308,9 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
             "decision": prof.decision,
             "kappa": (lv.bounds.kappa_train if (lv := next((x for x in prof.levels() if x.bounds), None))
                       else 1.0 / prof.dataset.n_train), "privacy_unit": prof.privacy().unit,
-            "records_per_patient": prof.privacy().records_per_patient, "levels": levels, "wall_seconds": wall,
+            "records_per_patient": prof.privacy().records_per_patient, "levels": levels,
+            # the unit is the image but a patient has several images: each budget per patient, for information
+            "patient_risk": list(prof.patient_risk), "wall_seconds": wall,
             "stages": [{"stage": s.stage, "seconds": s.seconds, "tasks_run": s.tasks_run,
                         "tasks_reused": s.tasks_reused} for s in prof.stages], "labels": labels}
 
@@ -340,7 +349,9 @@ def _print_summary(prof) -> None:
                           "report)." if seg else " ε per patient: k images of one patient move together (the "
                           "per-image ε is in the report).")
     # Segmentation: "Dice liver" over two lines ("Dice", "liver") so that two classes fit the 80 columns.
-    for col in ("budget", "σ", "ε per\npatient\n(bound)" if per_patient else "ε PLD\n(bound)",
+    hides = prof.privacy().image_unit_hides_patients  # per image, while a patient has several images
+    for col in ("budget", "σ", "ε per\npatient\n(bound)" if per_patient else
+                "ε per\nimage\n(bound)" if hides else "ε PLD\n(bound)",
                 *(f"{label}\n(emp.{n_head})" if not seg else label.replace(" ", "\n", 1) + "\n(emp.)"
                   for _, label in utility),
                 "worst\ncase\n(bound)", "relaxed\n(bound)", "realistic\n(emp.)"):
@@ -372,6 +383,8 @@ def _print_summary(prof) -> None:
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
         err.print(f"[yellow]note:[/] {note}")
     out.print(prof.privacy().describe())
+    if hides:
+        out.print(f"[bold]{txt.image_unit_patient_risk(prof)}[/]", highlight=False)
 
 
 def _refuse_unused(*, mia_audit: bool, federated: bool, weights_file: bool, trainable: str) -> None:

@@ -94,8 +94,10 @@ def train_command(
                   "training calibrated")
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
-        out.print(f"privacy: epsilon {upper(result.epsilon_achieved)} ({target}tight PLD, sound upper bound); "
-                  f"RDP {upper(result.epsilon_rdp)} (sound upper bound, looser) at delta {result.target_delta:.3g} "
+        per = "per slice" if config.segmentation else "per image"
+        out.print(f"privacy: epsilon {upper(result.epsilon_achieved)} {per} ({target}tight PLD, sound upper bound); "
+                  f"RDP {upper(result.epsilon_rdp)} {per} (sound upper bound, looser) at delta "
+                  f"{result.target_delta:.3g} "
                   f"[{result.delta_rule}]")
         out.print(f"mechanism: noise_multiplier {result.noise_multiplier:.5g}, sampling_probability "
                   f"{result.sampling_probability:.5g}, steps {result.steps}, max_grad_norm {result.max_grad_norm:g}, "

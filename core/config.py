@@ -158,6 +158,13 @@ class PrivacyUnit:
             return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "
                     f"patient at most in the training split, {self.images_per_unit.n_units} patients)")
         why = "--privacy-unit image" if self.chosen_by == "option" else f"the data carry {ids}"
+        k = self.images_per_unit.max
+        if self.data_unit != "image" and k > 1:
+            # per image while one patient has several images: per patient the guarantee is weaker; said here
+            what = "slices" if self.data_unit == "volume" else "images"
+            return (f"privacy unit: image ({why}; k = 1). Note: one patient has up to {k} {what} in the training "
+                    f"split: every epsilon here is per image, and per patient ({k} {what} moving together) it is "
+                    "larger; leave out --privacy-unit image for the per-patient epsilon")
         return f"privacy unit: image ({why}; k = 1)"
 
 

@@ -72,7 +72,7 @@ def test_calibrate_json() -> None:
                         "at_floor", "labels", "notes", "phases"}
     assert obj["at_floor"] is False and obj["records_per_patient"] == 1 and obj["privacy_unit"] == "image"
     assert obj["target_delta"] == 8e-7 and len(obj["notes"]) == 1 and "N_train is not known" in obj["notes"][0]
-    assert obj["labels"]["achieved_rero"] == "sound upper bound"
+    assert obj["labels"]["achieved_rero"] == "sound upper bound, per image"
     assert obj["phases"] == [[obj["noise_multiplier"], 0.01, 1000]]
     assert obj["achieved_rero"] <= obj["max_rero"] == 0.05 and obj["threat_model"] == "relaxed"
 

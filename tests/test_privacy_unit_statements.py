@@ -84,3 +84,103 @@ def test_bounds_model_refuses_records_per_patient_below_the_checkpoints_data(tmp
     res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--n-train", "200",
                               "--records-per-patient", "2", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["records_per_patient"] == 2
+
+
+@pytest.fixture(scope="module")
+def image_unit_profile(tmp_path_factory):
+    """A small demo profile with --privacy-unit image (its patients have several images), the PDF rendered."""
+    out = tmp_path_factory.mktemp("img") / "p"
+    res = runner.invoke(app, ["profile", *SMALL_PROFILE, "--privacy-unit", "image", "--max-rero", "0.05",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out, res
+
+
+def test_image_unit_on_patient_data_gives_the_per_patient_risk_beside(image_unit_profile) -> None:
+    from pypdf import PdfReader
+
+    from dpaudit.audit.profile.schema import Profile
+
+    out, res = image_unit_profile
+    k = _demo_k()
+    prof = Profile.from_json((out / "profile.json").read_text())
+    pu = prof.privacy()
+    assert pu.unit == "image" and pu.records_per_patient == 1 and pu.data_records_per_patient == k > 1
+    (b,) = prof.bounds
+    (r,) = prof.patient_risk
+    # Reference: the bounds command on the same mechanism with k given (its per-patient epsilon and worst case).
+    ref = json.loads(runner.invoke(app, [
+        "bounds", "--sigma", repr(b.noise_multiplier), "--q", repr(b.sampling_probability), "--steps", str(b.steps),
+        "--delta", repr(b.target_delta), "--kappa", repr(b.kappa_train), "--records-per-patient", str(k),
+        "--json"]).stdout)
+    assert r.records_per_patient == k and r.kappa == b.kappa_train
+    assert r.epsilon_patient == pytest.approx(ref["epsilon_patient"], rel=1e-9)
+    assert r.rero_worst_case == pytest.approx(min(1.0, ref["rero"][0]["worst_case"]), rel=1e-6)
+    # Direction (group privacy): per patient is weaker than per image.
+    assert r.epsilon_patient > b.epsilon and r.rero_worst_case >= b.at_kappa_train().worst_case
+    assert "per patient" in json.loads((out / "profile.json").read_text())["labels"]["patient_risk[]"]
+    # Console: the unit line says a patient has k images, and the per-patient numbers are printed.
+    text = " ".join(res.stdout.split())
+    assert f"one patient has up to {k} images" in text and "ε ≤" in text and "per patient" in text
+    # The decision stays per image but says the unit was the image, with the per-patient numbers.
+    assert "Privacy unit: the image (--privacy-unit image)" in prof.decision.reason
+    assert "per patient" in prof.decision.reason
+    # The checklist's privacy unit and epsilon items.
+    assert f"one patient has up to {k} images" in prof.checklist.get("privacy_unit").value
+    assert "per patient" in prof.checklist.get("epsilon_delta").value
+    # The report: first page (board summary) and the checklist page.
+    pages = [" ".join((p.extract_text() or "").split()) for p in PdfReader(out / "report.pdf").pages]
+    assert f"one patient has up to {k} images" in pages[0] and "per patient" in pages[0]
+    assert any("Privacy unit" in p and f"one patient has up to {k} images in the training split" in p
+               for p in pages[1:])
+
+
+def test_every_epsilon_label_names_its_unit(image_unit_profile, tmp_path: Path) -> None:
+    out, _ = image_unit_profile
+    labels = json.loads((out / "profile.json").read_text())["labels"]
+    assert "per image" in labels["bounds[].epsilon"] and "per patient" in labels["bounds[].epsilon_patient"]
+    assert "per image" in labels["bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)"]
+    remedy = json.loads((out / "profile.json").read_text())["decision"]["remedy"]
+    assert "per image" in remedy["labels"]["epsilon"] and "per patient" in remedy["labels"]["epsilon_patient"]
+    assert "per-image" in remedy["labels"]["epsilon_target"]
+    # profile --json (every task reused: no training)
+    res = runner.invoke(app, ["profile", *SMALL_PROFILE, "--privacy-unit", "image", "--max-rero", "0.05",
+                              "--out", str(out), "--no-render", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert "per image" in summary["labels"]["levels[].epsilon"]
+    assert "per patient" in summary["labels"]["levels[].epsilon_patient"]
+    assert summary["patient_risk"][0]["records_per_patient"] == _demo_k()
+    assert "per image" in summary["decision"]["remedy"]["labels"]["epsilon"]
+    # train: the JSON label and the console line say per image
+    args = ["train", "--dataset", "demo", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn",
+            "--epsilon", "8", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "t")]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    assert "per image" in json.loads(res.stdout)["labels"]["epsilon_achieved"]
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert any(line.startswith("privacy: epsilon") and " per image (target 8" in line
+               for line in res.stdout.splitlines())
+
+
+def test_bounds_rows_with_k_say_per_patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from dpaudit.cli import bounds_cmd
+
+    def table(args: list[str]) -> list[str]:  # one line per row: a console wide enough for the table
+        monkeypatch.setattr(bounds_cmd, "out", Console(file=io.StringIO(), width=250))
+        assert runner.invoke(app, args).exit_code == 0
+        return bounds_cmd.out.file.getvalue().splitlines()
+
+    base = ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--n-train", "200"]
+    rows = [line for line in table([*base, "--records-per-patient", "3"]) if "ReRo" in line or "membership" in line]
+    assert len(rows) == 8 and all("per patient of 3 images" in line for line in rows)
+    rows = [line for line in table(base) if "ReRo" in line or "membership" in line or "epsilon" in line]
+    assert rows and not any("per patient" in line for line in rows)
+    assert all("per image" in line for line in rows if "epsilon" in line)
+    obj = json.loads(runner.invoke(app, [*base, "--records-per-patient", "3", "--json"]).stdout)
+    assert obj["labels"]["rero"].endswith("per patient of 3 images") and obj["labels"]["mia"].endswith("3 images")

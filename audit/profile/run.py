@@ -23,8 +23,10 @@ from dpaudit.audit.decision import Limit, with_decision
 from dpaudit.audit.profile.executor import Executor, InProcessExecutor, ProgressFn, TaskStore, _run_stage
 from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
+    BoundsOutcome,
     DatasetInfo,
     PackageVersion,
+    PatientRisk,
     PrivacyInfo,
     Profile,
     ProfileConfig,
@@ -72,6 +74,26 @@ def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
     # a k below the data's would state a per-patient guarantee that does not hold for the largest patient
     check_records_per_patient(given, unit.data_unit, d.max, unit=name)
     return PrivacyInfo(name, given, unit.data_unit, "records_per_patient", d.n_units, d.max, d.mean, d.histogram)
+
+
+def _patient_risk(privacy: PrivacyInfo, bounds: Sequence[BoundsOutcome]) -> tuple[PatientRisk, ...]:
+    """With the image as the unit on data whose patients have k > 1 training images, each budget's guarantees per
+    patient (the k images moving together): tight PLD epsilon and the worst-case ReRo bound at the budget's kappa,
+    sound upper bounds (one accountant and one ReRo call per budget). Empty otherwise."""
+    if not privacy.image_unit_hides_patients:
+        return ()
+    from dpaudit.bounds import epsilon_bound, rero_bound
+
+    k = privacy.data_records_per_patient
+    out = []
+    for b in bounds:
+        run = {"noise_multiplier": b.noise_multiplier, "sampling_probability": b.sampling_probability,
+               "steps": b.steps}
+        eps = epsilon_bound(target_delta=b.target_delta, records_per_patient=k, **run).value
+        worst = rero_bound(kappa=[b.kappa_train], threat_model="worst_case", records_per_patient=k, **run)
+        out.append(PatientRisk(b.epsilon_target, k, b.target_delta, float(eps), b.kappa_train,
+                               min(1.0, max(0.0, float(worst.upper[0])))))  # upper end of the bracket, as the table
+    return tuple(out)
 
 
 def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
@@ -247,6 +269,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
                               k, kappa_train, (), False) for e in curve_eps]
     bounds_res, st = _run_stage("bounds", bound_tasks + curve_tasks, store, executor, progress)
     stages.append(st)
+    patient_risk = _patient_risk(privacy, [bounds_res[t.key()] for t in bound_tasks])
 
     # Stage 3: the realistic attack against each level's first-seed checkpoint.
     attack_epochs = config.attack_epochs or config.epochs
@@ -297,7 +320,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),
         mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
-        environment=_environment(), federated=federated)
+        environment=_environment(), federated=federated, patient_risk=patient_risk)
     profile = with_decision(dataclasses.replace(profile, checklist=build_checklist(profile)), limits)
     # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
     _write_atomic(out / "profile.json", dumps(profile))

@@ -583,8 +583,32 @@ class PrivacyInfo(JsonResult):
     mean_images_per_unit: float = 1.0
     histogram: tuple[tuple[int, int], ...] = ()
 
+    @property
+    def data_records_per_patient(self) -> int:
+        """The data's k: the most training images one patient (lesion, volume) has; 1 when the data carry no ids."""
+        return self.max_images_per_unit if self.data_unit != "image" else 1
+
+    @property
+    def image_unit_hides_patients(self) -> bool:
+        """The guarantees are per image while one patient has several training images: per patient they are
+        weaker, and the report, the console and profile.json say so beside the per-image numbers."""
+        return self.unit == "image" and self.data_records_per_patient > 1
+
+    @property
+    def unit_flag(self) -> str | None:
+        """The option that made the image the unit on data with patient ids (None: the default chose)."""
+        return {"option": "--privacy-unit image", "records_per_patient": "--records-per-patient 1"}.get(
+            self.chosen_by) if self.unit == "image" else None
+
     def describe(self) -> str:
         """The sentence the console and the report's first page print."""
+        if self.unit == "patient" and self.records_per_patient < self.data_records_per_patient:
+            # a profile written before a k below the data's was refused: say so wherever it is shown
+            return (f"privacy unit: patient with k = {self.records_per_patient} given by hand "
+                    "(--records-per-patient), BELOW the data's: one patient has "
+                    f"{self.data_records_per_patient} images in the training split, so the "
+                    "per-patient guarantees shown do not hold for every patient; profile again without "
+                    "--records-per-patient")
         if self.unit == "patient" and self.data_unit == "volume" and self.chosen_by != "records_per_patient":
             return (f"privacy unit: patient (one volume per patient, up to {self.records_per_patient} slices per "
                     "volume in the training split; every guarantee is per patient)")
@@ -596,7 +620,16 @@ class PrivacyInfo(JsonResult):
                 source = "k given by hand (--records-per-patient)"
             return (f"privacy unit: patient (up to {self.records_per_patient} images per patient in the training "
                     f"split, from {source}; every guarantee is per patient)")
-        why = "--privacy-unit image" if self.chosen_by == "option" else "the data carry no patient ids"
+        why = self.unit_flag or "the data carry no patient ids"
+        if self.image_unit_hides_patients:
+            k = self.data_records_per_patient
+            what = "slices" if self.data_unit == "volume" else "images"
+            ids = {"lesion": " (from the data's lesion ids)", "volume": " (one volume per patient)",
+                   "study": " (from the data's StudyInstanceUIDs)"}.get(self.data_unit, "")
+            return (f"privacy unit: image (record-level guarantee; {why}). Note: one patient has up to {k} {what} "
+                    f"in the training split{ids}, and every guarantee here is per image: per patient, with its {k} "
+                    f"{what} moving together, epsilon and the reconstruction risk are larger (shown per patient "
+                    "beside the per-image numbers)")
         return f"privacy unit: image (record-level guarantee; {why})"
 
 
@@ -630,6 +663,34 @@ class StageTime(JsonResult):
 class PackageVersion(JsonResult):
     name: str
     version: str
+
+
+@dataclass(frozen=True, eq=False)
+class PatientRisk(JsonResult):
+    """One budget's guarantees per patient when the profile's unit is the image but a patient has k > 1 training
+    images (``--privacy-unit image`` on data with patient ids): the profile's numbers hold per image, these for the
+    k images of one patient moving together (tight PLD epsilon and the worst-case ReRo bound at the same kappa,
+    seed paper Theorem 2 on the k-fold composed mechanism). Sound upper bounds; given beside, not decided on.
+    """
+
+    epsilon_target: float
+    records_per_patient: int
+    target_delta: float
+    epsilon_patient: float
+    kappa: float
+    rero_worst_case: float
+
+    LABELS: ClassVar[dict[str, str]] = {
+        "epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the records_per_patient images "
+                           "of one patient moving together",
+        "rero_worst_case": "sound upper bound (tight), per patient: worst-case reconstruction of a patient's "
+                           "image with the records_per_patient images moving together, at kappa",
+        "epsilon_target": "the per-image budget (--epsilons) this row belongs to"}
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.LABELS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -703,6 +764,9 @@ class Profile(JsonResult):
     #: The reporting checklist (``dpaudit.audit.checklist``), filled from this profile.
     checklist: Checklist | None = None
     federated: FederatedOutcome | None = None
+    #: With the image as the unit on data whose patients have k > 1 images: each budget's epsilon and worst-case
+    #: ReRo per patient (sound upper bounds, for information: the decision stays on the image). Else empty.
+    patient_risk: tuple[PatientRisk, ...] = ()
 
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 
@@ -714,10 +778,22 @@ class Profile(JsonResult):
 
         methods = sorted({b.method for b in (*self.bounds, *self.bounds_curve)}) or ["tight"]
         bound = "; ".join(f"{BOUND_LABELS.get(m, m)} (method {m})" for m in methods)
+        pu = self.privacy()
+        k = pu.records_per_patient
+        unit = (f"per patient (the up to {k} images of one patient moving together)" if pu.unit == "patient" and k > 1
+                else "per image")
+        extra = {}
+        if self.patient_risk:
+            extra["patient_risk[]"] = (f"sound upper bounds per patient of up to {pu.data_records_per_patient} "
+                                       "images (tight PLD epsilon, worst-case ReRo): the unit is the image, these "
+                                       "say how much weaker the guarantee is per patient; not decided on")
         return {
-            "train[]": "each run's own labels (epsilon: sound upper bound; metrics: empirical)",
-            "bounds[].epsilon, bounds[].epsilon_patient": "sound upper bound (tight PLD accountant)",
-            "bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)": bound,
+            "train[]": "each run's own labels (epsilon_achieved: sound upper bound, per image; metrics: empirical)",
+            "bounds[].epsilon": "sound upper bound (tight PLD accountant), per image (what --epsilons sets)",
+            "bounds[].epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the "
+                                        "records_per_patient images of one patient moving together",
+            "bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)": f"{bound}; {unit}",
+            **extra,
             "attacks[]": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
             "mia_audits[]": "each audit's own labels (epsilon_lower_bound: empirical lower bound)",
             "decision": "limits on worst_case, relaxed and MIA TPR are checked against the sound upper bounds; "
