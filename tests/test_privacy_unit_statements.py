@@ -184,3 +184,18 @@ def test_bounds_rows_with_k_say_per_patient(monkeypatch: pytest.MonkeyPatch) -> 
     assert all("per image" in line for line in rows if "epsilon" in line)
     obj = json.loads(runner.invoke(app, [*base, "--records-per-patient", "3", "--json"]).stdout)
     assert obj["labels"]["rero"].endswith("per patient of 3 images") and obj["labels"]["mia"].endswith("3 images")
+
+
+def test_privacy_info_sentences_name_the_data_k() -> None:
+    from dpaudit.audit.profile.schema import PrivacyInfo
+
+    # A profile written before a k below the data's was refused: the sentence says it does not hold.
+    old = PrivacyInfo("patient", 2, "patient", "records_per_patient", 144, 4, 1.45, ((1, 94), (2, 36), (4, 1)))
+    assert "BELOW the data's" in old.describe() and "4 images" in old.describe()
+    # --records-per-patient 1: the image is the unit, said as such, with the data's k beside.
+    one = PrivacyInfo("image", 1, "patient", "records_per_patient", 144, 4, 1.45, ((1, 94), (4, 1)))
+    assert one.image_unit_hides_patients and one.unit_flag == "--records-per-patient 1"
+    assert "--records-per-patient 1" in one.describe() and "up to 4 images" in one.describe()
+    # No patient ids: nothing hidden, nothing claimed.
+    plain = PrivacyInfo("image", 1, "image", "default", 60, 1, 1.0, ((1, 60),))
+    assert not plain.image_unit_hides_patients and plain.describe().endswith("the data carry no patient ids)")
