@@ -160,7 +160,10 @@ def limits_from_options(max_rero: Sequence[float] = (), threat_model: Sequence[s
     if threat_model and not max_rero:
         raise invalid("--threat-model", list(threat_model), "given with --max-rero", "add --max-rero 0.05")
     if at_fpr and not max_mia_tpr:
-        raise invalid("--at-fpr", list(at_fpr), "given with --max-mia-tpr", "add --max-mia-tpr 0.01")
+        example = min(0.5, 10 * max(at_fpr))  # a TPR limit sits above its FPR (a blind guess's TPR equals the FPR)
+        raise invalid("--at-fpr", list(at_fpr), "given with --max-mia-tpr",
+                      f"add --max-mia-tpr with the largest membership-inference TPR the board accepts at that FPR, "
+                      f"e.g. --max-mia-tpr {example:g}")
     out = [Limit("rero", m, t) for m, t in
            zip(max_rero, paired(max_rero, threat_model, "--threat-model", "--max-rero", "worst_case"), strict=True)]
     out += [Limit("mia_tpr", m, "worst_case", f) for m, f in

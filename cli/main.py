@@ -99,6 +99,60 @@ def _command_path(root: typer.Context | None, argv: list[str]) -> str:
     return " ".join(path)
 
 
+#: How alike a mistyped option and one of the command's must be (difflib's ratio, the leading dashes left out) to
+#: be offered: 0.75 keeps a typo or a missing letter (--sigam, --epsilon for --epsilons) and drops the chance
+#: overlaps difflib's default 0.6 lets through on the dashes alone (--delta -> --help, --nosuch -> --roc).
+SUGGEST_CUTOFF = 0.75
+
+
+def near_options(typed: str, command: object) -> list[str]:
+    """The options of ``command`` (a click command) that ``typed`` is probably a misspelling of, best first.
+
+    >>> import typer
+    >>> command = typer.core.TyperCommand("x", params=[typer.core.TyperOption(param_decls=["--epsilons"]),
+    ...                                               typer.core.TyperOption(param_decls=["--delta"])])
+    >>> near_options("--epsilon", command), near_options("--nosuch", command)
+    (['--epsilons'], [])
+    """
+    import difflib
+
+    flags = {o.lstrip("-"): o for p in getattr(command, "params", ()) for o in getattr(p, "opts", ())
+             if o.startswith("--")}
+    flags.setdefault("help", "--help")
+    found = difflib.get_close_matches(typed.partition("=")[0].lstrip("-"), list(flags), n=3,
+                                      cutoff=SUGGEST_CUTOFF)
+    return [flags[f] for f in found]
+
+
+def _extra_arguments(exc: Exception, argv: list[str]) -> list[str]:
+    """The words of ``argv`` that the command of ``exc`` (a complaint about a missing option) takes no place for:
+    click checks for them only after every option is present, so ``dpaudit profile extra_arg`` would otherwise
+    be told that --out is missing rather than that ``extra_arg`` is not understood."""
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command", None)
+    if ctx is None or command is None:
+        return []
+    names = ctx.command_path.split()[1:]
+    rest = list(argv)
+    for name in names:  # the words after the command's own name
+        if name not in rest:
+            return []
+        rest = rest[rest.index(name) + 1:]
+    try:
+        probe = command.make_context(ctx.info_name, rest, parent=ctx.parent, resilient_parsing=True)
+    except Exception:  # noqa: BLE001 - a second complaint: the first one stands
+        return []
+    return [] if command.allow_extra_args else list(probe.args)
+
+
+def _extra_line(extra: list[str], see: str) -> str:
+    """The complaint about words on the command line that no option or argument takes."""
+    many = len(extra) > 1
+    words = ", ".join(f"'{w}'" for w in extra)
+    return (f"unexpected extra argument{'s' if many else ''} {words}. Fix: remove {'them' if many else 'it'}, give "
+            f"each value right after its option, or quote a value that has spaces; {see}.")
+
+
 def usage_line(exc: Exception, argv: list[str] | None = None, root: typer.Context | None = None) -> str:
     """The one line (without "error: ") a parser complaint prints: click's message, the value typed (``argv``: the
     command line after the program's name, ``root``: the program's context), and a fix that uses the command's own
@@ -109,11 +163,20 @@ def usage_line(exc: Exception, argv: list[str] | None = None, root: typer.Contex
     "Invalid value for '--sigma': 'abc' is not a valid float. Fix: see 'dpaudit --help'."
     """
     see = f"see '{_command_path(root, argv or [])} --help'"
+    kind = type(exc).__name__
+    if kind == "MissingParameter":
+        extra = _extra_arguments(exc, argv or [])
+        if extra:
+            return _extra_line(extra, see)
+    if kind == "NoSuchOption":  # click's suggestions match on the dashes alone: offer only real near misses
+        typed = getattr(exc, "option_name", "")
+        exc.possibilities = near_options(typed, getattr(getattr(exc, "ctx", None), "command", None))  # type: ignore[attr-defined]
     message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    if message.startswith("Got unexpected extra argument") and message.endswith(")"):
+        return _extra_line(message[message.rindex(" (") + 2:-1].split(), see)
     stop = "" if message.endswith(("?", "!")) else "."
     param = getattr(exc, "param", None)
     flags = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
-    kind = type(exc).__name__
     if flags and kind == "MissingParameter":
         fix = f"pass {flags[0]} {_wanted(param)}; {see}"
     elif flags:
@@ -127,8 +190,6 @@ def usage_line(exc: Exception, argv: list[str] | None = None, root: typer.Contex
         fix = f"give {getattr(exc, 'option_name', 'the option')} its value right after it; {see}"
     elif message.startswith("No such command"):
         fix = f"use one of the commands; {see}"
-    elif message.startswith("Got unexpected extra argument"):
-        fix = f"remove the extra words, or quote a value that has spaces; {see}"
     else:
         fix = see
     return f"{message}{stop} Fix: {fix}."

@@ -48,13 +48,20 @@ class NumericalError(DpAuditError):
 def _short(value: Any) -> str:
     """``repr(value)``, shortened: at most 240 characters for a text or a path (a user needs the whole path to find
     the file), 80 for anything else (a list or an array); a longer one keeps its start and its end, joined by "...".
+    A list or tuple (the values of a repeated option) reads as its items, comma-separated, without Python's
+    brackets; an empty one as "nothing".
 
+    >>> _short(["foo"])
+    "'foo'"
     >>> _short(list(range(40)))
-    '[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1..., 31, 32, 33, 34, 35, 36, 37, 38, 39]'
+    '0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12...0, 31, 32, 33, 34, 35, 36, 37, 38, 39'
     >>> _short("/data/" + "x" * 300 + "/history.json")[-19:]
     "xxxxx/history.json'"
     """
-    text = repr(str(value) if isinstance(value, os.PathLike) else value)
+    if isinstance(value, list | tuple):
+        text = ", ".join(repr(str(v) if isinstance(v, os.PathLike) else v) for v in value) or "nothing"
+    else:
+        text = repr(str(value) if isinstance(value, os.PathLike) else value)
     limit = 240 if isinstance(value, str | os.PathLike) else 80
     if len(text) <= limit:
         return text

@@ -351,7 +351,8 @@ def test_the_message_helpers_doctests() -> None:
      "Fix: give --sigma its value right after it; see 'dpaudit bounds --help'."),
     (["calibrate", "--q", "0.1"], "error: Missing option '--max-rero'.",
      "Fix: pass --max-rero a number, e.g. 0.5 or 1e-5; see 'dpaudit calibrate --help'."),
-    (["bounds", "--sigma", "1", "extra"], "error: Got unexpected extra argument", "see 'dpaudit bounds --help'."),
+    (["bounds", "--sigma", "1", "extra"], "error: unexpected extra argument 'extra'.", "see 'dpaudit bounds --help'."),
+    (["profile", "extra_arg"], "error: unexpected extra argument 'extra_arg'.", "see 'dpaudit profile --help'."),
     (["nosuch"], "error: No such command 'nosuch'.", "Fix: use one of the commands; see 'dpaudit --help'."),
     (["mia", "bound", "--foo", "1"], "error: No such option", "see 'dpaudit mia bound --help'."),
 ])
@@ -367,6 +368,21 @@ def test_parser_complaints_are_one_line_with_the_flag_the_value_and_a_fix(args: 
     if "Invalid value" in head:
         assert f"'{args[-1]}'" in text  # the value typed
     assert "Traceback" not in res.output and "Usage:" not in res.output
+
+
+@pytest.mark.parametrize(("args", "offered"), [
+    (["bounds", "--nosuch"], None), (["report", "p", "--delta"], None), (["federated", "attack", "--delta"], None),
+    (["bounds", "--sigam", "1"], "--sigma"), (["profile", "--epsilon", "8"], "--epsilons"),
+])
+def test_an_unknown_option_is_offered_only_real_near_misses(args: list[str], offered: str | None) -> None:
+    """The suggestions come from the command's own options and resemble what was typed (click's own matched on the
+    dashes: --delta -> --help, --nosuch -> --roc)."""
+    text = runner.invoke(app, args).output.strip()
+    assert text.startswith("error: No such option"), text
+    if offered is None:
+        assert "Possible options" not in text, text
+    else:
+        assert f"(Possible options: {offered}" in text, text
 
 
 def test_help_and_a_bare_group_still_show_the_usage() -> None:
