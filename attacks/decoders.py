@@ -36,7 +36,7 @@ DECODER_CHOICES: dict[str, tuple[str, ...]] = {"strong": ("strong",), "paper": (
 def decoders_for(choice: str) -> tuple[str, ...]:
     """The decoders ``--decoder choice`` runs (:data:`DECODER_CHOICES`)."""
     if choice not in DECODER_CHOICES:
-        raise invalid("decoder", choice, f"one of {list(DECODER_CHOICES)}", "pass --decoder all")
+        raise invalid("decoder", choice, f"one of {', '.join(map(str, DECODER_CHOICES))}", "pass --decoder all")
     return DECODER_CHOICES[choice]
 
 
@@ -136,7 +136,7 @@ def decode_pooled(avg: np.ndarray, prefix: np.ndarray, layout: Layout, noise_std
         Per-entry noise std of the unpooled rows (sigma * C / sqrt(T)).
     """
     if denoiser not in DENOISERS:
-        raise invalid("denoiser", denoiser, f"one of {list(DENOISERS)}")
+        raise invalid("denoiser", denoiser, f"one of {', '.join(map(str, DENOISERS))}")
     avg = np.asarray(avg)
     if avg.dtype not in (np.float32, np.float64):
         avg = avg.astype(np.float64)

@@ -99,7 +99,7 @@ class ImprintBlock(nn.Module):
         super().__init__()
         bins = check_int("bins", bins, minimum=2, fix="pass --bins 10 (the seed paper's value)")
         if connection not in CONNECTIONS:
-            raise invalid("connection", connection, f"one of {list(CONNECTIONS)}", "pass --connection linear")
+            raise invalid("connection", connection, f"one of {', '.join(map(str, CONNECTIONS))}", "pass --connection linear")
         if pattern not in ("random", "constant"):
             raise invalid("pattern", pattern, "'random' or 'constant'")
         gain = check_positive("gain", gain)

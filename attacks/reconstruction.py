@@ -68,7 +68,7 @@ def noise_for_epsilons(epsilons: Sequence[float], *, n_train: int, epochs: int, 
     n_train = check_int("n_train", n_train, fix="pass the number of training images, --n-train")
     epochs = check_int("epochs", epochs, fix="pass the number of training epochs, --epochs")
     if accountant not in ACCOUNTANTS:
-        raise invalid("accountant", accountant, f"one of {list(ACCOUNTANTS)}", "pass --accountant pld")
+        raise invalid("accountant", accountant, f"one of {', '.join(map(str, ACCOUNTANTS))}", "pass --accountant pld")
     from dpaudit.bounds import NoiseForEpsilon, calibrate_epsilon
 
     levels = []
@@ -148,15 +148,15 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     decoders = tuple(decoders)
     for d in decoders:
         if d not in DECODERS:
-            raise invalid("decoder", d, f"one of {list(DECODERS)}", "pass --decoder strong|paper|all")
+            raise invalid("decoder", d, f"one of {', '.join(map(str, DECODERS))}", "pass --decoder strong|paper|all")
     if not decoders or len(set(decoders)) != len(decoders):
         raise invalid("decoders", list(decoders), "a non-empty list without repeats")
     if connection not in CONNECTIONS:
-        raise invalid("connection", connection, f"one of {list(CONNECTIONS)}", "pass --connection linear")
+        raise invalid("connection", connection, f"one of {', '.join(map(str, CONNECTIONS))}", "pass --connection linear")
     if scoring not in SCORINGS:
-        raise invalid("scoring", scoring, f"one of {list(SCORINGS)}")
+        raise invalid("scoring", scoring, f"one of {', '.join(map(str, SCORINGS))}")
     if denoiser not in DENOISERS:
-        raise invalid("denoiser", denoiser, f"one of {list(DENOISERS)}")
+        raise invalid("denoiser", denoiser, f"one of {', '.join(map(str, DENOISERS))}")
     max_grad_norm = check_positive("max_grad_norm", max_grad_norm, fix="pass a positive clip norm, e.g. 1.0")
     observations = check_int("observations", observations, fix="pass --observations 1 or more")
     keep_images = check_int("keep_images", keep_images, minimum=0)

@@ -52,7 +52,7 @@ class AttackRow:
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
-            raise invalid("decoder", self.decoder, f"one of {list(DECODERS)}")
+            raise invalid("decoder", self.decoder, f"one of {', '.join(map(str, DECODERS))}")
         if not 0.0 <= self.ci_low <= self.success_rate <= self.ci_high <= 1.0:
             raise ConfigError(f"AttackRow: need 0 <= ci_low <= success_rate <= ci_high <= 1, got "
                               f"{self.ci_low}, {self.success_rate}, {self.ci_high}.")

@@ -74,11 +74,11 @@ class AttackScenario:
     def __post_init__(self) -> None:
         check_int("n_images", self.n_images, fix="pass --n-images 1 or more")
         if self.selection not in SELECTIONS:
-            raise invalid("selection", self.selection, f"one of {list(SELECTIONS)}", "pass --selection first")
+            raise invalid("selection", self.selection, f"one of {', '.join(map(str, SELECTIONS))}", "pass --selection first")
         for name, allowed in (("connection", CONNECTIONS), ("scoring", SCORINGS), ("accountant", ACCOUNTANTS),
                               ("denoiser", DENOISERS)):
             if getattr(self, name) not in allowed:
-                raise invalid(name, getattr(self, name), f"one of {list(allowed)}", f"pass --{name} {allowed[0]}")
+                raise invalid(name, getattr(self, name), f"one of {', '.join(map(str, allowed))}", f"pass --{name} {allowed[0]}")
         if not self.decoders or any(d not in DECODERS for d in self.decoders):
             raise invalid("decoders", self.decoders, f"names from {list(DECODERS)}", "pass --decoder all")
         if self.epsilons is not None and self.noise_multipliers is not None:

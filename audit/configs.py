@@ -176,7 +176,7 @@ class TrainConfig:
         check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
         object.__setattr__(self, "window", parse_window(self.window))
         if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
-            raise invalid("privacy_unit", self.privacy_unit, f"one of {list(PRIVACY_UNIT_CHOICES)}",
+            raise invalid("privacy_unit", self.privacy_unit, f"one of {', '.join(map(str, PRIVACY_UNIT_CHOICES))}",
                           "pass --privacy-unit patient or --privacy-unit image")
         object.__setattr__(self, "epochs", check_int("epochs", self.epochs, fix="pass --epochs 1 or more"))
         object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size,
@@ -236,7 +236,7 @@ def _check_task(config: TrainConfig) -> None:
     inferred = "segmentation" if is_segmentation_dataset(config.dataset) else "classification"
     task = config.task if config.task is not None else inferred
     if task not in TASKS:
-        raise invalid("task", task, f"one of {list(TASKS)}", "pass --task classification or --task segmentation")
+        raise invalid("task", task, f"one of {', '.join(map(str, TASKS))}", "pass --task classification or --task segmentation")
     if task != inferred:
         raise invalid("task", task, f"{inferred} for --dataset {config.dataset}",
                       "pass --dataset demo-ct or msd:PATH for segmentation, another dataset for classification")

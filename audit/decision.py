@@ -89,7 +89,7 @@ class Limit:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise invalid("limit kind", self.kind, f"one of {list(KINDS)}")
+            raise invalid("limit kind", self.kind, f"one of {', '.join(map(str, KINDS))}")
         flag = "--max-rero" if self.kind == "rero" else "--max-mia-tpr"
         object.__setattr__(self, "maximum", check_probability(
             flag.lstrip("-").replace("-", "_"), self.maximum,
@@ -385,7 +385,6 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     within = [(lv, b) for lv, b in private if b.within]
     names = "; ".join(lim.describe() for lim in limits)
     k = profile.privacy().records_per_patient
-    n_train = profile.dataset.n_train
     if within:
         # Best mean MCC; equal means go to the smaller epsilon; a budget without utility ranks last.
         best_lv, best = max(within, key=lambda x: (x[1].mcc is not None, x[1].mcc or 0.0, -x[0].epsilon_target))
@@ -402,14 +401,14 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
         reason = (f"{len(within)} of {len(private)} privacy budgets {'meets' if len(within) == 1 else 'meet'} every "
                   f"limit ({names}): "
                   f"{', '.join(b.budget for _, b in within)}. {why}.")
-        reason += _inconclusive(private, limits, n_train)
+        reason += _inconclusive(private, limits, profile)
         if any(lim.label == LABEL_EMPIRICAL for lim in limits):
             reason += (" The realistic-attack limit is checked against a measured success rate, a lower bound on "
                        "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
                        "is within the limit.")
         return Decision(limits, tuple(b.budget for _, b in within), best.budget,
                         reason + _units(private, k) + _image_unit(profile), budgets)
-    reason, remedy = _none_within(private, limits, calibrate_fn, k, n_train)
+    reason, remedy = _none_within(private, limits, calibrate_fn, k, profile)
     return Decision(limits, (), None, reason + _units(private, k) + _image_unit(profile), budgets, remedy)
 
 
@@ -452,9 +451,26 @@ def _units(private: list[tuple[LevelSummary, BudgetChecks]], k: int) -> str:
             + (f": {', '.join(per)} (sound upper bounds)." if per else ", ε is larger."))
 
 
+def _max_images_for(profile: Profile, n_train: int) -> int | None:
+    """The --max-images whose training split holds ``n_train`` images (the profile's split shares), when the profile
+    used fewer images than its dataset holds (--max-images below the dataset's size) and the dataset holds that
+    many as far as dpaudit knows (the demo: 2,000); None otherwise (segmentation: --max-images counts volumes)."""
+    from dpaudit.config import DEMO_DEFAULT_SIZE
+
+    cap, data = profile.config.max_images, profile.dataset
+    total = data.n_train + data.n_val + data.n_test
+    if cap is None or profile.config.segmentation or total < cap or data.n_train <= 0:
+        return None
+    wanted = math.ceil(n_train * total / data.n_train) + 3  # the loaders' split rounds each part
+    if profile.config.dataset == "demo" and wanted > DEMO_DEFAULT_SIZE:
+        return None
+    return wanted
+
+
 def _inconclusive(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],
-                  n_train: int) -> str:
+                  profile: Profile) -> str:
     """One sentence per inconclusive check: the evidence, and how many attacked images would decide it."""
+    n_train = profile.dataset.n_train
     out = ""
     for _, b in private:
         for c in b.checks:
@@ -464,6 +480,10 @@ def _inconclusive(private: list[tuple[LevelSummary, BudgetChecks]], limits: tupl
             if c.images_needed is not None and c.images_needed <= n_train:
                 how = (f"attack more images with --attack-images {c.images_needed} (enough if the rate stays at "
                        f"{_pct(c.value)})")  # type: ignore[arg-type]
+            elif c.images_needed is not None and (more := _max_images_for(profile, c.images_needed)):
+                how = (f"that needs about {c.images_needed} attacked images, more than the {n_train} training "
+                       f"images of --max-images {profile.config.max_images}: profile again with --max-images "
+                       f"{more} --attack-images {c.images_needed}, or rely on the formal bounds")
             elif c.images_needed is not None:
                 how = (f"that needs about {c.images_needed} attacked images, more than the {n_train} training "
                        "images: rely on the formal bounds")
@@ -481,7 +501,7 @@ def with_decision(profile: Profile, limits: Sequence[Limit]) -> Profile:
 
 
 def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],
-                 calibrate_fn: Calibrate, k: int = 1, n_train: int = 0) -> tuple[str, Remedy | None]:
+                 calibrate_fn: Calibrate, k: int, profile: Profile) -> tuple[str, Remedy | None]:
     """The reason and the remedy when no budget meets every limit: the most private budget's failing limits."""
     from dpaudit.numfmt import at_least, at_most
 
@@ -501,7 +521,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         reason = "No privacy budget is shown to meet every limit."
     else:
         reason = f"No privacy budget meets every limit. {which} fails {'; '.join(parts)}."
-    reason += _inconclusive(private, limits, n_train)
+    reason += _inconclusive(private, limits, profile)
     remedy = None
     calibrated = []
     for c in failing:

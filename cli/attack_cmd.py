@@ -40,7 +40,8 @@ def attack(
                                                "--arch).")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture: resnet9, smallcnn, monai:NAME, "
                                              "file.py:factory or module:factory; for a plain state dict, a "
-                                             "checkpoint of your own code, or a random model without --model.")
+                                             "checkpoint of your own code, or a random model without --model "
+                                             "(default then: resnet9; unet for segmentation).")
                     ] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", show_default=False, help=(
         "Resize images to this size. \\[default: the checkpoint's, else the dataset's: "
@@ -93,7 +94,7 @@ def attack(
     from dpaudit.attacks.scenario import attack_checkpoint, checkpoint_noise, select_images
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
-    from dpaudit.errors import ConfigError, check_int, invalid
+    from dpaudit.errors import check_int, invalid
     from dpaudit.runtime import idle_cores
 
     if threads is not None:
@@ -123,6 +124,18 @@ def attack(
         keep_images=8 if save_images else 0)
 
     dataset, data_dir, window, task = shared["dataset"], shared["data_dir"], shared["window"], shared["task"]
+    args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
+    arch_default = model is None and arch is None
+    if model is None:
+        from dpaudit.models import parse_arch
+
+        if arch is None:  # the training default of the dataset's task, as --arch defaults everywhere
+            from dpaudit.config import TRAIN_DEFAULTS
+            from dpaudit.volumes import is_segmentation_dataset
+
+            arch = TRAIN_DEFAULTS["segmentation" if is_segmentation_dataset(shared["dataset"]) else
+                                  "classification"]["arch"]
+        parse_arch(arch)  # before the data load: a misspelt architecture is named at once
     model_name = str(model) if model else f"random {arch}"
     if out_dir is not None:  # before any work: a folder that cannot be written, or holds another attack, fails now
         from dpaudit.cli._common import json_text
@@ -137,14 +150,6 @@ def attack(
                                                 "model": data["settings"]["model"]} == mine)
         for note in claim.notes:
             err.print(f"note: {note}", highlight=False)
-    args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
-    if model is None:
-        from dpaudit.models import parse_arch
-
-        if arch is None:
-            raise ConfigError("no checkpoint and no architecture given. Fix: pass --model FILE (a checkpoint to "
-                              "attack) or --arch resnet9 (a randomly initialised model; or monai:NAME, file.py:factory).")
-        parse_arch(arch)  # before the data load: a misspelt architecture is named at once
     from dpaudit.data import check_data_options
 
     check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window)
@@ -180,6 +185,10 @@ def attack(
     if len(splits.train) < n_images:
         err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
     if ckpt is None:
+        if not as_json:
+            err.print(f"note: no --model: attacking a randomly initialised {arch} (--arch {arch}"
+                      f"{', the default' if arch_default else ''}); pass --model FILE to attack a trained checkpoint.",
+                      highlight=False)
         # At least two outputs: with one class the cross-entropy is constant (log-softmax of a single logit is 0)
         # and its gradient identically zero. The attack needs no labels: a flat folder is one class, label 0.
         ckpt = load_model(None, arch=arch, num_classes=max(2, splits.num_classes),

@@ -140,7 +140,7 @@ def _extra_arguments(exc: Exception, argv: list[str]) -> list[str]:
         rest = rest[rest.index(name) + 1:]
     try:
         probe = command.make_context(ctx.info_name, rest, parent=ctx.parent, resilient_parsing=True)
-    except Exception:  # noqa: BLE001 - a second complaint: the first one stands
+    except UsageError:  # a second complaint: the first one stands
         return []
     return [] if command.allow_extra_args else list(probe.args)
 

@@ -88,6 +88,15 @@ def report(
     redecided = prof.decision != stored
     default = path.parent / ("report.pdf" if not redecided else f"report-{_limits_tag(prof.decision.limits)}.pdf")
     target = output if output is not None else default
+    if output is not None:  # checked before rendering: an OSError from deep in the PDF writer names no flag
+        from dpaudit.errors import DpAuditError, invalid
+        from dpaudit.outputs import writable_dir
+
+        try:
+            writable_dir(output.parent, field="output")
+        except DpAuditError:
+            raise invalid("-o/--output", str(output), "a PDF path in a folder that can be created and written to",
+                          "pass -o/--output a path you can write to, e.g. -o board-report.pdf") from None
     pdf = render_report(prof, target, include_images=include_images, base_dir=path.parent)
     if redecided and not as_json:
         same = target.resolve() == (path.parent / "report.pdf").resolve()
@@ -220,8 +229,13 @@ def profile(
         err.print(f"note: {note}", highlight=False)
     started = time.perf_counter()
     stage_start: dict[str, float] = {}
+    described: list[bool] = []
 
     def progress(stage: str, done: int, total: int, message: str) -> None:
+        if stage != "data" and not described and hasattr(executor, "describe"):
+            # where the tasks run, said once the data loaded (a --dataset that names nothing fails before it)
+            described.append(True)
+            err.print(executor.describe(), highlight=False)
         now = time.perf_counter()
         stage_start.setdefault(stage, now)
         err.print(f"[bold]{stage:>6}[/] {done}/{total}  {message}  [dim](stage {now - stage_start[stage]:.0f} s, "
@@ -237,8 +251,6 @@ def profile(
         # The executor changes where tasks run, never their results (tests/test_distributed.py).
         executor = make_executor(scheduler, workers, threads=threads)
         try:
-            if hasattr(executor, "describe"):
-                err.print(executor.describe(), highlight=False)
             if threads is not None:
                 import torch
 

@@ -104,7 +104,7 @@ def decode(tp: Any, value: Any, path: str = "$") -> Any:
         return {decode(key_tp, k, path): decode(val_tp, v, f"{path}.{k}") for k, v in value.items()}
     if origin is typing.Literal:
         if value not in typing.get_args(tp):
-            raise _fail(path, value, f"one of {list(typing.get_args(tp))}")
+            raise _fail(path, value, f"one of {', '.join(map(str, typing.get_args(tp)))}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_plain(tp, value, path)

@@ -213,6 +213,9 @@ DEFAULT_ARCH = "resnet9"
 DEFAULT_IMAGE_SIZE = 64
 DEMO_IMAGE_SIZE = 28
 DEMO_DATASETS = ("demo", "demo-ct")
+#: Default total number of images of the built-in ``demo`` (about 70% of them train): a CPU demo in seconds; its
+#: largest --max-images (here, without the data stack, for the messages that suggest one).
+DEMO_DEFAULT_SIZE = 2000
 
 
 def default_image_size(dataset: str) -> int:

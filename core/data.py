@@ -54,7 +54,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpaudit.config import PRIVACY_UNIT_CHOICES, PRIVACY_UNITS, ImagesPerUnit, PrivacyUnit, parse_window
+from dpaudit.config import (
+    DEMO_DEFAULT_SIZE,
+    PRIVACY_UNIT_CHOICES,
+    PRIVACY_UNITS,
+    ImagesPerUnit,
+    PrivacyUnit,
+    parse_window,
+)
 from dpaudit.errors import DataError, check_int, check_probability, invalid
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
@@ -113,8 +120,6 @@ _MEDMNIST_LABEL_NAMES: dict[str, tuple[str, ...]] = {
     "breastmnist": ("malignant", "normal, benign"),
 }
 
-#: Default total number of demo images (about 70% of them train): a CPU demo in seconds.
-DEMO_DEFAULT_SIZE = 2000
 
 
 def normalization(in_channels: int, mean: float = DEFAULT_MEAN, std: float = DEFAULT_STD
@@ -267,11 +272,12 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> Privacy
     dist = splits.images_per_unit()
     has_ids = splits.unit in ("patient", "lesion", "volume", "study")
     if requested is not None and requested not in PRIVACY_UNIT_CHOICES:
-        raise invalid("privacy_unit", requested, f"one of {list(PRIVACY_UNIT_CHOICES)}",
+        raise invalid("privacy_unit", requested, f"one of {', '.join(map(str, PRIVACY_UNIT_CHOICES))}",
                       "pass --privacy-unit patient or --privacy-unit image")
     if requested == "patient" and not has_ids:
         raise invalid("privacy_unit", requested, f"'image' for {splits.name} (its images carry no patient ids)",
-                      "pass --privacy-unit image, or a CSV manifest with a patient_id column (--dataset csv:FILE)",
+                      "for patient-level DP give a CSV manifest with a patient_id column (--dataset csv:FILE); "
+                      "for image-level DP pass --privacy-unit image",
                       cls=DataError)
     unit = requested or ("patient" if has_ids else "image")
     k = max(1, dist.max) if unit == "patient" else 1
@@ -377,7 +383,7 @@ class DatasetSplits(SplitsShape):
         if len(self.mean) != c or len(self.std) != c or min(self.std) <= 0:
             raise invalid("std", self.std, f"{c} positive values (one per channel) with {c} means")
         if self.unit not in PRIVACY_UNITS:
-            raise invalid("unit", self.unit, f"one of {list(PRIVACY_UNITS)}", cls=DataError)
+            raise invalid("unit", self.unit, f"one of {', '.join(map(str, PRIVACY_UNITS))}", cls=DataError)
         object.__setattr__(self, "skipped", {str(k): int(v) for k, v in dict(self.skipped).items() if v})
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
         if self.unit != "image":  # image-level ids are per-split indices or files (checked by the loaders)
@@ -410,8 +416,8 @@ def _unknown_dataset(name: object) -> DataError:
     them (this loader serves the classification-only commands and train, attack and profile alike)."""
     from dpaudit.volumes import SEGMENTATION_DATASETS
 
-    return invalid("dataset", name, f"one of {dataset_choices()} (classification), or for segmentation (dpaudit "
-                   f"train, attack and profile) one of {list(SEGMENTATION_DATASETS)}",
+    return invalid("dataset", name, f"one of {', '.join(dataset_choices())} (classification), or for segmentation (dpaudit "
+                   f"train, attack and profile) one of {', '.join(map(str, SEGMENTATION_DATASETS))}",
                    "pass --dataset demo (built in), ham10000 or a MedMNIST flag with --data-dir, folder:PATH, "
                    "dicom:PATH, nifti:PATH or csv:FILE; segmentation: demo-ct (built in) or msd:PATH",
                    cls=DataError)

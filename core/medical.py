@@ -296,9 +296,10 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     if no_patient:
         SKIP_LOG.warning(f"no file has a usable PatientID (blank, a placeholder such as ANONYMOUS, or one value "
                          f"shared by every file): images are grouped by {' and '.join(sorted(missing))} instead, "
-                         "which counts a patient with several studies as several. Fix: give each file its patient "
-                         "in a manifest (--dataset csv:FILE with a patient_id column), or pass --privacy-unit image "
-                         "for a per-image guarantee")
+                         "which counts a patient with several studies as several. Fix: for patient-level DP give "
+                         "each file its patient in a manifest (--dataset csv:FILE with a patient_id column); for "
+                         "image-level DP (a patient's several images not protected together) pass --privacy-unit "
+                         "image")
     unit = "study" if no_patient else "patient"
     channels = 3 if any(h.colour for h in headers) else 1
     options = f"{image_size}|{channels}|{window}"

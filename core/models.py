@@ -87,7 +87,7 @@ class ResNet9(nn.Module):
         super().__init__()
         acts = {"relu": nn.ReLU, "mish": nn.Mish, "selu": nn.SELU, "silu": nn.SiLU}
         if activation not in acts:
-            raise invalid("activation", activation, f"one of {sorted(acts)}")
+            raise invalid("activation", activation, f"one of {', '.join(map(str, sorted(acts)))}")
         act = acts[activation]
         w = width
         self.features = nn.Sequential(
@@ -174,7 +174,7 @@ def check_arch_for_task(arch: str, task: str) -> None:
     when the configuration is built, before any training; other specs (MONAI, the user's code) are checked on
     their output shape (:func:`check_classifier`)."""
     if task == "segmentation" and arch in ARCHITECTURES and arch not in SEGMENTATION_ARCHITECTURES:
-        raise invalid("arch", arch, f"one of {sorted(SEGMENTATION_ARCHITECTURES)} (or a segmentation network spec) "
+        raise invalid("arch", arch, f"one of {', '.join(map(str, sorted(SEGMENTATION_ARCHITECTURES)))} (or a segmentation network spec) "
                       "for segmentation", "pass --arch unet (the segmentation default) or leave out --arch")
     if task == "classification" and arch in SEGMENTATION_ARCHITECTURES:
         raise invalid("arch", arch, "a classifier for classification",
@@ -325,7 +325,7 @@ def factory_arguments(arch: str, *, num_classes: int, in_channels: int, arch_arg
             if target is not None:
                 args[target] = value
             elif not var_kw:
-                raise ConfigError(f"{arch!r} takes none of {list(names)}, so dpaudit cannot pass the {what} "
+                raise ConfigError(f"{arch!r} takes none of {', '.join(map(str, names))}, so dpaudit cannot pass the {what} "
                                   f"({value}). Fix: give the factory a parameter named {names[0]}.")
     if "spatial_dims" in named and "spatial_dims" not in args:
         args["spatial_dims"] = 2

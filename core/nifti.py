@@ -41,7 +41,7 @@ def is_nifti(path: Path) -> bool:
 
 def check_axis(slice_axis: str) -> int:
     if slice_axis not in SLICE_AXES:
-        raise invalid("slice_axis", slice_axis, f"one of {list(SLICE_AXES)}", "pass --slice-axis axial",
+        raise invalid("slice_axis", slice_axis, f"one of {', '.join(map(str, SLICE_AXES))}", "pass --slice-axis axial",
                       cls=DataError)
     return SLICE_AXES[slice_axis]
 

@@ -261,7 +261,7 @@ def load_segmentation_splits(name: str, *, image_size: int, seed: int = 0, max_v
         label_names, modality, vols = _read_msd(root, max_volumes, seed)
         source = name
     else:
-        raise invalid("dataset", name, f"one of {list(SEGMENTATION_DATASETS)}",
+        raise invalid("dataset", name, f"one of {', '.join(map(str, SEGMENTATION_DATASETS))}",
                       "pass --dataset demo-ct or --dataset msd:PATH (a Decathlon task folder)", cls=DataError)
     if modality != "CT" and window is not None:
         raise invalid("window", window, f"only for CT (this task's modality is {modality})",

@@ -711,8 +711,8 @@ def test_an_unknown_dataset_lists_every_name_with_the_commands_for_segmentation(
         res = CliRunner().invoke(app, args)
         text = " ".join(res.output.split())
         assert res.exit_code == 2, res.output
-        assert "'csv:FILE'] (classification)" in text
-        assert "for segmentation (dpaudit train, attack and profile) one of ['demo-ct', 'msd:PATH']" in text
+        assert "csv:FILE (classification)" in text and "[" not in text
+        assert "for segmentation (dpaudit train, attack and profile) one of demo-ct, msd:PATH" in text
         assert "got 'bogus'" in text and "segmentation: demo-ct (built in) or msd:PATH" in text
     # The one --dataset help says which commands take the segmentation datasets.
     for command in (["federated", "train"], ["federated", "attack"], ["mia", "audit"], ["train"]):

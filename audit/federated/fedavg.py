@@ -132,7 +132,7 @@ class FederatedConfig:
 
     def __post_init__(self) -> None:
         if self.dp_level not in DP_LEVELS:
-            raise invalid("dp_level", self.dp_level, f"one of {list(DP_LEVELS)}", "pass --dp-level sample")
+            raise invalid("dp_level", self.dp_level, f"one of {', '.join(map(str, DP_LEVELS))}", "pass --dp-level sample")
         if self.epsilon is not None:
             check_positive("epsilon", self.epsilon, fix="pass a target epsilon > 0, e.g. --epsilon 8")
         if self.noise_multiplier is not None:

@@ -259,7 +259,7 @@ class ProfileConfig(JsonResult):
                           + ", ".join(f"{k} {list(v)}" for k, v in DECODER_CHOICES.items()), "pass --decoder all")
         put("decoders", decoders)
         if self.connection not in CONNECTIONS:
-            raise invalid("connection", self.connection, f"one of {list(CONNECTIONS)}", "pass --connection linear")
+            raise invalid("connection", self.connection, f"one of {', '.join(map(str, CONNECTIONS))}", "pass --connection linear")
         put("bins", check_int("bins", self.bins, minimum=2, fix="pass --bins 10 (the paper's value)"))
         put("observations", check_int("observations", self.observations, minimum=1,
                                       fix="pass --observations 1 or more"))
