@@ -258,7 +258,17 @@ def __getattr__(name: str) -> typer.Typer:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a batch scheduler's time limit) ends a command as Ctrl-C does: by an exception in the main
+    thread, so every ``finally`` runs, worker processes are stopped and no half-written file is left under its
+    final name. Python's default would end this process alone and leave its workers training."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     words = [a for a in sys.argv[1:] if not a.startswith("-")]
     command = words[0] if words else None
     if tuple(words[:2 if command == "mia" else 1]) in NO_BLAS:

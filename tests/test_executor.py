@@ -204,3 +204,78 @@ def test_a_stored_result_is_reused_only_while_the_files_it_names_are_unchanged(t
     plain = ProbeTask(4, str(tmp_path))
     store.put(plain, plain.run())
     assert store.get(plain) == ProbeResult(4, 16)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("signame", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow),
+                                     pytest.param("SIGKILL", marks=pytest.mark.slow)])
+def test_a_stopped_profile_leaves_no_worker_process_running(tmp_path, signame: str) -> None:
+    """``dpaudit profile`` stopped while its worker processes train (SIGTERM from ``kill`` or a batch scheduler,
+    SIGINT, or SIGKILL, which the parent cannot catch) leaves none of them behind: the parent stops them, and a
+    worker whose parent is gone ends itself."""
+    import signal
+    import subprocess
+    import sys
+
+    # The real command line, with two idle cores so that the tasks run in worker processes.
+    code = ("import sys, dpaudit.runtime as r; r.idle_cores = lambda: 2; from dpaudit.cli.main import main; "
+            "sys.argv = ['dpaudit', *sys.argv[1:]]; main()")
+    args = [a for a in TINY_ARGS if a != "--json"]
+    args[args.index("--epochs") + 1] = "50"  # trains long enough to be stopped mid-task
+    proc = subprocess.Popen([sys.executable, "-c", code, "profile", *args, "--out", str(tmp_path / "p")],
+                            stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if " train 0/" in line:
+                break
+        assert any("2 worker processes" in x for x in lines), "".join(lines)
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers
+        time.sleep(1.0)  # the workers are importing torch or training
+        proc.send_signal(getattr(signal, signame))
+        proc.communicate(timeout=30)
+        if signame != "SIGKILL":
+            assert proc.returncode != 0
+        # Bounded work, not time: the parent stops them at once; the orphans' watch polls once a second.
+        for _ in range(100):
+            alive = [w for w in workers if _running(w)]
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"{signame} left {alive} running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for w in workers:  # a failing check leaves nothing behind either
+            if _running(w):
+                os.kill(w, 9)

@@ -84,16 +84,41 @@ def workers_that_fit(wanted: int) -> int:
     return int(max(0, min(wanted, free // (resident + WORKER_HEADROOM_BYTES))))
 
 
-def _start_worker(torch_threads: int) -> None:
+#: How often a worker checks that the process that started it is still there (seconds).
+PARENT_POLL_SECONDS = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker process once ``parent`` has gone (killed with SIGKILL, or dead before it could stop its
+    workers): a worker left behind would train on for minutes, holding a core and the data, for nobody."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # the parent is gone: nothing to hand a result to, nothing to clean up
+
+    threading.Thread(target=watch, name="dpaudit-parent-watch", daemon=True).start()
+
+
+def _start_worker(torch_threads: int, parent: int | None = None) -> None:
     """A worker process's start: torch gets ``torch_threads`` threads for everything outside the tasks too (data
-    loading); each task sets its own from its ``threads`` field (:func:`with_threads`)."""
+    loading); each task sets its own from its ``threads`` field (:func:`with_threads`). With ``parent`` (the
+    pool's process id) the worker ends itself when that process is gone."""
     import logging
 
     import torch
 
+    if parent is not None:
+        _exit_with_parent(parent)
+
     torch.set_num_threads(torch_threads)
     # The driver loaded the data first and named every file it skipped; the workers' loads would repeat it.
     logging.getLogger("dpaudit.data.skipped").setLevel(logging.ERROR)
+
+
+#: How long an interrupted run's workers get to end after SIGTERM before SIGKILL (seconds).
+KILL_GRACE_SECONDS = 3.0
 
 
 def _run(task: Task) -> Any:
@@ -143,7 +168,7 @@ class LocalProcessExecutor:
             from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker, initargs=(self.torch_threads,))
+                                             initializer=_start_worker, initargs=(self.torch_threads, os.getpid()))
         return self._pool
 
     def map(self, tasks: Sequence[Task], on_done: Callable[[Task, Any], None]) -> None:
@@ -174,7 +199,7 @@ class LocalProcessExecutor:
                     continue
                 on_done(tasks[i], result)
         except BaseException:
-            self.close()  # Ctrl-C, or an error in on_done: leave no work running
+            self.close(kill=True)  # Ctrl-C, SIGTERM, or an error in on_done: stop the running work too
             raise
         if lost:
             self.close()  # a broken pool takes no more work
@@ -186,17 +211,35 @@ class LocalProcessExecutor:
         if errors:
             raise errors[min(errors)]  # what the in-process executor raises: the first failing task's error
 
-    def close(self) -> None:
-        """Stop the worker processes (pending work is cancelled)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the worker processes: pending work is cancelled; running tasks finish first, or with ``kill`` (an
+        interrupted run) are stopped at once (SIGTERM, then SIGKILL for a worker that has not ended after
+        :data:`KILL_GRACE_SECONDS`)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if not kill:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        # The standard library (before Python 3.14's terminate_workers) waits for running tasks: a training run
+        # would go on for minutes after Ctrl-C. Its process table is the one way to stop them.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        for proc in processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
 
     def __enter__(self) -> LocalProcessExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.close(kill=exc[0] is not None)
 
 
 def default_executor(threads: int | None = None) -> InProcessExecutor | LocalProcessExecutor:
