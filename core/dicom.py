@@ -135,6 +135,29 @@ PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 NO_PIXEL_DATA = "not an image (no pixel data)"
 
 
+def _cut_short(ds: object, path: Path) -> str | None:
+    """Where a DICOM file that pydicom read to its end stops short: inside the value of its last element (its
+    length reaches past the end), or after it, in the first bytes of another element; None when the last element
+    ends with the file. Only an element pydicom kept raw (not yet converted, so its length and position are those
+    in the file) can be checked; a converted one (a sequence) is taken as complete."""
+    size = path.stat().st_size
+    for part in (ds, getattr(ds, "file_meta", None)):  # the file's last element: the body's, else the meta's
+        tags = sorted(part.keys()) if part is not None else []
+        if not tags:
+            continue
+        last = part.get_item(tags[-1])
+        length, tell = getattr(last, "length", None), getattr(last, "value_tell", None)
+        if not isinstance(length, int) or not isinstance(tell, int) or length == 0xFFFFFFFF:
+            return None
+        end = tell + length
+        if end > size:
+            return f"inside element {last.tag}: {size - tell} of its {length} bytes"
+        if end < size:
+            return f"{size - end} byte(s) after element {last.tag}: the next element cut short"
+        return None
+    return None
+
+
 def read_header(path: Path) -> DicomHeader | None:
     """The header of one DICOM file; None for a file that is not an image: no pixel data element (a structured
     report, an RT structure set, a presentation state, a key object selection), no image size, or a DICOMDIR.
@@ -151,8 +174,10 @@ def read_header(path: Path) -> DicomHeader | None:
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)  # force: files without a preamble
             next_tag = fp.read(4)
+        cut = _cut_short(ds, path)  # before any element is read (converted, an element forgets its file position)
         meta = getattr(ds, "file_meta", None)
-        if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        deflated = meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+        if deflated:
             full = pydicom.dcmread(path, defer_size=1024, force=True)
             has_pixels = any(k in full for k in PIXEL_DATA_KEYWORDS)
         else:
@@ -170,6 +195,12 @@ def read_header(path: Path) -> DicomHeader | None:
         if not sop_class:
             raise UnreadableImageError(f"DICOM file {str(path)!r} holds no recognisable DICOM object (no SOP Class "
                                        "UID, no image): damaged or not DICOM. Fix: replace or remove the file.")
+        # pydicom (force=True) stops quietly at the end of a file cut short, even inside an element: such a file
+        # is damaged ("unreadable"), not a DICOM object without pixel data (a header exported without its image
+        # ends with its last element and stays "not an image").
+        if cut and not (deflated or has_pixels):  # deflated: the positions are the inflated copy's
+            raise UnreadableImageError(f"DICOM file {str(path)!r} is cut short ({cut}). Fix: replace or remove the "
+                                       "file.")
         return None
     keys = {k: str(ds.get(k, "") or "").strip()
             for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}

@@ -304,6 +304,38 @@ def test_corrupt_dicom_files_are_counted_unreadable_not_as_objects_without_pixel
         read_header(tmp_path / "nodule" / "corrupt0.dcm")
 
 
+def test_dicom_files_cut_inside_their_header_are_unreadable_and_named(tmp_path: Path, rng: np.random.Generator,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A CT file cut short inside its header (a copy interrupted at 400 bytes) parses, with force=True, to the
+    elements before the cut and no pixel data: it is damaged ("unreadable", named on stderr), not a DICOM object
+    without an image. Cut inside the file meta, inside an element's value, and inside the next element's tag."""
+    import logging
+
+    for cls in ("normal", "nodule"):
+        for p in range(3):
+            dicom_file(tmp_path / cls / f"patient{p}" / "IM0", ramp(rng, 4095), patient=f"{cls}-{p}")
+    whole = (tmp_path / "nodule" / "patient0" / "IM0").read_bytes()
+    header_end = whole.index(b"\xe0\x7f\x10\x00")  # the Pixel Data tag
+    cuts = {"meta": whole.index(b"\x02\x00\x03\x00") + 20,  # inside (0002,0003) Media Storage SOP Instance UID
+            "value": whole.index(b"\x08\x00\x18\x00") + 20,  # inside (0008,0018) SOP Instance UID
+            "tag": whole.index(b"\x08\x00\x18\x00") + 4}  # its tag read, its VR and length cut off
+    for name, at in cuts.items():
+        assert at < header_end
+        (tmp_path / "nodule" / f"cut-{name}.dcm").write_bytes(whole[:at])
+    log = logging.getLogger("dpaudit.data.skipped")  # the CLI may have stopped it propagating: listen on it
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            s = load(tmp_path)
+    finally:
+        log.removeHandler(caplog.handler)
+    assert s.skipped == {"unreadable": 3}
+    named = " ".join(r.getMessage() for r in caplog.records)
+    for name in cuts:
+        assert f"cut-{name}.dcm' is cut short" in named, named
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 6
+
+
 @pytest.mark.parametrize("key", ["PatientID", "path"])
 def test_labels_csv(tmp_path: Path, rng: np.random.Generator, key: str) -> None:
     data = tmp_path / "data"
