@@ -21,6 +21,7 @@ from dpaudit.bounds.mia import FPR_GRID, MiaCurve, mia_curve
 from dpaudit.bounds.pld import ADJACENCY, EpsilonBound, epsilon_bound, epsilon_pld
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import (
+    MC_SAMPLES,
     ReRoBound,
     clt_mu,
     gaussian_gamma,
@@ -50,6 +51,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ADJACENCY",
     "FPR_GRID",
+    "MC_SAMPLES",
     "PAPER_DELTA",
     "BoundsSummary",
     "Calibration",

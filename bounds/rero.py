@@ -250,10 +250,36 @@ def clt_mu(noise_multiplier: float, sampling_probability: float, steps: int) -> 
 
 # -- the public entry point ----------------------------------------------------------------------------------------
 
+#: Monte Carlo draws of the composed loss by default (``mc_samples``, ``--mc-samples``).
+MC_SAMPLES = 20_000
+#: Most draws accepted: each costs the 200 bootstrap resamples a sort (about a minute at 10^7 on one core).
+MC_SAMPLES_MAX = 10_000_000
+#: Fewest draws beyond its threshold an estimate should rest on: with j of them, gamma is j/n and its relative
+#: error about 1/sqrt(j) (binomial), 10% at 100; below, the bootstrap interval is wide and lumpy, and the estimate
+#: can sit at one end of it (20,000 draws at gamma 5e-4: j = 10, interval [5.0e-4, 5.5e-4]).
+MC_MIN_TAIL = 100
+
+
+def _few_tail_note(kappa: np.ndarray, gamma: np.ndarray, samples: int, threat_model: str) -> str | None:
+    """A note when a Monte Carlo estimate rests on fewer than :data:`MC_MIN_TAIL` draws beyond its threshold."""
+    tail = np.rint(gamma * samples).astype(np.int64)  # the draws beyond the threshold: gamma = tail / samples
+    few = tail < MC_MIN_TAIL
+    if not few.any():
+        return None
+    i = int(np.argmin(np.where(few, tail, np.iinfo(np.int64).max)))
+    raw = MC_MIN_TAIL * samples / max(int(tail[i]), 1)  # draws that put MC_MIN_TAIL beyond, at this gamma
+    step = 10 ** max(0, math.floor(math.log10(raw)) - 1)  # rounded up to two significant digits
+    need = min(MC_SAMPLES_MAX, math.ceil(raw / step) * step)
+    return (f"Monte Carlo {threat_model.replace('_', ' ')}: at kappa {kappa[i]:.3g} the estimate rests on "
+            f"{int(tail[i])} of {samples} samples beyond its threshold (fewer than {MC_MIN_TAIL}), too few for a "
+            f"reliable estimate or interval (the interval may be wide, or sit at the estimate and miss the exact "
+            f"value); raise the samples (--mc-samples {need}) or use --method tight")
+
+
 def rero_bound(noise_multiplier: float | None = None, sampling_probability: float | None = None,
                steps: int | None = None, kappa: float | Sequence[float] | np.ndarray | None = None, *,
                threat_model: str = "worst_case", method: str = "tight", records_per_patient: int = 1,
-               mc_samples: int = 20_000, seed: int | None = 0, schedule: Schedule | None = None) -> ReRoBound:
+               mc_samples: int = MC_SAMPLES, seed: int | None = 0, schedule: Schedule | None = None) -> ReRoBound:
     """The highest probability that a reconstruction attack succeeds, for each prior kappa.
 
     Parameters
@@ -271,7 +297,8 @@ def rero_bound(noise_multiplier: float | None = None, sampling_probability: floa
     records_per_patient:
         k >= 1 images per patient: the per-step pair becomes N(0, s^2) vs sum_j Binom(k, q)(j) N(j, s^2).
     mc_samples, seed:
-        Monte Carlo only. ``seed`` 0 by default: the same estimate and interval on every run (None: fresh entropy).
+        Monte Carlo only: ``mc_samples`` draws (at most :data:`MC_SAMPLES_MAX`; an estimate resting on fewer than
+        :data:`MC_MIN_TAIL` draws beyond its threshold gets a note). ``seed`` 0 by default: the same estimate and interval on every run (None: fresh entropy).
     schedule:
         A :class:`dpaudit.bounds.Schedule` (phases with their own sigma, q and steps, e.g. Opacus' accountant
         history) in place of (noise_multiplier, sampling_probability, steps). ``tight`` composes the phases' PLDs
@@ -285,6 +312,12 @@ def rero_bound(noise_multiplier: float | None = None, sampling_probability: floa
     if method not in METHODS:
         raise invalid("method", method, "one of tight, edgeworth, clt, mc", "pass --method tight")
     threat_model = check_threat_model(threat_model)
+    if method == "mc":
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int | np.integer) or not (
+                MC_MIN_TAIL <= mc_samples <= MC_SAMPLES_MAX):
+            raise invalid("mc_samples", mc_samples, f"an integer in [{MC_MIN_TAIL}, {MC_SAMPLES_MAX}]",
+                          f"pass --mc-samples {MC_SAMPLES} or more")
+        mc_samples = int(mc_samples)
     sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
     k = check_records_per_patient(records_per_patient)
     run = sched.run(k, threat_model)
@@ -330,6 +363,9 @@ def rero_bound(noise_multiplier: float | None = None, sampling_probability: floa
         gamma, lower, upper = mc_gamma(run, None, kappa, samples=mc_samples, seed=seed)
         notes.append(f"Monte Carlo estimate from {mc_samples} samples under Q (importance-weighted by e^-L); "
                      "95% bootstrap interval")
+        few = _few_tail_note(kappa, gamma, mc_samples, threat_model)
+        if few is not None:
+            notes.append(few)
     return ReRoBound(
         kappa=kappa, gamma=gamma, lower=lower, upper=upper, method=method, threat_model=threat_model,
         label=LABELS[method], noise_multiplier=pair.noise_multiplier,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from dpaudit.bounds.mia import MiaCurve, mia_curve
 from dpaudit.bounds.pld import EpsilonBound, epsilon_bound
 from dpaudit.bounds.rdp import epsilon_rdp
-from dpaudit.bounds.rero import ReRoBound, rero_bound
+from dpaudit.bounds.rero import MC_SAMPLES, ReRoBound, rero_bound
 from dpaudit.bounds.schedule import Schedule, resolve
 from dpaudit.errors import invalid
 
@@ -63,10 +63,11 @@ class BoundsSummary:
 def bounds_summary(noise_multiplier: float | None = None, sampling_probability: float | None = None,
                    steps: int | None = None, kappas: Sequence[float] | None = None, *, target_delta: float = 1e-5,
                    records_per_patient: int = 1, method: str = "tight", membership: bool = True,
-                   schedule: Schedule | None = None) -> BoundsSummary:
+                   schedule: Schedule | None = None, mc_samples: int = MC_SAMPLES) -> BoundsSummary:
     """Bound one DP-SGD configuration: epsilon, ReRo (both threat models) at ``kappas`` and, with
     ``membership``, the worst-case membership-inference curve. See :class:`BoundsSummary`. ``schedule``: a
-    :class:`dpaudit.bounds.Schedule` of phases in place of (noise_multiplier, sampling_probability, steps)."""
+    :class:`dpaudit.bounds.Schedule` of phases in place of (noise_multiplier, sampling_probability, steps).
+    ``mc_samples``: the Monte Carlo draws of ``method="mc"`` (:func:`dpaudit.bounds.rero_bound`)."""
     sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
     k = records_per_patient
     if kappas is None:
@@ -75,7 +76,8 @@ def bounds_summary(noise_multiplier: float | None = None, sampling_probability: 
     eps = epsilon_bound(target_delta=target_delta, **run)
     eps_patient = epsilon_bound(target_delta=target_delta, records_per_patient=k, **run) if k != 1 else None
     last = sched.last
-    worst = rero_bound(kappa=kappas, threat_model="worst_case", method=method, records_per_patient=k, **run)
+    worst = rero_bound(kappa=kappas, threat_model="worst_case", method=method, records_per_patient=k,
+                       mc_samples=mc_samples, **run)
     # The MIA curve reads the worst-case ReRo curve of the same pair (gamma at kappa = FPR): its refinement starts at
     # the grid step the ReRo bound ended at (for method tight), where the composed PLDs are cached, and usually
     # ends there too (only the reads are new). Sound either way; tests/test_bounds_summary.py checks it against
@@ -86,7 +88,8 @@ def bounds_summary(noise_multiplier: float | None = None, sampling_probability: 
         steps=int(sched.steps), target_delta=float(target_delta), records_per_patient=int(k), epsilon=eps,
         epsilon_patient=eps_patient, epsilon_rdp=float(epsilon_rdp(target_delta=target_delta, **run)),
         worst_case=worst,
-        relaxed=rero_bound(kappa=kappas, threat_model="relaxed", method=method, records_per_patient=k, **run),
+        relaxed=rero_bound(kappa=kappas, threat_model="relaxed", method=method, records_per_patient=k,
+                           mc_samples=mc_samples, **run),
         mia=mia, schedule=sched)
 
 

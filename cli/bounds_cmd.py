@@ -229,6 +229,10 @@ def bounds(
                                                 )] = None,
     method: Annotated[MethodChoice, typer.Option("--method", help="tight (sound upper bound), edgeworth (paper "
                                                  "mode), clt, or mc.")] = MethodChoice.tight,
+    mc_samples: Annotated[int | None, typer.Option("--mc-samples", help="--method mc: Monte Carlo draws of the "
+                                                   "privacy loss (more: a narrower interval; a note says when an "
+                                                   "estimate rests on too few). \\[default: 20000]",
+                                                   show_default=False)] = None,
     records_per_patient: Annotated[int | None, typer.Option("--records-per-patient", help="Images per patient k "
                                                             "(patient-level guarantee). \\[default: the "
                                                             "checkpoint's, else 1]")] = None,
@@ -242,9 +246,12 @@ def bounds(
     phase: PhaseOpt = None,
 ) -> None:
     """ReRo bounds (worst-case and relaxed), epsilon (PLD and RDP) and membership-inference bounds."""
-    from dpaudit.bounds import bounds_summary, mia_curve
+    from dpaudit.bounds import MC_SAMPLES, bounds_summary, mia_curve
 
     _check_given(sigma, q, steps, delta, kappa, n_candidates, n_train, records_per_patient)
+    if mc_samples is not None and method != MethodChoice.mc:
+        raise invalid("--mc-samples", mc_samples, "given with --method mc (the other methods draw no samples)",
+                      "add --method mc, or leave out --mc-samples")
     if plot is not None:
         _check_plot_format(plot)  # before any bound is computed
     mechanism = [f for f, v in (("--sigma", sigma), ("--q", q), ("--steps", steps), ("--model", model))
@@ -263,7 +270,7 @@ def bounds(
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
     summary = bounds_summary(kappas=kappas, target_delta=delta, records_per_patient=k, method=method.value,
-                             schedule=sched)
+                             schedule=sched, mc_samples=MC_SAMPLES if mc_samples is None else mc_samples)
     if not json_out:
         err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
                   highlight=False)

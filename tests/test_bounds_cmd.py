@@ -466,3 +466,32 @@ def test_monte_carlo_is_the_same_on_every_run() -> None:
     args = ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--method", "mc", "--json"]
     first, second = (json.loads(runner.invoke(app, args).stdout)["rero"] for _ in range(2))
     assert first == second
+
+
+def test_mc_samples_set_the_draws_and_a_note_says_when_too_few_lie_beyond_the_threshold() -> None:
+    """--method mc takes --mc-samples; an estimate resting on fewer than MC_MIN_TAIL draws beyond its threshold (gamma
+    times the draws) says so and how many draws would do. Compared with the tight bound, the sound upper bound: with
+    enough draws the estimate's interval reaches it (the worst case at kappa 0.01, sigma 1, q 0.01, T 100)."""
+    from dpaudit.bounds import rero_bound
+    from dpaudit.bounds.rero import MC_MIN_TAIL
+
+    base = ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "0.01", "--method", "mc", "--json"]
+    tight = float(rero_bound(1.0, 0.01, 100, 0.01).gamma[0])
+    few = json.loads(runner.invoke(app, [*base, "--mc-samples", "2000"]).stdout)
+    many = json.loads(runner.invoke(app, [*base, "--mc-samples", "40000"]).stdout)
+    assert round(few["rero"][0]["worst_case"] * 2000) < MC_MIN_TAIL
+    assert any(n.startswith("Monte Carlo worst case: at kappa 0.01 the estimate rests on") and "--mc-samples" in n
+               for n in few["notes"]), few["notes"]
+    assert round(many["rero"][0]["worst_case"] * 40000) >= MC_MIN_TAIL
+    assert not any(n.startswith("Monte Carlo worst case") for n in many["notes"]), many["notes"]
+    low, high = many["rero"][0]["worst_case_interval"]
+    assert low * 0.9 <= tight <= high * 1.1  # the estimate's interval, up to its own 10% resolution at 100 draws
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (["--mc-samples", "5000"], "--mc-samples must be given with --method mc"),
+    (["--method", "mc", "--mc-samples", "5"], "--mc-samples must be an integer in [100, 10000000], got 5"),
+])
+def test_mc_samples_is_checked(args: list[str], text: str) -> None:
+    res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "0.01", *args])
+    assert res.exit_code == 2 and text in " ".join(res.output.split()), res.output
