@@ -163,9 +163,12 @@ def test_bad_inputs_exit_2_without_traceback(args: list[str], needle: str) -> No
     assert needle in res.output and "Fix:" in res.output and "Traceback" not in res.output
 
 
-def test_no_model_and_no_arch_is_refused() -> None:
+def test_no_model_and_no_arch_attacks_a_random_resnet9_and_says_so() -> None:
+    """--arch defaults to resnet9 on every command (README); without --model the attack needs a model and takes a
+    randomly initialised one of the default architecture and says so."""
     res = run("--sigmas", "0", "--n-images", "2", "--image-size", "16")
-    assert res.exit_code == 2 and "--arch" in res.output
+    assert res.exit_code == 0 and "no --model: attacking a randomly initialised resnet9 (--arch resnet9, the default)" in (
+        " ".join(res.output.split()))
 
 
 def test_privacy_unit_k_is_the_checkpoints_training_split_not_the_images_loaded(tmp_path: Path) -> None:

@@ -53,9 +53,9 @@ def test_the_record_survives_profile_json_and_is_checked() -> None:
 
 
 def test_a_classifier_is_refused_for_segmentation_not_replaced() -> None:
-    with pytest.raises(ConfigError, match=r"arch must be one of \['unet'\].*got 'resnet9'"):
+    with pytest.raises(ConfigError, match=r"arch must be one of unet \(.*got 'resnet9'"):
         TrainConfig(dataset="demo-ct", arch="resnet9", non_private=True)
-    with pytest.raises(ConfigError, match=r"arch must be one of \['unet'\]"):
+    with pytest.raises(ConfigError, match=r"arch must be one of unet \("):
         ProfileConfig(dataset="demo-ct", arch="resnet9")  # before any training
     with pytest.raises(ConfigError, match="arch must be a classifier for classification"):
         ProfileConfig(dataset="demo", arch="unet")
