@@ -48,8 +48,8 @@ class NumericalError(DpAuditError):
 def _short(value: Any) -> str:
     """``repr(value)``, shortened: at most 240 characters for a text or a path (a user needs the whole path to find
     the file), 80 for anything else (a list or an array); a longer one keeps its start and its end, joined by "...".
-    A list or tuple (the values of a repeated option) reads as its items, comma-separated, without Python's
-    brackets; an empty one as "nothing".
+    A list (the values of a repeated option) reads as its items, comma-separated, without Python's brackets; an
+    empty one as "nothing". A tuple (a shape) keeps its parentheses.
 
     >>> _short(["foo"])
     "'foo'"
@@ -58,7 +58,7 @@ def _short(value: Any) -> str:
     >>> _short("/data/" + "x" * 300 + "/history.json")[-19:]
     "xxxxx/history.json'"
     """
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         text = ", ".join(repr(str(v) if isinstance(v, os.PathLike) else v) for v in value) or "nothing"
     else:
         text = repr(str(value) if isinstance(value, os.PathLike) else value)
