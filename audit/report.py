@@ -66,9 +66,12 @@ from dpaudit.errors import DataError, DpAuditError, invalid
 class _Report(board.BoardPages):
     """Builds the flowables of the report from a profile."""
 
-    def __init__(self, profile: Profile, base_dir: Path | None, include_images: bool) -> None:
+    def __init__(self, profile: Profile, base_dir: Path | None, include_images: bool,
+                 run_limits: tuple | None = None) -> None:
         self.p = profile
         self.decision = profile.decision
+        #: The limits the profile was run with (None: this report's own, i.e. not re-decided).
+        self.run_limits = run_limits
         self.s = styles()
         self.levels = profile.levels()
         self.base_dir = base_dir
@@ -412,7 +415,10 @@ class _Report(board.BoardPages):
         p = self.p
         out = [self.para("Reproducibility", "h1"),
                self.para("The exact command that produced this report (run it again to reproduce every number; a "
-                         "finished profile resumes without re-running its tasks):"),
+                         "finished profile resumes without re-running its tasks):" if not self._redecided() else
+                         "The exact command that produced these results, with the limits the profile was run with "
+                         "(run it again to reproduce every number; a finished profile resumes without re-running its "
+                         "tasks). This report was then decided again on other limits, by the command below it:"),
                boxed([self.para(esc(self._profile_command()), "mono")], NOTE_BG), Spacer(1, 4),
                self.para("Re-render this document from the stored results (with the board's limits it was decided "
                          "on; the PDF is written beside profile.json):"),
@@ -442,14 +448,22 @@ class _Report(board.BoardPages):
             out.append(self.para(f"Stage wall times of the last invocation: {esc(stages)}.", "small"))
         return out
 
+    def _limits(self) -> tuple:
+        return tuple(self.decision.limits) if self.decision is not None else ()
+
+    def _redecided(self) -> bool:
+        """Whether this report's limits differ from those the profile was run with (``dpaudit report DIR --max-...``)."""
+        return self.run_limits is not None and tuple(self.run_limits) != self._limits()
+
     def _profile_command(self) -> str:
-        """The stored command's configuration and --out with this report's limits: run as printed, it gives the
-        same configuration hash and decision."""
+        """The stored command's configuration and --out with the limits the profile was run with: run as printed,
+        it gives the same configuration hash and decision (a profile command with other limits would be refused
+        in that folder; :meth:`_render_command` re-decides)."""
         import shlex
 
         words = shlex.split(self.p.command) if self.p.command else []
         out = words[words.index("--out") + 1] if "--out" in words[:-1] else "DIR"
-        return self.p.config.command(out, self.decision.limits if self.decision is not None else ())
+        return self.p.config.command(out, tuple(self.run_limits) if self.run_limits is not None else self._limits())
 
     def _render_command(self) -> str:
         import shlex
@@ -598,7 +612,8 @@ def stored_images(profile: Profile) -> tuple[str, ...]:
 
 
 def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathLike, *,
-                  include_images: bool | None = None, base_dir: str | os.PathLike | None = None) -> Path:
+                  include_images: bool | None = None, base_dir: str | os.PathLike | None = None,
+                  run_limits: tuple | None = None) -> Path:
     """Render the PDF risk report.
 
     Parameters
@@ -612,6 +627,10 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
         profile's own ``include_images`` setting.
     base_dir:
         Folder that relative paths in the profile refer to; defaults to the folder of ``profile.json``.
+    run_limits:
+        The limits the profile was run with, when ``profile`` carries a decision on other limits (``dpaudit report
+        DIR --max-rero ...``): the reproduce command gives those (a profile command with other limits is refused
+        in that folder), and the re-render command this report's. None: the profile's own decision.
 
     Returns
     -------
@@ -632,7 +651,7 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
     out = Path(pdf_path)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-    story = _Report(profile, base, include_images).story()
+    story = _Report(profile, base, include_images, run_limits).story()
     created = _created(profile)
     title = f"Privacy risk report: {profile.dataset.name}"
 

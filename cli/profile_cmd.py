@@ -97,7 +97,8 @@ def report(
         except DpAuditError:
             raise invalid("-o/--output", str(output), "a PDF path in a folder that can be created and written to",
                           "pass -o/--output a path you can write to, e.g. -o board-report.pdf") from None
-    pdf = render_report(prof, target, include_images=include_images, base_dir=path.parent)
+    pdf = render_report(prof, target, include_images=include_images, base_dir=path.parent,
+                        run_limits=tuple(stored.limits) if stored is not None else ())
     if redecided and not as_json:
         same = target.resolve() == (path.parent / "report.pdf").resolve()
         err.print(f"note: the decision for these limits differs from {path.name}'s; "

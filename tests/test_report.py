@@ -475,3 +475,19 @@ def test_include_images_without_stored_images_says_why_and_stamps_nothing(tmp_pa
     assert "warning" not in res.stderr
     text = " ".join(_text((tmp_path / "r.pdf").read_bytes()))
     assert "RESTRICTED" not in text and "Best reconstructions" not in text
+
+
+def test_a_redecided_report_gives_the_command_the_profile_ran_and_the_one_that_redecided(tmp_path) -> None:
+    # `dpaudit report DIR --max-rero 0.01`: the reproduce command keeps the limits the profile was run with (a
+    # profile command with the new limits is refused in that folder); the re-render command carries the new ones.
+    from dpaudit.audit.decision import Limit
+    from dpaudit.audit.report import _Report
+
+    ran, new = (Limit("rero", 0.05),), (Limit("rero", 0.01),)
+    prof = dataclasses.replace(_decided(synthetic_profile(), *new), command="dpaudit profile --out p")
+    rep = _Report(prof, None, False, run_limits=ran)
+    assert rep._redecided()
+    assert "--max-rero 0.05" in rep._profile_command() and "--max-rero 0.01" not in rep._profile_command()
+    assert "--max-rero 0.01" in rep._render_command()
+    same = _Report(prof, None, False)
+    assert not same._redecided() and "--max-rero 0.01" in same._profile_command()
