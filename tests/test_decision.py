@@ -294,3 +294,19 @@ def test_images_needed_is_the_clopper_pearson_size() -> None:
 
     assert images_needed(0.0, 0.05) == math.ceil(math.log(0.025) / math.log(0.95))
     assert images_needed(0.05, 0.05) is None and images_needed(0.2, 0.1) is None
+
+
+def test_an_infinite_epsilon_per_patient_is_stated_not_a_crash(tmp_path) -> None:
+    # The README's main command: at the 1e9 budget the tiny noise gives epsilon per patient = inf; the decision's
+    # reason and the report formatted it through log10 and crashed after the whole run (OverflowError).
+    from dpaudit.audit.profile.schema import fmt_eps
+    from dpaudit.audit.report import render_report
+
+    assert fmt_eps(float("inf")) == "∞" and fmt_eps(float("nan")) == "n/a" and fmt_eps(1e9) == "10⁹"
+    prof = patient_profile()
+    bounds = tuple(dataclasses.replace(b, epsilon_patient=math.inf) if b.epsilon_target == max(
+        x.epsilon_target for x in prof.bounds) else b for b in prof.bounds)
+    prof = dataclasses.replace(prof, bounds=bounds)
+    d = decide(prof, [Limit("rero", 0.05)])
+    assert "∞" in d.reason
+    render_report(dataclasses.replace(prof, decision=d), tmp_path / "r.pdf")

@@ -981,7 +981,9 @@ def _summarise(profile: Profile, eps: float | None) -> LevelSummary:
 
 
 def fmt_eps(eps: float) -> str:
-    """1 -> '1', 8 -> '8', 1e9 -> '10⁹', 0.5 -> '0.5'."""
+    """1 -> '1', 8 -> '8', 1e9 -> '10⁹', 0.5 -> '0.5', inf -> '∞' (an epsilon per patient at tiny noise)."""
+    if not math.isfinite(eps):
+        return "∞" if eps > 0 else "n/a"
     if eps >= 1e4:
         exponent = math.log10(eps)
         if abs(exponent - round(exponent)) < 1e-9:
