@@ -168,3 +168,5 @@ def attack_command(
                   f"{'yes' if r.secure_aggregation else 'no':>6}  {r.n_images:<3}  {r.success_rate:>6.3f} "
                   f"[{r.ci_low:.3f}, {r.ci_high:.3f}]      {r.mean_ssim:>6.3f}     {r.alone_share:>6.3f}         "
                   f"{r.expected_alone_share:.3f}")
+    out.print("mean SSIM (empirical): over the round's images, each against its nearest reconstruction; an image of a "
+              "round where nothing was decoded counts as SSIM 0 (nothing reconstructed)")

@@ -418,9 +418,14 @@ def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_cl
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             out = model(torch.zeros(2, *input_shape, device=device))
     except Exception as exc:  # the user's forward pass: one line, with the shape it was given
+        h, w = input_shape[-2:]
+        if "too small" in str(exc).lower():  # the network downsamples more than the image allows
+            fix = (f"pass a larger --image-size (e.g. --image-size {max(64, 2 * max(h, w))}): this network "
+                   f"downsamples an image of {h}x{w} below one pixel")
+        else:
+            fix = "pass --arch-args that fit this input (e.g. spatial_dims 2, the image size) or another --image-size"
         raise ConfigError(f"{arch} fails on a batch of shape (2, {', '.join(map(str, input_shape))}): "
-                          f"{type(exc).__name__}: {str(exc)[:200]}. Fix: pass --arch-args that fit this input "
-                          "(e.g. spatial_dims 2, the image size) or another --image-size.") from None
+                          f"{type(exc).__name__}: {str(exc)[:200]}. Fix: {fix}.") from None
     finally:
         model.train(was_training)
     shape = tuple(getattr(out, "shape", ()))

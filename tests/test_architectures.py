@@ -210,3 +210,16 @@ def test_missing_monai_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_monai_network() -> None:
     with pytest.raises(ConfigError, match=r"a network in monai\.networks\.nets"):
         build_model("monai:NoSuchNet", num_classes=2)
+
+
+def test_a_network_that_downsamples_below_one_pixel_is_told_a_larger_image_size() -> None:
+    # monai:DenseNet121 at the demo's 28 px: "Output size is too small"; the fix names --image-size (the user had
+    # already passed spatial_dims 2, which the old fix suggested).
+    import pytest
+    import torch.nn as nn
+
+    from dpaudit.errors import ConfigError
+    from dpaudit.models import check_classifier
+
+    with pytest.raises(ConfigError, match=r"Fix: pass a larger --image-size \(e\.g\. --image-size 64\)"):
+        check_classifier(nn.Sequential(nn.AvgPool2d(64), nn.Flatten()), (3, 28, 28), 2, "toy")
