@@ -310,3 +310,7 @@ def test_an_infinite_epsilon_per_patient_is_stated_not_a_crash(tmp_path) -> None
     d = decide(prof, [Limit("rero", 0.05)])
     assert "∞" in d.reason
     render_report(dataclasses.replace(prof, decision=d), tmp_path / "r.pdf")
+    from dpaudit.audit.checklist import build_checklist
+
+    item = next(i for i in build_checklist(dataclasses.replace(prof, decision=d)).items if i.key == "epsilon_delta")
+    assert "ε ≤ ∞ per patient" in item.value and "inf" not in item.value
