@@ -471,6 +471,14 @@ def test_pile_boundary_is_half_a_step_from_its_own_loss(direction: str, sigma: f
     assert s * (c - own) - h / 2 <= 0.01 * max(abs(c - end), h)
 
 
+def _same_epsilon_bracket(fast, plain) -> None:
+    """A shortcut's epsilon and the plain route's: each a proven bracket within the 1e-4 asked for, overlapping
+    (both contain the same exact value)."""
+    for r in (fast, plain):
+        assert r.lower[0] <= r.value[0] <= r.lower[0] * (1 + 1e-4) + 1e-9
+    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+
+
 @pytest.mark.parametrize(("sigma", "q", "steps"), [(0.5, 1e-3, 10), (1.0, 1e-3, 10), (5.0, 0.1, 1000),
                                                    (0.2, 1e-3, 1000)])
 def test_coarse_probe_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
@@ -487,9 +495,7 @@ def test_coarse_probe_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) ->
     pld_module.clear_caches()
     plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
     pld_module.clear_caches()
-    for r in (fast, plain):
-        assert r.lower[0] <= r.value[0] <= r.lower[0] * (1 + 1e-4) + 1e-9
-    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+    _same_epsilon_bracket(fast, plain)
 
 
 def test_coarse_probe_brackets_the_same_gamma(monkeypatch) -> None:
@@ -534,9 +540,7 @@ def test_coarse_settling_of_a_direction_brackets_the_same_epsilon(monkeypatch, s
     pld_module.clear_caches()
     plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
     pld_module.clear_caches()
-    for r in (fast, plain):
-        assert r.lower[0] <= r.value[0] <= r.lower[0] * (1 + 1e-4) + 1e-9
-    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+    _same_epsilon_bracket(fast, plain)
     if q < 0.5:  # the remove direction dominates clearly: the add direction settles on the coarse grid alone
         assert settled == [pytest.approx(coarsening * fast.h)]
 
