@@ -149,8 +149,16 @@ class TrainResult(JsonResult):
 
     @property
     def labels(self) -> dict[str, str]:
-        """What kind of number each privacy and utility field is (written to JSON beside them)."""
-        return dict(self.LABELS)
+        """What kind of number each privacy and utility field is (written to JSON beside them); under
+        ``--privacy-unit image`` on data with patient ids, ``epsilon_patient`` names the data's k it is for."""
+        labels = dict(self.LABELS)
+        pu = self.privacy
+        if self.epsilon_patient is not None and pu is not None and pu.unit == "image":
+            labels["epsilon_patient"] = (
+                f"sound upper bound (tight PLD), per patient: the privacy.images_per_unit.max = "
+                f"{pu.data_records_per_patient} images of one patient moving together; given beside the per-image "
+                "guarantee (--privacy-unit image), not what training calibrated")
+        return labels
 
     @property
     def private(self) -> bool:

@@ -688,14 +688,17 @@ def _init_record(init: str | None) -> str:
 
 
 def _epsilon_patient(dp: DpSgdConfig | None, unit: PrivacyUnit) -> float | None:
-    """epsilon per patient (the k records of one patient move together; tight PLD, a sound upper bound) when the
-    unit is the patient and k > 1; None otherwise (per image, ``epsilon_achieved`` is the guarantee)."""
-    if dp is None or unit.unit != "patient" or unit.records_per_patient == 1:
+    """epsilon per patient (the k records of one patient move together; tight PLD, a sound upper bound) when a
+    patient has k > 1 training images: k is the unit's under ``--privacy-unit patient`` and the data's under
+    ``--privacy-unit image`` (the per-image epsilon is then the guarantee, this one is given beside it, as the
+    profile's ``patient_risk``); None when every patient has one image or the data carry no ids."""
+    k = unit.records_per_patient if unit.unit == "patient" else unit.data_records_per_patient
+    if dp is None or k == 1:
         return None
     from dpaudit.bounds import epsilon_bound
 
     return float(epsilon_bound(dp.noise_multiplier, dp.sampling_probability, dp.steps, dp.target_delta,
-                               records_per_patient=unit.records_per_patient).value)
+                               records_per_patient=k).value)
 
 
 def _privacy_scalars(unit: PrivacyUnit) -> dict[str, Any]:

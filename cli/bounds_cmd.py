@@ -63,7 +63,7 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None,
                 run_flags: str = "--sigma, --q and --steps", records_per_patient: int | None = None,
-                privacy_unit: str | None = None) -> tuple[Any, float | None, int | None, int | None]:
+                privacy_unit: str | None = None) -> tuple[Any, float | None, int | None, tuple[int, str] | None]:
     """The run's schedule and delta from the flags, completed from ``--model`` when given (its stored phases,
     :func:`dpaudit.bounds.schedule_of_checkpoint`), N_train, and the checkpoint's k (records per patient) when it
     recorded the patient as its privacy unit. A ``records_per_patient`` given by hand is refused below the most
@@ -94,8 +94,7 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
             n_train = ckpt.n_train
             if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
                 n_train = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]  # kappa = 1/volumes
-        if ckpt.extra.get("privacy_unit") == "patient":
-            ckpt_k = int(ckpt.extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
+        ckpt_k = _checkpoint_unit(ckpt.extra, privacy_unit)
         if records_per_patient is not None and ckpt.extra.get("images_per_unit_max") is not None:
             # k given by hand against a checkpoint that records its training split's patients: not below them
             check_records_per_patient(records_per_patient, str(ckpt.extra.get("data_unit") or "image"),
@@ -119,6 +118,30 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
                           "--q and --steps (the run's noise multiplier, sampling probability and steps), or --model "
                           "CHECKPOINT to read them from a dpaudit checkpoint.")
     return Schedule.single(float(sigma), float(q), int(steps)), delta, n_train, ckpt_k
+
+
+def _checkpoint_unit(extra: dict[str, Any], requested: str | None) -> tuple[int, str] | None:
+    """k and why, from what a checkpoint records of its privacy unit and its training split's patients: its k when
+    it was trained per patient; with ``--privacy-unit patient``, the most images of one patient in its training
+    split (as ``dpaudit attack`` and ``train``'s ``epsilon_patient`` use) when it was trained per image on data with
+    patient ids; k = 1, saying how to get the per-patient epsilon, when it was trained per image; None when it
+    records nothing (or --privacy-unit image was given)."""
+    recorded = extra.get("privacy_unit")
+    data_k = extra.get("images_per_unit_max") if extra.get("data_unit") not in (None, "image") else None
+    per = "slices of one volume" if extra.get("data_unit") == "volume" else "images of one patient"
+    if recorded == "patient" and requested != "image":
+        k = int(extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
+        return k, f"k = {k}: the most {per} in the checkpoint's training split"
+    if recorded == "image" and data_k is not None and int(data_k) > 1:  # type: ignore[arg-type]
+        k = int(data_k)  # type: ignore[arg-type]
+        if requested == "patient":
+            return k, (f"--privacy-unit patient: k = {k}, the most {per} in the checkpoint's training split; "
+                       "it was trained per image, and the epsilon_patient train gave it is this one")
+        if requested is None:
+            return 1, (f"the checkpoint was trained with --privacy-unit image: k = 1, every number below is per "
+                       f"image; one patient has up to {k} {per.split(' of ')[0]} in its training split: pass "
+                       "--privacy-unit patient for the per-patient numbers")
+    return None
 
 
 def _check_given(sigma: float | None = None, q: float | None = None, steps: int | None = None,
@@ -294,8 +317,9 @@ def bounds(
     _render(summary)
 
 
-def _unit(privacy_unit: str | None, records_per_patient: int | None, ckpt_k: int | None) -> tuple[int, str]:
-    """k and where it came from: --records-per-patient, else the checkpoint's recorded patient unit (unless
+def _unit(privacy_unit: str | None, records_per_patient: int | None,
+          ckpt_k: tuple[int, str] | None) -> tuple[int, str]:
+    """k and where it came from: --records-per-patient, else the checkpoint's (:func:`_checkpoint_unit`; unless
     --privacy-unit image), else 1."""
     if privacy_unit not in (None, "patient", "image"):
         raise invalid("privacy_unit", privacy_unit, "patient or image", "pass --privacy-unit patient or image")
@@ -308,7 +332,7 @@ def _unit(privacy_unit: str | None, records_per_patient: int | None, ckpt_k: int
     if privacy_unit == "image":
         return 1, "--privacy-unit image: k = 1"
     if ckpt_k is not None:
-        return ckpt_k, f"k = {ckpt_k}: the most images of one patient in the checkpoint's training split"
+        return ckpt_k
     if privacy_unit == "patient":
         raise invalid("privacy_unit", "patient", "used with a checkpoint that records its patients, or with "
                       "--records-per-patient", "pass --records-per-patient K, or --model a checkpoint trained on "

@@ -88,10 +88,12 @@ def train_command(
         out.print(result.privacy.describe())
     if result.epsilon_patient is not None:
         what = "slices of one volume" if config.segmentation else "images of one patient"
+        per = "slice" if config.segmentation else "image"
+        image_unit = result.privacy.unit == "image"
         out.print(f"privacy per patient: epsilon {upper(result.epsilon_patient)} (k = "
-                  f"{result.privacy.records_per_patient} {what} moving together; tight PLD, sound "
-                  f"upper bound); the per-{'slice' if config.segmentation else 'image'} epsilon below is what "
-                  "training calibrated")
+                  f"{result.privacy.data_records_per_patient} {what} moving together; tight PLD, sound "
+                  f"upper bound); the per-{per} epsilon below is what training calibrated"
+                  + (" and, with --privacy-unit image, the guarantee this run states" if image_unit else ""))
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
         per = "per slice" if config.segmentation else "per image"

@@ -146,6 +146,17 @@ class PrivacyUnit:
     images_per_unit: ImagesPerUnit
     chosen_by: str = "default"
 
+    @property
+    def data_records_per_patient(self) -> int:
+        """The data's k: the most training images one patient (lesion, volume) has, whatever the unit; 1 when the
+        data carry no ids. Under ``--privacy-unit image`` it is the k of the per-patient epsilon given beside."""
+        return self.images_per_unit.max if self.data_unit != "image" else 1
+
+    @property
+    def image_unit_hides_patients(self) -> bool:
+        """The guarantees are per image while one patient has several training images (per patient: weaker)."""
+        return self.unit == "image" and self.data_records_per_patient > 1
+
     def describe(self) -> str:
         """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
         ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist",
@@ -158,13 +169,13 @@ class PrivacyUnit:
             return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "
                     f"patient at most in the training split, {self.images_per_unit.n_units} patients)")
         why = "--privacy-unit image" if self.chosen_by == "option" else f"the data carry {ids}"
-        k = self.images_per_unit.max
-        if self.data_unit != "image" and k > 1:
+        k = self.data_records_per_patient
+        if self.image_unit_hides_patients:
             # per image while one patient has several images: per patient the guarantee is weaker; said here
             what = "slices" if self.data_unit == "volume" else "images"
             return (f"privacy unit: image ({why}; k = 1). Note: one patient has up to {k} {what} in the training "
                     f"split: every epsilon here is per image, and per patient ({k} {what} moving together) it is "
-                    "larger; leave out --privacy-unit image for the per-patient epsilon")
+                    "larger")
         return f"privacy unit: image ({why}; k = 1)"
 
 

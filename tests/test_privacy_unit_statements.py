@@ -199,3 +199,46 @@ def test_privacy_info_sentences_name_the_data_k() -> None:
     # No patient ids: nothing hidden, nothing claimed.
     plain = PrivacyInfo("image", 1, "image", "default", 60, 1, 1.0, ((1, 60),))
     assert not plain.image_unit_hides_patients and plain.describe().endswith("the data carry no patient ids)")
+
+
+def test_train_image_unit_gives_the_per_patient_epsilon_as_profile_and_bounds_do(image_unit_profile,
+                                                                                   tmp_path: Path) -> None:
+    from dpaudit.audit.profile.schema import Profile
+
+    k = _demo_k()
+    args = ["train", "--dataset", "demo", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn",
+            "--epsilon", "8", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--privacy-unit", "image",
+            "--out", str(tmp_path / "t")]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert obj["privacy"]["unit"] == "image" and obj["privacy"]["records_per_patient"] == 1
+    assert obj["epsilon_patient"] > obj["epsilon_achieved"]  # group privacy: per patient is weaker
+    label = obj["labels"]["epsilon_patient"]
+    assert "sound upper bound" in label and "per patient" in label and f"= {k} images" in label
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["epsilon_patient"] == obj["epsilon_patient"]
+    # The profile of the same data and budget under --privacy-unit image: its patient_risk is the same number,
+    # and so is the epsilon_patient of the profile's own training runs.
+    prof = Profile.from_json((image_unit_profile[0] / "profile.json").read_text())
+    (r,) = prof.patient_risk
+    (t,) = prof.train
+    assert r.records_per_patient == k and t.epsilon_patient == pytest.approx(r.epsilon_patient, rel=1e-12)
+    assert obj["epsilon_patient"] == pytest.approx(r.epsilon_patient, rel=1e-12)
+    # bounds --model: per image by default, saying how to get the per-patient numbers; --privacy-unit patient
+    # gives train's epsilon_patient.
+    ckpt = str(tmp_path / "t" / "model.pt")
+    res = runner.invoke(app, ["bounds", "--model", ckpt])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "privacy unit: image (the checkpoint was trained with --privacy-unit image" in text
+    assert f"up to {k} images" in text and "pass --privacy-unit patient" in text
+    ref = json.loads(runner.invoke(app, ["bounds", "--model", ckpt, "--privacy-unit", "patient", "--json"]).stdout)
+    assert ref["records_per_patient"] == k
+    assert ref["epsilon_patient"] == pytest.approx(obj["epsilon_patient"], rel=1e-12)
+    assert ref["epsilon"] == pytest.approx(obj["epsilon_achieved"], rel=1e-12)
+    # The console states it, with the data's k.
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.stdout.splitlines() if x.startswith("privacy per patient: epsilon"))
+    assert f"k = {k} images of one patient" in line and "sound upper bound" in line
