@@ -51,11 +51,9 @@ def _g(x: float) -> str:
 def _up(x: float) -> str:
     """An accountant's epsilon (a sound upper bound), rounded up: :func:`dpaudit.numfmt.upper` (0.99876 -> '0.9988');
     an infinite one (per patient at tiny noise) is '∞', as on the report's first page."""
-    import math
-
     from dpaudit.numfmt import upper
 
-    return "∞" if x is not None and math.isinf(x) and x > 0 else upper(x)
+    return upper(x)
 
 
 def _distinct(values: list, fmt=_g) -> str:

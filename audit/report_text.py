@@ -75,9 +75,7 @@ def num(value: float | None, digits: int = 3) -> str:
 
 def eps_up(value: float | None) -> str:
     """An accountant's epsilon (an upper bound), rounded up: :func:`dpaudit.numfmt.upper`, the digits of the console
-    and the checklist."""
-    if value is not None and not math.isfinite(value):
-        return "∞"
+    and the checklist ('∞' when infinite)."""
     return upper(value)
 
 

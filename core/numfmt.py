@@ -13,8 +13,15 @@ import math
 DIGITS = 4
 
 
+#: How an infinite bound reads wherever a person reads it (console, report, checklist): an epsilon per patient at
+#: tiny noise is infinite. JSON keeps the number ("inf" through :mod:`dpaudit.codec`).
+INFINITY = "∞"
+
+
 def _rounded(value: float, digits: int, rounding) -> str:
-    if value == 0 or not math.isfinite(value):
+    if math.isinf(value):
+        return INFINITY if value > 0 else f"-{INFINITY}"
+    if value == 0 or math.isnan(value):
         return f"{value:g}"
     scale = 10.0 ** (digits - 1 - math.floor(math.log10(abs(value))))
     # 1e-9 of the last digit absorbs binary round-off (8.0 stored as 8.000000000000002 stays '8')
@@ -27,7 +34,7 @@ def upper(value: float | None, digits: int = DIGITS) -> str:
     """A sound upper bound, rounded up to ``digits`` significant digits.
 
     >>> upper(7.99123), upper(0.99876), upper(8.0), upper(68.5121), upper(1e9), upper(float("inf")), upper(None)
-    ('7.992', '0.9988', '8', '68.52', '1e+09', 'inf', 'n/a')
+    ('7.992', '0.9988', '8', '68.52', '1e+09', '∞', 'n/a')
     """
     if value is None:
         return "n/a"
@@ -37,8 +44,8 @@ def upper(value: float | None, digits: int = DIGITS) -> str:
 def lower(value: float | None, digits: int = DIGITS) -> str:
     """An empirical lower bound, rounded down to ``digits`` significant digits.
 
-    >>> lower(1.23456), lower(0.99876), lower(2.0), lower(None)
-    ('1.234', '0.9987', '2', 'n/a')
+    >>> lower(1.23456), lower(0.99876), lower(2.0), lower(float("inf")), lower(None)
+    ('1.234', '0.9987', '2', '∞', 'n/a')
     """
     if value is None:
         return "n/a"

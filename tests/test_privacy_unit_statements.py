@@ -147,7 +147,12 @@ def test_every_epsilon_label_names_its_unit(image_unit_profile, tmp_path: Path) 
     res = runner.invoke(app, ["profile", *SMALL_PROFILE, "--privacy-unit", "image", "--max-rero", "0.05",
                               "--out", str(out), "--no-render", "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.stdout)
+
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+
+    summary = json.loads(res.stdout, parse_constant=refuse)  # strict JSON: no Infinity/NaN, in either file
+    json.loads((out / "profile.json").read_text(), parse_constant=refuse)
     assert "per image" in summary["labels"]["levels[].epsilon"]
     assert "per patient" in summary["labels"]["levels[].epsilon_patient"]
     assert summary["patient_risk"][0]["records_per_patient"] == _demo_k()
