@@ -414,11 +414,12 @@ class _Report(board.BoardPages):
     def appendix(self) -> list:
         p = self.p
         out = [self.para("Reproducibility", "h1"),
-               self.para("The exact command that produced this report (run it again to reproduce every number; a "
-                         "finished profile resumes without re-running its tasks):" if not self._redecided() else
-                         "The exact command that produced these results, with the limits the profile was run with "
-                         "(run it again to reproduce every number; a finished profile resumes without re-running its "
-                         "tasks). This report was then decided again on other limits, by the command below it:"),
+               self.para(("The exact command that produced this report (run it again to reproduce every number; a "
+                          "finished profile resumes without re-running its tasks)" if not self._redecided() else
+                          "The exact command that produced these results, with the limits the profile was run with "
+                          "(run it again to reproduce every number; a finished profile resumes without re-running "
+                          "its tasks). This report was then decided again on other limits, by the command below it")
+                         + (f"; {esc(self._moved())}" if self._moved() else "") + ":"),
                boxed([self.para(esc(self._profile_command()), "mono")], NOTE_BG), Spacer(1, 4),
                self.para("Re-render this document from the stored results (with the board's limits it was decided "
                          "on; the PDF is written beside profile.json):"),
@@ -459,17 +460,22 @@ class _Report(board.BoardPages):
         """The stored command's configuration and --out with the limits the profile was run with: run as printed,
         it gives the same configuration hash and decision (a profile command with other limits would be refused
         in that folder; :meth:`_render_command` re-decides)."""
-        import shlex
-
-        words = shlex.split(self.p.command) if self.p.command else []
-        out = words[words.index("--out") + 1] if "--out" in words[:-1] else "DIR"
+        out = self.p.out_in(self.base_dir)
         return self.p.config.command(out, tuple(self.run_limits) if self.run_limits is not None else self._limits())
+
+    def _moved(self) -> str:
+        """A sentence when this profile.json lies elsewhere than the folder it was run in (a copied run folder):
+        the commands name this folder, not that one; empty otherwise."""
+        run_out = self.p.run_out
+        if self.base_dir is None or run_out is None or self.p.out_in(self.base_dir) == run_out:
+            return ""
+        return (f"the profile was run in {run_out}; this copy of its results is in {self.base_dir}, and both "
+                "commands below name this folder, so they resume from the results stored here")
 
     def _render_command(self) -> str:
         import shlex
 
-        words = shlex.split(self.p.command) if self.p.command else []
-        out = words[words.index("--out") + 1] if "--out" in words[:-1] else "DIR"
+        out = self.p.out_in(self.base_dir)
         # no -o: the PDF goes beside profile.json (report.pdf for the profile's own limits), not the current folder
         parts = ["dpaudit", "report", out]
         for lim in (self.decision.limits if self.decision is not None else ()):

@@ -491,3 +491,34 @@ def test_a_redecided_report_gives_the_command_the_profile_ran_and_the_one_that_r
     assert "--max-rero 0.01" in rep._render_command()
     same = _Report(prof, None, False)
     assert not same._redecided() and "--max-rero 0.01" in same._profile_command()
+
+
+def test_a_copied_run_folder_gives_commands_that_work_from_the_copy(tmp_path, monkeypatch) -> None:
+    # A profile run with --out orig, its folder copied to copy: `dpaudit report copy` must not send the reader back
+    # to orig (which may hold another run, or nothing); in orig the commands stay as the profile printed them.
+    import shutil
+
+    from dpaudit.cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    prof = dataclasses.replace(synthetic_profile(with_mia_audit=False, seeds=1),
+                               command="dpaudit profile --dataset demo --out orig")
+    (tmp_path / "orig").mkdir()
+    (tmp_path / "orig" / "profile.json").write_text(prof.to_json(), encoding="utf-8")
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    runner = CliRunner()
+
+    def appendix(folder: str) -> str:
+        res = runner.invoke(app, ["report", folder, "--include-images"])
+        assert res.exit_code == 0, res.output
+        return " ".join(_text((tmp_path / folder / "report.pdf").read_bytes())), " ".join(res.stderr.split())
+
+    text, note = appendix("copy")
+    assert "--out copy" in text and "dpaudit report copy" in text and "--out orig" not in text
+    assert "the profile was run in orig; this copy of its results is in copy" in text
+    assert "--out copy --include-images --overwrite" in note and "--out orig" not in note
+    text, note = appendix("orig")
+    assert "--out orig" in text and "dpaudit report orig" in text and "this copy" not in text
+    assert "--out orig --include-images --overwrite" in note
+    # The profile's own command line in profile.json is a record of what ran, and stays as it was.
+    assert "--out orig" in json.loads((tmp_path / "copy" / "profile.json").read_text())["command"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dpaudit.attacks.decoders import DECODER_CHOICES, decoder_choice
@@ -769,6 +771,27 @@ class Profile(JsonResult):
     patient_risk: tuple[PatientRisk, ...] = ()
 
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @property
+    def run_out(self) -> str | None:
+        """The ``--out`` the profile was run with, as typed then (None: not recorded)."""
+        import shlex
+
+        words = shlex.split(self.command) if self.command else []
+        return words[words.index("--out") + 1] if "--out" in words[:-1] else None
+
+    def out_in(self, folder: str | os.PathLike | None) -> str:
+        """The ``--out`` of the commands that reproduce or re-render this profile from the ``profile.json`` in
+        ``folder``: the folder it was run in, as typed then, when ``folder`` is that folder (so the command, and a
+        re-rendered report, stay as the profile printed them); else ``folder`` itself: a copied or moved run
+        folder resumes from its own stored results, while the original path may hold another run or none.
+        ``folder`` None (not known): the folder it was run in."""
+        out = self.run_out
+        if folder is None:
+            return out or "DIR"
+        if out is not None and Path(out).resolve() == Path(folder).resolve():
+            return out
+        return str(folder)
 
     @property
     def labels(self) -> dict[str, str]:
