@@ -73,17 +73,21 @@ class BoardPages:
                          f"{esc(p.dpaudit_version)}", "subtitle"),
                self.para("Decision for the ethics board", "h1")]
         box = [self.para(txt.decision_sentence(p, decision))]
-        if decision is not None and (decision.recommended is None or any(
-                lim.label == LABEL_EMPIRICAL for lim in decision.limits)):
+        shows_reason = decision is not None and (decision.recommended is None or any(
+            lim.label == LABEL_EMPIRICAL for lim in decision.limits))
+        if shows_reason:
             # the failing limit and the noise that would meet it: the board's next step, in body text
             box.append(self.para(esc(decision.reason), "body" if decision.recommended is None else "small"))
+        pu = p.privacy()  # the profile's recorded unit (image when a profile predates it)
+        if pu.image_unit_hides_patients and not shows_reason:
+            # per image on data whose patients have several images: the per-patient risk is said once, here,
+            # where the board reads the decision (a shown reason says it already)
+            box.append(self.para(f"<b>{esc(txt.image_unit_patient_risk(p))}</b>", "small"))
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
-        unit = p.privacy().describe()  # the profile's recorded unit (image when a profile predates it)
+        unit = pu.describe() if not pu.image_unit_hides_patients else txt.image_unit_line(pu, "the decision above")
         out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction limits apply at the prior "
                              + (f"κ = 1/{txt.kappa_n(p)} (one training volume guessed blindly)." if p.config.segmentation
                                 else f"κ = 1/{d.n_train} (one training image guessed blindly).")))
-        if txt.image_unit_patient_risk(p):  # per image on data whose patients have several images: said first
-            out.append(boxed([self.para(f"<b>{esc(txt.image_unit_patient_risk(p))}</b>")], NOTE_BG))
         out.append(self.para("Privacy budgets against the board's limits", "h2"))
         out.append(self._board_table())
         out.append(Spacer(1, 4))

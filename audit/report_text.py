@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from dpaudit.audit.decision import Decision
-from dpaudit.audit.profile.schema import LevelSummary, Profile, Spread, fmt_eps
+from dpaudit.audit.profile.schema import LevelSummary, PrivacyInfo, Profile, Spread, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
 from dpaudit.numfmt import lower, upper
 
@@ -246,6 +246,16 @@ def _patient_epsilons(profile: Profile) -> str:
     vals = ", ".join(f"{num(e)} → ε ≤ {eps_up(p)}" for e, p in rows)
     return (f" Training calibrates ε per image; per patient (k = {k} images moving together, tight PLD, "
             f"{LABEL_UPPER}) the budgets give: {vals}.")
+
+
+def image_unit_line(pu: PrivacyInfo, where: str) -> str:
+    """The unit line, short, when the unit is the image on data whose patients have several images and the
+    per-patient risk is stated ``where`` (the decision, which the board reads): the full sentence
+    (:meth:`PrivacyInfo.describe`) would say it a second time."""
+    what = "slices" if pu.data_unit == "volume" else "images"
+    return (f"privacy unit: image ({pu.unit_flag or '--privacy-unit image'}; one patient has up to "
+            f"{pu.data_records_per_patient} {what} in the training split: every guarantee is per image, and the "
+            f"per-patient ones are in {where})")
 
 
 def image_unit_patient_risk(profile: Profile) -> str:

@@ -396,8 +396,12 @@ def _print_summary(prof) -> None:
         out.print(by_init)
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
         err.print(f"[yellow]note:[/] {note}")
-    out.print(prof.privacy().describe())
-    if hides:
+    if hides and prof.decision is not None:
+        # the decision printed below states the per-patient risk (its reason): said once
+        out.print(txt.image_unit_line(prof.privacy(), "the decision below"), highlight=False)
+    else:
+        out.print(prof.privacy().describe())
+    if hides and prof.decision is None:
         out.print(f"[bold]{txt.image_unit_patient_risk(prof)}[/]", highlight=False)
 
 
