@@ -126,6 +126,11 @@ class ImagesPerUnit:
     histogram: tuple[tuple[int, int], ...]
 
 
+#: How a sentence names the patient of data whose ids are lesion ids (HAM10000's lesion_id, the built-in demo's
+#: synthetic lesions): there are no patient ids, so each lesion counts as one patient (a person with several
+#: lesions has more images, and less protection, than the k counted).
+LESION_AS_PATIENT = "one patient (one lesion id: the data carry no patient ids)"
+
 #: ``--privacy-unit`` choices: the unit every DP statement is made for.
 PRIVACY_UNIT_CHOICES = ("patient", "image")
 
@@ -159,7 +164,8 @@ class PrivacyUnit:
 
     def describe(self) -> str:
         """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
-        ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist",
+        ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist: each lesion counts as one "
+               "patient",
                "study": "StudyInstanceUIDs, as the files carry no usable PatientID",
                "volume": "volumes, one scan per patient", "image": "no patient ids"}[self.data_unit]
         if self.unit == "patient" and self.data_unit == "volume":
@@ -192,6 +198,10 @@ def check_records_per_patient(given: int, data_unit: str, data_max: int, *, unit
     2
     >>> check_records_per_patient(1, "patient", 4, unit="image")
     1
+    >>> check_records_per_patient(2, "lesion", 4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dpaudit.errors.DataError: records_per_patient must be at least 4 (the most images one patient (one lesion id: the data carry no patient ids) has in the training split; ...
     >>> check_records_per_patient(2, "patient", 4)
     Traceback (most recent call last):
     ...
@@ -201,7 +211,8 @@ Fix: leave out --records-per-patient (k is then read from the data), or pass --r
     """
     k = check_int("records_per_patient", given, fix="pass --records-per-patient 1 or more")
     if data_unit != "image" and k < data_max and (k > 1 or unit == "patient"):
-        what = {"volume": "slices one volume", "lesion": "images one lesion"}.get(data_unit, "images one patient")
+        what = {"volume": "slices one volume", "lesion": f"images {LESION_AS_PATIENT}"}.get(data_unit,
+                                                                                           "images one patient")
         raise invalid("records_per_patient", k, f"at least {data_max} (the most {what} has in {where}; a smaller "
                       "k states a per-patient guarantee that does not hold)",
                       "leave out --records-per-patient (k is then read from the data), or pass "

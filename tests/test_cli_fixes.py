@@ -331,10 +331,11 @@ def test_the_message_helpers_doctests() -> None:
 
     import dpaudit.cli._common
     import dpaudit.cli.main
+    import dpaudit.config
     import dpaudit.data
     import dpaudit.errors
 
-    for module in (dpaudit.errors, dpaudit.cli._common, dpaudit.cli.main, dpaudit.data):
+    for module in (dpaudit.errors, dpaudit.cli._common, dpaudit.cli.main, dpaudit.data, dpaudit.config):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 

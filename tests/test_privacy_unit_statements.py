@@ -56,6 +56,9 @@ def test_profile_refuses_records_per_patient_below_the_data(tmp_path: Path) -> N
     line = res.output.strip().splitlines()[-1]
     assert line.startswith("error: --records-per-patient must be at least")
     assert f"at least {k}" in line and "got 2" in line and f"--records-per-patient {k}" in line
+    # The demo's ids are lesion ids: the sentence names the patient, as every other one does, and says what it is.
+    assert "the most images one patient (one lesion id: the data carry no patient ids) has" in line
+    assert "one lesion has" not in line
     assert "Traceback" not in res.output
     assert not (tmp_path / "p" / "checkpoints").exists()  # refused before any training
 
@@ -122,6 +125,8 @@ def test_image_unit_on_patient_data_gives_the_per_patient_risk_beside(image_unit
     # Console: the unit line says a patient has k images, and the per-patient numbers are printed.
     text = " ".join(res.stdout.split())
     assert f"one patient has up to {k} images" in text and "ε ≤" in text and "per patient" in text
+    pu = prof.privacy()
+    assert pu.data_unit == "lesion" and "each lesion counts as one patient" in pu.describe()
     # The decision stays per image but says the unit was the image, with the per-patient numbers.
     assert "Privacy unit: the image (--privacy-unit image)" in prof.decision.reason
     assert "per patient" in prof.decision.reason

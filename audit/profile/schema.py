@@ -615,7 +615,8 @@ class PrivacyInfo(JsonResult):
             return (f"privacy unit: patient (one volume per patient, up to {self.records_per_patient} slices per "
                     "volume in the training split; every guarantee is per patient)")
         if self.unit == "patient":
-            source = {"patient": "the data's patient ids", "lesion": "the data's lesion ids, as no patient ids exist",
+            source = {"patient": "the data's patient ids",
+                      "lesion": "the data's lesion ids, as no patient ids exist: each lesion counts as one patient",
                       "study": "the data's StudyInstanceUIDs, as the files carry no usable PatientID",
                       "image": "k given by hand"}.get(self.data_unit, self.data_unit)
             if self.chosen_by == "records_per_patient":
@@ -626,7 +627,8 @@ class PrivacyInfo(JsonResult):
         if self.image_unit_hides_patients:
             k = self.data_records_per_patient
             what = "slices" if self.data_unit == "volume" else "images"
-            ids = {"lesion": " (from the data's lesion ids)", "volume": " (one volume per patient)",
+            ids = {"lesion": " (from the data's lesion ids: each lesion counts as one patient)",
+                   "volume": " (one volume per patient)",
                    "study": " (from the data's StudyInstanceUIDs)"}.get(self.data_unit, "")
             return (f"privacy unit: image (record-level guarantee; {why}). Note: one patient has up to {k} {what} "
                     f"in the training split{ids}, and every guarantee here is per image: per patient, with its {k} "
