@@ -254,7 +254,7 @@ def test_train_image_unit_gives_the_per_patient_epsilon_as_profile_and_bounds_do
     assert f"k = {k} images of one patient" in line and "sound upper bound" in line
 
 
-def test_image_unit_states_the_per_patient_risk_once_where_the_decision_is(image_unit_profile) -> None:
+def test_image_unit_states_the_per_patient_risk_once_where_the_decision_is(image_unit_profile, tmp_path) -> None:
     # Page 1 and the console said it up to three times (the decision's reason, the unit line and a box): once now,
     # in the decision, with a short unit line pointing there.
     from pypdf import PdfReader
@@ -266,7 +266,10 @@ def test_image_unit_states_the_per_patient_risk_once_where_the_decision_is(image
     prof = Profile.from_json((out / "profile.json").read_text())
     (r,) = prof.patient_risk
     eps = f"ε ≤ {upper(r.epsilon_patient)}"
-    page1 = " ".join((PdfReader(out / "report.pdf").pages[0].extract_text() or "").split())
+    # rendered here: another test profiles the same folder again with --no-render, which sets report.pdf aside
+    res_pdf = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "r.pdf")])
+    assert res_pdf.exit_code == 0, res_pdf.output
+    page1 = " ".join((PdfReader(tmp_path / "r.pdf").pages[0].extract_text() or "").split())
     assert page1.count(eps) == 1 and page1.count("--privacy-unit image to decide per patient") == 1
     assert "the per-patient ones are in the decision above" in page1
     console = " ".join(res.stdout.split())
