@@ -22,7 +22,11 @@ Pixel values (in this order; DICOM PS3.3 section C.11)
    descriptor); the file's first Window Center / Window Width, or the frame's Frame VOI LUT functional group (the
    linear function of C.11.2.1.2.1); else the full range the stored bits can hold (Bits Stored, Pixel
    Representation) passed through the modality LUT, so that files of one series map alike. Values outside the
-   window clip to 0 or 1.
+   window clip to 0 or 1. **Float pixel data** (Float or Double Float Pixel Data: parametric maps, e.g. ADC) have
+   no stored range: without a window they are mapped with every other float image of the dataset by one affine map
+   from their joint minimum and maximum (kept when all lie in [0, 1]; the rule of float TIFFs and NIfTI volumes,
+   :func:`dpaudit.images.to_unit_range`), and the loader says so in a note. The standard allows them in one-sample
+   MONOCHROME2 images only; any other float file is unreadable (named on stderr).
 4. **MONOCHROME1** (0 is white) is inverted: 1 - v.
 5. **Colour**: RGB and converted YBR: value / (2^Bits Stored - 1); PALETTE COLOR: looked up in the palette,
    divided by 2^bits - 1 of the palette descriptor.
@@ -83,6 +87,8 @@ class DicomHeader:
     age: float | None
     keys: dict[str, str]  # PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID (for a labels CSV)
     sop: str
+    float_pixels: bool = False  # Float or Double Float Pixel Data: real values, no stored range
+    has_window: bool = False  # a VOI LUT, Window Center/Width, or (enhanced files) a Frame VOI LUT
 
 
 def is_dicom(path: Path) -> bool:
@@ -179,9 +185,13 @@ def read_header(path: Path) -> DicomHeader | None:
         deflated = meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
         if deflated:
             full = pydicom.dcmread(path, defer_size=1024, force=True)
-            has_pixels = any(k in full for k in PIXEL_DATA_KEYWORDS)
+            present = [k for k in PIXEL_DATA_KEYWORDS if k in full]
         else:
-            has_pixels = next_tag[:2] in (b"\xe0\x7f", b"\x7f\xe0")
+            # (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data
+            element = {b"\xe0\x7f": next_tag[2:4][::-1], b"\x7f\xe0": next_tag[2:4]}.get(next_tag[:2])
+            present = [] if element is None else [{b"\x00\x08": "FloatPixelData",
+                                                   b"\x00\x09": "DoubleFloatPixelData"}.get(element, "PixelData")]
+        has_pixels = bool(present)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise UnreadableImageError(f"DICOM file {str(path)!r} has an unreadable header ({type(exc).__name__}). "
                                    "Fix: replace or remove the file.") from None
@@ -218,8 +228,10 @@ def read_header(path: Path) -> DicomHeader | None:
         frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         frames = 1
+    has_window = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds) or \
+        _group_value(ds, 0, "FrameVOILUTSequence", "WindowWidth") is not None
     return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
-                       keys, keys["SOPInstanceUID"])
+                       keys, keys["SOPInstanceUID"], float_pixels=present[0] != "PixelData", has_window=has_window)
 
 
 def window_value(x: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -322,6 +334,15 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
     if frames == 1:
         arr = arr[None]
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    # Float Pixel Data and Double Float Pixel Data (Floating Point and Double Floating Point Image Pixel modules,
+    # PS3.3 C.7.6.24 and C.7.6.25) hold real values, such as the apparent diffusion coefficients of a parametric
+    # map: no stored bits, no stored range. The standard allows them in one-sample MONOCHROME2 images only.
+    floating = arr.dtype.kind == "f"
+    if floating and (samples != 1 or photometric != "MONOCHROME2"):
+        raise UnreadableImageError(f"DICOM file {str(path)!r} holds float pixel data as {photometric} with "
+                                   f"{samples} sample(s) per pixel; the standard allows float pixels in one-sample "
+                                   "MONOCHROME2 images only. Fix: replace or remove the file.")
+    kinds: list[tuple[str, float, float]] = []  # per frame: the Pixels kind and the extremes before resizing
     if photometric == "PALETTE COLOR":
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         unit = apply_color_lut(arr, ds).astype(np.float64) / (2 ** lut_bits - 1)
@@ -345,19 +366,32 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
             elif "VOILUTSequence" in ds and len(ds.VOILUTSequence):
                 lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
                 # The LUT is indexed by integer modality values; round non-integral ones (a fractional slope).
-                plane = np.clip(apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
-                                / (2 ** lut_bits - 1), 0.0, 1.0)
+                # (clipped first: a float value beyond int64 would wrap in the cast; the LUT clips at its ends)
+                index = np.round(np.clip(values, -(2.0 ** 62), 2.0 ** 62)).astype(np.int64)
+                plane = np.clip(apply_voi(index, ds, index=0).astype(np.float64) / (2 ** lut_bits - 1), 0.0, 1.0)
             elif centre_width is not None:
                 plane = window_value(values, *centre_width)
+            elif floating:
+                # No stored range to map: the raw values, mapped with every other float image of the dataset by
+                # one affine map from their joint minimum and maximum (dpaudit.images.to_unit_range, the rule of
+                # float TIFFs and NIfTI volumes), so that the images of a series keep their relative values.
+                planes.append(values)
+                kinds.append(("float", float(values.min()), float(values.max())))
+                continue
             else:
-                ends = modality(stored.astype(arr.dtype if arr.dtype.kind in "iu" else np.int64))
+                # The stored range as signed 64-bit integers (never the pixel array's dtype, which may be
+                # unsigned or narrower than the range Bits Stored claims).
+                ends = modality(stored.astype(np.int64))
                 lo, hi = float(np.min(ends)), float(np.max(ends))
                 plane = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
             planes.append(1.0 - plane if photometric == "MONOCHROME1" else plane)
+            kinds.append(("unit", 0.0, 1.0))
         unit = np.stack(planes)[..., None]
+    if not kinds:
+        kinds = [("unit", 0.0, 1.0)] * unit.shape[0]
     sop = str(ds.get("SOPInstanceUID", "") or "")
     out = []
-    for f in range(unit.shape[0]):
+    for f, (kind, low, high) in enumerate(kinds):
         frame = match_channels(unit[f].astype(np.float32), channels)
-        out.append(Pixels(resize_float(frame, image_size), "unit", 0.0, 1.0, f"{sop}/{f}" if sop else ""))
+        out.append(Pixels(resize_float(frame, image_size), kind, low, high, f"{sop}/{f}" if sop else ""))
     return out

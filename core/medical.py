@@ -236,6 +236,18 @@ def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], k
 # DICOM
 
 
+def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, float] | None) -> list[str]:
+    """Notes on how the pixel values of these DICOM files were mapped, where the mapping is not a fixed one the
+    files define (counts only: no file names, since notes reach metrics.json and the report)."""
+    notes = []
+    floats = sum(h.float_pixels and not h.has_window for h in headers) if window is None else 0
+    if floats:
+        notes.append(f"{floats} DICOM file(s) with float pixel data (Float or Double Float Pixel Data) and no window: "
+                     "mapped to [0, 1] with the dataset's other float images by one affine map from their joint "
+                     "minimum and maximum; pass --window LOW,HIGH for a fixed map")
+    return notes
+
+
 def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | None, fractions: tuple[float, float],
                     labels: str | Path | None, window: tuple[float, float] | None) -> DatasetSplits:
     """``dicom:PATH``: every DICOM file below ``root``, one image per frame, grouped by PatientID."""
@@ -301,6 +313,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                          "image-level DP (a patient's several images not protected together) pass --privacy-unit "
                          "image")
     unit = "study" if no_patient else "patient"
+    notes += _dicom_value_notes(headers, window)
     channels = 3 if any(h.colour for h in headers) else 1
     options = f"{image_size}|{channels}|{window}"
 
@@ -442,6 +455,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     # Parts per row (headers only), channels, patients.
     channels = 1
     counts: dict[int, int] = {}
+    dicom_headers: list[DicomHeader] = []
     for f, (p, kind) in enumerate(zip(files, kinds, strict=True)):
         if kind == "image":
             channels = max(channels, probe_channels(p))
@@ -453,6 +467,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
                                 "only.")
             channels = max(channels, 3 if h.colour else 1)
             counts[f] = h.frames
+            dicom_headers.append(h)
         else:
             counts[f] = slice_count(p, slice_axis)
     has_patients = "patient_id" in table.columns
@@ -470,6 +485,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         notes.append("no patient_id column: each multi-image file (volume, multi-frame DICOM) taken as one patient")
     if has_patients and any(not row.get("patient_id") for _, _, row in rows):
         notes.append("rows without patient_id: each such file taken as its own patient")
+    notes += _dicom_value_notes(dicom_headers, window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
     kind_of = {p: k for p, k in zip(files, kinds, strict=True)}
 

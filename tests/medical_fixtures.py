@@ -58,10 +58,11 @@ def dicom_file(path: Path, pixels: np.ndarray, *, patient: str | None = "PAT-000
     if colour:
         ds.PlanarConfiguration = 0
     ds.PhotometricInterpretation = photometric
-    allocated = 8 if bits_stored <= 8 else 16
+    allocated = 8 if bits_stored <= 8 else 16 if bits_stored <= 16 else 32
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits_stored, bits_stored - 1
     ds.PixelRepresentation = 1 if signed else 0
-    dtype = {(8, False): "u1", (8, True): "i1", (16, False): "u2", (16, True): "i2"}[(allocated, signed)]
+    dtype = {(8, False): "u1", (8, True): "i1", (16, False): "u2", (16, True): "i2", (32, False): "u4",
+             (32, True): "i4"}[(allocated, signed)]
     ds.PixelData = pixels.astype((">" if big_endian else "<") + dtype).tobytes()
     for key, value in elements.items():
         setattr(ds, key, value)
@@ -70,6 +71,37 @@ def dicom_file(path: Path, pixels: np.ndarray, *, patient: str | None = "PAT-000
         ds.save_as(path, enforce_file_format=True, little_endian=False, implicit_vr=False)
     else:
         ds.save_as(path, enforce_file_format=preamble)
+    return ds
+
+
+def float_dicom_file(path: Path, values: np.ndarray, *, double: bool = False, patient: str = "PAT-0001",
+                     sop_class: str = "1.2.840.10008.5.1.4.1.1.30", photometric: str = "MONOCHROME2",
+                     **elements: object) -> Dataset:
+    """Write ``values`` (rows x cols or frames x rows x cols) as Float Pixel Data (32-bit) or Double Float Pixel
+    Data (64-bit), as a Parametric Map (PS3.3 A.75, e.g. an ADC map of an MR study) stores them."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "MR"
+    ds.PatientID = patient
+    if values.ndim == 3:
+        ds.NumberOfFrames = values.shape[0]
+    ds.Rows, ds.Columns = values.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 64 if double else 32
+    data = values.astype("<f8" if double else "<f4").tobytes()
+    if double:
+        ds.DoubleFloatPixelData = data
+    else:
+        ds.FloatPixelData = data
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
     return ds
 
 

@@ -7,12 +7,13 @@ the test, independently of dpaudit's decoder.
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from medical_fixtures import dicom_file, encapsulated, jpeg_lossless_sv1, nifti_file
+from medical_fixtures import dicom_file, encapsulated, float_dicom_file, jpeg_lossless_sv1, nifti_file
 from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -154,6 +155,69 @@ def test_rescale_without_window_and_signed_pixels(tmp_path: Path, rng: np.random
     # Full range of 12 signed stored bits, -2048..2047, through the modality LUT: 2 * v + 100.
     lo, hi = 2 * -2048 + 100, 2 * 2047 + 100
     assert_contains(images_of(load(tmp_path)), [((2 * stored + 100 - lo) / (hi - lo))[None]])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_32_bit_integer_pixels_use_their_full_stored_range(tmp_path: Path, rng: np.random.Generator,
+                                                           signed: bool) -> None:
+    low, high = (-(2 ** 31), 2 ** 31 - 1) if signed else (0, 2 ** 32 - 1)
+    stored = rng.integers(low, high, (SIZE, SIZE), endpoint=True)
+    dicom_file(tmp_path / "d32.dcm", stored, bits_stored=32, signed=signed)
+    fillers(tmp_path, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy cast warning anywhere on the way
+        loaded = images_of(load(tmp_path))
+    assert_contains(loaded, [((stored - low) / (high - low))[None]])
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_float_pixel_data_maps_its_values_not_a_stored_range(tmp_path: Path, rng: np.random.Generator,
+                                                             double: bool) -> None:
+    """Float and Double Float Pixel Data (parametric maps such as ADC, values 8..3000 in 1e-6 mm^2/s) have no
+    stored range: without a window, all such images of the dataset share one affine map from their joint minimum
+    and maximum (the rule of float TIFFs and NIfTI volumes), with a note; a file's window and --window apply as
+    to any other image."""
+    maps = [rng.uniform(8, 3000, (SIZE, SIZE)).astype(np.float64 if double else np.float32) for _ in range(4)]
+    for i, m in enumerate(maps):
+        float_dicom_file(tmp_path / f"adc{i}.dcm", m, double=double, patient=f"ADC-{i}")
+    fillers(tmp_path, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = load(tmp_path)
+    lo, hi = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+    assert_contains(images_of(s), [((m - lo) / (hi - lo))[None] for m in maps], atol=1e-5)
+    assert [n for n in s.notes if "float pixel data" in n] == [
+        "4 DICOM file(s) with float pixel data (Float or Double Float Pixel Data) and no window: mapped to [0, 1] "
+        "with the dataset's other float images by one affine map from their joint minimum and maximum; pass "
+        "--window LOW,HIGH for a fixed map"]
+    w = load(tmp_path, window="0,1000")
+    assert_contains(images_of(w), [np.clip(m / 1000.0, 0, 1)[None] for m in maps], atol=1e-5)
+    assert not any("float pixel data" in n for n in w.notes)
+    # A window in the file: the linear VOI function, and no note.
+    float_dicom_file(tmp_path / "adc0.dcm", maps[0], double=double, patient="ADC-0", WindowCenter=1500,
+                     WindowWidth=2000)
+    s = load(tmp_path)
+    assert_contains(images_of(s), [linear_window(maps[0].astype(np.float64), 1500, 2000)[None]], atol=1e-5)
+    assert any(n.startswith("3 DICOM file(s) with float pixel data") for n in s.notes)
+
+
+def test_float_pixel_data_in_unit_range_kept_and_multi_frame(tmp_path: Path, rng: np.random.Generator) -> None:
+    probabilities = rng.uniform(0, 1, (3, SIZE, SIZE)).astype(np.float32)  # e.g. a probability map, 3 frames
+    float_dicom_file(tmp_path / "p.dcm", probabilities, patient="PM")
+    fillers(tmp_path, rng)
+    s = load(tmp_path)
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 6
+    assert_contains(images_of(s), [f[None] for f in probabilities])
+
+
+def test_float_pixel_data_outside_monochrome2_is_unreadable_and_named(tmp_path: Path, rng: np.random.Generator,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    float_dicom_file(tmp_path / "inv.dcm", rng.uniform(0, 1, (SIZE, SIZE)), patient="INV", photometric="MONOCHROME1")
+    fillers(tmp_path, rng)
+    s = load(tmp_path)
+    assert s.skipped == {"unreadable": 1}
+    assert "inv.dcm" in caplog.text and "MONOCHROME2" in caplog.text
+    assert not any("inv.dcm" in n for n in s.notes)
 
 
 def test_voi_lut_sequence(tmp_path: Path, rng: np.random.Generator) -> None:
