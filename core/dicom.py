@@ -5,9 +5,12 @@ Used by ``--dataset dicom:PATH`` and by CSV manifests that list DICOM files (:mo
 Discovery
 ---------
 Every regular file at any depth is a candidate, with or without a ``.dcm`` extension; hidden files and folders
-are skipped, and so are ``DICOMDIR`` files (media directories), files that are not DICOM (no ``DICM`` prefix) and
-DICOM files without pixel data (structured reports, presentation states), each counted by reason. Headers are read
-first, stopping before the pixel data; the pixel data of each selected file are then read once.
+are skipped, and so are ``DICOMDIR`` files (media directories), files that are not DICOM (no ``DICM`` prefix),
+DICOM files without pixel data (structured reports, presentation states), and objects with pixel data that are
+not images of the patient (segmentations, RT dose grids, RT images, thickness maps, ...), each counted by reason.
+The last is decided by an allow-list, :data:`IMAGE_STORAGE_CLASSES` (the image storage SOP classes); a SOP Class
+dpaudit cannot name (private, missing) is an image only with an image Modality (:data:`IMAGE_MODALITIES`). Headers
+are read first, stopping before the pixel data; the pixel data of each selected file are then read once.
 
 Pixel values (in this order; DICOM PS3.3 section C.11)
 ------------------------------------------------------
@@ -53,7 +56,8 @@ import numpy as np
 from dpaudit.errors import DataError
 from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
 
-__all__ = ["NO_PIXEL_DATA", "DicomHeader", "decode_dicom", "find_dicom", "is_dicom", "read_header", "window_value"]
+__all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_PIXEL_DATA", "DicomHeader", "NotAnImage", "decode_dicom",
+           "find_dicom", "is_dicom", "non_image_reason", "read_header", "window_value"]
 
 #: The pip package(s) that decode each compressed transfer syntax, for the "no decoder" message.
 _JPEG = "pylibjpeg and pylibjpeg-libjpeg"
@@ -66,6 +70,57 @@ DECODER_PACKAGES = {
 }
 #: SOP Class UID of a media storage directory (DICOMDIR).
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+
+#: The image storage SOP classes (PS3.4 Annex B, Table B.5-1, plus the retired image classes old archives still
+#: hold), by their last components under 1.2.840.10008.5.1.4.1.1: the objects whose pixel data are an acquired (or
+#: secondary-captured) image of the patient. An allow-list: every other standard object with pixel data is derived
+#: from the images or from treatment (Segmentation, RT Dose, RT Image, thickness maps, ...) and would enter training
+#: as a fake image, often only for one class (a segmentation exists where there is a finding): a label leak.
+_IMAGE_CLASS_SUFFIXES = (
+    "1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1",  # CR, DX, mammography, intra-oral
+    "2", "2.1", "2.2",  # CT, enhanced CT, legacy converted enhanced CT
+    "3", "3.1", "6", "6.1", "6.2", "6.3",  # ultrasound (multi-frame, enhanced volume), photoacoustic
+    "4", "4.1", "4.3", "4.4",  # MR, enhanced MR (colour), legacy converted enhanced MR
+    "5", "20",  # nuclear medicine
+    "7", "7.1", "7.2", "7.3", "7.4",  # secondary capture
+    "12.1", "12.1.1", "12.2", "12.2.1", "12.3",  # X-ray angiography, radiofluoroscopy
+    "13.1.1", "13.1.2", "13.1.3", "13.1.4", "13.1.5",  # 3-D X-ray, breast tomosynthesis and projection
+    "14.1", "14.2",  # intravascular OCT
+    "30",  # parametric map (e.g. ADC; float pixel data)
+    "77.1", "77.2", "77.1.1", "77.1.1.1", "77.1.2", "77.1.2.1", "77.1.3", "77.1.4", "77.1.4.1",  # visible light
+    "77.1.5.1", "77.1.5.2", "77.1.5.4", "77.1.5.5", "77.1.5.6", "77.1.5.7",  # ophthalmic photography, OCT
+    "77.1.6", "77.1.7", "77.1.8", "77.1.9",  # whole-slide, dermoscopic, confocal microscopy
+    "128", "128.1", "130",  # PET, legacy converted and enhanced PET
+)
+IMAGE_STORAGE_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.{s}" for s in _IMAGE_CLASS_SUFFIXES)
+#: Modalities (PS3.3 C.7.3.1.1.1) of acquired images: the test for a file whose SOP Class dpaudit does not know
+#: (a private class, a missing UID, a class newer than pydicom). SEG, RTDOSE, RTIMAGE, KO, PR, SR, REG, ... are
+#: not among them.
+IMAGE_MODALITIES = frozenset({"CR", "CT", "DX", "MG", "IO", "PX", "MR", "US", "IVUS", "NM", "PT", "XA", "RF", "OT",
+                              "ES", "GM", "SM", "XC", "OP", "OPT", "IVOCT", "BI", "DG", "RG", "TG", "BDUS"})
+
+
+def non_image_reason(sop_class: str, modality: str) -> str | None:
+    """None when a DICOM object with pixel data is an image to train on, else its skipped-files reason:
+    ``not an image (<the SOP Class's name>)`` for a standard class outside :data:`IMAGE_STORAGE_CLASSES`; a class
+    dpaudit cannot name is an image only when its Modality is one of :data:`IMAGE_MODALITIES`."""
+    from pydicom.uid import UID
+
+    if sop_class in IMAGE_STORAGE_CLASSES:
+        return None
+    name = UID(sop_class).name if sop_class else ""
+    if name and name != sop_class:  # a standard class pydicom names, not an image storage class
+        return f"not an image ({name})"
+    if modality.strip().upper() in IMAGE_MODALITIES:
+        return None
+    return "not an image (unknown SOP class, no image modality)"
+
+
+@dataclass(frozen=True)
+class NotAnImage:
+    """A DICOM file that :func:`read_header` passes over; ``reason`` is its skipped-files reason."""
+
+    reason: str
 
 
 #: PatientID values that de-identification tools write in place of the identifier: no patient, like a blank one.
@@ -164,9 +219,10 @@ def _cut_short(ds: object, path: Path) -> str | None:
     return None
 
 
-def read_header(path: Path) -> DicomHeader | None:
-    """The header of one DICOM file; None for a file that is not an image: no pixel data element (a structured
-    report, an RT structure set, a presentation state, a key object selection), no image size, or a DICOMDIR.
+def read_header(path: Path) -> DicomHeader | NotAnImage:
+    """The header of one DICOM file, or why it is not an image: no pixel data element (a structured report, an RT
+    structure set, a presentation state, a key object selection), no image size, a DICOMDIR, or pixel data in an
+    object that is not an image (a segmentation, an RT dose grid: :func:`non_image_reason`).
 
     The pixel data are not read: pydicom stops reading *at* the pixel data element, leaving the file positioned on
     its tag, so the next four bytes say whether there is one (its group, 7FE0, in either byte order; the end of the
@@ -198,7 +254,7 @@ def read_header(path: Path) -> DicomHeader | None:
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None
                                                   else "") or "").strip()
     if sop_class == _MEDIA_DIRECTORY:
-        return None
+        return NotAnImage("DICOMDIR")
     if "Rows" not in ds or "Columns" not in ds or not has_pixels:
         # Every DICOM object (a structured report, an RT structure set, a presentation state, ...) names its SOP
         # Class (PS3.3 C.12.1, type 1). Bytes that parse to no SOP Class are a damaged file, not a non-image object.
@@ -211,7 +267,10 @@ def read_header(path: Path) -> DicomHeader | None:
         if cut and not (deflated or has_pixels):  # deflated: the positions are the inflated copy's
             raise UnreadableImageError(f"DICOM file {str(path)!r} is cut short ({cut}). Fix: replace or remove the "
                                        "file.")
-        return None
+        return NotAnImage(NO_PIXEL_DATA)
+    reason = non_image_reason(sop_class, str(ds.get("Modality", "") or ""))
+    if reason is not None:
+        return NotAnImage(reason)
     keys = {k: str(ds.get(k, "") or "").strip()
             for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     if keys["PatientID"] and keys["PatientID"].upper() not in PLACEHOLDER_PATIENT_IDS:
@@ -310,6 +369,12 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
         raise UnreadableImageError(f"DICOM file {str(path)!r} does not read ({type(exc).__name__}: {exc}). Fix: "
                                    "replace or remove the file.") from None
     meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None
+                                                  else "") or "").strip()
+    reason = non_image_reason(sop_class, str(ds.get("Modality", "") or ""))
+    if reason is not None:
+        raise DataError(f"DICOM file {str(path)!r}: {reason}; only image storage objects are images to train on. "
+                        "Fix: list image files only.")
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and syntax.is_compressed:
         try:

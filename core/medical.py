@@ -29,7 +29,7 @@ from dpaudit.data import (
     _stack,
     age_band,
 )
-from dpaudit.dicom import NO_PIXEL_DATA, DicomHeader, decode_dicom, find_dicom, is_dicom, read_header
+from dpaudit.dicom import DicomHeader, NotAnImage, decode_dicom, find_dicom, is_dicom, read_header
 from dpaudit.errors import DataError
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
@@ -262,8 +262,8 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             skipped_unreadable(exc)
             skipped["unreadable"] += 1
             continue
-        if h is None:
-            skipped[NO_PIXEL_DATA] += 1
+        if isinstance(h, NotAnImage):
+            skipped[h.reason] += 1
         else:
             headers.append(h)
     if not headers:
@@ -462,8 +462,8 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             counts[f] = 1
         elif kind == "dicom":
             h = read_header(p)
-            if h is None:
-                raise DataError(f"{name}: {str(p)!r} is a DICOM file without pixel data. Fix: list image files "
+            if isinstance(h, NotAnImage):
+                raise DataError(f"{name}: {str(p)!r} is a DICOM file that is {h.reason}. Fix: list image files "
                                 "only.")
             channels = max(channels, 3 if h.colour else 1)
             counts[f] = h.frames

@@ -349,6 +349,70 @@ def test_dicom_objects_without_pixel_data_are_not_images_not_unreadable(tmp_path
     assert loading_notes(s)[0] == "5 file(s) skipped (5 not an image (no pixel data))"
 
 
+def as_object(path: Path, sop_class: str | None, modality: str, pixels: np.ndarray, patient: str,
+              bits_stored: int = 12) -> None:
+    """A DICOM object with pixel data of another SOP Class (None: no SOP Class UID at all) and Modality."""
+    ds = dicom_file(path, pixels, patient=patient, bits_stored=bits_stored)
+    ds.Modality = modality
+    if sop_class is None:
+        del ds.SOPClassUID, ds.file_meta.MediaStorageSOPClassUID
+    else:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.save_as(path, enforce_file_format=sop_class is not None)
+
+
+def test_non_image_objects_with_pixel_data_are_skipped_by_kind(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A treatment-planning export keeps segmentations, RT dose grids and RT (portal) images beside the CT images,
+    often for one class only: loaded as images they would be a label leak. Only image storage classes load
+    (an allow-list); a class dpaudit cannot name loads only with an image Modality; each skip is counted by kind."""
+    for cls in ("normal", "nodule"):
+        for p in range(3):
+            dicom_file(tmp_path / cls / f"patient{p}" / "IM0", ramp(rng, 4095), patient=f"{cls}-{p}")
+    objects = {"seg.dcm": ("1.2.840.10008.5.1.4.1.1.66.4", "SEG", 1),  # Segmentation (binary mask frames)
+               "dose.dcm": ("1.2.840.10008.5.1.4.1.1.481.2", "RTDOSE", 32),  # RT Dose grid
+               "portal.dcm": ("1.2.840.10008.5.1.4.1.1.481.1", "RTIMAGE", 12),  # RT Image
+               "private_seg.dcm": ("1.3.6.1.4.1.99999.1.66", "SEG", 8),  # a private class, mask modality
+               "private_ct.dcm": ("1.3.6.1.4.1.99999.1.2", "CT", 12),  # a private class of CT images: loads
+               "adc.dcm": ("1.2.840.10008.5.1.4.1.1.30", "MR", 12),  # Parametric Map: an image, loads
+               "no_class.dcm": (None, "MR", 12)}  # no SOP Class UID, an image modality: loads
+    for name, (sop_class, modality, bits) in objects.items():
+        pixels = (ramp(rng, 1, (4, SIZE, SIZE)) if bits == 1 else ramp(rng, 2 ** min(bits, 16) - 1))
+        as_object(tmp_path / "nodule" / "patient0" / name, sop_class, modality, pixels, "nodule-0", bits)
+    s = load(tmp_path)
+    assert s.skipped == {"not an image (Segmentation Storage)": 1, "not an image (RT Dose Storage)": 1,
+                         "not an image (RT Image Storage)": 1,
+                         "not an image (unknown SOP class, no image modality)": 1}
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 6 + 3
+    # Listed in a manifest, a non-image object is an error naming the file and its kind.
+    with (tmp_path / "m.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "patient_id"], ["nodule/patient0/IM0", "a", "1"],
+                                  ["nodule/patient0/seg.dcm", "a", "1"]])
+    with pytest.raises(DataError, match=r"seg\.dcm.*not an image \(Segmentation Storage\)\. Fix: list image files"):
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    from dpaudit.dicom import decode_dicom
+
+    with pytest.raises(DataError, match=r"dose\.dcm.*RT Dose Storage"):
+        decode_dicom(tmp_path / "nodule" / "patient0" / "dose.dcm", SIZE, 1, None)
+
+
+def test_image_storage_allow_list_matches_the_standards_image_classes() -> None:
+    """Checked against pydicom's UID dictionary (an independent transcription of PS3.6): every allowed class is
+    named an image (or parametric map, volume) storage class; every standard "... Image Storage" class is allowed
+    except the radiotherapy, security-screening (DICOS) and eddy-current ones, which are not patient images."""
+    from pydicom._uid_dict import UID_dictionary
+
+    from dpaudit.dicom import IMAGE_STORAGE_CLASSES
+
+    names = {uid: v[0] for uid, v in UID_dictionary.items() if v[1] == "SOP Class"}
+    assert IMAGE_STORAGE_CLASSES <= names.keys()
+    assert all("Image Storage" in names[u] or names[u] in ("Parametric Map Storage", "Enhanced US Volume Storage")
+               for u in IMAGE_STORAGE_CLASSES)
+    standard_images = {u for u, n in names.items() if u.startswith("1.2.840.10008.5.1.4.1.1.")
+                       and "Image Storage" in n and not n.startswith(("RT ", "Enhanced RT", "Enhanced Continuous RT",
+                                                                      "DICOS", "Eddy Current"))}
+    assert standard_images <= IMAGE_STORAGE_CLASSES, sorted(names[u] for u in standard_images - IMAGE_STORAGE_CLASSES)
+
+
 def test_corrupt_dicom_files_are_counted_unreadable_not_as_objects_without_pixels(tmp_path: Path,
                                                                                     rng: np.random.Generator) -> None:
     """A 128-byte preamble, "DICM" and random bytes parse (pydicom, force=True) to a data set of garbage tags: no
