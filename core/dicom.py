@@ -21,7 +21,8 @@ Pixel values (in this order; DICOM PS3.3 section C.11)
    frame's Pixel Value Transformation functional group): stored values to modality units (Hounsfield units for
    CT).
 3. **Window** (greyscale only), the first that applies: ``--window LOW,HIGH`` (modality units mapped to 0 and 1,
-   e.g. ``-100,200`` for liver CT); the file's VOI LUT Sequence (its output divided by 2^bits - 1 of the LUT
+   e.g. ``-100,200`` for liver CT; applied to files of every modality, and the loader counts the non-CT ones by
+   modality in a note, since their units are not Hounsfield units); the file's VOI LUT Sequence (its output divided by 2^bits - 1 of the LUT
    descriptor); the file's first Window Center / Window Width, or the frame's Frame VOI LUT functional group (the
    linear function of C.11.2.1.2.1); else the full range the stored bits can hold (Bits Stored, Pixel
    Representation) passed through the modality LUT, so that files of one series map alike. Values outside the
@@ -144,6 +145,7 @@ class DicomHeader:
     sop: str
     float_pixels: bool = False  # Float or Double Float Pixel Data: real values, no stored range
     has_window: bool = False  # a VOI LUT, Window Center/Width, or (enhanced files) a Frame VOI LUT
+    modality: str = ""  # Modality (CT, MR, ...), upper case
 
 
 def is_dicom(path: Path) -> bool:
@@ -290,7 +292,8 @@ def read_header(path: Path) -> DicomHeader | NotAnImage:
     has_window = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds) or \
         _group_value(ds, 0, "FrameVOILUTSequence", "WindowWidth") is not None
     return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
-                       keys, keys["SOPInstanceUID"], float_pixels=present[0] != "PixelData", has_window=has_window)
+                       keys, keys["SOPInstanceUID"], float_pixels=present[0] != "PixelData", has_window=has_window,
+                       modality=str(ds.get("Modality", "") or "").strip().upper())
 
 
 def window_value(x: np.ndarray, centre: float, width: float) -> np.ndarray:

@@ -29,7 +29,15 @@ from dpaudit.data import (
     _stack,
     age_band,
 )
-from dpaudit.dicom import DicomHeader, NotAnImage, decode_dicom, find_dicom, is_dicom, read_header
+from dpaudit.dicom import (
+    IMAGE_MODALITIES,
+    DicomHeader,
+    NotAnImage,
+    decode_dicom,
+    find_dicom,
+    is_dicom,
+    read_header,
+)
 from dpaudit.errors import DataError
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
@@ -128,7 +136,10 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
 
 def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Callable[[Path], list[Pixels]],
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
-              skipped: Counter[str], notes: list[str], *, skip_unreadable: bool) -> DatasetSplits:
+              skipped: Counter[str], notes: list[str], *, skip_unreadable: bool,
+              value_notes: Callable[[list[int]], list[str]] | None = None) -> DatasetSplits:
+    """Select, decode and split; ``value_notes`` gives the notes on the pixel values of the files used (indices
+    into ``files``: selected and decoded), so that they count only what is in the dataset."""
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
@@ -151,6 +162,8 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     if not sel:
         raise DataError(f"{name}: none of the files decodes ({_describe_skipped(skipped)}). Fix: check the files.")
     sel_a = np.asarray(sel)
+    if value_notes is not None:
+        notes = [*notes, *value_notes(sorted({entries.file[i] for i in sel}))]
     label_names = _label_names(entries.label)
     index = {n: i for i, n in enumerate(label_names)}
     labels = np.array([index[entries.label[i]] for i in sel], dtype=np.int64)
@@ -240,6 +253,15 @@ def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, floa
     """Notes on how the pixel values of these DICOM files were mapped, where the mapping is not a fixed one the
     files define (counts only: no file names, since notes reach metrics.json and the report)."""
     notes = []
+    # --window is in modality units; the values it is given for (-100,200 for liver) are Hounsfield units, which
+    # only CT has. Applied to every file as asked, but said once when files of another modality are among them.
+    others = Counter(h.modality if h.modality in IMAGE_MODALITIES else "other" for h in headers
+                     if h.modality != "CT") if window is not None else Counter()
+    if others and window is not None:
+        counts = ", ".join(f"{m} {n}" for m, n in sorted(others.items()))
+        notes.append(f"--window {window[0]:g},{window[1]:g} applied to {sum(others.values())} DICOM file(s) of "
+                     f"modalities other than CT too ({counts}), whose values are not Hounsfield units: check that "
+                     "the window fits them, or load each modality from its own folder")
     floats = sum(h.float_pixels and not h.has_window for h in headers) if window is None else 0
     if floats:
         notes.append(f"{floats} DICOM file(s) with float pixel data (Float or Double Float Pixel Data) and no window: "
@@ -313,7 +335,6 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                          "image-level DP (a patient's several images not protected together) pass --privacy-unit "
                          "image")
     unit = "study" if no_patient else "patient"
-    notes += _dicom_value_notes(headers, window)
     channels = 3 if any(h.colour for h in headers) else 1
     options = f"{image_size}|{channels}|{window}"
 
@@ -322,7 +343,8 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
 
     rng = np.random.default_rng([seed, 0xD1C0])
     return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
-                     skipped, notes, skip_unreadable=True)
+                     skipped, notes, skip_unreadable=True,
+                     value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -455,7 +477,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     # Parts per row (headers only), channels, patients.
     channels = 1
     counts: dict[int, int] = {}
-    dicom_headers: list[DicomHeader] = []
+    dicom_headers: dict[int, DicomHeader] = {}
     for f, (p, kind) in enumerate(zip(files, kinds, strict=True)):
         if kind == "image":
             channels = max(channels, probe_channels(p))
@@ -467,7 +489,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
                                 "only.")
             channels = max(channels, 3 if h.colour else 1)
             counts[f] = h.frames
-            dicom_headers.append(h)
+            dicom_headers[f] = h
         else:
             counts[f] = slice_count(p, slice_axis)
     has_patients = "patient_id" in table.columns
@@ -485,7 +507,6 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         notes.append("no patient_id column: each multi-image file (volume, multi-frame DICOM) taken as one patient")
     if has_patients and any(not row.get("patient_id") for _, _, row in rows):
         notes.append("rows without patient_id: each such file taken as its own patient")
-    notes += _dicom_value_notes(dicom_headers, window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
     kind_of = {p: k for p, k in zip(files, kinds, strict=True)}
 
@@ -499,5 +520,6 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
 
     rng = np.random.default_rng([seed, 0xC5F])
     return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
-                     skip_unreadable=False)
+                     skip_unreadable=False, value_notes=lambda used: _dicom_value_notes(
+                         [dicom_headers[f] for f in used if f in dicom_headers], window))
 

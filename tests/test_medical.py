@@ -148,6 +148,29 @@ def test_rescale_window_and_the_window_option(tmp_path: Path, rng: np.random.Gen
     assert_contains(images_of(load(tmp_path, window="-100,200")), [np.clip((hu + 100) / 300, 0, 1)[None]])
 
 
+def test_window_option_on_other_modalities_is_said_once(tmp_path: Path, rng: np.random.Generator) -> None:
+    """--window is in modality units; -100,200 is a CT (Hounsfield) window. On a tree that mixes modalities it is
+    applied to every file as asked (values checked), and one note counts the non-CT files by modality; the note
+    names no file (notes reach metrics.json and the report)."""
+    stored = {m: ramp(rng, 4095) for m in ("CT", "MR", "DX", "US")}
+    for i, (modality, values) in enumerate(stored.items()):
+        for k in range(2):
+            dicom_file(tmp_path / f"{modality}{k}.dcm", values if k == 0 else ramp(rng, 4095), patient=f"P{i}{k}",
+                       Modality=modality)
+    s = load(tmp_path, window="-100,200")
+    assert_contains(images_of(s), [np.clip((v + 100) / 300, 0, 1)[None] for v in stored.values()])
+    notes = [n for n in s.notes if "--window" in n]
+    assert notes == ["--window -100,200 applied to 6 DICOM file(s) of modalities other than CT too (DX 2, MR 2, "
+                     "US 2), whose values are not Hounsfield units: check that the window fits them, or load each "
+                     "modality from its own folder"]
+    assert not any(str(tmp_path) in n or ".dcm" in n for n in s.notes)
+    assert not any("--window" in n for n in load(tmp_path).notes)  # no window asked: nothing to say
+    for m in ("MR", "DX", "US"):
+        for k in range(2):
+            (tmp_path / f"{m}{k}.dcm").unlink()
+    assert not any("--window" in n for n in load(tmp_path, window="-100,200").notes)  # CT only
+
+
 def test_rescale_without_window_and_signed_pixels(tmp_path: Path, rng: np.random.Generator) -> None:
     stored = rng.integers(-2048, 2048, (SIZE, SIZE))
     dicom_file(tmp_path / "s.dcm", stored, signed=True, RescaleSlope=2, RescaleIntercept=100)
@@ -212,9 +235,17 @@ def test_float_pixel_data_in_unit_range_kept_and_multi_frame(tmp_path: Path, rng
 
 def test_float_pixel_data_outside_monochrome2_is_unreadable_and_named(tmp_path: Path, rng: np.random.Generator,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     float_dicom_file(tmp_path / "inv.dcm", rng.uniform(0, 1, (SIZE, SIZE)), patient="INV", photometric="MONOCHROME1")
     fillers(tmp_path, rng)
-    s = load(tmp_path)
+    log = logging.getLogger("dpaudit.data.skipped")  # the CLI may have stopped it propagating: listen on it
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            s = load(tmp_path)
+    finally:
+        log.removeHandler(caplog.handler)
     assert s.skipped == {"unreadable": 1}
     assert "inv.dcm" in caplog.text and "MONOCHROME2" in caplog.text
     assert not any("inv.dcm" in n for n in s.notes)

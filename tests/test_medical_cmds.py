@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from medical_fixtures import dicom_file, nifti_file
+from medical_fixtures import dicom_file, float_dicom_file, nifti_file
 from typer.testing import CliRunner
 
 from dpaudit.cli.main import app
@@ -138,3 +138,37 @@ def test_bad_dicom_file_is_one_line_naming_the_file(tmp_path: Path, rng: np.rand
                               "16", "--sigmas", "0", "--n-images", "2"])
     assert res.exit_code == 2 and "bad.dcm" in res.output and "Fix:" in res.output
     assert "Traceback" not in res.output
+
+
+def test_float_maps_non_image_objects_and_window_name_no_file_outside_stderr(tmp_path: Path,
+                                                                            rng: np.random.Generator) -> None:
+    """Parametric maps (float pixel data), a segmentation and an RT dose grid beside them, an unreadable float file,
+    MR and CT images under --window: what was mapped or skipped is counted in the JSON and the console notes, and
+    the files are named on stderr only."""
+    root = tmp_path / "dicom"
+    for p in range(8):
+        cls = "nodule" if p % 2 else "normal"
+        float_dicom_file(root / cls / f"{SECRET}-{p}" / f"{SECRET}-adc.dcm", blob(rng, 16), patient=f"{SECRET}-{p}")
+        dicom_file(root / cls / f"{SECRET}-{p}" / f"{SECRET}-ct.dcm", blob(rng, 16).astype(np.uint16),
+                   patient=f"{SECRET}-{p}")
+    for name, sop_class in (("seg", "1.2.840.10008.5.1.4.1.1.66.4"), ("dose", "1.2.840.10008.5.1.4.1.1.481.2")):
+        ds = dicom_file(root / "nodule" / f"{SECRET}-1" / f"{SECRET}-{name}.dcm", blob(rng, 16).astype(np.uint16),
+                        patient=f"{SECRET}-1")
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.save_as(root / "nodule" / f"{SECRET}-1" / f"{SECRET}-{name}.dcm", enforce_file_format=True)
+    float_dicom_file(root / "normal" / f"{SECRET}-0" / f"{SECRET}-bad.dcm", blob(rng, 16), patient=f"{SECRET}-0",
+                     photometric="MONOCHROME1")
+    args = ["train", "--dataset", f"dicom:{root}", "--arch", "smallcnn", "--image-size", "16", "--sigma", "1.0",
+            "--epochs", "1", "--batch-size", "4", "--threads", "1", "--json"]
+    for i, (extra, expected) in enumerate((([], "8 DICOM file(s) with float pixel data"),
+                                           (["--window", "0,3000"], "--window 0,3000 applied to 8 DICOM file(s) of "
+                                                                    "modalities other than CT too (MR 8)"))):
+        res = runner.invoke(app, [*args, "--out", str(tmp_path / f"run{i}"), *extra])
+        assert res.exit_code == 0, res.output
+        for out in (res.stdout, (tmp_path / f"run{i}" / "metrics.json").read_text()):
+            out = out.replace(str(root), "").replace(str(tmp_path), "")
+            assert expected in out
+            for reason in ("not an image (Segmentation Storage)", "not an image (RT Dose Storage)", "unreadable"):
+                assert reason in out
+            assert SECRET not in out and ".dcm" not in out
+        assert f"{SECRET}-bad.dcm" in res.stderr  # the unreadable file is named where only the user sees it
