@@ -420,9 +420,18 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
         signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
         stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
         planes = []
+        lut_errors = (IndexError, TypeError, ValueError, AttributeError, KeyError)  # a malformed LUT, in pydicom
+        if floating and "ModalityLUTSequence" in ds:  # a LUT is indexed by integer stored values
+            raise UnreadableImageError(f"DICOM file {str(path)!r} holds float pixel data with a Modality LUT "
+                                       "Sequence, which maps integer stored values only. Fix: replace or remove the "
+                                       "file.")
         for f in range(arr.shape[0]):
             modality = _frame_modality(ds, f)
-            values = modality(arr[f])
+            try:
+                values = modality(arr[f])
+            except lut_errors as exc:
+                raise UnreadableImageError(f"DICOM file {str(path)!r}: its modality LUT does not apply "
+                                           f"({type(exc).__name__}: {exc}). Fix: replace or remove the file.") from None
             if not np.isfinite(values).all():
                 r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
                 raise DataError(f"DICOM file {str(path)!r} holds a non-finite pixel value (frame {f}, row {r}, "
@@ -432,11 +441,19 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
                 lo, hi = window
                 plane = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
             elif "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-                lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
                 # The LUT is indexed by integer modality values; round non-integral ones (a fractional slope).
-                # (clipped first: a float value beyond int64 would wrap in the cast; the LUT clips at its ends)
-                index = np.round(np.clip(values, -(2.0 ** 62), 2.0 ** 62)).astype(np.int64)
-                plane = np.clip(apply_voi(index, ds, index=0).astype(np.float64) / (2 ** lut_bits - 1), 0.0, 1.0)
+                # Values beyond its ends take its end entries (PS3.3 C.11.2.1.1): clipped here, before the cast,
+                # because pydicom subtracts the first mapped value in the LUT's own 8/16-bit type, where a value
+                # beyond the range would wrap, and a float beyond int64 would wrap in the cast.
+                try:
+                    entries, first, lut_bits = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
+                    index = np.round(np.clip(values, first, first + (entries or 2 ** 16) - 1)).astype(np.int64)
+                    voi = apply_voi(index, ds, index=0).astype(np.float64)
+                except lut_errors as exc:
+                    raise UnreadableImageError(f"DICOM file {str(path)!r}: its VOI LUT does not apply "
+                                               f"({type(exc).__name__}: {exc}). Fix: replace or remove the file, or "
+                                               "pass --window LOW,HIGH.") from None
+                plane = np.clip(voi / (2 ** lut_bits - 1), 0.0, 1.0)
             elif centre_width is not None:
                 plane = window_value(values, *centre_width)
             elif floating:

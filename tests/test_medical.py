@@ -265,6 +265,43 @@ def test_voi_lut_sequence(tmp_path: Path, rng: np.random.Generator) -> None:
     assert_contains(images_of(load(tmp_path)), [((stored // 4) / 1023)[None]])
 
 
+def test_voi_lut_maps_values_beyond_its_ends_to_its_end_entries(tmp_path: Path, rng: np.random.Generator) -> None:
+    """PS3.3 C.11.2.1.1: input values below the first mapped value take the first entry, above the last the last
+    one, whatever the pixel type: 32-bit integers far above the LUT (pydicom alone wraps them in the LUT's 16-bit
+    type) and float pixel data up to +-1e30."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 10]
+    item.LUTData = (np.arange(4096) // 4).tolist()
+    item["LUTDescriptor"].VR = "US"
+    item["LUTData"].VR = "US"
+    wide = rng.integers(0, 2 ** 20, (SIZE, SIZE))
+    dicom_file(tmp_path / "w.dcm", wide, bits_stored=32, VOILUTSequence=[item])
+    floats = rng.uniform(-5000, 5000, (SIZE, SIZE))
+    floats[0, :4] = [1e30, -1e30, 4095.4, 0.6]
+    float_dicom_file(tmp_path / "f.dcm", floats, double=True, patient="F", VOILUTSequence=[item])
+    fillers(tmp_path, rng)
+    expect_wide = (np.minimum(wide, 4095) // 4) / 1023
+    expect_float = (np.clip(np.round(floats), 0, 4095) // 4) / 1023
+    assert expect_float[0, :4].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert_contains(images_of(load(tmp_path)), [expect_wide[None], expect_float[None]])
+
+
+def test_float_pixel_data_with_a_modality_lut_is_unreadable(tmp_path: Path, rng: np.random.Generator) -> None:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = list(range(4096))
+    item.ModalityLUTType = "HU"
+    item["LUTDescriptor"].VR = "US"
+    item["LUTData"].VR = "US"
+    float_dicom_file(tmp_path / "m.dcm", rng.uniform(0, 4000, (SIZE, SIZE)), patient="M", ModalityLUTSequence=[item])
+    fillers(tmp_path, rng)
+    assert load(tmp_path).skipped == {"unreadable": 1}
+
+
 def test_monochrome1_is_inverted(tmp_path: Path, rng: np.random.Generator) -> None:
     stored = ramp(rng, 4095)
     dicom_file(tmp_path / "cr.dcm", stored, photometric="MONOCHROME1")
