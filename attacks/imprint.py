@@ -385,7 +385,7 @@ def pooled_views(stats: ImageStatistics, noise: PooledNoise, *, noise_multiplier
         ``"strong"``: ``(avg, m)``, the mean of the chosen prefix of rows (N x (D+1)) and the chosen m, both as the
         likelihood-ratio test of :func:`dpaudit.attacks.decoders.choose_prefix` picks them from the full view;
         ``"paper"``: ``(row, keep)``, the differenced row breaching's reduction keeps (N x (D+1)) and its index
-        (-1: none).
+        (-1: none), from :func:`paper_view` (which forms only the rows asked for).
     """
     n, k = noise.along.shape
     s = noise_multiplier * max_grad_norm / np.sqrt(observations)
@@ -403,24 +403,66 @@ def pooled_views(stats: ImageStatistics, noise: PooledNoise, *, noise_multiplier
         avg += (s * noise.bartlett_cumsum[pick, m] / (m + 1.0)).astype(np.float32)[:, None] * noise.direction
         out["strong"] = (avg, m)
     if "paper" in decoders:
-        d = e.shape[1] - 1
-        gamma = np.zeros((n, k))
-        gamma[:, 0] = 1.0
-        top = stats.active_rows + 1
-        has = top < k
-        gamma[np.nonzero(has)[0], top[has]] = -1.0  # clean differenced rows: +c on row 0, -c on row m + 1
-        dalpha = np.diff(noise.bias_noise, axis=1, prepend=0.0)
-        dbeta = np.diff(noise.mean_noise, axis=1, prepend=0.0)
-        e_bias = e[:, -1].astype(np.float64)
-        e_mean = e[:, :-1].mean(axis=1, dtype=np.float64)
-        bias = gamma * (kappa * e_bias)[:, None] + s * dalpha
-        wmean = gamma * (kappa * e_mean)[:, None] + s * dbeta / np.sqrt(d)
-        keep = paper_choice(bias, wmean)
-        pick = np.arange(n)
-        kk = np.maximum(keep, 0)
-        row = (gamma[pick, kk] * kappa).astype(np.float32)[:, None] * e
-        row += (s * np.sqrt(np.where(kk == 0, 1.0, 2.0))).astype(np.float32)[:, None] * noise.rest
-        row[:, -1] += (s * dalpha[pick, kk]).astype(np.float32)
-        row[:, :-1] += (s * dbeta[pick, kk] / np.sqrt(d)).astype(np.float32)[:, None]
-        out["paper"] = (row, keep)
+        view = paper_view(stats, noise, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                          observations=observations)
+        out["paper"] = (view.rows(), view.keep)
     return out
+
+
+@dataclass(frozen=True)
+class PaperView:
+    """The paper decoder's view at one noise level (see :class:`PooledNoise`): the differenced row breaching's
+    reduction keeps, per image, and that row for the images asked for (:meth:`rows`).
+
+    The choice needs only the K bias entries and weight means per image; the kept row itself is N x (D+1), so an
+    attack that has decoded an image's row before (the same noise-only row at another level) need not form it.
+
+    Attributes
+    ----------
+    keep: N, the kept differenced row (-1: none).
+    noise: the draws (their ``unit`` and ``rest`` build the rows).
+    along_unit, along_rest, bias_shift, mean_shift: N each, the kept row's coefficients: ``along_unit * e +
+    along_rest * h``, plus ``bias_shift`` on the bias entry and ``mean_shift`` on every weight entry.
+    """
+
+    keep: np.ndarray
+    noise: PooledNoise
+    along_unit: np.ndarray
+    along_rest: np.ndarray
+    bias_shift: np.ndarray
+    mean_shift: np.ndarray
+
+    def rows(self, images: np.ndarray | None = None) -> np.ndarray:
+        """The kept differenced rows (len x (D+1), float32) of ``images`` (indices; default every image)."""
+        pick = slice(None) if images is None else np.asarray(images)
+        row = self.along_unit[pick].astype(np.float32)[:, None] * self.noise.unit[pick]
+        row += self.along_rest[pick].astype(np.float32)[:, None] * self.noise.rest[pick]
+        row[:, -1] += self.bias_shift[pick].astype(np.float32)
+        row[:, :-1] += self.mean_shift[pick].astype(np.float32)[:, None]
+        return row
+
+
+def paper_view(stats: ImageStatistics, noise: PooledNoise, *, noise_multiplier: float, max_grad_norm: float,
+               observations: int = 1) -> PaperView:
+    """The paper decoder's exact view at one noise level, for all images at once (see :class:`PaperView`)."""
+    n, k = noise.along.shape
+    s = noise_multiplier * max_grad_norm / np.sqrt(observations)
+    kappa = stats.clip_factor(max_grad_norm) * stats.delta * stats.x_norm1  # clean rows = kappa * e on rows 0..m
+    e = noise.unit
+    d = e.shape[1] - 1
+    gamma = np.zeros((n, k))
+    gamma[:, 0] = 1.0
+    top = stats.active_rows + 1
+    has = top < k
+    gamma[np.nonzero(has)[0], top[has]] = -1.0  # clean differenced rows: +c on row 0, -c on row m + 1
+    dalpha = np.diff(noise.bias_noise, axis=1, prepend=0.0)
+    dbeta = np.diff(noise.mean_noise, axis=1, prepend=0.0)
+    e_bias = e[:, -1].astype(np.float64)
+    e_mean = e[:, :-1].mean(axis=1, dtype=np.float64)
+    bias = gamma * (kappa * e_bias)[:, None] + s * dalpha
+    wmean = gamma * (kappa * e_mean)[:, None] + s * dbeta / np.sqrt(d)
+    keep = paper_choice(bias, wmean)
+    pick = np.arange(n)
+    kk = np.maximum(keep, 0)
+    return PaperView(keep, noise, gamma[pick, kk] * kappa, s * np.sqrt(np.where(kk == 0, 1.0, 2.0)),
+                     s * dalpha[pick, kk], s * dbeta[pick, kk] / np.sqrt(d))

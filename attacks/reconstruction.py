@@ -27,9 +27,11 @@ from dpaudit.attacks.decoders import (
 from dpaudit.attacks.imprint import (
     ImageStatistics,
     ImprintBlock,
+    PaperView,
     clean_block_gradient,
     draw_pooled_noise,
     image_statistics,
+    paper_view,
     pooled_views,
     replay,
 )
@@ -203,13 +205,14 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         recs: dict[str, np.ndarray] = {}
         owners: np.ndarray | None = None
         noise_std = sigma * max_grad_norm / math.sqrt(observations)
-        views = pooled_views(stats, noise, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                             observations=observations, decoders=decoders)
         if "strong" in decoders:
-            avg, prefix = views["strong"]
+            avg, prefix = pooled_views(stats, noise, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                                       observations=observations, decoders=("strong",))["strong"]
             recs["strong"] = decode_pooled(avg, prefix, layout, noise_std, denoiser=denoiser)
         if "paper" in decoders:
-            recs["paper"] = paper_noise_rows(*views["paper"], layout)
+            recs["paper"] = paper_noise_rows(paper_view(stats, noise, noise_multiplier=sigma,
+                                                        max_grad_norm=max_grad_norm, observations=observations),
+                                             layout)
         if "paper-all" in decoders:  # every candidate row: the full K x (D+1) view, row by row
             cands, own = [], []
             for i in range(n):
@@ -258,6 +261,7 @@ class _NoiseRowCache:
     numbers), and breaching's decoder divides its weight part by its bias entry: s cancels, so the candidate is
     the same image at every noise level (up to the float32 rounding of the view). Keeping the first decoding of
     each (image, kept row) makes equal levels give bit-equal candidate sets, which ``run_attack`` then scores once.
+    A row decoded before is not even formed (:meth:`PaperView.rows` builds only the others).
     """
 
     def __init__(self, active_rows: np.ndarray) -> None:
@@ -265,8 +269,9 @@ class _NoiseRowCache:
         self._keep = np.full(len(self._signal_row), -1)
         self._images: np.ndarray | None = None
 
-    def __call__(self, rows: np.ndarray, keep: np.ndarray, layout: Layout) -> np.ndarray:
-        """:func:`decode_paper_rows` ``(rows, keep, layout)``, with the noise-only rows seen before not decoded again."""
+    def __call__(self, view: PaperView, layout: Layout) -> np.ndarray:
+        """:func:`decode_paper_rows` of ``view``'s kept rows, forming and decoding only the rows not seen before."""
+        keep = view.keep
         noise_only = (keep >= 1) & (keep != self._signal_row)
         c, h, w = layout.shape
         if self._images is None:  # stored plane after plane, as the decoders write their images
@@ -275,7 +280,8 @@ class _NoiseRowCache:
         images = np.empty_like(self._images)
         images[same] = self._images[same]
         if not same.all():
-            images[~same] = decode_paper_rows(rows[~same], keep[~same], layout)
+            todo = np.nonzero(~same)[0]
+            images[todo] = decode_paper_rows(view.rows(todo), keep[todo], layout)
         new = noise_only & ~same
         self._images[new] = images[new]
         self._keep[new] = keep[new]

@@ -536,3 +536,28 @@ def test_rof_solver_equals_a_plain_chambolle_pock_reference(rng: np.random.Gener
         u, tau, sigma = u_new, tau * theta, sigma / theta
     ours = _rof_unit(torch.from_numpy(g.astype(np.float32)), TV_ITERATIONS, TV_TAU0).numpy()
     np.testing.assert_allclose(ours, u, rtol=0, atol=2e-5 * np.abs(u).max())
+
+
+def test_paper_rows_formed_for_some_images_equal_the_full_view(rng: np.random.Generator) -> None:
+    # The attack forms the paper decoder's kept row only for images it has not decoded before; those rows must be
+    # the full view's rows bit for bit, and the cached decoding must equal decoding every row at every level.
+    from dpaudit.attacks.decoders import decode_paper_rows
+    from dpaudit.attacks.imprint import draw_pooled_noise, paper_view, pooled_views
+    from dpaudit.attacks.reconstruction import _NoiseRowCache
+
+    x = pictures(16, 6)
+    block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
+    stats = image_statistics(small_model(2), block, x, torch.arange(6) % 4, mean=np.array(MEAN), std=np.array(STD))
+    z = ((x - 0.5) / 0.25).reshape(6, -1).numpy()
+    noise = draw_pooled_noise(rng, z, 10)
+    layout = Layout((3, 16, 16), np.array(MEAN), np.array(STD))
+    cache = _NoiseRowCache(stats.active_rows)
+    for sigma in (0.0, 1e-4, 1e-2, 3e-2, 1e-1, 1.0):
+        kw = dict(noise_multiplier=sigma, max_grad_norm=0.5)
+        view = paper_view(stats, noise, **kw)
+        rows, keep = pooled_views(stats, noise, decoders=("paper",), **kw)["paper"]
+        np.testing.assert_array_equal(view.keep, keep)
+        for some in ([0], [4, 1], [2, 3, 5]):
+            np.testing.assert_array_equal(view.rows(np.array(some)), rows[some])
+        # float32 rounding of a noise-only row's view at another level aside (see _NoiseRowCache)
+        np.testing.assert_allclose(cache(view, layout), decode_paper_rows(rows, keep, layout), rtol=0, atol=1e-6)
