@@ -337,6 +337,8 @@ class PooledNoise:
     bias_noise, mean_noise: N x K, ``alpha_j`` and ``beta_j``.
     rest: N x (D+1) float32, ``h`` (standard normal in the complement of ``b`` and ``w``).
     unit: N x (D+1) float32, ``e`` (not random; kept to avoid recomputing it per level).
+    unit_bias, unit_mean: N, the bias entry of ``e`` and the mean of its weight entries (float64; the paper
+    decoder's choice reads ``e`` only through them, at every level).
     """
 
     along: np.ndarray
@@ -346,6 +348,8 @@ class PooledNoise:
     mean_noise: np.ndarray
     rest: np.ndarray
     unit: np.ndarray
+    unit_bias: np.ndarray
+    unit_mean: np.ndarray
 
 
 def draw_pooled_noise(rng: np.random.Generator, z: np.ndarray, bins: int) -> PooledNoise:
@@ -363,7 +367,8 @@ def draw_pooled_noise(rng: np.random.Generator, z: np.ndarray, bins: int) -> Poo
     h = rng.standard_normal((n, d + 1), dtype=np.float32)
     h[:, -1] = 0.0  # remove the component along b = e_{D+1}
     h[:, :-1] -= h[:, :-1].mean(axis=1, keepdims=True)  # ... and along w = [1, .., 1, 0] / sqrt(D)
-    return PooledNoise(along, rcum, g, rng.standard_normal((n, bins)), rng.standard_normal((n, bins)), h, e)
+    return PooledNoise(along, rcum, g, rng.standard_normal((n, bins)), rng.standard_normal((n, bins)), h, e,
+                       e[:, -1].astype(np.float64), e[:, :-1].mean(axis=1, dtype=np.float64))
 
 
 def _unit_rows(z: np.ndarray) -> np.ndarray:
@@ -448,8 +453,7 @@ def paper_view(stats: ImageStatistics, noise: PooledNoise, *, noise_multiplier: 
     n, k = noise.along.shape
     s = noise_multiplier * max_grad_norm / np.sqrt(observations)
     kappa = stats.clip_factor(max_grad_norm) * stats.delta * stats.x_norm1  # clean rows = kappa * e on rows 0..m
-    e = noise.unit
-    d = e.shape[1] - 1
+    d = noise.unit.shape[1] - 1
     gamma = np.zeros((n, k))
     gamma[:, 0] = 1.0
     top = stats.active_rows + 1
@@ -457,10 +461,8 @@ def paper_view(stats: ImageStatistics, noise: PooledNoise, *, noise_multiplier: 
     gamma[np.nonzero(has)[0], top[has]] = -1.0  # clean differenced rows: +c on row 0, -c on row m + 1
     dalpha = np.diff(noise.bias_noise, axis=1, prepend=0.0)
     dbeta = np.diff(noise.mean_noise, axis=1, prepend=0.0)
-    e_bias = e[:, -1].astype(np.float64)
-    e_mean = e[:, :-1].mean(axis=1, dtype=np.float64)
-    bias = gamma * (kappa * e_bias)[:, None] + s * dalpha
-    wmean = gamma * (kappa * e_mean)[:, None] + s * dbeta / np.sqrt(d)
+    bias = gamma * (kappa * noise.unit_bias)[:, None] + s * dalpha
+    wmean = gamma * (kappa * noise.unit_mean)[:, None] + s * dbeta / np.sqrt(d)
     keep = paper_choice(bias, wmean)
     pick = np.arange(n)
     kk = np.maximum(keep, 0)
