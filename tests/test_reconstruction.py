@@ -7,7 +7,9 @@ exact binomial interval (Clopper-Pearson). Test images are scikit-image's bundle
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -552,7 +554,8 @@ def test_paper_rows_formed_for_some_images_equal_the_full_view(rng: np.random.Ge
     noise = draw_pooled_noise(rng, z, 10)
     layout = Layout((3, 16, 16), np.array(MEAN), np.array(STD))
     cache = _NoiseRowCache(stats.active_rows)
-    for sigma in (0.0, 1e-4, 1e-2, 3e-2, 1e-1, 1.0):
+    given = []  # what the cache returned, and a copy: a later level must not change an earlier level's images
+    for sigma in (0.0, 1e-4, 1e-2, 3e-2, 1e-1, 1.0, 1e-2, 3.0, 3.0):
         kw = dict(noise_multiplier=sigma, max_grad_norm=0.5)
         view = paper_view(stats, noise, **kw)
         rows, keep = pooled_views(stats, noise, decoders=("paper",), **kw)["paper"]
@@ -560,4 +563,24 @@ def test_paper_rows_formed_for_some_images_equal_the_full_view(rng: np.random.Ge
         for some in ([0], [4, 1], [2, 3, 5]):
             np.testing.assert_array_equal(view.rows(np.array(some)), rows[some])
         # float32 rounding of a noise-only row's view at another level aside (see _NoiseRowCache)
-        np.testing.assert_allclose(cache(view, layout), decode_paper_rows(rows, keep, layout), rtol=0, atol=1e-6)
+        images = cache(view, layout)
+        np.testing.assert_allclose(images, decode_paper_rows(rows, keep, layout), rtol=0, atol=1e-6)
+        given.append((images, images.copy()))
+    for images, copy in given:
+        np.testing.assert_array_equal(images, copy)
+    assert any(a is b for (a, _), (b, _) in itertools.pairwise(given))  # a level of seen rows only: no copy
+    # A row not seen before, after the stored images were handed out: they are copied, not overwritten.
+    signal = stats.active_rows + 1
+    noise_rows = np.array([next(r for r in range(1, 10) if r != m) for m in signal])
+    cache(dataclasses.replace(view, keep=noise_rows), layout)
+    handed = cache(dataclasses.replace(view, keep=noise_rows), layout)
+    assert handed is cache(dataclasses.replace(view, keep=noise_rows), layout)
+    copy = handed.copy()
+    other = noise_rows.copy()
+    other[2] = next(r for r in range(1, 10) if r not in (noise_rows[2], signal[2]))
+    moved = dataclasses.replace(view, keep=other, along_unit=view.along_unit + 0.5 * np.abs(view.bias_shift))
+    changed = cache(moved, layout)
+    np.testing.assert_array_equal(handed, copy)
+    np.testing.assert_array_equal(changed[2], decode_paper_rows(moved.rows([2]), other[[2]], layout)[0])
+    assert not np.array_equal(changed[2], copy[2])
+    np.testing.assert_array_equal(np.delete(changed, 2, axis=0), np.delete(copy, 2, axis=0))
