@@ -143,26 +143,47 @@ def decode_pooled(avg: np.ndarray, prefix: np.ndarray, layout: Layout, noise_std
     scale = avg[:, -1].astype(np.float64)  # f * delta: scale and sign from the averaged bias gradient
     dead = scale == 0.0
     safe = np.where(dead, 1.0, scale)
-    flat = avg[:, :-1] / safe[:, None]  # in float64 (float32 / float64 promotes each value exactly)
-    if dead.any():
-        flat[dead] = 0.0
-    # One channel plane after another in memory (``to_image`` returns a view and astype keeps its order): the
-    # denoiser and the SSIM read planes, so no layout copy is made between the decoder and the score.
-    images = layout.denormalise_(flat).astype(np.float32)
+    todo = np.zeros(len(avg), dtype=bool)
     if denoiser == "tv" and noise_std > 0:
         # Per-value std of avg / scale in normalised units, then per channel in pixel units.
         level = noise_std / np.sqrt(np.asarray(prefix, dtype=np.float64) + 1.0) / np.abs(safe)
         # Channels share one weight, taken at the mean noise level (the normalisation std differs little by channel).
         pixel_std = np.where(dead, 0.0, level * float(np.mean(layout.std)))
         todo = np.where(dead, 0.0, level * float(np.max(layout.std))) > MIN_DENOISE_STD
-        if todo.any():
-            # Pre-clip very noisy values so one outlier cannot dominate the TV problem; denoise in [-.5, 1.5]. (The
-            # images left alone are clipped to [0, 1] below, which this clip does not change.)
-            np.clip(images, -0.5, 1.5, out=images)
-            if todo.all():
-                images = denoise_tv(images, TV_WEIGHT_PER_NOISE_STD * pixel_std)
-            else:
-                images[todo] = denoise_tv(images[todo], TV_WEIGHT_PER_NOISE_STD * pixel_std[todo])
+    # One channel plane after another in memory: the denoiser and the SSIM read planes, so no layout copy is made
+    # between the decoder and the score. Images to denoise carry noise far above float32 rounding: they are
+    # de-normalised in float32, one product by std / scale and one sum per value (within 2 ulp of the float64
+    # route, 6x faster at 224 px); the others (without noise: the exact images, bit for bit the paper decoder's)
+    # in float64, rounded once. Each image's route depends on itself only.
+    c, h, w = layout.shape
+    fast = todo if avg.dtype == np.float32 else np.zeros_like(todo)
+    planes = np.empty((len(avg), c, h, w), dtype=np.float32)
+    if fast.any():
+        factor = (layout.std[None, :] / safe[fast, None]).astype(np.float32)
+        sub = avg[fast] if not fast.all() else avg
+        out = planes[fast] if not fast.all() else planes
+        np.multiply(sub[:, :-1].reshape(len(sub), c, h, w), factor[:, :, None, None], out=out)
+        out += layout.mean.astype(np.float32)[:, None, None]
+        if not fast.all():
+            planes[fast] = out
+    if not fast.all():
+        sub = avg[~fast] if fast.any() else avg
+        flat = sub[:, :-1] / safe[~fast, None]  # in float64 (float32 / float64 promotes each value exactly)
+        flat[dead[~fast]] = 0.0
+        c_first = np.moveaxis(layout.denormalise_(flat), -1, 1)
+        if fast.any():
+            planes[~fast] = c_first
+        else:
+            planes[...] = c_first
+    images = np.moveaxis(planes, 1, -1)
+    if todo.any():
+        # Pre-clip very noisy values so one outlier cannot dominate the TV problem; denoise in [-.5, 1.5]. (The
+        # images left alone are clipped to [0, 1] below, which this clip does not change.)
+        np.clip(images, -0.5, 1.5, out=images)
+        if todo.all():
+            images = denoise_tv(images, TV_WEIGHT_PER_NOISE_STD * pixel_std)
+        else:
+            images[todo] = denoise_tv(images[todo], TV_WEIGHT_PER_NOISE_STD * pixel_std[todo])
     return np.clip(images, 0.0, 1.0, out=images)
 
 

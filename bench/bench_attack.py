@@ -11,8 +11,8 @@ Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 
 floor, per stage. ``--alternatives`` times, per image and side by side, the ways of computing the two largest
 stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
 sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls) and torch's grouped
-convolution, the TV denoiser with 2 torch threads, SSIM in float32 (its error against float64), and the cost of
-the projection's square root against a plain pass.
+convolution, the TV denoiser with 2 torch threads, SSIM in float32 (its error against float64), the projection's
+square root and quotient against the reciprocal square root and product, and de-normalising in float32.
 """
 
 from __future__ import annotations
@@ -228,11 +228,26 @@ def alternatives(size: int, n: int, repeats: int) -> None:
         torch.set_num_threads(threads)
     print(f"TV with 1 torch thread: CPU {c1 * 1e3:7.3f}, wall {w1 * 1e3:7.3f} | 2 threads: CPU {c2 * 1e3:7.3f}, "
           f"wall {w2 * 1e3:7.3f}")
-    plane = torch.rand(128 * 1024) * 4
-    other = torch.rand(128 * 1024)
-    t_add, t_sqrt = cpu(lambda: plane.add_(other).sub_(other)) / 2, cpu(lambda: plane.sqrt_().mul_(plane))
-    print(f"TV projection: one sqrt pass costs {(t_sqrt - t_add) / t_add:.1f} plain passes (add) over a chunk; "
-          f"an iteration makes 16 passes")
+    # The projection's scaling of q by max(1, |q|): square root and quotient (main until this bench's change) against
+    # reciprocal square root and product (dpaudit), on dual variables of the size of one TV chunk, 1/3 inside the ball.
+    q = torch.randn(2, 128 * 1024) * 1.5
+    sq = (q * q).sum(0).clamp_(min=1.0)
+    norm = torch.empty_like(sq)
+    qq = torch.empty_like(q)
+    t_add = cpu(lambda: torch.add(q[0], q[1], out=norm))
+    t_div = cpu(lambda: qq.copy_(q).div_(torch.sqrt(sq, out=norm))) - cpu(lambda: qq.copy_(q))
+    t_mul = cpu(lambda: qq.copy_(q).mul_(torch.rsqrt(sq, out=norm))) - cpu(lambda: qq.copy_(q))
+    print(f"TV projection over a chunk, in plain passes (add): sqrt + div {t_div / t_add:.1f} | rsqrt + mul "
+          f"{t_mul / t_add:.1f} (dpaudit; an iteration makes 16 passes)")
+    # De-normalising the strong decoder's output in float32 (one product by std / scale, one sum) instead of float64
+    # (rejected: 1 ulp off, so the exact reconstructions without noise are no longer bit-exact; see decode_pooled).
+    avg = rng.standard_normal((n, 3 * size * size), dtype=np.float32)
+    scale = rng.random(n) + 0.5
+    std_ = np.array(STD)[None, :, None, None]
+    f64 = cpu(lambda: ((avg / scale[:, None]).reshape(n, 3, size, size) * std_ + 0.5).astype(np.float32)) / n
+    f32 = cpu(lambda: avg.reshape(n, 3, size, size) * (std_ / scale[:, None, None, None]).astype(np.float32)
+              + np.float32(0.5)) / n
+    print(f"de-normalising per image: float64 {f64 * 1e3:7.3f} | float32 {f32 * 1e3:7.3f} ({f32 / f64:.2f}x)")
 
 
 def main() -> None:

@@ -584,3 +584,23 @@ def test_paper_rows_formed_for_some_images_equal_the_full_view(rng: np.random.Ge
     np.testing.assert_array_equal(changed[2], decode_paper_rows(moved.rows([2]), other[[2]], layout)[0])
     assert not np.array_equal(changed[2], copy[2])
     np.testing.assert_array_equal(np.delete(changed, 2, axis=0), np.delete(copy, 2, axis=0))
+
+
+def test_strong_decoder_float32_route_equals_the_float64_route(rng: np.random.Generator) -> None:
+    # Images to denoise are de-normalised in float32 (float64 input takes the float64 route throughout); the two
+    # routes differ by float32 rounding only, and the images not denoised are bit for bit the same.
+    from dpaudit.attacks.decoders import MIN_DENOISE_STD, decode_pooled
+
+    lay = Layout((3, 20, 20), np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3]))
+    x = (pictures(20, 6).numpy() - lay.mean[:, None, None]) / lay.std[:, None, None]
+    scale = np.array([2.0, 1e3, -3.0, 1e4, 0.0, 0.5])  # denoised, not, denoised, not, dead, denoised
+    avg = np.concatenate([x.reshape(6, -1) * scale[:, None], scale[:, None]], axis=1)
+    avg[:, :-1] += 0.02 * rng.standard_normal((6, x[0].size))
+    avg = avg.astype(np.float32)
+    prefix = np.array([0, 3, 1, 9, 0, 2])
+    level = 0.02 / np.sqrt(prefix + 1.0) / np.where(scale == 0, 1.0, np.abs(scale)) * lay.std.max()
+    todo = (level > MIN_DENOISE_STD) & (scale != 0)
+    fast, plain = decode_pooled(avg, prefix, lay, 0.02), decode_pooled(avg.astype(np.float64), prefix, lay, 0.02)
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(fast[~todo], plain[~todo])
+    assert todo.sum() == 3
