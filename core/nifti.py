@@ -6,8 +6,11 @@ Each volume is first reoriented to the closest canonical (RAS+) voxel order with
 mean the same for every file whatever its affine: ``sagittal`` slices run along the first axis (left to right),
 ``coronal`` along the second (posterior to anterior), ``axial`` (the default) along the third (inferior to
 superior). A slice is shown with its second in-plane axis upwards (anterior or superior up) and the patient's
-right on the image's right (neurological convention): ``np.rot90`` of the RAS-ordered slice. A 4-D file
-contributes its first volume.
+right on the image's right (neurological convention): ``np.rot90`` of the RAS-ordered slice.
+
+One volume per file: a file holding several (a 4-D time series, diffusion directions, several echoes) is refused
+with an error naming the file, not cut to its first volume: dpaudit cannot know which volume is the image, and
+taking all of them would mix contrasts in one class. Trailing axes of length 1 (``X x Y x Z x 1``) are dropped.
 
 Values
 ------
@@ -28,7 +31,7 @@ import numpy as np
 from dpaudit.errors import DataError, invalid
 from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
 
-__all__ = ["NIFTI_SUFFIXES", "SLICE_AXES", "decode_nifti", "is_nifti", "slice_count"]
+__all__ = ["NIFTI_SUFFIXES", "SLICE_AXES", "canonical", "decode_nifti", "is_nifti", "slice_count"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Slice axis name to the RAS+ voxel axis it runs along.
@@ -57,7 +60,37 @@ def _load(path: Path):  # -> nibabel image, canonical
     if len(img.shape) < 2:
         raise UnreadableImageError(f"NIfTI file {str(path)!r} has shape {img.shape}, not a volume. Fix: pass 3-D "
                                    "volumes.")
+    if volume_count(img.shape) > 1:
+        raise DataError(f"NIfTI file {str(path)!r} holds {volume_count(img.shape)} volumes (shape "
+                        f"{tuple(img.shape)}); dpaudit reads one 3-D volume per file. Fix: split it into 3-D files "
+                        "(nibabel's four_to_three) and keep the volume(s) you mean, with one patient_id in "
+                        "labels.csv (or in one sub-<label> folder) for all of one patient's files.")
     return img
+
+
+def volume_count(shape: tuple[int, ...]) -> int:
+    """Volumes a NIfTI shape holds: the product of its axes after the third (1 for 2-D and 3-D, and for trailing
+    axes of length 1).
+
+    >>> volume_count((16, 16, 3)), volume_count((16, 16, 3, 1)), volume_count((16, 16, 3, 5))
+    (1, 1, 5)
+    """
+    return int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
+
+
+def canonical(img, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """(voxel array X x Y x Z, affine) of a one-volume NIfTI image reoriented to the closest canonical (RAS+)
+    voxel order with nibabel's ``as_closest_canonical``; 2-D images get a third axis of length 1 and trailing axes
+    of length 1 are dropped first. ``dtype`` None keeps the scaled data's own type (a label map's integers)."""
+    import nibabel as nib
+
+    shape = tuple(img.shape)
+    if len(shape) != 3:  # 2-D, or X x Y x Z x 1 ...: the same voxels as one 3-D image with the same affine
+        data = np.asanyarray(img.dataobj).reshape(tuple(shape[:3]) + (1,) * (3 - len(shape[:3])))
+        img = nib.Nifti1Image(data, img.affine)
+    canon = nib.as_closest_canonical(img)
+    data = np.asanyarray(canon.dataobj) if dtype is None else np.asanyarray(canon.dataobj, dtype=dtype)
+    return data, canon.affine
 
 
 def slice_count(path: Path, slice_axis: str) -> int:
@@ -75,21 +108,13 @@ def slice_count(path: Path, slice_axis: str) -> int:
 
 
 def canonical_volume(path: Path) -> np.ndarray:
-    """The volume's scaled voxel values as float64, reoriented to RAS+ (first volume of a 4-D file)."""
-    import nibabel as nib
-
+    """The volume's scaled voxel values as float64, reoriented to RAS+ (:func:`canonical`)."""
     img = _load(path)
     try:
-        data = np.asanyarray(img.dataobj, dtype=np.float64)
+        return canonical(img)[0]
     except Exception as exc:  # truncated or damaged data
         raise UnreadableImageError(f"NIfTI file {str(path)!r}: its voxel data do not read ({type(exc).__name__}: "
                                    f"{exc}). Fix: replace or remove the file.") from None
-    while data.ndim > 3:
-        data = data[..., 0]
-    while data.ndim < 3:
-        data = data[..., None]
-    ornt = nib.orientations.io_orientation(img.affine)
-    return nib.orientations.apply_orientation(data, ornt)
 
 
 def decode_nifti(path: Path, image_size: int, channels: int, window: tuple[float, float] | None,

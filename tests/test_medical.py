@@ -631,6 +631,22 @@ def test_nifti_non_finite_voxel_names_file_and_voxel(tmp_path: Path, rng: np.ran
         load_splits(f"nifti:{tmp_path}", image_size=SIZE)
 
 
+def test_a_nifti_file_of_several_volumes_is_refused_naming_the_file(tmp_path: Path, rng: np.random.Generator
+                                                                   ) -> None:
+    """A 4-D file (5 time points) is an error naming it, not its first volume silently; X x Y x Z x 1 is one
+    volume."""
+    for i in range(3):
+        nifti_file(tmp_path / f"v{i}.nii.gz", rng.random((SIZE, SIZE, 3, 1)).astype(np.float32))
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 9
+    nifti_file(tmp_path / "bold.nii.gz", rng.random((SIZE, SIZE, 3, 5)).astype(np.float32))
+    with pytest.raises(DataError, match=r"bold\.nii\.gz' holds 5 volumes \(shape \(16, 16, 3, 5\)\).*Fix: split it"):
+        load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    (tmp_path / "m.csv").write_text("path,label\nbold.nii.gz,0\nv0.nii.gz,1\nv1.nii.gz,0\nv2.nii.gz,1\n")
+    with pytest.raises(DataError, match=r"bold\.nii\.gz' holds 5 volumes"):
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+
+
 # ------------------------------------------------------------------------------------------------ CSV manifests
 
 
