@@ -279,7 +279,7 @@ def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
                                                           "records_per_patient_from": why}
         if recorded == "patient":
             k = int(extra.get("records_per_patient") or 1)
-        elif extra.get("data_unit") in ("patient", "lesion", "volume", "study") and extra.get("images_per_unit_max"):
+        elif extra.get("data_unit") not in (None, "image") and extra.get("images_per_unit_max"):
             k = int(extra["images_per_unit_max"])
         else:
             raise invalid("privacy_unit", "patient", "'image' for this checkpoint (its training images carried "

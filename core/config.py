@@ -109,7 +109,7 @@ def check_noise_multiplier(value: float, *, allow_zero: bool = False, fix: str |
     return v
 
 
-PRIVACY_UNITS = ("patient", "lesion", "volume", "study", "image")
+PRIVACY_UNITS = ("patient", "subject", "lesion", "volume", "study", "image")
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,10 @@ class PrivacyUnit:
     """The unit the privacy numbers are stated for, and k = the most training images one unit contributes.
 
     ``unit`` is ``"patient"`` (k = ``records_per_patient`` from the data: DICOM PatientID, a ``patient_id``
-    column, a NIfTI volume, HAM10000's lesion_id) or ``"image"`` (k = 1). ``data_unit`` says what the data's ids
-    are (``patient``, ``lesion``, ``image``); ``chosen_by`` whether the default or ``--privacy-unit`` chose.
+    column, a BIDS ``sub-<label>``, a NIfTI volume, HAM10000's lesion_id) or ``"image"`` (k = 1). ``data_unit``
+    says where the data's groups come from (:data:`PRIVACY_UNITS`: ``patient`` ids, BIDS ``subject`` labels,
+    ``lesion`` ids, ``volume`` files, DICOM ``study`` UIDs, or ``image``: none); ``chosen_by`` whether the default
+    or ``--privacy-unit`` chose.
     Only counts: safe to print and to write to checkpoints, JSON and reports.
     """
 
@@ -167,7 +169,9 @@ class PrivacyUnit:
         ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist: each lesion counts as one "
                "patient",
                "study": "StudyInstanceUIDs, as the files carry no usable PatientID",
-               "volume": "volumes, one scan per patient", "image": "no patient ids"}[self.data_unit]
+               "subject": "BIDS subject labels (sub-<label>), as no patient_id column exists",
+               "volume": "volumes, as no patient ids exist: each volume counts as one patient",
+               "image": "no patient ids"}[self.data_unit]
         if self.unit == "patient" and self.data_unit == "volume":
             return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} slices per "
                     f"volume at most in the training split, {self.images_per_unit.n_units} volumes)")

@@ -270,7 +270,7 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> Privacy
     """Resolve ``--privacy-unit``: by default ``patient`` when the data carry patient (or lesion) ids, else
     ``image``; ``patient`` on data without ids is an error (a manifest's ``patient_id`` column supplies them)."""
     dist = splits.images_per_unit()
-    has_ids = splits.unit in ("patient", "lesion", "volume", "study")
+    has_ids = splits.unit != "image"
     if requested is not None and requested not in PRIVACY_UNIT_CHOICES:
         raise invalid("privacy_unit", requested, f"one of {', '.join(map(str, PRIVACY_UNIT_CHOICES))}",
                       "pass --privacy-unit patient or --privacy-unit image")
@@ -352,8 +352,10 @@ class DatasetSplits(SplitsShape):
 
     ``mean`` and ``std`` default to :data:`DEFAULT_MEAN` / :data:`DEFAULT_STD` per channel. ``unit`` says what
     the ``patient_ids`` stand for, the privacy unit the data support: ``"patient"`` (DICOM PatientID, a
-    ``patient_id`` column), ``"lesion"`` (HAM10000's lesion_id: it has no patient id) or ``"image"`` (MedMNIST,
-    plain folders, the demo's synthetic lesions are treated as lesions). ``skipped`` counts the files a loader
+    ``patient_id`` column), ``"subject"`` (BIDS ``sub-<label>`` in the path), ``"lesion"`` (HAM10000's lesion_id:
+    it has no patient id), ``"volume"`` (each NIfTI volume or multi-image file its own patient: no ids),
+    ``"study"`` (DICOM StudyInstanceUID without a usable PatientID) or ``"image"`` (MedMNIST, plain folders; the
+    demo's synthetic lesions are treated as lesions). ``skipped`` counts the files a loader
     passed over, by reason (``"hidden"``, ``"not an image"``, ``"unreadable"``, ...); ``notes`` says what else
     the loader decided (e.g. a CSV read as cp1252).
     """

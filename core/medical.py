@@ -3,7 +3,9 @@
 Each loader lists the images first (headers only), selects whole patients for ``max_images``, decodes every
 selected file once in worker threads (resizing each frame or slice as it is read, through the disk cache of
 :mod:`dpaudit.cache`), and splits by patient with the checks of :mod:`dpaudit.data`. The privacy unit is the
-patient: DICOM PatientID, a ``patient_id`` column, or the volume (file) when nothing else is known.
+patient: DICOM PatientID, a ``patient_id`` column, a BIDS subject (``sub-<label>`` in the path: all of one
+subject's sessions and sequences), or the volume (file) when nothing else is known; the dataset's ``unit`` says
+which (``patient``, ``subject``, ``volume``), and the last one comes with a warning.
 
 Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
 in the order the sorted files first name them. The raw PatientID never reaches a dataset, a message, a log, a
@@ -13,10 +15,11 @@ checkpoint, JSON or a report.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -245,6 +248,61 @@ def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], k
                          "file", shown)
 
 
+def bids_subject(rel: PurePath) -> str | None:
+    """The BIDS subject label of a file (``sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz``: ``01``): the innermost
+    ``sub-<label>`` folder, else the file name's ``sub-<label>_`` prefix; None outside a BIDS layout. Sessions
+    (``ses-<label>``) and sequences of one subject share it: one person.
+
+    >>> bids_subject(PurePath("sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz")), bids_subject(PurePath("a/b.nii"))
+    ('01', None)
+    >>> bids_subject(PurePath("anat/sub-A7_T2w.nii.gz"))
+    'A7'
+    """
+    for part in reversed(rel.parts[:-1]):
+        m = _BIDS_FOLDER.match(part)
+        if m:
+            return m.group(1)
+    m = _BIDS_FILE.match(rel.name)
+    return m.group(1) if m else None
+
+
+_BIDS_FOLDER = re.compile(r"^sub-([A-Za-z0-9]+)$")
+_BIDS_FILE = re.compile(r"^sub-([A-Za-z0-9]+)_")
+
+
+def _patient_key(patient_id: str | None, rel: PurePath, file_key: str) -> tuple[str, str]:
+    """(grouping key, where it came from) of one file: its ``patient_id`` (``patient``), else its BIDS subject
+    (``subject``), else the file itself (``volume``). Keys are pseudonymised before any dataset exists."""
+    if patient_id:
+        return "id:" + patient_id, "patient"
+    subject = bids_subject(rel)
+    if subject is not None:
+        return "sub:" + subject, "subject"
+    return "file:" + file_key, "volume"
+
+
+def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str) -> str:
+    """The dataset's unit from where its files' groups came (:func:`_patient_key`), with a note for files that
+    fell back to a coarser source, and a warning (stderr) when no file has a patient id or BIDS subject: each
+    volume is then its own patient, which a patient with several volumes breaks."""
+    unit = "patient" if sources["patient"] else "subject" if sources["subject"] else "volume"
+    if unit == "patient" and sources["subject"]:
+        notes.append(f"{sources['subject']} {what}(s) without a patient_id grouped by their BIDS subject "
+                     "(sub-<label>)")
+    if unit != "volume" and sources["volume"]:
+        notes.append(f"{sources['volume']} {what}(s) without a patient_id or BIDS subject (sub-<label>): each "
+                     "taken as its own patient")
+    if unit == "volume":
+        notes.append(f"no patient ids and no BIDS subjects (sub-<label>): each {what} taken as one patient")
+        SKIP_LOG.warning(f"{name}: no {what} has a patient id (a patient_id column) or a BIDS subject "
+                         f"(a sub-<label> folder): each {what} is taken as its own patient, which counts a patient "
+                         f"with several {what}s (sequences, sessions) as several and weakens the per-patient "
+                         "guarantee. Fix: for patient-level DP give each file its patient in a patient_id column "
+                         "of the labels CSV (or put each patient's files in a BIDS sub-<label> folder); for "
+                         "image-level DP pass --privacy-unit image")
+    return unit
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # DICOM
 
@@ -354,7 +412,9 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
 def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | None,
                       fractions: tuple[float, float], labels: str | Path | None, window: tuple[float, float] | None,
                       slice_axis: str) -> DatasetSplits:
-    """``nifti:PATH``: every ``.nii``/``.nii.gz`` volume below ``root``, one image per slice along ``slice_axis``."""
+    """``nifti:PATH``: every ``.nii``/``.nii.gz`` volume below ``root``, one image per slice along ``slice_axis``,
+    grouped by the labels CSV's ``patient_id``, else by BIDS subject (``sub-<label>``), else each volume alone
+    (with a warning)."""
     name = f"nifti:{root}"
     _need_folder(root, name, "nifti:PATH")
     skipped: Counter[str] = Counter()
@@ -381,8 +441,9 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         key, rows, extra = _read_labels(labels_path, ("file", "path"), name)
     else:
         folder_labels = _folder_labels(name, rels, root)
+    sources: Counter[str] = Counter()
     for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
-        patient, groups = "file:" + rel.as_posix(), {}
+        patient_id, groups = None, {}
         if labels_path is not None:
             hit = next((k for k in (rel.as_posix(), p.name) if k in rows), None)
             if hit is None:
@@ -391,8 +452,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             row = rows[hit]
             matched.add(hit)
             label = row["label"]
-            if row.get("patient_id"):
-                patient = "id:" + row["patient_id"]
+            patient_id = row.get("patient_id")
             groups = {_group_name(c): _group_value(c, row[c]) for c in extra}
         else:
             label = folder_labels[i]
@@ -402,16 +462,19 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             skipped_unreadable(exc)
             skipped["unreadable"] += 1
             continue
+        patient, source = _patient_key(patient_id, rel, rel.as_posix())
+        sources[source] += 1
         entries.add(i, range(n), label, patient, groups)
     if labels_path is not None:
         _note_unmatched_labels(rows, matched, key, notes)
+    unit = _grouping_unit(name, sources, notes, what="volume") if sources else "patient"
     options = f"{image_size}|1|{window}|{slice_axis}"
 
     def decode(p: Path) -> list[Pixels]:
         return cached(p, "nifti", options, lambda: decode_nifti(p, image_size, 1, window, slice_axis))
 
     rng = np.random.default_rng([seed, 0x1F71])
-    return _assemble(name, files, entries, decode, "patient", rng, max_images, fractions, skipped, notes,
+    return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, skipped, notes,
                      skip_unreadable=True)
 
 
@@ -425,8 +488,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     """``csv:FILE``: columns ``path,label[,patient_id][,index][,subgroups...]``, paths relative to the CSV.
 
     ``path`` may name an image file, a DICOM file (every frame, or the frame in ``index``) or a NIfTI volume
-    (every slice along ``slice_axis``, or the slice in ``index``). Without ``patient_id`` each file is its own
-    unit: the privacy unit is then the image when every file gives one image, else the file (a volume).
+    (every slice along ``slice_axis``, or the slice in ``index``). A row without ``patient_id`` is grouped by
+    its BIDS subject (``sub-<label>`` in its path), else its file is its own unit: the privacy unit is then the
+    image when every file gives one image, else the file (a volume; with a warning).
     """
     name = f"csv:{csv_path}"
     if not csv_path.is_file():
@@ -492,21 +556,24 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             dicom_headers[f] = h
         else:
             counts[f] = slice_count(p, slice_axis)
-    has_patients = "patient_id" in table.columns
     entries = _Entries()
+    sources: Counter[str] = Counter()
+    per_file: Counter[int] = Counter()
     for f, index, row in rows:
         parts = [index] if index is not None else list(range(counts[f]))
-        patient = ("id:" + row["patient_id"]) if has_patients and row.get("patient_id") else f"file:{files[f]}"
+        patient, source = _patient_key(row.get("patient_id"), PurePath(row["path"].replace("\\", "/")),
+                                       str(files[f]))
+        sources[source] += 1
+        per_file[f] += len(parts)
         entries.add(f, parts, row["label"], patient,
                     {_group_name(c): _group_value(c, row[c]) for c in extra})
-    multi = any(counts[f] > 1 and index is None for f, index, _ in rows)
-    unit = "patient" if has_patients or multi else "image"
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
     notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
-    if unit == "patient" and not has_patients:
-        notes.append("no patient_id column: each multi-image file (volume, multi-frame DICOM) taken as one patient")
-    if has_patients and any(not row.get("patient_id") for _, _, row in rows):
-        notes.append("rows without patient_id: each such file taken as its own patient")
+    # Without patient ids or BIDS subjects each file is its own unit: the image when every file gives one image
+    # (a statement per image, true as such), else the file (a volume, a multi-frame DICOM: its images together).
+    multi = any(n > 1 for n in per_file.values())
+    unit = _grouping_unit(name, sources, notes, what="file") if multi or sources["volume"] < len(rows) \
+        else "image"
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
     kind_of = {p: k for p, k in zip(files, kinds, strict=True)}
 

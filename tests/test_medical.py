@@ -631,6 +631,83 @@ def test_nifti_non_finite_voxel_names_file_and_voxel(tmp_path: Path, rng: np.ran
         load_splits(f"nifti:{tmp_path}", image_size=SIZE)
 
 
+def _skip_log(caplog: pytest.LogCaptureFixture):
+    """The loaders' stderr warnings, captured (the CLI may have stopped the logger propagating)."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def listen():
+        log = logging.getLogger("dpaudit.data.skipped")
+        log.addHandler(caplog.handler)
+        try:
+            with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+                yield
+        finally:
+            log.removeHandler(caplog.handler)
+
+    return listen()
+
+
+def write_bids(root: Path, rng: np.random.Generator, subjects: int = 8) -> None:
+    """The BIDS layout (sub-<label>/ses-<label>/anat/sub-<label>_ses-<label>_<suffix>.nii.gz): two sessions and two
+    sequences of each subject, all of one anatomy; a labels CSV ``file,label`` without patient ids."""
+    rows = ["file,label"]
+    for s in range(subjects):
+        anatomy = rng.normal(100, 30, (SIZE, SIZE, 3)).astype(np.float32)
+        for ses in ("1", "2"):
+            for suffix in ("T1w", "T2w"):
+                rel = f"sub-{s:02d}/ses-{ses}/anat/sub-{s:02d}_ses-{ses}_{suffix}.nii.gz"
+                nifti_file(root / rel, anatomy + rng.normal(0, 5, anatomy.shape).astype(np.float32))
+                rows.append(f"{rel},{s % 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_nifti_bids_subjects_group_their_sessions_and_sequences(tmp_path: Path, rng: np.random.Generator,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A subject's 4 volumes (2 sessions x 2 sequences, 3 slices each) are one patient: k = 12, and no subject is
+    on two sides of the split; the output says the groups are BIDS subjects, not patient ids."""
+    write_bids(tmp_path, rng)
+    with _skip_log(caplog):
+        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    assert not caplog.records, caplog.text
+    assert s.unit == "subject"
+    parts = [set(p.patient_ids) for p in (s.train, s.val, s.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert len(set().union(*parts)) == 8 and not any("sub" in i for i in set().union(*parts))
+    pu = privacy_unit(s)
+    assert pu.unit == "patient" and pu.records_per_patient == 12
+    assert "BIDS subject labels" in pu.describe() and "patient ids;" not in pu.describe()
+    from dpaudit.audit.profile.schema import PrivacyInfo
+
+    info = PrivacyInfo("patient", 12, "subject", n_units=pu.images_per_unit.n_units, max_images_per_unit=12)
+    assert "BIDS subject labels" in info.describe()
+
+
+def test_nifti_without_patient_ids_warns_and_says_each_volume_is_a_patient(tmp_path: Path, rng: np.random.Generator,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(6):
+        nifti_file(tmp_path / f"scan{i}.nii.gz", rng.random((SIZE, SIZE, 3)).astype(np.float32))
+    (tmp_path / "labels.csv").write_text("file,label\n" + "".join(f"scan{i}.nii.gz,{i % 2}\n" for i in range(6)))
+    with _skip_log(caplog):
+        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    assert s.unit == "volume"
+    assert "each volume is taken as its own patient" in caplog.text and "patient_id column" in caplog.text
+    assert "--privacy-unit image" in caplog.text
+    assert any("each volume taken as one patient" in n for n in s.notes)
+    line = privacy_unit(s).describe()
+    assert "each volume counts as one patient" in line and "k = 3 slices per volume" in line, line
+    # With a patient_id column: the patients' ids, no warning; a row without one falls back, and a note says so.
+    caplog.clear()
+    (tmp_path / "labels.csv").write_text("file,label,patient_id\n" + "".join(
+        f"scan{i}.nii.gz,{i % 2},{'P' + str(i // 2) if i < 5 else ''}\n" for i in range(6)))
+    with _skip_log(caplog):
+        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    assert s.unit == "patient" and not caplog.records
+    assert privacy_unit(s).records_per_patient == 6
+    assert any("1 volume(s) without a patient_id or BIDS subject" in n for n in s.notes), s.notes
+
+
 def test_a_nifti_file_of_several_volumes_is_refused_naming_the_file(tmp_path: Path, rng: np.random.Generator
                                                                    ) -> None:
     """A 4-D file (5 time points) is an error naming it, not its first volume silently; X x Y x Z x 1 is one
@@ -676,6 +753,28 @@ def test_csv_manifest_mixes_formats_and_refuses_repeats(tmp_path: Path, rng: np.
     (tmp_path / "missing.csv").write_text("path,label\na.png,0\nnope.png,1\n")
     with pytest.raises(DataError, match=r"data row 2 names 'nope\.png', which is not a file"):
         load_splits(f"csv:{tmp_path / 'missing.csv'}", image_size=SIZE)
+
+def test_csv_manifest_says_where_its_patient_grouping_came_from(tmp_path: Path, rng: np.random.Generator,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """No patient_id column: BIDS paths group by subject; other volumes are each a patient, with a warning (not
+    "the data's patient ids"); rows that list single slices of one volume are that volume's, not images alone."""
+    write_bids(tmp_path / "bids", rng, subjects=6)
+    rows = ["path,label"] + [f"bids/{r}" for r in (tmp_path / "bids" / "labels.csv").read_text().split()[1:]]
+    (tmp_path / "bids.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"csv:{tmp_path / 'bids.csv'}", image_size=SIZE)
+    assert s.unit == "subject" and privacy_unit(s).records_per_patient == 12
+    for i in range(6):
+        nifti_file(tmp_path / f"v{i}.nii.gz", rng.random((SIZE, SIZE, 3)).astype(np.float32))
+    (tmp_path / "vols.csv").write_text("path,label\n" + "".join(f"v{i}.nii.gz,{i % 2}\n" for i in range(6)))
+    with _skip_log(caplog):
+        s = load_splits(f"csv:{tmp_path / 'vols.csv'}", image_size=SIZE)
+    assert s.unit == "volume" and "each file is taken as its own patient" in caplog.text
+    assert "patient ids;" not in privacy_unit(s).describe()
+    (tmp_path / "slices.csv").write_text("path,label,index\n" + "".join(
+        f"v{i}.nii.gz,{i % 2},{k}\n" for i in range(6) for k in range(3)))
+    s = load_splits(f"csv:{tmp_path / 'slices.csv'}", image_size=SIZE)
+    assert s.unit == "volume" and privacy_unit(s).records_per_patient == 3
+
 
 
 def test_max_images_below_one_patients_series_still_loads(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -572,7 +572,7 @@ class PrivacyInfo(JsonResult):
     """The privacy unit the profile's guarantees are stated for, and the training split's images per unit.
 
     Counts only (``histogram``: (images, number of units) pairs): no identifier. ``data_unit`` says what the
-    data's ids are (``patient``, ``lesion``, ``image``); ``chosen_by``: ``default``, ``option`` (--privacy-unit)
+    data's groups come from (:data:`dpaudit.config.PRIVACY_UNITS`); ``chosen_by``: ``default``, ``option`` (--privacy-unit)
     or ``records_per_patient`` (k passed by hand).
     """
 
@@ -612,12 +612,14 @@ class PrivacyInfo(JsonResult):
                     "per-patient guarantees shown do not hold for every patient; profile again without "
                     "--records-per-patient")
         if self.unit == "patient" and self.data_unit == "volume" and self.chosen_by != "records_per_patient":
-            return (f"privacy unit: patient (one volume per patient, up to {self.records_per_patient} slices per "
-                    "volume in the training split; every guarantee is per patient)")
+            return (f"privacy unit: patient (each volume counts as one patient, as the data carry no patient "
+                    f"ids; up to {self.records_per_patient} slices per volume in the training split; every "
+                    "guarantee is per patient)")
         if self.unit == "patient":
             source = {"patient": "the data's patient ids",
                       "lesion": "the data's lesion ids, as no patient ids exist: each lesion counts as one patient",
                       "study": "the data's StudyInstanceUIDs, as the files carry no usable PatientID",
+                      "subject": "the data's BIDS subject labels (sub-<label>), as no patient_id column exists",
                       "image": "k given by hand"}.get(self.data_unit, self.data_unit)
             if self.chosen_by == "records_per_patient":
                 source = "k given by hand (--records-per-patient)"
@@ -628,7 +630,8 @@ class PrivacyInfo(JsonResult):
             k = self.data_records_per_patient
             what = "slices" if self.data_unit == "volume" else "images"
             ids = {"lesion": " (from the data's lesion ids: each lesion counts as one patient)",
-                   "volume": " (one volume per patient)",
+                   "volume": " (each volume counts as one patient: the data carry no patient ids)",
+                   "subject": " (from the data's BIDS subject labels)",
                    "study": " (from the data's StudyInstanceUIDs)"}.get(self.data_unit, "")
             return (f"privacy unit: image (record-level guarantee; {why}). Note: one patient has up to {k} {what} "
                     f"in the training split{ids}, and every guarantee here is per image: per patient, with its {k} "
