@@ -330,19 +330,65 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
     return names, modality, [(n.removesuffix(".nii.gz"), images[n], label_files[n]) for n in paired]
 
 
-def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(volume float32 X x Y x Z, label map int64 X x Y x Z) of one volume, checked."""
-    if isinstance(image, np.ndarray):
-        vol, lab = image, label
-    else:
-        import nibabel as nib
+#: How far apart an image and its label map may place their voxel grids, in voxels of the image (the largest
+#: distance between the two affines' positions of the grid's corners): header rounding (float32 affines, qform
+#: quaternions) moves them by about 1e-5 voxel; a flipped, shifted or resampled label map by a voxel or more.
+GRID_TOLERANCE = 0.01
 
-        try:
-            vol = np.asarray(nib.load(str(image)).dataobj, dtype=np.float32)
-            lab = np.asarray(nib.load(str(label)).dataobj)
-        except Exception as exc:  # nibabel raises many types for unreadable files; name the file, not the data
-            raise DataError(f"volume {name!r}: could not be read as NIfTI ({type(exc).__name__}). Fix: check the "
-                            "file or remove it from imagesTr/ and labelsTr/.") from None
+
+def _grid_gap(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance, in voxels of affine ``a``, between the world positions ``a`` and ``b`` give the corners
+    of a voxel grid of ``shape``."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]).T
+    gap = np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max()
+    spacing = float(np.linalg.norm(a[:3, :3], axis=0).min())
+    return float(gap / spacing) if spacing > 0 else float("inf")
+
+
+def _read_pair(name: str, image: Path, label: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(volume, label map) of one MSD volume, both in the closest canonical (RAS+) voxel order, on one grid."""
+    import nibabel as nib
+
+    from dpaudit.nifti import canonical, volume_count
+
+    pair = f"imagesTr/{image.name} and labelsTr/{label.name}"
+    try:
+        imgs = [nib.load(str(image)), nib.load(str(label))]
+    except Exception as exc:  # nibabel raises many types for unreadable files; name the file, not the data
+        raise DataError(f"volume {name!r}: could not be read as NIfTI ({type(exc).__name__}). Fix: check the "
+                        "file or remove it from imagesTr/ and labelsTr/.") from None
+    for what, img in zip(("image", "label map"), imgs, strict=True):
+        if len(img.shape) < 3 or volume_count(img.shape) > 1:
+            raise invalid(f"volume {name!r} {what} dimensions", tuple(img.shape),
+                          "a 3-D volume X x Y x Z (one modality)", "use a single-modality task or extract one channel",
+                          cls=DataError)
+    try:
+        (vol, v_aff), (lab, l_aff) = canonical(imgs[0], np.float32), canonical(imgs[1], None)
+    except Exception as exc:  # truncated or damaged data
+        raise DataError(f"volume {name!r}: could not be read as NIfTI ({type(exc).__name__}). Fix: check the "
+                        "file or remove it from imagesTr/ and labelsTr/.") from None
+    if vol.shape != lab.shape:
+        raise invalid(f"volume {name!r} label map shape", lab.shape, f"the image's shape {vol.shape}",
+                      f"pair each image with its own label map (same voxel grid): check {pair}", cls=DataError)
+    gap = _grid_gap(v_aff, l_aff, vol.shape)
+    if gap > GRID_TOLERANCE:
+        raise DataError(f"volume {name!r}: {pair} lie on different voxel grids (their affines place the label map "
+                        f"up to {gap:.3g} voxels away from the image; allowed: {GRID_TOLERANCE}). Fix: resample the "
+                        "label map onto the image's grid with nearest-neighbour interpolation, or, if the voxels "
+                        "are known to correspond one to one, write the image's affine into the label file.")
+    return vol, lab
+
+
+def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(volume float32 X x Y x Z, label map int64 X x Y x Z) of one volume, checked. NIfTI files are reoriented
+    to the closest canonical (RAS+) voxel order, image and label map alike, so that axial slices run along the
+    third axis (inferior to superior) whatever the files' voxel order, and a pair whose affines put its voxels in
+    different places is refused."""
+    if isinstance(image, np.ndarray):
+        vol, lab = image, np.asarray(label)
+    else:
+        vol, lab = _read_pair(name, Path(image), Path(label))
     if vol.ndim != 3:
         raise invalid(f"volume {name!r} dimensions", vol.shape, "a 3-D volume X x Y x Z (one modality)",
                       "use a single-modality task or extract one channel", cls=DataError)
@@ -356,14 +402,14 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
             if bad.any():
                 i, j, k = (int(v) for v in np.argwhere(bad)[0])
                 raise DataError(f"volume {name!r}: its {what} holds a non-finite voxel value ({float(arr[i, j, k])} "
-                                f"at voxel {i}, {j}, {k} of the file's array). Fix: replace the non-finite values, "
+                                f"at voxel {i}, {j}, {k} in RAS+ voxel order). Fix: replace the non-finite values, "
                                 "or remove the volume from imagesTr/ and labelsTr/.")
     values = np.unique(lab)
     bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < n_classes]
     if bad:
         raise invalid(f"volume {name!r} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
                       "fix the label map or add the class to dataset.json's labels", cls=DataError)
-    return vol, lab.astype(np.int64)
+    return vol.astype(np.float32, copy=False), lab.astype(np.int64)
 
 
 def _slices(vols: list[tuple[str, object, object]], members: list[int], image_size: int,

@@ -93,6 +93,74 @@ def test_msd_non_finite_voxels_are_refused_naming_the_volume_and_voxel(tmp_path,
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
 
 
+def _reversed(*axes: int, shape=(20, 20, 6)) -> np.ndarray:
+    """The affine of an array stored with ``axes`` reversed whose world positions are those of the unreversed
+    array under the identity affine."""
+    a = np.eye(4)
+    for ax in axes:
+        a[ax, ax], a[ax, 3] = -1.0, shape[ax] - 1
+    return a
+
+
+def _relabel(root: Path, name: str, data: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, affine), str(root / "labelsTr" / f"{name}.nii.gz"))
+
+
+def test_msd_image_and_label_map_are_reoriented_alike_and_a_misregistered_pair_is_refused(tmp_path, rng) -> None:
+    """A label map stored in another voxel order (x reversed, its affine saying so) lands on its image's voxels;
+    one whose affine places it elsewhere (voxels as the image's, affine flipped) is an error naming both files.
+    Images stored LPS are reoriented to RAS+ (the slices are those of the flipped array)."""
+    root = write_msd(tmp_path / "Task03_Liver", rng, n=4, tumour=False)
+    for v in range(4):  # liver only in the left part: a flip shows
+        img = nib.load(str(root / "imagesTr" / f"liver_{v}.nii.gz"))
+        vol = np.full(img.shape, -1000.0, dtype=np.float32)
+        lab = np.zeros(img.shape, dtype=np.uint8)
+        lab[2:8, 4:16, 1:5] = 1
+        vol[lab == 1] = 100
+        # The image in LPS voxel order (x and y reversed), the label map with only x reversed; each affine puts
+        # the voxels where the RAS+ arrays above have them (world = RAS voxel index).
+        nib.save(nib.Nifti1Image(vol[::-1, ::-1].copy(), _reversed(0, 1)),
+                 str(root / "imagesTr" / f"liver_{v}.nii.gz"))
+        _relabel(root, f"liver_{v}", lab[::-1].copy(), _reversed(0))
+    s = load_segmentation_splits(f"msd:{root}", image_size=20, seed=0)
+    for part in (s.train, s.val, s.test):
+        bright = part.images[:, 0] > 0.5
+        assert torch.equal(bright, part.labels == 1)
+    # Canonical order: x runs left to right, the liver at x 2..7 (RAS+), as written before the flips.
+    assert bool((s.train.labels[:, 2:8, 4:16] == 1).any()) and not bool((s.train.labels[:, 12:, :] == 1).any())
+    # Misregistered: the label map's voxels as the image's, but its affine reverses x about the origin (the grid
+    # then lies at x -19..0, the image's at 0..19).
+    lab = np.zeros((20, 20, 6), dtype=np.uint8)
+    lab[2:8, 4:16, 1:5] = 1
+    _relabel(root, "liver_1", lab, np.diag([-1.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(DataError, match=r"volume 'liver_1': imagesTr/liver_1\.nii\.gz and labelsTr/liver_1\.nii\.gz "
+                                        r"lie on different voxel grids .*Fix: resample the label map"):
+        load_segmentation_splits(f"msd:{root}", image_size=20, seed=0)
+    # A shift of a tenth of a voxel is a misregistration too; float32 header rounding is not.
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.1
+    _relabel(root, "liver_1", lab, shifted)
+    with pytest.raises(DataError, match=r"up to 0\.1 voxels away"):
+        load_segmentation_splits(f"msd:{root}", image_size=20, seed=0)
+    shifted[0, 3] = 1e-4
+    _relabel(root, "liver_1", lab, shifted)
+    load_segmentation_splits(f"msd:{root}", image_size=20, seed=0)
+
+
+def test_cli_names_a_misregistered_pair_on_stderr_and_exits_2(tmp_path, rng) -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    root = write_msd(tmp_path / "Task03_Liver", rng, n=4)
+    _relabel(root, "liver_2", np.asarray(nib.load(str(root / "labelsTr" / "liver_2.nii.gz")).dataobj),
+             np.diag([-1.0, 1.0, 1.0, 1.0]))
+    res = CliRunner().invoke(app, ["train", "--dataset", f"msd:{root}", "--epsilon", "8", "--epochs", "1",
+                                   "--image-size", "16", "--threads", "1", "--json"])
+    assert res.exit_code == 2 and not res.stdout and "Traceback" not in res.stderr
+    assert "liver_2.nii.gz lie on different voxel grids" in res.stderr and "Fix:" in res.stderr
+
+
 def test_demo_ct_is_seeded_and_has_volumes_without_tumour() -> None:
     a = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
     b = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
