@@ -302,16 +302,17 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
                       "pass the task folder itself (e.g. .../Task03_Liver)", cls=DataError)
     try:
         meta = json.loads(meta_path.read_text())
-        labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise invalid("dataset.json labels", type(exc).__name__, "a map of integer strings to class names",
-                      'write e.g. "labels": {"0": "background", "1": "liver", "2": "cancer"}', cls=DataError) from None
+    except ValueError as exc:
+        raise DataError(f"msd:{root}: dataset.json is not valid JSON ({exc}). Fix: correct the file.") from None
+    labels = _labels_map(meta.get("labels") if isinstance(meta, dict) else None)
     if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
         raise invalid("dataset.json labels", sorted(labels), "the integers 0..K-1 with K >= 2 (0 = background)",
                       "number the classes 0, 1, 2, ...", cls=DataError)
-    modality = str(dict(meta.get("modality") or {}).get("0", "CT"))
+    # MSD's "modality", nnU-Net v2's "channel_names"
+    modality = str(dict(meta.get("modality") or meta.get("channel_names") or {}).get("0", "CT"))
     images = {p.name: p for p in sorted((root / "imagesTr").glob("*.nii.gz")) if not p.name.startswith(".")}
     label_files = {p.name: p for p in sorted((root / "labelsTr").glob("*.nii.gz")) if not p.name.startswith(".")}
+    images = _nnunet_channels(root, images, label_files)
     paired = sorted(set(images) & set(label_files))
     unpaired = [f"imagesTr/{n} has no labelsTr/{n}" for n in sorted(set(images) - set(label_files))] + [
         f"labelsTr/{n} has no imagesTr/{n}" for n in sorted(set(label_files) - set(images))]
@@ -328,6 +329,60 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
         paired = [paired[i] for i in pick]
     names = tuple(labels[i] for i in range(len(labels)))
     return names, modality, [(n.removesuffix(".nii.gz"), images[n], label_files[n]) for n in paired]
+
+
+def _labels_map(raw: object) -> dict[int, str]:
+    """dataset.json's ``labels`` as {class index: name}: the Decathlon form ``{"0": "background", "1": "liver"}``
+    or nnU-Net v2's ``{"background": 0, "liver": 1}``.
+
+    >>> _labels_map({"0": "background", "1": "liver"}) == _labels_map({"background": 0, "liver": 1})
+    True
+    """
+    forms = 'the Decathlon form {"0": "background", "1": "liver"} or nnU-Net v2\'s {"background": 0, "liver": 1}'
+    shown = json.dumps(raw)
+    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    if isinstance(raw, dict) and raw:
+        def index(v: object) -> int | None:
+            if isinstance(v, bool):
+                return None
+            if isinstance(v, int):
+                return v
+            return int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else None
+
+        if all(index(k) is not None for k in raw):  # Decathlon: index -> name
+            return {index(k): str(v) for k, v in raw.items()}
+        if all(isinstance(v, (list, tuple)) or index(v) is not None for v in raw.values()):  # nnU-Net v2
+            regions = [k for k, v in raw.items() if isinstance(v, (list, tuple))]
+            if regions:
+                raise invalid("dataset.json labels", shown, f"one class index per name ({forms}); "
+                              f"{', '.join(map(repr, regions[:3]))} is a region (a list of indices)",
+                              "train on the classes themselves: give each name one index, without regions",
+                              cls=DataError)
+            out: dict[int, str] = {}
+            for k, v in raw.items():
+                if out.setdefault(index(v), str(k)) != str(k):
+                    raise invalid("dataset.json labels", shown, f"one name per class index ({forms})",
+                                  f"give index {index(v)} one name", cls=DataError)
+            return out
+    raise invalid("dataset.json labels", shown, forms,
+                  'write e.g. "labels": {"0": "background", "1": "liver", "2": "cancer"}', cls=DataError)
+
+
+def _nnunet_channels(root: Path, images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
+    """nnU-Net v2 names a case's image ``CASE_0000.nii.gz`` (channel 0) beside ``labelsTr/CASE.nii.gz``: such
+    images are keyed by the label map's name. A second channel (``_0001``) is refused: one modality is read."""
+    out: dict[str, Path] = {}
+    for n, p in images.items():
+        case, _, channel = n.removesuffix(".nii.gz").rpartition("_")
+        if n not in label_files and f"{case}.nii.gz" in label_files and len(channel) == 4 and channel.isdigit():
+            if channel != "0000":
+                raise DataError(f"msd:{root}: imagesTr/{n} is channel {int(channel)} of case {case!r} (nnU-Net "
+                                "names channels CASE_0000, CASE_0001, ...); dpaudit reads one modality. Fix: move "
+                                "every channel but _0000 out of imagesTr/.")
+            out[f"{case}.nii.gz"] = p
+        else:
+            out[n] = p
+    return out
 
 
 #: How far apart an image and its label map may place their voxel grids, in voxels of the image (the largest

@@ -161,6 +161,32 @@ def test_cli_names_a_misregistered_pair_on_stderr_and_exits_2(tmp_path, rng) -> 
     assert "liver_2.nii.gz lie on different voxel grids" in res.stderr and "Fix:" in res.stderr
 
 
+def test_nnunet_v2_dataset_json_and_channel_names_are_read(tmp_path, rng) -> None:
+    """nnU-Net v2: labels as name -> index, channel_names in place of modality, images named CASE_0000.nii.gz."""
+    root = write_msd(tmp_path / "Dataset003_Liver", rng, n=4)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+                                                   "labels": {"background": 0, "liver": 1, "tumor": 2},
+                                                   "numTraining": 4}))
+    for p in (root / "imagesTr").glob("*.nii.gz"):
+        p.rename(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz")))
+    s = load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    assert s.label_names == ("background", "liver", "tumor") and s.modality == "CT"
+    assert sum(p.n_volumes for p in (s.train, s.val, s.test)) == 4
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                   "labels": {"background": 0, "whole": [1, 2]}}))
+    with pytest.raises(DataError, match=r"labels must be one class index per name .*'whole' is a region.*got "
+                                        r"'\{\"background\": 0, \"whole\": \[1, 2\]\}'"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": "x"}}))
+    with pytest.raises(DataError, match=r"nnU-Net v2's \{\"background\": 0.*got '\{\"background\": \"x\"\}'"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 6), np.float32), np.eye(4)),
+             str(root / "imagesTr" / "liver_1_0001.nii.gz"))
+    with pytest.raises(DataError, match=r"imagesTr/liver_1_0001\.nii\.gz is channel 1 of case 'liver_1'"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+
+
 def test_demo_ct_is_seeded_and_has_volumes_without_tumour() -> None:
     a = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
     b = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
