@@ -460,7 +460,14 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
                                 f"at voxel {i}, {j}, {k} in RAS+ voxel order). Fix: replace the non-finite values, "
                                 "or remove the volume from imagesTr/ and labelsTr/.")
     values = np.unique(lab)
-    bad = [v for v in values.tolist() if v != int(v) or not 0 <= v < n_classes]
+    fractional = [v for v in values.tolist() if v != int(v)]
+    if fractional:
+        shown = ", ".join(f"{v:.6g}" for v in fractional[:5]) + (f" and {len(fractional) - 5} more"
+                                                                  if len(fractional) > 5 else "")
+        raise DataError(f"volume {name!r}: its label map must hold integers (class indices), got {shown}: it was "
+                        "probably resampled with linear or spline interpolation. Fix: resample the label map with "
+                        "nearest-neighbour interpolation (or round it to the nearest class).")
+    bad = [int(v) for v in values.tolist() if not 0 <= v < n_classes]
     if bad:
         raise invalid(f"volume {name!r} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
                       "fix the label map or add the class to dataset.json's labels", cls=DataError)

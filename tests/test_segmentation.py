@@ -187,6 +187,19 @@ def test_nnunet_v2_dataset_json_and_channel_names_are_read(tmp_path, rng) -> Non
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
 
 
+def test_a_float_label_map_is_refused_with_the_values_and_a_fix_that_fits(tmp_path, rng) -> None:
+    root = write_msd(tmp_path / "Task03_Liver", rng, n=4)
+    lab = np.asarray(nib.load(str(root / "labelsTr" / "liver_2.nii.gz")).dataobj).astype(np.float32)
+    lab[lab == 1] = 0.9999  # resampled with linear interpolation
+    _relabel(root, "liver_2", lab, np.eye(4))
+    with pytest.raises(DataError, match=r"volume 'liver_2': its label map must hold integers \(class indices\), got "
+                                        r"0\.9999.*Fix: resample the label map with nearest-neighbour"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    lab[lab == np.float32(0.9999)] = 1.0  # whole numbers stored as floats are class indices
+    _relabel(root, "liver_2", lab, np.eye(4))
+    assert load_segmentation_splits(f"msd:{root}", image_size=16, seed=0).label_names[1] == "liver"
+
+
 def test_demo_ct_is_seeded_and_has_volumes_without_tumour() -> None:
     a = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
     b = load_segmentation_splits("demo-ct", image_size=16, max_volumes=8, seed=3)
