@@ -15,6 +15,7 @@ checkpoint, JSON or a report.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +75,46 @@ def _label_names(values: Sequence[str]) -> tuple[str, ...]:
     if all(v.lstrip("-").isdigit() for v in uniq):
         uniq.sort(key=int)
     return tuple(uniq)
+
+
+def _number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _label_key(text: str) -> tuple[str, float | str]:
+    """What makes two label spellings one class: the number for a numeric label ("1", "1.0", "01", "1e0" are one
+    class, as a spreadsheet writes them), else the text ignoring case (refused by :func:`_merge_label_spellings`)."""
+    x = _number(text)
+    return ("number", x) if x is not None else ("text", text.casefold())
+
+
+def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: list[str]) -> list[str]:
+    """Labels written differently for one class, made one (cells are already stripped of white space).
+
+    The same number in several spellings (Excel writes ``1`` in some rows and ``1.0`` in others) is merged, with a
+    note naming the spellings: an integer as its plain digits, another number as its shortest spelling. Texts that
+    differ only in case (``Benign``, ``benign``) are refused naming ``where`` and the spellings: whether they are
+    one class is the user's call, and a silent split doubles the classes.
+    """
+    spellings: dict[tuple[str, float | str], set[str]] = {}
+    for v in values:
+        spellings.setdefault(_label_key(v), set()).add(v)
+    rename: dict[str, str] = {}
+    for (kind, key), seen in sorted(spellings.items(), key=lambda kv: str(kv[0])):
+        if len(seen) < 2:
+            continue
+        shown = ", ".join(repr(v) for v in sorted(seen))
+        if kind == "text":
+            raise DataError(f"{name}: {where} spells one label in several ways that differ only in case ({shown}). "
+                            "Fix: write each class one way in the labels (they are compared exactly).")
+        canon = str(int(key)) if float(key).is_integer() else min(seen, key=lambda v: (len(v), v))
+        notes.append(f"labels {shown} in {where} are one number: merged as class {canon!r}")
+        rename |= dict.fromkeys(seen, canon)
+    return [rename.get(v, v) for v in values]
 
 
 def _group_columns(table: Table, exclude: Sequence[str]) -> list[str]:
@@ -139,10 +180,11 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
 
 def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Callable[[Path], list[Pixels]],
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
-              skipped: Counter[str], notes: list[str], *, skip_unreadable: bool,
+              skipped: Counter[str], notes: list[str], *, skip_unreadable: bool, label_source: str,
               value_notes: Callable[[list[int]], list[str]] | None = None) -> DatasetSplits:
     """Select, decode and split; ``value_notes`` gives the notes on the pixel values of the files used (indices
-    into ``files``: selected and decoded), so that they count only what is in the dataset."""
+    into ``files``: selected and decoded), so that they count only what is in the dataset; ``label_source`` names
+    where the labels came from, for the note or error on labels written differently."""
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
@@ -167,9 +209,10 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     sel_a = np.asarray(sel)
     if value_notes is not None:
         notes = [*notes, *value_notes(sorted({entries.file[i] for i in sel}))]
-    label_names = _label_names(entries.label)
+    merged = _merge_label_spellings(entries.label, name, label_source, notes)
+    label_names = _label_names([merged[i] for i in sel])
     index = {n: i for i, n in enumerate(label_names)}
-    labels = np.array([index[entries.label[i]] for i in sel], dtype=np.int64)
+    labels = np.array([index[merged[i]] for i in sel], dtype=np.int64)
     groups = {k: np.asarray(v)[sel_a] for k, v in entries.groups.items()}
     sources = [str(files[entries.file[i]]) for i in sel]
     digests = [p.digest for p in pixels]
@@ -210,7 +253,7 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[
         if not k or not row["label"]:
             raise DataError(f"{name}: {path.name} data row {i} has an empty {key} or label. Fix: fill it in or "
                             "delete the row.")
-        if k in rows and rows[k]["label"] != row["label"]:
+        if k in rows and _label_key(rows[k]["label"]) != _label_key(row["label"]):
             raise DataError(f"{name}: {path.name} data rows {first_row[k]} and {i} give one {key} two labels. Fix: "
                             "keep one label per key.")
         rows.setdefault(k, row)
@@ -402,6 +445,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     rng = np.random.default_rng([seed, 0xD1C0])
     return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True,
+                     label_source="the labels file's label column" if labels is not None else "the class folder names",
                      value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window))
 
 
@@ -475,7 +519,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
 
     rng = np.random.default_rng([seed, 0x1F71])
     return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, skipped, notes,
-                     skip_unreadable=True)
+                     skip_unreadable=True, label_source="the labels file's label column"
+                     if labels_path is not None else "the class folder names")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -587,6 +632,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
 
     rng = np.random.default_rng([seed, 0xC5F])
     return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
-                     skip_unreadable=False, value_notes=lambda used: _dicom_value_notes(
+                     skip_unreadable=False, label_source="the manifest's label column",
+                     value_notes=lambda used: _dicom_value_notes(
                          [dicom_headers[f] for f in used if f in dicom_headers], window))
 

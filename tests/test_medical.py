@@ -818,3 +818,46 @@ def test_a_copied_nifti_volume_never_straddles_the_split(tmp_path: Path, rng: np
         s = load_splits(f"nifti:{tmp_path}", image_size=SIZE, seed=seed)
         sides = [{im.numpy().tobytes() for im in p.images} for p in (s.train, s.val, s.test)]
         assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+
+
+def test_one_label_written_as_several_numbers_is_one_class_with_a_note(tmp_path: Path,
+                                                                      rng: np.random.Generator) -> None:
+    """Excel writes 1 in some rows and 1.0 in others: one class, not two, in every place labels are read."""
+    from PIL import Image
+
+    spellings = ["0", "0.0", "1", "1.0", "01", "1e0"]
+    rows, nifti_rows, dicom_rows = ["path,label,patient_id"], ["file,label,patient_id"], ["path,label"]
+    for i in range(36):
+        lab = spellings[i % 6]
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{lab},p{i // 2}")
+        nifti_file(tmp_path / "nii" / f"v{i}.nii.gz", rng.random((8, 8, 2)).astype(np.float32))
+        nifti_rows.append(f"v{i}.nii.gz,{lab},p{i // 2}")
+        dicom_file(tmp_path / "dcm" / f"IM{i}.dcm", (rng.random((8, 8)) * 1000).astype(np.uint16),
+                   patient=f"P{i // 2}")
+        dicom_rows.append(f"IM{i}.dcm,{lab}")
+    dicom_rows.append("IM0.dcm,0.0")  # the same key twice, one label in two spellings: no conflict
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "nii" / "labels.csv").write_text("\n".join(nifti_rows) + "\n")
+    (tmp_path / "dcm.csv").write_text("\n".join(dicom_rows) + "\n")
+    for name, labels, where in [(f"csv:{tmp_path / 'm.csv'}", None, "the manifest's label column"),
+                                (f"nifti:{tmp_path / 'nii'}", None, "the labels file's label column"),
+                                (f"dicom:{tmp_path / 'dcm'}", tmp_path / "dcm.csv", "the labels file's label column")]:
+        splits = load_splits(name, image_size=8, labels=labels)
+        assert splits.label_names == ("0", "1"), name
+        notes = " ".join(splits.notes)
+        assert f"labels '0', '0.0' in {where} are one number: merged as class '0'" in notes, name
+        assert f"labels '01', '1', '1.0', '1e0' in {where} are one number: merged as class '1'" in notes, name
+
+
+def test_labels_that_differ_only_in_case_are_refused_naming_them(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i, lab in enumerate(["benign", "Benign", "malignant"] * 3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{lab}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"the manifest's label column spells one label in several ways that differ "
+                                        r"only in case \('Benign', 'benign'\)\. Fix: write each class one way"):
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=8)
