@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,7 @@ from dpaudit.config import (
 from dpaudit.errors import DataError, check_int, check_probability, invalid
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
+    SKIP_LOG,
     Pixels,
     UnreadableImageError,
     probe_channels,
@@ -1103,6 +1105,46 @@ def _describe_skipped(skipped: Mapping[str, int]) -> str:
     return f"{total} file(s) skipped ({parts})" if total else "no file skipped"
 
 
+#: A class folder name that looks like a patient identifier: a run of three or more digits (PID0001, an MRN, a
+#: date of birth) or DICOM's person-name separator (SMITH^JOHN). Conservative: "grade3" and "T2" pass, "class_001"
+#: does not, and its fix (a labels file or a manifest) costs a minute; a patient's name in every output cannot be
+#: taken back.
+_IDENTIFIER_LIKE = re.compile(r"\^|\d{3,}")
+
+
+def _check_class_folders(name: str, folders: Sequence[str], groups: Sequence[str] | None, *, unit: str,
+                         patient_ids: bool, fix: str) -> None:
+    """Class names taken from folder names reach every output (metrics.json, checkpoints, profile.json, the
+    report), so a folder name becomes a class name only when it is plausibly a class, not a patient:
+
+    * the classes are refused when every class folder holds the images of one ``unit`` (one patient, study or
+      volume, by ``groups``): the folders are then patients (a PACS export by patient), not classes, and a
+      classifier would learn to tell those patients apart;
+    * a folder name that looks like an identifier (:data:`_IDENTIFIER_LIKE`) is refused when nothing shows that it
+      holds several patients: always without patient ids (``patient_ids`` False), with them when its folder holds
+      one patient.
+
+    The error names one folder, on stderr only (the user needs it to fix the layout); nothing is written.
+    """
+    classes = sorted(set(folders))
+    members: dict[str, set[str]] = {c: set() for c in classes}
+    for f, g in zip(folders, groups if groups is not None else [None] * len(folders), strict=True):
+        if g is not None:
+            members[f].add(g)
+    single = {c for c in classes if groups is not None and len(members[c]) == 1}
+    if len(classes) >= 2 and len(single) == len(classes):
+        raise DataError(f"{name}: every class folder holds the images of one {unit} ({len(classes)} class folders, "
+                        f"one {unit} each): they are {unit}s, not classes, and a classifier would learn to tell them "
+                        f"apart. Fix: {fix}.")
+    looks = [c for c in classes if _IDENTIFIER_LIKE.search(c) and (not patient_ids or c in single)]
+    if looks:
+        why = "it holds the images of one patient" if patient_ids else (
+            "no patient id shows that it holds several patients")
+        raise DataError(f"{name}: class folder {looks[0]!r} ({len(looks)} of {len(classes)} class folders) looks "
+                        f"like a patient identifier (a run of 3 or more digits, or a '^') and {why}; a class name "
+                        f"is written to every output. Fix: {fix}.")
+
+
 def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
                  fractions: tuple[float, float]) -> DatasetSplits:
     name = f"folder:{root}"
@@ -1132,7 +1174,14 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
             raise DataError(f"{name}: no images ({', '.join(IMAGE_EXTENSIONS)}) found in the folder or its "
                             f"sub-folders ({_describe_skipped(skipped)}). Fix: pass the folder holding the images.")
         classes = [(root.name or "images", top)]
-    notes = [f"class sub-folder(s) without images ignored: {', '.join(empty)}"] if empty else []
+    if classes:
+        _check_class_folders(name, [n for n, _ in classes], None, unit="image", patient_ids=False,
+                             fix="list the images with their labels in a manifest (--dataset csv:FILE with "
+                                 "columns path,label), or rename the class folders to class names")
+    # Counted in the notes (written to JSON), named on stderr only: a folder name is not checked to be a class.
+    notes = [f"{len(empty)} class sub-folder(s) without images ignored"] if empty else []
+    if empty:
+        SKIP_LOG.warning("class sub-folder(s) without images ignored: %s", ", ".join(repr(n) for n in empty))
     label_names = tuple(n for n, _ in classes)
     paths = [p for _, files in classes for p in files]
     labels = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, (_, files) in enumerate(classes)])

@@ -27,6 +27,7 @@ import numpy as np
 from dpaudit.cache import cached
 from dpaudit.data import (
     DatasetSplits,
+    _check_class_folders,
     _describe_skipped,
     _select_groups,
     _split_and_check,
@@ -419,6 +420,12 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         entries.add(i, range(h.frames), label, h.patient, groups)
     if labels is not None:
         _note_unmatched_labels(rows, matched, key, notes)
+    elif len(rels[0].parts) > 1:
+        _check_class_folders(name, entries.label, entries.patient, unit="study" if missing else "patient",
+                             patient_ids=not missing,
+                             fix="label the files with --labels FILE.csv (a label column and a key column: "
+                                 f"{', '.join(LABEL_KEYS)}), or pass --dataset dicom:PATH with the folder that holds "
+                                 "one sub-folder per class")
     if shared_id:
         notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
                      "no patient grouping from it")
@@ -511,6 +518,12 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         entries.add(i, range(n), label, patient, groups)
     if labels_path is not None:
         _note_unmatched_labels(rows, matched, key, notes)
+    elif len(rels[0].parts) > 1 and len(entries):
+        ids = bool(sources["patient"] or sources["subject"])  # a patient_id column or BIDS subjects
+        _check_class_folders(name, entries.label, entries.patient, unit="patient" if ids else "volume",
+                             patient_ids=ids,
+                             fix="label the volumes with --labels FILE.csv (columns file, label and patient_id), or "
+                                 "pass --dataset nifti:PATH with the folder that holds one sub-folder per class")
     unit = _grouping_unit(name, sources, notes, what="volume") if sources else "patient"
     options = f"{image_size}|1|{window}|{slice_axis}"
 

@@ -98,3 +98,81 @@ def test_an_msd_volume_without_its_label_map_is_an_error(tmp_path: Path, rng: np
     with pytest.raises(DataError, match=r"1 file\(s\) without their pair \(imagesTr/liver_3.nii.gz has no "
                                         r"labelsTr/liver_3.nii.gz\)\. Fix: add the missing"):
         load_segmentation_splits(f"msd:{root}", image_size=16)
+
+
+PROFILE = ["profile", "--epsilons", "8", "--seeds", "1", "--epochs", "1", "--image-size", "16", "--arch", "smallcnn",
+           "--arch-args", '{"width": 4}', "--batch-size", "4", "--attack-images", "2", "--threads", "1"]
+
+
+@pytest.mark.parametrize("patient", ["real", "ANONYMOUS"])
+def test_class_folders_that_are_patients_are_refused_and_no_name_is_written(patient: str, tmp_path: Path,
+                                                                            rng: np.random.Generator) -> None:
+    """A PACS export by patient (first-level folders SMITH_JOHN_PID0000, ...): with real PatientIDs every class
+    is one patient; with a de-identified one the names look like identifiers. Refused either way, before
+    anything is written, with a fix that names a flag of the command."""
+    root = tmp_path / "export"
+    for p in range(8):
+        for j in range(3):
+            pid = f"MRN{p:05d}" if patient == "real" else "ANONYMOUS"
+            dicom_file(root / f"{NAMES[p % 2]}_PID{p:04d}" / f"IM{j:04d}.dcm",
+                       (rng.random((12, 12)) * 1000).astype(np.uint16), patient=pid,
+                       StudyInstanceUID=f"1.2.3.{p}.{j}")
+    out = tmp_path / "out"
+    res = runner.invoke(app, [*PROFILE, "--dataset", f"dicom:{root}", "--out", str(out), "--max-rero", "0.05"])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip().splitlines()[-1]
+    if patient == "real":
+        assert "every class folder holds the images of one patient (8 class folders, one patient each)" in line
+    else:
+        assert "class folder 'DOE_JANE_PID0001' (8 of 8 class folders) looks like a patient identifier" in line
+    assert "Fix: label the files with --labels FILE.csv" in line and "Traceback" not in res.output
+    assert not (out / "profile.json").exists() and not (out / "report.pdf").exists()
+    _assert_no_identifier(_written(out, res.stdout) if out.exists() else res.stdout.encode(), "PID000")
+    # The fix works: a labels file keyed by path gives the classes, and no folder name is written.
+    rows = ["path,label"] + [f"{p.relative_to(root).as_posix()},{'ab'[int(p.parent.name[-1]) % 2]}"
+                             for p in sorted(root.rglob("*.dcm"))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    res = runner.invoke(app, [*TRAIN, "--dataset", f"dicom:{root}", "--labels", str(tmp_path / "labels.csv"),
+                              "--out", str(out), "--json", "--privacy-unit", "image"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["label_names"] == ["a", "b"]
+    _assert_no_identifier(_written(out, res.stdout), "PID000")
+
+
+def test_a_class_folder_of_one_patient_with_an_identifier_like_name_is_refused(tmp_path: Path,
+                                                                             rng: np.random.Generator) -> None:
+    """With real PatientIDs, folders of several patients pass whatever their names ('site_001': several patients);
+    a folder of one patient whose name looks like an identifier does not."""
+    from dpaudit.data import load_splits
+
+    root = tmp_path / "tree"
+    for c, folder in enumerate(("site_001", "malignant", "DOE_JANE_PID0042")):
+        for p in range(1 if c == 2 else 4):
+            for j in range(2):
+                dicom_file(root / folder / f"p{p}" / f"IM{j}.dcm", (rng.random((12, 12)) * 1000).astype(np.uint16),
+                           patient=f"MRN{c}{p}")
+    with pytest.raises(DataError, match=r"class folder 'DOE_JANE_PID0042' \(1 of 3 class folders\) looks like a "
+                                        r"patient identifier .* and it holds the images of one patient"):
+        load_splits(f"dicom:{root}", image_size=16)
+    (root / "DOE_JANE_PID0042").rename(root / "benign")
+    assert load_splits(f"dicom:{root}", image_size=16).label_names == ("benign", "malignant", "site_001")
+
+
+def test_nifti_and_image_folders_check_their_class_folder_names(tmp_path: Path, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    from dpaudit.data import load_splits
+
+    for i in range(4):
+        nifti_file(tmp_path / "mri" / f"{NAMES[i % 2]}_{i:03d}" / "t1.nii.gz", rng.random((8, 8, 3)).astype(np.float32))
+        for j in range(3):
+            d = tmp_path / "png" / f"{NAMES[i % 2]}^{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / f"{j}.png")
+    with pytest.raises(DataError, match=r"every class folder holds the images of one volume .* Fix: label the "
+                                        r"volumes with --labels FILE.csv"):
+        load_splits(f"nifti:{tmp_path / 'mri'}", image_size=8)
+    with pytest.raises(DataError, match=r"class folder 'DOE_JANE\^1' \(4 of 4 class folders\) looks like a patient "
+                                        r"identifier .* Fix: list the images with their labels in a manifest "
+                                        r"\(--dataset csv:FILE"):
+        load_splits(f"folder:{tmp_path / 'png'}", image_size=8)
