@@ -385,6 +385,7 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     within = [(lv, b) for lv, b in private if b.within]
     names = "; ".join(lim.describe() for lim in limits)
     k = profile.privacy().records_per_patient
+    unit_risk = (" " + image_unit_patient_risk(profile)).rstrip()
     if within:
         # Best mean MCC; equal means go to the smaller epsilon; a budget without utility ranks last.
         best_lv, best = max(within, key=lambda x: (x[1].mcc is not None, x[1].mcc or 0.0, -x[0].epsilon_target))
@@ -407,26 +408,33 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
                        "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
                        "is within the limit.")
         return Decision(limits, tuple(b.budget for _, b in within), best.budget,
-                        reason + _units(private, k) + _image_unit(profile), budgets)
+                        reason + _units(private, k) + unit_risk, budgets)
     reason, remedy = _none_within(private, limits, calibrate_fn, k, profile)
-    return Decision(limits, (), None, reason + _units(private, k) + _image_unit(profile), budgets, remedy)
+    return Decision(limits, (), None, reason + _units(private, k) + unit_risk, budgets, remedy)
 
 
-def _image_unit(profile: Profile) -> str:
-    """With the image as the unit on data whose patients have several images: the decision was made per image;
-    the sentence says so and gives each budget's epsilon and worst-case ReRo per patient."""
+def image_unit_patient_risk(profile: Profile) -> str:
+    """With the image as the unit on data whose patients have k > 1 images: one sentence that says so and gives
+    each budget's epsilon and worst-case ReRo per patient beside the per-image ones (sound upper bounds); "" else.
+    The one wording of it: the decision's reason, the report and the console all use this sentence."""
     pu = profile.privacy()
     if not pu.image_unit_hides_patients:
         return ""
     k = pu.data_records_per_patient
     from dpaudit.audit.profile.schema import fmt_eps
 
-    per = [f"ε = {fmt_eps(r.epsilon_target)} → ε ≤ {_eps(r.epsilon_patient)}, worst-case ReRo ≤ "
-           f"{_pct(r.rero_worst_case, up=True)}" for r in profile.patient_risk]
+    per_image = {b.epsilon_target: b for b in profile.bounds}
+    parts = []
+    for r in profile.patient_risk:
+        b = per_image.get(r.epsilon_target)
+        img = (f" (per image: ε ≤ {_eps(b.epsilon)}, worst case {_pct(b.at_kappa_train().worst_case, up=True)})"
+               if b is not None else "")
+        parts.append(f"ε = {fmt_eps(r.epsilon_target)}: ε ≤ {_eps(r.epsilon_patient)} and worst-case "
+                     f"reconstruction ≤ {_pct(r.rero_worst_case, up=True)} per patient{img}")
     flag = pu.unit_flag or "--privacy-unit image"
-    return (f" Privacy unit: the image ({flag}): the limits were checked per image, but one patient has up to {k} "
-            "training images, and per patient (its images moving together) the guarantees are weaker"
-            + (f": {'; '.join(per)} (sound upper bounds, per patient)." if per else ".")
+    return (f"Privacy unit: the image ({flag}), but one patient has up to {k} training images: every guarantee "
+            "and limit is per image, and per patient (its images moving together, tight PLD, sound upper bounds) "
+            "the guarantees are weaker" + (f": {'; '.join(parts)}." if parts else ".")
             + f" Profile without {flag} to decide per patient.")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from dpaudit.audit.decision import Decision
+from dpaudit.audit.decision import Decision, image_unit_patient_risk
 from dpaudit.audit.profile.schema import LevelSummary, PrivacyInfo, Profile, Spread, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
 from dpaudit.numfmt import lower, upper
@@ -256,29 +256,6 @@ def image_unit_line(pu: PrivacyInfo, where: str) -> str:
     return (f"privacy unit: image ({pu.unit_flag or '--privacy-unit image'}; one patient has up to "
             f"{pu.data_records_per_patient} {what} in the training split: every guarantee is per image, and the "
             f"per-patient ones are in {where})")
-
-
-def image_unit_patient_risk(profile: Profile) -> str:
-    """With the image as the unit on data whose patients have k > 1 images: one sentence that says so and gives
-    each budget's epsilon and worst-case ReRo per patient beside the per-image ones (sound upper bounds); "" else."""
-    pu = profile.privacy()
-    if not pu.image_unit_hides_patients:
-        return ""
-    k = pu.data_records_per_patient
-    per_image = {b.epsilon_target: b for b in profile.bounds}
-    parts = []
-    for r in profile.patient_risk:
-        b = per_image.get(r.epsilon_target)
-        img = (f" (per image: ε ≤ {eps_up(b.epsilon)}, worst case {pct(b.at_kappa_train().worst_case, direction='up')})"
-               if b is not None else "")
-        parts.append(f"ε = {fmt_eps(r.epsilon_target)}: ε ≤ {eps_up(r.epsilon_patient)} and worst-case "
-                     f"reconstruction ≤ {pct(r.rero_worst_case, direction='up')} per patient{img}")
-    flag = pu.unit_flag or "--privacy-unit image"
-    return (f"The privacy unit is the image ({flag}), but one patient has up to {k} images in the training "
-            "split: every guarantee in this report is per image, and per patient (its images moving together, "
-            f"tight PLD, {LABEL_UPPER}s) it is weaker"
-            + (f": {'; '.join(parts)}." if parts else ".")
-            + f" Profile without {flag} for guarantees and a decision per patient.")
 
 
 def privacy_statement(profile: Profile) -> list[str]:
