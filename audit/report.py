@@ -142,11 +142,12 @@ class _Report(board.BoardPages):
                                  f"{txt.summary_sentence(self.p, lv)}", "level"))
         mia = [lv for lv in self.levels if lv.bounds is not None and lv.bounds.tpr_at(txt.REPORT_FPR) is not None]
         if mia:
-            items = "; ".join(f"{txt.budget_name(self.p, lv)}: at most {txt.pct(lv.bounds.tpr_at(txt.REPORT_FPR), direction='up')}"
-                              for lv in mia)
+            unit = txt.mia_unit(self.p)
+            items = "; ".join(f"{txt.budget_name(self.p, lv)}: at most "
+                              f"{txt.pct(lv.bounds.tpr_at(txt.REPORT_FPR), direction='up')} {unit}" for lv in mia)
             out.append(self.para(
                 f"<b>Membership inference.</b> At a false-positive rate of {txt.pct(txt.REPORT_FPR)}, the highest "
-                f"true-positive rate of any membership test ({txt.LABEL_UPPER}): {items}."))
+                f"true-positive rate of any membership test ({txt.LABEL_UPPER}, {unit}): {items}."))
         out.append(self.para(
             "κ = 1/N_train is the prior of the seed paper; the bounds hold for any attack, the realistic number only "
             "for the attack that was run. Details, the full table and the assumptions follow.", "small"))
@@ -231,8 +232,9 @@ class _Report(board.BoardPages):
                                                        for k, label in txt.utility_columns(self.p)),
                        ("accuracy", "Pixel accuracy")]
         present = [(k, name) for k, name in metrics if any(lv.utility[k].mean is not None for lv in self.levels)]
-        head = ["Privacy budget", *[n for _, n in present], "MCC vs non-private", "MIA TPR at FPR 0.1%",
-                "MIA advantage"]
+        unit = txt.mia_unit(self.p)
+        head = ["Privacy budget", *[n for _, n in present], "MCC vs non-private", f"MIA TPR at FPR 0.1% {unit}",
+                f"MIA advantage {unit}"]
         rows = [[self.cell(h, "head") for h in head]]
         for lv in self.levels:
             tpr = lv.bounds.tpr_at(txt.REPORT_FPR) if lv.bounds else None
@@ -250,7 +252,7 @@ class _Report(board.BoardPages):
                 self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean [95% t-interval] over "
                           f"{txt.seeds_text(self.levels)}, cut to the metric's range; "
                           "against the non-private baseline: the difference of mean MCC with Welch's t-test "
-                          f"p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker "
+                          f"p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker, {unit} "
                           "(advantage = TPR − FPR at the best threshold).", "small")]
 
     def _user_kappa_table(self) -> list:
@@ -325,8 +327,10 @@ class _Report(board.BoardPages):
             out.append(figure(png, 7.5 * cm))
         fprs = sorted({p.fpr for b in self.p.bounds for p in b.mia_tpr_at_fpr})
         if fprs:
-            head = ["Privacy budget", *[f"TPR at FPR {txt.pct(f, digits=3 if f < 1e-4 else 2)}" for f in fprs],
-                    "Advantage"]
+            unit = txt.mia_unit(self.p)
+            head = [f"Privacy budget<br/>(TPR {unit})", *[f"TPR at FPR {txt.pct(f, digits=3 if f < 1e-4 else 2)}"
+                                                         for f in fprs],
+                    f"Advantage {unit}"]
             rows = [[self.cell(h, "head") for h in head]]
             for lv in self.levels:
                 if lv.bounds is None:
@@ -335,11 +339,12 @@ class _Report(board.BoardPages):
                                                      for f in fprs]
                             + [self.cell(txt.pct(lv.bounds.mia_advantage, direction="up"))])
             out += [grid(rows, [TEXT_W / len(head)] * len(head)),
-                    self.para(f"{txt.LABEL_UPPER}s for any membership-inference attacker (same assumptions as the "
-                              "worst-case reconstruction bound).", "small")]
+                    self.para(f"{txt.LABEL_UPPER}s for any membership-inference attacker, {unit} (same "
+                              "assumptions and unit as the worst-case reconstruction bound).", "small")]
         audits = self.p.mia_audits
         if audits:
-            head = ["Privacy budget", "Accountant ε (upper bound)", "Empirical ε (lower bound)", "Confidence",
+            head = ["Privacy budget", "Accountant ε per image (upper bound)", "Empirical ε per image (lower bound)",
+                    "Confidence",
                     "Canaries", "Largest certifiable ε", "Method"]
             rows = [[self.cell(h, "head") for h in head]]
             for m in audits:

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dpaudit.audit.profile.schema import Profile, fmt_eps
-from dpaudit.audit.report_text import REPORT_FPR, init_utility_values, utility_values
+from dpaudit.audit.report_text import REPORT_FPR, init_utility_values, mia_unit, utility_values
 from dpaudit.audit.stats import MeanInterval, mean_interval
 
 WORST = "#6a3d9a"
@@ -245,7 +245,7 @@ def mia_figure(profile: Profile) -> bytes | None:
         ax.set_ylim(lo, 1.5)
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate")
-        ax.set_title("Membership inference: highest possible TPR at each FPR")
+        ax.set_title(f"Membership inference ({mia_unit(profile)}): highest possible TPR at each FPR")
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         return _png(fig)

@@ -215,11 +215,20 @@ def reading_guide() -> list[tuple[str, str]]:
     ]
 
 
+def mia_unit(profile: Profile) -> str:
+    """The unit of the membership-inference bounds, as every MIA number names it: 'per patient' when a patient's k
+    images move together (the curve is computed for them, as the ReRo bounds are), else 'per image'."""
+    return "per patient" if per_patient(profile) else "per image"
+
+
 def mia_sentence(profile: Profile) -> str:
+    member = (f"whether a patient's images (up to {profile.privacy().records_per_patient}, moving together) were "
+              "in the training set" if per_patient(profile) else "whether an image was in the training set")
     return (
         f"The curves show the highest true-positive rate (TPR) any membership-inference attacker can reach at each "
-        f"false-positive rate (FPR), for each privacy budget ({LABEL_UPPER}, from the same trade-off function as "
-        "the reconstruction bounds). A TPR equal to the FPR (the diagonal) means the attacker learns nothing."
+        f"false-positive rate (FPR), for each privacy budget, in telling {member} ({LABEL_UPPER}, "
+        f"{mia_unit(profile)}, from the same trade-off function as the reconstruction bounds). A TPR equal to the "
+        "FPR (the diagonal) means the attacker learns nothing."
     )
 
 
@@ -369,7 +378,8 @@ def glossary() -> list[tuple[str, str]]:
         ("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance. "
                 "For two classes it is measured at the decision threshold fixed on the validation split."),
         ("TPR / FPR", "true- and false-positive rates of a membership-inference attacker."),
-        ("membership inference", "deciding whether a given image was in the training set."),
+        ("membership inference", "deciding whether a given image (per patient: a patient's images) was in the "
+                                 "training set."),
         ("canary", "a record inserted at random into training to measure membership leakage empirically."),
         ("privacy unit", "what the guarantee protects: one image, or all images of one patient."),
         ("sound upper bound", "a proven maximum of the risk (rounded up in this report)."),

@@ -522,3 +522,27 @@ def test_a_copied_run_folder_gives_commands_that_work_from_the_copy(tmp_path, mo
     assert "--out orig --include-images --overwrite" in note
     # The profile's own command line in profile.json is a record of what ran, and stays as it was.
     assert "--out orig" in json.loads((tmp_path / "copy" / "profile.json").read_text())["command"]
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_every_membership_inference_number_names_its_unit(k: int, tmp_path) -> None:
+    """The MIA bounds are computed for the privacy unit (a patient's k images moving together): the summary, the
+    utility table, the MIA page's sentence, table and caption, and the figure say per patient (per image at k = 1),
+    so that a per-patient TPR beside a per-image budget does not read as per image."""
+    import dataclasses
+
+    from dpaudit.audit.profile.schema import PrivacyInfo
+    from dpaudit.audit.report import render_report
+
+    prof = synthetic_profile(with_mia_audit=False, subgroups=False, seeds=1)
+    info = PrivacyInfo("patient", k, data_unit="patient" if k > 1 else "image", max_images_per_unit=k)
+    prof = dataclasses.replace(prof, dataset=dataclasses.replace(prof.dataset, privacy=info))
+    text = " ".join(" ".join(_text(render_report(prof, tmp_path / "r.pdf").read_bytes())).split())
+    unit = "per patient" if k > 1 else "per image"
+    summary = text.split("Membership inference. ", 1)[1].split("κ = 1/N_train", 1)[0]
+    assert summary.count("at most") == summary.count(f"% {unit}") == len(HAM) and f"upper bound, {unit})" in summary
+    assert f"MIA TPR at FPR 0.1% {unit}" in text and f"MIA advantage {unit}" in text
+    assert f"TPR and advantage: sound upper bound for any attacker, {unit}" in text
+    assert f"(TPR {unit})" in text and f"Advantage {unit}" in text
+    assert f"membership-inference attacker, {unit} (same assumptions and unit" in text
+    assert f"(sound upper bound, {unit}, from the same trade-off function" in text
