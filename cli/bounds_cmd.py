@@ -260,8 +260,10 @@ def bounds(
                                                             "(patient-level guarantee). \\[default: the "
                                                             "checkpoint's, else 1]")] = None,
     privacy_unit: PrivacyUnitOpt = None,
-    roc: Annotated[Path | None, typer.Option("--roc", help="Write the membership-inference ROC bound to this CSV."
-                                             )] = None,
+    roc: Annotated[Path | None, typer.Option(
+        "--roc", help="Write the membership-inference ROC bound to this CSV (columns fpr, tpr_worst_case, "
+                      "tpr_relaxed, and label and unit: what kind of number the TPRs are, per image or per patient).")
+                   ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Plot worst-case and relaxed gamma against kappa "
                                               "(PNG).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -306,9 +308,12 @@ def bounds(
         mia_relaxed = mia_curve(schedule=sched, records_per_patient=k, threat_model="relaxed")
         with roc.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed"])
+            # every row says what kind of number the TPRs are and for which unit, as the JSON's labels do
+            label = mia.label if mia.label == mia_relaxed.label else f"{mia.label} / {mia_relaxed.label}"
+            unit = f"per patient of {k} images" if k > 1 else "per image"
+            w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed", "label", "unit"])
             for f, t, tr in zip(mia.roc_fpr, mia.roc_tpr, mia_relaxed.roc_tpr, strict=True):
-                w.writerow([f"{f:.6e}", f"{t:.9g}", f"{tr:.9g}"])
+                w.writerow([f"{f:.6e}", f"{t:.9g}", f"{tr:.9g}", label, unit])
     if plot is not None:
         _plot(plot, sched, k, kappas)
     if json_out:

@@ -45,7 +45,16 @@ def test_roc_and_plot_files(tmp_path: Path) -> None:
                               "1000", "--roc", str(roc), "--plot", str(png), "--json"])
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(roc.open()))
-    assert rows[0].keys() == {"fpr", "tpr_worst_case", "tpr_relaxed"} and float(rows[-1]["fpr"]) == 1.0
+    assert rows[0].keys() == {"fpr", "tpr_worst_case", "tpr_relaxed", "label", "unit"}
+    assert float(rows[-1]["fpr"]) == 1.0
+    assert {(r["label"], r["unit"]) for r in rows} == {("sound upper bound", "per image")}
+    # with k images per patient the curve is per patient, and the file says so, as the JSON's labels do
+    res = runner.invoke(app, ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3", "--records-per-patient",
+                              "3", "--roc", str(roc), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(roc.open()))
+    assert {(r["label"], r["unit"]) for r in rows} == {("sound upper bound", "per patient of 3 images")}
+    assert json.loads(res.stdout)["labels"]["mia"] == "sound upper bound, per patient of 3 images"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
