@@ -23,6 +23,7 @@ from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
 from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid
+from dpaudit.numfmt import UNDEFINED_METRIC
 
 if TYPE_CHECKING:
     from dpaudit.audit.profile.schema import Profile
@@ -249,7 +250,7 @@ class BoardPages:
                 rows.append([
                     self.cell(esc(f"{attr} = {value}"), "cell") if len(rows) == first else self.cell(""),
                     self.cell(lv.label), self.cell("–" if n_test is None else str(n_test)),
-                    self.cell(f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else "n/a"),
+                    self.cell(f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else UNDEFINED_METRIC),
                     self.cell("–" if att is None else str(att.n_images)),
                     self.cell("–" if att is None else str(att.successes)),
                     self.cell("not run" if att is None else

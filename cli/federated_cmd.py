@@ -12,7 +12,7 @@ from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
-from dpaudit.numfmt import upper
+from dpaudit.numfmt import metric, upper
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
                   no_args_is_help=True)
@@ -116,8 +116,8 @@ def train_command(
                   f"{s.rounds_participated:>6}  {_fmt(s.sampling_probability, '.4f'):>6}  {_fmt(s.steps, 'd'):>4}  "
                   f"{_eps(s.epsilon):>18}  {patient}{_fmt(s.test_mcc):>8}")
     g = result.global_metrics
-    out.print(f"global model, pooled test split (empirical, n = {g.n}): MCC {g.mcc:.4f}, balanced accuracy "
-              f"{g.balanced_accuracy:.4f}, AUROC {g.auroc:.4f}; per-site MCC spread (max - min) "
+    out.print(f"global model, pooled test split (empirical, n = {g.n}): MCC {metric(g.mcc)}, balanced accuracy "
+              f"{metric(g.balanced_accuracy)}, AUROC {metric(g.auroc)}; per-site MCC spread (max - min) "
               f"{_fmt(result.mcc_spread)}, std {_fmt(result.mcc_std)}")
     aborted = sum(r.aborted for r in result.rounds)
     if aborted:

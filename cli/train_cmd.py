@@ -10,7 +10,7 @@ import typer
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
-from dpaudit.numfmt import upper
+from dpaudit.numfmt import metric, upper
 
 app = typer.Typer()
 #: The defaults of every option: TrainConfig's (the Python API's).
@@ -111,15 +111,16 @@ def train_command(
 
         print_segmentation(out, result)
         return
-    out.print(f"test utility (empirical, n = {m.n}): MCC {m.mcc:.4f}, balanced accuracy {m.balanced_accuracy:.4f}, "
-              f"AUROC {m.auroc:.4f}, accuracy {m.accuracy:.4f}")
+    out.print(f"test utility (empirical, n = {m.n}): MCC {metric(m.mcc)}, balanced accuracy "
+              f"{metric(m.balanced_accuracy)}, AUROC {metric(m.auroc)}, accuracy {metric(m.accuracy)}")
     if len(result.per_seed) > 1:
         s = result.seed_summary
         out.print(f"over {len(result.per_seed)} seeds (mean +- std, empirical): MCC {s['mcc'][0]:.4f} +- "
                   f"{s['mcc'][1]:.4f}, balanced accuracy {s['balanced_accuracy'][0]:.4f} +- "
                   f"{s['balanced_accuracy'][1]:.4f}, AUROC {s['auroc'][0]:.4f} +- {s['auroc'][1]:.4f}")
     for g in m.subgroups:
-        out.print(f"  subgroup {g.group} = {g.value} (n = {g.n}): MCC {g.mcc:.4f}, accuracy {g.accuracy:.4f}")
+        out.print(f"  subgroup {g.group} = {g.value} (n = {g.n}): MCC {metric(g.mcc)}, accuracy "
+                  f"{metric(g.accuracy)}")
     out.print(f"model: {config.arch}, init {config.init or 'scratch'}, trainable {config.trainable} "
               f"({result.trainable_parameters} parameters trained, {result.frozen_parameters} frozen)")
     out.print(f"wall time {result.wall_seconds:.1f} s, {result.train_samples_per_second:.0f} training images/s")

@@ -97,3 +97,18 @@ def _plain(text: str) -> str:
     """'1.235e+05' -> '123500' (a command-line value reads better without an exponent); small numbers kept."""
     x = float(text)
     return f"{x:.0f}" if "e" in text and abs(x) >= 1 else text
+
+
+#: How an undefined utility metric reads (MCC or AUROC of a group whose test images hold one class: NaN in JSON),
+#: in the console as in the report's subgroup table ("n/a").
+UNDEFINED_METRIC = "n/a (one class)"
+
+
+def metric(value: float, digits: int = 4) -> str:
+    """An empirical utility metric (MCC, AUROC, accuracy) to ``digits`` decimals; NaN, undefined when the images
+    hold one class, reads :data:`UNDEFINED_METRIC`, never "nan".
+
+    >>> metric(0.51234), metric(float("nan"))
+    ('0.5123', 'n/a (one class)')
+    """
+    return UNDEFINED_METRIC if math.isnan(value) else f"{value:.{digits}f}"

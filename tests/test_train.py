@@ -288,3 +288,23 @@ def test_operating_point_keeps_argmax_for_uninformative_scores() -> None:
     y = np.array([0, 1, 0, 1])
     assert choose_threshold(y, np.full((4, 2), 0.5)) is None
     assert choose_threshold(np.zeros(4, dtype=np.int64), np.full((4, 2), 0.5)) is None
+
+
+def test_a_one_class_subgroup_prints_its_mcc_as_undefined_not_nan(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Site B holds class 0 only: its MCC is undefined (NaN in JSON); the console says so as the report does."""
+    from PIL import Image
+
+    from dpaudit.numfmt import UNDEFINED_METRIC
+
+    rows = ["path,label,site"]
+    for i in range(48):
+        lab = i % 2
+        Image.fromarray((rng.random((8, 8)) * 100 + 150 * lab).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{lab},{'B' if lab == 0 and i % 4 == 0 else 'A'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    res = CliRunner().invoke(app, ["train", "--dataset", f"csv:{tmp_path / 'm.csv'}", "--image-size", "8", "--arch",
+                                   "smallcnn", "--arch-args", '{"width": 4}', "--epsilon", "8", "--epochs", "1",
+                                   "--batch-size", "8", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.stdout.splitlines() if "subgroup site = B" in x)
+    assert f"MCC {UNDEFINED_METRIC}," in line and "nan" not in res.stdout.lower()
