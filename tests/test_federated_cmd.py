@@ -98,10 +98,15 @@ def test_train_on_lesion_level_data_reports_the_per_patient_epsilon_as_train_doe
     assert "privacy unit: patient" in res.output and "privacy per patient: worst-site epsilon" in res.output
     assert "eps/patient (UB)" in res.output
 
+    # --privacy-unit image: the guarantee is per image, and the per-patient epsilon is given beside it with the
+    # data's k, as `train --privacy-unit image` gives it
+    patient = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
     res = CliRunner().invoke(app, [*args, "--privacy-unit", "image", "--json"])
     data = json.loads(res.stdout)
-    assert data["privacy"]["unit"] == "image" and data["epsilon_patient"] is None
-    assert all(c["epsilon_patient"] is None and c["records_per_patient"] == 1 for c in data["clients"])
+    assert data["privacy"]["unit"] == "image" and data["privacy"]["records_per_patient"] == 1
+    assert data["epsilon_patient"] == pytest.approx(patient["epsilon_patient"], rel=1e-12)
+    assert [(c["records_per_patient"], c["epsilon_patient"]) for c in data["clients"]] == [
+        (c["records_per_patient"], c["epsilon_patient"]) for c in patient["clients"]]
 
 
 def test_client_level_dp_covers_each_patient_with_the_site_epsilon() -> None:

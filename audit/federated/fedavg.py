@@ -285,10 +285,12 @@ class ClientSummary:
     steps: int | None
     epsilon: float | None
     test_mcc: float
-    #: k: the most training images one patient has at this site (1 with the image as the privacy unit).
+    #: k: the most training images one patient has at this site, the k of ``epsilon_patient`` (under
+    #: ``--privacy-unit image`` the data's, as train's per-patient epsilon; 1 when the data carry no patient ids).
     records_per_patient: int = 1
-    #: Sample level with the patient as the unit and k > 1: the site's epsilon per patient (the k records move
-    #: together; tight PLD, a sound upper bound); None otherwise (``epsilon`` is the guarantee).
+    #: Sample level with k > 1: the site's epsilon per patient (the k records move together; tight PLD, a sound
+    #: upper bound): the guarantee with the patient as the unit, given beside the per-record ``epsilon`` with the
+    #: image as the unit; None otherwise.
     epsilon_patient: float | None = None
 
 
@@ -340,8 +342,9 @@ class FederatedResult:
     #: The privacy unit (:class:`dpaudit.data.PrivacyUnit` of the pooled training data, as ``train`` reports it);
     #: patients stay at one site, so a patient's k images are all in one site's data.
     privacy: PrivacyUnit | None = None
-    #: The worst site's epsilon per patient (sample level, patient unit, k > 1: k records move together; client
-    #: level: the site-level epsilon, which covers every patient of the site); None when the unit is the image.
+    #: The worst site's epsilon per patient (sample level, k > 1: k records move together; client level: the
+    #: site-level epsilon, which covers every patient of the site); with the image as the unit it is given beside
+    #: the per-image guarantee, as train's ``epsilon_patient``; None when no patient has several images.
     epsilon_patient: float | None = None
     #: The final global model's state dict (not serialised).
     state: Mapping[str, Any] = field(default_factory=dict, metadata={"json": False}, repr=False, compare=False)
@@ -477,7 +480,10 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         for k, cs in enumerate(client_splits):
             mk = _evaluate(model, cs.test, splits.mean, splits.std, threshold) if len(cs.test) else None
             acc = accounts[k] if accounts is not None else None
-            k_site = privacy_unit(cs, unit.unit).records_per_patient if unit.unit == "patient" else 1
+            # the k the site's per-patient epsilon is computed with: the unit's under --privacy-unit patient, the
+            # data's under --privacy-unit image (given beside the per-image guarantee), as train does
+            site_unit = privacy_unit(cs, unit.unit)
+            k_site = site_unit.records_per_patient if unit.unit == "patient" else site_unit.data_records_per_patient
             summaries.append(ClientSummary(
                 k, n_train[k], len(cs.test), tuple(int(v) for v in cs.train.class_counts()),
                 int(rounds_participated[k]), acc.sampling_probability if acc else None, acc.steps if acc else None,
@@ -492,9 +498,9 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     std = statistics.pstdev(finite) if len(finite) > 1 else float("nan")
     baselines = _baselines(config, splits, sigma) if config.baselines else None
     epsilon_patient = None
-    if unit.unit == "patient" and config.dp_level == "client":
+    if config.dp_level == "client" and (unit.unit == "patient" or unit.data_records_per_patient > 1):
         epsilon_patient = epsilon  # a whole site is protected, and each patient's images are at one site
-    elif unit.unit == "patient" and any(s.epsilon_patient is not None for s in summaries):
+    elif any(s.epsilon_patient is not None for s in summaries):
         epsilon_patient = max(s.epsilon_patient if s.epsilon_patient is not None else (s.epsilon or 0.0)
                               for s in summaries)
     view = ("only the sum of the surviving clients' updates (secure aggregation, modelled: not the cryptography)"
