@@ -350,7 +350,13 @@ def _labels_map(raw: object) -> dict[int, str]:
             return int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else None
 
         if all(index(k) is not None for k in raw):  # Decathlon: index -> name
-            return {index(k): str(v) for k, v in raw.items()}
+            names: dict[int, str] = {}
+            for k, v in raw.items():  # "1" and "01" are one index: two names for it are refused, not overwritten
+                if names.setdefault(index(k), str(v)) != str(v):
+                    raise invalid("dataset.json labels", shown, f"one name per class index ({forms})",
+                                  f"give index {index(k)} one name (keys {', '.join(repr(x) for x in raw if index(x) == index(k))} "
+                                  "are the same index)", cls=DataError)
+            return names
         if all(isinstance(v, (list, tuple)) or index(v) is not None for v in raw.values()):  # nnU-Net v2
             regions = [k for k, v in raw.items() if isinstance(v, (list, tuple))]
             if regions:

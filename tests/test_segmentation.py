@@ -187,6 +187,16 @@ def test_nnunet_v2_dataset_json_and_channel_names_are_read(tmp_path, rng) -> Non
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
 
 
+def test_dataset_json_keys_naming_one_index_twice_are_refused_not_overwritten() -> None:
+    """Decathlon keys "1" and "01" are one class index: two names for it would silently keep the last one."""
+    from dpaudit.volumes import _labels_map
+
+    assert _labels_map({"0": "background", "01": "liver"}) == {0: "background", 1: "liver"}
+    assert _labels_map({"0": "background", "1": "liver", "01": "liver"}) == {0: "background", 1: "liver"}
+    with pytest.raises(DataError, match=r"give index 1 one name \(keys '1', '01' are the same index\)"):
+        _labels_map({"0": "background", "1": "liver", "01": "tumour"})
+
+
 def test_a_float_label_map_is_refused_with_the_values_and_a_fix_that_fits(tmp_path, rng) -> None:
     root = write_msd(tmp_path / "Task03_Liver", rng, n=4)
     lab = np.asarray(nib.load(str(root / "labelsTr" / "liver_2.nii.gz")).dataobj).astype(np.float32)
