@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -769,10 +770,9 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 MGF_BINS = 512
 
 
-def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
-    """log E[e^{lam L}] at each (signed) lam of a copy of the discrete PLD whose masses are summed into at most
-    ``MGF_BINS`` bins, each placed at its end in the direction of lam: an upper bound on the exact MGF (within a
-    factor e^{|lam| w} for bins w wide), used only to locate the Chernoff optimum."""
+def _mgf_bins(pld: DiscretePld) -> tuple[np.ndarray, np.ndarray, float]:
+    """The per-step PLD's masses summed into at most ``MGF_BINS`` bins: (log mass, loss of each bin's lowest atom,
+    the bins' width less one grid step), for :func:`_log_mgf_binned`."""
     m = pld.masses
     width = -(-m.size // MGF_BINS)
     nb = -(-m.size // width)
@@ -781,8 +781,16 @@ def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
     sums = sums.reshape(nb, width).sum(axis=1)
     first = pld.offset + pld.h * (pld.lo + width * np.arange(nb))
     with np.errstate(divide="ignore"):
-        log_m = np.log(sums)
-    edge = np.where(lams[:, None] > 0, first[None, :] + pld.h * (width - 1), first[None, :])
+        return np.log(sums), first, pld.h * (width - 1)
+
+
+def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray, bins: tuple | None = None) -> np.ndarray:
+    """log E[e^{lam L}] at each (signed) lam of a copy of the discrete PLD whose masses are summed into at most
+    ``MGF_BINS`` bins, each placed at its end in the direction of lam: an upper bound on the exact MGF (within a
+    factor e^{|lam| w} for bins w wide), used only to locate the Chernoff optimum. ``bins``: :func:`_mgf_bins` of
+    ``pld``, when already formed."""
+    log_m, first, span = _mgf_bins(pld) if bins is None else bins
+    edge = np.where(lams[:, None] > 0, first[None, :] + span, first[None, :])
     return _logsumexp_rows(log_m[None, :] + lams[:, None] * edge)
 
 
@@ -805,28 +813,62 @@ def _logsumexp_rows(e: np.ndarray) -> np.ndarray:
 #: / (composed std), down to ~1e-5 for T = 1e6) to 1e3, a factor ~2.2 apart; the optimum is then refined by x1.4 with
 #: exact MGFs.
 CHERNOFF_LAMBDAS = np.geomspace(1e-7, 1e3, 31)
+#: The Chernoff search from a start first tries this many of ``CHERNOFF_LAMBDAS`` below and above it.
+CHERNOFF_REACH = (2, 2)
+#: ... and otherwise every this many of them (0, 3, ..., 30), then those next to the best.
+CHERNOFF_STRIDE = 3
 
 
-def _chernoff_ends(parts) -> tuple[float, float]:
+def _chernoff_ends(parts, start: tuple[int, int] | None = None) -> tuple[float, float, tuple[int, int]]:
     """Losses (lo, hi) with (composed mass below lo) <= TAIL_BOUND and (composed mass above hi) <= TAIL_BOUND, by
     Chernoff: P(S > u) <= exp(sum_i T_i K_i(lam) - lam u) for lam > 0 (and the mirror image, lam < 0, for the left
     tail), over the phases i of the schedule. The minimising lam of each side is located on binned copies of the
     per-step PLDs (:func:`_log_mgf_binned`), then each bound is evaluated with their exact discrete MGFs near it.
-    Both sides are evaluated in one pass (rows of one array: each side's numbers are those of a pass of its own)."""
+    Both sides are evaluated in one pass (rows of one array: each side's numbers are those of a pass of its own).
+
+    ``start``: indices into ``CHERNOFF_LAMBDAS`` (right side, left side) where the search begins (e.g. those a
+    composition of a nearly equal law found); returned with the ends as the indices this search found. Where it
+    begins changes only how many lambdas are tried, never the lambda found (below)."""
     log_tau = math.log(TAIL_BOUND)
     lams = CHERNOFF_LAMBDAS
-    n = lams.size
-    signed = np.concatenate([lams, -lams])
-    total = sum(steps * _log_mgf_binned(pld, signed) for pld, steps in parts)
-    # right: u = (sum T K(lam) - log tau) / lam, lam > 0; left: the same with -lam, mirrored
-    best_hi = float(lams[int(np.argmin((total[:n] - log_tau) / lams))])
-    best_lo = float(lams[int(np.argmin((total[n:] - log_tau) / lams))])
+    bins = [_mgf_bins(pld) for pld, _ in parts]
+
+    def ends(hi_idx: np.ndarray, lo_idx: np.ndarray) -> tuple[int, int]:
+        # right: u(lam) = (sum T K(lam) - log tau) / lam, lam > 0; left: the same with -lam, mirrored
+        signed = np.concatenate([lams[hi_idx], -lams[lo_idx]])
+        total = sum(steps * _log_mgf_binned(pld, signed, b) for (pld, steps), b in zip(parts, bins, strict=True))
+        n = hi_idx.size
+        return (int(hi_idx[int(np.argmin((total[:n] - log_tau) / lams[hi_idx]))]),
+                int(lo_idx[int(np.argmin((total[n:] - log_tau) / lams[lo_idx]))]))
+
+    # Each side's u is unimodal in lam: K is convex with K(0) <= 0 (a log-MGF; the binned copy is one too, of a fixed
+    # law per side), so lam K' - K - log tau, the sign of u', only grows. The minimum over all 31 lambdas is
+    # therefore found from any range of them that holds it inside: a lambda whose u is at most its neighbours' is the
+    # minimum (the first of equal ones, as argmin over all 31 takes). With a ``start``, CHERNOFF_REACH lambdas below
+    # and above it are tried first; a side without one, or whose minimum lies at the edge of that range, is searched
+    # on every CHERNOFF_STRIDE-th lambda and then next to the best of those.
+    every = np.arange(lams.size)
+    found: tuple[int, int] | None = None
+    inside = [False, False]
+    if start is not None:
+        near = [np.arange(max(c - CHERNOFF_REACH[0], 0), min(c + CHERNOFF_REACH[1] + 1, lams.size))
+                for c in (min(max(c, 0), lams.size - 1) for c in start)]
+        found = ends(*near)
+        inside = [i in (0, lams.size - 1) or r[0] < i < r[-1] for i, r in zip(found, near, strict=True)]
+    if not all(inside):
+        coarse = every[::CHERNOFF_STRIDE]
+        best = ends(coarse, coarse)
+        fine = [np.arange(max(c - CHERNOFF_STRIDE + 1, 0), min(c + CHERNOFF_STRIDE, lams.size)) for c in best]
+        searched = ends(*fine)
+        found = tuple(f if ok else g for f, g, ok in zip(found or searched, searched, inside, strict=True))
+    i_hi, i_lo = found
+    best_hi, best_lo = float(lams[i_hi]), float(lams[i_lo])
     near_hi = np.array([best_hi / 1.4, best_hi, best_hi * 1.4])
     near_lo = np.array([best_lo / 1.4, best_lo, best_lo * 1.4])
     k = sum(steps * _log_mgf(pld, np.concatenate([near_hi, -near_lo])) for pld, steps in parts)
     hi = float(np.min((k[:3] - log_tau) / near_hi))
     lo = -float(np.min((k[3:] - log_tau) / near_lo))
-    return lo, hi
+    return lo, hi, found
 
 
 def _spectrum_power(z: np.ndarray, steps: int) -> np.ndarray:
@@ -853,13 +895,21 @@ def compose_parts(parts) -> DiscretePld:
     ``parts`` is a sequence of (pld, steps).
     Heterogeneous composition is exact here: the composed PLD of independent steps is the convolution of their PLDs
     (Koskela, Jalko, Honkela, AISTATS 2020, Section 3), whatever each step's mechanism.
+    Compositions of nearly the same law (:func:`composed_run`: one run and direction at other grid steps, both ends
+    of the bracket) start their Chernoff search where the last one found its optimum (only fewer lambdas tried: the
+    window is the same, see :func:`_chernoff_ends`).
     """
     parts = [(p, s) for p, s in parts if s > 0]
     if len(parts) == 1 and parts[0][1] == 1:
         return parts[0][0]
     h = parts[0][0].h
     optimistic = parts[0][0].optimistic
-    lo_loss, hi_loss = _chernoff_ends(parts)
+    chernoff_key = getattr(_COMPOSING, "key", None)
+    lo_loss, hi_loss, found = _chernoff_ends(parts, _CHERNOFF_STARTS.get(chernoff_key))
+    if chernoff_key is not None:
+        if len(_CHERNOFF_STARTS) >= 256:  # many runs in one process (a calibration): keep it small
+            _CHERNOFF_STARTS.clear()
+        _CHERNOFF_STARTS[chernoff_key] = found
     offset = sum(s * p.offset for p, s in parts)
     base = sum(s * p.lo for p, s in parts)
     top = sum(s * (p.lo + p.masses.size - 1) for p, s in parts)
@@ -930,8 +980,19 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
         if steps % block:
             parts.append((_regrid(compose_parts([(step, steps % block)]), coarse), 1))
         return compose_parts(parts)
-    return compose_parts([(_step_pld(pair, h, direction_of(pair), inf_budget, optimistic), steps)
-                          for pair, steps in run])
+    parts = [(_step_pld(pair, h, direction_of(pair), inf_budget, optimistic), steps) for pair, steps in run]
+    _COMPOSING.key = (run, direction)
+    try:
+        return compose_parts(parts)
+    finally:
+        _COMPOSING.key = None
+
+
+#: Where the Chernoff search of the last one-level composition of each (run, direction) found its optimum
+#: (:func:`compose_parts`): a speed hint only. Emptied by :func:`clear_caches`, and when it holds 256 runs.
+_CHERNOFF_STARTS: dict = {}
+#: The (run, direction) :func:`composed_run` is composing in this thread (the key of ``_CHERNOFF_STARTS``).
+_COMPOSING = threading.local()
 
 
 #: Runs of at least this many steps may be composed in two levels (:func:`_block_size`).
@@ -1030,6 +1091,7 @@ def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimisti
 def clear_caches() -> None:
     """Forget every cached composed PLD (benchmarks time cold computations with it)."""
     composed_run.cache_clear()
+    _CHERNOFF_STARTS.clear()
 
 
 # -- adaptive discretisation ----------------------------------------------------------------------------------------

@@ -573,3 +573,69 @@ def test_chunked_epsilon_read_matches_one_pass(rng) -> None:
             assert got == pytest.approx(one_pass, rel=1e-12, abs=1e-12)
             if got > 0:
                 assert pld.delta(got) == pytest.approx(delta, rel=1e-9)
+
+
+# -- shortcuts of the per-composition fixed costs, each against the plain route it shortens ---------------------------
+
+#: sigma, q and T from the extremes the bounds accept in practice to the benchmark's slow points (without sigma 0.5
+#: at q 1e-6: its per-step grids hold ~1e5 points, 30 s of this test for nothing the other corners do not show).
+EXTREME_GRID = [(s, q, t) for s, q, t in itertools.product((0.05, 0.5, 2.0, 5.0, 50.0), (1e-6, 1e-3, 0.1, 1.0),
+                                                           (1, 10, 1000, 1_000_000)) if (s, q) != (0.5, 1e-6)]
+
+
+def _chernoff_ends_full_scan(parts) -> tuple[float, float]:
+    """The Chernoff ends with the optimum located by evaluating every one of CHERNOFF_LAMBDAS on the binned copies
+    (the plain route that _chernoff_ends shortens)."""
+    from dpaudit.bounds import pld as pld_module
+
+    log_tau = math.log(pld_module.TAIL_BOUND)
+    lams = pld_module.CHERNOFF_LAMBDAS
+    n = lams.size
+    total = sum(steps * pld_module._log_mgf_binned(pld, np.concatenate([lams, -lams])) for pld, steps in parts)
+    best_hi = float(lams[int(np.argmin((total[:n] - log_tau) / lams))])
+    best_lo = float(lams[int(np.argmin((total[n:] - log_tau) / lams))])
+    near_hi = np.array([best_hi / 1.4, best_hi, best_hi * 1.4])
+    near_lo = np.array([best_lo / 1.4, best_lo, best_lo * 1.4])
+    k = sum(steps * pld_module._log_mgf(pld, np.concatenate([near_hi, -near_lo])) for pld, steps in parts)
+    return -float(np.min((k[3:] - log_tau) / near_lo)), float(np.min((k[:3] - log_tau) / near_hi))
+
+
+def _step_grids(sigma: float, q: float, steps: int):
+    """(pair, h, direction) of the per-step PLDs a bound of (sigma, q, T) composes: both directions (the remove
+    direction alone at q = 1), at initial_h_run's grid step and at 4x and 1/4.5x of it."""
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    pair = StepPair(sigma, q)
+    h0 = pld_module.initial_h_run(((pair, steps),))
+    for factor, direction in itertools.product((4.0, 1.0, 1 / 4.5), ("remove", "add")):
+        if direction == "add" and q == 1.0:
+            continue
+        yield pair, min(h0 * factor, pld_module.MAX_GRID_STEP), direction
+
+
+def _step_plds(sigma: float, q: float, steps: int):
+    """The per-step PLDs of :func:`_step_grids`, both ends of the bracket."""
+    from dpaudit.bounds import pld as pld_module
+
+    for pair, h, direction in _step_grids(sigma, q, steps):
+        for optimistic in (False, True):
+            yield pld_module._step_pld(pair, h, direction, pld_module.INF_BUDGET / steps, optimistic)
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), EXTREME_GRID)
+def test_chernoff_search_finds_the_full_scans_window(sigma: float, q: float, steps: int) -> None:
+    # The Chernoff optimum is sought among a few lambdas around a start (the Gaussian optimum, or where the last
+    # composition of the same run and direction found it), all 31 only for a side whose minimum lies at the edge of
+    # that range (each side's end is unimodal in lambda). The window's ends must be those of the scan over all 31
+    # lambdas, bit for bit, from any start, for every per-step PLD a bound composes; and a two-phase run as well.
+    from dpaudit.bounds import pld as pld_module
+
+    plds = list(_step_plds(sigma, q, steps))
+    n = pld_module.CHERNOFF_LAMBDAS.size
+    for pld in plds:
+        full = _chernoff_ends_full_scan([(pld, steps)])
+        for start in (None, (0, 0), (n - 1, n - 1), (n // 2, 4), (-3, n + 5)):
+            assert pld_module._chernoff_ends([(pld, steps)], start)[:2] == full
+    pair_parts = [(plds[0], steps), (plds[0], 3)]
+    assert pld_module._chernoff_ends(pair_parts)[:2] == _chernoff_ends_full_scan(pair_parts)
