@@ -1155,17 +1155,25 @@ def _composed_span(var_total: float) -> float:
     return 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
 
 
-def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float, block: int | str | None = "auto") -> float:
-    """About the number of points of the FFT windows :func:`composed_run` uses at grid step h: the loss range they
-    cover (the composed spread, or a single step's whole range to its tail cut where that is wider: short runs of
-    heavy-tailed steps, small sigma) over the grid step; for a two-level composition (``block`` steps per block,
-    by default :func:`_block_size`'s) the two levels' windows added."""
+def _widest_step(run: tuple[tuple[StepPair, int], ...]) -> float:
+    """The widest loss range of one step of the run (nats): from the pile (or the left cut) to the tail cut, at most
+    to ``LOSS_CAP``. Its per-step grid at step h holds about this over h points."""
     total = sum(steps for _, steps in run)
     widest = 0.0
     for pair, _ in run:
         top = float(pair.loss(np.array([pair.x_tail(INF_BUDGET / total)]))[0])
         bottom = pair.min_loss if math.isfinite(pair.min_loss) else -top
         widest = max(widest, min(top, LOSS_CAP) - bottom)
+    return widest
+
+
+def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float, block: int | str | None = "auto") -> float:
+    """About the number of points of the FFT windows :func:`composed_run` uses at grid step h: the loss range they
+    cover (the composed spread, or a single step's whole range to its tail cut where that is wider: short runs of
+    heavy-tailed steps, small sigma) over the grid step; for a two-level composition (``block`` steps per block,
+    by default :func:`_block_size`'s) the two levels' windows added."""
+    total = sum(steps for _, steps in run)
+    widest = _widest_step(run)
     var = sum(_loss_moments(pair)[1] * s for pair, s in run)
     if block == "auto":
         block = _block_size(run, h)
@@ -1180,6 +1188,8 @@ def _window_estimate(run: tuple[tuple[StepPair, int], ...], h: float, block: int
 #: round discretises every step and composes it again): there the first round is taken at the grid step a round
 #: usually ends at, not at the coarser probe (see :func:`refine`).
 SMALL_WINDOW = 1 << 15
+#: ... and up to this many for a one-level run with a short per-step grid (see :func:`refine`).
+ONE_LEVEL_SMALL_WINDOW = 1 << 16
 
 
 #: Where the first round is a probe (see :func:`refine`), it is taken this many times coarser than
@@ -1251,7 +1261,15 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # (sigma 0.5, q 1e-3, T 1e5: one round more).
     first = 2.0 * math.sqrt(5e-4 / rtol)
     coarsened = 1.0  # how much coarser than initial_h_run's step the probe is
-    if start is None and _window_estimate(run, h / first) <= SMALL_WINDOW:
+    # A run short enough for one level whose per-step grid stays short too (no heavy tail: its cost is the
+    # composed window's) starts there up to twice that window (ONE_LEVEL_SMALL_WINDOW): the probe's round would cost
+    # a third to a half of the answer's, and from sigma 0.5 to 50 at q 1e-3 to 0.5 the bracket at h / first is
+    # within 1e-4 or nearly (the step the probe route ends at is 0.8 to 1.1 times h / first at T = 1000). A
+    # heavy-tailed step (small sigma and q: sigma 0.2, q 1e-3, T 1000 ends 12 times coarser) keeps the probe.
+    one_level_small = (start is None and sum(s for _, s in run) < TWO_LEVEL_STEPS
+                       and _widest_step(run) / (h / first) <= LATTICE_FULL
+                       and _window_estimate(run, h / first) <= ONE_LEVEL_SMALL_WINDOW)
+    if start is None and (_window_estimate(run, h / first) <= SMALL_WINDOW or one_level_small):
         h /= first
     elif start is None and sum(s for _, s in run) < TWO_LEVEL_STEPS:
         coarsened = max(1.0, min(PROBE_COARSENING, MAX_GRID_STEP / h))

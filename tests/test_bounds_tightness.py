@@ -639,3 +639,25 @@ def test_chernoff_search_finds_the_full_scans_window(sigma: float, q: float, ste
             assert pld_module._chernoff_ends([(pld, steps)], start)[:2] == full
     pair_parts = [(plds[0], steps), (plds[0], 3)]
     assert pld_module._chernoff_ends(pair_parts)[:2] == _chernoff_ends_full_scan(pair_parts)
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(0.5, 0.1, 1000), (2.0, 0.1, 1000), (5.0, 1e-3, 1000),
+                                                   (5.0, 0.1, 1000), (1.0, 0.5, 1000), (50.0, 1e-3, 1000),
+                                                   (50.0, 1e-6, 1000), (50.0, 1.0, 1000), (0.2, 1e-3, 1000),
+                                                   (0.05, 1e-3, 1000), (5.0, 0.1, 1), (50.0, 0.5, 10)])
+def test_one_level_runs_without_probe_bracket_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # A one-level run with a short per-step grid starts at the grid step a refinement usually ends at up to
+    # ONE_LEVEL_SMALL_WINDOW points (no coarse probe). Its result and the probe route's are both proven brackets of
+    # the same exact value, each within the 1e-4 asked for, so they overlap; from sigma 0.5 to 50 at T = 1000 (and a
+    # heavy-tailed step, sigma 0.2, q 1e-3, which keeps the probe) the shortcut round stands alone.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    pld_module.clear_caches()
+    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    monkeypatch.setattr(pld_module, "ONE_LEVEL_SMALL_WINDOW", 0)
+    pld_module.clear_caches()
+    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    pld_module.clear_caches()
+    _same_epsilon_bracket(fast, plain)
