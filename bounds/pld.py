@@ -188,9 +188,11 @@ class DiscretePld:
         """:meth:`epsilon` of this PLD with the infinity atom ``infinity`` and every mass lowered by ``guard``.
 
         delta(l_j) = infinity + S_j - R_j only involves the atoms above l_j, and epsilon at a small delta lies in
-        the top of the PLD: the tails are computed chunk by chunk from the top (4096 atoms first, then four times as
-        many each time) until a chunk reaches below the crossing; each chunk's tails are its own plus what the atoms
-        above it carry in: S_j gains their Q-mass, R_j gains e^{l_j - l_b} (m_b + R_b), b the lowest atom above."""
+        the top of the PLD: the tails are computed chunk by chunk from the top (4096 atoms first, then twice as many
+        each time: the crossing of a composed window lies a third of the way down, so each chunk reads at most about
+        as much again as needed; fourfold chunks read 20480 atoms for a crossing 9000 deep) until a chunk reaches
+        below the crossing; each chunk's tails are its own plus what the atoms above it carry in: S_j gains their
+        Q-mass, R_j gains e^{l_j - l_b} (m_b + R_b), b the lowest atom above."""
         if infinity >= target_delta:
             return math.inf
         n = self.masses.size
@@ -212,7 +214,7 @@ class DiscretePld:
                 break
             carry_s = float(s[0] + top[0])
             carry_r = float(top[0] + r[0])
-            b, size = a, 4 * size
+            b, size = a, 2 * size
         losses = self.losses[a:b]
         hit = np.nonzero(d <= target_delta)[0]
         if not hit.size:
@@ -301,9 +303,9 @@ class DiscretePld:
 
     def _top(self, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The atoms a Neyman-Pearson step at size ``alpha`` reads, top (largest loss) first, with their P-masses:
-        the shortest top part whose P-mass reaches alpha, or every atom. Grown fourfold from 4096 atoms, so a read
-        near the top of a long PLD (small alpha, the usual kappa) touches little of it; each atom's P-mass is formed
-        once (a read of the whole PLD, e.g. the ROC up to FPR 1, pays it once, not for every size tried)."""
+        the shortest top part whose P-mass reaches alpha, or every atom. Grown twofold from 4096 atoms (as
+        :meth:`_epsilon` reads), so a read near the top of a long PLD (small alpha, the usual kappa) touches little of
+        it and past the crossing at most as much again; each atom's P-mass is formed once (a read of the whole PLD, e.g. the ROC up to FPR 1, pays it once, not for every size tried)."""
         m, losses = self.masses[::-1], self.losses[::-1]
         n = m.size
         k = min(n, 4096)
@@ -312,7 +314,7 @@ class DiscretePld:
         while k < n:
             if float(np.sum(p)) >= alpha * (1 + 1e-9):
                 return m[:k], losses[:k], p
-            grown = min(4 * k, n)
+            grown = min(2 * k, n)
             with np.errstate(over="ignore", divide="ignore"):
                 more = np.where(m[k:grown] > 0, np.exp(np.log(m[k:grown]) - losses[k:grown]), 0.0)
             p = np.concatenate([p, more])

@@ -546,7 +546,7 @@ def test_coarse_settling_of_a_direction_brackets_the_same_epsilon(monkeypatch, s
 
 
 def test_chunked_epsilon_read_matches_one_pass(rng) -> None:
-    # epsilon is read from the top of the PLD chunk by chunk (4096 atoms, then 4x as many), each chunk's tails
+    # epsilon is read from the top of the PLD chunk by chunk (4096 atoms, then 2x as many), each chunk's tails
     # carrying in the atoms above it. Reference: the same formula over all atoms in one pass (S and R from _tails of
     # the whole PLD), and the exact hockey-stick curve at the result (DiscretePld.delta), on random PLDs long enough
     # for several chunks, with the crossing in the first chunk, deeper, and below the lowest atom.
