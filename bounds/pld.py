@@ -1157,9 +1157,11 @@ def _composed_span(var_total: float) -> float:
     return 20 * math.sqrt(max(var_total, 1e-300)) + 1.0
 
 
+@functools.lru_cache(maxsize=64)
 def _widest_step(run: tuple[tuple[StepPair, int], ...]) -> float:
     """The widest loss range of one step of the run (nats): from the pile (or the left cut) to the tail cut, at most
-    to ``LOSS_CAP``. Its per-step grid at step h holds about this over h points."""
+    to ``LOSS_CAP``. Its per-step grid at step h holds about this over h points. Cached (only used to size grids;
+    :func:`_window_estimate` asks for it at every grid step tried)."""
     total = sum(steps for _, steps in run)
     widest = 0.0
     for pair, _ in run:
@@ -1268,10 +1270,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # a third to a half of the answer's, and from sigma 0.5 to 50 at q 1e-3 to 0.5 the bracket at h / first is
     # within 1e-4 or nearly (the step the probe route ends at is 0.8 to 1.1 times h / first at T = 1000). A
     # heavy-tailed step (small sigma and q: sigma 0.2, q 1e-3, T 1000 ends 12 times coarser) keeps the probe.
-    one_level_small = (start is None and sum(s for _, s in run) < TWO_LEVEL_STEPS
-                       and _widest_step(run) / (h / first) <= LATTICE_FULL
-                       and _window_estimate(run, h / first) <= ONE_LEVEL_SMALL_WINDOW)
-    if start is None and (_window_estimate(run, h / first) <= SMALL_WINDOW or one_level_small):
+    window = _window_estimate(run, h / first) if start is None else math.inf
+    if window <= SMALL_WINDOW or (window <= ONE_LEVEL_SMALL_WINDOW and sum(s for _, s in run) < TWO_LEVEL_STEPS
+                                  and _widest_step(run) / (h / first) <= LATTICE_FULL):
         h /= first
     elif start is None and sum(s for _, s in run) < TWO_LEVEL_STEPS:
         coarsened = max(1.0, min(PROBE_COARSENING, MAX_GRID_STEP / h))
