@@ -15,11 +15,11 @@ checkpoint, JSON or a report.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -78,19 +78,56 @@ def _label_names(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(uniq)
 
 
-def _number(text: str) -> float | None:
-    try:
-        x = float(text)
-    except ValueError:
+#: Cell texts that mean "no value": pandas' ``read_csv`` default ``na_values`` (``str(np.nan)`` is 'nan', R writes
+#: 'NA', Excel '#N/A'). A label cell holding one is missing, as an empty cell is, never a class of its own.
+MISSING_VALUES = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def _missing_labels(cells: Sequence[str], name: str, where: str, row_word: str = "data row") -> None:
+    """Refuse label cells that are empty or spell a missing value (:data:`MISSING_VALUES`), naming ``where`` (the
+    column), how many rows and the first, with its spelling."""
+    missing = [(i, c) for i, c in enumerate(cells, start=1) if c in MISSING_VALUES]
+    if missing:
+        first, text = missing[0]
+        spelt = "empty" if not text else f"{text!r}, a missing value"
+        shown = sorted({repr(c) for _, c in missing if c})
+        kinds = f" (spelt {', '.join(shown)})" if shown else ""
+        rename = f" (a class really named {shown[0]} needs another name)" if shown else ""
+        raise DataError(f"{name}: {where} has no label in {len(missing)} {row_word}(s){kinds}; the first is "
+                        f"{row_word} {first} ({spelt}). Fix: fill in those labels or delete the rows{rename}.")
+
+
+#: A number as a spreadsheet writes one: digits, an optional sign, point and exponent. What ``float()`` and
+#: ``Decimal()`` accept beyond this is text: underscores ('1_0' is not 10), 'inf', 'nan', surrounding white space.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _number(text: str) -> Decimal | None:
+    """The exact value of a numeric label (decimal, never rounded to a float: 12345678901234567 and
+    12345678901234568 are two numbers), else None."""
+    if not _NUMBER.fullmatch(text):
         return None
-    return x if math.isfinite(x) else None
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond Decimal's range (1e99999999999999999999): kept as text
+        return None
 
 
-def _label_key(text: str) -> tuple[str, float | str]:
-    """What makes two label spellings one class: the number for a numeric label ("1", "1.0", "01", "1e0" are one
-    class, as a spreadsheet writes them), else the text ignoring case (refused by :func:`_merge_label_spellings`)."""
+def _label_key(text: str) -> tuple[str, Decimal | str]:
+    """What makes two label spellings one class: the exact number for a numeric label ("1", "1.0", "01", "1e0"
+    are one class, as a spreadsheet writes them), else the text ignoring case (refused by
+    :func:`_merge_label_spellings`)."""
     x = _number(text)
     return ("number", x) if x is not None else ("text", text.casefold())
+
+
+def _canonical_number(x: Decimal, seen: set[str]) -> str:
+    """An integer as its plain digits (1.0 -> '1'; up to 30 digits), another number as its shortest spelling."""
+    if x == x.to_integral_value() and x.adjusted() < 30:
+        return str(int(x))
+    return min(seen, key=lambda v: (len(v), v))
 
 
 def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: list[str]) -> list[str]:
@@ -101,7 +138,7 @@ def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: 
     differ only in case (``Benign``, ``benign``) are refused naming ``where`` and the spellings: whether they are
     one class is the user's call, and a silent split doubles the classes.
     """
-    spellings: dict[tuple[str, float | str], set[str]] = {}
+    spellings: dict[tuple[str, Decimal | str], set[str]] = {}
     for v in values:
         spellings.setdefault(_label_key(v), set()).add(v)
     rename: dict[str, str] = {}
@@ -112,7 +149,7 @@ def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: 
         if kind == "text":
             raise DataError(f"{name}: {where} spells one label in several ways that differ only in case ({shown}). "
                             "Fix: write each class one way in the labels (they are compared exactly).")
-        canon = str(int(key)) if float(key).is_integer() else min(seen, key=lambda v: (len(v), v))
+        canon = _canonical_number(key, seen) if isinstance(key, Decimal) else ""
         notes.append(f"labels {shown} in {where} are one number: merged as class {canon!r}")
         rename |= dict.fromkeys(seen, canon)
     return [rename.get(v, v) for v in values]
@@ -123,12 +160,15 @@ def _group_columns(table: Table, exclude: Sequence[str]) -> list[str]:
 
 
 def _group_value(column: str, text: str) -> str:
+    """A subgroup cell's value; 'unknown' for a missing one (empty, or a spelling of :data:`MISSING_VALUES`)."""
+    if text in MISSING_VALUES:
+        return "unknown"
     if column.lower() == "age":
         try:
             return age_band(float(text))
         except ValueError:
             return "unknown"
-    return text or "unknown"
+    return text
 
 
 def _group_name(column: str) -> str:
@@ -247,13 +287,14 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[
     if key is None or "label" not in table.columns:
         raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
                         f"{list(table.columns)}). Fix: add the columns, e.g. {keys[0]},label.")
+    _missing_labels([row["label"] for row in table.rows], name, f"{path.name}'s label column")
     rows: dict[str, dict[str, str]] = {}
     first_row: dict[str, int] = {}
     for i, row in enumerate(table.rows, start=1):
         k = row[key].replace("\\", "/")
-        if not k or not row["label"]:
-            raise DataError(f"{name}: {path.name} data row {i} has an empty {key} or label. Fix: fill it in or "
-                            "delete the row.")
+        if not k:
+            raise DataError(f"{name}: {path.name} data row {i} has an empty {key}. Fix: fill it in or delete the "
+                            "row.")
         if k in rows and _label_key(rows[k]["label"]) != _label_key(row["label"]):
             raise DataError(f"{name}: {path.name} data rows {first_row[k]} and {i} give one {key} two labels. Fix: "
                             "keep one label per key.")
@@ -563,9 +604,10 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     kinds: list[str] = []
     rows: list[tuple[int, int | None, dict[str, str]]] = []
     seen: dict[Path, dict[int | None, int]] = {}
+    _missing_labels([row["label"] for row in table.rows], name, "the manifest's label column")
     for i, row in enumerate(table.rows, start=1):
-        if not row["path"] or not row["label"]:
-            raise DataError(f"{name}: data row {i} has an empty path or label. Fix: fill it in or delete the row.")
+        if not row["path"]:
+            raise DataError(f"{name}: data row {i} has an empty path. Fix: fill it in or delete the row.")
         p = (base / row["path"].replace("\\", "/")).resolve()
         if not p.is_file():
             raise DataError(f"{name}: data row {i} names {row['path']!r}, which is not a file (looked in {base}). "

@@ -861,3 +861,63 @@ def test_labels_that_differ_only_in_case_are_refused_naming_them(tmp_path: Path,
     with pytest.raises(DataError, match=r"the manifest's label column spells one label in several ways that differ "
                                         r"only in case \('Benign', 'benign'\)\. Fix: write each class one way"):
         load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=8)
+
+
+def _png_manifest(tmp_path: Path, rng: np.random.Generator, labels: list[str]) -> str:
+    from PIL import Image
+
+    rows = ["path,label,patient_id,site"]
+    for i, lab in enumerate(labels):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{lab},p{i},{'nan' if i % 2 else 'A'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return f"csv:{tmp_path / 'm.csv'}"
+
+
+@pytest.mark.parametrize("missing", ["nan", "NaN", "NA", "N/A", "None", "null", "#N/A", ""])
+def test_a_missing_value_spelt_as_text_is_refused_like_an_empty_label(tmp_path: Path, rng: np.random.Generator,
+                                                                      missing: str) -> None:
+    """pandas' astype(str) writes a missing label as 'nan', R as 'NA': missing, never a class of its own."""
+    name = _png_manifest(tmp_path, rng, (["0", "1", "1", missing] * 10))
+    spelt = rf" \(spelt '{missing}'\)" if missing else ""
+    with pytest.raises(DataError, match=rf"the manifest's label column has no label in 10 data row\(s\){spelt}; the "
+                                        r"first is data row 4 .*Fix: fill in those labels or delete the rows"):
+        load_splits(name, image_size=8)
+    # the same in a labels file beside NIfTI volumes, naming that file's column
+    rows = ["file,label,patient_id"]
+    for i in range(12):
+        nifti_file(tmp_path / "nii" / f"v{i}.nii.gz", rng.random((8, 8, 1)).astype(np.float32))
+        rows.append(f"v{i}.nii.gz,{['benign', 'malignant', missing][i % 3]},p{i}")
+    (tmp_path / "nii" / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv's label column has no label in 4 data row\(s\)"):
+        load_splits(f"nifti:{tmp_path / 'nii'}", image_size=8)
+
+
+def test_a_missing_subgroup_value_is_unknown(tmp_path: Path, rng: np.random.Generator) -> None:
+    splits = load_splits(_png_manifest(tmp_path, rng, ["0", "1"] * 20), image_size=8)
+    sites = set().union(*(set(p.groups["site"]) for p in (splits.train, splits.val, splits.test)))
+    assert sites == {"A", "unknown"}
+
+
+@pytest.mark.parametrize(("spellings", "classes"), [
+    (["12345678901234567", "12345678901234568"], ("12345678901234567", "12345678901234568")),  # beyond float's 2**53
+    (["1_0", "10"], ("10", "1_0")),  # float() and Decimal() read '1_0' as 10: not a spreadsheet's number
+    (["1", "10"], ("1", "10")),
+    (["0.1", "0.10000000000000001"], ("0.1", "0.10000000000000001")),  # one float, two numbers
+])
+def test_labels_that_are_different_numbers_stay_different_classes(tmp_path: Path, rng: np.random.Generator,
+                                                                  spellings: list[str], classes: tuple) -> None:
+    splits = load_splits(_png_manifest(tmp_path, rng, spellings * 20), image_size=8)
+    assert splits.label_names == classes
+    assert not [n for n in splits.notes if "one number" in n]
+
+
+@pytest.mark.parametrize(("spellings", "canon"), [
+    (["0.5", ".5"], ".5"), (["01", "1"], "1"), (["+1", "1"], "1"), (["-0", "0"], "0"), (["1e0", "1"], "1"),
+    (["12345678901234567", "12345678901234567.0"], "12345678901234567"),
+])
+def test_exactly_equal_numbers_merge_with_a_note(tmp_path: Path, rng: np.random.Generator, spellings: list[str],
+                                                 canon: str) -> None:
+    splits = load_splits(_png_manifest(tmp_path, rng, [*spellings, "7", "7"] * 10), image_size=8)
+    assert set(splits.label_names) == {canon, "7"}
+    assert [n for n in splits.notes if f"one number: merged as class {canon!r}" in n]
