@@ -42,10 +42,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1105,26 +1104,38 @@ def _describe_skipped(skipped: Mapping[str, int]) -> str:
     return f"{total} file(s) skipped ({parts})" if total else "no file skipped"
 
 
-#: A class folder name that looks like a patient identifier: a run of three or more digits (PID0001, an MRN, a
-#: date of birth) or DICOM's person-name separator (SMITH^JOHN). Conservative: "grade3" and "T2" pass, "class_001"
-#: does not, and its fix (a labels file or a manifest) costs a minute; a patient's name in every output cannot be
-#: taken back.
-_IDENTIFIER_LIKE = re.compile(r"\^|\d{3,}")
+def _alnum(text: str) -> str:
+    """``text`` case-folded with only its letters and digits: 'SMITH^JOHN' and 'smith_john' compare equal."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+
+def _names_patient(folder: str, identifiers: Iterable[str]) -> bool:
+    """True when ``folder`` equals an identifier of a patient whose files it holds (a PatientID, a PatientName or
+    one of its components, a BIDS subject label), or contains one of 3 or more letters and digits, compared
+    ignoring case and punctuation ('DOE_JANE_PID0042' holds PatientName DOE^JANE and PatientID PID0042)."""
+    name = _alnum(folder)
+    for ident in identifiers:
+        key = _alnum(ident)
+        if key and (key == name or (len(key) >= 3 and key in name)):
+            return True
+    return False
 
 
 def _check_class_folders(name: str, folders: Sequence[str], groups: Sequence[str] | None, *, unit: str,
-                         patient_ids: bool, fix: str) -> None:
+                         identifiers: Mapping[str, set[str]] | None, fix: str, rename: str) -> None:
     """Class names taken from folder names reach every output (metrics.json, checkpoints, profile.json, the
-    report), so a folder name becomes a class name only when it is plausibly a class, not a patient:
+    report), so a folder name becomes a class name only when nothing shows that it is a patient:
 
     * the classes are refused when every class folder holds the images of one ``unit`` (one patient, study or
       volume, by ``groups``): the folders are then patients (a PACS export by patient), not classes, and a
       classifier would learn to tell those patients apart;
-    * a folder name that looks like an identifier (:data:`_IDENTIFIER_LIKE`) is refused when nothing shows that it
-      holds several patients: always without patient ids (``patient_ids`` False), with them when its folder holds
-      one patient.
+    * a folder name holding DICOM's person-name separator '^' (SMITH^JOHN) is refused;
+    * a folder name that equals or contains an identifier of the patients whose files it holds
+      (``identifiers``: folder -> PatientIDs, PatientNames, BIDS subject labels; see :func:`_names_patient`) is
+      refused. Ordinary class names with digits (class_001, T2_2020, ISIC_2019_MEL, CD138, 2019) pass.
 
-    The error names one folder, on stderr only (the user needs it to fix the layout); nothing is written.
+    ``fix`` is the way to give labels (a flag of the command), ``rename`` the other fix for a folder's name. The
+    error names one folder, on stderr only (the user needs it to fix the layout); nothing is written.
     """
     classes = sorted(set(folders))
     members: dict[str, set[str]] = {c: set() for c in classes}
@@ -1136,13 +1147,14 @@ def _check_class_folders(name: str, folders: Sequence[str], groups: Sequence[str
         raise DataError(f"{name}: every class folder holds the images of one {unit} ({len(classes)} class folders, "
                         f"one {unit} each): they are {unit}s, not classes, and a classifier would learn to tell them "
                         f"apart. Fix: {fix}.")
-    looks = [c for c in classes if _IDENTIFIER_LIKE.search(c) and (not patient_ids or c in single)]
-    if looks:
-        why = "it holds the images of one patient" if patient_ids else (
-            "no patient id shows that it holds several patients")
-        raise DataError(f"{name}: class folder {looks[0]!r} ({len(looks)} of {len(classes)} class folders) looks "
-                        f"like a patient identifier (a run of 3 or more digits, or a '^') and {why}; a class name "
-                        f"is written to every output. Fix: {fix}.")
+    caret = [c for c in classes if "^" in c]
+    named = [c for c in classes if identifiers is not None and _names_patient(c, identifiers.get(c, ()))]
+    for looks, why in ((caret, "holds a '^', DICOM's separator of a person's names"),
+                       (named, "holds the PatientID, PatientName or subject label of the files in it")):
+        if looks:
+            raise DataError(f"{name}: class folder {looks[0]!r} ({len(looks)} of {len(classes)} class folders) "
+                            f"{why}: a patient identifier, and a class name is written to every output. Fix: {fix}, "
+                            f"or {rename}.")
 
 
 def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
@@ -1175,9 +1187,9 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
                             f"sub-folders ({_describe_skipped(skipped)}). Fix: pass the folder holding the images.")
         classes = [(root.name or "images", top)]
     if classes:
-        _check_class_folders(name, [n for n, _ in classes], None, unit="image", patient_ids=False,
+        _check_class_folders(name, [n for n, _ in classes], None, unit="image", identifiers=None,
                              fix="list the images with their labels in a manifest (--dataset csv:FILE with "
-                                 "columns path,label), or rename the class folders to class names")
+                                 "columns path,label)", rename="rename the class folders to class names")
     # Counted in the notes (written to JSON), named on stderr only: a folder name is not checked to be a class.
     notes = [f"{len(empty)} class sub-folder(s) without images ignored"] if empty else []
     if empty:

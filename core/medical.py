@@ -36,6 +36,7 @@ from dpaudit.data import (
 )
 from dpaudit.dicom import (
     IMAGE_MODALITIES,
+    PLACEHOLDER_PATIENT_IDS,
     DicomHeader,
     NotAnImage,
     decode_dicom,
@@ -303,6 +304,37 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[
     return key, rows, _group_columns(table, [key, "label", "patient_id", "file", "path", "index"])
 
 
+def _patient_name(path: Path) -> str:
+    """The PatientName of one DICOM file (raw: never printed, logged or written), '' when it has none."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["PatientName"])
+    except (OSError, ValueError, InvalidDicomError):  # read once already (its header); gone or changed since
+        return ""
+    return str(ds.get("PatientName") or "")
+
+
+def _dicom_identifiers(headers: Sequence[DicomHeader], folders: Sequence[str]) -> dict[str, set[str]]:
+    """Per class folder, the identifiers of the patients whose files it holds: every PatientID that is not a
+    de-identification placeholder, and the PatientName (whole and each component, read from one file per patient
+    and folder) that is not one either. Raw identifiers: for the class-folder check only, never written."""
+    out: dict[str, set[str]] = {}
+    first: dict[tuple[str, str], Path] = {}
+    for h, folder in zip(headers, folders, strict=True):
+        ids = out.setdefault(folder, set())
+        pid = h.keys["PatientID"]
+        if pid and pid.upper() not in PLACEHOLDER_PATIENT_IDS:
+            ids.add(pid)
+        first.setdefault((folder, h.patient), h.path)
+    for (folder, _), path in first.items():
+        name = _patient_name(path)
+        parts = [name, *re.split(r"[\^=]", name)]
+        out[folder] |= {p.strip() for p in parts if p.strip() and p.strip().upper() not in PLACEHOLDER_PATIENT_IDS}
+    return out
+
+
 def _without_shared_patient_id(headers: list[DicomHeader]) -> tuple[list[DicomHeader], bool]:
     """One PatientID shared by several files with different studies is a placeholder (``ANONYMOUS``, a site
     code): the files fall back as without one (StudyInstanceUID, else the file). True when that happened."""
@@ -463,10 +495,10 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         _note_unmatched_labels(rows, matched, key, notes)
     elif len(rels[0].parts) > 1:
         _check_class_folders(name, entries.label, entries.patient, unit="study" if missing else "patient",
-                             patient_ids=not missing,
+                             identifiers=_dicom_identifiers(headers, folder_labels),
                              fix="label the files with --labels FILE.csv (a label column and a key column: "
-                                 f"{', '.join(LABEL_KEYS)}), or pass --dataset dicom:PATH with the folder that holds "
-                                 "one sub-folder per class")
+                                 f"{', '.join(LABEL_KEYS)})",
+                             rename="rename the class folders to class names")
     if shared_id:
         notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
                      "no patient grouping from it")
@@ -561,10 +593,14 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         _note_unmatched_labels(rows, matched, key, notes)
     elif len(rels[0].parts) > 1 and len(entries):
         ids = bool(sources["patient"] or sources["subject"])  # a patient_id column or BIDS subjects
+        subjects: dict[str, set[str]] = {}
+        for label, patient in zip(entries.label, entries.patient, strict=True):
+            if patient.startswith("sub:"):
+                subjects.setdefault(label, set()).add(patient.removeprefix("sub:"))
         _check_class_folders(name, entries.label, entries.patient, unit="patient" if ids else "volume",
-                             patient_ids=ids,
-                             fix="label the volumes with --labels FILE.csv (columns file, label and patient_id), or "
-                                 "pass --dataset nifti:PATH with the folder that holds one sub-folder per class")
+                             identifiers=subjects,
+                             fix="label the volumes with --labels FILE.csv (columns file, label and patient_id)",
+                             rename="rename the class folders to class names")
     unit = _grouping_unit(name, sources, notes, what="volume") if sources else "patient"
     options = f"{image_size}|1|{window}|{slice_axis}"
 

@@ -108,15 +108,16 @@ PROFILE = ["profile", "--epsilons", "8", "--seeds", "1", "--epochs", "1", "--ima
 def test_class_folders_that_are_patients_are_refused_and_no_name_is_written(patient: str, tmp_path: Path,
                                                                             rng: np.random.Generator) -> None:
     """A PACS export by patient (first-level folders SMITH_JOHN_PID0000, ...): with real PatientIDs every class
-    is one patient; with a de-identified one the names look like identifiers. Refused either way, before
-    anything is written, with a fix that names a flag of the command."""
+    is one patient; with a placeholder PatientID (and studies that do not group) the folder names hold the
+    files' PatientName. Refused either way, before anything is written, with a fix that names a flag of the
+    command."""
     root = tmp_path / "export"
     for p in range(8):
         for j in range(3):
             pid = f"MRN{p:05d}" if patient == "real" else "ANONYMOUS"
             dicom_file(root / f"{NAMES[p % 2]}_PID{p:04d}" / f"IM{j:04d}.dcm",
                        (rng.random((12, 12)) * 1000).astype(np.uint16), patient=pid,
-                       StudyInstanceUID=f"1.2.3.{p}.{j}")
+                       StudyInstanceUID=f"1.2.3.{p}.{j}", PatientName=NAMES[p % 2].replace("_", "^"))
     out = tmp_path / "out"
     res = runner.invoke(app, [*PROFILE, "--dataset", f"dicom:{root}", "--out", str(out), "--max-rero", "0.05"])
     assert res.exit_code == 2, res.output
@@ -124,7 +125,7 @@ def test_class_folders_that_are_patients_are_refused_and_no_name_is_written(pati
     if patient == "real":
         assert "every class folder holds the images of one patient (8 class folders, one patient each)" in line
     else:
-        assert "class folder 'DOE_JANE_PID0001' (8 of 8 class folders) looks like a patient identifier" in line
+        assert "class folder 'DOE_JANE_PID0001' (8 of 8 class folders) holds the PatientID, PatientName or subject label" in line
     assert "Fix: label the files with --labels FILE.csv" in line and "Traceback" not in res.output
     assert not (out / "profile.json").exists() and not (out / "report.pdf").exists()
     _assert_no_identifier(_written(out, res.stdout) if out.exists() else res.stdout.encode(), "PID000")
@@ -139,23 +140,49 @@ def test_class_folders_that_are_patients_are_refused_and_no_name_is_written(pati
     _assert_no_identifier(_written(out, res.stdout), "PID000")
 
 
-def test_a_class_folder_of_one_patient_with_an_identifier_like_name_is_refused(tmp_path: Path,
-                                                                             rng: np.random.Generator) -> None:
-    """With real PatientIDs, folders of several patients pass whatever their names ('site_001': several patients);
-    a folder of one patient whose name looks like an identifier does not."""
+def test_a_class_folder_named_after_the_patient_in_it_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Folders of several patients pass whatever their names ('site_001'); a folder whose name holds the PatientID
+    or the PatientName of its files does not, whatever the case and punctuation ('doe_jane' for DOE^JANE)."""
     from dpaudit.data import load_splits
 
     root = tmp_path / "tree"
-    for c, folder in enumerate(("site_001", "malignant", "DOE_JANE_PID0042")):
+    for c, folder in enumerate(("site_001", "malignant", "PATIENT")):
         for p in range(1 if c == 2 else 4):
             for j in range(2):
                 dicom_file(root / folder / f"p{p}" / f"IM{j}.dcm", (rng.random((12, 12)) * 1000).astype(np.uint16),
-                           patient=f"MRN{c}{p}")
-    with pytest.raises(DataError, match=r"class folder 'DOE_JANE_PID0042' \(1 of 3 class folders\) looks like a "
-                                        r"patient identifier .* and it holds the images of one patient"):
-        load_splits(f"dicom:{root}", image_size=16)
-    (root / "DOE_JANE_PID0042").rename(root / "benign")
+                           patient="PID0042" if c == 2 else f"MRN{c}{p}",
+                           PatientName="DOE^JANE" if c == 2 else f"ROE^R{c}{p}")
+    for named in ("DOE_JANE_PID0042", "doe jane", "PID0042", "Jane"):
+        (root / next(d for d in root.iterdir() if d.name not in ("site_001", "malignant"))).rename(root / named)
+        with pytest.raises(DataError, match=rf"class folder '{named}' \(1 of 3 class folders\) holds the PatientID, "
+                                            r"PatientName or subject label of the files in it: a patient identifier.*Fix: label the "
+                                            r"files with --labels FILE.csv .*, or rename the class folders"):
+            load_splits(f"dicom:{root}", image_size=16)
+    (root / "Jane").rename(root / "benign")
     assert load_splits(f"dicom:{root}", image_size=16).label_names == ("benign", "malignant", "site_001")
+
+
+ORDINARY = ("class_001", "T2_2020", "ISIC_2019_MEL", "100X", "CD138", "ICD10_C509", "2019", "covid19", "grade_1")
+
+
+def test_ordinary_class_names_with_digits_load(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Class names with digits are classes: image folders (no patient ids) and DICOM trees with a placeholder
+    PatientID (grouped by study) and with real ones load them."""
+    from PIL import Image
+
+    from dpaudit.data import load_splits
+
+    for c, folder in enumerate(ORDINARY):
+        for i in range(3):
+            d = tmp_path / "png" / folder
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / f"{i}.png")
+            for tree, pid in (("anon", "ANONYMOUS"), ("ids", f"MRN{c}{i}")):
+                dicom_file(tmp_path / tree / folder / f"p{i}" / "IM0.dcm",
+                           (rng.random((12, 12)) * 1000).astype(np.uint16), patient=pid)
+    assert load_splits(f"folder:{tmp_path / 'png'}", image_size=8).label_names == tuple(sorted(ORDINARY))
+    for tree in ("anon", "ids"):
+        assert load_splits(f"dicom:{tmp_path / tree}", image_size=8).label_names == tuple(sorted(ORDINARY)), tree
 
 
 def test_nifti_and_image_folders_check_their_class_folder_names(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -172,7 +199,23 @@ def test_nifti_and_image_folders_check_their_class_folder_names(tmp_path: Path, 
     with pytest.raises(DataError, match=r"every class folder holds the images of one volume .* Fix: label the "
                                         r"volumes with --labels FILE.csv"):
         load_splits(f"nifti:{tmp_path / 'mri'}", image_size=8)
-    with pytest.raises(DataError, match=r"class folder 'DOE_JANE\^1' \(4 of 4 class folders\) looks like a patient "
-                                        r"identifier .* Fix: list the images with their labels in a manifest "
-                                        r"\(--dataset csv:FILE"):
+    with pytest.raises(DataError, match=r"class folder 'DOE_JANE\^1' \(4 of 4 class folders\) holds a '\^', DICOM's "
+                                        r"separator .* Fix: list the images with their labels in a manifest "
+                                        r"\(--dataset csv:FILE.*, or rename the class folders to class names"):
         load_splits(f"folder:{tmp_path / 'png'}", image_size=8)
+
+
+def test_a_nifti_class_folder_named_after_its_bids_subject_is_refused(tmp_path: Path, rng: np.random.Generator
+                                                                     ) -> None:
+    from dpaudit.data import load_splits
+
+    for folder, subjects in (("benign", ("01", "02")), ("malignant", ("03", "04")), ("case_DOE42", ("DOE42",))):
+        for sub in subjects:
+            for ses in ("1", "2"):
+                nifti_file(tmp_path / folder / f"sub-{sub}" / f"ses-{ses}" / f"sub-{sub}_ses-{ses}_T1w.nii.gz",
+                           rng.random((8, 8, 2)).astype(np.float32))
+    with pytest.raises(DataError, match=r"class folder 'case_DOE42' \(1 of 3 class folders\) holds the PatientID, "
+                                        r"PatientName or subject label of the files in it.*Fix: label the volumes with --labels"):
+        load_splits(f"nifti:{tmp_path}", image_size=8)
+    (tmp_path / "case_DOE42").rename(tmp_path / "cyst")
+    assert load_splits(f"nifti:{tmp_path}", image_size=8).label_names == ("benign", "cyst", "malignant")
