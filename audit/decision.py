@@ -132,6 +132,13 @@ class Limit:
             return f"MIA TPR ≤ {_pct(self.maximum)} at FPR {_pct(self.at_fpr)}"  # type: ignore[arg-type]
         return f"{self.threat_model.replace('_', ' ')} ≤ {_pct(self.maximum)}"
 
+    def unit(self, k: int) -> str:
+        """What a value checked against this limit is per: the realistic attack's success per image; a bound per
+        patient of up to ``k`` images when a patient's k images move together (k > 1), else per image."""
+        if self.kind == "rero" and self.threat_model == "realistic":
+            return "per image"
+        return f"per patient of up to {k} images" if k > 1 else "per image"
+
     def cli(self) -> list[str]:
         """The command-line flags that give this limit."""
         if self.kind == "mia_tpr":
@@ -523,7 +530,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         elif c.inconclusive:
             parts.append(f"{lim.describe()}: inconclusive")
         else:
-            parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} ({c.label})")
+            parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} {lim.unit(k)} ({c.label})")
     which = f"The only private one, {b.budget}," if len(private) == 1 else f"Even the most private one, {b.budget},"
     if all(c.inconclusive for c in failing):  # the sentence below says what it measured and how to decide it
         reason = "No privacy budget is shown to meet every limit."

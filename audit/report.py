@@ -163,7 +163,8 @@ class _Report(board.BoardPages):
                 "ε achieved<br/>per patient<br/>(per image; RDP)" if pp else "ε achieved<br/>(PLD; RDP)",
                 *((f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",) if utility == [("mcc", "MCC")]
                   else (f"Test {label}<br/>mean ± std" for _, label in utility)),
-                f"Worst case<br/>κ = 1/{n}", f"Relaxed<br/>κ = 1/{n}", "Realistic<br/>attack", "Noise σ<br/>attack scenario"]
+                f"Worst case<br/>{txt.rero_unit(self.p)}<br/>κ = 1/{n}", f"Relaxed<br/>{txt.rero_unit(self.p)}<br/>κ = 1/{n}",
+                "Realistic<br/>attack<br/>per image", "Noise σ<br/>attack scenario"]
         sub = ["", "", txt.LABEL_UPPER, *([txt.LABEL_EMPIRICAL] * len(utility)), txt.LABEL_UPPER, txt.LABEL_UPPER,
                txt.LABEL_EMPIRICAL + "<br/>(decoder)", ""]
         rows: list[list] = [[self.cell(h, "head") for h in head],
@@ -181,9 +182,11 @@ class _Report(board.BoardPages):
                    ("ε achieved: tight PLD accountant per patient (the k images of one patient moving together, "
                     "the unit the risks are stated for), with the per-image value that training calibrates and "
                     "Opacus' RDP per image in parentheses; the budget is the per-image target. " if pp else
-                    "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). ") + "Worst case / relaxed: "
-                   "highest probability that any attack reconstructs a training image, for the two formal threat "
-                   f"models, at the prior κ = 1/{n}. Realistic: fraction of attacked training images whose best "
+                    "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). ") + "Worst case / relaxed "
+                   f"({txt.rero_unit(self.p, long=True)}): highest probability that any attack reconstructs "
+                   + ("a training patient's images (the k images moving together)" if pp else "a training image")
+                   + f", for the two formal threat models, at the prior κ = 1/{n}. Realistic (per image): fraction "
+                   "of attacked training images whose best "
                    f"reconstruction has SSIM > {self.p.success_ssim():g} under the imprint-layer attack with its strongest "
                    "decoder "
                    "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "

@@ -86,7 +86,9 @@ class BoardPages:
             box.append(self.para(f"<b>{esc(txt.image_unit_patient_risk(p))}</b>", "small"))
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
         unit = pu.describe() if not pu.image_unit_hides_patients else txt.image_unit_line(pu, "the decision above")
-        out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction limits apply at the prior "
+        out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction bounds are "
+                             f"{txt.rero_unit(p, long=True)} and the realistic attack's success per image, at the "
+                             "prior "
                              + (f"κ = 1/{txt.kappa_n(p)} (one training volume guessed blindly)." if p.config.segmentation
                                 else f"κ = 1/{d.n_train} (one training image guessed blindly).")))
         out.append(self.para("Privacy budgets against the board's limits", "h2"))
@@ -111,7 +113,8 @@ class BoardPages:
         decision = self.decision
         limits = decision.limits if decision is not None else ()
         head = ["Privacy budget", "ε achieved<br/>(PLD, δ)"]
-        head += [esc(lim.short()) for lim in limits]
+        k = self.p.privacy().records_per_patient
+        head += [f"{esc(lim.short())}<br/>{lim.unit(k)}" for lim in limits]
         # Segmentation: the first foreground class's Dice (liver for MSD Liver) in place of MCC.
         key, label = txt.utility_columns(self.p)[0]
         head += [f"Test {label}<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",

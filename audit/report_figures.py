@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dpaudit.audit.profile.schema import Profile, fmt_eps
-from dpaudit.audit.report_text import REPORT_FPR, init_utility_values, mia_unit, utility_values
+from dpaudit.audit.report_text import REPORT_FPR, init_utility_values, mia_unit, rero_unit, utility_values
 from dpaudit.audit.stats import MeanInterval, mean_interval
 
 WORST = "#6a3d9a"
@@ -114,11 +114,11 @@ def rero_figure(profile: Profile) -> bytes:
 
             xs = [x for x in sorted(seen) if here(x)]
             if xs:
-                ax.plot(xs, [100 * seen[x][0] for x in xs], "-", color=WORST, label="worst case (upper bound)")
+                ax.plot(xs, [100 * seen[x][0] for x in xs], "-", color=WORST, label=f"worst case {rero_unit(profile)} (upper bound)")
                 rel = [(x, seen[x][1]) for x in xs if seen[x][1] is not None]
                 if rel:
                     ax.plot([x for x, _ in rel], [100 * r for _, r in rel], "-", color=RELAXED,
-                            label="relaxed (upper bound)")
+                            label=f"relaxed {rero_unit(profile)} (upper bound)")
             lv_here = [lv for lv in table_eps if here(lv.epsilon_target)]
             for lv in lv_here:
                 if lv.bounds is not None:
@@ -128,7 +128,7 @@ def rero_figure(profile: Profile) -> bytes:
             emp = [(lv.epsilon_target, lv.attack.strongest.success_rate) for lv in lv_here if lv.attack]
             if emp:
                 ax.plot([e for e, _ in emp], [100 * s for _, s in emp], "s", color=REALISTIC, ms=4,
-                        label="realistic attack (empirical)")
+                        label="realistic attack per image (empirical)")
             ticks = sorted({lv.epsilon_target for lv in lv_here}) or xs
             ax.set_xscale("log")
             if ticks:
@@ -174,9 +174,9 @@ def rero_figure(profile: Profile) -> bytes:
         ax2.text(1.0 / n, 50, " κ = 1/N", fontsize=6, rotation=90, va="center")
         ax2.set_xscale("log")
         ax2.set_xlabel("prior κ (blind-guess success)")
-        ax2.set_ylabel("reconstruction success (%)")
+        ax2.set_ylabel(f"reconstruction success (%), {rero_unit(profile)}")
         ax2.set_ylim(-3, 103)
-        ax2.set_title("Worst case (solid), relaxed (dashed)")
+        ax2.set_title(f"Worst case (solid), relaxed (dashed), {rero_unit(profile)}")
         ax2.grid(alpha=0.3)
         ax2.legend(loc="upper left", frameon=False)
         return _png(fig, tight=not huge)

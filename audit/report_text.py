@@ -141,8 +141,7 @@ def patient_epsilon(level: LevelSummary) -> str | None:
 
 def summary_sentence(profile: Profile, level: LevelSummary) -> str:
     """One plain-language sentence (with labels) for one privacy level."""
-    unit = profile.privacy().unit
-    units = "images" if unit == "image" else "patients' images"
+    unit = rero_unit(profile, long=True)
     parts: list[str] = []
     if level.private:
         b = level.bounds
@@ -151,22 +150,22 @@ def summary_sentence(profile: Profile, level: LevelSummary) -> str:
         else:
             p = b.at_kappa_train()
             parts.append(
-                f"At most <b>{pct(p.worst_case, direction='up')}</b> of the training {units} could be reconstructed "
-                f"by the strongest possible attacker (worst case, {LABEL_UPPER})")
+                f"Reconstruction {unit}: at most <b>{pct(p.worst_case, direction='up')}</b> by the strongest "
+                f"possible attacker (worst case, {LABEL_UPPER}, {unit})")
             if p.relaxed is not None:
                 parts[-1] += (f"; at most <b>{pct(p.relaxed, direction='up')}</b> by an attacker who does not "
-                              f"already know the image (relaxed, {LABEL_UPPER}).")
+                              f"already know the image (relaxed, {LABEL_UPPER}, {unit}).")
             else:
                 parts[-1] += "."
     else:
         parts.append("Without differential privacy there is <b>no formal guarantee</b>: the strongest possible "
-                     "attacker can reconstruct every training image (worst case and relaxed: 100%).")
+                     "attacker can reconstruct every training image (worst case and relaxed: 100%, per image and per patient).")
     a = level.attack
     if a is not None:
         r = a.strongest
         parts.append(
             f"A realistic attacker (malicious server with an imprint layer, {r.decoder} decoder) recovered "
-            f"<b>{pct(r.success_rate)}</b> of {r.n_images} images ({LABEL_EMPIRICAL}; 95% interval "
+            f"<b>{pct(r.success_rate)}</b> of {r.n_images} images, per image ({LABEL_EMPIRICAL}; 95% interval "
             f"{pct(r.ci_low)} to {pct(r.ci_high)}).")
     values = utility_values(level)
     if level.utility["mcc"].mean is not None:
@@ -213,6 +212,15 @@ def reading_guide() -> list[tuple[str, str]]:
         (LABEL_EMPIRICAL, "what an attack or a test set measured; a lower bound on the risk (a stronger "
                           "attack may do better)."),
     ]
+
+
+def rero_unit(profile: Profile, *, long: bool = False) -> str:
+    """The unit of the reconstruction bounds (worst case, relaxed), as every ReRo number names it: 'per patient'
+    ('per patient of up to k images' when ``long``) when a patient's k images move together (the bound is then
+    computed for them), else 'per image'. The realistic attack's success is always per image."""
+    if per_patient(profile):
+        return f"per patient of up to {profile.privacy().records_per_patient} images" if long else "per patient"
+    return "per image"
 
 
 def mia_unit(profile: Profile) -> str:

@@ -368,7 +368,8 @@ def _print_summary(prof) -> None:
                 "ε per\nimage\n(bound)" if hides else "ε PLD\n(bound)",
                 *(f"{label}\n(emp.{n_head})" if not seg else label.replace(" ", "\n", 1) + "\n(emp.)"
                   for _, label in utility),
-                "worst\ncase\n(bound)", "relaxed\n(bound)", "realistic\n(emp.)"):
+                f"worst\ncase per\n{'patient' if per_patient else 'image'}\n(bound)",
+                f"relaxed\nper\n{'patient' if per_patient else 'image'}\n(bound)", "realistic\nper\nimage\n(emp.)"):
         table.add_column(col, justify="right", no_wrap=True)
     for lv in prof.levels():
         a = lv.attack

@@ -546,3 +546,25 @@ def test_every_membership_inference_number_names_its_unit(k: int, tmp_path) -> N
     assert f"(TPR {unit})" in text and f"Advantage {unit}" in text
     assert f"membership-inference attacker, {unit} (same assumptions and unit" in text
     assert f"(sound upper bound, {unit}, from the same trade-off function" in text
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_every_reconstruction_number_names_its_unit(k: int, tmp_path) -> None:
+    """The worst-case and relaxed bounds are computed for the privacy unit (a patient's k images moving together):
+    the board table, the summary, the risk table and its caption say per patient of up to k images (per image at
+    k = 1); the realistic attack's success is per image."""
+    import dataclasses
+
+    from dpaudit.audit.profile.schema import PrivacyInfo
+    from dpaudit.audit.report import render_report
+
+    prof = synthetic_profile(with_mia_audit=False, subgroups=False, seeds=1)
+    info = PrivacyInfo("patient", k, data_unit="patient" if k > 1 else "image", max_images_per_unit=k)
+    prof = dataclasses.replace(prof, dataset=dataclasses.replace(prof.dataset, privacy=info))
+    text = " ".join(" ".join(_text(render_report(prof, tmp_path / "r.pdf").read_bytes())).split())
+    unit, long = ("per patient", "per patient of up to 4 images") if k > 1 else ("per image", "per image")
+    assert f"Worst case {unit} κ = 1/" in text and f"Relaxed {unit} κ = 1/" in text
+    assert "Realistic attack per image" in text
+    assert f"Worst case / relaxed ({long}): highest probability" in text and "Realistic (per image)" in text
+    assert f"(worst case, sound upper bound, {long})" in text and f"(relaxed, sound upper bound, {long})" in text
+    assert f"Reconstruction bounds are {long} and the realistic attack's success per image" in text
