@@ -57,8 +57,9 @@ import numpy as np
 from dpaudit.errors import DataError
 from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
 
-__all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_PIXEL_DATA", "DicomHeader", "NotAnImage", "decode_dicom",
-           "find_dicom", "is_dicom", "non_image_reason", "read_header", "window_value"]
+__all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
+           "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "find_dicom", "is_dicom",
+           "non_image_fix", "non_image_reason", "read_header", "window_value"]
 
 #: The pip package(s) that decode each compressed transfer syntax, for the "no decoder" message.
 _JPEG = "pylibjpeg and pylibjpeg-libjpeg"
@@ -114,7 +115,29 @@ def non_image_reason(sop_class: str, modality: str) -> str | None:
         return f"not an image ({name})"
     if modality.strip().upper() in IMAGE_MODALITIES:
         return None
-    return "not an image (unknown SOP class, no image modality)"
+    return NO_CLASS_NO_MODALITY if not sop_class else UNKNOWN_CLASS_NO_MODALITY
+
+
+#: The skipped-files reasons of objects with pixel data that name neither an image storage class nor an image
+#: Modality: what is missing is said, since the files are there (:func:`non_image_fix`).
+NO_CLASS_NO_MODALITY = "not an image (no SOP Class UID, no image Modality)"
+UNKNOWN_CLASS_NO_MODALITY = "not an image (private or unknown SOP Class UID, no image Modality)"
+
+
+def non_image_fix(reason: str) -> str:
+    """The fix for a file skipped with ``reason`` (:func:`non_image_reason`): for an object that names neither an
+    image class nor an image Modality, how to give it its Modality (if it is an image); else to list images only.
+
+    >>> non_image_fix("not an image (Segmentation Storage)")
+    'list image files only'
+    """
+    if reason in (NO_CLASS_NO_MODALITY, UNKNOWN_CLASS_NO_MODALITY):
+        return ("if the files are images, set their Modality (0008,0060) to the modality they were acquired with, "
+                "e.g. with DCMTK: dcmodify -i \"(0008,0060)=CT\" FILE, or with pydicom: ds = "
+                "pydicom.dcmread(FILE, force=True); ds.Modality = \"CT\"; ds.save_as(FILE) (CT, MR, CR, DX, US, PT, "
+                "NM, OT, ...; a SOP Class UID of an image storage class, e.g. CT Image Storage "
+                "1.2.840.10008.5.1.4.1.1.2, serves too); files that are not images (masks, dose grids) stay skipped")
+    return "list image files only"
 
 
 @dataclass(frozen=True)
@@ -377,7 +400,7 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
     reason = non_image_reason(sop_class, str(ds.get("Modality", "") or ""))
     if reason is not None:
         raise DataError(f"DICOM file {str(path)!r}: {reason}; only image storage objects are images to train on. "
-                        "Fix: list image files only.")
+                        f"Fix: {non_image_fix(reason)}.")
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and syntax.is_compressed:
         try:

@@ -36,12 +36,15 @@ from dpaudit.data import (
 )
 from dpaudit.dicom import (
     IMAGE_MODALITIES,
+    NO_CLASS_NO_MODALITY,
     PLACEHOLDER_PATIENT_IDS,
+    UNKNOWN_CLASS_NO_MODALITY,
     DicomHeader,
     NotAnImage,
     decode_dicom,
     find_dicom,
     is_dicom,
+    non_image_fix,
     read_header,
 )
 from dpaudit.errors import DataError
@@ -463,11 +466,23 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             skipped[h.reason] += 1
         else:
             headers.append(h)
+    # Objects with pixel data that name neither an image storage class nor an image Modality: the files are
+    # there, what is missing is said, with the fix (setting their Modality).
+    unnamed = {r: skipped[r] for r in (NO_CLASS_NO_MODALITY, UNKNOWN_CLASS_NO_MODALITY) if skipped[r]}
+    if unnamed:
+        none, private = unnamed.get(NO_CLASS_NO_MODALITY, 0), unnamed.get(UNKNOWN_CLASS_NO_MODALITY, 0)
+        missing_what = (f"no SOP Class UID ({none}) or a private or unknown one ({private})," if none and private
+                        else "no SOP Class UID" if none else "a private or unknown SOP Class UID")
+        unnamed_text = (f"{none + private} DICOM file(s) with pixel data have {missing_what} and no image "
+                        "Modality (CT, MR, ...), so they cannot be told from segmentations or dose grids")
     if not headers:
-        raise DataError(f"{name}: no DICOM image files found at any depth ({_describe_skipped(skipped)}). Fix: "
-                        "pass the folder holding the DICOM files.")
+        fix = (f"{unnamed_text}. Fix: {non_image_fix(NO_CLASS_NO_MODALITY)}" if unnamed else
+               "Fix: pass the folder holding the DICOM files")
+        raise DataError(f"{name}: no DICOM image files found at any depth ({_describe_skipped(skipped)}). {fix}.")
     rels = [h.path.relative_to(root) for h in headers]
     notes: list[str] = []
+    if unnamed:
+        notes.append(f"{unnamed_text}: skipped; {non_image_fix(NO_CLASS_NO_MODALITY)}")
     entries = _Entries()
     with_header_groups = any(h.sex != "unknown" or h.age is not None for h in headers)
     if labels is not None:
@@ -685,8 +700,8 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         elif kind == "dicom":
             h = read_header(p)
             if isinstance(h, NotAnImage):
-                raise DataError(f"{name}: {str(p)!r} is a DICOM file that is {h.reason}. Fix: list image files "
-                                "only.")
+                raise DataError(f"{name}: {str(p)!r} is a DICOM file that is {h.reason}. Fix: "
+                                f"{non_image_fix(h.reason)}.")
             channels = max(channels, 3 if h.colour else 1)
             counts[f] = h.frames
             dicom_headers[f] = h

@@ -7,6 +7,7 @@ the test, independently of dpaudit's decoder.
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 from pathlib import Path
 
@@ -449,7 +450,7 @@ def test_non_image_objects_with_pixel_data_are_skipped_by_kind(tmp_path: Path, r
     s = load(tmp_path)
     assert s.skipped == {"not an image (Segmentation Storage)": 1, "not an image (RT Dose Storage)": 1,
                          "not an image (RT Image Storage)": 1,
-                         "not an image (unknown SOP class, no image modality)": 1}
+                         "not an image (private or unknown SOP Class UID, no image Modality)": 1}
     assert sum(len(p) for p in (s.train, s.val, s.test)) == 6 + 3
     # Listed in a manifest, a non-image object is an error naming the file and its kind.
     with (tmp_path / "m.csv").open("w", newline="") as fh:
@@ -461,6 +462,58 @@ def test_non_image_objects_with_pixel_data_are_skipped_by_kind(tmp_path: Path, r
 
     with pytest.raises(DataError, match=r"dose\.dcm.*RT Dose Storage"):
         decode_dicom(tmp_path / "nodule" / "patient0" / "dose.dcm", SIZE, 1, None)
+
+SET_MODALITY = 'Fix: if the files are images, set their Modality (0008,0060)'
+
+
+def test_files_without_sop_class_and_modality_say_what_is_missing_and_how_to_set_it(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    """A minimal research export without SOP Class UID and Modality: the files are there, so the error says what
+    they lack and how to give it (a Modality, with DCMTK or pydicom); the fix is checked by following it: with the
+    Modality set as the message says, the same files load. Part of a tree: skipped, counted, and a note with the
+    fix. In a manifest and in decode_dicom: an error with the same fix."""
+    import pydicom
+
+    for cls in ("a", "b"):
+        for p in range(3):
+            as_object(tmp_path / "tree" / cls / f"p{p}.dcm", None, "", ramp(rng, 4095), f"{cls}-{p}")
+    with pytest.raises(DataError) as err:
+        load(tmp_path / "tree")
+    message = str(err.value)
+    assert "6 DICOM file(s) with pixel data have no SOP Class UID and no image Modality" in message
+    assert SET_MODALITY in message and 'dcmodify -i "(0008,0060)=CT" FILE' in message
+    assert "ds.Modality = \"CT\"; ds.save_as(FILE)" in message
+    assert "pass the folder holding" not in message and "\n" not in message
+    # A private SOP Class without a Modality: the same fix, naming what is there.
+    as_object(tmp_path / "tree" / "a" / "p0.dcm", "1.3.6.1.4.1.99999.1.2", "", ramp(rng, 4095), "a-0")
+    with pytest.raises(DataError, match=r"6 DICOM file\(s\) with pixel data have no SOP Class UID \(5\) or a "
+                                        r"private or unknown one \(1\), and no image Modality"):
+        load(tmp_path / "tree")
+    # Following the fix (pydicom, as the message says) makes the files load.
+    for f in sorted((tmp_path / "tree").rglob("*.dcm"))[:4]:
+        ds = pydicom.dcmread(f, force=True)
+        ds.Modality = "CT"
+        ds.save_as(f)
+    s = load(tmp_path / "tree")
+    assert sum(len(p) for p in (s.train, s.val, s.test)) == 4
+    assert s.skipped == {"not an image (no SOP Class UID, no image Modality)": 2}
+    assert [n for n in s.notes if "SOP Class UID" in n] == [
+        "2 DICOM file(s) with pixel data have no SOP Class UID and no image Modality (CT, MR, ...), so they cannot be "
+        "told from segmentations or dose grids: skipped; if the files are images, set their Modality (0008,0060) "
+        "to the modality they were acquired with, e.g. with DCMTK: dcmodify -i \"(0008,0060)=CT\" FILE, or with "
+        "pydicom: ds = pydicom.dcmread(FILE, force=True); ds.Modality = \"CT\"; ds.save_as(FILE) (CT, MR, CR, DX, "
+        "US, PT, NM, OT, ...; a SOP Class UID of an image storage class, e.g. CT Image Storage "
+        "1.2.840.10008.5.1.4.1.1.2, serves too); files that are not images (masks, dose grids) stay skipped"]
+    # Named in a manifest, or decoded alone: an error with the same fix.
+    bare = sorted((tmp_path / "tree").rglob("*.dcm"))[-1]
+    with (tmp_path / "m.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "patient_id"], [str(bare.relative_to(tmp_path)), "a", "1"]])
+    with pytest.raises(DataError, match=r"no SOP Class UID, no image Modality\)\. " + re.escape(SET_MODALITY)):
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    from dpaudit.dicom import decode_dicom
+
+    with pytest.raises(DataError, match=re.escape(SET_MODALITY)):
+        decode_dicom(bare, SIZE, 1, None)
 
 
 def test_image_storage_allow_list_matches_the_standards_image_classes() -> None:
