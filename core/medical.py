@@ -427,20 +427,38 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
 # DICOM
 
 
+def _window_note(headers: Sequence[DicomHeader], window: tuple[float, float]) -> list[str]:
+    """--window is in modality units; the values it is given for (-100,200 for liver) are Hounsfield units, which
+    only CT has. Applied to every file as asked, but said once when files of another modality are among them, in
+    words that fit the tree: CT with other modalities, one other modality alone, or several without CT."""
+    others = Counter(h.modality if h.modality in IMAGE_MODALITIES else "other" for h in headers
+                     if h.modality != "CT")
+    if not others:
+        return []
+    w, n, ct = f"--window {window[0]:g},{window[1]:g}", sum(others.values()), len(headers) - sum(others.values())
+    counts = ", ".join(f"{m} {k}" for m, k in sorted(others.items()))
+    own = "leave out --window to map each file by its own window (else its stored range)"
+    if ct:
+        return [f"{w} applied to {ct} CT file(s) and to {n} DICOM file(s) of other modalities too ({counts}), whose "
+                "values are not Hounsfield units: check that the window fits them, or load each modality from its "
+                "own folder with a --window for it"]
+    if len(others) == 1:
+        m = next(iter(others))
+        what = f"modality {m}" if m != "other" else "a modality other than CT"
+        return [f"{w} applied to {n} DICOM file(s) of {what}, none CT: the window is read in their modality's "
+                f"values, not Hounsfield units; check that it fits them, or {own}"]
+    return [f"{w} applied to {n} DICOM file(s) of {len(others)} modalities, none CT ({counts}), whose values are "
+            "not Hounsfield units and differ in scale between modalities: load each modality from its own folder "
+            f"with a --window for it, or {own}"]
+
+
 def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, float] | None) -> list[str]:
     """Notes on how the pixel values of these DICOM files were mapped, where the mapping is not a fixed one the
     files define (counts only: no file names, since notes reach metrics.json and the report)."""
+    if window is not None:
+        return _window_note(headers, window)
     notes = []
-    # --window is in modality units; the values it is given for (-100,200 for liver) are Hounsfield units, which
-    # only CT has. Applied to every file as asked, but said once when files of another modality are among them.
-    others = Counter(h.modality if h.modality in IMAGE_MODALITIES else "other" for h in headers
-                     if h.modality != "CT") if window is not None else Counter()
-    if others and window is not None:
-        counts = ", ".join(f"{m} {n}" for m, n in sorted(others.items()))
-        notes.append(f"--window {window[0]:g},{window[1]:g} applied to {sum(others.values())} DICOM file(s) of "
-                     f"modalities other than CT too ({counts}), whose values are not Hounsfield units: check that "
-                     "the window fits them, or load each modality from its own folder")
-    floats = sum(h.float_pixels and not h.has_window for h in headers) if window is None else 0
+    floats = sum(h.float_pixels and not h.has_window for h in headers)
     if floats:
         notes.append(f"{floats} DICOM file(s) with float pixel data (Float or Double Float Pixel Data) and no window: "
                      "mapped to [0, 1] with the dataset's other float images by one affine map from their joint "

@@ -161,14 +161,34 @@ def test_window_option_on_other_modalities_is_said_once(tmp_path: Path, rng: np.
     s = load(tmp_path, window="-100,200")
     assert_contains(images_of(s), [np.clip((v + 100) / 300, 0, 1)[None] for v in stored.values()])
     notes = [n for n in s.notes if "--window" in n]
-    assert notes == ["--window -100,200 applied to 6 DICOM file(s) of modalities other than CT too (DX 2, MR 2, "
-                     "US 2), whose values are not Hounsfield units: check that the window fits them, or load each "
-                     "modality from its own folder"]
+    assert notes == ["--window -100,200 applied to 2 CT file(s) and to 6 DICOM file(s) of other modalities too "
+                     "(DX 2, MR 2, US 2), whose values are not Hounsfield units: check that the window fits them, or "
+                     "load each modality from its own folder with a --window for it"]
     assert not any(str(tmp_path) in n or ".dcm" in n for n in s.notes)
     assert not any("--window" in n for n in load(tmp_path).notes)  # no window asked: nothing to say
-    for m in ("MR", "DX", "US"):
+    # Several modalities, none CT: no "too"; their scales differ, so one window per modality.
+    for k in range(2):
+        (tmp_path / f"CT{k}.dcm").unlink()
+    assert [n for n in load(tmp_path, window="0,500").notes if "--window" in n] == [
+        "--window 0,500 applied to 6 DICOM file(s) of 3 modalities, none CT (DX 2, MR 2, US 2), whose values are "
+        "not Hounsfield units and differ in scale between modalities: load each modality from its own folder with "
+        "a --window for it, or leave out --window to map each file by its own window (else its stored range)"]
+    # One modality alone (an MR tree): no "too", no other folder to load; the window is read in MR values.
+    for m in ("DX", "US"):
         for k in range(2):
             (tmp_path / f"{m}{k}.dcm").unlink()
+    fillers(tmp_path, rng)  # three more files, MR like the rest
+    for f in tmp_path.glob("filler*.dcm"):
+        dicom_file(f, ramp(rng, 4095), patient=f.stem, Modality="MR")
+    assert [n for n in load(tmp_path, window="0,500").notes if "--window" in n] == [
+        "--window 0,500 applied to 5 DICOM file(s) of modality MR, none CT: the window is read in their "
+        "modality's values, not Hounsfield units; check that it fits them, or leave out --window to map each file "
+        "by its own window (else its stored range)"]
+    for m in ("MR",):
+        for k in range(2):
+            (tmp_path / f"{m}{k}.dcm").unlink()
+    for f in tmp_path.glob("filler*.dcm"):
+        dicom_file(f, ramp(rng, 4095), patient=f.stem)
     assert not any("--window" in n for n in load(tmp_path, window="-100,200").notes)  # CT only
 
 

@@ -161,8 +161,8 @@ def test_float_maps_non_image_objects_and_window_name_no_file_outside_stderr(tmp
     args = ["train", "--dataset", f"dicom:{root}", "--arch", "smallcnn", "--image-size", "16", "--sigma", "1.0",
             "--epochs", "1", "--batch-size", "4", "--threads", "1", "--json"]
     for i, (extra, expected) in enumerate((([], "8 DICOM file(s) with float pixel data"),
-                                           (["--window", "0,3000"], "--window 0,3000 applied to 8 DICOM file(s) of "
-                                                                    "modalities other than CT too (MR 8)"))):
+                                           (["--window", "0,3000"], "--window 0,3000 applied to 8 CT file(s) and to 8 "
+                                                                    "DICOM file(s) of other modalities too (MR 8)"))):
         res = runner.invoke(app, [*args, "--out", str(tmp_path / f"run{i}"), *extra])
         assert res.exit_code == 0, res.output
         for out in (res.stdout, (tmp_path / f"run{i}" / "metrics.json").read_text()):
