@@ -25,7 +25,12 @@ Pixel values (in this order; DICOM PS3.3 section C.11)
    modality in a note, since their units are not Hounsfield units); the file's VOI LUT Sequence (its output divided by 2^bits - 1 of the LUT
    descriptor); the file's first Window Center / Window Width, or the frame's Frame VOI LUT functional group (the
    linear function of C.11.2.1.2.1); else the full range the stored bits can hold (Bits Stored, Pixel
-   Representation) passed through the modality LUT, so that files of one series map alike. Values outside the
+   Representation) passed through the modality LUT, so that files of one series map alike. Where files declare
+   a modality transform (Rescale Slope/Intercept, a Modality LUT: their values have a unit, such as Hounsfield
+   units or Bq/ml) and that range differs between the files of a dataset or the frames of a file (a PET series
+   with a Rescale Slope per slice, per-frame functional groups, two scanners' CT; :func:`stored_ranges_differ`),
+   one stored range per file would map one modality value to different intensities: the loaders then map those
+   files' modality values jointly, as float pixel data below (``map_jointly``), and say so in a note. Values outside the
    window clip to 0 or 1. **Float pixel data** (Float or Double Float Pixel Data: parametric maps, e.g. ADC) have
    no stored range: without a window they are mapped with every other float image of the dataset by one affine map
    from their joint minimum and maximum (kept when all lie in [0, 1]; the rule of float TIFFs and NIfTI volumes,
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +65,7 @@ from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_
 
 __all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
            "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "find_dicom", "is_dicom",
-           "non_image_fix", "non_image_reason", "read_header", "window_value"]
+           "non_image_fix", "non_image_reason", "read_header", "stored_ranges_differ", "window_value"]
 
 #: The pip package(s) that decode each compressed transfer syntax, for the "no decoder" message.
 _JPEG = "pylibjpeg and pylibjpeg-libjpeg"
@@ -169,6 +175,11 @@ class DicomHeader:
     float_pixels: bool = False  # Float or Double Float Pixel Data: real values, no stored range
     has_window: bool = False  # a VOI LUT, Window Center/Width, or (enhanced files) a Frame VOI LUT
     modality: str = ""  # Modality (CT, MR, ...), upper case
+    #: The distinct (lowest, highest) modality values the stored range can hold, over the greyscale integer
+    #: frames that have no window of their own and declare a modality transform (Rescale Slope/Intercept, a
+    #: Modality LUT): the ranges those frames would be mapped by (:func:`stored_ranges_differ`); empty for
+    #: colour, float and windowed files and for files whose stored values carry no unit.
+    stored_ranges: tuple[tuple[float, float], ...] = ()
 
 
 def is_dicom(path: Path) -> bool:
@@ -314,9 +325,55 @@ def read_header(path: Path) -> DicomHeader | NotAnImage:
         frames = 1
     has_window = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds) or \
         _group_value(ds, 0, "FrameVOILUTSequence", "WindowWidth") is not None
+    floating = present[0] != "PixelData"
     return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
-                       keys, keys["SOPInstanceUID"], float_pixels=present[0] != "PixelData", has_window=has_window,
-                       modality=str(ds.get("Modality", "") or "").strip().upper())
+                       keys, keys["SOPInstanceUID"], float_pixels=floating, has_window=has_window,
+                       modality=str(ds.get("Modality", "") or "").strip().upper(),
+                       stored_ranges=() if colour or floating else _unwindowed_stored_ranges(ds, frames))
+
+
+#: What pydicom raises on a malformed LUT (a descriptor or data that do not fit).
+_LUT_ERRORS = (IndexError, TypeError, ValueError, AttributeError, KeyError)
+
+
+def _stored_range(ds: object, frame: int) -> tuple[float, float]:
+    """The lowest and highest modality values the stored bits of ``frame`` can hold: the range Bits Stored and
+    Pixel Representation allow, as signed 64-bit integers (never the pixel array's dtype, which may be unsigned or
+    narrower than the range Bits Stored claims), through the frame's modality LUT."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)  # type: ignore[attr-defined]
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1  # type: ignore[attr-defined]
+    stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1], dtype=np.int64)
+    ends = _frame_modality(ds, frame)(stored)
+    return float(np.min(ends)), float(np.max(ends))
+
+
+def _unwindowed_stored_ranges(ds: object, frames: int) -> tuple[tuple[float, float], ...]:
+    """:attr:`DicomHeader.stored_ranges` of a greyscale integer file: the distinct stored ranges, in modality
+    values, of its frames without a window (a VOI LUT, Window Center/Width, a Frame VOI LUT) and with a modality
+    transform (:func:`_has_modality_transform`). Frames differ only
+    where an enhanced file gives them their own functional groups. Empty when the modality LUT is malformed
+    (:func:`decode_dicom` names the file as unreadable)."""
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):  # type: ignore[operator, attr-defined]
+        return ()
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")  # type: ignore[attr-defined]
+    ranges = set()
+    try:
+        for f in range(frames if per_frame else 1):
+            if _frame_window(ds, f) is None and _has_modality_transform(ds, f):
+                ranges.add(_stored_range(ds, f))
+    except _LUT_ERRORS:
+        return ()
+    return tuple(sorted(ranges))
+
+
+def stored_ranges_differ(headers: Iterable[DicomHeader]) -> bool:
+    """True when the greyscale integer frames without a window and with a modality transform (the frames whose
+    values have a unit) of these files do not all hold one stored range in modality values (Rescale
+    Slope/Intercept, a Modality LUT, Bits Stored or Pixel Representation differ between files, or between the
+    frames of an enhanced file: a PET series scaled slice by slice, a tree of two scanners' CT). Each mapped by
+    its own stored range, one modality value would then give different intensities in different files; the
+    loaders decode such files with ``map_jointly`` instead (:func:`decode_dicom`)."""
+    return len({r for h in headers for r in h.stored_ranges}) > 1
 
 
 def window_value(x: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -367,6 +424,15 @@ def _frame_modality(ds: object, frame: int):  # -> Callable[[np.ndarray], np.nda
     return lambda a: a.astype(np.float64) * float(slope) + float(intercept)  # type: ignore[arg-type]
 
 
+def _has_modality_transform(ds: object, frame: int) -> bool:
+    """Whether ``frame`` declares how its stored values become modality values (Rescale Slope and Intercept, a
+    Modality LUT, a Pixel Value Transformation functional group: CT and PET always do, their values are Hounsfield
+    units and Bq/ml). Without one the stored values carry no unit to agree on between files (a secondary capture,
+    classic MR), and each file keeps the map from its stored range."""
+    top = "ModalityLUTSequence" in ds or ("RescaleSlope" in ds and "RescaleIntercept" in ds)  # type: ignore[operator]
+    return top or _group_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope") is not None
+
+
 def _frame_window(ds: object, frame: int) -> tuple[float, float] | None:
     """The window (centre, width) of ``frame``: the top-level one, else the frame's Frame VOI LUT item."""
     if "WindowCenter" in ds and "WindowWidth" in ds:  # type: ignore[operator]
@@ -384,8 +450,15 @@ def _no_decoder(path: Path, syntax: object) -> DataError:
                      f"({syntax}), which no installed package decodes. Fix: {fix}.")
 
 
-def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float, float] | None) -> list[Pixels]:
-    """Every frame of one DICOM file, mapped to [0, 1] by the module's rule, resized; one :class:`Pixels` each."""
+def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float, float] | None, *,
+                 map_jointly: bool = False) -> list[Pixels]:
+    """Every frame of one DICOM file, mapped to [0, 1] by the module's rule, resized; one :class:`Pixels` each.
+
+    ``map_jointly``: greyscale integer frames without a window and with a modality transform (Rescale
+    Slope/Intercept, a Modality LUT: :attr:`DicomHeader.stored_ranges`) are given as their modality values (kind
+    ``"float"``, negated for MONOCHROME1), to be mapped with the dataset's other such images by one affine map
+    from their joint minimum and maximum (:func:`dpaudit.images.to_unit_range`), instead of each by its own stored
+    range: for datasets whose files map their stored values differently (:func:`stored_ranges_differ`)."""
     import pydicom
     from pydicom.pixels import apply_color_lut, apply_voi, get_decoder
 
@@ -440,10 +513,7 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
     elif samples >= 3:
         unit = arr.astype(np.float64) / (2 ** bits - 1)
     else:
-        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-        stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
         planes = []
-        lut_errors = (IndexError, TypeError, ValueError, AttributeError, KeyError)  # a malformed LUT, in pydicom
         if floating and "ModalityLUTSequence" in ds:  # a LUT is indexed by integer stored values
             raise UnreadableImageError(f"DICOM file {str(path)!r} holds float pixel data with a Modality LUT "
                                        "Sequence, which maps integer stored values only. Fix: replace or remove the "
@@ -452,7 +522,7 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
             modality = _frame_modality(ds, f)
             try:
                 values = modality(arr[f])
-            except lut_errors as exc:
+            except _LUT_ERRORS as exc:
                 raise UnreadableImageError(f"DICOM file {str(path)!r}: its modality LUT does not apply "
                                            f"({type(exc).__name__}: {exc}). Fix: replace or remove the file.") from None
             if not np.isfinite(values).all():
@@ -472,7 +542,7 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
                     entries, first, lut_bits = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
                     index = np.round(np.clip(values, first, first + (entries or 2 ** 16) - 1)).astype(np.int64)
                     voi = apply_voi(index, ds, index=0).astype(np.float64)
-                except lut_errors as exc:
+                except _LUT_ERRORS as exc:
                     raise UnreadableImageError(f"DICOM file {str(path)!r}: its VOI LUT does not apply "
                                                f"({type(exc).__name__}: {exc}). Fix: replace or remove the file, or "
                                                "pass --window LOW,HIGH.") from None
@@ -486,11 +556,17 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
                 planes.append(values)
                 kinds.append(("float", float(values.min()), float(values.max())))
                 continue
+            elif map_jointly and _has_modality_transform(ds, f):
+                # The files of this dataset hold different stored ranges (stored_ranges_differ): the modality
+                # values, mapped with the dataset's other such images by one affine map (as float pixel data), so
+                # that one modality value gives one intensity in every file. MONOCHROME1 (0 is white) negated: the
+                # joint map then runs from white at its highest value to black at its lowest.
+                plane = -values if photometric == "MONOCHROME1" else values
+                planes.append(plane)
+                kinds.append(("float", float(plane.min()), float(plane.max())))
+                continue
             else:
-                # The stored range as signed 64-bit integers (never the pixel array's dtype, which may be
-                # unsigned or narrower than the range Bits Stored claims).
-                ends = modality(stored.astype(np.int64))
-                lo, hi = float(np.min(ends)), float(np.max(ends))
+                lo, hi = _stored_range(ds, f)
                 plane = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
             planes.append(1.0 - plane if photometric == "MONOCHROME1" else plane)
             kinds.append(("unit", 0.0, 1.0))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePath
@@ -46,6 +46,7 @@ from dpaudit.dicom import (
     is_dicom,
     non_image_fix,
     read_header,
+    stored_ranges_differ,
 )
 from dpaudit.errors import DataError
 from dpaudit.images import (
@@ -427,6 +428,12 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
 # DICOM
 
 
+def _map_jointly(headers: Iterable[DicomHeader], window: tuple[float, float] | None) -> bool:
+    """Whether the DICOM files of one dataset are decoded with ``map_jointly`` (:func:`dpaudit.dicom.decode_dicom`):
+    without --window, when their stored ranges differ (:func:`dpaudit.dicom.stored_ranges_differ`)."""
+    return window is None and stored_ranges_differ(headers)
+
+
 def _window_note(headers: Sequence[DicomHeader], window: tuple[float, float]) -> list[str]:
     """--window is in modality units; the values it is given for (-100,200 for liver) are Hounsfield units, which
     only CT has. Applied to every file as asked, but said once when files of another modality are among them, in
@@ -452,9 +459,11 @@ def _window_note(headers: Sequence[DicomHeader], window: tuple[float, float]) ->
             f"with a --window for it, or {own}"]
 
 
-def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, float] | None) -> list[str]:
-    """Notes on how the pixel values of these DICOM files were mapped, where the mapping is not a fixed one the
-    files define (counts only: no file names, since notes reach metrics.json and the report)."""
+def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, float] | None, jointly: bool
+                       ) -> list[str]:
+    """Notes on how the pixel values of these DICOM files (those used) were mapped, where the mapping is not a
+    fixed one the files define (counts only: no file names, since notes reach metrics.json and the report);
+    ``jointly``: they were decoded with ``map_jointly`` (:func:`_map_jointly` of the dataset's files)."""
     if window is not None:
         return _window_note(headers, window)
     notes = []
@@ -463,6 +472,14 @@ def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, floa
         notes.append(f"{floats} DICOM file(s) with float pixel data (Float or Double Float Pixel Data) and no window: "
                      "mapped to [0, 1] with the dataset's other float images by one affine map from their joint "
                      "minimum and maximum; pass --window LOW,HIGH for a fixed map")
+    joint = [h for h in headers if h.stored_ranges] if jointly else []
+    if joint:
+        ranges = len({r for h in joint for r in h.stored_ranges})
+        notes.append(f"{len(joint)} DICOM file(s) without a window whose stored values map to modality values "
+                     f"differently ({ranges} stored ranges in modality values: Rescale Slope/Intercept, Modality "
+                     "LUT or Bits Stored differ between files or frames): mapped to [0, 1] by their modality values, "
+                     "with the dataset's float images, by one affine map from their joint minimum and maximum, so "
+                     "that one value gives one intensity in every file; pass --window LOW,HIGH for a fixed map")
     return notes
 
 
@@ -550,16 +567,18 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                          "image")
     unit = "study" if no_patient else "patient"
     channels = 3 if any(h.colour for h in headers) else 1
-    options = f"{image_size}|{channels}|{window}"
+    jointly = _map_jointly((headers[f] for f in set(entries.file)), window)
+    options = f"{image_size}|{channels}|{window}" + ("|joint" if jointly else "")
 
     def decode(p: Path) -> list[Pixels]:
-        return cached(p, "dicom", options, lambda: decode_dicom(p, image_size, channels, window))
+        return cached(p, "dicom", options,
+                      lambda: decode_dicom(p, image_size, channels, window, map_jointly=jointly))
 
     rng = np.random.default_rng([seed, 0xD1C0])
     return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
-                     value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window))
+                     value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window, jointly))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -743,7 +762,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     multi = any(n > 1 for n in per_file.values())
     unit = _grouping_unit(name, sources, notes, what="file") if multi or sources["volume"] < len(rows) \
         else "image"
+    jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
+    dicom_options = options + ("|joint" if jointly else "")
     kind_of = {p: k for p, k in zip(files, kinds, strict=True)}
 
     def decode(p: Path) -> list[Pixels]:
@@ -751,12 +772,13 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         if kind == "image":
             return [read_image(p, image_size, channels)]
         if kind == "dicom":
-            return cached(p, "dicom", options, lambda: decode_dicom(p, image_size, channels, window))
+            return cached(p, "dicom", dicom_options,
+                          lambda: decode_dicom(p, image_size, channels, window, map_jointly=jointly))
         return cached(p, "nifti", options, lambda: decode_nifti(p, image_size, channels, window, slice_axis))
 
     rng = np.random.default_rng([seed, 0xC5F])
     return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
                      skip_unreadable=False, label_source="the manifest's label column",
                      value_notes=lambda used: _dicom_value_notes(
-                         [dicom_headers[f] for f in used if f in dicom_headers], window))
+                         [dicom_headers[f] for f in used if f in dicom_headers], window, jointly))
 

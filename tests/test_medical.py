@@ -201,6 +201,129 @@ def test_rescale_without_window_and_signed_pixels(tmp_path: Path, rng: np.random
     assert_contains(images_of(load(tmp_path)), [((2 * stored + 100 - lo) / (hi - lo))[None]])
 
 
+def pet_slice(path: Path, activity: np.ndarray, patient: str, **kw: object) -> tuple[np.ndarray, float]:
+    """A PET slice as scanners export them: int16, scaled slice by slice to the full 16-bit range by its own
+    Rescale Slope; returns the stored values and the slope (as written, a DS of 8 significant digits)."""
+    slope = float(f"{activity.max() / 32767:.8g}")
+    stored = np.round(activity / slope).astype(np.int16)
+    dicom_file(path, stored, patient=patient, bits_stored=16, signed=True, Modality="PT", RescaleSlope=f"{slope:.8g}",
+               RescaleIntercept=0, **kw)
+    return stored, slope
+
+
+def test_per_file_rescale_slope_without_a_window_maps_one_activity_to_one_intensity(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    """PET slices, each with its own Rescale Slope and no window: by their stored ranges the same 1000 Bq/ml
+    would load as 0.75 in one slice and 0.525 in another. Mapped jointly by their modality values, one activity
+    gives one intensity in every file; expected values from the activities written and the slopes (the modality
+    LUT of PS3.3 C.11.1), mapped by the joint minimum and maximum computed here; a note says so. In a manifest
+    too, and MONOCHROME1 inverted."""
+    activities = []
+    for i in range(6):
+        a = np.full((SIZE, SIZE), 1000.0)
+        a[0, 0] = [2000.0, 20000.0, 5000.0][i % 3]  # a hot spot, a different one per slice: a different slope
+        a[1:4, 1:4] = rng.uniform(0, 1500, (3, 3))
+        activities.append(a)
+    written = [pet_slice(tmp_path / f"s{i}.dcm", a, f"P{i}") for i, a in enumerate(activities)]
+    modality_values = [stored * slope for stored, slope in written]
+    lo, hi = min(float(v.min()) for v in modality_values), max(float(v.max()) for v in modality_values)
+    s = load(tmp_path)
+    loaded = images_of(s)
+    assert_contains(loaded, [((v - lo) / (hi - lo))[None] for v in modality_values], atol=1e-6)
+    # 1000 Bq/ml is one intensity in every slice, to the stored values' rounding (half the largest slope); by the
+    # stored ranges it was 0.75 where the hot spot is 2000 and 0.525 where it is 20000.
+    background = [float(x[0, 8, 8]) for x in loaded]
+    assert max(background) - min(background) <= max(slope for _, slope in written) / (hi - lo) + 1e-6
+    assert [n for n in s.notes if "stored values map" in n] == [
+        "6 DICOM file(s) without a window whose stored values map to modality values differently (3 stored ranges in "
+        "modality values: Rescale Slope/Intercept, Modality LUT or Bits Stored differ between files or frames): "
+        "mapped to [0, 1] by their modality values, with the dataset's float images, by one affine map from their "
+        "joint minimum and maximum, so that one value gives one intensity in every file; pass --window LOW,HIGH "
+        "for a fixed map"]
+    # The same files in a manifest.
+    (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "".join(f"s{i}.dcm,{i % 2},P{i}\n" for i in range(6)))
+    m = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    assert_contains(images_of(m), [((v - lo) / (hi - lo))[None] for v in modality_values], atol=1e-6)
+    assert any("stored values map" in n for n in m.notes)
+    # --window: a fixed map in modality units, no joint map and no note.
+    w = load(tmp_path, window="0,4000")
+    assert_contains(images_of(w), [np.clip(v / 4000, 0, 1)[None] for v in modality_values], atol=1e-6)
+    assert not any("stored values map" in n for n in w.notes)
+    # MONOCHROME1 (0 is white): the joint map inverted.
+    for i, a in enumerate(activities):
+        pet_slice(tmp_path / f"s{i}.dcm", a, f"P{i}", PhotometricInterpretation="MONOCHROME1")
+    assert_contains(images_of(load(tmp_path)), [(1 - (v - lo) / (hi - lo))[None] for v in modality_values],
+                    atol=1e-6)
+
+
+def test_slices_with_one_rescale_keep_their_stored_range_map(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A CT series with one Rescale Slope/Intercept (and files without any: no unit to agree on, as secondary
+    captures) keeps the fixed map of its stored range, with no note; a file's own window is its own map, so
+    slices with their own slopes and windows are not mapped jointly either."""
+    stored = [ramp(rng, 4095) for _ in range(4)]
+    for i, v in enumerate(stored):
+        dicom_file(tmp_path / f"ct{i}.dcm", v, patient=f"P{i}", RescaleSlope=1, RescaleIntercept=-1024)
+    dicom_file(tmp_path / "sc.dcm", ramp(rng, 255), bits_stored=8, patient="SC")  # no rescale: / 255
+    s = load(tmp_path)
+    assert_contains(images_of(s), [(v / 4095)[None] for v in stored])  # (v - 1024 - -1024) / 4095
+    assert not any("stored values map" in n for n in s.notes)
+    for i in range(3):
+        pet_slice(tmp_path / f"pet{i}.dcm", np.full((SIZE, SIZE), 1000.0 * (i + 1)), f"Q{i}", WindowCenter=1500,
+                  WindowWidth=3000)
+    assert not any("stored values map" in n for n in load(tmp_path).notes)
+
+
+def test_two_scanners_and_per_frame_rescale_map_one_value_to_one_intensity(tmp_path: Path,
+                                                                            rng: np.random.Generator) -> None:
+    """Mixed series: one scanner's CT as 12-bit unsigned with intercept -1024, another's as 16-bit signed
+    Hounsfield units (intercept 0); and an enhanced multi-frame file whose frames carry their own Pixel Value
+    Transformation. Without a window, each stored range would map one Hounsfield value differently; jointly
+    mapped, -1000 HU (air) is one intensity everywhere, values as computed here from the values written."""
+    from pydicom.dataset import Dataset
+
+    hu = [rng.integers(-1000, 2000, (SIZE, SIZE)) for _ in range(5)]
+    for h in hu:
+        h[0, 0] = -1000  # air in every image
+    dicom_file(tmp_path / "a.dcm", hu[0] + 1024, patient="A", RescaleSlope=1, RescaleIntercept=-1024)
+    dicom_file(tmp_path / "b.dcm", hu[1], patient="B", bits_stored=16, signed=True, RescaleSlope=1,
+               RescaleIntercept=0)
+    dicom_file(tmp_path / "c.dcm", hu[2] + 1024, patient="C", RescaleSlope=1, RescaleIntercept=-1024)
+
+    def transformation(slope: float, intercept: float) -> Dataset:
+        inner, outer = Dataset(), Dataset()
+        inner.RescaleSlope, inner.RescaleIntercept, inner.RescaleType = slope, intercept, "HU"
+        outer.PixelValueTransformationSequence = [inner]
+        return outer
+
+    # Frame 0: stored = HU + 1024 (slope 1); frame 1: stored = (HU + 2000) / 0.5 (slope 0.5, intercept -2000).
+    frames = np.stack([hu[3] + 1024, (hu[4] + 2000) * 2])
+    dicom_file(tmp_path / "enh.dcm", frames, patient="E", bits_stored=16,
+               PerFrameFunctionalGroupsSequence=[transformation(1, -1024), transformation(0.5, -2000)])
+    s = load(tmp_path)
+    lo, hi = min(float(h.min()) for h in hu), max(float(h.max()) for h in hu)
+    loaded = images_of(s)
+    assert_contains(loaded, [((h - lo) / (hi - lo))[None] for h in hu], atol=1e-6)
+    assert len({round(float(x[0, 0, 0]), 6) for x in loaded}) == 1
+    assert any(n.startswith("4 DICOM file(s) without a window whose stored values map to modality values "
+                            "differently (4 stored ranges") for n in s.notes)
+
+
+def test_map_jointly_gives_modality_values_as_float_pixels(tmp_path: Path) -> None:
+    """decode_dicom alone cannot see the dataset: map_jointly gives the frame's modality values (slope times
+    stored plus intercept) for the dataset-wide map, kind float, with their extremes."""
+    from dpaudit.dicom import decode_dicom, read_header, stored_ranges_differ
+
+    stored = np.arange(SIZE * SIZE).reshape(SIZE, SIZE)
+    dicom_file(tmp_path / "x.dcm", stored, RescaleSlope=0.5, RescaleIntercept=-10)
+    dicom_file(tmp_path / "y.dcm", stored, RescaleSlope=0.25, RescaleIntercept=-10)
+    (p,) = decode_dicom(tmp_path / "x.dcm", SIZE, 1, None, map_jointly=True)
+    assert p.kind == "float" and (p.low, p.high) == (-10.0, 0.5 * (SIZE * SIZE - 1) - 10)
+    np.testing.assert_allclose(p.data[0], 0.5 * stored - 10, atol=1e-5)
+    headers = [read_header(tmp_path / f) for f in ("x.dcm", "y.dcm")]
+    assert headers[0].stored_ranges == ((-10.0, 0.5 * 4095 - 10),)
+    assert stored_ranges_differ(headers) and not stored_ranges_differ(headers[:1] * 2)
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_32_bit_integer_pixels_use_their_full_stored_range(tmp_path: Path, rng: np.random.Generator,
                                                            signed: bool) -> None:
@@ -482,6 +605,7 @@ def test_non_image_objects_with_pixel_data_are_skipped_by_kind(tmp_path: Path, r
 
     with pytest.raises(DataError, match=r"dose\.dcm.*RT Dose Storage"):
         decode_dicom(tmp_path / "nodule" / "patient0" / "dose.dcm", SIZE, 1, None)
+
 
 SET_MODALITY = 'Fix: if the files are images, set their Modality (0008,0060)'
 
