@@ -440,14 +440,25 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     # the chord argument holds for any two grid points, so the wide tail intervals of _lattice are split the same
     # way). e^{eps_a} P and e^{eps_b} P are formed as exp(eps + log P): both are <= the interval's Q-mass (up to
     # round-off), so nothing overflows, and P-masses below 1e-308 keep their relative precision.
+    #
+    # The share of b is up = (Q - e^{eps_a} P) / (1 - e^{-w}), w = eps_b - eps_a, and a gets the rest, Q - up: the
+    # Q-mass is kept exactly, whatever the round-off. The numerator is a difference of two nearly equal numbers (the
+    # interval's loss is within w of eps_a), so it carries an absolute error of a few ulp of Q + e^{eps_a} P, i.e.
+    # a relative error of about ulp / w in up: 1e-9 at w = 1e-7 (small q: the per-step loss spans micro-nats). Forming
+    # both shares by cancellation and dropping the negative ones lost that much mass per interval to the infinity
+    # atom, where T = 1e6 steps added it up (sigma 1, q 1e-6, T 1e6, kappa 1e-6: 2.0e-4 for an exact 1.006e-6).
+    # Here up is raised by ``SPLIT_ROUNDOFF`` ulp of Q + e^{eps_a} P over (1 - e^{-w}), more than its round-off, and
+    # kept in [0, Q]: that moves at most that much Q-mass from eps_a up to eps_b, which never lowers a power or a
+    # delta (a sound upper bound stays one), and keeps the P-mass up to a relative error of that order times w.
     width = np.diff(eps)
     with np.errstate(over="ignore", invalid="ignore"):  # only past e^709 (refine never goes there); see below
         tp_a = np.exp(eps[:-1] + log_p_int)
-        tp_b = np.exp(eps[1:] + log_p_int)
-        up = (q_int - tp_a) / -np.expm1(-width)
-        down = (tp_b - q_int) / np.expm1(width)
-    on_points[1:] += np.maximum(up, 0.0)
-    on_points[:-1] += np.maximum(down, 0.0)
+        chord = -np.expm1(-width)
+        up = (q_int - tp_a + SPLIT_ROUNDOFF * np.finfo(float).eps * (q_int + tp_a)) / chord
+        up = np.minimum(np.maximum(up, 0.0), q_int)
+        down = q_int - up
+    on_points[1:] += up
+    on_points[:-1] += down
     top_finite = min(math.exp(float(eps[-1] + log_p_top[0])), float(q_top[0]))
     on_points[-1] += top_finite
     on_points[0] += q_below
@@ -467,6 +478,10 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     return DiscretePld(h=h, lo=i_lo, masses=masses, infinity_mass=infinity, capped=capped, offset=offset)
 
 
+#: The connect-the-dots split (:func:`_step_pld`) moves this many ulp of each interval's Q + e^{eps_a} P up to the
+#: interval's top, over the chord 1 - e^{-w}: more than the round-off of the difference Q - e^{eps_a} P (a few ulp
+#: of each term; the terms are formed by ndtr and exp to about 1 ulp), so the split errs only in the safe direction.
+SPLIT_ROUNDOFF = 8.0
 #: Per-step lattices up to this many points are used whole; longer ones keep every point only where the mass is
 #: (see :func:`_lattice`).
 LATTICE_FULL = 8192
@@ -1196,6 +1211,9 @@ SMALL_WINDOW = 1 << 15
 ONE_LEVEL_SMALL_WINDOW = 1 << 16
 
 
+#: A round of :func:`refine` whose finer grid narrowed no open bracket by this factor (the discretisation's h^2 law
+#: promises 1.9x or more) has reached the floating-point floor: the refinement stops there.
+STALL_SHRINK = 1.3
 #: Where the first round is a probe (see :func:`refine`), it is taken this many times coarser than
 #: :func:`initial_h_run`'s grid step.
 PROBE_COARSENING = 4.0
@@ -1297,6 +1315,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
                 raise
             h = min(4 * h, MAX_GRID_STEP)
     coarse = None
+    last_gap = None  # the trusted brackets' widths after the previous round
     for _ in range(max_halvings + (coarsened > 1.0)):  # (the coarsened probe's round comes on top)
         with np.errstate(invalid="ignore"):
             if lower is not None:
@@ -1312,6 +1331,18 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             ok = np.where(trust, bracket_ok, nested_ok)
         if np.all(ok):
             return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
+        if lower is not None and last_gap is not None and np.all(ok | trust):
+            # A finer grid that left every open bracket nearly as wide (it should close as h^2: a round refines h by
+            # 1.37x or more, so 1.9x narrower) has met the floating-point floor, not the discretisation: at small q
+            # and long runs the lower end's FFT round-off guard (noise_guard: T ulp per atom, summed over the atoms
+            # a read at a small kappa or delta crosses) stays the same at every h (sigma 1, q 1e-6, T 1e6, kappa
+            # 1e-6: the bracket 2.2e-3 then 1.8e-3 relative wide, then noise). Further rounds cost 3x more each and
+            # narrow nothing: stop with the bracket as it is (sound at both ends; its width says how wide).
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shrink = last_gap / gap
+            if np.all(ok | (shrink < STALL_SHRINK)):
+                return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
+        last_gap = gap if lower is not None else None
         # Nested grids (entries without a trusted bracket) halve h, except right after a coarsened probe, which
         # goes straight back to initial_h_run's step.
         factor = 2.0 if max_jump == MAX_JUMP else max(2.0, coarsened)
@@ -1337,7 +1368,11 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
                 return Refined(value=upper, coarse=np.zeros_like(upper) if coarse is None else coarse, h=h,
                                lower=lower)
         coarse = upper
-        upper, lower, trust = finer
+        # Every round's ends are sound, so the best of each is too: the smaller upper end and the larger lower end
+        # (round-off, not the discretisation, can make a finer grid's end a little worse: see STALL_SHRINK).
+        new_upper, new_lower, trust = finer
+        upper = np.fmin(upper, new_upper)
+        lower = None if new_lower is None else (new_lower if lower is None else np.fmax(lower, new_lower))
         h /= factor
     # Not converged within max_halvings: the finest value stands (sound), with its honest error.
     return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
