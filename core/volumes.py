@@ -14,8 +14,9 @@ Names
 ``msd:PATH``
     The Medical Segmentation Decathlon layout (Antonelli et al. 2022, Nature Communications 13:4128): ``dataset.json``
     with its ``labels`` map (e.g. ``{"0": "background", "1": "liver", "2": "cancer"}``) and ``modality``,
-    ``imagesTr/*.nii.gz`` and ``labelsTr/*.nii.gz`` of the same names, read with nibabel. Axial = the third
-    voxel axis (the MSD files' orientation).
+    ``imagesTr/CASE.nii.gz`` and ``labelsTr/CASE.nii.gz`` of the same case names (``.nii`` too, either folder),
+    read with nibabel; nnU-Net v2's ``file_ending`` is respected (a file of the other ending is refused, not
+    dropped). Axial = the third voxel axis (the MSD files' orientation).
 ``demo-ct``
     Synthetic CT-like volumes in Hounsfield units (air, a body, an organ, small hypodense lesions; some volumes
     without a lesion), generated from the seed (:func:`make_demo_ct`); no download.
@@ -310,25 +311,70 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
                       "number the classes 0, 1, 2, ...", cls=DataError)
     # MSD's "modality", nnU-Net v2's "channel_names"
     modality = str(dict(meta.get("modality") or meta.get("channel_names") or {}).get("0", "CT"))
-    images = {p.name: p for p in sorted((root / "imagesTr").glob("*.nii.gz")) if not p.name.startswith(".")}
-    label_files = {p.name: p for p in sorted((root / "labelsTr").glob("*.nii.gz")) if not p.name.startswith(".")}
+    ending = _file_ending(root, meta)
+    images = _nifti_cases(root, "imagesTr", ending)
+    label_files = _nifti_cases(root, "labelsTr", ending)
     images = _nnunet_channels(root, images, label_files)
     paired = sorted(set(images) & set(label_files))
-    unpaired = [f"imagesTr/{n} has no labelsTr/{n}" for n in sorted(set(images) - set(label_files))] + [
-        f"labelsTr/{n} has no imagesTr/{n}" for n in sorted(set(label_files) - set(images))]
+    unpaired = [f"imagesTr/{images[n].name} has no label map {n}.nii(.gz) in labelsTr/"
+                for n in sorted(set(images) - set(label_files))] + [
+        f"labelsTr/{label_files[n].name} has no image {n}.nii(.gz) in imagesTr/"
+        for n in sorted(set(label_files) - set(images))]
     if paired and unpaired:  # a volume without its label map (or the reverse) is never dropped without a word
         shown = "; ".join(unpaired[:3]) + (f"; and {len(unpaired) - 3} more" if len(unpaired) > 3 else "")
         raise DataError(f"msd:{root}: {len(unpaired)} file(s) without their pair ({shown}). Fix: add the missing "
                         "file(s) of the same name, or move the unpaired one(s) out of imagesTr/ and labelsTr/.")
     if not paired:
         raise invalid("imagesTr/labelsTr", f"{len(images)} images, {len(label_files)} label maps",
-                      "NIfTI files (.nii.gz) of the same names in both folders",
+                      "NIfTI files (.nii or .nii.gz) of the same case names in both folders",
                       "put each volume in imagesTr/ and its label map of the same name in labelsTr/", cls=DataError)
     if max_volumes is not None and len(paired) > max_volumes:
         pick = np.sort(np.random.default_rng(seed).choice(len(paired), size=max_volumes, replace=False))
         paired = [paired[i] for i in pick]
     names = tuple(labels[i] for i in range(len(labels)))
-    return names, modality, [(n.removesuffix(".nii.gz"), images[n], label_files[n]) for n in paired]
+    return names, modality, [(n, images[n], label_files[n]) for n in paired]
+
+
+#: The file endings of the NIfTI files of an MSD or nnU-Net task folder (the longer first: ``x.nii.gz`` is not a
+#: ``.nii`` file).
+_MSD_ENDINGS = (".nii.gz", ".nii")
+
+
+def _file_ending(root: Path, meta: dict) -> str | None:
+    """nnU-Net v2's ``file_ending`` (``".nii.gz"`` or ``".nii"``), lower-case; None when dataset.json has none
+    (the Decathlon's own files: either NIfTI ending is read). Another format is refused: dpaudit reads NIfTI."""
+    raw = meta.get("file_ending")
+    if raw is None:
+        return None
+    ending = str(raw).strip().lower()
+    if ending not in _MSD_ENDINGS:
+        raise invalid("dataset.json file_ending", raw, "'.nii.gz' or '.nii' (dpaudit reads NIfTI task folders)",
+                      f"convert the volumes in {root}/imagesTr and labelsTr to NIfTI and set \"file_ending\": "
+                      "\".nii.gz\"", cls=DataError)
+    return ending
+
+
+def _nifti_cases(root: Path, folder: str, ending: str | None) -> dict[str, Path]:
+    """{case name: file} of the NIfTI files in ``root/folder`` (``liver_3.nii.gz`` and ``liver_3.nii`` are case
+    ``liver_3``). With ``ending`` (dataset.json's ``file_ending``), a file of the other NIfTI ending is refused,
+    not dropped; one case in two files (``.nii`` and ``.nii.gz``) is refused."""
+    out: dict[str, Path] = {}
+    where = root / folder
+    for p in sorted(where.iterdir()) if where.is_dir() else ():
+        lower = p.name.lower()
+        end = next((e for e in _MSD_ENDINGS if lower.endswith(e)), None)
+        if end is None or p.name.startswith(".") or not p.is_file():
+            continue
+        if ending is not None and end != ending:
+            raise DataError(f"msd:{root}: {folder}/{p.name} does not end in dataset.json's file_ending "
+                            f"{ending!r}, which nnU-Net reads alone. Fix: save it as {p.name[:-len(end)]}{ending}, "
+                            "or set file_ending to the ending all the files share.")
+        case = p.name[:-len(end)]
+        if case in out:
+            raise DataError(f"msd:{root}: {folder}/{out[case].name} and {folder}/{p.name} are one case in two "
+                            "files. Fix: keep one of them.")
+        out[case] = p
+    return out
 
 
 def _labels_map(raw: object) -> dict[int, str]:
@@ -376,18 +422,23 @@ def _labels_map(raw: object) -> dict[int, str]:
 
 def _nnunet_channels(root: Path, images: dict[str, Path], label_files: dict[str, Path]) -> dict[str, Path]:
     """nnU-Net v2 names a case's image ``CASE_0000.nii.gz`` (channel 0) beside ``labelsTr/CASE.nii.gz``: such
-    images are keyed by the label map's name. A second channel (``_0001``) is refused: one modality is read."""
+    images are keyed by the label map's case name. A second channel (``_0001``) is refused: one modality is read.
+    Both dicts are keyed by case name (:func:`_nifti_cases`)."""
     out: dict[str, Path] = {}
     for n, p in images.items():
-        case, _, channel = n.removesuffix(".nii.gz").rpartition("_")
-        if n not in label_files and f"{case}.nii.gz" in label_files and len(channel) == 4 and channel.isdigit():
+        case, _, channel = n.rpartition("_")
+        if n not in label_files and case in label_files and len(channel) == 4 and channel.isdigit():
             if channel != "0000":
-                raise DataError(f"msd:{root}: imagesTr/{n} is channel {int(channel)} of case {case!r} (nnU-Net "
+                raise DataError(f"msd:{root}: imagesTr/{p.name} is channel {int(channel)} of case {case!r} (nnU-Net "
                                 "names channels CASE_0000, CASE_0001, ...); dpaudit reads one modality. Fix: move "
                                 "every channel but _0000 out of imagesTr/.")
-            out[f"{case}.nii.gz"] = p
+            case_name = case
         else:
-            out[n] = p
+            case_name = n
+        if case_name in out:
+            raise DataError(f"msd:{root}: imagesTr/{out[case_name].name} and imagesTr/{p.name} are both case "
+                            f"{case_name!r}. Fix: keep one of them.")
+        out[case_name] = p
     return out
 
 

@@ -95,8 +95,8 @@ def test_an_msd_volume_without_its_label_map_is_an_error(tmp_path: Path, rng: np
 
     root = write_msd(tmp_path / "Task03_Liver", rng)
     (root / "labelsTr" / "liver_3.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"1 file\(s\) without their pair \(imagesTr/liver_3.nii.gz has no "
-                                        r"labelsTr/liver_3.nii.gz\)\. Fix: add the missing"):
+    with pytest.raises(DataError, match=r"1 file\(s\) without their pair \(imagesTr/liver_3\.nii\.gz has no "
+                                        r"label map liver_3\.nii\(\.gz\) in labelsTr/\)\. Fix: add the missing"):
         load_segmentation_splits(f"msd:{root}", image_size=16)
 
 

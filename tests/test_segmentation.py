@@ -187,6 +187,64 @@ def test_nnunet_v2_dataset_json_and_channel_names_are_read(tmp_path, rng) -> Non
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
 
 
+def _gunzip(path: Path) -> Path:
+    """Rewrite ``x.nii.gz`` as the uncompressed ``x.nii`` (same voxels, same header)."""
+    import gzip
+
+    out = path.with_name(path.name.removesuffix(".gz"))
+    out.write_bytes(gzip.decompress(path.read_bytes()))
+    path.unlink()
+    return out
+
+
+def test_uncompressed_nii_files_are_read_beside_nii_gz_and_none_is_dropped(tmp_path, rng) -> None:
+    """The Decathlon layout with some (or all) volumes as .nii: every pair is read, paired by case name."""
+    root = write_msd(tmp_path / "mixed", rng, n=6)
+    for v in (1, 2):
+        _gunzip(root / "imagesTr" / f"liver_{v}.nii.gz")
+        _gunzip(root / "labelsTr" / f"liver_{v}.nii.gz")
+    _gunzip(root / "labelsTr" / "liver_3.nii.gz")  # image .nii.gz, label map .nii: still one case
+    s = load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    ids = set().union(*(set(p.volume_ids) for p in (s.train, s.val, s.test)))
+    assert ids == {f"liver_{v}" for v in range(6)}
+    # nnU-Net v2 with file_ending ".nii": an all-.nii task loads.
+    root = write_msd(tmp_path / "Dataset001_nii", rng, n=4)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii",
+                                                   "labels": {"background": 0, "liver": 1, "tumor": 2}}))
+    for p in sorted((root / "imagesTr").glob("*.nii.gz")):
+        _gunzip(p.rename(p.with_name(p.name.replace(".nii.gz", "_0000.nii.gz"))))
+    for p in sorted((root / "labelsTr").glob("*.nii.gz")):
+        _gunzip(p)
+    s = load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    assert sum(p.n_volumes for p in (s.train, s.val, s.test)) == 4
+    # A file of the other ending than file_ending is refused by name (nnU-Net would not read it), not dropped.
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 6), np.float32), np.eye(4)),
+             str(root / "imagesTr" / "liver_9_0000.nii.gz"))
+    with pytest.raises(DataError, match=r"imagesTr/liver_9_0000\.nii\.gz does not end in dataset\.json's "
+                                        r"file_ending '\.nii'.*Fix: save it as liver_9_0000\.nii"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    (root / "imagesTr" / "liver_9_0000.nii.gz").unlink()
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".mha"}))
+    with pytest.raises(DataError, match=r"dataset\.json file_ending must be '\.nii\.gz' or '\.nii'.*got '\.mha'"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+    # One case as both .nii and .nii.gz is refused naming both files.
+    root = write_msd(tmp_path / "twice", rng, n=4)
+    (root / "imagesTr" / "liver_2.nii").write_bytes(
+        __import__("gzip").decompress((root / "imagesTr" / "liver_2.nii.gz").read_bytes()))
+    with pytest.raises(DataError, match=r"imagesTr/liver_2\.nii and imagesTr/liver_2\.nii\.gz are one case in two "
+                                        r"files"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+
+
+def test_an_unpaired_nii_file_is_named_not_dropped(tmp_path, rng) -> None:
+    root = write_msd(tmp_path / "t", rng, n=4)
+    _gunzip(root / "imagesTr" / "liver_3.nii.gz")
+    (root / "labelsTr" / "liver_3.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"1 file\(s\) without their pair \(imagesTr/liver_3\.nii has no label map"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+
+
 def test_dataset_json_keys_naming_one_index_twice_are_refused_not_overwritten() -> None:
     """Decathlon keys "1" and "01" are one class index: two names for it would silently keep the last one."""
     from dpaudit.volumes import _labels_map
