@@ -309,6 +309,7 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
     if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
         raise invalid("dataset.json labels", sorted(labels), "the integers 0..K-1 with K >= 2 (0 = background)",
                       "number the classes 0, 1, 2, ...", cls=DataError)
+    _refuse_ignore_label(labels)
     # MSD's "modality", nnU-Net v2's "channel_names"
     modality = str(dict(meta.get("modality") or meta.get("channel_names") or {}).get("0", "CT"))
     ending = _file_ending(root, meta)
@@ -375,6 +376,19 @@ def _nifti_cases(root: Path, folder: str, ending: str | None) -> dict[str, Path]
                             "files. Fix: keep one of them.")
         out[case] = p
     return out
+
+
+def _refuse_ignore_label(labels: dict[int, str]) -> None:
+    """nnU-Net v2's ``ignore`` label marks pixels without annotation, to be left out of the loss and of the
+    Dice score. dpaudit trains and scores every label of dataset.json as a class (its imprint attack and Dice
+    would take the unannotated pixels as one), so such a task is refused rather than read with a false class."""
+    ignored = [i for i, n in labels.items() if n.strip().lower() == "ignore"]
+    if ignored:
+        raise invalid("dataset.json labels", f"'ignore': {ignored[0]}",
+                      "class names only: nnU-Net v2's 'ignore' label (pixels without annotation, left out of the "
+                      "loss and the Dice score) is not supported",
+                      f"give the pixels labelled {ignored[0]} in labelsTr/ a class (or train on fully annotated "
+                      "cases only) and remove \"ignore\" from dataset.json's labels", cls=DataError)
 
 
 def _labels_map(raw: object) -> dict[int, str]:

@@ -245,6 +245,19 @@ def test_an_unpaired_nii_file_is_named_not_dropped(tmp_path, rng) -> None:
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
 
 
+@pytest.mark.parametrize("labels", [{"background": 0, "liver": 1, "tumor": 2, "ignore": 3},
+                                    {"0": "background", "1": "liver", "2": "Ignore"}])
+def test_nnunet_ignore_label_is_refused_not_trained_as_a_class(tmp_path, rng, labels) -> None:
+    """nnU-Net v2's "ignore" marks unannotated pixels (out of the loss and the Dice score); dpaudit would train and
+    score it as a class, so the task is refused with the label's index and a fix."""
+    root = write_msd(tmp_path / "t", rng, n=4, labels=labels)
+    index = 3 if "ignore" in labels else 2
+    with pytest.raises(DataError, match=rf"dataset\.json labels must be class names only: nnU-Net v2's 'ignore' "
+                                        rf"label .*got \"'ignore': {index}\"\. Fix: give the pixels labelled {index} in "
+                                        r"labelsTr/ a class"):
+        load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
+
+
 def test_dataset_json_keys_naming_one_index_twice_are_refused_not_overwritten() -> None:
     """Decathlon keys "1" and "01" are one class index: two names for it would silently keep the last one."""
     from dpaudit.volumes import _labels_map
