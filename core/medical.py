@@ -3,8 +3,8 @@
 Each loader lists the images first (headers only), selects whole patients for ``max_images``, decodes every
 selected file once in worker threads (resizing each frame or slice as it is read, through the disk cache of
 :mod:`dpaudit.cache`), and splits by patient with the checks of :mod:`dpaudit.data`. The privacy unit is the
-patient: DICOM PatientID, a ``patient_id`` column, a BIDS subject (``sub-<label>`` in the path: all of one
-subject's sessions and sequences), or the volume (file) when nothing else is known; the dataset's ``unit`` says
+patient: DICOM PatientID, a ``patient_id`` column, a BIDS subject (the file name's ``sub-<label>_`` prefix, or a
+``sub-<label>`` folder beside ``dataset_description.json``: all of one subject's sessions and sequences), or the volume (file) when nothing else is known; the dataset's ``unit`` says
 which (``patient``, ``subject``, ``volume``), and the last one comes with a warning.
 
 Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
@@ -369,44 +369,62 @@ def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], k
                          "file", shown)
 
 
-def bids_subject(rel: PurePath) -> str | None:
-    """The BIDS subject label of a file (``sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz``: ``01``): the innermost
-    ``sub-<label>`` folder, else the file name's ``sub-<label>_`` prefix; None outside a BIDS layout. Sessions
-    (``ses-<label>``) and sequences of one subject share it: one person.
+def bids_subject(rel: PurePath, root: Path | None = None) -> str | None:
+    """The BIDS subject label of a file (``sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz``: ``01``), or None outside
+    a BIDS layout. Sessions (``ses-<label>``) and sequences of one subject share it: one person.
+
+    BIDS repeats the subject in every file name (``sub-<label>_...``): that prefix is the subject. A ``sub-<label>``
+    folder alone counts only where BIDS is declared, with ``dataset_description.json`` beside the folder (at the
+    dataset's root, ``root`` the folder ``rel`` is relative to): ordinary folders are named ``sub-acute`` or
+    ``sub-cohortA`` too, and taking such a class or cohort folder as one subject would make it one patient.
 
     >>> bids_subject(PurePath("sub-01/ses-02/anat/sub-01_ses-02_T1w.nii.gz")), bids_subject(PurePath("a/b.nii"))
     ('01', None)
-    >>> bids_subject(PurePath("anat/sub-A7_T2w.nii.gz"))
-    'A7'
+    >>> bids_subject(PurePath("anat/sub-A7_T2w.nii.gz")), bids_subject(PurePath("sub-acute/case1.nii.gz"))
+    ('A7', None)
     """
-    for part in reversed(rel.parts[:-1]):
-        m = _BIDS_FOLDER.match(part)
-        if m:
-            return m.group(1)
     m = _BIDS_FILE.match(rel.name)
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    if root is not None:
+        for i in range(len(rel.parts) - 2, -1, -1):  # the innermost sub-<label> folder first
+            m = _BIDS_FOLDER.match(rel.parts[i])
+            if m and (root.joinpath(*rel.parts[:i]) / "dataset_description.json").is_file():
+                return m.group(1)
+    return None
+
+
+def _in_sub_folder(rel: PurePath) -> bool:
+    """Whether a file lies below a folder named like a BIDS subject (``sub-<label>``)."""
+    return any(_BIDS_FOLDER.match(part) for part in rel.parts[:-1])
 
 
 _BIDS_FOLDER = re.compile(r"^sub-([A-Za-z0-9]+)$")
 _BIDS_FILE = re.compile(r"^sub-([A-Za-z0-9]+)_")
 
 
-def _patient_key(patient_id: str | None, rel: PurePath, file_key: str) -> tuple[str, str]:
+def _patient_key(patient_id: str | None, rel: PurePath, file_key: str, root: Path | None) -> tuple[str, str]:
     """(grouping key, where it came from) of one file: its ``patient_id`` (``patient``), else its BIDS subject
-    (``subject``), else the file itself (``volume``). Keys are pseudonymised before any dataset exists."""
+    (``subject``, :func:`bids_subject` below ``root``), else the file itself (``volume``). Keys are pseudonymised
+    before any dataset exists."""
     if patient_id:
         return "id:" + patient_id, "patient"
-    subject = bids_subject(rel)
+    subject = bids_subject(rel, root)
     if subject is not None:
         return "sub:" + subject, "subject"
     return "file:" + file_key, "volume"
 
 
-def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str) -> str:
+def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str, sub_folders: int = 0) -> str:
     """The dataset's unit from where its files' groups came (:func:`_patient_key`), with a note for files that
     fell back to a coarser source, and a warning (stderr) when no file has a patient id or BIDS subject: each
-    volume is then its own patient, which a patient with several volumes breaks."""
+    volume is then its own patient, which a patient with several volumes breaks. ``sub_folders``: how many of
+    the files that fell back to themselves lie in a ``sub-<label>`` folder that is not a BIDS subject's."""
     unit = "patient" if sources["patient"] else "subject" if sources["subject"] else "volume"
+    if sub_folders:
+        notes.append(f"{sub_folders} {what}(s) in sub-<label> folders not grouped by them: not a BIDS layout (the "
+                     "file names do not start with sub-<label>_ and no dataset_description.json lies beside the "
+                     "folders)")
     if unit == "patient" and sources["subject"]:
         notes.append(f"{sources['subject']} {what}(s) without a patient_id grouped by their BIDS subject "
                      "(sub-<label>)")
@@ -416,10 +434,11 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
     if unit == "volume":
         notes.append(f"no patient ids and no BIDS subjects (sub-<label>): each {what} taken as one patient")
         SKIP_LOG.warning(f"{name}: no {what} has a patient id (a patient_id column) or a BIDS subject "
-                         f"(a sub-<label> folder): each {what} is taken as its own patient, which counts a patient "
+                         f"(sub-<label>): each {what} is taken as its own patient, which counts a patient "
                          f"with several {what}s (sequences, sessions) as several and weakens the per-patient "
                          "guarantee. Fix: for patient-level DP give each file its patient in a patient_id column "
-                         "of the labels CSV (or put each patient's files in a BIDS sub-<label> folder); for "
+                         "of the labels CSV (or use the BIDS layout: sub-<label>/ folders beside a "
+                         "dataset_description.json, files named sub-<label>_...); for "
                          "image-level DP pass --privacy-unit image")
     return unit
 
@@ -618,6 +637,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     else:
         folder_labels = _folder_labels(name, rels, root)
     sources: Counter[str] = Counter()
+    sub_folders = 0
     for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
         patient_id, groups = None, {}
         if labels_path is not None:
@@ -638,8 +658,9 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             skipped_unreadable(exc)
             skipped["unreadable"] += 1
             continue
-        patient, source = _patient_key(patient_id, rel, rel.as_posix())
+        patient, source = _patient_key(patient_id, rel, rel.as_posix(), root)
         sources[source] += 1
+        sub_folders += source == "volume" and _in_sub_folder(rel)
         entries.add(i, range(n), label, patient, groups)
     if labels_path is not None:
         _note_unmatched_labels(rows, matched, key, notes)
@@ -653,7 +674,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
                              identifiers=subjects,
                              fix="label the volumes with --labels FILE.csv (columns file, label and patient_id)",
                              rename="rename the class folders to class names")
-    unit = _grouping_unit(name, sources, notes, what="volume") if sources else "patient"
+    unit = _grouping_unit(name, sources, notes, what="volume", sub_folders=sub_folders) if sources else "patient"
     options = f"{image_size}|1|{window}|{slice_axis}"
 
     def decode(p: Path) -> list[Pixels]:
@@ -746,12 +767,14 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             counts[f] = slice_count(p, slice_axis)
     entries = _Entries()
     sources: Counter[str] = Counter()
+    sub_folders = 0
     per_file: Counter[int] = Counter()
     for f, index, row in rows:
         parts = [index] if index is not None else list(range(counts[f]))
-        patient, source = _patient_key(row.get("patient_id"), PurePath(row["path"].replace("\\", "/")),
-                                       str(files[f]))
+        rel = PurePath(row["path"].replace("\\", "/"))
+        patient, source = _patient_key(row.get("patient_id"), rel, str(files[f]), base)
         sources[source] += 1
+        sub_folders += source == "volume" and _in_sub_folder(rel)
         per_file[f] += len(parts)
         entries.add(f, parts, row["label"], patient,
                     {_group_name(c): _group_value(c, row[c]) for c in extra})
@@ -760,7 +783,8 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     # Without patient ids or BIDS subjects each file is its own unit: the image when every file gives one image
     # (a statement per image, true as such), else the file (a volume, a multi-frame DICOM: its images together).
     multi = any(n > 1 for n in per_file.values())
-    unit = _grouping_unit(name, sources, notes, what="file") if multi or sources["volume"] < len(rows) \
+    unit = _grouping_unit(name, sources, notes, what="file", sub_folders=sub_folders) \
+        if multi or sources["volume"] < len(rows) \
         else "image"
     jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"

@@ -64,7 +64,7 @@ def _load(path: Path):  # -> nibabel image, canonical
         raise DataError(f"NIfTI file {str(path)!r} holds {volume_count(img.shape)} volumes (shape "
                         f"{tuple(img.shape)}); dpaudit reads one 3-D volume per file. Fix: split it into 3-D files "
                         "(nibabel's four_to_three) and keep the volume(s) you mean, with one patient_id in "
-                        "labels.csv (or in one sub-<label> folder) for all of one patient's files.")
+                        "labels.csv (or one BIDS subject, files named sub-<label>_...) for all of one patient's files.")
     return img
 
 

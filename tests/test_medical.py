@@ -881,6 +881,58 @@ def test_nifti_bids_subjects_group_their_sessions_and_sequences(tmp_path: Path, 
     assert "BIDS subject labels" in info.describe()
 
 
+def test_folders_named_sub_something_are_bids_subjects_only_in_a_bids_layout(
+        tmp_path: Path, rng: np.random.Generator, caplog: pytest.LogCaptureFixture) -> None:
+    """A class folder ``sub-acute/`` (beside ``acute/`` and ``chronic/``) is not a subject: its volumes fall back to
+    one patient each, with the warning and a note naming why; the same folders beside a dataset_description.json
+    (BIDS declared) are subjects, as are file names that repeat ``sub-<label>_``."""
+    for c in ("sub-acute", "acute", "chronic"):
+        for i in range(4):
+            nifti_file(tmp_path / "a" / c / f"case{i}.nii.gz", rng.random((SIZE, SIZE, 3)).astype(np.float32))
+    with _skip_log(caplog):
+        s = load_splits(f"nifti:{tmp_path / 'a'}", image_size=SIZE)
+    assert s.unit == "volume" and "each volume is taken as its own patient" in caplog.text
+    assert "dataset_description.json" in caplog.text
+    assert any(n.startswith("4 volume(s) in sub-<label> folders not grouped by them: not a BIDS layout")
+               for n in s.notes), s.notes
+    assert privacy_unit(s).records_per_patient == 3  # was 12: the whole class as one patient
+    # Cohort folders holding several patients each, labelled by a CSV: each volume alone, not two "patients".
+    rows = ["file,label"]
+    for g in ("A", "B"):
+        for i in range(6):
+            rel = f"sub-cohort{g}/pt{i}_T1.nii.gz"
+            nifti_file(tmp_path / "d" / rel, rng.random((SIZE, SIZE, 3)).astype(np.float32))
+            rows.append(f"{rel},{i % 2}")
+    (tmp_path / "d" / "labels.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"nifti:{tmp_path / 'd'}", image_size=SIZE)
+    assert s.unit == "volume" and len(set().union(*(set(p.patient_ids) for p in (s.train, s.val, s.test)))) == 12
+    # Declared BIDS (dataset_description.json beside the sub-<label> folders): the folders are subjects even where
+    # the file names do not repeat them (2 volumes of 3 slices each: k = 6).
+    rows = ["file,label"]
+    for sub in range(6):
+        for scan in ("a", "b"):
+            rel = f"sub-{sub:02d}/anat/scan_{scan}.nii.gz"
+            nifti_file(tmp_path / "e" / rel, rng.random((SIZE, SIZE, 3)).astype(np.float32))
+            rows.append(f"{rel},{sub % 2}")
+    (tmp_path / "e" / "labels.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"nifti:{tmp_path / 'e'}", image_size=SIZE)
+    assert s.unit == "volume" and privacy_unit(s).records_per_patient == 3
+    (tmp_path / "e" / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.8.0"}')
+    s = load_splits(f"nifti:{tmp_path / 'e'}", image_size=SIZE)
+    assert s.unit == "subject" and privacy_unit(s).records_per_patient == 6
+    # csv: manifests take the same rule (dataset_description.json beside the sub-<label> folder).
+    from dpaudit.medical import bids_subject
+
+    assert bids_subject(Path("sub-01/anat/scan_a.nii.gz"), tmp_path / "e") == "01"
+    assert bids_subject(Path("sub-acute/case0.nii.gz"), tmp_path / "a") is None
+    assert bids_subject(Path("sub-cohortA/sub-07_T1w.nii.gz")) == "07"
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(
+        f"a/{c}/case{i}.nii.gz,{c}\n" for c in ("sub-acute", "acute", "chronic") for i in range(4)))
+    with _skip_log(caplog):
+        s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    assert s.unit == "volume" and any("in sub-<label> folders not grouped" in n for n in s.notes)
+
+
 def test_nifti_without_patient_ids_warns_and_says_each_volume_is_a_patient(tmp_path: Path, rng: np.random.Generator,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     for i in range(6):
