@@ -91,7 +91,9 @@ class TrainConfig:
     class_weights:
         Segmentation: a weight per class for the cross-entropy (:class:`dpaudit.audit.train.SampleMeanCrossEntropy`),
         ``()`` for none. Default: the seed paper's MSD Liver weights 0.1, 0.4, 0.5 (background, liver, tumour;
-        section 4.2.3) for segmentation, none for classification (where it is refused).
+        section 4.2.3) for segmentation, applied by :func:`train` on the liver task only (another task's classes
+        train unweighted, with a note: :func:`dpaudit.config.class_weights_for`); none for classification (where it
+        is refused). Given weights must hold one value per class of the data.
     augment_multiplicity:
         0: no augmentation. K >= 1: K randomly flipped views per image (horizontal and vertical, p = 0.5 each);
         under DP their gradients are averaged per image BEFORE clipping (De et al. 2022, arXiv 2204.13650,

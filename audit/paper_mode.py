@@ -20,18 +20,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dpaudit.config import LIVER_TUMOUR_NAMES, is_liver_classes
+
 __all__ = ["MSD_LIVER_PAPER", "PaperRow", "is_msd_liver", "msd_liver_rows"]
 
 #: Names of MSD Liver's tumour class that count as its (Task03_Liver's dataset.json says "cancer").
-TUMOUR_NAMES = ("cancer", "tumour", "tumor", "lesion")
+TUMOUR_NAMES = LIVER_TUMOUR_NAMES
 
 
 def is_msd_liver(dataset: str, label_names: Sequence[str]) -> bool:
     """True when the paper's MSD Liver rows are the comparison for this data: ``msd:PATH`` with the classes
     background, liver and a tumour class (in this order, names compared case-insensitively)."""
-    names = tuple(str(n).strip().lower() for n in label_names)
-    return (isinstance(dataset, str) and dataset.startswith("msd:") and len(names) == 3
-            and names[0] == "background" and names[1] == "liver" and names[2] in TUMOUR_NAMES)
+    return isinstance(dataset, str) and dataset.startswith("msd:") and is_liver_classes(label_names)
 
 #: (epsilon, worst case, relaxed) as printed in the seed paper's Table 3, MSD Liver (percent / 100).
 MSD_LIVER_PAPER = ((1.0, 0.0166, 0.0097), (8.0, 0.1796, 0.0368), (20.0, 0.7424, 0.2737))

@@ -40,7 +40,7 @@ from dpaudit.audit.segmentation import SegmentationMetrics, evaluate_segmentatio
 from dpaudit.bounds import PAPER_DELTA, default_delta
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
-from dpaudit.config import DpSgdConfig, parse_trainable, steps_for
+from dpaudit.config import DpSgdConfig, class_weights_for, parse_trainable, steps_for
 from dpaudit.data import (
     DatasetSplits,
     ImageDataset,
@@ -368,7 +368,7 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     g_aug = torch.Generator().manual_seed(seed * 4 + 2)
     g_noise = torch.Generator(device=device).manual_seed(seed * 4 + 3)  # Opacus draws the noise on the device
     steps_per_epoch = steps // config.epochs
-    criterion = SampleMeanCrossEntropy(config.class_weights or ())
+    criterion = SampleMeanCrossEntropy(class_weights_for(config, splits.label_names)[0])
 
     base_optimizer = getattr(torch.optim, OPTIMIZER)([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     if config.private:
@@ -542,13 +542,16 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     delta = config.target_delta if config.target_delta is not None else default_delta(n)
     delta_rule = ("given (--delta)" if config.target_delta is not None else
                   "default min(8e-7 (seed paper, section 4.4), 1/(10 N))")
-    if config.class_weights and len(config.class_weights) != splits.num_classes:
-        raise invalid("class_weights", ",".join(f"{w:g}" for w in config.class_weights),
+    class_weights, weights_note = class_weights_for(config, splits.label_names)
+    if class_weights and len(class_weights) != splits.num_classes:
+        raise invalid("class_weights", ",".join(f"{w:g}" for w in class_weights),
                       f"one weight per class: {splits.num_classes} for {', '.join(splits.label_names)}",
                       f"pass --class-weights with {splits.num_classes} values, or --class-weights none")
     q = config.batch_size / n
     steps = steps_for(config.epochs, n, config.batch_size)
     sigma, eps, eps_rdp, notes = _calibrate(config, q, steps, delta)
+    if weights_note is not None:
+        notes = (*notes, weights_note)
     with torch.random.fork_rng(devices=[]):  # fail before training, and know what was built; no side effect
         prepared = prepare_model(config, splits.num_classes, splits.in_channels, splits.image_shape)[1]
     dp = DpSgdConfig(sigma, q, steps, config.max_grad_norm, delta) if config.private else None
@@ -589,7 +592,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
         notes=notes, replaced_layers=prepared.replaced_layers, init_report=prepared.init_report,
         trainable_parameters=prepared.trainable_parameters, frozen_parameters=prepared.frozen_parameters,
         privacy=unit, epsilon_patient=_epsilon_patient(dp, unit), data_notes=tuple(loading_notes(splits)),
-        class_weights=tuple(config.class_weights or ()), task_defaults=config.task_defaults)
+        class_weights=class_weights, task_defaults=config.task_defaults)
     if config.out is not None:
         result = _write_outputs(result, config, models[0], splits)
     return result

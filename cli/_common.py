@@ -86,7 +86,8 @@ BackgroundShareOpt = Annotated[float, typer.Option("--background-share", help="S
 ClassWeightsOpt = Annotated[str | None, typer.Option("--class-weights", help="Segmentation: cross-entropy weight per "
                                                      "class, background first, or none (each slice's own weighted "
                                                      "mean, so DP-SGD's per-sample gradients stay per sample); the "
-                                                     "default is the seed paper's MSD Liver weights (section 4.2.3).")]
+                                                     "default is the seed paper's MSD Liver weights (section 4.2.3) on "
+                                                     "the liver task (background, liver, tumour), else none.")]
 CanariesOpt = Annotated[int, typer.Option("--canaries", help="Canaries m of the membership audit: mislabelled "
                                           "training images, each trained on by a fair coin flip.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what --out holds from another configuration "

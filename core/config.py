@@ -295,8 +295,41 @@ IMAGE_SIZE_DEFAULT_HELP = (f"{DEMO_IMAGE_SIZE} for the built-in demos ({', '.joi
 #: unweighted loss learned no tumour at epsilon 1, 8 or 20 (README, "Segmentation").
 PAPER_MSD_LIVER_CLASS_WEIGHTS = (0.1, 0.4, 0.5)
 
+#: Names of MSD Liver's tumour class (Task03_Liver's dataset.json says "cancer"; nnU-Net copies say "tumor").
+LIVER_TUMOUR_NAMES = ("cancer", "tumour", "tumor", "lesion")
+
+
+def is_liver_classes(label_names: Sequence[str]) -> bool:
+    """True for MSD Liver's classes: background, liver and a tumour class, in this order (names compared
+    case-insensitively), the classes :data:`PAPER_MSD_LIVER_CLASS_WEIGHTS` weight.
+
+    >>> is_liver_classes(("background", "Liver", "cancer")), is_liver_classes(("background", "spleen"))
+    (True, False)
+    """
+    names = tuple(str(n).strip().lower() for n in label_names)
+    return len(names) == 3 and names[0] == "background" and names[1] == "liver" and names[2] in LIVER_TUMOUR_NAMES
+
+
+def class_weights_for(config: Any, label_names: Sequence[str]) -> tuple[tuple[float, ...], str | None]:
+    """(the loss's class weights, a note or None) of a configuration on data of these classes.
+
+    Weights given on the command line (or in the Python API) are kept as they are: a length that does not fit is
+    the caller's error. The segmentation default, the seed paper's MSD Liver weights, fits MSD Liver's classes
+    only (:func:`is_liver_classes`, demo-ct's included); on another task (two classes, four, another organ) the
+    default is the unweighted loss, with a note that says so and how to weight it.
+    """
+    weights = tuple(getattr(config, "class_weights", None) or ())
+    from_default = "class_weights" in tuple(getattr(config, "task_defaults", ()) or ())
+    if not (from_default and weights == PAPER_MSD_LIVER_CLASS_WEIGHTS) or is_liver_classes(label_names):
+        return weights, None
+    k = len(label_names)
+    return (), (f"class_weights none (unweighted loss): the default {format_default(weights)} is the seed paper's "
+                f"for MSD Liver's background, liver and tumour, and this task's {k} classes are "
+                f"{', '.join(map(str, label_names))}; pass --class-weights with {k} values to weight the loss")
+
 #: Training of a segmentation network, the same for ``dpaudit train`` and ``dpaudit profile``: MONAI's BasicUNet,
-#: 20 epochs of Poisson batches of 16 slices at lr 1e-2 (NAdam) with the paper's class weights. Measured on
+#: 20 epochs of Poisson batches of 16 slices at lr 1e-2 (NAdam) with the paper's class weights where they fit
+#: (MSD Liver's three classes; otherwise unweighted, :func:`class_weights_for`). Measured on
 #: demo-ct at 28 px (16 training volumes, 256 slices; one run per cell, seed 0, Dice liver / tumour): non-private
 #: 0.91 / 0.39 after 6 epochs (96 steps), 0.94 / 0.79 after 12, 0.94 / 0.75 after 20 (320 steps); at epsilon 1,
 #: 8, 20 after 12 epochs 0.80 / 0, 0.87 / 0, 0.91 / 0.39, after 20 epochs 0.77 / 0, 0.84 / 0.13, 0.89 / 0.53
@@ -375,7 +408,13 @@ def describe_task_defaults(config: Any) -> str | None:
     names = tuple(getattr(config, "task_defaults", ()) or ())
     if not names:
         return None
-    return (f"{config.task} defaults: " + ", ".join(f"{n} {format_default(getattr(config, n))}" for n in names)
+    def shown(n: str) -> str:
+        value = format_default(getattr(config, n))
+        if n == "class_weights" and getattr(config, n) == PAPER_MSD_LIVER_CLASS_WEIGHTS:
+            return f"{value} for background, liver, tumour (else none)"
+        return value
+
+    return (f"{config.task} defaults: " + ", ".join(f"{n} {shown(n)}" for n in names)
             + " (pass an option to change it)")
 
 

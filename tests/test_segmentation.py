@@ -610,10 +610,52 @@ def test_class_weights_are_checked_against_the_task_and_the_classes(tmp_path, rn
     with pytest.raises(ConfigError, match=r"class_weights must be positive"):
         TrainConfig(dataset="demo-ct", non_private=True, class_weights="0.1,-1,0.5")
     root = write_msd(tmp_path / "Task09_Spleen", rng, n=4, labels={"0": "background", "1": "spleen"}, tumour=False)
+    # Given on the command line, weights of the wrong length are refused (never cut or padded).
     with pytest.raises(ConfigError, match=r"class_weights must be one weight per class: 2 for background, spleen.*"
                                           r"--class-weights with 2 values"):
         train(TrainConfig(dataset=f"msd:{root}", image_size=16, epochs=1, batch_size=4, non_private=True,
-                          threads=1))
+                          threads=1, class_weights="0.1,0.4,0.5"))
+
+
+@pytest.mark.parametrize("labels", [{"0": "background", "1": "spleen"},
+                                    {"background": 0, "liver": 1, "tumor": 2, "vessel": 3},
+                                    {"0": "background", "1": "pancreas", "2": "cancer"}])
+def test_the_paper_class_weights_are_the_default_on_the_liver_task_only(tmp_path, rng, labels) -> None:
+    """The default 0.1, 0.4, 0.5 is MSD Liver's (background, liver, tumour): another task (2 classes, 4, or 3 of
+    another organ) trains unweighted by default, with a note naming its classes and the option; the same for the
+    profile's runs and a federated client's (every place the default applies)."""
+    from dpaudit.audit.configs import TrainConfig
+    from dpaudit.audit.profile import ProfileConfig, plan_training
+    from dpaudit.audit.train import train
+    from dpaudit.config import PAPER_MSD_LIVER_CLASS_WEIGHTS, class_weights_for
+    from dpaudit.volumes import load_segmentation_splits
+
+    root = write_msd(tmp_path / "task", rng, n=4, labels=labels, tumour=len(labels) > 2)
+    names = load_segmentation_splits(f"msd:{root}", image_size=16).label_names
+    config = TrainConfig(dataset=f"msd:{root}", image_size=16, epochs=1, batch_size=4, non_private=True, threads=1,
+                         arch_args={"width": 4})
+    assert config.class_weights == PAPER_MSD_LIVER_CLASS_WEIGHTS and "class_weights" in config.task_defaults
+    weights, note = class_weights_for(config, names)
+    assert weights == () and note is not None
+    assert note.startswith("class_weights none (unweighted loss): the default 0.1,0.4,0.5 is the seed paper's for "
+                           "MSD Liver's background, liver and tumour")
+    assert f"this task's {len(names)} classes are {', '.join(names)}" in note
+    assert f"pass --class-weights with {len(names)} values" in note
+    result = train(config)
+    assert result.class_weights == () and note in result.notes
+    # The liver task (demo-ct's classes and MSD's) keeps the paper's weights, without a note.
+    for liver in (("background", "liver", "tumour"), ("background", "Liver", "cancer")):
+        assert class_weights_for(config, liver) == (PAPER_MSD_LIVER_CLASS_WEIGHTS, None)
+    # Given weights stay as given (checked against the classes by train), whatever the task.
+    given = TrainConfig(dataset=f"msd:{root}", non_private=True, class_weights="0.1,0.4,0.5")
+    assert class_weights_for(given, names) == (PAPER_MSD_LIVER_CLASS_WEIGHTS, None)
+    # The profile plans its runs with the weights they train with.
+    prof = ProfileConfig(dataset=f"msd:{root}", image_size=16, epsilons=(8.0,), epochs=1, batch_size=4)
+    assert {t.class_weights for t in plan_training(prof, tmp_path / "p", label_names=names)} == {()}
+    liver_prof = ProfileConfig(dataset="demo-ct", image_size=16, epsilons=(8.0,), epochs=1, batch_size=4)
+    assert {t.class_weights for t in plan_training(liver_prof, tmp_path / "q", label_names=("background", "liver",
+                                                                                            "tumour"))} == {
+        PAPER_MSD_LIVER_CLASS_WEIGHTS}
 
 
 def test_train_prints_the_privacy_unit_once_in_slices_and_volumes(tmp_path, rng) -> None:

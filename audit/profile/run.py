@@ -43,6 +43,7 @@ from dpaudit.audit.profile.tasks import (
     init_tag,
 )
 from dpaudit.codec import dumps
+from dpaudit.config import class_weights_for
 from dpaudit.errors import DataError, invalid
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,10 +97,14 @@ def _patient_risk(privacy: PrivacyInfo, bounds: Sequence[BoundsOutcome]) -> tupl
     return tuple(out)
 
 
-def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None) -> list[TrainTask]:
+def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None, *,
+                  label_names: Sequence[str] | None = None) -> list[TrainTask]:
     """The training tasks of a profile: every initialisation times every privacy level times every seed
     (inits in the order given, non-private last within each). Scratch runs keep their folders and task keys."""
     data = _data_spec(config)
+    # The data's classes decide whether the default class weights (MSD Liver's) apply: the runs' weights are the
+    # ones they train with (their keys too), as train() would choose them.
+    class_weights = config.class_weights if label_names is None else class_weights_for(config, label_names)[0]
     tasks = []
     for init in config.inits:
         path = None if init == "scratch" else str(Path(init).resolve())
@@ -117,7 +122,7 @@ def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: in
                     checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()), threads=threads, init=path,
                     init_sha256=digest, trainable=config.trainable if path is not None else "all",
                     arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm,
-                    class_weights=config.class_weights))
+                    class_weights=class_weights))
     return tasks
 
 
@@ -227,23 +232,25 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     from dpaudit.data import require_classes
 
     require_classes(splits, "the profile's training")
+    weights_note = class_weights_for(config, splits.label_names)[1]
     privacy = resolve_privacy(config, splits)
     k = privacy.records_per_patient
     info = DatasetInfo(name=splits.name, n_train=n_train, n_val=len(splits.val), n_test=len(splits.test),
                        image_shape=tuple(int(x) for x in splits.image_shape),
                        label_names=tuple(str(x) for x in splits.label_names),
                        subgroup_attributes=tuple(sorted(str(k) for k in groups)), privacy=privacy,
-                       skipped=tuple(sorted(splits.skipped.items())), notes=tuple(splits.notes))
+                       skipped=tuple(sorted(splits.skipped.items())),
+                       notes=tuple(splits.notes) + ((weights_note,) if weights_note else ()))
     if progress is not None:
         from dpaudit.data import loading_notes
 
-        for note in loading_notes(splits):
+        for note in (*loading_notes(splits), *((weights_note,) if weights_note else ())):
             progress("data", 1, 1, f"note: {note}")
         progress("data", 1, 1, privacy.describe())
     stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
 
     # Stage 1: training (every level x seed).
-    train_tasks = plan_training(config, out, threads)
+    train_tasks = plan_training(config, out, threads, label_names=splits.label_names)
     train_res, st = _run_stage("train", train_tasks, store, executor, progress)
     stages.append(st)
     trains = tuple(train_res[t.key()] for t in train_tasks)
