@@ -167,6 +167,13 @@ class DiscretePld:
         losses.setflags(write=False)
         return losses
 
+    def losses_at(self, index: np.ndarray | slice) -> np.ndarray:
+        """The losses of the atoms ``masses[index]`` (an index array or a slice), without forming every atom's loss:
+        the same numbers as ``losses[index]`` (the same operations on each), at the cost of the atoms read (a read
+        near the top of a window of 1e7 atoms, or the few atoms of a sparse per-step lattice)."""
+        i = np.arange(self.masses.size)[index] if isinstance(index, slice) else np.asarray(index)
+        return self.offset + self.h * (self.lo + i)
+
     # -- hockey-stick curve -------------------------------------------------------------------------------------
 
     def _tails(self) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +222,7 @@ class DiscretePld:
             carry_s = float(s[0] + top[0])
             carry_r = float(top[0] + r[0])
             b, size = a, 2 * size
-        losses = self.losses[a:b]
+        losses = self.losses_at(slice(a, b))
         hit = np.nonzero(d <= target_delta)[0]
         if not hit.size:
             # The crossing is the chunk above's lowest atom l_b: solve on (l_{b-1}, l_b], this chunk's last atom.
@@ -306,18 +313,21 @@ class DiscretePld:
         the shortest top part whose P-mass reaches alpha, or every atom. Grown twofold from 4096 atoms (as
         :meth:`_epsilon` reads), so a read near the top of a long PLD (small alpha, the usual kappa) touches little of
         it and past the crossing at most as much again; each atom's P-mass is formed once (a read of the whole PLD, e.g. the ROC up to FPR 1, pays it once, not for every size tried)."""
-        m, losses = self.masses[::-1], self.losses[::-1]
+        m = self.masses[::-1]
         n = m.size
         k = min(n, 4096)
+        losses = self.losses_at(n - 1 - np.arange(k))  # top first, formed only as far as the read goes
         with np.errstate(over="ignore", divide="ignore"):
-            p = np.where(m[:k] > 0, np.exp(np.log(m[:k]) - losses[:k]), 0.0)
+            p = np.where(m[:k] > 0, np.exp(np.log(m[:k]) - losses), 0.0)
         while k < n:
             if float(np.sum(p)) >= alpha * (1 + 1e-9):
-                return m[:k], losses[:k], p
+                return m[:k], losses, p
             grown = min(2 * k, n)
+            more_losses = self.losses_at(n - 1 - np.arange(k, grown))
             with np.errstate(over="ignore", divide="ignore"):
-                more = np.where(m[k:grown] > 0, np.exp(np.log(m[k:grown]) - losses[k:grown]), 0.0)
+                more = np.where(m[k:grown] > 0, np.exp(np.log(m[k:grown]) - more_losses), 0.0)
             p = np.concatenate([p, more])
+            losses = np.concatenate([losses, more_losses])
             k = grown
         return m, losses, p
 
@@ -345,8 +355,8 @@ class DiscretePld:
 
 # -- discretisation ---------------------------------------------------------------------------------------------------
 
-def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optimistic: bool = False
-              ) -> DiscretePld:
+def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optimistic: bool = False,
+              max_points: int | None = None) -> DiscretePld:
     """Discretisation of one step's PLD on the grid anchored at the loss where the mass concentrates.
 
     ``direction="remove"``: the pair (P, Q) = (target absent, target present), loss log dQ/dP under Q; the one the
@@ -363,9 +373,14 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     the exact 0.215857. On the anchored grid that mass lands on a grid point and the split is exact. Any grid is
     sound for connect-the-dots (the chord argument does not depend on where the grid points are); anchored grids
     at h and h / 2 are still nested.
+
+    ``max_points``: refuse (:class:`WindowTooLargeError`) a grid of more points than this before forming it. A
+    per-step PLD that will be composed needs an FFT window at least as long as its grid (:func:`compose_parts`), so
+    a grid past ``MAX_WINDOW`` is refused there anyway, after its discretisation: at h = 1e-7 a grid to 7 nats
+    (sigma 0.5, q 1e-6) is 7e7 points, 4 s and 600 MB to form, only to be refused.
     """
     if optimistic:
-        return _garbled_step(pair, h, direction, inf_budget)
+        return _garbled_step(pair, h, direction, inf_budget, max_points)
     if direction == "remove":
         lo_loss = pair.min_loss
         # Right end: beyond x_max the Q-tail is below the budget (each mixture component's tail is).
@@ -381,6 +396,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         i_cap = math.floor((LOSS_CAP - offset) / h)
         capped = math.ceil((hi_loss - offset) / h) > i_cap
         i_hi = max(min(math.ceil((hi_loss - offset) / h), i_cap), i_lo + 1)
+        _check_points(i_hi - i_lo + 1, max_points)
         anchored = offset == lo_loss
 
         def boundaries(idx: np.ndarray) -> np.ndarray:
@@ -411,6 +427,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         lo_loss = _left_cut(pair, inf_budget, direction)
         i_lo = min(math.floor((lo_loss - offset) / h), -1)  # at least one interval below the anchor
         i_hi = 0
+        _check_points(i_hi - i_lo + 1, max_points)
 
         def boundaries(idx: np.ndarray) -> np.ndarray:
             xb = pair.x_of_loss(-(offset + h * idx))  # decreasing in eps
@@ -590,7 +607,16 @@ def _pile_cell(pair: StepPair, direction: str, h: float, end: float) -> tuple[fl
 PILE_SCAN = np.exp2(np.arange(-40, 481) / 8.0)
 
 
-def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float) -> DiscretePld:
+def _check_points(points: int, max_points: int | None) -> None:
+    """Refuse a per-step grid of more than ``max_points`` points (see :func:`_step_pld`)."""
+    if max_points is not None and points > max_points:
+        raise WindowTooLargeError(
+            f"the per-step privacy loss needs {points} grid points, and its composition an FFT window at least as "
+            f"long (limit {max_points}). Fix: a coarser discretisation, fewer steps, or more noise")
+
+
+def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float, max_points: int | None = None
+                  ) -> DiscretePld:
     """One step's PLD garbled onto a grid: a pair *less* informative than the continuous one (the optimistic,
     lower end of the bracket; every power and delta read from it, and from its compositions, is a sound lower
     bound).
@@ -628,6 +654,7 @@ def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float) -
         i_cap = math.floor((LOSS_CAP - offset) / h)
         capped = math.ceil((hi_loss - offset) / h) > i_cap
         i_hi = max(min(math.ceil((hi_loss - offset) / h), i_cap), i_lo + 1)
+        _check_points(i_hi - i_lo + 1, max_points)
     else:
         end = -pair.min_loss
         if not math.isfinite(end):
@@ -636,6 +663,7 @@ def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float) -
         pile_end, offset = _pile_cell(pair, direction, h, end)
         i_lo = min(math.floor((_left_cut(pair, inf_budget, direction) - offset) / h), -1)
         i_hi = 0
+        _check_points(i_hi - i_lo + 1, max_points)
 
     def q_of(idx: np.ndarray) -> np.ndarray:
         return _contiguous_cells(pair, direction, offset + h * idx)[0]
@@ -813,10 +841,10 @@ def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray, bins: tuple | None = Non
 
 def _log_mgf(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
     """log E[e^{lam L}] over the finite atoms of a discrete PLD at each lam (exact)."""
-    pos = pld.masses > 0
-    if not pos.any():
+    pos = np.flatnonzero(pld.masses > 0)  # (a sparse per-step lattice: only its atoms' losses are formed)
+    if not pos.size:
         return np.full(lams.shape, -math.inf)  # no finite mass (everything at +infinity, or dropped)
-    return _logsumexp_rows(np.log(pld.masses[pos])[None, :] + lams[:, None] * pld.losses[pos][None, :])
+    return _logsumexp_rows(np.log(pld.masses[pos])[None, :] + lams[:, None] * pld.losses_at(pos)[None, :])
 
 
 def _logsumexp_rows(e: np.ndarray) -> np.ndarray:
@@ -900,6 +928,28 @@ def _spectrum_power(z: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
+def _fold(masses: np.ndarray, width: int) -> np.ndarray:
+    """The masses summed modulo ``width`` (atom i to bin i mod width), for an FFT window shorter than the grid.
+
+    The discrete Fourier transform of length ``width`` of a sequence equals that of its folded copy at every
+    frequency (aliasing: e^{-2 pi i k (j + width) / width} = e^{-2 pi i k j / width}), so the circular convolution of
+    folded per-step PLDs is exactly the composed PLD folded modulo ``width``, which is what an FFT window shorter
+    than the composed support computes anyway: the mass outside the Chernoff window [lo, hi] wraps around into it
+    whether it came from a long per-step grid or from the composition, and its Chernoff bound (TAIL_BOUND per side,
+    computed from the whole per-step PLD) is accounted for as before. At small q with k > 1 the per-step loss
+    reaches 70 nats with vanishing mass, while the composed loss stays within 26 nats by Chernoff: the window was
+    the per-step grid's length, 2.6x the Chernoff window (sigma 0.5, q 1e-6, k 5, T 1e4)."""
+    if masses.size <= width:
+        return masses
+    folded = np.zeros(-(-masses.size // width) * width)
+    folded[:masses.size] = masses
+    return folded.reshape(-1, width).sum(axis=0)
+
+
+#: Fold per-step grids longer than the composed window onto it (:func:`_fold`) rather than widen the window.
+FOLD_STEPS = True
+
+
 def compose(pld: DiscretePld, steps: int) -> DiscretePld:
     """The ``steps``-fold self-composition (see :func:`compose_parts`)."""
     return compose_parts([(pld, steps)])
@@ -934,15 +984,21 @@ def compose_parts(parts) -> DiscretePld:
     # overflows) leaves the window at the support's end there: no mass can wrap, only the window grows.
     lo = max(math.floor((lo_loss - offset) / h) - 1, base) if math.isfinite(lo_loss) else base
     hi = min(math.ceil((hi_loss - offset) / h) + 1, top) if math.isfinite(hi_loss) else top
-    width = max(hi - lo + 1, max(p.masses.size for p, _ in parts))
-    width = sp_fft.next_fast_len(width, real=True)
+    # The window need not hold a per-step grid: a grid longer than it is folded onto it (below). Where the Chernoff
+    # ends cross (hi < lo: the composed Q-mass is at most 2 TAIL_BOUND, a per-step PLD that lost nearly all its
+    # mass), the window is the longest per-step grid, as it always was.
+    width = hi - lo + 1
+    if not FOLD_STEPS or width < 1:
+        width = max(width, max(p.masses.size for p, _ in parts))
+    if width <= MAX_WINDOW:  # (next_fast_len takes no width past 2^63)
+        width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
         raise WindowTooLargeError(
             f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW}). "
             "Fix: a coarser discretisation, fewer steps, or more noise")
     spectrum = None
     for p, s in parts:
-        term = _spectrum_power(sp_fft.rfft(p.masses, n=width), s)
+        term = _spectrum_power(sp_fft.rfft(_fold(p.masses, width), n=width), s)
         spectrum = term if spectrum is None else spectrum * term
     composed = sp_fft.irfft(spectrum, n=width)
     # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k.
@@ -991,13 +1047,15 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
         # onto the coarser grid h sqrt(m / 2), the blocks composed there. Blur T h^2 / 2 from each level, as much
         # as one level at h; the last, largest window is sqrt(m / 2) times smaller.
         (pair, steps), = run
-        step = _step_pld(pair, h / math.sqrt(2.0), direction_of(pair), inf_budget, optimistic)
+        step = _step_pld(pair, h / math.sqrt(2.0), direction_of(pair), inf_budget, optimistic, MAX_WINDOW)
         coarse = h * math.sqrt(block / 2.0)
         parts = [(_regrid(compose_parts([(step, block)]), coarse), steps // block)]
         if steps % block:
             parts.append((_regrid(compose_parts([(step, steps % block)]), coarse), 1))
         return compose_parts(parts)
-    parts = [(_step_pld(pair, h, direction_of(pair), inf_budget, optimistic), steps) for pair, steps in run]
+    # A step composed with others (or itself) needs a window as long as its grid: refuse a longer grid unformed.
+    limit = MAX_WINDOW if total > 1 else None
+    parts = [(_step_pld(pair, h, direction_of(pair), inf_budget, optimistic, limit), steps) for pair, steps in run]
     _COMPOSING.key = (run, direction)
     try:
         return compose_parts(parts)
@@ -1063,7 +1121,7 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     end of the support with nothing beyond it to balance with (the add direction's pile is its top), and a cell
     whose loss is below its grid point with nothing above is dropped whole (0.2, 0.001, 1e6: 61% of a block)."""
     pos = pld.masses > 0
-    m, losses = pld.masses[pos], pld.losses[pos]
+    m, losses = pld.masses[pos], pld.losses_at(np.flatnonzero(pos))
     if pld.optimistic:
         if not m.size:
             return DiscretePld(h=step, lo=0, masses=np.zeros(1), infinity_mass=0.0, offset=pld.offset,
