@@ -15,7 +15,15 @@ import pytest
 
 import dpaudit.bounds.pld as pld
 from dpaudit.bounds._mechanism import StepPair
-from dpaudit.bounds.pld import INF_BUDGET, MAX_WINDOW, TAIL_BOUND, WindowTooLargeError, _fold, _step_pld, compose_parts
+from dpaudit.bounds.pld import (
+    INF_BUDGET,
+    MAX_WINDOW,
+    TAIL_BOUND,
+    WindowTooLargeError,
+    _fold,
+    _step_pld,
+    compose_parts,
+)
 
 
 def test_fold_keeps_the_circular_convolution() -> None:
@@ -29,13 +37,17 @@ def test_fold_keeps_the_circular_convolution() -> None:
 
 
 @pytest.mark.parametrize("optimistic", [False, True])
-def test_folded_composition_reads_as_the_long_window(monkeypatch: pytest.MonkeyPatch, optimistic: bool) -> None:
+def test_folded_composition_reads_as_the_long_window(
+    monkeypatch: pytest.MonkeyPatch, optimistic: bool
+) -> None:
     pair, steps, h = StepPair(0.5, 1e-6, 5, "relaxed"), 10_000, 1e-4
     step = _step_pld(pair, h, "remove", INF_BUDGET / steps, optimistic)
     folded = compose_parts([(step, steps)])
     monkeypatch.setattr(pld, "FOLD_STEPS", False)
     long = compose_parts([(step, steps)])
-    assert step.masses.size >= pld.FOLD_SAVING * folded.masses.size  # the grid (68 nats) is folded onto the Chernoff window
+    assert (
+        step.masses.size >= pld.FOLD_SAVING * folded.masses.size
+    )  # the grid (68 nats) is folded onto the Chernoff window
     assert long.masses.size >= step.masses.size
     assert (folded.lo, folded.offset) == (long.lo, long.offset)
     n = folded.masses.size
