@@ -30,7 +30,9 @@ Pixel values (in this order; DICOM PS3.3 section C.11)
    units or Bq/ml) and that range differs between the files of a dataset or the frames of a file (a PET series
    with a Rescale Slope per slice, per-frame functional groups, two scanners' CT; :func:`stored_ranges_differ`),
    one stored range per file would map one modality value to different intensities: the loaders then map those
-   files' modality values jointly, as float pixel data below (``map_jointly``), and say so in a note. Values outside the
+   files' modality values jointly, as float pixel data below (``map_jointly``), and say so in a note (an identity
+   rescale counts only for CT, PET and NM, and MONOCHROME1 files keep their own stored range:
+   :func:`_has_modality_transform`). Values outside the
    window clip to 0 or 1. **Float pixel data** (Float or Double Float Pixel Data: parametric maps, e.g. ADC) have
    no stored range: without a window they are mapped with every other float image of the dataset by one affine map
    from their joint minimum and maximum (kept when all lie in [0, 1]; the rule of float TIFFs and NIfTI volumes,
@@ -424,13 +426,35 @@ def _frame_modality(ds: object, frame: int):  # -> Callable[[np.ndarray], np.nda
     return lambda a: a.astype(np.float64) * float(slope) + float(intercept)  # type: ignore[arg-type]
 
 
+#: Modalities whose modality values carry a physical unit even under an identity rescale (slope 1, intercept 0):
+#: Hounsfield units, Bq/ml, counts.
+CALIBRATED_MODALITIES = frozenset({"CT", "PT", "NM"})
+
+
 def _has_modality_transform(ds: object, frame: int) -> bool:
-    """Whether ``frame`` declares how its stored values become modality values (Rescale Slope and Intercept, a
-    Modality LUT, a Pixel Value Transformation functional group: CT and PET always do, their values are Hounsfield
-    units and Bq/ml). Without one the stored values carry no unit to agree on between files (a secondary capture,
-    classic MR), and each file keeps the map from its stored range."""
-    top = "ModalityLUTSequence" in ds or ("RescaleSlope" in ds and "RescaleIntercept" in ds)  # type: ignore[operator]
-    return top or _group_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope") is not None
+    """Whether ``frame``'s modality values carry a unit to agree on between files, so that files of one dataset
+    are mapped jointly when their stored ranges differ: it declares how its stored values become modality values
+    (a Modality LUT, a Pixel Value Transformation functional group, or Rescale Slope and Intercept: CT and PET
+    always do, their values are Hounsfield units and Bq/ml), an identity rescale (slope 1, intercept 0) counting
+    only for CT, PET and NM (an X-ray's identity rescale declares no unit). MONOCHROME1 frames (0 is white) never:
+    negated into one joint map with MONOCHROME2 frames they would share a band of it, not the whole range. Without
+    a unit the stored values have none to agree on between files (a secondary capture, classic MR, an X-ray), and
+    each file keeps the map from its stored range, as it always did."""
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":  # type: ignore[attr-defined]
+        return False
+    if "ModalityLUTSequence" in ds:  # type: ignore[operator]
+        return True
+    if _group_value(ds, frame, "PixelValueTransformationSequence", "RescaleSlope") is not None:
+        return True
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # type: ignore[operator]
+        try:
+            identity = (_first(ds.RescaleSlope) == 1.0  # type: ignore[attr-defined]
+                        and _first(ds.RescaleIntercept) == 0.0)  # type: ignore[attr-defined]
+        except (TypeError, ValueError, IndexError):  # malformed: decoding names the file as unreadable
+            identity = False
+        modality = str(ds.get("Modality", "")).strip().upper()  # type: ignore[attr-defined]
+        return not identity or modality in CALIBRATED_MODALITIES
+    return False
 
 
 def _frame_window(ds: object, frame: int) -> tuple[float, float] | None:

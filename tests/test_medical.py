@@ -249,11 +249,35 @@ def test_per_file_rescale_slope_without_a_window_maps_one_activity_to_one_intens
     w = load(tmp_path, window="0,4000")
     assert_contains(images_of(w), [np.clip(v / 4000, 0, 1)[None] for v in modality_values], atol=1e-6)
     assert not any("stored values map" in n for n in w.notes)
-    # MONOCHROME1 (0 is white): the joint map inverted.
+    # MONOCHROME1 (0 is white) never joins a joint map (negated beside MONOCHROME2 frames it would take a band of
+    # it): each file by its own stored range, inverted, as before joint maps existed.
     for i, a in enumerate(activities):
         pet_slice(tmp_path / f"s{i}.dcm", a, f"P{i}", PhotometricInterpretation="MONOCHROME1")
-    assert_contains(images_of(load(tmp_path)), [(1 - (v - lo) / (hi - lo))[None] for v in modality_values],
+    mono1 = load(tmp_path)
+    assert_contains(images_of(mono1), [(1 - (st.astype(np.float64) + 32768) / 65535)[None] for st, _ in written],
                     atol=1e-6)
+    assert not any("stored values map" in n for n in mono1.notes)
+
+
+def test_x_rays_with_an_identity_rescale_and_both_photometrics_keep_their_stored_range_maps(tmp_path: Path,
+                                                                                            rng: np.random.Generator
+                                                                                            ) -> None:
+    """DX files with Rescale Slope 1 / Intercept 0 (no unit: an X-ray's identity rescale), 12-bit MONOCHROME1 beside
+    14-bit MONOCHROME2, no window: each image spans its own stored range, as before joint maps (a joint map put the
+    MONOCHROME1 images in [0, 0.2] and the others in [0.2, 1]: the band alone would tell vendors, or classes, apart)."""
+    expected = []
+    for i in range(6):
+        mono1 = i % 2 == 0
+        bits = 12 if mono1 else 14
+        stored = rng.integers(0, 2 ** bits, (SIZE, SIZE)).astype(np.uint16)
+        dicom_file(tmp_path / f"x{i}.dcm", stored, patient=f"P{i}", bits_stored=bits, signed=False, Modality="DX",
+                   RescaleSlope=1, RescaleIntercept=0,
+                   PhotometricInterpretation="MONOCHROME1" if mono1 else "MONOCHROME2")
+        unit = stored.astype(np.float64) / (2 ** bits - 1)
+        expected.append((1 - unit if mono1 else unit)[None])
+    s = load(tmp_path)
+    assert_contains(images_of(s), expected, atol=1e-6)
+    assert not any("stored values map" in n for n in s.notes)
 
 
 def test_slices_with_one_rescale_keep_their_stored_range_map(tmp_path: Path, rng: np.random.Generator) -> None:
