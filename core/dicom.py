@@ -343,6 +343,8 @@ def _stored_range(ds: object, frame: int) -> tuple[float, float]:
     Pixel Representation allow, as signed 64-bit integers (never the pixel array's dtype, which may be unsigned or
     narrower than the range Bits Stored claims), through the frame's modality LUT."""
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)  # type: ignore[attr-defined]
+    if not 1 <= bits <= 63:  # integer pixel data hold at most 32 bits; 64 and more would overflow int64 below
+        raise ValueError(f"Bits Stored {bits} is not a valid integer pixel depth")
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1  # type: ignore[attr-defined]
     stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1], dtype=np.int64)
     ends = _frame_modality(ds, frame)(stored)
@@ -590,7 +592,12 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
                 kinds.append(("float", float(plane.min()), float(plane.max())))
                 continue
             else:
-                lo, hi = _stored_range(ds, f)
+                try:
+                    lo, hi = _stored_range(ds, f)
+                except _LUT_ERRORS as exc:
+                    raise UnreadableImageError(f"DICOM file {str(path)!r}: its stored range does not apply "
+                                               f"({type(exc).__name__}: {exc}). Fix: replace or remove the "
+                                               "file.") from None
                 plane = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
             planes.append(1.0 - plane if photometric == "MONOCHROME1" else plane)
             kinds.append(("unit", 0.0, 1.0))

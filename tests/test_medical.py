@@ -456,6 +456,22 @@ def test_voi_lut_maps_values_beyond_its_ends_to_its_end_entries(tmp_path: Path, 
     assert_contains(images_of(load(tmp_path)), [expect_wide[None], expect_float[None]])
 
 
+def test_a_bits_stored_past_63_is_an_unreadable_file_not_a_traceback(tmp_path: Path,
+                                                                     rng: np.random.Generator) -> None:
+    """Bits Stored 64 on integer pixel data (malformed: integers hold at most 32 bits) overflowed int64 in the
+    stored range the header read computes, and crashed the whole load."""
+    dicom_file(tmp_path / "b.dcm", rng.integers(0, 4096, (SIZE, SIZE)).astype(np.uint16), patient="B",
+               RescaleSlope=2, RescaleIntercept=0)
+    from pydicom import dcmread
+
+    ds = dcmread(tmp_path / "b.dcm")
+    ds.BitsStored = 64
+    ds.save_as(tmp_path / "b.dcm")
+    fillers(tmp_path, rng)
+    s = load(tmp_path)
+    assert sum(s.skipped.values()) == 1 and len(images_of(s)) == 3
+
+
 def test_float_pixel_data_with_a_modality_lut_is_unreadable(tmp_path: Path, rng: np.random.Generator) -> None:
     from pydicom.dataset import Dataset
 
