@@ -249,14 +249,16 @@ class _Report(board.BoardPages):
                 self.cell(txt.pct(adv, direction="up") if lv.private else "100%")])
         widths = [2.0] + [2.2] * len(present) + [3.1, 1.8, 1.9]  # room for "not distinguishable" unbroken
         scale = TEXT_W / (sum(widths) * cm)
-        return [Spacer(1, 8), self.para("Utility in detail and membership inference", "h2"),
-                grid(rows, [w * cm * scale for w in widths]),
-                Spacer(1, 3),
-                self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean [95% t-interval] over "
-                          f"{txt.seeds_text(self.levels)}, cut to the metric's range; "
-                          "against the non-private baseline: the difference of mean MCC with Welch's t-test "
-                          f"p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker, {unit} "
-                          "(advantage = TPR − FPR at the best threshold).", "small")]
+        # heading, table and caption on one page (a caption alone at the top of the next page reads as orphaned)
+        return [Spacer(1, 8), KeepTogether([
+            self.para("Utility in detail and membership inference", "h2"),
+            grid(rows, [w * cm * scale for w in widths]),
+            Spacer(1, 3),
+            self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean [95% t-interval] over "
+                      f"{txt.seeds_text(self.levels)}, cut to the metric's range; "
+                      "against the non-private baseline: the difference of mean MCC with Welch's t-test "
+                      f"p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker, {unit} "
+                      "(advantage = TPR − FPR at the best threshold).", "small")])]
 
     def _user_kappa_table(self) -> list:
         kappas = self.p.config.kappas
