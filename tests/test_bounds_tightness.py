@@ -479,23 +479,30 @@ def _same_epsilon_bracket(fast, plain) -> None:
     assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
 
 
-@pytest.mark.parametrize(("sigma", "q", "steps"), [(0.5, 1e-3, 10), (1.0, 1e-3, 10), (5.0, 0.1, 1000),
-                                                   (0.2, 1e-3, 1000)])
-def test_coarse_probe_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
-    # Runs composed in one level probe at 4x initial_h_run's step (its bracket decides the step it jumps to). The
-    # result and the plain route's (probe at initial_h_run's step) are both proven brackets of the same exact value,
-    # each within the 1e-4 asked for, so they overlap.
+def _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma: float, q: float, steps: int, switch: str,
+                                        off: float) -> None:
+    """epsilon of one (sigma, q) phase by the default route and with the shortcut ``switch`` of the pld module set to
+    ``off``: both proven brackets of the same exact value (:func:`_same_epsilon_bracket`)."""
     from dpaudit.bounds import pld as pld_module
     from dpaudit.bounds._mechanism import StepPair
 
     run = ((StepPair(sigma, q), steps),)
     pld_module.clear_caches()
     fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
-    monkeypatch.setattr(pld_module, "PROBE_COARSENING", 1.0)
+    monkeypatch.setattr(pld_module, switch, off)
     pld_module.clear_caches()
     plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
     pld_module.clear_caches()
     _same_epsilon_bracket(fast, plain)
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(0.5, 1e-3, 10), (1.0, 1e-3, 10), (5.0, 0.1, 1000),
+                                                   (0.2, 1e-3, 1000)])
+def test_coarse_probe_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # Runs composed in one level probe at 4x initial_h_run's step (its bracket decides the step it jumps to). The
+    # result and the plain route's (probe at initial_h_run's step) are both proven brackets of the same exact value,
+    # each within the 1e-4 asked for, so they overlap.
+    _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "PROBE_COARSENING", 1.0)
 
 
 def test_coarse_probe_brackets_the_same_gamma(monkeypatch) -> None:
@@ -650,14 +657,4 @@ def test_one_level_runs_without_probe_bracket_the_same_epsilon(monkeypatch, sigm
     # ONE_LEVEL_SMALL_WINDOW points (no coarse probe). Its result and the probe route's are both proven brackets of
     # the same exact value, each within the 1e-4 asked for, so they overlap; from sigma 0.5 to 50 at T = 1000 (and a
     # heavy-tailed step, sigma 0.2, q 1e-3, which keeps the probe) the shortcut round stands alone.
-    from dpaudit.bounds import pld as pld_module
-    from dpaudit.bounds._mechanism import StepPair
-
-    run = ((StepPair(sigma, q), steps),)
-    pld_module.clear_caches()
-    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
-    monkeypatch.setattr(pld_module, "ONE_LEVEL_SMALL_WINDOW", 0)
-    pld_module.clear_caches()
-    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
-    pld_module.clear_caches()
-    _same_epsilon_bracket(fast, plain)
+    _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "ONE_LEVEL_SMALL_WINDOW", 0)

@@ -403,17 +403,10 @@ def test_float_pixel_data_in_unit_range_kept_and_multi_frame(tmp_path: Path, rng
 
 def test_float_pixel_data_outside_monochrome2_is_unreadable_and_named(tmp_path: Path, rng: np.random.Generator,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-
     float_dicom_file(tmp_path / "inv.dcm", rng.uniform(0, 1, (SIZE, SIZE)), patient="INV", photometric="MONOCHROME1")
     fillers(tmp_path, rng)
-    log = logging.getLogger("dpaudit.data.skipped")  # the CLI may have stopped it propagating: listen on it
-    log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            s = load(tmp_path)
-    finally:
-        log.removeHandler(caplog.handler)
+    with _skip_log(caplog):
+        s = load(tmp_path)
     assert s.skipped == {"unreadable": 1}
     assert "inv.dcm" in caplog.text and "MONOCHROME2" in caplog.text
     assert not any("inv.dcm" in n for n in s.notes)
@@ -742,7 +735,6 @@ def test_dicom_files_cut_inside_their_header_are_unreadable_and_named(tmp_path: 
     """A CT file cut short inside its header (a copy interrupted at 400 bytes) parses, with force=True, to the
     elements before the cut and no pixel data: it is damaged ("unreadable", named on stderr), not a DICOM object
     without an image. Cut inside the file meta, inside an element's value, and inside the next element's tag."""
-    import logging
 
     for cls in ("normal", "nodule"):
         for p in range(3):
@@ -755,13 +747,8 @@ def test_dicom_files_cut_inside_their_header_are_unreadable_and_named(tmp_path: 
     for name, at in cuts.items():
         assert at < header_end
         (tmp_path / "nodule" / f"cut-{name}.dcm").write_bytes(whole[:at])
-    log = logging.getLogger("dpaudit.data.skipped")  # the CLI may have stopped it propagating: listen on it
-    log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            s = load(tmp_path)
-    finally:
-        log.removeHandler(caplog.handler)
+    with _skip_log(caplog):
+        s = load(tmp_path)
     assert s.skipped == {"unreadable": 3}
     named = " ".join(r.getMessage() for r in caplog.records)
     for name in cuts:
