@@ -8,7 +8,6 @@ registry and the data loaders when a configuration is built.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from dpaudit.config import (
     parse_window,
 )
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
+from dpaudit.runtime import check_device
 
 if TYPE_CHECKING:
     from dpaudit.attacks.lower_bounds import Selection
@@ -196,8 +196,7 @@ class TrainConfig:
         object.__setattr__(self, "seeds", check_int("seeds", self.seeds, fix="pass --seeds 1 or more"))
         if self.threads is not None:
             check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
-        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise invalid("device", self.device, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
+        check_device(self.device)
         # The choice of mechanism last: a value out of range in a flag the user typed is named first.
         modes = {"--epsilon": self.epsilon is not None, "--sigma": self.noise_multiplier is not None,
                  "--non-private": bool(self.non_private)}

@@ -58,7 +58,7 @@ from dpaudit.errors import (
 from dpaudit.models import build_model, check_classifier, check_dp_compatible
 from dpaudit.numfmt import upper
 from dpaudit.outputs import writable_dir
-from dpaudit.runtime import idle_cores
+from dpaudit.runtime import idle_cores, resolve_device
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "SampleMeanCrossEntropy", "TrainConfig", "TrainResult",
            "check_dp_compatible", "default_delta", "read_metrics", "train"]
@@ -198,21 +198,6 @@ def _augment(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tenso
 
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for a :attr:`TrainConfig.device` name; a CUDA device that is not there is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise invalid("device", name, "a CUDA device visible to this process (none is)",
-                          "pass --device cpu, or install a CUDA build of torch on a machine with a GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise invalid("device", name, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}",
-                          "pass an index of a visible GPU (see CUDA_VISIBLE_DEVICES)")
-    return device
 
 
 def _normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

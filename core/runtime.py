@@ -1,9 +1,16 @@
-"""Process-level settings shared by the commands that run torch: how many threads to use."""
+"""Process-level settings shared by the commands that run torch: how many threads to use, and on which device."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
+from typing import TYPE_CHECKING
+
+from dpaudit.errors import invalid
+
+if TYPE_CHECKING:
+    import torch
 
 #: How long :func:`idle_cores` watches the CPUs (seconds): long enough to see a core that another process keeps
 #: busy, short enough not to be felt at a command's start.
@@ -60,3 +67,34 @@ def idle_cores() -> int:
     except OSError:
         busy = 0.0
     return max(1, min(cores, round(cores - busy + 0.5)))
+
+
+#: The device names training and the attack take (``--device``): ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE_NAMES = r"auto|cpu|cuda(:\d+)?"
+
+
+def check_device(name: object) -> str:
+    """``name`` if it is one of :data:`DEVICE_NAMES`, else the one-line error (no torch loaded: configurations
+    check it before any work)."""
+    if not isinstance(name, str) or not re.fullmatch(DEVICE_NAMES, name):
+        raise invalid("device", name, "auto, cpu, cuda or cuda:N", "pass e.g. --device cpu")
+    return name
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``--device`` name (training and the attack): ``auto`` is the first CUDA GPU when
+    one is visible, else the CPU; a CUDA device that is not there is a clear error."""
+    import torch
+
+    check_device(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise invalid("device", name, "a CUDA device visible to this process (none is)",
+                          "pass --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise invalid("device", name, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+                          "pass an index of a visible GPU (see CUDA_VISIBLE_DEVICES)")
+    return device
