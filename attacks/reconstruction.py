@@ -46,6 +46,7 @@ from dpaudit.attacks.scoring import (
     nearest_match,
 )
 from dpaudit.errors import DataError, check_int, check_positive, invalid
+from dpaudit.runtime import resolve_device
 
 if TYPE_CHECKING:
     from dpaudit.bounds import NoiseForEpsilon
@@ -114,7 +115,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
                decoders: Sequence[str] = ("strong", "paper"), connection: str = "linear", bins: int = 10,
                max_grad_norm: float = 1.0, observations: int = 1, seed: int = 0, scoring: str = "nearest",
                epsilons: Sequence[float | None] | None = None, progress: Progress | None = None,
-               denoiser: str = "tv", gain: float = 1e-3, keep_images: int = 0) -> AttackResult:
+               denoiser: str = "tv", gain: float = 1e-3, keep_images: int = 0, device: str = "cpu") -> AttackResult:
     """Run the imprint-layer attack against ``model`` on ``images`` for every noise multiplier and decoder.
 
     Parameters
@@ -137,12 +138,19 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         Optional epsilon per noise multiplier (reported only).
     keep_images:
         Keep the ``keep_images`` best reconstructions per row (only for ``--save-images``; 0 keeps none).
+    device:
+        Where the model's forward and backward passes run (the only work on the model): ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"auto"`` (a visible GPU, else the CPU), as training's ``--device``. The model is moved
+        there for the passes and back to its own device after. The noise, the decoders and the SSIM scoring run on
+        the CPU whatever the device (NumPy; the per-image statistics come back once per image). A GPU's kernels
+        are not bitwise those of the CPU: its results differ by float32 rounding.
 
     Returns
     -------
     AttackResult
         Frozen; success rates are empirical (lower bounds on risk).
     """
+    target = resolve_device(device)  # first: a GPU that is not there is named before any work
     mean_a, std_a = _validate(images, labels, mean, std)
     sigmas = [check_positive("noise_multiplier", s, allow_zero=True) for s in noise_multipliers]
     if not sigmas:
@@ -188,7 +196,12 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
         if progress is not None:
             progress(done[0], total)
 
-    stats = image_statistics(model, block, images, labels, mean=mean_a, std=std_a, progress=tick)
+    home = next(model.parameters(), torch.empty(0)).device
+    try:
+        stats = image_statistics(model.to(target), block.to(target), images, labels, mean=mean_a, std=std_a,
+                                 progress=tick)
+    finally:
+        model.to(home)
     z = ((images.detach().float().numpy() - mean_a[:, None, None].astype(np.float32)) / std_a[:, None, None].astype(np.float32))
     z = z.reshape(n, -1)
     factor = stats.clip_factor(max_grad_norm)

@@ -190,10 +190,14 @@ def select_images(split, scenario: AttackScenario) -> tuple[torch.Tensor, torch.
     return split.images[idx], split.labels[idx]
 
 
-def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progress | None = None
-                      ) -> AttackResult:
+def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progress | None = None,
+                      device: str = "cpu") -> AttackResult:
     """Run the imprint-layer attack of ``scenario`` against a :class:`dpaudit.checkpoint.Checkpoint` on the
     training split of ``splits`` (a :class:`dpaudit.data.DatasetSplits`).
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``) is where the model's passes run, as
+    :func:`dpaudit.attacks.reconstruction.run_attack`'s; like the torch threads it says where the numbers are
+    computed, not what is attacked, so it is not part of the scenario.
 
     Returns
     -------
@@ -202,6 +206,9 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
     """
     from dpaudit.attacks.reconstruction import run_attack
     from dpaudit.checkpoint import check_task
+    from dpaudit.runtime import resolve_device
+
+    resolve_device(device)  # before the model is built: a GPU that is not there is named at once
 
     data_task = getattr(splits, "task", "classification")
     model_task = getattr(ckpt, "task", None)
@@ -233,5 +240,5 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
                         decoders=scenario.decoders, connection=scenario.connection, bins=scenario.bins,
                         max_grad_norm=clip, observations=scenario.observations, seed=scenario.seed,
                         scoring=scenario.scoring, epsilons=epsilons, progress=progress, denoiser=scenario.denoiser,
-                        keep_images=scenario.keep_images)
+                        keep_images=scenario.keep_images, device=device)
     return dataclasses.replace(result, notes=tuple(notes))

@@ -78,6 +78,9 @@ MaxImagesOpt = Annotated[int | None, typer.Option("--max-images", help="Use at m
                                                   "(demo: its size).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch threads (default: the idle cores; results "
                                                 "depend on the count in the last bits: pin it to reproduce a run).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (a CUDA GPU when visible, else the CPU), cpu, cuda or "
+                                         "cuda:N: where the model's passes run (a GPU's results differ from the "
+                                         "CPU's in the last bits).")]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="classification or segmentation (default: inferred "
                                               "from --dataset; demo-ct and msd:PATH are segmentation).")]
 BackgroundShareOpt = Annotated[float, typer.Option("--background-share", help="Segmentation: the training split "

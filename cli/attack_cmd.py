@@ -79,6 +79,7 @@ def attack(
                                                    "Opacus RDP).")] = S.accountant,
     seed: Annotated[int, typer.Option("--seed")] = S.seed,
     threads: cli.ThreadsOpt = None,
+    device: cli.DeviceOpt = "auto",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write attack.json and the SSIM-error CDF plot here."
                                                  )] = None,
     save_images: Annotated[bool, typer.Option("--save-images", help="With --out: also save the best "
@@ -95,10 +96,11 @@ def attack(
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
     from dpaudit.errors import check_int, invalid
-    from dpaudit.runtime import idle_cores
+    from dpaudit.runtime import idle_cores, resolve_device
 
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+    resolve_device(device)  # before the data load: a GPU that is not there is named at once
     # Checked before the data load (the loaders check them again): a bad value is named at once.
     if image_size is not None:
         check_int("image_size", image_size, minimum=8,
@@ -222,7 +224,7 @@ def attack(
                 err.print(f"attack: {done}/{total} done", highlight=False)
 
         torch.set_num_threads(idle_cores() if threads is None else threads)
-        result = attack_checkpoint(ckpt, splits, scenario, progress=progress)
+        result = attack_checkpoint(ckpt, splits, scenario, progress=progress, device=device)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     err.print(unit_line + "; the attack itself reconstructs single images", highlight=False)

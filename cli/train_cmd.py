@@ -33,8 +33,7 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of the first run.")] = D.seed,
     seeds: Annotated[int, typer.Option(help="Number of runs (seed, seed+1, ...); mean and std reported.")] = D.seeds,
     threads: cli.ThreadsOpt = D.threads,
-    device: Annotated[str, typer.Option(help="auto (a CUDA GPU when visible, else the CPU), cpu, cuda or cuda:N."
-                                        )] = D.device,
+    device: cli.DeviceOpt = D.device,
     out_dir: Annotated[str | None, typer.Option("--out", help="Write model.pt, metrics.json and "
                                                               "training_curve.png here.")] = D.out,
     overwrite: cli.OverwriteOpt = False,

@@ -245,3 +245,14 @@ def test_a_long_attack_shows_progress_without_a_terminal() -> None:
     assert res.exit_code == 0, res.output
     lines = [line for line in res.stderr.splitlines() if line.startswith("attack: ")]
     assert 2 <= len(lines) <= 10 and lines[-1].split()[1].split("/")[0] == lines[-1].split()[1].split("/")[1]
+
+
+def test_an_unavailable_gpu_is_one_line_naming_device(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = run("--arch", "smallcnn", "--image-size", "16", "--n-images", "2", "--sigmas", "0", "--device", "cuda")
+    assert res.exit_code == 2, res.output
+    assert "--device" in res.output and "pass --device cpu" in res.output and "Traceback" not in res.output
+    res = run("--arch", "smallcnn", "--image-size", "16", "--n-images", "2", "--sigmas", "0", "--device", "gpu")
+    assert res.exit_code == 2 and "auto, cpu, cuda or cuda:N" in res.output, res.output

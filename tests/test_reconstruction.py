@@ -604,3 +604,45 @@ def test_strong_decoder_float32_route_equals_the_float64_route(rng: np.random.Ge
     np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(fast[~todo], plain[~todo])
     assert todo.sum() == 3
+
+
+def _device_case(device: str | None) -> AttackResult:
+    kwargs = {} if device is None else {"device": device}
+    return run_attack(small_model(), pictures(16, 4), torch.arange(4) % 4, mean=MEAN, std=STD,
+                      noise_multipliers=[0.0, 1e-3, 1e-2], decoders=("strong", "paper"), **kwargs)
+
+
+def test_device_cpu_given_explicitly_gives_the_default_result_bit_for_bit() -> None:
+    default, explicit = _device_case(None), _device_case("cpu")
+    assert encode(default) == encode(explicit)  # every row's SSIM and eta, rho, successes
+    for a, b in zip(default.rows, explicit.rows, strict=True):
+        assert np.array_equal(a.ssim, b.ssim) and np.array_equal(a.eta, b.eta)
+
+
+def test_the_model_comes_back_to_its_device_and_a_missing_gpu_is_named(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_attack(model, pictures(16, 2), torch.arange(2), mean=MEAN, std=STD, noise_multipliers=[0.0], device="cpu")
+    assert all(v.device.type == "cpu" and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device must be a CUDA device visible to this process"):
+        run_attack(model, pictures(16, 2), torch.arange(2), mean=MEAN, std=STD, noise_multipliers=[0.0],
+                   device="cuda")
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N"):
+        run_attack(model, pictures(16, 2), torch.arange(2), mean=MEAN, std=STD, noise_multipliers=[0.0],
+                   device="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_results_agree_with_the_cpu_within_float32_rounding() -> None:
+    """A GPU's kernels are not bitwise the CPU's: the per-image statistics agree to float32 rounding, so the SSIM of
+    every image agrees to well under the SSIM's own resolution of success (a tolerance sized to the quantity: the
+    statistics' relative error, ~1e-5, carried through the decoders), and the successes agree except where an SSIM
+    lies within that distance of the threshold."""
+    cpu, gpu = _device_case("cpu"), _device_case("cuda")
+    assert np.allclose(gpu.rho, cpu.rho, rtol=1e-4)
+    for a, b in zip(cpu.rows, gpu.rows, strict=True):
+        assert np.allclose(a.eta, b.eta, rtol=1e-4)
+        assert np.max(np.abs(a.ssim - b.ssim)) < 1e-3, (a.noise_multiplier, a.decoder)
+        near = np.abs(a.ssim - a.success_ssim) < 1e-3
+        assert np.array_equal((a.ssim > a.success_ssim)[~near], (b.ssim > b.success_ssim)[~near])

@@ -288,7 +288,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
             decoders=config.decoders, connection=config.connection, bins=config.bins,
             observations=config.observations, seed=config.seed, include_images=config.include_images,
-            out_dir=str(out.resolve()), arch=config.arch, threads=threads))
+            out_dir=str(out.resolve()), arch=config.arch, threads=threads, device=t.train_config().device))
     attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
     stages.append(st)
 

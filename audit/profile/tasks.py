@@ -385,8 +385,8 @@ class AttackTask(_TaskBase):
     stage: ClassVar[str] = "attack"
     result_type: ClassVar[type] = AttackOutcome
     #: ``arch`` only confirms the architecture the checkpoint records (needed to rebuild the user's own code);
-    #: ``threads`` only sets how many cores compute the same numbers. Neither is part of the key.
-    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "arch", "threads")
+    #: ``threads`` and ``device`` only say where the numbers are computed. None is part of the key.
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "arch", "threads", "device")
 
     data: DataSpec
     epsilon_target: float | None
@@ -407,6 +407,8 @@ class AttackTask(_TaskBase):
     #: Under load, torch's default of every core made OpenMP threads wait on each other: an attack task of the
     #: demo profile took 37-54 s instead of about 1 s of CPU.
     threads: int | None = None
+    #: Where the model's passes run: the training runs' device (``TrainConfig.device``, ``auto``: a visible GPU).
+    device: str = "auto"
 
     def tag(self) -> str:
         return _eps_tag(self.epsilon_target)
@@ -449,7 +451,7 @@ class AttackTask(_TaskBase):
         splits = self.data.load()
         n_train = len(splits.train)
         scenario = self.scenario(n_train)
-        result = attack_checkpoint(ckpt, splits, scenario)
+        result = attack_checkpoint(ckpt, splits, scenario, device=self.device)
         sigma = scenario_noise(ckpt, scenario)[0][0]
         saved: tuple[str, ...] = ()
         if self.include_images:
@@ -507,6 +509,8 @@ class MiaAuditTask(_TrainingSpec):
     canaries: int
     confidence: float = 0.95
     threads: int | None = None
+    #: Where the model's passes run: the training runs' device (``TrainConfig.device``, ``auto``: a visible GPU).
+    device: str = "auto"
 
     def tag(self) -> str:
         return _eps_tag(self.epsilon_target)
