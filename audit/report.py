@@ -453,8 +453,9 @@ class _Report(board.BoardPages):
         env = ", ".join(f"{v.name} {v.version}" for v in p.environment)
         stages = "; ".join(f"{s.stage} {s.seconds:.0f} s ({s.tasks_run} run, {s.tasks_reused} reused)"
                            for s in p.stages)
+        where = f" Training and attack model passes ran on {esc(p.computed_on)}." if p.computed_on else ""
         out.append(self.para(f"dpaudit {esc(p.dpaudit_version)}; {esc(env)}. Profile schema version "
-                             f"{p.schema_version}. Created {esc(p.created)}.", "small"))
+                             f"{p.schema_version}. Created {esc(p.created)}.{where}", "small"))
         if stages:
             out.append(self.para(f"Stage wall times of the last invocation: {esc(stages)}.", "small"))
         return out

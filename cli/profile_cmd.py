@@ -189,6 +189,7 @@ def profile(
         "one worker process per idle core, one thread each, when two or more cores are idle; else this process on "
         "the idle cores). Results depend on the thread count in the last bits: pin it to reproduce a run; the "
         "worker processes compute what --threads 1 does.")] = None,
+    device: cli.DeviceOpt = "auto",
     overwrite: cli.OverwriteOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the per-budget summary).")] = False,
 ) -> None:
@@ -219,6 +220,9 @@ def profile(
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+    from dpaudit.runtime import resolve_device
+
+    resolve_device(device)  # a name or a GPU that is not there: before the folder is claimed and anything trains
     from dpaudit.audit.profile.run import PROFILE_OUTPUTS, PROFILE_REWRITES, profile_identity, same_profile
     from dpaudit.outputs import claim_folder
 
@@ -257,7 +261,8 @@ def profile(
                 import torch
 
                 torch.set_num_threads(threads)
-            prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads, limits=limits)
+            prof = run_profile(config, out_dir, executor=executor, progress=progress, threads=threads, limits=limits,
+                               device=device)
         finally:
             executor.close()
         if render:

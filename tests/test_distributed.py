@@ -35,7 +35,8 @@ from dpaudit.errors import ConfigError, MissingDependencyError
 TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
             seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)
 #: Keys that describe the run, not its results: compared separately or not at all.
-RUN_KEYS = {"created", "command", "stages", "environment", "seconds", "wall_seconds", "train_samples_per_second"}
+RUN_KEYS = {"created", "command", "stages", "environment", "computed_on", "seconds", "wall_seconds",
+            "train_samples_per_second"}
 
 
 def _results(profile: Profile) -> object:

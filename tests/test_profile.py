@@ -265,6 +265,32 @@ def test_threads_pin_the_training_runs_without_changing_task_keys(tmp_path) -> N
     assert res.exit_code == 2 and "threads" in res.output
 
 
+def test_device_reaches_every_model_pass_without_changing_task_keys(tmp_path, interrupted_then_resumed) -> None:
+    """--device goes to the training runs, the attack and the membership audit, but not into any task key (a
+    profile resumes on another machine, as with --threads); profile.json and the report say where the runs were
+    computed; a device that is not there stops the run before the folder is claimed."""
+    import dataclasses
+
+    from dpaudit.audit.profile.tasks import MiaAuditTask
+
+    config = ProfileConfig(**TINY)
+    auto, cpu = plan_training(config, tmp_path), plan_training(config, tmp_path, device="cpu")
+    assert [t.key() for t in auto] == [t.key() for t in cpu]
+    assert all(t.train_config().device == "cpu" for t in cpu) and all(t.train_config().device == "auto" for t in auto)
+    mia = MiaAuditTask(**{f.name: getattr(auto[0], f.name) for f in dataclasses.fields(MiaAuditTask)
+                          if hasattr(auto[0], f.name)}, canaries=4)
+    assert dataclasses.replace(mia, device="cpu").key() == mia.key()
+    assert dataclasses.replace(mia, device="cpu")._train_config(None, None).device == "cpu"
+    out, *_, prof = interrupted_then_resumed
+    assert prof.computed_on == "cpu"  # the test machines have no GPU: auto resolves to the CPU
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(out / "report.pdf").pages).split())
+    assert "model passes ran on cpu" in text
+    for bad, said in (("gpu", "auto, cpu, cuda or cuda:N"), ("cuda:7", "--device")):
+        res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "d"), "--device", bad])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "d").exists()
+
+
 def test_attack_task_runs_on_the_idle_cores_unless_threads_are_pinned(interrupted_then_resumed, monkeypatch) -> None:
     # Under load, torch's default (every core) made OpenMP threads wait on each other: the attack took 40x longer.
     import dataclasses

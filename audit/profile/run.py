@@ -98,7 +98,7 @@ def _patient_risk(privacy: PrivacyInfo, bounds: Sequence[BoundsOutcome]) -> tupl
 
 
 def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: int | None = None, *,
-                  label_names: Sequence[str] | None = None) -> list[TrainTask]:
+                  label_names: Sequence[str] | None = None, device: str = "auto") -> list[TrainTask]:
     """The training tasks of a profile: every initialisation times every privacy level times every seed
     (inits in the order given, non-private last within each). Scratch runs keep their folders and task keys."""
     data = _data_spec(config)
@@ -122,8 +122,26 @@ def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: in
                     checkpoint=str(ckpt), out_dir=str(Path(out_dir).resolve()), threads=threads, init=path,
                     init_sha256=digest, trainable=config.trainable if path is not None else "all",
                     arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm,
-                    class_weights=class_weights))
+                    class_weights=class_weights, device=device))
     return tasks
+
+
+def _computed_on(device: str, executor: Any) -> str:
+    """Where a profile's model passes run, in words: 'cpu', 'cuda:0 (NVIDIA H200)'; with a distributed executor
+    the name as given, resolved on each worker."""
+    from dpaudit.audit.profile.executor import InProcessExecutor, LocalProcessExecutor
+
+    if executor is not None and not isinstance(executor, InProcessExecutor | LocalProcessExecutor):
+        return f"{device} (resolved on each worker)"
+    from dpaudit.runtime import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return dev.type
+    import torch
+
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def _environment() -> tuple[PackageVersion, ...]:
@@ -176,7 +194,7 @@ def same_profile(config: ProfileConfig, limits: Sequence[Limit], stored: Any) ->
 
 def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: Executor | None = None,
                 progress: ProgressFn | None = None, threads: int | None = None,
-                limits: Sequence[Limit] = ()) -> Profile:
+                limits: Sequence[Limit] = (), device: str = "auto") -> Profile:
     """Run (or resume) a full profile and write ``DIR/profile.json`` (render the PDF from it with
     :func:`dpaudit.audit.report.render_report`).
 
@@ -198,6 +216,12 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     limits:
         The ethics board's limits; with any, ``profile.json`` holds the decision (:mod:`dpaudit.audit.decision`).
         Checked before any task runs.
+    device:
+        Where the training runs', the attack's and the membership audit's model passes run: ``auto`` (a visible
+        CUDA GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. A GPU's results differ from the CPU's in the last
+        bits (and so, through training, in utility); ``profile.json`` records where the runs were computed. Not
+        part of the task keys, like ``threads``. Raises :class:`~dpaudit.errors.ConfigError` for a name that is not
+        one of these or a GPU that is not visible, before any task runs.
 
     Returns
     -------
@@ -211,7 +235,10 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         if not isinstance(lim, Limit):
             raise invalid("limits", type(lim).__name__, "dpaudit.audit.decision.Limit objects")
     from dpaudit import __version__
+    from dpaudit.runtime import check_device
 
+    check_device(device)
+    computed_on = _computed_on(device, executor)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = TaskStore(out)
@@ -250,7 +277,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     stages.append(StageTime("data", time.perf_counter() - t0, 1, 0))
 
     # Stage 1: training (every level x seed).
-    train_tasks = plan_training(config, out, threads, label_names=splits.label_names)
+    train_tasks = plan_training(config, out, threads, label_names=splits.label_names, device=device)
     train_res, st = _run_stage("train", train_tasks, store, executor, progress)
     stages.append(st)
     trains = tuple(train_res[t.key()] for t in train_tasks)
@@ -288,7 +315,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             attack_epochs=attack_epochs, target_delta=r.target_delta, n_images=config.attack_images,
             decoders=config.decoders, connection=config.connection, bins=config.bins,
             observations=config.observations, seed=config.seed, include_images=config.include_images,
-            out_dir=str(out.resolve()), arch=config.arch, threads=threads, device=t.train_config().device))
+            out_dir=str(out.resolve()), arch=config.arch, threads=threads, device=device))
     attack_res, st = _run_stage("attack", attack_tasks, store, executor, progress)
     stages.append(st)
 
@@ -298,7 +325,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         batch_size=config.batch_size, physical_batch_size=config.physical_batch_size,
         max_grad_norm=config.max_grad_norm, lr=config.lr, augment_multiplicity=config.augment_multiplicity,
         target_delta=config.target_delta, canaries=config.canaries, threads=threads, arch_args=config.arch_args,
-        fix_batchnorm=config.fix_batchnorm) for eps in config.epsilons
+        fix_batchnorm=config.fix_batchnorm, device=device) for eps in config.epsilons
     ] if config.mia_audit else []
     mia_res: dict[str, Any] = {}
     if mia_tasks:
@@ -327,7 +354,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),
         mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
-        environment=_environment(), federated=federated, patient_risk=patient_risk)
+        environment=_environment(), federated=federated, patient_risk=patient_risk, computed_on=computed_on)
     profile = with_decision(dataclasses.replace(profile, checklist=build_checklist(profile)), limits)
     # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
     _write_atomic(out / "profile.json", dumps(profile))

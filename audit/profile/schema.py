@@ -774,6 +774,10 @@ class Profile(JsonResult):
     #: With the image as the unit on data whose patients have k > 1 images: each budget's epsilon and worst-case
     #: ReRo per patient (sound upper bounds, for information: the decision stays on the image). Else empty.
     patient_risk: tuple[PatientRisk, ...] = ()
+    #: Where the model passes ran (training, attack, membership audit): 'cpu', 'cuda:0 (NVIDIA H200)', or the
+    #: ``--device`` given and 'resolved on each worker' under a distributed executor. A GPU's results differ from the
+    #: CPU's in the last bits. None: written before it was recorded.
+    computed_on: str | None = None
 
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 

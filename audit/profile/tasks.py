@@ -177,7 +177,8 @@ class _TrainingSpec(_TaskBase):
             batch_size=self.batch_size, physical_batch_size=self.physical_batch_size,
             max_grad_norm=self.max_grad_norm, lr=self.lr, augment_multiplicity=self.augment_multiplicity,
             seed=self.seed, seeds=1, out=out, threads=threads, task=self.data.task,
-            background_share=self.data.background_share, class_weights=self.class_weights)
+            background_share=self.data.background_share, class_weights=self.class_weights,
+            device=getattr(self, "device", "auto"))
 
 
 @dataclass(frozen=True)
@@ -186,14 +187,16 @@ class TrainTask(_TrainingSpec):
 
     stage: ClassVar[str] = "train"
     result_type: ClassVar[type] = TrainResult
-    #: ``out_dir`` locates files; ``threads`` only sets how many cores compute the same numbers (the task key, and
-    #: so the resumable store, ignore both).
-    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "threads")
+    #: ``out_dir`` locates files; ``threads`` and ``device`` only say where the numbers are computed (the task key,
+    #: and so the resumable store, ignore them, as ``train``'s reuse of a finished run does).
+    _location_fields: ClassVar[tuple[str, ...]] = ("out_dir", "threads", "device")
 
     checkpoint: str
     out_dir: str
     #: torch intra-op threads; None lets ``train`` use the idle cores (a Dask worker passes 1: one task per core).
     threads: int | None = None
+    #: Where the model's passes run (``TrainConfig.device``; ``auto``: a visible GPU, else the CPU).
+    device: str = "auto"
     #: Weights the run starts from (None: scratch), their SHA-256 (part of the key: another file with the same
     #: name is another run), and which layers train.
     init: str | None = None
@@ -504,7 +507,7 @@ class MiaAuditTask(_TrainingSpec):
 
     stage: ClassVar[str] = "mia"
     result_type: ClassVar[type] = CanaryAuditResult
-    _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
+    _location_fields: ClassVar[tuple[str, ...]] = ("threads", "device")
 
     canaries: int
     confidence: float = 0.95
