@@ -10,44 +10,20 @@ bit for bit as well.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
 pytest.importorskip("distributed")
 
+from probe_tasks import TINY, ProbeResult, ProbeTask, attempts, map_into_store, results
 from typer.testing import CliRunner
 
 from dpaudit.audit.profile import InProcessExecutor, TaskStore, run_profile
 from dpaudit.audit.profile.distributed import DaskExecutor, TaskFailedError, make_executor
 from dpaudit.audit.profile.schema import Profile, ProfileConfig
 from dpaudit.cli.main import app
-from dpaudit.codec import encode
 from dpaudit.errors import ConfigError, MissingDependencyError
-
-# The tiny profile of tests/test_profile.py: smallcnn on 60 demo images of 16 px, one epoch, 6 attacked images.
-TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
-            seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)
-#: Keys that describe the run, not its results: compared separately or not at all.
-RUN_KEYS = {"created", "command", "stages", "environment", "computed_on", "seconds", "wall_seconds",
-            "train_samples_per_second"}
-
-
-def _results(profile: Profile) -> object:
-    def strip(obj: object) -> object:
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if k not in RUN_KEYS}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-
-    return strip(encode(profile))
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +66,10 @@ def test_local_cluster_is_loopback_only_one_thread_per_worker_no_dashboard(execu
 
 def test_same_profile_json_in_process_and_on_a_local_cluster(both_profiles) -> None:
     local, _, remote, dask_dir, _ = both_profiles
-    assert _results(remote) == _results(local)
+    assert results(remote) == results(local)
     # profile.json on disk says the same (it is what the report is rendered from).
     on_disk = Profile.from_json((dask_dir / "profile.json").read_text())
-    assert _results(on_disk) == _results(local)
+    assert results(on_disk) == results(local)
     assert [s.tasks_run for s in remote.stages] == [s.tasks_run for s in local.stages]
 
 
@@ -115,7 +91,7 @@ def test_progress_is_reported_as_each_task_completes(both_profiles) -> None:
     assert [d for s, d, _ in seen if s == "attack"] == [0, 1, 2]
 
 
-def test_cli_scheduler_flag_gives_the_same_results(both_profiles, executor, tmp_path) -> None:
+def test_cli_scheduler_flag_gives_the_sameresults(both_profiles, executor, tmp_path) -> None:
     local = both_profiles[0]
     args = ["profile", "--out", str(tmp_path / "p"), "--dataset", "demo", "--image-size", "16", "--max-images",
             "60", "--arch", "smallcnn", "--epsilons", "8", "--seeds", "1", "--epochs", "1", "--batch-size", "8",
@@ -124,85 +100,27 @@ def test_cli_scheduler_flag_gives_the_same_results(both_profiles, executor, tmp_
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["profile"] == str(tmp_path / "p" / "profile.json")
     assert "Dask cluster at tcp://127.0.0.1" in res.stderr
-    assert _results(Profile.from_json((tmp_path / "p" / "profile.json").read_text())) == _results(local)
+    assert results(Profile.from_json((tmp_path / "p" / "profile.json").read_text())) == results(local)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Failures: probe tasks (the Task protocol without the cost of training)
+# Failures: probe tasks (tests/probe_tasks.py: the Task protocol without the cost of training)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    index: int
-    square: int
-
-
-@dataclass(frozen=True)
-class ProbeTask:
-    """Records each attempt in ``folder``; ``kill`` ends its own worker process once, ``fail`` always raises."""
-
-    stage: ClassVar[str] = "probe"
-    result_type: ClassVar[type] = ProbeResult
-
-    index: int
-    folder: str
-    kill: bool = False
-    fail: bool = False
-    wait_for: int = 0
-
-    def identity(self) -> dict:
-        return {"index": self.index, "kill": self.kill, "fail": self.fail}
-
-    def key(self) -> str:
-        return f"probe-{self.index}"
-
-    def describe(self) -> str:
-        return f"probe {self.index}"
-
-    def run(self) -> ProbeResult:
-        folder = Path(self.folder)
-        (folder / f"attempt-{self.index}-{uuid.uuid4().hex}").touch()
-        marker = folder / "killed"
-        if self.kill and not marker.exists():
-            # Die only after the other tasks' results are in the driver's store (at most 400 polls): the marker
-            # lists the tasks already stored, which must never run again.
-            for _ in range(400):
-                stored = sorted(p.stem for p in (folder / "tasks").glob("probe-*.json"))
-                if len(stored) >= self.wait_for:
-                    break
-                time.sleep(0.05)
-            marker.write_text(json.dumps(stored))
-            os._exit(1)  # the worker process dies mid-task, as on an out-of-memory kill
-        if self.fail:
-            raise RuntimeError(f"probe {self.index} always fails")
-        time.sleep(0.05)
-        return ProbeResult(self.index, self.index ** 2)
-
-
-def _attempts(folder: Path, index: int) -> int:
-    return len(list(folder.glob(f"attempt-{index}-*")))
-
-
-def _map_into_store(executor, tasks, folder: Path) -> TaskStore:
-    store = TaskStore(folder)
-    executor.map(tasks, lambda task, result: store.put(task, result))
-    return store
 
 
 def test_a_killed_worker_loses_no_finished_result(executor, tmp_path) -> None:
     others = [ProbeTask(i, str(tmp_path)) for i in range(6)]
     killer = ProbeTask(99, str(tmp_path), kill=True, wait_for=len(others))
-    store = _map_into_store(executor, [killer, *others], tmp_path)
+    store = map_into_store(executor, [killer, *others], tmp_path)
     # The run completed: Dask re-scheduled the killed task, and every result is in the store.
     for task in [killer, *others]:
         assert store.get(task) == ProbeResult(task.index, task.index ** 2)
-    assert _attempts(tmp_path, 99) == 2
+    assert attempts(tmp_path, 99) == 2
     stored_before_kill = json.loads((tmp_path / "killed").read_text())
     assert stored_before_kill  # the killer died after at least one other task had been stored
     for task in others:
         if task.key() in stored_before_kill:
-            assert _attempts(tmp_path, task.index) == 1, task.key()
+            assert attempts(tmp_path, task.index) == 1, task.key()
     # A finished task is never run again: a second pass over the store runs nothing.
     pending = [t for t in [killer, *others] if store.get(t) is None]
     assert pending == []
@@ -213,11 +131,11 @@ def test_a_failing_task_is_retried_then_reported_without_losing_the_others(execu
     good = [ProbeTask(i, str(tmp_path)) for i in range(3)]
     bad = ProbeTask(7, str(tmp_path), fail=True)
     with pytest.raises(TaskFailedError) as info:
-        _map_into_store(executor, [bad, *good], tmp_path)
+        map_into_store(executor, [bad, *good], tmp_path)
     message = str(info.value)
     assert "1 of 4 task(s) failed" in message and "probe 7: RuntimeError: probe 7 always fails" in message
     assert "3 result(s) are stored" in message and "re-run the same command" in message
-    assert _attempts(tmp_path, 7) == 1 + executor.retries  # the first attempt and two retries
+    assert attempts(tmp_path, 7) == 1 + executor.retries  # the first attempt and two retries
     store = TaskStore(tmp_path)
     assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in good)
     assert store.get(bad) is None

@@ -12,11 +12,10 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
+from probe_tasks import TINY, FileTask, ProbeResult, ProbeTask, map_into_store, results
 from typer.testing import CliRunner
 
 import dpaudit.runtime
@@ -25,29 +24,11 @@ from dpaudit.audit.profile.distributed import make_executor
 from dpaudit.audit.profile.executor import LocalProcessExecutor, TaskFailedError
 from dpaudit.audit.profile.schema import Profile, ProfileConfig
 from dpaudit.cli.main import app
-from dpaudit.codec import encode
 from dpaudit.errors import ConfigError
 
-TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
-            seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)
 TINY_ARGS = ["--dataset", "demo", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn", "--epsilons",
              "8", "--seeds", "1", "--epochs", "1", "--batch-size", "8", "--attack-images", "6", "--attack-epochs",
              "1", "--no-render", "--json"]
-#: Keys that describe the run, not its results.
-RUN_KEYS = {"created", "command", "stages", "environment", "seconds", "wall_seconds", "train_samples_per_second"}
-
-
-def _results(profile: Profile) -> object:
-    def strip(obj: object) -> object:
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if k not in RUN_KEYS}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-
-    return strip(encode(profile))
-
-
 @pytest.mark.parametrize("idle, threads, kind, workers", [
     (1, None, InProcessExecutor, None),       # one idle core: this process
     (2, None, LocalProcessExecutor, 2),       # one worker process per idle core
@@ -69,7 +50,7 @@ def test_workers_that_do_not_fit_in_memory_run_in_this_process(monkeypatch, tmp_
     monkeypatch.setattr(executor, "workers_that_fit", lambda wanted: 1)
     tasks = [ProbeTask(i, str(tmp_path)) for i in range(3)]
     with LocalProcessExecutor(2) as ex:
-        store = _map_into_store(ex, tasks, tmp_path)
+        store = map_into_store(ex, tasks, tmp_path)
         assert ex._pool is None  # no process was started
     assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in tasks)
 
@@ -90,7 +71,7 @@ def test_cli_default_runs_worker_processes_with_the_results_of_one_thread(monkey
     assert "2 worker processes, one torch thread each" in res.stderr
     assert json.loads(res.stdout)["profile"] == str(pool_dir / "profile.json")
     pooled = Profile.from_json((pool_dir / "profile.json").read_text())
-    assert _results(pooled) == _results(local)
+    assert results(pooled) == results(local)
     for t in local.train:
         a = torch.load(local_dir / t.checkpoint, weights_only=True)["state_dict"]
         b = torch.load(pool_dir / t.checkpoint, weights_only=True)["state_dict"]
@@ -98,61 +79,15 @@ def test_cli_default_runs_worker_processes_with_the_results_of_one_thread(monkey
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Failures: probe tasks (the Task protocol without the cost of training)
+# Failures: probe tasks (tests/probe_tasks.py: the Task protocol without the cost of training)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    index: int
-    square: int
-
-
-@dataclass(frozen=True)
-class ProbeTask:
-    """``kill`` ends its own worker process once the other tasks are stored; ``fail`` raises."""
-
-    stage: ClassVar[str] = "probe"
-    result_type: ClassVar[type] = ProbeResult
-
-    index: int
-    folder: str
-    kill: bool = False
-    fail: bool = False
-    wait_for: int = 0
-
-    def identity(self) -> dict:
-        return {"index": self.index, "kill": self.kill, "fail": self.fail}
-
-    def key(self) -> str:
-        return f"probe-{self.index}"
-
-    def describe(self) -> str:
-        return f"probe {self.index}"
-
-    def run(self) -> ProbeResult:
-        if self.kill:
-            for _ in range(400):  # at most 400 polls for the other results to be stored in the driver
-                if len(list((Path(self.folder) / "tasks").glob("probe-*.json"))) >= self.wait_for:
-                    break
-                time.sleep(0.05)
-            os._exit(1)  # the worker process dies mid-task, as on an out-of-memory kill
-        if self.fail:
-            raise ConfigError(f"probe {self.index} always fails")
-        return ProbeResult(self.index, self.index ** 2)
-
-
-def _map_into_store(executor, tasks, folder: Path) -> TaskStore:
-    store = TaskStore(folder)
-    executor.map(tasks, lambda task, result: store.put(task, result))
-    return store
 
 
 def test_a_failing_task_raises_its_own_error_after_the_others_are_stored(tmp_path) -> None:
     good = [ProbeTask(i, str(tmp_path)) for i in range(3)]
-    bad = ProbeTask(7, str(tmp_path), fail=True)
+    bad = ProbeTask(7, str(tmp_path), fail=True, error=ConfigError)
     with LocalProcessExecutor(2) as ex, pytest.raises(ConfigError, match="probe 7 always fails"):
-        _map_into_store(ex, [bad, *good], tmp_path)
+        map_into_store(ex, [bad, *good], tmp_path)
     store = TaskStore(tmp_path)
     assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in good)
     assert store.get(bad) is None
@@ -163,21 +98,13 @@ def test_a_killed_worker_loses_no_finished_result_and_names_the_fix(tmp_path) ->
     killer = ProbeTask(99, str(tmp_path), kill=True, wait_for=len(others))
     ex = LocalProcessExecutor(2)
     with pytest.raises(TaskFailedError) as info:
-        _map_into_store(ex, [killer, *others], tmp_path)
+        map_into_store(ex, [killer, *others], tmp_path)
     message = " ".join(str(info.value).split())
     assert "a worker process died" in message and "re-run the same command" in message
     assert "--threads 1" in message
     store = TaskStore(tmp_path)
     assert all(store.get(t) == ProbeResult(t.index, t.index ** 2) for t in others)
     assert ex._pool is None  # the broken pool was shut down
-
-
-@dataclass(frozen=True)
-class FileTask(ProbeTask):
-    """A probe whose result names a file in the profile folder (as a training run names its checkpoint)."""
-
-    def files(self, result: ProbeResult) -> tuple[str, ...]:
-        return (f"out/{self.index}.bin",)
 
 
 def test_a_stored_result_is_reused_only_while_the_files_it_names_are_unchanged(tmp_path) -> None:
