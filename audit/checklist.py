@@ -80,6 +80,7 @@ def build_checklist(profile: Profile) -> Checklist:
 
     pu = profile.privacy()  # the recorded unit; profiles written before it was recorded: from records_per_patient
     per_patient = {b.epsilon_target: b.epsilon_patient for b in profile.bounds if b.epsilon_patient is not None}
+    rec = pu.record  # 'image', or 'slice' for slices of volumes
 
     def eps_delta(runs: list[TrainResult]) -> str:
         """'ε ≤ 0.9982 (target 1), ≤ 7.994 (target 8) at δ = 8e-07 (...)': achieved epsilon per budget. With the
@@ -91,10 +92,10 @@ def build_checklist(profile: Profile) -> Checklist:
         if pu.unit == "patient" and pu.records_per_patient > 1:
             parts = [(f"ε ≤ {_up(per_patient[t.epsilon_target])} per patient" if t.epsilon_target in per_patient
                       else f"ε per patient {NOT_RECORDED}")
-                     + (f" (budget ε = {fmt_eps(t.epsilon_target)} per image: achieved ε ≤ {_up(t.epsilon)} per "
-                        "image)" if t.epsilon is not None else f" (budget ε = {fmt_eps(t.epsilon_target)} per image)")
+                     + (f" (budget ε = {fmt_eps(t.epsilon_target)} per {rec}: achieved ε ≤ {_up(t.epsilon)} per "
+                        f"{rec})" if t.epsilon is not None else f" (budget ε = {fmt_eps(t.epsilon_target)} per {rec})")
                      for t in runs]
-            return ("; ".join(parts) + delta + f", per patient of up to {pu.records_per_patient} images (tight PLD "
+            return ("; ".join(parts) + delta + f", per patient of up to {pu.records_per_patient} {rec}s (tight PLD "
                     "accountant: sound upper bounds)")
         parts = [f"ε ≤ {_up(t.epsilon)} (target {fmt_eps(t.epsilon_target)})" if t.epsilon is not None else
                  f"target {fmt_eps(t.epsilon_target)}: achieved ε {NOT_RECORDED}" for t in runs]
@@ -112,11 +113,11 @@ def build_checklist(profile: Profile) -> Checklist:
     first = {}
     for t in priv:
         first.setdefault(t.epsilon_target, t)
-    unit_text = "one image" if pu.unit == "image" else f"one patient (up to {pu.records_per_patient} images)"
+    unit_text = f"one {rec}" if pu.unit == "image" else f"one patient (up to {pu.records_per_patient} {rec}s)"
     unit_item = unit_text
     if pu.image_unit_hides_patients:
-        unit_item = (f"one image ({pu.unit_flag or '--privacy-unit image'}); note: one patient has up to "
-                     f"{pu.data_records_per_patient} images in the training split, so per patient the guarantee is "
+        unit_item = (f"one {rec} ({pu.unit_flag or '--privacy-unit image'}); note: one patient has up to "
+                     f"{pu.data_records_per_patient} {rec}s in the training split, so per patient the guarantee is "
                      "weaker (per-patient ε under ε and δ)")
     optimisers = sorted({t.optimizer for t in profile.train if t.optimizer is not None})
     runs_by_init: dict[str, TrainResult] = {}
@@ -145,7 +146,7 @@ def build_checklist(profile: Profile) -> Checklist:
         ChecklistItem("clip_norm", "Clip norm C", _distinct([t.max_grad_norm for t in priv]),
                       "train[*].max_grad_norm"),
         ChecklistItem("noise_multiplier", "Noise multiplier σ",
-                      "; ".join(f"ε = {fmt_eps(e)}{' per image' if per_patient else ''}: σ = {t.noise_multiplier:.4g}"
+                      "; ".join(f"ε = {fmt_eps(e)}{f' per {rec}' if per_patient else ''}: σ = {t.noise_multiplier:.4g}"
                                 for e, t in first.items())
                       or NOT_RECORDED, "train[*].noise_multiplier"),
         ChecklistItem("batch_size", "Batch size", f"{_distinct([t.batch_size for t in priv], str)} expected (Poisson), "

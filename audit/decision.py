@@ -132,12 +132,13 @@ class Limit:
             return f"MIA TPR ≤ {_pct(self.maximum)} at FPR {_pct(self.at_fpr)}"  # type: ignore[arg-type]
         return f"{self.threat_model.replace('_', ' ')} ≤ {_pct(self.maximum)}"
 
-    def unit(self, k: int) -> str:
+    def unit(self, k: int, record: str = "image") -> str:
         """What a value checked against this limit is per: the realistic attack's success per image; a bound per
-        patient of up to ``k`` images when a patient's k images move together (k > 1), else per image."""
+        patient of up to ``k`` images when a patient's k images move together (k > 1), else per image. ``record``
+        names the record in the words (``"slice"`` for slices of volumes)."""
         if self.kind == "rero" and self.threat_model == "realistic":
-            return "per image"
-        return f"per patient of up to {k} images" if k > 1 else "per image"
+            return f"per {record}"
+        return f"per patient of up to {k} {record}s" if k > 1 else f"per {record}"
 
     def cli(self) -> list[str]:
         """The command-line flags that give this limit."""
@@ -392,6 +393,7 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     within = [(lv, b) for lv, b in private if b.within]
     names = "; ".join(lim.describe() for lim in limits)
     k = profile.privacy().records_per_patient
+    rec = profile.privacy().record
     unit_risk = (" " + image_unit_patient_risk(profile)).rstrip()
     if within:
         # Best mean MCC; equal means go to the smaller epsilon; a budget without utility ranks last.
@@ -399,10 +401,10 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
         ties = [b.budget for _, b in within if b is not best and b.mcc is not None and b.mcc == best.mcc]
         if best.mcc is None:
             best_lv, best = within[0]
-            why = (f"No utility was measured, so the most private of them, {_name(best_lv, k)}, is "
+            why = (f"No utility was measured, so the most private of them, {_name(best_lv, k, rec)}, is "
                    "recommended")
         else:
-            why = (f"Recommended: {_name(best_lv, k)}, the best utility among them (mean test MCC "
+            why = (f"Recommended: {_name(best_lv, k, rec)}, the best utility among them (mean test MCC "
                    f"{best.mcc:.3f}, {best_lv.utility['mcc'].n} seed(s))")
             if ties:
                 why += f"; {', '.join(ties)} ties with it, and the smaller ε is recommended (same utility, less risk)"
@@ -415,9 +417,9 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
                        "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
                        "is within the limit.")
         return Decision(limits, tuple(b.budget for _, b in within), best.budget,
-                        reason + _units(private, k) + unit_risk, budgets)
+                        reason + _units(private, k, rec) + unit_risk, budgets)
     reason, remedy = _none_within(private, limits, calibrate_fn, k, profile)
-    return Decision(limits, (), None, reason + _units(private, k) + unit_risk, budgets, remedy)
+    return Decision(limits, (), None, reason + _units(private, k, rec) + unit_risk, budgets, remedy)
 
 
 def image_unit_patient_risk(profile: Profile) -> str:
@@ -428,40 +430,41 @@ def image_unit_patient_risk(profile: Profile) -> str:
     if not pu.image_unit_hides_patients:
         return ""
     k = pu.data_records_per_patient
+    rec = pu.record
     from dpaudit.audit.profile.schema import fmt_eps
 
     per_image = {b.epsilon_target: b for b in profile.bounds}
     parts = []
     for r in profile.patient_risk:
         b = per_image.get(r.epsilon_target)
-        img = (f" (per image: ε ≤ {_eps(b.epsilon)}, worst case {_pct(b.at_kappa_train().worst_case, up=True)})"
+        img = (f" (per {rec}: ε ≤ {_eps(b.epsilon)}, worst case {_pct(b.at_kappa_train().worst_case, up=True)})"
                if b is not None else "")
         parts.append(f"ε = {fmt_eps(r.epsilon_target)}: ε ≤ {_eps(r.epsilon_patient)} and worst-case "
                      f"reconstruction ≤ {_pct(r.rero_worst_case, up=True)} per patient{img}")
     flag = pu.unit_flag or "--privacy-unit image"
-    return (f"Privacy unit: the image ({flag}), but one patient has up to {k} training images: every guarantee "
-            "and limit is per image, and per patient (its images moving together, tight PLD, sound upper bounds) "
+    return (f"Privacy unit: the {rec} ({flag}), but one patient has up to {k} training {rec}s: every guarantee "
+            f"and limit is per {rec}, and per patient (its {rec}s moving together, tight PLD, sound upper bounds) "
             "the guarantees are weaker" + (f": {'; '.join(parts)}." if parts else ".")
             + f" Profile without {flag} to decide per patient.")
 
 
-def _name(lv: LevelSummary, k: int) -> str:
+def _name(lv: LevelSummary, k: int, rec: str = "image") -> str:
     """A budget's name for the reason: 'ε = 8', or with the patient unit 'ε = 8 per image (ε ≤ 43.48 per
     patient)': the budget is the per-image epsilon training calibrates, the limits protect the patient."""
     if k <= 1 or not lv.private:
         return lv.label
     per_patient = lv.bounds.epsilon_patient if lv.bounds is not None else None
-    return lv.label + (f" per image (ε ≤ {_eps(per_patient)} per patient)" if per_patient is not None
-                       else " per image")
+    return lv.label + (f" per {rec} (ε ≤ {_eps(per_patient)} per patient)" if per_patient is not None
+                       else f" per {rec}")
 
 
-def _units(private: list[tuple[LevelSummary, BudgetChecks]], k: int) -> str:
+def _units(private: list[tuple[LevelSummary, BudgetChecks]], k: int, rec: str = "image") -> str:
     """With the patient as the unit: what the budgets' names mean, and each one's epsilon per patient."""
     if k <= 1:
         return ""
     per = [f"{lv.label} → ε ≤ {_eps(lv.bounds.epsilon_patient)}" for lv, _ in private
            if lv.bounds is not None and lv.bounds.epsilon_patient is not None]
-    return (f" Privacy unit: the patient (up to {k} images). Budgets are named by their per-image ε (what "
+    return (f" Privacy unit: the patient (up to {k} {rec}s). Budgets are named by their per-{rec} ε (what "
             "--epsilons sets, δ as in the table); per patient, the unit the limits protect"
             + (f": {', '.join(per)} (sound upper bounds)." if per else ", ε is larger."))
 
@@ -521,6 +524,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
     from dpaudit.numfmt import at_least, at_most
 
     lv, b = min(private, key=lambda x: x[0].epsilon_target)
+    rec = profile.privacy().record
     failing = [c for c in b.checks if not c.within]
     parts = []
     for c in failing:
@@ -530,7 +534,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         elif c.inconclusive:
             parts.append(f"{lim.describe()}: inconclusive")
         else:
-            parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} {lim.unit(k)} ({c.label})")
+            parts.append(f"{lim.describe()}: {_pct(c.value, up=c.label == LABEL_UPPER)} {lim.unit(k, rec)} ({c.label})")
     which = f"The only private one, {b.budget}," if len(private) == 1 else f"Even the most private one, {b.budget},"
     if all(c.inconclusive for c in failing):  # the sentence below says what it measured and how to decide it
         reason = "No privacy budget is shown to meet every limit."
@@ -556,7 +560,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
         remedy = Remedy(b.budget, binding, sigma, used, eps, bnd.sampling_probability, bnd.steps,  # type: ignore[union-attr]
                         epsilon_patient=eps_patient, epsilon_target=target)
         if eps_patient is not None:
-            guarantee = f"ε ≤ {_eps(eps_patient)} per patient of {k} images, ε ≤ {_eps(eps)} per image"
+            guarantee = f"ε ≤ {_eps(eps_patient)} per patient of {k} {rec}s, ε ≤ {_eps(eps)} per {rec}"
         else:
             guarantee = f"ε ≤ {_eps(eps)}"
         # sigma is a value to reach: rounded up; the budget that gives it is a value to stay below: rounded down
@@ -568,7 +572,7 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
                    "upper bounds).")
         if target is not None:
             reason += (f" To train with it, profile again with --epsilons {at_most(target)}"
-                       + (" (per image: training calibrates σ per image)" if eps_patient is not None else "")
+                       + (f" (per {rec}: training calibrates σ per {rec})" if eps_patient is not None else "")
                        + " and the rest of the configuration unchanged. Expect lower utility.")
         else:
             reason += " Expect lower utility."

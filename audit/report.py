@@ -158,13 +158,14 @@ class _Report(board.BoardPages):
         n = txt.kappa_n(self.p)
         utility = txt.utility_columns(self.p)
         pp = txt.per_patient(self.p)
-        head = ["Privacy budget ε<br/>(target per image, δ)" if pp else "Privacy budget ε<br/>(target, δ)",
+        rec = txt.record(self.p)
+        head = [f"Privacy budget ε<br/>(target per {rec}, δ)" if pp else "Privacy budget ε<br/>(target, δ)",
                 "Noise σ<br/>training",
-                "ε achieved<br/>per patient<br/>(per image; RDP)" if pp else "ε achieved<br/>(PLD; RDP)",
+                f"ε achieved<br/>per patient<br/>(per {rec}; RDP)" if pp else "ε achieved<br/>(PLD; RDP)",
                 *((f"Test MCC<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",) if utility == [("mcc", "MCC")]
                   else (f"Test {label}<br/>mean ± std" for _, label in utility)),
                 f"Worst case<br/>{txt.rero_unit(self.p)}<br/>κ = 1/{n}", f"Relaxed<br/>{txt.rero_unit(self.p)}<br/>κ = 1/{n}",
-                "Realistic<br/>attack<br/>per image", "Noise σ<br/>attack scenario"]
+                f"Realistic<br/>attack<br/>per {rec}", "Noise σ<br/>attack scenario"]
         sub = ["", "", txt.LABEL_UPPER, *([txt.LABEL_EMPIRICAL] * len(utility)), txt.LABEL_UPPER, txt.LABEL_UPPER,
                txt.LABEL_EMPIRICAL + "<br/>(decoder)", ""]
         rows: list[list] = [[self.cell(h, "head") for h in head],
@@ -179,14 +180,14 @@ class _Report(board.BoardPages):
                          "performance next to three tiers of reconstruction risk."),
                table, Spacer(1, 4),
                self.para(
-                   ("ε achieved: tight PLD accountant per patient (the k images of one patient moving together, "
-                    "the unit the risks are stated for), with the per-image value that training calibrates and "
-                    "Opacus' RDP per image in parentheses; the budget is the per-image target. " if pp else
+                   (f"ε achieved: tight PLD accountant per patient (the k {rec}s of one patient moving together, "
+                    f"the unit the risks are stated for), with the per-{rec} value that training calibrates and "
+                    f"Opacus' RDP per {rec} in parentheses; the budget is the per-{rec} target. " if pp else
                     "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). ") + "Worst case / relaxed "
                    f"({txt.rero_unit(self.p, long=True)}): highest probability that any attack reconstructs "
-                   + ("a training patient's images (the k images moving together)" if pp else "a training image")
-                   + f", for the two formal threat models, at the prior κ = 1/{n}. Realistic (per image): fraction "
-                   "of attacked training images whose best "
+                   + (f"a training patient's {rec}s (the k {rec}s moving together)" if pp else f"a training {rec}")
+                   + f", for the two formal threat models, at the prior κ = 1/{n}. Realistic (per {rec}): fraction "
+                   f"of attacked training {rec}s whose best "
                    f"reconstruction has SSIM > {self.p.success_ssim():g} under the imprint-layer attack with its strongest "
                    "decoder "
                    "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "
@@ -209,7 +210,8 @@ class _Report(board.BoardPages):
             achieved = (f"{txt.eps_up(b.epsilon)}<br/>({txt.eps_up(b.epsilon_rdp)})" if b is not None
                         else "n/a")
             if b is not None and b.epsilon_patient is not None and txt.per_patient(self.p):
-                achieved = (f"{txt.eps_up(b.epsilon_patient)} per patient<br/>({txt.eps_up(b.epsilon)} per image; "
+                achieved = (f"{txt.eps_up(b.epsilon_patient)} per patient<br/>({txt.eps_up(b.epsilon)} per "
+                            f"{txt.record(self.p)}; "
                             f"RDP {txt.eps_up(b.epsilon_rdp)})")
             worst = txt.pct(lv.worst_case, direction="up")
             relaxed = txt.pct(lv.relaxed, direction="up")
@@ -415,7 +417,7 @@ class _Report(board.BoardPages):
         out += [self.para(x, "bullet") for x in txt.limitations(self.p)]
         out.append(PageBreak())
         out.append(self.para("Glossary", "h1"))
-        rows = [[self.cell(f"<b>{esc(k)}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in txt.glossary()]
+        rows = [[self.cell(f"<b>{esc(k)}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in txt.glossary(self.p)]
         t = Table(rows, colWidths=[4.4 * cm, TEXT_W - 4.4 * cm])
         t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         out += [t, PageBreak()]

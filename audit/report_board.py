@@ -87,7 +87,8 @@ class BoardPages:
         out += [boxed(box, NOTE_BG), Spacer(1, 6)]
         unit = pu.describe() if not pu.image_unit_hides_patients else txt.image_unit_line(pu, "the decision above")
         out.append(self.para(f"<b>{esc(unit)}</b>. Reconstruction bounds are "
-                             f"{txt.rero_unit(p, long=True)} and the realistic attack's success per image, at the "
+                             f"{txt.rero_unit(p, long=True)} and the realistic attack's success per "
+                             f"{txt.record(p)}, at the "
                              "prior "
                              + (f"κ = 1/{txt.kappa_n(p)} (one training volume guessed blindly)." if p.config.segmentation
                                 else f"κ = 1/{d.n_train} (one training image guessed blindly).")))
@@ -114,7 +115,7 @@ class BoardPages:
         limits = decision.limits if decision is not None else ()
         head = ["Privacy budget", "ε achieved<br/>(PLD, δ)"]
         k = self.p.privacy().records_per_patient
-        head += [f"{esc(lim.short())}<br/>{lim.unit(k)}" for lim in limits]
+        head += [f"{esc(lim.short())}<br/>{lim.unit(k, txt.record(self.p))}" for lim in limits]
         # Segmentation: the first foreground class's Dice (liver for MSD Liver) in place of MCC.
         key, label = txt.utility_columns(self.p)[0]
         head += [f"Test {label}<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",
@@ -128,7 +129,8 @@ class BoardPages:
             if lv.bounds is not None and lv.bounds.epsilon_patient is not None and txt.per_patient(self.p):
                 # the unit the guarantee and the risk columns protect first; the per-image value named
                 eps = (f"<b>{txt.eps_up(lv.bounds.epsilon_patient)} per patient</b><br/>"
-                       f"{txt.eps_up(lv.bounds.epsilon)} per image<br/>δ = {txt.num(lv.bounds.target_delta)}")
+                       f"{txt.eps_up(lv.bounds.epsilon)} per {txt.record(self.p)}<br/>"
+                       f"δ = {txt.num(lv.bounds.target_delta)}")
             cells = [self.cell(f"<b>{txt.budget_name(self.p, lv)}</b>"), self.cell(eps)]
             checks = decision.checks_of(lv.label) if decision is not None else None
             for j, lim in enumerate(limits):

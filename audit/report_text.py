@@ -121,9 +121,38 @@ def per_patient(profile: Profile) -> bool:
     return pu.unit == "patient" and pu.records_per_patient > 1
 
 
+def _a(noun: str) -> str:
+    """'an image', 'a slice'."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
+def _unit_phrase(profile: Profile, *, other: bool = False) -> str:
+    """The privacy unit as a sentence names what an attack targets: 'a training image' ('a training slice'), or
+    with the patient as the unit 'the slices of a training patient (up to k, moving together)'; ``other``: the rest
+    of the training data the worst-case attacker knows."""
+    rec = record(profile)
+    if per_patient(profile):
+        if other:
+            return f"the {rec}s of every other training patient"
+        return (f"the {rec}s of a training patient (up to {profile.privacy().records_per_patient}, moving "
+                "together)")
+    return f"every other training {rec}" if other else f"a training {rec}"
+
+
+def _unit_used(profile: Profile) -> str:
+    """'the image was used', or per patient 'the patient's slices were used'."""
+    rec = record(profile)
+    return f"the patient's {rec}s were used" if per_patient(profile) else f"the {rec} was used"
+
+
+def record(profile: Profile) -> str:
+    """What one training record is called in the report's sentences: 'slice' (2-D slices of volumes) or 'image'."""
+    return profile.privacy().record
+
+
 def budget_name(profile: Profile, level: LevelSummary) -> str:
-    """A budget as the report names it: 'ε = 8', or 'ε = 8 per image' when the unit is the patient."""
-    return level.label + (" per image" if level.private and per_patient(profile) else "")
+    """A budget as the report names it: 'ε = 8', or 'ε = 8 per image' ('per slice') when the unit is the patient."""
+    return level.label + (f" per {record(profile)}" if level.private and per_patient(profile) else "")
 
 
 def patient_epsilon(level: LevelSummary) -> str | None:
@@ -154,18 +183,20 @@ def summary_sentence(profile: Profile, level: LevelSummary) -> str:
                 f"possible attacker (worst case, {LABEL_UPPER}, {unit})")
             if p.relaxed is not None:
                 parts[-1] += (f"; at most <b>{pct(p.relaxed, direction='up')}</b> by an attacker who does not "
-                              f"already know the image (relaxed, {LABEL_UPPER}, {unit}).")
+                              f"already know the {record(profile)} (relaxed, {LABEL_UPPER}, {unit}).")
             else:
                 parts[-1] += "."
     else:
         parts.append("Without differential privacy there is <b>no formal guarantee</b>: the strongest possible "
-                     "attacker can reconstruct every training image (worst case and relaxed: 100%, per image and per patient).")
+                     f"attacker can reconstruct every training {record(profile)} (worst case and relaxed: 100%, "
+                     f"per {record(profile)} and per patient).")
     a = level.attack
     if a is not None:
         r = a.strongest
         parts.append(
             f"A realistic attacker (malicious server with an imprint layer, {r.decoder} decoder) recovered "
-            f"<b>{pct(r.success_rate)}</b> of {r.n_images} images, per image ({LABEL_EMPIRICAL}; 95% interval "
+            f"<b>{pct(r.success_rate)}</b> of {r.n_images} {record(profile)}s, per {record(profile)} "
+            f"({LABEL_EMPIRICAL}; 95% interval "
             f"{pct(r.ci_low)} to {pct(r.ci_high)}).")
     values = utility_values(level)
     if level.utility["mcc"].mean is not None:
@@ -196,8 +227,8 @@ def headline(profile: Profile) -> str:
         f"(DP-SGD) at {len(profile.config.epsilons)} privacy budget{'s' if len(profile.config.epsilons) != 1 else ''}"
         f"{' and without privacy' if profile.config.non_private else ''}. For each budget it gives three tiers of "
         "reconstruction risk, as in Ziller et al. (2024): a <b>worst-case</b> bound (an attacker who knows "
-        "everything except whether the image was used), a <b>relaxed</b> bound (the attacker does not know the "
-        "image beforehand), and the success of a <b>realistic</b> attack that we actually ran. The bounds are "
+        f"everything except whether {_unit_used(profile)}), a <b>relaxed</b> bound (the attacker does not know "
+        f"the {record(profile)} beforehand), and the success of a <b>realistic</b> attack that we actually ran. The bounds are "
         "mathematical guarantees that hold for every attack; the realistic number shows what one of the "
         "strongest known attacks achieves in practice. Lower is better for all three."
     )
@@ -219,19 +250,21 @@ def rero_unit(profile: Profile, *, long: bool = False) -> str:
     ('per patient of up to k images' when ``long``) when a patient's k images move together (the bound is then
     computed for them), else 'per image'. The realistic attack's success is always per image."""
     if per_patient(profile):
-        return f"per patient of up to {profile.privacy().records_per_patient} images" if long else "per patient"
-    return "per image"
+        return (f"per patient of up to {profile.privacy().records_per_patient} {record(profile)}s" if long
+                else "per patient")
+    return f"per {record(profile)}"
 
 
 def mia_unit(profile: Profile) -> str:
     """The unit of the membership-inference bounds, as every MIA number names it: 'per patient' when a patient's k
     images move together (the curve is computed for them, as the ReRo bounds are), else 'per image'."""
-    return "per patient" if per_patient(profile) else "per image"
+    return "per patient" if per_patient(profile) else f"per {record(profile)}"
 
 
 def mia_sentence(profile: Profile) -> str:
-    member = (f"whether a patient's images (up to {profile.privacy().records_per_patient}, moving together) were "
-              "in the training set" if per_patient(profile) else "whether an image was in the training set")
+    rec = record(profile)
+    member = (f"whether a patient's {rec}s (up to {profile.privacy().records_per_patient}, moving together) were "
+              "in the training set" if per_patient(profile) else f"whether {_a(rec)} was in the training set")
     return (
         f"The curves show the highest true-positive rate (TPR) any membership-inference attacker can reach at each "
         f"false-positive rate (FPR), for each privacy budget, in telling {member} ({LABEL_UPPER}, "
@@ -261,7 +294,8 @@ def _patient_epsilons(profile: Profile) -> str:
         return ""
     k = profile.privacy().records_per_patient
     vals = ", ".join(f"{num(e)} → ε ≤ {eps_up(p)}" for e, p in rows)
-    return (f" Training calibrates ε per image; per patient (k = {k} images moving together, tight PLD, "
+    rec = record(profile)
+    return (f" Training calibrates ε per {rec}; per patient (k = {k} {rec}s moving together, tight PLD, "
             f"{LABEL_UPPER}) the budgets give: {vals}.")
 
 
@@ -269,9 +303,9 @@ def image_unit_line(pu: PrivacyInfo, where: str) -> str:
     """The unit line, short, when the unit is the image on data whose patients have several images and the
     per-patient risk is stated ``where`` (the decision, which the board reads): the full sentence
     (:meth:`PrivacyInfo.describe`) would say it a second time."""
-    what = "slices" if pu.data_unit == "volume" else "images"
-    return (f"privacy unit: image ({pu.unit_flag or '--privacy-unit image'}; one patient has up to "
-            f"{pu.data_records_per_patient} {what} in the training split: every guarantee is per image, and the "
+    rec = pu.record
+    return (f"privacy unit: {rec} ({pu.unit_flag or '--privacy-unit image'}; one patient has up to "
+            f"{pu.data_records_per_patient} {rec}s in the training split: every guarantee is per {rec}, and the "
             f"per-patient ones are in {where})")
 
 
@@ -288,10 +322,11 @@ def privacy_statement(profile: Profile) -> list[str]:
     t_txt = ", ".join(str(s) for s in steps) if steps else "n/a"
     method = next((b.method for b in profile.bounds), "tight")
     pu = profile.privacy()
-    unit = ("one image (add/remove adjacency: the datasets differ by the presence of one training image)"
+    rec = pu.record
+    unit = (f"one {rec} (add/remove adjacency: the datasets differ by the presence of one training {rec})"
             if pu.unit == "image" else
-            f"one patient contributing up to {pu.records_per_patient} images (add/remove adjacency at the "
-            "patient level; all of a patient's images are assumed aligned, the worst case)")
+            f"one patient contributing up to {pu.records_per_patient} {rec}s (add/remove adjacency at the "
+            f"patient level; all of a patient's {rec}s are assumed aligned, the worst case)")
     paras = [
         f"<b>Mechanism.</b> DP-SGD (Opacus): per-sample gradients clipped to norm C = {', '.join(num(x) for x in clips) or 'n/a'}, "
         f"Gaussian noise of standard deviation σ·C added to their sum, with Poisson sampling at rate q = {q_txt} "
@@ -334,7 +369,8 @@ def assumptions(profile: Profile) -> list[str]:
         f"κ = 1/N_train = 1/{n}, as in the seed paper: the attacker's blind guess succeeds with probability κ. "
         "A smaller κ (a more diverse data distribution) gives a smaller bound; the figure of the formal bounds against κ shows the "
         "dependence." + (" The user's κ values are in the table." if c.kappas else ""),
-        "Worst case: the attacker knows every other training image, the model's architecture and initialisation, "
+        f"Worst case: the attacker knows {_unit_phrase(profile, other=True)}, the model's architecture and "
+        "initialisation, "
         "all T noisy updates, and a finite candidate set containing the target. Relaxed: the same, except that "
         "the attacker does not know the direction of the target's gradient (Kaissis et al., NeurIPS 2023). Both "
         "are far stronger than any realistic attacker.",
@@ -369,27 +405,33 @@ def limitations(profile: Profile) -> list[str]:
     return out
 
 
-def glossary() -> list[tuple[str, str]]:
+def glossary(profile: Profile) -> list[tuple[str, str]]:
+    """The glossary, naming the profile's own record ('image' or 'slice') and privacy unit."""
+    rec = record(profile)
+    unit = (f"all {rec}s of one patient (up to {profile.privacy().records_per_patient})" if per_patient(profile)
+            else f"one {rec}")
     return [
         ("ε (epsilon)", "privacy budget of differential privacy; smaller is more private. Reported as the tight "
                         "PLD value at δ."),
         ("δ (delta)", "the probability with which the ε guarantee may fail; chosen well below 1/N."),
         ("σ (noise multiplier)", "standard deviation of the DP-SGD noise divided by the clip norm C."),
-        ("q (sampling probability)", "chance that an image is used in a given training step (Poisson sampling)."),
+        ("q (sampling probability)", f"chance that {_a(rec)} is used in a given training step (Poisson sampling)."),
         ("T (steps)", "number of noisy model updates released during training."),
-        ("C (clip norm)", "maximum influence (gradient norm) one image may have on one update."),
+        ("C (clip norm)", f"maximum influence (gradient norm) one {rec} may have on one update."),
         ("κ (kappa)", "success probability of the attacker's best blind guess before seeing the model."),
-        ("ReRo", "reconstruction robustness: the highest probability that any attack reconstructs a training image."),
+        ("ReRo", "reconstruction robustness: the highest probability that any attack reconstructs "
+                 f"{_unit_phrase(profile)}."),
         ("worst-case / relaxed", "the two formal threat models of the report (see Assumptions)."),
         ("realistic attack", "the imprint-layer reconstruction attack that dpaudit actually runs."),
-        ("SSIM", "structural similarity between an image and a reconstruction (1 = identical)."),
+        ("SSIM", f"structural similarity between {_a(rec)} and a reconstruction (1 = identical)."),
         ("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance. "
                 "For two classes it is measured at the decision threshold fixed on the validation split."),
         ("TPR / FPR", "true- and false-positive rates of a membership-inference attacker."),
-        ("membership inference", "deciding whether a given image (per patient: a patient's images) was in the "
-                                 "training set."),
+        ("membership inference", (f"deciding whether the {rec}s of a given patient were" if per_patient(profile)
+                                  else f"deciding whether a given {rec} was") + " in the training set."),
         ("canary", "a record inserted at random into training to measure membership leakage empirically."),
-        ("privacy unit", "what the guarantee protects: one image, or all images of one patient."),
+        ("privacy unit", f"what the guarantee protects; here {unit} (the alternative: "
+                          + (f"one {rec})." if per_patient(profile) else f"all {rec}s of one patient).")),
         ("sound upper bound", "a proven maximum of the risk (rounded up in this report)."),
         ("approximation", "a value that is not a bound."),
         ("estimate", "a statistical estimate with an interval."),

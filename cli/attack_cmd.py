@@ -15,7 +15,7 @@ from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
-from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, check_max_images, default_image_size
+from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, check_max_images, default_image_size, record_noun
 from dpaudit.numfmt import upper
 
 app = typer.Typer()
@@ -296,14 +296,14 @@ def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
     if unit.unit == "image":
         line = unit.describe()
     else:
-        what = "slices" if unit.data_unit == "volume" else "images"
+        what = f"{unit.record}s"
         line = unit.describe().replace("in the training split", f"in the training split loaded here ({n} {what})")
         if ckpt is not None and ckpt.source != "random":
             line += ("; the checkpoint does not record its training data, so this is its k only if it was trained "
                      "on the same data (a subset holds fewer images per patient): for its patient-level bound, "
                      "pass the training split's k to `dpaudit bounds --records-per-patient K`")
     return line, {"privacy_unit": unit.unit, "records_per_patient": unit.records_per_patient,
-                  "records_per_patient_from": f"the training split loaded ({n} images)"}
+                  "records_per_patient_from": f"the training split loaded ({n} {record_noun(unit.data_unit)}s)"}
 
 
 def _render(result, np) -> None:

@@ -315,10 +315,11 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
     extra = {}
     if prof.patient_risk:
         extra["patient_risk[]"] = prof.labels["patient_risk[]"]
-    labels = {"levels[].epsilon": "sound upper bound (tight PLD accountant), per image (what --epsilons sets)",
+    rec = prof.privacy().record
+    labels = {"levels[].epsilon": f"sound upper bound (tight PLD accountant), per {rec} (what --epsilons sets)",
               "levels[].epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the "
-                                          "records_per_patient images of one patient moving together (null when "
-                                          "the unit is the image)",
+                                          f"records_per_patient {rec}s of one patient moving together (null when "
+                                          f"the unit is the {rec})",
               **extra,
               "levels[].worst_case, levels[].relaxed, levels[].mia_tpr_at_fpr_1e-3": bound,
               "levels[].realistic": "empirical (a lower bound on reconstruction risk)",

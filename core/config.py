@@ -135,6 +135,17 @@ LESION_AS_PATIENT = "one patient (one lesion id: the data carry no patient ids)"
 PRIVACY_UNIT_CHOICES = ("patient", "image")
 
 
+def record_noun(data_unit: str) -> str:
+    """What one training record is called in sentences: a 2-D ``"slice"`` where the records are slices of volumes
+    (``data_unit`` ``"volume"``: segmentation data, NIfTI volumes without patient ids), else ``"image"``. Wording
+    only: JSON keys and the ``--privacy-unit image`` choice keep the word image.
+
+    >>> record_noun("volume"), record_noun("patient")
+    ('slice', 'image')
+    """
+    return "slice" if data_unit == "volume" else "image"
+
+
 @dataclass(frozen=True)
 class PrivacyUnit:
     """The unit the privacy numbers are stated for, and k = the most training images one unit contributes.
@@ -164,6 +175,12 @@ class PrivacyUnit:
         """The guarantees are per image while one patient has several training images (per patient: weaker)."""
         return self.unit == "image" and self.data_records_per_patient > 1
 
+    @property
+    def record(self) -> str:
+        """What one training record is called in sentences: ``"slice"`` (a 2-D slice of a volume) or ``"image"``.
+        Wording only: the unit's value stays ``"image"`` (``--privacy-unit image``, JSON)."""
+        return record_noun(self.data_unit)
+
     def describe(self) -> str:
         """One line for the console and the report, e.g. ``privacy unit: patient (k = 4 ...)``."""
         ids = {"patient": "patient ids", "lesion": "lesion ids, as no patient ids exist: each lesion counts as one "
@@ -180,13 +197,14 @@ class PrivacyUnit:
                     f"patient at most in the training split, {self.images_per_unit.n_units} patients)")
         why = "--privacy-unit image" if self.chosen_by == "option" else f"the data carry {ids}"
         k = self.data_records_per_patient
+        rec = self.record
+        note = "" if rec == "image" else f"one 2-D {rec} is one record; "
         if self.image_unit_hides_patients:
             # per image while one patient has several images: per patient the guarantee is weaker; said here
-            what = "slices" if self.data_unit == "volume" else "images"
-            return (f"privacy unit: image ({why}; k = 1). Note: one patient has up to {k} {what} in the training "
-                    f"split: every epsilon here is per image, and per patient ({k} {what} moving together) it is "
+            return (f"privacy unit: {rec} ({note}{why}; k = 1). Note: one patient has up to {k} {rec}s in the training "
+                    f"split: every epsilon here is per {rec}, and per patient ({k} {rec}s moving together) it is "
                     "larger")
-        return f"privacy unit: image ({why}; k = 1)"
+        return f"privacy unit: {rec} ({note}{why}; k = 1)"
 
 
 def check_records_per_patient(given: int, data_unit: str, data_max: int, *, unit: str = "patient",

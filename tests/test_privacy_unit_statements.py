@@ -274,3 +274,18 @@ def test_image_unit_states_the_per_patient_risk_once_where_the_decision_is(image
     assert "the per-patient ones are in the decision above" in page1
     console = " ".join(res.stdout.split())
     assert console.count(eps) == 1 and "the per-patient ones are in the decision below" in console
+
+
+def test_the_image_unit_on_slices_of_volumes_says_slice() -> None:
+    """Wording only: the unit's value stays "image" (JSON, --privacy-unit image), the sentences say slice."""
+    from dpaudit.audit.profile.schema import PrivacyInfo
+    from dpaudit.config import ImagesPerUnit, PrivacyUnit
+
+    info = PrivacyInfo("image", 1, data_unit="volume", chosen_by="option", n_units=4, max_images_per_unit=16)
+    unit = PrivacyUnit("image", "volume", 1, ImagesPerUnit("volume", 4, 16, 16.0, ((16, 4),)), chosen_by="option")
+    for line in (info.describe(), unit.describe()):
+        assert line.startswith("privacy unit: slice (one 2-D slice is one record;") and "16 slices" in line
+        assert "per slice" in line and "image" not in line.replace("--privacy-unit image", "")
+    assert info.unit == "image" and info.record == "slice"
+    # Images stay images.
+    assert "privacy unit: image (" in PrivacyInfo("image", 1).describe()

@@ -437,6 +437,15 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     # demo-ct is synthetic: the seed paper has no row for it, so no paper-mode appendix (an MSD Liver folder has one)
     assert "Paper mode" not in text and "17.96%" not in text
     assert "task_defaults" in text  # the configuration table lists the options that took the task's default
+    # The records are 2-D slices and the unit is the patient (a volume): the wording names them, never "image".
+    from dpaudit.audit.report_text import glossary
+
+    words = dict(glossary(prof))
+    assert words["ReRo"].endswith("reconstructs the slices of a training patient (up to 16, moving together).")
+    assert "all slices of one patient (up to 16)" in words["privacy unit"]
+    assert not any("image" in v for k, v in words.items() if k in ("ReRo", "privacy unit", "C (clip norm)", "q (sampling probability)"))
+    assert "per image" not in json.dumps(prof.labels) and "per slice" in json.dumps(prof.labels)
+    assert "reconstructs a training patient's slices" in text and "per image" not in text
 
 
 def test_profile_of_an_msd_liver_folder_has_the_paper_mode_appendix(tmp_path, rng) -> None:

@@ -21,7 +21,7 @@ from dpaudit.audit.configs import DEFAULT_CANARIES
 from dpaudit.audit.decision import Decision
 from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
-from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS
+from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS, record_noun
 from dpaudit.errors import invalid
 
 # --------------------------------------------------------------------------------------------------------------
@@ -597,6 +597,12 @@ class PrivacyInfo(JsonResult):
         return self.unit == "image" and self.data_records_per_patient > 1
 
     @property
+    def record(self) -> str:
+        """What one training record is called in sentences: ``"slice"`` (slices of volumes) or ``"image"``
+        (:func:`dpaudit.config.record_noun`; wording only, ``unit`` keeps ``"image"``)."""
+        return record_noun(self.data_unit)
+
+    @property
     def unit_flag(self) -> str | None:
         """The option that made the image the unit on data with patient ids (None: the default chose)."""
         return {"option": "--privacy-unit image", "records_per_patient": "--records-per-patient 1"}.get(
@@ -626,18 +632,20 @@ class PrivacyInfo(JsonResult):
             return (f"privacy unit: patient (up to {self.records_per_patient} images per patient in the training "
                     f"split, from {source}; every guarantee is per patient)")
         why = self.unit_flag or "the data carry no patient ids"
+        rec = self.record
+        note = "" if rec == "image" else f"one 2-D {rec} is one record; "
         if self.image_unit_hides_patients:
             k = self.data_records_per_patient
-            what = "slices" if self.data_unit == "volume" else "images"
+            what = f"{rec}s"
             ids = {"lesion": " (from the data's lesion ids: each lesion counts as one patient)",
                    "volume": " (each volume counts as one patient: the data carry no patient ids)",
                    "subject": " (from the data's BIDS subject labels)",
                    "study": " (from the data's StudyInstanceUIDs)"}.get(self.data_unit, "")
-            return (f"privacy unit: image (record-level guarantee; {why}). Note: one patient has up to {k} {what} "
-                    f"in the training split{ids}, and every guarantee here is per image: per patient, with its {k} "
+            return (f"privacy unit: {rec} ({note}record-level guarantee; {why}). Note: one patient has up to {k} {what} "
+                    f"in the training split{ids}, and every guarantee here is per {rec}: per patient, with its {k} "
                     f"{what} moving together, epsilon and the reconstruction risk are larger (shown per patient "
-                    "beside the per-image numbers)")
-        return f"privacy unit: image (record-level guarantee; {why})"
+                    f"beside the per-{rec} numbers)")
+        return f"privacy unit: {rec} ({note}record-level guarantee; {why})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -812,18 +820,19 @@ class Profile(JsonResult):
         bound = "; ".join(f"{BOUND_LABELS.get(m, m)} (method {m})" for m in methods)
         pu = self.privacy()
         k = pu.records_per_patient
-        unit = (f"per patient (the up to {k} images of one patient moving together)" if pu.unit == "patient" and k > 1
-                else "per image")
+        rec = pu.record
+        unit = (f"per patient (the up to {k} {rec}s of one patient moving together)" if pu.unit == "patient" and k > 1
+                else f"per {rec}")
         extra = {}
         if self.patient_risk:
             extra["patient_risk[]"] = (f"sound upper bounds per patient of up to {pu.data_records_per_patient} "
-                                       "images (tight PLD epsilon, worst-case ReRo): the unit is the image, these "
+                                       f"{rec}s (tight PLD epsilon, worst-case ReRo): the unit is the {rec}, these "
                                        "say how much weaker the guarantee is per patient; not decided on")
         return {
-            "train[]": "each run's own labels (epsilon_achieved: sound upper bound, per image; metrics: empirical)",
-            "bounds[].epsilon": "sound upper bound (tight PLD accountant), per image (what --epsilons sets)",
+            "train[]": f"each run's own labels (epsilon_achieved: sound upper bound, per {rec}; metrics: empirical)",
+            "bounds[].epsilon": f"sound upper bound (tight PLD accountant), per {rec} (what --epsilons sets)",
             "bounds[].epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the "
-                                        "records_per_patient images of one patient moving together",
+                                        f"records_per_patient {rec}s of one patient moving together",
             "bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)": f"{bound}; {unit}",
             **extra,
             "attacks[]": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
