@@ -658,3 +658,41 @@ def test_one_level_runs_without_probe_bracket_the_same_epsilon(monkeypatch, sigm
     # the same exact value, each within the 1e-4 asked for, so they overlap; from sigma 0.5 to 50 at T = 1000 (and a
     # heavy-tailed step, sigma 0.2, q 1e-3, which keeps the probe) the shortcut round stands alone.
     _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "ONE_LEVEL_SMALL_WINDOW", 0)
+
+
+def test_scalar_balancing_rounds_equal_the_numpy_rounds_bit_for_bit(monkeypatch, rng) -> None:
+    # _balance_shares runs its last rounds on Python floats once the window of moving cells is BALANCE_SCALAR cells
+    # or fewer: the same operations in the same order, so the shares must equal those of numpy rounds to the end
+    # bit for bit. Fractions: those of real garbled steps (sigma 0.05..50, q 1e-6..1, both directions, coarse and
+    # fine grids; sigma 5 settles slowly next to the pile), and random ones with cells asked for more than they
+    # hold (pro rata), NaN and windows that move.
+    from dpaudit.bounds import pld as pld_module
+
+    seen = []
+    original = pld_module._balance_shares
+
+    def spy(c_below, c_above):
+        seen.append((c_below.copy(), c_above.copy()))
+        return original(c_below, c_above)
+
+    monkeypatch.setattr(pld_module, "_balance_shares", spy)
+    for sigma, q in itertools.product((0.05, 0.5, 5.0, 50.0), (1e-6, 0.1, 1.0)):
+        for pair, h, direction in _step_grids(sigma, q, 10):
+            pld_module._garbled_step(pair, h, direction, pld_module.INF_BUDGET / 10)
+    monkeypatch.setattr(pld_module, "_balance_shares", original)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        c_below = rng.uniform(0.0, 0.9, n) * (rng.random(n) < 0.5)
+        c_above = rng.uniform(0.0, 0.9, n) * (rng.random(n) < 0.5)
+        c_below[rng.integers(n)] = [np.nan, 5.0, 0.0][int(rng.integers(3))]
+        seen.append((c_below, c_above))
+    scalar = 0
+    for c_below, c_above in seen:
+        fast = original(c_below, c_above)
+        monkeypatch.setattr(pld_module, "BALANCE_SCALAR", -1)  # numpy rounds only
+        plain = original(c_below, c_above)
+        monkeypatch.undo()
+        scalar += c_below.size > pld_module.BALANCE_SCALAR
+        for a, b in zip(fast, plain, strict=True):
+            assert a.tobytes() == b.tobytes()
+    assert scalar > 10  # (the windows really shrank into the scalar rounds on long grids too)
