@@ -1007,6 +1007,18 @@ FOLD_STEPS = True
 FOLD_SAVING = 1.25
 
 
+#: A composition whose whole support (sum of T_i times the per-step grid's length) is at most this many points is
+#: taken on all of it, without the Chernoff window (:func:`compose_parts`): an FFT of 4096 points costs a small
+#: fraction of the Chernoff search (about 30 numpy calls, ~0.2 ms), and nothing wraps around. The short runs'
+#: coarse settling compositions (:func:`epsilon_pld_refined`, e.g. sigma 5, q 0.1, T 10: 1490 points) are such.
+DIRECT_WINDOW = 4096
+
+
+def _whole_support(parts) -> int:
+    """The number of grid points the composition of ``parts`` ((pld, steps), steps > 0) can have mass on."""
+    return sum(s * (p.masses.size - 1) for p, s in parts) + 1
+
+
 def compose(pld: DiscretePld, steps: int) -> DiscretePld:
     """The ``steps``-fold self-composition (see :func:`compose_parts`)."""
     return compose_parts([(pld, steps)])
@@ -1029,7 +1041,12 @@ def compose_parts(parts) -> DiscretePld:
     h = parts[0][0].h
     optimistic = parts[0][0].optimistic
     chernoff_key = getattr(_COMPOSING, "key", None)
-    lo_loss, hi_loss, found = _chernoff_ends(parts, _CHERNOFF_STARTS.get(chernoff_key))
+    if _whole_support(parts) <= DIRECT_WINDOW:
+        # The whole composed support fits in a window no longer than the Chernoff search costs: compose on all of it
+        # (no mass wraps; the ends at -inf / +inf leave the window at the support's ends, below), and skip the search.
+        lo_loss, hi_loss, chernoff_key = -math.inf, math.inf, None
+    else:
+        lo_loss, hi_loss, found = _chernoff_ends(parts, _CHERNOFF_STARTS.get(chernoff_key))
     if chernoff_key is not None:
         if len(_CHERNOFF_STARTS) >= 256:  # many runs in one process (a calibration): keep it small
             _CHERNOFF_STARTS.clear()

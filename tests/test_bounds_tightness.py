@@ -660,6 +660,53 @@ def test_one_level_runs_without_probe_bracket_the_same_epsilon(monkeypatch, sigm
     _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "ONE_LEVEL_SMALL_WINDOW", 0)
 
 
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(s, q, t) for s, q, t in EXTREME_GRID if 1 < t <= 10])
+def test_composition_on_the_whole_support_reads_as_the_chernoff_window(sigma: float, q: float, steps: int) -> None:
+    # A composition whose whole support fits in DIRECT_WINDOW points is taken on all of it, without the Chernoff
+    # window. Nothing wraps there (the exact convolution up to FFT round-off); the Chernoff window's differs from it
+    # by mass below TAIL_BOUND per side. Both ends of the bracket read the same epsilon, to 1e-5 relative at delta
+    # 1e-10 (where the round-off of a window up to 10x longer moves the read: 3e-6 seen) and to 1e-9 at 1e-5, with
+    # the same total Q-mass, on the per-step PLDs of the extreme grid's short runs that take the shortcut.
+    from dpaudit.bounds import pld as pld_module
+
+    taken = 0
+    for pld in _step_plds(sigma, q, steps):
+        parts = [(pld, steps)]
+        whole = pld_module._whole_support(parts)
+        if whole > pld_module.DIRECT_WINDOW:
+            continue
+        taken += 1
+        fast = pld_module.compose_parts(parts)
+        direct, pld_module.DIRECT_WINDOW = pld_module.DIRECT_WINDOW, 0
+        try:
+            plain = pld_module.compose_parts(parts)
+        finally:
+            pld_module.DIRECT_WINDOW = direct
+        assert fast.lo == steps * pld.lo and fast.masses.size >= whole
+        for delta, rel in ((1e-5, 1e-9), (1e-10, 1e-5), (0.3, 1e-9)):
+            if pld.optimistic:
+                a, b = fast.epsilon_lower(delta), plain.epsilon_lower(delta)
+            else:
+                a, b = fast.epsilon(delta), plain.epsilon(delta)
+            assert a == pytest.approx(b, rel=rel, abs=1e-12)
+        assert float(fast.masses.sum()) == pytest.approx(float(plain.masses.sum()), rel=1e-12, abs=1e-15)
+    if sigma >= 2.0 and q < 1.0:
+        assert taken  # (the coarse grids of short runs at large sigma do take it)
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(0.05, 1e-6, 10), (0.05, 0.1, 1), (0.05, 0.1, 10),
+                                                   (0.05, 1.0, 1), (1.0, 0.1, 1), (1.0, 0.1, 10), (1.0, 1.0, 1),
+                                                   (2.0, 0.1, 10), (5.0, 1e-3, 10), (5.0, 0.1, 10),
+                                                   (50.0, 1e-6, 10), (50.0, 0.1, 1), (50.0, 1.0, 1),
+                                                   (1.0, 0.1, 1_000_000), (50.0, 0.1, 1_000_000)])
+def test_short_compositions_on_the_whole_support_bracket_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # epsilon with short compositions taken on their whole support (DIRECT_WINDOW: the add direction's coarse
+    # settling grid at T = 10, or both ends at T = 1..10 on short per-step grids) and with every composition in its
+    # Chernoff window: both proven brackets of the same exact value, within the 1e-4 asked for (long runs, which
+    # never take the shortcut, included as a check that nothing else moved).
+    _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "DIRECT_WINDOW", 0)
+
+
 def test_scalar_balancing_rounds_equal_the_numpy_rounds_bit_for_bit(monkeypatch, rng) -> None:
     # _balance_shares runs its last rounds on Python floats once the window of moving cells is BALANCE_SCALAR cells
     # or fewer: the same operations in the same order, so the shares must equal those of numpy rounds to the end
