@@ -743,3 +743,23 @@ def test_scalar_balancing_rounds_equal_the_numpy_rounds_bit_for_bit(monkeypatch,
         for a, b in zip(fast, plain, strict=True):
             assert a.tobytes() == b.tobytes()
     assert scalar > 10  # (the windows really shrank into the scalar rounds on long grids too)
+
+
+@pytest.mark.parametrize("threat_model", ["worst_case", "relaxed"])
+def test_pile_scan_in_two_calls_finds_the_one_call_boundary(monkeypatch, threat_model: str) -> None:
+    # _pile_cell scans the first PILE_SCAN_FIRST positions first and the rest only without a hit there: each
+    # position's loss is its own, so the boundary is the one-call scan's, bit for bit (sigma 0.05..50, q 1e-6..0.99,
+    # k 1 and 3, both directions, grid steps 1e-4..0.5 nats; with the default split and one after 8 positions).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    for sigma, q, k, h in itertools.product((0.05, 1.0, 50.0), (1e-6, 0.1, 0.99), (1, 3), (1e-4, 0.03, 0.5)):
+        pair = StepPair(sigma, q, k, threat_model)
+        for direction, end in (("remove", pair.min_loss), ("add", -pair.min_loss)):
+            monkeypatch.setattr(pld_module, "PILE_SCAN_FIRST", pld_module.PILE_SCAN.size)
+            whole = pld_module._pile_cell(pair, direction, h, end)
+            for first in (8, None):  # (8: the hit lies in the second call's part; None: the default split)
+                monkeypatch.undo()
+                if first is not None:
+                    monkeypatch.setattr(pld_module, "PILE_SCAN_FIRST", first)
+                assert pld_module._pile_cell(pair, direction, h, end) == whole
