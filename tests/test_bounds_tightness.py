@@ -745,6 +745,31 @@ def test_scalar_balancing_rounds_equal_the_numpy_rounds_bit_for_bit(monkeypatch,
     assert scalar > 10  # (the windows really shrank into the scalar rounds on long grids too)
 
 
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(s, q, t) for s, q, t in EXTREME_GRID if t in (10, 1000)])
+def test_lower_epsilon_read_from_the_upper_end_equals_the_doubling_read(sigma: float, q: float, steps: int) -> None:
+    # epsilon_lower given the upper end (near=) reads a first chunk reaching just below it instead of doubling from
+    # 4096 atoms: only the chunks' extents change, so the bound is the same up to the round-off of the carries
+    # (1e-12 relative), wherever near lies (the upper end, a bracket 1% wide, beyond either end of the window, inf).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    h = pld_module.initial_h_run(run)
+    directions = ("remove",) if q == 1.0 else ("remove", "add")
+    pld_module.clear_caches()
+    try:
+        for direction in directions:
+            upper = pld_module.composed_run(run, h, direction)
+            lower = pld_module.composed_run(run, h, direction, True)
+            for delta in (1e-5, 1e-10):
+                plain = lower.epsilon_lower(delta)
+                e = upper.epsilon(delta)
+                for near in (e, 0.99 * e, e + 1e3, -1e3, math.inf, None):
+                    assert lower.epsilon_lower(delta, near=near) == pytest.approx(plain, rel=1e-12, abs=1e-15)
+    finally:
+        pld_module.clear_caches()
+
+
 @pytest.mark.parametrize("threat_model", ["worst_case", "relaxed"])
 def test_pile_scan_in_two_calls_finds_the_one_call_boundary(monkeypatch, threat_model: str) -> None:
     # _pile_cell scans the first PILE_SCAN_FIRST positions first and the rest only without a hit there: each
