@@ -892,33 +892,50 @@ def _left_cut(pair: StepPair, budget: float, direction: str) -> float:
 
 # -- composition ------------------------------------------------------------------------------------------------------
 
-#: The Chernoff optimum is located on a copy of each per-step PLD summed into at most this many bins; the bound
-#: itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_ends`).
+#: The Chernoff optimum is located on a copy of each per-step PLD summed into at most about this many bins (see
+#: :func:`_mgf_bins`); the bound itself is then evaluated with the exact discrete MGF (see :func:`_chernoff_ends`).
 MGF_BINS = 512
 
 
-def _mgf_bins(pld: DiscretePld) -> tuple[np.ndarray, np.ndarray, float]:
-    """The per-step PLD's masses summed into at most ``MGF_BINS`` bins: (log mass, loss of each bin's lowest atom,
-    the bins' width less one grid step), for :func:`_log_mgf_binned`."""
-    m = pld.masses
-    width = -(-m.size // MGF_BINS)
-    nb = -(-m.size // width)
-    sums = np.zeros(nb * width)
-    sums[:m.size] = m
-    sums = sums.reshape(nb, width).sum(axis=1)
-    first = pld.offset + pld.h * (pld.lo + width * np.arange(nb))
-    with np.errstate(divide="ignore"):
-        return np.log(sums), first, pld.h * (width - 1)
+def _mgf_bins(pld: DiscretePld) -> tuple[np.ndarray, np.ndarray]:
+    """The per-step PLD's atoms grouped into bins of consecutive atoms, each bin's mass at its mean loss: (log mass,
+    mean loss of each bin), for :func:`_log_mgf_binned`. A bin ends every (grid length / (MGF_BINS / 2)) grid
+    points and every 1 / (MGF_BINS / 2) of the mass (at most MGF_BINS + 1 bins); up to MGF_BINS atoms stay as they are.
+
+    Only the location of the Chernoff optimum depends on this copy (each end is then the exact Chernoff bound at
+    the lambdas found, sound whichever they are). At the bins' mean losses the copy has the exact mean and loses
+    only the spread inside each bin; the mass-share bins resolve a bulk narrower than one equal-width bin. Bins of
+    equal width each placed at its end in the direction of lambda (the copy used before) moved a bulk within 5e-3
+    nats of the pile by up to a bin's width (0.1 nats) at every step, T times over: at sigma 1, q 1e-4, k 10,
+    T 1e6 the optimum went to the largest lambda and the window's lower end to -278 nats where -10.3 holds (an FFT
+    window 9x longer than needed, 2.2 s of a 2.5 s bound)."""
+    pos = np.flatnonzero(pld.masses > 0)
+    if not pos.size:  # no finite mass (everything at +infinity, or dropped)
+        return np.full(1, -math.inf), np.full(1, pld.offset)
+    m = pld.masses[pos]
+    losses = pld.losses_at(pos)
+    if pos.size <= MGF_BINS:
+        return np.log(m), losses
+    half = MGF_BINS // 2
+    width = -(-pld.masses.size // half)
+    below = np.cumsum(m)
+    below = (below - m) / below[-1]  # the share of the mass below each atom
+    share_bin = np.minimum((below * half).astype(np.int64), half - 1)
+    starts = np.flatnonzero(np.concatenate([[True], (np.diff(pos // width) != 0) | (np.diff(share_bin) != 0)]))
+    sums = np.add.reduceat(m, starts)
+    # Each bin's mean loss, measured from its lowest atom (no cancellation against a large offset).
+    first = losses[starts]
+    rel = losses - np.repeat(first, np.diff(np.append(starts, pos.size)))
+    return np.log(sums), first + np.add.reduceat(m * rel, starts) / sums
 
 
 def _log_mgf_binned(pld: DiscretePld, lams: np.ndarray, bins: tuple | None = None) -> np.ndarray:
-    """log E[e^{lam L}] at each (signed) lam of a copy of the discrete PLD whose masses are summed into at most
-    ``MGF_BINS`` bins, each placed at its end in the direction of lam: an upper bound on the exact MGF (within a
-    factor e^{|lam| w} for bins w wide), used only to locate the Chernoff optimum. ``bins``: :func:`_mgf_bins` of
-    ``pld``, when already formed."""
-    log_m, first, span = _mgf_bins(pld) if bins is None else bins
-    edge = np.where(lams[:, None] > 0, first[None, :] + span, first[None, :])
-    return _logsumexp_rows(log_m[None, :] + lams[:, None] * edge)
+    """log E[e^{lam L}] at each (signed) lam of the binned copy of the discrete PLD (:func:`_mgf_bins`: each bin's
+    mass at its mean loss, so at most the exact MGF, by Jensen, and close to it where the bins are narrow against
+    1 / |lam|), used only to locate the Chernoff optimum. ``bins``: :func:`_mgf_bins` of ``pld``, when already
+    formed."""
+    log_m, at = _mgf_bins(pld) if bins is None else bins
+    return _logsumexp_rows(log_m[None, :] + lams[:, None] * at[None, :])
 
 
 def _log_mgf(pld: DiscretePld, lams: np.ndarray) -> np.ndarray:
@@ -969,7 +986,7 @@ def _chernoff_ends(parts, start: tuple[int, int] | None = None) -> tuple[float, 
                 int(lo_idx[int(np.argmin((total[n:] - log_tau) / lams[lo_idx]))]))
 
     # Each side's u is unimodal in lam: K is convex with K(0) <= 0 (a log-MGF; the binned copy is one too, of a fixed
-    # law per side), so lam K' - K - log tau, the sign of u', only grows. The minimum over all 31 lambdas is
+    # law), so lam K' - K - log tau, the sign of u', only grows. The minimum over all 31 lambdas is
     # therefore found from any range of them that holds it inside: a lambda whose u is at most its neighbours' is the
     # minimum (the first of equal ones, as argmin over all 31 takes). With a ``start``, CHERNOFF_REACH lambdas below
     # and above it are tried first; a side without one, or whose minimum lies at the edge of that range, is searched
