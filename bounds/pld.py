@@ -309,11 +309,22 @@ class DiscretePld:
         (garbled) PLD: every atom's Q-mass is lowered and its P-mass raised by the FFT round-off guard, the mass the
         composition may have wrapped from below its window to the top (``slack``) is subtracted, and gamma >=
         alpha (a blind test) holds for every pair."""
+        return self.power_lower_and_guard(alpha)[0]
+
+    def power_lower_and_guard(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`power_lower`, and how much of it the round-off guard takes: the same read with the guard 0, less
+        the guarded one (>= 0). That share stays about the same on any finer grid (the guard, ``noise_guard``, is
+        ulps of the largest mass, which falls as h, over the atoms read, which grow as 1 / h), unlike the
+        discretisation's part of a bracket (h^2): :func:`refine` reads it to tell whether a finer round can help."""
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        nu = self.noise_guard
         m, losses, _ = self._top(float(alpha.max()))
+        guarded, plain = (self._np_lower(alpha, m, losses, nu) for nu in (self.noise_guard, 0.0))
+        return guarded, np.maximum(plain - guarded, 0.0)
+
+    def _np_lower(self, alpha: np.ndarray, m: np.ndarray, losses: np.ndarray, nu: float) -> np.ndarray:
+        """:meth:`power_lower` on the top atoms ``m`` (from :meth:`_top`) with the round-off guard ``nu``."""
         qm = np.maximum(m - nu, 0.0)
         with np.errstate(over="ignore", divide="ignore"):  # an atom of mass 0 (past 1e11 steps): log -inf, P-mass 0
             pm = np.exp(np.log(m + nu) - losses)
@@ -1392,8 +1403,8 @@ SMALL_WINDOW = 1 << 15
 ONE_LEVEL_SMALL_WINDOW = 1 << 16
 
 
-#: A round of :func:`refine` whose finer grid narrowed no open bracket by this factor (the discretisation's h^2 law
-#: promises 1.9x or more) has reached the floating-point floor: the refinement stops there.
+#: :func:`refine` stops where the next round is not expected to narrow any open bracket by this factor (the
+#: discretisation's h^2 law promises 1.9x or more; round-off allowances do not narrow): see :func:`_stalled`.
 STALL_SHRINK = 1.3
 #: Where the first round is a probe (see :func:`refine`), it is taken this many times coarser than
 #: :func:`initial_h_run`'s grid step.
@@ -1435,13 +1446,59 @@ def _as_run(pair_or_run, steps: int | None) -> tuple[tuple[StepPair, int], ...]:
     return tuple(pair_or_run)
 
 
+def _same_route(run: tuple[tuple[StepPair, int], ...], h: float) -> bool:
+    """Whether :func:`composed_run` composes ``run`` the same way (one level, or two with the same blocks) at grid
+    step h and at every step :func:`refine`'s next round may take (h / 1.25 to h / ``MAX_JUMP``)."""
+    here = _block_size(run, h)
+    return all(_block_size(run, h / f) == here for f in (1.25, 2.0, 4.0, MAX_JUMP))
+
+
+def _stalled(gap: np.ndarray, floor: np.ndarray | None, last_gap: np.ndarray | None, ok: np.ndarray,
+             same_route: bool = True) -> bool:
+    """Whether no open bracket (``gap`` wide; ``ok`` marks the closed ones) would narrow by ``STALL_SHRINK`` in any
+    round :func:`refine` may take next (the grid step refined by up to ``MAX_JUMP``): then it stops with the sound
+    bracket it has.
+
+    With ``floor`` (the part of each bracket that a finer grid does not narrow: the FFT round-off guard of the lower
+    end, ulps of the largest mass, which falls as h, over the atoms a read crosses, which grow as 1 / h) the next
+    round is predicted: the rest of the bracket, the discretisation's, closes as h^2 (both ends are second order),
+    so the next bracket is at best about (gap - floor) / MAX_JUMP^2 + floor. Without it, the last round's narrowing
+    judges: a bracket that a finer grid left nearly as wide (the h^2 law promises 1.9x or more for a round of 1.37x)
+    has met a floor. The observed narrowing is noisy at the floor: sigma 1, q 1e-5, k 5, relaxed, T 1e6, kappa 1e-6,
+    the bracket 1.6e-3 relative wide, 1.5e-3 of it guard, narrowed 1.33x by chance and took a third round of 7e6
+    points for 1.6e-3 again; the prediction stops after the second.
+
+    Either way the first round is never the last while a bracket is open (``last_gap`` None): the guard follows the
+    round-off measured in each composition, which moves by up to 2x from one composition to the next, and the best
+    ends of two rounds narrow a bracket that one round's draw held open (sigma 1, q 1e-6, T 1e6, kappa 1e-6:
+    2.3e-3 relative, 2.1e-3 of it guard, then 1.9e-3).
+
+    ``same_route``: whether every finer round refine may take composes the way this one did. Where it does not (a
+    long run whose next round composes in two levels: its last window several times shorter, its round-off and
+    guard 100x smaller), the floor says nothing of the next round's, and the observed narrowing judges instead
+    (sigma 5, q 1e-5, k 5, relaxed, T 1e6, kappa 1e-6: 1.1e-3 relative, all of it guard, then 1e-5 in two levels).
+    """
+    if last_gap is None:
+        return False
+    open_ = ~ok
+    if floor is not None and same_route:
+        held = np.minimum(floor, gap)
+        predicted = (gap - held) / MAX_JUMP**2 + held
+        with np.errstate(invalid="ignore"):
+            return bool(np.all(~open_ | (gap < STALL_SHRINK * predicted)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shrink = last_gap / gap
+    return bool(np.all(~open_ | (shrink < STALL_SHRINK)))
+
+
 def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol: float = 1e-12,
            max_halvings: int = 6, start: float | None = None) -> Refined:
     """Refine the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).
 
     ``evaluate(h)`` returns an array of sound upper bounds computed at grid step h (monotone in h: nesting), or a
     pair (upper, lower, trust) with sound lower bounds and a mask ``trust`` of the entries whose lower bound is
-    meant to converge. Converged: for trusted entries, upper - lower is within tolerance (a proven bracket); for
+    meant to converge, or (upper, lower, trust, floor) with ``floor`` the part of each bracket that a finer grid
+    does not narrow (a round-off allowance, about the same at every h). Converged: for trusted entries, upper - lower is within tolerance (a proven bracket); for
     the others, two nested grids agree within tolerance. From a bracket too wide the step jumps to where h^2
     closes it; otherwise it halves. The first grid step is :func:`initial_h_run`'s, or a finer one where the
     windows stay small (``SMALL_WINDOW``). ``start``: the first grid step instead (e.g. the one another bound of the
@@ -1481,14 +1538,15 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     def call(hh: float):
         got = evaluate(hh)
         if isinstance(got, tuple):
-            up, lo, trust = got
-            return np.asarray(up, dtype=float), np.asarray(lo, dtype=float), np.asarray(trust, dtype=bool)
+            up, lo, trust, *held = got
+            return (np.asarray(up, dtype=float), np.asarray(lo, dtype=float), np.asarray(trust, dtype=bool),
+                    np.asarray(held[0], dtype=float) if held else None)
         up = np.asarray(got, dtype=float)
-        return up, None, np.zeros(up.shape, dtype=bool)
+        return up, None, np.zeros(up.shape, dtype=bool), None
 
     for attempt in range(COARSEN_ATTEMPTS + 1):
         try:
-            upper, lower, trust = call(h)
+            upper, lower, trust, floor = call(h)
             break
         except WindowTooLargeError:
             # A coarser grid is still sound (only looser): widen h until the composed window fits.
@@ -1512,18 +1570,6 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             ok = np.where(trust, bracket_ok, nested_ok)
         if np.all(ok):
             return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
-        if lower is not None and last_gap is not None and np.all(ok | trust):
-            # A finer grid that left every open bracket nearly as wide (it should close as h^2: a round refines h by
-            # 1.37x or more, so 1.9x narrower) has met the floating-point floor, not the discretisation: at small q
-            # and long runs the lower end's FFT round-off guard (noise_guard: T ulp per atom, summed over the atoms
-            # a read at a small kappa or delta crosses) stays the same at every h (sigma 1, q 1e-6, T 1e6, kappa
-            # 1e-6: the bracket 2.2e-3 then 1.8e-3 relative wide, then noise). Further rounds cost 3x more each and
-            # narrow nothing: stop with the bracket as it is (sound at both ends; its width says how wide).
-            with np.errstate(invalid="ignore", divide="ignore"):
-                shrink = last_gap / gap
-            if np.all(ok | (shrink < STALL_SHRINK)):
-                return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
-        last_gap = gap if lower is not None else None
         # Nested grids (entries without a trusted bracket) halve h, except right after a coarsened probe, which
         # goes straight back to initial_h_run's step.
         factor = 2.0 if max_jump == MAX_JUMP else max(2.0, coarsened)
@@ -1535,6 +1581,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
                 need = np.sqrt(gap / (0.7 * rtol * np.abs(upper)))
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
             factor = min(max(1.15 * need, 1.25), max_jump)
+            if _stalled(gap, floor, last_gap, ok, _same_route(run, h)):
+                return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
+        last_gap = gap if lower is not None else None
         max_jump = MAX_JUMP
         while True:
             try:
@@ -1551,10 +1600,14 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
         coarse = upper
         # Every round's ends are sound, so the best of each is too: the smaller upper end and the larger lower end
         # (round-off, not the discretisation, can make a finer grid's end a little worse: see STALL_SHRINK).
-        new_upper, new_lower, trust = finer
+        new_upper, new_lower, trust, new_floor = finer
         # (only where a proven bracket says how close it is: a nested-grid estimate compares this round's own value
         # with the last one, and the smaller of the two would read as converged, error 0)
         upper = np.where(trust, np.fmin(upper, new_upper), new_upper)
+        if floor is not None and new_floor is not None and lower is not None and new_lower is not None:
+            floor = np.where(new_lower >= lower, new_floor, floor)  # the guard's part of the lower end kept
+        else:
+            floor = new_floor
         lower = None if new_lower is None else (new_lower if lower is None else np.fmax(lower, new_lower))
         h /= factor
     # Not converged within max_halvings: the finest value stands (sound), with its honest error.

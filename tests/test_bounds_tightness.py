@@ -813,3 +813,76 @@ def test_chernoff_window_is_near_the_exact_mgfs_best(sigma, q, steps, k, threat_
         ref_hi = float(np.min((total[:lams.size] - log_tau) / lams))
         ref_lo = -float(np.min((total[lams.size:] - log_tau) / lams))
         assert hi - lo <= 1.2 * (ref_hi - ref_lo)
+
+
+@pytest.mark.parametrize("floor", [0.0, 1e-4, 2e-3, 1e-2])
+def test_refine_stops_only_where_no_finer_round_narrows_the_bracket(floor) -> None:
+    # A model bracket: the discretisation's part closes as h^2 (1e-3 h^2 either side), ``floor`` (a round-off
+    # allowance) stays at every h. refine must go on while a finer round (up to MAX_JUMP) would narrow the open
+    # bracket by STALL_SHRINK, and may stop only once it would not (or the bracket is within rtol).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    rounds = []
+
+    def evaluate(h):
+        rounds.append(h)
+        return (np.array([1.0 + 1e-3 * h * h]), np.array([1.0 - 1e-3 * h * h - floor]), np.array([True]),
+                np.array([floor]))
+
+    rtol = 5e-4
+    got = pld_module.refine(StepPair(1.0, 0.01), 1000, evaluate, rtol=rtol, max_halvings=20, start=10.0)
+    gap = float(got.value[0] - got.lower[0])
+    disc = gap - floor
+    if gap > rtol * float(got.value[0]):
+        # Stopped with the bracket open: no round refining h by up to MAX_JUMP narrows it by STALL_SHRINK.
+        assert gap < pld_module.STALL_SHRINK * (disc / pld_module.MAX_JUMP ** 2 + floor)
+        assert floor > 0
+    # ... and where it was within reach it went on: the round before the last did not already qualify (the first
+    # round is never the last while the bracket is open: one round's round-off draw can hold it open).
+    if len(rounds) > 2:
+        before = 2e-3 * rounds[-2] ** 2 + floor
+        assert before > rtol * (1.0 + 1e-3 * rounds[-2] ** 2)
+        assert before >= pld_module.STALL_SHRINK * (2e-3 * rounds[-2] ** 2 / pld_module.MAX_JUMP ** 2 + floor)
+
+
+@pytest.mark.parametrize(("sigma", "q", "k", "threat_model"),
+                         [(1.0, 1e-5, 5, "relaxed"), (1.0, 1e-5, 10, "relaxed"),
+                          (5.0, 1e-5, 5, "relaxed"),
+                          pytest.param(0.5, 1e-6, 1, "worst_case", marks=pytest.mark.slow)])
+def test_tight_gamma_stops_at_the_round_off_floor_with_a_sound_bracket(monkeypatch, sigma, q, k, threat_model
+                                                                       ) -> None:
+    # At small q and T 1e6 the bracket at kappa 1e-6 is held open by the lower end's round-off guard (1e-3 to 1e-2
+    # relative), which no finer grid narrows. The refinement stops only where the part of the bracket left to the
+    # discretisation is too small for any finer round to narrow it by STALL_SHRINK (sigma 5: the next round composes
+    # in two levels, whose guard is 100x smaller, and is taken).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds import rero as rero_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    seen = {}
+    plain_refine = rero_module.refine
+
+    def recording_refine(run, steps, evaluate, **kwargs):
+        def ev(h):
+            seen["last"] = evaluate(h)
+            seen["evaluate"] = evaluate
+            return seen["last"]
+        return plain_refine(run, steps, ev, **kwargs)
+
+    monkeypatch.setattr(rero_module, "refine", recording_refine)
+    kappa = np.array([1e-6, 1e-3, 0.1])
+    pld_module.clear_caches()
+    got = rero_module.tight_gamma(((StepPair(sigma, q, k, threat_model), 1_000_000),), None, kappa)
+    gap = got.value - got.lower
+    floor = np.minimum(seen["last"][3], gap)
+    wide = gap > 5e-4 * got.value
+    assert np.all(gap >= 0)
+    assert np.all(~wide | (gap < pld_module.STALL_SHRINK * ((gap - floor) / pld_module.MAX_JUMP ** 2 + floor)))
+    if sigma == 5.0:  # (stopping one round early would have met the line above: 1.1e-3 wide, all of it guard)
+        assert not np.any(wide)
+    # Another grid's bracket (a coarser one: a finer one's window outgrows the limit at k 10) holds the same exact
+    # gamma, so the two overlap.
+    up, lo, _, _ = seen["evaluate"](1.5 * got.h)
+    assert np.all(lo <= got.value) and np.all(got.lower <= up)
+    pld_module.clear_caches()
