@@ -313,9 +313,10 @@ class DiscretePld:
 
     def power_lower_and_guard(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`power_lower`, and how much of it the round-off guard takes: the same read with the guard 0, less
-        the guarded one (>= 0). That share stays about the same on any finer grid (the guard, ``noise_guard``, is
-        ulps of the largest mass, which falls as h, over the atoms read, which grow as 1 / h), unlike the
-        discretisation's part of a bracket (h^2): :func:`refine` reads it to tell whether a finer round can help."""
+        the guarded one (>= 0). That share stays about the same on a finer grid composed the same way (the guard,
+        ``noise_guard``, is ulps of the largest mass, which falls as h, over the atoms read, which grow as 1 / h),
+        unlike the discretisation's part of a bracket (h^2): :func:`refine` reads it to tell whether a finer round
+        can help."""
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
@@ -1498,8 +1499,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     ``evaluate(h)`` returns an array of sound upper bounds computed at grid step h (monotone in h: nesting), or a
     pair (upper, lower, trust) with sound lower bounds and a mask ``trust`` of the entries whose lower bound is
     meant to converge, or (upper, lower, trust, floor) with ``floor`` the part of each bracket that a finer grid
-    does not narrow (a round-off allowance, about the same at every h). Converged: for trusted entries, upper - lower is within tolerance (a proven bracket); for
-    the others, two nested grids agree within tolerance. From a bracket too wide the step jumps to where h^2
+    does not narrow (a round-off allowance, about the same at every h: see :func:`_stalled`). Converged: for
+    trusted entries, upper - lower is within tolerance (a proven bracket); for the others, two nested grids agree
+    within tolerance. From a bracket too wide the step jumps to where h^2
     closes it; otherwise it halves. The first grid step is :func:`initial_h_run`'s, or a finer one where the
     windows stay small (``SMALL_WINDOW``). ``start``: the first grid step instead (e.g. the one another bound of the
     same run ended at, whose compositions are cached: the round there costs only its reads); the refinement goes on
@@ -1581,7 +1583,8 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
                 need = np.sqrt(gap / (0.7 * rtol * np.abs(upper)))
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
             factor = min(max(1.15 * need, 1.25), max_jump)
-            if _stalled(gap, floor, last_gap, ok, _same_route(run, h)):
+            same_route = floor is not None and last_gap is not None and _same_route(run, h)
+            if _stalled(gap, floor, last_gap, ok, same_route):
                 return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
         last_gap = gap if lower is not None else None
         max_jump = MAX_JUMP
