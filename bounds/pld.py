@@ -309,7 +309,11 @@ class DiscretePld:
         (garbled) PLD: every atom's Q-mass is lowered and its P-mass raised by the FFT round-off guard, the mass the
         composition may have wrapped from below its window to the top (``slack``) is subtracted, and gamma >=
         alpha (a blind test) holds for every pair."""
-        return self.power_lower_and_guard(alpha)[0]
+        if not self.optimistic:
+            raise NumericalError("power_lower needs the optimistic (garbled) PLD")
+        alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
+        m, losses, _ = self._top(float(alpha.max()))
+        return self._np_lower(alpha, m, losses, self.noise_guard)
 
     def power_lower_and_guard(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`power_lower`, and how much of it the round-off guard takes: the same read with the guard 0, less
@@ -1454,8 +1458,7 @@ def _same_route(run: tuple[tuple[StepPair, int], ...], h: float) -> bool:
     return all(_block_size(run, h / f) == here for f in (1.25, 2.0, 4.0, MAX_JUMP))
 
 
-def _stalled(gap: np.ndarray, floor: np.ndarray | None, last_gap: np.ndarray | None, ok: np.ndarray,
-             same_route: bool = True) -> bool:
+def _stalled(gap: np.ndarray, floor: np.ndarray | None, last_gap: np.ndarray | None, ok: np.ndarray) -> bool:
     """Whether no open bracket (``gap`` wide; ``ok`` marks the closed ones) would narrow by ``STALL_SHRINK`` in any
     round :func:`refine` may take next (the grid step refined by up to ``MAX_JUMP``): then it stops with the sound
     bracket it has.
@@ -1474,15 +1477,16 @@ def _stalled(gap: np.ndarray, floor: np.ndarray | None, last_gap: np.ndarray | N
     ends of two rounds narrow a bracket that one round's draw held open (sigma 1, q 1e-6, T 1e6, kappa 1e-6:
     2.3e-3 relative, 2.1e-3 of it guard, then 1.9e-3).
 
-    ``same_route``: whether every finer round refine may take composes the way this one did. Where it does not (a
-    long run whose next round composes in two levels: its last window several times shorter, its round-off and
-    guard 100x smaller), the floor says nothing of the next round's, and the observed narrowing judges instead
-    (sigma 5, q 1e-5, k 5, relaxed, T 1e6, kappa 1e-6: 1.1e-3 relative, all of it guard, then 1e-5 in two levels).
+    ``floor`` is passed only where every finer round refine may take composes the way this one did
+    (:func:`_same_route`). Where it does not (a long run whose next round composes in two levels: its last window
+    several times shorter, its round-off and guard 100x smaller), the floor says nothing of the next round's, and
+    the observed narrowing judges instead (sigma 5, q 1e-5, k 5, relaxed, T 1e6, kappa 1e-6: 1.1e-3 relative, all
+    of it guard, then 1e-5 in two levels).
     """
     if last_gap is None:
         return False
     open_ = ~ok
-    if floor is not None and same_route:
+    if floor is not None:
         held = np.minimum(floor, gap)
         predicted = (gap - held) / MAX_JUMP**2 + held
         with np.errstate(invalid="ignore"):
@@ -1499,7 +1503,8 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     ``evaluate(h)`` returns an array of sound upper bounds computed at grid step h (monotone in h: nesting), or a
     pair (upper, lower, trust) with sound lower bounds and a mask ``trust`` of the entries whose lower bound is
     meant to converge, or (upper, lower, trust, floor) with ``floor`` the part of each bracket that a finer grid
-    does not narrow (a round-off allowance, about the same at every h: see :func:`_stalled`). Converged: for
+    does not narrow (a round-off allowance, about the same at every h: see :func:`_stalled`), or a function that
+    returns it, called only when the stop rule needs it. Converged: for
     trusted entries, upper - lower is within tolerance (a proven bracket); for the others, two nested grids agree
     within tolerance. From a bracket too wide the step jumps to where h^2
     closes it; otherwise it halves. The first grid step is :func:`initial_h_run`'s, or a finer one where the
@@ -1541,8 +1546,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
         got = evaluate(hh)
         if isinstance(got, tuple):
             up, lo, trust, *held = got
-            return (np.asarray(up, dtype=float), np.asarray(lo, dtype=float), np.asarray(trust, dtype=bool),
-                    np.asarray(held[0], dtype=float) if held else None)
+            floor = (held[0] if callable(held[0]) else functools.partial(np.asarray, held[0], dtype=float)
+                     ) if held else None
+            return np.asarray(up, dtype=float), np.asarray(lo, dtype=float), np.asarray(trust, dtype=bool), floor
         up = np.asarray(got, dtype=float)
         return up, None, np.zeros(up.shape, dtype=bool), None
 
@@ -1584,7 +1590,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
             factor = min(max(1.15 * need, 1.25), max_jump)
             same_route = floor is not None and last_gap is not None and _same_route(run, h)
-            if _stalled(gap, floor, last_gap, ok, same_route):
+            if _stalled(gap, np.asarray(floor(), dtype=float) if same_route else None, last_gap, ok):
                 return Refined(value=upper, coarse=upper if coarse is None else coarse, h=h, lower=lower)
         last_gap = gap if lower is not None else None
         max_jump = MAX_JUMP
@@ -1608,7 +1614,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
         # with the last one, and the smaller of the two would read as converged, error 0)
         upper = np.where(trust, np.fmin(upper, new_upper), new_upper)
         if floor is not None and new_floor is not None and lower is not None and new_lower is not None:
-            floor = np.where(new_lower >= lower, new_floor, floor)  # the guard's part of the lower end kept
+            # the guard's part of the lower end kept (read when asked for)
+            floor = functools.partial(lambda keep, new, old: np.where(keep, new(), old()), new_lower >= lower,
+                                      new_floor, floor)
         else:
             floor = new_floor
         lower = None if new_lower is None else (new_lower if lower is None else np.fmax(lower, new_lower))

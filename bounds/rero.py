@@ -163,11 +163,13 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
             add = composed_run(run, h, "add")
             gamma = np.where(deep, add.dual_power(kappa), gamma)
         upper = np.clip(np.maximum(gamma, kappa), 0.0, 1.0)  # gamma >= kappa always holds (f(a) <= 1 - a)
-        lower, guard = composed_run(run, h, "remove", True).power_lower_and_guard(kappa)
+        garbled = composed_run(run, h, "remove", True)
+        lower = np.minimum(garbled.power_lower(kappa), upper)
         # Deep reads (FFT round-off times e^{-loss}) make the lower bound loose there: those entries converge by
-        # nested grids instead, and keep their sound, if wide, bracket. ``guard``: the part of the bracket the
-        # round-off guard holds, which a finer grid does not narrow (refine's stop rule reads it).
-        return upper, np.minimum(lower, upper), ~deep, guard
+        # nested grids instead, and keep their sound, if wide, bracket. Last: the part of the bracket the round-off
+        # guard holds, which a finer grid does not narrow, read only when refine's stop rule asks for it (a second
+        # pass over the atoms read).
+        return upper, lower, ~deep, lambda: garbled.power_lower_and_guard(kappa)[1]
 
     return refine(run, None, evaluate, rtol=rtol, atol=1e-12, start=start)
 

@@ -875,7 +875,7 @@ def test_tight_gamma_stops_at_the_round_off_floor_with_a_sound_bracket(monkeypat
     pld_module.clear_caches()
     got = rero_module.tight_gamma(((StepPair(sigma, q, k, threat_model), 1_000_000),), None, kappa)
     gap = got.value - got.lower
-    floor = np.minimum(seen["last"][3], gap)
+    floor = np.minimum(seen["last"][3](), gap)
     wide = gap > 5e-4 * got.value
     assert np.all(gap >= 0)
     assert np.all(~wide | (gap < pld_module.STALL_SHRINK * ((gap - floor) / pld_module.MAX_JUMP ** 2 + floor)))
