@@ -171,6 +171,29 @@ def test_constant_pattern_pitfall_is_caught() -> None:
     assert stats.rho[0] > 0.5 and stats.delta[0] != 0
 
 
+def test_the_block_is_judged_on_several_images_not_the_first_alone() -> None:
+    # One image can hold little of its gradient in the block by chance (a fresh 2-class U-Net: 4 of 40 slices at
+    # 16 px); only a block dead on every judged image stops the attack, as a model that cancels it does.
+    from dpaudit.attacks.imprint import DEAD_BLOCK_RHO, JUDGED_IMAGES, _judge_block
+
+    block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
+    gnorm = np.ones(JUDGED_IMAGES)
+    unlucky_first = np.full(JUDGED_IMAGES, 0.5)
+    unlucky_first[0] = DEAD_BLOCK_RHO["linear"] / 10
+    _judge_block(block, gnorm, unlucky_first)  # no error
+    _judge_block(block, np.r_[0.0, gnorm[1:]], np.r_[0.0, unlucky_first[1:]])  # a first image with no gradient
+    with pytest.raises(ConfigError, match=f"at most 1.00e-02 of the per-sample gradient norm over the first "
+                                          f"{JUDGED_IMAGES} images") as info:
+        _judge_block(block, gnorm, np.full(JUDGED_IMAGES, 0.01))
+    assert "--connection addition" in str(info.value)
+    with pytest.raises(ConfigError, match=f"each of the first {JUDGED_IMAGES} images is exactly zero"):
+        _judge_block(block, np.zeros(JUDGED_IMAGES), np.zeros(JUDGED_IMAGES))
+    stats = image_statistics(small_model(4), block, pictures(16, 2), torch.tensor([0, 1]), mean=np.array(MEAN),
+                             std=np.array(STD))
+    stats.grad_norm[1] = stats.block_norm[1] = 0.0
+    assert stats.rho[1] == 0.0 and np.isfinite(stats.rho).all()
+
+
 def test_row_zero_always_fires_and_rows_form_a_prefix() -> None:
     black = torch.zeros(1, 3, 16, 16)
     block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
