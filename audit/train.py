@@ -111,33 +111,65 @@ def freeze(model: nn.Module, trainable: str) -> tuple[int, int]:
     return on, off
 
 
-def load_init(model: nn.Module, path: str) -> tuple[str, ...]:
+def head_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the model's final layer: the last module holding parameters of its own, in registration
+    order (the classifier of the registry models and of MONAI's classification networks; what ``--trainable
+    head`` trains)."""
+    layers = [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    if not layers:
+        raise invalid("arch", type(model).__name__, "a network with parameters", "pass another --arch")
+    return layers[-1]
+
+
+def load_init(model: nn.Module, path: str, arch: str = "this architecture") -> tuple[str, ...]:
     """Copy the weights of ``path`` into ``model`` (in place); returns what was not copied, and why.
 
-    Every parameter of the model must be in the file with its shape, except those whose shape differs (a head for
-    another number of classes), which keep the fresh initialisation. Keys the model lacks are ignored only when
-    they are BatchNorm running statistics of a network whose BatchNorm was replaced (GroupNorm keeps none).
+    The rule (a pretrained backbone, fine-tuned): every tensor of the model outside its final layer
+    (:func:`head_layer`) must be in the file with the model's shape, so the whole backbone loads or nothing does.
+    The final layer alone may differ, and only in its output count (another number of classes, the usual
+    fine-tuning case) or by being absent from the file: then it keeps the fresh initialisation and the report says
+    so. Anything else is a :class:`~dpaudit.errors.CheckpointError` naming the file, the first differing tensors
+    with both shapes and the fix: a wrong architecture must not become a silent fresh start (a "linear probe" on a
+    random backbone). A model whose only layer is its final layer cannot be initialised from a file for another
+    number of classes (nothing would load). Keys the model lacks are ignored only when they are BatchNorm running
+    statistics of a network whose BatchNorm was replaced (GroupNorm keeps none).
     """
-    from dpaudit.checkpoint import load_state_dict
+    from dpaudit.checkpoint import describe_differences, load_state_dict, weight_differences
     from dpaudit.errors import CheckpointError
 
     _, state = load_state_dict(path)
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
     stats = ("running_mean", "running_var", "num_batches_tracked")
-    dropped = [k for k in unexpected if k.rsplit(".", 1)[-1] in stats]
-    unexpected = [k for k in unexpected if k not in dropped]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"--init {path} does not fit the architecture: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
-            f", unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}. Fix: pass the --arch and "
-            "--arch-args the weights were trained with (and --fix-batchnorm if the init has BatchNorm).")
-    reshaped = sorted(k for k in own if tuple(state[k].shape) != tuple(own[k].shape))
-    model.load_state_dict({k: (own[k] if k in reshaped else state[k]) for k in own}, strict=True)
+    dropped = [k for k in state if k not in own and k.rsplit(".", 1)[-1] in stats]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    head, module = head_layer(model)
+    prefix = f"{head}." if head else ""
+    head_keys = {prefix + n for n, _ in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))}
+    missing, unexpected, reshaped = weight_differences(state, own)
+    # The final layer may differ only in its output count (dimension 0): another number of classes.
+    fresh = [k for k in (*missing, *reshaped) if k in head_keys]
+    head_fits = all(k in missing or (state[k].dim() == own[k].dim() and state[k].shape[1:] == own[k].shape[1:])
+                    for k in fresh)
+    loaded = [k for k in own if k in state and k not in fresh]
+    fix = ("pass the --arch and --arch-args the weights were trained with (and --fix-batchnorm if they were "
+           "trained with it), or start from scratch")
+    if unexpected or not head_fits or any(k not in head_keys for k in (*missing, *reshaped)):
+        body = {k: v for k, v in state.items() if k not in head_keys} if head_fits else state
+        expected = {k: v for k, v in own.items() if k not in head_keys} if head_fits else own
+        differences = describe_differences(body, expected)
+        raise invalid("init", path, f"weights for {arch} (only its final layer {head or '<model>'} may "
+                      f"differ, for another number of classes): {differences}", fix, cls=CheckpointError)
+    if not any(k in dict(model.named_parameters()) for k in loaded):
+        raise invalid("init", path, f"weights of which at least one parameter fits {arch}: only its "
+                      f"final layer {head or '<model>'} has parameters and it differs "
+                      f"({describe_differences(state, own)}), so nothing would be loaded", fix, cls=CheckpointError)
+    model.load_state_dict({k: (own[k] if k in fresh else state[k]) for k in own}, strict=True)
     report = []
-    if reshaped:
-        report.append(f"fresh initialisation (shape differs from the init): {', '.join(reshaped)}")
+    if fresh:
+        old = next((int(state[k].shape[0]) for k in fresh if k in state), None)
+        was = f"the file's has {old} outputs" if old is not None else "the file has none"
+        report.append(f"final layer {head} freshly initialised for {int(own[fresh[0]].shape[0])} outputs ({was}): "
+                      f"{', '.join(fresh)}; the other {len(loaded)} tensors loaded from the file")
     if dropped:
         report.append(f"ignored {len(dropped)} BatchNorm running statistics (the layers are GroupNorm now)")
     return tuple(report)
@@ -285,7 +317,8 @@ def prepare_model(config: TrainConfig, num_classes: int, in_channels: int, image
         check_task(recorded_task(config.init), config.task, model=f"--init {config.init}",  # type: ignore[arg-type]
                    data=f"--dataset {config.dataset}", fix=f"start from weights trained for {config.task}, or "
                    "leave out --init (scratch)")
-    init_report = load_init(model, config.init) if config.init is not None else ()
+    arch = config.arch + (f" {json.dumps(dict(config.arch_args))}" if config.arch_args else "")
+    init_report = load_init(model, config.init, arch) if config.init is not None else ()
     on, off = freeze(model, config.trainable)
     return model, PreparedModel(replaced, init_report, on, off)
 

@@ -8,6 +8,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import re
 import sys
 import typing
@@ -241,6 +242,7 @@ FIELD_FLAGS: dict[str, tuple[str, ...]] = {
     "decoders": ("--decoder",),
     "epsilon": ("--epsilon", "--epsilons"),
     "max_volumes": ("--max-images",),
+    "init": ("--init", "--inits"),
 }
 
 
@@ -259,7 +261,9 @@ def _same_value(given: Any, found: Any) -> bool:
         try:
             x, y = float(a), float(b)
         except (TypeError, ValueError):
-            return str(a) == str(b)
+            # a path the library resolved ('/data/w.pt') is the one typed ('w.pt')
+            return str(a) == str(b) or (isinstance(a, str | PurePath) and isinstance(b, str | PurePath)
+                                        and os.path.realpath(a) == os.path.realpath(b))
         return x == y or (x != x and y != y)
 
     return any(equal(a, b) for a in _items(given) for b in _items(found))

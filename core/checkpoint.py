@@ -50,8 +50,8 @@ from dpaudit.models import ARCH_HELP, build_model, parse_arch
 from dpaudit.outputs import write_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "check_task",
-           "load_checkpoint", "load_model", "load_state_dict", "recorded_task", "save_checkpoint",
-           "sniff_weights_file", "strip_wrappers"]
+           "describe_differences", "load_checkpoint", "load_model", "load_state_dict", "recorded_task",
+           "save_checkpoint", "sniff_weights_file", "strip_wrappers", "weight_differences"]
 
 FORMAT = "dpaudit-checkpoint"
 FORMAT_VERSION = 1
@@ -222,17 +222,12 @@ class Checkpoint(CheckpointMeta):
             model = build_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
                                 fix_batchnorm=self.fix_batchnorm, arch_args=self.arch_args)
         if self.state_dict:
-            expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            found = {k: tuple(v.shape) for k, v in self.state_dict.items()}
-            missing = sorted(set(expected) - set(found))
-            unexpected = sorted(set(found) - set(expected))
-            mismatched = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
-            if missing or unexpected or mismatched:
+            differences = describe_differences(self.state_dict, model.state_dict())
+            if differences:
                 raise CheckpointError(
-                    f"the weights in {repr(self.path) if self.path else 'the checkpoint'} do not fit {self.arch}{dict(self.arch_args)} "
-                    f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {mismatched[:3]}). Fix: "
-                    "pass the --arch and --arch-args the model was trained with (and --fix-batchnorm if it was "
-                    "built with it).")
+                    f"the weights in {repr(self.path) if self.path else 'the checkpoint'} do not fit "
+                    f"{self.arch}{dict(self.arch_args)}: {differences}. Fix: pass the --arch and --arch-args the "
+                    "model was trained with (and --fix-batchnorm if it was built with it).")
             model.load_state_dict(dict(self.state_dict), strict=True)
         return model.eval()
 
@@ -262,6 +257,53 @@ def strip_wrappers(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if bad:
         raise CheckpointError(f"state dict entries {bad[:5]} are not tensors.")
     return out
+
+
+def weight_differences(found: Mapping[str, Any], expected: Mapping[str, Any]
+                       ) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, reshaped) tensor names of a weights file (``found``) against a model's state dict
+    (``expected``), both name -> tensor or shape; missing and reshaped in the model's order (its forward order for
+    sequential networks), unexpected in the file's."""
+    shape = {k: tuple(getattr(v, "shape", v)) for k, v in found.items()}
+    want = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
+    missing = [k for k in want if k not in shape]
+    unexpected = [k for k in shape if k not in want]
+    reshaped = [k for k in want if k in shape and shape[k] != want[k]]
+    return missing, unexpected, reshaped
+
+
+def describe_differences(found: Mapping[str, Any], expected: Mapping[str, Any], *, shown: int = 2,
+                         where: str = "the file", model: str = "the model") -> str:
+    """The first tensors in which ``found`` (a weights file) and ``expected`` (the model) differ, with both shapes
+    and a count of the others, e.g. ``features.0.0.weight is (9, 3, 3, 3) in the file and (8, 3, 3, 3) in the
+    model, and 5 other tensors have other shapes``; empty when they agree.
+
+    >>> describe_differences({"a": (9, 3), "b": (4,), "c": (1,)}, {"a": (8, 3), "b": (4,), "d": (2,)})
+    "a is (9, 3) in the file and (8, 3) in the model; 1 tensor of the model is not in the file ('d'); 1 tensor of the file is not in the model ('c')"
+    """
+    missing, unexpected, reshaped = weight_differences(found, expected)
+    shape = {k: tuple(getattr(v, "shape", v)) for k, v in found.items()}
+    want = {k: tuple(getattr(v, "shape", v)) for k, v in expected.items()}
+
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(repr(k) for k in keys[:shown]) + more
+
+    def count(n: int) -> str:
+        return f"{n} tensor{'s' if n != 1 else ''}"
+
+    parts = []
+    if reshaped:
+        parts.append(", ".join(f"{k} is {shape[k]} in {where} and {want[k]} in {model}" for k in reshaped[:shown])
+                     + (f", and {len(reshaped) - shown} more {'has' if len(reshaped) - shown == 1 else 'have'} other shapes" if len(reshaped) > shown
+                        else ""))
+    if missing:
+        parts.append(f"{count(len(missing))} of {model} {'is' if len(missing) == 1 else 'are'} not in {where} "
+                     f"({names(missing)})")
+    if unexpected:
+        parts.append(f"{count(len(unexpected))} of {where} {'is' if len(unexpected) == 1 else 'are'} not in "
+                     f"{model} ({names(unexpected)})")
+    return "; ".join(parts)
 
 
 def _check_phases(phases: Any, dp: DpSgdConfig | None, where: str = ""
@@ -321,14 +363,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     state = strip_wrappers({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     probe = build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels,
                         fix_batchnorm=meta.fix_batchnorm, arch_args=meta.arch_args)
-    expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if found != expected:
+    differences = describe_differences(state, probe.state_dict(), where="the model saved",
+                                       model=f"{meta.arch}{dict(meta.arch_args)}")
+    if differences:
         raise CheckpointError(f"the model's parameters do not match {meta.arch}{dict(meta.arch_args)} "
-                              f"(extra {sorted(set(found) - set(expected))[:3]}, missing "
-                              f"{sorted(set(expected) - set(found))[:3]}, other shapes "
-                              f"{sorted(k for k in found if k in expected and found[k] != expected[k])[:3]}); "
-                              "the checkpoint could not be rebuilt from its metadata.")
+                              f"({differences}); the checkpoint could "
+                              "not be rebuilt from its metadata. Fix: pass save_checkpoint the arch, arch_args, "
+                              "num_classes, in_channels and fix_batchnorm the model was built with.")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
-from dpaudit.audit.train import TrainConfig, check_dp_compatible, freeze, train
+from dpaudit.audit.train import TrainConfig, check_dp_compatible, freeze, load_init, train
 from dpaudit.checkpoint import load_checkpoint
 from dpaudit.cli.main import app
 from dpaudit.data import load_splits
@@ -122,8 +123,77 @@ def test_freeze_last_n_and_bad_values(user_net: str) -> None:
 def test_init_that_does_not_fit_names_the_keys(tmp_path: Path, user_net: str) -> None:
     torch.save(build_model("smallcnn", num_classes=2, width=4).state_dict(), tmp_path / "other.pt")
     demo = load_splits("demo", image_size=16, max_images=60, seed=0)
-    with pytest.raises(CheckpointError, match="does not fit the architecture: missing"):
+    with pytest.raises(CheckpointError, match="init must be weights for .*mynet.py:build.* 8 tensors of the model "
+                       "are not in the file"):
         train(TrainConfig(arch=user_net, init=str(tmp_path / "other.pt"), non_private=True, **TINY), splits=demo)
+
+
+def _smallcnn_state(num_classes: int = 2, width: int = 8) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return build_model("smallcnn", num_classes=num_classes, width=width).state_dict()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_init_whose_backbone_has_other_shapes_is_refused_naming_the_tensors(tmp_path: Path, suffix: str) -> None:
+    # Every tensor one channel wider (a width-9 network) and a 3-class head: before, every differing tensor kept
+    # its fresh initialisation and training went on from a random backbone.
+    wrong = {k: torch.zeros(tuple(s + 1 if i == 0 else s for i, s in enumerate(v.shape)))
+             for k, v in _smallcnn_state(2).items()}
+    path = tmp_path / f"wrong{suffix}"
+    if suffix == ".pt":
+        torch.save(wrong, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(wrong, str(path))
+    model = build_model("smallcnn", num_classes=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        load_init(model, str(path), "smallcnn")
+    text = str(info.value)
+    assert text.startswith("init must be weights for smallcnn (only its final layer classifier may differ")
+    assert "features.0.0.weight is (9, 3, 3, 3) in the file and (8, 3, 3, 3) in the model" in text
+    assert "and 4 more have other shapes" in text and str(path) in text and "Fix: pass the --arch" in text
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing half-loaded
+
+    res = runner.invoke(app, ["train", "--dataset", "demo", "--arch", "smallcnn", "--init", str(path),
+                              "--trainable", "head", "--epsilon", "8", "--epochs", "1", "--max-images", "60",
+                              "--batch-size", "8", "--image-size", "16", "--threads", "1"])
+    assert res.exit_code == 2 and res.output.startswith("error: --init must be weights for smallcnn")
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_init_for_another_number_of_classes_reinitialises_only_the_head(tmp_path: Path) -> None:
+    five = _smallcnn_state(5)
+    torch.save(five, tmp_path / "five.pt")
+    model = build_model("smallcnn", num_classes=2)
+    fresh_head = model.classifier.weight.detach().clone()
+    (line,) = load_init(model, str(tmp_path / "five.pt"))
+    assert line == ("final layer classifier freshly initialised for 2 outputs (the file's has 5 outputs): "
+                    "classifier.weight, classifier.bias; the other 6 tensors loaded from the file")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], five[k]) for k in five if not k.startswith("classifier."))
+    assert torch.equal(state["classifier.weight"], fresh_head)
+    # Weights saved without their head (a backbone): the head keeps its initialisation, said the same way.
+    torch.save({k: v for k, v in five.items() if not k.startswith("classifier.")}, tmp_path / "backbone.pt")
+    (line,) = load_init(build_model("smallcnn", num_classes=2), str(tmp_path / "backbone.pt"))
+    assert "(the file has none)" in line
+
+
+def test_init_whose_head_differs_in_more_than_the_class_count_is_refused(tmp_path: Path) -> None:
+    state = _smallcnn_state(2)
+    state["classifier.weight"] = torch.zeros(2, 32)  # another feature width feeds the head: not a class count
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match=r"classifier.weight is \(2, 32\) in the file and \(2, 16\)"):
+        load_init(build_model("smallcnn", num_classes=2), str(tmp_path / "w.pt"))
+
+
+def test_init_that_would_load_no_parameter_is_refused(tmp_path: Path) -> None:
+    # A network that is only its final layer: a file for another number of classes would load nothing.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).state_dict(), tmp_path / "lin5.pt")
+    with pytest.raises(CheckpointError, match="at least one parameter fits .* nothing would be loaded"):
+        load_init(model, str(tmp_path / "lin5.pt"))
 
 
 def test_attack_user_cnn_at_sigma_zero_reconstructs_everything(user_net: str) -> None:
