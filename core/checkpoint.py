@@ -45,7 +45,7 @@ from torch import nn
 
 from dpaudit.config import DpSgdConfig
 from dpaudit.data import normalization
-from dpaudit.errors import CheckpointError, ConfigError, MissingDependencyError, check_int, invalid
+from dpaudit.errors import CheckpointError, ConfigError, DpAuditError, MissingDependencyError, check_int, invalid
 from dpaudit.models import ARCH_HELP, build_model, parse_arch
 from dpaudit.outputs import write_error
 
@@ -76,8 +76,8 @@ def _check_json_like(key: str, value: Any) -> Any:
         return [_check_json_like(key, v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _check_json_like(key, v) for k, v in value.items()}
-    raise CheckpointError(f"checkpoint field {key!r} must hold numbers, strings, bools, None, lists or dicts, got "
-                          f"{type(value).__name__}.")
+    raise invalid(f"arch_args[{key!r}]", type(value).__name__, "numbers, strings, bools, None, lists or dicts",
+                  cls=CheckpointError)
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,8 @@ class CheckpointMeta:
         check_int("in_channels", self.in_channels)
         for key, value in dict(self.extra).items():
             if not isinstance(value, _Scalar):
-                raise CheckpointError(f"checkpoint field {key!r} must be a number, string, bool or None, got "
-                                      f"{type(value).__name__}.")
+                raise invalid(f"extra[{key!r}]", type(value).__name__, "a number, string, bool or None",
+                              cls=CheckpointError)
         object.__setattr__(self, "arch_args", {k: _check_json_like(k, v) for k, v in dict(self.arch_args).items()})
         object.__setattr__(self, "fix_batchnorm", bool(self.fix_batchnorm))
         object.__setattr__(self, "extra", dict(self.extra))
@@ -153,13 +153,13 @@ class CheckpointMeta:
         object.__setattr__(self, "mean", tuple(float(v) for v in (self.mean or mean)))
         object.__setattr__(self, "std", tuple(float(v) for v in (self.std or std)))
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels or min(self.std) <= 0:
-            raise CheckpointError(f"mean/std must hold {self.in_channels} values (std > 0), got {self.mean} / "
-                                  f"{self.std}.")
+            raise invalid("mean/std", f"{self.mean} / {self.std}", f"{self.in_channels} values each (one per "
+                          "input channel, in_channels), std > 0", cls=CheckpointError)
         if self.input_shape is not None:
             shape = tuple(int(s) for s in self.input_shape)
             if len(shape) != 3 or shape[0] != self.in_channels or min(shape) < 1:
-                raise CheckpointError(f"input_shape must be (C, H, W) with C = in_channels = {self.in_channels}, "
-                                      f"got {self.input_shape}.")
+                raise invalid("input_shape", self.input_shape, f"(C, H, W) with C = in_channels = "
+                              f"{self.in_channels}", cls=CheckpointError)
             object.__setattr__(self, "input_shape", shape)
         if self.n_train is not None:
             check_int("n_train", self.n_train, fix="the checkpoint records no training images; re-create it with "
@@ -167,7 +167,8 @@ class CheckpointMeta:
         object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names)
                            or tuple(str(i) for i in range(self.num_classes)))
         if len(self.label_names) != self.num_classes:
-            raise CheckpointError(f"{len(self.label_names)} label names for {self.num_classes} classes.")
+            raise invalid("label_names", list(self.label_names), f"one name per class, {self.num_classes} "
+                          f"(num_classes), not {len(self.label_names)}", cls=CheckpointError)
 
     # Flat access to the DP configuration (None for a non-private model).
     @property
@@ -598,6 +599,19 @@ def check_task(model_task: str | None, data_task: str, *, model: str, data: str,
                               f"dataset. Fix: {fix}")
 
 
+#: The fix for a checkpoint whose metadata is wrong (the file was edited, written by another tool, or damaged).
+_RECREATE = ("write the checkpoint again with `dpaudit train --out DIR` (DIR/model.pt), or correct the field with "
+             "dpaudit.checkpoint.load_checkpoint / save_checkpoint in Python")
+
+
+def _invalid_field(path: Path, exc: DpAuditError) -> CheckpointError:
+    """A metadata field of the checkpoint at ``path`` is invalid: the file, the field, the value and a fix."""
+    message = str(exc).rstrip(".")
+    if exc.fix is None and " Fix: " not in message:
+        message += f". Fix: {_RECREATE}"
+    return CheckpointError(f"checkpoint {str(path)!r}: {message}.")
+
+
 def load_state_dict(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
     """(source, weights) of any weights file dpaudit reads, wrapper prefixes removed; for ``--init``."""
     path = Path(path)
@@ -625,13 +639,18 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; this dpaudit reads "
                                   f"versions up to {FORMAT_VERSION}. Fix: upgrade dpaudit.")
+        recorded = obj.get("arch")
+        if arch is not None and isinstance(recorded, str) and not _arch_matches(recorded, arch):
+            raise invalid("arch", arch, f"the checkpoint's architecture {recorded!r} (or left out)",
+                          "drop --arch: a dpaudit checkpoint records its architecture", cls=CheckpointError)
         try:
             recorded = obj["arch"]
-            if arch is not None and not _arch_matches(str(recorded), arch):
-                raise invalid("arch", arch, f"the checkpoint's architecture {recorded!r} (or left out)",
-                              "drop --arch: a dpaudit checkpoint records its architecture", cls=CheckpointError)
-            dp = DpSgdConfig(**obj["dp"]) if obj.get("dp") is not None else None
-            phases = _check_phases(obj.get("phases"), dp, where=f"checkpoint {str(path)!r}: ")
+            try:
+                dp = DpSgdConfig(**obj["dp"]) if obj.get("dp") is not None else None
+            except ConfigError as exc:  # its fix names the flags of bounds, not the file's field
+                raise invalid(f"dp.{exc.field}", exc.value, str(exc.allowed), _RECREATE, cls=CheckpointError) \
+                    if exc.field else exc from None
+            phases = _check_phases(obj.get("phases"), dp)
             extra = {k: (float(v) if v in ("inf", "-inf", "nan") else v) for k, v in obj.get("extra", {}).items()}
             return Checkpoint(
                 arch=recorded, num_classes=obj["num_classes"], in_channels=obj["in_channels"],
@@ -643,9 +662,15 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
                 state_dict=strip_wrappers(obj["state_dict"]), format_version=version, path=str(path),
                 source="dpaudit", code_named=arch is not None)
         except KeyError as exc:
-            raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {exc}; it is damaged.") from None
-        except ConfigError as exc:
-            raise CheckpointError(f"checkpoint {str(path)!r} holds an invalid value: {exc}") from None
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {exc}; it is damaged. Fix: "
+                                  f"{_RECREATE}.") from None
+        except (ConfigError, CheckpointError) as exc:
+            raise _invalid_field(path, exc) from None
+        except DpAuditError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind (a list for a dict, ...)
+            raise CheckpointError(f"checkpoint {str(path)!r} holds a field of the wrong kind ({str(exc)[:160]}); "
+                                  f"it is damaged or was not written by dpaudit. Fix: {_RECREATE}.") from None
     if arch is None:
         raise PlainWeightsError(f"{str(path)!r} is a plain state dict ({source}) without architecture information. "
                                 f"Fix: pass --arch ({ARCH_HELP}) and the --arch-args it was built with.")

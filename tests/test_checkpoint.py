@@ -156,3 +156,60 @@ def test_malformed_phases_are_a_one_line_error_naming_file_and_field(tmp_path: P
 def test_phases_on_a_non_private_checkpoint_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="phases must be None for a model trained without DP"):
         _meta(dp=None, phases=_TWO_PHASES)
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("label_names", ["not immediate", "immediate treatment"], "label_names must be one name per class, 5"),
+    ("num_classes", 0, "num_classes must be an integer >= 1, got 0"),
+    ("in_channels", 2.5, "in_channels must be an integer >= 1, got 2.5"),
+    ("n_train", 0, "n_train must be an integer >= 1, got 0"),
+    ("mean", [0.5], "mean/std must be 3 values each"),
+    ("input_shape", [1, 16, 16], "input_shape must be (C, H, W) with C = in_channels = 3"),
+    ("extra", {"seed": [1, 2]}, "extra['seed'] must be a number, string, bool or None"),
+    ("dp", {"noise_multiplier": -1.0, "sampling_probability": 0.05, "steps": 40}, "dp.noise_multiplier must be"),
+    ("dp", {"noise_multiplier": 0.9, "bogus": 1}, "holds a field of the wrong kind"),
+    ("arch", "vgg", "arch must be"),
+    ("state_dict", {"w": 1}, "are not tensors"),
+])
+def test_every_invalid_metadata_field_names_the_file_the_field_and_a_fix(tmp_path: Path, field: str, value: object,
+                                                                         named: str) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=5, width=4),
+                           _meta(num_classes=5, label_names=()))
+    payload = torch.load(path, weights_only=True)
+    payload[field] = value
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert msg.startswith(f"checkpoint {str(path)!r}") and named in msg and "\n" not in msg
+    assert "Fix: " in msg and "--sigma" not in msg  # the fix is about the file, not a flag of another command
+
+
+def test_bounds_and_attack_name_model_for_a_checkpoint_with_invalid_metadata(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    path = save_checkpoint(tmp_path / "ck5.pt", build_model("smallcnn", num_classes=5, width=4),
+                           _meta(num_classes=5, label_names=()))
+    payload = torch.load(path, weights_only=True)
+    payload["label_names"] = ["not immediate", "immediate treatment"]
+    torch.save(payload, path)
+    for command in (["bounds", "--model", str(path)], ["attack", "--model", str(path), "--dataset", "demo"]):
+        res = CliRunner().invoke(app, command)
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        line = " ".join(res.output.split())
+        assert line.startswith(f"error: --model: checkpoint {str(path)!r}: label_names must be one name per class")
+        assert "Fix: write the checkpoint again with `dpaudit train --out DIR`" in line
+
+
+def test_a_folder_given_as_model_names_the_flag_even_with_a_short_name(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    (tmp_path / "m1").mkdir()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["bounds", "--model", "m1"])
+    assert res.exit_code == 2 and res.output.startswith("error: --model: 'm1' is a folder, not a weights file.")
