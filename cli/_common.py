@@ -312,7 +312,7 @@ def with_option(message: str, options: dict[str, str], values: dict[str, Any]) -
     for flag, name in options.items():
         value = values.get(name)
         texts = [str(v) for v in (value if isinstance(value, list | tuple) else [value])
-                 if isinstance(v, str | PurePath) and len(str(v)) >= 3]
+                 if isinstance(v, str | PurePath) and str(v)]
         if any(repr(t) in message or f'"{t}"' in message for t in texts):
             named = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message)
             return message if named else f"{flag}: {message}"

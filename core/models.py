@@ -235,13 +235,14 @@ def _import_file(path_text: str, spec: str) -> Any:
     name = f"dpaudit_user_arch_{key}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, resolved)
-    if spec is None or spec.loader is None:
-        raise invalid("arch", path_text, "a Python source file (.py)", "pass a .py file")
-    module = importlib.util.module_from_spec(spec)
+    loader_spec = importlib.util.spec_from_file_location(name, resolved)
+    if loader_spec is None or loader_spec.loader is None:
+        raise invalid("arch", spec, f"FILE.py:factory with FILE a Python source file ({path_text!r} is not a .py "
+                      "file)", "pass the .py file that defines the factory, e.g. --arch models/mynet.py:build")
+    module = importlib.util.module_from_spec(loader_spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        loader_spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: any failure is reported as theirs, in one line
         del sys.modules[name]
         raise ConfigError(f"importing {path_text} (named by --arch) failed: {type(exc).__name__}: "
@@ -443,8 +444,13 @@ def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_cl
                           "in a factory that returns one tensor of logits.")
 
 
+#: How many layers of one kind an error names before it counts the rest.
+SHOWN_LAYERS = 4
+
+
 def check_dp_compatible(model: nn.Module) -> None:
-    """Raise :class:`ConfigError` listing EVERY layer Opacus cannot train with DP-SGD, why, and the fix.
+    """Raise :class:`ConfigError` counting EVERY layer Opacus cannot train with DP-SGD (by kind, the first
+    :data:`SHOWN_LAYERS` of each named), why, and the fix.
 
     Uses Opacus' ``ModuleValidator`` (imported here, on first use) on each layer, so that the message names the
     layers (Opacus' own message does not). Registry models always pass; MONAI networks and the user's own
@@ -467,8 +473,10 @@ def check_dp_compatible(model: nn.Module) -> None:
             groups.setdefault((type(module).__name__, why, fix), []).append(name or "<model>")
     if groups:
         n = sum(len(v) for v in groups.values())
-        parts = [f"{len(names)} {kind} ({', '.join(names)}): {why}; fix: {fix}"
-                 for (kind, why, fix), names in groups.items()]
+        # The count and the first few names of each kind (a DenseNet121 has 121 BatchNorm layers): one short line.
+        parts = [f"{len(names)} {kind} ({', '.join(names[:SHOWN_LAYERS])}"
+                 f"{f' and {len(names) - SHOWN_LAYERS} more' if len(names) > SHOWN_LAYERS else ''}): {why}; "
+                 f"fix: {fix}" for (kind, why, fix), names in groups.items()]
         batchnorm = any("BatchNorm" in kind for kind, _, _ in groups)
         raise ConfigError(f"{n} layer(s) cannot be trained with DP-SGD: " + " | ".join(parts)
                           + ". Fix: " + ("pass --fix-batchnorm to replace BatchNorm by GroupNorm (reported), "

@@ -80,6 +80,25 @@ def test_monai_network_with_its_own_argument_names() -> None:
         build_model("monai:DenseNet121", num_classes=2, pretrained=True)
 
 
+def test_a_spec_whose_file_is_not_python_names_arch_and_the_whole_spec(tmp_path: Path) -> None:
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    res = runner.invoke(app, ["attack", "--dataset", "demo", "--arch", f"{tmp_path / 'passwd'}:build"])
+    assert res.exit_code == 2
+    assert " ".join(res.output.split()).endswith(f"error: --arch must be FILE.py:factory with FILE a Python source "
+                                                 f"file ({str(tmp_path / 'passwd')!r} is not a .py file), got "
+                                                 f"'{tmp_path / 'passwd'}:build'. Fix: pass the .py file that "
+                                                 "defines the factory, e.g. --arch models/mynet.py:build.")
+
+
+def test_many_incompatible_layers_are_counted_not_all_named() -> None:
+    pytest.importorskip("monai")
+    with pytest.raises(ConfigError) as info:
+        check_dp_compatible(build_model("monai:DenseNet121", num_classes=2))
+    text = str(info.value)
+    assert text.startswith("121 layer(s) cannot be trained with DP-SGD: 121 BatchNorm2d (features.norm0, ")
+    assert "features.denseblock1.denselayer2.layers.norm1 and 117 more)" in text and len(text) < 600
+
+
 def test_every_batchnorm_is_listed_and_the_replacement_is_reported(user_net: str) -> None:
     model = build_model(user_net, num_classes=2, norm="batch")
     with pytest.raises(ConfigError) as info:
