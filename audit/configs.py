@@ -63,9 +63,11 @@ class TrainConfig:
         replacements are listed in the result. Without it a BatchNorm layer is an error listing every such layer.
     init:
         A weights file to start from (a dpaudit checkpoint, a plain state dict with any wrapper prefix, or a
-        ``.safetensors`` file; read locally, never downloaded). None: random initialisation ("scratch"). Parameters
-        whose shape differs (a classification head for another number of classes) keep their fresh initialisation
-        and are listed in the result. The DP guarantee covers the fine-tuning data only, not the data the init
+        ``.safetensors`` file; read locally, never downloaded). None: random initialisation ("scratch"). Every
+        tensor outside the final layer must be in the file with the model's shape (else a
+        :class:`~dpaudit.errors.CheckpointError` names the first that differ); the final layer alone may differ in
+        its output count (a classification head for another number of classes) or be absent, keeps its fresh
+        initialisation and is listed in the result (``init_report``; :func:`dpaudit.audit.train.load_init`). The DP guarantee covers the fine-tuning data only, not the data the init
         was trained on.
     trainable:
         ``all``, ``head`` (the last layer with parameters: a linear probe) or ``last-N`` (the last N layers with

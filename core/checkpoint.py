@@ -45,7 +45,14 @@ from torch import nn
 
 from dpaudit.config import DpSgdConfig
 from dpaudit.data import normalization
-from dpaudit.errors import CheckpointError, ConfigError, DpAuditError, MissingDependencyError, check_int, invalid
+from dpaudit.errors import (
+    CheckpointError,
+    ConfigError,
+    DpAuditError,
+    MissingDependencyError,
+    check_int,
+    invalid,
+)
 from dpaudit.models import ARCH_HELP, build_model, parse_arch
 from dpaudit.outputs import write_error
 

@@ -142,8 +142,8 @@ def test_freeze_last_n_and_bad_values(user_net: str) -> None:
 def test_init_that_does_not_fit_names_the_keys(tmp_path: Path, user_net: str) -> None:
     torch.save(build_model("smallcnn", num_classes=2, width=4).state_dict(), tmp_path / "other.pt")
     demo = load_splits("demo", image_size=16, max_images=60, seed=0)
-    with pytest.raises(CheckpointError, match="init must be weights for .*mynet.py:build.* 8 tensors of the model "
-                       "are not in the file"):
+    with pytest.raises(CheckpointError, match=r"init must be weights for .*mynet.py:build.* 8 tensors of the model "
+                       r"are not in the file"):
         train(TrainConfig(arch=user_net, init=str(tmp_path / "other.pt"), non_private=True, **TINY), splits=demo)
 
 
@@ -211,7 +211,7 @@ def test_init_that_would_load_no_parameter_is_refused(tmp_path: Path) -> None:
     # A network that is only its final layer: a file for another number of classes would load nothing.
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(12, 5)).state_dict(), tmp_path / "lin5.pt")
-    with pytest.raises(CheckpointError, match="at least one parameter fits .* nothing would be loaded"):
+    with pytest.raises(CheckpointError, match=r"at least one parameter fits .* nothing would be loaded"):
         load_init(model, str(tmp_path / "lin5.pt"))
 
 
