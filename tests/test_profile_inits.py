@@ -16,7 +16,7 @@ from dpaudit.audit.report import render_report
 from dpaudit.audit.train import TrainConfig, train
 from dpaudit.bounds.calibrate import SIGMA_RANGE
 from dpaudit.cli.main import app
-from dpaudit.errors import ConfigError
+from dpaudit.errors import ConfigError, DpAuditError
 
 TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", non_private=True, seeds=1, epochs=1,
             batch_size=8, attack_images=4, attack_epochs=1, decoders=("strong",))
@@ -80,3 +80,20 @@ def test_cli_inits_flag(tmp_path: Path, pretrained: str) -> None:
                                    "--threads", "1", "--no-render", "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
     assert "MCC (empirical) per initialisation" in " ".join(res.output.split())
+
+
+def test_a_wrong_weights_file_stops_the_profile_before_any_run_trains(tmp_path: Path, pretrained: str,
+                                                                      monkeypatch) -> None:
+    # Weights for another width: the scratch runs come first in the plan, but nothing trains before the file is
+    # refused (it was refused only when its own first run started).
+    import dpaudit.audit.train as T
+
+    wrong = tmp_path / "wide"
+    train(TrainConfig(arch="smallcnn", arch_args={"width": 4}, non_private=True, epochs=1, batch_size=8,
+                      image_size=16, max_images=60, threads=1, out=str(wrong)))
+    trained: list[object] = []
+    monkeypatch.setattr(T, "_run_one", lambda *a, **k: trained.append(a))
+    config = ProfileConfig(epsilons=(8.0,), inits=("scratch", str(wrong / "model.pt")), **TINY)
+    with pytest.raises(DpAuditError, match="init must be weights for smallcnn"):
+        run_profile(config, tmp_path / "run", threads=1)
+    assert not trained and not list((tmp_path / "run").glob("checkpoints/*/*/model.pt"))

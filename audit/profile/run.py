@@ -126,6 +126,23 @@ def plan_training(config: ProfileConfig, out_dir: str | os.PathLike, threads: in
     return tasks
 
 
+def _check_models(tasks: Sequence[TrainTask], splits: Any) -> None:
+    """Build each initialisation's model once, as its runs will (a private run's where there is one: the DP-SGD layer
+    check), and load its weights file: a wrong architecture, layer or weights file stops the profile before any
+    run trains, not after the scratch runs have (raises what :func:`dpaudit.audit.train.prepare_model` raises)."""
+    import torch
+
+    from dpaudit.audit.train import prepare_model
+
+    first: dict[str | None, TrainTask] = {}
+    for t in tasks:
+        if t.init not in first or (first[t.init].epsilon_target is None and t.epsilon_target is not None):
+            first[t.init] = t
+    with torch.random.fork_rng(devices=[]):
+        for t in first.values():
+            prepare_model(t.train_config(), splits.num_classes, splits.in_channels, splits.image_shape)
+
+
 def _computed_on(device: str, executor: Any) -> str:
     """Where a profile's model passes run, in words: 'cpu', 'cuda:0 (NVIDIA H200)'; with a distributed executor
     the name as given, resolved on each worker."""
@@ -278,6 +295,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
 
     # Stage 1: training (every level x seed).
     train_tasks = plan_training(config, out, threads, label_names=splits.label_names, device=device)
+    _check_models(train_tasks, splits)
     train_res, st = _run_stage("train", train_tasks, store, executor, progress)
     stages.append(st)
     trains = tuple(train_res[t.key()] for t in train_tasks)
