@@ -228,3 +228,67 @@ def test_client_level_runs_are_deterministic_across_processes() -> None:
                               check=True)
         outs.append(done.stdout.split())
     assert len(outs[0]) == 2 and outs[0] == outs[1]
+
+
+def _owner(idx: list[np.ndarray], n: int) -> np.ndarray:
+    owner = np.full(n, -1)
+    for k, ix in enumerate(idx):
+        owner[ix] = k
+    return owner
+
+
+def test_a_column_that_puts_a_patient_at_two_sites_is_refused_without_naming_anyone() -> None:
+    """Such a patient's images go through two sites' mechanisms: neither the worst site's per-patient epsilon nor,
+    at client level, the site's epsilon bounds their risk, so the partition is refused before training."""
+    patients = np.repeat([f"SMITH^JOHN{i}" for i in range(10)], 4)
+    site = np.array(["A", "A", "B", "B"] * 3 + ["A"] * 28)  # patients 0-2 at both sites, the rest at A
+    site[-8:] = "B"  # patients 8 and 9 entirely at B
+    labels = np.zeros(len(patients), dtype=int)
+    for prefix in ("--", "--federated-"):
+        with pytest.raises(ConfigError) as err:
+            partition_indices([labels], [patients], [site], parse_partition("column:site"), 2, num_classes=2,
+                              seed=0, option_prefix=prefix)
+        text = str(err.value)
+        assert f"{prefix}partition column:site puts the images of 3 patient(s) at more than one site" in text
+        assert f"Fix: pass {prefix}partition iid or {prefix}partition dirichlet:ALPHA" in text
+        assert "SMITH" not in text and "JOHN" not in text
+    # One patient per site: accepted, and every site is one value.
+    site = np.where(np.arange(len(patients)) < 20, "A", "B")
+    idx = partition_indices([labels], [patients], [site], parse_partition("column:site"), 2, num_classes=2,
+                            seed=0)[0]
+    assert [set(site[ix]) for ix in idx] == [{"A"}, {"B"}]
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet:0.3", "dirichlet:5"])
+def test_iid_and_dirichlet_keep_every_patient_at_one_site_in_every_split(rng, kind) -> None:
+    """Checked by counting, per patient, the distinct sites its images went to (plain Python sets)."""
+    for _ in range(5):
+        split_patients, split_labels = [], []
+        for n_patients in (60, 15, 15):
+            per = rng.integers(1, 7, n_patients)  # 1 to 6 images per patient
+            ids = np.repeat(np.array([f"P{rng.integers(1 << 40)}" for _ in range(n_patients)]), per)
+            labels = np.repeat(rng.integers(0, 3, n_patients), per)
+            order = rng.permutation(len(ids))  # a patient's images are not adjacent
+            split_patients.append(ids[order])
+            split_labels.append(labels[order])
+        result = partition_indices(split_labels, split_patients, [None] * 3, parse_partition(kind), 3,
+                                   num_classes=3, seed=int(rng.integers(1 << 30)), min_train=1)
+        for ids, idx in zip(split_patients, result, strict=True):
+            owner = _owner(idx, len(ids))
+            assert (owner >= 0).all()  # every image is at some site
+            sites: dict[str, set[int]] = {}
+            for p, k in zip(ids.tolist(), owner.tolist(), strict=True):
+                sites.setdefault(p, set()).add(k)
+            assert all(len(s) == 1 for s in sites.values())
+
+
+def test_a_column_value_without_training_images_is_named_with_the_fix() -> None:
+    site = np.array(["A"] * 10 + ["B"] * 10)
+    val_site = np.array(["C"] * 3)
+    labels = np.zeros(20, dtype=int)
+    with pytest.raises(ConfigError) as err:
+        partition_indices([labels, np.zeros(3, dtype=int)], [None, None], [site, val_site],
+                          parse_partition("column:site"), 3, num_classes=2, seed=0)
+    text = str(err.value)
+    assert "--partition column:site: the site(s) 'C' (0) hold fewer than 4 training images" in text
+    assert "Fix: pass --partition iid" in text and "n_train" not in text

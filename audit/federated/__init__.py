@@ -15,6 +15,7 @@ _HOME = {
     "DP_LEVELS": "fedavg", "FederatedConfig": "fedavg", "FederatedResult": "fedavg", "run_federated": "fedavg",
     "secure_sum": "fedavg",
     "Partition": "partition", "parse_partition": "partition", "partition_indices": "partition",
+    "partition_splits": "partition", "check_patients_at_one_site": "partition",
 }
 
 __all__ = sorted(_HOME)

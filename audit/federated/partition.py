@@ -11,18 +11,21 @@ splits, so every client has its own test split drawn from its own label mixture.
   probability p_c[k]. Small alpha: each client sees few classes. The same p_c serve every split. The draw is
   repeated (from the same seeded stream) until every client holds at least ``min_train`` training images.
 * ``column:NAME``: one client per distinct value of the metadata column ``NAME`` (e.g. a site or scanner column).
+  A column whose value differs between one patient's images is refused (:func:`check_patients_at_one_site`), as is
+  a value with fewer than ``min_train`` training images.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dpaudit.errors import ConfigError, check_int, invalid
 
-__all__ = ["Partition", "parse_partition", "partition_indices"]
+__all__ = ["Partition", "check_patients_at_one_site", "parse_partition", "partition_indices", "partition_splits"]
 
 #: Redraws of the Dirichlet shares before giving up on a partition in which every client has data.
 MAX_DIRICHLET_DRAWS = 200
@@ -84,25 +87,45 @@ def _patients(labels: np.ndarray, patient_ids: np.ndarray | None) -> tuple[np.nd
 
 def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.ndarray | None],
                       split_columns: list[np.ndarray | None], partition: Partition, clients: int, *,
-                      num_classes: int, seed: int, min_train: int = 4) -> list[list[np.ndarray]]:
+                      num_classes: int, seed: int, min_train: int = 4, option_prefix: str = "--"
+                      ) -> list[list[np.ndarray]]:
     """Indices of each client's images in each split: ``result[split][client]`` (sorted).
 
-    ``split_labels[0]`` is the training split (``min_train`` applies to it). ``split_columns`` holds the metadata
-    column of each split for ``column:NAME`` (else None).
+    ``split_labels[0]`` is the training split (``min_train`` applies to it, for every kind of partition).
+    ``split_columns`` holds the metadata column of each split for ``column:NAME`` (else None). ``option_prefix``
+    names the command's options in errors (``--`` for ``federated train``'s ``--partition``/``--clients``,
+    ``--federated-`` for the profile's).
+
+    Every patient's images end up at one site (:func:`check_patients_at_one_site`): the per-patient epsilon of a
+    site (its k images moving together through that site's mechanism) and the client-level per-patient epsilon
+    (the site's) are sound only then. ``iid`` and ``dirichlet`` assign whole patients; a ``column:NAME`` whose
+    value differs between one patient's images is refused.
     """
-    clients = check_int("clients", clients, minimum=1, fix="pass --clients 5")
+    flag, clients_flag = f"{option_prefix}partition", f"{option_prefix}clients"
+    clients = check_int("clients", clients, minimum=1, fix=f"pass {clients_flag} 5")
     rng = np.random.default_rng([seed, 0xFED])
     if partition.kind == "column":
         if any(c is None for c in split_columns):
-            raise ConfigError(f"partition column:{partition.column}: the dataset has no metadata column "
-                              f"{partition.column!r}. Fix: pass --partition iid or dirichlet:ALPHA, or a column "
+            raise ConfigError(f"{flag} column:{partition.column}: the dataset has no metadata column "
+                              f"{partition.column!r}. Fix: pass {flag} iid or {flag} dirichlet:ALPHA, or a column "
                               "the dataset has (demo: sex, age_band).")
         values = sorted({str(v) for col in split_columns for v in col})  # type: ignore[union-attr]
         if len(values) != clients:
-            raise invalid("clients", clients, f"the number of distinct values of column {partition.column!r} "
-                          f"({len(values)}: {', '.join(values)})", f"pass --clients {len(values)}")
-        return [[np.nonzero(np.asarray(col).astype(str) == v)[0] for v in values]  # type: ignore[union-attr]
-                for col in split_columns]
+            raise invalid(clients_flag, clients, f"the number of distinct values of column {partition.column!r} "
+                          f"({len(values)}: {', '.join(values)})", f"pass {clients_flag} {len(values)}")
+        result = [[np.nonzero(np.asarray(col).astype(str) == v)[0] for v in values]  # type: ignore[union-attr]
+                  for col in split_columns]
+        check_patients_at_one_site(split_patients, result, f"{flag} {partition}",
+                                   f"pass {flag} iid or {flag} dirichlet:ALPHA (they keep each patient's images "
+                                   f"at one site), or a column whose value is the same for all images of a patient")
+        small = [(v, len(ix)) for v, ix in zip(values, result[0], strict=True) if len(ix) < min_train]
+        if small:
+            sites = ", ".join(f"{v!r} ({n})" for v, n in small)
+            raise ConfigError(f"{flag} {partition}: the site(s) {sites} hold fewer than {min_train} training images "
+                              f"(each site trains on its share of the training split). Fix: pass {flag} iid or "
+                              f"{flag} dirichlet:ALPHA with fewer {clients_flag}, or give those sites more patients in "
+                              "the dataset (another --seed draws another train/validation/test split).")
+        return result
 
     def assign(labels: np.ndarray, patients: np.ndarray | None, shares: np.ndarray | None) -> list[np.ndarray]:
         _, plabel, of_image = _patients(labels, patients)
@@ -114,7 +137,7 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
             for c in range(num_classes):
                 members = np.nonzero(plabel == c)[0]
                 owner[members] = rng.choice(clients, size=len(members), p=shares[c])
-        image_owner = owner[of_image]
+        image_owner = owner[of_image]  # whole patients: every image goes where its patient goes
         return [np.nonzero(image_owner == k)[0] for k in range(clients)]
 
     for _ in range(MAX_DIRICHLET_DRAWS):
@@ -122,9 +145,52 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
                   if partition.kind == "dirichlet" else None)
         result = [assign(lab, pat, shares) for lab, pat in zip(split_labels, split_patients, strict=True)]
         if min(len(ix) for ix in result[0]) >= min_train:
+            check_patients_at_one_site(split_patients, result, f"{flag} {partition}", "report this as a bug")
             return result
         if partition.kind == "iid":
             break
-    raise ConfigError(f"partition {partition} over {clients} clients leaves a client with fewer than {min_train} "
+    raise ConfigError(f"{flag} {partition} over {clients} clients leaves a client with fewer than {min_train} "
                       f"training images (tried {MAX_DIRICHLET_DRAWS if partition.kind == 'dirichlet' else 1} "
-                      "draws). Fix: pass fewer --clients, a larger Dirichlet alpha, or more --max-images.")
+                      f"draws). Fix: pass fewer {clients_flag}, a larger Dirichlet alpha, or more --max-images.")
+
+
+def check_patients_at_one_site(split_patients: list[np.ndarray | None], result: list[list[np.ndarray]], what: str,
+                               fix: str) -> None:
+    """Refuse a partition that puts one patient's images at two or more sites, in any split.
+
+    A patient whose images train at two sites goes through both sites' DP-SGD mechanisms: the per-patient epsilon
+    is then the composition of the sites' mechanisms, not the worst site's, and under client-level DP the patient
+    is a group of sites, not one. dpaudit states neither, so such a partition is refused before training. The
+    message counts the patients and names none of them (identifiers never reach logs or output).
+    """
+    split = set()
+    for patients, owners in zip(split_patients, result, strict=True):
+        if patients is None:
+            continue  # each image is its own patient
+        ids = np.asarray(patients)
+        owner = np.full(len(ids), -1, dtype=np.int64)
+        for k, ix in enumerate(owners):
+            owner[ix] = k
+        placed = owner >= 0
+        uniq, pid = np.unique(ids[placed], return_inverse=True)
+        pairs = np.unique(pid.astype(np.int64) * len(owners) + owner[placed])  # distinct (patient, site) pairs
+        sites_per_patient = np.bincount(pairs // len(owners), minlength=len(uniq))
+        split.update(uniq[sites_per_patient > 1].tolist())
+    if split:
+        raise ConfigError(f"{what} puts the images of {len(split)} patient(s) at more than one site: such a "
+                          "patient goes through several sites' mechanisms, and the per-patient epsilon of one site "
+                          f"would not bound their risk. Fix: {fix}.")
+
+
+def partition_splits(splits: Any, partition: Partition | str, clients: int, *, seed: int, option_prefix: str = "--"
+                     ) -> list[list[np.ndarray]]:
+    """Each client's image indices in the training, validation and test splits of ``splits``
+    (:func:`partition_indices`: whole patients per site, every site with training images; errors name
+    the options ``{option_prefix}partition`` and ``{option_prefix}clients``). ``partition`` is a
+    :class:`Partition` or its text. The profile calls it on its data before any task runs."""
+    if isinstance(partition, str):
+        partition = parse_partition(partition, flag=f"{option_prefix}partition")
+    parts = (splits.train, splits.val, splits.test)
+    cols = [s.groups.get(partition.column) if partition.column else None for s in parts]
+    return partition_indices([s.labels.numpy() for s in parts], [s.patient_ids for s in parts], cols, partition,
+                             clients, num_classes=splits.num_classes, seed=seed, option_prefix=option_prefix)
