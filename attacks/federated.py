@@ -221,12 +221,13 @@ def _query(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -> FederatedAttackResult:
     """Run the experiment (see the module docstring) and return the table (empirical numbers)."""
     from dpaudit.data import load_splits
-    from dpaudit.models import build_model
+    from dpaudit.models import build_model, check_classifier, check_dp_compatible, replace_batchnorm
     from dpaudit.runtime import idle_cores
 
     if splits is None:
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                             seed=config.seed, max_images=config.max_images)
+                             seed=config.seed, max_images=config.max_images, labels=config.labels,
+                             window=config.window, slice_axis=config.slice_axis)
     n_clients, b, k = config.clients, config.batch_size, config.bins
     need = config.images_needed
     if need > len(splits.train):
@@ -239,7 +240,14 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
         floor = float(np.min(-mean / std)) - 1.0  # below the query of an all-black image: row 0 always fires
         thresholds = bin_thresholds(_query(splits.val.images, splits.mean, splits.std), k, floor)
         torch.manual_seed(config.seed)
-        downstream = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels)
+        downstream = build_model(config.arch, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                                 arch_args=config.arch_args)
+        if config.fix_batchnorm:
+            replace_batchnorm(downstream)
+        # Every client runs Opacus (client_update): a layer it cannot train is refused now, each one named, with
+        # the fix, as train refuses it; and the network must be a classifier for these images.
+        check_dp_compatible(downstream)
+        check_classifier(downstream, splits.image_shape, splits.num_classes, config.arch)
         block = BinImprintBlock(splits.image_shape, thresholds, seed=config.seed)
         model = nn.Sequential(block, downstream)
         rng = np.random.default_rng([config.seed, 0xB1A5])

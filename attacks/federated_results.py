@@ -4,8 +4,9 @@ the results, the command line the configuration's defaults)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, check_max_images, image_size_for
@@ -15,13 +16,22 @@ from dpaudit.errors import ConfigError, check_int, check_positive, invalid
 @dataclass(frozen=True)
 class FederatedAttackConfig:
     """The bin attack experiment: ``rounds`` rounds of ``clients`` clients with ``batch_size`` images each, per
-    noise multiplier; the server's block has ``bins`` rows."""
+    noise multiplier; the server's block has ``bins`` rows.
+
+    The data (``dataset`` ... ``slice_axis``) and the downstream model (``arch``, ``arch_args``, ``fix_batchnorm``)
+    are given as :class:`dpaudit.audit.train.TrainConfig` takes them; every client runs Opacus, so a BatchNorm layer
+    is refused unless ``fix_batchnorm`` replaces it by GroupNorm."""
 
     dataset: str = DEFAULT_DATASET
     data_dir: str | None = None
     image_size: int | None = None  # None: the dataset's (dpaudit.config.default_image_size)
     max_images: int | None = None
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+    slice_axis: str = "axial"
     arch: str = DEFAULT_ARCH
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    fix_batchnorm: bool = False
     clients: int = 4
     batch_size: int = 2
     bins: int = 32
@@ -46,6 +56,7 @@ class FederatedAttackConfig:
         from dpaudit.models import parse_arch
 
         parse_arch(self.arch)
+        object.__setattr__(self, "arch_args", dict(self.arch_args))
         sig = tuple(float(s) for s in self.noise_multipliers)
         if not sig or any(not (math.isfinite(s) and s >= 0) for s in sig):
             raise invalid("noise_multipliers", self.noise_multipliers, "a non-empty list of numbers >= 0",
@@ -56,9 +67,10 @@ class FederatedAttackConfig:
         check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
         if self.threads is not None:
             check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
-        from dpaudit.data import check_data_options
+        from dpaudit.data import check_data_options, parse_window
 
-        check_data_options(self.dataset, data_dir=self.data_dir)
+        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
+        object.__setattr__(self, "window", parse_window(self.window))
 
     @property
     def images_needed(self) -> int:
@@ -137,4 +149,10 @@ class FederatedAttackResult:
                                 "images), a lower bound on reconstruction risk",
                 "ci_low, ci_high": "exact 95% Clopper-Pearson interval",
                 "alone_share": "empirical (images alone in their bin)",
-                "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)"}
+                "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)",
+                "noise_std_per_view": "exact, the configured per-entry noise std of one view, sqrt(n) sigma C "
+                                      "(n: the clients summed into the view)",
+                "images_per_view": "exact, the images summed into one view (the batch, or n x batch under secure "
+                                   "aggregation)",
+                "bins_declared_occupied": "empirical, bins the occupancy test declared occupied, mean per view",
+                "mean_ssim": "empirical, mean over the round's images of the SSIM of the nearest reconstruction"}

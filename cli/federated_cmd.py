@@ -34,7 +34,7 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 @app.command("train")
 @handle_errors
-@cli.shared_options(FederatedConfig, *cli.DATA, "arch", "privacy_unit")
+@cli.shared_options(FederatedConfig, *cli.DATA, *cli.MEDICAL, *cli.MODEL, "privacy_unit")
 def train_command(
     shared: dict[str, Any],
     clients: Annotated[int, typer.Option(help="Number of sites N.")] = F.clients,
@@ -50,8 +50,8 @@ def train_command(
     dp_level: Annotated[DpLevel, typer.Option(help="sample: DP-SGD at every site (protects each record); "
                                                          "client: DP-FedAvg (protects a whole site); none.")
                         ] = F.dp_level,
-    epsilon: Annotated[float | None, typer.Option(help="Target epsilon (sample level: the worst site meets it).")
-                       ] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Target epsilon, sample level: per image (the worst "
+                                                       "site meets it); client level: per site.")] = None,
     sigma: Annotated[float | None, typer.Option("--sigma", help="Noise multiplier instead of a target.")] = None,
     delta: Annotated[float | None, typer.Option(help="target_delta (default min(8e-7, 1/(10 N)), N the largest "
                                                      "site (sample level) or the number of sites).")] = None,
@@ -132,7 +132,7 @@ def train_command(
 
 @app.command("attack")
 @handle_errors
-@cli.shared_options(FederatedAttackConfig, *cli.DATA, "arch")
+@cli.shared_options(FederatedAttackConfig, *cli.DATA, *cli.MEDICAL, *cli.MODEL)
 def attack_command(
     shared: dict[str, Any],
     clients: Annotated[int, typer.Option(help="Clients per round n.")] = A.clients,

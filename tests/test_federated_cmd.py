@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -57,7 +61,8 @@ def test_shared_options_default_to_the_config_dataclass(command, config) -> None
     fields = {f.name: f.default for f in dataclasses.fields(cls)}
     cmd = typer.main.get_command(app).commands["federated"].commands[command]  # type: ignore[attr-defined]
     defaults = {p.name: p.default for p in cmd.params}
-    for name in ("dataset", "data_dir", "image_size", "max_images", "arch", "clients", "batch_size", "seed"):
+    for name in ("dataset", "data_dir", "image_size", "max_images", "labels", "window", "slice_axis", "arch",
+                 "fix_batchnorm", "clients", "batch_size", "seed"):
         assert defaults[name] == fields[name], (command, name)
 
 
@@ -135,3 +140,158 @@ def test_attack_with_too_few_images_says_so_and_how_to_fix_it(args, words) -> No
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and text.startswith("error: too few training images for the attack"), text
     assert "at most 0" not in text and all(w in text for w in words), text
+
+
+def _manifest(tmp_path: Path, split_patients: int) -> str:
+    """40 patients x 4 PNGs, sites A and B; the first ``split_patients`` patients have images at both sites."""
+    from PIL import Image
+
+    rng = np.random.default_rng([40, split_patients])
+    rows = ["path,label,patient_id,site"]
+    for p in range(40):
+        lab = p % 2
+        for j in range(4):
+            name = f"p{p}_{j}.png"
+            Image.fromarray((rng.random((8, 8)) * 100 + 150 * lab).astype(np.uint8)).save(tmp_path / name)
+            site = ("A" if j < 2 else "B") if p < split_patients else ("A" if p < 20 else "B")
+            rows.append(f"{name},{lab},SMITH^JOHN{p},{site}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    return f"csv:{tmp_path / 'm.csv'}"
+
+
+def _one_line_error(res) -> str:
+    line = res.output.strip()
+    assert res.exit_code == 2 and line.startswith("error: ") and "\n" not in line and "Traceback" not in line, line
+    return line
+
+
+@pytest.mark.parametrize("dp_level", ["sample", "client"])
+def test_a_site_column_that_splits_patients_is_refused_before_training(tmp_path, monkeypatch, dp_level) -> None:
+    import dpaudit.audit.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the partition splits patients")
+
+    monkeypatch.setattr(dpaudit.audit.train, "_run_one", no_training)
+    res = CliRunner().invoke(app, ["federated", "train", "--dataset", _manifest(tmp_path, 5), "--image-size", "8",
+                                   "--partition", "column:site", "--clients", "2", "--dp-level", dp_level,
+                                   "--rounds", "1", "--epsilon", "8", "--arch", "smallcnn", "--threads", "1"])
+    line = _one_line_error(res)
+    assert re.search(r"--partition column:site puts the images of [1-5] patient\(s\) at more than one site", line)
+    assert "Fix: pass --partition iid or --partition dirichlet:ALPHA" in line
+    assert "SMITH" not in res.output and "JOHN" not in res.output
+
+
+def test_the_profile_refuses_a_patient_splitting_site_column_before_any_task(tmp_path) -> None:
+    from dpaudit.audit.profile import run_profile
+    from dpaudit.audit.profile.schema import ProfileConfig
+    from dpaudit.errors import ConfigError
+
+    config = ProfileConfig(dataset=_manifest(tmp_path, 5), image_size=8, arch="smallcnn", epsilons=(8.0,),
+                           non_private=False, seeds=1, epochs=1, batch_size=8, attack_images=2, federated=True,
+                           federated_clients=2, federated_partition="column:site")
+    with pytest.raises(ConfigError, match=r"--federated-partition column:site puts the images of"):
+        run_profile(config, tmp_path / "out", threads=1)
+    assert not any(p.suffix == ".json" for p in (tmp_path / "out").rglob("*"))  # no task ran
+
+
+def test_a_site_column_that_keeps_patients_together_trains(tmp_path) -> None:
+    res = CliRunner().invoke(app, ["federated", "train", "--dataset", _manifest(tmp_path, 0), "--image-size", "8",
+                                   "--partition", "column:site", "--clients", "2", "--rounds", "1", "--epsilon", "8",
+                                   "--batch-size", "8", "--arch", "smallcnn", "--arch-args", '{"width": 4}',
+                                   "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    # every patient has its 4 images at its one site: k = 4 wherever a patient trains
+    assert {c["records_per_patient"] for c in data["clients"]} == {4}
+
+
+BATCHNORM_NET = """
+from torch import nn
+
+
+def build(num_classes, in_channels=3, width=4):
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+"""
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--clients", "2", "--rounds", "1", "--batch-size", "8", "--epsilon", "8", "--max-images", "80"],
+    ["attack", "--clients", "2", "--rounds", "1", "--bins", "8", "--sigmas", "0", "--max-images", "60"]])
+def test_batchnorm_is_one_line_with_a_fix_the_command_has_and_the_fix_works(tmp_path, command) -> None:
+    (tmp_path / "bn.py").write_text(textwrap.dedent(BATCHNORM_NET))
+    args = ["federated", *command, "--image-size", "16", "--arch", f"{tmp_path / 'bn.py'}:build", "--threads", "1"]
+    line = _one_line_error(CliRunner().invoke(app, args))
+    assert "1 layer(s) cannot be trained with DP-SGD" in line and "pass --fix-batchnorm" in line
+    res = CliRunner().invoke(app, [*args, "--fix-batchnorm", "--json"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(("command", "target"), [("train", "dpaudit.audit.federated.fedavg.run_federated"),
+                                                 ("attack", "dpaudit.attacks.federated.run_federated_attack")])
+def test_data_and_model_options_reach_the_configuration(monkeypatch, command, target) -> None:
+    from dpaudit.errors import ConfigError
+
+    seen = {}
+
+    def capture(config, **kwargs):
+        seen["config"] = config
+        raise ConfigError("stopped before the run. Fix: none needed.")
+
+    module, name = target.rsplit(".", 1)
+    monkeypatch.setattr(module + "." + name, capture)
+    res = CliRunner().invoke(app, ["federated", command, "--dataset", "dicom:/nowhere", "--labels", "l.csv",
+                                   "--window", "-100,200", "--arch", "smallcnn", "--arch-args", '{"width": 4}',
+                                   "--fix-batchnorm", *(["--epsilon", "8"] if command == "train" else [])])
+    assert res.exit_code == 2 and "stopped before the run" in res.output, res.output
+    c = seen["config"]
+    assert (c.labels, c.window, c.slice_axis, dict(c.arch_args), c.fix_batchnorm) == (
+        "l.csv", (-100.0, 200.0), "axial", {"width": 4}, True)
+
+
+def test_window_on_the_demo_is_refused_by_federated_commands() -> None:
+    for command in (["train", "--epsilon", "8"], ["attack"]):
+        line = _one_line_error(CliRunner().invoke(app, ["federated", *command, "--window", "0,1"]))
+        assert "--window" in line
+
+
+def _options(command: str) -> set[str]:
+    import typer
+
+    cmd = typer.main.get_command(app).commands["federated"].commands[command]  # type: ignore[attr-defined]
+    return {o for p in cmd.params for o in (*p.opts, *getattr(p, "secondary_opts", ())) if o.startswith("--")}
+
+
+def test_every_flag_the_federated_errors_name_is_an_option_of_the_command() -> None:
+    """A static scan: each --flag written in the modules behind `federated train` (and the profile's partition
+    check, whose prefix is --federated-) or `federated attack` is an option of that command."""
+    import importlib
+    import inspect
+
+    modules = {"train": ["dpaudit.audit.federated.fedavg", "dpaudit.audit.federated.partition",
+                         "dpaudit.audit.federated.accounting"],
+               "attack": ["dpaudit.attacks.federated", "dpaudit.attacks.federated_results"]}
+    for command, names in modules.items():
+        options = _options(command)
+        for f in names:
+            text = inspect.getsource(importlib.import_module(f))
+            flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z](?![\w-])", text))
+            missing = flags - options
+            assert not missing, (command, f, sorted(missing))
+    assert {"--fix-batchnorm", "--arch-args", "--labels", "--window", "--slice-axis"} <= _options("train")
+    assert {"--fix-batchnorm", "--arch-args", "--labels", "--window", "--slice-axis"} <= _options("attack")
+
+
+def test_help_and_json_labels() -> None:
+    res = CliRunner().invoke(app, ["federated", "train", "--help"], env={"COLUMNS": "400"})
+    line = next(x for x in res.output.splitlines() if "--epsilon" in x)
+    assert "per image" in line
+    res = CliRunner().invoke(app, ["federated", "attack", "--image-size", "16", "--max-images", "60", "--arch",
+                                   "smallcnn", "--clients", "2", "--bins", "8", "--sigmas", "0", "--rounds", "1",
+                                   "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    numbers = {k for k, v in data["rows"][0].items() if isinstance(v, float) and k != "noise_multiplier"}
+    labelled = {name.strip() for key in data["labels"] for name in key.split(",")}
+    assert numbers <= labelled, numbers - labelled

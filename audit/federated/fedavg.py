@@ -45,7 +45,7 @@ from dpaudit.audit.federated.accounting import (
     client_level_accounting,
     sample_level_accounting,
 )
-from dpaudit.audit.federated.partition import parse_partition, partition_indices
+from dpaudit.audit.federated.partition import parse_partition, partition_splits
 from dpaudit.audit.metrics import ClassificationMetrics
 from dpaudit.config import (
     DEFAULT_ARCH,
@@ -78,6 +78,11 @@ class FederatedConfig:
 
     Attributes
     ----------
+    dataset, data_dir, image_size, max_images, labels, window, slice_axis:
+        The data, as :class:`dpaudit.audit.train.TrainConfig` takes them (:func:`dpaudit.data.load_splits`).
+    arch, arch_args, fix_batchnorm:
+        The model of every site, as ``TrainConfig`` (a BatchNorm layer is refused under sample-level DP unless
+        ``fix_batchnorm`` replaces it by GroupNorm).
     clients, partition:
         Number of sites and how the data are split: ``iid``, ``dirichlet:ALPHA`` or ``column:NAME``.
     rounds, clients_per_round:
@@ -105,8 +110,12 @@ class FederatedConfig:
     data_dir: str | None = None
     image_size: int | None = None  # None: the dataset's (dpaudit.config.default_image_size)
     max_images: int | None = None
+    labels: str | None = None
+    window: tuple[float, float] | None = None
+    slice_axis: str = "axial"
     arch: str = DEFAULT_ARCH
     arch_args: Mapping[str, Any] = field(default_factory=dict)
+    fix_batchnorm: bool = False
     clients: int = 5
     partition: str = "iid"
     rounds: int = 5
@@ -178,9 +187,10 @@ class FederatedConfig:
         if self.privacy_unit is not None and self.privacy_unit not in ("patient", "image"):
             raise invalid("privacy_unit", self.privacy_unit, "patient or image",
                           "pass --privacy-unit patient or --privacy-unit image")
-        from dpaudit.data import check_data_options
+        from dpaudit.data import check_data_options, parse_window
 
-        check_data_options(self.dataset, data_dir=self.data_dir)
+        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
+        object.__setattr__(self, "window", parse_window(self.window))
         # The choice of mechanism last: a value out of range in a flag the user typed is named first.
         given = [flag for flag, v in (("--epsilon", self.epsilon), ("--sigma", self.noise_multiplier)) if v is not None]
         if self.dp_level == "none" and given:
@@ -340,7 +350,8 @@ class FederatedResult:
     server_view: str
     wall_seconds: float
     #: The privacy unit (:class:`dpaudit.data.PrivacyUnit` of the pooled training data, as ``train`` reports it);
-    #: patients stay at one site, so a patient's k images are all in one site's data.
+    #: patients stay at one site (:func:`partition_splits` refuses a partition that splits one), so a patient's k
+    #: images are all in one site's data.
     privacy: PrivacyUnit | None = None
     #: The worst site's epsilon per patient (sample level, k > 1: k records move together; client level: the
     #: site-level epsilon, which covers every patient of the site); with the image as the unit it is given beside
@@ -404,18 +415,15 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     t_start = time.perf_counter()
     if splits is None:
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                             seed=config.seed, max_images=config.max_images)
+                             seed=config.seed, max_images=config.max_images, labels=config.labels,
+                             window=config.window, slice_axis=config.slice_axis)
     if executor is None:
         from dpaudit.audit.profile.executor import InProcessExecutor
 
         executor = InProcessExecutor()
     unit = privacy_unit(splits, config.privacy_unit)
     partition = parse_partition(config.partition)
-    cols = [s.groups.get(partition.column) if partition.column else None
-            for s in (splits.train, splits.val, splits.test)]
-    idx = partition_indices([s.labels.numpy() for s in (splits.train, splits.val, splits.test)],
-                            [s.patient_ids for s in (splits.train, splits.val, splits.test)], cols, partition,
-                            config.clients, num_classes=splits.num_classes, seed=config.seed)
+    idx = partition_splits(splits, partition, config.clients, seed=config.seed)
     client_splits = [_client_splits(splits, idx, k) for k in range(config.clients)]
     n_train = [len(cs.train) for cs in client_splits]
     part, survive = _schedule(config)
@@ -444,7 +452,9 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     torch.set_num_threads(config.threads if config.threads is not None else idle_cores())
     try:
         torch.manual_seed(config.seed)  # the initialisation centralised training with this seed would use
-        model = prepare_model(_local_config(config, splits, config.seed, 0.0, config.batch_size, None),
+        # Built with the sites' own configuration, so that a layer DP-SGD cannot train (BatchNorm) is refused
+        # here, before any round, with the fix (--fix-batchnorm), as train refuses it.
+        model = prepare_model(_local_config(config, splits, config.seed, sigma, config.batch_size, delta),
                               splits.num_classes, splits.in_channels, splits.image_shape)[0]
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         g_noise = torch.Generator().manual_seed(config.seed * 4 + 3 + 0x5E4)  # server's / SecAgg clients' noise
@@ -499,7 +509,8 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     baselines = _baselines(config, splits, sigma) if config.baselines else None
     epsilon_patient = None
     if config.dp_level == "client" and (unit.unit == "patient" or unit.data_records_per_patient > 1):
-        epsilon_patient = epsilon  # a whole site is protected, and each patient's images are at one site
+        # a whole site is protected, and each patient's images are at one site (partition_splits checked it)
+        epsilon_patient = epsilon
     elif any(s.epsilon_patient is not None for s in summaries):
         epsilon_patient = max(s.epsilon_patient if s.epsilon_patient is not None else (s.epsilon or 0.0)
                               for s in summaries)
@@ -528,7 +539,7 @@ def _local_config(config: FederatedConfig, splits: Any, seed: int, sigma: float,
 
     private = config.dp_level == "sample" and sigma > 0
     return TrainConfig(dataset=splits.name, image_size=config.image_size, arch=config.arch,
-                       arch_args=config.arch_args, epochs=config.local_epochs, batch_size=batch, lr=config.lr,
+                       arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm, epochs=config.local_epochs, batch_size=batch, lr=config.lr,
                        max_grad_norm=config.max_grad_norm, seed=seed, noise_multiplier=sigma if private else None,
                        non_private=not private, target_delta=delta, device="cpu")
 
@@ -580,7 +591,7 @@ def _baselines(config: FederatedConfig, splits: Any, sigma: float) -> FederatedB
     private = config.dp_level != "none"
     central = train(TrainConfig(
         dataset=splits.name, image_size=config.image_size, arch=config.arch, arch_args=config.arch_args,
-        epsilon=config.epsilon if private else None,
+        fix_batchnorm=config.fix_batchnorm, epsilon=config.epsilon if private else None,
         noise_multiplier=config.noise_multiplier if private and config.epsilon is None else None,
         non_private=not private, target_delta=config.target_delta, epochs=config.rounds * config.local_epochs,
         batch_size=min(config.batch_size, len(splits.train)), lr=config.lr, max_grad_norm=config.max_grad_norm,

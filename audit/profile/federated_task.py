@@ -9,9 +9,10 @@ run_federated_attack`) with and without secure aggregation. Nothing here imports
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dpaudit.audit.profile.schema import FederatedOutcome, FederatedSite
 from dpaudit.audit.profile.tasks import DataSpec, _TaskBase
@@ -44,7 +45,18 @@ class FederatedTask(_TaskBase):
     seed: int
     threads: int | None = None
     privacy_unit: str | None = None
+    #: The architecture's arguments (canonical JSON) and the BatchNorm replacement, as the training tasks take them;
+    #: left out of the key at their defaults so that earlier profiles resume.
+    arch_args: str = "{}"
+    fix_batchnorm: bool = False
     _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
+
+    def identity(self) -> dict[str, Any]:
+        out = super().identity()
+        for name, default in (("arch_args", "{}"), ("fix_batchnorm", False)):
+            if out.get(name) == default:
+                out.pop(name, None)
+        return out
 
     def tag(self) -> str:
         return f"{self.clients}sites-eps{self.epsilon_target:g}"
@@ -63,7 +75,9 @@ class FederatedTask(_TaskBase):
         splits = self.data.load()
         result = run_federated(FederatedConfig(
             dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
-            max_images=self.data.max_images, arch=self.arch, clients=self.clients, partition=self.partition,
+            max_images=self.data.max_images, labels=self.data.labels, window=self.data.window,
+            slice_axis=self.data.slice_axis, arch=self.arch, arch_args=json.loads(self.arch_args),
+            fix_batchnorm=self.fix_batchnorm, clients=self.clients, partition=self.partition,
             rounds=self.rounds, local_epochs=1, batch_size=self.batch_size, lr=self.lr, dp_level="sample",
             epsilon=self.epsilon_target, target_delta=self.target_delta, max_grad_norm=self.max_grad_norm, seed=self.seed,
             threads=self.threads, privacy_unit=self.privacy_unit), splits=splits)
@@ -82,7 +96,9 @@ class FederatedTask(_TaskBase):
         for secure in (False, True):
             att = run_federated_attack(FederatedAttackConfig(
                 dataset=self.data.dataset, data_dir=self.data.data_dir, image_size=self.data.image_size,
-                max_images=self.data.max_images, arch=self.arch, clients=attack_clients,
+                max_images=self.data.max_images, labels=self.data.labels, window=self.data.window,
+                slice_axis=self.data.slice_axis, arch=self.arch, arch_args=json.loads(self.arch_args),
+                fix_batchnorm=self.fix_batchnorm, clients=attack_clients,
                 batch_size=ATTACK_BATCH_SIZE, bins=ATTACK_BINS,
                 noise_multipliers=(*ATTACK_SIGMAS, result.noise_multiplier), secure_aggregation=secure,
                 rounds=ATTACK_ROUNDS, max_grad_norm=self.max_grad_norm, seed=self.seed, threads=self.threads),

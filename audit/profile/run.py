@@ -276,6 +276,13 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     from dpaudit.data import require_classes
 
     require_classes(splits, "the profile's training")
+    if config.federated:
+        # The federated stage runs last: a partition it would refuse (a patient at two sites, a site without
+        # training images) is refused now, before any training.
+        from dpaudit.audit.federated.partition import partition_splits
+
+        partition_splits(splits, config.federated_partition, config.federated_clients, seed=config.seed,
+                         option_prefix="--federated-")
     weights_note = class_weights_for(config, splits.label_names)[1]
     privacy = resolve_privacy(config, splits)
     k = privacy.records_per_patient
@@ -359,7 +366,8 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             data=_data_spec(config), arch=config.arch, epsilon_target=config.federated_epsilon,
             clients=config.federated_clients, partition=config.federated_partition, rounds=config.epochs,
             batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, lr=config.lr,
-            target_delta=config.target_delta, seed=config.seed, threads=threads, privacy_unit=config.privacy_unit)
+            target_delta=config.target_delta, seed=config.seed, threads=threads, privacy_unit=config.privacy_unit,
+            arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm)
         fed_res, st = _run_stage("federated", [fed_task], store, executor, progress)
         stages.append(st)
         federated = fed_res[fed_task.key()]
