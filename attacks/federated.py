@@ -121,9 +121,11 @@ class BinImprintBlock(nn.Module):
 
 def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, noise_multiplier: float,
                   max_grad_norm: float, lr: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One local DP-SGD step with real Opacus on a copy of ``model``; returns the update (new - old, float64).
+    """One local DP-SGD step with real Opacus on a copy of ``model``; returns the update (new - old, float64, on the
+    CPU).
 
-    ``images`` are normalised; the batch is all of them (B = len(images), Opacus' expected batch size).
+    ``images`` are normalised and on the model's device, as ``generator`` (Opacus draws the noise there); the batch
+    is all of them (B = len(images), Opacus' expected batch size).
     """
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
@@ -141,7 +143,7 @@ def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         loss.backward()
     opt.step()
     new = local.state_dict()
-    return {k: new[k].double() - old[k] for k in old}
+    return {k: (new[k].double() - old[k]).cpu() for k in old}  # the server's view, on the CPU (a no-op there)
 
 
 def server_views(updates: Sequence[Mapping[str, torch.Tensor]], secure_aggregation: bool
@@ -222,8 +224,9 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
     """Run the experiment (see the module docstring) and return the table (empirical numbers)."""
     from dpaudit.data import load_splits
     from dpaudit.models import build_model, check_classifier, check_dp_compatible, replace_batchnorm
-    from dpaudit.runtime import idle_cores
+    from dpaudit.runtime import idle_cores, resolve_device
 
+    device = resolve_device(config.device)  # before the data load: a GPU that is not there is named at once
     if splits is None:
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                              seed=config.seed, max_images=config.max_images, labels=config.labels,
@@ -249,11 +252,11 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
         check_dp_compatible(downstream)
         check_classifier(downstream, splits.image_shape, splits.num_classes, config.arch)
         block = BinImprintBlock(splits.image_shape, thresholds, seed=config.seed)
-        model = nn.Sequential(block, downstream)
+        model = nn.Sequential(block, downstream).to(device)  # built on the CPU (seeded as before), then moved
         rng = np.random.default_rng([config.seed, 0xB1A5])
         order = rng.permutation(len(splits.train))[:need].reshape(config.rounds, n_clients, b)
-        m_t = torch.tensor(splits.mean)[None, :, None, None]
-        s_t = torch.tensor(splits.std)[None, :, None, None]
+        m_t = torch.tensor(splits.mean, device=device)[None, :, None, None]
+        s_t = torch.tensor(splits.std, device=device)[None, :, None, None]
         per_view = n_clients * b if config.secure_aggregation else b
         rows = []
         for si, sigma in enumerate(config.noise_multipliers):
@@ -262,10 +265,11 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
                 updates = []
                 for c in range(n_clients):
                     idx = torch.as_tensor(order[r, c])
-                    x = (splits.train.images[idx] - m_t) / s_t
-                    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
+                    x = (splits.train.images[idx].to(device) - m_t) / s_t
+                    gen = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence(
                         [config.seed, si, r, c]).generate_state(1)[0]))
-                    updates.append(client_update(model, x, splits.train.labels[idx], noise_multiplier=sigma,
+                    updates.append(client_update(model, x, splits.train.labels[idx].to(device),
+                                                 noise_multiplier=sigma,
                                                  max_grad_norm=config.max_grad_norm, lr=config.lr, generator=gen))
                 views = server_views(updates, config.secure_aggregation)
                 decoded = attack_views(views, n_clients if config.secure_aggregation else 1, block_prefix="0.",
@@ -280,8 +284,8 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
                     ssims.extend([0.0] * len(gt))  # nothing decoded: no image reconstructed
                 occupied.append(float(np.mean([dd.occupied.sum() for dd in decoded])))
                 with torch.no_grad():  # a sample's bin is its highest active row (rows 0..m fire; row 0 always)
-                    x_round = (splits.train.images[torch.as_tensor(order[r].reshape(-1))] - m_t) / s_t
-                    active = (block.linear(x_round.flatten(1)) > 0).numpy()
+                    x_round = (splits.train.images[torch.as_tensor(order[r].reshape(-1))].to(device) - m_t) / s_t
+                    active = (block.linear(x_round.flatten(1)) > 0).cpu().numpy()
                 bin_of = k - 1 - np.argmax(active[:, ::-1], axis=1)
                 groups = np.repeat(np.arange(len(views)), per_view)
                 for g in range(len(views)):

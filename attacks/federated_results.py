@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from dpaudit.attacks.results import SUCCESS_SSIM
 from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, check_max_images, image_size_for
 from dpaudit.errors import ConfigError, check_int, check_positive, invalid
+from dpaudit.runtime import check_device
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class FederatedAttackConfig:
     denoiser: str = "tv"
     seed: int = 0
     threads: int | None = None
+    #: Where the clients' Opacus steps run (``auto``, ``cpu``, ``cuda``, ``cuda:N``); decoding stays on the CPU.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_int("clients", self.clients, fix="pass --clients 4")
@@ -67,6 +70,7 @@ class FederatedAttackConfig:
         check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
         if self.threads is not None:
             check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+        check_device(self.device)
         from dpaudit.data import check_data_options, parse_window
 
         check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)

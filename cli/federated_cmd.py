@@ -65,6 +65,7 @@ def train_command(
                                             )] = False,
     seed: Annotated[int, typer.Option(help="Seed (partition, schedule, initialisation, clients).")] = F.seed,
     threads: cli.ThreadsOpt = F.threads,
+    device: cli.DeviceOpt = F.device,
     json_output: cli.JsonOpt = False,
 ) -> None:
     """Train with FedAvg over partitioned sites; report per-site epsilon and global and per-site MCC."""
@@ -77,7 +78,8 @@ def train_command(
         local_epochs=local_epochs, batch_size=batch_size, lr=lr, server_lr=server_lr, dp_level=str(dp_level),
         epsilon=epsilon,
         noise_multiplier=sigma, target_delta=delta, max_grad_norm=max_grad_norm, secure_aggregation=secure_aggregation,
-        dropout=dropout, secagg_threshold=secagg_threshold, baselines=baselines, seed=seed, threads=threads)
+        dropout=dropout, secagg_threshold=secagg_threshold, baselines=baselines, seed=seed, threads=threads,
+        device=device)
     with progress_bar(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn()) as bar:
         task = bar.add_task("partitioning, calibrating noise", total=None)
@@ -146,6 +148,7 @@ def attack_command(
     denoiser: attack_options.DenoiserOpt = A.denoiser,
     seed: Annotated[int, typer.Option(help="Seed.")] = A.seed,
     threads: cli.ThreadsOpt = A.threads,
+    device: cli.DeviceOpt = A.device,
     json_output: cli.JsonOpt = False,
 ) -> None:
     """A malicious server's bin attack on one local DP-SGD step per client, with or without secure aggregation."""
@@ -154,7 +157,7 @@ def attack_command(
     config = FederatedAttackConfig(
         **shared, clients=clients, batch_size=batch_size, bins=bins, noise_multipliers=tuple(parse_float_list("--sigmas", sigmas, "0,1e-3,0.1")),
         secure_aggregation=secure_aggregation, rounds=rounds, max_grad_norm=max_grad_norm, denoiser=str(denoiser),
-        seed=seed, threads=threads)
+        seed=seed, threads=threads, device=device)
     result = run_federated_attack(config)
     if json_output:
         emit_json(result)

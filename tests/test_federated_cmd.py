@@ -295,3 +295,52 @@ def test_help_and_json_labels() -> None:
     numbers = {k for k, v in data["rows"][0].items() if isinstance(v, float) and k != "noise_multiplier"}
     labelled = {name.strip() for key in data["labels"] for name in key.split(",")}
     assert numbers <= labelled, numbers - labelled
+
+
+def test_device_cpu_is_the_default_result_and_a_missing_gpu_is_one_line() -> None:
+    """On a machine without a GPU ``auto`` is the CPU: explicit ``--device cpu`` gives the same numbers."""
+    import torch
+
+    train = ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch", "smallcnn", "--clients",
+             "2", "--rounds", "1", "--batch-size", "8", "--sigma", "1.0", "--threads", "1", "--json"]
+    attack = ["federated", "attack", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn", "--clients",
+              "2", "--bins", "8", "--sigmas", "0,0.1", "--rounds", "1", "--threads", "1", "--json"]
+    for args in (train, attack):
+        cpu = CliRunner().invoke(app, [*args, "--device", "cpu"])
+        assert cpu.exit_code == 0, cpu.output
+        if not torch.cuda.is_available():
+            auto = CliRunner().invoke(app, args)
+            drop = ("wall_seconds",)
+            a, b = json.loads(auto.stdout), json.loads(cpu.stdout)
+            for key in drop:
+                a.pop(key, None), b.pop(key, None)
+            a.pop("config", None), b.pop("config", None)
+            assert a == b
+            line = _one_line_error(CliRunner().invoke(app, [*args, "--device", "cuda"]))
+            assert "--device" in line and "Fix: pass --device cpu" in line
+
+
+def test_cuda_gives_the_cpu_accounting_and_the_noise_free_attack() -> None:
+    """Where a GPU is visible: the mechanism and every epsilon do not depend on the device; the attack at sigma 0
+    reconstructs the same images; the models differ only in float32 rounding (MCC within a loose band)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible")
+    train = ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch", "smallcnn", "--clients",
+             "2", "--rounds", "1", "--batch-size", "8", "--epsilon", "8", "--threads", "1", "--json"]
+    attack = ["federated", "attack", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn", "--clients",
+              "2", "--bins", "8", "--sigmas", "0", "--rounds", "1", "--threads", "1", "--json"]
+    runs = {}
+    for device in ("cpu", "cuda"):
+        for name, args in (("train", train), ("attack", attack)):
+            res = CliRunner().invoke(app, [*args, "--device", device])
+            assert res.exit_code == 0, res.output
+            runs[name, device] = json.loads(res.stdout)
+    cpu, gpu = runs["train", "cpu"], runs["train", "cuda"]
+    assert gpu["noise_multiplier"] == cpu["noise_multiplier"] and gpu["epsilon"] == cpu["epsilon"]
+    assert [c["epsilon"] for c in gpu["clients"]] == [c["epsilon"] for c in cpu["clients"]]
+    assert abs(gpu["global_metrics"]["mcc"] - cpu["global_metrics"]["mcc"]) <= 0.5
+    a, b = runs["attack", "cpu"]["rows"][0], runs["attack", "cuda"]["rows"][0]
+    assert (a["success_rate"], a["alone_share"]) == (b["success_rate"], b["alone_share"])
+    assert a["mean_ssim"] == pytest.approx(b["mean_ssim"], abs=1e-3)

@@ -56,6 +56,7 @@ from dpaudit.config import (
     image_size_for,
 )
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
+from dpaudit.runtime import check_device
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
            "FederatedResult", "RoundRecord", "run_federated", "secure_sum"]
@@ -135,6 +136,9 @@ class FederatedConfig:
     baselines: bool = False
     seed: int = 0
     threads: int | None = None
+    #: Where the sites' local training runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``, as ``TrainConfig.device``);
+    #: aggregation and evaluation stay on the CPU (float64 sums).
+    device: str = "auto"
     #: The unit the per-patient figure is stated for (as :class:`dpaudit.audit.train.TrainConfig`): None is the
     #: patient when the data carry patient or lesion ids.
     privacy_unit: str | None = None
@@ -184,6 +188,7 @@ class FederatedConfig:
         check_int("seed", self.seed, minimum=0, fix="pass --seed 0 or another whole number >= 0")
         if self.threads is not None:
             check_int("threads", self.threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
+        check_device(self.device)
         if self.privacy_unit is not None and self.privacy_unit not in ("patient", "image"):
             raise invalid("privacy_unit", self.privacy_unit, "patient or image",
                           "pass --privacy-unit patient or --privacy-unit image")
@@ -255,15 +260,16 @@ class ClientTask:
         return f"round {self.round}, client {self.client}"
 
     def run(self) -> ClientUpdate:
-        import torch
 
         from dpaudit.audit.train import _run_one
+        from dpaudit.runtime import resolve_device
 
         model, history, _ = _run_one(self.config, self.splits, self.seed, self.noise_multiplier,
                                      self.sampling_probability, self.steps, self.target_delta, None, 0, self.steps,
-                                     torch.device("cpu"), initial_state=self.initial_state)
+                                     resolve_device(self.config.device), initial_state=self.initial_state)
         state = model.state_dict()
-        update = {k: state[k].double() - self.initial_state[k].double() for k in state}
+        # back on the CPU (a no-op there): the server aggregates in float64 on the CPU
+        update = {k: state[k].double().cpu() - self.initial_state[k].double() for k in state}
         return ClientUpdate(self.client, self.round, len(self.splits.train), update,
                             float(history[-1].train_loss) if history else float("nan"))
 
@@ -412,6 +418,9 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
 
     if not isinstance(config, FederatedConfig):
         raise ConfigError(f"config must be a FederatedConfig, got {type(config).__name__}.")
+    from dpaudit.runtime import resolve_device
+
+    resolve_device(config.device)  # before the data load: a GPU that is not there is named at once
     t_start = time.perf_counter()
     if splits is None:
         splits = load_splits(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
@@ -541,7 +550,7 @@ def _local_config(config: FederatedConfig, splits: Any, seed: int, sigma: float,
     return TrainConfig(dataset=splits.name, image_size=config.image_size, arch=config.arch,
                        arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm, epochs=config.local_epochs, batch_size=batch, lr=config.lr,
                        max_grad_norm=config.max_grad_norm, seed=seed, noise_multiplier=sigma if private else None,
-                       non_private=not private, target_delta=delta, device="cpu")
+                       non_private=not private, target_delta=delta, device=config.device)
 
 
 def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[ClientUpdate], sigma: float,
@@ -595,7 +604,7 @@ def _baselines(config: FederatedConfig, splits: Any, sigma: float) -> FederatedB
         noise_multiplier=config.noise_multiplier if private and config.epsilon is None else None,
         non_private=not private, target_delta=config.target_delta, epochs=config.rounds * config.local_epochs,
         batch_size=min(config.batch_size, len(splits.train)), lr=config.lr, max_grad_norm=config.max_grad_norm,
-        seed=config.seed, threads=config.threads, device="cpu"), splits=splits)
+        seed=config.seed, threads=config.threads, device=config.device), splits=splits)
     plain = run_federated(replace(config, dp_level="none", epsilon=None, noise_multiplier=None, baselines=False,
                                   target_delta=None), splits=splits)
     return FederatedBaselines(float(central.metrics.mcc), central.epsilon_achieved, central.noise_multiplier,
