@@ -38,7 +38,7 @@ def test_fedavg_with_one_client_equals_centralised_training(splits, private) -> 
     fed = run_federated(FederatedConfig(
         image_size=16, arch="smallcnn", clients=1, rounds=1, local_epochs=epochs, batch_size=batch, seed=seed,
         dp_level="sample" if private else "none", noise_multiplier=0.8 if private else None, target_delta=1e-5,
-        threads=1), splits=splits)
+        threads=1, device="cpu"), splits=splits)  # as the centralised run (auto picks a GPU where one is visible)
     config = TrainConfig(image_size=16, arch="smallcnn", epochs=epochs, batch_size=batch, seed=seed,
                          noise_multiplier=0.8 if private else None, non_private=not private, target_delta=1e-5,
                          device="cpu", threads=1)
