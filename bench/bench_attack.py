@@ -10,9 +10,11 @@ Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 
 (dpaudit's solver against scikit-image's). ``--breakdown`` adds where the 9-level attack's CPU time goes beyond the
 floor, per stage. ``--alternatives`` times, per image and side by side, the ways of computing the two largest
 stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
-sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls) and torch's grouped
-convolution, the TV denoiser with 2 torch threads, SSIM in float32 (its error against float64), the projection's
-square root and quotient against the reciprocal square root and product, and de-normalising in float32.
+sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls), torch's grouped
+convolution and sums of shifted rows along the columns (doubling), the TV denoiser with 2 torch threads, SSIM in
+float32 (its error against float64), the projection's square root and quotient against the reciprocal square root
+and product or pow(-0.5), the whole projection against one vector_norm over the two dual components, and
+de-normalising in float32.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def alternatives(size: int, n: int, repeats: int) -> None:
     from skimage.metrics import structural_similarity
 
     from dpaudit.attacks.decoders import denoise_tv
-    from dpaudit.attacks.scoring import SsimReference, _box_sum
+    from dpaudit.attacks.scoring import _WIN, SsimReference, _box_sum
 
     def cpu(fn, *, wall=False):
         fn()
@@ -207,9 +209,18 @@ def alternatives(size: int, n: int, repeats: int) -> None:
     t_nd = cpu(lambda: scipy.ndimage.uniform_filter(maps.numpy(), size=(1, 1, 7, 7))) / n
     t_conv = cpu(lambda: torch.nn.functional.conv2d(torch.nn.functional.conv2d(maps, ones, groups=3),
                                                     ones.transpose(2, 3), groups=3)) / n
+
+    def doubling(m=maps):  # running sums along the rows, then along the columns 2 + 1, 3 + 3, 6 + 1 rows (4 sums)
+        cols = (lambda c: c[..., _WIN:] - c[..., :-_WIN])(torch.nn.functional.pad(m.cumsum(-1), (1, 0)))
+        s3 = cols[..., :-2, :] + cols[..., 1:-1, :] + cols[..., 2:, :]
+        return (s3[..., :-4, :] + s3[..., 3:-1, :]).add_(cols[..., _WIN - 1 :, :])  # 3 + 3 + 1 rows
+
+    assert torch.allclose(doubling(), _box_sum(maps), rtol=0, atol=1e-12)  # the same sums, in another order
+    t_dbl = cpu(doubling) / n
     print(f"SSIM window sums (x, x^2, x y): running sums {t_ours * 1e3:7.3f} | scipy.ndimage.uniform_filter "
           f"{t_nd * 1e3:7.3f} ({t_nd / t_ours:.1f}x) | torch grouped conv 1x7, 7x1 {t_conv * 1e3:7.3f} "
-          f"({t_conv / t_ours:.1f}x)")
+          f"({t_conv / t_ours:.1f}x) | rows by running sums, columns by doubling {t_dbl * 1e3:7.3f} "
+          f"({t_dbl / t_ours:.1f}x)")
     # Near-constant pairs are the hard case: the variances cancel and c2 = 9e-4 is all that is left.
     flat = np.full((20, 16, 16, 3), rng.random((20, 1, 1, 1)), dtype=np.float32)
     other = np.clip(flat + np.float32(0.02) + 1e-4 * rng.random(flat.shape, dtype=np.float32), 0, 1)
@@ -237,8 +248,20 @@ def alternatives(size: int, n: int, repeats: int) -> None:
     t_add = cpu(lambda: torch.add(q[0], q[1], out=norm))
     t_div = cpu(lambda: qq.copy_(q).div_(torch.sqrt(sq, out=norm))) - cpu(lambda: qq.copy_(q))
     t_mul = cpu(lambda: qq.copy_(q).mul_(torch.rsqrt(sq, out=norm))) - cpu(lambda: qq.copy_(q))
+    t_pow = cpu(lambda: qq.copy_(q).mul_(torch.pow(sq, -0.5, out=norm))) - cpu(lambda: qq.copy_(q))
+    # The whole projection as dpaudit makes it (|q|^2, clamp, rsqrt, product: 6 passes' worth of the 16), against
+    # |q| in one reduction over the two components (torch.linalg.vector_norm, dim 0), clamp and quotient.
+    def projection():
+        torch.mul(q[0], q[0], out=norm).addcmul_(q[1], q[1]).clamp_(min=1.0).rsqrt_()
+        return qq.copy_(q).mul_(norm)
+
+    t_proj = cpu(projection) - cpu(lambda: qq.copy_(q))
+    t_vn = cpu(lambda: qq.copy_(q).div_(torch.linalg.vector_norm(q, dim=0, out=norm).clamp_(min=1.0))) \
+        - cpu(lambda: qq.copy_(q))
     print(f"TV projection over a chunk, in plain passes (add): sqrt + div {t_div / t_add:.1f} | rsqrt + mul "
-          f"{t_mul / t_add:.1f} (dpaudit; an iteration makes 16 passes)")
+          f"{t_mul / t_add:.1f} (dpaudit; an iteration makes 16 passes) | pow(-0.5) + mul {t_pow / t_add:.1f}")
+    print(f"TV projection, all of it: |q|^2, clamp, rsqrt, product (dpaudit) {t_proj / t_add:.1f} | |q| by "
+          f"vector_norm over the two components, clamp, quotient {t_vn / t_add:.1f}")
     # De-normalising the strong decoder's output in float32 (one product by std / scale, one sum) instead of float64
     # (rejected: 1 ulp off, so the exact reconstructions without noise are no longer bit-exact; see decode_pooled).
     avg = rng.standard_normal((n, 3 * size * size), dtype=np.float32)
