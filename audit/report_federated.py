@@ -11,6 +11,7 @@ from reportlab.platypus import PageBreak, Spacer
 
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import FederatedOutcome
+from dpaudit.numfmt import percent_interval
 
 
 def _num(v: float | None, spec: str) -> str:
@@ -64,7 +65,7 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
     for r in fed.attack:
         rows.append([report.cell(x) for x in (
             f"{r.noise_multiplier:.3g}", "yes" if r.secure_aggregation else "no", str(r.clients), str(r.batch_size),
-            str(r.bins), txt.pct(r.success_rate), f"{txt.pct(r.ci_low)} – {txt.pct(r.ci_high)}",
+            str(r.bins), txt.pct(r.success_rate), " – ".join(percent_interval(r.ci_low, r.ci_high)),
             f"{r.mean_ssim:.3f}", f"{txt.pct(r.alone_share)} (exp. {txt.pct(r.expected_alone_share)})",
             str(r.n_images))])
     out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head)),

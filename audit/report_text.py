@@ -14,7 +14,7 @@ import math
 from dpaudit.audit.decision import Decision, image_unit_patient_risk
 from dpaudit.audit.profile.schema import LevelSummary, PrivacyInfo, Profile, Spread, fmt_eps
 from dpaudit.audit.stats import mean_interval, welch_test
-from dpaudit.numfmt import lower, upper
+from dpaudit.numfmt import lower, percent, upper
 
 #: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
 REPORT_FPR = 1e-3
@@ -26,34 +26,9 @@ LABEL_APPROX = "approximation"
 
 
 def pct(value: float | None, *, direction: str = "nearest", digits: int | None = None) -> str:
-    """Format a fraction in [0, 1] as a percentage.
-
-    ``direction="up"`` rounds up at the shown precision (upper bounds: 0.012341 -> '1.24%'), ``"down"`` rounds
-    down (lower bounds), ``"nearest"`` rounds normally (empirical rates). Tiny positive upper bounds print as
-    '< 0.01%', which is a true statement; 0 prints as '0%'.
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    v = 100.0 * float(value)
-    if v == 0:
-        return "0%"
-    if digits is None:
-        digits = 2 if v < 10 else 1
-    scale = 10 ** digits
-    if direction == "up":
-        shown = math.ceil(v * scale - 1e-9) / scale
-        if shown > 100:
-            shown = 100.0
-    elif direction == "down":
-        shown = math.floor(v * scale + 1e-9) / scale
-    else:
-        shown = round(v * scale) / scale
-    floor = 1 / scale
-    if 0 < v < floor:
-        return f"< {floor:.{digits}f}%" if direction != "down" else f"{0:.{digits}f}%"
-    if shown >= 100:
-        return "100%"
-    return f"{shown:.{digits}f}%"
+    """Format a fraction in [0, 1] as a percentage: :func:`dpaudit.numfmt.percent` (``direction="up"`` for upper
+    bounds and an interval's upper end, ``"down"`` for lower ends, ``"nearest"`` for labelled point estimates)."""
+    return percent(value, direction=direction, digits=digits)
 
 
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
@@ -197,7 +172,7 @@ def summary_sentence(profile: Profile, level: LevelSummary) -> str:
             f"A realistic attacker (malicious server with an imprint layer, {r.decoder} decoder) recovered "
             f"<b>{pct(r.success_rate)}</b> of {r.n_images} {record(profile)}s, per {record(profile)} "
             f"({LABEL_EMPIRICAL}; 95% interval "
-            f"{pct(r.ci_low)} to {pct(r.ci_high)}).")
+            f"{pct(r.ci_low, direction='down')} to {pct(r.ci_high, direction='up')}).")
     values = utility_values(level)
     if level.utility["mcc"].mean is not None:
         m = mean_interval(values)

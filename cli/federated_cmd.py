@@ -12,7 +12,7 @@ from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
-from dpaudit.numfmt import metric, upper
+from dpaudit.numfmt import metric, percent, percent_interval, upper
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
                   no_args_is_help=True)
@@ -168,8 +168,9 @@ def attack_command(
               "alone (est. (1-1/K)^(M-1))")
     for r in result.rows:
         out.print(f"{r.noise_multiplier:<8.3g}  {r.clients:>7}  {r.batch_size}  {r.bins:>4}  "
-                  f"{'yes' if r.secure_aggregation else 'no':>6}  {r.n_images:<3}  {r.success_rate:>6.3f} "
-                  f"[{r.ci_low:.3f}, {r.ci_high:.3f}]      {r.mean_ssim:>6.3f}     {r.alone_share:>6.3f}         "
+                  f"{'yes' if r.secure_aggregation else 'no':>6}  {r.n_images:<3}  {percent(r.success_rate):>6} "
+                  "[{}, {}]".format(*percent_interval(r.ci_low, r.ci_high))
+                  + f"      {r.mean_ssim:>6.3f}     {r.alone_share:>6.3f}         "
                   f"{r.expected_alone_share:.3f}")
     out.print("mean SSIM (empirical): over the round's images, each against its nearest reconstruction; an image of a "
               "round where nothing was decoded counts as SSIM 0 (nothing reconstructed)")

@@ -221,7 +221,7 @@ def audit_cmd(
               f"{res.members} trained on)")
     out.print(f"ceiling: this audit could certify at most epsilon {_up(res.ceiling)}")
     for t in res.tpr_at_fpr:
-        out.print(f"  TPR at FPR <= {t.fpr_target:g}: {t.tpr:.3f} [{t.tpr_low:.3f}, {t.tpr_high:.3f}] "
+        out.print(f"  TPR at FPR <= {t.fpr_target:g}: {t.tpr:.3f} [{_down(t.tpr_low)}, {_up(t.tpr_high)}] "
                   f"({t.true_positives}/{t.positives}; FPR {t.false_positives}/{t.negatives}) (empirical)")
     out.print(f"  AUC {res.auc:.3f} (empirical); test MCC {res.train.metrics.mcc:.3f} (empirical)")
     out.print(res.caveat)

@@ -99,6 +99,58 @@ def _plain(text: str) -> str:
     return f"{x:.0f}" if "e" in text and abs(x) >= 1 else text
 
 
+def percent(value: float | None, *, direction: str = "nearest", digits: int | None = None) -> str:
+    """A fraction in [0, 1] as a percentage, rounded in ``direction`` at the shown precision.
+
+    ``"up"`` for an upper end (a sound upper bound, the upper end of a confidence interval: 0.60236 -> '60.3%'),
+    ``"down"`` for a lower end (an empirical lower bound, the lower end of an interval), ``"nearest"`` only for a
+    point estimate labelled as such (an empirical success rate). ``digits`` decimals, by default 1 from 10% up and
+    2 below. A tiny positive value reads '< 0.01%' (a true statement) unless rounded down; 0 reads '0%'.
+
+    >>> percent(0.60236, direction="up"), percent(0.60236, direction="down"), percent(0.60236)
+    ('60.3%', '60.2%', '60.2%')
+    >>> percent(0.0123401, direction="up"), percent(1e-6, direction="up"), percent(1e-6, direction="down")
+    ('1.24%', '< 0.01%', '0.00%')
+    >>> percent(0.99995, direction="up"), percent(0.0), percent(None), percent(float("nan"))
+    ('100%', '0%', 'n/a', 'n/a')
+    """
+    if direction not in ("up", "down", "nearest"):
+        raise ValueError(f"direction must be 'up', 'down' or 'nearest', got {direction!r}")
+    if value is None or math.isnan(value):
+        return "n/a"
+    v = 100.0 * float(value)
+    if v == 0:
+        return "0%"
+    if digits is None:
+        digits = 2 if v < 10 else 1
+    scale = 10**digits
+    # 1e-9 of the last digit absorbs binary round-off, as in :func:`upper`
+    if direction == "up":
+        shown = min(math.ceil(v * scale - 1e-9) / scale, 100.0)
+    elif direction == "down":
+        shown = math.floor(v * scale + 1e-9) / scale
+    else:
+        shown = round(v * scale) / scale
+    floor = 1 / scale
+    if 0 < v < floor:
+        return f"< {floor:.{digits}f}%" if direction != "down" else f"{0:.{digits}f}%"
+    if shown >= 100:
+        return "100%"
+    return f"{shown:.{digits}f}%"
+
+
+def percent_interval(low: float, high: float, *, digits: int | None = None) -> tuple[str, str]:
+    """The two ends of a confidence interval of a rate as percentages, each rounded outward (the low end down, the
+    high end up), so the shown interval always contains the computed one; the caller joins them.
+
+    >>> percent_interval(0.0, 0.6023646)
+    ('0%', '60.3%')
+    >>> percent_interval(0.0527, 0.48732)
+    ('5.27%', '48.8%')
+    """
+    return percent(low, direction="down", digits=digits), percent(high, direction="up", digits=digits)
+
+
 #: How an undefined utility metric reads (MCC or AUROC of a group whose test images hold one class: NaN in JSON),
 #: in the console as in the report's subgroup table ("n/a").
 UNDEFINED_METRIC = "n/a (one class)"
