@@ -61,6 +61,7 @@ from dpaudit.audit.report_layout import (
 )
 from dpaudit.codec import from_plain
 from dpaudit.errors import DataError, DpAuditError, invalid
+from dpaudit.numfmt import percent_interval
 
 
 class _Report(board.BoardPages):
@@ -99,7 +100,7 @@ class _Report(board.BoardPages):
         rows = [
             ("Model", f"{c.arch} ({c.image_size}×{c.image_size} pixels, {d.image_shape[0] if d.image_shape else '?'} "
                       "channel(s))"),
-            ("Dataset", f"{d.name}: {d.n_train} training, {d.n_val} validation, {d.n_test} test images; "
+            ("Dataset", f"{d.name}: {d.n_train} training, {d.n_val} validation, {d.n_test} test {txt.record(self.p)}s; "
                         f"classes {', '.join(d.label_names) or 'n/a'}"),
             ("Privacy unit", unit),
             ("Privacy budgets", ", ".join(lv.label for lv in self.levels)),
@@ -298,7 +299,7 @@ class _Report(board.BoardPages):
             out += [Spacer(1, 6),
                     self.para("Realistic attack: reconstruction errors", "h2"),
                     self.para(
-                        "For each privacy budget and decoder, the share of attacked images whose best reconstruction "
+                        f"For each privacy budget and decoder, the share of attacked {txt.record(self.p)}s whose best reconstruction "
                         "has an SSIM error (1 − SSIM) below the value on the x-axis (seed paper, Figure 3, left). "
                         "Curves that rise to the left of the threshold line mean successful reconstructions; "
                         "the “paper” decoder reproduces the seed paper's attack, the “strong” decoder is "
@@ -319,13 +320,13 @@ class _Report(board.BoardPages):
             for r in a.rows:
                 rows.append([self.cell(x) for x in (
                     lv.label, f"{a.noise_multiplier:.3g}", r.decoder, txt.pct(r.success_rate),
-                    f"{txt.pct(r.ci_low)} – {txt.pct(r.ci_high)}", f"{r.mean_ssim:.3f}", str(r.n_images),
+                    " – ".join(percent_interval(r.ci_low, r.ci_high)), f"{r.mean_ssim:.3f}", str(r.n_images),
                     str(a.n_excluded))])
         a0 = next(lv.attack for lv in self.levels if lv.attack is not None)
         return [Spacer(1, 4), grid(rows, [TEXT_W / len(head)] * len(head)),
-                self.para(f"All {txt.LABEL_EMPIRICAL}. SSIM: {esc(a0.ssim_variant)}; images with fewer than 10% "
+                self.para(f"All {txt.LABEL_EMPIRICAL}. SSIM: {esc(a0.ssim_variant)}; {txt.record(self.p)}s with fewer than 10% "
                           f"non-zero pixels excluded; {a0.connection} imprint connection with {a0.bins} bins; "
-                          f"images of shape {'×'.join(str(x) for x in a0.image_shape)}.", "small")]
+                          f"{txt.record(self.p)}s of shape {'×'.join(str(x) for x in a0.image_shape)}.", "small")]
 
     def mia_page(self) -> list:
         out = [self.para("Membership inference", "h1"), self.para(txt.mia_sentence(self.p))]

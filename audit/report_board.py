@@ -23,7 +23,7 @@ from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
 from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid
-from dpaudit.numfmt import UNDEFINED_METRIC
+from dpaudit.numfmt import UNDEFINED_METRIC, percent_interval
 
 if TYPE_CHECKING:
     from dpaudit.audit.profile.schema import Profile
@@ -176,8 +176,8 @@ class BoardPages:
             ("Configuration hash", f"<font face='DejaVuSansMono' size='7'>SHA-256 {config_sha256(p)}</font>"),
             ("dpaudit version", esc(p.dpaudit_version)),
             ("Profile created", esc(p.created)),
-            ("Dataset", f"{esc(d.name)}: {d.n_train} training, {d.n_val} validation, {d.n_test} test images; "
-                        f"classes {esc(', '.join(d.label_names) or 'n/a')}; images "
+            ("Dataset", f"{esc(d.name)}: {d.n_train} training, {d.n_val} validation, {d.n_test} test "
+                        f"{txt.record(self.p)}s; classes {esc(', '.join(d.label_names) or 'n/a')}; {txt.record(self.p)}s "
                         f"{'×'.join(str(x) for x in d.image_shape)}"),
             ("Privacy budgets", esc(", ".join(txt.budget_name(p, lv) for lv in self.levels))),
             ("Board limits", esc(limits)),
@@ -259,7 +259,7 @@ class BoardPages:
                     self.cell("–" if att is None else str(att.n_images)),
                     self.cell("–" if att is None else str(att.successes)),
                     self.cell("not run" if att is None else
-                              f"{txt.pct(att.success_rate)} [{txt.pct(att.ci_low)}, {txt.pct(att.ci_high)}]"),
+                              f"{txt.pct(att.success_rate)} [{', '.join(percent_interval(att.ci_low, att.ci_high))}]"),
                     self.cell("<b>⚠ small</b>" if small else "")])
             spans.append(("SPAN", (0, first), (0, len(rows) - 1)))
             spans.append(("LINEBELOW", (0, len(rows) - 1), (-1, len(rows) - 1), 0.5, RULE))

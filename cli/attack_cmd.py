@@ -16,7 +16,7 @@ from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, check_max_images, default_image_size, record_noun
-from dpaudit.numfmt import upper
+from dpaudit.numfmt import percent, percent_interval, upper
 
 app = typer.Typer()
 #: The defaults of the attack: AttackScenario's (the Python API's); the data options: as dpaudit train.
@@ -185,7 +185,8 @@ def attack(
                              labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])
     unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"])
     if len(splits.train) < n_images:
-        err.print(f"warning: the training split holds {len(splits.train)} images; attacking all of them.")
+        err.print(f"warning: the training split holds {len(splits.train)} {record_noun(splits.unit)}s; attacking all "
+                  "of them.")
     if ckpt is None:
         if not as_json:
             err.print(f"note: no --model: attacking a randomly initialised {arch} (--arch {arch}"
@@ -227,7 +228,7 @@ def attack(
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress, device=device)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
-    err.print(unit_line + "; the attack itself reconstructs single images", highlight=False)
+    err.print(unit_line + f"; the attack itself reconstructs single {record_noun(splits.unit)}s", highlight=False)
     for note in loading_notes(splits):
         err.print(f"note: {note}", highlight=False)
 
@@ -316,8 +317,8 @@ def _render(result, np) -> None:
     heads = {id(r) for r in result.headline()}
     for r in result.rows:
         table.add_row(f"{r.noise_multiplier:g}", "-" if r.epsilon is None else upper(r.epsilon),
-                      r.decoder + (" *" if id(r) in heads else ""), str(r.n_images), f"{100 * r.success_rate:.1f}%",
-                      f"[{100 * r.ci_low:.1f}%, {100 * r.ci_high:.1f}%]", f"{r.mean_ssim:.3f}", f"{r.mean_rho:.3f}",
+                      r.decoder + (" *" if id(r) in heads else ""), str(r.n_images), percent(r.success_rate),
+                      "[{}, {}]".format(*percent_interval(r.ci_low, r.ci_high)), f"{r.mean_ssim:.3f}", f"{r.mean_rho:.3f}",
                       f"{float(np.median(r.eta)):.3g}")
     out.print(table)
     c, h, w = result.image_shape

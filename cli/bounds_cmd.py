@@ -63,10 +63,12 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None,
                 run_flags: str = "--sigma, --q and --steps", records_per_patient: int | None = None,
-                privacy_unit: str | None = None) -> tuple[Any, float | None, int | None, tuple[int, str] | None]:
+                privacy_unit: str | None = None) -> tuple[Any, float | None, int | None, tuple[int, str] | None, str]:
     """The run's schedule and delta from the flags, completed from ``--model`` when given (its stored phases,
     :func:`dpaudit.bounds.schedule_of_checkpoint`), N_train, and the checkpoint's k (records per patient) when it
-    recorded the patient as its privacy unit. A ``records_per_patient`` given by hand is refused below the most
+    recorded the patient as its privacy unit, and what one of its training records is called
+    (:func:`dpaudit.config.record_noun` of the data unit it records: 'slice' for slices of volumes, else 'image').
+    A ``records_per_patient`` given by hand is refused below the most
     images one patient has in the checkpoint's training split (where it recorded them).
 
     With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior). Flags
@@ -75,8 +77,10 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
     from dpaudit.config import check_records_per_patient
 
     ckpt_k = None
+    rec = "image"
     if model is not None:
         from dpaudit.checkpoint import PlainWeightsError, load_checkpoint
+        from dpaudit.config import record_noun
 
         try:
             ckpt = load_checkpoint(model)
@@ -95,6 +99,7 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
             if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
                 n_train = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]  # kappa = 1/volumes
         ckpt_k = _checkpoint_unit(ckpt.extra, privacy_unit)
+        rec = record_noun(str(ckpt.extra.get("data_unit") or "image"))
         if records_per_patient is not None and ckpt.extra.get("images_per_unit_max") is not None:
             # k given by hand against a checkpoint that records its training split's patients: not below them
             check_records_per_patient(records_per_patient, str(ckpt.extra.get("data_unit") or "image"),
@@ -107,7 +112,7 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
                 raise invalid(given[0].lstrip("-"), "given with --model", f"left out: {str(model)!r} records "
                               f"{len(sched.phases)} phases", "drop --sigma/--q/--steps to bound the checkpoint's "
                               "schedule, or pass every phase with --phase SIGMA,Q,STEPS instead of --model")
-            return sched, delta, n_train, ckpt_k
+            return sched, delta, n_train, ckpt_k, rec
         phase = sched.phases[0]
         sigma = phase.noise_multiplier if sigma is None else sigma
         q = phase.sampling_probability if q is None else q
@@ -117,7 +122,7 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
         raise ConfigError(f"the DP-SGD run is not fully given: {' and '.join(missing)} missing. Fix: pass --sigma, "
                           "--q and --steps (the run's noise multiplier, sampling probability and steps), or --model "
                           "CHECKPOINT to read them from a dpaudit checkpoint.")
-    return Schedule.single(float(sigma), float(q), int(steps)), delta, n_train, ckpt_k
+    return Schedule.single(float(sigma), float(q), int(steps)), delta, n_train, ckpt_k, rec
 
 
 def _checkpoint_unit(extra: dict[str, Any], requested: str | None) -> tuple[int, str] | None:
@@ -138,8 +143,11 @@ def _checkpoint_unit(extra: dict[str, Any], requested: str | None) -> tuple[int,
             return k, (f"--privacy-unit patient: k = {k}, the most {per} in the checkpoint's training split; "
                        "it was trained per image, and the epsilon_patient train gave it is this one")
         if requested is None:
+            from dpaudit.config import record_noun
+
+            rec = record_noun(str(extra.get("data_unit")))
             return 1, (f"the checkpoint was trained with --privacy-unit image: k = 1, every number below is per "
-                       f"image; one patient has up to {k} {per.split(' of ')[0]} in its training split: pass "
+                       f"{rec}; one patient has up to {k} {per.split(' of ')[0]} in its training split: pass "
                        "--privacy-unit patient for the per-patient numbers")
     return None
 
@@ -286,9 +294,9 @@ def bounds(
                          "--history FILE, --phase SIGMA,Q,STEPS (repeatable), or --sigma, --q and --steps (or "
                          "--model CHECKPOINT)")
     sched = _schedule_from_flags(history, phase)
-    ckpt_k = None
+    ckpt_k, rec = None, "image"
     if sched is None:
-        sched, delta, n_train, ckpt_k = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates,
+        sched, delta, n_train, ckpt_k, rec = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates,
                                                     records_per_patient=records_per_patient,
                                                     privacy_unit=opt_str(privacy_unit))
     delta, delta_note = _delta(delta, n_train)
@@ -300,7 +308,7 @@ def bounds(
         err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
                   highlight=False)
     for note in summary.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {_worded(note, rec)}")
     if delta_note and not json_out:
         err.print(f"note: {delta_note}", highlight=False)
     mia = summary.mia
@@ -310,16 +318,17 @@ def bounds(
             w = csv.writer(fh)
             # every row says what kind of number the TPRs are and for which unit, as the JSON's labels do
             label = mia.label if mia.label == mia_relaxed.label else f"{mia.label} / {mia_relaxed.label}"
-            unit = f"per patient of {k} images" if k > 1 else "per image"
+            unit = _per(k, rec)
             w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed", "label", "unit"])
             for f, t, tr in zip(mia.roc_fpr, mia.roc_tpr, mia_relaxed.roc_tpr, strict=True):
-                w.writerow([f"{f:.6e}", f"{t:.9g}", f"{tr:.9g}", label, unit])
+                # the TPRs are sound upper bounds: full precision (repr), never rounded to nearest
+                w.writerow([f"{f:.6e}", repr(float(t)), repr(float(tr)), label, unit])
     if plot is not None:
         _plot(plot, sched, k, kappas)
     if json_out:
-        emit_json(_bounds_json(summary, method.value, delta_note))
+        emit_json(_bounds_json(summary, method.value, delta_note, rec))
         return
-    _render(summary)
+    _render(summary, rec)
 
 
 def _unit(privacy_unit: str | None, records_per_patient: int | None,
@@ -369,7 +378,7 @@ def _delta(delta: float | None, n_train: int | None) -> tuple[float, str | None]
     return default_delta(n_train), default_delta_rule(n_train)
 
 
-def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any]:
+def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "image") -> dict[str, Any]:
     sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
                                  s.records_per_patient)
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
@@ -391,8 +400,7 @@ def _bounds_json(s, method: str, delta_note: str | None = None) -> dict[str, Any
         "labels": {"epsilon": EPSILON_LABEL.format(accountant=s.epsilon.accountant.upper()),
                    **({"epsilon_patient": EPSILON_PATIENT_LABEL} if s.epsilon_patient is not None else {}),
                    "epsilon_rdp": "sound upper bound (RDP, as Opacus), per image",
-                   "rero": worst.label + (f", per patient of {k} images" if k > 1 else ", per image"),
-                   "mia": mia.label + (f", per patient of {k} images" if k > 1 else ", per image")},
+                   "rero": f"{worst.label}, {_per(k, rec)}", "mia": f"{mia.label}, {_per(k, rec)}"},
         # tight only: the proven gap to a sound lower bound on the exact value; no other method has one
         "numerical_error": ({"worst_case": worst.numerical_error.tolist(), "relaxed": relaxed.numerical_error.tolist()}
                             if method == "tight" else None),
@@ -418,7 +426,20 @@ def _fmt_estimate(bound, i: int) -> str:
     return f"{_fmt_pct(bound.gamma[i])} (95% interval {lower(100 * lo, 3)}% to {_fmt_pct(hi)})"
 
 
-def _render(s) -> None:
+def _per(k: int, rec: str) -> str:
+    """The unit a risk is stated for, in the data's words: 'per patient of 16 slices', 'per image'."""
+    return f"per patient of {k} {rec}s" if k > 1 else f"per {rec}"
+
+
+def _worded(text: str, rec: str) -> str:
+    """A note or assumption of :mod:`dpaudit.bounds` (which knows no data unit and says "image") in the data's
+    words: 'per-slice', '16 slices' where the records are slices of volumes; unchanged for images."""
+    if rec == "image":
+        return text
+    return text.replace("per-image", f"per-{rec}").replace(" images", f" {rec}s").replace(" image", f" {rec}")
+
+
+def _render(s, rec: str = "image") -> None:
     from rich.table import Table
 
     from dpaudit.numfmt import upper
@@ -439,17 +460,17 @@ def _render(s) -> None:
     table.add_column("value", justify="right")
     table.add_column("kind")
     if k > 1:
-        table.add_row(f"epsilon per patient of {k} images at delta {delta:g} ({eps_source})", _fmt_eps(eps),
+        table.add_row(f"epsilon {_per(k, rec)} at delta {delta:g} ({eps_source})", _fmt_eps(eps),
                       "sound upper bound")
-        table.add_row(f"epsilon per image at delta {delta:g} ({s.epsilon.accountant.upper()})",
+        table.add_row(f"epsilon per {rec} at delta {delta:g} ({s.epsilon.accountant.upper()})",
                       _fmt_eps(s.epsilon.value), "sound upper bound")
     else:
-        table.add_row(f"epsilon per image at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
+        table.add_row(f"epsilon per {rec} at delta {delta:g} ({eps_source})", _fmt_eps(eps), "sound upper bound")
     if math.isfinite(s.epsilon_rdp):
-        table.add_row(f"epsilon per image at delta {delta:g} (RDP, as Opacus)",
+        table.add_row(f"epsilon per {rec} at delta {delta:g} (RDP, as Opacus)",
                       _fmt_eps(s.epsilon_rdp), "sound upper bound")
     # k > 1: the risks are per patient (its k images move together), as the epsilon above them
-    unit = f", per patient of {k} images" if k > 1 else ""
+    unit = f", {_per(k, rec)}" if k > 1 else ""
     for i, kv in enumerate(worst.kappa):
         table.add_row(f"ReRo worst-case{unit}, kappa {kv:.4g}", _fmt_estimate(worst, i), worst.label)
         table.add_row(f"ReRo relaxed{unit}, kappa {kv:.4g}", _fmt_estimate(relaxed, i), relaxed.label)
@@ -459,7 +480,7 @@ def _render(s) -> None:
     out.print(table)
     out.print("Assumptions:")
     for a in s.assumptions:
-        out.print(f"  - {a}")
+        out.print(f"  - {_worded(a, rec)}")
 
 
 def _check_plot_format(path: Path) -> None:
@@ -547,10 +568,10 @@ def calibrate(
                          "--history FILE, --phase SIGMA,Q,STEPS (repeatable; the last phase's sigma is "
                          "calibrated), --q and --steps, or --model CHECKPOINT")
     sched = _schedule_from_flags(history, phase)
-    ckpt_k = None
+    ckpt_k, rec = None, "image"
     if model is not None:
         # the checkpoint's own sigma only fills the schedule: the last phase's sigma is what is calibrated
-        sched, delta, n_train, ckpt_k = _from_model(model, None, q, steps, delta, n_train,
+        sched, delta, n_train, ckpt_k, rec = _from_model(model, None, q, steps, delta, n_train,
                                                     None if kappa is None else [kappa], None, "--q and --steps",
                                                     records_per_patient=records_per_patient,
                                                     privacy_unit=opt_str(privacy_unit))
@@ -574,7 +595,7 @@ def calibrate(
     if not json_out:
         err.print(f"privacy unit: {unit} ({why})", highlight=False)
         if cal.note:
-            err.print(f"[yellow]warning:[/] {cal.note}")
+            err.print(f"[yellow]warning:[/] {_worded(cal.note, rec)}")
         if delta_note:
             err.print(f"note: {delta_note}", highlight=False)
     from dpaudit.bounds import epsilon_target_for
@@ -589,8 +610,7 @@ def calibrate(
                    "achieved_rero": cal.achieved_rero, "at_floor": cal.at_floor,
                    "labels": {"noise_multiplier": "search floor (any noise meets the target)" if cal.at_floor else
                               "smallest meeting the target (safe end of the bracket)",
-                              "achieved_rero": cal.label + (f", per patient of {k} images" if k > 1 else
-                                                            ", per image"),
+                              "achieved_rero": f"{cal.label}, {_per(k, rec)}",
                               "epsilon": EPSILON_LABEL.format(accountant="PLD"),
                               **({"epsilon_patient": EPSILON_PATIENT_LABEL} if k > 1 else {}),
                               "epsilon_target": "budget to train with: the per-image train --epsilon / profile "
@@ -600,7 +620,7 @@ def calibrate(
         return
     from rich.table import Table
 
-    per = f"per patient of {k} images" if k > 1 else "per image"
+    per = _per(k, rec)
     table = Table(title=f"Calibration: q {q:g}, T {steps}, kappa {cal.kappa:.4g}, {threat_model.replace('_', '-')}, {per}",
                   title_justify="left")
     table.add_column("quantity")
@@ -616,7 +636,7 @@ def calibrate(
     table.add_row("target", _fmt_pct(cal.max_rero), "")
     if cal.epsilon_patient is not None:
         table.add_row(f"epsilon at delta {delta:g} (PLD), {per}", _fmt_eps(cal.epsilon_patient), "sound upper bound")
-    table.add_row(f"epsilon at delta {delta:g} (PLD), per image", _fmt_eps(cal.epsilon), "sound upper bound")
+    table.add_row(f"epsilon at delta {delta:g} (PLD), per {rec}", _fmt_eps(cal.epsilon), "sound upper bound")
     if target is not None:
-        table.add_row("train with --epsilon (per image, rounded down)", at_most(target), "gives at least this sigma")
+        table.add_row(f"train with --epsilon (per {rec}, rounded down)", at_most(target), "gives at least this sigma")
     out.print(table)

@@ -370,12 +370,13 @@ def _print_summary(prof) -> None:
                           "per-image ε is in the report).")
     # Segmentation: "Dice liver" over two lines ("Dice", "liver") so that two classes fit the 80 columns.
     hides = prof.privacy().image_unit_hides_patients  # per image, while a patient has several images
+    rec = prof.privacy().record  # 'slice' for slices of volumes, else 'image' (wording only)
     for col in ("budget", "σ", "ε per\npatient\n(bound)" if per_patient else
-                "ε per\nimage\n(bound)" if hides else "ε PLD\n(bound)",
+                f"ε per\n{rec}\n(bound)" if hides else "ε PLD\n(bound)",
                 *(f"{label}\n(emp.{n_head})" if not seg else label.replace(" ", "\n", 1) + "\n(emp.)"
                   for _, label in utility),
-                f"worst\ncase per\n{'patient' if per_patient else 'image'}\n(bound)",
-                f"relaxed\nper\n{'patient' if per_patient else 'image'}\n(bound)", "realistic\nper\nimage\n(emp.)"):
+                f"worst\ncase per\n{'patient' if per_patient else rec}\n(bound)",
+                f"relaxed\nper\n{'patient' if per_patient else rec}\n(bound)", f"realistic\nper\n{rec}\n(emp.)"):
         table.add_column(col, justify="right", no_wrap=True)
     for lv in prof.levels():
         a = lv.attack

@@ -48,6 +48,9 @@ def test_roc_and_plot_files(tmp_path: Path) -> None:
     assert rows[0].keys() == {"fpr", "tpr_worst_case", "tpr_relaxed", "label", "unit"}
     assert float(rows[-1]["fpr"]) == 1.0
     assert {(r["label"], r["unit"]) for r in rows} == {("sound upper bound", "per image")}
+    # the TPRs are sound upper bounds: written at full precision (the float's repr), never rounded to nearest
+    tprs = [r[c] for r in rows for c in ("tpr_worst_case", "tpr_relaxed")]
+    assert all(repr(float(t)) == t for t in tprs) and any(len(t.lstrip("0.").replace(".", "")) > 9 for t in tprs)
     # with k images per patient the curve is per patient, and the file says so, as the JSON's labels do
     res = runner.invoke(app, ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3", "--records-per-patient",
                               "3", "--roc", str(roc), "--json"])

@@ -446,6 +446,14 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     assert not any("image" in v for k, v in words.items() if k in ("ReRo", "privacy unit", "C (clip norm)", "q (sampling probability)"))
     assert "per image" not in json.dumps(prof.labels) and "per slice" in json.dumps(prof.labels)
     assert "reconstructs a training patient's slices" in text and "per image" not in text
+    d = prof.dataset
+    assert f"{d.n_train} training, {d.n_val} validation, {d.n_test} test slices" in text  # the data page
+    assert "test images" not in text and "attacked images" not in text
+    # the evidence page's 95% interval: each end rounded outward, the digits of the decision line
+    from dpaudit.numfmt import percent_interval
+
+    rows = [r for level in lv if level.attack is not None for r in level.attack.rows]
+    assert rows and all(" – ".join(percent_interval(r.ci_low, r.ci_high)) in text for r in rows)
 
 
 def test_profile_of_an_msd_liver_folder_has_the_paper_mode_appendix(tmp_path, rng) -> None:
@@ -489,6 +497,7 @@ def test_the_closing_console_table_fits_80_columns_with_two_dice_columns(seg_pro
     table = console.export_text().split("bound: sound upper bound")[0]
     assert "Dice" in table and "tumour" in table and "realistic" in table
     assert "…" not in table  # nothing cut
+    assert "image" not in table and "slice" in table  # the records are slices: "realistic per slice"
 
 
 def test_paper_mode_reproduces_the_msd_liver_rows_of_table_3() -> None:
@@ -695,6 +704,20 @@ def test_cli_attack_on_demo_ct_reconstructs_at_sigma_zero(seg_run) -> None:
     rows = json.loads(res.stdout)["rows"]
     assert max(r["success_rate"] for r in rows if r["noise_multiplier"] == 0) == 1.0
     assert "k = 16 slices per volume at most in the model's training split, recorded in the checkpoint" in res.stderr
+    assert "the attack itself reconstructs single slices" in " ".join(res.stderr.split())
+
+
+def test_bounds_of_a_demo_ct_checkpoint_name_slices(seg_run) -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    res = CliRunner().invoke(app, ["bounds", "--model", seg_run.checkpoint, "--method", "clt"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "epsilon per patient of 16 slices" in text and "epsilon per slice at delta" in text
+    assert "the per-slice one" in text and "contributes 16 slices" in text
+    assert "image" not in text.replace("--privacy-unit image", ""), text
 
 
 def test_a_classification_only_command_names_a_segmentation_dataset_as_such() -> None:
