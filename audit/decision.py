@@ -15,9 +15,12 @@ The rule
    upper end is within the limit too: a rate of 0 of 8 images (interval up to 36.9%) does not show a risk of at
    most 5%, so such a check is **inconclusive** (not within), and the reason says how many images would decide it.
    A value that is missing (the attack was not run) is not within the limit.
-2. The budgets within every limit are ``within``; the **recommended** one has the best mean test MCC over seeds
-   among them. Equal means go to the smaller epsilon (the same utility at less risk). The non-private baseline
-   is never recommended: it carries no guarantee.
+2. The budgets within every limit are ``within``; the **recommended** one has the best mean over seeds of the
+   task's headline test utility among them (``Decision.utility_metric``): MCC for a classifier; for segmentation
+   the Dice of the first foreground class (liver for MSD Liver), the column the report's tables lead with
+   (:func:`~dpaudit.audit.profile.schema.headline_utility`). Equal means go to the smaller epsilon (the same
+   utility at less risk). Where none of them has it measured, the most private one is recommended and the
+   reason says so. The non-private baseline is never recommended: it carries no guarantee.
 3. When no budget is within, the most private budget shows which limits fail first; for each failing formal limit
    :func:`dpaudit.bounds.calibrate_noise` gives the smallest noise multiplier that meets it at that budget's q
    and T (safe end of the bracket). The largest of these meets every failing formal limit (each bound decreases
@@ -202,13 +205,25 @@ class Check:
 
 @dataclass(frozen=True)
 class BudgetChecks:
-    """Every limit at one privacy budget, and the budget's mean test MCC over its seeds (empirical)."""
+    """Every limit at one privacy budget, and the budget's mean test utility over its seeds (empirical).
+
+    ``mcc`` is the mean test MCC (None for segmentation, where MCC is not defined); ``dice`` the mean test Dice of
+    the headline foreground class (:func:`~dpaudit.audit.profile.schema.headline_utility`: the first class, liver
+    for MSD Liver) for segmentation, None for a classifier. ``n_seeds`` is how many seeds the ranked one of them
+    (the decision's ``utility_metric``) is the mean of.
+    """
 
     budget: str
     epsilon_target: float | None
     checks: tuple[Check, ...]
     within: bool
     mcc: float | None
+    dice: float | None = None
+    n_seeds: int = 0
+
+    def utility(self, metric: str) -> float | None:
+        """The mean of ``metric`` (the decision's ``utility_metric``: ``mcc`` or ``dice_<class>``)."""
+        return self.mcc if metric == "mcc" else self.dice
 
 
 @dataclass(frozen=True)
@@ -253,7 +268,8 @@ class Decision:
 
     ``within``: the budgets that meet every limit (labels, most private first); ``recommended``: the one with the
     best utility among them, or None; ``reason``: one paragraph that says why; ``budgets``: every check;
-    ``remedy``: the calibrated noise when none is within.
+    ``remedy``: the calibrated noise when none is within. ``utility_metric`` names the utility that ranks the
+    budgets: ``mcc`` for a classifier, ``dice_<class>`` (the headline foreground class) for segmentation.
     """
 
     limits: tuple[Limit, ...]
@@ -262,9 +278,27 @@ class Decision:
     reason: str
     budgets: tuple[BudgetChecks, ...]
     remedy: Remedy | None = None
+    utility_metric: str = "mcc"
 
     def checks_of(self, budget: str) -> BudgetChecks | None:
         return next((b for b in self.budgets if b.budget == budget), None)
+
+    @property
+    def utility_label(self) -> str:
+        """The ranked utility in words: 'MCC', 'Dice liver'."""
+        return utility_label(self.utility_metric)
+
+    @property
+    def ranked_by_utility(self) -> bool:
+        """Whether the recommended budget was chosen by its utility (False: none of the budgets within had the
+        utility measured, so the most private one was recommended; or none is recommended)."""
+        b = self.checks_of(self.recommended) if self.recommended is not None else None
+        return b is not None and b.utility(self.utility_metric) is not None
+
+
+def utility_label(metric: str) -> str:
+    """'mcc' -> 'MCC', 'dice_liver' -> 'Dice liver'."""
+    return "MCC" if metric == "mcc" else "Dice " + metric.removeprefix("dice_")
 
 
 #: (limit, bounds of the budget) -> (sigma, epsilon per image, epsilon per patient or None, the per-image
@@ -359,8 +393,15 @@ def images_needed(rate: float, maximum: float) -> int | None:
     return hi
 
 
-def _mcc(lv: LevelSummary) -> float | None:
-    return lv.utility["mcc"].mean
+def _mean(lv: LevelSummary, metric: str) -> float | None:
+    s = lv.utility.get(metric)
+    return s.mean if s is not None else None
+
+
+def _budget_checks(lv: LevelSummary, checks: tuple[Check, ...], metric: str) -> BudgetChecks:
+    s = lv.utility.get(metric)
+    return BudgetChecks(lv.label, lv.epsilon_target, checks, all(c.within for c in checks), _mean(lv, "mcc"),
+                        _mean(lv, metric) if metric != "mcc" else None, s.n if s is not None else 0)
 
 
 def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate = calibrate) -> Decision:
@@ -382,10 +423,12 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     for lim in limits:
         if not isinstance(lim, Limit):
             raise invalid("limits", type(lim).__name__, "Limit objects")
+    from dpaudit.audit.profile.schema import headline_utility
+
+    metric, label = headline_utility(profile)
     levels = profile.levels()
-    budgets = tuple(
-        BudgetChecks(lv.label, lv.epsilon_target, checks, all(c.within for c in checks), _mcc(lv))
-        for lv in levels for checks in [tuple(_check(i, lim, lv) for i, lim in enumerate(limits))])
+    budgets = tuple(_budget_checks(lv, tuple(_check(i, lim, lv) for i, lim in enumerate(limits)), metric)
+                    for lv in levels)
     private = [(lv, b) for lv, b in zip(levels, budgets, strict=True) if lv.private]
     if not private:
         raise invalid("epsilons", "none", "at least one private budget in the profile",
@@ -396,16 +439,22 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     rec = profile.privacy().record
     unit_risk = (" " + image_unit_patient_risk(profile)).rstrip()
     if within:
-        # Best mean MCC; equal means go to the smaller epsilon; a budget without utility ranks last.
-        best_lv, best = max(within, key=lambda x: (x[1].mcc is not None, x[1].mcc or 0.0, -x[0].epsilon_target))
-        ties = [b.budget for _, b in within if b is not best and b.mcc is not None and b.mcc == best.mcc]
-        if best.mcc is None:
+        # Best mean headline utility (MCC, or the headline Dice); equal means go to the smaller epsilon; a budget
+        # without it ranks last.
+        def util(b: BudgetChecks) -> float | None:
+            return b.utility(metric)
+
+        best_lv, best = max(within, key=lambda x: (util(x[1]) is not None, util(x[1]) or 0.0, -x[0].epsilon_target))
+        ties = [b.budget for _, b in within if b is not best and util(b) is not None and util(b) == util(best)]
+        if util(best) is None:
             best_lv, best = within[0]
-            why = (f"No utility was measured, so the most private of them, {_name(best_lv, k, rec)}, is "
-                   "recommended")
+            why = (f"No test {label} was measured at any of them, so the most private of them, "
+                   f"{_name(best_lv, k, rec)}, is recommended")
         else:
-            why = (f"Recommended: {_name(best_lv, k, rec)}, the best utility among them (mean test MCC "
-                   f"{best.mcc:.3f}, {best_lv.utility['mcc'].n} seed(s))")
+            why = (f"Recommended: {_name(best_lv, k, rec)}, the best utility among them (mean test {label} "
+                   f"{util(best):.3f}, {best.n_seeds} seed(s)"
+                   + ("; Dice of the first foreground class, the report's headline" if metric != "mcc" else "")
+                   + ")")
             if ties:
                 why += f"; {', '.join(ties)} ties with it, and the smaller ε is recommended (same utility, less risk)"
         reason = (f"{len(within)} of {len(private)} privacy budgets {'meets' if len(within) == 1 else 'meet'} every "
@@ -417,9 +466,10 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
                        "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
                        "is within the limit.")
         return Decision(limits, tuple(b.budget for _, b in within), best.budget,
-                        reason + _units(private, k, rec) + unit_risk, budgets)
+                        reason + _units(private, k, rec) + unit_risk, budgets, utility_metric=metric)
     reason, remedy = _none_within(private, limits, calibrate_fn, k, profile)
-    return Decision(limits, (), None, reason + _units(private, k, rec) + unit_risk, budgets, remedy)
+    return Decision(limits, (), None, reason + _units(private, k, rec) + unit_risk, budgets, remedy,
+                    utility_metric=metric)
 
 
 def image_unit_patient_risk(profile: Profile) -> str:

@@ -239,7 +239,8 @@ class _Report(board.BoardPages):
                        ("accuracy", "Pixel accuracy")]
         present = [(k, name) for k, name in metrics if any(lv.utility[k].mean is not None for lv in self.levels)]
         unit = txt.mia_unit(self.p)
-        head = ["Privacy budget", *[n for _, n in present], "MCC vs non-private", f"MIA TPR at FPR 0.1% {unit}",
+        head = ["Privacy budget", *[n for _, n in present], f"{txt.headline_utility(self.p)[1]} vs non-private",
+                f"MIA TPR at FPR 0.1% {unit}",
                 f"MIA advantage {unit}"]
         rows = [[self.cell(h, "head") for h in head]]
         for lv in self.levels:

@@ -99,7 +99,7 @@ class BoardPages:
             "✓ within: the number meets the limit; ✗ over: it exceeds it; ? inconclusive: a measured rate within "
             "the limit whose 95% interval reaches beyond it (too few images attacked to show the limit is met). Bounds (sound upper bounds, rounded up) "
             "hold for any attacker; the realistic attack's success is empirical, a lower bound on the risk. "
-            f"Test {txt.utility_columns(p)[0][1]}: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; "
+            f"Test {txt.headline_utility(p)[1]}: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; "
             "“vs non-private” is the "
             "difference of means with Welch's t-test p-value.", "small"))
         if decision is not None and decision.recommended is not None:
@@ -116,8 +116,8 @@ class BoardPages:
         head = ["Privacy budget", "ε achieved<br/>(PLD, δ)"]
         k = self.p.privacy().records_per_patient
         head += [f"{esc(lim.short())}<br/>{lim.unit(k, txt.record(self.p))}" for lim in limits]
-        # Segmentation: the first foreground class's Dice (liver for MSD Liver) in place of MCC.
-        key, label = txt.utility_columns(self.p)[0]
+        # Segmentation: the first foreground class's Dice (liver for MSD Liver) in place of MCC: the decision's rank.
+        key, label = txt.headline_utility(self.p)
         head += [f"Test {label}<br/>mean [95% interval]<br/>{txt.seeds_text(self.levels)}",
                  "vs non-private<br/>(Welch)", "Verdict"]
         sub = ["", txt.LABEL_UPPER] + [lim.label for lim in limits] + [txt.LABEL_EMPIRICAL, "", ""]
@@ -143,7 +143,7 @@ class BoardPages:
                 cells.append(self.cell(f"{_value(lim, ch)}<br/>{mark}"))
                 style.append(("BACKGROUND", (2 + j, r), (2 + j, r),
                               WITHIN_BG if ch.within else INCONCLUSIVE_BG if ch.inconclusive else OVER_BG))
-            cells.append(self.cell(txt.interval(txt.utility_values(lv, key), with_n=False)))
+            cells.append(self.cell(txt.interval(txt.utility_values(lv, key), metric=key, with_n=False)))
             cells.append(self.cell(txt.versus_baseline(self.p, lv)))
             if not lv.private:
                 verdict = "baseline<br/>(no guarantee)"

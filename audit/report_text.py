@@ -13,6 +13,8 @@ import math
 
 from dpaudit.audit.decision import Decision, image_unit_patient_risk
 from dpaudit.audit.profile.schema import LevelSummary, PrivacyInfo, Profile, Spread, fmt_eps
+from dpaudit.audit.profile.schema import headline_utility as headline_utility
+from dpaudit.audit.profile.schema import utility_columns as utility_columns
 from dpaudit.audit.stats import mean_interval, welch_test
 from dpaudit.numfmt import lower, percent, upper
 
@@ -74,15 +76,6 @@ def kappa_n(profile: Profile) -> int:
     volume is the patient unit)."""
     b = next((b for b in profile.bounds if b.epsilon_target is not None), None)
     return round(1.0 / b.kappa_train) if b is not None else profile.dataset.n_train
-
-
-def utility_columns(profile: Profile) -> list[tuple[str, str]]:
-    """(key in ``LevelSummary.utility``, label) of the headline utility: MCC for a classifier; Dice per
-    foreground class for segmentation (seed paper Table 3, MSD Liver: Dice liver and Dice tumour)."""
-    classes = next((t.utility.classes for t in profile.train if t.utility.classes), ())
-    if classes:
-        return [(f"dice_{c}", f"Dice {c}") for c in classes]
-    return [("mcc", "MCC")]
 
 
 def level_label(eps: float | None) -> str:
@@ -447,6 +440,14 @@ def baseline(profile: Profile) -> LevelSummary | None:
 METRIC_RANGE = {"mcc": (-1.0, 1.0), "balanced_accuracy": (0.0, 1.0), "auroc": (0.0, 1.0), "accuracy": (0.0, 1.0)}
 
 
+def metric_range(metric: str) -> tuple[float, float]:
+    """The range of a utility metric: :data:`METRIC_RANGE`, and [0, 1] for Dice and IoU (``dice_<class>``,
+    ``iou_<class>``)."""
+    if metric.startswith(("dice_", "iou_")):
+        return (0.0, 1.0)
+    return METRIC_RANGE[metric]
+
+
 def interval(values: list[float | None], *, metric: str = "mcc", digits: int = 3, with_n: bool = True) -> str:
     """'0.375 [0.332, 0.418], n = 2': the mean and its 95% t-interval over seeds, cut to the metric's range.
 
@@ -457,7 +458,7 @@ def interval(values: list[float | None], *, metric: str = "mcc", digits: int = 3
         return "n/a"
     if m.low is None:
         return f"{m.mean:.{digits}f} (n = 1, no interval)"
-    lo, hi = METRIC_RANGE[metric]
+    lo, hi = metric_range(metric)
     text = f"{m.mean:.{digits}f} [{max(lo, m.low):.{digits}f}, {min(hi, m.high):.{digits}f}]"
     return text + (f", n = {m.n}" if with_n else "")
 
@@ -477,7 +478,7 @@ def versus_baseline(profile: Profile, level: LevelSummary, metric: str = "mcc") 
     if base is None or not level.private:
         return "–"
     if metric == "mcc" and profile.config.segmentation:
-        metric = utility_columns(profile)[0][0]  # the first foreground class's Dice (liver for MSD Liver)
+        metric = headline_utility(profile)[0]  # the first foreground class's Dice (liver for MSD Liver)
     w = welch_test(utility_values(level, metric), utility_values(base, metric))
     if w.difference is None:
         return "n/a"
@@ -493,17 +494,21 @@ def p_text(p: float) -> str:
 
 
 def utility_cost(profile: Profile, label: str) -> str:
-    """One sentence: the recommended budget's utility against the non-private baseline (empirical, with n)."""
+    """One sentence: the recommended budget's headline utility (MCC, or the headline Dice for segmentation)
+    against the non-private baseline (empirical, with n)."""
+    metric, name = headline_utility(profile)
     level = next(lv for lv in profile.levels() if lv.label == label)
-    own = mean_interval(utility_values(level))
+    mine = utility_values(level, metric)
+    own = mean_interval(mine)
     base = baseline(profile)
     if base is None:
-        return (f"Utility at {label}: mean test MCC {interval(utility_values(level))} ({LABEL_EMPIRICAL}). No "
+        return (f"Utility at {label}: mean test {name} {interval(mine, metric=metric)} ({LABEL_EMPIRICAL}). No "
                 "non-private baseline was trained, so the utility cost cannot be stated.")
-    other = mean_interval(utility_values(base))
-    w = welch_test(utility_values(level), utility_values(base))
-    head = (f"Utility cost of {label}: mean test MCC {interval(utility_values(level))} against "
-            f"{interval(utility_values(base))} without privacy ({LABEL_EMPIRICAL}, 95% t-intervals over seeds)")
+    theirs = utility_values(base, metric)
+    other = mean_interval(theirs)
+    w = welch_test(mine, theirs)
+    head = (f"Utility cost of {label}: mean test {name} {interval(mine, metric=metric)} against "
+            f"{interval(theirs, metric=metric)} without privacy ({LABEL_EMPIRICAL}, 95% t-intervals over seeds)")
     if own.mean is None or other.mean is None:
         return head + "."
     diff = own.mean - other.mean
@@ -524,8 +529,14 @@ def decision_sentence(profile: Profile, decision: Decision | None) -> str:
     if decision.recommended is None:
         return f"<b>No privacy budget meets the board's limits</b> ({limits})."
     k = len(decision.within)
-    which = ("the only budget that meets every limit of the board" if k == 1 else
-             f"the best utility of the {k} budgets that meet every limit of the board")
+    if k == 1:
+        which = "the only budget that meets every limit of the board"
+    elif decision.ranked_by_utility:
+        which = (f"the best mean test {decision.utility_label} of the {k} budgets that meet every limit of the "
+                 "board")
+    else:
+        which = (f"the most private of the {k} budgets that meet every limit of the board (no test "
+                 f"{decision.utility_label} was measured to rank them)")
     name = decision.recommended
     level = next((lv for lv in profile.levels() if lv.label == name), None)
     if level is not None and per_patient(profile):

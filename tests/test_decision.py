@@ -8,6 +8,7 @@ bound at kappa = 1/N_train 0.03% / 1.22% / 22.3% / 100% and mean MCC 0.156 / 0.3
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -122,7 +123,8 @@ def test_no_utility_recommends_the_most_private_within() -> None:
     prof = dataclasses.replace(prof, train=tuple(
         dataclasses.replace(t, metrics=dataclasses.replace(t.metrics, mcc=math.nan)) for t in prof.train))
     d = decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
-    assert d.recommended == "ε = 1" and "No utility was measured" in d.reason
+    assert d.recommended == "ε = 1" and "No test MCC was measured" in d.reason
+    assert not d.ranked_by_utility
 
 
 def test_membership_limit_reads_the_table_and_several_limits_combine() -> None:
@@ -314,3 +316,75 @@ def test_an_infinite_epsilon_per_patient_is_stated_not_a_crash(tmp_path) -> None
 
     item = next(i for i in build_checklist(dataclasses.replace(prof, decision=d)).items if i.key == "epsilon_delta")
     assert "ε ≤ ∞ per patient" in item.value and "inf" not in item.value
+
+
+# -- segmentation: the decision ranks by the headline Dice -----------------------------------------------------
+
+
+def _segmentation(profile: Profile, liver: dict[float | None, float], tumour: float = 0.05) -> Profile:
+    """Every run becomes a segmentation run: Dice liver ``liver[eps]`` (NaN: no volume held it), Dice tumour
+    ``tumour`` (MCC is then undefined, as for real segmentation runs)."""
+    from dpaudit.audit.segmentation import SegmentationMetrics
+
+    def seg(t: TrainResult) -> TrainResult:
+        d = liver[t.epsilon_target]
+        m = SegmentationMetrics(n_volumes=4, dice={"liver": d, "tumour": tumour}, iou={"liver": d / 2, "tumour": 0.0},
+                                dice_std={"liver": 0.1, "tumour": 0.1}, volumes_with_class={"liver": 4, "tumour": 2},
+                                pixel_accuracy=0.9, loss=0.3)
+        return dataclasses.replace(t, task="segmentation", metrics=m, val_metrics=m, per_seed=(m,))
+
+    return dataclasses.replace(profile, train=tuple(seg(t) for t in profile.train))
+
+
+def test_segmentation_ranks_by_the_headline_dice_not_by_the_missing_mcc() -> None:
+    # Dice liver 0.398 at epsilon 1 and 0.453 at epsilon 8 (a tester's demo-ct profile); both within 5%.
+    prof = _segmentation(synthetic_profile(), {1.0: 0.398, 8.0: 0.453, 20.0: 0.528, 1e9: 0.6, None: 0.82})
+    d = decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert d.within == ("ε = 1", "ε = 8") and d.recommended == "ε = 8"
+    assert d.utility_metric == "dice_liver" and d.utility_label == "Dice liver" and d.ranked_by_utility
+    assert "mean test Dice liver 0.453, 2 seed(s)" in d.reason and "first foreground class" in d.reason
+    assert "No " not in d.reason and "MCC" not in d.reason
+    b = d.checks_of("ε = 8")
+    assert b.mcc is None and b.dice == pytest.approx(0.453) and b.n_seeds == 2
+    # The JSON keeps mcc and adds dice beside it, and names the ranked metric; it reads back equal.
+    data = json.loads(dataclasses.replace(prof, decision=d).to_json())["decision"]
+    assert data["utility_metric"] == "dice_liver"
+    assert [(x["mcc"], x["dice"]) for x in data["budgets"]][:2] == [(None, pytest.approx(0.398)),
+                                                                   (None, pytest.approx(0.453))]
+    again = Profile.from_json(dataclasses.replace(prof, decision=d).to_json())
+    assert again.decision == d
+    # The first page's sentence says what it ranked by.
+    from dpaudit.audit.report_text import decision_sentence, utility_cost
+
+    assert "the best mean test Dice liver of the 2 budgets" in decision_sentence(prof, d)
+    cost = utility_cost(prof, d.recommended)
+    assert "mean test Dice liver 0.453" in cost and "0.820" in cost and "MCC" not in cost
+
+
+def test_segmentation_ranks_by_the_first_class_not_the_others() -> None:
+    # Tumour Dice is the same everywhere; the headline (first foreground class) decides, as the tables show.
+    prof = _segmentation(synthetic_profile(seeds=1), {1.0: 0.6, 8.0: 0.5, 20.0: 0.7, 1e9: 0.7, None: 0.8}, 0.3)
+    d = decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert d.recommended == "ε = 1" and "mean test Dice liver 0.600, 1 seed(s)" in d.reason
+
+
+def test_segmentation_dice_ties_go_to_the_smaller_epsilon() -> None:
+    prof = _segmentation(synthetic_profile(), {1.0: 0.45, 8.0: 0.45, 20.0: 0.5, 1e9: 0.5, None: 0.8})
+    d = decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert d.recommended == "ε = 1" and "ties" in d.reason and "ε = 8" in d.reason
+
+
+def test_segmentation_without_the_headline_dice_says_so() -> None:
+    prof = _segmentation(synthetic_profile(seeds=1), dict.fromkeys((1.0, 8.0, 20.0, 1e9, None), math.nan))
+    d = decide(prof, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert d.recommended == "ε = 1" and "No test Dice liver was measured" in d.reason and not d.ranked_by_utility
+    from dpaudit.audit.report_text import decision_sentence
+
+    sentence = decision_sentence(prof, d)
+    assert "most private of the 2 budgets" in sentence and "best" not in sentence
+
+
+def test_classification_decision_names_mcc_and_keeps_dice_empty() -> None:
+    d = decide(synthetic_profile(), [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert d.utility_metric == "mcc" and d.recommended == "ε = 8" and "mean test MCC 0.375, 2 seed(s)" in d.reason
+    assert all(b.dice is None for b in d.budgets) and d.checks_of("ε = 8").n_seeds == 2

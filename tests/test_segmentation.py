@@ -3,6 +3,7 @@ DP training end to end, and the imprint attack on the U-Net."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -454,6 +455,48 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
 
     rows = [r for level in lv if level.attack is not None for r in level.attack.rows]
     assert rows and all(" – ".join(percent_interval(r.ci_low, r.ci_high)) in text for r in rows)
+
+
+def test_segmentation_decision_ranks_budgets_by_dice_on_every_page(seg_profile, tmp_path) -> None:
+    """The board's decision on a demo-ct profile ranks by the headline Dice (liver) and says so: in the reason, on
+    the first page and in the utility cost; never "no utility was measured" (MCC is undefined for segmentation)."""
+    from pypdf import PdfReader
+
+    from dpaudit.audit.decision import Limit, with_decision
+    from dpaudit.audit.report import render_report
+    from dpaudit.audit.segmentation import SegmentationMetrics
+
+    prof, out = seg_profile
+    # A second, more private budget with a lower Dice liver: the real epsilon-8 runs relabelled (a test edit);
+    # every private budget's attack 0 of n with an interval up to 50%, within a realistic limit of 90%.
+    def lower(t):
+        m = t.metrics
+        worse = dataclasses.replace(m, dice={k: v / 2 for k, v in m.dice.items()})
+        return dataclasses.replace(t, epsilon_target=1.0, metrics=worse)
+
+    def quiet(a):
+        rows = tuple(dataclasses.replace(r, success_rate=0.0, ci_low=0.0, ci_high=0.5) for r in a.rows)
+        return dataclasses.replace(a, rows=rows)
+
+    priv = [t for t in prof.train if t.epsilon_target == 8.0]
+    assert priv and isinstance(priv[0].metrics, SegmentationMetrics) and priv[0].metrics.dice["liver"] > 0
+    edited = dataclasses.replace(
+        prof, config=dataclasses.replace(prof.config, epsilons=(1.0, 8.0)),
+        train=(*map(lower, priv), *prof.train),
+        bounds=(*(dataclasses.replace(b, epsilon_target=1.0) for b in prof.bounds if b.epsilon_target == 8.0),
+                *prof.bounds),
+        attacks=tuple(quiet(a) if a.epsilon_target is not None else a for a in
+                      (*(dataclasses.replace(a, epsilon_target=1.0) for a in prof.attacks if a.epsilon_target == 8.0),
+                       *prof.attacks)))
+    decided = with_decision(edited, [Limit("rero", 0.9, "realistic")])
+    d = decided.decision
+    assert d.within == ("ε = 1", "ε = 8") and d.recommended == "ε = 8" and d.utility_metric == "dice_liver"
+    assert "mean test Dice liver" in d.reason and "No " not in d.reason
+    assert d.checks_of("ε = 8").dice == pytest.approx(priv[0].metrics.dice["liver"]) and d.checks_of("ε = 8").mcc is None
+    render_report(decided, tmp_path / "r.pdf", base_dir=out)
+    first = " ".join(PdfReader(str(tmp_path / "r.pdf")).pages[0].extract_text().split())
+    assert "the best mean test Dice liver of the 2 budgets" in first, first
+    assert "Utility cost of ε = 8: mean test Dice liver" in first and "MCC" not in first
 
 
 def test_profile_of_an_msd_liver_folder_has_the_paper_mode_appendix(tmp_path, rng) -> None:

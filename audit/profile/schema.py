@@ -838,7 +838,10 @@ class Profile(JsonResult):
             "attacks[]": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
             "mia_audits[]": "each audit's own labels (epsilon_lower_bound: empirical lower bound)",
             "decision": "limits on worst_case, relaxed and MIA TPR are checked against the sound upper bounds; "
-                        "a realistic limit against the attack's empirical success (a lower bound on the risk)",
+                        "a realistic limit against the attack's empirical success (a lower bound on the risk); "
+                        "budgets[].mcc and budgets[].dice (mean test utility over seeds; dice: the headline "
+                        "foreground class, segmentation only) are empirical; utility_metric names the one that "
+                        "ranks the budgets",
         }
 
     def __post_init__(self) -> None:
@@ -1019,6 +1022,22 @@ def _summarise(profile: Profile, eps: float | None) -> LevelSummary:
     attack = next((a for a in profile.attacks if _same_level(a.epsilon_target, eps)), None)
     mia = next((m for m in profile.mia_audits if _same_level(m.epsilon_target, eps)), None)
     return LevelSummary(eps, train, utility, bounds, attack, mia, mcc_by_init)
+
+
+def utility_columns(profile: Profile) -> list[tuple[str, str]]:
+    """(key in ``LevelSummary.utility``, label) of the headline utility: MCC for a classifier; Dice per
+    foreground class for segmentation (seed paper Table 3, MSD Liver: Dice liver and Dice tumour). The first is
+    the headline metric (:func:`headline_utility`)."""
+    classes = next((t.utility.classes for t in profile.train if t.utility.classes), ())
+    if classes:
+        return [(f"dice_{c}", f"Dice {c}") for c in classes]
+    return [("mcc", "MCC")]
+
+
+def headline_utility(profile: Profile) -> tuple[str, str]:
+    """(key, label) of the one utility metric that ranks budgets: MCC for a classifier; for segmentation the first
+    foreground class's Dice (liver for MSD Liver), the column the summary table and the board's table show."""
+    return utility_columns(profile)[0]
 
 
 def fmt_eps(eps: float) -> str:
