@@ -156,6 +156,8 @@ def limits_from_options(max_rero: Sequence[float] = (), threat_model: Sequence[s
 
     The i-th ``--threat-model`` belongs to the i-th ``--max-rero`` (one threat model applies to every
     ``--max-rero``; none means worst case); the same for ``--at-fpr`` and ``--max-mia-tpr`` (none: FPR 1e-3).
+    Two limits on one quantity (two ``--max-rero`` for one threat model, two ``--max-mia-tpr`` at one FPR) are
+    refused (:func:`check_distinct`).
     """
 
     def paired(values: Sequence, extra: Sequence, name: str, owner: str, default: object) -> list:
@@ -179,7 +181,31 @@ def limits_from_options(max_rero: Sequence[float] = (), threat_model: Sequence[s
            zip(max_rero, paired(max_rero, threat_model, "--threat-model", "--max-rero", "worst_case"), strict=True)]
     out += [Limit("mia_tpr", m, "worst_case", f) for m, f in
             zip(max_mia_tpr, paired(max_mia_tpr, at_fpr, "--at-fpr", "--max-mia-tpr", None), strict=True)]
+    check_distinct(out)
     return tuple(out)
+
+
+def check_distinct(limits: Sequence[Limit]) -> None:
+    """Refuse two limits on the same quantity: a reconstruction limit per threat model, a membership-inference
+    limit per FPR (the board has one limit for each; two would both be listed and the looser one would mean
+    nothing)."""
+    seen: dict[tuple, Limit] = {}
+    for lim in limits:
+        key = (lim.kind, lim.threat_model, lim.at_fpr)
+        first = seen.setdefault(key, lim)
+        if first is lim:
+            continue
+        strict = min(first, lim, key=lambda x: x.maximum)
+        if lim.kind == "rero":
+            tm = lim.threat_model.replace("_", "-")
+            raise invalid("--max-rero", [first.maximum, lim.maximum],
+                          f"given once per threat model, not twice for --threat-model {tm}",
+                          f"keep the board's one {tm} limit, e.g. the stricter --max-rero {strict.maximum:g} "
+                          f"--threat-model {tm}, and drop the other --max-rero")
+        raise invalid("--max-mia-tpr", [first.maximum, lim.maximum],
+                      f"given once per FPR, not twice at --at-fpr {lim.at_fpr:g}",
+                      f"keep the board's one limit at that FPR, e.g. the stricter --max-mia-tpr {strict.maximum:g} "
+                      f"--at-fpr {lim.at_fpr:g}, and drop the other --max-mia-tpr")
 
 
 @dataclass(frozen=True)
@@ -423,6 +449,7 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     for lim in limits:
         if not isinstance(lim, Limit):
             raise invalid("limits", type(lim).__name__, "Limit objects")
+    check_distinct(limits)
     from dpaudit.audit.profile.schema import headline_utility
 
     metric, label = headline_utility(profile)

@@ -190,7 +190,9 @@ def test_limits_from_options_pairs_repeated_flags() -> None:
     lims = limits_from_options([0.05, 0.01], ["worst-case", "realistic"], [0.01], [])
     assert [(x.kind, x.maximum, x.threat_model, x.at_fpr) for x in lims] == [
         ("rero", 0.05, "worst_case", None), ("rero", 0.01, "realistic", None), ("mia_tpr", 0.01, "worst_case", 1e-3)]
-    assert all(x.threat_model == "relaxed" for x in limits_from_options([0.05, 0.1], ["relaxed"]))
+    assert [x.threat_model for x in limits_from_options([0.05], ["relaxed"])] == ["relaxed"]
+    with pytest.raises(ConfigError, match="once per threat model"):  # one threat model for both: one quantity
+        limits_from_options([0.05, 0.1], ["relaxed"])
     with pytest.raises(ConfigError, match="--threat-model"):
         limits_from_options([0.05, 0.1, 0.2], ["relaxed", "worst-case"])
     with pytest.raises(ConfigError, match="--at-fpr"):
@@ -388,3 +390,45 @@ def test_classification_decision_names_mcc_and_keeps_dice_empty() -> None:
     d = decide(synthetic_profile(), [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
     assert d.utility_metric == "mcc" and d.recommended == "ε = 8" and "mean test MCC 0.375, 2 seed(s)" in d.reason
     assert all(b.dice is None for b in d.budgets) and d.checks_of("ε = 8").n_seeds == 2
+
+
+# -- one limit per quantity --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(max_rero=[0.99, 0.001], threat_model=["relaxed"]),
+     ["--max-rero", "0.99, 0.001", "--threat-model relaxed", "--max-rero 0.001 --threat-model relaxed"]),
+    (dict(max_rero=[0.05, 0.05]), ["--max-rero", "--threat-model worst-case"]),
+    (dict(max_rero=[0.05, 0.1, 0.2], threat_model=["worst-case", "relaxed", "worst-case"]),
+     ["0.05, 0.2", "--max-rero 0.05 --threat-model worst-case"]),
+    (dict(max_mia_tpr=[0.5, 0.2]), ["--max-mia-tpr", "0.5, 0.2", "--max-mia-tpr 0.2 --at-fpr 0.001"]),
+])
+def test_two_limits_on_one_quantity_are_refused(kwargs, words) -> None:
+    with pytest.raises(ConfigError) as exc:
+        limits_from_options(**kwargs)
+    msg = str(exc.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_limits_on_different_quantities_combine() -> None:
+    lims = limits_from_options([0.05, 0.05, 0.2], ["worst-case", "relaxed", "realistic"], [0.5, 0.2], [1e-2, 1e-3])
+    assert len(lims) == 5
+    with pytest.raises(ConfigError, match="--max-rero"):
+        decide(synthetic_profile(seeds=1), [Limit("rero", 0.05), Limit("rero", 0.01)], calibrate_fn=_no_calibration)
+
+
+def test_report_and_profile_refuse_two_limits_on_one_quantity(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "profile.json").write_text(synthetic_profile(seeds=1, with_mia_audit=False).to_json())
+    runner = CliRunner()
+    for args in (["report", str(tmp_path / "p")],
+                 ["profile", "--dataset", "demo", "--out", str(tmp_path / "new"), "--device", "cpu"]):
+        res = runner.invoke(app, [*args, "--max-rero", "0.99", "--max-rero", "0.001", "--threat-model", "relaxed"])
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert "0.99, 0.001" in text and "--max-rero 0.001 --threat-model relaxed" in text
+    assert not list((tmp_path / "p").glob("*.pdf")) and not (tmp_path / "new" / "profile.json").exists()

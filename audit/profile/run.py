@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dpaudit.audit.checklist import build_checklist
-from dpaudit.audit.decision import Limit, with_decision
+from dpaudit.audit.decision import Limit, check_distinct, with_decision
 from dpaudit.audit.profile.executor import Executor, InProcessExecutor, ProgressFn, TaskStore, _run_stage
 from dpaudit.audit.profile.schema import (
     SCHEMA_VERSION,
@@ -251,6 +251,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     for lim in limits:
         if not isinstance(lim, Limit):
             raise invalid("limits", type(lim).__name__, "dpaudit.audit.decision.Limit objects")
+    check_distinct(limits)  # before any training: two limits on one quantity are refused
     from dpaudit import __version__
     from dpaudit.runtime import check_device
 
