@@ -199,12 +199,13 @@ def profile(
     from dpaudit.attacks.decoders import decoders_for
     from dpaudit.audit.profile import run_profile
     from dpaudit.cli._common import parse_float_list
-    from dpaudit.data import check_data_options
+    from dpaudit.data import check_data_options, check_dataset_found
     from dpaudit.errors import check_int
 
     # Here rather than in ProfileConfig, so that a profile.json written before the check still loads.
     check_data_options(shared["dataset"], data_dir=shared["data_dir"], labels=shared["labels"],
                        window=shared["window"])
+    check_dataset_found(shared["dataset"], data_dir=shared["data_dir"])
     _refuse_unused(mia_audit=mia_audit, federated=federated,
                    weights_file=any(i.strip() not in ("", "scratch") for i in inits.split(",")), trainable=trainable)
     config = ProfileConfig(

@@ -49,6 +49,13 @@ def train_command(
     config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,
                          seed=seed, seeds=seeds, out=out_dir, threads=threads, device=device)
     cli.print_task_defaults(config)
+    from dpaudit.data import check_data_options, check_dataset_found
+    from dpaudit.runtime import resolve_device
+
+    # Everything cheap before the --out folder is claimed: a refused run leaves it as it was.
+    resolve_device(device)
+    check_data_options(config.dataset, data_dir=config.data_dir, labels=config.labels, window=config.window)
+    check_dataset_found(config.dataset, data_dir=config.data_dir)
     claim = None
     if out_dir is not None:
         from dpaudit.audit.train import OUTPUT_FILES, same_run, train_identity

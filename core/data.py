@@ -542,6 +542,40 @@ def check_data_options(name: str, *, data_dir: str | Path | None = None, labels:
                                                 else ""), cls=DataError)
 
 
+def check_dataset_found(name: str, *, data_dir: str | Path | None = None) -> None:
+    """Refuse at once a --dataset that names nothing or points at a folder or file that is not there, with the
+    loaders' messages: a command checks this before it claims its --out folder or starts any work (the loaders
+    check again, and everything else about the files, when they read them).
+
+    >>> check_dataset_found("folder:/nonexistent")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dpaudit.errors.DataError: folder:/nonexistent: '/nonexistent' is not an existing folder. Fix: pass --dataset ...
+    """
+    if not isinstance(name, str) or not name:
+        raise _unknown_dataset(name)
+    if name in ("demo", "demo-ct"):
+        return
+    if name == "ham10000" or name.lower() in MEDMNIST_FLAGS:
+        _need_dir(data_dir, name)
+        return
+    prefix, _, rest = name.partition(":")
+    if prefix not in ("folder", "dicom", "nifti", "csv", "msd") or not rest:
+        raise _unknown_dataset(name)
+    path = Path(rest).expanduser()
+    if not path.is_absolute() and data_dir is not None and prefix != "msd":
+        path = Path(data_dir) / path
+    if prefix == "csv":
+        if not path.is_file():
+            raise DataError(f"{name}: {str(path)!r} is not an existing file. Fix: pass --dataset csv:FILE with the "
+                            "manifest (columns path,label[,patient_id]).")
+    elif not path.is_dir():
+        what = {"folder": "the folder of images (class sub-folders optional)",
+                "msd": "the Decathlon task folder (dataset.json, imagesTr, labelsTr)"}.get(prefix,
+                                                                                     "the folder holding the files")
+        raise DataError(f"{name}: {str(path)!r} is not an existing folder. Fix: pass --dataset {prefix}:PATH with "
+                        f"{what}.")
+
+
 def _need_dir(data_dir: str | Path | None, name: str) -> Path:
     if data_dir is None:
         raise invalid("data_dir", None, f"the folder holding the {name} files", "pass --data-dir", cls=DataError)

@@ -1,14 +1,16 @@
 """Output folders: checked before any work, owned by one configuration, and replaced as a whole or not at all.
 
-``writable_dir`` creates the folder and proves that a file can be written in it, so that a run that cannot write
-its results fails in its first second, not after the training. ``claim_folder`` makes the folder one
-configuration's from the moment a run starts: it writes a marker (:data:`MARKER`, the identifying part of the
-configuration) before any work, so that an interrupted run's folder refuses another configuration as a finished
-one does (``refuse_replacing``), unless the user asks for it (``--overwrite``); the same configuration again (a
-rerun, a resumed profile) may write where it wrote before. What the run will write anew is first moved aside into
-:data:`BACKUP` inside the folder (with ``--overwrite``: every output dpaudit wrote there, never the user's other
-files); :meth:`OutputClaim.writing` deletes that backup when the run succeeds and puts it back when the run fails,
-so that a failed write loses nothing and never leaves two configurations' files side by side.
+``claim_folder`` checks the folder before any work (that it can be created and written to, and holds no other
+configuration's outputs) without creating or changing anything, so that a run that cannot write its results fails
+in its first second, not after the training, and a run refused for any reason leaves the folder as it was.
+:meth:`OutputClaim.writing` then makes the folder one configuration's: it writes a marker (:data:`MARKER`, the
+identifying part of the configuration) before the work that writes there, so that an interrupted run's folder
+refuses another configuration as a finished one does (``refuse_replacing``), unless the user asks for it
+(``--overwrite``); the same configuration again (a rerun, a resumed profile) may write where it wrote before. What
+the run will write anew is first moved aside into :data:`BACKUP` inside the folder (with ``--overwrite``: every
+output dpaudit wrote there, never the user's other files); :meth:`OutputClaim.writing` deletes that backup when the
+run succeeds and puts it back when the run fails (a run that fails before writing anything takes its marker and
+the folders it created back too), so that a failed write loses nothing and never leaves two configurations' files side by side.
 """
 
 from __future__ import annotations
@@ -33,17 +35,49 @@ def writable_dir(path: str | os.PathLike, field: str = "out") -> Path:
     >>> writable_dir(Path(tempfile.mkdtemp()) / "new" / "run").is_dir()
     True
     """
-    folder = Path(path)
+    _make_writable(Path(path), field)
+    return Path(path)
+
+
+def check_writable(path: str | os.PathLike, field: str = "out") -> None:
+    """Check that ``path`` could be created and written to, and leave no trace: folders created for the check
+    are removed again (a run refused later must not leave an empty folder behind).
+
+    >>> import tempfile
+    >>> new = Path(tempfile.mkdtemp()) / "new" / "run"
+    >>> check_writable(new); new.parent.exists()
+    False
+    """
+    _remove_created(_make_writable(Path(path), field))
+
+
+def _make_writable(folder: Path, field: str) -> list[Path]:
+    """Create ``folder`` and its missing parents and prove a file can be written there; return the folders this
+    created, outermost first (removed again if the check fails)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    created: list[Path] = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for p in missing:
+            p.mkdir()
+            created.append(p)
         probe = folder / f".dpaudit-write-check-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        _remove_created(created)
         reason = exc.strerror or type(exc).__name__
-        raise invalid(field, str(path), f"a folder that can be created and written to ({reason})",
+        raise invalid(field, str(folder), f"a folder that can be created and written to ({reason})",
                       f"pass --{field.replace('_', '-')} with a folder you can write to") from None
-    return folder
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders a run created, innermost first, as long as they are empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            return
 
 
 def write_error(path: str | os.PathLike, exc: BaseException, field: str = "out", *, verb: str = "written",
@@ -143,6 +177,10 @@ class OutputClaim:
     replaces: tuple[str, ...] = ()
     #: What the claim did that the user should hear about (a leftover of an interrupted run put back).
     notes: tuple[str, ...] = ()
+    #: Everything the command writes there (the record and the outputs: names or glob patterns).
+    outputs: tuple[str, ...] = ()
+    #: Whether the folder's marker named this configuration before the run (a rerun, a resumed profile).
+    marker_ours: bool = False
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Path]:
@@ -150,24 +188,54 @@ class OutputClaim:
         success the replaced outputs are deleted; on an error they are put back (what this run wrote in their
         place is removed) and a failed write inside the folder becomes one line naming the flag. An interruption
         (Ctrl-C, a signal turned into SystemExit) keeps both: the same command again resumes and completes the
-        replacement; any other command in the folder first puts the old outputs back."""
-        if self.replaces:
-            self._move_aside()
-        _write_marker(self.folder, self.command, self.identity, self.field)
+        replacement; any other command in the folder first puts the old outputs back.
+
+        A run that fails or is interrupted before it wrote any output leaves no trace: the marker is put back as it
+        was (or removed), and the folders this claim created are removed again."""
+        created = _make_writable(self.folder, self.field)
+        marker = self.folder / MARKER
+        before = marker.read_bytes() if marker.is_file() else None
+        try:
+            if self.replaces:
+                self._move_aside()
+            _write_marker(self.folder, self.command, self.identity, self.field)
+        except BaseException:
+            self._unclaim(before, created)
+            raise
         try:
             yield self.folder
         except (KeyboardInterrupt, SystemExit):
+            if self.backup is None:
+                self._unclaim(before, created)
             raise
         except BaseException as exc:
             restored = self.backup is not None and self.backup.exists()
             if restored:
                 restore(self.folder)
+            else:
+                self._unclaim(before, created)
             name = getattr(exc, "filename", None)
             if isinstance(exc, OSError) and name and _inside(Path(name), self.folder):
                 kept = " (its previous outputs were put back)" if restored else ""
                 raise write_error(name, exc, self.field, kept=kept) from None
             raise
         self.commit()
+
+    def _unclaim(self, before: bytes | None, created: list[Path]) -> None:
+        """Undo the claim of a run that moved nothing aside, when it wrote no output (or, on a folder that was
+        already this configuration's, in any case): the marker as it was before the run, or none; then the
+        folders the claim created, if empty. Outputs the run wrote keep its marker: it says whose they are."""
+        marker = self.folder / MARKER
+        try:
+            if before is not None and (self.marker_ours or not _found(self.folder, self.outputs)):
+                tmp = marker.with_name(f"{MARKER}.tmp{os.getpid()}")
+                tmp.write_bytes(before)
+                os.replace(tmp, marker)
+            elif before is None and not _found(self.folder, self.outputs):
+                marker.unlink(missing_ok=True)
+        except OSError:
+            return
+        _remove_created(created)
 
     def _move_aside(self) -> None:
         moving = _found(self.folder, self.replaces)
@@ -233,22 +301,24 @@ def claim_folder(folder: str | os.PathLike, *, command: str, record: str, identi
     """Check ``folder`` before any work and claim it for this run; the run then writes inside
     :meth:`OutputClaim.writing`.
 
-    ``command`` and ``identity`` (the identifying part of ``record``, as ``same`` reads it) go into
-    :data:`MARKER`: at once when the folder holds no other configuration's outputs, else when the replacement
-    starts. ``outputs`` names everything the command writes there (files, folders, glob patterns): with
+    The claim only checks: it creates and changes nothing, so that a run refused after it (a missing GPU, a
+    dataset that is not there) leaves the folder as it was. ``command`` and ``identity`` (the identifying part of
+    ``record``, as ``same`` reads it) go into :data:`MARKER` when :meth:`OutputClaim.writing` starts. ``outputs`` names everything the command writes there (files, folders, glob patterns): with
     ``overwrite``, another configuration's are all moved aside; for the same configuration only ``rewrites``
     (default: all ``outputs``; a profile keeps its task store and checkpoints, so that it resumes). A backup left by
     an interrupted run is taken over by the same configuration (it resumes) and put back for any other. Errors name
     ``--field``.
     """
-    base = writable_dir(folder, field)
+    base = Path(folder)
+    check_writable(base, field)  # nothing is created or written until the run starts writing
     outputs = tuple(outputs)
     notes: list[str] = []
     shutil.rmtree(base / f"{BACKUP}.done", ignore_errors=True)
     backup = base / BACKUP
+    written = (record, *outputs)
     if backup.exists():
         if _marker_says(base, command, same):  # the interrupted run of this configuration goes on
-            return OutputClaim(base, field, command, identity, backup=backup)
+            return OutputClaim(base, field, command, identity, backup=backup, outputs=written, marker_ours=True)
         try:
             restore(base)
         except OSError as exc:
@@ -256,11 +326,9 @@ def claim_folder(folder: str | os.PathLike, *, command: str, record: str, identi
         notes.append(f"an unfinished run in {folder} had moved the earlier outputs aside; they were put back")
     same_config = refuse_replacing(base, record, outputs=outputs, same=same, overwrite=overwrite, what=what,
                                    field=field, command=command)
-    names = tuple(rewrites) if same_config and rewrites is not None else (record, *outputs)
-    claim = OutputClaim(base, field, command, identity, replaces=names, notes=tuple(notes))
-    if same_config or not _found(base, names):
-        _write_marker(base, command, identity, field)  # the folder is this configuration's from now on
-    return claim
+    names = tuple(rewrites) if same_config and rewrites is not None else written
+    return OutputClaim(base, field, command, identity, replaces=names, notes=tuple(notes), outputs=written,
+                       marker_ours=bool(_marker_says(base, command, same)))
 
 
 def _write_marker(base: Path, command: str, identity: dict[str, Any], field: str) -> None:

@@ -264,3 +264,139 @@ def test_claim_moves_aside_only_dpaudit_outputs_and_restores_a_leftover(tmp_path
     assert not (tmp_path / BACKUP).exists() and not (tmp_path / "imgs").exists()
     assert (tmp_path / "model.pt").read_text() == "a" and (tmp_path / "mine.txt").read_text() == "user"
     assert json.loads((tmp_path / MARKER).read_text())["record"] == {"c": "a"}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file under ``folder`` (the marker included) with its bytes; None when the folder is not there."""
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*"))}
+
+
+def test_a_claim_changes_nothing_until_the_run_writes(tmp_path: Path) -> None:
+    from dpaudit.outputs import MARKER, claim_folder
+
+    def claim(folder: Path, config: str):
+        return claim_folder(folder, command="test", record="r.json", identity={"c": config}, outputs=("model.pt",),
+                            same=lambda d: d.get("c") == config, overwrite=False, what="w")
+
+    new = tmp_path / "a" / "b"
+    claim(new, "x")
+    assert not (tmp_path / "a").exists()  # checked (created, probed, removed), not left behind
+    with claim(new, "x").writing():
+        (new / "model.pt").write_text("x")
+        (new / "r.json").write_text(json.dumps({"c": "x"}))
+    before = _snapshot(new)
+    claim(new, "x")  # the same configuration again: claimed, the marker untouched until it writes
+    assert _snapshot(new) == before
+    assert json.loads((new / MARKER).read_text())["record"] == {"c": "x"}
+
+
+@pytest.mark.parametrize("interrupt", [False, True])
+def test_a_run_that_fails_before_writing_leaves_no_trace(tmp_path: Path, interrupt: bool) -> None:
+    from dpaudit.errors import DataError
+    from dpaudit.outputs import MARKER, claim_folder
+
+    error = KeyboardInterrupt if interrupt else DataError
+
+    def claim(folder: Path, config: str):
+        return claim_folder(folder, command="test", record="r.json", identity={"c": config},
+                            outputs=("model.pt", "imgs"), same=lambda d: d.get("c") == config, overwrite=False,
+                            what="w")
+
+    new = tmp_path / "new" / "run"
+    with pytest.raises(error), claim(new, "x").writing():
+        raise error("the dataset is not there")
+    assert not (tmp_path / "new").exists()
+    # A folder of this configuration (the marker and its outputs, and a user's file): as it was, marker included.
+    done = tmp_path / "done"
+    with claim(done, "x").writing():
+        (done / "model.pt").write_text("x")
+        (done / "r.json").write_text(json.dumps({"c": "x"}))
+    (done / "mine.txt").write_text("user")
+    before = _snapshot(done)
+    if not interrupt:  # (an interruption keeps what it moved aside, for the same command to resume)
+        with pytest.raises(error), claim(done, "x").writing():
+            raise error("no GPU")
+        assert _snapshot(done) == before
+    # A marker-only folder of another configuration (an earlier run refused before it wrote): its marker stays.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / MARKER).write_text(json.dumps({"command": "test", "record": {"c": "y"}}))
+    before = _snapshot(other)
+    with pytest.raises(error), claim(other, "x").writing():
+        raise error("no GPU")
+    assert _snapshot(other) == before
+    # What a run wrote before it failed keeps its marker: it says whose the outputs are.
+    with pytest.raises(error), claim(tmp_path / "half", "x").writing():
+        (tmp_path / "half" / "imgs").mkdir()
+        raise error("failed half-way")
+    assert json.loads((tmp_path / "half" / MARKER).read_text())["record"] == {"c": "x"}
+
+
+REFUSED_ATTACK = ["attack", "--arch", "smallcnn", "--dataset", "demo", "--image-size", "16", "--sigmas", "0", "--n-images", "2"]
+REFUSED_PROFILE = ["profile", "--dataset", "demo", "--epsilons", "8", "--seeds", "1", "--epochs", "1", "--max-images", "120",
+           "--image-size", "16", "--arch", "smallcnn", "--no-render"]
+
+
+@pytest.mark.parametrize("command", [[*TRAIN, "--epsilon", "8"], REFUSED_ATTACK, REFUSED_PROFILE])
+@pytest.mark.parametrize("fault", ["device", "dataset", "model"])
+def test_a_refused_run_creates_and_changes_nothing_in_out(command: list[str], fault: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run refused with exit 2 (no GPU, a dataset that is not there, a --model file that is not there) leaves
+    --out as it was: a new folder is not created, an existing one keeps its files and its marker byte for byte."""
+    import dpaudit.audit.profile.run as run
+    import dpaudit.audit.train as train
+    import dpaudit.data as data
+
+    if fault == "model" and command[0] != "attack":
+        pytest.skip("--model is the attack's")
+    for module, name in ((train, "load_data"), (data, "load_splits"), (run, "_data_spec")):
+        monkeypatch.setattr(module, name, _no_data)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    missing = tmp_path / "missing"
+    args = {"device": ["--device", "cuda"], "model": ["--model", str(missing / "model.pt")],
+            "dataset": ["--dataset", f"folder:{missing}"]}[fault]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / ".dpaudit-run.json").write_text(json.dumps({"command": command[0], "record": {"earlier": 1}}))
+    (existing / "notes.txt").write_text("user")
+    before = _snapshot(existing)
+    for out in (tmp_path / "new" / "run", existing):
+        res = runner.invoke(app, [*command, *args, "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        assert res.output.startswith("error: ") and "Traceback" not in res.output
+    assert not (tmp_path / "new").exists()
+    assert _snapshot(existing) == before
+
+
+def test_a_refused_train_leaves_an_existing_run_folder_as_it_was(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same configuration again, refused (no GPU; a failure while loading the data, inside the run): the
+    earlier model.pt, metrics.json and marker stay exactly as they were (no marker saying cuda beside a CPU model)."""
+    import dpaudit.audit.train as train
+    from dpaudit.errors import DataError
+
+    out = tmp_path / "r"
+    assert runner.invoke(app, [*TRAIN, "--epsilon", "8", "--out", str(out)]).exit_code == 0
+    before = _snapshot(out)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = runner.invoke(app, [*TRAIN, "--epsilon", "8", "--device", "cuda", "--out", str(out)])
+    assert res.exit_code == 2 and "--device" in res.output, res.output
+    assert _snapshot(out) == before
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise DataError("the data could not be read. Fix: check the files.")
+
+    monkeypatch.setattr(train, "load_data", fail)
+    res = runner.invoke(app, [*TRAIN, "--epsilon", "8", "--out", str(out)])
+    assert res.exit_code == 2 and "could not be read" in res.output, res.output
+    assert _snapshot(out) == before
+
+
+def test_a_refused_mia_audit_writes_no_out_file(tmp_path: Path) -> None:
+    out = tmp_path / "audit.json"
+    res = runner.invoke(app, ["mia", "audit", "--dataset", f"folder:{tmp_path / 'missing'}", "--epsilon", "8",
+                              "--out", str(out)])
+    assert res.exit_code == 2 and "is not an existing folder" in res.output, res.output
+    assert not out.exists()
