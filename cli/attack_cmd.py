@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -139,6 +140,20 @@ def attack(
                                   "classification"]["arch"]
         parse_arch(arch)  # before the data load: a misspelt architecture is named at once
     model_name = str(model) if model else f"random {arch}"
+    from dpaudit.data import check_data_options, check_dataset_found
+
+    check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window)
+    check_dataset_found(dataset, data_dir=data_dir)
+    ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
+            if model is not None else None)
+    if image_size is None:
+        image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else default_image_size(dataset)
+    from dpaudit.volumes import is_segmentation_dataset, load_segmentation_splits
+
+    inferred = "segmentation" if is_segmentation_dataset(dataset) else "classification"
+    if task is not None and task != inferred:
+        raise invalid("task", task, f"{inferred} for --dataset {dataset}",
+                      "leave out --task, or pass demo-ct / msd:PATH for segmentation")
     if out_dir is not None:  # before any work: a folder that cannot be written, or holds another attack, fails now
         from dpaudit.cli._common import json_text
         from dpaudit.outputs import claim_folder
@@ -152,19 +167,6 @@ def attack(
                                                 "model": data["settings"]["model"]} == mine)
         for note in claim.notes:
             err.print(f"note: {note}", highlight=False)
-    from dpaudit.data import check_data_options
-
-    check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window)
-    ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
-            if model is not None else None)
-    if image_size is None:
-        image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else default_image_size(dataset)
-    from dpaudit.volumes import is_segmentation_dataset, load_segmentation_splits
-
-    inferred = "segmentation" if is_segmentation_dataset(dataset) else "classification"
-    if task is not None and task != inferred:
-        raise invalid("task", task, f"{inferred} for --dataset {dataset}",
-                      "leave out --task, or pass demo-ct / msd:PATH for segmentation")
     if inferred == "segmentation":
         # The slices as the model saw them: its CT window (checkpoint; --window overrides), every volume unless
         # --max-images says how many; the attack's per-pixel cross-entropy takes the label maps as they are.
@@ -185,13 +187,16 @@ def attack(
                              labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])
     unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"])
     if len(splits.train) < n_images:
-        err.print(f"warning: the training split holds {len(splits.train)} {record_noun(splits.unit)}s; attacking all "
-                  "of them.")
+        held = f"{len(splits.train)} {record_noun(splits.unit)}s"
+        if dataset in ("demo", "demo-ct"):  # built in: a size its split cannot hold is refused, as for demo up front
+            raise invalid("--n-images", n_images, f"at most {len(splits.train)} for --dataset {dataset} (its training "
+                          f"split holds {held})", f"pass --n-images {len(splits.train)} or less")
+        err.print(f"warning: the training split holds {held}; attacking all of them.", highlight=False)
+    random_note = None
     if ckpt is None:
-        if not as_json:
-            err.print(f"note: no --model: attacking a randomly initialised {arch} (--arch {arch}"
-                      f"{', the default' if arch_default else ''}); pass --model FILE to attack a trained checkpoint.",
-                      highlight=False)
+        random_note = (f"no --model: attacking a randomly initialised {arch} (--arch {arch}"
+                       f"{', the default' if arch_default else ''}); pass --model FILE to attack a trained checkpoint.")
+        err.print(f"note: {random_note}", highlight=False)
         # At least two outputs: with one class the cross-entropy is constant (log-softmax of a single logit is 0)
         # and its gradient identically zero. The attack needs no labels: a flat folder is one class, label 0.
         ckpt = load_model(None, arch=arch, num_classes=max(2, splits.num_classes),
@@ -228,6 +233,8 @@ def attack(
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress, device=device)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
+    if random_note is not None:  # the result says what was attacked, as attack.json's settings.model does
+        result = dataclasses.replace(result, notes=(*result.notes, random_note))
     err.print(unit_line + f"; the attack itself reconstructs single {record_noun(splits.unit)}s", highlight=False)
     for note in loading_notes(splits):
         err.print(f"note: {note}", highlight=False)
@@ -254,7 +261,9 @@ def attack(
                       + (f" and {out_dir / 'best_reconstructions.png'}" if save_images else ""))
 
     if as_json:
-        emit_json(result)
+        from dpaudit.codec import encode
+
+        emit_json({**encode(result), "model": model_name})
         return
     _render(result, np)
 

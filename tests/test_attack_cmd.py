@@ -60,7 +60,9 @@ def test_demo_json_has_exactly_the_documented_keys() -> None:
     obj = json.loads(res.stdout)
     # The AttackResult through the codec, as the profile stores its rows: per-image SSIM and eta included, the kept
     # reconstructions (patient images) never.
-    assert list(obj) == [*_json_fields(AttackResult), "labels"] and obj["notes"] == []
+    assert list(obj) == [*_json_fields(AttackResult), "labels", "model"] and obj["model"] == "random smallcnn"
+    assert obj["notes"] == ["no --model: attacking a randomly initialised smallcnn (--arch smallcnn); pass --model "
+                            "FILE to attack a trained checkpoint."]
     assert obj["success_ssim"] == SUCCESS_SSIM and obj["labels"]["rows[].success_rate"].startswith("empirical")
     assert obj["labels"]["rows[].epsilon"].startswith("sound upper bound")
     assert len(obj["rows"]) == 4 and all(list(r) == _json_fields(AttackRow) for r in obj["rows"])
@@ -256,3 +258,48 @@ def test_an_unavailable_gpu_is_one_line_naming_device(monkeypatch) -> None:  # t
     assert "--device" in res.output and "pass --device cpu" in res.output and "Traceback" not in res.output
     res = run("--arch", "smallcnn", "--image-size", "16", "--n-images", "2", "--sigmas", "0", "--device", "gpu")
     assert res.exit_code == 2 and "auto, cpu, cuda or cuda:N" in res.output, res.output
+
+
+def test_json_says_a_random_model_was_attacked_as_attack_json_does(tmp_path: Path) -> None:
+    """Without --model the --json result says what was attacked (the stderr note, its notes and a model key), as
+    attack.json's settings.model does; with --model, the model key names the checkpoint."""
+    res = run("--arch", "resnet9", "--dataset", "demo", "--image-size", "16", "--n-images", "2", "--sigmas", "0,1e-3",
+              "--json", "--out", str(tmp_path / "a"))
+    assert res.exit_code == 0, res.output
+    assert "no --model: attacking a randomly initialised resnet9" in " ".join(res.stderr.split())
+    obj = json.loads(res.stdout)
+    assert obj["model"] == "random resnet9" and any("randomly initialised resnet9" in n for n in obj["notes"])
+    record = json.loads((tmp_path / "a" / "attack.json").read_text())
+    assert record["settings"]["model"] == obj["model"] and record["result"]["notes"] == obj["notes"]
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=2),
+                           CheckpointMeta(arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo"))
+    res = run("--model", str(ckpt), "--dataset", "demo", "--n-images", "2", "--sigmas", "0", "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert obj["model"] == str(ckpt) and not any("randomly initialised" in n for n in obj["notes"])
+
+
+@pytest.mark.parametrize(("args", "held"), [
+    (["--dataset", "demo-ct", "--n-images", "5000"], "slices"),
+    (["--dataset", "demo", "--max-images", "60", "--n-images", "500"], "images"),
+])
+def test_an_n_images_a_built_in_training_split_cannot_hold_is_refused(args: list[str], held: str,
+                                                                       tmp_path: Path) -> None:
+    """demo and demo-ct are built in: an --n-images their training split cannot hold is refused (as the demo's
+    is before loading), counted in the split's own records (slices for demo-ct), and --out stays untouched."""
+    res = run("--image-size", "16", "--sigmas", "0", *args, "--out", str(tmp_path / "a"))
+    assert res.exit_code == 2, res.output
+    line = " ".join(res.output.split())
+    assert line.startswith("error: --n-images must be at most") and f"{held})" in line and "Fix: pass --n-images" in line
+    assert "Traceback" not in line and not (tmp_path / "a").exists()
+
+
+def test_your_own_data_smaller_than_n_images_is_attacked_whole_and_said_so(tmp_path: Path,
+                                                                           rng: np.random.Generator) -> None:
+    for k in range(9):
+        img = rng.integers(0, 255, size=(20, 20, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / f"im{k}.png")
+    res = run("--arch", "smallcnn", "--dataset", f"folder:{tmp_path}", "--image-size", "16", "--n-images", "50",
+              "--sigmas", "0")
+    assert res.exit_code == 0, res.output
+    assert "the training split holds" in res.output and "images; attacking all of them" in res.output
