@@ -547,9 +547,9 @@ def check_dataset_found(name: str, *, data_dir: str | Path | None = None) -> Non
     loaders' messages: a command checks this before it claims its --out folder or starts any work (the loaders
     check again, and everything else about the files, when they read them).
 
-    >>> check_dataset_found("folder:/nonexistent")  # doctest: +ELLIPSIS
+    >>> check_dataset_found("folder:/dev/null/images")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    dpaudit.errors.DataError: folder:/nonexistent: '/nonexistent' is not an existing folder. Fix: pass --dataset ...
+    dpaudit.errors.DataError: folder:/dev/null/images: '/dev/null/images' is not an existing folder. Fix: pass ...
     """
     if not isinstance(name, str) or not name:
         raise _unknown_dataset(name)
