@@ -14,7 +14,7 @@ import sys
 import typing
 from collections.abc import Callable, Iterable
 from enum import StrEnum
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -311,8 +311,10 @@ def with_option(message: str, options: dict[str, str], values: dict[str, Any]) -
     """
     for flag, name in options.items():
         value = values.get(name)
+        # A value of one or two characters ('m1', 'a') leads the message only when it is a path that exists: such a
+        # short word quoted in a message about something else ('1', 'cv') would name the wrong flag.
         texts = [str(v) for v in (value if isinstance(value, list | tuple) else [value])
-                 if isinstance(v, str | PurePath) and str(v)]
+                 if isinstance(v, str | PurePath) and (len(str(v)) >= 3 or (str(v) and Path(str(v)).exists()))]
         if any(repr(t) in message or f'"{t}"' in message for t in texts):
             named = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message)
             return message if named else f"{flag}: {message}"

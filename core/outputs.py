@@ -301,8 +301,10 @@ def claim_folder(folder: str | os.PathLike, *, command: str, record: str, identi
     """Check ``folder`` before any work and claim it for this run; the run then writes inside
     :meth:`OutputClaim.writing`.
 
-    The claim only checks: it creates and changes nothing, so that a run refused after it (a missing GPU, a
-    dataset that is not there) leaves the folder as it was. ``command`` and ``identity`` (the identifying part of
+    The claim checks and writes nothing of this run's, so that a run refused after it (a missing GPU, a dataset
+    that is not there) leaves the folder as it was. One repair comes first: a backup left by another
+    configuration's interrupted run is put back (the folder's state before that run; a note says so), and a
+    finished run's leftover backup folder is removed. ``command`` and ``identity`` (the identifying part of
     ``record``, as ``same`` reads it) go into :data:`MARKER` when :meth:`OutputClaim.writing` starts. ``outputs`` names everything the command writes there (files, folders, glob patterns): with
     ``overwrite``, another configuration's are all moved aside; for the same configuration only ``rewrites``
     (default: all ``outputs``; a profile keeps its task store and checkpoints, so that it resumes). A backup left by

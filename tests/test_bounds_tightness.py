@@ -789,6 +789,7 @@ def test_pile_scan_in_two_calls_finds_the_one_call_boundary(monkeypatch, threat_
                     monkeypatch.setattr(pld_module, "PILE_SCAN_FIRST", first)
                 assert pld_module._pile_cell(pair, direction, h, end) == whole
 
+
 @pytest.mark.parametrize(("sigma", "q", "steps", "k", "threat_model"),
                          [(1.0, 1e-4, 1_000_000, 10, "worst_case"), (0.5, 1e-4, 1_000_000, 10, "worst_case"),
                           (1.0, 1e-3, 100_000, 10, "relaxed"), (1.0, 1e-4, 1_000_000, 1, "worst_case"),

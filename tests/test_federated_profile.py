@@ -13,7 +13,24 @@ def test_profile_with_federated_section(tmp_path) -> None:
     config = ProfileConfig(max_images=120, image_size=16, arch="smallcnn", epsilons=(8.0,), non_private=False,
                            seeds=1, epochs=1, batch_size=16, attack_images=4, federated=True, federated_clients=2)
     assert "--federated --federated-clients 2" in config.command()
-    profile = run_profile(config, tmp_path, threads=1)
+    import dataclasses
+
+    from dpaudit.audit.profile import InProcessExecutor
+    from dpaudit.audit.profile.federated_task import FederatedTask
+
+    class Recording(InProcessExecutor):
+        tasks: list = []
+
+        def map(self, tasks, on_done) -> None:
+            tasks = list(tasks)
+            self.tasks.extend(tasks)
+            super().map(tasks, on_done)
+
+    executor = Recording()
+    profile = run_profile(config, tmp_path, threads=1, device="cpu", executor=executor)
+    # --device reaches the federated stage (the sites' training, the clients' attack steps), outside its key
+    fed_task = next(t for t in executor.tasks if isinstance(t, FederatedTask))
+    assert fed_task.device == "cpu" and dataclasses.replace(fed_task, device="auto").key() == fed_task.key()
     fed = profile.federated
     assert fed is not None and len(fed.sites) == 2
     assert all(s.epsilon <= 8.0 and s.kappa == 1.0 / s.n_train for s in fed.sites)

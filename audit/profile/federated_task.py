@@ -49,7 +49,10 @@ class FederatedTask(_TaskBase):
     #: left out of the key at their defaults so that earlier profiles resume.
     arch_args: str = "{}"
     fix_batchnorm: bool = False
-    _location_fields: ClassVar[tuple[str, ...]] = ("threads",)
+    #: Where the sites' local training and the clients' attack steps run (the profile's --device); like
+    #: ``threads``, not part of the key.
+    device: str = "auto"
+    _location_fields: ClassVar[tuple[str, ...]] = ("threads", "device")
 
     def identity(self) -> dict[str, Any]:
         out = super().identity()
@@ -80,7 +83,7 @@ class FederatedTask(_TaskBase):
             fix_batchnorm=self.fix_batchnorm, clients=self.clients, partition=self.partition,
             rounds=self.rounds, local_epochs=1, batch_size=self.batch_size, lr=self.lr, dp_level="sample",
             epsilon=self.epsilon_target, target_delta=self.target_delta, max_grad_norm=self.max_grad_norm, seed=self.seed,
-            threads=self.threads, privacy_unit=self.privacy_unit), splits=splits)
+            threads=self.threads, privacy_unit=self.privacy_unit, device=self.device), splits=splits)
         sites = []
         for s in result.clients:
             kappa = 1.0 / s.n_train
@@ -101,7 +104,8 @@ class FederatedTask(_TaskBase):
                 fix_batchnorm=self.fix_batchnorm, clients=attack_clients,
                 batch_size=ATTACK_BATCH_SIZE, bins=ATTACK_BINS,
                 noise_multipliers=(*ATTACK_SIGMAS, result.noise_multiplier), secure_aggregation=secure,
-                rounds=ATTACK_ROUNDS, max_grad_norm=self.max_grad_norm, seed=self.seed, threads=self.threads),
+                rounds=ATTACK_ROUNDS, max_grad_norm=self.max_grad_norm, seed=self.seed, threads=self.threads,
+                device=self.device),
                 splits=splits)
             rows.extend(att.rows)
             success_ssim = att.success_ssim

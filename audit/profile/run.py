@@ -161,6 +161,18 @@ def _computed_on(device: str, executor: Any) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
+def _with_reused(computed_on: str, stages: Sequence[StageTime]) -> str:
+    """``computed_on`` of this invocation, and how many results it took from the task store instead: the device is
+    not part of a task's key, so those ran where the invocation that made them ran (another machine's, perhaps)."""
+    passes = [s for s in stages if s.stage in ("train", "attack", "mia", "federated")]  # the stages with a model
+    reused = sum(s.tasks_reused for s in passes)
+    if not reused:
+        return computed_on
+    total = reused + sum(s.tasks_run for s in passes)
+    return (f"{computed_on} (this invocation; {reused} of {total} training and attack results were reused from an "
+            "earlier one and ran where it ran)")
+
+
 def _environment() -> tuple[PackageVersion, ...]:
     from importlib import metadata
 
@@ -368,7 +380,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
             clients=config.federated_clients, partition=config.federated_partition, rounds=config.epochs,
             batch_size=config.batch_size, max_grad_norm=config.max_grad_norm, lr=config.lr,
             target_delta=config.target_delta, seed=config.seed, threads=threads, privacy_unit=config.privacy_unit,
-            arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm)
+            arch_args=config.arch_args, fix_batchnorm=config.fix_batchnorm, device=device)
         fed_res, st = _run_stage("federated", [fed_task], store, executor, progress)
         stages.append(st)
         federated = fed_res[fed_task.key()]
@@ -381,7 +393,8 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),
         mia_audits=tuple(mia_res[t.key()] for t in mia_tasks), stages=tuple(stages),
-        environment=_environment(), federated=federated, patient_risk=patient_risk, computed_on=computed_on)
+        environment=_environment(), federated=federated, patient_risk=patient_risk,
+        computed_on=_with_reused(computed_on, stages))
     profile = with_decision(dataclasses.replace(profile, checklist=build_checklist(profile)), limits)
     # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
     _write_atomic(out / "profile.json", dumps(profile))

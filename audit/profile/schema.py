@@ -784,7 +784,9 @@ class Profile(JsonResult):
     patient_risk: tuple[PatientRisk, ...] = ()
     #: Where the model passes ran (training, attack, membership audit): 'cpu', 'cuda:0 (NVIDIA H200)', or the
     #: ``--device`` given and 'resolved on each worker' under a distributed executor. A GPU's results differ from the
-    #: CPU's in the last bits. None: written before it was recorded.
+    #: CPU's in the last bits. When the invocation reused stored training or attack results (the device is not part
+    #: of a task's key), it says how many: those ran where the invocation that made them ran. None: written before it
+    #: was recorded.
     computed_on: str | None = None
 
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
