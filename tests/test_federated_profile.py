@@ -19,7 +19,9 @@ def test_profile_with_federated_section(tmp_path) -> None:
     from dpaudit.audit.profile.federated_task import FederatedTask
 
     class Recording(InProcessExecutor):
-        tasks: list = []
+        def __init__(self) -> None:
+            super().__init__()
+            self.tasks: list = []
 
         def map(self, tasks, on_done) -> None:
             tasks = list(tasks)
