@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from dpaudit.errors import ConfigError, check_probability, invalid
@@ -305,6 +305,9 @@ class Decision:
     budgets: tuple[BudgetChecks, ...]
     remedy: Remedy | None = None
     utility_metric: str = "mcc"
+    #: The stored decision this one was re-made from (:func:`current_decision`), kept out of the JSON: a
+    #: re-rendered report says so. None for a decision made by today's rule in the first place.
+    replaces: Decision | None = field(default=None, compare=False, repr=False, metadata={"json": False})
 
     def checks_of(self, budget: str) -> BudgetChecks | None:
         return next((b for b in self.budgets if b.budget == budget), None)
@@ -320,6 +323,20 @@ class Decision:
         utility measured, so the most private one was recommended; or none is recommended)."""
         b = self.checks_of(self.recommended) if self.recommended is not None else None
         return b is not None and b.utility(self.utility_metric) is not None
+
+    @property
+    def remade_note(self) -> str:
+        """One sentence when this decision was re-made from a stored one ranked by another utility
+        (:func:`current_decision`): the console's note and the report's line; "" otherwise."""
+        old = self.replaces
+        if old is None:
+            return ""
+        text = f"Decision re-made with the stored limits by {self.utility_label}; the stored one ranked by {old.utility_label}"
+        if not any(b.utility(old.utility_metric) is not None for b in old.budgets):
+            text += ", which this profile does not measure,"
+        if old.recommended != self.recommended:
+            text += f" and recommended {old.recommended or 'no budget'}"
+        return text + " (profile.json is left as it is)."
 
 
 def utility_label(metric: str) -> str:
@@ -476,12 +493,12 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
         if util(best) is None:
             best_lv, best = within[0]
             why = (f"No test {label} was measured at any of them, so the most private of them, "
-                   f"{_name(best_lv, k, rec)}, is recommended")
+                   f"{_name(best_lv, k, rec)}, is recommended" + _other_classes(profile, best_lv, " (", ")"))
         else:
             why = (f"Recommended: {_name(best_lv, k, rec)}, the best utility among them (mean test {label} "
                    f"{util(best):.3f}, {best.n_seeds} seed(s)"
                    + ("; Dice of the first foreground class, the report's headline" if metric != "mcc" else "")
-                   + ")")
+                   + _other_classes(profile, best_lv, "; ", "") + ")")
             if ties:
                 why += f"; {', '.join(ties)} ties with it, and the smaller ε is recommended (same utility, less risk)"
         reason = (f"{len(within)} of {len(private)} privacy budgets {'meets' if len(within) == 1 else 'meet'} every "
@@ -497,6 +514,26 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
     reason, remedy = _none_within(private, limits, calibrate_fn, k, profile)
     return Decision(limits, (), None, reason + _units(private, k, rec) + unit_risk, budgets, remedy,
                     utility_metric=metric)
+
+
+def _other_classes(profile: Profile, lv: LevelSummary, before: str, after: str) -> str:
+    """Segmentation with several foreground classes: one clause with the recommended budget's mean test Dice of
+    the classes after the headline one, beside the non-private baseline's (empirical), so that a class the noise
+    collapsed (tumour) is seen where the headline (liver) ranked the budgets; "" for one class or a classifier."""
+    from dpaudit.audit.profile.schema import utility_columns
+
+    others = utility_columns(profile)[1:]
+    if not others:
+        return ""
+    base = next((b for b in profile.levels() if not b.private), None)
+
+    def mean(level: LevelSummary, key: str) -> str:
+        s = level.utility.get(key)
+        return f"{s.mean:.3f}" if s is not None and s.mean is not None else "not measured"
+
+    parts = [f"{name} is {mean(lv, key)}" + (f" against {mean(base, key)} without privacy" if base is not None
+                                               else "") for key, name in others]
+    return f"{before}not ranked: at {lv.label} the mean test {' and '.join(parts)}{after}"
 
 
 def image_unit_patient_risk(profile: Profile) -> str:
@@ -593,6 +630,28 @@ def _inconclusive(private: list[tuple[LevelSummary, BudgetChecks]], limits: tupl
 def with_decision(profile: Profile, limits: Sequence[Limit]) -> Profile:
     """The profile with the board's decision for ``limits`` (none: no decision block)."""
     return dataclasses.replace(profile, decision=decide(profile, limits) if limits else None)
+
+
+def current_decision(profile: Profile, *, calibrate_fn: Calibrate = calibrate) -> Profile:
+    """The profile with its stored decision as today's rule makes it, for rendering.
+
+    A decision ranks budgets by the task's headline utility (:func:`decide`, rule 2). A ``profile.json`` written
+    before segmentation budgets were ranked by the headline Dice stores a decision ranked by MCC (its
+    ``utility_metric`` absent, read as ``mcc``): MCC is undefined for segmentation, so that decision recommended
+    the most private budget. Where the stored ``utility_metric`` differs from
+    :func:`~dpaudit.audit.profile.schema.headline_utility`'s, the decision is made again by :func:`decide` with
+    the stored limits; the new one's ``replaces`` holds the stored one and its ``remade_note`` says so. Any other
+    profile (no decision, a classifier's, a current one) is returned as it is (the same object).
+    """
+    stored = profile.decision
+    if stored is None:
+        return profile
+    from dpaudit.audit.profile.schema import headline_utility
+
+    if stored.utility_metric == headline_utility(profile)[0]:
+        return profile
+    remade = decide(profile, stored.limits, calibrate_fn=calibrate_fn)
+    return dataclasses.replace(profile, decision=dataclasses.replace(remade, replaces=stored))
 
 
 def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],

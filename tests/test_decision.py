@@ -386,6 +386,66 @@ def test_segmentation_without_the_headline_dice_says_so() -> None:
     assert "most private of the 2 budgets" in sentence and "best" not in sentence
 
 
+def test_the_reason_names_the_recommended_budgets_other_classes_dice() -> None:
+    # Tumour Dice 0.05 at every budget against 0.6 without privacy (the helper gives the baseline Dice tumour
+    # 0.05 too; here it is raised): a collapsed class the headline does not rank is named beside the headline.
+    prof = _segmentation(synthetic_profile(), {1.0: 0.398, 8.0: 0.453, 20.0: 0.528, 1e9: 0.6, None: 0.82})
+    train = tuple(dataclasses.replace(t, metrics=dataclasses.replace(t.metrics, dice={**t.metrics.dice, "tumour": 0.6}))
+                  if t.epsilon_target is None else t for t in prof.train)
+    d = decide(dataclasses.replace(prof, train=train), [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert "; not ranked: at ε = 8 the mean test Dice tumour is 0.050 against 0.600 without privacy)" in d.reason
+    assert d.reason.count("Dice tumour") == 1
+    # With the headline unmeasured, the most private budget's other classes are named as well.
+    nan = _segmentation(synthetic_profile(seeds=1), dict.fromkeys((1.0, 8.0, 20.0, 1e9, None), math.nan))
+    d = decide(nan, [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert "is recommended (not ranked: at ε = 1 the mean test Dice tumour is 0.050 against 0.050 without privacy)" in d.reason
+    # A classifier's reason has no such clause.
+    assert "not ranked" not in decide(synthetic_profile(), [Limit("rero", 0.05)], calibrate_fn=_no_calibration).reason
+
+
+def _old_form(profile: Profile) -> Profile:
+    """``profile`` with its decision block edited back to the layout written before budgets were ranked by the
+    headline utility: no utility_metric (read as MCC), no dice or n_seeds per budget, the most private budget
+    within recommended ("No utility was measured"), as that rule did where MCC is undefined."""
+    data = json.loads(profile.to_json())
+    block = data["decision"]
+    del block["utility_metric"]
+    for b in block["budgets"]:
+        del b["dice"], b["n_seeds"]
+    block["recommended"] = block["within"][0]
+    block["reason"] = f"No utility was measured, so the most private of them, {block['within'][0]}, is recommended."
+    return Profile.from_json(json.dumps(data))
+
+
+def test_a_stored_decision_ranked_by_another_utility_is_remade_with_its_limits() -> None:
+    from dpaudit.audit.decision import current_decision
+
+    prof = _segmentation(synthetic_profile(), {1.0: 0.398, 8.0: 0.453, 20.0: 0.528, 1e9: 0.6, None: 0.82})
+    limits = (Limit("rero", 0.05), Limit("rero", 0.9, "realistic"))
+    current = dataclasses.replace(prof, decision=decide(prof, limits, calibrate_fn=_no_calibration))
+    old = _old_form(current)
+    assert old.decision.utility_metric == "mcc" and old.decision.recommended == "ε = 1"
+    remade = current_decision(old, calibrate_fn=_no_calibration)
+    d = remade.decision
+    assert d == current.decision and d.limits == limits and d.recommended == "ε = 8"  # the same as profile decides
+    assert d.replaces == old.decision and remade.train == old.train
+    assert d.remade_note == ("Decision re-made with the stored limits by Dice liver; the stored one ranked by MCC, "
+                             "which this profile does not measure, and recommended ε = 1 (profile.json is left as "
+                             "it is).")
+    # The note is not stored: the re-made decision writes the JSON a current profile writes.
+    assert remade.to_json() == current.to_json()
+    # A current segmentation decision, a classifier's (old or current form) and none are left as they are.
+    assert current_decision(current) is current and current.decision.remade_note == ""
+    clf = dataclasses.replace(synthetic_profile(), decision=decide(synthetic_profile(), [Limit("rero", 0.05)],
+                                                                   calibrate_fn=_no_calibration))
+    data = json.loads(clf.to_json())
+    del data["decision"]["utility_metric"]
+    clf_old = Profile.from_json(json.dumps(data))
+    assert current_decision(clf) is clf and current_decision(clf_old) is clf_old and clf_old == clf
+    bare = synthetic_profile()
+    assert current_decision(bare) is bare
+
+
 def test_classification_decision_names_mcc_and_keeps_dice_empty() -> None:
     d = decide(synthetic_profile(), [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
     assert d.utility_metric == "mcc" and d.recommended == "ε = 8" and "mean test MCC 0.375, 2 seed(s)" in d.reason
