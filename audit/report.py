@@ -40,6 +40,7 @@ from reportlab.platypus import (
 from dpaudit.audit import report_board as board
 from dpaudit.audit import report_figures as figs
 from dpaudit.audit import report_text as txt
+from dpaudit.audit.decision import current_decision
 from dpaudit.audit.profile.schema import LevelSummary, Profile
 from dpaudit.audit.report_layout import (
     FONT,
@@ -653,6 +654,10 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
         DIR --max-rero ...``): the reproduce command gives those (a profile command with other limits is refused
         in that folder), and the re-render command this report's. None: the profile's own decision.
 
+    A stored decision that ranked the budgets by another utility than the task's headline one (a segmentation
+    profile.json written when decisions ranked by MCC) is re-made with its limits, and the first page says so
+    (:func:`~dpaudit.audit.decision.current_decision`).
+
     Returns
     -------
     pathlib.Path
@@ -664,6 +669,8 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
         base = Path(base_dir) if base_dir is not None else path.parent
     else:
         base = Path(base_dir) if base_dir is not None else None
+    # A stored decision ranked by another utility than today's rule is re-made with its limits (and says so).
+    profile = current_decision(profile)
     if include_images is None:
         include_images = profile.config.include_images
     # Nothing to show: no restricted stamp on every page (the CLI says why: stored_images).

@@ -74,6 +74,8 @@ class BoardPages:
                          f"{esc(p.dpaudit_version)}", "subtitle"),
                self.para("Decision for the ethics board", "h1")]
         box = [self.para(txt.decision_sentence(p, decision))]
+        if decision is not None and decision.remade_note:  # a stored decision ranked by another utility
+            box.append(self.para(esc(decision.remade_note), "small"))
         shows_reason = decision is not None and (decision.recommended is None or any(
             lim.label == LABEL_EMPIRICAL for lim in decision.limits))
         if shows_reason:

@@ -74,14 +74,15 @@ def report(
     With --max-rero / --max-mia-tpr the board's decision is made again from the stored results for these limits
     (no training; profile.json is left as it is); without, the report shows the profile's own decision.
     """
-    from dpaudit.audit.decision import with_decision
+    from dpaudit.audit.decision import current_decision, with_decision
     from dpaudit.audit.report import load_profile, render_report, stored_images
 
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)
     path = profile_json / "profile.json" if profile_json.is_dir() else profile_json
-    prof = load_profile(path)
+    # a stored decision ranked by another utility than today's rule is re-made with the stored limits (the note)
+    prof = current_decision(load_profile(path))
     stored = prof.decision
-    if limits:
+    if limits and (stored is None or tuple(limits) != tuple(stored.limits)):
         prof = with_decision(prof, limits)
     # report.pdf beside profile.json shows profile.json's decision: a decision for other limits goes to a file
     # named after them (profile.json is never rewritten here), unless -o names the file.
@@ -99,6 +100,10 @@ def report(
                           "pass -o/--output a path you can write to, e.g. -o board-report.pdf") from None
     pdf = render_report(prof, target, include_images=include_images, base_dir=path.parent,
                         run_limits=tuple(stored.limits) if stored is not None else ())
+    notes = []
+    if prof.decision is not None and prof.decision.remade_note:
+        notes.append(f"{path.name}: {prof.decision.remade_note}")
+        err.print(f"note: {notes[-1]}", highlight=False)
     if redecided and not as_json:
         same = target.resolve() == (path.parent / "report.pdf").resolve()
         err.print(f"note: the decision for these limits differs from {path.name}'s; "
@@ -119,7 +124,8 @@ def report(
         err.print("[yellow]warning:[/] the report shows training images (possibly patient data); do not share it "
                   "beyond those authorised to see the data.", markup=True)
     if as_json:
-        emit_json({"pdf": str(pdf), "profile": str(path), "include_images": images, "decision": prof.decision})
+        emit_json({"pdf": str(pdf), "profile": str(path), "include_images": images, "decision": prof.decision,
+                   "notes": notes})
     else:
         _print_decision(prof.decision)
         out.print(f"wrote {pdf}")

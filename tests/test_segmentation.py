@@ -457,18 +457,10 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     assert rows and all(" – ".join(percent_interval(r.ci_low, r.ci_high)) in text for r in rows)
 
 
-def test_segmentation_decision_ranks_budgets_by_dice_on_every_page(seg_profile, tmp_path) -> None:
-    """The board's decision on a demo-ct profile ranks by the headline Dice (liver) and says so: in the reason, on
-    the first page and in the utility cost; never "no utility was measured" (MCC is undefined for segmentation)."""
-    from pypdf import PdfReader
+def _two_budgets(prof):
+    """A second, more private budget with half the Dice: the real epsilon-8 runs relabelled epsilon 1 (a test
+    edit); every private budget's attack 0 of n with an interval up to 50%, within a realistic limit of 90%."""
 
-    from dpaudit.audit.decision import Limit, with_decision
-    from dpaudit.audit.report import render_report
-    from dpaudit.audit.segmentation import SegmentationMetrics
-
-    prof, out = seg_profile
-    # A second, more private budget with a lower Dice liver: the real epsilon-8 runs relabelled (a test edit);
-    # every private budget's attack 0 of n with an interval up to 50%, within a realistic limit of 90%.
     def lower(t):
         m = t.metrics
         worse = dataclasses.replace(m, dice={k: v / 2 for k, v in m.dice.items()})
@@ -479,8 +471,7 @@ def test_segmentation_decision_ranks_budgets_by_dice_on_every_page(seg_profile, 
         return dataclasses.replace(a, rows=rows)
 
     priv = [t for t in prof.train if t.epsilon_target == 8.0]
-    assert priv and isinstance(priv[0].metrics, SegmentationMetrics) and priv[0].metrics.dice["liver"] > 0
-    edited = dataclasses.replace(
+    return dataclasses.replace(
         prof, config=dataclasses.replace(prof.config, epsilons=(1.0, 8.0)),
         train=(*map(lower, priv), *prof.train),
         bounds=(*(dataclasses.replace(b, epsilon_target=1.0) for b in prof.bounds if b.epsilon_target == 8.0),
@@ -488,7 +479,21 @@ def test_segmentation_decision_ranks_budgets_by_dice_on_every_page(seg_profile, 
         attacks=tuple(quiet(a) if a.epsilon_target is not None else a for a in
                       (*(dataclasses.replace(a, epsilon_target=1.0) for a in prof.attacks if a.epsilon_target == 8.0),
                        *prof.attacks)))
-    decided = with_decision(edited, [Limit("rero", 0.9, "realistic")])
+
+
+def test_segmentation_decision_ranks_budgets_by_dice_on_every_page(seg_profile, tmp_path) -> None:
+    """The board's decision on a demo-ct profile ranks by the headline Dice (liver) and says so: in the reason, on
+    the first page and in the utility cost; never "no utility was measured" (MCC is undefined for segmentation)."""
+    from pypdf import PdfReader
+
+    from dpaudit.audit.decision import Limit, with_decision
+    from dpaudit.audit.report import render_report
+    from dpaudit.audit.segmentation import SegmentationMetrics
+
+    prof, out = seg_profile
+    priv = [t for t in prof.train if t.epsilon_target == 8.0]
+    assert priv and isinstance(priv[0].metrics, SegmentationMetrics) and priv[0].metrics.dice["liver"] > 0
+    decided = with_decision(_two_budgets(prof), [Limit("rero", 0.9, "realistic")])
     d = decided.decision
     assert d.within == ("ε = 1", "ε = 8") and d.recommended == "ε = 8" and d.utility_metric == "dice_liver"
     assert "mean test Dice liver" in d.reason and "No " not in d.reason
@@ -497,6 +502,72 @@ def test_segmentation_decision_ranks_budgets_by_dice_on_every_page(seg_profile, 
     first = " ".join(PdfReader(str(tmp_path / "r.pdf")).pages[0].extract_text().split())
     assert "the best mean test Dice liver of the 2 budgets" in first, first
     assert "Utility cost of ε = 8: mean test Dice liver" in first and "MCC" not in first
+
+
+def test_report_remakes_a_stored_decision_ranked_by_mcc_and_says_so_once(seg_profile, tmp_path) -> None:
+    """A demo-ct profile.json written when decisions ranked by MCC (its decision block edited back to that form:
+    no utility_metric, no dice per budget, the most private budget recommended as unmeasured) is re-decided by
+    `dpaudit report` with the stored limits by Dice liver: a note on the console, one sentence on the first page,
+    profile.json left as it is; a current one renders as before, with no note."""
+    from pypdf import PdfReader
+    from typer.testing import CliRunner
+
+    from dpaudit.audit.decision import Limit, with_decision
+    from dpaudit.audit.report import render_report
+    from dpaudit.cli.main import app
+
+    prof, _ = seg_profile
+    current = with_decision(_two_budgets(prof), [Limit("rero", 0.9, "realistic")])
+    assert current.decision.recommended == "ε = 8"
+    data = json.loads(current.to_json())
+    block = data["decision"]
+    del block["utility_metric"]
+    for b in block["budgets"]:
+        del b["dice"], b["n_seeds"]
+    block["recommended"] = "ε = 1"
+    block["reason"] = "2 of 2 privacy budgets meet every limit: ε = 1, ε = 8. No utility was measured, so ..."
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    for folder, text in ((old_dir, json.dumps(data, indent=2, ensure_ascii=False)), (new_dir, current.to_json())):
+        folder.mkdir()
+        (folder / "profile.json").write_text(text, encoding="utf-8")
+    stored = (old_dir / "profile.json").read_bytes()
+
+    def first_page(pdf):
+        return " ".join(PdfReader(str(pdf)).pages[0].extract_text().split())
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(old_dir)])
+    assert res.exit_code == 0, res.output
+    note = ("Decision re-made with the stored limits by Dice liver; the stored one ranked by MCC, which this "
+            "profile does not measure, and recommended ε = 1 (profile.json is left as it is).")
+    assert res.stderr.count("re-made") == 1 and note in " ".join(res.stderr.split())
+    assert "recommended: ε = 8" in res.stdout and "not ranked: at ε = 8 the mean test Dice tumour is" in res.stdout
+    old_page = first_page(old_dir / "report.pdf")
+    assert "Recommended: ε = 8" in old_page and "the best mean test Dice liver of the 2 budgets" in old_page
+    assert note in old_page and old_page.count("re-made") == 1
+    assert "was measured to rank them" not in old_page and "MCC was measured" not in old_page
+    assert (old_dir / "profile.json").read_bytes() == stored
+    # --json carries the re-made decision and the note.
+    res = runner.invoke(app, ["report", str(old_dir), "-o", str(tmp_path / "j.pdf"), "--json"])
+    got = json.loads(res.stdout)
+    assert got["decision"]["recommended"] == "ε = 8" and got["decision"]["utility_metric"] == "dice_liver"
+    assert got["notes"] == [f"profile.json: {note}"]
+    # The same limits given again change nothing: the re-made decision, its sentence, report.pdf.
+    res = runner.invoke(app, ["report", str(old_dir), "--max-rero", "0.9", "--threat-model", "realistic",
+                              "-o", str(tmp_path / "same.pdf")])
+    assert res.exit_code == 0 and "differs" not in res.stderr and note in " ".join(res.stderr.split())
+    assert (tmp_path / "same.pdf").read_bytes() == (old_dir / "report.pdf").read_bytes()
+    # render_report reads the old file the same way.
+    render_report(old_dir / "profile.json", tmp_path / "api.pdf")
+    assert (tmp_path / "api.pdf").read_bytes() == (old_dir / "report.pdf").read_bytes()
+    # A current segmentation profile.json: no note, no sentence, the bytes render_report gives its Profile.
+    res = runner.invoke(app, ["report", str(new_dir)])
+    assert res.exit_code == 0 and "re-made" not in res.output and res.stderr.count("note:") == 0
+    assert "re-made" not in first_page(new_dir / "report.pdf")
+    render_report(current, tmp_path / "current.pdf", base_dir=new_dir)
+    assert (tmp_path / "current.pdf").read_bytes() == (new_dir / "report.pdf").read_bytes()
+    # The first page's text is the old file's, less the one sentence.
+    assert old_page.replace(note + " ", "") == first_page(new_dir / "report.pdf")
 
 
 def test_profile_of_an_msd_liver_folder_has_the_paper_mode_appendix(tmp_path, rng) -> None:
