@@ -91,11 +91,13 @@ class _Report(board.BoardPages):
         p, c, d = self.p, self.p.config, self.p.dataset
         created = _created(p)
         pu = p.privacy()
-        unit = ((f"image (record-level guarantee; a patient has up to {pu.data_records_per_patient} images: "
+        rec = txt.record(p)
+        unit = ((f"{rec} (record-level guarantee; a patient has up to {pu.data_records_per_patient} {rec}s: "
                  "per patient the guarantee is weaker, see the privacy statement)")
                 if pu.image_unit_hides_patients else
-                "image (record-level guarantee)" if pu.unit == "image" else
-                f"volume (N = {txt.kappa_n(p)} training volumes, up to {pu.records_per_patient} slices per volume)"
+                f"{rec} (record-level guarantee)" if pu.unit == "image" else
+                f"patient, one volume each (N = {txt.kappa_n(p)} training volumes, up to {pu.records_per_patient} "
+                "slices per volume)"
                 if c.segmentation else
                 f"patient (up to {pu.records_per_patient} images per patient in the training split)")
         rows = [

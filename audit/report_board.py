@@ -99,7 +99,8 @@ class BoardPages:
         out.append(Spacer(1, 4))
         out.append(self.para(
             "✓ within: the number meets the limit; ✗ over: it exceeds it; ? inconclusive: a measured rate within "
-            "the limit whose 95% interval reaches beyond it (too few images attacked to show the limit is met). Bounds (sound upper bounds, rounded up) "
+            f"the limit whose 95% interval reaches beyond it (too few {txt.record(p)}s attacked to show the limit is "
+            "met). Bounds (sound upper bounds, rounded up) "
             "hold for any attacker; the realistic attack's success is empirical, a lower bound on the risk. "
             f"Test {txt.headline_utility(p)[1]}: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; "
             "“vs non-private” is the "
@@ -157,7 +158,7 @@ class BoardPages:
             elif lv.label in decision.within:
                 verdict = "within all limits"
             elif checks is not None and all(c.within or c.inconclusive for c in checks.checks):
-                verdict = "inconclusive<br/>(too few images attacked)"
+                verdict = f"inconclusive<br/>(too few {txt.record(self.p)}s attacked)"
             else:
                 verdict = "over a limit"
             cells.append(self.cell(verdict))

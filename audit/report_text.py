@@ -343,9 +343,9 @@ def assumptions(profile: Profile) -> list[str]:
         "the attacker does not know the direction of the target's gradient (Kaissis et al., NeurIPS 2023). Both "
         "are far stronger than any realistic attacker.",
         "The realistic attack is a malicious federated-learning server that inserts an imprint layer and sets the "
-        f"batch size to 1 (q = 1/N, T = epochs·N), observing each image {c.observations} time(s); its noise "
-        "multiplier is calibrated to the same ε and δ, as in the seed paper's Table 3. An image counts as "
-        f"reconstructed when the SSIM between it and its nearest reconstruction exceeds {profile.success_ssim():g}. The "
+        f"batch size to 1 (q = 1/N, T = epochs·N), observing each {record(profile)} {c.observations} time(s); its "
+        "noise multiplier is calibrated to the same ε and δ, as in the seed paper's Table 3. "
+        f"{'An' if record(profile)[0] in 'aeiou' else 'A'} {record(profile)} counts as reconstructed when the SSIM between it and its nearest reconstruction exceeds {profile.success_ssim():g}. The "
         "report uses the strongest decoder's success and names it.",
         "Attack success depends on the image size and the imprint layer's share of the gradient (σ·√D/ρ); results "
         f"at {c.image_size}×{c.image_size} pixels do not transfer to other resolutions.",
@@ -356,7 +356,7 @@ def limitations(profile: Profile) -> list[str]:
     c = profile.config
     out = [
         "Empirical attack results are lower bounds on the risk: only one attack family (imprint-layer gradient "
-        "inversion) was run, on a subset of the training images "
+        f"inversion) was run, on a subset of the training {record(profile)}s "
         f"({c.attack_images} per privacy level). Other attacks (model inversion from the final weights, "
         "membership inference, attribute inference) are covered only by the formal bounds.",
         f"Utility is measured on the held-out test split with {c.seeds} seed(s) per privacy level; intervals are "

@@ -331,7 +331,7 @@ def _render(result, np) -> None:
                       f"{float(np.median(r.eta)):.3g}")
     out.print(table)
     c, h, w = result.image_shape
-    out.print(f"* strongest decoder at that noise level (the number to report). Images {c}x{h}x{w}, "
+    out.print(f"* strongest decoder at that noise level (the number to report). Input {c}x{h}x{w}, "
               f"{result.connection} connection, K = {result.bins}, C = {result.max_grad_norm:g}, "
               f"observations = {result.observations}, {result.scoring} matching; {result.n_excluded} excluded "
               "(<= 10% non-zero pixels).")

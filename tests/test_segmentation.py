@@ -447,6 +447,10 @@ def test_profile_of_demo_ct_bounds_per_volume_and_reports_dice(seg_profile) -> N
     assert not any("image" in v for k, v in words.items() if k in ("ReRo", "privacy unit", "C (clip norm)", "q (sampling probability)"))
     assert "per image" not in json.dumps(prof.labels) and "per slice" in json.dumps(prof.labels)
     assert "reconstructs a training patient's slices" in text and "per image" not in text
+    for said in ("observing each image", "An image counts as reconstructed", "training images (", "too few images",
+                 "Privacy unit volume"):
+        assert said not in text, said
+    assert "A slice counts as reconstructed" in text and "patient, one volume each" in text
     d = prof.dataset
     assert f"{d.n_train} training, {d.n_val} validation, {d.n_test} test slices" in text  # the data page
     assert "test images" not in text and "attacked images" not in text
