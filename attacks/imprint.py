@@ -44,7 +44,8 @@ DEAD_BLOCK_RHO = {"linear": 0.1, "addition": 1e-6}
 #: images: a model that cancels the block does so for every image, while one image can hold little of its gradient
 #: in the block by chance (a fresh 2-class U-Net: 4 of 40 slices at 16 px below 0.1, 1 of 40 at 28 px), and an
 #: unlucky first image stopped the attack stage after training. Those images are attacked as they are (their small
-#: rho makes their reconstruction noisier: the measured risk of that image).
+#: rho makes their reconstruction noisier: the measured risk of that image), and every image below the threshold,
+#: among all attacked, is counted in the result's notes (:func:`weak_block_note`).
 JUDGED_IMAGES = 8
 
 
@@ -303,6 +304,24 @@ def _judge_block(block: ImprintBlock, gnorm: np.ndarray, bnorm: np.ndarray) -> N
         "images: the downstream model is invariant to the block's output (a bias-free layer followed by GroupNorm "
         f"cancels a constant pattern; the {block.connection} connection needs at least "
         f"{DEAD_BLOCK_RHO[block.connection]:g}). Fix: {', or '.join(fixes)}.")
+
+
+def weak_block_note(rho: np.ndarray, connection: str) -> str | None:
+    """The note an attack result carries when some images hold less than ``DEAD_BLOCK_RHO[connection]`` of their
+    per-sample gradient norm in the block (None when none does).
+
+    :func:`image_statistics` refuses a block dead on every judged image; one that is weak on some images only is
+    attacked as it is, and those images' reconstructions are noisier (eta grows as 1 / rho), so the success rate
+    over all images may understate the risk for them: the reader is told how many.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    threshold = DEAD_BLOCK_RHO[connection]
+    weak = int(np.count_nonzero(rho < threshold))
+    if not weak:
+        return None
+    return (f"{weak} of {rho.size} images hold less than {threshold:g} of their per-sample gradient norm in the "
+            f"imprint block ({connection} connection); their reconstructions are noisier, so the success rate may "
+            "understate the risk for them")
 
 
 def clean_block_gradient(x: np.ndarray, delta: float, active_rows: int, bins: int, factor: float) -> np.ndarray:

@@ -34,6 +34,7 @@ from dpaudit.attacks.imprint import (
     paper_view,
     pooled_views,
     replay,
+    weak_block_note,
 )
 from dpaudit.attacks.results import SUCCESS_SSIM, AttackResult, AttackRow
 from dpaudit.attacks.scenario import ACCOUNTANTS, CONNECTIONS, SCORINGS
@@ -148,7 +149,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     Returns
     -------
     AttackResult
-        Frozen; success rates are empirical (lower bounds on risk).
+        Frozen; success rates are empirical (lower bounds on risk). Its ``notes`` count the images that hold less
+        than ``DEAD_BLOCK_RHO`` of their gradient norm in the block (:func:`dpaudit.attacks.imprint.weak_block_note`).
     """
     target = resolve_device(device)  # first: a GPU that is not there is named before any work
     mean_a, std_a = _validate(images, labels, mean, std)
@@ -260,10 +262,11 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
                 success_rate=succ / n, ci_low=lo, ci_high=hi, mean_ssim=float(ssim.mean()),
                 mean_rho=float(rho.mean()), ssim=ssim, eta=eta, best_indices=best_idx,
                 best_images=cand[matched[best_idx]] if keep_images else np.zeros((0, 1, 1, 1))))
+    weak = weak_block_note(rho, connection)
     return AttackResult(rows=tuple(rows), n_excluded=n_excluded, image_shape=(c, h, w), ssim_variant=SSIM_VARIANT,
                         rho=rho, connection=connection, bins=block.bins, max_grad_norm=max_grad_norm,
-                        success_ssim=SUCCESS_SSIM,
-                        observations=observations, scoring=scoring, seed=seed)
+                        success_ssim=SUCCESS_SSIM, observations=observations, scoring=scoring, seed=seed,
+                        notes=() if weak is None else (weak,))
 
 
 class _NoiseRowCache:

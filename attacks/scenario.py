@@ -241,4 +241,5 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
                         max_grad_norm=clip, observations=scenario.observations, seed=scenario.seed,
                         scoring=scenario.scoring, epsilons=epsilons, progress=progress, denoiser=scenario.denoiser,
                         keep_images=scenario.keep_images, device=device)
-    return dataclasses.replace(result, notes=tuple(notes))
+    # The scenario's notes first (what noise was replayed), then run_attack's own (e.g. images the block barely reads).
+    return dataclasses.replace(result, notes=(*notes, *result.notes))
