@@ -194,6 +194,38 @@ def test_the_block_is_judged_on_several_images_not_the_first_alone() -> None:
     assert stats.rho[1] == 0.0 and np.isfinite(stats.rho).all()
 
 
+def test_images_the_block_barely_reads_are_counted_in_the_notes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block that passes the judgement on some images but holds less than DEAD_BLOCK_RHO on others is attacked
+    as it is; the result says how many of all its images (not only the judged ones) are below, per connection."""
+    import dpaudit.attacks.reconstruction as reconstruction
+    from dpaudit.attacks.imprint import DEAD_BLOCK_RHO, JUDGED_IMAGES, ImageStatistics, weak_block_note
+
+    for connection, threshold in DEAD_BLOCK_RHO.items():
+        n = JUDGED_IMAGES + 4
+        rho = np.full(n, 2 * threshold)
+        rho[[1, 3, n - 1]] = threshold / 2  # one past the judged images
+        note = weak_block_note(rho, connection)
+        assert note is not None and note.startswith(f"3 of {n} images hold less than {threshold:g} of their "
+                                                    "per-sample gradient norm in the imprint block")
+        assert f"({connection} connection)" in note and "understate the risk" in note
+        assert weak_block_note(np.full(n, threshold), connection) is None  # at the threshold: not below it
+    assert weak_block_note(np.r_[0.5, 0.0], "linear").startswith("1 of 2")  # a zero gradient holds nothing
+
+    real = reconstruction.image_statistics
+
+    def halve_second(*args, **kwargs) -> ImageStatistics:
+        s = real(*args, **kwargs)
+        block = s.block_norm.copy()
+        block[1] = s.grad_norm[1] * DEAD_BLOCK_RHO["linear"] / 2
+        return ImageStatistics(s.delta, s.active_rows, s.grad_norm, block, s.x_norm1)
+
+    kw = dict(mean=MEAN, std=STD, noise_multipliers=[0.0])
+    assert run_attack(small_model(), pictures(16, 3), torch.arange(3), **kw).notes == ()  # rho > 0.98 here
+    monkeypatch.setattr(reconstruction, "image_statistics", halve_second)
+    result = run_attack(small_model(), pictures(16, 3), torch.arange(3), **kw)
+    assert len(result.notes) == 1 and result.notes[0].startswith("1 of 3 images hold less than 0.1")
+
+
 def test_row_zero_always_fires_and_rows_form_a_prefix() -> None:
     black = torch.zeros(1, 3, 16, 16)
     block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
