@@ -97,11 +97,13 @@ def attack(
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
     from dpaudit.errors import check_int, invalid
-    from dpaudit.runtime import idle_cores, resolve_device
+    from dpaudit.runtime import describe_device, idle_cores
 
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")
-    resolve_device(device)  # before the data load: a GPU that is not there is named at once
+    # Resolved before the data load (a GPU that is not there is named at once) and recorded: a GPU's results differ
+    # from the CPU's in the last bits.
+    computed_on = describe_device(device)
     # Checked before the data load (the loaders check them again): a bad value is named at once.
     if image_size is not None:
         check_int("image_size", image_size, minimum=8,
@@ -246,7 +248,7 @@ def attack(
 
         # The result as --json prints it, with what was attacked and the strongest decoder per noise level.
         record = {"result": result, "scenario": scenario, "headline": result.headline(),
-                  "settings": {"dataset": dataset, "model": model_name,
+                  "settings": {"dataset": dataset, "model": model_name, "device": computed_on,
                                **unit_record},
                   "labels": {"success_rate": "empirical (a lower bound on reconstruction risk)"}}
         # Written as a whole or not at all: a failed write puts the folder's previous attack back.
@@ -263,7 +265,7 @@ def attack(
     if as_json:
         from dpaudit.codec import encode
 
-        emit_json({**encode(result), "model": model_name})
+        emit_json({**encode(result), "model": model_name, "device": computed_on})
         return
     _render(result, np)
 

@@ -98,3 +98,16 @@ def resolve_device(name: str) -> torch.device:
             raise invalid("device", name, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}",
                           "pass an index of a visible GPU (see CUDA_VISIBLE_DEVICES)")
     return device
+
+
+def describe_device(name: str) -> str:
+    """Where a ``--device`` name puts the model's passes in this process, in words: ``"cpu"`` or
+    ``"cuda:0 (NVIDIA H200)"`` (``auto`` and ``cuda`` resolved to the GPU torch uses). Results on a GPU differ from
+    the CPU's in the last bits, so every record of a run names it."""
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device.type
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -60,7 +60,9 @@ def test_demo_json_has_exactly_the_documented_keys() -> None:
     obj = json.loads(res.stdout)
     # The AttackResult through the codec, as the profile stores its rows: per-image SSIM and eta included, the kept
     # reconstructions (patient images) never.
-    assert list(obj) == [*_json_fields(AttackResult), "labels", "model"] and obj["model"] == "random smallcnn"
+    assert list(obj) == [*_json_fields(AttackResult), "labels", "model", "device"] and obj["model"] == "random smallcnn"
+    # --device auto: where the passes ran, resolved
+    assert obj["device"] == "cpu" if not torch.cuda.is_available() else obj["device"].startswith("cuda:")
     assert obj["notes"] == ["no --model: attacking a randomly initialised smallcnn (--arch smallcnn); pass --model "
                             "FILE to attack a trained checkpoint."]
     assert obj["success_ssim"] == SUCCESS_SSIM and obj["labels"]["rows[].success_rate"].startswith("empirical")
@@ -303,3 +305,33 @@ def test_your_own_data_smaller_than_n_images_is_attacked_whole_and_said_so(tmp_p
               "--sigmas", "0")
     assert res.exit_code == 0, res.output
     assert "the training split holds" in res.output and "images; attacking all of them" in res.output
+
+
+def test_attack_json_and_json_name_the_device_and_count_images_the_block_barely_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the model passes ran (resolved, in words) is in --json and attack.json's settings; images holding less
+    than DEAD_BLOCK_RHO of their gradient in the block are counted in the notes both carry (and on stderr)."""
+    import dpaudit.attacks.reconstruction as reconstruction
+    from dpaudit.attacks.imprint import DEAD_BLOCK_RHO, ImageStatistics
+
+    real = reconstruction.image_statistics
+
+    def weak_first(*args, **kwargs) -> ImageStatistics:  # the first image's block holds 1/100 of the threshold
+        s = real(*args, **kwargs)
+        block = s.block_norm.copy()
+        block[0] = s.grad_norm[0] * DEAD_BLOCK_RHO["linear"] / 100
+        return ImageStatistics(s.delta, s.active_rows, s.grad_norm, block, s.x_norm1)
+
+    monkeypatch.setattr(reconstruction, "image_statistics", weak_first)
+    res = run("--arch", "smallcnn", "--dataset", "demo", "--image-size", "16", "--n-images", "3", "--sigmas", "0",
+              "--device", "cpu", "--json", "--out", str(tmp_path / "a"))
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    record = json.loads((tmp_path / "a" / "attack.json").read_text())
+    assert obj["device"] == record["settings"]["device"] == "cpu"
+    weak = [n for n in obj["notes"] if "imprint block" in n]
+    assert weak == [f"1 of {obj['rows'][0]['n_images']} images hold less than 0.1 of their per-sample gradient norm "
+                    "in the imprint block (linear connection); their reconstructions are noisier, so the success "
+                    "rate may understate the risk for them"]
+    assert record["result"]["notes"] == obj["notes"]
+    assert "1 of" in " ".join(res.stderr.split()) and "understate the risk" in " ".join(res.stderr.split())

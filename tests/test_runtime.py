@@ -1,4 +1,5 @@
-"""dpaudit.runtime: the idle cores are read from what the CPUs did just now, with the load average as fallback."""
+"""dpaudit.runtime: the idle cores are read from what the CPUs did just now, with the load average as fallback; a
+--device name is described as the device it resolves to."""
 
 from __future__ import annotations
 
@@ -46,3 +47,22 @@ def test_cpu_times_reads_this_machine():
         pytest.skip("no /proc/stat here")
     busy, total = times
     assert 0 <= busy <= total
+
+
+def test_describe_device_names_the_resolved_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cpu as it is; auto and cuda resolved to the GPU torch uses, with its name; a missing GPU is the usual error."""
+    import torch
+
+    from dpaudit.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.describe_device("cpu") == "cpu" and runtime.describe_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="device must be a CUDA device visible"):
+        runtime.describe_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Test GPU {i}")
+    assert runtime.describe_device("auto") == "cuda:1 (Test GPU 1)"
+    assert runtime.describe_device("cuda:0") == "cuda:0 (Test GPU 0)"
+    assert runtime.describe_device("cpu") == "cpu"

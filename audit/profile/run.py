@@ -150,15 +150,9 @@ def _computed_on(device: str, executor: Any) -> str:
 
     if executor is not None and not isinstance(executor, InProcessExecutor | LocalProcessExecutor):
         return f"{device} (resolved on each worker)"
-    from dpaudit.runtime import resolve_device
+    from dpaudit.runtime import describe_device
 
-    dev = resolve_device(device)
-    if dev.type != "cuda":
-        return dev.type
-    import torch
-
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
-    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return describe_device(device)
 
 
 def _with_reused(computed_on: str, stages: Sequence[StageTime]) -> str:
