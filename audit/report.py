@@ -198,7 +198,8 @@ class _Report(board.BoardPages):
                    "as in the seed paper. Without DP no guarantee holds (100%).", "small")]
         notes = list(dict.fromkeys(n for lv in self.levels for n in lv.notes))
         if notes:
-            out.append(self.para("<b>Budgets past the noise search range.</b> " + " ".join(
+            # the budgets' own notes: a budget past the noise search range, the attack's (a weak imprint block)
+            out.append(self.para("<b>Notes on the budgets.</b> " + " ".join(
                 esc(n.rstrip(".")) + "." for n in notes), "small"))
         out += self._utility_detail_table()
         out += self._user_kappa_table()
