@@ -41,7 +41,7 @@ from dpaudit.audit import report_board as board
 from dpaudit.audit import report_figures as figs
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.decision import current_decision
-from dpaudit.audit.profile.schema import LevelSummary, Profile
+from dpaudit.audit.profile.schema import LevelSummary, Profile, init_reports
 from dpaudit.audit.report_layout import (
     FONT,
     FONT_CMD,
@@ -396,8 +396,11 @@ class _Report(board.BoardPages):
     def _init_table(self) -> list:
         """MCC per privacy budget per initialisation (only when the profile compares several)."""
         inits = list(self.levels[0].mcc_by_init) if self.levels else []
+        # What loading each file changed (a final layer freshly initialised for another number of classes).
+        loaded = [self.para(f"Loading {esc(label)}: {esc(line)}.", "small")
+                  for label, report in init_reports(self.p).items() for line in report]
         if len(inits) < 2:
-            return []
+            return [self.para("Initialisation", "h2"), *loaded] if loaded else []
         head = ["Privacy budget"] + [f"from {i}" for i in inits]
         rows = [[self.cell(esc(h), "head") for h in head]]
         for lv in self.levels:
@@ -412,7 +415,7 @@ class _Report(board.BoardPages):
                           f"trained from each initialisation (runs from a file train {esc(trainable)} layers; "
                           "'scratch' is a random start). The privacy guarantee covers the fine-tuning data only, not the data "
                           "the initial weights were trained on. The bounds and the attack use the runs from "
-                          f"{esc(inits[0])}.", "small")]
+                          f"{esc(inits[0])}.", "small"), *loaded]
 
     def statement_pages(self) -> list:
         out = [self.para("Privacy statement", "h1")]

@@ -346,6 +346,7 @@ def _print_summary(prof) -> None:
     from rich.table import Table
 
     from dpaudit.audit import report_text as txt
+    from dpaudit.audit.profile.schema import init_reports
 
     n = prof.dataset.n_train
     nk = txt.kappa_n(prof)  # training images, or training volumes for segmentation (the patient unit)
@@ -409,6 +410,9 @@ def _print_summary(prof) -> None:
         for lv in levels:
             by_init.add_row(lv.label, *(txt.interval(txt.init_utility_values(prof, lv, lab)) for lab in labels))
         out.print(by_init)
+    for label, report in init_reports(prof).items():
+        for line in report:
+            err.print(f"[yellow]note:[/] --inits {label}: {line}", highlight=False)
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
         err.print(f"[yellow]note:[/] {note}")
     if hides and prof.decision is not None:

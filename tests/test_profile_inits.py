@@ -97,3 +97,61 @@ def test_a_wrong_weights_file_stops_the_profile_before_any_run_trains(tmp_path: 
     with pytest.raises(DpAuditError, match="init must be weights for smallcnn"):
         run_profile(config, tmp_path / "run", threads=1)
     assert not trained and not list((tmp_path / "run").glob("checkpoints/*/*/model.pt"))
+
+
+def test_init_labels_are_unique_per_file() -> None:
+    from dpaudit.audit.profile.tasks import init_labels_of
+
+    assert init_labels_of([None, "/x/a.pt", "/y/b.pt"], [None, "1" * 64, "2" * 64]) == ("scratch", "a.pt", "b.pt")
+    # `dpaudit train --out` always writes model.pt: two folders' model.pt are two inits, told apart by digest
+    assert init_labels_of(["/c5/model.pt", "/tr5/model.pt"], ["ebdabf60" + "0" * 56, "64cb97ec" + "0" * 56]) == (
+        "model.pt (ebdabf60)", "model.pt (64cb97ec)")
+    # two copies of one file: still two labels (their place in --inits)
+    copies = init_labels_of(["/a/model.pt", "/b/model.pt", "/c/scratch"], ["d" * 64, "d" * 64, "e" * 64])
+    assert len(set(copies)) == 3 and copies[0] == "model.pt (dddddddd, #1 in --inits)"
+    assert copies[2] == "scratch"
+
+
+def test_two_init_files_of_one_name_are_never_pooled(tmp_path: Path, pretrained: str) -> None:
+    import torch
+
+    from dpaudit.models import build_model
+
+    # a second model.pt in another folder: other weights, with a 5-class head (freshly initialised on load)
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    torch.manual_seed(3)
+    torch.save(build_model("smallcnn", num_classes=5, in_channels=3).state_dict(), other)
+    res = CliRunner().invoke(app, ["profile", "--dataset", "demo", "--image-size", "16", "--max-images", "60",
+                                   "--arch", "smallcnn", "--epsilons", "8", "--no-non-private", "--seeds", "1",
+                                   "--epochs", "1", "--batch-size", "8", "--attack-images", "4",
+                                   "--attack-epochs", "1", "--decoder", "strong", "--inits", f"{pretrained},{other}",
+                                   "--threads", "1", "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    prof = Profile.from_json((tmp_path / "cli" / "profile.json").read_text())
+    labels = [t.init for t in prof.train]
+    assert len(labels) == 2 and len(set(labels)) == 2 and all(lab.startswith("model.pt (") for lab in labels)
+    (lv,) = prof.levels()
+    assert list(lv.mcc_by_init) == labels and all(s.n == 1 for s in lv.mcc_by_init.values())
+    assert len(lv.train) == 1 and lv.train[0].init == labels[0]  # the bounds and the attack: the first init only
+    assert Profile.from_json(prof.to_json()) == prof
+    # the head freshly initialised for the demo's classes is said once on the console and in the report
+    text = " ".join(res.output.split())
+    assert text.count("freshly initialised") == 1 and f"--inits {labels[1]}: final layer" in text
+    pdf = " ".join("".join(p.extract_text() for p in PdfReader(tmp_path / "cli" / "report.pdf").pages).split())
+    assert f"from {labels[0]}" in pdf and f"from {labels[1]}" in pdf
+    assert f"Loading {labels[1]}: final layer" in pdf and "n = 2" not in pdf
+
+    # A profile.json written when both runs carried the label 'model.pt' (pooled) reads them apart again, by
+    # their checkpoint folders; one with plain, distinct names reads as it was.
+    import json
+
+    data = json.loads((tmp_path / "cli" / "profile.json").read_text())
+    for t in data["train"]:
+        t["init"] = "model.pt"
+    old = Profile.from_json(json.dumps(data))
+    assert [t.init for t in old.train] == labels
+    for t, name in zip(data["train"], ("a.pt", "b.pt"), strict=True):
+        t["init"] = name
+    (plain,) = Profile.from_json(json.dumps(data)).levels()
+    assert list(plain.mcc_by_init) == ["a.pt", "b.pt"]

@@ -40,6 +40,7 @@ from dpaudit.audit.profile.tasks import (
     TrainTask,
     _eps_tag,
     file_sha256,
+    init_labels_of,
     init_tag,
 )
 from dpaudit.codec import dumps
@@ -312,7 +313,11 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     _check_models(train_tasks, splits)
     train_res, st = _run_stage("train", train_tasks, store, executor, progress)
     stages.append(st)
-    trains = tuple(train_res[t.key()] for t in train_tasks)
+    # Each run carries its initialisation's label, unique in the profile (two files named model.pt, as every
+    # `dpaudit train --out` writes, are two initialisations, not one pooled over twice the seeds).
+    inits = list(dict.fromkeys((t.init, t.init_sha256) for t in train_tasks))
+    label_of = dict(zip((i for i, _ in inits), init_labels_of(*zip(*inits, strict=True)), strict=True))
+    trains = tuple(dataclasses.replace(train_res[t.key()], init=label_of[t.init]) for t in train_tasks)
     # The bounds, the attack and the membership audit use the first initialisation's runs.
     primary = train_tasks[0].init
     first = {t.epsilon_target: (t, train_res[t.key()]) for t in train_tasks

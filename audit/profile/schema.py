@@ -857,6 +857,9 @@ class Profile(JsonResult):
         """Read the layout of an earlier dpaudit, which stored a summary of each training run in place of the
         :class:`~dpaudit.audit.results.TrainResult` (see :func:`_upgrade_train_outcome`)."""
         train = data.get("train")
+        if isinstance(train, list):
+            train = _separate_inits(train)
+            data = {**data, "train": train}
         if not isinstance(train, list) or not any(isinstance(t, dict) and "utility" in t for t in train):
             return data
         if data.get("mia_audits"):
@@ -882,6 +885,26 @@ class Profile(JsonResult):
     def levels(self) -> tuple[LevelSummary, ...]:
         """Per privacy level (epsilons ascending, then non-private), everything one table row needs."""
         return tuple(_summarise(self, eps) for eps in self.config.levels)
+
+
+def _separate_inits(train: list[Any]) -> list[Any]:
+    """Runs of a profile.json written when two init files of one name (``model.pt``) shared one label, and were
+    pooled as one initialisation's seeds, relabelled apart as today (the name and the short digest of their
+    checkpoint folder, ``checkpoints/init-model-ebdabf60/...``; :func:`dpaudit.audit.profile.tasks.init_labels_of`).
+    """
+    from pathlib import PurePosixPath
+
+    def folder(t: Any) -> str | None:
+        parts = PurePosixPath(str(t.get("checkpoint") or "")).parts
+        return parts[1] if len(parts) > 2 and parts[0] == "checkpoints" and parts[1].startswith("init-") else None
+
+    runs = [t for t in train if isinstance(t, dict) and t.get("init") not in (None, "scratch")]
+    folders: dict[str, set[str | None]] = {}
+    for t in runs:
+        folders.setdefault(t["init"], set()).add(folder(t))
+    pooled = {label for label, found in folders.items() if len(found) > 1 and None not in found}
+    return [{**t, "init": f"{t['init']} ({folder(t).rsplit('-', 1)[-1]})"}  # type: ignore[union-attr]
+            if isinstance(t, dict) and t.get("init") in pooled else t for t in train]
 
 
 def _upgrade_train_outcome(t: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
@@ -1006,10 +1029,25 @@ class LevelSummary:
 
 
 def init_labels(profile: Profile) -> tuple[str, ...]:
-    """The initialisations' labels in the order of ``config.inits`` (``scratch`` or a file name)."""
+    """The initialisations' labels in the order of ``config.inits``, as the runs carry them (``train[*].init``:
+    ``scratch``, the file's name, or the name and a short digest where two files share a name,
+    :func:`dpaudit.audit.profile.tasks.init_labels_of`)."""
     from pathlib import Path
 
-    return tuple("scratch" if i == "scratch" else Path(i).name for i in profile.config.inits)
+    recorded = tuple(dict.fromkeys(t.init for t in profile.train))
+    return recorded or tuple("scratch" if i == "scratch" else Path(i).name for i in profile.config.inits)
+
+
+def init_reports(profile: Profile) -> dict[str, tuple[str, ...]]:
+    """What loading each initialisation's weights file changed (``train[*].init_report``: a final layer freshly
+    initialised for another number of classes), once per label, in the order of :func:`init_labels`; labels whose
+    file loaded whole are left out."""
+    out: dict[str, tuple[str, ...]] = {}
+    for label in init_labels(profile):
+        report = next((t.init_report for t in profile.train if t.init == label and t.init_report), ())
+        if report:
+            out[label] = tuple(report)
+    return out
 
 
 def _summarise(profile: Profile, eps: float | None) -> LevelSummary:

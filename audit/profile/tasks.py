@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -218,7 +218,8 @@ class TrainTask(_TrainingSpec):
 
     def describe(self) -> str:
         level = "non-private" if self.epsilon_target is None else f"ε={fmt_eps(self.epsilon_target)}"
-        return f"train {level} seed {self.seed}" + (f" from {Path(self.init).name}" if self.init else "")
+        return f"train {level} seed {self.seed}" + (f" from {Path(self.init).name} ({(self.init_sha256 or '')[:8]})"
+                                                          if self.init else "")
 
     def files(self, result: TrainResult) -> tuple[str, ...]:
         """The checkpoint, metrics.json and curve the result describes (relative to the profile folder)."""
@@ -248,6 +249,22 @@ def init_tag(init: str | None, digest: str | None) -> str:
         return "scratch"
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(init).stem)[:24]
     return f"init-{stem}-{(digest or '')[:8]}"
+
+
+def init_labels_of(inits: Sequence[str | None], digests: Sequence[str | None]) -> tuple[str, ...]:
+    """How a profile's results name each initialisation, one label per entry, never two alike (runs with one label
+    are pooled as seeds of one initialisation): ``scratch``, the file's name where no other init has it, else the
+    name and the digest's first 8 hex digits as in the init's checkpoint folder (:func:`init_tag`), else also its
+    place in ``--inits`` (two copies of one file). Not the folders: a path may name a patient cohort.
+
+    >>> init_labels_of([None, "/a/model.pt", "/b/model.pt", "/c/other.pt"], [None, "ebdabf60aa", "64cb97ecbb", "12"])
+    ('scratch', 'model.pt (ebdabf60)', 'model.pt (64cb97ec)', 'other.pt')
+    """
+    names = ["scratch" if i is None else Path(i).name for i in inits]
+    labels = [n if i is None or names.count(n) == 1 else f"{n} ({(d or '')[:8]})"
+              for i, n, d in zip(inits, names, digests, strict=True)]
+    return tuple(lab if labels.count(lab) == 1 else f"{lab[:-1]}, #{k + 1} in --inits)" if lab.endswith(")")
+                 else f"{lab} (#{k + 1} in --inits)" for k, lab in enumerate(labels))
 
 
 def file_sha256(path: str) -> str:
