@@ -292,3 +292,27 @@ def test_a_column_value_without_training_images_is_named_with_the_fix() -> None:
     text = str(err.value)
     assert "--partition column:site: the site(s) 'C' (0) hold fewer than 4 training images" in text
     assert "Fix: pass --partition iid" in text and "n_train" not in text
+
+
+def test_a_column_the_dataset_lacks_is_refused_listing_the_columns_it_has(splits) -> None:
+    from types import SimpleNamespace
+
+    from dpaudit.audit.federated.partition import partition_splits
+
+    with pytest.raises(ConfigError) as err:
+        partition_splits(splits, "column:nosuch", 2, seed=0)
+    assert "with a column the dataset has (sex, age_band)" in str(err.value)
+
+    # another dataset's own columns, not the demo's
+    def part(n: int, groups: dict) -> SimpleNamespace:
+        return SimpleNamespace(labels=torch.zeros(n, dtype=torch.long), patient_ids=None, groups=groups)
+
+    site = {"site": np.array(["A", "B"] * 4)}
+    own = SimpleNamespace(train=part(8, site), val=part(8, site), test=part(8, site), num_classes=2)
+    with pytest.raises(ConfigError) as err:
+        partition_splits(own, "column:nosuch", 2, seed=0, option_prefix="--federated-")
+    text = str(err.value)
+    assert "--federated-partition column:NAME with a column the dataset has (site)." in text and "sex" not in text
+    bare = SimpleNamespace(train=part(8, {}), val=part(8, {}), test=part(8, {}), num_classes=2)
+    with pytest.raises(ConfigError, match=r"dirichlet:ALPHA \(the dataset has no metadata columns\)"):
+        partition_splits(bare, "column:site", 2, seed=0)

@@ -18,6 +18,7 @@ splits, so every client has its own test split drawn from its own label mixture.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,14 +88,15 @@ def _patients(labels: np.ndarray, patient_ids: np.ndarray | None) -> tuple[np.nd
 
 def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.ndarray | None],
                       split_columns: list[np.ndarray | None], partition: Partition, clients: int, *,
-                      num_classes: int, seed: int, min_train: int = 4, option_prefix: str = "--"
-                      ) -> list[list[np.ndarray]]:
+                      num_classes: int, seed: int, min_train: int = 4, option_prefix: str = "--",
+                      columns: Sequence[str] | None = None) -> list[list[np.ndarray]]:
     """Indices of each client's images in each split: ``result[split][client]`` (sorted).
 
     ``split_labels[0]`` is the training split (``min_train`` applies to it, for every kind of partition).
     ``split_columns`` holds the metadata column of each split for ``column:NAME`` (else None). ``option_prefix``
     names the command's options in errors (``--`` for ``federated train``'s ``--partition``/``--clients``,
-    ``--federated-`` for the profile's).
+    ``--federated-`` for the profile's); ``columns``, the metadata columns the dataset has (the error for a column
+    it lacks lists them).
 
     Every patient's images end up at one site (:func:`check_patients_at_one_site`): the per-patient epsilon of a
     site (its k images moving together through that site's mechanism) and the client-level per-patient epsilon
@@ -106,9 +108,11 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
     rng = np.random.default_rng([seed, 0xFED])
     if partition.kind == "column":
         if any(c is None for c in split_columns):
+            others = (f", or {flag} column:NAME with a column the dataset has ({', '.join(columns)})" if columns
+                      else " (the dataset has no metadata columns)" if columns is not None
+                      else ", or a metadata column of the dataset")
             raise ConfigError(f"{flag} column:{partition.column}: the dataset has no metadata column "
-                              f"{partition.column!r}. Fix: pass {flag} iid or {flag} dirichlet:ALPHA, or a column "
-                              "the dataset has (demo: sex, age_band).")
+                              f"{partition.column!r}. Fix: pass {flag} iid or {flag} dirichlet:ALPHA{others}.")
         values = sorted({str(v) for col in split_columns for v in col})  # type: ignore[union-attr]
         if len(values) != clients:
             raise invalid(clients_flag, clients, f"the number of distinct values of column {partition.column!r} "
@@ -192,5 +196,7 @@ def partition_splits(splits: Any, partition: Partition | str, clients: int, *, s
         partition = parse_partition(partition, flag=f"{option_prefix}partition")
     parts = (splits.train, splits.val, splits.test)
     cols = [s.groups.get(partition.column) if partition.column else None for s in parts]
+    columns = [c for c in (parts[0].groups or {}) if all(c in (s.groups or {}) for s in parts)]
     return partition_indices([s.labels.numpy() for s in parts], [s.patient_ids for s in parts], cols, partition,
-                             clients, num_classes=splits.num_classes, seed=seed, option_prefix=option_prefix)
+                             clients, num_classes=splits.num_classes, seed=seed, option_prefix=option_prefix,
+                             columns=columns)
