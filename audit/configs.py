@@ -177,7 +177,8 @@ class TrainConfig:
         check_max_images(self.max_images)
         from dpaudit.data import check_data_options
 
-        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
+        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window,
+                           slice_axis=self.slice_axis)
         object.__setattr__(self, "window", parse_window(self.window))
         if self.privacy_unit is not None and self.privacy_unit not in PRIVACY_UNIT_CHOICES:
             raise invalid("privacy_unit", self.privacy_unit, f"one of {', '.join(map(str, PRIVACY_UNIT_CHOICES))}",

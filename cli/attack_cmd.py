@@ -144,7 +144,8 @@ def attack(
     model_name = str(model) if model else f"random {arch}"
     from dpaudit.data import check_data_options, check_dataset_found
 
-    check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window)
+    check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window,
+                       slice_axis=shared["slice_axis"])
     check_dataset_found(dataset, data_dir=data_dir)
     ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
             if model is not None else None)

@@ -210,7 +210,7 @@ def profile(
 
     # Here rather than in ProfileConfig, so that a profile.json written before the check still loads.
     check_data_options(shared["dataset"], data_dir=shared["data_dir"], labels=shared["labels"],
-                       window=shared["window"])
+                       window=shared["window"], slice_axis=shared["slice_axis"])
     check_dataset_found(shared["dataset"], data_dir=shared["data_dir"])
     _refuse_unused(mia_audit=mia_audit, federated=federated,
                    weights_file=any(i.strip() not in ("", "scratch") for i in inits.split(",")), trainable=trainable)

@@ -54,7 +54,8 @@ def train_command(
 
     # Everything cheap before the --out folder is claimed: a refused run leaves it as it was.
     resolve_device(device)
-    check_data_options(config.dataset, data_dir=config.data_dir, labels=config.labels, window=config.window)
+    check_data_options(config.dataset, data_dir=config.data_dir, labels=config.labels, window=config.window,
+                       slice_axis=config.slice_axis)
     check_dataset_found(config.dataset, data_dir=config.data_dir)
     claim = None
     if out_dir is not None:

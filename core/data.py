@@ -468,7 +468,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
     fracs = (val_fraction, test_fraction)
     if not isinstance(name, str) or not name:
         raise _unknown_dataset(name)
-    check_data_options(name, data_dir=data_dir, labels=labels, window=window)
+    check_data_options(name, data_dir=data_dir, labels=labels, window=window, slice_axis=slice_axis)
     if name == "demo":
         check_demo_size(max_images)
         return make_demo(max_images or DEMO_DEFAULT_SIZE, image_size=image_size, seed=seed, fractions=fracs)
@@ -504,6 +504,8 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
 #: The data options and the datasets they apply to (``--dataset`` names; ``PREFIX:`` for the path forms).
 _WINDOW_DATASETS = ("dicom:", "nifti:", "csv:", "demo-ct", "msd:")
 _LABELS_DATASETS = ("dicom:", "nifti:")
+#: Where NIfTI files are cut along --slice-axis: a NIfTI folder, and a manifest whose rows may name NIfTI files.
+_SLICE_AXIS_DATASETS = ("nifti:", "csv:")
 _DATA_DIR_DATASETS = ("ham10000", *MEDMNIST_FLAGS, "folder:", "dicom:", "nifti:", "csv:")
 
 
@@ -512,11 +514,13 @@ def _applies(name: str, datasets: Sequence[str]) -> bool:
 
 
 def check_data_options(name: str, *, data_dir: str | Path | None = None, labels: str | Path | None = None,
-                       window: object = None) -> None:
+                       window: object = None, slice_axis: object = None) -> None:
     """Refuse a data option that does not apply to the dataset ``name``: it would be ignored silently (a
     ``--window`` on the demo's 8-bit images, a ``--labels`` file beside a manifest's label column), and a run
     that ignores what the user asked for is not the run they meant (``--background-share`` outside segmentation is
-    refused by the training configuration). Unknown names are left to the loaders.
+    refused by the training configuration). Unknown names are left to the loaders. ``slice_axis`` other than the
+    default ``axial`` is refused where no NIfTI file is cut into slices (``axial`` itself changes nothing anywhere,
+    and a configuration cannot tell it typed from the default).
 
     >>> check_data_options("demo", window="-100,200")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -530,6 +534,11 @@ def check_data_options(name: str, *, data_dir: str | Path | None = None, labels:
     if window is not None and not _applies(name, _WINDOW_DATASETS):
         raise invalid("--window", window, f"left out for --dataset {name} (it maps DICOM, NIfTI and CT values: "
                       "dicom:, nifti:, csv:, demo-ct and msd:)", "leave out --window", cls=DataError)
+    axis = getattr(slice_axis, "value", slice_axis)
+    if axis is not None and axis != "axial" and not _applies(name, _SLICE_AXIS_DATASETS):
+        raise invalid("--slice-axis", axis, f"left out for --dataset {name} (it cuts NIfTI volumes into 2-D images "
+                      "for nifti: and csv:; demo-ct and msd: are cut axially)", "leave out --slice-axis",
+                      cls=DataError)
     if labels is not None and not _applies(name, _LABELS_DATASETS):
         where = {"csv": "the manifest's label column", "folder": "the class sub-folders"}.get(
             name.partition(":")[0], "the dataset itself")

@@ -665,10 +665,17 @@ def test_medmnist_images_repeated_across_its_own_splits_are_reported(tmp_path: P
     ("demo", {"data_dir": "d"}, "--data-dir"),
     ("demo-ct", {"data_dir": "d"}, "--data-dir"),
     ("msd:/data/Task03_Liver", {"data_dir": "d"}, "--data-dir"),
-    # Where they apply, nothing is refused.
+    ("demo", {"slice_axis": "coronal"}, "--slice-axis"),
+    ("dicom:x", {"slice_axis": "sagittal"}, "--slice-axis"),
+    ("folder:x", {"slice_axis": "coronal"}, "--slice-axis"),
+    ("ham10000", {"slice_axis": "coronal"}, "--slice-axis"),
+    ("demo-ct", {"slice_axis": "sagittal"}, "--slice-axis"),
+    ("msd:/data/Task03_Liver", {"slice_axis": "coronal"}, "--slice-axis"),
+    # Where they apply, nothing is refused (nor the default slice axis anywhere: it changes nothing).
     ("dicom:x", {"window": "-100,200", "labels": "l.csv", "data_dir": "d"}, None),
-    ("nifti:x", {"window": "-100,200", "labels": "l.csv", "data_dir": "d"}, None),
-    ("csv:m.csv", {"window": "-100,200", "data_dir": "d"}, None),
+    ("nifti:x", {"window": "-100,200", "labels": "l.csv", "data_dir": "d", "slice_axis": "coronal"}, None),
+    ("csv:m.csv", {"window": "-100,200", "data_dir": "d", "slice_axis": "sagittal"}, None),
+    ("demo", {"slice_axis": "axial"}, None),
     ("demo-ct", {"window": "-100,200"}, None),
     ("msd:/data/Task03_Liver", {"window": "-100,200"}, None),
     ("ham10000", {"data_dir": "d"}, None),
@@ -689,16 +696,23 @@ def test_options_that_do_not_apply_to_the_dataset_are_refused_not_ignored(datase
     assert text.startswith(f"{refused} must be left out for --dataset {dataset}") and f"Fix: leave out {refused}" in text
 
 
-def test_window_on_the_demo_is_refused_by_every_command_that_loads_data(tmp_path: Path) -> None:
+def test_window_and_slice_axis_on_the_demo_are_refused_by_every_command_that_loads_data(tmp_path: Path) -> None:
     """load_splits itself refuses it too (the library's callers), before generating anything."""
     from dpaudit.cli.main import app
 
     with pytest.raises(DataError, match="--window must be left out for --dataset demo"):
         load_splits("demo", image_size=16, window="-100,200")
+    with pytest.raises(DataError, match="--slice-axis must be left out for --dataset demo"):
+        load_splits("demo", image_size=16, slice_axis="coronal")
     for args in (["train", "--sigma", "1"], ["attack", "--arch", "smallcnn"], ["profile", "--out", str(tmp_path)],
-                 ["mia", "audit", "--sigma", "1"]):
-        res = runner.invoke(app, [*args, "--window", "-100,200"])
-        assert res.exit_code == 2 and "--window must be left out for --dataset demo" in res.output, res.output
+                 ["mia", "audit", "--sigma", "1"], ["federated", "train", "--epsilon", "8"], ["federated", "attack"]):
+        for option, flag in ((["--window", "-100,200"], "--window"), (["--slice-axis", "coronal"], "--slice-axis")):
+            res = runner.invoke(app, [*args, *option])
+            assert res.exit_code == 2 and f"{flag} must be left out for --dataset demo" in res.output, res.output
+    # segmentation data are cut axially: another axis is refused before anything runs
+    res = runner.invoke(app, ["train", "--dataset", "demo-ct", "--epsilon", "8", "--slice-axis", "sagittal"])
+    assert res.exit_code == 2 and "--slice-axis must be left out for --dataset demo-ct" in res.output, res.output
+    assert not any(tmp_path.iterdir())  # the refused profile claimed nothing
 
 
 def test_an_unknown_dataset_lists_every_name_with_the_commands_for_segmentation() -> None:

@@ -194,7 +194,8 @@ class FederatedConfig:
                           "pass --privacy-unit patient or --privacy-unit image")
         from dpaudit.data import check_data_options, parse_window
 
-        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window)
+        check_data_options(self.dataset, data_dir=self.data_dir, labels=self.labels, window=self.window,
+                           slice_axis=self.slice_axis)
         object.__setattr__(self, "window", parse_window(self.window))
         # The choice of mechanism last: a value out of range in a flag the user typed is named first.
         given = [flag for flag, v in (("--epsilon", self.epsilon), ("--sigma", self.noise_multiplier)) if v is not None]
