@@ -162,12 +162,11 @@ class TrainConfig:
         if self.target_delta is not None:
             object.__setattr__(self, "target_delta", check_probability(
                 "target_delta", self.target_delta, fix="pass a delta well below 1/N, e.g. --delta 8e-7"))
-        from dpaudit.models import parse_arch
+        from dpaudit.models import check_arch_args, parse_arch
 
         parse_arch(self.arch)
-        object.__setattr__(self, "arch_args", dict(self.arch_args))
-        if "width" in self.arch_args:  # before the data load: the model is built only after it
-            check_int("width", self.arch_args["width"], fix="pass a channel width of 1 or more, or leave it out")
+        # before the data load: the model is built only after it
+        object.__setattr__(self, "arch_args", check_arch_args(self.arch, self.arch_args, flag="--arch-args"))
         parse_trainable(self.trainable)
         if self.init is not None:
             if not isinstance(self.init, str) or not Path(self.init).is_file():

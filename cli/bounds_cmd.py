@@ -98,6 +98,11 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
             n_train = ckpt.n_train
             if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
                 n_train = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]  # kappa = 1/volumes
+            if n_train is None:  # the seed paper's prior needs N_train, and this file does not say it
+                raise ConfigError(f"no prior given, and checkpoint {str(model)!r} records no n_train (the number "
+                                  "of training images), so the ReRo bounds' kappa = 1/N_train cannot be read from "
+                                  "it. Fix: pass --kappa K, --n-train N or --n-candidates N, or write the checkpoint "
+                                  "again with `dpaudit train --out DIR`, which records n_train.")
         ckpt_k = _checkpoint_unit(ckpt.extra, privacy_unit)
         rec = record_noun(str(ckpt.extra.get("data_unit") or "image"))
         if records_per_patient is not None and ckpt.extra.get("images_per_unit_max") is not None:

@@ -14,6 +14,7 @@ import typer
 from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out
+from dpaudit.errors import check_int
 
 #: The defaults of ``mia audit``: the training configuration's and the canary audit's (the Python API's).
 T, A = TrainConfig, CanaryAuditConfig
@@ -194,6 +195,8 @@ def audit_cmd(
     from dpaudit.audit.canary import run_canary_audit
     from dpaudit.cli._common import err, json_text
 
+    if width is not None:  # merged into the architecture's arguments below, where a wrong one would name those
+        check_int("width", width, fix="pass --width 1 or more, or leave it out")
     arch_args = {**shared.pop("arch_args"), **({} if width is None else {"width": width})}
     tc = TrainConfig(**shared, arch_args=arch_args, non_private=non_private, seed=seed, threads=threads)
     cfg = CanaryAuditConfig(train=tc, canaries=canaries, score=score, confidence=confidence,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import typer
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
+from dpaudit.errors import check_int
 from dpaudit.numfmt import metric, upper
 
 app = typer.Typer()
@@ -44,6 +45,8 @@ def train_command(
 
     from dpaudit.audit.train import train
 
+    if width is not None:  # merged into the architecture's arguments below, where a wrong one would name those
+        check_int("width", width, fix="pass --width 1 or more, or leave it out")
     arch_args = {**shared.pop("arch_args"), **({} if width is None else {"width": width}),
                  **({"scale_norm": True} if scale_norm else {})}
     config = TrainConfig(**shared, arch_args=arch_args, init=init, trainable=trainable, non_private=non_private,

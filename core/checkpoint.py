@@ -53,7 +53,7 @@ from dpaudit.errors import (
     check_int,
     invalid,
 )
-from dpaudit.models import ARCH_HELP, build_model, parse_arch
+from dpaudit.models import ARCH_HELP, build_model, check_arch_args, parse_arch
 from dpaudit.outputs import write_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "check_task",
@@ -142,10 +142,11 @@ class CheckpointMeta:
     phases: tuple[tuple[float, float, int], ...] | None = None
 
     def __post_init__(self) -> None:
-        try:
+        try:  # the field alone: the loader adds the file and the fix (a flag only when the flag gave the value)
             parse_arch(self.arch)
+            arch_args = check_arch_args(self.arch, self.arch_args)
         except ConfigError as exc:
-            raise CheckpointError(str(exc)) from None
+            raise invalid(exc.field or "arch", exc.value, exc.allowed or "valid", cls=CheckpointError) from None
         object.__setattr__(self, "phases", _check_phases(self.phases, self.dp))
         check_int("num_classes", self.num_classes)
         check_int("in_channels", self.in_channels)
@@ -153,7 +154,7 @@ class CheckpointMeta:
             if not isinstance(value, _Scalar):
                 raise invalid(f"extra[{key!r}]", type(value).__name__, "a number, string, bool or None",
                               cls=CheckpointError)
-        object.__setattr__(self, "arch_args", {k: _check_json_like(k, v) for k, v in dict(self.arch_args).items()})
+        object.__setattr__(self, "arch_args", {k: _check_json_like(k, v) for k, v in arch_args.items()})
         object.__setattr__(self, "fix_batchnorm", bool(self.fix_batchnorm))
         object.__setattr__(self, "extra", dict(self.extra))
         mean, std = normalization(self.in_channels)
@@ -169,8 +170,7 @@ class CheckpointMeta:
                               f"{self.in_channels}", cls=CheckpointError)
             object.__setattr__(self, "input_shape", shape)
         if self.n_train is not None:
-            check_int("n_train", self.n_train, fix="the checkpoint records no training images; re-create it with "
-                      "`dpaudit train --out DIR`, which records them")
+            check_int("n_train", self.n_train)
         object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names)
                            or tuple(str(i) for i in range(self.num_classes)))
         if len(self.label_names) != self.num_classes:
@@ -619,11 +619,47 @@ def _invalid_field(path: Path, exc: DpAuditError) -> CheckpointError:
     return CheckpointError(f"checkpoint {str(path)!r}: {message}.")
 
 
+def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:
+    """The weights of a file :func:`_read` returned, checked (untrusted: a dict of parameter name -> tensor) and
+    wrapper prefixes removed; a :class:`CheckpointError` naming the file, the field and a fix otherwise. Every
+    loader of weights reads them through here."""
+    if source == "dpaudit":
+        where, fix = f"checkpoint {str(path)!r}", _RECREATE
+        if "state_dict" not in obj:
+            raise CheckpointError(f"{where} lacks the field 'state_dict' (the weights); it is damaged. Fix: {fix}.")
+        state, name = obj["state_dict"], "state_dict"
+    else:
+        where, fix = repr(str(path)), ("save the weights alone with torch.save(model.state_dict(), 'weights.pt') "
+                                       "and pass that file")
+        state, name = obj, "the state dict"
+    if not isinstance(state, Mapping) or not state:
+        what = f"an empty {type(state).__name__}" if isinstance(state, Mapping | list | tuple) and not state \
+            else f"a {type(state).__name__}"
+        raise CheckpointError(f"{where}: {name} must be a non-empty dict of parameter name -> tensor, got {what}. "
+                              f"Fix: {fix}.")
+    keys = [k for k in state if not isinstance(k, str)]
+    if keys:
+        raise CheckpointError(f"{where}: {name} must map parameter names (text) to tensors, got the key(s) "
+                              f"{_short_list(keys)}. Fix: {fix}.")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        kinds = sorted({type(state[k]).__name__ for k in bad})
+        raise CheckpointError(f"{where}: {name} must map parameter names to tensors; {len(bad)} entr"
+                              f"{'y is' if len(bad) == 1 else 'ies are'} not ({_short_list(bad)}: "
+                              f"{', '.join(kinds)}). Fix: {fix}.")
+    return strip_wrappers(state)
+
+
+def _short_list(items: list[Any], shown: int = 3) -> str:
+    text = ", ".join(repr(k) for k in items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
 def load_state_dict(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
-    """(source, weights) of any weights file dpaudit reads, wrapper prefixes removed; for ``--init``."""
+    """(source, weights) of any weights file dpaudit reads, checked and wrapper prefixes removed; for ``--init``."""
     path = Path(path)
     source, obj = _read(path)
-    return source, strip_wrappers(obj["state_dict"] if source == "dpaudit" else obj)
+    return source, _weights_of(path, source, obj)
 
 
 def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
@@ -650,6 +686,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
         if arch is not None and isinstance(recorded, str) and not _arch_matches(recorded, arch):
             raise invalid("arch", arch, f"the checkpoint's architecture {recorded!r} (or left out)",
                           "drop --arch: a dpaudit checkpoint records its architecture", cls=CheckpointError)
+        state = _weights_of(path, source, obj)  # its errors name the file and the field already
         try:
             recorded = obj["arch"]
             try:
@@ -666,7 +703,7 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
                 n_train=obj.get("n_train"), label_names=tuple(obj.get("label_names", ())), dp=dp,
                 epochs=obj.get("epochs"), batch_size=obj.get("batch_size"), extra=extra,
                 fix_batchnorm=bool(obj.get("fix_batchnorm", False)), phases=phases,
-                state_dict=strip_wrappers(obj["state_dict"]), format_version=version, path=str(path),
+                state_dict=state, format_version=version, path=str(path),
                 source="dpaudit", code_named=arch is not None)
         except KeyError as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {exc}; it is damaged. Fix: "
@@ -681,9 +718,10 @@ def load_checkpoint(path: str | Path, *, arch: str | None = None, num_classes: i
     if arch is None:
         raise PlainWeightsError(f"{str(path)!r} is a plain state dict ({source}) without architecture information. "
                                 f"Fix: pass --arch ({ARCH_HELP}) and the --arch-args it was built with.")
-    state = strip_wrappers(obj)
+    state = _weights_of(path, source, obj)
     in_ch, n_cls = _infer_shapes(state)
-    args = dict(arch_args or {})
+    parse_arch(arch)
+    args = check_arch_args(arch, arch_args or {}, flag="--arch-args")
     in_channels = in_channels or in_ch or 3
     num_classes = num_classes or n_cls
     if num_classes is None:
@@ -714,9 +752,11 @@ def load_model(path: str | Path | None, *, arch: str | None = None, num_classes:
                               f"({ARCH_HELP}) for a randomly initialised model.")
     in_channels = in_channels or 3
     shape = (in_channels, image_size, image_size) if image_size else None
+    parse_arch(arch)  # the flags' values: their errors name --arch and --arch-args
+    arch_args = check_arch_args(arch, arch_args or {}, flag="--arch-args")
     try:
         ckpt = Checkpoint(arch=arch, num_classes=num_classes or 2, in_channels=in_channels,
-                          arch_args=arch_args or {}, input_shape=shape, extra={"init_seed": int(seed)},
+                          arch_args=arch_args, input_shape=shape, extra={"init_seed": int(seed)},
                           source="random", code_named=True, fix_batchnorm=fix_batchnorm)
     except CheckpointError as exc:
         raise ConfigError(str(exc)) from None

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dpaudit.errors import ConfigError, MissingDependencyError, invalid
+from dpaudit.errors import ConfigError, MissingDependencyError, check_int, invalid
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -224,6 +224,41 @@ def parse_arch(arch: str) -> ArchSpec:
                   "--arch mynet.py:build")
 
 
+def check_arch_args(arch: str, arch_args: Mapping[str, Any], *, flag: str | None = None) -> dict[str, Any]:
+    """Refuse a registry architecture's argument of the wrong kind before any model is built: each must have the
+    kind of its default (a bool for a bool, a whole number >= 1 for a number such as ``width`` or ``groups``, a
+    text for a text), as ``--arch-args`` JSON or a checkpoint's ``arch_args`` may hold anything. ``flag`` is the
+    option the arguments came from (the fix names it); None for arguments read from a file (its loader adds the
+    fix). Other specs (MONAI, the user's code) are checked by their own constructors when built, and arguments a
+    registry factory does not take by :func:`factory_arguments`. Returns the arguments, a whole number written
+    as a float (JSON ``8.0``) as an int.
+
+    >>> check_arch_args("smallcnn", {"width": 0}, flag="--arch-args")
+    Traceback (most recent call last):
+    ...
+    dpaudit.errors.ConfigError: arch_args.width must be an integer >= 1, got 0. Fix: pass e.g. --arch-args '{"width": 8}', or leave width out.
+    """
+    out = dict(arch_args)
+    if not isinstance(arch, str) or arch.strip() not in ARCHITECTURES:
+        return out
+    params = inspect.signature(ARCHITECTURES[arch.strip()]).parameters
+    for name, value in out.items():
+        param = params.get(name)
+        if param is None or name in ("num_classes", "in_channels") or param.default is inspect.Parameter.empty:
+            continue  # unknown names are refused where the model is built, with the names it accepts
+        default = param.default
+        fix = (None if flag is None else
+               f"pass e.g. {flag} '{json.dumps({name: default})}', or leave {name} out")
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise invalid(f"arch_args.{name}", value, "true or false", fix)
+        elif isinstance(default, int):
+            out[name] = check_int(f"arch_args.{name}", value, fix=fix)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise invalid(f"arch_args.{name}", value, "a text", fix)
+    return out
+
+
 def _import_file(path_text: str, spec: str) -> Any:
     path = Path(path_text).expanduser()
     if not path.is_file():
@@ -313,6 +348,7 @@ def factory_arguments(arch: str, *, num_classes: int, in_channels: int, arch_arg
         if unknown:
             raise ConfigError(f"arch_args {unknown} are not arguments of {arch!r}; it accepts {sorted(accepted)}. "
                               "Fix: drop them from --arch-args or use an architecture that takes them.")
+        args = check_arch_args(arch, args, flag="--arch-args")
         return factory, {**args, "num_classes": num_classes, "in_channels": in_channels}
     for names, value, what in ((_CLASS_NAMES, num_classes, "number of classes"),
                                (_CHANNEL_NAMES, in_channels, "input channels")):
