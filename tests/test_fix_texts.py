@@ -69,9 +69,20 @@ def test_huge_step_counts_print_no_numpy_warning() -> None:
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
-def test_a_checkpoint_without_training_images_has_a_fix() -> None:
-    from dpaudit.checkpoint import CheckpointMeta
-    from dpaudit.errors import DpAuditError
+def test_a_checkpoint_with_an_invalid_n_train_has_a_fix(tmp_path) -> None:
+    import torch
 
-    with pytest.raises(DpAuditError, match="Fix: the checkpoint records no training images"):
+    from dpaudit.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from dpaudit.errors import DpAuditError
+    from dpaudit.models import build_model
+
+    with pytest.raises(DpAuditError, match="n_train must be an integer >= 1, got 0"):  # the field alone
         CheckpointMeta(arch="smallcnn", num_classes=2, in_channels=3, n_train=0)
+    path = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=2),
+                           CheckpointMeta(arch="smallcnn", num_classes=2, in_channels=3, n_train=10))
+    payload = torch.load(path, weights_only=True)
+    payload["n_train"] = 0
+    torch.save(payload, path)
+    with pytest.raises(DpAuditError, match=r"n_train must be an integer >= 1, got 0\. Fix: write the checkpoint "
+                       "again with `dpaudit train --out DIR`"):  # the loader adds the file's fix
+        load_checkpoint(path)
