@@ -127,6 +127,10 @@ def _tails(m: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
     return s, r
 
 
+#: The last :meth:`DiscretePld._top_read`: (pld, alpha, atoms, losses, P-masses); emptied by clear_caches.
+_KEPT_TOP: list = [None]
+
+
 @dataclass(frozen=True, eq=False)
 class DiscretePld:
     """A discrete privacy loss distribution on the grid {i h : i = lo .. lo + len(masses) - 1} plus +infinity.
@@ -312,8 +316,17 @@ class DiscretePld:
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        m, losses, _ = self._top(float(alpha.max()))
-        return self._np_lower(alpha, m, losses, self.noise_guard)
+        return self._np_lower(alpha, *self._top_read(alpha)[:2], self.noise_guard)
+
+    def _top_read(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_top` at ``alpha.max()``, kept for the next read at the same sizes (refine's stop rule reads the
+        guard's share right after the lower end: the same atoms, formed once)."""
+        key = float(alpha.max())
+        kept = _KEPT_TOP[0]
+        if kept is None or kept[0] is not self or kept[1] != key:
+            kept = (self, key, *self._top(key))
+            _KEPT_TOP[0] = kept  # one read kept in all (a deep read of a long window is ~100 MB)
+        return kept[2:]
 
     def power_lower_and_guard(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`power_lower`, and how much of it the round-off guard takes: the same read with the guard 0, less
@@ -324,7 +337,7 @@ class DiscretePld:
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        m, losses, _ = self._top(float(alpha.max()))
+        m, losses, _ = self._top_read(alpha)
         guarded, plain = (self._np_lower(alpha, m, losses, nu) for nu in (self.noise_guard, 0.0))
         return guarded, np.maximum(plain - guarded, 0.0)
 
@@ -1306,6 +1319,7 @@ def clear_caches() -> None:
     """Forget every cached composed PLD (benchmarks time cold computations with it)."""
     composed_run.cache_clear()
     _CHERNOFF_STARTS.clear()
+    _KEPT_TOP[0] = None
 
 
 # -- adaptive discretisation ----------------------------------------------------------------------------------------

@@ -887,3 +887,24 @@ def test_tight_gamma_stops_at_the_round_off_floor_with_a_sound_bracket(monkeypat
     up, lo, _, _ = seen["evaluate"](1.5 * got.h)
     assert np.all(lo <= got.value) and np.all(got.lower <= up)
     pld_module.clear_caches()
+
+
+def test_kept_top_read_is_the_plain_read() -> None:
+    # power_lower keeps its top atoms for the guard's share read right after it (one read kept in all): every read,
+    # kept or not, equals one formed afresh, whichever PLD or sizes were read before it.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    pld_module.clear_caches()
+    a = pld_module.composed_run(((StepPair(1.0, 1e-3, 1, "worst_case"), 1000),), 1e-3, "remove", True)
+    b = pld_module.composed_run(((StepPair(2.0, 1e-2, 1, "worst_case"), 100),), 1e-3, "remove", True)
+    for pld, alpha in ((a, [1e-6, 1e-3]), (b, [1e-6, 1e-3]), (a, [1e-6, 1e-3]), (a, [0.1]), (b, [0.1]), (a, [0.1])):
+        alpha = np.asarray(alpha)
+        m, losses, _ = pld._top(float(alpha.max()))
+        fresh = pld._np_lower(alpha, m, losses, pld.noise_guard)
+        assert np.array_equal(pld.power_lower(alpha), fresh)
+        guarded, share = pld.power_lower_and_guard(alpha)
+        assert np.array_equal(guarded, fresh)
+        assert np.array_equal(share, np.maximum(pld._np_lower(alpha, m, losses, 0.0) - fresh, 0.0))
+    pld_module.clear_caches()
+    assert pld_module._KEPT_TOP[0] is None
