@@ -131,6 +131,10 @@ def attack(
     dataset, data_dir, window, task = shared["dataset"], shared["data_dir"], shared["window"], shared["task"]
     args, fix_batchnorm = shared["arch_args"], shared["fix_batchnorm"]
     arch_default = model is None and arch is None
+    if arch is not None:
+        from dpaudit.models import check_arch_args
+
+        args = check_arch_args(arch, args, flag="--arch-args")  # before the data load and the folder's claim
     if model is None:
         from dpaudit.models import parse_arch
 

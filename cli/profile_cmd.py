@@ -224,6 +224,11 @@ def profile(
         federated_clients=federated_clients, federated_partition=federated_partition,
         federated_epsilon=federated_epsilon)
     cli.print_task_defaults(config)
+    import json
+
+    from dpaudit.models import check_arch_args
+
+    check_arch_args(config.arch, json.loads(config.arch_args), flag="--arch-args")  # before the data load
     limits = _limits(max_rero, threat_model, max_mia_tpr, at_fpr)  # checked before any training
     if threads is not None:
         check_int("threads", threads, fix="pass --threads 1 or more, or leave it out (the idle cores)")

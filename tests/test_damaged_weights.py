@@ -105,6 +105,21 @@ def test_a_width_of_the_wrong_kind_is_refused_by_every_command(command: list[str
     _one_line_error(res, "arch_args.width must be an integer >= 1", "--arch-args")
 
 
+@pytest.mark.parametrize("command", [["attack", "--dataset", "demo"], ["profile", "--dataset", "demo"]])
+def test_a_wrong_width_is_refused_before_the_data_load(tmp_path: Path, command: list[str], monkeypatch) -> None:
+    # attack and profile read --arch-args before any data (as train does), and leave --out as it was
+    import dpaudit.data
+
+    def no_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the data were loaded")
+
+    monkeypatch.setattr(dpaudit.data, "load_splits", no_load)
+    res = runner.invoke(app, [*command, "--arch", "smallcnn", "--arch-args", '{"width": "x"}',
+                              "--out", str(tmp_path / "out")])
+    _one_line_error(res, "arch_args.width must be an integer >= 1", "--arch-args")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command", [["bounds"], ["attack", "--dataset", "demo"]])
 def test_a_checkpoint_with_a_wrong_width_is_refused_naming_the_file(tmp_path: Path, command: list[str]) -> None:
     path = _checkpoint(tmp_path, arch_args={"width": "x"})
