@@ -12,28 +12,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from dpaudit.audit.profile import TaskStore
-from dpaudit.audit.profile.schema import Profile
-from dpaudit.codec import encode
+from dpaudit.audit.profile.schema import results_json
 
 # The tiny profile of tests/test_profile.py: smallcnn on 60 demo images of 16 px, one epoch, 6 attacked images.
 TINY = dict(dataset="demo", image_size=16, max_images=60, arch="smallcnn", epsilons=(8.0,), non_private=True,
             seeds=1, epochs=1, batch_size=8, attack_images=6, attack_epochs=1)
-#: Keys that describe the run, not its results: compared separately or not at all.
-RUN_KEYS = {"created", "command", "stages", "environment", "computed_on", "seconds", "wall_seconds",
-            "train_samples_per_second"}
-
-
-def results(profile: Profile) -> object:
-    """A profile's JSON without :data:`RUN_KEYS`: what two runs of one configuration must agree on."""
-
-    def strip(obj: object) -> object:
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if k not in RUN_KEYS}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-
-    return strip(encode(profile))
+#: What two runs of one configuration must agree on (the profile's JSON without when, where and how fast they ran).
+results = results_json
 
 
 @dataclass(frozen=True)

@@ -420,6 +420,21 @@ def _balance_all_rounds(c_below: np.ndarray, c_above: np.ndarray) -> tuple[np.nd
     return keep, up, down
 
 
+def _record_balance_inputs(monkeypatch) -> list:  # type: ignore[no-untyped-def]
+    """Copies of the cell fractions every _balance_shares call of the test gets (the calls themselves go through)."""
+    from dpaudit.bounds import pld as pld_module
+
+    seen: list = []
+    original = pld_module._balance_shares
+
+    def spy(c_below, c_above):  # type: ignore[no-untyped-def]
+        seen.append((c_below.copy(), c_above.copy()))
+        return original(c_below, c_above)
+
+    monkeypatch.setattr(pld_module, "_balance_shares", spy)
+    return seen
+
+
 @pytest.mark.parametrize("sigma", [5.0, 1.0, 0.3])
 def test_windowed_balancing_matches_every_round(monkeypatch, sigma: float) -> None:
     # _balance_shares recomputes only the window of cells whose shares still move. Its shares must be those of
@@ -431,14 +446,8 @@ def test_windowed_balancing_matches_every_round(monkeypatch, sigma: float) -> No
 
     pair = StepPair(sigma, 0.1)
     h = pld_module.initial_h_run(((pair, 10),)) / 4
-    seen = []
     original = pld_module._balance_shares
-
-    def spy(c_below, c_above):
-        seen.append((c_below.copy(), c_above.copy()))
-        return original(c_below, c_above)
-
-    monkeypatch.setattr(pld_module, "_balance_shares", spy)
+    seen = _record_balance_inputs(monkeypatch)
     for direction in ("remove", "add"):
         pld_module._garbled_step(pair, h, direction, 1e-15)
     assert len(seen) == 2
@@ -715,14 +724,8 @@ def test_scalar_balancing_rounds_equal_the_numpy_rounds_bit_for_bit(monkeypatch,
     # hold (pro rata), NaN and windows that move.
     from dpaudit.bounds import pld as pld_module
 
-    seen = []
     original = pld_module._balance_shares
-
-    def spy(c_below, c_above):
-        seen.append((c_below.copy(), c_above.copy()))
-        return original(c_below, c_above)
-
-    monkeypatch.setattr(pld_module, "_balance_shares", spy)
+    seen = _record_balance_inputs(monkeypatch)
     for sigma, q in itertools.product((0.05, 0.5, 5.0, 50.0), (1e-6, 0.1, 1.0)):
         for pair, h, direction in _step_grids(sigma, q, 10):
             pld_module._garbled_step(pair, h, direction, pld_module.INF_BUDGET / 10)

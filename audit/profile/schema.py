@@ -1028,6 +1028,27 @@ class LevelSummary:
         return self.bounds.at_kappa_train().relaxed if self.bounds else None
 
 
+#: Fields, at any depth of a profile's JSON, that say when, where and how fast a run went, not what it found.
+RUN_FIELDS = frozenset({"created", "command", "stages", "environment", "computed_on", "seconds", "wall_seconds",
+                        "train_samples_per_second"})
+
+
+def results_json(profile: Profile) -> object:
+    """The profile's JSON without :data:`RUN_FIELDS`: what two runs of one configuration must agree on, wherever
+    and however their tasks ran (in process, in worker processes, on a Dask cluster; tests and
+    bench/bench_distributed.py compare these)."""
+    from dpaudit.codec import encode
+
+    def strip(obj: object) -> object:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in RUN_FIELDS}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    return strip(encode(profile))
+
+
 def init_labels(profile: Profile) -> tuple[str, ...]:
     """The initialisations' labels in the order of ``config.inits``, as the runs carry them (``train[*].init``:
     ``scratch``, the file's name, or the name and a short digest where two files share a name,
