@@ -483,7 +483,8 @@ class _Report(board.BoardPages):
         it gives the same configuration hash and decision (a profile command with other limits would be refused
         in that folder; :meth:`_render_command` re-decides)."""
         out = self.p.out_in(self.base_dir)
-        return self.p.config.command(out, tuple(self.run_limits) if self.run_limits is not None else self._limits())
+        return self.p.config.command(out, tuple(self.run_limits) if self.run_limits is not None else self._limits(),
+                                     self.p.computed_on)
 
     def _moved(self) -> str:
         """A sentence when this profile.json lies elsewhere than the folder it was run in (a copied run folder):

@@ -117,7 +117,7 @@ def report(
         err.print(f"note: {path.name} stores no reconstructions (the profile ran without --include-images), so "
                   "the report shows none and is not marked restricted. Fix: run the profile again with "
                   "--include-images --overwrite (it trains and attacks again and replaces this folder's results), "
-                  f"e.g. {prof.config.command(prof.out_in(path.parent), tuple(stored.limits) if stored else ())} "
+                  f"e.g. {prof.config.command(prof.out_in(path.parent), tuple(stored.limits) if stored else (), prof.computed_on)} "
                   "--include-images --overwrite; or with --include-images into a new --out.",
                   highlight=False)
     if images:

@@ -77,6 +77,27 @@ def test_config_sorts_epsilons_and_reproduces_its_command() -> None:
     assert ProfileConfig.from_json(c.to_json()) == c
 
 
+@pytest.mark.parametrize("computed_on, flag", [
+    ("cpu", "--device cpu"),
+    ("cuda:1 (NVIDIA H200)", "--device cuda:1"),
+    ("cuda (resolved on each worker)", "--device cuda"),
+    ("auto (resolved on each worker)", None),  # the default: nothing to add
+    ("cpu (this invocation; 2 of 5 training and attack results were reused from an earlier one and ran where it "
+     "ran)", None),  # the reused ones may have run elsewhere
+    (None, None),  # written before it was recorded
+])
+def test_command_names_the_device_the_passes_ran_on(computed_on, flag) -> None:
+    """A GPU's utility differs from the CPU's in the last bits and ``auto`` picks a GPU wherever one is visible, so
+    the reproducing command names the device; the configuration hash does not depend on it."""
+    c = ProfileConfig(kappas=(1e-3,))
+    cmd = c.command("runs/x", (), computed_on)
+    assert cmd.endswith("--out runs/x")
+    if flag is None:
+        assert "--device" not in cmd and cmd == c.command("runs/x")
+    else:
+        assert cmd == c.command("runs/x").replace("--out runs/x", f"{flag} --out runs/x")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--epsilons", "0,8"], "--epsilons must be finite numbers > 0"),
     (["--epsilons", "8,abc"], "--epsilons must be a comma-separated list"),

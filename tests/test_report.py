@@ -442,10 +442,11 @@ def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatc
     prof = _decided(synthetic_profile(), *limits)
     prof = dataclasses.replace(prof, config=ProfileConfig(dataset="demo", epsilons=(8.0,), seeds=1, epochs=1,
                                                           max_images=300, attack_images=8),
-                               command=f"dpaudit profile --dataset demo --out {tmp_path / 'p17'}")
+                               command=f"dpaudit profile --dataset demo --out {tmp_path / 'p17'}",
+                               computed_on="cpu")
     command = _Report(prof, None, False)._profile_command()
     assert "--max-rero 0.05 --threat-model worst-case" in command and "--max-mia-tpr 0.01" in command
-    assert command.endswith(f"--out {tmp_path / 'p17'}") and "--arch resnet9" in command  # defaults spelled out
+    assert command.endswith(f"--device cpu --out {tmp_path / 'p17'}") and "--arch resnet9" in command  # defaults
 
     seen = {}
 
@@ -453,7 +454,7 @@ def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatc
         pass
 
     def fake_run_profile(config, out, **kwargs):
-        seen.update(config=config, limits=kwargs["limits"], out=out)
+        seen.update(config=config, limits=kwargs["limits"], out=out, device=kwargs["device"])
         raise Stop
 
     monkeypatch.setattr(profile_pkg, "run_profile", fake_run_profile)
@@ -463,6 +464,7 @@ def test_reproduce_command_carries_the_limits_and_gives_the_same_hash(monkeypatc
     assert seen["config"].task_defaults != prof.config.task_defaults  # typed, not defaulted ...
     assert config_sha256(again) == config_sha256(prof)  # ... yet the same configuration
     assert tuple(seen["limits"]) == limits and str(seen["out"]) == str(tmp_path / "p17")
+    assert seen["device"] == "cpu"  # where the passes ran, even on a machine where auto would pick a GPU
 
 
 def test_include_images_without_stored_images_says_why_and_stamps_nothing(tmp_path) -> None:

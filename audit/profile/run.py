@@ -387,7 +387,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     profile = Profile(
         schema_version=SCHEMA_VERSION, dpaudit_version=__version__,
         created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
-        command=config.command(str(out), tuple(limits or ())), config=config, dataset=info, train=trains,
+        command=config.command(str(out), tuple(limits or ()), computed_on), config=config, dataset=info, train=trains,
         bounds=tuple(bounds_res[t.key()] for t in bound_tasks),
         bounds_curve=tuple(bounds_res[t.key()] for t in curve_tasks),
         attacks=tuple(attack_res[t.key()] for t in attack_tasks),

@@ -331,10 +331,12 @@ class ProfileConfig(JsonResult):
         """The privacy levels in report order: each epsilon ascending, then None for the non-private baseline."""
         return (*self.epsilons, *((None,) if self.non_private else ()))
 
-    def command(self, out: str = "DIR", limits: tuple = ()) -> str:
+    def command(self, out: str = "DIR", limits: tuple = (), computed_on: str | None = None) -> str:
         """The ``dpaudit profile`` command line that reproduces this configuration, and the board's ``limits``
         (:class:`dpaudit.audit.decision.Limit`) it was decided on: run as printed, it gives the same configuration
-        hash (:meth:`canonical`) and the same decision."""
+        hash (:meth:`canonical`) and the same decision. ``computed_on`` (:attr:`Profile.computed_on`) adds the
+        ``--device`` the model passes ran on (:func:`device_flag`): not part of the hash, but a GPU's utility
+        differs from the CPU's in the last bits, and ``auto`` picks a GPU wherever one is visible."""
         import shlex
 
         d = ProfileConfig()
@@ -396,6 +398,9 @@ class ProfileConfig(JsonResult):
             opt("--federated-epsilon", self.federated_epsilon, d.federated_epsilon)
         for lim in limits:
             parts += lim.cli()
+        device = device_flag(computed_on)
+        if device is not None:
+            parts += ["--device", device]
         parts += ["--out", out]
         return shlex.join(parts)
 
@@ -410,6 +415,18 @@ class ProfileConfig(JsonResult):
         plain = encode(self)
         plain.pop("task_defaults", None)
         return plain
+
+
+def device_flag(computed_on: str | None) -> str | None:
+    """The ``--device`` value that runs the model passes where :attr:`Profile.computed_on` says they ran:
+    'cpu' -> 'cpu', 'cuda:0 (NVIDIA H200)' -> 'cuda:0', a distributed executor's 'cuda (resolved on each worker)'
+    -> 'cuda'. None when not recorded (profiles written before it was), when it names no device (a distributed
+    run's 'auto', the default) or when the invocation reused stored results (those ran where an earlier
+    invocation ran, which may have been elsewhere)."""
+    if not computed_on or "(this invocation;" in computed_on:
+        return None
+    name = computed_on.split(" ", 1)[0]
+    return name if name == "cpu" or name.startswith("cuda") else None
 
 
 def cli_number(value: Any) -> str:
