@@ -51,15 +51,33 @@ def check_writable(path: str | os.PathLike, field: str = "out") -> None:
     _remove_created(_make_writable(Path(path), field))
 
 
+#: How often :func:`_make_writable` makes a folder's missing parents again when another process removed one of them
+#: between its mkdir calls.
+_MKDIR_ATTEMPTS = 5
+
+
 def _make_writable(folder: Path, field: str) -> list[Path]:
     """Create ``folder`` and its missing parents and prove a file can be written there; return the folders this
     created, outermost first (removed again if the check fails)."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     created: list[Path] = []
     try:
-        for p in missing:
-            p.mkdir()
-            created.append(p)
+        # Other processes may make or remove the same parents meanwhile (a profile's worker processes each write
+        # their own checkpoints/<run> folder): a folder that appears between the look and the mkdir is theirs, not
+        # ours (kept, not removed on failure); a parent removed under us (another run's refused check) is made again.
+        for attempt in range(_MKDIR_ATTEMPTS):
+            try:
+                for p in [p for p in (folder, *folder.parents) if not p.exists()][::-1]:
+                    try:
+                        p.mkdir()
+                    except FileExistsError:
+                        if not p.is_dir():
+                            raise
+                        continue
+                    created.append(p)
+                break
+            except FileNotFoundError:
+                if attempt == _MKDIR_ATTEMPTS - 1:
+                    raise
         probe = folder / f".dpaudit-write-check-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -30,6 +30,47 @@ def test_writable_dir_creates_the_folder_and_names_out_when_it_cannot(tmp_path: 
         writable_dir(tmp_path / "file" / "run")
 
 
+def test_writable_dir_tolerates_other_processes_making_and_removing_the_same_parents(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile's worker processes each make their own checkpoints/<run> folder: a parent another process makes
+    between our look and our mkdir is no error (and not ours to remove), a parent another process removes under
+    us is made again (was: '--out must be a folder ... (File exists)' from one worker)."""
+    real_mkdir = Path.mkdir
+    parent = tmp_path / "pool" / "checkpoints"
+    events = []
+
+    def racing_mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self == parent and not events:  # another worker wins the race for the shared parent
+            real_mkdir(self)
+            events.append("made by the other")
+            raise FileExistsError(17, "File exists", str(self))
+        if self.parent == parent and events == ["made by the other"]:  # ... and another run's check removes it
+            events.append("removed by the other")
+            self.parent.rmdir()
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    assert writable_dir(parent / "nonprivate-seed0").is_dir()
+    assert events == ["made by the other", "removed by the other"]
+
+
+def _make_run_folder(base: str, i: int) -> None:
+    writable_dir(Path(base) / "checkpoints" / f"run{i}")
+
+
+def test_writable_dir_in_many_processes_at_once(tmp_path: Path) -> None:
+    """The real thing: processes making sibling folders under one missing parent at the same time."""
+    import concurrent.futures
+    import multiprocessing
+
+    for attempt in range(5):
+        base = tmp_path / f"pool{attempt}"
+        with concurrent.futures.ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as ex:
+            list(ex.map(_make_run_folder, [str(base)] * 8, range(8)))
+        assert sorted(p.name for p in (base / "checkpoints").iterdir()) == [f"run{i}" for i in range(8)]
+
+
 @pytest.mark.parametrize("command", [
     [*TRAIN, "--epsilon", "8"],
     ["attack", "--arch", "smallcnn", "--dataset", "demo", "--sigmas", "0", "--n-images", "2"],
