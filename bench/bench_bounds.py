@@ -22,7 +22,7 @@ value is timed.
 Machines are noisy (this one is shared): ratios within one run are what counts; every timed row is the median of
 ``--repeats`` interleaved repetitions; in-process rows are timed by this process's CPU time (both sides are
 single-threaded numpy; ``--wall-time`` for wall time), whole processes by their user + system time (wall time
-beside it). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsilon,profile]``.
+beside it). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile]``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Comparison, report
 
-from dpaudit.bounds import epsilon_pld, noise_for_epsilon, rero_bound
+from dpaudit.bounds import epsilon_bound, epsilon_pld, noise_for_epsilon, rero_bound
 from dpaudit.bounds.pld import WindowTooLargeError, clear_caches, epsilon_pld_refined
 from dpaudit.bounds.schedule import Schedule
 
@@ -165,6 +165,35 @@ def section_grid(quick: bool) -> None:
                       worst[0] < 2))
     GOALS.append(Goal("No slow corners: slowest k = 5 relaxed point", f"{k5[0][0]:.2f} s", "-", None, "< 2 s",
                       k5[0][0] < 2))
+
+
+def section_epsgrid(quick: bool) -> None:
+    sigmas = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 50.0)
+    qs = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
+    steps = (1, 10, 300, 10_000, 1_000_000)
+    ks = (1, 10)
+    if quick:
+        sigmas, qs, steps, ks = (0.05, 0.5, 50.0), (1e-6, 1e-3, 1.0), (1, 300, 1_000_000), (1,)
+    delta = 1e-5
+    print(f"Epsilon corners: {len(ks) * len(sigmas) * len(qs) * len(steps)} points (records_per_patient x sigma x q "
+          f"x T), delta {delta:g}, epsilon_bound with cold caches, in process; every point over 0.5 s CPU")
+    times = []
+    for k, s, q, t in itertools.product(ks, sigmas, qs, steps):
+        clear_caches()
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = epsilon_bound(s, q, t, delta, records_per_patient=k)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        times.append((cpu, wall, k, s, q, t, got))
+        if cpu > 0.5:
+            print(f"  k {k:>2} sigma {s:>5g} q {q:>6g} T {t:>8d}  {cpu:6.2f} s CPU {wall:6.2f} s wall  "
+                  f"epsilon {got.value:.6g} ({got.accountant})", flush=True)
+    times.sort(key=lambda r: r[0], reverse=True)
+    worst = times[0]
+    print(f"slowest epsilon point {worst[0]:.2f} s CPU (k {worst[2]}, sigma {worst[3]:g}, q {worst[4]:g}, "
+          f"T {worst[5]}); median {statistics.median(r[0] for r in times):.3f} s; points over 0.5 s: "
+          f"{sum(r[0] > 0.5 for r in times)}; over 2 s: {sum(r[0] > 2 for r in times)} (goal: none)\n")
+    GOALS.append(Goal(f"Epsilon corners: slowest of {len(times)} points (k {worst[2]}, s{worst[3]:g} q{worst[4]:g} "
+                      f"T{worst[5]})", f"{worst[0]:.2f} s", "-", None, "< 2 s", worst[0] < 2))
 
 
 def _exact_epsilon(sigma: float, q: float, steps: int, delta: float) -> tuple[float, float]:
@@ -334,7 +363,7 @@ def print_goals() -> None:
         print(f"{g.name:<86} {g.measured:>18} {g.reference:>10} {ratio} {g.target:>8}  {'yes' if g.met else 'NO'}")
 
 
-SECTIONS = ("cli", "rero", "relaxed", "grid", "epsilon", "profile")
+SECTIONS = ("cli", "rero", "relaxed", "grid", "epsgrid", "epsilon", "profile")
 
 
 def main() -> None:
@@ -360,6 +389,7 @@ def main() -> None:
     print(f"bench_bounds: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n", flush=True)
     runners = {"cli": lambda: section_cli(max(repeats, 3)), "rero": lambda: section_rero(repeats, args.quick),
                "relaxed": lambda: section_relaxed(repeats, args.quick), "grid": lambda: section_grid(args.quick),
+               "epsgrid": lambda: section_epsgrid(args.quick),
                "epsilon": lambda: section_epsilon(repeats, args.quick), "profile": lambda: section_profile(args.quick)}
     for name in chosen:
         runners[name]()
