@@ -127,6 +127,46 @@ def _tails(m: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
     return s, r
 
 
+#: :meth:`DiscretePld._epsilon` reads chunks of this many atoms or more (a crossing deep in a long window: small q,
+#: where the loss spans 5 nats at grid steps of 4e-7) by first locating the crossing on sums over blocks of
+#: ``COARSE_BLOCK`` atoms (:func:`_skip_blocks`), over at most ``COARSE_REACH`` times the chunk at a time.
+COARSE_READ = 1 << 16
+COARSE_BLOCK = 4096
+COARSE_REACH = 8
+
+
+def _skip_blocks(masses: np.ndarray, guard: float, h: float, a_lim: int, b: int, carry_s: float, carry_r: float,
+                 infinity: float, target: float) -> tuple[int, float, float, bool]:
+    """The top b' of the block of atoms (blocks of ``COARSE_BLOCK`` below b, down to a_lim >= 1) that holds the
+    crossing of :meth:`DiscretePld._epsilon`, with the carries there: (b', sum_{i >= b'} m_i, sum_{i >= b'} m_i
+    e^{l_b' - l_i}, True); or the lowest block's start with its carries and False where the crossing lies below it.
+
+    Block c's sums are Q_c = sum m_i and W_c = sum m_i e^{-(l_i - l_c)} (l_c its lowest atom's loss: terms in (0, 1]
+    while COARSE_BLOCK h <= 300), so the carries at its lowest atom are S + Q_c and A = W_c + e^{-h B} A_above, sums
+    of non-negative terms as in :func:`_tails`; delta just below the block is infinity + S - e^{-h} A, which grows
+    downwards: the crossing is in the first block (from the top) where it exceeds the target. ``guard``: every mass
+    lowered by it first (as the chunks are)."""
+    block = COARSE_BLOCK if h * COARSE_BLOCK <= 300.0 else max(1, int(300.0 / h))
+    nb = (b - a_lim) // block
+    if nb < 1:
+        return b, carry_s, carry_r, True
+    start = b - nb * block
+    m = masses[start:b]
+    if guard:
+        m = np.maximum(m - guard, 0.0)
+    m = m.reshape(nb, block)
+    q = m.sum(axis=1).tolist()
+    w = (m @ np.exp(-h * np.arange(block))).tolist()
+    decay, step = math.exp(-h * block), math.exp(-h)
+    s, r = carry_s, carry_r
+    for c in range(nb - 1, -1, -1):
+        s_below, r_below = s + q[c], w[c] + decay * r
+        if infinity + s_below - step * r_below > target:
+            return start + (c + 1) * block, s, r, True
+        s, r = s_below, r_below
+    return start, s, r, False
+
+
 #: The last :meth:`DiscretePld._top_read`: (pld, alpha, atoms, losses, P-masses); emptied by clear_caches.
 _KEPT_TOP: list = [None]
 
@@ -220,6 +260,15 @@ class DiscretePld:
         carry_s = carry_r = 0.0  # sum_{i >= b} m_i, and m_b + R_b
         size = 4096 if depth is None else max(4096, depth)
         while True:
+            if size >= COARSE_READ and b > 2 * COARSE_BLOCK:
+                # A deep read: find the block of COARSE_BLOCK atoms that holds the crossing from block sums first
+                # (two passes over the atoms, against about ten for their tails), then read only that block.
+                b, carry_s, carry_r, found = _skip_blocks(self.masses, guard, h, max(b - COARSE_REACH * size, 1), b,
+                                                          carry_s, carry_r, infinity, target_delta)
+                if not found:
+                    size *= 2
+                    continue
+                size = 2 * COARSE_BLOCK
             a = max(b - size, 0)
             top = self.masses[a:b]
             if guard:
