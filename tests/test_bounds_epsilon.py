@@ -177,3 +177,20 @@ def test_rdp_over_all_orders_at_once_equals_order_by_order(sigma: float, q: floa
     orders = np.asarray(DEFAULT_ORDERS)
     eps = (steps * reference - (math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders))
     assert epsilon_rdp(sigma, q, steps, delta) == pytest.approx(float(np.nanmin(eps)), rel=1e-12)
+
+
+@pytest.mark.parametrize(("sigma", "steps"), [(5000.0, 1), (5000.0, 4), (20000.0, 9), (50.0, 1)])
+def test_epsilon_is_within_its_stated_accuracy_of_the_closed_form(sigma: float, steps: int) -> None:
+    """Below epsilon 1e-3 the refinement stops at EPSILON_ATOL (1e-7 nats) absolute instead of 1e-4 relative: the
+    value stays a sound upper bound and within max(1e-4 relative, 1e-7) of the exact epsilon (q = 1: the Gaussian
+    mechanism composed T times is mu-GDP with mu = sqrt(T) / sigma, Balle and Wang 2018, Theorem 8)."""
+    from dpaudit.bounds.pld import EPSILON_ATOL, StepPair, clear_caches, epsilon_pld_refined
+
+    delta = 1e-5
+    exact = _gaussian_epsilon(math.sqrt(steps) / sigma, delta)
+    clear_caches()
+    got = epsilon_pld_refined(StepPair(sigma, 1.0), steps, delta)
+    upper, lower = float(got.value[0]), float(got.lower[0])
+    assert lower - 1e-12 <= exact <= upper + 1e-12  # the bracket holds the exact value
+    assert upper - lower <= max(1e-4 * upper, EPSILON_ATOL) * (1 + 1e-9)
+    assert upper == epsilon_pld(sigma, 1.0, steps, delta)
