@@ -684,8 +684,11 @@ def _pile_cell(pair: StepPair, direction: str, h: float, end: float) -> tuple[fl
     s = 1.0 if direction == "remove" else -1.0  # remove: the pile is (-inf, c], c > end; add: (c, inf), c < end
 
     def own_loss(c: np.ndarray) -> np.ndarray:
-        ends = np.full(c.shape, s * -math.inf)
-        q, lp = _cell_masses(pair, direction, *((ends, c) if s > 0 else (c, ends)))
+        if pair.relaxed or not np.all(np.isfinite(c)):
+            ends = np.full(c.shape, s * -math.inf)
+            q, lp = _cell_masses(pair, direction, *((ends, c) if s > 0 else (c, ends)))
+        else:
+            q, lp = _pile_masses(pair, direction, c)
         with np.errstate(divide="ignore", invalid="ignore"):
             loss = np.log(q) - lp
         return np.where(np.isfinite(loss), loss, np.nan)  # an empty pile (underflow) has no loss: never a hit
@@ -711,6 +714,30 @@ def _pile_cell(pair: StepPair, direction: str, h: float, end: float) -> tuple[fl
         hit = np.nonzero(s * (c - loss) >= h / 2)[0]
     i = int(hit[0]) if hit.size else c.size - 1
     return float(c[i]), float(loss[i])
+
+
+def _pile_masses(pair: StepPair, direction: str, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_cell_masses` of the worst-case pair's pile cells, (-inf, c] for the remove direction and (c, inf) for
+    the add direction (c finite), equal to it bit for bit at a third of the numpy calls (each costs ~1 us on the few
+    hundred cells :func:`_pile_cell` scans): both cells are {X <= x} (x = x_of_loss(c), resp. x_of_loss(-c)), whose
+    normal masses ndtr((x - j) / sigma) are what :func:`_mass_normal` returns for (-inf, x] (its lower tail minus
+    ndtr(-inf) = 0), and whose log P-mass log_ndtr(x / sigma) + 0 is what :func:`_log_mass_normal` returns (its
+    smaller tail is log_ndtr(-inf) = -inf); the mixture's Q-mass is summed over the same components in the same
+    order as :meth:`StepPair.masses`."""
+    sigma = pair.noise_multiplier
+    x = pair.x_of_loss(c if direction == "remove" else -c)
+    p = special.ndtr((x - 0.0) / sigma)
+    qm = None
+    for j, wj in enumerate(np.exp(pair.log_weights)):
+        if wj > 0:
+            term = wj * (p if j == 0 else special.ndtr((x - float(j)) / sigma))
+            qm = term if qm is None else qm + term
+    if qm is None:
+        qm = np.zeros_like(p)
+    if direction == "remove":
+        return qm, special.log_ndtr((x - 0.0) / sigma) + 0.0
+    with np.errstate(divide="ignore"):
+        return p, np.log(np.maximum(qm, 0.0))
 
 
 #: Where :func:`_pile_cell` looks for the pile's boundary, in grid steps from the end of the support.
