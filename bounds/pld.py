@@ -889,14 +889,17 @@ def _balance_rounds_scalar(keep: np.ndarray, up: np.ndarray, down: np.ndarray, c
     r0, r1 = max(a - rounds, 0), min(b + rounds, n)
     kl, ul, dl = keep[r0:r1].tolist(), up[r0:r1].tolist(), down[r0:r1].tolist()
     cb, ca = c_below[r0:r1].tolist(), c_above[r0:r1].tolist()
+    last_up = n - 1 - r0  # (list index of the last cell: it has no up; list index 0 with r0 = 0 has no down)
     for _ in range(rounds):
         i0, i1 = a - r0, b - r0
-        # (Jacobi: every new share from the last round's keep; the first cell has no down, the last no up)
-        new_up = [kl[i + 1] * cb[i + 1] if i + r0 < n - 1 else ul[i] for i in range(i0, i1)]
-        new_down = [kl[i - 1] * ca[i - 1] if i + r0 >= 1 else dl[i] for i in range(i0, i1)]
+        # (Jacobi: every new share from the last round's keep. The loop overwrites kl[j] after reading kl[j + 1]
+        # (not yet overwritten) and keeps the last round's kl[j - 1] in ``before``.)
         first = last = -1
-        for i in range(i1 - i0):
-            u, d = new_up[i], new_down[i]
+        before = kl[i0 - 1] if i0 > 0 else 0.0
+        for j in range(i0, i1):
+            u = kl[j + 1] * cb[j + 1] if j < last_up else ul[j]
+            d = before * ca[j - 1] if j + r0 >= 1 else dl[j]
+            before = kl[j]
             given = u + d
             if given > 1.0:
                 u /= given
@@ -904,12 +907,11 @@ def _balance_rounds_scalar(keep: np.ndarray, up: np.ndarray, down: np.ndarray, c
             k = 1.0 - u - d
             if k < 0.0:  # (np.maximum(k, 0.0): NaN stays NaN)
                 k = 0.0
-            j = i0 + i
             ul[j], dl[j] = u, d
-            if not abs(k - kl[j]) <= 1e-12:  # (NaN counts as moving)
+            if not abs(k - before) <= 1e-12:  # (NaN counts as moving)
                 if first < 0:
-                    first = i
-                last = i
+                    first = j - i0
+                last = j - i0
             kl[j] = k
         if first < 0:
             break
