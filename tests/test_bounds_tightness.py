@@ -793,6 +793,28 @@ def test_pile_scan_in_two_calls_finds_the_one_call_boundary(monkeypatch, threat_
                 assert pld_module._pile_cell(pair, direction, h, end) == whole
 
 
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(s, q, t) for s, q, t in EXTREME_GRID if t in (10, 1000)])
+def test_chernoff_search_from_the_other_directions_optimum_gives_the_same_epsilon(monkeypatch, sigma, q, steps):
+    # A direction composed for the first time starts its Chernoff search at the other direction's optimum mirrored
+    # (a speed hint only: the lambdas found are those of the full search from any start). epsilon and its bracket
+    # must equal the route without that hint bit for bit.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    def routes():
+        pld_module.clear_caches()
+        got = pld_module.epsilon_pld_refined(StepPair(sigma, q), steps, 1e-5)
+        return float(got.value[0]), float(got.lower[0]), got.h
+
+    mirrored = routes()
+    monkeypatch.setattr(pld_module, "_chernoff_start",
+                        lambda key: None if key is None else pld_module._CHERNOFF_STARTS.get(key))
+    try:
+        assert routes() == mirrored
+    finally:
+        pld_module.clear_caches()
+
+
 def test_pile_masses_equal_the_cell_masses_bit_for_bit() -> None:
     # _pile_cell forms the worst-case pile cells' masses directly ({X <= x}: one normal CDF per component and one
     # log CDF) instead of through _cell_masses' general intervals: the same numbers bit for bit, on every position
