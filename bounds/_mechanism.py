@@ -180,10 +180,14 @@ class StepPair:
         if self.records_per_patient == 1:
             with np.errstate(divide="ignore", invalid="ignore"):
                 # expm1(eps) + q = e^eps - (1 - q), computed without cancellation near eps = log(1 - q); above
-                # eps = 30 as eps + log1p(-(1 - q) e^-eps), which cannot overflow for any eps.
-                small = np.minimum(eps, 30.0)
-                log_excess = np.where(eps > 30.0, eps + np.log1p(-(1 - q) * np.exp(-np.maximum(eps, 30.0))),
-                                      np.log(np.expm1(small) + q)) - math.log(q)
+                # eps = 30 as eps + log1p(-(1 - q) e^-eps), which cannot overflow for any eps. (Where no eps is
+                # above 30, the usual case, only the first form is formed: the same numbers.)
+                if eps.size and eps.max() <= 30.0:
+                    log_excess = np.log(np.expm1(eps) + q) - math.log(q)
+                else:
+                    small = np.minimum(eps, 30.0)
+                    log_excess = np.where(eps > 30.0, eps + np.log1p(-(1 - q) * np.exp(-np.maximum(eps, 30.0))),
+                                          np.log(np.expm1(small) + q)) - math.log(q)
             if not self.relaxed:
                 # L(x) = log(1 - q + q exp((2x - 1) / (2 sigma^2)))  =>  x = sigma^2 log((e^eps - 1 + q)/q) + 1/2.
                 x = s2 * log_excess + 0.5

@@ -100,6 +100,11 @@ def _decay_filter(x: np.ndarray, h: float) -> np.ndarray:
     n = x.size
     block = max(1, min(n, int(300.0 / h)))
     nb = -(-n // block)
+    if nb == 1:
+        # One block (every read of a window shorter than 300 / h atoms): its own contribution is all of it, no
+        # padding and no carry (the carry 0 adds 0 * d^{k+1} = 0 to each non-negative term: the same numbers).
+        k = np.arange(n, dtype=float)
+        return np.cumsum(x * np.exp(h * k)) * np.exp(-h * (k + 1.0))
     padded = np.zeros(nb * block)
     padded[:n] = x
     xb = padded.reshape(nb, block)
@@ -1252,8 +1257,11 @@ def compose_parts(parts) -> DiscretePld:
         term = _spectrum_power(sp_fft.rfft(_fold(p.masses, width), n=width), s)
         spectrum = term if spectrum is None else spectrum * term
     composed = sp_fft.irfft(spectrum, n=width)
-    # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k.
-    composed = np.roll(composed, (base - lo) % width)
+    # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k (np.roll
+    # by (base - lo) mod width, as two slices).
+    shift = (base - lo) % width
+    if shift:
+        composed = np.concatenate((composed[width - shift:], composed[:width - shift]))
     # FFT round-off leaves tiny negative masses: clip them, and keep the size of the most negative one as the
     # observed noise level of this composition (the round-off is spread evenly over the bins).
     noise = max(-float(composed.min()), 0.0)

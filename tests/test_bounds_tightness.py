@@ -815,6 +815,53 @@ def test_chernoff_search_from_the_other_directions_optimum_gives_the_same_epsilo
         pld_module.clear_caches()
 
 
+def _decay_filter_blocks(x: np.ndarray, h: float) -> np.ndarray:
+    """_decay_filter's blocked route for any length (the plain route its one-block case shortens)."""
+    n = x.size
+    block = max(1, min(n, int(300.0 / h)))
+    nb = -(-n // block)
+    padded = np.zeros(nb * block)
+    padded[:n] = x
+    xb = padded.reshape(nb, block)
+    k = np.arange(block, dtype=float)
+    down = np.exp(-h * (k + 1.0))
+    inner = np.cumsum(xb * np.exp(h * k)[None, :], axis=1) * down[None, :]
+    out = np.empty_like(xb)
+    carry = 0.0
+    for b in range(nb):
+        out[b] = inner[b] + carry * down
+        carry = float(out[b, -1])
+    return out.ravel()[:n]
+
+
+def test_one_block_decay_filter_equals_the_blocked_route_bit_for_bit(rng) -> None:
+    # _decay_filter takes a read shorter than 300 / h atoms as one block without padding or carry: the same numbers
+    # as the blocked route bit for bit (masses from 1e-300 to 1, zeros, lengths 1 to 5000, h 1e-7 to 0.5); longer
+    # reads keep the blocked route and the filter's recursion y[n] = e^{-h} (x[n] + y[n-1]) holds either way.
+    from dpaudit.bounds import pld as pld_module
+
+    for n, h in itertools.product((1, 2, 7, 600, 5000), (1e-7, 3.6e-4, 0.05, 0.5)):
+        x = np.exp(rng.uniform(-690.0, 0.0, n)) * (rng.random(n) < 0.8)
+        got = pld_module._decay_filter(x, h)
+        assert got.tobytes() == _decay_filter_blocks(x, h).tobytes()
+        assert np.allclose(got[1:], np.exp(-h) * (x[1:] + got[:-1]), rtol=1e-9, atol=0.0)
+
+
+def test_x_of_loss_below_30_nats_equals_the_two_branch_route_bit_for_bit(rng) -> None:
+    # x_of_loss (k = 1) forms only its first branch where no loss exceeds 30 nats: the same numbers as the route with
+    # both branches (forced here by one loss above 30 in the same call), on sigma 0.05..50, q 1e-6..1, both threat
+    # models, losses from log(1 - q) (and below) to 30 nats.
+    from dpaudit.bounds._mechanism import StepPair
+
+    for sigma, q, tm in itertools.product((0.05, 1.0, 50.0), (1e-6, 1e-3, 0.1, 0.99, 1.0), ("worst_case", "relaxed")):
+        pair = StepPair(sigma, q, 1, tm)
+        lo = pair.min_loss if math.isfinite(pair.min_loss) else -30.0
+        eps = np.concatenate([[lo - 1.0, lo, -math.inf, 30.0], rng.uniform(lo, 30.0, 500)])
+        fast = pair.x_of_loss(eps)
+        both = pair.x_of_loss(np.append(eps, 31.0))[:-1]
+        assert fast.tobytes() == both.tobytes()
+
+
 def test_pile_masses_equal_the_cell_masses_bit_for_bit() -> None:
     # _pile_cell forms the worst-case pile cells' masses directly ({X <= x}: one normal CDF per component and one
     # log CDF) instead of through _cell_masses' general intervals: the same numbers bit for bit, on every position
