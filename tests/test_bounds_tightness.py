@@ -815,6 +815,44 @@ def test_chernoff_search_from_the_other_directions_optimum_gives_the_same_epsilo
         pld_module.clear_caches()
 
 
+def test_lower_end_window_at_the_upper_ends_lambdas_is_sound_and_as_short() -> None:
+    # The lower end takes its Chernoff window at the lambdas its upper end (same run, direction, grid step) located,
+    # where that window is at most TWIN_WIDTH times the upper end's (a Chernoff bound holds at any lambda). On every
+    # per-step PLD of the extreme grid the window kept is, but for a few, its own search's within 1% (where not,
+    # it is within TWIN_WIDTH of the upper end's, which is composed anyway); at tiny sigma the add direction's tails
+    # differ and the fallback search must take over.
+    from dpaudit.bounds import pld as pld_module
+
+    kept = fallback = wider = 0
+    for sigma, q, steps in EXTREME_GRID:
+        if steps == 1:
+            continue
+        for pair, h, direction in _step_grids(sigma, q, steps):
+            budget = pld_module.INF_BUDGET / steps
+            upper = pld_module._step_pld(pair, h, direction, budget)
+            lower = pld_module._step_pld(pair, h, direction, budget, True)
+            u_lo, u_hi, found = pld_module._chernoff_ends([(upper, steps)])
+            own_lo, own_hi, _ = pld_module._chernoff_ends([(lower, steps)])
+            lo, hi = pld_module._chernoff_window([(lower, steps)], found)
+            if hi - lo <= pld_module.TWIN_WIDTH * (u_hi - u_lo):
+                kept += 1
+                wider += hi - lo > 1.01 * (own_hi - own_lo)
+            else:
+                fallback += 1
+    assert kept > 200 and fallback > 0 and wider <= 0.05 * kept
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(0.05, 1e-6, 10), (0.05, 0.1, 1000), (0.5, 1e-3, 10),
+                                                   (1.0, 1e-3, 1000), (2.0, 0.1, 10), (5.0, 0.1, 10),
+                                                   (5.0, 0.1, 1000), (5.0, 1e-3, 10), (50.0, 1e-6, 10),
+                                                   (50.0, 1.0, 1), (0.5, 1e-3, 100_000), (1.0, 0.1, 1_000_000),
+                                                   (50.0, 0.1, 1_000_000)])
+def test_lower_end_window_at_the_upper_ends_lambdas_brackets_the_same_epsilon(monkeypatch, sigma, q, steps):
+    # epsilon with the lower end's window at its upper end's lambdas (TWIN_LAMBDAS) and with every window searched:
+    # both proven brackets of the same exact value, within the 1e-4 asked for.
+    _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "TWIN_LAMBDAS", False)
+
+
 def _decay_filter_blocks(x: np.ndarray, h: float) -> np.ndarray:
     """_decay_filter's blocked route for any length (the plain route its one-block case shortens)."""
     n = x.size
