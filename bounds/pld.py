@@ -237,6 +237,11 @@ class DiscretePld:
         i = np.arange(self.masses.size)[index] if isinstance(index, slice) else np.asarray(index)
         return self.offset + self.h * (self.lo + i)
 
+    def _loss_of(self, i: int) -> float:
+        """The loss of the atom ``masses[i]``: ``losses_at`` of one index (the same operations on float64), without
+        forming an array."""
+        return float(self.offset + self.h * float(self.lo + i))
+
     # -- hockey-stick curve -------------------------------------------------------------------------------------
 
     def _tails(self) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +301,6 @@ class DiscretePld:
             carry_s = float(s[0] + top[0])
             carry_r = float(top[0] + r[0])
             b, size = a, 2 * size
-        losses = self.losses_at(slice(a, b))
         hit = np.nonzero(d <= target_delta)[0]
         if not hit.size:
             # The crossing is the chunk above's lowest atom l_b: solve on (l_{b-1}, l_b], this chunk's last atom.
@@ -309,9 +313,10 @@ class DiscretePld:
             rest = infinity + s[0] + top[0] - target_delta
             if rest <= 0.0 or top[0] + r[0] <= 0.0:
                 return 0.0
-            return max(0.0, min(float(losses[0]), float(losses[0]) + math.log(rest / (top[0] + r[0]))))
+            low = self._loss_of(a)
+            return max(0.0, min(low, low + math.log(rest / (top[0] + r[0]))))
         # On (l_{j-1}, l_j]: delta(eps) = inf + S_{j-1} - e^{eps - l_{j-1}} R_{j-1}; solve delta(eps) = target.
-        eps = float(losses[j - 1]) + math.log((infinity + s[j - 1] - target_delta) / r[j - 1])
+        eps = self._loss_of(a + j - 1) + math.log((infinity + s[j - 1] - target_delta) / r[j - 1])
         return max(0.0, eps)
 
     def epsilon_lower(self, target_delta: float, near: float | None = None) -> float:
@@ -496,7 +501,7 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
     if direction == "remove":
         lo_loss = pair.min_loss
         # Right end: beyond x_max the Q-tail is below the budget (each mixture component's tail is).
-        hi_loss = float(pair.loss(np.array([pair.x_tail(inf_budget)]))[0])
+        hi_loss = _tail_loss(pair, inf_budget)
         if not math.isfinite(lo_loss):
             lo_loss = _left_cut(pair, inf_budget, direction)
             offset = 0.0  # q = 1 worst case: no atom to anchor, the loss is Gaussian
@@ -760,6 +765,13 @@ PILE_SCAN = np.exp2(np.arange(-40, 481) / 8.0)
 PILE_SCAN_FIRST = 200
 
 
+@functools.lru_cache(maxsize=64)
+def _tail_loss(pair: StepPair, budget: float) -> float:
+    """The per-step loss at the tail cut: L(x) at the x beyond which Q's mass is below ``budget``
+    (:meth:`StepPair.x_tail`). Cached (both ends of a bracket cut there; emptied by :func:`clear_caches`)."""
+    return float(pair.loss(np.array([pair.x_tail(budget)]))[0])
+
+
 def _check_points(points: int, max_points: int | None) -> None:
     """Refuse a per-step grid of more than ``max_points`` points (see :func:`_step_pld`)."""
     if max_points is not None and points > max_points:
@@ -796,7 +808,7 @@ def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float, m
     """
     if direction == "remove":
         end = pair.min_loss
-        hi_loss = float(pair.loss(np.array([pair.x_tail(inf_budget)]))[0])
+        hi_loss = _tail_loss(pair, inf_budget)
         anchored = math.isfinite(end)
         if anchored:
             pile_end, offset = _pile_cell(pair, direction, h, end)
@@ -1483,6 +1495,7 @@ def clear_caches() -> None:
     composed_run.cache_clear()
     _CHERNOFF_STARTS.clear()
     _UPPER_LAMBDAS.clear()
+    _tail_loss.cache_clear()
     _KEPT_TOP[0] = None
 
 
@@ -1555,7 +1568,7 @@ def _widest_step(run: tuple[tuple[StepPair, int], ...]) -> float:
     total = sum(steps for _, steps in run)
     widest = 0.0
     for pair, _ in run:
-        top = float(pair.loss(np.array([pair.x_tail(INF_BUDGET / total)]))[0])
+        top = _tail_loss(pair, INF_BUDGET / total)
         bottom = pair.min_loss if math.isfinite(pair.min_loss) else -top
         widest = max(widest, min(top, LOSS_CAP) - bottom)
     return widest
@@ -1903,7 +1916,7 @@ def epsilon_pld(noise_multiplier: float | None = None, sampling_probability: flo
 
 def _capped(pair: StepPair) -> bool:
     """Whether the per-step loss exceeds LOSS_CAP with Q-mass above the tail budget (sigma below ~0.04)."""
-    return float(pair.loss(np.array([pair.x_tail(INF_BUDGET)]))[0]) > LOSS_CAP
+    return _tail_loss(pair, INF_BUDGET) > LOSS_CAP
 
 
 #: :func:`epsilon_pld_refined` first bounds a direction not yet refined on a grid this many times coarser (None: never),

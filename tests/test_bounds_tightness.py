@@ -853,6 +853,22 @@ def test_lower_end_window_at_the_upper_ends_lambdas_brackets_the_same_epsilon(mo
     _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma, q, steps, "TWIN_LAMBDAS", False)
 
 
+def test_one_atoms_loss_equals_the_losses_array_and_tail_cuts_are_forgotten(rng) -> None:
+    # epsilon's read forms only the loss of the atom it solves on (DiscretePld._loss_of), the same number as the
+    # losses array's bit for bit (grid steps 1e-7..0.5, offsets log(1 - q) and 0, windows far from index 0); the
+    # tail cut both ends of a bracket share (_tail_loss) is emptied by clear_caches like every composition.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    for h, offset, lo in itertools.product((1e-7, 3.6e-4, 0.05, 0.5), (0.0, math.log1p(-0.1), -1e-6), (-70000, 0, 12)):
+        pld = pld_module.DiscretePld(h=h, lo=lo, masses=np.ones(5000), infinity_mass=0.0, offset=offset)
+        for i in rng.integers(0, 5000, 50):
+            assert pld._loss_of(int(i)) == float(pld.losses[i])
+    pld_module._tail_loss(StepPair(1.0, 0.1), 1e-15)
+    pld_module.clear_caches()
+    assert pld_module._tail_loss.cache_info().currsize == 0
+
+
 def _decay_filter_blocks(x: np.ndarray, h: float) -> np.ndarray:
     """_decay_filter's blocked route for any length (the plain route its one-block case shortens)."""
     n = x.size
