@@ -1863,7 +1863,8 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
         tight = float(epsilon_pld_refined(run, None, target_delta).value[0])
     except WindowTooLargeError:
         tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
-    if math.isfinite(tight) and not any(_capped(pair) for pair, _ in run):
+    total = sum(steps for _, steps in run)
+    if math.isfinite(tight) and not any(_capped(pair, total) for pair, _ in run):
         return EpsilonBound(tight, "pld", target_delta)  # uncapped PLD: within 1e-4 of exact, RDP never below it
     # Sound upper bound = min of two sound upper bounds on the same epsilon (PLD above; RDP: Mironov, Talwar, Zhang
     # arXiv 1908.10530v1 with the conversion of Balle et al. arXiv 1905.09982v2, Theorem 21). RDP wins only where
@@ -1914,8 +1915,14 @@ def epsilon_pld(noise_multiplier: float | None = None, sampling_probability: flo
     return epsilon_bound(noise_multiplier, sampling_probability, steps, target_delta, schedule=schedule).value
 
 
-def _capped(pair: StepPair) -> bool:
-    """Whether the per-step loss exceeds LOSS_CAP with Q-mass above the tail budget (sigma below ~0.04)."""
+def _capped(pair: StepPair, steps: int = 1) -> bool:
+    """Whether the per-step loss exceeds LOSS_CAP with Q-mass above the tail budget (sigma below ~0.04).
+
+    ``steps``: the run's length, whose per-step PLDs cut their tails at the budget INF_BUDGET / steps (cached,
+    :func:`_tail_loss`): that cut lies further out, so where its loss is a nat or more below the cap, the cut at
+    INF_BUDGET is below the cap too (L is increasing; the margin is far above its round-off), without forming it."""
+    if steps > 1 and _tail_loss(pair, INF_BUDGET / steps) <= LOSS_CAP - 1.0:
+        return False
     return _tail_loss(pair, INF_BUDGET) > LOSS_CAP
 
 

@@ -869,6 +869,26 @@ def test_one_atoms_loss_equals_the_losses_array_and_tail_cuts_are_forgotten(rng)
     assert pld_module._tail_loss.cache_info().currsize == 0
 
 
+def test_capped_from_the_runs_tail_cut_equals_the_plain_test() -> None:
+    # _capped answers "not capped" from the run's own (deeper, cached) tail cut where that lies a nat below the cap:
+    # the same answer as the plain test at INF_BUDGET on sigma 1e-4..50 (through the cap's edge at ~0.04), q 1e-6..1,
+    # T 1..1e6, k 1 and 3, both threat models.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    capped = 0
+    for sigma, q, steps, k, tm in itertools.product((1e-4, 0.02, 0.035, 0.04, 0.045, 0.05, 1.0, 50.0),
+                                                     (1e-6, 1e-3, 0.1, 1.0), (1, 10, 10**6), (1, 3),
+                                                     ("worst_case", "relaxed")):
+        pair = StepPair(sigma, q, k, tm)
+        pld_module.clear_caches()
+        plain = pld_module._tail_loss(pair, pld_module.INF_BUDGET) > pld_module.LOSS_CAP
+        pld_module.clear_caches()
+        assert pld_module._capped(pair, steps) == plain
+        capped += plain
+    assert capped  # (the edge is crossed)
+
+
 def _decay_filter_blocks(x: np.ndarray, h: float) -> np.ndarray:
     """_decay_filter's blocked route for any length (the plain route its one-block case shortens)."""
     n = x.size
