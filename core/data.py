@@ -183,10 +183,15 @@ class ImageDataset(LabelledImages):
         Subgroup metadata: a name (e.g. ``"sex"``, ``"age_band"``) to an array of N strings.
     patient_ids:
         N identifiers of the patient or lesion each image belongs to (HAM10000: lesion_id). Images sharing one
-        never straddle splits.
+        never straddle splits. The loaders give patients linked by identical images (one export copied under
+        another PatientID) one id: they are one privacy unit.
     name:
         Dataset name (``demo``, ``ham10000``, a MedMNIST flag, ``folder:PATH``) and the split, e.g.
         ``"demo/train"``.
+    content_ids:
+        N identifiers of each image's stored content (a hash of the file, a DICOM SOPInstanceUID and frame): copies
+        of one image share one; ``""`` where unknown (counted as distinct). With the image as the privacy unit, a
+        content held twice in training is one record trained twice (see :func:`privacy_unit`).
 
     Indexing (``ds[i]``) gives ``(image, label)`` as a torch ``Dataset`` does.
     """
@@ -197,6 +202,7 @@ class ImageDataset(LabelledImages):
     groups: Mapping[str, np.ndarray] = field(default_factory=dict)
     patient_ids: np.ndarray | None = None
     name: str = ""
+    content_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -222,6 +228,10 @@ class ImageDataset(LabelledImages):
         if ids.shape != (n,):
             raise DataError(f"{self.name or 'dataset'}: patient_ids must hold {n} entries, got {ids.shape}.")
         object.__setattr__(self, "patient_ids", ids)
+        content = np.full(n, "", dtype=object) if self.content_ids is None else np.asarray(self.content_ids, object)
+        if content.shape != (n,):
+            raise DataError(f"{self.name or 'dataset'}: content_ids must hold {n} entries, got {content.shape}.")
+        object.__setattr__(self, "content_ids", content.astype(str))
         groups = {}
         for key, values in dict(self.groups).items():
             arr = np.asarray(values).astype(str)
@@ -244,7 +254,7 @@ class ImageDataset(LabelledImages):
         t = torch.from_numpy(idx)
         return ImageDataset(self.images[t], self.labels[t], self.label_names,
                             {k: v[idx] for k, v in self.groups.items()}, self.patient_ids[idx],
-                            self.name if name is None else name)
+                            self.name if name is None else name, self.content_ids[idx])
 
     def concat(self, other: ImageDataset, name: str | None = None) -> ImageDataset:
         """This split followed by ``other`` (e.g. canary images appended to a training set).
@@ -264,12 +274,17 @@ class ImageDataset(LabelledImages):
         return ImageDataset(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
                             self.label_names, {k: np.concatenate([col(self, k), col(other, k)]) for k in keys},
                             np.concatenate([self.patient_ids, other.patient_ids]),
-                            self.name if name is None else name)
+                            self.name if name is None else name,
+                            np.concatenate([self.content_ids, other.content_ids]))
 
 
-def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> PrivacyUnit:
+def privacy_unit(splits: DatasetSplits, requested: str | None = None, *, given_k: int | None = None) -> PrivacyUnit:
     """Resolve ``--privacy-unit``: by default ``patient`` when the data carry patient (or lesion) ids, else
-    ``image``; ``patient`` on data without ids is an error (a manifest's ``patient_id`` column supplies them)."""
+    ``image``; ``patient`` on data without ids is an error (a manifest's ``patient_id`` column supplies them).
+
+    With the image as the unit, a content held more than once in the training split (copies of one file) is refused:
+    it trains as several records, so a per-image (k = 1) statement would not hold for it. ``given_k`` (a k given
+    by hand, ``--records-per-patient``) replaces that 1 in the check."""
     dist = splits.images_per_unit()
     has_ids = splits.unit != "image"
     if requested is not None and requested not in PRIVACY_UNIT_CHOICES:
@@ -281,8 +296,32 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None) -> Privacy
                       "for image-level DP pass --privacy-unit image",
                       cls=DataError)
     unit = requested or ("patient" if has_ids else "image")
+    if unit == "image":
+        repeats, most = training_copies(splits)
+        if most > (given_k or 1):
+            # One content trained `most` times is one record moving `most` times: a per-image epsilon (k = 1)
+            # would not hold for it. Per patient the copies are counted in k (the loaders merge linked patients).
+            alt = ("leave out --privacy-unit image (per patient, k counts the copies), or "
+                   if has_ids and given_k is None else f"pass --records-per-patient {most} or more, or "
+                   if given_k is not None else "")
+            raise DataError(f"{splits.name}: with the image as the privacy unit each image must train once, but "
+                            f"{repeats} training image(s) repeat the content of another (up to {most} copies of "
+                            f"one image): a per-image epsilon would not hold for them (their k is {most}, not {given_k or 1}). "
+                            f"Fix: {alt}remove the duplicate files from the data (the loader's note counts them).")
     k = max(1, dist.max) if unit == "patient" else 1
     return PrivacyUnit(unit, splits.unit, k, dist, "option" if requested else "default")
+
+
+def training_copies(splits: Any) -> tuple[int, int]:
+    """(images of the training split whose content repeats another's, the most copies of one content there):
+    (0, 1) when every training image is distinct or the contents are unknown."""
+    ids = getattr(splits.train, "content_ids", None)
+    ids = np.asarray([] if ids is None else ids, dtype=str)
+    ids = ids[ids != ""]
+    if not ids.size:
+        return 0, 1
+    _, counts = np.unique(ids, return_counts=True)
+    return int((counts - 1).sum()), int(counts.max())
 
 
 def loading_notes(splits: DatasetSplits) -> list[str]:
@@ -652,11 +691,14 @@ def _select_groups(groups: np.ndarray, max_images: int | None, rng: np.random.Ge
 
 
 def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndarray, sources: Sequence[str],
-                     name: str) -> tuple[np.ndarray, int]:
-    """Split groups in which images with identical stored content share a group (they can never straddle a split).
+                     name: str) -> tuple[np.ndarray, int, int]:
+    """Merge groups in which images with identical stored content share a group (union-find over the group ids and
+    the contents): copies can never straddle a split, and patients linked by a copy (one export re-pseudonymised
+    under another PatientID: same pixels, same SOPInstanceUIDs) are one privacy unit, whose k counts the images of
+    all of them.
 
-    Returns the merged group keys and the number of images whose content repeats an earlier one. Identical content
-    under two different labels is an error naming both files.
+    Returns the merged group keys, the number of images whose content repeats an earlier one and the number of
+    groups that were joined to another. Identical content under two different labels is an error naming both files.
     """
     first: dict[str, int] = {}
     parent = {g: g for g in np.unique(groups).tolist()}
@@ -667,7 +709,7 @@ def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndar
             g = parent[g]
         return g
 
-    repeats = 0
+    repeats = joined = 0
     for i, d in enumerate(digests):
         if not d:
             continue
@@ -681,8 +723,9 @@ def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndar
         a, b = root(str(groups[i])), root(str(groups[j]))
         if a != b:
             parent[max(a, b)] = min(a, b)
+            joined += 1
     merged = np.array([root(str(g)) for g in groups.tolist()]) if repeats else np.asarray(groups)
-    return merged, repeats
+    return merged, repeats, joined
 
 
 def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequence[str],
@@ -690,10 +733,13 @@ def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequ
                      fractions: tuple[float, float], rng: np.random.Generator, *, unit: str,
                      digests: Sequence[str] | None = None, sources: Sequence[str] | None = None,
                      skipped: Mapping[str, int] | None = None, notes: Sequence[str] = ()) -> DatasetSplits:
-    """Split by patient (merged with identical content) and check that no file or content lies on two sides."""
+    """Split by patient (merged with identical content) and check that no file or content lies on two sides.
+
+    The merged groups become the ``patient_ids``: patients linked by identical images are one privacy unit for k
+    as for the split (a per-patient k counted per PatientID would miss the linked patient's copies)."""
     patient_ids = np.asarray(patient_ids).astype(str)
     sources = list(sources) if sources is not None else [f"image {i}" for i in range(len(labels))]
-    split_groups, repeats = (patient_ids, 0) if digests is None else _merge_identical(
+    split_groups, repeats, joined = (patient_ids, 0, 0) if digests is None else _merge_identical(
         patient_ids, digests, labels, sources, name)
     parts = _grouped_stratified_split(labels, split_groups, fractions, rng)
     for key, values in (("file", sources), ("image content", digests)):
@@ -708,18 +754,28 @@ def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequ
                                     "as a bug (the loaders split by patient and content).")
     notes = list(notes)
     if repeats:
+        linked = ""
+        if joined and unit != "image":
+            members: dict[str, set[str]] = {}
+            for p, m in zip(patient_ids.tolist(), split_groups.tolist(), strict=True):
+                members.setdefault(m, set()).add(p)
+            sets = [len(v) for v in members.values() if len(v) > 1]
+            who = {"lesion": "lesion ids", "study": "studies", "subject": "subjects"}.get(unit, "patient ids")
+            linked = (f"; {sum(sets)} {who} share identical images and count as {len(sets)} privacy unit(s) (k "
+                      "counts their images together: e.g. one person's export copied under another PatientID)")
         notes.append(f"{repeats} image(s) repeat the content of another file; each set of copies was kept in one "
-                     "split")
-    return _splits_from(images, labels, label_names, groups, patient_ids, name, parts, unit=unit,
-                        skipped=skipped, notes=tuple(notes))
+                     f"split{linked}")
+    return _splits_from(images, labels, label_names, groups, split_groups, name, parts, unit=unit,
+                        skipped=skipped, notes=tuple(notes), content_ids=digests)
 
 
 def _splits_from(images: torch.Tensor, labels: np.ndarray, label_names: Sequence[str],
                  groups: Mapping[str, np.ndarray], patient_ids: np.ndarray, name: str,
                  parts: tuple[np.ndarray, np.ndarray, np.ndarray], *, unit: str = "image",
-                 skipped: Mapping[str, int] | None = None, notes: tuple[str, ...] = ()) -> DatasetSplits:
+                 skipped: Mapping[str, int] | None = None, notes: tuple[str, ...] = (),
+                 content_ids: Sequence[str] | None = None) -> DatasetSplits:
     full = ImageDataset(images, torch.as_tensor(labels, dtype=torch.int64), tuple(label_names), groups,
-                        patient_ids, name)
+                        patient_ids, name, None if content_ids is None else np.asarray(list(content_ids), object))
     train, val, test = (full.subset(p, f"{name}/{s}") for p, s in zip(parts, ("train", "val", "test"), strict=True))
     if len(train) == 0:
         raise DataError(f"{name}: the training split is empty ({len(full)} images in total). Fix: provide more "

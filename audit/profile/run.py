@@ -67,7 +67,8 @@ def resolve_privacy(config: ProfileConfig, splits: Any) -> PrivacyInfo:
     from dpaudit.data import privacy_unit
 
     given = config.records_per_patient
-    unit = privacy_unit(splits, config.privacy_unit if given is None else "image")  # "image": k is given
+    # "image": k is given (and must cover the most copies of one image in training)
+    unit = privacy_unit(splits, config.privacy_unit if given is None else "image", given_k=given)
     d = unit.images_per_unit
     if given is None:
         return PrivacyInfo(unit.unit, unit.records_per_patient, unit.data_unit, unit.chosen_by, d.n_units, d.max,

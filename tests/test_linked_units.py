@@ -1,0 +1,125 @@
+"""Copies of one image are one record, and patients linked by copies are one privacy unit.
+
+An export copied and re-pseudonymised (same pixels, same SOPInstanceUIDs, another PatientID) puts one person's
+images under two ids: counted per id, that person's k is half the images that trained, and the per-patient epsilon
+is not a bound. Every loader that detects identical content (DICOM, NIfTI, CSV manifests, image folders) merges the
+linked ids; with the image as the unit, a content that trains twice is refused (its k is 2, not 1).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from medical_fixtures import dicom_file, nifti_file
+from PIL import Image
+from pydicom import dcmread
+
+from dpaudit.data import load_splits, privacy_unit, training_copies
+from dpaudit.errors import DataError
+
+SIZE = 8
+
+
+def _units(s) -> dict[str, int]:
+    ids, counts = np.unique(s.train.patient_ids, return_counts=True)
+    return dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
+
+def dicom_tree_with_a_repseudonymised_copy(root: Path, rng: np.random.Generator, per_patient: int = 3,
+                                          patients: int = 8) -> None:
+    """``patients`` per class, ``per_patient`` images each; then every file copied under another PatientID (the
+    re-pseudonymised export): each person then has 2 * per_patient images under two ids."""
+    for cls in ("benign", "malignant"):
+        for p in range(patients):
+            for i in range(per_patient):
+                dicom_file(root / cls / f"P{p}" / f"{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)),
+                           patient=f"{cls}-{p}")
+    for src in sorted(root.rglob("*.dcm")):
+        ds = dcmread(src)
+        ds.PatientID = f"PSEUDO-{ds.PatientID}"  # same pixels, same SOPInstanceUID, other PatientID
+        dst = root / "export2" / src.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(dst)
+
+
+def test_dicom_patients_linked_by_copies_are_one_unit_for_k_and_the_split(tmp_path: Path,
+                                                                          rng: np.random.Generator) -> None:
+    root = tmp_path / "d"
+    dicom_tree_with_a_repseudonymised_copy(root, rng)
+    (root / "export2" / "benign").rename(root / "benign" / "export2")  # the copies under the class folders
+    (root / "export2" / "malignant").rename(root / "malignant" / "export2")
+    for seed in range(3):
+        s = load_splits(f"dicom:{root}", image_size=SIZE, seed=seed)
+        # Reference: each person has 3 images and 3 copies of them = 6 training images per unit.
+        assert set(_units(s).values()) == {6}
+        unit = privacy_unit(s)
+        assert (unit.unit, unit.records_per_patient) == ("patient", 6)
+        note = next(n for n in s.notes if "repeat the content" in n)
+        assert "48 image(s) repeat" in note and "32 patient ids share identical images and count as 16" in note
+        assert "PSEUDO" not in " ".join(s.notes) and "benign-" not in " ".join(s.notes)
+        with pytest.raises(DataError, match=r"48 training image|up to 2 copies") as info:
+            privacy_unit(s, "image")
+        assert "leave out --privacy-unit image" in str(info.value)
+        assert training_copies(s)[1] == 2
+
+
+def test_a_copy_under_the_same_patient_counts_in_k_and_is_refused_per_image(tmp_path: Path,
+                                                                             rng: np.random.Generator) -> None:
+    for p in range(8):
+        for i in range(2):
+            dicom_file(tmp_path / f"{p}_{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"P{p}")
+    for p in range(8):
+        shutil.copy(tmp_path / f"{p}_0.dcm", tmp_path / f"{p}_0_again.dcm")  # an export copied twice
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    assert privacy_unit(s).records_per_patient == 3
+    with pytest.raises(DataError, match=r"up to 2 copies of one image.*their k is 2, not 1"):
+        privacy_unit(s, "image")
+    # a k given by hand covers the copies
+    assert privacy_unit(s, "image", given_k=2).unit == "image"
+
+
+def test_image_folder_copies_are_refused_with_the_image_unit(tmp_path: Path, rng: np.random.Generator) -> None:
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    s = load_splits(f"folder:{tmp_path}", image_size=SIZE)
+    assert privacy_unit(s).records_per_patient == 1  # distinct images: k = 1 holds
+    for i in range(10):
+        shutil.copy(tmp_path / "a" / f"{i}.png", tmp_path / "a" / f"copy{i}.png")
+    s = load_splits(f"folder:{tmp_path}", image_size=SIZE)
+    repeats, most = training_copies(s)
+    assert most == 2 and repeats >= 1
+    with pytest.raises(DataError, match=r"each image must train once.*Fix: remove the duplicate files") as info:
+        privacy_unit(s)
+    assert "--privacy-unit image (per patient" not in str(info.value)  # no patient ids: that fix does not apply
+
+
+def test_csv_manifest_patients_linked_by_a_copied_file_are_one_unit(tmp_path: Path,
+                                                                    rng: np.random.Generator) -> None:
+    rows = ["path,label,patient_id"]
+    for p in range(10):
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{p}_{i}.png")
+            rows.append(f"{p}_{i}.png,{p % 2},p{p}")
+    for p in range(10):  # each person's images again under a second id
+        for i in range(2):
+            shutil.copy(tmp_path / f"{p}_{i}.png", tmp_path / f"again_{p}_{i}.png")
+            rows.append(f"again_{p}_{i}.png,{p % 2},q{p}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    assert set(_units(s).values()) == {4}
+    assert privacy_unit(s).records_per_patient == 4
+
+
+def test_nifti_volume_copied_as_another_patient_is_one_unit(tmp_path: Path, rng: np.random.Generator) -> None:
+    vols = [rng.random((SIZE, SIZE, 3)).astype(np.float32) for _ in range(6)]
+    for i, v in enumerate(vols):
+        nifti_file(tmp_path / f"v{i}.nii", v)
+        nifti_file(tmp_path / f"copy_of_v{i}.nii", v)  # every scan exported twice, as another "patient"
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    assert set(_units(s).values()) == {6}  # 3 slices, twice
+    assert privacy_unit(s).records_per_patient == 6
