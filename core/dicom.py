@@ -55,8 +55,10 @@ one. PatientSex and PatientAge become the ``sex`` and ``age_band`` subgroups.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +69,8 @@ from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_
 
 __all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
            "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "find_dicom", "is_dicom",
-           "non_image_fix", "non_image_reason", "read_header", "stored_ranges_differ", "window_value"]
+           "non_image_fix", "non_image_reason", "pydicom_warnings_quiet", "read_header", "stored_ranges_differ",
+           "window_value"]
 
 #: The pip package(s) that decode each compressed transfer syntax, for the "no decoder" message.
 _JPEG = "pylibjpeg and pylibjpeg-libjpeg"
@@ -182,6 +185,8 @@ class DicomHeader:
     #: Modality LUT): the ranges those frames would be mapped by (:func:`stored_ranges_differ`); empty for
     #: colour, float and windowed files and for files whose stored values carry no unit.
     stored_ranges: tuple[tuple[float, float], ...] = ()
+    #: Number of Frames holds a value the standard does not allow (0, not a number): read as 1 frame.
+    frames_invalid: bool = False
 
 
 def is_dicom(path: Path) -> bool:
@@ -257,7 +262,40 @@ def _cut_short(ds: object, path: Path) -> str | None:
     return None
 
 
+#: What reading a header element that a file lacks or holds malformed raises (pydicom's attribute access, int()
+#: and float() of a string, an empty multi-value, a LUT that does not fit): the file is then unreadable, named
+#: with the error, never a traceback.
+_HEADER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError)
+
+
+def _unreadable_header(path: Path, exc: Exception) -> UnreadableImageError:
+    return UnreadableImageError(f"DICOM file {str(path)!r}: a header element it needs is missing or malformed "
+                                f"({type(exc).__name__}: {exc}). Fix: replace or remove the file.")
+
+
+@contextmanager
+def pydicom_warnings_quiet() -> Iterator[None]:
+    """pydicom warns (a UserWarning printed with its own site-packages path) on header values the standard does not
+    allow (Number of Frames 0, a DS that is not a number); dpaudit reads those values itself and says so, in a
+    loader note or by naming the file as unreadable. Entered by the loaders' main thread around the header scan
+    and the decoding (whose worker threads see the same filters)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        yield
+
+
 def read_header(path: Path) -> DicomHeader | NotAnImage:
+    """:func:`_read_header`, with a header element that is missing or malformed (a string where a number belongs,
+    an empty multi-value) an unreadable file named with the error, never a traceback."""
+    try:
+        return _read_header(path)
+    except DataError:
+        raise
+    except _HEADER_ERRORS as exc:
+        raise _unreadable_header(path, exc) from None
+
+
+def _read_header(path: Path) -> DicomHeader | NotAnImage:
     """The header of one DICOM file, or why it is not an image: no pixel data element (a structured report, an RT
     structure set, a presentation state, a key object selection), no image size, a DICOMDIR, or pixel data in an
     object that is not an image (a segmentation, an RT dose grid: :func:`non_image_reason`).
@@ -321,17 +359,27 @@ def read_header(path: Path) -> DicomHeader | NotAnImage:
                                                          "unknown")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     colour = int(ds.get("SamplesPerPixel", 1) or 1) >= 3 or photometric == "PALETTE COLOR"
-    try:
-        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
-    except (TypeError, ValueError):
-        frames = 1
-    has_window = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds) or \
-        _group_value(ds, 0, "FrameVOILUTSequence", "WindowWidth") is not None
+    frames, frames_invalid = _frame_count(ds)
+    has_window = "VOILUTSequence" in ds or _frame_window(ds, 0) is not None
     floating = present[0] != "PixelData"
     return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
                        keys, keys["SOPInstanceUID"], float_pixels=floating, has_window=has_window,
                        modality=str(ds.get("Modality", "") or "").strip().upper(),
-                       stored_ranges=() if colour or floating else _unwindowed_stored_ranges(ds, frames))
+                       stored_ranges=() if colour or floating else _unwindowed_stored_ranges(ds, frames),
+                       frames_invalid=frames_invalid)
+
+
+def _frame_count(ds: object) -> tuple[int, bool]:
+    """(Number of Frames, whether the file's value is invalid): the standard requires an integer >= 1 (PS3.3
+    C.7.6.6); pydicom reads a 0 (or a missing value) as one frame, and so does dpaudit, saying so in a note."""
+    raw = ds.get("NumberOfFrames")  # type: ignore[attr-defined]
+    if raw is None or raw == "":
+        return 1, False
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        return 1, True
+    return max(1, n), n < 1
 
 
 #: What pydicom raises on a malformed LUT (a descriptor or data that do not fit).
@@ -459,13 +507,26 @@ def _has_modality_transform(ds: object, frame: int) -> bool:
     return False
 
 
+def _given(value: object) -> bool:
+    """Whether an element's value holds something (not None, not an empty string or multi-value)."""
+    if value is None:
+        return False
+    if isinstance(value, str | bytes):
+        return bool(value.strip())
+    try:
+        return len(value) > 0  # type: ignore[arg-type]  # a multi-value
+    except TypeError:
+        return True  # a number
+
+
 def _frame_window(ds: object, frame: int) -> tuple[float, float] | None:
-    """The window (centre, width) of ``frame``: the top-level one, else the frame's Frame VOI LUT item."""
-    if "WindowCenter" in ds and "WindowWidth" in ds:  # type: ignore[operator]
-        return _first(ds.WindowCenter), _first(ds.WindowWidth)  # type: ignore[attr-defined]
-    c = _group_value(ds, frame, "FrameVOILUTSequence", "WindowCenter")
-    w = _group_value(ds, frame, "FrameVOILUTSequence", "WindowWidth")
-    return (_first(c), _first(w)) if c is not None and w is not None else None
+    """The window (centre, width) of ``frame``: the top-level one, else the frame's Frame VOI LUT item. An element
+    present without a value (type 1C left empty) is no window."""
+    c, w = ds.get("WindowCenter"), ds.get("WindowWidth")  # type: ignore[attr-defined]
+    if not (_given(c) and _given(w)):
+        c = _group_value(ds, frame, "FrameVOILUTSequence", "WindowCenter")
+        w = _group_value(ds, frame, "FrameVOILUTSequence", "WindowWidth")
+    return (_first(c), _first(w)) if _given(c) and _given(w) else None
 
 
 def _no_decoder(path: Path, syntax: object) -> DataError:
@@ -478,6 +539,24 @@ def _no_decoder(path: Path, syntax: object) -> DataError:
 
 def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float, float] | None, *,
                  map_jointly: bool = False) -> list[Pixels]:
+    """:func:`_decode_dicom`, with a header element that is missing or malformed (a PALETTE COLOR file without
+    its lookup tables, a string where a number belongs) an unreadable file named with the error, never a
+    traceback."""
+    try:
+        return _decode_dicom(path, image_size, channels, window, map_jointly=map_jointly)
+    except DataError:
+        raise
+    except _HEADER_ERRORS as exc:
+        raise _unreadable_header(path, exc) from None
+
+
+#: The palette lookup-table elements a PALETTE COLOR image needs (PS3.3 C.7.6.3.1.5 and C.7.6.3.1.6).
+_PALETTE_ELEMENTS = tuple(f"{c}PaletteColorLookupTable{e}" for c in ("Red", "Green", "Blue")
+                          for e in ("Descriptor", "Data"))
+
+
+def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float, float] | None, *,
+                  map_jointly: bool = False) -> list[Pixels]:
     """Every frame of one DICOM file, mapped to [0, 1] by the module's rule, resized; one :class:`Pixels` each.
 
     ``map_jointly``: greyscale integer frames without a window and with a modality transform (Rescale
@@ -518,7 +597,7 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({exc}). Fix: replace "
                                    "or remove the file.") from None
-    frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    frames = _frame_count(ds)[0]
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if frames == 1:
@@ -534,6 +613,11 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
                                    "MONOCHROME2 images only. Fix: replace or remove the file.")
     kinds: list[tuple[str, float, float]] = []  # per frame: the Pixels kind and the extremes before resizing
     if photometric == "PALETTE COLOR":
+        lacking = [k for k in _PALETTE_ELEMENTS
+                   if k not in ds and not (k.endswith("Data") and f"Segmented{k}" in ds)]
+        if lacking:
+            raise UnreadableImageError(f"DICOM file {str(path)!r} is PALETTE COLOR without its palette lookup table "
+                                       f"({', '.join(lacking)} missing). Fix: replace or remove the file.")
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         unit = apply_color_lut(arr, ds).astype(np.float64) / (2 ** lut_bits - 1)
     elif samples >= 3:
@@ -574,6 +658,13 @@ def decode_dicom(path: Path, image_size: int, channels: int, window: tuple[float
                                                "pass --window LOW,HIGH.") from None
                 plane = np.clip(voi / (2 ** lut_bits - 1), 0.0, 1.0)
             elif centre_width is not None:
+                if not centre_width[1] >= 1:
+                    # PS3.3 C.11.2.1.2: "Window Width (0028,1051) shall always be greater than or equal to 1".
+                    raise UnreadableImageError(f"DICOM file {str(path)!r} holds Window Width {centre_width[1]:g} "
+                                               "(frame " f"{f}); the standard requires 1 or more (PS3.3 "
+                                               "C.11.2.1.2). Fix: pass --window LOW,HIGH (in modality units, e.g. "
+                                               "-100,200 for liver CT) to map every file by one window, or correct "
+                                               "or remove the file.")
                 plane = window_value(values, *centre_width)
             elif floating:
                 # No stored range to map: the raw values, mapped with every other float image of the dataset by

@@ -15,12 +15,14 @@ checkpoint, JSON or a report.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +47,7 @@ from dpaudit.dicom import (
     find_dicom,
     is_dicom,
     non_image_fix,
+    pydicom_warnings_quiet,
     read_header,
     stored_ranges_differ,
 )
@@ -483,9 +486,12 @@ def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, floa
     """Notes on how the pixel values of these DICOM files (those used) were mapped, where the mapping is not a
     fixed one the files define (counts only: no file names, since notes reach metrics.json and the report);
     ``jointly``: they were decoded with ``map_jointly`` (:func:`_map_jointly` of the dataset's files)."""
+    frames = sum(h.frames_invalid for h in headers)
+    said = ([f"{frames} DICOM file(s) hold a Number of Frames the standard does not allow (0 or not a number; PS3.3 "
+             "C.7.6.6 requires 1 or more): each read as the one frame its pixel data hold"] if frames else [])
     if window is not None:
-        return _window_note(headers, window)
-    notes = []
+        return said + _window_note(headers, window)
+    notes = said
     floats = sum(h.float_pixels and not h.has_window for h in headers)
     if floats:
         notes.append(f"{floats} DICOM file(s) with float pixel data (Float or Double Float Pixel Data) and no window: "
@@ -502,6 +508,17 @@ def _dicom_value_notes(headers: Sequence[DicomHeader], window: tuple[float, floa
     return notes
 
 
+def _pydicom_quiet(load: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
+    """Run a loader that reads DICOM files with pydicom's own warnings silenced (:func:`pydicom_warnings_quiet`:
+    dpaudit says what they would, its way)."""
+    @functools.wraps(load)
+    def quiet(*args: Any, **kwargs: Any) -> DatasetSplits:
+        with pydicom_warnings_quiet():
+            return load(*args, **kwargs)
+    return quiet
+
+
+@_pydicom_quiet
 def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | None, fractions: tuple[float, float],
                     labels: str | Path | None, window: tuple[float, float] | None) -> DatasetSplits:
     """``dicom:PATH``: every DICOM file below ``root``, one image per frame, grouped by PatientID."""
@@ -690,6 +707,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
 # CSV manifests
 
 
+@_pydicom_quiet
 def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: int | None,
                       fractions: tuple[float, float], window: tuple[float, float] | None, slice_axis: str
                       ) -> DatasetSplits:

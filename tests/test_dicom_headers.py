@@ -1,0 +1,114 @@
+"""DICOM header elements that a file lacks or holds malformed: never a traceback, never pydicom's own warning.
+
+Each case starts from a valid CT file and changes one element the decoder reads (PhotometricInterpretation,
+BitsAllocated, BitsStored, PixelRepresentation, Rescale*, Window*, NumberOfFrames, SamplesPerPixel, Rows, the
+palette tables). The file either decodes or is an unreadable file named with the reason (a DataError); the loader
+skips it, names it on stderr and counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from medical_fixtures import dicom_file
+from pydicom import dcmread
+
+from dpaudit.data import load_splits
+from dpaudit.dicom import decode_dicom, pydicom_warnings_quiet, read_header
+from dpaudit.errors import DataError
+
+SIZE = 8
+
+#: element changes; a value in BAD_BYTES is written as a placeholder number and then overwritten in the file's
+#: bytes, so the file holds a value pydicom itself refuses to write (a DS or IS that is not a number).
+CASES: dict[str, dict[str, object]] = {
+    "palette_without_tables": {"PhotometricInterpretation": "PALETTE COLOR"},
+    "photometric_unknown": {"PhotometricInterpretation": "BOGUS"},
+    "photometric_empty": {"PhotometricInterpretation": ""},
+    "photometric_ybr_on_grey": {"PhotometricInterpretation": "YBR_FULL"},
+    "bits_allocated_0": {"BitsAllocated": 0},
+    "bits_allocated_12": {"BitsAllocated": 12},
+    "bits_stored_0": {"BitsStored": 0},
+    "bits_stored_40": {"BitsStored": 40},
+    "pixel_representation_2": {"PixelRepresentation": 2},
+    "rescale_slope_not_a_number": {"RescaleSlope": "7777777", "RescaleIntercept": "0"},
+    "rescale_slope_multi": {"RescaleSlope": ["1", "2"], "RescaleIntercept": "0"},
+    "rescale_slope_only": {"RescaleSlope": "2"},
+    "rescale_intercept_only": {"RescaleIntercept": "-1024"},
+    "window_not_a_number": {"WindowCenter": "7777777", "WindowWidth": "400"},
+    "window_multi": {"WindowCenter": ["40", "400"], "WindowWidth": ["400", "2000"]},
+    "window_empty": {"WindowCenter": "", "WindowWidth": ""},
+    "window_width_0": {"WindowCenter": "40", "WindowWidth": "0"},
+    "window_width_negative": {"WindowCenter": "40", "WindowWidth": "-5"},
+    "window_centre_only": {"WindowCenter": "40"},
+    "frames_0": {"NumberOfFrames": "0"},
+    "frames_not_a_number": {"NumberOfFrames": "7777777"},
+    "frames_more_than_held": {"NumberOfFrames": "5"},
+    "samples_0": {"SamplesPerPixel": 0},
+    "samples_3_on_grey": {"SamplesPerPixel": 3},
+    "rows_0": {"Rows": 0},
+    "rows_more_than_held": {"Rows": 100},
+    "planar_configuration_5": {"PlanarConfiguration": 5},
+    "voi_lut_sequence_empty": {"VOILUTSequence": []},
+}
+BAD_BYTES = {b"7777777 ": b"1e+1e+x", b"7777777": b"abcdefg"}  # DS / IS values padded to even length
+
+
+def write_case(path: Path, rng: np.random.Generator, changes: dict[str, object]) -> None:
+    dicom_file(path, rng.integers(0, 4096, (SIZE, SIZE)), patient="P-FUZZ")
+    ds = dcmread(path)
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    raw = path.read_bytes()
+    for placeholder, bad in BAD_BYTES.items():
+        raw = raw.replace(placeholder, bad)
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_malformed_header_decodes_or_is_unreadable_never_a_traceback(tmp_path: Path, rng: np.random.Generator,
+                                                                       case: str) -> None:
+    path = tmp_path / f"{case}.dcm"
+    write_case(path, rng, CASES[case])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # under the quiet filter: any other warning still shows
+        with pydicom_warnings_quiet():
+            try:
+                read_header(path)
+                frames = decode_dicom(path, SIZE, 1, None)
+            except DataError as exc:
+                assert str(path) in str(exc) and "Fix:" in str(exc)
+            else:
+                assert frames and all(np.isfinite(f.data).all() for f in frames)
+    assert not [w for w in seen if "pydicom" in w.filename], [str(w.message) for w in seen]
+
+
+def test_the_loader_skips_and_names_each_malformed_file(tmp_path: Path, rng: np.random.Generator,
+                                                        caplog: pytest.LogCaptureFixture,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    for i in range(6):
+        dicom_file(tmp_path / "a" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"A{i}")
+        dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
+    for case in ("palette_without_tables", "window_width_0", "window_not_a_number", "frames_0",
+                 "rescale_slope_not_a_number"):
+        write_case(tmp_path / "a" / f"{case}.dcm", rng, CASES[case])
+    log = logging.getLogger("dpaudit.data.skipped")
+    log.addHandler(caplog.handler)  # the CLI tests may have stopped the logger propagating
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    finally:
+        log.removeHandler(caplog.handler)
+    named = caplog.text
+    for case in ("palette_without_tables", "window_width_0", "window_not_a_number", "rescale_slope_not_a_number"):
+        assert f"{case}.dcm" in named
+    assert "PALETTE COLOR without its palette lookup table" in named
+    assert "Window Width 0" in named and "pass --window LOW,HIGH" in named
+    assert s.skipped.get("unreadable") == 4
+    assert any("1 DICOM file(s) hold a Number of Frames the standard does not allow" in n for n in s.notes)
+    assert "UserWarning" not in capfd.readouterr().err
