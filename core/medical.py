@@ -230,10 +230,14 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
 def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Callable[[Path], list[Pixels]],
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
               skipped: Counter[str], notes: list[str], *, skip_unreadable: bool, label_source: str,
-              value_notes: Callable[[list[int]], list[str]] | None = None) -> DatasetSplits:
+              value_notes: Callable[[list[int]], list[str]] | None = None,
+              windowed: Callable[[int], bool] | None = None, window: tuple[float, float] | None = None
+              ) -> DatasetSplits:
     """Select, decode and split; ``value_notes`` gives the notes on the pixel values of the files used (indices
     into ``files``: selected and decoded), so that they count only what is in the dataset; ``label_source`` names
-    where the labels came from, for the note or error on labels written differently."""
+    where the labels came from, for the note or error on labels written differently; ``windowed`` says which files
+    (indices into ``files``) are mapped by a rescale and window of their own (DICOM), whose images are checked for
+    being blank (:func:`_blank_note`)."""
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
@@ -258,6 +262,9 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     sel_a = np.asarray(sel)
     if value_notes is not None:
         notes = [*notes, *value_notes(sorted({entries.file[i] for i in sel}))]
+    if windowed is not None:
+        notes = [*notes, *_blank_note([(files[entries.file[i]], entries.part[i], px) for i, px in
+                                       zip(sel, pixels, strict=True) if windowed(entries.file[i])], window)]
     merged = _merge_label_spellings(entries.label, name, label_source, notes)
     label_names = _label_names([merged[i] for i in sel])
     index = {n: i for i, n in enumerate(label_names)}
@@ -267,6 +274,40 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     digests = [p.digest for p in pixels]
     return _split_and_check(_stack(pixels), labels, label_names, groups, pseud[sel_a], name, fractions, seed_rng,
                             unit=unit, digests=digests, sources=sources, skipped=skipped, notes=notes)
+
+
+#: An image whose values span less than one grey level of 8 bits after its rescale and window is blank: every pixel
+#: one value to within what a display shows (a window far from the data, a huge width, a Rescale Slope of 0).
+BLANK_RANGE = 1.0 / 256
+
+
+def _is_blank(px: Pixels) -> bool:
+    """Blank in [0, 1] (:data:`BLANK_RANGE`); raw values still to be mapped with the dataset's (kind ``"float"``,
+    mapped jointly): blank when every value is one (an affine map keeps them one)."""
+    spread = float(np.ptp(px.data))
+    if px.kind == "unit":
+        return spread < BLANK_RANGE
+    return spread <= 1e-9 * max(1.0, float(np.abs(px.data).max()))
+
+
+def _blank_note(images: Sequence[tuple[Path, int, Pixels]], window: tuple[float, float] | None) -> list[str]:
+    """The images (file, frame, pixels) mapped to [0, 1] by their own rescale and window that come out blank
+    (:data:`BLANK_RANGE`): named on stderr (paths, never a PatientID), counted in a note, with the fix. They are
+    kept: a blank image is what the file's header asks for, but it trains, is attacked and profiled as no image."""
+    blank = [(p, f) for p, f, px in images if _is_blank(px)]
+    if not blank:
+        return []
+    shown = ", ".join(f"{str(p)!r}" + (f" (frame {f})" if f else "") for p, f in blank[:10])
+    more = f" and {len(blank) - 10} more" if len(blank) > 10 else ""
+    fix = ("pass --window LOW,HIGH (in modality units, e.g. -100,200 for liver CT) to map every file by one "
+           "window, or remove those files") if window is None else (
+        f"check --window {window[0]:g},{window[1]:g} against those files' values (in modality units), or remove them")
+    how = "their Rescale Slope/Intercept and window" if window is None else "their Rescale Slope/Intercept and --window"
+    SKIP_LOG.warning(f"{len(blank)} DICOM image(s) are blank after {how} (every pixel one value): "
+                     f"{shown}{more}. Fix: {fix}.")
+    why = ("a Window Center/Width far from the values or far wider than them, or a Rescale Slope of 0"
+           if window is None else "--window far from their values, or a Rescale Slope of 0")
+    return [f"{len(blank)} DICOM image(s) blank after {how} (every pixel one value: {why}), kept; {fix}"]
 
 
 def _need_folder(path: Path, name: str, what: str) -> None:
@@ -614,7 +655,8 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
-                     value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window, jointly))
+                     value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window, jointly),
+                     windowed=lambda f: True, window=window)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -822,5 +864,6 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
                      skip_unreadable=False, label_source="the manifest's label column",
                      value_notes=lambda used: _dicom_value_notes(
-                         [dicom_headers[f] for f in used if f in dicom_headers], window, jointly))
+                         [dicom_headers[f] for f in used if f in dicom_headers], window, jointly),
+                     windowed=lambda f: f in dicom_headers, window=window)
 

@@ -112,3 +112,37 @@ def test_the_loader_skips_and_names_each_malformed_file(tmp_path: Path, rng: np.
     assert s.skipped.get("unreadable") == 4
     assert any("1 DICOM file(s) hold a Number of Frames the standard does not allow" in n for n in s.notes)
     assert "UserWarning" not in capfd.readouterr().err
+
+
+def test_images_blank_after_their_rescale_and_window_are_counted_and_named(tmp_path: Path, rng: np.random.Generator,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A window far from the data (centre -999999, width 1e9), a huge width alone, a Rescale Slope of 0: every
+    pixel one value. Reference: the linear window of PS3.3 C.11.2.1.2.1 maps stored values 0..4095 of such a
+    file to within 4096 / 1e9 of one value, under one 8-bit grey level."""
+    for i in range(6):
+        dicom_file(tmp_path / "a" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"A{i}")
+        dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
+    blank = {"far": {"WindowCenter": "-999999", "WindowWidth": "1e9"},
+             "wide": {"WindowCenter": "40", "WindowWidth": "1e9"},
+             "slope0": {"RescaleSlope": "0", "RescaleIntercept": "-1024"}}
+    for case, changes in blank.items():
+        write_case(tmp_path / "b" / f"{case}.dcm", rng, changes)
+    log = logging.getLogger("dpaudit.data.skipped")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+            (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "".join(
+                f"{p.relative_to(tmp_path).as_posix()},{p.parent.name},{p.stem}\n"
+                for p in sorted(tmp_path.rglob("*.dcm"))))
+            m = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+            w = load_splits(f"dicom:{tmp_path}", image_size=SIZE, window=(0.0, 4095.0))
+    finally:
+        log.removeHandler(caplog.handler)
+    for splits, n in ((s, 3), (m, 3), (w, 1)):  # with --window only the slope-0 file stays blank
+        note = next(x for x in splits.notes if "blank after" in x)
+        assert note.startswith(f"{n} DICOM image(s) blank") and "--window" in note
+        assert "P-FUZZ" not in note and "A0" not in note
+    assert all(f"{case}.dcm" in caplog.text for case in blank)
+    assert "P-FUZZ" not in caplog.text  # named by path, never by PatientID
+    assert not any("blank after" in x for x in load_splits(f"dicom:{tmp_path / 'a'}", image_size=SIZE).notes)
