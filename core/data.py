@@ -68,6 +68,7 @@ from dpaudit.images import (
     SKIP_LOG,
     Pixels,
     UnreadableImageError,
+    dataset_channels,
     probe_channels,
     read_image,
     skipped_unreadable,
@@ -923,19 +924,21 @@ def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip
     return out, sum(p is None for p in out)
 
 
-def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, list[bool]]:
-    """1 when every readable image is greyscale, else 3 (headers only), and which files opened."""
-    channels, ok = 1, []
+def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, list[bool], list[str]]:
+    """The dataset's channels from the readable images' headers (:func:`dpaudit.images.dataset_channels`: the
+    majority's), which files opened, and the note on the files converted."""
+    colour, ok = 0, []
     for p in paths:
         try:
-            channels = max(channels, probe_channels(p))
+            colour += probe_channels(p) == 3
             ok.append(True)
         except UnreadableImageError as exc:
             if not skip_unreadable:
                 raise
             skipped_unreadable(exc)
             ok.append(False)
-    return channels, ok
+    channels, said = dataset_channels(colour, sum(ok))
+    return channels, ok, said
 
 
 def _stack(pixels: Sequence[Pixels]) -> torch.Tensor:
@@ -1300,7 +1303,8 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     rng = np.random.default_rng([seed, zlib.crc32(b"folder")])
     keep = _select_groups(pids, max_images, rng)
     paths = [paths[i] for i in keep]
-    channels, opened = _channels_of(paths, skip_unreadable=True)
+    channels, opened, said = _channels_of(paths, skip_unreadable=True)
+    notes = [*notes, *said]
     pixels, _ = _decode_files([p for p, ok in zip(paths, opened, strict=True) if ok], image_size, channels,
                               skip_unreadable=True)
     decoded = iter(pixels)

@@ -22,9 +22,11 @@ The rule (documented in the README, "Data")
   silent loss of depth is what this module exists to prevent (save them as 16-bit TIFF instead).
 * **Orientation**: the EXIF orientation (JPEG, PNG, WebP) and the TIFF Orientation tag are applied, so an image
   is seen the way a viewer shows it.
-* **Channels**: a dataset is greyscale when every image is, else RGB; grey images in an RGB dataset are repeated
-  over the three channels, colour images in a grey dataset become ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B,
-  the weights Pillow's ``convert("L")`` uses).
+* **Channels** (:func:`dataset_channels`): a dataset is greyscale when most of its files are (every one, or a few
+  colour files among greyscale ones: a colour secondary capture in a CT series), else RGB; the minority is
+  converted, and the loader says how many files and which way: grey images in an RGB dataset are repeated over
+  the three channels, colour images in a grey dataset become ITU-R 601-2 luma (0.299 R + 0.587 G + 0.114 B, the
+  weights Pillow's ``convert("L")`` uses).
 
 Resizing to the model's square input happens as each file is read (bilinear with antialiasing: Pillow's
 ``resize`` widens the filter support by the reduction factor), in 8 bits for 8-bit images and in float32 for the
@@ -43,7 +45,8 @@ import numpy as np
 
 from dpaudit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "probe_channels", "read_image",
+__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "dataset_channels",
+           "probe_channels", "read_image",
            "to_unit_range"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -96,6 +99,27 @@ def _bad(path: Path, exc: BaseException | str) -> UnreadableImageError:
 def _png_is_16bit_colour(head: bytes) -> bool:
     # PNG signature (8 bytes), IHDR length and type (8), width and height (8), bit depth, colour type.
     return head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def dataset_channels(colour: int, total: int) -> tuple[int, list[str]]:
+    """The channels of a dataset of ``total`` files of which ``colour`` are colour, and the note on the files
+    converted: 1 when most are greyscale (a few colour files become ITU-R 601-2 luma), 3 when at least half are
+    colour (greyscale files repeated over 3 channels). One colour file among greyscale ones no longer makes every
+    image, and the model, 3-channel. Counts only.
+
+    >>> dataset_channels(1, 130)
+    (1, ['1 of 130 files are colour: converted to greyscale (ITU-R 601-2 luma) like the other 129, so the model takes 1 channel; remove the colour files to train on greyscale files only'])
+    >>> dataset_channels(0, 5), dataset_channels(5, 5)
+    ((1, []), (3, []))
+    """
+    if colour == 0 or colour == total:
+        return (3 if colour else 1), []
+    if 2 * colour < total:
+        return 1, [f"{colour} of {total} files are colour: converted to greyscale (ITU-R 601-2 luma) like the other "
+                   f"{total - colour}, so the model takes 1 channel; remove the colour files to train on greyscale "
+                   "files only"]
+    return 3, [f"{total - colour} of {total} files are greyscale: repeated over 3 channels to match the {colour} "
+               "colour files, so the model takes 3 channels"]
 
 
 def probe_channels(path: Path) -> int:

@@ -57,6 +57,7 @@ from dpaudit.images import (
     SKIP_LOG,
     Pixels,
     UnreadableImageError,
+    dataset_channels,
     probe_channels,
     read_image,
     skipped_unreadable,
@@ -643,7 +644,9 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                          "image-level DP (a patient's several images not protected together) pass --privacy-unit "
                          "image")
     unit = "study" if no_patient else "patient"
-    channels = 3 if any(h.colour for h in headers) else 1
+    used = sorted(set(entries.file))
+    channels, said = dataset_channels(sum(headers[f].colour for f in used), len(used))
+    notes += [n.replace("files", "DICOM files", 1) for n in said]
     jointly = _map_jointly((headers[f] for f in set(entries.file)), window)
     options = f"{image_size}|{channels}|{window}" + ("|joint" if jointly else "")
 
@@ -808,19 +811,19 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             kinds.append(kind)
         rows.append((file_index[p], index, row))
     # Parts per row (headers only), channels, patients.
-    channels = 1
+    colour = 0
     counts: dict[int, int] = {}
     dicom_headers: dict[int, DicomHeader] = {}
     for f, (p, kind) in enumerate(zip(files, kinds, strict=True)):
         if kind == "image":
-            channels = max(channels, probe_channels(p))
+            colour += probe_channels(p) == 3
             counts[f] = 1
         elif kind == "dicom":
             h = read_header(p)
             if isinstance(h, NotAnImage):
                 raise DataError(f"{name}: {str(p)!r} is a DICOM file that is {h.reason}. Fix: "
                                 f"{non_image_fix(h.reason)}.")
-            channels = max(channels, 3 if h.colour else 1)
+            colour += h.colour
             counts[f] = h.frames
             dicom_headers[f] = h
         else:
@@ -840,6 +843,8 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
                     {_group_name(c): _group_value(c, row[c]) for c in extra})
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
     notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
+    channels, said = dataset_channels(colour, len(files))
+    notes += said
     # Without patient ids or BIDS subjects each file is its own unit: the image when every file gives one image
     # (a statement per image, true as such), else the file (a volume, a multi-frame DICOM: its images together).
     multi = any(n > 1 for n in per_file.values())

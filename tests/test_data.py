@@ -274,10 +274,14 @@ def all_images(s: DatasetSplits) -> torch.Tensor:
 
 def load_only(root: Path, size: int, name: str) -> torch.Tensor:
     """Load a flat folder holding the fixture ``name`` (plus 8-bit grey fillers so that every split has an image)
-    and return the fixture's image (C x H x W), found by its patient id (a folder image's relative path)."""
+    and return the fixture's image (C x H x W), found by its patient id (a folder image's relative path). The
+    fillers are colour when the fixture is (the dataset takes its majority's channels)."""
+    from dpaudit.images import probe_channels
+
     rng = np.random.default_rng(len(name))
+    shape = (5, 5, 3) if probe_channels(root / name) == 3 else (5, 5)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8)).save(root / f"zz_filler{i}.png")
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / f"zz_filler{i}.png")
     s = load_splits(f"folder:{root}", image_size=size)
     ids = np.concatenate([p.patient_ids for p in (s.train, s.val, s.test)])
     return all_images(s)[int(np.flatnonzero(ids == name)[0])]

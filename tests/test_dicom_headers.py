@@ -146,3 +146,33 @@ def test_images_blank_after_their_rescale_and_window_are_counted_and_named(tmp_p
     assert all(f"{case}.dcm" in caplog.text for case in blank)
     assert "P-FUZZ" not in caplog.text  # named by path, never by PatientID
     assert not any("blank after" in x for x in load_splits(f"dicom:{tmp_path / 'a'}", image_size=SIZE).notes)
+
+
+def test_a_colour_minority_is_converted_to_grey_and_said(tmp_path: Path, rng: np.random.Generator) -> None:
+    """One RGB secondary capture among greyscale CT: the dataset stays 1-channel, the colour file becomes ITU-R
+    601-2 luma (0.299 R + 0.587 G + 0.114 B, Pillow's convert("L")), and a note counts it. A colour majority keeps
+    3 channels, the greyscale files repeated, also said."""
+    from PIL import Image
+
+    for i in range(6):
+        dicom_file(tmp_path / "a" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"A{i}")
+        dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
+    rgb = rng.integers(0, 256, (SIZE, SIZE, 3))
+    dicom_file(tmp_path / "b" / "capture.dcm", rgb, photometric="RGB", bits_stored=8, patient="SC")
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    assert s.in_channels == 1
+    assert any(n.startswith("1 of 13 DICOM files are colour: converted to greyscale") for n in s.notes)
+    luma = np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("L"), dtype=np.float64) / 255
+    images = np.concatenate([p.images.numpy() for p in (s.train, s.val, s.test)])
+    assert np.abs(images[:, 0] - luma).reshape(len(images), -1).max(axis=1).min() <= 1 / 255 + 1e-6
+
+    folder = tmp_path / "png"
+    for cls in ("x", "y"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(folder / cls / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / "x" / "grey.png")
+    f = load_splits(f"folder:{folder}", image_size=SIZE)
+    assert f.in_channels == 3
+    assert any(n.startswith("1 of 11 files are greyscale: repeated over 3 channels") for n in f.notes)
+    assert not any("colour" in n for n in load_splits(f"dicom:{tmp_path / 'a'}", image_size=SIZE).notes)
