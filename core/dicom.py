@@ -206,22 +206,23 @@ def is_dicom(path: Path) -> bool:
     return (vr.isalpha() and vr.isupper()) or int.from_bytes(head[4:8], "little") < 2 ** 16
 
 
-def find_dicom(root: Path, skipped: Counter[str]) -> list[Path]:
-    """DICOM files at any depth below ``root`` (sorted), counting what was skipped and why."""
+def find_dicom(root: Path, skipped: Counter[str], passed: dict[Path, str] | None = None) -> list[Path]:
+    """DICOM files at any depth below ``root`` (sorted), counting what was skipped and why; ``passed`` (when given)
+    receives each file skipped with its reason (so that a labels file naming one can be told why)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         skipped["hidden"] += sum(d.startswith(".") for d in dirnames)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
             p = Path(dirpath) / f
-            if f.startswith("."):
-                skipped["hidden"] += 1
-            elif f.upper() == "DICOMDIR":
-                skipped["DICOMDIR"] += 1
-            elif not is_dicom(p):
-                skipped["not DICOM"] += 1
-            else:
+            reason = ("hidden" if f.startswith(".") else "DICOMDIR" if f.upper() == "DICOMDIR" else
+                      "not DICOM" if not is_dicom(p) else None)
+            if reason is None:
                 found.append(p)
+                continue
+            skipped[reason] += 1
+            if passed is not None:
+                passed[p] = reason
     return sorted(found)
 
 

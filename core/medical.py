@@ -400,18 +400,35 @@ def _without_shared_patient_id(headers: list[DicomHeader]) -> tuple[list[DicomHe
     return out, True
 
 
-def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], key: str, notes: list[str]) -> None:
+def _shown(keys: Sequence[str], reasons: Mapping[str, str] | None = None) -> str:
+    """Up to 5 keys, quoted (with their reason), and how many more."""
+    text = ", ".join(repr(k) + (f" ({reasons[k]})" if reasons else "") for k in keys[:5])
+    return text + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], key: str, notes: list[str],
+                           passed: Mapping[str, str] | None = None) -> None:
     """A labels file's rows that match no image: a note (counted, persisted; the keys themselves, which may be
-    PatientIDs or file names, only on stderr when they are file paths)."""
+    PatientIDs or file names, only on stderr when they are file paths). ``passed`` maps the files the loader
+    skipped (their keys: relative path and file name) to the reason: a row naming one is said to be skipped, and
+    why, not "not found"."""
     unmatched = [k for k in rows if k not in matched]
     if not unmatched:
         return
-    notes.append(f"{len(unmatched)} row(s) of the labels file match no image (by {key}); they were not used")
-    if key in ("file", "path"):
-        shown = ", ".join(repr(k) for k in unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5
-                                                              else "")
-        SKIP_LOG.warning("labelled but not found: %s. Fix: add the file(s), or delete their rows from the labels "
-                         "file", shown)
+    passed = passed or {}
+    skipped = [k for k in unmatched if k in passed]
+    missing = [k for k in unmatched if k not in passed]
+    if skipped:
+        why = Counter(passed[k] for k in skipped)
+        notes.append(f"{len(skipped)} row(s) of the labels file name files that were skipped "
+                     f"({', '.join(f'{n} {r}' for r, n in sorted(why.items()))}); they were not used")
+        SKIP_LOG.warning("labelled but skipped: %s. Fix: label image files only (delete these rows from the labels "
+                         "file), or replace the files with images", _shown(skipped, passed))
+    if missing:
+        notes.append(f"{len(missing)} row(s) of the labels file match no image (by {key}); they were not used")
+        if key in ("file", "path"):
+            SKIP_LOG.warning("labelled but not found: %s. Fix: add the file(s), or delete their rows from the labels "
+                             "file", _shown(missing))
 
 
 def bids_subject(rel: PurePath, root: Path | None = None) -> str | None:
@@ -568,15 +585,18 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     _need_folder(root, name, "dicom:PATH")
     skipped: Counter[str] = Counter()
     headers: list[DicomHeader] = []
-    for p in find_dicom(root, skipped):
+    passed: dict[Path, str] = {}  # the files skipped, with the reason: for a labels file that names one
+    for p in find_dicom(root, skipped, passed):
         try:
             h = read_header(p)
         except UnreadableImageError as exc:
             skipped_unreadable(exc)
             skipped["unreadable"] += 1
+            passed[p] = "unreadable"
             continue
         if isinstance(h, NotAnImage):
             skipped[h.reason] += 1
+            passed[p] = h.reason
         else:
             headers.append(h)
     # Objects with pixel data that name neither an image storage class nor an image Modality: the files are
@@ -620,7 +640,9 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             label = folder_labels[i]
         entries.add(i, range(h.frames), label, h.patient, groups)
     if labels is not None:
-        _note_unmatched_labels(rows, matched, key, notes)
+        _note_unmatched_labels(rows, matched, key, notes,
+                               {p.relative_to(root).as_posix(): r for p, r in passed.items()} if key == "path"
+                               else None)
     elif len(rels[0].parts) > 1:
         _check_class_folders(name, entries.label, entries.patient, unit="study" if missing else "patient",
                              identifiers=_dicom_identifiers(headers, folder_labels),
@@ -632,7 +654,10 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                      "no patient grouping from it")
     if missing:
         notes.append("files without a usable PatientID (blank, a placeholder or shared by all) grouped by "
-                     + ", ".join(f"{src} ({n})" for src, n in sorted(missing.items())))
+                     + ", ".join(f"{src} ({n})" for src, n in sorted(missing.items()))
+                     + " (a patient with several studies counts as several); fix: give each file its patient in a "
+                     "manifest (--dataset csv:FILE with path, label and patient_id columns), or state the "
+                     "guarantees per image (--privacy-unit image, on train, attack, profile and federated train)")
     # Where the groups came from, for every line that states the privacy unit: PatientID, or StudyInstanceUID
     # (and the file) when no file has a usable one.
     no_patient = sum(missing.values()) == len(headers)
@@ -676,15 +701,21 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     _need_folder(root, name, "nifti:PATH")
     skipped: Counter[str] = Counter()
     files = []
+    passed: dict[str, str] = {}  # the files skipped (relative path and name), with the reason: for a labels file
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
+        reason = None
         if any(part.startswith(".") for part in rel.parts):
             skipped["hidden"] += p.is_file()
+            reason = "hidden" if p.is_file() else None
         elif p.is_file():
             if is_nifti(p):
                 files.append(p)
             elif p.suffix.lower() != ".csv":
                 skipped["not NIfTI"] += 1
+                reason = "not NIfTI"
+        if reason is not None:
+            passed[rel.as_posix()] = passed[p.name] = reason
     if not files:
         raise DataError(f"{name}: no .nii or .nii.gz volumes found at any depth ({_describe_skipped(skipped)}). "
                         "Fix: pass the folder holding the volumes.")
@@ -725,7 +756,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         sub_folders += source == "volume" and _in_sub_folder(rel)
         entries.add(i, range(n), label, patient, groups)
     if labels_path is not None:
-        _note_unmatched_labels(rows, matched, key, notes)
+        _note_unmatched_labels(rows, matched, key, notes, passed)
     elif len(rels[0].parts) > 1 and len(entries):
         ids = bool(sources["patient"] or sources["subject"])  # a patient_id column or BIDS subjects
         subjects: dict[str, set[str]] = {}

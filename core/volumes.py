@@ -299,8 +299,16 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
                       cls=DataError)
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
-        raise invalid("dataset.json", str(meta_path), "a Decathlon dataset.json with a 'labels' map",
-                      "pass the task folder itself (e.g. .../Task03_Liver)", cls=DataError)
+        holds = ('{"labels": {"0": "background", "1": "liver", "2": "tumour"}, "modality": {"0": "CT"}} (the class '
+                 'name of each label value in labelsTr/, 0 the background; the Decathlon archive has the file)')
+        if (root / "imagesTr").is_dir() or (root / "labelsTr").is_dir():
+            raise DataError(f"msd:{root}: the task folder has no dataset.json (imagesTr/ and labelsTr/ are there). "
+                            f"Fix: add a dataset.json holding the class names, e.g. {holds}.")
+        inner = sorted(p.parent.name for p in root.glob("*/dataset.json"))
+        fix = (f"pass the task folder that holds it: --dataset msd:{root / inner[0]}" if inner else
+               f"pass the task folder, the one holding dataset.json, imagesTr/ and labelsTr/ (dataset.json holds "
+               f"the class names, e.g. {holds})")
+        raise DataError(f"msd:{root}: no dataset.json, imagesTr/ or labelsTr/ in this folder. Fix: {fix}.")
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as exc:
