@@ -340,8 +340,34 @@ def _read_msd(root: Path, max_volumes: int | None, seed: int
     if max_volumes is not None and len(paired) > max_volumes:
         pick = np.sort(np.random.default_rng(seed).choice(len(paired), size=max_volumes, replace=False))
         paired = [paired[i] for i in pick]
+    _refuse_identical_images(root, [images[n] for n in paired])
     names = tuple(labels[i] for i in range(len(labels)))
     return names, modality, [(n, images[n], label_files[n]) for n in paired]
+
+
+def _refuse_identical_images(root: Path, files: list[Path]) -> None:
+    """One scan under two case names (a volume copied in imagesTr/) would count as two patients, each with k
+    slices where that person has 2k, and could lie on both sides of the split: refused, naming both files. Byte-
+    identical files only (same size, then the same hash of every byte: only files of equal size are read)."""
+    import hashlib
+
+    by_size: dict[int, list[Path]] = {}
+    for p in files:
+        by_size.setdefault(p.stat().st_size, []).append(p)
+    seen: dict[str, Path] = {}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        for p in group:
+            h = hashlib.blake2b(digest_size=16)
+            with p.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+            first = seen.setdefault(h.hexdigest(), p)
+            if first != p:
+                raise DataError(f"msd:{root}: imagesTr/{first.name} and imagesTr/{p.name} are identical files (one "
+                                "scan under two case names): they would count as two patients, and could lie in "
+                                "two splits. Fix: remove one of them and its label map in labelsTr/.")
 
 
 #: The file endings of the NIfTI files of an MSD or nnU-Net task folder (the longer first: ``x.nii.gz`` is not a

@@ -93,3 +93,19 @@ def test_missing_patient_id_note_gives_the_fix(tmp_path: Path, rng: np.random.Ge
         dicom_file(tmp_path / f"{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=None, sex=None, age=None)
     note = next(n for n in load_splits(f"dicom:{tmp_path}", image_size=SIZE).notes if "StudyInstanceUID (4)" in n)
     assert "--dataset csv:FILE with path, label and patient_id columns" in note and "--privacy-unit image" in note
+
+
+def test_msd_volume_copied_under_another_case_name_is_refused_naming_both(tmp_path: Path,
+                                                                          rng: np.random.Generator) -> None:
+    """A copied scan would count as two patients (k half the person's slices) and could lie in two splits."""
+    import shutil
+
+    from test_segmentation import write_msd
+
+    root = write_msd(tmp_path / "Task03_Liver", rng)
+    assert load_segmentation_splits(f"msd:{root}", image_size=SIZE).records_per_patient == 6
+    shutil.copy(root / "imagesTr" / "liver_1.nii.gz", root / "imagesTr" / "liver_9.nii.gz")
+    shutil.copy(root / "labelsTr" / "liver_1.nii.gz", root / "labelsTr" / "liver_9.nii.gz")
+    with pytest.raises(DataError, match=r"imagesTr/liver_1.nii.gz and imagesTr/liver_9.nii.gz are identical files.*"
+                       r"Fix: remove one of them and its label map"):
+        load_segmentation_splits(f"msd:{root}", image_size=SIZE)

@@ -118,6 +118,7 @@ def test_msd_image_and_label_map_are_reoriented_alike_and_a_misregistered_pair_i
         lab = np.zeros(img.shape, dtype=np.uint8)
         lab[2:8, 4:16, 1:5] = 1
         vol[lab == 1] = 100
+        vol[0, 0, 0] -= v  # four scans, not one copied (identical files are refused)
         # The image in LPS voxel order (x and y reversed), the label map with only x reversed; each affine puts
         # the voxels where the RAS+ arrays above have them (world = RAS voxel index).
         nib.save(nib.Nifti1Image(vol[::-1, ::-1].copy(), _reversed(0, 1)),
