@@ -17,12 +17,13 @@ log-uniformly (sigma 0.05-50, q 1e-6-1, T 1-1e6, delta 1e-10-1e-2, kappa 1e-7-0.
    compared with the PESSIMISTIC (connect-the-dots) reference at the same interval: the ratio is reported, and
    dpaudit is flagged *loose* when it lies more than ``LOOSE_RTOL`` above it while the reference's bracket
    (optimistic, pessimistic) is itself narrower than that (equal-or-finer accuracy); otherwise the point is noted
-   ``ref_coarse``. The reference pair is the Gaussian with sampling_prob q for k = 1, and for k > 1 dpaudit's pair
+   ``ref_coarse``. A reference whose optimistic end lies above its pessimistic end contradicts itself and gives
+   no verdict (counted as ``reference_inconsistent``). The reference pair is the Gaussian with sampling_prob q for k = 1, and for k > 1 dpaudit's pair
    (``bounds/_mechanism.py``: Q = sum_j Binom(k, q)(j) N(j, sigma^2) against P = N(0, sigma^2), each of the k
    records sampled independently) as ``from_mixture_gaussian_mechanism(sigma, [0..k], Binom(k, q))``. Also
    ``epsilon_pld_refined``'s bracket: its upper end is checked as above, and its lower end e fails when the
    pessimistic reference's delta at e is below target_delta (less the same slack: then the exact epsilon lies
-   below e). For k = 1 the RDP epsilon (``epsilon_rdp``) is checked as an upper bound the same way and must be
+   below e; a lower end of 0 needs no check: epsilon >= 0 by definition, both libraries clamp it there). For k = 1 the RDP epsilon (``epsilon_rdp``) is checked as an upper bound the same way and must be
    >= the PLD bracket's lower end (RDP is looser, but an upper bound too).
 2. **worst-case ReRo** gamma at kappa/10, kappa, 10 kappa (``rero_bound(..., threat_model="worst_case")``): >= the
    Neyman-Pearson power read from the optimistic reference PLD (REMOVE direction; the power is the conjugate of
@@ -429,6 +430,15 @@ def check_point(point: Point, args) -> dict:
         ref = run_reference(point, eps, read_at, args.ref_timeout)
         rec["ref_s"] = time.perf_counter() - t1
         rec["reference"] = ref
+        if ref["status"] == "ok" and (
+            ref["eps_opt"] > ref["eps_pess"] * (1 + DELTA_RTOL) + 1e-9
+            or any(o > p + GAMMA_ATOL for o, p in zip(ref["gamma_opt"], ref["gamma_pess"], strict=True))
+        ):
+            # The reference contradicts itself (its optimistic end above its pessimistic end): no verdict from it.
+            # Seen with from_mixture_gaussian_mechanism(pessimistic_estimate=False) at k = 10 and T = 83701, whose
+            # composed optimistic PMF moves *away* from the pessimistic one as the interval shrinks.
+            ref["status"] = "inconsistent"
+            rec["notes"] = [*rec.get("notes", []), "reference inconsistent: optimistic above pessimistic"]
         if ref["status"] == "ok":
             eo, ep = ref["eps_opt"], ref["eps_pess"]
             rec["eps_ratio_pess"] = eps / ep if ep > 0 else (1.0 if eps == 0 else math.inf)
@@ -454,12 +464,12 @@ def check_point(point: Point, args) -> dict:
                         f"{dopt[key]!r} > target_delta {d!r} (optimistic eps {eo!r}, pessimistic {ep!r}, "
                         f"interval {ref['interval']:.3g})"
                     )
-            if math.isfinite(bracket[0]) and d_lo <= dpess["lower"] < d:
+            if 0 < bracket[0] < math.inf and d_lo <= dpess["lower"] < d:
                 warns.append(
                     f"within round-off: the bracket's lower end {bracket[0]!r}: pessimistic delta "
                     f"{dpess['lower']!r} < {d!r}"
                 )
-            if math.isfinite(bracket[0]) and dpess["lower"] < d_lo:
+            if 0 < bracket[0] < math.inf and dpess["lower"] < d_lo:
                 fails.append(
                     f"epsilon bracket's lower end {bracket[0]!r} not a lower bound: dp_accounting's pessimistic "
                     f"delta there {dpess['lower']!r} < target_delta {d!r} (pessimistic eps {ep!r}, optimistic "
@@ -592,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
         "warnings": sum(len(r["warnings"]) for r in records),
         "reference_ran": len(ran_ref),
         "reference_skipped": len(records) - len(ran_ref),
+        "reference_inconsistent": [
+            r["point"]["index"] for r in records if r.get("reference", {}).get("status") == "inconsistent"
+        ],
         "mc_ran": sum(1 for r in records if r.get("mc_relaxed_floor")),
         "max_eps_ratio_pess": max((r["eps_ratio_pess"] for r in ran_ref), default=None),
         "min_eps_ratio_pess": min((r["eps_ratio_pess"] for r in ran_ref), default=None),
