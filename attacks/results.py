@@ -69,6 +69,29 @@ class AttackRow:
 
 
 @dataclass(frozen=True)
+class EpsilonMechanism:
+    """The DP-SGD mechanism each row's ``epsilon`` is computed for: the seed paper's attack scenario (Table 3
+    caption: the malicious server sets batch size 1, so q = 1 / n_train and T = epochs * n_train), the row's noise
+    multiplier, accounted per record (one image or slice) at ``target_delta`` by ``accountant``.
+
+    Without it an epsilon is not a statement: the same sigma gives another epsilon at another q, T or delta."""
+
+    n_train: int
+    epochs: int
+    sampling_probability: float
+    steps: int
+    target_delta: float
+    accountant: str
+    #: Where n_train, epochs and target_delta came from: the scenario's options or the checkpoint's record.
+    source: str = "checkpoint"
+
+    def describe(self) -> str:
+        """``batch size 1, q = 1/72, T = 1 * 72 steps, delta = 8e-07, PLD accountant``, as the console prints it."""
+        return (f"batch size 1, q = 1/{self.n_train}, T = {self.epochs} * {self.n_train} steps, delta = "
+                f"{self.target_delta:g}, {self.accountant.upper()} accountant")
+
+
+@dataclass(frozen=True)
 class AttackResult:
     """Everything ``run_attack`` measured. Rows are ordered by noise level, then decoder as requested.
 
@@ -91,18 +114,33 @@ class AttackResult:
     seed: int = 0
     notes: tuple[str, ...] = ()
     success_ssim: float = SUCCESS_SSIM
+    #: The mechanism behind the rows' epsilons (None: the rows replay noise multipliers given as such, and carry
+    #: no epsilon).
+    epsilon_mechanism: EpsilonMechanism | None = None
 
     #: What kind of number each field of the rows is (written to JSON beside them, as every result's ``labels``).
     LABELS: ClassVar[dict[str, str]] = {
         "rows[].success_rate": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
         "rows[].ci_low, rows[].ci_high": "empirical (exact 95% Clopper-Pearson interval of success_rate)",
         "rows[].mean_ssim, rows[].ssim, rows[].mean_rho, rho": "empirical",
-        "rows[].epsilon": "sound upper bound (tight PLD accountant, the row's noise in the attack scenario)"}
+        "rows[].eta": "empirical (per image: the per-value noise std the attacker sees after pooling the active "
+                      "rows, normalised units, from the row's sigma, the clip norm and that image's measured "
+                      "gradient)",
+        "rows[].epsilon": "sound upper bound, per record (image or slice), of the row's noise multiplier in the "
+                          "attack scenario epsilon_mechanism (q, T, target_delta, accountant); null where the noise "
+                          "was given as a multiplier"}
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 
     @property
     def labels(self) -> dict[str, str]:
-        return dict(self.LABELS)
+        labels = dict(self.LABELS)
+        m = self.epsilon_mechanism
+        if m is not None:
+            tight = "tight PLD accountant" if m.accountant == "pld" else "RDP accountant, Opacus' orders"
+            labels["rows[].epsilon"] = (
+                f"sound upper bound ({tight}), per record (image or slice), at delta = {m.target_delta:g}, of the "
+                f"row's noise multiplier in the attack scenario epsilon_mechanism ({m.describe()})")
+        return labels
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))

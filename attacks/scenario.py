@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from dpaudit.attacks.reconstruction import AttackResult, Progress
+    from dpaudit.attacks.results import EpsilonMechanism
 
 #: How the attacked images are chosen from the training split (the attacker targets members).
 SELECTIONS = ("first", "random")
@@ -159,16 +160,36 @@ def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[fl
         epsilons, sigmas, _ = checkpoint_noise(ckpt)
     if sigmas is not None:
         return [float(s) for s in sigmas], [None] * len(sigmas), []
+    mech = scenario_mechanism(ckpt, scenario)
+    if mech is None:
+        raise invalid("--epsilons", list(epsilons), "used with a checkpoint that records N, epochs and delta, "
+                      "or with --n-train, --epochs and --delta", "add --n-train N --epochs E --delta 1e-5")
+    levels = noise_for_epsilons([math.inf if e is None else e for e in epsilons], n_train=mech.n_train,
+                                epochs=mech.epochs, target_delta=mech.target_delta, accountant=scenario.accountant)
+    labels = [None if e is None else lv.epsilon for e, lv in zip(epsilons, levels, strict=True)]
+    return [lv.noise_multiplier for lv in levels], labels, [lv.note for lv in levels if lv.note]
+
+
+def scenario_mechanism(ckpt, scenario: AttackScenario) -> EpsilonMechanism | None:
+    """The mechanism the scenario's epsilons are mapped through (batch size 1, q = 1/N, T = epochs * N at delta:
+    the scenario's values, else the checkpoint's), or None when the scenario replays noise multipliers as given
+    or the run is not known (then an epsilon cannot be stated)."""
+    from dpaudit.attacks.results import EpsilonMechanism
+
+    if scenario.noise_multipliers is not None or (scenario.epsilons is None and checkpoint_noise(ckpt)[0] is None):
+        return None
     n_train = scenario.n_train or ckpt.n_train
     epochs = scenario.epochs or ckpt.epochs
     delta = scenario.target_delta or ckpt.target_delta
     if n_train is None or epochs is None or delta is None:
-        raise invalid("--epsilons", list(epsilons), "used with a checkpoint that records N, epochs and delta, "
-                      "or with --n-train, --epochs and --delta", "add --n-train N --epochs E --delta 1e-5")
-    levels = noise_for_epsilons([math.inf if e is None else e for e in epsilons], n_train=n_train, epochs=epochs,
-                                target_delta=delta, accountant=scenario.accountant)
-    labels = [None if e is None else lv.epsilon for e, lv in zip(epsilons, levels, strict=True)]
-    return [lv.noise_multiplier for lv in levels], labels, [lv.note for lv in levels if lv.note]
+        return None
+    given = [name for name, v in (("n_train", scenario.n_train), ("epochs", scenario.epochs),
+                                  ("target_delta", scenario.target_delta)) if v]
+    source = ("checkpoint" if not given else "scenario" if len(given) == 3 else
+              f"scenario ({', '.join(given)}), checkpoint (the rest)")
+    return EpsilonMechanism(n_train=int(n_train), epochs=int(epochs), sampling_probability=1.0 / int(n_train),
+                            steps=int(epochs) * int(n_train), target_delta=float(delta),
+                            accountant=scenario.accountant, source=source)
 
 
 def select_indices(n_split: int, scenario: AttackScenario) -> np.ndarray:
@@ -242,4 +263,5 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
                         scoring=scenario.scoring, epsilons=epsilons, progress=progress, denoiser=scenario.denoiser,
                         keep_images=scenario.keep_images, device=device)
     # The scenario's notes first (what noise was replayed), then run_attack's own (e.g. images the block barely reads).
-    return dataclasses.replace(result, notes=(*notes, *result.notes))
+    return dataclasses.replace(result, notes=(*notes, *result.notes),
+                               epsilon_mechanism=scenario_mechanism(ckpt, scenario))

@@ -93,7 +93,7 @@ def attack(
     import torch
 
     from dpaudit.attacks.decoders import decoders_for
-    from dpaudit.attacks.scenario import attack_checkpoint, checkpoint_noise, select_images
+    from dpaudit.attacks.scenario import attack_checkpoint, checkpoint_noise, scenario_mechanism, select_images
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
     from dpaudit.errors import check_int, invalid
@@ -211,14 +211,14 @@ def attack(
                           arch_args=args, fix_batchnorm=fix_batchnorm)
 
     if not as_json:
-        default_eps, _, why = checkpoint_noise(ckpt)
+        why = checkpoint_noise(ckpt)[2]
         if scenario.epsilons is None and scenario.noise_multipliers is None:
             err.print(f"no --epsilons or --sigmas given: attacking at {why}")
-        n_tr, ep, dl = n_train or ckpt.n_train, epochs or ckpt.epochs, delta or ckpt.target_delta
-        by_epsilon = scenario.epsilons is not None or (scenario.noise_multipliers is None and default_eps)
-        if by_epsilon and None not in (n_tr, ep, dl):
-            err.print(f"attack scenario: batch size 1, q = 1/{n_tr}, T = {ep} * {n_tr} steps, delta = {dl:g}, "
-                      f"{str(accountant).upper()} accountant")
+        mechanism = scenario_mechanism(ckpt, scenario)
+        if mechanism is not None:
+            err.print(f"attack scenario: {mechanism.describe()} (each row's epsilon is per "
+                      f"{record_noun(splits.unit)}, at this delta)",
+                      highlight=False)
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
@@ -255,7 +255,7 @@ def attack(
         record = {"result": result, "scenario": scenario, "headline": result.headline(),
                   "settings": {"dataset": dataset, "model": model_name, "device": computed_on,
                                **unit_record},
-                  "labels": {"success_rate": "empirical (a lower bound on reconstruction risk)"}}
+                  "labels": result.labels}
         # Written as a whole or not at all: a failed write puts the folder's previous attack back.
         with claim.writing():
             (out_dir / "attack.json").write_text(json_text(record))
@@ -270,7 +270,7 @@ def attack(
     if as_json:
         from dpaudit.codec import encode
 
-        emit_json({**encode(result), "model": model_name, "device": computed_on})
+        emit_json({**encode(result), "model": model_name, "device": computed_on, **unit_record})
         return
     _render(result, np)
 

@@ -60,7 +60,9 @@ def test_demo_json_has_exactly_the_documented_keys() -> None:
     obj = json.loads(res.stdout)
     # The AttackResult through the codec, as the profile stores its rows: per-image SSIM and eta included, the kept
     # reconstructions (patient images) never.
-    assert list(obj) == [*_json_fields(AttackResult), "labels", "model", "device"] and obj["model"] == "random smallcnn"
+    assert list(obj) == [*_json_fields(AttackResult), "labels", "model", "device", "privacy_unit",
+                         "records_per_patient", "records_per_patient_from"] and obj["model"] == "random smallcnn"
+    assert obj["epsilon_mechanism"] is None  # noise given as multipliers: no epsilon, no mechanism
     # --device auto: where the passes ran, resolved
     assert obj["device"] == "cpu" if not torch.cuda.is_available() else obj["device"].startswith("cuda:")
     assert obj["notes"] == ["no --model: attacking a randomly initialised smallcnn (--arch smallcnn); pass --model "
@@ -121,6 +123,34 @@ def test_without_epsilons_or_sigmas_the_checkpoint_decides(tmp_path: Path) -> No
     assert res.exit_code == 0 and "trained without DP" in " ".join(res.output.split())
     res = run("--arch", "smallcnn", "--dataset", "demo", "--image-size", "16", "--n-images", "2", "--json")
     assert [r["noise_multiplier"] for r in json.loads(res.stdout)["rows"]] == [0.0, 1e-4, 1e-3, 0.02]
+
+
+def test_attack_json_records_the_mechanism_behind_each_epsilon(tmp_path: Path) -> None:
+    """An epsilon is a statement only with its q, T and delta: the attack scenario the checkpoint's budget was
+    mapped through is stored in attack.json and --json (the scenario's own options stay null when not typed), and
+    the rows' epsilon label names the delta."""
+    from dpaudit.config import DpSgdConfig
+
+    dp = DpSgdConfig(noise_multiplier=0.7, sampling_probability=0.05, steps=40, target_delta=8e-7)
+    path = save_checkpoint(tmp_path / "dp.pt", build_model("smallcnn", num_classes=2), CheckpointMeta(
+        arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200, dp=dp, epochs=2,
+        extra={"epsilon_achieved": 6.5}))
+    res = run("--model", str(path), "--dataset", "demo", "--n-images", "2", "--out", str(tmp_path / "o"))
+    assert res.exit_code == 0, res.output
+    assert "q = 1/200, T = 2 * 200 steps, delta = 8e-07" in " ".join(res.output.split())
+    record = json.loads((tmp_path / "o" / "attack.json").read_text())
+    mech = record["result"]["epsilon_mechanism"]
+    assert mech == {"n_train": 200, "epochs": 2, "sampling_probability": 1 / 200, "steps": 400,
+                    "target_delta": 8e-7, "accountant": "pld", "source": "checkpoint"}
+    assert "delta = 8e-07" in record["labels"]["rows[].epsilon"] == record["result"]["labels"]["rows[].epsilon"]
+    assert record["settings"]["privacy_unit"] in ("patient", "image")
+    # Typed options are the scenario's and are said to be.
+    res = run("--model", str(path), "--dataset", "demo", "--n-images", "2", "--epsilons", "8", "--delta", "1e-5",
+              "--json")
+    obj = json.loads(res.stdout)
+    assert obj["epsilon_mechanism"]["target_delta"] == 1e-5 and obj["epsilon_mechanism"]["steps"] == 400
+    assert obj["epsilon_mechanism"]["source"] == "scenario (target_delta), checkpoint (the rest)"
+    assert "privacy_unit" in obj
 
 
 def test_checkpoint_with_phases_is_attacked_at_its_schedules_epsilon(tmp_path: Path) -> None:
