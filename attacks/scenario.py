@@ -192,6 +192,29 @@ def scenario_mechanism(ckpt, scenario: AttackScenario) -> EpsilonMechanism | Non
                             accountant=scenario.accountant, source=source)
 
 
+def training_data_differences(ckpt, dataset: str, image_shape: tuple[int, ...]) -> list[str]:
+    """Notes for attacked images that are not the model's training data as its checkpoint records them (another
+    image size, another dataset): the attack still measures what it measures, but on other images than those
+    trained on, while the checkpoint's epsilon, k and N (the attack scenario's q = 1/N) describe the training data
+    only. Empty for a randomly initialised model (its "training data" are the images attacked) and for a file that
+    records neither."""
+    if getattr(ckpt, "source", None) == "random":
+        return []
+    found = []
+    trained = tuple(int(x) for x in ckpt.input_shape) if ckpt.input_shape else None
+    if trained is not None and trained[1:] != tuple(image_shape[1:]):
+        found.append(f"the attacked images are {image_shape[1]}x{image_shape[2]} pixels, the model was trained on "
+                     f"{trained[1]}x{trained[2]} (recorded in the checkpoint; leave out --image-size to attack at the "
+                     "training size)")
+    if ckpt.dataset and dataset and str(ckpt.dataset) != str(dataset):
+        found.append(f"the attacked images come from {dataset}, the model was trained on {ckpt.dataset} (recorded in "
+                     "the checkpoint): they are not its training images")
+    if found:
+        found.append("the checkpoint's epsilon, k and N_train (q = 1/N of the attack scenario) describe its training "
+                     "data only, not the images attacked here; the success rates measure the attack on these images")
+    return found
+
+
 def select_indices(n_split: int, scenario: AttackScenario) -> np.ndarray:
     """Indices (ascending) of the attacked images in a split of ``n_split`` (all of them when it holds fewer)."""
     import numpy as np
@@ -247,6 +270,7 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
         raise invalid("labels", int(labels.max()), f"below the model's number of classes ({ckpt.num_classes})",
                       "pass the dataset the model was trained on")
     sigmas, epsilons, notes = scenario_noise(ckpt, scenario)
+    notes = [*training_data_differences(ckpt, splits.name, tuple(int(x) for x in images.shape[1:])), *notes]
     clip = scenario.max_grad_norm if scenario.max_grad_norm is not None else (ckpt.max_grad_norm or 1.0)
     model = ckpt.build_model()
     # The attacked client trains with DP-SGD: the same layer check as training (every problem at once), and the

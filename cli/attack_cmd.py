@@ -93,7 +93,13 @@ def attack(
     import torch
 
     from dpaudit.attacks.decoders import decoders_for
-    from dpaudit.attacks.scenario import attack_checkpoint, checkpoint_noise, scenario_mechanism, select_images
+    from dpaudit.attacks.scenario import (
+        attack_checkpoint,
+        checkpoint_noise,
+        scenario_mechanism,
+        select_images,
+        training_data_differences,
+    )
     from dpaudit.checkpoint import load_checkpoint, load_model
     from dpaudit.data import load_splits, loading_notes
     from dpaudit.errors import check_int, invalid
@@ -242,7 +248,10 @@ def attack(
         err.print(f"[yellow]warning:[/] {note}")
     if random_note is not None:  # the result says what was attacked, as attack.json's settings.model does
         result = dataclasses.replace(result, notes=(*result.notes, random_note))
-    err.print(unit_line + f"; the attack itself reconstructs single {record_noun(splits.unit)}s", highlight=False)
+    other_data = training_data_differences(ckpt, splits.name, result.image_shape)
+    err.print(unit_line + f"; the attack itself reconstructs single {record_noun(splits.unit)}s"
+              + ("; k and epsilon are the model's training data's, not the attacked images'" if other_data else ""),
+              highlight=False)
     for note in loading_notes(splits):
         err.print(f"note: {note}", highlight=False)
 

@@ -153,6 +153,31 @@ def test_attack_json_records_the_mechanism_behind_each_epsilon(tmp_path: Path) -
     assert "privacy_unit" in obj
 
 
+def test_images_other_than_the_training_data_are_said_to_be(tmp_path: Path) -> None:
+    """Another image size or another dataset than the checkpoint records: the result's notes say so, and that the
+    checkpoint's epsilon and k describe its training data only; the recorded-k line says it too. The training
+    data themselves get no such note."""
+    path = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=2), CheckpointMeta(
+        arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200,
+        extra={"privacy_unit": "image"}))
+    same = run("--model", str(path), "--dataset", "demo", "--n-images", "2", "--sigmas", "0", "--json")
+    assert same.exit_code == 0, same.output
+    assert not [n for n in json.loads(same.stdout)["notes"] if "training data" in n]
+    other_size = run("--model", str(path), "--dataset", "demo", "--n-images", "2", "--sigmas", "0",
+                     "--image-size", "24", "--json")
+    notes = " ".join(json.loads(other_size.stdout)["notes"])
+    assert "the attacked images are 24x24 pixels, the model was trained on 16x16" in notes
+    assert "describe its training data only" in notes and "leave out --image-size" in notes
+    other = save_checkpoint(tmp_path / "o.pt", build_model("smallcnn", num_classes=2), CheckpointMeta(
+        arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="csv:/elsewhere/manifest.csv",
+        n_train=200, extra={"privacy_unit": "image"}))
+    res = run("--model", str(other), "--dataset", "demo", "--n-images", "2", "--sigmas", "0")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "the attacked images come from demo, the model was trained on csv:/elsewhere/manifest.csv" in text
+    assert "k and epsilon are the model's training data's, not the attacked images'" in text
+
+
 def test_checkpoint_with_phases_is_attacked_at_its_schedules_epsilon(tmp_path: Path) -> None:
     # A checkpoint whose extra lacks epsilon_achieved: the budget is its whole schedule's (every phase composed),
     # never "trained without DP". Reference: the library's epsilon of the same phases, mapped the same way.
