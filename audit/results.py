@@ -17,6 +17,7 @@ from dpaudit.audit.metrics import ClassificationMetrics, GroupMetrics
 from dpaudit.audit.segmentation import SegmentationMetrics
 from dpaudit.codec import JsonResult
 from dpaudit.config import DpSgdConfig, PrivacyUnit
+from dpaudit.numfmt import upper
 
 __all__ = ["CanaryAuditResult", "EpochRecord", "Metrics", "TprAtFpr", "TrainResult", "Utility"]
 
@@ -164,6 +165,25 @@ class TrainResult(JsonResult):
     def private(self) -> bool:
         return self.epsilon_achieved is not None
 
+    def privacy_statement(self) -> tuple[str, ...]:
+        """What the run's epsilon protects, as ``train`` prints it (and ``mia audit``, which trains the same way):
+        the privacy unit line and, when a patient has several images, the epsilon per patient beside the
+        per-image one that training calibrated. Empty when the run recorded no privacy unit."""
+        pu = self.privacy
+        if pu is None:
+            return ()
+        lines = [pu.describe()]
+        if self.epsilon_patient is not None:
+            seg = self.segmentation
+            what, per = ("slices of one volume", "slice") if seg else ("images of one patient", "image")
+            image_unit = pu.unit == "image"
+            k = pu.data_records_per_patient if image_unit else pu.records_per_patient
+            lines.append(f"privacy per patient: epsilon {upper(self.epsilon_patient)} (k = {k} {what} moving "
+                         f"together; tight PLD, sound upper bound); the per-{per} epsilon below is what training "
+                         "calibrated" + (" and, with --privacy-unit image, the guarantee this run states"
+                                         if image_unit else ""))
+        return tuple(lines)
+
     @property
     def dp(self) -> DpSgdConfig | None:
         """The DP-SGD mechanism that ran (None for the non-private baseline)."""
@@ -267,15 +287,35 @@ class CanaryAuditResult(JsonResult):
     reference_seconds: float | None = None
 
     LABELS: ClassVar[dict[str, str]] = {
-        "epsilon_lower_bound": "empirical lower bound (one-run canary audit)",
-        "accountant_epsilon": "sound upper bound (tight PLD accountant)",
-        "epsilon_rdp": "sound upper bound (RDP, looser)",
-        "tpr_at_fpr": "empirical", "auc": "empirical"}
-    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound", "method", "caveat", "labels")
+        "epsilon_lower_bound": "empirical lower bound (one-run canary audit), per canary image",
+        "accountant_epsilon": "sound upper bound (tight PLD accountant), per image (record): the unit each canary "
+                              "is; per patient see epsilon_patient",
+        "epsilon_rdp": "sound upper bound (RDP, looser), per image",
+        "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together); null when "
+                           "no patient has several images",
+        "ceiling": "exact (the largest epsilon lower bound this design, its canaries, confidence and selection, "
+                   "could report: all evaluated guesses right); not a measurement",
+        "tpr_at_fpr": "empirical (tpr, fpr; tpr_low, tpr_high: two-sided Clopper-Pearson interval at the audit's "
+                      "confidence; fpr_high: one-sided upper Clopper-Pearson limit)",
+        "roc": "empirical", "auc": "empirical",
+        "one_run": "empirical (the guesses of the one-run audit and the lower bound they give)"}
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound", "epsilon_patient", "privacy_unit",
+                                                  "method", "caveat", "labels")
 
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.LABELS)
+
+    @property
+    def epsilon_patient(self) -> float | None:
+        """The training run's epsilon per patient (k > 1 images of one patient), as ``train`` reports it."""
+        return self.train.epsilon_patient
+
+    @property
+    def privacy_unit(self) -> tuple[str, ...]:
+        """What ``accountant_epsilon`` protects: the training run's privacy statement, the lines ``train``
+        prints (the unit and k; the epsilon per patient when a patient has several images)."""
+        return self.train.privacy_statement()
 
     @property
     def epsilon_lower_bound(self) -> float:

@@ -206,6 +206,8 @@ def audit_cmd(
         err.print(f"  {done}/{total} steps: {text}")
 
     res = run_canary_audit(cfg, progress=progress)
+    for note in res.train.data_notes:
+        err.print(f"note: {note}", highlight=False)
     for note in res.train.notes:
         err.print(f"[yellow]warning:[/] {note}")
     if out_file is not None:
@@ -213,8 +215,10 @@ def audit_cmd(
     if json:
         emit_json(res)
         return
+    for line in res.privacy_unit:
+        out.print(line)
     if res.accountant_epsilon is not None:
-        out.print(f"accountant epsilon  = {_up(res.accountant_epsilon)}  (sound upper bound, tight PLD; RDP "
+        out.print(f"accountant epsilon  = {_up(res.accountant_epsilon)} per image  (sound upper bound, tight PLD; RDP "
                   f"{_up(res.epsilon_rdp or float('nan'))}) at delta {res.target_delta:.3g}")
     else:
         out.print("accountant epsilon  = none (trained without DP: no upper bound)")

@@ -94,16 +94,8 @@ def train_command(
         emit_json(result)
         return
     m = result.metrics
-    if result.privacy is not None:
-        out.print(result.privacy.describe())
-    if result.epsilon_patient is not None:
-        what = "slices of one volume" if config.segmentation else "images of one patient"
-        per = "slice" if config.segmentation else "image"
-        image_unit = result.privacy.unit == "image"
-        k = result.privacy.data_records_per_patient if image_unit else result.privacy.records_per_patient
-        out.print(f"privacy per patient: epsilon {upper(result.epsilon_patient)} (k = {k} {what} moving together; "
-                  f"tight PLD, sound upper bound); the per-{per} epsilon below is what training calibrated"
-                  + (" and, with --privacy-unit image, the guarantee this run states" if image_unit else ""))
+    for line in result.privacy_statement():
+        out.print(line)
     if result.dp is not None:
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
         per = "per slice" if config.segmentation else "per image"

@@ -289,3 +289,22 @@ def test_the_image_unit_on_slices_of_volumes_says_slice() -> None:
     assert info.unit == "image" and info.record == "slice"
     # Images stay images.
     assert "privacy unit: image (" in PrivacyInfo("image", 1).describe()
+
+
+def test_mia_audit_says_what_its_epsilon_protects_as_train_does() -> None:
+    """The canary audit trains like train does: its accountant epsilon is per image, and the privacy-unit line
+    (k, and the epsilon per patient when a patient has several images) is the one train prints, in the console
+    and in JSON."""
+    args = ["--dataset", "demo", "--image-size", "8", "--max-images", "160", "--arch", "smallcnn", "--arch-args",
+            '{"width": 4}', "--sigma", "1.0", "--epochs", "1", "--batch-size", "8", "--threads", "1"]
+    audit = runner.invoke(app, ["mia", "audit", *args, "--canaries", "30", "--json"])
+    assert audit.exit_code == 0, audit.output
+    obj = json.loads(audit.stdout)
+    lines = obj["privacy_unit"]
+    assert lines[0].startswith("privacy unit: patient") and "k = " in lines[0]
+    assert obj["epsilon_patient"] is not None and obj["epsilon_patient"] > obj["accountant_epsilon"]
+    assert lines[1].startswith("privacy per patient: epsilon") and "per image" in obj["labels"]["accountant_epsilon"]
+    console = runner.invoke(app, ["mia", "audit", *args, "--canaries", "30"])
+    assert console.exit_code == 0, console.output
+    assert all(line in console.stdout for line in lines)
+    assert "per image" in next(x for x in console.stdout.splitlines() if x.startswith("accountant epsilon"))
