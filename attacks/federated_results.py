@@ -129,6 +129,22 @@ class FederatedAttackRow:
     bins_declared_occupied: float
 
 
+def row_labels(success_ssim: float) -> dict[str, str]:
+    """What kind of number each column of a :class:`FederatedAttackRow` is (``dpaudit federated attack --json``,
+    the profile's ``federated.attack[]``)."""
+    return {"success_rate": f"empirical (SSIM > {success_ssim:g}, nearest matching over the round's images), a "
+                            "lower bound on reconstruction risk",
+            "ci_low, ci_high": "exact 95% Clopper-Pearson interval",
+            "alone_share": "empirical (images alone in their bin)",
+            "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)",
+            "noise_std_per_view": "exact, the configured per-entry noise std of one view, sqrt(n) sigma C "
+                                  "(n: the clients summed into the view)",
+            "images_per_view": "exact, the images summed into one view (the batch, or n x batch under secure "
+                               "aggregation)",
+            "bins_declared_occupied": "empirical, bins the occupancy test declared occupied, mean per view",
+            "mean_ssim": "empirical, mean over the round's images of the SSIM of the nearest reconstruction"}
+
+
 @dataclass(frozen=True)
 class FederatedAttackResult:
     """The bin attack's table, one row per (noise_multiplier, clients, batch_size, bins, secure_aggregation)."""
@@ -149,14 +165,4 @@ class FederatedAttackResult:
     @property
     def labels(self) -> dict[str, str]:
         """What kind of number each column of the rows is."""
-        return {"success_rate": f"empirical (SSIM > {self.success_ssim:g}, nearest matching over the round's "
-                                "images), a lower bound on reconstruction risk",
-                "ci_low, ci_high": "exact 95% Clopper-Pearson interval",
-                "alone_share": "empirical (images alone in their bin)",
-                "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)",
-                "noise_std_per_view": "exact, the configured per-entry noise std of one view, sqrt(n) sigma C "
-                                      "(n: the clients summed into the view)",
-                "images_per_view": "exact, the images summed into one view (the batch, or n x batch under secure "
-                                   "aggregation)",
-                "bins_declared_occupied": "empirical, bins the occupancy test declared occupied, mean per view",
-                "mean_ssim": "empirical, mean over the round's images of the SSIM of the nearest reconstruction"}
+        return row_labels(self.success_ssim)

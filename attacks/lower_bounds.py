@@ -171,6 +171,18 @@ class TwoErrorBound(_LowerBound):
     delta: float
     confidence: float
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is (written to JSON beside them)."""
+        return {"epsilon_lower_bound": self.label,
+                "epsilon_from_tpr_fpr, epsilon_from_tnr_fnr": f"{self.label} (each error pair's; -inf: none)",
+                "tpr_low, tnr_low": "empirical (one-sided lower Clopper-Pearson limit, at confidence "
+                                    "1 - (1 - confidence) / 2)",
+                "fpr_high, fnr_high": "empirical (one-sided upper Clopper-Pearson limit, at confidence "
+                                      "1 - (1 - confidence) / 2)",
+                "true_positives, positives, false_positives, negatives, delta, confidence": "given (the test's "
+                                                                                             "counts and settings)"}
+
 
 def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int, *,
                         delta: float = DEFAULT_DELTA, confidence: float = 0.95) -> TwoErrorBound:
@@ -320,6 +332,15 @@ class OneRunBound(_LowerBound):
     confidence: float
     p_value: float
     ceiling: float
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is (written to JSON beside them)."""
+        return {"epsilon_lower_bound": self.label,
+                "p_value": "exact (the one-run test's p-value at epsilon_lower_bound, from the counts)",
+                "ceiling": "exact (the largest lower bound this design could report: every canary guessed "
+                           "right); not a measurement",
+                "canaries, guesses, correct, delta, confidence": "given (the audit's counts and settings)"}
 
 
 def _one_run_eps(m: int, r: int, v: int, delta: float, beta: float) -> tuple[float, float]:

@@ -121,7 +121,7 @@ class TrainResult(JsonResult):
     val_metrics: Metrics | None
     history: tuple[EpochRecord, ...]
     per_seed: tuple[Metrics, ...]
-    seed_summary: dict[str, tuple[float, float]]
+    seed_summary: dict[str, tuple[float, float | None]]
     wall_seconds: float
     train_samples_per_second: float
     notes: tuple[str, ...] = ()
@@ -145,7 +145,13 @@ class TrainResult(JsonResult):
         "epsilon_rdp": "sound upper bound (RDP, Opacus' default orders; looser), per image",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together)",
         "metrics": "empirical, test split, first seed's model",
-        "seed_summary": "empirical, mean and standard deviation over seeds"}
+        "per_seed": "empirical, test split, each seed's model",
+        "val_metrics": "empirical, validation split, first seed's model (where the operating point is chosen)",
+        "history": "empirical, per epoch (train_loss on the training batches, val_* on the validation split); "
+                   "epsilon_rdp: sound upper bound (RDP) after that epoch",
+        "train_samples_per_second": "empirical (this run's speed)",
+        "seed_summary": "empirical, [mean, sample standard deviation] over seeds (std null with one seed: not "
+                        "estimable)"}
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 
     @property

@@ -512,17 +512,19 @@ def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, split
     return loss_sum, loss_n, seen
 
 
-def _summary(per_seed: list[ClassificationMetrics] | list[SegmentationMetrics]) -> dict[str, tuple[float, float]]:
-    out = {}
+def _summary(per_seed: list[ClassificationMetrics] | list[SegmentationMetrics]
+             ) -> dict[str, tuple[float, float | None]]:
+    """Mean and sample standard deviation over seeds per metric; the std is None (not estimable) with one seed,
+    as the profile's per-budget summaries write it, never a 0 that reads as "no spread"."""
     if per_seed and isinstance(per_seed[0], SegmentationMetrics):
         values = [m.summary_values() for m in per_seed]  # type: ignore[union-attr]
-        for key in values[0]:
-            vals = [v[key] for v in values]
-            out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        return out
-    for key in ("mcc", "balanced_accuracy", "auroc", "accuracy"):
-        vals = [getattr(m, key) for m in per_seed]
-        out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    else:
+        values = [{key: getattr(m, key) for key in ("mcc", "balanced_accuracy", "auroc", "accuracy")}
+                  for m in per_seed]
+    out: dict[str, tuple[float, float | None]] = {}
+    for key in (values[0] if values else {}):
+        vals = [v[key] for v in values]
+        out[key] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None)
     return out
 
 

@@ -85,7 +85,9 @@ def bound_cmd(
                               confidence=confidence)
     ceiling = two_error_ceiling(positives, negatives, delta=delta, confidence=confidence)
     if json:
-        emit_json({**encode(res), "ceiling": ceiling})
+        emit_json({**encode(res), "ceiling": ceiling, "labels": {
+            **res.labels, "ceiling": "exact (the largest lower bound these trials could report: every test right); "
+                                     "not a measurement"}})
         return
     level = 1 - (1 - confidence) / 2
     out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "

@@ -41,6 +41,11 @@ def test_profile_with_federated_section(tmp_path) -> None:
     assert again.federated == fed
     data = json.loads((tmp_path / "profile.json").read_text())
     assert data["federated"]["sites"][0]["rero_worst_case"] <= 1.0
+    # Every number in profile.json, the federated block's included, has a label.
+    from test_json_strict import unlabelled
+
+    assert unlabelled(data) == set() and "federated" in data["labels"]
+    assert data["federated"]["labels"]["sites[].rero_worst_case"].startswith("sound upper bound")
     pdf = tmp_path / "report.pdf"
     render_report(profile, pdf)
     from pypdf import PdfReader

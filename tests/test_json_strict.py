@@ -5,6 +5,7 @@ writes and reads by default, but which are not JSON); non-finite numbers are the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,86 @@ def test_train_attack_federated_json_and_files_are_strict(tmp_path: Path) -> Non
         for folder in ("t", "a"):
             if (tmp_path / folder / name).exists():
                 strict_loads((tmp_path / folder / name).read_text())
+
+
+# ------------------------------------------------------------------------------------------------ labels
+#: Numbers that say what ran, not what was measured or bounded: the settings, counts and timings a result echoes.
+#: Every other number must have a label (sound upper bound, approximation, estimate, empirical, exact, given).
+SETTINGS = {"seed", "seconds", "wall_seconds", "reference_seconds", "n_images", "n_train", "n_test", "n_val", "n",
+            "bins", "observations", "canaries", "members", "clients", "rounds", "batch_size", "image_shape",
+            "n_excluded", "keep_images", "max_grad_norm", "success_ssim", "epochs", "records_per_patient",
+            "client", "label_histogram", "steps", "sampling_probability", "target_delta", "noise_multiplier",
+            "epsilon_target", "confidence", "delta", "kappa", "rounds_participated", "images_per_unit", "privacy",
+            "fpr_target", "true_positives", "positives", "false_positives", "negatives", "guesses", "correct",
+            "guesses_positive", "guesses_negative", "tries", "candidates", "threshold", "max_images_per_unit",
+            "mean_images_per_unit", "n_units", "histogram", "lr", "epoch", "trainable_parameters",
+            "frozen_parameters", "client_sampling_probability", "schema_version", "tasks_run", "tasks_reused",
+            "binding", "noise_multiplier_used", "skipped"}
+#: Blocks that hold the run's configuration (what was asked), echoed beside the result.
+SETTING_BLOCKS = {"scenario", "settings", "config", "epsilon_mechanism", "arch_args"}
+
+
+def _label_parts(key: str) -> list[str]:
+    """'rows[].ci_low, rows[].ci_high (exact)' -> ['rows.ci_low', 'rows.ci_high']."""
+    key = re.sub(r"\([^)]*\)", "", key)
+    return [p.replace("[]", "").strip() for p in key.split(",") if p.strip()]
+
+
+def _covered(path: str, labels: dict) -> bool:
+    """A label covers the field it names, every field under it, and (as the rows' own columns) a field whose last
+    names it ends with."""
+    norm = path.replace("[]", "")
+    return any(norm == p or norm.startswith(p + ".") or norm.endswith("." + p)
+               for key in labels for p in _label_parts(key))
+
+
+def unlabelled(obj, labels: dict | None = None, path: str = "") -> set[str]:
+    """The numeric fields of a JSON result that no ``labels`` block covers (the nearest enclosing one: an object
+    with its own ``labels`` states them relative to itself)."""
+    if isinstance(obj, dict):
+        own = obj.get("labels")
+        base = "" if isinstance(own, dict) else path
+        labels = own if isinstance(own, dict) else labels
+        found: set[str] = set()
+        for k, v in obj.items():
+            if (k == "labels" and isinstance(v, dict)) or k in SETTINGS or k in SETTING_BLOCKS:
+                continue
+            found |= unlabelled(v, labels, f"{base}.{k}" if base else k)
+        return found
+    if isinstance(obj, list):
+        return set().union(*(unlabelled(v, labels, path + "[]") for v in obj)) if obj else set()
+    numeric = (isinstance(obj, (int, float)) and not isinstance(obj, bool)) or obj in ("inf", "-inf", "nan")
+    return {path} if numeric and (labels is None or not _covered(path, labels)) else set()
+
+
+def test_the_label_checker_finds_an_unlabelled_number() -> None:
+    assert unlabelled({"a": 1.0, "labels": {}}) == {"a"}
+    assert unlabelled({"rows": [{"eta": [1.0], "seed": 0}], "labels": {"rows[].eta": "empirical"}}) == set()
+    assert unlabelled({"x": {"labels": {"y": "empirical"}, "y": 1, "z": 2}, "labels": {}}) == {"z"}
+    assert unlabelled({"config": {"lr": 0.1}, "labels": {}}) == set()
+
+
+LABELLED = [
+    ["mia", "bound", "--true-positives", "90", "--positives", "100", "--false-positives", "3", "--negatives", "100",
+     "--json"],
+    ["mia", "one-run", "--canaries", "1000", "--guesses", "100", "--correct", "90", "--json"],
+    ["attack", "--arch", "smallcnn", "--dataset", "demo", "--image-size", "16", "--n-images", "2", "--sigmas",
+     "0,0.1", "--threads", "1", "--json"],
+    ["mia", "audit", "--dataset", "demo", "--image-size", "8", "--max-images", "160", "--arch", "smallcnn",
+     "--arch-args", '{"width": 4}', "--sigma", "1.0", "--epochs", "1", "--batch-size", "8", "--canaries", "30",
+     "--threads", "1", "--json"],
+    ["train", "--dataset", "demo", "--image-size", "8", "--max-images", "120", "--arch", "smallcnn", "--arch-args",
+     '{"width": 4}', "--epsilon", "8", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--json"],
+    ["federated", "train", "--dataset", "demo", "--image-size", "8", "--max-images", "160", "--arch", "smallcnn",
+     "--arch-args", '{"width": 4}', "--clients", "2", "--rounds", "1", "--epsilon", "8", "--batch-size", "8",
+     "--threads", "1", "--json"],
+    ["federated", "attack", "--dataset", "demo", "--image-size", "16", "--arch", "smallcnn", "--clients", "2",
+     "--batch-size", "2", "--bins", "4", "--sigmas", "0", "--threads", "1", "--json"],
+]
+
+
+@pytest.mark.parametrize("args", LABELLED, ids=lambda a: " ".join(a[:2]))
+def test_every_number_a_command_prints_has_a_label(args: list[str]) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert unlabelled(strict_loads(res.stdout)) == set()

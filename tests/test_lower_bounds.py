@@ -346,7 +346,8 @@ def test_cli_bound_json_matches_library() -> None:
     assert d["epsilon_lower_bound"] == pytest.approx(ref.epsilon_lower_bound, rel=1e-12)
     for key in ("tpr_low", "fpr_high", "tnr_low", "fnr_high", "ceiling", "labels", "confidence", "delta"):
         assert key in d
-    assert d["labels"] == {"epsilon_lower_bound": "empirical lower bound"} and "label" not in d
+    assert d["labels"]["epsilon_lower_bound"] == "empirical lower bound" and "label" not in d
+    assert d["labels"]["ceiling"].startswith("exact") and d["labels"]["tpr_low, tnr_low"].startswith("empirical")
 
 
 def test_cli_one_run_json_matches_mpmath() -> None:

@@ -211,6 +211,18 @@ def test_seeds_report_mean_and_std(demo_splits) -> None:  # type: ignore[no-unty
     assert json.loads(r.to_json())["seed_summary"]["accuracy"] == list(r.seed_summary["accuracy"])
 
 
+def test_one_seed_has_no_std_as_the_profile_writes_it(demo_splits) -> None:  # type: ignore[no-untyped-def]
+    """One seed: the std is not estimable, null in JSON (a 0 would read as "no spread"), as the profile's
+    per-budget summary (Spread.std) writes it."""
+    from dpaudit.audit.profile.schema import Spread
+
+    r = train(TrainConfig(non_private=True, seeds=1, **TINY), splits=demo_splits)
+    obj = json.loads(r.to_json())
+    assert obj["seed_summary"]["mcc"] == [r.metrics.mcc, None]
+    assert type(r).from_json(r.to_json()).seed_summary["mcc"] == (r.metrics.mcc, None)
+    assert Spread.of([r.metrics.mcc]).std is None
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 

@@ -379,7 +379,10 @@ class FederatedResult:
                                    "together (the worst site's at sample level; the site's at client level)",
                 "clients.epsilon_patient": "sound upper bound (tight PLD), sample level, per patient at the site",
                 "clients.test_mcc": "empirical, the global model on the site's own test split",
-                "global_metrics": "empirical, the global model on the pooled test split"}
+                "global_metrics": "empirical, the global model on the pooled test split",
+                "mcc_spread, mcc_std": "empirical, max - min and sample std of clients.test_mcc",
+                "rounds": "empirical (each round's participants, survivors and whether it completed)",
+                "baselines": "centralised_epsilon: sound upper bound (tight PLD); the MCCs: empirical"}
 
 
 def _client_splits(splits: Any, idx: list[list[np.ndarray]], k: int) -> Any:

@@ -771,6 +771,28 @@ class FederatedOutcome(JsonResult):
     seconds: float
     success_ssim: float = SUCCESS_SSIM  # the bin attack's success criterion (as AttackOutcome.success_ssim)
 
+    JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What kind of number each field is: the federated run's (:class:`FederatedResult`) and the bin attack's
+        (:class:`FederatedAttackResult`) labels, under this block's names."""
+        from dpaudit.attacks.federated_results import row_labels
+
+        unit = "per site" if self.dp_level == "client" else "per image, the worst site"
+        attack = row_labels(self.success_ssim)
+        return {
+            "epsilon": f"sound upper bound (tight PLD accountant), {unit}, at target_delta",
+            "sites[].epsilon": "sound upper bound (tight PLD), per image at the site (what its DP-SGD calibrates)",
+            "sites[].epsilon_patient": "sound upper bound (tight PLD), per patient at the site: records_per_patient "
+                                       "images moving together",
+            "sites[].rero_worst_case": "sound upper bound (tight), worst-case reconstruction at the site's kappa = "
+                                       "1/N_k; per patient when records_per_patient > 1",
+            "sites[].test_mcc": "empirical, the global model on the site's own test split",
+            "global_mcc": "empirical, the global model on the pooled test split",
+            "mcc_spread": "empirical, max - min of sites[].test_mcc",
+            **{", ".join(f"attack[].{part}" for part in k.split(", ")): v for k, v in attack.items()}}
+
 
 @dataclass(frozen=True, eq=False)
 class Profile(JsonResult):
@@ -856,6 +878,8 @@ class Profile(JsonResult):
             **extra,
             "attacks[]": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
             "mia_audits[]": "each audit's own labels (epsilon_lower_bound: empirical lower bound)",
+            "federated": "its own labels (epsilon, sites[].epsilon, sites[].rero_worst_case: sound upper bounds; "
+                         "global_mcc, sites[].test_mcc, attack[].success_rate: empirical)",
             "decision": "limits on worst_case, relaxed and MIA TPR are checked against the sound upper bounds; "
                         "a realistic limit against the attack's empirical success (a lower bound on the risk); "
                         "budgets[].mcc and budgets[].dice (mean test utility over seeds; dice: the headline "
