@@ -158,6 +158,8 @@ class FederatedAttackResult:
     max_grad_norm: float
 
     success_ssim: float = SUCCESS_SSIM
+    #: What the data loader passed over and decided (counts only, no identifiers), as train's ``data_notes``.
+    data_notes: tuple[str, ...] = ()
 
     #: Written to JSON beside the fields (``dpaudit federated attack --json``, through dpaudit.codec).
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)

@@ -117,6 +117,8 @@ class AttackResult:
     #: The mechanism behind the rows' epsilons (None: the rows replay noise multipliers given as such, and carry
     #: no epsilon).
     epsilon_mechanism: EpsilonMechanism | None = None
+    #: What the data loader passed over and decided (counts only, no identifiers), as train's ``data_notes``.
+    data_notes: tuple[str, ...] = ()
 
     #: What kind of number each field of the rows is (written to JSON beside them, as every result's ``labels``).
     LABELS: ClassVar[dict[str, str]] = {
@@ -145,6 +147,7 @@ class AttackResult:
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        object.__setattr__(self, "data_notes", tuple(str(n) for n in self.data_notes))
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
         object.__setattr__(self, "rho", frozen_array(self.rho))
 

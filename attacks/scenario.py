@@ -192,6 +192,13 @@ def scenario_mechanism(ckpt, scenario: AttackScenario) -> EpsilonMechanism | Non
                             accountant=scenario.accountant, source=source)
 
 
+def _loading_notes(splits) -> list[str]:
+    """The loader's notes of ``splits`` (a classifier's or a segmentation's, whichever records them)."""
+    from dpaudit.config import data_loading_notes
+
+    return data_loading_notes(getattr(splits, "skipped", None) or {}, getattr(splits, "notes", ()) or ())
+
+
 def training_data_differences(ckpt, dataset: str, image_shape: tuple[int, ...]) -> list[str]:
     """Notes for attacked images that are not the model's training data as its checkpoint records them (another
     image size, another dataset): the attack still measures what it measures, but on other images than those
@@ -288,4 +295,5 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
                         keep_images=scenario.keep_images, device=device)
     # The scenario's notes first (what noise was replayed), then run_attack's own (e.g. images the block barely reads).
     return dataclasses.replace(result, notes=(*notes, *result.notes),
-                               epsilon_mechanism=scenario_mechanism(ckpt, scenario))
+                               epsilon_mechanism=scenario_mechanism(ckpt, scenario),
+                               data_notes=tuple(_loading_notes(splits)))

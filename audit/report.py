@@ -127,6 +127,7 @@ class _Report(board.BoardPages):
             table,
             Spacer(1, 0.4 * cm),
             self.para(esc(pu.describe()), "body"),
+            *self._data_notes(),
             Spacer(1, 0.6 * cm),
             boxed(guide, NOTE_BG),
             Spacer(1, 0.6 * cm),
@@ -136,6 +137,17 @@ class _Report(board.BoardPages):
                       "small"),
             PageBreak(),
         ]
+
+    def _data_notes(self) -> list:
+        """What the loader passed over and decided (skipped files by reason, files grouped by StudyInstanceUID,
+        labels rows that matched no image, duplicates, ...), as the commands printed it: counts and reasons only."""
+        lines = self.p.dataset.loading_notes()
+        if not lines:
+            return [self.para("<b>Data loading.</b> Every file found was used; the loader made no decision to "
+                              "report.", "small")]
+        return [self.para("<b>Data loading.</b> What the loader left out or decided (counts only; the numbers "
+                          "above are of the images used):", "small"),
+                *(self.para(f"• {esc(line)}", "small") for line in lines)]
 
     def summary_page(self) -> list:
         out = [self.para("Summary", "h1"), self.para(txt.headline(self.p))]

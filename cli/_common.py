@@ -203,6 +203,13 @@ def print_task_defaults(config: Any) -> None:
         err.print(f"note: {line}", highlight=False)
 
 
+def print_data_notes(notes: Iterable[str]) -> None:
+    """What the data loader passed over and decided (a result's ``data_notes``), one ``note:`` line each on
+    stderr, as every command that loads data prints them."""
+    for note in notes:
+        err.print(f"note: {note}", highlight=False)
+
+
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -101,7 +101,7 @@ def attack(
         training_data_differences,
     )
     from dpaudit.checkpoint import load_checkpoint, load_model
-    from dpaudit.data import load_splits, loading_notes
+    from dpaudit.data import load_splits
     from dpaudit.errors import check_int, invalid
     from dpaudit.runtime import describe_device, idle_cores
 
@@ -252,8 +252,7 @@ def attack(
     err.print(unit_line + f"; the attack itself reconstructs single {record_noun(splits.unit)}s"
               + ("; k and epsilon are the model's training data's, not the attacked images'" if other_data else ""),
               highlight=False)
-    for note in loading_notes(splits):
-        err.print(f"note: {note}", highlight=False)
+    cli.print_data_notes(result.data_notes)
 
     if out_dir is not None:
         from dpaudit.attacks.plots import plot_ssim_error_cdf, save_best_reconstructions

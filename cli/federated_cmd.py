@@ -85,6 +85,7 @@ def train_command(
         task = bar.add_task("partitioning, calibrating noise", total=None)
         result = run_federated(config, progress=lambda d, t, s: bar.update(task, completed=d, total=t,
                                                                             description=s))
+    cli.print_data_notes(result.data_notes)
     if json_output:
         emit_json(result)
         return
@@ -159,6 +160,7 @@ def attack_command(
         secure_aggregation=secure_aggregation, rounds=rounds, max_grad_norm=max_grad_norm, denoiser=str(denoiser),
         seed=seed, threads=threads, device=device)
     result = run_federated_attack(config)
+    cli.print_data_notes(result.data_notes)
     if json_output:
         emit_json(result)
         return

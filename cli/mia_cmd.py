@@ -208,8 +208,7 @@ def audit_cmd(
         err.print(f"  {done}/{total} steps: {text}")
 
     res = run_canary_audit(cfg, progress=progress)
-    for note in res.train.data_notes:
-        err.print(f"note: {note}", highlight=False)
+    cli.print_data_notes(res.train.data_notes)
     for note in res.train.notes:
         err.print(f"[yellow]warning:[/] {note}")
     if out_file is not None:

@@ -78,8 +78,7 @@ def train_command(
             bar.update(task, completed=done, total=total, description=text)
 
         result = train(config, progress=progress)
-    for note in result.data_notes:
-        err.print(f"note: {note}", highlight=False)
+    cli.print_data_notes(result.data_notes)
     for note in result.notes:
         err.print(f"[yellow]warning:[/] {note}")
     if result.replaced_layers:

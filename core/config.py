@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,23 @@ LESION_AS_PATIENT = "one patient (one lesion id: the data carry no patient ids)"
 
 #: ``--privacy-unit`` choices: the unit every DP statement is made for.
 PRIVACY_UNIT_CHOICES = ("patient", "image")
+
+
+def data_loading_notes(skipped: Mapping[str, int] | Iterable[tuple[str, int]], notes: Iterable[str]) -> list[str]:
+    """What a loader passed over (counts by reason) and decided, one line each, as every command that loads data
+    prints it and keeps it in its JSON, and as the report's data section lists it. Counts only: the reasons and the
+    loaders' notes name no patient.
+
+    >>> data_loading_notes({"not DICOM": 1, "not an image (no pixel data)": 1}, ["files grouped by StudyInstanceUID (3)"])
+    ['2 file(s) skipped (1 not DICOM, 1 not an image (no pixel data))', 'files grouped by StudyInstanceUID (3)']
+    """
+    counts = dict(skipped.items() if isinstance(skipped, Mapping) else skipped)
+    total = sum(counts.values())
+    lines = []
+    if counts:
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)
+        lines.append(f"{total} file(s) skipped ({parts})" if total else "no file skipped")
+    return lines + [str(n) for n in notes]
 
 
 def record_noun(data_unit: str) -> str:

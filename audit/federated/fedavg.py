@@ -364,6 +364,8 @@ class FederatedResult:
     #: site-level epsilon, which covers every patient of the site); with the image as the unit it is given beside
     #: the per-image guarantee, as train's ``epsilon_patient``; None when no patient has several images.
     epsilon_patient: float | None = None
+    #: What the data loader passed over and decided (counts only, no identifiers), as train's ``data_notes``.
+    data_notes: tuple[str, ...] = ()
     #: The final global model's state dict (not serialised).
     state: Mapping[str, Any] = field(default_factory=dict, metadata={"json": False}, repr=False, compare=False)
 
@@ -417,6 +419,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         default_delta,
         prepare_model,
     )
+    from dpaudit.config import data_loading_notes
     from dpaudit.data import load_splits, privacy_unit
     from dpaudit.runtime import idle_cores
 
@@ -531,7 +534,8 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
             if config.secure_aggregation else "each surviving client's update")
     return FederatedResult(config, config.dp_level, UNIT_TEXT[config.dp_level], sigma, client_q, delta, epsilon,
                            tuple(summaries), test_metrics, spread, std, tuple(records), baselines, view,
-                           time.perf_counter() - t_start, unit, epsilon_patient, state)
+                           time.perf_counter() - t_start, unit, epsilon_patient,
+                           tuple(data_loading_notes(splits.skipped or {}, splits.notes)), state)
 
 
 def _site_epsilon_patient(acc: ClientAccount | None, sigma: float, delta: float, k: int) -> float | None:

@@ -21,7 +21,7 @@ from dpaudit.audit.configs import DEFAULT_CANARIES
 from dpaudit.audit.decision import Decision
 from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
-from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS, record_noun
+from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS, data_loading_notes, record_noun
 from dpaudit.errors import invalid
 
 # --------------------------------------------------------------------------------------------------------------
@@ -679,6 +679,10 @@ class DatasetInfo(JsonResult):
     privacy: PrivacyInfo | None = None
     skipped: tuple[tuple[str, int], ...] = ()
     notes: tuple[str, ...] = ()
+
+    def loading_notes(self) -> list[str]:
+        """What the loader passed over and decided, as the commands print it (counts only, no identifiers)."""
+        return data_loading_notes(self.skipped, self.notes)
 
 
 @dataclass(frozen=True, eq=False)
