@@ -52,9 +52,10 @@ from dpaudit.runtime import resolve_device
 if TYPE_CHECKING:
     from dpaudit.bounds import NoiseForEpsilon
 
-#: Progress callback: ``progress(done, total)`` after every unit of work (an image's forward and backward pass,
-#: or an image decoded at one noise level).
-Progress = Callable[[int, int], None]
+#: Progress callback: ``progress(done, total, what)`` after every unit of work (an image's forward and backward
+#: pass, or an image decoded at one noise level); ``what`` says what is done in the user's units (images' gradients,
+#: noise levels decoded), as the console shows it.
+Progress = Callable[[int, int, str], None]
 
 
 def noise_for_epsilons(epsilons: Sequence[float], *, n_train: int, epochs: int, target_delta: float,
@@ -192,11 +193,19 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
 
     total = n + n * len(sigmas)
     done = [0]
+    levels = len(sigmas)
 
     def tick(k: int = 1) -> None:
         done[0] += k
-        if progress is not None:
-            progress(done[0], total)
+        if progress is None:
+            return
+        if done[0] <= n:
+            what = f"gradients of {done[0]}/{n} images"
+        else:
+            level = (done[0] - n) // n
+            what = (f"noise level {level}/{levels} decoded ({n} images, {len(decoders)} decoder"
+                    f"{'s' if len(decoders) > 1 else ''})")
+        progress(done[0], total, what)
 
     home = next(model.parameters(), torch.empty(0)).device
     try:

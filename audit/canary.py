@@ -136,7 +136,7 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
     n = len(splits.train)
     m = config.canaries
     if m >= n:
-        raise invalid("canaries", m, f"fewer than the training images ({n})", "pass a smaller --canaries")
+        raise invalid("canaries", m, f"fewer than the training images ({n})", f"pass --canaries {n - 1} or fewer")
     rng = np.random.default_rng([config.seed, 0x6D6961])
     perm = rng.permutation(n)
     pool, base_idx = np.sort(perm[:m]), np.sort(perm[m:])

@@ -48,7 +48,7 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
     out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head)),
             report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case).{unit_note} Test MCC: "
                         f"{txt.LABEL_EMPIRICAL}, the global model on the site's own test split (– when that split "
-                        f"holds one class only). Global model on the pooled test split: MCC {fed.global_mcc:.3f}; "
+                        f"holds no image, N_test 0, or one class only: MCC is not defined there). Global model on the pooled test split: MCC {fed.global_mcc:.3f}; "
                         f"spread across sites (max – min) {_num(fed.mcc_spread, '.3f')} ({txt.LABEL_EMPIRICAL}).",
                         "small")]
     out.append(report.para("The malicious server's bin attack", "h2"))

@@ -554,7 +554,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     n = len(splits.train)
     if config.batch_size > n:
         raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n})",
-                      "pass a smaller --batch-size")
+                      f"pass --batch-size {n} or less")
     if len(splits.test) == 0 or len(splits.val) == 0:
         raise ConfigError(f"{splits.name}: the validation and test splits must not be empty (val {len(splits.val)}, "
                           f"test {len(splits.test)}). Fix: use more images (a larger --max-images, or leave it out for all) or "

@@ -283,15 +283,21 @@ def _default_fix(flag: str, allowed: str) -> str:
     return f"pass {flag} with a value that is {allowed}"
 
 
-def user_message(exc: DpAuditError, options: dict[str, str] | None = None, values: dict[str, Any] | None = None
-                 ) -> str:
+def user_message(exc: DpAuditError, options: dict[str, str] | None = None, values: dict[str, Any] | None = None,
+                 defaulted: Iterable[str] = ()) -> str:
     """The one line an error prints: a configuration field is named by the flag that set it (``options``: flag
     -> parameter name, ``values``: parameter name -> value of the command run), and an error without a fix gets
-    one that says what to pass to that flag.
+    one that says what to pass to that flag. A value the user did not type (``defaulted``: the parameters left at
+    their default, or None filled in by the configuration) is said to be the default, so that "got 64" is not
+    read as something the user passed.
 
     >>> from dpaudit.errors import invalid
     >>> user_message(invalid("image_size", 0, "an integer >= 8"), {"--image-size": "image_size"}, {"image_size": 0})
     '--image-size must be an integer >= 8, got 0. Fix: pass --image-size 8 or more.'
+    >>> user_message(invalid("batch_size", 64, "at most the number of training images (15)",
+    ...                      "pass --batch-size 15 or less"), {"--batch-size": "batch_size"}, {"batch_size": None},
+    ...              {"batch_size"})
+    '--batch-size must be at most the number of training images (15), got 64 (the default: --batch-size was not passed). Fix: pass --batch-size 15 or less.'
     """
     field, allowed = exc.field, exc.allowed
     options, values = options or {}, values or {}
@@ -306,7 +312,11 @@ def user_message(exc: DpAuditError, options: dict[str, str] | None = None, value
         flag = field  # the library already named the flag
     if flag is None:
         return with_option(str(exc), options, values)
-    return message_of(flag, exc.value, allowed, exc.fix or _default_fix(flag, allowed))
+    message = message_of(flag, exc.value, allowed, exc.fix or _default_fix(flag, allowed))
+    if flag in options and options[flag] in set(defaulted):
+        got = message_of(flag, exc.value, allowed, None)
+        message = got[:-1] + f" (the default: {flag} was not passed)." + message[len(got):]
+    return message
 
 
 def with_option(message: str, options: dict[str, str], values: dict[str, Any]) -> str:
@@ -339,6 +349,17 @@ def _running_command() -> tuple[dict[str, str], dict[str, Any]]:
     return options, dict(ctx.params)
 
 
+def _defaulted_parameters() -> set[str]:
+    """The parameters of the running command that the user did not type (left at their default)."""
+    get_context = getattr(typer.main, "get_current_context", None)
+    ctx = get_context(silent=True) if get_context is not None else None
+    if ctx is None:
+        return set()
+    # By name: Typer ships its own copy of click, whose ParameterSource is not click's.
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) in ("DEFAULT", "DEFAULT_MAP")}
+
+
 def handle_errors(func: F) -> F:
     """Turn a :class:`DpAuditError` into one line on stderr and exit code 2 (no traceback, no locals); the line
     names the flag the user typed and a fix (:func:`user_message`)."""
@@ -352,8 +373,8 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except DpAuditError as exc:
             options, values = _running_command()
-            err.print(f"[bold red]error:[/] {escape(user_message(exc, options, {**values, **kwargs}))}",
-                      markup=True, highlight=False)
+            line = user_message(exc, options, {**values, **kwargs}, _defaulted_parameters())
+            err.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
         except OSError as exc:
             # A path the user gave cannot be read or written (missing folder, a folder where a file is expected, a

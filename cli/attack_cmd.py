@@ -226,21 +226,22 @@ def attack(
                       f"{record_noun(splits.unit)}, at this delta)",
                       highlight=False)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
-    with progress_bar(TextColumn("attack"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-        task = bar.add_task("attack", total=None)
+    with progress_bar(TextColumn("attack"), BarColumn(), TextColumn("{task.description}"),
+                      TimeRemainingColumn()) as bar:
+        task = bar.add_task("computing the images' gradients", total=None)
 
         shown = [0]
 
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
             # Without a terminal (a log, a pipe) the bar is not drawn: a line at every tenth of the work instead,
-            # so a long attack is seen to run.
+            # so a long attack is seen to run, in units the user knows (images, noise levels).
             tenth = 10 * done // max(total, 1)
             if not err.is_terminal and not as_json and tenth > shown[0]:
                 shown[0] = tenth
-                err.print(f"attack: {done}/{total} done", highlight=False)
+                err.print(f"attack: {what}", highlight=False)
 
         torch.set_num_threads(idle_cores() if threads is None else threads)
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress, device=device)

@@ -118,6 +118,9 @@ def train_command(
         out.print(f"{s.client:>4}  {s.n_train:>7}  {s.n_test:>6}  {list(s.label_histogram)!s:<16}  "
                   f"{s.rounds_participated:>6}  {_fmt(s.sampling_probability, '.4f'):>6}  {_fmt(s.steps, 'd'):>4}  "
                   f"{_eps(s.epsilon):>18}  {patient}{_fmt(s.test_mcc):>8}")
+    if any(s.test_mcc is None or math.isnan(s.test_mcc) for s in result.clients):
+        out.print("test MCC '-': the site's test split holds no image (N_test 0) or one class only; MCC is not "
+                  "defined there")
     g = result.global_metrics
     out.print(f"global model, pooled test split (empirical, n = {g.n}): MCC {metric(g.mcc)}, balanced accuracy "
               f"{metric(g.balanced_accuracy)}, AUROC {metric(g.auroc)}; per-site MCC spread (max - min) "

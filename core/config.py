@@ -25,7 +25,7 @@ def steps_for(epochs: int, n_train: int, expected_batch_size: int) -> int:
     expected_batch_size = check_int("batch_size", expected_batch_size)
     if expected_batch_size > n_train:
         raise invalid("batch_size", expected_batch_size, f"at most the number of training images ({n_train})",
-                      "pass a smaller --batch-size")
+                      f"pass --batch-size {n_train} or less")
     return epochs * (-(-n_train // expected_batch_size))
 
 

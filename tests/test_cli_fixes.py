@@ -397,3 +397,15 @@ def test_a_parser_complaint_from_the_console_script_is_one_line_on_stderr() -> N
                          text=True, check=False)
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("error: Invalid value for '--sigma':") and len(res.stderr.splitlines()) == 1
+
+
+def test_a_default_the_user_did_not_type_is_said_to_be_the_default() -> None:
+    """'got 64' for a --batch-size nobody typed reads as the user's mistake: the line says it is the default and
+    what to pass; a typed value is reported as before."""
+    args = ["train", "--dataset", "demo", "--image-size", "8", "--max-images", "60", "--epsilon", "8"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    line = " ".join(res.output.split())
+    assert "got 64 (the default: --batch-size was not passed). Fix: pass --batch-size" in line and " or less." in line
+    res = runner.invoke(app, [*args, "--batch-size", "64"])
+    assert res.exit_code == 2 and "the default" not in res.output and "got 64." in " ".join(res.output.split())

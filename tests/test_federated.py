@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -316,3 +317,23 @@ def test_a_column_the_dataset_lacks_is_refused_listing_the_columns_it_has(splits
     bare = SimpleNamespace(train=part(8, {}), val=part(8, {}), test=part(8, {}), num_classes=2)
     with pytest.raises(ConfigError, match=r"dirichlet:ALPHA \(the dataset has no metadata columns\)"):
         partition_splits(bare, "column:site", 2, seed=0)
+
+
+def test_too_many_clients_names_the_most_that_fit_not_more_images() -> None:
+    """All images in use and a client left with too few: the fix is fewer clients, and the most that fit is the
+    number the seed's own iid deal gives (checked by partitioning with it)."""
+    from dpaudit.audit.federated.partition import parse_partition, partition_indices
+
+    rng = np.random.default_rng([21, 6])
+    labels = rng.integers(0, 2, 72)
+    patients = np.repeat(np.arange(6), 12)
+    with pytest.raises(ConfigError) as info:
+        partition_indices([labels], [patients], [None], parse_partition("iid"), 50, num_classes=2, seed=0)
+    text = str(info.value)
+    assert "tried" not in text and "--max-images" not in text
+    assert "72 images of 6 patients" in text
+    most = int(re.search(r"Fix: pass --clients (\d+) or fewer\.", text).group(1))
+    assert most == 6
+    partition_indices([labels], [patients], [None], parse_partition("iid"), most, num_classes=2, seed=0)
+    with pytest.raises(ConfigError, match=r"\(at most 6: .*--partition dirichlet:5"):
+        partition_indices([labels], [patients], [None], parse_partition("dirichlet:0.5"), 50, num_classes=2, seed=0)

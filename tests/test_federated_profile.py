@@ -52,6 +52,8 @@ def test_profile_with_federated_section(tmp_path) -> None:
 
     text = " ".join(page.extract_text() for page in PdfReader(str(pdf)).pages)
     assert "Federated learning: privacy per site" in text and "bin attack" in text
+    # '–' is explained for both cases where a site's MCC is not defined
+    assert "holds no image, N_test 0, or one class only" in " ".join(text.split())
     # The demo's unit is the patient: each site's epsilon and ReRo are per patient of its k images too.
     from dpaudit.bounds import rero_bound
 

@@ -153,9 +153,38 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
             return result
         if partition.kind == "iid":
             break
+    n_images = len(split_labels[0])
+    n_units = len(_patients(split_labels[0], split_patients[0])[1])
+    whole = f" of {n_units} patients, each dealt whole to one site" if split_patients[0] is not None else ""
+    most = _most_iid_clients(split_labels[0], split_patients[0], clients, min_train, seed)
+    fewer = (f"pass {clients_flag} {most} or fewer" if most >= 1 else
+             f"train on more images (the training split holds {n_images})")
+    fewer_dirichlet = (f"pass fewer {clients_flag} (at most {most}: the most an even deal of the training split "
+                       "allows)" if most >= 1 else fewer)
+    if partition.kind == "iid":
+        raise ConfigError(f"{flag} iid over {clients} clients leaves a client with fewer than {min_train} training "
+                          f"images (the training split holds {n_images} images{whole}). Fix: {fewer}.")
     raise ConfigError(f"{flag} {partition} over {clients} clients leaves a client with fewer than {min_train} "
-                      f"training images (tried {MAX_DIRICHLET_DRAWS if partition.kind == 'dirichlet' else 1} "
-                      f"draws). Fix: pass fewer {clients_flag}, a larger Dirichlet alpha, or more --max-images.")
+                      f"training images in each of {MAX_DIRICHLET_DRAWS} draws (the training split holds {n_images} "
+                      f"images{whole}). Fix: {fewer_dirichlet}, or pass a larger alpha ({flag} "
+                      f"dirichlet:{partition.alpha * 10:g}), which spreads the classes more evenly.")
+
+
+def _most_iid_clients(labels: np.ndarray, patients: np.ndarray | None, clients: int, min_train: int,
+                      seed: int) -> int:
+    """The most clients below ``clients`` for which ``iid`` gives every site ``min_train`` training images with the
+    seed's own draw (the first draw :func:`partition_indices` makes: a permutation of the patients dealt
+    round-robin); 0 when none does."""
+    _, plabel, of_image = _patients(labels, patients)
+    for c in range(clients - 1, 0, -1):
+        if len(labels) < c * min_train:
+            continue
+        perm = np.random.default_rng([seed, 0xFED]).permutation(len(plabel))
+        owner = np.empty(len(plabel), dtype=np.int64)
+        owner[perm] = np.arange(len(plabel)) % c
+        if np.bincount(owner[of_image], minlength=c).min() >= min_train:
+            return c
+    return 0
 
 
 def check_patients_at_one_site(split_patients: list[np.ndarray | None], result: list[list[np.ndarray]], what: str,

@@ -277,10 +277,11 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
     n_train = len(splits.train)
     if config.batch_size > n_train:
         raise invalid("batch_size", config.batch_size, f"at most the number of training images ({n_train})",
-                      "pass a smaller --batch-size", cls=DataError)
+                      f"pass --batch-size {n_train} or less", cls=DataError)
     if config.mia_audit and config.canaries >= n_train:
         raise invalid("canaries", config.canaries, f"fewer than the training images ({n_train})",
-                      "pass a smaller --canaries (they are drawn from the training split)", cls=DataError)
+                      f"pass --canaries {n_train - 1} or fewer (they are drawn from the training split)",
+                      cls=DataError)
     groups = getattr(splits.test, "groups", None) or {}
     from dpaudit.data import require_classes
 
