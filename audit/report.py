@@ -457,7 +457,7 @@ class _Report(board.BoardPages):
                self.para("Re-render this document from the stored results (with the board's limits it was decided "
                          "on; the PDF is written beside profile.json):"),
                boxed([self.para(esc(self._render_command()), "mono")], NOTE_BG),
-               self.para("Configuration", "h2"), self._config_table()]
+               self._config_section("Configuration")]
         out.append(self.para("Training runs", "h2"))
         head = ["Budget", "Seed", "σ", "q", "T", "δ", "ε (PLD)", "ε (RDP)", "MCC", "Checkpoint"]
         rows = [[self.cell(h, "head") for h in head]]
@@ -516,6 +516,11 @@ class _Report(board.BoardPages):
         for lim in (self.decision.limits if self.decision is not None else ()):
             parts += lim.cli()
         return shlex.join(parts)
+
+    def _config_section(self, title: str) -> KeepTogether:
+        """The configuration's heading and table on one page: where the rest of the page cannot hold them, both
+        move to the next page (a table split after its first rows left a page holding only its last ones)."""
+        return KeepTogether([self.para(title, "h2"), self._config_table()])
 
     def _config_table(self) -> Table:
         """Every configuration field, in two column pairs."""

@@ -209,7 +209,7 @@ class BoardPages:
                 t, Spacer(1, 10),
                 # The form stays on one page; the configuration the hash covers follows it.
                 KeepTogether([self.para("Review", "h2"), form]), Spacer(1, 10),
-                self.para("Configuration (the fields the hash covers)", "h2"), self._config_table(), PageBreak()]
+                self._config_section("Configuration (the fields the hash covers)"), PageBreak()]
 
     # -- checklist ------------------------------------------------------------------------------------------
     def checklist_page(self) -> list:

@@ -570,3 +570,23 @@ def test_every_reconstruction_number_names_its_unit(k: int, tmp_path) -> None:
     assert f"Worst case / relaxed ({long}): highest probability" in text and "Realistic (per image)" in text
     assert f"(worst case, sound upper bound, {long})" in text and f"(relaxed, sound upper bound, {long})" in text
     assert f"Reconstruction bounds are {long} and the realistic attack's success per image" in text
+
+
+def test_the_configuration_table_is_never_split_across_pages(tmp_path) -> None:
+    """The configuration table (sign-off and appendix) stays on one page with its heading: a table split after its
+    first rows left a page holding only its last few. Checked with a profile whose title rows are long (a
+    federated one, as the tester's), and with the synthetic one."""
+    import dataclasses
+
+    from dpaudit.audit.report import _config_items, render_report
+
+    prof = synthetic_profile(with_mia_audit=False, seeds=1)
+    fed = dataclasses.replace(prof, config=dataclasses.replace(prof.config, federated=True, federated_clients=3,
+                                                               labels="/a/long/path/to/the/labels/file.csv"))
+    for i, p in enumerate((prof, fed)):
+        pages = [" ".join(t.split()) for t in _text(render_report(p, tmp_path / f"r{i}.pdf").read_bytes())]
+        names = [k for k, _ in _config_items(p.config)]
+        for heading in ("Configuration (the fields the hash covers)", "Reproducibility"):
+            page = next(t for t in pages if heading in t)
+            # every field of the table on the page of its heading
+            assert all(n in page for n in names), [n for n in names if n not in page]
