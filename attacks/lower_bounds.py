@@ -179,9 +179,7 @@ class TwoErrorBound(_LowerBound):
                 "tpr_low, tnr_low": "empirical (one-sided lower Clopper-Pearson limit, at confidence "
                                     "1 - (1 - confidence) / 2)",
                 "fpr_high, fnr_high": "empirical (one-sided upper Clopper-Pearson limit, at confidence "
-                                      "1 - (1 - confidence) / 2)",
-                "true_positives, positives, false_positives, negatives, delta, confidence": "given (the test's "
-                                                                                             "counts and settings)"}
+                                      "1 - (1 - confidence) / 2)"}
 
 
 def epsilon_lower_bound(true_positives: int, positives: int, false_positives: int, negatives: int, *,
@@ -337,10 +335,9 @@ class OneRunBound(_LowerBound):
     def labels(self) -> dict[str, str]:
         """What kind of number each field is (written to JSON beside them)."""
         return {"epsilon_lower_bound": self.label,
-                "p_value": "exact (the one-run test's p-value at epsilon_lower_bound, from the counts)",
-                "ceiling": "exact (the largest lower bound this design could report: every canary guessed "
-                           "right); not a measurement",
-                "canaries, guesses, correct, delta, confidence": "given (the audit's counts and settings)"}
+                "p_value": "empirical (the one-run test's p-value at epsilon_lower_bound, from the observed counts)",
+                "ceiling": "sound upper bound on what this design can certify (the lower bound it would report with "
+                           "every canary guessed right); not a measurement"}
 
 
 def _one_run_eps(m: int, r: int, v: int, delta: float, beta: float) -> tuple[float, float]:

@@ -299,8 +299,8 @@ class CanaryAuditResult(JsonResult):
         "epsilon_rdp": "sound upper bound (RDP, looser), per image",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together); null when "
                            "no patient has several images",
-        "ceiling": "exact (the largest epsilon lower bound this design, its canaries, confidence and selection, "
-                   "could report: all evaluated guesses right); not a measurement",
+        "ceiling": "sound upper bound on what this design can certify (the epsilon lower bound its canaries, "
+                   "confidence and selection would give with all evaluated guesses right); not a measurement",
         "tpr_at_fpr": "empirical (tpr, fpr; tpr_low, tpr_high: two-sided Clopper-Pearson interval at the audit's "
                       "confidence; fpr_high: one-sided upper Clopper-Pearson limit)",
         "roc": "empirical", "auc": "empirical",

@@ -86,8 +86,8 @@ def bound_cmd(
     ceiling = two_error_ceiling(positives, negatives, delta=delta, confidence=confidence)
     if json:
         emit_json({**encode(res), "ceiling": ceiling, "labels": {
-            **res.labels, "ceiling": "exact (the largest lower bound these trials could report: every test right); "
-                                     "not a measurement"}})
+            **res.labels, "ceiling": "sound upper bound on what these trials can certify (the lower bound they "
+                                     "would give with every test right); not a measurement"}})
         return
     level = 1 - (1 - confidence) / 2
     out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "

@@ -347,7 +347,7 @@ def test_cli_bound_json_matches_library() -> None:
     for key in ("tpr_low", "fpr_high", "tnr_low", "fnr_high", "ceiling", "labels", "confidence", "delta"):
         assert key in d
     assert d["labels"]["epsilon_lower_bound"] == "empirical lower bound" and "label" not in d
-    assert d["labels"]["ceiling"].startswith("exact") and d["labels"]["tpr_low, tnr_low"].startswith("empirical")
+    assert d["labels"]["ceiling"].startswith("sound upper bound") and d["labels"]["tpr_low, tnr_low"].startswith("empirical")
 
 
 def test_cli_one_run_json_matches_mpmath() -> None:

@@ -383,7 +383,8 @@ def test_result_contract_json_keys_and_frozen_arrays() -> None:
     assert isinstance(res, AttackResult)
     js = encode(res)  # what dpaudit attack --json prints and the profile stores (rows whole)
     assert set(js) == {"rows", "n_excluded", "image_shape", "ssim_variant", "rho", "connection", "bins",
-                       "max_grad_norm", "observations", "scoring", "seed", "notes", "success_ssim", "labels"}
+                       "max_grad_norm", "observations", "scoring", "seed", "notes", "success_ssim", "epsilon_mechanism",
+                       "data_notes", "labels"}
     assert set(js["rows"][0]) == {"noise_multiplier", "epsilon", "decoder", "n_images", "success_rate", "ci_low",
                                   "ci_high", "mean_ssim", "mean_rho", "ssim", "eta"}  # never the kept images
     assert [r["decoder"] for r in js["rows"]] == ["strong", "paper", "strong", "paper"]
