@@ -60,6 +60,7 @@ from dpaudit.config import (
     PRIVACY_UNITS,
     ImagesPerUnit,
     PrivacyUnit,
+    data_loading_notes,
     parse_window,
 )
 from dpaudit.errors import DataError, check_int, check_probability, invalid
@@ -326,11 +327,9 @@ def training_copies(splits: Any) -> tuple[int, int]:
 
 
 def loading_notes(splits: DatasetSplits) -> list[str]:
-    """What the loader passed over or decided, one line each, for the console (counts only, no identifiers)."""
-    lines = []
-    if splits.skipped:
-        lines.append(_describe_skipped(splits.skipped))
-    return lines + list(splits.notes)
+    """What the loader passed over or decided, one line each, for the console (counts only, no identifiers):
+    :func:`dpaudit.config.data_loading_notes`, the one wording every command and the report use."""
+    return data_loading_notes(splits.skipped or {}, splits.notes)
 
 
 def require_classes(splits: DatasetSplits, what: str) -> None:
@@ -1201,9 +1200,8 @@ def _walk_images(folder: Path, skipped: Counter[str]) -> list[Path]:
 
 
 def _describe_skipped(skipped: Mapping[str, int]) -> str:
-    total = sum(skipped.values())
-    parts = ", ".join(f"{v} {k}" for k, v in sorted(skipped.items()) if v)
-    return f"{total} file(s) skipped ({parts})" if total else "no file skipped"
+    """The skipped files' line of :func:`dpaudit.config.data_loading_notes` ('no file skipped' when none)."""
+    return (data_loading_notes(skipped, ()) or ["no file skipped"])[0]
 
 
 def _alnum(text: str) -> str:
