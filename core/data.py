@@ -191,7 +191,7 @@ class ImageDataset(LabelledImages):
         Dataset name (``demo``, ``ham10000``, a MedMNIST flag, ``folder:PATH``) and the split, e.g.
         ``"demo/train"``.
     content_ids:
-        N identifiers of each image's stored content (a hash of the file, a DICOM SOPInstanceUID and frame): copies
+        N identifiers of each image's stored content (a hash of the file, or of a DICOM file's stored pixel values, and the frame): copies
         of one image share one; ``""`` where unknown (counted as distinct). With the image as the privacy unit, a
         content held twice in training is one record trained twice (see :func:`privacy_unit`).
 
@@ -694,7 +694,7 @@ def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndar
                      name: str) -> tuple[np.ndarray, int, int]:
     """Merge groups in which images with identical stored content share a group (union-find over the group ids and
     the contents): copies can never straddle a split, and patients linked by a copy (one export re-pseudonymised
-    under another PatientID: same pixels, same SOPInstanceUIDs) are one privacy unit, whose k counts the images of
+    under another PatientID: same pixels, whatever its UIDs) are one privacy unit, whose k counts the images of
     all of them.
 
     Returns the merged group keys, the number of images whose content repeats an earlier one and the number of

@@ -54,6 +54,7 @@ one. PatientSex and PatientAge become the ``sex`` and ``age_band`` subgroups.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections import Counter
@@ -696,9 +697,23 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
         unit = np.stack(planes)[..., None]
     if not kinds:
         kinds = [("unit", 0.0, 1.0)] * unit.shape[0]
-    sop = str(ds.get("SOPInstanceUID", "") or "")
+    content = _content_id(arr) or str(ds.get("SOPInstanceUID", "") or "")
     out = []
     for f, (kind, low, high) in enumerate(kinds):
         frame = match_channels(unit[f].astype(np.float32), channels)
-        out.append(Pixels(resize_float(frame, image_size), kind, low, high, f"{sop}/{f}" if sop else ""))
+        out.append(Pixels(resize_float(frame, image_size), kind, low, high, f"{content}/{f}" if content else ""))
     return out
+
+
+def _content_id(stored: np.ndarray) -> str:
+    """What identifies a DICOM file's images (:attr:`Pixels.digest`, with the frame index): a hash of its stored
+    pixel values, shape and type, so that a copy is found whatever de-identification did to its header (another
+    PatientID, remapped UIDs, another transfer syntax: the same decoded values). Empty for a constant array (a
+    blank frame of one patient must not link it to another's); the caller then falls back to the
+    SOPInstanceUID."""
+    if not stored.size or stored.min() == stored.max():
+        return ""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((stored.shape, stored.dtype.str)).encode())
+    h.update(np.ascontiguousarray(stored).tobytes())
+    return "px:" + h.hexdigest()

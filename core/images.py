@@ -80,7 +80,7 @@ class Pixels:
     [0, 1]: 8-bit images / 255, palette TIFFs / 65535), ``"integer"`` (raw levels of an unsigned integer image
     deeper than 8 bits) or ``"float"`` (raw float or signed values). ``low`` and ``high`` are the extreme values of
     the image as stored (before resizing), which fix the dataset-wide divisor. ``digest`` identifies the stored
-    content (a hash of the file's bytes, or a DICOM SOPInstanceUID plus frame), so that identical images are never
+    content (a hash of the file's bytes, or of a DICOM file's stored pixel values, plus the frame), so that identical images are never
     split apart.
     """
 

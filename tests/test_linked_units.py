@@ -1,6 +1,6 @@
 """Copies of one image are one record, and patients linked by copies are one privacy unit.
 
-An export copied and re-pseudonymised (same pixels, same SOPInstanceUIDs, another PatientID) puts one person's
+An export copied and re-pseudonymised (same pixels, another PatientID, perhaps remapped UIDs) puts one person's
 images under two ids: counted per id, that person's k is half the images that trained, and the per-patient epsilon
 is not a bound. Every loader that detects identical content (DICOM, NIfTI, CSV manifests, image folders) merges the
 linked ids; with the image as the unit, a content that trains twice is refused (its k is 2, not 1).
@@ -64,6 +64,33 @@ def test_dicom_patients_linked_by_copies_are_one_unit_for_k_and_the_split(tmp_pa
             privacy_unit(s, "image")
         assert "leave out --privacy-unit image" in str(info.value)
         assert training_copies(s)[1] == 2
+
+
+def test_dicom_copies_with_remapped_uids_are_found_by_their_pixels(tmp_path: Path, rng: np.random.Generator) -> None:
+    """De-identification tools remap every UID as well as the PatientID: a copy is still the same stored pixels
+    (even re-encoded big-endian), and links the two ids. Constant images of different patients stay apart."""
+    from pydicom.uid import generate_uid
+
+    root = tmp_path / "d"
+    for cls in ("benign", "malignant"):
+        for p in range(6):
+            for i in range(2):
+                dicom_file(root / cls / f"P{p}" / f"{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"{cls}-{p}")
+            # one blank image per patient: equal stored values in every patient, not a copy
+            dicom_file(root / cls / f"P{p}" / "blank.dcm", np.full((SIZE, SIZE), 1000), patient=f"{cls}-{p}")
+    for src in sorted(root.rglob("[0-9].dcm")):
+        ds = dcmread(src)
+        ds.PatientID, ds.PatientName = f"NEW-{ds.PatientID}", "Anon"
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        dst = src.parent.parent / f"re-{src.parent.name}" / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(dst)
+    s = load_splits(f"dicom:{root}", image_size=SIZE)
+    # Reference: each person has 2 images, their blank one, and the 2 copies under the new id = 5 per unit.
+    assert set(_units(s).values()) == {5}
+    assert privacy_unit(s).records_per_patient == 5
 
 
 def test_a_copy_under_the_same_patient_counts_in_k_and_is_refused_per_image(tmp_path: Path,
