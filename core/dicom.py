@@ -697,7 +697,7 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
         unit = np.stack(planes)[..., None]
     if not kinds:
         kinds = [("unit", 0.0, 1.0)] * unit.shape[0]
-    content = _content_id(arr) or str(ds.get("SOPInstanceUID", "") or "")
+    content = _content_id(arr)
     out = []
     for f, (kind, low, high) in enumerate(kinds):
         frame = match_channels(unit[f].astype(np.float32), channels)
@@ -708,9 +708,9 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
 def _content_id(stored: np.ndarray) -> str:
     """What identifies a DICOM file's images (:attr:`Pixels.digest`, with the frame index): a hash of its stored
     pixel values, shape and type, so that a copy is found whatever de-identification did to its header (another
-    PatientID, remapped UIDs, another transfer syntax: the same decoded values). Empty for a constant array (a
-    blank frame of one patient must not link it to another's); the caller then falls back to the
-    SOPInstanceUID."""
+    PatientID, remapped UIDs, another transfer syntax: the same decoded values), and never a UID (an anonymiser
+    that writes one constant SOPInstanceUID would make different images one). Empty (unknown: counted as distinct)
+    for a constant array: a blank frame of one patient must not link it to another's."""
     if not stored.size or stored.min() == stored.max():
         return ""
     h = hashlib.blake2b(digest_size=16)

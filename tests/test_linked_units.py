@@ -93,6 +93,19 @@ def test_dicom_copies_with_remapped_uids_are_found_by_their_pixels(tmp_path: Pat
     assert privacy_unit(s).records_per_patient == 5
 
 
+def test_dicom_images_sharing_one_uid_are_not_copies(tmp_path: Path, rng: np.random.Generator) -> None:
+    """An anonymiser that writes one constant SOPInstanceUID into every file: different images stay different (was:
+    'hold identical images under different labels')."""
+    for cls in ("benign", "malignant"):
+        for p in range(6):
+            for i in range(2):
+                dicom_file(tmp_path / cls / f"P{p}" / f"{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)),
+                           patient=f"{cls}-{p}", SOPInstanceUID="1.2.3.4")
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    assert not any("repeat the content" in n for n in s.notes)
+    assert set(_units(s).values()) == {2} and training_copies(s) == (0, 1)
+
+
 def test_a_copy_under_the_same_patient_counts_in_k_and_is_refused_per_image(tmp_path: Path,
                                                                              rng: np.random.Generator) -> None:
     for p in range(8):
