@@ -219,3 +219,23 @@ def test_bad_inputs() -> None:
         rero_bound(1.0, 0.01, 100, 0.1, method="exact")
     with pytest.raises(ConfigError, match="max_rero"):
         calibrate_noise(1e-4, 0.01, 100, 1e-3)
+
+
+def test_mass_lost_to_round_off_counts_for_the_upper_readers() -> None:
+    """A long run's composed masses fall short of 1 by its round-off (each step's about 2 ulp short, T times):
+    sigma 0.6, q 0.055, k 5, T 718190 lost 1.5e-10, and the worst-case bound read gamma 1 - 1.5e-10, below
+    dp_accounting's optimistic power (1 - 8e-11; the truth is 1 to float precision). The upper readers count the
+    lost mass at infinity; the lower readers leave it out."""
+    from dpaudit.bounds.pld import DiscretePld
+
+    kappa = np.array([2.3577526432613316e-06])
+    g = rero_bound(0.5973286049539199, 0.05473853995081209, 718190, kappa, threat_model="worst_case",
+                   records_per_patient=5)
+    assert g.gamma[0] == 1.0 and g.lower[0] <= g.gamma[0]
+    # The readers on a PLD that lost 1e-10 of its mass (its atoms above kappa's reach hold it all).
+    masses = np.array([0.25, 0.25, 0.5 - 1e-10])
+    upper = DiscretePld(h=1.0, lo=0, masses=masses, infinity_mass=0.0)
+    lower = DiscretePld(h=1.0, lo=0, masses=masses, infinity_mass=0.0, optimistic=True)
+    assert upper.mass_deficit == pytest.approx(1e-10, rel=1e-6) and lower.mass_deficit == upper.mass_deficit
+    assert upper.power(np.array([1.0]))[0] == 1.0
+    assert upper.delta(-1.0) == pytest.approx(lower.delta(-1.0) + 1e-10, abs=1e-16)
