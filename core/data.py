@@ -191,7 +191,8 @@ class ImageDataset(LabelledImages):
         Dataset name (``demo``, ``ham10000``, a MedMNIST flag, ``folder:PATH``) and the split, e.g.
         ``"demo/train"``.
     content_ids:
-        N identifiers of each image's stored content (a hash of the file, or of a DICOM file's stored pixel values, and the frame): copies
+        N identifiers of each image's decoded content (:func:`dpaudit.images.content_id`: its pixels at full
+        resolution; a DICOM frame's modality values; a NIfTI volume's values and the slice): copies
         of one image share one; ``""`` where unknown (counted as distinct). With the image as the privacy unit, a
         content held twice in training is one record trained twice (see :func:`privacy_unit`).
 

@@ -79,9 +79,10 @@ class Pixels:
     ``data`` is float32 C x H x W. ``kind`` says which rule of the module docstring applies: ``"unit"`` (already in
     [0, 1]: 8-bit images / 255, palette TIFFs / 65535), ``"integer"`` (raw levels of an unsigned integer image
     deeper than 8 bits) or ``"float"`` (raw float or signed values). ``low`` and ``high`` are the extreme values of
-    the image as stored (before resizing), which fix the dataset-wide divisor. ``digest`` identifies the stored
-    content (a hash of the file's bytes, or of a DICOM file's stored pixel values, plus the frame), so that identical images are never
-    split apart.
+    the image as stored (before resizing), which fix the dataset-wide divisor. ``digest`` identifies the
+    decoded content (:func:`content_id` of the full-resolution pixels as decoded; for DICOM, of each frame's
+    modality values), so that identical images are never split apart however their files were re-encoded; ``""``
+    (unknown, counted as distinct) for a constant image.
     """
 
     data: np.ndarray
@@ -94,6 +95,30 @@ class Pixels:
 def _bad(path: Path, exc: BaseException | str) -> UnreadableImageError:
     why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     return UnreadableImageError(f"image {str(path)!r} does not decode ({why}). Fix: replace or remove the file.")
+
+
+def content_id(pixels: np.ndarray, tag: str = "") -> str:
+    """What identifies a decoded image (:attr:`Pixels.digest`): a hash of its values, shape and type (and ``tag``,
+    the kind of values), so that a copy is found whatever was done to its file (re-saved at another compression
+    level, another PatientID in its name or metadata, another container); never a hash of the file's bytes, which
+    change with any of those. ``""`` (unknown: counted as distinct) for an empty or constant image: a blank image
+    of one patient must not link it to another's.
+
+    >>> a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    >>> content_id(a) == content_id(a.copy()), content_id(a) == content_id(a.T), content_id(a) == content_id(a + 1)
+    (True, False, False)
+    >>> content_id(np.zeros((4, 4)))
+    ''
+    """
+    if not pixels.size or pixels.min() == pixels.max():
+        return ""
+    # One type per kind of value (a copy re-saved at another depth or container holds the same numbers), and -0.0
+    # and 0.0 one value.
+    pixels = pixels.astype(np.float64) + 0.0 if pixels.dtype.kind == "f" else pixels.astype(np.int64)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tag, pixels.shape, pixels.dtype.str)).encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
 
 
 def _png_is_16bit_colour(head: bytes) -> bool:
@@ -172,6 +197,17 @@ def _tiff_photometric(raw: bytes) -> int | None:
         return None
 
 
+def _decoded_id(arr: np.ndarray) -> str:
+    """:func:`content_id` of a decoded H x W x C image at full resolution, oriented, alpha dropped, palettes
+    looked up: a grey image stored as RGB (equal channels) is its one channel, so a copy saved the other way links
+    too."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+        arr = arr[..., :1]
+    return content_id(arr, "image")
+
+
 def _read_tiff(path: Path, raw: bytes) -> tuple[np.ndarray, str]:
     """H x W x C array as stored (full depth) and its kind; colour maps applied, MinIsWhite inverted."""
     import tifffile
@@ -215,8 +251,10 @@ def _read_tiff(path: Path, raw: bytes) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(_orient(arr, orientation)), kind
 
 
-def _read_pil(path: Path, raw: bytes, image_size: int, channels: int) -> tuple[np.ndarray, str]:
-    """H x W x C array and kind, via Pillow (EXIF orientation applied); 8-bit images come back already resized."""
+def _read_pil(path: Path, raw: bytes, image_size: int, channels: int) -> tuple[np.ndarray, str, str]:
+    """H x W x C array, kind and :func:`_decoded_id`, via Pillow (EXIF orientation applied); 8-bit images come
+    back already resized, their identity taken from the decoded pixels before resizing (a JPEG's at the scale its
+    draft decoded, below)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if _png_is_16bit_colour(raw[:26]):
@@ -227,22 +265,31 @@ def _read_pil(path: Path, raw: bytes, image_size: int, channels: int) -> tuple[n
         with Image.open(io.BytesIO(raw)) as im:
             if im.format == "JPEG":
                 # Let libjpeg decode at a reduced scale (>= 2x the target): much faster, same result after the
-                # antialiased resize below.
+                # antialiased resize below. The identity is then that of the draft-decoded pixels, a deterministic
+                # function of the file's DCT coefficients: a copy with other metadata or another name (or
+                # recompressed losslessly, jpegtran) is linked; a JPEG re-encoded at another quality has other
+                # pixels at any scale, and a JPEG converted to PNG is not linked to its source (the full-size decode
+                # would cost HAM10000 its draft speed-up).
                 im.draft("L" if channels == 1 else "RGB", (2 * image_size, 2 * image_size))
             im = ImageOps.exif_transpose(im)
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(im)
                 kind = "integer" if arr.dtype.kind == "u" or (mode == "I" and arr.min() >= 0) else "float"
-                return arr[..., None], kind
-            im = im.convert("L" if channels == 1 else "RGB")
+                return arr[..., None], kind, _decoded_id(arr)
+            # Alpha dropped, palettes looked up: the pixels the model is given, at full resolution.
+            decoded = "L" if mode in _GREY_MODES else "RGB"
+            im = im if mode == decoded else im.convert(decoded)
+            digest = _decoded_id(np.asarray(im))
+            if im.mode != ("L" if channels == 1 else "RGB"):
+                im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (image_size, image_size):
                 # Non-square images (HAM10000: 600 x 450) are resized to a square, as MedMNIST did.
                 im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise _bad(path, exc) from None
-    return (arr[..., None] if arr.ndim == 2 else arr), "resized8"
+    return (arr[..., None] if arr.ndim == 2 else arr), "resized8", digest
 
 
 def resize_float(arr: np.ndarray, image_size: int) -> np.ndarray:
@@ -271,19 +318,20 @@ def match_channels(arr: np.ndarray, channels: int) -> np.ndarray:
 def read_image(path: Path, image_size: int, channels: int) -> Pixels:
     """Decode one image file at full depth, oriented, with ``channels`` channels, resized to a square.
 
-    The file is read once; its bytes are hashed (``Pixels.digest``) and decoded from memory.
+    The file is read once and decoded from memory; ``Pixels.digest`` identifies the decoded pixels at full
+    resolution (:func:`content_id`), not the file's bytes.
     """
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise _bad(path, exc.strerror or type(exc).__name__) from None
-    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
     # TIFF through tifffile (full depth) for grey, RGB and palette; CMYK (separated), YCbCr and CIELab TIFFs are
     # converted to RGB by Pillow (8 bits: the depth those photometric interpretations are written in).
     if path.suffix.lower() in TIFF_EXTENSIONS and _tiff_photometric(raw) in (0, 1, 2, 3, None):
         arr, kind = _read_tiff(path, raw)
+        digest = _decoded_id(arr)
     else:
-        arr, kind = _read_pil(path, raw, image_size, channels)
+        arr, kind, digest = _read_pil(path, raw, image_size, channels)
     if kind == "resized8":
         return Pixels(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0),
                       "unit", 0.0, 1.0, digest)

@@ -163,3 +163,41 @@ def test_nifti_volume_copied_as_another_patient_is_one_unit(tmp_path: Path, rng:
     s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     assert set(_units(s).values()) == {6}  # 3 slices, twice
     assert privacy_unit(s).records_per_patient == 6
+
+
+def test_image_copies_re_encoded_under_another_patient_are_linked_by_their_pixels(tmp_path: Path,
+                                                                                  rng: np.random.Generator) -> None:
+    """A PNG re-saved at another compression level (other bytes, the same pixels), a TIFF of it, a copy with an
+    EXIF orientation and pixels rotated to match, a grey image stored as RGB: each is the same decoded image and
+    links the two patient ids (was: a hash of the file's bytes, k half the truth). Constant images of different
+    patients stay apart."""
+    import tifffile
+
+    rows = ["path,label,patient_id"]
+    for p in range(8):
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(tmp_path / f"{p}_{i}.png",
+                                                                                 compress_level=1)
+            rows.append(f"{p}_{i}.png,{p % 2},p{p}")
+        Image.fromarray(np.full((12, 10), 77, np.uint8)).save(tmp_path / f"{p}_blank.png")
+        rows.append(f"{p}_blank.png,{p % 2},p{p}")
+    for p in range(8):  # each person's two images again under a second id, each re-encoded another way
+        a0 = np.asarray(Image.open(tmp_path / f"{p}_0.png"))
+        a1 = np.asarray(Image.open(tmp_path / f"{p}_1.png"))
+        if p % 2:
+            Image.fromarray(a0).save(tmp_path / f"re_{p}_0.png", compress_level=9)
+            tifffile.imwrite(tmp_path / f"re_{p}_1.tif", a1)
+            names = [f"re_{p}_0.png", f"re_{p}_1.tif"]
+        else:
+            Image.fromarray(np.repeat(a0[..., None], 3, axis=-1)).save(tmp_path / f"re_{p}_0.png")  # grey as RGB
+            exif = Image.Exif()
+            exif[0x0112] = 6  # "rotate 90 clockwise to view": the stored pixels rotated back
+            Image.fromarray(np.rot90(a1, 1).copy()).save(tmp_path / f"re_{p}_1.png", exif=exif)
+            names = [f"re_{p}_0.png", f"re_{p}_1.png"]
+        assert (tmp_path / names[0]).read_bytes() != (tmp_path / f"{p}_0.png").read_bytes()
+        rows += [f"{n},{p % 2},q{p}" for n in names]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    # Reference: each person has 2 images, 1 blank one and the 2 copies under the second id = 5 per unit.
+    assert set(_units(s).values()) == {5}
+    assert privacy_unit(s).records_per_patient == 5
