@@ -49,7 +49,15 @@ PatientID groups images into patients (a missing PatientID, a de-identification 
 ``ANONYMOUS`` (:data:`PLACEHOLDER_PATIENT_IDS`), or one PatientID shared by every file falls back to
 StudyInstanceUID, else to the file: counted in the loader's notes). The raw identifiers never leave this module's callers: :mod:`dpaudit.data`
 replaces them by pseudonymous indices (``patient-00001``) before building the dataset, and no message prints
-one. PatientSex and PatientAge become the ``sex`` and ``age_band`` subgroups.
+one. PatientSex and PatientAge become the ``sex`` and ``age_band`` subgroups. Copies of an image (another
+PatientID, remapped UIDs, stored values shifted with the Rescale Intercept) are found by each frame's modality values
+(:func:`_frame_id`), never by a UID.
+
+Header numbers
+--------------
+Every number the decoder computes with (Rescale Slope and Intercept, Window Center and Width, top-level or per
+frame) must be finite, and a Rescale Slope must not be 0 (no image): else the file is unreadable, named with the
+element and its value (:func:`_check_header_numbers`); the tree loader skips it, a manifest that lists it stops.
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from dpaudit.errors import DataError
-from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
+from dpaudit.images import Pixels, UnreadableImageError, content_id, match_channels, resize_float
 
 __all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
            "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "find_dicom", "is_dicom",
@@ -362,7 +370,10 @@ def _read_header(path: Path) -> DicomHeader | NotAnImage:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     colour = int(ds.get("SamplesPerPixel", 1) or 1) >= 3 or photometric == "PALETTE COLOR"
     frames, frames_invalid = _frame_count(ds)
-    has_window = "VOILUTSequence" in ds or _frame_window(ds, 0) is not None
+    try:
+        has_window = "VOILUTSequence" in ds or _frame_window(ds, 0) is not None
+    except (TypeError, ValueError, IndexError):  # a Window Center/Width that is not a number: decoding names it
+        has_window = True
     floating = present[0] != "PixelData"
     return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
                        keys, keys["SOPInstanceUID"], float_pixels=floating, has_window=has_window,
@@ -397,7 +408,10 @@ def _stored_range(ds: object, frame: int) -> tuple[float, float]:
         raise ValueError(f"Bits Stored {bits} is not a valid integer pixel depth")
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1  # type: ignore[attr-defined]
     stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1], dtype=np.int64)
-    ends = _frame_modality(ds, frame)(stored)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN or infinite rescale: refused below
+        ends = _frame_modality(ds, frame)(stored)
+    if not np.isfinite(ends).all():  # a NaN or infinite rescale: decode_dicom names the file as unreadable
+        raise ValueError("the stored range's modality values are not finite")
     return float(np.min(ends)), float(np.max(ends))
 
 
@@ -614,6 +628,10 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                                    f"{samples} sample(s) per pixel; the standard allows float pixels in one-sample "
                                    "MONOCHROME2 images only. Fix: replace or remove the file.")
     kinds: list[tuple[str, float, float]] = []  # per frame: the Pixels kind and the extremes before resizing
+    ids: list[str] = []  # per frame: what identifies its content (_frame_id)
+    if photometric not in ("PALETTE COLOR",) and samples < 3:
+        _check_header_numbers(ds, path, frames,
+                              windows=window is None and not ("VOILUTSequence" in ds and len(ds.VOILUTSequence)))
     if photometric == "PALETTE COLOR":
         lacking = [k for k in _PALETTE_ELEMENTS
                    if k not in ds and not (k.endswith("Data") and f"Segmented{k}" in ds)]
@@ -622,8 +640,10 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                                        f"({', '.join(lacking)} missing). Fix: replace or remove the file.")
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         unit = apply_color_lut(arr, ds).astype(np.float64) / (2 ** lut_bits - 1)
+        ids = [content_id(a, "dicom stored") for a in arr]
     elif samples >= 3:
         unit = arr.astype(np.float64) / (2 ** bits - 1)
+        ids = [content_id(a, "dicom stored") for a in arr]
     else:
         planes = []
         if floating and "ModalityLUTSequence" in ds:  # a LUT is indexed by integer stored values
@@ -639,8 +659,13 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                                            f"({type(exc).__name__}: {exc}). Fix: replace or remove the file.") from None
             if not np.isfinite(values).all():
                 r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
-                raise DataError(f"DICOM file {str(path)!r} holds a non-finite pixel value (frame {f}, row {r}, "
-                                f"column {c}). Fix: replace the file.")
+                # The header's numbers are finite (_check_header_numbers): a float pixel, or a rescale whose
+                # product leaves the float range.
+                what = ("holds a non-finite pixel value" if floating and not np.isfinite(arr[f][r, c]) else
+                        "has modality values beyond the float range (Rescale Slope/Intercept)")
+                raise UnreadableImageError(f"DICOM file {str(path)!r} {what} (frame {f}, row {r}, column {c}). Fix: "
+                                           "replace or remove the file.")
+            ids.append(_frame_id(ds, arr[f], values))
             centre_width = _frame_window(ds, f)
             if window is not None:
                 lo, hi = window
@@ -697,23 +722,71 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
         unit = np.stack(planes)[..., None]
     if not kinds:
         kinds = [("unit", 0.0, 1.0)] * unit.shape[0]
-    content = _content_id(arr)
     out = []
     for f, (kind, low, high) in enumerate(kinds):
         frame = match_channels(unit[f].astype(np.float32), channels)
-        out.append(Pixels(resize_float(frame, image_size), kind, low, high, f"{content}/{f}" if content else ""))
+        out.append(Pixels(resize_float(frame, image_size), kind, low, high, ids[f]))
     return out
 
 
-def _content_id(stored: np.ndarray) -> str:
-    """What identifies a DICOM file's images (:attr:`Pixels.digest`, with the frame index): a hash of its stored
-    pixel values, shape and type, so that a copy is found whatever de-identification did to its header (another
-    PatientID, remapped UIDs, another transfer syntax: the same decoded values), and never a UID (an anonymiser
-    that writes one constant SOPInstanceUID would make different images one). Empty (unknown: counted as distinct)
-    for a constant array: a blank frame of one patient must not link it to another's."""
-    if not stored.size or stored.min() == stored.max():
-        return ""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((stored.shape, stored.dtype.str)).encode())
-    h.update(np.ascontiguousarray(stored).tobytes())
-    return "px:" + h.hexdigest()
+def _frame_id(ds: object, stored: np.ndarray, values: np.ndarray) -> str:
+    """What identifies a greyscale frame (:attr:`Pixels.digest`, :func:`dpaudit.images.content_id`): its modality
+    values (stored values through Rescale Slope and Intercept), so that a copy is found whatever de-identification
+    or re-export did to its header (another PatientID, remapped UIDs, another transfer syntax, or stored values
+    shifted with the intercept to match: the same Hounsfield units), never a UID. Sound: with a finite non-zero
+    slope (:func:`_check_header_numbers`) the rescale is one-to-one, so equal modality values are one image in the
+    unit the modality measures. A Modality LUT Sequence may map several stored values to one: those files are
+    identified by their stored values. Empty (unknown: counted as distinct) for a constant frame."""
+    if "ModalityLUTSequence" in ds:  # type: ignore[operator]
+        return content_id(stored, "dicom stored")
+    return content_id(values, "dicom modality")
+
+
+#: The header numbers the decoder computes with, by keyword, as the messages name them.
+_NUMBER_NAMES = {"RescaleSlope": "Rescale Slope", "RescaleIntercept": "Rescale Intercept",
+                 "WindowCenter": "Window Center", "WindowWidth": "Window Width"}
+
+
+def _check_header_numbers(ds: object, path: Path, frames: int, *, windows: bool) -> None:
+    """Every header number a greyscale frame is computed with is a finite number (Rescale Slope and Intercept,
+    top-level or in the frame's Pixel Value Transformation; with ``windows``, the Window Center and Width the
+    frame is mapped by), and the slope is not 0 (every modality value would be the intercept: no image): else the
+    file is unreadable, named with the element and its value (never 'a non-finite pixel value': the pixels are not
+    to blame)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")  # type: ignore[attr-defined]
+    lut = "ModalityLUTSequence" in ds  # type: ignore[operator]
+    for f in range(frames if per_frame else 1):
+        found: list[tuple[str, object]] = []
+        if not lut:
+            for kw in ("RescaleSlope", "RescaleIntercept"):
+                if kw in ds:  # type: ignore[operator]
+                    found.append((kw, ds.get(kw)))  # type: ignore[attr-defined]
+                elif "RescaleSlope" not in ds:  # type: ignore[operator]  # the frame's functional group
+                    value = _group_value(ds, f, "PixelValueTransformationSequence", kw)
+                    if value is not None:
+                        found.append((kw, value))
+        if windows:
+            c, w = ds.get("WindowCenter"), ds.get("WindowWidth")  # type: ignore[attr-defined]
+            if not (_given(c) and _given(w)):
+                c = _group_value(ds, f, "FrameVOILUTSequence", "WindowCenter")
+                w = _group_value(ds, f, "FrameVOILUTSequence", "WindowWidth")
+            if _given(c) and _given(w):
+                found += [("WindowCenter", c), ("WindowWidth", w)]
+        for kw, raw in found:
+            if not _given(raw):
+                continue
+            try:
+                number = _first(raw)
+            except (TypeError, ValueError, IndexError):
+                number = None
+            where = f" (frame {f})" if per_frame else ""
+            shown = raw[0] if isinstance(raw, list | tuple) else raw
+            if number is None or not np.isfinite(number):
+                raise UnreadableImageError(f"DICOM file {str(path)!r} holds {_NUMBER_NAMES[kw]} {str(shown)!r}"
+                                           f"{where}, which is not a finite number. Fix: replace or remove the file.")
+            if kw == "RescaleSlope" and number == 0:
+                raise UnreadableImageError(f"DICOM file {str(path)!r} holds Rescale Slope 0{where}: every modality "
+                                           "value is its Rescale Intercept, so the file holds no image. Fix: replace "
+                                           "or remove the file.")
+
+

@@ -278,7 +278,8 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
 
 
 #: An image whose values span less than one grey level of 8 bits after its rescale and window is blank: every pixel
-#: one value to within what a display shows (a window far from the data, a huge width, a Rescale Slope of 0).
+#: one value to within what a display shows (a window far from the data, a huge width; a Rescale Slope of 0 makes the
+#: file unreadable instead, :func:`dpaudit.dicom.decode_dicom`).
 BLANK_RANGE = 1.0 / 256
 
 
@@ -306,8 +307,8 @@ def _blank_note(images: Sequence[tuple[Path, int, Pixels]], window: tuple[float,
     how = "their Rescale Slope/Intercept and window" if window is None else "their Rescale Slope/Intercept and --window"
     SKIP_LOG.warning(f"{len(blank)} DICOM image(s) are blank after {how} (every pixel one value): "
                      f"{shown}{more}. Fix: {fix}.")
-    why = ("a Window Center/Width far from the values or far wider than them, or a Rescale Slope of 0"
-           if window is None else "--window far from their values, or a Rescale Slope of 0")
+    why = ("a Window Center/Width far from the values or far wider than them" if window is None else
+           "--window far from their values")
     return [f"{len(blank)} DICOM image(s) blank after {how} (every pixel one value: {why}), kept; {fix}"]
 
 

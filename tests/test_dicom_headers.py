@@ -116,15 +116,13 @@ def test_the_loader_skips_and_names_each_malformed_file(tmp_path: Path, rng: np.
 
 def test_images_blank_after_their_rescale_and_window_are_counted_and_named(tmp_path: Path, rng: np.random.Generator,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
-    """A window far from the data (centre -999999, width 1e9), a huge width alone, a Rescale Slope of 0: every
-    pixel one value. Reference: the linear window of PS3.3 C.11.2.1.2.1 maps stored values 0..4095 of such a
+    """A window far from the data (centre -999999, width 1e9), a huge width alone: every pixel one value. Reference: the linear window of PS3.3 C.11.2.1.2.1 maps stored values 0..4095 of such a
     file to within 4096 / 1e9 of one value, under one 8-bit grey level."""
     for i in range(6):
         dicom_file(tmp_path / "a" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"A{i}")
         dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
     blank = {"far": {"WindowCenter": "-999999", "WindowWidth": "1e9"},
-             "wide": {"WindowCenter": "40", "WindowWidth": "1e9"},
-             "slope0": {"RescaleSlope": "0", "RescaleIntercept": "-1024"}}
+             "wide": {"WindowCenter": "40", "WindowWidth": "1e9"}}
     for case, changes in blank.items():
         write_case(tmp_path / "b" / f"{case}.dcm", rng, changes)
     log = logging.getLogger("dpaudit.data.skipped")
@@ -139,10 +137,11 @@ def test_images_blank_after_their_rescale_and_window_are_counted_and_named(tmp_p
             w = load_splits(f"dicom:{tmp_path}", image_size=SIZE, window=(0.0, 4095.0))
     finally:
         log.removeHandler(caplog.handler)
-    for splits, n in ((s, 3), (m, 3), (w, 1)):  # with --window only the slope-0 file stays blank
+    for splits, n in ((s, 2), (m, 2)):
         note = next(x for x in splits.notes if "blank after" in x)
         assert note.startswith(f"{n} DICOM image(s) blank") and "--window" in note
         assert "P-FUZZ" not in note and "A0" not in note
+    assert not any("blank after" in x for x in w.notes)  # --window maps them by other numbers
     assert all(f"{case}.dcm" in caplog.text for case in blank)
     assert "P-FUZZ" not in caplog.text  # named by path, never by PatientID
     assert not any("blank after" in x for x in load_splits(f"dicom:{tmp_path / 'a'}", image_size=SIZE).notes)
@@ -176,3 +175,78 @@ def test_a_colour_minority_is_converted_to_grey_and_said(tmp_path: Path, rng: np
     assert f.in_channels == 3
     assert any(n.startswith("1 of 11 files are greyscale: repeated over 3 channels") for n in f.notes)
     assert not any("colour" in n for n in load_splits(f"dicom:{tmp_path / 'a'}", image_size=SIZE).notes)
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"RescaleSlope": "1", "RescaleIntercept": "nan"}, "Rescale Intercept 'nan'"),
+    ({"RescaleSlope": "inf", "RescaleIntercept": "0"}, "Rescale Slope 'inf'"),
+    ({"RescaleSlope": "nan", "RescaleIntercept": "0"}, "Rescale Slope 'nan'"),
+    ({"WindowCenter": "nan", "WindowWidth": "400"}, "Window Center 'nan'"),
+    ({"WindowCenter": "40", "WindowWidth": "inf"}, "Window Width 'inf'"),
+])
+def test_a_non_finite_header_number_skips_its_file_naming_the_element(tmp_path: Path, rng: np.random.Generator,
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      changes: dict[str, str], named: str) -> None:
+    """A NaN or infinite Rescale Slope/Intercept or Window Center/Width: that file is unreadable, named with the
+    element and its value, and skipped (was: the whole run stopped, blaming 'a non-finite pixel value')."""
+    for i in range(6):
+        dicom_file(tmp_path / "a" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"A{i}")
+        dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
+    with pydicom_warnings_quiet():  # pydicom warns on writing a DS it would not write itself
+        write_case(tmp_path / "b" / "bad.dcm", rng, changes)
+    log = logging.getLogger("dpaudit.data.skipped")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    finally:
+        log.removeHandler(caplog.handler)
+    assert s.skipped == {"unreadable": 1}
+    assert f"bad.dcm' holds {named}" in caplog.text and "not a finite number" in caplog.text
+    assert "pixel value" not in caplog.text
+
+
+def test_a_rescale_slope_of_0_is_unreadable_with_its_own_fix(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Slope 0 makes every modality value the intercept: no image, and no --window can bring one back (was: warned
+    blank with the --window fix). The file is named with its Rescale Slope; a manifest listing it stops."""
+    path = tmp_path / "slope0.dcm"
+    write_case(path, rng, {"RescaleSlope": "0", "RescaleIntercept": "-1024"})
+    for window in (None, (0.0, 4095.0)):
+        with pytest.raises(DataError, match=r"slope0.dcm' holds Rescale Slope 0: every modality value is its Rescale "
+                                            r"Intercept, so the file holds no image. Fix: replace or remove the file"):
+            decode_dicom(path, SIZE, 1, window)
+
+
+def test_a_copy_with_shifted_stored_values_and_intercept_is_linked(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A re-export that stores each value + 100 with Rescale Intercept -100 (and another PatientID) holds the same
+    modality values: the same image, and its patient is linked (was: identified by stored values, k halved). A
+    different image whose stored values happen to equal the shifted ones (another intercept: other Hounsfield
+    units) is not linked, and constant frames stay unknown."""
+    from dpaudit.data import privacy_unit
+
+    originals = {}
+    for cls in ("benign", "malignant"):
+        for p in range(6):
+            for i in range(2):
+                px = rng.integers(0, 3000, (SIZE, SIZE))
+                originals[(cls, p, i)] = px
+                dicom_file(tmp_path / cls / f"P{p}" / f"{i}.dcm", px, patient=f"{cls}-{p}", RescaleSlope="1",
+                           RescaleIntercept="-1024")
+    for (cls, p, i), px in originals.items():
+        dicom_file(tmp_path / cls / f"copy-P{p}" / f"{i}.dcm", px + 100, patient=f"NEW-{cls}-{p}", RescaleSlope="1",
+                   RescaleIntercept="-1124")
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    ids, counts = np.unique(s.train.patient_ids, return_counts=True)
+    # Reference: each person's 2 images and their 2 copies under the new PatientID = 4 per unit.
+    assert set(counts.tolist()) == {4}
+    assert privacy_unit(s).records_per_patient == 4
+    # The same stored values under another intercept are another image (other modality values): never linked.
+    for f in (tmp_path / "benign").rglob("copy-P*/*.dcm"):
+        f.unlink()
+    for f in (tmp_path / "malignant").rglob("copy-P*/*.dcm"):
+        f.unlink()
+    for (cls, p, i), px in originals.items():
+        dicom_file(tmp_path / cls / f"other-P{p}" / f"{i}.dcm", px, patient=f"OTHER-{cls}-{p}", RescaleSlope="1",
+                   RescaleIntercept="0")
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    assert not any("repeat the content" in n for n in s.notes)
