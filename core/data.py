@@ -69,6 +69,7 @@ from dpaudit.images import (
     SKIP_LOG,
     Pixels,
     UnreadableImageError,
+    channels_note,
     dataset_channels,
     probe_channels,
     read_image,
@@ -906,8 +907,8 @@ def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip
     """Decode image files in threads (Pillow and tifffile release the GIL), resizing each as it is read.
 
     Returns one :class:`~dpaudit.images.Pixels` per path (None for a file that does not decode, when
-    ``skip_unreadable``) and the number of such files. Other errors (a non-finite pixel, a 16-bit colour PNG)
-    always propagate.
+    ``skip_unreadable``: a file that does not decode, or holds a non-finite pixel) and the number of such files.
+    Other errors (a 16-bit colour PNG) always propagate.
     """
     out: list[Pixels | None] = [None] * len(paths)
 
@@ -924,21 +925,20 @@ def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip
     return out, sum(p is None for p in out)
 
 
-def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, list[bool], list[str]]:
+def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, list[bool | None], list[str]]:
     """The dataset's channels from the readable images' headers (:func:`dpaudit.images.dataset_channels`: the
-    majority's), which files opened, and the note on the files converted."""
-    colour, ok = 0, []
+    majority's), whether each file is colour (None: it did not open), and the note on the files converted."""
+    colour: list[bool | None] = []
     for p in paths:
         try:
-            colour += probe_channels(p) == 3
-            ok.append(True)
+            colour.append(probe_channels(p) == 3)
         except UnreadableImageError as exc:
             if not skip_unreadable:
                 raise
             skipped_unreadable(exc)
-            ok.append(False)
-    channels, said = dataset_channels(colour, sum(ok))
-    return channels, ok, said
+            colour.append(None)
+    channels, said = dataset_channels(sum(bool(c) for c in colour), sum(c is not None for c in colour))
+    return channels, colour, said
 
 
 def _stack(pixels: Sequence[Pixels]) -> torch.Tensor:
@@ -1302,13 +1302,15 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     rng = np.random.default_rng([seed, zlib.crc32(b"folder")])
     keep = _select_groups(pids, max_images, rng)
     paths = [paths[i] for i in keep]
-    channels, opened, said = _channels_of(paths, skip_unreadable=True)
-    notes = [*notes, *said]
+    channels, colour, _ = _channels_of(paths, skip_unreadable=True)
+    opened = [c is not None for c in colour]
     pixels, _ = _decode_files([p for p, ok in zip(paths, opened, strict=True) if ok], image_size, channels,
                               skip_unreadable=True)
     decoded = iter(pixels)
     got = [next(decoded) if ok else None for ok in opened]
     good = [i for i, px in enumerate(got) if px is not None]
+    # The files converted, counted among those that decoded (a colour file skipped as unreadable was not).
+    notes = [*notes, *channels_note(channels, sum(bool(colour[i]) for i in good), len(good))]
     skipped["unreadable"] += len(got) - len(good)
     if not good:
         raise DataError(f"{name}: none of the image files decodes ({_describe_skipped(skipped)}). Fix: pass a "

@@ -62,7 +62,6 @@ element and its value (:func:`_check_header_numbers`); the tree loader skips it,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import Counter

@@ -14,7 +14,8 @@ The rule (documented in the README, "Data")
   that uses the full range maps 65535 to 1.0. One divisor per dataset keeps relative brightness between images.
 * **Floating-point and signed integer images** (``F`` TIFFs, float and int16 TIFFs): kept as they are when every
   such image of the dataset lies in [0, 1]; otherwise mapped affinely by the dataset's minimum and maximum over
-  those images. Non-finite values are an error naming the file and the pixel.
+  those images. A non-finite value makes the file unreadable, named with the pixel (folders skip it, manifests
+  stop).
 * **TIFF** files are read with tifffile (Pillow reduces 16-bit colour TIFFs to 8 bits and cannot read float colour
   ones): ``MinIsWhite`` is inverted, palette TIFFs are looked up in their 16-bit colour map (/ 65535); CMYK, YCbCr
   and CIELab TIFFs are converted to RGB by Pillow.
@@ -45,7 +46,8 @@ import numpy as np
 
 from dpaudit.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "dataset_channels",
+__all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "channels_note", "content_id",
+           "dataset_channels",
            "probe_channels", "read_image",
            "to_unit_range"]
 
@@ -137,14 +139,27 @@ def dataset_channels(colour: int, total: int) -> tuple[int, list[str]]:
     >>> dataset_channels(0, 5), dataset_channels(5, 5)
     ((1, []), (3, []))
     """
-    if colour == 0 or colour == total:
-        return (3 if colour else 1), []
-    if 2 * colour < total:
-        return 1, [f"{colour} of {total} files are colour: converted to greyscale (ITU-R 601-2 luma) like the other "
-                   f"{total - colour}, so the model takes 1 channel; remove the colour files to train on greyscale "
-                   "files only"]
-    return 3, [f"{total - colour} of {total} files are greyscale: repeated over 3 channels to match the {colour} "
-               "colour files, so the model takes 3 channels"]
+    channels = 1 if 2 * colour < total or colour == 0 else 3
+    return channels, channels_note(channels, colour, total)
+
+
+def channels_note(channels: int, colour: int, total: int) -> list[str]:
+    """The note on the files converted to ``channels``, counting the files that decoded (``colour`` of ``total``):
+    a colour file skipped as unreadable was not converted, and is neither counted nor said.
+
+    >>> channels_note(1, 0, 26), channels_note(3, 0, 4)
+    ([], ['4 of 4 files are greyscale: repeated over 3 channels (the colour files that made the dataset 3-channel did not decode), so the model takes 3 channels'])
+    """
+    grey = total - colour
+    if channels == 1:
+        return [] if not colour else [
+            f"{colour} of {total} files are colour: converted to greyscale (ITU-R 601-2 luma) like the other {grey}, "
+            "so the model takes 1 channel; remove the colour files to train on greyscale files only"]
+    if not grey:
+        return []
+    match = f"to match the {colour} colour files" if colour else (
+        "(the colour files that made the dataset 3-channel did not decode)")
+    return [f"{grey} of {total} files are greyscale: repeated over 3 channels {match}, so the model takes 3 channels"]
 
 
 def probe_channels(path: Path) -> int:
@@ -340,7 +355,7 @@ def read_image(path: Path, image_size: int, channels: int) -> Pixels:
     arr = arr.astype(np.float32) if kind != "float" else arr.astype(np.float64)
     if kind == "float" and not np.isfinite(arr).all():
         r, c = (int(v) for v in np.argwhere(~np.isfinite(arr))[0][:2])
-        raise DataError(f"image {str(path)!r} holds a non-finite pixel value ({float(arr[r, c, 0])} at row {r}, column "
+        raise UnreadableImageError(f"image {str(path)!r} holds a non-finite pixel value ({float(arr[r, c, 0])} at row {r}, column "
                         f"{c}). Fix: replace the non-finite values, or remove the file.")
     low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     data = resize_float(match_channels(arr.astype(np.float32), channels), image_size)

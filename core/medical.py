@@ -57,6 +57,7 @@ from dpaudit.images import (
     SKIP_LOG,
     Pixels,
     UnreadableImageError,
+    channels_note,
     dataset_channels,
     probe_channels,
     read_image,
@@ -671,8 +672,13 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                          "image")
     unit = "study" if no_patient else "patient"
     used = sorted(set(entries.file))
-    channels, said = dataset_channels(sum(headers[f].colour for f in used), len(used))
-    notes += [n.replace("files", "DICOM files", 1) for n in said]
+    channels, _ = dataset_channels(sum(headers[f].colour for f in used), len(used))
+
+    def value_notes(decoded: list[int]) -> list[str]:
+        # The files converted, counted among those that decoded (a colour file skipped as unreadable was not).
+        said = channels_note(channels, sum(headers[f].colour for f in decoded), len(decoded))
+        return [*(n.replace("files", "DICOM files", 1) for n in said),
+                *_dicom_value_notes([headers[f] for f in decoded], window, jointly)]
     jointly = _map_jointly((headers[f] for f in set(entries.file)), window)
     options = f"{image_size}|{channels}|{window}" + ("|joint" if jointly else "")
 
@@ -684,8 +690,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
-                     value_notes=lambda used: _dicom_value_notes([headers[f] for f in used], window, jointly),
-                     windowed=lambda f: True, window=window)
+                     value_notes=value_notes, windowed=lambda f: True, window=window)
 
 
 # ----------------------------------------------------------------------------------------------------------------

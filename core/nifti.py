@@ -17,8 +17,8 @@ Values
 Voxel values are the scaled data (``scl_slope``, ``scl_inter`` applied by nibabel). With ``--window LOW,HIGH``
 they are mapped linearly to [0, 1] and clipped (e.g. ``-100,200`` HU for liver CT). Without a window, every volume
 of the dataset is mapped by the same affine map from the dataset's minimum and maximum voxel values (kept as they
-are when all lie in [0, 1]): the rule of :mod:`dpaudit.images` for floating-point images. A non-finite voxel is an
-error naming the file and the voxel.
+are when all lie in [0, 1]): the rule of :mod:`dpaudit.images` for floating-point images. A non-finite voxel makes the
+file unreadable, named with the voxel (``nifti:`` skips it, a manifest that lists it stops).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def decode_nifti(path: Path, image_size: int, channels: int, window: tuple[float
     bad = ~np.isfinite(vol)
     if bad.any():
         i, j, k = (int(v) for v in np.argwhere(bad)[0])
-        raise DataError(f"NIfTI file {str(path)!r} holds a non-finite voxel value (voxel {i}, {j}, {k} in RAS+ "
+        raise UnreadableImageError(f"NIfTI file {str(path)!r} holds a non-finite voxel value (voxel {i}, {j}, {k} in RAS+ "
                         "order). Fix: replace the non-finite values, or remove the file.")
     low, high = float(vol.min()), float(vol.max())
     stack = np.ascontiguousarray(np.moveaxis(vol, axis, 0))  # one copy; slices are then contiguous

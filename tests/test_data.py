@@ -521,12 +521,22 @@ def test_labels_out_of_range_name_file_and_index(tmp_path: Path, rng: np.random.
         load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
 
 
-def test_non_finite_float_tiff_in_a_folder_names_file_and_pixel(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_non_finite_float_tiff_names_file_and_pixel_and_a_folder_skips_it(tmp_path: Path,
+                                                                          rng: np.random.Generator) -> None:
+    """A non-finite pixel makes that file unreadable: a folder skips and counts it (the others train), a manifest
+    that lists it stops, both naming the file and the pixel."""
     a = rng.random((9, 9)).astype(np.float32)
     a[2, 4] = np.inf
     tifffile.imwrite(tmp_path / "bad.tif", a)
+    with pytest.raises(DataError, match=r"none of the image files decodes \(1 file\(s\) skipped \(1 unreadable"):
+        load_splits(f"folder:{tmp_path}", image_size=9)  # the only file: nothing left
+    (tmp_path / "m.csv").write_text("path,label\nbad.tif,a\n")
     with pytest.raises(DataError, match=r"bad\.tif.*non-finite pixel value \(inf at row 2, column 4"):
-        load_splits(f"folder:{tmp_path}", image_size=9)
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=9)
+    for i in range(4):
+        tifffile.imwrite(tmp_path / f"ok{i}.tif", rng.random((9, 9)).astype(np.float32))
+    s = load_splits(f"folder:{tmp_path}", image_size=9)
+    assert s.skipped == {"unreadable": 1, "not an image": 1}
 
 
 # ------------------------------------------------------------------------------------------------ 5. duplicates

@@ -236,7 +236,7 @@ def test_a_copy_with_shifted_stored_values_and_intercept_is_linked(tmp_path: Pat
         dicom_file(tmp_path / cls / f"copy-P{p}" / f"{i}.dcm", px + 100, patient=f"NEW-{cls}-{p}", RescaleSlope="1",
                    RescaleIntercept="-1124")
     s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
-    ids, counts = np.unique(s.train.patient_ids, return_counts=True)
+    _, counts = np.unique(s.train.patient_ids, return_counts=True)
     # Reference: each person's 2 images and their 2 copies under the new PatientID = 4 per unit.
     assert set(counts.tolist()) == {4}
     assert privacy_unit(s).records_per_patient == 4
@@ -250,3 +250,21 @@ def test_a_copy_with_shifted_stored_values_and_intercept_is_linked(tmp_path: Pat
                    RescaleIntercept="0")
     s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
     assert not any("repeat the content" in n for n in s.notes)
+
+
+def test_the_colour_note_counts_only_files_that_decode(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A colour file skipped as unreadable (PALETTE COLOR without its tables) was not converted: no colour note
+    (was: '1 of 13 DICOM files are colour: converted ...'), and a note that is due counts decoded files only."""
+    for i in range(6):
+        dicom_file(tmp_path / "a" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"A{i}")
+        dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
+    write_case(tmp_path / "b" / "palette.dcm", rng, CASES["palette_without_tables"])
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    assert s.skipped == {"unreadable": 1}
+    assert not any("colour" in n for n in s.notes), s.notes
+    dicom_file(tmp_path / "b" / "capture.dcm", rng.integers(0, 256, (SIZE, SIZE, 3)), photometric="RGB",
+               bits_stored=8, patient="SC")
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    # 12 greyscale files and 1 RGB decoded (the palette file did not): the other 12, not 13.
+    assert any(n.startswith("1 of 13 DICOM files are colour: converted to greyscale (ITU-R 601-2 luma) like the "
+                            "other 12,") for n in s.notes), s.notes

@@ -851,8 +851,12 @@ def test_nifti_non_finite_voxel_names_file_and_voxel(tmp_path: Path, rng: np.ran
         if i == 1:
             vol[3, 4, 1] = np.nan
         nifti_file(tmp_path / f"v{i}.nii", vol)
+    # That volume is unreadable: skipped and named (the others train); a manifest that lists it stops.
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    assert s.skipped == {"unreadable": 1}
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"v{i}.nii,{i % 2}\n" for i in range(3)))
     with pytest.raises(DataError, match=r"v1\.nii.*non-finite voxel value \(voxel 3, 4, 1"):
-        load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
 
 
 def _skip_log(caplog: pytest.LogCaptureFixture):
