@@ -46,7 +46,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -308,10 +308,16 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None, *, given_k
             alt = ("leave out --privacy-unit image (per patient, k counts the copies), or "
                    if has_ids and given_k is None else f"pass --records-per-patient {most} or more, or "
                    if given_k is not None else "")
+            examples = getattr(splits, "copy_examples", ())
+            sets = getattr(splits, "copy_sets", 0) or len(examples)
+            shown = "; ".join(" = ".join(repr(p) for p in group) for group in examples)
+            more = f" and {sets - len(examples)} more set(s)" if sets > len(examples) else ""
+            which = (f": {sets} set(s) of copies, e.g. {shown}{more}" if examples else
+                     " (the loader's note counts them)")
             raise DataError(f"{splits.name}: with the image as the privacy unit each image must train once, but "
                             f"{repeats} training image(s) repeat the content of another (up to {most} copies of "
                             f"one image): a per-image epsilon would not hold for them (their k is {most}, not {given_k or 1}). "
-                            f"Fix: {alt}remove the duplicate files from the data (the loader's note counts them).")
+                            f"Fix: {alt}keep one file of each set of copies and remove the others from the data{which}.")
     k = max(1, dist.max) if unit == "patient" else 1
     return PrivacyUnit(unit, splits.unit, k, dist, "option" if requested else "default")
 
@@ -414,6 +420,11 @@ class DatasetSplits(SplitsShape):
     unit: str = "image"
     skipped: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Up to 3 sets of the files (paths, for the console only: never written, they may carry patient names) whose
+    #: images are copies of one another in the training split, and how many such sets there are: named by
+    #: :func:`privacy_unit` when the image unit refuses them.
+    copy_examples: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    copy_sets: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         shapes = {self.train.image_shape, self.val.image_shape, self.test.image_shape}
@@ -767,8 +778,16 @@ def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequ
                       "counts their images together: e.g. one person's export copied under another PatientID)")
         notes.append(f"{repeats} image(s) repeat the content of another file; each set of copies was kept in one "
                      f"split{linked}")
-    return _splits_from(images, labels, label_names, groups, split_groups, name, parts, unit=unit,
-                        skipped=skipped, notes=tuple(notes), content_ids=digests)
+    splits = _splits_from(images, labels, label_names, groups, split_groups, name, parts, unit=unit,
+                          skipped=skipped, notes=tuple(notes), content_ids=digests)
+    if repeats:  # the sets of copies in training, for privacy_unit's refusal with the image unit
+        held: dict[str, list[str]] = {}
+        for i in parts[0].tolist():
+            if digests[i]:
+                held.setdefault(digests[i], []).append(sources[i])
+        sets = [tuple(v) for v in held.values() if len(v) > 1]
+        splits = replace(splits, copy_examples=tuple(sets[:3]), copy_sets=len(sets))
+    return splits
 
 
 def _splits_from(images: torch.Tensor, labels: np.ndarray, label_names: Sequence[str],

@@ -133,9 +133,22 @@ def test_image_folder_copies_are_refused_with_the_image_unit(tmp_path: Path, rng
     s = load_splits(f"folder:{tmp_path}", image_size=SIZE)
     repeats, most = training_copies(s)
     assert most == 2 and repeats >= 1
-    with pytest.raises(DataError, match=r"each image must train once.*Fix: remove the duplicate files") as info:
+    with pytest.raises(DataError, match=r"each image must train once.*Fix: keep one file of each set of copies and "
+                                        r"remove the others from the data: \d+ set\(s\) of copies, e.g. ") as info:
         privacy_unit(s)
     assert "--privacy-unit image (per patient" not in str(info.value)  # no patient ids: that fix does not apply
+    # The error names up to 3 sets of copies by their paths (no note is printed before it), with the count.
+    message = str(info.value)
+    sets = int(message.split(": ")[-1].split(" set(s)")[0].rsplit(" ", 1)[-1])
+    assert sets == repeats  # two copies per content: one set per repeat
+    shown = message.split("e.g. ")[1].rstrip(".").split(" and ")[0].split("; ")
+    assert len(shown) == min(3, sets)
+    for group in shown:
+        a, b = (Path(x.strip("'")) for x in group.split(" = "))
+        assert a.read_bytes() == b.read_bytes() and {a.name, b.name} == {a.name.removeprefix("copy"),
+                                                                         "copy" + a.name.removeprefix("copy")}
+    assert (sets > 3) == (f"and {sets - 3} more set(s)" in message)
+    assert not any(str(tmp_path) in n for n in s.notes)  # paths stay out of what is written
 
 
 def test_csv_manifest_patients_linked_by_a_copied_file_are_one_unit(tmp_path: Path,
