@@ -233,13 +233,15 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
               skipped: Counter[str], notes: list[str], *, skip_unreadable: bool, label_source: str,
               value_notes: Callable[[list[int]], list[str]] | None = None,
-              windowed: Callable[[int], bool] | None = None, window: tuple[float, float] | None = None
-              ) -> DatasetSplits:
+              windowed: Callable[[int], bool] | None = None, window: tuple[float, float] | None = None,
+              label_notes: Callable[[set[int]], list[str]] | None = None) -> DatasetSplits:
     """Select, decode and split; ``value_notes`` gives the notes on the pixel values of the files used (indices
     into ``files``: selected and decoded), so that they count only what is in the dataset; ``label_source`` names
     where the labels came from, for the note or error on labels written differently; ``windowed`` says which files
     (indices into ``files``) are mapped by a rescale and window of their own (DICOM), whose images are checked for
-    being blank (:func:`_blank_note`)."""
+    being blank (:func:`_blank_note`); ``label_notes`` gives the notes on a labels file's rows, given the files
+    (indices into ``files``) skipped as unreadable while decoding, so that a row whose file was is counted
+    skipped."""
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
@@ -248,6 +250,8 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     need = sorted({entries.file[i] for i in keep})
     decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable), strict=True))
     skipped["unreadable"] += sum(v is None for v in decoded.values())
+    if label_notes is not None:
+        notes = [*notes, *label_notes({f for f, v in decoded.items() if v is None})]
     pixels, sel = [], []
     for i in keep:
         frames = decoded[entries.file[i]]
@@ -424,6 +428,7 @@ def _note_unmatched_labels(rows: dict[str, dict[str, str]], matched: set[str], k
         why = Counter(passed[k] for k in skipped)
         notes.append(f"{len(skipped)} row(s) of the labels file name files that were skipped "
                      f"({', '.join(f'{n} {r}' for r, n in sorted(why.items()))}); they were not used")
+    if skipped and key in ("file", "path"):  # other keys may be PatientIDs: counted, never shown
         SKIP_LOG.warning("labelled but skipped: %s. Fix: label image files only (delete these rows from the labels "
                          "file), or replace the files with images", _shown(skipped, passed))
     if missing:
@@ -627,6 +632,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     headers, shared_id = _without_shared_patient_id(headers)
     missing = Counter(h.patient_source for h in headers if h.patient_source != "PatientID")
     matched: set[str] = set()
+    labelled: dict[int, str] = {}  # file index: the labels file's key that labelled it
     for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
         groups = {"sex": h.sex, "age_band": age_band(h.age)} if with_header_groups else {}
         if labels is not None:
@@ -636,15 +642,24 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                 skipped["not in the labels file"] += 1
                 continue
             matched.add(k)
+            labelled[i] = k
             label = row["label"]
             groups |= {_group_name(c): _group_value(c, row[c]) for c in extra}
         else:
             label = folder_labels[i]
         entries.add(i, range(h.frames), label, h.patient, groups)
+    label_notes = None
     if labels is not None:
-        _note_unmatched_labels(rows, matched, key, notes,
-                               {p.relative_to(root).as_posix(): r for p, r in passed.items()} if key == "path"
-                               else None)
+        header_skips = {p.relative_to(root).as_posix(): r for p, r in passed.items()} if key == "path" else {}
+
+        def label_notes(undecoded: set[int]) -> list[str]:
+            # A row is skipped when every file it labels was: at the header scan, or unreadable in decoding.
+            used = {k for f, k in labelled.items() if f not in undecoded}
+            failed = {labelled[f] for f in undecoded if f in labelled} - used
+            out: list[str] = []
+            _note_unmatched_labels(rows, matched - failed, key, out,
+                                   header_skips | dict.fromkeys(failed, "unreadable"))
+            return out
     elif len(rels[0].parts) > 1:
         _check_class_folders(name, entries.label, entries.patient, unit="study" if missing else "patient",
                              identifiers=_dicom_identifiers(headers, folder_labels),
@@ -690,7 +705,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
-                     value_notes=value_notes, windowed=lambda f: True, window=window)
+                     value_notes=value_notes, windowed=lambda f: True, window=window, label_notes=label_notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -731,6 +746,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     entries = _Entries()
     notes: list[str] = []
     matched = set()
+    labelled: dict[int, str] = {}  # file index: the labels file's row key that labelled it
     if labels_path is not None:
         key, rows, extra = _read_labels(labels_path, ("file", "path"), name)
     else:
@@ -756,13 +772,24 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         except UnreadableImageError as exc:
             skipped_unreadable(exc)
             skipped["unreadable"] += 1
+            if labels_path is not None:
+                matched.discard(hit)
+                passed[hit] = "unreadable"
             continue
+        if labels_path is not None:
+            labelled[i] = hit
         patient, source = _patient_key(patient_id, rel, rel.as_posix(), root)
         sources[source] += 1
         sub_folders += source == "volume" and _in_sub_folder(rel)
         entries.add(i, range(n), label, patient, groups)
+    label_notes = None
     if labels_path is not None:
-        _note_unmatched_labels(rows, matched, key, notes, passed)
+
+        def label_notes(undecoded: set[int]) -> list[str]:
+            failed = {labelled[f] for f in undecoded if f in labelled}
+            out: list[str] = []
+            _note_unmatched_labels(rows, matched - failed, key, out, passed | dict.fromkeys(failed, "unreadable"))
+            return out
     elif len(rels[0].parts) > 1 and len(entries):
         ids = bool(sources["patient"] or sources["subject"])  # a patient_id column or BIDS subjects
         subjects: dict[str, set[str]] = {}
@@ -782,7 +809,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     rng = np.random.default_rng([seed, 0x1F71])
     return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, skipped, notes,
                      skip_unreadable=True, label_source="the labels file's label column"
-                     if labels_path is not None else "the class folder names")
+                     if labels_path is not None else "the class folder names", label_notes=label_notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------

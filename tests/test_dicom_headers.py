@@ -268,3 +268,30 @@ def test_the_colour_note_counts_only_files_that_decode(tmp_path: Path, rng: np.r
     # 12 greyscale files and 1 RGB decoded (the palette file did not): the other 12, not 13.
     assert any(n.startswith("1 of 13 DICOM files are colour: converted to greyscale (ITU-R 601-2 luma) like the "
                             "other 12,") for n in s.notes), s.notes
+
+
+@pytest.mark.parametrize("key", ["path", "SOPInstanceUID"])
+def test_a_labels_row_whose_file_is_unreadable_in_decoding_counts_as_skipped(tmp_path: Path,
+                                                                             rng: np.random.Generator,
+                                                                             key: str) -> None:
+    """Window Width 0 is found while decoding, after the header scan: the labels file's row naming that file is
+    counted with the skipped rows, by its reason (was: left out of the count, though the file was skipped). A UID
+    key is counted, never shown."""
+    rows = [f"{key},label"]
+    for i in range(6):
+        for cls in ("a", "b"):
+            ds = dicom_file(tmp_path / cls / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"{cls}{i}")
+            rows.append(f"{cls}/ok{i}.dcm,{cls}" if key == "path" else f"{ds.SOPInstanceUID},{cls}")
+    write_case(tmp_path / "b" / "width0.dcm", rng, CASES["window_width_0"])
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    uid = dcmread(tmp_path / "b" / "width0.dcm").SOPInstanceUID
+    rows.append("b/width0.dcm,b" if key == "path" else f"{uid},b")
+    if key == "path":
+        rows.append("notes.txt,a")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE, labels=tmp_path / "labels.csv")
+    note = next(n for n in s.notes if "row(s) of the labels file" in n)
+    expected = ("2 row(s) of the labels file name files that were skipped (1 not DICOM, 1 unreadable)" if key == "path"
+                else "1 row(s) of the labels file name files that were skipped (1 unreadable)")
+    assert note.startswith(expected), s.notes
+    assert uid not in " ".join(s.notes)
