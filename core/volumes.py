@@ -516,18 +516,20 @@ def _read_pair(name: str, image: Path, label: Path) -> tuple[np.ndarray, np.ndar
     try:
         imgs = [nib.load(str(image)), nib.load(str(label))]
     except Exception as exc:  # nibabel raises many types for unreadable files; name the file, not the data
-        raise DataError(f"volume {name!r}: could not be read as NIfTI ({type(exc).__name__}). Fix: check the "
-                        "file or remove it from imagesTr/ and labelsTr/.") from None
-    for what, img in zip(("image", "label map"), imgs, strict=True):
+        raise DataError(f"volume {name!r} ({str(image)!r}, {str(label)!r}): could not be read as NIfTI "
+                        f"({type(exc).__name__}). Fix: check the files or remove them from imagesTr/ and "
+                        "labelsTr/.") from None
+    for what, img, path in zip(("image", "label map"), imgs, (image, label), strict=True):
         if len(img.shape) < 3 or volume_count(img.shape) > 1:
-            raise invalid(f"volume {name!r} {what} dimensions", tuple(img.shape),
+            raise invalid(f"volume {name!r} {what} {str(path)!r} dimensions", tuple(img.shape),
                           "a 3-D volume X x Y x Z (one modality)", "use a single-modality task or extract one channel",
                           cls=DataError)
     try:
         (vol, v_aff), (lab, l_aff) = canonical(imgs[0], np.float32), canonical(imgs[1], None)
     except Exception as exc:  # truncated or damaged data
-        raise DataError(f"volume {name!r}: could not be read as NIfTI ({type(exc).__name__}). Fix: check the "
-                        "file or remove it from imagesTr/ and labelsTr/.") from None
+        raise DataError(f"volume {name!r} ({str(image)!r}, {str(label)!r}): could not be read as NIfTI "
+                        f"({type(exc).__name__}). Fix: check the files or remove them from imagesTr/ and "
+                        "labelsTr/.") from None
     if vol.shape != lab.shape:
         raise invalid(f"volume {name!r} label map shape", lab.shape, f"the image's shape {vol.shape}",
                       f"pair each image with its own label map (same voxel grid): check {pair}", cls=DataError)
@@ -545,15 +547,17 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
     to the closest canonical (RAS+) voxel order, image and label map alike, so that axial slices run along the
     third axis (inferior to superior) whatever the files' voxel order, and a pair whose affines put its voxels in
     different places is refused."""
+    who = repr(name)
     if isinstance(image, np.ndarray):
         vol, lab = image, np.asarray(label)
     else:
         vol, lab = _read_pair(name, Path(image), Path(label))
+        who = f"{name!r} ({str(image)!r})"  # the messages below name the file too
     if vol.ndim != 3:
-        raise invalid(f"volume {name!r} dimensions", vol.shape, "a 3-D volume X x Y x Z (one modality)",
+        raise invalid(f"volume {who} dimensions", vol.shape, "a 3-D volume X x Y x Z (one modality)",
                       "use a single-modality task or extract one channel", cls=DataError)
     if vol.shape != lab.shape:
-        raise invalid(f"volume {name!r} label map shape", lab.shape, f"the image's shape {vol.shape}",
+        raise invalid(f"volume {who} label map shape", lab.shape, f"the image's shape {vol.shape}",
                       "pair each image with its own label map (same voxel grid)", cls=DataError)
     # A NaN or infinite voxel would pass the window's clip (or spoil the percentile scaling) and reach training.
     for what, arr in (("image", vol), ("label map", lab)):
@@ -561,7 +565,7 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
             bad = ~np.isfinite(arr)
             if bad.any():
                 i, j, k = (int(v) for v in np.argwhere(bad)[0])
-                raise DataError(f"volume {name!r}: its {what} holds a non-finite voxel value ({float(arr[i, j, k])} "
+                raise DataError(f"volume {who}: its {what} holds a non-finite voxel value ({float(arr[i, j, k])} "
                                 f"at voxel {i}, {j}, {k} in RAS+ voxel order). Fix: replace the non-finite values, "
                                 "or remove the volume from imagesTr/ and labelsTr/.")
     values = np.unique(lab)
@@ -569,12 +573,12 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
     if fractional:
         shown = ", ".join(f"{v:.6g}" for v in fractional[:5]) + (f" and {len(fractional) - 5} more"
                                                                   if len(fractional) > 5 else "")
-        raise DataError(f"volume {name!r}: its label map must hold integers (class indices), got {shown}: it was "
+        raise DataError(f"volume {who}: its label map must hold integers (class indices), got {shown}: it was "
                         "probably resampled with linear or spline interpolation. Fix: resample the label map with "
                         "nearest-neighbour interpolation (or round it to the nearest class).")
     bad = [int(v) for v in values.tolist() if not 0 <= v < n_classes]
     if bad:
-        raise invalid(f"volume {name!r} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
+        raise invalid(f"volume {who} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
                       "fix the label map or add the class to dataset.json's labels", cls=DataError)
     return vol.astype(np.float32, copy=False), lab.astype(np.int64)
 
