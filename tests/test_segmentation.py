@@ -3,10 +3,9 @@ DP training end to end, and the imprint attack on the U-Net."""
 
 from __future__ import annotations
 
-import re
-
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
