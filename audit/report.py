@@ -57,6 +57,7 @@ from dpaudit.audit.report_layout import (
     esc,
     figure,
     grid,
+    page_table,
     register_fonts,
     styles,
 )
@@ -111,8 +112,8 @@ class _Report(board.BoardPages):
             ("Date", created.strftime("%Y-%m-%d %H:%M UTC")),
             ("dpaudit version", p.dpaudit_version),
         ]
-        table = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in rows],
-                      colWidths=[4.2 * cm, TEXT_W - 4.2 * cm])
+        table = page_table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in rows],
+                             [4.2 * cm, TEXT_W - 4.2 * cm])
         table.setStyle(TableStyle([FONT_CMD,
             ("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
             ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5),
@@ -190,12 +191,7 @@ class _Report(board.BoardPages):
             rows.append([self.cell(x) for x in self._table_row(lv)])
         widths = [2.3, 1.8, 2.3, *([2.6 if len(utility) == 1 else 2.1] * len(utility)), 2.0, 2.0, 2.5, 1.9]
         scale = TEXT_W / (sum(widths) * cm)
-        table = grid(rows, [w * cm * scale for w in widths], header_rows=2)
-        out = [self.para("Risk and utility per privacy budget", "h1"),
-               self.para("The layout follows Table 3 of the seed paper: per privacy budget the model's diagnostic "
-                         "performance next to three tiers of reconstruction risk."),
-               table, Spacer(1, 4),
-               self.para(
+        note = self.para(
                    (f"ε achieved: tight PLD accountant per patient (the k {rec}s of one patient moving together, "
                     f"the unit the risks are stated for), with the per-{rec} value that training calibrates and "
                     f"Opacus' RDP per {rec} in parentheses; the budget is the per-{rec} target. " if pp else
@@ -207,7 +203,11 @@ class _Report(board.BoardPages):
                    f"reconstruction has SSIM > {self.p.success_ssim():g} under the imprint-layer attack with its strongest "
                    "decoder "
                    "(named); the noise multiplier of that attack scenario (batch size 1) is in the last column, "
-                   "as in the seed paper. Without DP no guarantee holds (100%).", "small")]
+                   "as in the seed paper. Without DP no guarantee holds (100%).", "small")
+        out = [self.para("Risk and utility per privacy budget", "h1"),
+               self.para("The layout follows Table 3 of the seed paper: per privacy budget the model's diagnostic "
+                         "performance next to three tiers of reconstruction risk."),
+               grid(rows, [w * cm * scale for w in widths], header_rows=2, note=note)]
         notes = list(dict.fromkeys(n for lv in self.levels for n in lv.notes))
         if notes:
             # the budgets' own notes: a budget past the noise search range, the attack's (a weak imprint block)
@@ -296,8 +296,8 @@ class _Report(board.BoardPages):
                                        f"{txt.pct(p.worst_case, direction='up')} / {txt.pct(p.relaxed, direction='up')}"))
             rows.append(cells)
         return [Spacer(1, 8), self.para("Reconstruction bounds at the user's priors κ", "h2"),
-                grid(rows, [TEXT_W / len(head)] * len(head)),
-                self.para(f"{txt.LABEL_UPPER}s (worst case / relaxed).", "small")]
+                grid(rows, [TEXT_W / len(head)] * len(head),
+                     note=self.para(f"{txt.LABEL_UPPER}s (worst case / relaxed).", "small"))]
 
     def bounds_page(self) -> list:
         out = [self.para("Reconstruction risk: formal bounds and the realistic attack", "h1"),
@@ -340,10 +340,10 @@ class _Report(board.BoardPages):
                     " – ".join(percent_interval(r.ci_low, r.ci_high)), f"{r.mean_ssim:.3f}", str(r.n_images),
                     str(a.n_excluded))])
         a0 = next(lv.attack for lv in self.levels if lv.attack is not None)
-        return [Spacer(1, 4), grid(rows, [TEXT_W / len(head)] * len(head)),
-                self.para(f"All {txt.LABEL_EMPIRICAL}. SSIM: {esc(a0.ssim_variant)}; {txt.record(self.p)}s with fewer than 10% "
-                          f"non-zero pixels excluded; {a0.connection} imprint connection with {a0.bins} bins; "
-                          f"{txt.record(self.p)}s of shape {'×'.join(str(x) for x in a0.image_shape)}.", "small")]
+        return [Spacer(1, 4), grid(rows, [TEXT_W / len(head)] * len(head), note=self.para(
+                    f"All {txt.LABEL_EMPIRICAL}. SSIM: {esc(a0.ssim_variant)}; {txt.record(self.p)}s with fewer than "
+                    f"10% non-zero pixels excluded; {a0.connection} imprint connection with {a0.bins} bins; "
+                    f"{txt.record(self.p)}s of shape {'×'.join(str(x) for x in a0.image_shape)}.", "small"))]
 
     def mia_page(self) -> list:
         out = [self.para("Membership inference", "h1"), self.para(txt.mia_sentence(self.p))]
@@ -363,9 +363,9 @@ class _Report(board.BoardPages):
                 rows.append([self.cell(lv.label)] + [self.cell(txt.pct(lv.bounds.tpr_at(f), direction="up"))
                                                      for f in fprs]
                             + [self.cell(txt.pct(lv.bounds.mia_advantage, direction="up"))])
-            out += [grid(rows, [TEXT_W / len(head)] * len(head)),
-                    self.para(f"{txt.LABEL_UPPER}s for any membership-inference attacker, {unit} (same "
-                              "assumptions and unit as the worst-case reconstruction bound).", "small")]
+            out.append(grid(rows, [TEXT_W / len(head)] * len(head), note=self.para(
+                f"{txt.LABEL_UPPER}s for any membership-inference attacker, {unit} (same assumptions and unit as the "
+                "worst-case reconstruction bound).", "small")))
         audits = self.p.mia_audits
         if audits:
             head = ["Privacy budget", "Accountant ε per image (upper bound)", "Empirical ε per image (lower bound)",
@@ -378,9 +378,10 @@ class _Report(board.BoardPages):
                     txt.eps_down(m.epsilon_lower_bound), txt.pct(m.confidence), str(m.canaries),
                     txt.eps_down(m.ceiling), esc(m.method))])
             ceil = max((m.ceiling for m in audits), default=None)
-            out += [Spacer(1, 6), self.para("Empirical canary audit", "h2"),
-                    grid(rows, [TEXT_W / len(head)] * len(head)), Spacer(1, 4),
-                    boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)]
+            # the caveat box stays with its table (alone on the next page it reads as orphaned)
+            out += [Spacer(1, 6), KeepTogether([
+                self.para("Empirical canary audit", "h2"), grid(rows, [TEXT_W / len(head)] * len(head)),
+                Spacer(1, 4), boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)])]
         else:
             out.append(self.para(
                 "No empirical membership audit was run for this profile (add <font face='DejaVuSansMono'>"
@@ -422,12 +423,11 @@ class _Report(board.BoardPages):
         rest = (TEXT_W - w0) / len(inits)
         trainable = self.p.config.trainable
         return [self.para("Utility per initialisation", "h2"),
-                grid(rows, [w0] + [rest] * len(inits)),
-                self.para(f"Test MCC, mean [95% t-interval] over seeds ({txt.LABEL_EMPIRICAL}), of every budget "
+                grid(rows, [w0] + [rest] * len(inits), note=self.para(f"Test MCC, mean [95% t-interval] over seeds ({txt.LABEL_EMPIRICAL}), of every budget "
                           f"trained from each initialisation (runs from a file train {esc(trainable)} layers; "
                           "'scratch' is a random start). The privacy guarantee covers the fine-tuning data only, not the data "
                           "the initial weights were trained on. The bounds and the attack use the runs from "
-                          f"{esc(inits[0])}.", "small"), *loaded]
+                          f"{esc(inits[0])}.", "small")), *loaded]
 
     def statement_pages(self) -> list:
         out = [self.para("Privacy statement", "h1")]
@@ -439,7 +439,7 @@ class _Report(board.BoardPages):
         out.append(PageBreak())
         out.append(self.para("Glossary", "h1"))
         rows = [[self.cell(f"<b>{esc(k)}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in txt.glossary(self.p)]
-        t = Table(rows, colWidths=[4.4 * cm, TEXT_W - 4.4 * cm])
+        t = page_table(rows, [4.4 * cm, TEXT_W - 4.4 * cm])
         t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         out += [t, PageBreak()]
         return out
@@ -531,7 +531,7 @@ class _Report(board.BoardPages):
         right += [[self.cell(""), self.cell("")]] * (len(left) - len(right))
         pairs = [a + b for a, b in zip(left, right, strict=True)]
         w = TEXT_W / 2
-        t = Table(pairs, colWidths=[w * 0.45, w * 0.55, w * 0.45, w * 0.55])
+        t = page_table(pairs, [w * 0.45, w * 0.55, w * 0.45, w * 0.55])
         t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP"),
                                ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
         return t
@@ -585,9 +585,8 @@ class _Report(board.BoardPages):
                    f"κ = 1/{MSD_LIVER_N_TRAIN}, σ from Opacus' RDP calibration. Paper mode uses the Edgeworth "
                    "approximation of the seed paper (an approximation, not a bound; it can lie below the tight "
                    "bound)."),
-               grid(rows, [TEXT_W / 6] * 6), Spacer(1, 3),
-               self.para("Differences in the last digit come from the calibrated σ (bisection to the budget).",
-                         "small")]
+               grid(rows, [TEXT_W / 6] * 6, note=self.para(
+                   "Differences in the last digit come from the calibrated σ (bisection to the budget).", "small"))]
         return out
 
     def story(self) -> list:

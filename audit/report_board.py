@@ -22,7 +22,7 @@ from dpaudit.audit import report_text as txt
 from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
-from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid
+from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid, page_table
 from dpaudit.numfmt import UNDEFINED_METRIC, percent_interval
 
 if TYPE_CHECKING:
@@ -186,8 +186,8 @@ class BoardPages:
             ("Board limits", esc(limits)),
             ("Recommended budget", esc(recommended)),
         ]
-        t = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(v, "cell")] for k, v in reviewed],
-                  colWidths=[4.0 * cm, TEXT_W - 4.0 * cm])
+        t = page_table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(v, "cell")] for k, v in reviewed],
+                         [4.0 * cm, TEXT_W - 4.0 * cm])
         t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.4, RULE),
                                ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         box = "☐"
@@ -198,8 +198,8 @@ class BoardPages:
             ("Conditions and notes", ""), ("Signature", ""),
         ]
         heights = [1.1 * cm, 1.1 * cm, 1.1 * cm, 1.1 * cm, 3.2 * cm, 1.6 * cm]
-        form = Table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(v, "cell")] for k, v in form_rows],
-                     colWidths=[4.0 * cm, TEXT_W - 4.0 * cm], rowHeights=heights)
+        form = page_table([[self.cell(f"<b>{k}</b>", "cell"), self.cell(v, "cell")] for k, v in form_rows],
+                            [4.0 * cm, TEXT_W - 4.0 * cm], row_heights=heights)
         form.setStyle(TableStyle([FONT_CMD, ("GRID", (0, 0), (-1, -1), 0.6, colors.black),
                                   ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         return [self.para("Sign-off", "h1"),

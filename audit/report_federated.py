@@ -45,12 +45,11 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
     unit_note = (" With the patient as the unit, k is the most images of one patient at the site, and ε_k per "
                  "patient and the ReRo bound are for those k images moving together (the site's DP-SGD calibrates "
                  "ε_k per image)." if per_patient else "")
-    out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head)),
-            report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case).{unit_note} Test MCC: "
+    out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head), note=report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case).{unit_note} Test MCC: "
                         f"{txt.LABEL_EMPIRICAL}, the global model on the site's own test split (– when that split "
                         f"holds no image, N_test 0, or one class only: MCC is not defined there). Global model on the pooled test split: MCC {fed.global_mcc:.3f}; "
                         f"spread across sites (max – min) {_num(fed.mcc_spread, '.3f')} ({txt.LABEL_EMPIRICAL}).",
-                        "small")]
+                        "small"))]
     out.append(report.para("The malicious server's bin attack", "h2"))
     out.append(report.para(
         "The server inserts an imprint block of K bins (a plain linear layer and a parameter-free connection, which "
@@ -68,12 +67,11 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
             str(r.bins), txt.pct(r.success_rate), " – ".join(percent_interval(r.ci_low, r.ci_high)),
             f"{r.mean_ssim:.3f}", f"{txt.pct(r.alone_share)} (exp. {txt.pct(r.expected_alone_share)})",
             str(r.n_images))])
-    out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head)),
-            report.para(f"Success and mean SSIM: {txt.LABEL_EMPIRICAL} (a lower bound on the risk), exact "
+    out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head), note=report.para(f"Success and mean SSIM: {txt.LABEL_EMPIRICAL} (a lower bound on the risk), exact "
                         "Clopper-Pearson intervals. Alone in bin: measured share of images alone in their bin "
                         f"({txt.LABEL_EMPIRICAL}), beside (1 – 1/K)^(M – 1) for M images per view "
                         f"({txt.LABEL_ESTIMATE}): what collisions cost, as opposed to what the noise costs (success can exceed the "
                         "share alone: a bin holding two similar images may still give a picture close to one of "
                         f"them). The row "
-                        f"at σ = {fed.noise_multiplier:.3g} is the federation's own noise.", "small")]
+                        f"at σ = {fed.noise_multiplier:.3g} is the federation's own noise.", "small"))]
     return out

@@ -14,7 +14,7 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import cm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
-from reportlab.platypus import Image, Table, TableStyle
+from reportlab.platypus import Flowable, Image, Table, TableStyle
 
 from dpaudit.audit import report_figures as figs
 
@@ -64,9 +64,9 @@ def styles() -> dict[str, ParagraphStyle]:
         "head": ParagraphStyle("head", parent=base, fontName=FONT_BOLD, fontSize=7.6, leading=9.4, spaceAfter=0,
                                alignment=TA_CENTER),
         "h1": ParagraphStyle("h1", parent=base, fontName=FONT_BOLD, fontSize=15, leading=19, spaceBefore=2,
-                             spaceAfter=8),
+                             spaceAfter=8, keepWithNext=1),
         "h2": ParagraphStyle("h2", parent=base, fontName=FONT_BOLD, fontSize=11, leading=14, spaceBefore=8,
-                             spaceAfter=4),
+                             spaceAfter=4, keepWithNext=1),  # a heading never ends a page
         "title": ParagraphStyle("title", parent=base, fontName=FONT_BOLD, fontSize=26, leading=32, spaceAfter=10),
         "subtitle": ParagraphStyle("subtitle", parent=base, fontSize=13, leading=17, textColor=MUTED,
                                    spaceAfter=24),
@@ -91,8 +91,54 @@ def boxed(flowables: list, background: colors.Color, border: colors.Color = RULE
     return t
 
 
-def grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: bool = True) -> Table:
-    t = Table(rows, colWidths=widths, repeatRows=header_rows)
+#: A table split across pages keeps at least this many body rows on each side (its footnote counts as one), so
+#: no page holds a header and one lonely row, or a table's last row and its footnote alone.
+MIN_SPLIT_ROWS = 3
+
+
+class _PageTable(Table):
+    """A table that splits across pages only where at least ``MIN_SPLIT_ROWS`` body rows stay on each side; a
+    shorter table moves whole. reportlab's own ``rowSplitRange`` is not enough: after splitting at the last row it
+    allows, it tries the tail in the space left on the same page and splits it again (a page then ended in one
+    row and the footnote)."""
+
+    def split(self, availWidth, availHeight):
+        self._calc(availWidth, availHeight)
+        heights = self._rowHeights
+        head = self.repeatRows if isinstance(self.repeatRows, int) else max(self.repeatRows) + 1
+        used, fit = 0.0, 0
+        for h in heights:
+            if used + h > availHeight:
+                break
+            used, fit = used + h, fit + 1
+        if fit >= len(heights):
+            return super().split(availWidth, availHeight)
+        n = min(fit, len(heights) - MIN_SPLIT_ROWS)  # the split's first row: at least MIN_SPLIT_ROWS after it
+        if n < head + MIN_SPLIT_ROWS:
+            return []
+        # half of row n's height past the rows kept: reportlab splits before row n, or earlier where a span asks
+        parts = super().split(availWidth, sum(heights[:n]) + heights[n] / 2)
+        if len(parts) != 2 or len(parts[0]._cellvalues) < head + MIN_SPLIT_ROWS:
+            return []
+        return parts
+
+
+def page_table(rows: list[list], widths: list[float], *, header_rows: int = 0,
+               row_heights: list[float] | None = None) -> Table:
+    """Every table of the report: it repeats its ``header_rows`` on a new page and splits only where at least
+    ``MIN_SPLIT_ROWS`` body rows stay on each side."""
+    return _PageTable(rows, colWidths=widths, rowHeights=row_heights, repeatRows=header_rows)
+
+
+def grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: bool = True,
+         note: Flowable | None = None) -> Table:
+    """A ruled table with ``header_rows`` shaded header rows; ``note``, its footnote, is the last row (spanning
+    every column, below the closing rule), so a page break never leaves it alone or with the last row only."""
+    body = len(rows)
+    if note is not None:
+        rows = [*rows, [note] + [""] * (len(widths) - 1)]
+    t = page_table(rows, widths, header_rows=header_rows)
+    last = body - 1
     style = [
         ("FONTNAME", (0, 0), (-1, -1), FONT),
         ("FONTSIZE", (0, 0), (-1, -1), 7.8),
@@ -100,12 +146,15 @@ def grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: 
         ("BACKGROUND", (0, 0), (-1, header_rows - 1), HEAD_BG),
         ("LINEABOVE", (0, 0), (-1, 0), 0.8, INK),
         ("LINEBELOW", (0, header_rows - 1), (-1, header_rows - 1), 0.6, INK),
-        ("LINEBELOW", (0, -1), (-1, -1), 0.8, INK),
+        ("LINEBELOW", (0, last), (-1, last), 0.8, INK),
         ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3),
         ("LEFTPADDING", (0, 0), (-1, -1), 3), ("RIGHTPADDING", (0, 0), (-1, -1), 3),
     ]
+    if note is not None:
+        style += [("SPAN", (0, body), (-1, body)), ("LEFTPADDING", (0, body), (-1, body), 0),
+                  ("RIGHTPADDING", (0, body), (-1, body), 0), ("VALIGN", (0, body), (-1, body), "TOP")]
     if zebra:
-        for r in range(header_rows, len(rows)):
+        for r in range(header_rows, body):
             if (r - header_rows) % 2 == 1:
                 style.append(("BACKGROUND", (0, r), (-1, r), colors.HexColor("#f7f7f7")))
     t.setStyle(TableStyle(style))

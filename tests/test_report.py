@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -590,3 +591,51 @@ def test_the_configuration_table_is_never_split_across_pages(tmp_path) -> None:
             page = next(t for t in pages if heading in t)
             # every field of the table on the page of its heading
             assert all(n in page for n in names), [n for n in names if n not in page]
+
+
+
+@pytest.mark.parametrize("header_rows", [1, 2])
+def test_a_split_table_keeps_rows_and_its_footnote_on_each_page(header_rows: int, tmp_path, monkeypatch) -> None:
+    """The report's tables (``grid``, ``page_table``) split across pages only with at least MIN_SPLIT_ROWS body
+    rows on each side, the footnote with the last ones: a demo report left a page holding only the attack table's
+    last row and its footnote. The table is placed at every height of the page in turn; every split reportlab makes
+    is recorded, and the pages are read back: a page that opens with the repeated header holds at least
+    MIN_SPLIT_ROWS rows, and the footnote is never alone."""
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table
+
+    from dpaudit.audit.report_layout import MIN_SPLIT_ROWS, grid, register_fonts, styles
+
+    register_fonts()
+    st = styles()
+    pieces: list[int] = []  # body rows of each piece of a split table (the footnote row counted)
+    split = Table.split
+
+    def recording(self, aw, ah):
+        parts = split(self, aw, ah)
+        if len(parts) > 1:
+            pieces.extend(len(p._cellvalues) - header_rows for p in parts)
+        return parts
+
+    monkeypatch.setattr(Table, "split", recording)
+    for n_rows in (1, 4, 7, 40):
+        for offset in range(0, 680, 23):  # points of the A4 frame taken above the table
+            head = [[Paragraph(f"Head {i}", st["head"]) for _ in range(3)] for i in range(header_rows)]
+            rows = [[Paragraph(f"row{r}", st["cell"]), Paragraph("x", st["cell"]), Paragraph("y", st["cell"])]
+                    for r in range(n_rows)]
+            doc = SimpleDocTemplate(str(tmp_path / "t.pdf"))
+            doc.build([Spacer(1, offset), grid(head + rows, [doc.width / 3] * 3, header_rows=header_rows,
+                                               note=Paragraph("FOOTNOTE of the table.", st["small"]))])
+            for page in _text((tmp_path / "t.pdf").read_bytes()):
+                shown = page.count("row")
+                assert shown == 0 or shown >= min(n_rows, MIN_SPLIT_ROWS - ("FOOTNOTE" in page)), (n_rows, offset, page)
+                assert "FOOTNOTE" not in page or shown, (n_rows, offset, page)
+    assert pieces and all(body >= MIN_SPLIT_ROWS for body in pieces), pieces
+
+
+def test_every_report_table_is_built_by_the_layout_helpers() -> None:
+    """The split rule lives in report_layout.page_table: no other report module builds a reportlab Table itself."""
+    import dpaudit.audit as audit_pkg
+
+    for path in Path(audit_pkg.__file__).parent.glob("report*.py"):
+        if path.name != "report_layout.py":
+            assert " Table(" not in path.read_text(encoding="utf-8"), path.name
