@@ -104,7 +104,9 @@ class FederatedAttackRow:
 
     ``success_rate``: share of the round's images whose nearest reconstruction has SSIM above the result's
     ``success_ssim`` (empirical, a lower bound on the risk); ``ci_low``/``ci_high``: exact two-sided 95%
-    Clopper-Pearson interval. ``alone_share``:
+    Clopper-Pearson interval. ``images_per_view`` (a count: the batch, or n x batch under secure aggregation) and
+    ``noise_std_per_view`` (a setting: the per-entry noise std of one view, sqrt(n) sigma C, n the clients summed
+    into it) say what the server saw and carry no label. ``alone_share``:
     share of images that were alone in their bin (measured: what a noise-free attack could recover);
     ``expected_alone_share``: (1 - 1/K)^(M - 1) for M images in one view and K equal-probability bins (estimate;
     the server's bins are equal-probability only under its assumed distribution). An image of a round in which no
@@ -134,13 +136,9 @@ def row_labels(success_ssim: float) -> dict[str, str]:
     the profile's ``federated.attack[]``)."""
     return {"success_rate": f"empirical (SSIM > {success_ssim:g}, nearest matching over the round's images), a "
                             "lower bound on reconstruction risk",
-            "ci_low, ci_high": "exact 95% Clopper-Pearson interval",
+            "ci_low, ci_high": "empirical (exact 95% Clopper-Pearson interval of success_rate)",
             "alone_share": "empirical (images alone in their bin)",
             "expected_alone_share": "estimate, (1 - 1/K)^(M - 1)",
-            "noise_std_per_view": "exact, the configured per-entry noise std of one view, sqrt(n) sigma C "
-                                  "(n: the clients summed into the view)",
-            "images_per_view": "exact, the images summed into one view (the batch, or n x batch under secure "
-                               "aggregation)",
             "bins_declared_occupied": "empirical, bins the occupancy test declared occupied, mean per view",
             "mean_ssim": "empirical, mean over the round's images of the SSIM of the nearest reconstruction"}
 

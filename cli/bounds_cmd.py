@@ -405,7 +405,10 @@ def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "imag
         "labels": {"epsilon": EPSILON_LABEL.format(accountant=s.epsilon.accountant.upper()),
                    **({"epsilon_patient": EPSILON_PATIENT_LABEL} if s.epsilon_patient is not None else {}),
                    "epsilon_rdp": "sound upper bound (RDP, as Opacus), per image",
-                   "rero": f"{worst.label}, {_per(k, rec)}", "mia": f"{mia.label}, {_per(k, rec)}"},
+                   "rero": f"{worst.label}, {_per(k, rec)}", "mia": f"{mia.label}, {_per(k, rec)}",
+                   **({"numerical_error": "sound upper bound on how far each rero[] value (worst_case, relaxed) "
+                                          "lies above the exact one (its distance to a sound lower bound)"}
+                      if method == "tight" else {})},
         # tight only: the proven gap to a sound lower bound on the exact value; no other method has one
         "numerical_error": ({"worst_case": worst.numerical_error.tolist(), "relaxed": relaxed.numerical_error.tolist()}
                             if method == "tight" else None),

@@ -292,7 +292,9 @@ def test_help_and_json_labels() -> None:
                                    "--threads", "1", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    numbers = {k for k, v in data["rows"][0].items() if isinstance(v, float) and k != "noise_multiplier"}
+    # settings carry no label: the noise multiplier, and the per-view noise std it sets (sqrt(n) sigma C)
+    numbers = {k for k, v in data["rows"][0].items() if isinstance(v, float)
+               and k not in ("noise_multiplier", "noise_std_per_view")}
     labelled = {name.strip() for key in data["labels"] for name in key.split(",")}
     assert numbers <= labelled, numbers - labelled
 

@@ -95,8 +95,9 @@ def test_train_attack_federated_json_and_files_are_strict(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------------------------------------ labels
-#: Numbers that say what ran, not what was measured or bounded: the settings, counts and timings a result echoes.
-#: Every other number must have a label (sound upper bound, approximation, estimate, empirical, exact, given).
+#: Numbers that say what ran, not what was measured or bounded: the settings, counts and timings (wall-clock
+#: ``seconds``, ``wall_seconds``, ``reference_seconds``) a result echoes. Every other number must have a label of
+#: one of the four kinds (KINDS).
 SETTINGS = {"seed", "seconds", "wall_seconds", "reference_seconds", "n_images", "n_train", "n_test", "n_val", "n",
             "bins", "observations", "canaries", "members", "clients", "rounds", "batch_size", "image_shape",
             "n_excluded", "keep_images", "max_grad_norm", "success_ssim", "epochs", "records_per_patient",
@@ -106,7 +107,10 @@ SETTINGS = {"seed", "seconds", "wall_seconds", "reference_seconds", "n_images", 
             "guesses_positive", "guesses_negative", "tries", "candidates", "threshold", "max_images_per_unit",
             "mean_images_per_unit", "n_units", "histogram", "lr", "epoch", "trainable_parameters",
             "frozen_parameters", "client_sampling_probability", "schema_version", "tasks_run", "tasks_reused",
-            "binding", "noise_multiplier_used", "skipped"}
+            "binding", "noise_multiplier_used", "skipped", "phases", "images_per_view", "noise_std_per_view",
+            "centralised_noise_multiplier"}
+#: The four kinds of number (the report's reading guide): every label starts with one.
+KINDS = ("sound upper bound", "approximation", "estimate", "empirical")
 #: Blocks that hold the run's configuration (what was asked), echoed beside the result.
 SETTING_BLOCKS = {"scenario", "settings", "config", "epsilon_mechanism", "arch_args"}
 
@@ -144,14 +148,32 @@ def unlabelled(obj, labels: dict | None = None, path: str = "") -> set[str]:
     return {path} if numeric and (labels is None or not _covered(path, labels)) else set()
 
 
+def wrong_kinds(obj) -> set[str]:
+    """The labels (of every ``labels`` block) that do not start with one of the four KINDS."""
+    if isinstance(obj, dict):
+        own = obj.get("labels")
+        found = {f"{k}: {v}" for k, v in own.items() if not str(v).startswith(KINDS)} if isinstance(own, dict) else set()
+        return found.union(*(wrong_kinds(v) for k, v in obj.items() if k != "labels"))
+    if isinstance(obj, list):
+        return set().union(*(wrong_kinds(v) for v in obj))
+    return set()
+
+
 def test_the_label_checker_finds_an_unlabelled_number() -> None:
     assert unlabelled({"a": 1.0, "labels": {}}) == {"a"}
     assert unlabelled({"rows": [{"eta": [1.0], "seed": 0}], "labels": {"rows[].eta": "empirical"}}) == set()
     assert unlabelled({"x": {"labels": {"y": "empirical"}, "y": 1, "z": 2}, "labels": {}}) == {"z"}
     assert unlabelled({"config": {"lr": 0.1}, "labels": {}}) == set()
+    assert wrong_kinds({"rows": [{"labels": {"ci_low": "exact interval", "a": "empirical"}}]}) == {
+        "ci_low: exact interval"}
 
 
 LABELLED = [
+    ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3", "--json"],
+    ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3", "--records-per-patient", "3", "--json"],
+    ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "1000", "--kappa", "1e-3", "--method", "edgeworth", "--json"],
+    ["bounds", "--sigma", "1.0", "--q", "0.01", "--steps", "100", "--kappa", "1e-3", "--method", "mc", "--mc-samples", "2000",
+     "--json"],
     ["mia", "bound", "--true-positives", "90", "--positives", "100", "--false-positives", "3", "--negatives", "100",
      "--json"],
     ["mia", "one-run", "--canaries", "1000", "--guesses", "100", "--correct", "90", "--json"],
@@ -174,4 +196,6 @@ LABELLED = [
 def test_every_number_a_command_prints_has_a_label(args: list[str]) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert unlabelled(strict_loads(res.stdout)) == set()
+    obj = strict_loads(res.stdout)
+    assert unlabelled(obj) == set()
+    assert wrong_kinds(obj) == set()

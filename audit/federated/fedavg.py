@@ -384,7 +384,9 @@ class FederatedResult:
                 "global_metrics": "empirical, the global model on the pooled test split",
                 "mcc_spread, mcc_std": "empirical, max - min and sample std of clients.test_mcc",
                 "rounds": "empirical (each round's participants, survivors and whether it completed)",
-                "baselines": "centralised_epsilon: sound upper bound (tight PLD); the MCCs: empirical"}
+                "baselines.centralised_epsilon": "sound upper bound (tight PLD), the centralised baseline's",
+                "baselines.centralised_mcc, baselines.nonprivate_fedavg_mcc, baselines.nonprivate_fedavg_per_client_mcc":
+                    "empirical, test MCC of the baselines"}
 
 
 def _client_splits(splits: Any, idx: list[list[np.ndarray]], k: int) -> Any:
