@@ -101,6 +101,11 @@ class GroupMetrics:
     mcc: float
     accuracy: float
 
+    #: Why a metric is null in JSON (dpaudit.codec writes NaN as null with its reason).
+    UNDEFINED: ClassVar[dict[str, str]] = {
+        "mcc": "not defined: the subgroup's images hold one class only (MCC needs both)",
+        "accuracy": "not defined: the subgroup holds no image"}
+
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
@@ -124,6 +129,14 @@ class ClassificationMetrics:
 
     #: Written to JSON beside the fields (dpaudit.codec), for the reader.
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("decision_rule",)
+    #: Why a metric is null in JSON (dpaudit.codec writes NaN as null with its reason).
+    UNDEFINED: ClassVar[dict[str, str]] = {
+        "mcc": "not defined: the split's labels or predictions hold one class only",
+        "mcc_argmax": "not defined: the split's labels or arg-max predictions hold one class only",
+        "balanced_accuracy": "not defined: the split holds no image",
+        "auroc": "not defined: the split's labels hold one class only",
+        "accuracy": "not defined: the split holds no image",
+        "loss": "not measured on this split"}
 
     @property
     def decision_rule(self) -> str:

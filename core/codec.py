@@ -7,9 +7,12 @@ path. Fields declared with ``metadata={"json": False}`` (per-image arrays, kept 
 may name read-only properties in ``JSON_PROPERTIES`` (e.g. a decision rule or a caveat derived from the fields):
 they are written after the fields, so that the JSON is self-describing, and ignored when read back.
 
-One policy for non-finite numbers: JSON has no infinity or NaN, so such floats are written as the strings
-``"inf"``, ``"-inf"`` and ``"nan"`` and read back exactly (``from_json(to_json(x)) == x`` also for non-private
-runs). numpy arrays and scalars become lists and numbers.
+One policy for non-finite numbers: JSON has no infinity or NaN. An infinite float (a bound with no finite value)
+is written as the string ``"inf"`` or ``"-inf"``; a NaN, a number that is not defined (an MCC on a split with one
+class), is written as ``null``, and the object that holds it says why under ``"undefined"`` (field name ->
+reason: the class's ``UNDEFINED`` reasons, else :data:`UNDEFINED_REASON`). Both read back exactly
+(``from_json(to_json(x)) == x`` also for non-private runs); the string ``"nan"`` of older files still reads as NaN.
+numpy arrays and scalars become lists and numbers.
 """
 
 from __future__ import annotations
@@ -30,20 +33,43 @@ from dpaudit.errors import ConfigError, invalid
 T = TypeVar("T")
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+#: The key beside the fields under which an object says why a field is null (not defined).
+UNDEFINED_KEY = "undefined"
+#: The reason given for a NaN field whose class names none.
+UNDEFINED_REASON = "not defined for this data (no value can be computed)"
+
+
+def _holds_nan(value: Any) -> bool:
+    """Whether a field's value is NaN or holds one (a sequence or array of numbers)."""
+    if isinstance(value, float | np.floating):
+        return bool(np.isnan(value))
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "f" and bool(np.isnan(value).any())
+    if isinstance(value, list | tuple):
+        return any(_holds_nan(v) for v in value)
+    if isinstance(value, collections.abc.Mapping):
+        return any(_holds_nan(v) for v in value.values())
+    return False
 
 
 def encode(obj: Any) -> Any:
-    """A plain-JSON view of ``obj`` (dataclasses become objects, tuples lists, non-finite floats strings)."""
+    """A plain-JSON view of ``obj`` (dataclasses become objects, tuples lists, infinities strings, NaN null with
+    its reason under ``"undefined"``)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
         out.update({name: encode(getattr(obj, name)) for name in getattr(obj, "JSON_PROPERTIES", ())})
+        reasons = getattr(obj, "UNDEFINED", {})
+        undefined = {name: reasons.get(name, UNDEFINED_REASON) for name in out
+                     if _holds_nan(getattr(obj, name))}
+        if undefined:
+            out[UNDEFINED_KEY] = undefined
         return out
     if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
         return obj
     if isinstance(obj, float):
         if math.isfinite(obj):
             return obj
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, tuple | list):
         return [encode(v) for v in obj]
     if isinstance(obj, collections.abc.Mapping):
@@ -109,6 +135,8 @@ def decode(tp: Any, value: Any, path: str = "$") -> Any:
     if dataclasses.is_dataclass(tp):
         return from_plain(tp, value, path)
     if tp is float:
+        if value is None:  # a number that is not defined (NaN)
+            return math.nan
         if isinstance(value, str) and value in _NONFINITE:
             return _NONFINITE[value]
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -138,9 +166,9 @@ def from_plain(cls: type[T], data: Any, path: str = "$") -> T:
     upgrade = getattr(cls, "json_upgrade", None)
     if upgrade is not None:  # a class that reads files of an earlier layout says how
         data = upgrade(data)
-    derived = getattr(cls, "JSON_PROPERTIES", ())
-    if derived:  # written for the reader, recomputed from the fields
-        data = {k: v for k, v in data.items() if k not in derived}
+    derived = (*getattr(cls, "JSON_PROPERTIES", ()), UNDEFINED_KEY)
+    # written for the reader (recomputed from the fields; why a field is null)
+    data = {k: v for k, v in data.items() if k not in derived}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
@@ -195,7 +223,7 @@ def _coerce(tp: Any, value: Any) -> Any:
 class JsonResult:
     """Mixin: ``to_json`` / ``from_json`` through the type-driven codec above, type normalisation at construction,
     and equality by JSON form: two results are equal when they serialise to the same JSON (NaN equals NaN, as
-    ``"nan"`` does; fields kept out of the JSON are not compared). Declare subclasses with
+    ``null`` does; fields kept out of the JSON are not compared). Declare subclasses with
     ``@dataclass(frozen=True, eq=False)`` so that the dataclass does not replace this equality."""
 
     def __post_init__(self) -> None:

@@ -24,12 +24,14 @@ def test_train_json_reports_per_client_epsilon_and_mcc() -> None:
     assert data["dp_level"] == "sample" and len(data["clients"]) == 2
     assert all(c["epsilon"] <= 8 for c in data["clients"])
     assert "mcc" in data["global_metrics"] and all("test_mcc" in c for c in data["clients"])
-    # The spread across sites is known only when two sites have a measured MCC; otherwise it is "nan", never 0.
+    # The spread across sites is known only when two sites have a measured MCC; otherwise it is null (not
+    # defined, with its reason), never 0.
     measured = [c["test_mcc"] for c in data["clients"] if isinstance(c["test_mcc"], float)]
     if len(measured) > 1:
         assert data["mcc_spread"] == pytest.approx(max(measured) - min(measured))
     else:
-        assert data["mcc_spread"] == "nan" and data["mcc_std"] == "nan"
+        assert data["mcc_spread"] is None and data["mcc_std"] is None
+        assert "fewer than two sites" in data["undefined"]["mcc_spread"]
 
 
 def test_attack_json_table() -> None:

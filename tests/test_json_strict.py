@@ -1,6 +1,6 @@
 """Every JSON dpaudit writes is strict JSON: no ``Infinity``, ``-Infinity`` or ``NaN`` (which Python's ``json``
-writes and reads by default, but which are not JSON); non-finite numbers are the strings "inf", "-inf", "nan"
-(:mod:`dpaudit.codec`). And wherever a person reads an infinite bound (console, report, checklist) it is '∞'."""
+writes and reads by default, but which are not JSON); infinite numbers are the strings "inf", "-inf", a number
+that is not defined (NaN) is null with its reason under "undefined" (:mod:`dpaudit.codec`). And wherever a person reads an infinite bound (console, report, checklist) it is '∞'."""
 
 from __future__ import annotations
 
@@ -31,6 +31,33 @@ def _non_finite_strings(obj) -> set[str]:
     if isinstance(obj, list):
         return set().union(*(_non_finite_strings(v) for v in obj)) if obj else set()
     return {obj} if obj in ("inf", "-inf", "nan") else set()
+
+
+def test_a_number_that_is_not_defined_is_null_with_its_reason() -> None:
+    """NaN (an MCC on a split with one class) is null in JSON, never the string "nan", and the object holding it
+    says why; it reads back as NaN (and the "nan" of older files too)."""
+    import math
+
+    from dpaudit.audit.federated.fedavg import ClientSummary
+    from dpaudit.audit.metrics import ClassificationMetrics, GroupMetrics
+    from dpaudit.codec import decode, dumps, encode, from_plain
+
+    site = ClientSummary(client=0, n_train=10, n_test=0, label_histogram=(5, 5), rounds_participated=1,
+                         sampling_probability=0.1, steps=10, epsilon=8.0, test_mcc=float("nan"))
+    text = dumps(site)
+    plain = strict_loads(text)
+    assert plain["test_mcc"] is None and '"nan"' not in text
+    assert plain["undefined"] == {"test_mcc": ClientSummary.UNDEFINED["test_mcc"]}
+    back = from_plain(ClientSummary, plain)
+    assert math.isnan(back.test_mcc) and dumps(back) == text
+    m = ClassificationMetrics(n=3, mcc=float("nan"), balanced_accuracy=0.5, auroc=float("nan"), accuracy=1.0,
+                              loss=0.1, subgroups=(GroupMetrics("sex", "F", 2, float("nan"), 1.0),))
+    plain = encode(m)
+    assert plain["mcc"] is None and set(plain["undefined"]) == {"mcc", "auroc", "mcc_argmax"}
+    assert plain["subgroups"][0]["undefined"] == {"mcc": GroupMetrics.UNDEFINED["mcc"]}
+    assert "one class" in plain["undefined"]["mcc"]
+    assert math.isnan(decode(float, "nan")) and math.isnan(decode(float, None))
+    assert encode({"e": float("inf")}) == {"e": "inf"}
 
 
 def test_strict_loads_refuses_what_json_dumps_writes_by_default() -> None:
@@ -199,3 +226,4 @@ def test_every_number_a_command_prints_has_a_label(args: list[str]) -> None:
     obj = strict_loads(res.stdout)
     assert unlabelled(obj) == set()
     assert wrong_kinds(obj) == set()
+    assert "nan" not in _non_finite_strings(obj)  # a number that is not defined is null, with its reason

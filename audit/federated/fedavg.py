@@ -310,6 +310,10 @@ class ClientSummary:
     #: image as the unit; None otherwise.
     epsilon_patient: float | None = None
 
+    #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
+    UNDEFINED: ClassVar[dict[str, str]] = {
+        "test_mcc": "not defined: the site's test split holds no image, or one class only"}
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -371,6 +375,10 @@ class FederatedResult:
 
     #: Written to JSON beside the fields (``dpaudit federated train --json``, through dpaudit.codec).
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+    #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
+    UNDEFINED: ClassVar[dict[str, str]] = {
+        "mcc_spread": "not defined: fewer than two sites have a test MCC",
+        "mcc_std": "not defined: fewer than two sites have a test MCC"}
 
     @property
     def labels(self) -> dict[str, str]:
