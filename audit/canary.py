@@ -101,6 +101,12 @@ def _tpr_at_fpr(scores: np.ndarray, member: np.ndarray, fprs: tuple[float, ...],
     return tuple(rows)
 
 
+#: Why the audit's training run names no checkpoint, metrics or curve file.
+KEPT_NO_FILES = ("the audit's training run keeps no files: its checkpoint, metrics and training curve were written "
+                 "to a temporary folder, removed after scoring the canaries (checkpoint, metrics_path and "
+                 "curve_path are null)")
+
+
 def _train_and_load(cfg: TrainConfig, splits: Any, workdir: str, progress: Callable[[int, int, str], None] | None
                     ) -> tuple[TrainResult, torch.nn.Module]:
     result = train(replace(cfg, out=workdir, seeds=1), splits=splits, progress=progress)
@@ -162,6 +168,10 @@ def run_canary_audit(config: CanaryAuditConfig, *, splits: Any = None,
                                      std=splits.std)
             scores = ref_loss - loss  # log p_target(y|x) - log p_reference(y|x)
             ref_seconds = time.perf_counter() - t_ref
+    # The audit's model lived in the temporary folder, gone now: its files are not named (a path into a deleted
+    # folder reads as a file one could open).
+    result = replace(result, checkpoint=None, metrics_path=None, curve_path=None,
+                     notes=(*result.notes, KEPT_NO_FILES))
 
     delta = float(result.target_delta)
     audit = one_run_from_scores(scores, member, delta=delta, confidence=config.confidence,

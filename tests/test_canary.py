@@ -106,6 +106,10 @@ def test_cli_audit_json_and_bad_input() -> None:
     d = json.loads(res.stdout)
     assert d["epsilon_lower_bound"] <= d["accountant_epsilon"]
     assert d["canaries"] == 30
+    # the training run's files lived in a temporary folder, removed: no path into it, and the note says why
+    t = d["train"]
+    assert t["checkpoint"] is None and t["metrics_path"] is None and t["curve_path"] is None
+    assert any("keeps no files" in n for n in t["notes"]) and "dpaudit-mia-" not in res.stdout
     res = runner.invoke(app, ["mia", "audit", "--sigma", "1.0", "--canaries", "1"])
     assert res.exit_code == 2 and "canaries" in res.output
 
