@@ -52,8 +52,9 @@ def attack(
                                                  "images; random: a seeded random subset (what the profile "
                                                  "attacks).")] = S.selection,
     max_images: Annotated[int | None, typer.Option("--max-images", help="Load at most this many images before "
-                                                   "splitting (default: enough for --n-images; a profile's "
-                                                   "--max-images to attack its split).")] = None,
+                                                   "splitting (default: all of them for a checkpoint trained by "
+                                                   "dpaudit, as train loaded them; else enough for --n-images; the "
+                                                   "--max-images it was trained with to attack its split).")] = None,
     epsilons: Annotated[str | None, typer.Option("--epsilons", help="Target epsilons, e.g. 1,8,20,1e9 (mapped to "
                                                  "sigmas in the attack scenario q = 1/N, T = epochs * N). Default: "
                                                  "the checkpoint's epsilon; --sigmas 0 for a non-private one.")
@@ -193,8 +194,10 @@ def attack(
         splits = load_segmentation_splits(dataset, image_size=image_size, seed=seed, max_volumes=max_images,
                                           window=seg_window)
     else:
-        if max_images is None:
-            # Enough images for the train split to hold n_images (the loaders split about 70/15/15).
+        if max_images is None and (ckpt is None or ckpt.n_train is None):
+            # A random or unrecorded model: enough images for the train split to hold n_images (the loaders split
+            # about 70/15/15). A checkpoint trained by dpaudit: all the data, as train loaded them, so that the
+            # training split (the images attacked) and the loader's notes are the ones train printed.
             max_images = max(3, math.ceil(n_images / 0.7) + 3)
         splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
                              labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])

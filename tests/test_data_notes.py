@@ -77,3 +77,30 @@ def test_the_report_lists_the_loaders_notes(tmp_path: Path) -> None:
     plain = " ".join(" ".join(p.extract_text() for p in PdfReader(str(render_report(prof, tmp_path / "p.pdf"))).pages)
                      .split())
     assert "Every file found was used" in plain and "skipped" not in plain
+
+
+def test_attack_on_a_trained_checkpoint_prints_the_notes_train_printed(tmp_path: Path) -> None:
+    """The attack on a checkpoint trained by dpaudit loads the data as train did (not a few images of it), so its
+    training split and the loader's notes are train's: a folder with copied images gave train a "repeat the
+    content" note that the attack, reading 15 of the images, left out."""
+    import shutil
+
+    rng = np.random.default_rng([2, 22])
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / cls / f"i{i:03d}.png")
+    rows = [f"{c}/i{i:03d}.png,{c},p{c}{i // 3}" for c in ("a", "b") for i in range(30)]
+    for i in range(20, 30):  # copies of the last images: the loader keeps each set in one split and says so
+        shutil.copy(root / "b" / f"i{i:03d}.png", root / "b" / f"copy{i:03d}.png")
+        rows.append(f"b/copy{i:03d}.png,b,pb{i // 3}")
+    (root / "manifest.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    data = ["--dataset", f"csv:{root / 'manifest.csv'}", *SMALL, "--json"]
+    res = runner.invoke(app, [*COMMANDS["train"], *data, "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    trained = json.loads(res.stdout)["data_notes"]
+    assert any("repeat the content" in n for n in trained), trained
+    res = runner.invoke(app, [*COMMANDS["attack"], *data, "--model", str(tmp_path / "m" / "model.pt")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["data_notes"] == trained
