@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -235,15 +236,18 @@ def attack(
                       TimeRemainingColumn()) as bar:
         task = bar.add_task("computing the images' gradients", total=None)
 
-        shown = [0]
+        shown: list = [0, ""]
 
         def progress(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=total, description=what)
             # Without a terminal (a log, a pipe) the bar is not drawn: a line at every tenth of the work instead,
-            # so a long attack is seen to run, in units the user knows (images, noise levels).
+            # so a long attack is seen to run, in units the user knows (images, noise levels), and at the end of
+            # each stage ("8/8 images", "noise level 3/3"): a tenth can fall one step before it.
             tenth = 10 * done // max(total, 1)
-            if not err.is_terminal and not as_json and tenth > shown[0]:
-                shown[0] = tenth
+            step = re.search(r"(\d+)/(\d+)", what)
+            stage_end = done >= total or (step is not None and step[1] == step[2])
+            if not err.is_terminal and not as_json and (tenth > shown[0] or stage_end) and what != shown[1]:
+                shown[0], shown[1] = tenth, what
                 err.print(f"attack: {what}", highlight=False)
 
         torch.set_num_threads(idle_cores() if threads is None else threads)

@@ -392,3 +392,14 @@ def test_attack_json_and_json_name_the_device_and_count_images_the_block_barely_
                     "rate may understate the risk for them"]
     assert record["result"]["notes"] == obj["notes"]
     assert "1 of" in " ".join(res.stderr.split()) and "understate the risk" in " ".join(res.stderr.split())
+
+
+def test_progress_without_a_terminal_ends_each_stage_at_its_total() -> None:
+    """In a log (no terminal) the progress lines come at every tenth of the work, and every stage's last step
+    is shown: with 8 images and 3 noise levels a tenth fell on image 7, and "8/8" never appeared."""
+    res = CliRunner().invoke(app, ["attack", "--dataset", "demo", "--image-size", "16", "--max-images", "60",
+                                   "--arch", "smallcnn", "--n-images", "8", "--sigmas", "0,0.1,1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.stderr.splitlines() if x.startswith("attack: ")]
+    assert "attack: gradients of 8/8 images" in lines and lines[-1].startswith("attack: noise level 3/3"), lines
+    assert len(lines) == len(set(lines))  # no step twice
