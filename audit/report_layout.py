@@ -91,16 +91,21 @@ def boxed(flowables: list, background: colors.Color, border: colors.Color = RULE
     return t
 
 
-#: A table split across pages keeps at least this many body rows on each side (its footnote counts as one), so
-#: no page holds a header and one lonely row, or a table's last row and its footnote alone.
+#: A table split across pages keeps at least this many body rows on each side, its footnote not counted (it
+#: goes with the last ones), so no page holds a header and a few lonely rows, or a table's last rows and its
+#: footnote alone.
 MIN_SPLIT_ROWS = 3
 
 
 class _PageTable(Table):
-    """A table that splits across pages only where at least ``MIN_SPLIT_ROWS`` body rows stay on each side; a
-    shorter table moves whole. reportlab's own ``rowSplitRange`` is not enough: after splitting at the last row it
-    allows, it tries the tail in the space left on the same page and splits it again (a page then ended in one
-    row and the footnote)."""
+    """A table that splits across pages only where at least ``MIN_SPLIT_ROWS`` body rows stay on each side, its
+    ``footer_rows`` (a footnote) following the last ones and not counted; a shorter table moves whole. reportlab's
+    own ``rowSplitRange`` is not enough: after splitting at the last row it allows, it tries the tail in the space
+    left on the same page and splits it again (a page then ended in one row and the footnote)."""
+
+    #: rows at the table's end that are not body rows (``grid``'s footnote); reportlab builds the pieces of a split
+    #: through the constructor, so ``split`` hands this on to the last piece itself
+    footer_rows = 0
 
     def split(self, availWidth, availHeight):
         self._calc(availWidth, availHeight)
@@ -113,21 +118,30 @@ class _PageTable(Table):
             used, fit = used + h, fit + 1
         if fit >= len(heights):
             return super().split(availWidth, availHeight)
-        n = min(fit, len(heights) - MIN_SPLIT_ROWS)  # the split's first row: at least MIN_SPLIT_ROWS after it
+        # the split's first row: at least MIN_SPLIT_ROWS body rows after it, then the footer
+        n = min(fit, len(heights) - self.footer_rows - MIN_SPLIT_ROWS)
         if n < head + MIN_SPLIT_ROWS:
             return []
         # half of row n's height past the rows kept: reportlab splits before row n, or earlier where a span asks
         parts = super().split(availWidth, sum(heights[:n]) + heights[n] / 2)
-        if len(parts) != 2 or len(parts[0]._cellvalues) < head + MIN_SPLIT_ROWS:
+        if len(parts) != 2:
             return []
+        first, rest = parts
+        if (len(first._cellvalues) < head + MIN_SPLIT_ROWS
+                or len(rest._cellvalues) < head + MIN_SPLIT_ROWS + self.footer_rows):
+            return []
+        rest.footer_rows = self.footer_rows
         return parts
 
 
-def page_table(rows: list[list], widths: list[float], *, header_rows: int = 0,
+def page_table(rows: list[list], widths: list[float], *, header_rows: int = 0, footer_rows: int = 0,
                row_heights: list[float] | None = None) -> Table:
     """Every table of the report: it repeats its ``header_rows`` on a new page and splits only where at least
-    ``MIN_SPLIT_ROWS`` body rows stay on each side."""
-    return _PageTable(rows, colWidths=widths, rowHeights=row_heights, repeatRows=header_rows)
+    ``MIN_SPLIT_ROWS`` body rows stay on each side; its last ``footer_rows`` (a footnote) are not body rows and
+    stay with the last ones."""
+    t = _PageTable(rows, colWidths=widths, rowHeights=row_heights, repeatRows=header_rows)
+    t.footer_rows = footer_rows
+    return t
 
 
 def grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: bool = True,
@@ -137,7 +151,7 @@ def grid(rows: list[list], widths: list[float], *, header_rows: int = 1, zebra: 
     body = len(rows)
     if note is not None:
         rows = [*rows, [note] + [""] * (len(widths) - 1)]
-    t = page_table(rows, widths, header_rows=header_rows)
+    t = page_table(rows, widths, header_rows=header_rows, footer_rows=int(note is not None))
     last = body - 1
     style = [
         ("FONTNAME", (0, 0), (-1, -1), FONT),
