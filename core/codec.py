@@ -12,6 +12,8 @@ is written as the string ``"inf"`` or ``"-inf"``; a NaN, a number that is not de
 class), is written as ``null``, and the object that holds it says why under ``"undefined"`` (field name ->
 reason: the class's ``UNDEFINED`` reasons, else :data:`UNDEFINED_REASON`). Both read back exactly
 (``from_json(to_json(x)) == x`` also for non-private runs); the string ``"nan"`` of older files still reads as NaN.
+A field that is None (null: not computed, or not applicable) gets its reason there too when the class's
+``UNDEFINED`` names one (a bound not computed for a curve point).
 numpy arrays and scalars become lists and numbers.
 """
 
@@ -33,7 +35,7 @@ from dpaudit.errors import ConfigError, invalid
 T = TypeVar("T")
 
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-#: The key beside the fields under which an object says why a field is null (not defined).
+#: The key beside the fields under which an object says why a field is null (not defined, not computed).
 UNDEFINED_KEY = "undefined"
 #: The reason given for a NaN field whose class names none.
 UNDEFINED_REASON = "not defined for this data (no value can be computed)"
@@ -54,13 +56,13 @@ def _holds_nan(value: Any) -> bool:
 
 def encode(obj: Any) -> Any:
     """A plain-JSON view of ``obj`` (dataclasses become objects, tuples lists, infinities strings, NaN null with
-    its reason under ``"undefined"``)."""
+    its reason under ``"undefined"``, and None too where the class's ``UNDEFINED`` names its reason)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
         out.update({name: encode(getattr(obj, name)) for name in getattr(obj, "JSON_PROPERTIES", ())})
         reasons = getattr(obj, "UNDEFINED", {})
         undefined = {name: reasons.get(name, UNDEFINED_REASON) for name in out
-                     if _holds_nan(getattr(obj, name))}
+                     if _holds_nan(value := getattr(obj, name)) or (value is None and name in reasons)}
         if undefined:
             out[UNDEFINED_KEY] = undefined
         return out

@@ -60,6 +60,30 @@ def test_a_number_that_is_not_defined_is_null_with_its_reason() -> None:
     assert encode({"e": float("inf")}) == {"e": "inf"}
 
 
+@pytest.mark.parametrize("records_per_patient", [1, 4])
+def test_a_bound_not_computed_is_null_with_its_reason(records_per_patient: int) -> None:
+    """profile.json's bounds_curve[] points are computed without the membership-inference curve: their
+    mia_advantage is null and says why under "undefined", as a NaN does (and epsilon_patient where the unit holds
+    one record); a trained budget's bounds[] row, which has both, carries no reason. Every null of a bounds
+    outcome has its reason, and each reads back equal."""
+    from dpaudit.audit.profile.schema import BoundsOutcome
+    from dpaudit.audit.profile.tasks import BoundsTask
+    from dpaudit.codec import encode
+
+    common = {"sampling_probability": 0.46, "steps": 3, "target_delta": 8e-7,
+              "records_per_patient": records_per_patient, "kappa_train": 1 / 139}
+    point = BoundsTask(0.5, None, kappas=(), curves=False, **common).run()
+    row = BoundsTask(2.0, 2.3, kappas=(), curves=True, **common).run()
+    plain = strict_loads(point.to_json())
+    assert plain["mia_advantage"] is None and plain["mia_roc"] == [] and plain["rero_curve"] == []
+    nulls = {k for k, v in plain.items() if v is None}
+    assert nulls == {"mia_advantage"} | ({"epsilon_patient"} if records_per_patient == 1 else set())
+    assert plain["undefined"] == {k: BoundsOutcome.UNDEFINED[k] for k in nulls}
+    assert "bounds_curve[]" in plain["undefined"]["mia_advantage"]
+    assert BoundsOutcome.from_json(point.to_json()) == point
+    assert encode(row)["mia_advantage"] > 0 and "mia_advantage" not in encode(row).get("undefined", {})
+
+
 def test_strict_loads_refuses_what_json_dumps_writes_by_default() -> None:
     for value in (float("inf"), float("-inf"), float("nan")):
         with pytest.raises(ValueError, match="not JSON"):

@@ -492,6 +492,17 @@ class BoundsOutcome(JsonResult):
     seconds: float
     epsilon_patient: float | None = None  # per patient (k records move together) when records_per_patient > 1
 
+    #: Why a field is null in JSON (dpaudit.codec writes the reason beside it): a bounds_curve[] point is computed
+    #: without the membership-inference curve (BoundsTask.curves False), to place a budget on the figure only.
+    UNDEFINED: ClassVar[dict[str, str]] = {
+        "mia_advantage": "not computed: a bounds_curve[] point (a budget between the trained ones, for the figure "
+                         "against epsilon) holds the ReRo bounds at kappa_train only, so its mia_tpr_at_fpr, "
+                         "mia_roc and rero_curve are empty too; bounds[] holds them for each trained budget",
+        "epsilon_patient": "not applicable: records_per_patient is 1, so epsilon is already per privacy unit "
+                           "(where the unit is the image and a patient has several, patient_risk[] bounds the "
+                           "patient)",
+    }
+
     def at_kappa_train(self) -> ReroPoint:
         return next(p for p in self.rero if p.kappa == self.kappa_train)
 
