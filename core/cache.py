@@ -25,7 +25,7 @@ from dpaudit.images import Pixels
 __all__ = ["CACHE_VERSION", "cache_dir", "cached"]
 
 #: Bumped whenever a decoder's output changes, so that entries written by an older dpaudit are not reused.
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 
 def cache_dir() -> Path | None:

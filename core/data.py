@@ -71,6 +71,7 @@ from dpaudit.images import (
     UnreadableImageError,
     channels_note,
     dataset_channels,
+    dataset_digests,
     probe_channels,
     read_image,
     skipped_unreadable,
@@ -1096,7 +1097,7 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False)
     notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
     return _split_and_check(_stack(pixels), labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000",
-                            fractions, rng, unit="lesion", digests=[p.digest for p in pixels],
+                            fractions, rng, unit="lesion", digests=dataset_digests(pixels),
                             sources=[str(p) for p in paths], notes=notes)
 
 
@@ -1337,5 +1338,5 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     sel = keep[good]
     kept = [got[i] for i in good]
     return _split_and_check(_stack(kept), labels[sel], label_names, {}, pids[sel], name, fractions, rng,
-                            unit="image", digests=[p.digest for p in kept], sources=[str(paths[i]) for i in good],
+                            unit="image", digests=dataset_digests(kept), sources=[str(paths[i]) for i in good],
                             skipped=skipped, notes=notes)

@@ -47,7 +47,7 @@ import numpy as np
 from dpaudit.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "channels_note", "content_id",
-           "dataset_channels",
+           "dataset_channels", "dataset_digests",
            "probe_channels", "read_image",
            "to_unit_range"]
 
@@ -82,8 +82,9 @@ class Pixels:
     [0, 1]: 8-bit images / 255, palette TIFFs / 65535), ``"integer"`` (raw levels of an unsigned integer image
     deeper than 8 bits) or ``"float"`` (raw float or signed values). ``low`` and ``high`` are the extreme values of
     the image as stored (before resizing), which fix the dataset-wide divisor. ``digest`` identifies the
-    decoded content (:func:`content_id` of the full-resolution pixels as decoded; for DICOM, of each frame's
-    modality values), so that identical images are never split apart however their files were re-encoded; ``""``
+    decoded content (:func:`content_id` of the training input at full resolution, :func:`_decoded_id`; for an
+    unsigned integer image deeper than 8 bits one per possible dataset divisor, resolved by :func:`dataset_digests`;
+    for DICOM, of each frame's modality values), so that identical images are never split apart however their files were re-encoded; ``""``
     (unknown, counted as distinct) for a constant image.
     """
 
@@ -212,15 +213,78 @@ def _tiff_photometric(raw: bytes) -> int | None:
         return None
 
 
-def _decoded_id(arr: np.ndarray) -> str:
-    """:func:`content_id` of a decoded H x W x C image at full resolution, oriented, alpha dropped, palettes
-    looked up: a grey image stored as RGB (equal channels) is its one channel, so a copy saved the other way links
-    too."""
+#: Storage depths an unsigned integer image can be divided by (:func:`to_unit_range`: 2^b - 1, b from 8 to 32).
+_MAX_BITS = 32
+
+
+def _decoded_id(arr: np.ndarray, kind: str) -> str:
+    """:func:`content_id` of the training input a decoded H x W x C image gives at full resolution (oriented, alpha
+    dropped, palettes looked up), so that two files are linked exactly when the loader maps them to the same values
+    in [0, 1]: a grey image stored as RGB (equal channels) is its one channel, so a copy saved the other way links
+    too.
+
+    The values are divided in float64 by what the loader divides them by: 255 for 8-bit images (``kind`` ``"unit"``),
+    65535 for palette TIFFs' colour maps (``"palette"``). IEEE division is correctly rounded, so two quotients have
+    the same bits exactly when they are the same rational number (the loader's float32 quotients then agree too):
+    an 8-bit value v and its 16-bit conversion 257 v / 65535 are one value, v / 255 and the same integer v stored in
+    16 bits and divided by 65535 are not. Floating-point images are hashed as they are.
+
+    Unsigned integer images deeper than 8 bits (``"integer"``) are divided by the DATASET's divisor 2^b - 1 (b the
+    bits of the largest value among all such images, :func:`to_unit_range`), not by their own storage depth, so
+    their identity is known only once the dataset is: the digest lists one identity per b the dataset can have
+    (``"b=hex"`` joined by ``|``, b from the bits of this image's largest value to 32), and :func:`dataset_digests`
+    keeps the one of the dataset's b. A 16-bit PNG holding the 8-bit values v is then linked to the 8-bit file
+    holding v in a dataset whose 16-bit images all stay below 256 (b = 8: both give v / 255), and not in one where
+    another image uses 16 bits (b = 16: v / 65535); the 16-bit file holding 257 v is linked to it when b = 16.
+    """
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape[-1] == 3 and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
         arr = arr[..., :1]
-    return content_id(arr, "image")
+    if kind == "float":
+        return content_id(arr, "image")
+    if kind != "integer":
+        return content_id(arr.astype(np.float64) / (65535.0 if kind == "palette" else 255.0), "image")
+    if not arr.size or arr.min() == arr.max():
+        return ""
+    ints = np.ascontiguousarray(arr, dtype=np.int64)
+    raw = content_id(ints, "integer")
+    ids = []
+    depths = range(max(8, int(arr.max()).bit_length()), _MAX_BITS + 1)
+    for b in depths:
+        divisor = 2 ** b - 1
+        # Only where every v / (2^b - 1) is some c / 65535 (hence also when it is some c / 255: 255 divides 65535)
+        # can an 8-bit or palette file give the same input; otherwise only another integer image of the same dataset
+        # can, which has the same divisor: its raw integers identify it (and save hashing a float copy per b).
+        # v < 2^32, so 65535 v fits in int64. The first pixels rule most depths out before the whole image is read.
+        exact = not (ints.ravel()[:64] * 65535 % divisor).any() and not (ints * 65535 % divisor).any()
+        ids.append(content_id(ints / float(divisor), "image") if exact else
+                   hashlib.blake2b(f"{raw}/{b}".encode(), digest_size=16).hexdigest())
+    return "|".join(f"{b}={h}" for b, h in zip(depths, ids, strict=True))
+
+
+def dataset_digests(items: list[Pixels]) -> list[str]:
+    """Each image's :attr:`Pixels.digest` in this dataset: an unsigned integer image deeper than 8 bits keeps the
+    identity of the dataset's divisor 2^b - 1 (:func:`_decoded_id`, :func:`to_unit_range`); others are unchanged.
+
+    >>> a = np.array([0, 1, 2, 255], dtype=np.uint16).reshape(2, 2, 1)
+    >>> p = lambda arr, kind: Pixels(np.zeros((1, 1, 1), np.float32), kind, 0.0, float(arr.max()), _decoded_id(arr, kind))
+    >>> v8, v16, v257 = p(a.astype(np.uint8), "unit"), p(a, "integer"), p(a * 257, "integer")
+    >>> d = dataset_digests([v8, v16]); d[0] == d[1]   # b = 8: both give v / 255
+    True
+    >>> d = dataset_digests([v8, v16, v257]); d[0] == d[1], d[0] == d[2]   # b = 16: v / 65535 and 257 v / 65535
+    (False, True)
+    """
+    ints = [p.high for p in items if p.kind == "integer"]
+    bits = str(max(8, int(max(ints)).bit_length())) if ints else ""
+    out = []
+    for p in items:
+        if p.kind == "integer" and "=" in p.digest:
+            p_bits = dict(part.split("=", 1) for part in p.digest.split("|"))
+            out.append(p_bits[bits])
+        else:
+            out.append(p.digest)
+    return out
 
 
 def _read_tiff(path: Path, raw: bytes) -> tuple[np.ndarray, str]:
@@ -252,7 +316,7 @@ def _read_tiff(path: Path, raw: bytes) -> tuple[np.ndarray, str]:
         arr = arr[..., :-1]  # extra (alpha) sample
     kind = "unit" if arr.dtype in (np.uint8, np.bool_) else "integer" if arr.dtype.kind == "u" else "float"
     if photometric == 3 and colormap is not None:  # palette: look indices up in the 16-bit colour map
-        arr = np.moveaxis(np.asarray(colormap)[:, arr[..., 0]], 0, -1).astype(np.float32) / 65535.0
+        arr = np.moveaxis(np.asarray(colormap)[:, arr[..., 0]], 0, -1)  # 16-bit levels, / 65535 in read_image
         kind = "palette"
     elif photometric == 0:  # MinIsWhite: 0 is white
         if arr.dtype == np.bool_:
@@ -291,11 +355,11 @@ def _read_pil(path: Path, raw: bytes, image_size: int, channels: int) -> tuple[n
             if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(im)
                 kind = "integer" if arr.dtype.kind == "u" or (mode == "I" and arr.min() >= 0) else "float"
-                return arr[..., None], kind, _decoded_id(arr)
+                return arr[..., None], kind, _decoded_id(arr, kind)
             # Alpha dropped, palettes looked up: the pixels the model is given, at full resolution.
             decoded = "L" if mode in _GREY_MODES else "RGB"
             im = im if mode == decoded else im.convert(decoded)
-            digest = _decoded_id(np.asarray(im))
+            digest = _decoded_id(np.asarray(im), "unit")
             if im.mode != ("L" if channels == 1 else "RGB"):
                 im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (image_size, image_size):
@@ -344,14 +408,14 @@ def read_image(path: Path, image_size: int, channels: int) -> Pixels:
     # converted to RGB by Pillow (8 bits: the depth those photometric interpretations are written in).
     if path.suffix.lower() in TIFF_EXTENSIONS and _tiff_photometric(raw) in (0, 1, 2, 3, None):
         arr, kind = _read_tiff(path, raw)
-        digest = _decoded_id(arr)
+        digest = _decoded_id(arr, kind)
     else:
         arr, kind, digest = _read_pil(path, raw, image_size, channels)
     if kind == "resized8":
         return Pixels(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0),
                       "unit", 0.0, 1.0, digest)
-    if kind == "unit":
-        arr = arr.astype(np.float32) / np.float32(255.0)
+    if kind in ("unit", "palette"):
+        arr = arr.astype(np.float32) / np.float32(255.0 if kind == "unit" else 65535.0)
     arr = arr.astype(np.float32) if kind != "float" else arr.astype(np.float64)
     if kind == "float" and not np.isfinite(arr).all():
         r, c = (int(v) for v in np.argwhere(~np.isfinite(arr))[0][:2])

@@ -59,6 +59,7 @@ from dpaudit.images import (
     UnreadableImageError,
     channels_note,
     dataset_channels,
+    dataset_digests,
     probe_channels,
     read_image,
     skipped_unreadable,
@@ -277,7 +278,7 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     labels = np.array([index[merged[i]] for i in sel], dtype=np.int64)
     groups = {k: np.asarray(v)[sel_a] for k, v in entries.groups.items()}
     sources = [str(files[entries.file[i]]) for i in sel]
-    digests = [p.digest for p in pixels]
+    digests = dataset_digests(pixels)
     return _split_and_check(_stack(pixels), labels, label_names, groups, pseud[sel_a], name, fractions, seed_rng,
                             unit=unit, digests=digests, sources=sources, skipped=skipped, notes=notes)
 

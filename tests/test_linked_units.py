@@ -214,3 +214,35 @@ def test_image_copies_re_encoded_under_another_patient_are_linked_by_their_pixel
     # Reference: each person has 2 images, 1 blank one and the 2 copies under the second id = 5 per unit.
     assert set(_units(s).values()) == {5}
     assert privacy_unit(s).records_per_patient == 5
+
+
+@pytest.mark.parametrize("with_257", [False, True])
+def test_png_copies_at_another_bit_depth_are_linked_by_their_training_input(tmp_path: Path, rng: np.random.Generator,
+                                                                              with_257: bool) -> None:
+    """Two files are copies when the loader gives the same values in [0, 1]. With 16-bit PNGs holding 257 v
+    (the standard 8 -> 16-bit conversion) the dataset's 16-bit divisor is 65535, and 257 v / 65535 = v / 255: the
+    8-bit PNG holding v and its conversion are copies, while the 16-bit PNG holding the same integers v (v / 65535)
+    is another input (was: linked to v, its conversion missed). Without them every 16-bit value stays below 256,
+    the divisor is 255, and the 16-bit PNG holding v gives v / 255 like the 8-bit file: copies."""
+    rows = ["path,label,patient_id"]
+    for p in range(8):
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(tmp_path / f"{p}_{i}.png")
+            rows.append(f"{p}_{i}.png,{p % 2},p{p}")
+        v = np.asarray(Image.open(tmp_path / f"{p}_0.png")).astype(np.uint16)
+        assert v.max() >= 128  # so 257 v needs 16 bits
+        Image.fromarray(v).save(tmp_path / f"same_ints_{p}.png")  # the same integers stored in 16 bits
+        assert Image.open(tmp_path / f"same_ints_{p}.png").mode.startswith("I;16")
+        rows.append(f"same_ints_{p}.png,{p % 2},r{p}")
+        for i in range(2 * with_257):  # both of p's images converted to 16 bits
+            w = np.asarray(Image.open(tmp_path / f"{p}_{i}.png")).astype(np.uint16)
+            Image.fromarray(w * 257).save(tmp_path / f"x257_{p}_{i}.png")
+            rows.append(f"x257_{p}_{i}.png,{p % 2},q{p}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    ids = np.concatenate([s.train.patient_ids, s.val.patient_ids, s.test.patient_ids])
+    sizes = sorted(np.unique(ids, return_counts=True)[1].tolist())
+    # Reference: beside the 257 v files, p's 2 images with q's 2 conversions = 4 per unit, and r's v on its own;
+    # without them, p's 2 images with r's v = 3.
+    assert sizes == ([1] * 8 + [4] * 8 if with_257 else [3] * 8)
+    assert privacy_unit(s).records_per_patient == 3 + with_257
