@@ -639,10 +639,12 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                                        f"({', '.join(lacking)} missing). Fix: replace or remove the file.")
         lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         unit = apply_color_lut(arr, ds).astype(np.float64) / (2 ** lut_bits - 1)
-        ids = [content_id(a, "dicom stored") for a in arr]
+        ids = [content_id(u, "dicom colour") for u in unit]  # the colours, not the indices (palettes differ)
     elif samples >= 3:
         unit = arr.astype(np.float64) / (2 ** bits - 1)
-        ids = [content_id(a, "dicom stored") for a in arr]
+        # The values in [0, 1] after YBR -> RGB and / (2^Bits Stored - 1), not the stored bytes: the same bytes as
+        # RGB and as YBR_FULL are other colours.
+        ids = [content_id(u, "dicom colour") for u in unit]
     else:
         planes = []
         if floating and "ModalityLUTSequence" in ds:  # a LUT is indexed by integer stored values
@@ -664,7 +666,7 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                         "has modality values beyond the float range (Rescale Slope/Intercept)")
                 raise UnreadableImageError(f"DICOM file {str(path)!r} {what} (frame {f}, row {r}, column {c}). Fix: "
                                            "replace or remove the file.")
-            ids.append(_frame_id(ds, arr[f], values))
+            ids.append(_frame_id(values))
             centre_width = _frame_window(ds, f)
             if window is not None:
                 lo, hi = window
@@ -728,16 +730,15 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
     return out
 
 
-def _frame_id(ds: object, stored: np.ndarray, values: np.ndarray) -> str:
+def _frame_id(values: np.ndarray) -> str:
     """What identifies a greyscale frame (:attr:`Pixels.digest`, :func:`dpaudit.images.content_id`): its modality
     values (stored values through Rescale Slope and Intercept), so that a copy is found whatever de-identification
     or re-export did to its header (another PatientID, remapped UIDs, another transfer syntax, or stored values
     shifted with the intercept to match: the same Hounsfield units), never a UID. Sound: with a finite non-zero
     slope (:func:`_check_header_numbers`) the rescale is one-to-one, so equal modality values are one image in the
-    unit the modality measures. A Modality LUT Sequence may map several stored values to one: those files are
-    identified by their stored values. Empty (unknown: counted as distinct) for a constant frame."""
-    if "ModalityLUTSequence" in ds:  # type: ignore[operator]
-        return content_id(stored, "dicom stored")
+    unit the modality measures. A Modality LUT Sequence is applied too: two files with the same stored values and
+    other LUTs (x -> 10 x, x -> 63 - x) are other images, and a LUT mapping several stored values to one gives one
+    image from them. Empty (unknown: counted as distinct) for a constant frame."""
     return content_id(values, "dicom modality")
 
 

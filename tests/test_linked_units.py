@@ -246,3 +246,47 @@ def test_png_copies_at_another_bit_depth_are_linked_by_their_training_input(tmp_
     # without them, p's 2 images with r's v = 3.
     assert sizes == ([1] * 8 + [4] * 8 if with_257 else [3] * 8)
     assert privacy_unit(s).records_per_patient == 3 + with_257
+
+
+def test_dicom_copies_are_identified_by_mapped_values_not_stored_ones(tmp_path: Path,
+                                                                      rng: np.random.Generator) -> None:
+    """The same stored values through other Modality LUTs (x -> 10 x, x -> 63 - x), other palettes, or read as RGB
+    and as YBR_FULL are other images (was: linked by their stored values); the same LUT or palette is a copy."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dpaudit.dicom import decode_dicom
+
+    def lut(table: np.ndarray) -> dict[str, object]:
+        item = Dataset()
+        item.LUTDescriptor = [len(table), 0, 16]
+        item.ModalityLUTType = "HU"
+        item.LUTData = np.asarray(table, np.uint16).tobytes()
+        return {"ModalityLUTSequence": Sequence([item])}
+
+    def palette(seed: int) -> dict[str, object]:
+        maps = np.random.default_rng(seed).integers(0, 65536, (3, 256)).astype("<u2")
+        out: dict[str, object] = {}
+        for colour, table in zip(("Red", "Green", "Blue"), maps, strict=True):
+            out[f"{colour}PaletteColorLookupTableDescriptor"] = [256, 0, 16]
+            out[f"{colour}PaletteColorLookupTableData"] = table.tobytes()
+        return out
+
+    def digest(name: str, pixels: np.ndarray, **kw: object) -> str:
+        dicom_file(tmp_path / f"{name}.dcm", pixels, **kw)
+        (got,) = decode_dicom(tmp_path / f"{name}.dcm", SIZE, 3 if pixels.ndim == 3 else 1, None)
+        assert got.digest
+        return got.digest
+
+    v = rng.integers(0, 64, (SIZE, SIZE))
+    ten, mirror = lut(np.arange(64) * 10), lut(63 - np.arange(64))
+    assert digest("I", v, bits_stored=16, **ten) != digest("J", v, bits_stored=16, **mirror)
+    assert digest("I", v, bits_stored=16, **ten) == digest("I2", v, bits_stored=16, **lut(np.arange(64) * 10))
+    idx = rng.integers(0, 256, (SIZE, SIZE))
+    assert digest("P1", idx, bits_stored=8, photometric="PALETTE COLOR", **palette(1)) != digest(
+        "P2", idx, bits_stored=8, photometric="PALETTE COLOR", **palette(2))
+    assert digest("P1", idx, bits_stored=8, photometric="PALETTE COLOR", **palette(1)) == digest(
+        "P3", idx, bits_stored=8, photometric="PALETTE COLOR", **palette(1))
+    rgb = rng.integers(0, 256, (SIZE, SIZE, 3))
+    assert digest("RGB", rgb, bits_stored=8, photometric="RGB") != digest("YBR", rgb, bits_stored=8,
+                                                                          photometric="YBR_FULL")
