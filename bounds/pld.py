@@ -226,11 +226,18 @@ class DiscretePld:
     def mass_deficit(self) -> float:
         """How much the masses, infinity atom included, fall short of 1 (>= 0): floating-point round-off that
         composing multiplies (a step's masses summing to 1 - 2 ulp lose about T times that: 1.5e-10 at T = 7.2e5).
-        Where it sits is not known, so the upper readers that a lost mass could raise count it at the infinity atom
-        (:meth:`power_and_depth`, :meth:`dual_power`): a power near 1 read as 1 - 1.5e-10 was below the truth
-        (sigma 0.6, q 0.055, k 5, T 718190: dp_accounting's optimistic power alone lies at 1 - 8e-11). The lower
-        readers leave it out (a lower bound may only fall)."""
+        It is a relative error of about that size on every composed atom (:func:`compose_parts`), so the upper
+        readers of a connect-the-dots PLD divide what they read by the total, 1 - mass_deficit: power
+        (:meth:`power_and_depth`, :meth:`dual_power`), :meth:`delta` and :meth:`epsilon` (whose target delta is
+        multiplied by it). A power near 1 read as 1 - 1.5e-10 was below the truth (sigma 0.6, q 0.055, k 5,
+        T 718190: dp_accounting's optimistic power alone lies at 1 - 8e-11); a small delta moves by its 1.5e-10th
+        part. The lower readers leave it out (a lower bound may only fall)."""
         return max(0.0, 1.0 - self.infinity_mass - float(np.sum(self.masses)))
+
+    @property
+    def _kept(self) -> float:
+        """1 - :attr:`mass_deficit` on a connect-the-dots PLD (what its upper readers divide by), 1 otherwise."""
+        return 1.0 if self.optimistic else 1.0 - self.mass_deficit
 
     @functools.cached_property
     def _finite_atoms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -260,17 +267,18 @@ class DiscretePld:
 
     def delta(self, epsilon: float) -> float:
         """delta(eps) = Q(L = inf) + E_Q[(1 - e^{eps - L})_+] (exact for this discrete PLD; on a connect-the-dots
-        PLD the :attr:`mass_deficit` counts at infinity, as the power's readers count it: delta(0), the advantage of
-        a membership test, near 1 after a long run)."""
+        PLD divided by its total, 1 - :attr:`mass_deficit`, as every upper reader is: delta(0), the advantage of a
+        membership test, near 1 after a long run)."""
         losses = self.losses
         top = losses > epsilon
         m = self.masses[top]
-        lost = 0.0 if self.optimistic else self.mass_deficit
-        return float(self.infinity_mass + lost + np.sum(m * -np.expm1(epsilon - losses[top])))
+        return min(1.0, float(self.infinity_mass + np.sum(m * -np.expm1(epsilon - losses[top]))) / self._kept)
 
     def epsilon(self, target_delta: float) -> float:
-        """The smallest eps >= 0 with delta(eps) <= target_delta (+inf if the infinity atom alone exceeds it)."""
-        return self._epsilon(target_delta, self.infinity_mass, 0.0)
+        """The smallest eps >= 0 with delta(eps) <= target_delta (+inf if the infinity atom alone exceeds it), the
+        masses divided by their total on a connect-the-dots PLD (:attr:`mass_deficit`): the same curve as
+        :meth:`delta`."""
+        return self._epsilon(target_delta * self._kept, self.infinity_mass, 0.0)
 
     def _epsilon(self, target_delta: float, infinity: float, guard: float, depth: int | None = None) -> float:
         """:meth:`epsilon` of this PLD with the infinity atom ``infinity`` and every mass lowered by ``guard``.
@@ -368,8 +376,7 @@ class DiscretePld:
         """
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
         eps, d = self.deltas_on_grid()
-        if not self.optimistic:
-            d = d + self.mass_deficit  # lost mass counted at infinity: delta only rises, the power with it
+        d = np.minimum(d / self._kept, 1.0)  # divided by the total (mass_deficit): delta only rises, the power too
         keep = eps < 700
         eps, d = eps[keep], d[keep]
         w = np.exp(-eps)
@@ -473,15 +480,15 @@ class DiscretePld:
         full = j >= m.size  # (only when m is every atom: _top)
         jj = j[~full]
         cum_q_at = np.cumsum(m)[np.maximum(jj - 1, 0)] if jj.size else np.zeros(0)
-        lost = 0.0 if self.optimistic else self.mass_deficit  # an upper reader counts lost mass at infinity
+        kept = self._kept  # an upper reader divides by the total (round-off lost in composing: mass_deficit)
         if full.any():
-            out[full] = self.infinity_mass + float(np.sum(m)) + lost
+            out[full] = (self.infinity_mass + float(np.sum(m))) / kept
         before_p = np.where(jj > 0, cum_p[np.maximum(jj - 1, 0)], 0.0)
         before_q = np.where(jj > 0, cum_q_at, 0.0)
         rest = np.maximum(alpha[~full] - before_p, 0.0)
         with np.errstate(over="ignore"):
             frac = np.where(rest > 0, np.exp(np.log(np.maximum(rest, 1e-320)) + losses[jj]), 0.0)
-        out[~full] = self.infinity_mass + before_q + np.minimum(frac, m[jj]) + lost
+        out[~full] = (self.infinity_mass + before_q + np.minimum(frac, m[jj])) / kept
         depth = losses[np.minimum(j, m.size - 1)]
         return np.minimum(out, 1.0), depth
 
@@ -1341,7 +1348,8 @@ def compose_parts(parts) -> DiscretePld:
     # + the Chernoff bound of the mass wrapped from above the window. (Round-off in the per-step interval masses, a
     # few ulp of each, compounds over T steps into a relative error of about T ulp on every composed atom, e.g.
     # 3e-10 at T = 1e5: a relative error, not mass missing from one place, so it is not moved to the infinity
-    # atom, where it would count in full against delta.)
+    # atom, where it would count in full against delta; the upper readers divide by the total instead:
+    # DiscretePld.mass_deficit.)
     infinity = 1.0 - finite + TAIL_BOUND
     return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=min(infinity, 1.0), offset=offset, noise=noise)
 

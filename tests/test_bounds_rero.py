@@ -225,7 +225,7 @@ def test_mass_lost_to_round_off_counts_for_the_upper_readers() -> None:
     """A long run's composed masses fall short of 1 by its round-off (each step's about 2 ulp short, T times):
     sigma 0.6, q 0.055, k 5, T 718190 lost 1.5e-10, and the worst-case bound read gamma 1 - 1.5e-10, below
     dp_accounting's optimistic power (1 - 8e-11; the truth is 1 to float precision). The upper readers count the
-    lost mass at infinity; the lower readers leave it out."""
+    lost mass as the relative error it is (they divide by the total); the lower readers leave it out."""
     from dpaudit.bounds.pld import DiscretePld
 
     kappa = np.array([2.3577526432613316e-06])
@@ -238,4 +238,12 @@ def test_mass_lost_to_round_off_counts_for_the_upper_readers() -> None:
     lower = DiscretePld(h=1.0, lo=0, masses=masses, infinity_mass=0.0, optimistic=True)
     assert upper.mass_deficit == pytest.approx(1e-10, rel=1e-6) and lower.mass_deficit == upper.mass_deficit
     assert upper.power(np.array([1.0]))[0] == 1.0
-    assert upper.delta(-1.0) == pytest.approx(lower.delta(-1.0) + 1e-10, abs=1e-16)
+    assert upper.delta(-1.0) == pytest.approx(lower.delta(-1.0) / (1 - 1e-10), rel=1e-15)
+    assert upper.epsilon(0.3) >= lower.epsilon(0.3)  # the same curve, divided by the total: never smaller
+    assert upper.delta(upper.epsilon(0.3)) <= 0.3 * (1 + 1e-15)
+    # A composed PLD: epsilon and delta read one curve (delta at the epsilon read is the target, to round-off).
+    from dpaudit.bounds.pld import composed_pld
+
+    composed = composed_pld(StepPair(0.6, 0.055, 5), 20000, 1e-3, "remove")
+    assert composed.mass_deficit > 0
+    assert composed.delta(composed.epsilon(1e-5)) == pytest.approx(1e-5, rel=1e-12)

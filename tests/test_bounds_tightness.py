@@ -579,21 +579,21 @@ def test_chunked_epsilon_read_matches_one_pass(rng) -> None:
         losses = pld.losses
         s, r = pld_module._tails(m, h)
         d = inf + s - r
-        # These PLDs hold less than their whole mass on purpose; delta() counts the shortfall at infinity (the
-        # round-off a long composition loses: DiscretePld.mass_deficit), the epsilon read of the tail does not.
-        def curve(eps: float, pld=pld) -> float:
-            return pld.delta(eps) - pld.mass_deficit
-
+        # These PLDs hold less than their whole mass on purpose; a connect-the-dots PLD's readers divide by the total
+        # (the round-off a long composition loses: DiscretePld.mass_deficit), so epsilon solves delta(eps) <= the
+        # target times the total on the raw tails, and delta() gives the target back.
+        kept = 1.0 - pld.mass_deficit
         for delta in (0.5, 1e-2, 1e-5, 1e-9):
             got = pld.epsilon(delta)
-            j = int(np.nonzero(d <= delta)[0][0])
+            target = delta * kept
+            j = int(np.nonzero(d <= target)[0][0])
             if j == 0:  # below the lowest atom: only the curve itself says where
-                assert got == 0.0 or curve(got) == pytest.approx(delta, rel=1e-9)
+                assert got == 0.0 or pld.delta(got) == pytest.approx(delta, rel=1e-9)
                 continue
-            one_pass = max(0.0, float(losses[j - 1]) + math.log((inf + s[j - 1] - delta) / r[j - 1]))
+            one_pass = max(0.0, float(losses[j - 1]) + math.log((inf + s[j - 1] - target) / r[j - 1]))
             assert got == pytest.approx(one_pass, rel=1e-12, abs=1e-12)
             if got > 0:
-                assert curve(got) == pytest.approx(delta, rel=1e-9)
+                assert pld.delta(got) == pytest.approx(delta, rel=1e-9)
 
 
 # -- shortcuts of the per-composition fixed costs, each against the plain route it shortens ---------------------------
