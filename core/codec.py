@@ -11,7 +11,9 @@ One policy for non-finite numbers: JSON has no infinity or NaN. An infinite floa
 is written as the string ``"inf"`` or ``"-inf"``; a NaN, a number that is not defined (an MCC on a split with one
 class), is written as ``null``, and the object that holds it says why under ``"undefined"`` (field name ->
 reason: the class's ``UNDEFINED`` reasons, else :data:`UNDEFINED_REASON`). Both read back exactly
-(``from_json(to_json(x)) == x`` also for non-private runs); the string ``"nan"`` of older files still reads as NaN.
+(``from_json(to_json(x)) == x`` also for non-private runs), with one exception: a NaN in an optional field
+(``float | None``) reads back as None, since null is None there (both mean "no value"; the file keeps the reason).
+The string ``"nan"`` of older files still reads as NaN.
 A field that is None (null: not computed, or not applicable) gets its reason there too when the class's
 ``UNDEFINED`` names one (a bound not computed for a curve point).
 numpy arrays and scalars become lists and numbers.
