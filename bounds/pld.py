@@ -1868,8 +1868,10 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
     """:func:`epsilon_pld` with its label: the value and the accountant that gave it.
 
     With ``records_per_patient`` k > 1 the guarantee is per patient (k records move together), from the tight
-    PLD of the k-record pair alone (the RDP accountant here is per record). ``schedule``: a
-    :class:`dpaudit.bounds.Schedule` in place of (noise_multiplier, sampling_probability, steps).
+    PLD of the k-record pair; where the loss cap makes that PLD infinite or loose (small sigma), the smaller of it
+    and the RDP epsilon of a dominating single-record mechanism (:func:`dominating_schedule`: sigma / k,
+    1 - (1 - q)^k), both sound upper bounds. ``schedule``: a :class:`dpaudit.bounds.Schedule` in place of
+    (noise_multiplier, sampling_probability, steps).
     """
     from dpaudit.bounds._mechanism import check_delta, check_records_per_patient
     from dpaudit.bounds.schedule import resolve
@@ -1881,8 +1883,19 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
     k = check_records_per_patient(records_per_patient)
     run = sched.run(k)
     if k != 1:
-        value = float(epsilon_pld_refined(run, None, target_delta).value[0])
-        return EpsilonBound(value, "pld", target_delta, k)
+        try:
+            value = float(epsilon_pld_refined(run, None, target_delta).value[0])
+        except WindowTooLargeError:
+            value = math.inf
+        total = sum(steps for _, steps in run)
+        if math.isfinite(value) and not any(_capped(pair, total) for pair, _ in run):
+            return EpsilonBound(value, "pld", target_delta, k)
+        # Where the loss cap made the k-record PLD infinite or loose (small sigma): the RDP of a mechanism that
+        # dominates it (dominating_schedule), a sound upper bound too; the smaller of the two is reported.
+        from dpaudit.bounds.rdp import epsilon_rdp
+
+        rdp = epsilon_rdp(target_delta=target_delta, schedule=dominating_schedule(sched, k))
+        return EpsilonBound(rdp, "rdp", target_delta, k) if rdp < value else EpsilonBound(value, "pld", target_delta, k)
     try:
         tight = float(epsilon_pld_refined(run, None, target_delta).value[0])
     except WindowTooLargeError:
@@ -1897,6 +1910,26 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
 
     rdp = epsilon_rdp(target_delta=target_delta, schedule=sched)
     return EpsilonBound(rdp, "rdp", target_delta) if rdp <= tight else EpsilonBound(tight, "pld", target_delta)
+
+
+def dominating_schedule(schedule, records_per_patient: int):
+    """A single-record DP-SGD schedule whose every phase dominates that phase's k-record pair (``records_per_patient``
+    = k, aligned gradients, each record sampled on its own): noise multiplier sigma / k, sampling probability
+    1 - (1 - q)^k. Its accountants' epsilon (e.g. RDP) is then a sound upper bound on the k-record epsilon.
+
+    Proof (a garbling): per step the k-record pair is P = sum_j w_j N(j, sigma^2) with w_j = Binom(j; k, q), against
+    Q = N(0, sigma^2) (sensitivity in units of the clip norm). Let q' = 1 - (1 - q)^k = 1 - w_0 and
+    P' = (1 - q') N(0, sigma^2) + q' N(k, sigma^2). The kernel K that draws j >= 1 with probability w_j / q' and maps
+    x to (j / k) x + N(0, sigma^2 (1 - j^2 / k^2)) keeps N(0, sigma^2) and sends N(k, sigma^2) to
+    sum_j (w_j / q') N(j, sigma^2): K Q = Q and K P' = P. So (P, Q) and (Q, P) are post-processings of (P', Q) and
+    (Q, P'), every divergence (hockey-stick, Renyi) is at most theirs, and dominating pairs compose (Zhu, Dong,
+    Wang, AISTATS 2022, arXiv 2106.08567, Theorem 10). (P', Q) scaled by 1 / k is the Poisson-subsampled Gaussian
+    with noise multiplier sigma / k and sampling probability q'."""
+    from dpaudit.bounds.schedule import Phase, Schedule
+
+    k = int(records_per_patient)
+    return Schedule(tuple(Phase(p.noise_multiplier / k, -math.expm1(k * math.log1p(-p.sampling_probability))
+                                if p.sampling_probability < 1.0 else 1.0, p.steps) for p in schedule.phases))
 
 
 def epsilon_pld(noise_multiplier: float | None = None, sampling_probability: float | None = None,

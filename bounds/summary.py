@@ -51,8 +51,11 @@ class BoundsSummary:
         mia_notes = self.mia.notes if self.mia is not None else ()
         extra = ()
         if self.epsilon_of_unit.accountant == "rdp":
+            k = self.epsilon_of_unit.records_per_patient
+            of = ("" if k == 1 else f" of a mechanism that dominates the {k}-record one (noise multiplier sigma / {k}, "
+                  f"sampling probability 1 - (1 - q)^{k})")
             extra = ("epsilon: the PLD is looser than RDP at this noise (per-step privacy loss above 700 counted as "
-                     "infinite); the epsilon shown is the RDP value, a sound upper bound",)
+                     f"infinite); the epsilon shown is the RDP value{of}, a sound upper bound",)
         return tuple(dict.fromkeys(self.worst_case.notes + self.relaxed.notes + mia_notes + extra))
 
     @property

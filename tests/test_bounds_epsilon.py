@@ -194,3 +194,52 @@ def test_epsilon_is_within_its_stated_accuracy_of_the_closed_form(sigma: float, 
     assert lower - 1e-12 <= exact <= upper + 1e-12  # the bracket holds the exact value
     assert upper - lower <= max(1e-4 * upper, EPSILON_ATOL) * (1 + 1e-9)
     assert upper == epsilon_pld(sigma, 1.0, steps, delta)
+
+
+def _hockey_stick(p_weights, p_means, sigma: float, eps: float) -> float:
+    """H_{e^eps}(P || Q) = integral of (p - e^eps q)_+ for P = sum_j w_j N(m_j, sigma^2), Q = N(0, sigma^2), by
+    quadrature (an independent reference: no PLD)."""
+    from scipy import integrate, stats
+
+    def f(x: float) -> float:
+        p = sum(w * stats.norm.pdf(x, m, sigma) for w, m in zip(p_weights, p_means, strict=True))
+        return max(p - math.exp(eps) * stats.norm.pdf(x, 0.0, sigma), 0.0)
+
+    top = max(p_means) + 40 * sigma
+    return integrate.quad(f, -40 * sigma, top, points=list(p_means), limit=400, epsabs=1e-13)[0]
+
+
+@pytest.mark.parametrize(("sigma", "q", "k"), [(0.7, 0.05, 3), (1.5, 0.3, 5), (0.4, 0.01, 10)])
+def test_the_dominating_schedule_dominates_the_k_record_pair(sigma: float, q: float, k: int) -> None:
+    """dominating_schedule's claim, checked without its proof: one step's hockey-stick divergence of the k-record
+    pair (P = sum_j Binom(j; k, q) N(j, sigma^2) against N(0, sigma^2)) is at most that of the dominating pair
+    ((1 - q') N(0, sigma^2) + q' N(k, sigma^2), q' = 1 - (1 - q)^k) at every eps, by quadrature; and composed, the
+    dominating mechanism's tight epsilon is at least the k-record one's."""
+    from scipy import stats
+
+    from dpaudit.bounds.pld import dominating_schedule, epsilon_bound
+    from dpaudit.bounds.schedule import Schedule
+
+    w = stats.binom.pmf(np.arange(k + 1), k, q)
+    dom = dominating_schedule(Schedule.single(sigma, q, 100), k).phases[0]
+    assert dom.noise_multiplier == pytest.approx(sigma / k) and dom.sampling_probability == pytest.approx(1 - w[0])
+    for eps in (0.0, 0.5, 2.0, 5.0):
+        ours = _hockey_stick(w, np.arange(k + 1.0), sigma, eps)
+        dominating = _hockey_stick([w[0], 1 - w[0]], [0.0, float(k)], sigma, eps)
+        assert ours <= dominating + 1e-12, (eps, ours, dominating)
+    for steps in (10, 300):
+        k_record = epsilon_bound(sigma, q, steps, 1e-5, records_per_patient=k)
+        single = epsilon_bound(sigma / k, dom.sampling_probability, steps, 1e-5)
+        assert k_record.accountant == "pld" and k_record.value <= single.value * (1 + 1e-4)
+
+
+def test_k_record_epsilon_at_tiny_noise_is_the_dominating_rdp() -> None:
+    """Where the loss cap makes the k-record PLD infinite, the RDP of the dominating mechanism is reported: finite,
+    labelled rdp, and above the per-record epsilon."""
+    from dpaudit.bounds.pld import dominating_schedule, epsilon_bound
+    from dpaudit.bounds.schedule import Schedule
+
+    got = epsilon_bound(0.103, 0.5, 17, 1e-5, records_per_patient=10)
+    assert got.accountant == "rdp" and math.isfinite(got.value)  # was inf
+    assert got.value == epsilon_rdp(target_delta=1e-5, schedule=dominating_schedule(Schedule.single(0.103, 0.5, 17), 10))
+    assert got.value >= epsilon_bound(0.103, 0.5, 17, 1e-5).value
