@@ -1922,9 +1922,11 @@ def dominating_schedule(schedule, records_per_patient: int):
     P' = (1 - q') N(0, sigma^2) + q' N(k, sigma^2). The kernel K that draws j >= 1 with probability w_j / q' and maps
     x to (j / k) x + N(0, sigma^2 (1 - j^2 / k^2)) keeps N(0, sigma^2) and sends N(k, sigma^2) to
     sum_j (w_j / q') N(j, sigma^2): K Q = Q and K P' = P. So (P, Q) and (Q, P) are post-processings of (P', Q) and
-    (Q, P'), every divergence (hockey-stick, Renyi) is at most theirs, and dominating pairs compose (Zhu, Dong,
-    Wang, AISTATS 2022, arXiv 2106.08567, Theorem 10). (P', Q) scaled by 1 / k is the Poisson-subsampled Gaussian
-    with noise multiplier sigma / k and sampling probability q'."""
+    (Q, P'), and every Renyi divergence of them is at most theirs (the data-processing inequality; van Erven and
+    Harremoes, IEEE Trans. Inf. Theory 2014); Renyi DP adds up over the steps (Mironov 2017, arXiv 1702.07476v3,
+    Proposition 1), so the dominating schedule's RDP bounds the k-record run's at every order. (P', Q) scaled by
+    1 / k is the Poisson-subsampled Gaussian with noise multiplier sigma / k and sampling probability q'. Checked
+    without the proof in the tests: one step's hockey-stick divergences by quadrature."""
     from dpaudit.bounds.schedule import Phase, Schedule
 
     k = int(records_per_patient)
