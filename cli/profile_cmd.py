@@ -347,6 +347,16 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
                         "tasks_reused": s.tasks_reused} for s in prof.stages], "labels": labels}
 
 
+def _eps_cell(value: float) -> str:
+    """The table's epsilon, rounded up: 4 significant digits, 2 from 1e5 on ('7.8e+08', not '7.744e+08': the
+    80 columns; the report and profile.json keep 4)."""
+    import math
+
+    from dpaudit.numfmt import upper
+
+    return upper(value, 2 if math.isfinite(value) and value >= 1e5 else 4)
+
+
 def _print_summary(prof) -> None:
     from rich.table import Table
 
@@ -396,8 +406,8 @@ def _print_summary(prof) -> None:
         table.add_row(
             lv.label.split(" (asked")[0] + ("*" if "(asked" in lv.label else ""),
             f"{lv.train[0].noise_multiplier:.4g}" if lv.train else "n/a",
-            txt.eps_up(lv.bounds.epsilon_patient if per_patient and lv.bounds.epsilon_patient is not None
-                       else lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
+            _eps_cell(lv.bounds.epsilon_patient if per_patient and lv.bounds.epsilon_patient is not None
+                      else lv.bounds.epsilon) if lv.bounds else ("∞" if not lv.private else "n/a"),
             *(("n/a" if lv.utility["mcc"].mean is None else f"{lv.utility['mcc'].mean:.3f}" + ("" if n_head else f" (n={lv.utility['mcc'].n})"),)
               if not prof.config.segmentation else
               (txt.spread(lv.utility[key]).replace(" ± ", "±") for key, _ in utility)),

@@ -375,3 +375,12 @@ def test_options_given_with_their_switch_pass_the_check(tmp_path) -> None:
     res = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "p"), "--canaries", "16", "--mia-audit",
                                    "--federated-clients", "3", "--federated", "--threads", "0"])
     assert res.exit_code == 2 and "--threads" in res.output  # got past the check, to the next one
+
+
+def test_the_console_tables_epsilon_stays_narrow_and_rounded_up() -> None:
+    """A huge epsilon per patient (the dominating mechanism's RDP at tiny noise: 7.744e8) takes 2 significant digits
+    in the 80-column table, rounded up; the report and profile.json keep 4."""
+    from dpaudit.cli.profile_cmd import _eps_cell
+
+    assert _eps_cell(7.744e8) == "7.8e+08" and _eps_cell(85.1399) == "85.14" and _eps_cell(99999.1) == "1e+05"
+    assert _eps_cell(float("inf")) == "∞"
