@@ -222,8 +222,7 @@ def _query(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 
 def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -> FederatedAttackResult:
     """Run the experiment (see the module docstring) and return the table (empirical numbers)."""
-    from dpaudit.config import data_loading_notes
-    from dpaudit.data import load_splits
+    from dpaudit.data import load_splits, loading_notes
     from dpaudit.models import build_model, check_classifier, check_dp_compatible, replace_batchnorm
     from dpaudit.runtime import idle_cores, resolve_device
 
@@ -310,4 +309,4 @@ def run_federated_attack(config: FederatedAttackConfig, *, splits: Any = None) -
         "total-variation denoising at the known noise level)", SSIM_VARIANT,
         f"malicious server, imprint block with {k} bins, one local Opacus DP-SGD step per client; the server sees "
         f"{view}", "quantiles of the query over the validation split (the server's assumed distribution)",
-        config.max_grad_norm, data_notes=tuple(data_loading_notes(splits.skipped or {}, splits.notes)))
+        config.max_grad_norm, data_notes=tuple(loading_notes(splits)))

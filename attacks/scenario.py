@@ -192,12 +192,6 @@ def scenario_mechanism(ckpt, scenario: AttackScenario) -> EpsilonMechanism | Non
                             accountant=scenario.accountant, source=source)
 
 
-def _loading_notes(splits) -> list[str]:
-    """The loader's notes of ``splits`` (a classifier's or a segmentation's, whichever records them)."""
-    from dpaudit.config import data_loading_notes
-
-    return data_loading_notes(getattr(splits, "skipped", None) or {}, getattr(splits, "notes", ()) or ())
-
 
 def training_data_differences(ckpt, dataset: str, image_shape: tuple[int, ...]) -> list[str]:
     """Notes for attacked images that are not the model's training data as its checkpoint records them (another
@@ -261,6 +255,8 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
 
     resolve_device(device)  # before the model is built: a GPU that is not there is named at once
 
+    from dpaudit.data import loading_notes
+
     data_task = getattr(splits, "task", "classification")
     model_task = getattr(ckpt, "task", None)
     which = "--dataset demo-ct or msd:PATH" if model_task == "segmentation" else "e.g. --dataset demo"
@@ -296,4 +292,4 @@ def attack_checkpoint(ckpt, splits, scenario: AttackScenario, *, progress: Progr
     # The scenario's notes first (what noise was replayed), then run_attack's own (e.g. images the block barely reads).
     return dataclasses.replace(result, notes=(*notes, *result.notes),
                                epsilon_mechanism=scenario_mechanism(ckpt, scenario),
-                               data_notes=tuple(_loading_notes(splits)))
+                               data_notes=tuple(loading_notes(splits)))

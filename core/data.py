@@ -335,10 +335,11 @@ def training_copies(splits: Any) -> tuple[int, int]:
     return int((counts - 1).sum()), int(counts.max())
 
 
-def loading_notes(splits: DatasetSplits) -> list[str]:
+def loading_notes(splits: Any) -> list[str]:
     """What the loader passed over or decided, one line each, for the console (counts only, no identifiers):
-    :func:`dpaudit.config.data_loading_notes`, the one wording every command and the report use."""
-    return data_loading_notes(splits.skipped or {}, splits.notes)
+    :func:`dpaudit.config.data_loading_notes`, the one wording every command and the report use. ``splits``: a
+    classifier's or a segmentation's, whichever records them."""
+    return data_loading_notes(getattr(splits, "skipped", None) or {}, getattr(splits, "notes", ()) or ())
 
 
 def require_classes(splits: DatasetSplits, what: str) -> None:

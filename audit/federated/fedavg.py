@@ -429,8 +429,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         default_delta,
         prepare_model,
     )
-    from dpaudit.config import data_loading_notes
-    from dpaudit.data import load_splits, privacy_unit
+    from dpaudit.data import load_splits, loading_notes, privacy_unit
     from dpaudit.runtime import idle_cores
 
     if not isinstance(config, FederatedConfig):
@@ -545,7 +544,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
     return FederatedResult(config, config.dp_level, UNIT_TEXT[config.dp_level], sigma, client_q, delta, epsilon,
                            tuple(summaries), test_metrics, spread, std, tuple(records), baselines, view,
                            time.perf_counter() - t_start, unit, epsilon_patient,
-                           tuple(data_loading_notes(splits.skipped or {}, splits.notes)), state)
+                           tuple(loading_notes(splits)), state)
 
 
 def _site_epsilon_patient(acc: ClientAccount | None, sigma: float, delta: float, k: int) -> float | None:
