@@ -53,9 +53,10 @@ def attack(
                                                  "images; random: a seeded random subset (what the profile "
                                                  "attacks).")] = S.selection,
     max_images: Annotated[int | None, typer.Option("--max-images", help="Load at most this many images before "
-                                                   "splitting (default: all of them for a checkpoint trained by "
-                                                   "dpaudit, as train loaded them; else enough for --n-images; the "
-                                                   "--max-images it was trained with to attack its split).")] = None,
+                                                   "splitting (default: all of them, as train loads them, so that "
+                                                   "the training split and its k per patient are the data's; the "
+                                                   "--max-images a model was trained with to attack its split).")
+                          ] = None,
     epsilons: Annotated[str | None, typer.Option("--epsilons", help="Target epsilons, e.g. 1,8,20,1e9 (mapped to "
                                                  "sigmas in the attack scenario q = 1/N, T = epochs * N). Default: "
                                                  "the checkpoint's epsilon; --sigmas 0 for a non-private one.")
@@ -195,20 +196,20 @@ def attack(
         splits = load_segmentation_splits(dataset, image_size=image_size, seed=seed, max_volumes=max_images,
                                           window=seg_window)
     else:
-        if max_images is None and (ckpt is None or ckpt.n_train is None):
-            # A random or unrecorded model: enough images for the train split to hold n_images (the loaders split
-            # about 70/15/15). A checkpoint trained by dpaudit: all the data, as train loaded them, so that the
-            # training split (the images attacked) and the loader's notes are the ones train printed.
-            max_images = max(3, math.ceil(n_images / 0.7) + 3)
+        # Every image unless --max-images says otherwise, for every model (a random one too), as train loads them:
+        # the training split (the images attacked), its k per patient and the loader's notes are the ones train
+        # printed. A part of the data is split on its own: its training split may hold fewer images than
+        # --n-images even where the data hold many more (whole patients are kept together), and fewer images per
+        # patient (a k below the data's, which would understate the patient-level bound).
         splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
                              labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])
-    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"])
+    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"], max_images)
     if len(splits.train) < n_images:
         held = f"{len(splits.train)} {record_noun(splits.unit)}s"
         if dataset in ("demo", "demo-ct"):  # built in: a size its split cannot hold is refused, as for demo up front
             raise invalid("--n-images", n_images, f"at most {len(splits.train)} for --dataset {dataset} (its training "
                           f"split holds {held})", f"pass --n-images {len(splits.train)} or less")
-        err.print(f"warning: the training split holds {held}; attacking all of them.", highlight=False)
+        err.print(f"warning: {_short_split(splits, n_images, max_images)}", highlight=False)
     random_note = None
     if ckpt is None:
         random_note = (f"no --model: attacking a randomly initialised {arch} (--arch {arch}"
@@ -291,7 +292,31 @@ def attack(
     _render(result, np)
 
 
-def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
+def _split_counts(splits) -> str:
+    """The training split in words, e.g. ``35 images of 9 patients`` (``35 images`` without patient ids)."""
+    noun = record_noun(splits.unit)
+    n = len(splits.train)
+    counted = f"{n} {noun}{'' if n == 1 else 's'}"
+    if splits.unit in ("image", "volume"):
+        return counted
+    units = splits.images_per_unit().n_units
+    return f"{counted} of {units} {splits.unit}{'' if units == 1 else 's'}"
+
+
+def _short_split(splits, n_images: int, max_images: int | None) -> str:
+    """The warning when the training split holds fewer records than ``--n-images``: with the true counts, and
+    whether that is all the data or the part ``--max-images`` loaded (then with the fix)."""
+    if max_images is None:
+        return (f"--n-images {n_images} asked, but the whole data's training split holds {_split_counts(splits)} "
+                f"(as train splits it); attacking all {len(splits.train)}.")
+    loaded = len(splits.train) + len(splits.val) + len(splits.test)
+    more = max(2 * max_images, math.ceil(n_images / 0.7) + 3)
+    return (f"--n-images {n_images} asked, but the training split of the {loaded} {record_noun(splits.unit)}s "
+            f"that --max-images {max_images} loaded holds {_split_counts(splits)}; attacking all "
+            f"{len(splits.train)}. Fix: leave out --max-images (all the data), or pass --max-images {more} or more.")
+
+
+def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = None) -> tuple[str, dict]:
     """The privacy unit the attack states, and k as the patient-level bounds use it (``records_per_patient``,
     `dpaudit bounds --model`): the most images one patient has in the model's *training* split.
 
@@ -299,8 +324,9 @@ def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
     ``--privacy-unit patient`` also works on a checkpoint trained at the image level). Without that record the
     model's training data are unknown and k is counted in the training split loaded here; for a randomly
     initialised model that split is the scenario's training data, for a plain state dict it is the model's only
-    if it was trained on the same data, so the line says so (a subset, e.g. --max-images, may hold fewer images
-    per patient than the full training split)."""
+    if it was trained on the same data, so the line says so. Without ``max_images`` that split is the whole data's,
+    as train splits it (train's k); with it, a part of the data split on its own may hold fewer images per patient
+    than the whole data's training split, and the line and ``records_per_patient_from`` say so."""
     from dpaudit.data import privacy_unit
     from dpaudit.errors import DataError, invalid
 
@@ -326,17 +352,20 @@ def _privacy_line(ckpt, splits, requested: str | None) -> tuple[str, dict]:
                       "records_per_patient_from": "the checkpoint's training split"}
     unit = privacy_unit(splits, requested)
     n = len(splits.train)
+    what = f"{n} {record_noun(unit.data_unit)}{'' if n == 1 else 's'}"
+    where = (f"the whole data's training split, as train splits it ({what})" if max_images is None else
+             f"the training split of the --max-images {max_images} loaded here ({what}; the whole data's training "
+             "split may hold more per patient: leave out --max-images for its k)")
     if unit.unit == "image":
         line = unit.describe()
     else:
-        what = f"{unit.record}s"
-        line = unit.describe().replace("in the training split", f"in the training split loaded here ({n} {what})")
+        line = unit.describe().replace("in the training split", f"in {where}")
         if ckpt is not None and ckpt.source != "random":
             line += ("; the checkpoint does not record its training data, so this is its k only if it was trained "
                      "on the same data (a subset holds fewer images per patient): for its patient-level bound, "
                      "pass the training split's k to `dpaudit bounds --records-per-patient K`")
     return line, {"privacy_unit": unit.unit, "records_per_patient": unit.records_per_patient,
-                  "records_per_patient_from": f"the training split loaded ({n} {record_noun(unit.data_unit)}s)"}
+                  "records_per_patient_from": where}
 
 
 def _render(result, np) -> None:

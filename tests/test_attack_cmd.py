@@ -270,8 +270,9 @@ def test_privacy_unit_without_a_record_counts_the_training_split_loaded_and_says
     args = ["--arch", "smallcnn", "--image-size", "16", "--sigmas", "0", "--n-images", "2", "--max-images", "40"]
     res = run(*args)
     assert res.exit_code == 0, res.output
-    line = next(ln for ln in res.output.splitlines() if ln.startswith("privacy unit"))
-    assert "in the training split loaded here (" in line and "does not record" not in line
+    line = " ".join(next(ln for ln in res.output.splitlines() if ln.startswith("privacy unit")).split())
+    assert "in the training split of the --max-images 40 loaded here (" in line and "does not record" not in line
+    assert "leave out --max-images for its k" in line
     torch.save(build_model("smallcnn", num_classes=2).state_dict(), tmp_path / "plain.pt")
     res = run("--model", str(tmp_path / "plain.pt"), *args)
     assert res.exit_code == 0, res.output
@@ -361,7 +362,8 @@ def test_your_own_data_smaller_than_n_images_is_attacked_whole_and_said_so(tmp_p
     res = run("--arch", "smallcnn", "--dataset", f"folder:{tmp_path}", "--image-size", "16", "--n-images", "50",
               "--sigmas", "0")
     assert res.exit_code == 0, res.output
-    assert "the training split holds" in res.output and "images; attacking all of them" in res.output
+    assert ("--n-images 50 asked, but the whole data's training split holds 6 images (as train splits it); "
+            "attacking all 6.") in " ".join(res.output.split())
 
 
 def test_attack_json_and_json_name_the_device_and_count_images_the_block_barely_reads(
@@ -403,3 +405,72 @@ def test_progress_without_a_terminal_ends_each_stage_at_its_total() -> None:
     lines = [x for x in res.stderr.splitlines() if x.startswith("attack: ")]
     assert "attack: gradients of 8/8 images" in lines and lines[-1].startswith("attack: noise level 3/3"), lines
     assert len(lines) == len(set(lines))  # no step twice
+
+
+def _patients_manifest(root: Path, rng: np.random.Generator, sizes: list[int]) -> Path:
+    """A CSV manifest (path,label,patient_id) of small PNGs: patient i holds sizes[i] images, labels alternating."""
+    rows = ["path,label,patient_id"]
+    for pat, size in enumerate(sizes):
+        for j in range(size):
+            name = f"p{pat}_{j}.png"
+            Image.fromarray(rng.integers(0, 255, size=(20, 20), dtype=np.uint8)).save(root / name)
+            rows.append(f"{name},{'ab'[(pat + j) % 2]},P{pat}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return root / "m.csv"
+
+
+def test_a_random_model_is_attacked_on_the_whole_datas_training_split_with_trains_k(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    """Patients with several images: a part of the data split on its own held too few training images (whole
+    patients are kept together) and fewer per patient. The attack loads the data as train does: --n-images images
+    are attacked, and k and its source are train's."""
+    from dpaudit.data import load_splits, privacy_unit
+
+    sizes = [6, 5, 6, 4, 6, 5, 3, 6, 2, 6, 5, 6]
+    manifest = _patients_manifest(tmp_path, rng, sizes)
+    dataset = f"csv:{manifest}"
+    full = load_splits(dataset, image_size=16, seed=0)
+    # What the attack used to load (enough images for --n-images 4 at a 70% training share): short, and a smaller k.
+    part = load_splits(dataset, image_size=16, seed=0, max_images=9)
+    assert len(part.train) < 4 < len(full.train)
+    assert privacy_unit(part).records_per_patient < privacy_unit(full).records_per_patient
+    trained = runner.invoke(app, ["train", "--dataset", dataset, "--arch", "smallcnn", "--image-size", "16",
+                                  "--non-private", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--json"])
+    assert trained.exit_code == 0, trained.output
+    privacy = json.loads(trained.stdout)["privacy"]
+    res = run("--dataset", dataset, "--arch", "smallcnn", "--image-size", "16", "--n-images", "4", "--sigmas", "0",
+              "--threads", "1", "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert [r["n_images"] for r in obj["rows"]] == [4]
+    assert obj["records_per_patient"] == privacy["records_per_patient"] == privacy_unit(full).records_per_patient
+    n = len(full.train)
+    assert obj["records_per_patient_from"] == f"the whole data's training split, as train splits it ({n} images)"
+    assert "warning" not in res.stderr
+
+    # More than the whole data's training split holds: attacked whole, and the warning gives its true counts.
+    res = run("--dataset", dataset, "--arch", "smallcnn", "--image-size", "16", "--n-images", "500",
+              "--sigmas", "0", "--threads", "1", "--json")
+    assert res.exit_code == 0, res.output
+    assert [r["n_images"] for r in json.loads(res.stdout)["rows"]] == [n]
+    units = full.images_per_unit().n_units
+    assert (f"warning: --n-images 500 asked, but the whole data's training split holds {n} images of {units} "
+            f"patients (as train splits it); attacking all {n}.") in " ".join(res.stderr.split())
+
+
+def test_a_max_images_part_too_small_says_so_with_its_counts_and_the_fix(tmp_path: Path,
+                                                                           rng: np.random.Generator) -> None:
+    """--max-images loads a part, split on its own: a training split short of --n-images is named with the part's
+    true counts and the fix (a flag of attack), and k is labelled as the part's."""
+    manifest = _patients_manifest(tmp_path, rng, [6, 5, 6, 4, 6, 5, 3, 6, 2, 6, 5, 6])
+    res = run("--dataset", f"csv:{manifest}", "--arch", "smallcnn", "--image-size", "16", "--n-images", "8",
+              "--max-images", "9", "--sigmas", "0", "--threads", "1", "--json")
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    held = obj["rows"][0]["n_images"]
+    assert held < 8
+    err = " ".join(res.stderr.split())
+    assert "warning: --n-images 8 asked, but the training split of the" in err
+    assert "that --max-images 9 loaded holds" in err and f"attacking all {held}." in err
+    assert "Fix: leave out --max-images (all the data), or pass --max-images 18 or more." in err
+    assert obj["records_per_patient_from"].startswith("the training split of the --max-images 9 loaded here (")
