@@ -98,9 +98,10 @@ class _Report(board.BoardPages):
                 if pu.image_unit_hides_patients else
                 f"{rec} (record-level guarantee)" if pu.unit == "image" else
                 f"patient, one volume each (N = {txt.kappa_n(p)} training volumes, up to {pu.records_per_patient} "
-                "slices per volume)"
+                f"slice{'' if pu.records_per_patient == 1 else 's'} per volume)"
                 if c.segmentation else
-                f"patient (up to {pu.records_per_patient} images per patient in the training split)")
+                f"patient (up to {pu.records_per_patient} image{'' if pu.records_per_patient == 1 else 's'} per patient "
+                "in the training split)")
         rows = [
             ("Model", f"{c.arch} ({c.image_size}×{c.image_size} pixels, {d.image_shape[0] if d.image_shape else '?'} "
                       "channel(s))"),

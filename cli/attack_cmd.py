@@ -345,7 +345,8 @@ def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = 
         else:
             raise invalid("privacy_unit", "patient", "'image' for this checkpoint (its training images carried "
                           "no patient ids)", "pass --privacy-unit image, or leave it out", cls=DataError)
-        per = "slices per volume" if extra.get("data_unit") == "volume" else "images per patient"
+        per = ("slice" if extra.get("data_unit") == "volume" else "image") + ("" if k == 1 else "s") + \
+            (" per volume" if extra.get("data_unit") == "volume" else " per patient")
         line = (f"privacy unit: patient (k = {k} {per} at most in the model's training split, recorded in the "
                 "checkpoint; the k of its patient-level bounds, as `dpaudit bounds --model`)")
         return line, {"privacy_unit": "patient", "records_per_patient": k,

@@ -207,11 +207,13 @@ class PrivacyUnit:
                "volume": "volumes, as no patient ids exist: each volume counts as one patient",
                "image": "no patient ids"}[self.data_unit]
         if self.unit == "patient" and self.data_unit == "volume":
-            return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} slices per "
-                    f"volume at most in the training split, {self.images_per_unit.n_units} volumes)")
+            k, n = self.records_per_patient, self.images_per_unit.n_units
+            return (f"privacy unit: patient (from the data's {ids}; k = {k} {_noun('slice', k)} per volume at most "
+                    f"in the training split, {n} {_noun('volume', n)})")
         if self.unit == "patient":
-            return (f"privacy unit: patient (from the data's {ids}; k = {self.records_per_patient} images per "
-                    f"patient at most in the training split, {self.images_per_unit.n_units} patients)")
+            k, n = self.records_per_patient, self.images_per_unit.n_units
+            return (f"privacy unit: patient (from the data's {ids}; k = {k} {_noun('image', k)} per patient at "
+                    f"most in the training split, {n} {_noun('patient', n)})")
         why = "--privacy-unit image" if self.chosen_by == "option" else f"the data carry {ids}"
         k = self.data_records_per_patient
         rec = self.record
@@ -222,6 +224,11 @@ class PrivacyUnit:
                     f"split: every epsilon here is per {rec}, and per patient ({k} {rec}s moving together) it is "
                     "larger")
         return f"privacy unit: {rec} ({note}{why}; k = 1)"
+
+
+def _noun(word: str, count: int) -> str:
+    """``word`` for a count of 1, else its plural (``image``, ``images``)."""
+    return word if count == 1 else word + "s"
 
 
 def check_records_per_patient(given: int, data_unit: str, data_max: int, *, unit: str = "patient",

@@ -657,7 +657,8 @@ class PrivacyInfo(JsonResult):
                       "image": "k given by hand"}.get(self.data_unit, self.data_unit)
             if self.chosen_by == "records_per_patient":
                 source = "k given by hand (--records-per-patient)"
-            return (f"privacy unit: patient (up to {self.records_per_patient} images per patient in the training "
+            images = "image" if self.records_per_patient == 1 else "images"
+            return (f"privacy unit: patient (up to {self.records_per_patient} {images} per patient in the training "
                     f"split, from {source}; every guarantee is per patient)")
         why = self.unit_flag or "the data carry no patient ids"
         rec = self.record
