@@ -170,6 +170,34 @@ def breakdown(model, images, labels, floor_s: float, repeats: int) -> None:
         v = spent.get(label, 0.0) / repeats
         print(f"  {label:<48} {v * 1e3:8.1f} ms {100 * v / floor_s:6.1f}%")
     print(f"  {'the whole attack':<48} {total * 1e3:8.1f} ms {100 * total / floor_s:6.1f}%")
+    model_passes(model, images, labels, repeats)
+
+
+def model_passes(model, images, labels, repeats: int) -> None:
+    """The model part side by side, CPU time interleaved in every repeat, as medians of ratios to the floor: the
+    statistics by batch-1 passes and by the batched route (image_statistics' default for images of at most
+    BATCHED_MAX_PIXELS pixels), and the floor with channels-last input (the batched route's layout; the floor
+    itself stays NCHW, batch 1)."""
+    from dpaudit.attacks.imprint import BATCHED_MAX_PIXELS, ImprintBlock, image_statistics
+
+    block = ImprintBlock(tuple(images.shape[1:]), mean=np.array(MEAN), std=np.array(STD))
+    kw = dict(mean=np.array(MEAN), std=np.array(STD))
+    cl = images.contiguous(memory_format=torch.channels_last)
+    runs = {"floor": lambda: floor(model, images, labels),
+            "floor, channels-last input": lambda: floor(model, cl, labels),
+            "statistics, batch-1 passes": lambda: image_statistics(model, block, images, labels, batched=False, **kw),
+            "statistics, batched route": lambda: image_statistics(model, block, images, labels, batched=True, **kw)}
+    spent: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            t0 = time.process_time()
+            fn()
+            spent[key].append(time.process_time() - t0)
+    fl = np.array(spent["floor"])
+    default = "batched" if images.shape[-2] * images.shape[-1] <= BATCHED_MAX_PIXELS else "batch-1"
+    print(f"model part (CPU, medians of {repeats} interleaved repeats; ratio to the floor; default here: {default}):")
+    for key, v in spent.items():
+        print(f"  {key:<48} {np.median(v) * 1e3:8.1f} ms {np.median(np.array(v) / fl):6.3f}x")
 
 
 def alternatives(size: int, n: int, repeats: int) -> None:
