@@ -739,8 +739,8 @@ def test_batched_statistics_equal_batch_one_passes(arch: str, connection: str, m
     """The batched route (one pass per chunk of images, each image's gradient norm from every layer's input and
     output gradient) gives the statistics of batch-1 passes up to float32 rounding, in any chunking: the same
     active rows and |[x, 1]| exactly, delta, G and rho within 5e-5 (the block's gradient is ill-conditioned in
-    float32: both routes lie up to 1.1e-5 from a float64 model at these seeds), and the same float64-model values
-    to that tolerance."""
+    float32: both routes lie up to 1.1e-5 from a float64 model at these seeds), the model's part of G within 1e-5,
+    and the same float64-model values to those tolerances."""
     import dpaudit.attacks.imprint as imprint
 
     x, y = pictures(32, 6), torch.arange(6) % 4
@@ -760,6 +760,9 @@ def test_batched_statistics_equal_batch_one_passes(arch: str, connection: str, m
             for name in ("delta", "grad_norm", "block_norm", "rho"):
                 np.testing.assert_allclose(getattr(stats, name), getattr(ref, name), rtol=5e-5, atol=0,
                                            err_msg=name)
+            # The model's own part of the norm is well conditioned: float32 rounding (measured below 1e-6).
+            np.testing.assert_allclose(np.sqrt(stats.grad_norm**2 - stats.block_norm**2),
+                                       np.sqrt(ref.grad_norm**2 - ref.block_norm**2), rtol=1e-5, atol=0)
 
 
 def test_batched_attack_results_equal_batch_one_passes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -811,3 +814,24 @@ def test_models_the_batched_route_cannot_serve_get_batch_one_passes() -> None:
         assert not _samplewise(bad)
     with pytest.raises(ConfigError, match="batched=True"):
         image_statistics(bad, block, x, y, batched=True, **kw)
+
+
+@pytest.mark.parametrize("c_in, c_out, size, stride, dilation, ghost", [
+    (64, 64, 6, 1, 1, True), (32, 96, 5, 2, 1, True), (48, 48, 9, 1, 2, False), (3, 8, 16, 1, 1, False)])
+def test_per_image_convolution_gradient_norms_equal_autograd(c_in, c_out, size, stride, dilation, ghost, rng) -> None:  # type: ignore[no-untyped-def]
+    """Each image's squared weight-gradient norm of a convolution from its input and output gradient (the ghost
+    norm on small maps, torch's batch-1 weight gradient elsewhere; both branches here) equals autograd's per-image
+    gradient, squared and summed in float64, to float32 rounding."""
+    from dpaudit.attacks.imprint import _conv_weight_squares
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    conv = torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation)
+    a = torch.randn(4, c_in, size, size)
+    g = torch.randn_like(conv(a))
+    positions, k = g.shape[2] * g.shape[3], c_in * 9
+    with torch.no_grad():
+        ours = _conv_weight_squares(conv, a, g).double().numpy()
+    ref = [float((torch.autograd.grad((conv(a[i : i + 1]) * g[i : i + 1]).sum(), conv.weight)[0].double() ** 2).sum())
+           for i in range(4)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    assert (positions * (k + c_out) < k * c_out) == ghost  # the branch taken
