@@ -234,6 +234,8 @@ def _samplewise(model: nn.Module) -> bool:
     for m in model.modules():
         if type(m) not in allowed or getattr(m, "inplace", False):
             return False
+        if type(m) not in (nn.Conv2d, nn.Linear, nn.GroupNorm) and next(m.parameters(recurse=False), None) is not None:
+            return False  # a parameter the batched route would not see (only those three layers' are formed)
         if type(m) is nn.Conv2d and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
             return False
     return True

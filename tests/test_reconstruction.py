@@ -812,6 +812,9 @@ def test_models_the_batched_route_cannot_serve_get_batch_one_passes() -> None:
                 torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.Flatten(),
                                     torch.nn.LazyLinear(4))):
         assert not _samplewise(bad)
+    scaled = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    scaled.register_parameter("scale", torch.nn.Parameter(torch.ones(1)))  # a parameter outside the known layers
+    assert not _samplewise(scaled)
     with pytest.raises(ConfigError, match="batched=True"):
         image_statistics(bad, block, x, y, batched=True, **kw)
 
