@@ -52,6 +52,13 @@ from dpaudit.dicom import (
     stored_ranges_differ,
 )
 from dpaudit.errors import DataError
+from dpaudit.identifiers import (
+    CONTENT_REASON,
+    identifier_like,
+    identifier_reason,
+    is_patient_id_column,
+    patient_id_column,
+)
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
     SKIP_LOG,
@@ -166,8 +173,39 @@ def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: 
     return [rename.get(v, v) for v in values]
 
 
-def _group_columns(table: Table, exclude: Sequence[str]) -> list[str]:
-    return [c for c in table.columns if c and c not in exclude]
+def _group_columns(table: Table, exclude: Sequence[str], dropped: dict[str, str]) -> list[str]:
+    """A table's subgroup columns: every named column but ``exclude`` (keys, label, the patient column) and those
+    that identify people by name (:func:`dpaudit.identifiers.identifier_reason`), which go to ``dropped`` (column
+    -> reason) for :func:`_drop_identifiers`."""
+    kept = []
+    for c in table.columns:
+        if not c or c in exclude:
+            continue
+        why = identifier_reason(c)
+        if why is None:
+            kept.append(c)
+        elif not is_patient_id_column(c):  # the patient column is read as the patient (linked), not dropped
+            dropped[c] = why
+    return kept
+
+
+def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Sequence[str], dropped: Mapping[str, str],
+                      notes: list[str]) -> None:
+    """Identifier columns are never subgroups: those dropped by name (``dropped``, column -> reason) and those of
+    ``columns`` (a table's, as subgroups in ``entries``) that identify their patients by content
+    (:func:`dpaudit.identifiers.identifier_like`, over the linked patients). Each is named (never its values) in a
+    note and a warning on stderr; ``where`` names the table."""
+    dropped = dict(dropped)
+    patients = entries.patients()
+    for c in columns:
+        g = _group_name(c)
+        if g in entries.groups and identifier_like(entries.groups[g], patients):
+            dropped[c] = CONTENT_REASON
+            del entries.groups[g]
+    for c, why in dropped.items():
+        notes.append(f"column {c!r} of {where} not used as a subgroup: {why}")
+        SKIP_LOG.warning(f"{name}: column {c!r} of {where} is not used as a subgroup or site: {why}; its values are "
+                         "written nowhere (delete the column from the table to silence this)")
 
 
 def _group_value(column: str, text: str) -> str:
@@ -195,8 +233,14 @@ class _Entries:
         self.label: list[str] = []
         self.patient: list[str] = []
         self.groups: dict[str, list[str]] = {}
+        self.links: list[tuple[str, str]] = []
 
-    def add(self, file: int, parts: Sequence[int], label: str, patient: str, groups: Mapping[str, str]) -> None:
+    def add(self, file: int, parts: Sequence[int], label: str, patient: str, groups: Mapping[str, str],
+            also: str | None = None) -> None:
+        """``also``: a second grouping key of the file (a table's patient id beside a DICOM PatientID or a BIDS
+        subject): the two are linked, one privacy unit (:meth:`patients`)."""
+        if also is not None and also != patient:
+            self.links.append((patient, also))
         for part in parts:
             row = len(self.file)
             self.file.append(file)
@@ -211,6 +255,40 @@ class _Entries:
 
     def __len__(self) -> int:
         return len(self.file)
+
+    def patients(self) -> list[str]:
+        """Each image's patient, the keys linked by :meth:`add`'s ``also`` merged (union-find; a set is named by
+        its key seen first): images that share either key are one privacy unit, so k is never understated."""
+        if not self.links:
+            return list(self.patient)
+        order: dict[str, int] = {}
+        for k in (*self.patient, *(k for pair in self.links for k in pair)):
+            order.setdefault(k, len(order))
+        parent = {k: k for k in order}
+
+        def root(k: str) -> str:
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        for a, b in self.links:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                first, second = (ra, rb) if order[ra] < order[rb] else (rb, ra)
+                parent[second] = first
+        return [root(k) for k in self.patient]
+
+    def link_note(self, what: str, files: int, sources: str) -> list[str]:
+        """The note on ``files`` files grouped by two keys (``sources`` says which) and how many groups the link
+        joined; none when no file has two."""
+        if not files:
+            return []
+        joined = len(set(self.patient)) - len(set(self.patients()))
+        said = (f"; {joined} group(s) joined that one key alone keeps apart" if joined else
+                "; no group joined (the first key alone already groups them)")
+        return [f"{files} {what}(s) carry both {sources}: grouped by both (images that share either are one "
+                f"privacy unit, and k counts them together){said}"]
 
 
 def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]], skip_unreadable: bool
@@ -246,7 +324,7 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
-    pseud = _pseudonyms(entries.patient)
+    pseud = _pseudonyms(entries.patients())
     keep = _select_groups(pseud, max_images, seed_rng)
     need = sorted({entries.file[i] for i in keep})
     decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable), strict=True))
@@ -336,10 +414,24 @@ def _folder_labels(name: str, rels: Sequence[Path], root: Path) -> list[str]:
     return [str(f) for f in firsts]
 
 
-def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[str, dict[str, str]], list[str]]:
-    """A labels CSV: (key column, key -> row, subgroup columns). A key listed twice with different labels is an
-    error naming the rows (not the key: it may be a PatientID)."""
+@dataclasses.dataclass(frozen=True)
+class _Labels:
+    """A labels CSV read: its key column, key -> row, the subgroup columns, the column that names the patient
+    (:func:`dpaudit.identifiers.patient_id_column`; None when there is none or it is the key) and the columns
+    dropped as identifiers by name (column -> reason)."""
+
+    key: str
+    rows: dict[str, dict[str, str]]
+    extra: list[str]
+    patient: str | None
+    dropped: dict[str, str]
+
+
+def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
+    """A labels CSV (:class:`_Labels`). A key listed twice with different labels is an error naming the rows (not
+    the key: it may be a PatientID)."""
     table = read_table(path, name)
+    patient = patient_id_column(table.columns, f"{name}: {path.name}")
     key = next((k for k in keys if k in table.columns), None)
     if key is None or "label" not in table.columns:
         raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
@@ -357,7 +449,9 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> tuple[str, dict[
                             "keep one label per key.")
         rows.setdefault(k, row)
         first_row.setdefault(k, i)
-    return key, rows, _group_columns(table, [key, "label", "patient_id", "file", "path", "index"])
+    dropped: dict[str, str] = {}
+    extra = _group_columns(table, [key, "label", "file", "path", "index"], dropped)
+    return _Labels(key, rows, extra, None if patient == key else patient, dropped)
 
 
 def _patient_name(path: Path) -> str:
@@ -473,16 +567,18 @@ _BIDS_FOLDER = re.compile(r"^sub-([A-Za-z0-9]+)$")
 _BIDS_FILE = re.compile(r"^sub-([A-Za-z0-9]+)_")
 
 
-def _patient_key(patient_id: str | None, rel: PurePath, file_key: str, root: Path | None) -> tuple[str, str]:
-    """(grouping key, where it came from) of one file: its ``patient_id`` (``patient``), else its BIDS subject
-    (``subject``, :func:`bids_subject` below ``root``), else the file itself (``volume``). Keys are pseudonymised
-    before any dataset exists."""
-    if patient_id:
-        return "id:" + patient_id, "patient"
+def _patient_key(patient_id: str | None, rel: PurePath, file_key: str, root: Path | None
+                 ) -> tuple[str, str, str | None]:
+    """(grouping key, where it came from, a second key) of one file: its patient id (``patient``), else its BIDS
+    subject (``subject``, :func:`bids_subject` below ``root``), else the file itself (``volume``). A file with both
+    a patient id and a BIDS subject has the subject as its second key: the two are linked (:meth:`_Entries.add`),
+    so that neither grouping alone understates k. Keys are pseudonymised before any dataset exists."""
     subject = bids_subject(rel, root)
+    if patient_id:
+        return "id:" + patient_id, "patient", None if subject is None else "sub:" + subject
     if subject is not None:
-        return "sub:" + subject, "subject"
-    return "file:" + file_key, "volume"
+        return "sub:" + subject, "subject", None
+    return "file:" + file_key, "volume", None
 
 
 def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str, sub_folders: int = 0) -> str:
@@ -627,15 +723,17 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     entries = _Entries()
     with_header_groups = any(h.sex != "unknown" or h.age is not None for h in headers)
     if labels is not None:
-        key, rows, extra = _read_labels(Path(labels), LABEL_KEYS, name)
+        table = _read_labels(Path(labels), LABEL_KEYS, name)
+        key, rows, extra = table.key, table.rows, table.extra
     else:
         folder_labels = _folder_labels(name, rels, root)
     headers, shared_id = _without_shared_patient_id(headers)
-    missing = Counter(h.patient_source for h in headers if h.patient_source != "PatientID")
+    with_id: set[int] = set()  # the files the labels file gives a patient id (linked with the header's grouping)
     matched: set[str] = set()
     labelled: dict[int, str] = {}  # file index: the labels file's key that labelled it
     for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
         groups = {"sex": h.sex, "age_band": age_band(h.age)} if with_header_groups else {}
+        also = None
         if labels is not None:
             k = rel.as_posix() if key == "path" else h.keys[key]
             row = rows.get(k)
@@ -646,9 +744,15 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             labelled[i] = k
             label = row["label"]
             groups |= {_group_name(c): _group_value(c, row[c]) for c in extra}
+            if table.patient is not None and row[table.patient]:
+                also = "id:" + row[table.patient]
+                with_id.add(i)
         else:
             label = folder_labels[i]
-        entries.add(i, range(h.frames), label, h.patient, groups)
+        entries.add(i, range(h.frames), label, h.patient, groups, also=also)
+    # Files without a usable PatientID (nor a patient id in the labels file): grouped by study or file.
+    missing = Counter(h.patient_source for i, h in enumerate(headers)
+                      if h.patient_source != "PatientID" and i not in with_id)
     label_notes = None
     if labels is not None:
         header_skips = {p.relative_to(root).as_posix(): r for p, r in passed.items()} if key == "path" else {}
@@ -667,6 +771,10 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                              fix="label the files with --labels FILE.csv (a label column and a key column: "
                                  f"{', '.join(LABEL_KEYS)})",
                              rename="rename the class folders to class names")
+    if labels is not None:
+        notes += entries.link_note("DICOM file", len(with_id), f"a grouping from the header (PatientID, else "
+                                   f"StudyInstanceUID) and a patient id in the labels file ({table.patient!r})")
+        _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
     if shared_id:
         notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
                      "no patient grouping from it")
@@ -749,11 +857,12 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     matched = set()
     labelled: dict[int, str] = {}  # file index: the labels file's row key that labelled it
     if labels_path is not None:
-        key, rows, extra = _read_labels(labels_path, ("file", "path"), name)
+        table = _read_labels(labels_path, ("file", "path"), name)
+        key, rows, extra = table.key, table.rows, table.extra
     else:
         folder_labels = _folder_labels(name, rels, root)
     sources: Counter[str] = Counter()
-    sub_folders = 0
+    sub_folders = both = 0
     for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
         patient_id, groups = None, {}
         if labels_path is not None:
@@ -764,7 +873,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             row = rows[hit]
             matched.add(hit)
             label = row["label"]
-            patient_id = row.get("patient_id")
+            patient_id = row[table.patient] if table.patient is not None else None
             groups = {_group_name(c): _group_value(c, row[c]) for c in extra}
         else:
             label = folder_labels[i]
@@ -779,10 +888,11 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             continue
         if labels_path is not None:
             labelled[i] = hit
-        patient, source = _patient_key(patient_id, rel, rel.as_posix(), root)
+        patient, source, also = _patient_key(patient_id, rel, rel.as_posix(), root)
         sources[source] += 1
+        both += also is not None
         sub_folders += source == "volume" and _in_sub_folder(rel)
-        entries.add(i, range(n), label, patient, groups)
+        entries.add(i, range(n), label, patient, groups, also=also)
     label_notes = None
     if labels_path is not None:
 
@@ -802,6 +912,10 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
                              fix="label the volumes with --labels FILE.csv (columns file, label and patient_id)",
                              rename="rename the class folders to class names")
     unit = _grouping_unit(name, sources, notes, what="volume", sub_folders=sub_folders) if sources else "patient"
+    if labels_path is not None:
+        notes += entries.link_note("volume", both, f"a patient id ({table.patient!r} column) and a BIDS subject "
+                                   "(sub-<label>)")
+        _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
     options = f"{image_size}|1|{window}|{slice_axis}"
 
     def decode(p: Path) -> list[Pixels]:
@@ -835,7 +949,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     table = read_table(csv_path, name)
     table.require(("path", "label"), name, "add the columns path and label (and optionally patient_id)")
     base = csv_path.parent
-    extra = _group_columns(table, ["path", "label", "patient_id", "index"])
+    patient_column = patient_id_column(table.columns, f"{name}: {csv_path.name}")
+    dropped: dict[str, str] = {}
+    extra = _group_columns(table, ["path", "label", "index"], dropped)
     files: list[Path] = []
     file_index: dict[Path, int] = {}
     kinds: list[str] = []
@@ -895,17 +1011,19 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             counts[f] = slice_count(p, slice_axis)
     entries = _Entries()
     sources: Counter[str] = Counter()
-    sub_folders = 0
+    sub_folders = both = 0
     per_file: Counter[int] = Counter()
     for f, index, row in rows:
         parts = [index] if index is not None else list(range(counts[f]))
         rel = PurePath(row["path"].replace("\\", "/"))
-        patient, source = _patient_key(row.get("patient_id"), rel, str(files[f]), base)
+        patient, source, also = _patient_key(row[patient_column] if patient_column else None, rel, str(files[f]),
+                                             base)
         sources[source] += 1
+        both += also is not None
         sub_folders += source == "volume" and _in_sub_folder(rel)
         per_file[f] += len(parts)
         entries.add(f, parts, row["label"], patient,
-                    {_group_name(c): _group_value(c, row[c]) for c in extra})
+                    {_group_name(c): _group_value(c, row[c]) for c in extra}, also=also)
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
     notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
     channels, said = dataset_channels(colour, len(files))
@@ -916,6 +1034,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     unit = _grouping_unit(name, sources, notes, what="file", sub_folders=sub_folders) \
         if multi or sources["volume"] < len(rows) \
         else "image"
+    notes += entries.link_note("row", both, f"a patient id ({patient_column!r} column) and a BIDS subject "
+                               "(sub-<label>)")
+    _drop_identifiers(name, "the manifest", entries, extra, dropped, notes)
     jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
     dicom_options = options + ("|joint" if jointly else "")
