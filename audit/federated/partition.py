@@ -12,7 +12,9 @@ splits, so every client has its own test split drawn from its own label mixture.
   repeated (from the same seeded stream) until every client holds at least ``min_train`` training images.
 * ``column:NAME``: one client per distinct value of the metadata column ``NAME`` (e.g. a site or scanner column).
   A column whose value differs between one patient's images is refused (:func:`check_patients_at_one_site`), as is
-  a value with fewer than ``min_train`` training images.
+  a value with fewer than ``min_train`` training images, and a column that identifies patients
+  (:func:`dpaudit.identifiers.identifier_reason`: one site per patient name or id would publish them as site names;
+  the loaders drop such columns from the metadata, by name and by content).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dpaudit.errors import ConfigError, check_int, invalid
+from dpaudit.identifiers import identifier_reason
 
 __all__ = ["Partition", "check_patients_at_one_site", "parse_partition", "partition_indices", "partition_splits"]
 
@@ -71,6 +74,11 @@ def parse_partition(text: str, *, flag: str = "--partition") -> Partition:
         return Partition("dirichlet", alpha=alpha)
     m = re.fullmatch(r"column:(\w+)", text)
     if m:
+        why = identifier_reason(m.group(1))
+        if why is not None:
+            raise ConfigError(f"{flag} column:{m.group(1)}: the column {m.group(1)!r} identifies patients: {why}; "
+                              "sites are never made of patient identifiers. Fix: pass "
+                              f"{flag} column:NAME with a site or scanner column, or {flag} iid.")
         return Partition("column", column=m.group(1))
     raise invalid(flag, text, allowed, fix)
 
@@ -112,7 +120,8 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
                       else " (the dataset has no metadata columns)" if columns is not None
                       else ", or a metadata column of the dataset")
             raise ConfigError(f"{flag} column:{partition.column}: the dataset has no metadata column "
-                              f"{partition.column!r}. Fix: pass {flag} iid or {flag} dirichlet:ALPHA{others}.")
+                              f"{partition.column!r} (a column that identifies patients is none: the loader's notes "
+                              f"name those it dropped). Fix: pass {flag} iid or {flag} dirichlet:ALPHA{others}.")
         values = sorted({str(v) for col in split_columns for v in col})  # type: ignore[union-attr]
         if len(values) != clients:
             raise invalid(clients_flag, clients, f"the number of distinct values of column {partition.column!r} "
