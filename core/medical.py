@@ -7,6 +7,11 @@ patient: DICOM PatientID, a ``patient_id`` column, a BIDS subject (the file name
 ``sub-<label>`` folder beside ``dataset_description.json``: all of one subject's sessions and sequences), or the volume (file) when nothing else is known; the dataset's ``unit`` says
 which (``patient``, ``subject``, ``volume``), and the last one comes with a warning.
 
+A table's patient column (any spelling of patient_id, :func:`dpaudit.identifiers.patient_id_column`) is linked
+with the DICOM header's grouping or the BIDS subject: images that share either are one unit (:meth:`_Entries.patients`).
+A table's other columns are subgroups, except those that identify people (by name or content,
+:mod:`dpaudit.identifiers`): dropped with a note naming the column (:func:`_drop_identifiers`).
+
 Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
 in the order the sorted files first name them. The raw PatientID never reaches a dataset, a message, a log, a
 checkpoint, JSON or a report.
@@ -935,7 +940,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
 def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: int | None,
                       fractions: tuple[float, float], window: tuple[float, float] | None, slice_axis: str
                       ) -> DatasetSplits:
-    """``csv:FILE``: columns ``path,label[,patient_id][,index][,subgroups...]``, paths relative to the CSV.
+    """``csv:FILE``: columns ``path,label[,patient_id][,index][,subgroups...]``, paths relative to the CSV (the
+    patient column in any spelling: ``PatientID``, ``Patient ID``, ...).
 
     ``path`` may name an image file, a DICOM file (every frame, or the frame in ``index``) or a NIfTI volume
     (every slice along ``slice_axis``, or the slice in ``index``). A row without ``patient_id`` is grouped by
