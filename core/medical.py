@@ -204,6 +204,8 @@ def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Sequenc
     patients = entries.patients()
     for c in columns:
         g = _group_name(c)
+        if g == "age_band":  # banded (three bands): coarse by construction, as the DICOM header's PatientAge
+            continue
         if g in entries.groups and identifier_like(entries.groups[g], patients):
             dropped[c] = CONTENT_REASON
             del entries.groups[g]
