@@ -27,8 +27,11 @@ from dpaudit.errors import DataError
 
 __all__ = ["column_key", "identifier_like", "identifier_reason", "is_patient_id_column", "patient_id_column"]
 
-#: Normalised spellings (:func:`column_key`) of a column that names the patient.
-PATIENT_ID_KEYS = frozenset({"patientid", "patientidentifier", "patid"})
+#: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
+#: participants.tsv), a bare ``patient`` column or a case id names the unit of a person too: read as the patient,
+#: it can only join images into one unit (k is never understated), where dropped it would leave them apart.
+PATIENT_ID_KEYS = frozenset({"patientid", "patientidentifier", "patid", "patient", "patientnumber", "patientno",
+                             "subject", "subjectid", "subjectlabel", "participant", "participantid", "caseid"})
 
 #: Normalised column names (:func:`column_key`) that identify a person, with the reason given in notes.
 _BY_NAME: dict[str, tuple[str, ...]] = {
@@ -39,8 +42,7 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
     "a patient identifier (DICOM PS3.15 Annex E: Patient ID, Other Patient IDs)": (
         "otherpatientids", "otherpatientid", "issuerofpatientid", "mrn", "medicalrecordnumber", "medicalrecordno",
         "recordnumber", "hospitalnumber", "nhsnumber", "insurancenumber", "insuranceid", "healthcarenumber",
-        "ssn", "socialsecuritynumber", "nationalid", "nationalidnumber", "passportnumber", "personnummer",
-        "patient", "caseid"),
+        "ssn", "socialsecuritynumber", "nationalid", "nationalidnumber", "passportnumber", "personnummer"),
     "a birth date or study date (DICOM PS3.15 Annex E)": (
         "patientbirthdate", "birthdate", "dateofbirth", "dob", "birthday", "patientbirthtime", "studydate",
         "seriesdate", "acquisitiondate", "contentdate", "scandate", "admissiondate", "dischargedate"),
@@ -51,7 +53,7 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
     "a study or image identifier (DICOM PS3.15 Annex E: Accession Number, Study ID, UIDs)": (
         "accessionnumber", "accession", "accessionno", "studyid", "studyinstanceuid", "seriesinstanceuid",
         "sopinstanceuid", "imageid", "image", "filename", "file", "path", "filepath", "lesionid"),
-    "a subject or participant id (BIDS)": ("subject", "subjectid", "participant", "participantid", "sub"),
+    "a subject or participant id (BIDS)": ("sub",),
 }
 _NAME_REASON = {key: why for why, keys in _BY_NAME.items() for key in keys}
 

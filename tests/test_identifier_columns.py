@@ -25,7 +25,7 @@ SMALL = ["--image-size", "16", "--arch", "smallcnn", "--arch-args", '{"width": 4
 
 
 @pytest.mark.parametrize("name", ["patient_id", "PatientID", "patientid", "Patient ID", "PATIENT-ID", "patient.id",
-                                  "Patient_Identifier"])
+                                  "Patient_Identifier", "patient", "subject_id", "participant_id", "case_id"])
 def test_the_patient_id_column_in_the_fields_spellings(name: str) -> None:
     assert patient_id_column(["path", "label", name, "sex"], "m.csv") == name
     assert identifier_reason(name) is not None  # and so never a subgroup nor a site
@@ -40,7 +40,7 @@ def test_two_patient_id_columns_are_refused_naming_both() -> None:
     "PatientName", "patient_name", "Patient's Name", "OtherPatientIDs", "PatientBirthDate", "date_of_birth", "DOB",
     "AccessionNumber", "accession", "StudyInstanceUID", "Series Instance UID", "SOPInstanceUID", "StudyID", "MRN",
     "medical_record_number", "first_name", "Surname", "address", "Phone", "e-mail", "SSN", "national_id",
-    "subject_id", "participant_id", "image_id", "file_name", "StudyInstanceUID_note", "patient_id_old"])
+    "image_id", "file_name", "StudyInstanceUID_note", "patient_id_old"])
 def test_identifying_attributes_are_identifiers_by_name(name: str) -> None:
     assert identifier_reason(name) is not None, name
 
@@ -134,6 +134,16 @@ def test_a_manifest_with_planted_identifiers_writes_none_and_counts_k(tmp_path: 
                               "--partition", "column:remark"])
     assert res.exit_code == 2 and "no metadata column 'remark'" in res.output, res.output
     _no_planted(res.output)
+
+
+@pytest.mark.parametrize("column", ["participant_id", "subject_id", "patient", "case_id"])
+def test_a_person_column_in_other_spellings_is_read_as_the_patient(column: str, tmp_path: Path,
+                                                                  rng: np.random.Generator) -> None:
+    """A BIDS participant id, a subject id, a bare 'patient' or a case id groups a person's images: k counts them
+    (dropped as an identifier and not read, k would be 1)."""
+    manifest = _png_manifest(tmp_path / "data", rng, patient_column=column)
+    unit = privacy_unit(load_splits(f"csv:{manifest}", image_size=8), "patient")
+    assert unit.unit == "patient" and unit.records_per_patient == PER_PATIENT
 
 
 def test_two_patient_id_columns_in_a_manifest_are_one_line(tmp_path: Path, rng: np.random.Generator) -> None:
