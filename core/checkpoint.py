@@ -52,6 +52,7 @@ from dpaudit.errors import (
     MissingDependencyError,
     check_int,
     invalid,
+    library_reason,
 )
 from dpaudit.models import ARCH_HELP, build_model, check_arch_args, parse_arch
 from dpaudit.outputs import write_error
@@ -522,7 +523,7 @@ def _torch_load(path: Path) -> Any:
             "unpickle it yourself only if you trust its source.") from None
     except (RuntimeError, EOFError, OSError, struct.error, ValueError, IndexError, KeyError) as exc:
         raise CheckpointError(f"{str(path)!r} looks like {FILE_KINDS[kind]} but cannot be read "
-                              f"({type(exc).__name__}: {str(exc)[:120]}): it is probably damaged or truncated. "
+                              f"({library_reason(exc, path)[:160]}): it is probably damaged or truncated. "
                               "Fix: copy or download it again.") from None
 
 
@@ -537,7 +538,7 @@ def _safetensors_load(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{str(path)!r} is a safetensors file but cannot be read ({str(exc)[:120]}): it is "
+        raise CheckpointError(f"{str(path)!r} is a safetensors file but cannot be read ({library_reason(exc, path)[:160]}): it is "
                               "probably damaged or truncated. Fix: copy or download it again.") from None
 
 

@@ -72,7 +72,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpaudit.errors import DataError
+from dpaudit.errors import DataError, library_reason
 from dpaudit.images import Pixels, UnreadableImageError, content_id, match_channels, resize_float
 
 __all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
@@ -279,7 +279,7 @@ _HEADER_ERRORS = (AttributeError, KeyError, TypeError, ValueError, IndexError, Z
 
 def _unreadable_header(path: Path, exc: Exception) -> UnreadableImageError:
     return UnreadableImageError(f"DICOM file {str(path)!r}: a header element it needs is missing or malformed "
-                                f"({type(exc).__name__}: {exc}). Fix: replace or remove the file.")
+                                f"({library_reason(exc, path)}). Fix: replace or remove the file.")
 
 
 @contextmanager
@@ -585,7 +585,7 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
     try:
         ds = pydicom.dcmread(path, force=True)
     except Exception as exc:  # pydicom raises many types on a damaged file
-        raise UnreadableImageError(f"DICOM file {str(path)!r} does not read ({type(exc).__name__}: {exc}). Fix: "
+        raise UnreadableImageError(f"DICOM file {str(path)!r} does not read ({library_reason(exc, path)}). Fix: "
                                    "replace or remove the file.") from None
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None
@@ -607,10 +607,10 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
     except (NotImplementedError, RuntimeError) as exc:
         if syntax is not None and syntax.is_compressed and "decod" in str(exc).lower():
             raise _no_decoder(path, syntax) from None
-        raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({exc}). Fix: replace "
+        raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({library_reason(exc, path)}). Fix: replace "
                                    "or remove the file.") from None
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({exc}). Fix: replace "
+        raise UnreadableImageError(f"DICOM file {str(path)!r}: its pixel data do not decode ({library_reason(exc, path)}). Fix: replace "
                                    "or remove the file.") from None
     frames = _frame_count(ds)[0]
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -657,7 +657,7 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                 values = modality(arr[f])
             except _LUT_ERRORS as exc:
                 raise UnreadableImageError(f"DICOM file {str(path)!r}: its modality LUT does not apply "
-                                           f"({type(exc).__name__}: {exc}). Fix: replace or remove the file.") from None
+                                           f"({library_reason(exc, path)}). Fix: replace or remove the file.") from None
             if not np.isfinite(values).all():
                 r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
                 # The header's numbers are finite (_check_header_numbers): a float pixel, or a rescale whose
@@ -682,7 +682,7 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                     voi = apply_voi(index, ds, index=0).astype(np.float64)
                 except _LUT_ERRORS as exc:
                     raise UnreadableImageError(f"DICOM file {str(path)!r}: its VOI LUT does not apply "
-                                               f"({type(exc).__name__}: {exc}). Fix: replace or remove the file, or "
+                                               f"({library_reason(exc, path)}). Fix: replace or remove the file, or "
                                                "pass --window LOW,HIGH.") from None
                 plane = np.clip(voi / (2 ** lut_bits - 1), 0.0, 1.0)
             elif centre_width is not None:
@@ -715,7 +715,7 @@ def _decode_dicom(path: Path, image_size: int, channels: int, window: tuple[floa
                     lo, hi = _stored_range(ds, f)
                 except _LUT_ERRORS as exc:
                     raise UnreadableImageError(f"DICOM file {str(path)!r}: its stored range does not apply "
-                                               f"({type(exc).__name__}: {exc}). Fix: replace or remove the "
+                                               f"({library_reason(exc, path)}). Fix: replace or remove the "
                                                "file.") from None
                 plane = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
             planes.append(1.0 - plane if photometric == "MONOCHROME1" else plane)

@@ -8,7 +8,8 @@ traceback (tracebacks with locals may hold patient data).
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from typing import Any, TypeVar
 
 
 class DpAuditError(ValueError):
@@ -67,6 +68,60 @@ def _short(value: Any) -> str:
         return text
     tail = limit // 2 - 3
     return text[:limit - tail - 3] + "..." + text[-tail:]
+
+
+E = TypeVar("E", bound=DpAuditError)
+
+
+def naming_file(exc: E, path: str | os.PathLike[str], shown: str, prefix: str = "") -> E:
+    """``exc``, an error a reader raised about ``path`` (named ``repr(str(path))``, the path the loader gave it:
+    absolute for a manifest's row), with that file named ``shown`` instead (a path as the user wrote it, quoted:
+    :func:`shown_path`, or with a manifest's data row) and ``prefix`` (the dataset's name) before it; unchanged
+    when its message does not name ``path``.
+
+    >>> e = DataError("image '/data/x/a.png' does not decode. Fix: replace it.")
+    >>> str(naming_file(e, "/data/x/a.png", "'x/a.png' (data row 3)", "csv:m.csv: "))
+    "csv:m.csv: image 'x/a.png' (data row 3) does not decode. Fix: replace it."
+    """
+    text = str(exc)
+    if repr(str(path)) not in text:
+        return exc
+    renamed = type(exc)(prefix + text.replace(repr(str(path)), shown))
+    renamed.__dict__.update(vars(exc))
+    return renamed
+
+
+def shown_path(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> str:
+    """How a message names a file of a folder dataset: its path relative to the dataset's ``root`` (POSIX
+    separators), quoted; the path as given when it does not lie below ``root``. The one rule for every loader, so
+    that an absolute ``--dataset`` does not make every message absolute.
+
+    >>> shown_path("/data/scans/sub-01/anat/t1.nii.gz", "/data/scans"), shown_path("b/c.png", "a")
+    ("'sub-01/anat/t1.nii.gz'", "'b/c.png'")
+    """
+    p, r = os.fspath(path), os.fspath(root)
+    rel = os.path.relpath(p, r) if r else p
+    if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+        rel = p
+    return repr(rel.replace(os.sep, "/"))
+
+
+def library_reason(exc: BaseException, path: str | os.PathLike[str]) -> str:
+    """A library's exception as the reason of a message that names the file already: ``Type: text`` with the
+    path it repeats taken out (as given, absolute or by its name alone), so that the file is named once.
+
+    >>> library_reason(OSError("cannot identify image file '/d/x.png'"), "/d/x.png")
+    'OSError: cannot identify image file'
+    >>> library_reason(ValueError('Cannot work out file type of "/d/x.nii"'), "/d/x.nii")
+    'ValueError: Cannot work out file type'
+    """
+    text = str(exc)
+    p = os.fspath(path)
+    for form in {p, os.path.abspath(p), os.path.realpath(p)}:
+        text = re.sub(r"\s*(?:'|\"|`)?" + re.escape(form) + r"(?:'|\"|`)?", "", text)
+    # A sentence left ending in the preposition that led to the path ('file type of') or in punctuation.
+    text = re.sub(r"(?:\s+(?:of|in|at|from|for|to))?\s*[:,]?\s*$", "", text.strip()) or "no reason given"
+    return f"{type(exc).__name__}: {text}"
 
 
 def invalid(field: str, value: Any, allowed: str, fix: str | None = None, *, cls: type[DpAuditError] = ConfigError) -> DpAuditError:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpaudit.errors import DataError
+from dpaudit.errors import DataError, library_reason
 
 __all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "channels_note", "content_id",
            "dataset_channels", "dataset_digests",
@@ -96,7 +96,7 @@ class Pixels:
 
 
 def _bad(path: Path, exc: BaseException | str) -> UnreadableImageError:
-    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    why = exc if isinstance(exc, str) else library_reason(exc, path)
     return UnreadableImageError(f"image {str(path)!r} does not decode ({why}). Fix: replace or remove the file.")
 
 

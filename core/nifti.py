@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpaudit.errors import DataError, invalid
+from dpaudit.errors import DataError, invalid, library_reason
 from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
 
 __all__ = ["NIFTI_SUFFIXES", "SLICE_AXES", "canonical", "decode_nifti", "is_nifti", "slice_count"]
@@ -55,7 +55,7 @@ def _load(path: Path):  # -> nibabel image, canonical
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, gzip errors, ...
-        raise UnreadableImageError(f"NIfTI file {str(path)!r} does not load ({type(exc).__name__}: {exc}). Fix: "
+        raise UnreadableImageError(f"NIfTI file {str(path)!r} does not load ({library_reason(exc, path)}). Fix: "
                                    "replace or remove the file.") from None
     if len(img.shape) < 2:
         raise UnreadableImageError(f"NIfTI file {str(path)!r} has shape {img.shape}, not a volume. Fix: pass 3-D "
@@ -113,8 +113,8 @@ def canonical_volume(path: Path) -> np.ndarray:
     try:
         return canonical(img)[0]
     except Exception as exc:  # truncated or damaged data
-        raise UnreadableImageError(f"NIfTI file {str(path)!r}: its voxel data do not read ({type(exc).__name__}: "
-                                   f"{exc}). Fix: replace or remove the file.") from None
+        raise UnreadableImageError(f"NIfTI file {str(path)!r}: its voxel data do not read "
+                                   f"({library_reason(exc, path)}). Fix: replace or remove the file.") from None
 
 
 def decode_nifti(path: Path, image_size: int, channels: int, window: tuple[float, float] | None,
