@@ -63,7 +63,7 @@ from dpaudit.config import (
     data_loading_notes,
     parse_window,
 )
-from dpaudit.errors import DataError, check_int, check_probability, invalid
+from dpaudit.errors import DataError, check_int, check_probability, invalid, naming_file, shown_path
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
     SKIP_LOG,
@@ -311,7 +311,7 @@ def privacy_unit(splits: DatasetSplits, requested: str | None = None, *, given_k
                    if given_k is not None else "")
             examples = getattr(splits, "copy_examples", ())
             sets = getattr(splits, "copy_sets", 0) or len(examples)
-            shown = "; ".join(" = ".join(repr(p) for p in group) for group in examples)
+            shown = "; ".join(" = ".join(group) for group in examples)
             more = f" and {sets - len(examples)} more set(s)" if sets > len(examples) else ""
             which = (f": {sets} set(s) of copies, e.g. {shown}{more}" if examples else
                      " (the loader's note counts them)")
@@ -422,7 +422,8 @@ class DatasetSplits(SplitsShape):
     unit: str = "image"
     skipped: Mapping[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    #: Up to 3 sets of the files (paths, for the console only: never written, they may carry patient names) whose
+    #: Up to 3 sets of the files (named as the user wrote them, quoted: a path relative to the dataset's root, a
+    #: manifest's path and data row; for the console only: never written, they may carry patient names) whose
     #: images are copies of one another in the training split, and how many such sets there are: named by
     #: :func:`privacy_unit` when the image unit refuses them.
     copy_examples: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
@@ -706,14 +707,15 @@ def _select_groups(groups: np.ndarray, max_images: int | None, rng: np.random.Ge
 
 
 def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndarray, sources: Sequence[str],
-                     name: str) -> tuple[np.ndarray, int, int]:
+                     name: str, label_names: Sequence[str]) -> tuple[np.ndarray, int, int]:
     """Merge groups in which images with identical stored content share a group (union-find over the group ids and
     the contents): copies can never straddle a split, and patients linked by a copy (one export re-pseudonymised
     under another PatientID: same pixels, whatever its UIDs) are one privacy unit, whose k counts the images of
     all of them.
 
     Returns the merged group keys, the number of images whose content repeats an earlier one and the number of
-    groups that were joined to another. Identical content under two different labels is an error naming both files.
+    groups that were joined to another. Identical content under two different labels is an error naming both files
+    (``sources``: as the user wrote them) and both labels (as the class names the user wrote).
     """
     first: dict[str, int] = {}
     parent = {g: g for g in np.unique(groups).tolist()}
@@ -733,8 +735,9 @@ def _merge_identical(groups: np.ndarray, digests: Sequence[str], labels: np.ndar
             continue
         repeats += 1
         if labels[i] != labels[j]:
-            raise DataError(f"{name}: {sources[j]!r} and {sources[i]!r} hold identical images under different labels "
-                            f"({int(labels[j])} and {int(labels[i])}). Fix: remove one of them or correct its label.")
+            raise DataError(f"{name}: {sources[j]} and {sources[i]} hold identical images under different labels "
+                            f"({label_names[int(labels[j])]!r} and {label_names[int(labels[i])]!r}). Fix: remove one "
+                            "of them or correct its label.")
         a, b = root(str(groups[i])), root(str(groups[j]))
         if a != b:
             parent[max(a, b)] = min(a, b)
@@ -753,9 +756,11 @@ def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequ
     The merged groups become the ``patient_ids``: patients linked by identical images are one privacy unit for k
     as for the split (a per-patient k counted per PatientID would miss the linked patient's copies)."""
     patient_ids = np.asarray(patient_ids).astype(str)
+    # How the messages name each image's file (quoted, as the user wrote it: dpaudit.errors.shown_path, or a
+    # manifest's path and data row), one name per file: also what tells that two images come from one file.
     sources = list(sources) if sources is not None else [f"image {i}" for i in range(len(labels))]
     split_groups, repeats, joined = (patient_ids, 0, 0) if digests is None else _merge_identical(
-        patient_ids, digests, labels, sources, name)
+        patient_ids, digests, labels, sources, name, label_names)
     parts = _grouped_stratified_split(labels, split_groups, fractions, rng)
     for key, values in (("file", sources), ("image content", digests)):
         if values is None:
@@ -765,7 +770,7 @@ def _split_and_check(images: torch.Tensor, labels: np.ndarray, label_names: Sequ
             for i in idx:
                 v = values[i]
                 if v and side_of.setdefault(v, side) != side:
-                    raise DataError(f"{name}: the same {key} ({sources[i]!r}) lies in two splits. Fix: report this "
+                    raise DataError(f"{name}: the same {key} ({sources[i]}) lies in two splits. Fix: report this "
                                     "as a bug (the loaders split by patient and content).")
     notes = list(notes)
     if repeats:
@@ -923,13 +928,19 @@ def make_demo(n_images: int = DEMO_DEFAULT_SIZE, *, image_size: int = 64, seed: 
 # Decoding files
 
 
-def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip_unreadable: bool
-                  ) -> tuple[list[Pixels | None], int]:
+def _file_error(exc: DataError, path: Path, root: Path, name: str = "") -> DataError:
+    """A reader's error about ``path`` as a folder dataset's messages name it: the path relative to its ``root``
+    (:func:`dpaudit.errors.shown_path`), after the dataset's ``name`` for an error (a skip warning goes without)."""
+    return naming_file(exc, path, shown_path(path, root), f"{name}: " if name else "")
+
+
+def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip_unreadable: bool, root: Path,
+                  name: str) -> tuple[list[Pixels | None], int]:
     """Decode image files in threads (Pillow and tifffile release the GIL), resizing each as it is read.
 
     Returns one :class:`~dpaudit.images.Pixels` per path (None for a file that does not decode, when
     ``skip_unreadable``: a file that does not decode, or holds a non-finite pixel) and the number of such files.
-    Other errors (a 16-bit colour PNG) always propagate.
+    Other errors (a 16-bit colour PNG) always propagate. Messages name a file relative to ``root``, after ``name``.
     """
     out: list[Pixels | None] = [None] * len(paths)
 
@@ -938,15 +949,18 @@ def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip
             out[i] = read_image(paths[i], image_size, channels)
         except UnreadableImageError as exc:
             if not skip_unreadable:
-                raise
-            skipped_unreadable(exc)
+                raise _file_error(exc, paths[i], root, name) from None
+            skipped_unreadable(_file_error(exc, paths[i], root))
+        except DataError as exc:
+            raise _file_error(exc, paths[i], root, name) from None
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
         list(pool.map(work, range(len(paths))))
     return out, sum(p is None for p in out)
 
 
-def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, list[bool | None], list[str]]:
+def _channels_of(paths: Sequence[Path], skip_unreadable: bool, *, root: Path, name: str
+                 ) -> tuple[int, list[bool | None], list[str]]:
     """The dataset's channels from the readable images' headers (:func:`dpaudit.images.dataset_channels`: the
     majority's), whether each file is colour (None: it did not open), and the note on the files converted."""
     colour: list[bool | None] = []
@@ -955,9 +969,11 @@ def _channels_of(paths: Sequence[Path], skip_unreadable: bool) -> tuple[int, lis
             colour.append(probe_channels(p) == 3)
         except UnreadableImageError as exc:
             if not skip_unreadable:
-                raise
-            skipped_unreadable(exc)
+                raise _file_error(exc, p, root, name) from None
+            skipped_unreadable(_file_error(exc, p, root))
             colour.append(None)
+        except DataError as exc:
+            raise _file_error(exc, p, root, name) from None
     channels, said = dataset_channels(sum(bool(c) for c in colour), sum(c is not None for c in colour))
     return channels, colour, said
 
@@ -1095,11 +1111,11 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     if "age" in columns:
         groups["age_band"] = ages[keep]
     paths = [index[rows[i]["image_id"]] for i in keep]
-    pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False)
+    pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False, root=root, name="ham10000")
     notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
     return _split_and_check(_stack(pixels), labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000",
                             fractions, rng, unit="lesion", digests=dataset_digests(pixels),
-                            sources=[str(p) for p in paths], notes=notes)
+                            sources=[shown_path(p, root) for p in paths], notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1323,10 +1339,10 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     rng = np.random.default_rng([seed, zlib.crc32(b"folder")])
     keep = _select_groups(pids, max_images, rng)
     paths = [paths[i] for i in keep]
-    channels, colour, _ = _channels_of(paths, skip_unreadable=True)
+    channels, colour, _ = _channels_of(paths, skip_unreadable=True, root=root, name=name)
     opened = [c is not None for c in colour]
     pixels, _ = _decode_files([p for p, ok in zip(paths, opened, strict=True) if ok], image_size, channels,
-                              skip_unreadable=True)
+                              skip_unreadable=True, root=root, name=name)
     decoded = iter(pixels)
     got = [next(decoded) if ok else None for ok in opened]
     good = [i for i, px in enumerate(got) if px is not None]
@@ -1339,5 +1355,5 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     sel = keep[good]
     kept = [got[i] for i in good]
     return _split_and_check(_stack(kept), labels[sel], label_names, {}, pids[sel], name, fractions, rng,
-                            unit="image", digests=dataset_digests(kept), sources=[str(paths[i]) for i in good],
+                            unit="image", digests=dataset_digests(kept), sources=[shown_path(paths[i], root) for i in good],
                             skipped=skipped, notes=notes)

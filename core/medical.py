@@ -56,7 +56,7 @@ from dpaudit.dicom import (
     read_header,
     stored_ranges_differ,
 )
-from dpaudit.errors import DataError
+from dpaudit.errors import DataError, naming_file, shown_path
 from dpaudit.identifiers import (
     CONTENT_REASON,
     identifier_like,
@@ -298,8 +298,9 @@ class _Entries:
                 f"privacy unit, and k counts them together){said}"]
 
 
-def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]], skip_unreadable: bool
-                  ) -> list[list[Pixels] | None]:
+def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]], skip_unreadable: bool,
+                  shown: Sequence[str], name: str) -> list[list[Pixels] | None]:
+    """Decode files in threads; a message names a file ``shown`` (as the user wrote it), an error after ``name``."""
     out: list[list[Pixels] | None] = [None] * len(files)
 
     def work(i: int) -> None:
@@ -307,15 +308,18 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
             out[i] = decode(files[i])
         except UnreadableImageError as exc:
             if not skip_unreadable:
-                raise
-            skipped_unreadable(exc)
+                raise naming_file(exc, files[i], shown[i], f"{name}: ") from None
+            skipped_unreadable(naming_file(exc, files[i], shown[i]))
+        except DataError as exc:
+            raise naming_file(exc, files[i], shown[i], f"{name}: ") from None
 
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(files)))) as pool:
         list(pool.map(work, range(len(files))))
     return out
 
 
-def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Callable[[Path], list[Pixels]],
+def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _Entries,
+              decode: Callable[[Path], list[Pixels]],
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
               skipped: Counter[str], notes: list[str], *, skip_unreadable: bool, label_source: str,
               value_notes: Callable[[list[int]], list[str]] | None = None,
@@ -327,14 +331,16 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     (indices into ``files``) are mapped by a rescale and window of their own (DICOM), whose images are checked for
     being blank (:func:`_blank_note`); ``label_notes`` gives the notes on a labels file's rows, given the files
     (indices into ``files``) skipped as unreadable while decoding, so that a row whose file was is counted
-    skipped."""
+    skipped. ``shown`` names each file in messages as the user wrote it (quoted: :func:`dpaudit.errors.shown_path`,
+    or a manifest's path and data row)."""
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
     pseud = _pseudonyms(entries.patients())
     keep = _select_groups(pseud, max_images, seed_rng)
     need = sorted({entries.file[i] for i in keep})
-    decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable), strict=True))
+    decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable,
+                                                 [shown[f] for f in need], name), strict=True))
     skipped["unreadable"] += sum(v is None for v in decoded.values())
     if label_notes is not None:
         notes = [*notes, *label_notes({f for f, v in decoded.items() if v is None})]
@@ -345,7 +351,7 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
             continue
         part = entries.part[i]
         if part >= len(frames):
-            raise DataError(f"{name}: {str(files[entries.file[i]])!r} holds {len(frames)} frame(s) or slice(s); "
+            raise DataError(f"{name}: {shown[entries.file[i]]} holds {len(frames)} frame(s) or slice(s); "
                             f"index {part} was asked. Fix: correct the index column (0 to {len(frames) - 1}).")
         pixels.append(frames[part])
         sel.append(i)
@@ -355,14 +361,14 @@ def _assemble(name: str, files: Sequence[Path], entries: _Entries, decode: Calla
     if value_notes is not None:
         notes = [*notes, *value_notes(sorted({entries.file[i] for i in sel}))]
     if windowed is not None:
-        notes = [*notes, *_blank_note([(files[entries.file[i]], entries.part[i], px) for i, px in
+        notes = [*notes, *_blank_note([(shown[entries.file[i]], entries.part[i], px) for i, px in
                                        zip(sel, pixels, strict=True) if windowed(entries.file[i])], window)]
     merged = _merge_label_spellings(entries.label, name, label_source, notes)
     label_names = _label_names([merged[i] for i in sel])
     index = {n: i for i, n in enumerate(label_names)}
     labels = np.array([index[merged[i]] for i in sel], dtype=np.int64)
     groups = {k: np.asarray(v)[sel_a] for k, v in entries.groups.items()}
-    sources = [str(files[entries.file[i]]) for i in sel]
+    sources = [shown[entries.file[i]] for i in sel]
     digests = dataset_digests(pixels)
     return _split_and_check(_stack(pixels), labels, label_names, groups, pseud[sel_a], name, fractions, seed_rng,
                             unit=unit, digests=digests, sources=sources, skipped=skipped, notes=notes)
@@ -383,14 +389,14 @@ def _is_blank(px: Pixels) -> bool:
     return spread <= 1e-9 * max(1.0, float(np.abs(px.data).max()))
 
 
-def _blank_note(images: Sequence[tuple[Path, int, Pixels]], window: tuple[float, float] | None) -> list[str]:
-    """The images (file, frame, pixels) mapped to [0, 1] by their own rescale and window that come out blank
+def _blank_note(images: Sequence[tuple[str, int, Pixels]], window: tuple[float, float] | None) -> list[str]:
+    """The images (file as shown, frame, pixels) mapped to [0, 1] by their own rescale and window that come out blank
     (:data:`BLANK_RANGE`): named on stderr (paths, never a PatientID), counted in a note, with the fix. They are
     kept: a blank image is what the file's header asks for, but it trains, is attacked and profiled as no image."""
     blank = [(p, f) for p, f, px in images if _is_blank(px)]
     if not blank:
         return []
-    shown = ", ".join(f"{str(p)!r}" + (f" (frame {f})" if f else "") for p, f in blank[:10])
+    shown = ", ".join(p + (f" (frame {f})" if f else "") for p, f in blank[:10])
     more = f" and {len(blank) - 10} more" if len(blank) > 10 else ""
     fix = ("pass --window LOW,HIGH (in modality units, e.g. -100,200 for liver CT) to map every file by one "
            "window, or remove those files") if window is None else (
@@ -701,10 +707,12 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         try:
             h = read_header(p)
         except UnreadableImageError as exc:
-            skipped_unreadable(exc)
+            skipped_unreadable(naming_file(exc, p, shown_path(p, root)))
             skipped["unreadable"] += 1
             passed[p] = "unreadable"
             continue
+        except DataError as exc:
+            raise naming_file(exc, p, shown_path(p, root), f"{name}: ") from None
         if isinstance(h, NotAnImage):
             skipped[h.reason] += 1
             passed[p] = h.reason
@@ -818,7 +826,8 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                       lambda: decode_dicom(p, image_size, channels, window, map_jointly=jointly))
 
     rng = np.random.default_rng([seed, 0xD1C0])
-    return _assemble(name, [h.path for h in headers], entries, decode, unit, rng, max_images, fractions,
+    return _assemble(name, [h.path for h in headers], [shown_path(h.path, root) for h in headers], entries, decode,
+                     unit, rng, max_images, fractions,
                      skipped, notes, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
                      value_notes=value_notes, windowed=lambda f: True, window=window, label_notes=label_notes)
@@ -887,12 +896,14 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         try:
             n = slice_count(p, slice_axis)
         except UnreadableImageError as exc:
-            skipped_unreadable(exc)
+            skipped_unreadable(naming_file(exc, p, shown_path(p, root)))
             skipped["unreadable"] += 1
             if labels_path is not None:
                 matched.discard(hit)
                 passed[hit] = "unreadable"
             continue
+        except DataError as exc:
+            raise naming_file(exc, p, shown_path(p, root), f"{name}: ") from None
         if labels_path is not None:
             labelled[i] = hit
         patient, source, also = _patient_key(patient_id, rel, rel.as_posix(), root)
@@ -929,8 +940,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         return cached(p, "nifti", options, lambda: decode_nifti(p, image_size, 1, window, slice_axis))
 
     rng = np.random.default_rng([seed, 0x1F71])
-    return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, skipped, notes,
-                     skip_unreadable=True, label_source="the labels file's label column"
+    return _assemble(name, files, [shown_path(p, root) for p in files], entries, decode, unit, rng, max_images,
+                     fractions, skipped, notes, skip_unreadable=True, label_source="the labels file's label column"
                      if labels_path is not None else "the class folder names", label_notes=label_notes)
 
 
@@ -961,6 +972,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     dropped: dict[str, str] = {}
     extra = _group_columns(table, ["path", "label", "index"], dropped)
     files: list[Path] = []
+    shown: list[str] = []  # each file as the messages name it: its path as the CSV writes it, and its data row
     file_index: dict[Path, int] = {}
     kinds: list[str] = []
     rows: list[tuple[int, int | None, dict[str, str]]] = []
@@ -991,6 +1003,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         if p not in file_index:
             file_index[p] = len(files)
             files.append(p)
+            shown.append(f"{row['path']!r} (data row {i})")
             kind = "nifti" if is_nifti(p) else "image" if p.suffix.lower() in IMAGE_EXTENSIONS else (
                 "dicom" if p.suffix.lower() == ".dcm" or is_dicom(p) else "")
             if not kind:
@@ -1004,19 +1017,22 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     counts: dict[int, int] = {}
     dicom_headers: dict[int, DicomHeader] = {}
     for f, (p, kind) in enumerate(zip(files, kinds, strict=True)):
-        if kind == "image":
-            colour += probe_channels(p) == 3
-            counts[f] = 1
-        elif kind == "dicom":
-            h = read_header(p)
-            if isinstance(h, NotAnImage):
-                raise DataError(f"{name}: {str(p)!r} is a DICOM file that is {h.reason}. Fix: "
-                                f"{non_image_fix(h.reason)}.")
-            colour += h.colour
-            counts[f] = h.frames
-            dicom_headers[f] = h
-        else:
-            counts[f] = slice_count(p, slice_axis)
+        try:
+            if kind == "image":
+                colour += probe_channels(p) == 3
+                counts[f] = 1
+            elif kind == "dicom":
+                h = read_header(p)
+                if isinstance(h, NotAnImage):
+                    raise DataError(f"{name}: {shown[f]} is a DICOM file that is {h.reason}. Fix: "
+                                    f"{non_image_fix(h.reason)}.")
+                colour += h.colour
+                counts[f] = h.frames
+                dicom_headers[f] = h
+            else:
+                counts[f] = slice_count(p, slice_axis)
+        except DataError as exc:
+            raise naming_file(exc, p, shown[f], f"{name}: ") from None
     entries = _Entries()
     sources: Counter[str] = Counter()
     sub_folders = both = 0
@@ -1060,7 +1076,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         return cached(p, "nifti", options, lambda: decode_nifti(p, image_size, channels, window, slice_axis))
 
     rng = np.random.default_rng([seed, 0xC5F])
-    return _assemble(name, files, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
+    return _assemble(name, files, shown, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
                      skip_unreadable=False, label_source="the manifest's label column",
                      value_notes=lambda used: _dicom_value_notes(
                          [dicom_headers[f] for f in used if f in dicom_headers], window, jointly),

@@ -144,7 +144,7 @@ def test_image_folder_copies_are_refused_with_the_image_unit(tmp_path: Path, rng
     shown = message.split("e.g. ")[1].rstrip(".").split(" and ")[0].split("; ")
     assert len(shown) == min(3, sets)
     for group in shown:
-        a, b = (Path(x.strip("'")) for x in group.split(" = "))
+        a, b = (tmp_path / x.strip("'") for x in group.split(" = "))  # relative to the dataset's folder
         assert a.read_bytes() == b.read_bytes() and {a.name, b.name} == {a.name.removeprefix("copy"),
                                                                          "copy" + a.name.removeprefix("copy")}
     assert (sets > 3) == (f"and {sets - 3} more set(s)" in message)

@@ -1000,7 +1000,7 @@ def test_a_nifti_file_of_several_volumes_is_refused_naming_the_file(tmp_path: Pa
     with pytest.raises(DataError, match=r"bold\.nii\.gz' holds 5 volumes \(shape \(16, 16, 3, 5\)\).*Fix: split it"):
         load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     (tmp_path / "m.csv").write_text("path,label\nbold.nii.gz,0\nv0.nii.gz,1\nv1.nii.gz,0\nv2.nii.gz,1\n")
-    with pytest.raises(DataError, match=r"bold\.nii\.gz' holds 5 volumes"):
+    with pytest.raises(DataError, match=r": NIfTI file 'bold\.nii\.gz' \(data row 1\) holds 5 volumes"):
         load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
 
 
