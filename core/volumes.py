@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from dpaudit.data import LabelledImages, SplitsShape
-from dpaudit.errors import DataError, check_int, check_probability, invalid
+from dpaudit.errors import DataError, check_int, check_probability, invalid, shown_path
 
 __all__ = [
     "DEMO_CT_VOLUMES",
@@ -516,18 +516,18 @@ def _read_pair(name: str, image: Path, label: Path) -> tuple[np.ndarray, np.ndar
     try:
         imgs = [nib.load(str(image)), nib.load(str(label))]
     except Exception as exc:  # nibabel raises many types for unreadable files; name the file, not the data
-        raise DataError(f"volume {name!r} ({str(image)!r}, {str(label)!r}): could not be read as NIfTI "
+        raise DataError(f"volume {name!r} ({pair}): could not be read as NIfTI "
                         f"({type(exc).__name__}). Fix: check the files or remove them from imagesTr/ and "
                         "labelsTr/.") from None
     for what, img, path in zip(("image", "label map"), imgs, (image, label), strict=True):
         if len(img.shape) < 3 or volume_count(img.shape) > 1:
-            raise invalid(f"volume {name!r} {what} {str(path)!r} dimensions", tuple(img.shape),
+            raise invalid(f"volume {name!r} {what} {shown_path(path, path.parent.parent)} dimensions", tuple(img.shape),
                           "a 3-D volume X x Y x Z (one modality)", "use a single-modality task or extract one channel",
                           cls=DataError)
     try:
         (vol, v_aff), (lab, l_aff) = canonical(imgs[0], np.float32), canonical(imgs[1], None)
     except Exception as exc:  # truncated or damaged data
-        raise DataError(f"volume {name!r} ({str(image)!r}, {str(label)!r}): could not be read as NIfTI "
+        raise DataError(f"volume {name!r} ({pair}): could not be read as NIfTI "
                         f"({type(exc).__name__}). Fix: check the files or remove them from imagesTr/ and "
                         "labelsTr/.") from None
     if vol.shape != lab.shape:
@@ -552,7 +552,8 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
         vol, lab = image, np.asarray(label)
     else:
         vol, lab = _read_pair(name, Path(image), Path(label))
-        who = f"{name!r} ({str(image)!r})"  # the messages below name the file too
+        # The messages below name the file too, relative to the dataset's folder (imagesTr/NAME).
+        who = f"{name!r} ({shown_path(image, Path(image).parent.parent)})"
     if vol.ndim != 3:
         raise invalid(f"volume {who} dimensions", vol.shape, "a 3-D volume X x Y x Z (one modality)",
                       "use a single-modality task or extract one channel", cls=DataError)

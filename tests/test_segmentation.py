@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +78,12 @@ def test_msd_errors_name_the_volume_and_the_fix(tmp_path, rng) -> None:
         load_segmentation_splits(f"msd:{root}", image_size=16)
     with pytest.raises(DataError, match=r"dataset\.json"):
         load_segmentation_splits(f"msd:{tmp_path}", image_size=16)
-    # A 4-D image (two modalities): the error names the file, not only the volume.
+    # A 4-D image (two modalities): the error names the file (relative to the dataset's folder), not only the volume.
     root = write_msd(tmp_path / "four", rng)
     path = root / "imagesTr" / "liver_2.nii.gz"
     arr = np.asarray(nib.load(str(path)).dataobj)
     nib.save(nib.Nifti1Image(np.stack([arr, arr], axis=-1), np.eye(4)), str(path))
-    with pytest.raises(DataError, match=rf"volume 'liver_2' image {re.escape(repr(str(path)))} dimensions must be a "
+    with pytest.raises(DataError, match=r"volume 'liver_2' image 'imagesTr/liver_2\.nii\.gz' dimensions must be a "
                                         r"3-D volume .*got \(20, 20, 6, 2\)"):
         load_segmentation_splits(f"msd:{root}", image_size=16)
     with pytest.raises(DataError, match="window"):
