@@ -109,3 +109,129 @@ def test_msd_volume_copied_under_another_case_name_is_refused_naming_both(tmp_pa
     with pytest.raises(DataError, match=r"imagesTr/liver_1.nii.gz and imagesTr/liver_9.nii.gz are identical files.*"
                        r"Fix: remove one of them and its label map"):
         load_segmentation_splits(f"msd:{root}", image_size=SIZE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# How a message names a file: as the user wrote it (a manifest's path and data row, a folder dataset's path relative
+# to its folder), once, never absolute; a library's exception text without the path it repeats.
+
+
+def _pngs(folder: Path, rng: np.random.Generator, n: int = 6) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _named_once(text: str, shown: str, root: Path) -> None:
+    """``text`` names the file ``shown`` exactly once and holds no absolute path of the test's data."""
+    assert text.count(shown) == 1, text
+    assert str(root.resolve()) not in text and str(root) not in text, text
+
+
+def _skip_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    # one record may reach caplog twice (its own handler on the logger, and propagation)
+    return sorted({r.getMessage() for r in caplog.records if "skipped an unreadable file" in r.getMessage()})
+
+
+def _load_logged(caplog: pytest.LogCaptureFixture, dataset: str, **kw: object):
+    log = listen(caplog)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            return load_splits(dataset, image_size=SIZE, **kw)
+    finally:
+        log.removeHandler(caplog.handler)
+
+
+def test_a_folder_dataset_names_a_skipped_file_relative_to_its_folder_once(tmp_path: Path, rng: np.random.Generator,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "png"
+    for cls in ("benign", "malignant"):
+        _pngs(root / cls / "Doe_Jane", rng)
+    (root / "benign" / "Doe_Jane" / "corrupt.png").write_bytes(b"not a png")
+    _load_logged(caplog, f"folder:{root}")  # absolute, as a user may type it
+    (warning,) = _skip_warnings(caplog)
+    _named_once(warning, "'benign/Doe_Jane/corrupt.png'", tmp_path)
+    assert "(UnidentifiedImageError: cannot identify image file)" in warning  # the library's reason, kept
+
+
+def test_a_folder_dataset_names_identical_images_under_two_labels_by_class_name(tmp_path: Path,
+                                                                               rng: np.random.Generator) -> None:
+    import shutil
+
+    root = tmp_path / "png"
+    for cls in ("benign", "malignant"):
+        _pngs(root / cls, rng)
+    shutil.copy(root / "benign" / "0.png", root / "malignant" / "copy.png")
+    with pytest.raises(DataError) as info:
+        load_splits(f"folder:{root}", image_size=SIZE)
+    message = str(info.value)
+    _named_once(message.split(": ", 1)[1], "'benign/0.png'", tmp_path)  # after the dataset's name, as typed
+    assert "'malignant/copy.png'" in message and "under different labels ('benign' and 'malignant')" in message
+
+
+def test_a_manifest_names_a_file_by_its_path_as_written_and_its_data_row(tmp_path: Path, rng: np.random.Generator
+                                                                         ) -> None:
+    import shutil
+
+    _pngs(tmp_path / "img", rng)
+    rows = ["path,label"] + [f"img/{i}.png,{'ab'[i % 2]}" for i in range(6)]
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "img/../img/bad.png,a"]) + "\n")
+    with pytest.raises(DataError) as info:
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    message = str(info.value).removeprefix(f"csv:{tmp_path / 'm.csv'}: ")
+    _named_once(message, "'img/../img/bad.png' (data row 7)", tmp_path)
+    assert "does not decode (UnidentifiedImageError: cannot identify image file)" in message
+    # identical images under two labels: both rows, both class names as written
+    shutil.copy(tmp_path / "img" / "0.png", tmp_path / "img" / "copy.png")
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "img/copy.png,b"]) + "\n")
+    with pytest.raises(DataError) as info:
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    message = str(info.value).removeprefix(f"csv:{tmp_path / 'm.csv'}: ")
+    _named_once(message, "'img/0.png' (data row 1)", tmp_path)
+    assert "'img/copy.png' (data row 7)" in message and "different labels ('a' and 'b')" in message
+
+
+def test_a_manifest_names_a_damaged_dicom_or_nifti_file_by_its_row(tmp_path: Path, rng: np.random.Generator) -> None:
+    for i in range(4):
+        dicom_file(tmp_path / f"{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"P{i}")
+    good = "path,label\n" + "".join(f"{i}.dcm,{i % 2}\n" for i in range(4))
+    cut = tmp_path / "cut.dcm"
+    dicom_file(cut, rng.integers(0, 4096, (SIZE, SIZE)), patient="P9")
+    cut.write_bytes(cut.read_bytes()[:-100])
+    (tmp_path / "nii").mkdir()
+    (tmp_path / "nii" / "bad.nii.gz").write_bytes(b"not a volume")
+    for row, written in ((5, "cut.dcm"), (5, "nii/bad.nii.gz")):
+        (tmp_path / "m.csv").write_text(good + f"{written},1\n")
+        with pytest.raises(DataError) as info:
+            load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+        _named_once(str(info.value).removeprefix(f"csv:{tmp_path / 'm.csv'}: "), f"{written!r} (data row {row})",
+                    tmp_path)
+
+
+def test_a_nifti_folder_names_an_unreadable_volume_relative_to_it_once(tmp_path: Path, rng: np.random.Generator,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(4):
+        nifti_file(tmp_path / f"sub-{i:02d}" / "anat" / f"sub-{i:02d}_T1w.nii", rng.random((SIZE, SIZE, 2)))
+    (tmp_path / "sub-00" / "anat" / "sub-00_T2w.nii.gz").write_bytes(b"not a volume")
+    (tmp_path / "labels.csv").write_text("file,label\n" + "".join(
+        f"sub-{i:02d}/anat/sub-{i:02d}_T{t}w.nii{'.gz' if t == 2 else ''},{i % 2}\n" for i in range(4) for t in (1, 2)
+        if t == 1 or i == 0))
+    _load_logged(caplog, f"nifti:{tmp_path}")
+    (warning,) = _skip_warnings(caplog)
+    _named_once(warning, "'sub-00/anat/sub-00_T2w.nii.gz'", tmp_path)
+    assert "does not load (" in warning and warning.count("sub-00_T2w") == 1  # the reason without the path
+
+
+def test_library_reason_drops_the_path_it_repeats_and_keeps_the_reason() -> None:
+    from dpaudit.errors import library_reason, shown_path
+
+    p = "/data/scans/sub-01/x.nii.gz"
+    assert library_reason(OSError(f'Cannot work out file type of "{p}"'), p) == "OSError: Cannot work out file type"
+    assert library_reason(EOFError("Compressed file ended before the end-of-stream marker was reached"), p) == (
+        "EOFError: Compressed file ended before the end-of-stream marker was reached")
+    assert library_reason(ValueError(p), p) == "ValueError: no reason given"
+    assert shown_path(p, "/data/scans") == "'sub-01/x.nii.gz'"
+    assert shown_path(p, "/elsewhere") == repr(p)  # not below the root: as given
