@@ -108,20 +108,28 @@ def shown_path(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> st
 
 def library_reason(exc: BaseException, path: str | os.PathLike[str]) -> str:
     """A library's exception as the reason of a message that names the file already: ``Type: text`` with the
-    path it repeats taken out (as given, absolute or by its name alone), so that the file is named once.
+    path it repeats taken out (as given, absolute or resolved, quoted or as a ``PosixPath(...)``), so that the file
+    is named once; a text that does not repeat it is kept whole.
 
     >>> library_reason(OSError("cannot identify image file '/d/x.png'"), "/d/x.png")
     'OSError: cannot identify image file'
     >>> library_reason(ValueError('Cannot work out file type of "/d/x.nii"'), "/d/x.nii")
     'ValueError: Cannot work out file type'
+    >>> library_reason(FileNotFoundError("no such file: PosixPath('/d/x.nii')"), "/d/x.nii")
+    'FileNotFoundError: no such file'
+    >>> library_reason(ValueError("expected 2 dimensions, got 3 in"), "/d/x.nii")
+    'ValueError: expected 2 dimensions, got 3 in'
     """
-    text = str(exc)
+    text = original = str(exc)
     p = os.fspath(path)
-    for form in {p, os.path.abspath(p), os.path.realpath(p)}:
-        text = re.sub(r"\s*(?:'|\"|`)?" + re.escape(form) + r"(?:'|\"|`)?", "", text)
-    # A sentence left ending in the preposition that led to the path ('file type of') or in punctuation.
-    text = re.sub(r"(?:\s+(?:of|in|at|from|for|to))?\s*[:,]?\s*$", "", text.strip()) or "no reason given"
-    return f"{type(exc).__name__}: {text}"
+    # Longest form first: a relative path is a part of its absolute form, whose rest would be left behind.
+    for form in sorted({p, os.path.abspath(p), os.path.realpath(p)}, key=len, reverse=True):
+        quoted = r"(?:'|\"|`)?" + re.escape(form) + r"(?:'|\"|`)?"
+        as_object = r"\w*Path\((?:'|\")" + re.escape(form) + r"(?:'|\")\)"  # PosixPath('...') in a repr
+        text = re.sub(r"\s*(?:" + as_object + "|" + quoted + ")", "", text)
+    if text != original:  # a sentence left ending in the preposition that led to the path, or in punctuation
+        text = re.sub(r"(?:\s+(?:of|in|at|from|for|to))?\s*[:,]?\s*$", "", text.strip())
+    return f"{type(exc).__name__}: {text.strip() or 'no reason given'}"
 
 
 def invalid(field: str, value: Any, allowed: str, fix: str | None = None, *, cls: type[DpAuditError] = ConfigError) -> DpAuditError:
