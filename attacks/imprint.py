@@ -226,18 +226,62 @@ BATCH_VALUES = 2**19
 BATCHED_MAX_PIXELS = 64 * 64
 
 
+#: The layers whose per-image parameter gradients the batched route forms, and the only parameters they may hold
+#: (old-style ``weight_norm`` / ``spectral_norm`` keep the class but hold ``weight_g``/``weight_v``/``weight_orig``
+#: and recompute ``.weight`` in a pre-forward hook: the gradient batch-1 passes see is that of those parameters).
+_PARAMETER_LAYERS = (nn.Conv2d, nn.Linear, nn.GroupNorm)
+_LAYER_PARAMETERS = {"weight", "bias"}
+#: Per-module hook tables: a user's hook may replace a layer's input, output or gradient, which the batched route's
+#: formulas (from each layer's own input and output gradient) would not see.
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
 def _samplewise(model: nn.Module) -> bool:
-    """Whether :func:`_batched_model_statistics` may serve ``model`` (every module of a known per-image kind)."""
+    """Whether :func:`_batched_model_statistics` may serve ``model``: the batched route gives each image's batch-1
+    statistics (up to float rounding) only when
+
+    * every module is of a known per-image kind (exact type, not in place, a Flatten that keeps the batch axis,
+      a zero-padded convolution), and no module appears twice in the tree;
+    * every parameter is a ``weight`` or ``bias`` of one Conv2d, Linear or GroupNorm and belongs to that layer
+      alone (a Parameter tied between two layers has the gradient ``g1 + g2``, whose norm is not
+      ``|g1|^2 + |g2|^2``);
+    * no module, and no global module hook of torch's, has a forward, forward-pre or backward hook.
+    """
     from dpaudit.models import ResNet9, SmallCNN, _Residual  # the registry's own containers: forward known
 
     allowed = _SAMPLEWISE_MODULES | {ResNet9, SmallCNN, _Residual}
-    for m in model.modules():
+    module_module = torch.nn.modules.module
+    if any(getattr(module_module, name, None) for name in _GLOBAL_HOOKS):
+        return False
+    seen_modules: set[int] = set()
+    seen_params: set[int] = set()
+    for _, m in model.named_modules(remove_duplicate=False):
+        if id(m) in seen_modules:
+            return False  # one module at two places: it runs twice on each image
+        seen_modules.add(id(m))
         if type(m) not in allowed or getattr(m, "inplace", False):
             return False
-        if type(m) not in (nn.Conv2d, nn.Linear, nn.GroupNorm) and next(m.parameters(recurse=False), None) is not None:
+        if any(getattr(m, name, None) for name in _MODULE_HOOKS):
+            return False
+        own = m._parameters
+        if type(m) in _PARAMETER_LAYERS:
+            if not set(own) <= _LAYER_PARAMETERS:
+                return False  # a reparametrised layer (weight_norm, spectral_norm): .weight is not its parameter
+            if type(m) is not nn.GroupNorm and own.get("weight") is None:
+                return False
+        elif own:
             return False  # a parameter the batched route would not see (only those three layers' are formed)
+        for p in own.values():
+            if p is not None:
+                if id(p) in seen_params:
+                    return False  # tied weights
+                seen_params.add(id(p))
         if type(m) is nn.Conv2d and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
             return False
+        if type(m) is nn.Flatten and m.start_dim < 1:
+            return False  # start_dim 0 (or negative: the batch axis at some rank) mixes the images
     return True
 
 
@@ -246,18 +290,22 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
     """dL/dh and the model's per-image squared gradient norm for a batch of normalised images, in one batched
     forward and backward pass (no parameter gradient is formed for the batch).
 
-    The loss is the sum of the images' cross-entropies, so the gradient with respect to image b's activations is
+    The loss is the sum of the images' own batch-1 losses (:func:`_summed_image_losses`), so the gradient with respect to image b's activations is
     that of image b's own loss, and each parameter layer's per-image weight gradient follows from the layer's input
     and output gradient for that image alone: a convolution's from torch's own weight gradient of a batch-1
     convolution, a Linear's ``g a^T`` (squared norm ``|g|^2 |a|^2`` for one vector per image), a GroupNorm's
     ``sum(g * x_hat)`` over positions, a bias's ``sum(g)``. Squares are summed per tensor in float32 and added in
     float64, as the batch-1 route does. Returns the pre-activations h (B x K), dL/dh (B x K) and the squared norms
     (B, float64), or None (the caller then runs batch-1 passes) when a layer ran twice
-    (shared weights) or an input or output was modified in place after the layer saw it.
+    (shared weights), an input or output was modified in place after the layer saw it, or a layer or the logits
+    did not keep the images on axis 0.
     """
     F = torch.nn.functional
+    n = x.shape[0]
     with torch.no_grad():
-        q = x.mean(dim=(1, 2, 3))
+        # Each image's query reduced exactly as a batch-1 pass reduces it (x.mean(dim=(1, 2, 3)) sums in another
+        # order): the same bits, so the active row m cannot differ where a pre-activation sits at a threshold.
+        q = torch.stack([_query(x[j : j + 1]) for j in range(n)])
         h0 = block.gain * (q[:, None] - thresholds[None, :])
     # Channels-last: the batched convolutions, GroupNorm and pooling are faster on it (ResNet-9 at 64 px: the model
     # part 0.94x of NCHW's, same-process A/B); the values are the same up to float32 rounding.
@@ -268,7 +316,7 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         seen.append((module, args[0], args[0]._version, out, out._version))
 
-    layers = [m for m in model.modules() if type(m) in (nn.Conv2d, nn.Linear, nn.GroupNorm)]
+    layers = [m for m in model.modules() if type(m) in _PARAMETER_LAYERS]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         logits = model(inp)
@@ -279,11 +327,15 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
         _one_output_check(logits)
     if len({id(s[0]) for s in seen}) != len(seen):
         return None
-    loss = F.cross_entropy(logits, labels.long(), reduction="sum")
+    # Every layer saw the images along axis 0 (a Conv2d given 3-D input, or a Linear 1-D input, would treat the
+    # batch as channels or features), and so do the logits.
+    if any(a.ndim < 2 or a.shape[0] != n or o.shape[0] != n or (type(m) is nn.Conv2d and a.ndim != 4)
+           for m, a, _, o, _ in seen) or logits.ndim < 2 or logits.shape[0] != n:
+        return None
+    loss = _summed_image_losses(logits, labels.long())
     grads = torch.autograd.grad(loss, [h, *(s[3] for s in seen)], allow_unused=True)
     if any(a._version != va or o._version != vo for _, a, va, o, vo in seen):
         return None
-    n = x.shape[0]
     sums: list[torch.Tensor] = []  # per tensor, per image: float32 sums of squares
     with torch.no_grad():
         for (module, a, _, _, _), g in zip(seen, grads[1:], strict=True):
@@ -306,17 +358,38 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
                 if b is not None and b.requires_grad:
                     gb = g.reshape(n, -1, g.shape[-1]).sum(dim=1)
                     sums.append((gb * gb).sum(dim=1))
-            else:  # GroupNorm
-                dims = tuple(range(2, g.ndim))
+            else:  # GroupNorm, on N x C x * (N x C after a Linear: one position per channel)
+                c = g.shape[1]
                 if w is not None and w.requires_grad:
                     xhat = F.group_norm(a, module.num_groups, None, None, module.eps)
-                    gw = (g * xhat).sum(dim=dims)
+                    gw = (g * xhat).reshape(n, c, -1).sum(dim=2)
                     sums.append((gw * gw).sum(dim=1))
                 if b is not None and b.requires_grad:
-                    gb = g.sum(dim=dims)
+                    gb = g.reshape(n, c, -1).sum(dim=2)
                     sums.append((gb * gb).sum(dim=1))
     model_sq = (torch.stack(sums).double().sum(dim=0) if sums else torch.zeros(n, dtype=torch.float64))
     return h0, grads[0].detach(), model_sq
+
+
+def _query(x: torch.Tensor) -> torch.Tensor:
+    """The block's query ``w . x`` for one normalised image (1 x C x H x W): the mean of its values (all rows hold
+    the same query; the gain is applied by the caller). One function for both routes, so both reduce alike."""
+    return x.mean()
+
+
+def _summed_image_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The sum over images of each image's own batch-1 loss, ``cross_entropy(logits[b:b+1], labels[b:b+1])``.
+
+    torch's default reduction is the mean over the non-ignored targets of the pass (``ignore_index`` -100): one
+    value per image for N x K logits, but the mean over the image's H x W positions for per-pixel logits
+    (N x K x H x W, label maps). A batch's ``reduction="sum"`` would weigh each image's gradient by its pixel
+    count, so each image's mean is formed here over its own positions (its gradient is then that of its batch-1
+    loss; an image whose targets are all ignored gives NaN, as its batch-1 pass does).
+    """
+    per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    n = per.shape[0]
+    counted = (labels != -100).reshape(n, -1).sum(dim=1)
+    return (per.reshape(n, -1).sum(dim=1) / counted).sum()
 
 
 def _conv_weight_squares(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -352,7 +425,8 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
     :class:`ImprintBlock` in the tests).
 
     For a model made only of modules that treat images one by one (:func:`_samplewise`: dpaudit's ResNet-9 and
-    small CNN, any Sequential of convolutions, Linear, GroupNorm, activations and pooling) the images go through
+    small CNN, any Sequential of convolutions, Linear, GroupNorm, activations and pooling, without tied weights,
+    reparametrised layers or hooks; class logits N x K or per-pixel logits with label maps) the images go through
     in batches of about ``BATCH_VALUES`` input values, and the per-image gradient norms come from each layer's input
     and output gradient (:func:`_batched_model_statistics`): the same statistics as batch-1 passes up to float32
     rounding, at less cost for small images (:data:`BATCHED_MAX_PIXELS`). ``batched=False`` forces batch-1 passes,
@@ -386,7 +460,8 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
     use_batches = (pixels <= BATCHED_MAX_PIXELS and _samplewise(model)) if batched is None else batched
     if batched and not _samplewise(model):
         raise ConfigError("image_statistics(batched=True) needs a model whose modules treat images one by one "
-                          "(convolutions, Linear, GroupNorm, activations, pooling). Fix: pass batched=None.")
+                          "(convolutions, Linear, GroupNorm, activations, pooling; no tied weights, "
+                          "reparametrised layers or hooks). Fix: pass batched=None.")
     chunk = max(1, BATCH_VALUES // max(1, images[0].numel())) if use_batches else 1
     judged = min(n, JUDGED_IMAGES)
     was_training = model.training
@@ -430,8 +505,7 @@ def _single_model_statistics(model, block, x, label, thresholds, params, *, firs
     """The pre-activations h (K), dL/dh (K, float64) and the model's squared gradient norm for one normalised
     image (1 x C x H x W), from one forward and backward pass of batch 1."""
     with torch.no_grad():
-        q = x.mean()  # w . x (all rows hold the same query; the gain is applied below)
-        h0 = block.gain * (q - thresholds)
+        h0 = block.gain * (_query(x) - thresholds)
     h = h0.clone().requires_grad_(True)
     inp = block.connect(torch.relu(h)[None], x)
     logits = model(inp)
@@ -449,9 +523,10 @@ def _single_model_statistics(model, block, x, label, thresholds, params, *, firs
 
 
 def _one_output_check(logits: torch.Tensor) -> None:
-    if logits.shape[-1] < 2:
+    classes = logits.shape[1] if logits.ndim > 1 else logits.shape[0]  # cross_entropy's class axis
+    if classes < 2:
         raise ConfigError(
-            f"the model has {logits.shape[-1]} output: with a single class the cross-entropy loss is "
+            f"the model has {classes} output: with a single class the cross-entropy loss is "
             "constant and its gradient identically zero, so there is nothing to invert. Fix: attack a "
             "model with at least 2 outputs (dpaudit attack --arch builds one for unlabelled data).")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import warnings
 from copy import deepcopy
 
 import numpy as np
@@ -798,7 +799,7 @@ def test_models_the_batched_route_cannot_serve_get_batch_one_passes() -> None:
     x, y = pictures(16, 3), torch.tensor([0, 1, 2])
     block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
     kw = dict(mean=np.array(MEAN), std=np.array(STD))
-    assert _samplewise(shared)  # known modules: the batched route is tried, sees the layer twice and steps back
+    assert not _samplewise(shared)  # one module at two places in the tree: refused up front
     default = image_statistics(shared, block, x, y, **kw)
     single = image_statistics(shared, block, x, y, batched=False, **kw)
     for name in ("delta", "active_rows", "grad_norm", "block_norm", "x_norm1"):
@@ -817,6 +818,167 @@ def test_models_the_batched_route_cannot_serve_get_batch_one_passes() -> None:
     assert not _samplewise(scaled)
     with pytest.raises(ConfigError, match="batched=True"):
         image_statistics(bad, block, x, y, batched=True, **kw)
+
+
+def _served_model(case: str) -> torch.nn.Module:
+    """Models the batched route serves: every parameter layer's per-image gradient follows from its own input and
+    output gradient (16 px, 3 channels in)."""
+    nn = torch.nn
+    if case == "stride, dilation, groups, GroupNorm without affine":
+        return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=2, dilation=2), nn.GroupNorm(2, 8, affine=False),
+                             nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4, padding=1, bias=False), nn.GroupNorm(4, 8),
+                             nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    if case == "frozen conv weight, GroupNorm bias and Linear weight":
+        m = _served_model("stride, dilation, groups, GroupNorm without affine")
+        for p in (m[0].weight, m[4].bias, m[8].weight):
+            p.requires_grad_(False)
+        return m
+    if case == "Linear on 3-D input":
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(2), nn.Linear(16 * 16, 5), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(20, 4))
+    if case == "ghost-norm convolution (4 x 4 map, 64 -> 128 channels)":
+        return nn.Sequential(nn.Conv2d(3, 64, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, padding=1),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 4))
+    if case == "GroupNorm after Linear (2-D input)":
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8), nn.GroupNorm(2, 8), nn.ReLU(), nn.Linear(8, 4))
+    assert case == "per-pixel logits, label maps"
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 2, 1))
+
+
+@pytest.mark.parametrize("case", [
+    "stride, dilation, groups, GroupNorm without affine", "frozen conv weight, GroupNorm bias and Linear weight",
+    "Linear on 3-D input", "ghost-norm convolution (4 x 4 map, 64 -> 128 channels)",
+    "GroupNorm after Linear (2-D input)", "per-pixel logits, label maps"])
+@pytest.mark.parametrize("connection", ["linear", "addition"])
+def test_the_default_route_serves_these_models_as_batch_one_passes(case: str, connection: str, rng, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each model is served by the batched route (a batch-1 pass would fail the test) and gets the statistics of
+    batch-1 passes to float32 rounding (tolerances of test_batched_statistics_equal_batch_one_passes). Per-pixel
+    logits (N x K x H x W) with label maps: each image's loss is its batch-1 loss, the mean over its own positions
+    with torch's ignore_index (-100) left out, not the batch's sum (which weighs the gradient by H x W)."""
+    import dpaudit.attacks.imprint as imprint
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    model = _served_model(case)
+    x = pictures(16, 5)
+    if case == "per-pixel logits, label maps":
+        y = torch.from_numpy(rng.integers(0, 2, (5, 16, 16)))
+        y[torch.from_numpy(rng.random((5, 16, 16)) < 0.2)] = -100  # unlabelled pixels
+    else:
+        y = torch.from_numpy(rng.integers(0, 4, 5))
+    block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD), connection=connection)
+    kw = dict(mean=np.array(MEAN), std=np.array(STD))
+    assert imprint._samplewise(model)
+    one = image_statistics(model, block, x, y, batched=False, **kw)
+
+    def no_batch_one_pass(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the default route fell back to batch-1 passes")
+
+    monkeypatch.setattr(imprint, "_single_model_statistics", no_batch_one_pass)
+    default = image_statistics(model, block, x, y, **kw)
+    np.testing.assert_array_equal(default.active_rows, one.active_rows)
+    np.testing.assert_array_equal(default.x_norm1, one.x_norm1)
+    for name in ("delta", "grad_norm", "block_norm", "rho"):
+        np.testing.assert_allclose(getattr(default, name), getattr(one, name), rtol=5e-5, atol=0, err_msg=name)
+    np.testing.assert_allclose(np.sqrt(default.grad_norm**2 - default.block_norm**2),
+                               np.sqrt(one.grad_norm**2 - one.block_norm**2), rtol=1e-5, atol=0)
+
+
+def _refused_model(case: str) -> torch.nn.Module:
+    """Models of known layer types whose per-image gradient the batched route's formulas would get wrong."""
+    nn = torch.nn
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)]
+    if case == "two Linear share one weight":
+        l1, l2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        l2.weight = l1.weight
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), l1, nn.Tanh(), l2, nn.Tanh(),
+                             nn.Linear(8, 4))
+    if case == "two Conv2d share one weight":
+        c1, c2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        c2.weight = c1.weight
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), c1, nn.ReLU(), c2, *head)
+    if case == "weight_norm(Conv2d), g != |v|":
+        with warnings.catch_warnings():  # deprecated for the parametrization (a type of its own: refused as unknown)
+            warnings.simplefilter("ignore", FutureWarning)
+            conv = torch.nn.utils.weight_norm(nn.Conv2d(3, 4, 3))
+        with torch.no_grad():
+            conv.weight_g.mul_(3.0)  # as after training
+        return nn.Sequential(conv, *head)
+    if case == "spectral_norm(Linear)":
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             torch.nn.utils.spectral_norm(nn.Linear(4, 4)))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), *head)
+    if case == "forward pre-hook scaling a conv's input":
+        model[0].register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+    elif case == "forward hook replacing a conv's output":
+        model[0].register_forward_hook(lambda mod, args, out: out * 3)
+    else:
+        assert case == "backward hook scaling a conv's input gradient"
+        model[0].register_full_backward_hook(lambda mod, gin, gout: tuple(None if g is None else 2 * g for g in gin))
+    return model
+
+
+@pytest.mark.parametrize("case", [
+    "two Linear share one weight", "two Conv2d share one weight", "weight_norm(Conv2d), g != |v|",
+    "spectral_norm(Linear)", "forward pre-hook scaling a conv's input", "forward hook replacing a conv's output",
+    "backward hook scaling a conv's input gradient"])
+def test_models_the_batched_formulas_would_get_wrong_get_batch_one_passes(case: str, rng) -> None:  # type: ignore[no-untyped-def]
+    """Tied weights (the per-image gradient is g1 + g2, not two tensors), an old-style weight_norm or spectral_norm
+    (the class stays Conv2d/Linear, its parameters are weight_g/weight_v or weight_orig) and a user's hook (it
+    changes an input, output or gradient the formulas do not see): refused up front, so the default route is batch-1
+    passes, bit for bit (on two copies: spectral_norm's power iteration updates its state in every training-mode
+    forward)."""
+    from dpaudit.attacks.imprint import _samplewise
+
+    seed = int(rng.integers(1 << 30))
+    torch.manual_seed(seed)
+    model = _refused_model(case)
+    torch.manual_seed(seed)
+    twin = _refused_model(case)  # a copy (deepcopy refuses weight_norm's computed weight)
+    x, y = pictures(16, 3), torch.from_numpy(rng.integers(0, 4, 3))
+    block = ImprintBlock((3, 16, 16), mean=np.array(MEAN), std=np.array(STD))
+    kw = dict(mean=np.array(MEAN), std=np.array(STD))
+    assert not _samplewise(model)
+    default = image_statistics(model, block, x, y, **kw)
+    single = image_statistics(twin, block, x, y, batched=False, **kw)
+    for name in ("delta", "active_rows", "grad_norm", "block_norm", "x_norm1"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(single, name))
+
+
+def test_a_global_module_hook_or_a_flatten_over_the_batch_axis_is_refused() -> None:
+    """torch's global module hooks run on every module (as a per-module hook does); Flatten(start_dim=0), or a
+    negative start_dim that reaches the batch axis at some rank, mixes the images."""
+    from dpaudit.attacks.imprint import _samplewise
+
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    assert _samplewise(model)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, args, out: None)
+    try:
+        assert not _samplewise(model)
+    finally:
+        handle.remove()
+    assert _samplewise(model)
+    for start_dim in (0, -1):
+        assert not _samplewise(nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(start_dim)))
+
+
+@pytest.mark.parametrize("arch", ["smallcnn", "resnet9"])
+def test_batched_pre_activations_are_the_batch_one_ones_bit_for_bit(arch: str) -> None:
+    """Each image's query (the mean of its normalised values) is reduced as a batch-1 pass reduces it, so the
+    pre-activations, and with them the active row m, are the same bits on both routes."""
+    from dpaudit.attacks.imprint import _batched_model_statistics, _normalise, _single_model_statistics
+
+    model = small_model(4, arch).train()
+    x = _normalise(pictures(64, 8), torch.tensor(MEAN), torch.tensor(STD))
+    y = torch.arange(8) % 4
+    block = ImprintBlock((3, 64, 64), mean=np.array(MEAN), std=np.array(STD))
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = _batched_model_statistics(model, block, x, y, block.thresholds, first=True)
+    assert out is not None
+    for j in range(len(x)):
+        h0 = _single_model_statistics(model, block, x[j : j + 1], y[j : j + 1], block.thresholds, params,
+                                      first=True)[0]
+        assert torch.equal(out[0][j], h0)
 
 
 @pytest.mark.parametrize("c_in, c_out, size, stride, dilation, ghost", [
