@@ -1,17 +1,23 @@
-"""Which columns of a user's table name the patient, and which identify people (never subgroups, never sites).
+"""Which columns of a user's table name the patient, which are subgroups, and which identify people (never
+subgroups, never sites).
 
-Every reader of a user table (a DICOM or NIfTI labels CSV, a ``csv:`` manifest) asks this module two questions:
+Every reader of a user table (a DICOM or NIfTI labels CSV, a ``csv:`` manifest) asks this module three questions:
 
-* :func:`patient_id_column`: the one column that names the patient, in the field's spellings (``patient_id``,
-  ``PatientID``, ``Patient ID``, ``patientid``, ...: compared ignoring case and punctuation, :func:`column_key`).
-  Two such columns in one table are refused: which one groups the images is the user's call.
+* :func:`patient_id_columns`: the columns that name the patient, in the field's spellings (``patient_id``,
+  ``PatientID``, ``Patient ID``, ``MRN``, ``nhs_number``, BIDS ``sub``, ...: compared ignoring case and punctuation,
+  :func:`column_key`). Each is read as the patient; several are linked (images sharing a value of any one of them
+  are one unit), so that k is never understated.
+* :func:`subgroup_name`: whether a column is a subgroup: only a known subgroup attribute (sex, age, site, scanner,
+  ...: :data:`SUBGROUP_KEYS`) or a column the user marks ``subgroup_NAME``. Every other column is dropped, named in a
+  note with the fix: whether a column of ids named ``pt_id`` or ``remark`` identifies patients cannot be told from
+  its values when the patient grouping is unknown (each image its own unit), so it is never published unasked.
 * :func:`identifier_reason`: whether a column identifies people by its name: the identifying attributes of DICOM
   PS3.15 Annex E, Table E.1-1 that plausibly appear as table columns (Patient's Name, Patient ID, Other Patient
   IDs, Patient's Birth Date, Patient's Address, Patient's Telephone Numbers, Accession Number, Study ID, the
   Study/Series/SOP Instance UIDs, dates of the study), a medical record number, e-mail, social security or national
   id, a BIDS subject or participant id, an image id or file name. :func:`identifier_like` adds the content rule:
   a column most of whose distinct values belong to one patient each (free text, ids) identifies its patients
-  whatever its name.
+  whatever its name. Both apply to the columns :func:`subgroup_name` allows too.
 
 Such a column is never a subgroup (a subgroup row is labelled with the column's value, which would publish it in
 the console, every JSON and the report) and never a federated site. Callers name the column and the reason, never
@@ -23,15 +29,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from dpaudit.errors import DataError
-
-__all__ = ["column_key", "identifier_like", "identifier_reason", "is_patient_id_column", "patient_id_column"]
+__all__ = ["column_key", "identifier_like", "identifier_reason", "is_age_column", "is_patient_id_column",
+           "patient_id_columns", "subgroup_name"]
 
 #: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
 #: participants.tsv), a bare ``patient`` column or a case id names the unit of a person too: read as the patient,
 #: it can only join images into one unit (k is never understated), where dropped it would leave them apart.
+#: A medical record, hospital, insurance or national number, Other Patient IDs (DICOM) and BIDS' ``sub`` name a
+#: person as well: read as the patient too (a table with several such columns links them all,
+#: :func:`patient_id_columns`). A column that merely contains such a word (``patient_id_old``, ``IssuerOfPatientID``)
+#: is dropped, not read: an issuer is shared by every patient.
 PATIENT_ID_KEYS = frozenset({"patientid", "patientidentifier", "patid", "patient", "patientnumber", "patientno",
-                             "subject", "subjectid", "subjectlabel", "participant", "participantid", "caseid"})
+                             "subject", "subjectid", "subjectlabel", "participant", "participantid", "caseid", "sub",
+                             "patientname", "patientsname", "otherpatientids", "otherpatientid", "mrn",
+                             "medicalrecordnumber", "medicalrecordno", "hospitalnumber", "nhsnumber",
+                             "insurancenumber", "insuranceid", "healthcarenumber", "ssn", "socialsecuritynumber",
+                             "nationalid", "nationalidnumber", "passportnumber", "personnummer"})
 
 #: Normalised column names (:func:`column_key`) that identify a person, with the reason given in notes.
 _BY_NAME: dict[str, tuple[str, ...]] = {
@@ -40,9 +53,7 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
         "familyname", "middlename", "maidenname", "initials", "othernames", "otherpatientnames",
         "patientbirthname", "patientmothersbirthname", "mothersmaidenname"),
     "a patient identifier (DICOM PS3.15 Annex E: Patient ID, Other Patient IDs)": (
-        "otherpatientids", "otherpatientid", "issuerofpatientid", "mrn", "medicalrecordnumber", "medicalrecordno",
-        "recordnumber", "hospitalnumber", "nhsnumber", "insurancenumber", "insuranceid", "healthcarenumber",
-        "ssn", "socialsecuritynumber", "nationalid", "nationalidnumber", "passportnumber", "personnummer"),
+        "issuerofpatientid", "recordnumber"),
     "a birth date or study date (DICOM PS3.15 Annex E)": (
         "patientbirthdate", "birthdate", "dateofbirth", "dob", "birthday", "patientbirthtime", "studydate",
         "seriesdate", "acquisitiondate", "contentdate", "scandate", "admissiondate", "dischargedate"),
@@ -53,7 +64,6 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
     "a study or image identifier (DICOM PS3.15 Annex E: Accession Number, Study ID, UIDs)": (
         "accessionnumber", "accession", "accessionno", "studyid", "studyinstanceuid", "seriesinstanceuid",
         "sopinstanceuid", "imageid", "image", "filename", "file", "path", "filepath", "lesionid"),
-    "a subject or participant id (BIDS)": ("sub",),
 }
 _NAME_REASON = {key: why for why, keys in _BY_NAME.items() for key in keys}
 
@@ -90,18 +100,71 @@ def is_patient_id_column(name: str) -> bool:
     return column_key(name) in PATIENT_ID_KEYS
 
 
-def patient_id_column(columns: Iterable[str], what: str) -> str | None:
-    """The column of ``columns`` that names the patient, or None; two are a :class:`DataError` (``what`` names the
-    table in it, e.g. ``"dicom:PATH: labels.csv"``).
+def patient_id_columns(columns: Iterable[str]) -> list[str]:
+    """The columns of ``columns`` that name the patient (:data:`PATIENT_ID_KEYS`), in table order. Several are all
+    read: images that share a value of any one of them are one privacy unit (linked; k is never understated).
 
-    >>> patient_id_column(["path", "label", "Patient ID"], "m.csv")
-    'Patient ID'
+    >>> patient_id_columns(["path", "label", "Patient ID", "MRN", "site"])
+    ['Patient ID', 'MRN']
     """
-    found = [c for c in columns if is_patient_id_column(c)]
-    if len(found) > 1:
-        raise DataError(f"{what} has {len(found)} columns that name the patient ({', '.join(map(repr, found))}). "
-                        "Fix: keep one of them (rename or delete the others).")
-    return found[0] if found else None
+    return [c for c in columns if is_patient_id_column(c)]
+
+
+#: Normalised names (:func:`column_key`) of the attributes a table column is reported as a subgroup under without
+#: being asked (:func:`subgroup_name`): demographics, where and how the image was taken, and what it shows. Any
+#: other column is a subgroup only when the user marks it (``subgroup_NAME``): a column of ids or free text named
+#: like none of these would otherwise publish its values as subgroup labels.
+SUBGROUP_KEYS = frozenset({
+    "sex", "gender", "patientsex", "ageband", "agegroup", "agerange", "agebin", "agecategory",
+    "site", "sitename", "siteid", "center", "centre", "centername", "centrename", "centerid", "centreid",
+    "hospital", "hospitalname", "institution", "institutionname", "clinic", "cohort",
+    "scanner", "scannermodel", "scannertype", "manufacturer", "manufacturermodelname", "model", "vendor", "device",
+    "devicemodel", "modality", "fieldstrength", "magneticfieldstrength", "sequence", "sequencename",
+    "sequencetype", "protocol", "protocolname", "contrast", "ethnicity", "ethnicgroup", "race", "skintype",
+    "fitzpatrick", "fitzpatrickskintype", "fitzpatrickscale", "localization", "localisation", "anatomsite",
+    "anatomicsite", "anatomicalsite", "bodypart", "bodypartexamined", "view", "viewposition", "projection",
+    "laterality", "imagelaterality", "dataset", "source", "dxtype"})
+
+#: Normalised names of an age in years: reported banded (:func:`dpaudit.data.age_band`) as subgroup ``age_band``.
+AGE_KEYS = frozenset({"age", "patientage", "ageyears", "ageatscan", "ageatimaging", "ageatdiagnosis"})
+
+#: A column the user marks as a subgroup: ``subgroup:NAME`` or ``subgroup_NAME`` (any case) is subgroup NAME.
+_MARKED = re.compile(r"subgroup[:_](.+)", re.IGNORECASE)
+
+#: What a note says about a column that is neither a known subgroup attribute nor marked, after naming it.
+UNLISTED_FIX = ("rename it subgroup_{column} to report it as a subgroup; if it names the patient, rename it "
+                "patient_id")
+
+
+def _marked(name: str) -> str:
+    """NAME of a marked column (``subgroup_NAME``), else the name itself."""
+    m = _MARKED.fullmatch(name.strip())
+    return m.group(1).strip() if m else name
+
+
+def is_age_column(name: str) -> bool:
+    """Whether a column holds an age in years (:data:`AGE_KEYS`; marked or not): banded, never reported raw."""
+    return column_key(_marked(name)) in AGE_KEYS
+
+
+def subgroup_name(name: str) -> str | None:
+    """The subgroup a table column is reported as, or None when it is none: a known subgroup attribute
+    (:data:`SUBGROUP_KEYS`, compared by :func:`column_key`) keeps its name, an age is ``age_band``, and a column
+    marked ``subgroup:NAME`` or ``subgroup_NAME`` is NAME (an age again ``age_band``). The identifier rules
+    (:func:`identifier_reason` on the name, :func:`identifier_like` on the values) still apply to what this allows.
+
+    >>> subgroup_name("Site"), subgroup_name("Age"), subgroup_name("subgroup_pt_group"), subgroup_name("pt_id")
+    ('Site', 'age_band', 'pt_group', None)
+    """
+    m = _MARKED.fullmatch(name.strip())
+    bare = m.group(1).strip() if m else name
+    if not bare:
+        return None
+    if column_key(bare) in AGE_KEYS:
+        return "age_band"
+    if m or column_key(bare) in SUBGROUP_KEYS:
+        return bare
+    return None
 
 
 def identifier_reason(name: str) -> str | None:
@@ -111,9 +174,10 @@ def identifier_reason(name: str) -> str | None:
     >>> identifier_reason("PatientName") is not None, identifier_reason("sex"), identifier_reason("site")
     (True, None, None)
     """
-    key = column_key(name)
+    key = column_key(_marked(name))
     if key in PATIENT_ID_KEYS:
-        return "the patient identifier (read as the patient, not a subgroup)"
+        return ("the patient identifier (read as the patient, not a subgroup)" if key == column_key(name) else
+                "a patient identifier (DICOM PS3.15 Annex E: Patient ID, Other Patient IDs)")
     if key in _NAME_REASON:
         return _NAME_REASON[key]
     return next((why for part, why in _BY_PART if part in key), None)

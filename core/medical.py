@@ -7,10 +7,12 @@ patient: DICOM PatientID, a ``patient_id`` column, a BIDS subject (the file name
 ``sub-<label>`` folder beside ``dataset_description.json``: all of one subject's sessions and sequences), or the volume (file) when nothing else is known; the dataset's ``unit`` says
 which (``patient``, ``subject``, ``volume``), and the last one comes with a warning.
 
-A table's patient column (any spelling of patient_id, :func:`dpaudit.identifiers.patient_id_column`) is linked
-with the DICOM header's grouping or the BIDS subject: images that share either are one unit (:meth:`_Entries.patients`).
-A table's other columns are subgroups, except those that identify people (by name or content,
-:mod:`dpaudit.identifiers`): dropped with a note naming the column (:func:`_drop_identifiers`).
+A table's patient columns (any spelling of patient_id, an MRN, ...: :func:`dpaudit.identifiers.patient_id_columns`)
+are linked with each other, the DICOM header's grouping (a ``dicom:`` tree, or a DICOM file a manifest lists) and the
+BIDS subject: images that share any one are one unit (:meth:`_Entries.patients`). A table's subgroups are the
+columns :func:`dpaudit.identifiers.subgroup_name` allows (known subgroup attributes, columns marked
+``subgroup_NAME``), except those that identify people (by name or content); every other column is dropped with a
+note naming the column and the fix (:func:`_drop_identifiers`).
 
 Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
 in the order the sorted files first name them. The raw PatientID never reaches a dataset, a message, a log, a
@@ -59,10 +61,13 @@ from dpaudit.dicom import (
 from dpaudit.errors import DataError, naming_file, shown_path
 from dpaudit.identifiers import (
     CONTENT_REASON,
+    UNLISTED_FIX,
     identifier_like,
     identifier_reason,
+    is_age_column,
     is_patient_id_column,
-    patient_id_column,
+    patient_id_columns,
+    subgroup_name,
 )
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
@@ -178,33 +183,44 @@ def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: 
     return [rename.get(v, v) for v in values]
 
 
-def _group_columns(table: Table, exclude: Sequence[str], dropped: dict[str, str]) -> list[str]:
-    """A table's subgroup columns: every named column but ``exclude`` (keys, label, the patient column) and those
-    that identify people by name (:func:`dpaudit.identifiers.identifier_reason`), which go to ``dropped`` (column
-    -> reason) for :func:`_drop_identifiers`."""
-    kept = []
+def _group_columns(table: Table, exclude: Sequence[str], dropped: dict[str, str], name: str, where: str
+                   ) -> dict[str, str]:
+    """A table's subgroup columns (column -> subgroup name): those :func:`dpaudit.identifiers.subgroup_name` allows
+    (a known subgroup attribute, or marked ``subgroup_NAME``) but ``exclude`` (keys, label) and those that identify
+    people by name (:func:`dpaudit.identifiers.identifier_reason`). The others but the patient columns (read as the
+    patient) go to ``dropped`` (column -> reason) for :func:`_drop_identifiers`. Two columns read as one subgroup
+    are a :class:`DataError` naming both (``where`` names the table)."""
+    kept: dict[str, str] = {}
     for c in table.columns:
-        if not c or c in exclude:
+        if not c or c in exclude or is_patient_id_column(c):
             continue
         why = identifier_reason(c)
-        if why is None:
-            kept.append(c)
-        elif not is_patient_id_column(c):  # the patient column is read as the patient (linked), not dropped
+        group = subgroup_name(c)
+        if why is not None:
             dropped[c] = why
+        elif group is None:
+            dropped[c] = "not a known subgroup attribute (sex, age, site, scanner, ...); " + UNLISTED_FIX.format(
+                column=c)
+        else:
+            twin = next((k for k, g in kept.items() if g == group), None)
+            if twin is not None:
+                raise DataError(f"{name}: {where} has two columns read as subgroup {group!r} ({twin!r} and {c!r}). "
+                                "Fix: delete one of them, or rename one (subgroup_NAME reports a column as "
+                                "subgroup NAME).")
+            kept[c] = group
     return kept
 
 
-def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Sequence[str], dropped: Mapping[str, str],
-                      notes: list[str]) -> None:
-    """Identifier columns are never subgroups: those dropped by name (``dropped``, column -> reason) and those of
-    ``columns`` (a table's, as subgroups in ``entries``) that identify their patients by content
-    (:func:`dpaudit.identifiers.identifier_like`, over the linked patients). Each is named (never its values) in a
-    note and a warning on stderr; ``where`` names the table."""
+def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Mapping[str, str],
+                      dropped: Mapping[str, str], notes: list[str]) -> None:
+    """Columns that are no subgroup: those dropped by name or unasked (``dropped``, column -> reason) and those of
+    ``columns`` (a table's subgroup columns, column -> subgroup name in ``entries``) that identify their patients by
+    content (:func:`dpaudit.identifiers.identifier_like`, over the linked patients). Each is named (never its
+    values) in a note and a warning on stderr; ``where`` names the table."""
     dropped = dict(dropped)
     patients = entries.patients()
-    for c in columns:
-        g = _group_name(c)
-        if g == "age_band":  # banded (three bands): coarse by construction, as the DICOM header's PatientAge
+    for c, g in columns.items():
+        if g == "age_band" and is_age_column(c):  # banded (three bands): coarse by construction, as PatientAge
             continue
         if g in entries.groups and identifier_like(entries.groups[g], patients):
             dropped[c] = CONTENT_REASON
@@ -212,14 +228,15 @@ def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Sequenc
     for c, why in dropped.items():
         notes.append(f"column {c!r} of {where} not used as a subgroup: {why}")
         SKIP_LOG.warning(f"{name}: column {c!r} of {where} is not used as a subgroup or site: {why}; its values are "
-                         "written nowhere (delete the column from the table to silence this)")
+                         "written nowhere")
 
 
 def _group_value(column: str, text: str) -> str:
-    """A subgroup cell's value; 'unknown' for a missing one (empty, or a spelling of :data:`MISSING_VALUES`)."""
+    """A subgroup cell's value; 'unknown' for a missing one (empty, or a spelling of :data:`MISSING_VALUES`); an
+    age banded (:func:`dpaudit.data.age_band`)."""
     if text in MISSING_VALUES:
         return "unknown"
-    if column.lower() == "age":
+    if is_age_column(column):
         try:
             return age_band(float(text))
         except ValueError:
@@ -227,8 +244,24 @@ def _group_value(column: str, text: str) -> str:
     return text
 
 
-def _group_name(column: str) -> str:
-    return "age_band" if column.lower() == "age" else column
+def _row_groups(row: Mapping[str, str], columns: Mapping[str, str]) -> dict[str, str]:
+    """A table row's subgroups (``columns``: column -> subgroup name)."""
+    return {g: _group_value(c, row[c]) for c, g in columns.items()}
+
+
+def _patient_ids(row: Mapping[str, str], columns: Sequence[str]) -> list[str]:
+    """A table row's patient keys, one per patient column with a value (empty or a spelling of a missing value,
+    :data:`MISSING_VALUES`, is none: 'NA' in many rows is no patient). A key names its column: equal values of two
+    columns are not taken for one patient. Raw: pseudonymised before any dataset exists."""
+    return [f"id:{c}:{row[c]}" for c in columns if row[c] not in MISSING_VALUES]
+
+
+def _patient_columns_note(columns: Sequence[str], where: str) -> list[str]:
+    """The note on a table with several patient columns (all read and linked)."""
+    if len(columns) < 2:
+        return []
+    return [f"{len(columns)} columns of {where} name the patient ({', '.join(map(repr, columns))}): all read as the "
+            "patient and linked (images that share a value of any one of them are one privacy unit)"]
 
 
 class _Entries:
@@ -243,11 +276,10 @@ class _Entries:
         self.links: list[tuple[str, str]] = []
 
     def add(self, file: int, parts: Sequence[int], label: str, patient: str, groups: Mapping[str, str],
-            also: str | None = None) -> None:
-        """``also``: a second grouping key of the file (a table's patient id beside a DICOM PatientID or a BIDS
-        subject): the two are linked, one privacy unit (:meth:`patients`)."""
-        if also is not None and also != patient:
-            self.links.append((patient, also))
+            also: Sequence[str] = ()) -> None:
+        """``also``: more grouping keys of the file (a table's patient ids beside a DICOM PatientID or a BIDS
+        subject): all are linked, one privacy unit (:meth:`patients`)."""
+        self.links += [(patient, k) for k in also if k != patient]
         for part in parts:
             row = len(self.file)
             self.file.append(file)
@@ -286,16 +318,19 @@ class _Entries:
                 parent[second] = first
         return [root(k) for k in self.patient]
 
-    def link_note(self, what: str, files: int, sources: str) -> list[str]:
-        """The note on ``files`` files grouped by two keys (``sources`` says which) and how many groups the link
-        joined; none when no file has two."""
+    def link_note(self, what: str, files: int, sources: Sequence[str]) -> list[str]:
+        """The note on ``files`` files grouped by several keys (``sources`` says which) and how many groups the
+        link joined; none when no file has two."""
         if not files:
             return []
         joined = len(set(self.patient)) - len(set(self.patients()))
         said = (f"; {joined} group(s) joined that one key alone keeps apart" if joined else
                 "; no group joined (the first key alone already groups them)")
-        return [f"{files} {what}(s) carry both {sources}: grouped by both (images that share either are one "
-                f"privacy unit, and k counts them together){said}"]
+        if len(sources) == 2:
+            return [f"{files} {what}(s) carry both {sources[0]} and {sources[1]}: grouped by both (images that "
+                    f"share either are one privacy unit, and k counts them together){said}"]
+        return [f"{files} {what}(s) carry several of {', '.join(sources[:-1])} and {sources[-1]}: grouped by all "
+                f"(images that share any one are one privacy unit, and k counts them together){said}"]
 
 
 def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]], skip_unreadable: bool,
@@ -429,14 +464,14 @@ def _folder_labels(name: str, rels: Sequence[Path], root: Path) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Labels:
-    """A labels CSV read: its key column, key -> row, the subgroup columns, the column that names the patient
-    (:func:`dpaudit.identifiers.patient_id_column`; None when there is none or it is the key) and the columns
-    dropped as identifiers by name (column -> reason)."""
+    """A labels CSV read: its key column, key -> row, the subgroup columns (column -> subgroup name), the columns
+    that name the patient (:func:`dpaudit.identifiers.patient_id_columns`, but the key) and the columns dropped
+    (column -> reason: identifiers by name, columns not asked for as subgroups)."""
 
     key: str
     rows: dict[str, dict[str, str]]
-    extra: list[str]
-    patient: str | None
+    extra: dict[str, str]
+    patients: list[str]
     dropped: dict[str, str]
 
 
@@ -444,7 +479,6 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
     """A labels CSV (:class:`_Labels`). A key listed twice with different labels is an error naming the rows (not
     the key: it may be a PatientID)."""
     table = read_table(path, name)
-    patient = patient_id_column(table.columns, f"{name}: {path.name}")
     key = next((k for k in keys if k in table.columns), None)
     if key is None or "label" not in table.columns:
         raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
@@ -463,8 +497,8 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
         rows.setdefault(k, row)
         first_row.setdefault(k, i)
     dropped: dict[str, str] = {}
-    extra = _group_columns(table, [key, "label", "file", "path", "index"], dropped)
-    return _Labels(key, rows, extra, None if patient == key else patient, dropped)
+    extra = _group_columns(table, [key, "label", "file", "path", "index"], dropped, name, path.name)
+    return _Labels(key, rows, extra, [c for c in patient_id_columns(table.columns) if c != key], dropped)
 
 
 def _patient_name(path: Path) -> str:
@@ -580,18 +614,33 @@ _BIDS_FOLDER = re.compile(r"^sub-([A-Za-z0-9]+)$")
 _BIDS_FILE = re.compile(r"^sub-([A-Za-z0-9]+)_")
 
 
-def _patient_key(patient_id: str | None, rel: PurePath, file_key: str, root: Path | None
-                 ) -> tuple[str, str, str | None]:
-    """(grouping key, where it came from, a second key) of one file: its patient id (``patient``), else its BIDS
-    subject (``subject``, :func:`bids_subject` below ``root``), else the file itself (``volume``). A file with both
-    a patient id and a BIDS subject has the subject as its second key: the two are linked (:meth:`_Entries.add`),
-    so that neither grouping alone understates k. Keys are pseudonymised before any dataset exists."""
+def _patient_key(ids: Sequence[str], rel: PurePath, file_key: str, root: Path | None,
+                 header: DicomHeader | None = None) -> tuple[str, str, list[str]]:
+    """(grouping key, where it came from, the other keys) of one file: its patient ids (``ids``, a table's patient
+    columns: ``patient``), its DICOM header's PatientID (``patient``), its BIDS subject (``subject``,
+    :func:`bids_subject` below ``root``), its DICOM header's StudyInstanceUID (``study``), the first of these it
+    has; else the file itself (``volume``). The others are linked with it (:meth:`_Entries.add`), so that no
+    grouping alone understates k. Keys are pseudonymised before any dataset exists."""
+    keys = [(k, "patient") for k in ids]
+    if header is not None and header.patient_source == "PatientID":
+        keys.append(("dcm:" + header.patient, "patient"))
     subject = bids_subject(rel, root)
-    if patient_id:
-        return "id:" + patient_id, "patient", None if subject is None else "sub:" + subject
     if subject is not None:
-        return "sub:" + subject, "subject", None
-    return "file:" + file_key, "volume", None
+        keys.append(("sub:" + subject, "subject"))
+    if header is not None and header.patient_source == "StudyInstanceUID":
+        keys.append((header.patient, "study"))
+    if not keys:
+        return "file:" + file_key, "volume", []
+    return keys[0][0], keys[0][1], [k for k, _ in keys[1:]]
+
+
+def _key_sources(columns: Sequence[str], *, dicom: bool) -> list[str]:
+    """What may group a file, for :meth:`_Entries.link_note`: the table's patient columns, the DICOM header
+    (``dicom``), the BIDS subject."""
+    out = [f"a patient id ({c!r} column)" for c in columns]
+    if dicom:
+        out.append("a grouping from the DICOM header (PatientID, else StudyInstanceUID)")
+    return [*out, "a BIDS subject (sub-<label>)"]
 
 
 def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str, sub_folders: int = 0) -> str:
@@ -599,7 +648,7 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
     fell back to a coarser source, and a warning (stderr) when no file has a patient id or BIDS subject: each
     volume is then its own patient, which a patient with several volumes breaks. ``sub_folders``: how many of
     the files that fell back to themselves lie in a ``sub-<label>`` folder that is not a BIDS subject's."""
-    unit = "patient" if sources["patient"] else "subject" if sources["subject"] else "volume"
+    unit = next((u for u in ("patient", "subject", "study") if sources[u]), "volume")
     if sub_folders:
         notes.append(f"{sub_folders} {what}(s) in sub-<label> folders not grouped by them: not a BIDS layout (the "
                      "file names do not start with sub-<label>_ and no dataset_description.json lies beside the "
@@ -607,9 +656,19 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
     if unit == "patient" and sources["subject"]:
         notes.append(f"{sources['subject']} {what}(s) without a patient_id grouped by their BIDS subject "
                      "(sub-<label>)")
+    if unit in ("patient", "subject") and sources["study"]:
+        notes.append(f"{sources['study']} DICOM {what}(s) without a patient id, a PatientID or a BIDS subject grouped "
+                     "by their StudyInstanceUID (a patient with several studies counts as several)")
     if unit != "volume" and sources["volume"]:
         notes.append(f"{sources['volume']} {what}(s) without a patient_id or BIDS subject (sub-<label>): each "
                      "taken as its own patient")
+    if unit == "study":
+        notes.append(f"no patient ids and no BIDS subjects (sub-<label>): DICOM {what}s grouped by their "
+                     "StudyInstanceUID (a patient with several studies counts as several)")
+        SKIP_LOG.warning(f"{name}: no {what} has a patient id (a patient_id column), a usable PatientID or a BIDS "
+                         f"subject: DICOM {what}s are grouped by their StudyInstanceUID, which counts a patient with "
+                         "several studies as several. Fix: for patient-level DP give each file its patient in a "
+                         "patient_id column; for image-level DP pass --privacy-unit image")
     if unit == "volume":
         notes.append(f"no patient ids and no BIDS subjects (sub-<label>): each {what} taken as one patient")
         SKIP_LOG.warning(f"{name}: no {what} has a patient id (a patient_id column) or a BIDS subject "
@@ -748,7 +807,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     labelled: dict[int, str] = {}  # file index: the labels file's key that labelled it
     for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
         groups = {"sex": h.sex, "age_band": age_band(h.age)} if with_header_groups else {}
-        also = None
+        also: list[str] = []
         if labels is not None:
             k = rel.as_posix() if key == "path" else h.keys[key]
             row = rows.get(k)
@@ -758,9 +817,9 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             matched.add(k)
             labelled[i] = k
             label = row["label"]
-            groups |= {_group_name(c): _group_value(c, row[c]) for c in extra}
-            if table.patient is not None and row[table.patient]:
-                also = "id:" + row[table.patient]
+            groups |= _row_groups(row, extra)
+            also = _patient_ids(row, table.patients)
+            if also:
                 with_id.add(i)
         else:
             label = folder_labels[i]
@@ -787,8 +846,10 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                                  f"{', '.join(LABEL_KEYS)})",
                              rename="rename the class folders to class names")
     if labels is not None:
-        notes += entries.link_note("DICOM file", len(with_id), f"a grouping from the header (PatientID, else "
-                                   f"StudyInstanceUID) and a patient id in the labels file ({table.patient!r})")
+        notes += _patient_columns_note(table.patients, "the labels file")
+        notes += entries.link_note("DICOM file", len(with_id), [
+            "a grouping from the header (PatientID, else StudyInstanceUID)",
+            f"a patient id in the labels file ({', '.join(map(repr, table.patients))})"])
         _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
     if shared_id:
         notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
@@ -880,7 +941,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     sources: Counter[str] = Counter()
     sub_folders = both = 0
     for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
-        patient_id, groups = None, {}
+        patient_ids: list[str] = []
+        groups: dict[str, str] = {}
         if labels_path is not None:
             hit = next((k for k in (rel.as_posix(), p.name) if k in rows), None)
             if hit is None:
@@ -889,8 +951,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             row = rows[hit]
             matched.add(hit)
             label = row["label"]
-            patient_id = row[table.patient] if table.patient is not None else None
-            groups = {_group_name(c): _group_value(c, row[c]) for c in extra}
+            patient_ids = _patient_ids(row, table.patients)
+            groups = _row_groups(row, extra)
         else:
             label = folder_labels[i]
         try:
@@ -906,9 +968,9 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             raise naming_file(exc, p, shown_path(p, root), f"{name}: ") from None
         if labels_path is not None:
             labelled[i] = hit
-        patient, source, also = _patient_key(patient_id, rel, rel.as_posix(), root)
+        patient, source, also = _patient_key(patient_ids, rel, rel.as_posix(), root)
         sources[source] += 1
-        both += also is not None
+        both += bool(also)
         sub_folders += source == "volume" and _in_sub_folder(rel)
         entries.add(i, range(n), label, patient, groups, also=also)
     label_notes = None
@@ -931,8 +993,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
                              rename="rename the class folders to class names")
     unit = _grouping_unit(name, sources, notes, what="volume", sub_folders=sub_folders) if sources else "patient"
     if labels_path is not None:
-        notes += entries.link_note("volume", both, f"a patient id ({table.patient!r} column) and a BIDS subject "
-                                   "(sub-<label>)")
+        notes += _patient_columns_note(table.patients, "the labels file")
+        notes += entries.link_note("volume", both, _key_sources(table.patients, dicom=False))
         _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
     options = f"{image_size}|1|{window}|{slice_axis}"
 
@@ -954,12 +1016,15 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
                       fractions: tuple[float, float], window: tuple[float, float] | None, slice_axis: str
                       ) -> DatasetSplits:
     """``csv:FILE``: columns ``path,label[,patient_id][,index][,subgroups...]``, paths relative to the CSV (the
-    patient column in any spelling: ``PatientID``, ``Patient ID``, ...).
+    patient column in any spelling: ``PatientID``, ``Patient ID``, ``MRN``, ...; several are linked). Subgroups are
+    the known subgroup attributes (sex, age, site, scanner, ...) and the columns marked ``subgroup_NAME``; every
+    other column is dropped with a note (:func:`_group_columns`).
 
     ``path`` may name an image file, a DICOM file (every frame, or the frame in ``index``) or a NIfTI volume
-    (every slice along ``slice_axis``, or the slice in ``index``). A row without ``patient_id`` is grouped by
-    its BIDS subject (``sub-<label>`` in its path), else its file is its own unit: the privacy unit is then the
-    image when every file gives one image, else the file (a volume; with a warning).
+    (every slice along ``slice_axis``, or the slice in ``index``). A row's patient ids, its DICOM file's PatientID
+    (else StudyInstanceUID) and its BIDS subject (``sub-<label>`` in its path) are linked (:func:`_patient_key`);
+    a row with none of them is its own unit: the privacy unit is then the image when every file gives one image,
+    else the file (a volume; with a warning).
     """
     name = f"csv:{csv_path}"
     if not csv_path.is_file():
@@ -968,9 +1033,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     table = read_table(csv_path, name)
     table.require(("path", "label"), name, "add the columns path and label (and optionally patient_id)")
     base = csv_path.parent
-    patient_column = patient_id_column(table.columns, f"{name}: {csv_path.name}")
+    patient_columns = patient_id_columns(table.columns)
     dropped: dict[str, str] = {}
-    extra = _group_columns(table, ["path", "label", "index"], dropped)
+    extra = _group_columns(table, ["path", "label", "index"], dropped, name, "the manifest")
     files: list[Path] = []
     shown: list[str] = []  # each file as the messages name it: its path as the CSV writes it, and its data row
     file_index: dict[Path, int] = {}
@@ -1033,6 +1098,10 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
                 counts[f] = slice_count(p, slice_axis)
         except DataError as exc:
             raise naming_file(exc, p, shown[f], f"{name}: ") from None
+    # The DICOM header's patient (PatientID, else StudyInstanceUID) is linked with the row's, as dicom:PATH groups
+    # by it; one PatientID shared by files of several studies is a placeholder, not a patient.
+    fixed, shared_id = _without_shared_patient_id(list(dicom_headers.values()))
+    dicom_headers = dict(zip(dicom_headers, fixed, strict=True))
     entries = _Entries()
     sources: Counter[str] = Counter()
     sub_folders = both = 0
@@ -1040,14 +1109,13 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     for f, index, row in rows:
         parts = [index] if index is not None else list(range(counts[f]))
         rel = PurePath(row["path"].replace("\\", "/"))
-        patient, source, also = _patient_key(row[patient_column] if patient_column else None, rel, str(files[f]),
-                                             base)
+        patient, source, also = _patient_key(_patient_ids(row, patient_columns), rel, str(files[f]), base,
+                                             dicom_headers.get(f))
         sources[source] += 1
-        both += also is not None
+        both += bool(also)
         sub_folders += source == "volume" and _in_sub_folder(rel)
         per_file[f] += len(parts)
-        entries.add(f, parts, row["label"], patient,
-                    {_group_name(c): _group_value(c, row[c]) for c in extra}, also=also)
+        entries.add(f, parts, row["label"], patient, _row_groups(row, extra), also=also)
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
     notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
     channels, said = dataset_channels(colour, len(files))
@@ -1058,8 +1126,11 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     unit = _grouping_unit(name, sources, notes, what="file", sub_folders=sub_folders) \
         if multi or sources["volume"] < len(rows) \
         else "image"
-    notes += entries.link_note("row", both, f"a patient id ({patient_column!r} column) and a BIDS subject "
-                               "(sub-<label>)")
+    if shared_id:
+        notes.append(f"one PatientID for all {len(dicom_headers)} DICOM files (a de-identification placeholder, not a "
+                     "patient): no patient grouping from it")
+    notes += _patient_columns_note(patient_columns, "the manifest")
+    notes += entries.link_note("row", both, _key_sources(patient_columns, dicom=bool(dicom_headers)))
     _drop_identifiers(name, "the manifest", entries, extra, dropped, notes)
     jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"

@@ -10,7 +10,9 @@ splits, so every client has its own test split drawn from its own label mixture.
   classification", arXiv 1909.06335, section 3); the patients of class c are assigned to client k with
   probability p_c[k]. Small alpha: each client sees few classes. The same p_c serve every split. The draw is
   repeated (from the same seeded stream) until every client holds at least ``min_train`` training images.
-* ``column:NAME``: one client per distinct value of the metadata column ``NAME`` (e.g. a site or scanner column).
+* ``column:NAME``: one client per distinct value of the metadata column ``NAME`` (e.g. a site or scanner column):
+  a subgroup of the dataset, so a table's column only when its name is a known subgroup attribute or it is marked
+  ``subgroup_NAME`` (:func:`dpaudit.identifiers.subgroup_name`).
   A column whose value differs between one patient's images is refused (:func:`check_patients_at_one_site`), as is
   a value with fewer than ``min_train`` training images, and a column that identifies patients
   (:func:`dpaudit.identifiers.identifier_reason`: one site per patient name or id would publish them as site names;
@@ -120,8 +122,11 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
                       else " (the dataset has no metadata columns)" if columns is not None
                       else ", or a metadata column of the dataset")
             raise ConfigError(f"{flag} column:{partition.column}: the dataset has no metadata column "
-                              f"{partition.column!r} (a column that identifies patients is none: the loader's notes "
-                              f"name those it dropped). Fix: pass {flag} iid or {flag} dirichlet:ALPHA{others}.")
+                              f"{partition.column!r} (a table's column is one when its name is a known subgroup "
+                              "attribute such as site, center, hospital or scanner, or it is marked subgroup_NAME; "
+                              "a column that identifies patients is none: the loader's notes name those it dropped). "
+                              f"Fix: rename the column subgroup_{partition.column} in the table, or pass {flag} iid "
+                              f"or {flag} dirichlet:ALPHA{others}.")
         values = sorted({str(v) for col in split_columns for v in col})  # type: ignore[union-attr]
         if len(values) != clients:
             raise invalid(clients_flag, clients, f"the number of distinct values of column {partition.column!r} "
