@@ -15,8 +15,13 @@ from typer.testing import CliRunner
 
 from dpaudit.cli.main import app
 from dpaudit.data import load_splits, privacy_unit
-from dpaudit.errors import DataError
-from dpaudit.identifiers import column_key, identifier_like, identifier_reason, patient_id_columns, subgroup_name
+from dpaudit.identifiers import (
+    column_key,
+    identifier_like,
+    identifier_reason,
+    patient_id_columns,
+    subgroup_name,
+)
 
 runner = CliRunner()
 #: In every planted identifier (any case): searched for in everything a run writes.
