@@ -662,6 +662,11 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
     if unit != "volume" and sources["volume"]:
         notes.append(f"{sources['volume']} {what}(s) without a patient_id or BIDS subject (sub-<label>): each "
                      "taken as its own patient")
+        # a missing id among given ones: if such a file is another image of a patient, k is understated; said aloud
+        SKIP_LOG.warning(f"{name}: {sources['volume']} {what}(s) have no patient id (an empty or missing-value "
+                         "cell in the patient column) and no BIDS subject: each is taken as its own patient, which "
+                         f"understates k if one belongs to a patient with other {what}s. Fix: fill in their patient "
+                         "ids")
     if unit == "study":
         notes.append(f"no patient ids and no BIDS subjects (sub-<label>): DICOM {what}s grouped by their "
                      "StudyInstanceUID (a patient with several studies counts as several)")

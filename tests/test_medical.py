@@ -977,13 +977,15 @@ def test_nifti_without_patient_ids_warns_and_says_each_volume_is_a_patient(tmp_p
     assert any("each volume taken as one patient" in n for n in s.notes)
     line = privacy_unit(s).describe()
     assert "each volume counts as one patient" in line and "k = 3 slices per volume" in line, line
-    # With a patient_id column: the patients' ids, no warning; a row without one falls back, and a note says so.
+    # With a patient_id column: the patients' ids; a row without one falls back, a note says so and a warning (its
+    # file may be another image of a patient, whose k it would understate).
     caplog.clear()
     (tmp_path / "labels.csv").write_text("file,label,patient_id\n" + "".join(
         f"scan{i}.nii.gz,{i % 2},{'P' + str(i // 2) if i < 5 else ''}\n" for i in range(6)))
     with _skip_log(caplog):
         s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
-    assert s.unit == "patient" and not caplog.records
+    assert s.unit == "patient" and len(caplog.records) == 1
+    assert "1 volume(s) have no patient id" in caplog.text and "Fix: fill in their patient ids" in caplog.text
     assert privacy_unit(s).records_per_patient == 6
     assert any("1 volume(s) without a patient_id or BIDS subject" in n for n in s.notes), s.notes
 
