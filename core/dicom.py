@@ -234,8 +234,12 @@ def find_dicom(root: Path, skipped: Counter[str], passed: dict[Path, str] | None
     return sorted(found)
 
 
-def _age_years(text: str) -> float | None:
-    """DICOM Age String (AS): nnnD, nnnW, nnnM or nnnY."""
+def age_years(text: str) -> float | None:
+    """An age in years from a DICOM Age String (AS, PS3.5 Table 6.2-1: nnnD, nnnW, nnnM or nnnY), else None.
+
+    >>> age_years("030Y"), age_years("006M"), age_years("thirty")
+    (30.0, 0.5, None)
+    """
     text = text.strip().upper()
     if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
         return None
@@ -374,7 +378,7 @@ def _read_header(path: Path) -> DicomHeader | NotAnImage:
     except (TypeError, ValueError, IndexError):  # a Window Center/Width that is not a number: decoding names it
         has_window = True
     floating = present[0] != "PixelData"
-    return DicomHeader(path, frames, colour, patient, source, sex, _age_years(str(ds.get("PatientAge", "") or "")),
+    return DicomHeader(path, frames, colour, patient, source, sex, age_years(str(ds.get("PatientAge", "") or "")),
                        keys, keys["SOPInstanceUID"], float_pixels=floating, has_window=has_window,
                        modality=str(ds.get("Modality", "") or "").strip().upper(),
                        stored_ranges=() if colour or floating else _unwindowed_stored_ranges(ds, frames),

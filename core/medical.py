@@ -50,6 +50,7 @@ from dpaudit.dicom import (
     UNKNOWN_CLASS_NO_MODALITY,
     DicomHeader,
     NotAnImage,
+    age_years,
     decode_dicom,
     find_dicom,
     is_dicom,
@@ -239,8 +240,8 @@ def _group_value(column: str, text: str) -> str:
     if is_age_column(column):
         try:
             return age_band(float(text))
-        except ValueError:
-            return "unknown"
+        except ValueError:  # a DICOM Age String ('030Y', '006M'), as a PatientAge column holds it
+            return age_band(age_years(text))
     return text
 
 

@@ -355,3 +355,14 @@ def test_a_manifests_patient_column_is_linked_with_the_dicom_header(tmp_path: Pa
 
 def _split_parts(splits):
     return splits.train, splits.val, splits.test
+
+
+@pytest.mark.parametrize("column, cells", [("PatientAge", ["030Y", "045Y", "070Y", "006M"]),
+                                           ("age_years", ["30", "45.5", "70", "0.5"])])
+def test_an_age_column_in_years_or_dicom_age_strings_is_banded(column: str, cells: list[str]) -> None:
+    """A PatientAge column holds DICOM Age Strings (PS3.5: nnnY, nnnM, ...), an age_years column numbers: both are
+    the age_band subgroup, banded (never 'unknown' for a readable age, never the raw age)."""
+    from dpaudit.medical import _group_value
+
+    assert [_group_value(column, c) for c in cells] == ["<40", "40-59", "60+", "<40"]
+    assert _group_value(column, "NA") == "unknown" and _group_value(column, "old") == "unknown"
