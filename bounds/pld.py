@@ -1223,9 +1223,14 @@ def _fold(masses: np.ndarray, width: int) -> np.ndarray:
     the per-step grid's length, 2.6x the Chernoff window (sigma 0.5, q 1e-6, k 5, T 1e4)."""
     if masses.size <= width:
         return masses
-    folded = np.zeros(-(-masses.size // width) * width)
-    folded[:masses.size] = masses
-    return folded.reshape(-1, width).sum(axis=0)
+    # Each further stretch of ``width`` atoms added in turn, in the order a sum over the rows of the zero-padded
+    # (rows, width) array takes (x + 0 = x: the same numbers bit for bit), without forming that padded copy (a
+    # per-step grid of 1.5e7 atoms: 120 MB written and read again).
+    folded = masses[:width].copy()
+    for start in range(width, masses.size, width):
+        stretch = masses[start:start + width]
+        folded[:stretch.size] += stretch
+    return folded
 
 
 #: Fold per-step grids longer than the composed window onto it (:func:`_fold`) rather than widen the window ...

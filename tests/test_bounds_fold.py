@@ -79,3 +79,21 @@ def test_step_grid_past_the_window_is_refused_unformed(direction: str, optimisti
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20
+
+
+def test_fold_adds_the_stretches_as_the_padded_rows_sum() -> None:
+    # _fold adds each further stretch of `width` atoms in turn, without forming the zero-padded (rows, width) copy
+    # whose sum over rows it replaces: the same numbers bit for bit (x + 0 = x), for one row or many, a last stretch
+    # full or partial, and masses spread over 1e-300..1 (the per-step grids' tails).
+    rng = np.random.default_rng(11)
+
+    def padded(masses, width):
+        if masses.size <= width:
+            return masses
+        rows = np.zeros(-(-masses.size // width) * width)
+        rows[:masses.size] = masses
+        return rows.reshape(-1, width).sum(axis=0)
+
+    for n, width in ((10, 3), (9, 3), (1001, 1000), (1000, 7), (100_003, 4096), (2_000_000, 737_280)):
+        masses = rng.random(n) * np.exp(-rng.uniform(0.0, 690.0, n))
+        assert np.array_equal(_fold(masses, width), padded(masses, width))
