@@ -174,6 +174,9 @@ def _skip_blocks(masses: np.ndarray, guard: float, h: float, a_lim: int, b: int,
 
 #: The last :meth:`DiscretePld._top_read`: (pld, alpha, atoms, losses, P-masses); emptied by clear_caches.
 _KEPT_TOP: list = [None]
+#: The last :meth:`DiscretePld.power_lower`: (pld, alpha's bytes, result), read back by power_lower_and_guard right
+#: after it; emptied by clear_caches.
+_KEPT_LOWER: list = [None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -405,7 +408,9 @@ class DiscretePld:
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        return self._np_lower(alpha, *self._top_read(alpha)[:2], self.noise_guard)
+        guarded = self._np_lower(alpha, *self._top_read(alpha)[:2], self.noise_guard)
+        _KEPT_LOWER[0] = (self, alpha.tobytes(), guarded.copy())
+        return guarded
 
     def _top_read(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_top` at ``alpha.max()``, kept for the next read at the same sizes (refine's stop rule reads the
@@ -426,15 +431,27 @@ class DiscretePld:
         if not self.optimistic:
             raise NumericalError("power_lower needs the optimistic (garbled) PLD")
         alpha = np.atleast_1d(np.asarray(alpha, dtype=float))
-        m, losses, _ = self._top_read(alpha)
-        guarded, plain = (self._np_lower(alpha, m, losses, nu) for nu in (self.noise_guard, 0.0))
+        m, losses, p_mass = self._top_read(alpha)
+        kept = _KEPT_LOWER[0]
+        if kept is not None and kept[0] is self and kept[1] == alpha.tobytes():
+            guarded = kept[2].copy()  # power_lower's result on these atoms, just formed
+        else:
+            guarded = self._np_lower(alpha, m, losses, self.noise_guard)
+        # The read without the guard takes the P-masses the top read formed (the same float64 operations as
+        # _np_lower's at nu = 0: log(m + 0) = log m, and m >= 0 is its own Q-mass).
+        plain = self._np_lower(alpha, m, losses, 0.0, p_mass)
         return guarded, np.maximum(plain - guarded, 0.0)
 
-    def _np_lower(self, alpha: np.ndarray, m: np.ndarray, losses: np.ndarray, nu: float) -> np.ndarray:
-        """:meth:`power_lower` on the top atoms ``m`` (from :meth:`_top`) with the round-off guard ``nu``."""
-        qm = np.maximum(m - nu, 0.0)
-        with np.errstate(over="ignore", divide="ignore"):  # an atom of mass 0 (past 1e11 steps): log -inf, P-mass 0
-            pm = np.exp(np.log(m + nu) - losses)
+    def _np_lower(self, alpha: np.ndarray, m: np.ndarray, losses: np.ndarray, nu: float,
+                  p_mass: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`power_lower` on the top atoms ``m`` (from :meth:`_top`) with the round-off guard ``nu``;
+        ``p_mass``: where nu is 0, the atoms' P-masses as :meth:`_top` formed them (the same numbers)."""
+        if p_mass is not None and nu == 0.0:
+            qm, pm = m, p_mass
+        else:
+            qm = np.maximum(m - nu, 0.0)
+            with np.errstate(over="ignore", divide="ignore"):  # an atom of mass 0 (past 1e11 steps): log -inf, P 0
+                pm = np.exp(np.log(m + nu) - losses)
         cum_p = np.cumsum(pm)
         cum_q = np.cumsum(qm)
         j = np.minimum(np.searchsorted(cum_p, alpha, side="left"), m.size - 1)
@@ -1526,6 +1543,7 @@ def clear_caches() -> None:
     _UPPER_LAMBDAS.clear()
     _tail_loss.cache_clear()
     _KEPT_TOP[0] = None
+    _KEPT_LOWER[0] = None
 
 
 # -- adaptive discretisation ----------------------------------------------------------------------------------------
@@ -1716,6 +1734,13 @@ def _stalled(gap: np.ndarray, floor: np.ndarray | None, last_gap: np.ndarray | N
     return bool(np.all(~open_ | (shrink < STALL_SHRINK)))
 
 
+def _kept_floor(keep: np.ndarray, new, old) -> np.ndarray:
+    """The guard's share of the lower ends :func:`refine` keeps: this round's (``new()``) where ``keep``, else the
+    last round's (``old()``, called only where some entry needs it)."""
+    fresh = np.asarray(new(), dtype=float)
+    return fresh if np.all(keep) else np.where(keep, fresh, np.asarray(old(), dtype=float))
+
+
 def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol: float = 1e-12,
            max_halvings: int = 6, start: float | None = None) -> Refined:
     """Refine the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).
@@ -1840,9 +1865,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
         # with the last one, and the smaller of the two would read as converged, error 0)
         upper = np.where(trust, np.fmin(upper, new_upper), new_upper)
         if floor is not None and new_floor is not None and lower is not None and new_lower is not None:
-            # the guard's part of the lower end kept (read when asked for)
-            floor = functools.partial(lambda keep, new, old: np.where(keep, new(), old()), new_lower >= lower,
-                                      new_floor, floor)
+            # the guard's part of the lower end kept (read when asked for; the last round's only where one of its
+            # lower ends is kept: that read forms its top atoms again, the one kept read being this round's)
+            floor = functools.partial(_kept_floor, new_lower >= lower, new_floor, floor)
         else:
             floor = new_floor
         lower = None if new_lower is None else (new_lower if lower is None else np.fmax(lower, new_lower))

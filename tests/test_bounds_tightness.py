@@ -1084,3 +1084,49 @@ def test_kept_top_read_is_the_plain_read() -> None:
         assert np.array_equal(share, np.maximum(pld._np_lower(alpha, m, losses, 0.0) - fresh, 0.0))
     pld_module.clear_caches()
     assert pld_module._KEPT_TOP[0] is None
+
+
+def test_guard_share_read_alone_equals_the_kept_route() -> None:
+    # power_lower_and_guard takes power_lower's result where it was just formed on the same PLD and sizes, and the
+    # P-masses the top read formed for the read without the guard; alone (nothing kept, or another PLD or sizes
+    # kept) it forms both: the same numbers either way, and equal to the two reads formed afresh.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    pld_module.clear_caches()
+    a = pld_module.composed_run(((StepPair(1.0, 1e-3, 1, "worst_case"), 1000),), 1e-3, "remove", True)
+    b = pld_module.composed_run(((StepPair(0.7, 1e-2, 3, "relaxed"), 100),), 1e-3, "remove", True)
+    for pld, alpha, before in ((a, [1e-6, 1e-3], None), (b, [1e-6, 0.1], a), (a, [0.1], "same"), (b, [1e-3], b)):
+        alpha = np.asarray(alpha)
+        if before == "same":
+            pld.power_lower(alpha)
+        elif before is not None:
+            before.power_lower(np.asarray([0.5]))
+        guarded, share = pld.power_lower_and_guard(alpha)
+        m, losses, _ = pld._top(float(alpha.max()))
+        fresh = pld._np_lower(alpha, m, losses, pld.noise_guard)
+        assert np.array_equal(guarded, fresh)
+        assert np.array_equal(share, np.maximum(pld._np_lower(alpha, m, losses, 0.0) - fresh, 0.0))
+    pld_module.clear_caches()
+    assert pld_module._KEPT_LOWER[0] is None
+
+
+def test_kept_floor_reads_the_last_round_only_where_kept() -> None:
+    # refine's guard share of the kept lower ends: this round's where its lower end is kept, else the last round's,
+    # equal to the eager np.where of both; the last round's read (its top atoms formed again) only where needed.
+    from dpaudit.bounds import pld as pld_module
+
+    calls = []
+
+    def read(values):
+        def go():
+            calls.append(values)
+            return np.asarray(values)
+        return go
+
+    new, old = [1e-9, 2e-9, 3e-9], [4e-9, 5e-9, 6e-9]
+    for keep in ([True, True, True], [True, False, True], [False, False, False]):
+        calls.clear()
+        got = pld_module._kept_floor(np.array(keep), read(new), read(old))
+        assert np.array_equal(got, np.where(keep, new, old))
+        assert (old in calls) == (not all(keep))
