@@ -1654,6 +1654,9 @@ STALL_SHRINK = 1.3
 PROBE_COARSENING = 4.0
 #: The largest factor one round of :func:`refine` refines the grid step by (after a coarsened probe: that much more).
 MAX_JUMP = 8.0
+#: :func:`refine`'s jump aims at the bracket width its stop rule accepts, ``rtol`` relative or ``atol`` absolute
+#: (False: at ``rtol`` alone, the plain route; a bracket the atol accepts then takes a finer round than it needs).
+JUMP_TO_ATOL = True
 #: No coarsening in :func:`refine` goes past this grid step (nats): every finite per-step loss lies below
 #: ``LOSS_CAP``, and a step past log(max float64) = 709.8 overflows the connect-the-dots split (e^h) into NaN
 #: masses (sigma 1e-4, q 0.01, T 100 probed at 1898 nats).
@@ -1829,9 +1832,13 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
         if lower is not None and np.all(ok | trust):
             # Only bracketed entries are left: the bracket closes as h^2 (both ends are second order), so jump to
             # the h that should close it (with 30% margin) instead of halving step by step; brackets need no nested
-            # grids, so a bracket just too wide takes a step smaller than a halving.
+            # grids, so a bracket just too wide takes a step smaller than a halving. The width aimed at is the one
+            # the stop rule accepts, rtol relative or atol absolute, whichever is larger (aiming at rtol alone
+            # overshot where atol decides: sigma 50, q 1e-5, T 1e6, epsilon 2.5e-4, took a 3x finer round of 3.8e6
+            # points for a bracket 1.2e-7 wide against atol 1e-7).
             with np.errstate(divide="ignore", invalid="ignore"):
-                need = np.sqrt(gap / (0.7 * rtol * np.abs(upper)))
+                need = np.sqrt(gap / (0.7 * (np.maximum(rtol * np.abs(upper), atol) if JUMP_TO_ATOL
+                                             else rtol * np.abs(upper))))
             need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
             factor = min(max(1.15 * need, 1.25), max_jump)
             # A floor that the next round's route leaves behind (one level here, two there: a guard ~100x smaller)

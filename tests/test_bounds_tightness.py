@@ -1111,6 +1111,64 @@ def test_guard_share_read_alone_equals_the_kept_route() -> None:
     assert pld_module._KEPT_LOWER[0] is None
 
 
+#: The extremes every shortcut of epsilon's refinement is checked on: sigma 0.05 and 50, q 1e-6 and 1, T 1 and 1e6
+#: (the T 1e6 corners in the slow run).
+EPSILON_EXTREMES = [pytest.param(s, q, t, marks=[pytest.mark.slow] if t > 1 else [])
+                    for s, q, t in itertools.product((0.05, 50.0), (1e-6, 1.0), (1, 1_000_000))]
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [*EPSILON_EXTREMES, (50.0, 1e-5, 1_000_000),
+                                                   pytest.param(0.5, 1e-6, 300, marks=pytest.mark.slow),
+                                                   pytest.param(2.0, 1e-6, 1_000_000, marks=pytest.mark.slow)])
+def test_jump_to_atol_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # refine's jump aims at the width the stop rule accepts (rtol relative or atol absolute, whichever is larger),
+    # not at rtol alone: a small epsilon, whose bracket atol decides, takes a smaller jump. Both routes stop on
+    # proven brackets of the same exact value within what was asked (epsilon 2.5e-4 at sigma 50, q 1e-5, T 1e6:
+    # within 1e-7 absolute), so they overlap.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    pld_module.clear_caches()
+    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    monkeypatch.setattr(pld_module, "JUMP_TO_ATOL", False)
+    pld_module.clear_caches()
+    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    pld_module.clear_caches()
+    def converged(r) -> bool:
+        return r.value[0] - r.lower[0] <= max(1e-4 * r.value[0], pld_module.EPSILON_ATOL) + 1e-15
+
+    for r in (fast, plain):
+        assert r.lower[0] <= r.value[0]
+    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+    assert converged(fast) or not converged(plain)  # (sigma 0.05, T 1e6: no finer grid fits, on either route)
+    assert fast.h >= plain.h  # never a finer last round than the plain route's
+
+
+def test_jump_aims_at_the_width_the_stop_rule_accepts() -> None:
+    # A bracket that closes as h^2 exactly, 1e-3 wide at h = 1 around 1: with atol 1e-4 (above rtol 1e-6 relative)
+    # the jump goes to the h that closes it to 0.7 atol with the 1.15 margin (sqrt(1e-3 / 7e-5) * 1.15 = 4.3; aiming
+    # at rtol it was MAX_JUMP = 8), and one round does; with atol below rtol * epsilon the jump aims at rtol.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    seen = []
+
+    def evaluate(h: float):
+        seen.append(h)
+        return np.array([1.0 + 5e-4 * h * h]), np.array([1.0 - 5e-4 * h * h]), np.array([True])
+
+    run = ((StepPair(1.0, 0.1), 10),)
+    got = pld_module.refine(run, None, evaluate, rtol=1e-6, atol=1e-4, start=1.0)
+    assert seen == [1.0, pytest.approx(1.0 / min(1.15 * math.sqrt(1e-3 / 7e-5), pld_module.MAX_JUMP))]
+    assert float(got.value[0] - got.lower[0]) <= 1e-4
+    seen.clear()
+    got = pld_module.refine(run, None, evaluate, rtol=1e-4, atol=1e-9, start=1.0)
+    assert seen == [1.0, pytest.approx(1.0 / min(1.15 * math.sqrt(1e-3 / (0.7 * 1e-4 * (1 + 5e-4))),
+                                                 pld_module.MAX_JUMP))]
+    assert float(got.value[0] - got.lower[0]) <= 1e-4 * float(got.value[0])
+
+
 def test_kept_floor_reads_the_last_round_only_where_kept() -> None:
     # refine's guard share of the kept lower ends: this round's where its lower end is kept, else the last round's,
     # equal to the eager np.where of both; the last round's read (its top atoms formed again) only where needed.
