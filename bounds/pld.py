@@ -2029,6 +2029,10 @@ def _capped(pair: StepPair, steps: int = 1) -> bool:
 #: single-round point of the benchmark's grid is settled there. Never coarser than refine's probe
 #: (``PROBE_COARSENING`` times :func:`initial_h_run`'s step).
 SETTLE_COARSENING: float | None = 8.0
+#: ... or as much coarser as that limit allows, where that is at least this (a round at initial_h_run's step, the
+#: first and often the only one of a long run, T >= 1024: sigma 0.5, q 1e-6, T 1e6 settles the add direction 4x
+#: coarser at 0.05 s, its epsilon 0.018 against the remove direction's 0.027, instead of 0.6 s on the fine grid).
+SETTLE_COARSENING_MIN = 4.0
 
 
 #: :func:`epsilon_pld_refined` stops on a proven bracket within ``rtol`` relative or this many nats absolute,
@@ -2068,9 +2072,10 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
             best_lower = max((lo for _, lo in latest.values()), default=-math.inf)
             if d in latest and latest[d][0] <= best_lower:
                 continue
-            if (d not in latest and best_lower > -math.inf and SETTLE_COARSENING is not None
-                    and h * SETTLE_COARSENING <= settle_limit):
-                coarse = composed_run(run, h * SETTLE_COARSENING, d).epsilon(target_delta)
+            # (up to the limit: a round at initial_h_run's step, the first of a long run, settles 4x coarser)
+            settle = 0.0 if SETTLE_COARSENING is None else min(SETTLE_COARSENING, settle_limit / h)
+            if d not in latest and best_lower > -math.inf and settle >= SETTLE_COARSENING_MIN:
+                coarse = composed_run(run, h * settle, d).epsilon(target_delta)
                 if coarse <= best_lower:
                     latest[d] = (coarse, -math.inf)
                     continue

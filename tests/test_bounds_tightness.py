@@ -1169,6 +1169,38 @@ def test_jump_aims_at_the_width_the_stop_rule_accepts() -> None:
     assert float(got.value[0] - got.lower[0]) <= 1e-4 * float(got.value[0])
 
 
+@pytest.mark.parametrize(("sigma", "q", "steps"), [*EPSILON_EXTREMES, (0.5, 1e-6, 10_000),
+                                                   pytest.param(0.5, 1e-6, 1_000_000, marks=pytest.mark.slow)])
+def test_settling_at_the_probe_limit_brackets_the_same_epsilon(monkeypatch, sigma, q, steps) -> None:
+    # A round at initial_h_run's step (the first of a long run) settles a direction as much coarser as refine's probe
+    # limit allows (4x), where the plain route settled only 8x coarser (SETTLE_COARSENING_MIN = 8: never in such a
+    # round). Both are proven brackets of the same exact value within 1e-4 (or atol), so they overlap.
+    from dpaudit.bounds import pld as pld_module
+
+    _shortcut_brackets_the_plain_epsilon_atol(monkeypatch, sigma, q, steps, "SETTLE_COARSENING_MIN",
+                                               pld_module.SETTLE_COARSENING)
+
+
+def _shortcut_brackets_the_plain_epsilon_atol(monkeypatch, sigma: float, q: float, steps: int, switch: str,
+                                             off: float) -> None:
+    """:func:`_shortcut_brackets_the_plain_epsilon` where a bracket may stop at EPSILON_ATOL absolute (epsilon below
+    1e-3) or where a finer grid does not fit (the bracket is then what the finest grid that fits gives)."""
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(sigma, q), steps),)
+    pld_module.clear_caches()
+    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    monkeypatch.setattr(pld_module, switch, off)
+    pld_module.clear_caches()
+    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
+    pld_module.clear_caches()
+    for r in (fast, plain):
+        assert r.lower[0] <= r.value[0]
+    assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
+    assert fast.value[0] - fast.lower[0] <= max(1.0001 * (plain.value[0] - plain.lower[0]), 1e-15)
+
+
 def test_kept_floor_reads_the_last_round_only_where_kept() -> None:
     # refine's guard share of the kept lower ends: this round's where its lower end is kept, else the last round's,
     # equal to the eager np.where of both; the last round's read (its top atoms formed again) only where needed.
