@@ -469,23 +469,26 @@ class DiscretePld:
         it and past the crossing at most as much again; each atom's P-mass is formed once (a read of the whole PLD, e.g. the ROC up to FPR 1, pays it once, not for every size tried)."""
         m = self.masses[::-1]
         n = m.size
-        k = min(n, 4096)
-        # The chunks are kept in lists and joined once (each chunk's P-mass summed once): a read down to the bulk
-        # of a window of 1e7 atoms (kappa 0.1 at small q) touches each atom a few times, not once per doubling.
-        losses = [self.losses_at(n - 1 - np.arange(k))]  # top first, formed only as far as the read goes
-        with np.errstate(over="ignore", divide="ignore"):
-            p = [np.where(m[:k] > 0, np.exp(np.log(m[:k]) - losses[0]), 0.0)]
-        total = float(np.sum(p[0]))
-        while k < n:
-            if total >= alpha * (1 + 1e-9):
+        # The chunks are formed in place in two arrays of the whole length, joined as they are read (each chunk's
+        # P-mass summed once): a read down to the bulk of a window of 1e7 atoms (kappa 0.1 at small q) touches each
+        # atom a few times, not once per doubling, and copies nothing (np.empty maps pages only as they are written).
+        losses, p = np.empty(n), np.empty(n)
+        k, grown, total = 0, min(n, 4096), 0.0
+        while True:
+            chunk_l, chunk_p, chunk_m = losses[k:grown], p[k:grown], m[k:grown]
+            chunk_l[...] = self.losses_at(n - 1 - np.arange(k, grown))  # top first, only as far as the read goes
+            with np.errstate(over="ignore", divide="ignore"):
+                # exp(log m - loss), 0 where m is not > 0 (log 0 = -inf gives 0 already; NaN is set to 0 too)
+                np.log(chunk_m, out=chunk_p)
+                np.subtract(chunk_p, chunk_l, out=chunk_p)
+                np.exp(chunk_p, out=chunk_p)
+            chunk_p[~(chunk_m > 0)] = 0.0
+            total += float(np.sum(chunk_p))
+            k = grown
+            if k >= n or total >= alpha * (1 + 1e-9):
                 break
             grown = min(2 * k, n)
-            losses.append(self.losses_at(n - 1 - np.arange(k, grown)))
-            with np.errstate(over="ignore", divide="ignore"):
-                p.append(np.where(m[k:grown] > 0, np.exp(np.log(m[k:grown]) - losses[-1]), 0.0))
-            total += float(np.sum(p[-1]))
-            k = grown
-        return m[:k], np.concatenate(losses), np.concatenate(p)
+        return m[:k], losses[:k], p[:k]
 
     def power_and_depth(self, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`power` and, for each alpha, the loss of the atom where the step stopped."""

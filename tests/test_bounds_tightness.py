@@ -1220,3 +1220,26 @@ def test_kept_floor_reads_the_last_round_only_where_kept() -> None:
         got = pld_module._kept_floor(np.array(keep), read(new), read(old))
         assert np.array_equal(got, np.where(keep, new, old))
         assert (old in calls) == (not all(keep))
+
+
+def test_top_read_equals_the_formula_on_every_atom(rng) -> None:
+    # The Neyman-Pearson reads' top atoms (formed in place chunk by chunk, twofold from 4096) equal the formula on
+    # the whole PLD sliced: the masses from the top, their losses, and exp(log m - loss) (0 where m is 0), bit for
+    # bit, on random PLDs read to a shallow, a deep and an unreachable P-mass.
+    from dpaudit.bounds import pld as pld_module
+
+    for n in (1, 4095, 4097, 70_000):
+        m = rng.random(n) * np.exp(-rng.uniform(0.0, 40.0, n))
+        m[rng.random(n) < 0.1] = 0.0
+        m /= max(m.sum(), 1e-300) * 1.01
+        pld = pld_module.DiscretePld(h=float(rng.uniform(1e-6, 0.1)), lo=int(rng.integers(-n, 1)), masses=m,
+                                     infinity_mass=0.0, offset=float(rng.normal()))
+        losses = pld.losses[::-1]
+        with np.errstate(divide="ignore", over="ignore"):  # (a PLD far below its offset: e^-loss overflows)
+            p = np.where(m[::-1] > 0, np.exp(np.log(m[::-1]) - losses), 0.0)
+        for alpha in (1e-9, 1e-3, 2.0):
+            top, top_losses, top_p = pld._top(alpha)
+            k = top.size
+            assert k == n or np.sum(p[:k]) >= alpha * (1 + 1e-9)
+            assert np.array_equal(top, m[::-1][:k]) and np.array_equal(top_losses, losses[:k])
+            assert np.array_equal(top_p, p[:k])
