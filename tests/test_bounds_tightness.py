@@ -1224,8 +1224,9 @@ def test_kept_floor_reads_the_last_round_only_where_kept() -> None:
 
 def test_top_read_equals_the_formula_on_every_atom(rng) -> None:
     # The Neyman-Pearson reads' top atoms (formed in place chunk by chunk, twofold from 4096) equal the formula on
-    # the whole PLD sliced: the masses from the top, their losses, and exp(log m - loss) (0 where m is 0), bit for
-    # bit, on random PLDs read to a shallow, a deep and an unreachable P-mass.
+    # the whole PLD sliced: the masses from the top, their losses, and exp(log m - loss) (0 where m is 0; numpy's
+    # vectorised log of a contiguous copy, as the guarded read takes it), bit for bit, on random PLDs read to a
+    # shallow, a deep and an unreachable P-mass; the masses come back contiguous.
     from dpaudit.bounds import pld as pld_module
 
     for n in (1, 4095, 4097, 70_000):
@@ -1236,10 +1237,10 @@ def test_top_read_equals_the_formula_on_every_atom(rng) -> None:
                                      infinity_mass=0.0, offset=float(rng.normal()))
         losses = pld.losses[::-1]
         with np.errstate(divide="ignore", over="ignore"):  # (a PLD far below its offset: e^-loss overflows)
-            p = np.where(m[::-1] > 0, np.exp(np.log(m[::-1]) - losses), 0.0)
+            p = np.where(m[::-1] > 0, np.exp(np.log(m[::-1].copy()) - losses), 0.0)
         for alpha in (1e-9, 1e-3, 2.0):
             top, top_losses, top_p = pld._top(alpha)
             k = top.size
             assert k == n or np.sum(p[:k]) >= alpha * (1 + 1e-9)
             assert np.array_equal(top, m[::-1][:k]) and np.array_equal(top_losses, losses[:k])
-            assert np.array_equal(top_p, p[:k])
+            assert np.array_equal(top_p, p[:k]) and top.flags.c_contiguous
