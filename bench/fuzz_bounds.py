@@ -280,6 +280,17 @@ def _sample_relaxed(point: Point, n: int, rng: np.random.Generator) -> np.ndarra
     return out
 
 
+def wilson_lower(g: float, n: int, z: float) -> float:
+    """The Wilson score lower confidence bound (z standard errors) on a success probability seen as g in n draws.
+    Unlike g - z sqrt(g (1 - g) / n), it does not collapse to g where every draw succeeded: 20,000 hits of 20,000
+    bound the power below by 1 / (1 + z^2 / n) = 0.9992 at z = 4, not by 1 (a power of 1 - 1e-5 gives 20,000 hits in
+    82% of the runs; the collapsed floor failed sound gammas of 0.99999 at seed 31, points 44 and 54)."""
+    z2 = z * z
+    centre = g + z2 / (2 * n)
+    spread = z * math.sqrt(max(g * (1.0 - g), 0.0) / n + z2 / (4 * n * n))
+    return (centre - spread) / (1.0 + z2 / n)
+
+
 def mc_relaxed_floor(point: Point, n: int, seed: int) -> np.ndarray:
     """A 4-standard-error lower confidence bound on the relaxed adversary's power at each of point.kappas."""
     rng = np.random.default_rng([seed, point.index, 7])
@@ -295,8 +306,7 @@ def mc_relaxed_floor(point: Point, n: int, seed: int) -> np.ndarray:
         hit = second >= t
         w = np.where(hit, np.exp(-second), 0.0)
         p, se_p = w.mean(), w.std() / math.sqrt(n)
-        g, se_g = hit.mean(), hit.std() / math.sqrt(n)
-        p_hi, g_lo = p + 4 * se_p, g - 4 * se_g
+        p_hi, g_lo = p + 4 * se_p, wilson_lower(float(hit.mean()), n, 4.0)
         if g_lo > 0 and p_hi > 0:
             floors[i] = min(1.0, a / p_hi) * g_lo
     return floors

@@ -67,3 +67,21 @@ def test_relaxed_loss_matches_the_closed_form_at_zero():
     # At |x| = 0 the |X| pair's likelihood ratio is sum_j w_j e^{-j^2 / 2 s^2} (k = 1: 1 - q + q e^{-1/2s^2}).
     s, q = 0.7, 0.3
     assert relaxed_loss(np.array([0.0]), s, q, 1)[0] == pytest.approx(np.log(1 - q + q * np.exp(-0.5 / s**2)))
+
+
+def test_monte_carlo_floor_holds_where_every_draw_hits():
+    # The relaxed check's floor on the power is a Wilson score bound: 4 standard errors below the hit rate in the
+    # middle, and below 1 where every draw hit (the plain g - 4 se collapsed to 1 there and failed sound gammas of
+    # 1 - 1e-5); it never exceeds the hit rate and falls to 0 where nothing hit.
+    import math
+
+    from fuzz_bounds import wilson_lower
+
+    n = 20_000
+    assert wilson_lower(1.0, n, 4.0) == pytest.approx(1.0 / (1.0 + 16.0 / n))
+    assert wilson_lower(1.0, n, 4.0) < 1.0 - 1e-5
+    assert wilson_lower(0.0, n, 4.0) == 0.0
+    for g in (0.01, 0.3, 0.5, 0.9, 0.999):
+        plain = g - 4.0 * math.sqrt(g * (1.0 - g) / n)
+        assert wilson_lower(g, n, 4.0) <= g
+        assert wilson_lower(g, n, 4.0) == pytest.approx(plain, abs=2e-3)
