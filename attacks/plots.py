@@ -26,7 +26,10 @@ def _pyplot():
 
 
 def _label(row) -> str:
-    eps = "" if row.epsilon is None else f", eps={row.epsilon:g}"
+    from dpaudit.numfmt import upper
+
+    # the row's epsilon is the accountant's (a sound upper bound): rounded up, as everywhere it is shown
+    eps = "" if row.epsilon is None else f", eps<={upper(row.epsilon)}"
     return f"sigma={row.noise_multiplier:g}{eps}, {row.decoder}"
 
 

@@ -720,9 +720,9 @@ def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple
 
 
 def _eps(eps: float) -> str:
-    """An epsilon of the accountant (a sound upper bound): rounded up (:func:`dpaudit.numfmt.upper`), 10⁹ style
-    when huge."""
-    from dpaudit.audit.profile.schema import fmt_eps
+    """An epsilon of the accountant (a sound upper bound): rounded up (:func:`dpaudit.numfmt.upper`), huge ones
+    too ('7.745e+08'; a budget's name, :func:`~dpaudit.audit.profile.schema.fmt_eps`, rounds to the nearest and
+    would state 7.7e+08 for a bound of 7.744e+08)."""
     from dpaudit.numfmt import upper
 
-    return fmt_eps(eps) if eps >= 1e4 else upper(eps)
+    return upper(eps)

@@ -320,6 +320,21 @@ def test_an_infinite_epsilon_per_patient_is_stated_not_a_crash(tmp_path) -> None
     assert "ε ≤ ∞ per patient" in item.value and "inf" not in item.value
 
 
+def test_a_huge_epsilon_per_patient_is_rounded_up_in_the_reason() -> None:
+    """A bound is never stated below its value: 7.744e8 per patient reads 7.745e+08 (was '7.7e+08', a budget name's
+    rounding to the nearest, under the bound), and the label of a budget past the search range rounds its achieved
+    epsilon up too."""
+    from dpaudit.audit.profile.schema import fmt_eps
+
+    prof = patient_profile()
+    top = max(x.epsilon_target for x in prof.bounds)
+    bounds = tuple(dataclasses.replace(b, epsilon_patient=7.744e8) if b.epsilon_target == top else b
+                   for b in prof.bounds)
+    d = decide(dataclasses.replace(prof, bounds=bounds), [Limit("rero", 0.05)], calibrate_fn=_no_calibration)
+    assert "ε ≤ 7.744e+08" in d.reason and "7.7e+08" not in d.reason, d.reason
+    assert fmt_eps(4.84e7, up=True) == "4.9e+07" and fmt_eps(4.84e7) == "4.8e+07"
+
+
 # -- segmentation: the decision ranks by the headline Dice -----------------------------------------------------
 
 

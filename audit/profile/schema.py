@@ -1068,7 +1068,7 @@ class LevelSummary:
         used = self.epsilon_used
         if used is not None and used != self.epsilon_target:
             # A budget past the noise search range: the numbers are those of the epsilon actually used.
-            return f"ε = {fmt_eps(used)} (asked {fmt_eps(self.epsilon_target)})"
+            return f"ε = {fmt_eps(used, up=True)} (asked {fmt_eps(self.epsilon_target)})"
         return f"ε = {fmt_eps(self.epsilon_target)}"
 
     @property
@@ -1158,16 +1158,24 @@ def headline_utility(profile: Profile) -> tuple[str, str]:
     return utility_columns(profile)[0]
 
 
-def fmt_eps(eps: float) -> str:
-    """1 -> '1', 8 -> '8', 1e9 -> '10⁹', 0.5 -> '0.5', inf -> '∞' (an epsilon per patient at tiny noise)."""
+def fmt_eps(eps: float, *, up: bool = False) -> str:
+    """1 -> '1', 8 -> '8', 1e9 -> '10⁹', 0.5 -> '0.5', inf -> '∞' (an epsilon per patient at tiny noise): a
+    budget's name. ``up``: an accountant's epsilon (a sound upper bound, e.g. the epsilon a budget past the noise
+    search range achieved) is rounded up, never to the nearest (4.84e7 -> '4.9e+07', not '4.8e+07').
+
+    >>> fmt_eps(48_400_000.0), fmt_eps(48_400_000.0, up=True), fmt_eps(1e9, up=True), fmt_eps(0.1234567, up=True)
+    ('4.8e+07', '4.9e+07', '10⁹', '0.123457')
+    """
+    from dpaudit.numfmt import upper
+
     if not math.isfinite(eps):
         return "∞" if eps > 0 else "n/a"
     if eps >= 1e4:
         exponent = math.log10(eps)
         if abs(exponent - round(exponent)) < 1e-9:
             return "10" + str(round(exponent)).translate(_SUPERSCRIPT)
-        return f"{eps:.2g}"
-    return f"{eps:g}"
+        return upper(eps, 2) if up else f"{eps:.2g}"
+    return upper(eps, 6) if up else f"{eps:g}"
 
 
 _SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
