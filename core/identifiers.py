@@ -29,22 +29,36 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-__all__ = ["column_key", "identifier_like", "identifier_reason", "is_age_column", "is_patient_id_column",
-           "patient_id_columns", "subgroup_name"]
+__all__ = ["MIN_SUBGROUP_UNITS", "OTHER", "column_key", "identifier_like", "identifier_reason", "is_age_column",
+           "is_patient_id_column", "patient_id_columns", "repeats_across", "small_cells", "subgroup_name",
+           "unlisted_fix"]
 
 #: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
-#: participants.tsv), a bare ``patient`` column or a case id names the unit of a person too: read as the patient,
-#: it can only join images into one unit (k is never understated), where dropped it would leave them apart.
-#: A medical record, hospital, insurance or national number, Other Patient IDs (DICOM) and BIDS' ``sub`` name a
+#: participants.tsv), a bare ``patient`` column, a case or record id or a pseudonym names the unit of a person too:
+#: read as the patient, it can only join images into one unit (k is never understated), where dropped it would leave
+#: them apart. A medical record, hospital, insurance or national number (``NHS No``, German
+#: ``Krankenversicherungsnummer``, Swedish ``personnummer``), Other Patient IDs (DICOM) and BIDS' ``sub`` name a
 #: person as well: read as the patient too (a table with several such columns links them all,
-#: :func:`patient_id_columns`). A column that merely contains such a word (``patient_id_old``, ``IssuerOfPatientID``)
-#: is dropped, not read: an issuer is shared by every patient.
-PATIENT_ID_KEYS = frozenset({"patientid", "patientidentifier", "patid", "patient", "patientnumber", "patientno",
-                             "subject", "subjectid", "subjectlabel", "participant", "participantid", "caseid", "sub",
+#: :func:`patient_id_columns`). So is every column whose name holds one of :data:`PATIENT_ID_PARTS`
+#: (``PatientID_1``, ``patient_id_hash``) or that is marked as a subgroup under such a name (``subgroup_patient_id``);
+#: an issuer (``IssuerOfPatientID``) is not: it is shared by every patient.
+PATIENT_ID_KEYS = frozenset({"patientid", "patientidentifier", "patid", "pid", "patient", "patientnumber", "patientno",
+                             "patientnr", "patientennummer", "patientenid", "patientennr", "subject", "subjectid",
+                             "subjectlabel", "participant", "participantid", "caseid", "sub", "subid", "recordid",
+                             "recordnumber", "pseudonym", "pseudonymid", "patientpseudonym",
                              "patientname", "patientsname", "otherpatientids", "otherpatientid", "mrn",
-                             "medicalrecordnumber", "medicalrecordno", "hospitalnumber", "nhsnumber",
-                             "insurancenumber", "insuranceid", "healthcarenumber", "ssn", "socialsecuritynumber",
-                             "nationalid", "nationalidnumber", "passportnumber", "personnummer"})
+                             "medicalrecordnumber", "medicalrecordno", "hospitalnumber", "nhsnumber", "nhsno",
+                             "insurancenumber", "insuranceid", "healthcarenumber", "krankenversicherungsnummer",
+                             "versichertennummer", "ssn", "socialsecuritynumber", "nationalid", "nationalidnumber",
+                             "passportnumber", "personnummer"})
+
+#: Parts of a normalised name that make a column the patient's wherever they occur (``PatientID_1``,
+#: ``patient_id_hash``, ``medical_record_no_2``), unless :data:`ISSUER_PART` occurs too.
+PATIENT_ID_PARTS = ("patientid", "medicalrecord")
+
+#: The part of a normalised name that makes it an issuer of ids (``IssuerOfPatientID``): one value for every patient,
+#: never read as the patient.
+ISSUER_PART = "issuerof"
 
 #: Normalised column names (:func:`column_key`) that identify a person, with the reason given in notes.
 _BY_NAME: dict[str, tuple[str, ...]] = {
@@ -53,7 +67,7 @@ _BY_NAME: dict[str, tuple[str, ...]] = {
         "familyname", "middlename", "maidenname", "initials", "othernames", "otherpatientnames",
         "patientbirthname", "patientmothersbirthname", "mothersmaidenname"),
     "a patient identifier (DICOM PS3.15 Annex E: Patient ID, Other Patient IDs)": (
-        "issuerofpatientid", "recordnumber"),
+        "issuerofpatientid",),
     "a birth date or study date (DICOM PS3.15 Annex E)": (
         "patientbirthdate", "birthdate", "dateofbirth", "dob", "birthday", "patientbirthtime", "studydate",
         "seriesdate", "acquisitiondate", "contentdate", "scandate", "admissiondate", "dischargedate"),
@@ -96,8 +110,17 @@ def column_key(name: str) -> str:
 
 
 def is_patient_id_column(name: str) -> bool:
-    """Whether a column's name says it holds the patient (:data:`PATIENT_ID_KEYS`)."""
-    return column_key(name) in PATIENT_ID_KEYS
+    """Whether a column's name says it holds the patient: one of :data:`PATIENT_ID_KEYS` (marked as a subgroup or
+    not), or a name holding one of :data:`PATIENT_ID_PARTS`, but an issuer (:data:`ISSUER_PART`).
+
+    >>> [is_patient_id_column(c) for c in ("PID", "PatientID_1", "subgroup_patient_id", "IssuerOfPatientID")]
+    [True, True, True, False]
+    """
+    key = column_key(name)
+    if not key or ISSUER_PART in key:
+        return False
+    return (key in PATIENT_ID_KEYS or column_key(_marked(name)) in PATIENT_ID_KEYS
+            or any(part in key for part in PATIENT_ID_PARTS))
 
 
 def patient_id_columns(columns: Iterable[str]) -> list[str]:
@@ -128,12 +151,28 @@ SUBGROUP_KEYS = frozenset({
 #: Normalised names of an age in years: reported banded (:func:`dpaudit.data.age_band`) as subgroup ``age_band``.
 AGE_KEYS = frozenset({"age", "patientage", "ageyears", "ageatscan", "ageatimaging", "ageatdiagnosis"})
 
-#: A column the user marks as a subgroup: ``subgroup:NAME`` or ``subgroup_NAME`` (any case) is subgroup NAME.
-_MARKED = re.compile(r"subgroup[:_](.+)", re.IGNORECASE)
+#: A column the user marks as a subgroup: ``subgroup_NAME``, ``subgroup:NAME``, ``Subgroup Name`` (any case, any
+#: punctuation or spaces between the marker and the name) is subgroup NAME.
+_MARKED = re.compile(r"subgroup[\W_]+(\w.*)", re.IGNORECASE)
 
 #: What a note says about a column that is neither a known subgroup attribute nor marked, after naming it.
 UNLISTED_FIX = ("rename it subgroup_{column} to report it as a subgroup; if it names the patient, rename it "
                 "patient_id")
+
+
+def unlisted_fix(column: str) -> str:
+    """The fix for a column that is neither a known subgroup attribute nor marked (:data:`UNLISTED_FIX`); a column
+    that is a marker without a name (``subgroup_``, ``subgroup:``) is told to add one.
+
+    >>> unlisted_fix("pt_group")
+    'rename it subgroup_pt_group to report it as a subgroup; if it names the patient, rename it patient_id'
+    >>> unlisted_fix("subgroup:").split(";")[0]
+    'name the subgroup after the marker (e.g. subgroup_site) to report it as a subgroup'
+    """
+    if column_key(column).startswith("subgroup"):
+        return ("name the subgroup after the marker (e.g. subgroup_site) to report it as a subgroup; if it names "
+                "the patient, rename it patient_id")
+    return UNLISTED_FIX.format(column=column)
 
 
 def _marked(name: str) -> str:
@@ -174,10 +213,9 @@ def identifier_reason(name: str) -> str | None:
     >>> identifier_reason("PatientName") is not None, identifier_reason("sex"), identifier_reason("site")
     (True, None, None)
     """
+    if is_patient_id_column(name):
+        return "the patient identifier (read as the patient, not a subgroup)"
     key = column_key(_marked(name))
-    if key in PATIENT_ID_KEYS:
-        return ("the patient identifier (read as the patient, not a subgroup)" if key == column_key(name) else
-                "a patient identifier (DICOM PS3.15 Annex E: Patient ID, Other Patient IDs)")
     if key in _NAME_REASON:
         return _NAME_REASON[key]
     return next((why for part, why in _BY_PART if part in key), None)
@@ -206,3 +244,43 @@ def identifier_like(values: Sequence[str], patients: Sequence[str], missing: str
         return False
     single = sum(len(h) == 1 for h in holders.values())
     return 2 * single > len(holders)
+
+
+#: Small-cell suppression: a subgroup value held by fewer privacy units (patients; images when the data carry no
+#: patient ids) in the whole data is reported as :data:`OTHER`. A minimum cell size of statistical disclosure
+#: control: thresholds of 5 to 11 are in common use, 5 is the smallest of them; a value held by fewer names a
+#: handful of people (a family name, a rare device, a one-patient site) and its row's results are theirs.
+MIN_SUBGROUP_UNITS = 5
+
+#: The value small cells are merged into (:func:`small_cells`).
+OTHER = "other"
+
+
+def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unknown") -> set[str]:
+    """The values held by fewer than :data:`MIN_SUBGROUP_UNITS` distinct units (``units[i]`` holds ``values[i]``),
+    to be reported as :data:`OTHER`; ``missing`` and :data:`OTHER` itself are never among them.
+
+    >>> sorted(small_cells(["a"] * 5 + ["b", "b", "unknown"], ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"]))
+    ['b']
+    >>> small_cells(["a"] * 6, ["p1", "p1", "p2", "p3", "p4", "p4"])  # 4 patients, however many images
+    {'a'}
+    """
+    holders: dict[str, set[str]] = {}
+    for v, u in zip(values, units, strict=True):
+        holders.setdefault(v, set()).add(u)
+    return {v for v, h in holders.items() if v not in (missing, OTHER) and len(h) < MIN_SUBGROUP_UNITS}
+
+
+def repeats_across(values: Sequence[str], missing: Iterable[str] = ("",)) -> bool:
+    """Whether a column's values repeat across rows as a patient id's do: at least :data:`MIN_DISTINCT` distinct
+    values (``missing`` ones are none), more than half of them held by two rows or more.
+
+    >>> repeats_across(["a", "a", "b", "b", "c", "c"]), repeats_across(["a", "b", "c", "c"])
+    (True, False)
+    """
+    skip = set(missing)
+    counts: dict[str, int] = {}
+    for v in values:
+        if v not in skip:
+            counts[v] = counts.get(v, 0) + 1
+    return len(counts) >= MIN_DISTINCT and 2 * sum(n >= 2 for n in counts.values()) > len(counts)

@@ -62,13 +62,17 @@ from dpaudit.dicom import (
 from dpaudit.errors import DataError, naming_file, shown_path
 from dpaudit.identifiers import (
     CONTENT_REASON,
-    UNLISTED_FIX,
+    MIN_SUBGROUP_UNITS,
+    OTHER,
     identifier_like,
     identifier_reason,
     is_age_column,
     is_patient_id_column,
     patient_id_columns,
+    repeats_across,
+    small_cells,
     subgroup_name,
+    unlisted_fix,
 )
 from dpaudit.images import (
     IMAGE_EXTENSIONS,
@@ -200,8 +204,7 @@ def _group_columns(table: Table, exclude: Sequence[str], dropped: dict[str, str]
         if why is not None:
             dropped[c] = why
         elif group is None:
-            dropped[c] = "not a known subgroup attribute (sex, age, site, scanner, ...); " + UNLISTED_FIX.format(
-                column=c)
+            dropped[c] = "not a known subgroup attribute (sex, age, site, scanner, ...); " + unlisted_fix(c)
         else:
             twin = next((k for k, g in kept.items() if g == group), None)
             if twin is not None:
@@ -232,22 +235,87 @@ def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Mapping
                          "written nowhere")
 
 
-def _group_value(column: str, text: str) -> str:
+#: Ages in years a subgroup takes (both ends included): a human age. An age outside (a typo such as 420, a
+#: placeholder such as 999 or -1) is 'unknown', counted in a note (:func:`_age_note`), never banded as 60+ or <40.
+AGE_RANGE = (0.0, 130.0)
+
+
+def _age_group(years: float | None, bad: Counter[str]) -> str:
+    """An age in years banded (:func:`dpaudit.data.age_band`); 'unknown' for none, and for one outside
+    :data:`AGE_RANGE` (counted in ``bad["age"]``)."""
+    if years is not None and not AGE_RANGE[0] <= years <= AGE_RANGE[1]:
+        bad["age"] += 1
+        return "unknown"
+    return age_band(years)
+
+
+def _age_note(bad: Counter[str]) -> list[str]:
+    """The note on the ages outside :data:`AGE_RANGE` read as 'unknown' (a count, never the values)."""
+    if not bad["age"]:
+        return []
+    return [f"{bad['age']} age value(s) outside [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}] years (or not finite) read "
+            "as 'unknown'"]
+
+
+def _group_value(column: str, text: str, bad: Counter[str]) -> str:
     """A subgroup cell's value; 'unknown' for a missing one (empty, or a spelling of :data:`MISSING_VALUES`); an
-    age banded (:func:`dpaudit.data.age_band`)."""
+    age banded (:func:`_age_group`: ``bad`` counts ages out of range)."""
     if text in MISSING_VALUES:
         return "unknown"
     if is_age_column(column):
         try:
-            return age_band(float(text))
+            years: float | None = float(text)
         except ValueError:  # a DICOM Age String ('030Y', '006M'), as a PatientAge column holds it
-            return age_band(age_years(text))
+            years = age_years(text)
+        return _age_group(years, bad)
     return text
 
 
-def _row_groups(row: Mapping[str, str], columns: Mapping[str, str]) -> dict[str, str]:
-    """A table row's subgroups (``columns``: column -> subgroup name)."""
-    return {g: _group_value(c, row[c]) for c, g in columns.items()}
+def _row_groups(row: Mapping[str, str], columns: Mapping[str, str], bad: Counter[str]) -> dict[str, str]:
+    """A table row's subgroups (``columns``: column -> subgroup name; ``bad`` counts ages out of range)."""
+    return {g: _group_value(c, row[c], bad) for c, g in columns.items()}
+
+
+def _suppress_small_cells(name: str, entries: _Entries, units: Sequence[str], unit: str) -> list[str]:
+    """Small-cell suppression of ``entries``' subgroups (in place), with a note per subgroup changed: a value held
+    by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` privacy units (``units``, one per image) in the
+    whole data is reported as :data:`dpaudit.identifiers.OTHER`; a subgroup so merged that is left with fewer than two
+    values beside 'other' and 'unknown' is dropped. The notes count values, never name them (they are what is suppressed)."""
+    notes: list[str] = []
+    word = f"{unit}s" if unit in ("patient", "subject", "image", "volume", "study") else "privacy units"
+    for g in list(entries.groups):
+        values = entries.groups[g]
+        rare = small_cells(values, units)
+        if not rare:
+            continue
+        values = [OTHER if v in rare else v for v in values]
+        entries.groups[g] = values
+        notes.append(f"subgroup {g!r}: {len(rare)} value(s) held by fewer than {MIN_SUBGROUP_UNITS} {word} each "
+                     f"reported as {OTHER!r} (small-cell suppression: such a value singles out its {word})")
+        if len(set(values) - {OTHER, "unknown"}) < 2:  # 'other' beside one value (or none) is the rare ones' row
+            del entries.groups[g]
+            notes.append(f"subgroup {g!r} not reported: fewer than 2 of its values are held by {MIN_SUBGROUP_UNITS} "
+                         f"{word} or more")
+            SKIP_LOG.warning(f"{name}: subgroup {g!r} is not reported: fewer than 2 of its values are held by "
+                             f"{MIN_SUBGROUP_UNITS} {word} or more (rarer values would single out their {word})")
+    return notes
+
+
+def _repeating_columns_warning(name: str, where: str, rows: Iterable[Mapping[str, str]],
+                               dropped: Mapping[str, str], what: str) -> list[str]:
+    """For data whose every ``what`` (image, volume) is its own unit: a note and a warning for each dropped column
+    of the table (``dropped``) whose values repeat across its rows as a patient id's do
+    (:func:`dpaudit.identifiers.repeats_across`): it may name the patient, and k = 1 would understate the patient's
+    images. Names the column, never its values."""
+    rows = list(rows)
+    notes: list[str] = []
+    for c in dropped:
+        if repeats_across([row.get(c, "") for row in rows], MISSING_VALUES):
+            said = (f"column {c!r} of {where} repeats its values across {what}s: if it names the patient, rename it "
+                    f"patient_id (each of its values one patient); as it is, every {what} is its own unit (k = 1)")
+            notes.append(said)
+            SKIP_LOG.warning(f"{name}: {said}")
+    return notes
 
 
 def _patient_ids(row: Mapping[str, str], columns: Sequence[str]) -> list[str]:
@@ -373,6 +441,7 @@ def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
     pseud = _pseudonyms(entries.patients())
+    notes = [*notes, *_suppress_small_cells(name, entries, pseud.tolist(), unit)]
     keep = _select_groups(pseud, max_images, seed_rng)
     need = sorted({entries.file[i] for i in keep})
     decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable,
@@ -801,6 +870,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     if unnamed:
         notes.append(f"{unnamed_text}: skipped; {non_image_fix(NO_CLASS_NO_MODALITY)}")
     entries = _Entries()
+    bad: Counter[str] = Counter()  # subgroup values out of range, by kind
     with_header_groups = any(h.sex != "unknown" or h.age is not None for h in headers)
     if labels is not None:
         table = _read_labels(Path(labels), LABEL_KEYS, name)
@@ -812,7 +882,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     matched: set[str] = set()
     labelled: dict[int, str] = {}  # file index: the labels file's key that labelled it
     for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
-        groups = {"sex": h.sex, "age_band": age_band(h.age)} if with_header_groups else {}
+        groups = {"sex": h.sex, "age_band": _age_group(h.age, bad)} if with_header_groups else {}
         also: list[str] = []
         if labels is not None:
             k = rel.as_posix() if key == "path" else h.keys[key]
@@ -823,7 +893,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             matched.add(k)
             labelled[i] = k
             label = row["label"]
-            groups |= _row_groups(row, extra)
+            groups |= _row_groups(row, extra, bad)
             also = _patient_ids(row, table.patients)
             if also:
                 with_id.add(i)
@@ -857,6 +927,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             "a grouping from the header (PatientID, else StudyInstanceUID)",
             f"a patient id in the labels file ({', '.join(map(repr, table.patients))})"])
         _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
+    notes += _age_note(bad)
     if shared_id:
         notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
                      "no patient grouping from it")
@@ -936,6 +1007,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     labels_path = Path(labels) if labels is not None else (root / "labels.csv" if (root / "labels.csv").is_file()
                                                           else None)
     entries = _Entries()
+    bad: Counter[str] = Counter()  # subgroup values out of range, by kind
     notes: list[str] = []
     matched = set()
     labelled: dict[int, str] = {}  # file index: the labels file's row key that labelled it
@@ -958,7 +1030,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
             matched.add(hit)
             label = row["label"]
             patient_ids = _patient_ids(row, table.patients)
-            groups = _row_groups(row, extra)
+            groups = _row_groups(row, extra, bad)
         else:
             label = folder_labels[i]
         try:
@@ -1002,6 +1074,10 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         notes += _patient_columns_note(table.patients, "the labels file")
         notes += entries.link_note("volume", both, _key_sources(table.patients, dicom=False))
         _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
+        if unit == "volume":
+            notes += _repeating_columns_warning(name, "the labels file", (rows[k] for k in matched), table.dropped,
+                                                "volume")
+    notes += _age_note(bad)
     options = f"{image_size}|1|{window}|{slice_axis}"
 
     def decode(p: Path) -> list[Pixels]:
@@ -1109,6 +1185,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     fixed, shared_id = _without_shared_patient_id(list(dicom_headers.values()))
     dicom_headers = dict(zip(dicom_headers, fixed, strict=True))
     entries = _Entries()
+    bad: Counter[str] = Counter()  # subgroup values out of range, by kind
     sources: Counter[str] = Counter()
     sub_folders = both = 0
     per_file: Counter[int] = Counter()
@@ -1121,7 +1198,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         both += bool(also)
         sub_folders += source == "volume" and _in_sub_folder(rel)
         per_file[f] += len(parts)
-        entries.add(f, parts, row["label"], patient, _row_groups(row, extra), also=also)
+        entries.add(f, parts, row["label"], patient, _row_groups(row, extra, bad), also=also)
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
     notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
     channels, said = dataset_channels(colour, len(files))
@@ -1138,6 +1215,10 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     notes += _patient_columns_note(patient_columns, "the manifest")
     notes += entries.link_note("row", both, _key_sources(patient_columns, dicom=bool(dicom_headers)))
     _drop_identifiers(name, "the manifest", entries, extra, dropped, notes)
+    if unit in ("image", "volume"):
+        notes += _repeating_columns_warning(name, "the manifest", (row for _, _, row in rows), dropped,
+                                            "image" if unit == "image" else "file")
+    notes += _age_note(bad)
     jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
     dicom_options = options + ("|joint" if jointly else "")

@@ -291,7 +291,8 @@ def test_a_column_value_without_training_images_is_named_with_the_fix() -> None:
         partition_indices([labels, np.zeros(3, dtype=int)], [None, None], [site, val_site],
                           parse_partition("column:site"), 3, num_classes=2, seed=0)
     text = str(err.value)
-    assert "--partition column:site: the site(s) 'C' (0) hold fewer than 4 training images" in text
+    assert "--partition column:site: 1 of the 3 sites (holding 0 training images) hold fewer than 4 training " \
+           "images" in text and "'C'" not in text  # counted, never named: a site's value is the user's data
     assert "Fix: pass --partition iid" in text and "n_train" not in text
 
 

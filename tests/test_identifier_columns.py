@@ -45,8 +45,10 @@ def test_the_patient_id_column_in_the_fields_spellings(name: str) -> None:
 
 def test_several_patient_columns_are_all_read() -> None:
     assert patient_id_columns(["PatientID", "site", "patient_id", "MRN"]) == ["PatientID", "patient_id", "MRN"]
-    # containing a patient word is not naming the patient: an issuer is shared by every patient
-    assert patient_id_columns(["IssuerOfPatientID", "patient_id_old"]) == []
+    # a name holding patient_id or medical_record is read as the patient too (k never understated), marked as a
+    # subgroup or not; an issuer is not: it is shared by every patient
+    assert patient_id_columns(["IssuerOfPatientID", "patient_id_old", "subgroup_patient_id", "site"]) == [
+        "patient_id_old", "subgroup_patient_id"]
 
 
 @pytest.mark.parametrize(("name", "group"), [
@@ -191,7 +193,7 @@ def test_several_patient_columns_in_a_manifest_are_linked(tmp_path: Path, rng: n
 def _reviewer_manifest(root: Path, rng: np.random.Generator, column: str, value: str = "JOHN-DOE-{p:03d}",
                        extra: str = "") -> Path:
     """12 patients x 4 PNGs, ``path,label,COLUMN,site[,EXTRA]``: COLUMN holds ``value`` per patient, EXTRA (when
-    given) a site group per patient pair."""
+    given) a ward: two of 6 patients each (the patients 0, 1, 4, 5, ... and 2, 3, 6, 7, ...)."""
     from PIL import Image
 
     root.mkdir(parents=True, exist_ok=True)
@@ -200,7 +202,7 @@ def _reviewer_manifest(root: Path, rng: np.random.Generator, column: str, value:
         for j in range(4):
             name = f"im_{p}_{j}.png"
             Image.fromarray((rng.random((16, 16)) * 100 + 150 * (p % 2)).astype(np.uint8)).save(root / name)
-            rows.append(f"{name},{'ab'[p % 2]},{value.format(p=p)},{'AB'[p // 6]}" + (f",G{p // 4}" if extra else ""))
+            rows.append(f"{name},{'ab'[p % 2]},{value.format(p=p)},{'AB'[p // 6]}" + (f",G{p // 2 % 2}" if extra else ""))
     (root / "m.csv").write_text("\n".join(rows) + "\n")
     return root / "m.csv"
 
@@ -236,7 +238,7 @@ def test_a_marked_column_is_a_subgroup_and_a_site(tmp_path: Path, rng: np.random
     manifest = _reviewer_manifest(tmp_path / "data", rng, "patient_id", extra="subgroup:ward")
     splits = load_splits(f"csv:{manifest}", image_size=16)
     assert set(splits.train.groups) == {"site", "ward"} and privacy_unit(splits).records_per_patient == 4
-    res = runner.invoke(app, ["federated", "train", "--dataset", f"csv:{manifest}", *SMALL, "--clients", "3",
+    res = runner.invoke(app, ["federated", "train", "--dataset", f"csv:{manifest}", *SMALL, "--clients", "2",
                               "--rounds", "1", "--epsilon", "8", "--batch-size", "4", "--partition", "column:ward",
                               "--json"])
     assert res.exit_code == 0, res.output
@@ -294,7 +296,7 @@ def test_a_dicom_labels_patient_column_links_header_patients(tmp_path: Path, rng
     """Keyed by path, the labels give two header PatientIDs one patient_id: one unit, k counts both."""
     root = tmp_path / "dcm"
     rows = ["path,label,patient_id,AccessionNumber,sex"]
-    for p in range(10):
+    for p in range(12):  # 5 female units (0 and 2 linked) and 6 male: both sexes reported
         for j in range(2):
             rel = f"p{p}/IM{j}.dcm"
             dicom_file(root / rel, (rng.random((12, 12)) * 1000 + 1000 * (p % 2)).astype(np.uint16),
@@ -305,7 +307,7 @@ def test_a_dicom_labels_patient_column_links_header_patients(tmp_path: Path, rng
     splits = load_splits(f"dicom:{root}", image_size=8, labels=root.parent / "labels.csv")
     ids = np.concatenate([s.patient_ids for s in (splits.train, splits.val, splits.test)])
     _, counts = np.unique(ids, return_counts=True)
-    assert sorted(counts.tolist()) == [2] * 8 + [4]
+    assert sorted(counts.tolist()) == [2] * 10 + [4]
     if 4 in np.unique(splits.train.patient_ids, return_counts=True)[1]:
         assert privacy_unit(splits).records_per_patient == 4
     notes = " ".join(splits.notes)
@@ -362,7 +364,11 @@ def _split_parts(splits):
 def test_an_age_column_in_years_or_dicom_age_strings_is_banded(column: str, cells: list[str]) -> None:
     """A PatientAge column holds DICOM Age Strings (PS3.5: nnnY, nnnM, ...), an age_years column numbers: both are
     the age_band subgroup, banded (never 'unknown' for a readable age, never the raw age)."""
+    from collections import Counter
+
     from dpaudit.medical import _group_value
 
-    assert [_group_value(column, c) for c in cells] == ["<40", "40-59", "60+", "<40"]
-    assert _group_value(column, "NA") == "unknown" and _group_value(column, "old") == "unknown"
+    bad: Counter[str] = Counter()
+    assert [_group_value(column, c, bad) for c in cells] == ["<40", "40-59", "60+", "<40"]
+    assert _group_value(column, "NA", bad) == "unknown" and _group_value(column, "old", bad) == "unknown"
+    assert not bad

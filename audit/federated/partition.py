@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from dpaudit.errors import ConfigError, check_int, invalid
-from dpaudit.identifiers import identifier_reason
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS, OTHER, column_key, identifier_reason, subgroup_name
 
 __all__ = ["Partition", "check_patients_at_one_site", "parse_partition", "partition_indices", "partition_splits"]
 
@@ -128,18 +128,25 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
                               f"Fix: rename the column subgroup_{partition.column} in the table, or pass {flag} iid "
                               f"or {flag} dirichlet:ALPHA{others}.")
         values = sorted({str(v) for col in split_columns for v in col})  # type: ignore[union-attr]
+        if OTHER in values:  # the loader's small-cell suppression (dpaudit.identifiers.small_cells) merged values
+            raise ConfigError(f"{flag} {partition}: column {partition.column!r} holds {OTHER!r}, the values the "
+                              f"loader merged because fewer than {MIN_SUBGROUP_UNITS} patients hold each (its notes "
+                              "count them): as sites they would be merged into one. Fix: pass "
+                              f"{flag} iid, or {flag} column:NAME with a column whose every site holds "
+                              f"{MIN_SUBGROUP_UNITS} patients or more.")
         if len(values) != clients:
             raise invalid(clients_flag, clients, f"the number of distinct values of column {partition.column!r} "
-                          f"({len(values)}: {', '.join(values)})", f"pass {clients_flag} {len(values)}")
+                          f"({len(values)})", f"pass {clients_flag} {len(values)}")
         result = [[np.nonzero(np.asarray(col).astype(str) == v)[0] for v in values]  # type: ignore[union-attr]
                   for col in split_columns]
         check_patients_at_one_site(split_patients, result, f"{flag} {partition}",
                                    f"pass {flag} iid or {flag} dirichlet:ALPHA (they keep each patient's images "
                                    f"at one site), or a column whose value is the same for all images of a patient")
-        small = [(v, len(ix)) for v, ix in zip(values, result[0], strict=True) if len(ix) < min_train]
+        small = [len(ix) for ix in result[0] if len(ix) < min_train]
         if small:
-            sites = ", ".join(f"{v!r} ({n})" for v, n in small)
-            raise ConfigError(f"{flag} {partition}: the site(s) {sites} hold fewer than {min_train} training images "
+            # counted, not named: a site's value is the user's data (a subgroup's values never reach an error)
+            sites = f"{len(small)} of the {len(values)} sites (holding {', '.join(map(str, small))} training images)"
+            raise ConfigError(f"{flag} {partition}: {sites} hold fewer than {min_train} training images "
                               f"(each site trains on its share of the training split). Fix: pass {flag} iid or "
                               f"{flag} dirichlet:ALPHA with fewer {clients_flag}, or give those sites more patients in "
                               "the dataset (another --seed draws another train/validation/test split).")
@@ -229,6 +236,20 @@ def check_patients_at_one_site(split_patients: list[np.ndarray | None], result: 
                           f"would not bound their risk. Fix: {fix}.")
 
 
+def _group_of(column: str, groups: Sequence[str]) -> str | None:
+    """The subgroup of ``groups`` that ``--partition column:NAME`` names: NAME itself, or the subgroup the table's
+    column NAME is read as (:func:`dpaudit.identifiers.subgroup_name`: ``subgroup_hospital`` is ``hospital``,
+    ``age`` is ``age_band``), compared ignoring case and punctuation as the loader reads column names.
+
+    >>> _group_of("subgroup_hospital", ["hospital", "sex"]), _group_of("age", ["age_band"]), _group_of("x", ["sex"])
+    ('hospital', 'age_band', None)
+    """
+    if column in groups:
+        return column
+    wanted = {column_key(column), column_key(subgroup_name(column) or column)}
+    return next((g for g in groups if column_key(g) in wanted), None)
+
+
 def partition_splits(splits: Any, partition: Partition | str, clients: int, *, seed: int, option_prefix: str = "--"
                      ) -> list[list[np.ndarray]]:
     """Each client's image indices in the training, validation and test splits of ``splits``
@@ -238,8 +259,9 @@ def partition_splits(splits: Any, partition: Partition | str, clients: int, *, s
     if isinstance(partition, str):
         partition = parse_partition(partition, flag=f"{option_prefix}partition")
     parts = (splits.train, splits.val, splits.test)
-    cols = [s.groups.get(partition.column) if partition.column else None for s in parts]
     columns = [c for c in (parts[0].groups or {}) if all(c in (s.groups or {}) for s in parts)]
+    group = _group_of(partition.column, columns) if partition.column else None
+    cols = [s.groups.get(group) if group else None for s in parts]
     return partition_indices([s.labels.numpy() for s in parts], [s.patient_ids for s in parts], cols, partition,
                              clients, num_classes=splits.num_classes, seed=seed, option_prefix=option_prefix,
                              columns=columns)
