@@ -5,8 +5,9 @@ Every reader of a user table (a DICOM or NIfTI labels CSV, a ``csv:`` manifest) 
 
 * :func:`patient_id_columns`: the columns that name the patient, in the field's spellings (``patient_id``,
   ``PatientID``, ``Patient ID``, ``MRN``, ``nhs_number``, BIDS ``sub``, ...: compared ignoring case and punctuation,
-  :func:`column_key`). Each is read as the patient; several are linked (images sharing a value of any one of them
-  are one unit), so that k is never understated.
+  :func:`column_key`), and any name holding ``patient_id`` or ``medical_record`` but an issuer's. Each is read as
+  the patient; several are linked (images sharing a value of any one of them are one unit), so that k is never
+  understated.
 * :func:`subgroup_name`: whether a column is a subgroup: only a known subgroup attribute (sex, age, site, scanner,
   ...: :data:`SUBGROUP_KEYS`) or a column the user marks ``subgroup_NAME``. Every other column is dropped, named in a
   note with the fix: whether a column of ids named ``pt_id`` or ``remark`` identifies patients cannot be told from
@@ -18,6 +19,9 @@ Every reader of a user table (a DICOM or NIfTI labels CSV, a ``csv:`` manifest) 
   id, a BIDS subject or participant id, an image id or file name. :func:`identifier_like` adds the content rule:
   a column most of whose distinct values belong to one patient each (free text, ids) identifies its patients
   whatever its name. Both apply to the columns :func:`subgroup_name` allows too.
+
+:func:`small_cells` is the last rule on what a subgroup publishes: a value held by fewer than
+:data:`MIN_SUBGROUP_UNITS` privacy units is reported as :data:`OTHER`.
 
 Such a column is never a subgroup (a subgroup row is labelled with the column's value, which would publish it in
 the console, every JSON and the report) and never a federated site. Callers name the column and the reason, never

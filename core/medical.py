@@ -12,7 +12,8 @@ are linked with each other, the DICOM header's grouping (a ``dicom:`` tree, or a
 BIDS subject: images that share any one are one unit (:meth:`_Entries.patients`). A table's subgroups are the
 columns :func:`dpaudit.identifiers.subgroup_name` allows (known subgroup attributes, columns marked
 ``subgroup_NAME``), except those that identify people (by name or content); every other column is dropped with a
-note naming the column and the fix (:func:`_drop_identifiers`).
+note naming the column and the fix (:func:`_drop_identifiers`). A subgroup value held by fewer than 5 privacy units
+is reported as 'other' (:func:`_suppress_small_cells`, for every layout).
 
 Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
 in the order the sorted files first name them. The raw PatientID never reaches a dataset, a message, a log, a

@@ -121,12 +121,14 @@ def partition_indices(split_labels: list[np.ndarray], split_patients: list[np.nd
             others = (f", or {flag} column:NAME with a column the dataset has ({', '.join(columns)})" if columns
                       else " (the dataset has no metadata columns)" if columns is not None
                       else ", or a metadata column of the dataset")
+            rename = ("" if subgroup_name(partition.column) is not None  # a subgroup's name already: dropped
+                      else f"rename the column subgroup_{partition.column} in the table, or ")
             raise ConfigError(f"{flag} column:{partition.column}: the dataset has no metadata column "
                               f"{partition.column!r} (a table's column is one when its name is a known subgroup "
                               "attribute such as site, center, hospital or scanner, or it is marked subgroup_NAME; "
-                              "a column that identifies patients is none: the loader's notes name those it dropped). "
-                              f"Fix: rename the column subgroup_{partition.column} in the table, or pass {flag} iid "
-                              f"or {flag} dirichlet:ALPHA{others}.")
+                              "a column that identifies patients, or whose values are each held by fewer than "
+                              f"{MIN_SUBGROUP_UNITS} patients, is none: the loader's notes name those it dropped). "
+                              f"Fix: {rename}pass {flag} iid or {flag} dirichlet:ALPHA{others}.")
         values = sorted({str(v) for col in split_columns for v in col})  # type: ignore[union-attr]
         if OTHER in values:  # the loader's small-cell suppression (dpaudit.identifiers.small_cells) merged values
             raise ConfigError(f"{flag} {partition}: column {partition.column!r} holds {OTHER!r}, the values the "
