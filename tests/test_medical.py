@@ -984,7 +984,8 @@ def test_nifti_without_patient_ids_warns_and_says_each_volume_is_a_patient(tmp_p
         f"scan{i}.nii.gz,{i % 2},{'P' + str(i // 2) if i < 5 else ''}\n" for i in range(6)))
     with _skip_log(caplog):
         s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
-    assert s.unit == "patient" and len(caplog.records) == 1
+    # distinct messages: the listener and propagation to the root may both capture one record
+    assert s.unit == "patient" and len({r.getMessage() for r in caplog.records}) == 1
     assert "1 volume(s) have no patient id" in caplog.text and "Fix: fill in their patient ids" in caplog.text
     assert privacy_unit(s).records_per_patient == 6
     assert any("1 volume(s) without a patient_id or BIDS subject" in n for n in s.notes), s.notes
