@@ -207,12 +207,14 @@ def print_data_notes(notes: Iterable[str]) -> None:
     """What the data loader passed over and decided (a result's ``data_notes``), one ``note:`` line each on
     stderr, as every command that loads data prints them."""
     for note in notes:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {escape(note)}", highlight=False)
 
 
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: No emoji codes: a column or file named ':hospital:' in a message stays as the user wrote it (Rich would print 🏥);
+#: user text inside markup is escaped (rich.markup.escape) where it is printed.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 class _WarningLines(logging.Handler):
@@ -228,7 +230,8 @@ class _WarningLines(logging.Handler):
         if text not in self.seen:
             self.seen.add(text)
             # the console of the moment (tests swap stderr), never a path or a name into any file dpaudit writes
-            Console(stderr=True, highlight=False, soft_wrap=True).print(f"warning: {escape(text)}", markup=True)
+            Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
+                f"warning: {escape(text)}", markup=True)
 
 
 _library_log = logging.getLogger("dpaudit")

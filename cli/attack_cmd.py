@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackScenario
@@ -254,7 +255,7 @@ def attack(
         torch.set_num_threads(idle_cores() if threads is None else threads)
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress, device=device)
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {escape(note)}")
     if random_note is not None:  # the result says what was attacked, as attack.json's settings.model does
         result = dataclasses.replace(result, notes=(*result.notes, random_note))
     other_data = training_data_differences(ckpt, splits.name, result.image_shape)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out
 from dpaudit.config import MIN_NOISE_MULTIPLIER
@@ -313,7 +314,7 @@ def bounds(
         err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
                   highlight=False)
     for note in summary.notes:
-        err.print(f"[yellow]warning:[/] {_worded(note, rec)}")
+        err.print(f"[yellow]warning:[/] {escape(_worded(note, rec))}")
     if delta_note and not json_out:
         err.print(f"note: {delta_note}", highlight=False)
     mia = summary.mia
@@ -603,7 +604,7 @@ def calibrate(
     if not json_out:
         err.print(f"privacy unit: {unit} ({why})", highlight=False)
         if cal.note:
-            err.print(f"[yellow]warning:[/] {_worded(cal.note, rec)}")
+            err.print(f"[yellow]warning:[/] {escape(_worded(cal.note, rec))}")
         if delta_note:
             err.print(f"note: {delta_note}", highlight=False)
     from dpaudit.bounds import epsilon_target_for

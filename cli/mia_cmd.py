@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
 from dpaudit.cli import _common as cli
@@ -210,7 +211,7 @@ def audit_cmd(
     res = run_canary_audit(cfg, progress=progress)
     cli.print_data_notes(res.train.data_notes)
     for note in res.train.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {escape(note)}")
     if out_file is not None:
         Path(out_file).write_text(json_text(res))
     if json:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.audit.profile.schema import ProfileConfig
@@ -49,7 +50,7 @@ def _print_decision(decision) -> None:
     if decision is None:
         return
     head = f"recommended: {decision.recommended}" if decision.recommended else "no budget meets every limit"
-    out.print(f"[bold]decision[/] ({head}): {decision.reason}", markup=True)
+    out.print(f"[bold]decision[/] ({escape(head)}): {escape(decision.reason)}", markup=True)
 
 
 @app.command("report")
@@ -256,7 +257,7 @@ def profile(
             err.print(executor.describe(), highlight=False)
         now = time.perf_counter()
         stage_start.setdefault(stage, now)
-        err.print(f"[bold]{stage:>6}[/] {done}/{total}  {message}  [dim](stage {now - stage_start[stage]:.0f} s, "
+        err.print(f"[bold]{stage:>6}[/] {done}/{total}  {escape(message)}  [dim](stage {now - stage_start[stage]:.0f} s, "
                   f"total {now - started:.0f} s)[/]", markup=True, highlight=False)
 
     if include_images:
@@ -427,16 +428,16 @@ def _print_summary(prof) -> None:
         out.print(by_init)
     for label, report in init_reports(prof).items():
         for line in report:
-            err.print(f"[yellow]note:[/] --inits {label}: {line}", highlight=False)
+            err.print(f"[yellow]note:[/] --inits {escape(str(label))}: {escape(line)}", highlight=False)
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
-        err.print(f"[yellow]note:[/] {note}")
+        err.print(f"[yellow]note:[/] {escape(note)}")
     if hides and prof.decision is not None:
         # the decision printed below states the per-patient risk (its reason): said once
         out.print(txt.image_unit_line(prof.privacy(), "the decision below"), highlight=False)
     else:
         out.print(prof.privacy().describe())
     if hides and prof.decision is None:
-        out.print(f"[bold]{txt.image_unit_patient_risk(prof)}[/]", highlight=False)
+        out.print(f"[bold]{escape(txt.image_unit_patient_risk(prof))}[/]", highlight=False)
 
 
 def _refuse_unused(*, mia_audit: bool, federated: bool, weights_file: bool, trainable: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
@@ -80,7 +81,7 @@ def train_command(
         result = train(config, progress=progress)
     cli.print_data_notes(result.data_notes)
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {note}")
+        err.print(f"[yellow]warning:[/] {escape(note)}")
     if result.replaced_layers:
         shown = "; ".join(result.replaced_layers[:4])
         more = len(result.replaced_layers) - 4

@@ -409,3 +409,14 @@ def test_a_default_the_user_did_not_type_is_said_to_be_the_default() -> None:
     assert "got 64 (the default: --batch-size was not passed). Fix: pass --batch-size" in line and " or less." in line
     res = runner.invoke(app, [*args, "--batch-size", "64"])
     assert res.exit_code == 2 and "the default" not in res.output and "got 64." in " ".join(res.output.split())
+
+
+def test_user_text_prints_verbatim_never_as_markup_or_emoji(capsys) -> None:
+    """A path or column named with Rich markup ('[abc]') or an emoji code (':hospital:') is printed as written, in
+    errors, warnings and notes (Rich ate '[abc]' and printed ':hospital:' as an emoji)."""
+    from dpaudit.cli._common import print_data_notes
+
+    res = CliRunner().invoke(app, ["train", "--dataset", "folder:/nonexistent/[abc]/:hospital:", "--epsilon", "8"])
+    assert res.exit_code == 2 and "'/nonexistent/[abc]/:hospital:'" in res.output, res.output
+    print_data_notes(["column 'x[abc]' :hospital: not used"])
+    assert "note: column 'x[abc]' :hospital: not used" in capsys.readouterr().err
