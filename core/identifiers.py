@@ -256,8 +256,9 @@ def identifier_like(values: Sequence[str], patients: Sequence[str], missing: str
 #: handful of people (a family name, a rare device, a one-patient site) and its row's results are theirs.
 MIN_SUBGROUP_UNITS = 5
 
-#: The value small cells are merged into (:func:`small_cells`).
-OTHER = "other"
+#: The value small cells are merged into (:func:`small_cells`): a label no category of the data spells, so that a
+#: real value 'other' (DICOM PatientSex O, a site named so) is never mixed with the suppressed ones.
+OTHER = "other (small groups)"
 
 
 def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unknown") -> set[str]:

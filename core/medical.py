@@ -13,7 +13,7 @@ BIDS subject: images that share any one are one unit (:meth:`_Entries.patients`)
 columns :func:`dpaudit.identifiers.subgroup_name` allows (known subgroup attributes, columns marked
 ``subgroup_NAME``), except those that identify people (by name or content); every other column is dropped with a
 note naming the column and the fix (:func:`_drop_identifiers`). A subgroup value held by fewer than 5 privacy units
-is reported as 'other' (:func:`_suppress_small_cells`, for every layout).
+is reported as 'other (small groups)' (:func:`_suppress_small_cells`, for every layout).
 
 Patient identifiers are pseudonymised here, before any dataset exists: ``patient-00000``, ``patient-00001``, ...
 in the order the sorted files first name them. The raw PatientID never reaches a dataset, a message, a log, a
@@ -281,7 +281,7 @@ def _suppress_small_cells(name: str, entries: _Entries, units: Sequence[str], un
     """Small-cell suppression of ``entries``' subgroups (in place), with a note per subgroup changed: a value held
     by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` privacy units (``units``, one per image) in the
     whole data is reported as :data:`dpaudit.identifiers.OTHER`; a subgroup so merged that is left with fewer than two
-    values beside 'other' and 'unknown' is dropped. The notes count values, never name them (they are what is suppressed)."""
+    values beside that and 'unknown' is dropped. The notes count values, never name them (they are what is suppressed)."""
     notes: list[str] = []
     word = f"{unit}s" if unit in ("patient", "subject", "image", "volume", "study") else "privacy units"
     for g in list(entries.groups):

@@ -66,7 +66,7 @@ def test_a_subgroup_value_of_few_images_is_not_published_without_patient_ids(tmp
     manifest = _manifest(tmp_path / "data", rng, ["site"], lambda p, j: [f"zyqxDoe{p}"])
     splits = load_splits(f"csv:{manifest}", image_size=16)
     assert splits.unit == "image" and _groups(splits) == {}
-    assert "subgroup 'site': 24 value(s) held by fewer than 5 images each reported as 'other' (small-cell " \
+    assert "subgroup 'site': 24 value(s) held by fewer than 5 images each reported as 'other (small groups)' (small-cell " \
            "suppression: such a value singles out its images)" in splits.notes
     assert "subgroup 'site' not reported: fewer than 2 of its values are held by 5 images or more" in splits.notes
     out = tmp_path / "train"
@@ -90,7 +90,7 @@ def test_a_subgroup_value_of_few_patients_is_reported_as_other(tmp_path: Path, r
     splits = load_splits(f"csv:{manifest}", image_size=16)
     assert splits.unit == "patient" and privacy_unit(splits).records_per_patient == PER_PATIENT
     assert _groups(splits).get("site") == reported
-    assert any(n.startswith("subgroup 'site': ") and "reported as 'other'" in n for n in splits.notes)
+    assert any(n.startswith("subgroup 'site': ") and "reported as 'other (small groups)'" in n for n in splits.notes)
     _no_planted(*splits.notes, str(_groups(splits)))
 
 
@@ -177,7 +177,7 @@ def test_a_partition_names_the_tables_column_and_refuses_merged_sites(tmp_path: 
                      lambda p, j: [f"P{p}", f"zyqxDoe{p}" if p in (1, 3, 5) else "ABC"[p % 3]])
     res = _federated(rare, "column:site", 4)
     line = res.output.strip().splitlines()[-1]
-    assert res.exit_code == 2 and line.startswith("error: --partition column:site: column 'site' holds 'other'")
+    assert res.exit_code == 2 and line.startswith("error: --partition column:site: column 'site' holds 'other (small groups)'")
     assert "Fix: pass --partition iid, or --partition column:NAME with a column whose every site holds 5 " \
            "patients or more." in line and "Traceback" not in res.output
     _no_planted(res.output)
