@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 __all__ = ["MIN_SUBGROUP_UNITS", "OTHER", "column_key", "identifier_like", "identifier_reason", "is_age_column",
-           "is_patient_id_column", "patient_id_columns", "repeats_across", "small_cells", "subgroup_name",
+           "is_patient_id_column", "joins_units", "patient_id_columns", "repeats_across", "small_cells", "subgroup_name",
            "unlisted_fix"]
 
 #: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
@@ -289,3 +289,25 @@ def repeats_across(values: Sequence[str], missing: Iterable[str] = ("",)) -> boo
         if v not in skip:
             counts[v] = counts.get(v, 0) + 1
     return len(counts) >= MIN_DISTINCT and 2 * sum(n >= 2 for n in counts.values()) > len(counts)
+
+
+def joins_units(values: Sequence[str], units: Sequence[str], missing: Iterable[str] = ("",)) -> bool:
+    """Whether a column's values each join a few privacy units, as a second id of one person does where the patient
+    column splits that person (one pseudonym per image): at least :data:`MIN_DISTINCT` distinct values (``missing``
+    ones are none), more than half of them held by two units or more, and the median value by fewer than
+    :data:`MIN_SUBGROUP_UNITS` (a category such as a scanner gathers many units per value).
+
+    >>> joins_units(["x1", "x1", "x2", "x2", "x3", "x3"], ["p1", "p2", "p3", "p4", "p5", "p6"])
+    True
+    >>> joins_units(["A"] * 6 + ["B"] * 6 + ["C"] * 6, [f"p{i}" for i in range(18)])
+    False
+    """
+    skip = set(missing)
+    holders: dict[str, set[str]] = {}
+    for v, u in zip(values, units, strict=True):
+        if v not in skip:
+            holders.setdefault(v, set()).add(u)
+    if len(holders) < MIN_DISTINCT:
+        return False
+    sizes = sorted(len(h) for h in holders.values())
+    return 2 * sum(n >= 2 for n in sizes) > len(sizes) and sizes[len(sizes) // 2] < MIN_SUBGROUP_UNITS

@@ -69,6 +69,7 @@ from dpaudit.identifiers import (
     identifier_reason,
     is_age_column,
     is_patient_id_column,
+    joins_units,
     patient_id_columns,
     repeats_across,
     small_cells,
@@ -314,6 +315,23 @@ def _repeating_columns_warning(name: str, where: str, rows: Iterable[Mapping[str
         if repeats_across([row.get(c, "") for row in rows], MISSING_VALUES):
             said = (f"column {c!r} of {where} repeats its values across {what}s: if it names the patient, rename it "
                     f"patient_id (each of its values one patient); as it is, every {what} is its own unit (k = 1)")
+            notes.append(said)
+            SKIP_LOG.warning(f"{name}: {said}")
+    return notes
+
+
+def _joining_columns_warning(name: str, where: str, rows: Sequence[Mapping[str, str]], units: Sequence[str],
+                             dropped: Mapping[str, str]) -> list[str]:
+    """For data grouped by patient: a note and a warning for each dropped column of the table whose values each
+    join a few privacy units (``units[i]`` is row i's, after linking; :func:`dpaudit.identifiers.joins_units`), as
+    a second id of one person does where the patient column gives that person several ids: k may be understated.
+    Names the column, never its values."""
+    notes: list[str] = []
+    for c in dropped:
+        if joins_units([row.get(c, "") for row in rows], units, MISSING_VALUES):
+            said = (f"column {c!r} of {where} joins several patients per value, as a second id of one person would: if "
+                    f"it names the person, rename it patient_id_2 (every patient column is read and linked, and k "
+                    "counts all the person's images); as it is, k may be understated")
             notes.append(said)
             SKIP_LOG.warning(f"{name}: {said}")
     return notes
@@ -1190,6 +1208,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     sources: Counter[str] = Counter()
     sub_folders = both = 0
     per_file: Counter[int] = Counter()
+    firsts: list[tuple[int, Mapping[str, str]]] = []  # each row's first image and the row (units by row)
     for f, index, row in rows:
         parts = [index] if index is not None else list(range(counts[f]))
         rel = PurePath(row["path"].replace("\\", "/"))
@@ -1199,6 +1218,8 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         both += bool(also)
         sub_folders += source == "volume" and _in_sub_folder(rel)
         per_file[f] += len(parts)
+        if parts:
+            firsts.append((len(entries), row))
         entries.add(f, parts, row["label"], patient, _row_groups(row, extra, bad), also=also)
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
     notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
@@ -1219,6 +1240,10 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     if unit in ("image", "volume"):
         notes += _repeating_columns_warning(name, "the manifest", (row for _, _, row in rows), dropped,
                                             "image" if unit == "image" else "file")
+    else:
+        roots = entries.patients()
+        notes += _joining_columns_warning(name, "the manifest", [r for _, r in firsts], [roots[i] for i, _ in firsts],
+                                          dropped)
     notes += _age_note(bad)
     jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"

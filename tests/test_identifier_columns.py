@@ -372,3 +372,25 @@ def test_an_age_column_in_years_or_dicom_age_strings_is_banded(column: str, cell
     assert [_group_value(column, c, bad) for c in cells] == ["<40", "40-59", "60+", "<40"]
     assert _group_value(column, "NA", bad) == "unknown" and _group_value(column, "old", bad) == "unknown"
     assert not bad
+
+
+def test_a_second_id_that_joins_patients_is_warned_and_read_once_renamed(tmp_path: Path,
+                                                                       rng: np.random.Generator) -> None:
+    """A patient column giving each image its own pseudonym, beside an unlisted column naming the person (2 images
+    each): the loader cannot know, so it warns that k may be understated and says the name to give it; renamed
+    patient_id_2, both columns are read and linked (k = 2). A category (site) draws no such warning."""
+    from PIL import Image
+
+    rows = ["path,label,patient_id,{col},site"]
+    for p in range(24):
+        for j in range(2):
+            Image.fromarray((rng.random((8, 8)) * 100 + 150 * (p % 2)).astype(np.uint8)).save(tmp_path / f"{p}_{j}.png")
+            rows.append(f"{p}_{j}.png,{'ab'[p % 2]},P{p}_{j},X{p},{'AB'[p % 2]}")
+    for col, k in (("pid_hash", 1), ("patient_id_2", 2)):
+        (tmp_path / "m.csv").write_text("\n".join(rows).format(col=col) + "\n")
+        splits = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=8)
+        assert privacy_unit(splits, "patient").records_per_patient == k
+        warned = [n for n in splits.notes if "joins several patients per value" in n]
+        assert (warned and "rename it patient_id_2" in warned[0] and "'pid_hash'" in warned[0]) if k == 1 else \
+            not warned, splits.notes
+        assert not any("'site'" in n and "joins" in n for n in splits.notes)
