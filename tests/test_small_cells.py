@@ -207,3 +207,15 @@ def test_a_partition_on_a_subgroup_dropped_for_small_cells_names_no_value(tmp_pa
     assert "fewer than 5 patients" in line and "rename the column subgroup_site" not in line
     assert "common" not in res.output.split("error:")[-1]
     _no_planted(res.output)
+
+
+def test_a_partition_names_a_column_as_the_table_writes_it_spaces_included() -> None:
+    """--partition column:NAME takes a table's column name as written ('Subgroup Scanner', a marker with a space);
+    an empty name is refused."""
+    from dpaudit.audit.federated.partition import parse_partition
+    from dpaudit.errors import ConfigError
+
+    assert parse_partition("column:Subgroup Scanner").column == "Subgroup Scanner"
+    assert parse_partition("column: site ").column == "site"
+    with pytest.raises(ConfigError, match="column:NAME"):
+        parse_partition("column: ")

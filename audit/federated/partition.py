@@ -74,7 +74,7 @@ def parse_partition(text: str, *, flag: str = "--partition") -> Partition:
         if not alpha > 0 or not np.isfinite(alpha):
             raise invalid(flag, text, allowed, fix)
         return Partition("dirichlet", alpha=alpha)
-    m = re.fullmatch(r"column:(\w+)", text)
+    m = re.fullmatch(r"column:\s*(\S(?:.*\S)?)\s*", text)  # a table's column name as written: spaces allowed
     if m:
         why = identifier_reason(m.group(1))
         if why is not None:
