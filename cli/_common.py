@@ -207,14 +207,15 @@ def print_data_notes(notes: Iterable[str]) -> None:
     """What the data loader passed over and decided (a result's ``data_notes``), one ``note:`` line each on
     stderr, as every command that loads data prints them."""
     for note in notes:
-        err.print(f"note: {escape(note)}", highlight=False)
+        err.print(f"note: {note}", highlight=False)  # the console prints no markup: as written
 
 
 #: Human output goes to stdout; progress bars, warnings and errors to stderr, so ``--json`` output stays clean.
-#: No emoji codes: a column or file named ':hospital:' in a message stays as the user wrote it (Rich would print 🏥);
-#: user text inside markup is escaped (rich.markup.escape) where it is printed.
-out = Console(highlight=False, soft_wrap=True, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+#: User text prints as written: no markup unless a print asks for it (``markup=True``, its user text escaped with
+#: rich.markup.escape), so a path or column holding '[abc]' or '[/x]' neither vanishes nor crashes a finished run,
+#: and no emoji codes (a column named ':hospital:' would print 🏥). Tables render their cells the same way.
+out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
 class _WarningLines(logging.Handler):

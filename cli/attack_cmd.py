@@ -255,7 +255,7 @@ def attack(
         torch.set_num_threads(idle_cores() if threads is None else threads)
         result = attack_checkpoint(ckpt, splits, scenario, progress=progress, device=device)
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {escape(note)}")
+        err.print(f"[yellow]warning:[/] {escape(note)}", markup=True)
     if random_note is not None:  # the result says what was attacked, as attack.json's settings.model does
         result = dataclasses.replace(result, notes=(*result.notes, random_note))
     other_data = training_data_differences(ckpt, splits.name, result.image_shape)

@@ -314,7 +314,7 @@ def bounds(
         err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
                   highlight=False)
     for note in summary.notes:
-        err.print(f"[yellow]warning:[/] {escape(_worded(note, rec))}")
+        err.print(f"[yellow]warning:[/] {escape(_worded(note, rec))}", markup=True)
     if delta_note and not json_out:
         err.print(f"note: {delta_note}", highlight=False)
     mia = summary.mia
@@ -604,7 +604,7 @@ def calibrate(
     if not json_out:
         err.print(f"privacy unit: {unit} ({why})", highlight=False)
         if cal.note:
-            err.print(f"[yellow]warning:[/] {escape(_worded(cal.note, rec))}")
+            err.print(f"[yellow]warning:[/] {escape(_worded(cal.note, rec))}", markup=True)
         if delta_note:
             err.print(f"note: {delta_note}", highlight=False)
     from dpaudit.bounds import epsilon_target_for

@@ -168,7 +168,7 @@ def self_audit_cmd(
         out.print(f"  canary signal-to-noise mu = {res.mu_estimate:.3f} +- {res.mu_standard_error:.3f} (estimate; "
                   f"expected {res.mu_expected:.3f})")
         out.print("[bold red]FLAGGED: the step leaks more than its accounting says[/]" if res.flagged else
-                  "consistent: the lower bound is below the accountant's epsilon (this does not prove privacy)")
+                  "consistent: the lower bound is below the accountant's epsilon (this does not prove privacy)", markup=True)
     if res.flagged:
         raise typer.Exit(code=1)
 
@@ -211,7 +211,7 @@ def audit_cmd(
     res = run_canary_audit(cfg, progress=progress)
     cli.print_data_notes(res.train.data_notes)
     for note in res.train.notes:
-        err.print(f"[yellow]warning:[/] {escape(note)}")
+        err.print(f"[yellow]warning:[/] {escape(note)}", markup=True)
     if out_file is not None:
         Path(out_file).write_text(json_text(res))
     if json:

@@ -428,16 +428,16 @@ def _print_summary(prof) -> None:
         out.print(by_init)
     for label, report in init_reports(prof).items():
         for line in report:
-            err.print(f"[yellow]note:[/] --inits {escape(str(label))}: {escape(line)}", highlight=False)
+            err.print(f"[yellow]note:[/] --inits {escape(str(label))}: {escape(line)}", highlight=False, markup=True)
     for note in dict.fromkeys(n for lv in levels for n in lv.notes):
-        err.print(f"[yellow]note:[/] {escape(note)}")
+        err.print(f"[yellow]note:[/] {escape(note)}", markup=True)
     if hides and prof.decision is not None:
         # the decision printed below states the per-patient risk (its reason): said once
         out.print(txt.image_unit_line(prof.privacy(), "the decision below"), highlight=False)
     else:
         out.print(prof.privacy().describe())
     if hides and prof.decision is None:
-        out.print(f"[bold]{escape(txt.image_unit_patient_risk(prof))}[/]", highlight=False)
+        out.print(f"[bold]{escape(txt.image_unit_patient_risk(prof))}[/]", highlight=False, markup=True)
 
 
 def _refuse_unused(*, mia_audit: bool, federated: bool, weights_file: bool, trainable: str) -> None:

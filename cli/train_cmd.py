@@ -81,7 +81,7 @@ def train_command(
         result = train(config, progress=progress)
     cli.print_data_notes(result.data_notes)
     for note in result.notes:
-        err.print(f"[yellow]warning:[/] {escape(note)}")
+        err.print(f"[yellow]warning:[/] {escape(note)}", markup=True)
     if result.replaced_layers:
         shown = "; ".join(result.replaced_layers[:4])
         more = len(result.replaced_layers) - 4

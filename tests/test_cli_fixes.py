@@ -420,3 +420,13 @@ def test_user_text_prints_verbatim_never_as_markup_or_emoji(capsys) -> None:
     assert res.exit_code == 2 and "'/nonexistent/[abc]/:hospital:'" in res.output, res.output
     print_data_notes(["column 'x[abc]' :hospital: not used"])
     assert "note: column 'x[abc]' :hospital: not used" in capsys.readouterr().err
+
+
+def test_an_output_folder_named_like_markup_is_printed_as_written(tmp_path: Path) -> None:
+    """'[/x]' in --out raised Rich's MarkupError after the run had written its files (exit 1, a traceback); '[abc]'
+    vanished from 'wrote ...'."""
+    folder = tmp_path / "q[/x] [abc]"
+    res = CliRunner().invoke(app, ["train", "--dataset", "demo", "--max-images", "40", "--epochs", "1",
+                                   "--batch-size", "8", "--non-private", "--arch", "smallcnn", "--out", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {folder}/model.pt" in res.output
