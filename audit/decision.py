@@ -646,12 +646,35 @@ def current_decision(profile: Profile, *, calibrate_fn: Calibrate = calibrate) -
     stored = profile.decision
     if stored is None:
         return profile
+    relabelled = _current_labels(profile, stored)
+    if relabelled is not stored:
+        profile, stored = dataclasses.replace(profile, decision=relabelled), relabelled
     from dpaudit.audit.profile.schema import headline_utility
 
     if stored.utility_metric == headline_utility(profile)[0]:
         return profile
     remade = decide(profile, stored.limits, calibrate_fn=calibrate_fn)
     return dataclasses.replace(profile, decision=dataclasses.replace(remade, replaces=stored))
+
+
+def _current_labels(profile: Profile, stored: Decision) -> Decision:
+    """A stored decision with its budgets named by today's labels (matched by ``epsilon_target``): a budget past
+    the noise search range is labelled by its achieved epsilon, which an older ``profile.json`` rounded to the
+    nearest (``ε = 4.8e+07``) where it is now rounded up (``ε = 4.9e+07``); the renderer finds budgets by label.
+    The stored decision itself when every label is today's."""
+    labels = {lv.epsilon_target: lv.label for lv in profile.levels()}
+    rename = {b.budget: labels[b.epsilon_target] for b in stored.budgets
+              if b.epsilon_target in labels and labels[b.epsilon_target] != b.budget}
+    if not rename:
+        return stored
+    remedy = stored.remedy
+    if remedy is not None:
+        remedy = dataclasses.replace(remedy, budget=rename.get(remedy.budget, remedy.budget))
+    return dataclasses.replace(
+        stored, within=tuple(rename.get(x, x) for x in stored.within),
+        recommended=None if stored.recommended is None else rename.get(stored.recommended, stored.recommended),
+        budgets=tuple(dataclasses.replace(b, budget=rename.get(b.budget, b.budget)) for b in stored.budgets),
+        remedy=remedy)
 
 
 def _none_within(private: list[tuple[LevelSummary, BudgetChecks]], limits: tuple[Limit, ...],

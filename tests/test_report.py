@@ -640,3 +640,31 @@ def test_every_report_table_is_built_by_the_layout_helpers() -> None:
     for path in Path(audit_pkg.__file__).parent.glob("report*.py"):
         if path.name != "report_layout.py":
             assert " Table(" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_a_stored_decision_with_older_labels_renders(tmp_path: Path) -> None:
+    """A profile.json written when a budget past the noise search range was labelled by its achieved epsilon
+    rounded to the nearest ('ε = 4.8e+07', now rounded up: 'ε = 4.9e+07') stores its decision under the old label:
+    the renderer matches budgets by label (StopIteration before); the budgets are renamed by epsilon_target."""
+    import dataclasses
+
+    from dpaudit.audit.decision import Limit, current_decision, decide
+    from dpaudit.audit.profile import schema
+    from dpaudit.audit.report import render_report
+
+    prof = synthetic_profile()
+    top = max(prof.config.epsilons)
+    prof = dataclasses.replace(prof, train=tuple(dataclasses.replace(t, epsilon_achieved=4.84e7)
+                                                 if t.epsilon_target == top else t for t in prof.train))
+    new = next(lv.label for lv in prof.levels() if lv.epsilon_target == top)
+    old = f"ε = {schema.fmt_eps(4.84e7)} (asked {schema.fmt_eps(top)})"
+    assert new != old
+    d = decide(prof, [Limit("rero", 0.999999)], calibrate_fn=lambda *a, **k: None)
+    assert d.checks_of(new) is not None
+    stored = dataclasses.replace(
+        d, within=tuple(old if x == new else x for x in d.within),
+        recommended=old if d.recommended == new else d.recommended,
+        budgets=tuple(dataclasses.replace(b, budget=old) if b.budget == new else b for b in d.budgets))
+    now = current_decision(dataclasses.replace(prof, decision=stored)).decision
+    assert now.checks_of(new) is not None and now.checks_of(old) is None
+    render_report(dataclasses.replace(prof, decision=stored), tmp_path / "r.pdf")
