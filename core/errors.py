@@ -119,14 +119,20 @@ def library_reason(exc: BaseException, path: str | os.PathLike[str]) -> str:
     'FileNotFoundError: no such file'
     >>> library_reason(ValueError("expected 2 dimensions, got 3 in"), "/d/x.nii")
     'ValueError: expected 2 dimensions, got 3 in'
+    >>> library_reason(ValueError("(131072 bytes) does not match the expected length (262144 bytes)"), "1")
+    'ValueError: (131072 bytes) does not match the expected length (262144 bytes)'
+    >>> library_reason(OSError("cannot read 1: truncated"), "1")
+    'OSError: cannot read: truncated'
     """
     text = original = str(exc)
     p = os.fspath(path)
     # Longest form first: a relative path is a part of its absolute form, whose rest would be left behind.
     for form in sorted({p, os.path.abspath(p), os.path.realpath(p)}, key=len, reverse=True):
-        quoted = r"(?:'|\"|`)?" + re.escape(form) + r"(?:'|\"|`)?"
+        # whole path only: a path '1' (a DICOM file named 1) inside '131072 bytes' or 'frames in a' is no path
+        bare = r"(?<![\w/.\\-])" + re.escape(form) + r"(?![\w/.\\-])"
+        quoted = r"(?:'|\"|`)" + re.escape(form) + r"(?:'|\"|`)"
         as_object = r"\w*Path\((?:'|\")" + re.escape(form) + r"(?:'|\")\)"  # PosixPath('...') in a repr
-        text = re.sub(r"\s*(?:" + as_object + "|" + quoted + ")", "", text)
+        text = re.sub(r"\s*(?:" + as_object + "|" + quoted + "|" + bare + ")", "", text)
     if text != original:  # a sentence left ending in the preposition that led to the path, or in punctuation
         text = re.sub(r"(?:\s+(?:of|in|at|from|for|to))?\s*[:,]?\s*$", "", text.strip())
     return f"{type(exc).__name__}: {text.strip() or 'no reason given'}"
