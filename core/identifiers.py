@@ -276,30 +276,43 @@ def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unk
     return {v for v, h in holders.items() if v not in (missing, OTHER) and len(h) < MIN_SUBGROUP_UNITS}
 
 
+#: The most rows (images) one patient id is taken to span in :func:`repeats_across`: a column with fewer distinct
+#: values than rows / this is a category, not an id (a view column of 3 values on 1,000 images).
+ROWS_PER_ID_MAX = 50
+
+
 def repeats_across(values: Sequence[str], missing: Iterable[str] = ("",)) -> bool:
     """Whether a column's values repeat across rows as a patient id's do: at least :data:`MIN_DISTINCT` distinct
     values (``missing`` ones are none), more than half of them held by two rows or more.
 
     >>> repeats_across(["a", "a", "b", "b", "c", "c"]), repeats_across(["a", "b", "c", "c"])
     (True, False)
+    >>> repeats_across(["PA", "AP", "LAT"] * 100)  # a category: 3 values on 300 rows
+    False
     """
     skip = set(missing)
     counts: dict[str, int] = {}
     for v in values:
         if v not in skip:
             counts[v] = counts.get(v, 0) + 1
-    return len(counts) >= MIN_DISTINCT and 2 * sum(n >= 2 for n in counts.values()) > len(counts)
+    # an id has many values (one per patient); a category (a view: PA, AP, LAT) has few for many rows
+    many = len(counts) >= max(MIN_DISTINCT, sum(counts.values()) / ROWS_PER_ID_MAX)
+    return many and 2 * sum(n >= 2 for n in counts.values()) > len(counts)
 
 
 def joins_units(values: Sequence[str], units: Sequence[str], missing: Iterable[str] = ("",)) -> bool:
     """Whether a column's values each join a few privacy units, as a second id of one person does where the patient
-    column splits that person (one pseudonym per image): at least :data:`MIN_DISTINCT` distinct values (``missing``
-    ones are none), more than half of them held by two units or more, and the median value by fewer than
-    :data:`MIN_SUBGROUP_UNITS` (a category such as a scanner gathers many units per value).
+    column splits that person (one pseudonym per image): most units hold one row (``units[i]`` is row i's), at
+    least :data:`MIN_DISTINCT` distinct values (``missing`` ones are none), more than half of them held by two
+    units or more, and the median value by fewer than :data:`MIN_SUBGROUP_UNITS` (a category such as a scanner
+    gathers many units per value).
 
     >>> joins_units(["x1", "x1", "x2", "x2", "x3", "x3"], ["p1", "p2", "p3", "p4", "p5", "p6"])
     True
     >>> joins_units(["A"] * 6 + ["B"] * 6 + ["C"] * 6, [f"p{i}" for i in range(18)])
+    False
+    >>> joins_units(["70", "70", "70", "70", "82", "82", "82", "82", "64", "64", "64", "64"],  # weights
+    ...             ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p4", "p5", "p5", "p6", "p6"])
     False
     """
     skip = set(missing)
@@ -308,6 +321,13 @@ def joins_units(values: Sequence[str], units: Sequence[str], missing: Iterable[s
         if v not in skip:
             holders.setdefault(v, set()).add(u)
     if len(holders) < MIN_DISTINCT:
+        return False
+    # the case it is for: a patient column that gives (nearly) every image its own id; where patients hold several
+    # images, a value shared by a few of them is a measurement or a date (a weight, a scan day), not a second id
+    rows_of: dict[str, int] = {}
+    for u in units:
+        rows_of[u] = rows_of.get(u, 0) + 1
+    if 2 * sum(n == 1 for n in rows_of.values()) <= len(rows_of):
         return False
     sizes = sorted(len(h) for h in holders.values())
     return 2 * sum(n >= 2 for n in sizes) > len(sizes) and sizes[len(sizes) // 2] < MIN_SUBGROUP_UNITS

@@ -330,7 +330,7 @@ def _joining_columns_warning(name: str, where: str, rows: Sequence[Mapping[str, 
     for c in dropped:
         if joins_units([row.get(c, "") for row in rows], units, MISSING_VALUES):
             said = (f"column {c!r} of {where} joins several patients per value, as a second id of one person would: if "
-                    f"it names the person, rename it patient_id_2 (every patient column is read and linked, and k "
+                    f"it names the person (not a measurement or a category), rename it patient_id_2 (every patient column is read and linked, and k "
                     "counts all the person's images); as it is, k may be understated")
             notes.append(said)
             SKIP_LOG.warning(f"{name}: {said}")
