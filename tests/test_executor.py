@@ -207,3 +207,16 @@ def test_a_stopped_profile_leaves_no_worker_process_running(tmp_path, signame: s
         for w in workers:  # a failing check leaves nothing behind either
             if _running(w):
                 os.kill(w, 9)
+
+
+def test_the_default_in_process_executor_runs_each_task_on_one_thread(monkeypatch) -> None:
+    """With fewer than two idle cores at the start, tasks run in this process on one torch thread (the worker
+    processes' results), not on the cores idle at each task's own start: a run's MCC depended on the load."""
+    from dpaudit.audit.profile.executor import InProcessExecutor, LocalProcessExecutor, default_executor
+    from dpaudit.cli.profile_cmd import one_thread_in_process
+
+    monkeypatch.setattr(dpaudit.runtime, "idle_cores", lambda: 1)
+    ex = default_executor(None)
+    assert type(ex) is InProcessExecutor and one_thread_in_process(ex, None) == 1
+    assert one_thread_in_process(InProcessExecutor(), 2) == 2  # --threads as given
+    assert one_thread_in_process(LocalProcessExecutor(2), None) is None  # workers: one thread each already
