@@ -492,6 +492,11 @@ def _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma: float, q: float, st
                                         off: float) -> None:
     """epsilon of one (sigma, q) phase by the default route and with the shortcut ``switch`` of the pld module set to
     ``off``: both proven brackets of the same exact value (:func:`_same_epsilon_bracket`)."""
+    _same_epsilon_bracket(*_fast_and_plain_epsilon(monkeypatch, sigma, q, steps, switch, off))
+
+
+def _fast_and_plain_epsilon(monkeypatch, sigma: float, q: float, steps: int, switch: str, off: float):
+    """epsilon of one (sigma, q) phase by the default route and with the pld module's ``switch`` set to ``off``."""
     from dpaudit.bounds import pld as pld_module
     from dpaudit.bounds._mechanism import StepPair
 
@@ -502,7 +507,7 @@ def _shortcut_brackets_the_plain_epsilon(monkeypatch, sigma: float, q: float, st
     pld_module.clear_caches()
     plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
     pld_module.clear_caches()
-    _same_epsilon_bracket(fast, plain)
+    return fast, plain
 
 
 @pytest.mark.parametrize(("sigma", "q", "steps"), [(0.5, 1e-3, 10), (1.0, 1e-3, 10), (5.0, 0.1, 1000),
@@ -1185,16 +1190,7 @@ def _shortcut_brackets_the_plain_epsilon_atol(monkeypatch, sigma: float, q: floa
                                              off: float) -> None:
     """:func:`_shortcut_brackets_the_plain_epsilon` where a bracket may stop at EPSILON_ATOL absolute (epsilon below
     1e-3) or where a finer grid does not fit (the bracket is then what the finest grid that fits gives)."""
-    from dpaudit.bounds import pld as pld_module
-    from dpaudit.bounds._mechanism import StepPair
-
-    run = ((StepPair(sigma, q), steps),)
-    pld_module.clear_caches()
-    fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
-    monkeypatch.setattr(pld_module, switch, off)
-    pld_module.clear_caches()
-    plain = pld_module.epsilon_pld_refined(run, None, 1e-5)
-    pld_module.clear_caches()
+    fast, plain = _fast_and_plain_epsilon(monkeypatch, sigma, q, steps, switch, off)
     for r in (fast, plain):
         assert r.lower[0] <= r.value[0]
     assert fast.lower[0] <= plain.value[0] and plain.lower[0] <= fast.value[0]
