@@ -216,13 +216,22 @@ _SAMPLEWISE_MODULES: set[type[nn.Module]] = {
     nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d,
     nn.Conv2d, nn.Linear, nn.GroupNorm,  # the layers with parameters: their per-image gradients are formed below
 }
-#: Images per batched pass: about 2^19 input values (42 images at 64 x 64 x 3), which bounds the memory the saved
-#: activations take (ResNet-9 width 16: ~0.15 GB per chunk).
-BATCH_VALUES = 2**19
+#: Images per batched pass: at most 2^14 * 3 input values (4 images at 64 x 64 x 3; one image at 224 px), the images
+#: split into equal chunks (:func:`_chunk_size`). The bound keeps each pass's tensors small (ResNet-9 width 16: its
+#: largest, 4 x 32 x 64 x 64 float32, is 2 MB). Larger chunks ran slower on this 2-core machine, not faster: C's
+#: allocator hands the freed memory of a pass back to the operating system, and the next pass takes it again as
+#: fresh pages (page faults: zeroing and cache misses). Measured (ResNet-9 width 16 at 64 px, 12 images, CPU time,
+#: bench_attack's order in a fresh process: floor, 1 level, 9 levels, three times), the statistics per image and
+#: the minor page faults of the 9-level attack: chunks of 3 13.5-13.9 ms and 0-577 faults, 4 12.8-13.1 ms and 1-2,
+#: 6 13.6-14.2 ms and 7000-9500; 12 (the earlier bound's chunk) 15.2-16.9 ms and 6900-13000; the floor 14.2-14.9 ms
+#: (batch 1, no faults). The values do not depend on the chunking beyond float32 rounding.
+BATCH_VALUES = 2**14 * 3
 #: The batched route serves images of at most this many pixels per channel. Measured on this 2-core machine
 #: (ResNet-9 width 16, CPU time, same process, 9-level attack with scoring, ratio to bench_attack's floor): 64 px
 #: 1.33x batched against 1.50x with batch-1 passes; 224 px 1.54x batched against 1.51x (its batched convolutions
-#: and per-image weight gradients gain nothing there).
+#: and per-image weight gradients gain nothing there). With one image per chunk at 224 px (BATCH_VALUES) the
+#: statistics cost 1.003x the floor batched against 1.019x by batch-1 passes (3 interleaved repeats); chunks of 3
+#: images 1.19x (page faults): no gain worth a second route there.
 BATCHED_MAX_PIXELS = 64 * 64
 
 
@@ -359,13 +368,16 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
                     gb = g.reshape(n, -1, g.shape[-1]).sum(dim=1)
                     sums.append((gb * gb).sum(dim=1))
             else:  # GroupNorm, on N x C x * (N x C after a Linear: one position per channel)
-                c = g.shape[1]
+                # Sums over the positions in the tensors' own layout (a reshape to N x C x positions copies a
+                # channels-last tensor first).
+                positions = tuple(range(2, g.ndim))
                 if w is not None and w.requires_grad:
                     xhat = F.group_norm(a, module.num_groups, None, None, module.eps)
-                    gw = (g * xhat).reshape(n, c, -1).sum(dim=2)
+                    xhat.mul_(g)
+                    gw = xhat.sum(dim=positions) if positions else xhat
                     sums.append((gw * gw).sum(dim=1))
                 if b is not None and b.requires_grad:
-                    gb = g.reshape(n, c, -1).sum(dim=2)
+                    gb = g.sum(dim=positions) if positions else g
                     sums.append((gb * gb).sum(dim=1))
     model_sq = (torch.stack(sums).double().sum(dim=0) if sums else torch.zeros(n, dtype=torch.float64))
     return h0, grads[0].detach(), model_sq
@@ -400,8 +412,10 @@ def _conv_weight_squares(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     input patches (K = C_in k_h k_w). Where T (K + C_out) < K C_out, i.e. on small maps (ResNet-9's last block at 64
     px: 8 x 8 positions, 128 channels), its squared norm is formed without it, as ``sum((U_b U_b^T) * (G_b G_b^T))``
     (the "ghost norm": Li, Tramer, Liang and Hashimoto, "Large Language Models Can Be Strong Differentially Private
-    Learners", ICLR 2022, arXiv:2110.05679, section 4); elsewhere by torch's own weight gradient of the batch-1
-    convolution, image by image.
+    Learners", ICLR 2022, arXiv:2110.05679, section 4). On large maps (at least :data:`FOLDED_MIN_POSITIONS`
+    output positions) all images' weight gradients come from one weight gradient of a grouped convolution with
+    the images folded into the channels (:func:`_folded_conv_weight_grads`); elsewhere by torch's own weight
+    gradient of the batch-1 convolution, image by image.
     """
     n, co = g.shape[0], g.shape[1]
     positions = g.shape[2] * g.shape[3]
@@ -410,10 +424,43 @@ def _conv_weight_squares(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
         patches = torch.nn.functional.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
         out = g.reshape(n, co, positions)
         return (torch.bmm(patches.transpose(1, 2), patches) * torch.bmm(out.transpose(1, 2), out)).sum(dim=(1, 2))
+    if n > 1 and positions >= FOLDED_MIN_POSITIONS:
+        gw = _folded_conv_weight_grads(module, a, g).reshape(n, -1)
+        return (gw * gw).sum(dim=1)
     gw = [torch.ops.aten.convolution_backward(
         g[i : i + 1], a[i : i + 1], module.weight, None, module.stride, module.padding, module.dilation, False,
         [0, 0], module.groups, [False, True, False])[1] for i in range(len(a))]
     return torch.stack([(v * v).sum() for v in gw])
+
+
+#: Output positions from which a convolution's per-image weight gradients are formed in one grouped call
+#: (:func:`_folded_conv_weight_grads`) instead of one call per image. Measured on this 2-core machine (CPU time, 15
+#: interleaved repeats, ResNet-9 width 16 at 64 px, channels-last, ms per image, one call per image against one
+#: grouped call, chunks of 4 and of 6 images): 64 x 64 maps 3->16 channels 0.46 / 0.23 and 0.32 / 0.16, 16->32
+#: 0.61 / 0.54 and 0.57 / 0.52; 32 x 32 maps 32->32 0.36 / 0.29 and 0.35 / 0.26, 32->64 0.63 / 0.57 and
+#: 0.56 / 0.47; 16 x 16 maps 64->128 0.59 / 0.66 and 0.56 / 0.64 (slower: the bound).
+FOLDED_MIN_POSITIONS = 32 * 32
+
+
+def _folded_conv_weight_grads(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The B per-image weight gradients (B C_out x C_in/groups x k_h x k_w) of a convolution, from its input ``a``
+    and output gradient ``g`` (B x C x H x W each), by one weight gradient of a grouped convolution: the images
+    folded into the channels (input 1 x (B C_in) x H x W, output gradient 1 x (B C_out) x H' x W', B x groups
+    groups, the weight repeated B times), whose group b is image b's convolution alone, so that its weight
+    gradient's block b is image b's batch-1 weight gradient (Opacus' "expanded weights" / functorch trick; equal up
+    to float32 summation order). The folded tensors are laid out channels-last (positions outer, image and channel
+    inner), where torch's grouped convolution is fast.
+    """
+    n, ci, h, w = a.shape
+    co, ho, wo = g.shape[1], g.shape[2], g.shape[3]
+    a1 = a.permute(2, 3, 0, 1).reshape(h, w, n * ci).permute(2, 0, 1)[None]
+    g1 = g.permute(2, 3, 0, 1).reshape(ho, wo, n * co).permute(2, 0, 1)[None]
+    weight = module.weight.detach()
+    folded = weight.expand(n, *weight.shape).reshape(n * co, *weight.shape[1:])
+    folded = folded.contiguous(memory_format=torch.channels_last)
+    return torch.ops.aten.convolution_backward(
+        g1, a1, folded, None, module.stride, module.padding, module.dilation, False, [0, 0], n * module.groups,
+        [False, True, False])[1]
 
 
 def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor, labels: torch.Tensor, *,
@@ -462,7 +509,7 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
         raise ConfigError("image_statistics(batched=True) needs a model whose modules treat images one by one "
                           "(convolutions, Linear, GroupNorm, activations, pooling; no tied weights, "
                           "reparametrised layers or hooks). Fix: pass batched=None.")
-    chunk = max(1, BATCH_VALUES // max(1, images[0].numel())) if use_batches else 1
+    chunk = _chunk_size(n, max(1, BATCH_VALUES // max(1, images[0].numel()))) if use_batches else 1
     judged = min(n, JUDGED_IMAGES)
     was_training = model.training
     model.train()  # the client computes its update in training mode
@@ -499,6 +546,15 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
     finally:
         model.train(was_training)
     return ImageStatistics(delta, active, gnorm, bnorm, xnorm1)
+
+
+def _chunk_size(n: int, most: int) -> int:
+    """Images per chunk when ``n`` images go through in chunks of at most ``most``: as equal as they can be (12 images
+    by at most 8: 6 + 6, not 8 + 4), so that no short last chunk runs at the per-pass cost of a small batch."""
+    if n <= 0:
+        return max(1, most)
+    chunks = -(-n // most)
+    return -(-n // chunks)
 
 
 def _single_model_statistics(model, block, x, label, thresholds, params, *, first: bool):

@@ -766,6 +766,19 @@ def test_batched_statistics_equal_batch_one_passes(arch: str, connection: str, m
                                        np.sqrt(ref.grad_norm**2 - ref.block_norm**2), rtol=1e-5, atol=0)
 
 
+def test_batched_chunks_are_as_equal_as_they_can_be() -> None:
+    """Images go through in the fewest chunks of at most the bound, as equal as they can be (no short last chunk)."""
+    from dpaudit.attacks.imprint import _chunk_size
+
+    for n in range(1, 60):
+        for most in range(1, 20):
+            size = _chunk_size(n, most)
+            chunks = -(-n // size)
+            assert size <= most and chunks == -(-n // most)
+            assert n - (chunks - 1) * size >= size - chunks + 1  # the last chunk is short by less than one per chunk
+    assert _chunk_size(12, 8) == 6 and _chunk_size(24, 8) == 8 and _chunk_size(7, 8) == 7
+
+
 def test_batched_attack_results_equal_batch_one_passes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The whole attack with the batched route (the default for small images) against batch-1 passes: the same
     successes at every level, SSIM and the decoded images within float32 rounding of the statistics carried through
@@ -981,22 +994,49 @@ def test_batched_pre_activations_are_the_batch_one_ones_bit_for_bit(arch: str) -
         assert torch.equal(out[0][j], h0)
 
 
-@pytest.mark.parametrize("c_in, c_out, size, stride, dilation, ghost", [
-    (64, 64, 6, 1, 1, True), (32, 96, 5, 2, 1, True), (48, 48, 9, 1, 2, False), (3, 8, 16, 1, 1, False)])
-def test_per_image_convolution_gradient_norms_equal_autograd(c_in, c_out, size, stride, dilation, ghost, rng) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("c_in, c_out, size, stride, dilation, groups, branch", [
+    (64, 64, 6, 1, 1, 1, "ghost"), (32, 96, 5, 2, 1, 1, "ghost"), (48, 48, 9, 1, 2, 1, "per image"),
+    (3, 8, 16, 1, 1, 1, "per image"), (3, 16, 64, 1, 1, 1, "folded"), (4, 6, 66, 2, 1, 1, "folded"),
+    (6, 4, 34, 1, 2, 2, "folded"), (8, 8, (32, 40), 1, 1, 4, "folded")])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_per_image_convolution_gradient_norms_equal_autograd(c_in, c_out, size, stride, dilation, groups, branch,
+                                                             layout, rng) -> None:  # type: ignore[no-untyped-def]
     """Each image's squared weight-gradient norm of a convolution from its input and output gradient (the ghost
-    norm on small maps, torch's batch-1 weight gradient elsewhere; both branches here) equals autograd's per-image
-    gradient, squared and summed in float64, to float32 rounding."""
-    from dpaudit.attacks.imprint import _conv_weight_squares
+    norm on small maps, one grouped weight gradient of the images folded into the channels on large maps, torch's
+    batch-1 weight gradient elsewhere; every branch here, with strides, dilations, groups and a map that is not
+    square, in either memory layout) equals autograd's per-image gradient, squared and summed in float64, to
+    float32 rounding."""
+    from dpaudit.attacks.imprint import FOLDED_MIN_POSITIONS, _conv_weight_squares
 
     torch.manual_seed(int(rng.integers(1 << 30)))
-    conv = torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation)
-    a = torch.randn(4, c_in, size, size)
-    g = torch.randn_like(conv(a))
-    positions, k = g.shape[2] * g.shape[3], c_in * 9
+    conv = torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, dilation=dilation, groups=groups)
+    h, w = (size, size) if isinstance(size, int) else size
+    a = torch.randn(4, c_in, h, w).contiguous(memory_format=layout)
+    g = torch.randn_like(conv(a)).contiguous(memory_format=layout)
+    positions, k = g.shape[2] * g.shape[3], c_in // groups * 9
     with torch.no_grad():
         ours = _conv_weight_squares(conv, a, g).double().numpy()
     ref = [float((torch.autograd.grad((conv(a[i : i + 1]) * g[i : i + 1]).sum(), conv.weight)[0].double() ** 2).sum())
            for i in range(4)]
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
-    assert (positions * (k + c_out) < k * c_out) == ghost  # the branch taken
+    taken = ("ghost" if groups == 1 and positions * (k + c_out) < k * c_out
+             else "folded" if positions >= FOLDED_MIN_POSITIONS else "per image")
+    assert taken == branch
+
+
+def test_folded_convolution_weight_gradients_are_each_images_own(rng) -> None:  # type: ignore[no-untyped-def]
+    """The grouped weight gradient of the images folded into the channels holds, block by block, each image's
+    batch-1 weight gradient (torch's own, one call per image) to float32 rounding, for one image too."""
+    from dpaudit.attacks.imprint import _folded_conv_weight_grads
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    conv = torch.nn.Conv2d(6, 4, (3, 5), stride=(1, 2), padding=(1, 2), groups=2)
+    for n in (1, 3):
+        a = torch.randn(n, 6, 20, 24).contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(conv(a))
+        folded = _folded_conv_weight_grads(conv, a, g).reshape(n, *conv.weight.shape)
+        for i in range(n):
+            own = torch.ops.aten.convolution_backward(
+                g[i : i + 1], a[i : i + 1], conv.weight, None, conv.stride, conv.padding, conv.dilation, False,
+                [0, 0], conv.groups, [False, True, False])[1]
+            torch.testing.assert_close(folded[i], own, rtol=1e-5, atol=1e-5)
