@@ -8,7 +8,8 @@
 Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 16] [--repeats 3] [--threads 1]
 [--skip-naive] [--cpu-time] [--breakdown] [--alternatives]``; ``--calibrate-tv`` prints the TV denoiser sweep
 (dpaudit's solver against scikit-image's). ``--breakdown`` adds where the 9-level attack's CPU time goes beyond the
-floor, per stage. ``--alternatives`` times, per image and side by side, the ways of computing the two largest
+floor, per stage, and the model part by each route (the batched one also with its convolutions' weight gradients
+image by image and with the earlier chunk bound), with page faults per image. ``--alternatives`` times, per image and side by side, the ways of computing the two largest
 stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
 sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls), torch's grouped
 convolution and sums of shifted rows along the columns (doubling), the TV denoiser with 2 torch threads, SSIM in
@@ -176,28 +177,53 @@ def breakdown(model, images, labels, floor_s: float, repeats: int) -> None:
 def model_passes(model, images, labels, repeats: int) -> None:
     """The model part side by side, CPU time interleaved in every repeat, as medians of ratios to the floor: the
     statistics by batch-1 passes and by the batched route (image_statistics' default for images of at most
-    BATCHED_MAX_PIXELS pixels), and the floor with channels-last input (the batched route's layout; the floor
-    itself stays NCHW, batch 1)."""
+    BATCHED_MAX_PIXELS pixels), the batched route with each convolution's weight gradients image by image (no
+    folded grouped call) and with the earlier chunk bound (2^19 input values: 42 images at 64 px), and the floor
+    with channels-last input (the batched route's layout; the floor itself stays NCHW, batch 1). The minor page
+    faults per image (medians) show the chunks' memory coming back from the operating system."""
+    import resource
+
+    from dpaudit.attacks import imprint
     from dpaudit.attacks.imprint import BATCHED_MAX_PIXELS, ImprintBlock, image_statistics
 
     block = ImprintBlock(tuple(images.shape[1:]), mean=np.array(MEAN), std=np.array(STD))
     kw = dict(mean=np.array(MEAN), std=np.array(STD))
     cl = images.contiguous(memory_format=torch.channels_last)
+
+    def batched(**constants):
+        def run():
+            saved = {k: getattr(imprint, k) for k in constants}
+            for k, v in constants.items():
+                setattr(imprint, k, v)
+            try:
+                image_statistics(model, block, images, labels, batched=True, **kw)
+            finally:
+                for k, v in saved.items():
+                    setattr(imprint, k, v)
+        return run
+
     runs = {"floor": lambda: floor(model, images, labels),
             "floor, channels-last input": lambda: floor(model, cl, labels),
             "statistics, batch-1 passes": lambda: image_statistics(model, block, images, labels, batched=False, **kw),
-            "statistics, batched route": lambda: image_statistics(model, block, images, labels, batched=True, **kw)}
+            "statistics, batched route": batched(),
+            "  batched, weight gradients image by image": batched(FOLDED_MIN_POSITIONS=2**62),
+            "  batched, chunks of <= 2^19 input values": batched(BATCH_VALUES=2**19)}
     spent: dict[str, list[float]] = {k: [] for k in runs}
+    faults: dict[str, list[int]] = {k: [] for k in runs}
     for _ in range(repeats):
         for key, fn in runs.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.process_time()
             fn()
             spent[key].append(time.process_time() - t0)
+            faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     fl = np.array(spent["floor"])
     default = "batched" if images.shape[-2] * images.shape[-1] <= BATCHED_MAX_PIXELS else "batch-1"
-    print(f"model part (CPU, medians of {repeats} interleaved repeats; ratio to the floor; default here: {default}):")
+    print(f"model part (CPU, medians of {repeats} interleaved repeats; ratio to the floor; page faults per image; "
+          f"default here: {default}):")
     for key, v in spent.items():
-        print(f"  {key:<48} {np.median(v) * 1e3:8.1f} ms {np.median(np.array(v) / fl):6.3f}x")
+        print(f"  {key:<48} {np.median(v) * 1e3:8.1f} ms {np.median(np.array(v) / fl):6.3f}x "
+              f"{np.median(faults[key]) / len(images):8.0f}")
 
 
 def alternatives(size: int, n: int, repeats: int) -> None:
