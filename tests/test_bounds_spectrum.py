@@ -64,3 +64,136 @@ def test_epsilon_small_q_short_run_equals_the_plain_power(monkeypatch) -> None:
     # sigma 0.5, q 1e-6, T 300: every frequency of a 1.2e7-point window is live (the per-step law is nearly a spike).
     fast, plain = _both_routes(monkeypatch, 0.5, 1e-6, 300, 1e-5)
     assert abs(float(fast.value[0]) - float(plain.value[0])) <= float(plain.value[0] - plain.lower[0])
+
+
+# -- the accurate route for long runs' live frequencies (_accurate_power) ---------------------------------------------
+
+def _exact_composition(n: int, steps: int, atoms: list[tuple[int, float]]) -> np.ndarray:
+    """The steps-fold circular convolution of the masses ``atoms`` ((index, mass), the first the bulk) on n points,
+    exactly (mpmath, 40 digits): the multinomial sum over how many steps took each atom. The masses are the float64
+    numbers the FFT is given (their sum is 1 only to an ulp; the composed total is that sum to the power steps)."""
+    mpmath.mp.dps = 40
+    (j0, m0), rest = atoms[0], atoms[1:]
+    log_m0 = mpmath.log(mpmath.mpf(m0))
+    log_m = [mpmath.log(mpmath.mpf(m)) for _, m in rest]
+    log_fact = [mpmath.loggamma(c + 1) for c in range(60)]
+    log_steps = mpmath.loggamma(steps + 1)
+    out = [mpmath.mpf(0)] * n
+    # counts beyond 60 (atoms of mass >= 1e-7: means <= 10 at these steps) or 4 (rarer atoms) carry < 1e-40
+    for counts in itertools.product(*[range(60) if m > 1e-7 else range(4) for _, m in rest]):
+        c0 = steps - sum(counts)
+        log_p = log_steps - mpmath.loggamma(c0 + 1) + c0 * log_m0
+        index = j0 * c0
+        for (j, _), lm, c in zip(rest, log_m, counts, strict=True):
+            log_p += c * lm - log_fact[c]
+            index += j * c
+        out[index % n] += mpmath.exp(log_p)
+    return np.array([float(v) for v in out])
+
+
+#: (n, steps, atoms): a bulk of three atoms with a rare far one (the far part's own FFT), the bulk across the circle's
+#: seam (indices n - 1, 0, 1: the signed phases), a bulk off index 0 at T = 1e6.
+COMPOSITIONS = [(1024, 100_000, [(300, None), (301, 4e-5), (299, 6e-5), (900, 1e-9)]),
+                (1024, 100_000, [(0, None), (1, 4e-5), (1023, 6e-5), (517, 1e-9)]),
+                (4096, 1_000_000, [(5, None), (6, 5e-6), (7, 2e-6), (3000, 1e-10)])]
+
+
+@pytest.mark.parametrize(("n", "steps", "atoms"), COMPOSITIONS)
+def test_accurate_power_matches_the_exact_composition(n: int, steps: int, atoms) -> None:
+    # Reference: the exact multinomial composition (mpmath). The FFT route's z^T carries about T ulp relative at the
+    # frequencies that survive (|z| ~ 1); the accurate route an ulp or so of the largest mass. Both routes' errors
+    # must stay within the round-off guard the lower end reads with (8x the most negative mass, at least 4 ulp of
+    # the largest), and the accurate route's must be far below the FFT route's.
+    x = np.zeros(n)
+    for j, m in atoms[1:]:
+        x[j] = m
+    x[atoms[0][0]] = 1.0 - sum(m for _, m in atoms[1:])
+    exact = _exact_composition(n, steps, [(atoms[0][0], float(x[atoms[0][0]])), *atoms[1:]])
+    z = pld.sp_fft.rfft(x)
+    errors = {}
+    for name, masses in (("plain", None), ("accurate", x)):
+        composed = pld.sp_fft.irfft(_spectrum_power(z, steps, masses), n=n)
+        guard = max(8.0 * max(-float(composed.min()), 0.0), 4.0 * np.finfo(float).eps * float(composed.max()))
+        errors[name] = float(np.max(np.abs(composed - exact)))
+        assert errors[name] <= guard, name
+    assert errors["accurate"] <= 1e-3 * errors["plain"]
+    assert errors["accurate"] <= 4.0 * np.finfo(float).eps * float(exact.max())
+
+
+def test_accurate_power_takes_the_fft_route_where_its_sums_are_long(monkeypatch) -> None:
+    # Beyond ACCURATE_TERMS terms (near atoms x live frequencies) the caller's FFT route stands: None.
+    x = np.zeros(1024)
+    x[:3] = [0.25, 0.5, 0.25]
+    live = np.arange(400)
+    assert pld._accurate_power(x, live, 1000) is not None
+    monkeypatch.setattr(pld, "ACCURATE_TERMS", 3 * 400 - 1)
+    assert pld._accurate_power(x, live, 1000) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(pld, "ACCURATE_NEAR", 2)
+    assert pld._accurate_power(x, live, 1000) is None
+
+
+#: sigma 0.05 and 50 x q 1e-6 and 1 x T 1 and 1e6 (the T 1e6 corners in the slow run), and the relaxed k 10 point
+#: whose bracket the FFT route's round-off held open.
+ACCURATE_EXTREMES = [pytest.param(s, q, t, marks=[pytest.mark.slow] if t > 1 else [])
+                     for s, q, t in itertools.product((0.05, 50.0), (1e-6, 1.0), (1, 1_000_000))]
+
+
+def _accurate_and_plain(monkeypatch, compute):
+    clear_caches()
+    fast = compute()
+    with monkeypatch.context() as m:
+        m.setattr(pld, "ACCURATE_SPECTRUM", False)
+        clear_caches()
+        plain = compute()
+    clear_caches()
+    return fast, plain
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [*ACCURATE_EXTREMES, (1.0, 1e-3, 10_000),
+                                                   pytest.param(0.5, 1e-6, 300, marks=pytest.mark.slow)])
+def test_epsilon_with_the_accurate_power_brackets_the_plain_one(monkeypatch, sigma, q, steps) -> None:
+    # Both are proven brackets of the same exact epsilon: they overlap.
+    fast, plain = _accurate_and_plain(monkeypatch, lambda: epsilon_pld_refined(pld.StepPair(sigma, q), steps, 1e-5))
+    for r in (fast, plain):
+        assert float(r.lower[0]) <= float(r.value[0])
+    assert float(fast.lower[0]) <= float(plain.value[0]) and float(plain.lower[0]) <= float(fast.value[0])
+
+
+@pytest.mark.parametrize("threat_model", ["worst_case", "relaxed"])
+@pytest.mark.parametrize(("sigma", "q", "steps", "k"), [
+    *[pytest.param(s, q, t, k, marks=[pytest.mark.slow] if t > 1 else [])
+      for s, q, t, k in itertools.product((0.05, 50.0), (1e-6, 1.0), (1, 1_000_000), (1, 10))],
+    (1.0, 1e-3, 10_000, 1), pytest.param(1.0, 1e-5, 1_000_000, 10, marks=pytest.mark.slow)])
+def test_rero_with_the_accurate_power_brackets_the_plain_one(monkeypatch, sigma, q, steps, k, threat_model) -> None:
+    # ReRo brackets (worst-case and relaxed, per image and per patient of 10) by both routes overlap kappa by kappa.
+    from dpaudit.bounds import rero_bound
+
+    kappa = np.array([1e-6, 1e-3, 0.1])
+    fast, plain = _accurate_and_plain(monkeypatch, lambda: rero_bound(sigma, q, steps, kappa, threat_model=threat_model,
+                                                                      records_per_patient=k))
+    assert np.all(fast.lower <= fast.upper) and np.all(plain.lower <= plain.upper)
+    assert np.all(fast.lower <= plain.upper) and np.all(plain.lower <= fast.upper)
+
+
+def test_relaxed_patient_point_takes_one_round(monkeypatch) -> None:
+    # relaxed, k 10, sigma 1, q 1e-5, T 1e6: the FFT route's round-off guard held ~90% of the first round's bracket
+    # at kappa 1e-6 (1.6e-3 relative) and a second round of 5.4e6-point windows followed; with the accurate power the
+    # first round's bracket is within rtol (5e-4) at every kappa and stands alone (one grid step composed).
+    from dpaudit.bounds import rero as rero_module
+    from dpaudit.bounds import rero_bound
+
+    seen = set()
+    real = rero_module.composed_run
+
+    def spy(run, h, direction, optimistic=False):
+        seen.add(h)
+        return real(run, h, direction, optimistic)
+
+    monkeypatch.setattr(rero_module, "composed_run", spy)
+    clear_caches()
+    got = rero_bound(1.0, 1e-5, 1_000_000, np.array([1e-6, 1e-3, 0.1]), threat_model="relaxed",
+                     records_per_patient=10)
+    clear_caches()
+    assert len(seen) == 1
+    assert np.all(got.upper - got.lower <= 5e-4 * got.upper)
