@@ -1241,9 +1241,14 @@ def _spectrum_power(z: np.ndarray, steps: int, masses: np.ndarray | None = None,
 #: :func:`_spectrum_power` takes the live frequencies of runs of at least this many steps by :func:`_accurate_power`
 #: (False: always from the FFT, the plain route).
 ACCURATE_SPECTRUM = True
-ACCURATE_STEPS = 256
-#: ... where the direct sums it forms (near atoms times live frequencies) are at most this many terms.
+#: (The FFT route's round-off, about steps ulp relative, matters only for long runs: at T 1e4 it is 1e-12.)
+ACCURATE_STEPS = 1 << 16
+#: ... where the direct sums it forms (near atoms times live frequencies) are at most this many terms ...
 ACCURATE_TERMS = 1 << 23
+#: ... and at most this many per point of the FFT window (a term costs ~25-45 ns, about an FFT's cost per point:
+#: relaxed, k 10, sigma 1, q 1e-5, T 1e6 forms 0.37 per point; at T 1e4 the bulk's 288 atoms times 13000 live
+#: frequencies were 1.8 per point, 0.4 s for an FFT of 0.05 s).
+ACCURATE_SHARE = 0.5
 #: ... and its near atoms are at most this many (their exact sum is formed on a list).
 ACCURATE_NEAR = 1 << 16
 #: ... its near atoms leave at most this many times 1 / steps of the mass to the far part (summed by an FFT: steps
@@ -1256,8 +1261,8 @@ ACCURATE_FAR = 1.0
 def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | None:
     """z_k ** steps at the frequencies ``k`` of z = rfft(x) (x: masses >= 0 on a circle of n = x.size points), with
     a round-off of about (|steps log z_k| + a few) ulp instead of the FFT route's steps times the FFT's; None where
-    the direct sums below would exceed ``ACCURATE_TERMS`` terms or ``ACCURATE_NEAR`` atoms (then the caller takes the
-    FFT route).
+    the direct sums below would exceed ``ACCURATE_TERMS`` terms, ``ACCURATE_SHARE`` terms per point or
+    ``ACCURATE_NEAR`` atoms (then the caller takes the FFT route).
 
     Why. A real FFT's round-off is normwise: ||fl(z) - z||_2 <= log2(n) eta / (1 - log2(n) eta) ||z||_2 with eta a
     few ulp (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., SIAM 2002, Theorem 24.2; Schatzman,
@@ -1285,6 +1290,9 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
     n = x.size
     if k.size == 0:
         return np.zeros(0, dtype=complex)
+    budget = min(ACCURATE_TERMS, ACCURATE_SHARE * n)
+    if 16 * k.size > budget:  # (nearly every frequency live, a spike-like step: not worth locating the bulk)
+        return None
     cum = np.cumsum(x)
     total = float(cum[-1])
     if not total > 0.0:
@@ -1292,7 +1300,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
     far = ACCURATE_FAR / steps * total
     a = int(np.searchsorted(cum, 0.5 * far, side="right"))
     b = min(int(np.searchsorted(cum, total - 0.5 * far, side="left")), n - 1)
-    if (b - a + 1) * k.size > ACCURATE_TERMS or b - a + 1 > ACCURATE_NEAR:
+    if (b - a + 1) * k.size > budget or b - a + 1 > ACCURATE_NEAR:
         return None
     near = x[a:b + 1]
     listed = near.tolist()
@@ -1304,7 +1312,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
     offsets = np.arange(a, b + 1, dtype=np.int64) - c
     kk = k.astype(np.int64)
     d = np.empty(k.size, dtype=complex)
-    chunk = max(1, (1 << 20) // near.size)
+    chunk = max(1, (1 << 16) // near.size)  # (temporaries of 0.5 MB: in cache)
     scale = math.pi / n
     for start in range(0, k.size, chunk):
         r = np.multiply.outer(offsets, kk[start:start + chunk]) % n
