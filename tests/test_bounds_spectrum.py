@@ -1,5 +1,7 @@
 """The spectrum's power z^T by repeated squaring: equal to the exact power up to its round-off, and the bounds read from
-compositions that use it equal to those of numpy's power (exp(T log z) for T >= 100) within their proven brackets."""
+compositions that use it equal to those of numpy's power (exp(T log z) for T >= 100) within their proven brackets.
+A long run's live frequencies from the accurate 1 + A_k (_accurate_power): against the exact multinomial composition,
+within the round-off guard, and the bounds within the FFT route's brackets."""
 
 from __future__ import annotations
 
