@@ -218,6 +218,21 @@ out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
+def print_table(table) -> None:
+    """A rich table on stdout with every cell whole: a cell too wide for its column folds onto the next line (was:
+    cut with an ellipsis, so an epsilon 7.694e+08 read 7.694e+...), and output that is not a terminal (a file, a
+    pipe: rich's default 80 columns) gets the table's natural width."""
+    for column in table.columns:
+        column.overflow = "fold"
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Measured without the console's own limit (a measurement is capped at the width it is given), printed by a
+    # console of that width (Console.print caps its width argument at the console's).
+    width = max(out.width, out.measure(table, options=out.options.update_width(100_000)).maximum)
+    Console(file=out.file, width=width, highlight=False, soft_wrap=True, emoji=False, markup=False).print(table)
+
+
 class _WarningLines(logging.Handler):
     """The library's warnings (``dpaudit.*`` loggers, e.g. each unreadable file a loader skipped, named) as
     "warning: ..." lines on stderr, each once per command (a profile loads the data once per task)."""

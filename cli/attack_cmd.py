@@ -17,7 +17,15 @@ from dpaudit.attacks.scenario import ACCOUNTANTS, SCORINGS, SELECTIONS, AttackSc
 from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import emit_json, err, handle_errors, out, parse_float_list, progress_bar
+from dpaudit.cli._common import (
+    emit_json,
+    err,
+    handle_errors,
+    out,
+    parse_float_list,
+    print_table,
+    progress_bar,
+)
 from dpaudit.config import IMAGE_SIZE_DEFAULT_HELP, check_max_images, default_image_size, record_noun
 from dpaudit.numfmt import percent, percent_interval, upper
 
@@ -383,7 +391,7 @@ def _render(result, np) -> None:
                       r.decoder + (" *" if id(r) in heads else ""), str(r.n_images), percent(r.success_rate),
                       "[{}, {}]".format(*percent_interval(r.ci_low, r.ci_high)), f"{r.mean_ssim:.3f}", f"{r.mean_rho:.3f}",
                       f"{float(np.median(r.eta)):.3g}")
-    out.print(table)
+    print_table(table)
     c, h, w = result.image_shape
     out.print(f"* strongest decoder at that noise level (the number to report). Input {c}x{h}x{w}, "
               f"{result.connection} connection, K = {result.bins}, C = {result.max_grad_norm:g}, "

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out
+from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out, print_table
 from dpaudit.config import MIN_NOISE_MULTIPLIER
 from dpaudit.errors import ConfigError, DpAuditError, check_int, check_probability, invalid
 
@@ -486,7 +486,7 @@ def _render(s, rec: str = "image") -> None:
     table.add_row(f"membership advantage (TPR - FPR){unit}", upper(mia.advantage), mia.label)
     for f, t in mia.tpr_at_fpr:
         table.add_row(f"membership TPR at FPR {f:g}{unit}", upper(t), mia.label)
-    out.print(table)
+    print_table(table)
     out.print("Assumptions:")
     for a in s.assumptions:
         out.print(f"  - {_worded(a, rec)}")
@@ -648,4 +648,4 @@ def calibrate(
     table.add_row(f"epsilon at delta {delta:g} (PLD), per {rec}", _fmt_eps(cal.epsilon), "sound upper bound")
     if target is not None:
         table.add_row(f"train with --epsilon (per {rec}, rounded down)", at_most(target), "gives at least this sigma")
-    out.print(table)
+    print_table(table)

@@ -12,7 +12,7 @@ from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import emit_json, err, handle_errors, out
+from dpaudit.cli._common import emit_json, err, handle_errors, out, print_table
 from dpaudit.config import task_default_help
 
 #: The profile's defaults (one source of truth: ProfileConfig, the Python API's).
@@ -428,7 +428,7 @@ def _print_summary(prof) -> None:
               (txt.spread(lv.utility[key]).replace(" ± ", "±") for key, _ in utility)),
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
             "not run" if a is None else txt.pct(a.strongest.success_rate))
-    out.print(table)
+    print_table(table)
     levels = prof.levels()
     if len(prof.config.inits) > 1:
         by_init = Table(title="Test MCC (empirical) per initialisation: mean [95% t-interval], n seeds",
@@ -439,7 +439,7 @@ def _print_summary(prof) -> None:
             by_init.add_column(lab, justify="right")
         for lv in levels:
             by_init.add_row(lv.label, *(txt.interval(txt.init_utility_values(prof, lv, lab)) for lab in labels))
-        out.print(by_init)
+        print_table(by_init)
     for label, report in init_reports(prof).items():
         for line in report:
             err.print(f"[yellow]note:[/] --inits {escape(str(label))}: {escape(line)}", highlight=False, markup=True)

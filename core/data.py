@@ -1162,7 +1162,7 @@ def _medmnist_labels(lab: np.ndarray, what: str, n_images: int, n_names: int | N
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         allowed = f"an integer in [0, {n_names - 1}]" if n_names is not None else "an integer >= 0"
-        raise DataError(f"{what}[{i}] must be {allowed}, got {lab[i]!r} ({int(bad.sum())} such label(s)). Fix: "
+        raise DataError(f"{what}[{i}] must be {allowed}, got {lab[i].item()!r} ({int(bad.sum())} such label(s)). Fix: "
                         "correct the labels in the file.")
     return as_float.astype(np.int64)
 

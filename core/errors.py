@@ -60,14 +60,27 @@ def _short(value: Any) -> str:
     "xxxxx/history.json'"
     """
     if isinstance(value, list):
-        text = ", ".join(repr(str(v) if isinstance(v, os.PathLike) else v) for v in value) or "nothing"
+        text = ", ".join(repr(_plain(v)) for v in value) or "nothing"
     else:
-        text = repr(str(value) if isinstance(value, os.PathLike) else value)
+        text = repr(_plain(value))
     limit = 240 if isinstance(value, str | os.PathLike) else 80
     if len(text) <= limit:
         return text
     tail = limit // 2 - 3
     return text[:limit - tail - 3] + "..." + text[-tail:]
+
+
+def _plain(value: Any) -> Any:
+    """A value as the user typed or would type it: a path as its text, and a numpy or torch scalar (a value read
+    from an array: ``np.int64(9)``, ``tensor(9)`` in repr) as the Python number it holds."""
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if type(value).__module__ in ("numpy", "torch") and getattr(value, "ndim", None) == 0:
+        try:
+            return value.item()
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            return value
+    return value
 
 
 E = TypeVar("E", bound=DpAuditError)

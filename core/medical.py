@@ -723,13 +723,16 @@ def _patient_key(ids: Sequence[str], rel: PurePath, file_key: str, root: Path | 
     return keys[0][0], keys[0][1], [k for k, _ in keys[1:]]
 
 
-def _key_sources(columns: Sequence[str], *, dicom: bool) -> list[str]:
-    """What may group a file, for :meth:`_Entries.link_note`: the table's patient columns, the DICOM header
-    (``dicom``), the BIDS subject."""
+def _key_sources(columns: Sequence[str], entries: _Entries, *, dicom: bool) -> list[str]:
+    """What groups the files, for :meth:`_Entries.link_note`: the table's patient columns, the DICOM header
+    (``dicom``), the BIDS subject where a file has one (a note must not name a key no file carries)."""
     out = [f"a patient id ({c!r} column)" for c in columns]
     if dicom:
         out.append("a grouping from the DICOM header (PatientID, else StudyInstanceUID)")
-    return [*out, "a BIDS subject (sub-<label>)"]
+    keys = (*entries.patient, *(k for pair in entries.links for k in pair))
+    if any(k.startswith("sub:") for k in keys):
+        out.append("a BIDS subject (sub-<label>)")
+    return out
 
 
 def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str, sub_folders: int = 0) -> str:
@@ -1091,7 +1094,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     unit = _grouping_unit(name, sources, notes, what="volume", sub_folders=sub_folders) if sources else "patient"
     if labels_path is not None:
         notes += _patient_columns_note(table.patients, "the labels file")
-        notes += entries.link_note("volume", both, _key_sources(table.patients, dicom=False))
+        notes += entries.link_note("volume", both, _key_sources(table.patients, entries, dicom=False))
         _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
         if unit == "volume":
             notes += _repeating_columns_warning(name, "the labels file", (rows[k] for k in matched), table.dropped,
@@ -1235,7 +1238,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         notes.append(f"one PatientID for all {len(dicom_headers)} DICOM files (a de-identification placeholder, not a "
                      "patient): no patient grouping from it")
     notes += _patient_columns_note(patient_columns, "the manifest")
-    notes += entries.link_note("row", both, _key_sources(patient_columns, dicom=bool(dicom_headers)))
+    notes += entries.link_note("row", both, _key_sources(patient_columns, entries, dicom=bool(dicom_headers)))
     _drop_identifiers(name, "the manifest", entries, extra, dropped, notes)
     if unit in ("image", "volume"):
         notes += _repeating_columns_warning(name, "the manifest", (row for _, _, row in rows), dropped,

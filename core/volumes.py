@@ -547,13 +547,15 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
     to the closest canonical (RAS+) voxel order, image and label map alike, so that axial slices run along the
     third axis (inferior to superior) whatever the files' voxel order, and a pair whose affines put its voxels in
     different places is refused."""
-    who = repr(name)
+    who = label_who = repr(name)
     if isinstance(image, np.ndarray):
         vol, lab = image, np.asarray(label)
     else:
         vol, lab = _read_pair(name, Path(image), Path(label))
-        # The messages below name the file too, relative to the dataset's folder (imagesTr/NAME).
+        # The messages below name the file too, relative to the dataset's folder: the image (imagesTr/NAME) or,
+        # for what is wrong in the label map, the label file (labelsTr/NAME).
         who = f"{name!r} ({shown_path(image, Path(image).parent.parent)})"
+        label_who = f"{name!r} ({shown_path(label, Path(label).parent.parent)})"
     if vol.ndim != 3:
         raise invalid(f"volume {who} dimensions", vol.shape, "a 3-D volume X x Y x Z (one modality)",
                       "use a single-modality task or extract one channel", cls=DataError)
@@ -561,12 +563,12 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
         raise invalid(f"volume {who} label map shape", lab.shape, f"the image's shape {vol.shape}",
                       "pair each image with its own label map (same voxel grid)", cls=DataError)
     # A NaN or infinite voxel would pass the window's clip (or spoil the percentile scaling) and reach training.
-    for what, arr in (("image", vol), ("label map", lab)):
+    for what, arr, named in (("image", vol, who), ("label map", lab, label_who)):
         if arr.dtype.kind == "f":
             bad = ~np.isfinite(arr)
             if bad.any():
                 i, j, k = (int(v) for v in np.argwhere(bad)[0])
-                raise DataError(f"volume {who}: its {what} holds a non-finite voxel value ({float(arr[i, j, k])} "
+                raise DataError(f"volume {named}: its {what} holds a non-finite voxel value ({float(arr[i, j, k])} "
                                 f"at voxel {i}, {j}, {k} in RAS+ voxel order). Fix: replace the non-finite values, "
                                 "or remove the volume from imagesTr/ and labelsTr/.")
     values = np.unique(lab)
@@ -574,12 +576,12 @@ def _load_pair(name: str, image: object, label: object, n_classes: int) -> tuple
     if fractional:
         shown = ", ".join(f"{v:.6g}" for v in fractional[:5]) + (f" and {len(fractional) - 5} more"
                                                                   if len(fractional) > 5 else "")
-        raise DataError(f"volume {who}: its label map must hold integers (class indices), got {shown}: it was "
+        raise DataError(f"volume {label_who}: its label map must hold integers (class indices), got {shown}: it was "
                         "probably resampled with linear or spline interpolation. Fix: resample the label map with "
                         "nearest-neighbour interpolation (or round it to the nearest class).")
     bad = [int(v) for v in values.tolist() if not 0 <= v < n_classes]
     if bad:
-        raise invalid(f"volume {who} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
+        raise invalid(f"volume {label_who} label values", bad[:5], f"integers 0..{n_classes - 1} (dataset.json labels)",
                       "fix the label map or add the class to dataset.json's labels", cls=DataError)
     return vol.astype(np.float32, copy=False), lab.astype(np.int64)
 

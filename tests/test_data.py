@@ -508,7 +508,7 @@ def test_non_finite_pixel_in_npz_is_an_error_naming_file_and_index(tmp_path: Pat
         load_splits("pneumoniamnist", data_dir=tmp_path, image_size=28)
 
 
-@pytest.mark.parametrize(("value", "match"), [(2, r"val_labels\[4\] must be an integer in \[0, 1\]"),
+@pytest.mark.parametrize(("value", "match"), [(2, r"val_labels\[4\] must be an integer in \[0, 1\], got 2\.0 \(1 such"),
                                               (-1, r"val_labels\[4\] must be an integer in \[0, 1\]"),
                                               (0.5, r"val_labels\[4\]")])
 def test_labels_out_of_range_name_file_and_index(tmp_path: Path, rng: np.random.Generator, value: float,

@@ -86,3 +86,34 @@ def test_a_checkpoint_with_an_invalid_n_train_has_a_fix(tmp_path) -> None:
     with pytest.raises(DpAuditError, match=r"n_train must be an integer >= 1, got 0\. Fix: write the checkpoint "
                        "again with `dpaudit train --out DIR`"):  # the loader adds the file's fix
         load_checkpoint(path)
+
+
+def test_a_value_read_from_an_array_reads_as_the_number_not_its_repr() -> None:
+    """numpy 2 writes ``np.int64(9)`` for repr(np.int64(9)) and torch ``tensor(9)``: an error shows ``9``."""
+    import numpy as np
+    import torch
+
+    from dpaudit.errors import invalid
+
+    assert str(invalid("label", np.int64(9), "in [0, 1]")) == "label must be in [0, 1], got 9."
+    assert str(invalid("labels", [np.float32(1.5), np.int8(2)], "in [0, 1]")) == "labels must be in [0, 1], got 1.5, 2."
+    assert str(invalid("label", torch.tensor(3), "in [0, 1]")) == "label must be in [0, 1], got 3."
+    assert str(invalid("name", np.str_("ab"), "known")) == "name must be known, got 'ab'."
+
+
+def test_a_table_printed_to_a_file_keeps_every_number_whole(capsys) -> None:
+    """Piped or redirected output (rich's default 80 columns) got the table squeezed and a wide cell cut:
+    ``7.694e+08`` read ``7.694e+…``. Every cell is printed whole."""
+    from rich.table import Table
+
+    from dpaudit.cli._common import print_table
+
+    table = Table(title="a title " * 12)
+    for name in ("sigma", "eps", "decoder", "n", "success", "95% CI", "SSIM", "rho", "eta", "more", "columns"):
+        table.add_column(name, justify="right")
+    table.add_row("0.0001", "7.694e+08", "strong *", "32", "100.0%", "[89.1%, 100.0%]", "0.999", "0.123",
+                  "0.000123", "a long cell of text", "another long cell of text")
+    print_table(table)
+    text = capsys.readouterr().out
+    assert "7.694e+08" in text and "[89.1%, 100.0%]" in text and "another long cell of text" in text
+    assert "…" not in text

@@ -188,6 +188,10 @@ def test_several_patient_columns_in_a_manifest_are_linked(tmp_path: Path, rng: n
     notes = " ".join(splits.notes)
     assert "4 columns of the manifest name the patient ('PatientID', 'PatientName', 'mrn', 'nhs_number')" in notes
     assert "2 group(s) joined that one key alone keeps apart" in notes
+    # the link note names the keys the rows carry: no file is in a BIDS layout, so no BIDS subject
+    assert ("carry several of a patient id ('PatientID' column), a patient id ('PatientName' column), a patient id "
+            "('mrn' column) and a patient id ('nhs_number' column): grouped by all") in notes
+    assert "BIDS" not in notes
 
 
 def _reviewer_manifest(root: Path, rng: np.random.Generator, column: str, value: str = "JOHN-DOE-{p:03d}",
@@ -347,7 +351,8 @@ def test_a_manifests_patient_column_is_linked_with_the_dicom_header(tmp_path: Pa
     ids = np.concatenate([s.patient_ids for s in (splits.train, splits.val, splits.test)])
     assert sorted(np.unique(ids, return_counts=True)[1].tolist()) == [4] * 8 + [8]
     notes = " ".join(splits.notes)
-    assert "40 row(s) carry several of a patient id ('patient_id' column), a grouping from the DICOM header" in notes
+    assert ("40 row(s) carry both a patient id ('patient_id' column) and a grouping from the DICOM header (PatientID, "
+            "else StudyInstanceUID)") in notes and "BIDS" not in notes
     # one file each of header patients 3 and 5 given patient P3 (the others none): joins 3 and 5
     manifest = _dicom_manifest(tmp_path / "e", rng, "patient_id",
                                lambda p, j: "P3" if (p, j) in ((3, 1), (5, 0)) else "")

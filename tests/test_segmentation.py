@@ -71,7 +71,7 @@ def test_background_share_keeps_foreground_slices_of_the_training_split(tmp_path
 
 def test_msd_errors_name_the_volume_and_the_fix(tmp_path, rng) -> None:
     root = write_msd(tmp_path / "bad", rng, bad_value=7)
-    with pytest.raises(DataError, match=r"volume 'liver_1' \('[^']*imagesTr/liver_1\.nii\.gz'\) label values.*0\.\.2.*got 7\."):
+    with pytest.raises(DataError, match=r"volume 'liver_1' \('[^']*labelsTr/liver_1\.nii\.gz'\) label values.*0\.\.2.*got 7\."):
         load_segmentation_splits(f"msd:{root}", image_size=16, max_volumes=None)
     root = write_msd(tmp_path / "mismatch", rng, mismatch=True)
     with pytest.raises(DataError, match=r"volume 'liver_2' label map shape.*\(20, 20, 6\).*got \(20, 20, 7\)"):
@@ -98,7 +98,7 @@ def test_msd_non_finite_voxels_are_refused_naming_the_volume_and_voxel(tmp_path,
     arr = np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
     arr[2, 3, 4] = value
     nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
-    with pytest.raises(DataError, match=rf"volume 'liver_3' \('[^']*imagesTr/liver_3\.nii\.gz'\): its {what} holds a non-finite voxel value .*voxel 2, 3, 4"):
+    with pytest.raises(DataError, match=rf"volume 'liver_3' \('[^']*{folder}/liver_3\.nii\.gz'\): its {what} holds a non-finite voxel value .*voxel 2, 3, 4"):
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
 
 
@@ -283,7 +283,7 @@ def test_a_float_label_map_is_refused_with_the_values_and_a_fix_that_fits(tmp_pa
     lab = np.asarray(nib.load(str(root / "labelsTr" / "liver_2.nii.gz")).dataobj).astype(np.float32)
     lab[lab == 1] = 0.9999  # resampled with linear interpolation
     _relabel(root, "liver_2", lab, np.eye(4))
-    with pytest.raises(DataError, match=r"volume 'liver_2' \('[^']*'\): its label map must hold integers \(class indices\), got "
+    with pytest.raises(DataError, match=r"volume 'liver_2' \('[^']*labelsTr/liver_2\.nii\.gz'\): its label map must hold integers \(class indices\), got "
                                         r"0\.9999.*Fix: resample the label map with nearest-neighbour"):
         load_segmentation_splits(f"msd:{root}", image_size=16, seed=0)
     lab[lab == np.float32(0.9999)] = 1.0  # whole numbers stored as floats are class indices
