@@ -218,19 +218,27 @@ out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
-def print_table(table) -> None:
-    """A rich table on stdout with every cell whole: a cell too wide for its column folds onto the next line (was:
-    cut with an ellipsis, so an epsilon 7.694e+08 read 7.694e+...), and output that is not a terminal (a file, a
-    pipe: rich's default 80 columns) gets the table's natural width."""
+def print_table(table, console: Console) -> None:
+    """A rich table on ``console`` with every word of every cell whole (was: a column squeezed to fit rich's default
+    80 columns of a file or pipe cut its cells, and an epsilon 7.694e+08 read 7.694e+...). Each column is at least
+    as wide as its longest word, cells wrap at their spaces only, and output that is not a terminal is widened to
+    the table's width where it cannot fit the console's; in a terminal a word wider than the screen's share folds
+    onto the next line instead of ending in an ellipsis."""
+    from rich.cells import cell_len
+
     for column in table.columns:
+        words = [w for cell in (column.header, *column.cells) if isinstance(cell, str) for w in cell.split()]
+        column.min_width = max([column.min_width or 0, *(cell_len(w) for w in words)])
         column.overflow = "fold"
-    if out.is_terminal:
-        out.print(table)
+    if console.is_terminal:
+        console.print(table)
         return
-    # Measured without the console's own limit (a measurement is capped at the width it is given), printed by a
-    # console of that width (Console.print caps its width argument at the console's).
-    width = max(out.width, out.measure(table, options=out.options.update_width(100_000)).maximum)
-    Console(file=out.file, width=width, highlight=False, soft_wrap=True, emoji=False, markup=False).print(table)
+    # Console.print caps a width argument at the console's own: a wider table gets a console of its width.
+    needed = console.measure(table, options=console.options.update_width(100_000)).minimum
+    if needed <= console.width:
+        console.print(table)
+        return
+    Console(file=console.file, width=needed, highlight=False, soft_wrap=True, emoji=False, markup=False).print(table)
 
 
 class _WarningLines(logging.Handler):

@@ -391,7 +391,7 @@ def _render(result, np) -> None:
                       r.decoder + (" *" if id(r) in heads else ""), str(r.n_images), percent(r.success_rate),
                       "[{}, {}]".format(*percent_interval(r.ci_low, r.ci_high)), f"{r.mean_ssim:.3f}", f"{r.mean_rho:.3f}",
                       f"{float(np.median(r.eta)):.3g}")
-    print_table(table)
+    print_table(table, out)
     c, h, w = result.image_shape
     out.print(f"* strongest decoder at that noise level (the number to report). Input {c}x{h}x{w}, "
               f"{result.connection} connection, K = {result.bins}, C = {result.max_grad_norm:g}, "

@@ -486,7 +486,7 @@ def _render(s, rec: str = "image") -> None:
     table.add_row(f"membership advantage (TPR - FPR){unit}", upper(mia.advantage), mia.label)
     for f, t in mia.tpr_at_fpr:
         table.add_row(f"membership TPR at FPR {f:g}{unit}", upper(t), mia.label)
-    print_table(table)
+    print_table(table, out)
     out.print("Assumptions:")
     for a in s.assumptions:
         out.print(f"  - {_worded(a, rec)}")
@@ -648,4 +648,4 @@ def calibrate(
     table.add_row(f"epsilon at delta {delta:g} (PLD), per {rec}", _fmt_eps(cal.epsilon), "sound upper bound")
     if target is not None:
         table.add_row(f"train with --epsilon (per {rec}, rounded down)", at_most(target), "gives at least this sigma")
-    print_table(table)
+    print_table(table, out)

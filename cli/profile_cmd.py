@@ -428,7 +428,7 @@ def _print_summary(prof) -> None:
               (txt.spread(lv.utility[key]).replace(" ± ", "±") for key, _ in utility)),
             txt.pct(lv.worst_case, direction="up"), txt.pct(lv.relaxed, direction="up"),
             "not run" if a is None else txt.pct(a.strongest.success_rate))
-    print_table(table)
+    print_table(table, out)
     levels = prof.levels()
     if len(prof.config.inits) > 1:
         by_init = Table(title="Test MCC (empirical) per initialisation: mean [95% t-interval], n seeds",
@@ -439,7 +439,7 @@ def _print_summary(prof) -> None:
             by_init.add_column(lab, justify="right")
         for lv in levels:
             by_init.add_row(lv.label, *(txt.interval(txt.init_utility_values(prof, lv, lab)) for lab in labels))
-        print_table(by_init)
+        print_table(by_init, out)
     for label, report in init_reports(prof).items():
         for line in report:
             err.print(f"[yellow]note:[/] --inits {escape(str(label))}: {escape(line)}", highlight=False, markup=True)
