@@ -1773,6 +1773,17 @@ STALL_SHRINK = 1.3
 #: Where the first round is a probe (see :func:`refine`), it is taken this many times coarser than
 #: :func:`initial_h_run`'s grid step.
 PROBE_COARSENING = 4.0
+#: Where the composed window at :func:`initial_h_run`'s step holds this many points or more, :func:`refine`'s probe
+#: is ``WIDE_PROBE_COARSENING`` times coarser, for long one-level runs too (``WIDE_PROBE``; False: the plain route,
+#: a probe PROBE_COARSENING times coarser for short runs only). There initial_h_run's step, 0.08 per-step standard
+#: deviations, is set by a per-step variance that rare large losses make (sigma 0.5, q 1e-6: sd 7e-6 nats for a
+#: loss range of 6.7 nats), and the bracket closes at a step 2 to 30 times coarser (relaxed and worst case, k 1 and
+#: 5, T 1e4 and 1e6); a probe's round costs 1 / WIDE_PROBE_COARSENING of one at that step. Only past half of
+#: MAX_WINDOW: there a round at initial_h_run's step costs 1-2 s and a round 2x finer no longer fits (relaxed, k 10,
+#: sigma 1, q 1e-5, T 1e6, 5.4e6 points, closes within rtol at that step in one round and keeps it).
+WIDE_PROBE = True
+WIDE_WINDOW = MAX_WINDOW // 2
+WIDE_PROBE_COARSENING = 16.0
 #: The largest factor one round of :func:`refine` refines the grid step by (after a coarsened probe: that much more).
 MAX_JUMP = 8.0
 #: :func:`refine`'s jump aims at the bracket width its stop rule accepts, ``rtol`` relative or ``atol`` absolute
@@ -1811,6 +1822,15 @@ def _as_run(pair_or_run, steps: int | None) -> tuple[tuple[StepPair, int], ...]:
     if isinstance(pair_or_run, StepPair):
         return ((pair_or_run, int(steps)),)
     return tuple(pair_or_run)
+
+
+def _wide_one_level(run: tuple[tuple[StepPair, int], ...], h: float, window: float) -> bool:
+    """Whether a long run's first round at grid step h (its composed window about ``window`` points) is probed
+    ``WIDE_PROBE_COARSENING`` times coarser: a window of ``WIDE_WINDOW`` points or more, composed in one level at h
+    and at the probe's step (where a long run composes in two levels at the fine step and one at the coarse, the
+    probe's bracket does not close as h^2 to the fine step's, see :func:`refine`)."""
+    return (WIDE_PROBE and window >= WIDE_WINDOW and _block_size(run, h) is None
+            and _block_size(run, min(WIDE_PROBE_COARSENING * h, MAX_GRID_STEP)) is None)
 
 
 def _same_route(run: tuple[tuple[StepPair, int], ...], h: float) -> bool:
@@ -1897,6 +1917,7 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # (sigma 0.5, q 1e-3, T 1e5: one round more).
     first = 2.0 * math.sqrt(5e-4 / rtol)
     coarsened = 1.0  # how much coarser than initial_h_run's step the probe is
+    wide_probe = False
     # A run short enough for one level whose per-step grid stays short too (no heavy tail: its cost is the
     # composed window's) starts there up to twice that window (ONE_LEVEL_SMALL_WINDOW): the probe's round would cost
     # a third to a half of the answer's, and from sigma 0.5 to 50 at q 1e-3 to 0.5 the bracket at h / first is
@@ -1906,10 +1927,19 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     if window <= SMALL_WINDOW or (window <= ONE_LEVEL_SMALL_WINDOW and sum(s for _, s in run) < TWO_LEVEL_STEPS
                                   and _widest_step(run) / (h / first) <= LATTICE_FULL):
         h /= first
-    elif start is None and sum(s for _, s in run) < TWO_LEVEL_STEPS:
-        coarsened = max(1.0, min(PROBE_COARSENING, MAX_GRID_STEP / h))
+    elif start is None and (sum(s for _, s in run) < TWO_LEVEL_STEPS or _wide_one_level(run, h, window / first)):
+        # A window of WIDE_WINDOW points or more at initial_h_run's step (a heavy-tailed step at small q: sigma 0.5,
+        # q 1e-6 spans 6.7 nats of loss at h = 5.9e-7, 1.1e7 points) takes a probe WIDE_PROBE_COARSENING times
+        # coarser, long runs too where both steps compose in one level (see _wide_one_level).
+        wide_probe = WIDE_PROBE and window / first >= WIDE_WINDOW
+        coarsened = max(1.0, min(WIDE_PROBE_COARSENING if wide_probe else PROBE_COARSENING, MAX_GRID_STEP / h))
         h *= coarsened
-    max_jump = MAX_JUMP * coarsened
+    # The jump from the probe may go MAX_JUMP further than initial_h_run's step; from a wide probe no further than
+    # that step (the plain route's first round): there its bracket closes to a round-off floor that the probe, whose
+    # composition has no floor yet, does not see (relaxed, sigma 0.5, q 1e-6, T 1e6, kappa 1e-6: 3.8e-2 relative at
+    # 16 times the step, all of it discretisation, asked for a jump 22 times finer, to a window of 1.6e7 points,
+    # for a bracket of 1.4e-3, nearly all of it the guard's floor).
+    max_jump = coarsened * (1.0 if wide_probe else MAX_JUMP)
 
     def call(hh: float):
         got = evaluate(hh)

@@ -1240,3 +1240,68 @@ def test_top_read_equals_the_formula_on_every_atom(rng) -> None:
             assert k == n or np.sum(p[:k]) >= alpha * (1 + 1e-9)
             assert np.array_equal(top, m[::-1][:k]) and np.array_equal(top_losses, losses[:k])
             assert np.array_equal(top_p, p[:k]) and top.flags.c_contiguous
+
+
+def _wide_and_plain_gamma(monkeypatch, sigma: float, q: float, steps: int, threat_model: str, k: int = 1):
+    """ReRo at kappa 1e-6, 1e-3, 0.1 by the default route and with the wide probe off (WIDE_PROBE False), each with
+    the largest composed window it formed."""
+    from dpaudit.bounds import pld as pld_module
+
+    kappa = [1e-6, 1e-3, 0.1]
+    widths: list[int] = []
+    compose = pld_module.compose_parts
+
+    def counted(parts):
+        out = compose(parts)
+        widths.append(out.masses.size)
+        return out
+
+    monkeypatch.setattr(pld_module, "compose_parts", counted)
+    got = []
+    for wide in (True, False):
+        monkeypatch.setattr(pld_module, "WIDE_PROBE", wide)
+        pld_module.clear_caches()
+        widths.clear()
+        got.append((rero_bound(sigma, q, steps, kappa, threat_model=threat_model, records_per_patient=k),
+                    max(widths, default=0)))
+    pld_module.clear_caches()
+    return got
+
+
+def _same_gamma_bracket(fast, plain) -> None:
+    """Both proven brackets of the same exact gamma (they overlap); the fast one within rtol 5e-4, or no more than
+    1.3x as wide as the plain one where that one is not (a round-off floor), both ends as close to the plain ones."""
+    for r in (fast, plain):
+        assert np.all(r.lower <= r.gamma)
+    assert np.all(fast.lower <= plain.gamma) and np.all(plain.lower <= fast.gamma)
+    width, plain_width = fast.gamma - fast.lower, plain.gamma - plain.lower
+    assert np.all((width <= 5e-4 * fast.gamma + 1e-12) | (width <= 1.3 * plain_width))
+
+
+@pytest.mark.parametrize(("threat_model", "k", "steps"), [
+    ("worst_case", 1, 10_000), pytest.param("relaxed", 1, 10_000, marks=pytest.mark.slow),
+    pytest.param("worst_case", 1, 1_000_000, marks=pytest.mark.slow),
+    pytest.param("worst_case", 5, 1_000_000, marks=pytest.mark.slow)])
+def test_wide_probe_brackets_the_same_gamma(monkeypatch, threat_model, k, steps) -> None:
+    # sigma 0.5, q 1e-6: initial_h_run's window holds ~1e7 points; the first round is a probe 16x coarser, and the
+    # jump from it goes no finer than that step. Both routes give proven brackets of the same exact gamma, and the
+    # probe route never forms a longer window than the plain one (here: a shorter one).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds.schedule import resolve
+
+    run = resolve(0.5, 1e-6, steps, None).run(k, threat_model)
+    h = pld_module.initial_h_run(run)
+    assert pld_module._window_estimate(run, h) >= pld_module.WIDE_WINDOW
+    (fast, fast_width), (plain, plain_width) = _wide_and_plain_gamma(monkeypatch, 0.5, 1e-6, steps, threat_model, k)
+    _same_gamma_bracket(fast, plain)
+    assert fast_width <= plain_width
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sigma", "q", "steps"), list(itertools.product((0.05, 50.0), (1e-6, 1.0), (1, 1_000_000))))
+@pytest.mark.parametrize("threat_model", ["worst_case", "relaxed"])
+def test_wide_probe_brackets_the_same_gamma_on_the_extremes(monkeypatch, sigma, q, steps, threat_model) -> None:
+    # Where the wide probe does not fire the routes are the same; where it does, both brackets hold the exact gamma.
+    (fast, fast_width), (plain, plain_width) = _wide_and_plain_gamma(monkeypatch, sigma, q, steps, threat_model)
+    _same_gamma_bracket(fast, plain)
+    assert fast_width <= plain_width
