@@ -1040,3 +1040,23 @@ def test_folded_convolution_weight_gradients_are_each_images_own(rng) -> None:  
                 g[i : i + 1], a[i : i + 1], conv.weight, None, conv.stride, conv.padding, conv.dilation, False,
                 [0, 0], conv.groups, [False, True, False])[1]
             torch.testing.assert_close(folded[i], own, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_gradients_with_kept_buffers_equal_fresh_copies_bit_for_bit(rng) -> None:  # type: ignore[no-untyped-def]
+    """The folded weight gradients from the buffers and repeated weights kept between calls (one image_statistics
+    call's chunks and layers) are bit for bit those from fresh copies: for two layers of one shape in turn (the
+    buffers reused), a shorter last chunk, and a weight changed in place (its repeated copy made again)."""
+    from dpaudit.attacks.imprint import _folded_conv_weight_grads, _FoldScratch, _repeated_weight
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    convs = [torch.nn.Conv2d(6, 8, 3, padding=1, groups=2) for _ in range(2)]
+    scratch = _FoldScratch()
+    for n in (4, 4, 3):
+        for conv in convs:
+            a = torch.randn(n, 6, 32, 36).contiguous(memory_format=torch.channels_last)
+            g = torch.randn_like(conv(a))
+            kept = _folded_conv_weight_grads(conv, a, g, scratch)
+            assert torch.equal(kept, _folded_conv_weight_grads(conv, a, g))
+    with torch.no_grad():
+        convs[0].weight.mul_(-2.0)
+    assert torch.equal(scratch.weight(convs[0], 4), _repeated_weight(convs[0].weight.detach(), 4))
