@@ -9,8 +9,9 @@ Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 
 [--skip-naive] [--cpu-time] [--breakdown] [--alternatives]``; ``--calibrate-tv`` prints the TV denoiser sweep
 (dpaudit's solver against scikit-image's). ``--breakdown`` adds where the 9-level attack's CPU time goes beyond the
 floor, per stage, and the model part by each route (the batched one also with its convolutions' weight gradients
-image by image and with the earlier chunk bound), with page faults per image. ``--alternatives`` times, per image and side by side, the ways of computing the two largest
-stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
+image by image and with the earlier chunk bound; two rejected channels-last forms of the batch-1 passes), with page
+faults per image and each route's largest error of the gradient norm against a float64 model. ``--alternatives``
+times, per image and side by side, the ways of computing the two largest stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
 sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls), torch's grouped
 convolution and sums of shifted rows along the columns (doubling), the TV denoiser with 2 torch threads, SSIM in
 float32 (its error against float64), the projection's square root and quotient against the reciprocal square root
@@ -180,8 +181,18 @@ def model_passes(model, images, labels, repeats: int) -> None:
     BATCHED_MAX_PIXELS pixels), the batched route with each convolution's weight gradients image by image (no
     folded grouped call) and with the earlier chunk bound (2^19 input values: 42 images at 64 px), and the floor
     with channels-last input (the batched route's layout; the floor itself stays NCHW, batch 1). The minor page
-    faults per image (medians) show the chunks' memory coming back from the operating system."""
+    faults per image (medians) show the chunks' memory coming back from the operating system.
+
+    Two rejected forms of the batch-1 passes run beside them: the imprinted input in channels-last (fast where the
+    floor's channels-last line is, at 224 px) and the same with every GroupNorm run on a contiguous NCHW copy (hooks
+    convert in and out). The last column is each route's largest relative error of the gradient norm G against
+    batch-1 passes of a float64 copy of the model: torch's channels-last GroupNorm sums its statistics in float32
+    with an error that grows with the positions per channel (ResNet-9 width 16, the bench's images: 224 px 9.0e-4
+    against 3.2e-6 by NCHW batch-1 passes; 64 px 1.0e-5 against 6.2e-6), too large for statistics that set each
+    image's clipping and noise scale; with GroupNorm on NCHW copies the error is back to NCHW's and the speed is
+    gone (224 px 1.055x the floor against 1.042x for the batch-1 passes, 64 px 1.15x)."""
     import resource
+    from copy import deepcopy
 
     from dpaudit.attacks import imprint
     from dpaudit.attacks.imprint import BATCHED_MAX_PIXELS, ImprintBlock, image_statistics
@@ -196,10 +207,32 @@ def model_passes(model, images, labels, repeats: int) -> None:
             for k, v in constants.items():
                 setattr(imprint, k, v)
             try:
-                image_statistics(model, block, images, labels, batched=True, **kw)
+                return image_statistics(model, block, images, labels, batched=True, **kw)
             finally:
                 for k, v in saved.items():
                     setattr(imprint, k, v)
+        return run
+
+    class ChannelsLastBlock(ImprintBlock):  # the imprinted input laid out channels-last
+        def connect(self, activations, x):
+            return super().connect(activations, x).contiguous(memory_format=torch.channels_last)
+
+    cl_block = ChannelsLastBlock(tuple(images.shape[1:]), mean=np.array(MEAN), std=np.array(STD))
+    cl_block.load_state_dict(block.state_dict())
+
+    def group_norm_nchw(fn):
+        def run():
+            handles = []
+            for m in model.modules():
+                if type(m) is torch.nn.GroupNorm:
+                    handles.append(m.register_forward_pre_hook(lambda _m, a: (a[0].contiguous(),)))
+                    handles.append(m.register_forward_hook(
+                        lambda _m, _a, out: out.contiguous(memory_format=torch.channels_last)))
+            try:
+                return fn()
+            finally:
+                for handle in handles:
+                    handle.remove()
         return run
 
     runs = {"floor": lambda: floor(model, images, labels),
@@ -207,7 +240,18 @@ def model_passes(model, images, labels, repeats: int) -> None:
             "statistics, batch-1 passes": lambda: image_statistics(model, block, images, labels, batched=False, **kw),
             "statistics, batched route": batched(),
             "  batched, weight gradients image by image": batched(FOLDED_MIN_POSITIONS=2**62),
-            "  batched, chunks of <= 2^19 input values": batched(BATCH_VALUES=2**19)}
+            "  batched, chunks of <= 2^19 input values": batched(BATCH_VALUES=2**19),
+            "batch-1, channels-last input (rejected)": lambda: image_statistics(model, cl_block, images, labels,
+                                                                             batched=False, **kw),
+            "  and GroupNorm on NCHW copies (rejected)": group_norm_nchw(
+                lambda: image_statistics(model, cl_block, images, labels, batched=False, **kw))}
+    exact = image_statistics(deepcopy(model).double(), deepcopy(block).double(), images.double(), labels,
+                             batched=False, **kw).grad_norm
+    error: dict[str, float] = {}
+    for key in runs:
+        if key.startswith(("statistics", "  batched", "batch-1", "  and")):
+            g = runs[key]().grad_norm
+            error[key] = float(np.max(np.abs(g - exact) / exact))
     spent: dict[str, list[float]] = {k: [] for k in runs}
     faults: dict[str, list[int]] = {k: [] for k in runs}
     for _ in range(repeats):
@@ -220,10 +264,11 @@ def model_passes(model, images, labels, repeats: int) -> None:
     fl = np.array(spent["floor"])
     default = "batched" if images.shape[-2] * images.shape[-1] <= BATCHED_MAX_PIXELS else "batch-1"
     print(f"model part (CPU, medians of {repeats} interleaved repeats; ratio to the floor; page faults per image; "
-          f"default here: {default}):")
+          f"default here: {default}; largest relative error of G against float64):")
     for key, v in spent.items():
+        err = f"{error[key]:9.1e}" if key in error else ""
         print(f"  {key:<48} {np.median(v) * 1e3:8.1f} ms {np.median(np.array(v) / fl):6.3f}x "
-              f"{np.median(faults[key]) / len(images):8.0f}")
+              f"{np.median(faults[key]) / len(images):8.0f}{err}")
 
 
 def alternatives(size: int, n: int, repeats: int) -> None:
