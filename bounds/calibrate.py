@@ -195,7 +195,8 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
         if below >= SIGMA_RANGE[0] and epsilon_rdp(below, q, steps, delta) <= target_epsilon:
 
             def score_rdp(s: float) -> float:
-                return math.log(epsilon_rdp(s, q, steps, delta) / target_epsilon)
+                eps = epsilon_rdp(s, q, steps, delta)
+                return math.log(eps / target_epsilon) if eps > 0 else -math.inf
 
             sigma = min(sigma, safe_smallest(lambda s: score_rdp(s) <= 0, below, rtol=rtol, score=score_rdp))
     return sigma
