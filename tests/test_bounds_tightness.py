@@ -1305,3 +1305,111 @@ def test_wide_probe_brackets_the_same_gamma_on_the_extremes(monkeypatch, sigma, 
     (fast, fast_width), (plain, plain_width) = _wide_and_plain_gamma(monkeypatch, sigma, q, steps, threat_model)
     _same_gamma_bracket(fast, plain)
     assert fast_width <= plain_width
+
+
+@pytest.mark.parametrize(("threat_model", "coarsening", "holds"),
+                         [("relaxed", 16, False), ("relaxed", 8, True), ("worst_case", 16, True)])
+def test_garbling_holds_tells_a_probe_that_drops_mass(threat_model, coarsening, holds) -> None:
+    # sigma 0.5, q 1e-6: the relaxed garbled step at 16 times initial_h_run's step cannot balance the cells
+    # next to the pile and drops them (1.4e-3 of its Q-mass per step; its composition over 1e4 steps keeps
+    # 5e-7 of it, a lower end that reads the blind guess); at 8 times, and the worst case's at 16, it keeps
+    # its mass to round-off.
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    run = ((StepPair(0.5, 1e-6, 1, threat_model), 10_000),)
+    h = coarsening * pld_module.initial_h_run(run)
+    pld_module.clear_caches()
+    assert pld_module._garbling_holds(run, h) is holds
+    assert len(pld_module._PROBE_STEPS) == holds  # (the step it formed, kept for the probe's composition)
+    kept = pld_module.composed_run(run, h, "remove", True)
+    assert not pld_module._PROBE_STEPS
+    pld_module.clear_caches()
+    fresh = pld_module.composed_run(run, h, "remove", True)  # (formed anew: the same numbers)
+    assert np.array_equal(kept.masses, fresh.masses) and kept.lo == fresh.lo and kept.offset == fresh.offset
+    lower = kept.power_lower(np.array([1e-3]))
+    pld_module.clear_caches()
+    # (a garbling that drops its mass reads kappa, the blind guess; one that keeps it reads gamma > kappa)
+    assert bool(lower[0] > 1e-3 * (1 + 1e-4)) is holds
+
+
+@pytest.mark.parametrize("past_floor", [True, False])
+def test_refine_jumps_at_the_bracket_less_its_floor(monkeypatch, past_floor) -> None:
+    # A model bracket whose round-off floor (1e-2, stays at every h) is far wider than rtol and whose
+    # discretisation part (1e-3 h^2 a side) is within it at h = 0.1: a finer round can narrow only the latter,
+    # so the jump aims at that part (the smallest jump, 1.25x), not at the whole bracket (6.2x).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    monkeypatch.setattr(pld_module, "JUMP_PAST_FLOOR", past_floor)
+    rounds = []
+
+    def evaluate(h):
+        rounds.append(h)
+        return (np.array([1.0 + 1e-3 * h * h]), np.array([1.0 - 1e-3 * h * h - 1e-2]), np.array([True]),
+                np.array([1e-2]))
+
+    got = pld_module.refine(StepPair(1.0, 0.01), 1000, evaluate, rtol=5e-4, max_halvings=20, start=0.1)
+    if past_floor:
+        assert rounds[1] == pytest.approx(0.1 / 1.25)
+    else:  # 1.15 sqrt(gap / (0.7 rtol)): 6.2x finer, for a bracket that stays 1e-2 wide
+        assert rounds[1] == pytest.approx(0.1 / (1.15 * math.sqrt((1e-2 + 2e-5) / (0.7 * 5e-4 * (1 + 1e-5)))))
+    assert len(rounds) == 2 and got.h == rounds[-1]  # then stalled at the floor either way
+
+
+def test_refine_keeps_the_whole_brackets_jump_where_the_floor_shortens_it_little() -> None:
+    # floor 1e-3, discretisation part 2e-3 at h = 1: past the floor the jump is 1.15 sqrt(2e-3 / (0.7 rtol)),
+    # 2.75x, against 3.37x for the whole bracket; less than FLOOR_JUMP_SAVING shorter, so the whole bracket's
+    # is taken (the h^2 law is met only roughly, and the longer jump keeps its margin).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds._mechanism import StepPair
+
+    rounds = []
+
+    def evaluate(h):
+        rounds.append(h)
+        return (np.array([1.0 + 1e-3 * h * h]), np.array([1.0 - 1e-3 * h * h - 1e-3]), np.array([True]),
+                np.array([1e-3]))
+
+    pld_module.refine(StepPair(1.0, 0.01), 1000, evaluate, rtol=5e-4, max_halvings=20, start=1.0)
+    assert rounds[1] == pytest.approx(1.0 / (1.15 * math.sqrt(3e-3 / (0.7 * 5e-4 * (1 + 1e-3)))))
+
+
+def _routes_gamma(monkeypatch, steps: int, threat_model: str):
+    """ReRo at kappa 1e-6, 1e-3, 0.1 (sigma 0.5, q 1e-6) by the default route and by the plain one (no wide
+    probe, no garbling check, the jump at the whole bracket), each with its compositions' window lengths."""
+    from dpaudit.bounds import pld as pld_module
+
+    widths: list[int] = []
+    compose = pld_module.compose_parts
+
+    def counted(parts):
+        out = compose(parts)
+        widths.append(out.masses.size)
+        return out
+
+    monkeypatch.setattr(pld_module, "compose_parts", counted)
+    got = []
+    for default in (True, False):
+        for flag in ("WIDE_PROBE", "GARBLED_PROBE", "JUMP_PAST_FLOOR"):
+            monkeypatch.setattr(pld_module, flag, default)
+        pld_module.clear_caches()
+        widths.clear()
+        got.append((rero_bound(0.5, 1e-6, steps, [1e-6, 1e-3, 0.1], threat_model=threat_model), list(widths)))
+    pld_module.clear_caches()
+    return got
+
+
+@pytest.mark.parametrize(("threat_model", "steps"), [
+    ("relaxed", 10_000), pytest.param("relaxed", 1_000_000, marks=pytest.mark.slow),
+    pytest.param("worst_case", 1_000_000, marks=pytest.mark.slow)])
+def test_relaxed_corner_brackets_the_same_gamma_with_less_work(monkeypatch, threat_model, steps) -> None:
+    # sigma 0.5, q 1e-6: the wide probe keeps its garbling (8 times initial_h_run's step for the relaxed pair,
+    # not 16) and the jump from it aims past the floor; the plain route composes windows of ~1e7 points. Both
+    # give proven brackets of the same exact gamma, each within rtol or at the round-off floor (at most 1.3x
+    # the plain one's), and the default route composes at most half the points (here: 3.5x to 6.5x fewer in
+    # all, its longest window 6x to 11x shorter).
+    (fast, fast_widths), (plain, plain_widths) = _routes_gamma(monkeypatch, steps, threat_model)
+    _same_gamma_bracket(fast, plain)
+    assert sum(fast_widths) <= 0.5 * sum(plain_widths)
+    assert max(fast_widths) <= 0.5 * max(plain_widths)
