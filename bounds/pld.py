@@ -1797,6 +1797,18 @@ JUMP_TO_ATOL = True
 JUMP_PAST_FLOOR = True
 #: ... taken where it is at least this many times shorter than the whole bracket's jump (see :func:`refine`).
 FLOOR_JUMP_SAVING = 2.0
+#: From a wide probe (see :func:`refine`) the jump aims past the round-off floor by the law its brackets close at
+#: there, h^WIDE_PROBE_ORDER, with room left for the floor to double, wherever that jump is shorter than the one
+#: FLOOR_JUMP_SAVING allows (:func:`_wide_probe_jump`; ``WIDE_PROBE_PAST_FLOOR`` False: the plain route). At a
+#: floor past the tolerance the whole bracket asked for 5.1x, 1.1e7 points (relaxed, k 5, sigma 0.5, q 1e-6, T 1e6:
+#: kappa 1e-6 at its floor, 6.4e-3 of a 6.8e-3 bracket; kappa 1e-3's 2.5e-3 asks for 4.5x, 1e7 points). The
+#: probe's step is far from the h^2 regime: its brackets narrowed as h^1.49 to 4x finer and h^1.50 to 5.1x (there,
+#: kappa 1e-3 and 0.1), h^1.44 (worst case, k 5, kappa 0.1); with the jump's margins (aim 0.7 rtol, 15% on the
+#: step) a bracket that narrows as h^1.1 still closes. Where the floor is about the tolerance it is no floor (k 10,
+#: sigma 1, q 1e-6, T 1e4, kappa 1e-6: 5e-4 of a 9.5e-4 bracket, then 5.9e-4 and 3.3e-4, the bracket 4.3e-4): the
+#: whole bracket's jump.
+WIDE_PROBE_PAST_FLOOR = True
+WIDE_PROBE_ORDER = 1.5
 #: No coarsening in :func:`refine` goes past this grid step (nats): every finite per-step loss lies below
 #: ``LOSS_CAP``, and a step past log(max float64) = 709.8 overflows the connect-the-dots split (e^h) into NaN
 #: masses (sigma 1e-4, q 0.01, T 100 probed at 1898 nats).
@@ -1930,6 +1942,24 @@ def _jump(closing: np.ndarray, aim: np.ndarray, ok: np.ndarray, max_jump: float)
     return min(max(1.15 * need, 1.25), max_jump)
 
 
+def _wide_probe_jump(gap: np.ndarray, floor: np.ndarray, tol: np.ndarray, ok: np.ndarray, max_jump: float) -> float:
+    """The jump from a wide probe (``WIDE_PROBE_PAST_FLOOR``), per open bracket ``gap`` wide with ``floor`` of it
+    the round-off guard's and ``tol`` the width the stop rule accepts. A bracket whose floor alone is wider than
+    ``tol`` cannot close: the jump aims its other part at 0.7 ``tol`` (it then ends at its floor, see
+    :func:`_stalled`). One whose floor, doubled (the guard follows the round-off measured in each composition,
+    which moves by up to 2x from one to the next), leaves room below 0.7 ``tol``: its other part aims at that room.
+    Either way that part closes as h^WIDE_PROBE_ORDER. Any other bracket asks for the whole-bracket h^2 jump."""
+    held = np.minimum(floor, gap)
+    aim = 0.7 * tol
+    room = aim - 2.0 * held
+    closing = gap - held
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(held >= tol, (closing / aim) ** (1.0 / WIDE_PROBE_ORDER),
+                        np.where(room > 0, (closing / room) ** (1.0 / WIDE_PROBE_ORDER), np.sqrt(gap / aim)))
+    need = float(np.max(np.where(ok | ~np.isfinite(need), 1.0, need)))
+    return min(max(1.15 * need, 1.25), max_jump)
+
+
 def _kept_floor(keep: np.ndarray, new, old) -> np.ndarray:
     """The guard's share of the lower ends :func:`refine` keeps: this round's (``new()``) where ``keep``, else the
     last round's (``old()``, called only where some entry needs it)."""
@@ -2058,11 +2088,14 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
             routed = (JUMP_PAST_FLOOR and floor is not None and _same_route(run, h)
                       and _block_size(run, h / max_jump) == _block_size(run, h))
             held = np.asarray(floor(), dtype=float) if routed else None
-            aim = 0.7 * (np.maximum(rtol * np.abs(upper), atol) if JUMP_TO_ATOL else rtol * np.abs(upper))
+            tol = np.maximum(rtol * np.abs(upper), atol) if JUMP_TO_ATOL else rtol * np.abs(upper)
+            aim = 0.7 * tol
             factor = _jump(gap, aim, ok, max_jump)
             if held is not None:
                 past = _jump(gap - np.minimum(held, gap), aim, ok, max_jump)
                 factor = past if FLOOR_JUMP_SAVING * past <= factor else factor
+                if wide_probe and last_gap is None and WIDE_PROBE_PAST_FLOOR:
+                    factor = min(factor, _wide_probe_jump(gap, held, tol, ok, max_jump))
             # A floor that the next round's route leaves behind (one level here, two there: a guard ~100x smaller)
             # says nothing of that round, and the last round's narrowing, a draw of the round-off, neither: take it
             # (sigma 5, q 1e-5, k 5, relaxed, T 1e6, kappa 1e-6: 1.1e-3 relative, then 1e-5 in two levels; on

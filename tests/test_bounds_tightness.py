@@ -1413,3 +1413,54 @@ def test_relaxed_corner_brackets_the_same_gamma_with_less_work(monkeypatch, thre
     _same_gamma_bracket(fast, plain)
     assert sum(fast_widths) <= 0.5 * sum(plain_widths)
     assert max(fast_widths) <= 0.5 * max(plain_widths)
+
+
+def test_wide_probe_jump_aims_past_a_floor_only_beyond_the_tolerance() -> None:
+    from dpaudit.bounds import pld as pld_module
+
+    tol = np.array([5e-4, 5e-4])
+    ok = np.zeros(2, dtype=bool)
+    # A floor past the tolerance (it cannot close): the rest, 4e-4, is already within 0.7 tol by h^1.5 after a
+    # small jump, and the other bracket (2.5e-3, floor 1e-5) decides: (2.49e-3 / 3.3e-4)^(1/1.5), 15% margin.
+    got = pld_module._wide_probe_jump(np.array([6.8e-3, 2.5e-3]), np.array([6.4e-3, 1e-5]), tol, ok, 16.0)
+    assert got == pytest.approx(1.15 * (2.49e-3 / (3.5e-4 - 2e-5)) ** (1 / pld_module.WIDE_PROBE_ORDER))
+    # ... shorter than the whole bracket's h^2 jump (sqrt(6.8e-3 / 3.5e-4), 15% margin: 5.1x)
+    assert got < pld_module._jump(np.array([6.8e-3, 2.5e-3]), 0.7 * tol, ok, 16.0)
+    # A floor about the tolerance is no floor (it moves 2x between compositions): the whole bracket's h^2 jump.
+    gap, floor = np.array([9.5e-4, 1e-4]), np.array([4.9e-4, 0.0])
+    assert pld_module._wide_probe_jump(gap, floor, tol, ok, 16.0) == pytest.approx(
+        pld_module._jump(gap, 0.7 * tol, ok, 16.0))
+    # Closed brackets ask for nothing; the jump stays within [1.25, max_jump].
+    assert pld_module._wide_probe_jump(gap, floor, tol, np.ones(2, dtype=bool), 16.0) == 1.25
+    assert pld_module._wide_probe_jump(np.array([1.0, 1.0]), np.zeros(2), tol, ok, 16.0) == 16.0
+
+
+@pytest.mark.slow
+def test_wide_probe_jump_past_floor_brackets_the_same_gamma_with_a_shorter_window(monkeypatch) -> None:
+    # relaxed, k 5, sigma 0.5, q 1e-6, T 1e6: kappa 1e-6's bracket at the wide probe is nearly all round-off floor
+    # (6.4e-3 of 6.8e-3, past rtol); the whole bracket asked for a jump of 5.1x (1.1e7 points), kappa 1e-3's rest
+    # asks for 4.5x by h^1.5. Both routes give proven brackets of the same exact gamma, each within rtol or at the
+    # floor, in two rounds each, and the default route's longest window is shorter.
+    from dpaudit.bounds import pld as pld_module
+
+    widths: list[int] = []
+    compose = pld_module.compose_parts
+
+    def counted(parts):
+        out = compose(parts)
+        widths.append(out.masses.size)
+        return out
+
+    monkeypatch.setattr(pld_module, "compose_parts", counted)
+    got = []
+    for flag in (True, False):
+        monkeypatch.setattr(pld_module, "WIDE_PROBE_PAST_FLOOR", flag)
+        pld_module.clear_caches()
+        widths.clear()
+        got.append((rero_bound(0.5, 1e-6, 1_000_000, [1e-6, 1e-3, 0.1], threat_model="relaxed",
+                               records_per_patient=5), list(widths)))
+    pld_module.clear_caches()
+    (fast, fast_widths), (plain, plain_widths) = got
+    _same_gamma_bracket(fast, plain)
+    assert len(fast_widths) == len(plain_widths)  # the same rounds (each composes the same directions)
+    assert max(fast_widths) < max(plain_widths)
