@@ -97,6 +97,12 @@ def _logsumexp0(a: np.ndarray) -> np.ndarray:
         return np.log(np.sum(np.exp(a - safe[None, ...]), axis=0)) + safe
 
 
+#: Newton's start for k > 1 from a cubic Hermite interpolant of the inverse on the table (:meth:`StepPair._hermite_start`)
+#: rather than the linear one moved a grid step right: the same roots to the iteration's 1e-14 stop, in 2 passes
+#: over the losses instead of 4 (relaxed k 10, sigma 0.5, q 1e-5: 320809 losses per step PLD).
+HERMITE_START = True
+
+
 @dataclass(frozen=True)
 class StepPair:
     """The per-step (P, Q) pair of a DP-SGD step for one threat model.
@@ -208,7 +214,8 @@ class StepPair:
         Starting points: L tabulated on a dense x grid and inverted by interpolation, moved right until L(x0) >=
         eps (the chord of a convex function lies above it, so the interpolated x is already to the right of the
         root, up to round-off); where the table does not reach, the analytic bound below. Only the entries not
-        yet converged are iterated (typically 3-5 steps instead of ~200 from the analytic start)."""
+        yet converged are iterated (typically 3-5 steps instead of ~200 from the analytic start; 1-2 from the Hermite
+        start, :meth:`_hermite_start`)."""
         k, s2 = self.records_per_patient, self.noise_multiplier ** 2
         sigma = self.noise_multiplier
         lw_k = self.log_weights[-1]
@@ -222,15 +229,17 @@ class StepPair:
             # L(x) >= log w_k + (2 k x - k^2) / (2 s2).
             bound = (s2 * (flat - lw_k) + k * k / 2) / k
             grid = np.linspace(-40 * sigma, k + 40 * sigma, 4097)
-        table = self.loss(grid)
+        j = self.means[:, None]
+        table, table_slope = self._loss_and_slope(grid)
         inside = (flat > table[0]) & (flat < table[-1])
         x = np.where(inside, np.interp(flat, table, grid), bound)
         if np.any(inside):
             # one grid step to the right absorbs interpolation round-off; never beyond the analytic bound
             x = np.where(inside, np.minimum(x + (grid[1] - grid[0]), bound), x)
+            if HERMITE_START:
+                x = self._hermite_start(flat, inside, grid, table, table_slope, x, bound)
         x = np.where(below, self.lower, x)
         active = np.nonzero(~below)[0]
-        j = self.means[:, None]
         for _ in range(200):
             if active.size == 0:
                 break
@@ -243,12 +252,58 @@ class StepPair:
             else:
                 slope = np.sum(post * j / s2, axis=0)
             step = (value - flat[active]) / np.maximum(slope, 1e-300)
-            x_new = np.maximum(xa - step, self.lower) if self.relaxed else xa - step
+            # Never right of the analytic bound (a start left of the root, where the slope is small, can step far
+            # past it; from the right of the root Newton decreases and this is a no-op).
+            x_new = np.minimum(xa - step, bound[active])
+            if self.relaxed:
+                x_new = np.maximum(x_new, self.lower)
             x[active] = x_new
             # 1e-14 relative: round-off makes the last step oscillate near 1e-15, and interval masses need no more
             done = np.abs(x_new - xa) <= 1e-14 * np.maximum(1.0, np.abs(xa))
             active = active[~done]
         return np.where(below, self.lower, x).reshape(np.shape(eps))
+
+    def _loss_and_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(L(x), L'(x)) on a table (the Newton iteration's formulas, at once)."""
+        s2 = self.noise_multiplier ** 2
+        j = self.means[:, None]
+        terms = self._log_terms(x)
+        value = _logsumexp0(terms)
+        post = np.exp(terms - value[None, :])
+        if self.relaxed:
+            slope = np.sum(post * j / s2 * np.tanh(j * x[None, :] / s2), axis=0)
+        else:
+            slope = np.sum(post * j / s2, axis=0)
+        return value, slope
+
+    @staticmethod
+    def _hermite_start(flat: np.ndarray, inside: np.ndarray, grid: np.ndarray, table: np.ndarray,
+                       slope: np.ndarray, x: np.ndarray, bound: np.ndarray) -> np.ndarray:
+        """Newton's starting points from the cubic Hermite interpolant of the inverse x(eps) on the table (values
+        grid, slopes 1 / L'): within ~(grid step)^4 of the root where x(eps) is smooth, so Newton needs one step
+        and its check instead of three and the check. Kept inside the table's cell that holds eps (a bracket of
+        the root up to the table's round-off) and at most at the analytic bound; where either end's slope is not
+        positive (the relaxed model's flat bottom at x = 0) the linear start ``x`` is kept. A start left of the
+        root is safe: L is convex, so the first Newton step lands at or right of the root (and at most at the
+        bound), and the iteration decreases from there as before."""
+        idx = np.nonzero(inside)[0]
+        e = flat[idx]
+        i = np.clip(np.searchsorted(table, e, side="right") - 1, 0, table.size - 2)
+        e0, e1 = table[i], table[i + 1]
+        s0, s1 = slope[i], slope[i + 1]
+        ok = (s0 > 0) & (s1 > 0) & (e1 > e0)
+        width = np.where(ok, e1 - e0, 1.0)
+        t = np.where(ok, (e - e0) / width, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d0 = width / np.where(ok, s0, 1.0)
+            d1 = width / np.where(ok, s1, 1.0)
+        t2, t3 = t * t, t * t * t
+        x0, x1 = grid[i], grid[i + 1]
+        cubic = ((2 * t3 - 3 * t2 + 1) * x0 + (t3 - 2 * t2 + t) * d0 + (-2 * t3 + 3 * t2) * x1 + (t3 - t2) * d1)
+        cubic = np.minimum(np.clip(cubic, x0, x1), bound[idx])
+        out = x.copy()
+        out[idx] = np.where(ok & np.isfinite(cubic), cubic, x[idx])
+        return out
 
     def x_tail(self, budget: float) -> float:
         """An x beyond which the Q-mass (hence also the P-mass) of {X > x} ({|X| > x} relaxed) is <= budget."""
