@@ -171,7 +171,7 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         # pass over the atoms read).
         return upper, lower, ~deep, lambda: garbled.power_lower_and_guard(kappa)[1]
 
-    return refine(run, None, evaluate, rtol=rtol, atol=1e-12, start=start)
+    return refine(run, None, evaluate, rtol=rtol, atol=1e-12, start=start, long_probe=True)
 
 
 #: gamma within this of 1 (proven by the threshold test) is reported as 1 without a PLD (see tight_gamma).

@@ -1242,9 +1242,10 @@ def test_top_read_equals_the_formula_on_every_atom(rng) -> None:
             assert np.array_equal(top_p, p[:k]) and top.flags.c_contiguous
 
 
-def _wide_and_plain_gamma(monkeypatch, sigma: float, q: float, steps: int, threat_model: str, k: int = 1):
-    """ReRo at kappa 1e-6, 1e-3, 0.1 by the default route and with the wide probe off (WIDE_PROBE False), each with
-    the largest composed window it formed."""
+def _wide_and_plain_gamma(monkeypatch, sigma: float, q: float, steps: int, threat_model: str, k: int = 1,
+                          switch: str = "WIDE_PROBE", every: bool = False):
+    """ReRo at kappa 1e-6, 1e-3, 0.1 by the default route and with the wide probe off (``switch``, WIDE_PROBE,
+    False), each with the largest composed window it formed (``every``: the sizes of all its composed windows)."""
     from dpaudit.bounds import pld as pld_module
 
     kappa = [1e-6, 1e-3, 0.1]
@@ -1259,11 +1260,11 @@ def _wide_and_plain_gamma(monkeypatch, sigma: float, q: float, steps: int, threa
     monkeypatch.setattr(pld_module, "compose_parts", counted)
     got = []
     for wide in (True, False):
-        monkeypatch.setattr(pld_module, "WIDE_PROBE", wide)
+        monkeypatch.setattr(pld_module, switch, wide)
         pld_module.clear_caches()
         widths.clear()
         got.append((rero_bound(sigma, q, steps, kappa, threat_model=threat_model, records_per_patient=k),
-                    max(widths, default=0)))
+                    list(widths) if every else max(widths, default=0)))
     pld_module.clear_caches()
     return got
 
@@ -1464,3 +1465,64 @@ def test_wide_probe_jump_past_floor_brackets_the_same_gamma_with_a_shorter_windo
     _same_gamma_bracket(fast, plain)
     assert len(fast_widths) == len(plain_widths)  # the same rounds (each composes the same directions)
     assert max(fast_widths) < max(plain_widths)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("k", "sigma", "q"), [(10, 0.5, 1e-5), (10, 1.0, 1e-5)])
+def test_long_probe_brackets_the_same_gamma_with_bounded_work(monkeypatch, k, sigma, q) -> None:
+    # relaxed, T 1e6: initial_h_run's window holds 2^21 to 2^23 points (3.4e6 at sigma 0.5, 5.4e6 at sigma 1), one
+    # level at that step and 4x coarser: ReRo's first round is a probe 4x coarser (LONG_PROBE). Both routes give
+    # proven brackets of the same exact gamma; the probe route forms no longer window, and its windows add up to at
+    # most 1.3x the plain route's (sigma 1: the probe's quarter on top of the one full round; sigma 0.5: a probe and
+    # one round 1.4x finer than the plain route's first, for its two rounds).
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds.schedule import resolve
+
+    run = resolve(sigma, q, 1_000_000, None).run(k, "relaxed")
+    h = pld_module.initial_h_run(run)
+    window = pld_module._window_estimate(run, h)
+    assert pld_module.LONG_WINDOW <= window < pld_module.WIDE_WINDOW and pld_module._long_one_level(run, h, window)
+    (fast, fast_widths), (plain, plain_widths) = _wide_and_plain_gamma(
+        monkeypatch, sigma, q, 1_000_000, "relaxed", k, switch="LONG_PROBE", every=True)
+    _same_gamma_bracket(fast, plain)
+    assert max(fast_widths) <= max(plain_widths)
+    assert sum(fast_widths) <= 1.3 * sum(plain_widths)
+
+
+@pytest.mark.parametrize("k", [1, 10])
+@pytest.mark.parametrize(("sigma", "q", "steps"), [
+    pytest.param(s, q, t, marks=[pytest.mark.slow] if t > 1 else [])
+    for s, q, t in itertools.product((0.05, 50.0), (1e-6, 1.0), (1, 1_000_000))])
+def test_long_probe_brackets_the_same_gamma_on_the_extremes(monkeypatch, sigma, q, steps, k) -> None:
+    # Where the long probe does not fire the routes are the same; where it does, both brackets hold the exact gamma
+    # and the probe route forms no longer window.
+    (fast, fast_width), (plain, plain_width) = _wide_and_plain_gamma(monkeypatch, sigma, q, steps, "relaxed", k,
+                                                                     switch="LONG_PROBE")
+    _same_gamma_bracket(fast, plain)
+    assert fast_width <= plain_width
+
+
+def test_long_probe_is_reros_only(monkeypatch) -> None:
+    # epsilon's refinement never takes the long probe (its brackets from it took three rounds for two: relaxed
+    # k 10, sigma 0.5, q 1e-5, T 1e6), and refine takes it only where asked: a long one-level run's first round at
+    # initial_h_run's step without long_probe, 4x coarser with it (sigma 1, q 1e-5, k 10, relaxed, T 1e6: a window of
+    # 5.4e6 points there).
+    import inspect
+
+    from dpaudit.bounds import pld as pld_module
+    from dpaudit.bounds.schedule import resolve
+
+    assert inspect.signature(pld_module.refine).parameters["long_probe"].default is False
+    run = resolve(1.0, 1e-5, 1_000_000, None).run(10, "relaxed")  # one level at both steps
+    h0 = pld_module.initial_h_run(run)
+    assert pld_module.LONG_WINDOW <= pld_module._window_estimate(run, h0) < pld_module.WIDE_WINDOW
+    seen: list[float] = []
+
+    def evaluate(h):
+        seen.append(h)
+        return np.ones(1), np.ones(1), np.ones(1, dtype=bool)
+
+    for long_probe in (False, True):
+        seen.clear()
+        pld_module.refine(run, None, evaluate, long_probe=long_probe)
+        assert seen == [pytest.approx(h0 * (pld_module.PROBE_COARSENING if long_probe else 1.0), rel=1e-12)]
