@@ -229,7 +229,6 @@ class StepPair:
             # L(x) >= log w_k + (2 k x - k^2) / (2 s2).
             bound = (s2 * (flat - lw_k) + k * k / 2) / k
             grid = np.linspace(-40 * sigma, k + 40 * sigma, 4097)
-        j = self.means[:, None]
         table, table_slope = self._loss_and_slope(grid)
         inside = (flat > table[0]) & (flat < table[-1])
         x = np.where(inside, np.interp(flat, table, grid), bound)
@@ -244,13 +243,7 @@ class StepPair:
             if active.size == 0:
                 break
             xa = x[active]
-            terms = self._log_terms(xa)
-            value = _logsumexp0(terms)
-            post = np.exp(terms - value[None, :])
-            if self.relaxed:
-                slope = np.sum(post * j / s2 * np.tanh(j * xa[None, :] / s2), axis=0)
-            else:
-                slope = np.sum(post * j / s2, axis=0)
+            value, slope = self._loss_and_slope(xa)
             step = (value - flat[active]) / np.maximum(slope, 1e-300)
             # Never right of the analytic bound (a start left of the root, where the slope is small, can step far
             # past it; from the right of the root Newton decreases and this is a no-op).
@@ -264,7 +257,7 @@ class StepPair:
         return np.where(below, self.lower, x).reshape(np.shape(eps))
 
     def _loss_and_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(L(x), L'(x)) on a table (the Newton iteration's formulas, at once)."""
+        """(L(x), L'(x)): the Newton iteration's value and slope, and the table its start is read from."""
         s2 = self.noise_multiplier ** 2
         j = self.means[:, None]
         terms = self._log_terms(x)
