@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpaudit.attacks.decoders import paper_choice
+from dpaudit.attacks.decoders import equal_chunk_size, paper_choice
 from dpaudit.attacks.scenario import CONNECTIONS
 from dpaudit.errors import ConfigError, check_int, check_positive, invalid
 
@@ -217,14 +217,14 @@ _SAMPLEWISE_MODULES: set[type[nn.Module]] = {
     nn.Conv2d, nn.Linear, nn.GroupNorm,  # the layers with parameters: their per-image gradients are formed below
 }
 #: Images per batched pass: at most 2^14 * 3 input values (4 images at 64 x 64 x 3; one image at 224 px), the images
-#: split into equal chunks (:func:`_chunk_size`). The bound keeps each pass's tensors small (ResNet-9 width 16: its
-#: largest, 4 x 32 x 64 x 64 float32, is 2 MB). Larger chunks ran slower on this 2-core machine, not faster: C's
-#: allocator hands the freed memory of a pass back to the operating system, and the next pass takes it again as
-#: fresh pages (page faults: zeroing and cache misses). Measured (ResNet-9 width 16 at 64 px, 12 images, CPU time,
-#: bench_attack's order in a fresh process: floor, 1 level, 9 levels, three times), the statistics per image and
-#: the minor page faults of the 9-level attack: chunks of 3 13.5-13.9 ms and 0-577 faults, 4 12.8-13.1 ms and 1-2,
-#: 6 13.6-14.2 ms and 7000-9500; 12 (the earlier bound's chunk) 15.2-16.9 ms and 6900-13000; the floor 14.2-14.9 ms
-#: (batch 1, no faults). The values do not depend on the chunking beyond float32 rounding.
+#: split into equal chunks (:func:`~dpaudit.attacks.decoders.equal_chunk_size`). The bound keeps each pass's tensors
+#: small (ResNet-9 width 16: its largest, 4 x 32 x 64 x 64 float32, is 2 MB). Larger chunks ran slower on this 2-core
+#: machine, not faster: C's allocator hands the freed memory of a pass back to the operating system, and the next pass
+#: takes it again as fresh pages (page faults: zeroing and cache misses). Measured (ResNet-9 width 16 at 64 px, 12
+#: images, CPU time, bench_attack's order in a fresh process: floor, 1 level, 9 levels, three times), the statistics
+#: per image and the minor page faults of the 9-level attack: chunks of 3 13.5-13.9 ms and 0-577 faults, 4 12.8-13.1 ms
+#: and 1-2, 6 13.6-14.2 ms and 7000-9500; 12 (the earlier bound's chunk) 15.2-16.9 ms and 6900-13000; the floor
+#: 14.2-14.9 ms (batch 1, no faults). The values do not depend on the chunking beyond float32 rounding.
 BATCH_VALUES = 2**14 * 3
 #: The batched route serves images of at most this many pixels per channel. Measured on this 2-core machine
 #: (ResNet-9 width 16, CPU time, same process, 9-level attack with scoring, ratio to bench_attack's floor): 64 px
@@ -492,14 +492,9 @@ def _folded_conv_weight_grads(module: nn.Conv2d, a: torch.Tensor, g: torch.Tenso
     inner), where torch's grouped convolution is fast. ``scratch`` keeps the repeated weight and the copies'
     memory between calls (:class:`_FoldScratch`; the same values).
     """
-    n, ci, h, w = a.shape
-    co, ho, wo = g.shape[1], g.shape[2], g.shape[3]
-    if scratch is None:
-        a1 = a.permute(2, 3, 0, 1).reshape(h, w, n * ci).permute(2, 0, 1)[None]
-        g1 = g.permute(2, 3, 0, 1).reshape(ho, wo, n * co).permute(2, 0, 1)[None]
-        folded = _repeated_weight(module.weight.detach(), n)
-    else:
-        a1, g1, folded = scratch.fold("input", a), scratch.fold("output gradient", g), scratch.weight(module, n)
+    n = a.shape[0]
+    scratch = _FoldScratch() if scratch is None else scratch
+    a1, g1, folded = scratch.fold("input", a), scratch.fold("output gradient", g), scratch.weight(module, n)
     return torch.ops.aten.convolution_backward(
         g1, a1, folded, None, module.stride, module.padding, module.dilation, False, [0, 0], n * module.groups,
         [False, True, False])[1]
@@ -551,7 +546,7 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
         raise ConfigError("image_statistics(batched=True) needs a model whose modules treat images one by one "
                           "(convolutions, Linear, GroupNorm, activations, pooling; no tied weights, "
                           "reparametrised layers or hooks). Fix: pass batched=None.")
-    chunk = _chunk_size(n, max(1, BATCH_VALUES // max(1, images[0].numel()))) if use_batches else 1
+    chunk = equal_chunk_size(n, max(1, BATCH_VALUES // max(1, images[0].numel()))) if use_batches else 1
     judged = min(n, JUDGED_IMAGES)
     scratch = _FoldScratch() if use_batches else None  # kept across the chunks
     was_training = model.training
@@ -590,15 +585,6 @@ def image_statistics(model: nn.Module, block: ImprintBlock, images: torch.Tensor
     finally:
         model.train(was_training)
     return ImageStatistics(delta, active, gnorm, bnorm, xnorm1)
-
-
-def _chunk_size(n: int, most: int) -> int:
-    """Images per chunk when ``n`` images go through in chunks of at most ``most``: as equal as they can be (12 images
-    by at most 8: 6 + 6, not 8 + 4), so that no short last chunk runs at the per-pass cost of a small batch."""
-    if n <= 0:
-        return max(1, most)
-    chunks = -(-n // most)
-    return -(-n // chunks)
 
 
 def _single_model_statistics(model, block, x, label, thresholds, params, *, first: bool):

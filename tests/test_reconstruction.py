@@ -767,8 +767,9 @@ def test_batched_statistics_equal_batch_one_passes(arch: str, connection: str, m
 
 
 def test_batched_chunks_are_as_equal_as_they_can_be() -> None:
-    """Images go through in the fewest chunks of at most the bound, as equal as they can be (no short last chunk)."""
-    from dpaudit.attacks.imprint import _chunk_size
+    """Images (and the TV denoiser's planes) go through in the fewest chunks of at most the bound, as equal as they
+    can be (no short last chunk)."""
+    from dpaudit.attacks.decoders import equal_chunk_size as _chunk_size
 
     for n in range(1, 60):
         for most in range(1, 20):
