@@ -9,7 +9,7 @@ Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 
 [--skip-naive] [--cpu-time] [--breakdown] [--alternatives]``; ``--calibrate-tv`` prints the TV denoiser sweep
 (dpaudit's solver against scikit-image's). ``--breakdown`` adds where the 9-level attack's CPU time goes beyond the
 floor, per stage, and the model part by each route (the batched one also with its convolutions' weight gradients
-image by image and with the earlier chunk bound; two rejected channels-last forms of the batch-1 passes), with page
+image by image, with the earlier chunk bound and with torch's Mish; two rejected channels-last forms of the batch-1 passes), with page
 faults per image and each route's largest error of the gradient norm against a float64 model. ``--alternatives``
 times, per image and side by side, the ways of computing the two largest stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
 sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls), torch's grouped
@@ -22,6 +22,7 @@ de-normalising in float32.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,8 @@ def model_passes(model, images, labels, repeats: int) -> None:
     """The model part side by side, CPU time interleaved in every repeat, as medians of ratios to the floor: the
     statistics by batch-1 passes and by the batched route (image_statistics' default for images of at most
     BATCHED_MAX_PIXELS pixels), the batched route with each convolution's weight gradients image by image (no
-    folded grouped call) and with the earlier chunk bound (2^19 input values: 42 images at 64 px), and the floor
+    folded grouped call), with the earlier chunk bound (2^19 input values: 42 images at 64 px) and with torch's own
+    Mish (instead of the route's Mish with its derivative kept from the forward), and the floor
     with channels-last input (the batched route's layout; the floor itself stays NCHW, batch 1). The minor page
     faults per image (medians) show the chunks' memory coming back from the operating system.
 
@@ -241,6 +243,7 @@ def model_passes(model, images, labels, repeats: int) -> None:
             "statistics, batched route": batched(),
             "  batched, weight gradients image by image": batched(FOLDED_MIN_POSITIONS=2**62),
             "  batched, chunks of <= 2^19 input values": batched(BATCH_VALUES=2**19),
+            "  batched, torch's mish and mish_backward": batched(_MishWithSlope=contextlib.nullcontext),
             "batch-1, channels-last input (rejected)": lambda: image_statistics(model, cl_block, images, labels,
                                                                              batched=False, **kw),
             "  and GroupNorm on NCHW copies (rejected)": group_norm_nchw(
