@@ -97,6 +97,13 @@ def _logsumexp0(a: np.ndarray) -> np.ndarray:
         return np.log(np.sum(np.exp(a - safe[None, ...]), axis=0)) + safe
 
 
+#: L(x) and L'(x) form (components x points) arrays, a handful per pass (:meth:`StepPair.loss`,
+#: :meth:`StepPair._loss_and_slope`); runs of more points than this are taken in chunks of this many (temporaries of
+#: 0.25 MB a component, in cache, not written out to memory and read back): 2.2-2.5x less time a pass on 2e5-1e6
+#: points (relaxed, k 5, sigma 0.5, q 1e-6), the same numbers bit for bit (every operation is per point; the sums
+#: run over the components).
+LOSS_CHUNK = 1 << 15
+
 #: Newton's start for k > 1 from a cubic Hermite interpolant of the inverse on the table (:meth:`StepPair._hermite_start`)
 #: rather than the linear one moved a grid step right: the same roots to the iteration's 1e-14 stop, in 2 passes
 #: over the losses instead of 4 (relaxed k 10, sigma 0.5, q 1e-5: 320809 losses per step PLD).
@@ -167,7 +174,13 @@ class StepPair:
 
     def loss(self, x: np.ndarray) -> np.ndarray:
         """L(x) = log dQ/dP (x), increasing in x on the support."""
-        return _logsumexp0(self._log_terms(np.atleast_1d(x)))
+        x = np.atleast_1d(np.asarray(x, dtype=float))
+        if x.ndim != 1 or x.size <= LOSS_CHUNK:
+            return _logsumexp0(self._log_terms(x))
+        out = np.empty(x.size)
+        for start in range(0, x.size, LOSS_CHUNK):  # (see LOSS_CHUNK: the same numbers)
+            out[start:start + LOSS_CHUNK] = _logsumexp0(self._log_terms(x[start:start + LOSS_CHUNK]))
+        return out
 
     @property
     def min_loss(self) -> float:
@@ -258,6 +271,12 @@ class StepPair:
 
     def _loss_and_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(L(x), L'(x)): the Newton iteration's value and slope, and the table its start is read from."""
+        if x.size > LOSS_CHUNK:  # (see LOSS_CHUNK: the same numbers)
+            value, slope = np.empty(x.size), np.empty(x.size)
+            for start in range(0, x.size, LOSS_CHUNK):
+                part = slice(start, start + LOSS_CHUNK)
+                value[part], slope[part] = self._loss_and_slope(x[part])
+            return value, slope
         s2 = self.noise_multiplier ** 2
         j = self.means[:, None]
         terms = self._log_terms(x)

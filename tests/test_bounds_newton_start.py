@@ -89,3 +89,21 @@ def test_hermite_start_brackets_overlap_the_linear_starts(monkeypatch) -> None:
         gap = up_p - lo_p  # the bracket's own width: the routes differ by far less
         assert abs(up_h - up_p) <= 1e-3 * gap + 1e-15
         assert abs(lo_h - lo_p) <= 1e-3 * gap + 1e-15
+
+
+@pytest.mark.parametrize("threat_model", ["relaxed", "worst_case"])
+@pytest.mark.parametrize(("sigma", "q", "k"), [(0.5, 1e-6, 5), (1.0, 1e-3, 10), (0.2, 0.1, 1)])
+def test_chunked_loss_passes_equal_the_whole_pass(threat_model, sigma, q, k, rng, monkeypatch) -> None:
+    # L, L' and the inverse taken in chunks of LOSS_CHUNK points (a short last one included) against one pass over
+    # all of them: every operation is per point, so bit for bit.
+    pair = StepPair(sigma, q, k, threat_model)
+    lo = pair.min_loss if np.isfinite(pair.min_loss) else -30.0
+    eps = lo + np.sort(np.concatenate([rng.exponential(1e-4, 1500), rng.uniform(0, 15, 1500)]))
+    x = np.sort(rng.uniform(-5.0, 5.0 + k, 3001))
+    monkeypatch.setattr(mechanism, "LOSS_CHUNK", 1 << 62)
+    whole = (pair.loss(x), *pair._loss_and_slope(x), pair.x_of_loss(eps))
+    monkeypatch.setattr(mechanism, "LOSS_CHUNK", 256)
+    chunked = (pair.loss(x), *pair._loss_and_slope(x), pair.x_of_loss(eps))
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == b.shape
+        assert np.array_equal(a, b)
