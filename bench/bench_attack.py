@@ -9,7 +9,7 @@ Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 
 [--skip-naive] [--cpu-time] [--breakdown] [--alternatives]``; ``--calibrate-tv`` prints the TV denoiser sweep
 (dpaudit's solver against scikit-image's). ``--breakdown`` adds where the 9-level attack's CPU time goes beyond the
 floor, per stage, and the model part by each route (the batched one also with its convolutions' weight gradients
-image by image, with the earlier chunk bound and with torch's Mish; two rejected channels-last forms of the batch-1 passes), with page
+image by image, with the earlier chunk bound and with torch's Mish, the batch-1 passes with torch's Mish; two rejected channels-last forms of the batch-1 passes), with page
 faults per image and each route's largest error of the gradient norm against a float64 model. ``--alternatives``
 times, per image and side by side, the ways of computing the two largest stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
 sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls), torch's grouped
@@ -180,8 +180,8 @@ def model_passes(model, images, labels, repeats: int) -> None:
     """The model part side by side, CPU time interleaved in every repeat, as medians of ratios to the floor: the
     statistics by batch-1 passes and by the batched route (image_statistics' default for images of at most
     BATCHED_MAX_PIXELS pixels), the batched route with each convolution's weight gradients image by image (no
-    folded grouped call), with the earlier chunk bound (2^19 input values: 42 images at 64 px) and with torch's own
-    Mish (instead of the route's Mish with its derivative kept from the forward), and the floor
+    folded grouped call), with the earlier chunk bound (2^19 input values: 42 images at 64 px), both routes with
+    torch's own Mish (instead of the routes' Mish with its derivative kept from the forward), and the floor
     with channels-last input (the batched route's layout; the floor itself stays NCHW, batch 1). The minor page
     faults per image (medians) show the chunks' memory coming back from the operating system.
 
@@ -203,13 +203,13 @@ def model_passes(model, images, labels, repeats: int) -> None:
     kw = dict(mean=np.array(MEAN), std=np.array(STD))
     cl = images.contiguous(memory_format=torch.channels_last)
 
-    def batched(**constants):
+    def batched(route=True, **constants):
         def run():
             saved = {k: getattr(imprint, k) for k in constants}
             for k, v in constants.items():
                 setattr(imprint, k, v)
             try:
-                return image_statistics(model, block, images, labels, batched=True, **kw)
+                return image_statistics(model, block, images, labels, batched=route, **kw)
             finally:
                 for k, v in saved.items():
                     setattr(imprint, k, v)
@@ -240,6 +240,7 @@ def model_passes(model, images, labels, repeats: int) -> None:
     runs = {"floor": lambda: floor(model, images, labels),
             "floor, channels-last input": lambda: floor(model, cl, labels),
             "statistics, batch-1 passes": lambda: image_statistics(model, block, images, labels, batched=False, **kw),
+            "  batch-1, torch's mish and mish_backward": batched(False, _MishWithSlope=contextlib.nullcontext),
             "statistics, batched route": batched(),
             "  batched, weight gradients image by image": batched(FOLDED_MIN_POSITIONS=2**62),
             "  batched, chunks of <= 2^19 input values": batched(BATCH_VALUES=2**19),
@@ -252,7 +253,7 @@ def model_passes(model, images, labels, repeats: int) -> None:
                              batched=False, **kw).grad_norm
     error: dict[str, float] = {}
     for key in runs:
-        if key.startswith(("statistics", "  batched", "batch-1", "  and")):
+        if key.startswith(("statistics", "  batched", "  batch-1", "batch-1", "  and")):
             g = runs[key]().grad_norm
             error[key] = float(np.max(np.abs(g - exact) / exact))
     spent: dict[str, list[float]] = {k: [] for k in runs}
