@@ -241,9 +241,20 @@ def print_table(table, console: Console) -> None:
     Console(file=console.file, width=needed, highlight=False, soft_wrap=True, emoji=False, markup=False).print(table)
 
 
+class _LineConsole(Console):
+    """A console for one warning line, written from inside the library (a loader's decode thread): a stderr that is
+    gone (a closed pipe: ``dpaudit ... 2>&1 | head`` after head exits) drops the line. Rich's default there points
+    stdout at /dev/null and raises SystemExit(1), which would end the data load from within a logging call."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
 class _WarningLines(logging.Handler):
     """The library's warnings (``dpaudit.*`` loggers, e.g. each unreadable file a loader skipped, named) as
-    "warning: ..." lines on stderr, each once per command (a profile loads the data once per task)."""
+    "warning: ..." lines on stderr, each once per command (a profile loads the data once per task). A line that
+    cannot be written (stderr closed) is dropped: a warning never stops the work it describes, whose facts the
+    result's notes and skipped counts keep."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -254,8 +265,11 @@ class _WarningLines(logging.Handler):
         if text not in self.seen:
             self.seen.add(text)
             # the console of the moment (tests swap stderr), never a path or a name into any file dpaudit writes
-            Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
-                f"warning: {escape(text)}", markup=True)
+            try:
+                _LineConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
+                    f"warning: {escape(text)}", markup=True)
+            except (OSError, ValueError):  # a stderr that is closed (ValueError) or failing: nowhere to say it
+                pass
 
 
 _library_log = logging.getLogger("dpaudit")

@@ -3,6 +3,7 @@ files without a usable PatientID."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -235,3 +236,35 @@ def test_library_reason_drops_the_path_it_repeats_and_keeps_the_reason() -> None
     assert library_reason(ValueError(p), p) == "ValueError: no reason given"
     assert shown_path(p, "/data/scans") == "'sub-01/x.nii.gz'"
     assert shown_path(p, "/elsewhere") == repr(p)  # not below the root: as given
+
+
+def test_a_warning_line_on_a_closed_stderr_does_not_end_the_load(tmp_path: Path, rng: np.random.Generator,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line's "warning: ..." lines (a handler on the library's logger) are written from inside the
+    loaders, also from their decode threads (a skipped unreadable file). A stderr that is gone (``dpaudit ... 2>&1 |
+    head`` after head exits) drops the line: rich's default there, SystemExit(1) after pointing stdout at /dev/null,
+    ended the data load from within a logging call (and silenced the command's JSON)."""
+    import os
+
+    import dpaudit.cli._common  # noqa: F401  (installs the handler, as every command does)
+
+    for c in ("a", "b"):
+        for p in range(4):
+            dicom_file(tmp_path / "ct" / c / f"p{p}" / "IM0", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"{c}{p}")
+    whole = (tmp_path / "ct" / "a" / "p0" / "IM0").read_bytes()
+    (tmp_path / "ct" / "a" / "p0" / "IM1").write_bytes(whole[:-20])  # pixel data cut short: skipped in a decode thread
+    read, write = os.pipe()
+    os.close(read)  # nobody reads stderr any more: a write raises BrokenPipeError
+    closed_pipe = os.fdopen(write, "w", buffering=1)
+    try:
+        with (tmp_path / "stdout.txt").open("w") as stdout:
+            monkeypatch.setattr("sys.stderr", closed_pipe)
+            monkeypatch.setattr("sys.stdout", stdout)  # rich would point this file's descriptor at /dev/null
+            s = load_splits(f"dicom:{tmp_path / 'ct'}", image_size=SIZE)
+            monkeypatch.undo()
+            assert os.path.samefile(f"/proc/self/fd/{stdout.fileno()}", tmp_path / "stdout.txt")
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(BrokenPipeError):
+            closed_pipe.close()
+    assert s.skipped == {"unreadable": 1}
