@@ -645,8 +645,8 @@ def _need_dir(data_dir: str | Path | None, name: str) -> Path:
         raise invalid("data_dir", None, f"the folder holding the {name} files", "pass --data-dir", cls=DataError)
     path = Path(data_dir).expanduser()
     if not path.is_dir():
-        raise DataError(f"data_dir {str(path)!r} is not an existing folder. Fix: pass the folder holding the "
-                        f"{name} files with --data-dir.")
+        raise invalid("data_dir", str(data_dir), "an existing folder",
+                      f"pass the folder holding the {name} files with --data-dir", cls=DataError)
     return path
 
 

@@ -144,7 +144,7 @@ def test_ham10000_official_layout_binary_task_and_no_lesion_leakage(tmp_path: Pa
 
 
 def test_ham10000_errors_name_the_problem(tmp_path: Path, rng: np.random.Generator) -> None:
-    with pytest.raises(DataError, match="not an existing folder"):
+    with pytest.raises(DataError, match=r"data_dir must be an existing folder, got .*nope.*--data-dir"):
         load_splits("ham10000", data_dir=tmp_path / "nope", image_size=16)
     with pytest.raises(DataError, match=r"HAM10000_metadata\.csv"):
         load_splits("ham10000", data_dir=tmp_path, image_size=16)
@@ -746,3 +746,17 @@ def test_an_unknown_dataset_lists_every_name_with_the_commands_for_segmentation(
     for command in (["federated", "train"], ["federated", "attack"], ["mia", "audit"], ["train"]):
         res = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300"})
         assert "segmentation (train, attack and profile only): demo-ct" in " ".join(res.output.split()), command
+
+
+@pytest.mark.parametrize("command", [["train", "--epsilon", "8"], ["attack", "--sigmas", "0"],
+                                     ["profile", "--epsilons", "8"]])
+def test_a_data_dir_that_is_not_a_folder_is_named_by_its_flag(tmp_path: Path, command: list[str]) -> None:
+    """The line names the flag typed (--data-dir), not the configuration field (data_dir), as every error does."""
+    from dpaudit.cli.main import app
+
+    missing = str(tmp_path / "HAM10000")
+    res = runner.invoke(app, [*command, "--dataset", "ham10000", "--data-dir", missing, "--out", str(tmp_path / "o")])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert line == (f"error: --data-dir must be an existing folder, got {missing!r}. Fix: pass the folder holding the "
+                    "ham10000 files with --data-dir."), res.output
