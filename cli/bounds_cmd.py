@@ -493,8 +493,15 @@ def _render(s, rec: str = "image") -> None:
 
 
 def _check_plot_format(path: Path) -> None:
-    """--plot names a file matplotlib can write: its extension picks the format (none: PNG)."""
+    """--plot names a file matplotlib can write: its extension picks the format (none: PNG, written under the name
+    given). A folder is refused like any path that cannot be written (matplotlib would write FOLDER.png beside it)."""
+    import errno
+    import os
+
     from matplotlib.backend_bases import FigureCanvasBase
+
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
 
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
     ext = path.suffix[1:].lower()
@@ -529,7 +536,7 @@ def _plot(path: Path, sched, k: int, kappas: list[float]) -> None:
                  + (f" ({len(sched.phases)} phases)" if len(sched.phases) > 1 else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, format=path.suffix[1:].lower() or "png")  # no suffix: PNG at this name
     plt.close(fig)
 
 

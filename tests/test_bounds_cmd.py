@@ -255,7 +255,8 @@ def test_two_schedule_sources_say_choose_one(tmp_path: Path, args: list[str], to
     assert f"Fix: {dropped}." in text
 
 
-@pytest.mark.parametrize("flag, where", [("--plot", "missing-folder/x.png"), ("--roc", "."), ("--roc", "missing/r.csv")])
+@pytest.mark.parametrize("flag, where", [("--plot", "missing-folder/x.png"), ("--plot", "."), ("--roc", "."),
+                                         ("--roc", "missing/r.csv")])
 def test_unwritable_output_paths_are_one_line_errors(tmp_path: Path, flag: str, where: str) -> None:
     path = tmp_path / where
     res = CliRunner().invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3",
@@ -275,6 +276,14 @@ def test_plot_in_a_format_matplotlib_cannot_write_is_refused_before_any_bound(tm
                              "--plot", str(tmp_path / "x.svg"), "--json"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "x.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_without_a_suffix_is_a_png_under_the_name_given(tmp_path) -> None:
+    """Not NAME.png beside it (matplotlib's default): the file is where the user said; a folder is refused, above."""
+    res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "1e-3",
+                              "--plot", str(tmp_path / "rero")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rero").read_bytes().startswith(b"\x89PNG") and not (tmp_path / "rero.png").exists()
 
 
 @pytest.mark.parametrize("args", [
