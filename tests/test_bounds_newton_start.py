@@ -107,3 +107,20 @@ def test_chunked_loss_passes_equal_the_whole_pass(threat_model, sigma, q, k, rng
     for a, b in zip(whole, chunked, strict=True):
         assert a.shape == b.shape
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("threat_model", ["relaxed", "worst_case"])
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 512, 513, 514])
+def test_chunked_loss_passes_at_the_chunk_boundaries(threat_model, n, rng, monkeypatch) -> None:
+    # Runs of fewer points than a chunk, exactly a multiple of it, and one or two more: the same numbers as one pass.
+    # A last chunk of one point would sum the components along the contiguous axis (numpy's pairwise order, not the
+    # row by row order of wider arrays), a different rounding with 8 or more components (k 10 here).
+    pair = StepPair(1.0, 0.3, 10, threat_model)
+    x = rng.uniform(-5.0, 15.0, n)
+    monkeypatch.setattr(mechanism, "LOSS_CHUNK", 1 << 62)
+    whole = (pair.loss(x), *pair._loss_and_slope(x))
+    monkeypatch.setattr(mechanism, "LOSS_CHUNK", 256)
+    chunked = (pair.loss(x), *pair._loss_and_slope(x))
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == b.shape == (n,)
+        assert np.array_equal(a, b)
