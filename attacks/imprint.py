@@ -421,6 +421,12 @@ class _MishFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            # The slope is saved without its graph: a second derivative through it would silently miss Mish's own
+            # (x^3 + mish(x) read as 6x instead of 6x + mish''(x)); torch's once_differentiable does not catch it
+            # when the incoming gradient needs none.
+            raise RuntimeError("_MishFunction (the attack's Mish) has no second derivative: run the model outside "
+                               "_MishWithSlope for create_graph=True")
         (slope,) = ctx.saved_tensors
         return grad * slope
 

@@ -1132,3 +1132,19 @@ def test_mish_with_its_slope_replaces_only_float32_cpu_mish_out_of_place() -> No
         assert torch.equal(z, torch.nn.functional.mish(kept)) and calls == []
     finally:
         _MishFunction.apply = real
+
+
+def test_mish_with_its_slope_refuses_a_second_derivative() -> None:
+    """_MishFunction keeps its slope without a graph: a double backward through it would drop Mish's second
+    derivative silently; it raises instead (the attack takes first derivatives only)."""
+    from dpaudit.attacks.imprint import _MishWithSlope
+
+    x = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    with _MishWithSlope():
+        y = torch.nn.functional.mish(x) + x**3
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(y.sum(), x)  # a first derivative as before
+    xd = x.detach().double().requires_grad_(True)
+    (ref,) = torch.autograd.grad((torch.nn.functional.mish(xd) + xd**3).sum(), xd)
+    torch.testing.assert_close(g.double(), ref, rtol=1e-6, atol=1e-6)
