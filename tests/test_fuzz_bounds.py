@@ -174,7 +174,7 @@ def _check_bracket_against_referee(point, rtol):
     at_lower, at_upper = referee(point, lower), referee(point, upper)
     # The exact epsilon lies in dpaudit's bracket: the exact delta at the lower end is at least target_delta and at
     # the upper end at most target_delta, each by more than the referee's error (its range [low, high]: the change
-    # from a second evaluation at half its steps, plus 1e-12 relative).
+    # from a second evaluation at half its steps, plus (1e-12 + 1e-15 T) relative).
     assert at_lower["low"] >= d, (lower, at_lower, d)
     assert at_upper["high"] <= d, (upper, at_upper, d)
     return lower, upper, at_lower, at_upper
@@ -236,3 +236,25 @@ def test_a_failure_the_referee_refutes_becomes_a_warning():
     fails, warns, rec = [], [], {}
     _judge(point, 72.0, "upper end 72.0 not an upper bound", "upper", fails, warns, rec)
     assert len(fails) == 1 and not warns
+
+
+@pytest.mark.parametrize(
+    "sigma, k, steps, eps",
+    [(50.0, 1, 100_000, 154.1), (50.0, 3, 100_000, 396.7), (200.0, 1, 1_000_000, 33.1), (3.0, 1, 3, 12.35)],
+)
+def test_referees_error_holds_at_large_T_and_tiny_delta(sigma, k, steps, eps):
+    # q = 1: T steps of k records are one Gaussian with mu = k sqrt(T) / sigma (delta 1e-5 to 1e-100 here), the
+    # closed form in 50-digit arithmetic. At T 1e5-1e6 the round-off of T log M(z), shared by both of the referee's
+    # evaluations, was up to 8x their difference (2e-11 relative): its error carries a term in T for it.
+    import math
+
+    import mpmath
+    from fuzz_bounds import exact_delta
+
+    with mpmath.workdps(50):
+        mu, e = mpmath.mpf(k) * mpmath.sqrt(steps) / sigma, mpmath.mpf(eps)
+        closed = mpmath.ncdf(-e / mu + mu / 2) - mpmath.exp(e) * mpmath.ncdf(-e / mu - mu / 2)
+    for direction in ("remove", "add"):
+        delta, err = exact_delta(eps, sigma, 1.0, k, steps, direction)
+        assert float(abs(mpmath.mpf(delta) - closed)) <= err, (direction, delta, float(closed), err)
+        assert err <= (1e-9 + 2e-15 * steps) * delta and math.isfinite(delta)
