@@ -1524,3 +1524,39 @@ def test_short_probe_drops_less_than_the_tolerance(monkeypatch, threat_model, k,
     assert np.all(got.lower <= got.value)
     assert np.all(got.value - got.lower <= 5e-4 * got.value)
     assert np.all(got.lower > kappa)  # not the blind guess
+
+
+@pytest.mark.parametrize("alpha", [1e-6, 0.01, 2.0])
+def test_neyman_pearson_read_forms_its_losses_in_place(rng, alpha: float) -> None:
+    # The Neyman-Pearson reads form each chunk's losses in its own slice of the read (offset + h * (lo + i) on the
+    # same integers as losses_at): the same bits as losses_at and as the PLD's losses read top first. Bounded work:
+    # beside the read's three arrays of the window's length only the chunk's indices (at most half the window) are
+    # allocated, and power_and_depth sums the P-masses in place (before: five chunk-sized temporaries, and a copy).
+    import tracemalloc
+
+    from dpaudit.bounds import pld as pld_module
+
+    n = 1 << 18
+    # (losses from -1 to at most 26 nats: every atom's P-mass is at most e times its Q-mass, so alpha 2 reads the
+    # whole window, the smaller sizes stop inside it)
+    h, lo = float(rng.uniform(1e-6, 1e-4)), -int(rng.integers(1, n // 8))
+    pld = pld_module.DiscretePld(h=h, lo=lo, masses=rng.random(n) / n, infinity_mass=0.0,
+                                 offset=float(rng.uniform(-1.0, 0.0)) - h * lo)
+    tracemalloc.start()
+    try:
+        m, losses, _ = pld._top(alpha)
+        top_peak = tracemalloc.get_traced_memory()[1]
+        k = m.size
+        assert (k == n) == (alpha == 2.0)
+        assert losses.tobytes() == pld.losses_at(n - 1 - np.arange(k)).tobytes()
+        assert losses.tobytes() == pld.losses[::-1][:k].tobytes()
+        del m, losses, _
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        pld.power_and_depth(np.array([alpha / 2, alpha]))
+        read_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    window = 8 * n
+    assert top_peak <= 3.6 * window
+    assert read_peak <= 3.6 * window
