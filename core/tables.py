@@ -64,6 +64,39 @@ def _decode(path: Path, raw: bytes) -> tuple[str, str]:
                         f"at offset {exc.start}). Fix: save it as UTF-8 CSV (in Excel: 'CSV UTF-8').") from None
 
 
+#: Appended after a newline to find an unterminated quote: it is a row of its own unless a quoted field swallows it.
+_SENTINEL = "x"
+
+
+def _refuse_unterminated_quote(path: Path, text: str, delimiter: str, lines: list[list[str]], what: str) -> None:
+    """Raise a :class:`DataError` when a quoted field runs to the end of the file.
+
+    The non-strict reader (kept: ``strict=True`` also refuses quirks it reads as Excel does, such as ``"a"b``) ends
+    such a field silently at the end of the file, and the rows it swallowed surface later as a wrong error (an
+    empty label). Parsing the text again with a line appended finds it with the reader's own quoting rules: the
+    line is a row of its own unless a quoted field is still open at the end of the text.
+    """
+    probe = list(csv.reader(io.StringIO(text + "\n" + _SENTINEL, newline=""), delimiter=delimiter))
+    if probe and probe[-1] == [_SENTINEL]:
+        return
+    # The open field is the last cell of the last record; that record starts one line after the one before it.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    start = 1
+    for _ in range(len(lines) - 1):
+        next(reader)
+        start = reader.line_num + 1
+    last = lines[-1]
+    before = [row for row in lines[:-1] if any(cell.strip() for cell in row)]  # the header, then the data rows
+    if not before:
+        where = f"the header (line {start})"
+    else:
+        header = before[0]
+        column = repr(header[len(last) - 1].strip()) if len(last) <= len(header) else f"number {len(last)}"
+        where = f"data row {len(before)} (line {start}), column {column},"
+    raise DataError(f"{what}: {path.name} has a quote (\") in {where} that is never closed, so the rest of the "
+                    "file reads as one cell. Fix: close the quote (a quote inside a quoted cell is written \"\").")
+
+
 def read_table(path: str | Path, what: str) -> Table:
     """Read a CSV file by the encoding rule of the module docstring; ``what`` prefixes error messages."""
     path = Path(path)
@@ -83,6 +116,7 @@ def read_table(path: str | Path, what: str) -> Table:
     except csv.Error as exc:
         raise DataError(f"{what}: {str(path)!r} is not a valid CSV file ({exc}). Fix: save it as CSV with a "
                         "header row.") from None
+    _refuse_unterminated_quote(path, text, delimiter, lines, what)
     lines = [row for row in lines if any(cell.strip() for cell in row)]
     if not lines:
         raise DataError(f"{what}: {str(path)!r} is empty. Fix: pass a CSV file with a header row and one row per "

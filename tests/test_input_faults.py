@@ -1,0 +1,89 @@
+"""Faults a new user meets in the input: a CSV quote that is never closed, thousands of unreadable files, a run
+stopped by the scheduler (SIGTERM)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from medical_fixtures import dicom_file
+from typer.testing import CliRunner
+
+from dpaudit.cli.main import app
+from dpaudit.errors import DataError
+from dpaudit.tables import read_table
+
+runner = CliRunner()
+
+# ------------------------------------------------------------------------------------ unterminated quotes in a CSV
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('path,label\n"unterminated,1\n', "data row 1 (line 2), column 'path',"),
+    ('path,label\na.png,0\n\nb.png,"1\nc.png,0\n', "data row 2 (line 4), column 'label',"),
+    ('path;label\na.png;"0\n', "data row 1 (line 2), column 'label',"),
+    ('path,"label\na.png,0\n', "the header (line 1)"),
+    ('path,label\n"a\nb.png",0\nc.png,"1', "data row 2 (line 4), column 'label',"),  # after a closed multi-line cell
+])
+def test_an_unterminated_quote_is_named_with_its_row(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        read_table(path, "csv:m.csv")
+    message = str(info.value)
+    assert message.startswith("csv:m.csv: m.csv has a quote") and where in message and "\n" not in message
+    assert "Fix: close the quote" in message
+
+
+def test_an_unterminated_quote_in_a_utf16_file_is_named_too(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes('path,label\n"x.png,1\n'.encode("utf-16"))
+    with pytest.raises(DataError, match=r"m\.csv has a quote .* data row 1 \(line 2\)"):
+        read_table(path, "labels")
+
+
+@pytest.mark.parametrize(("text", "cells"), [
+    ('path,label\n"a"b,1\n', ["ab", "1"]),  # text after a closing quote: strict mode refuses it
+    ('path,label\n"a ""quoted"" name",1\n', ['a "quoted" name', "1"]),
+    ('path,label\n"a\nb",1\n', ["a\nb", "1"]),  # a quoted line break
+    ('path,label\na"b,1\n', ['a"b', "1"]),  # a quote inside an unquoted cell is text
+    ('path,label\n"a.png","1"', ["a.png", "1"]),  # no line break at the end
+])
+def test_quoting_read_correctly_today_still_reads(tmp_path: Path, text: str, cells: list[str]) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(text, newline="")
+    table = read_table(path, "labels")
+    assert [table.rows[0]["path"], table.rows[0]["label"]] == cells
+
+
+def test_strict_mode_would_refuse_a_file_read_correctly_today() -> None:
+    """Why the check does not use ``csv.reader(strict=True)``: it refuses ``"a"b``, which reads as Excel reads it."""
+    with pytest.raises(csv.Error):
+        list(csv.reader(io.StringIO('path,label\n"a"b,1\n'), strict=True))
+
+
+def test_train_on_a_manifest_with_an_unterminated_quote_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text('path,label\n"unterminated,1\n')
+    res = runner.invoke(app, ["train", "--dataset", f"csv:{bad}", "--non-private", "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    assert "bad.csv has a quote" in res.output and "data row 1 (line 2)" in res.output
+    assert "no label" not in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_dicom_labels_file_with_an_unterminated_quote_is_one_line_exit_2(tmp_path: Path,
+                                                                            rng: np.random.Generator) -> None:
+    root = tmp_path / "dicom"
+    for i in range(4):
+        dicom_file(root / f"{i}.dcm", rng.integers(0, 4096, (8, 8)), patient=f"P{i}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text('path,label\n0.dcm,0\n1.dcm,"1\n2.dcm,0\n3.dcm,1\n')
+    res = runner.invoke(app, ["train", "--dataset", f"dicom:{root}", "--labels", str(labels), "--non-private",
+                              "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    assert "labels.csv has a quote" in res.output and "data row 2 (line 3), column 'label'" in res.output
+    assert "Traceback" not in res.output
