@@ -72,6 +72,7 @@ from dpaudit.images import (
     channels_note,
     dataset_channels,
     dataset_digests,
+    per_file_lines,
     probe_channels,
     read_image,
     skipped_unreadable,
@@ -524,6 +525,14 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
     if not isinstance(name, str) or not name:
         raise _unknown_dataset(name)
     check_data_options(name, data_dir=data_dir, labels=labels, window=window, slice_axis=slice_axis)
+    with per_file_lines():
+        return _load(name, data_dir, image_size, seed, max_images, fracs, labels, window, slice_axis)
+
+
+def _load(name: str, data_dir: str | Path | None, image_size: int, seed: int, max_images: int | None,
+          fracs: tuple[float, float], labels: str | Path | None, window: str | tuple[float, float] | None,
+          slice_axis: str) -> DatasetSplits:
+    """:func:`load_splits` after its checks: the loader of ``name``."""
     if name == "demo":
         check_demo_size(max_images)
         return make_demo(max_images or DEMO_DEFAULT_SIZE, image_size=image_size, seed=seed, fractions=fracs)

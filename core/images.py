@@ -39,6 +39,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +73,60 @@ class UnreadableImageError(DataError):
 SKIP_LOG = logging.getLogger("dpaudit.data.skipped")
 
 
+#: Per-file warning lines said per kind and data load (:func:`per_file_lines`) before the rest are only counted: a
+#: folder of thousands of unreadable files would otherwise print thousands of lines before its one error.
+PER_FILE_LINES = 10
+
+
+class _PerFileLines:
+    """How many per-file warnings of each kind the current data load has said and held back (the loaders' decode
+    threads report concurrently, hence the lock). ``depth`` 0: no load is counting, every line is said."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.said: Counter[str] = Counter()
+        self.held: Counter[str] = Counter()
+
+    def admit(self, kind: str) -> bool:
+        """Whether the next warning of ``kind`` is said (else it is counted as held back)."""
+        with self.lock:
+            if self.depth and self.said[kind] >= PER_FILE_LINES:
+                self.held[kind] += 1
+                return False
+            self.said[kind] += 1
+            return True
+
+
+_PER_FILE = _PerFileLines()
+
+
+@contextmanager
+def per_file_lines() -> Iterator[None]:
+    """Say at most :data:`PER_FILE_LINES` per-file warnings of each kind in the block (one data load), then one line
+    per kind with how many more there were, also when the load ends in an error (that line comes before the error
+    is shown). The counts the dataset keeps (notes, ``skipped``) are exact: only the lines are capped. Nested
+    blocks count as the outermost one."""
+    with _PER_FILE.lock:
+        if _PER_FILE.depth == 0:
+            _PER_FILE.said.clear()
+            _PER_FILE.held.clear()
+        _PER_FILE.depth += 1
+    try:
+        yield
+    finally:
+        with _PER_FILE.lock:
+            _PER_FILE.depth -= 1
+            held = dict(_PER_FILE.held) if _PER_FILE.depth == 0 else {}
+        for kind, n in sorted(held.items()):
+            SKIP_LOG.warning("... and %d more %s files (counted in the dataset's notes)", n, kind)
+
+
 def skipped_unreadable(exc: UnreadableImageError) -> None:
-    """Name a file skipped as unreadable on stderr (the message names the file and the fix); never persisted."""
-    SKIP_LOG.warning("skipped an unreadable file: %s", exc)
+    """Name a file skipped as unreadable on stderr (the message names the file and the fix); never persisted. Within
+    :func:`per_file_lines` the first :data:`PER_FILE_LINES` are named, the rest counted."""
+    if _PER_FILE.admit("unreadable"):
+        SKIP_LOG.warning("skipped an unreadable file: %s", exc)
 
 
 @dataclass(frozen=True, eq=False)

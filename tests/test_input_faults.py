@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from medical_fixtures import dicom_file
+from medical_fixtures import dicom_file, nifti_file
 from typer.testing import CliRunner
 
 from dpaudit.cli.main import app
@@ -87,3 +88,82 @@ def test_a_dicom_labels_file_with_an_unterminated_quote_is_one_line_exit_2(tmp_p
     assert res.exit_code == 2, res.output
     assert "labels.csv has a quote" in res.output and "data row 2 (line 3), column 'label'" in res.output
     assert "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------------ thousands of unreadable files
+
+
+def _write_dataset(kind: str, root: Path, rng: np.random.Generator, readable: int, unreadable: int) -> str:
+    """``readable`` images and ``unreadable`` broken files in two classes; the patients are named SECRET-..."""
+    from PIL import Image
+
+    for i in range(readable + unreadable):
+        cls = "ab"[i % 2]
+        if kind == "folder":
+            path = root / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if i < readable:
+                Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(path)
+        elif kind == "dicom":
+            path = root / cls / f"IM{i}.dcm"
+            dicom_file(path, rng.integers(0, 4096, (12, 12)).astype(np.uint16), patient=f"SECRET-{i // 2:03d}")
+        else:
+            path = root / cls / f"v{i}.nii.gz"
+            nifti_file(path, rng.random((12, 12, 2)).astype(np.float32))
+        if i >= readable:
+            # a folder's file is no image; a DICOM file's pixel data and a NIfTI file's header are cut short
+            cut = b"not an image" if kind == "folder" else path.read_bytes()[:-100 if kind == "dicom" else 40]
+            path.write_bytes(cut)
+    return f"{kind}:{root}"
+
+
+@pytest.mark.parametrize("kind", ["folder", "dicom", "nifti"])
+def test_many_unreadable_files_say_ten_lines_and_one_count(tmp_path: Path, rng: np.random.Generator,
+                                                           kind: str) -> None:
+    from dpaudit.images import PER_FILE_LINES
+
+    dataset = _write_dataset(kind, tmp_path / "data", rng, readable=16, unreadable=PER_FILE_LINES + 27)
+    res = runner.invoke(app, ["train", "--dataset", dataset, "--non-private", "--epochs", "1", "--arch",
+                              "smallcnn", "--image-size", "16", "--batch-size", "4", "--privacy-unit", "image",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    named = [line for line in res.stderr.splitlines() if line.startswith("warning: skipped an unreadable file")]
+    assert len(named) == PER_FILE_LINES
+    assert "warning: ... and 27 more unreadable files (counted in the dataset's notes)" in res.stderr
+    assert f"{PER_FILE_LINES + 27} unreadable" in " ".join(json.loads(res.stdout)["data_notes"])  # exact
+    assert "SECRET" not in res.stderr + res.stdout
+
+
+def test_a_load_of_only_unreadable_files_says_the_count_before_its_error(tmp_path: Path) -> None:
+    for i in range(40):
+        (tmp_path / "a" / f"{i}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "a" / f"{i}.png").write_bytes(b"not an image")
+    res = runner.invoke(app, ["train", "--dataset", f"folder:{tmp_path}", "--non-private", "--epochs", "1"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 10 + 2 and "... and 30 more unreadable files" in lines[-2]
+    assert lines[-1].startswith("error: ") and "40 unreadable" in lines[-1]
+
+
+def test_the_library_outside_a_load_names_every_file(caplog: pytest.LogCaptureFixture) -> None:
+    """The cap belongs to a data load (load_splits); a loader called on its own names every file it skips."""
+    import logging
+
+    from dpaudit.images import UnreadableImageError, per_file_lines, skipped_unreadable
+
+    log = logging.getLogger("dpaudit.data.skipped")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            for i in range(15):
+                skipped_unreadable(UnreadableImageError(f"f{i}"))
+            assert len(caplog.records) == 15
+            caplog.clear()
+            with per_file_lines(), per_file_lines():  # nested: one count
+                for i in range(15):
+                    skipped_unreadable(UnreadableImageError(f"g{i}"))
+            assert [r.getMessage() for r in caplog.records][-1] == (
+                "... and 5 more unreadable files (counted in the dataset's notes)")
+            assert len(caplog.records) == 11
+    finally:
+        log.removeHandler(caplog.handler)
