@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -10,9 +11,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Annotated, Any, TypeVar
@@ -401,6 +403,27 @@ def _defaulted_parameters() -> set[str]:
             if getattr(ctx.get_parameter_source(name), "name", None) in ("DEFAULT", "DEFAULT_MAP")}
 
 
+class Stopped(SystemExit):
+    """A signal that stops a command as Ctrl-C does (SIGTERM: ``kill``, a batch scheduler's time limit), raised in
+    the main thread so that every ``finally`` runs. A :class:`SystemExit` with code 128 + the signal's number, as a
+    shell reports a process the signal ended; :func:`handle_errors` says it on stderr as it says Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def says_how_to_resume(text: str) -> Iterator[None]:
+    """Add ``text`` (how the work resumes) to the line :func:`handle_errors` prints when Ctrl-C or SIGTERM stops
+    the block."""
+    try:
+        yield
+    except (KeyboardInterrupt, Stopped) as exc:
+        exc.add_note(text)
+        raise
+
+
 def handle_errors(func: F) -> F:
     """Turn a :class:`DpAuditError` into one line on stderr and exit code 2 (no traceback, no locals); the line
     names the flag the user typed and a fix (:func:`user_message`)."""
@@ -428,9 +451,12 @@ def handle_errors(func: F) -> F:
                                "where a folder is written).", options, {**values, **kwargs})
             err.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(code=130) from None
+        except (KeyboardInterrupt, Stopped) as exc:
+            # Ctrl-C and SIGTERM say the same (exit codes 130 and 143, as the shell reports either signal)
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            err.print(": ".join([how, *getattr(exc, "__notes__", ())]), highlight=False, soft_wrap=True)
+            raise typer.Exit(code=128 + signum) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -262,7 +262,9 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM (``kill``, a batch scheduler's time limit) ends a command as Ctrl-C does: by an exception in the main
     thread, so every ``finally`` runs, worker processes are stopped and no half-written file is left under its
     final name. Python's default would end this process alone and leave its workers training."""
-    raise SystemExit(128 + signum)
+    from dpaudit.cli._common import Stopped
+
+    raise Stopped(signum)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from dpaudit.attacks.decoders import decoder_choice
 from dpaudit.audit.profile.schema import ProfileConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
-from dpaudit.cli._common import emit_json, err, handle_errors, out, print_table
+from dpaudit.cli._common import emit_json, err, handle_errors, out, print_table, says_how_to_resume
 from dpaudit.config import task_default_help
 
 #: The profile's defaults (one source of truth: ProfileConfig, the Python API's).
@@ -266,7 +266,8 @@ def profile(
     from dpaudit.audit.profile.distributed import make_executor
 
     # Everything the run writes, as a whole: on a failure the folder's previous outputs are put back.
-    with claim.writing():
+    resume = f"the same command again resumes it (the tasks finished are kept in {out_dir / 'tasks'})"
+    with says_how_to_resume(resume), claim.writing():
         # The executor changes where tasks run, never their results (tests/test_distributed.py).
         executor = make_executor(scheduler, workers, threads=threads)
         task_threads = one_thread_in_process(executor, threads)

@@ -167,3 +167,42 @@ def test_the_library_outside_a_load_names_every_file(caplog: pytest.LogCaptureFi
             assert len(caplog.records) == 11
     finally:
         log.removeHandler(caplog.handler)
+
+
+# ------------------------------------------------------------------------------ a profile stopped by a signal
+
+PROFILE_ARGS = ["--dataset", "demo", "--image-size", "16", "--max-images", "60", "--arch", "smallcnn", "--epsilons",
+                "8", "--seeds", "1", "--epochs", "200", "--batch-size", "8", "--attack-images", "6",
+                "--attack-epochs", "1", "--no-render", "--threads", "1"]  # trains long enough to be stopped
+
+
+@pytest.mark.parametrize(("signame", "code", "said"), [("SIGTERM", 143, "stopped by SIGTERM"),
+                                                       ("SIGINT", 130, "interrupted")])
+def test_a_stopped_profile_says_how_to_resume(tmp_path: Path, signame: str, code: int, said: str) -> None:
+    """A scheduler's stop (SIGTERM) is said as Ctrl-C (SIGINT) is, with how to resume; the exit codes stay the
+    shell's 128 + the signal's number."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "p"
+    proc = subprocess.Popen([sys.executable, "-m", "dpaudit.cli.main", "profile", *PROFILE_ARGS, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:  # bounded: the command prints a few lines before it trains
+            lines.append(line)
+            if " train 0/" in line:
+                break
+        assert any(" train 0/" in x for x in lines), "".join(lines)
+        proc.send_signal(getattr(signal, signame))
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, rest
+    last = rest.strip().splitlines()[-1]
+    assert last == f"{said}: the same command again resumes it (the tasks finished are kept in {out / 'tasks'})"
+    assert "Traceback" not in rest
