@@ -36,7 +36,11 @@ log-uniformly (sigma 0.05-50, q 1e-6-1, T 1-1e6, delta 1e-10-1e-2, kappa 1e-7-0.
    get_epsilon_for_delta ignores the P-mass where e^{-loss} underflows (losses above ~745), returning an epsilon
    above one where its own delta is already below target (noted on the point, as the verdicts are read in
    delta). For k = 1 the RDP epsilon (``epsilon_rdp``) is checked as an upper bound the same way and must be
-   >= the PLD bracket's lower end (RDP is looser, but an upper bound too).
+   >= the PLD bracket's lower end (RDP is looser, but an upper bound too). Every epsilon claim dp_accounting leaves
+   open goes to the referee as well: at a point where it timed out, failed or contradicted itself (epsilon_bound
+   and the bracket's lower end), and wherever its optimistic and pessimistic deltas straddle target_delta at the
+   claim (too coarse to decide: a 10% underestimate of epsilon hid there at small q). The referee fails a claim it
+   proves wrong; one it cannot judge is an "epsilon unjudged" warning, its points listed in ``epsilon_unjudged``.
 2. **worst-case ReRo** gamma at kappa/10, kappa, 10 kappa (``rero_bound(..., threat_model="worst_case")``): >= the
    Neyman-Pearson power read from the optimistic reference PLD (REMOVE direction; the power is the conjugate of
    the hockey-stick curve, inf_eps delta(eps) + e^eps kappa, so a lower hockey-stick curve gives a lower power),
@@ -325,7 +329,8 @@ def _exact_delta_once(
     widths (width: the saddle's 1 / sqrt(curvature)); ``reach`` None: where the integrand has died out (below
     REFEREE_DIED_OUT of its size at the saddle at 4 probes in a row, t = 40 widths x 2^{j/4}, at least 40, at most
     REFEREE_MAX_REACH widths). Where the loss is nearly a point mass (small q) the integrand decays on the scale of
-    1 / (the bulk's spread), far beyond the saddle's width: sigma 1.107, q 3.8e-4, T 331 needs ~1000 widths. No grid in the loss, so no discretisation error and no FFT: the
+    1 / (the bulk's spread), far beyond the saddle's width: sigma 1.107, q 3.8e-4, T 331 needs ~1000 widths.
+    No grid in the loss, so no discretisation error and no FFT: the
     numbers it rests on are the per-step moment generating function's, to float64 round-off (times T). Returns
     (delta, the integrand's size at the far end relative to the saddle, a bound on delta where it underflows, else
     0, a bound on the part of the integral beyond the far end t_max, the Chernoff bound on delta), or None where it
@@ -390,7 +395,8 @@ def exact_delta(eps: float, sigma: float, q: float, k: int, steps: int, directio
     mechanism's closed form in 50-digit arithmetic, k 1-5, delta 1e-5-1e-100: 1.4e-11-3.3e-11 relative at T 1e5-1e6,
     up to 8x the step change and 1e-12 alone). Where the integrand has not died out even at REFEREE_MAX_REACH
     widths, err carries the rigorous bound on the part beyond (:func:`_exact_delta_once`); the range is then
-    clipped to [0, the Chernoff bound] and returned as its midpoint and half-width. None where either evaluation cannot be formed (then no verdict).
+    clipped to [0, the Chernoff bound] and returned as its midpoint and half-width. None where either evaluation
+    cannot be formed (then no verdict).
     An independent referee for dp_accounting where its FFT round-off (relative 1e-16 per Fourier coefficient,
     amplified T-fold by the power) is comparable to delta: checked against dp_accounting's PLDs in the tests."""
     try:
