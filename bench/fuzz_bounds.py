@@ -41,6 +41,10 @@ log-uniformly (sigma 0.05-50, q 1e-6-1, T 1-1e6, delta 1e-10-1e-2, kappa 1e-7-0.
    and the bracket's lower end), and wherever its optimistic and pessimistic deltas straddle target_delta at the
    claim (too coarse to decide: a 10% underestimate of epsilon hid there at small q). The referee fails a claim it
    proves wrong; one it cannot judge is an "epsilon unjudged" warning, its points listed in ``epsilon_unjudged``.
+   Each referee call runs in a child process with a wall-clock limit (``--referee-timeout``, default 20 s; a call
+   at tiny sigma with k 10 took minutes): a claim whose referee runs past it is unjudged (never a pass, never a
+   failure; its points also listed in ``referee_timed_out``), and a dp_accounting failure it could not refute
+   in time stands.
 2. **worst-case ReRo** gamma at kappa/10, kappa, 10 kappa (``rero_bound(..., threat_model="worst_case")``): >= the
    Neyman-Pearson power read from the optimistic reference PLD (REMOVE direction; the power is the conjugate of
    the hockey-stick curve, inf_eps delta(eps) + e^eps kappa, so a lower hockey-stick curve gives a lower power),
@@ -245,6 +249,15 @@ def _reference_child(point, eps_ours, read_at, timeout, queue):
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
+def _end_child(proc, timed_out: bool) -> None:
+    """Reap a child: killed at once when it ran past its limit (it is still computing), else given 5 s to exit."""
+    if not timed_out:
+        proc.join(timeout=5)
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+
+
 def run_reference(point: Point, eps_ours: float, read_at: dict, timeout: float) -> dict:
     """The reference in a child process (killed after ``timeout`` s); ``read_at``: name -> epsilon at which both
     reference PLDs' delta is read."""
@@ -256,10 +269,7 @@ def run_reference(point: Point, eps_ours: float, read_at: dict, timeout: float) 
         status, payload = queue.get(timeout=timeout)
     except Exception:
         status, payload = "timeout", f"reference over {timeout:g} s"
-    proc.join(timeout=5)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+    _end_child(proc, status == "timeout")
     return {"status": status, **(payload if status == "ok" else {"reason": payload})}
 
 
@@ -439,6 +449,38 @@ def referee(point: Point, eps: float) -> dict | None:
         "low": float(max(v - e for v, e in out.values())),
         "high": float(max(v + e for v, e in out.values())),
     }
+
+
+class RefereeTimeout(Exception):
+    """The referee did not finish within its wall-clock limit (``--referee-timeout``)."""
+
+
+def _referee_child(point, eps, queue):
+    try:
+        queue.put(("ok", referee(point, eps)))
+    except Exception as e:  # the child reports the referee's failure; the parent raises it as no verdict
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def run_referee(point: Point, eps: float, timeout: float | None) -> dict | None:
+    """:func:`referee` in a child process killed after ``timeout`` s (:class:`RefereeTimeout`), the way the
+    dp_accounting reference runs (:func:`run_reference`); ``timeout`` None, 0 or infinite: called here, no limit."""
+    if not timeout or not math.isfinite(timeout):
+        return referee(point, eps)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_referee_child, args=(point, eps, queue))
+    proc.start()
+    try:
+        status, payload = queue.get(timeout=timeout)
+    except Exception:
+        status, payload = "timeout", f"referee over {timeout:g} s"
+    _end_child(proc, status == "timeout")
+    if status == "timeout":
+        raise RefereeTimeout(payload)
+    if status == "error":
+        raise RuntimeError(payload)
+    return payload
 
 
 # -- Monte Carlo of the relaxed adversary (independent of dpaudit's loss code) ---------------------------------------
@@ -669,7 +711,7 @@ def check_point(point: Point, args) -> dict:
                         f"{dopt[key]!r} > target_delta {d!r} (optimistic eps {eo!r}, pessimistic {ep!r}, "
                         f"interval {ref['interval']:.3g})"
                     )
-                    _judge(point, read_at[key], claim, "upper", fails, warns, rec)
+                    _judge(point, read_at[key], claim, "upper", fails, warns, rec, args.referee_timeout)
                 if key in dopt and (dopt[key] > d_hi or dpess[key] <= d_hi):
                     decided.add(key)
             if not (0 < bracket[0] < math.inf) or dpess["lower"] < d_lo or dopt["lower"] >= d_lo:
@@ -685,7 +727,7 @@ def check_point(point: Point, args) -> dict:
                     f"delta there {dpess['lower']!r} < target_delta {d!r} (pessimistic eps {ep!r}, optimistic "
                     f"{eo!r}, interval {ref['interval']:.3g})"
                 )
-                _judge(point, bracket[0], claim, "lower", fails, warns, rec)
+                _judge(point, bracket[0], claim, "lower", fails, warns, rec, args.referee_timeout)
             # The reference's own consistency: its epsilon is the smallest e with delta_pess(e) <= target_delta, so
             # no point below it may read a delta below the target. dp_accounting's get_epsilon_for_delta breaks
             # this where the losses pass ~745 (e^{-loss} underflows to 0 and it returns the loss at which the
@@ -741,7 +783,7 @@ def check_point(point: Point, args) -> dict:
                 if ref["status"] != "ok"
                 else f"dp_accounting undecided at interval {ref['interval']:.3g}"
             )
-            _referee_check(point, key, e, end, why, fails, warns, rec)
+            _referee_check(point, key, e, end, why, fails, warns, rec, args.referee_timeout)
     rec["failures"] = fails
     rec["warnings"] = warns
     return rec
@@ -756,16 +798,28 @@ _CLAIM_NAMES = {
 
 
 def _referee_check(
-    point: Point, key: str, eps: float, end: str, why: str, fails: list, warns: list, rec: dict
+    point: Point,
+    key: str,
+    eps: float,
+    end: str,
+    why: str,
+    fails: list,
+    warns: list,
+    rec: dict,
+    timeout: float | None = None,
 ):
     """The referee's verdict on an epsilon claim dp_accounting did not decide (``why``): ``end`` "upper" fails
     when the exact delta at eps is proven above target_delta (its range's low end above it), "lower" when it is
     proven below; a range that straddles target_delta (or no range) leaves the claim unjudged, said as a warning
-    ("epsilon unjudged") and counted, never passed silently."""
+    ("epsilon unjudged") and counted, never passed silently; so does a referee past its wall-clock limit
+    ``timeout`` (s, :func:`run_referee`), the claim's key also listed in ``referee_timed_out``."""
     d = point.target_delta
     what = _CLAIM_NAMES[key]
     try:
-        r = referee(point, eps)
+        r = run_referee(point, eps, timeout)
+    except RefereeTimeout as e:  # no verdict in time: unjudged, said below
+        r, note = None, str(e)
+        rec.setdefault("referee_timed_out", []).append(key)
     except Exception as e:  # no verdict from the referee: unjudged, said below
         r, note = None, f"{type(e).__name__}: {e}"
     else:
@@ -794,14 +848,28 @@ def _referee_check(
         warns.append(f"epsilon unjudged: {what} {eps!r} ({why}; referee: {span})")
 
 
-def _judge(point: Point, eps: float, claim: str, end: str, fails: list, warns: list, rec: dict) -> None:
+def _judge(
+    point: Point,
+    eps: float,
+    claim: str,
+    end: str,
+    fails: list,
+    warns: list,
+    rec: dict,
+    timeout: float | None = None,
+) -> None:
     """A failure of an epsilon end claimed from dp_accounting, put to the referee (:func:`referee`, the exact delta
     at ``eps``): it stands unless the referee proves the end right (``end`` "upper": the exact delta at eps is at
     most target_delta; "lower": at least target_delta, so the exact epsilon is above eps). A refuted claim is the
-    reference's own error (its FFT round-off at tiny delta) and is kept as a warning with both deltas."""
+    reference's own error (its FFT round-off at tiny delta) and is kept as a warning with both deltas. A referee
+    past its wall-clock limit ``timeout`` (s) refutes nothing: dp_accounting's failure stands, said so."""
     d = point.target_delta
     try:
-        r = referee(point, eps)
+        r = run_referee(point, eps, timeout)
+    except RefereeTimeout as e:  # no verdict in time: the failure stands
+        r = None
+        claim += f"; {e}, no verdict"
+        rec.setdefault("referee_timed_out", []).append(end)
     except Exception as e:  # no verdict from the referee: the failure stands
         r = None
         claim += f"; referee failed: {type(e).__name__}: {e}"
@@ -857,6 +925,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=20.0,
         help="wall-clock limit of one dp_accounting reference (s); 0 skips the reference",
+    )
+    parser.add_argument(
+        "--referee-timeout",
+        type=float,
+        default=20.0,
+        help="wall-clock limit of one referee call (s; past it the claim is 'epsilon unjudged'); 0: no limit",
     )
     parser.add_argument(
         "--mc-samples", type=int, default=20_000, help="Monte Carlo samples per half (relaxed)"
@@ -922,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "referee_checked": sum(1 for r in records if r.get("referee_checks")),
         "epsilon_unjudged": [r["point"]["index"] for r in records if r.get("epsilon_unjudged")],
+        "referee_timed_out": [r["point"]["index"] for r in records if r.get("referee_timed_out")],
         "mc_ran": sum(1 for r in records if r.get("mc_relaxed_floor")),
         "max_eps_ratio_pess": max((r["eps_ratio_pess"] for r in ran_ref), default=None),
         "min_eps_ratio_pess": min((r["eps_ratio_pess"] for r in ran_ref), default=None),

@@ -304,6 +304,50 @@ def test_referee_check_fails_only_on_a_proven_violation_and_says_when_it_cannot_
         assert (want == "unjudged") == bool(rec.get("epsilon_unjudged"))
 
 
+def test_a_referee_past_its_time_limit_leaves_the_claim_unjudged(monkeypatch):
+    # Each referee call runs in a child process with a wall-clock limit: past it, an open claim is "epsilon
+    # unjudged" (a warning, never a pass or a failure) and a dp_accounting failure stands (nothing refutes it).
+    import time
+
+    import fuzz_bounds
+    from fuzz_bounds import _judge, _referee_check, draw_point
+
+    point = draw_point(1, 0)
+    d = point.target_delta
+    calls = []
+
+    def slow_referee(p, e):
+        calls.append(e)
+        time.sleep(60)
+        return {"delta": d / 2, "direction": "remove", "low": d / 4, "high": d / 2}
+
+    monkeypatch.setattr(fuzz_bounds, "referee", slow_referee)
+    fails, warns, rec = [], [], {}
+    _referee_check(point, "epsilon", 0.04, "upper", "dp_accounting timeout", fails, warns, rec, 0.5)
+    assert not fails and len(warns) == 1 and "epsilon unjudged" in warns[0] and "over 0.5 s" in warns[0]
+    assert rec["epsilon_unjudged"] == ["epsilon"] and rec["referee_timed_out"] == ["epsilon"]
+    fails, warns, rec = [], [], {}
+    _judge(point, 0.04, "upper end 0.04 not an upper bound", "upper", fails, warns, rec, 0.5)
+    assert len(fails) == 1 and "over 0.5 s" in fails[0] and not warns
+    assert (
+        rec["referee_timed_out"] == ["upper"] and not calls
+    )  # the sleeping calls ran in the killed children
+
+
+def test_a_referee_within_its_time_limit_gives_the_same_verdict(monkeypatch):
+    import fuzz_bounds
+    from fuzz_bounds import _referee_check, draw_point
+
+    point = draw_point(1, 0)
+    d = point.target_delta
+    r = {"delta": 3 * d, "direction": "add", "low": 2 * d, "high": 4 * d}
+    monkeypatch.setattr(fuzz_bounds, "referee", lambda p, e: r)
+    fails, warns, rec = [], [], {}
+    _referee_check(point, "epsilon", 0.04, "upper", "dp_accounting timeout", fails, warns, rec, 30.0)
+    assert len(fails) == 1 and "not an upper bound" in fails[0] and not rec.get("referee_timed_out")
+    assert rec["referee_checks"][0]["range"] == r
+
+
 @pytest.mark.slow
 def test_referee_judges_a_nearly_point_mass_loss():
     # sigma 1.107, q 3.8e-4, T 331 (seed 1, point 2; T q = 0.13): the composed loss is nearly a point mass near 0,
