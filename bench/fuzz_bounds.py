@@ -258,18 +258,25 @@ def _end_child(proc, timed_out: bool) -> None:
     proc.join()
 
 
-def run_reference(point: Point, eps_ours: float, read_at: dict, timeout: float) -> dict:
-    """The reference in a child process (killed after ``timeout`` s); ``read_at``: name -> epsilon at which both
-    reference PLDs' delta is read."""
+def _in_child(target, args: tuple, timeout: float, what: str) -> tuple[str, object]:
+    """Run ``target(*args, queue)`` in a forked child and return what it put on the queue, ``(status, payload)``
+    (``"ok"`` or ``"error"``), or ``("timeout", "WHAT over N s")`` past ``timeout`` s (the child is then killed)."""
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_reference_child, args=(point, eps_ours, read_at, timeout, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     try:
         status, payload = queue.get(timeout=timeout)
     except Exception:
-        status, payload = "timeout", f"reference over {timeout:g} s"
+        status, payload = "timeout", f"{what} over {timeout:g} s"
     _end_child(proc, status == "timeout")
+    return status, payload
+
+
+def run_reference(point: Point, eps_ours: float, read_at: dict, timeout: float) -> dict:
+    """The reference in a child process (killed after ``timeout`` s); ``read_at``: name -> epsilon at which both
+    reference PLDs' delta is read."""
+    status, payload = _in_child(_reference_child, (point, eps_ours, read_at, timeout), timeout, "reference")
     return {"status": status, **(payload if status == "ok" else {"reason": payload})}
 
 
@@ -467,15 +474,7 @@ def run_referee(point: Point, eps: float, timeout: float | None) -> dict | None:
     dp_accounting reference runs (:func:`run_reference`); ``timeout`` None, 0 or infinite: called here, no limit."""
     if not timeout or not math.isfinite(timeout):
         return referee(point, eps)
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_referee_child, args=(point, eps, queue))
-    proc.start()
-    try:
-        status, payload = queue.get(timeout=timeout)
-    except Exception:
-        status, payload = "timeout", f"referee over {timeout:g} s"
-    _end_child(proc, status == "timeout")
+    status, payload = _in_child(_referee_child, (point, eps), timeout, "referee")
     if status == "timeout":
         raise RefereeTimeout(payload)
     if status == "error":
@@ -797,6 +796,18 @@ _CLAIM_NAMES = {
 }
 
 
+def _ask_referee(point: Point, eps: float, timeout: float | None, rec: dict, key: str) -> tuple[dict | None, str]:
+    """:func:`run_referee` at ``eps``: ``(range, "no verdict")``, the range None where it gave none; ``(None,
+    why)`` where it failed or ran past ``timeout`` (s; ``key`` is then listed in ``referee_timed_out``)."""
+    try:
+        return run_referee(point, eps, timeout), "no verdict"
+    except RefereeTimeout as e:
+        rec.setdefault("referee_timed_out", []).append(key)
+        return None, str(e)
+    except Exception as e:
+        return None, f"referee failed: {type(e).__name__}: {e}"
+
+
 def _referee_check(
     point: Point,
     key: str,
@@ -815,15 +826,7 @@ def _referee_check(
     ``timeout`` (s, :func:`run_referee`), the claim's key also listed in ``referee_timed_out``."""
     d = point.target_delta
     what = _CLAIM_NAMES[key]
-    try:
-        r = run_referee(point, eps, timeout)
-    except RefereeTimeout as e:  # no verdict in time: unjudged, said below
-        r, note = None, str(e)
-        rec.setdefault("referee_timed_out", []).append(key)
-    except Exception as e:  # no verdict from the referee: unjudged, said below
-        r, note = None, f"{type(e).__name__}: {e}"
-    else:
-        note = "no verdict"
+    r, note = _ask_referee(point, eps, timeout, rec, key)  # no verdict: unjudged, said below
     rec.setdefault("referee_checks", []).append(
         {"claim": key, "epsilon": eps, "end": end, "why": why, "range": r}
     )
@@ -864,15 +867,9 @@ def _judge(
     reference's own error (its FFT round-off at tiny delta) and is kept as a warning with both deltas. A referee
     past its wall-clock limit ``timeout`` (s) refutes nothing: dp_accounting's failure stands, said so."""
     d = point.target_delta
-    try:
-        r = run_referee(point, eps, timeout)
-    except RefereeTimeout as e:  # no verdict in time: the failure stands
-        r = None
-        claim += f"; {e}, no verdict"
-        rec.setdefault("referee_timed_out", []).append(end)
-    except Exception as e:  # no verdict from the referee: the failure stands
-        r = None
-        claim += f"; referee failed: {type(e).__name__}: {e}"
+    r, note = _ask_referee(point, eps, timeout, rec, end)  # no verdict: the failure stands
+    if r is None and note != "no verdict":
+        claim += f"; {note}, no verdict"
     if r is not None:
         rec.setdefault("referee", []).append({"epsilon": eps, "end": end, **r})
     if r is not None and (r["high"] <= d if end == "upper" else r["low"] >= d):
