@@ -296,18 +296,32 @@ def _samplewise(model: nn.Module) -> bool:
 
 def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Tensor, labels: torch.Tensor,
                               thresholds: torch.Tensor, *, first: bool, scratch: _FoldScratch | None = None):
-    """dL/dh and the model's per-image squared gradient norm for a batch of normalised images, in one batched
-    forward and backward pass (no parameter gradient is formed for the batch).
+    """The pre-activations h (B x K), dL/dh (B x K) and the model's per-image squared gradient norm (B, float64)
+    for a batch of normalised images: :func:`_batched_tensor_squares`' per-tensor float32 sums added in float64, as
+    the batch-1 route adds them. None where that route returns None."""
+    out = _batched_tensor_squares(model, block, x, labels, thresholds, first=first, scratch=scratch)
+    if out is None:
+        return None
+    h0, dh, squares = out
+    model_sq = (torch.stack([sq for _, sq in squares]).double().sum(dim=0) if squares
+                else torch.zeros(x.shape[0], dtype=torch.float64))
+    return h0, dh, model_sq
+
+
+def _batched_tensor_squares(model: nn.Module, block: ImprintBlock, x: torch.Tensor, labels: torch.Tensor,
+                            thresholds: torch.Tensor, *, first: bool, scratch: _FoldScratch | None = None):
+    """dL/dh and, per parameter tensor, each image's squared gradient norm for a batch of normalised images, in one
+    batched forward and backward pass (no parameter gradient is formed for the batch).
 
     The loss is the sum of the images' own batch-1 losses (:func:`_summed_image_losses`), so the gradient with respect to image b's activations is
     that of image b's own loss, and each parameter layer's per-image weight gradient follows from the layer's input
     and output gradient for that image alone: a convolution's from torch's own weight gradient of a batch-1
     convolution, a Linear's ``g a^T`` (squared norm ``|g|^2 |a|^2`` for one vector per image), a GroupNorm's
-    ``sum(g * x_hat)`` over positions, a bias's ``sum(g)``. Squares are summed per tensor in float32 and added in
-    float64, as the batch-1 route does. Returns the pre-activations h (B x K), dL/dh (B x K) and the squared norms
-    (B, float64), or None (the caller then runs batch-1 passes) when a layer ran twice
-    (shared weights), an input or output was modified in place after the layer saw it, or a layer or the logits
-    did not keep the images on axis 0.
+    ``sum(g * x_hat)`` over positions, a bias's ``sum(g)``. Squares are summed per tensor in float32. Returns the
+    pre-activations h (B x K), dL/dh (B x K) and, for every parameter tensor of a layer that ran and requires a
+    gradient, the pair (the parameter, its per-image float32 sum of squares, B), or None (the caller then runs
+    batch-1 passes) when a layer ran twice (shared weights), an input or output was modified in place after the
+    layer saw it, or a layer or the logits did not keep the images on axis 0.
     """
     F = torch.nn.functional
     n = x.shape[0]
@@ -351,7 +365,7 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
     grads = torch.autograd.grad(loss, [h, *(s[3] for s in seen)], allow_unused=True)
     if any(a._version != va or o._version != vo for _, a, va, o, vo in seen):
         return None
-    sums: list[torch.Tensor] = []  # per tensor, per image: float32 sums of squares
+    sums: list[tuple[nn.Parameter, torch.Tensor]] = []  # per tensor, per image: float32 sums of squares
     with torch.no_grad():
         for (module, a, _, _, _), g in zip(seen, grads[1:], strict=True):
             if g is None:
@@ -359,20 +373,20 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
             w, b = module.weight, module.bias
             if type(module) is nn.Conv2d:
                 if w.requires_grad:
-                    sums.append(_conv_weight_squares(module, a, g, scratch))
+                    sums.append((w, _conv_weight_squares(module, a, g, scratch)))
                 if b is not None and b.requires_grad:
                     gb = g.sum(dim=(2, 3))
-                    sums.append((gb * gb).sum(dim=1))
+                    sums.append((b, (gb * gb).sum(dim=1)))
             elif type(module) is nn.Linear:
                 if w.requires_grad:
                     if a.ndim == 2:
-                        sums.append((g * g).sum(dim=1) * (a * a).sum(dim=1))
+                        sums.append((w, (g * g).sum(dim=1) * (a * a).sum(dim=1)))
                     else:
                         gw = torch.einsum("b...o,b...i->boi", g, a)
-                        sums.append((gw * gw).sum(dim=(1, 2)))
+                        sums.append((w, (gw * gw).sum(dim=(1, 2))))
                 if b is not None and b.requires_grad:
                     gb = g.reshape(n, -1, g.shape[-1]).sum(dim=1)
-                    sums.append((gb * gb).sum(dim=1))
+                    sums.append((b, (gb * gb).sum(dim=1)))
             else:  # GroupNorm, on N x C x * (N x C after a Linear: one position per channel)
                 # Sums over the positions in the tensors' own layout (a reshape to N x C x positions copies a
                 # channels-last tensor first).
@@ -381,12 +395,11 @@ def _batched_model_statistics(model: nn.Module, block: ImprintBlock, x: torch.Te
                     xhat = F.group_norm(a, module.num_groups, None, None, module.eps)
                     xhat.mul_(g)
                     gw = xhat.sum(dim=positions) if positions else xhat
-                    sums.append((gw * gw).sum(dim=1))
+                    sums.append((w, (gw * gw).sum(dim=1)))
                 if b is not None and b.requires_grad:
                     gb = g.sum(dim=positions) if positions else g
-                    sums.append((gb * gb).sum(dim=1))
-    model_sq = (torch.stack(sums).double().sum(dim=0) if sums else torch.zeros(n, dtype=torch.float64))
-    return h0, grads[0].detach(), model_sq
+                    sums.append((b, (gb * gb).sum(dim=1)))
+    return h0, grads[0].detach(), sums
 
 
 def _mish_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
