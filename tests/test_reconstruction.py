@@ -756,8 +756,12 @@ def _tensor_faults(route: dict[str, np.ndarray], reference: dict[str, np.ndarray
 # parametrisations, model seeds 0-10, 4 images): 16 px 1.8e-6 (ResNet-9's, Conv2d, GroupNorm and Linear alike;
 # the small CNN's below 1.7e-6): checked at 1e-5. 32 px (the folded convolution path, FOLDED_MIN_POSITIONS) 1.2e-5
 # (the small CNN's first convolution, addition, seed 8) in 43 of the 44 cases: checked at 5e-5. Not covered: ResNet-9,
-# linear connection, seed 3 at 32 px, where one image's tensors of the 32 x 32 stage lie up to 9.0e-4 from float64
-# (a GroupNorm bias) while float32 autograd of batch 1 at the same input lies within 1e-7.
+# linear connection, seed 3 at 32 px, where one image's tensors of the 32 x 32 stage lie up to 1e-3 from float64.
+# Not a fault of the route: that image has a max-pooling window (features.3) whose two largest inputs differ by
+# 7.8e-8 in float64, below float32's rounding there; the attack's Mish rounds them the other way round than torch's
+# Mish and float64, so the pooling's gradient goes to the other position (a point where the loss is not
+# differentiable, both choices being valid subgradients) and every gradient upstream differs by ~4e-3 for that
+# image. The same route with torch's Mish lies within 6.3e-7 of float64 there.
 _TENSOR_RTOL = {16: 1e-5, 32: 5e-5}
 _CASE_SEED = {16: 5, 32: 1}  # the seeds of the whole-G tests above (16 px) and of the batch-1 comparison (32 px)
 
