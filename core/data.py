@@ -1075,6 +1075,7 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     table = read_table(csv_path, "ham10000")
     table.require(HAM10000_REQUIRED_COLUMNS, "ham10000",
                   "use the official metadata file (lesion_id, image_id, dx, dx_type, age, sex, localization)")
+    table.refuse_line_breaks((*HAM10000_REQUIRED_COLUMNS, "sex", "age"), "ham10000")
     rows, columns = table.rows, table.columns
     if not rows:
         raise DataError(f"ham10000: {csv_path.name} has no rows. Fix: use the official metadata file (one row per "

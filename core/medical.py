@@ -572,6 +572,9 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
     if key is None or "label" not in table.columns:
         raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
                         f"{list(table.columns)}). Fix: add the columns, e.g. {keys[0]},label.")
+    dropped: dict[str, str] = {}
+    extra = _group_columns(table, [key, "label", "file", "path", "index"], dropped, name, path.name)
+    table.refuse_line_breaks((c for c in table.columns if c not in dropped), name)
     _missing_labels([row["label"] for row in table.rows], name, f"{path.name}'s label column")
     rows: dict[str, dict[str, str]] = {}
     first_row: dict[str, int] = {}
@@ -585,8 +588,6 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
                             "keep one label per key.")
         rows.setdefault(k, row)
         first_row.setdefault(k, i)
-    dropped: dict[str, str] = {}
-    extra = _group_columns(table, [key, "label", "file", "path", "index"], dropped, name, path.name)
     return _Labels(key, rows, extra, [c for c in patient_id_columns(table.columns) if c != key], dropped)
 
 
@@ -1140,6 +1141,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     patient_columns = patient_id_columns(table.columns)
     dropped: dict[str, str] = {}
     extra = _group_columns(table, ["path", "label", "index"], dropped, name, "the manifest")
+    table.refuse_line_breaks((c for c in table.columns if c not in dropped), name)
     files: list[Path] = []
     shown: list[str] = []  # each file as the messages name it: its path as the CSV writes it, and its data row
     file_index: dict[Path, int] = {}

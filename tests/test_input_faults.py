@@ -49,7 +49,7 @@ def test_an_unterminated_quote_in_a_utf16_file_is_named_too(tmp_path: Path) -> N
 @pytest.mark.parametrize(("text", "cells"), [
     ('path,label\n"a"b,1\n', ["ab", "1"]),  # text after a closing quote: strict mode refuses it
     ('path,label\n"a ""quoted"" name",1\n', ['a "quoted" name', "1"]),
-    ('path,label\n"a\nb",1\n', ["a\nb", "1"]),  # a quoted line break
+    ('path,label,note\na,1,"b\nc"\n', ["a", "1"]),  # a quoted line break in a third column
     ('path,label\na"b,1\n', ['a"b', "1"]),  # a quote inside an unquoted cell is text
     ('path,label\n"a.png","1"', ["a.png", "1"]),  # no line break at the end
 ])
