@@ -1,9 +1,11 @@
 """A disk cache of decoded, resized images, so that a second run over a DICOM or NIfTI tree decodes nothing.
 
 Each entry holds the images one file decodes to (every frame of a DICOM file, every slice of a NIfTI volume),
-already resized, under a key made of the file's absolute path, size and modification time, the decoder and every
-option that changes the result (image size, channels, window, slice axis) and :data:`CACHE_VERSION`. Editing or
-replacing a file changes its key; nothing is ever served stale.
+already resized, under a key made of the file's identity (:func:`file_identity`: absolute path, device, inode, size,
+modification and status-change times), the decoder and every option that changes the result (image size, channels,
+window, slice axis) and :data:`CACHE_VERSION`. Editing or replacing a file changes its key, even within one
+timestamp tick and with its size and modification time kept or restored (``os.utime``, ``cp -p``, ``rsync -t``):
+nothing is ever served stale.
 
 Where: ``$DPAUDIT_CACHE_DIR`` if set (``off`` disables the cache), else ``~/.cache/dpaudit/decoded``. The
 folder is created private to the user (mode 0700): **it holds decoded patient images** (small, resized, but
@@ -22,7 +24,7 @@ import numpy as np
 
 from dpaudit.images import Pixels
 
-__all__ = ["CACHE_VERSION", "cache_dir", "cached"]
+__all__ = ["CACHE_VERSION", "cache_dir", "cached", "file_identity"]
 
 #: Bumped whenever a decoder's output changes, so that entries written by an older dpaudit are not reused.
 CACHE_VERSION = 6
@@ -36,9 +38,23 @@ def cache_dir() -> Path | None:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dpaudit" / "decoded"
 
 
-def _key(path: Path, decoder: str, options: str) -> str:
+def file_identity(path: Path) -> str:
+    """What changes whenever the file's contents may have: its absolute path, device and inode (a file replaced by
+    a rename, as editors and ``cp`` to a new file do, has another inode), size, modification time and status-change
+    time (ctime).
+
+    Size and mtime alone miss a file rewritten in place with the same size within one timestamp tick (coarse on
+    some file systems: 2 s on FAT, 1 s on ext3 and many network mounts), or whose mtime was set back (``os.utime``,
+    ``touch -d``, ``cp -p``, ``rsync -t``, an archive extracted). The kernel sets ctime to the current time on every
+    write and every utime call, and no system call sets it to a chosen value (POSIX.1-2017, ``<sys/stat.h>``
+    "st_ctim"; ``utimensat``). Costs the one ``stat`` the key took before.
+    """
     st = path.stat()
-    text = f"{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{decoder}|{options}"
+    return f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def _key(path: Path, decoder: str, options: str) -> str:
+    text = f"{CACHE_VERSION}|{file_identity(path)}|{decoder}|{options}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -7,6 +7,7 @@ the test, independently of dpaudit's decoder.
 from __future__ import annotations
 
 import csv
+import os
 import re
 import warnings
 from pathlib import Path
@@ -809,6 +810,60 @@ def test_second_load_is_served_from_the_cache(tmp_path: Path, rng: np.random.Gen
     monkeypatch.setenv("DPAUDIT_CACHE_DIR", "off")
     with pytest.raises(AssertionError, match="decoded again"):
         load(tmp_path / "d")
+
+
+
+def _rewrite_keeping_size_and_mtime(path: Path, write) -> None:
+    """Rewrite ``path`` in place (``write(path)``) and set its mtime back to the old value, to the nanosecond: a
+    rewrite within one timestamp tick (or ``cp -p``, ``rsync -t``) as the size-and-mtime key saw it."""
+    before = path.stat()
+    write(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+@pytest.mark.parametrize("kind", ["dicom", "nifti"])
+def test_a_file_rewritten_with_the_same_size_and_mtime_is_decoded_again(tmp_path: Path, rng: np.random.Generator,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       kind: str) -> None:
+    monkeypatch.setenv("DPAUDIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    for i in range(4):  # uncompressed files whose last bytes are the pixel data (DICOM: 16-bit, NIfTI: float32)
+        if kind == "dicom":
+            dicom_file(root / f"{i}.dcm", ramp(rng, 4095), patient=f"P{i}")
+        else:
+            nifti_file(root / f"{i}.nii", rng.random((SIZE, SIZE, 1)).astype(np.float32))
+    name = "0.dcm" if kind == "dicom" else "0.nii"
+    pixels = ramp(rng, 4095).astype("<u2") if kind == "dicom" else rng.random((SIZE, SIZE)).astype("<f4")
+    first = images_of(load_splits(f"{kind}:{root}", image_size=SIZE))
+    _rewrite_keeping_size_and_mtime(root / name, lambda p: p.write_bytes(p.read_bytes()[:-pixels.nbytes]
+                                                                         + pixels.tobytes()))
+    again = images_of(load_splits(f"{kind}:{root}", image_size=SIZE))
+    monkeypatch.setenv("DPAUDIT_CACHE_DIR", "off")
+    fresh = images_of(load_splits(f"{kind}:{root}", image_size=SIZE))
+    assert not np.array_equal(fresh, first)  # the rewrite changed an image
+    assert np.array_equal(again, fresh)  # and the cache gave the new one
+
+
+def test_the_cache_key_is_the_file_identity(tmp_path: Path) -> None:
+    """The key changes with each part of the identity that a rewrite changes: the contents with the same size and
+    mtime (ctime), a file replaced by a rename (inode)."""
+    from dpaudit.cache import file_identity
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"one")
+    first = file_identity(path)
+    assert file_identity(path) == first  # nothing changed: the same key, the cache is used
+    _rewrite_keeping_size_and_mtime(path, lambda p: p.write_bytes(b"two"))
+    second = file_identity(path)
+    assert second != first
+    other = tmp_path / "b.bin"
+    other.write_bytes(b"six")
+    st = path.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)  # same path, size and mtime; another inode
+    assert file_identity(path) not in (first, second)
 
 
 # ------------------------------------------------------------------------------------------------ NIfTI
