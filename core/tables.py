@@ -126,8 +126,8 @@ def _spanning_message(path: Path, what: str, cell: Spanning, why: str, fix: str 
             f"{cell.last_line}{fix}; a quote inside a quoted cell is written \"\".")
 
 
-def _refuse_unterminated_quote(path: Path, text: str, delimiter: str, records: list[tuple[list[str], int]],
-                               what: str) -> None:
+def _refuse_unterminated_quote(path: Path, text: str, delimiter: str,
+                               records: list[tuple[list[str], int, int]], what: str) -> None:
     """Raise a :class:`DataError` when a quoted field runs to the end of the file (rule 1).
 
     The non-strict reader (kept: ``strict=True`` also refuses quirks it reads as Excel does, such as ``"a"b``) ends
@@ -139,8 +139,8 @@ def _refuse_unterminated_quote(path: Path, text: str, delimiter: str, records: l
     if probe and probe[-1] == [_SENTINEL]:
         return
     # The open field is the last cell of the last record.
-    last, start = records[-1]
-    before = [row for row, _ in records[:-1] if any(cell.strip() for cell in row)]  # the header, then the data rows
+    last, start, _ = records[-1]
+    before = [row for row, _, _ in records[:-1] if any(cell.strip() for cell in row)]  # the header, then the data rows
     if not before:
         where = f"the header (line {start})"
     else:
@@ -157,6 +157,8 @@ def _spanning_cells(path: Path, what: str, columns: tuple[str, ...], delimiter: 
     out = []
     line = first_line
     for j, value in enumerate(cells):
+        if "\n" not in value and "\r" not in value:
+            continue
         parts = _LINE_BREAK.split(value)
         if len(parts) == 1:
             continue
@@ -190,23 +192,23 @@ def read_table(path: str | Path, what: str) -> Table:
     delimiter = ","
     if "," not in first:
         delimiter = ";" if ";" in first else "\t" if "\t" in first else ","
-    records: list[tuple[list[str], int]] = []  # each record and the file line it starts on
+    records: list[tuple[list[str], int, int]] = []  # each record and the file lines it starts and ends on
     try:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         start = 1
         for row in reader:
-            records.append((row, start))
+            records.append((row, start, reader.line_num))
             start = reader.line_num + 1
     except csv.Error as exc:
         raise DataError(f"{what}: {str(path)!r} is not a valid CSV file ({exc}). Fix: save it as CSV with a "
                         "header row.") from None
     if records:
         _refuse_unterminated_quote(path, text, delimiter, records, what)
-    records = [(row, line) for row, line in records if any(cell.strip() for cell in row)]
+    records = [record for record in records if any(cell.strip() for cell in record[0])]
     if not records:
         raise DataError(f"{what}: {str(path)!r} is empty. Fix: pass a CSV file with a header row and one row per "
                         "image.")
-    header, header_line = records[0]
+    header, header_line, _ = records[0]
     columns = tuple(c.strip() for c in header)
     broken = next((j for j, c in enumerate(header) if _LINE_BREAK.search(c)), None)
     if broken is not None:  # rule 2
@@ -215,8 +217,9 @@ def read_table(path: str | Path, what: str) -> Table:
                         "column name on one line (close the quote where it opens, or delete the stray one).")
     rows = []
     spanning: list[Spanning] = []
-    for row_no, (row, line) in enumerate(records[1:], start=1):
-        spanning += _spanning_cells(path, what, columns, delimiter, row_no, row, line)
+    for row_no, (row, line, last_line) in enumerate(records[1:], start=1):
+        if last_line > line:  # only a record over several lines can hold a cell that spans lines
+            spanning += _spanning_cells(path, what, columns, delimiter, row_no, row, line)
         if len(row) > len(columns):
             raise DataError(f"{what}: {path.name} data row {row_no} has {len(row)} cells but the header names "
                             f"{len(columns)} columns. Fix: quote cells that hold the delimiter {delimiter!r}.")
