@@ -1177,6 +1177,41 @@ def test_mish_with_its_slope_equals_float64_mish_to_rounding() -> None:
     torch.testing.assert_close(slope[far].double(), ref_slope[far], rtol=eps, atol=1e-37)
 
 
+def test_mish_in_chunks_with_kept_temporaries_equals_whole_tensor_mish_bit_for_bit(monkeypatch) -> None:
+    """_MishScratch's chunked Mish (temporaries kept across calls) against the whole-tensor formulas: the same bits
+    for y and the slope (signed zeros, inf and NaN included) in contiguous and channels-last layouts, with a short
+    last chunk, a scratch reused for a larger and a smaller tensor, and the outputs laid out as the input; a
+    strided (non-dense) input takes the whole-tensor route."""
+    from dpaudit.attacks import imprint
+
+    monkeypatch.setattr(imprint, "MISH_CHUNK", 1000)
+    scratch = imprint._MishScratch()
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape and a.stride() == b.stride() and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+    gen = torch.Generator().manual_seed(0)
+    edges = torch.tensor([-0.0, 0.0, 20.0, 20.000002, -1e4, -150.0, -90.0, 60.0, 1e4, 3e38, -3e38, float("inf"),
+                          -float("inf"), float("nan")])
+    line = torch.cat([torch.linspace(-30, 30, 4321), edges])
+    inputs = [line, (torch.randn(2, 5, 13, 17, generator=gen) * 6).contiguous(memory_format=torch.channels_last),
+              torch.randn(3, 7, 11, 9, generator=gen) * 6, torch.randn(1, 3, 4, 4, generator=gen)]
+    for x in inputs:
+        plain = imprint._mish_and_slope(x)
+        chunked = imprint._mish_and_slope(x, scratch)
+        assert all(same(a, b) for a, b in zip(plain, chunked, strict=True))
+    mish = torch.nn.Mish()
+    with imprint._MishWithSlope(scratch) as mode:  # the mode hands its scratch to _MishFunction while entered
+        assert imprint._MishWithSlope.scratches == [scratch] and mode.scratch is scratch
+        kept = mish(inputs[1])
+    assert imprint._MishWithSlope.scratches == []
+    assert same(kept, imprint._mish_and_slope(inputs[1])[0])
+    strided = (torch.randn(4, 6, 10, 10, generator=gen) * 6)[:, :, ::2]
+    assert not imprint._dense(strided)
+    assert all(same(a, b) for a, b in zip(imprint._mish_and_slope(strided), imprint._mish_and_slope(strided, scratch),
+                                          strict=True))
+
+
 def test_mish_with_its_slope_replaces_only_float32_cpu_mish_out_of_place() -> None:
     """Inside _MishWithSlope a model's nn.Mish layers run as _MishFunction: the same output and parameter
     gradients as torch's mish to float32 rounding; float64 tensors and in-place Mish keep torch's own (bit for bit),
