@@ -9,7 +9,7 @@ Usage: ``python bench/bench_attack.py [--sizes 64,224] [--n-images 12] [--width 
 [--skip-naive] [--cpu-time] [--breakdown] [--alternatives]``; ``--calibrate-tv`` prints the TV denoiser sweep
 (dpaudit's solver against scikit-image's). ``--breakdown`` adds where the 9-level attack's CPU time goes beyond the
 floor, per stage, and the model part by each route (the batched one also with its convolutions' weight gradients
-image by image, with the earlier chunk bound and with torch's Mish, the batch-1 passes with torch's Mish; two rejected channels-last forms of the batch-1 passes), with page
+image by image, with the earlier chunk bound and with torch's Mish, the batch-1 passes with torch's Mish and with torch's NCHW max_pool2d; two rejected channels-last forms of the batch-1 passes), with page
 faults per image and each route's largest error of the gradient norm against a float64 model. ``--alternatives``
 times, per image and side by side, the ways of computing the two largest stages that were considered: TV and SSIM for one level's images against all 9 levels' in one call, SSIM's 7 x 7 window
 sums by running sums (dpaudit) against scipy.ndimage.uniform_filter (what skimage calls), torch's grouped
@@ -181,7 +181,8 @@ def model_passes(model, images, labels, repeats: int) -> None:
     statistics by batch-1 passes and by the batched route (image_statistics' default for images of at most
     BATCHED_MAX_PIXELS pixels), the batched route with each convolution's weight gradients image by image (no
     folded grouped call), with the earlier chunk bound (2^19 input values: 42 images at 64 px), both routes with
-    torch's own Mish (instead of the routes' Mish with its derivative kept from the forward), and the floor
+    torch's own Mish (instead of the routes' Mish with its derivative kept from the forward), the batch-1 passes
+    with torch's NCHW max_pool2d (instead of the kernel on channels-last copies of chunks of channels), and the floor
     with channels-last input (the batched route's layout; the floor itself stays NCHW, batch 1). The minor page
     faults per image (medians) show the chunks' memory coming back from the operating system.
 
@@ -241,6 +242,8 @@ def model_passes(model, images, labels, repeats: int) -> None:
             "floor, channels-last input": lambda: floor(model, cl, labels),
             "statistics, batch-1 passes": lambda: image_statistics(model, block, images, labels, batched=False, **kw),
             "  batch-1, torch's mish and mish_backward": batched(False, _MishWithSlope=contextlib.nullcontext),
+            "  batch-1, torch's NCHW max_pool2d": batched(
+                False, _MaxPoolChannelsLast=lambda scratch=None: contextlib.nullcontext()),
             "statistics, batched route": batched(),
             "  batched, weight gradients image by image": batched(FOLDED_MIN_POSITIONS=2**62),
             "  batched, chunks of <= 2^19 input values": batched(BATCH_VALUES=2**19),

@@ -1212,6 +1212,61 @@ def test_mish_in_chunks_with_kept_temporaries_equals_whole_tensor_mish_bit_for_b
                                           strict=True))
 
 
+@pytest.mark.parametrize("settings", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                      dict(kernel_size=2, stride=1, dilation=2),
+                                      dict(kernel_size=3, stride=2, ceil_mode=True),
+                                      dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), ceil_mode=True)])
+@pytest.mark.parametrize("chunk", [2**19, 600])
+def test_max_pool_on_a_channels_last_copy_equals_torchs_nchw_pool_bit_for_bit(settings, chunk, monkeypatch) -> None:
+    """Inside _MaxPoolChannelsLast a MaxPool2d on NCHW float32 input runs _MaxPoolFunction (channels-last kernel,
+    kept buffers): the same bits as torch's NCHW max_pool2d for the output and the input's gradient, on windows
+    with ties, signed zeros, infinities and NaN (a window's first largest value, or its NaN), odd sizes and every
+    setting of the layer, all channels in one chunk or in a few (2 + 2 + 1 of 5 channels); the buffers serve
+    a second, smaller call. Other inputs (channels-last, float64, with indices) keep torch's own pooling."""
+    from dpaudit.attacks import imprint
+
+    monkeypatch.setattr(imprint, "POOL_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(0)
+    scratch = imprint._PoolScratch()
+    for shape in [(2, 5, 13, 11), (1, 3, 7, 9)]:
+        x = torch.randint(-3, 4, shape, generator=gen).float()  # many ties
+        x[x == 1] = -0.0
+        x[x == 2] = 0.0
+        x.view(-1)[::37] = float("nan")
+        x.view(-1)[5::41] = float("inf")
+        x.view(-1)[7::43] = -float("inf")
+        layer = torch.nn.MaxPool2d(**settings)
+
+        def run(mode, x=x, layer=layer):
+            leaf = x.clone().requires_grad_(True)
+            with mode:
+                y = layer(leaf)
+            weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+            (g,) = torch.autograd.grad((y.nan_to_num(0.0) * weights).sum(), leaf)
+            return y, g
+
+        calls = []
+        real = imprint._MaxPoolFunction.apply
+        try:
+            imprint._MaxPoolFunction.apply = lambda *a, calls=calls, real=real: calls.append(a[0].shape) or real(*a)
+            ours = run(imprint._MaxPoolChannelsLast(scratch))
+        finally:
+            imprint._MaxPoolFunction.apply = real
+        assert calls == [shape]
+        plain = run(contextlib.nullcontext())
+        for a, b in zip(ours, plain, strict=True):
+            assert a.shape == b.shape and a.is_contiguous()
+            assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    for other in (torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last),
+                  torch.randn(1, 3, 8, 8, dtype=torch.float64)):
+        with imprint._MaxPoolChannelsLast():
+            kept = torch.nn.functional.max_pool2d(other, 2)
+        assert torch.equal(kept, torch.nn.functional.max_pool2d(other, 2))
+    with imprint._MaxPoolChannelsLast():
+        values, indices = torch.nn.functional.max_pool2d(torch.ones(1, 1, 4, 4), 2, return_indices=True)
+    assert indices.dtype == torch.int64 and values.shape == (1, 1, 2, 2)
+
+
 def test_mish_with_its_slope_replaces_only_float32_cpu_mish_out_of_place() -> None:
     """Inside _MishWithSlope a model's nn.Mish layers run as _MishFunction: the same output and parameter
     gradients as torch's mish to float32 rounding; float64 tensors and in-place Mish keep torch's own (bit for bit),
