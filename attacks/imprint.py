@@ -19,9 +19,9 @@ The noise drawn on the other parameters never reaches the block's decoders, so i
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -479,7 +479,8 @@ class _MishFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y, slope = _mish_and_slope(x, _MishWithSlope.scratches[-1] if _MishWithSlope.scratches else None)
+        entered = _MishWithSlope.scratches()
+        y, slope = _mish_and_slope(x, entered[-1] if entered else None)
         ctx.save_for_backward(slope)
         return y
 
@@ -500,28 +501,36 @@ class _MishWithSlope(torch.overrides.TorchFunctionMode):
     the model's Mish layers (``nn.Mish`` calls it) without changing the model; everything else runs as it is.
     ResNet-9's default activation is Mish; its forward and backward took ~20% of a pass. Its temporaries go to
     ``scratch`` (a fresh :class:`_MishScratch` unless one is passed to keep across passes), which
-    :class:`_MishFunction` finds on :attr:`scratches` while the mode is entered."""
+    :class:`_MishFunction` finds on :meth:`scratches` while the mode is entered. The stack is the thread's own, as
+    torch's mode stack is: two threads running attacks at once never share a scratch."""
 
-    #: The scratches of the entered modes, innermost last.
-    scratches: ClassVar[list[_MishScratch]] = []
+    _entered = threading.local()
+
+    @staticmethod
+    def scratches() -> list[_MishScratch]:
+        """The scratches of the modes this thread has entered, innermost last."""
+        stack = getattr(_MishWithSlope._entered, "stack", None)
+        if stack is None:
+            stack = _MishWithSlope._entered.stack = []
+        return stack
 
     def __init__(self, scratch: _MishScratch | None = None) -> None:
         super().__init__()
         self.scratch = _MishScratch() if scratch is None else scratch
 
     def __enter__(self):
-        _MishWithSlope.scratches.append(self.scratch)
+        _MishWithSlope.scratches().append(self.scratch)
         try:
             return super().__enter__()
         except BaseException:
-            _MishWithSlope.scratches.pop()
+            _MishWithSlope.scratches().pop()
             raise
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            _MishWithSlope.scratches.pop()
+            _MishWithSlope.scratches().pop()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

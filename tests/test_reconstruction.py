@@ -1202,14 +1202,47 @@ def test_mish_in_chunks_with_kept_temporaries_equals_whole_tensor_mish_bit_for_b
         assert all(same(a, b) for a, b in zip(plain, chunked, strict=True))
     mish = torch.nn.Mish()
     with imprint._MishWithSlope(scratch) as mode:  # the mode hands its scratch to _MishFunction while entered
-        assert imprint._MishWithSlope.scratches == [scratch] and mode.scratch is scratch
+        assert imprint._MishWithSlope.scratches() == [scratch] and mode.scratch is scratch
         kept = mish(inputs[1])
-    assert imprint._MishWithSlope.scratches == []
+    assert imprint._MishWithSlope.scratches() == []
     assert same(kept, imprint._mish_and_slope(inputs[1])[0])
     strided = (torch.randn(4, 6, 10, 10, generator=gen) * 6)[:, :, ::2]
     assert not imprint._dense(strided)
     assert all(same(a, b) for a, b in zip(imprint._mish_and_slope(strided), imprint._mish_and_slope(strided, scratch),
                                           strict=True))
+
+
+def test_each_thread_has_its_own_mish_scratch() -> None:
+    """Two threads inside the mode at once: each one's Mish uses its own scratch (a shared one would let one
+    thread's chunk overwrite the other's temporaries), and both give the values of the plain function bit for bit."""
+    import threading
+
+    import dpaudit.attacks.imprint as imprint
+
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(2, 8, 64, 64, generator=gen) * 6 for _ in range(2)]
+    expected = [imprint._mish_and_slope(x)[0] for x in inputs]
+    barrier = threading.Barrier(2)
+    seen: dict[int, list] = {}
+    results: dict[int, list[bool]] = {0: [], 1: []}
+
+    def work(k: int) -> None:
+        scratch = imprint._MishScratch()
+        with imprint._MishWithSlope(scratch):
+            barrier.wait()  # both threads have entered before either runs
+            seen[k] = list(imprint._MishWithSlope.scratches())
+            for _ in range(20):
+                results[k].append(torch.equal(torch.nn.functional.mish(inputs[k]), expected[k]))
+        seen[k].append(scratch)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(seen[k]) == 2 and seen[k][0] is seen[k][1] for k in range(2))  # its own, alone on its stack
+    assert all(results[0]) and all(results[1]) and len(results[0]) == len(results[1]) == 20
+    assert imprint._MishWithSlope.scratches() == []
 
 
 @pytest.mark.parametrize("settings", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
