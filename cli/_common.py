@@ -424,6 +424,25 @@ def says_how_to_resume(text: str) -> Iterator[None]:
         raise
 
 
+#: The flags whose smaller values need less memory, in the order a fix names them (those the command has).
+MEMORY_FLAGS = ("--image-size", "--max-images", "--batch-size", "--n-train")
+
+
+def out_of_memory_line(exc: MemoryError, options: dict[str, str]) -> str:
+    """The line a ``MemoryError`` prints: what ran out (numpy's message says how much was asked; its array shape
+    is left out) and the fix with the flags of ``options`` (the running command's) that cut the memory needed.
+
+    >>> out_of_memory_line(MemoryError("Unable to allocate 218. TiB for an array with shape (2000, 3)"),
+    ...                    {"--image-size": "image_size", "--seed": "seed"})
+    'out of memory (unable to allocate 218. TiB). Fix: pass a smaller --image-size, or free memory.'
+    """
+    text = str(exc).split(" for an array", 1)[0].strip()
+    what = f" ({text[:1].lower() + text[1:]})" if text else ""
+    flags = [f for f in MEMORY_FLAGS if f in options]
+    cut = f"pass a smaller {', '.join(flags)}, or " if flags else ""
+    return f"out of memory{what}. Fix: {cut}free memory."
+
+
 def handle_errors(func: F) -> F:
     """Turn a :class:`DpAuditError` into one line on stderr and exit code 2 (no traceback, no locals); the line
     names the flag the user typed and a fix (:func:`user_message`)."""
@@ -450,6 +469,13 @@ def handle_errors(func: F) -> F:
                                "folder exists and is writable (a file name where a file is written, a folder name "
                                "where a folder is written).", options, {**values, **kwargs})
             err.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False)
+            raise typer.Exit(code=2) from None
+        except MemoryError as exc:
+            # The loaders refuse what surely cannot fit before allocating (dpaudit.memory); what still runs out
+            # (the model, the attack, other processes taking the memory) is one line too, naming the sizes to cut.
+            options, _ = _running_command()
+            err.print(f"[bold red]error:[/] {escape(out_of_memory_line(exc, options))}", markup=True,
+                      highlight=False)
             raise typer.Exit(code=2) from None
         except (KeyboardInterrupt, Stopped) as exc:
             # Ctrl-C and SIGTERM say the same (exit codes 130 and 143, as the shell reports either signal)

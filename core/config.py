@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpaudit.errors import DataError, check_int, check_positive, check_probability, invalid
+from dpaudit.memory import check_image_size
 
 
 def steps_for(epochs: int, n_train: int, expected_batch_size: int) -> int:
@@ -304,8 +305,7 @@ def image_size_for(dataset: str, image_size: int | None) -> int:
     (28, 64)
     """
     size = default_image_size(dataset) if image_size is None else image_size
-    return check_int("image_size", size, minimum=8,
-                     fix=f"pass --image-size {DEMO_IMAGE_SIZE}, {DEFAULT_IMAGE_SIZE} or 224, or leave it out")
+    return check_image_size(size, f"pass --image-size {DEMO_IMAGE_SIZE}, {DEFAULT_IMAGE_SIZE} or 224, or leave it out")
 
 
 def check_max_images(max_images: int | None) -> int | None:

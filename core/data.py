@@ -78,6 +78,7 @@ from dpaudit.images import (
     skipped_unreadable,
     to_unit_range,
 )
+from dpaudit.memory import check_image_size, check_images_fit
 from dpaudit.tables import read_table
 
 __all__ = [
@@ -513,7 +514,7 @@ def load_splits(name: str, *, data_dir: str | Path | None = None, image_size: in
     slice_axis:
         ``axial`` (default), ``coronal`` or ``sagittal``: how NIfTI volumes are cut into 2-D images.
     """
-    image_size = check_int("image_size", image_size, minimum=8, fix="pass --image-size 28, 64 or 224")
+    image_size = check_image_size(image_size, "pass --image-size 28, 64 or 224")
     if max_images is not None:
         max_images = check_int("max_images", max_images, minimum=3, fix="pass at least 3 images (one per split)")
     val_fraction = check_probability("val_fraction", val_fraction, open_low=False)
@@ -851,7 +852,8 @@ def make_demo(n_images: int = DEMO_DEFAULT_SIZE, *, image_size: int = 64, seed: 
     2000 images at 64 x 64 on one core.
     """
     n_images = check_int("n_images", n_images, minimum=3)
-    size = check_int("image_size", image_size, minimum=8)
+    size = check_image_size(image_size, "pass --image-size 28, 64 or 224")
+    check_images_fit(n_images, 3, size, name="demo")
     rng = np.random.default_rng([seed, 0xDE30])
     # Lesions and their number of views (HAM10000 has 1.34 images per lesion on average).
     views = []
@@ -1121,6 +1123,7 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     if "age" in columns:
         groups["age_band"] = ages[keep]
     paths = [index[rows[i]["image_id"]] for i in keep]
+    check_images_fit(len(paths), 3, image_size, name="ham10000")
     pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False, root=root, name="ham10000")
     notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
     return _split_and_check(_stack(pixels), labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000",
@@ -1203,6 +1206,8 @@ def _load_medmnist(flag: str, root: Path, image_size: int, seed: int, max_images
     names = known if known else tuple(str(i) for i in range(n_cls))
     total = sum(len(v) for v in labels.values())
     rng = np.random.default_rng([seed, zlib.crc32(flag.encode())])
+    shape = raw["train_images"].shape
+    check_images_fit(min(total, max_images or total), shape[-1] if len(shape) == 4 else 1, image_size, name=flag)
     splits, digests = [], []
     for s in ("train", "val", "test"):
         n = len(labels[s])
@@ -1351,6 +1356,7 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     paths = [paths[i] for i in keep]
     channels, colour, _ = _channels_of(paths, skip_unreadable=True, root=root, name=name)
     opened = [c is not None for c in colour]
+    check_images_fit(sum(opened), channels, image_size, name=name)
     pixels, _ = _decode_files([p for p, ok in zip(paths, opened, strict=True) if ok], image_size, channels,
                               skip_unreadable=True, root=root, name=name)
     decoded = iter(pixels)

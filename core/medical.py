@@ -88,6 +88,7 @@ from dpaudit.images import (
     read_image,
     skipped_unreadable,
 )
+from dpaudit.memory import check_images_fit
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
 from dpaudit.tables import Table, read_table
 
@@ -444,7 +445,8 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
 def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _Entries,
               decode: Callable[[Path], list[Pixels]],
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
-              skipped: Counter[str], notes: list[str], *, skip_unreadable: bool, label_source: str,
+              skipped: Counter[str], notes: list[str], *, image_size: int, skip_unreadable: bool,
+              label_source: str,
               value_notes: Callable[[list[int]], list[str]] | None = None,
               windowed: Callable[[int], bool] | None = None, window: tuple[float, float] | None = None,
               label_notes: Callable[[set[int]], list[str]] | None = None) -> DatasetSplits:
@@ -462,6 +464,7 @@ def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _
     pseud = _pseudonyms(entries.patients())
     notes = [*notes, *_suppress_small_cells(name, entries, pseud.tolist(), unit)]
     keep = _select_groups(pseud, max_images, seed_rng)
+    check_images_fit(len(keep), 1, image_size, name=name)  # one channel at least: the headers are not all read yet
     need = sorted({entries.file[i] for i in keep})
     decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable,
                                                  [shown[f] for f in need], name), strict=True))
@@ -989,7 +992,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     rng = np.random.default_rng([seed, 0xD1C0])
     return _assemble(name, [h.path for h in headers], [shown_path(h.path, root) for h in headers], entries, decode,
                      unit, rng, max_images, fractions,
-                     skipped, notes, skip_unreadable=True,
+                     skipped, notes, image_size=image_size, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
                      value_notes=value_notes, windowed=lambda f: True, window=window, label_notes=label_notes)
 
@@ -1108,7 +1111,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
 
     rng = np.random.default_rng([seed, 0x1F71])
     return _assemble(name, files, [shown_path(p, root) for p in files], entries, decode, unit, rng, max_images,
-                     fractions, skipped, notes, skip_unreadable=True, label_source="the labels file's label column"
+                     fractions, skipped, notes, image_size=image_size, skip_unreadable=True, label_source="the labels file's label column"
                      if labels_path is not None else "the class folder names", label_notes=label_notes)
 
 
@@ -1266,7 +1269,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
 
     rng = np.random.default_rng([seed, 0xC5F])
     return _assemble(name, files, shown, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
-                     skip_unreadable=False, label_source="the manifest's label column",
+                     image_size=image_size, skip_unreadable=False, label_source="the manifest's label column",
                      value_notes=lambda used: _dicom_value_notes(
                          [dicom_headers[f] for f in used if f in dicom_headers], window, jointly),
                      windowed=lambda f: f in dicom_headers, window=window)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from dpaudit.data import LabelledImages, SplitsShape
 from dpaudit.errors import DataError, check_int, check_probability, invalid, shown_path
+from dpaudit.memory import check_image_size, check_images_fit
 
 __all__ = [
     "DEMO_CT_VOLUMES",
@@ -240,7 +241,7 @@ def load_segmentation_splits(name: str, *, image_size: int, seed: int = 0, max_v
     background_share:
         Training split: keep every foreground slice and this share of the background slices (1.0: all).
     """
-    image_size = check_int("image_size", image_size, minimum=8, fix="pass --image-size 32 or 64")
+    image_size = check_image_size(image_size, "pass --image-size 32 or 64")
     if max_volumes is not None:
         max_volumes = check_int("max_volumes", max_volumes, minimum=3,
                                 fix="pass at least 3 volumes (one per split) with --max-images")
@@ -267,6 +268,7 @@ def load_segmentation_splits(name: str, *, image_size: int, seed: int = 0, max_v
     if modality != "CT" and window is not None:
         raise invalid("window", window, f"only for CT (this task's modality is {modality})",
                       "leave out --window; non-CT volumes are scaled per volume", cls=DataError)
+    check_images_fit(len(vols), 1, image_size, name=source)  # one slice per volume at least
     win = (window or LIVER_WINDOW) if modality == "CT" else None
     rng = np.random.default_rng(seed)
     names = [v[0] for v in vols]
