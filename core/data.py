@@ -1125,7 +1125,7 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     paths = [index[rows[i]["image_id"]] for i in keep]
     check_images_fit(len(paths), 3, image_size, name="ham10000")
     pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False, root=root, name="ham10000")
-    notes = [f"{csv_path.name} read as {table.encoding}"] if table.encoding != "utf-8" else []
+    notes = list(table.notes)
     return _split_and_check(_stack(pixels), labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000",
                             fractions, rng, unit="lesion", digests=dataset_digests(pixels),
                             sources=[shown_path(p, root) for p in paths], notes=notes)

@@ -565,6 +565,7 @@ class _Labels:
     extra: dict[str, str]
     patients: list[str]
     dropped: dict[str, str]
+    notes: tuple[str, ...] = ()  # the file's encoding when not UTF-8 (Table.notes)
 
 
 def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
@@ -591,7 +592,8 @@ def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
                             "keep one label per key.")
         rows.setdefault(k, row)
         first_row.setdefault(k, i)
-    return _Labels(key, rows, extra, [c for c in patient_id_columns(table.columns) if c != key], dropped)
+    return _Labels(key, rows, extra, [c for c in patient_id_columns(table.columns) if c != key], dropped,
+                   table.notes)
 
 
 def _patient_name(path: Path) -> str:
@@ -901,6 +903,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     if labels is not None:
         table = _read_labels(Path(labels), LABEL_KEYS, name)
         key, rows, extra = table.key, table.rows, table.extra
+        notes.extend(table.notes)
     else:
         folder_labels = _folder_labels(name, rels, root)
     headers, shared_id = _without_shared_patient_id(headers)
@@ -1040,6 +1043,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     if labels_path is not None:
         table = _read_labels(labels_path, ("file", "path"), name)
         key, rows, extra = table.key, table.rows, table.extra
+        notes.extend(table.notes)
     else:
         folder_labels = _folder_labels(name, rels, root)
     sources: Counter[str] = Counter()
@@ -1230,7 +1234,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             firsts.append((len(entries), row))
         entries.add(f, parts, row["label"], patient, _row_groups(row, extra, bad), also=also)
     # "the manifest", not its file name: notes are written to metrics.json and profile.json (no dataset file names)
-    notes = [f"the manifest read as {table.encoding}"] if table.encoding != "utf-8" else []
+    notes = list(table.notes)
     channels, said = dataset_channels(colour, len(files))
     notes += said
     # Without patient ids or BIDS subjects each file is its own unit: the image when every file gives one image

@@ -70,6 +70,13 @@ class Table:
     encoding: str
     spanning: tuple[Spanning, ...] = ()
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The loading note every reader adds (README, "Data": the encoding is reported): the file's name and its
+        encoding when that is not UTF-8 (the cp1252 fallback, or UTF-16); none for UTF-8. One wording for every CSV
+        a dataset reads (HAM10000 metadata, labels files, manifests)."""
+        return (f"{self.path.name} read as {self.encoding}",) if self.encoding != "utf-8" else ()
+
     def refuse_line_breaks(self, columns: Iterable[str], what: str) -> None:
         """Raise a :class:`DataError` when a cell of one of ``columns`` (those the reader uses) spans lines.
 
