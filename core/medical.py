@@ -741,11 +741,25 @@ def _key_sources(columns: Sequence[str], entries: _Entries, *, dicom: bool) -> l
     return out
 
 
-def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str, sub_folders: int = 0) -> str:
+def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: str, sub_folders: int = 0,
+                   patient_columns: Sequence[str] = (), table: str | None = None,
+                   add_column: str = "") -> str:
     """The dataset's unit from where its files' groups came (:func:`_patient_key`), with a note for files that
     fell back to a coarser source, and a warning (stderr) when no file has a patient id or BIDS subject: each
     volume is then its own patient, which a patient with several volumes breaks. ``sub_folders``: how many of
-    the files that fell back to themselves lie in a ``sub-<label>`` folder that is not a BIDS subject's."""
+    the files that fell back to themselves lie in a ``sub-<label>`` folder that is not a BIDS subject's.
+
+    ``patient_columns`` are the patient columns of the ``table`` (``"the manifest"``, ``"the labels file"``; None:
+    the dataset has no table), so that a warning about files without a patient id says why: an empty cell in
+    those columns, or no patient column at all (then ``add_column`` is the fix that adds one)."""
+    if patient_columns:
+        cols = ", ".join(map(repr, patient_columns))
+        why = f"an empty or missing-value cell in {table}'s patient column ({cols})"
+        fix = "fill in their patient ids"
+    else:
+        why = (f"{table or 'the dataset'} has no patient column (patient_id, PatientID, MRN, ...), and these "
+               f"{what}s carry none of their own (a DICOM PatientID or StudyInstanceUID, a BIDS subject)")
+        fix = add_column or "give each file its patient in a patient_id column"
     unit = next((u for u in ("patient", "subject", "study") if sources[u]), "volume")
     if sub_folders:
         notes.append(f"{sub_folders} {what}(s) in sub-<label> folders not grouped by them: not a BIDS layout (the "
@@ -761,10 +775,9 @@ def _grouping_unit(name: str, sources: Counter[str], notes: list[str], *, what: 
         notes.append(f"{sources['volume']} {what}(s) without a patient_id or BIDS subject (sub-<label>): each "
                      "taken as its own patient")
         # a missing id among given ones: if such a file is another image of a patient, k is understated; said aloud
-        SKIP_LOG.warning(f"{name}: {sources['volume']} {what}(s) have no patient id (an empty or missing-value "
-                         "cell in the patient column) and no BIDS subject: each is taken as its own patient, which "
-                         f"understates k if one belongs to a patient with other {what}s. Fix: fill in their patient "
-                         "ids")
+        SKIP_LOG.warning(f"{name}: {sources['volume']} {what}(s) have no patient id ({why}) and no BIDS subject: "
+                         f"each is taken as its own patient, which understates k if one belongs to a patient with "
+                         f"other {what}s. Fix: {fix}")
     if unit == "study":
         notes.append(f"no patient ids and no BIDS subjects (sub-<label>): DICOM {what}s grouped by their "
                      "StudyInstanceUID (a patient with several studies counts as several)")
@@ -1099,7 +1112,12 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
                              identifiers=subjects,
                              fix="label the volumes with --labels FILE.csv (columns file, label and patient_id)",
                              rename="rename the class folders to class names")
-    unit = _grouping_unit(name, sources, notes, what="volume", sub_folders=sub_folders) if sources else "patient"
+    unit = _grouping_unit(name, sources, notes, what="volume", sub_folders=sub_folders,
+                          patient_columns=table.patients if labels_path is not None else (),
+                          table="the labels file" if labels_path is not None else None,
+                          add_column="label the volumes with --labels FILE.csv (columns file, label and patient_id)"
+                          if labels_path is None else "add a patient_id column to the labels file with each "
+                          "volume's patient") if sources else "patient"
     if labels_path is not None:
         notes += _patient_columns_note(table.patients, "the labels file")
         notes += entries.link_note("volume", both, _key_sources(table.patients, entries, dicom=False))
@@ -1240,7 +1258,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     # Without patient ids or BIDS subjects each file is its own unit: the image when every file gives one image
     # (a statement per image, true as such), else the file (a volume, a multi-frame DICOM: its images together).
     multi = any(n > 1 for n in per_file.values())
-    unit = _grouping_unit(name, sources, notes, what="file", sub_folders=sub_folders) \
+    unit = _grouping_unit(name, sources, notes, what="file", sub_folders=sub_folders,
+                          patient_columns=patient_columns, table="the manifest",
+                          add_column="add a patient_id column to the manifest with each file's patient") \
         if multi or sources["volume"] < len(rows) \
         else "image"
     if shared_id:

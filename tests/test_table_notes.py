@@ -69,3 +69,70 @@ def test_the_note_is_the_tables_own(tmp_path: Path) -> None:
                             ("utf-16", ("t.csv read as utf-16",))):
         (tmp_path / "t.csv").write_bytes("a,b\nà,1\n".encode(encoding))
         assert read_table(tmp_path / "t.csv", "t").notes == notes
+
+
+# ------------------------------------------------------------------------------ files without a patient id
+
+
+def skip_lines(caplog: pytest.LogCaptureFixture, run):  # type: ignore[no-untyped-def]
+    """The loaders' stderr warnings while ``run`` runs (the CLI may have stopped the logger propagating)."""
+    import logging
+
+    log = logging.getLogger("dpaudit.data.skipped")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
+            out = run()
+    finally:
+        log.removeHandler(caplog.handler)
+    return out, caplog.text
+
+
+def manifest_of_dicom_and_png(tmp_path: Path, rng: np.random.Generator, patient_cells: bool) -> Path:
+    from PIL import Image
+
+    rows = []
+    for p in range(6):
+        dicom_file(tmp_path / f"d{p}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"PAT-{p}")
+        rows.append({"path": f"d{p}.dcm", "label": str(p % 2)})
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(tmp_path / f"i{i}.png")
+        rows.append({"path": f"i{i}.png", "label": str(i % 2)})
+    if patient_cells:  # a patient column, filled in for the DICOM rows only
+        rows = [{**r, "patient_id": f"PAT-{k}" if k < 6 else ""} for k, r in enumerate(rows)]
+    write_csv(tmp_path / "m.csv", rows, "utf-8")
+    return tmp_path / "m.csv"
+
+
+def test_manifest_without_a_patient_column_says_so(tmp_path: Path, rng: np.random.Generator,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    path = manifest_of_dicom_and_png(tmp_path, rng, patient_cells=False)
+    s, text = skip_lines(caplog, lambda: load_splits(f"csv:{path}", image_size=SIZE))
+    assert "20 file(s) have no patient id (the manifest has no patient column" in text
+    assert "these files carry none of their own (a DICOM PatientID or StudyInstanceUID" in text
+    assert "Fix: add a patient_id column to the manifest" in text
+    assert "empty or missing-value cell" not in text
+    assert s.unit == "patient"
+
+
+def test_manifest_with_empty_patient_cells_names_the_column(tmp_path: Path, rng: np.random.Generator,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    path = manifest_of_dicom_and_png(tmp_path, rng, patient_cells=True)
+    _, text = skip_lines(caplog, lambda: load_splits(f"csv:{path}", image_size=SIZE))
+    assert ("20 file(s) have no patient id (an empty or missing-value cell in the manifest's patient column "
+            "('patient_id'))") in text
+    assert "Fix: fill in their patient ids" in text and "no patient column" not in text
+
+
+def test_nifti_without_labels_file_says_it_has_no_patient_column(tmp_path: Path, rng: np.random.Generator,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.8.0"}')
+    for c, cls in enumerate(("a", "b")):
+        for k in range(3):  # 3 BIDS subjects per class, and 2 volumes of no subject
+            nifti_file(tmp_path / cls / f"sub-{c}{k}" / f"sub-{c}{k}_T1w.nii.gz",
+                       rng.random((SIZE, SIZE, 2)).astype(np.float32))
+        for k in range(2):
+            nifti_file(tmp_path / cls / f"loose{k}.nii.gz", rng.random((SIZE, SIZE, 2)).astype(np.float32))
+    _, text = skip_lines(caplog, lambda: load_splits(f"nifti:{tmp_path}", image_size=SIZE))
+    assert "4 volume(s) have no patient id (the dataset has no patient column" in text
+    assert "Fix: label the volumes with --labels FILE.csv" in text
