@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -65,6 +64,7 @@ from dpaudit.config import (
 )
 from dpaudit.errors import DataError, check_int, check_probability, invalid, naming_file, shown_path
 from dpaudit.images import (
+    BROKEN_LINK,
     IMAGE_EXTENSIONS,
     SKIP_LOG,
     Pixels,
@@ -72,11 +72,14 @@ from dpaudit.images import (
     channels_note,
     dataset_channels,
     dataset_digests,
+    is_broken_link,
     per_file_lines,
     probe_channels,
     read_image,
+    skipped_entry,
     skipped_unreadable,
     to_unit_range,
+    walk,
 )
 from dpaudit.memory import check_image_size, check_images_fit
 from dpaudit.tables import read_table
@@ -1232,14 +1235,15 @@ def _load_medmnist(flag: str, root: Path, image_size: int, seed: int, max_images
 # Image folders
 
 
-def _walk_images(folder: Path, skipped: Counter[str]) -> list[Path]:
-    """Image files at any depth below ``folder`` (sorted), counting hidden entries and non-image files skipped.
+def _walk_images(folder: Path, skipped: Counter[str], root: Path) -> list[Path]:
+    """Image files at any depth below ``folder`` (sorted), counting hidden entries, non-image files, broken links
+    and unreadable folders skipped (:func:`dpaudit.images.walk`; stderr names them relative to ``root``).
 
     Symbolic links to folders are not followed (no cycles); hidden files and folders (a leading dot: ``.DS_Store``,
     macOS ``._*`` resource forks, ``.git``) are skipped.
     """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    for dirpath, dirnames, filenames in walk(folder, skipped, root):
         skipped["hidden"] += sum(d.startswith(".") for d in dirnames)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
@@ -1321,13 +1325,15 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     for p in sorted(root.iterdir()):
         if p.name.startswith("."):
             skipped["hidden"] += 1
+        elif is_broken_link(p):
+            skipped_entry(p, root, BROKEN_LINK, skipped, "its target does not exist")
         elif p.is_dir():
             subdirs.append(p)
         elif p.suffix.lower() in IMAGE_EXTENSIONS:
             top.append(p)
         else:
             skipped["not an image"] += 1
-    classes = [(d.name, _walk_images(d, skipped)) for d in subdirs]
+    classes = [(d.name, _walk_images(d, skipped, root)) for d in subdirs]
     empty = [n for n, files in classes if not files]
     classes = [(n, files) for n, files in classes if files]
     if classes and top:

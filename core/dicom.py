@@ -62,7 +62,6 @@ element and its value (:func:`_check_header_numbers`); the tree loader skips it,
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -73,7 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from dpaudit.errors import DataError, library_reason
-from dpaudit.images import Pixels, UnreadableImageError, content_id, match_channels, resize_float
+from dpaudit.images import Pixels, UnreadableImageError, content_id, match_channels, resize_float, walk
 
 __all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
            "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "find_dicom", "is_dicom",
@@ -218,7 +217,7 @@ def find_dicom(root: Path, skipped: Counter[str], passed: dict[Path, str] | None
     """DICOM files at any depth below ``root`` (sorted), counting what was skipped and why; ``passed`` (when given)
     receives each file skipped with its reason (so that a labels file naming one can be told why)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    for dirpath, dirnames, filenames in walk(root, skipped):
         skipped["hidden"] += sum(d.startswith(".") for d in dirnames)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpaudit.errors import DataError, library_reason
+from dpaudit.errors import DataError, library_reason, shown_path
 
 __all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "channels_note", "content_id",
            "dataset_channels", "dataset_digests",
@@ -127,6 +128,50 @@ def skipped_unreadable(exc: UnreadableImageError) -> None:
     :func:`per_file_lines` the first :data:`PER_FILE_LINES` are named, the rest counted."""
     if _PER_FILE.admit("unreadable"):
         SKIP_LOG.warning("skipped an unreadable file: %s", exc)
+
+
+#: The skip reasons of entries below a dataset folder that no loader can open, whatever their name: a symbolic link
+#: whose target does not exist, and a folder that cannot be listed (no permission). Counted by every folder walk
+#: (:func:`walk`), so that ``skipped`` accounts for every entry.
+BROKEN_LINK = "broken link"
+UNREADABLE_FOLDER = "unreadable folder"
+
+
+def is_broken_link(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist (or cannot be reached)."""
+    return path.is_symlink() and not path.exists()
+
+
+def skipped_entry(path: str | os.PathLike[str], root: Path, reason: str, skipped: Counter[str],
+                  why: str = "") -> None:
+    """Count ``path`` in ``skipped`` under ``reason`` and name it on stderr (relative to ``root``; capped as
+    :func:`per_file_lines` says); never persisted, as the dataset keeps counts only."""
+    skipped[reason] += 1
+    if _PER_FILE.admit(reason):
+        SKIP_LOG.warning("skipped a %s: %s%s", reason, shown_path(path, root), f" ({why})" if why else "")
+
+
+def walk(root: Path, skipped: Counter[str], shown_root: Path | None = None
+         ) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` without following links to folders (no cycles), for every loader that lists a folder
+    tree: a folder it cannot list is counted (:data:`UNREADABLE_FOLDER`, not passed over silently as ``os.walk``
+    does), and a broken symbolic link is counted (:data:`BROKEN_LINK`) and left out of the file names. A caller
+    may prune ``dirnames`` in place, as with ``os.walk``. Stderr names an entry relative to ``shown_root`` (the
+    dataset's folder; default ``root``)."""
+    shown = root if shown_root is None else shown_root
+
+    def unreadable(exc: OSError) -> None:
+        skipped_entry(exc.filename or root, shown, UNREADABLE_FOLDER, skipped, exc.strerror or "")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
+        kept = []
+        for f in filenames:
+            if is_broken_link(Path(dirpath) / f):
+                skipped_entry(Path(dirpath) / f, shown, BROKEN_LINK, skipped, "its target does not exist")
+            else:
+                kept.append(f)
+        filenames[:] = kept
+        yield dirpath, dirnames, filenames
 
 
 @dataclass(frozen=True, eq=False)

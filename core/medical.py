@@ -84,9 +84,11 @@ from dpaudit.images import (
     channels_note,
     dataset_channels,
     dataset_digests,
+    is_broken_link,
     probe_channels,
     read_image,
     skipped_unreadable,
+    walk,
 )
 from dpaudit.memory import check_images_fit
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
@@ -1028,7 +1030,10 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     skipped: Counter[str] = Counter()
     files = []
     passed: dict[str, str] = {}  # the files skipped (relative path and name), with the reason: for a labels file
-    for p in sorted(root.rglob("*")):
+    # Every file below root, hidden folders' too (their files are counted hidden); broken links and unreadable
+    # folders counted by the walk.
+    listed = [Path(d) / f for d, _, names in walk(root, skipped) for f in names]
+    for p in sorted(listed):
         rel = p.relative_to(root)
         reason = None
         if any(part.startswith(".") for part in rel.parts):
@@ -1177,7 +1182,11 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     for i, row in enumerate(table.rows, start=1):
         if not row["path"]:
             raise DataError(f"{name}: data row {i} has an empty path. Fix: fill it in or delete the row.")
-        p = (base / row["path"].replace("\\", "/")).resolve()
+        given = base / row["path"].replace("\\", "/")
+        if is_broken_link(given):
+            raise DataError(f"{name}: data row {i} names {row['path']!r}, a symbolic link whose target does not "
+                            "exist. Fix: restore the file it points to, or give the row the file's own path.")
+        p = given.resolve()
         if not p.is_file():
             raise DataError(f"{name}: data row {i} names {row['path']!r}, which is not a file (looked in {base}). "
                             "Fix: give paths relative to the CSV file.")
