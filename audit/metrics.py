@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from dpaudit.errors import DataError
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS, units_word
 
 __all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "choose_threshold", "classify",
            "confusion_matrix", "mcc", "subgroup_metrics"]
@@ -93,18 +94,64 @@ def auroc(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class GroupMetrics:
-    """MCC and accuracy of one subgroup (e.g. sex = female); ``mcc`` is NaN when undefined in the subgroup."""
+    """MCC and accuracy of one subgroup (e.g. sex = female) on one split; ``mcc`` is NaN when undefined in the
+    subgroup.
+
+    ``n`` counts the subgroup's images in the split, ``units`` its privacy units (patients; images when the data
+    carry no patient ids; None in profiles written before they were counted). A cell held by fewer than
+    :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` units in the split is ``withheld``: ``n``, ``units``, ``mcc``
+    and ``accuracy`` are None and ``reason`` says why. Small-cell suppression at loading counts units over the
+    whole data; a value held by enough patients there may still be held by one or two in the test split, and a
+    metric of one or two identifiable patients discloses their results (accuracy 0.5 on two patients: one of them
+    was misclassified) while being too noisy to act on.
+    """
 
     group: str
     value: str
-    n: int
-    mcc: float
-    accuracy: float
+    n: int | None
+    mcc: float | None
+    accuracy: float | None
+    units: int | None = None
+    withheld: bool = False
+    reason: str | None = None
 
     #: Why a metric is null in JSON (dpaudit.codec writes NaN as null with its reason).
     UNDEFINED: ClassVar[dict[str, str]] = {
         "mcc": "not defined: the subgroup's images hold one class only (MCC needs both)",
         "accuracy": "not defined: the subgroup holds no image"}
+
+    def __post_init__(self) -> None:
+        shown = {"n": self.n, "units": self.units, "mcc": self.mcc, "accuracy": self.accuracy}
+        if self.withheld and (any(v is not None for v in shown.values()) or not self.reason):
+            raise DataError(f"subgroup {self.group} = {self.value}: a withheld cell holds no count or metric and "
+                            f"says why (got {', '.join(k for k, v in shown.items() if v is not None) or 'no reason'}). "
+                            "Fix: build it with GroupMetrics.withheld_cell.")
+        if not self.withheld and (self.n is None or self.mcc is None or self.accuracy is None):
+            raise DataError(f"subgroup {self.group} = {self.value}: a published cell needs n, mcc and accuracy. "
+                            "Fix: pass them, or build a withheld cell with GroupMetrics.withheld_cell.")
+
+    @classmethod
+    def withheld_cell(cls, group: str, value: str, reason: str) -> GroupMetrics:
+        """A cell too small to publish: no count, no metric, only why."""
+        return cls(group, value, None, None, None, withheld=True, reason=reason)
+
+    @property
+    def null_reasons(self) -> dict[str, str]:
+        """Why this cell's fields are null in JSON (dpaudit.codec): a withheld cell's count and metrics."""
+        if not self.withheld:
+            return {}
+        return dict.fromkeys(("n", "units", "mcc", "accuracy"), f"withheld: {self.reason}")
+
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A cell of an earlier layout (no unit count): withheld when it holds fewer than
+        :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` images, since its units are no more than its images (a
+        larger cell's units are unknown and it stays)."""
+        if "withheld" in data or not isinstance(data.get("n"), int) or data["n"] >= MIN_SUBGROUP_UNITS:
+            return data
+        return {"group": data.get("group"), "value": data.get("value"), "n": None, "mcc": None, "accuracy": None,
+                "withheld": True, "reason": f"fewer than {MIN_SUBGROUP_UNITS} images in the split (the profile "
+                                            "predates counting patients)"}
 
 
 @dataclass(frozen=True)
@@ -146,15 +193,31 @@ class ClassificationMetrics:
 
 
 def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str, np.ndarray],
-                     num_classes: int) -> tuple[GroupMetrics, ...]:
-    """MCC and accuracy per value of every subgroup variable (sorted by group, then value)."""
+                     num_classes: int, *, units: np.ndarray, unit: str = "image", split: str = "test"
+                     ) -> tuple[GroupMetrics, ...]:
+    """MCC and accuracy per value of every subgroup variable (sorted by group, then value).
+
+    ``units``: the privacy unit of each image (the split's ``patient_ids``), ``unit`` what they are (``"patient"``,
+    ``"image"``, ...: :attr:`dpaudit.data.DatasetSplits.unit`), ``split`` the split's name for the reason. A value
+    held by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` distinct units of this split is withheld
+    (:meth:`GroupMetrics.withheld_cell`): units are counted, not images.
+    """
+    units = np.asarray(units).astype(str)
+    if units.shape != (len(y_true),):
+        raise DataError(f"units must hold one privacy unit per image ({len(y_true)}), got shape {units.shape}. "
+                        "Fix: pass the split's patient_ids.")
+    reason = f"fewer than {MIN_SUBGROUP_UNITS} {units_word(unit)} in the {split} split"
     out = []
     for name in sorted(groups):
         col = np.asarray(groups[name])
         for value in sorted(set(col.tolist())):
             sel = col == value
+            held_by = len(set(units[sel].tolist()))
+            if held_by < MIN_SUBGROUP_UNITS:
+                out.append(GroupMetrics.withheld_cell(name, str(value), reason))
+                continue
             out.append(GroupMetrics(name, str(value), int(sel.sum()), mcc(y_true[sel], y_pred[sel], num_classes),
-                                    accuracy(y_true[sel], y_pred[sel])))
+                                    accuracy(y_true[sel], y_pred[sel]), units=held_by))
     return tuple(out)
 
 
@@ -198,8 +261,12 @@ def choose_threshold(y_true: np.ndarray, probs: np.ndarray) -> float | None:
 
 
 def classify(y_true: np.ndarray, probs: np.ndarray, *, loss: float = float("nan"),
-             groups: Mapping[str, np.ndarray] | None = None, threshold: float | None = None) -> ClassificationMetrics:
+             groups: Mapping[str, np.ndarray] | None = None, threshold: float | None = None,
+             units: np.ndarray | None = None, unit: str = "image", split: str = "test") -> ClassificationMetrics:
     """All metrics from true labels and predicted class probabilities (N x K).
+
+    ``units``, ``unit``, ``split``: the privacy unit of each image, what it is and the split's name, for the
+    subgroups' small-cell rule (:func:`subgroup_metrics`); needed when ``groups`` holds any subgroup.
 
     ``threshold`` (two classes only): predict class 1 when its probability is at least this value, e.g. the one
     :func:`choose_threshold` picked on the validation split; None predicts the arg-max class.
@@ -211,8 +278,13 @@ def classify(y_true: np.ndarray, probs: np.ndarray, *, loss: float = float("nan"
     if threshold is not None and k != 2:
         raise DataError(f"threshold needs two classes, got {k}. Fix: pass threshold=None.")
     y_pred = (probs[:, 1] >= threshold).astype(np.int64) if threshold is not None else y_argmax
+    if groups and units is None:
+        raise DataError("classify: subgroups need the privacy unit of each image (a small cell is counted in "
+                        "units, not images). Fix: pass units=the split's patient_ids.")
     return ClassificationMetrics(
         n=len(y_true), mcc=mcc(y_true, y_pred, k), balanced_accuracy=balanced_accuracy(y_true, y_pred, k),
         auroc=auroc(y_true, probs), accuracy=accuracy(y_true, y_pred), loss=float(loss),
-        subgroups=subgroup_metrics(y_true, y_pred, groups or {}, k), threshold=threshold,
+        subgroups=subgroup_metrics(y_true, y_pred, groups or {}, k,
+                                   units=np.arange(len(y_true)) if units is None else units, unit=unit, split=split),
+        threshold=threshold,
         mcc_argmax=mcc(y_true, y_argmax, k))

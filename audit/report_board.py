@@ -23,6 +23,7 @@ from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
 from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid, page_table
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 from dpaudit.numfmt import UNDEFINED_METRIC, percent_interval
 
 if TYPE_CHECKING:
@@ -249,21 +250,26 @@ class BoardPages:
             first = len(rows)
             for lv in self.levels:
                 subs = [s for t in lv.train for s in t.subgroups if (s.group, s.value) == (attr, value)]
-                n_test = max((s.n for s in subs), default=None)
-                mccs = [s.mcc for s in subs if math.isfinite(s.mcc)]  # NaN: undefined in the group
+                # a cell withheld in any seed's run is withheld for the budget: its count and metric would be
+                # those few patients' results (the reason names the unit and the split)
+                withheld = next((s.reason for s in subs if s.withheld), None)
+                n_test = None if withheld else max((s.n for s in subs), default=None)
+                mccs = [] if withheld else [s.mcc for s in subs if math.isfinite(s.mcc)]  # NaN: undefined
                 att = (next((g for g in lv.attack.subgroups_of(lv.attack.strongest.decoder)
                              if (g.attribute, g.value) == (attr, value)), None) if lv.attack is not None else None)
                 small = ((n_test is not None and n_test < SMALL_TEST_GROUP)
                          or (att is not None and att.n_images < SMALL_ATTACK_GROUP))
                 rows.append([
                     self.cell(esc(f"{attr} = {value}"), "cell") if len(rows) == first else self.cell(""),
-                    self.cell(lv.label), self.cell("–" if n_test is None else str(n_test)),
-                    self.cell(f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else UNDEFINED_METRIC),
+                    self.cell(lv.label),
+                    self.cell(f"&lt; {MIN_SUBGROUP_UNITS}" if withheld else "–" if n_test is None else str(n_test)),
+                    self.cell("withheld" if withheld else
+                              f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else UNDEFINED_METRIC),
                     self.cell("–" if att is None else str(att.n_images)),
                     self.cell("–" if att is None else str(att.successes)),
                     self.cell("not run" if att is None else
                               f"{txt.pct(att.success_rate)} [{', '.join(percent_interval(att.ci_low, att.ci_high))}]"),
-                    self.cell("<b>⚠ small</b>" if small else "")])
+                    self.cell(esc(withheld) if withheld else "<b>⚠ small</b>" if small else "")])
             spans.append(("SPAN", (0, first), (0, len(rows) - 1)))
             spans.append(("LINEBELOW", (0, len(rows) - 1), (-1, len(rows) - 1), 0.5, RULE))
         widths = [2.8, 1.9, 1.4, 2.1, 1.5, 1.8, 3.6, 1.4]
@@ -277,5 +283,7 @@ class BoardPages:
             "images. Reconstruction: the realistic attack's strongest decoder on the group's attacked training "
             f"images ({txt.LABEL_EMPIRICAL}, a lower bound on the risk), with the exact Clopper-Pearson interval. "
             f"⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than {SMALL_ATTACK_GROUP} attacked "
-            "images; its numbers are too noisy to compare groups.", "small"), table]
+            "images; its numbers are too noisy to compare groups. Withheld: a group held by fewer than "
+            f"{MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the test split shows no count and no "
+            f"MCC (&lt; {MIN_SUBGROUP_UNITS}): they would be those few patients' results.", "small"), table]
         return out

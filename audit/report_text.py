@@ -16,6 +16,7 @@ from dpaudit.audit.profile.schema import LevelSummary, PrivacyInfo, Profile, Spr
 from dpaudit.audit.profile.schema import headline_utility as headline_utility
 from dpaudit.audit.profile.schema import utility_columns as utility_columns
 from dpaudit.audit.stats import mean_interval, welch_test
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 from dpaudit.numfmt import lower, percent, upper
 
 #: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
@@ -363,7 +364,8 @@ def limitations(profile: Profile) -> list[str]:
         "95% Student-t intervals over seeds (seed-to-seed variation of training, not of the test set), and wide "
         "with few seeds. Differences to the non-private baseline are tested with Welch's t-test.",
         "Subgroup utility is shown only where the dataset provides group metadata; small subgroups give noisy "
-        "numbers.",
+        f"numbers, and a group held by fewer than {MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the "
+        "test split is withheld: no count and no metric, since they would be those few patients' results.",
         "A risk of 100% in the worst-case or relaxed column does not mean that images will be reconstructed, only "
         "that the mathematics gives no protection against the assumed attacker.",
     ]

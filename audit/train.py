@@ -259,11 +259,15 @@ def _predict(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: t
 
 
 def _evaluate(model: nn.Module, ds: ImageDataset, mean: tuple[float, ...], std: tuple[float, ...],
-              threshold: float | None = None) -> ClassificationMetrics:
+              threshold: float | None = None, *, unit: str, split: str) -> ClassificationMetrics:
+    """Metrics of ``ds``; its subgroups count privacy units of kind ``unit`` (the splits' ``unit``: ``ds``'s
+    ``patient_ids`` are those units) for the small-cell rule, and name the ``split`` (``"test"``) when they withhold
+    a cell."""
     probs, loss = _predict(model, ds, mean, std)
     if len(probs) == 0:
         return classify(np.zeros(0, dtype=np.int64), probs, groups={})
-    return classify(ds.labels.numpy(), probs, loss=loss, groups=ds.groups, threshold=threshold)
+    return classify(ds.labels.numpy(), probs, loss=loss, groups=ds.groups, threshold=threshold,
+                    units=ds.patient_ids, unit=unit, split=split)
 
 
 def _evaluate_with_operating_point(model: nn.Module, splits: DatasetSplits
@@ -275,9 +279,10 @@ def _evaluate_with_operating_point(model: nn.Module, splits: DatasetSplits
     """
     val_probs, val_loss = _predict(model, splits.val, splits.mean, splits.std)
     threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
-    test = _evaluate(model, splits.test, splits.mean, splits.std, threshold)
+    test = _evaluate(model, splits.test, splits.mean, splits.std, threshold, unit=splits.unit, split="test")
     # The validation probabilities once: the threshold and the validation metrics read the same predictions.
-    val = classify(splits.val.labels.numpy(), val_probs, loss=val_loss, groups=splits.val.groups, threshold=threshold)
+    val = classify(splits.val.labels.numpy(), val_probs, loss=val_loss, groups=splits.val.groups, threshold=threshold,
+                   units=splits.val.patient_ids, unit=splits.unit, split="validation")
     return test, val
 
 
@@ -437,7 +442,7 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
                                  val_dice=sval.dice_mean)
             what = f"val Dice {sval.dice_mean:.3f}"
         else:
-            val = _evaluate(model, splits.val, splits.mean, splits.std)
+            val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
             record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), val.loss, val.mcc,
                                  val.accuracy, eps_so_far, time.perf_counter() - t0)
             what = f"val MCC {val.mcc:.3f}"

@@ -12,6 +12,7 @@ from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
 from dpaudit.errors import check_int
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 from dpaudit.numfmt import metric, upper
 
 app = typer.Typer()
@@ -121,8 +122,11 @@ def train_command(
                   f"{s['mcc'][1]:.4f}, balanced accuracy {s['balanced_accuracy'][0]:.4f} +- "
                   f"{s['balanced_accuracy'][1]:.4f}, AUROC {s['auroc'][0]:.4f} +- {s['auroc'][1]:.4f}")
     for g in m.subgroups:
-        out.print(f"  subgroup {g.group} = {g.value} (n = {g.n}): MCC {metric(g.mcc)}, accuracy "
-                  f"{metric(g.accuracy)}")
+        if g.withheld:  # a small cell: no count, no metric (they would be those few patients' results)
+            out.print(f"  subgroup {g.group} = {g.value} (n < {MIN_SUBGROUP_UNITS}): withheld, {g.reason}")
+        else:
+            out.print(f"  subgroup {g.group} = {g.value} (n = {g.n}): MCC {metric(g.mcc)}, accuracy "
+                      f"{metric(g.accuracy)}")
     out.print(f"model: {config.arch}, init {config.init or 'scratch'}, trainable {config.trainable} "
               f"({result.trainable_parameters} parameters trained, {result.frozen_parameters} frozen)")
     out.print(f"wall time {result.wall_seconds:.1f} s, {result.train_samples_per_second:.0f} training images/s")

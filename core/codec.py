@@ -15,7 +15,8 @@ reason: the class's ``UNDEFINED`` reasons, else :data:`UNDEFINED_REASON`). Both 
 (``float | None``) reads back as None, since null is None there (both mean "no value"; the file keeps the reason).
 The string ``"nan"`` of older files still reads as NaN.
 A field that is None (null: not computed, or not applicable) gets its reason there too when the class's
-``UNDEFINED`` names one (a bound not computed for a curve point).
+``UNDEFINED`` names one (a bound not computed for a curve point), or the object's ``null_reasons`` property (field
+-> reason, over the class's) does (a subgroup cell withheld as too small).
 numpy arrays and scalars become lists and numbers.
 """
 
@@ -62,7 +63,8 @@ def encode(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
         out.update({name: encode(getattr(obj, name)) for name in getattr(obj, "JSON_PROPERTIES", ())})
-        reasons = getattr(obj, "UNDEFINED", {})
+        # the class's reasons, then the object's own where it has any (a withheld small cell's null metrics)
+        reasons = {**getattr(obj, "UNDEFINED", {}), **getattr(obj, "null_reasons", {})}
         undefined = {name: reasons.get(name, UNDEFINED_REASON) for name in out
                      if _holds_nan(value := getattr(obj, name)) or (value is None and name in reasons)}
         if undefined:

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 
 __all__ = ["MIN_SUBGROUP_UNITS", "OTHER", "column_key", "identifier_like", "identifier_reason", "is_age_column",
            "is_patient_id_column", "joins_units", "patient_id_columns", "repeats_across", "small_cells", "subgroup_name",
-           "unlisted_fix"]
+           "units_word", "unlisted_fix"]
 
 #: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
 #: participants.tsv), a bare ``patient`` column, a case or record id or a pseudonym names the unit of a person too:
@@ -259,6 +259,16 @@ MIN_SUBGROUP_UNITS = 5
 #: The value small cells are merged into (:func:`small_cells`): a label no category of the data spells, so that a
 #: real value 'other' (DICOM PatientSex O, a site named so) is never mixed with the suppressed ones.
 OTHER = "other (small groups)"
+
+
+def units_word(unit: str) -> str:
+    """The plural a message counts privacy units of kind ``unit`` in (``"patient"`` -> ``"patients"``; a unit
+    without a plain plural, such as ``"lesion"`` ids that stand in for patients, -> ``"privacy units"``).
+
+    >>> units_word("patient"), units_word("image"), units_word("lesion")
+    ('patients', 'images', 'privacy units')
+    """
+    return f"{unit}s" if unit in ("patient", "subject", "image", "volume", "study") else "privacy units"
 
 
 def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unknown") -> set[str]:

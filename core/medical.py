@@ -74,6 +74,7 @@ from dpaudit.identifiers import (
     repeats_across,
     small_cells,
     subgroup_name,
+    units_word,
     unlisted_fix,
 )
 from dpaudit.images import (
@@ -287,7 +288,7 @@ def _suppress_small_cells(name: str, entries: _Entries, units: Sequence[str], un
     whole data is reported as :data:`dpaudit.identifiers.OTHER`; a subgroup so merged that is left with fewer than two
     values beside that and 'unknown' is dropped. The notes count values, never name them (they are what is suppressed)."""
     notes: list[str] = []
-    word = f"{unit}s" if unit in ("patient", "subject", "image", "volume", "study") else "privacy units"
+    word = units_word(unit)
     for g in list(entries.groups):
         values = entries.groups[g]
         rare = small_cells(values, units)

@@ -503,7 +503,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
             if not aborted:
                 state = _aggregate(config, state, [results[k] for k in survivors], sigma, g_noise)
             model.load_state_dict(state)
-            val = _evaluate(model, splits.val, splits.mean, splits.std)
+            val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
             records.append(RoundRecord(r, tuple(participants), tuple(survivors), aborted, float(val.mcc)))
             if progress is not None:
                 progress(r + 1, config.rounds, f"round {r + 1}/{config.rounds} val MCC {val.mcc:.3f}"
@@ -513,7 +513,8 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
         summaries = []
         for k, cs in enumerate(client_splits):
-            mk = _evaluate(model, cs.test, splits.mean, splits.std, threshold) if len(cs.test) else None
+            mk = (_evaluate(model, cs.test, splits.mean, splits.std, threshold, unit=splits.unit,
+                            split=f"site {k}'s test") if len(cs.test) else None)
             acc = accounts[k] if accounts is not None else None
             # the k the site's per-patient epsilon is computed with: the unit's under --privacy-unit patient, the
             # data's under --privacy-unit image (given beside the per-image guarantee), as train does
