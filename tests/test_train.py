@@ -303,13 +303,14 @@ def test_operating_point_keeps_argmax_for_uninformative_scores() -> None:
 
 
 def test_a_one_class_subgroup_prints_its_mcc_as_undefined_not_nan(tmp_path: Path, rng: np.random.Generator) -> None:
-    """Site B holds class 0 only: its MCC is undefined (NaN in JSON); the console says so as the report does."""
+    """Site B holds class 0 only: its MCC is undefined (NaN in JSON); the console says so as the report does (400
+    images, B a quarter of them, so that B is held by well over 5 images of the test split and not withheld)."""
     from PIL import Image
 
     from dpaudit.numfmt import UNDEFINED_METRIC
 
     rows = ["path,label,site"]
-    for i in range(48):
+    for i in range(400):
         lab = i % 2
         Image.fromarray((rng.random((8, 8)) * 100 + 150 * lab).astype(np.uint8)).save(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{lab},{'B' if lab == 0 and i % 4 == 0 else 'A'}")
