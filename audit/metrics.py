@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dpaudit.errors import DataError
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS, units_word
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS, small_cell_reason
 
 __all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "choose_threshold", "classify",
            "confusion_matrix", "mcc", "subgroup_metrics"]
@@ -206,14 +206,13 @@ def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str
     if units.shape != (len(y_true),):
         raise DataError(f"units must hold one privacy unit per image ({len(y_true)}), got shape {units.shape}. "
                         "Fix: pass the split's patient_ids.")
-    reason = f"fewer than {MIN_SUBGROUP_UNITS} {units_word(unit)} in the {split} split"
     out = []
     for name in sorted(groups):
         col = np.asarray(groups[name])
         for value in sorted(set(col.tolist())):
             sel = col == value
-            held_by = len(set(units[sel].tolist()))
-            if held_by < MIN_SUBGROUP_UNITS:
+            held_by, reason = small_cell_reason(units[sel].tolist(), unit, f"the {split} split")
+            if reason is not None:
                 out.append(GroupMetrics.withheld_cell(name, str(value), reason))
                 continue
             out.append(GroupMetrics(name, str(value), int(sel.sum()), mcc(y_true[sel], y_pred[sel], num_classes),

@@ -16,7 +16,7 @@ reason: the class's ``UNDEFINED`` reasons, else :data:`UNDEFINED_REASON`). Both 
 The string ``"nan"`` of older files still reads as NaN.
 A field that is None (null: not computed, or not applicable) gets its reason there too when the class's
 ``UNDEFINED`` names one (a bound not computed for a curve point), or the object's ``null_reasons`` property (field
--> reason, over the class's) does (a subgroup cell withheld as too small).
+-> reason, over the class's) does (a subgroup cell withheld as too small; also a list holding a withheld null).
 numpy arrays and scalars become lists and numbers.
 """
 
@@ -64,9 +64,11 @@ def encode(obj: Any) -> Any:
         out = {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("json", True)}
         out.update({name: encode(getattr(obj, name)) for name in getattr(obj, "JSON_PROPERTIES", ())})
         # the class's reasons, then the object's own where it has any (a withheld small cell's null metrics)
-        reasons = {**getattr(obj, "UNDEFINED", {}), **getattr(obj, "null_reasons", {})}
+        own = getattr(obj, "null_reasons", {})
+        reasons = {**getattr(obj, "UNDEFINED", {}), **own}
         undefined = {name: reasons.get(name, UNDEFINED_REASON) for name in out
-                     if _holds_nan(value := getattr(obj, name)) or (value is None and name in reasons)}
+                     if _holds_nan(value := getattr(obj, name)) or (value is None and name in reasons)
+                     or name in own}  # the object's own: also a sequence holding a withheld (null) entry
         if undefined:
             out[UNDEFINED_KEY] = undefined
         return out

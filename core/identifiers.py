@@ -34,8 +34,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 __all__ = ["MIN_SUBGROUP_UNITS", "OTHER", "column_key", "identifier_like", "identifier_reason", "is_age_column",
-           "is_patient_id_column", "joins_units", "patient_id_columns", "repeats_across", "small_cells", "subgroup_name",
-           "units_word", "unlisted_fix"]
+           "is_patient_id_column", "joins_units", "patient_id_columns", "repeats_across", "small_cell_reason", "small_cells",
+           "subgroup_name", "units_word", "unlisted_fix"]
 
 #: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
 #: participants.tsv), a bare ``patient`` column, a case or record id or a pseudonym names the unit of a person too:
@@ -269,6 +269,24 @@ def units_word(unit: str) -> str:
     ('patients', 'images', 'privacy units')
     """
     return f"{unit}s" if unit in ("patient", "subject", "image", "volume", "study") else "privacy units"
+
+
+def small_cell_reason(units: Iterable[object], unit: str, where: str) -> tuple[int, str | None]:
+    """(distinct privacy units among ``units``, why a figure of them is withheld or None): a published per-group
+    figure (a subgroup's MCC in a split, a site's test MCC, a subgroup's attack success) held by 1 to
+    :data:`MIN_SUBGROUP_UNITS` - 1 distinct units is those few patients' results. ``unit`` is their kind
+    (:attr:`dpaudit.data.DatasetSplits.unit`), ``where`` names the cell's images for the reason. An empty cell
+    (0 units) holds no one's result and is not withheld.
+
+    >>> small_cell_reason(["p1", "p1", "p2"], "patient", "the test split")
+    (2, 'fewer than 5 patients in the test split')
+    >>> small_cell_reason([f"p{i}" for i in range(5)], "patient", "the test split")
+    (5, None)
+    """
+    held = len({str(u) for u in units})
+    if 0 < held < MIN_SUBGROUP_UNITS:
+        return held, f"fewer than {MIN_SUBGROUP_UNITS} {units_word(unit)} in {where}"
+    return held, None
 
 
 def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unknown") -> set[str]:
