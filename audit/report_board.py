@@ -246,6 +246,14 @@ class BoardPages:
         sub = ["", "", "", txt.LABEL_EMPIRICAL, "", "", txt.LABEL_EMPIRICAL, ""]
         rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
         spans = []
+        # each reason for withholding a cell once, under the table, with its marker in the rows (in the narrow
+        # Note column it wrapped onto five lines in every withheld row)
+        reasons: dict[str, str] = {}
+
+        def marker(reason: str) -> str:
+            return reasons.setdefault(reason, str(len(reasons) + 1))
+
+        few = f"&lt; {MIN_SUBGROUP_UNITS}"
         for attr, value in groups:
             first = len(rows)
             for lv in self.levels:
@@ -257,24 +265,29 @@ class BoardPages:
                 mccs = [] if withheld else [s.mcc for s in subs if math.isfinite(s.mcc)]  # NaN: undefined
                 att = (next((g for g in lv.attack.subgroups_of(lv.attack.strongest.decoder)
                              if (g.attribute, g.value) == (attr, value)), None) if lv.attack is not None else None)
+                att_withheld = att.reason if att is not None and att.withheld else None
                 small = ((n_test is not None and n_test < SMALL_TEST_GROUP)
-                         or (att is not None and att.n_images < SMALL_ATTACK_GROUP))
+                         or (att is not None and att.n_images is not None and att.n_images < SMALL_ATTACK_GROUP))
+                marks = ",".join(marker(r) for r in (withheld, att_withheld) if r is not None)
                 rows.append([
                     self.cell(esc(f"{attr} = {value}"), "cell") if len(rows) == first else self.cell(""),
                     self.cell(lv.label),
-                    self.cell(f"&lt; {MIN_SUBGROUP_UNITS}" if withheld else "–" if n_test is None else str(n_test)),
+                    self.cell(few if withheld else "–" if n_test is None else str(n_test)),
                     self.cell("withheld" if withheld else
                               f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else UNDEFINED_METRIC),
-                    self.cell("–" if att is None else str(att.n_images)),
-                    self.cell("–" if att is None else str(att.successes)),
-                    self.cell("not run" if att is None else
+                    self.cell("–" if att is None else few if att_withheld else str(att.n_images)),
+                    self.cell("–" if att is None or att_withheld else str(att.successes)),
+                    self.cell("not run" if att is None else "withheld" if att_withheld else
                               f"{txt.pct(att.success_rate)} [{', '.join(percent_interval(att.ci_low, att.ci_high))}]"),
-                    self.cell(esc(withheld) if withheld else "<b>⚠ small</b>" if small else "")])
+                    self.cell(f"withheld<super>{marks}</super>" if marks else "<b>⚠ small</b>" if small else "")])
             spans.append(("SPAN", (0, first), (0, len(rows) - 1)))
             spans.append(("LINEBELOW", (0, len(rows) - 1), (-1, len(rows) - 1), 0.5, RULE))
-        widths = [2.8, 1.9, 1.4, 2.1, 1.5, 1.8, 3.6, 1.4]
+        widths = [2.8, 1.9, 1.4, 2.1, 1.5, 1.8, 3.2, 1.8]
         scale = TEXT_W / (sum(widths) * cm)
-        table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False)
+        note = (self.para("<br/>".join(f"<super>{m}</super> {esc(r)}: count and result withheld, they would be "
+                                       "those few patients' results." for r, m in reasons.items()),
+                          "small") if reasons else None)
+        table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False, note=note)
         table.setStyle(TableStyle([*spans, ("VALIGN", (0, 2), (0, -1), "TOP")]))
         # The note goes above the table: a long table then ends its page instead of leaving the note alone on the
         # next one (seen on the demo report).
@@ -284,6 +297,7 @@ class BoardPages:
             f"images ({txt.LABEL_EMPIRICAL}, a lower bound on the risk), with the exact Clopper-Pearson interval. "
             f"⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than {SMALL_ATTACK_GROUP} attacked "
             "images; its numbers are too noisy to compare groups. Withheld: a group held by fewer than "
-            f"{MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the test split shows no count and no "
-            f"MCC (&lt; {MIN_SUBGROUP_UNITS}): they would be those few patients' results.", "small"), table]
+            f"{MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the test split, or among the attacked "
+            f"images, shows no count ({few}) and no MCC or attack success: they would be those few patients' "
+            "results (the reason under the table).", "small"), table]
         return out

@@ -11,6 +11,7 @@ from reportlab.platypus import PageBreak, Spacer
 
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import FederatedOutcome
+from dpaudit.audit.report_layout import esc
 from dpaudit.numfmt import percent_interval
 
 
@@ -41,14 +42,21 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
             str(s.client), str(s.n_train), "/".join(str(v) for v in s.label_histogram),
             _num(s.sampling_probability, ".3g"), _num(s.steps, "d"), "–" if s.epsilon is None else txt.eps_up(s.epsilon),
             *patient,
-            txt.pct(s.rero_worst_case, direction="up") if s.rero_worst_case is not None else "–", _num(s.test_mcc, ".3f"))])
+            txt.pct(s.rero_worst_case, direction="up") if s.rero_worst_case is not None else "–",
+            "withheld*" if s.withheld else _num(s.test_mcc, ".3f"))])
+    withheld = [s for s in fed.sites if s.withheld]
+    # the reason once, under the table (the narrow column would wrap it on every withheld row)
+    withheld_note = (f" * Withheld: {esc(withheld[0].reason or '')}; the site's test MCC would be those few "
+                     "patients' results, and the spread leaves it out." if withheld else "")
+    over = f" over the {len(fed.sites) - len(withheld)} published sites" if withheld else ""
     unit_note = (" With the patient as the unit, k is the most images of one patient at the site, and ε_k per "
                  "patient and the ReRo bound are for those k images moving together (the site's DP-SGD calibrates "
                  "ε_k per image)." if per_patient else "")
     out += [Spacer(1, 4), grid(rows, [text_w / len(head)] * len(head), note=report.para(f"ε_k and ReRo: {txt.LABEL_UPPER}s (tight PLD accountant; ReRo worst case).{unit_note} Test MCC: "
                         f"{txt.LABEL_EMPIRICAL}, the global model on the site's own test split (– when that split "
                         f"holds no image, N_test 0, or one class only: MCC is not defined there). Global model on the pooled test split: MCC {fed.global_mcc:.3f}; "
-                        f"spread across sites (max – min) {_num(fed.mcc_spread, '.3f')} ({txt.LABEL_EMPIRICAL}).",
+                        f"spread across sites (max – min){over} {_num(fed.mcc_spread, '.3f')} "
+                        f"({txt.LABEL_EMPIRICAL}).{withheld_note}",
                         "small"))]
     out.append(report.para("The malicious server's bin attack", "h2"))
     out.append(report.para(

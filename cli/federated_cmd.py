@@ -12,6 +12,7 @@ from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 from dpaudit.numfmt import metric, percent, percent_interval, upper
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
@@ -115,15 +116,24 @@ def train_command(
               + ("k   eps/patient (UB)  " if per_patient else "") + "test MCC (empirical)")
     for s in result.clients:
         patient = f"{s.records_per_patient:<2}  {_eps(s.epsilon_patient):>16}  " if per_patient else ""
-        out.print(f"{s.client:>4}  {s.n_train:>7}  {s.n_test:>6}  {list(s.label_histogram)!s:<16}  "
+        n_test = f"< {MIN_SUBGROUP_UNITS}" if s.withheld else str(s.n_test)
+        mcc = "withheld*" if s.withheld else _fmt(s.test_mcc)
+        out.print(f"{s.client:>4}  {s.n_train:>7}  {n_test:>6}  {list(s.label_histogram)!s:<16}  "
                   f"{s.rounds_participated:>6}  {_fmt(s.sampling_probability, '.4f'):>6}  {_fmt(s.steps, 'd'):>4}  "
-                  f"{_eps(s.epsilon):>18}  {patient}{_fmt(s.test_mcc):>8}")
-    if any(s.test_mcc is None or math.isnan(s.test_mcc) for s in result.clients):
+                  f"{_eps(s.epsilon):>18}  {patient}{mcc:>8}")
+    withheld = [s for s in result.clients if s.withheld]
+    if withheld:  # the reason once, not per row (it names the unit; the sites are listed above)
+        out.print(f"* withheld (sites {', '.join(str(s.client) for s in withheld)}): "
+                  f"{withheld[0].reason}; N_test and test MCC "
+                  "would be those few patients' results, and the spread below leaves the site out")
+    if any(not s.withheld and math.isnan(s.test_mcc) for s in result.clients):
         out.print("test MCC '-': the site's test split holds no image (N_test 0) or one class only; MCC is not "
                   "defined there")
     g = result.global_metrics
+    published = len(result.clients) - len(withheld)
+    over = f" over the {published} published sites" if withheld else ""
     out.print(f"global model, pooled test split (empirical, n = {g.n}): MCC {metric(g.mcc)}, balanced accuracy "
-              f"{metric(g.balanced_accuracy)}, AUROC {metric(g.auroc)}; per-site MCC spread (max - min) "
+              f"{metric(g.balanced_accuracy)}, AUROC {metric(g.auroc)}; per-site MCC spread (max - min){over} "
               f"{_fmt(result.mcc_spread)}, std {_fmt(result.mcc_std)}")
     aborted = sum(r.aborted for r in result.rounds)
     if aborted:

@@ -31,7 +31,7 @@ def test_train_json_reports_per_client_epsilon_and_mcc() -> None:
         assert data["mcc_spread"] == pytest.approx(max(measured) - min(measured))
     else:
         assert data["mcc_spread"] is None and data["mcc_std"] is None
-        assert "fewer than two sites" in data["undefined"]["mcc_spread"]
+        assert "fewer than two published sites" in data["undefined"]["mcc_spread"]
 
 
 def test_attack_json_table() -> None:

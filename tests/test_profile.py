@@ -226,12 +226,20 @@ def test_cli_profile_json(tmp_path) -> None:
     assert prof.decision.recommended == decision["recommended"]
     assert prof.checklist.get("sampler").value.startswith("Poisson sampling, q = ")
     assert prof.train[0].optimizer == "NAdam"
-    # The attack's success per subgroup: every scored image counted once per attribute (sex, age_band on demo).
+    # The attack's success per subgroup: every scored image counted once per attribute (sex, age_band on demo); a
+    # group whose attacked images are held by fewer than 5 patients is withheld (no count: those images are not
+    # in the sums).
     row = prof.attacks[0].strongest
     for attr in ("sex", "age_band"):
         groups = [g for g in prof.attacks[0].subgroups_of(row.decoder) if g.attribute == attr]
-        assert sum(g.n_images for g in groups) == row.n_images
-        assert sum(g.successes for g in groups) == round(row.success_rate * row.n_images)
+        published = [g for g in groups if not g.withheld]
+        assert all(g.units >= 5 for g in published)
+        assert all(g.n_images is None and g.reason for g in groups if g.withheld)
+        assert sum(g.n_images for g in published) <= row.n_images
+        assert sum(g.successes for g in published) <= round(row.success_rate * row.n_images)
+        if len(published) == len(groups):
+            assert sum(g.n_images for g in groups) == row.n_images
+            assert sum(g.successes for g in groups) == round(row.success_rate * row.n_images)
     assert [lv["epsilon_target"] for lv in data["levels"]] == [8.0]
     lv = data["levels"][0]
     assert 0 <= lv["relaxed"] <= lv["worst_case"] <= 1

@@ -155,6 +155,156 @@ def test_the_report_withholds_a_small_cell(tmp_path: Path) -> None:
     text = " ".join(" ".join(_text(pdf.read_bytes())).split())
     table = text.split("Subgroups: utility and reconstruction risk")[1]
     male = table.split("sex = male")[1]
-    assert male.count(reason) == male.count("< 5 withheld") == 5  # every budget's row
+    assert male.count("< 5 withheld") == 5  # every budget's row
+    assert male.count(reason) == 1  # the reason once, under the table, not wrapped in every row
     assert not re.search(r"0\.\d{3} \(1\)", male)  # no MCC of the male cell
     assert "sex = female" in table and "700" in table
+
+
+# -- attack success per subgroup --------------------------------------------------------------------------------
+
+
+def test_attack_success_per_subgroup_counts_the_attacked_images_patients() -> None:
+    """6 attacked images of group M held by 2 patients: withheld (no count, no successes, no interval); 6 images
+    of 6 patients in F: published with their unit count."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dpaudit.audit.profile.tasks import _subgroup_success
+    from dpaudit.data import ImageDataset
+
+    images = torch.full((12, 1, 4, 4), 0.5)
+    train = ImageDataset(images, torch.zeros(12, dtype=torch.long), ("a", "b"), groups={"sex": np.array(["F"] * 6 + ["M"] * 6)},
+                         patient_ids=np.array([f"f{i}" for i in range(6)] + ["m0"] * 3 + ["m1"] * 3))
+    result = SimpleNamespace(success_ssim=0.8, rows=[SimpleNamespace(decoder="strong", ssim=[0.9] * 12)])
+    f, m = _subgroup_success(result, train, np.arange(12), "patient")
+    assert not f.withheld and (f.n_images, f.successes, f.units) == (6, 6, 6)
+    assert m.withheld and (m.n_images, m.successes, m.ci_low, m.ci_high, m.units) == (None,) * 5
+    assert m.reason == "fewer than 5 patients in the attacked training images"
+
+
+def test_an_attack_subgroup_of_an_earlier_layout_with_few_images_is_withheld() -> None:
+    from dpaudit.audit.profile.schema import AttackSubgroup
+    from dpaudit.codec import encode, from_plain
+
+    old = {"decoder": "strong", "attribute": "sex", "value": "M", "n_images": 3, "successes": 1, "ci_low": 0.01,
+           "ci_high": 0.9}
+    cell = from_plain(AttackSubgroup, old)
+    assert cell.withheld and cell.successes is None and "fewer than 5 images" in (cell.reason or "")
+    assert encode(cell)["undefined"]["successes"].startswith("withheld: fewer than 5 images")
+    assert not from_plain(AttackSubgroup, {**old, "n_images": 30}).withheld
+
+
+def test_the_report_withholds_a_small_attack_subgroup(tmp_path: Path) -> None:
+    """A group held by >= 5 patients in the test split but < 5 among the attacked images: its utility stays, its
+    attack success is withheld ('< 5', no successes, no rate), the reason once under the table."""
+    from dataclasses import replace
+
+    from dpaudit.audit.profile.schema import AttackSubgroup
+    from dpaudit.audit.report import render_report
+    from tests.test_report import _text, synthetic_profile
+
+    prof = synthetic_profile(with_mia_audit=False, seeds=1)
+    reason = "fewer than 5 patients in the attacked training images"
+    attacks = tuple(replace(a, subgroups=tuple(
+        AttackSubgroup(g.decoder, g.attribute, g.value, None, None, None, None, withheld=True, reason=reason)
+        if g.value == "male" else g for g in a.subgroups)) for a in prof.attacks)
+    pdf = render_report(replace(prof, attacks=attacks), tmp_path / "report.pdf")
+    text = " ".join(" ".join(_text(pdf.read_bytes())).split())
+    male = text.split("Subgroups: utility and reconstruction risk")[1].split("sex = male")[1]
+    assert re.search(r"\d+ 0\.\d{3} \(1\) < 5 – withheld withheld ?1", male), male[:300]
+    assert male.count(reason) == 1
+
+
+# -- federated sites --------------------------------------------------------------------------------------------
+
+
+def _site_manifest(root: Path, rng: np.random.Generator) -> Path:
+    """40 patients x 2 PNGs at sites A (32 patients) and B (8: >= 5 overall), label by parity."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["path,label,patient_id,site"]
+    for p in range(40):
+        for j in range(2):
+            name = f"im_{p}_{j}.png"
+            Image.fromarray((rng.random((16, 16)) * 100 + 150 * (p % 2)).astype(np.uint8)).save(root / name)
+            rows.append(f"{name},{'ab'[p % 2]},P{p},{'B' if p >= 32 else 'A'}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return root / "m.csv"
+
+
+def test_federated_train_withholds_a_site_of_few_test_patients(tmp_path: Path, rng: np.random.Generator) -> None:
+    from dpaudit.audit.federated.partition import partition_splits
+
+    manifest = _site_manifest(tmp_path / "data", rng)
+    splits = load_splits(f"csv:{manifest}", image_size=16)
+    test_idx = partition_splits(splits, "column:site", 2, seed=0)[2]  # FederatedConfig's default seed
+    held = [len(set(splits.test.patient_ids[i].tolist())) for i in test_idx]
+    small = [k for k, h in enumerate(held) if h < MIN_SUBGROUP_UNITS]
+    assert len(small) == 1 and 0 < held[small[0]], held  # the data as planned: B is small in its test split
+    (b,), (a,) = small, [k for k in range(2) if k not in small]
+    args = ["federated", "train", "--dataset", f"csv:{manifest}", "--partition", "column:site", "--clients", "2",
+            "--rounds", "1", "--epsilon", "8", *SMALL, "--batch-size", "8", "--baselines"]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    site = data["clients"][b]
+    assert site["withheld"] is True and site["n_test"] is None and site["test_mcc"] is None
+    assert site["reason"] == "fewer than 5 patients in the site's test split"
+    assert site["undefined"]["test_mcc"] == "withheld: fewer than 5 patients in the site's test split"
+    assert data["clients"][a]["withheld"] is False and data["clients"][a]["n_test"] >= MIN_SUBGROUP_UNITS
+    # the spread is over published sites only: one is left, so it is not defined
+    assert data["mcc_spread"] is None and "published" in data["undefined"]["mcc_spread"]
+    per_site = data["baselines"]["nonprivate_fedavg_per_client_mcc"]
+    assert per_site[b] is None and per_site[a] is not None
+    assert "withheld" in data["baselines"]["undefined"]["nonprivate_fedavg_per_client_mcc"]
+    res = runner.invoke(app, [*args[:-1]])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if line.lstrip().startswith(f"{b}  "))
+    assert "< 5" in row and "withheld*" in row and str(held[b]) not in row.split()[2:3]
+    console = " ".join(res.output.split())
+    assert f"* withheld (sites {b}): fewer than 5 patients in the site's test split" in console
+    assert "spread (max - min) over the 1 published sites" in console
+
+
+def _sites() -> tuple:
+    from dpaudit.audit.profile.schema import FederatedSite
+
+    reason = "fewer than 5 patients in the site's test split"
+    return (FederatedSite(0, 40, 12, (20, 20), 0.2, 10, 7.9, 1 / 40, 0.3, 0.61),
+            FederatedSite(1, 30, 9, (15, 15), 0.27, 10, 8.0, 1 / 30, 0.35, 0.42),
+            FederatedSite(2, 12, None, (6, 6), 0.67, 10, 8.0, 1 / 12, 0.5, None, withheld=True, reason=reason))
+
+
+def test_the_report_withholds_a_small_site_and_spreads_over_published_sites(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from dpaudit.audit.profile.schema import FederatedOutcome
+    from dpaudit.audit.report import render_report
+    from tests.test_report import _text, synthetic_profile
+
+    fed = FederatedOutcome(8.0, "sample", "one image", "column:site", 3, 1, 1.1, 1e-5, 8.0, _sites(), 0.55,
+                           0.61 - 0.42, (), 1.0)
+    pdf = render_report(replace(synthetic_profile(with_mia_audit=False, seeds=1), federated=fed),
+                        tmp_path / "report.pdf")
+    text = " ".join(" ".join(_text(pdf.read_bytes())).split())
+    page = text.split("Federated learning: privacy per site")[1]
+    assert "withheld" in page and page.count("fewer than 5 patients in the site's test split") == 1
+    assert "spread across sites (max – min) over the 2 published sites 0.190" in page
+
+
+def test_a_federated_section_of_an_earlier_layout_withholds_small_sites_and_their_spread() -> None:
+    from dpaudit.audit.profile.schema import FederatedOutcome
+    from dpaudit.codec import encode, from_plain
+
+    plain = encode(FederatedOutcome(8.0, "sample", "one image", "iid", 3, 1, 1.1, 1e-5, 8.0, _sites()[:2], 0.55,
+                                    0.19, (), 1.0))
+    for s in plain["sites"]:
+        del s["withheld"], s["reason"]
+    plain["sites"].append({**plain["sites"][0], "client": 2, "n_test": 3, "test_mcc": 1.0})  # 3 images
+    plain["mcc_spread"] = 1.0 - 0.42
+    fed = from_plain(FederatedOutcome, plain)
+    assert fed.sites[2].withheld and fed.sites[2].test_mcc is None and "fewer than 5 images" in fed.sites[2].reason
+    assert fed.mcc_spread == pytest.approx(0.61 - 0.42) and not fed.sites[0].withheld

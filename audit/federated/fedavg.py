@@ -55,7 +55,8 @@ from dpaudit.config import (
     check_noise_multiplier,
     image_size_for,
 )
-from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
+from dpaudit.errors import ConfigError, DataError, check_int, check_positive, check_probability, invalid
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS, small_cell_reason
 from dpaudit.runtime import check_device
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
@@ -291,17 +292,23 @@ class ClientSummary:
     ``test_mcc`` is the global model's MCC on this site's own test split (NaN when that split is empty).
     ``epsilon`` is per record (what the site's DP-SGD calibrates); ``epsilon_patient`` per patient, as
     :class:`dpaudit.audit.train.TrainResult` states it.
+
+    A site whose test split is held by 1 to :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 privacy units
+    (patients, counted by their ids) is ``withheld``: ``n_test`` and ``test_mcc`` are None and ``reason`` says why,
+    since its MCC would be those few patients' results (the small-cell rule of subgroup utility,
+    :func:`dpaudit.audit.metrics.subgroup_metrics`). The site itself (its name, training size, epsilon) is not
+    patient data and stays.
     """
 
     client: int
     n_train: int
-    n_test: int
+    n_test: int | None
     label_histogram: tuple[int, ...]
     rounds_participated: int
     sampling_probability: float | None
     steps: int | None
     epsilon: float | None
-    test_mcc: float
+    test_mcc: float | None
     #: k: the most training images one patient has at this site, the k of ``epsilon_patient`` (under
     #: ``--privacy-unit image`` the data's, as train's per-patient epsilon; 1 when the data carry no patient ids).
     records_per_patient: int = 1
@@ -309,10 +316,27 @@ class ClientSummary:
     #: upper bound): the guarantee with the patient as the unit, given beside the per-record ``epsilon`` with the
     #: image as the unit; None otherwise.
     epsilon_patient: float | None = None
+    #: The site's test split is a small cell: no ``n_test``, no ``test_mcc``; ``reason`` says why.
+    withheld: bool = False
+    reason: str | None = None
 
     #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
     UNDEFINED: ClassVar[dict[str, str]] = {
         "test_mcc": "not defined: the site's test split holds no image, or one class only"}
+
+    def __post_init__(self) -> None:
+        if self.withheld != (self.reason is not None) or (self.withheld and (
+                self.n_test is not None or self.test_mcc is not None)):
+            raise DataError(f"site {self.client}: a withheld site's test split holds no count and no MCC and says "
+                            "why; a published one has no reason. Fix: pass n_test=None, test_mcc=None, reason=...")
+        if not self.withheld and (self.n_test is None or self.test_mcc is None):
+            raise DataError(f"site {self.client}: a published site needs n_test and test_mcc (NaN where undefined). "
+                            "Fix: pass them, or withhold the site with a reason.")
+
+    @property
+    def null_reasons(self) -> dict[str, str]:
+        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (dpaudit.codec)."""
+        return dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}
 
 
 @dataclass(frozen=True)
@@ -334,7 +358,18 @@ class FederatedBaselines:
     centralised_epsilon: float | None
     centralised_noise_multiplier: float
     nonprivate_fedavg_mcc: float
-    nonprivate_fedavg_per_client_mcc: tuple[float, ...]
+    #: Each site's test MCC under non-private FedAvg; None for a site withheld as a small cell (as in
+    #: :attr:`FederatedResult.clients`).
+    nonprivate_fedavg_per_client_mcc: tuple[float | None, ...]
+
+    @property
+    def null_reasons(self) -> dict[str, str]:
+        """Why entries of ``nonprivate_fedavg_per_client_mcc`` are null in JSON (dpaudit.codec)."""
+        if all(v is not None for v in self.nonprivate_fedavg_per_client_mcc):
+            return {}
+        return {"nonprivate_fedavg_per_client_mcc": f"a null entry is withheld: its site's test split holds fewer "
+                                                    f"than {MIN_SUBGROUP_UNITS} privacy units (as clients[].reason "
+                                                    "says)"}
 
 
 @dataclass(frozen=True)
@@ -377,8 +412,8 @@ class FederatedResult:
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
     #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
     UNDEFINED: ClassVar[dict[str, str]] = {
-        "mcc_spread": "not defined: fewer than two sites have a test MCC",
-        "mcc_std": "not defined: fewer than two sites have a test MCC"}
+        "mcc_spread": "not defined: fewer than two published sites have a test MCC",
+        "mcc_std": "not defined: fewer than two published sites have a test MCC"}
 
     @property
     def labels(self) -> dict[str, str]:
@@ -390,7 +425,8 @@ class FederatedResult:
                 "clients.epsilon_patient": "sound upper bound (tight PLD), sample level, per patient at the site",
                 "clients.test_mcc": "empirical, the global model on the site's own test split",
                 "global_metrics": "empirical, the global model on the pooled test split",
-                "mcc_spread, mcc_std": "empirical, max - min and sample std of clients.test_mcc",
+                "mcc_spread, mcc_std": "empirical, max - min and population std of clients.test_mcc over the "
+                                       "published sites (a site withheld as a small cell is left out)",
                 "rounds": "empirical (each round's participants, survivors and whether it completed)",
                 "baselines.centralised_epsilon": "sound upper bound (tight PLD), the centralised baseline's",
                 "baselines.centralised_mcc, baselines.nonprivate_fedavg_mcc, baselines.nonprivate_fedavg_per_client_mcc":
@@ -513,22 +549,28 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
         summaries = []
         for k, cs in enumerate(client_splits):
+            # a site's test split held by 1-4 patients: its MCC would be theirs (withheld, not evaluated)
+            _, withheld = small_cell_reason(np.asarray(cs.test.patient_ids).tolist(), splits.unit,
+                                            "the site's test split")
             mk = (_evaluate(model, cs.test, splits.mean, splits.std, threshold, unit=splits.unit,
-                            split=f"site {k}'s test") if len(cs.test) else None)
+                            split=f"site {k}'s test") if len(cs.test) and withheld is None else None)
             acc = accounts[k] if accounts is not None else None
             # the k the site's per-patient epsilon is computed with: the unit's under --privacy-unit patient, the
             # data's under --privacy-unit image (given beside the per-image guarantee), as train does
             site_unit = privacy_unit(cs, unit.unit)
             k_site = site_unit.records_per_patient if unit.unit == "patient" else site_unit.data_records_per_patient
             summaries.append(ClientSummary(
-                k, n_train[k], len(cs.test), tuple(int(v) for v in cs.train.class_counts()),
+                k, n_train[k], None if withheld else len(cs.test), tuple(int(v) for v in cs.train.class_counts()),
                 int(rounds_participated[k]), acc.sampling_probability if acc else None, acc.steps if acc else None,
-                acc.epsilon if acc else None, float(mk.mcc) if mk is not None else float("nan"),
-                k_site, _site_epsilon_patient(acc, sigma, delta, k_site)))
+                acc.epsilon if acc else None,
+                None if withheld else float(mk.mcc) if mk is not None else float("nan"),
+                k_site, _site_epsilon_patient(acc, sigma, delta, k_site), withheld=withheld is not None,
+                reason=withheld))
     finally:
         torch.set_num_threads(previous_threads)
 
-    finite = [s.test_mcc for s in summaries if math.isfinite(s.test_mcc)]
+    # over the published sites only: a withheld site's MCC must not enter a figure that is shown
+    finite = [s.test_mcc for s in summaries if s.test_mcc is not None and math.isfinite(s.test_mcc)]
     # A spread needs two sites with a measured MCC; with fewer it is unknown (NaN), not a uniform 0.
     spread = max(finite) - min(finite) if len(finite) > 1 else float("nan")
     std = statistics.pstdev(finite) if len(finite) > 1 else float("nan")

@@ -23,6 +23,7 @@ from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
 from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS, data_loading_notes, record_noun
 from dpaudit.errors import invalid
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 
 # --------------------------------------------------------------------------------------------------------------
 # The schema of profile.json
@@ -519,24 +520,58 @@ class AttackSubgroup(JsonResult):
 
     ``n_images`` attacked images of the group (after the near-black exclusion), ``successes`` of them reconstructed
     (SSIM above the outcome's ``success_ssim``), and the exact 95% Clopper-Pearson interval of the rate. Counts only: no image is identified.
+
+    ``units`` counts the privacy units (patients, by their ids) of those images (None in profiles written before
+    they were counted). A group whose attacked images are held by 1 to
+    :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 units is ``withheld``: no count, no successes, no interval,
+    only the ``reason``, since its success would be whether those few patients' images were reconstructed.
     """
 
     decoder: str
     attribute: str
     value: str
-    n_images: int
-    successes: int
-    ci_low: float
-    ci_high: float
+    n_images: int | None
+    successes: int | None
+    ci_low: float | None
+    ci_high: float | None
+    units: int | None = None
+    withheld: bool = False
+    reason: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _rate("ci_low", self.ci_low)
         _rate("ci_high", self.ci_high)
+        counts = (self.n_images, self.successes, self.ci_low, self.ci_high, self.units)
+        if self.withheld != (self.reason is not None) or (self.withheld and any(v is not None for v in counts)):
+            raise invalid("AttackSubgroup.withheld", self.withheld, "a withheld group with a reason and no count, "
+                          "or a published one without a reason", "this is a bug in the producer of the result")
+        if not self.withheld and None in counts[:4]:
+            raise invalid("AttackSubgroup.n_images", self.n_images, "n_images, successes and the interval of a "
+                          "published group", "this is a bug in the producer of the result")
 
     @property
     def success_rate(self) -> float | None:
-        return self.successes / self.n_images if self.n_images else None
+        return self.successes / self.n_images if self.n_images and self.successes is not None else None
+
+    @property
+    def null_reasons(self) -> dict[str, str]:
+        """Why the counts are null in JSON when the group is withheld (dpaudit.codec)."""
+        if not self.withheld:
+            return {}
+        return dict.fromkeys(("n_images", "successes", "ci_low", "ci_high", "units"), f"withheld: {self.reason}")
+
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A group of an earlier layout (no unit count): withheld when it holds 1 to
+        :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 attacked images, since its patients are no more."""
+        n = data.get("n_images")
+        if "withheld" in data or not isinstance(n, int) or not 0 < n < MIN_SUBGROUP_UNITS:
+            return data
+        return {"decoder": data.get("decoder"), "attribute": data.get("attribute"), "value": data.get("value"),
+                "n_images": None, "successes": None, "ci_low": None, "ci_high": None, "withheld": True,
+                "reason": f"fewer than {MIN_SUBGROUP_UNITS} images among the attacked training images (the "
+                          "profile predates counting patients)"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -750,20 +785,42 @@ class FederatedSite(JsonResult):
     ``records_per_patient`` is k, the most images of one patient at the site, ``epsilon_patient`` the epsilon of
     those k images moving together, and ``rero_worst_case`` is per patient too (a whole patient's image is the
     target); else k = 1 and ``epsilon_patient`` None (profiles written before these fields: per image).
+
+    A site whose test split is held by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` patients is
+    ``withheld`` (:class:`dpaudit.audit.federated.fedavg.ClientSummary`): no ``n_test``, no ``test_mcc``, the
+    ``reason``.
     """
 
     client: int
     n_train: int
-    n_test: int
+    n_test: int | None
     label_histogram: tuple[int, ...]
     sampling_probability: float | None
     steps: int | None
     epsilon: float | None
     kappa: float
     rero_worst_case: float | None
-    test_mcc: float
+    test_mcc: float | None
     records_per_patient: int = 1
     epsilon_patient: float | None = None
+    withheld: bool = False
+    reason: str | None = None
+
+    @property
+    def null_reasons(self) -> dict[str, str]:
+        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (dpaudit.codec)."""
+        return dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}
+
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A site of an earlier layout (no small-cell rule): withheld when its test split holds 1 to
+        :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 images, since its patients are no more than its images."""
+        n = data.get("n_test")
+        if "withheld" in data or not isinstance(n, int) or not 0 < n < MIN_SUBGROUP_UNITS:
+            return data
+        return {**data, "n_test": None, "test_mcc": None, "withheld": True,
+                "reason": f"fewer than {MIN_SUBGROUP_UNITS} images in the site's test split (the profile predates "
+                          "counting patients)"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -789,6 +846,25 @@ class FederatedOutcome(JsonResult):
 
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A federated section of an earlier layout: sites withheld by :meth:`FederatedSite.json_upgrade` leave
+        ``mcc_spread``, which was taken over every site."""
+        sites = data.get("sites")
+        if not isinstance(sites, list) or not all(isinstance(s, dict) for s in sites):
+            return data
+        upgraded = [FederatedSite.json_upgrade(s) for s in sites]
+        if all(u is s for u, s in zip(upgraded, sites, strict=True)):
+            return data
+        mccs = [u["test_mcc"] for u in upgraded if isinstance(u.get("test_mcc"), int | float)
+                and math.isfinite(u["test_mcc"])]
+        spread = max(mccs) - min(mccs) if len(mccs) > 1 else None
+        return {**data, "sites": upgraded, "mcc_spread": spread}
+
+    #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
+    UNDEFINED: ClassVar[dict[str, str]] = {
+        "mcc_spread": "not defined: fewer than two published sites have a test MCC"}
+
     @property
     def labels(self) -> dict[str, str]:
         """What kind of number each field is: the federated run's (:class:`FederatedResult`) and the bin attack's
@@ -804,9 +880,11 @@ class FederatedOutcome(JsonResult):
                                        "images moving together",
             "sites[].rero_worst_case": "sound upper bound (tight), worst-case reconstruction at the site's kappa = "
                                        "1/N_k; per patient when records_per_patient > 1",
-            "sites[].test_mcc": "empirical, the global model on the site's own test split",
+            "sites[].test_mcc": "empirical, the global model on the site's own test split (null with the reason "
+                                "when the site is withheld as a small cell)",
             "global_mcc": "empirical, the global model on the pooled test split",
-            "mcc_spread": "empirical, max - min of sites[].test_mcc",
+            "mcc_spread": "empirical, max - min of sites[].test_mcc over the published sites (a withheld site is "
+                          "left out)",
             **{", ".join(f"attack[].{part}" for part in k.split(", ")): v for k, v in attack.items()}}
 
 

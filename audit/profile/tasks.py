@@ -491,29 +491,38 @@ class AttackTask(_TaskBase):
             ssim_variant=str(result.ssim_variant), connection=self.connection, bins=int(result.bins),
             observations=self.observations, rows=result.rows, images=saved, seconds=time.perf_counter() - t0,
             notes=tuple(f"attack scenario (batch size 1, q = 1/N): {n}" for n in result.notes),
-            subgroups=_subgroup_success(result, splits.train, select_indices(n_train, scenario)),
+            subgroups=_subgroup_success(result, splits.train, select_indices(n_train, scenario), splits.unit),
             success_ssim=result.success_ssim)
 
 
-def _subgroup_success(result, train, idx) -> tuple[AttackSubgroup, ...]:
+def _subgroup_success(result, train, idx, unit: str) -> tuple[AttackSubgroup, ...]:
     """Each decoder's attacked and reconstructed (SSIM above the result's ``success_ssim``) images per subgroup of
     the attacked training images, with exact 95% intervals. ``idx``: the attacked images; the attack scores those
-    it does not exclude as almost black, in this order."""
+    it does not exclude as almost black, in this order. ``unit``: what ``train.patient_ids`` are (the splits'
+    ``unit``); a group whose attacked images are held by fewer than
+    :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` of them is withheld (its success is those patients')."""
     import numpy as np
 
     from dpaudit.attacks.scoring import clopper_pearson, keep_mask
+    from dpaudit.identifiers import small_cell_reason
 
     kept = keep_mask(train.images[idx].permute(0, 2, 3, 1).numpy())
     groups = {str(k): np.asarray(v)[idx][kept].astype(str) for k, v in (train.groups or {}).items()}
+    units = np.asarray(train.patient_ids)[idx][kept].astype(str)  # the privacy unit of each scored image
     out = []
     for row in result.rows:
         ssim = np.asarray(row.ssim)
         for attr in sorted(groups):
             for value in sorted(set(groups[attr].tolist())):
                 mask = groups[attr] == value
+                held, reason = small_cell_reason(units[mask].tolist(), unit, "the attacked training images")
+                if reason is not None:
+                    out.append(AttackSubgroup(row.decoder, attr, value, None, None, None, None, withheld=True,
+                                              reason=reason))
+                    continue
                 n, k = int(mask.sum()), int((ssim[mask] > result.success_ssim).sum())
                 lo, hi = clopper_pearson(k, n)
-                out.append(AttackSubgroup(row.decoder, attr, value, n, k, lo, hi))
+                out.append(AttackSubgroup(row.decoder, attr, value, n, k, lo, hi, units=held))
     return tuple(out)
 
 
