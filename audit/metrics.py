@@ -144,9 +144,13 @@ class GroupMetrics:
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
-        """A cell of an earlier layout (no unit count): withheld when it holds fewer than
+        """A published cell's null metric reads back as NaN (not defined). A cell of an earlier layout (no unit
+        count): withheld when it holds fewer than
         :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` images, since its units are no more than its images (a
         larger cell's units are unknown and it stays)."""
+        if data.get("withheld") is False:
+            # a published cell's null metric is NaN (not defined): ``float | None`` would read null as None
+            return {**data, **{k: "nan" for k in ("mcc", "accuracy") if data.get(k) is None}}
         if "withheld" in data or not isinstance(data.get("n"), int) or data["n"] >= MIN_SUBGROUP_UNITS:
             return data
         return {"group": data.get("group"), "value": data.get("value"), "n": None, "mcc": None, "accuracy": None,

@@ -308,3 +308,24 @@ def test_a_federated_section_of_an_earlier_layout_withholds_small_sites_and_thei
     fed = from_plain(FederatedOutcome, plain)
     assert fed.sites[2].withheld and fed.sites[2].test_mcc is None and "fewer than 5 images" in fed.sites[2].reason
     assert fed.mcc_spread == pytest.approx(0.61 - 0.42) and not fed.sites[0].withheld
+
+
+def test_a_published_undefined_mcc_reads_back_as_nan_and_a_withheld_one_as_none() -> None:
+    """null means NaN (not defined) in a published cell or site and 'withheld' in a withheld one: both read back."""
+    import math
+    from dataclasses import replace
+
+    from dpaudit.audit.federated.fedavg import ClientSummary
+    from dpaudit.audit.profile.schema import FederatedSite
+    from dpaudit.codec import dumps, loads
+
+    cell = GroupMetrics("sex", "F", 6, float("nan"), 1.0, units=6)
+    assert math.isnan(loads(GroupMetrics, dumps(cell)).mcc)
+    site = ClientSummary(0, 10, 6, (5, 5), 1, 0.1, 10, 8.0, float("nan"))
+    assert math.isnan(loads(ClientSummary, dumps(site)).test_mcc)
+    small = replace(site, n_test=None, test_mcc=None, withheld=True, reason="fewer than 5 patients in the site's "
+                                                                             "test split")
+    assert loads(ClientSummary, dumps(small)) == small
+    fed_site = replace(_sites()[0], test_mcc=float("nan"))
+    assert math.isnan(loads(FederatedSite, dumps(fed_site)).test_mcc)
+    assert loads(FederatedSite, dumps(_sites()[2])) == _sites()[2]

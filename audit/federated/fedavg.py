@@ -338,6 +338,14 @@ class ClientSummary:
         """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (dpaudit.codec)."""
         return dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}
 
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A published site's null ``test_mcc`` is NaN (not defined), as written; ``float | None`` would read
+        null as None."""
+        if not data.get("withheld") and data.get("test_mcc") is None and "test_mcc" in data:
+            return {**data, "test_mcc": "nan"}
+        return data
+
 
 @dataclass(frozen=True)
 class RoundRecord:

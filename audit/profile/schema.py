@@ -813,9 +813,12 @@ class FederatedSite(JsonResult):
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
-        """A site of an earlier layout (no small-cell rule): withheld when its test split holds 1 to
+        """A published site's null ``test_mcc`` reads back as NaN (not defined). A site of an earlier layout (no
+        small-cell rule): withheld when its test split holds 1 to
         :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 images, since its patients are no more than its images."""
         n = data.get("n_test")
+        if not data.get("withheld") and "test_mcc" in data and data["test_mcc"] is None:
+            data = {**data, "test_mcc": "nan"}  # a published site's null MCC is NaN (not defined), as written
         if "withheld" in data or not isinstance(n, int) or not 0 < n < MIN_SUBGROUP_UNITS:
             return data
         return {**data, "n_test": None, "test_mcc": None, "withheld": True,
