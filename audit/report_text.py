@@ -365,8 +365,8 @@ def limitations(profile: Profile) -> list[str]:
         "with few seeds. Differences to the non-private baseline are tested with Welch's t-test.",
         "Subgroup utility is shown only where the dataset provides group metadata; small subgroups give noisy "
         f"numbers, and a group held by fewer than {MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the "
-        "test split or among the attacked images, or a federated site whose test split they hold, is withheld: no "
-        "count and no metric, since they would be those few patients' results.",
+        f"test split or among the attacked {record(profile)}s, or a federated site whose test split they hold, is "
+        "withheld: no count and no metric, since they would be those few patients' results.",
         "A risk of 100% in the worst-case or relaxed column does not mean that images will be reconstructed, only "
         "that the mathematics gives no protection against the assumed attacker.",
     ]
