@@ -8,10 +8,12 @@ fraction of a second. ``dpaudit --help`` (or an unknown command) builds the whol
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 
@@ -184,6 +186,8 @@ def usage_line(exc: Exception, argv: list[str] | None = None, root: typer.Contex
         if given and not any(f"'{v}'" in message for v in given):
             message += " (got " + ", ".join(f"'{v}'" for v in given) + ")"
         fix = f"pass {flags[0]} {_wanted(param)}; {see}"
+    elif kind == "RepeatedOption":
+        fix = f"{exc.fix}; {see}"  # type: ignore[attr-defined]
     elif kind == "NoSuchOption":
         fix = f"use an option the command has, spelt out in full; {see}"
     elif kind == "BadOptionUsage":
@@ -193,6 +197,89 @@ def usage_line(exc: Exception, argv: list[str] | None = None, root: typer.Contex
     else:
         fix = see
     return f"{message}{stop} Fix: {fix}."
+
+
+class RepeatedOption(UsageError):  # type: ignore[misc, valid-type]
+    """A single-valued option given more than once: the parser would keep the last copy and drop the others
+    without a word (``--max-rero 0.05 --max-rero 0.5`` calibrates for 0.5), so it is refused."""
+
+    def __init__(self, message: str, fix: str, ctx: typer.Context | None = None) -> None:
+        super().__init__(message, ctx=ctx)
+        self.fix = fix
+
+
+def _typed(raw: str | None, key: str, value: object) -> str:
+    """An option occurrence as the user typed it: ``--max-rero=0.5`` or ``--max-rero 0.5``, ``--json``."""
+    if raw is not None and "=" in raw and raw.partition("=")[0] == key:
+        return raw
+    return key if value is None else f"{key} {value}"
+
+
+def refuse_repeats(parser: Any, ctx: typer.Context) -> Any:
+    """Make the click option parser ``parser`` (of a command, for ``ctx``) refuse a single-valued option given
+    twice (:class:`RepeatedOption`), as the user typed it, with both values, before any value is converted and
+    before the command runs. Options that take several values (``multiple``) and counts are left alone; a boolean
+    flag given twice the same way passes, ``--flag --no-flag`` together is refused.
+
+    The hook wraps each option of click's parser: click records every occurrence (``state.order``) but keeps only
+    the last value of a ``store`` option. A click whose parser has no ``_long_opt``/``_short_opt`` tables fails
+    here, loudly, rather than letting repeats through.
+    """
+    seen: dict[int, tuple[str, str, object]] = {}  # the parameter's id -> (key typed, as typed, value or const)
+    raw: list[str | None] = [None]
+    process_opts = parser._process_opts
+
+    def current(arg: str, state: Any) -> None:  # the word being parsed, for --opt=value
+        raw[0] = arg
+        return process_opts(arg, state)
+
+    parser._process_opts = current
+
+    def wrap(key: str, option: Any) -> Any:
+        if option.action not in ("store", "store_const"):  # append, append_const, count: repeating is the point
+            return option
+        proxy = copy.copy(option)
+
+        def process(value: Any, state: Any) -> None:
+            got = option.const if option.action == "store_const" else value
+            shown = _typed(raw[0], key, None if option.action == "store_const" else value)
+            before = seen.get(id(option.obj))
+            if before is not None and not (option.action == "store_const" and before[2] == got):
+                name = "/".join(option.obj.opts)
+                if option.action == "store_const":  # --flag and --no-flag
+                    both = " or ".join((*option.obj.opts, *option.obj.secondary_opts))
+                    message = f"{before[1]} and {shown} were both given and contradict each other"
+                    fix = f"give one of {both}, once"
+                else:
+                    message = (f"{name} was given more than once: '{before[1]}' and '{shown}' (it takes one value; "
+                               "only the last would be used)")
+                    fix = f"give {name} once"
+                raise RepeatedOption(message, fix, ctx=ctx)
+            seen.setdefault(id(option.obj), (key, shown, got))
+            option.process(value, state)
+
+        proxy.process = process
+        return proxy
+
+    for table in (parser._long_opt, parser._short_opt):
+        for key, option in list(table.items()):
+            table[key] = wrap(key, option)
+    return parser
+
+
+class _OnceOptions(typer.core.TyperCommand):
+    """Every command of the app: a single-valued option given twice is refused (:func:`refuse_repeats`)."""
+
+    def make_parser(self, ctx: typer.Context) -> Any:
+        return refuse_repeats(super().make_parser(ctx), ctx)
+
+
+def _every_command(app: typer.Typer) -> Iterator[Any]:
+    """The registered commands (Typer's ``CommandInfo``) of ``app`` and of its groups, at any depth."""
+    yield from app.registered_commands
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            yield from _every_command(group.typer_instance)
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -246,6 +333,12 @@ def build_app(modules: list[str] | None = None) -> typer.Typer:
     app.callback()(_root)
     for module in modules or dict.fromkeys(COMMANDS.values()):
         app.add_typer(importlib.import_module(f"dpaudit.cli.{module}").app, name=GROUPS.get(module))
+    for info in _every_command(app):  # every command, a new one too, refuses an option given twice
+        if info.cls in (None, typer.core.TyperCommand):  # Typer's default class
+            info.cls = _OnceOptions
+        elif not issubclass(info.cls, _OnceOptions):
+            raise TypeError(f"command {info.name or info.callback}: its class {info.cls!r} must derive from "
+                            "dpaudit.cli.main._OnceOptions (options given twice are refused)")
     return app
 
 
