@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from dpaudit.attacks.lower_bounds import ScoreBound, bound_from_scores, two_error_ceiling
+from dpaudit.config import check_noise_multiplier
 from dpaudit.errors import check_int, check_positive, check_probability
 
 __all__ = ["SelfAuditConfig", "SelfAuditResult", "gradient_canary_projections", "run_self_audit"]
@@ -72,8 +73,10 @@ class SelfAuditConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "noise_multiplier", check_positive(
-            "noise_multiplier", self.noise_multiplier, fix="pass the sigma the accountant uses, e.g. --sigma 1.0"))
+        # The accountant's floor (epsilon_pld refuses a smaller sigma), checked here so that a run is refused before
+        # its 2 * trials Opacus steps, not after them.
+        object.__setattr__(self, "noise_multiplier", check_noise_multiplier(
+            self.noise_multiplier, fix="pass the sigma the accountant uses, e.g. --sigma 1.0"))
         object.__setattr__(self, "max_grad_norm", check_positive(
             "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. 1.0"))
         object.__setattr__(self, "trials", check_int(
