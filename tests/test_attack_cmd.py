@@ -217,7 +217,8 @@ def test_epsilons_need_the_scenario() -> None:
     (["--sigmas", "0", "--n-images", "0"], "--n-images must be an integer >= 1"),
 ])
 def test_bad_inputs_exit_2_without_traceback(args: list[str], needle: str) -> None:
-    res = run("--arch", "smallcnn", "--image-size", "16", "--n-images", "2", *args)
+    n_images = [] if "--n-images" in args else ["--n-images", "2"]  # each option once: a repeat is refused
+    res = run("--arch", "smallcnn", "--image-size", "16", *n_images, *args)
     assert res.exit_code == 2, res.output
     assert needle in res.output and "Fix:" in res.output and "Traceback" not in res.output
 
