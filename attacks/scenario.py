@@ -162,8 +162,9 @@ def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[fl
         return [float(s) for s in sigmas], [None] * len(sigmas), []
     mech = scenario_mechanism(ckpt, scenario)
     if mech is None:
-        raise invalid("--epsilons", list(epsilons), "used with a checkpoint that records N, epochs and delta, "
-                      "or with --n-train, --epochs and --delta", "add --n-train N --epochs E --delta 1e-5")
+        raise invalid("--epsilons", list(epsilons), "used with a checkpoint that records N and epochs, or with "
+                      "--n-train and --epochs", "add --n-train N --epochs E (--delta defaults to the checkpoint's, "
+                      "else to min(8e-7, 1/(10 N)), the default of every command)")
     levels = noise_for_epsilons([math.inf if e is None else e for e in epsilons], n_train=mech.n_train,
                                 epochs=mech.epochs, target_delta=mech.target_delta, accountant=scenario.accountant)
     labels = [None if e is None else lv.epsilon for e, lv in zip(epsilons, levels, strict=True)]
@@ -172,21 +173,29 @@ def scenario_noise(ckpt, scenario: AttackScenario) -> tuple[list[float], list[fl
 
 def scenario_mechanism(ckpt, scenario: AttackScenario) -> EpsilonMechanism | None:
     """The mechanism the scenario's epsilons are mapped through (batch size 1, q = 1/N, T = epochs * N at delta:
-    the scenario's values, else the checkpoint's), or None when the scenario replays noise multipliers as given
-    or the run is not known (then an epsilon cannot be stated)."""
+    the scenario's values, else the checkpoint's; delta, when neither gives it, by the default rule of every
+    command, :func:`dpaudit.bounds.default_delta`), or None when the scenario replays noise multipliers as given
+    or N or the epochs are not known (then an epsilon cannot be stated)."""
     from dpaudit.attacks.results import EpsilonMechanism
+    from dpaudit.bounds import default_delta, default_delta_rule
 
     if scenario.noise_multipliers is not None or (scenario.epsilons is None and checkpoint_noise(ckpt)[0] is None):
         return None
     n_train = scenario.n_train or ckpt.n_train
     epochs = scenario.epochs or ckpt.epochs
-    delta = scenario.target_delta or ckpt.target_delta
-    if n_train is None or epochs is None or delta is None:
+    if n_train is None or epochs is None:
         return None
+    delta = scenario.target_delta or ckpt.target_delta
+    default = delta is None  # neither gives it: the one default rule of every command, min(8e-7, 1/(10 N))
+    if default:
+        delta = default_delta(int(n_train))
     given = [name for name, v in (("n_train", scenario.n_train), ("epochs", scenario.epochs),
                                   ("target_delta", scenario.target_delta)) if v]
-    source = ("checkpoint" if not given else "scenario" if len(given) == 3 else
+    known = 2 if default else 3  # the values the scenario or the checkpoint gave
+    source = ("checkpoint" if not given else "scenario" if len(given) == known else
               f"scenario ({', '.join(given)}), checkpoint (the rest)")
+    if default:
+        source += f"; {default_delta_rule(int(n_train))}"
     return EpsilonMechanism(n_train=int(n_train), epochs=int(epochs), sampling_probability=1.0 / int(n_train),
                             steps=int(epochs) * int(n_train), target_delta=float(delta),
                             accountant=scenario.accountant, source=source)

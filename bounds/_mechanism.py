@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
+from dpaudit.config import DELTA_EXAMPLE
 from dpaudit.config import check_noise_multiplier as check_sigma
 from dpaudit.errors import check_int, check_probability, invalid
 
@@ -406,7 +407,7 @@ def check_steps(value: int) -> int:
 
 
 def check_delta(value: float) -> float:
-    return check_probability("target_delta", value, fix="pass a delta well below 1/N, e.g. 1e-5")
+    return check_probability("target_delta", value, fix=f"pass a delta well below 1/N, {DELTA_EXAMPLE}")
 
 
 #: delta of every experiment of the seed paper (Ziller et al., section 4.4: "For all experiments, we used a

@@ -57,6 +57,7 @@ from scipy import fft as sp_fft
 from scipy import special
 
 from dpaudit.bounds._mechanism import StepPair
+from dpaudit.config import DELTA_EXAMPLE
 from dpaudit.errors import NumericalError, invalid
 
 #: The neighbouring relation every epsilon and bound here assumes: data sets that differ by adding or removing one
@@ -2195,7 +2196,7 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
 
     sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
     if target_delta is None:
-        raise invalid("target_delta", None, "given", "pass the delta at which epsilon is reported, e.g. 1e-5")
+        raise invalid("target_delta", None, "given", f"pass the delta at which epsilon is reported, {DELTA_EXAMPLE}")
     target_delta = check_delta(target_delta)
     k = check_records_per_patient(records_per_patient)
     run = sched.run(k)
@@ -2289,6 +2290,23 @@ def epsilon_pld(noise_multiplier: float | None = None, sampling_probability: flo
     FFT", AISTATS 2020.
     """
     return epsilon_bound(noise_multiplier, sampling_probability, steps, target_delta, schedule=schedule).value
+
+
+def rdp_fallback_causes(schedule, target_delta: float, records_per_patient: int = 1) -> tuple[str, ...]:
+    """Why :func:`epsilon_bound` may report RDP rather than the tight PLD for this run, in words: the loss cap
+    (small sigma: per-step losses above :data:`LOSS_CAP` join the infinity atom, so the PLD is pessimistic), and a
+    ``target_delta`` at or below :data:`INF_BUDGET`, the mass the discretisation may send to the infinity atom
+    (the PLD's epsilon is then infinite whatever the noise). Empty when neither holds (the PLD is then finite
+    unless its grid does not fit, the one remaining cause, named last)."""
+    run = schedule.run(records_per_patient)
+    total = sum(steps for _, steps in run)
+    causes = []
+    if any(_capped(pair, total) for pair, _ in run):
+        causes.append(f"per-step privacy loss above {LOSS_CAP:g} counted as infinite at this noise")
+    if target_delta <= INF_BUDGET:
+        causes.append(f"target_delta {target_delta:g} is at or below {INF_BUDGET:g}, the probability the PLD may "
+                      "count as infinite loss, where its epsilon can be infinite at any noise")
+    return tuple(causes) or ("the PLD's grid does not fit this run",)
 
 
 def _capped(pair: StepPair, steps: int = 1) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import special
 
 from dpaudit.bounds._mechanism import check_delta
+from dpaudit.config import DELTA_EXAMPLE
 
 #: Opacus' ``RDPAccountant.DEFAULT_ALPHAS``.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)])
@@ -121,7 +122,7 @@ def epsilon_rdp(noise_multiplier: float | None = None, sampling_probability: flo
     if target_delta is None:
         from dpaudit.errors import invalid
 
-        raise invalid("target_delta", None, "given", "pass the delta at which epsilon is reported, e.g. 1e-5")
+        raise invalid("target_delta", None, "given", f"pass the delta at which epsilon is reported, {DELTA_EXAMPLE}")
     delta = check_delta(target_delta)
     orders = np.asarray(DEFAULT_ORDERS)
     rdp = sum(rdp_per_step(p.noise_multiplier, p.sampling_probability) * p.steps for p in sched.merged().phases)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dpaudit.bounds.mia import MiaCurve, mia_curve
-from dpaudit.bounds.pld import EpsilonBound, epsilon_bound
+from dpaudit.bounds.pld import EpsilonBound, epsilon_bound, rdp_fallback_causes
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import MC_SAMPLES, ReRoBound, rero_bound
 from dpaudit.bounds.schedule import Schedule, resolve
@@ -54,8 +54,10 @@ class BoundsSummary:
             k = self.epsilon_of_unit.records_per_patient
             of = ("" if k == 1 else f" of a mechanism that dominates the {k}-record one (noise multiplier sigma / {k}, "
                   f"sampling probability 1 - (1 - q)^{k})")
-            extra = ("epsilon: the PLD is looser than RDP at this noise (per-step privacy loss above 700 counted as "
-                     f"infinite); the epsilon shown is the RDP value{of}, a sound upper bound",)
+            sched = self.schedule or resolve(self.noise_multiplier, self.sampling_probability, self.steps, None)
+            why = "; ".join(rdp_fallback_causes(sched, self.target_delta, k))
+            extra = (f"epsilon: the PLD is looser than RDP here ({why}); the epsilon shown is the RDP value{of}, "
+                     "a sound upper bound",)
         return tuple(dict.fromkeys(self.worst_case.notes + self.relaxed.notes + mia_notes + extra))
 
     @property

@@ -86,7 +86,7 @@ def attack(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs for --epsilons (default: the "
                                                "checkpoint's).")] = S.epochs,
     delta: Annotated[float | None, typer.Option("--delta", help="delta for --epsilons (default: the "
-                                                "checkpoint's).")] = S.target_delta,
+                                                "checkpoint's, else min(8e-7 (paper), 1/(10 N))).")] = S.target_delta,
     accountant: Annotated[Accountant, typer.Option("--accountant", help="pld (tight; smaller sigma for an "
                                                    "epsilon, the conservative choice) or rdp (the paper's "
                                                    "Opacus RDP).")] = S.accountant,

@@ -64,7 +64,7 @@ class DpSgdConfig:
         object.__setattr__(self, "max_grad_norm", check_positive(
             "max_grad_norm", self.max_grad_norm, fix="pass a positive clip norm, e.g. 1.0"))
         object.__setattr__(self, "target_delta", check_probability(
-            "target_delta", self.target_delta, fix="pass a delta well below 1/N, e.g. 1e-5"))
+            "target_delta", self.target_delta, fix=f"pass a delta well below 1/N, {DELTA_EXAMPLE}"))
 
     @property
     def is_private(self) -> bool:
@@ -95,6 +95,9 @@ def parse_trainable(trainable: str) -> int | None:
 #: and the PLD's grid and moment integrals (whose resolution scales with sigma) no longer fit in memory.
 #: Calibration searches from 1e-3 (``dpaudit.bounds.calibrate.SIGMA_RANGE``), well above it.
 MIN_NOISE_MULTIPLIER = 1e-4
+#: The example a fix gives for target_delta: the value of the one default rule of every command (min(8e-7, 1/(10 N)),
+#: :func:`dpaudit.bounds.default_delta`), not a round number of another convention.
+DELTA_EXAMPLE = "e.g. --delta 8e-7 (the default: min(8e-7, 1/(10 N)))"
 
 
 def check_noise_multiplier(value: float, *, allow_zero: bool = False, fix: str | None = None) -> float:

@@ -21,7 +21,7 @@ from dpaudit.audit.configs import DEFAULT_CANARIES
 from dpaudit.audit.decision import Decision
 from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
-from dpaudit.config import DEFAULT_DATASET, PROFILE_DEFAULTS, data_loading_notes, record_noun
+from dpaudit.config import DEFAULT_DATASET, DELTA_EXAMPLE, PROFILE_DEFAULTS, data_loading_notes, record_noun
 from dpaudit.errors import invalid
 from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 
@@ -234,7 +234,7 @@ class ProfileConfig(JsonResult):
                                               fix="pass --augment-multiplicity 0 (none) or K >= 1 flipped views"))
         if self.target_delta is not None:
             put("target_delta", check_probability("target_delta", self.target_delta,
-                                                  fix="pass a delta well below 1/N, e.g. 1e-5"))
+                                                  fix=f"pass a delta well below 1/N, {DELTA_EXAMPLE}"))
         put("kappas", tuple(sorted({check_probability(
             "kappa", k, fix="pass the blind-guess success probability, e.g. --kappa 1e-3") for k in self.kappas})))
         if self.records_per_patient is not None:
