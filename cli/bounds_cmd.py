@@ -64,7 +64,9 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None,
                 run_flags: str = "--sigma, --q and --steps", records_per_patient: int | None = None,
-                privacy_unit: str | None = None) -> tuple[Any, float | None, int | None, tuple[int, str] | None, str]:
+                privacy_unit: str | None = None,
+                overrides: list[dict[str, Any]] | None = None,
+                ) -> tuple[Any, float | None, int | None, tuple[int, str] | None, str]:
     """The run's schedule and delta from the flags, completed from ``--model`` when given (its stored phases,
     :func:`dpaudit.bounds.schedule_of_checkpoint`), N_train, and the checkpoint's k (records per patient) when it
     recorded the patient as its privacy unit, and what one of its training records is called
@@ -73,7 +75,8 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
     images one patient has in the checkpoint's training split (where it recorded them).
 
     With a checkpoint and no prior given, kappa = 1/N_train of the checkpoint (the seed paper's prior). Flags
-    override a one-phase checkpoint's sigma, q or steps; a checkpoint of several phases takes none of them."""
+    override a one-phase checkpoint's sigma, q or steps; a checkpoint of several phases takes none of them. Each
+    value a flag gave over a different one of the checkpoint's is appended to ``overrides`` (:func:`_override`)."""
     from dpaudit.bounds import Schedule, schedule_of_checkpoint
     from dpaudit.config import check_records_per_patient
 
@@ -94,7 +97,13 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
             raise invalid("model", str(model), "a checkpoint trained with DP-SGD",
                           "this model was trained without DP (or its DP configuration is unknown): it has no formal "
                           f"guarantee to bound; pass {run_flags} of the run instead")
+        said = overrides if overrides is not None else []
+        _override(said, "--delta", "target_delta", delta, ckpt.dp.target_delta)
         delta = ckpt.dp.target_delta if delta is None else delta
+        ckpt_n = ckpt.n_train
+        if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
+            ckpt_n = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]
+        _override(said, "--n-train", "n_train", n_train, ckpt_n)
         if n_train is None and not kappa and n_candidates is None:
             n_train = ckpt.n_train
             if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
@@ -105,6 +114,8 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
                                   "it. Fix: pass --kappa K, --n-train N or --n-candidates N, or write the checkpoint "
                                   "again with `dpaudit train --out DIR`, which records n_train.")
         ckpt_k = _checkpoint_unit(ckpt.extra, privacy_unit)
+        _override(said, "--records-per-patient", "records_per_patient", records_per_patient,
+                  None if ckpt_k is None else ckpt_k[0])
         rec = record_noun(str(ckpt.extra.get("data_unit") or "image"))
         if records_per_patient is not None and ckpt.extra.get("images_per_unit_max") is not None:
             # k given by hand against a checkpoint that records its training split's patients: not below them
@@ -120,6 +131,10 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
                               "schedule, or pass every phase with --phase SIGMA,Q,STEPS instead of --model")
             return sched, delta, n_train, ckpt_k, rec
         phase = sched.phases[0]
+        for flag, field, given, own in (("--sigma", "noise_multiplier", sigma, phase.noise_multiplier),
+                                        ("--q", "sampling_probability", q, phase.sampling_probability),
+                                        ("--steps", "steps", steps, phase.steps)):
+            _override(said, flag, field, given, own)
         sigma = phase.noise_multiplier if sigma is None else sigma
         q = phase.sampling_probability if q is None else q
         steps = phase.steps if steps is None else steps
@@ -129,6 +144,28 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
                           "--q and --steps (the run's noise multiplier, sampling probability and steps), or --model "
                           "CHECKPOINT to read them from a dpaudit checkpoint.")
     return Schedule.single(float(sigma), float(q), int(steps)), delta, n_train, ckpt_k, rec
+
+
+def _override(said: list[dict[str, Any]], flag: str, field: str, given: Any, checkpoint: Any) -> None:
+    """Record in ``said`` that ``flag`` gave ``given`` where the checkpoint records another value (the flags take
+    precedence over --model): said on stderr and in the JSON, so that a bound of another run than the checkpoint's
+    is never taken for the checkpoint's."""
+    if given is None or checkpoint is None or given == checkpoint:
+        return
+    said.append({"flag": flag, "field": field, "value": given, "checkpoint": checkpoint})
+
+
+def override_note(said: list[dict[str, Any]]) -> str | None:
+    """One line naming each value a flag gave over the checkpoint's, with both values; None when there is none.
+
+    >>> override_note([{"flag": "--sigma", "field": "noise_multiplier", "value": 2.0, "checkpoint": 1.07}])
+    "--model: the flags' values replace the checkpoint's (flags take precedence): --sigma 2 (the checkpoint's noise_multiplier: 1.07)"
+    """
+    if not said:
+        return None
+    return ("--model: the flags' values replace the checkpoint's (flags take precedence): "
+            + "; ".join(f"{o['flag']} {o['value']:g} (the checkpoint's {o['field']}: {o['checkpoint']:g})"
+                        for o in said))
 
 
 def _checkpoint_unit(extra: dict[str, Any], requested: str | None) -> tuple[int, str] | None:
@@ -301,10 +338,12 @@ def bounds(
                          "--model CHECKPOINT)")
     sched = _schedule_from_flags(history, phase)
     ckpt_k, rec = None, "image"
+    overrides: list[dict[str, Any]] = []
     if sched is None:
         sched, delta, n_train, ckpt_k, rec = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates,
                                                     records_per_patient=records_per_patient,
-                                                    privacy_unit=opt_str(privacy_unit))
+                                                    privacy_unit=opt_str(privacy_unit), overrides=overrides)
+    replaced = override_note(overrides)
     delta, delta_note = _delta(delta, n_train)
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
@@ -317,6 +356,8 @@ def bounds(
         err.print(f"[yellow]warning:[/] {escape(_worded(note, rec))}", markup=True)
     if delta_note and not json_out:
         err.print(f"note: {delta_note}", highlight=False)
+    if replaced:
+        err.print(f"note: {replaced}", highlight=False)
     mia = summary.mia
     if roc is not None:
         mia_relaxed = mia_curve(schedule=sched, records_per_patient=k, threat_model="relaxed")
@@ -332,7 +373,7 @@ def bounds(
     if plot is not None:
         _plot(plot, sched, k, kappas)
     if json_out:
-        emit_json(_bounds_json(summary, method.value, delta_note, rec))
+        emit_json(_bounds_json(summary, method.value, delta_note, rec, overrides))
         return
     _render(summary, rec)
 
@@ -384,7 +425,9 @@ def _delta(delta: float | None, n_train: int | None) -> tuple[float, str | None]
     return default_delta(n_train), default_delta_rule(n_train)
 
 
-def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "image") -> dict[str, Any]:
+def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "image",
+                 overrides: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    replaced = override_note(overrides or [])
     sigma, q, steps, delta, k = (s.noise_multiplier, s.sampling_probability, s.steps, s.target_delta,
                                  s.records_per_patient)
     worst, relaxed, mia = s.worst_case, s.relaxed, s.mia
@@ -414,7 +457,10 @@ def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "imag
         "numerical_error": ({"worst_case": worst.numerical_error.tolist(), "relaxed": relaxed.numerical_error.tolist()}
                             if method == "tight" else None),
         "assumptions": list(s.assumptions),
-        "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes + ((delta_note,) if delta_note else ()))),
+        "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes + ((delta_note,) if delta_note else ())
+                                    + ((replaced,) if replaced else ()))),
+        # --model: each value a flag gave over the checkpoint's (flag, field, value, checkpoint); [] when none
+        "overrides": list(overrides or []),
     }
 
 
@@ -585,12 +631,13 @@ def calibrate(
                          "calibrated), --q and --steps, or --model CHECKPOINT")
     sched = _schedule_from_flags(history, phase)
     ckpt_k, rec = None, "image"
+    overrides: list[dict[str, Any]] = []
     if model is not None:
         # the checkpoint's own sigma only fills the schedule: the last phase's sigma is what is calibrated
         sched, delta, n_train, ckpt_k, rec = _from_model(model, None, q, steps, delta, n_train,
                                                     None if kappa is None else [kappa], None, "--q and --steps",
                                                     records_per_patient=records_per_patient,
-                                                    privacy_unit=opt_str(privacy_unit))
+                                                    privacy_unit=opt_str(privacy_unit), overrides=overrides)
         q = steps = None
     elif sched is None and (q is None or steps is None):
         missing = " and ".join(f for f, v in (("--q", q), ("--steps", steps)) if v is None)
@@ -607,13 +654,16 @@ def calibrate(
                           target_delta=delta, records_per_patient=k, schedule=sched)
     q, steps = cal.sampling_probability, cal.steps
     unit = "patient" if k > 1 else "image"
-    notes = [n for n in (cal.note, delta_note) if n]
+    replaced = override_note(overrides)
+    notes = [n for n in (cal.note, delta_note, replaced) if n]
     if not json_out:
         err.print(f"privacy unit: {unit} ({why})", highlight=False)
         if cal.note:
             err.print(f"[yellow]warning:[/] {escape(_worded(cal.note, rec))}", markup=True)
         if delta_note:
             err.print(f"note: {delta_note}", highlight=False)
+    if replaced:  # with --json too: stdout holds the JSON alone
+        err.print(f"note: {replaced}", highlight=False)
     from dpaudit.bounds import epsilon_target_for
 
     target = epsilon_target_for(cal)
@@ -632,7 +682,7 @@ def calibrate(
                               "epsilon_target": "budget to train with: the per-image train --epsilon / profile "
                                                 "--epsilons that gives at least noise_multiplier (rounded down, "
                                                 "checked); null for several phases or at the search floor"},
-                   "notes": notes, "phases": cal.schedule.to_history()})
+                   "notes": notes, "overrides": overrides, "phases": cal.schedule.to_history()})
         return
     from rich.table import Table
 

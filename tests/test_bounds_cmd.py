@@ -516,3 +516,41 @@ def test_mc_samples_set_the_draws_and_a_note_says_when_too_few_lie_beyond_the_th
 def test_mc_samples_is_checked(args: list[str], text: str) -> None:
     res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "0.01", *args])
     assert res.exit_code == 2 and text in " ".join(res.output.split()), res.output
+
+
+def test_flags_over_the_checkpoint_are_said_with_both_values(tmp_path: Path) -> None:
+    from dpaudit.config import DpSgdConfig
+
+    path = _checkpoint(tmp_path, DpSgdConfig(noise_multiplier=1.1, sampling_probability=0.02, steps=300,
+                                             target_delta=1e-6))
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--sigma", "2", "--q", "0.02", "--delta", "1e-5",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["noise_multiplier"] == 2.0 and got["target_delta"] == 1e-5
+    want = [{"flag": "--delta", "field": "target_delta", "value": 1e-5, "checkpoint": 1e-6},
+            {"flag": "--sigma", "field": "noise_multiplier", "value": 2.0, "checkpoint": 1.1}]
+    assert sorted(got["overrides"], key=lambda o: o["flag"]) == want  # --q equals the checkpoint's: not said
+    note = [n for n in got["notes"] if n.startswith("--model:")]
+    assert len(note) == 1 and "--sigma 2 (the checkpoint's noise_multiplier: 1.1)" in note[0]
+    stderr = [line for line in res.stderr.splitlines() if line.startswith("note: --model:")]
+    assert len(stderr) == 1 and "--delta 1e-05 (the checkpoint's target_delta: 1e-06)" in stderr[0]
+    # the console run says it too; no flag over the checkpoint, nothing said
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--steps", "30"])
+    assert "--steps 30 (the checkpoint's steps: 300)" in " ".join(res.stderr.split())
+    res = runner.invoke(app, ["bounds", "--model", str(path), "--json"])
+    assert json.loads(res.stdout)["overrides"] == [] and "--model:" not in res.stderr
+
+
+def test_calibrate_says_the_flags_over_the_checkpoint(tmp_path: Path) -> None:
+    from dpaudit.config import DpSgdConfig
+
+    path = _checkpoint(tmp_path, DpSgdConfig(noise_multiplier=1.1, sampling_probability=0.02, steps=300,
+                                             target_delta=1e-6))
+    res = runner.invoke(app, ["calibrate", "--model", str(path), "--max-rero", "0.05", "--steps", "30",
+                              "--n-train", "1000", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert sorted((o["flag"], o["value"], o["checkpoint"]) for o in got["overrides"]) == [
+        ("--n-train", 1000, 500), ("--steps", 30, 300)]
+    assert any(n.startswith("--model:") for n in got["notes"]) and "note: --model:" in res.stderr
