@@ -171,6 +171,12 @@ PROFILE = ["profile", "--dataset", "demo", "--image-size", "16", "--max-images",
            "--attack-epochs", "1", "--decoder", "strong", "--no-render", "--threads", "1", "--json"]
 
 
+def _replaced(args: list[str], flag: str, value: str) -> list[str]:
+    """``args`` with ``flag``'s value replaced (an option given twice is refused, not the last one taken)."""
+    i = args.index(flag)
+    return [*args[:i + 1], value, *args[i + 2:]]
+
+
 def _checkpoint_mechanism(path: Path) -> tuple[float, int]:
     from dpaudit.checkpoint import load_checkpoint
 
@@ -210,9 +216,9 @@ def test_overwrite_replaces_the_whole_folder_and_reuses_nothing_of_another_confi
     res = runner.invoke(app, [*PROFILE, "--epochs", "1", "--include-images", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "images" / "reconstructions-eps8.png").is_file()
-    res = runner.invoke(app, [*PROFILE, "--epochs", "2", "--epsilons", "2", "--out", str(out)])
+    res = runner.invoke(app, [*_replaced(PROFILE, "--epsilons", "2"), "--epochs", "2", "--out", str(out)])
     assert res.exit_code == 2 and "another configuration" in res.output
-    res = runner.invoke(app, [*PROFILE, "--epochs", "2", "--epsilons", "2", "--out", str(out), "--overwrite"])
+    res = runner.invoke(app, [*_replaced(PROFILE, "--epsilons", "2"), "--epochs", "2", "--out", str(out), "--overwrite"])
     assert res.exit_code == 0, res.output
     assert not (out / "images").exists() and not (out / "checkpoints" / "eps8-seed0").exists()
     assert not list(out.glob(".dpaudit-replaced*")) and (out / "notes.txt").read_text() == "the user's own file"

@@ -280,7 +280,9 @@ def test_mia_audit_runs_per_budget_and_reaches_the_report(tmp_path) -> None:
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(tmp_path / "p" / "report.pdf").pages).split())
     assert "Empirical canary audit" in text and "No empirical membership audit" not in text
     # Too many canaries for the training split: a clear error before any training.
-    res = CliRunner().invoke(app, [*args[:-1], "500", "--out", str(tmp_path / "q")])
+    again = [*args[:-1], "500"]  # each option once: a repeated one is refused
+    again[again.index("--out") + 1] = str(tmp_path / "q")
+    res = CliRunner().invoke(app, again)
     assert res.exit_code == 2 and "canaries" in res.output and "Traceback" not in res.output
 
 
