@@ -81,7 +81,7 @@ def test_calibrate_json() -> None:
     assert set(obj) == {"noise_multiplier", "sampling_probability", "steps", "kappa", "records_per_patient",
                         "privacy_unit", "target_delta", "epsilon", "epsilon_patient", "epsilon_target",
                         "threat_model", "max_rero", "achieved_rero",
-                        "at_floor", "labels", "notes", "phases"}
+                        "at_floor", "labels", "notes", "overrides", "phases"}
     assert obj["at_floor"] is False and obj["records_per_patient"] == 1 and obj["privacy_unit"] == "image"
     assert obj["target_delta"] == 8e-7 and len(obj["notes"]) == 1 and "N_train is not known" in obj["notes"][0]
     assert obj["labels"]["achieved_rero"] == "sound upper bound, per image"
