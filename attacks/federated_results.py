@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from dpaudit.attacks.results import SUCCESS_SSIM
-from dpaudit.config import DEFAULT_ARCH, DEFAULT_DATASET, check_max_images, image_size_for
+from dpaudit.config import (
+    DEFAULT_ARCH,
+    DEFAULT_DATASET,
+    check_max_images,
+    check_replayed_noise,
+    image_size_for,
+)
 from dpaudit.errors import ConfigError, check_int, check_positive, invalid
 from dpaudit.runtime import check_device
 
@@ -64,6 +70,8 @@ class FederatedAttackConfig:
         if not sig or any(not (math.isfinite(s) and s >= 0) for s in sig):
             raise invalid("noise_multipliers", self.noise_multipliers, "a non-empty list of numbers >= 0",
                           "pass e.g. --sigmas 0,1e-3,0.1")
+        for s in sig:
+            check_replayed_noise("noise_multipliers", s, fix="pass e.g. --sigmas 0,1e-3,0.1")
         object.__setattr__(self, "noise_multipliers", sig)
         check_positive("max_grad_norm", self.max_grad_norm, fix="pass --max-grad-norm 1.0")
         check_positive("lr", self.lr, fix="pass lr > 0, e.g. 1.0 (the server undoes it when decoding)")

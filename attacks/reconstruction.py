@@ -46,6 +46,7 @@ from dpaudit.attacks.scoring import (
     keep_mask,
     nearest_match,
 )
+from dpaudit.config import check_replayed_noise
 from dpaudit.errors import DataError, check_int, check_positive, invalid
 from dpaudit.runtime import resolve_device
 
@@ -155,7 +156,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     """
     target = resolve_device(device)  # first: a GPU that is not there is named before any work
     mean_a, std_a = _validate(images, labels, mean, std)
-    sigmas = [check_positive("noise_multiplier", s, allow_zero=True) for s in noise_multipliers]
+    sigmas = [check_replayed_noise("noise_multiplier", s) for s in noise_multipliers]
     if not sigmas:
         raise invalid("noise_multipliers", [], "at least one value", "pass --sigmas 0,1e-4,1e-3")
     decoders = tuple(decoders)

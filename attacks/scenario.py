@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dpaudit.attacks.decoders import DECODERS, DENOISERS
+from dpaudit.config import check_replayed_noise
 from dpaudit.errors import ConfigError, check_int, check_positive, check_probability, invalid
 from dpaudit.numfmt import upper
 
@@ -97,8 +98,7 @@ class AttackScenario:
                 raise invalid("epsilons", eps, "finite numbers > 0",
                               "pass target epsilons such as --epsilons 1,8,20,1e9, or --sigmas 0 for no noise")
         for sigma in self.noise_multipliers or ():
-            check_positive("noise_multipliers", sigma, allow_zero=True,
-                           fix="pass noise multipliers >= 0, e.g. --sigmas 0,1e-4,1e-3,0.02")
+            check_replayed_noise("noise_multipliers", sigma, fix="pass noise multipliers >= 0, e.g. --sigmas 0,1e-4,1e-3,0.02")
         if self.noise_multipliers is not None and not self.noise_multipliers:
             raise invalid("noise_multipliers", [], "at least one value", "pass e.g. --sigmas 0,1e-3")
         if self.n_train is not None:

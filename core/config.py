@@ -88,13 +88,15 @@ def parse_trainable(trainable: str) -> int | None:
 # The privacy unit (what every DP statement is made for). Here, not in dpaudit.data, so that results that record
 # it (dpaudit.audit.results) load without torch; dpaudit.data re-exports these names.
 
-#: What a dataset's ``patient_ids`` can stand for (see :class:`dpaudit.data.DatasetSplits`; ``volume``: a segmentation
-#: dataset's scans, one per patient, :class:`dpaudit.volumes.SegmentationSplits`).
 #: Smallest noise multiplier the accountants take. Below it the per-step privacy loss of a sampled record exceeds
 #: ``dpaudit.bounds.pld.LOSS_CAP`` (700 nats) by many orders of magnitude, so every bound is ~ its trivial value,
 #: and the PLD's grid and moment integrals (whose resolution scales with sigma) no longer fit in memory.
 #: Calibration searches from 1e-3 (``dpaudit.bounds.calibrate.SIGMA_RANGE``), well above it.
 MIN_NOISE_MULTIPLIER = 1e-4
+#: Largest noise multiplier the accountants take: far beyond any noise DP-SGD uses (0.3 to 10), where the bounds are
+#: all but their blind-guess values; far above it sigma ** 2 overflows a float (from ~1.3e154) and the accountants
+#: would end in a traceback instead of a number.
+MAX_NOISE_MULTIPLIER = 1e6
 #: The example a fix gives for target_delta: the value of the one default rule of every command (min(8e-7, 1/(10 N)),
 #: :func:`dpaudit.bounds.default_delta`), not a round number of another convention.
 DELTA_EXAMPLE = "e.g. --delta 8e-7 (the default: min(8e-7, 1/(10 N)))"
@@ -102,7 +104,7 @@ DELTA_EXAMPLE = "e.g. --delta 8e-7 (the default: min(8e-7, 1/(10 N)))"
 
 def check_noise_multiplier(value: float, *, allow_zero: bool = False, fix: str | None = None) -> float:
     """A noise multiplier sigma the accountants take: finite, and 0 (no noise, when ``allow_zero``) or at least
-    :data:`MIN_NOISE_MULTIPLIER`."""
+    :data:`MIN_NOISE_MULTIPLIER` and at most :data:`MAX_NOISE_MULTIPLIER`."""
     fix = fix or "pass the noise standard deviation divided by the clip norm, e.g. --sigma 1.0"
     v = check_positive("noise_multiplier", value, allow_zero=allow_zero, fix=fix)
     if v != 0 and v < MIN_NOISE_MULTIPLIER:
@@ -110,9 +112,26 @@ def check_noise_multiplier(value: float, *, allow_zero: bool = False, fix: str |
                       f"{'0 or ' if allow_zero else ''}at least {MIN_NOISE_MULTIPLIER:g} (below it the per-step privacy "
                       "loss is far beyond what the accountants resolve)",
                       f"pass --sigma {MIN_NOISE_MULTIPLIER:g} or more")
+    if v > MAX_NOISE_MULTIPLIER:
+        raise invalid("noise_multiplier", value,
+                      f"at most {MAX_NOISE_MULTIPLIER:g} (far beyond any noise DP-SGD uses; the accountants overflow far above it)",
+                      f"pass --sigma {MAX_NOISE_MULTIPLIER:g} or less")
     return v
 
 
+def check_replayed_noise(name: str, value: float, *, fix: str = "pass e.g. --sigmas 0,1e-3") -> float:
+    """A noise multiplier an attack replays as it is (no accountant: 0 and tiny values are meaningful there): finite,
+    at least 0 and at most :data:`MAX_NOISE_MULTIPLIER` (far above it the noise's squares overflow a float and the
+    attack's statistics would be inf or NaN, not a failed reconstruction)."""
+    v = check_positive(name, value, allow_zero=True, fix=fix)
+    if v > MAX_NOISE_MULTIPLIER:
+        raise invalid(name, value, f"at most {MAX_NOISE_MULTIPLIER:g} (far beyond any noise DP-SGD uses)",
+                      f"pass --sigmas {MAX_NOISE_MULTIPLIER:g} or less")
+    return v
+
+
+#: What a dataset's ``patient_ids`` can stand for (see :class:`dpaudit.data.DatasetSplits`; ``volume``: a segmentation
+#: dataset's scans, one per patient, :class:`dpaudit.volumes.SegmentationSplits`).
 PRIVACY_UNITS = ("patient", "subject", "lesion", "volume", "study", "image")
 
 

@@ -304,6 +304,36 @@ def test_noise_below_the_accountants_floor_is_one_line_naming_sigma(args) -> Non
     assert "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("args", [
+    ["bounds", "--sigma", "1e300", "--q", "0.01", "--steps", "100", "--kappa", "1e-3"],
+    ["bounds", "--phase", "1e300,0.01,100", "--kappa", "1e-3"],
+    ["mia", "self-audit", "--sigma", "1e300"],
+    ["train", "--sigma", "1e300", "--epochs", "1"],
+    ["federated", "train", "--sigma", "1e300"],
+    ["attack", "--dataset", "demo", "--sigmas", "0,1e300"],  # replayed noise: no accountant, the same ceiling
+    ["federated", "attack", "--sigmas", "1e300"],
+])
+def test_noise_above_the_accountants_ceiling_is_one_line_naming_sigma(args) -> None:
+    """sigma ** 2 overflows a float from ~1.3e154: a huge sigma is refused as the floor is, not a traceback."""
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "must be at most 1e+06" in text and "got 1e+300" in text, text
+    assert "Traceback" not in res.output and "OverflowError" not in res.output
+
+
+def test_the_accountants_take_sigma_up_to_the_ceiling() -> None:
+    from dpaudit.bounds import epsilon_pld, rero_bound
+    from dpaudit.config import MAX_NOISE_MULTIPLIER
+    from dpaudit.errors import ConfigError
+
+    # At the ceiling the bounds are numbers at (or next to) their blind-guess values: kappa, and epsilon ~0.
+    assert rero_bound(MAX_NOISE_MULTIPLIER, 0.01, 100, 1e-3).gamma[0] == pytest.approx(1e-3, rel=1e-3)
+    assert 0 <= epsilon_pld(MAX_NOISE_MULTIPLIER, 0.01, 100, 1e-5) < 1e-3
+    with pytest.raises(ConfigError, match="noise_multiplier must be at most"):
+        epsilon_pld(MAX_NOISE_MULTIPLIER * 10, 0.01, 100, 1e-5)
+
+
 def test_the_accountants_take_sigma_down_to_the_floor() -> None:
     from dpaudit.bounds import epsilon_pld, rero_bound
     from dpaudit.config import MIN_NOISE_MULTIPLIER
