@@ -106,14 +106,29 @@ def _logsumexp0(a: np.ndarray) -> np.ndarray:
 LOSS_CHUNK = 1 << 15
 
 
-def _loss_chunks(n: int) -> list[slice]:
-    """The LOSS_CHUNK-point slices of a run of n points, a leftover single point joined to the chunk before it: a
+def _loss_chunks(n: int, size: int = LOSS_CHUNK) -> list[slice]:
+    """The ``size``-point slices of a run of n points, a leftover single point joined to the chunk before it: a
     (components x 1) array is summed along its contiguous axis in numpy's pairwise order, not row by row as a wider
     one, which rounds differently with 8 or more components (the same numbers as one pass only without it)."""
-    starts = list(range(0, n, LOSS_CHUNK))
+    starts = list(range(0, n, size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return [slice(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
+
+#: Pairs of at least this many mixture components (k + 1) drop, block by block, the components whose terms cannot
+#: reach the sum (:meth:`StepPair._rows_for`); below it every pass takes them all (the pruning's own cost, a few
+#: passes over the k + 1 components per block, is then not worth it).
+PRUNE_MIN_COMPONENTS = 64
+#: Points per block of the pruned passes: a block's rows are the components whose term comes near the largest one
+#: somewhere in the block's range of x, so a narrower block keeps fewer (the sorted tables and Newton iterates
+#: span a few components per block), at a fixed cost of a few O(k) passes per block.
+PRUNE_BLOCK = 256
+#: A term at least this many nats below the largest one at the same x adds exactly 0 to the log-sum-exp and to
+#: the slope's posterior weights: exp underflows to 0 below -745.14 (half the smallest subnormal, 4.9e-324 =
+#: e^-744.44, rounds to 0); the 15 nats more cover the round-off of forming the bound (terms up to k^2 / sigma^2,
+#: 1e14 at k 1e5, sigma 0.01, carry absolute round-off below 0.1 nat).
+PRUNE_NATS = 760.0
+
 
 #: Newton's start for k > 1 from a cubic Hermite interpolant of the inverse on the table (:meth:`StepPair._hermite_start`)
 #: rather than the linear one moved a grid step right: the same roots to the iteration's 1e-14 stop, in 2 passes
@@ -172,10 +187,12 @@ class StepPair:
 
     # -- the log-likelihood ratio ---------------------------------------------------------------------------------
 
-    def _log_terms(self, x: np.ndarray) -> np.ndarray:
+    def _log_terms(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """The mixture's log terms log w_j + log N(x; j, sigma^2) - log N(x; 0, sigma^2) (components x points);
+        ``rows``: only those components (in their order), each row the same numbers as in the whole array."""
         s2 = self.noise_multiplier ** 2
-        j = self.means[:, None]
-        lw = self.log_weights[:, None]
+        j = self.means[:, None] if rows is None else self.means[rows][:, None]
+        lw = self.log_weights[:, None] if rows is None else self.log_weights[rows][:, None]
         x = np.asarray(x, dtype=float)[None, :]
         if self.relaxed:
             # log cosh(z) = |z| + log1p(exp(-2|z|)) - log 2, stable for any z.
@@ -186,12 +203,61 @@ class StepPair:
     def loss(self, x: np.ndarray) -> np.ndarray:
         """L(x) = log dQ/dP (x), increasing in x on the support."""
         x = np.atleast_1d(np.asarray(x, dtype=float))
-        if x.ndim != 1 or x.size <= LOSS_CHUNK:
+        if x.ndim != 1 or (x.size <= LOSS_CHUNK and not self._pruned):
             return _logsumexp0(self._log_terms(x))
         out = np.empty(x.size)
-        for part in _loss_chunks(x.size):  # (see LOSS_CHUNK: the same numbers)
-            out[part] = _logsumexp0(self._log_terms(x[part]))
+        for part in self._parts(x.size):  # (see LOSS_CHUNK and _rows_for: the same numbers)
+            xp = x[part]
+            out[part] = _logsumexp0(self._log_terms(xp, self._rows_for(xp)))
         return out
+
+    # -- pruning the k + 1 components of a large-k pair ---------------------------------------------------------
+
+    @property
+    def _pruned(self) -> bool:
+        return self.records_per_patient + 1 >= PRUNE_MIN_COMPONENTS
+
+    def _parts(self, n: int) -> list[slice]:
+        """The slices of n points that one pass takes: blocks of PRUNE_BLOCK on a pruned pair, else LOSS_CHUNK."""
+        return _loss_chunks(n, PRUNE_BLOCK if self._pruned else LOSS_CHUNK)
+
+    @functools.cached_property
+    def _line_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(a_j, b_j) = (log w_j - j^2 / (2 sigma^2), j / sigma^2): the term of component j is the line
+        u_j(v) = a_j + b_j v at v = x in the worst case, and lies in [u_j(|x|) - log 2, u_j(|x|)] in the relaxed
+        model (log cosh z is within log 2 below |z|)."""
+        s2 = self.noise_multiplier ** 2
+        j = self.means
+        return self.log_weights - j * j / (2 * s2), j / s2
+
+    def _rows_for(self, x: np.ndarray) -> np.ndarray | None:
+        """The components that can reach L(x) at some point of the block ``x`` (None: all of them).
+
+        A component is dropped where its term is at least ``PRUNE_NATS`` below the largest term at every x of the
+        block's range [v_a, v_b] (v = x, or |x| in the relaxed model): there exp(term - top) is exactly 0, so the
+        log-sum-exp and the slope's weights are the same numbers, bit for bit, without it (numpy adds the rows of
+        a block of two or more points one after the other, and adding 0 changes nothing). The test: with m_a and
+        m_b the largest lines at v_a and v_b, top(v) >= max(u_ma(v), u_mb(v)) (minus log 2 in the relaxed model),
+        so u_j(v) - top(v) is at most the concave, piecewise-linear u_j - max(u_ma, u_mb) (plus log 2), whose
+        maximum over the range lies at v_a, v_b or where u_ma and u_mb cross. The largest term at any x of the
+        block is never dropped (its difference is >= 0 there)."""
+        if not self._pruned or x.size < 2 or not np.all(np.isfinite(x)):
+            return None
+        a, b = self._line_terms
+        v = np.abs(x) if self.relaxed else x
+        va, vb = float(v.min()), float(v.max())
+        ua, ub = a + b * va, a + b * vb
+        ma, mb = int(np.argmax(ua)), int(np.argmax(ub))
+        with np.errstate(invalid="ignore"):  # -inf - (-inf) never arises: u_ma, u_mb are finite
+            gap = np.maximum(ua - ua[ma], ub - ub[mb])
+            if b[ma] != b[mb]:
+                cross = (a[ma] - a[mb]) / (b[mb] - b[ma])
+                if va < cross < vb:
+                    uc = a + b * cross
+                    gap = np.maximum(gap, uc - uc[ma])
+        slack = math.log(2.0) if self.relaxed else 0.0
+        rows = np.nonzero(gap + slack > -PRUNE_NATS)[0]
+        return None if rows.size == a.size else rows
 
     @property
     def min_loss(self) -> float:
@@ -282,18 +348,19 @@ class StepPair:
 
     def _loss_and_slope(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(L(x), L'(x)): the Newton iteration's value and slope, and the table its start is read from."""
-        if x.ndim != 1 or x.size <= LOSS_CHUNK:
+        if x.ndim != 1 or (x.size <= LOSS_CHUNK and not self._pruned):
             return self._loss_and_slope_pass(x)
         value, slope = np.empty(x.size), np.empty(x.size)
-        for part in _loss_chunks(x.size):  # (see LOSS_CHUNK: the same numbers)
-            value[part], slope[part] = self._loss_and_slope_pass(x[part])
+        for part in self._parts(x.size):  # (see LOSS_CHUNK and _rows_for: the same numbers)
+            xp = x[part]
+            value[part], slope[part] = self._loss_and_slope_pass(xp, self._rows_for(xp))
         return value, slope
 
-    def _loss_and_slope_pass(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(L(x), L'(x)) in one pass over x."""
+    def _loss_and_slope_pass(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(L(x), L'(x)) in one pass over x (``rows``: the components :meth:`_rows_for` keeps)."""
         s2 = self.noise_multiplier ** 2
-        j = self.means[:, None]
-        terms = self._log_terms(x)
+        j = self.means[:, None] if rows is None else self.means[rows][:, None]
+        terms = self._log_terms(x, rows)
         value = _logsumexp0(terms)
         post = np.exp(terms - value[None, :])
         if self.relaxed:

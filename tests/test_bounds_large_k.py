@@ -1,0 +1,57 @@
+"""Patients with many records (large k): the pruned loss passes, the dominating RDP past the noise floor, and the
+CLI's estimate and progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dpaudit.bounds._mechanism as mechanism
+from dpaudit.bounds import epsilon_bound
+from dpaudit.bounds._mechanism import StepPair
+from dpaudit.bounds.pld import clear_caches
+
+
+def _passes(pair: StepPair, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, ...]:
+    return (pair.loss(x), *pair._loss_and_slope(x), pair.x_of_loss(eps))
+
+
+@pytest.mark.parametrize("threat_model", ["relaxed", "worst_case"])
+@pytest.mark.parametrize(("sigma", "q", "k"), [(1.0, 0.01, 63), (0.5, 1e-3, 200), (1.0, 0.01, 1000),
+                                                (5.0, 0.3, 500), (0.3, 1.0, 100)])
+def test_pruned_passes_equal_the_passes_over_every_component(threat_model, sigma, q, k, rng, monkeypatch) -> None:
+    # Dropping the components whose terms are >= PRUNE_NATS below the largest (exp of them is exactly 0) gives the
+    # same numbers bit for bit: sorted and unsorted points, a run of one and of two points, and the inverse.
+    lo = 0.0 if threat_model == "relaxed" else -40 * sigma
+    pair = StepPair(sigma, q, k, threat_model)
+    low = pair.min_loss if np.isfinite(pair.min_loss) else -30.0
+    eps = low + np.sort(np.concatenate([rng.exponential(1e-3, 100), rng.uniform(0, 700, 200)]))
+    for x in (np.sort(rng.uniform(lo, k + 40 * sigma, 2001)), rng.uniform(lo, k + 40 * sigma, 1000),
+              rng.uniform(lo, k, 1), rng.uniform(lo, k, 2), rng.uniform(-k, 2 * k, 600)):
+        monkeypatch.setattr(mechanism, "PRUNE_MIN_COMPONENTS", 1 << 62)
+        whole = _passes(StepPair(sigma, q, k, threat_model), x, eps)
+        monkeypatch.setattr(mechanism, "PRUNE_MIN_COMPONENTS", 64)
+        pruned = _passes(StepPair(sigma, q, k, threat_model), x, eps)
+        for a, b in zip(whole, pruned, strict=True):
+            assert a.shape == b.shape
+            assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_pruning_keeps_few_components_where_the_binomial_is_narrow() -> None:
+    # The point of it: at k 10000, q 0.01 a block of sorted points keeps a small share of the 10001 components.
+    pair = StepPair(1.0, 0.01, 10_000)
+    rows = pair._rows_for(np.linspace(50.0, 52.0, mechanism.PRUNE_BLOCK))
+    assert rows is not None and rows.size < 2000
+
+
+def test_epsilon_per_patient_is_the_same_number_pruned(monkeypatch) -> None:
+    # The whole PLD route (refinement, both directions, the garbled lower end) on the pruned passes: the same
+    # epsilon as over every component (k 100: 101 components, above PRUNE_MIN_COMPONENTS).
+    clear_caches()
+    monkeypatch.setattr(mechanism, "PRUNE_MIN_COMPONENTS", 1 << 62)
+    whole = epsilon_bound(1.0, 0.01, 100, 1e-5, records_per_patient=100)
+    clear_caches()
+    monkeypatch.setattr(mechanism, "PRUNE_MIN_COMPONENTS", 64)
+    pruned = epsilon_bound(1.0, 0.01, 100, 1e-5, records_per_patient=100)
+    clear_caches()
+    assert pruned == whole
