@@ -1045,9 +1045,10 @@ def _balance_cells(grid: np.ndarray, q: np.ndarray, log_p: np.ndarray, slack: np
     pieces_q = [keep * q, np.zeros(n), np.zeros(n)]
     pieces_x = [keep * excess, np.zeros(n), np.zeros(n)]
     pieces_q[1][1:] = up[:-1] * q[:-1]
-    pieces_x[1][1:] = -up[:-1] * lowers[1:]
-    pieces_q[2][:-1] = down[1:] * q[1:]
-    pieces_x[2][:-1] = down[1:] * raises[:-1]
+    with np.errstate(invalid="ignore"):  # 0 * inf (no share of an unbounded excess): NaN, read as 0 below
+        pieces_x[1][1:] = -up[:-1] * lowers[1:]
+        pieces_q[2][:-1] = down[1:] * q[1:]
+        pieces_x[2][:-1] = down[1:] * raises[:-1]
     pieces_x = [np.where(np.isnan(x), 0.0, x) for x in pieces_x]
     merged_q = sum(pieces_q)
     merged_x = sum(pieces_x)
@@ -2210,9 +2211,7 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
             return EpsilonBound(value, "pld", target_delta, k)
         # Where the loss cap made the k-record PLD infinite or loose (small sigma): the RDP of a mechanism that
         # dominates it (dominating_schedule), a sound upper bound too; the smaller of the two is reported.
-        from dpaudit.bounds.rdp import epsilon_rdp
-
-        rdp = epsilon_rdp(target_delta=target_delta, schedule=dominating_schedule(sched, k))
+        rdp = _epsilon_rdp_dominating(sched, k, target_delta)
         return EpsilonBound(rdp, "rdp", target_delta, k) if rdp < value else EpsilonBound(value, "pld", target_delta, k)
     try:
         tight = float(epsilon_pld_refined(run, None, target_delta).value[0])
@@ -2228,6 +2227,31 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
 
     rdp = epsilon_rdp(target_delta=target_delta, schedule=sched)
     return EpsilonBound(rdp, "rdp", target_delta) if rdp <= tight else EpsilonBound(tight, "pld", target_delta)
+
+
+def _epsilon_rdp_dominating(schedule, k: int, target_delta: float) -> float:
+    """The RDP epsilon of a mechanism that dominates the k-record run: :func:`dominating_schedule`'s where every
+    phase's sigma / k is at least the accountants' floor (``MIN_NOISE_MULTIPLIER``); a phase below it (k above
+    sigma / 1e-4, e.g. k 1e5 at sigma 1) counts as the Gaussian mechanism of noise multiplier sigma / k without
+    sampling, RDP alpha k^2 / (2 sigma^2) per step (Mironov 2017, arXiv 1702.07476v3, Proposition 7), which
+    dominates the sampled one: (P', Q) of dominating_schedule is (N(k, sigma^2), N(0, sigma^2)) post-processed by
+    the kernel that replaces x by a fresh N(0, sigma^2) draw with probability 1 - q' (it keeps N(0, sigma^2)), so
+    the data-processing inequality bounds its Renyi divergences (both directions) by the Gaussian pair's."""
+    from dpaudit.bounds.rdp import DEFAULT_ORDERS, epsilon_of_rdp, epsilon_rdp, rdp_per_step
+    from dpaudit.config import MIN_NOISE_MULTIPLIER
+
+    if all(p.noise_multiplier / k >= MIN_NOISE_MULTIPLIER for p in schedule.phases):
+        return epsilon_rdp(target_delta=target_delta, schedule=dominating_schedule(schedule, k))
+    orders = np.asarray(DEFAULT_ORDERS)
+    rdp = np.zeros(orders.size)
+    for p in schedule.merged().phases:
+        sigma_k = p.noise_multiplier / k
+        if sigma_k >= MIN_NOISE_MULTIPLIER:
+            (dom,) = dominating_schedule(type(schedule)((p,)), k).phases
+            rdp = rdp + rdp_per_step(dom.noise_multiplier, dom.sampling_probability) * p.steps
+        else:
+            rdp = rdp + orders / (2 * sigma_k ** 2) * p.steps  # rdp_per_step's q = 1 case, below the floor
+    return epsilon_of_rdp(rdp, target_delta)
 
 
 def dominating_schedule(schedule, records_per_patient: int):

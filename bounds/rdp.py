@@ -124,7 +124,13 @@ def epsilon_rdp(noise_multiplier: float | None = None, sampling_probability: flo
 
         raise invalid("target_delta", None, "given", f"pass the delta at which epsilon is reported, {DELTA_EXAMPLE}")
     delta = check_delta(target_delta)
-    orders = np.asarray(DEFAULT_ORDERS)
     rdp = sum(rdp_per_step(p.noise_multiplier, p.sampling_probability) * p.steps for p in sched.merged().phases)
-    eps = rdp - (math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    return epsilon_of_rdp(rdp, delta)
+
+
+def epsilon_of_rdp(rdp: np.ndarray, target_delta: float) -> float:
+    """epsilon at ``target_delta`` from the RDP of a whole run at Opacus' orders (``DEFAULT_ORDERS``): the
+    conversion of Balle et al. 2020 (arXiv 1905.09982v2, Theorem 21), at least 0 (see :func:`epsilon_rdp`)."""
+    orders = np.asarray(DEFAULT_ORDERS)
+    eps = rdp - (math.log(target_delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
     return max(0.0, float(np.nanmin(eps)))

@@ -55,3 +55,49 @@ def test_epsilon_per_patient_is_the_same_number_pruned(monkeypatch) -> None:
     pruned = epsilon_bound(1.0, 0.01, 100, 1e-5, records_per_patient=100)
     clear_caches()
     assert pruned == whole
+
+
+def _gaussian_epsilon(mu: float, delta: float) -> float:
+    """Exact epsilon of the Gaussian mechanism N(mu, 1) vs N(0, 1) at delta (Balle and Wang, ICML 2018, arXiv
+    1805.06530v2, Theorem 8: delta(eps) = Phi(-eps / mu + mu / 2) - e^eps Phi(-eps / mu - mu / 2)), by bisection in
+    log space on the decreasing delta(eps); an independent reference for the dominating Gaussian."""
+    from scipy import special
+
+    def log_delta(eps: float) -> float:
+        a = special.log_ndtr(-eps / mu + mu / 2)
+        b = eps + special.log_ndtr(-eps / mu - mu / 2)
+        return a + np.log1p(-np.exp(b - a)) if b < a else -np.inf
+
+    lo, hi = 0.0, mu * mu
+    while log_delta(hi) > np.log(delta):
+        hi *= 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if log_delta(mid) > np.log(delta) else (lo, mid)
+    return hi
+
+
+@pytest.mark.parametrize(("sigma", "q", "k", "steps"), [(1.0, 0.01, 20_000, 10), (0.5, 1e-3, 6_000, 1000)])
+def test_dominating_rdp_past_the_noise_floor_bounds_the_gaussian_of_sensitivity_k(sigma, q, k, steps) -> None:
+    # sigma / k below the accountants' floor (1e-4) used to raise a ConfigError naming --sigma. The Gaussian
+    # mechanism of sensitivity k (noise sigma, T steps: mu = k sqrt(T) / sigma) dominates the k-record run, and its
+    # RDP epsilon is an upper bound on that mechanism's exact epsilon (Balle and Wang's closed form), within the
+    # RDP conversion's looseness (a few percent at these mu).
+    from dpaudit.bounds.pld import _epsilon_rdp_dominating
+    from dpaudit.bounds.schedule import Schedule
+
+    rdp = _epsilon_rdp_dominating(Schedule.single(sigma, q, steps), k, 1e-5)
+    exact = _gaussian_epsilon(k * np.sqrt(steps) / sigma, 1e-5)
+    assert exact <= rdp <= 1.1 * exact
+
+
+def test_dominating_rdp_at_the_floor_is_the_dominating_schedule() -> None:
+    # At or above the floor: the dominating schedule's RDP, as before (the same number).
+    from dpaudit.bounds.pld import _epsilon_rdp_dominating, dominating_schedule
+    from dpaudit.bounds.rdp import epsilon_rdp
+    from dpaudit.bounds.schedule import Schedule
+
+    sched = Schedule.single(1.0, 0.01, 100)
+    assert _epsilon_rdp_dominating(sched, 10_000, 1e-5) == epsilon_rdp(
+        target_delta=1e-5, schedule=dominating_schedule(sched, 10_000))
+
