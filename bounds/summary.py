@@ -7,7 +7,7 @@ worst-case membership-inference curve. All are sound upper bounds for ``method="
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dpaudit.bounds.mia import MiaCurve, mia_curve
@@ -68,34 +68,53 @@ class BoundsSummary:
 def bounds_summary(noise_multiplier: float | None = None, sampling_probability: float | None = None,
                    steps: int | None = None, kappas: Sequence[float] | None = None, *, target_delta: float = 1e-5,
                    records_per_patient: int = 1, method: str = "tight", membership: bool = True,
-                   schedule: Schedule | None = None, mc_samples: int = MC_SAMPLES) -> BoundsSummary:
+                   schedule: Schedule | None = None, mc_samples: int = MC_SAMPLES,
+                   progress: Callable[[int, int, str], None] | None = None) -> BoundsSummary:
     """Bound one DP-SGD configuration: epsilon, ReRo (both threat models) at ``kappas`` and, with
     ``membership``, the worst-case membership-inference curve. See :class:`BoundsSummary`. ``schedule``: a
     :class:`dpaudit.bounds.Schedule` of phases in place of (noise_multiplier, sampling_probability, steps).
-    ``mc_samples``: the Monte Carlo draws of ``method="mc"`` (:func:`dpaudit.bounds.rero_bound`)."""
+    ``mc_samples``: the Monte Carlo draws of ``method="mc"`` (:func:`dpaudit.bounds.rero_bound`). ``progress``:
+    called as progress(done, total, what) before each part (what: the part about to start) and once at the end."""
     sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
     k = records_per_patient
     if kappas is None:
         raise invalid("kappas", None, "given", "pass the priors, e.g. [1e-3] or [1 / n_train]")
     run = {"schedule": sched}
+    parts = ["epsilon per record", *(["epsilon per patient"] if k != 1 else []), "worst-case ReRo",
+             *(["membership inference"] if membership else []), "RDP epsilon", "relaxed ReRo"]
+    done = iter(range(len(parts) + 1))
+
+    def step() -> None:
+        i = next(done)
+        if progress is not None:
+            progress(i, len(parts), parts[i] if i < len(parts) else "done")
+
+    step()
     eps = epsilon_bound(target_delta=target_delta, **run)
+    if k != 1:
+        step()
     eps_patient = epsilon_bound(target_delta=target_delta, records_per_patient=k, **run) if k != 1 else None
     last = sched.last
+    step()
     worst = rero_bound(kappa=kappas, threat_model="worst_case", method=method, records_per_patient=k,
                        mc_samples=mc_samples, **run)
     # The MIA curve reads the worst-case ReRo curve of the same pair (gamma at kappa = FPR): its refinement starts at
     # the grid step the ReRo bound ended at (for method tight), where the composed PLDs are cached, and usually
     # ends there too (only the reads are new). Sound either way; tests/test_bounds_summary.py checks it against
     # mia_curve refined from its own start, within the brackets.
+    if membership:
+        step()
     mia = mia_curve(records_per_patient=k, grid_step=worst.discretisation, **run) if membership else None
+    step()
+    rdp = float(epsilon_rdp(target_delta=target_delta, **run))
+    step()
+    relaxed = rero_bound(kappa=kappas, threat_model="relaxed", method=method, records_per_patient=k,
+                         mc_samples=mc_samples, **run)
+    step()
     return BoundsSummary(
         noise_multiplier=float(last.noise_multiplier), sampling_probability=float(last.sampling_probability),
         steps=int(sched.steps), target_delta=float(target_delta), records_per_patient=int(k), epsilon=eps,
-        epsilon_patient=eps_patient, epsilon_rdp=float(epsilon_rdp(target_delta=target_delta, **run)),
-        worst_case=worst,
-        relaxed=rero_bound(kappa=kappas, threat_model="relaxed", method=method, records_per_patient=k,
-                           mc_samples=mc_samples, **run),
-        mia=mia, schedule=sched)
+        epsilon_patient=eps_patient, epsilon_rdp=rdp, worst_case=worst, relaxed=relaxed, mia=mia, schedule=sched)
 
 
 __all__ = ["BoundsSummary", "bounds_summary"]

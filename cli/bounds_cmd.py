@@ -14,7 +14,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from dpaudit.cli._common import PrivacyUnitOpt, emit_json, err, handle_errors, opt_str, out, print_table
+from dpaudit.cli._common import (
+    PrivacyUnitOpt,
+    emit_json,
+    err,
+    handle_errors,
+    opt_str,
+    out,
+    print_table,
+    progress_bar,
+)
 from dpaudit.config import MIN_NOISE_MULTIPLIER
 from dpaudit.errors import ConfigError, DpAuditError, check_int, check_probability, invalid
 
@@ -37,6 +46,24 @@ def _fmt_pct(g: float) -> str:
     if g >= 0.01:
         return f"{math.ceil(1000 * g - 1e-9) / 10:.1f}%"
     return f"{upper(100 * g, 3)}%"
+
+
+#: The per-patient bounds' time grows with k (the mixture's k + 1 components); measured on one core of the shared
+#: development machine at sigma 1, q 0.01, T 1000 (bench/bench_bounds.py, the k section): k 1e4 about 2 s, k 1e5
+#: about 27 s, mostly the per-patient epsilon. A rough per-record rate for the estimate said before starting.
+SECONDS_PER_RECORD = 2.7e-4
+#: ... said where it comes to this many seconds or more (below it the command answers about as fast as ever).
+SLOW_SECONDS = 5.0
+
+
+def _slow_note(k: int) -> str | None:
+    """A note said before a long computation (k records per patient), with a rough estimate; None below SLOW_SECONDS."""
+    estimate = k * SECONDS_PER_RECORD
+    if estimate < SLOW_SECONDS:
+        return None
+    return (f"records_per_patient = {k}: the per-patient bounds take a while, roughly {estimate:.0f} s or more "
+            f"(an estimate from {SECONDS_PER_RECORD * 1e4:.1f} s per 10 000 records, measured at sigma 1, q 0.01, "
+            "T 1000; small sigma or long runs take longer)")
 
 
 def _fmt_eps(e: float) -> str:
@@ -347,8 +374,25 @@ def bounds(
     delta, delta_note = _delta(delta, n_train)
     kappas = _kappas(kappa, n_candidates, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
-    summary = bounds_summary(kappas=kappas, target_delta=delta, records_per_patient=k, method=method.value,
-                             schedule=sched, mc_samples=MC_SAMPLES if mc_samples is None else mc_samples)
+    slow = _slow_note(k)
+    if slow:
+        err.print(f"note: {slow}", highlight=False)
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    with progress_bar(TextColumn("bounds"), BarColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn()) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+            # Without a terminal (a log, a pipe) the bar is not drawn: where the run is expected to be long, a line
+            # per part instead, so that it is seen to run (stderr: --json's stdout stays one JSON object).
+            if slow and not err.is_terminal and done < total:
+                err.print(f"bounds: {what} ({done + 1}/{total})", highlight=False)
+
+        summary = bounds_summary(kappas=kappas, target_delta=delta, records_per_patient=k, method=method.value,
+                                 schedule=sched, mc_samples=MC_SAMPLES if mc_samples is None else mc_samples,
+                                 progress=progress)
     if not json_out:
         err.print(f"privacy unit: {'patient' if k > 1 or privacy_unit == 'patient' else 'image'} ({why})",
                   highlight=False)

@@ -101,3 +101,36 @@ def test_dominating_rdp_at_the_floor_is_the_dominating_schedule() -> None:
     assert _epsilon_rdp_dominating(sched, 10_000, 1e-5) == epsilon_rdp(
         target_delta=1e-5, schedule=dominating_schedule(sched, 10_000))
 
+
+def test_slow_runs_say_so_before_starting_and_show_each_part(monkeypatch) -> None:
+    # A run expected to take SLOW_SECONDS or more (here made so at k 3 by a large per-record rate) says its estimate
+    # on stderr before starting and, without a terminal, one line per part; --json's stdout stays one JSON object.
+    import json
+
+    from typer.testing import CliRunner
+
+    import dpaudit.cli.bounds_cmd as bounds_cmd
+    from dpaudit.cli.main import app
+
+    args = ["bounds", "--sigma", "1", "--q", "0.01", "--steps", "100", "--kappa", "0.01",
+            "--records-per-patient", "3", "--json"]
+    quiet = CliRunner().invoke(app, args)
+    assert quiet.exit_code == 0, quiet.output
+    assert "bounds:" not in quiet.stderr and "take a while" not in quiet.stderr
+    monkeypatch.setattr(bounds_cmd, "SECONDS_PER_RECORD", 10.0)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == json.loads(quiet.stdout)
+    lines = res.stderr.splitlines()
+    note = next(i for i, line in enumerate(lines) if "take a while, roughly 30 s" in line)
+    parts = [line for line in lines if line.startswith("bounds: ")]
+    assert parts[0] == "bounds: epsilon per record (1/6)" and parts[-1] == "bounds: relaxed ReRo (6/6)"
+    assert "bounds: epsilon per patient (2/6)" in parts
+    assert note < lines.index(parts[0])
+
+
+def test_no_estimate_at_the_usual_k() -> None:
+    from dpaudit.cli.bounds_cmd import _slow_note
+
+    assert _slow_note(1) is None and _slow_note(1000) is None
+    assert "roughly 27 s" in _slow_note(100_000)
