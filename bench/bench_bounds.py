@@ -23,7 +23,11 @@ value is timed.
 Machines are noisy (this one is shared): ratios within one run are what counts; every timed row is the median of
 ``--repeats`` interleaved repetitions; in-process rows are timed by this process's CPU time (both sides are
 single-threaded numpy; ``--wall-time`` for wall time), whole processes by their user + system time (wall time
-beside it). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile]``.
+beside it). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile,k]``.
+
+* Many records per patient (section ``k``): every part of ``dpaudit bounds`` at k = 10, 100, 1000, 10000 (and
+  100000, ours alone), the pruned loss passes against the passes over every one of the k + 1 mixture components
+  (the route before the pruning), in one run; the numbers must be the same bit for bit.
 """
 
 from __future__ import annotations
@@ -269,6 +273,42 @@ def section_epsilon(repeats: int, quick: bool) -> None:
                       slowest.speedup, ">= 5x", slowest.speedup >= 5))
 
 
+def _summary_at_k(k: int, every_component: bool) -> tuple[float, float, float]:
+    """bounds_summary at the tester's point (sigma 1, q 0.01, T 1000, kappa 0.01, delta 8e-7) with k records per
+    patient, cold: (epsilon per patient, worst-case gamma, relaxed gamma). ``every_component``: the loss passes
+    over all k + 1 mixture components, the route before the pruning (PRUNE_MIN_COMPONENTS out of reach)."""
+    import dpaudit.bounds._mechanism as mechanism
+    from dpaudit.bounds import bounds_summary
+
+    clear_caches()
+    saved = mechanism.PRUNE_MIN_COMPONENTS
+    mechanism.PRUNE_MIN_COMPONENTS = 1 << 62 if every_component else saved
+    try:
+        s = bounds_summary(1.0, 0.01, 1000, [0.01], target_delta=8e-7, records_per_patient=k)
+    finally:
+        mechanism.PRUNE_MIN_COMPONENTS = saved
+    return float(s.epsilon_patient.value if s.epsilon_patient else s.epsilon.value), float(s.worst_case.gamma[0]), \
+        float(s.relaxed.gamma[0])
+
+
+def section_k(repeats: int, quick: bool) -> None:
+    print("Many records per patient (sigma 1, q 0.01, T 1000, kappa 0.01, delta 8e-7; every part of `dpaudit bounds`):"
+          " pruned loss passes (ours) vs every one of the k + 1 components (reference: the route before)")
+    ks = (10, 100, 1000) if quick else (10, 100, 1000, 10_000)
+    rows = [Comparison.run(f"k {k}", ours=lambda k=k: _summary_at_k(k, False),
+                           reference=lambda k=k: _summary_at_k(k, True), repeats=repeats) for k in ks]
+    if not quick:  # the reference takes minutes here: ours alone
+        rows.append(Comparison.run("k 100000 (ours alone)", ours=lambda: _summary_at_k(100_000, False),
+                                   reference=None, repeats=1))
+    report(rows, value_label="epsilon per patient, worst, relaxed",
+           fmt=lambda v: "-" if v is None else f"{v[0]:.6g}, {v[1]:.4f}, {v[2]:.4f}")
+    same = all(r.ours_value == r.reference_value for r in rows if r.reference_s)
+    print(f"the same numbers bit for bit: {same}\n")
+    big = [r for r in rows if r.reference_s][-1]
+    GOALS.append(Goal(f"bounds at {big.name} (in process, every part)", f"{big.ours_median:.1f} s",
+                      f"{big.reference_median:.1f} s", big.speedup, "same", same))
+
+
 # -- whole processes ---------------------------------------------------------------------------------------------
 
 def _process(argv: list[str]) -> tuple[float, float]:
@@ -372,7 +412,7 @@ def print_goals() -> None:
         print(f"{g.name:<86} {g.measured:>18} {g.reference:>10} {ratio} {g.target:>8}  {'yes' if g.met else 'NO'}")
 
 
-SECTIONS = ("cli", "rero", "relaxed", "grid", "epsgrid", "epsilon", "profile")
+SECTIONS = ("cli", "rero", "relaxed", "grid", "epsgrid", "epsilon", "profile", "k")
 
 
 def main() -> None:
@@ -399,7 +439,8 @@ def main() -> None:
     runners = {"cli": lambda: section_cli(max(repeats, 3)), "rero": lambda: section_rero(repeats, args.quick),
                "relaxed": lambda: section_relaxed(repeats, args.quick), "grid": lambda: section_grid(args.quick),
                "epsgrid": lambda: section_epsgrid(args.quick),
-               "epsilon": lambda: section_epsilon(repeats, args.quick), "profile": lambda: section_profile(args.quick)}
+               "epsilon": lambda: section_epsilon(repeats, args.quick), "profile": lambda: section_profile(args.quick),
+               "k": lambda: section_k(repeats, args.quick)}
     for name in chosen:
         runners[name]()
     print_goals()
