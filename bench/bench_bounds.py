@@ -26,8 +26,9 @@ single-threaded numpy; ``--wall-time`` for wall time), whole processes by their 
 beside it). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile,k]``.
 
 * Many records per patient (section ``k``): every part of ``dpaudit bounds`` at k = 10, 100, 1000, 10000 (and
-  100000, ours alone), the pruned loss passes against the passes over every one of the k + 1 mixture components
-  (the route before the pruning), in one run; the numbers must be the same bit for bit.
+  100000, ours alone), the pruned loss passes with one Newton table per pair against the passes over every one of
+  the k + 1 mixture components with a table per inversion (the route before), in one run; the numbers must be the
+  same bit for bit.
 """
 
 from __future__ import annotations
@@ -275,25 +276,30 @@ def section_epsilon(repeats: int, quick: bool) -> None:
 
 def _summary_at_k(k: int, every_component: bool) -> tuple[float, float, float]:
     """bounds_summary at the tester's point (sigma 1, q 0.01, T 1000, kappa 0.01, delta 8e-7) with k records per
-    patient, cold: (epsilon per patient, worst-case gamma, relaxed gamma). ``every_component``: the loss passes
-    over all k + 1 mixture components, the route before the pruning (PRUNE_MIN_COMPONENTS out of reach)."""
+    patient, cold: (epsilon per patient, worst-case gamma, relaxed gamma). ``every_component``: the route before:
+    the loss passes over all k + 1 mixture components (PRUNE_MIN_COMPONENTS out of reach) and Newton's table
+    formed at every inversion (StepPair._newton_table uncached)."""
     import dpaudit.bounds._mechanism as mechanism
     from dpaudit.bounds import bounds_summary
 
     clear_caches()
-    saved = mechanism.PRUNE_MIN_COMPONENTS
-    mechanism.PRUNE_MIN_COMPONENTS = 1 << 62 if every_component else saved
+    saved, table = mechanism.PRUNE_MIN_COMPONENTS, mechanism.StepPair.__dict__["_newton_table"]
+    if every_component:
+        mechanism.PRUNE_MIN_COMPONENTS = 1 << 62
+        mechanism.StepPair._newton_table = property(table.func)
     try:
         s = bounds_summary(1.0, 0.01, 1000, [0.01], target_delta=8e-7, records_per_patient=k)
     finally:
         mechanism.PRUNE_MIN_COMPONENTS = saved
+        mechanism.StepPair._newton_table = table
     return float(s.epsilon_patient.value if s.epsilon_patient else s.epsilon.value), float(s.worst_case.gamma[0]), \
         float(s.relaxed.gamma[0])
 
 
 def section_k(repeats: int, quick: bool) -> None:
     print("Many records per patient (sigma 1, q 0.01, T 1000, kappa 0.01, delta 8e-7; every part of `dpaudit bounds`):"
-          " pruned loss passes (ours) vs every one of the k + 1 components (reference: the route before)")
+          " pruned loss passes and one Newton table per pair (ours) vs every one of the k + 1 components and a table per "
+          "inversion (reference: the route before)")
     ks = (10, 100, 1000) if quick else (10, 100, 1000, 10_000)
     rows = [Comparison.run(f"k {k}", ours=lambda k=k: _summary_at_k(k, False),
                            reference=lambda k=k: _summary_at_k(k, True), repeats=repeats) for k in ks]

@@ -48,22 +48,23 @@ def _fmt_pct(g: float) -> str:
     return f"{upper(100 * g, 3)}%"
 
 
-#: The per-patient bounds' time grows with k (the mixture's k + 1 components); measured on one core of the shared
-#: development machine at sigma 1, q 0.01, T 1000 (bench/bench_bounds.py, the k section): k 1e4 about 2 s, k 1e5
-#: about 27 s, mostly the per-patient epsilon. A rough per-record rate for the estimate said before starting.
-SECONDS_PER_RECORD = 2.7e-4
-#: ... said where it comes to this many seconds or more (below it the command answers about as fast as ever).
-SLOW_SECONDS = 5.0
+#: The per-patient bounds' time grows with k (the mixture's k + 1 components): the whole command took about
+#: ``SLOW_AT_1E5`` s at k 1e5 and 85 s at k 1e6 (sigma 1, q 0.01, T 1000, on one core of the shared development
+#: machine; bench/bench_bounds.py, the k section), mostly the per-patient epsilon: roughly k^1.35. A rough estimate
+#: said before starting, not a promise (small sigma or long runs take longer).
+SLOW_AT_1E5 = 5.0
+#: ... said where it comes to this many seconds or more; then each part is shown as it starts.
+SLOW_SECONDS = 2.0
 
 
 def _slow_note(k: int) -> str | None:
     """A note said before a long computation (k records per patient), with a rough estimate; None below SLOW_SECONDS."""
-    estimate = k * SECONDS_PER_RECORD
+    estimate = SLOW_AT_1E5 * (k / 1e5) ** 1.35
     if estimate < SLOW_SECONDS:
         return None
     return (f"records_per_patient = {k}: the per-patient bounds take a while, roughly {estimate:.0f} s or more "
-            f"(an estimate from {SECONDS_PER_RECORD * 1e4:.1f} s per 10 000 records, measured at sigma 1, q 0.01, "
-            "T 1000; small sigma or long runs take longer)")
+            f"(an estimate from about {SLOW_AT_1E5:.0f} s at k 100000, measured at sigma 1, q 0.01, T 1000; small "
+            "sigma or long runs take longer)")
 
 
 def _fmt_eps(e: float) -> str:

@@ -103,7 +103,7 @@ def test_dominating_rdp_at_the_floor_is_the_dominating_schedule() -> None:
 
 
 def test_slow_runs_say_so_before_starting_and_show_each_part(monkeypatch) -> None:
-    # A run expected to take SLOW_SECONDS or more (here made so at k 3 by a large per-record rate) says its estimate
+    # A run expected to take SLOW_SECONDS or more (here made so at k 3 by a large rate) says its estimate
     # on stderr before starting and, without a terminal, one line per part; --json's stdout stays one JSON object.
     import json
 
@@ -117,12 +117,12 @@ def test_slow_runs_say_so_before_starting_and_show_each_part(monkeypatch) -> Non
     quiet = CliRunner().invoke(app, args)
     assert quiet.exit_code == 0, quiet.output
     assert "bounds:" not in quiet.stderr and "take a while" not in quiet.stderr
-    monkeypatch.setattr(bounds_cmd, "SECONDS_PER_RECORD", 10.0)
+    monkeypatch.setattr(bounds_cmd, "SLOW_AT_1E5", 3e7)  # 3e7 * (3 / 1e5)^1.35: about 24 s at k 3
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout) == json.loads(quiet.stdout)
     lines = res.stderr.splitlines()
-    note = next(i for i, line in enumerate(lines) if "take a while, roughly 30 s" in line)
+    note = next(i for i, line in enumerate(lines) if "take a while, roughly 24 s" in line)
     parts = [line for line in lines if line.startswith("bounds: ")]
     assert parts[0] == "bounds: epsilon per record (1/6)" and parts[-1] == "bounds: relaxed ReRo (6/6)"
     assert "bounds: epsilon per patient (2/6)" in parts
@@ -132,5 +132,5 @@ def test_slow_runs_say_so_before_starting_and_show_each_part(monkeypatch) -> Non
 def test_no_estimate_at_the_usual_k() -> None:
     from dpaudit.cli.bounds_cmd import _slow_note
 
-    assert _slow_note(1) is None and _slow_note(1000) is None
-    assert "roughly 27 s" in _slow_note(100_000)
+    assert _slow_note(1) is None and _slow_note(10_000) is None
+    assert "roughly 5 s" in _slow_note(100_000) and "roughly 112 s" in _slow_note(1_000_000)
