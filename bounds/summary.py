@@ -52,9 +52,13 @@ class BoundsSummary:
         extra = ()
         if self.epsilon_of_unit.accountant == "rdp":
             k = self.epsilon_of_unit.records_per_patient
-            of = ("" if k == 1 else f" of a mechanism that dominates the {k}-record one (noise multiplier sigma / {k}, "
-                  f"sampling probability 1 - (1 - q)^{k}, or 1 where sigma / {k} is below 1e-4)")
+            from dpaudit.config import MIN_NOISE_MULTIPLIER
+
             sched = self.schedule or resolve(self.noise_multiplier, self.sampling_probability, self.steps, None)
+            floor = any(p.noise_multiplier / k < MIN_NOISE_MULTIPLIER for p in sched.phases)
+            of = ("" if k == 1 else f" of a mechanism that dominates the {k}-record one (noise multiplier sigma / {k}, "
+                  + (f"sampling probability 1: sigma / {k} is below {MIN_NOISE_MULTIPLIER:g}, the Gaussian mechanism "
+                     f"of sensitivity {k})" if floor else f"sampling probability 1 - (1 - q)^{k})"))
             why = "; ".join(rdp_fallback_causes(sched, self.target_delta, k))
             extra = (f"epsilon: the PLD is looser than RDP here ({why}); the epsilon shown is the RDP value{of}, "
                      "a sound upper bound",)

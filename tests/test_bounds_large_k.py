@@ -134,3 +134,13 @@ def test_no_estimate_at_the_usual_k() -> None:
 
     assert _slow_note(1) is None and _slow_note(10_000) is None
     assert "roughly 5 s" in _slow_note(100_000) and "roughly 112 s" in _slow_note(1_000_000)
+
+
+def test_the_note_names_the_gaussian_mechanism_past_the_floor() -> None:
+    from dpaudit.bounds import bounds_summary
+
+    past = bounds_summary(1.0, 0.01, 10, [0.01], target_delta=1e-5, records_per_patient=20_000, membership=False)
+    assert past.epsilon_of_unit.accountant == "rdp" and past.epsilon_of_unit.value < float("inf")
+    assert any("sampling probability 1: sigma / 20000 is below 0.0001" in n for n in past.notes)
+    above = bounds_summary(1.0, 0.01, 10, [0.01], target_delta=1e-5, records_per_patient=5_000, membership=False)
+    assert any("sampling probability 1 - (1 - q)^5000)" in n for n in above.notes)
