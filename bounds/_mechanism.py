@@ -248,7 +248,9 @@ class StepPair:
         va, vb = float(v.min()), float(v.max())
         ua, ub = a + b * va, a + b * vb
         ma, mb = int(np.argmax(ua)), int(np.argmax(ub))
-        with np.errstate(invalid="ignore"):  # -inf - (-inf) never arises: u_ma, u_mb are finite
+        if not (math.isfinite(ua[ma]) and math.isfinite(ub[mb])):
+            return None  # terms past the float range (x near 1e300): every component, as before
+        with np.errstate(invalid="ignore"):
             gap = np.maximum(ua - ua[ma], ub - ub[mb])
             if b[ma] != b[mb]:
                 cross = (a[ma] - a[mb]) / (b[mb] - b[ma])
@@ -256,7 +258,7 @@ class StepPair:
                     uc = a + b * cross
                     gap = np.maximum(gap, uc - uc[ma])
         slack = math.log(2.0) if self.relaxed else 0.0
-        rows = np.nonzero(gap + slack > -PRUNE_NATS)[0]
+        rows = np.nonzero(~(gap + slack <= -PRUNE_NATS))[0]  # (a NaN is never dropped)
         return None if rows.size == a.size else rows
 
     @property

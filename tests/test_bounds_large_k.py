@@ -21,13 +21,15 @@ def _passes(pair: StepPair, x: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray,
                                                 (5.0, 0.3, 500), (0.3, 1.0, 100)])
 def test_pruned_passes_equal_the_passes_over_every_component(threat_model, sigma, q, k, rng, monkeypatch) -> None:
     # Dropping the components whose terms are >= PRUNE_NATS below the largest (exp of them is exactly 0) gives the
-    # same numbers bit for bit: sorted and unsorted points, a run of one and of two points, and the inverse.
+    # same numbers bit for bit: sorted and unsorted points, a run of one and of two points, points so far out that
+    # the terms overflow, and the inverse.
     lo = 0.0 if threat_model == "relaxed" else -40 * sigma
     pair = StepPair(sigma, q, k, threat_model)
     low = pair.min_loss if np.isfinite(pair.min_loss) else -30.0
     eps = low + np.sort(np.concatenate([rng.exponential(1e-3, 100), rng.uniform(0, 700, 200)]))
     for x in (np.sort(rng.uniform(lo, k + 40 * sigma, 2001)), rng.uniform(lo, k + 40 * sigma, 1000),
-              rng.uniform(lo, k, 1), rng.uniform(lo, k, 2), rng.uniform(-k, 2 * k, 600)):
+              rng.uniform(lo, k, 1), rng.uniform(lo, k, 2), rng.uniform(-k, 2 * k, 600),
+              np.array([1e300, -1e300, 5.0, 2e300, 1e160])):  # terms past the float range: every component
         monkeypatch.setattr(mechanism, "PRUNE_MIN_COMPONENTS", 1 << 62)
         whole = _passes(StepPair(sigma, q, k, threat_model), x, eps)
         monkeypatch.setattr(mechanism, "PRUNE_MIN_COMPONENTS", 64)
