@@ -274,7 +274,8 @@ def section_epsilon(repeats: int, quick: bool) -> None:
                       slowest.speedup, ">= 5x", slowest.speedup >= 5))
 
 
-def _summary_at_k(k: int, every_component: bool) -> tuple[float, float, float]:
+def _summary_at_k(k: int, every_component: bool, sigma: float = 1.0, q: float = 0.01, steps: int = 1000
+                  ) -> tuple[float, float, float]:
     """bounds_summary at the tester's point (sigma 1, q 0.01, T 1000, kappa 0.01, delta 8e-7) with k records per
     patient, cold: (epsilon per patient, worst-case gamma, relaxed gamma). ``every_component``: the route before:
     the loss passes over all k + 1 mixture components (PRUNE_MIN_COMPONENTS out of reach) and Newton's table
@@ -288,7 +289,7 @@ def _summary_at_k(k: int, every_component: bool) -> tuple[float, float, float]:
         mechanism.PRUNE_MIN_COMPONENTS = 1 << 62
         mechanism.StepPair._newton_table = property(table.func)
     try:
-        s = bounds_summary(1.0, 0.01, 1000, [0.01], target_delta=8e-7, records_per_patient=k)
+        s = bounds_summary(sigma, q, steps, [0.01], target_delta=8e-7, records_per_patient=k)
     finally:
         mechanism.PRUNE_MIN_COMPONENTS = saved
         mechanism.StepPair._newton_table = table
@@ -308,9 +309,15 @@ def section_k(repeats: int, quick: bool) -> None:
                                    reference=None, repeats=1))
     report(rows, value_label="epsilon per patient, worst, relaxed",
            fmt=lambda v: "-" if v is None else f"{v[0]:.6g}, {v[1]:.4f}, {v[2]:.4f}")
+    if not quick:  # other (sigma, q, T), where not every bound is 1: the same numbers there too
+        rows += [Comparison.run(f"k {k} s{s} q{q} T{t}", ours=lambda k=k, s=s, q=q, t=t: _summary_at_k(k, False, s, q, t),
+                                reference=lambda k=k, s=s, q=q, t=t: _summary_at_k(k, True, s, q, t), repeats=1)
+                 for k, s, q, t in itertools.product((100, 1000), (0.5, 3.0), (1e-3, 1e-2), (100,))]
+        report(rows[-8:], value_label="epsilon per patient, worst, relaxed",
+               fmt=lambda v: "-" if v is None else f"{v[0]:.6g}, {v[1]:.4f}, {v[2]:.4f}")
     same = all(r.ours_value == r.reference_value for r in rows if r.reference_s)
     print(f"the same numbers bit for bit: {same}\n")
-    big = [r for r in rows if r.reference_s][-1]
+    big = [r for r in rows if r.reference_s and r.name.startswith("k ") and " s" not in r.name][-1]
     GOALS.append(Goal(f"bounds at {big.name} (in process, every part)", f"{big.ours_median:.1f} s",
                       f"{big.reference_median:.1f} s", big.speedup, "same", same))
 
