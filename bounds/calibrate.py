@@ -37,6 +37,15 @@ ACCOUNTANTS = ("pld", "rdp")
 SIGMA_RANGE = (1e-3, 1e4)
 
 
+class TargetUnreachable(NumericalError):
+    """:func:`safe_smallest` found no x up to ``upper`` that meets the target; callers that know the target say which
+    value to change (:func:`noise_for_epsilon`: the epsilon, named by the flag that gave it)."""
+
+    def __init__(self, message: str, upper: float) -> None:
+        super().__init__(message)
+        self.upper = upper
+
+
 def safe_smallest(meets: Callable[[float], bool], guess: float, *, rtol: float = 1e-3,
                   lower: float = SIGMA_RANGE[0], upper: float = SIGMA_RANGE[1], what: str = "noise_multiplier",
                   score: Callable[[float], float] | None = None) -> float:
@@ -70,7 +79,7 @@ def safe_smallest(meets: Callable[[float], bool], guess: float, *, rtol: float =
         while value(hi) > 0:
             lo = hi
             if hi >= upper:
-                raise NumericalError(f"no {what} up to {upper:g} meets the target. Fix: relax the target")
+                raise TargetUnreachable(f"no {what} up to {upper:g} meets the target. Fix: relax the target", upper)
             hi = min(hi * factor, upper)
             factor *= 1.5
     # Illinois regula falsi in log x on a bracket [lo (fails), hi (meets)].
@@ -182,10 +191,20 @@ def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps:
         return math.log(eps / target_epsilon) if eps > 0 else -math.inf
 
     sigma = _gdp_guess(target_epsilon, q, steps, delta)
-    sigma = safe_smallest(lambda s: score(s) <= 0, sigma, rtol=rtol, score=score)
-    if accountant == "pld" and q < 1.0 and epsilon_of(sigma, ("remove", "add")) > target_epsilon:
-        directions = ("remove", "add")
+    try:
         sigma = safe_smallest(lambda s: score(s) <= 0, sigma, rtol=rtol, score=score)
+        if accountant == "pld" and q < 1.0 and epsilon_of(sigma, ("remove", "add")) > target_epsilon:
+            directions = ("remove", "add")
+            sigma = safe_smallest(lambda s: score(s) <= 0, sigma, rtol=rtol, score=score)
+    except TargetUnreachable as exc:
+        # The smallest epsilon any searched sigma reaches here (that of the largest), rounded up: a target at or above
+        # it is met. The flag that gave the epsilon is named by the command line (field "epsilon").
+        floor = upper(epsilon_of(exc.upper, ("remove", "add") if accountant == "pld" and q < 1.0 else directions), 3)
+        raise invalid("epsilon", target_epsilon,
+                      f"at least {floor} at sampling probability {q:g}, {steps} steps and delta {delta:g} (the "
+                      f"epsilon of noise multiplier {exc.upper:g}, the largest searched)",
+                      f"ask for an epsilon of {floor} or more; a smaller one needs a smaller sampling probability or "
+                      "fewer steps (more training data, a smaller batch, fewer epochs)", cls=NumericalError) from None
     if accountant == "pld":
         # min(sigma from PLD, sigma from RDP): each meets the target by a sound accountant, so the smaller one does
         # too, and it is the auditor's choice (stronger attack, tighter training). RDP is smaller only where the
@@ -379,7 +398,19 @@ def calibrate_noise(max_rero: float, sampling_probability: float | None = None, 
         return math.log(_gamma_at(sigma, q, steps, kappa_v, threat_model, k, prior) / max_rero)
 
     guess = _clt_guess(max_rero, q, steps, kappa_v)
-    sigma = safe_smallest(lambda s: score(s) <= 0, guess, rtol=rtol, score=score)
+    try:
+        sigma = safe_smallest(lambda s: score(s) <= 0, guess, rtol=rtol, score=score)
+    except TargetUnreachable as exc:
+        # The smallest bound any searched sigma reaches here (that of the largest), rounded up: a limit at or above
+        # it is met.
+        floor = upper(_gamma_at(exc.upper, q, steps, kappa_v, threat_model, k, prior), 3)
+        unit = "" if k == 1 else f", {k} records per patient"
+        raise invalid("max_rero", max_rero,
+                      f"at least {floor} here (the {threat_model.replace('_', '-')} ReRo bound at noise multiplier "
+                      f"{exc.upper:g}, the largest searched, at kappa {kappa_v:g}, sampling probability {q:g}, "
+                      f"{steps} steps{unit})",
+                      f"pass --max-rero {floor} or more; a smaller limit needs a smaller sampling probability or "
+                      "fewer steps", cls=NumericalError) from None
     achieved = _gamma_at(sigma, q, steps, kappa_v, threat_model, k, prior)
     sched = Schedule((*prior, Phase(sigma, q, steps)))
     eps = epsilon_pld(target_delta=delta, schedule=sched)

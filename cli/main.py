@@ -268,10 +268,20 @@ def refuse_repeats(parser: Any, ctx: typer.Context) -> Any:
 
 
 class _OnceOptions(typer.core.TyperCommand):
-    """Every command of the app: a single-valued option given twice is refused (:func:`refuse_repeats`)."""
+    """Every command of the app: a single-valued option given twice is refused (:func:`refuse_repeats`), unless the
+    command line asks for the command's help (``--help`` anywhere before ``--``), which it then shows."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        own = args[: args.index("--")] if "--" in args else args
+        ctx.meta[_HELP_ASKED] = any(a in ctx.help_option_names for a in own)
+        return super().parse_args(ctx, args)
 
     def make_parser(self, ctx: typer.Context) -> Any:
-        return refuse_repeats(super().make_parser(ctx), ctx)
+        parser = super().make_parser(ctx)
+        return parser if ctx.meta.get(_HELP_ASKED) else refuse_repeats(parser, ctx)
+
+
+_HELP_ASKED = "dpaudit.help_asked"
 
 
 def _every_command(app: typer.Typer) -> Iterator[Any]:

@@ -250,3 +250,23 @@ def test_k_record_epsilon_at_tiny_noise_is_the_dominating_rdp() -> None:
     assert got.accountant == "rdp" and math.isfinite(got.value)  # was inf
     assert got.value == epsilon_rdp(target_delta=1e-5, schedule=dominating_schedule(Schedule.single(0.103, 0.5, 17), 10))
     assert got.value >= epsilon_bound(0.103, 0.5, 17, 1e-5).value
+
+
+def test_an_unreachable_epsilon_names_the_smallest_reachable_one() -> None:
+    """A target epsilon no searched noise multiplier meets is refused naming the epsilon (the command line names the
+    flag that gave it) and the smallest epsilon reachable at these settings, rounded up; that one is then met."""
+    import re
+
+    from dpaudit.bounds import epsilon_pld, noise_for_epsilon
+    from dpaudit.bounds.calibrate import SIGMA_RANGE
+    from dpaudit.errors import NumericalError
+
+    q, steps, delta = 0.045747, 22, 8e-7
+    with pytest.raises(NumericalError) as info:
+        noise_for_epsilon(1e-9, q, steps, delta)
+    assert info.value.field == "epsilon" and info.value.value == 1e-9
+    floor = float(re.search(r"at least (\S+) at sampling", str(info.value)).group(1))
+    assert f"ask for an epsilon of {info.value.allowed.split()[2]} or more" in str(info.value)
+    assert floor >= epsilon_pld(SIGMA_RANGE[1], q, steps, delta)  # rounded up: the floor itself is reachable
+    sigma = noise_for_epsilon(floor, q, steps, delta)
+    assert epsilon_pld(sigma, q, steps, delta) <= floor

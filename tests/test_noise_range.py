@@ -89,3 +89,18 @@ def test_train_reports_why_the_achieved_epsilon_is_below_the_target() -> None:
     assert result.noise_multiplier == SIGMA_RANGE[0] and result.epsilon_achieved < 1e12
     assert math.isfinite(result.epsilon_achieved)
     assert len(result.notes) == 1 and json.loads(result.to_json())["notes"] == list(result.notes)
+
+
+def test_an_unreachable_rero_limit_names_the_smallest_reachable_one() -> None:
+    """A --max-rero no searched noise multiplier meets is refused naming max_rero and the smallest limit reachable
+    (the bound at the largest sigma, rounded up), which is then met; never the bare "relax the target"."""
+    import re
+
+    from dpaudit.errors import NumericalError
+
+    with pytest.raises(NumericalError) as info:
+        calibrate_noise(1.0001e-3, 0.5, 100000, 1e-3)
+    text = str(info.value)
+    assert info.value.field == "max_rero" and "relax the target" not in text
+    floor = float(re.search(r"pass --max-rero (\S+) or more", text).group(1))
+    assert calibrate_noise(floor, 0.5, 100000, 1e-3).achieved_rero <= floor

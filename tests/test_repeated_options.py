@@ -102,3 +102,14 @@ def test_the_reported_repeats_are_refused_with_no_output(args: list[str]) -> Non
     line = _one_line_refusal(result)
     assert "was given more than once" in line
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("path", sorted({path for path, _ in COMMANDS}), ids=" ".join)
+def test_help_is_shown_even_with_an_option_given_twice(path: tuple[str, ...]) -> None:
+    """``--help`` asks for the command's help, whatever else the line holds: a repeat is not refused then."""
+    cmd = dict(COMMANDS)[path]
+    opt = next(p.opts[0] for p in cmd.params if getattr(p, "opts", None) and p.opts[0].startswith("-")
+               and p.name != "help" and _kind(p) == "value")
+    result = runner.invoke(app, [*path, opt, "1", opt, "2", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "more than once" not in result.output
