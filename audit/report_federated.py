@@ -12,6 +12,7 @@ from reportlab.platypus import PageBreak, Spacer
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import FederatedOutcome
 from dpaudit.audit.report_layout import esc
+from dpaudit.identifiers import histogram_cells, histogram_note
 from dpaudit.numfmt import percent_interval
 
 
@@ -39,7 +40,7 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
         patient = ([str(s.records_per_patient), "–" if s.epsilon_patient is None else txt.eps_up(s.epsilon_patient)]
                    if per_patient else [])
         rows.append([report.cell(x) for x in (
-            str(s.client), str(s.n_train), "/".join(str(v) for v in s.label_histogram),
+            str(s.client), str(s.n_train), "/".join(histogram_cells(s.label_histogram, s.label_histogram_withheld)),
             _num(s.sampling_probability, ".3g"), _num(s.steps, "d"), "–" if s.epsilon is None else txt.eps_up(s.epsilon),
             *patient,
             txt.pct(s.rero_worst_case, direction="up") if s.rero_worst_case is not None else "–",
@@ -49,6 +50,8 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
     withheld_note = (f" * Withheld: {esc(withheld[0].reason or '')}; the site's test MCC would be those few "
                      "patients' results, and the spread leaves it out." if withheld else "")
     over = f" over the {len(fed.sites) - len(withheld)} published sites" if withheld else ""
+    labels_note = histogram_note([r for s in fed.sites for r in s.label_histogram_withheld])
+    labels_note = f" Labels (training images per label) {esc(labels_note)}." if labels_note else ""
     unit_note = (" With the patient as the unit, k is the most images of one patient at the site, and ε_k per "
                  "patient and the ReRo bound are for those k images moving together (the site's DP-SGD calibrates "
                  "ε_k per image)." if per_patient else "")
@@ -56,7 +59,7 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
                         f"{txt.LABEL_EMPIRICAL}, the global model on the site's own test split (– when that split "
                         f"holds no image, N_test 0, or one class only: MCC is not defined there). Global model on the pooled test split: MCC {fed.global_mcc:.3f}; "
                         f"spread across sites (max – min){over} {_num(fed.mcc_spread, '.3f')} "
-                        f"({txt.LABEL_EMPIRICAL}).{withheld_note}",
+                        f"({txt.LABEL_EMPIRICAL}).{withheld_note}{labels_note}",
                         "small"))]
     out.append(report.para("The malicious server's bin attack", "h2"))
     out.append(report.para(

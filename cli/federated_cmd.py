@@ -12,7 +12,7 @@ from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS, histogram_cells, histogram_note
 from dpaudit.numfmt import metric, percent, percent_interval, upper
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
@@ -118,7 +118,8 @@ def train_command(
         patient = f"{s.records_per_patient:<2}  {_eps(s.epsilon_patient):>16}  " if per_patient else ""
         n_test = f"< {MIN_SUBGROUP_UNITS}" if s.withheld else str(s.n_test)
         mcc = "withheld*" if s.withheld else _fmt(s.test_mcc)
-        out.print(f"{s.client:>4}  {s.n_train:>7}  {n_test:>6}  {list(s.label_histogram)!s:<16}  "
+        labels = "[" + ", ".join(histogram_cells(s.label_histogram, s.label_histogram_withheld)) + "]"
+        out.print(f"{s.client:>4}  {s.n_train:>7}  {n_test:>6}  {labels:<16}  "
                   f"{s.rounds_participated:>6}  {_fmt(s.sampling_probability, '.4f'):>6}  {_fmt(s.steps, 'd'):>4}  "
                   f"{_eps(s.epsilon):>18}  {patient}{mcc:>8}")
     withheld = [s for s in result.clients if s.withheld]
@@ -126,6 +127,9 @@ def train_command(
         out.print(f"* withheld (sites {', '.join(str(s.client) for s in withheld)}): "
                   f"{withheld[0].reason}; N_test and test MCC "
                   "would be those few patients' results, and the spread below leaves the site out")
+    note = histogram_note([r for s in result.clients for r in s.label_histogram_withheld])
+    if note:  # the reason once, as for the sites' test splits
+        out.print(note)
     if any(not s.withheld and math.isnan(s.test_mcc) for s in result.clients):
         out.print("test MCC '-': the site's test split holds no image (N_test 0) or one class only; MCC is not "
                   "defined there")

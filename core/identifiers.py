@@ -33,9 +33,31 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-__all__ = ["MIN_SUBGROUP_UNITS", "OTHER", "column_key", "identifier_like", "identifier_reason", "is_age_column",
-           "is_patient_id_column", "joins_units", "patient_id_columns", "repeats_across", "small_cell_reason", "small_cells",
-           "subgroup_name", "units_word", "unlisted_fix"]
+from dpaudit.errors import DataError
+
+__all__ = [
+    "MIN_SUBGROUP_UNITS",
+    "OTHER",
+    "check_histogram_cells",
+    "column_key",
+    "histogram_cells",
+    "histogram_note",
+    "histogram_null_reason",
+    "identifier_like",
+    "identifier_reason",
+    "is_age_column",
+    "is_patient_id_column",
+    "joins_units",
+    "patient_id_columns",
+    "repeats_across",
+    "small_cell_reason",
+    "small_cells",
+    "subgroup_name",
+    "units_word",
+    "unlisted_fix",
+    "upgrade_histogram",
+    "withhold_histogram",
+]
 
 #: Normalised spellings (:func:`column_key`) of a column that names the patient. A subject or participant id (BIDS
 #: participants.tsv), a bare ``patient`` column, a case or record id or a pseudonym names the unit of a person too:
@@ -284,9 +306,54 @@ def small_cell_reason(units: Iterable[object], unit: str, where: str) -> tuple[i
     (5, None)
     """
     held = len({str(u) for u in units})
-    if 0 < held < MIN_SUBGROUP_UNITS:
-        return held, f"fewer than {MIN_SUBGROUP_UNITS} {units_word(unit)} in {where}"
-    return held, None
+    return held, _small_reason(held, unit, where)
+
+
+def _small_reason(held: int, unit: str, where: str) -> str | None:
+    """The small-cell rule on a count of distinct units: its reason, or None when the cell is published."""
+    return f"fewer than {MIN_SUBGROUP_UNITS} {units_word(unit)} in {where}" if 0 < held < MIN_SUBGROUP_UNITS else None
+
+
+#: Why a histogram cell that is not small is withheld (:func:`withhold_histogram`).
+COMPLEMENT_REASON = ("withheld as a complement: with the published total (n_train) and the other cells, the small "
+                     "cell would follow by subtraction")
+
+
+def withhold_histogram(counts: Sequence[int], held: Sequence[int], unit: str,
+                       where: str) -> tuple[tuple[int | None, ...], tuple[str | None, ...]]:
+    """(the histogram as published, each cell's reason for being withheld or None): a count per category (a site's
+    training images per label) whose total is published too.
+
+    ``held[i]`` is the number of distinct privacy units (patients, by their ids) holding cell ``i``'s records. A
+    cell held by 1 to :data:`MIN_SUBGROUP_UNITS` - 1 units is withheld (:func:`small_cell_reason`): "1 image of
+    label X" at a small site is one patient's diagnosis. An empty cell (0) discloses no one and is published.
+
+    Complementary suppression, the standard rule of statistical disclosure control (Hundepool et al., *Statistical
+    Disclosure Control*, Wiley 2012, section 5.2 "secondary cell suppression"): since the total is published, one
+    withheld cell would follow as the total less the published cells. So while a single cell is withheld, or the
+    withheld cells' total leaves each of them no other value than 1 (the total equals their number, each holding at
+    least one record), the smallest published non-empty cell is withheld too (:data:`COMPLEMENT_REASON`; an empty
+    cell only when no non-empty one is left). This prevents exact recovery by subtraction; the withheld cells' sum
+    stays known, as it must with the total published.
+
+    >>> withhold_histogram([120, 3, 40], [60, 2, 20], "patient", "the site's training images of this label")
+    ((120, None, None), (None, "fewer than 5 patients in the site's training images of this label", \
+'withheld as a complement: with the published total (n_train) and the other cells, the small cell would follow by \
+subtraction'))
+    >>> withhold_histogram([50, 0, 30], [25, 0, 15], "patient", "x")  # no small cell: all published, 0 stays 0
+    ((50, 0, 30), (None, None, None))
+    """
+    if len(counts) != len(held):
+        raise ValueError(f"withhold_histogram: {len(counts)} counts but {len(held)} unit counts")
+    reasons: list[str | None] = [_small_reason(int(h), unit, where) for h in held]
+    while True:
+        hidden = [i for i, r in enumerate(reasons) if r is not None]
+        shown = [i for i, r in enumerate(reasons) if r is None]
+        if not hidden or not shown or (len(hidden) > 1 and sum(int(counts[i]) for i in hidden) > len(hidden)):
+            break
+        # the next smallest published cell, a non-empty one first (an empty one discloses no one)
+        reasons[min(shown, key=lambda i: (counts[i] == 0, counts[i], i))] = COMPLEMENT_REASON
+    return tuple(None if r is not None else int(c) for c, r in zip(counts, reasons, strict=True)), tuple(reasons)
 
 
 def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unknown") -> set[str]:
@@ -302,6 +369,77 @@ def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unk
     for v, u in zip(values, units, strict=True):
         holders.setdefault(v, set()).add(u)
     return {v for v, h in holders.items() if v not in (missing, OTHER) and len(h) < MIN_SUBGROUP_UNITS}
+
+
+#: Where a site's label histogram cell's records are, in its reasons (:func:`withhold_histogram`).
+SITE_LABEL_CELL = "the site's training images of this label"
+
+
+#: How a histogram cell withheld as a complement is shown (the "x" of statistical agencies' tables); a small cell
+#: shows as "< 5".
+COMPLEMENT_MARK = "x"
+
+
+def histogram_cells(values: Sequence[int | None], reasons: Sequence[str | None]) -> list[str]:
+    """Each cell of a histogram as shown (console, report): its count, ``"< 5"`` when withheld as small,
+    :data:`COMPLEMENT_MARK` when withheld as a complement (:func:`withhold_histogram`).
+
+    >>> histogram_cells([120, None, None], [None, "fewer than 5 patients in x", COMPLEMENT_REASON])
+    ['120', '< 5', 'x']
+    """
+    return [str(v) if v is not None else COMPLEMENT_MARK if r == COMPLEMENT_REASON else f"< {MIN_SUBGROUP_UNITS}"
+            for v, r in zip(values, reasons, strict=True)]
+
+
+def histogram_note(reasons: Sequence[str | None]) -> str:
+    """The one line under a table that explains its withheld histogram cells ("" when none is withheld)."""
+    small = next((r for r in reasons if r is not None and r != COMPLEMENT_REASON), None)
+    if small is None:
+        return ""
+    note = f"labels '< {MIN_SUBGROUP_UNITS}': {small}"
+    if COMPLEMENT_REASON in reasons:
+        note += (f"; '{COMPLEMENT_MARK}': withheld as the complement, since n_train less the published cells would "
+                 "give the small cell")
+    return note
+
+
+def upgrade_histogram(data: dict) -> dict:
+    """A site of an earlier layout (``label_histogram`` published whatever its counts, no
+    ``label_histogram_withheld``): its cells withheld by :func:`withhold_histogram` with images counted as the
+    units, since a cell's patients are no more than its images.
+
+    >>> upgrade_histogram({"label_histogram": [30, 2]})["label_histogram"]
+    [None, None]
+    """
+    hist = data.get("label_histogram")
+    if "label_histogram_withheld" in data or not isinstance(hist, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in hist):
+        return data
+    values, reasons = withhold_histogram(hist, hist, "image", SITE_LABEL_CELL)
+    reasons = tuple(r if r is None or r == COMPLEMENT_REASON else f"{r} (the profile predates counting patients)"
+                    for r in reasons)
+    return {**data, "label_histogram": list(values), "label_histogram_withheld": list(reasons)}
+
+
+def check_histogram_cells(client: int | str, histogram: Sequence[int | None], reasons: Sequence[str | None]) -> None:
+    """A site's label histogram and its per-label reasons agree: a cell is None exactly where it has a reason
+    (() reasons: none withheld)."""
+    if (reasons and len(reasons) != len(histogram)) or any(
+            (v is None) != (r is not None) for v, r in zip(histogram, reasons or (None,) * len(histogram),
+                                                          strict=True)):
+        raise DataError(f"site {client}: label_histogram {list(histogram)} and label_histogram_withheld "
+                        f"{list(reasons)} disagree: a withheld cell is None with its reason, a published one a "
+                        "count without one. Fix: build them with dpaudit.identifiers.withhold_histogram")
+
+
+def histogram_null_reason(histogram: Sequence[int | None]) -> dict[str, str]:
+    """Why ``label_histogram`` holds a null in JSON, for a class's ``null_reasons`` (dpaudit.codec)."""
+    if all(v is not None for v in histogram):
+        return {}
+    return {"label_histogram": f"a null cell is withheld: fewer than {MIN_SUBGROUP_UNITS} privacy units at the site "
+                               "hold its label, or it is the complement that would give such a cell by subtraction "
+                               "from n_train (label_histogram_withheld says which)"}
+
 
 
 #: The most rows (images) one patient id is taken to span in :func:`repeats_across`: a column with fewer distinct

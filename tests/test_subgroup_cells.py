@@ -17,7 +17,12 @@ from dpaudit.audit.metrics import GroupMetrics, classify, subgroup_metrics
 from dpaudit.cli.main import app
 from dpaudit.data import load_splits
 from dpaudit.errors import DataError
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS
+from dpaudit.identifiers import (
+    COMPLEMENT_REASON,
+    MIN_SUBGROUP_UNITS,
+    SITE_LABEL_CELL,
+    withhold_histogram,
+)
 
 runner = CliRunner()
 SMALL = ["--image-size", "16", "--arch", "smallcnn", "--arch-args", '{"width": 4}', "--threads", "1"]
@@ -267,6 +272,20 @@ def test_federated_train_withholds_a_site_of_few_test_patients(tmp_path: Path, r
     console = " ".join(res.output.split())
     assert f"* withheld (sites {b}): fewer than 5 patients in the site's test split" in console
     assert "spread (max - min) over the 1 published sites" in console
+    # site B's training split: each label held by at most 4 of its 8 patients, so no count of it is published
+    train_idx = partition_splits(splits, "column:site", 2, seed=0)[0]
+    for k, site in enumerate(data["clients"]):
+        ids, y = splits.train.patient_ids[train_idx[k]], splits.train.labels.numpy()[train_idx[k]]
+        counts = np.bincount(y, minlength=2).tolist()
+        expected = withhold_histogram(counts, [len(set(ids[y == c].tolist())) for c in range(2)], "patient",
+                                      SITE_LABEL_CELL)
+        assert (tuple(site["label_histogram"]), tuple(site["label_histogram_withheld"])) == expected
+        assert (None in site["label_histogram"]) == (k == b), site
+    small = data["clients"][b]
+    assert small["label_histogram"] == [None, None] and "label_histogram" in small["undefined"]
+    assert "fewer than 5 patients in the site's training images of this label" in small["label_histogram_withheld"]
+    assert "[< 5, < 5]" in row, row  # no count of B's labels
+    assert "labels '< 5': fewer than 5 patients in the site's training images of this label" in console
 
 
 def _sites() -> tuple:
@@ -329,3 +348,121 @@ def test_a_published_undefined_mcc_reads_back_as_nan_and_a_withheld_one_as_none(
     fed_site = replace(_sites()[0], test_mcc=float("nan"))
     assert math.isnan(loads(FederatedSite, dumps(fed_site)).test_mcc)
     assert loads(FederatedSite, dumps(_sites()[2])) == _sites()[2]
+
+
+# -- a site's label histogram -----------------------------------------------------------------------------------
+
+SMALL_LABEL = f"fewer than 5 patients in {SITE_LABEL_CELL}"
+
+
+def test_a_label_of_few_patients_is_withheld_with_its_complement() -> None:
+    """One small cell alone would follow from n_train by subtraction: the next smallest non-empty cell goes too,
+    an empty one stays 0."""
+    values, reasons = withhold_histogram([120, 0, 3, 40, 60], [60, 0, 2, 20, 30], "patient", SITE_LABEL_CELL)
+    assert values == (120, 0, None, None, 60)
+    assert reasons == (None, None, SMALL_LABEL, COMPLEMENT_REASON, None)
+    # patients, not images: 20 images of 4 patients are withheld (the complement: the next smallest, 5 images of
+    # 5 patients); 5 images of 5 patients alone are published
+    assert withhold_histogram([20, 5, 50], [4, 5, 25], "patient", SITE_LABEL_CELL)[0] == (None, None, 50)
+    assert withhold_histogram([20, 5, 50], [5, 5, 25], "patient", SITE_LABEL_CELL)[0] == (20, 5, 50)
+    # two small cells whose total leaves each more than one value: no complement needed
+    assert withhold_histogram([100, 1, 2], [50, 1, 2], "patient", SITE_LABEL_CELL)[0] == (100, None, None)
+    # two small cells of one image each: their total (2) would give each (1): a complement joins them
+    assert withhold_histogram([100, 1, 1], [50, 1, 1], "patient", SITE_LABEL_CELL)[0] == (None, None, None)
+    # no small cell: all published, 0 included
+    assert withhold_histogram([100, 0, 7], [50, 0, 5], "patient", SITE_LABEL_CELL) == ((100, 0, 7), (None,) * 3)
+
+
+def test_no_withheld_cell_follows_from_the_total(rng: np.random.Generator) -> None:
+    """For random histograms, every withheld cell can take more than one value given n_train, the published
+    cells and each withheld non-empty cell's holding at least one image (an attacker's exact recovery fails)."""
+    for _ in range(300):
+        n = int(rng.integers(2, 5))
+        held = rng.integers(0, 9, size=n)
+        counts = [int(h * rng.integers(1, 3)) for h in held]
+        values, reasons = withhold_histogram(counts, held.tolist(), "patient", SITE_LABEL_CELL)
+        hidden = [i for i, v in enumerate(values) if v is None]
+        assert all(values[i] == counts[i] for i in range(n) if i not in hidden)
+        assert all((reasons[i] == SMALL_LABEL) == (0 < held[i] < MIN_SUBGROUP_UNITS) for i in range(n))
+        if not hidden or len(hidden) == n:
+            continue  # nothing withheld; or every cell, and n_train is all that is known
+        rest = sum(counts) - sum(v for v in values if v is not None)
+        # the values the withheld cells can take: each >= 1 (a complement of 0 only when nothing else was left);
+        # cell j ranges over [low_j, rest - the others' lows], the others absorbing the remainder
+        low = [0 if counts[i] == 0 else 1 for i in hidden]
+        for j in range(len(hidden)):
+            options = range(low[j], rest - (sum(low) - low[j]) + 1)
+            assert len(options) > 1, (counts, held.tolist(), values)
+
+
+def test_a_histogram_and_its_reasons_must_agree() -> None:
+    from dpaudit.audit.federated.fedavg import ClientSummary
+
+    with pytest.raises(DataError, match="label_histogram"):
+        ClientSummary(0, 10, 6, (None, 5), 1, 0.1, 10, 8.0, 0.5)  # a null cell without its reason
+    with pytest.raises(DataError, match="label_histogram"):
+        ClientSummary(0, 10, 6, (5, 5), 1, 0.1, 10, 8.0, 0.5, label_histogram_withheld=(SMALL_LABEL, None))
+
+
+def test_a_withheld_histogram_says_why_in_json_and_reads_back() -> None:
+    from dataclasses import replace
+
+    from dpaudit.audit.federated.fedavg import ClientSummary
+    from dpaudit.audit.profile.schema import FederatedSite
+    from dpaudit.codec import dumps, encode, loads
+
+    site = ClientSummary(0, 50, 6, (None, None, 40), 1, 0.1, 10, 8.0, 0.5,
+                         label_histogram_withheld=(SMALL_LABEL, COMPLEMENT_REASON, None))
+    plain = encode(site)
+    assert plain["label_histogram"] == [None, None, 40]
+    assert plain["label_histogram_withheld"] == [SMALL_LABEL, COMPLEMENT_REASON, None]
+    assert "withheld" in plain["undefined"]["label_histogram"] and "test_mcc" not in plain["undefined"]
+    assert loads(ClientSummary, dumps(site)) == site
+    published = ClientSummary(0, 50, 6, (10, 40), 1, 0.1, 10, 8.0, 0.5)
+    assert published.label_histogram_withheld == (None, None) and "undefined" not in encode(published)
+    assert loads(ClientSummary, dumps(published)) == published
+    fed_site = replace(_sites()[0], label_histogram=(None, None, 15), label_histogram_withheld=(
+        SMALL_LABEL, COMPLEMENT_REASON, None))
+    assert loads(FederatedSite, dumps(fed_site)) == fed_site
+
+
+def test_a_histogram_of_an_earlier_layout_is_withheld_by_image_counts() -> None:
+    from dpaudit.audit.federated.fedavg import ClientSummary
+    from dpaudit.audit.profile.schema import FederatedOutcome
+    from dpaudit.codec import encode, from_plain
+
+    plain = encode(FederatedOutcome(8.0, "sample", "one image", "iid", 3, 1, 1.1, 1e-5, 8.0, _sites()[:2], 0.55,
+                                    0.19, (), 1.0))
+    for s in plain["sites"]:
+        del s["label_histogram_withheld"]
+    plain["sites"][1]["label_histogram"] = [27, 3]  # 3 images: at most 3 patients
+    fed = from_plain(FederatedOutcome, plain)
+    assert fed.sites[0].label_histogram == (20, 20) and fed.sites[0].label_histogram_withheld == (None, None)
+    assert fed.sites[1].label_histogram == (None, None)
+    complement, small = fed.sites[1].label_histogram_withheld
+    assert small.startswith("fewer than 5 images") and "predates" in small and complement == COMPLEMENT_REASON
+    old = encode(ClientSummary(0, 30, 6, (28, 2), 1, 0.1, 10, 8.0, 0.5))
+    del old["label_histogram_withheld"]
+    assert from_plain(ClientSummary, old).label_histogram == (None, None)
+
+
+def test_the_report_withholds_a_small_label_cell(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from dpaudit.audit.profile.schema import FederatedOutcome
+    from dpaudit.audit.report import render_report
+    from tests.test_report import _text, synthetic_profile
+
+    sites = _sites()
+    sites = (replace(sites[0], label_histogram=(37, None, None), label_histogram_withheld=(
+        None, SMALL_LABEL, COMPLEMENT_REASON)), *sites[1:])
+    fed = FederatedOutcome(8.0, "sample", "one image", "column:site", 3, 1, 1.1, 1e-5, 8.0, sites, 0.55,
+                           0.61 - 0.42, (), 1.0)
+    pdf = render_report(replace(synthetic_profile(with_mia_audit=False, seeds=1), federated=fed),
+                        tmp_path / "report.pdf")
+    (tmp_path / "page.pdf").write_bytes(pdf.read_bytes())
+    text = " ".join(" ".join(_text(pdf.read_bytes())).split())
+    page = text.split("Federated learning: privacy per site")[1]
+    assert "37/< 5/x" in page and "15/15" in page, page[:600]
+    assert page.count(f"labels '< 5': {SMALL_LABEL}") == 1
+    assert "'x': withheld as the complement" in page

@@ -56,7 +56,15 @@ from dpaudit.config import (
     image_size_for,
 )
 from dpaudit.errors import ConfigError, DataError, check_int, check_positive, check_probability, invalid
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS, small_cell_reason
+from dpaudit.identifiers import (
+    MIN_SUBGROUP_UNITS,
+    SITE_LABEL_CELL,
+    check_histogram_cells,
+    histogram_null_reason,
+    small_cell_reason,
+    upgrade_histogram,
+    withhold_histogram,
+)
 from dpaudit.runtime import check_device
 
 __all__ = ["DP_LEVELS", "ClientSummary", "ClientTask", "ClientUpdate", "FederatedBaselines", "FederatedConfig",
@@ -298,12 +306,18 @@ class ClientSummary:
     since its MCC would be those few patients' results (the small-cell rule of subgroup utility,
     :func:`dpaudit.audit.metrics.subgroup_metrics`). The site itself (its name, training size, epsilon) is not
     patient data and stays.
+
+    ``label_histogram`` (training images per label) follows the same rule per cell
+    (:func:`dpaudit.identifiers.withhold_histogram`): a label held by 1 to 4 patients at the site is None ("< 5"),
+    since "1 image of a rare label" at a small site is one patient's diagnosis; as ``n_train`` is published, one
+    withheld cell would follow by subtraction, so the next smallest cell is withheld with it (complementary
+    suppression). 0 stays 0. ``label_histogram_withheld`` gives each cell's reason (None where published).
     """
 
     client: int
     n_train: int
     n_test: int | None
-    label_histogram: tuple[int, ...]
+    label_histogram: tuple[int | None, ...]
     rounds_participated: int
     sampling_probability: float | None
     steps: int | None
@@ -319,12 +333,18 @@ class ClientSummary:
     #: The site's test split is a small cell: no ``n_test``, no ``test_mcc``; ``reason`` says why.
     withheld: bool = False
     reason: str | None = None
+    #: Per label: why its ``label_histogram`` cell is withheld (None), or None where it is published; () reads as
+    #: all published.
+    label_histogram_withheld: tuple[str | None, ...] = ()
 
     #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
     UNDEFINED: ClassVar[dict[str, str]] = {
         "test_mcc": "not defined: the site's test split holds no image, or one class only"}
 
     def __post_init__(self) -> None:
+        check_histogram_cells(self.client, self.label_histogram, self.label_histogram_withheld)
+        if not self.label_histogram_withheld:
+            object.__setattr__(self, "label_histogram_withheld", (None,) * len(self.label_histogram))
         if self.withheld != (self.reason is not None) or (self.withheld and (
                 self.n_test is not None or self.test_mcc is not None)):
             raise DataError(f"site {self.client}: a withheld site's test split holds no count and no MCC and says "
@@ -335,13 +355,17 @@ class ClientSummary:
 
     @property
     def null_reasons(self) -> dict[str, str]:
-        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (dpaudit.codec)."""
-        return dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}
+        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld, and ``label_histogram``
+        when it holds a withheld cell (dpaudit.codec)."""
+        return {**(dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}),
+                **histogram_null_reason(self.label_histogram)}
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
         """A published site's null ``test_mcc`` is NaN (not defined), as written; ``float | None`` would read
-        null as None."""
+        null as None. A label histogram of an earlier layout is withheld by image counts
+        (:func:`dpaudit.identifiers.upgrade_histogram`)."""
+        data = upgrade_histogram(data)
         if not data.get("withheld") and data.get("test_mcc") is None and "test_mcc" in data:
             return {**data, "test_mcc": "nan"}
         return data
@@ -566,14 +590,20 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
             # the k the site's per-patient epsilon is computed with: the unit's under --privacy-unit patient, the
             # data's under --privacy-unit image (given beside the per-image guarantee), as train does
             site_unit = privacy_unit(cs, unit.unit)
+            # training images per label, each cell held by 1-4 patients withheld with its complement
+            train_labels, train_units = cs.train.labels.numpy(), np.asarray(cs.train.patient_ids)
+            histogram, histogram_withheld = withhold_histogram(
+                [int(v) for v in cs.train.class_counts()],
+                [len(set(train_units[train_labels == c].tolist())) for c in range(cs.train.num_classes)],
+                splits.unit, SITE_LABEL_CELL)
             k_site = site_unit.records_per_patient if unit.unit == "patient" else site_unit.data_records_per_patient
             summaries.append(ClientSummary(
-                k, n_train[k], None if withheld else len(cs.test), tuple(int(v) for v in cs.train.class_counts()),
+                k, n_train[k], None if withheld else len(cs.test), histogram,
                 int(rounds_participated[k]), acc.sampling_probability if acc else None, acc.steps if acc else None,
                 acc.epsilon if acc else None,
                 None if withheld else float(mk.mcc) if mk is not None else float("nan"),
                 k_site, _site_epsilon_patient(acc, sigma, delta, k_site), withheld=withheld is not None,
-                reason=withheld))
+                reason=withheld, label_histogram_withheld=histogram_withheld))
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -94,7 +94,8 @@ class FederatedTask(_TaskBase):
             sites.append(FederatedSite(s.client, s.n_train, s.n_test, s.label_histogram, s.sampling_probability,
                                        s.steps, s.epsilon, kappa, gamma, s.test_mcc, records_per_patient=k,
                                        epsilon_patient=s.epsilon_patient if k > 1 else None,
-                                       withheld=s.withheld, reason=s.reason))
+                                       withheld=s.withheld, reason=s.reason,
+                                       label_histogram_withheld=s.label_histogram_withheld))
         attack_clients = min(self.clients, max(1, len(splits.train) // (ATTACK_BATCH_SIZE * ATTACK_ROUNDS)))
         rows, success_ssim = [], None
         for secure in (False, True):

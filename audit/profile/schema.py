@@ -23,7 +23,12 @@ from dpaudit.audit.results import CanaryAuditResult, TrainResult, Utility
 from dpaudit.codec import JsonResult
 from dpaudit.config import DEFAULT_DATASET, DELTA_EXAMPLE, PROFILE_DEFAULTS, data_loading_notes, record_noun
 from dpaudit.errors import invalid
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS
+from dpaudit.identifiers import (
+    MIN_SUBGROUP_UNITS,
+    check_histogram_cells,
+    histogram_null_reason,
+    upgrade_histogram,
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # The schema of profile.json
@@ -788,13 +793,15 @@ class FederatedSite(JsonResult):
 
     A site whose test split is held by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` patients is
     ``withheld`` (:class:`dpaudit.audit.federated.fedavg.ClientSummary`): no ``n_test``, no ``test_mcc``, the
-    ``reason``.
+    ``reason``. Each ``label_histogram`` cell held by fewer than that many patients is None, with the next smallest
+    cell as its complement (``n_train`` is published: one withheld cell would follow by subtraction;
+    :func:`dpaudit.identifiers.withhold_histogram`); ``label_histogram_withheld`` gives each cell's reason.
     """
 
     client: int
     n_train: int
     n_test: int | None
-    label_histogram: tuple[int, ...]
+    label_histogram: tuple[int | None, ...]
     sampling_probability: float | None
     steps: int | None
     epsilon: float | None
@@ -805,17 +812,30 @@ class FederatedSite(JsonResult):
     epsilon_patient: float | None = None
     withheld: bool = False
     reason: str | None = None
+    #: Per label: why its ``label_histogram`` cell is withheld, or None where it is published (() reads as all
+    #: published).
+    label_histogram_withheld: tuple[str | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_histogram_cells(self.client, self.label_histogram, self.label_histogram_withheld)
+        if not self.label_histogram_withheld:
+            object.__setattr__(self, "label_histogram_withheld", (None,) * len(self.label_histogram))
 
     @property
     def null_reasons(self) -> dict[str, str]:
-        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (dpaudit.codec)."""
-        return dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}
+        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld, and ``label_histogram``
+        when it holds a withheld cell (dpaudit.codec)."""
+        return {**(dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}),
+                **histogram_null_reason(self.label_histogram)}
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
         """A published site's null ``test_mcc`` reads back as NaN (not defined). A site of an earlier layout (no
         small-cell rule): withheld when its test split holds 1 to
-        :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 images, since its patients are no more than its images."""
+        :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` - 1 images, since its patients are no more than its images;
+        its label histogram's cells likewise (:func:`dpaudit.identifiers.upgrade_histogram`)."""
+        data = upgrade_histogram(data)
         n = data.get("n_test")
         if not data.get("withheld") and "test_mcc" in data and data["test_mcc"] is None:
             data = {**data, "test_mcc": "nan"}  # a published site's null MCC is NaN (not defined), as written
