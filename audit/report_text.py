@@ -366,7 +366,9 @@ def limitations(profile: Profile) -> list[str]:
         "Subgroup utility is shown only where the dataset provides group metadata; small subgroups give noisy "
         f"numbers, and a group held by fewer than {MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the "
         f"test split or among the attacked {record(profile)}s, or a federated site whose test split they hold, is "
-        "withheld: no count and no metric, since they would be those few patients' results.",
+        "withheld: no count and no metric, since they would be those few patients' results. A federated site's "
+        "label count held by so few patients is withheld likewise, with the next smallest as its complement (the "
+        "site's total is published).",
         "A risk of 100% in the worst-case or relaxed column does not mean that images will be reconstructed, only "
         "that the mathematics gives no protection against the assumed attacker.",
     ]
