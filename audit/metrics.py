@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dpaudit.errors import DataError
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS, small_cell_reason
+from dpaudit.identifiers import MIN_SUBGROUP_UNITS, withhold_histogram
 
 __all__ = ["ClassificationMetrics", "GroupMetrics", "accuracy", "auroc", "balanced_accuracy", "choose_threshold", "classify",
            "confusion_matrix", "mcc", "subgroup_metrics"]
@@ -204,7 +204,10 @@ def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str
     ``units``: the privacy unit of each image (the split's ``patient_ids``), ``unit`` what they are (``"patient"``,
     ``"image"``, ...: :attr:`dpaudit.data.DatasetSplits.unit`), ``split`` the split's name for the reason. A value
     held by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` distinct units of this split is withheld
-    (:meth:`GroupMetrics.withheld_cell`): units are counted, not images.
+    (:meth:`GroupMetrics.withheld_cell`): units are counted, not images. A column's values partition the split,
+    whose ``n`` and accuracy are published: when one value is withheld, the next smallest is withheld with it as its
+    complement (:func:`dpaudit.identifiers.withhold_histogram`), else its count and accuracy would follow by
+    subtraction.
     """
     units = np.asarray(units).astype(str)
     if units.shape != (len(y_true),):
@@ -213,9 +216,13 @@ def subgroup_metrics(y_true: np.ndarray, y_pred: np.ndarray, groups: Mapping[str
     out = []
     for name in sorted(groups):
         col = np.asarray(groups[name])
-        for value in sorted(set(col.tolist())):
-            sel = col == value
-            held_by, reason = small_cell_reason(units[sel].tolist(), unit, f"the {split} split")
+        values = sorted(set(col.tolist()))
+        sels = [col == value for value in values]
+        held = [len(set(units[sel].tolist())) for sel in sels]
+        # the values partition the split, whose n and accuracy are published: a lone withheld cell's n and
+        # accuracy would follow by subtraction, so its complement goes with it
+        _, reasons = withhold_histogram([int(sel.sum()) for sel in sels], held, unit, f"the {split} split")
+        for value, sel, held_by, reason in zip(values, sels, held, reasons, strict=True):
             if reason is not None:
                 out.append(GroupMetrics.withheld_cell(name, str(value), reason))
                 continue

@@ -23,7 +23,7 @@ from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
 from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid, page_table
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS
+from dpaudit.identifiers import COMPLEMENT_MARK, COMPLEMENT_REASON, MIN_SUBGROUP_UNITS, withheld_mark
 from dpaudit.numfmt import UNDEFINED_METRIC, percent_interval
 
 if TYPE_CHECKING:
@@ -253,7 +253,6 @@ class BoardPages:
         def marker(reason: str) -> str:
             return reasons.setdefault(reason, str(len(reasons) + 1))
 
-        few = f"&lt; {MIN_SUBGROUP_UNITS}"
         for attr, value in groups:
             first = len(rows)
             for lv in self.levels:
@@ -272,10 +271,11 @@ class BoardPages:
                 rows.append([
                     self.cell(esc(f"{attr} = {value}"), "cell") if len(rows) == first else self.cell(""),
                     self.cell(lv.label),
-                    self.cell(few if withheld else "–" if n_test is None else str(n_test)),
+                    self.cell(esc(withheld_mark(withheld)) if withheld else "–" if n_test is None else str(n_test)),
                     self.cell("withheld" if withheld else
                               f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else UNDEFINED_METRIC),
-                    self.cell("–" if att is None else few if att_withheld else str(att.n_images)),
+                    self.cell("–" if att is None else esc(withheld_mark(att_withheld)) if att_withheld else
+                              str(att.n_images)),
                     self.cell("–" if att is None or att_withheld else str(att.successes)),
                     self.cell("not run" if att is None else "withheld" if att_withheld else
                               f"{txt.pct(att.success_rate)} [{', '.join(percent_interval(att.ci_low, att.ci_high))}]"),
@@ -284,8 +284,9 @@ class BoardPages:
             spans.append(("LINEBELOW", (0, len(rows) - 1), (-1, len(rows) - 1), 0.5, RULE))
         widths = [2.8, 1.9, 1.4, 2.1, 1.5, 1.8, 3.2, 1.8]
         scale = TEXT_W / (sum(widths) * cm)
-        note = (self.para("<br/>".join(f"<super>{m}</super> {esc(r)}: count and result withheld, they would be "
-                                       "those few patients' results." for r, m in reasons.items()),
+        note = (self.para("<br/>".join(f"<super>{m}</super> {esc(r)}: count and result withheld, " + (
+            f"shown {COMPLEMENT_MARK}." if r == COMPLEMENT_REASON else "they would be those few patients' results.")
+            for r, m in reasons.items()),
                           "small") if reasons else None)
         table = grid(rows, [w * cm * scale for w in widths], header_rows=2, zebra=False, note=note)
         table.setStyle(TableStyle([*spans, ("VALIGN", (0, 2), (0, -1), "TOP")]))
@@ -298,6 +299,8 @@ class BoardPages:
             f"⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than {SMALL_ATTACK_GROUP} attacked "
             "images; its numbers are too noisy to compare groups. Withheld: a group held by fewer than "
             f"{MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the test split, or among the attacked "
-            f"images, shows no count ({few}) and no MCC or attack success: they would be those few patients' "
-            "results (the reason under the table).", "small"), table]
+            f"images, shows no count (&lt; {MIN_SUBGROUP_UNITS}) and no MCC or attack success: they would be those few "
+            "patients' results (the reason under the table); when one value of a group is withheld, the next "
+            f"smallest is withheld too ({COMPLEMENT_MARK}), since the totals would give the first by subtraction.",
+            "small"), table]
         return out

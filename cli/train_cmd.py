@@ -12,7 +12,7 @@ from dpaudit.audit.configs import TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
 from dpaudit.errors import check_int
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS
+from dpaudit.identifiers import COMPLEMENT_REASON, MIN_SUBGROUP_UNITS
 from dpaudit.numfmt import metric, upper
 
 app = typer.Typer()
@@ -123,7 +123,8 @@ def train_command(
                   f"{s['balanced_accuracy'][1]:.4f}, AUROC {s['auroc'][0]:.4f} +- {s['auroc'][1]:.4f}")
     for g in m.subgroups:
         if g.withheld:  # a small cell: no count, no metric (they would be those few patients' results)
-            out.print(f"  subgroup {g.group} = {g.value} (n < {MIN_SUBGROUP_UNITS}): withheld, {g.reason}")
+            n = "n withheld" if g.reason == COMPLEMENT_REASON else f"n < {MIN_SUBGROUP_UNITS}"
+            out.print(f"  subgroup {g.group} = {g.value} ({n}): withheld, {g.reason}")
         else:
             out.print(f"  subgroup {g.group} = {g.value} (n = {g.n}): MCC {metric(g.mcc)}, accuracy "
                       f"{metric(g.accuracy)}")

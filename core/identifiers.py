@@ -315,14 +315,15 @@ def _small_reason(held: int, unit: str, where: str) -> str | None:
 
 
 #: Why a histogram cell that is not small is withheld (:func:`withhold_histogram`).
-COMPLEMENT_REASON = ("withheld as a complement: with the published total (n_train) and the other cells, the small "
-                     "cell would follow by subtraction")
+COMPLEMENT_REASON = ("withheld as a complement: with the total and the other cells published, a small cell would "
+                     "follow by subtraction")
 
 
 def withhold_histogram(counts: Sequence[int], held: Sequence[int], unit: str,
                        where: str) -> tuple[tuple[int | None, ...], tuple[str | None, ...]]:
     """(the histogram as published, each cell's reason for being withheld or None): a count per category (a site's
-    training images per label) whose total is published too.
+    training images per label; a subgroup column's images in a split, whose total and overall metric are published)
+    whose total is published too.
 
     ``held[i]`` is the number of distinct privacy units (patients, by their ids) holding cell ``i``'s records. A
     cell held by 1 to :data:`MIN_SUBGROUP_UNITS` - 1 units is withheld (:func:`small_cell_reason`): "1 image of
@@ -380,6 +381,15 @@ SITE_LABEL_CELL = "the site's training images of this label"
 COMPLEMENT_MARK = "x"
 
 
+def withheld_mark(reason: str | None) -> str:
+    """How a withheld cell's count is shown: ``"< 5"`` for a small cell, :data:`COMPLEMENT_MARK` for a complement.
+
+    >>> withheld_mark("fewer than 5 patients in the test split"), withheld_mark(COMPLEMENT_REASON)
+    ('< 5', 'x')
+    """
+    return COMPLEMENT_MARK if reason == COMPLEMENT_REASON else f"< {MIN_SUBGROUP_UNITS}"
+
+
 def histogram_cells(values: Sequence[int | None], reasons: Sequence[str | None]) -> list[str]:
     """Each cell of a histogram as shown (console, report): its count, ``"< 5"`` when withheld as small,
     :data:`COMPLEMENT_MARK` when withheld as a complement (:func:`withhold_histogram`).
@@ -387,8 +397,7 @@ def histogram_cells(values: Sequence[int | None], reasons: Sequence[str | None])
     >>> histogram_cells([120, None, None], [None, "fewer than 5 patients in x", COMPLEMENT_REASON])
     ['120', '< 5', 'x']
     """
-    return [str(v) if v is not None else COMPLEMENT_MARK if r == COMPLEMENT_REASON else f"< {MIN_SUBGROUP_UNITS}"
-            for v, r in zip(values, reasons, strict=True)]
+    return [str(v) if v is not None else withheld_mark(r) for v, r in zip(values, reasons, strict=True)]
 
 
 def histogram_note(reasons: Sequence[str | None]) -> str:

@@ -29,14 +29,31 @@ SMALL = ["--image-size", "16", "--arch", "smallcnn", "--arch-args", '{"width": 4
 
 
 def test_a_cell_counts_patients_not_images() -> None:
-    """4 patients with 5 images each: 20 images, withheld; 5 patients with one image each: published."""
-    y = np.array([0, 1] * 10 + [0, 1, 0, 1, 0])
-    groups = {"sex": np.array(["F"] * 20 + ["M"] * 5)}
-    units = np.array([f"p{i // 5}" for i in range(20)] + [f"q{i}" for i in range(5)])
-    f, m = subgroup_metrics(y, y, groups, 2, units=units, unit="patient", split="test")
+    """4 patients with 5 images each: 20 images, withheld; 5 patients with one image each: published. A third
+    value (A, 5 images of 5 patients, the smallest published) is withheld as F's complement: the split's n and
+    accuracy are published, and F's would follow by subtraction from them."""
+    y = np.array([0, 1] * 10 + [0, 1, 0, 1, 0] * 2)
+    groups = {"sex": np.array(["F"] * 20 + ["M"] * 5 + ["A"] * 5)}
+    units = np.array([f"p{i // 5}" for i in range(20)] + [f"q{i}" for i in range(5)] + [f"r{i}" for i in range(5)])
+    a, f, m = subgroup_metrics(y, y, groups, 2, units=units, unit="patient", split="test")
     assert f == GroupMetrics.withheld_cell("sex", "F", f"fewer than {MIN_SUBGROUP_UNITS} patients in the test split")
     assert (f.n, f.units, f.mcc, f.accuracy) == (None, None, None, None)
+    assert a == GroupMetrics.withheld_cell("sex", "A", COMPLEMENT_REASON)
     assert not m.withheld and (m.n, m.units, m.accuracy) == (5, 5, 1.0) and m.mcc == pytest.approx(1.0)
+
+
+def test_a_lone_withheld_value_takes_its_complement_with_it() -> None:
+    """Two values: the small one's n and accuracy would be the split's less the other's, so both are withheld;
+    two small values whose total leaves each more than one value need no complement."""
+    y = np.array([0, 1] * 15)
+    units = np.array([f"p{i}" for i in range(30)])
+    two = subgroup_metrics(y, y, {"sex": np.array(["F"] * 27 + ["M"] * 3)}, 2, units=units, unit="patient")
+    assert [(g.value, g.withheld, g.reason == COMPLEMENT_REASON) for g in two] == [("F", True, True),
+                                                                                  ("M", True, False)]
+    three = subgroup_metrics(y, y, {"site": np.array(["a"] * 25 + ["b"] * 3 + ["c"] * 2)}, 2, units=units,
+                             unit="patient")
+    assert [(g.value, g.withheld) for g in three] == [("a", False), ("b", True), ("c", True)]
+    assert not any(g.reason == COMPLEMENT_REASON for g in three)
 
 
 def test_subgroups_need_the_units() -> None:
@@ -110,7 +127,9 @@ def test_train_withholds_a_value_of_few_patients_in_the_test_split(tmp_path: Pat
     assert res.exit_code == 0, res.output
     console = " ".join(res.output.split())
     assert "subgroup sex = M (n < 5): withheld, fewer than 5 patients in the test split" in console
-    assert f"subgroup sex = F (n = {int((test.groups['sex'] == 'F').sum())}): MCC" in console
+    # F is M's complement: the test split's n less F's would give M's
+    assert f"subgroup sex = F (n withheld): withheld, {COMPLEMENT_REASON}" in " ".join(console.split())
+    assert f"subgroup sex = F (n = {int((test.groups['sex'] == 'F').sum())})" not in console
     res = runner.invoke(app, ["train", "--dataset", f"csv:{manifest}", *SMALL, "--epsilon", "8", "--epochs", "1",
                               "--batch-size", "8", "--json"])
     assert res.exit_code == 0, res.output
@@ -122,12 +141,12 @@ def test_train_withholds_a_value_of_few_patients_in_the_test_split(tmp_path: Pat
             cells = {g["value"]: g for g in metrics["subgroups"]}
             split = "test" if key == "metrics" else "validation"
             if split == "test":
-                assert cells["M"]["withheld"] is True and cells["F"]["withheld"] is False
-                assert cells["F"]["units"] == held["F"] and cells["F"]["mcc"] is not None
+                assert cells["M"]["withheld"] is True and cells["F"]["withheld"] is True
+                assert cells["F"]["reason"] == COMPLEMENT_REASON and cells["F"]["units"] is None
             for g in cells.values():
                 if g["withheld"]:
                     assert [g[k] for k in ("n", "units", "mcc", "accuracy")] == [None] * 4
-                    assert g["reason"] == f"fewer than 5 patients in the {split} split"
+                    assert g["reason"] in (f"fewer than 5 patients in the {split} split", COMPLEMENT_REASON)
 
 
 def _metrics_blocks(obj: object) -> list[tuple[str, dict]]:
@@ -170,8 +189,8 @@ def test_the_report_withholds_a_small_cell(tmp_path: Path) -> None:
 
 
 def test_attack_success_per_subgroup_counts_the_attacked_images_patients() -> None:
-    """6 attacked images of group M held by 2 patients: withheld (no count, no successes, no interval); 6 images
-    of 6 patients in F: published with their unit count."""
+    """6 attacked images of group M held by 2 patients: withheld (no count, no successes, no interval), with its
+    complement; 6 images of 6 patients in F: published with their unit count."""
     from types import SimpleNamespace
 
     import torch
@@ -179,11 +198,16 @@ def test_attack_success_per_subgroup_counts_the_attacked_images_patients() -> No
     from dpaudit.audit.profile.tasks import _subgroup_success
     from dpaudit.data import ImageDataset
 
-    images = torch.full((12, 1, 4, 4), 0.5)
-    train = ImageDataset(images, torch.zeros(12, dtype=torch.long), ("a", "b"), groups={"sex": np.array(["F"] * 6 + ["M"] * 6)},
-                         patient_ids=np.array([f"f{i}" for i in range(6)] + ["m0"] * 3 + ["m1"] * 3))
-    result = SimpleNamespace(success_ssim=0.8, rows=[SimpleNamespace(decoder="strong", ssim=[0.9] * 12)])
-    f, m = _subgroup_success(result, train, np.arange(12), "patient")
+    images = torch.full((18, 1, 4, 4), 0.5)
+    train = ImageDataset(images, torch.zeros(18, dtype=torch.long), ("a", "b"),
+                         groups={"sex": np.array(["A"] * 6 + ["F"] * 6 + ["M"] * 6)},
+                         patient_ids=np.array([f"a{i}" for i in range(6)] + [f"f{i}" for i in range(6)]
+                                              + ["m0"] * 3 + ["m1"] * 3))
+    result = SimpleNamespace(success_ssim=0.8, rows=[SimpleNamespace(decoder="strong", ssim=[0.9] * 18)])
+    a, f, m = _subgroup_success(result, train, np.arange(18), "patient")
+    # A (6 images, the smallest published group, first by value) is M's complement: the decoder's total
+    # successes less the others' would give M's
+    assert a.withheld and a.reason == COMPLEMENT_REASON and a.n_images is None
     assert not f.withheld and (f.n_images, f.successes, f.units) == (6, 6, 6)
     assert m.withheld and (m.n_images, m.successes, m.ci_low, m.ci_high, m.units) == (None,) * 5
     assert m.reason == "fewer than 5 patients in the attacked training images"

@@ -500,11 +500,12 @@ def _subgroup_success(result, train, idx, unit: str) -> tuple[AttackSubgroup, ..
     the attacked training images, with exact 95% intervals. ``idx``: the attacked images; the attack scores those
     it does not exclude as almost black, in this order. ``unit``: what ``train.patient_ids`` are (the splits'
     ``unit``); a group whose attacked images are held by fewer than
-    :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` of them is withheld (its success is those patients')."""
+    :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` of them is withheld (its success is those patients'), with the
+    next smallest group as its complement (:func:`dpaudit.identifiers.withhold_histogram`)."""
     import numpy as np
 
     from dpaudit.attacks.scoring import clopper_pearson, keep_mask
-    from dpaudit.identifiers import small_cell_reason
+    from dpaudit.identifiers import withhold_histogram
 
     kept = keep_mask(train.images[idx].permute(0, 2, 3, 1).numpy())
     groups = {str(k): np.asarray(v)[idx][kept].astype(str) for k, v in (train.groups or {}).items()}
@@ -513,9 +514,14 @@ def _subgroup_success(result, train, idx, unit: str) -> tuple[AttackSubgroup, ..
     for row in result.rows:
         ssim = np.asarray(row.ssim)
         for attr in sorted(groups):
-            for value in sorted(set(groups[attr].tolist())):
-                mask = groups[attr] == value
-                held, reason = small_cell_reason(units[mask].tolist(), unit, "the attacked training images")
+            values = sorted(set(groups[attr].tolist()))
+            masks = [groups[attr] == value for value in values]
+            units_of = [len(set(units[mask].tolist())) for mask in masks]
+            # the values partition the attacked images, whose count and successes are published: a lone withheld
+            # group's would follow by subtraction, so its complement goes with it
+            _, reasons = withhold_histogram([int(mask.sum()) for mask in masks], units_of, unit,
+                                            "the attacked training images")
+            for value, mask, held, reason in zip(values, masks, units_of, reasons, strict=True):
                 if reason is not None:
                     out.append(AttackSubgroup(row.decoder, attr, value, None, None, None, None, withheld=True,
                                               reason=reason))
