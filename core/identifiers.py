@@ -337,10 +337,9 @@ def withhold_histogram(counts: Sequence[int], held: Sequence[int], unit: str,
     cell only when no non-empty one is left). This prevents exact recovery by subtraction; the withheld cells' sum
     stays known, as it must with the total published.
 
-    >>> withhold_histogram([120, 3, 40], [60, 2, 20], "patient", "the site's training images of this label")
-    ((120, None, None), (None, "fewer than 5 patients in the site's training images of this label", \
-'withheld as a complement: with the published total (n_train) and the other cells, the small cell would follow by \
-subtraction'))
+    >>> values, reasons = withhold_histogram([120, 3, 40], [60, 2, 20], "patient", "the site's training split")
+    >>> values, reasons[1], reasons[2] == COMPLEMENT_REASON
+    ((120, None, None), "fewer than 5 patients in the site's training split", True)
     >>> withhold_histogram([50, 0, 30], [25, 0, 15], "patient", "x")  # no small cell: all published, 0 stays 0
     ((50, 0, 30), (None, None, None))
     """
