@@ -24,7 +24,7 @@ from dpaudit.cli._common import (
     print_table,
     progress_bar,
 )
-from dpaudit.config import MIN_NOISE_MULTIPLIER
+from dpaudit.config import MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER
 from dpaudit.errors import ConfigError, DpAuditError, check_int, check_probability, invalid
 
 app = typer.Typer()
@@ -298,7 +298,7 @@ def _schedule_from_flags(history: Path | None, phase: list[str] | None):
             phases.append(Phase(*row))
         except DpAuditError as exc:
             what = f"{exc.field} must be {exc.allowed}, got {exc.value!r}" if exc.field else str(exc).split(". Fix")[0]
-            raise ConfigError(f"--phase {text!r}: {what}. Fix: give SIGMA >= {MIN_NOISE_MULTIPLIER:g}, Q in (0, 1] and whole STEPS >= 1, "
+            raise ConfigError(f"--phase {text!r}: {what}. Fix: give SIGMA from {MIN_NOISE_MULTIPLIER:g} to {MAX_NOISE_MULTIPLIER:g}, Q in (0, 1] and whole STEPS >= 1, "
                               "e.g. --phase 1.0,0.01,500.") from None
     return Schedule(tuple(phases))
 
@@ -455,8 +455,8 @@ def _unit_epsilons(s) -> tuple[float, float, str]:
 #: What ``epsilon`` and ``epsilon_patient`` mean in every JSON of the bounds commands (profile.json's ``bounds[]``
 #: uses the same two keys).
 EPSILON_LABEL = "sound upper bound ({accountant}), per image (per record: what --epsilon/--epsilons set)"
-EPSILON_PATIENT_LABEL = ("sound upper bound (PLD), per patient: the records_per_patient images of one patient "
-                         "moving together")
+EPSILON_PATIENT_LABEL = ("sound upper bound ({accountant}), per patient: the records_per_patient images of one "
+                         "patient moving together")
 
 
 def _delta(delta: float | None, n_train: int | None) -> tuple[float, str | None]:
@@ -492,7 +492,8 @@ def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "imag
         "mia": {"advantage": mia.advantage,
                 "tpr_at_fpr": [{"fpr": f, "tpr": t} for f, t in mia.tpr_at_fpr]},
         "labels": {"epsilon": EPSILON_LABEL.format(accountant=s.epsilon.accountant.upper()),
-                   **({"epsilon_patient": EPSILON_PATIENT_LABEL} if s.epsilon_patient is not None else {}),
+                   **({"epsilon_patient": EPSILON_PATIENT_LABEL.format(accountant=s.epsilon_patient.accountant.upper())}
+                      if s.epsilon_patient is not None else {}),
                    "epsilon_rdp": "sound upper bound (RDP, as Opacus), per image",
                    "rero": f"{worst.label}, {_per(k, rec)}", "mia": f"{mia.label}, {_per(k, rec)}",
                    **({"numerical_error": "sound upper bound on how far each rero[] value (worst_case, relaxed) "
@@ -723,7 +724,7 @@ def calibrate(
                               "smallest meeting the target (safe end of the bracket)",
                               "achieved_rero": f"{cal.label}, {_per(k, rec)}",
                               "epsilon": EPSILON_LABEL.format(accountant="PLD"),
-                              **({"epsilon_patient": EPSILON_PATIENT_LABEL} if k > 1 else {}),
+                              **({"epsilon_patient": EPSILON_PATIENT_LABEL.format(accountant="PLD")} if k > 1 else {}),
                               "epsilon_target": "budget to train with: the per-image train --epsilon / profile "
                                                 "--epsilons that gives at least noise_multiplier (rounded down, "
                                                 "checked); null for several phases or at the search floor"},

@@ -272,8 +272,7 @@ class _OnceOptions(typer.core.TyperCommand):
     command line asks for the command's help (``--help`` anywhere before ``--``), which it then shows."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        own = args[: args.index("--")] if "--" in args else args
-        ctx.meta[_HELP_ASKED] = any(a in ctx.help_option_names for a in own)
+        ctx.meta[_HELP_ASKED] = _asks_for_help(self, ctx, args)
         return super().parse_args(ctx, args)
 
     def make_parser(self, ctx: typer.Context) -> Any:
@@ -282,6 +281,22 @@ class _OnceOptions(typer.core.TyperCommand):
 
 
 _HELP_ASKED = "dpaudit.help_asked"
+
+
+def _asks_for_help(command: Any, ctx: typer.Context, args: list[str]) -> bool:
+    """Whether click will read a help option in ``args``: a word ``--help`` that is not the value of an option before
+    it (``--plot --help`` writes a plot named --help) and comes before ``--``."""
+    takes = {opt: p.nargs for p in command.get_params(ctx) if getattr(p, "param_type_name", "") == "option"
+             and not getattr(p, "is_flag", False) and not getattr(p, "count", False) for opt in p.opts}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            return False
+        if word in ctx.help_option_names:
+            return True
+        i += 1 + (takes.get(word, 0) if "=" not in word else 0)
+    return False
 
 
 def _every_command(app: typer.Typer) -> Iterator[Any]:

@@ -332,7 +332,7 @@ def _summary_json(prof, out_dir: Path, render: bool, wall: float) -> dict:
         extra["patient_risk[]"] = prof.labels["patient_risk[]"]
     rec = prof.privacy().record
     labels = {"levels[].epsilon": f"sound upper bound (tight PLD accountant), per {rec} (what --epsilons sets)",
-              "levels[].epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the "
+              "levels[].epsilon_patient": "sound upper bound (the tighter of the PLD and RDP accountants), per patient: the "
                                           f"records_per_patient {rec}s of one patient moving together (null when "
                                           f"the unit is the {rec})",
               **extra,

@@ -298,7 +298,7 @@ def test_noise_below_the_accountants_floor_is_one_line_naming_sigma(args) -> Non
     text = " ".join(res.output.split())
     if "--phase" in args:
         assert "--phase '1e-9,0.01,100': noise_multiplier must be at least 0.0001" in text
-        assert "Fix: give SIGMA >= 0.0001" in text
+        assert "Fix: give SIGMA from 0.0001 to 1e+06" in text
     else:
         assert "--sigma must be at least 0.0001" in text and "got 1e-09" in text and "Fix: pass --sigma" in text
     assert "Traceback" not in res.output

@@ -146,3 +146,20 @@ def test_the_note_names_the_gaussian_mechanism_past_the_floor() -> None:
     assert any("sampling probability 1: sigma / 20000 is below 0.0001" in n for n in past.notes)
     above = bounds_summary(1.0, 0.01, 10, [0.01], target_delta=1e-5, records_per_patient=5_000, membership=False)
     assert any("sampling probability 1 - (1 - q)^5000)" in n for n in above.notes)
+
+
+@pytest.mark.parametrize(("k", "accountant"), [(10, "PLD"), (3624, "RDP")])
+def test_the_json_names_the_accountant_that_gave_epsilon_per_patient(k: int, accountant: str) -> None:
+    """The per-patient epsilon's label in the JSON names the accountant whose value it is, as the console row does:
+    at k 3624 (sigma 0.5, q 1e-3, T 100) the PLD's loss cap makes it looser than the RDP of a dominating mechanism."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    res = CliRunner().invoke(app, ["bounds", "--sigma", "0.5", "--q", "0.001", "--steps", "100", "--kappa", "1e-3",
+                                   "--records-per-patient", str(k), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["labels"]["epsilon_patient"].startswith(f"sound upper bound ({accountant}), per patient")

@@ -113,3 +113,13 @@ def test_help_is_shown_even_with_an_option_given_twice(path: tuple[str, ...]) ->
     result = runner.invoke(app, [*path, opt, "1", opt, "2", "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output and "more than once" not in result.output
+
+
+def test_a_help_word_read_as_an_option_value_does_not_lift_the_check(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``--plot --help`` gives --plot the value '--help' (click reads it so): no help is shown, so the repeat is
+    refused, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_refusal(runner.invoke(app, ["bounds", "--sigma", "1", "--sigma", "3", "--q", "0.01", "--steps",
+                                                 "100", "--kappa", "1e-3", "--plot", "--help", "--json"]))
+    assert "--sigma was given more than once" in line
+    assert list(tmp_path.iterdir()) == []

@@ -769,8 +769,8 @@ class PatientRisk(JsonResult):
     rero_worst_case: float
 
     LABELS: ClassVar[dict[str, str]] = {
-        "epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the records_per_patient images "
-                           "of one patient moving together",
+        "epsilon_patient": "sound upper bound (the tighter of the PLD and RDP accountants), per patient: the "
+                           "records_per_patient images of one patient moving together",
         "rero_worst_case": "sound upper bound (tight), per patient: worst-case reconstruction of a patient's "
                            "image with the records_per_patient images moving together, at kappa",
         "epsilon_target": "the per-image budget (--epsilons) this row belongs to"}
@@ -989,7 +989,7 @@ class Profile(JsonResult):
         return {
             "train[]": f"each run's own labels (epsilon_achieved: sound upper bound, per {rec}; metrics: empirical)",
             "bounds[].epsilon": f"sound upper bound (tight PLD accountant), per {rec} (what --epsilons sets)",
-            "bounds[].epsilon_patient": "sound upper bound (tight PLD accountant), per patient: the "
+            "bounds[].epsilon_patient": "sound upper bound (the tighter of the PLD and RDP accountants), per patient: the "
                                         f"records_per_patient {rec}s of one patient moving together",
             "bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)": f"{bound}; {unit}",
             **extra,
