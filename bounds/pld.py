@@ -86,6 +86,12 @@ class WindowTooLargeError(NumericalError):
     """The composed PLD needs a larger FFT window than ``MAX_WINDOW`` at this grid step."""
 
 
+class PileBoundaryError(NumericalError):
+    """The discretisation found no boundary of the loss's first pile in float64 (k-record pairs whose losses reach
+    ~1e19 nats at k / sigma ~1e10, where a grid step is below their rounding): the PLD cannot be formed; callers that
+    have a sound alternative (the RDP of a dominating mechanism) use it."""
+
+
 #: :meth:`DiscretePld.epsilon_lower` given the upper end ``near`` reads a first chunk this many times as deep as
 #: ``near`` lies (plus 64 atoms): the lower end's crossing lies below the upper end's by the bracket's width, at most
 #: a few 1e-3 relative on refine's first rounds, far less than 10% of the depth.
@@ -783,7 +789,7 @@ def _pile_cell(pair: StepPair, direction: str, h: float, end: float) -> tuple[fl
             rest = c[PILE_SCAN_FIRST:]
             hit = PILE_SCAN_FIRST + np.nonzero(s * (rest - own_loss(rest)) >= h / 2)[0]
     if not hit.size:
-        raise NumericalError(f"no pile boundary found for {pair} (direction {direction})")
+        raise PileBoundaryError(f"no pile boundary found for {pair} (direction {direction})")
     j = int(hit[0])
     start = end if j == 0 else float(c[j - 1])
     c = start + (float(c[j]) - start) * np.linspace(0.0, 1.0, 65)[1:]
@@ -2204,7 +2210,7 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
     if k != 1:
         try:
             value = float(epsilon_pld_refined(run, None, target_delta).value[0])
-        except WindowTooLargeError:
+        except (WindowTooLargeError, PileBoundaryError):  # no PLD at this grid: the RDP below is still sound
             value = math.inf
         total = sum(steps for _, steps in run)
         if math.isfinite(value) and not any(_capped(pair, total) for pair, _ in run):
@@ -2215,8 +2221,8 @@ def epsilon_bound(noise_multiplier: float | None = None, sampling_probability: f
         return EpsilonBound(rdp, "rdp", target_delta, k) if rdp < value else EpsilonBound(value, "pld", target_delta, k)
     try:
         tight = float(epsilon_pld_refined(run, None, target_delta).value[0])
-    except WindowTooLargeError:
-        tight = math.inf  # the PLD does not fit even on a 64x coarser grid; RDP below is still sound
+    except (WindowTooLargeError, PileBoundaryError):
+        tight = math.inf  # the PLD does not fit even on a 64x coarser grid (or cannot be formed); RDP is still sound
     total = sum(steps for _, steps in run)
     if math.isfinite(tight) and not any(_capped(pair, total) for pair, _ in run):
         return EpsilonBound(tight, "pld", target_delta)  # uncapped PLD: within 1e-4 of exact, RDP never below it

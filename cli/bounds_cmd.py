@@ -503,8 +503,8 @@ def _bounds_json(s, method: str, delta_note: str | None = None, rec: str = "imag
         "numerical_error": ({"worst_case": worst.numerical_error.tolist(), "relaxed": relaxed.numerical_error.tolist()}
                             if method == "tight" else None),
         "assumptions": list(s.assumptions),
-        "notes": list(dict.fromkeys(worst.notes + relaxed.notes + mia.notes + ((delta_note,) if delta_note else ())
-                                    + ((replaced,) if replaced else ()))),
+        # the summary's notes: the bounds' own and, where the RDP gave epsilon, why (as the console's warnings)
+        "notes": list(dict.fromkeys(s.notes + ((delta_note,) if delta_note else ()) + ((replaced,) if replaced else ()))),
         # --model: each value a flag gave over the checkpoint's (flag, field, value, checkpoint); [] when none
         "overrides": list(overrides or []),
     }

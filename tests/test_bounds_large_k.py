@@ -163,3 +163,21 @@ def test_the_json_names_the_accountant_that_gave_epsilon_per_patient(k: int, acc
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["labels"]["epsilon_patient"].startswith(f"sound upper bound ({accountant}), per patient")
+    # the JSON's notes say why, as the console's warnings do
+    assert any(n.startswith("epsilon: the PLD is looser than RDP") for n in out["notes"]) == (accountant == "RDP")
+
+
+def test_a_pld_that_cannot_be_formed_falls_back_to_the_dominating_rdp(monkeypatch) -> None:
+    """Where the discretisation finds no pile boundary (losses ~1e19 nats at k / sigma ~1e10: sigma 1e-4, q 0.5,
+    k 1e6 took 17 s to fail), epsilon per patient is the RDP of a dominating mechanism (sound), not an error."""
+    import dpaudit.bounds.pld as pld
+
+    def fail(*args, **kwargs):
+        raise pld.PileBoundaryError("no pile boundary found (test)")
+
+    monkeypatch.setattr(pld, "epsilon_pld_refined", fail)
+    got = epsilon_bound(1.0, 0.01, 100, 1e-5, records_per_patient=20)
+    assert got.accountant == "rdp" and np.isfinite(got.value) and got.value > 0
+    from dpaudit.bounds.schedule import resolve
+
+    assert got.value == pld._epsilon_rdp_dominating(resolve(1.0, 0.01, 100, None), 20, 1e-5)
