@@ -82,7 +82,7 @@ from dpaudit.images import (
     walk,
 )
 from dpaudit.memory import check_image_size, check_images_fit
-from dpaudit.tables import read_table
+from dpaudit.tables import RowKey, read_table
 
 __all__ = [
     "DEFAULT_MEAN",
@@ -1077,7 +1077,8 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
         raise DataError(f"ham10000: {str(csv_path)!r} not found (CSV files in that folder: {found or 'none'}). "
                         "Fix: pass --data-dir the folder holding HAM10000_metadata.csv and the ISIC_*.jpg images "
                         "(directly or in HAM10000_images_part_1/ and HAM10000_images_part_2/).")
-    table = read_table(csv_path, "ham10000")
+    table = read_table(csv_path, "ham10000", [RowKey("image_id", pattern=r"ISIC_\d+"),
+                                              RowKey("lesion_id", pattern=r"HAM_\d+")])
     table.require(HAM10000_REQUIRED_COLUMNS, "ham10000",
                   "use the official metadata file (lesion_id, image_id, dx, dx_type, age, sex, localization)")
     table.refuse_line_breaks((*HAM10000_REQUIRED_COLUMNS, "sex", "age"), "ham10000")

@@ -93,7 +93,7 @@ from dpaudit.images import (
 )
 from dpaudit.memory import check_images_fit
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
-from dpaudit.tables import Table, read_table
+from dpaudit.tables import RowKey, Table, read_table
 
 __all__ = ["LABEL_KEYS", "load_csv_manifest", "load_dicom_tree", "load_nifti_folder"]
 
@@ -571,10 +571,10 @@ class _Labels:
     notes: tuple[str, ...] = ()  # the file's encoding when not UTF-8 (Table.notes)
 
 
-def _read_labels(path: Path, keys: Sequence[str], name: str) -> _Labels:
-    """A labels CSV (:class:`_Labels`). A key listed twice with different labels is an error naming the rows (not
-    the key: it may be a PatientID)."""
-    table = read_table(path, name)
+def _read_labels(path: Path, keys: Sequence[str], name: str, root: Path) -> _Labels:
+    """A labels CSV (:class:`_Labels`); a ``file`` or ``path`` key is relative to ``root`` (the dataset folder). A
+    key listed twice with different labels is an error naming the rows (not the key: it may be a PatientID)."""
+    table = read_table(path, name, [RowKey(k, base=root if k in ("file", "path") else None) for k in keys])
     key = next((k for k in keys if k in table.columns), None)
     if key is None or "label" not in table.columns:
         raise DataError(f"{name}: {path.name} needs a label column and one key column of {list(keys)} (found "
@@ -917,7 +917,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     bad: Counter[str] = Counter()  # subgroup values out of range, by kind
     with_header_groups = any(h.sex != "unknown" or h.age is not None for h in headers)
     if labels is not None:
-        table = _read_labels(Path(labels), LABEL_KEYS, name)
+        table = _read_labels(Path(labels), LABEL_KEYS, name, root)
         key, rows, extra = table.key, table.rows, table.extra
         notes.extend(table.notes)
     else:
@@ -1060,7 +1060,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     matched = set()
     labelled: dict[int, str] = {}  # file index: the labels file's row key that labelled it
     if labels_path is not None:
-        table = _read_labels(labels_path, ("file", "path"), name)
+        table = _read_labels(labels_path, ("file", "path"), name, root)
         key, rows, extra = table.key, table.rows, table.extra
         notes.extend(table.notes)
     else:
@@ -1166,7 +1166,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     if not csv_path.is_file():
         raise DataError(f"{name}: {str(csv_path)!r} is not an existing file. Fix: pass --dataset csv:FILE with the "
                         "manifest (columns path,label[,patient_id]).")
-    table = read_table(csv_path, name)
+    table = read_table(csv_path, name, [RowKey("path", base=csv_path.parent)])
     table.require(("path", "label"), name, "add the columns path and label (and optionally patient_id)")
     base = csv_path.parent
     patient_columns = patient_id_columns(table.columns)

@@ -22,13 +22,20 @@ data), when
 1. a quote is never closed (it runs to the end of the file);
 2. a column name spans lines;
 3. a cell's embedded line (each line after its first; for its last line, together with the rest of its row)
-   holds at least as many delimiters as the header minus one: it reads as a row of its own that the quote
-   swallowed;
+   reads as a row of its own that the quote swallowed: its cell in a column the reader finds rows by
+   (:class:`RowKey`: a manifest's path, a labels file's key, HAM10000's image_id and lesion_id) looks like that
+   column's real values: it matches the column's pattern (``ISIC_\\d+``), or names an existing file (resolved as
+   the reader resolves paths), or has the extension or the shape (its kinds of characters) of the column's values
+   in the other rows. How many delimiters the line holds does not matter then (a swallowed row may be shorter
+   than every row left, a note's line may hold more commas than a row). Without a key column (:func:`read_table`
+   called alone, or a header without one), a line that holds at least as many delimiters as the fewest of the
+   file's single-line data rows (the header minus one where there are none) is refused;
 4. a row that holds a multi-line cell has more cells than the header (the quote joined two rows);
 5. a cell in a column the reader uses (path, label, patient, subgroup, ...) spans lines: the reader calls
    :meth:`Table.refuse_line_breaks` with those columns once it knows them.
 
-A multi-line cell in a column dpaudit does not use, whose lines do not look like rows, is legal and loads as text.
+A multi-line cell in a column dpaudit does not use, whose lines do not look like rows, is legal and loads as text,
+even when a line holds as many delimiters as a row (a list of findings typed with commas).
 """
 
 from __future__ import annotations
@@ -36,13 +43,13 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dpaudit.errors import DataError
 
-__all__ = ["FALLBACK_ENCODING", "Spanning", "Table", "read_table"]
+__all__ = ["FALLBACK_ENCODING", "RowKey", "Spanning", "Table", "read_table"]
 
 #: The single-byte encoding tried when a file is not valid UTF-8 (see the module docstring).
 FALLBACK_ENCODING = "cp1252"
@@ -57,6 +64,59 @@ class Spanning:
     column: str
     first_line: int
     last_line: int
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """A column a reader finds each row's image by, and how to tell its real values (rule 3 of the module
+    docstring): an embedded line whose cell in this column looks like one is a swallowed row.
+
+    ``base`` is the folder the column's paths are relative to, as the reader resolves them (None: not paths);
+    ``pattern`` a regular expression the column's values match in full by convention (HAM10000's ``ISIC_\\d+``).
+    A cell looks like a real value when it matches the pattern, names an existing file below ``base``, or has the
+    extension, or the shape (the kinds of characters it holds: letters, digits, each punctuation mark), of a value
+    in the file's rows. Each is evidence enough: a note's line that passes one is refused (the user can reword
+    it), a swallowed row that passes none would vanish.
+    """
+
+    column: str
+    base: Path | None = None
+    pattern: str | None = None
+
+    def test(self, values: Iterable[str]) -> Callable[[str], bool]:
+        """Whether a cell looks like a real value of this column, judged against ``values`` (the column's cells
+        in the file's rows)."""
+        match = re.compile(self.pattern).fullmatch if self.pattern is not None else None
+        values = [v for v in values if v]
+        shapes = {_shape(v) for v in values}
+        suffixes = {_suffix(v) for v in values} - {""}
+
+        def looks_like(cell: str) -> bool:
+            if not cell:
+                return False
+            if (match is not None and match(cell)) or _shape(cell) in shapes or _suffix(cell) in suffixes:
+                return True
+            if self.base is None:
+                return False
+            try:
+                target = self.base / cell.replace("\\", "/")
+                return target.is_file() or target.is_symlink()  # a broken link is still a file the row names
+            except (OSError, ValueError):  # a name the file system cannot hold (too long, a NUL)
+                return False
+
+        return looks_like
+
+
+def _shape(value: str) -> frozenset[str]:
+    """The kinds of characters a cell holds: letters, digits, and each other character itself (``img3.png`` and
+    ``ct_17.png`` share {letter, digit, '.'}; ``pain`` is letters only)."""
+    return frozenset("a" if c.isalpha() else "9" if c.isdigit() else c for c in value)
+
+
+def _suffix(value: str) -> str:
+    """A path's extension, lower case ('' for none; ``.gz`` for ``.nii.gz``); a space in it is not one."""
+    suffix = Path(value.replace("\\", "/")).suffix.lower()
+    return "" if " " in suffix else suffix
 
 
 @dataclass(frozen=True)
@@ -159,9 +219,12 @@ def _refuse_unterminated_quote(path: Path, text: str, delimiter: str,
 
 
 def _spanning_cells(path: Path, what: str, columns: tuple[str, ...], delimiter: str, row_no: int,
-                    cells: list[str], first_line: int) -> list[Spanning]:
-    """The cells of one data row that span lines; a :class:`DataError` for one that swallowed a row (rules 3, 4)."""
+                    cells: list[str], first_line: int
+                    ) -> tuple[list[Spanning], list[tuple[Spanning, list[str]]]]:
+    """The cells of one data row that span lines, and their embedded lines (each with its cell, and split by the
+    delimiter: rule 3 judges them); a :class:`DataError` for a row that outgrows the header (rule 4)."""
     out = []
+    embedded = []
     line = first_line
     for j, value in enumerate(cells):
         if "\n" not in value and "\r" not in value:
@@ -172,22 +235,39 @@ def _spanning_cells(path: Path, what: str, columns: tuple[str, ...], delimiter: 
         column = columns[j] if j < len(columns) else f"number {j + 1}"
         cell = Spanning(row_no, column, line, line + len(parts) - 1)
         line = cell.last_line
-        # Rule 3: an embedded line that holds as many delimiters as a row (its last one: with the rest of the row).
-        after = len(cells) - j - 1
-        counts = [part.count(delimiter) + (after if k == len(parts) - 1 else 0) for k, part in enumerate(parts)]
-        if any(n >= len(columns) - 1 for n in counts[1:]):
-            raise DataError(_spanning_message(path, what, cell, "a line inside the cell reads as a row of its own"))
         if len(cells) > len(columns):  # rule 4
             raise DataError(_spanning_message(path, what, cell, f"the row then has {len(cells)} cells, the header "
                                               f"{len(columns)} columns"))
+        # An embedded line as rule 3 reads it: a row's cells from its first column (the last line: followed by
+        # the rest of the row's cells).
+        for k, part in enumerate(parts[1:], start=1):
+            embedded.append((cell, part.split(delimiter) + (cells[j + 1:] if k == len(parts) - 1 else [])))
         out.append(cell)
-    return out
+    return out, embedded
 
 
-def read_table(path: str | Path, what: str) -> Table:
+def _refuse_swallowed_rows(table: Table, lines: list[tuple[Spanning, list[str]]], keys: Sequence[RowKey],
+                           fewest: int, what: str) -> None:
+    """Rule 3: refuse the first embedded line whose cell in a key column looks like the column's real values
+    (:meth:`RowKey.test`); with no key column in the header, the first that holds ``fewest`` delimiters."""
+    present = [k for k in keys if k.column in table.columns]
+    tests = [(table.columns.index(k.column), k.column, k.test(r[k.column] for r in table.rows)) for k in present]
+    for cell, split in lines:
+        if not tests and len(split) - 1 >= fewest:
+            raise DataError(_spanning_message(table.path, what, cell, "a line inside the cell holds as many "
+                                              "delimiters as a row: it reads as a row of its own"))
+        hit = next((name for i, name, looks_like in tests if i < len(split) and looks_like(split[i].strip())), None)
+        if hit is not None:
+            raise DataError(_spanning_message(table.path, what, cell, "a line inside the cell reads as a row of its "
+                                              f"own: its {hit!r} cell looks like the other rows'"))
+
+
+def read_table(path: str | Path, what: str, keys: Sequence[RowKey] = ()) -> Table:
     """Read a CSV file by the encoding and line-break rules of the module docstring; ``what`` prefixes error
-    messages. Cells that span lines legally are listed in :attr:`Table.spanning`: the reader refuses them in the
-    columns it uses with :meth:`Table.refuse_line_breaks`."""
+    messages. ``keys``: the columns the reader finds each row's image by, whose cells tell a swallowed row from a
+    note's line (rule 3; without one in the header, an embedded line with a row's delimiters is refused). Cells
+    that span lines legally are listed in :attr:`Table.spanning`: the reader refuses them in the columns it uses
+    with :meth:`Table.refuse_line_breaks`."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -222,13 +302,22 @@ def read_table(path: str | Path, what: str) -> Table:
         raise DataError(f"{what}: {path.name} has a quote (\") in the header (line {header_line}), column number "
                         f"{broken + 1}, that runs over {len(_LINE_BREAK.split(header[broken]))} lines. Fix: put the "
                         "column name on one line (close the quote where it opens, or delete the stray one).")
+    # Without a key column, rule 3 compares an embedded line with the file's single-line rows: the fewest
+    # delimiters one holds (rows may omit empty trailing cells), else the header's.
+    fewest = min((len(row) - 1 for row, line, last_line in records[1:] if last_line == line),
+                 default=len(columns) - 1)
     rows = []
     spanning: list[Spanning] = []
+    embedded: list[tuple[Spanning, list[str]]] = []
     for row_no, (row, line, last_line) in enumerate(records[1:], start=1):
         if last_line > line:  # only a record over several lines can hold a cell that spans lines
-            spanning += _spanning_cells(path, what, columns, delimiter, row_no, row, line)
+            cells, lines = _spanning_cells(path, what, columns, delimiter, row_no, row, line)
+            spanning += cells
+            embedded += lines
         if len(row) > len(columns):
             raise DataError(f"{what}: {path.name} data row {row_no} has {len(row)} cells but the header names "
                             f"{len(columns)} columns. Fix: quote cells that hold the delimiter {delimiter!r}.")
         rows.append({c: (row[i].strip() if i < len(row) else "") for i, c in enumerate(columns)})
-    return Table(path, columns, tuple(rows), encoding, tuple(spanning))
+    table = Table(path, columns, tuple(rows), encoding, tuple(spanning))
+    _refuse_swallowed_rows(table, embedded, keys, fewest, what)
+    return table

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from dpaudit.cli.main import app
 from dpaudit.data import DatasetSplits, load_splits
 from dpaudit.errors import DataError
-from dpaudit.tables import Spanning, read_table
+from dpaudit.tables import RowKey, Spanning, read_table
 
 ROWS = 12
 NOTE = "Follow-up CT advised, no change since prior.\nReviewed by a second reader."
@@ -275,3 +275,175 @@ def test_a_line_break_in_a_ham10000_column_dpaudit_reads_is_refused(tmp_path: Pa
     (tmp_path / "HAM10000_metadata.csv").write_text(csv_text(HAM_HEADER, rows))
     with pytest.raises(DataError, match=r"HAM10000_metadata\.csv data row 1 \(line 2\), column 'sex', has a quote"):
         load_splits("ham10000", data_dir=tmp_path, image_size=16)
+
+
+# ------------------------------------------- rule 3 on evidence: ragged files, notes whose lines hold commas
+
+WORDS = ["pain", "swelling", "redness", "fever", "cough", "nausea", "rash", "itch", "fatigue"]
+
+
+def findings(columns: int, last: bool) -> str:
+    """A quoted two-line note, one of whose lines lists findings with as many commas as a row has delimiters
+    (``columns`` - 1): the last line, or the first."""
+    listed = ", ".join(WORDS[:columns])
+    return f'"{listed}\nReviewed by a second reader."' if not last else f'"Findings:\n{listed}"'
+
+
+def ragged_swallowing(rows: list[list[str]]) -> list[list[str]]:
+    """The rows without their (empty) trailing note cell, but data row 5 whose note opens a quote (``,"first``) that a
+    stray quote at the end of data row 8 closes: data rows 6-8 (lines 7-9) are swallowed by one note cell, and
+    each of their lines holds one delimiter fewer than the header."""
+    rows = [list(r[:-1]) for r in rows]
+    rows[4].append('"first')
+    rows[7][-1] += '"'
+    return rows
+
+
+def assert_ragged_swallowed(message: str, file: str) -> None:
+    assert "\n" not in message and "Traceback" not in message
+    assert f"{file} data row 5 (line 6), column 'note'" in message, message
+    assert "opens on line 6 and closes on line 9, and the 2 line(s) between them" in message, message
+    assert "reads as a row of its own" in message, message
+    assert "SECRET" not in message and "img" not in message and "ISIC" not in message
+
+
+def test_a_ragged_file_with_fewer_delimiters_per_row_is_still_read_as_rows(tmp_path: Path) -> None:
+    """The fewest delimiters of the file's single-line rows, not the header's, make an embedded line a candidate."""
+    path = tmp_path / "m.csv"
+    path.write_text('path,label,sex,note\na.png,0,F\nb.png,1,F,"x\nc.png,0,M\nd.png,1,F"\ne.png,0,M\n')
+    for keys in [(), [RowKey("path", base=tmp_path)]]:
+        with pytest.raises(DataError, match=r"m\.csv data row 2 \(line 3\), column 'note', has a quote .* opens on "
+                                            r"line 3 and closes on line 5"):
+            read_table(path, "labels", keys)
+
+
+def test_a_note_line_with_a_rows_delimiters_is_judged_by_the_key_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(csv_text(["path", "label", "note"], [["a.png", "0", "none"], ["b.png", "1", findings(3, True)]]))
+    with pytest.raises(DataError, match=r"holds as many delimiters as a row"):  # no key: the delimiters decide
+        read_table(path, "labels")
+    table = read_table(path, "labels", [RowKey("path", base=tmp_path)])
+    assert table.rows[1]["note"] == "Findings:\npain, swelling, redness"
+    assert table.spanning == (Spanning(2, "note", 3, 4),)
+    with pytest.raises(DataError, match=r"holds as many delimiters as a row"):  # no key in the header: likewise
+        read_table(path, "labels", [RowKey("file", base=tmp_path)])
+
+
+@pytest.mark.parametrize(("key", "cell", "row"), [
+    (RowKey("path", base=Path(".")), "pain", False),
+    (RowKey("path"), "c.png", True),  # the other rows' extension
+    (RowKey("path"), "C.PNG", True),
+    (RowKey("path"), "c7", True),  # the shape of a row's path without extension ('b2')
+    (RowKey("path"), "see a.png, left", False),  # not an extension: it holds a space
+    (RowKey("image_id", pattern=r"ISIC_\d+"), "ISIC_0024306", True),
+    (RowKey("image_id", pattern=r"ISIC_\d+"), "nausea", False),
+])
+def test_what_looks_like_a_key_columns_value(key: RowKey, cell: str, row: bool) -> None:
+    assert key.test(["a.png", "b2", ""])(cell) is row
+
+
+def test_a_path_cell_naming_an_existing_file_looks_like_a_row(tmp_path: Path) -> None:
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "ct").write_bytes(b"")
+    looks_like = RowKey("path", base=tmp_path).test(["a.dcm"])
+    assert looks_like("scans/ct") and looks_like("scans\\ct") and not looks_like("scans/mr")
+
+
+SEX_HEADER = ["path", "label", "patient_id", "sex", "note"]
+
+
+def with_sex(rows: list[list[str]]) -> list[list[str]]:
+    return [[*r[:-1], "F" if i % 2 else "M", r[-1]] for i, r in enumerate(rows)]
+
+
+def test_a_ragged_manifest_with_swallowed_rows_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    rows = with_sex(manifest_rows(tmp_path, rng))
+    (tmp_path / "m.csv").write_text(csv_text(SEX_HEADER, ragged_swallowing(rows)))
+    with pytest.raises(DataError) as info:
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=16)
+    assert_ragged_swallowed(str(info.value), "m.csv")
+
+
+def test_swallowed_rows_shorter_than_every_row_left_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The key column decides, not the delimiters: here only the swallowed rows omit their trailing note cell."""
+    rows = with_sex(manifest_rows(tmp_path, rng))
+    short = ragged_swallowing(rows)
+    rows = [r if 4 <= i <= 7 else [*short[i], "none"] for i, r in enumerate(short)]
+    (tmp_path / "m.csv").write_text(csv_text(SEX_HEADER, rows))
+    with pytest.raises(DataError) as info:
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=16)
+    assert_ragged_swallowed(str(info.value), "m.csv")
+
+
+def test_a_ragged_manifest_without_a_swallowing_quote_loads_every_row(tmp_path: Path, rng: np.random.Generator
+                                                                       ) -> None:
+    rows = [r[:-1] for r in with_sex(manifest_rows(tmp_path, rng))]
+    rows[4].append(findings(len(SEX_HEADER), True))
+    (tmp_path / "m.csv").write_text(csv_text(SEX_HEADER, rows))
+    assert total(load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=16)) == ROWS
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_manifest_note_listing_findings_with_commas_loads_every_row(tmp_path: Path, rng: np.random.Generator,
+                                                                      last: bool) -> None:
+    rows = with_sex(manifest_rows(tmp_path, rng))
+    rows[4][-1] = findings(len(SEX_HEADER), last)
+    (tmp_path / "m.csv").write_text(csv_text(SEX_HEADER, rows))
+    assert total(load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=16)) == ROWS
+
+
+def test_a_ragged_dicom_labels_file_with_swallowed_rows_is_refused(tmp_path: Path, rng: np.random.Generator
+                                                                   ) -> None:
+    rows = [[*r[:2], "F", "none"] for r in dicom_rows(tmp_path / "d", rng)]
+    (tmp_path / "labels.csv").write_text(csv_text(["path", "label", "sex", "note"], ragged_swallowing(rows)))
+    with pytest.raises(DataError) as info:
+        load_splits(f"dicom:{tmp_path / 'd'}", image_size=16, labels=tmp_path / "labels.csv")
+    assert_ragged_swallowed(str(info.value), "labels.csv")
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_dicom_labels_note_listing_findings_with_commas_loads_every_row(tmp_path: Path, rng: np.random.Generator,
+                                                                          last: bool) -> None:
+    rows = [[*r[:2], "F", "none"] for r in dicom_rows(tmp_path / "d", rng)]
+    rows[4][-1] = findings(4, last)
+    (tmp_path / "labels.csv").write_text(csv_text(["path", "label", "sex", "note"], rows))
+    s = load_splits(f"dicom:{tmp_path / 'd'}", image_size=16, labels=tmp_path / "labels.csv")
+    assert total(s) == ROWS
+
+
+NIFTI_SEX_HEADER = ["file", "label", "patient_id", "sex", "note"]
+
+
+def test_a_ragged_nifti_labels_file_with_swallowed_rows_is_refused(tmp_path: Path, rng: np.random.Generator
+                                                                   ) -> None:
+    rows = with_sex(nifti_rows(tmp_path, rng))
+    (tmp_path / "labels.csv").write_text(csv_text(NIFTI_SEX_HEADER, ragged_swallowing(rows)))
+    with pytest.raises(DataError) as info:
+        load_splits(f"nifti:{tmp_path}", image_size=16)
+    assert_ragged_swallowed(str(info.value), "labels.csv")
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_nifti_labels_note_listing_findings_with_commas_loads_every_row(tmp_path: Path, rng: np.random.Generator,
+                                                                          last: bool) -> None:
+    rows = with_sex(nifti_rows(tmp_path, rng))
+    rows[4][-1] = findings(len(NIFTI_SEX_HEADER), last)
+    (tmp_path / "labels.csv").write_text(csv_text(NIFTI_SEX_HEADER, rows))
+    assert total(load_splits(f"nifti:{tmp_path}", image_size=16)) == ROWS
+
+
+def test_ragged_ham10000_metadata_with_swallowed_rows_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    rows = ham_rows(tmp_path, rng)
+    (tmp_path / "HAM10000_metadata.csv").write_text(csv_text(HAM_HEADER, ragged_swallowing(rows)))
+    with pytest.raises(DataError) as info:
+        load_splits("ham10000", data_dir=tmp_path, image_size=16)
+    assert_ragged_swallowed(str(info.value), "HAM10000_metadata.csv")
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_a_ham10000_note_listing_findings_with_commas_loads_every_row(tmp_path: Path, rng: np.random.Generator,
+                                                                      last: bool) -> None:
+    rows = ham_rows(tmp_path, rng)
+    rows[4][-1] = findings(len(HAM_HEADER), last)
+    (tmp_path / "HAM10000_metadata.csv").write_text(csv_text(HAM_HEADER, rows))
+    assert total(load_splits("ham10000", data_dir=tmp_path, image_size=16)) == ROWS

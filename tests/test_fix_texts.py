@@ -55,9 +55,9 @@ def test_a_labels_file_example_is_right_for_the_data_kind(tmp_path: Path) -> Non
 
     (tmp_path / "l.csv").write_text("name,label\na,b\n")
     with pytest.raises(DataError, match=r"e\.g\. file,label"):
-        _read_labels(tmp_path / "l.csv", ("file", "path"), "nifti:x")
+        _read_labels(tmp_path / "l.csv", ("file", "path"), "nifti:x", tmp_path)
     with pytest.raises(DataError, match=r"e\.g\. PatientID,label"):
-        _read_labels(tmp_path / "l.csv", ("PatientID", "StudyInstanceUID"), "dicom:x")
+        _read_labels(tmp_path / "l.csv", ("PatientID", "StudyInstanceUID"), "dicom:x", tmp_path)
 
 
 def test_huge_step_counts_print_no_numpy_warning() -> None:
