@@ -428,19 +428,61 @@ def says_how_to_resume(text: str) -> Iterator[None]:
 MEMORY_FLAGS = ("--image-size", "--max-images", "--batch-size", "--n-train")
 
 
-def out_of_memory_line(exc: MemoryError, options: dict[str, str]) -> str:
-    """The line a ``MemoryError`` prints: what ran out (numpy's message says how much was asked; its array shape
-    is left out) and the fix with the flags of ``options`` (the running command's) that cut the memory needed.
+#: torch's messages for an allocation that failed (a ``RuntimeError``, not a ``MemoryError``): the CPU allocator's
+#: two (c10/core/impl/alloc_cpu.cpp), and the CUDA and MPS allocators' (``torch.cuda.OutOfMemoryError`` is a
+#: ``RuntimeError`` too). Matched exactly: any other ``RuntimeError`` is a bug, shown as one.
+_TORCH_ALLOCATION_FAILED = re.compile(
+    r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)|CUDA out of memory|MPS backend out of memory")
+
+
+def allocation_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed: a ``MemoryError``, ``torch.cuda.OutOfMemoryError``, or torch's
+    ``RuntimeError`` from its CPU, CUDA or MPS allocator (:data:`_TORCH_ALLOCATION_FAILED`).
+
+    >>> allocation_failed(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
+    ...                                "allocate memory: you tried to allocate 1099511627776 bytes."))
+    True
+    >>> allocation_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"))
+    False
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and _TORCH_ALLOCATION_FAILED.search(str(exc)) is not None
+
+
+def out_of_memory_line(exc: BaseException, options: dict[str, str]) -> str:
+    """The line an allocation failure (:func:`allocation_failed`) prints: what ran out (how much was asked, from
+    numpy's or torch's message; numpy's array shape and torch's internals left out) and the fix with the flags of
+    ``options`` (the running command's) that cut the memory needed.
 
     >>> out_of_memory_line(MemoryError("Unable to allocate 218. TiB for an array with shape (2000, 3)"),
     ...                    {"--image-size": "image_size", "--seed": "seed"})
     'out of memory (unable to allocate 218. TiB). Fix: pass a smaller --image-size, or free memory.'
+    >>> out_of_memory_line(RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not "
+    ...                                 "enough memory: you tried to allocate 1099511627776 bytes."), {})
+    'out of memory (unable to allocate 1.00 TiB). Fix: free memory.'
+    >>> out_of_memory_line(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.3 GiB total)"), {})
+    'out of GPU memory (unable to allocate 2.00 GiB). Fix: free memory.'
     """
-    text = str(exc).split(" for an array", 1)[0].strip()
-    what = f" ({text[:1].lower() + text[1:]})" if text else ""
+    from dpaudit.memory import format_bytes
+
+    message = str(exc)
+    device = "GPU " if re.search(r"CUDA out of memory|MPS backend out of memory", message) else ""
+    if isinstance(exc, MemoryError):
+        text = message.split(" for an array", 1)[0].strip()
+        what = f" ({text[:1].lower() + text[1:]})" if text else ""
+    elif (n := re.search(r"tried to allocate (\d+) bytes", message)) is not None:
+        what = f" (unable to allocate {format_bytes(int(n.group(1)))})"
+    elif (size := re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", message)) is not None:
+        what = f" (unable to allocate {size.group(1)})"
+    else:
+        what = ""
     flags = [f for f in MEMORY_FLAGS if f in options]
     cut = f"pass a smaller {', '.join(flags)}, or " if flags else ""
-    return f"out of memory{what}. Fix: {cut}free memory."
+    return f"out of {device}memory{what}. Fix: {cut}free memory."
 
 
 def handle_errors(func: F) -> F:
@@ -470,9 +512,12 @@ def handle_errors(func: F) -> F:
                                "where a folder is written).", options, {**values, **kwargs})
             err.print(f"[bold red]error:[/] {escape(text)}", markup=True, highlight=False)
             raise typer.Exit(code=2) from None
-        except MemoryError as exc:
+        except (MemoryError, RuntimeError) as exc:
             # The loaders refuse what surely cannot fit before allocating (dpaudit.memory); what still runs out
-            # (the model, the attack, other processes taking the memory) is one line too, naming the sizes to cut.
+            # (the model, the attack, other processes taking the memory) is one line too, naming the sizes to cut:
+            # numpy's MemoryError and torch's allocator failures (RuntimeErrors); any other RuntimeError is raised.
+            if not allocation_failed(exc):
+                raise
             options, _ = _running_command()
             err.print(f"[bold red]error:[/] {escape(out_of_memory_line(exc, options))}", markup=True,
                       highlight=False)
