@@ -75,13 +75,14 @@ from dpaudit.images import (
     is_broken_link,
     per_file_lines,
     probe_channels,
+    probe_size,
     read_image,
     skipped_entry,
     skipped_unreadable,
     to_unit_range,
     walk,
 )
-from dpaudit.memory import check_image_size, check_images_fit
+from dpaudit.memory import DECODE_FIX, check_image_size, check_images_fit, decode_workers
 from dpaudit.tables import RowKey, read_table
 
 __all__ = [
@@ -968,7 +969,9 @@ def _decode_files(paths: Sequence[Path], image_size: int, channels: int, *, skip
         except DataError as exc:
             raise _file_error(exc, paths[i], root, name) from None
 
-    with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
+    workers = decode_workers([probe_size(p, image_size, channels) for p in paths],
+                             [shown_path(p, root) for p in paths], name=name, fix=DECODE_FIX)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(work, range(len(paths))))
     return out, sum(p is None for p in out)
 

@@ -73,9 +73,10 @@ import numpy as np
 
 from dpaudit.errors import DataError, library_reason
 from dpaudit.images import Pixels, UnreadableImageError, content_id, match_channels, resize_float, walk
+from dpaudit.memory import DecodeSize
 
 __all__ = ["IMAGE_MODALITIES", "IMAGE_STORAGE_CLASSES", "NO_CLASS_NO_MODALITY", "NO_PIXEL_DATA",
-           "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "find_dicom", "is_dicom",
+           "UNKNOWN_CLASS_NO_MODALITY", "DicomHeader", "NotAnImage", "decode_dicom", "decode_size", "find_dicom", "is_dicom",
            "non_image_fix", "non_image_reason", "pydicom_warnings_quiet", "read_header", "stored_ranges_differ",
            "window_value"]
 
@@ -793,3 +794,19 @@ def _check_header_numbers(ds: object, path: Path, frames: int, *, windows: bool)
                                            "or remove the file.")
 
 
+
+
+def decode_size(path: Path) -> DecodeSize | None:
+    """The pixel dimensions :func:`decode_dicom` decodes ``path`` at (Rows, Columns, Samples per Pixel, Number of
+    Frames), from its header (the pixel data not read); None when they do not read (the decode reports it). Every
+    DICOM file decodes through float64 (modality and VOI transforms)."""
+    import pydicom
+
+    try:
+        with pydicom_warnings_quiet():
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            frames, _ = _frame_count(ds)
+            return DecodeSize(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1), max(1, frames),
+                              deep=True)
+    except Exception:  # any header that does not read: the decode names the file and why
+        return None

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from dpaudit.errors import DataError, library_reason, shown_path
+from dpaudit.memory import DecodeSize
 
 __all__ = ["IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "Pixels", "UnreadableImageError", "channels_note", "content_id",
            "dataset_channels", "dataset_digests",
@@ -200,7 +201,11 @@ def _bad(path: Path, exc: BaseException | str) -> UnreadableImageError:
     return UnreadableImageError(f"image {str(path)!r} does not decode ({why}). Fix: replace or remove the file.")
 
 
-def content_id(pixels: np.ndarray, tag: str = "") -> str:
+#: Values hashed at a time by :func:`content_id` (a block of rows): 1 Mi float64 values, 8 MiB.
+HASH_BLOCK_VALUES = 1 << 20
+
+
+def content_id(pixels: np.ndarray, tag: str = "", *, divisor: float | None = None) -> str:
     """What identifies a decoded image (:attr:`Pixels.digest`): a hash of its values, shape and type (and ``tag``,
     the kind of values), so that a copy is found whatever was done to its file (re-saved at another compression
     level, another PatientID in its name or metadata, another container); never a hash of the file's bytes, which
@@ -215,12 +220,25 @@ def content_id(pixels: np.ndarray, tag: str = "") -> str:
     """
     if not pixels.size or pixels.min() == pixels.max():
         return ""
-    # One type per kind of value (a copy re-saved at another depth or container holds the same numbers), and -0.0
-    # and 0.0 one value.
-    pixels = pixels.astype(np.float64) + 0.0 if pixels.dtype.kind == "f" else pixels.astype(np.int64)
+    # With a divisor, the values hashed are pixels / divisor in float64 (an integer image's [0, 1] values): the
+    # division is strictly increasing for integers, so the image is constant exactly when its quotients are.
+    as_float = pixels.dtype.kind == "f" or divisor is not None
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((tag, pixels.shape, pixels.dtype.str)).encode())
-    h.update(np.ascontiguousarray(pixels).tobytes())
+    h.update(repr((tag, pixels.shape, np.dtype(np.float64 if as_float else np.int64).str)).encode())
+    # One type per kind of value (a copy re-saved at another depth or container holds the same numbers), and -0.0
+    # and 0.0 one value. Hashed a block of rows at a time: the same bytes in the same order as one copy of the whole
+    # image (a 12000 x 12000 RGB image is 3.2 GiB as float64), for at most HASH_BLOCK_VALUES values of memory.
+    rows = pixels.reshape(pixels.shape[0], -1) if pixels.ndim > 1 else pixels.reshape(-1, 1)
+    step = max(1, HASH_BLOCK_VALUES // max(1, rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        block = rows[start:start + step]
+        if divisor is not None:
+            block = np.divide(block, divisor, dtype=np.float64) + 0.0
+        elif as_float:
+            block = block.astype(np.float64) + 0.0
+        else:
+            block = block.astype(np.int64)
+        h.update(np.ascontiguousarray(block))
     return h.hexdigest()
 
 
@@ -263,6 +281,58 @@ def channels_note(channels: int, colour: int, total: int) -> list[str]:
     return [f"{grey} of {total} files are greyscale: repeated over 3 channels {match}, so the model takes 3 channels"]
 
 
+#: Held while Pillow opens a file with its decompression-bomb limit lifted (:func:`_open_pil`).
+_PIL_OPEN = threading.Lock()
+
+
+@contextmanager
+def _open_pil(fp: object) -> Iterator[object]:
+    """``PIL.Image.open(fp)`` without Pillow's decompression-bomb limit (neither its ``DecompressionBombWarning``,
+    printed raw, nor its error): dpaudit's own rule replaces it, the file's estimated decode memory from its header
+    (:func:`probe_size`, :func:`dpaudit.memory.decode_workers`), refused as one line naming the file before it is
+    decoded. Opening reads the header only; the lock keeps the limit lifted for dpaudit's opens alone."""
+    import warnings
+
+    from PIL import Image
+
+    with _PIL_OPEN, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(fp)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        yield im
+
+
+def probe_size(path: Path, image_size: int, channels: int) -> DecodeSize | None:
+    """The pixel dimensions :func:`read_image` decodes ``path`` at, from its header (nothing decoded): a JPEG's
+    at the reduced scale its draft decodes at; None when the header does not read (the decode reports it)."""
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                page = tf.pages[0]
+                samples = int(page.samplesperpixel)
+                return DecodeSize(int(page.imagelength), int(page.imagewidth), samples,
+                                  deep=np.dtype(page.dtype).itemsize > 1 if page.dtype is not None else True)
+        except Exception:  # tifffile raises many types on a damaged file; the decode names it
+            return None
+    from PIL import UnidentifiedImageError
+
+    try:
+        with _open_pil(path) as im:
+            if im.format == "JPEG":
+                im.draft("L" if channels == 1 else "RGB", (2 * image_size, 2 * image_size))
+            width, height = im.size
+            deep = im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+            return DecodeSize(height, width, len(im.getbands()), deep=deep)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
 def probe_channels(path: Path) -> int:
     """1 for a greyscale image file, 3 for colour, reading the header only; :class:`DataError` if unreadable."""
     if path.suffix.lower() in TIFF_EXTENSIONS:
@@ -274,10 +344,10 @@ def probe_channels(path: Path) -> int:
                 return 3 if page.photometric in (2, 3, 5, 6, 8) or page.samplesperpixel >= 3 else 1
         except Exception as exc:  # tifffile raises many types on a damaged file; all mean "not readable"
             raise _bad(path, exc) from None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _open_pil(path) as im:
             return 1 if im.mode in _GREY_MODES else 3
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise _bad(path, exc) from None
@@ -344,7 +414,7 @@ def _decoded_id(arr: np.ndarray, kind: str) -> str:
     if kind == "float":
         return content_id(arr, "image")
     if kind != "integer":
-        return content_id(arr.astype(np.float64) / (65535.0 if kind == "palette" else 255.0), "image")
+        return content_id(arr, "image", divisor=65535.0 if kind == "palette" else 255.0)
     if not arr.size or arr.min() == arr.max():
         return ""
     ints = np.ascontiguousarray(arr, dtype=np.int64)
@@ -358,7 +428,7 @@ def _decoded_id(arr: np.ndarray, kind: str) -> str:
         # can, which has the same divisor: its raw integers identify it (and save hashing a float copy per b).
         # v < 2^32, so 65535 v fits in int64. The first pixels rule most depths out before the whole image is read.
         exact = not (ints.ravel()[:64] * 65535 % divisor).any() and not (ints * 65535 % divisor).any()
-        ids.append(content_id(ints / float(divisor), "image") if exact else
+        ids.append(content_id(ints, "image", divisor=float(divisor)) if exact else
                    hashlib.blake2b(f"{raw}/{b}".encode(), digest_size=16).hexdigest())
     return "|".join(f"{b}={h}" for b, h in zip(depths, ids, strict=True))
 
@@ -441,7 +511,7 @@ def _read_pil(path: Path, raw: bytes, image_size: int, channels: int) -> tuple[n
                         "extra depth would be lost without a word). Fix: save it as a 16-bit TIFF (read at full "
                         "depth) or as a 16-bit greyscale PNG.")
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        with _open_pil(io.BytesIO(raw)) as im:
             if im.format == "JPEG":
                 # Let libjpeg decode at a reduced scale (>= 2x the target): much faster, same result after the
                 # antialiased resize below. The identity is then that of the draft-decoded pixels, a deterministic

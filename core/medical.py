@@ -60,6 +60,9 @@ from dpaudit.dicom import (
     read_header,
     stored_ranges_differ,
 )
+from dpaudit.dicom import (
+    decode_size as dicom_decode_size,
+)
 from dpaudit.errors import DataError, naming_file, shown_path
 from dpaudit.identifiers import (
     CONTENT_REASON,
@@ -87,12 +90,14 @@ from dpaudit.images import (
     dataset_digests,
     is_broken_link,
     probe_channels,
+    probe_size,
     read_image,
     skipped_unreadable,
     walk,
 )
-from dpaudit.memory import check_images_fit
+from dpaudit.memory import DECODE_FIX, DecodeSize, check_images_fit, decode_workers
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
+from dpaudit.nifti import decode_size as nifti_decode_size
 from dpaudit.tables import RowKey, Table, read_table
 
 __all__ = ["LABEL_KEYS", "load_csv_manifest", "load_dicom_tree", "load_nifti_folder"]
@@ -425,9 +430,21 @@ class _Entries:
                 f"(images that share any one are one privacy unit, and k counts them together){said}"]
 
 
+def _decode_size(path: Path, image_size: int) -> DecodeSize | None:
+    """The dimensions a file of any kind these loaders read decodes at, from its header (None: it does not read)."""
+    if is_nifti(path):
+        return nifti_decode_size(path)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return probe_size(path, image_size, 3)
+    return dicom_decode_size(path)
+
+
 def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]], skip_unreadable: bool,
-                  shown: Sequence[str], name: str) -> list[list[Pixels] | None]:
-    """Decode files in threads; a message names a file ``shown`` (as the user wrote it), an error after ``name``."""
+                  shown: Sequence[str], name: str, size_of: Callable[[Path], DecodeSize | None]
+                  ) -> list[list[Pixels] | None]:
+    """Decode files in threads, as many at once as their decode memory allows (``size_of``: a file's dimensions
+    from its header; :func:`dpaudit.memory.decode_workers`); a message names a file ``shown`` (as the user wrote
+    it), an error after ``name``."""
     out: list[list[Pixels] | None] = [None] * len(files)
 
     def work(i: int) -> None:
@@ -440,7 +457,8 @@ def _decode_files(files: Sequence[Path], decode: Callable[[Path], list[Pixels]],
         except DataError as exc:
             raise naming_file(exc, files[i], shown[i], f"{name}: ") from None
 
-    with ThreadPoolExecutor(max_workers=min(4, max(1, len(files)))) as pool:
+    workers = decode_workers([size_of(f) for f in files], shown, name=name, fix=DECODE_FIX)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(work, range(len(files))))
     return out
 
@@ -470,7 +488,8 @@ def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _
     check_images_fit(len(keep), 1, image_size, name=name)  # one channel at least: the headers are not all read yet
     need = sorted({entries.file[i] for i in keep})
     decoded = dict(zip(need, _decode_files([files[f] for f in need], decode, skip_unreadable,
-                                                 [shown[f] for f in need], name), strict=True))
+                                           [shown[f] for f in need], name,
+                                           lambda p: _decode_size(p, image_size)), strict=True))
     skipped["unreadable"] += sum(v is None for v in decoded.values())
     if label_notes is not None:
         notes = [*notes, *label_notes({f for f, v in decoded.items() if v is None})]

@@ -30,8 +30,9 @@ import numpy as np
 
 from dpaudit.errors import DataError, invalid, library_reason
 from dpaudit.images import Pixels, UnreadableImageError, match_channels, resize_float
+from dpaudit.memory import DecodeSize
 
-__all__ = ["NIFTI_SUFFIXES", "SLICE_AXES", "canonical", "decode_nifti", "is_nifti", "slice_count"]
+__all__ = ["NIFTI_SUFFIXES", "SLICE_AXES", "canonical", "decode_nifti", "decode_size", "is_nifti", "slice_count"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Slice axis name to the RAS+ voxel axis it runs along.
@@ -105,6 +106,17 @@ def slice_count(path: Path, slice_axis: str) -> int:
     ornt = nib.orientations.io_orientation(img.affine)
     matches = [i for i in range(min(3, len(ornt))) if int(ornt[i, 0]) == world]
     return int(shape[matches[0] if matches else world])
+
+
+def decode_size(path: Path) -> DecodeSize | None:
+    """The voxels :func:`decode_nifti` decodes ``path`` at (the whole volume, as float64, before any slice is
+    resized), from its header (nibabel reads the data lazily); None when the header does not read (the decode
+    reports it)."""
+    try:
+        shape = (*(int(n) for n in _load(path).shape), 1, 1)
+    except DataError:
+        return None
+    return DecodeSize(shape[0], shape[1], 1, int(np.prod(shape[2:], dtype=np.int64)), deep=True)
 
 
 def canonical_volume(path: Path) -> np.ndarray:

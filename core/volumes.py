@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from dpaudit.data import LabelledImages, SplitsShape
 from dpaudit.errors import DataError, check_int, check_probability, invalid, shown_path
-from dpaudit.memory import check_image_size, check_images_fit
+from dpaudit.memory import INT64_BYTES, check_image_size, check_images_fit, decode_workers
 
 __all__ = [
     "DEMO_CT_VOLUMES",
@@ -268,7 +268,6 @@ def load_segmentation_splits(name: str, *, image_size: int, seed: int = 0, max_v
     if modality != "CT" and window is not None:
         raise invalid("window", window, f"only for CT (this task's modality is {modality})",
                       "leave out --window; non-CT volumes are scaled per volume", cls=DataError)
-    check_images_fit(len(vols), 1, image_size, name=source)  # one slice per volume at least
     win = (window or LIVER_WINDOW) if modality == "CT" else None
     rng = np.random.default_rng(seed)
     names = [v[0] for v in vols]
@@ -280,12 +279,42 @@ def load_segmentation_splits(name: str, *, image_size: int, seed: int = 0, max_v
     part_of = {}
     for j, i in enumerate(order):
         part_of[i] = "test" if j < n_test else "val" if j < n_test + n_val else "train"
+    _check_volumes_fit(source, vols, part_of, image_size, background_share)
     out = {}
     for what in ("train", "val", "test"):
         members = sorted(i for i in range(len(names)) if part_of[i] == what)
         out[what] = _slices(vols, members, image_size, win, label_names, f"{source}/{what}",
                             background_share if what == "train" else 1.0, rng)
     return SegmentationSplits(out["train"], out["val"], out["test"], name=source, window=win, modality=modality)
+
+
+def _check_volumes_fit(source: str, vols: list[tuple[str, object, object]], part_of: dict[int, str],
+                       image_size: int, background_share: float) -> None:
+    """Refuse, before a voxel is read, volumes whose slices (counted from the NIfTI headers) and int64 label maps
+    cannot fit in memory at ``image_size`` (:func:`dpaudit.memory.check_images_fit`), or one of which cannot be
+    decoded at full resolution (:func:`dpaudit.memory.decode_workers`: they are read one at a time). The training
+    split keeps ``background_share`` of its slices at least (every foreground slice and that share of the others);
+    the other splits keep all."""
+    from dpaudit.nifti import decode_size, slice_count
+
+    counts, sizes, shown = [], [], []
+    for _, image, _ in vols:
+        if isinstance(image, np.ndarray):
+            counts.append(int(image.shape[2]) if image.ndim == 3 else 1)
+            continue
+        try:
+            counts.append(slice_count(Path(image), "axial"))
+        except DataError:  # the read names the file and why
+            counts.append(1)
+        sizes.append(decode_size(Path(image)))
+        shown.append(shown_path(image, Path(image).parent.parent))
+    if sizes:
+        decode_workers(sizes, shown, name=source, wanted=1,
+                       fix="pass a smaller --max-images to leave the volume out, or resample it to fewer voxels, "
+                           "or free memory")
+    kept = sum(int(c * background_share) if part_of[i] == "train" else c for i, c in enumerate(counts))
+    check_images_fit(max(1, kept), 1, image_size, name=source, label_bytes=INT64_BYTES,
+                     per_unit=max(1.0, kept / len(vols)), what="slice")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -68,7 +68,13 @@ def test_demo_that_does_not_fit_is_refused_before_drawing(monkeypatch: pytest.Mo
     assert info.value.field == "image_size" and info.value.value == 64
     # 2 x 500 x 3 x 64 x 64 x 4 bytes = 46.9 MiB
     assert "an estimated 46.9 MiB at least; 1.00 MiB available" in text
-    assert "pass a smaller --image-size (at most about 8)" in text and "--max-images 10 or fewer" in text
+    # Suggestions fit in half of it (512 KiB): 500 images do not at 8 px (750 KiB), so no size is suggested;
+    # 512 KiB // (2 x 3 x 64 x 64 x 4 bytes) = 5 images at 64 px.
+    assert "Fix: free memory, or pass --max-images 5 or fewer" in text
+    small_memory(monkeypatch, 4 * 2 ** 20)  # half of 4 MiB holds 500 images at sqrt(2 MiB / 12000 B) = 13.2 px
+    with pytest.raises(DataError, match=r"pass a smaller --image-size \(at most about 8\)"):
+        load_splits("demo", image_size=64, max_images=500)
+    assert "sized to fit in 50% of the memory available: the estimate is a lower bound" in text
 
 
 def test_each_loader_checks_before_decoding(tmp_path: Path, rng: np.random.Generator,
