@@ -108,6 +108,10 @@ def test_probe_size_reads_the_header_only(tmp_path: Path) -> None:
     assert size.peak_bytes == 90000 * 100000 * 3 * DECODE_BYTES_8BIT
     Image.fromarray(np.zeros((40, 30), np.uint16)).save(tmp_path / "deep.png")
     assert probe_size(tmp_path / "deep.png", 28, 1) == DecodeSize(40, 30, 1, deep=True)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((40, 30, 3), np.uint8), photometric="rgb")
+    assert probe_size(tmp_path / "t.tif", 28, 3) == DecodeSize(40, 30, 3, deep=True)  # float32 copies at any depth
     # A JPEG is decoded at its draft scale (at least twice the target size): 800 px at --image-size 28 -> 1/8.
     Image.fromarray(np.zeros((800, 640, 3), np.uint8)).save(tmp_path / "c.jpg")
     assert probe_size(tmp_path / "c.jpg", 28, 3) == DecodeSize(100, 80, 3)
@@ -189,14 +193,15 @@ def test_segmentation_counts_every_slice_and_its_label_map(tmp_path: Path, rng: 
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_msd(tmp_path / "Task03_Liver", rng, n=5, shape=(20, 20, 6))  # 30 slices
     need = 2 * 30 * (4 + 8) * 16 * 16  # float32 slices and int64 label maps, twice: 180 KiB
-    small_memory(monkeypatch, 100_000)  # one slice per volume (2 x 5 x 4 x 256 = 10 KiB) would have fitted
+    # One slice per volume (2 x 5 x 4 x 256 = 10 KiB) would have fitted, and so does one volume's decode.
+    small_memory(monkeypatch, 150_000)
     with pytest.raises(DataError) as info:
         load_segmentation_splits(f"msd:{root}", image_size=16)
     text = str(info.value)
     assert (f"(30 slice(s) x 1 channel(s) x 16 x 16 px as float32 with an int64 label map each, held twice: an "
-            f"estimated {memory.format_bytes(need)} at least; {memory.format_bytes(100_000)} available)") in text
-    # The suggestions fit in half the memory: 50 000 bytes hold 50000 // (2 x 12 x 8 x 8) = 32 slices at 8 px,
-    # and 50000 // (24 x 256 x 6 slices a volume) = 1 volume at 16 px (fewer than 3: no number given).
+            f"estimated {memory.format_bytes(need)} at least; {memory.format_bytes(150_000)} available)") in text
+    # The suggestions fit in half the memory: 75 000 bytes hold 75000 // (2 x 12 x 8 x 8) = 48 slices at 8 px,
+    # and 75000 // (24 x 256 x 6 slices a volume) = 2 volumes at 16 px (fewer than 3: no number given).
     assert "pass a smaller --image-size (at most about 8)" in text and "load fewer images (--max-images)" in text
     assert "50% of the memory available" in text
     small_memory(monkeypatch, need + 2 ** 20)
@@ -207,7 +212,7 @@ def test_segmentation_counts_every_slice_and_its_label_map(tmp_path: Path, rng: 
 def test_segmentation_volume_too_large_to_decode_names_it(tmp_path: Path, rng: np.random.Generator,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_msd(tmp_path / "Task03_Liver", rng, n=5, shape=(20, 20, 6))
-    peak = 20 * 20 * 6 * DECODE_BYTES_DEEP  # 75 KiB: one volume through float64
+    peak = 20 * 20 * 6 * DECODE_BYTES_DEEP  # 113 KiB: one volume through float64
     small_memory(monkeypatch, peak - 1)  # the slices at 8 px (2 x 30 x 12 x 64 = 45 KiB) fit
     with pytest.raises(DataError, match=r"image 'imagesTr/liver_\d\.nii\.gz' is 20 x 20 px x 1 channel\(s\) x 6 "
                                         r"frame\(s\): decoding it at full resolution .* Fix: pass a smaller "
