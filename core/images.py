@@ -290,7 +290,8 @@ def _open_pil(fp: object) -> Iterator[object]:
     """``PIL.Image.open(fp)`` without Pillow's decompression-bomb limit (neither its ``DecompressionBombWarning``,
     printed raw, nor its error): dpaudit's own rule replaces it, the file's estimated decode memory from its header
     (:func:`probe_size`, :func:`dpaudit.memory.decode_workers`), refused as one line naming the file before it is
-    decoded. Opening reads the header only; the lock keeps the limit lifted for dpaudit's opens alone."""
+    decoded. Opening reads the header only; the lock serialises dpaudit's own opens. Pillow's limit is one global, so
+    another thread of the same process opening a file at that instant would see it lifted too."""
     import warnings
 
     from PIL import Image
