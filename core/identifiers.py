@@ -38,11 +38,10 @@ from dpaudit.errors import DataError
 __all__ = [
     "MIN_SUBGROUP_UNITS",
     "OTHER",
-    "check_histogram_cells",
     "column_key",
     "histogram_cells",
     "histogram_note",
-    "histogram_null_reason",
+    "histogram_reasons",
     "identifier_like",
     "identifier_reason",
     "is_age_column",
@@ -50,6 +49,7 @@ __all__ = [
     "joins_units",
     "patient_id_columns",
     "repeats_across",
+    "site_null_reasons",
     "small_cell_reason",
     "small_cells",
     "subgroup_name",
@@ -429,25 +429,29 @@ def upgrade_histogram(data: dict) -> dict:
     return {**data, "label_histogram": list(values), "label_histogram_withheld": list(reasons)}
 
 
-def check_histogram_cells(client: int | str, histogram: Sequence[int | None], reasons: Sequence[str | None]) -> None:
-    """A site's label histogram and its per-label reasons agree: a cell is None exactly where it has a reason
-    (() reasons: none withheld)."""
+def histogram_reasons(client: int | str, histogram: Sequence[int | None],
+                      reasons: Sequence[str | None]) -> Sequence[str | None]:
+    """A site's per-label reasons, checked against its label histogram (a cell is None exactly where it has a
+    reason); () reads as none withheld and comes back as one None per label. For the ``__post_init__`` of the
+    classes that carry a site's histogram (ClientSummary, FederatedSite)."""
     if (reasons and len(reasons) != len(histogram)) or any(
             (v is None) != (r is not None) for v, r in zip(histogram, reasons or (None,) * len(histogram),
                                                           strict=True)):
         raise DataError(f"site {client}: label_histogram {list(histogram)} and label_histogram_withheld "
                         f"{list(reasons)} disagree: a withheld cell is None with its reason, a published one a "
                         "count without one. Fix: build them with dpaudit.identifiers.withhold_histogram")
+    return reasons or (None,) * len(histogram)
 
 
-def histogram_null_reason(histogram: Sequence[int | None]) -> dict[str, str]:
-    """Why ``label_histogram`` holds a null in JSON, for a class's ``null_reasons`` (dpaudit.codec)."""
-    if all(v is not None for v in histogram):
-        return {}
-    return {"label_histogram": f"a null cell is withheld: fewer than {MIN_SUBGROUP_UNITS} privacy units at the site "
-                               "hold its label, or it is the complement that would give such a cell by subtraction "
-                               "from n_train (label_histogram_withheld says which)"}
-
+def site_null_reasons(withheld: bool, reason: str | None, histogram: Sequence[int | None]) -> dict[str, str]:
+    """Why a site's fields are null in JSON, for a class's ``null_reasons`` (dpaudit.codec): ``n_test`` and
+    ``test_mcc`` when the site is withheld, ``label_histogram`` when it holds a withheld cell."""
+    out = dict.fromkeys(("n_test", "test_mcc"), f"withheld: {reason}") if withheld else {}
+    if any(v is None for v in histogram):
+        out["label_histogram"] = (f"a null cell is withheld: fewer than {MIN_SUBGROUP_UNITS} privacy units at the "
+                                  "site hold its label, or it is the complement that would give such a cell by "
+                                  "subtraction from n_train (label_histogram_withheld says which)")
+    return out
 
 
 #: The most rows (images) one patient id is taken to span in :func:`repeats_across`: a column with fewer distinct

@@ -59,8 +59,8 @@ from dpaudit.errors import ConfigError, DataError, check_int, check_positive, ch
 from dpaudit.identifiers import (
     MIN_SUBGROUP_UNITS,
     SITE_LABEL_CELL,
-    check_histogram_cells,
-    histogram_null_reason,
+    histogram_reasons,
+    site_null_reasons,
     small_cell_reason,
     upgrade_histogram,
     withhold_histogram,
@@ -342,9 +342,8 @@ class ClientSummary:
         "test_mcc": "not defined: the site's test split holds no image, or one class only"}
 
     def __post_init__(self) -> None:
-        check_histogram_cells(self.client, self.label_histogram, self.label_histogram_withheld)
-        if not self.label_histogram_withheld:
-            object.__setattr__(self, "label_histogram_withheld", (None,) * len(self.label_histogram))
+        object.__setattr__(self, "label_histogram_withheld",
+                           histogram_reasons(self.client, self.label_histogram, self.label_histogram_withheld))
         if self.withheld != (self.reason is not None) or (self.withheld and (
                 self.n_test is not None or self.test_mcc is not None)):
             raise DataError(f"site {self.client}: a withheld site's test split holds no count and no MCC and says "
@@ -357,8 +356,7 @@ class ClientSummary:
     def null_reasons(self) -> dict[str, str]:
         """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld, and ``label_histogram``
         when it holds a withheld cell (dpaudit.codec)."""
-        return {**(dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}),
-                **histogram_null_reason(self.label_histogram)}
+        return site_null_reasons(self.withheld, self.reason, self.label_histogram)
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from dpaudit.config import DEFAULT_DATASET, DELTA_EXAMPLE, PROFILE_DEFAULTS, dat
 from dpaudit.errors import invalid
 from dpaudit.identifiers import (
     MIN_SUBGROUP_UNITS,
-    check_histogram_cells,
-    histogram_null_reason,
+    histogram_reasons,
+    site_null_reasons,
     upgrade_histogram,
 )
 
@@ -818,16 +818,14 @@ class FederatedSite(JsonResult):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_histogram_cells(self.client, self.label_histogram, self.label_histogram_withheld)
-        if not self.label_histogram_withheld:
-            object.__setattr__(self, "label_histogram_withheld", (None,) * len(self.label_histogram))
+        object.__setattr__(self, "label_histogram_withheld",
+                           histogram_reasons(self.client, self.label_histogram, self.label_histogram_withheld))
 
     @property
     def null_reasons(self) -> dict[str, str]:
         """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld, and ``label_histogram``
         when it holds a withheld cell (dpaudit.codec)."""
-        return {**(dict.fromkeys(("n_test", "test_mcc"), f"withheld: {self.reason}") if self.withheld else {}),
-                **histogram_null_reason(self.label_histogram)}
+        return site_null_reasons(self.withheld, self.reason, self.label_histogram)
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
