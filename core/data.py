@@ -69,6 +69,7 @@ from dpaudit.images import (
     SKIP_LOG,
     Pixels,
     UnreadableImageError,
+    broken_link_why,
     channels_note,
     dataset_channels,
     dataset_digests,
@@ -1330,7 +1331,7 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
         if p.name.startswith("."):
             skipped["hidden"] += 1
         elif is_broken_link(p):
-            skipped_entry(p, root, BROKEN_LINK, skipped, "its target does not exist")
+            skipped_entry(p, root, BROKEN_LINK, skipped, broken_link_why(p))
         elif p.is_dir():
             subdirs.append(p)
         elif p.suffix.lower() in IMAGE_EXTENSIONS:

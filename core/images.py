@@ -36,6 +36,7 @@ others, so no depth is lost; the affine maps above commute with it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -143,6 +144,19 @@ def is_broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
+def broken_link_why(path: Path) -> str:
+    """Why the broken link ``path`` (:func:`is_broken_link`) leads nowhere, in words for a message: its target does
+    not exist, or the links form a loop (a link to itself, or links pointing at each other)."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "it is a loop of symbolic links (one points back to itself)"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"its target cannot be reached ({exc.strerror})"
+    return "its target does not exist"
+
+
 def skipped_entry(path: str | os.PathLike[str], root: Path, reason: str, skipped: Counter[str],
                   why: str = "") -> None:
     """Count ``path`` in ``skipped`` under ``reason`` and name it on stderr (relative to ``root``; capped as
@@ -168,7 +182,7 @@ def walk(root: Path, skipped: Counter[str], shown_root: Path | None = None
         kept = []
         for f in filenames:
             if is_broken_link(Path(dirpath) / f):
-                skipped_entry(Path(dirpath) / f, shown, BROKEN_LINK, skipped, "its target does not exist")
+                skipped_entry(Path(dirpath) / f, shown, BROKEN_LINK, skipped, broken_link_why(Path(dirpath) / f))
             else:
                 kept.append(f)
         filenames[:] = kept

@@ -85,6 +85,7 @@ from dpaudit.images import (
     SKIP_LOG,
     Pixels,
     UnreadableImageError,
+    broken_link_why,
     channels_note,
     dataset_channels,
     dataset_digests,
@@ -1204,8 +1205,9 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
             raise DataError(f"{name}: data row {i} has an empty path. Fix: fill it in or delete the row.")
         given = base / row["path"].replace("\\", "/")
         if is_broken_link(given):
-            raise DataError(f"{name}: data row {i} names {row['path']!r}, a symbolic link whose target does not "
-                            "exist. Fix: restore the file it points to, or give the row the file's own path.")
+            raise DataError(f"{name}: data row {i} names {row['path']!r}, a symbolic link that leads nowhere: "
+                            f"{broken_link_why(given)}. Fix: restore the file it points to, or give the row the "
+                            "file's own path.")
         p = given.resolve()
         if not p.is_file():
             raise DataError(f"{name}: data row {i} names {row['path']!r}, which is not a file (looked in {base}). "

@@ -65,8 +65,28 @@ def test_manifest_row_naming_a_broken_link_is_refused(tmp_path: Path, rng: np.ra
         Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     os.symlink(tmp_path / "nowhere.png", tmp_path / "5.png")
     (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(6)))
-    with pytest.raises(DataError, match=r"data row 6 names '5.png', a symbolic link whose target does not exist\. "
-                                        r"Fix: restore"):
+    with pytest.raises(DataError, match=r"data row 6 names '5.png', a symbolic link that leads nowhere: its target "
+                                        r"does not exist\. Fix: restore"):
+        load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+
+
+def test_link_loops_are_named_as_loops(tmp_path: Path, rng: np.random.Generator,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A link to itself and two links pointing at each other are broken links too, named as a loop (not as a
+    missing target): in a folder walk's skip line and in a manifest row's error."""
+    png_folder(tmp_path, rng)
+    os.symlink(tmp_path / "a" / "self.png", tmp_path / "a" / "self.png")
+    os.symlink(tmp_path / "b" / "two.png", tmp_path / "b" / "one.png")
+    os.symlink(tmp_path / "b" / "one.png", tmp_path / "b" / "two.png")
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "a" / "gone.png")
+    with caplog.at_level("WARNING"):
+        s = load_splits(f"folder:{tmp_path}", image_size=SIZE)
+    assert s.skipped == {"broken link": 4}
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert said.count("a loop of symbolic links") == 3 and said.count("its target does not exist") == 1
+    (tmp_path / "m.csv").write_text("path,label\na/0.png,0\na/self.png,1\n")
+    with pytest.raises(DataError, match=r"data row 2 names 'a/self.png', a symbolic link that leads nowhere: it is a "
+                                        r"loop of symbolic links"):
         load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
 
 
