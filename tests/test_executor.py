@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from child_process import sigint_as_default
 from probe_tasks import TINY, FileTask, ProbeResult, ProbeTask, map_into_store, results
 from typer.testing import CliRunner
 
@@ -172,7 +173,7 @@ def test_a_stopped_profile_leaves_no_worker_process_running(tmp_path, signame: s
     args = [a for a in TINY_ARGS if a != "--json"]
     args[args.index("--epochs") + 1] = "50"  # trains long enough to be stopped mid-task
     proc = subprocess.Popen([sys.executable, "-c", code, "profile", *args, "--out", str(tmp_path / "p")],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     workers: list[int] = []
     try:
         assert proc.stderr is not None

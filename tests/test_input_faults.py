@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from child_process import sigint_as_default
 from medical_fixtures import dicom_file, nifti_file
 from typer.testing import CliRunner
 
@@ -198,7 +199,7 @@ def test_a_stopped_profile_says_how_to_resume(tmp_path: Path, signame: str, code
 
     out = tmp_path / "p"
     proc = subprocess.Popen([sys.executable, "-m", "dpaudit.cli.main", "profile", *PROFILE_ARGS, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     try:
         assert proc.stderr is not None
         lines = []
