@@ -151,7 +151,7 @@ def broken_link_why(path: Path) -> str:
         path.stat()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return "it is a loop of symbolic links (one points back to itself)"
+            return "it is a loop of symbolic links (following them leads back to where it started)"
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             return f"its target cannot be reached ({exc.strerror})"
     return "its target does not exist"

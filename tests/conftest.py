@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +22,23 @@ def _one_idle_core(monkeypatch: pytest.MonkeyPatch) -> None:
     import dpaudit.runtime
 
     monkeypatch.setattr(dpaudit.runtime, "idle_cores", lambda: 1)
+
+
+@pytest.fixture
+def library_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` holding each warning of the ``dpaudit`` loggers (a loader's skip lines) exactly once, whatever ran
+    before in this process. Importing ``dpaudit.cli`` stops the ``dpaudit`` logger propagating to the root, where
+    caplog listens (its own handler writes the stderr lines, each once per command); so the handler is put on the
+    ``dpaudit`` logger itself, with propagation off for the test (else a record would reach it twice)."""
+    import logging
+
+    log = logging.getLogger("dpaudit")
+    monkeypatch.setattr(log, "propagate", False)
+    caplog.set_level(logging.WARNING, logger="dpaudit")  # restored after the test
+    log.addHandler(caplog.handler)
+    yield caplog
+    log.removeHandler(caplog.handler)
 
 
 @pytest.fixture

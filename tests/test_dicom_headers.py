@@ -8,7 +8,6 @@ skips it, names it on stderr and counts it.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -88,6 +87,7 @@ def test_a_malformed_header_decodes_or_is_unreadable_never_a_traceback(tmp_path:
     assert not [w for w in seen if "pydicom" in w.filename], [str(w.message) for w in seen]
 
 
+@pytest.mark.usefixtures("library_log")
 def test_the_loader_skips_and_names_each_malformed_file(tmp_path: Path, rng: np.random.Generator,
                                                         caplog: pytest.LogCaptureFixture,
                                                         capfd: pytest.CaptureFixture[str]) -> None:
@@ -97,13 +97,7 @@ def test_the_loader_skips_and_names_each_malformed_file(tmp_path: Path, rng: np.
     for case in ("palette_without_tables", "window_width_0", "window_not_a_number", "frames_0",
                  "rescale_slope_not_a_number"):
         write_case(tmp_path / "a" / f"{case}.dcm", rng, CASES[case])
-    log = logging.getLogger("dpaudit.data.skipped")
-    log.addHandler(caplog.handler)  # the CLI tests may have stopped the logger propagating
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
-    finally:
-        log.removeHandler(caplog.handler)
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
     named = caplog.text
     for case in ("palette_without_tables", "window_width_0", "window_not_a_number", "rescale_slope_not_a_number"):
         assert f"{case}.dcm" in named
@@ -114,6 +108,7 @@ def test_the_loader_skips_and_names_each_malformed_file(tmp_path: Path, rng: np.
     assert "UserWarning" not in capfd.readouterr().err
 
 
+@pytest.mark.usefixtures("library_log")
 def test_images_blank_after_their_rescale_and_window_are_counted_and_named(tmp_path: Path, rng: np.random.Generator,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     """A window far from the data (centre -999999, width 1e9), a huge width alone: every pixel one value. Reference: the linear window of PS3.3 C.11.2.1.2.1 maps stored values 0..4095 of such a
@@ -125,18 +120,12 @@ def test_images_blank_after_their_rescale_and_window_are_counted_and_named(tmp_p
              "wide": {"WindowCenter": "40", "WindowWidth": "1e9"}}
     for case, changes in blank.items():
         write_case(tmp_path / "b" / f"{case}.dcm", rng, changes)
-    log = logging.getLogger("dpaudit.data.skipped")
-    log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
-            (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "".join(
-                f"{p.relative_to(tmp_path).as_posix()},{p.parent.name},{p.stem}\n"
-                for p in sorted(tmp_path.rglob("*.dcm"))))
-            m = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
-            w = load_splits(f"dicom:{tmp_path}", image_size=SIZE, window=(0.0, 4095.0))
-    finally:
-        log.removeHandler(caplog.handler)
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
+    (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "".join(
+        f"{p.relative_to(tmp_path).as_posix()},{p.parent.name},{p.stem}\n"
+        for p in sorted(tmp_path.rglob("*.dcm"))))
+    m = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    w = load_splits(f"dicom:{tmp_path}", image_size=SIZE, window=(0.0, 4095.0))
     for splits, n in ((s, 2), (m, 2)):
         note = next(x for x in splits.notes if "blank after" in x)
         assert note.startswith(f"{n} DICOM image(s) blank") and "--window" in note
@@ -184,6 +173,7 @@ def test_a_colour_minority_is_converted_to_grey_and_said(tmp_path: Path, rng: np
     ({"WindowCenter": "nan", "WindowWidth": "400"}, "Window Center 'nan'"),
     ({"WindowCenter": "40", "WindowWidth": "inf"}, "Window Width 'inf'"),
 ])
+@pytest.mark.usefixtures("library_log")
 def test_a_non_finite_header_number_skips_its_file_naming_the_element(tmp_path: Path, rng: np.random.Generator,
                                                                       caplog: pytest.LogCaptureFixture,
                                                                       changes: dict[str, str], named: str) -> None:
@@ -194,13 +184,7 @@ def test_a_non_finite_header_number_skips_its_file_naming_the_element(tmp_path: 
         dicom_file(tmp_path / "b" / f"ok{i}.dcm", rng.integers(0, 4096, (SIZE, SIZE)), patient=f"B{i}")
     with pydicom_warnings_quiet():  # pydicom warns on writing a DS it would not write itself
         write_case(tmp_path / "b" / "bad.dcm", rng, changes)
-    log = logging.getLogger("dpaudit.data.skipped")
-    log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
-    finally:
-        log.removeHandler(caplog.handler)
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE)
     assert s.skipped == {"unreadable": 1}
     assert f"bad.dcm' holds {named}" in caplog.text and "not a finite number" in caplog.text
     assert "pixel value" not in caplog.text

@@ -4,7 +4,6 @@ files without a usable PatientID."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,7 @@ from dpaudit.volumes import load_segmentation_splits
 SIZE = 8
 
 
-def listen(caplog: pytest.LogCaptureFixture):
-    log = logging.getLogger("dpaudit.data.skipped")
-    log.addHandler(caplog.handler)  # the CLI tests may have stopped the logger propagating
-    return log
-
-
+@pytest.mark.usefixtures("library_log")
 def test_labelled_files_that_were_skipped_are_said_to_be_skipped_and_why(tmp_path: Path, rng: np.random.Generator,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     rows = ["path,label"]
@@ -44,12 +38,7 @@ def test_labelled_files_that_were_skipped_are_said_to_be_skipped_and_why(tmp_pat
     report.save_as(tmp_path / "sub" / "sr.dcm", enforce_file_format=True)
     rows += ["notes.txt,0", "sub\\sr.dcm,1", "gone.dcm,1"]
     (tmp_path.parent / "labels.csv").write_text("\n".join(rows) + "\n")
-    log = listen(caplog)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            s = load_splits(f"dicom:{tmp_path}", image_size=SIZE, labels=tmp_path.parent / "labels.csv")
-    finally:
-        log.removeHandler(caplog.handler)
+    s = load_splits(f"dicom:{tmp_path}", image_size=SIZE, labels=tmp_path.parent / "labels.csv")
     assert "labelled but skipped: 'notes.txt' (not DICOM), 'sub/sr.dcm' (not an image (no pixel data))" in caplog.text
     assert "labelled but not found: 'gone.dcm'" in caplog.text
     assert "notes.txt" not in caplog.text.split("labelled but not found")[1]
@@ -58,6 +47,7 @@ def test_labelled_files_that_were_skipped_are_said_to_be_skipped_and_why(tmp_pat
     assert any(n.startswith("1 row(s) of the labels file match no image") for n in s.notes)
 
 
+@pytest.mark.usefixtures("library_log")
 def test_nifti_labels_naming_a_skipped_file(tmp_path: Path, rng: np.random.Generator,
                                            caplog: pytest.LogCaptureFixture) -> None:
     rows = ["file,label"]
@@ -67,12 +57,7 @@ def test_nifti_labels_naming_a_skipped_file(tmp_path: Path, rng: np.random.Gener
     (tmp_path / "readme.txt").write_text("x")
     rows.append("readme.txt,0")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    log = listen(caplog)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            load_splits(f"nifti:{tmp_path}", image_size=SIZE)
-    finally:
-        log.removeHandler(caplog.handler)
+    load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     assert "labelled but skipped: 'readme.txt' (not NIfTI)" in caplog.text and "not found" not in caplog.text
 
 
@@ -132,26 +117,17 @@ def _named_once(text: str, shown: str, root: Path) -> None:
 
 
 def _skip_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    # one record may reach caplog twice (its own handler on the logger, and propagation)
     return sorted({r.getMessage() for r in caplog.records if "skipped an unreadable file" in r.getMessage()})
 
 
-def _load_logged(caplog: pytest.LogCaptureFixture, dataset: str, **kw: object):
-    log = listen(caplog)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            return load_splits(dataset, image_size=SIZE, **kw)
-    finally:
-        log.removeHandler(caplog.handler)
-
-
+@pytest.mark.usefixtures("library_log")
 def test_a_folder_dataset_names_a_skipped_file_relative_to_its_folder_once(tmp_path: Path, rng: np.random.Generator,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "png"
     for cls in ("benign", "malignant"):
         _pngs(root / cls / "Doe_Jane", rng)
     (root / "benign" / "Doe_Jane" / "corrupt.png").write_bytes(b"not a png")
-    _load_logged(caplog, f"folder:{root}")  # absolute, as a user may type it
+    load_splits(f"folder:{root}", image_size=SIZE)  # absolute, as a user may type it
     (warning,) = _skip_warnings(caplog)
     _named_once(warning, "'benign/Doe_Jane/corrupt.png'", tmp_path)
     assert "(UnidentifiedImageError: cannot identify image file)" in warning  # the library's reason, kept
@@ -212,6 +188,7 @@ def test_a_manifest_names_a_damaged_dicom_or_nifti_file_by_its_row(tmp_path: Pat
                     tmp_path)
 
 
+@pytest.mark.usefixtures("library_log")
 def test_a_nifti_folder_names_an_unreadable_volume_relative_to_it_once(tmp_path: Path, rng: np.random.Generator,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     for i in range(4):
@@ -220,7 +197,7 @@ def test_a_nifti_folder_names_an_unreadable_volume_relative_to_it_once(tmp_path:
     (tmp_path / "labels.csv").write_text("file,label\n" + "".join(
         f"sub-{i:02d}/anat/sub-{i:02d}_T{t}w.nii{'.gz' if t == 2 else ''},{i % 2}\n" for i in range(4) for t in (1, 2)
         if t == 1 or i == 0))
-    _load_logged(caplog, f"nifti:{tmp_path}")
+    load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     (warning,) = _skip_warnings(caplog)
     _named_once(warning, "'sub-00/anat/sub-00_T2w.nii.gz'", tmp_path)
     assert "does not load (" in warning and warning.count("sub-00_T2w") == 1  # the reason without the path

@@ -402,12 +402,12 @@ def test_float_pixel_data_in_unit_range_kept_and_multi_frame(tmp_path: Path, rng
     assert_contains(images_of(s), [f[None] for f in probabilities])
 
 
+@pytest.mark.usefixtures("library_log")
 def test_float_pixel_data_outside_monochrome2_is_unreadable_and_named(tmp_path: Path, rng: np.random.Generator,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     float_dicom_file(tmp_path / "inv.dcm", rng.uniform(0, 1, (SIZE, SIZE)), patient="INV", photometric="MONOCHROME1")
     fillers(tmp_path, rng)
-    with _skip_log(caplog):
-        s = load(tmp_path)
+    s = load(tmp_path)
     assert s.skipped == {"unreadable": 1}
     assert "inv.dcm" in caplog.text and "MONOCHROME2" in caplog.text
     assert not any("inv.dcm" in n for n in s.notes)
@@ -731,6 +731,7 @@ def test_corrupt_dicom_files_are_counted_unreadable_not_as_objects_without_pixel
         read_header(tmp_path / "nodule" / "corrupt0.dcm")
 
 
+@pytest.mark.usefixtures("library_log")
 def test_dicom_files_cut_inside_their_header_are_unreadable_and_named(tmp_path: Path, rng: np.random.Generator,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     """A CT file cut short inside its header (a copy interrupted at 400 bytes) parses, with force=True, to the
@@ -748,8 +749,7 @@ def test_dicom_files_cut_inside_their_header_are_unreadable_and_named(tmp_path: 
     for name, at in cuts.items():
         assert at < header_end
         (tmp_path / "nodule" / f"cut-{name}.dcm").write_bytes(whole[:at])
-    with _skip_log(caplog):
-        s = load(tmp_path)
+    s = load(tmp_path)
     assert s.skipped == {"unreadable": 3}
     named = " ".join(r.getMessage() for r in caplog.records)
     for name in cuts:
@@ -914,24 +914,6 @@ def test_nifti_non_finite_voxel_names_file_and_voxel(tmp_path: Path, rng: np.ran
         load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
 
 
-def _skip_log(caplog: pytest.LogCaptureFixture):
-    """The loaders' stderr warnings, captured (the CLI may have stopped the logger propagating)."""
-    import contextlib
-    import logging
-
-    @contextlib.contextmanager
-    def listen():
-        log = logging.getLogger("dpaudit.data.skipped")
-        log.addHandler(caplog.handler)
-        try:
-            with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-                yield
-        finally:
-            log.removeHandler(caplog.handler)
-
-    return listen()
-
-
 def write_bids(root: Path, rng: np.random.Generator, subjects: int = 8) -> None:
     """The BIDS layout (sub-<label>/ses-<label>/anat/sub-<label>_ses-<label>_<suffix>.nii.gz): two sessions and two
     sequences of each subject, all of one anatomy; a labels CSV ``file,label`` without patient ids."""
@@ -946,13 +928,13 @@ def write_bids(root: Path, rng: np.random.Generator, subjects: int = 8) -> None:
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.usefixtures("library_log")
 def test_nifti_bids_subjects_group_their_sessions_and_sequences(tmp_path: Path, rng: np.random.Generator,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     """A subject's 4 volumes (2 sessions x 2 sequences, 3 slices each) are one patient: k = 12, and no subject is
     on two sides of the split; the output says the groups are BIDS subjects, not patient ids."""
     write_bids(tmp_path, rng)
-    with _skip_log(caplog):
-        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     assert not caplog.records, caplog.text
     assert s.unit == "subject"
     parts = [set(p.patient_ids) for p in (s.train, s.val, s.test)]
@@ -967,6 +949,7 @@ def test_nifti_bids_subjects_group_their_sessions_and_sequences(tmp_path: Path, 
     assert "BIDS subject labels" in info.describe()
 
 
+@pytest.mark.usefixtures("library_log")
 def test_folders_named_sub_something_are_bids_subjects_only_in_a_bids_layout(
         tmp_path: Path, rng: np.random.Generator, caplog: pytest.LogCaptureFixture) -> None:
     """A class folder ``sub-acute/`` (beside ``acute/`` and ``chronic/``) is not a subject: its volumes fall back to
@@ -975,8 +958,7 @@ def test_folders_named_sub_something_are_bids_subjects_only_in_a_bids_layout(
     for c in ("sub-acute", "acute", "chronic"):
         for i in range(4):
             nifti_file(tmp_path / "a" / c / f"case{i}.nii.gz", rng.random((SIZE, SIZE, 3)).astype(np.float32))
-    with _skip_log(caplog):
-        s = load_splits(f"nifti:{tmp_path / 'a'}", image_size=SIZE)
+    s = load_splits(f"nifti:{tmp_path / 'a'}", image_size=SIZE)
     assert s.unit == "volume" and "each volume is taken as its own patient" in caplog.text
     assert "dataset_description.json" in caplog.text
     assert any(n.startswith("4 volume(s) in sub-<label> folders not grouped by them: not a BIDS layout")
@@ -1014,18 +996,17 @@ def test_folders_named_sub_something_are_bids_subjects_only_in_a_bids_layout(
     assert bids_subject(Path("sub-cohortA/sub-07_T1w.nii.gz")) == "07"
     (tmp_path / "m.csv").write_text("path,label\n" + "".join(
         f"a/{c}/case{i}.nii.gz,{c}\n" for c in ("sub-acute", "acute", "chronic") for i in range(4)))
-    with _skip_log(caplog):
-        s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
+    s = load_splits(f"csv:{tmp_path / 'm.csv'}", image_size=SIZE)
     assert s.unit == "volume" and any("in sub-<label> folders not grouped" in n for n in s.notes)
 
 
+@pytest.mark.usefixtures("library_log")
 def test_nifti_without_patient_ids_warns_and_says_each_volume_is_a_patient(tmp_path: Path, rng: np.random.Generator,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
     for i in range(6):
         nifti_file(tmp_path / f"scan{i}.nii.gz", rng.random((SIZE, SIZE, 3)).astype(np.float32))
     (tmp_path / "labels.csv").write_text("file,label\n" + "".join(f"scan{i}.nii.gz,{i % 2}\n" for i in range(6)))
-    with _skip_log(caplog):
-        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     assert s.unit == "volume"
     assert "each volume is taken as its own patient" in caplog.text and "patient_id column" in caplog.text
     assert "--privacy-unit image" in caplog.text
@@ -1037,9 +1018,7 @@ def test_nifti_without_patient_ids_warns_and_says_each_volume_is_a_patient(tmp_p
     caplog.clear()
     (tmp_path / "labels.csv").write_text("file,label,patient_id\n" + "".join(
         f"scan{i}.nii.gz,{i % 2},{'P' + str(i // 2) if i < 5 else ''}\n" for i in range(6)))
-    with _skip_log(caplog):
-        s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
-    # distinct messages: the listener and propagation to the root may both capture one record
+    s = load_splits(f"nifti:{tmp_path}", image_size=SIZE)
     assert s.unit == "patient" and len({r.getMessage() for r in caplog.records}) == 1
     assert "1 volume(s) have no patient id" in caplog.text and "Fix: fill in their patient ids" in caplog.text
     assert privacy_unit(s).records_per_patient == 6
@@ -1094,6 +1073,8 @@ def test_csv_manifest_mixes_formats_and_refuses_repeats(tmp_path: Path, rng: np.
     with pytest.raises(DataError, match=r"data row 2 names 'nope\.png', which is not a file"):
         load_splits(f"csv:{tmp_path / 'missing.csv'}", image_size=SIZE)
 
+
+@pytest.mark.usefixtures("library_log")
 def test_csv_manifest_says_where_its_patient_grouping_came_from(tmp_path: Path, rng: np.random.Generator,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """No patient_id column: BIDS paths group by subject; other volumes are each a patient, with a warning (not
@@ -1106,8 +1087,7 @@ def test_csv_manifest_says_where_its_patient_grouping_came_from(tmp_path: Path, 
     for i in range(6):
         nifti_file(tmp_path / f"v{i}.nii.gz", rng.random((SIZE, SIZE, 3)).astype(np.float32))
     (tmp_path / "vols.csv").write_text("path,label\n" + "".join(f"v{i}.nii.gz,{i % 2}\n" for i in range(6)))
-    with _skip_log(caplog):
-        s = load_splits(f"csv:{tmp_path / 'vols.csv'}", image_size=SIZE)
+    s = load_splits(f"csv:{tmp_path / 'vols.csv'}", image_size=SIZE)
     assert s.unit == "volume" and "each file is taken as its own patient" in caplog.text
     assert "patient ids;" not in privacy_unit(s).describe()
     (tmp_path / "slices.csv").write_text("path,label,index\n" + "".join(

@@ -123,20 +123,13 @@ def test_an_issuer_is_not_read_as_the_patient() -> None:
     assert not is_patient_id_column("IssuerOfPatientID") and not is_patient_id_column("issuer_of_patient_id")
 
 
+@pytest.mark.usefixtures("library_log")
 def test_a_dropped_column_repeating_across_images_is_warned_about(tmp_path: Path, rng: np.random.Generator,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """Image-level data (no patient column) with a column 'ref' holding each patient's value on every image: it
     may name the patient, so a note and a warning say so (the column's name only), and k stays 1 as stated."""
     manifest = _manifest(tmp_path / "data", rng, ["ref", "site"], lambda p, j: [f"zyqx{p}", "AB"[p // 12]])
-    import logging
-
-    log = logging.getLogger("dpaudit.data.skipped")  # the loaders' stderr warnings (the CLI may stop propagating)
-    log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            splits = load_splits(f"csv:{manifest}", image_size=16)
-    finally:
-        log.removeHandler(caplog.handler)
+    splits = load_splits(f"csv:{manifest}", image_size=16)
     said = ("column 'ref' of the manifest repeats its values across images: if it names the patient, rename it "
             "patient_id (each of its values one patient); as it is, every image is its own unit (k = 1)")
     assert splits.unit == "image" and said in splits.notes

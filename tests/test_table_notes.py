@@ -75,16 +75,8 @@ def test_the_note_is_the_tables_own(tmp_path: Path) -> None:
 
 
 def skip_lines(caplog: pytest.LogCaptureFixture, run):  # type: ignore[no-untyped-def]
-    """The loaders' stderr warnings while ``run`` runs (the CLI may have stopped the logger propagating)."""
-    import logging
-
-    log = logging.getLogger("dpaudit.data.skipped")
-    log.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="dpaudit.data.skipped"):
-            out = run()
-    finally:
-        log.removeHandler(caplog.handler)
+    """What ``run`` returns, and the loaders' warnings it logged (the test uses the ``library_log`` fixture)."""
+    out = run()
     return out, caplog.text
 
 
@@ -104,6 +96,7 @@ def manifest_of_dicom_and_png(tmp_path: Path, rng: np.random.Generator, patient_
     return tmp_path / "m.csv"
 
 
+@pytest.mark.usefixtures("library_log")
 def test_manifest_without_a_patient_column_says_so(tmp_path: Path, rng: np.random.Generator,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     path = manifest_of_dicom_and_png(tmp_path, rng, patient_cells=False)
@@ -115,6 +108,7 @@ def test_manifest_without_a_patient_column_says_so(tmp_path: Path, rng: np.rando
     assert s.unit == "patient"
 
 
+@pytest.mark.usefixtures("library_log")
 def test_manifest_with_empty_patient_cells_names_the_column(tmp_path: Path, rng: np.random.Generator,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     path = manifest_of_dicom_and_png(tmp_path, rng, patient_cells=True)
@@ -124,6 +118,7 @@ def test_manifest_with_empty_patient_cells_names_the_column(tmp_path: Path, rng:
     assert "Fix: fill in their patient ids" in text and "no patient column" not in text
 
 
+@pytest.mark.usefixtures("library_log")
 def test_nifti_without_labels_file_says_it_has_no_patient_column(tmp_path: Path, rng: np.random.Generator,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.8.0"}')
