@@ -40,7 +40,6 @@ assumes, that no patient, file or identical image content lies on two sides of t
 from __future__ import annotations
 
 import hashlib
-import math
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,6 +62,7 @@ from dpaudit.config import (
     parse_window,
 )
 from dpaudit.errors import DataError, check_int, check_probability, invalid, naming_file, shown_path
+from dpaudit.identifiers import age_band, age_group, age_in_years, age_note
 from dpaudit.images import (
     BROKEN_LINK,
     IMAGE_EXTENSIONS,
@@ -138,20 +138,6 @@ def normalization(in_channels: int, mean: float = DEFAULT_MEAN, std: float = DEF
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The fixed per-channel (mean, std) used to normalise inputs (independent of the data, see module docs)."""
     return (float(mean),) * in_channels, (float(std),) * in_channels
-
-
-def age_band(age: float | None) -> str:
-    """Coarse age band used for subgroup metrics ("<40", "40-59", "60+", or "unknown" for a missing age).
-
-    Three bands keep each subgroup large enough for a meaningful MCC on HAM10000-sized test sets.
-    """
-    if age is None or not math.isfinite(age):
-        return "unknown"
-    if age < 40:
-        return "<40"
-    if age < 60:
-        return "40-59"
-    return "60+"
 
 
 class LabelledImages:
@@ -1117,14 +1103,9 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     rng = np.random.default_rng([seed, zlib.crc32(b"ham10000")])
     keep = _select_groups(lesions, max_images, rng)
 
-    def age_of(text: str) -> float | None:
-        try:
-            return float(text)
-        except ValueError:
-            return None
-
     sex = np.array([r.get("sex") or "unknown" for r in rows])
-    ages = np.array([age_band(age_of(r.get("age", ""))) for r in rows])
+    bad: Counter[str] = Counter()  # ages out of range or not numbers: 'unknown', counted (identifiers.age_group)
+    ages = np.array([age_group(age_in_years(r.get("age", "")), bad) for r in rows])
     groups = {}
     if "sex" in columns:
         groups["sex"] = sex[keep]
@@ -1133,7 +1114,7 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     paths = [index[rows[i]["image_id"]] for i in keep]
     check_images_fit(len(paths), 3, image_size, name="ham10000")
     pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False, root=root, name="ham10000")
-    notes = list(table.notes)
+    notes = [*table.notes, *age_note(bad)]
     return _split_and_check(_stack(pixels), labels[keep], HAM10000_LABEL_NAMES, groups, lesions[keep], "ham10000",
                             fractions, rng, unit="lesion", digests=dataset_digests(pixels),
                             sources=[shown_path(p, root) for p in paths], notes=notes)

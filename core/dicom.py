@@ -72,6 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from dpaudit.errors import DataError, library_reason
+from dpaudit.identifiers import age_in_years
 from dpaudit.images import Pixels, UnreadableImageError, content_id, match_channels, resize_float, walk
 from dpaudit.memory import DecodeSize
 
@@ -234,18 +235,6 @@ def find_dicom(root: Path, skipped: Counter[str], passed: dict[Path, str] | None
     return sorted(found)
 
 
-def age_years(text: str) -> float | None:
-    """An age in years from a DICOM Age String (AS, PS3.5 Table 6.2-1: nnnD, nnnW, nnnM or nnnY), else None.
-
-    >>> age_years("030Y"), age_years("006M"), age_years("thirty")
-    (30.0, 0.5, None)
-    """
-    text = text.strip().upper()
-    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
-        return None
-    return int(text[:3]) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[text[3]]
-
-
 #: The elements that hold an image (PS3.5 section 8: Pixel Data, Float Pixel Data, Double Float Pixel Data).
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: The skipped-files reason of a DICOM file that holds no image (its own reason, not "unreadable").
@@ -378,7 +367,7 @@ def _read_header(path: Path) -> DicomHeader | NotAnImage:
     except (TypeError, ValueError, IndexError):  # a Window Center/Width that is not a number: decoding names it
         has_window = True
     floating = present[0] != "PixelData"
-    return DicomHeader(path, frames, colour, patient, source, sex, age_years(str(ds.get("PatientAge", "") or "")),
+    return DicomHeader(path, frames, colour, patient, source, sex, age_in_years(str(ds.get("PatientAge", "") or "")),
                        keys, keys["SOPInstanceUID"], float_pixels=floating, has_window=has_window,
                        modality=str(ds.get("Modality", "") or "").strip().upper(),
                        stored_ranges=() if colour or floating else _unwindowed_stored_ranges(ds, frames),

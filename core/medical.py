@@ -42,7 +42,6 @@ from dpaudit.data import (
     _select_groups,
     _split_and_check,
     _stack,
-    age_band,
 )
 from dpaudit.dicom import (
     IMAGE_MODALITIES,
@@ -51,7 +50,6 @@ from dpaudit.dicom import (
     UNKNOWN_CLASS_NO_MODALITY,
     DicomHeader,
     NotAnImage,
-    age_years,
     decode_dicom,
     find_dicom,
     is_dicom,
@@ -68,6 +66,9 @@ from dpaudit.identifiers import (
     CONTENT_REASON,
     MIN_SUBGROUP_UNITS,
     OTHER,
+    age_group,
+    age_in_years,
+    age_note,
     identifier_like,
     identifier_reason,
     is_age_column,
@@ -99,7 +100,7 @@ from dpaudit.images import (
 from dpaudit.memory import DECODE_FIX, DecodeSize, check_images_fit, decode_workers
 from dpaudit.nifti import decode_nifti, is_nifti, slice_count
 from dpaudit.nifti import decode_size as nifti_decode_size
-from dpaudit.tables import RowKey, Table, read_table
+from dpaudit.tables import MISSING_VALUES, RowKey, Table, read_table
 
 __all__ = ["LABEL_KEYS", "load_csv_manifest", "load_dicom_tree", "load_nifti_folder"]
 
@@ -121,13 +122,6 @@ def _label_names(values: Sequence[str]) -> tuple[str, ...]:
     if all(v.lstrip("-").isdigit() for v in uniq):
         uniq.sort(key=int)
     return tuple(uniq)
-
-
-#: Cell texts that mean "no value": pandas' ``read_csv`` default ``na_values`` (``str(np.nan)`` is 'nan', R writes
-#: 'NA', Excel '#N/A'). A label cell holding one is missing, as an empty cell is, never a class of its own.
-MISSING_VALUES = frozenset({
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
-    "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 
 
 def _missing_labels(cells: Sequence[str], name: str, where: str, row_word: str = "data row") -> None:
@@ -247,39 +241,13 @@ def _drop_identifiers(name: str, where: str, entries: _Entries, columns: Mapping
                          "written nowhere")
 
 
-#: Ages in years a subgroup takes (both ends included): a human age. An age outside (a typo such as 420, a
-#: placeholder such as 999 or -1) is 'unknown', counted in a note (:func:`_age_note`), never banded as 60+ or <40.
-AGE_RANGE = (0.0, 130.0)
-
-
-def _age_group(years: float | None, bad: Counter[str]) -> str:
-    """An age in years banded (:func:`dpaudit.data.age_band`); 'unknown' for none, and for one outside
-    :data:`AGE_RANGE` (counted in ``bad["age"]``)."""
-    if years is not None and not AGE_RANGE[0] <= years <= AGE_RANGE[1]:
-        bad["age"] += 1
-        return "unknown"
-    return age_band(years)
-
-
-def _age_note(bad: Counter[str]) -> list[str]:
-    """The note on the ages outside :data:`AGE_RANGE` read as 'unknown' (a count, never the values)."""
-    if not bad["age"]:
-        return []
-    return [f"{bad['age']} age value(s) outside [{AGE_RANGE[0]:g}, {AGE_RANGE[1]:g}] years (or not finite) read "
-            "as 'unknown'"]
-
-
 def _group_value(column: str, text: str, bad: Counter[str]) -> str:
     """A subgroup cell's value; 'unknown' for a missing one (empty, or a spelling of :data:`MISSING_VALUES`); an
-    age banded (:func:`_age_group`: ``bad`` counts ages out of range)."""
+    age banded (:func:`dpaudit.identifiers.age_group`: ``bad`` counts ages out of range or not numbers)."""
     if text in MISSING_VALUES:
         return "unknown"
     if is_age_column(column):
-        try:
-            years: float | None = float(text)
-        except ValueError:  # a DICOM Age String ('030Y', '006M'), as a PatientAge column holds it
-            years = age_years(text)
-        return _age_group(years, bad)
+        return age_group(age_in_years(text), bad)
     return text
 
 
@@ -947,7 +915,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
     matched: set[str] = set()
     labelled: dict[int, str] = {}  # file index: the labels file's key that labelled it
     for i, (h, rel) in enumerate(zip(headers, rels, strict=True)):
-        groups = {"sex": h.sex, "age_band": _age_group(h.age, bad)} if with_header_groups else {}
+        groups = {"sex": h.sex, "age_band": age_group(h.age, bad)} if with_header_groups else {}
         also: list[str] = []
         if labels is not None:
             k = rel.as_posix() if key == "path" else h.keys[key]
@@ -992,7 +960,7 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
             "a grouping from the header (PatientID, else StudyInstanceUID)",
             f"a patient id in the labels file ({', '.join(map(repr, table.patients))})"])
         _drop_identifiers(name, "the labels file", entries, extra, table.dropped, notes)
-    notes += _age_note(bad)
+    notes += age_note(bad)
     if shared_id:
         notes.append(f"one PatientID for all {len(headers)} files (a de-identification placeholder, not a patient): "
                      "no patient grouping from it")
@@ -1151,7 +1119,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         if unit == "volume":
             notes += _repeating_columns_warning(name, "the labels file", (rows[k] for k in matched), table.dropped,
                                                 "volume")
-    notes += _age_note(bad)
+    notes += age_note(bad)
     options = f"{image_size}|1|{window}|{slice_axis}"
 
     def decode(p: Path) -> list[Pixels]:
@@ -1307,7 +1275,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
         roots = entries.patients()
         notes += _joining_columns_warning(name, "the manifest", [r for _, r in firsts], [roots[i] for i, _ in firsts],
                                           dropped)
-    notes += _age_note(bad)
+    notes += age_note(bad)
     jointly = _map_jointly(dicom_headers.values(), window)
     options = f"{image_size}|{channels}|{window}|{slice_axis}"
     dicom_options = options + ("|joint" if jointly else "")

@@ -49,10 +49,17 @@ from pathlib import Path
 
 from dpaudit.errors import DataError
 
-__all__ = ["FALLBACK_ENCODING", "RowKey", "Spanning", "Table", "read_table"]
+__all__ = ["FALLBACK_ENCODING", "MISSING_VALUES", "RowKey", "Spanning", "Table", "read_table"]
 
 #: The single-byte encoding tried when a file is not valid UTF-8 (see the module docstring).
 FALLBACK_ENCODING = "cp1252"
+
+#: Cell texts that mean "no value": pandas' ``read_csv`` default ``na_values`` (``str(np.nan)`` is 'nan', R writes
+#: 'NA', Excel '#N/A'). A label cell holding one is missing, as an empty cell is, never a class of its own; an age
+#: cell holding one is an unknown age, never a number.
+MISSING_VALUES = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,26 @@ def test_ham10000_images_directly_in_data_dir(tmp_path: Path, rng: np.random.Gen
     assert len(s.train) + len(s.val) + len(s.test) == sum(1 + i % 3 for i in range(10))
 
 
+def test_ham10000_ages_out_of_range_or_not_numbers_are_unknown_and_counted(tmp_path: Path,
+                                                                           rng: np.random.Generator) -> None:
+    """An age the metadata writes as 420 (a typo), -1 (a placeholder), inf, 1e400 (inf as a float) or 'forty' is
+    'unknown' and counted in a note, never banded as 60+ or <40 in the subgroup tables; an empty cell and 'nan'
+    (pandas' missing value) are missing, 'unknown' without a count. Every other age is 45: '40-59'."""
+    rows = make_ham10000(tmp_path, rng, n_lesions=30)
+    written = ["420", "-1", "inf", "1e400", "forty", "nan", ""]
+    for i, r in enumerate(rows):
+        r["age"] = written[i] if i < len(written) else "45"
+    with (tmp_path / "HAM10000_metadata.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HAM_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    s = load_splits("ham10000", data_dir=tmp_path, image_size=16, seed=0)
+    bands = np.concatenate([p.groups["age_band"] for p in (s.train, s.val, s.test)]).tolist()
+    assert sorted(set(bands)) == ["40-59", "unknown"]
+    assert bands.count("unknown") == len(written)
+    assert "5 age value(s) outside [0, 130] years (or not finite, or not a number) read as 'unknown'" in s.notes
+
+
 # ------------------------------------------------------------------------------------------------ MedMNIST
 
 

@@ -375,8 +375,10 @@ def test_an_age_column_in_years_or_dicom_age_strings_is_banded(column: str, cell
 
     bad: Counter[str] = Counter()
     assert [_group_value(column, c, bad) for c in cells] == ["<40", "40-59", "60+", "<40"]
-    assert _group_value(column, "NA", bad) == "unknown" and _group_value(column, "old", bad) == "unknown"
     assert not bad
+    # 'NA' is a missing value: unknown, not counted; 'old' is no age: unknown, counted in the note
+    assert _group_value(column, "NA", bad) == "unknown" and not bad
+    assert _group_value(column, "old", bad) == "unknown" and bad == Counter({"age": 1})
 
 
 def test_a_second_id_that_joins_patients_is_warned_and_read_once_renamed(tmp_path: Path,

@@ -6,6 +6,7 @@ a patient identifier is read as the patient (k never understated); a federated s
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,13 +95,20 @@ def test_a_subgroup_value_of_few_patients_is_reported_as_other(tmp_path: Path, r
     _no_planted(*splits.notes, str(_groups(splits)))
 
 
-def test_an_age_outside_human_range_is_unknown(tmp_path: Path, rng: np.random.Generator) -> None:
-    ages = {0: "420", 1: "-3", 2: "999Y"}  # a typo, a placeholder, a DICOM Age String of 999 years
+def test_an_age_outside_human_range_or_not_a_number_is_unknown(tmp_path: Path, rng: np.random.Generator) -> None:
+    """420 (a typo), -3 (a placeholder), 999Y (a DICOM Age String of 999 years), inf, 1e400 (inf as a float) and
+    'forty' (text) are 'unknown' and counted; 'nan' and 'NA' are missing values (pandas', R's): 'unknown', not
+    counted. Patients 8 and up are 44 to 89 years old: banded. Nothing else may reach a band."""
+    ages = {0: "420", 1: "-3", 2: "999Y", 3: "inf", 4: "1e400", 5: "forty", 6: "nan", 7: "NA"}
     manifest = _manifest(tmp_path / "data", rng, ["patient_id", "age"],
                          lambda p, j: [f"P{p}", ages.get(p, str(20 + 3 * p))])
     splits = load_splits(f"csv:{manifest}", image_size=16)
-    assert "unknown" in _groups(splits)["age_band"]
-    assert f"{3 * PER_PATIENT} age value(s) outside [0, 130] years (or not finite) read as 'unknown'" in splits.notes
+    parts = (splits.train, splits.val, splits.test)
+    band = {pid: g for part in parts for pid, g in zip(part.patient_ids, part.groups["age_band"], strict=True)}
+    assert sorted(band.values()).count("unknown") == 8  # one patient each: ids are pseudonyms, so count
+    assert set(band.values()) == {"unknown", "40-59", "60+"}
+    assert f"{6 * PER_PATIENT} age value(s) outside [0, 130] years (or not finite, or not a number) read as " \
+           "'unknown'" in splits.notes
 
 
 #: Spellings of a patient identifier column not in the exact list before, and names holding a patient-id part.
@@ -183,10 +191,14 @@ def test_a_dicom_header_age_outside_human_range_is_unknown(tmp_path: Path, rng: 
     from medical_fixtures import dicom_file
 
     for p in range(10):
-        dicom_file(tmp_path / "d" / ("ab"[p % 2]) / f"p{p}.dcm", (rng.random((8, 8)) * 1000).astype(np.uint16),
-                   patient=f"P{p}", age="999Y" if p < 2 else "045Y")
+        age = {0: "999Y", 1: "999Y", 2: "4X5Y"}.get(p, "045Y")
+        with warnings.catch_warnings():  # pydicom warns when it writes the invalid Age String: it is the point
+            warnings.simplefilter("ignore", UserWarning)
+            dicom_file(tmp_path / "d" / ("ab"[p % 2]) / f"p{p}.dcm", (rng.random((8, 8)) * 1000).astype(np.uint16),
+                       patient=f"P{p}", age=age)
     splits = load_splits(f"dicom:{tmp_path / 'd'}", image_size=8)
-    assert "2 age value(s) outside [0, 130] years (or not finite) read as 'unknown'" in splits.notes
+    # 999 years: out of range; 4X5Y: no Age String (PS3.5 AS is nnnD/W/M/Y)
+    assert "3 age value(s) outside [0, 130] years (or not finite, or not a number) read as 'unknown'" in splits.notes
     assert _groups(splits)["age_band"] <= {"40-59", "unknown"}
 
 
