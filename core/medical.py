@@ -557,6 +557,7 @@ class _Labels:
     patients: list[str]
     dropped: dict[str, str]
     notes: tuple[str, ...] = ()  # the file's encoding when not UTF-8 (Table.notes)
+    row_of: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> its first data row (for messages)
 
 
 def _read_labels(path: Path, keys: Sequence[str], name: str, root: Path) -> _Labels:
@@ -584,7 +585,27 @@ def _read_labels(path: Path, keys: Sequence[str], name: str, root: Path) -> _Lab
         rows.setdefault(k, row)
         first_row.setdefault(k, i)
     return _Labels(key, rows, extra, [c for c in patient_id_columns(table.columns) if c != key], dropped,
-                   table.notes)
+                   table.notes, first_row)
+
+
+def _refuse_ambiguous_names(name: str, path: Path, labels: _Labels, rels: Sequence[PurePath]) -> None:
+    """A labels row keyed by a bare file name (no folder) labels the file of that relative path and every file of
+    that name deeper down that has no row of its own (:func:`load_nifti_folder`). When that is more than one file
+    (``a/scan.nii.gz`` and ``b/scan.nii.gz``), which one the row meant cannot be told: refused, naming the row, the
+    name and the files, never attached to one or to all of them."""
+    keyed = {rel.as_posix() for rel in rels} & set(labels.rows)
+    by_name: dict[str, list[str]] = {}
+    for rel in rels:
+        if rel.name in labels.rows:
+            by_name.setdefault(rel.name, []).append(rel.as_posix())
+    for bare, found in sorted(by_name.items(), key=lambda kv: labels.row_of[kv[0]]):
+        # the file at the top (its path is the name) and those deeper without a row of their own
+        hits = [r for r in found if r == bare or r not in keyed]
+        if len(hits) > 1:
+            raise DataError(f"{name}: {path.name} data row {labels.row_of[bare]} keys {bare!r} by file name, and "
+                            f"{len(hits)} volumes have that name ({_shown(hits)}): which one it labels is ambiguous. "
+                            f"Fix: key that row by the file's path relative to the dataset folder (e.g. {hits[0]!r}), "
+                            f"one row per volume, in the {labels.key} column.")
 
 
 def _patient_name(path: Path) -> str:
@@ -1049,6 +1070,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     labelled: dict[int, str] = {}  # file index: the labels file's row key that labelled it
     if labels_path is not None:
         table = _read_labels(labels_path, ("file", "path"), name, root)
+        _refuse_ambiguous_names(name, labels_path, table, rels)
         key, rows, extra = table.key, table.rows, table.extra
         notes.extend(table.notes)
     else:

@@ -1129,6 +1129,61 @@ def test_enhanced_multi_frame_rescale_and_window_from_functional_groups(tmp_path
                                                 linear_window(hu[1], 500, 1000)[None]])
 
 
+def _same_name_volumes(root: Path, rng: np.random.Generator, rows: list[str]) -> None:
+    """8 volumes v0..v7 (labels 0, 1 in turn, 2 slices each) and a/scan.nii.gz, b/scan.nii.gz, with ``rows`` (file,
+    label, patient_id) added to the labels file."""
+    lines = ["file,label,patient_id", *(f"v{i}.nii.gz,{i % 2},p{i}" for i in range(8)), *rows]
+    for rel in [*(f"v{i}.nii.gz" for i in range(8)), "a/scan.nii.gz", "b/scan.nii.gz"]:
+        nifti_file(root / rel, rng.random((8, 8, 2)).astype(np.float32))
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_labels_row_keyed_by_a_file_name_two_volumes_share_is_refused(tmp_path: Path,
+                                                                        rng: np.random.Generator) -> None:
+    """'scan.nii.gz' names a/scan.nii.gz and b/scan.nii.gz: which one the row labels cannot be told. It was attached
+    to both (12 slices of class 1, one patient across two folders); now refused, naming the row, the name and both
+    files, with the fix, exit code 2 on the command line."""
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    _same_name_volumes(tmp_path, rng, ["scan.nii.gz,1,p9"])
+    expected = ("labels.csv data row 9 keys 'scan.nii.gz' by file name, and 2 volumes have that name "
+                "('a/scan.nii.gz', 'b/scan.nii.gz'): which one it labels is ambiguous. Fix: key that row by the file's "
+                "path relative to the dataset folder (e.g. 'a/scan.nii.gz'), one row per volume, in the file column.")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_splits(f"nifti:{tmp_path}", image_size=8)
+    res = CliRunner().invoke(app, ["train", "--dataset", f"nifti:{tmp_path}", "--arch", "smallcnn", "--image-size",
+                                   "8", "--sigma", "1.0", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and expected in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_a_file_name_row_beside_a_top_level_file_of_that_name_is_refused_unless_each_has_its_path(
+        tmp_path: Path, rng: np.random.Generator) -> None:
+    """A top-level scan.nii.gz is keyed 'scan.nii.gz' by its path; a/scan.nii.gz without a row of its own would take
+    that row by its name too: ambiguous. With a row for a/scan.nii.gz (and b/) each volume has its own label."""
+    _same_name_volumes(tmp_path, rng, ["scan.nii.gz,1,p9"])
+    (tmp_path / "b" / "scan.nii.gz").rename(tmp_path / "scan.nii.gz")
+    with pytest.raises(DataError, match=r"data row 9 keys 'scan.nii.gz' by file name, and 2 volumes have that name "
+                                        r"\('a/scan.nii.gz', 'scan.nii.gz'\)"):
+        load_splits(f"nifti:{tmp_path}", image_size=8)
+    with (tmp_path / "labels.csv").open("a") as fh:
+        fh.write("a/scan.nii.gz,0,p10\n")
+    s = load_splits(f"nifti:{tmp_path}", image_size=8)
+    labels = torch.cat([s.train.labels, s.val.labels, s.test.labels])
+    assert torch.bincount(labels).tolist() == [10, 10]  # 5 volumes of 2 slices per class
+
+
+def test_volumes_that_share_a_name_are_labelled_by_their_relative_paths(tmp_path: Path,
+                                                                        rng: np.random.Generator) -> None:
+    """Keyed by relative path, a/scan.nii.gz is class 0 and b/scan.nii.gz class 1: 10 slices each (had the bare
+    name labelled both, class 1 would hold 12)."""
+    _same_name_volumes(tmp_path, rng, ["a/scan.nii.gz,0,p8", "b/scan.nii.gz,1,p9"])
+    s = load_splits(f"nifti:{tmp_path}", image_size=8)
+    labels = torch.cat([s.train.labels, s.val.labels, s.test.labels])
+    assert s.label_names == ("0", "1") and torch.bincount(labels).tolist() == [10, 10]
+
+
 def test_a_copied_nifti_volume_never_straddles_the_split(tmp_path: Path, rng: np.random.Generator) -> None:
     vols = [rng.random((SIZE, SIZE, 2)).astype(np.float32) for _ in range(6)]
     for i, v in enumerate(vols):
