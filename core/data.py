@@ -25,9 +25,11 @@ MedMNIST flags (``dermamnist``, ``pathmnist``, ...)
     ``NAME_SIZE.npz`` or ``NAME.npz`` in ``data_dir`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``),
     grey or colour; their own splits and labels are kept.
 ``folder:PATH``
-    A folder of images, with class sub-folders (one class per sub-folder, sorted names; images at any depth below
-    a class folder) or without (one class, label 0); a seeded split stratified by class. Hidden files, files that
-    are not images and files that do not decode are skipped and counted (``DatasetSplits.skipped``).
+    A folder of images, with class sub-folders (one class per sub-folder by :func:`class_folder_names`, sorted
+    names, numerically when all are integers; images at any depth below a class folder) or without (one class,
+    label 0); a seeded split stratified by class. Hidden files, files that are not images and files that do not
+    decode are skipped and counted (``DatasetSplits.skipped``); a class left without images is dropped with a note
+    (:func:`_drop_empty_classes`).
 ``dicom:PATH``, ``nifti:PATH``, ``csv:FILE``
     Hospital layouts (:mod:`dpaudit.medical`): DICOM trees, NIfTI volumes cut into slices, CSV manifests; split by
     patient, identifiers pseudonymised.
@@ -40,11 +42,13 @@ assumes, that no patient, file or identical image content lies on two sides of t
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,6 +104,7 @@ __all__ = [
     "age_band",
     "check_data_options",
     "check_demo_size",
+    "class_folder_names",
     "dataset_choices",
     "load_splits",
     "loading_notes",
@@ -1300,6 +1305,139 @@ def _check_class_folders(name: str, folders: Sequence[str], groups: Sequence[str
                             f"or {rename}.")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Class names: labels written differently, class folders, classes left without images
+
+
+def _label_names(values: Sequence[str]) -> tuple[str, ...]:
+    """Sorted distinct labels: numerically when every label is an integer (so "10" follows "9")."""
+    uniq = sorted(set(values))
+    if all(v.lstrip("-").isdigit() for v in uniq):
+        uniq.sort(key=int)
+    return tuple(uniq)
+
+
+#: A number as a spreadsheet writes one: digits, an optional sign, point and exponent. What ``float()`` and
+#: ``Decimal()`` accept beyond this is text: underscores ('1_0' is not 10), 'inf', 'nan', surrounding white space.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _number(text: str) -> Decimal | None:
+    """The exact value of a numeric label (decimal, never rounded to a float: 12345678901234567 and
+    12345678901234568 are two numbers), else None."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond Decimal's range (1e99999999999999999999): kept as text
+        return None
+
+
+def _label_key(text: str) -> tuple[str, Decimal | str]:
+    """What makes two label spellings one class: the exact number for a numeric label ("1", "1.0", "01", "1e0"
+    are one class, as a spreadsheet writes them), else the text ignoring case (refused by
+    :func:`_merge_label_spellings`)."""
+    x = _number(text)
+    return ("number", x) if x is not None else ("text", text.casefold())
+
+
+def _canonical_number(x: Decimal, seen: set[str]) -> str:
+    """An integer as its plain digits (1.0 -> '1'; up to 30 digits), another number as its shortest spelling."""
+    if x == x.to_integral_value() and x.adjusted() < 30:
+        return str(int(x))
+    return min(seen, key=lambda v: (len(v), v))
+
+
+def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: list[str]) -> list[str]:
+    """Labels written differently for one class, made one (cells are already stripped of white space).
+
+    The same number in several spellings (Excel writes ``1`` in some rows and ``1.0`` in others) is merged, with a
+    note naming the spellings: an integer as its plain digits, another number as its shortest spelling. Texts that
+    differ only in case (``Benign``, ``benign``) are refused naming ``where`` and the spellings: whether they are
+    one class is the user's call, and a silent split doubles the classes.
+    """
+    spellings: dict[tuple[str, Decimal | str], set[str]] = {}
+    for v in values:
+        spellings.setdefault(_label_key(v), set()).add(v)
+    rename: dict[str, str] = {}
+    for (kind, key), seen in sorted(spellings.items(), key=lambda kv: str(kv[0])):
+        if len(seen) < 2:
+            continue
+        shown = ", ".join(repr(v) for v in sorted(seen))
+        if kind == "text":
+            raise DataError(f"{name}: {where} spells one label in several ways that differ only in case ({shown}). "
+                            "Fix: write each class one way in the labels (they are compared exactly).")
+        canon = _canonical_number(key, seen) if isinstance(key, Decimal) else ""
+        notes.append(f"labels {shown} in {where} are one number: merged as class {canon!r}")
+        rename |= dict.fromkeys(seen, canon)
+    return [rename.get(v, v) for v in values]
+
+
+def class_folder_names(name: str, folders: Sequence[str], notes: list[str]) -> dict[str, str]:
+    """The class each class folder is (folder name -> class name): the one rule of the folder, DICOM and NIfTI
+    loaders, and the rule of a labels column (:func:`_merge_label_spellings`) applied to folder names.
+
+    * Folders whose names are one number written differently (``1`` and ``01``, ``1.0``) are one class, named by
+      the number's plain digits, with a note naming the folders. A class number is what the user means by such a
+      name (zero padding is how file browsers and export scripts sort folders), and a labels column merges the same
+      spellings: two classes would split one class's images in two and shift every class index after it.
+    * Folders whose names differ only in case (``Benign``, ``benign``) are refused, naming both: whether they are
+      one class or two cannot be told, and a case-insensitive file system (Windows, macOS) holds them as one
+      folder, so the same data would load with another number of classes there.
+
+    >>> notes = []; class_folder_names("folder:x", ["01", "1", "2", "nodule"], notes), notes
+    ({'01': '1', '1': '1', '2': '2', 'nodule': 'nodule'}, ["class folders '01', '1' are one number: merged as class '1'"])
+    """
+    by_text: dict[str, list[str]] = {}
+    for f in folders:
+        kind, key = _label_key(f)
+        if kind == "text":
+            by_text.setdefault(str(key), []).append(f)
+    clash = next((sorted(set(v)) for v in by_text.values() if len(set(v)) > 1), None)
+    if clash is not None:
+        shown = " and ".join(repr(f) for f in clash)
+        raise DataError(f"{name}: class folders {shown} differ only in case: one class or two cannot be told, and "
+                        "a case-insensitive file system (Windows, macOS) holds them as one folder. Fix: move the "
+                        f"images of {clash[1]!r} into {clash[0]!r} if they are one class, or rename one of them if "
+                        "they are two.")
+    said: list[str] = []
+    merged = _merge_label_spellings(list(folders), name, "the class folder names", said)
+    notes += [n.replace("labels ", "class folders ", 1).replace(" in the class folder names", "", 1) for n in said]
+    return dict(zip(folders, merged, strict=True))
+
+
+def _drop_empty_classes(name: str, label_names: Sequence[str], labels: np.ndarray, tried: Mapping[str, int],
+                        notes: list[str], *, what: str, remove: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """The classes left once the files are selected and decoded, and ``labels`` (each image's index into
+    ``label_names``) renumbered over them, in their order.
+
+    A class none of whose images is left (its files did not decode, or ``--max-images`` selected none) is dropped,
+    with a note naming it (``what``: ``"class folder"``, or ``"class"`` for a labels column) and why: ``tried``
+    counts each class's files that were decoded or failed to read (0: none selected). A class kept without images
+    would be an output no image trains (MCC and the confusion matrix undefined for it) and would shift the index of
+    every class after it. Data that had two classes or more and are left with fewer are refused (``remove``: how
+    to take the class out, the other fix).
+    """
+    present = np.bincount(labels, minlength=len(label_names)) > 0
+    if present.all():
+        return tuple(label_names), labels
+    why = {c: (f"none of its {tried[c]} file(s) decodes" if tried.get(c) else
+               "--max-images selected none of its files") for c, p in zip(label_names, present, strict=True) if not p}
+    notes += [f"{what} {c!r} dropped: {w}" for c, w in why.items()]
+    kept = tuple(c for c, p in zip(label_names, present, strict=True) if p)
+    if len(label_names) >= 2 and len(kept) < 2:
+        fixes = []
+        if any(tried.get(c) for c in why):
+            fixes.append("replace the files that do not decode (each is named on stderr)")
+        if any(not tried.get(c) for c in why):
+            fixes.append("pass a larger --max-images")
+        listed = "; ".join(f"{what} {c!r}: {w}" for c, w in why.items())
+        raise DataError(f"{name}: {len(why)} of {len(label_names)} classes have no image left ({listed}), which "
+                        f"leaves {len(kept)} class(es) ({', '.join(map(repr, kept)) or 'none'}); a classifier "
+                        f"needs 2. Fix: {', or '.join(fixes)}, or {remove}.")
+    return kept, (np.cumsum(present) - 1)[labels]
+
+
 def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
                  fractions: tuple[float, float]) -> DatasetSplits:
     name = f"folder:{root}"
@@ -1339,9 +1477,11 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
     notes = [f"{len(empty)} class sub-folder(s) without images ignored"] if empty else []
     if empty:
         SKIP_LOG.warning("class sub-folder(s) without images ignored: %s", ", ".join(repr(n) for n in empty))
-    label_names = tuple(n for n, _ in classes)
+    class_of = class_folder_names(name, [n for n, _ in classes], notes)
+    label_names = _label_names(list(class_of.values()))
+    index = {c: i for i, c in enumerate(label_names)}
     paths = [p for _, files in classes for p in files]
-    labels = np.concatenate([np.full(len(files), i, dtype=np.int64) for i, (_, files) in enumerate(classes)])
+    labels = np.concatenate([np.full(len(files), index[class_of[n]], dtype=np.int64) for n, files in classes])
     pids = np.array([str(p.relative_to(root)) for p in paths])
     rng = np.random.default_rng([seed, zlib.crc32(b"folder")])
     keep = _select_groups(pids, max_images, rng)
@@ -1362,6 +1502,9 @@ def _load_folder(root: Path, image_size: int, seed: int, max_images: int | None,
                         "folder of PNG, JPEG or TIFF images.")
     sel = keep[good]
     kept = [got[i] for i in good]
-    return _split_and_check(_stack(kept), labels[sel], label_names, {}, pids[sel], name, fractions, rng,
+    tried = Counter(label_names[labels[i]] for i in keep)  # each class's files selected, decoded or not
+    label_names, kept_labels = _drop_empty_classes(name, label_names, labels[sel], tried, notes, what="class folder",
+                                                   remove="move the folder out of the dataset")
+    return _split_and_check(_stack(kept), kept_labels, label_names, {}, pids[sel], name, fractions, rng,
                             unit="image", digests=dataset_digests(kept), sources=[shown_path(paths[i], root) for i in good],
                             skipped=skipped, notes=notes)

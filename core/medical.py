@@ -28,7 +28,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -39,9 +38,14 @@ from dpaudit.data import (
     DatasetSplits,
     _check_class_folders,
     _describe_skipped,
+    _drop_empty_classes,
+    _label_key,
+    _label_names,
+    _merge_label_spellings,
     _select_groups,
     _split_and_check,
     _stack,
+    class_folder_names,
 )
 from dpaudit.dicom import (
     IMAGE_MODALITIES,
@@ -116,14 +120,6 @@ def _pseudonyms(raw: Sequence[str]) -> np.ndarray:
     return np.array([f"patient-{order[r]:05d}" for r in raw])
 
 
-def _label_names(values: Sequence[str]) -> tuple[str, ...]:
-    """Sorted distinct labels: numerically when every label is an integer (so "10" follows "9")."""
-    uniq = sorted(set(values))
-    if all(v.lstrip("-").isdigit() for v in uniq):
-        uniq.sort(key=int)
-    return tuple(uniq)
-
-
 def _missing_labels(cells: Sequence[str], name: str, where: str, row_word: str = "data row") -> None:
     """Refuse label cells that are empty or spell a missing value (:data:`MISSING_VALUES`), naming ``where`` (the
     column), how many rows and the first, with its spelling."""
@@ -136,62 +132,6 @@ def _missing_labels(cells: Sequence[str], name: str, where: str, row_word: str =
         rename = f" (a class really named {shown[0]} needs another name)" if shown else ""
         raise DataError(f"{name}: {where} has no label in {len(missing)} {row_word}(s){kinds}; the first is "
                         f"{row_word} {first} ({spelt}). Fix: fill in those labels or delete the rows{rename}.")
-
-
-#: A number as a spreadsheet writes one: digits, an optional sign, point and exponent. What ``float()`` and
-#: ``Decimal()`` accept beyond this is text: underscores ('1_0' is not 10), 'inf', 'nan', surrounding white space.
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def _number(text: str) -> Decimal | None:
-    """The exact value of a numeric label (decimal, never rounded to a float: 12345678901234567 and
-    12345678901234568 are two numbers), else None."""
-    if not _NUMBER.fullmatch(text):
-        return None
-    try:
-        return Decimal(text)
-    except InvalidOperation:  # an exponent beyond Decimal's range (1e99999999999999999999): kept as text
-        return None
-
-
-def _label_key(text: str) -> tuple[str, Decimal | str]:
-    """What makes two label spellings one class: the exact number for a numeric label ("1", "1.0", "01", "1e0"
-    are one class, as a spreadsheet writes them), else the text ignoring case (refused by
-    :func:`_merge_label_spellings`)."""
-    x = _number(text)
-    return ("number", x) if x is not None else ("text", text.casefold())
-
-
-def _canonical_number(x: Decimal, seen: set[str]) -> str:
-    """An integer as its plain digits (1.0 -> '1'; up to 30 digits), another number as its shortest spelling."""
-    if x == x.to_integral_value() and x.adjusted() < 30:
-        return str(int(x))
-    return min(seen, key=lambda v: (len(v), v))
-
-
-def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: list[str]) -> list[str]:
-    """Labels written differently for one class, made one (cells are already stripped of white space).
-
-    The same number in several spellings (Excel writes ``1`` in some rows and ``1.0`` in others) is merged, with a
-    note naming the spellings: an integer as its plain digits, another number as its shortest spelling. Texts that
-    differ only in case (``Benign``, ``benign``) are refused naming ``where`` and the spellings: whether they are
-    one class is the user's call, and a silent split doubles the classes.
-    """
-    spellings: dict[tuple[str, Decimal | str], set[str]] = {}
-    for v in values:
-        spellings.setdefault(_label_key(v), set()).add(v)
-    rename: dict[str, str] = {}
-    for (kind, key), seen in sorted(spellings.items(), key=lambda kv: str(kv[0])):
-        if len(seen) < 2:
-            continue
-        shown = ", ".join(repr(v) for v in sorted(seen))
-        if kind == "text":
-            raise DataError(f"{name}: {where} spells one label in several ways that differ only in case ({shown}). "
-                            "Fix: write each class one way in the labels (they are compared exactly).")
-        canon = _canonical_number(key, seen) if isinstance(key, Decimal) else ""
-        notes.append(f"labels {shown} in {where} are one number: merged as class {canon!r}")
-        rename |= dict.fromkeys(seen, canon)
-    return [rename.get(v, v) for v in values]
 
 
 def _group_columns(table: Table, exclude: Sequence[str], dropped: dict[str, str], name: str, where: str
@@ -436,7 +376,8 @@ def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _
               decode: Callable[[Path], list[Pixels]],
               unit: str, seed_rng: np.random.Generator, max_images: int | None, fractions: tuple[float, float],
               skipped: Counter[str], notes: list[str], *, image_size: int, skip_unreadable: bool,
-              label_source: str,
+              label_source: str, class_word: str = "class", remove_class: str = "",
+              failed_before: Mapping[str, int] | None = None,
               value_notes: Callable[[list[int]], list[str]] | None = None,
               windowed: Callable[[int], bool] | None = None, window: tuple[float, float] | None = None,
               label_notes: Callable[[set[int]], list[str]] | None = None) -> DatasetSplits:
@@ -447,7 +388,12 @@ def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _
     being blank (:func:`_blank_note`); ``label_notes`` gives the notes on a labels file's rows, given the files
     (indices into ``files``) skipped as unreadable while decoding, so that a row whose file was is counted
     skipped. ``shown`` names each file in messages as the user wrote it (quoted: :func:`dpaudit.errors.shown_path`,
-    or a manifest's path and data row)."""
+    or a manifest's path and data row).
+
+    A class left without images (none of its files decodes, or ``max_images`` selected none) is dropped with a note
+    (:func:`dpaudit.data._drop_empty_classes`: ``class_word`` names it, ``class folder`` or ``class``;
+    ``remove_class`` says how to take it out); ``failed_before`` counts, per class, the files that did not read
+    before decoding (their headers), so that a class all of whose files failed there is dropped with its note too."""
     if not len(entries):
         raise DataError(f"{name}: no images to load ({_describe_skipped(skipped)}). Fix: check the path and the "
                         "labels file.")
@@ -481,10 +427,19 @@ def _assemble(name: str, files: Sequence[Path], shown: Sequence[str], entries: _
     if windowed is not None:
         notes = [*notes, *_blank_note([(shown[entries.file[i]], entries.part[i], px) for i, px in
                                        zip(sel, pixels, strict=True) if windowed(entries.file[i])], window)]
-    merged = _merge_label_spellings(entries.label, name, label_source, notes)
-    label_names = _label_names([merged[i] for i in sel])
+    given = dict(failed_before or {})  # spelt as written: merged with the other labels' spellings
+    merged = _merge_label_spellings([*entries.label, *given], name, label_source, notes)
+    failed: Counter[str] = Counter()
+    for raw, canon in zip(given, merged[len(entries):], strict=True):
+        failed[canon] += given[raw]
+    merged = merged[:len(entries)]
+    label_names = _label_names([*merged, *failed])
     index = {n: i for i, n in enumerate(label_names)}
     labels = np.array([index[merged[i]] for i in sel], dtype=np.int64)
+    # each class's files that were tried: selected for decoding, or failed before it
+    tried = failed + Counter(c for _, c in {(entries.file[i], merged[i]) for i in keep})
+    label_names, labels = _drop_empty_classes(name, label_names, labels, tried, notes, what=class_word,
+                                              remove=remove_class)
     groups = {k: np.asarray(v)[sel_a] for k, v in entries.groups.items()}
     sources = [shown[entries.file[i]] for i in sel]
     digests = dataset_digests(pixels)
@@ -533,8 +488,11 @@ def _need_folder(path: Path, name: str, what: str) -> None:
                         "folder holding the files.")
 
 
-def _folder_labels(name: str, rels: Sequence[Path], root: Path) -> list[str]:
-    """First-level sub-folder names as labels; all files at the top level: one class named after the folder."""
+def _folder_labels(name: str, rels: Sequence[PurePath], root: Path, notes: list[str]) -> list[str]:
+    """Each file's class from its first-level sub-folder, by the class-folder rule of every loader
+    (:func:`dpaudit.data.class_folder_names`: one number written differently is one class, with a note in
+    ``notes``; names differing only in case are refused); all files at the top level: one class named after the
+    folder."""
     firsts = [r.parts[0] if len(r.parts) > 1 else None for r in rels]
     if all(f is None for f in firsts):
         return [root.name or "images"] * len(rels)
@@ -542,7 +500,8 @@ def _folder_labels(name: str, rels: Sequence[Path], root: Path) -> list[str]:
         top = next(r for r, f in zip(rels, firsts, strict=True) if f is None)
         raise DataError(f"{name}: files both at the top level ({top}, ...) and in class sub-folders. Fix: move the "
                         "top-level files into a class sub-folder, or pass --labels FILE.csv.")
-    return [str(f) for f in firsts]
+    class_of = class_folder_names(name, sorted({str(f) for f in firsts}), notes)
+    return [class_of[str(f)] for f in firsts]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -930,7 +889,12 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         key, rows, extra = table.key, table.rows, table.extra
         notes.extend(table.notes)
     else:
-        folder_labels = _folder_labels(name, rels, root)
+        # the files whose header did not read count for their class folder too (a class of such files only is
+        # dropped with a note, not lost without a word)
+        failed = sorted(p.relative_to(root) for p, r in passed.items() if r == "unreadable")
+        folder_labels = _folder_labels(name, [*rels, *failed], root, notes)
+        failed_labels = folder_labels[len(rels):]
+        folder_labels = folder_labels[:len(rels)]
     headers, shared_id = _without_shared_patient_id(headers)
     with_id: set[int] = set()  # the files the labels file gives a patient id (linked with the header's grouping)
     matched: set[str] = set()
@@ -970,7 +934,9 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                                    header_skips | dict.fromkeys(failed, "unreadable"))
             return out
     elif len(rels[0].parts) > 1:
-        _check_class_folders(name, entries.label, entries.patient, unit="study" if missing else "patient",
+        _check_class_folders(name, [*entries.label, *failed_labels],
+                             [*entries.patient, *(f"failed:{j}" for j in range(len(failed_labels)))],
+                             unit="study" if missing else "patient",
                              identifiers=_dicom_identifiers(headers, folder_labels),
                              fix="label the files with --labels FILE.csv (a label column and a key column: "
                                  f"{', '.join(LABEL_KEYS)})",
@@ -1022,6 +988,10 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
                      unit, rng, max_images, fractions,
                      skipped, notes, image_size=image_size, skip_unreadable=True,
                      label_source="the labels file's label column" if labels is not None else "the class folder names",
+                     class_word="class" if labels is not None else "class folder",
+                     remove_class="delete its rows from the labels file" if labels is not None else
+                     "move the folder out of the dataset",
+                     failed_before=Counter(failed_labels) if labels is None else None,
                      value_notes=value_notes, windowed=lambda f: True, window=window, label_notes=label_notes)
 
 
@@ -1074,7 +1044,8 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         key, rows, extra = table.key, table.rows, table.extra
         notes.extend(table.notes)
     else:
-        folder_labels = _folder_labels(name, rels, root)
+        folder_labels = _folder_labels(name, rels, root, notes)
+    failed_labels: list[str] = []  # the classes of the volumes whose header did not read
     sources: Counter[str] = Counter()
     sub_folders = both = 0
     for i, (p, rel) in enumerate(zip(files, rels, strict=True)):
@@ -1097,6 +1068,7 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         except UnreadableImageError as exc:
             skipped_unreadable(naming_file(exc, p, shown_path(p, root)))
             skipped["unreadable"] += 1
+            failed_labels.append(label)
             if labels_path is not None:
                 matched.discard(hit)
                 passed[hit] = "unreadable"
@@ -1124,7 +1096,9 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
         for label, patient in zip(entries.label, entries.patient, strict=True):
             if patient.startswith("sub:"):
                 subjects.setdefault(label, set()).add(patient.removeprefix("sub:"))
-        _check_class_folders(name, entries.label, entries.patient, unit="patient" if ids else "volume",
+        _check_class_folders(name, [*entries.label, *failed_labels],
+                             [*entries.patient, *(f"failed:{j}" for j in range(len(failed_labels)))],
+                             unit="patient" if ids else "volume",
                              identifiers=subjects,
                              fix="label the volumes with --labels FILE.csv (columns file, label and patient_id)",
                              rename="rename the class folders to class names")
@@ -1150,7 +1124,10 @@ def load_nifti_folder(root: Path, image_size: int, seed: int, max_images: int | 
     rng = np.random.default_rng([seed, 0x1F71])
     return _assemble(name, files, [shown_path(p, root) for p in files], entries, decode, unit, rng, max_images,
                      fractions, skipped, notes, image_size=image_size, skip_unreadable=True, label_source="the labels file's label column"
-                     if labels_path is not None else "the class folder names", label_notes=label_notes)
+                     if labels_path is not None else "the class folder names", label_notes=label_notes,
+                     class_word="class" if labels_path is not None else "class folder",
+                     remove_class="delete its rows from the labels file" if labels_path is not None else
+                     "move the folder out of the dataset", failed_before=Counter(failed_labels))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1315,6 +1292,7 @@ def load_csv_manifest(csv_path: Path, image_size: int, seed: int, max_images: in
     rng = np.random.default_rng([seed, 0xC5F])
     return _assemble(name, files, shown, entries, decode, unit, rng, max_images, fractions, Counter(), notes,
                      image_size=image_size, skip_unreadable=False, label_source="the manifest's label column",
+                     remove_class="delete its rows from the manifest",
                      value_notes=lambda used: _dicom_value_notes(
                          [dicom_headers[f] for f in used if f in dicom_headers], window, jointly),
                      windowed=lambda f: f in dicom_headers, window=window)

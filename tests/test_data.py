@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -780,3 +781,108 @@ def test_a_data_dir_that_is_not_a_folder_is_named_by_its_flag(tmp_path: Path, co
     assert res.exit_code == 2, res.output
     assert line == (f"error: --data-dir must be an existing folder, got {missing!r}. Fix: pass the folder holding the "
                     "ham10000 files with --data-dir."), res.output
+
+
+# ------------------------------------------------------------------------------------------------ class folders
+
+
+def _class_tree(kind: str, root: Path, rng: np.random.Generator, classes: dict[str, int],
+                broken: tuple[str, ...] = ()) -> str:
+    """A dataset of ``kind`` (folder, nifti, dicom) with one sub-folder per class holding that many files; the
+    files of the ``broken`` classes do not decode (a PNG of text, a NIfTI of garbage: its header does not read, a
+    DICOM file cut short inside its pixel data: decoding fails). Class 'c' images are bright, the others dark (a
+    folder's PNGs). Returns the dataset name."""
+    from medical_fixtures import dicom_file, nifti_file
+
+    for cls, n in classes.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            if kind == "folder":
+                path = root / cls / f"img_{i}.png"
+                base = 200 if cls == "c" else 0
+                Image.fromarray(rng.integers(base, base + 50, (8, 8), dtype=np.uint8)).save(path)
+            elif kind == "nifti":
+                path = root / cls / f"v{i}.nii.gz"
+                nifti_file(path, rng.random((8, 8, 2)).astype(np.float32))
+            else:
+                path = root / cls / f"IM{i}.dcm"
+                dicom_file(path, (rng.random((8, 8)) * 1000).astype(np.uint16), patient=f"P{cls}{i}")
+            if cls in broken:
+                path.write_bytes(path.read_bytes()[:-60] if kind == "dicom" else b"not an image")
+    return f"{kind}:{root}"
+
+
+def _label_counts(s: DatasetSplits) -> list[int]:
+    labels = torch.cat([s.train.labels, s.val.labels, s.test.labels])
+    return torch.bincount(labels, minlength=len(s.label_names)).tolist()
+
+
+@pytest.mark.parametrize("kind, per_file", [("folder", 1), ("nifti", 2), ("dicom", 1)])
+def test_a_class_folder_none_of_whose_files_decodes_is_dropped_with_a_note(tmp_path: Path, rng: np.random.Generator,
+                                                                          kind: str, per_file: int) -> None:
+    """Folders a (4 files), b (3 files, none decodes), c (6 files). Before: the folder loader kept class 'b' with no
+    image (3 outputs, one never trained), the DICOM and NIfTI loaders dropped it without a word. Now 'b' is
+    dropped with a note naming it, and the indices are those of the classes kept: 'a' 0, 'c' 1."""
+    name = _class_tree(kind, tmp_path, rng, {"a": 4, "b": 3, "c": 6}, broken=("b",))
+    s = load_splits(name, image_size=8)
+    assert s.label_names == ("a", "c")
+    assert _label_counts(s) == [4 * per_file, 6 * per_file]
+    assert "class folder 'b' dropped: none of its 3 file(s) decodes" in s.notes
+    if kind == "folder":  # the bright images are class 1, 'c'
+        for part in (s.train, s.val, s.test):
+            bright = part.images.mean(dim=(1, 2, 3)) > 0.5
+            assert bright.tolist() == (part.labels == 1).tolist()
+
+
+@pytest.mark.parametrize("kind", ["folder", "nifti", "dicom"])
+def test_two_class_folders_of_which_one_does_not_decode_are_refused(tmp_path: Path, rng: np.random.Generator,
+                                                                    kind: str) -> None:
+    """One class left of two: no classifier; refused with exit code 2, naming the folder and the fixes."""
+    name = _class_tree(kind, tmp_path, rng, {"a": 4, "b": 3}, broken=("b",))
+    expected = ("1 of 2 classes have no image left (class folder 'b': none of its 3 file(s) decodes), which leaves "
+                "1 class(es) ('a'); a classifier needs 2. Fix: replace the files that do not decode (each is named "
+                "on stderr), or move the folder out of the dataset.")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_splits(name, image_size=8)
+    if kind == "folder":
+        from dpaudit.cli.main import app
+
+        res = CliRunner().invoke(app, ["train", "--dataset", name, "--arch", "smallcnn", "--image-size", "8",
+                                       "--sigma", "1.0", "--out", str(tmp_path / "out")])
+        assert res.exit_code == 2 and expected in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("kind, per_file", [("folder", 1), ("nifti", 2), ("dicom", 1)])
+def test_class_folders_of_one_number_written_differently_are_one_class(tmp_path: Path, rng: np.random.Generator,
+                                                                       kind: str, per_file: int) -> None:
+    """Folders 1 (3 files), 01 (4 files) and 2 (5 files): classes '1' (7 files) and '2', with a note naming the
+    folders; the folder loader made '01' and '1' two classes (and sorted '10' before '2')."""
+    name = _class_tree(kind, tmp_path, rng, {"1": 3, "01": 4, "2": 5})
+    s = load_splits(name, image_size=8)
+    assert s.label_names == ("1", "2") and _label_counts(s) == [7 * per_file, 5 * per_file]
+    assert "class folders '01', '1' are one number: merged as class '1'" in s.notes
+
+
+@pytest.mark.parametrize("kind", ["folder", "nifti", "dicom"])
+def test_class_folders_that_differ_only_in_case_are_refused_naming_both(tmp_path: Path, rng: np.random.Generator,
+                                                                        kind: str) -> None:
+    """Benign and benign: one class or two cannot be told (and Windows or macOS would hold one folder): refused,
+    exit code 2, naming both folders; the folder loader made two classes."""
+    name = _class_tree(kind, tmp_path, rng, {"Benign": 3, "benign": 3, "malignant": 3})
+    expected = ("class folders 'Benign' and 'benign' differ only in case: one class or two cannot be told, and a "
+                "case-insensitive file system (Windows, macOS) holds them as one folder. Fix: move the images of "
+                "'benign' into 'Benign' if they are one class, or rename one of them if they are two.")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_splits(name, image_size=8)
+    from dpaudit.cli.main import app
+
+    res = CliRunner().invoke(app, ["attack", "--dataset", name, "--arch", "smallcnn", "--image-size", "8"])
+    assert res.exit_code == 2 and expected in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_numbered_class_folders_are_indexed_by_number(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Folders 0 to 10: class index = the folder's number (sorted numerically, as the DICOM and NIfTI loaders and a
+    labels column sort them), not '10' before '2'."""
+    make_folder(tmp_path, rng, {str(k): 2 for k in range(11)})
+    s = load_splits(f"folder:{tmp_path}", image_size=8)
+    assert s.label_names == tuple(str(k) for k in range(11))
