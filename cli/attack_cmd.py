@@ -339,23 +339,22 @@ def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = 
     from dpaudit.data import privacy_unit
     from dpaudit.errors import DataError, invalid
 
-    extra = ckpt.extra if ckpt is not None else {}
-    if extra.get("privacy_unit") in ("patient", "image"):
-        recorded = extra["privacy_unit"]
-        unit = requested or recorded
+    recorded = ckpt.recorded_unit if ckpt is not None else None  # checked when the checkpoint was loaded
+    if recorded is not None:
+        unit = requested or recorded.privacy_unit
         if unit == "image":
             why = "--privacy-unit image" if requested == "image" else "recorded in the checkpoint"
             return f"privacy unit: image ({why}; k = 1)", {"privacy_unit": "image", "records_per_patient": 1,
                                                           "records_per_patient_from": why}
-        if recorded == "patient":
-            k = int(extra.get("records_per_patient") or 1)
-        elif extra.get("data_unit") not in (None, "image") and extra.get("images_per_unit_max"):
-            k = int(extra["images_per_unit_max"])
+        if recorded.privacy_unit == "patient":
+            k = recorded.records_per_patient
+        elif recorded.data_k is not None:
+            k = recorded.data_k
         else:
             raise invalid("privacy_unit", "patient", "'image' for this checkpoint (its training images carried "
                           "no patient ids)", "pass --privacy-unit image, or leave it out", cls=DataError)
-        per = ("slice" if extra.get("data_unit") == "volume" else "image") + ("" if k == 1 else "s") + \
-            (" per volume" if extra.get("data_unit") == "volume" else " per patient")
+        volume = recorded.data_unit == "volume"
+        per = ("slice" if volume else "image") + ("" if k == 1 else "s") + (" per volume" if volume else " per patient")
         line = (f"privacy unit: patient (k = {k} {per} at most in the model's training split, recorded in the "
                 "checkpoint; the k of its patient-level bounds, as `dpaudit bounds --model`)")
         return line, {"privacy_unit": "patient", "records_per_patient": k,

@@ -128,27 +128,25 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
         said = overrides if overrides is not None else []
         _override(said, "--delta", "target_delta", delta, ckpt.dp.target_delta)
         delta = ckpt.dp.target_delta if delta is None else delta
-        ckpt_n = ckpt.n_train
-        if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
-            ckpt_n = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]
+        # kappa = 1/volumes for segmentation: the checkpoint records them (checked at load: check_recorded_unit)
+        ckpt_n = ckpt.extra["n_train_volumes"] if ckpt.task == "segmentation" else ckpt.n_train
         _override(said, "--n-train", "n_train", n_train, ckpt_n)
         if n_train is None and not kappa and n_candidates is None:
-            n_train = ckpt.n_train
-            if ckpt.extra.get("task") == "segmentation" and ckpt.extra.get("n_train_volumes"):
-                n_train = int(ckpt.extra["n_train_volumes"])  # type: ignore[arg-type]  # kappa = 1/volumes
+            n_train = ckpt_n  # type: ignore[assignment]
             if n_train is None:  # the seed paper's prior needs N_train, and this file does not say it
                 raise ConfigError(f"no prior given, and checkpoint {str(model)!r} records no n_train (the number "
                                   "of training images), so the ReRo bounds' kappa = 1/N_train cannot be read from "
                                   "it. Fix: pass --kappa K, --n-train N or --n-candidates N, or write the checkpoint "
                                   "again with `dpaudit train --out DIR`, which records n_train.")
-        ckpt_k = _checkpoint_unit(ckpt.extra, privacy_unit)
+        recorded = ckpt.recorded_unit  # checked when the checkpoint was loaded
+        ckpt_k = _checkpoint_unit(recorded, privacy_unit)
         _override(said, "--records-per-patient", "records_per_patient", records_per_patient,
                   None if ckpt_k is None else ckpt_k[0])
-        rec = record_noun(str(ckpt.extra.get("data_unit") or "image"))
-        if records_per_patient is not None and ckpt.extra.get("images_per_unit_max") is not None:
+        data_unit = (recorded.data_unit if recorded is not None else None) or "image"
+        rec = record_noun(data_unit)
+        if records_per_patient is not None and recorded is not None and recorded.images_per_unit_max is not None:
             # k given by hand against a checkpoint that records its training split's patients: not below them
-            check_records_per_patient(records_per_patient, str(ckpt.extra.get("data_unit") or "image"),
-                                      int(ckpt.extra["images_per_unit_max"]),  # type: ignore[arg-type]
+            check_records_per_patient(records_per_patient, data_unit, recorded.images_per_unit_max,
                                       unit=privacy_unit or ("patient" if records_per_patient > 1 else "image"),
                                       where=f"the training split of {str(model)!r}")
         if len(sched.phases) > 1:
@@ -196,27 +194,29 @@ def override_note(said: list[dict[str, Any]]) -> str | None:
                         for o in said))
 
 
-def _checkpoint_unit(extra: dict[str, Any], requested: str | None) -> tuple[int, str] | None:
-    """k and why, from what a checkpoint records of its privacy unit and its training split's patients: its k when
-    it was trained per patient; with ``--privacy-unit patient``, the most images of one patient in its training
-    split (as ``dpaudit attack`` and ``train``'s ``epsilon_patient`` use) when it was trained per image on data with
-    patient ids; k = 1, saying how to get the per-patient epsilon, when it was trained per image; None when it
-    records nothing (or --privacy-unit image was given)."""
-    recorded = extra.get("privacy_unit")
-    data_k = extra.get("images_per_unit_max") if extra.get("data_unit") not in (None, "image") else None
-    per = "slices of one volume" if extra.get("data_unit") == "volume" else "images of one patient"
-    if recorded == "patient" and requested != "image":
-        k = int(extra.get("records_per_patient") or 1)  # type: ignore[arg-type]
+def _checkpoint_unit(recorded: Any, requested: str | None) -> tuple[int, str] | None:
+    """k and why, from what a checkpoint records of its privacy unit and its training split's patients
+    (``recorded``: :attr:`dpaudit.checkpoint.CheckpointMeta.recorded_unit`, checked at load): its k when it was
+    trained per patient; with ``--privacy-unit patient``, the most images of one patient in its training split (as
+    ``dpaudit attack`` and ``train``'s ``epsilon_patient`` use) when it was trained per image on data with patient
+    ids; k = 1, saying how to get the per-patient epsilon, when it was trained per image; None when it records
+    nothing (or --privacy-unit image was given)."""
+    if recorded is None:
+        return None
+    data_k = recorded.data_k
+    per = "slices of one volume" if recorded.data_unit == "volume" else "images of one patient"
+    if recorded.privacy_unit == "patient" and requested != "image":
+        k = recorded.records_per_patient
         return k, f"k = {k}: the most {per} in the checkpoint's training split"
-    if recorded == "image" and data_k is not None and int(data_k) > 1:  # type: ignore[arg-type]
-        k = int(data_k)  # type: ignore[arg-type]
+    if recorded.privacy_unit == "image" and data_k is not None and data_k > 1:
+        k = data_k
         if requested == "patient":
             return k, (f"--privacy-unit patient: k = {k}, the most {per} in the checkpoint's training split; "
                        "it was trained per image, and the epsilon_patient train gave it is this one")
         if requested is None:
             from dpaudit.config import record_noun
 
-            rec = record_noun(str(extra.get("data_unit")))
+            rec = record_noun(str(recorded.data_unit))
             return 1, (f"the checkpoint was trained with --privacy-unit image: k = 1, every number below is per "
                        f"{rec}; one patient has up to {k} {per.split(' of ')[0]} in its training split: pass "
                        "--privacy-unit patient for the per-patient numbers")

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dpaudit.config import DpSgdConfig
+from dpaudit.config import PRIVACY_UNIT_CHOICES, PRIVACY_UNITS, DpSgdConfig
 from dpaudit.data import normalization
 from dpaudit.errors import (
     CheckpointError,
@@ -57,8 +57,8 @@ from dpaudit.errors import (
 from dpaudit.models import ARCH_HELP, build_model, check_arch_args, parse_arch
 from dpaudit.outputs import write_error
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "check_task",
-           "describe_differences", "load_checkpoint", "load_model", "load_state_dict", "recorded_task",
+__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "RecordedUnit",
+           "check_recorded_unit", "check_task", "describe_differences", "load_checkpoint", "load_model", "load_state_dict", "recorded_task",
            "save_checkpoint", "sniff_weights_file", "strip_wrappers", "weight_differences"]
 
 FORMAT = "dpaudit-checkpoint"
@@ -86,6 +86,120 @@ def _check_json_like(key: str, value: Any) -> Any:
         return {k: _check_json_like(key, v) for k, v in value.items()}
     raise invalid(f"arch_args[{key!r}]", type(value).__name__, "numbers, strings, bools, None, lists or dicts",
                   cls=CheckpointError)
+
+
+#: The fix for a checkpoint whose privacy-unit facts are wrong. ``dpaudit bounds`` (and ``calibrate``) also take the
+#: run by hand instead of ``--model``; every flag named here exists on both.
+_UNIT_FIX = ("write the checkpoint again with `dpaudit train --out DIR` (DIR/model.pt records its training split's "
+             "privacy unit), or give `dpaudit bounds` the run by hand instead of --model: --sigma, --q, --steps, "
+             "--delta, --n-train and --records-per-patient K")
+
+
+@dataclass(frozen=True)
+class RecordedUnit:
+    """The privacy unit a checkpoint records of its training split, checked (:func:`check_recorded_unit`).
+
+    ``privacy_unit`` is ``"patient"`` or ``"image"``; ``records_per_patient`` its k (1 for ``image``);
+    ``data_unit`` where the data's groups came from (:data:`dpaudit.config.PRIVACY_UNITS`; None: not recorded, as
+    in hand-made files); ``images_per_unit_max`` the most records one patient has in the training split (None: not
+    recorded, or data without ids). Only counts: no identifier.
+    """
+
+    privacy_unit: str
+    records_per_patient: int
+    data_unit: str | None = None
+    images_per_unit_max: int | None = None
+
+    @property
+    def data_k(self) -> int | None:
+        """The data's k (the most records of one patient in the training split) when the data carry patient ids
+        and it is recorded, else None."""
+        return self.images_per_unit_max if self.data_unit not in (None, "image") else None
+
+
+def _recorded_count(extra: Mapping[str, Any], key: str, n_train: int | None) -> int | None:
+    """``extra[key]``, a count of training records: None when absent, else an integer in [1, n_train]."""
+    if key not in extra:
+        return None
+    value = extra[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid(f"extra[{key!r}]", value, "an integer >= 1", _UNIT_FIX, cls=CheckpointError)
+    if n_train is None:
+        raise invalid("n_train", None, f"recorded beside extra[{key!r}] (a count of training records is checked "
+                      "against it)", _UNIT_FIX, cls=CheckpointError)
+    if value > n_train:
+        raise invalid(f"extra[{key!r}]", value, f"at most n_train ({n_train}, the training records)", _UNIT_FIX,
+                      cls=CheckpointError)
+    return value
+
+
+def check_recorded_unit(extra: Mapping[str, Any], n_train: int | None, task: str | None = None
+                        ) -> RecordedUnit | None:
+    """The privacy unit a checkpoint's ``extra`` records, checked; None when it records none (written before
+    the unit was recorded, or not by ``dpaudit train``). The one check of these facts: every reader (``bounds
+    --model``, ``attack --model``, the profile's tasks) gets them through :attr:`CheckpointMeta.recorded_unit`, and
+    a checkpoint is refused at construction (so at load) when they are wrong.
+
+    What ``dpaudit train`` writes (``audit/train.py``, ``_privacy_scalars``) is the rule: ``privacy_unit`` one of
+    :data:`~dpaudit.config.PRIVACY_UNIT_CHOICES`; ``records_per_patient`` (k) and ``images_per_unit_max`` integers in
+    [1, n_train]; a ``patient`` unit records its k (a missing k is never read as 1: per-record numbers would be
+    shown as per-patient ones), on data with ids (``data_unit`` not ``image``), and never below the data's most
+    records of one patient (a smaller k is no per-patient bound); an ``image`` unit has k = 1; data with patient ids
+    record their ``images_per_unit_max`` (the per-patient numbers of an image-level run need it), data without
+    them 1; no unit facts without ``privacy_unit``. A segmentation checkpoint's ``n_train_volumes`` (kappa =
+    1/volumes) is an integer in [1, n_train], and recorded (without it the prior would be per slice: smaller, and
+    so would be the bound).
+
+    >>> check_recorded_unit({"privacy_unit": "patient", "data_unit": "patient", "records_per_patient": 3,
+    ...                      "images_per_unit_max": 3}, 100).data_k
+    3
+    >>> check_recorded_unit({"privacy_unit": "patient", "records_per_patient": 0}, 100)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dpaudit.errors.CheckpointError: extra['records_per_patient'] must be an integer >= 1, got 0. Fix: write ...
+    """
+    volumes = _recorded_count(extra, "n_train_volumes", n_train)
+    if task == "segmentation" and volumes is None:
+        raise invalid("extra['n_train_volumes']", None, "recorded by a segmentation checkpoint (kappa = 1/training "
+                      "volumes)", _UNIT_FIX, cls=CheckpointError)
+    unit, data_unit = extra.get("privacy_unit"), extra.get("data_unit")
+    k = _recorded_count(extra, "records_per_patient", n_train)
+    data_max = _recorded_count(extra, "images_per_unit_max", n_train)
+    if data_unit is not None and data_unit not in PRIVACY_UNITS:
+        raise invalid("extra['data_unit']", data_unit, f"one of {', '.join(PRIVACY_UNITS)}", _UNIT_FIX,
+                      cls=CheckpointError)
+    if unit is None:
+        recorded = [key for key, v in (("data_unit", data_unit), ("records_per_patient", k),
+                                       ("images_per_unit_max", data_max)) if v is not None]
+        if recorded:
+            raise invalid("extra['privacy_unit']", None, f"recorded beside extra[{recorded[0]!r}] (the unit its k "
+                          "belongs to)", _UNIT_FIX, cls=CheckpointError)
+        return None
+    if not isinstance(unit, str) or unit not in PRIVACY_UNIT_CHOICES:
+        raise invalid("extra['privacy_unit']", unit, f"one of {', '.join(PRIVACY_UNIT_CHOICES)}", _UNIT_FIX,
+                      cls=CheckpointError)
+    if unit == "patient" and data_unit == "image":
+        raise invalid("extra['data_unit']", data_unit, "not 'image' with privacy_unit 'patient' (a patient unit "
+                      "needs data with patient ids)", _UNIT_FIX, cls=CheckpointError)
+    if data_unit == "image" and data_max not in (None, 1):
+        raise invalid("extra['images_per_unit_max']", data_max, "1 on data without patient ids (data_unit "
+                      "'image')", _UNIT_FIX, cls=CheckpointError)
+    if data_unit not in (None, "image") and data_max is None:
+        raise invalid("extra['images_per_unit_max']", None, f"recorded on data grouped by {data_unit} (the most "
+                      "records of one patient in the training split)", _UNIT_FIX, cls=CheckpointError)
+    if unit == "image":
+        if k not in (None, 1):
+            raise invalid("extra['records_per_patient']", k, "1 with privacy_unit 'image'", _UNIT_FIX,
+                          cls=CheckpointError)
+        return RecordedUnit("image", 1, data_unit, data_max)
+    if k is None:
+        raise invalid("extra['records_per_patient']", None, "recorded with privacy_unit 'patient' (its k)",
+                      _UNIT_FIX, cls=CheckpointError)
+    if data_max is not None and k < data_max:
+        raise invalid("extra['records_per_patient']", k, f"at least extra['images_per_unit_max'] ({data_max}, the "
+                      "most records of one patient in the training split; a smaller k is no per-patient bound)",
+                      _UNIT_FIX, cls=CheckpointError)
+    return RecordedUnit("patient", k, data_unit, data_max)
 
 
 @dataclass(frozen=True)
@@ -174,9 +288,16 @@ class CheckpointMeta:
             check_int("n_train", self.n_train)
         object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names)
                            or tuple(str(i) for i in range(self.num_classes)))
+        check_recorded_unit(self.extra, self.n_train, self.extra.get("task"))
         if len(self.label_names) != self.num_classes:
             raise invalid("label_names", list(self.label_names), f"one name per class, {self.num_classes} "
                           f"(num_classes), not {len(self.label_names)}", cls=CheckpointError)
+
+    @property
+    def recorded_unit(self) -> RecordedUnit | None:
+        """The privacy unit the checkpoint records of its training split (checked at construction), None when
+        it records none: :func:`check_recorded_unit`."""
+        return check_recorded_unit(self.extra, self.n_train, self.extra.get("task"))
 
     # Flat access to the DP configuration (None for a non-private model).
     @property
