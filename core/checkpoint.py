@@ -769,6 +769,20 @@ def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{where}: {name} must map parameter names to tensors; {len(bad)} entr"
                               f"{'y is' if len(bad) == 1 else 'ies are'} not ({_short_list(bad)}: "
                               f"{', '.join(kinds)}). Fix: {fix}.")
+    # Weights that are nan or inf (a diverged run, a damaged copy) give an attack and a utility of nothing and
+    # must never be audited as a model: refused here, where every loader reads them. The first one in the file's
+    # order is named, with the count of the others.
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if bad:
+        first = state[bad[0]]
+        n = int((~torch.isfinite(first)).sum())
+        others = f"; {len(bad) - 1} other tensor{'s' if len(bad) > 2 else ''} too" if len(bad) > 1 else ""
+        cause = ("the training that wrote it diverged, or the file is damaged. Fix: train again with a smaller --lr "
+                 "(`dpaudit train --lr ...`), or copy the file again") if source == "dpaudit" else \
+            ("the model that saved it diverged, or the file is damaged. Fix: save the weights of a model whose "
+             "parameters are finite, or copy the file again")
+        raise CheckpointError(f"{where}: the tensor {bad[0]!r} holds {n} non-finite value{'s' if n != 1 else ''} "
+                              f"(nan or inf){others}: {cause}.")
     return strip_wrappers(state)
 
 

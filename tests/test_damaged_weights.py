@@ -143,3 +143,58 @@ def test_bounds_says_when_the_checkpoint_records_no_n_train(tmp_path: Path) -> N
                            "records no n_train", "--kappa", "--n-train")
     assert set(re.findall(r"--[a-z][a-z-]*", line)) <= _flags(["bounds"]) | {"--out"}
     assert runner.invoke(app, ["bounds", "--model", str(path), "--kappa", "1e-3"]).exit_code == 0
+
+
+def _poisoned_state(value: float) -> tuple[dict, str, str]:
+    """A smallcnn's (width 4) weights with ``value`` in two tensors, the second and the last of the model's order;
+    and their names."""
+    state = build_model("smallcnn", num_classes=2, width=4).state_dict()
+    names = [k for k, v in state.items() if v.is_floating_point()]
+    for name in (names[1], names[-1]):
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] = value
+    return state, names[1], names[-1]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_loader_refuses_non_finite_weights_naming_the_file_and_the_first_tensor(tmp_path: Path,
+                                                                                      value: float) -> None:
+    from safetensors.torch import save_file
+
+    state, first, last = _poisoned_state(value)
+    ckpt = _checkpoint(tmp_path, state_dict=state)
+    torch.save(state, tmp_path / "plain.pt")
+    save_file(state, str(tmp_path / "plain.safetensors"))
+    calls = [(ckpt, lambda: load_checkpoint(ckpt)), (ckpt, lambda: load_state_dict(ckpt))]
+    for plain in (tmp_path / "plain.pt", tmp_path / "plain.safetensors"):
+        calls += [(plain, lambda p=plain: load_state_dict(p)),
+                  (plain, lambda p=plain: load_checkpoint(p, arch="smallcnn", arch_args={"width": 4}))]
+    for path, call in calls:
+        with pytest.raises(CheckpointError) as info:
+            call()
+        msg = str(info.value)
+        # the first in the file's order: the model's for torch.save; safetensors stores its own order
+        named = [n for n in ((first,) if path.suffix == ".pt" else (first, last))
+                 if f"the tensor {n!r} holds 1 non-finite value (nan or inf); 1 other tensor too" in msg]
+        assert str(path) in msg and named and "Fix: " in msg and "\n" not in msg, msg
+    with pytest.raises(CheckpointError, match="train again with a smaller --lr"):
+        load_checkpoint(ckpt)
+
+
+def test_non_finite_weights_are_one_line_on_the_command_line(tmp_path: Path) -> None:
+    state, first, _ = _poisoned_state(float("nan"))
+    path = _checkpoint(tmp_path, state_dict=state)
+    res = runner.invoke(app, ["bounds", "--model", str(path)])
+    _one_line_error(res, str(path), repr(first), "non-finite")
+    res = runner.invoke(app, ["attack", "--model", str(path), "--dataset", "demo", "--n-images", "2", "--sigmas", "0"])
+    _one_line_error(res, str(path), repr(first), "non-finite")
+    res = runner.invoke(app, ["train", "--non-private", "--epochs", "1", "--arch", "smallcnn", "--width", "4",
+                              "--image-size", "16", "--init", str(path), "--out", str(tmp_path / "out")])
+    _one_line_error(res, "--init", str(path), repr(first), "non-finite")
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_integer_buffers_and_finite_weights_still_load(tmp_path: Path) -> None:
+    state = build_model("smallcnn", num_classes=2, width=4).state_dict()
+    path = _checkpoint(tmp_path, state_dict={**state, "counter": torch.tensor(3)})
+    assert "counter" in load_state_dict(path)[1]
