@@ -40,7 +40,7 @@ from dpaudit.audit.segmentation import SegmentationMetrics, evaluate_segmentatio
 from dpaudit.bounds import PAPER_DELTA, default_delta
 from dpaudit.checkpoint import CheckpointMeta, save_checkpoint
 from dpaudit.codec import encode
-from dpaudit.config import DpSgdConfig, class_weights_for, parse_trainable, steps_for
+from dpaudit.config import TRAIN_DEFAULTS, DpSgdConfig, class_weights_for, parse_trainable, steps_for
 from dpaudit.data import (
     DatasetSplits,
     ImageDataset,
@@ -423,14 +423,18 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
         t0 = time.perf_counter()
         net.train()
         loss_sum, loss_n = 0.0, 0
-        if physical_batches is not None:
-            with physical_batches as batches:
-                loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True,
+        try:
+            if physical_batches is not None:
+                with physical_batches as batches:
+                    loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True,
+                                                      device)
+            else:
+                batches = torch.utils.data.DataLoader(dataset, batch_sampler=splitter)
+                loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False,
                                                   device)
-        else:
-            batches = torch.utils.data.DataLoader(dataset, batch_sampler=splitter)
-            loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False,
-                                              device)
+            check_finite_weights(model)  # the last step's weights: its loss was computed before it
+        except Diverged as exc:
+            raise diverged(config, f"seed {seed}, epoch {epoch}: {exc}") from None
         seen += seen_e
         train_time += time.perf_counter() - t0
         done += steps_per_epoch
@@ -450,6 +454,28 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
         if progress is not None:
             progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} {what}")
     return model, history, seen / train_time if train_time > 0 else float("nan")
+
+
+class Diverged(ArithmeticError):
+    """Training produced a loss or weights that are nan or inf (internal: :func:`diverged` is what the user gets)."""
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise :class:`Diverged` naming the first floating-point tensor of ``model`` that holds nan or inf."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise Diverged(f"the weights became nan or inf (first: {name!r})")
+
+
+def diverged(config: TrainConfig, where: str) -> NumericalError:
+    """The error of a training run that diverged (``where``: the seed, epoch and what became non-finite), naming
+    ``--lr`` and a smaller value: the task's default when the rate given is above it, else a tenth of it. A model
+    with nan or inf weights has no utility to report and nothing for an attack to audit, so the run stops."""
+    default = TRAIN_DEFAULTS.get(str(config.task), {}).get("lr")
+    lr = float(config.lr)  # type: ignore[arg-type]
+    smaller = default if default is not None and lr > default else lr / 10
+    return invalid("lr", lr, f"small enough that training stays finite (it diverged at {where})",  # type: ignore[return-value]
+                   f"pass a smaller --lr, e.g. --lr {smaller:g}", cls=NumericalError)
 
 
 class SampleMeanCrossEntropy(nn.Module):
@@ -511,7 +537,10 @@ def _epoch(net: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, split
         if splitter is None or splitter.last:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        loss_sum += float(loss.detach()) * b
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(f"the training loss became {value}")
+        loss_sum += value * b
         loss_n += b
         seen += b
     return loss_sum, loss_n, seen

@@ -55,7 +55,15 @@ from dpaudit.config import (
     check_noise_multiplier,
     image_size_for,
 )
-from dpaudit.errors import ConfigError, DataError, check_int, check_positive, check_probability, invalid
+from dpaudit.errors import (
+    ConfigError,
+    DataError,
+    NumericalError,
+    check_int,
+    check_positive,
+    check_probability,
+    invalid,
+)
 from dpaudit.identifiers import (
     MIN_SUBGROUP_UNITS,
     SITE_LABEL_CELL,
@@ -568,6 +576,7 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
             aborted = len(survivors) < config.threshold
             if not aborted:
                 state = _aggregate(config, state, [results[k] for k in survivors], sigma, g_noise)
+                _check_server_step(config, state, r)
             model.load_state_dict(state)
             val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
             records.append(RoundRecord(r, tuple(participants), tuple(survivors), aborted, float(val.mcc)))
@@ -688,6 +697,22 @@ def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[
         else:
             new[k] = v.clone()
     return new
+
+
+def _check_server_step(config: FederatedConfig, state: Mapping[str, Any], round_: int) -> None:
+    """Stop when the server's step made the global model's weights nan or inf (the clients' own training stops
+    with ``--lr`` named: :func:`dpaudit.audit.train.diverged`), naming ``--server-lr`` and a smaller value: 1
+    (plain FedAvg) when it is above 1, else a tenth of it."""
+    import torch
+
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is None:
+        return
+    smaller = 1.0 if config.server_lr > 1 else config.server_lr / 10
+    raise invalid("server_lr", config.server_lr, f"small enough that the global model stays finite (round "
+                  f"{round_}: the server's step made {bad!r} nan or inf)",
+                  f"pass a smaller --server-lr, e.g. --server-lr {smaller:g} (1: plain FedAvg), or a smaller --lr",
+                  cls=NumericalError)
 
 
 def _baselines(config: FederatedConfig, splits: Any, sigma: float) -> FederatedBaselines:
