@@ -7,6 +7,7 @@ traceback (tracebacks with locals may hold patient data).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, TypeVar
@@ -195,7 +196,8 @@ def check_positive(field: str, value: float, *, allow_zero: bool = False, fix: s
 
 
 def check_int(field: str, value: int, *, minimum: int = 1, fix: str | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
         raise invalid(field, value, f"an integer >= {minimum}", fix)
     v = int(value)
     if v < minimum:

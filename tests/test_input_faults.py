@@ -218,3 +218,12 @@ def test_a_stopped_profile_says_how_to_resume(tmp_path: Path, signame: str, code
     last = rest.strip().splitlines()[-1]
     assert last == f"{said}: the same command again resumes it (the tasks finished are kept in {out / 'tasks'})"
     assert "Traceback" not in rest
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 2.5, "3", True])
+def test_check_int_refuses_what_is_no_integer_with_the_field_named(value: object) -> None:
+    # int(nan) and int(inf) raised ValueError / OverflowError, a traceback for any untrusted number read through it
+    from dpaudit.errors import DpAuditError, check_int
+
+    with pytest.raises(DpAuditError, match="n_train"):
+        check_int("n_train", value)  # type: ignore[arg-type]
