@@ -729,8 +729,8 @@ def check_task(model_task: str | None, data_task: str, *, model: str, data: str,
 
 
 #: The fix for a checkpoint whose metadata is wrong (the file was edited, written by another tool, or damaged).
-_RECREATE = ("write the checkpoint again with `dpaudit train --out DIR` (DIR/model.pt), or correct the field with "
-             "dpaudit.checkpoint.load_checkpoint / save_checkpoint in Python")
+_RECREATE = ("write the checkpoint again with `dpaudit train --out DIR` (DIR/model.pt), or correct the field in the "
+             "dict torch.load(path, weights_only=True) returns and torch.save it")
 
 
 def _invalid_field(path: Path, exc: DpAuditError) -> CheckpointError:
