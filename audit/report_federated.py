@@ -12,7 +12,7 @@ from reportlab.platypus import PageBreak, Spacer
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import FederatedOutcome
 from dpaudit.audit.report_layout import esc
-from dpaudit.identifiers import histogram_cells, histogram_note
+from dpaudit.identifiers import histogram_cells, histogram_note, site_test_note, withheld_mark
 from dpaudit.numfmt import percent_interval
 
 
@@ -32,7 +32,7 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
                f"accounting (it can only help). The reconstruction bound of a site uses its own prior κ = 1/N_k: "
                f"a smaller site has a larger prior and a larger bound.")]
     per_patient = any(s.records_per_patient > 1 for s in fed.sites)
-    head = ["Site", "N_k", "Labels", "q_k", "T_k", "ε_k per image" if per_patient else "ε_k",
+    head = ["Site", "N_k", "N_test", "Labels", "q_k", "T_k", "ε_k per image" if per_patient else "ε_k",
             *(["k", "ε_k per patient", "ReRo per patient (κ = 1/N_k)"] if per_patient else ["ReRo (κ = 1/N_k)"]),
             "Test MCC"]
     rows = [[report.cell(h, "head") for h in head]]
@@ -40,7 +40,8 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
         patient = ([str(s.records_per_patient), "–" if s.epsilon_patient is None else txt.eps_up(s.epsilon_patient)]
                    if per_patient else [])
         rows.append([report.cell(x) for x in (
-            str(s.client), str(s.n_train), "/".join(histogram_cells(s.label_histogram, s.label_histogram_withheld)),
+            str(s.client), str(s.n_train),
+            withheld_mark(s.n_test_reason) if s.n_test_reason is not None else str(s.n_test), "/".join(histogram_cells(s.label_histogram, s.label_histogram_withheld)),
             _num(s.sampling_probability, ".3g"), _num(s.steps, "d"), "–" if s.epsilon is None else txt.eps_up(s.epsilon),
             *patient,
             txt.pct(s.rero_worst_case, direction="up") if s.rero_worst_case is not None else "–",
@@ -50,6 +51,8 @@ def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float)
     withheld_note = (f" * Withheld: {esc(withheld[0].reason or '')}; the site's test MCC would be those few "
                      "patients' results, and the spread leaves it out." if withheld else "")
     over = f" over the {len(fed.sites) - len(withheld)} published sites" if withheld else ""
+    sites_note = site_test_note([s.n_test_reason for s in fed.sites])
+    withheld_note += f" {esc(sites_note)}." if sites_note else ""
     labels_note = histogram_note([r for s in fed.sites for r in s.label_histogram_withheld])
     labels_note = f" Labels (training images per label) {esc(labels_note)}." if labels_note else ""
     unit_note = (" With the patient as the unit, k is the most images of one patient at the site, and ε_k per "

@@ -12,7 +12,7 @@ from dpaudit.audit.federated.fedavg import DP_LEVELS, FederatedConfig
 from dpaudit.cli import _attack_options as attack_options
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out, parse_float_list, progress_bar
-from dpaudit.identifiers import MIN_SUBGROUP_UNITS, histogram_cells, histogram_note
+from dpaudit.identifiers import histogram_cells, histogram_note, site_test_note, withheld_mark
 from dpaudit.numfmt import metric, percent, percent_interval, upper
 
 app = typer.Typer(help="Federated learning (FedAvg) with DP at the sample or client level and secure aggregation.",
@@ -116,7 +116,7 @@ def train_command(
               + ("k   eps/patient (UB)  " if per_patient else "") + "test MCC (empirical)")
     for s in result.clients:
         patient = f"{s.records_per_patient:<2}  {_eps(s.epsilon_patient):>16}  " if per_patient else ""
-        n_test = f"< {MIN_SUBGROUP_UNITS}" if s.withheld else str(s.n_test)
+        n_test = withheld_mark(s.n_test_reason) if s.n_test_reason is not None else str(s.n_test)
         mcc = "withheld*" if s.withheld else _fmt(s.test_mcc)
         labels = "[" + ", ".join(histogram_cells(s.label_histogram, s.label_histogram_withheld)) + "]"
         out.print(f"{s.client:>4}  {s.n_train:>7}  {n_test:>6}  {labels:<16}  "
@@ -127,6 +127,7 @@ def train_command(
         out.print(f"* withheld (sites {', '.join(str(s.client) for s in withheld)}): "
                   f"{withheld[0].reason}; N_test and test MCC "
                   "would be those few patients' results, and the spread below leaves the site out")
+        out.print(site_test_note([s.n_test_reason for s in result.clients]))
     note = histogram_note([r for s in result.clients for r in s.label_histogram_withheld])
     if note:  # the reason once, as for the sites' test splits
         out.print(note)

@@ -46,7 +46,11 @@ __all__ = [
     "age_group",
     "age_in_years",
     "age_note",
+    "check_site_complements",
+    "check_site_test",
     "column_key",
+    "complement_cells",
+    "complement_sites",
     "histogram_cells",
     "histogram_note",
     "histogram_reasons",
@@ -58,6 +62,8 @@ __all__ = [
     "patient_id_columns",
     "repeats_across",
     "site_null_reasons",
+    "site_test_note",
+    "site_test_reasons",
     "small_cell_reason",
     "small_cells",
     "subgroup_name",
@@ -419,15 +425,35 @@ def withhold_histogram(counts: Sequence[int], held: Sequence[int], unit: str,
     """
     if len(counts) != len(held):
         raise ValueError(f"withhold_histogram: {len(counts)} counts but {len(held)} unit counts")
-    reasons: list[str | None] = [_small_reason(int(h), unit, where) for h in held]
+    reasons = complement_cells(counts, [_small_reason(int(h), unit, where) for h in held])
+    return tuple(None if r is not None else int(c) for c, r in zip(counts, reasons, strict=True)), reasons
+
+
+def complement_cells(counts: Sequence[int | None], reasons: Sequence[str | None]) -> tuple[str | None, ...]:
+    """``reasons`` (each cell's reason for being withheld, None where published) with the complementary cells
+    added (:data:`COMPLEMENT_REASON`) that keep each withheld count from following by subtraction from the
+    published total: the rule of :func:`withhold_histogram`, which has it for a histogram, and of the sites of a
+    federated run (a site's ``n_test``, with the pooled test split's n published).
+
+    A withheld cell whose count is unknown (None: a file that kept no count of it) is taken as 1, the smallest it
+    can hold, so that the rule errs on the side of withholding.
+
+    >>> reasons = complement_cells([12, None, 9, 30], [None, "small", None, None])
+    >>> reasons[:2], reasons[2] == COMPLEMENT_REASON, reasons[3]  # the next smallest published cell goes too
+    ((None, 'small'), True, None)
+    """
+    reasons = list(reasons)
+    if len(counts) != len(reasons):
+        raise ValueError(f"complement_cells: {len(counts)} counts but {len(reasons)} reasons")
+    size = [1 if c is None else int(c) for c in counts]
     while True:
         hidden = [i for i, r in enumerate(reasons) if r is not None]
         shown = [i for i, r in enumerate(reasons) if r is None]
-        if not hidden or not shown or (len(hidden) > 1 and sum(int(counts[i]) for i in hidden) > len(hidden)):
+        if not hidden or not shown or (len(hidden) > 1 and sum(size[i] for i in hidden) > len(hidden)):
             break
         # the next smallest published cell, a non-empty one first (an empty one discloses no one)
-        reasons[min(shown, key=lambda i: (counts[i] == 0, counts[i], i))] = COMPLEMENT_REASON
-    return tuple(None if r is not None else int(c) for c, r in zip(counts, reasons, strict=True)), tuple(reasons)
+        reasons[min(shown, key=lambda i: (size[i] == 0, size[i], i))] = COMPLEMENT_REASON
+    return tuple(reasons)
 
 
 def small_cells(values: Sequence[str], units: Sequence[str], missing: str = "unknown") -> set[str]:
@@ -517,10 +543,33 @@ def histogram_reasons(client: int | str, histogram: Sequence[int | None],
     return reasons or (None,) * len(histogram)
 
 
-def site_null_reasons(withheld: bool, reason: str | None, histogram: Sequence[int | None]) -> dict[str, str]:
+def check_site_test(client: int | str, withheld: bool, reason: str | None, n_test: int | None,
+                    test_mcc: float | None, n_test_withheld: str | None) -> None:
+    """A site's test split as published, checked (for the ``__post_init__`` of ClientSummary and FederatedSite):
+    a withheld site has a reason and neither ``n_test`` nor ``test_mcc``; a published one has its MCC (NaN where
+    undefined) and its ``n_test``, unless that count alone is withheld as a complement (``n_test_withheld``)."""
+    if withheld != (reason is not None) or (withheld and (n_test is not None or test_mcc is not None)):
+        raise DataError(f"site {client}: a withheld site's test split holds no count and no MCC and says "
+                        "why; a published one has no reason. Fix: pass n_test=None, test_mcc=None, reason=...")
+    if n_test_withheld is not None and (withheld or n_test is not None):
+        raise DataError(f"site {client}: n_test_withheld is the reason a published site's n_test is null (the "
+                        "complement of a withheld site's); a withheld site gives its reason in reason. Fix: pass "
+                        "n_test=None with n_test_withheld, or build the sites with "
+                        "dpaudit.identifiers.site_test_reasons")
+    if not withheld and (test_mcc is None or (n_test is None and n_test_withheld is None)):
+        raise DataError(f"site {client}: a published site needs n_test and test_mcc (NaN where undefined), or "
+                        "n_test_withheld saying why n_test is null. Fix: pass them, or withhold the site with a "
+                        "reason.")
+
+
+def site_null_reasons(withheld: bool, reason: str | None, histogram: Sequence[int | None],
+                      n_test_withheld: str | None = None) -> dict[str, str]:
     """Why a site's fields are null in JSON, for a class's ``null_reasons`` (dpaudit.codec): ``n_test`` and
-    ``test_mcc`` when the site is withheld, ``label_histogram`` when it holds a withheld cell."""
+    ``test_mcc`` when the site is withheld, ``n_test`` alone when it is withheld as the complement of another
+    site's (``n_test_withheld``), ``label_histogram`` when it holds a withheld cell."""
     out = dict.fromkeys(("n_test", "test_mcc"), f"withheld: {reason}") if withheld else {}
+    if n_test_withheld is not None:
+        out["n_test"] = n_test_withheld
     if any(v is None for v in histogram):
         out["label_histogram"] = (f"a null cell is withheld: fewer than {MIN_SUBGROUP_UNITS} privacy units at the "
                                   "site hold its label, or it is the complement that would give such a cell by "
@@ -583,3 +632,78 @@ def joins_units(values: Sequence[str], units: Sequence[str], missing: Iterable[s
         return False
     sizes = sorted(len(h) for h in holders.values())
     return 2 * sum(n >= 2 for n in sizes) > len(sizes) and sizes[len(sizes) // 2] < MIN_SUBGROUP_UNITS
+
+
+#: Where a site's test split cell's records are, in its reason (a site whose test split is a small cell).
+SITE_TEST_CELL = "the site's test split"
+
+
+def site_test_reasons(n_test: Sequence[int], held: Sequence[int], unit: str) -> tuple[str | None, ...]:
+    """Each site's reason for withholding its ``n_test`` (None where published): a test split held by 1 to
+    :data:`MIN_SUBGROUP_UNITS` - 1 privacy units is a small cell (no count, no MCC), and since the pooled test
+    split's n is published, the complement that keeps it from following by subtraction goes too
+    (:data:`COMPLEMENT_REASON`: that site's count only; its MCC, of 5 or more units, stays). ``held[k]``: the
+    distinct units of site k's test split.
+
+    >>> reasons = site_test_reasons([40, 3, 12, 25], [20, 2, 6, 12], "patient")
+    >>> reasons[:2], reasons[2] == COMPLEMENT_REASON, reasons[3]
+    ((None, "fewer than 5 patients in the site's test split"), True, None)
+    """
+    return withhold_histogram(n_test, held, unit, SITE_TEST_CELL)[1]
+
+
+def site_test_note(reasons: Sequence[str | None]) -> str:
+    """The one line under a table of sites that says how many sites' ``n_test`` are withheld and why ("" when
+    none is): ``reasons`` holds each site's reason (its small-cell ``reason``, or :data:`COMPLEMENT_REASON` for a
+    count withheld as the complement; None where published).
+
+    The small sites' reason is stated once beside the table, with their test MCC; this line does not repeat it.
+
+    >>> site_test_note(["fewer than 5 patients in the site's test split", None, COMPLEMENT_REASON])
+    "N_test withheld at 2 of 3 sites: 1 as a small cell ('< 5', its test MCC too), 1 as the complement ('x', its test MCC published), since the pooled test split's n less the published sites' N_test would give a lone withheld one"
+    """
+    small = [r for r in reasons if r is not None and r != COMPLEMENT_REASON]
+    if not small:
+        return ""
+    n_complement = sum(r == COMPLEMENT_REASON for r in reasons)
+    note = (f"N_test withheld at {len(small) + n_complement} of {len(reasons)} sites: {len(small)} as a small cell "
+            f"('< {MIN_SUBGROUP_UNITS}', its test MCC too)")
+    if n_complement:
+        note += (f", {n_complement} as the complement ('{COMPLEMENT_MARK}', its test MCC published), since the "
+                 "pooled test split's n less the published sites' N_test would give a lone withheld one")
+    return note
+
+
+def check_site_complements(reasons: Sequence[str | None]) -> None:
+    """Refuse sites of which exactly one withholds its ``n_test`` while others publish theirs: that one would
+    follow from the pooled test split's n by subtraction (:func:`site_test_reasons` was not applied). ``reasons``:
+    each site's ``n_test_reason``. (Several withheld counts whose sum pins each to 1 cannot be told here, where
+    the withheld counts are unknown; :func:`complement_cells` rules them out where the sites are built.)"""
+    hidden = [k for k, r in enumerate(reasons) if r is not None]
+    if len(hidden) == 1 and len(reasons) > 1:
+        raise DataError(f"site {hidden[0]}: its n_test alone is withheld while the other sites' are published, so it "
+                        "would follow from the pooled test split's n by subtraction. Fix: build the sites with "
+                        "dpaudit.identifiers.site_test_reasons (the complement's n_test is None with "
+                        "n_test_withheld)")
+
+
+def complement_sites(raw: Sequence[dict], upgraded: Sequence[dict]) -> list[dict]:
+    """Sites of a file written before complementary suppression of ``n_test`` (no site has ``n_test_withheld``):
+    the sites as :func:`site_test_reasons` would have published them. ``raw`` are the sites as read (an earlier
+    layout may still hold a small site's ``n_test``), ``upgraded`` the same after each site's own upgrade (which
+    marks small sites ``withheld``). A site withheld without a count is taken as holding one image
+    (:func:`complement_cells`). Returns ``upgraded`` itself when no site changes.
+
+    >>> old = [{"n_test": 12, "withheld": False}, {"n_test": None, "withheld": True}, {"n_test": 30, "withheld": False}]
+    >>> [s["n_test"] for s in complement_sites(old, old)], complement_sites(old, old)[0]["n_test_withheld"][:27]
+    ([None, None, 30], 'withheld as a complement: w')
+    """
+    if any("n_test_withheld" in s for s in (*raw, *upgraded)):
+        return list(upgraded)
+    counts = [s.get("n_test") if isinstance(s.get("n_test"), int) else None for s in raw]
+    reasons = complement_cells(counts, ["withheld" if s.get("withheld") else None for s in upgraded])
+    if all(r is None or s.get("withheld") for r, s in zip(reasons, upgraded, strict=True)):
+        return list(upgraded)
+    return [{**s, "n_test": None, "n_test_withheld": COMPLEMENT_REASON}
+            if r == COMPLEMENT_REASON and not s.get("withheld") else s
+            for r, s in zip(reasons, upgraded, strict=True)]

@@ -283,7 +283,11 @@ def test_federated_train_withholds_a_site_of_few_test_patients(tmp_path: Path, r
     assert site["withheld"] is True and site["n_test"] is None and site["test_mcc"] is None
     assert site["reason"] == "fewer than 5 patients in the site's test split"
     assert site["undefined"]["test_mcc"] == "withheld: fewer than 5 patients in the site's test split"
-    assert data["clients"][a]["withheld"] is False and data["clients"][a]["n_test"] >= MIN_SUBGROUP_UNITS
+    # the pooled test split's n is published: A's n_test goes with B's (its complement), A's MCC stays
+    other = data["clients"][a]
+    assert other["withheld"] is False and other["n_test"] is None and other["test_mcc"] is not None
+    assert other["n_test_withheld"] == COMPLEMENT_REASON and other["undefined"]["n_test"] == COMPLEMENT_REASON
+    assert data["global_metrics"]["n"] == len(splits.test)  # the total a subtraction would start from
     # the spread is over published sites only: one is left, so it is not defined
     assert data["mcc_spread"] is None and "published" in data["undefined"]["mcc_spread"]
     per_site = data["baselines"]["nonprivate_fedavg_per_client_mcc"]
@@ -293,8 +297,11 @@ def test_federated_train_withholds_a_site_of_few_test_patients(tmp_path: Path, r
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if line.lstrip().startswith(f"{b}  "))
     assert "< 5" in row and "withheld*" in row and str(held[b]) not in row.split()[2:3]
+    row_a = next(line for line in res.output.splitlines() if line.lstrip().startswith(f"{a}  "))
+    assert row_a.split()[2] == "x", row_a
     console = " ".join(res.output.split())
     assert f"* withheld (sites {b}): fewer than 5 patients in the site's test split" in console
+    assert "N_test withheld at 2 of 2 sites: 1 as a small cell ('< 5', its test MCC too), 1 as the complement" in console
     assert "spread (max - min) over the 1 published sites" in console
     # site B's training split: each label held by at most 4 of its 8 patients, so no count of it is published
     train_idx = partition_splits(splits, "column:site", 2, seed=0)[0]
@@ -312,12 +319,24 @@ def test_federated_train_withholds_a_site_of_few_test_patients(tmp_path: Path, r
     assert "labels '< 5': fewer than 5 patients in the site's training images of this label" in console
 
 
+def _published() -> tuple:
+    """Two sites, both published (12 and 9 test images)."""
+    from dpaudit.audit.profile.schema import FederatedSite
+
+    return (FederatedSite(0, 40, 12, (20, 20), 0.2, 10, 7.9, 1 / 40, 0.3, 0.61),
+            FederatedSite(1, 30, 9, (15, 15), 0.27, 10, 8.0, 1 / 30, 0.35, 0.42))
+
+
 def _sites() -> tuple:
+    """The two of :func:`_published` and a third withheld as a small cell: site 1's n_test (the next smallest)
+    is withheld as its complement, its MCC published."""
+    from dataclasses import replace
+
     from dpaudit.audit.profile.schema import FederatedSite
 
     reason = "fewer than 5 patients in the site's test split"
-    return (FederatedSite(0, 40, 12, (20, 20), 0.2, 10, 7.9, 1 / 40, 0.3, 0.61),
-            FederatedSite(1, 30, 9, (15, 15), 0.27, 10, 8.0, 1 / 30, 0.35, 0.42),
+    first, second = _published()
+    return (first, replace(second, n_test=None, n_test_withheld=COMPLEMENT_REASON),
             FederatedSite(2, 12, None, (6, 6), 0.67, 10, 8.0, 1 / 12, 0.5, None, withheld=True, reason=reason))
 
 
@@ -342,15 +361,19 @@ def test_a_federated_section_of_an_earlier_layout_withholds_small_sites_and_thei
     from dpaudit.audit.profile.schema import FederatedOutcome
     from dpaudit.codec import encode, from_plain
 
-    plain = encode(FederatedOutcome(8.0, "sample", "one image", "iid", 3, 1, 1.1, 1e-5, 8.0, _sites()[:2], 0.55,
+    plain = encode(FederatedOutcome(8.0, "sample", "one image", "iid", 3, 1, 1.1, 1e-5, 8.0, _published(), 0.55,
                                     0.19, (), 1.0))
     for s in plain["sites"]:
-        del s["withheld"], s["reason"]
+        del s["withheld"], s["reason"], s["n_test_withheld"]
     plain["sites"].append({**plain["sites"][0], "client": 2, "n_test": 3, "test_mcc": 1.0})  # 3 images
     plain["mcc_spread"] = 1.0 - 0.42
     fed = from_plain(FederatedOutcome, plain)
     assert fed.sites[2].withheld and fed.sites[2].test_mcc is None and "fewer than 5 images" in fed.sites[2].reason
     assert fed.mcc_spread == pytest.approx(0.61 - 0.42) and not fed.sites[0].withheld
+    # its complement too: site 1's n_test (9, the next smallest) would be the total less 12 and 3
+    assert (fed.sites[1].n_test, fed.sites[1].n_test_withheld, fed.sites[1].test_mcc) == (None, COMPLEMENT_REASON,
+                                                                                           0.42)
+    assert fed.sites[0].n_test == 12
 
 
 def test_a_published_undefined_mcc_reads_back_as_nan_and_a_withheld_one_as_none() -> None:
@@ -455,7 +478,7 @@ def test_a_histogram_of_an_earlier_layout_is_withheld_by_image_counts() -> None:
     from dpaudit.audit.profile.schema import FederatedOutcome
     from dpaudit.codec import encode, from_plain
 
-    plain = encode(FederatedOutcome(8.0, "sample", "one image", "iid", 3, 1, 1.1, 1e-5, 8.0, _sites()[:2], 0.55,
+    plain = encode(FederatedOutcome(8.0, "sample", "one image", "iid", 3, 1, 1.1, 1e-5, 8.0, _published(), 0.55,
                                     0.19, (), 1.0))
     for s in plain["sites"]:
         del s["label_histogram_withheld"]
@@ -490,3 +513,77 @@ def test_the_report_withholds_a_small_label_cell(tmp_path: Path) -> None:
     assert "37/< 5/x" in page and "15/15" in page, page[:600]
     assert page.count(f"labels '< 5': {SMALL_LABEL}") == 1
     assert "'x': withheld as the complement" in page
+
+
+# -- a site's n_test beside the pooled test split's n ----------------------------------------------------------
+
+
+def test_a_lone_withheld_site_takes_its_complement_with_it() -> None:
+    """The pooled test split's n is published: one withheld site's n_test would be n less the others'. The next
+    smallest published site's n_test goes with it (marked 'x'); its MCC stays."""
+    from dpaudit.identifiers import site_test_reasons
+
+    small = "fewer than 5 patients in the site's test split"
+    assert site_test_reasons([40, 3, 12, 25], [20, 2, 6, 12], "patient") == (None, small, COMPLEMENT_REASON, None)
+    assert site_test_reasons([40, 0, 12], [20, 0, 6], "patient") == (None,) * 3  # none small: all published
+    # two small sites of one image each: their total (2) gives each (1), so a complement joins them
+    assert site_test_reasons([40, 1, 1], [20, 1, 1], "patient") == (COMPLEMENT_REASON, small, small)
+    assert site_test_reasons([40, 2, 3], [20, 2, 3], "patient") == (None, small, small)
+
+
+def test_no_withheld_site_follows_from_the_pooled_total_in_json_or_report(tmp_path: Path,
+                                                                           rng: np.random.Generator) -> None:
+    """Random federations: given the pooled test split's n and every published n_test, each withheld n_test can
+    take more than one value (each withheld site holds at least one image). And end to end: the sites of
+    profile.json (also an earlier file's, upgraded on load) and the report's site table leave the small site's
+    count unrecoverable."""
+    from dataclasses import replace
+
+    from dpaudit.audit.profile.schema import FederatedOutcome
+    from dpaudit.audit.report import render_report
+    from dpaudit.codec import encode, from_plain
+    from dpaudit.identifiers import site_test_reasons
+    from tests.test_report import _text, synthetic_profile
+
+    def recoverable(n_test: list[int], published: list[int | None]) -> bool:
+        hidden = [n for n, p in zip(n_test, published, strict=True) if p is None]
+        rest = sum(n_test) - sum(p for p in published if p is not None)  # what a subtraction leaves
+        # exact recovery: one withheld site, or every withheld site forced to hold one image
+        return len(hidden) == 1 or (len(hidden) > 1 and rest == len(hidden) and all(h > 0 for h in hidden))
+
+    for _ in range(300):
+        held = rng.integers(0, 9, size=int(rng.integers(2, 6)))
+        n_test = [int(h * rng.integers(1, 3)) for h in held]
+        reasons = site_test_reasons(n_test, held.tolist(), "patient")
+        assert not recoverable(n_test, [None if r else n for n, r in zip(n_test, reasons, strict=True)]), n_test
+
+    fed = FederatedOutcome(8.0, "sample", "one image", "column:site", 3, 1, 1.1, 1e-5, 8.0, _sites(), 0.55,
+                           0.61 - 0.42, (), 1.0)
+    n_test = [12, 9, 3]  # the sites' true counts; the pooled test split holds 24
+    plain = encode(fed)
+    assert not recoverable(n_test, [s["n_test"] for s in plain["sites"]])
+    assert plain["sites"][1]["undefined"]["n_test"] == COMPLEMENT_REASON and plain["sites"][1]["test_mcc"] == 0.42
+    # a file written before the complement: site 1's 9 is published beside the withheld site 2
+    old = encode(replace(fed, sites=_published()))
+    for s in old["sites"]:
+        del s["n_test_withheld"]
+    old["sites"].append(encode(_sites()[2]) | {"n_test_withheld": None})
+    del old["sites"][2]["n_test_withheld"]
+    assert recoverable(n_test, [s["n_test"] for s in old["sites"]])  # as written
+    upgraded = from_plain(FederatedOutcome, old)
+    assert upgraded.sites[1].n_test_withheld == COMPLEMENT_REASON
+    assert not recoverable(n_test, [s["n_test"] for s in encode(upgraded)["sites"]])
+    with pytest.raises(DataError, match="subtraction"):  # a lone withheld site is refused when built
+        replace(fed, sites=(*_published(), _sites()[2]))
+
+    prof = synthetic_profile(with_mia_audit=False, seeds=1)
+    prof = replace(prof, federated=upgraded, dataset=replace(prof.dataset, n_test=sum(n_test)))
+    text = _text(render_report(prof, tmp_path / "report.pdf").read_bytes())
+    words = " ".join(" ".join(text).split())
+    assert f"{sum(n_test)} test images" in words  # the total is printed
+    page = words.split("Federated learning: privacy per site")[1]
+    table = page.split("Test MCC", 1)[1].split("ε_k and ReRo")[0]
+    cells = re.findall(r"(\d) (\d+) (\d+|x|< 5) \d+/\d+", table)  # Site, N_k, N_test, ... Labels
+    assert cells == [("0", "40", "12"), ("1", "30", "x"), ("2", "12", "< 5")], table
+    assert not recoverable(n_test, [12, None, None])
+    assert "N_test withheld at 2 of 3 sites: 1 as a small cell ('< 5', its test MCC too), 1 as the complement" in page

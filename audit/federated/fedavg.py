@@ -65,10 +65,16 @@ from dpaudit.errors import (
     invalid,
 )
 from dpaudit.identifiers import (
+    COMPLEMENT_REASON,
     MIN_SUBGROUP_UNITS,
     SITE_LABEL_CELL,
+    SITE_TEST_CELL,
+    check_site_complements,
+    check_site_test,
+    complement_sites,
     histogram_reasons,
     site_null_reasons,
+    site_test_reasons,
     small_cell_reason,
     upgrade_histogram,
     withhold_histogram,
@@ -320,6 +326,11 @@ class ClientSummary:
     since "1 image of a rare label" at a small site is one patient's diagnosis; as ``n_train`` is published, one
     withheld cell would follow by subtraction, so the next smallest cell is withheld with it (complementary
     suppression). 0 stays 0. ``label_histogram_withheld`` gives each cell's reason (None where published).
+
+    The sites' ``n_test`` follow the same rule (:func:`dpaudit.identifiers.site_test_reasons`): the pooled test
+    split's n is published, so while one site is withheld the next smallest published site's ``n_test`` is
+    withheld with it (``n_test_withheld`` says why, :data:`dpaudit.identifiers.COMPLEMENT_REASON`); that site's
+    ``test_mcc``, of 5 or more units, stays published.
     """
 
     client: int
@@ -344,6 +355,9 @@ class ClientSummary:
     #: Per label: why its ``label_histogram`` cell is withheld (None), or None where it is published; () reads as
     #: all published.
     label_histogram_withheld: tuple[str | None, ...] = ()
+    #: Why ``n_test`` alone is withheld (the complement of a withheld site's, which would follow from the pooled
+    #: test split's n by subtraction), or None; a withheld site's ``n_test`` goes with ``reason``.
+    n_test_withheld: str | None = None
 
     #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
     UNDEFINED: ClassVar[dict[str, str]] = {
@@ -352,19 +366,18 @@ class ClientSummary:
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_histogram_withheld",
                            histogram_reasons(self.client, self.label_histogram, self.label_histogram_withheld))
-        if self.withheld != (self.reason is not None) or (self.withheld and (
-                self.n_test is not None or self.test_mcc is not None)):
-            raise DataError(f"site {self.client}: a withheld site's test split holds no count and no MCC and says "
-                            "why; a published one has no reason. Fix: pass n_test=None, test_mcc=None, reason=...")
-        if not self.withheld and (self.n_test is None or self.test_mcc is None):
-            raise DataError(f"site {self.client}: a published site needs n_test and test_mcc (NaN where undefined). "
-                            "Fix: pass them, or withhold the site with a reason.")
+        check_site_test(self.client, self.withheld, self.reason, self.n_test, self.test_mcc, self.n_test_withheld)
+
+    @property
+    def n_test_reason(self) -> str | None:
+        """Why ``n_test`` is withheld (a small test split, or the complement of one), None where published."""
+        return self.reason if self.withheld else self.n_test_withheld
 
     @property
     def null_reasons(self) -> dict[str, str]:
-        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld, and ``label_histogram``
-        when it holds a withheld cell (dpaudit.codec)."""
-        return site_null_reasons(self.withheld, self.reason, self.label_histogram)
+        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (``n_test`` alone when it
+        is a complement), and ``label_histogram`` when it holds a withheld cell (dpaudit.codec)."""
+        return site_null_reasons(self.withheld, self.reason, self.label_histogram, self.n_test_withheld)
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -448,10 +461,23 @@ class FederatedResult:
 
     #: Written to JSON beside the fields (``dpaudit federated train --json``, through dpaudit.codec).
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
+
+    def __post_init__(self) -> None:
+        check_site_complements([s.n_test_reason for s in self.clients])
     #: Why a number is null in JSON (dpaudit.codec writes NaN as null with its reason).
     UNDEFINED: ClassVar[dict[str, str]] = {
         "mcc_spread": "not defined: fewer than two published sites have a test MCC",
         "mcc_std": "not defined: fewer than two published sites have a test MCC"}
+
+    @staticmethod
+    def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        """A result written before the sites' ``n_test`` had complementary suppression: the next smallest site's
+        ``n_test`` withheld with a lone withheld site's (:func:`dpaudit.identifiers.complement_sites`)."""
+        sites = data.get("clients")
+        if not isinstance(sites, list) or not all(isinstance(s, dict) for s in sites):
+            return data
+        upgraded = complement_sites(sites, [ClientSummary.json_upgrade(s) for s in sites])
+        return {**data, "clients": upgraded}
 
     @property
     def labels(self) -> dict[str, str]:
@@ -587,10 +613,15 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         val_probs, _ = _predict(model, splits.val, splits.mean, splits.std)
         threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
         summaries = []
+        # a site's test split held by 1-4 patients: its MCC would be theirs (withheld, not evaluated); the pooled
+        # test split's n is published, so the next smallest site's n_test goes with a lone withheld one
+        test_reasons = site_test_reasons(
+            [len(cs.test) for cs in client_splits],
+            [small_cell_reason(np.asarray(cs.test.patient_ids).tolist(), splits.unit, SITE_TEST_CELL)[0]
+             for cs in client_splits], splits.unit)
         for k, cs in enumerate(client_splits):
-            # a site's test split held by 1-4 patients: its MCC would be theirs (withheld, not evaluated)
-            _, withheld = small_cell_reason(np.asarray(cs.test.patient_ids).tolist(), splits.unit,
-                                            "the site's test split")
+            withheld = test_reasons[k] if test_reasons[k] != COMPLEMENT_REASON else None
+            complement = test_reasons[k] if test_reasons[k] == COMPLEMENT_REASON else None
             mk = (_evaluate(model, cs.test, splits.mean, splits.std, threshold, unit=splits.unit,
                             split=f"site {k}'s test") if len(cs.test) and withheld is None else None)
             acc = accounts[k] if accounts is not None else None
@@ -605,12 +636,12 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
                 splits.unit, SITE_LABEL_CELL)
             k_site = site_unit.records_per_patient if unit.unit == "patient" else site_unit.data_records_per_patient
             summaries.append(ClientSummary(
-                k, n_train[k], None if withheld else len(cs.test), histogram,
+                k, n_train[k], None if withheld or complement else len(cs.test), histogram,
                 int(rounds_participated[k]), acc.sampling_probability if acc else None, acc.steps if acc else None,
                 acc.epsilon if acc else None,
                 None if withheld else float(mk.mcc) if mk is not None else float("nan"),
                 k_site, _site_epsilon_patient(acc, sigma, delta, k_site), withheld=withheld is not None,
-                reason=withheld, label_histogram_withheld=histogram_withheld))
+                reason=withheld, label_histogram_withheld=histogram_withheld, n_test_withheld=complement))
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -95,7 +95,8 @@ class FederatedTask(_TaskBase):
                                        s.steps, s.epsilon, kappa, gamma, s.test_mcc, records_per_patient=k,
                                        epsilon_patient=s.epsilon_patient if k > 1 else None,
                                        withheld=s.withheld, reason=s.reason,
-                                       label_histogram_withheld=s.label_histogram_withheld))
+                                       label_histogram_withheld=s.label_histogram_withheld,
+                                       n_test_withheld=s.n_test_withheld))
         attack_clients = min(self.clients, max(1, len(splits.train) // (ATTACK_BATCH_SIZE * ATTACK_ROUNDS)))
         rows, success_ssim = [], None
         for secure in (False, True):

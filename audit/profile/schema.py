@@ -25,6 +25,9 @@ from dpaudit.config import DEFAULT_DATASET, DELTA_EXAMPLE, PROFILE_DEFAULTS, dat
 from dpaudit.errors import invalid
 from dpaudit.identifiers import (
     MIN_SUBGROUP_UNITS,
+    check_site_complements,
+    check_site_test,
+    complement_sites,
     histogram_reasons,
     site_null_reasons,
     upgrade_histogram,
@@ -793,7 +796,8 @@ class FederatedSite(JsonResult):
 
     A site whose test split is held by fewer than :data:`dpaudit.identifiers.MIN_SUBGROUP_UNITS` patients is
     ``withheld`` (:class:`dpaudit.audit.federated.fedavg.ClientSummary`): no ``n_test``, no ``test_mcc``, the
-    ``reason``. Each ``label_histogram`` cell held by fewer than that many patients is None, with the next smallest
+    ``reason``; the next smallest site's ``n_test`` is withheld with it (``n_test_withheld``: the pooled test
+    split's n is published). Each ``label_histogram`` cell held by fewer than that many patients is None, with the next smallest
     cell as its complement (``n_train`` is published: one withheld cell would follow by subtraction;
     :func:`dpaudit.identifiers.withhold_histogram`); ``label_histogram_withheld`` gives each cell's reason.
     """
@@ -815,17 +819,25 @@ class FederatedSite(JsonResult):
     #: Per label: why its ``label_histogram`` cell is withheld, or None where it is published (() reads as all
     #: published).
     label_histogram_withheld: tuple[str | None, ...] = ()
+    #: Why ``n_test`` alone is withheld: the complement of a withheld site's (:attr:`ClientSummary.n_test_withheld`).
+    n_test_withheld: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "label_histogram_withheld",
                            histogram_reasons(self.client, self.label_histogram, self.label_histogram_withheld))
+        check_site_test(self.client, self.withheld, self.reason, self.n_test, self.test_mcc, self.n_test_withheld)
+
+    @property
+    def n_test_reason(self) -> str | None:
+        """Why ``n_test`` is withheld (a small test split, or the complement of one), None where published."""
+        return self.reason if self.withheld else self.n_test_withheld
 
     @property
     def null_reasons(self) -> dict[str, str]:
-        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld, and ``label_histogram``
-        when it holds a withheld cell (dpaudit.codec)."""
-        return site_null_reasons(self.withheld, self.reason, self.label_histogram)
+        """Why ``n_test`` and ``test_mcc`` are null in JSON when the site is withheld (``n_test`` alone when it
+        is a complement), and ``label_histogram`` when it holds a withheld cell (dpaudit.codec)."""
+        return site_null_reasons(self.withheld, self.reason, self.label_histogram, self.n_test_withheld)
 
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -867,14 +879,19 @@ class FederatedOutcome(JsonResult):
 
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_site_complements([s.n_test_reason for s in self.sites])
+
     @staticmethod
     def json_upgrade(data: dict[str, Any]) -> dict[str, Any]:
         """A federated section of an earlier layout: sites withheld by :meth:`FederatedSite.json_upgrade` leave
-        ``mcc_spread``, which was taken over every site."""
+        ``mcc_spread``, which was taken over every site; the next smallest site's ``n_test`` is withheld with a
+        lone withheld one (:func:`dpaudit.identifiers.complement_sites`)."""
         sites = data.get("sites")
         if not isinstance(sites, list) or not all(isinstance(s, dict) for s in sites):
             return data
-        upgraded = [FederatedSite.json_upgrade(s) for s in sites]
+        upgraded = complement_sites(sites, [FederatedSite.json_upgrade(s) for s in sites])
         if all(u is s for u, s in zip(upgraded, sites, strict=True)):
             return data
         mccs = [u["test_mcc"] for u in upgraded if isinstance(u.get("test_mcc"), int | float)
