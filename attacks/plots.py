@@ -14,6 +14,7 @@ import numpy as np
 
 from dpaudit.attacks.reconstruction import AttackResult
 from dpaudit.errors import ConfigError
+from dpaudit.outputs import save_figure
 
 
 def _pyplot():
@@ -51,8 +52,10 @@ def plot_ssim_error_cdf(result: AttackResult, path: str | Path) -> Path:
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=150)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -79,6 +82,8 @@ def save_best_reconstructions(result: AttackResult, originals: np.ndarray, path:
         axes[2 * r_i, 0].set_title(_label(row), fontsize=6, loc="left")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
     return path

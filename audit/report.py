@@ -64,6 +64,7 @@ from dpaudit.audit.report_layout import (
 from dpaudit.codec import from_plain
 from dpaudit.errors import DataError, DpAuditError, invalid
 from dpaudit.numfmt import percent_interval
+from dpaudit.outputs import write_atomic, write_error
 
 
 class _Report(board.BoardPages):
@@ -659,7 +660,7 @@ def stored_images(profile: Profile) -> tuple[str, ...]:
 
 def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathLike, *,
                   include_images: bool | None = None, base_dir: str | os.PathLike | None = None,
-                  run_limits: tuple | None = None) -> Path:
+                  run_limits: tuple | None = None, field: str = "out") -> Path:
     """Render the PDF risk report.
 
     Parameters
@@ -677,8 +678,11 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
         The limits the profile was run with, when ``profile`` carries a decision on other limits (``dpaudit report
         DIR --max-rero ...``): the reproduce command gives those (a profile command with other limits is refused
         in that folder), and the re-render command this report's. None: the profile's own decision.
+    field:
+        What a failed write names (:func:`dpaudit.outputs.write_atomic`): the configuration field of the output
+        folder (``out``) or the flag that named ``pdf_path`` (``--output``).
 
-    A stored decision that ranked the budgets by another utility than the task's headline one (a segmentation
+    The PDF is written whole or not at all (:func:`dpaudit.outputs.write_atomic`). A stored decision that ranked the budgets by another utility than the task's headline one (a segmentation
     profile.json written when decisions ranked by MCC) is re-made with its limits, and the first page says so
     (:func:`~dpaudit.audit.decision.current_decision`).
 
@@ -701,8 +705,10 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
     include_images = include_images and bool(stored_images(profile))
     register_fonts()
     out = Path(pdf_path)
-    if out.parent and not out.parent.exists():
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, field) from None
     story = _Report(profile, base, include_images, run_limits).story()
     created = _created(profile)
     title = f"Privacy risk report: {profile.dataset.name}"
@@ -738,8 +744,7 @@ def render_report(profile: Profile | str | os.PathLike, pdf_path: str | os.PathL
             self._doc.signature.update(profile.created.encode())
 
     doc.build(story, canvasmaker=_Canvas)
-    out.write_bytes(buf.getvalue())
-    return out
+    return write_atomic(out, buf.getvalue(), field=field)
 
 
 def load_profile(path: str | os.PathLike) -> Profile:

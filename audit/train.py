@@ -57,7 +57,7 @@ from dpaudit.errors import (
 )
 from dpaudit.models import build_model, check_classifier, check_dp_compatible
 from dpaudit.numfmt import upper
-from dpaudit.outputs import writable_dir
+from dpaudit.outputs import save_figure, writable_dir, write_atomic
 from dpaudit.runtime import idle_cores, resolve_device
 
 __all__ = ["PAPER_DELTA", "EpochRecord", "SampleMeanCrossEntropy", "TrainConfig", "TrainResult",
@@ -719,7 +719,7 @@ def _write_outputs(result: TrainResult, config: TrainConfig, model: nn.Module, s
                "data": {"skipped": dict(splits.skipped), "notes": list(splits.notes)},
                "normalisation": {"mean": list(splits.mean), "std": list(splits.std),
                                  "note": "fixed values, not computed from the (private) training images"}}
-    metrics_path.write_text(json.dumps(encode(payload), indent=2, allow_nan=False) + "\n")
+    write_atomic(metrics_path, json.dumps(encode(payload), indent=2, allow_nan=False) + "\n")
     return result
 
 
@@ -794,6 +794,8 @@ def _plot_curve(history: tuple[EpochRecord, ...], path: Path, result: TrainResul
         title = "non-private baseline"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return path

@@ -181,7 +181,7 @@ def attack(
                       "leave out --task, or pass demo-ct / msd:PATH for segmentation")
     if out_dir is not None:  # before any work: a folder that cannot be written, or holds another attack, fails now
         from dpaudit.cli._common import json_text
-        from dpaudit.outputs import claim_folder
+        from dpaudit.outputs import claim_folder, write_atomic
 
         mine = json.loads(json_text({"scenario": scenario, "dataset": dataset, "model": model_name}))
         claim = claim_folder(out_dir, command="attack", record="attack.json", outputs=ATTACK_OUTPUTS,
@@ -284,7 +284,7 @@ def attack(
                   "labels": result.labels}
         # Written as a whole or not at all: a failed write puts the folder's previous attack back.
         with claim.writing():
-            (out_dir / "attack.json").write_text(json_text(record))
+            write_atomic(out_dir / "attack.json", json_text(record))
             plot_ssim_error_cdf(result, out_dir / "ssim_error_cdf.png")
             if save_images:
                 gt = select_images(splits.train, scenario)[0].permute(0, 2, 3, 1).numpy()

@@ -6,6 +6,7 @@ The command only parses, calls :mod:`dpaudit.bounds`, and renders; matplotlib is
 from __future__ import annotations
 
 import csv
+import io
 import math
 from enum import StrEnum
 from pathlib import Path
@@ -358,6 +359,12 @@ def bounds(
                       "add --method mc, or leave out --mc-samples")
     if plot is not None:
         _check_plot_format(plot)  # before any bound is computed
+    if roc is not None or plot is not None:
+        from dpaudit.outputs import check_output_file
+
+        for flag, path in (("--roc", roc), ("--plot", plot)):
+            if path is not None:
+                check_output_file(path, flag)
     mechanism = [f for f, v in (("--sigma", sigma), ("--q", q), ("--steps", steps), ("--model", model))
                  if v is not None]
     _one_schedule_source([f for f, v in (("--history", history), ("--phase", phase)) if v]
@@ -406,15 +413,18 @@ def bounds(
     mia = summary.mia
     if roc is not None:
         mia_relaxed = mia_curve(schedule=sched, records_per_patient=k, threat_model="relaxed")
-        with roc.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            # every row says what kind of number the TPRs are and for which unit, as the JSON's labels do
-            label = mia.label if mia.label == mia_relaxed.label else f"{mia.label} / {mia_relaxed.label}"
-            unit = _per(k, rec)
-            w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed", "label", "unit"])
-            for f, t, tr in zip(mia.roc_fpr, mia.roc_tpr, mia_relaxed.roc_tpr, strict=True):
-                # the TPRs are sound upper bounds: full precision (repr), never rounded to nearest
-                w.writerow([f"{f:.6e}", repr(float(t)), repr(float(tr)), label, unit])
+        from dpaudit.outputs import write_atomic
+
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        # every row says what kind of number the TPRs are and for which unit, as the JSON's labels do
+        label = mia.label if mia.label == mia_relaxed.label else f"{mia.label} / {mia_relaxed.label}"
+        unit = _per(k, rec)
+        w.writerow(["fpr", "tpr_worst_case", "tpr_relaxed", "label", "unit"])
+        for f, t, tr in zip(mia.roc_fpr, mia.roc_tpr, mia_relaxed.roc_tpr, strict=True):
+            # the TPRs are sound upper bounds: full precision (repr), never rounded to nearest
+            w.writerow([f"{f:.6e}", repr(float(t)), repr(float(tr)), label, unit])
+        write_atomic(roc, text.getvalue(), field="--roc")
     if plot is not None:
         _plot(plot, sched, k, kappas)
     if json_out:
@@ -610,6 +620,7 @@ def _plot(path: Path, sched, k: int, kappas: list[float]) -> None:
     import numpy as np
 
     from dpaudit.bounds import rero_bound
+    from dpaudit.outputs import save_figure
 
     grid = np.geomspace(min(1e-8, min(kappas)), 0.999, 121)
     w = rero_bound(kappa=grid, threat_model="worst_case", records_per_patient=k, schedule=sched).gamma
@@ -628,8 +639,10 @@ def _plot(path: Path, sched, k: int, kappas: list[float]) -> None:
                  + (f" ({len(sched.phases)} phases)" if len(sched.phases) > 1 else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150, format=path.suffix[1:].lower() or "png")  # no suffix: PNG at this name
-    plt.close(fig)
+    try:
+        save_figure(fig, path, field="--plot", dpi=150)  # no suffix: PNG at this name
+    finally:
+        plt.close(fig)
 
 
 @app.command("calibrate")

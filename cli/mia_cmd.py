@@ -193,10 +193,13 @@ def audit_cmd(
     json: cli.JsonOpt = False,
 ) -> None:
     """Canary membership audit of one DP-SGD training run: empirical lower bound next to the accountant's epsilon."""
-    from pathlib import Path
 
     from dpaudit.audit.canary import run_canary_audit
     from dpaudit.cli._common import err, json_text
+    from dpaudit.outputs import check_output_file, write_atomic
+
+    if out_file is not None:  # before any work: a run that cannot write its result fails now
+        check_output_file(out_file, "--out")
 
     if width is not None:  # merged into the architecture's arguments below, where a wrong one would name those
         check_int("width", width, fix="pass --width 1 or more, or leave it out")
@@ -213,7 +216,7 @@ def audit_cmd(
     for note in res.train.notes:
         err.print(f"[yellow]warning:[/] {escape(note)}", markup=True)
     if out_file is not None:
-        Path(out_file).write_text(json_text(res))
+        write_atomic(out_file, json_text(res), field="--out")
     if json:
         emit_json(res)
         return

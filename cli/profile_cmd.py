@@ -100,7 +100,7 @@ def report(
             raise invalid("-o/--output", str(output), "a PDF path in a folder that can be created and written to",
                           "pass -o/--output a path you can write to, e.g. -o board-report.pdf") from None
     pdf = render_report(prof, target, include_images=include_images, base_dir=path.parent,
-                        run_limits=tuple(stored.limits) if stored is not None else ())
+                        run_limits=tuple(stored.limits) if stored is not None else (), field="--output")
     notes = []
     if prof.decision is not None and prof.decision.remade_note:
         notes.append(f"{path.name}: {prof.decision.remade_note}")

@@ -30,7 +30,6 @@ string and arguments only; rebuilding it imports that code again only when the c
 
 from __future__ import annotations
 
-import contextlib
 import math
 import pickle
 import struct
@@ -55,7 +54,7 @@ from dpaudit.errors import (
     library_reason,
 )
 from dpaudit.models import ARCH_HELP, build_model, check_arch_args, parse_arch
-from dpaudit.outputs import write_error
+from dpaudit.outputs import write_atomic, write_error
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "RecordedUnit",
            "check_recorded_unit", "check_task", "describe_differences", "load_checkpoint", "load_model", "load_state_dict", "recorded_task",
@@ -523,16 +522,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
         "state_dict": state,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(payload, tmp)
-        tmp.replace(path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError ("enforce fail")
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise write_error(path, exc) from None
-    return path
+    # through a file object: the archive's inner folder is then always "archive" (torch names it after the file
+    # it is given a name of), so equal checkpoints are equal bytes whatever the temporary file was called
+    return write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 #: What :func:`sniff_weights_file` can say a file is.

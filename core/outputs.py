@@ -19,11 +19,12 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dpaudit.errors import ConfigError, DpAuditError, invalid
 
@@ -102,11 +103,84 @@ def write_error(path: str | os.PathLike, exc: BaseException, field: str = "out",
                 kept: str = "") -> DpAuditError:
     """The one-line error for a result file that could not be written (``torch.save`` raises ``RuntimeError``
     for what is an ``OSError`` elsewhere: a full disk, a folder made read-only while the run went on, a file made
-    immutable). ``kept`` is appended to the fix (what happened to the folder's previous outputs)."""
+    immutable). ``field`` is the configuration field of an output folder (``out``: the error's value is the
+    folder), or the flag of an output file (``--roc``: its value is the file). ``kept`` is appended to the fix
+    (what happened to the folder's previous outputs). The error keeps ``filename`` and ``cause`` (the failed
+    write) for :meth:`OutputClaim.writing`."""
     reason = getattr(exc, "strerror", None) or str(exc).splitlines()[-1].strip()[:160] or type(exc).__name__
-    return invalid(field, str(Path(path).parent), f"a folder where {Path(path).name} can be {verb} ({reason})",
-                   f"free space or make the folder and its files writable, or pass --{field.replace('_', '-')} "
-                   f"with another folder, and run the command again{kept}")
+    if field.startswith("-"):  # a flag that names the file itself
+        error = invalid(field, str(path), f"a file path that can be {verb} ({reason})",
+                        f"free space or make the folder writable, or pass {field} another path, and run the command "
+                        f"again{kept}")
+    else:
+        error = invalid(field, str(Path(path).parent), f"a folder where {Path(path).name} can be {verb} ({reason})",
+                        f"free space or make the folder and its files writable, or pass --{field.replace('_', '-')} "
+                        f"with another folder, and run the command again{kept}")
+    error.filename, error.cause = str(path), exc  # type: ignore[attr-defined]
+    return error
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> None:
+    """Check, before any work, that a result file named by ``flag`` (``--roc``, ``mia audit --out``) can be
+    written: not a folder, and in an existing folder that can be written to (a file flag creates no folders).
+    Creates and leaves nothing.
+
+    >>> import tempfile
+    >>> check_output_file(Path(tempfile.mkdtemp()) / "roc.csv", "--roc")
+    """
+    path = Path(path)
+    folder = path.parent
+    reason = ("it is a folder" if path.is_dir() else "its folder does not exist" if not folder.exists()
+              else "its folder is a file" if not folder.is_dir() else None)
+    if reason is None:
+        try:
+            check_writable(folder, field=flag)
+        except DpAuditError as exc:
+            reason = str(exc.allowed or "").partition("(")[2].rstrip(")") or "its folder cannot be written"
+    if reason is not None:
+        raise invalid(flag, str(path), f"a file path in an existing folder you can write to ({reason})",
+                      f"pass {flag} a file path you can write to, or create its folder first")
+
+
+def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], object], *,
+                 field: str = "out") -> Path:
+    """Write a result file (JSON, CSV, PDF, PNG, checkpoint) so that ``path`` holds either its previous content or
+    the whole new one, never a part: the content goes to a temporary file in the same folder (same file system),
+    is flushed to disk, and replaces ``path`` in one ``os.replace``. The one way dpaudit writes its results
+    (``tests/test_atomic_writes.py`` scans the source for others).
+
+    ``content`` is bytes, text (written as UTF-8), or a function that writes to the binary file object it is
+    given (``torch.save(obj, fh)``: a file object, not a name, so that the archive's inner folder is always
+    ``archive`` and equal checkpoints are equal bytes; ``fig.savefig(fh, format="png")``). The file gets the
+    permissions a plain ``open`` would (0o666 less the umask). A failed write (including ``torch.save``'s
+    ``RuntimeError``) removes the temporary file and raises :func:`write_error` naming ``field``; an interruption
+    removes it too and propagates.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "result.json"
+    >>> write_atomic(target, '{"ok": true}\\n').read_text(), [p.name for p in target.parent.iterdir()]
+    ('{"ok": true}\\n', ['result.json'])
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if callable(content):
+                    content(fh)
+                else:
+                    fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError ("enforce fail")
+        raise write_error(path, exc, field) from None
+    return path
 
 
 #: The marker a run writes first in its --out folder: the command and the identifying part of its configuration
@@ -115,6 +189,13 @@ MARKER = ".dpaudit-run.json"
 #: Where a run keeps the outputs it replaces until it has succeeded (then deleted) or failed (then put back).
 BACKUP = ".dpaudit-replaced"
 _MANIFEST = "manifest.json"
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, field: str = "out", **savefig: Any) -> Path:
+    """A matplotlib figure written with :func:`write_atomic`; the file's extension picks the format (none: PNG,
+    under the name given), as ``fig.savefig(path)`` would. ``savefig``: its other arguments (``dpi``)."""
+    fmt = Path(path).suffix[1:].lower() or "png"
+    return write_atomic(path, lambda fh: fig.savefig(fh, format=fmt, **savefig), field=field)
 
 
 def _read_json(path: Path) -> Any:
@@ -233,9 +314,11 @@ class OutputClaim:
             else:
                 self._unclaim(before, created)
             name = getattr(exc, "filename", None)
-            if isinstance(exc, OSError) and name and _inside(Path(name), self.folder):
+            # an OSError, or write_atomic's error (its cause the OSError), of a file inside the folder
+            cause = exc if isinstance(exc, OSError) else getattr(exc, "cause", None)
+            if cause is not None and name and _inside(Path(name), self.folder):
                 kept = " (its previous outputs were put back)" if restored else ""
-                raise write_error(name, exc, self.field, kept=kept) from None
+                raise write_error(name, cause, self.field, kept=kept) from None
             raise
         self.commit()
 
@@ -246,12 +329,10 @@ class OutputClaim:
         marker = self.folder / MARKER
         try:
             if before is not None and (self.marker_ours or not _found(self.folder, self.outputs)):
-                tmp = marker.with_name(f"{MARKER}.tmp{os.getpid()}")
-                tmp.write_bytes(before)
-                os.replace(tmp, marker)
+                write_atomic(marker, before, field=self.field)
             elif before is None and not _found(self.folder, self.outputs):
                 marker.unlink(missing_ok=True)
-        except OSError:
+        except (OSError, DpAuditError):
             return
         _remove_created(created)
 
@@ -265,15 +346,16 @@ class OutputClaim:
         backup.mkdir()
         moved: list[Path] = []
         try:
-            (backup / _MANIFEST).write_text(json.dumps({"names": list(self.replaces)}), encoding="utf-8")
+            write_atomic(backup / _MANIFEST, json.dumps({"names": list(self.replaces)}), field=self.field)
             for path in moving:
                 os.replace(path, backup / path.name)
                 moved.append(path)
-        except OSError as exc:
+        except (OSError, DpAuditError) as exc:
             for done in moved:
                 os.replace(backup / done.name, done)
             shutil.rmtree(backup, ignore_errors=True)
-            raise write_error(getattr(exc, "filename", None) or backup, exc, self.field, verb="moved aside",
+            cause = getattr(exc, "cause", exc)
+            raise write_error(getattr(exc, "filename", None) or backup, cause, self.field, verb="moved aside",
                               kept=" (nothing was changed)") from None
         self.backup = backup
 
@@ -357,10 +439,4 @@ def _write_marker(base: Path, command: str, identity: dict[str, Any], field: str
     payload = {"command": command, "record": identity, "dpaudit_version": __version__,
                "started": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
                "note": "written by dpaudit when a run starts: whose outputs this folder holds"}
-    path = base / MARKER
-    tmp = path.with_name(f"{MARKER}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise write_error(path, exc, field) from None
+    write_atomic(base / MARKER, json.dumps(payload, indent=1, allow_nan=False) + "\n", field=field)

@@ -19,6 +19,7 @@ from dpaudit.audit.profile.schema import StageTime
 from dpaudit.audit.profile.tasks import Task
 from dpaudit.codec import encode, from_plain
 from dpaudit.errors import ConfigError, DpAuditError, invalid
+from dpaudit.outputs import write_atomic
 
 ProgressFn = Callable[[str, int, int, str], None]  # (stage, done, total, message)
 
@@ -304,11 +305,9 @@ class TaskStore:
     def put(self, task: Task, result: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(task)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         payload = {"kind": task.stage, "task": task.identity(), "result": encode(result),  # type: ignore[attr-defined]
                    "files": self._digests(task, result)}
-        tmp.write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
 def _run_stage(name: str, tasks: Sequence[Task], store: TaskStore, executor: Executor,

@@ -46,6 +46,7 @@ from dpaudit.audit.profile.tasks import (
 from dpaudit.codec import dumps
 from dpaudit.config import class_weights_for
 from dpaudit.errors import DataError, invalid
+from dpaudit.outputs import write_atomic
 
 # --------------------------------------------------------------------------------------------------------------
 # The profile
@@ -398,13 +399,7 @@ def run_profile(config: ProfileConfig, out_dir: str | os.PathLike, *, executor: 
         computed_on=_with_reused(computed_on, stages))
     profile = with_decision(dataclasses.replace(profile, checklist=build_checklist(profile)), limits)
     # profile.json is final when written: `dpaudit report DIR/profile.json` renders the PDF from it.
-    _write_atomic(out / "profile.json", dumps(profile))
+    write_atomic(out / "profile.json", dumps(profile))
     return profile
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
