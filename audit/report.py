@@ -29,7 +29,6 @@ from reportlab.platypus import (
     BaseDocTemplate,
     Frame,
     KeepTogether,
-    PageBreak,
     PageTemplate,
     Paragraph,
     Spacer,
@@ -57,6 +56,7 @@ from dpaudit.audit.report_layout import (
     esc,
     figure,
     grid,
+    page_break,
     page_table,
     register_fonts,
     styles,
@@ -138,7 +138,7 @@ class _Report(board.BoardPages):
                       "Ziller et al., “Reconciling AI Performance and Data Reconstruction Resilience for Medical "
                       "Imaging”, and the bounds of Hayes, Mahloujifar and Balle (2023) and Kaissis et al. (2023).",
                       "small"),
-            PageBreak(),
+            page_break(),
         ]
 
     def _data_notes(self) -> list:
@@ -170,7 +170,7 @@ class _Report(board.BoardPages):
         out.append(self.para(
             "κ = 1/N_train is the prior of the seed paper; the bounds hold for any attack, the realistic number only "
             "for the attack that was run. Details, the full table and the assumptions follow.", "small"))
-        out.append(PageBreak())
+        out.append(page_break())
         return out
 
     def table_page(self) -> list:
@@ -217,7 +217,7 @@ class _Report(board.BoardPages):
                 esc(n.rstrip(".")) + "." for n in notes), "small"))
         out += self._utility_detail_table()
         out += self._user_kappa_table()
-        out.append(PageBreak())
+        out.append(page_break())
         return out
 
     def _table_row(self, lv: LevelSummary) -> list[str]:
@@ -325,7 +325,7 @@ class _Report(board.BoardPages):
                         "dpaudit's stronger one, used for the headline numbers."),
                     figure(cdf, 7.5 * cm)]
             out += self._attack_table()
-        out.append(PageBreak())
+        out.append(page_break())
         return out
 
     def _attack_table(self) -> list:
@@ -388,7 +388,7 @@ class _Report(board.BoardPages):
             out.append(self.para(
                 "No empirical membership audit was run for this profile (add <font face='DejaVuSansMono'>"
                 "--mia-audit</font>). " + txt.empirical_mia_caveat(None, None), "small"))
-        out.append(PageBreak())
+        out.append(page_break())
         return out
 
     def utility_page(self) -> list:
@@ -405,7 +405,7 @@ class _Report(board.BoardPages):
             out.append(figure(png, 6.2 * cm))
         out += self._init_table()
         out += self.subgroup_section()
-        out.append(PageBreak())
+        out.append(page_break())
         return out
 
     def _init_table(self) -> list:
@@ -438,12 +438,12 @@ class _Report(board.BoardPages):
         out += [self.para(x, "bullet", ) for x in txt.assumptions(self.p)]
         out.append(self.para("Limitations", "h2"))
         out += [self.para(x, "bullet") for x in txt.limitations(self.p)]
-        out.append(PageBreak())
+        out.append(page_break())
         out.append(self.para("Glossary", "h1"))
         rows = [[self.cell(f"<b>{esc(k)}</b>", "cell"), self.cell(esc(v), "cell")] for k, v in txt.glossary(self.p)]
         t = page_table(rows, [4.4 * cm, TEXT_W - 4.4 * cm])
         t.setStyle(TableStyle([FONT_CMD, ("LINEBELOW", (0, 0), (-1, -1), 0.3, RULE), ("VALIGN", (0, 0), (-1, -1), "TOP")]))
-        out += [t, PageBreak()]
+        out += [t, page_break()]
         return out
 
     def appendix(self) -> list:
@@ -545,7 +545,7 @@ class _Report(board.BoardPages):
             "Do not distribute this report beyond the people authorised to see the data. Re-render without "
             "<font face='DejaVuSansMono'>--include-images</font> for a shareable version.")], WARN_BG,
             colors.HexColor("#cb181d"))
-        out: list = [PageBreak(), self.para("Best reconstructions", "h1"), warning, Spacer(1, 6)]
+        out: list = [page_break(), self.para("Best reconstructions", "h1"), warning, Spacer(1, 6)]
         if not paths:
             out.append(self.para("No reconstruction images were stored with this profile (run the profile with "
                                  "--include-images to store them)."))
@@ -574,7 +574,7 @@ class _Report(board.BoardPages):
                 txt.pct(r.paper_worst_case, digits=2), txt.pct(r.relaxed, digits=2, direction="up"),
                 txt.pct(r.paper_relaxed, digits=2))])
         classes = ", ".join(self.p.dataset.label_names)
-        out = [PageBreak(), self.para("Paper mode: MSD Liver (seed paper, Table 3)", "h1"),
+        out = [page_break(), self.para("Paper mode: MSD Liver (seed paper, Table 3)", "h1"),
                self.para(
                    f"<b>What this is.</b> This profile's data is an MSD Liver task folder ({esc(classes)}), the "
                    "seed paper's segmentation dataset, so this appendix recomputes the paper's MSD Liver rows of "

@@ -16,13 +16,23 @@ from typing import TYPE_CHECKING
 
 from reportlab.lib import colors
 from reportlab.lib.units import cm
-from reportlab.platypus import KeepTogether, PageBreak, Spacer, Table, TableStyle
+from reportlab.platypus import KeepTogether, Spacer, Table, TableStyle
 
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.checklist import Checklist, build_checklist
 from dpaudit.audit.decision import LABEL_EMPIRICAL, Decision, Limit
 from dpaudit.audit.profile.schema import LevelSummary
-from dpaudit.audit.report_layout import FONT_CMD, NOTE_BG, RULE, TEXT_W, boxed, esc, grid, page_table
+from dpaudit.audit.report_layout import (
+    FONT_CMD,
+    NOTE_BG,
+    RULE,
+    TEXT_W,
+    boxed,
+    esc,
+    grid,
+    page_break,
+    page_table,
+)
 from dpaudit.identifiers import COMPLEMENT_MARK, COMPLEMENT_REASON, MIN_SUBGROUP_UNITS, withheld_mark
 from dpaudit.numfmt import UNDEFINED_METRIC, percent_interval
 
@@ -111,7 +121,7 @@ class BoardPages:
         out.append(self.para("The following pages hold the sign-off form, the reporting checklist, and the "
                              "evidence: bounds, the realistic attack, membership inference, utility and subgroups, "
                              "and what the guarantee does not cover.", "small"))
-        out.append(PageBreak())
+        out.append(page_break())
         return out
 
     def _board_table(self) -> Table:
@@ -210,7 +220,7 @@ class BoardPages:
                 t, Spacer(1, 10),
                 # The form stays on one page; the configuration the hash covers follows it.
                 KeepTogether([self.para("Review", "h2"), form]), Spacer(1, 10),
-                self._config_section("Configuration (the fields the hash covers)"), PageBreak()]
+                self._config_section("Configuration (the fields the hash covers)"), page_break()]
 
     # -- checklist ------------------------------------------------------------------------------------------
     def checklist_page(self) -> list:
@@ -227,7 +237,7 @@ class BoardPages:
                           "of DP in medical deep learning asks every study to state (accountant, neighbouring "
                           "relation, privacy unit, sampler, clipping, subgroups). Every value is read from this "
                           "profile's results, none is typed by hand; the last column names the field."),
-                grid(rows, [w * cm * scale for w in widths]), PageBreak()]
+                grid(rows, [w * cm * scale for w in widths]), page_break()]
 
     # -- subgroups ------------------------------------------------------------------------------------------
     def subgroup_section(self) -> list:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reportlab.platypus import PageBreak, Spacer
+from reportlab.platypus import Spacer
 
 from dpaudit.audit import report_text as txt
 from dpaudit.audit.profile.schema import FederatedOutcome
-from dpaudit.audit.report_layout import esc
+from dpaudit.audit.report_layout import esc, page_break
 from dpaudit.identifiers import histogram_cells, histogram_note, site_test_note, withheld_mark
 from dpaudit.numfmt import percent_interval
 
@@ -22,7 +22,7 @@ def _num(v: float | None, spec: str) -> str:
 
 def federated_page(report: Any, fed: FederatedOutcome, grid: Any, text_w: float) -> list:
     """Flowables of the federated section; ``report`` is the report builder (``para``, ``cell``)."""
-    out = [PageBreak(), report.para("Federated learning: privacy per site and the malicious server", "h1"),
+    out = [page_break(), report.para("Federated learning: privacy per site and the malicious server", "h1"),
            report.para(
                f"{fed.clients} sites (partition {fed.partition}), {fed.rounds} FedAvg rounds of one local epoch. "
                f"DP unit: {fed.unit}. Every site runs DP-SGD (Opacus, Poisson sampling) with noise multiplier "

@@ -15,6 +15,7 @@ from reportlab.lib.units import cm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Flowable, Image, Table, TableStyle
+from reportlab.platypus.doctemplate import NotAtTopPageBreak
 
 from dpaudit.audit import report_figures as figs
 
@@ -34,6 +35,13 @@ RULE = colors.HexColor("#bbbbbb")
 HEAD_BG = colors.HexColor("#ece7f3")
 WARN_BG = colors.HexColor("#fde0dd")
 NOTE_BG = colors.HexColor("#f2f2f2")
+
+
+def page_break() -> Flowable:
+    """The one page break of the report: to the next page unless the frame is already at the top of one. Sections
+    end with a break and some begin with one (the federated page, the appendices), and a section that fills its
+    last page to the bottom moves on by itself: a plain ``PageBreak`` there would leave a blank page."""
+    return NotAtTopPageBreak()
 
 
 def register_fonts() -> None:

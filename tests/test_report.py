@@ -668,3 +668,58 @@ def test_a_stored_decision_with_older_labels_renders(tmp_path: Path) -> None:
     now = current_decision(dataclasses.replace(prof, decision=stored)).decision
     assert now.checks_of(new) is not None and now.checks_of(old) is None
     render_report(dataclasses.replace(prof, decision=stored), tmp_path / "r.pdf")
+
+
+# -- no blank page -----------------------------------------------------------------------------------------------
+
+
+def _page_bodies(pdf: bytes) -> list[tuple[list[str], int]]:
+    """Each page's lines of text other than the running header and footer, and its number of images."""
+    import re
+
+    out = []
+    for page in PdfReader(io.BytesIO(pdf)).pages:
+        lines = [line for line in (page.extract_text() or "").splitlines() if line.strip()
+                 and not re.fullmatch(r"dpaudit .* · \d{4}-\d{2}-\d{2}|page \d+", line.strip())
+                 and "CONTAINS TRAINING IMAGES" not in line]
+        out.append((lines, len(page.images)))
+    return out
+
+
+def test_no_page_of_a_report_is_blank(rendered, tmp_path: Path) -> None:
+    """Sections end with a page break and some begin with one (the federated page follows the utility page's
+    break): a plain PageBreak there left a blank page (page 13 of 17 in the federated report before the fix)."""
+    from dpaudit.audit.profile.schema import FederatedOutcome
+    from dpaudit.audit.report import render_report
+    from tests.test_subgroup_cells import _sites
+
+    fed = FederatedOutcome(8.0, "sample", "one image", "column:site", 3, 1, 1.1, 1e-5, 8.0, _sites(), 0.55, 0.19,
+                           (), 1.0)
+    federated = render_report(dataclasses.replace(synthetic_profile(), federated=fed), tmp_path / "f.pdf")
+    for pdf in (rendered[1], federated.read_bytes()):
+        bodies = _page_bodies(pdf)
+        blank = [i + 1 for i, (lines, images) in enumerate(bodies) if not lines and not images]
+        assert not blank, f"blank pages {blank} of {len(bodies)}"
+
+
+def test_a_break_at_the_top_of_a_page_is_no_break(tmp_path: Path) -> None:
+    """page_break() twice in a row, or at the start: one page per section, none blank."""
+    from reportlab.platypus import Paragraph, SimpleDocTemplate
+
+    from dpaudit.audit.report_layout import page_break, register_fonts, styles
+
+    register_fonts()
+    body = styles()["body"]
+    buf = io.BytesIO()
+    SimpleDocTemplate(buf).build([page_break(), Paragraph("one", body), page_break(), page_break(),
+                                  Paragraph("two", body), page_break()])
+    pages = [p.extract_text().strip() for p in PdfReader(io.BytesIO(buf.getvalue())).pages]
+    assert pages == ["one", "two"]
+
+
+def test_the_report_breaks_pages_only_through_page_break() -> None:
+    """One helper: a plain PageBreak() anywhere in the report modules would bring the blank page back."""
+    root = Path(__file__).resolve().parents[1] / "audit"
+    plain = [p.name for p in root.glob("report*.py") if "PageBreak(" in p.read_text(encoding="utf-8")
+             and p.name != "report_layout.py"]
+    assert not plain, plain
