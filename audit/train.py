@@ -596,11 +596,7 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     delta = config.target_delta if config.target_delta is not None else default_delta(n)
     delta_rule = ("given (--delta)" if config.target_delta is not None else
                   "default min(8e-7 (seed paper, section 4.4), 1/(10 N))")
-    class_weights, weights_note = class_weights_for(config, splits.label_names)
-    if class_weights and len(class_weights) != splits.num_classes:
-        raise invalid("class_weights", ",".join(f"{w:g}" for w in class_weights),
-                      f"one weight per class: {splits.num_classes} for {', '.join(splits.label_names)}",
-                      f"pass --class-weights with {splits.num_classes} values, or --class-weights none")
+    class_weights, weights_note = class_weights_for(config, splits.label_names)  # refuses another length
     q = config.batch_size / n
     steps = steps_for(config.epochs, n, config.batch_size)
     sigma, eps, eps_rdp, notes = _calibrate(config, q, steps, delta)

@@ -377,16 +377,28 @@ def is_liver_classes(label_names: Sequence[str]) -> bool:
 def class_weights_for(config: Any, label_names: Sequence[str]) -> tuple[tuple[float, ...], str | None]:
     """(the loss's class weights, a note or None) of a configuration on data of these classes.
 
-    Weights given on the command line (or in the Python API) are kept as they are: a length that does not fit is
-    the caller's error. The segmentation default, the seed paper's MSD Liver weights, fits MSD Liver's classes
-    only (:func:`is_liver_classes`, demo-ct's included); on another task (two classes, four, another organ) the
-    default is the unweighted loss, with a note that says so and how to weight it.
+    Weights given on the command line (or in the Python API) are kept as they are, and refused when their number
+    is not the number of classes (never cut or padded): the one check, made wherever the data's classes become
+    known (``train``, the profile's data stage, a training task), so before any training. The segmentation default,
+    the seed paper's MSD Liver weights, fits MSD Liver's classes only (:func:`is_liver_classes`, demo-ct's
+    included); on another task (two classes, four, another organ) the default is the unweighted loss, with a note
+    that says so and how to weight it.
+
+    >>> from types import SimpleNamespace
+    >>> class_weights_for(SimpleNamespace(class_weights=(0.1, 0.9)), ("background", "liver", "tumour"))
+    Traceback (most recent call last):
+    ...
+    dpaudit.errors.ConfigError: class_weights must be one weight per class: 3 for background, liver, tumour (2 given), got '0.1,0.9'. Fix: pass --class-weights with 3 values, or --class-weights none.
     """
     weights = tuple(getattr(config, "class_weights", None) or ())
     from_default = "class_weights" in tuple(getattr(config, "task_defaults", ()) or ())
+    k = len(label_names)
+    if weights and not from_default and len(weights) != k:
+        raise invalid("class_weights", ",".join(f"{w:g}" for w in weights),
+                      f"one weight per class: {k} for {', '.join(map(str, label_names))} ({len(weights)} given)",
+                      f"pass --class-weights with {k} values, or --class-weights none")
     if not (from_default and weights == PAPER_MSD_LIVER_CLASS_WEIGHTS) or is_liver_classes(label_names):
         return weights, None
-    k = len(label_names)
     return (), (f"class_weights none (unweighted loss): the default {format_default(weights)} is the seed paper's "
                 f"for MSD Liver's background, liver and tumour, and this task's {k} classes are "
                 f"{', '.join(map(str, label_names))}; pass --class-weights with {k} values to weight the loss")

@@ -773,6 +773,7 @@ def test_the_paper_class_weights_are_the_default_on_the_liver_task_only(tmp_path
     from dpaudit.audit.profile import ProfileConfig, plan_training
     from dpaudit.audit.train import train
     from dpaudit.config import PAPER_MSD_LIVER_CLASS_WEIGHTS, class_weights_for
+    from dpaudit.errors import ConfigError
     from dpaudit.volumes import load_segmentation_splits
 
     root = write_msd(tmp_path / "task", rng, n=4, labels=labels, tumour=len(labels) > 2)
@@ -791,9 +792,15 @@ def test_the_paper_class_weights_are_the_default_on_the_liver_task_only(tmp_path
     # The liver task (demo-ct's classes and MSD's) keeps the paper's weights, without a note.
     for liver in (("background", "liver", "tumour"), ("background", "Liver", "cancer")):
         assert class_weights_for(config, liver) == (PAPER_MSD_LIVER_CLASS_WEIGHTS, None)
-    # Given weights stay as given (checked against the classes by train), whatever the task.
-    given = TrainConfig(dataset=f"msd:{root}", non_private=True, class_weights="0.1,0.4,0.5")
-    assert class_weights_for(given, names) == (PAPER_MSD_LIVER_CLASS_WEIGHTS, None)
+    # Given weights stay as given, whatever the task, when there is one per class; else they are refused.
+    given = TrainConfig(dataset=f"msd:{root}", non_private=True, class_weights=",".join(["0.5"] * len(names)))
+    assert class_weights_for(given, names) == ((0.5,) * len(names), None)
+    paper = TrainConfig(dataset=f"msd:{root}", non_private=True, class_weights="0.1,0.4,0.5")
+    if len(names) != 3:
+        with pytest.raises(ConfigError, match=rf"one weight per class: {len(names)} .*\(3 given\)"):
+            class_weights_for(paper, names)
+    else:
+        assert class_weights_for(paper, names) == (PAPER_MSD_LIVER_CLASS_WEIGHTS, None)
     # The profile plans its runs with the weights they train with.
     prof = ProfileConfig(dataset=f"msd:{root}", image_size=16, epsilons=(8.0,), epochs=1, batch_size=4)
     assert {t.class_weights for t in plan_training(prof, tmp_path / "p", label_names=names)} == {()}
@@ -866,3 +873,22 @@ def test_demo_ct_default_splits_hold_lesions_in_every_split() -> None:
     # every test volume that holds a lesion holds it in more than a handful of pixels after resizing
     tumour = [int((s.test.labels[ix] == 2).sum()) for ix in s.test.volumes()]
     assert min(t for t in tumour if t > 0) >= 40
+
+
+@pytest.mark.parametrize("command", [["train", "--epsilon", "8"], ["profile", "--epsilons", "8"]])
+def test_class_weights_of_another_length_are_refused_at_load_naming_the_flag(tmp_path, command) -> None:
+    """demo-ct has 3 classes: 2 weights are refused once the data is loaded, before any training, exit 2: one line
+    naming --class-weights, the number given and the number of classes; the profile's folder is not made."""
+    from typer.testing import CliRunner
+
+    from dpaudit.cli.main import app
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [*command, "--dataset", "demo-ct", "--image-size", "16", "--class-weights",
+                                   "0.1,0.9", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: --class-weights must be one weight per class: 3 for background, liver, tumour "
+                           "(2 given)"), line
+    assert "Fix: pass --class-weights with 3 values, or --class-weights none." in line
+    assert "Traceback" not in res.output and not (out / "profile.json").exists() and not (out / "model.pt").exists()
