@@ -10,7 +10,8 @@ The rule
 1. Every **private** budget is checked against every limit. A limit on the worst-case or relaxed reconstruction
    bound, or on the membership-inference TPR at an FPR, compares a **sound upper bound** (the risk is at most that
    value). A limit on the realistic attack compares its **empirical** success rate (the fraction of attacked
-   images reconstructed, SSIM above the attack's ``success_ssim``); that is a lower bound on the risk, so meeting it is weaker evidence, and
+   images reconstructed, SSIM above the attack's ``success_ssim``); that is an empirical lower bound (the true risk
+   is never smaller than the attack's result, and may be larger), so meeting it is weaker evidence, and
    the check also carries the upper end of the rate's 95% Clopper-Pearson interval. It is within only when that
    upper end is within the limit too: a rate of 0 of 8 images (interval up to 36.9%) does not show a risk of at
    most 5%, so such a check is **inconclusive** (not within), and the reason says how many images would decide it.
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from dpaudit.errors import ConfigError, check_probability, invalid
+from dpaudit.numfmt import LABEL_EMPIRICAL, LABEL_REALISTIC, LABEL_UPPER
 
 if TYPE_CHECKING:  # the profile schema imports this module (its ``Profile.decision`` field)
     from dpaudit.audit.profile.schema import BoundsOutcome, LevelSummary, Profile
@@ -54,8 +56,6 @@ THREAT_MODELS = ("worst_case", "relaxed", "realistic")
 #: The FPR of a membership-inference limit when the board gives none (the report's standard low-FPR point).
 DEFAULT_AT_FPR = 1e-3
 
-LABEL_UPPER = "sound upper bound"
-LABEL_EMPIRICAL = "empirical"
 
 
 def _pct(v: float, *, up: bool = False) -> str:
@@ -506,9 +506,9 @@ def decide(profile: Profile, limits: Sequence[Limit], *, calibrate_fn: Calibrate
                   f"{', '.join(b.budget for _, b in within)}. {why}.")
         reason += _inconclusive(private, limits, profile)
         if any(lim.label == LABEL_EMPIRICAL for lim in limits):
-            reason += (" The realistic-attack limit is checked against a measured success rate, a lower bound on "
-                       "the risk (a stronger attack may do better), and passes only when its whole 95% interval "
-                       "is within the limit.")
+            reason += (f" The realistic-attack limit is checked against a measured success rate ({LABEL_REALISTIC}"
+                       "; a stronger attack may do better), and passes only when its whole 95% interval is within "
+                       "the limit.")
         return Decision(limits, tuple(b.budget for _, b in within), best.budget,
                         reason + _units(private, k, rec) + unit_risk, budgets, utility_metric=metric)
     reason, remedy = _none_within(private, limits, calibrate_fn, k, profile)

@@ -63,7 +63,7 @@ from dpaudit.audit.report_layout import (
 )
 from dpaudit.codec import from_plain
 from dpaudit.errors import DataError, DpAuditError, invalid
-from dpaudit.numfmt import percent_interval
+from dpaudit.numfmt import empirical_epsilon_label, percent_interval
 from dpaudit.outputs import write_atomic, write_error
 
 
@@ -196,8 +196,9 @@ class _Report(board.BoardPages):
         note = self.para(
                    (f"ε achieved: tight PLD accountant per patient (the k {rec}s of one patient moving together, "
                     f"the unit the risks are stated for), with the per-{rec} value that training calibrates and "
-                    f"Opacus' RDP per {rec} in parentheses; the budget is the per-{rec} target. " if pp else
-                    "ε: tight PLD accountant (RDP in parentheses, what Opacus reports). ") + "Worst case / relaxed "
+                    f"Opacus' RDP per {rec} in parentheses ({txt.LABEL_RDP}); the budget is the per-{rec} target. "
+                    if pp else
+                    f"ε: tight PLD accountant (RDP in parentheses, what Opacus reports: {txt.LABEL_RDP}). ") + "Worst case / relaxed "
                    f"({txt.rero_unit(self.p, long=True)}): highest probability that any attack reconstructs "
                    + (f"a training patient's {rec}s (the k {rec}s moving together)" if pp else f"a training {rec}")
                    + f", for the two formal threat models, at the prior κ = 1/{n}. Realistic (per {rec}): fraction "
@@ -370,7 +371,10 @@ class _Report(board.BoardPages):
                 "worst-case reconstruction bound).", "small")))
         audits = self.p.mia_audits
         if audits:
-            head = ["Privacy budget", "Accountant ε per image (upper bound)", "Empirical ε per image (lower bound)",
+            levels = {m.confidence for m in audits}
+            emp = (empirical_epsilon_label(levels.pop()) if len(levels) == 1
+                   else "a lower bound at the confidence shown")
+            head = ["Privacy budget", f"Accountant ε per image ({txt.LABEL_UPPER})", f"Empirical ε per image ({emp})",
                     "Confidence",
                     "Canaries", "Largest certifiable ε", "Method"]
             rows = [[self.cell(h, "head") for h in head]]
@@ -383,7 +387,8 @@ class _Report(board.BoardPages):
             # the caveat box stays with its table (alone on the next page it reads as orphaned)
             out += [Spacer(1, 6), KeepTogether([
                 self.para("Empirical canary audit", "h2"), grid(rows, [TEXT_W / len(head)] * len(head)),
-                Spacer(1, 4), boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil))], NOTE_BG)])]
+                Spacer(1, 4), boxed([self.para(txt.empirical_mia_caveat(audits[0].canaries, ceil,
+                                                                        audits[0].confidence))], NOTE_BG)])]
         else:
             out.append(self.para(
                 "No empirical membership audit was run for this profile (add <font face='DejaVuSansMono'>"

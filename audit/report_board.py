@@ -112,7 +112,7 @@ class BoardPages:
             "✓ within: the number meets the limit; ✗ over: it exceeds it; ? inconclusive: a measured rate within "
             f"the limit whose 95% interval reaches beyond it (too few {txt.record(p)}s attacked to show the limit is "
             "met). Bounds (sound upper bounds, rounded up) "
-            "hold for any attacker; the realistic attack's success is empirical, a lower bound on the risk. "
+            f"hold for any attacker; the realistic attack's success is an {txt.LABEL_REALISTIC}. "
             f"Test {txt.headline_utility(p)[1]}: {txt.LABEL_EMPIRICAL}, mean and 95% t-interval over the n seeds; "
             "“vs non-private” is the "
             "difference of means with Welch's t-test p-value.", "small"))

@@ -17,13 +17,20 @@ from dpaudit.audit.profile.schema import headline_utility as headline_utility
 from dpaudit.audit.profile.schema import utility_columns as utility_columns
 from dpaudit.audit.stats import mean_interval, welch_test
 from dpaudit.identifiers import MIN_SUBGROUP_UNITS
-from dpaudit.numfmt import lower, percent, upper
+from dpaudit.numfmt import (
+    LABEL_EMPIRICAL,
+    LABEL_RDP,
+    LABEL_REALISTIC,
+    LABEL_UPPER,
+    empirical_epsilon_label,
+    lower,
+    percent,
+    upper,
+)
 
 #: The false-positive rate at which the report quotes membership-inference TPR (a standard low-FPR point).
 REPORT_FPR = 1e-3
 
-LABEL_UPPER = "sound upper bound"
-LABEL_EMPIRICAL = "empirical"
 LABEL_ESTIMATE = "estimate"
 LABEL_APPROX = "approximation"
 
@@ -165,7 +172,7 @@ def summary_sentence(profile: Profile, level: LevelSummary) -> str:
         parts.append(
             f"A realistic attacker (malicious server with an imprint layer, {r.decoder} decoder) recovered "
             f"<b>{pct(r.success_rate)}</b> of {r.n_images} {record(profile)}s, per {record(profile)} "
-            f"({LABEL_EMPIRICAL}; 95% interval "
+            f"({LABEL_REALISTIC}; 95% interval "
             f"{pct(r.ci_low, direction='down')} to {pct(r.ci_high, direction='up')}).")
     values = utility_values(level)
     if level.utility["mcc"].mean is not None:
@@ -209,8 +216,8 @@ def reading_guide() -> list[tuple[str, str]]:
         (LABEL_UPPER, "a proven maximum: the true risk is at most this value (rounded up)."),
         (LABEL_APPROX, "a computed value that is not a bound; it may lie on either side of the truth."),
         (LABEL_ESTIMATE, "a Monte Carlo or statistical estimate, given with an interval."),
-        (LABEL_EMPIRICAL, "what an attack or a test set measured; a lower bound on the risk (a stronger "
-                          "attack may do better)."),
+        (LABEL_EMPIRICAL, "what an attack or a test set measured; for an attack, a lower bound on the risk: the "
+                          "true risk is never smaller than the attack's result (a stronger attack may do better)."),
     ]
 
 
@@ -242,14 +249,15 @@ def mia_sentence(profile: Profile) -> str:
     )
 
 
-def empirical_mia_caveat(canaries: int | None, ceiling: float | None) -> str:
+def empirical_mia_caveat(canaries: int | None, ceiling: float | None, confidence: float = 0.95) -> str:
     """Why a low empirical epsilon proves nothing."""
     cap = ""
     if canaries is not None and ceiling is not None:
-        cap = (f" With {canaries} canaries and 95% confidence, no audit can certify an epsilon above "
-               f"{eps_down(ceiling)}, whatever the model leaks.")
+        cap = (f" With {canaries} canaries and {100 * confidence:.4g}% confidence, no audit can certify an epsilon "
+               f"above {eps_down(ceiling)}, whatever the model leaks.")
     return (
-        "An empirical epsilon is a <b>lower bound</b>: it shows that at least this much privacy was lost, for this "
+        f"An empirical epsilon is <b>{empirical_epsilon_label(confidence)}</b>: it shows that at least this much "
+        "privacy was lost, for this "
         "attack, this model and these canaries. A low empirical value does <b>not</b> prove that the model is "
         "private: a stronger attack, other records or more canaries can reveal more, and only the accountant's "
         f"epsilon ({LABEL_UPPER}) is a guarantee.{cap}"
@@ -302,7 +310,7 @@ def privacy_statement(profile: Profile) -> list[str]:
         f"for T = {t_txt} steps. The noise multiplier σ of each run is in the table “Risk and utility per privacy budget”.",
         f"<b>Accountant.</b> ε is the tight privacy-loss-distribution (PLD) value at δ = {delta_txt} "
         f"({LABEL_UPPER}, pessimistic discretisation); the Rényi-DP value that Opacus reports is shown beside it "
-        f"and is larger. Reconstruction bounds use the {method} method on the same mechanism and do not depend "
+        f"({LABEL_RDP}). Reconstruction bounds use the {method} method on the same mechanism and do not depend "
         "on δ.",
         f"<b>Privacy unit.</b> {unit}. The adversary is assumed to see every one of the T noisy updates."
         + _patient_epsilons(profile) + (f" <b>{image_unit_patient_risk(profile)}</b>"

@@ -17,7 +17,7 @@ from dpaudit.audit.metrics import ClassificationMetrics, GroupMetrics
 from dpaudit.audit.segmentation import SegmentationMetrics
 from dpaudit.codec import JsonResult
 from dpaudit.config import DpSgdConfig, PrivacyUnit
-from dpaudit.numfmt import upper
+from dpaudit.numfmt import LABEL_EMPIRICAL, LABEL_RDP, empirical_epsilon_label, upper
 
 __all__ = ["CanaryAuditResult", "EpochRecord", "Metrics", "TprAtFpr", "TrainResult", "Utility"]
 
@@ -87,7 +87,8 @@ class TrainResult(JsonResult):
     ``metrics.json`` and, one per budget and seed, in the profile's ``train``.
 
     Privacy numbers: ``epsilon_achieved`` is the tight PLD epsilon (a sound upper bound) of the mechanism that
-    actually ran, ``epsilon_rdp`` the RDP upper bound Opacus would report (looser), ``epsilon_patient`` the tight
+    actually ran, ``epsilon_rdp`` the RDP epsilon Opacus would report (also a sound upper bound, usually the
+    larger), ``epsilon_patient`` the tight
     epsilon per patient when the unit is the patient and k > 1. Utility numbers are empirical, on the test split, of
     the first seed's model (the one in the checkpoint); ``seed_summary`` holds mean and standard deviation over seeds
     per metric. ``init`` is ``scratch`` or the init file's name (never its folder, which may name a cohort).
@@ -142,13 +143,13 @@ class TrainResult(JsonResult):
     LABELS: ClassVar[dict[str, str]] = {
         "epsilon_achieved": "sound upper bound (tight PLD accountant), per image (per slice for segmentation): "
                             "what --epsilon sets",
-        "epsilon_rdp": "sound upper bound (RDP, Opacus' default orders; looser), per image",
+        "epsilon_rdp": f"{LABEL_RDP} (RDP, Opacus' default orders), per image",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together)",
         "metrics": "empirical, test split, first seed's model",
         "per_seed": "empirical, test split, each seed's model",
         "val_metrics": "empirical, validation split, first seed's model (where the operating point is chosen)",
         "history": "empirical, per epoch (train_loss on the training batches, val_* on the validation split); "
-                   "epsilon_rdp: sound upper bound (RDP) after that epoch",
+                   f"epsilon_rdp: {LABEL_RDP} (RDP) after that epoch",
         "train_samples_per_second": "empirical (this run's speed)",
         "seed_summary": "empirical, [mean, sample standard deviation] over seeds (std null with one seed: not "
                         "estimable)"}
@@ -293,10 +294,11 @@ class CanaryAuditResult(JsonResult):
     reference_seconds: float | None = None
 
     LABELS: ClassVar[dict[str, str]] = {
-        "epsilon_lower_bound": "empirical lower bound (one-run canary audit), per canary image",
+        "epsilon_lower_bound": f"{LABEL_EMPIRICAL}: {empirical_epsilon_label()} (one-run canary audit), per canary "
+                               "image",
         "accountant_epsilon": "sound upper bound (tight PLD accountant), per image (record): the unit each canary "
                               "is; per patient see epsilon_patient",
-        "epsilon_rdp": "sound upper bound (RDP, looser), per image",
+        "epsilon_rdp": f"{LABEL_RDP} (RDP), per image",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together); null when "
                            "no patient has several images",
         "ceiling": "sound upper bound on what this design can certify (the epsilon lower bound its canaries, "
@@ -310,7 +312,9 @@ class CanaryAuditResult(JsonResult):
 
     @property
     def labels(self) -> dict[str, str]:
-        return dict(self.LABELS)
+        """What kind of number each field is; the empirical epsilon at this audit's confidence."""
+        return {**self.LABELS, "epsilon_lower_bound": f"{LABEL_EMPIRICAL}: {empirical_epsilon_label(self.confidence)} "
+                                                      "(one-run canary audit), per canary image"}
 
     @property
     def epsilon_patient(self) -> float | None:

@@ -13,7 +13,7 @@ from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, err, handle_errors, out, progress_bar
 from dpaudit.errors import check_int
 from dpaudit.identifiers import COMPLEMENT_REASON, MIN_SUBGROUP_UNITS
-from dpaudit.numfmt import metric, upper
+from dpaudit.numfmt import LABEL_RDP, metric, upper
 
 app = typer.Typer()
 #: The defaults of every option: TrainConfig's (the Python API's).
@@ -101,7 +101,7 @@ def train_command(
         target = f"target {result.epsilon_target:g}, " if result.epsilon_target is not None else ""
         per = "per slice" if config.segmentation else "per image"
         out.print(f"privacy: epsilon {upper(result.epsilon_achieved)} {per} ({target}tight PLD, sound upper bound); "
-                  f"RDP {upper(result.epsilon_rdp)} {per} (sound upper bound, looser) at delta "
+                  f"RDP {upper(result.epsilon_rdp)} {per} ({LABEL_RDP}) at delta "
                   f"{result.target_delta:.3g} "
                   f"[{result.delta_rule}]")
         out.print(f"mechanism: noise_multiplier {result.noise_multiplier:.5g}, sampling_probability "

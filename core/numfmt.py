@@ -13,6 +13,27 @@ import math
 DIGITS = 4
 
 
+# -- what kind of number it is: the labels every number carries (console, JSON labels, report) -----------------
+
+#: A proven maximum: the true value is at most this (the accountants' epsilon, ReRo and membership bounds).
+LABEL_UPPER = "sound upper bound"
+#: What an attack or a test set measured.
+LABEL_EMPIRICAL = "empirical"
+#: The realistic attack's success: measured, so a stronger attack may do better, never worse.
+LABEL_REALISTIC = "empirical lower bound: the true risk is never smaller than the attack's result"
+#: Opacus' Rényi-DP epsilon, shown beside the tight PLD one (equal when the RDP accountant gave the PLD value).
+LABEL_RDP = "also a sound upper bound, usually the larger"
+
+
+def empirical_epsilon_label(confidence: float = 0.95) -> str:
+    """What the empirical epsilon of a membership audit is, at the audit's confidence.
+
+    >>> empirical_epsilon_label(), empirical_epsilon_label(0.999)
+    ('a lower bound at 95% confidence', 'a lower bound at 99.9% confidence')
+    """
+    return f"a lower bound at {100 * confidence:.4g}% confidence"
+
+
 #: How an infinite bound reads wherever a person reads it (console, report, checklist): an epsilon per patient at
 #: tiny noise is infinite. JSON keeps the number ("inf" through :mod:`dpaudit.codec`).
 INFINITY = "∞"

@@ -69,7 +69,7 @@ def test_audit_of_a_dp_run_stays_below_the_accountant(tiny_splits) -> None:  # t
     json.dumps(d, allow_nan=False)
     assert from_plain(CanaryAuditResult, d).to_json() == res.to_json()  # the profile stores this same class
     assert d["labels"]["accountant_epsilon"].startswith("sound upper bound")
-    assert d["labels"]["epsilon_lower_bound"].startswith("empirical lower bound")
+    assert d["labels"]["epsilon_lower_bound"].startswith("empirical: a lower bound at 95% confidence")
     assert "cannot certify an epsilon above" in d["caveat"]
 
 

@@ -59,7 +59,7 @@ def test_all_within_recommends_the_best_private_budget_never_the_baseline() -> N
     assert d.within == ("ε = 1", "ε = 8", "ε = 20", "ε = 10⁹")
     assert d.recommended == "ε = 10⁹"
     assert d.checks_of("non-private").checks[0].value == 1.0  # the attack reconstructs everything without DP
-    assert "lower bound on the risk" in d.reason  # the empirical limit says what it compares
+    assert "(empirical lower bound: the true risk is never smaller than the attack's result; " in d.reason  # what it compares
 
 
 def test_ties_go_to_the_smaller_epsilon() -> None:

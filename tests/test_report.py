@@ -723,3 +723,27 @@ def test_the_report_breaks_pages_only_through_page_break() -> None:
     plain = [p.name for p in root.glob("report*.py") if "PageBreak(" in p.read_text(encoding="utf-8")
              and p.name != "report_layout.py"]
     assert not plain, plain
+
+
+# -- what kind of number: the exact labels -----------------------------------------------------------------------
+
+
+def test_each_kind_of_number_has_its_exact_label_in_the_report_and_json(rendered) -> None:
+    """The realistic attack's success is an empirical lower bound (the true risk is never smaller); Opacus' RDP
+    epsilon is also a sound upper bound, usually the larger (never called larger outright, never an estimate); the
+    membership audit's empirical epsilon is a lower bound at 95% confidence. The same words in the PDF and JSON."""
+    from dpaudit.numfmt import LABEL_RDP, LABEL_REALISTIC, empirical_epsilon_label
+
+    prof, _, pages = rendered
+    text = " ".join(" ".join(pages).split())
+    assert LABEL_REALISTIC == "empirical lower bound: the true risk is never smaller than the attack's result"
+    assert LABEL_RDP == "also a sound upper bound, usually the larger"
+    assert empirical_epsilon_label(0.95) == "a lower bound at 95% confidence"
+    for label in (LABEL_REALISTIC, LABEL_RDP, "a lower bound at 95% confidence"):
+        assert label in text, label
+    assert "and is larger" not in text and "RDP in parentheses, what Opacus reports)" not in text
+    assert "Empirical ε per image (a lower bound at 95% confidence)" in text
+    labels = prof.labels
+    assert LABEL_REALISTIC in labels["attacks[]"] and LABEL_REALISTIC in labels["decision"]
+    assert prof.train[0].labels["epsilon_rdp"].startswith(LABEL_RDP)
+    assert "a lower bound at 95% confidence" in prof.mia_audits[0].labels["epsilon_lower_bound"]

@@ -32,6 +32,7 @@ from dpaudit.identifiers import (
     site_null_reasons,
     upgrade_histogram,
 )
+from dpaudit.numfmt import LABEL_REALISTIC
 
 # --------------------------------------------------------------------------------------------------------------
 # The schema of profile.json
@@ -584,7 +585,8 @@ class AttackSubgroup(JsonResult):
 
 @dataclass(frozen=True, eq=False)
 class AttackOutcome(JsonResult):
-    """The realistic imprint-layer attack against one checkpoint (empirical; a lower bound on the risk).
+    """The realistic imprint-layer attack against one checkpoint (an empirical lower bound: the true risk is never
+    smaller than the attack's result).
 
     ``noise_multiplier`` is the attack scenario's sigma (batch size 1, q = 1/N, T = epochs * N at the same
     epsilon and delta), as in the seed paper's Table 3 sigma column.
@@ -1008,12 +1010,13 @@ class Profile(JsonResult):
                                         f"records_per_patient {rec}s of one patient moving together",
             "bounds[], bounds_curve[] (ReRo worst_case and relaxed, MIA tpr)": f"{bound}; {unit}",
             **extra,
-            "attacks[]": "empirical (a lower bound on reconstruction risk: a stronger attack may do better)",
-            "mia_audits[]": "each audit's own labels (epsilon_lower_bound: empirical lower bound)",
+            "attacks[]": f"{LABEL_REALISTIC} (reconstruction; a stronger attack may do better)",
+            "mia_audits[]": "each audit's own labels (epsilon_lower_bound: empirical, a lower bound at the audit's "
+                            "confidence, 95% by default)",
             "federated": "its own labels (epsilon, sites[].epsilon, sites[].rero_worst_case: sound upper bounds; "
                          "global_mcc, sites[].test_mcc, attack[].success_rate: empirical)",
             "decision": "limits on worst_case, relaxed and MIA TPR are checked against the sound upper bounds; "
-                        "a realistic limit against the attack's empirical success (a lower bound on the risk); "
+                        f"a realistic limit against the attack's success ({LABEL_REALISTIC}); "
                         "budgets[].mcc and budgets[].dice (mean test utility over seeds; dice: the headline "
                         "foreground class, segmentation only) are empirical; utility_metric names the one that "
                         "ranks the budgets",
