@@ -414,7 +414,8 @@ class _Report(board.BoardPages):
         return out
 
     def _init_table(self) -> list:
-        """MCC per privacy budget per initialisation (only when the profile compares several)."""
+        """The headline utility (MCC; for segmentation the first foreground class's Dice) per privacy budget per
+        initialisation (only when the profile compares several)."""
         inits = list(self.levels[0].mcc_by_init) if self.levels else []
         # What loading each file changed (a final layer freshly initialised for another number of classes).
         loaded = [self.para(f"Loading {esc(label)}: {esc(line)}.", "small")
@@ -423,14 +424,15 @@ class _Report(board.BoardPages):
             return [self.para("Initialisation", "h2"), *loaded] if loaded else []
         head = ["Privacy budget"] + [f"from {i}" for i in inits]
         rows = [[self.cell(esc(h), "head") for h in head]]
+        key, name = txt.headline_utility(self.p)  # the metric the runs were scored with: MCC, or Dice
         for lv in self.levels:
-            rows.append([self.cell(lv.label)] + [self.cell(txt.interval(txt.init_utility_values(self.p, lv, i)))
-                                                 for i in inits])
+            rows.append([self.cell(lv.label)] + [
+                self.cell(txt.interval(txt.init_utility_values(self.p, lv, i, key), metric=key)) for i in inits])
         w0 = 4.0 * cm
         rest = (TEXT_W - w0) / len(inits)
         trainable = self.p.config.trainable
         return [self.para("Utility per initialisation", "h2"),
-                grid(rows, [w0] + [rest] * len(inits), note=self.para(f"Test MCC, mean [95% t-interval] over seeds ({txt.LABEL_EMPIRICAL}), of every budget "
+                grid(rows, [w0] + [rest] * len(inits), note=self.para(f"Test {esc(name)}, mean [95% t-interval] over seeds ({txt.LABEL_EMPIRICAL}), of every budget "
                           f"trained from each initialisation (runs from a file train {esc(trainable)} layers; "
                           "'scratch' is a random start). The privacy guarantee covers the fine-tuning data only, not the data "
                           "the initial weights were trained on. The bounds and the attack use the runs from "
@@ -466,14 +468,17 @@ class _Report(board.BoardPages):
                boxed([self.para(esc(self._render_command()), "mono")], NOTE_BG),
                self._config_section("Configuration")]
         out.append(self.para("Training runs", "h2"))
-        head = ["Budget", "Seed", "σ", "q", "T", "δ", "ε (PLD)", "ε (RDP)", "MCC", "Checkpoint"]
-        rows = [[self.cell(h, "head") for h in head]]
+        # the metric each run was scored with: MCC for a classifier, Dice per foreground class for segmentation
+        classes = next((t.utility.classes for t in p.train if t.utility.classes), ())
+        metric = "Test MCC" if not classes else f"Test Dice ({', '.join(classes)})"
+        head = ["Budget", "Seed", "σ", "q", "T", "δ", "ε (PLD)", "ε (RDP)", metric, "Checkpoint"]
+        rows = [[self.cell(esc(h), "head") for h in head]]
         for t0 in p.train:
             rows.append([self.cell(x) for x in (
                 txt.level_label(t0.epsilon_target), str(t0.seed), f"{t0.noise_multiplier:.4g}",
                 f"{t0.sampling_probability:.4g}", str(t0.steps), txt.num(t0.target_delta),
                 txt.eps_up(t0.epsilon), txt.eps_up(t0.epsilon_rdp),
-                (f"{t0.utility.mcc:.3f}" if not t0.utility.classes else "Dice " + ", ".join(
+                (f"{t0.utility.mcc:.3f}" if not t0.utility.classes else ", ".join(
                     txt.pct(d, digits=1) for d in t0.utility.dice)),
                 esc(t0.checkpoint) + (" (reused)" if t0.reused_checkpoint else ""))])
         widths = [1.9, 1.0, 1.2, 1.4, 0.8, 1.3, 1.6, 1.6, 1.2, 5.4]

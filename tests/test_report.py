@@ -747,3 +747,28 @@ def test_each_kind_of_number_has_its_exact_label_in_the_report_and_json(rendered
     assert LABEL_REALISTIC in labels["attacks[]"] and LABEL_REALISTIC in labels["decision"]
     assert prof.train[0].labels["epsilon_rdp"].startswith(LABEL_RDP)
     assert "a lower bound at 95% confidence" in prof.mia_audits[0].labels["epsilon_lower_bound"]
+
+
+def test_segmentation_runs_show_the_metric_they_were_scored_with(tmp_path: Path) -> None:
+    """A segmentation run is scored with Dice, and has no MCC: the appendix's training runs table heads its column
+    'Test Dice (liver, tumour)', and the utility per initialisation shows Dice liver (it showed 'n/a' under
+    'Test MCC' for every budget before)."""
+    from dpaudit.audit.report import render_report
+    from dpaudit.audit.segmentation import SegmentationMetrics
+
+    def seg(t: TrainResult) -> TrainResult:
+        m = SegmentationMetrics(n_volumes=4, dice={"liver": 0.453, "tumour": 0.05}, iou={"liver": 0.2, "tumour": 0.0},
+                                dice_std={"liver": 0.1, "tumour": 0.1}, volumes_with_class={"liver": 4, "tumour": 2},
+                                pixel_accuracy=0.9, loss=0.3)
+        return dataclasses.replace(t, task="segmentation", metrics=m, val_metrics=m, per_seed=(m,))
+
+    prof = synthetic_profile(with_mia_audit=False)
+    runs = tuple(seg(t) for t in prof.train)
+    prof = dataclasses.replace(prof, train=runs + tuple(dataclasses.replace(t, init="pre.pt") for t in runs))
+    text = " ".join(" ".join(_text(render_report(prof, tmp_path / "seg.pdf").read_bytes())).split())
+    runs_table = text.split("Training runs", 1)[1].split("Software and run time", 1)[0]
+    assert "Test Dice (liver, tumou" in runs_table and "MCC" not in runs_table  # the header may wrap 'tumour'
+    assert "45.3%, 5.0%" in runs_table
+    inits = text.split("Utility per initialisation", 1)[1].split("The bounds and the attack use", 1)[0]
+    assert "0.453 [0.453, 0.453], n = 2" in inits and "n/a" not in inits and "MCC" not in inits
+    assert "Test Dice liver, mean [95% t-interval] over seeds" in inits
