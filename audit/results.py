@@ -17,7 +17,7 @@ from dpaudit.audit.metrics import ClassificationMetrics, GroupMetrics
 from dpaudit.audit.segmentation import SegmentationMetrics
 from dpaudit.codec import JsonResult
 from dpaudit.config import DpSgdConfig, PrivacyUnit
-from dpaudit.numfmt import LABEL_EMPIRICAL, LABEL_RDP, empirical_epsilon_label, upper
+from dpaudit.numfmt import LABEL_EMPIRICAL, LABEL_RDP, LABEL_UPPER, empirical_epsilon_label, upper
 
 __all__ = ["CanaryAuditResult", "EpochRecord", "Metrics", "TprAtFpr", "TrainResult", "Utility"]
 
@@ -143,13 +143,14 @@ class TrainResult(JsonResult):
     LABELS: ClassVar[dict[str, str]] = {
         "epsilon_achieved": "sound upper bound (tight PLD accountant), per image (per slice for segmentation): "
                             "what --epsilon sets",
-        "epsilon_rdp": f"{LABEL_RDP} (RDP, Opacus' default orders), per image",
+        "epsilon_rdp": f"{LABEL_UPPER} (RDP, Opacus' default orders), per image; beside epsilon_achieved, "
+                       f"{LABEL_RDP}",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together)",
         "metrics": "empirical, test split, first seed's model",
         "per_seed": "empirical, test split, each seed's model",
         "val_metrics": "empirical, validation split, first seed's model (where the operating point is chosen)",
         "history": "empirical, per epoch (train_loss on the training batches, val_* on the validation split); "
-                   f"epsilon_rdp: {LABEL_RDP} (RDP) after that epoch",
+                   f"epsilon_rdp: {LABEL_UPPER} (RDP) after that epoch",
         "train_samples_per_second": "empirical (this run's speed)",
         "seed_summary": "empirical, [mean, sample standard deviation] over seeds (std null with one seed: not "
                         "estimable)"}
@@ -298,7 +299,7 @@ class CanaryAuditResult(JsonResult):
                                "image",
         "accountant_epsilon": "sound upper bound (tight PLD accountant), per image (record): the unit each canary "
                               "is; per patient see epsilon_patient",
-        "epsilon_rdp": f"{LABEL_RDP} (RDP), per image",
+        "epsilon_rdp": f"{LABEL_UPPER} (RDP), per image; beside accountant_epsilon, {LABEL_RDP}",
         "epsilon_patient": "sound upper bound (tight PLD, the k images of one patient moving together); null when "
                            "no patient has several images",
         "ceiling": "sound upper bound on what this design can certify (the epsilon lower bound its canaries, "
