@@ -57,7 +57,6 @@ from dpaudit.config import (
 )
 from dpaudit.errors import (
     ConfigError,
-    DataError,
     NumericalError,
     check_int,
     check_positive,
