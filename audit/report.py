@@ -279,8 +279,8 @@ class _Report(board.BoardPages):
             Spacer(1, 3),
             self.para(f"Utility: {txt.LABEL_EMPIRICAL}, on the test split, mean [95% t-interval] over "
                       f"{txt.seeds_text(self.levels)}, cut to the metric's range; "
-                      "against the non-private baseline: the difference of mean MCC with Welch's t-test "
-                      f"p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker, {unit} "
+                      f"against the non-private baseline: the difference of mean {esc(txt.headline_utility(self.p)[1])} "
+                      f"with Welch's t-test p-value. Membership-inference TPR and advantage: {txt.LABEL_UPPER} for any attacker, {unit} "
                       "(advantage = TPR − FPR at the best threshold).", "small")])]
 
     def _user_kappa_table(self) -> list:

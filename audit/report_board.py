@@ -251,7 +251,10 @@ class BoardPages:
                                  "utility and risk cannot be shown. DP-SGD is known to reduce utility most for "
                                  "small subgroups; check this on data with group labels before deployment."))
             return out
-        head = ["Group", "Privacy budget", "Test images", "Test MCC<br/>(mean over seeds)", "Attacked images",
+        # the metric the runs were scored with: MCC for a classifier; Dice for segmentation, whose test volumes carry
+        # no group labels, so no Dice per group ('–', as their test images)
+        key, name = txt.headline_utility(self.p)
+        head = ["Group", "Privacy budget", "Test images", f"Test {esc(name)}<br/>(mean over seeds)", "Attacked images",
                 f"Recovered<br/>(SSIM > {self.p.success_ssim():g})", "Attack success<br/>[95% interval]", "Note"]
         sub = ["", "", "", txt.LABEL_EMPIRICAL, "", "", txt.LABEL_EMPIRICAL, ""]
         rows: list[list] = [[self.cell(h, "head") for h in head], [self.cell(f"<i>{s}</i>") for s in sub]]
@@ -271,7 +274,7 @@ class BoardPages:
                 # those few patients' results (the reason names the unit and the split)
                 withheld = next((s.reason for s in subs if s.withheld), None)
                 n_test = None if withheld else max((s.n for s in subs), default=None)
-                mccs = [] if withheld else [s.mcc for s in subs if math.isfinite(s.mcc)]  # NaN: undefined
+                mccs = [] if withheld or key != "mcc" else [s.mcc for s in subs if math.isfinite(s.mcc)]  # NaN: undefined
                 att = (next((g for g in lv.attack.subgroups_of(lv.attack.strongest.decoder)
                              if (g.attribute, g.value) == (attr, value)), None) if lv.attack is not None else None)
                 att_withheld = att.reason if att is not None and att.withheld else None
@@ -283,7 +286,8 @@ class BoardPages:
                     self.cell(lv.label),
                     self.cell(esc(withheld_mark(withheld)) if withheld else "–" if n_test is None else str(n_test)),
                     self.cell("withheld" if withheld else
-                              f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else UNDEFINED_METRIC),
+                              f"{sum(mccs) / len(mccs):.3f} ({len(mccs)})" if mccs else
+                              "–" if not subs or key != "mcc" else UNDEFINED_METRIC),  # '–': not measured
                     self.cell("–" if att is None else esc(withheld_mark(att_withheld)) if att_withheld else
                               str(att.n_images)),
                     self.cell("–" if att is None or att_withheld else str(att.successes)),
@@ -303,13 +307,15 @@ class BoardPages:
         # The note goes above the table: a long table then ends its page instead of leaving the note alone on the
         # next one (seen on the demo report).
         out += [self.para(
-            f"Test MCC: {txt.LABEL_EMPIRICAL}, mean over seeds (their number in parentheses), on the group's test "
-            "images. Reconstruction: the realistic attack's strongest decoder on the group's attacked training "
+            (f"Test {esc(name)}: {txt.LABEL_EMPIRICAL}, mean over seeds (their number in parentheses), on the "
+             "group's test images. " if key == "mcc" else
+             f"Test {esc(name)}: not measured per group ('–'): the test volumes carry no group labels. ")
+            + "Reconstruction: the realistic attack's strongest decoder on the group's attacked training "
             f"images ({txt.LABEL_EMPIRICAL}, a lower bound on the risk), with the exact Clopper-Pearson interval. "
             f"⚠ small: fewer than {SMALL_TEST_GROUP} test images or fewer than {SMALL_ATTACK_GROUP} attacked "
             "images; its numbers are too noisy to compare groups. Withheld: a group held by fewer than "
             f"{MIN_SUBGROUP_UNITS} patients (or the data's privacy unit) in the test split, or among the attacked "
-            f"images, shows no count (&lt; {MIN_SUBGROUP_UNITS}) and no MCC or attack success: they would be those few "
+            f"images, shows no count (&lt; {MIN_SUBGROUP_UNITS}) and no {esc(name)} or attack success: they would be those few "
             "patients' results (the reason under the table); when one value of a group is withheld, the next "
             f"smallest is withheld too ({COMPLEMENT_MARK}), since the totals would give the first by subtraction.",
             "small"), table]

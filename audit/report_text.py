@@ -405,8 +405,12 @@ def glossary(profile: Profile) -> list[tuple[str, str]]:
         ("worst-case / relaxed", "the two formal threat models of the report (see Assumptions)."),
         ("realistic attack", "the imprint-layer reconstruction attack that dpaudit actually runs."),
         ("SSIM", f"structural similarity between {_a(rec)} and a reconstruction (1 = identical)."),
-        ("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance. "
-                "For two classes it is measured at the decision threshold fixed on the validation split."),
+        *((("Dice", "overlap of the predicted and the true region of a class, 2|A∩B| / (|A| + |B|), per test "
+                     "volume on the reassembled 3-D prediction: 0 for none, 1 for perfect segmentation."),
+           ("IoU", "intersection over union of the predicted and the true region, |A∩B| / |A∪B|."))
+          if utility_columns(profile)[0][0].startswith("dice_") else
+          (("MCC", "Matthews correlation coefficient: 0 for chance, 1 for perfect diagnosis; robust to imbalance. "
+                   "For two classes it is measured at the decision threshold fixed on the validation split."),)),
         ("TPR / FPR", "true- and false-positive rates of a membership-inference attacker."),
         ("membership inference", (f"deciding whether the {rec}s of a given patient were" if per_patient(profile)
                                   else f"deciding whether a given {rec} was") + " in the training set."),

@@ -432,14 +432,16 @@ def _print_summary(prof) -> None:
     print_table(table, out)
     levels = prof.levels()
     if len(prof.config.inits) > 1:
-        by_init = Table(title="Test MCC (empirical) per initialisation: mean [95% t-interval], n seeds",
+        key, name = txt.headline_utility(prof)  # the metric the runs were scored with: MCC, or Dice for segmentation
+        by_init = Table(title=f"Test {name} (empirical) per initialisation: mean [95% t-interval], n seeds",
                         box=box.SIMPLE_HEAD, pad_edge=False)
         by_init.add_column("budget", justify="right")
         labels = list(levels[0].mcc_by_init) if levels else []
         for lab in labels:
             by_init.add_column(lab, justify="right")
         for lv in levels:
-            by_init.add_row(lv.label, *(txt.interval(txt.init_utility_values(prof, lv, lab)) for lab in labels))
+            by_init.add_row(lv.label, *(txt.interval(txt.init_utility_values(prof, lv, lab, key), metric=key)
+                                        for lab in labels))
         print_table(by_init, out)
     for label, report in init_reports(prof).items():
         for line in report:

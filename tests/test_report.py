@@ -772,3 +772,9 @@ def test_segmentation_runs_show_the_metric_they_were_scored_with(tmp_path: Path)
     inits = text.split("Utility per initialisation", 1)[1].split("The bounds and the attack use", 1)[0]
     assert "0.453 [0.453, 0.453], n = 2" in inits and "n/a" not in inits and "MCC" not in inits
     assert "Test Dice liver, mean [95% t-interval] over seeds" in inits
+    # the subgroups (here from the attack only: test volumes carry no group labels) head the utility column with the
+    # runs' metric and show '–', as their test images, where they showed 'Test MCC' over 'n/a (one class)'
+    groups = text.split("Subgroups: utility and reconstruction risk", 1)[1].split("Privacy statement", 1)[0]
+    assert "Test Dice liver: not measured per group ('–'): the test volumes carry no group labels." in groups
+    assert "no Dice liver or attack success" in groups
+    assert "MCC" not in groups and "one class" not in groups

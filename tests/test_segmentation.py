@@ -627,6 +627,41 @@ def test_the_closing_console_table_fits_80_columns_with_two_dice_columns(seg_pro
     assert "image" not in table and "slice" in table  # the records are slices: "realistic per slice"
 
 
+def test_a_segmentation_profile_names_dice_not_mcc_in_the_report_and_the_console(seg_profile, tmp_path,
+                                                                                monkeypatch) -> None:
+    """Runs scored with Dice never read 'MCC': the report's Welch note names the headline Dice, its glossary
+    explains Dice and IoU (not MCC), and the console's per-initialisation table (the runs repeated from a second
+    initialisation, a test edit) shows Dice liver where it read 'Test MCC' over 'n/a' in every cell."""
+    import io
+
+    from pypdf import PdfReader
+    from rich.console import Console
+
+    from dpaudit.audit.report import render_report
+    from dpaudit.audit.report_text import glossary
+    from dpaudit.cli import profile_cmd
+
+    prof, out = seg_profile
+    render_report(prof, tmp_path / "r.pdf", base_dir=out)
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(str(tmp_path / "r.pdf")).pages).split())
+    assert "MCC" not in text
+    assert "the difference of mean Dice liver with Welch's t-test p-value" in text
+    words = dict(glossary(prof))
+    assert "MCC" not in words and words["Dice"].startswith("overlap of the predicted and the true region")
+
+    (tmp_path / "pre.pt").write_bytes(b"")  # the config checks that the file exists; nothing loads it here
+    both = dataclasses.replace(prof, config=dataclasses.replace(prof.config, inits=("scratch", str(tmp_path / "pre.pt"))),
+                               train=(*prof.train, *(dataclasses.replace(t, init="pre.pt") for t in prof.train)))
+    console = Console(width=120, record=True, file=io.StringIO())
+    monkeypatch.setattr(profile_cmd, "out", console)
+    profile_cmd._print_summary(both)
+    shown = console.export_text()
+    by_init = shown.split("per initialisation", 1)[1]
+    liver = prof.levels()[-1].utility["dice_liver"].mean
+    assert "Test Dice liver (empirical) per initialisation" in shown and "MCC" not in shown
+    assert f"{liver:.3f} (n = 1, no interval)" in by_init and "n/a" not in by_init
+
+
 def test_paper_mode_reproduces_the_msd_liver_rows_of_table_3() -> None:
     from dpaudit.audit.paper_mode import msd_liver_rows
 
