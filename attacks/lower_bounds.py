@@ -30,7 +30,7 @@ import numpy as np
 
 from dpaudit.attacks.binomial import clopper_pearson_limits
 from dpaudit.errors import check_int, check_probability, invalid
-from dpaudit.numfmt import lower, upper
+from dpaudit.numfmt import LABEL_EMPIRICAL, empirical_epsilon_label, lower, upper
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -49,7 +49,6 @@ __all__ = [
     "two_error_ceiling",
 ]
 
-LABEL = "empirical lower bound"
 Selection = Literal["split", "bonferroni"]
 
 #: delta every function here (and ``dpaudit mia bound``/``one-run``) audits at unless told otherwise: 1e-5, the
@@ -125,9 +124,14 @@ class _LowerBound:
     a ``labels`` block like every result's JSON."""
 
     epsilon_lower_bound: float
-    label: ClassVar[str] = LABEL
+    confidence: float
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("labels",)
     json_upgrade = staticmethod(_drop_label)
+
+    @property
+    def label(self) -> str:
+        """What the epsilon is, at this bound's confidence: the membership audit's words (:mod:`dpaudit.numfmt`)."""
+        return f"{LABEL_EMPIRICAL}: {empirical_epsilon_label(self.confidence)}"
 
     @property
     def labels(self) -> dict[str, str]:
@@ -430,9 +434,15 @@ class _FromBound:
     the fields)."""
 
     bound: Any
-    label: ClassVar[str] = LABEL
+    confidence: float
     JSON_PROPERTIES: ClassVar[tuple[str, ...]] = ("epsilon_lower_bound", "labels")
     json_upgrade = staticmethod(_drop_label)
+
+    @property
+    def label(self) -> str:
+        """What the epsilon is, at the audit's overall confidence (its ``bound`` states its own, corrected for the
+        tries): the membership audit's words (:mod:`dpaudit.numfmt`)."""
+        return f"{LABEL_EMPIRICAL}: {empirical_epsilon_label(self.confidence)}"
 
     @property
     def labels(self) -> dict[str, str]:

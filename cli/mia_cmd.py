@@ -16,6 +16,7 @@ from dpaudit.audit.configs import CanaryAuditConfig, TrainConfig
 from dpaudit.cli import _common as cli
 from dpaudit.cli._common import emit_json, handle_errors, out
 from dpaudit.errors import check_int
+from dpaudit.numfmt import LABEL_EMPIRICAL, empirical_epsilon_label
 
 #: The defaults of ``mia audit``: the training configuration's and the canary audit's (the Python API's).
 T, A = TrainConfig, CanaryAuditConfig
@@ -91,8 +92,7 @@ def bound_cmd(
                                      "would give with every test right); not a measurement"}})
         return
     level = 1 - (1 - confidence) / 2
-    out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
-              f"delta {delta:g})")
+    out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  ({res.label}, delta {delta:g})")
     out.print(f"  TPR >= {_down(res.tpr_low)}, FPR <= {_up(res.fpr_high)}  (one-sided Clopper-Pearson, "
               f"each at {level:g})")
     out.print(f"  from TPR/FPR: {_down(max(res.epsilon_from_tpr_fpr, 0.0))}; from TNR/FNR: "
@@ -124,8 +124,8 @@ def one_run_cmd(
     if json:
         emit_json(res)
         return
-    out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence {confidence:g}, "
-              f"delta {delta:g}; p-value {res.p_value:.3g})")
+    out.print(f"epsilon >= {_down(res.epsilon_lower_bound)}  ({res.label}, delta {delta:g}; "
+              f"p-value {res.p_value:.3g})")
     out.print(f"  {correct} of {guesses} guesses correct on {canaries} canaries")
     out.print(f"  ceiling: {canaries} canaries can certify at most epsilon {_up(res.ceiling)} "
               f"(every canary guessed right)")
@@ -228,8 +228,8 @@ def audit_cmd(
     else:
         out.print("accountant epsilon  = none (trained without DP: no upper bound)")
     b = res.one_run.bound
-    out.print(f"empirical epsilon  >= {_down(res.epsilon_lower_bound)}  (empirical lower bound, confidence "
-              f"{confidence:g}; {b.correct} of {b.guesses} guesses right on {res.canaries} canaries, "
+    out.print(f"empirical epsilon  >= {_down(res.epsilon_lower_bound)}  ({LABEL_EMPIRICAL}: {empirical_epsilon_label(res.confidence)}; "
+              f"{b.correct} of {b.guesses} guesses right on {res.canaries} canaries, "
               f"{res.members} trained on)")
     out.print(f"ceiling: this audit could certify at most epsilon {_up(res.ceiling)}")
     for t in res.tpr_at_fpr:

@@ -346,7 +346,8 @@ def test_cli_bound_json_matches_library() -> None:
     assert d["epsilon_lower_bound"] == pytest.approx(ref.epsilon_lower_bound, rel=1e-12)
     for key in ("tpr_low", "fpr_high", "tnr_low", "fnr_high", "ceiling", "labels", "confidence", "delta"):
         assert key in d
-    assert d["labels"]["epsilon_lower_bound"] == "empirical lower bound" and "label" not in d
+    # the membership audit's words (dpaudit.numfmt), at this bound's confidence
+    assert d["labels"]["epsilon_lower_bound"] == "empirical: a lower bound at 95% confidence" and "label" not in d
     assert d["labels"]["ceiling"].startswith("sound upper bound") and d["labels"]["tpr_low, tnr_low"].startswith("empirical")
 
 
@@ -383,14 +384,19 @@ def test_cli_default_delta_is_the_api_default() -> None:
     assert json.loads(res.stdout)["epsilon_lower_bound"] == one_run_epsilon_lower_bound(1000, 100, 90).epsilon_lower_bound
 
 
-def test_cli_human_output_labels() -> None:
-    res = runner.invoke(app, ["mia", "bound", "--true-positives", "95", "--positives", "100",
-                              "--false-positives", "5", "--negatives", "100"])
-    assert res.exit_code == 0
-    assert "empirical lower bound" in res.stdout
-    res = runner.invoke(app, ["mia", "one-run", "--canaries", "100", "--guesses", "20", "--correct", "19"])
-    assert res.exit_code == 0
-    assert "empirical lower bound" in res.stdout and "ceiling" in res.stdout
+@pytest.mark.parametrize(("extra", "level"), [([], "95%"), (["--confidence", "0.999"], "99.9%")])
+def test_cli_human_output_labels(extra: list[str], level: str) -> None:
+    """Both commands say what their epsilon is with the membership audit's words at the confidence asked (they
+    said 'empirical lower bound, confidence 0.95'), the same words as their JSON label."""
+    for argv in (["mia", "bound", "--true-positives", "95", "--positives", "100", "--false-positives", "5",
+                  "--negatives", "100", *extra],
+                 ["mia", "one-run", "--canaries", "100", "--guesses", "20", "--correct", "19", *extra]):
+        res = runner.invoke(app, argv)
+        assert res.exit_code == 0, res.output
+        assert f"(empirical: a lower bound at {level} confidence, delta 1e-05" in res.stdout
+        assert "ceiling" in res.stdout
+        label = json.loads(runner.invoke(app, [*argv, "--json"]).stdout)["labels"]["epsilon_lower_bound"]
+        assert label == f"empirical: a lower bound at {level} confidence"
 
 
 def test_cli_text_rounds_each_bound_in_its_safe_direction() -> None:
