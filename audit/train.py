@@ -359,12 +359,14 @@ def _calibrate(config: TrainConfig, q: float, steps: int, delta: float
 
 def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float, q: float, steps: int,
              delta: float, progress: ProgressCallback | None, done0: int, total: int,
-             device: torch.device = torch.device("cpu"), initial_state: Mapping[str, torch.Tensor] | None = None
-             ) -> tuple[nn.Module, list[EpochRecord], float]:
+             device: torch.device = torch.device("cpu"), initial_state: Mapping[str, torch.Tensor] | None = None,
+             run_name: str | None = None) -> tuple[nn.Module, list[EpochRecord], float]:
     """Train one model on ``device``; returns (model, still on ``device``; history; training samples per second).
 
     ``initial_state`` (a state dict) replaces the seeded initialisation: a federated client starts from the
     server's model (``dpaudit.audit.federated``); everything else, the random streams included, is unchanged.
+    ``run_name`` is what a divergence error calls this run: by default its seed (``seed 0``, as ``--seeds``
+    counts them); a federated client's round and site, whose derived seed the user never typed.
     """
     from opacus.data_loader import wrap_collate_with_empty
     from opacus.optimizers import DPOptimizer
@@ -434,7 +436,7 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
                                                   device)
             check_finite_weights(model)  # the last step's weights: its loss was computed before it
         except Diverged as exc:
-            raise diverged(config, f"seed {seed}, epoch {epoch}: {exc}") from None
+            raise diverged(config, f"{run_name or f'seed {seed}'}, epoch {epoch}: {exc}") from None
         seen += seen_e
         train_time += time.perf_counter() - t0
         done += steps_per_epoch

@@ -65,11 +65,17 @@ def test_profile_that_diverges_names_lr(tmp_path: Path) -> None:
     _one_line(res, "--lr must be small enough that training stays finite", "Fix: pass a smaller --lr")
 
 
-def test_federated_client_that_diverges_names_lr() -> None:
+def test_federated_client_that_diverges_names_lr_the_round_and_the_site() -> None:
+    """The client is named by its round and site (as the console's site column), not by the seed derived for it
+    (seed + round * clients + site: 'seed 5' here, a seed the user never typed for it); nothing about its data."""
+    import re
+
     res = runner.invoke(app, ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch", "smallcnn",
                               "--clients", "2", "--rounds", "1", "--batch-size", "8", "--epsilon", "8",
-                              "--threads", "1", "--lr", "1e30"])
-    _one_line(res, "--lr must be small enough that training stays finite", "Fix: pass a smaller --lr")
+                              "--threads", "1", "--lr", "1e30", "--seed", "5"])
+    line = _one_line(res, "--lr must be small enough that training stays finite", "Fix: pass a smaller --lr")
+    assert re.search(r"\(it diverged at round 0, site [01], epoch 1: the (training loss|weights) became ", line), line
+    assert "seed" not in line
 
 
 def test_federated_server_step_that_diverges_names_server_lr() -> None:

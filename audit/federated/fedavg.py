@@ -289,7 +289,8 @@ class ClientTask:
 
         model, history, _ = _run_one(self.config, self.splits, self.seed, self.noise_multiplier,
                                      self.sampling_probability, self.steps, self.target_delta, None, 0, self.steps,
-                                     resolve_device(self.config.device), initial_state=self.initial_state)
+                                     resolve_device(self.config.device), initial_state=self.initial_state,
+                                     run_name=f"round {self.round}, site {self.client}")  # not the derived seed
         state = model.state_dict()
         # back on the CPU (a no-op there): the server aggregates in float64 on the CPU
         update = {k: state[k].double().cpu() - self.initial_state[k].double() for k in state}
