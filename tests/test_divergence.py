@@ -74,7 +74,7 @@ def test_federated_client_that_diverges_names_lr_the_round_and_the_site() -> Non
                               "--clients", "2", "--rounds", "1", "--batch-size", "8", "--epsilon", "8",
                               "--threads", "1", "--lr", "1e30", "--seed", "5"])
     line = _one_line(res, "--lr must be small enough that training stays finite", "Fix: pass a smaller --lr")
-    assert re.search(r"\(it diverged at round 0, site [01], epoch 1: the (training loss|weights) became ", line), line
+    assert re.search(r"\(it diverged at round 1, site [01], epoch 1: the (training loss|weights) became ", line), line
     assert "seed" not in line
 
 
@@ -83,5 +83,5 @@ def test_federated_server_step_that_diverges_names_server_lr() -> None:
     res = runner.invoke(app, ["federated", "train", "--image-size", "16", "--max-images", "80", "--arch", "smallcnn",
                               "--clients", "2", "--rounds", "2", "--batch-size", "8", "--epsilon", "8",
                               "--threads", "1", "--server-lr", "1e300"])
-    _one_line(res, "--server-lr must be small enough that the global model stays finite (round 0: the server's "
+    _one_line(res, "--server-lr must be small enough that the global model stays finite (round 1 of 2: the server's "
               "step made ", "got 1e+300", "Fix: pass a smaller --server-lr, e.g. --server-lr 1 (1: plain FedAvg)")

@@ -280,7 +280,7 @@ class ClientTask:
         return f"federated-r{self.round}-c{self.client}"
 
     def describe(self) -> str:
-        return f"round {self.round}, client {self.client}"
+        return f"round {self.round + 1}, site {self.client}"  # rounds from 1, as the progress line
 
     def run(self) -> ClientUpdate:
 
@@ -290,7 +290,7 @@ class ClientTask:
         model, history, _ = _run_one(self.config, self.splits, self.seed, self.noise_multiplier,
                                      self.sampling_probability, self.steps, self.target_delta, None, 0, self.steps,
                                      resolve_device(self.config.device), initial_state=self.initial_state,
-                                     run_name=f"round {self.round}, site {self.client}")  # not the derived seed
+                                     run_name=f"round {self.round + 1}, site {self.client}")  # not the derived seed
         state = model.state_dict()
         # back on the CPU (a no-op there): the server aggregates in float64 on the CPU
         update = {k: state[k].double().cpu() - self.initial_state[k].double() for k in state}
@@ -741,7 +741,7 @@ def _check_server_step(config: FederatedConfig, state: Mapping[str, Any], round_
         return
     smaller = 1.0 if config.server_lr > 1 else config.server_lr / 10
     raise invalid("server_lr", config.server_lr, f"small enough that the global model stays finite (round "
-                  f"{round_}: the server's step made {bad!r} nan or inf)",
+                  f"{round_ + 1} of {config.rounds}: the server's step made {bad!r} nan or inf)",
                   f"pass a smaller --server-lr, e.g. --server-lr {smaller:g} (1: plain FedAvg), or a smaller --lr",
                   cls=NumericalError)
 
