@@ -779,7 +779,35 @@ def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:
              "parameters are finite, or copy the file again")
         raise CheckpointError(f"{where}: the tensor {bad[0]!r} holds {n} non-finite value{'s' if n != 1 else ''} "
                               f"(nan or inf){others}: {cause}.")
+    # Finite in the file's dtype is not enough: a float64 value beyond float32's range (1e300) becomes inf when
+    # copied into the model, which computes in float32 (MODEL_DTYPE), and every later step blames something else
+    # (a zero gradient, --lr). Checked after the cast the model's load_state_dict does.
+    big = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex())
+           and not bool(torch.isfinite(_as_model_dtype(v)).all())]
+    if big:
+        first = state[big[0]]
+        over = ~torch.isfinite(_as_model_dtype(first))
+        n, peak = int(over.sum()), float(first.abs().max())
+        others = f"; {len(big) - 1} other tensor{'s' if len(big) > 2 else ''} too" if len(big) > 1 else ""
+        cause = ("the training that wrote it diverged, or the file is damaged. Fix: train again with a smaller --lr "
+                 "(`dpaudit train --lr ...`), or copy the file again") if source == "dpaudit" else \
+            ("the model that saved it diverged, or the file is damaged. Fix: save the weights of a model whose "
+             "parameters lie within float32's range, or copy the file again")
+        raise CheckpointError(f"{where}: the tensor {big[0]!r} ({str(first.dtype).removeprefix('torch.')}) holds "
+                              f"{n} value{'s' if n != 1 else ''} beyond float32's range (largest magnitude "
+                              f"{peak:.3g}, float32 holds up to {torch.finfo(MODEL_DTYPE).max:.3g}), which the "
+                              f"model, computing in float32, would read as inf{others}: {cause}.")
     return strip_wrappers(state)
+
+
+#: The dtype dpaudit's models compute in: weights are cast to it when loaded into one.
+MODEL_DTYPE = torch.float32
+
+
+def _as_model_dtype(v: torch.Tensor) -> torch.Tensor:
+    """``v`` as the model holds it once loaded (a complex tensor in complex64): where a float64 value beyond
+    float32's range becomes inf."""
+    return v.to(torch.complex64 if v.is_complex() else MODEL_DTYPE)
 
 
 def _short_list(items: list[Any], shown: int = 3) -> str:

@@ -198,3 +198,54 @@ def test_integer_buffers_and_finite_weights_still_load(tmp_path: Path) -> None:
     state = build_model("smallcnn", num_classes=2, width=4).state_dict()
     path = _checkpoint(tmp_path, state_dict={**state, "counter": torch.tensor(3)})
     assert "counter" in load_state_dict(path)[1]
+
+
+def _float64_state(value: float) -> tuple[dict, str]:
+    """A smallcnn's (width 4) weights with its second floating tensor stored as float64 holding ``value`` (finite
+    in float64); and that tensor's name."""
+    state = build_model("smallcnn", num_classes=2, width=4).state_dict()
+    name = [k for k, v in state.items() if v.is_floating_point()][1]
+    state[name] = state[name].double()
+    state[name].view(-1)[0] = value
+    return state, name
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39])
+def test_every_loader_refuses_float64_weights_beyond_float32(tmp_path: Path, value: float) -> None:
+    """Finite in float64, inf once cast to float32 (the model's dtype): refused by every loader, naming the file
+    and the tensor, not loaded as inf."""
+    from safetensors.torch import save_file
+
+    state, name = _float64_state(value)
+    assert torch.isfinite(state[name]).all() and not torch.isfinite(state[name].float()).all()
+    ckpt = _checkpoint(tmp_path, state_dict=state)
+    torch.save(state, tmp_path / "plain.pt")
+    save_file(state, str(tmp_path / "plain.safetensors"))
+    calls = [(ckpt, lambda: load_checkpoint(ckpt)), (ckpt, lambda: load_state_dict(ckpt))]
+    for plain in (tmp_path / "plain.pt", tmp_path / "plain.safetensors"):
+        calls += [(plain, lambda p=plain: load_state_dict(p)),
+                  (plain, lambda p=plain: load_checkpoint(p, arch="smallcnn", arch_args={"width": 4}))]
+    for path, call in calls:
+        with pytest.raises(CheckpointError) as info:
+            call()
+        msg = str(info.value)
+        assert str(path) in msg and f"the tensor {name!r} (float64) holds 1 value beyond float32's range" in msg, msg
+        assert "Fix: " in msg and "\n" not in msg, msg
+
+
+def test_float64_weights_within_float32_still_load(tmp_path: Path) -> None:
+    state, name = _float64_state(3e38)  # below float32's largest, 3.40e38
+    assert name in load_state_dict(_checkpoint(tmp_path, state_dict=state))[1]
+
+
+def test_float64_weights_beyond_float32_are_one_line_on_the_command_line(tmp_path: Path) -> None:
+    state, name = _float64_state(1e300)
+    path = _checkpoint(tmp_path, state_dict=state)
+    res = runner.invoke(app, ["bounds", "--model", str(path)])
+    _one_line_error(res, str(path), repr(name), "beyond float32's range")
+    res = runner.invoke(app, ["attack", "--model", str(path), "--dataset", "demo", "--n-images", "2", "--sigmas", "0"])
+    _one_line_error(res, str(path), repr(name), "beyond float32's range")
+    res = runner.invoke(app, ["train", "--non-private", "--epochs", "1", "--arch", "smallcnn", "--width", "4",
+                              "--image-size", "16", "--init", str(path), "--out", str(tmp_path / "out")])
+    _one_line_error(res, "--init", str(path), repr(name), "beyond float32's range")
+    assert not (tmp_path / "out" / "model.pt").exists()
