@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -1373,6 +1374,12 @@ def _merge_label_spellings(values: Sequence[str], name: str, where: str, notes: 
     return [rename.get(v, v) for v in values]
 
 
+def _folder_key(folder: str) -> str:
+    """What makes two class folder names one name to a reader or a file system: the name NFC-normalised, without
+    white space at either end, ignoring case (:func:`class_folder_names` refuses two folders with one key)."""
+    return unicodedata.normalize("NFC", folder).strip().casefold()
+
+
 def class_folder_names(name: str, folders: Sequence[str], notes: list[str]) -> dict[str, str]:
     """The class each class folder is (folder name -> class name): the one rule of the folder, DICOM and NIfTI
     loaders, and the rule of a labels column (:func:`_merge_label_spellings`) applied to folder names.
@@ -1381,25 +1388,39 @@ def class_folder_names(name: str, folders: Sequence[str], notes: list[str]) -> d
       the number's plain digits, with a note naming the folders. A class number is what the user means by such a
       name (zero padding is how file browsers and export scripts sort folders), and a labels column merges the same
       spellings: two classes would split one class's images in two and shift every class index after it.
-    * Folders whose names differ only in case (``Benign``, ``benign``) are refused, naming both: whether they are
-      one class or two cannot be told, and a case-insensitive file system (Windows, macOS) holds them as one
-      folder, so the same data would load with another number of classes there.
+    * Folders whose names differ only in case (``Benign``, ``benign``), in white space at either end (``benign``,
+      ``benign ``) or in Unicode normalisation (``é`` as one code point, NFC, or as ``e`` and a combining accent,
+      NFD: macOS writes the latter) are refused, naming both (with ``repr``, so that a space shows): whether they
+      are one class or two cannot be told, a file browser shows them alike, and a case-insensitive or
+      normalising file system (Windows, macOS) holds them as one folder, so the same data would load with another
+      number of classes there (:func:`_folder_key`).
 
     >>> notes = []; class_folder_names("folder:x", ["01", "1", "2", "nodule"], notes), notes
     ({'01': '1', '1': '1', '2': '2', 'nodule': 'nodule'}, ["class folders '01', '1' are one number: merged as class '1'"])
     """
-    by_text: dict[str, list[str]] = {}
+    by_key: dict[str, set[str]] = {}
     for f in folders:
-        kind, key = _label_key(f)
-        if kind == "text":
-            by_text.setdefault(str(key), []).append(f)
-    clash = next((sorted(set(v)) for v in by_text.values() if len(set(v)) > 1), None)
+        by_key.setdefault(_folder_key(f), set()).add(f)
+    # the folder to keep first: NFC-normalised, stripped (the spelling the others are meant as), then by name
+    clash = next((sorted(v, key=lambda f: (unicodedata.normalize("NFC", f) != f, f.strip() != f, f))
+                  for v in by_key.values() if len(v) > 1), None)
     if clash is not None:
-        shown = " and ".join(repr(f) for f in clash)
-        raise DataError(f"{name}: class folders {shown} differ only in case: one class or two cannot be told, and "
-                        "a case-insensitive file system (Windows, macOS) holds them as one folder. Fix: move the "
-                        f"images of {clash[1]!r} into {clash[0]!r} if they are one class, or rename one of them if "
-                        "they are two.")
+        a, b = clash[0], clash[1]
+        nfc_a, nfc_b = unicodedata.normalize("NFC", a), unicodedata.normalize("NFC", b)
+        hows = [(nfc_a.strip() != nfc_b.strip(), "case",
+                 "a case-insensitive file system (Windows, macOS) holds them as one folder"),
+                (nfc_a.casefold() != nfc_b.casefold(), "white space at the start or end of the name",
+                 "a file browser shows them alike (the space is invisible)"),
+                (a.strip().casefold() != b.strip().casefold(), "Unicode normalisation (the same letters encoded "
+                 "two ways, NFC and NFD)", "a file browser shows them alike (macOS writes accented names as NFD)")]
+        how = " and ".join(h for differs, h, _ in hows if differs)
+        why = "; ".join(w for differs, _, w in hows if differs)
+        # ascii() where the encodings differ: repr would print the two names alike
+        show = ascii if hows[2][0] else repr
+        shown = " and ".join(show(f) for f in clash)
+        raise DataError(f"{name}: class folders {shown} differ only in {how}: one class or two cannot be told, and "
+                        f"{why}. Fix: move the images of {show(b)} into {show(a)} if they are one class, or rename one of "
+                        "them if they are two.")
     said: list[str] = []
     merged = _merge_label_spellings(list(folders), name, "the class folder names", said)
     notes += [n.replace("labels ", "class folders ", 1).replace(" in the class folder names", "", 1) for n in said]

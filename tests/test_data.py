@@ -886,3 +886,32 @@ def test_numbered_class_folders_are_indexed_by_number(tmp_path: Path, rng: np.ra
     make_folder(tmp_path, rng, {str(k): 2 for k in range(11)})
     s = load_splits(f"folder:{tmp_path}", image_size=8)
     assert s.label_names == tuple(str(k) for k in range(11))
+
+
+@pytest.mark.filterwarnings("ignore:Failed to encode value")  # pydicom: the fixture's PatientID holds é
+@pytest.mark.parametrize("kind", ["folder", "nifti", "dicom"])
+@pytest.mark.parametrize(("folders", "words"), [
+    (("benign", "benign "), "class folders 'benign' and 'benign ' differ only in white space at the start or end "
+                            "of the name: one class or two cannot be told, and a file browser shows them alike"),
+    ((" benign", "benign"), "class folders 'benign' and ' benign' differ only in white space"),
+    (("naevus_\u00e9", "naevus_e\u0301"), "class folders 'naevus_\\xe9' and 'naevus_e\\u0301' differ only in "
+                                          "Unicode normalisation (the same letters encoded two ways, NFC and NFD)"),
+    (("Naevus_\u00e9 ", "naevus_e\u0301"), "differ only in case and white space at the start or end of the name and "
+                                           "Unicode normalisation"),
+])
+def test_class_folders_that_differ_only_in_white_space_or_normalisation_are_refused(
+        tmp_path: Path, rng: np.random.Generator, kind: str, folders: tuple[str, str], words: str) -> None:
+    """benign and 'benign ', or é as NFC and NFD: shown alike, one folder on some file systems; all three loaders
+    made two classes of them (exit code 0). Refused as names differing in case are, naming both (the space and the
+    encoding visible) and the fix, exit code 2."""
+    name = _class_tree(kind, tmp_path, rng, {folders[0]: 3, folders[1]: 3, "malignant": 3})
+    if {p.name for p in tmp_path.iterdir()} != {*folders, "malignant"}:
+        pytest.skip("this file system normalises or merges the names")
+    with pytest.raises(DataError) as info:
+        load_splits(name, image_size=8)
+    assert words in str(info.value) and "Fix: move the images of" in str(info.value), str(info.value)
+    assert "rename one of them" in str(info.value) and "\n" not in str(info.value)
+    from dpaudit.cli.main import app
+
+    res = CliRunner().invoke(app, ["attack", "--dataset", name, "--arch", "smallcnn", "--image-size", "8"])
+    assert res.exit_code == 2 and words in " ".join(res.output.split()) and "Traceback" not in res.output
