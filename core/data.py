@@ -1110,13 +1110,15 @@ def _load_ham10000(root: Path, image_size: int, seed: int, max_images: int | Non
     keep = _select_groups(lesions, max_images, rng)
 
     sex = np.array([r.get("sex") or "unknown" for r in rows])
-    bad: Counter[str] = Counter()  # ages out of range or not numbers: 'unknown', counted (identifiers.age_group)
-    ages = np.array([age_group(age_in_years(r.get("age", "")), bad) for r in rows])
+    # ages out of range or not numbers: 'unknown', counted (identifiers.age_group) over the images loaded, not the
+    # whole metadata file (--max-images)
+    bad: Counter[str] = Counter()
+    ages = np.array([age_group(age_in_years(rows[i].get("age", "")), bad) for i in keep], dtype=str)
     groups = {}
     if "sex" in columns:
         groups["sex"] = sex[keep]
     if "age" in columns:
-        groups["age_band"] = ages[keep]
+        groups["age_band"] = ages
     paths = [index[rows[i]["image_id"]] for i in keep]
     check_images_fit(len(paths), 3, image_size, name="ham10000")
     pixels, _ = _decode_files(paths, image_size, 3, skip_unreadable=False, root=root, name="ham10000")

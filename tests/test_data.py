@@ -192,6 +192,23 @@ def test_ham10000_ages_out_of_range_or_not_numbers_are_unknown_and_counted(tmp_p
     assert "5 age value(s) outside [0, 130] years (or not finite, or not a number) read as 'unknown'" in s.notes
 
 
+def test_ham10000_unusable_ages_are_counted_over_the_images_loaded(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Every age 420: with --max-images 20 the note counts the images loaded (their age_band is 'unknown'), not
+    every row of the metadata file (it said the file's count whatever --max-images selected)."""
+    rows = make_ham10000(tmp_path, rng, n_lesions=30)
+    for r in rows:
+        r["age"] = "420"
+    with (tmp_path / "HAM10000_metadata.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HAM_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    s = load_splits("ham10000", data_dir=tmp_path, image_size=16, seed=0, max_images=20)
+    bands = np.concatenate([p.groups["age_band"] for p in (s.train, s.val, s.test)]).tolist()
+    assert set(bands) == {"unknown"} and len(bands) <= 20 < len(rows)
+    assert f"{len(bands)} age value(s) outside [0, 130] years (or not finite, or not a number) read as 'unknown'" \
+        in s.notes, s.notes
+
+
 # ------------------------------------------------------------------------------------------------ MedMNIST
 
 
