@@ -892,6 +892,12 @@ def load_dicom_tree(root: Path, image_size: int, seed: int, max_images: int | No
         # the files whose header did not read count for their class folder too (a class of such files only is
         # dropped with a note, not lost without a word)
         failed = sorted(p.relative_to(root) for p, r in passed.items() if r == "unreadable")
+        # and so do the files of a class folder none of whose files is a DICOM image (not DICOM, no pixel data):
+        # the folder is dropped with the note the folder: and nifti: loaders give, not lost in the skipped count
+        imaged = {r.parts[0] for r in rels}
+        if all(len(r.parts) > 1 for r in rels):
+            others = (p.relative_to(root) for p, r in passed.items() if r not in ("unreadable", "hidden"))
+            failed += sorted(rel for rel in others if len(rel.parts) > 1 and rel.parts[0] not in imaged)
         folder_labels = _folder_labels(name, [*rels, *failed], root, notes)
         failed_labels = folder_labels[len(rels):]
         folder_labels = folder_labels[:len(rels)]

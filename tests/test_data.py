@@ -851,6 +851,26 @@ def test_a_class_folder_none_of_whose_files_decodes_is_dropped_with_a_note(tmp_p
             assert bright.tolist() == (part.labels == 1).tolist()
 
 
+def test_a_dicom_class_folder_of_files_that_are_not_dicom_is_dropped_with_a_note(tmp_path: Path,
+                                                                                 rng: np.random.Generator) -> None:
+    """Folders a, c (DICOM) and b (4 files without the DICM prefix). Before: 'b' vanished with only '4 file(s)
+    skipped (4 not DICOM)'; now the note the folder and NIfTI loaders give for a class folder none of whose files
+    decodes. A non-DICOM file beside DICOM files of its class folder (a README) changes nothing."""
+    name = _class_tree("dicom", tmp_path, rng, {"a": 4, "b": 4, "c": 6})
+    for f in (tmp_path / "b").iterdir():
+        f.write_bytes(b"DICM not really" * 3)
+    (tmp_path / "a" / "README.txt").write_text("notes")
+    s = load_splits(name, image_size=8)
+    assert s.label_names == ("a", "c") and _label_counts(s) == [4, 6]
+    assert "class folder 'b' dropped: none of its 4 file(s) decodes" in s.notes, s.notes
+    assert s.skipped == {"not DICOM": 5}
+    # one class left of two: refused, as for files that do not decode
+    for f in (tmp_path / "c").iterdir():
+        f.write_text("not DICOM either")
+    with pytest.raises(DataError, match=re.escape("class folder 'b': none of its 4 file(s) decodes")):
+        load_splits(name, image_size=8)
+
+
 @pytest.mark.parametrize("kind", ["folder", "nifti", "dicom"])
 def test_two_class_folders_of_which_one_does_not_decode_are_refused(tmp_path: Path, rng: np.random.Generator,
                                                                     kind: str) -> None:
