@@ -323,6 +323,10 @@ def rero_bound(noise_multiplier: float | None = None, sampling_probability: floa
                           f"pass --mc-samples {MC_SAMPLES} or more")
         mc_samples = int(mc_samples)
     sched = resolve(noise_multiplier, sampling_probability, steps, schedule)
+    if method == "mc":
+        from dpaudit.bounds.montecarlo import check_mc_work
+
+        check_mc_work(sched.steps, mc_samples, min_samples=MC_MIN_TAIL)  # before any draw
     k = check_records_per_patient(records_per_patient)
     run = sched.run(k, threat_model)
     if kappa is None:

@@ -378,6 +378,13 @@ def bounds(
         sched, delta, n_train, ckpt_k, rec = _from_model(model, sigma, q, steps, delta, n_train, kappa, n_candidates,
                                                     records_per_patient=records_per_patient,
                                                     privacy_unit=opt_str(privacy_unit), overrides=overrides)
+    if method == MethodChoice.mc:  # refused before any bound is computed, naming where the steps came from
+        from dpaudit.bounds.montecarlo import check_mc_work
+        from dpaudit.bounds.rero import MC_MIN_TAIL
+
+        source = "--history" if history else "--phase" if phase else "--steps" if steps is not None else "--model"
+        check_mc_work(sched.steps, MC_SAMPLES if mc_samples is None else mc_samples, steps_flag=source,
+                      min_samples=MC_MIN_TAIL)
     replaced = override_note(overrides)
     delta, delta_note = _delta(delta, n_train)
     kappas = _kappas(kappa, n_candidates, n_train)

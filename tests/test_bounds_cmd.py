@@ -585,3 +585,44 @@ def test_calibrate_says_the_flags_over_the_checkpoint(tmp_path: Path) -> None:
     assert sorted((o["flag"], o["value"], o["checkpoint"]) for o in got["overrides"]) == [
         ("--n-train", 1000, 500), ("--steps", 30, 300)]
     assert any(n.startswith("--model:") for n in got["notes"]) and "note: --model:" in res.stderr
+
+
+@pytest.mark.parametrize(("args", "text"), [
+    (["--sigma", "1", "--q", "0.01", "--steps", "1000000"],
+     "--mc-samples must be at most 500 for the 1,000,000 steps of --steps (--method mc draws --mc-samples x steps, "
+     "at most 500,000,000 in all), got 20000 (the default: --mc-samples was not passed). Fix: pass --mc-samples 500 "
+     "or fewer, or --method tight"),
+    (["--sigma", "1", "--q", "0.01", "--steps", "1000000000000", "--mc-samples", "100"],
+     "--steps must be at most 5,000,000 steps in all for --method mc"),
+    (["--history", "HISTORY", "--mc-samples", "1000"], "--history must be at most 5,000,000 steps in all for --method mc"),
+])
+def test_monte_carlo_work_is_refused_before_any_draw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     args: list[str], text: str) -> None:
+    """--method mc draws --mc-samples x steps losses: beyond MC_DRAWS_MAX it is refused up front (one line, exit 2,
+    naming where the steps came from and --method tight), not run for hours, out of memory or with a traceback
+    from numpy's shape limit. No draw is made (counted: sample_losses must not be called)."""
+    import dpaudit.bounds.montecarlo as mc
+
+    def no_draw(*_: object, **__: object) -> None:
+        raise AssertionError("sampled")
+
+    monkeypatch.setattr(mc, "sample_losses", no_draw)
+    history = tmp_path / "h.json"
+    history.write_text("[[1.0, 0.01, 1e30]]")
+    args = [str(history) if a == "HISTORY" else a for a in args]
+    res = runner.invoke(app, ["bounds", *args, "--method", "mc", "--n-train", "1000"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and text in line and "Fix:" in line and "--method tight" in line, res.output
+    assert "Traceback" not in res.output
+
+
+def test_monte_carlo_work_limit_is_inclusive_and_the_library_checks_it_too() -> None:
+    """Exactly MC_DRAWS_MAX draws pass (a normal run is unchanged); one step more is refused by rero_bound itself,
+    so every caller of the Monte Carlo route is covered, not only the command."""
+    from dpaudit.bounds import rero_bound
+    from dpaudit.bounds.montecarlo import MC_DRAWS_MAX, check_mc_work
+    from dpaudit.errors import ConfigError
+
+    check_mc_work(MC_DRAWS_MAX // 20_000, 20_000)
+    with pytest.raises(ConfigError, match=r"--mc-samples must be at most 19,999 for the 25,001 steps \("):
+        rero_bound(1.0, 0.01, MC_DRAWS_MAX // 20_000 + 1, 1e-3, method="mc", mc_samples=20_000)
