@@ -400,6 +400,11 @@ def calibrate_noise(max_rero: float, sampling_probability: float | None = None, 
     guess = _clt_guess(max_rero, q, steps, kappa_v)
     try:
         sigma = safe_smallest(lambda s: score(s) <= 0, guess, rtol=rtol, score=score)
+    except WindowTooLargeError as exc:
+        # No sound bound below 1 to search with: named by the steps (the cost driver), as the command's flag.
+        total = steps + sum(p.steps for p in prior)
+        raise invalid("steps", total, f"few enough for the tight ReRo bound's PLD to fit ({exc})",
+                      "pass fewer --steps", cls=NumericalError) from None
     except TargetUnreachable as exc:
         # The smallest bound any searched sigma reaches here (that of the largest), rounded up: a limit at or above
         # it is met.

@@ -114,7 +114,7 @@ def mia_curve(noise_multiplier: float | None = None, sampling_probability: float
         # TPR <= 1 and advantage <= 1 always hold: the trivial sound upper bounds, labelled in the notes.
         values, advantage, lower = np.ones_like(grid), 1.0, grid
         notes = (f"TPR = 1 and advantage = 1 are the trivial sound upper bounds: the tight PLD does not fit here "
-                 f"({exc})",)
+                 f"({exc}); fewer steps give bounds below 1",)
     else:
         values, lower = refined.value, np.maximum(refined.lower, grid)
         if math.isnan(refined.h):

@@ -843,7 +843,7 @@ def _check_points(points: int, max_points: int | None) -> None:
     if max_points is not None and points > max_points:
         raise WindowTooLargeError(
             f"the per-step privacy loss needs {points} grid points, and its composition an FFT window at least as "
-            f"long (limit {max_points}). Fix: a coarser discretisation, fewer steps, or more noise")
+            f"long (limit {max_points})")
 
 
 def _garbled_step(pair: StepPair, h: float, direction: str, inf_budget: float, max_points: int | None = None
@@ -1470,8 +1470,7 @@ def compose_parts(parts) -> DiscretePld:
         width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
         raise WindowTooLargeError(
-            f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW}). "
-            "Fix: a coarser discretisation, fewer steps, or more noise")
+            f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW})")
     spectrum = None
     for p, s in parts:
         folded = _fold(p.masses, width)

@@ -345,7 +345,8 @@ def rero_bound(noise_multiplier: float | None = None, sampling_probability: floa
             # 1 bounds every probability: still a sound upper bound, just the trivial one (labelled in the notes).
             gamma = upper = np.ones_like(kappa)
             lower = kappa
-            notes.append(f"gamma = 1 is the trivial sound upper bound: the tight PLD does not fit here ({exc})")
+            notes.append(f"gamma = 1 is the trivial sound upper bound: the tight PLD does not fit here ({exc}); "
+                         "fewer steps give a bound below 1")
         else:
             gamma = refined.value
             upper = gamma

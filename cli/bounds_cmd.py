@@ -26,7 +26,7 @@ from dpaudit.cli._common import (
     progress_bar,
 )
 from dpaudit.config import MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER
-from dpaudit.errors import ConfigError, DpAuditError, check_int, check_probability, invalid
+from dpaudit.errors import ConfigError, DpAuditError, NumericalError, check_int, check_probability, invalid
 
 app = typer.Typer()
 
@@ -304,6 +304,11 @@ def _schedule_from_flags(history: Path | None, phase: list[str] | None):
     return Schedule(tuple(phases))
 
 
+def _steps_source(history: Path | None, phase: list[str] | None, steps: int | None) -> str:
+    """The flag the run's steps came from, for a message about them: --history, --phase, --steps or --model."""
+    return "--history" if history else "--phase" if phase else "--steps" if steps is not None else "--model"
+
+
 HistoryOpt = Annotated[Path | None, typer.Option(
     "--history", help="Opacus' accountant history (JSON list of [noise_multiplier, sample_rate, steps] phases): "
     "bound the real schedule, composed exactly, instead of --sigma/--q/--steps.")]
@@ -382,8 +387,8 @@ def bounds(
         from dpaudit.bounds.montecarlo import check_mc_work
         from dpaudit.bounds.rero import MC_MIN_TAIL
 
-        source = "--history" if history else "--phase" if phase else "--steps" if steps is not None else "--model"
-        check_mc_work(sched.steps, MC_SAMPLES if mc_samples is None else mc_samples, steps_flag=source,
+        check_mc_work(sched.steps, MC_SAMPLES if mc_samples is None else mc_samples,
+                      steps_flag=_steps_source(history, phase, steps),
                       min_samples=MC_MIN_TAIL)
     replaced = override_note(overrides)
     delta, delta_note = _delta(delta, n_train)
@@ -695,6 +700,7 @@ def calibrate(
                          + (["/".join(given)] if given else []),
                          "--history FILE, --phase SIGMA,Q,STEPS (repeatable; the last phase's sigma is "
                          "calibrated), --q and --steps, or --model CHECKPOINT")
+    source = _steps_source(history, phase, steps)  # (before --model's q and steps are cleared below)
     sched = _schedule_from_flags(history, phase)
     ckpt_k, rec = None, "image"
     overrides: list[dict[str, Any]] = []
@@ -716,8 +722,15 @@ def calibrate(
         kappa = _kappas(None, None, n_train)[0]
     delta, delta_note = _delta(delta, n_train)
     k, why = _unit(opt_str(privacy_unit), records_per_patient, ckpt_k)
-    cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model,
-                          target_delta=delta, records_per_patient=k, schedule=sched)
+    try:
+        cal = calibrate_noise(max_rero, q, steps, kappa, threat_model=threat_model,
+                              target_delta=delta, records_per_patient=k, schedule=sched)
+    except NumericalError as exc:
+        if exc.field != "steps" or source == "--steps":
+            raise
+        # the steps came from a schedule or a checkpoint: name that flag, and a fix it takes
+        fix = "pass fewer --steps (with --model it replaces the checkpoint's)" if source == "--model" else f"pass {source} with fewer steps in all"
+        raise invalid(source, exc.value, f"a schedule whose steps in all are {exc.allowed}", fix, cls=NumericalError) from None
     q, steps = cal.sampling_probability, cal.steps
     unit = "patient" if k > 1 else "image"
     replaced = override_note(overrides)

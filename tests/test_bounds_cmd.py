@@ -626,3 +626,31 @@ def test_monte_carlo_work_limit_is_inclusive_and_the_library_checks_it_too() -> 
     check_mc_work(MC_DRAWS_MAX // 20_000, 20_000)
     with pytest.raises(ConfigError, match=r"--mc-samples must be at most 19,999 for the 25,001 steps \("):
         rero_bound(1.0, 0.01, MC_DRAWS_MAX // 20_000 + 1, 1e-3, method="mc", mc_samples=20_000)
+
+
+@pytest.mark.parametrize(("source", "flag", "fix"), [
+    (["--steps", str(10**30), "--q", "0.01"], "--steps", "Fix: pass fewer --steps."),
+    (["--history", "HISTORY"], "--history", "Fix: pass --history with fewer steps in all."),
+])
+def test_calibrate_names_the_steps_when_the_pld_does_not_fit(tmp_path: Path, source: list[str], flag: str,
+                                                            fix: str) -> None:
+    """A run whose composed PLD needs an FFT window past MAX_WINDOW (1e30 steps) has no bound below 1 to calibrate
+    with: the error names the flag the steps came from, the value and a fix calibrate takes; not 'a coarser
+    discretisation' (no such flag) or 'more noise' (what calibrate computes)."""
+    history = tmp_path / "h.json"
+    history.write_text("[[1.0, 0.01, 1e30]]")
+    args = [str(history) if a == "HISTORY" else a for a in source]
+    res = runner.invoke(app, ["calibrate", *args, "--n-train", "1000", "--max-rero", "0.5"])
+    line = " ".join(res.output.split())
+    assert res.exit_code == 2 and line.startswith(f"error: {flag} must be ") and line.endswith(fix), res.output
+    assert "FFT window of" in line and "(the default" not in line and "coarser" not in line, res.output
+
+
+def test_bounds_past_the_pld_window_gives_the_trivial_bound_without_a_fix_it_does_not_take() -> None:
+    """bounds keeps gamma = 1 (sound) past the window, and its note no longer offers a discretisation or noise."""
+    res = runner.invoke(app, ["bounds", "--sigma", "1", "--q", "0.01", "--steps", str(10**30), "--n-train", "1000",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    notes = json.loads(res.stdout)["notes"]
+    window = [n for n in notes if "FFT window of" in n]
+    assert window and all("fewer steps give" in n and "coarser" not in n and "more noise" not in n for n in window)
