@@ -85,3 +85,16 @@ def test_federated_server_step_that_diverges_names_server_lr() -> None:
                               "--threads", "1", "--server-lr", "1e300"])
     _one_line(res, "--server-lr must be small enough that the global model stays finite (round 1 of 2: the server's "
               "step made ", "got 1e+300", "Fix: pass a smaller --server-lr, e.g. --server-lr 1 (1: plain FedAvg)")
+
+
+def test_federated_clients_that_diverge_after_a_large_server_step_name_server_lr() -> None:
+    """A server step of 1e30 times the clients' mean update leaves float32 weights finite (~1e27), and the clients'
+    next round diverges: the cause is the server's step, so the fix names --server-lr (1, plain FedAvg) before a
+    smaller --lr, not --lr alone at its default."""
+    res = runner.invoke(app, ["federated", "train", "--image-size", "8", "--max-images", "200", "--arch", "smallcnn",
+                              "--arch-args", '{"width": 4}', "--clients", "2", "--rounds", "2", "--epsilon", "8",
+                              "--threads", "1", "--server-lr", "1e30"])
+    line = _one_line(res, "--server-lr must be small enough that training stays finite (it diverged at round 2, site ",
+                     "after the server's step of round 1 of 2 scaled the clients' mean update by 1e+30", "got 1e+30",
+                     "Fix: pass a smaller --server-lr, e.g. --server-lr 1 (plain FedAvg), or a smaller --lr")
+    assert not line.startswith("error: --lr"), line

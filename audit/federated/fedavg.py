@@ -597,7 +597,10 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
                 tasks.append(ClientTask(k, r, local, cs, local.seed, sigma if private else 0.0, b / n_train[k],
                                         steps, delta, state))
             results: dict[int, ClientUpdate] = {}
-            executor.map(tasks, lambda task, res, into=results: into.__setitem__(task.client, res))
+            try:
+                executor.map(tasks, lambda task, res, into=results: into.__setitem__(task.client, res))
+            except NumericalError as exc:
+                raise _after_server_step(config, exc, r) from None
             survivors = [k for k in participants if survive[r, k]]
             aborted = len(survivors) < config.threshold
             if not aborted:
@@ -728,6 +731,19 @@ def _aggregate(config: FederatedConfig, state: Mapping[str, Any], updates: list[
         else:
             new[k] = v.clone()
     return new
+
+
+def _after_server_step(config: FederatedConfig, exc: NumericalError, round_: int) -> NumericalError:
+    """A client's divergence (``exc``, naming ``--lr``) in a round after a server step with ``--server-lr`` above 1:
+    that step may have left the global weights finite but large enough for the clients' next round to blow up, so
+    the fix names ``--server-lr`` first (1, plain FedAvg), then a smaller ``--lr``. Otherwise ``exc`` unchanged."""
+    if exc.field != "lr" or round_ == 0 or config.server_lr <= 1:
+        return exc
+    where = exc.allowed or ""
+    return invalid("server_lr", config.server_lr, f"{where}, after the server's step of round {round_} of "
+                   f"{config.rounds} scaled the clients' mean update by {config.server_lr:g}",
+                   f"pass a smaller --server-lr, e.g. --server-lr 1 (plain FedAvg), or a smaller --lr "
+                   f"(now {exc.value:g})", cls=NumericalError)
 
 
 def _check_server_step(config: FederatedConfig, state: Mapping[str, Any], round_: int) -> None:
