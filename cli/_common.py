@@ -376,7 +376,8 @@ def with_option(message: str, options: dict[str, str], values: dict[str, Any]) -
         texts = [str(v) for v in (value if isinstance(value, list | tuple) else [value])
                  if isinstance(v, str | PurePath) and (len(str(v)) >= 3 or (str(v) and Path(str(v)).exists()))]
         if any(repr(t) in message or f'"{t}"' in message for t in texts):
-            named = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message)
+            # named in the fix ("... instead of --model") is not named as the source of the problem
+            named = re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", message.split(" Fix: ")[0])
             return message if named else f"{flag}: {message}"
     return message
 

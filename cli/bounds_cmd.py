@@ -93,6 +93,7 @@ def _kappas(kappa: list[float] | None, n_candidates: int | None, n_train: int | 
 def _from_model(model: Path | None, sigma: float | None, q: float | None, steps: int | None, delta: float | None,
                 n_train: int | None, kappa: list[float] | None, n_candidates: int | None,
                 run_flags: str = "--sigma, --q and --steps", records_per_patient: int | None = None,
+                by_hand: str = "--sigma, --q, --steps, --delta, --n-train and --records-per-patient K",
                 privacy_unit: str | None = None,
                 overrides: list[dict[str, Any]] | None = None,
                 ) -> tuple[Any, float | None, int | None, tuple[int, str] | None, str]:
@@ -112,11 +113,13 @@ def _from_model(model: Path | None, sigma: float | None, q: float | None, steps:
     ckpt_k = None
     rec = "image"
     if model is not None:
-        from dpaudit.checkpoint import PlainWeightsError, load_checkpoint
+        from dpaudit.checkpoint import PlainWeightsError, TrainingFactsError, load_checkpoint
         from dpaudit.config import record_noun
 
         try:
             ckpt = load_checkpoint(model)
+        except TrainingFactsError as exc:  # its fix names train; this command's own flags are the other way
+            raise exc.with_fix(f"give the run by hand instead of --model: {by_hand}") from None
         except PlainWeightsError:
             raise invalid("model", str(model), "a dpaudit checkpoint (it records the DP-SGD configuration)",
                           f"this file holds weights only and no DP configuration to bound; pass {run_flags} of the "
@@ -709,6 +712,8 @@ def calibrate(
         sched, delta, n_train, ckpt_k, rec = _from_model(model, None, q, steps, delta, n_train,
                                                     None if kappa is None else [kappa], None, "--q and --steps",
                                                     records_per_patient=records_per_patient,
+                                                    by_hand="--q, --steps, --delta, --n-train and "
+                                                            "--records-per-patient K",
                                                     privacy_unit=opt_str(privacy_unit), overrides=overrides)
         q = steps = None
     elif sched is None and (q is None or steps is None):

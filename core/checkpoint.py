@@ -30,6 +30,7 @@ string and arguments only; rebuilding it imports that code again only when the c
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import struct
@@ -56,7 +57,8 @@ from dpaudit.errors import (
 from dpaudit.models import ARCH_HELP, build_model, check_arch_args, parse_arch
 from dpaudit.outputs import write_atomic, write_error
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "RecordedUnit",
+__all__ = ["FORMAT", "FORMAT_VERSION", "UNIT_KEYS", "Checkpoint", "CheckpointMeta", "PlainWeightsError", "RecordedUnit",
+           "TrainingFactsError",
            "check_recorded_unit", "check_task", "describe_differences", "load_checkpoint", "load_model", "load_state_dict", "recorded_task",
            "save_checkpoint", "sniff_weights_file", "strip_wrappers", "weight_differences"]
 
@@ -87,11 +89,27 @@ def _check_json_like(key: str, value: Any) -> Any:
                   cls=CheckpointError)
 
 
-#: The fix for a checkpoint whose privacy-unit facts are wrong. ``dpaudit bounds`` (and ``calibrate``) also take the
-#: run by hand instead of ``--model``; every flag named here exists on both.
+#: The fix for a checkpoint whose record of its training split (the privacy-unit facts, n_train, batch_size and
+#: the sampling probability) is wrong or contradicts itself. Command-neutral: each command that reads ``--model``
+#: adds its own way of giving the run by hand (:class:`TrainingFactsError`), with flags it has.
 _UNIT_FIX = ("write the checkpoint again with `dpaudit train --out DIR` (DIR/model.pt records its training split's "
-             "privacy unit), or give `dpaudit bounds` the run by hand instead of --model: --sigma, --q, --steps, "
-             "--delta, --n-train and --records-per-patient K")
+             "privacy unit)")
+
+#: The privacy-unit facts ``dpaudit train`` always writes together (``audit/train.py``, ``_privacy_scalars``): a
+#: checkpoint records all of them or none (hand-made files; the unit is then given by flags).
+UNIT_KEYS = ("privacy_unit", "data_unit", "records_per_patient", "images_per_unit_max", "images_per_unit_mean",
+             "n_units", "images_per_unit_histogram")
+
+
+class TrainingFactsError(CheckpointError):
+    """A checkpoint's record of its training split (privacy unit, images per unit, n_train, batch size, sampling
+    probability) is wrong or contradicts itself: a bound computed from it would not be one. Its fix names
+    ``dpaudit train``; a command adds how to give the run by hand with its own flags (:func:`with_fix`)."""
+
+    def with_fix(self, alternative: str) -> TrainingFactsError:
+        """This error with ``alternative`` (a command's own way around the file, e.g. its run flags) appended to
+        its fix."""
+        return TrainingFactsError(f"{str(self).rstrip('.')}, or {alternative}.")
 
 
 @dataclass(frozen=True)
@@ -122,14 +140,51 @@ def _recorded_count(extra: Mapping[str, Any], key: str, n_train: int | None) -> 
         return None
     value = extra[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise invalid(f"extra[{key!r}]", value, "an integer >= 1", _UNIT_FIX, cls=CheckpointError)
+        raise invalid(f"extra[{key!r}]", value, "an integer >= 1", _UNIT_FIX, cls=TrainingFactsError)
     if n_train is None:
         raise invalid("n_train", None, f"recorded beside extra[{key!r}] (a count of training records is checked "
-                      "against it)", _UNIT_FIX, cls=CheckpointError)
+                      "against it)", _UNIT_FIX, cls=TrainingFactsError)
     if value > n_train:
         raise invalid(f"extra[{key!r}]", value, f"at most n_train ({n_train}, the training records)", _UNIT_FIX,
-                      cls=CheckpointError)
+                      cls=TrainingFactsError)
     return value
+
+
+def _check_histogram(extra: Mapping[str, Any], n_train: int | None, data_max: int | None) -> None:
+    """``images_per_unit_histogram`` (a JSON list of [images, units] pairs, as ``_privacy_scalars`` writes it),
+    ``n_units`` and ``images_per_unit_mean`` agree with each other, with ``images_per_unit_max`` and with n_train:
+    the histogram counts every training record once (sum of images x units = n_train), its units are n_units, its
+    largest bin is the data's most records of one patient, and the mean is n_train / n_units."""
+    n_units = _recorded_count(extra, "n_units", n_train)
+    text = extra["images_per_unit_histogram"]
+    field = "extra['images_per_unit_histogram']"
+    try:
+        pairs = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list) or not pairs or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                                        for v in p) for p in pairs) \
+            or len({p[0] for p in pairs}) != len(pairs):
+        raise invalid(field, text, "a JSON list of [images, units] pairs of integers >= 1, one per number of "
+                      "images", _UNIT_FIX, cls=TrainingFactsError)
+    records = sum(a * b for a, b in pairs)
+    units = sum(b for _, b in pairs)
+    largest = max(a for a, _ in pairs)
+    if records != n_train:
+        raise invalid(field, text, f"a count of every training record once: its images x units sum to {records}, "
+                      f"n_train is {n_train}", _UNIT_FIX, cls=TrainingFactsError)
+    if units != n_units:
+        raise invalid(field, text, f"{n_units} units (extra['n_units']), it counts {units}", _UNIT_FIX,
+                      cls=TrainingFactsError)
+    if largest != data_max:
+        raise invalid(field, text, f"a largest bin of extra['images_per_unit_max'] ({data_max}) images, its "
+                      f"largest is {largest}", _UNIT_FIX, cls=TrainingFactsError)
+    mean = extra["images_per_unit_mean"]
+    if isinstance(mean, bool) or not isinstance(mean, int | float) or \
+            not math.isclose(mean, records / units, rel_tol=1e-9):
+        raise invalid("extra['images_per_unit_mean']", mean, f"n_train / extra['n_units'] ({records} / {units} = "
+                      f"{records / units:.6g})", _UNIT_FIX, cls=TrainingFactsError)
 
 
 def check_recorded_unit(extra: Mapping[str, Any], n_train: int | None, task: str | None = None
@@ -145,60 +200,92 @@ def check_recorded_unit(extra: Mapping[str, Any], n_train: int | None, task: str
     shown as per-patient ones), on data with ids (``data_unit`` not ``image``), and never below the data's most
     records of one patient (a smaller k is no per-patient bound); an ``image`` unit has k = 1; data with patient ids
     record their ``images_per_unit_max`` (the per-patient numbers of an image-level run need it), data without
-    them 1; no unit facts without ``privacy_unit``. A segmentation checkpoint's ``n_train_volumes`` (kappa =
+    them 1; the facts of :data:`UNIT_KEYS` all or none (train writes them together), and its
+    ``images_per_unit_histogram`` agrees with n_train, ``n_units``, ``images_per_unit_max`` and
+    ``images_per_unit_mean`` (:func:`_check_histogram`). A segmentation checkpoint's ``n_train_volumes`` (kappa =
     1/volumes) is an integer in [1, n_train], and recorded (without it the prior would be per slice: smaller, and
     so would be the bound).
 
-    >>> check_recorded_unit({"privacy_unit": "patient", "data_unit": "patient", "records_per_patient": 3,
-    ...                      "images_per_unit_max": 3}, 100).data_k
+    >>> facts = {"privacy_unit": "patient", "data_unit": "patient", "records_per_patient": 3,
+    ...          "images_per_unit_max": 3, "images_per_unit_mean": 2.0, "n_units": 2,
+    ...          "images_per_unit_histogram": "[[1, 1], [3, 1]]"}
+    >>> check_recorded_unit(facts, 4).data_k
     3
-    >>> check_recorded_unit({"privacy_unit": "patient", "records_per_patient": 0}, 100)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    dpaudit.errors.CheckpointError: extra['records_per_patient'] must be an integer >= 1, got 0. Fix: write ...
+    >>> try:
+    ...     check_recorded_unit({**facts, "data_unit": None}, 4)
+    ... except TrainingFactsError as exc:
+    ...     print(str(exc)[:68])
+    extra['data_unit'] must be recorded beside extra['privacy_unit'] (`d
     """
     volumes = _recorded_count(extra, "n_train_volumes", n_train)
     if task == "segmentation" and volumes is None:
         raise invalid("extra['n_train_volumes']", None, "recorded by a segmentation checkpoint (kappa = 1/training "
-                      "volumes)", _UNIT_FIX, cls=CheckpointError)
+                      "volumes)", _UNIT_FIX, cls=TrainingFactsError)
     unit, data_unit = extra.get("privacy_unit"), extra.get("data_unit")
     k = _recorded_count(extra, "records_per_patient", n_train)
     data_max = _recorded_count(extra, "images_per_unit_max", n_train)
     if data_unit is not None and data_unit not in PRIVACY_UNITS:
         raise invalid("extra['data_unit']", data_unit, f"one of {', '.join(PRIVACY_UNITS)}", _UNIT_FIX,
-                      cls=CheckpointError)
-    if unit is None:
-        recorded = [key for key, v in (("data_unit", data_unit), ("records_per_patient", k),
-                                       ("images_per_unit_max", data_max)) if v is not None]
-        if recorded:
-            raise invalid("extra['privacy_unit']", None, f"recorded beside extra[{recorded[0]!r}] (the unit its k "
-                          "belongs to)", _UNIT_FIX, cls=CheckpointError)
-        return None
+                      cls=TrainingFactsError)
+    present = [key for key in UNIT_KEYS if extra.get(key) is not None]
+    if not present:
+        return None  # a hand-made file: the unit comes from the flags
+    missing = [key for key in UNIT_KEYS if extra.get(key) is None]
+    if missing:
+        # train writes the facts together: a set with some removed (data_unit, images_per_unit_max) would hide
+        # the data's k, and a k edited below it would pass as a per-patient bound
+        raise invalid(f"extra[{missing[0]!r}]", None, f"recorded beside extra[{present[0]!r}] (`dpaudit train` "
+                      f"writes the privacy-unit facts {', '.join(UNIT_KEYS)} together; this file lacks "
+                      f"{', '.join(missing)})", _UNIT_FIX, cls=TrainingFactsError)
+    _check_histogram(extra, n_train, data_max)
+    if data_unit == "volume" and volumes is not None and volumes != extra["n_units"]:
+        raise invalid("extra['n_train_volumes']", volumes, f"extra['n_units'] ({extra['n_units']}, the training "
+                      "volumes the histogram counts; kappa = 1/n_train_volumes)", _UNIT_FIX, cls=TrainingFactsError)
     if not isinstance(unit, str) or unit not in PRIVACY_UNIT_CHOICES:
         raise invalid("extra['privacy_unit']", unit, f"one of {', '.join(PRIVACY_UNIT_CHOICES)}", _UNIT_FIX,
-                      cls=CheckpointError)
+                      cls=TrainingFactsError)
     if unit == "patient" and data_unit == "image":
-        raise invalid("extra['data_unit']", data_unit, "not 'image' with privacy_unit 'patient' (a patient unit "
-                      "needs data with patient ids)", _UNIT_FIX, cls=CheckpointError)
+        raise invalid("extra['data_unit']", data_unit, "a unit with patient ids (not 'image') with privacy_unit "
+                      "'patient': a patient unit needs data with patient ids", _UNIT_FIX, cls=TrainingFactsError)
     if data_unit == "image" and data_max not in (None, 1):
         raise invalid("extra['images_per_unit_max']", data_max, "1 on data without patient ids (data_unit "
-                      "'image')", _UNIT_FIX, cls=CheckpointError)
+                      "'image')", _UNIT_FIX, cls=TrainingFactsError)
     if data_unit not in (None, "image") and data_max is None:
         raise invalid("extra['images_per_unit_max']", None, f"recorded on data grouped by {data_unit} (the most "
-                      "records of one patient in the training split)", _UNIT_FIX, cls=CheckpointError)
+                      "records of one patient in the training split)", _UNIT_FIX, cls=TrainingFactsError)
     if unit == "image":
         if k not in (None, 1):
             raise invalid("extra['records_per_patient']", k, "1 with privacy_unit 'image'", _UNIT_FIX,
-                          cls=CheckpointError)
+                          cls=TrainingFactsError)
         return RecordedUnit("image", 1, data_unit, data_max)
     if k is None:
         raise invalid("extra['records_per_patient']", None, "recorded with privacy_unit 'patient' (its k)",
-                      _UNIT_FIX, cls=CheckpointError)
+                      _UNIT_FIX, cls=TrainingFactsError)
     if data_max is not None and k < data_max:
         raise invalid("extra['records_per_patient']", k, f"at least extra['images_per_unit_max'] ({data_max}, the "
                       "most records of one patient in the training split; a smaller k is no per-patient bound)",
-                      _UNIT_FIX, cls=CheckpointError)
+                      _UNIT_FIX, cls=TrainingFactsError)
     return RecordedUnit("patient", k, data_unit, data_max)
+
+
+def _check_sampling(phases: tuple[tuple[float, float, int], ...] | None, batch_size: Any, n_train: int | None
+                    ) -> None:
+    """A DP run's recorded sampling probability is its batch size over its training records: ``dpaudit train``
+    samples each record with q = batch_size / n_train (Poisson, ``audit/train.py``). A larger n_train (a smaller
+    kappa = 1/n_train) or a smaller q edited into the file would give bounds below the run's. ``batch_size`` is the
+    last phase's (a schedule of several phases, Opacus' history, may change it between phases), so the last
+    phase's q (dp's) is the one checked: earlier phases have no recorded batch size to check theirs against."""
+    if phases is None or batch_size is None or n_train is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n_train:
+        raise invalid("batch_size", batch_size, f"an integer in [1, n_train] ({n_train}, the training records)",
+                      _UNIT_FIX, cls=TrainingFactsError)
+    q = batch_size / n_train
+    recorded = phases[-1][1]
+    if not math.isclose(recorded, q, rel_tol=1e-9):  # the same division, up to float rounding
+        raise invalid("dp.sampling_probability", recorded, f"batch_size / n_train ({batch_size} / {n_train} = "
+                      f"{q:.6g}, the Poisson sampling probability the run trained with): the checkpoint's "
+                      "batch_size, n_train and sampling_probability disagree", _UNIT_FIX, cls=TrainingFactsError)
 
 
 @dataclass(frozen=True)
@@ -288,6 +375,7 @@ class CheckpointMeta:
         object.__setattr__(self, "label_names", tuple(str(s) for s in self.label_names)
                            or tuple(str(i) for i in range(self.num_classes)))
         check_recorded_unit(self.extra, self.n_train, self.extra.get("task"))
+        _check_sampling(self.phases, self.batch_size, self.n_train)
         if len(self.label_names) != self.num_classes:
             raise invalid("label_names", list(self.label_names), f"one name per class, {self.num_classes} "
                           f"(num_classes), not {len(self.label_names)}", cls=CheckpointError)
@@ -734,7 +822,8 @@ def _invalid_field(path: Path, exc: DpAuditError) -> CheckpointError:
     message = str(exc).rstrip(".")
     if exc.fix is None and " Fix: " not in message:
         message += f". Fix: {_RECREATE}"
-    return CheckpointError(f"checkpoint {str(path)!r}: {message}.")
+    cls = TrainingFactsError if isinstance(exc, TrainingFactsError) else CheckpointError
+    return cls(f"checkpoint {str(path)!r}: {message}.")
 
 
 def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:

@@ -153,13 +153,19 @@ def test_attack_json_records_the_mechanism_behind_each_epsilon(tmp_path: Path) -
     assert "privacy_unit" in obj
 
 
+#: What `dpaudit train` records of an image-level run on 200 images without patient ids (audit/train.py,
+#: _privacy_scalars): the unit facts come together.
+IMAGE_UNIT = {"privacy_unit": "image", "data_unit": "image", "records_per_patient": 1, "images_per_unit_max": 1,
+              "images_per_unit_mean": 1.0, "n_units": 200, "images_per_unit_histogram": "[[1, 200]]"}
+
+
 def test_images_other_than_the_training_data_are_said_to_be(tmp_path: Path) -> None:
     """Another image size or another dataset than the checkpoint records: the result's notes say so, and that the
     checkpoint's epsilon and k describe its training data only; the recorded-k line says it too. The training
     data themselves get no such note."""
     path = save_checkpoint(tmp_path / "m.pt", build_model("smallcnn", num_classes=2), CheckpointMeta(
         arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="demo", n_train=200,
-        extra={"privacy_unit": "image"}))
+        extra=IMAGE_UNIT))
     same = run("--model", str(path), "--dataset", "demo", "--n-images", "2", "--sigmas", "0", "--json")
     assert same.exit_code == 0, same.output
     assert not [n for n in json.loads(same.stdout)["notes"] if "training data" in n]
@@ -170,7 +176,7 @@ def test_images_other_than_the_training_data_are_said_to_be(tmp_path: Path) -> N
     assert "describe its training data only" in notes and "leave out --image-size" in notes
     other = save_checkpoint(tmp_path / "o.pt", build_model("smallcnn", num_classes=2), CheckpointMeta(
         arch="smallcnn", num_classes=2, input_shape=(3, 16, 16), dataset="csv:/elsewhere/manifest.csv",
-        n_train=200, extra={"privacy_unit": "image"}))
+        n_train=200, extra=IMAGE_UNIT))
     res = run("--model", str(other), "--dataset", "demo", "--n-images", "2", "--sigmas", "0")
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())

@@ -403,7 +403,9 @@ def test_calibrate_reads_the_checkpoint_like_bounds(tmp_path: Path) -> None:
 
     meta = CheckpointMeta(arch="smallcnn", num_classes=2, arch_args={"width": 8}, input_shape=(3, 16, 16),
                           dataset="demo", n_train=279, dp=DpSgdConfig(0.7766, 0.2294, 5, 1.0, 8e-7),
-                          extra={"privacy_unit": "patient", "records_per_patient": 3})
+                          extra={"privacy_unit": "patient", "records_per_patient": 3, "data_unit": "patient",
+                                 "images_per_unit_max": 3, "images_per_unit_mean": 279 / 277, "n_units": 277,
+                                 "images_per_unit_histogram": "[[1, 276], [3, 1]]"})
     path = save_checkpoint(tmp_path / "model.pt", build_model("smallcnn", num_classes=2, width=8), meta)
     res = runner.invoke(app, ["calibrate", "--max-rero", "0.05", "--model", str(path), "--json"])
     assert res.exit_code == 0, res.output

@@ -20,10 +20,15 @@ from dpaudit.models import build_model
 
 runner = CliRunner()
 
-#: What `dpaudit train` records for a patient-level run on data with patient ids (audit/train.py, _privacy_scalars).
-PATIENT = {"privacy_unit": "patient", "data_unit": "patient", "records_per_patient": 3, "images_per_unit_max": 3}
+#: The training split's counts as `dpaudit train` records them (audit/train.py, _privacy_scalars): 97 patients of
+#: one image and one of three, N = 100 records.
+SPLIT = {"images_per_unit_mean": 100 / 98, "n_units": 98, "images_per_unit_histogram": "[[1, 97], [3, 1]]"}
+#: What `dpaudit train` records for a patient-level run on data with patient ids.
+PATIENT = {"privacy_unit": "patient", "data_unit": "patient", "records_per_patient": 3, "images_per_unit_max": 3,
+           **SPLIT}
 #: ... for an image-level run on the same data.
-IMAGE = {"privacy_unit": "image", "data_unit": "patient", "records_per_patient": 1, "images_per_unit_max": 3}
+IMAGE = {"privacy_unit": "image", "data_unit": "patient", "records_per_patient": 1, "images_per_unit_max": 3,
+         **SPLIT}
 DP = DpSgdConfig(1.1, 0.02, 300, target_delta=1e-6)
 
 
@@ -102,11 +107,9 @@ def test_the_library_refuses_them_at_load(tmp_path: Path, case: str) -> None:
 
 @pytest.mark.parametrize(("extra", "k", "unit"), [
     (PATIENT, 3, "patient"),
-    ({"privacy_unit": "patient", "records_per_patient": 3}, 3, "patient"),  # hand-made: data unit not recorded
     ({**PATIENT, "records_per_patient": 4}, 4, "patient"),  # a larger k than the data's: still a sound statement
     (IMAGE, 1, "image"),
-    ({"privacy_unit": "image"}, 1, "image"),
-    ({}, 1, "image"),  # written before the unit was recorded
+    ({}, 1, "image"),  # hand-made, or written before the unit was recorded: no unit facts at all
 ])
 def test_valid_checkpoints_give_the_numbers_of_the_same_run_given_by_flags(tmp_path: Path, extra: dict, k: int,
                                                                           unit: str) -> None:

@@ -71,7 +71,8 @@ def test_bounds_model_refuses_records_per_patient_below_the_checkpoints_data(tmp
     meta = CheckpointMeta(arch="smallcnn", num_classes=2, arch_args={"width": 8}, input_shape=(3, 16, 16),
                           dataset="demo", n_train=209, dp=DpSgdConfig(0.8162, 0.3, 4, 1.0, 1e-5),
                           extra={"privacy_unit": "patient", "data_unit": "patient", "records_per_patient": 4,
-                                 "images_per_unit_max": 4})
+                                 "images_per_unit_max": 4, "images_per_unit_mean": 209 / 206, "n_units": 206,
+                                 "images_per_unit_histogram": "[[1, 205], [4, 1]]"})
     path = save_checkpoint(tmp_path / "model.pt", build_model("smallcnn", num_classes=2, width=8), meta)
     for cmd in (["bounds"], ["calibrate", "--max-rero", "0.05"]):
         res = runner.invoke(app, [*cmd, "--model", str(path), "--records-per-patient", "2"])
