@@ -112,7 +112,7 @@ def attack(
         select_images,
         training_data_differences,
     )
-    from dpaudit.checkpoint import load_checkpoint, load_model
+    from dpaudit.checkpoint import TrainingFactsError, load_checkpoint, load_model
     from dpaudit.data import load_splits
     from dpaudit.errors import check_int, invalid
     from dpaudit.runtime import describe_device, idle_cores
@@ -169,8 +169,13 @@ def attack(
     check_data_options(dataset, data_dir=data_dir, labels=shared["labels"], window=window,
                        slice_axis=shared["slice_axis"])
     check_dataset_found(dataset, data_dir=data_dir)
-    ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
-            if model is not None else None)
+    try:
+        ckpt = (load_checkpoint(model, arch=arch, arch_args=args, fix_batchnorm=fix_batchnorm)
+                if model is not None else None)
+    except TrainingFactsError as exc:  # its fix names train; attack's own way around the file beside it
+        raise exc.with_fix("attack its weights alone: torch.save(torch.load(FILE, weights_only=True)['state_dict'], "
+                           "'weights.pt'), then pass --model weights.pt --arch ARCH --arch-args JSON (the "
+                           "privacy unit is then counted in the --dataset loaded)") from None
     if image_size is None:
         image_size = ckpt.input_shape[1] if ckpt is not None and ckpt.input_shape else default_image_size(dataset)
     from dpaudit.volumes import is_segmentation_dataset, load_segmentation_splits
@@ -212,7 +217,7 @@ def attack(
         # patient (a k below the data's, which would understate the patient-level bound).
         splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
                              labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])
-    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"], max_images)
+    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"], max_images, dataset)
     if len(splits.train) < n_images:
         held = f"{len(splits.train)} {record_noun(splits.unit)}s"
         if dataset in ("demo", "demo-ct"):  # built in: a size its split cannot hold is refused, as for demo up front
@@ -325,7 +330,8 @@ def _short_split(splits, n_images: int, max_images: int | None) -> str:
             f"{len(splits.train)}. Fix: leave out --max-images (all the data), or pass --max-images {more} or more.")
 
 
-def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = None) -> tuple[str, dict]:
+def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = None,
+                  dataset: str | None = None) -> tuple[str, dict]:
     """The privacy unit the attack states, and k as the patient-level bounds use it (``records_per_patient``,
     `dpaudit bounds --model`): the most images one patient has in the model's *training* split.
 
@@ -337,9 +343,27 @@ def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = 
     as train splits it (train's k); with it, a part of the data split on its own may hold fewer images per patient
     than the whole data's training split, and the line and ``records_per_patient_from`` say so."""
     from dpaudit.data import privacy_unit
-    from dpaudit.errors import DataError, invalid
+    from dpaudit.errors import CheckpointError, DataError, invalid
 
     recorded = ckpt.recorded_unit if ckpt is not None else None  # checked when the checkpoint was loaded
+    if recorded is not None and splits.unit != "image" and dataset is not None and ckpt.dataset == dataset:
+        # The checkpoint's k is the most images of one patient in its training split. On the dataset it records,
+        # the split loaded here is that split or a part of it (--max-images), so it never holds more per patient:
+        # if it does, the file and the data disagree, and the smaller recorded k would be no per-patient bound for
+        # these patients. (On other data the result's notes say that k is the training data's, not theirs.)
+        loaded = splits.images_per_unit().max
+        ks = [("extra['records_per_patient']", recorded.records_per_patient)] \
+            if recorded.privacy_unit == "patient" else []
+        ks += [("extra['images_per_unit_max']", recorded.data_k)] if recorded.data_k is not None else []
+        for key, k in ks:
+            if loaded > k:
+                rec = record_noun(splits.unit)
+                raise CheckpointError(
+                    f"--model: checkpoint {str(ckpt.path)!r} does not match the data loaded: its {key} is {k}, but "
+                    f"one patient has {loaded} {rec}s in the training split of --dataset {splits.name} loaded "
+                    f"here, and a k below that is no per-patient bound. Fix: pass the --dataset, --max-images and "
+                    f"--seed the model was trained with (the checkpoint records dataset {ckpt.dataset!r}, seed "
+                    f"{ckpt.extra.get('seed')!r}), or the checkpoint of a model trained on this data.")
     if recorded is not None:
         unit = requested or recorded.privacy_unit
         if unit == "image":
