@@ -217,7 +217,7 @@ def attack(
         # patient (a k below the data's, which would understate the patient-level bound).
         splits = load_splits(dataset, data_dir=data_dir, image_size=image_size, seed=seed, max_images=max_images,
                              labels=shared["labels"], window=window, slice_axis=shared["slice_axis"])
-    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"], max_images, dataset)
+    unit_line, unit_record = _privacy_line(ckpt, splits, shared["privacy_unit"], max_images, dataset, seed)
     if len(splits.train) < n_images:
         held = f"{len(splits.train)} {record_noun(splits.unit)}s"
         if dataset in ("demo", "demo-ct"):  # built in: a size its split cannot hold is refused, as for demo up front
@@ -331,7 +331,7 @@ def _short_split(splits, n_images: int, max_images: int | None) -> str:
 
 
 def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = None,
-                  dataset: str | None = None) -> tuple[str, dict]:
+                  dataset: str | None = None, seed: int | None = None) -> tuple[str, dict]:
     """The privacy unit the attack states, and k as the patient-level bounds use it (``records_per_patient``,
     `dpaudit bounds --model`): the most images one patient has in the model's *training* split.
 
@@ -346,11 +346,14 @@ def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = 
     from dpaudit.errors import CheckpointError, DataError, invalid
 
     recorded = ckpt.recorded_unit if ckpt is not None else None  # checked when the checkpoint was loaded
-    if recorded is not None and splits.unit != "image" and dataset is not None and ckpt.dataset == dataset:
-        # The checkpoint's k is the most images of one patient in its training split. On the dataset it records,
-        # the split loaded here is that split or a part of it (--max-images), so it never holds more per patient:
-        # if it does, the file and the data disagree, and the smaller recorded k would be no per-patient bound for
-        # these patients. (On other data the result's notes say that k is the training data's, not theirs.)
+    same_split = (dataset is not None and ckpt is not None and ckpt.dataset == dataset
+                  and ckpt.extra.get("seed") == seed and ckpt.n_train == len(splits.train))
+    if recorded is not None and splits.unit != "image" and same_split:
+        # The checkpoint's k is the most images of one patient in its training split. Loaded from the dataset it
+        # records, with its seed and to its size, the training split here is that split: if it holds more images
+        # of one patient, the file and the data disagree, and the smaller recorded k would be no per-patient bound.
+        # (Any other split, a larger or another part of the data included, may hold more per patient than the
+        # model's training split did; the result's notes say that k is the training data's.)
         loaded = splits.images_per_unit().max
         ks = [("extra['records_per_patient']", recorded.records_per_patient)] \
             if recorded.privacy_unit == "patient" else []
@@ -361,9 +364,11 @@ def _privacy_line(ckpt, splits, requested: str | None, max_images: int | None = 
                 raise CheckpointError(
                     f"--model: checkpoint {str(ckpt.path)!r} does not match the data loaded: its {key} is {k}, but "
                     f"one patient has {loaded} {rec}s in the training split of --dataset {splits.name} loaded "
-                    f"here, and a k below that is no per-patient bound. Fix: pass the --dataset, --max-images and "
-                    f"--seed the model was trained with (the checkpoint records dataset {ckpt.dataset!r}, seed "
-                    f"{ckpt.extra.get('seed')!r}), or the checkpoint of a model trained on this data.")
+                    f"here (the checkpoint's own: its dataset, seed and n_train {ckpt.n_train}), and a k below that is "
+                    f"no per-patient bound. Fix: write the checkpoint again with `dpaudit train --out DIR` "
+                    f"(DIR/model.pt), or attack its weights alone: torch.save(torch.load(FILE, weights_only=True)"
+                    f"['state_dict'], 'weights.pt'), then pass --model weights.pt --arch ARCH --arch-args JSON (the "
+                    f"privacy unit is then counted in the --dataset loaded).")
     if recorded is not None:
         unit = requested or recorded.privacy_unit
         if unit == "image":
