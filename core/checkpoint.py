@@ -826,6 +826,21 @@ def _invalid_field(path: Path, exc: DpAuditError) -> CheckpointError:
     return cls(f"checkpoint {str(path)!r}: {message}.")
 
 
+def _others(names: list[str]) -> str:
+    """'; N other tensor(s) too' after the first of ``names`` is named; '' for one."""
+    return f"; {len(names) - 1} other tensor{'s' if len(names) > 2 else ''} too" if len(names) > 1 else ""
+
+
+def _diverged_cause(source: str, parameters: str) -> str:
+    """Why a weights file holds values a model cannot use, and the fix: retrain (a dpaudit checkpoint) or save
+    weights whose parameters ``parameters`` (a plain weights file)."""
+    if source == "dpaudit":
+        return ("the training that wrote it diverged, or the file is damaged. Fix: train again with a smaller --lr "
+                "(`dpaudit train --lr ...`), or copy the file again")
+    return (f"the model that saved it diverged, or the file is damaged. Fix: save the weights of a model whose "
+            f"parameters {parameters}, or copy the file again")
+
+
 def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:
     """The weights of a file :func:`_read` returned, checked (untrusted: a dict of parameter name -> tensor) and
     wrapper prefixes removed; a :class:`CheckpointError` naming the file, the field and a fix otherwise. Every
@@ -861,11 +876,7 @@ def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:
     if bad:
         first = state[bad[0]]
         n = int((~torch.isfinite(first)).sum())
-        others = f"; {len(bad) - 1} other tensor{'s' if len(bad) > 2 else ''} too" if len(bad) > 1 else ""
-        cause = ("the training that wrote it diverged, or the file is damaged. Fix: train again with a smaller --lr "
-                 "(`dpaudit train --lr ...`), or copy the file again") if source == "dpaudit" else \
-            ("the model that saved it diverged, or the file is damaged. Fix: save the weights of a model whose "
-             "parameters are finite, or copy the file again")
+        others, cause = _others(bad), _diverged_cause(source, "are finite")
         raise CheckpointError(f"{where}: the tensor {bad[0]!r} holds {n} non-finite value{'s' if n != 1 else ''} "
                               f"(nan or inf){others}: {cause}.")
     # Finite in the file's dtype is not enough: a float64 value beyond float32's range (1e300) becomes inf when
@@ -877,11 +888,7 @@ def _weights_of(path: Path, source: str, obj: Any) -> dict[str, torch.Tensor]:
         first = state[big[0]]
         over = ~torch.isfinite(_as_model_dtype(first))
         n, peak = int(over.sum()), float(first.abs().max())
-        others = f"; {len(big) - 1} other tensor{'s' if len(big) > 2 else ''} too" if len(big) > 1 else ""
-        cause = ("the training that wrote it diverged, or the file is damaged. Fix: train again with a smaller --lr "
-                 "(`dpaudit train --lr ...`), or copy the file again") if source == "dpaudit" else \
-            ("the model that saved it diverged, or the file is damaged. Fix: save the weights of a model whose "
-             "parameters lie within float32's range, or copy the file again")
+        others, cause = _others(big), _diverged_cause(source, "lie within float32's range")
         raise CheckpointError(f"{where}: the tensor {big[0]!r} ({str(first.dtype).removeprefix('torch.')}) holds "
                               f"{n} value{'s' if n != 1 else ''} beyond float32's range (largest magnitude "
                               f"{peak:.3g}, float32 holds up to {torch.finfo(MODEL_DTYPE).max:.3g}), which the "
