@@ -42,12 +42,16 @@ _results = results_json
 
 def _profile_cli(args: argparse.Namespace, out: Path, extra: list[str]) -> Profile:
     """``dpaudit profile`` in a new process (each side pays its own imports and data loading, as a user does)."""
+    # `extra` may replace --epsilons/--seeds (the command refuses an option given twice: each is passed once)
+    given = dict(zip(extra[::2], extra[1::2], strict=True))
     cmd = [sys.executable, "-c", "from dpaudit.cli.main import app; app()", "profile", "--out", str(out),
            "--dataset", "demo", "--image-size", str(args.image_size), "--max-images", str(args.images),
-           "--arch", "smallcnn", "--epsilons", "1,4,8,20", "--no-non-private", "--seeds", "2", "--epochs",
-           str(args.epochs), "--batch-size", "16", "--attack-images", "8", "--attack-epochs", "1", "--no-render",
-           "--json", *extra]  # a later --epsilons/--seeds in `extra` overrides these (typer keeps the last)
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+           "--arch", "smallcnn", "--epsilons", given.pop("--epsilons", "1,4,8,20"), "--no-non-private", "--seeds",
+           given.pop("--seeds", "2"), "--epochs", str(args.epochs), "--batch-size", "16", "--attack-images", "8",
+           "--attack-epochs", "1", "--no-render", "--json", *[a for kv in given.items() for a in kv]]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"dpaudit profile exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return Profile.from_json((out / "profile.json").read_text())
 
 

@@ -83,7 +83,7 @@ def _group(kinds: list[str], arch: str, size: int, n_train: int, repeats: int) -
                 G.FastConvGradSampleModule = shipped  # type: ignore[misc]
                 # _run_one also evaluates the validation split once per epoch; time that alone and take it off.
                 c0, t0 = time.process_time(), time.perf_counter()
-                T._evaluate(warm, data.val, data.mean, data.std)
+                T._evaluate(warm, data.val, data.mean, data.std, unit=data.unit, split="validation")
                 cpu, wall = cpu - (time.process_time() - c0), wall - (time.perf_counter() - t0)
                 seen = len(data.train)  # one epoch: n expected samples (Poisson for DP)
             else:
