@@ -130,6 +130,7 @@ class _Report(board.BoardPages):
             table,
             Spacer(1, 0.4 * cm),
             self.para(esc(pu.describe()), "body"),
+            *([self.para(f"<b>{esc(note)}</b>", "body")] if (note := txt.synthetic_note(self.p)) else []),
             *self._data_notes(),
             Spacer(1, 0.6 * cm),
             boxed(guide, NOTE_BG),

@@ -16,6 +16,7 @@ from dpaudit.audit.profile.schema import LevelSummary, PrivacyInfo, Profile, Spr
 from dpaudit.audit.profile.schema import headline_utility as headline_utility
 from dpaudit.audit.profile.schema import utility_columns as utility_columns
 from dpaudit.audit.stats import mean_interval, welch_test
+from dpaudit.config import DEMO_DATASETS
 from dpaudit.identifiers import MIN_SUBGROUP_UNITS
 from dpaudit.numfmt import (
     LABEL_EMPIRICAL,
@@ -380,10 +381,17 @@ def limitations(profile: Profile) -> list[str]:
         "A risk of 100% in the worst-case or relaxed column does not mean that images will be reconstructed, only "
         "that the mathematics gives no protection against the assumed attacker.",
     ]
-    if c.dataset == "demo":
-        out.append("The demo dataset is synthetic and built into dpaudit; it demonstrates the workflow, and its "
-                   "numbers say nothing about real patient data.")
     return out
+
+
+def synthetic_note(profile: Profile) -> str | None:
+    """For a built-in synthetic dataset (``demo``, ``demo-ct``: :data:`dpaudit.config.DEMO_DATASETS`), the sentence
+    that its numbers say nothing about patients; None for any other dataset."""
+    name = profile.config.dataset
+    if name not in DEMO_DATASETS:
+        return None
+    return (f"The {name} dataset is synthetic and built into dpaudit: it demonstrates the workflow, and its numbers "
+            "say nothing about real patient data.")
 
 
 def glossary(profile: Profile) -> list[tuple[str, str]]:

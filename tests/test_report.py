@@ -778,3 +778,17 @@ def test_segmentation_runs_show_the_metric_they_were_scored_with(tmp_path: Path)
     assert "Test Dice liver: not measured per group ('–'): the test volumes carry no group labels." in groups
     assert "no Dice liver or attack success" in groups
     assert "MCC" not in groups and "one class" not in groups
+
+
+@pytest.mark.parametrize("dataset", ["demo", "ham10000"])
+def test_built_in_synthetic_data_are_said_to_be_synthetic_on_the_about_page(dataset: str, tmp_path) -> None:
+    # On the page that describes the data (it closed the privacy statement, alone on a page of its own in the demo
+    # profile's report); every built-in synthetic dataset (it was 'demo' alone: test_segmentation checks demo-ct's).
+    from dpaudit.audit.report import render_report
+
+    prof = synthetic_profile(seeds=1, subgroups=False, with_mia_audit=False)
+    prof = dataclasses.replace(prof, config=dataclasses.replace(prof.config, dataset=dataset))
+    pages = _text(render_report(prof, tmp_path / "r.pdf").read_bytes())
+    about = next(i for i, t in enumerate(pages) if "About this report" in t)
+    said = [i for i, t in enumerate(pages) if "is synthetic and built into dpaudit" in " ".join(t.split())]
+    assert said == ([about] if dataset != "ham10000" else [])

@@ -646,6 +646,7 @@ def test_a_segmentation_profile_names_dice_not_mcc_in_the_report_and_the_console
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(str(tmp_path / "r.pdf")).pages).split())
     assert "MCC" not in text
     assert "the difference of mean Dice liver with Welch's t-test p-value" in text
+    assert "The demo-ct dataset is synthetic and built into dpaudit" in text  # (it was said of demo alone)
     words = dict(glossary(prof))
     assert "MCC" not in words and words["Dice"].startswith("overlap of the predicted and the true region")
 
