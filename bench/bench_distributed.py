@@ -40,15 +40,37 @@ from dpaudit.audit.profile.schema import Profile, results_json
 _results = results_json
 
 
+def _options(tokens: list[str]) -> dict[str, str | None]:
+    """Command-line tokens as {option: value, or None for a flag}: ``--name=value``, ``--name value`` (a value is
+    any next token not starting with ``--``) or ``--flag``."""
+    options: dict[str, str | None] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise SystemExit(f"bench_distributed: {token!r} is not an option (expected --name, --name value or "
+                             "--name=value)")
+        name, eq, value = token.partition("=")
+        if eq:
+            options[name] = value
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            options[name] = tokens[i + 1]
+            i += 1
+        else:
+            options[name] = None
+        i += 1
+    return options
+
+
 def _profile_cli(args: argparse.Namespace, out: Path, extra: list[str]) -> Profile:
     """``dpaudit profile`` in a new process (each side pays its own imports and data loading, as a user does)."""
-    # `extra` may replace --epsilons/--seeds (the command refuses an option given twice: each is passed once)
-    given = dict(zip(extra[::2], extra[1::2], strict=True))
-    cmd = [sys.executable, "-c", "from dpaudit.cli.main import app; app()", "profile", "--out", str(out),
-           "--dataset", "demo", "--image-size", str(args.image_size), "--max-images", str(args.images),
-           "--arch", "smallcnn", "--epsilons", given.pop("--epsilons", "1,4,8,20"), "--no-non-private", "--seeds",
-           given.pop("--seeds", "2"), "--epochs", str(args.epochs), "--batch-size", "16", "--attack-images", "8",
-           "--attack-epochs", "1", "--no-render", "--json", *[a for kv in given.items() for a in kv]]
+    options = _options(["--out", str(out), "--dataset", "demo", "--image-size", str(args.image_size),
+                        "--max-images", str(args.images), "--arch", "smallcnn", "--epsilons", "1,4,8,20",
+                        "--no-non-private", "--seeds", "2", "--epochs", str(args.epochs), "--batch-size", "16",
+                        "--attack-images", "8", "--attack-epochs", "1", "--no-render", "--json"])
+    options.update(_options(extra))  # an option in `extra` replaces the default (profile refuses one given twice)
+    cmd = [sys.executable, "-c", "from dpaudit.cli.main import app; app()", "profile",
+           *(a for name, value in options.items() for a in ((name,) if value is None else (name, value)))]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"dpaudit profile exited {done.returncode}: {done.stderr.strip()[-2000:]}")

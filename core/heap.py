@@ -11,17 +11,24 @@ every computed number is the same bit for bit. The peak resident memory can be h
 freed block too small for the next request stays in the heap beside the new one): 647 -> 789 MB for epsilon at
 sigma 0.5, q 1e-6, T 1e6; 509 -> 556 MB for the relaxed bound at k 5 there.
 
-The settings restored are the steady state glibc's own adaptive rule reaches once the process has freed an array
-of 32 MiB or more (which such a block always has): an mmap threshold of 32 MiB and a trim threshold of twice it
-(glibc's ``malloc.c``: ``mp_.mmap_threshold``, ``mp_.trim_threshold``; any ``mallopt`` call ends the adaptation,
-so it cannot be handed back as it was). Blocks may nest and run in several threads: the outermost one sets and
-restores.
+The settings restored are a choice, since any ``mallopt`` call ends glibc's adaptation and the policy cannot be
+handed back as it was: an mmap threshold of 32 MiB, the ceiling glibc's adaptive rule may rise to (its
+``malloc.c``: freeing an mmapped chunk of at most 32 MiB raises ``mp_.mmap_threshold`` to its size), and a trim
+threshold of twice it, as that rule sets; the default 128 KiB, kept fixed, would map and fault in every array above
+it for the rest of the process. The freed memory is given back only where the block grew the resident set by
+:data:`TRIM_GROWTH` or more (``malloc_trim`` walks every free chunk and costs tens of milliseconds on a heap
+fragmented by many small objects, which a loop of small bounds would pay on every call).
+
+Blocks may nest and run in several threads (and in a signal handler: the lock is re-entrant): the outermost one
+sets and restores. A process forked while a block is open (in any thread) starts with none open and glibc's
+settings restored (``os.register_at_fork``); a block the child inherits mid-way then ends without touching them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -35,9 +42,14 @@ DEFAULT_MMAP_MAX = 65536
 ADAPTIVE_MMAP_CEILING = 32 * 1024 * 1024
 #: The trim threshold while a block runs: the largest ``mallopt`` takes (an int), i.e. never trim.
 KEEP_ALL = 2**31 - 1
+#: The growth of the resident set over the outermost block from which its freed memory is given back at its end.
+TRIM_GROWTH = 64 * 1024 * 1024
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _depth = 0
+#: Bumped in a forked child (:func:`_after_fork`): a block opened before the fork ends without touching the count.
+_generation = 0
+_resident_at_entry = 0
 _libc: ctypes.CDLL | bool | None = False  # False: not looked up yet; None: not glibc
 
 
@@ -64,6 +76,21 @@ def _glibc() -> ctypes.CDLL | None:
     return _libc
 
 
+def _resident_bytes() -> int:
+    """The process's resident set in bytes (``/proc/self/statm``), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _restore(libc: ctypes.CDLL) -> None:
+    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+    libc.mallopt(M_MMAP_THRESHOLD, ADAPTIVE_MMAP_CEILING)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_CEILING)
+
+
 @contextlib.contextmanager
 def reuse_freed_memory() -> Iterator[None]:
     """Run the block with glibc keeping freed memory for reuse (see the module notes); a no-op off glibc.
@@ -72,23 +99,42 @@ def reuse_freed_memory() -> Iterator[None]:
     ...     sum(range(10))
     45
     """
-    global _depth
+    global _depth, _resident_at_entry
     libc = _glibc()
     if libc is None:
         yield
         return
-    with _lock:
-        _depth += 1
-        if _depth == 1:
-            libc.mallopt(M_MMAP_MAX, 0)
-            libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)
+    generation = None
     try:
+        with _lock:
+            _depth += 1
+            generation = _generation
+            if _depth == 1:
+                _resident_at_entry = _resident_bytes()
+                libc.mallopt(M_MMAP_MAX, 0)
+                libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)
         yield
     finally:
         with _lock:
-            _depth -= 1
-            if _depth == 0:
-                libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-                libc.mallopt(M_MMAP_THRESHOLD, ADAPTIVE_MMAP_CEILING)
-                libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_CEILING)
-                libc.malloc_trim(0)
+            if generation is not None and generation == _generation:
+                _depth -= 1
+                if _depth == 0:
+                    _restore(libc)
+                    if _resident_bytes() - _resident_at_entry >= TRIM_GROWTH:
+                        libc.malloc_trim(0)
+
+
+def _after_fork() -> None:
+    """In a forked child: no block is open (the threads that opened them are not in the child) and glibc's
+    settings are restored; blocks inherited mid-way end without touching the count."""
+    global _lock, _depth, _generation
+    _lock = threading.RLock()
+    _generation += 1
+    if _depth:
+        _depth = 0
+        if isinstance(_libc, ctypes.CDLL):
+            _restore(_libc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

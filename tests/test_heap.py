@@ -73,3 +73,94 @@ def test_bounds_are_the_same_bit_for_bit_without_the_block(monkeypatch) -> None:
     monkeypatch.setattr(pld, "_spectrum_power", lambda z, steps, masses=None, width=None, overwrite=False:
                         _spectrum_power(z, steps, masses, width))
     assert values() == with_block
+
+
+class _FakeLibc:
+    """Records the allocator calls a block makes (the real glibc's effects cannot be read back)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+@pytest.mark.parametrize(("growth", "trimmed"), [(0, False), (heap.TRIM_GROWTH - 1, False), (heap.TRIM_GROWTH, True)])
+def test_freed_memory_is_given_back_only_after_a_block_that_grew(monkeypatch, growth: int, trimmed: bool) -> None:
+    # malloc_trim walks every free chunk (tens of ms on a fragmented heap): a loop of small bounds would pay it on
+    # every call. Settings are set on entry and restored on exit either way.
+    fake = _FakeLibc()
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    sizes = iter([1_000_000, 1_000_000 + growth])
+    monkeypatch.setattr(heap, "_resident_bytes", lambda: next(sizes))
+    with heap.reuse_freed_memory(), heap.reuse_freed_memory():
+        pass
+    assert fake.calls[:2] == [("mallopt", heap.M_MMAP_MAX, 0), ("mallopt", heap.M_TRIM_THRESHOLD, heap.KEEP_ALL)]
+    assert fake.calls[2:5] == [("mallopt", heap.M_MMAP_MAX, heap.DEFAULT_MMAP_MAX),
+                               ("mallopt", heap.M_MMAP_THRESHOLD, heap.ADAPTIVE_MMAP_CEILING),
+                               ("mallopt", heap.M_TRIM_THRESHOLD, 2 * heap.ADAPTIVE_MMAP_CEILING)]
+    assert (("malloc_trim", 0) in fake.calls) is trimmed
+    assert heap._depth == 0
+
+
+def _child_report(queue) -> None:  # (module level: the fork context pickles nothing, but keep it importable)
+    before = heap._depth
+    with heap.reuse_freed_memory():
+        inside = heap._depth
+    queue.put((before, inside, heap._depth))
+
+
+def test_a_child_forked_while_another_thread_holds_a_block_starts_with_none_open() -> None:
+    import multiprocessing
+
+    if heap._glibc() is None:
+        pytest.skip("the block is a no-op off glibc")
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with heap.reuse_freed_memory():
+            entered.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert entered.wait(30)
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_child_report, args=(queue,))
+        child.start()
+        got = queue.get(timeout=60)
+        child.join(60)
+    finally:
+        leave.set()
+        holder.join(30)
+    assert got == (0, 1, 0) and child.exitcode == 0
+    assert heap._depth == 0
+
+
+def test_a_block_open_at_a_fork_ends_in_the_child_without_touching_the_count() -> None:
+    import os
+
+    if heap._glibc() is None:
+        pytest.skip("the block is a no-op off glibc")
+    read, write = os.pipe()
+    pid = -1
+    try:
+        with heap.reuse_freed_memory():
+            pid = os.fork()
+        if pid == 0:  # the child: its copy of the block has just ended
+            os.write(write, f"{heap._depth}".encode())
+    finally:
+        if pid == 0:
+            os._exit(0)
+    os.close(write)
+    got = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert got == "0" and heap._depth == 0
