@@ -28,7 +28,7 @@ from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.bounds.schedule import Phase, Schedule
 from dpaudit.errors import NumericalError, check_positive, check_probability, invalid
-from dpaudit.heap import reuse_freed_memory
+from dpaudit.heap import computing_block
 from dpaudit.numfmt import at_most, upper
 
 ACCOUNTANTS = ("pld", "rdp")
@@ -134,7 +134,7 @@ def _gdp_guess(target_epsilon: float, q: float, steps: int, delta: float) -> flo
     return 1.0 / math.sqrt(math.log1p(ratio)) if ratio > 0 else 1.0
 
 
-@reuse_freed_memory()  # one block for all its refinements (see dpaudit.heap)
+@computing_block()  # one block for all its refinements (see dpaudit.heap)
 def noise_for_epsilon(target_epsilon: float, sampling_probability: float, steps: int, target_delta: float,
                       accountant: str = "pld", *, rtol: float = 1e-3) -> float:
     """The smallest noise multiplier whose epsilon at ``target_delta`` is at most ``target_epsilon``.
@@ -344,7 +344,7 @@ def _gamma_at(sigma: float, q: float, steps: int, kappa: float, threat_model: st
     return float(tight_gamma(sched.run(k, threat_model), None, np.array([kappa])).value[0])
 
 
-@reuse_freed_memory()  # one block for all its refinements (see dpaudit.heap)
+@computing_block()  # one block for all its refinements (see dpaudit.heap)
 def calibrate_noise(max_rero: float, sampling_probability: float | None = None, steps: int | None = None,
                     kappa: float | None = None, *, threat_model: str = "worst_case", target_delta: float = 1e-5,
                     records_per_patient: int = 1, rtol: float = 1e-3, schedule: Schedule | None = None
@@ -459,7 +459,7 @@ def _clt_guess(max_rero: float, q: float, steps: int, kappa: float) -> float:
     return 1.0 / math.sqrt(math.log1p(ratio)) if ratio > 0 else 1.0
 
 
-@reuse_freed_memory()  # one block for all its refinements (see dpaudit.heap)
+@computing_block()  # one block for all its refinements (see dpaudit.heap)
 def max_steps(max_rero: float, noise_multiplier: float, sampling_probability: float, kappa: float, *,
               threat_model: str = "worst_case", upper: int = 10**7) -> int:
     """The largest T whose tight ReRo bound at ``kappa`` stays at or below ``max_rero`` (0 if even T = 1 fails).

@@ -59,7 +59,7 @@ from scipy import special
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.config import DELTA_EXAMPLE
 from dpaudit.errors import NumericalError, invalid
-from dpaudit.heap import reuse_freed_memory
+from dpaudit.heap import computing_block
 
 #: The neighbouring relation every epsilon and bound here assumes: data sets that differ by adding or removing one
 #: record (both directions are accounted, see ``epsilon_pld``). Reported in the profile's reporting checklist.
@@ -2018,7 +2018,7 @@ def _kept_floor(keep: np.ndarray, new, old) -> np.ndarray:
     return fresh if np.all(keep) else np.where(keep, fresh, np.asarray(old(), dtype=float))
 
 
-@reuse_freed_memory()  # its rounds make and drop arrays of up to hundreds of MiB (see dpaudit.heap)
+@computing_block()  # its rounds make and drop arrays of up to hundreds of MiB (see dpaudit.heap)
 def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol: float = 1e-12,
            max_halvings: int = 6, start: float | None = None, long_probe: bool = False) -> Refined:
     """Refine the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).

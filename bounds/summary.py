@@ -16,7 +16,7 @@ from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import MC_SAMPLES, ReRoBound, rero_bound
 from dpaudit.bounds.schedule import Schedule, resolve
 from dpaudit.errors import invalid
-from dpaudit.heap import reuse_freed_memory
+from dpaudit.heap import computing_block
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class BoundsSummary:
         return tuple(dict.fromkeys(self.worst_case.assumptions + self.relaxed.assumptions))
 
 
-@reuse_freed_memory()  # one block for all its refinements (see dpaudit.heap)
+@computing_block()  # one block for all its refinements (see dpaudit.heap)
 def bounds_summary(noise_multiplier: float | None = None, sampling_probability: float | None = None,
                    steps: int | None = None, kappas: Sequence[float] | None = None, *, target_delta: float = 1e-5,
                    records_per_patient: int = 1, method: str = "tight", membership: bool = True,

@@ -70,6 +70,7 @@ def test_bounds_are_the_same_bit_for_bit_without_the_block(monkeypatch) -> None:
 
     with_block = values()
     monkeypatch.setattr(heap, "_glibc", lambda: None)
+    monkeypatch.setattr(heap, "_blas", [None])  # and BLAS with its own thread count
     monkeypatch.setattr(pld, "_spectrum_power", lambda z, steps, masses=None, width=None, overwrite=False:
                         _spectrum_power(z, steps, masses, width))
     assert values() == with_block
@@ -164,3 +165,16 @@ def test_a_block_open_at_a_fork_ends_in_the_child_without_touching_the_count() -
     os.waitpid(pid, 0)
     os.close(read)
     assert got == "0" and heap._depth == 0
+
+
+def test_one_blas_thread_inside_and_the_earlier_count_after() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.linalg  # noqa: F401 (loads scipy's BLAS beside numpy's)
+
+    with heap.one_blas_thread():  # (forms the controller)
+        pass
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    with heap.computing_block():
+        inside = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    assert inside and set(inside) == {1} and after == before
