@@ -161,7 +161,11 @@ def one_blas_thread() -> Iterator[None]:
         except ImportError:
             _blas.append(None)
         else:
-            _blas.append(ThreadpoolController())
+            import warnings
+
+            with warnings.catch_warnings():  # (its note on two OpenMP runtimes loaded at once is not ours to print)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                _blas.append(ThreadpoolController())
     controller = _blas[0]
     if controller is None:
         yield
