@@ -1,7 +1,9 @@
-"""Freed memory kept for reuse during the bounds' compositions (dpaudit.heap): only where memory comes from changes.
+"""The bounds' computing block (dpaudit.heap): freed memory kept for reuse and one BLAS thread; only where memory
+comes from and how many threads sum change, never a number.
 
 References: the same computation without the block (bit for bit), the in-place spectrum power against the copying
-one (bit for bit), and glibc's allocator serving large arrays inside the block from any thread."""
+one (bit for bit), glibc's allocator serving large arrays inside the block from any thread, the allocator calls
+recorded by a stand-in libc, forked children, and threadpoolctl's own report of the BLAS thread counts."""
 
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def test_freed_memory_is_given_back_only_after_a_block_that_grew(monkeypatch, gr
     assert heap._depth == 0
 
 
-def _child_report(queue) -> None:  # (module level: the fork context pickles nothing, but keep it importable)
+def _child_report(queue) -> None:  # what a forked child sees of the block count, before, inside and after
     before = heap._depth
     with heap.reuse_freed_memory():
         inside = heap._depth
