@@ -17,12 +17,13 @@ Networks", arXiv:1912.06015, section 3; the same identity as Opacus' unused
 weight-gradient kernel (``aten.convolution_backward`` with ``groups = B * groups``) computes all B gradients
 without the im2col copy.
 
-Which one is faster depends on the layer (measured on this machine's CPU, 1 thread, B = 64; ``bench/bench_train.py``
-has the whole-step figures): the grouped kernel is 1.4-3x faster where the output map is large and the input has
-several channels (16 -> 32 channels at 64x64: 33 ms against 119 ms; 32 -> 32 at 14x14: 3.6 ms against 5.9 ms) and
-up to 7x slower on small maps (128 -> 128 at 3x3: 46 ms against 7 ms) and on 3-channel inputs (3 -> 16 at 64x64:
-19 ms against 11 ms). :func:`_grouped_pays` encodes these crossovers; both paths give the same gradient to float32
-rounding.
+Which one is faster depends on the layer (measured on this machine's CPU, 1 thread, B = 64, the faster of 4
+calls; ``bench/bench_train.py`` has the whole-step figures): the grouped kernel is faster wherever the output map
+has at least 8 x 8 positions and the input at least 8 channels, 1.1-7.5x (128 -> 128 at 8x8: 17.7 ms against 19.8 ms;
+32 -> 32 at 32x32: 9.3 ms against 32.8 ms; 16 -> 32 at 64x64: 19.5 ms against 146 ms), and up to 5x slower on
+smaller maps with many channels (128 -> 128 at 3x3: 11.3 ms against 8.1 ms; at 1x1: 8.8 ms against 1.9 ms) and
+on 3-channel inputs (3 -> 16 at 64x64: 13.7 ms against 9.2 ms). :func:`_grouped_pays` encodes these crossovers;
+both paths give the same gradient to float32 rounding.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from torch import nn
 
 __all__ = ["FastConvGradSampleModule", "conv2d_grad_sample"]
 
-#: Output maps with fewer positions than this (14 x 14) keep Opacus' unfold sampler (measured crossover, see above).
-MIN_GROUPED_POSITIONS = 196
+#: Output maps with fewer positions than this (8 x 8) keep Opacus' unfold sampler (measured crossover, see above).
+MIN_GROUPED_POSITIONS = 64
 #: Inputs with fewer channels per group than this keep Opacus' unfold sampler (3-channel images: measured).
 MIN_GROUPED_IN_CHANNELS = 8
 
