@@ -55,6 +55,7 @@ from dpaudit.errors import (
     NumericalError,
     invalid,
 )
+from dpaudit.heap import reuse_freed_memory
 from dpaudit.models import build_model, check_classifier, check_dp_compatible
 from dpaudit.numfmt import upper
 from dpaudit.outputs import save_figure, writable_dir, write_atomic
@@ -421,40 +422,45 @@ def _run_one(config: TrainConfig, splits: DatasetSplits, seed: int, sigma: float
     done = done0
     seen = 0
     train_time = 0.0
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        loss_sum, loss_n = 0.0, 0
-        try:
-            if physical_batches is not None:
-                with physical_batches as batches:
-                    loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True,
+    # Each DP-SGD step makes and drops per-sample gradients (64 x 0.41 M parameters = 105 MB for ResNet-9) and
+    # activations above glibc's mmap threshold: the kernel faulted in and zeroed ~400 MB per step, a fifth to a
+    # quarter of the step's CPU time at 64 px (bench/bench_train.py). Kept for reuse while training runs
+    # (dpaudit.heap; the same weights bit for bit, tests/test_heap.py).
+    with reuse_freed_memory():
+        for epoch in range(1, config.epochs + 1):
+            t0 = time.perf_counter()
+            net.train()
+            loss_sum, loss_n = 0.0, 0
+            try:
+                if physical_batches is not None:
+                    with physical_batches as batches:
+                        loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, None, criterion, k, g_aug, True,
+                                                          device)
+                else:
+                    batches = torch.utils.data.DataLoader(dataset, batch_sampler=splitter)
+                    loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False,
                                                       device)
+                check_finite_weights(model)  # the last step's weights: its loss was computed before it
+            except Diverged as exc:
+                raise diverged(config, f"{run_name or f'seed {seed}'}, epoch {epoch}: {exc}") from None
+            seen += seen_e
+            train_time += time.perf_counter() - t0
+            done += steps_per_epoch
+            eps_so_far = (float(epsilon_rdp(sigma, q, epoch * steps_per_epoch, delta)) if config.private else None)
+            if config.segmentation:
+                sval = evaluate_segmentation(model, splits.val, splits.mean, splits.std)
+                record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), sval.loss,
+                                     float("nan"), sval.pixel_accuracy, eps_so_far, time.perf_counter() - t0,
+                                     val_dice=sval.dice_mean)
+                what = f"val Dice {sval.dice_mean:.3f}"
             else:
-                batches = torch.utils.data.DataLoader(dataset, batch_sampler=splitter)
-                loss_sum, loss_n, seen_e = _epoch(net, optimizer, batches, splitter, criterion, k, g_aug, False,
-                                                  device)
-            check_finite_weights(model)  # the last step's weights: its loss was computed before it
-        except Diverged as exc:
-            raise diverged(config, f"{run_name or f'seed {seed}'}, epoch {epoch}: {exc}") from None
-        seen += seen_e
-        train_time += time.perf_counter() - t0
-        done += steps_per_epoch
-        eps_so_far = (float(epsilon_rdp(sigma, q, epoch * steps_per_epoch, delta)) if config.private else None)
-        if config.segmentation:
-            sval = evaluate_segmentation(model, splits.val, splits.mean, splits.std)
-            record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), sval.loss,
-                                 float("nan"), sval.pixel_accuracy, eps_so_far, time.perf_counter() - t0,
-                                 val_dice=sval.dice_mean)
-            what = f"val Dice {sval.dice_mean:.3f}"
-        else:
-            val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
-            record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), val.loss, val.mcc,
-                                 val.accuracy, eps_so_far, time.perf_counter() - t0)
-            what = f"val MCC {val.mcc:.3f}"
-        history.append(record)
-        if progress is not None:
-            progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} {what}")
+                val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
+                record = EpochRecord(epoch, epoch * steps_per_epoch, loss_sum / max(loss_n, 1), val.loss, val.mcc,
+                                     val.accuracy, eps_so_far, time.perf_counter() - t0)
+                what = f"val MCC {val.mcc:.3f}"
+            history.append(record)
+            if progress is not None:
+                progress(done, total, f"seed {seed} epoch {epoch}/{config.epochs} {what}")
     return model, history, seen / train_time if train_time > 0 else float("nan")
 
 
@@ -614,20 +620,23 @@ def train(config: TrainConfig, *, splits: DatasetSplits | None = None,
     try:
         models, histories, per_seed, per_seed_val, speeds = [], [], [], [], []
         total = steps * config.seeds
-        for i in range(config.seeds):
-            model, history, speed = _run_one(config, splits, config.seed + i, sigma, q, steps, delta, progress,
-                                             i * steps, total, device)
-            if config.segmentation:
-                test_metrics = evaluate_segmentation(model, splits.test, splits.mean, splits.std)
-                val_metrics = evaluate_segmentation(model, splits.val, splits.mean, splits.std)
-            else:
-                test_metrics, val_metrics = _evaluate_with_operating_point(model, splits)
-            model = model.cpu()
-            per_seed.append(test_metrics)
-            per_seed_val.append(val_metrics)
-            models.append(model)
-            histories.append(history)
-            speeds.append(speed)
+        # One block over every seed (each _run_one's own block nests in it): the heap grown by the first seed's
+        # steps serves the next seeds too, instead of being given back and faulted in again for each.
+        with reuse_freed_memory():
+            for i in range(config.seeds):
+                model, history, speed = _run_one(config, splits, config.seed + i, sigma, q, steps, delta, progress,
+                                                 i * steps, total, device)
+                if config.segmentation:
+                    test_metrics = evaluate_segmentation(model, splits.test, splits.mean, splits.std)
+                    val_metrics = evaluate_segmentation(model, splits.val, splits.mean, splits.std)
+                else:
+                    test_metrics, val_metrics = _evaluate_with_operating_point(model, splits)
+                model = model.cpu()
+                per_seed.append(test_metrics)
+                per_seed_val.append(val_metrics)
+                models.append(model)
+                histories.append(history)
+                speeds.append(speed)
         val_metrics = per_seed_val[0]
     finally:
         torch.set_num_threads(previous_threads)

@@ -1,9 +1,10 @@
-"""The bounds' computing block (dpaudit.heap): freed memory kept for reuse and one BLAS thread; only where memory
-comes from and how many threads sum change, never a number.
+"""The computing block (dpaudit.heap) of the bounds and of training: freed memory kept for reuse and one BLAS thread;
+only where memory comes from and how many threads sum change, never a number.
 
-References: the same computation without the block (bit for bit), the in-place spectrum power against the copying
-one (bit for bit), glibc's allocator serving large arrays inside the block from any thread, the allocator calls
-recorded by a stand-in libc, forked children, and threadpoolctl's own report of the BLAS thread counts."""
+References: the same computation (bounds, DP-SGD and non-private training) without the block (bit for bit), the
+in-place spectrum power against the copying one (bit for bit), glibc's allocator serving large arrays inside the
+block from any thread, the allocator calls recorded by a stand-in libc, forked children, and threadpoolctl's own
+report of the BLAS thread counts."""
 
 from __future__ import annotations
 
@@ -180,3 +181,35 @@ def test_one_blas_thread_inside_and_the_earlier_count_after() -> None:
         inside = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     after = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     assert inside and set(inside) == {1} and after == before
+
+
+def test_training_runs_in_the_block_and_learns_the_same_weights_bit_for_bit(monkeypatch: pytest.MonkeyPatch
+                                                                          ) -> None:
+    # DP-SGD (Opacus' DPOptimizer on per-sample gradients) and non-private steps, with the block and without it:
+    # the same weights to the last bit. The block is open while the steps run and closed after.
+    import contextlib
+
+    import torch
+
+    import dpaudit.audit.train as train_mod
+    from dpaudit.audit.train import TrainConfig, _run_one
+    from dpaudit.data import load_splits
+
+    splits = load_splits("demo", image_size=16, max_images=96, seed=0)
+    n = len(splits.train)
+    depths: list[int] = []
+    real_epoch = train_mod._epoch
+    monkeypatch.setattr(train_mod, "_epoch", lambda *a, **k: (depths.append(heap._depth), real_epoch(*a, **k))[1])
+    for private in (True, False):
+        cfg = TrainConfig(noise_multiplier=1.0 if private else None, non_private=not private, arch="resnet9",
+                          arch_args={"width": 8}, epochs=2, batch_size=16, image_size=16, threads=1)
+        states = []
+        for block in (True, False):
+            monkeypatch.setattr(train_mod, "reuse_freed_memory",
+                                heap.reuse_freed_memory if block else contextlib.nullcontext)
+            model = _run_one(cfg, splits, 0, 1.0 if private else 0.0, 16 / n, 2 * -(-n // 16), 1e-5, None, 0, 1)[0]
+            states.append(model.state_dict())
+        assert states[0].keys() == states[1].keys()
+        for name, value in states[0].items():
+            assert torch.equal(value, states[1][name]), name
+    assert depths == [1, 1, 0, 0, 1, 1, 0, 0] and heap._depth == 0

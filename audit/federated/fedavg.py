@@ -63,6 +63,7 @@ from dpaudit.errors import (
     check_probability,
     invalid,
 )
+from dpaudit.heap import reuse_freed_memory
 from dpaudit.identifiers import (
     COMPLEMENT_REASON,
     MIN_SUBGROUP_UNITS,
@@ -584,34 +585,37 @@ def run_federated(config: FederatedConfig, *, splits: Any = None, executor: Any 
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         g_noise = torch.Generator().manual_seed(config.seed * 4 + 3 + 0x5E4)  # server's / SecAgg clients' noise
         records = []
-        for r in range(config.rounds):
-            participants = np.nonzero(part[r])[0].tolist()
-            tasks = []
-            for k in participants:
-                cs = client_splits[k]
-                b = min(config.batch_size, n_train[k])
-                private = config.dp_level == "sample"
-                local = _local_config(config, splits, config.seed + r * config.clients + k, sigma, b, delta)
-                acc = accounts[k] if accounts is not None else None
-                steps = acc.steps_per_round if acc is not None else config.local_epochs * math.ceil(n_train[k] / b)
-                tasks.append(ClientTask(k, r, local, cs, local.seed, sigma if private else 0.0, b / n_train[k],
-                                        steps, delta, state))
-            results: dict[int, ClientUpdate] = {}
-            try:
-                executor.map(tasks, lambda task, res, into=results: into.__setitem__(task.client, res))
-            except NumericalError as exc:
-                raise _after_server_step(config, exc, r) from None
-            survivors = [k for k in participants if survive[r, k]]
-            aborted = len(survivors) < config.threshold
-            if not aborted:
-                state = _aggregate(config, state, [results[k] for k in survivors], sigma, g_noise)
-                _check_server_step(config, state, r)
-            model.load_state_dict(state)
-            val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
-            records.append(RoundRecord(r, tuple(participants), tuple(survivors), aborted, float(val.mcc)))
-            if progress is not None:
-                progress(r + 1, config.rounds, f"round {r + 1}/{config.rounds} val MCC {val.mcc:.3f}"
-                         + (" (aborted: too few survivors)" if aborted else ""))
+        # One block over every round (the clients' _run_one blocks nest in it when they run in this process): the
+        # heap grown by the first local steps serves every later client and round (dpaudit.heap).
+        with reuse_freed_memory():
+            for r in range(config.rounds):
+                participants = np.nonzero(part[r])[0].tolist()
+                tasks = []
+                for k in participants:
+                    cs = client_splits[k]
+                    b = min(config.batch_size, n_train[k])
+                    private = config.dp_level == "sample"
+                    local = _local_config(config, splits, config.seed + r * config.clients + k, sigma, b, delta)
+                    acc = accounts[k] if accounts is not None else None
+                    steps = acc.steps_per_round if acc is not None else config.local_epochs * math.ceil(n_train[k] / b)
+                    tasks.append(ClientTask(k, r, local, cs, local.seed, sigma if private else 0.0, b / n_train[k],
+                                            steps, delta, state))
+                results: dict[int, ClientUpdate] = {}
+                try:
+                    executor.map(tasks, lambda task, res, into=results: into.__setitem__(task.client, res))
+                except NumericalError as exc:
+                    raise _after_server_step(config, exc, r) from None
+                survivors = [k for k in participants if survive[r, k]]
+                aborted = len(survivors) < config.threshold
+                if not aborted:
+                    state = _aggregate(config, state, [results[k] for k in survivors], sigma, g_noise)
+                    _check_server_step(config, state, r)
+                model.load_state_dict(state)
+                val = _evaluate(model, splits.val, splits.mean, splits.std, unit=splits.unit, split="validation")
+                records.append(RoundRecord(r, tuple(participants), tuple(survivors), aborted, float(val.mcc)))
+                if progress is not None:
+                    progress(r + 1, config.rounds, f"round {r + 1}/{config.rounds} val MCC {val.mcc:.3f}"
+                             + (" (aborted: too few survivors)" if aborted else ""))
         test_metrics, _ = _evaluate_with_operating_point(model, splits)
         val_probs, _ = _predict(model, splits.val, splits.mean, splits.std)
         threshold = choose_threshold(splits.val.labels.numpy(), val_probs)
