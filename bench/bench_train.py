@@ -17,16 +17,22 @@ One process per model and size runs every case ``--repeats`` times, alternating 
 first calls per process; peak memory is no longer reported: the cases share the process).
 Time is this process's CPU time (``time.process_time``) with one torch thread: on the shared 2-core machine other
 users' load inflates wall time by up to 3x and differently per case, CPU time much less (wall time is printed
-too). Only the training loop is timed (no data generation, evaluation or imports).
+too). Only the training loop is timed (no data generation, evaluation or imports). Every case runs inside one
+``dpaudit.heap`` block, as ``train()`` runs its seeds: freed memory stays in the process's heap, the reference
+loops' too (``--fresh-heap``: none around them, so that each dpaudit run's own block grows its heap from what was
+given back, as a one-seed ``train()`` call does). The system CPU time and minor page faults per step are printed
+beside (the kernel's share: faulting in and zeroing memory glibc had handed back).
 
 Usage::
 
     python bench/bench_train.py [--sizes 28,64,128] [--archs resnet9,smallcnn] [--n-train 512] [--repeats 2]
+                                [--kinds dpaudit-dp,dpaudit-nonprivate,...] [--fresh-heap]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -38,7 +44,8 @@ KINDS = ["dpaudit-dp", "dpaudit-dp-hooks", "opacus-hooks", "opacus-ew", "opacus-
          "dpaudit-nonprivate", "torch-nonprivate"]
 
 
-def _group(kinds: list[str], arch: str, size: int, n_train: int, repeats: int) -> dict[str, list[dict[str, float]]]:
+def _group(kinds: list[str], arch: str, size: int, n_train: int, repeats: int, fresh_heap: bool = False
+           ) -> dict[str, list[dict[str, float]]]:
     """Run every case ``repeats`` times in this process, alternating; return each run's throughput."""
     import torch
 
@@ -52,6 +59,7 @@ def _group(kinds: list[str], arch: str, size: int, n_train: int, repeats: int) -
     from dpaudit.audit import train as T
     from dpaudit.bounds import epsilon_rdp
     from dpaudit.data import make_demo
+    from dpaudit.heap import reuse_freed_memory
 
     splits = make_demo(int(n_train / 0.7) + 1, image_size=size, seed=0)
     n = len(splits.train)
@@ -65,36 +73,52 @@ def _group(kinds: list[str], arch: str, size: int, n_train: int, repeats: int) -
     shipped = G.FastConvGradSampleModule
     tiny = make_demo(2 * BATCH, image_size=size, seed=1)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    for r in range(-1, repeats):  # round -1: every case once on a tiny set (first calls, allocator), not timed
-        data, q, steps = (tiny, BATCH / len(tiny.train), 1) if r < 0 else (splits, BATCH / n, -(-n // BATCH))
-        for kind in kinds:  # alternate, so that background load hits every case alike
-            if kind.startswith("dpaudit"):
-                private = kind.startswith("dpaudit-dp")
-                physical = None
-                if kind == "dpaudit-dp-hooks":  # dpaudit's previous step
-                    G.FastConvGradSampleModule = GradSampleModule  # type: ignore[misc]
-                    physical = BATCH
-                cfg = T.TrainConfig(noise_multiplier=1.0 if private else None, non_private=not private, arch=arch,
-                                    epochs=1, batch_size=BATCH, physical_batch_size=physical, image_size=size,
-                                    threads=1)
-                c0, t0 = time.process_time(), time.perf_counter()
-                T._run_one(cfg, data, 0, 1.0 if private else 0.0, q, steps, 1e-5, None, 0, steps)
-                cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-                G.FastConvGradSampleModule = shipped  # type: ignore[misc]
-                # _run_one also evaluates the validation split once per epoch; time that alone and take it off.
-                c0, t0 = time.process_time(), time.perf_counter()
-                T._evaluate(warm, data.val, data.mean, data.std, unit=data.unit, split="validation")
-                cpu, wall = cpu - (time.process_time() - c0), wall - (time.perf_counter() - t0)
-                seen = len(data.train)  # one epoch: n expected samples (Poisson for DP)
-            else:
-                seen, cpu, wall = _bare(kind, arch, data.train, steps)
-            if r < 0:
-                continue
-            runs[kind].append({"step_cpu_ms": 1e3 * cpu / steps, "samples_per_cpu_s": seen / cpu,
-                               "samples_per_s": seen / wall})
-            print(f"  .. {arch} {size}px {kind} repeat {r + 1}: {runs[kind][-1]['step_cpu_ms']:.0f} CPU ms/step",
-                  file=sys.stderr, flush=True)
+    # Every case in one dpaudit.heap block, as train() runs its seeds (--fresh-heap: each case's heap given back
+    # first, as a single one-seed train() call starts).
+    with contextlib.nullcontext() if fresh_heap else reuse_freed_memory():
+        for r in range(-1, repeats):  # round -1: every case once on a tiny set (first calls, allocator), not timed
+            data, q, steps = (tiny, BATCH / len(tiny.train), 1) if r < 0 else (splits, BATCH / n, -(-n // BATCH))
+            for kind in kinds:  # alternate, so that background load hits every case alike
+                if kind.startswith("dpaudit"):
+                    private = kind.startswith("dpaudit-dp")
+                    physical = None
+                    if kind == "dpaudit-dp-hooks":  # dpaudit's previous step
+                        G.FastConvGradSampleModule = GradSampleModule  # type: ignore[misc]
+                        physical = BATCH
+                    cfg = T.TrainConfig(noise_multiplier=1.0 if private else None, non_private=not private, arch=arch,
+                                        epochs=1, batch_size=BATCH, physical_batch_size=physical, image_size=size,
+                                        threads=1)
+                    c0, t0, u0 = time.process_time(), time.perf_counter(), _usage()
+                    T._run_one(cfg, data, 0, 1.0 if private else 0.0, q, steps, 1e-5, None, 0, steps)
+                    cpu, wall, usage = time.process_time() - c0, time.perf_counter() - t0, _usage() - u0
+                    G.FastConvGradSampleModule = shipped  # type: ignore[misc]
+                    # _run_one also evaluates the validation split once per epoch; time that alone and take it off.
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    T._evaluate(warm, data.val, data.mean, data.std, unit=data.unit, split="validation")
+                    cpu, wall = cpu - (time.process_time() - c0), wall - (time.perf_counter() - t0)
+                    seen = len(data.train)  # one epoch: n expected samples (Poisson for DP)
+                else:
+                    u0 = _usage()
+                    seen, cpu, wall = _bare(kind, arch, data.train, steps)
+                    usage = _usage() - u0
+                if r < 0:
+                    continue
+                runs[kind].append({"step_cpu_ms": 1e3 * cpu / steps, "samples_per_cpu_s": seen / cpu,
+                                   "samples_per_s": seen / wall, "step_sys_ms": 1e3 * usage[0] / steps,
+                                   "faults_per_step": usage[1] / steps})
+                print(f"  .. {arch} {size}px {kind} repeat {r + 1}: {runs[kind][-1]['step_cpu_ms']:.0f} CPU ms/step",
+                      file=sys.stderr, flush=True)
     return runs
+
+
+def _usage():  # type: ignore[no-untyped-def]
+    """(system CPU seconds, minor page faults) of this process so far, as a numpy array (differences)."""
+    import resource
+
+    import numpy as np
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return np.array([r.ru_stime, r.ru_minflt], dtype=float)
 
 
 def _bare(kind: str, arch: str, train_ds, steps: int) -> tuple[int, float, float]:  # type: ignore[no-untyped-def]
@@ -144,9 +168,11 @@ def _bare(kind: str, arch: str, train_ds, steps: int) -> tuple[int, float, float
     return seen, time.process_time() - c0, time.perf_counter() - t0
 
 
-def _spawn(kinds: list[str], arch: str, size: int, n_train: int, repeats: int) -> dict[str, list[dict[str, float]]]:
+def _spawn(kinds: list[str], arch: str, size: int, n_train: int, repeats: int, fresh_heap: bool
+           ) -> dict[str, list[dict[str, float]]]:
     res = subprocess.run([sys.executable, __file__, "--group", "--kinds", ",".join(kinds), "--archs", arch,
-                          "--sizes", str(size), "--n-train", str(n_train), "--repeats", str(repeats)],
+                          "--sizes", str(size), "--n-train", str(n_train), "--repeats", str(repeats)]
+                         + (["--fresh-heap"] if fresh_heap else []),
                          stdout=subprocess.PIPE, text=True, check=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
     return out  # type: ignore[no-any-return]
@@ -159,33 +185,36 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--n-train", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--fresh-heap", action="store_true",
+                    help="run each case outside any dpaudit.heap block, so that its own block (in _run_one) starts "
+                    "from a heap given back to the system, as a one-seed train() call does")
     ap.add_argument("--group", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     archs = args.archs.split(",")
     kinds = args.kinds.split(",")
     if args.group:
-        runs = _group(kinds, archs[0], sizes[0], args.n_train, args.repeats)
+        runs = _group(kinds, archs[0], sizes[0], args.n_train, args.repeats, args.fresh_heap)
         print(json.dumps({k: v for k, v in runs.items()}))
         return
     rows = []
     for arch in archs:
         for size in sizes:
-            runs = _spawn(kinds, arch, size, args.n_train, args.repeats)
+            runs = _spawn(kinds, arch, size, args.n_train, args.repeats, args.fresh_heap)
             med = {k: {m: statistics.median(v[m] for v in runs[k]) for m in runs[k][0]} for k in kinds if runs[k]}
             rows.append((arch, size, med, len(next(iter(runs.values())))))
     print(f"\nDemo data, {args.n_train} train images, batch {BATCH}, one epoch, 1 torch thread; medians of "
           f"{args.repeats} alternating repeats in one process per model and size; CPU time of the training loop "
           "(empirical; a shared machine)")
     head = (f"{'model':<9} {'input':<10} {'case':<19} {'CPU ms/step':>11} {'x non-priv':>10} {'img/CPU-s':>10} "
-            f"{'img/s wall':>10}")
+            f"{'img/s wall':>10} {'sys ms/step':>11} {'faults/step':>11}")
     print(head)
     print("-" * len(head))
     for arch, size, med, _ in rows:
         base = med.get("dpaudit-nonprivate", {}).get("step_cpu_ms", float("nan"))
         for k, m in med.items():
             print(f"{arch:<9} {size:>3}x{size:<3}x3 {k:<19} {m['step_cpu_ms']:11.0f} {m['step_cpu_ms'] / base:10.2f} "
-                  f"{m['samples_per_cpu_s']:10.1f} {m['samples_per_s']:10.1f}")
+                  f"{m['samples_per_cpu_s']:10.1f} {m['samples_per_s']:10.1f} {m['step_sys_ms']:11.0f} {m['faults_per_step']:11.0f}")
         if "dpaudit-dp" in med and any(k.startswith("opacus") for k in med):
             dp = med["dpaudit-dp"]["step_cpu_ms"]
             best = min((m["step_cpu_ms"], k) for k, m in med.items() if k.startswith("opacus"))
