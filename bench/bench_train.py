@@ -20,8 +20,11 @@ users' load inflates wall time by up to 3x and differently per case, CPU time mu
 too). Only the training loop is timed (no data generation, evaluation or imports). Every case runs inside one
 ``dpaudit.heap`` block, as ``train()`` runs its seeds: freed memory stays in the process's heap, the reference
 loops' too (``--fresh-heap``: none around them, so that each dpaudit run's own block grows its heap from what was
-given back, as a one-seed ``train()`` call does). The system CPU time and minor page faults per step are printed
-beside (the kernel's share: faulting in and zeroing memory glibc had handed back).
+given back, as a one-seed ``train()`` call does, where the block before it grew the resident set by 64 MiB or
+more). The system CPU time and minor page faults per step are printed beside (the kernel's share: faulting in and
+zeroing memory glibc had handed back); for dpaudit's rows they include ``_run_one``'s model set-up, its
+per-epoch validation pass and epsilon, which the CPU time column leaves out (the evaluation) or the reference
+loops do not have.
 
 Usage::
 

@@ -17,7 +17,7 @@ rounds): a DP-SGD step makes and drops per-sample gradients (64 x 0.41 M paramet
 activations of 32 MiB apiece at 64 px, and the kernel faulted in and zeroed about 400 MB per step: 190-270 of
 the 950-1180 CPU ms a DP step of ResNet-9 took at 64 px were system time, 25 to 30 of the 180-210 at 28 px
 (``bench/bench_train.py``). The weights learnt are the same bit for bit (a test checks); the peak resident memory
-of the demo profile went from 1.63 to 1.82 GB.
+of the demo profile went from 1.56-1.63 to 1.80-1.85 GB.
 
 The settings restored are a choice, since any ``mallopt`` call ends glibc's adaptation and the policy cannot be
 handed back as it was: an mmap threshold of 32 MiB, the ceiling glibc's adaptive rule may rise to (its
@@ -125,11 +125,13 @@ def reuse_freed_memory() -> Iterator[None]:
     finally:
         with _lock:
             if generation is not None and generation == _generation:
-                _depth -= 1
-                if _depth == 0:
+                # Restore before counting the block closed: an interrupt (a second Ctrl-C while the first unwinds)
+                # between the two then leaves a block counted open over glibc's own policy, never the reverse.
+                if _depth == 1:
                     _restore(libc)
                     if _resident_bytes() - _resident_at_entry >= TRIM_GROWTH:
                         libc.malloc_trim(0)
+                _depth -= 1
 
 
 def _after_fork() -> None:

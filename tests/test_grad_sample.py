@@ -21,7 +21,9 @@ SHAPES = [
     (16, 32, 3, 1, 1, 1, 1, False, 16),   # grouped kernel (16 channels, 256 positions)
     (8, 12, 3, 2, 1, 1, 1, True, 32),     # grouped, strided, with bias
     (16, 8, 3, 1, 2, 2, 2, True, 28),     # grouped, dilated, two groups of 8 channels
-    (16, 16, 1, 1, 0, 1, 1, False, 14),   # grouped, 1x1 kernel, exactly at the position threshold
+    (16, 16, 1, 1, 0, 1, 1, False, 14),   # grouped, 1x1 kernel, 196 positions
+    (16, 16, 3, 1, 1, 1, 1, False, 8),    # grouped, exactly at the position threshold (8 x 8)
+    (16, 16, 3, 1, 1, 1, 1, True, 7),     # Opacus' sampler: one row and column below it (7 x 7)
     (3, 16, 3, 1, 1, 1, 1, False, 32),    # Opacus' sampler: 3 input channels
     (32, 32, 3, 1, 1, 1, 1, True, 6),     # Opacus' sampler: small map
 ]
