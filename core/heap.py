@@ -17,7 +17,9 @@ rounds): a DP-SGD step makes and drops per-sample gradients (64 x 0.41 M paramet
 activations of 32 MiB apiece at 64 px, and the kernel faulted in and zeroed about 400 MB per step: 190-270 of
 the 950-1180 CPU ms a DP step of ResNet-9 took at 64 px were system time, 25 to 30 of the 180-210 at 28 px
 (``bench/bench_train.py``). The weights learnt are the same bit for bit (a test checks); the peak resident memory
-of the demo profile went from 1.56-1.63 to 1.80-1.85 GB.
+of the demo profile went from 1.56-1.63 to 1.80-1.85 GB. The attack
+(:func:`dpaudit.attacks.reconstruction.run_attack`) runs in it too: 1.25-1.39x its one-pass floor at 224 px
+against 1.37-1.56x (``bench/bench_attack.py``).
 
 The settings restored are a choice, since any ``mallopt`` call ends glibc's adaptation and the policy cannot be
 handed back as it was: an mmap threshold of 32 MiB, the ceiling glibc's adaptive rule may rise to (its

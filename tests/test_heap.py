@@ -223,3 +223,42 @@ def test_training_runs_in_the_block_and_learns_the_same_weights_bit_for_bit(monk
         for name, value in states[0].items():
             assert torch.equal(value, states[1][name]), name
     assert depths == [1, 1, 0, 0, 1, 1, 0, 0] and heap._depth == 0
+
+
+def test_attack_runs_in_the_block_and_gives_the_same_result_bit_for_bit() -> None:
+    # run_attack inside the block and its undecorated body under glibc's default mmap policy: every SSIM and
+    # success the same to the last bit.
+    import torch
+
+    from dpaudit.attacks.reconstruction import run_attack
+    from dpaudit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet9", num_classes=4, in_channels=3)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    kw = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), noise_multipliers=(0.0, 1e-4, 1e-2),
+              decoders=("strong", "paper"))
+    seen: list[int] = []
+    real_resident = heap._resident_bytes
+
+    def spy() -> int:
+        seen.append(heap._depth)
+        return real_resident()
+
+    heap._resident_bytes = spy  # read once on entering the outermost block
+    try:
+        inside = run_attack(model, images, torch.arange(3), **kw)
+    finally:
+        heap._resident_bytes = real_resident
+    libc = heap._glibc()
+    if libc is not None:
+        libc.mallopt(heap.M_MMAP_THRESHOLD, 128 * 1024)
+    try:
+        outside = run_attack.__wrapped__(model, images, torch.arange(3), **kw)
+    finally:
+        if libc is not None:
+            heap._restore(libc)
+    assert heap._depth == 0 and (seen or libc is None)
+    for a, b in zip(inside.rows, outside.rows, strict=True):
+        assert (a.decoder, a.noise_multiplier, a.success_rate) == (b.decoder, b.noise_multiplier, b.success_rate)
+        assert np.array_equal(np.asarray(a.ssim), np.asarray(b.ssim))
