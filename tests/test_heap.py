@@ -8,7 +8,9 @@ report of the BLAS thread counts."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -183,12 +185,25 @@ def test_one_blas_thread_inside_and_the_earlier_count_after() -> None:
     assert inside and set(inside) == {1} and after == before
 
 
+@contextlib.contextmanager
+def _glibc_default_mmap() -> Iterator[None]:
+    """glibc's default mmap threshold (128 KiB, fixed) for the block's reference runs: every larger array comes fresh
+    from mmap and goes back at free, as before the block; the block's restored policy after."""
+    libc = heap._glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(heap.M_MMAP_THRESHOLD, 128 * 1024)
+    try:
+        yield
+    finally:
+        heap._restore(libc)
+
+
 def test_training_runs_in_the_block_and_learns_the_same_weights_bit_for_bit(monkeypatch: pytest.MonkeyPatch
                                                                           ) -> None:
     # DP-SGD (Opacus' DPOptimizer on per-sample gradients) and non-private steps, with the block and without it:
     # the same weights to the last bit. The block is open while the steps run and closed after.
-    import contextlib
-
     import torch
 
     import dpaudit.audit.train as train_mod
@@ -207,17 +222,10 @@ def test_training_runs_in_the_block_and_learns_the_same_weights_bit_for_bit(monk
         for block in (True, False):
             monkeypatch.setattr(train_mod, "reuse_freed_memory",
                                 heap.reuse_freed_memory if block else contextlib.nullcontext)
-            libc = heap._glibc()
-            if not block and libc is not None:
-                # Without the block, glibc's default policy: every array above 128 KiB (the per-sample gradients,
-                # 1.6 MB here) comes fresh from mmap, as the steps' larger arrays did before the block.
-                libc.mallopt(heap.M_MMAP_THRESHOLD, 128 * 1024)
-            try:
+            # Without the block, glibc's default policy: the per-sample gradients (1.6 MB here) come fresh from mmap.
+            with contextlib.nullcontext() if block else _glibc_default_mmap():
                 model = _run_one(cfg, splits, 0, 1.0 if private else 0.0, 16 / n, 2 * -(-n // 16), 1e-5, None, 0,
                                  1)[0]
-            finally:
-                if not block and libc is not None:
-                    heap._restore(libc)
             states.append(model.state_dict())
         assert states[0].keys() == states[1].keys()
         for name, value in states[0].items():
@@ -250,15 +258,9 @@ def test_attack_runs_in_the_block_and_gives_the_same_result_bit_for_bit() -> Non
         inside = run_attack(model, images, torch.arange(3), **kw)
     finally:
         heap._resident_bytes = real_resident
-    libc = heap._glibc()
-    if libc is not None:
-        libc.mallopt(heap.M_MMAP_THRESHOLD, 128 * 1024)
-    try:
+    with _glibc_default_mmap():
         outside = run_attack.__wrapped__(model, images, torch.arange(3), **kw)
-    finally:
-        if libc is not None:
-            heap._restore(libc)
-    assert heap._depth == 0 and (seen or libc is None)
+    assert heap._depth == 0 and (seen or heap._glibc() is None)
     for a, b in zip(inside.rows, outside.rows, strict=True):
         assert (a.decoder, a.noise_multiplier, a.success_rate) == (b.decoder, b.noise_multiplier, b.success_rate)
         assert np.array_equal(np.asarray(a.ssim), np.asarray(b.ssim))
