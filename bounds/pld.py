@@ -47,6 +47,7 @@ Nothing here imports dp_accounting; the tests and the benchmark use dp_accountin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -59,7 +60,7 @@ from scipy import special
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.config import DELTA_EXAMPLE
 from dpaudit.errors import NumericalError, invalid
-from dpaudit.heap import computing_block
+from dpaudit.heap import one_blas_thread, reuse_freed_memory
 
 #: The neighbouring relation every epsilon and bound here assumes: data sets that differ by adding or removing one
 #: record (both directions are accounted, see ``epsilon_pld``). Reported in the profile's reporting checklist.
@@ -171,7 +172,8 @@ def _skip_blocks(masses: np.ndarray, guard: float, h: float, a_lim: int, b: int,
         m = np.maximum(m - guard, 0.0)
     m = m.reshape(nb, block)
     q = m.sum(axis=1).tolist()
-    w = (m @ np.exp(-h * np.arange(block))).tolist()
+    with one_blas_thread():  # (see dpaudit.heap: a matrix-vector product of nb x COARSE_BLOCK)
+        w = (m @ np.exp(-h * np.arange(block))).tolist()
     decay, step = math.exp(-h * block), math.exp(-h)
     s, r = carry_s, carry_r
     for c in range(nb - 1, -1, -1):
@@ -1324,21 +1326,22 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
     listed = near.tolist()
     s_near = math.fsum(listed)
     deficit = math.fsum([*listed, -1.0])  # S_near - 1 rounded once (s_near - 1.0 would carry s_near's rounding)
-    c = a + round(float(np.dot(near, np.arange(near.size, dtype=float))) / s_near) if s_near > 0 else a
-    rest = x.copy()
-    rest[a:b + 1] = 0.0
-    offsets = np.arange(a, b + 1, dtype=np.int64) - c
-    kk = k.astype(np.int64)
-    d = np.empty(k.size, dtype=complex)
-    chunk = max(1, (1 << 16) // near.size)  # (temporaries of 0.5 MB: in cache)
-    scale = math.pi / n
-    for start in range(0, k.size, chunk):
-        r = np.multiply.outer(offsets, kk[start:start + chunk]) % n
-        r[r > n // 2] -= n  # the phase in (-n/2, n/2]: a small angle keeps its relative precision
-        angle = r * scale  # pi r / n
-        half = np.sin(angle)
-        d.real[start:start + chunk] = -2.0 * (near @ (half * half))
-        d.imag[start:start + chunk] = -(near @ np.sin(2.0 * angle))
+    with one_blas_thread():  # (see dpaudit.heap: the sums below are matrix-vector products)
+        c = a + round(float(np.dot(near, np.arange(near.size, dtype=float))) / s_near) if s_near > 0 else a
+        rest = x.copy()
+        rest[a:b + 1] = 0.0
+        offsets = np.arange(a, b + 1, dtype=np.int64) - c
+        kk = k.astype(np.int64)
+        d = np.empty(k.size, dtype=complex)
+        chunk = max(1, (1 << 16) // near.size)  # (temporaries of 0.5 MB: in cache)
+        scale = math.pi / n
+        for start in range(0, k.size, chunk):
+            r = np.multiply.outer(offsets, kk[start:start + chunk]) % n
+            r[r > n // 2] -= n  # the phase in (-n/2, n/2]: a small angle keeps its relative precision
+            angle = r * scale  # pi r / n
+            half = np.sin(angle)
+            d.real[start:start + chunk] = -2.0 * (near @ (half * half))
+            d.imag[start:start + chunk] = -(near @ np.sin(2.0 * angle))
     d += deficit
     if np.any(rest > 0):
         shift = (c * kk) % n
@@ -2018,7 +2021,15 @@ def _kept_floor(keep: np.ndarray, new, old) -> np.ndarray:
     return fresh if np.all(keep) else np.where(keep, fresh, np.asarray(old(), dtype=float))
 
 
-@computing_block()  # its rounds make and drop arrays of up to hundreds of MiB (see dpaudit.heap)
+#: :func:`refine` runs its rounds inside :func:`dpaudit.heap.reuse_freed_memory` from the first round whose FFT
+#: windows (:func:`_window_estimate`) reach this many points: from 2^14 points (128 KiB arrays, glibc's first mmap
+#: threshold) its arrays came fresh from the kernel at each call (349 page faults per epsilon at sigma 5, q 0.1,
+#: T 1000, a window of 30720 points), while below it the block's own cost (its ``mallopt`` calls consolidate the
+#: heap, and it reads the resident set twice: 0.2 ms right after another library's large computation, its caches
+#: cold) is all it adds. Half that, for the estimate's error (within 1.5x of the windows formed).
+HEAP_BLOCK_WINDOW = 1 << 13
+
+
 def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol: float = 1e-12,
            max_halvings: int = 6, start: float | None = None, long_probe: bool = False) -> Refined:
     """Refine the grid step until the result is accurate to ``rtol`` (relative) or ``atol`` (absolute).
@@ -2037,6 +2048,28 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     long one-level runs with windows of ``LONG_WINDOW`` points or more too (:func:`_long_one_level`; ReRo's callers).
     """
     run = _as_run(pair_or_run, steps)
+    # The rounds make and drop arrays of up to hundreds of MiB: from the first round whose windows reach
+    # HEAP_BLOCK_WINDOW points on, they run in the heap block (see dpaudit.heap; the same numbers either way). BLAS
+    # is held to one thread only around the matrix-vector products that use it (_skip_blocks, _accurate_power), not
+    # over the whole refinement: threadpoolctl's limit cost 0.13 ms a call right after another library's large
+    # computation, for nothing where no product runs.
+    with contextlib.ExitStack() as block:
+        opened = False
+
+        def in_block(h: float):
+            nonlocal opened
+            if not opened and _window_estimate(run, h) >= HEAP_BLOCK_WINDOW:
+                block.enter_context(reuse_freed_memory())
+                opened = True
+            return evaluate(h)
+
+        return _refine(run, in_block, rtol=rtol, atol=atol, max_halvings=max_halvings, start=start,
+                       long_probe=long_probe)
+
+
+def _refine(run: tuple[tuple[StepPair, int], ...], evaluate, *, rtol: float, atol: float, max_halvings: int,
+            start: float | None, long_probe: bool) -> Refined:
+    """The rounds of :func:`refine` (its arguments; ``run`` a tuple of (pair, steps) phases)."""
     if start is not None and not (isinstance(start, (int, float)) and math.isfinite(start) and start > 0):
         raise invalid("start", start, "a finite grid step > 0 (nats)", "pass the grid step another bound ended at, "
                       "or None")

@@ -81,6 +81,79 @@ def test_bounds_are_the_same_bit_for_bit_without_the_block(monkeypatch) -> None:
     assert values() == with_block
 
 
+def test_refine_opens_the_block_only_from_windows_of_heap_block_window_points(monkeypatch) -> None:
+    # Short runs (windows of a few thousand points) pay nothing for the block; longer ones run in it from their first
+    # round of HEAP_BLOCK_WINDOW points (an estimate). Either way the same numbers, bit for bit.
+    entered = []
+    real = heap.reuse_freed_memory
+
+    @contextlib.contextmanager
+    def spy() -> Iterator[None]:
+        entered.append(True)
+        with real():
+            yield
+
+    monkeypatch.setattr(pld, "reuse_freed_memory", spy)
+
+    def values() -> list[float]:
+        out = []
+        for steps in (10, 1000):
+            clear_caches()
+            out.append(epsilon_bound(5.0, 0.1, steps, 1e-5).value)
+        return out
+
+    lazily = values()
+    assert len(entered) == 1  # T 1000 (windows of 30720 points), not T 10 (3200)
+    entered.clear()
+    monkeypatch.setattr(pld, "HEAP_BLOCK_WINDOW", 0)
+    assert values() == lazily and len(entered) == 2
+
+
+def test_blas_is_held_to_one_thread_around_the_bounds_matrix_vector_products(monkeypatch) -> None:
+    # The block over a whole refinement no longer limits BLAS: the two places the bounds call it do, for the products
+    # themselves (the epsilon reader's block sums, the accurate route's spectrum sums).
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    counts = []
+    real = heap.one_blas_thread
+
+    @contextlib.contextmanager
+    def spy() -> Iterator[None]:
+        with real():
+            counts.append({lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"})
+            yield
+
+    monkeypatch.setattr(pld, "one_blas_thread", spy)
+    masses = np.full(10 * pld.COARSE_BLOCK, 1e-6)
+    pld._skip_blocks(masses, 0.0, 1e-3, 1, masses.size, 0.0, 0.0, 0.0, 1e-3)
+    x = np.zeros(4096)
+    x[2000:2100] = 0.01
+    assert pld._accurate_power(x, np.arange(8), pld.ACCURATE_STEPS) is not None
+    assert len(counts) == 2 and all(c <= {1} for c in counts)
+
+
+def test_the_resident_set_is_read_from_a_descriptor_kept_open_and_a_forked_child_opens_its_own() -> None:
+    import os
+
+    with open("/proc/self/statm", "rb") as f:
+        plain = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    got = heap._resident_bytes()
+    if heap._statm_fd is not None and heap._statm_fd < 0:
+        pytest.skip("no /proc/self/statm here")
+    assert abs(got - plain) <= 64 * 1024 * 1024  # (the same set, read a moment apart)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's descriptor names the parent's process; it must not be read
+        try:
+            os.write(write, f"{heap._statm_fd}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    got_child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert got_child == "None" and heap._statm_fd is not None
+
+
 class _FakeLibc:
     """Records the allocator calls a block makes (the real glibc's effects cannot be read back)."""
 
