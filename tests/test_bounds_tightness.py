@@ -551,6 +551,8 @@ def test_coarse_settling_of_a_direction_brackets_the_same_epsilon(monkeypatch, s
         calls.append((h, direction, optimistic))
         return real(run_, h, direction, optimistic)
 
+    # (the coarse route itself: the swapped read of the remove direction settles these first, test_bounds_swapped)
+    monkeypatch.setattr(pld_module, "SWAPPED_SETTLE", False)
     pld_module.clear_caches()
     monkeypatch.setattr(pld_module, "composed_run", spy)
     fast = pld_module.epsilon_pld_refined(run, None, 1e-5)
