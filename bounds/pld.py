@@ -308,8 +308,10 @@ class DiscretePld:
 
             (1 - sum_l m_l e^{-l}) + sum_{l <= -eps} m_l (e^{-l} - e^eps),
 
-        to which the allowance for round-off is added: the FFT's on every mass (:attr:`noise_guard`) times
-        sum_l e^{-l}, and 4 n ulp of each sum of n terms."""
+        to which an allowance for round-off is added: the FFT's on every mass (:attr:`noise_guard`) times
+        sum_l e^{-l} (the read weighs masses by e^{-l}, up to e^{-lowest loss of the window}), and 4 n ulp of each
+        sum of n terms. Like :attr:`noise_guard`, an estimate of the round-off, not a proof: the bound is exact up to
+        floating point, as every reader here."""
         if self.optimistic:
             raise NumericalError("swapped_delta needs a connect-the-dots (upper) PLD")
         if not (epsilon >= 0.0 and math.isfinite(epsilon)):
