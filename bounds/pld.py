@@ -289,10 +289,10 @@ class DiscretePld:
         m = self.masses[top]
         return min(1.0, float(self.infinity_mass + np.sum(m * -np.expm1(epsilon - losses[top]))) / self._kept)
 
-    def swapped_delta(self, epsilon: float) -> float:
+    def swapped_delta(self, epsilon: float, steps: int) -> float:
         """An upper bound on delta(eps) of the *swapped* pair (the add direction's, from the remove direction's
-        connect-the-dots PLD of the same run, and the reverse), at eps >= 0; +inf where the floating-point
-        allowance below would not leave it meaningful.
+        connect-the-dots PLD of the same run, and the reverse), at eps >= 0, for a PLD composed of ``steps`` steps
+        by FFT; +inf where the round-off allowance below does not leave a meaningful bound.
 
         For probability measures P and Q and any event S, P(S) - e^eps Q(S) = 1 - e^eps + e^eps (Q(S^c) -
         e^{-eps} P(S^c)), so delta_{P||Q}(eps) = 1 - e^eps + e^eps delta_{Q||P}(-eps) (the hockey-stick divergences
@@ -306,12 +306,20 @@ class DiscretePld:
         +infinity (``TAIL_BOUND``). With the masses m_l at losses l divided by their total (as every upper reader
         here), the bound 1 - e^eps + e^eps delta(-eps) reads, without cancellation between e^eps-sized terms,
 
-            (1 - sum_l m_l e^{-l}) + sum_{l <= -eps} m_l (e^{-l} - e^eps),
+            (1 - sum_l m_l e^{-l}) + sum_{l <= -eps} m_l (e^{-l} - e^eps).
 
-        to which an allowance for round-off is added: the FFT's on every mass (:attr:`noise_guard`) times
-        sum_l e^{-l} (the read weighs masses by e^{-l}, up to e^{-lowest loss of the window}), and 4 n ulp of each
-        sum of n terms. Like :attr:`noise_guard`, an estimate of the round-off, not a proof: the bound is exact up to
-        floating point, as every reader here."""
+        Round-off. Unlike every other reader here, this one weighs the masses by e^{-l}, up to e^{-(the window's
+        lowest loss)}, e^17 to e^36 in some windows: the FFT's round-off on the composed masses, harmless to readers
+        that weigh them by at most 1, is then multiplied (the observed-noise guard, :attr:`noise_guard`, was 4-40
+        times short of it there). The allowance added follows the normwise bound instead: a real FFT of n points is
+        within about 6 log2(n) ulp of its result's 2-norm (Higham, Accuracy and Stability of Numerical Algorithms,
+        2nd ed., SIAM 2002, Theorem 24.2); the per-step spectra (|z| <= 1, masses of 2-norm at most 1) carry that
+        into each z^T at most T times over (plus the squarings' own 2 log2 T ulp), and the inverse FFT (2-norm
+        divided by sqrt(n)) adds its own, so the composed masses' error vector has a 2-norm of at most
+        E = 12 (T + 2 log2 T + 2) log2(n) ulp (twice that, for a two-level composition's regridding and other
+        phases). By Cauchy-Schwarz the read is then off by at most E ||e^{-l}||_2, which is added, with 4 n ulp of
+        each sum of n terms. A read below minus that allowance is refused (+inf) as inconsistent. Long runs and deep
+        windows thereby do not settle here (the allowance exceeds the target); the caller settles them otherwise."""
         if self.optimistic:
             raise NumericalError("swapped_delta needs a connect-the-dots (upper) PLD")
         if not (epsilon >= 0.0 and math.isfinite(epsilon)):
@@ -319,21 +327,26 @@ class DiscretePld:
         kept = self._kept
         if not kept > 0.0:
             return math.inf
+        ulp = float(np.finfo(float).eps)
+        n = self.masses.size
+        steps = max(int(steps), 1)
+        error_norm = 12.0 * (steps + 2.0 * math.log2(steps) + 2.0) * max(math.log2(max(n, 2)), 1.0) * ulp
         losses = self.losses
         with np.errstate(over="ignore", invalid="ignore"):
             p_of = np.exp(-losses)  # e^{-l}: each atom's P-mass per unit of Q-mass
-            p_masses = self.masses * p_of
-            total_p = float(p_masses.sum()) / kept
+            total_p = float((self.masses * p_of).sum()) / kept
             low = losses <= -epsilon
             swapped = 0.0
             if low.any():
                 # e^{-l} - e^eps = e^eps (e^{-l - eps} - 1), with its full relative precision (-l - eps >= 0)
                 gap = np.exp(epsilon) * np.expm1(-losses[low] - epsilon)
                 swapped = float((gap * self.masses[low]).sum()) / kept
-            allowance = (self.noise_guard * float(p_of.sum())
-                         + 4.0 * self.masses.size * float(np.finfo(float).eps) * (total_p + 1.0 + swapped)) / kept
-        bound = (1.0 - total_p) + swapped + allowance
-        return bound if math.isfinite(bound) else math.inf
+            weights_norm = math.sqrt(float(np.square(p_of).sum()))  # ||e^{-l}||_2 (inf past e^354: refused)
+            allowance = (error_norm * weights_norm + 4.0 * n * ulp * (total_p + 1.0 + swapped)) / kept
+        read = (1.0 - total_p) + swapped
+        if not (math.isfinite(read) and math.isfinite(allowance)) or read < -allowance:
+            return math.inf
+        return read + allowance
 
     def epsilon(self, target_delta: float) -> float:
         """The smallest eps >= 0 with delta(eps) <= target_delta (+inf if the infinity atom alone exceeds it), the
@@ -2481,8 +2494,11 @@ SETTLE_COARSENING_MIN = 4.0
 
 #: :func:`epsilon_pld_refined` settles a direction from the other direction's upper end of the same round first
 #: (:meth:`DiscretePld.swapped_delta`: the add pair is the remove pair swapped), before any composition of its own
-#: (False: only the coarse settling composition below, the route before). The same epsilon either way (the settled
-#: direction is never the maximum); sigma 5, q 0.1, T 10 to 1000 saved its coarse composition, 0.2-0.4 ms of 2-3 ms.
+#: (False: only the coarse settling composition below, the route before). A settled direction's epsilon is proven at
+#: most the other's lower end, so the value is the other direction's upper end: the same as the route before, or
+#: smaller where that route's own upper end of the settled direction came out above it (still sound either way);
+#: sigma 5, q 0.1, T 10 to 1000 saved its coarse composition, 0.2-0.4 ms of 2-3 ms. Where the read's round-off
+#: allowance is too wide (long runs, deep windows: :meth:`DiscretePld.swapped_delta`) the coarse route settles.
 SWAPPED_SETTLE = True
 
 
@@ -2506,6 +2522,7 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
     # The coarse settling grid is never coarser than refine's own coarsened probe: a round on the probe's grid is
     # cheap already (small windows), and a grid much coarser than it rarely settles anything.
     settle_limit = 0.0 if SETTLE_COARSENING is None else PROBE_COARSENING * initial_h_run(run)
+    total_steps = sum(steps for _, steps in run)
 
     def evaluate(h: float):
         # The garbled PLDs of both directions give a sound lower bound (delta only falls under garbling), so the
@@ -2530,7 +2547,7 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
             # best_lower; where that read does not settle it, the coarse composition below may).
             if SWAPPED_SETTLE and d not in latest and best_lower > -math.inf and best_lower >= 0.0:
                 other = next((pld for o, pld in composed_here.items() if o != d), None)
-                if other is not None and other.swapped_delta(best_lower) <= target_delta:
+                if other is not None and other.swapped_delta(best_lower, total_steps) <= target_delta:
                     latest[d] = (best_lower, -math.inf)
                     continue
             # (up to the limit: a round at initial_h_run's step, the first of a long run, settles 4x coarser)
