@@ -60,7 +60,7 @@ from scipy import special
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.config import DELTA_EXAMPLE
 from dpaudit.errors import NumericalError, invalid
-from dpaudit.heap import one_blas_thread, reuse_freed_memory
+from dpaudit.heap import heap_keeps, one_blas_thread, reuse_freed_memory
 
 #: The neighbouring relation every epsilon and bound here assumes: data sets that differ by adding or removing one
 #: record (both directions are accounted, see ``epsilon_pld``). Reported in the profile's reporting checklist.
@@ -2123,7 +2123,10 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     """
     run = _as_run(pair_or_run, steps)
     # The rounds make and drop arrays of up to hundreds of MiB: from the first round whose windows reach
-    # HEAP_BLOCK_WINDOW points on, they run in the heap block (see dpaudit.heap; the same numbers either way). BLAS
+    # HEAP_BLOCK_WINDOW points on, they run in the heap block (see dpaudit.heap; the same numbers either way), unless
+    # glibc already keeps arrays of that size for reuse outside blocks (dpaudit.heap.heap_keeps: after an earlier
+    # block set the policy, windows up to 2^18 points; the block's own cost, its mallopt calls and two reads of
+    # the resident set, is then all it would add). BLAS
     # is held to one thread only around the matrix-vector products that use it (_skip_blocks, _accurate_power), not
     # over the whole refinement: threadpoolctl's limit cost 0.13 ms a call right after another library's large
     # computation, for nothing where no product runs.
@@ -2132,9 +2135,11 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
 
         def in_block(h: float):
             nonlocal opened
-            if not opened and _window_estimate(run, h) >= HEAP_BLOCK_WINDOW:
-                block.enter_context(reuse_freed_memory())
-                opened = True
+            if not opened:
+                window = _window_estimate(run, h)
+                if window >= HEAP_BLOCK_WINDOW and not heap_keeps(int(8 * window)):
+                    block.enter_context(reuse_freed_memory())
+                    opened = True
             return evaluate(h)
 
         return _refine(run, in_block, rtol=rtol, atol=atol, max_halvings=max_halvings, start=start,

@@ -111,10 +111,33 @@ def _resident_bytes() -> int:
         return 0
 
 
+#: Whether a block has set glibc's policy in this process (:func:`_restore`): from then on, outside blocks too,
+#: arrays up to ``ADAPTIVE_MMAP_CEILING`` come from the heap and up to twice that of freed memory stays there.
+_restored = False
+
+
 def _restore(libc: ctypes.CDLL) -> None:
+    global _restored
     libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
     libc.mallopt(M_MMAP_THRESHOLD, ADAPTIVE_MMAP_CEILING)
     libc.mallopt(M_TRIM_THRESHOLD, 2 * ADAPTIVE_MMAP_CEILING)
+    _restored = True
+
+
+#: :func:`heap_keeps` counts a computation whose arrays are at most this many bytes apiece as kept by the restored
+#: policy: a round of the bounds' refinement makes and drops some 20 arrays of its window's size, 40 MiB at 2 MiB
+#: apiece, below the restored trim threshold (64 MiB).
+KEPT_ARRAY_BYTES = 2 * 1024 * 1024
+
+
+def heap_keeps(array_bytes: int) -> bool:
+    """Whether glibc already serves, and keeps for reuse, arrays of ``array_bytes`` apiece outside any block: after
+    a block has set the policy (:func:`_restore`: mmap threshold 32 MiB, trim threshold 64 MiB) for arrays up to
+    :data:`KEPT_ARRAY_BYTES`; never before (glibc's own adaptive threshold trims its heap's top at twice the
+    largest array freed so far, and the next call faults it in again). Off glibc: True (there is no block)."""
+    if _glibc() is None:
+        return True
+    return _restored and array_bytes <= KEPT_ARRAY_BYTES
 
 
 @contextlib.contextmanager
