@@ -2126,10 +2126,9 @@ def refine(pair_or_run, steps: int | None, evaluate, *, rtol: float = 5e-4, atol
     # HEAP_BLOCK_WINDOW points on, they run in the heap block (see dpaudit.heap; the same numbers either way), unless
     # glibc already keeps arrays of that size for reuse outside blocks (dpaudit.heap.heap_keeps: after an earlier
     # block set the policy, windows up to 2^18 points; the block's own cost, its mallopt calls and two reads of
-    # the resident set, is then all it would add). BLAS
-    # is held to one thread only around the matrix-vector products that use it (_skip_blocks, _accurate_power), not
-    # over the whole refinement: threadpoolctl's limit cost 0.13 ms a call right after another library's large
-    # computation, for nothing where no product runs.
+    # the resident set, is then all it would add). BLAS is held to one thread only around the matrix-vector
+    # products that use it (_skip_blocks, _accurate_power), not over the whole refinement: threadpoolctl's limit
+    # cost 0.13 ms a call right after another library's large computation, for nothing where no product runs.
     with contextlib.ExitStack() as block:
         opened = False
 

@@ -106,7 +106,7 @@ def test_refine_opens_the_block_only_from_windows_of_heap_block_window_points(mo
     monkeypatch.setattr(heap, "_restored", False)  # (a fresh process: glibc's own policy)
     lazily = values()
     if heap._glibc() is None:
-        assert not entered  # off glibc glibc's policy is not ours to change
+        assert not entered  # (off glibc there is no policy to set: never a block)
         return
     assert len(entered) == 1  # T 1000 (windows of 30720 points), not T 10 (3200)
     entered.clear()
