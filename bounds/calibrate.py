@@ -23,7 +23,13 @@ from dpaudit.bounds._mechanism import (
     check_steps,
     check_threat_model,
 )
-from dpaudit.bounds.pld import WindowTooLargeError, composed_pld, epsilon_pld, epsilon_pld_refined, initial_h
+from dpaudit.bounds.pld import (
+    WindowTooLargeError,
+    epsilon_pld,
+    epsilon_pld_refined,
+    initial_h,
+    upper_epsilon,
+)
 from dpaudit.bounds.rdp import epsilon_rdp
 from dpaudit.bounds.rero import tight_gamma
 from dpaudit.bounds.schedule import Phase, Schedule
@@ -279,7 +285,8 @@ def _epsilon_pld_fixed_grid(pair: StepPair, steps: int, delta: float,
     """Sound PLD epsilon on one grid, twice as coarse as the first one :func:`epsilon_pld` tries (about 2e-3
     relative above the converged value), without refinement."""
     h = 2 * initial_h(pair, steps)
-    return max(composed_pld(pair, steps, h, d).epsilon(delta) for d in directions)
+    run = ((pair, steps),)
+    return max(upper_epsilon(run, h, d, delta)[0] for d in directions)
 
 
 @dataclass(frozen=True)

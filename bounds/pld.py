@@ -219,6 +219,10 @@ class DiscretePld:
         Optimistic PLDs: a bound on the Q-mass a composition may have wrapped from below its window to the top
         (``TAIL_BOUND`` per FFT window, added up over the blocks of a two-level composition); the readers of the
         lower end allow for it. 0 per step.
+    plain_steps:
+        How many of the composed steps' spectrum powers were taken the plain way (squarings of the FFT, about
+        ``plain_steps`` ulp relative per frequency, see :meth:`roundoff`); 0 per step and where every power was
+        taken by :func:`_accurate_power`.
     """
 
     h: float
@@ -230,6 +234,7 @@ class DiscretePld:
     optimistic: bool = False
     noise: float = 0.0
     slack: float = 0.0
+    plain_steps: int = 0
 
     @functools.cached_property
     def losses(self) -> np.ndarray:
@@ -462,6 +467,37 @@ class DiscretePld:
         """max { Q(E) : P(E) <= alpha } for each alpha: the exact Neyman-Pearson step (randomised on the boundary
         atom) over atoms sorted by decreasing loss. Reads the atoms from the top only as far as alpha needs."""
         return self.power_and_depth(alpha)[0]
+
+    @functools.cached_property
+    def _mass_norm(self) -> float:
+        """||masses||_2."""
+        return math.sqrt(float(np.dot(self.masses, self.masses)))
+
+    def atoms_above(self, loss: float) -> int:
+        """How many finite atoms lie above ``loss`` (what a read from the top down to it sums)."""
+        n = self.masses.size
+        if not math.isfinite(loss):
+            return 0 if loss > 0 else n
+        return max(0, min(n, n - 1 - math.floor((loss - self.offset) / self.h - self.lo)))
+
+    def roundoff(self, atoms: int) -> float:
+        """An *estimate* (not a proof) of the plain route's round-off on a sum of ``atoms`` composed masses: the
+        steps whose spectrum power was taken by squarings (``plain_steps``) times an ulp times ||masses||_2 times
+        sqrt(atoms); 0 where every power was taken by :func:`_accurate_power`.
+
+        Why. Each squaring route power carries about plain_steps ulp relative at every live frequency (the FFT's
+        round-off on z, ~ulp for |z| near 1, multiplied by the exponent), so by Parseval the composed masses' error
+        vector has a 2-norm of about plain_steps ulp ||masses||_2, and a sum over ``atoms`` of them is off by at
+        most sqrt(atoms) times that (Cauchy-Schwarz). The error is a smooth wave, positive where the masses are near
+        0, which the observed-noise guard (:attr:`noise_guard`, the most negative mass) does not see; at delta 1e-10
+        it moved a one-level composition's delta by up to 0.8% (sigma 0.676, q 0.00103, T 3e4), epsilon's upper end
+        below the exact value. Measured against the accurate route on six runs (T 1e3 to 1e5, delta 1e-10 and
+        8e-7) the actual error of the delta read was 0.002 to 0.08 times this estimate (tests/test_bounds_roundoff.py
+        keeps such checks); the readers (:func:`composed_for`) take the accurate route where it exceeds
+        ``ROUTE_SHARE`` of what they read."""
+        if not self.plain_steps or atoms <= 0:
+            return 0.0
+        return self.plain_steps * float(np.finfo(float).eps) * self._mass_norm * math.sqrt(atoms)
 
     @property
     def noise_guard(self) -> float:
@@ -1300,6 +1336,12 @@ def _chernoff_window(parts, found: tuple[int, int]) -> tuple[float, float]:
 
 def _spectrum_power(z: np.ndarray, steps: int, masses: np.ndarray | None = None, width: int | None = None, *,
                     overwrite: bool = False) -> np.ndarray:
+    """:func:`_spectrum_power_route`'s power alone."""
+    return _spectrum_power_route(z, steps, masses, width, overwrite=overwrite)[0]
+
+
+def _spectrum_power_route(z: np.ndarray, steps: int, masses: np.ndarray | None = None, width: int | None = None, *,
+                          overwrite: bool = False, accurate: bool = False) -> tuple[np.ndarray, bool]:
     """z ** steps, elementwise, computed only where |z|^steps > e^-700: a mass distribution's spectrum has |z| <= 1
     with equality at frequency 0, so for long runs almost every frequency's power underflows to nothing (the
     composed law is smooth on the grid's scale).
@@ -1316,20 +1358,24 @@ def _spectrum_power(z: np.ndarray, steps: int, masses: np.ndarray | None = None,
     steps / 1000 times less round-off), where that is cheap. ``overwrite``: z may be overwritten (a caller's
     temporary): where every frequency is live (short runs of spike-like steps) the power is taken in it, without the
     zeroed copy and the gathered one (the same products in the same order: the same numbers bit for bit; at a window
-    of 1e7 points each copy is 80 MB)."""
+    of 1e7 points each copy is 80 MB).
+
+    ``accurate``: take :func:`_accurate_power` wherever ``masses`` are given, at any steps and up to
+    ``ACCURATE_FORCED_SHARE`` terms per point (where the plain route's round-off is known to matter:
+    :meth:`DiscretePld.roundoff`). Returns (the power, True where it was taken the plain way)."""
     if steps == 1:
-        return z
+        return z, True
     live = (z.real ** 2 + z.imag ** 2) > math.exp(-1400.0 / steps)
     powered = None
-    if masses is not None and steps >= ACCURATE_STEPS:
+    if masses is not None and (accurate or steps >= ACCURATE_STEPS):
         if width is not None and masses.size < width:
             masses = np.concatenate((masses, np.zeros(width - masses.size)))
-        powered = _accurate_power(masses, np.flatnonzero(live), steps)
+        powered = _accurate_power(masses, np.flatnonzero(live), steps, forced=accurate)
     if powered is None and overwrite and live.all():
-        return _int_power(z, steps, overwrite=True)
+        return _int_power(z, steps, overwrite=True), True
     out = np.zeros_like(z)
     out[live] = _int_power(z[live], steps) if powered is None else powered
-    return out
+    return out, powered is None
 
 
 #: :func:`_spectrum_power` takes the live frequencies of runs of at least this many steps by :func:`_accurate_power`
@@ -1350,9 +1396,13 @@ ACCURATE_NEAR = 1 << 16
 #: sigma 1, q 1e-5, T 1e6, 1e-3 gave the same error against a long-double reference, 3.9e-19 for 3.8e-19, at twice
 #: the near atoms).
 ACCURATE_FAR = 1.0
+#: Where the plain route's round-off matters (``accurate``: :func:`_spectrum_power_route`), the accurate one is
+#: taken up to this many terms per point of the FFT window, whatever the steps, with no other limit (a spike-like step
+#: with nearly every frequency live may need more: it keeps the plain route, and the readers its allowance).
+ACCURATE_FORCED_SHARE = 64.0
 
 
-def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | None:
+def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = False) -> np.ndarray | None:
     """z_k ** steps at the frequencies ``k`` of z = rfft(x) (x: masses >= 0 on a circle of n = x.size points), with
     a round-off of about (|steps log z_k| + a few) ulp instead of the FFT route's steps times the FFT's; None where
     the direct sums below would exceed ``ACCURATE_TERMS`` terms, ``ACCURATE_SHARE`` terms per point or
@@ -1384,7 +1434,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
     n = x.size
     if k.size == 0:
         return np.zeros(0, dtype=complex)
-    budget = min(ACCURATE_TERMS, ACCURATE_SHARE * n)
+    budget = ACCURATE_FORCED_SHARE * n if forced else min(ACCURATE_TERMS, ACCURATE_SHARE * n)
     if 16 * k.size > budget:  # (nearly every frequency live, a spike-like step: not worth locating the bulk)
         return None
     cum = np.cumsum(x)
@@ -1394,7 +1444,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
     far = ACCURATE_FAR / steps * total
     a = int(np.searchsorted(cum, 0.5 * far, side="right"))
     b = min(int(np.searchsorted(cum, total - 0.5 * far, side="left")), n - 1)
-    if (b - a + 1) * k.size > budget or b - a + 1 > ACCURATE_NEAR:
+    if (b - a + 1) * k.size > budget or (b - a + 1 > ACCURATE_NEAR and not forced):
         return None
     near = x[a:b + 1]
     listed = near.tolist()
@@ -1421,7 +1471,8 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int) -> np.ndarray | No
         shift = (c * kk) % n
         d += sp_fft.rfft(rest, n=n)[k] * np.exp(2j * math.pi * np.where(shift > n // 2, shift - n, shift) / n)
     re = 2.0 * d.real + (d.real * d.real + d.imag * d.imag)
-    log_abs = 0.5 * np.log1p(re)
+    with np.errstate(divide="ignore"):  # (|1 + A| = 0: log -inf, the power 0)
+        log_abs = 0.5 * np.log1p(re)
     arg = np.arctan2(d.imag, 1.0 + d.real)
     turn = ((c * steps) % n * kk) % n
     phase = steps * arg - 2.0 * math.pi * np.where(turn > n // 2, turn - n, turn) / n
@@ -1466,6 +1517,12 @@ def _fold(masses: np.ndarray, width: int) -> np.ndarray:
     return folded
 
 
+#: :func:`composed_run`'s accurate route composes in one level where that window is at most this many points: a
+#: two-level composition's blocks are short runs (sqrt(T) steps) of spike-like steps with nearly every frequency live,
+#: which the accurate power declines (``ACCURATE_FORCED_SHARE``), keeping their plain round-off (sigma 0.5, q 0.001,
+#: T 2e5, delta 1e-12: the upper end +inf behind its allowance; one level: 0.4e6 points, 55 ms, plain_steps 0).
+ACCURATE_ONE_LEVEL_WINDOW = 1 << 22
+
 #: Fold per-step grids longer than the composed window onto it (:func:`_fold`) rather than widen the window ...
 FOLD_STEPS = True
 #: ... where the grid is at least this many times longer than the window (see :func:`compose_parts`).
@@ -1489,11 +1546,12 @@ def compose(pld: DiscretePld, steps: int) -> DiscretePld:
     return compose_parts([(pld, steps)])
 
 
-def compose_parts(parts) -> DiscretePld:
+def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
     """The composition of ``steps_i`` copies of each per-step PLD ``pld_i`` (one per phase of a schedule), by FFT in
     one Chernoff-sized window (see the module notes). The per-step PLDs share the grid step h; their offsets add.
 
-    ``parts`` is a sequence of (pld, steps).
+    ``parts`` is a sequence of (pld, steps). ``accurate``: every power by :func:`_accurate_power` where it can be
+    (:func:`_spectrum_power_route`); the result's ``plain_steps`` counts the steps whose power was not.
     Heterogeneous composition is exact here: the composed PLD of independent steps is the convolution of their PLDs
     (Koskela, Jalko, Honkela, AISTATS 2020, Section 3), whatever each step's mechanism.
     Compositions of nearly the same law (:func:`composed_run`: one run and direction at other grid steps, both ends
@@ -1556,10 +1614,13 @@ def compose_parts(parts) -> DiscretePld:
         raise WindowTooLargeError(
             f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW})")
     spectrum = None
+    plain_steps = 0
     for p, s in parts:
         folded = _fold(p.masses, width)
-        term = _spectrum_power(sp_fft.rfft(folded, n=width), s, folded if ACCURATE_SPECTRUM else None, width,
-                               overwrite=True)
+        term, plain = _spectrum_power_route(sp_fft.rfft(folded, n=width), s, folded if ACCURATE_SPECTRUM else None,
+                                            width, overwrite=True, accurate=accurate)
+        # A relative error carried in by a part (its own plain powers) is multiplied by s as well, whichever route.
+        plain_steps += s * (p.plain_steps + plain)
         spectrum = term if spectrum is None else spectrum * term
     composed = sp_fft.irfft(spectrum, n=width)
     # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k (np.roll
@@ -1581,7 +1642,7 @@ def compose_parts(parts) -> DiscretePld:
             # above 1, which no garbling has: drop the excess evenly (dropping observations is a sub-Markov kernel).
             composed /= total
         return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=0.0, offset=offset, optimistic=True,
-                           noise=noise, slack=slack)
+                           noise=noise, slack=slack, plain_steps=plain_steps)
     log_finite = sum(s * math.log1p(-p.infinity_mass) if p.infinity_mass < 1 else -math.inf for p, s in parts)
     finite = math.exp(log_finite)
     # + the Chernoff bound of the mass wrapped from above the window. (Round-off in the per-step interval masses, a
@@ -1590,13 +1651,16 @@ def compose_parts(parts) -> DiscretePld:
     # atom, where it would count in full against delta; the upper readers divide by the total instead:
     # DiscretePld.mass_deficit.)
     infinity = 1.0 - finite + TAIL_BOUND
-    return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=min(infinity, 1.0), offset=offset, noise=noise)
+    return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=min(infinity, 1.0), offset=offset, noise=noise,
+                       plain_steps=plain_steps)
 
 
 @functools.lru_cache(maxsize=16)
-def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, optimistic: bool = False
-                 ) -> DiscretePld:
-    """Cached: discretise each phase's step at grid step h and compose them (``run``: (pair, steps) per phase)."""
+def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, optimistic: bool = False,
+                 accurate: bool = False) -> DiscretePld:
+    """Cached: discretise each phase's step at grid step h and compose them (``run``: (pair, steps) per phase).
+    ``accurate``: every spectrum power by the accurate route where it can be (:func:`compose_parts`; what
+    :func:`composed_for` asks for where the plain route's round-off matters to a read)."""
     total = sum(steps for _, steps in run)
     inf_budget = INF_BUDGET / total
 
@@ -1607,6 +1671,8 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
             else direction
 
     block = _block_size(run, h)
+    if accurate and block is not None and _window_estimate(run, h, block=None) <= ACCURATE_ONE_LEVEL_WINDOW:
+        block = None  # (a block's short run of spike-like steps keeps the plain route: see the constant)
     if block is not None:
         # Two levels (see _block_size): blocks of m steps on the finer grid h / sqrt(2), each block re-discretised
         # onto the coarser grid h sqrt(m / 2), the blocks composed there. Blur T h^2 / 2 from each level, as much
@@ -1614,17 +1680,17 @@ def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
         (pair, steps), = run
         step = _step_pld(pair, h / math.sqrt(2.0), direction_of(pair), inf_budget, optimistic, MAX_WINDOW)
         coarse = h * math.sqrt(block / 2.0)
-        parts = [(_regrid(compose_parts([(step, block)]), coarse), steps // block)]
+        parts = [(_regrid(compose_parts([(step, block)], accurate=accurate), coarse), steps // block)]
         if steps % block:
-            parts.append((_regrid(compose_parts([(step, steps % block)]), coarse), 1))
-        return compose_parts(parts)
+            parts.append((_regrid(compose_parts([(step, steps % block)], accurate=accurate), coarse), 1))
+        return compose_parts(parts, accurate=accurate)
     # A step composed with others (or itself) needs a window as long as its grid: refuse a longer grid unformed.
     limit = MAX_WINDOW if total > 1 else None
     parts = [(_PROBE_STEPS.pop((pair, h, direction_of(pair), inf_budget, optimistic, limit), None)
               or _step_pld(pair, h, direction_of(pair), inf_budget, optimistic, limit), steps) for pair, steps in run]
     _COMPOSING.key = (run, direction)
     try:
-        return compose_parts(parts)
+        return compose_parts(parts, accurate=accurate)
     finally:
         _COMPOSING.key = None
 
@@ -1730,7 +1796,7 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     if pld.optimistic:
         if not m.size:
             return DiscretePld(h=step, lo=0, masses=np.zeros(1), infinity_mass=0.0, offset=pld.offset,
-                               optimistic=True, slack=pld.slack)
+                               optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps)
         nu = pld.noise_guard
         j = np.rint((losses - pld.offset) / step).astype(np.int64)
         pile = (pld.lo + np.nonzero(pos)[0]) == 0
@@ -1749,7 +1815,7 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
         # 2 nu short of its grid point, which must not count as a loss below it (it would be dropped whole).
         guard = 4.0 * nu * np.bincount(j - lo, minlength=n)
         return DiscretePld(h=step, lo=lo, masses=_balance_cells(grid, q, log_p, guard), infinity_mass=0.0,
-                           offset=pld.offset, optimistic=True, slack=pld.slack)
+                           offset=pld.offset, optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps)
     j = np.floor((losses - pld.offset) / step).astype(np.int64)
     below = pld.offset + step * j
     over = losses < below  # (round-off at a grid point)
@@ -1760,12 +1826,79 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     n = int(j.max()) - lo + 2 if j.size else 1
     masses = np.bincount(j - lo, weights=m - upper, minlength=n) + np.bincount(j + 1 - lo, weights=upper, minlength=n)
     return DiscretePld(h=step, lo=lo, masses=np.maximum(masses, 0.0), infinity_mass=pld.infinity_mass,
-                       offset=pld.offset)
+                       offset=pld.offset, plain_steps=pld.plain_steps)
 
 
 def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimistic: bool = False) -> DiscretePld:
     """Discretise one step at grid step h and compose it ``steps`` times (cached)."""
     return composed_run(((pair, steps),), h, direction, optimistic)
+
+
+#: A read takes the accurate route (``composed_run(..., accurate=True)``) where the plain route's round-off estimate
+#: (:meth:`DiscretePld.roundoff`) could move what it reads by more than this share of it: epsilon (the shift of delta
+#: divided by the slope of the delta curve, :func:`epsilon_shift`, against epsilon + ``EPSILON_ATOL``) or a power
+#: (:func:`power_shift`). A tenth of the default tolerances (1e-4 for epsilon, 5e-4 for ReRo); the actual error was
+#: 0.002 to 0.08 of the estimate where measured. At the default delta (8e-7) nothing measured came near it
+#: (sigma 0.676, q 0.00103, T 1e5: 1e-5 of it): the route and the numbers stay; at delta 1e-10 the accurate route
+#: is taken (2-25x the plain composition's cost; T 321921 one run of 1.7 s).
+ROUTE_SHARE = 1e-5
+
+
+def epsilon_shift(pld: DiscretePld, epsilon: float, delta_error: float) -> float:
+    """How far (nats) an error ``delta_error`` in the delta curve near ``epsilon`` moves the epsilon read there:
+    delta_error over the curve's slope -d delta / d eps = sum_{l > eps} m_l e^{eps - l} (divided by the total as
+    every upper reader); +inf where the curve is flat there (nothing above: then nothing is read either)."""
+    if not delta_error > 0.0:
+        return 0.0
+    above = pld.atoms_above(epsilon)
+    if above <= 0:
+        return math.inf
+    start = pld.masses.size - above
+    slope = float(np.dot(pld.masses[start:], np.exp(epsilon - pld.losses_at(slice(start, None))))) / pld._kept
+    return delta_error / slope if slope > 0.0 else math.inf
+
+
+def composed_for(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, shift, optimistic: bool = False,
+                 accurate: bool = False) -> tuple[DiscretePld, bool]:
+    """The composition a read needs, and whether it took the accurate route: :func:`composed_run`, composed again
+    by the accurate route where ``shift(pld)``, the plain route's estimated round-off on the read relative to what it
+    reads, exceeds ``ROUTE_SHARE`` (or at once where ``accurate``: the other end of the same bracket took it)."""
+    pld = composed_run(run, h, direction, optimistic, accurate)
+    if not accurate and pld.plain_steps and shift(pld) > ROUTE_SHARE:
+        return composed_run(run, h, direction, optimistic, True), True
+    return pld, accurate
+
+
+def _epsilon_shift_share(pld: DiscretePld, epsilon: float) -> float:
+    """:func:`epsilon_shift` of the round-off estimate at ``epsilon``, relative to epsilon + ``EPSILON_ATOL``."""
+    if not math.isfinite(epsilon):
+        return 0.0
+    shift = epsilon_shift(pld, epsilon, pld.roundoff(pld.atoms_above(epsilon)))
+    return shift / (epsilon + EPSILON_ATOL)
+
+
+def upper_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, target_delta: float
+                  ) -> tuple[float, DiscretePld, bool]:
+    """(epsilon at ``target_delta`` from the connect-the-dots PLD at grid step h, that PLD, whether it took the
+    accurate route): the route by :func:`composed_for`; where even that PLD kept plain powers (a spike-like step
+    past ``ACCURATE_FORCED_SHARE``) with a shift above ``ROUTE_SHARE``, read at the target less the estimate."""
+    pld, accurate = composed_for(run, h, direction, lambda p: _epsilon_shift_share(p, p.epsilon(target_delta)))
+    eps = pld.epsilon(target_delta)
+    if accurate and _epsilon_shift_share(pld, eps) > ROUTE_SHARE:
+        allowance = pld.roundoff(pld.atoms_above(eps))
+        eps = pld.epsilon(target_delta - allowance) if allowance < target_delta else math.inf
+    return eps, pld, accurate
+
+
+def lower_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, target_delta: float,
+                  near: float, accurate: bool) -> float:
+    """:meth:`DiscretePld.epsilon_lower` at grid step h (``near``: the upper end), by the accurate route where the
+    upper end took it or the plain route's round-off estimate matters here (:func:`composed_for`); where that PLD
+    kept plain powers with a shift above ``ROUTE_SHARE``, read at the target plus the estimate."""
+    pld, accurate = composed_for(run, h, direction, lambda p: _epsilon_shift_share(p, near), True, accurate)
+    if accurate and _epsilon_shift_share(pld, near) > ROUTE_SHARE:
+        target_delta = target_delta + pld.roundoff(pld.atoms_above(near))
+    return pld.epsilon_lower(target_delta, near=near)
 
 
 def clear_caches() -> None:
@@ -2557,16 +2690,16 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
             # (up to the limit: a round at initial_h_run's step, the first of a long run, settles 4x coarser)
             settle = 0.0 if SETTLE_COARSENING is None else min(SETTLE_COARSENING, settle_limit / h)
             if d not in latest and best_lower > -math.inf and settle >= SETTLE_COARSENING_MIN:
-                coarse = composed_run(run, h * settle, d).epsilon(target_delta)
+                coarse = upper_epsilon(run, h * settle, d, target_delta)[0]
                 if coarse <= best_lower:
                     latest[d] = (coarse, -math.inf)
                     continue
-            composed_here[d] = composed_run(run, h, d)
-            upper = composed_here[d].epsilon(target_delta)
+            # (both ends by the accurate route where the plain route's round-off matters at this delta: composed_for)
+            upper, composed_here[d], accurate = upper_epsilon(run, h, d, target_delta)
             if upper <= best_lower:
                 latest[d] = (upper, latest[d][1] if d in latest else -math.inf)
                 continue
-            latest[d] = (upper, composed_run(run, h, d, True).epsilon_lower(target_delta, near=upper))
+            latest[d] = (upper, lower_epsilon(run, h, d, target_delta, upper, accurate))
         upper = max(up for up, _ in latest.values())
         lower = max(lo for _, lo in latest.values())
         finite = math.isfinite(upper)

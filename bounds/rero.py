@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
+from dpaudit.bounds import pld as pld_module
 from dpaudit.bounds._mechanism import StepPair, check_kappa, check_records_per_patient, check_threat_model
 from dpaudit.bounds.pld import Refined, WindowTooLargeError, _as_run, composed_pld, composed_run, refine
 from dpaudit.bounds.schedule import Schedule, resolve
@@ -158,13 +159,23 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
     def evaluate(h: float):
         remove = composed_run(run, h, "remove")
         gamma, depth = remove.power_and_depth(kappa)
+        # The plain route's round-off on the atoms read, where it could move a power by more than ROUTE_SHARE of it
+        # (a tiny kappa after a long run): every composition of this round by the accurate route (as for epsilon,
+        # dpaudit.bounds.pld.composed_for); where that one still kept plain powers, its estimate widens the bracket.
+        accurate = bool(remove.plain_steps) and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * gamma)
+        if accurate:
+            remove = composed_run(run, h, "remove", False, True)
+            gamma, depth = remove.power_and_depth(kappa)
+        allowance = _roundoff(remove, depth)
+        allowance = np.where(allowance > pld_module.ROUTE_SHARE * gamma, allowance, 0.0)
         deep = depth < READ_DEPTH_LIMIT
         if np.any(deep):
-            add = composed_run(run, h, "add")
+            add = composed_run(run, h, "add", False, accurate)
             gamma = np.where(deep, add.dual_power(kappa), gamma)
+        gamma = gamma + np.where(deep, 0.0, allowance)
         upper = np.clip(np.maximum(gamma, kappa), 0.0, 1.0)  # gamma >= kappa always holds (f(a) <= 1 - a)
-        garbled = composed_run(run, h, "remove", True)
-        lower = np.minimum(garbled.power_lower(kappa), upper)
+        garbled = composed_run(run, h, "remove", True, accurate)
+        lower = np.minimum(garbled.power_lower(kappa) - allowance, upper)
         # Deep reads (FFT round-off times e^{-loss}) make the lower bound loose there: those entries converge by
         # nested grids instead, and keep their sound, if wide, bracket. Last: the part of the bracket the round-off
         # guard holds, which a finer grid does not narrow, read only when refine's stop rule asks for it (a second
@@ -172,6 +183,13 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         return upper, lower, ~deep, lambda: garbled.power_lower_and_guard(kappa)[1]
 
     return refine(run, None, evaluate, rtol=rtol, atol=1e-12, start=start, long_probe=True)
+
+
+def _roundoff(pld, depth: np.ndarray) -> np.ndarray:
+    """:meth:`dpaudit.bounds.pld.DiscretePld.roundoff` of a read down to each loss in ``depth`` (an estimate)."""
+    if not pld.plain_steps:
+        return np.zeros(depth.shape)
+    return np.array([pld.roundoff(pld.atoms_above(float(d)) + 1) for d in depth])
 
 
 #: gamma within this of 1 (proven by the threshold test) is reported as 1 without a PLD (see tight_gamma).

@@ -195,13 +195,13 @@ def test_relaxed_patient_point_takes_one_full_round(monkeypatch) -> None:
     accurate = []
     real, real_power = rero_module.composed_run, pld._accurate_power
 
-    def spy(run, h, direction, optimistic=False):
-        got = real(run, h, direction, optimistic)
+    def spy(run, h, direction, optimistic=False, accurate=False):
+        got = real(run, h, direction, optimistic, accurate)
         points[h] = max(points.get(h, 0), got.masses.size)
         return got
 
-    def power_spy(x, k, steps):
-        got = real_power(x, k, steps)
+    def power_spy(x, k, steps, forced=False):
+        got = real_power(x, k, steps, forced=forced)
         accurate.append(got is not None)
         return got
 

@@ -547,9 +547,9 @@ def test_coarse_settling_of_a_direction_brackets_the_same_epsilon(monkeypatch, s
     calls = []
     real = pld_module.composed_run
 
-    def spy(run_, h, direction, optimistic=False):
+    def spy(run_, h, direction, optimistic=False, accurate=False):
         calls.append((h, direction, optimistic))
-        return real(run_, h, direction, optimistic)
+        return real(run_, h, direction, optimistic, accurate)
 
     # (the coarse route itself: the swapped read of the remove direction settles these first, test_bounds_swapped)
     monkeypatch.setattr(pld_module, "SWAPPED_SETTLE", False)

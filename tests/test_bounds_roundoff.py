@@ -1,0 +1,162 @@
+"""The plain spectrum power's round-off (z^T by squarings, about T ulp relative per frequency) and the reads that
+take the accurate route where it matters (DiscretePld.roundoff, composed_for, upper_epsilon, tight_gamma).
+
+A review (2026-12-02) found that at delta 1e-10 a one-level composition of 3e4 to 3e5 steps carries a smooth
+round-off wave, positive where the masses are near 0, which noise_guard (the most negative mass) does not see: summed
+over the atoms above the crossing it moved delta by up to ~1%, epsilon's upper end fell below the exact value and the
+bracket inverted; ReRo's power at kappa 1e-12 after 1e5 steps the same (0.17% low). The reference here is the same
+computation with every power forced through the accurate route (_accurate_power, a few hundred ulp: checked against
+exact compositions in tests/test_bounds_spectrum.py); the review's long-double compositions agreed with it
+(T 321921, delta 1e-10: epsilon ~11.9432)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dpaudit.bounds import pld as pld_module
+from dpaudit.bounds._mechanism import StepPair
+from dpaudit.bounds.rero import tight_gamma
+
+SIGMA, Q = 0.6761178496329033, 0.0010285844131701265
+
+
+def _force_accurate(monkeypatch) -> None:
+    """Every spectrum power by the accurate route, whatever its cost (the reference)."""
+    monkeypatch.setattr(pld_module, "ACCURATE_STEPS", 1)
+    monkeypatch.setattr(pld_module, "ACCURATE_SHARE", 1e12)
+    monkeypatch.setattr(pld_module, "ACCURATE_TERMS", 1 << 40)
+    monkeypatch.setattr(pld_module, "ACCURATE_NEAR", 1 << 40)
+    monkeypatch.setattr(pld_module, "ACCURATE_FORCED_SHARE", 1e12)
+
+
+def _reference(monkeypatch, compute):
+    with monkeypatch.context() as patch:
+        _force_accurate(patch)
+        pld_module.clear_caches()
+        got = compute()
+    pld_module.clear_caches()
+    return got
+
+
+def test_plain_steps_count_the_powers_taken_by_squarings() -> None:
+    pld_module.clear_caches()
+    short = ((StepPair(1.0, 0.01), 1000),)
+    h = pld_module.initial_h_run(short)
+    assert pld_module.composed_run(short, h, "remove").plain_steps == 1000
+    assert pld_module.composed_run(short, h, "remove", False, True).plain_steps == 0
+    assert pld_module.composed_run(short, h, "remove", True, True).plain_steps == 0
+    # Two levels: each block's plain powers carry into the blocks' power (times its exponent), plus that power's own.
+    long = ((StepPair(SIGMA, Q), 321921),)
+    h = next(pld_module.initial_h_run(long) / 2 ** i for i in range(8)
+             if pld_module._block_size(long, pld_module.initial_h_run(long) / 2 ** i) is not None)
+    block = pld_module._block_size(long, h)
+    two = pld_module.composed_run(long, h, "remove")
+    blocks, rest = divmod(321921, block)
+    assert two.plain_steps == blocks * (block + 1) + (rest + 1 if rest else 0)
+    # The accurate route composes such a run in one level (its blocks' spike-like steps keep every frequency live).
+    assert pld_module.composed_run(long, h, "remove", False, True).plain_steps == 0
+    pld_module.clear_caches()
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), [(SIGMA, Q, 30_000), (SIGMA, Q, 100_000), (1.0, 0.01, 1000),
+                                                   (1.0, 0.001, 10_000)])
+def test_the_roundoff_estimate_covers_the_plain_routes_error_on_delta(sigma: float, q: float, steps: int) -> None:
+    """The estimate against the actual wave (plain less accurate masses) summed over the atoms a delta read sums:
+    measured 0.002 to 0.08 of it; 4x is asked for."""
+    run = ((StepPair(sigma, q), steps),)
+    h = pld_module.initial_h_run(run) / 2
+    pld_module.clear_caches()
+    plain = pld_module.composed_run(run, h, "remove")
+    accurate = pld_module.composed_run(run, h, "remove", False, True)
+    pld_module.clear_caches()
+    assert plain.plain_steps == steps and accurate.plain_steps == 0
+    assert (plain.lo, plain.masses.size) == (accurate.lo, accurate.masses.size)
+    wave = plain.masses - accurate.masses
+    for delta in (1e-10, 1e-8, 8e-7):
+        eps = accurate.epsilon(delta)
+        above = accurate.atoms_above(eps)
+        actual = abs(float(wave[wave.size - above:].sum()))
+        assert 4.0 * actual <= plain.roundoff(above), (delta, actual, plain.roundoff(above))
+
+
+SMALL_DELTA_RUNS = [
+    (SIGMA, Q, 100_000, 1e-10),  # one level, plain (declined by ACCURATE_SHARE): was 6.859113 < 6.859838 (lower)
+    (SIGMA, Q, 30_000, 1e-10),  # one level, T < ACCURATE_STEPS: was 4.818693 < 4.819596
+    (SIGMA, Q, 30_000, 1e-8),
+    (SIGMA, Q, 321_921, 1e-10),  # two levels: the lower end was 11.96352 > the exact ~11.9432
+    (0.5, 0.001, 200_000, 1e-12),  # two levels: the bracket was inverted, [31.893, 31.141]
+    (0.8, 0.01, 10_000, 1e-12),
+]
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps", "delta"), SMALL_DELTA_RUNS)
+def test_small_delta_epsilon_brackets_hold_the_accurate_routes(monkeypatch, sigma: float, q: float, steps: int,
+                                                                delta: float) -> None:
+    run = ((StepPair(sigma, q), steps),)
+    pld_module.clear_caches()
+    got = pld_module.epsilon_pld_refined(run, None, delta)
+    pld_module.clear_caches()
+    reference = _reference(monkeypatch, lambda: pld_module.epsilon_pld_refined(run, None, delta))
+    lower, upper = float(got.lower[0]), float(got.value[0])
+    assert math.isfinite(upper) and lower <= upper <= lower * (1 + 1e-4) + 1e-7
+    assert reference.lower[0] <= reference.value[0]
+    assert upper >= reference.lower[0] and lower <= reference.value[0]
+
+
+@pytest.mark.parametrize("steps", [30_000, 100_000])
+def test_tiny_kappa_rero_brackets_hold_the_accurate_routes(monkeypatch, steps: int) -> None:
+    """ReRo's power read is the same kind of sum over the top atoms: at kappa 1e-12 after 1e5 steps the plain route
+    gave [1.009766e-9, 1.009706e-9] (inverted, 0.17% below the accurate route's [1.011386e-9, 1.011653e-9])."""
+    run = ((StepPair(SIGMA, Q), steps),)
+    kappa = np.array([1e-12, 1e-10, 1e-6])
+    pld_module.clear_caches()
+    got = tight_gamma(run, None, kappa)
+    pld_module.clear_caches()
+    reference = _reference(monkeypatch, lambda: tight_gamma(run, None, kappa))
+    assert np.all(got.lower <= got.value)
+    assert np.all(got.value >= reference.lower) and np.all(got.lower <= reference.value)
+
+
+DEFAULT_DELTA_RUNS = [(1.0, 0.01, 1000, 1e-5), (0.44783, 3328 / 1077000, 16150, 8e-7), (SIGMA, Q, 100_000, 8e-7),
+                      (SIGMA, Q, 321_921, 8e-7)]
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps", "delta"), DEFAULT_DELTA_RUNS)
+def test_usual_deltas_keep_the_plain_route(monkeypatch, sigma: float, q: float, steps: int, delta: float) -> None:
+    """At the usual deltas the estimate stays far below ROUTE_SHARE: no composition is taken again (the numbers
+    are the ones before this route existed)."""
+    run = ((StepPair(sigma, q), steps),)
+    real = pld_module.composed_run
+    asked = []
+
+    def spy(run_, h, direction, optimistic=False, accurate=False):
+        asked.append(accurate)
+        return real(run_, h, direction, optimistic, accurate)
+
+    spy.cache_clear = real.cache_clear
+    pld_module.clear_caches()
+    monkeypatch.setattr(pld_module, "composed_run", spy)
+    pld_module.epsilon_pld_refined(run, None, delta)
+    monkeypatch.setattr(pld_module, "composed_run", real)
+    pld_module.clear_caches()
+    assert asked and not any(asked)
+
+
+def test_where_the_accurate_route_declines_the_estimate_widens_the_bracket(monkeypatch) -> None:
+    """With the accurate power declined everywhere (a spike-like step past ACCURATE_FORCED_SHARE) the reads allow for
+    the estimate instead: the bracket is wider, and still holds the accurate route's."""
+    run = ((StepPair(SIGMA, Q), 30_000),)
+    delta = 1e-10
+    reference = _reference(monkeypatch, lambda: pld_module.epsilon_pld_refined(run, None, delta))
+    monkeypatch.setattr(pld_module, "ACCURATE_FORCED_SHARE", 0.0)
+    pld_module.clear_caches()
+    h = pld_module.initial_h_run(run) / 2
+    upper, pld, accurate = pld_module.upper_epsilon(run, h, "remove", delta)
+    assert accurate and pld.plain_steps == 30_000
+    assert upper > pld.epsilon(delta)  # read at delta less the estimate
+    lower = pld_module.lower_epsilon(run, h, "remove", delta, upper, accurate)
+    pld_module.clear_caches()
+    assert lower <= reference.value[0] and upper >= reference.lower[0]
