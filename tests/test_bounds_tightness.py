@@ -1253,8 +1253,8 @@ def _routes(monkeypatch, sigma: float, q: float, steps: int, threat_model: str, 
     widths: list[int] = []
     compose = pld_module.compose_parts
 
-    def counted(parts):
-        out = compose(parts)
+    def counted(parts, **kwargs):
+        out = compose(parts, **kwargs)
         widths.append(out.masses.size)
         return out
 

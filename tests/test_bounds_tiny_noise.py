@@ -40,8 +40,8 @@ def _bounded(func, *args, **kwargs):
     sizes: list[int] = []
     original = pld_module.compose_parts
 
-    def counting(parts):
-        out = original(parts)
+    def counting(parts, **kwargs):
+        out = original(parts, **kwargs)
         sizes.append(out.masses.size)
         return out
 
