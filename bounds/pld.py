@@ -223,6 +223,10 @@ class DiscretePld:
         How many of the composed steps' spectrum powers were taken the plain way (squarings of the FFT, about
         ``plain_steps`` ulp relative per frequency, see :meth:`roundoff`); 0 per step and where every power was
         taken by :func:`_accurate_power`.
+    spectrum_ulps:
+        An estimate of the composed spectrum's relative round-off, in ulps (:meth:`roundoff`): steps + 2 log2(steps)
+        for each plain power, :func:`_accurate_ulps` for each accurate one, a part's own times its steps, and
+        2 log2(n) for the FFTs. 0 per step.
     """
 
     h: float
@@ -235,6 +239,7 @@ class DiscretePld:
     noise: float = 0.0
     slack: float = 0.0
     plain_steps: int = 0
+    spectrum_ulps: float = 0.0
 
     @functools.cached_property
     def losses(self) -> np.ndarray:
@@ -481,23 +486,24 @@ class DiscretePld:
         return max(0, min(n, n - 1 - math.floor((loss - self.offset) / self.h - self.lo)))
 
     def roundoff(self, atoms: int) -> float:
-        """An *estimate* (not a proof) of the plain route's round-off on a sum of ``atoms`` composed masses: the
-        steps whose spectrum power was taken by squarings (``plain_steps``) times an ulp times ||masses||_2 times
-        sqrt(atoms); 0 where every power was taken by :func:`_accurate_power`.
+        """An *estimate* (not a proof) of the composition's round-off on a sum of ``atoms`` composed masses:
+        ``spectrum_ulps`` ulp times ||masses||_2 times sqrt(atoms); 0 per step.
 
-        Why. Each squaring route power carries about plain_steps ulp relative at every live frequency (the FFT's
-        round-off on z, ~ulp for |z| near 1, multiplied by the exponent), so by Parseval the composed masses' error
-        vector has a 2-norm of about plain_steps ulp ||masses||_2, and a sum over ``atoms`` of them is off by at
-        most sqrt(atoms) times that (Cauchy-Schwarz). The error is a smooth wave, positive where the masses are near
-        0, which the observed-noise guard (:attr:`noise_guard`, the most negative mass) does not see; at delta 1e-10
-        it moved a one-level composition's delta by up to 0.8% (sigma 0.676, q 0.00103, T 3e4), epsilon's upper end
-        below the exact value. Measured against the accurate route on six runs (T 1e3 to 1e5, delta 1e-10 and
-        8e-7) the actual error of the delta read was 5e-5 to 0.08 times this estimate (tests/test_bounds_roundoff.py
-        keeps such checks); the readers (:func:`composed_for`) take the accurate route where it exceeds
-        ``ROUTE_SHARE`` of what they read."""
-        if not self.plain_steps or atoms <= 0:
+        Why. The composed spectrum carries about ``spectrum_ulps`` ulp relative at every live frequency (a power by
+        squarings: the FFT's round-off on z, ~ulp for |z| near 1, times the exponent; the accurate power: its own
+        estimate, :func:`_accurate_ulps`), so by Parseval the composed masses' error vector has a 2-norm of about
+        spectrum_ulps ulp ||masses||_2, and a sum over ``atoms`` of them is off by at most sqrt(atoms) times that
+        (Cauchy-Schwarz). The error is a smooth wave, positive where the masses are near 0, which the observed-noise
+        guard (:attr:`noise_guard`, the most negative mass) does not see: at delta 1e-10 the plain route moved a
+        one-level composition's delta by up to 0.8% (sigma 0.676, q 0.00103, T 3e4), epsilon's upper end below the
+        exact value; the accurate route, by 2.2% at delta 2.7e-13 (sigma 1.65, q 0.01007, T 55413, 1.2e6 points).
+        Against the accurate route (plain powers) and a long-double one (accurate powers) the actual error of the
+        delta read was 5e-5 to 0.08 times this estimate (tests/test_bounds_roundoff.py keeps such checks). The
+        readers (:func:`composed_for`) take the accurate route where it could move what they read by more than
+        ``ROUTE_SHARE``, and allow for it where even that one could."""
+        if not self.spectrum_ulps or atoms <= 0:
             return 0.0
-        return self.plain_steps * float(np.finfo(float).eps) * self._mass_norm * math.sqrt(atoms)
+        return self.spectrum_ulps * float(np.finfo(float).eps) * self._mass_norm * math.sqrt(atoms)
 
     @property
     def noise_guard(self) -> float:
@@ -1362,20 +1368,27 @@ def _spectrum_power_route(z: np.ndarray, steps: int, masses: np.ndarray | None =
 
     ``accurate``: take :func:`_accurate_power` wherever ``masses`` are given, at any steps and up to
     ``ACCURATE_FORCED_SHARE`` terms per point (where the plain route's round-off is known to matter:
-    :meth:`DiscretePld.roundoff`). Returns (the power, True where it was taken the plain way)."""
+    :meth:`DiscretePld.roundoff`). Returns (the power, True where it was taken the plain way, an estimate of its
+    relative round-off in ulps: steps + 2 log2(steps) the plain way, :func:`_accurate_ulps` the accurate one)."""
+    plain_ulps = steps + 2.0 * math.log2(max(steps, 1))
     if steps == 1:
-        return z, True
+        return z, False, plain_ulps
     live = (z.real ** 2 + z.imag ** 2) > math.exp(-1400.0 / steps)
     powered = None
     if masses is not None and (accurate or steps >= ACCURATE_STEPS):
         if width is not None and masses.size < width:
             masses = np.concatenate((masses, np.zeros(width - masses.size)))
-        powered = _accurate_power(masses, np.flatnonzero(live), steps, forced=accurate)
-    if powered is None and overwrite and live.all():
-        return _int_power(z, steps, overwrite=True), True
+        error: list = []
+        powered = _accurate_power(masses, np.flatnonzero(live), steps, forced=accurate, error=error)
+        if powered is not None:
+            out = np.zeros_like(z)
+            out[live] = powered
+            return out, False, (error[0] if error else 0.0)  # (no live frequency: nothing to err)
+    if overwrite and live.all():
+        return _int_power(z, steps, overwrite=True), True, plain_ulps
     out = np.zeros_like(z)
-    out[live] = _int_power(z[live], steps) if powered is None else powered
-    return out, powered is None
+    out[live] = _int_power(z[live], steps)
+    return out, True, plain_ulps
 
 
 #: :func:`_spectrum_power` takes the live frequencies of runs of at least this many steps by :func:`_accurate_power`
@@ -1400,9 +1413,13 @@ ACCURATE_FAR = 1.0
 #: taken up to this many terms per point of the FFT window, whatever the steps, with no other limit (a spike-like step
 #: with nearly every frequency live may need more: it keeps the plain route, and the readers its allowance).
 ACCURATE_FORCED_SHARE = 64.0
+#: ... with a near part narrowed (where the usual one is costly) as long as the far part's estimated round-off
+#: (:func:`_accurate_ulps`) stays within this many ulps.
+ACCURATE_FORCED_FAR_ULPS = 64.0
 
 
-def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = False) -> np.ndarray | None:
+def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = False,
+                    error: list | None = None) -> np.ndarray | None:
     """z_k ** steps at the frequencies ``k`` of z = rfft(x) (x: masses >= 0 on a circle of n = x.size points), with
     a round-off of about (|steps log z_k| + a few) ulp instead of the FFT route's steps times the FFT's; None where
     the direct sums below would exceed ``ACCURATE_TERMS`` terms, ``ACCURATE_SHARE`` terms per point or
@@ -1441,9 +1458,33 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
     total = float(cum[-1])
     if not total > 0.0:
         return None
+
+    def ends(far: float) -> tuple[int, int]:
+        return (int(np.searchsorted(cum, 0.5 * far, side="right")),
+                min(int(np.searchsorted(cum, total - 0.5 * far, side="left")), n - 1))
+
     far = ACCURATE_FAR / steps * total
-    a = int(np.searchsorted(cum, 0.5 * far, side="right"))
-    b = min(int(np.searchsorted(cum, total - 0.5 * far, side="left")), n - 1)
+    a, b = ends(far)
+    if forced and (b - a + 1) * k.size > ACCURATE_SHARE * n:
+        # Forced and costly (a sparse run, T q ~ 1: every frequency live): a narrower near part, as long as its far
+        # part's FFT round-off (see _accurate_ulps: steps sqrt(n) ||far||_2 ulp) stays within
+        # ACCURATE_FORCED_FAR_ULPS: the far mass grows fourfold a time. (sigma 0.5, q 1e-6, T 1e6: the near part
+        # the never-sampled pile alone, the rest's 1e-6 spread over 1e7 points, ~1 ulp.) Sums of squares from
+        # either end (no cancellation against the pile's).
+        head = np.cumsum(x * x)
+        tail = np.cumsum((x * x)[::-1])[::-1]
+        wider = far
+        while True:
+            wider *= 4.0
+            if not wider < total:
+                break
+            a2, b2 = ends(wider)
+            if b2 < a2:
+                break
+            rest = (float(head[a2 - 1]) if a2 > 0 else 0.0) + (float(tail[b2 + 1]) if b2 + 1 < n else 0.0)
+            if ACCURATE_FAR_ULPS * steps * math.sqrt(n * max(rest, 0.0)) > ACCURATE_FORCED_FAR_ULPS:
+                break
+            a, b = a2, b2
     if (b - a + 1) * k.size > budget or (b - a + 1 > ACCURATE_NEAR and not forced):
         return None
     near = x[a:b + 1]
@@ -1476,7 +1517,33 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
     arg = np.arctan2(d.imag, 1.0 + d.real)
     turn = ((c * steps) % n * kk) % n
     phase = steps * arg - 2.0 * math.pi * np.where(turn > n // 2, turn - n, turn) / n
-    return np.exp(steps * log_abs) * (np.cos(phase) + 1j * np.sin(phase))
+    power = np.exp(steps * log_abs) * (np.cos(phase) + 1j * np.sin(phase))
+    if error is not None:
+        far_ulps = ACCURATE_FAR_ULPS * steps * math.sqrt(n) * math.sqrt(float(np.dot(rest, rest)))
+        error.append(_accurate_ulps(power, steps * np.abs(log_abs) + steps * np.abs(arg),
+                                    steps * math.sqrt(near.size) * np.abs(d), far_ulps, steps))
+    return power
+
+
+#: :func:`_accurate_ulps`' weight on the far part's FFT round-off (see there; measured against a long-double
+#: reference of the same algorithm: sigma 1.65, q 0.01007, T 55413, windows of 0.3e6 to 1.2e6 points, 55 to 190 ulp
+#: rms, this term 2.3 to 4.6 times that).
+ACCURATE_FAR_ULPS = 2.0
+
+
+def _accurate_ulps(power: np.ndarray, size: np.ndarray, sums: np.ndarray, far: float, steps: int) -> float:
+    """An estimate (not a proof) of :func:`_accurate_power`'s relative round-off, in ulps, weighted as the composed
+    masses feel it: the rms over frequencies weighted by |z^T|^2 (by Parseval, the masses' error 2-norm over their
+    own). Per frequency: the exponentials' arguments times an ulp each (``size`` = steps (|log|1 + A|| +
+    |arg(1 + A)|)); the J near terms' sums forming A, about sqrt(J) ulp of |A|, times steps (``sums``); the far
+    part's FFT, whose round-off at a low frequency reaches about an ulp of its 1-norm, sqrt(n) ||far||_2, times steps
+    (``far``, the largest term where the window is long: 1.2e6 points, 190 ulp measured); and 2 log2(steps) + 16."""
+    weight = power.real ** 2 + power.imag ** 2
+    total = float(weight.sum())
+    if not total > 0.0:
+        return 0.0
+    per = size + sums + (far + 2.0 * math.log2(max(steps, 2)) + 16.0)
+    return math.sqrt(float(np.dot(weight, per * per)) / total)
 
 
 def _int_power(z: np.ndarray, steps: int, *, overwrite: bool = False) -> np.ndarray:
@@ -1614,13 +1681,15 @@ def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
         raise WindowTooLargeError(
             f"the composed privacy loss needs an FFT window of {width} points (limit {MAX_WINDOW})")
     spectrum = None
-    plain_steps = 0
+    plain_steps, ulps = 0, 2.0 * math.log2(width) + len(parts)  # (the inverse FFT's and the products' own)
     for p, s in parts:
         folded = _fold(p.masses, width)
-        term, plain = _spectrum_power_route(sp_fft.rfft(folded, n=width), s, folded if ACCURATE_SPECTRUM else None,
-                                            width, overwrite=True, accurate=accurate)
-        # A relative error carried in by a part (its own plain powers) is multiplied by s as well, whichever route.
+        term, plain, own = _spectrum_power_route(sp_fft.rfft(folded, n=width), s,
+                                                 folded if ACCURATE_SPECTRUM else None, width, overwrite=True,
+                                                 accurate=accurate)
+        # A relative error carried in by a part (a block's own powers) is multiplied by s as well, whichever route.
         plain_steps += s * (p.plain_steps + plain)
+        ulps += s * p.spectrum_ulps + own
         spectrum = term if spectrum is None else spectrum * term
     composed = sp_fft.irfft(spectrum, n=width)
     # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k (np.roll
@@ -1642,7 +1711,7 @@ def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
             # above 1, which no garbling has: drop the excess evenly (dropping observations is a sub-Markov kernel).
             composed /= total
         return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=0.0, offset=offset, optimistic=True,
-                           noise=noise, slack=slack, plain_steps=plain_steps)
+                           noise=noise, slack=slack, plain_steps=plain_steps, spectrum_ulps=ulps)
     log_finite = sum(s * math.log1p(-p.infinity_mass) if p.infinity_mass < 1 else -math.inf for p, s in parts)
     finite = math.exp(log_finite)
     # + the Chernoff bound of the mass wrapped from above the window. (Round-off in the per-step interval masses, a
@@ -1652,15 +1721,22 @@ def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
     # DiscretePld.mass_deficit.)
     infinity = 1.0 - finite + TAIL_BOUND
     return DiscretePld(h=h, lo=lo, masses=composed, infinity_mass=min(infinity, 1.0), offset=offset, noise=noise,
-                       plain_steps=plain_steps)
+                       plain_steps=plain_steps, spectrum_ulps=ulps)
 
 
-@functools.lru_cache(maxsize=16)
 def composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, optimistic: bool = False,
                  accurate: bool = False) -> DiscretePld:
     """Cached: discretise each phase's step at grid step h and compose them (``run``: (pair, steps) per phase).
     ``accurate``: every spectrum power by the accurate route where it can be (:func:`compose_parts`; what
-    :func:`composed_for` asks for where the plain route's round-off matters to a read)."""
+    :func:`composed_for` asks for where the plain route's round-off matters to a read). The cache is keyed on all
+    five arguments however they are passed (epsilon's and ReRo's reads of the same run share compositions)."""
+    return _composed_run(run, h, direction, bool(optimistic), bool(accurate))
+
+
+@functools.lru_cache(maxsize=16)
+def _composed_run(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, optimistic: bool,
+                  accurate: bool) -> DiscretePld:
+    """:func:`composed_run`, cached."""
     total = sum(steps for _, steps in run)
     inf_budget = INF_BUDGET / total
 
@@ -1796,7 +1872,7 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     if pld.optimistic:
         if not m.size:
             return DiscretePld(h=step, lo=0, masses=np.zeros(1), infinity_mass=0.0, offset=pld.offset,
-                               optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps)
+                               optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps, spectrum_ulps=pld.spectrum_ulps)
         nu = pld.noise_guard
         j = np.rint((losses - pld.offset) / step).astype(np.int64)
         pile = (pld.lo + np.nonzero(pos)[0]) == 0
@@ -1815,7 +1891,7 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
         # 2 nu short of its grid point, which must not count as a loss below it (it would be dropped whole).
         guard = 4.0 * nu * np.bincount(j - lo, minlength=n)
         return DiscretePld(h=step, lo=lo, masses=_balance_cells(grid, q, log_p, guard), infinity_mass=0.0,
-                           offset=pld.offset, optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps)
+                           offset=pld.offset, optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps, spectrum_ulps=pld.spectrum_ulps)
     j = np.floor((losses - pld.offset) / step).astype(np.int64)
     below = pld.offset + step * j
     over = losses < below  # (round-off at a grid point)
@@ -1826,7 +1902,10 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     n = int(j.max()) - lo + 2 if j.size else 1
     masses = np.bincount(j - lo, weights=m - upper, minlength=n) + np.bincount(j + 1 - lo, weights=upper, minlength=n)
     return DiscretePld(h=step, lo=lo, masses=np.maximum(masses, 0.0), infinity_mass=pld.infinity_mass,
-                       offset=pld.offset, plain_steps=pld.plain_steps)
+                       offset=pld.offset, plain_steps=pld.plain_steps, spectrum_ulps=pld.spectrum_ulps)
+
+
+composed_run.cache_clear = _composed_run.cache_clear  # type: ignore[attr-defined]
 
 
 def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimistic: bool = False) -> DiscretePld:
@@ -1834,15 +1913,19 @@ def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimisti
     return composed_run(((pair, steps),), h, direction, optimistic)
 
 
-#: A read takes the accurate route (``composed_run(..., accurate=True)``) where the plain route's round-off estimate
-#: (:meth:`DiscretePld.roundoff`) could move what it reads by more than this share of it: epsilon (the shift of delta
-#: divided by the slope of the delta curve, :func:`epsilon_shift`, against epsilon + ``EPSILON_ATOL``) or a power
-#: (the round-off estimate on the atoms read against the power: :func:`dpaudit.bounds.rero.tight_gamma`). A tenth
-#: of epsilon's default tolerance (1e-4), a fiftieth of ReRo's (5e-4); the actual error was 5e-5 to 0.08 of the
-#: estimate where measured. At the default delta (8e-7) the runs measured stayed below it (sigma 0.676, q 0.00103,
-#: T 1e5: 2e-6; T 321921: 4.6e-6; RadImageNet's point: 3e-7): the route and the numbers stay; at delta 1e-10 the
-#: accurate route is taken (2-25x the plain composition's cost; T 321921: 0.13 s, in one level).
-ROUTE_SHARE = 1e-5
+#: A read allows for the composition's round-off estimate (:meth:`DiscretePld.roundoff`) where it could move what
+#: it reads by more than this share of it (epsilon: the shift of delta over the slope of the delta curve,
+#: :func:`epsilon_shift`, against epsilon + ``EPSILON_ATOL``; a power: the estimate on the atoms read against the
+#: power, :func:`dpaudit.bounds.rero.tight_gamma`): the upper end reads at delta less the estimate (a power: plus
+#: it), the lower end at delta plus it. Below it the actual error (5e-5 to 0.08 of the estimate where measured) is
+#: below 1e-7 of the value: left out, so that the usual reads stay as they were.
+ALLOWANCE_SHARE = 1e-6
+#: ... and composes again by the accurate route (``composed_run(..., accurate=True)``) where a plain composition's
+#: estimate exceeds this share: an allowance that wide would take a fifth of epsilon's default tolerance (1e-4), a
+#: 25th of ReRo's (5e-4). At the default delta (8e-7) the runs measured stayed below it (sigma 0.676, q 0.00103,
+#: T 1e5: 2e-6; T 321921: 4.6e-6; RadImageNet's point: 3e-7); at delta 1e-10 the accurate route is taken (2-25x
+#: the plain composition's cost; T 321921: 0.13 s, in one level).
+ROUTE_SHARE = 2e-5
 
 
 def epsilon_shift(pld: DiscretePld, epsilon: float, delta_error: float) -> float:
@@ -1859,22 +1942,11 @@ def epsilon_shift(pld: DiscretePld, epsilon: float, delta_error: float) -> float
     return delta_error / slope if slope > 0.0 else math.inf
 
 
-def composed_for(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, shift, optimistic: bool = False,
-                 accurate: bool = False) -> tuple[DiscretePld, bool]:
-    """The composition a read needs, and whether it took the accurate route: :func:`composed_run`, composed again
-    by the accurate route where ``shift(pld)``, the plain route's estimated round-off on the read relative to what it
-    reads, exceeds ``ROUTE_SHARE`` (or at once where ``accurate``: the other end of the same bracket took it)."""
-    pld = composed_run(run, h, direction, optimistic, accurate)
-    if not accurate and pld.plain_steps and shift(pld) > ROUTE_SHARE:
-        return composed_run(run, h, direction, optimistic, True), True
-    return pld, accurate
-
-
 def _epsilon_shift_share(pld: DiscretePld, epsilon: float, delta: float) -> float:
     """:func:`epsilon_shift` of the round-off estimate at ``epsilon`` (where the curve reads about ``delta``),
     relative to epsilon + ``EPSILON_ATOL``; first from a bound on the slope that costs nothing: the delta curve is
     convex, falling to the infinity atom's mass at the top atom's loss, so its slope at epsilon is at least
-    (delta - infinity_mass) / (top - epsilon), and where that already leaves the shift below ``ROUTE_SHARE`` the
+    (delta - infinity_mass) / (top - epsilon), and where that already leaves the shift below ``ALLOWANCE_SHARE`` the
     curve's atoms are not read (a pass over them, e^{eps - l}, was 15% of a short run's epsilon)."""
     if not math.isfinite(epsilon):
         return 0.0
@@ -1885,25 +1957,54 @@ def _epsilon_shift_share(pld: DiscretePld, epsilon: float, delta: float) -> floa
     fall = delta - pld.infinity_mass
     if fall > 0.0 and top > epsilon:
         share = error * (top - epsilon) / fall / (epsilon + EPSILON_ATOL)
-        if share <= ROUTE_SHARE:
+        if share <= ALLOWANCE_SHARE:
             return share
     return epsilon_shift(pld, epsilon, error) / (epsilon + EPSILON_ATOL)
+
+
+#: The reads that took the accurate route, by (run, direction, end, what was read): later rounds of the same
+#: refinement compose that way at once (the estimate hardly moves with the grid step). Emptied by
+#: :func:`clear_caches`, and when it holds 256.
+_ACCURATE_READS: set = set()
+
+
+def composed_for(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, shift, optimistic: bool = False,
+                 accurate: bool = False, key=None) -> tuple[DiscretePld, bool, float | None]:
+    """The composition a read needs: (:func:`composed_run`'s PLD, whether it took the accurate route, ``shift(pld)``
+    where it was read, else None). ``shift(pld)``: the round-off estimate's share of what the read reads. The
+    accurate route is taken where a plain composition's share exceeds ``ROUTE_SHARE``, at once where ``accurate``
+    (the other end of the same bracket took it) or where the read ``key`` took it in an earlier round."""
+    remembered = key is not None and (run, direction, optimistic, key) in _ACCURATE_READS
+    pld = composed_run(run, h, direction, optimistic, accurate or remembered)
+    if accurate or remembered:
+        return pld, True, None
+    share = shift(pld) if pld.spectrum_ulps else 0.0
+    if pld.plain_steps and share > ROUTE_SHARE:
+        if key is not None:
+            if len(_ACCURATE_READS) >= 256:
+                _ACCURATE_READS.clear()
+            _ACCURATE_READS.add((run, direction, optimistic, key))
+        return composed_run(run, h, direction, optimistic, True), True, None
+    return pld, False, share
 
 
 def upper_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, target_delta: float
                   ) -> tuple[float, DiscretePld, bool]:
     """(epsilon at ``target_delta`` from the connect-the-dots PLD at grid step h, that PLD, whether it took the
-    accurate route): the route by :func:`composed_for`; where even that PLD kept plain powers (a spike-like step
-    past ``ACCURATE_FORCED_SHARE``) with a shift above ``ROUTE_SHARE``, read at the target less the estimate."""
+    accurate route): the route by :func:`composed_for`; where the round-off estimate could move the read by more
+    than ``ALLOWANCE_SHARE``, read at the target less the estimate (at the plain read's crossing: more atoms, a
+    larger estimate), +inf where that is not positive."""
     read = {}
 
     def shift(p: DiscretePld) -> float:
         read[p] = p.epsilon(target_delta)
         return _epsilon_shift_share(p, read[p], target_delta)
 
-    pld, accurate = composed_for(run, h, direction, shift)
+    pld, accurate, share = composed_for(run, h, direction, shift, key=("epsilon", target_delta))
     eps = read[pld] if pld in read else pld.epsilon(target_delta)
-    if accurate and _epsilon_shift_share(pld, eps, target_delta) > ROUTE_SHARE:
+    if share is None:
+        share = _epsilon_shift_share(pld, eps, target_delta)
+    if share > ALLOWANCE_SHARE:
         allowance = pld.roundoff(pld.atoms_above(eps))
         eps = pld.epsilon(target_delta - allowance) if allowance < target_delta else math.inf
     return eps, pld, accurate
@@ -1912,14 +2013,25 @@ def upper_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: st
 def lower_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, target_delta: float,
                   near: float, accurate: bool) -> float:
     """:meth:`DiscretePld.epsilon_lower` at grid step h (``near``: the upper end), by the accurate route where the
-    upper end took it or the plain route's round-off estimate matters here (:func:`composed_for`); where that PLD
-    kept plain powers with a shift above ``ROUTE_SHARE``, read at the target plus the estimate."""
+    upper end took it or the round-off estimate matters here (:func:`composed_for`); where it could move the read
+    by more than ``ALLOWANCE_SHARE``, read at the target plus the estimate on the atoms above the read's own
+    crossing (below ``near``: found by a few rounds, each read lower; 0, the trivial lower bound, if they do not
+    settle)."""
     # (the garbled curve reads about the target at the upper end, within the bracket: the same slope bound)
-    pld, accurate = composed_for(run, h, direction, lambda p: _epsilon_shift_share(p, near, target_delta), True,
-                                 accurate)
-    if accurate and _epsilon_shift_share(pld, near, target_delta) > ROUTE_SHARE:
-        target_delta = target_delta + pld.roundoff(pld.atoms_above(near))
-    return pld.epsilon_lower(target_delta, near=near)
+    pld, _, share = composed_for(run, h, direction, lambda p: _epsilon_shift_share(p, near, target_delta), True,
+                                 accurate, key=("epsilon", target_delta))
+    if share is None:
+        share = _epsilon_shift_share(pld, near, target_delta)
+    if not share > ALLOWANCE_SHARE:
+        return pld.epsilon_lower(target_delta, near=near)
+    used = target_delta + pld.roundoff(pld.atoms_above(near))
+    for _ in range(6):
+        eps = pld.epsilon_lower(used, near=near)
+        wanted = target_delta + pld.roundoff(pld.atoms_above(eps))
+        if wanted <= used:
+            return eps
+        used = target_delta + 1.25 * (wanted - target_delta)
+    return 0.0
 
 
 def clear_caches() -> None:
@@ -1931,6 +2043,7 @@ def clear_caches() -> None:
     _KEPT_TOP[0] = None
     _KEPT_LOWER[0] = None
     _PROBE_STEPS.clear()
+    _ACCURATE_READS.clear()
 
 
 # -- adaptive discretisation ----------------------------------------------------------------------------------------
@@ -2720,7 +2833,12 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
             if upper <= best_lower:
                 latest[d] = (upper, latest[d][1] if d in latest else -math.inf)
                 continue
-            latest[d] = (upper, lower_epsilon(run, h, d, target_delta, upper, accurate))
+            lower = lower_epsilon(run, h, d, target_delta, upper, accurate)
+            if d in latest:
+                # Every round's ends are sound: keep the best of each (a finer round whose composition could only
+                # keep plain powers may allow for more round-off than a coarser one did, up to +inf).
+                upper, lower = min(upper, latest[d][0]), max(lower, latest[d][1])
+            latest[d] = (upper, lower)
         upper = max(up for up, _ in latest.values())
         lower = max(lo for _, lo in latest.values())
         finite = math.isfinite(upper)

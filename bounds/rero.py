@@ -156,38 +156,42 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         # long runs its FFT window is the largest of all, for a number that is 1 to 12 digits).
         return Refined(value=np.ones_like(floor), coarse=np.ones_like(floor), h=math.nan, lower=floor)
 
+    read_key = (run, "remove", False, ("power", np.asarray(kappa, dtype=float).tobytes()))
+
     def evaluate(h: float):
-        remove = composed_run(run, h, "remove")
+        # The composition's round-off on the atoms read (DiscretePld.roundoff, an estimate), where it could move a
+        # power by more than pld.ROUTE_SHARE of it (a tiny kappa after a long run): this round's compositions by the
+        # accurate route (as for epsilon, dpaudit.bounds.pld.composed_for; later rounds at once); where the estimate
+        # exceeds pld.ALLOWANCE_SHARE of a power, both ends allow for it.
+        accurate = read_key in pld_module._ACCURATE_READS
+        remove = composed_run(run, h, "remove", False, accurate)
         gamma, depth = remove.power_and_depth(kappa)
-        # The plain route's round-off on the atoms read, where it could move a power by more than ROUTE_SHARE of it
-        # (a tiny kappa after a long run): every composition of this round by the accurate route (as for epsilon,
-        # dpaudit.bounds.pld.composed_for); where that one still kept plain powers, its estimate widens the bracket.
-        accurate = bool(remove.plain_steps) and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * gamma)
-        if accurate:
+        if not accurate and remove.plain_steps and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * gamma):
+            accurate = True
+            pld_module._ACCURATE_READS.add(read_key)
             remove = composed_run(run, h, "remove", False, True)
             gamma, depth = remove.power_and_depth(kappa)
-        allowance = _roundoff(remove, depth)
-        allowance = np.where(allowance > pld_module.ROUTE_SHARE * gamma, allowance, 0.0)
         deep = depth < READ_DEPTH_LIMIT
         if np.any(deep):
             add = composed_run(run, h, "add", False, accurate)
             gamma = np.where(deep, add.dual_power(kappa), gamma)
-        gamma = gamma + np.where(deep, 0.0, allowance)
-        upper = np.clip(np.maximum(gamma, kappa), 0.0, 1.0)  # gamma >= kappa always holds (f(a) <= 1 - a)
         garbled = composed_run(run, h, "remove", True, accurate)
+        allowance = np.maximum(_roundoff(remove, depth), _roundoff(garbled, depth))
+        allowance = np.where(~deep & (allowance > pld_module.ALLOWANCE_SHARE * gamma), allowance, 0.0)
+        upper = np.clip(np.maximum(gamma + allowance, kappa), 0.0, 1.0)  # gamma >= kappa always (f(a) <= 1 - a)
         lower = np.minimum(garbled.power_lower(kappa) - allowance, upper)
         # Deep reads (FFT round-off times e^{-loss}) make the lower bound loose there: those entries converge by
         # nested grids instead, and keep their sound, if wide, bracket. Last: the part of the bracket the round-off
-        # guard holds, which a finer grid does not narrow, read only when refine's stop rule asks for it (a second
-        # pass over the atoms read).
-        return upper, lower, ~deep, lambda: garbled.power_lower_and_guard(kappa)[1]
+        # guard and the allowance hold, which a finer grid does not narrow, read only when refine's stop rule asks
+        # for it (a second pass over the atoms read).
+        return upper, lower, ~deep, lambda: garbled.power_lower_and_guard(kappa)[1] + 2.0 * allowance
 
     return refine(run, None, evaluate, rtol=rtol, atol=1e-12, start=start, long_probe=True)
 
 
 def _roundoff(pld, depth: np.ndarray) -> np.ndarray:
     """:meth:`dpaudit.bounds.pld.DiscretePld.roundoff` of a read down to each loss in ``depth`` (an estimate)."""
-    if not pld.plain_steps:
+    if not pld.spectrum_ulps:
         return np.zeros(depth.shape)
     return np.array([pld.roundoff(pld.atoms_above(float(d)) + 1) for d in depth])
 
