@@ -166,7 +166,8 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         accurate = read_key in pld_module._ACCURATE_READS
         remove = composed_run(run, h, "remove", False, accurate)
         gamma, depth = remove.power_and_depth(kappa)
-        if not accurate and remove.plain_steps and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * gamma):
+        scale = np.maximum(gamma, GAMMA_SCALE)
+        if not accurate and remove.plain_steps and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * scale):
             accurate = True
             pld_module._ACCURATE_READS.add(read_key)
             remove = composed_run(run, h, "remove", False, True)
@@ -177,7 +178,7 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
             gamma = np.where(deep, add.dual_power(kappa), gamma)
         garbled = composed_run(run, h, "remove", True, accurate)
         allowance = np.maximum(_roundoff(remove, depth), _roundoff(garbled, depth))
-        allowance = np.where(~deep & (allowance > pld_module.ALLOWANCE_SHARE * gamma), allowance, 0.0)
+        allowance = np.where(~deep & (allowance > pld_module.ALLOWANCE_SHARE * scale), allowance, 0.0)
         upper = np.clip(np.maximum(gamma + allowance, kappa), 0.0, 1.0)  # gamma >= kappa always (f(a) <= 1 - a)
         lower = np.minimum(garbled.power_lower(kappa) - allowance, upper)
         # Deep reads (FFT round-off times e^{-loss}) make the lower bound loose there: those entries converge by
@@ -194,6 +195,11 @@ def _roundoff(pld, depth: np.ndarray) -> np.ndarray:
     if not pld.spectrum_ulps:
         return np.zeros(depth.shape)
     return np.array([pld.roundoff(pld.atoms_above(float(d)) + 1) for d in depth])
+
+
+#: Below this gamma the refinement's tolerance is absolute (its atol, 1e-12, is 5e-4 of it): the round-off shares
+#: of tight_gamma are taken of it there.
+GAMMA_SCALE = 2e-9
 
 
 #: gamma within this of 1 (proven by the threshold test) is reported as 1 without a PLD (see tight_gamma).
