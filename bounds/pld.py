@@ -1469,10 +1469,9 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
         # Forced and costly (a sparse run, T q ~ 1: every frequency live): a narrower near part, as long as its far
         # part's FFT round-off (see _accurate_ulps: steps sqrt(n) ||far||_2 ulp) stays within
         # ACCURATE_FORCED_FAR_ULPS: the far mass grows fourfold a time. (sigma 0.5, q 1e-6, T 1e6: the near part
-        # the never-sampled pile alone, the rest's 1e-6 spread over 1e7 points, ~1 ulp.) Sums of squares from
-        # either end (no cancellation against the pile's).
-        head = np.cumsum(x * x)
-        tail = np.cumsum((x * x)[::-1])[::-1]
+        # the never-sampled pile alone, the rest's 1e-6 spread over 1e7 points, ~1 ulp.) Sums of squares of the far
+        # part, each the last one's plus what it gained (no cancellation against the pile's; each atom once).
+        squares = float(np.einsum("i,i", x[:a], x[:a])) + float(np.einsum("i,i", x[b + 1:], x[b + 1:]))
         wider = far
         while True:
             wider *= 4.0
@@ -1481,10 +1480,11 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
             a2, b2 = ends(wider)
             if b2 < a2:
                 break
-            rest = (float(head[a2 - 1]) if a2 > 0 else 0.0) + (float(tail[b2 + 1]) if b2 + 1 < n else 0.0)
-            if ACCURATE_FAR_ULPS * steps * math.sqrt(n * max(rest, 0.0)) > ACCURATE_FORCED_FAR_ULPS:
+            gained = float(np.einsum("i,i", x[a:a2], x[a:a2])) + float(np.einsum("i,i", x[b2 + 1:b + 1],
+                                                                                  x[b2 + 1:b + 1]))
+            if ACCURATE_FAR_ULPS * steps * math.sqrt(n * (squares + gained)) > ACCURATE_FORCED_FAR_ULPS:
                 break
-            a, b = a2, b2
+            a, b, squares = a2, b2, squares + gained
     if (b - a + 1) * k.size > budget or (b - a + 1 > ACCURATE_NEAR and not forced):
         return None
     near = x[a:b + 1]
@@ -1508,7 +1508,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
             d.real[start:start + chunk] = -2.0 * (near @ (half * half))
             d.imag[start:start + chunk] = -(near @ np.sin(2.0 * angle))
     d += deficit
-    if np.any(rest > 0):
+    if (a > 0 and np.any(x[:a] > 0)) or (b + 1 < n and np.any(x[b + 1:] > 0)):
         shift = (c * kk) % n
         d += sp_fft.rfft(rest, n=n)[k] * np.exp(2j * math.pi * np.where(shift > n // 2, shift - n, shift) / n)
     re = 2.0 * d.real + (d.real * d.real + d.imag * d.imag)
