@@ -485,15 +485,17 @@ class DiscretePld:
             return 0 if loss > 0 else n
         return max(0, min(n, n - 1 - math.floor((loss - self.offset) / self.h - self.lo)))
 
-    def roundoff(self, atoms: int) -> float:
-        """An *estimate* (not a proof) of the composition's round-off on a sum of ``atoms`` composed masses:
-        ``spectrum_ulps`` ulp times ||masses||_2 times sqrt(atoms); 0 per step.
+    def roundoff(self, weights: float) -> float:
+        """An *estimate* (not a proof) of the composition's round-off on a weighted sum of composed masses whose
+        weights have the 2-norm ``weights`` (sqrt(atoms) for a sum of that many masses): ``spectrum_ulps`` ulp times
+        ||masses||_2 times ``weights``; 0 per step.
 
         Why. The composed spectrum carries about ``spectrum_ulps`` ulp relative at every live frequency (a power by
         squarings: the FFT's round-off on z, ~ulp for |z| near 1, times the exponent; the accurate power: its own
         estimate, :func:`_accurate_ulps`), so by Parseval the composed masses' error vector has a 2-norm of about
-        spectrum_ulps ulp ||masses||_2, and a sum over ``atoms`` of them is off by at most sqrt(atoms) times that
-        (Cauchy-Schwarz). The error is a smooth wave, positive where the masses are near 0, which the observed-noise
+        spectrum_ulps ulp ||masses||_2, and a weighted sum of them is off by at most the weights' 2-norm times that
+        (Cauchy-Schwarz; delta's weights 1 - e^{eps - l} are near 0 just above eps, where a sparse run's masses
+        pile up: sigma 0.5, q 1e-6, T 1e6, delta 1e-5, 11 million atoms above, the weights' norm 1e3 times smaller). The error is a smooth wave, positive where the masses are near 0, which the observed-noise
         guard (:attr:`noise_guard`, the most negative mass) does not see: at delta 1e-10 the plain route moved a
         one-level composition's delta by up to 0.8% (sigma 0.676, q 0.00103, T 3e4), epsilon's upper end below the
         exact value; the accurate route, by 2.2% at delta 2.7e-13 (sigma 1.65, q 0.01007, T 55413, 1.2e6 points).
@@ -501,9 +503,9 @@ class DiscretePld:
         delta read was 5e-5 to 0.08 times this estimate (tests/test_bounds_roundoff.py keeps such checks). The
         readers (:func:`composed_for`) take the accurate route where it could move what they read by more than
         ``ROUTE_SHARE``, and allow for it where even that one could."""
-        if not self.spectrum_ulps or atoms <= 0:
+        if not self.spectrum_ulps or not weights > 0.0:
             return 0.0
-        return self.spectrum_ulps * float(np.finfo(float).eps) * self._mass_norm * math.sqrt(atoms)
+        return self.spectrum_ulps * float(np.finfo(float).eps) * self._mass_norm * weights
 
     @property
     def noise_guard(self) -> float:
@@ -1934,38 +1936,43 @@ ROUTE_SHARE = 2e-5
 EPSILON_SCALE = 1e-3
 
 
-def epsilon_shift(pld: DiscretePld, epsilon: float, delta_error: float) -> float:
-    """How far (nats) an error ``delta_error`` in the delta curve near ``epsilon`` moves the epsilon read there:
-    delta_error over the curve's slope -d delta / d eps = sum_{l > eps} m_l e^{eps - l} (divided by the total as
-    every upper reader); +inf where the curve is flat there (nothing above: then nothing is read either)."""
-    if not delta_error > 0.0:
-        return 0.0
+def delta_read_error(pld: DiscretePld, epsilon: float) -> tuple[float, float]:
+    """(the round-off estimate on delta(epsilon), :meth:`DiscretePld.roundoff` with delta's weights
+    1 - e^{eps - l} on the atoms above; the delta curve's slope there, -d delta / d eps = sum_{l > eps} m_l
+    e^{eps - l}), both divided by the total as every upper reader: one pass over the atoms above."""
     above = pld.atoms_above(epsilon)
     if above <= 0:
-        return math.inf
+        return 0.0, 0.0
     start = pld.masses.size - above
-    slope = float(np.einsum("i,i", pld.masses[start:], np.exp(epsilon - pld.losses_at(slice(start, None))))) / pld._kept
-    return delta_error / slope if slope > 0.0 else math.inf
+    kept = np.exp(epsilon - pld.losses_at(slice(start, None)))  # e^{eps - l} <= 1
+    slope = float(np.einsum("i,i", pld.masses[start:], kept)) / pld._kept
+    np.subtract(1.0, kept, out=kept)
+    return pld.roundoff(math.sqrt(float(np.einsum("i,i", kept, kept)))) / pld._kept, slope
 
 
 def _epsilon_shift_share(pld: DiscretePld, epsilon: float, delta: float) -> float:
-    """:func:`epsilon_shift` of the round-off estimate at ``epsilon`` (where the curve reads about ``delta``),
-    relative to epsilon, or to ``EPSILON_SCALE`` below it (where the refinement's tolerance is absolute); first from a bound on the slope that costs nothing: the delta curve is
-    convex, falling to the infinity atom's mass at the top atom's loss, so its slope at epsilon is at least
-    (delta - infinity_mass) / (top - epsilon), and where that already leaves the shift below ``ALLOWANCE_SHARE`` the
-    curve's atoms are not read (a pass over them, e^{eps - l}, was 15% of a short run's epsilon)."""
+    """How far the round-off estimate could move the epsilon read at ``epsilon`` (where the curve reads about
+    ``delta``): its error on delta over the curve's slope (:func:`delta_read_error`), relative to epsilon, or to
+    ``EPSILON_SCALE`` below it (where the refinement's tolerance is absolute). First from bounds that cost nothing:
+    the weights at most 1 (a norm of sqrt(atoms)) and the slope at least (delta - infinity_mass) / (top - epsilon)
+    (the delta curve is convex, falling to the infinity atom's mass at the top atom's loss); where that already
+    leaves the shift below ``ALLOWANCE_SHARE``, the atoms are not read (a pass over them, e^{eps - l}, was 15% of a
+    short run's epsilon)."""
     if not math.isfinite(epsilon):
         return 0.0
-    error = pld.roundoff(pld.atoms_above(epsilon))
-    if not error > 0.0:
+    bound = pld.roundoff(math.sqrt(pld.atoms_above(epsilon)))
+    if not bound > 0.0:
         return 0.0
     top = pld._loss_of(pld.masses.size - 1)
     fall = delta - pld.infinity_mass
     if fall > 0.0 and top > epsilon:
-        share = error * (top - epsilon) / fall / max(epsilon, EPSILON_SCALE)
+        share = bound * (top - epsilon) / fall / max(epsilon, EPSILON_SCALE)
         if share <= ALLOWANCE_SHARE:
             return share
-    return epsilon_shift(pld, epsilon, error) / max(epsilon, EPSILON_SCALE)
+    error, slope = delta_read_error(pld, epsilon)
+    if not error > 0.0:
+        return 0.0
+    return (error / slope if slope > 0.0 else math.inf) / max(epsilon, EPSILON_SCALE)
 
 
 #: The reads that took the accurate route, by (run, direction, end, what was read): later rounds of the same
@@ -2011,7 +2018,8 @@ def upper_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: st
     if share is None:
         share = _epsilon_shift_share(pld, eps, target_delta)
     if share > ALLOWANCE_SHARE:
-        allowance = pld.roundoff(pld.atoms_above(eps))
+        # (at the crossing read without it: a higher epsilon has fewer atoms above, each with a smaller weight)
+        allowance = delta_read_error(pld, eps)[0]
         eps = pld.epsilon(target_delta - allowance) if allowance < target_delta else math.inf
     return eps, pld, accurate
 
@@ -2030,10 +2038,10 @@ def lower_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: st
         share = _epsilon_shift_share(pld, near, target_delta)
     if not share > ALLOWANCE_SHARE:
         return pld.epsilon_lower(target_delta, near=near)
-    used = target_delta + pld.roundoff(pld.atoms_above(near))
+    used = target_delta + delta_read_error(pld, near)[0]
     for _ in range(6):
         eps = pld.epsilon_lower(used, near=near)
-        wanted = target_delta + pld.roundoff(pld.atoms_above(eps))
+        wanted = target_delta + delta_read_error(pld, eps)[0]
         if wanted <= used:
             return eps
         used = target_delta + 1.25 * (wanted - target_delta)

@@ -194,7 +194,7 @@ def _roundoff(pld, depth: np.ndarray) -> np.ndarray:
     """:meth:`dpaudit.bounds.pld.DiscretePld.roundoff` of a read down to each loss in ``depth`` (an estimate)."""
     if not pld.spectrum_ulps:
         return np.zeros(depth.shape)
-    return np.array([pld.roundoff(pld.atoms_above(float(d)) + 1) for d in depth])
+    return np.array([pld.roundoff(math.sqrt(pld.atoms_above(float(d)) + 1)) for d in depth])
 
 
 #: Below this gamma the refinement's tolerance is absolute (its atol, 1e-12, is 5e-4 of it): the round-off shares

@@ -79,7 +79,10 @@ def test_the_roundoff_estimate_covers_the_plain_routes_error_on_delta(sigma: flo
         eps = accurate.epsilon(delta)
         above = accurate.atoms_above(eps)
         actual = abs(float(wave[wave.size - above:].sum()))
-        assert 4.0 * actual <= plain.roundoff(above), (delta, actual, plain.roundoff(above))
+        assert 4.0 * actual <= plain.roundoff(math.sqrt(above)), (delta, actual, plain.roundoff(math.sqrt(above)))
+        # delta's own weights, 1 - e^{eps - l}: the read's error against the estimate with their norm
+        weighted = abs(float(np.dot(wave[wave.size - above:], -np.expm1(eps - accurate.losses[wave.size - above:]))))
+        assert 2.0 * weighted <= pld_module.delta_read_error(plain, eps)[0], (delta, weighted)
 
 
 SMALL_DELTA_RUNS = [
