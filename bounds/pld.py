@@ -1916,17 +1916,18 @@ def composed_pld(pair: StepPair, steps: int, h: float, direction: str, optimisti
 
 
 #: A read allows for the composition's round-off estimate (:meth:`DiscretePld.roundoff`) where it could move what
-#: it reads by more than this share of it (epsilon: the shift of delta over the slope of the delta curve,
-#: :func:`epsilon_shift`, against epsilon or ``EPSILON_SCALE``, whichever is larger; a power: the estimate on the atoms read against the
-#: power, :func:`dpaudit.bounds.rero.tight_gamma`): the upper end reads at delta less the estimate (a power: plus
-#: it), the lower end at delta plus it. Below it the actual error (5e-5 to 0.08 of the estimate where measured) is
-#: below 1e-7 of the value: left out, so that the usual reads stay as they were.
+#: it reads by more than this share of it (epsilon: the estimate's error on delta over the delta curve's slope,
+#: :func:`delta_read_error`, against epsilon or ``EPSILON_SCALE``, whichever is larger; a power: the estimate on the
+#: atoms read against the power, :func:`dpaudit.bounds.rero.tight_gamma`): the upper end reads at delta less the
+#: estimate (a power: plus it), the lower end at delta plus it. Below it the actual error (5e-5 to 0.08 of the
+#: estimate where measured) is below 1e-7 of the value: left out, so that the usual reads stay as they were.
 ALLOWANCE_SHARE = 1e-6
 #: ... and composes again by the accurate route (``composed_run(..., accurate=True)``) where a plain composition's
 #: estimate exceeds this share: an allowance that wide would take a fifth of epsilon's default tolerance (1e-4), a
-#: 25th of ReRo's (5e-4). At the default delta (8e-7) the runs measured stayed below it (sigma 0.676, q 0.00103,
-#: T 1e5: 2e-6; T 321921: 4.6e-6; RadImageNet's point: 3e-7); at delta 1e-10 the accurate route is taken (2-25x
-#: the plain composition's cost; T 321921: 0.13 s, in one level).
+#: 25th of ReRo's (5e-4). At the usual deltas (1e-5, 8e-7) only sparse long runs take it (T q ~ 1: sigma 0.5,
+#: q 1e-6, T 1e6 at delta 1e-5, 9e-5, the plain read 1.9e-5 high; 2.5 s to 5.8 s; ReRo at kappa 1e-6 with k 5,
+#: 1.6e-3, 0.6 s to 2.3 s); at delta 1e-10 long runs do (2-25x the plain composition's cost; T 321921: 0.13 s, in
+#: one level).
 ROUTE_SHARE = 2e-5
 
 
