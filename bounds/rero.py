@@ -169,6 +169,8 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         scale = np.maximum(gamma, GAMMA_SCALE)
         if not accurate and remove.plain_steps and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * scale):
             accurate = True
+            if len(pld_module._ACCURATE_READS) >= 256:
+                pld_module._ACCURATE_READS.clear()
             pld_module._ACCURATE_READS.add(read_key)
             remove = composed_run(run, h, "remove", False, True)
             gamma, depth = remove.power_and_depth(kappa)
@@ -180,7 +182,7 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         allowance = np.maximum(_roundoff(remove, depth), _roundoff(garbled, depth))
         allowance = np.where(~deep & (allowance > pld_module.ALLOWANCE_SHARE * scale), allowance, 0.0)
         upper = np.clip(np.maximum(gamma + allowance, kappa), 0.0, 1.0)  # gamma >= kappa always (f(a) <= 1 - a)
-        lower = np.minimum(garbled.power_lower(kappa) - allowance, upper)
+        lower = np.minimum(np.maximum(garbled.power_lower(kappa) - allowance, kappa), upper)  # (gamma >= kappa)
         # Deep reads (FFT round-off times e^{-loss}) make the lower bound loose there: those entries converge by
         # nested grids instead, and keep their sound, if wide, bracket. Last: the part of the bracket the round-off
         # guard and the allowance hold, which a finer grid does not narrow, read only when refine's stop rule asks
