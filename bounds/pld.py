@@ -1425,7 +1425,9 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
     """z_k ** steps at the frequencies ``k`` of z = rfft(x) (x: masses >= 0 on a circle of n = x.size points), with
     a round-off of about (|steps log z_k| + a few) ulp instead of the FFT route's steps times the FFT's; None where
     the direct sums below would exceed ``ACCURATE_TERMS`` terms, ``ACCURATE_SHARE`` terms per point or
-    ``ACCURATE_NEAR`` atoms (then the caller takes the FFT route).
+    ``ACCURATE_NEAR`` atoms (then the caller takes the FFT route). ``forced``: only past ``ACCURATE_FORCED_SHARE``
+    terms per point, with the near part narrowed where that is cheaper (see below). ``error``: a list the estimate
+    of this power's relative round-off in ulps is appended to (:func:`_accurate_ulps`).
 
     Why. A real FFT's round-off is normwise: ||fl(z) - z||_2 <= log2(n) eta / (1 - log2(n) eta) ||z||_2 with eta a
     few ulp (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., SIAM 2002, Theorem 24.2; Schatzman,
