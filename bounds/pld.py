@@ -1349,7 +1349,7 @@ def _spectrum_power(z: np.ndarray, steps: int, masses: np.ndarray | None = None,
 
 
 def _spectrum_power_route(z: np.ndarray, steps: int, masses: np.ndarray | None = None, width: int | None = None, *,
-                          overwrite: bool = False, accurate: bool = False) -> tuple[np.ndarray, bool]:
+                          overwrite: bool = False, accurate: bool = False) -> tuple[np.ndarray, bool, float]:
     """z ** steps, elementwise, computed only where |z|^steps > e^-700: a mass distribution's spectrum has |z| <= 1
     with equality at frequency 0, so for long runs almost every frequency's power underflows to nothing (the
     composed law is smooth on the grid's scale).
@@ -1876,7 +1876,8 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
     if pld.optimistic:
         if not m.size:
             return DiscretePld(h=step, lo=0, masses=np.zeros(1), infinity_mass=0.0, offset=pld.offset,
-                               optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps, spectrum_ulps=pld.spectrum_ulps)
+                               optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps,
+                               spectrum_ulps=pld.spectrum_ulps)
         nu = pld.noise_guard
         j = np.rint((losses - pld.offset) / step).astype(np.int64)
         pile = (pld.lo + np.nonzero(pos)[0]) == 0
@@ -1895,7 +1896,8 @@ def _regrid(pld: DiscretePld, step: float) -> DiscretePld:
         # 2 nu short of its grid point, which must not count as a loss below it (it would be dropped whole).
         guard = 4.0 * nu * np.bincount(j - lo, minlength=n)
         return DiscretePld(h=step, lo=lo, masses=_balance_cells(grid, q, log_p, guard), infinity_mass=0.0,
-                           offset=pld.offset, optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps, spectrum_ulps=pld.spectrum_ulps)
+                           offset=pld.offset, optimistic=True, slack=pld.slack, plain_steps=pld.plain_steps,
+                           spectrum_ulps=pld.spectrum_ulps)
     j = np.floor((losses - pld.offset) / step).astype(np.int64)
     below = pld.offset + step * j
     over = losses < below  # (round-off at a grid point)
@@ -2005,9 +2007,9 @@ def composed_for(run: tuple[tuple[StepPair, int], ...], h: float, direction: str
 
 
 def upper_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, target_delta: float
-                  ) -> tuple[float, DiscretePld, bool, float]:
+                  ) -> tuple[float, DiscretePld, bool]:
     """(epsilon at ``target_delta`` from the connect-the-dots PLD at grid step h, that PLD, whether it took the
-    accurate route, how much the allowance below raised it): the route by :func:`composed_for`; where the round-off estimate could move the read by more
+    accurate route): the route by :func:`composed_for`; where the round-off estimate could move the read by more
     than ``ALLOWANCE_SHARE``, read at the target less the estimate (at the plain read's crossing: more atoms, a
     larger estimate), +inf where that is not positive."""
     read = {}
@@ -2020,38 +2022,35 @@ def upper_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: st
     eps = read[pld] if pld in read else pld.epsilon(target_delta)
     if share is None:
         share = _epsilon_shift_share(pld, eps, target_delta)
-    if not share > ALLOWANCE_SHARE:
-        return eps, pld, accurate, 0.0
-    # (at the crossing read without it: a higher epsilon has fewer atoms above, each with a smaller weight)
-    allowance = delta_read_error(pld, eps)[0]
-    allowed = pld.epsilon(target_delta - allowance) if allowance < target_delta else math.inf
-    return allowed, pld, accurate, allowed - eps
+    if share > ALLOWANCE_SHARE:
+        # (at the crossing read without it: a higher epsilon has fewer atoms above, each with a smaller weight)
+        allowance = delta_read_error(pld, eps)[0]
+        eps = pld.epsilon(target_delta - allowance) if allowance < target_delta else math.inf
+    return eps, pld, accurate
 
 
 def lower_epsilon(run: tuple[tuple[StepPair, int], ...], h: float, direction: str, target_delta: float,
-                  near: float, accurate: bool) -> tuple[float, float]:
+                  near: float, accurate: bool) -> float:
     """:meth:`DiscretePld.epsilon_lower` at grid step h (``near``: the upper end), by the accurate route where the
     upper end took it or the round-off estimate matters here (:func:`composed_for`); where it could move the read
     by more than ``ALLOWANCE_SHARE``, read at the target plus the estimate on the atoms above the read's own
     crossing (below ``near``: found by a few rounds, each read lower; 0, the trivial lower bound, if they do not
-    settle); where ``near`` is +inf (the upper end lost to its allowance) always. Returns (the lower end, how much
-    the allowance lowered it)."""
+    settle); where ``near`` is +inf (the upper end lost to its allowance) always."""
     # (the garbled curve reads about the target at the upper end, within the bracket: the same slope bound)
     pld, _, share = composed_for(run, h, direction, lambda p: _epsilon_shift_share(p, near, target_delta), True,
                                  accurate, key=("epsilon", target_delta))
     if share is None:
         share = _epsilon_shift_share(pld, near, target_delta)
-    plain = pld.epsilon_lower(target_delta, near=near)
     if not share > ALLOWANCE_SHARE and math.isfinite(near):
-        return plain, 0.0
+        return pld.epsilon_lower(target_delta, near=near)
     used = target_delta + delta_read_error(pld, near)[0]
     for _ in range(6):
         eps = pld.epsilon_lower(used, near=near)
         wanted = target_delta + delta_read_error(pld, eps)[0]
         if wanted <= used:
-            return eps, max(plain - eps, 0.0)
+            return eps
         used = target_delta + 1.25 * (wanted - target_delta)
-    return 0.0, plain
+    return 0.0
 
 
 def clear_caches() -> None:
@@ -2851,11 +2850,11 @@ def epsilon_pld_refined(pair_or_run, steps: int | None, target_delta: float, *, 
             # (both ends by the accurate route where the plain route's round-off matters at this delta: composed_for)
             # (no floor is reported to refine for the allowances: passed as one, its jumps past the floor took
             # sigma 0.344, q 2.47e-6, T 11136, delta 7.9e-7 to 1.7e7 points, 11.7 s for 3.3 s, the same bracket)
-            upper, composed_here[d], accurate, _ = upper_epsilon(run, h, d, target_delta)
+            upper, composed_here[d], accurate = upper_epsilon(run, h, d, target_delta)
             if upper <= best_lower:
                 latest[d] = (upper, latest[d][1] if d in latest else -math.inf)
                 continue
-            lower, _ = lower_epsilon(run, h, d, target_delta, upper, accurate)
+            lower = lower_epsilon(run, h, d, target_delta, upper, accurate)
             if d in latest:
                 # Every round's ends are sound: keep the best of each (a finer round whose composition could only
                 # keep plain powers may allow for more round-off than a coarser one did, up to +inf).

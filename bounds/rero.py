@@ -156,24 +156,22 @@ def tight_gamma(pair_or_run, steps: int | None, kappa: np.ndarray, *, rtol: floa
         # long runs its FFT window is the largest of all, for a number that is 1 to 12 digits).
         return Refined(value=np.ones_like(floor), coarse=np.ones_like(floor), h=math.nan, lower=floor)
 
-    read_key = (run, "remove", False, ("power", np.asarray(kappa, dtype=float).tobytes()))
+    read_key = ("power", np.asarray(kappa, dtype=float).tobytes())
 
     def evaluate(h: float):
         # The composition's round-off on the atoms read (DiscretePld.roundoff, an estimate), where it could move a
         # power by more than pld.ROUTE_SHARE of it (a tiny kappa after a long run): this round's compositions by the
-        # accurate route (as for epsilon, dpaudit.bounds.pld.composed_for; later rounds at once); where the estimate
+        # accurate route (dpaudit.bounds.pld.composed_for, as for epsilon; later rounds at once); where the estimate
         # exceeds pld.ALLOWANCE_SHARE of a power, both ends allow for it.
-        accurate = read_key in pld_module._ACCURATE_READS
-        remove = composed_run(run, h, "remove", False, accurate)
-        gamma, depth = remove.power_and_depth(kappa)
+        read = {}
+
+        def shift(pld) -> float:
+            gamma, depth = read[pld] = pld.power_and_depth(kappa)
+            return float(np.max(_roundoff(pld, depth) / np.maximum(gamma, GAMMA_SCALE)))
+
+        remove, accurate, _ = pld_module.composed_for(run, h, "remove", shift, key=read_key)
+        gamma, depth = read[remove] if remove in read else remove.power_and_depth(kappa)
         scale = np.maximum(gamma, GAMMA_SCALE)
-        if not accurate and remove.plain_steps and np.any(_roundoff(remove, depth) > pld_module.ROUTE_SHARE * scale):
-            accurate = True
-            if len(pld_module._ACCURATE_READS) >= 256:
-                pld_module._ACCURATE_READS.clear()
-            pld_module._ACCURATE_READS.add(read_key)
-            remove = composed_run(run, h, "remove", False, True)
-            gamma, depth = remove.power_and_depth(kappa)
         deep = depth < READ_DEPTH_LIMIT
         if np.any(deep):
             add = composed_run(run, h, "add", False, accurate)

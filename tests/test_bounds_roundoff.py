@@ -185,10 +185,11 @@ def test_where_the_accurate_route_declines_the_estimate_widens_the_bracket(monke
     monkeypatch.setattr(pld_module, "ACCURATE_FORCED_SHARE", 0.0)
     pld_module.clear_caches()
     h = pld_module.initial_h_run(run) / 2
-    upper, pld, accurate, raised = pld_module.upper_epsilon(run, h, "remove", delta)
+    upper, pld, accurate = pld_module.upper_epsilon(run, h, "remove", delta)
     assert accurate and pld.plain_steps == 30_000
-    assert upper > pld.epsilon(delta) and raised == upper - pld.epsilon(delta)  # read at delta less the estimate
-    lower, lowered = pld_module.lower_epsilon(run, h, "remove", delta, upper, accurate)
-    assert lowered > 0.0
+    assert upper > pld.epsilon(delta)  # read at delta less the estimate
+    lower = pld_module.lower_epsilon(run, h, "remove", delta, upper, accurate)
+    garbled = pld_module.composed_run(run, h, "remove", True, True)
+    assert lower < garbled.epsilon_lower(delta, near=upper)  # and at delta plus it
     pld_module.clear_caches()
     assert lower <= reference.value[0] and upper >= reference.lower[0]
