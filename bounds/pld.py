@@ -1441,7 +1441,8 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
     A_k = (S_near - 1) + sum_near x_j (w^{(j - c) k} - 1) + w^{-c k} Z_far_k, where "near" is the shortest index range
     around the bulk that leaves at most ``ACCURATE_FAR`` / steps of the mass to the rest ("far", by an FFT of its
     own). Each near term is formed from its exact integer phase r = (j - c) k mod n taken in (-n/2, n/2]: w^r - 1 =
-    -2 sin^2(pi r / n) - i sin(2 pi r / n), a few ulp of itself; the sums are inner products, within
+    -2 sin^2(pi r / n) - i sin(2 pi r / n), a few ulp of itself (:func:`_near_sums`: formed from split
+    offsets by matrix products, each term still a few ulp of itself); the sums are inner products, within
     gamma_J sum |x_j (w^r - 1)| (Higham, Section 3.1, eq. (3.5)), a few ulp of |A_k|'s own size, not of 1. The far
     part's FFT error is the normwise one above, on a mass <= ACCURATE_FAR / steps: steps times it stays below
     ACCURATE_FAR ulp times log2(n) sqrt(n) at its worst. Then z_k ** steps = exp(steps log(1 + A_k)) w^{c steps k},
@@ -1499,18 +1500,8 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
         c = a + round(float(np.dot(near, np.arange(near.size, dtype=float))) / s_near) if s_near > 0 else a
         rest = x.copy()
         rest[a:b + 1] = 0.0
-        offsets = np.arange(a, b + 1, dtype=np.int64) - c
         kk = k.astype(np.int64)
-        d = np.empty(k.size, dtype=complex)
-        chunk = max(1, (1 << 16) // near.size)  # (temporaries of 0.5 MB: in cache)
-        scale = math.pi / n
-        for start in range(0, k.size, chunk):
-            r = np.multiply.outer(offsets, kk[start:start + chunk]) % n
-            r[r > n // 2] -= n  # the phase in (-n/2, n/2]: a small angle keeps its relative precision
-            angle = r * scale  # pi r / n
-            half = np.sin(angle)
-            d.real[start:start + chunk] = -2.0 * (near @ (half * half))
-            d.imag[start:start + chunk] = -(near @ np.sin(2.0 * angle))
+        d = _near_sums(near, np.arange(a, b + 1, dtype=np.int64) - c, kk, n)
     d += deficit
     if (a > 0 and np.any(x[:a] > 0)) or (b + 1 < n and np.any(x[b + 1:] > 0)):
         shift = (c * kk) % n
@@ -1527,6 +1518,63 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
         error.append(_accurate_ulps(power, steps * np.abs(log_abs) + steps * np.abs(arg),
                                     steps * math.sqrt(near.size) * np.abs(d), far_ulps, steps))
     return power
+
+
+#: :func:`_near_sums` forms its phase factors on blocks of about this many entries (temporaries in cache).
+NEAR_BLOCK = 1 << 17
+
+
+def _phase_minus_one(v: np.ndarray, k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """w^(v k) - 1 for w = e^(-2 pi i / n), as (real, imaginary) arrays of shape (v.size, k.size): from the exact
+    integer phase r = v k mod n taken in (-n/2, n/2], as -2 sin^2(pi r / n) - i sin(2 pi r / n), each within a few
+    ulp of itself (a small angle keeps its relative precision; 1 - cos would not)."""
+    r = np.multiply.outer(v, k) % n
+    r[r > n // 2] -= n
+    angle = r * (math.pi / n)
+    half = np.sin(angle)
+    return -2.0 * half * half, -np.sin(2.0 * angle)
+
+
+def _near_sums(near: np.ndarray, offsets: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
+    """A(k) = sum_j near_j (w^(o_j k) - 1), w = e^(-2 pi i / n), at the integer frequencies k (shape (K,), complex),
+    for masses ``near`` >= 0 at the consecutive integer offsets ``offsets`` (:func:`_accurate_power`'s near part).
+
+    Each term's factor is within a few ulp of itself, as if formed from its own phase, but only (H + B) phases are
+    evaluated per frequency instead of J = near.size: each offset is split o = o_hi B + o_lo with B a power of two
+    near sqrt(J) and o_lo in [-B/2, B/2), and w^(o k) - 1 = U_hi U_lo + U_hi + U_lo with U_hi = w^(o_hi B k) - 1,
+    U_lo = w^(o_lo k) - 1 (exact algebra), so that, with X the masses laid out as an H x B matrix,
+    A = sum_hi U_hi (X U_lo + rowsum X) + colsum(X) U_lo: matrix products. Where o_hi != 0, |o| >= B/2, so each
+    piece is at most about twice the term's angle |o k| 2 pi / n and the real parts (-theta^2 / 2 to leading order)
+    cancel by at most a factor of about 7: each term keeps a few ulp of its own size. (A product of sines and
+    cosines of large angles would not: the split is what keeps small angles small.) Cost: J K multiply-adds in BLAS
+    and (H + B) K sines, against J K sines and cosines formed one by one (sigma 0.5, q 1e-6, T 1e6: J = 4369,
+    K = 8113, 1.0 s before, see bench/bench_bounds.py)."""
+    size = near.size
+    width = 1 << max(0, round(0.5 * math.log2(size)))
+    half = width // 2
+    hi = (offsets + half) // width
+    lo = offsets - hi * width
+    first = int(hi[0])
+    rows = int(hi[-1]) - first + 1
+    x = np.zeros((rows, width))
+    x[hi - first, lo + half] = near
+    row_sums = x.sum(axis=1)[:, None]
+    col_sums = x.sum(axis=0)
+    lo_values = np.arange(-half, width - half, dtype=np.int64)
+    hi_values = np.arange(first, first + rows, dtype=np.int64) * width
+    out = np.empty(k.size, dtype=complex)
+    chunk = max(1, NEAR_BLOCK // (rows + width))
+    for start in range(0, k.size, chunk):
+        kc = k[start:start + chunk]
+        lo_re, lo_im = _phase_minus_one(lo_values, kc, n)
+        hi_re, hi_im = _phase_minus_one(hi_values, kc, n)
+        p_re = x @ lo_re + row_sums  # X (U_lo + 1): X E_lo
+        p_im = x @ lo_im
+        out.real[start:start + chunk] = (np.einsum("hk,hk->k", hi_re, p_re) - np.einsum("hk,hk->k", hi_im, p_im)
+                                         + col_sums @ lo_re)
+        out.imag[start:start + chunk] = (np.einsum("hk,hk->k", hi_re, p_im) + np.einsum("hk,hk->k", hi_im, p_re)
+                                         + col_sums @ lo_im)
+    return out
 
 
 #: :func:`_accurate_ulps`' weight on the far part's FFT round-off (see there; measured against a long-double

@@ -123,6 +123,43 @@ def test_accurate_power_matches_the_exact_composition(monkeypatch, n: int, steps
     assert errors["accurate"] <= 4.0 * np.finfo(float).eps * float(exact.max())
 
 
+#: (near masses' length, frequencies, window n, the mean's index, a pile): one atom (B = 1, no split), a short bulk,
+#: a bulk whose phases wrap the circle several times at the top frequencies (J K > n), a wide one (B = 64, 69 rows)
+#: whose offsets are all on one side of 0, and a pile of three atoms at offsets -1, 0, 1 over a faint bulk (the
+#: offsets split across 0: an uncentred split, o_lo in [0, B), loses ~B^2 ulp there).
+NEAR_SUMS = [(1, 50, 1000, 0, False), (37, 400, 4096, 18, False), (300, 900, 20_000, 150, False),
+             (4369, 60, 11_520_000, -10, False), (300, 900, 1_000_000, 150, True)]
+
+
+@pytest.mark.parametrize(("size", "frequencies", "n", "centre", "pile"), NEAR_SUMS)
+@pytest.mark.skipif(np.finfo(np.longdouble).eps >= np.finfo(float).eps / 1000, reason="no extended long double here")
+def test_near_sums_keep_each_term_to_a_few_ulp(size: int, frequencies: int, n: int, centre: int, pile: bool) -> None:
+    # Reference: each term in 80-bit long double (64-bit mantissa, 2048x finer than a double's ulp), from the same
+    # exact integer phases. _near_sums forms w^(o k) - 1 from split offsets (o_hi B + o_lo) by matrix products; its
+    # real part (every term <= 0) must stay within a few ulp of itself, relative, and the whole within a few ulp of
+    # the terms' absolute sum (the imaginary part's terms cancel: relative to that sum).
+    rng = np.random.default_rng(size)
+    near = rng.random(size) ** 3
+    if pile:
+        near *= 1e-12
+        near[centre - 1:centre + 2] = (0.3, 0.4, 0.3)
+    near /= near.sum()
+    offsets = np.arange(size, dtype=np.int64) - centre
+    k = np.unique(np.concatenate([np.arange(min(frequencies, 20)),
+                                  rng.integers(0, n // 2 + 1, frequencies)])).astype(np.int64)
+    got = pld._near_sums(near, offsets, k, n)
+    r = np.multiply.outer(offsets, k) % n
+    r[r > n // 2] -= n
+    angle = r.astype(np.longdouble) * (np.longdouble(np.pi) + np.longdouble(1.2246467991473532e-16)) / n
+    terms_re = near.astype(np.longdouble)[:, None] * (-2 * np.sin(angle) ** 2)
+    terms_im = near.astype(np.longdouble)[:, None] * -np.sin(2 * angle)
+    want_re, want_im = terms_re.sum(axis=0), terms_im.sum(axis=0)
+    scale = np.sqrt(terms_re ** 2 + terms_im ** 2).sum(axis=0)
+    eps = np.finfo(float).eps
+    assert np.all(np.abs(got.real - want_re) <= 16 * eps * np.abs(want_re))
+    assert np.all(np.hypot(got.real - want_re, got.imag - want_im) <= 16 * eps * scale)
+
+
 def test_accurate_power_takes_the_fft_route_where_its_sums_are_long(monkeypatch) -> None:
     # Beyond ACCURATE_TERMS terms (near atoms x live frequencies), ACCURATE_SHARE terms per point or ACCURATE_NEAR
     # atoms the caller's FFT route stands: None. Here 20 near atoms x 100 live frequencies on 1024 points.
