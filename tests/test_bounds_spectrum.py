@@ -6,6 +6,7 @@ within the round-off guard, and the bounds within the FFT route's brackets."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import mpmath
 import numpy as np
@@ -256,3 +257,75 @@ def test_relaxed_patient_point_takes_one_full_round(monkeypatch) -> None:
     assert len(rounds) == 1 or points[rounds[0]] <= 0.26 * full
     assert any(accurate)
     assert np.all(got.upper - got.lower <= 5e-4 * got.upper)
+
+
+# -- the decimated transforms of a low band (_low_band_rfft, _low_band_irfft) ------------------------------------------
+
+_EXTENDED = np.finfo(np.longdouble).eps < np.finfo(float).eps / 1000
+
+
+def _sparse_masses(n: int, rng) -> np.ndarray:
+    # A per-step law of a sparse run: a pile of a few atoms, and a faint spread with a spike, over the whole circle.
+    x = 1e-12 * rng.random(n) ** 4
+    x[n // 3:n // 3 + 5] += (0.1, 0.2, 0.4, 0.2, 0.1)
+    x[(2 * n) // 3] += 1e-7
+    return x / x.sum()
+
+
+@pytest.mark.skipif(not _EXTENDED, reason="no extended long double here")
+@pytest.mark.parametrize(("n", "top"), [(61_440, 47), (61_440, 1), (1 << 16, 255), (3 * 5**5, 10)])
+def test_low_band_rfft_matches_a_long_double_fft(monkeypatch, n: int, top: int) -> None:
+    # Reference: scipy's FFT in 80-bit long double. The decimated transform (block moments, Taylor series to 2^-64)
+    # must match it within a few ulp of ||x||_1 at every frequency of the band, as the full FFT does.
+    monkeypatch.setattr(pld, "LOW_BAND_WINDOW", 0)
+    x = _sparse_masses(n, np.random.default_rng(n + top))
+    got, block = pld._low_band_rfft(x, top)
+    assert n % block == 0 and block >= pld.LOW_BAND_MIN_BLOCK and n // block >= pld.LOW_BAND_RATIO * (top + 1)
+    want = pld.sp_fft.rfft(x.astype(np.longdouble))[:top + 1]
+    assert got.shape == (top + 1,)
+    assert np.max(np.abs(got - want)) <= 8 * np.finfo(float).eps * x.sum()
+
+
+def test_low_band_plan_declines_where_it_saves_nothing(monkeypatch) -> None:
+    # Windows below LOW_BAND_WINDOW, bands too wide for a block of LOW_BAND_MIN_BLOCK, and a prime n keep the FFT.
+    assert pld._low_band_plan(pld.LOW_BAND_WINDOW - 1, 10) is None
+    assert pld._low_band_plan(1 << 21, (1 << 21) // (pld.LOW_BAND_RATIO * pld.LOW_BAND_MIN_BLOCK)) is None
+    assert pld._low_band_plan(2_097_143, 10) is None  # (a prime)
+    block, terms = pld._low_band_plan(1 << 21, 100)
+    assert (1 << 21) % block == 0 and (math.pi / pld.LOW_BAND_RATIO) ** terms / math.factorial(terms) < 2.0 ** -64
+
+
+@pytest.mark.skipif(not _EXTENDED, reason="no extended long double here")
+@pytest.mark.parametrize(("n", "steps"), [(61_440, 2_000_000), (1 << 16, 20_000_000)])
+def test_low_band_irfft_matches_a_long_double_inverse(monkeypatch, n: int, steps: int) -> None:
+    # Reference: scipy's inverse FFT in 80-bit long double of the same half spectrum: a composed law's (the per-step
+    # spectrum's live frequencies to the power steps, 0 elsewhere). Within a few ulp of the largest mass everywhere,
+    # and no more negative than the full inverse FFT's most negative mass allows (the lower end's guard reads it).
+    monkeypatch.setattr(pld, "LOW_BAND_WINDOW", 0)
+    z = pld.sp_fft.rfft(_sparse_masses(n, np.random.default_rng(n)))
+    live = np.abs(z) ** 2 > math.exp(-1400.0 / steps)
+    top = int(np.flatnonzero(live)[-1])
+    assert 0 < top < n // (pld.LOW_BAND_RATIO * pld.LOW_BAND_MIN_BLOCK)
+    spectrum = np.where(live, pld._int_power(z, steps), 0)
+    got = pld._low_band_irfft(spectrum[:top + 1], n)
+    want = pld.sp_fft.irfft(spectrum.astype(np.clongdouble), n=n)
+    full = pld.sp_fft.irfft(spectrum, n=n)
+    scale = float(want.max())
+    assert np.max(np.abs(got - want)) <= 8 * np.finfo(float).eps * scale
+    assert got.min() >= min(2 * float(full.min()), 0.0) - 4 * np.finfo(float).eps * scale
+
+
+def test_epsilon_with_the_low_band_transforms_equals_the_full_ffts(monkeypatch) -> None:
+    # sigma 1, q 1e-5, T 1e6 composes by the accurate route on windows of 1.2e6 points whose live frequencies are a
+    # low band (137 of 5.8e5): the decimated transforms are taken, and epsilon equals the full FFTs' to 1e-12.
+    calls = []
+    real = pld._low_band_irfft
+    monkeypatch.setattr(pld, "_low_band_irfft", lambda *a: calls.append(a[1]) or real(*a))
+    clear_caches()
+    low = pld.epsilon_bound(1.0, 1e-5, 1_000_000, 1e-5).value
+    assert calls
+    monkeypatch.setattr(pld, "LOW_BAND", False)
+    clear_caches()
+    full = pld.epsilon_bound(1.0, 1e-5, 1_000_000, 1e-5).value
+    clear_caches()
+    assert low == pytest.approx(full, rel=1e-12)
