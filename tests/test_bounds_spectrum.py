@@ -284,6 +284,32 @@ def test_low_band_rfft_matches_a_long_double_fft(monkeypatch, n: int, top: int) 
     want = pld.sp_fft.rfft(x.astype(np.longdouble))[:top + 1]
     assert got.shape == (top + 1,)
     assert np.max(np.abs(got - want)) <= 8 * np.finfo(float).eps * x.sum()
+    # As _accurate_power calls it: the near part [a, b] a hole (its blocks summed from a copy), and x shorter than
+    # the window (zero-padded without a copy: the last, partial block too).
+    short = x[:n - 2 * block - 3]
+    a, b = n // 3 - 1, n // 3 + 7
+    rest = short.copy()
+    rest[a:b + 1] = 0.0
+    got, _ = pld._low_band_rfft(short, top, n=n, hole=(a, b))
+    want = pld.sp_fft.rfft(rest.astype(np.longdouble), n=n)[:top + 1]
+    assert np.max(np.abs(got - want)) <= 8 * np.finfo(float).eps * rest.sum()
+    assert np.array_equal(short, x[:n - 2 * block - 3])  # (x itself untouched)
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 20_000])
+def test_cumulative_locates_levels_as_the_running_sum(size: int) -> None:
+    # Integer masses: every running sum is exact, whatever the order, so _Cumulative's block sums must locate each
+    # level exactly where np.searchsorted(np.cumsum(x), level, side) does, both sides, levels on and between sums.
+    rng = np.random.default_rng(size)
+    x = rng.integers(0, 3, size).astype(float)
+    x[rng.random(size) < 0.5] = 0.0
+    x[0] += 1.0
+    running = np.cumsum(x)
+    located = pld._Cumulative(x)
+    assert located.total == running[-1]
+    for level in [0.0, 0.5, 1.0, *rng.integers(0, int(running[-1]) + 2, 40), running[-1], running[-1] + 1]:
+        for side in ("left", "right"):
+            assert located.index(float(level), side) == int(np.searchsorted(running, level, side=side))
 
 
 def test_low_band_plan_declines_where_it_saves_nothing(monkeypatch) -> None:
