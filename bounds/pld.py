@@ -1674,7 +1674,12 @@ def _low_band_irfft(spectrum: np.ndarray, n: int) -> np.ndarray | None:
     parts = sp_fft.irfft(coefficients, n=rows, axis=1)  # P x (n / W)
     t = (2.0 * np.arange(block) - (block - 1)) / block
     with one_blas_thread():
-        out = parts.T @ (np.vander(t, terms, increasing=True).T / block)  # (n / W) x W
+        # (the p = 0 term added last, to the sum of the small ones, and 1 / W once: against a long-double inverse
+        # FFT, at most 2.3 ulp of the largest mass, the full inverse FFT's 2.8; the whole sum in one product and
+        # 1 / W in its factors made 4.4, past the 4 ulp floor of noise_guard)
+        out = parts[1:].T @ np.vander(t, terms, increasing=True)[:, 1:].T  # (n / W) x W
+        out += parts[0][:, None]
+        out /= block
     return out.reshape(n)
 
 #: :func:`_near_sums` forms its phase factors on blocks of about this many entries (temporaries in cache).
@@ -1703,10 +1708,17 @@ def _near_sums(near: np.ndarray, offsets: np.ndarray, k: np.ndarray, n: int) -> 
     A = sum_hi U_hi (X U_lo + rowsum X) + colsum(X) U_lo: matrix products. Where o_hi != 0, |o| >= B/2, so each
     piece is at most about twice the term's angle |o k| 2 pi / n and the real parts (-theta^2 / 2 to leading order)
     cancel by at most a factor of about 7: each term keeps a few ulp of its own size. (A product of sines and
-    cosines of large angles would not: the split is what keeps small angles small.) Cost: J K multiply-adds in BLAS
-    and (H + B) K sines, against J K sines and cosines formed one by one (sigma 0.5, q 1e-6, T 1e6: J = 4369,
-    K = 8113, 1.0 s before, see bench/bench_bounds.py)."""
+    cosines of large angles would not: the split is what keeps small angles small.) That holds while no phase wraps
+    the circle: (|o| + B/2) k < n/2 for every term. Past it a term whose phase wraps to near 0 (o k close to a
+    multiple of n) is small while its pieces are not (each at most 2): where 8 times the mass of the terms that may
+    wrap exceeds ``NEAR_SPLIT_CANCEL`` times |A(k)| (a lattice-like bulk; a smooth one keeps |A| above that mass),
+    that frequency is summed term by term instead (:func:`_near_sums_direct`), as are all of them below
+    ``NEAR_SPLIT_MIN`` masses.
+    Cost: J K multiply-adds in BLAS and (H + B) K sines, against J K sines and cosines formed one by one (sigma 0.5,
+    q 1e-6, T 1e6: J = 4369, K = 8113, 1.0 s before, see bench/bench_bounds.py)."""
     size = near.size
+    if size < NEAR_SPLIT_MIN:
+        return _near_sums_direct(near, offsets, k, n)
     width = 1 << max(0, round(0.5 * math.log2(size)))
     half = width // 2
     hi = (offsets + half) // width
@@ -1719,6 +1731,12 @@ def _near_sums(near: np.ndarray, offsets: np.ndarray, k: np.ndarray, n: int) -> 
     col_sums = x.sum(axis=0)
     lo_values = np.arange(-half, width - half, dtype=np.int64)
     hi_values = np.arange(first, first + rows, dtype=np.int64) * width
+    reach = int(np.max(np.abs(offsets))) + half  # (no phase wraps while 2 reach k < n)
+    # The mass of the terms whose phases may wrap at frequency k: |o| + B/2 >= n / (2 k), from the masses by |o|.
+    by_reach = np.abs(offsets) + half
+    order = np.argsort(by_reach)
+    reaches = by_reach[order]
+    beyond = np.concatenate((np.cumsum(near[order][::-1])[::-1], [0.0]))  # beyond[i] = mass of order[i:]
     out = np.empty(k.size, dtype=complex)
     chunk = max(1, NEAR_BLOCK // (rows + width))
     for start in range(0, k.size, chunk):
@@ -1727,10 +1745,37 @@ def _near_sums(near: np.ndarray, offsets: np.ndarray, k: np.ndarray, n: int) -> 
         hi_re, hi_im = _phase_minus_one(hi_values, kc, n)
         p_re = x @ lo_re + row_sums  # X (U_lo + 1): X E_lo
         p_im = x @ lo_im
-        out.real[start:start + chunk] = (np.einsum("hk,hk->k", hi_re, p_re) - np.einsum("hk,hk->k", hi_im, p_im)
-                                         + col_sums @ lo_re)
-        out.imag[start:start + chunk] = (np.einsum("hk,hk->k", hi_re, p_im) + np.einsum("hk,hk->k", hi_im, p_re)
-                                         + col_sums @ lo_im)
+        got = out[start:start + chunk]
+        got.real = (np.einsum("hk,hk->k", hi_re, p_re) - np.einsum("hk,hk->k", hi_im, p_im) + col_sums @ lo_re)
+        got.imag = (np.einsum("hk,hk->k", hi_re, p_im) + np.einsum("hk,hk->k", hi_im, p_re) + col_sums @ lo_im)
+        wrapped = np.flatnonzero(2 * reach * kc >= n)
+        if wrapped.size:
+            # (each wrapping term's pieces are at most 2 each: a few ulp of 8 x_o at most, against the sum's own)
+            mass = beyond[np.searchsorted(reaches, n / (2.0 * kc[wrapped]) - 1.0, side="left")]
+            redo = wrapped[8.0 * mass > NEAR_SPLIT_CANCEL * np.abs(got[wrapped])]
+            if redo.size:
+                got[redo] = _near_sums_direct(near, offsets, kc[redo], n)
+    return out
+
+
+#: :func:`_near_sums` sums bulks of fewer masses term by term ...
+NEAR_SPLIT_MIN = 64
+#: ... and, past the frequency where a phase may wrap, each frequency where 8 times the wrapping terms' mass (a bound
+#: on their pieces' size) exceeds its sum this many times (their round-off, a few ulp of the pieces, is then a few
+#: times NEAR_SPLIT_CANCEL ulp of the sum at most, within the sqrt(J) ulp :func:`_accurate_ulps` counts for
+#: J >= NEAR_SPLIT_MIN).
+NEAR_SPLIT_CANCEL = 8.0
+
+
+def _near_sums_direct(near: np.ndarray, offsets: np.ndarray, k: np.ndarray, n: int) -> np.ndarray:
+    """:func:`_near_sums` term by term: each factor w^(o k) - 1 from its own exact phase (:func:`_phase_minus_one`),
+    J K sines and cosines, on blocks of about ``NEAR_BLOCK`` terms."""
+    out = np.empty(k.size, dtype=complex)
+    chunk = max(1, NEAR_BLOCK // near.size)
+    for start in range(0, k.size, chunk):
+        re, im = _phase_minus_one(offsets, k[start:start + chunk], n)
+        out.real[start:start + chunk] = near @ re
+        out.imag[start:start + chunk] = near @ im
     return out
 
 
