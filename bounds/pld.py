@@ -1495,6 +1495,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
 
     far = ACCURATE_FAR / steps * total
     a, b = ends(far)
+    squares = None  # the far part's sum of squares, where the narrowing below forms it
     if forced and (b - a + 1) * k.size > ACCURATE_SHARE * n:
         # Forced and costly (a sparse run, T q ~ 1: every frequency live): a narrower near part, as long as its far
         # part's FFT round-off (see _accurate_ulps: steps sqrt(n) ||far||_2 ulp) stays within
@@ -1528,7 +1529,9 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
     d += deficit
     # The far part: x outside [a, b] (each atom once; masses >= 0, so a positive sum is a positive atom).
     far_l1 = float(x[:a].sum()) + float(x[b + 1:].sum())
-    far_l2 = math.sqrt(float(np.einsum("i,i", x[:a], x[:a])) + float(np.einsum("i,i", x[b + 1:], x[b + 1:])))
+    if squares is None:
+        squares = float(np.einsum("i,i", x[:a], x[:a])) + float(np.einsum("i,i", x[b + 1:], x[b + 1:]))
+    far_l2 = math.sqrt(squares)
     block = None
     if far_l1 > 0.0:
         shift = (c * kk) % n
