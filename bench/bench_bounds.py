@@ -23,7 +23,8 @@ value is timed.
 Machines are noisy (this one is shared): ratios within one run are what counts; every timed row is the median of
 ``--repeats`` interleaved repetitions; in-process rows are timed by this process's CPU time (both sides are
 single-threaded numpy; ``--wall-time`` for wall time), whole processes by their user + system time (wall time
-beside it). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile,k]``.
+beside it). The grids time every point once, cold; a point over 1 s is timed twice more and its median is the
+figure (one cold run of the same point varies by up to 1.5x here). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile,k]``.
 
 * Many records per patient (section ``k``): every part of ``dpaudit bounds`` at k = 10, 100, 1000, 10000 (and
   100000, ours alone), the pruned loss passes with one Newton table per pair against the passes over every one of
@@ -139,6 +140,33 @@ def section_relaxed(repeats: int, quick: bool) -> None:
     print(f"slowest relaxed point {max(r.ours_median for r in rows):.2f} s (goal < 2 s)\n")
 
 
+#: Grid points whose first (cold) time exceeds this many CPU seconds are timed RETIMES times in all, cold caches
+#: each time, and the median is their figure: on this shared machine one cold run of the same point varies by up to
+#: 1.5x (sigma 0.5, q 1e-6, T 300: 1.55 to 2.13 s CPU, most of the spread system time faulting in fresh memory).
+RETIME_OVER = 1.0
+RETIMES = 3
+
+
+def _retimed(times: list[tuple], call) -> list[tuple]:
+    """``times`` (rows (cpu, wall, ...)) with every row over RETIME_OVER s CPU re-timed by ``call(row)`` until it
+    has RETIMES cold runs, its cpu and wall the medians; sorted slowest first."""
+    out = []
+    for row in times:
+        if row[0] > RETIME_OVER:
+            cpus, walls = [row[0]], [row[1]]
+            for _ in range(RETIMES - 1):
+                t0, c0 = time.perf_counter(), time.process_time()
+                call(row)
+                cpus.append(time.process_time() - c0)
+                walls.append(time.perf_counter() - t0)
+            print(f"  re-timed {row[2:-1]}: CPU "
+                  + ", ".join(f"{c:.2f}" for c in cpus) + " s", flush=True)
+            row = (statistics.median(cpus), statistics.median(walls), *row[2:])
+        out.append(row)
+    out.sort(key=lambda r: r[0], reverse=True)
+    return out
+
+
 def section_grid(quick: bool) -> None:
     sigmas = (0.05, 0.2, 1.0, 5.0)
     # Small q (1e-5, 1e-4): the per-step loss spans micro-nats there and grid steps reach 1e-9 nats (round-off in the
@@ -164,8 +192,9 @@ def section_grid(quick: bool) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         g = ours(s, q, t, kappas, tm, k)
         times.append((time.process_time() - c0, time.perf_counter() - t0, tm, k, s, q, t, g))
-    times.sort(key=lambda r: r[0], reverse=True)
-    print("(CPU time of this process is the figure on this shared machine: wall time follows everyone's load)")
+    times = _retimed(times, lambda r: ours(r[4], r[5], r[6], kappas, r[2], r[3]))
+    print("(CPU time of this process is the figure on this shared machine: wall time follows everyone's load; "
+          f"points over {RETIME_OVER:g} s were timed {RETIMES} times, the median is the figure)")
     print(f"{'threat model':<12} {'k':>3} {'sigma':>6} {'q':>6} {'T':>8} {'cpu (s)':>8} {'wall (s)':>8}  gamma at kappa")
     for cpu, wall, tm, k, s, q, t, g in times[:10]:
         print(f"{tm:<12} {k:>3} {s:>6g} {q:>6g} {t:>8d} {cpu:8.2f} {wall:8.2f}  " + " ".join(f"{v:.4g}" for v in g))
@@ -201,8 +230,10 @@ def section_epsgrid(quick: bool) -> None:
         if cpu > 0.5:
             print(f"  k {k:>2} sigma {s:>5g} q {q:>6g} T {t:>8d}  {cpu:6.2f} s CPU {wall:6.2f} s wall  "
                   f"epsilon {got.value:.6g} ({got.accountant})", flush=True)
-    times.sort(key=lambda r: r[0], reverse=True)
+    times = _retimed(times, lambda r: (clear_caches(), epsilon_bound(r[3], r[4], r[5], delta,
+                                                                   records_per_patient=r[2]))[1])
     worst = times[0]
+    print(f"(points over {RETIME_OVER:g} s timed {RETIMES} times, the median is the figure)")
     print(f"slowest epsilon point {worst[0]:.2f} s CPU (k {worst[2]}, sigma {worst[3]:g}, q {worst[4]:g}, "
           f"T {worst[5]}); median {statistics.median(r[0] for r in times):.3f} s; points over 0.5 s: "
           f"{sum(r[0] > 0.5 for r in times)}; over 2 s: {sum(r[0] > 2 for r in times)} (goal: none)\n")

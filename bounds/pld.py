@@ -54,6 +54,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy import fft as np_fft
 from scipy import fft as sp_fft
 from scipy import special
 
@@ -1541,7 +1542,7 @@ def _accurate_power(x: np.ndarray, k: np.ndarray, steps: int, *, forced: bool = 
         else:
             rest = x.copy()
             rest[a:b + 1] = 0.0
-            far_k = sp_fft.rfft(rest, n=n)[k]
+            far_k = np_fft.rfft(rest, n=n)[k]
         d += far_k * np.exp(2j * math.pi * np.where(shift > n // 2, shift - n, shift) / n)
     re = 2.0 * d.real + (d.real * d.real + d.imag * d.imag)
     with np.errstate(divide="ignore"):  # (|1 + A| = 0: log -inf, the power 0)
@@ -1941,7 +1942,7 @@ def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
     plain_steps, ulps = 0, 2.0 * math.log2(width) + len(parts)  # (the inverse FFT's and the products' own)
     for p, s in parts:
         folded = _fold(p.masses, width)
-        term, plain, own = _spectrum_power_route(sp_fft.rfft(folded, n=width), s,
+        term, plain, own = _spectrum_power_route(np_fft.rfft(folded, n=width), s,
                                                  folded if ACCURATE_SPECTRUM else None, width, overwrite=True,
                                                  accurate=accurate)
         # A relative error carried in by a part (a block's own powers) is multiplied by s as well, whichever route.
@@ -1956,7 +1957,8 @@ def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
             live = np.flatnonzero(spectrum[:head])
             composed = _low_band_irfft(spectrum[:live[-1] + 1], width) if live.size else np.zeros(width)
     if composed is None:
-        composed = sp_fft.irfft(spectrum, n=width)
+        composed = np_fft.irfft(spectrum, n=width)
+    spectrum = term = None  # (freed before the roll below makes its copy: a lower peak of fresh memory)
     # Bin j of the circular result holds loss index base + j (mod width); we want bin k = loss index lo + k (np.roll
     # by (base - lo) mod width, as two slices).
     shift = (base - lo) % width
