@@ -24,7 +24,8 @@ Machines are noisy (this one is shared): ratios within one run are what counts; 
 ``--repeats`` interleaved repetitions; in-process rows are timed by this process's CPU time (both sides are
 single-threaded numpy; ``--wall-time`` for wall time), whole processes by their user + system time (wall time
 beside it). The grids time every point once, cold; a point over 1 s is timed twice more and its median is the
-figure (one cold run of the same point varies by up to 1.5x here). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile,k]``.
+figure (one cold run of the same point varies by up to 1.5x here; the later runs reuse the FFT plans the first one
+built, up to 0.3 s at 1e7 points, so all three are printed). Usage: ``python bench/bench_bounds.py [--quick] [--sections cli,rero,relaxed,grid,epsgrid,epsilon,profile,k]``.
 
 * Many records per patient (section ``k``): every part of ``dpaudit bounds`` at k = 10, 100, 1000, 10000 (and
   100000, ours alone), the pruned loss passes with one Newton table per pair against the passes over every one of

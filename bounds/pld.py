@@ -1934,6 +1934,8 @@ def compose_parts(parts, *, accurate: bool = False) -> DiscretePld:
     if not FOLD_STEPS or width < 1 or longest < FOLD_SAVING * width:
         width = max(width, longest)
     if width <= MAX_WINDOW:  # (next_fast_len takes no width past 2^63)
+        # (5-smooth: numpy.fft's transforms, used below, are then the same bits as scipy.fft's; at other lengths
+        # their inverse's 1 / n differs in the last bit, e.g. n = 2731, so a width must not skip this rounding)
         width = sp_fft.next_fast_len(width, real=True)
     if width > MAX_WINDOW:
         raise WindowTooLargeError(
