@@ -504,9 +504,12 @@ class DiscretePld:
         delta read was 5e-5 to 0.08 times this estimate (tests/test_bounds_roundoff.py keeps such checks). The
         readers (:func:`composed_for`) take the accurate route where it could move what they read by more than
         ``ROUTE_SHARE``, and allow for it where even that one could."""
-        if not self.spectrum_ulps or not weights > 0.0:
+        if self.spectrum_ulps == 0.0 or weights == 0.0:
             return 0.0
-        return self.spectrum_ulps * float(np.finfo(float).eps) * self._mass_norm * weights
+        estimate = self.spectrum_ulps * float(np.finfo(float).eps) * self._mass_norm * weights
+        # An estimate that is not a number is an unknown round-off, not none: +inf (the readers' allowances then
+        # give up the read, never drop it; every reader takes a NaN as 0).
+        return estimate if estimate == estimate else math.inf
 
     @property
     def noise_guard(self) -> float:
@@ -1800,8 +1803,11 @@ def _accurate_ulps(power: np.ndarray, size: np.ndarray, sums: np.ndarray, far: f
     total = float(weight.sum())
     if not total > 0.0:
         return 0.0
-    per = size + sums + (far + 2.0 * math.log2(max(steps, 2)) + 16.0)
-    return math.sqrt(float(np.einsum("i,i", weight, per * per)) / total)
+    # Only where the power is not 0: where |1 + A| rounds to 0 its log is -inf, ``size`` inf, and 0 x inf would make
+    # the estimate NaN, which its readers took as no round-off at all (sigma 2, q 0.5, T 10, delta 1e-14).
+    held = weight > 0.0
+    per = size[held] + sums[held] + (far + 2.0 * math.log2(max(steps, 2)) + 16.0)
+    return math.sqrt(float(np.einsum("i,i", weight[held], per * per)) / total)
 
 
 def _int_power(z: np.ndarray, steps: int, *, overwrite: bool = False) -> np.ndarray:

@@ -193,3 +193,52 @@ def test_where_the_accurate_route_declines_the_estimate_widens_the_bracket(monke
     assert lower < garbled.epsilon_lower(delta, near=upper)  # and at delta plus it
     pld_module.clear_caches()
     assert lower <= reference.value[0] and upper >= reference.lower[0]
+
+
+def _gaussian_epsilon(mu: float, delta: float) -> float:
+    """The exact epsilon of a Gaussian mechanism of sensitivity / sigma ``mu`` at ``delta`` (Balle and Wang, ICML
+    2018, Theorem 8: delta(eps) = Phi(mu / 2 - eps / mu) - e^eps Phi(-mu / 2 - eps / mu)), by bisection in mpmath."""
+    import mpmath
+
+    mpmath.mp.dps = 40
+    mu_ = mpmath.mpf(mu)
+
+    def curve(eps):
+        return mpmath.ncdf(mu_ / 2 - eps / mu_) - mpmath.exp(eps) * mpmath.ncdf(-mu_ / 2 - eps / mu_)
+
+    lo, hi = mpmath.mpf(0), mpmath.mpf(200)
+    for _ in range(120):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if curve(mid) > delta else (lo, mid)
+    return float(lo)
+
+
+def test_the_accurate_routes_estimate_is_a_number_where_powers_vanish() -> None:
+    # A review's case (2026-12-03): at q = 1 after 10 steps most live frequencies' |1 + A| round to 0 in the
+    # accurate power; its estimate summed 0 x inf there and came out NaN, which every reader took as no round-off
+    # (the allowance silently dropped at delta 1e-14: sigma 2, q 0.5, T 10).
+    run = ((StepPair(1.0, 1.0), 10),)
+    pld_module.clear_caches()
+    composed = pld_module.composed_run(run, pld_module.initial_h_run(run), "remove", False, True)
+    pld_module.clear_caches()
+    assert math.isfinite(composed.spectrum_ulps) and composed.spectrum_ulps > 0.0
+    assert composed.roundoff(3.0) > 0.0
+    # An estimate that is not a number is an unknown round-off: +inf, never 0.
+    import dataclasses
+
+    unknown = dataclasses.replace(composed, spectrum_ulps=math.nan)
+    assert unknown.roundoff(3.0) == math.inf
+
+
+@pytest.mark.parametrize(("sigma", "steps"), [(1.0, 2), (2.0, 10), (5.0, 10)])
+def test_tiny_delta_gaussian_brackets_hold_the_closed_form(sigma: float, steps: int) -> None:
+    # q = 1: T Gaussian steps are one Gaussian mechanism with mu = sqrt(T) / sigma (closed form, independent of the
+    # PLD). At delta 1e-14 these runs take the accurate route and allow for its estimate.
+    from dpaudit.bounds.schedule import Schedule
+
+    pld_module.clear_caches()
+    got = pld_module.epsilon_pld_refined(Schedule.single(sigma, 1.0, steps).run(), None, 1e-14)
+    pld_module.clear_caches()
+    exact = _gaussian_epsilon(math.sqrt(steps) / sigma, 1e-14)
+    assert float(got.lower[0]) <= exact <= float(got.value[0])
+    assert float(got.value[0]) <= exact * 1.02
