@@ -160,8 +160,7 @@ def _retimed(times: list[tuple], call) -> list[tuple]:
                 call(row)
                 cpus.append(time.process_time() - c0)
                 walls.append(time.perf_counter() - t0)
-            print(f"  re-timed {row[2:-1]}: CPU "
-                  + ", ".join(f"{c:.2f}" for c in cpus) + " s", flush=True)
+            print(f"  re-timed {row[2:-1]}: CPU " + ", ".join(f"{c:.2f}" for c in cpus) + " s", flush=True)
             row = (statistics.median(cpus), statistics.median(walls), *row[2:])
         out.append(row)
     out.sort(key=lambda r: r[0], reverse=True)
