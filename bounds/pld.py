@@ -362,8 +362,9 @@ class DiscretePld:
     def epsilon(self, target_delta: float) -> float:
         """The smallest eps >= 0 with delta(eps) <= target_delta (+inf if the infinity atom alone exceeds it), the
         masses divided by their total on a connect-the-dots PLD (:attr:`mass_deficit`): the same curve as
-        :meth:`delta`."""
-        return self._epsilon(target_delta * self._kept, self.infinity_mass, 0.0)
+        :meth:`delta`. A read that is not a number (a NaN mass) is +inf: an unknown epsilon, never 0."""
+        eps = self._epsilon(target_delta * self._kept, self.infinity_mass, 0.0)
+        return eps if eps == eps else math.inf
 
     def _epsilon(self, target_delta: float, infinity: float, guard: float, depth: int | None = None) -> float:
         """:meth:`epsilon` of this PLD with the infinity atom ``infinity`` and every mass lowered by ``guard``.
@@ -376,7 +377,7 @@ class DiscretePld:
         Q-mass, R_j gains e^{l_j - l_b} (m_b + R_b), b the lowest atom above. ``depth``: the first chunk reaches this
         many atoms down instead (where the crossing is known to lie about there, see :meth:`epsilon_lower`); the
         chunks after it double as before, so any depth gives the same epsilon up to the round-off of the carries."""
-        if infinity >= target_delta:
+        if not infinity < target_delta:  # (a NaN infinity atom: +inf, as every NaN read here)
             return math.inf
         n = self.masses.size
         h = self.h
@@ -420,10 +421,11 @@ class DiscretePld:
             if rest <= 0.0 or top[0] + r[0] <= 0.0:
                 return 0.0
             low = self._loss_of(a)
-            return max(0.0, min(low, low + math.log(rest / (top[0] + r[0]))))
+            eps = low + math.log(rest / (top[0] + r[0]))
+            return eps if eps != eps else max(0.0, min(low, eps))  # (NaN passed on: max / min would drop it)
         # On (l_{j-1}, l_j]: delta(eps) = inf + S_{j-1} - e^{eps - l_{j-1}} R_{j-1}; solve delta(eps) = target.
         eps = self._loss_of(a + j - 1) + math.log((infinity + s[j - 1] - target_delta) / r[j - 1])
-        return max(0.0, eps)
+        return eps if eps != eps else max(0.0, eps)
 
     def epsilon_lower(self, target_delta: float, near: float | None = None) -> float:
         """A sound *lower* bound on the continuous pair's epsilon at ``target_delta`` from the optimistic (garbled)
@@ -442,7 +444,8 @@ class DiscretePld:
             reach = (top - near) / self.h
             if 0.0 < reach < self.masses.size:
                 depth = int(EPSILON_READ_MARGIN * reach) + 64
-        return self._epsilon(target_delta + self.slack, 0.0, self.noise_guard, depth)
+        eps = self._epsilon(target_delta + self.slack, 0.0, self.noise_guard, depth)
+        return eps if eps == eps else 0.0  # (a read that is not a number: no lower bound above 0)
 
     def deltas_on_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """(eps_j, delta(eps_j)) at every grid point, for the dual route."""
@@ -781,7 +784,9 @@ def _step_pld(pair: StepPair, h: float, direction: str, inf_budget: float, optim
         on_points[bad] = 0.0
     kept = float(on_points.sum()) + infinity
     cells = float(q_int.sum() + q_top[0] + q_below)
-    if not math.isfinite(kept) or cells - kept > 1e-12:
+    if not math.isfinite(cells):  # (cells' masses not a number: every bit of mass unknown, all of it at +infinity)
+        infinity = 1.0
+    elif not math.isfinite(kept) or cells - kept > 1e-12:
         infinity = min(infinity + max(cells - (kept if math.isfinite(kept) else 0.0), 0.0), 1.0)
     masses = np.zeros(i_hi - i_lo + 1)
     masses[idx - i_lo] = on_points
@@ -1801,8 +1806,10 @@ def _accurate_ulps(power: np.ndarray, size: np.ndarray, sums: np.ndarray, far: f
     (``far``, the largest term where the window is long: 1.2e6 points, 190 ulp measured); and 2 log2(steps) + 16."""
     weight = power.real ** 2 + power.imag ** 2
     total = float(weight.sum())
-    if not total > 0.0:
+    if total == 0.0:
         return 0.0
+    if not math.isfinite(total):  # (a NaN power: an unknown round-off, never none)
+        return math.inf
     # Only where the power is not 0: where |1 + A| rounds to 0 its log is -inf, ``size`` inf, and 0 x inf would make
     # the estimate NaN, which its readers took as no round-off at all (sigma 2, q 0.5, T 10, delta 1e-14).
     held = weight > 0.0

@@ -133,4 +133,6 @@ def epsilon_of_rdp(rdp: np.ndarray, target_delta: float) -> float:
     conversion of Balle et al. 2020 (arXiv 1905.09982v2, Theorem 21), at least 0 (see :func:`epsilon_rdp`)."""
     orders = np.asarray(DEFAULT_ORDERS)
     eps = rdp - (math.log(target_delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    if np.isnan(eps).all():  # (every order NaN: an unknown epsilon, never 0; one NaN order is dropped: each bounds)
+        return math.inf
     return max(0.0, float(np.nanmin(eps)))

@@ -242,3 +242,34 @@ def test_tiny_delta_gaussian_brackets_hold_the_closed_form(sigma: float, steps: 
     exact = _gaussian_epsilon(math.sqrt(steps) / sigma, 1e-14)
     assert float(got.lower[0]) <= exact <= float(got.value[0])
     assert float(got.value[0]) <= exact * 1.02
+
+
+def test_reads_that_are_not_a_number_are_never_small() -> None:
+    # A review's audit (2026-12-03) of every place a NaN could turn into a smaller bound: none is reached by any input
+    # swept, but each read maps a NaN the conservative way. Injected NaNs: sigma 1, q 0.1, T 100 read 0.0 for 7.05.
+    import dataclasses
+
+    from dpaudit.bounds.rdp import DEFAULT_ORDERS, epsilon_of_rdp
+
+    run = ((StepPair(1.0, 0.1), 100),)
+    h = pld_module.initial_h_run(run)
+    pld_module.clear_caches()
+    upper = pld_module.composed_run(run, h, "remove", False)
+    lower = pld_module.composed_run(run, h, "remove", True)
+    pld_module.clear_caches()
+    assert 1.0 < upper.epsilon(1e-5) < 20.0
+    for pld in (upper, lower):
+        masses = pld.masses.copy()
+        masses[-1] = math.nan
+        broken = dataclasses.replace(pld, masses=masses)
+        if pld.optimistic:
+            assert broken.epsilon_lower(1e-5) == 0.0
+        else:
+            assert broken.epsilon(1e-5) == math.inf
+    assert dataclasses.replace(upper, infinity_mass=math.nan).epsilon(1e-5) == math.inf
+    rdp = np.full(len(DEFAULT_ORDERS), math.nan)
+    assert epsilon_of_rdp(rdp, 1e-5) == math.inf
+    rdp[3] = 0.5
+    assert math.isfinite(epsilon_of_rdp(rdp, 1e-5))
+    power = np.array([1.0, math.nan + 0j])
+    assert pld_module._accurate_ulps(power, np.ones(2), np.ones(2), 1.0, 10) == math.inf
