@@ -444,7 +444,10 @@ class DiscretePld:
             reach = (top - near) / self.h
             if 0.0 < reach < self.masses.size:
                 depth = int(EPSILON_READ_MARGIN * reach) + 64
-        eps = self._epsilon(target_delta + self.slack, 0.0, self.noise_guard, depth)
+        target = target_delta + self.slack
+        if target != target:  # (a slack that is not a number: no lower bound above 0; _epsilon would read +inf)
+            return 0.0
+        eps = self._epsilon(target, 0.0, self.noise_guard, depth)
         return eps if eps == eps else 0.0  # (a read that is not a number: no lower bound above 0)
 
     def deltas_on_grid(self) -> tuple[np.ndarray, np.ndarray]:

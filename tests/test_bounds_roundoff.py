@@ -267,6 +267,7 @@ def test_reads_that_are_not_a_number_are_never_small() -> None:
         else:
             assert broken.epsilon(1e-5) == math.inf
     assert dataclasses.replace(upper, infinity_mass=math.nan).epsilon(1e-5) == math.inf
+    assert dataclasses.replace(lower, slack=math.nan).epsilon_lower(1e-5) == 0.0
     rdp = np.full(len(DEFAULT_ORDERS), math.nan)
     assert epsilon_of_rdp(rdp, 1e-5) == math.inf
     rdp[3] = 0.5
