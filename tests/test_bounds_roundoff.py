@@ -19,6 +19,7 @@ import pytest
 from dpaudit.bounds import pld as pld_module
 from dpaudit.bounds._mechanism import StepPair
 from dpaudit.bounds.rero import tight_gamma
+from tests.closed_forms import gaussian_epsilon
 
 SIGMA, Q = 0.6761178496329033, 0.0010285844131701265
 
@@ -195,24 +196,6 @@ def test_where_the_accurate_route_declines_the_estimate_widens_the_bracket(monke
     assert lower <= reference.value[0] and upper >= reference.lower[0]
 
 
-def _gaussian_epsilon(mu: float, delta: float) -> float:
-    """The exact epsilon of a Gaussian mechanism of sensitivity / sigma ``mu`` at ``delta`` (Balle and Wang, ICML
-    2018, Theorem 8: delta(eps) = Phi(mu / 2 - eps / mu) - e^eps Phi(-mu / 2 - eps / mu)), by bisection in mpmath."""
-    import mpmath
-
-    mpmath.mp.dps = 40
-    mu_ = mpmath.mpf(mu)
-
-    def curve(eps):
-        return mpmath.ncdf(mu_ / 2 - eps / mu_) - mpmath.exp(eps) * mpmath.ncdf(-mu_ / 2 - eps / mu_)
-
-    lo, hi = mpmath.mpf(0), mpmath.mpf(200)
-    for _ in range(120):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if curve(mid) > delta else (lo, mid)
-    return float(lo)
-
-
 def test_the_accurate_routes_estimate_is_a_number_where_powers_vanish() -> None:
     # A review's case (2026-12-03): at q = 1 after 10 steps most live frequencies' |1 + A| round to 0 in the
     # accurate power; its estimate summed 0 x inf there and came out NaN, which every reader took as no round-off
@@ -239,7 +222,7 @@ def test_tiny_delta_gaussian_brackets_hold_the_closed_form(sigma: float, steps: 
     pld_module.clear_caches()
     got = pld_module.epsilon_pld_refined(Schedule.single(sigma, 1.0, steps).run(), None, 1e-14)
     pld_module.clear_caches()
-    exact = _gaussian_epsilon(math.sqrt(steps) / sigma, 1e-14)
+    exact = gaussian_epsilon(math.sqrt(steps) / sigma, 1e-14)
     assert float(got.lower[0]) <= exact <= float(got.value[0])
     assert float(got.value[0]) <= exact * 1.02
 

@@ -15,12 +15,13 @@ import pytest
 import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _generate_noise
-from scipy import optimize, stats
+from scipy import stats
 from typer.testing import CliRunner
 
 from dpaudit.audit.selfaudit import SelfAuditConfig, gradient_canary_projections, run_self_audit
 from dpaudit.cli.main import app
 from dpaudit.errors import ConfigError
+from tests.closed_forms import gaussian_epsilon
 
 #: sigma 2: the accountant's epsilon for one step is ~1.99 at delta 1e-5, well below what 250 evaluation trials
 #: per arm can certify (ceiling ~4.2), so a leaking step is caught.
@@ -28,19 +29,12 @@ SIGMA = 2.0
 TRIALS = 500
 
 
-def _gaussian_epsilon(mu: float, delta: float) -> float:
-    """Analytic Gaussian mechanism (Balle and Wang 2018, Theorem 8): delta(eps) = Phi(-eps/mu + mu/2)
-    - e^eps Phi(-eps/mu - mu/2), solved for eps."""
-    f = lambda e: stats.norm.cdf(-e / mu + mu / 2) - math.exp(e) * stats.norm.cdf(-e / mu - mu / 2) - delta  # noqa: E731
-    return optimize.brentq(f, 0.0, 100.0, xtol=1e-12)
-
-
 def test_correct_step_is_not_flagged() -> None:
     res = run_self_audit(SelfAuditConfig(noise_multiplier=SIGMA, trials=TRIALS, seed=1))
     assert not res.flagged
     assert res.epsilon_lower_bound <= res.accountant_epsilon
     # the accountant's value is the tight one-step epsilon (PLD is pessimistic, so at or slightly above exact)
-    exact = _gaussian_epsilon(1 / SIGMA, 1e-5)
+    exact = gaussian_epsilon(1 / SIGMA, 1e-5)
     assert exact <= res.accountant_epsilon <= exact * (1 + 1e-3)
     # the projection behaves as N(1/sigma shift) in units of the noise: estimate within 4 standard errors
     assert abs(res.mu_estimate - 1 / SIGMA) < 4 * res.mu_standard_error
